@@ -1,0 +1,1 @@
+"""Argument parsing and rendering only; one module per command group."""

@@ -1,0 +1,196 @@
+"""The one error root, its domain subclasses and the documented exit codes.
+
+Errors are values with context: a short kebab-case reference, the message, where it happened
+(file:line:column and the field path) and a hint. The CLI edge (aifactory.cli.main) turns them into
+one plain message and an exit code; the traceback is shown only with --debug.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import Any
+
+
+class ExitCode(IntEnum):
+    """Exit codes shared by every command (documented in docs/cli.md)."""
+
+    OK = 0
+    INVALID = 1  # validation failure or policy deny
+    USAGE = 2  # bad command line
+    CANNOT_EVALUATE = 3  # engine down, prerequisite missing, cannot decide
+    HOSTS_FAILED = 4  # some hosts failed or were unreachable
+    INTERRUPTED = 130
+
+
+@dataclass(frozen=True)
+class Location:
+    """Where a problem is: a file, a 1-based line and column, and a field path."""
+
+    file: str | None = None
+    line: int | None = None
+    column: int | None = None
+    path: str | None = None
+
+    def prefix(self) -> str:
+        parts: list[str] = []
+        if self.file:
+            where = self.file
+            if self.line is not None:
+                where += f":{self.line}"
+                if self.column is not None:
+                    where += f":{self.column}"
+            parts.append(where)
+        if self.path:
+            parts.append(self.path)
+        return ": ".join(parts)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"file": self.file, "line": self.line, "column": self.column, "path": self.path}
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One finding inside a larger error (a validation error lists many)."""
+
+    code: str
+    message: str
+    location: Location = field(default_factory=Location)
+    hint: str | None = None
+
+    def render(self) -> str:
+        prefix = self.location.prefix()
+        text = f"{prefix}: {self.message}" if prefix else self.message
+        if self.hint:
+            text += f" ({self.hint})"
+        return text
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"code": self.code, "message": self.message, "hint": self.hint, **self.location.as_dict()}
+
+
+class AifactoryError(Exception):
+    """Root of every error aifactory raises on purpose."""
+
+    code: str = "error"
+    exit_code: ExitCode = ExitCode.INVALID
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        location: Location | None = None,
+        hint: str | None = None,
+        problems: list[Problem] | None = None,
+        exit_code: ExitCode | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+        if exit_code is not None:
+            self.exit_code = exit_code
+        self.location = location or Location()
+        self.hint = hint
+        self.problems = list(problems or [])
+
+    def render(self) -> str:
+        head = Problem(self.code, self.message, self.location, self.hint).render()
+        lines = [f"error[{self.code}]: {head}"]
+        lines += [f"  - {p.render()}" for p in self.problems]
+        return "\n".join(lines)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "error": {
+                "code": self.code,
+                "message": self.message,
+                "hint": self.hint,
+                "exit_code": int(self.exit_code),
+                **self.location.as_dict(),
+                "problems": [p.as_dict() for p in self.problems],
+            }
+        }
+
+
+class SpecError(AifactoryError):
+    """The site spec cannot be read or is invalid."""
+
+    code = "invalid-spec"
+    exit_code = ExitCode.INVALID
+
+
+class UsageError(AifactoryError):
+    code = "usage"
+    exit_code = ExitCode.USAGE
+
+
+class PrerequisiteError(AifactoryError):
+    """A tool, engine or file the command needs is missing or not answering."""
+
+    code = "missing-prerequisite"
+    exit_code = ExitCode.CANNOT_EVALUATE
+
+
+class PolicyDenied(AifactoryError):
+    code = "policy-denied"
+    exit_code = ExitCode.INVALID
+
+
+class PolicyEngineError(AifactoryError):
+    """The policy engine could not answer: fail closed."""
+
+    code = "policy-cannot-evaluate"
+    exit_code = ExitCode.CANNOT_EVALUATE
+
+
+class StateError(AifactoryError):
+    code = "state"
+    exit_code = ExitCode.CANNOT_EVALUATE
+
+
+class SiteLocked(StateError):
+    code = "site-locked"
+
+
+class SecretError(AifactoryError):
+    code = "secret"
+    exit_code = ExitCode.CANNOT_EVALUATE
+
+
+class ChainError(AifactoryError):
+    """A hash-chained log does not verify."""
+
+    code = "chain-broken"
+    exit_code = ExitCode.INVALID
+
+
+class BundleError(AifactoryError):
+    code = "bundle-invalid"
+    exit_code = ExitCode.INVALID
+
+
+class LabError(AifactoryError):
+    code = "lab"
+    exit_code = ExitCode.CANNOT_EVALUATE
+
+
+class DeployError(AifactoryError):
+    code = "deploy"
+    exit_code = ExitCode.HOSTS_FAILED
+
+
+class ProvisionError(AifactoryError):
+    code = "provision"
+    exit_code = ExitCode.CANNOT_EVALUATE
+
+
+class RuntimeDenied(AifactoryError):
+    code = "runtime-denied"
+    exit_code = ExitCode.INVALID
+
+
+class AuditError(AifactoryError):
+    code = "audit"
+    exit_code = ExitCode.INVALID

@@ -1,0 +1,313 @@
+"""SiteSpec (+ allocation lock) -> SitePlan. Pure and deterministic: no clock, no randomness, no sets
+in output order."""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aifactory.chain import canonical_json
+from aifactory.plan.addressing import (
+    AllocationLock,
+    FabricAllocator,
+    OwnerDemand,
+    as_dict,
+    lock_path_for,
+    lock_snapshot,
+    owner_key,
+)
+from aifactory.plan.model import BmcEndpoint, Host, Interface, Mount, SitePlan
+from aifactory.spec.model import Fabric, NodePool, SiteSpec
+from aifactory.spec.places import Places, load_places
+from aifactory.spec.validate import LoadedSpec, load_spec
+
+MOUNTED_BY_DEFAULT_ROLES = ("gpu", "cpu")
+MODEL_DIR = "/models"
+ROCE_GID_INDEX = "3"  # RoCE v2 over IPv4 on mlx5 devices
+
+
+@dataclass(frozen=True)
+class PlannedSite:
+    """A validated spec and its plan, plus where the allocation lock lives and whether it changed."""
+
+    loaded: LoadedSpec
+    plan: SitePlan
+    lock: AllocationLock
+    lock_path: Path | None
+    lock_changed: bool
+
+    @property
+    def spec(self) -> SiteSpec:
+        return self.loaded.spec
+
+
+def plan_site(spec_path: str | Path, *, write_lock: bool = True) -> PlannedSite:
+    """Load, validate and plan a site file, honouring (and by default updating) its allocation lock."""
+    path = Path(spec_path)
+    loaded = load_spec(path)
+    lock_path = lock_path_for(path)
+    previous = AllocationLock.read(lock_path, loaded.spec.site.name)
+    plan, lock = build_plan(loaded.spec, lock=previous)
+    text = lock.to_json()
+    changed = not lock_path.exists() or lock_path.read_text() != text
+    if changed and write_lock:
+        tmp = lock_path.with_suffix(".tmp")
+        tmp.write_text(text)
+        tmp.replace(lock_path)
+    return PlannedSite(loaded, plan, lock, lock_path, changed)
+
+
+def spec_digest(spec: SiteSpec) -> str:
+    """Digest of the spec's meaning (comments and key order do not change it)."""
+    body = canonical_json(spec.model_dump(mode="json", by_alias=True))
+    return "sha256:" + hashlib.sha256(body.encode()).hexdigest()
+
+
+def interface_name(fabric: str, rail: int, rails: int) -> str:
+    base = fabric if len(fabric) <= 12 else fabric[:8] + hashlib.sha256(fabric.encode()).hexdigest()[:4]
+    return f"{base}{rail}" if rails > 1 else base
+
+
+def build_plan(spec: SiteSpec, *, lock: AllocationLock | None = None,
+               places: Places | None = None) -> tuple[SitePlan, AllocationLock]:
+    places = places or load_places()
+    site = spec.site.name
+    lock = lock or AllocationLock(site)
+    allocators = _allocate(spec, lock)
+    dc_by_name = {dc.name: dc for dc in spec.datacenters}
+    fabric_by_name = {f.name: f for f in spec.fabrics}
+    storage_mounts = _mounts_by_pool(spec)
+    hosts: list[Host] = []
+    pools: list[dict[str, Any]] = []
+    for pool in spec.node_pools:
+        dc = dc_by_name[pool.datacenter]
+        names = [f"{site}-{pool.name}-{i:03d}" for i in range(1, pool.count + 1)]
+        pools.append(_pool_dict(pool, dc.country, names))
+        hosts.extend(_pool_hosts(pool, names, dc.country, dc.region, allocators, fabric_by_name,
+                                 storage_mounts.get(pool.name, ())))
+    plan = SitePlan(
+        site={
+            "name": site,
+            "jurisdiction": spec.site.jurisdiction,
+            "jurisdiction_countries": places.countries_of(spec.site.jurisdiction),
+            "air_gapped": spec.site.air_gapped,
+            "description": spec.site.description,
+        },
+        spec_digest=spec_digest(spec),
+        datacenters=[{"name": d.name, "country": d.country, "region": d.region} for d in spec.datacenters],
+        fabrics=[_fabric_dict(f, allocators[f.name]) for f in spec.fabrics],
+        pools=pools,
+        hosts=tuple(hosts),
+        storage=_storage(spec, dc_by_name),
+        tenants=[{"name": t.name, "clearance": t.clearance,
+                  "pools": list(t.pools) if t.pools is not None else [p.name for p in spec.node_pools]}
+                 for t in spec.tenants],
+        datasets=_datasets(spec, places),
+        models=_models(spec, places, dc_by_name),
+        access=_access(spec, places),
+        egress={"air_gapped": spec.site.air_gapped,
+                "allow": [{"name": r.name, "endpoint": r.endpoint, "country": r.country} for r in spec.egress.allow]},
+        control_host=next((h.name for h in hosts if h.role == "control"), None),
+        allocation={},
+    )
+    new_lock = lock_snapshot(site, allocators)
+    object.__setattr__(plan, "allocation", as_dict(new_lock)["fabrics"])
+    return plan, new_lock
+
+
+def _allocate(spec: SiteSpec, lock: AllocationLock) -> dict[str, FabricAllocator]:
+    allocators: dict[str, FabricAllocator] = {}
+    for fabric in spec.fabrics:
+        demands: list[OwnerDemand] = []
+        for pool in spec.node_pools:
+            if fabric.name in pool.fabrics:
+                demands.append(OwnerDemand(owner_key("hosts", pool.name), pool.count * fabric.rails))
+            if pool.bmc is not None and pool.bmc.fabric == fabric.name:
+                demands.append(OwnerDemand(owner_key("bmc", pool.name), pool.count))
+        allocator = FabricAllocator(fabric.name, fabric.cidr, lock.fabrics.get(fabric.name))
+        allocator.allocate(demands)
+        allocators[fabric.name] = allocator
+    return allocators
+
+
+def _fabric_dict(fabric: Fabric, allocator: FabricAllocator) -> dict[str, Any]:
+    network = ipaddress.ip_network(fabric.cidr)
+    return {
+        "name": fabric.name,
+        "kind": fabric.kind,
+        "purpose": fabric.purpose,
+        "cidr": str(network),
+        "ip_version": network.version,
+        "prefixlen": network.prefixlen,
+        "gateway": allocator.gateway,
+        "rails": fabric.rails,
+        "interfaces": [interface_name(fabric.name, r, fabric.rails) for r in range(fabric.rails)],
+        "speed_gbps": fabric.speed_gbps,
+        "mtu": fabric.mtu,
+        "vlan": fabric.vlan,
+    }
+
+
+def _pool_dict(pool: NodePool, country: str, names: list[str]) -> dict[str, Any]:
+    return {
+        "name": pool.name,
+        "role": pool.role,
+        "count": pool.count,
+        "datacenter": pool.datacenter,
+        "country": country,
+        "platform": pool.platform.model_dump(),
+        "hardware": pool.hardware.model_dump(),
+        "fabrics": list(pool.fabrics),
+        "bmc": pool.bmc.model_dump() if pool.bmc else None,
+        "hosts": names,
+    }
+
+
+def _pool_hosts(pool: NodePool, names: list[str], country: str, region: str | None,
+                allocators: dict[str, FabricAllocator], fabrics: dict[str, Fabric],
+                mounts: tuple[Mount, ...]) -> list[Host]:
+    count = pool.count
+    per_fabric: list[tuple[Fabric, list[str], list[str], int]] = []
+    for fabric_name in pool.fabrics:
+        fabric = fabrics[fabric_name]
+        allocator = allocators[fabric_name]
+        addresses = allocator.addresses(owner_key("hosts", pool.name), count * fabric.rails)
+        ifnames = [interface_name(fabric.name, r, fabric.rails) for r in range(fabric.rails)]
+        per_fabric.append((fabric, addresses, ifnames, allocator.network.prefixlen))
+    bmc_addresses = (allocators[pool.bmc.fabric].addresses(owner_key("bmc", pool.name), count)
+                     if pool.bmc else [])
+    management = next(f for f in per_fabric if f[0].purpose == "management")
+    compute = next((f for f in per_fabric if f[0].purpose == "compute"), None)
+    gpus = pool.hardware.gpu.model_dump() if pool.hardware.gpu else None
+    platform = pool.platform.model_dump()
+    nccl = _nccl(management, compute)
+    hosts = []
+    for k, name in enumerate(names):
+        interfaces = tuple(
+            Interface(fabric.name, r, ifnames[r], addresses[k * fabric.rails + r], prefixlen)
+            for fabric, addresses, ifnames, prefixlen in per_fabric
+            for r in range(fabric.rails)
+        )
+        mgmt_address = management[1][k * management[0].rails]
+        compute_address = compute[1][k * compute[0].rails] if compute else mgmt_address
+        bmc = (BmcEndpoint(bmc_addresses[k], pool.bmc.fabric, pool.bmc.protocol,
+                           pool.bmc.credentials.replace("{host}", name)) if pool.bmc else None)
+        hosts.append(Host(name, pool.name, pool.role, k + 1, pool.datacenter, country, region, interfaces,
+                          mgmt_address, compute_address, bmc, gpus, pool.hardware.cpus,
+                          pool.hardware.memory_gib, mounts, nccl, platform))
+    return hosts
+
+
+def _nccl(management: tuple[Fabric, list[str], list[str], int],
+          compute: tuple[Fabric, list[str], list[str], int] | None) -> dict[str, str]:
+    """NCCL and Gloo environment, computed once here so roles and stacks only render it."""
+    mgmt_if = management[2][0]
+    if compute is None:
+        return {"NCCL_SOCKET_IFNAME": mgmt_if, "NCCL_IB_DISABLE": "1", "GLOO_SOCKET_IFNAME": mgmt_if}
+    fabric, _, ifnames, _ = compute
+    hcas = ",".join(f"mlx5_{r}:1" for r in range(fabric.rails))
+    if fabric.kind == "infiniband":
+        return {"NCCL_SOCKET_IFNAME": mgmt_if, "NCCL_IB_DISABLE": "0", "NCCL_IB_HCA": hcas,
+                "GLOO_SOCKET_IFNAME": mgmt_if}
+    if fabric.kind == "roce":
+        return {"NCCL_SOCKET_IFNAME": ifnames[0], "NCCL_IB_DISABLE": "0", "NCCL_IB_HCA": hcas,
+                "NCCL_IB_GID_INDEX": ROCE_GID_INDEX, "GLOO_SOCKET_IFNAME": ifnames[0]}
+    return {"NCCL_SOCKET_IFNAME": ",".join(ifnames), "NCCL_IB_DISABLE": "1", "GLOO_SOCKET_IFNAME": ifnames[0]}
+
+
+def _mounted_by(spec: SiteSpec, store_mounted_by: list[str] | None) -> list[str]:
+    if store_mounted_by is not None:
+        return list(store_mounted_by)
+    return [p.name for p in spec.node_pools if p.role in MOUNTED_BY_DEFAULT_ROLES]
+
+
+def _mounts_by_pool(spec: SiteSpec) -> dict[str, tuple[Mount, ...]]:
+    out: dict[str, list[Mount]] = {}
+    for store in spec.storage:
+        if store.kind == "s3" or store.mount_path is None:
+            continue
+        mount = Mount(store.name, store.kind, store.mount_path, store.endpoint or f"storage://{store.name}",
+                      store.fabric)
+        for pool in _mounted_by(spec, store.mounted_by):
+            out.setdefault(pool, []).append(mount)
+    return {pool: tuple(mounts) for pool, mounts in out.items()}
+
+
+def _storage(spec: SiteSpec, dcs: dict[str, Any]) -> list[dict[str, Any]]:
+    country = {s.name: dcs[s.datacenter].country for s in spec.storage}
+    return [{
+        "name": s.name,
+        "kind": s.kind,
+        "datacenter": s.datacenter,
+        "country": country[s.name],
+        "capacity_tib": s.capacity_tib,
+        "encrypted_at_rest": s.encrypted_at_rest,
+        "endpoint": s.endpoint,
+        "mount_path": s.mount_path,
+        "mounted_by": [] if s.kind == "s3" else _mounted_by(spec, s.mounted_by),
+        "fabric": s.fabric,
+        "replicas": list(s.replicas),
+        "replica_countries": [country[r] for r in s.replicas],
+    } for s in spec.storage]
+
+
+def _location(spec: SiteSpec, storage: str, path: str) -> dict[str, Any]:
+    store = next(s for s in spec.storage if s.name == storage)
+    if store.kind == "s3":
+        return {"host_path": None, "url": f"s3://{store.name}{path}"}
+    return {"host_path": (store.mount_path or "").rstrip("/") + path, "url": None}
+
+
+def _datasets(spec: SiteSpec, places: Places) -> list[dict[str, Any]]:
+    return [{
+        "name": d.name,
+        "owner": d.owner,
+        "classification": d.classification,
+        "residency": d.residency,
+        "residency_countries": places.countries_of(d.residency),
+        "storage": d.storage,
+        "path": d.path,
+        **_location(spec, d.storage, d.path),
+    } for d in spec.datasets]
+
+
+def _models(spec: SiteSpec, places: Places, dcs: dict[str, Any]) -> list[dict[str, Any]]:
+    residency = {d.name: set(places.countries_of(d.residency)) for d in spec.datasets}
+    jurisdiction = set(places.countries_of(spec.site.jurisdiction))
+    pool_country = {p.name: dcs[p.datacenter].country for p in spec.node_pools}
+    out = []
+    for m in spec.models:
+        # The intersection of its training data's residencies; with no training data, the jurisdiction.
+        allowed = set(jurisdiction) if not m.trained_on else set.intersection(
+            *(residency[dataset] for dataset in m.trained_on))
+        path = f"{MODEL_DIR}/{m.name}"
+        out.append({
+            "name": m.name,
+            "owner": m.owner,
+            "classification": m.classification,
+            "trained_on": list(m.trained_on),
+            "residency_countries": sorted(allowed),
+            "storage": m.storage,
+            "path": path,
+            **_location(spec, m.storage, path),
+            "serve_on": list(m.serve_on),
+            "serve_countries": [pool_country[p] for p in m.serve_on],
+        })
+    return out
+
+
+def _access(spec: SiteSpec, places: Places) -> list[dict[str, Any]]:
+    return [{
+        "tenant": g.tenant,
+        "resource": g.resource,
+        "kind": g.resource_kind,
+        "name": g.resource_name,
+        "actions": list(g.actions),
+        "approved_by": g.approved_by,
+        "expires": g.expires.isoformat() if g.expires else None,
+        "to": g.to,
+        "to_countries": places.countries_of(g.to) if g.to else [],
+    } for g in spec.access]

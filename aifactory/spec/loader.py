@@ -1,0 +1,242 @@
+"""Read a site spec's YAML into plain data plus the position of every value.
+
+The lexical rules of the contract live here:
+- only `true`/`false` are booleans (YAML 1.2), so `country: NO` is the string "NO";
+- a mapping with a duplicate key is an error;
+- keys starting with `x-` are extension keys and are dropped;
+- bounds for hostile input: file size, nesting depth and the number of nodes after alias expansion
+  (a "billion laughs" file is refused before it can use memory).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from aifactory.errors import Location, Problem, SpecError
+
+MAX_FILE_BYTES = 10 * 1024 * 1024
+MAX_DEPTH = 64
+MAX_NODES = 1_000_000
+
+PathKey = tuple[str | int, ...]
+
+
+def format_path(path: PathKey) -> str:
+    """('node_pools', 1, 'fabrics', 0) -> 'node_pools[1].fabrics[0]'."""
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+@dataclass
+class LoadedYaml:
+    """Plain data and where each value (and each mapping key) was written."""
+
+    file: str
+    data: Any
+    values: dict[PathKey, tuple[int, int]] = field(default_factory=dict)
+    keys: dict[PathKey, tuple[int, int]] = field(default_factory=dict)
+
+    def location(self, path: PathKey, *, key: bool = False) -> Location:
+        """The nearest recorded position for a path (an absent field points at its parent)."""
+        table = self.keys if key else self.values
+        probe = path
+        while True:
+            found = table.get(probe) or self.values.get(probe) or self.keys.get(probe)
+            if found or not probe:
+                break
+            probe = probe[:-1]
+        line, column = found if found else (None, None)
+        return Location(file=self.file, line=line, column=column, path=format_path(path) or None)
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader with YAML 1.2 booleans and a bound on nesting depth while composing."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent: Node | None, index: Any) -> Node:  # type: ignore[override]
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                mark = self.peek_event().start_mark
+                raise _Bound(f"nesting deeper than {MAX_DEPTH} levels", mark.line + 1, mark.column + 1)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool",
+    re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+    list("tTfF"),
+)
+
+
+class _Bound(Exception):
+    def __init__(self, message: str, line: int | None = None, column: int | None = None) -> None:
+        super().__init__(message)
+        self.message, self.line, self.column = message, line, column
+
+
+class _Walker:
+    """Turns composed nodes into data, recording positions; counts nodes to bound aliases."""
+
+    def __init__(self, loader: _Loader, result: LoadedYaml) -> None:
+        self.loader = loader
+        self.result = result
+        self.visited = 0
+        self.problems: list[Problem] = []
+
+    def walk(self, node: Node, path: PathKey) -> Any:
+        self.visited += 1
+        if self.visited > MAX_NODES:
+            raise _Bound(
+                f"more than {MAX_NODES:,} values after expanding aliases",
+                node.start_mark.line + 1, node.start_mark.column + 1,
+            )
+        self.result.values.setdefault(path, (node.start_mark.line + 1, node.start_mark.column + 1))
+        if isinstance(node, MappingNode):
+            return self._mapping(node, path)
+        if isinstance(node, SequenceNode):
+            return [self.walk(child, path + (i,)) for i, child in enumerate(node.value)]
+        return self._scalar(node, path)
+
+    def _scalar(self, node: ScalarNode, path: PathKey) -> Any:
+        if node.tag == "tag:yaml.org,2002:timestamp":
+            return self.loader.construct_yaml_timestamp(node)
+        if node.tag in ("tag:yaml.org,2002:str", "tag:yaml.org,2002:null", "tag:yaml.org,2002:bool",
+                        "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"):
+            return self.loader.construct_object(node, deep=True)
+        self._problem(node, path, "yaml-tag", f"unsupported YAML tag {node.tag}")
+        return None
+
+    def _mapping(self, node: MappingNode, path: PathKey) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        seen: dict[str, int] = {}
+        merged: dict[str, Any] = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                merged.update(self._merge_source(value_node, path))
+                continue
+            if not isinstance(key_node, ScalarNode) or key_node.tag not in (
+                "tag:yaml.org,2002:str", "tag:yaml.org,2002:int", "tag:yaml.org,2002:bool",
+                "tag:yaml.org,2002:float", "tag:yaml.org,2002:null",
+            ):
+                self._problem(key_node, path, "yaml-key", "a mapping key must be a plain string")
+                continue
+            key = str(key_node.value)
+            if key in seen:
+                self._problem(
+                    key_node, path + (key,), "duplicate-key",
+                    f"duplicate key '{key}' (first written on line {seen[key]})",
+                )
+                continue
+            seen[key] = key_node.start_mark.line + 1
+            if key.startswith("x-"):
+                continue
+            self.result.keys[path + (key,)] = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
+            out[key] = self.walk(value_node, path + (key,))
+        for key, value in merged.items():
+            out.setdefault(key, value)
+        return out
+
+    def _merge_source(self, node: Node, path: PathKey) -> dict[str, Any]:
+        sources = node.value if isinstance(node, SequenceNode) else [node]
+        merged: dict[str, Any] = {}
+        for source in sources:
+            value = self.walk(source, path)
+            if not isinstance(value, dict):
+                self._problem(source, path, "yaml-merge", "a merge key (<<) must name a mapping")
+                continue
+            for key, item in value.items():
+                merged.setdefault(key, item)
+        return merged
+
+    def _problem(self, node: Node, path: PathKey, code: str, message: str) -> None:
+        self.problems.append(Problem(code, message, Location(
+            self.result.file, node.start_mark.line + 1, node.start_mark.column + 1, format_path(path) or None,
+        )))
+
+
+def load_yaml_text(text: str, file: str) -> LoadedYaml:
+    result = LoadedYaml(file=file, data=None)
+    loader = _Loader(text)
+    try:
+        try:
+            root = loader.get_single_node()
+        except _Bound as bound:
+            raise SpecError(f"refused: {bound.message}", location=Location(file, bound.line, bound.column),
+                            code="spec-too-complex") from None
+        except RecursionError:
+            raise SpecError("refused: the document nests too deeply", location=Location(file),
+                            code="spec-too-complex") from None
+        except yaml.MarkedYAMLError as exc:
+            mark = exc.problem_mark or exc.context_mark
+            raise SpecError(
+                f"not valid YAML: {exc.problem or exc.context}",
+                location=Location(file, mark.line + 1 if mark else None, mark.column + 1 if mark else None),
+                code="yaml-syntax",
+            ) from None
+        except yaml.YAMLError as exc:
+            raise SpecError(f"not valid YAML: {exc}", location=Location(file), code="yaml-syntax") from None
+        if root is None:
+            raise SpecError("the file is empty", location=Location(file), code="spec-empty",
+                            hint="start from `aifactory init NAME --jurisdiction CC`")
+        walker = _Walker(loader, result)
+        try:
+            result.data = walker.walk(root, ())
+        except _Bound as bound:
+            raise SpecError(f"refused: {bound.message}", location=Location(file, bound.line, bound.column),
+                            code="spec-too-complex") from None
+        except RecursionError:
+            raise SpecError("refused: the document nests too deeply", location=Location(file),
+                            code="spec-too-complex") from None
+        if walker.problems:
+            raise SpecError(
+                f"{len(walker.problems)} problem(s) reading the YAML", location=Location(file),
+                problems=walker.problems, code="yaml-structure",
+            )
+        return result
+    finally:
+        loader.dispose()
+
+
+def load_yaml_file(path: str | Path) -> LoadedYaml:
+    file = str(path)
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read(MAX_FILE_BYTES + 1)
+    except FileNotFoundError:
+        raise SpecError(f"no such file: {file}", location=Location(file), code="spec-not-found") from None
+    except IsADirectoryError:
+        raise SpecError(f"{file} is a folder, not a site spec", location=Location(file),
+                        code="spec-not-found") from None
+    except OSError as exc:
+        raise SpecError(f"cannot read {file}: {exc.strerror}", location=Location(file),
+                        code="spec-unreadable") from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise SpecError(f"refused: the file is larger than {MAX_FILE_BYTES // (1024 * 1024)} MB",
+                        location=Location(file), code="spec-too-large")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SpecError(f"not UTF-8 text (byte {exc.start})", location=Location(file),
+                        code="spec-encoding") from None
+    return load_yaml_text(text, file)

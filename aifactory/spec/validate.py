@@ -1,0 +1,472 @@
+"""Validate a site spec: every check of the contract's "What validation checks", all errors at once.
+
+Type and value errors come from the pydantic model; cross-references, places, address space and
+the other rules are checked here on the raw data, so that one run reports both kinds together.
+No message ever repeats the value of an inline secret.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import ipaddress
+import posixpath
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, get_args, get_origin
+
+from pydantic import BaseModel, ValidationError
+
+from aifactory.errors import Location, Problem, SpecError
+from aifactory.spec.loader import LoadedYaml, PathKey, format_path, load_yaml_file, load_yaml_text
+from aifactory.spec.model import (
+    COUNTRY_PATTERN,
+    DATASET_ACTIONS,
+    MODEL_ACTIONS,
+    NAME_PATTERN,
+    PLACE_PATTERN,
+    REGION_PATTERN,
+    RESOURCE_PATTERN,
+    SCHEMA_VERSION,
+    SECRET_PATTERN,
+    SiteSpec,
+)
+from aifactory.spec.places import Places, load_places
+
+SECRET_FIELDS = {"credentials", "password", "token", "secret", "key", "passphrase"}
+# Addresses a fabric keeps for itself: the network and the gateway (and broadcast on IPv4).
+RESERVED_V4 = 3
+RESERVED_V6 = 2
+
+
+@dataclass(frozen=True)
+class LoadedSpec:
+    """A valid spec, the file it came from and the digest of its bytes."""
+
+    spec: SiteSpec
+    source: LoadedYaml
+    digest: str
+
+
+def load_spec(path: str | Path, *, places: Places | None = None) -> LoadedSpec:
+    """Read and validate one site spec file; raise SpecError listing every problem."""
+    source = load_yaml_file(path)
+    return _validated(source, Path(path).read_bytes(), places)
+
+
+def load_spec_text(text: str, *, file: str = "<text>", places: Places | None = None) -> LoadedSpec:
+    return _validated(load_yaml_text(text, file), text.encode(), places)
+
+
+def _validated(source: LoadedYaml, raw: bytes, places: Places | None) -> LoadedSpec:
+    spec = validate(source, places=places or load_places())
+    return LoadedSpec(spec=spec, source=source, digest="sha256:" + hashlib.sha256(raw).hexdigest())
+
+
+def validate(source: LoadedYaml, *, places: Places) -> SiteSpec:
+    data = source.data
+    if not isinstance(data, dict):
+        raise SpecError("a site spec is a mapping of keys to values", location=source.location(()),
+                        hint="start from `aifactory init NAME --jurisdiction CC`")
+    problems = list(_model_problems(source))
+    problems += _Checker(source, places).run()
+    problems = _dedupe(problems)
+    if problems:
+        problems.sort(key=lambda p: (p.location.line or 0, p.location.column or 0, p.location.path or ""))
+        raise SpecError(
+            f"{len(problems)} problem(s) in the site spec",
+            problems=problems,
+            code="invalid-spec",
+            location=Location(file=source.file),
+        )
+    return SiteSpec.model_validate(data)
+
+
+def _dedupe(problems: list[Problem]) -> list[Problem]:
+    seen: set[tuple[str | None, str]] = set()
+    out = []
+    for problem in problems:
+        key = (problem.location.path, problem.message)
+        if key not in seen:
+            seen.add(key)
+            out.append(problem)
+    return out
+
+
+# --- type and value errors, from the model ---------------------------------------------------
+
+_PATTERN_TEXT = {
+    NAME_PATTERN: "a name: a lowercase letter, then lowercase letters, digits or '-', at most 20 characters",
+    COUNTRY_PATTERN: "an ISO 3166-1 alpha-2 country code such as NG or DE",
+    PLACE_PATTERN: "a place: a country code such as NG or a bloc such as EU",
+    REGION_PATTERN: "an ISO 3166-2 region code such as NG-FC",
+    RESOURCE_PATTERN: "dataset/<name> or model/<name>",
+}
+_TYPE_NAMES = {
+    "string_type": "a string", "int_type": "an integer", "float_type": "a number", "bool_type": "true or false",
+    "list_type": "a list", "model_type": "a mapping", "dict_type": "a mapping", "date_type": "a date (YYYY-MM-DD)",
+    "date_from_datetime_inexact": "a date (YYYY-MM-DD)", "date_parsing": "a date (YYYY-MM-DD)",
+    "int_from_float": "an integer",
+}
+
+
+def _found(value: Any) -> str:
+    if value is None:
+        return "nothing (null)"
+    if isinstance(value, bool):
+        return f"{str(value).lower()}"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, int | float):
+        return f"the number {value}"
+    return f"{str(value)!r}"
+
+
+def _model_problems(source: LoadedYaml) -> Iterator[Problem]:
+    try:
+        SiteSpec.model_validate(source.data)
+    except ValidationError as exc:
+        for error in exc.errors(include_url=False):
+            yield _problem_from_pydantic(source, error)
+
+
+def _problem_from_pydantic(source: LoadedYaml, error: Any) -> Problem:
+    loc: PathKey = tuple("schema" if part == "schema_" else part for part in error["loc"])
+    kind = error["type"]
+    field = next((p for p in reversed(loc) if isinstance(p, str)), "")
+    secret = field in SECRET_FIELDS
+    value = error.get("input")
+    if kind == "extra_forbidden":
+        hint = _did_you_mean(str(loc[-1]), _fields_at(loc[:-1]))
+        return Problem("unknown-key", f"unknown key '{loc[-1]}'", source.location(loc, key=True), hint)
+    if kind == "missing":
+        return Problem("missing-field", f"missing required field '{loc[-1]}'", source.location(loc))
+    location = source.location(loc)
+    if secret:
+        return Problem(
+            "inline-secret",
+            "an inline secret is not allowed here; its value is not shown",
+            location,
+            "store it with `aifactory secret set` and write a reference such as secret://bmc/{host}",
+        )
+    if kind == "literal_error":
+        expected = error["ctx"]["expected"]
+        choices = [c.strip().strip("'") for c in expected.replace(" or ", ", ").split(",")]
+        message = f"must be one of {', '.join(choices)}; found {_found(value)}"
+        hint = _did_you_mean(str(value), choices) if isinstance(value, str) else None
+        if loc == ("schema",):
+            hint = f"this version of aifactory reads {SCHEMA_VERSION}"
+        return Problem("bad-value", message, location, hint)
+    if kind == "string_pattern_mismatch":
+        pattern = error["ctx"]["pattern"]
+        if pattern == SECRET_PATTERN:
+            return Problem("inline-secret", "an inline secret is not allowed here; its value is not shown",
+                           location, "write a reference such as secret://bmc/{host}")
+        expected = _PATTERN_TEXT.get(pattern, f"text matching {pattern}")
+        return Problem("bad-format", f"must be {expected}; found {_found(value)}", location)
+    if kind in _TYPE_NAMES:
+        quote = " (put quotes around it to make it a string)" if kind == "string_type" else ""
+        return Problem("bad-type", f"must be {_TYPE_NAMES[kind]}, found {_found(value)}{quote}", location)
+    return Problem("bad-value", f"{error['msg'].rstrip('.')}; found {_found(value)}", location)
+
+
+def _fields_at(loc: PathKey) -> list[str]:
+    """The field names of the model at a path, for "did you mean" hints."""
+    model: Any = SiteSpec
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get("schema_" if part == "schema" else part)
+        if field is None:
+            return []
+        model = _inner_model(field.annotation)
+        if model is None:
+            return []
+    return [f.alias or name for name, f in model.model_fields.items()]
+
+
+def _inner_model(annotation: Any) -> Any:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in get_args(annotation) if get_origin(annotation) is not None else ():
+        found = _inner_model(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _did_you_mean(word: str, choices: list[str]) -> str | None:
+    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    return f"did you mean '{close[0]}'?" if close else None
+
+
+# --- cross-references and the rules a type cannot express -------------------------------------
+
+def _items(data: Any, key: str) -> list[tuple[int, dict[str, Any]]]:
+    value = data.get(key) if isinstance(data, dict) else None
+    if not isinstance(value, list):
+        return []
+    return [(i, item) for i, item in enumerate(value) if isinstance(item, dict)]
+
+
+def _str_list(value: Any) -> list[tuple[int, str]]:
+    if not isinstance(value, list):
+        return []
+    return [(i, v) for i, v in enumerate(value) if isinstance(v, str)]
+
+
+class _Checker:
+    def __init__(self, source: LoadedYaml, places: Places) -> None:
+        self.source = source
+        self.data: dict[str, Any] = source.data
+        self.places = places
+        self.problems: list[Problem] = []
+        self.names: dict[str, dict[str, dict[str, Any]]] = {}
+
+    def add(self, path: PathKey, code: str, message: str, hint: str | None = None) -> None:
+        self.problems.append(Problem(code, message, self.source.location(path), hint))
+
+    def run(self) -> list[Problem]:
+        for kind in ("datacenters", "fabrics", "node_pools", "storage", "tenants", "datasets", "models"):
+            self.names[kind] = self._unique(kind, (kind,))
+        egress = self.data.get("egress")
+        self._unique("allow", ("egress", "allow"), container=egress if isinstance(egress, dict) else {})
+        self._site()
+        self._datacenters()
+        self._fabrics()
+        self._pools()
+        self._storage()
+        self._tenants()
+        self._datasets()
+        self._models()
+        self._grants()
+        self._egress()
+        return self.problems
+
+    def _unique(self, key: str, path: PathKey, container: Any = None) -> dict[str, dict[str, Any]]:
+        seen: dict[str, dict[str, Any]] = {}
+        first: dict[str, int] = {}
+        for i, item in _items(self.data if container is None else container, key):
+            name = item.get("name")
+            if not isinstance(name, str):
+                continue
+            if name in seen:
+                self.add(path + (i, "name"), "duplicate-name",
+                         f"{format_path(path)} name '{name}' is already used by {format_path(path + (first[name],))}")
+                continue
+            seen[name], first[name] = item, i
+        return seen
+
+    def ref(self, path: PathKey, value: Any, kind: str, what: str) -> dict[str, Any] | None:
+        if not isinstance(value, str):
+            return None
+        target = self.names[kind].get(value)
+        if target is None:
+            self.add(path, "unknown-reference", f"unknown {what} '{value}'",
+                     _did_you_mean(value, sorted(self.names[kind])))
+        return target
+
+    def place(self, path: PathKey, value: Any, *, country_only: bool = False) -> None:
+        if not isinstance(value, str):
+            return
+        if self.places.is_country(value):
+            return
+        if self.places.is_bloc(value):
+            if country_only:
+                self.add(path, "bloc-not-country", f"'{value}' is a bloc; a country code is needed here",
+                         f"pick one of its members: {', '.join(self.places.countries_of(value)[:6])}, ...")
+            return
+        what = "country code" if country_only else "place (country code or bloc)"
+        self.add(path, "unknown-place", f"unknown {what} '{value}'",
+                 _did_you_mean(value, self.places.all_places()))
+
+    def _site(self) -> None:
+        site = self.data.get("site")
+        if isinstance(site, dict):
+            self.place(("site", "jurisdiction"), site.get("jurisdiction"))
+
+    def _datacenters(self) -> None:
+        for i, dc in _items(self.data, "datacenters"):
+            country = dc.get("country")
+            self.place(("datacenters", i, "country"), country, country_only=True)
+            region = dc.get("region")
+            if isinstance(region, str) and isinstance(country, str) and self.places.is_country(country):
+                if not region.startswith(country + "-"):
+                    self.add(("datacenters", i, "region"), "region-outside-country",
+                             f"region '{region}' is not in country '{country}'")
+                elif not self.places.is_region(region):
+                    self.add(("datacenters", i, "region"), "unknown-region",
+                             f"unknown ISO 3166-2 region '{region}'",
+                             _did_you_mean(region, self.places.regions_of(country)))
+
+    def _fabrics(self) -> None:
+        fabrics = _items(self.data, "fabrics")
+        if fabrics and not any(f.get("purpose") == "management" for _, f in fabrics):
+            self.add(("fabrics",), "no-management-fabric", "no fabric has purpose 'management'",
+                     "every site needs one management fabric that every pool is on")
+        networks: list[tuple[int, ipaddress.IPv4Network | ipaddress.IPv6Network]] = []
+        for i, fabric in fabrics:
+            cidr = fabric.get("cidr")
+            if not isinstance(cidr, str):
+                continue
+            try:
+                network = ipaddress.ip_network(cidr, strict=True)
+            except ValueError as exc:
+                hint = None
+                try:
+                    hint = f"did you mean {ipaddress.ip_network(cidr, strict=False)}?"
+                except ValueError:
+                    pass
+                self.add(("fabrics", i, "cidr"), "bad-cidr", f"'{cidr}' is not a valid network: {exc}", hint)
+                continue
+            for j, other in networks:
+                if network.version == other.version and network.overlaps(other):
+                    self.add(("fabrics", i, "cidr"), "overlapping-cidr",
+                             f"{network} overlaps fabrics[{j}] ({other})")
+            networks.append((i, network))
+            self._fabric_capacity(i, fabric, network)
+
+    def _fabric_capacity(self, index: int, fabric: dict[str, Any],
+                         network: ipaddress.IPv4Network | ipaddress.IPv6Network) -> None:
+        name = fabric.get("name")
+        rails = fabric.get("rails", 1)
+        rails = rails if isinstance(rails, int) and rails >= 1 else 1
+        hosts = bmcs = 0
+        for _, pool in _items(self.data, "node_pools"):
+            count = pool.get("count")
+            if not isinstance(count, int) or count < 1:
+                continue
+            if name in (pool.get("fabrics") or []):
+                hosts += count
+            bmc = pool.get("bmc")
+            if isinstance(bmc, dict) and bmc.get("fabric") == name:
+                bmcs += count
+        reserved = RESERVED_V4 if network.version == 4 else RESERVED_V6
+        needed = hosts * rails + bmcs + reserved
+        if needed > network.num_addresses:
+            self.add(("fabrics", index, "cidr"), "fabric-too-small",
+                     f"{network} has {network.num_addresses} addresses but needs {needed} "
+                     f"({hosts} hosts x {rails} rail(s) + {bmcs} BMCs + {reserved} reserved)",
+                     "use a larger prefix")
+
+    def _pools(self) -> None:
+        for i, pool in _items(self.data, "node_pools"):
+            path: PathKey = ("node_pools", i)
+            self.ref(path + ("datacenter",), pool.get("datacenter"), "datacenters", "datacenter")
+            on_management = False
+            for j, name in _str_list(pool.get("fabrics")):
+                fabric = self.ref(path + ("fabrics", j), name, "fabrics", "fabric")
+                on_management |= bool(fabric and fabric.get("purpose") == "management")
+            if isinstance(pool.get("fabrics"), list) and pool["fabrics"] and not on_management:
+                self.add(path + ("fabrics",), "no-management-fabric",
+                         f"pool '{pool.get('name')}' is on no management fabric",
+                         "add the site's management fabric to its fabrics")
+            hardware = pool.get("hardware")
+            if pool.get("role") == "gpu" and not (isinstance(hardware, dict) and hardware.get("gpu")):
+                self.add(path + ("hardware", "gpu") if isinstance(hardware, dict) else path,
+                         "gpu-pool-without-gpus", "a gpu pool must declare hardware.gpu (model and count)")
+            bmc = pool.get("bmc")
+            if isinstance(bmc, dict):
+                fabric = self.ref(path + ("bmc", "fabric"), bmc.get("fabric"), "fabrics", "fabric")
+                if fabric and fabric.get("purpose") != "bmc":
+                    self.add(path + ("bmc", "fabric"), "bmc-fabric-purpose",
+                             f"fabric '{bmc.get('fabric')}' has purpose '{fabric.get('purpose')}', not 'bmc'")
+
+    def _storage(self) -> None:
+        for i, store in _items(self.data, "storage"):
+            path: PathKey = ("storage", i)
+            self.ref(path + ("datacenter",), store.get("datacenter"), "datacenters", "datacenter")
+            self.ref(path + ("fabric",), store.get("fabric"), "fabrics", "fabric")
+            for j, pool in _str_list(store.get("mounted_by")):
+                self.ref(path + ("mounted_by", j), pool, "node_pools", "node pool")
+            for j, replica in _str_list(store.get("replicas")):
+                if replica == store.get("name"):
+                    self.add(path + ("replicas", j), "self-replica", "a storage system cannot be its own replica")
+                else:
+                    self.ref(path + ("replicas", j), replica, "storage", "storage")
+            mount = store.get("mount_path")
+            if store.get("kind") == "s3":
+                if mount is not None:
+                    self.add(path + ("mount_path",), "s3-mount-path", "s3 storage is not mounted: remove mount_path")
+                if store.get("mounted_by") is not None:
+                    self.add(path + ("mounted_by",), "s3-mount-path", "s3 storage is not mounted: remove mounted_by")
+            elif isinstance(store.get("kind"), str):
+                if mount is None:
+                    self.add(path, "missing-mount-path",
+                             f"missing mount_path: {store.get('kind')} storage is mounted on hosts")
+                elif isinstance(mount, str):
+                    self._absolute_path(path + ("mount_path",), mount)
+
+    def _absolute_path(self, path: PathKey, value: str) -> bool:
+        if not value.startswith("/"):
+            self.add(path, "relative-path", f"'{value}' must be an absolute path")
+            return False
+        if ".." in value.split("/"):
+            self.add(path, "dotdot-path", f"'{value}' must not contain '..'")
+            return False
+        return True
+
+    def _tenants(self) -> None:
+        for i, tenant in _items(self.data, "tenants"):
+            for j, pool in _str_list(tenant.get("pools")):
+                self.ref(("tenants", i, "pools", j), pool, "node_pools", "node pool")
+
+    def _datasets(self) -> None:
+        paths: list[tuple[int, str, str]] = []
+        for i, dataset in _items(self.data, "datasets"):
+            path: PathKey = ("datasets", i)
+            self.ref(path + ("owner",), dataset.get("owner"), "tenants", "tenant")
+            self.ref(path + ("storage",), dataset.get("storage"), "storage", "storage")
+            self.place(path + ("residency",), dataset.get("residency"))
+            value = dataset.get("path")
+            if isinstance(value, str) and self._absolute_path(path + ("path",), value):
+                paths.append((i, str(dataset.get("storage")), posixpath.normpath(value)))
+        for i, store, value in paths:
+            for j, other_store, other in paths:
+                if i != j and store == other_store and (value == other or value.startswith(other.rstrip("/") + "/")):
+                    if value == other and i < j:
+                        continue
+                    self.add(("datasets", i, "path"), "nested-dataset",
+                             f"'{value}' is inside datasets[{j}]'s path '{other}' on storage '{store}'")
+
+    def _models(self) -> None:
+        for i, model in _items(self.data, "models"):
+            path: PathKey = ("models", i)
+            self.ref(path + ("owner",), model.get("owner"), "tenants", "tenant")
+            self.ref(path + ("storage",), model.get("storage"), "storage", "storage")
+            for j, dataset in _str_list(model.get("trained_on")):
+                self.ref(path + ("trained_on", j), dataset, "datasets", "dataset")
+            for j, pool in _str_list(model.get("serve_on")):
+                self.ref(path + ("serve_on", j), pool, "node_pools", "node pool")
+
+    def _grants(self) -> None:
+        for i, grant in _items(self.data, "access"):
+            path: PathKey = ("access", i)
+            self.ref(path + ("tenant",), grant.get("tenant"), "tenants", "tenant")
+            resource = grant.get("resource")
+            kind = None
+            if isinstance(resource, str) and "/" in resource:
+                kind, name = resource.split("/", 1)
+                if kind in ("dataset", "model"):
+                    self.ref(path + ("resource",), name, kind + "s", kind)
+            actions = [a for _, a in _str_list(grant.get("actions"))]
+            allowed = DATASET_ACTIONS if kind == "dataset" else MODEL_ACTIONS if kind == "model" else ()
+            for j, action in _str_list(grant.get("actions")):
+                if allowed and action not in allowed:
+                    self.add(path + ("actions", j), "bad-action",
+                             f"'{action}' is not an action on a {kind}; allowed: {', '.join(allowed)}")
+            has_to = "to" in grant
+            if "export" in actions and not has_to:
+                self.add(path, "export-without-to", "an export grant must name where the model goes in 'to'")
+            elif has_to and "export" not in actions:
+                self.add(path + ("to",), "to-without-export", "'to' is only allowed on grants that include export")
+            if has_to:
+                self.place(path + ("to",), grant.get("to"))
+
+    def _egress(self) -> None:
+        egress = self.data.get("egress")
+        for i, rule in _items(egress if isinstance(egress, dict) else {}, "allow"):
+            self.place(("egress", "allow", i, "country"), rule.get("country"), country_only=True)

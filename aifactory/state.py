@@ -1,0 +1,141 @@
+"""The site's state folder, its lock and the operator log.
+
+One folder per site, mode 0700:
+
+    $AIFACTORY_STATE_HOME/<site>/     (default: $XDG_STATE_HOME/aifactory, else ~/.local/state/aifactory)
+        lock                 flock held by a changing command
+        lock.owner           who holds it (pid, command, since)
+        operator.log.jsonl   hash-chained record of every changing command (AU-2, AU-9, AU-12)
+        secrets.enc          the encrypted secret store (aifactory.secrets)
+        ...                  each stage keeps its own subfolder (bundle/, lab/, deploy/, ...)
+"""
+
+from __future__ import annotations
+
+import fcntl
+import getpass
+import json
+import os
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from aifactory.chain import ChainReport, ChainWriter, verify_chain
+from aifactory.errors import SiteLocked, StateError
+
+OPERATOR_LOG = "operator.log.jsonl"
+
+
+def state_home() -> Path:
+    explicit = os.environ.get("AIFACTORY_STATE_HOME")
+    if explicit:
+        return Path(explicit)
+    xdg = os.environ.get("XDG_STATE_HOME")
+    base = Path(xdg) if xdg else Path.home() / ".local" / "state"
+    return base / "aifactory"
+
+
+@dataclass(frozen=True)
+class SiteState:
+    """The state folder of one site."""
+
+    site: str
+    root: Path
+
+    @classmethod
+    def for_site(cls, site: str, *, home: Path | None = None) -> SiteState:
+        root = (home or state_home()) / site
+        try:
+            root.mkdir(parents=True, exist_ok=True, mode=0o700)
+            os.chmod(root, 0o700)
+        except OSError as exc:
+            raise StateError(
+                f"cannot create the state folder {root}: {exc.strerror}",
+                hint="set AIFACTORY_STATE_HOME to a writable folder",
+            ) from exc
+        return cls(site, root)
+
+    def path(self, *parts: str) -> Path:
+        return self.root.joinpath(*parts)
+
+    def subdir(self, name: str) -> Path:
+        folder = self.root / name
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return folder
+
+    @property
+    def operator_log(self) -> Path:
+        return self.root / OPERATOR_LOG
+
+    @contextmanager
+    def lock(self, command: str, *, wait: float = 0.0) -> Iterator[None]:
+        """Hold the site lock for a changing command; refuse (or wait up to `wait` s) if held."""
+        lock_path = self.root / "lock"
+        owner_path = self.root / "lock.owner"
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        deadline = time.monotonic() + wait
+        try:
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        holder = _read_owner(owner_path)
+                        raise SiteLocked(
+                            f"site {self.site!r} is busy: {holder}",
+                            hint="wait for it to finish, or pass --wait SECONDS to wait for the lock",
+                        ) from None
+                    time.sleep(0.1)
+            owner_path.write_text(
+                json.dumps({"pid": os.getpid(), "command": command, "since": _now_iso()}) + "\n"
+            )
+            os.chmod(owner_path, 0o600)
+            yield
+        finally:
+            os.close(fd)  # closing releases the flock
+
+    def record(self, *, command: str, result: str, spec_digest: str | None = None,
+               bundle_digest: str | None = None, detail: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Append one record to the operator log."""
+        payload: dict[str, Any] = {
+            "time": _now_iso(),
+            "user": _who(),
+            "host": socket.gethostname(),
+            "command": command,
+            "site": self.site,
+            "spec_digest": spec_digest,
+            "bundle_digest": bundle_digest,
+            "result": result,
+        }
+        if detail:
+            payload["detail"] = detail
+        with ChainWriter(self.operator_log) as writer:
+            return writer.append(payload)
+
+    def verify_operator_log(self) -> ChainReport:
+        return verify_chain(self.operator_log)
+
+
+def _read_owner(path: Path) -> str:
+    try:
+        owner = json.loads(path.read_text())
+        return f"`{owner['command']}` (pid {owner['pid']}) has held its lock since {owner['since']}"
+    except (OSError, ValueError, KeyError):
+        return "another command holds its lock"
+
+
+def _who() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return str(os.getuid())
+
+
+def _now_iso() -> str:
+    return datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
