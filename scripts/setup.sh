@@ -22,10 +22,8 @@ if ((${#missing[@]})); then
   apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null \
     || { apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null; }
 fi
-# Debian starts daemons on install; the lab runs its own per host, never the machine's.
-for svc in ssh munge slurmctld slurmd; do
-  service "$svc" stop >/dev/null 2>&1 || true
-done
+# The lab runs its own sshd, munged and Slurm daemons inside each lab host (private /run); it never
+# starts, stops or reconfigures the machine's own services.
 
 PYTHON=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
