@@ -1,0 +1,155 @@
+"""A local apt repository of the Debian packages the roles install, carried inside the bundle.
+
+On the build host (which must run the pools' platform, e.g. Debian 12 x86_64) the packages and their
+whole dependency closure are resolved with `apt-cache depends --recurse` and fetched with
+`apt-get download`. Packages of priority `required` or `important` are left out: every Debian
+installation has them (documented in docs/bundle.md). The repository is a flat one:
+
+    apt/<name>_<version>_<arch>.deb
+    apt/Packages        one stanza per .deb, sorted, with Filename, Size and SHA256
+    apt/Release         the index's own hashes, dated with the bundle's build timestamp
+
+Every file is covered by the bundle manifest and its signature, so a tampered .deb or index is
+refused by `aifactory bundle verify` before apt ever reads it; hosts then use the repository with
+`deb [trusted=yes] file:<dir> ./`, which is safe only because the bundle role verified it there first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import shutil
+import subprocess
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from aifactory.errors import BundleError, PrerequisiteError
+
+# What the roles install from the bundle (munge + slurm roles, base role's time daemon).
+ROLE_PACKAGES: tuple[str, ...] = ("munge", "slurm-client", "slurmctld", "slurmd", "chrony")
+BASE_PRIORITIES = frozenset({"required", "important"})
+_DEPENDS = ["--recurse", "--no-recommends", "--no-suggests", "--no-conflicts", "--no-breaks",
+            "--no-replaces", "--no-enhances"]
+
+
+@dataclass(frozen=True)
+class DebPackage:
+    name: str
+    version: str
+    architecture: str
+    path: Path
+    sha256: str
+    size: int
+
+
+def _run(argv: Sequence[str], *, cwd: Path | None = None) -> str:
+    try:
+        done = subprocess.run(list(argv), cwd=cwd, capture_output=True, text=True, check=False)
+    except FileNotFoundError:
+        raise PrerequisiteError(f"`{argv[0]}` is not installed; the apt repository needs Debian's apt tools",
+                                hint="build the bundle on a Debian host of the pools' platform") from None
+    if done.returncode != 0:
+        raise BundleError(f"`{' '.join(argv[:3])} ...` failed: {done.stderr.strip()[-400:]}",
+                          code="apt-download-failed",
+                          hint="check that the build host can reach its Debian mirror (`apt-get update`)")
+    return done.stdout
+
+
+def resolve_closure(packages: Iterable[str]) -> list[str]:
+    """The packages and everything they depend on, minus the base system, sorted."""
+    wanted = sorted(set(packages))
+    out = _run(["apt-cache", "depends", *_DEPENDS, *wanted])
+    names = sorted({line.strip() for line in out.splitlines()
+                    if line and not line.startswith(" ") and not line.startswith("<")})
+    stanzas = _run(["apt-cache", "show", "--no-all-versions", *names])
+    priority: dict[str, str] = {}
+    for stanza in stanzas.split("\n\n"):
+        fields = _fields(stanza)
+        if "Package" in fields:
+            priority[fields["Package"]] = fields.get("Priority", "optional")
+    missing = [n for n in wanted if n not in priority]
+    if missing:
+        raise BundleError(f"no Debian package named {', '.join(missing)}", code="apt-unknown-package")
+    return [n for n in names if n in priority and (priority[n] not in BASE_PRIORITIES or n in wanted)]
+
+
+def _fields(stanza: str) -> dict[str, str]:
+    fields: dict[str, str] = {}
+    key = None
+    for line in stanza.splitlines():
+        if line[:1] in (" ", "\t") and key:
+            fields[key] += "\n" + line
+        elif ":" in line:
+            key, value = line.split(":", 1)
+            fields[key] = value.strip()
+    return fields
+
+
+def download(packages: Sequence[str], *, cache: Path) -> list[Path]:
+    """apt-get download into a cache folder (reused across builds); return the .deb files."""
+    cache.mkdir(parents=True, exist_ok=True)
+    have = {p.name.split("_", 1)[0]: p for p in cache.glob("*.deb")}
+    missing = [name for name in packages if name not in have]
+    if missing:
+        _run(["apt-get", "download", *missing], cwd=cache)
+        have = {p.name.split("_", 1)[0]: p for p in cache.glob("*.deb")}
+    lost = [name for name in packages if name not in have]
+    if lost:
+        raise BundleError(f"apt-get download gave no file for {', '.join(lost)}", code="apt-download-failed")
+    return [have[name] for name in packages]
+
+
+def _control(deb: Path) -> str:
+    return _run(["dpkg-deb", "-f", str(deb)]).rstrip("\n")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_repository(debs: Sequence[Path], repo: Path, *, timestamp: int) -> list[DebPackage]:
+    """Copy the .debs into `repo` and write a deterministic Packages and Release index."""
+    repo.mkdir(parents=True, exist_ok=True)
+    packages: list[DebPackage] = []
+    stanzas: list[str] = []
+    for deb in sorted(debs, key=lambda p: p.name):
+        target = repo / deb.name
+        shutil.copyfile(deb, target)
+        control = _control(target)
+        fields = _fields(control)
+        sha = _sha256(target)
+        size = target.stat().st_size
+        packages.append(DebPackage(fields["Package"], fields["Version"], fields.get("Architecture", "all"),
+                                   target, sha, size))
+        stanzas.append(f"{control}\nFilename: ./{deb.name}\nSize: {size}\nSHA256: {sha}")
+    index = "\n\n".join(stanzas) + "\n"
+    (repo / "Packages").write_text(index)
+    date = datetime.fromtimestamp(timestamp, UTC).strftime("%a, %d %b %Y %H:%M:%S UTC")
+    index_sha = hashlib.sha256(index.encode()).hexdigest()
+    (repo / "Release").write_text(
+        "Origin: aifactory\nLabel: aifactory bundle\nSuite: bundle\nCodename: bundle\n"
+        f"Date: {date}\nArchitectures: {' '.join(sorted({p.architecture for p in packages}))}\n"
+        f"SHA256:\n {index_sha} {len(index.encode())} Packages\n"
+    )
+    return packages
+
+
+def build_apt_repository(repo: Path, *, packages: Sequence[str] = ROLE_PACKAGES, cache: Path,
+                         timestamp: int) -> list[DebPackage]:
+    closure = resolve_closure(packages)
+    return write_repository(download(closure, cache=cache), repo, timestamp=timestamp)
+
+
+_STANZA_SPLIT = re.compile(r"\n\s*\n")
+
+
+def read_index(repo: Path) -> dict[str, dict[str, str]]:
+    """Packages index -> {package: fields}."""
+    text = (repo / "Packages").read_text()
+    return {f["Package"]: f for f in (_fields(s) for s in _STANZA_SPLIT.split(text) if s.strip())}
