@@ -77,8 +77,8 @@ def test_roles_packages_install_from_the_repository_alone_with_no_network(repo: 
                f"-o Dir::State::status={status}"]
     args = [a for o in options for a in o.split(" ", 1)]
     subprocess.run(["unshare", "-n", "apt-get", *args, "update"], check=True, capture_output=True)
-    done = subprocess.run(["unshare", "-n", "apt-get", *args, "install", "-s", "-y", "--no-install-recommends",
-                           *apt.ROLE_PACKAGES], capture_output=True, text=True)
+    install = ["install", "-s", "-y", "--no-install-recommends", *apt.ROLE_PACKAGES]
+    done = subprocess.run(["unshare", "-n", "apt-get", *args, *install], capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
     installed = set(re.findall(r"^Inst (\S+) .*aifactory bundle", done.stdout, re.M))
     assert set(apt.ROLE_PACKAGES) <= installed
