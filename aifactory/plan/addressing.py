@@ -155,12 +155,25 @@ class FabricAllocator:
     def addresses(self, owner: str, count: int) -> list[str]:
         """The first `count` addresses of an owner, in slot order."""
         out: list[str] = []
-        fmt, base = self._format, self.base
         for start, length in self.space.owners.get(owner, []):
             take = min(length, count - len(out))
-            out.extend(fmt(base + offset) for offset in range(start, start + take))
+            out.extend(self._format_range(self.base + start, self.base + start + take))
             if len(out) >= count:
                 break
+        return out
+
+    def _format_range(self, first: int, stop: int) -> list[str]:
+        """Addresses first..stop-1 as text, without an ipaddress object per address."""
+        if self.version != 4:
+            return [self._format(value) for value in range(first, stop)]
+        out: list[str] = []
+        value = first
+        while value < stop:
+            block_end = min(stop, (value | 0xFF) + 1)  # the rest of this /24
+            prefix = socket.inet_ntoa(struct.pack("!I", value))
+            prefix = prefix[: prefix.rfind(".") + 1]
+            out.extend([prefix + str(last) for last in range(value & 0xFF, (block_end - 1 & 0xFF) + 1)])
+            value = block_end
         return out
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 from dataclasses import dataclass
+from itertools import repeat
 from pathlib import Path
 from typing import Any
 
@@ -109,7 +110,8 @@ def build_plan(spec: SiteSpec, *, lock: AllocationLock | None = None,
         models=_models(spec, places, dc_by_name),
         access=_access(spec, places),
         egress={"air_gapped": spec.site.air_gapped,
-                "allow": [{"name": r.name, "endpoint": r.endpoint, "country": r.country} for r in spec.egress.allow]},
+                "allow": [{"name": r.name, "endpoint": r.endpoint, "country": r.country}
+                          for r in spec.egress.allow]},
         control_host=next((h.name for h in hosts if h.role == "control"), None),
         allocation={},
     )
@@ -171,32 +173,34 @@ def _pool_hosts(pool: NodePool, names: list[str], country: str, region: str | No
                 mounts: tuple[Mount, ...]) -> list[Host]:
     count = pool.count
     per_fabric: list[tuple[Fabric, list[str], list[str], int]] = []
+    columns: list[list[Interface]] = []  # one column per (fabric, rail): that interface of every host
     for fabric_name in pool.fabrics:
         fabric = fabrics[fabric_name]
         allocator = allocators[fabric_name]
-        addresses = allocator.addresses(owner_key("hosts", pool.name), count * fabric.rails)
-        ifnames = [interface_name(fabric.name, r, fabric.rails) for r in range(fabric.rails)]
-        per_fabric.append((fabric, addresses, ifnames, allocator.network.prefixlen))
+        rails = fabric.rails
+        addresses = allocator.addresses(owner_key("hosts", pool.name), count * rails)
+        ifnames = [interface_name(fabric.name, r, rails) for r in range(rails)]
+        prefixlen = allocator.network.prefixlen
+        per_fabric.append((fabric, addresses, ifnames, prefixlen))
+        for r in range(rails):
+            columns.append(list(map(Interface, repeat(fabric.name, count), repeat(r, count),
+                                    repeat(ifnames[r], count), addresses[r::rails],
+                                    repeat(prefixlen, count))))
     bmc_addresses = (allocators[pool.bmc.fabric].addresses(owner_key("bmc", pool.name), count)
                      if pool.bmc else [])
     management = next(f for f in per_fabric if f[0].purpose == "management")
     compute = next((f for f in per_fabric if f[0].purpose == "compute"), None)
+    management_addresses = management[1][::management[0].rails]
+    compute_addresses = compute[1][::compute[0].rails] if compute else management_addresses
     gpus = pool.hardware.gpu.model_dump() if pool.hardware.gpu else None
     platform = pool.platform.model_dump()
     nccl = _nccl(management, compute)
     hosts = []
-    for k, name in enumerate(names):
-        interfaces = tuple(
-            Interface(fabric.name, r, ifnames[r], addresses[k * fabric.rails + r], prefixlen)
-            for fabric, addresses, ifnames, prefixlen in per_fabric
-            for r in range(fabric.rails)
-        )
-        mgmt_address = management[1][k * management[0].rails]
-        compute_address = compute[1][k * compute[0].rails] if compute else mgmt_address
+    for k, (name, interfaces) in enumerate(zip(names, zip(*columns, strict=True), strict=True)):
         bmc = (BmcEndpoint(bmc_addresses[k], pool.bmc.fabric, pool.bmc.protocol,
                            pool.bmc.credentials.replace("{host}", name)) if pool.bmc else None)
         hosts.append(Host(name, pool.name, pool.role, k + 1, pool.datacenter, country, region, interfaces,
-                          mgmt_address, compute_address, bmc, gpus, pool.hardware.cpus,
+                          management_addresses[k], compute_addresses[k], bmc, gpus, pool.hardware.cpus,
                           pool.hardware.memory_gib, mounts, nccl, platform))
     return hosts
 

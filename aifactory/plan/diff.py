@@ -58,7 +58,8 @@ def diff_plans(old: dict[str, Any], new: dict[str, Any]) -> PlanDiff:
         old_mounts = sorted(m["path"] for m in before.get("mounts", []))
         new_mounts = sorted(m["path"] for m in host.get("mounts", []))
         if old_mounts != new_mounts:
-            changes.append(f"mounts: {', '.join(old_mounts) or '(none)'} -> {', '.join(new_mounts) or '(none)'}")
+            before_text, after_text = ", ".join(old_mounts) or "(none)", ", ".join(new_mounts) or "(none)"
+            changes.append(f"mounts: {before_text} -> {after_text}")
         for key in ("pool", "role", "datacenter", "gpus", "cpus", "memory_gib"):
             if before.get(key) != host.get(key):
                 changes.append(f"{key}: {before.get(key)} -> {host.get(key)}")

@@ -10,13 +10,14 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 PLAN_SCHEMA = "aifactory.plan/v1"
 
 
-@dataclass(frozen=True, slots=True)
-class Interface:
+class Interface(NamedTuple):
+    """One address of a host on one rail of a fabric (a named tuple: a plan holds 100,000s)."""
+
     fabric: str
     rail: int
     name: str  # Linux interface name the plan gives this fabric rail (at most 15 characters)

@@ -16,7 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from yaml.composer import Composer
+from yaml.constructor import SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+from yaml.resolver import Resolver
 
 from aifactory.errors import Location, Problem, SpecError
 
@@ -60,11 +63,32 @@ class LoadedYaml:
         return Location(file=self.file, line=line, column=column, path=format_path(path) or None)
 
 
-class _Loader(yaml.SafeLoader):
-    """SafeLoader with YAML 1.2 booleans and a bound on nesting depth while composing."""
+try:  # libyaml parses events about 15x faster; the Python composer above it keeps the depth bound
+    from yaml._yaml import CParser as _Parser
+except ImportError:  # pragma: no cover - PyYAML built without libyaml
+    from yaml.parser import Parser as _PyParser
+    from yaml.reader import Reader
+    from yaml.scanner import Scanner
+
+    class _Parser(Reader, Scanner, _PyParser):  # type: ignore[no-redef]
+        def __init__(self, stream: str) -> None:
+            Reader.__init__(self, stream)
+            Scanner.__init__(self)
+            _PyParser.__init__(self)
+
+
+class _Loader(Composer, _Parser, SafeConstructor, Resolver):
+    """A safe loader with YAML 1.2 booleans and a bound on nesting depth while composing.
+
+    Events come from libyaml when PyYAML has it; nodes are composed in Python so that
+    `compose_node` below sees every level.
+    """
 
     def __init__(self, stream: str) -> None:
-        super().__init__(stream)
+        _Parser.__init__(self, stream)
+        Composer.__init__(self)
+        SafeConstructor.__init__(self)
+        Resolver.__init__(self)
         self._depth = 0
 
     def compose_node(self, parent: Node | None, index: Any) -> Node:  # type: ignore[override]
@@ -80,7 +104,7 @@ class _Loader(yaml.SafeLoader):
 
 _Loader.yaml_implicit_resolvers = {
     first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    for first, resolvers in Resolver.yaml_implicit_resolvers.items()
 }
 _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:bool",
@@ -195,7 +219,8 @@ def load_yaml_text(text: str, file: str) -> LoadedYaml:
                 code="yaml-syntax",
             ) from None
         except yaml.YAMLError as exc:
-            raise SpecError(f"not valid YAML: {exc}", location=Location(file), code="yaml-syntax") from None
+            raise SpecError(f"not valid YAML: {' '.join(str(exc).split())}", location=Location(file),
+                            code="yaml-syntax") from None
         if root is None:
             raise SpecError("the file is empty", location=Location(file), code="spec-empty",
                             hint="start from `aifactory init NAME --jurisdiction CC`")
