@@ -1,0 +1,24 @@
+"""The AI runtime that runs on the cluster's nodes: training, serving, identity and the decision log.
+
+Modules and what they need:
+
+    tokens        site-signed bearer tokens and the signed revocation list   (no torch)
+    decisionlog   the hash-chained decision log with signed heads            (no torch)
+    authz         token -> tenant -> policy decision -> durable log record   (no torch)
+    job           the training job file (JOB.yaml) and the plan paths         (no torch)
+    dataset       the generated dataset format (aifactory.dataset/v1)         (numpy, safetensors)
+    metrics       per-step JSON lines, Prometheus text files, server counters (no torch)
+    train_cli     `aifactory-train`: checks policy, then starts torchrun      (no torch in the launcher)
+    train_worker  what torchrun runs on each process: DDP training            (torch)
+    model, checkpoint, server, serve_cli                                      (torch)
+
+Torch is a runtime dependency only (the `[runtime]` extra): nothing outside this package imports it,
+and the torch-free modules above never import it either, so `aifactory token ...` and
+`aifactory validate` work on a machine without torch.
+"""
+
+from __future__ import annotations
+
+import logging
+
+logging.getLogger(__name__).addHandler(logging.NullHandler())

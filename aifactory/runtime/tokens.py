@@ -1,0 +1,372 @@
+"""Site-signed bearer tokens and the signed revocation list (IA-2, IA-5, AC-2).
+
+A token says which tenant its bearer acts for, at which site, until when. The runtime never trusts
+a tenant name that a request or job asserts itself: the tenant comes only from a token that
+verifies against the site's public key and is neither expired nor revoked.
+
+Compact format (one line, URL-safe, no padding):
+
+    aft1.<base64url(payload)>.<base64url(SSHSIG blob)>
+
+`payload` is the canonical JSON of {"v": 1, "id", "tenant", "site", "issued", "expires"} (times in
+whole seconds since the epoch, UTC). The signature is an OpenSSH SSHSIG Ed25519 signature over the
+payload bytes in namespace `aifactory-token`, so an auditor can check a token with the stock tool:
+re-armor the blob between BEGIN/END SSH SIGNATURE lines and run `ssh-keygen -Y verify`.
+
+Files, in the site's runtime folder (`SiteState.for_site(site).subdir("runtime")`, 0700):
+
+    token-key/signing_key       the site's token key (0600; on the admin's machine only)
+    token-key/allowed_signers   its public key: what nodes verify tokens against
+    revoked-tokens.json(.sig)   the revocation list, signed by the same key; nodes reload it on change
+    issued-tokens.jsonl         hash-chained record of issued and revoked token ids (never the tokens)
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import secrets
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from aifactory.chain import ChainWriter, canonical_json
+from aifactory.errors import Location, RuntimeDenied, UsageError
+from aifactory.signing import (
+    BEGIN,
+    END,
+    SignatureError,
+    generate_keypair,
+    load_private_key,
+    sign,
+    verify,
+)
+
+TOKEN_NAMESPACE = "aifactory-token"
+TOKEN_PREFIX = "aft1"
+MAX_LIFETIME = timedelta(days=366)
+REVOCATIONS_SCHEMA = "aifactory.revocations/v1"
+
+
+class TokenRejected(RuntimeDenied):
+    """A token did not verify; `reason` is the code a client sees (never more than that)."""
+
+    code = "token-rejected"
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message, hint=f"reason code: {reason}")
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class TokenClaims:
+    id: str
+    tenant: str
+    site: str
+    issued: int
+    expires: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"v": 1, "id": self.id, "tenant": self.tenant, "site": self.site,
+                "issued": self.issued, "expires": self.expires}
+
+
+@dataclass(frozen=True)
+class TrustFiles:
+    """Where the runtime folder keeps the token key, its public half and the revocation list."""
+
+    root: Path
+
+    @property
+    def key_dir(self) -> Path:
+        return self.root / "token-key"
+
+    @property
+    def private_key(self) -> Path:
+        return self.key_dir / "signing_key"
+
+    @property
+    def allowed_signers(self) -> Path:
+        return self.key_dir / "allowed_signers"
+
+    @property
+    def revocations(self) -> Path:
+        return self.root / "revoked-tokens.json"
+
+    @property
+    def revocations_sig(self) -> Path:
+        return self.root / "revoked-tokens.json.sig"
+
+    @property
+    def issued_log(self) -> Path:
+        return self.root / "issued-tokens.jsonl"
+
+
+@dataclass(frozen=True)
+class IssuedToken:
+    token: str
+    claims: TokenClaims
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+
+def _unb64url(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _armor(blob: bytes) -> str:
+    encoded = base64.b64encode(blob).decode()
+    return "\n".join([BEGIN, *(encoded[i:i + 70] for i in range(0, len(encoded), 70)), END]) + "\n"
+
+
+def _dearmor(armored: str) -> bytes:
+    return base64.b64decode("".join(armored.strip()[len(BEGIN):-len(END)].split()))
+
+
+def _iso(seconds: int) -> str:
+    return datetime.fromtimestamp(seconds, UTC).isoformat().replace("+00:00", "Z")
+
+
+# --- the admin's side: keys, issue, revoke --------------------------------------------------------------
+
+
+def ensure_site_key(trust: TrustFiles, *, site: str) -> None:
+    """Create the site's token key on first use (0600, generated here, never copied in)."""
+    if not trust.private_key.exists():
+        generate_keypair(trust.key_dir, identity=f"{site}-tokens", namespaces=TOKEN_NAMESPACE)
+    if not trust.revocations.exists():
+        _write_revocations(trust, site=site, entries=[])
+
+
+def parse_expiry(text: str, *, now: datetime) -> datetime:
+    """`30d`, `12h`, `45m`, an ISO date (expires at 00:00 UTC that day) or an ISO date-time."""
+    match = re.fullmatch(r"(\d+)([dhm])", text.strip())
+    if match:
+        amount, unit = int(match.group(1)), match.group(2)
+        delta = {"d": timedelta(days=amount), "h": timedelta(hours=amount), "m": timedelta(minutes=amount)}[unit]
+        when = now + delta
+    else:
+        try:
+            if re.fullmatch(r"\d{4}-\d{2}-\d{2}", text.strip()):
+                day = date.fromisoformat(text.strip())
+                when = datetime(day.year, day.month, day.day, tzinfo=UTC)
+            else:
+                when = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+                if when.tzinfo is None:
+                    when = when.replace(tzinfo=UTC)
+        except ValueError:
+            raise UsageError(f"cannot read the expiry {text!r}",
+                             hint="give a duration such as 30d, 12h or 45m, or an ISO date such as 2027-01-31") from None
+    if when <= now:
+        raise UsageError(f"the expiry {text!r} is in the past", hint="tokens must expire in the future")
+    if when - now > MAX_LIFETIME:
+        raise UsageError(f"the expiry {text!r} is more than {MAX_LIFETIME.days} days away",
+                         hint="issue shorter-lived tokens and re-issue them (IA-5)")
+    return when
+
+
+def issue_token(trust: TrustFiles, *, site: str, tenant: str, expires: datetime,
+                now: datetime | None = None, passphrase: bytes | None = None) -> IssuedToken:
+    ensure_site_key(trust, site=site)
+    issued_at = now or datetime.now(UTC)
+    claims = TokenClaims(id=secrets.token_hex(8), tenant=tenant, site=site,
+                         issued=int(issued_at.timestamp()), expires=int(expires.timestamp()))
+    payload = canonical_json(claims.as_dict()).encode()
+    armored = sign(payload, load_private_key(trust.private_key, passphrase), TOKEN_NAMESPACE)
+    token = f"{TOKEN_PREFIX}.{_b64url(payload)}.{_b64url(_dearmor(armored))}"
+    with ChainWriter(trust.issued_log) as log:
+        log.append({"event": "issued", "time": _iso(claims.issued), "token_id": claims.id,
+                    "tenant": tenant, "site": site, "expires": _iso(claims.expires)})
+    return IssuedToken(token, claims)
+
+
+def token_id_of(text: str) -> str:
+    """Accept a token id or a whole token (whose id is read without trusting it)."""
+    text = text.strip()
+    if re.fullmatch(r"[0-9a-f]{16}", text):
+        return text
+    try:
+        return str(_decode(text)[0]["id"])
+    except (TokenRejected, KeyError):
+        raise UsageError(f"{text[:24]!r} is neither a token id (16 hex digits) nor a token") from None
+
+
+def revoke_token(trust: TrustFiles, *, site: str, token_id: str, reason: str | None = None,
+                 now: datetime | None = None, passphrase: bytes | None = None) -> int:
+    """Add a token id to the signed revocation list; return how many ids the list holds."""
+    if not trust.private_key.exists():
+        raise UsageError(f"site {site!r} has no token key in {trust.key_dir}",
+                         hint="tokens are issued with `aifactory token issue` first")
+    when = _iso(int((now or datetime.now(UTC)).timestamp()))
+    entries = {e["id"]: e for e in load_revocations(trust).get("revoked", [])}
+    if token_id not in entries:
+        entries[token_id] = {"id": token_id, "revoked_at": when, "reason": reason}
+    _write_revocations(trust, site=site, entries=list(entries.values()), passphrase=passphrase)
+    with ChainWriter(trust.issued_log) as log:
+        log.append({"event": "revoked", "time": when, "token_id": token_id, "site": site, "reason": reason})
+    return len(entries)
+
+
+def load_revocations(trust: TrustFiles) -> dict[str, Any]:
+    try:
+        value = json.loads(trust.revocations.read_text())
+    except FileNotFoundError:
+        return {"schema": REVOCATIONS_SCHEMA, "revoked": []}
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"cannot read the revocation list: {exc}",
+                         location=Location(file=str(trust.revocations))) from None
+    return value if isinstance(value, dict) else {"revoked": []}
+
+
+def _write_revocations(trust: TrustFiles, *, site: str, entries: list[dict[str, Any]],
+                       passphrase: bytes | None = None) -> None:
+    document = {"schema": REVOCATIONS_SCHEMA, "site": site,
+                "revoked": sorted(entries, key=lambda e: e["id"])}
+    data = (json.dumps(document, indent=2, sort_keys=True) + "\n").encode()
+    signature = sign(data, load_private_key(trust.private_key, passphrase), TOKEN_NAMESPACE)
+    # The signature goes first: a reader that sees the new list with the old signature fails
+    # closed for an instant instead of accepting an unsigned list.
+    _atomic_write(trust.revocations_sig, signature.encode())
+    _atomic_write(trust.revocations, data)
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+
+
+# --- the runtime's side: verify -------------------------------------------------------------------------
+
+
+def _decode(token: str) -> tuple[dict[str, Any], bytes, bytes]:
+    parts = token.strip().split(".")
+    if len(parts) != 3 or parts[0] != TOKEN_PREFIX:
+        raise TokenRejected("token-malformed", "the token is not an aifactory token (aft1.PAYLOAD.SIGNATURE)")
+    try:
+        payload = _unb64url(parts[1])
+        blob = _unb64url(parts[2])
+        claims = json.loads(payload)
+    except ValueError:
+        raise TokenRejected("token-malformed", "the token's payload cannot be decoded") from None
+    if not isinstance(claims, dict):
+        raise TokenRejected("token-malformed", "the token's payload is not an object")
+    return claims, payload, blob
+
+
+def _claims(raw: dict[str, Any]) -> TokenClaims:
+    try:
+        claims = TokenClaims(id=str(raw["id"]), tenant=str(raw["tenant"]), site=str(raw["site"]),
+                             issued=int(raw["issued"]), expires=int(raw["expires"]))
+    except (KeyError, TypeError, ValueError):
+        raise TokenRejected("token-malformed", "the token's payload lacks a field") from None
+    if raw.get("v") != 1:
+        raise TokenRejected("token-malformed", f"unsupported token version {raw.get('v')!r}")
+    return claims
+
+
+def _file_version(path: Path) -> tuple[int, int] | None:
+    try:
+        status = path.stat()
+    except FileNotFoundError:
+        return None
+    return (status.st_mtime_ns, status.st_size)
+
+
+class TokenVerifier:
+    """Verifies tokens for one site; thread-safe.
+
+    Signature checks are cached per token string (bounded) and dropped when the trust file changes.
+    The revocation list is re-read whenever it or its signature changes on disk; a list that is
+    missing, unsigned or signed by another key makes every token fail (fail closed).
+    """
+
+    def __init__(self, trust: TrustFiles, *, site: str, cache_size: int = 4096) -> None:
+        self.trust = trust
+        self.site = site
+        self._lock = threading.Lock()
+        self._cache: OrderedDict[str, TokenClaims] = OrderedDict()
+        self._cache_size = cache_size
+        self._trust_version: tuple[int, int] | None = None
+        self._revocations_version: tuple[Any, Any] | None = None
+        self._revoked: frozenset[str] = frozenset()
+        self._revocation_problem: str | None = "not loaded"
+
+    def verify(self, token: str | None, *, now: float | None = None) -> TokenClaims:
+        if not token:
+            raise TokenRejected("token-missing", "no token was presented")
+        claims = self._verified_claims(token)
+        moment = time.time() if now is None else now
+        if claims.site != self.site:
+            raise TokenRejected("token-wrong-site", f"the token was issued for site {claims.site!r}")
+        if moment >= claims.expires:
+            raise TokenRejected("token-expired", f"the token expired at {_iso(claims.expires)}")
+        revoked, problem = self._revocation_state()
+        if problem:
+            raise TokenRejected("revocation-list-invalid", problem)
+        if claims.id in revoked:
+            raise TokenRejected("token-revoked", f"token {claims.id} is revoked")
+        return claims
+
+    def _verified_claims(self, token: str) -> TokenClaims:
+        trust_version = _file_version(self.trust.allowed_signers)
+        with self._lock:
+            if trust_version != self._trust_version:
+                self._cache.clear()
+                self._trust_version = trust_version
+            cached = self._cache.get(token)
+            if cached is not None:
+                self._cache.move_to_end(token)
+                return cached
+        raw, payload, blob = _decode(token)
+        claims = _claims(raw)
+        if trust_version is None:
+            raise TokenRejected("token-untrusted", f"no token trust file at {self.trust.allowed_signers}")
+        try:
+            verify(payload, _armor(blob), allowed_signers=self.trust.allowed_signers, namespace=TOKEN_NAMESPACE)
+        except SignatureError as exc:
+            raise TokenRejected("token-bad-signature", f"the token's signature does not verify: {exc.message}") \
+                from None
+        with self._lock:
+            self._cache[token] = claims
+            if len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+        return claims
+
+    def _revocation_state(self) -> tuple[frozenset[str], str | None]:
+        version = (_file_version(self.trust.revocations), _file_version(self.trust.revocations_sig),
+                   _file_version(self.trust.allowed_signers))
+        with self._lock:
+            if version == self._revocations_version:
+                return self._revoked, self._revocation_problem
+            revoked, problem = self._load_revocations()
+            self._revocations_version = version
+            self._revoked, self._revocation_problem = revoked, problem
+            return revoked, problem
+
+    def _load_revocations(self) -> tuple[frozenset[str], str | None]:
+        try:
+            data = self.trust.revocations.read_bytes()
+            signature = self.trust.revocations_sig.read_text()
+        except OSError as exc:
+            return frozenset(), f"the revocation list cannot be read: {exc.strerror} ({exc.filename})"
+        try:
+            verify(data, signature, allowed_signers=self.trust.allowed_signers, namespace=TOKEN_NAMESPACE)
+            document = json.loads(data)
+            return frozenset(str(entry["id"]) for entry in document["revoked"]), None
+        except SignatureError as exc:
+            return frozenset(), f"the revocation list's signature does not verify: {exc.message}"
+        except (ValueError, KeyError, TypeError) as exc:
+            return frozenset(), f"the revocation list is malformed: {exc}"
