@@ -50,10 +50,14 @@ class LoadedYaml:
     values: dict[PathKey, tuple[int, int]] = field(default_factory=dict)
     keys: dict[PathKey, tuple[int, int]] = field(default_factory=dict)
 
-    def location(self, path: PathKey, *, key: bool = False) -> Location:
-        """The nearest recorded position for a path (an absent field points at its parent)."""
+    def location(self, path: PathKey, *, key: bool = False, at: PathKey | None = None) -> Location:
+        """The nearest recorded position for a path (an absent field points at its parent).
+
+        `key` prefers where a mapping key was written over where its value starts; `at` names
+        another path whose position to report (a missing field is reported where its parent's key is).
+        """
         table = self.keys if key else self.values
-        probe = path
+        probe = path if at is None else at
         while True:
             found = table.get(probe) or self.values.get(probe) or self.keys.get(probe)
             if found or not probe:
@@ -144,7 +148,11 @@ class _Walker:
 
     def _scalar(self, node: ScalarNode, path: PathKey) -> Any:
         if node.tag == "tag:yaml.org,2002:timestamp":
-            return self.loader.construct_yaml_timestamp(node)
+            try:
+                return self.loader.construct_yaml_timestamp(node)
+            except ValueError as exc:  # 2030-13-45 looks like a date but is none
+                self._problem(node, path, "bad-date", f"'{node.value}' is not a valid date: {exc}")
+                return None
         if node.tag in ("tag:yaml.org,2002:str", "tag:yaml.org,2002:null", "tag:yaml.org,2002:bool",
                         "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"):
             return self.loader.construct_object(node, deep=True)

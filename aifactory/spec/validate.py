@@ -107,7 +107,7 @@ _TYPE_NAMES = {
     "string_type": "a string", "int_type": "an integer", "float_type": "a number", "bool_type": "true or false",
     "list_type": "a list", "model_type": "a mapping", "dict_type": "a mapping", "date_type": "a date (YYYY-MM-DD)",
     "date_from_datetime_inexact": "a date (YYYY-MM-DD)", "date_parsing": "a date (YYYY-MM-DD)",
-    "int_from_float": "an integer",
+    "int_from_float": "an integer", "date_from_datetime_parsing": "a date (YYYY-MM-DD)",
 }
 
 
@@ -143,8 +143,9 @@ def _problem_from_pydantic(source: LoadedYaml, error: Any) -> Problem:
         hint = _did_you_mean(str(loc[-1]), _fields_at(loc[:-1]))
         return Problem("unknown-key", f"unknown key '{loc[-1]}'", source.location(loc, key=True), hint)
     if kind == "missing":
-        return Problem("missing-field", f"missing required field '{loc[-1]}'", source.location(loc))
-    location = source.location(loc)
+        return Problem("missing-field", f"missing required field '{loc[-1]}'",
+                       source.location(loc, key=True, at=loc[:-1]))
+    location = source.location(loc, key=True)
     if secret:
         return Problem(
             "inline-secret",
@@ -226,8 +227,11 @@ class _Checker:
         self.problems: list[Problem] = []
         self.names: dict[str, dict[str, dict[str, Any]]] = {}
 
-    def add(self, path: PathKey, code: str, message: str, hint: str | None = None) -> None:
-        self.problems.append(Problem(code, message, self.source.location(path), hint))
+    def add(self, path: PathKey, code: str, message: str, hint: str | None = None, *,
+            missing: bool = False) -> None:
+        """One problem at a field; a `missing` field is reported where its parent is written."""
+        at = path[:-1] if missing else None
+        self.problems.append(Problem(code, message, self.source.location(path, key=True, at=at), hint))
 
     def run(self) -> list[Problem]:
         for kind in ("datacenters", "fabrics", "node_pools", "storage", "tenants", "datasets", "models"):
@@ -366,8 +370,9 @@ class _Checker:
                          "add the site's management fabric to its fabrics")
             hardware = pool.get("hardware")
             if pool.get("role") == "gpu" and not (isinstance(hardware, dict) and hardware.get("gpu")):
-                self.add(path + ("hardware", "gpu") if isinstance(hardware, dict) else path,
-                         "gpu-pool-without-gpus", "a gpu pool must declare hardware.gpu (model and count)")
+                self.add(path + ("hardware", "gpu") if isinstance(hardware, dict) else path + ("hardware",),
+                         "gpu-pool-without-gpus", "a gpu pool must declare hardware.gpu (model and count)",
+                         missing=True)
             bmc = pool.get("bmc")
             if isinstance(bmc, dict):
                 fabric = self.ref(path + ("bmc", "fabric"), bmc.get("fabric"), "fabrics", "fabric")
@@ -395,8 +400,8 @@ class _Checker:
                     self.add(path + ("mounted_by",), "s3-mount-path", "s3 storage is not mounted: remove mounted_by")
             elif isinstance(store.get("kind"), str):
                 if mount is None:
-                    self.add(path, "missing-mount-path",
-                             f"missing mount_path: {store.get('kind')} storage is mounted on hosts")
+                    self.add(path + ("mount_path",), "missing-mount-path",
+                             f"missing mount_path: {store.get('kind')} storage is mounted on hosts", missing=True)
                 elif isinstance(mount, str):
                     self._absolute_path(path + ("mount_path",), mount)
 
@@ -460,7 +465,8 @@ class _Checker:
                              f"'{action}' is not an action on a {kind}; allowed: {', '.join(allowed)}")
             has_to = "to" in grant
             if "export" in actions and not has_to:
-                self.add(path, "export-without-to", "an export grant must name where the model goes in 'to'")
+                self.add(path + ("to",), "export-without-to",
+                         "an export grant must name where the model goes in 'to'", missing=True)
             elif has_to and "export" not in actions:
                 self.add(path + ("to",), "to-without-export", "'to' is only allowed on grants that include export")
             if has_to:
