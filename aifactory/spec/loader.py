@@ -25,7 +25,7 @@ from aifactory.errors import Location, Problem, SpecError
 
 MAX_FILE_BYTES = 10 * 1024 * 1024
 MAX_DEPTH = 64
-MAX_NODES = 1_000_000
+MAX_NODES = 250_000  # a 10,000-host spec has about 10,000; a legitimate one stays far below
 
 PathKey = tuple[str | int, ...]
 
@@ -141,8 +141,12 @@ class _Walker:
             )
         self.result.values.setdefault(path, (node.start_mark.line + 1, node.start_mark.column + 1))
         if isinstance(node, MappingNode):
+            if node.tag != "tag:yaml.org,2002:map":
+                return self._problem(node, path, "yaml-tag", f"unsupported YAML tag {node.tag}")
             return self._mapping(node, path)
         if isinstance(node, SequenceNode):
+            if node.tag != "tag:yaml.org,2002:seq":
+                return self._problem(node, path, "yaml-tag", f"unsupported YAML tag {node.tag}")
             return [self.walk(child, path + (i,)) for i, child in enumerate(node.value)]
         return self._scalar(node, path)
 
@@ -202,6 +206,7 @@ class _Walker:
         return merged
 
     def _problem(self, node: Node, path: PathKey, code: str, message: str) -> None:
+        """Record a problem; the value it was about reads as None."""
         self.problems.append(Problem(code, message, Location(
             self.result.file, node.start_mark.line + 1, node.start_mark.column + 1, format_path(path) or None,
         )))
