@@ -1,0 +1,45 @@
+"""Run the Rego tests (`test_*` rules of `*_test` packages) with the embedded engine."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aifactory.policy.metadata import PolicySet, load_policy_set
+from aifactory.policy.regorus_backend import compile_engine
+
+_TEST_RULE = re.compile(r"^(test_[A-Za-z0-9_]+)\s+if\b", re.MULTILINE)
+
+
+@dataclass(frozen=True)
+class RegoTestResult:
+    name: str  # data.aifactory.locality_test.test_datacenter_abroad_denied
+    passed: bool
+    error: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "passed": self.passed, "error": self.error}
+
+
+def test_names(policies: PolicySet) -> list[str]:
+    names = []
+    for module in policies.tests:
+        for rule in dict.fromkeys(_TEST_RULE.findall(module.source)):
+            names.append(f"data.{module.package}.{rule}")
+    return names
+
+
+def run_rego_tests(root: Path | None = None, policies: PolicySet | None = None) -> list[RegoTestResult]:
+    policies = policies or load_policy_set(root)
+    engine = compile_engine(policies, policies.data_document(), include_tests=True)
+    results = []
+    for name in test_names(policies):
+        try:
+            value = engine.eval_rule(name)
+        except RuntimeError as exc:
+            results.append(RegoTestResult(name, False, str(exc).strip().splitlines()[0]))
+            continue
+        results.append(RegoTestResult(name, value is True, None if value is True else "undefined or false"))
+    return results
