@@ -1,0 +1,32 @@
+"""Gathering evidence from every stage that has left some: policy, bundle, deploy and the logs."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from aifactory.audit.evidence.bundle import bundle_evidence
+from aifactory.audit.evidence.deploy import deploy_evidence
+from aifactory.audit.evidence.logs import decision_log_evidence, operator_log_evidence, verify_any_log
+from aifactory.audit.evidence.policy import policy_evidence
+from aifactory.audit.model import Evidence
+from aifactory.plan.model import SitePlan
+from aifactory.state import SiteState
+
+__all__ = ["gather_evidence", "verify_any_log"]
+
+
+def gather_evidence(*, plan: SitePlan, policy: Mapping[str, Any], state: SiteState,
+                    decision_logs: Sequence[Path] = (), bundle_trust: Path | None = None,
+                    ) -> tuple[list[Evidence], str | None]:
+    """Every evidence section, in report order, and the imported bundle's digest (None if none)."""
+    bundle, bundle_digest = bundle_evidence(state, trust=bundle_trust)
+    sections = [
+        policy_evidence(policy),
+        bundle,
+        deploy_evidence(state, plan),
+        operator_log_evidence(state),
+        decision_log_evidence(state, decision_logs),
+    ]
+    return sections, bundle_digest

@@ -1,0 +1,105 @@
+"""`aifactory audit report`: plan the site, check its policies, gather evidence, write and sign.
+
+    DIR/report.html              for people (self-contained, printable)
+    DIR/report.json              the same as data (docs/report.schema.json)
+    DIR/assessment-results.json  OSCAL Assessment Results
+    DIR/SHA256SUMS, SHA256SUMS.sig, allowed_signers
+
+Reproducible: the same spec, evidence, key and --timestamp give the same bytes.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aifactory.audit.assemble import build_report
+from aifactory.audit.evidence import gather_evidence
+from aifactory.audit.html import write_html
+from aifactory.audit.model import AuditReport, parse_timestamp
+from aifactory.audit.oscal import write_assessment_results
+from aifactory.audit.sign import SigningKey, given_key, sign_folder, site_audit_key
+from aifactory.errors import AuditError, Location, PrerequisiteError
+from aifactory.plan import plan_site
+from aifactory.plan.build import PlannedSite
+from aifactory.state import SiteState
+
+HTML, JSON, OSCAL = "report.html", "report.json", "assessment-results.json"
+REPORT_FILES = (HTML, JSON, OSCAL)
+
+
+@dataclass(frozen=True)
+class ReportOptions:
+    timestamp: str | None = None  # ISO 8601; default now
+    key: Path | None = None  # default: the site's audit key
+    identity: str | None = None
+    decision_logs: Sequence[Path] = ()
+    waivers: Path | None = None
+    engine: str = "embedded"
+    opa_url: str | None = None
+    bundle_trust: Path | None = None
+    state_home: Path | None = None
+
+
+@dataclass(frozen=True)
+class WrittenReport:
+    folder: Path
+    report: AuditReport
+    files: tuple[str, ...]
+    identity: str
+    policy_denied: bool = False
+    notes: list[str] = field(default_factory=list)
+
+
+def check_policies(planned: PlannedSite, options: ReportOptions, today: Any) -> dict[str, Any]:
+    """The policy engineer's `check_site`, as a JSON-ready dict."""
+    try:
+        policy = importlib.import_module("aifactory.policy")
+    except ImportError as exc:
+        raise PrerequisiteError("this installation has no policy engine (aifactory.policy)",
+                                hint="reinstall aifactory") from exc
+    result = policy.check_site(planned, engine=options.engine, opa_url=options.opa_url,
+                               waivers=options.waivers, today=today)
+    return dict(result.as_dict())
+
+
+def write_report_json(report: AuditReport, path: Path) -> None:
+    with path.open("w", encoding="utf-8", newline="\n") as handle:
+        json.dump(report.as_dict(), handle, indent=1, ensure_ascii=False)
+        handle.write("\n")
+
+
+def write_report_files(report: AuditReport, folder: Path) -> None:
+    write_report_json(report, folder / JSON)
+    write_html(report, folder / HTML)
+    write_assessment_results(report, report.report_id, folder / OSCAL)
+
+
+def _prepare_folder(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise AuditError(f"cannot create the report folder {folder}: {exc.strerror}",
+                         location=Location(file=str(folder))) from None
+    if not folder.is_dir():
+        raise AuditError(f"{folder} is not a folder", location=Location(file=str(folder)))
+
+
+def produce_report(spec: Path, folder: Path, options: ReportOptions = ReportOptions()) -> WrittenReport:
+    timestamp = parse_timestamp(options.timestamp)
+    planned = plan_site(spec, write_lock=False)
+    state = SiteState.for_site(planned.plan.name, home=options.state_home)
+    policy = check_policies(planned, options, timestamp.date())
+    evidence, bundle_digest = gather_evidence(plan=planned.plan, policy=policy, state=state,
+                                              decision_logs=options.decision_logs,
+                                              bundle_trust=options.bundle_trust)
+    report = build_report(plan=planned.plan, evidence=evidence, timestamp=timestamp, bundle_digest=bundle_digest)
+    key: SigningKey = given_key(options.key, options.identity) if options.key else site_audit_key(state)
+    _prepare_folder(folder)
+    write_report_files(report, folder)
+    sign_folder(folder, REPORT_FILES, key)
+    return WrittenReport(folder, report, REPORT_FILES, key.identity, bool(policy.get("denied")))
