@@ -1,0 +1,135 @@
+"""The dataset format the runtime trains on: `aifactory.dataset/v1`, and a deterministic generator.
+
+A dataset is a folder at the dataset's planned path:
+
+    manifest.json            {"format": "aifactory.dataset/v1", "name", "features", "classes",
+                              "samples", "seed", "generator", "shards": [{"file", "samples", "sha256"}]}
+    shard-00000.safetensors  tensors `x` float32 [n, features] and `y` int64 [n] (labels 0..classes-1)
+    ...
+
+Readers check every shard's SHA-256 against the manifest before using it. The generator makes a
+synthetic classification task ("vitals"): Gaussian features labelled by a fixed random two-layer
+teacher network, so a small MLP can learn it and the loss falls. Same seed and sizes -> same bytes.
+The folder is written beside its final place and renamed in, so a reader never sees half of it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from safetensors.numpy import load_file, save_file
+
+from aifactory.errors import AifactoryError, Location
+
+FORMAT = "aifactory.dataset/v1"
+GENERATOR = "aifactory.teacher-mlp/v1"
+SHARD_SAMPLES = 8192
+
+
+class DatasetError(AifactoryError):
+    code = "dataset-invalid"
+
+
+@dataclass(frozen=True)
+class Dataset:
+    name: str
+    features: int
+    classes: int
+    x: np.ndarray
+    y: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def generate(directory: Path, *, name: str, samples: int = 4096, features: int = 16, classes: int = 4,
+             seed: int = 7) -> dict[str, Any]:
+    """Write a dataset at `directory` (which must not exist yet); return its manifest."""
+    if directory.exists():
+        raise DatasetError(f"{directory} exists; refusing to overwrite a dataset",
+                           location=Location(file=str(directory)))
+    rng = np.random.Generator(np.random.PCG64(seed))
+    hidden = 4 * features
+    w1 = rng.standard_normal((features, hidden)) / np.sqrt(features)
+    w2 = rng.standard_normal((hidden, classes)) / np.sqrt(hidden)
+    x = rng.standard_normal((samples, features)).astype(np.float32)
+    y = np.argmax(np.tanh(x.astype(np.float64) @ w1) @ w2, axis=1).astype(np.int64)
+    staging = directory.with_name(f".{directory.name}.staging-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True, mode=0o750)
+    shards = []
+    for index, start in enumerate(range(0, samples, SHARD_SAMPLES)):
+        file = f"shard-{index:05d}.safetensors"
+        save_file({"x": np.ascontiguousarray(x[start:start + SHARD_SAMPLES]),
+                   "y": np.ascontiguousarray(y[start:start + SHARD_SAMPLES])}, str(staging / file))
+        shards.append({"file": file, "samples": int(min(SHARD_SAMPLES, samples - start)),
+                       "sha256": _sha256(staging / file)})
+    manifest = {"format": FORMAT, "name": name, "features": features, "classes": classes, "samples": samples,
+                "seed": seed, "generator": GENERATOR, "shards": shards}
+    (staging / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    for entry in staging.iterdir():
+        with entry.open("rb") as handle:
+            os.fsync(handle.fileno())
+    _fsync_dir(staging)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    os.rename(staging, directory)
+    _fsync_dir(directory.parent)
+    return manifest
+
+
+def read_manifest(directory: Path) -> dict[str, Any]:
+    path = directory / "manifest.json"
+    try:
+        manifest = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DatasetError(f"no dataset at {directory} (no manifest.json)", location=Location(file=str(path)),
+                           hint="generate one with `aifactory-train JOB.yaml --generate-dataset`") from None
+    except (OSError, ValueError) as exc:
+        raise DatasetError(f"cannot read {path}: {exc}", location=Location(file=str(path))) from None
+    if manifest.get("format") != FORMAT:
+        raise DatasetError(f"{path} is not in format {FORMAT}", location=Location(file=str(path), path="format"))
+    return dict(manifest)
+
+
+def load(directory: Path) -> Dataset:
+    """Read and check every shard (SHA-256 against the manifest)."""
+    manifest = read_manifest(directory)
+    xs, ys = [], []
+    for shard in manifest["shards"]:
+        path = directory / shard["file"]
+        if Path(shard["file"]).name != shard["file"]:
+            raise DatasetError(f"shard name {shard['file']!r} leaves the dataset folder",
+                               location=Location(file=str(directory / "manifest.json")))
+        if _sha256(path) != shard["sha256"]:
+            raise DatasetError(f"shard {path} does not match its SHA-256 in the manifest",
+                               location=Location(file=str(path)), hint="the dataset was altered or is incomplete")
+        tensors = load_file(str(path))
+        xs.append(tensors["x"])
+        ys.append(tensors["y"])
+    x, y = np.concatenate(xs), np.concatenate(ys)
+    if x.shape != (manifest["samples"], manifest["features"]) or y.shape != (manifest["samples"],):
+        raise DatasetError(f"the shards in {directory} do not add up to the manifest's shape")
+    return Dataset(str(manifest["name"]), int(manifest["features"]), int(manifest["classes"]), x, y)

@@ -1,0 +1,59 @@
+"""Shared fixtures: one planned site with tokens for every kind of tenant, and a generated dataset."""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from aifactory.plan import plan_site
+from aifactory.runtime import dataset as datasets
+from aifactory.runtime.tokens import TrustFiles, issue_token, revoke_token
+
+FIXTURES = Path(__file__).parent / "fixtures"
+SITE = "rtlab"
+DATASET_PATH = "srv/share/datasets/vitals"  # the plan's host_path, below a storage root
+
+
+@dataclass(frozen=True)
+class RuntimeSite:
+    root: Path
+    plan_path: Path
+    runtime_dir: Path
+    storage_root: Path
+    tokens: dict[str, str]
+
+    @property
+    def trust(self) -> TrustFiles:
+        return TrustFiles(self.runtime_dir)
+
+    @property
+    def dataset_dir(self) -> Path:
+        return self.storage_root / DATASET_PATH
+
+
+@pytest.fixture(scope="session")
+def site(tmp_path_factory: pytest.TempPathFactory) -> RuntimeSite:
+    """tokens: one per tenant of fixtures/site.yaml, plus `revoked` (health's, revoked)."""
+    root = tmp_path_factory.mktemp("rtsite")
+    plan_path = root / "plan.json"
+    plan_path.write_text(plan_site(FIXTURES / "site.yaml", write_lock=False).plan.to_json())
+    trust = TrustFiles(root / "runtime")
+    expires = datetime.now(UTC) + timedelta(days=1)
+    tokens = {tenant: issue_token(trust, site=SITE, tenant=tenant, expires=expires).token
+              for tenant in ("health", "research", "partner", "analyst", "visitor")}
+    revoked = issue_token(trust, site=SITE, tenant="health", expires=expires)
+    revoke_token(trust, site=SITE, token_id=revoked.claims.id, reason="test")
+    tokens["revoked"] = revoked.token
+    storage_root = root / "storage"
+    datasets.generate(storage_root / DATASET_PATH, name="vitals", samples=2048, seed=7)
+    return RuntimeSite(root, plan_path, trust.root, storage_root, tokens)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
