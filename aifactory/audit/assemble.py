@@ -71,7 +71,7 @@ def highest_classification(data: Sequence[dict[str, Any]]) -> str:
 
 
 def build_report(*, plan: SitePlan, evidence: Sequence[Evidence], timestamp: datetime,
-                 bundle_digest: str | None) -> AuditReport:
+                 bundle_digest: str | None, signer: dict[str, str]) -> AuditReport:
     findings = tuple(sorted((f for section in evidence for f in section.findings), key=_finding_order))
     data = site_data(plan)
     site = {
@@ -83,4 +83,4 @@ def build_report(*, plan: SitePlan, evidence: Sequence[Evidence], timestamp: dat
         site=site, generated=iso(timestamp), tool_version=__version__,
         classification=highest_classification(data), bundle_digest=bundle_digest,
         controls=_controls(evidence, findings), findings=findings, evidence=tuple(evidence),
-        logs=tuple(ref for section in evidence for ref in section.logs), data=data)
+        logs=tuple(ref for section in evidence for ref in section.logs), data=data, signer=signer)

@@ -93,6 +93,7 @@ def _header(report: AuditReport) -> Iterator[str]:
         ("Spec digest", site.get("spec_digest")),
         ("Plan digest", site.get("plan_digest")),
         ("Classification", report.classification),
+        ("Signed by", f"{report.signer.get('identity')} ({report.signer.get('fingerprint')})"),
         ("Tool", f"aifactory {report.tool_version}"),
     ]
     yield f'<header id="report-header"><h1>Audit report: {_e(site["name"])}</h1><dl class="facts">'
@@ -249,7 +250,7 @@ def _footer(report: AuditReport) -> Iterator[str]:
            "with their SHA-256 digests in <code>SHA256SUMS</code>, signed in <code>SHA256SUMS.sig</code> "
            "(SSHSIG, namespace <code>aifactory-audit</code>). Check them with "
            "<code>aifactory audit verify DIR</code>, or without aifactory: <code>ssh-keygen -Y verify -f "
-           "allowed_signers -I IDENTITY -n aifactory-audit -s SHA256SUMS.sig &lt; SHA256SUMS</code> then "
+           f"allowed_signers -I {_e(report.signer.get('identity'))} -n aifactory-audit -s SHA256SUMS.sig &lt; SHA256SUMS</code> then "
            f"<code>sha256sum -c SHA256SUMS</code>. Report id <code>{_e(report.report_id)}</code>.</p>"
            "</footer>\n")
 

@@ -177,6 +177,7 @@ class AuditReport:
     evidence: tuple[Evidence, ...]
     logs: tuple[LogReference, ...]
     data: tuple[dict[str, Any], ...]  # datasets and models the site holds, with classifications
+    signer: dict[str, str]  # identity and key fingerprint of the key that signs the report folder
 
     def summary(self) -> list[dict[str, Any]]:
         """Controls counted by family and status, families in alphabetical order."""
@@ -201,6 +202,7 @@ class AuditReport:
             "tool_version": self.tool_version,
             "classification": self.classification,
             "bundle_digest": self.bundle_digest,
+            "signer": dict(self.signer),
             "totals": self.totals(),
             "summary": self.summary(),
             "controls": [c.as_dict() for c in self.controls],

@@ -97,8 +97,9 @@ def produce_report(spec: Path, folder: Path, options: ReportOptions = ReportOpti
     evidence, bundle_digest = gather_evidence(plan=planned.plan, policy=policy, state=state,
                                               decision_logs=options.decision_logs,
                                               bundle_trust=options.bundle_trust)
-    report = build_report(plan=planned.plan, evidence=evidence, timestamp=timestamp, bundle_digest=bundle_digest)
     key: SigningKey = given_key(options.key, options.identity) if options.key else site_audit_key(state)
+    report = build_report(plan=planned.plan, evidence=evidence, timestamp=timestamp,
+                          bundle_digest=bundle_digest, signer=key.describe())
     _prepare_folder(folder)
     write_report_files(report, folder)
     sign_folder(folder, REPORT_FILES, key)

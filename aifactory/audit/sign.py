@@ -34,6 +34,17 @@ class SigningKey:
     key: Ed25519PrivateKey
     identity: str
 
+    def describe(self) -> dict[str, str]:
+        return {"identity": self.identity, "fingerprint": signing.fingerprint(self.key.public_key()),
+                "namespace": NAMESPACE}
+
+    def allowed_signers_line(self) -> str:
+        return allowed_signers_line(self.identity, signing.public_key_line(self.key.public_key()))
+
+
+def allowed_signers_line(identity: str, public_key_line: str) -> str:
+    return f'{identity} namespaces="{NAMESPACE}" {public_key_line}\n'
+
 
 def file_digest(path: Path) -> str:
     digest = hashlib.sha256()
@@ -89,5 +100,4 @@ def sign_folder(folder: Path, names: Sequence[str], key: SigningKey) -> None:
     manifest = manifest_text(folder, names)
     (folder / MANIFEST).write_text(manifest)
     (folder / SIGNATURE).write_text(signing.sign(manifest.encode(), key.key, NAMESPACE))
-    public = signing.public_key_line(key.key.public_key())
-    (folder / ALLOWED_SIGNERS).write_text(f'{key.identity} namespaces="{NAMESPACE}" {public}\n')
+    (folder / ALLOWED_SIGNERS).write_text(key.allowed_signers_line())

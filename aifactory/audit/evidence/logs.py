@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from aifactory.audit.model import FAIL, NOT_ASSESSED, PASS, Evidence, Finding, LogReference, RuleResult, worst
-from aifactory.chain import ChainHead, ChainReport, verify_chain
+from aifactory.chain import ChainHead, ChainReport, read_head, verify_chain
+from aifactory.errors import ChainError, PrerequisiteError
 from aifactory.state import SiteState
 
 INTEGRITY = "AU-9"
@@ -33,30 +34,48 @@ OPERATOR = LogKind("operator-log", "operator-log", "operator log")
 DECISIONS = LogKind("decision-log", "decision-logs", "decision log")
 
 
-def verify_any_log(path: Path) -> ChainReport:
-    """The runtime's `verify_log` when installed (it knows decision-log specifics), else the chain."""
+@dataclass(frozen=True)
+class LogCheck:
+    """A log's chain verdict, plus everything the verifier said (signed heads, warnings)."""
+
+    chain: ChainReport
+    detail: dict[str, Any]
+
+
+def _runtime_verifier() -> Any:
     try:
         module = importlib.import_module("aifactory.runtime.decisionlog")
     except ImportError:
-        return verify_chain(path)
-    verify_log = getattr(module, "verify_log", None)
+        return None
+    return getattr(module, "verify_log", None)
+
+
+def _head_hash(path: Path) -> str:
+    try:
+        return read_head(path).hash
+    except ChainError:
+        return ""
+
+
+def verify_any_log(path: Path, *, heads: Path | None = None, trust: Path | None = None) -> LogCheck:
+    """The runtime's `verify_log` (chain and signed heads) when installed, else the plain chain."""
+    verify_log = _runtime_verifier()
     if verify_log is None:
-        return verify_chain(path)
-    return as_chain_report(path, verify_log(path))
+        if heads or trust:
+            raise PrerequisiteError("checking signed heads needs aifactory.runtime.decisionlog",
+                                    hint="install aifactory with its runtime, or leave out --heads/--trust")
+        chain = verify_chain(path)
+        return LogCheck(chain, chain.as_dict())
+    result = verify_log(path, heads, trust)
+    data = dict(result.as_dict())
+    seq = int(data.get("last_seq", -1))
+    chain = ChainReport(str(path), int(data.get("records", 0)), ChainHead(seq, _head_hash(path)),
+                        bool(data.get("ok")), tuple(str(p) for p in data.get("problems") or []))
+    return LogCheck(chain, data)
 
 
-def as_chain_report(path: Path, result: Any) -> ChainReport:
-    """Whatever a verifier returned (a ChainReport, or an object/dict with the same fields)."""
-    if isinstance(result, ChainReport):
-        return result
-    data = result.as_dict() if hasattr(result, "as_dict") else dict(result)
-    head = data.get("head") or {}
-    return ChainReport(str(data.get("path", path)), int(data.get("records", 0)),
-                       ChainHead(int(head.get("seq", -1)), str(head.get("hash", ""))),
-                       bool(data.get("ok")), tuple(str(p) for p in data.get("problems") or []))
-
-
-def _chain_evidence(kind: LogKind, title: str, reports: Sequence[ChainReport], missing: str) -> Evidence:
+def _chain_evidence(kind: LogKind, title: str, checks: Sequence[LogCheck], missing: str) -> Evidence:
+    reports = [c.chain for c in checks]
     intact_title = f"The {kind.words} chain is intact"
     recorded_title = f"The {kind.words} holds records"
     if not reports:
@@ -80,13 +99,17 @@ def _chain_evidence(kind: LogKind, title: str, reports: Sequence[ChainReport], m
     references = tuple(LogReference(kind.kind, r.path, r.records, r.head.seq, r.head.hash, r.ok, r.problems)
                        for r in reports)
     return Evidence(kind.source, title, worst([intact, recorded]), summary,
-                    {"logs": [r.as_dict() for r in reports]}, rules, findings, references)
+                    {"logs": [{**c.chain.as_dict(), "verifier": c.detail} for c in checks]}, rules, findings,
+                    references)
 
 
 def operator_log_evidence(state: SiteState) -> Evidence:
     path = state.operator_log
-    reports = [state.verify_operator_log()] if path.exists() else []
-    return _chain_evidence(OPERATOR, "Operator log", reports,
+    checks = []
+    if path.exists():
+        chain = state.verify_operator_log()
+        checks.append(LogCheck(chain, chain.as_dict()))
+    return _chain_evidence(OPERATOR, "Operator log", checks,
                            f"no operator log at {path}: no changing command has run on this site")
 
 
@@ -103,6 +126,6 @@ def decision_log_paths(state: SiteState, extra: Sequence[Path] = ()) -> list[Pat
 
 
 def decision_log_evidence(state: SiteState, extra: Sequence[Path] = ()) -> Evidence:
-    reports = [verify_any_log(path) for path in decision_log_paths(state, extra)]
-    return _chain_evidence(DECISIONS, "Runtime decision logs", reports,
+    checks = [verify_any_log(path) for path in decision_log_paths(state, extra)]
+    return _chain_evidence(DECISIONS, "Runtime decision logs", checks,
                            f"no decision logs under {state.path('runtime')} and none given with --decision-log")

@@ -1,0 +1,129 @@
+"""`aifactory audit report|verify|diff|verify-log`: signed reports for auditors, and their checks."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from aifactory.audit.diff import diff_reports
+from aifactory.audit.evidence.logs import verify_any_log
+from aifactory.audit.model import FAIL, NOT_ASSESSED, PASS, WAIVED
+from aifactory.audit.report import ReportOptions, produce_report
+from aifactory.audit.verify import verify_report
+from aifactory.cli.output import emit_json, table
+from aifactory.errors import ExitCode
+
+
+def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    audit = subparsers.add_parser("audit", help="signed audit reports (HTML, JSON, OSCAL) and their checks")
+    commands = audit.add_subparsers(dest="audit_command", metavar="SUBCOMMAND")
+    commands.required = True
+
+    report = commands.add_parser("report", parents=[common], help="gather evidence and write a signed report")
+    report.add_argument("site", help="site spec (YAML)")
+    report.add_argument("-o", "--output", required=True, help="report folder to write")
+    report.add_argument("--timestamp", help="the report's time, ISO 8601 with zone (default: now); the same "
+                                            "inputs and timestamp give the same bytes")
+    report.add_argument("--key", help="Ed25519 OpenSSH private key to sign with (default: the site's audit key; "
+                                      "passphrase from AIFACTORY_AUDIT_KEY_PASSPHRASE)")
+    report.add_argument("--identity", help="signer identity for allowed_signers (default: the key's comment)")
+    report.add_argument("--decision-log", action="append", default=[], metavar="LOG",
+                        help="a runtime decision log to include (repeatable; those under the site's state "
+                             "folder are always included)")
+    report.add_argument("--waivers", help="waivers file (default: <spec stem>.waivers.yaml beside the spec)")
+    report.add_argument("--engine", choices=("embedded", "opa"), default="embedded", help="policy engine")
+    report.add_argument("--opa-url", help="OPA server URL for --engine opa (loopback or the lab only)")
+    report.add_argument("--bundle-trust", help="allowed_signers to verify the imported bundle against")
+    report.add_argument("--strict", action="store_true", help="exit 1 when any control fails")
+    report.set_defaults(handler=cmd_report)
+
+    verify = commands.add_parser("verify", parents=[common], help="check a report's signature, files and logs")
+    verify.add_argument("folder", help="report folder")
+    verify.add_argument("--trust", help="allowed_signers you trust (default: the one beside the report)")
+    verify.add_argument("--require-logs", action="store_true",
+                        help="fail when a log the report cites is not on this machine")
+    verify.set_defaults(handler=cmd_verify)
+
+    diff = commands.add_parser("diff", parents=[common], help="controls and findings that changed between audits")
+    diff.add_argument("old", help="older report folder (or its report.json)")
+    diff.add_argument("new", help="newer report folder (or its report.json)")
+    diff.set_defaults(handler=cmd_diff)
+
+    verify_log = commands.add_parser("verify-log", parents=[common], help="check a hash-chained log")
+    verify_log.add_argument("log", help="a decision log or the operator log (JSON lines)")
+    verify_log.add_argument("--heads", help="signed heads file (default: the one beside the log)")
+    verify_log.add_argument("--trust", help="allowed_signers for the signed heads")
+    verify_log.set_defaults(handler=cmd_verify_log)
+
+
+def _path(value: str | None) -> Path | None:
+    return Path(value) if value else None
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    options = ReportOptions(
+        timestamp=args.timestamp, key=_path(args.key), identity=args.identity,
+        decision_logs=tuple(Path(p) for p in args.decision_log), waivers=_path(args.waivers),
+        engine=args.engine, opa_url=args.opa_url, bundle_trust=_path(args.bundle_trust))
+    written = produce_report(Path(args.site), Path(args.output), options)
+    report = written.report
+    totals = report.totals()
+    if args.format == "json":
+        emit_json({"folder": str(written.folder), "id": report.report_id, "files": list(written.files),
+                   "signer": report.signer, "classification": report.classification, "totals": totals,
+                   "findings": len(report.findings)})
+    else:
+        print(table(["family", "controls", PASS, FAIL, WAIVED, "not assessed"],
+                    [[f"{r['family']} {r['title']}", r["controls"], r[PASS], r[FAIL], r[WAIVED], r[NOT_ASSESSED]]
+                     for r in report.summary()]))
+        print(f"\n{len(report.controls)} controls: {totals[PASS]} pass, {totals[FAIL]} fail, {totals[WAIVED]} "
+              f"waived, {totals[NOT_ASSESSED]} not assessed; {len(report.findings)} findings")
+        print(f"wrote {written.folder}/report.html, report.json, assessment-results.json, signed by "
+              f"{written.identity}; check with: aifactory audit verify {written.folder}")
+    return int(ExitCode.INVALID) if args.strict and totals[FAIL] else int(ExitCode.OK)
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    result = verify_report(Path(args.folder), trust=_path(args.trust), require_logs=args.require_logs)
+    if args.format == "json":
+        emit_json(result.as_dict())
+    else:
+        verdict = f"verifies (signed by {result.signer})" if result.ok else "DOES NOT VERIFY"
+        print(f"{result.folder}: {verdict}; {len(result.files)} files, {len(result.logs)} logs; trust {result.trust}")
+        for problem in result.problems:
+            print(f"  problem: {problem}")
+        for warning in result.warnings:
+            print(f"  warning: {warning}")
+    return int(ExitCode.OK if result.ok else ExitCode.INVALID)
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    drift = diff_reports(Path(args.old), Path(args.new))
+    if args.format == "json":
+        emit_json(drift.as_dict())
+        return int(ExitCode.OK)
+    print(f"{drift.old['generated']} -> {drift.new['generated']} (site {drift.new['site']})")
+    if not drift.drifted:
+        print("no drift: every control and finding is as before")
+    if drift.controls:
+        print(table(["control", "title", "was", "now"], [[c["id"], c["title"], c["old"], c["new"]]
+                                                         for c in drift.controls]))
+    for label, items in (("added", drift.added), ("resolved", drift.resolved), ("changed", drift.changed)):
+        for finding in items:
+            print(f"finding {label}: {finding['rule']} on {finding['resource']} ({finding['status']})")
+    return int(ExitCode.OK)
+
+
+def cmd_verify_log(args: argparse.Namespace) -> int:
+    check = verify_any_log(Path(args.log), heads=_path(args.heads), trust=_path(args.trust))
+    if args.format == "json":
+        emit_json(check.detail)
+    else:
+        chain = check.chain
+        verdict = "verifies" if chain.ok else "DOES NOT VERIFY"
+        print(f"{args.log}: {verdict}: {chain.records} records, head seq {chain.head.seq}")
+        for problem in chain.problems:
+            print(f"  problem: {problem}")
+        for warning in check.detail.get("warnings") or []:
+            print(f"  warning: {warning}")
+    return int(ExitCode.OK if check.chain.ok else ExitCode.INVALID)
