@@ -1,0 +1,190 @@
+"""How an admin (and Ansible) reaches lab hosts: keys, sshd configs, known_hosts, ssh_config, ansible.cfg,
+inventory. Everything is generated from the plan, deterministic for the same keys, mode 0600 for
+private keys. Host key checking stays on: known_hosts is written from the host keys (no keyscan).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from aifactory.lab.hosts import SERVICE_BIN
+from aifactory.lab.layout import LabLayout, make_dir
+from aifactory.lab.system import run
+from aifactory.plan.model import Host, SitePlan
+
+ADMIN_USER = "root"
+PYTHON = "/usr/bin/python3"
+CONTROL_PATH_DIR = "/run/aifactory-lab/ssh"  # inside the control host's private /run: short and lab-local
+SERVICE_COMMAND = f"{SERVICE_BIN}/aifactory-service"
+
+
+def write_file(path: Path, text: str, mode: int = 0o644) -> Path:
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    os.chmod(tmp, mode)
+    os.replace(tmp, path)
+    return path
+
+
+def keygen(path: Path, comment: str) -> Path:
+    """An ed25519 key pair (private 0600), kept when it already exists."""
+    if not path.exists():
+        run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)])
+    os.chmod(path, 0o600)
+    return path
+
+
+def host_key(layout: LabLayout, host: Host) -> Path:
+    return layout.host_dir(host.name) / "ssh_host_ed25519_key"
+
+
+def generate_keys(layout: LabLayout, plan: SitePlan) -> None:
+    make_dir(layout.ssh_dir)
+    keygen(layout.private_key, f"aifactory-lab-admin@{plan.name}")
+    write_file(layout.authorized_keys, Path(f"{layout.private_key}.pub").read_text(), 0o600)
+    for host in plan.hosts:
+        make_dir(layout.host_dir(host.name), 0o755)
+        keygen(host_key(layout, host), f"root@{host.name}")
+
+
+def lab_addresses(host: Host) -> list[str]:
+    addresses = [host.management_address] + [i.address for i in host.interfaces]
+    return list(dict.fromkeys(addresses))
+
+
+def sshd_config(layout: LabLayout, host: Host) -> str:
+    listen = "\n".join(f"ListenAddress {a}" for a in lab_addresses(host))
+    return f"""# aifactory lab: sshd of {host.name} (kept outside the host's /etc so roles cannot lock the lab out)
+Port 22
+{listen}
+HostKey {host_key(layout, host)}
+PidFile /run/sshd.pid
+AuthorizedKeysFile {layout.authorized_keys}
+PermitRootLogin prohibit-password
+PubkeyAuthentication yes
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UsePAM no
+StrictModes no
+UseDNS no
+PrintMotd no
+PrintLastLog no
+X11Forwarding no
+MaxStartups 100:30:200
+MaxSessions 64
+Subsystem sftp internal-sftp
+"""
+
+
+def write_sshd_configs(layout: LabLayout, plan: SitePlan) -> None:
+    for host in plan.hosts:
+        write_file(layout.host_dir(host.name) / "sshd_config", sshd_config(layout, host), 0o600)
+
+
+def known_hosts(layout: LabLayout, plan: SitePlan) -> str:
+    lines = []
+    for host in plan.hosts:
+        key_type, key = Path(f"{host_key(layout, host)}.pub").read_text().split()[:2]
+        lines.append(f"{','.join([host.name, *lab_addresses(host)])} {key_type} {key}")
+    return "\n".join(lines) + "\n"
+
+
+def ssh_config(layout: LabLayout, plan: SitePlan) -> str:
+    blocks = [f"# aifactory lab {plan.name}: use it on the control host (`aifactory lab exec {plan.name} --"
+              " ssh HOST`);\n# the machine itself has no route into the lab."]
+    blocks += [f"Host {h.name}\n    HostName {h.management_address}" for h in plan.hosts]
+    blocks.append(f"""Host *
+    User {ADMIN_USER}
+    IdentityFile {layout.private_key}
+    IdentitiesOnly yes
+    UserKnownHostsFile {layout.known_hosts}
+    GlobalKnownHostsFile /dev/null
+    StrictHostKeyChecking yes
+    BatchMode yes
+    ConnectTimeout 10
+    ControlMaster auto
+    ControlPath {CONTROL_PATH_DIR}/%C
+    ControlPersist 600
+    LogLevel ERROR""")
+    return "\n\n".join(blocks) + "\n"
+
+
+def ansible_cfg(layout: LabLayout) -> str:
+    home = layout.ansible_dir
+    return f"""# aifactory lab: Ansible settings measured fastest on lab hosts (docs/lab.md)
+[defaults]
+inventory = {layout.inventory}
+home = {home}
+local_tmp = {home}/tmp
+remote_tmp = /run/aifactory-lab/ansible-tmp
+forks = 20
+host_key_checking = True
+gathering = smart
+fact_caching = ansible.builtin.jsonfile
+fact_caching_connection = {home}/facts
+fact_caching_timeout = 86400
+interpreter_python = {PYTHON}
+retry_files_enabled = False
+timeout = 20
+
+[ssh_connection]
+pipelining = True
+ssh_args = -F {layout.ssh_config} -o ControlMaster=auto -o ControlPersist=600s
+control_path_dir = {CONTROL_PATH_DIR}
+control_path = {CONTROL_PATH_DIR}/%%C
+"""
+
+
+def _group(name: str) -> str:
+    return name.replace("-", "_")
+
+
+def inventory(plan: SitePlan) -> dict[str, Any]:
+    hosts = {
+        h.name: {
+            "ansible_host": h.management_address,
+            "aifactory_pool": h.pool,
+            "aifactory_role": h.role,
+            "aifactory_management_address": h.management_address,
+            "aifactory_compute_address": h.compute_address,
+        }
+        for h in plan.hosts
+    }
+    children: dict[str, dict[str, Any]] = {}
+    for host in plan.hosts:
+        for group in (_group(host.role), f"pool_{_group(host.pool)}"):
+            children.setdefault(group, {"hosts": {}})["hosts"][host.name] = None
+    return {
+        "all": {
+            "vars": {
+                "ansible_user": ADMIN_USER,
+                "ansible_python_interpreter": PYTHON,
+                "ansible_become_method": "ansible.builtin.su",
+                "aifactory_site": plan.name,
+                "aifactory_lab": True,
+                "aifactory_service_manager": "supervised",
+                "aifactory_service_command": SERVICE_COMMAND,
+            },
+            "hosts": hosts,
+            "children": dict(sorted(children.items())),
+        }
+    }
+
+
+def write_access_files(layout: LabLayout, plan: SitePlan) -> None:
+    make_dir(layout.ansible_dir)
+    make_dir(layout.ansible_dir / "tmp")
+    make_dir(layout.ansible_dir / "facts")
+    write_file(layout.known_hosts, known_hosts(layout, plan))
+    write_file(layout.ssh_config, ssh_config(layout, plan))
+    write_file(layout.ansible_cfg, ansible_cfg(layout))
+    text = "# aifactory lab inventory: generated by `aifactory lab up`\n" + yaml.safe_dump(
+        inventory(plan), sort_keys=False, default_flow_style=False)
+    write_file(layout.inventory, text)
+    write_sshd_configs(layout, plan)

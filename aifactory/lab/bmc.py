@@ -1,0 +1,190 @@
+"""Redfish BMCs for lab hosts: one sushy-tools emulator (fake system driver) per BMC-bearing host,
+listening on the host's planned BMC address inside the BMC namespace of its BMC fabric.
+
+Each emulator requires HTTP basic auth (an htpasswd file with a bcrypt hash): the credentials are
+made at `lab up`, one pair per host, and stored in the site's encrypted secret store under the
+host's planned reference (`secret://lab/bmc/<host>` in the lab site), as the value `USER:PASSWORD`.
+They are never printed. `external_notifier` stays off, so an emulator sends nothing anywhere.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets as random_secrets
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import bcrypt
+
+from aifactory.errors import LabError, PrerequisiteError, SecretError
+from aifactory.lab.access import write_file
+from aifactory.lab.journal import Journal
+from aifactory.lab.layout import LabLayout, make_dir
+from aifactory.lab.names import LabNames
+from aifactory.lab.system import listening
+from aifactory.plan.model import Host, SitePlan
+from aifactory.secrets import STORE_FILE, SecretStore, read_passphrase
+from aifactory.state import SiteState
+
+BMC_PORT = 8000
+BMC_USER = "admin"
+BCRYPT_ROUNDS = 8  # every Redfish request checks it: kept cheap in the lab
+START_TIMEOUT = 30.0
+
+
+@dataclass(frozen=True)
+class BmcCredential:
+    username: str
+    password: str  # never printed; only written to the secret store and (hashed) to htpasswd
+
+    def __repr__(self) -> str:
+        return f"BmcCredential(username={self.username!r}, password=<hidden>)"
+
+    @classmethod
+    def parse(cls, value: str) -> BmcCredential:
+        """A BMC secret's value is `USER:PASSWORD`."""
+        username, sep, password = value.partition(":")
+        if not sep or not username or not password:
+            raise SecretError("a BMC credential must have the form USER:PASSWORD")
+        return cls(username, password)
+
+    def value(self) -> str:
+        return f"{self.username}:{self.password}"
+
+
+def system_uuid(site: str, host: str) -> str:
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"aifactory-lab:{site}:{host}"))
+
+
+def system_mac(site: str, host: str) -> str:
+    digest = hashlib.sha256(f"{site}:{host}".encode()).digest()
+    return "02:" + ":".join(f"{b:02x}" for b in digest[:5])  # locally administered
+
+
+def bmc_url(host: Host) -> str:
+    assert host.bmc is not None
+    address = f"[{host.bmc.address}]" if ":" in host.bmc.address else host.bmc.address
+    return f"http://{address}:{BMC_PORT}"
+
+
+def sushy_emulator() -> str:
+    beside = Path(sys.executable).parent / "sushy-emulator"
+    found = str(beside) if beside.exists() else shutil.which("sushy-emulator")
+    if not found:
+        raise PrerequisiteError(
+            "the lab's Redfish BMCs need sushy-tools (sushy-emulator), which is not installed",
+            hint="pip install 'aifactory[control]'",
+        )
+    return found
+
+
+def open_site_store(site: str, layout: LabLayout, journal: Journal) -> SecretStore:
+    """The site's secret store; the lab creates it (with its own passphrase file) when there is none."""
+    path = SiteState.for_site(site).path(STORE_FILE)
+    if not layout.passphrase_file.exists():
+        write_file(layout.passphrase_file, random_secrets.token_urlsafe(32) + "\n", 0o600)
+    lab_passphrase = read_passphrase(layout.passphrase_file)
+    if not path.exists():
+        journal.add("secret-store", str(path))
+        return SecretStore(path, lab_passphrase)
+    store = SecretStore(path, lab_passphrase)
+    try:
+        store.references()
+        return store
+    except SecretError:
+        pass
+    try:
+        store = SecretStore(path, read_passphrase())
+        store.references()
+    except SecretError as exc:
+        raise LabError(
+            f"the site's secret store {path} exists and the lab cannot open it to add BMC credentials",
+            hint="give its passphrase in AIFACTORY_PASSPHRASE_FILE",
+        ) from exc
+    return store
+
+
+def ensure_credentials(site: str, plan: SitePlan, layout: LabLayout, journal: Journal) -> dict[str, BmcCredential]:
+    """One credential per BMC host: reused from the store when present, else made and stored."""
+    bmc_hosts = [h for h in plan.hosts if h.bmc is not None]
+    if not bmc_hosts:
+        return {}
+    store = open_site_store(site, layout, journal)
+    known = set(store.references())
+    credentials: dict[str, BmcCredential] = {}
+    for host in bmc_hosts:
+        assert host.bmc is not None
+        reference = host.bmc.credentials
+        existing = store.get(reference) if reference in known else None
+        if existing is not None:
+            credentials[host.name] = BmcCredential.parse(existing)
+            continue
+        credential = BmcCredential(BMC_USER, random_secrets.token_urlsafe(18))
+        journal.add("secret", reference, store=str(store.path))
+        store.set(reference, credential.value())
+        credentials[host.name] = credential
+    return credentials
+
+
+def emulator_config(site: str, host: Host, folder: Path) -> str:
+    assert host.bmc is not None
+    system = {
+        "uuid": system_uuid(site, host.name),
+        "name": host.name,
+        "power_state": "Off",
+        "external_notifier": False,
+        "nics": [{"mac": system_mac(site, host.name), "ip": host.management_address}],
+    }
+    settings = {
+        "SUSHY_EMULATOR_LISTEN_IP": host.bmc.address,
+        "SUSHY_EMULATOR_LISTEN_PORT": BMC_PORT,
+        "SUSHY_EMULATOR_FAKE_DRIVER": True,
+        "SUSHY_EMULATOR_STATE_DIR": str(folder / "state"),
+        "SUSHY_EMULATOR_AUTH_FILE": str(folder / "htpasswd"),
+        "SUSHY_EMULATOR_FEATURE_SET": "full",
+        "SUSHY_EMULATOR_FAKE_SYSTEMS": [system],
+        "EXTERNAL_NOTIFICATION_URL": "http://127.0.0.1:9/",  # never used: external_notifier is off
+    }
+    lines = [f"# aifactory lab: Redfish BMC of {host.name}"]
+    lines += [f"{key} = {value!r}" for key, value in settings.items()]
+    return "\n".join(lines) + "\n"
+
+
+def start_emulator(site: str, host: Host, namespace: str, layout: LabLayout,
+                   credential: BmcCredential) -> subprocess.Popen[bytes]:
+    folder = make_dir(layout.bmc_dir(host.name))
+    make_dir(folder / "state")
+    hashed = bcrypt.hashpw(credential.password.encode(), bcrypt.gensalt(rounds=BCRYPT_ROUNDS)).decode()
+    write_file(folder / "htpasswd", f"{credential.username}:{hashed}\n", 0o600)
+    config = write_file(folder / "emulator.conf", emulator_config(site, host, folder), 0o600)
+    log = open(folder / "emulator.log", "wb")  # noqa: SIM115 - handed to the child
+    try:
+        return subprocess.Popen(
+            ["ip", "netns", "exec", namespace, "env", f"TMPDIR={folder / 'state'}",
+             sushy_emulator(), "--config", str(config)],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=str(folder), start_new_session=True,
+        )
+    finally:
+        log.close()
+
+
+def wait_listening(layout: LabLayout, emulators: dict[str, tuple[str, subprocess.Popen[bytes]]]) -> None:
+    """Wait until every emulator listens on its BMC address."""
+    deadline = time.monotonic() + START_TIMEOUT
+    pending = dict(emulators)
+    while pending:
+        for name, (address, proc) in list(pending.items()):
+            if listening(proc.pid, address, BMC_PORT):
+                del pending[name]
+            elif proc.poll() is not None:
+                log = (layout.bmc_dir(name) / "emulator.log").read_text(errors="replace").strip()
+                raise LabError(f"the BMC emulator of {name} exited: {log[-600:]}")
+        if pending and time.monotonic() > deadline:
+            raise LabError(f"the BMCs of {', '.join(sorted(pending))} did not listen within {START_TIMEOUT:.0f} s")
+        if pending:
+            time.sleep(0.1)

@@ -1,0 +1,190 @@
+"""A lab host's own UTS and mount namespaces, held by an anchor process, and its private trees.
+
+Each host gets, inside its network namespace, an anchor process started with
+`unshare --mount --uts --propagation private`: it sets the planned hostname, mounts the host's
+private system state and then sleeps. sshd and `lab exec` join the anchor's namespaces with
+`nsenter`, so everything that runs "on" a host sees the same private view:
+
+- `/etc`: an overlay (lower: the machine's /etc; upper: a per-host folder), so files roles write
+  land on that host only; the lab seeds `/etc/hostname`, `/etc/hosts` and an empty `/etc/resolv.conf`
+  (air-gapped: no DNS);
+- `/run`: a private tmpfs (sshd's /run/sshd, pid files, the supervisor, ssh control sockets);
+- `/opt`, `/var/log`, `/var/spool`, `/var/lib/aifactory` and the plan's storage mounts: bind mounts of
+  per-host (storage: per-site) folders on the machine.
+
+A mount point the machine lacks (e.g. /var/lib/aifactory) is made inside an overlay of its nearest
+existing parent (e.g. /var/lib), so the machine's own tree is never changed. `/usr` and the rest stay
+shared with the machine. The mounts live only in the host's mount namespace: they vanish with its
+last process.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from aifactory.errors import LabError
+from aifactory.lab.layout import LabLayout, make_dir
+from aifactory.lab.names import LabNames
+from aifactory.plan.model import Host, SitePlan
+
+# Machine paths each host gets privately, and the folder (under the host's folder) behind each.
+PRIVATE_TREES = {
+    "/opt": "opt",
+    "/var/log": "var-log",
+    "/var/spool": "var-spool",
+    "/var/lib/aifactory": "var-lib-aifactory",
+}
+OVERLAID = ("/etc",)
+TMPFS = ("/run",)
+SERVICE_BIN = "/run/aifactory-lab/bin"
+READY = "ready"
+START_TIMEOUT = 20.0
+
+
+def private_roots(host: Host) -> list[str]:
+    """Paths under which a host's view differs from the machine's."""
+    return [*OVERLAID, *TMPFS, *PRIVATE_TREES, *(m.path for m in host.mounts)]
+
+
+def _inside(path: str, roots: list[str]) -> bool:
+    pure = PurePosixPath(path)
+    return any(pure == PurePosixPath(r) or PurePosixPath(r) in pure.parents for r in roots)
+
+
+@dataclass(frozen=True)
+class MountPlan:
+    """What the setup script mounts on one host, in order."""
+
+    overlays: list[tuple[str, Path]]  # (machine dir, per-host folder holding upper/ and work/)
+    binds: list[tuple[Path, str]]  # (machine folder, path inside the host)
+    machine_dirs: list[str]  # top-level mount points the machine lacks (made, journalled, removed)
+
+
+def mount_plan(layout: LabLayout, host: Host) -> MountPlan:
+    folder = layout.host_dir(host.name)
+    binds: list[tuple[Path, str]] = [(folder / name, path) for path, name in PRIVATE_TREES.items()]
+    binds += [(layout.storage_dir(m.storage), m.path) for m in host.mounts]
+    overlays: list[tuple[str, Path]] = [("/etc", folder / "etc")]
+    machine_dirs: list[str] = []
+    for _, target in binds:
+        already_private = [d for d, _ in overlays] + list(TMPFS) + [
+            t for _, t in binds if t != target and _inside(target, [t])
+        ]
+        if Path(target).is_dir() or _inside(target, already_private):
+            continue
+        parent = PurePosixPath(target).parent
+        while not Path(parent).is_dir():
+            parent = parent.parent
+        if str(parent) == "/":
+            machine_dirs.append(str(PurePosixPath(target).parents[-2]))
+        else:
+            overlays.append((str(parent), folder / "overlays" / str(parent).strip("/").replace("/", "-")))
+    binds.sort(key=lambda b: len(PurePosixPath(b[1]).parts))
+    overlays.sort(key=lambda o: len(PurePosixPath(o[0]).parts))
+    outermost: list[tuple[str, Path]] = []
+    for lower, folder in overlays:
+        if not _inside(lower, [d for d, _ in outermost]):
+            outermost.append((lower, folder))
+    return MountPlan(outermost, binds, sorted(set(machine_dirs)))
+
+
+def check_state_location(layout: LabLayout, plan: SitePlan) -> None:
+    """The lab's own folder must stay visible, unchanged, from inside every host."""
+    root = str(layout.root.resolve())
+    if any(c in root for c in ",:\n"):
+        raise LabError(f"the lab state folder {root} has a ',' or ':' in its path (overlayfs cannot use it)",
+                       hint="set AIFACTORY_STATE_HOME to a plain path")
+    for host in plan.hosts:
+        shadowed = private_roots(host) + [d for d, _ in mount_plan(layout, host).overlays]
+        if _inside(root, shadowed):
+            raise LabError(
+                f"the lab state folder {root} lies under a path lab hosts get privately",
+                hint="set AIFACTORY_STATE_HOME outside " + ", ".join(sorted(set(shadowed))),
+            )
+
+
+def hosts_file(plan: SitePlan) -> str:
+    lines = ["# written by aifactory lab: every lab host by its management address",
+             "127.0.0.1\tlocalhost", "::1\tlocalhost ip6-localhost ip6-loopback"]
+    lines += [f"{h.management_address}\t{h.name}" for h in plan.hosts]
+    return "\n".join(lines) + "\n"
+
+
+def seed_etc(layout: LabLayout, plan: SitePlan, host: Host) -> None:
+    """Files the host's /etc overlay starts with (written before the overlay is mounted)."""
+    upper = make_dir(layout.host_dir(host.name) / "etc" / "upper", 0o755)
+    (upper / "hostname").write_text(host.name + "\n")
+    (upper / "hosts").write_text(hosts_file(plan))
+    (upper / "resolv.conf").write_text("# aifactory lab: air-gapped, no DNS\n")
+    for name in ("hostname", "hosts", "resolv.conf"):
+        os.chmod(upper / name, 0o644)
+
+
+def setup_script(layout: LabLayout, host: Host, mounts: MountPlan) -> str:
+    q = shlex.quote
+    lines = [
+        "#!/bin/sh",
+        f"# aifactory lab: private system state of {host.name}; runs inside its own mount and UTS"
+        " namespaces, then holds them.",
+        "set -eu",
+        f"echo {q(host.name)} > /proc/sys/kernel/hostname",
+    ]
+    for lower, folder in mounts.overlays:
+        upper, work = folder / "upper", folder / "work"
+        lines.append(f"mkdir -p {q(str(upper))} {q(str(work))}")
+        lines.append(f"mount -t overlay aifactory-lab -o {q(f'lowerdir={lower},upperdir={upper},workdir={work}')}"
+                     f" {q(lower)}")
+    for path in TMPFS:
+        lines.append(f"mount -t tmpfs -o mode=0755,nosuid,nodev aifactory-lab {q(path)}")
+    lines.append("mkdir -p /run/sshd /run/lock " + q(SERVICE_BIN) + " /run/aifactory-lab/ssh")
+    for source, target in mounts.binds:
+        lines.append(f"mkdir -p {q(str(source))} {q(target)}")
+        lines.append(f"mount --bind {q(str(source))} {q(target)}")
+    supervisor = layout.bin_dir / "aifactory-service"
+    lines.append(f"cp {q(str(supervisor))} {q(SERVICE_BIN + '/aifactory-service')}")
+    lines.append(f"chmod 0755 {q(SERVICE_BIN + '/aifactory-service')}")
+    lines.append(f"touch {q(str(layout.host_dir(host.name) / READY))}")
+    lines.append("exec sleep infinity")
+    return "\n".join(lines) + "\n"
+
+
+def start_anchor(layout: LabLayout, names: LabNames, host: Host, script: str) -> subprocess.Popen[bytes]:
+    folder = make_dir(layout.host_dir(host.name), 0o755)
+    (folder / READY).unlink(missing_ok=True)
+    path = folder / "setup.sh"
+    path.write_text(script)
+    log = open(folder / "anchor.log", "wb")  # noqa: SIM115 - handed to the child
+    try:
+        return subprocess.Popen(
+            ["ip", "netns", "exec", names.host_ns(host.name), "unshare", "--mount", "--uts",
+             "--propagation", "private", "--", "/bin/sh", str(path)],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd="/", start_new_session=True,
+        )
+    finally:
+        log.close()
+
+
+def wait_ready(layout: LabLayout, anchors: dict[str, subprocess.Popen[bytes]]) -> None:
+    deadline = time.monotonic() + START_TIMEOUT
+    pending = dict(anchors)
+    while pending:
+        for name, proc in list(pending.items()):
+            if (layout.host_dir(name) / READY).exists():
+                del pending[name]
+            elif proc.poll() is not None:
+                log = (layout.host_dir(name) / "anchor.log").read_text(errors="replace").strip()
+                raise LabError(f"host {name}: setting up its namespaces failed: {log[-600:]}")
+        if pending and time.monotonic() > deadline:
+            raise LabError(f"hosts {', '.join(sorted(pending))} did not come up in {START_TIMEOUT:.0f} s")
+        if pending:
+            time.sleep(0.02)
+
+
+def enter_argv(anchor_pid: int) -> list[str]:
+    """The prefix that runs a command on a host: in its network, mount and UTS namespaces."""
+    return ["nsenter", "--target", str(anchor_pid), "--net", "--mount", "--uts", "--"]

@@ -1,0 +1,232 @@
+"""`lab up` and `lab down`: build a lab from a plan, and remove every trace of it."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from importlib import resources
+from pathlib import Path
+
+from aifactory.errors import LabError, SecretError
+from aifactory.lab import access, bmc, hosts, network
+from aifactory.lab.journal import Journal
+from aifactory.lab.layout import LabLayout, make_dir
+from aifactory.lab.names import PREFIX, LabNames, site_prefix
+from aifactory.lab.status import BmcStatus, HostStatus, LabStatus, ProcessRef, access_paths, read_status, \
+    write_record
+from aifactory.lab.system import check_prerequisites, ip, list_netns, listening, netns_inode, \
+    pids_in_netns, terminate
+from aifactory.plan import PlannedSite
+from aifactory.plan.model import SitePlan
+from aifactory.secrets import STORE_FILE, SecretStore, read_passphrase
+from aifactory.state import SiteState
+
+log = logging.getLogger(__name__)
+SSHD_TIMEOUT = 15.0
+
+
+def lab_up(planned: PlannedSite, *, lock: bool = True) -> LabStatus:
+    """Bring the site's lab up (idempotent: an identical running lab is left as it is).
+
+    `lock=False` when the caller already holds the site lock (e.g. `aifactory up`)."""
+    plan = planned.plan
+    tools = check_prerequisites()
+    state = SiteState.for_site(plan.name)
+    layout = LabLayout.for_site(plan.name)
+    with _site_lock(state, "lab up", lock):
+        current = read_status(plan.name, layout)
+        if current.up and current.plan_digest == plan.digest():
+            return current
+        if current.state in ("up", "degraded") and current.plan_digest != plan.digest():
+            raise LabError(
+                f"the lab of site {plan.name!r} is running a different plan",
+                hint=f"run `aifactory lab down {plan.name}` first",
+            )
+        if current.state != "down":
+            _teardown(plan.name, layout)
+            layout = LabLayout.for_site(plan.name)
+        try:
+            status = _build(plan, layout, tools)
+        except BaseException:
+            _teardown(plan.name, layout)
+            raise
+        state.record(command="lab up", result="ok", spec_digest=plan.spec_digest,
+                     detail={"hosts": len(plan.hosts), "plan_digest": plan.digest()})
+        return status
+
+
+def lab_down(site_name: str, *, lock: bool = True) -> LabStatus:
+    """Remove every namespace, process, mount, secret and file the site's lab made (idempotent)."""
+    check_prerequisites()
+    state = SiteState.for_site(site_name)
+    layout = LabLayout.for_site(site_name)
+    with _site_lock(state, "lab down", lock):
+        before = read_status(site_name, layout)
+        _teardown(site_name, layout)
+        left = list_netns(site_prefix(site_name))
+        if left:
+            raise LabError(f"namespaces remain after lab down: {', '.join(left)}")
+        if before.state != "down":
+            state.record(command="lab down", result="ok")
+        return LabStatus(site_name, "down", str(layout.root))
+
+
+@contextlib.contextmanager
+def _site_lock(state: SiteState, command: str, lock: bool) -> Iterator[None]:
+    if lock:
+        with state.lock(command):
+            yield
+    else:
+        yield
+
+
+def _install_supervisor(layout: LabLayout) -> None:
+    make_dir(layout.bin_dir, 0o755)
+    source = resources.files("aifactory.lab").joinpath("files/aifactory-service").read_text()
+    access.write_file(layout.bin_dir / "aifactory-service", source, 0o755)
+
+
+def _build(plan: SitePlan, layout: LabLayout, tools: dict[str, str]) -> LabStatus:
+    site = plan.name
+    names = LabNames(site)
+    journal = Journal(layout.root)
+    hosts.check_state_location(layout, plan)
+    access.write_file(layout.plan_file, plan.to_json(), 0o600)
+    _install_supervisor(layout)
+    access.generate_keys(layout, plan)
+    access.write_access_files(layout, plan)
+    mount_plans = {h.name: hosts.mount_plan(layout, h) for h in plan.hosts}
+    for directory in sorted({d for m in mount_plans.values() for d in m.machine_dirs}):
+        journal.add("machine-dir", directory)
+        os.makedirs(directory, mode=0o755, exist_ok=True)
+    for host in plan.hosts:
+        hosts.seed_etc(layout, plan, host)
+        for mount in host.mounts:
+            make_dir(layout.storage_dir(mount.storage), 0o755)
+    network.build_network(plan, names, journal)
+
+    anchors: dict[str, subprocess.Popen[bytes]] = {}
+    for host in plan.hosts:
+        script = hosts.setup_script(layout, host, mount_plans[host.name])
+        anchors[host.name] = hosts.start_anchor(layout, names, host, script)
+        journal.add_process(f"anchor:{host.name}", anchors[host.name].pid)
+    hosts.wait_ready(layout, anchors)
+
+    sshds: dict[str, subprocess.Popen[bytes]] = {}
+    for host in plan.hosts:
+        sshds[host.name] = _start_sshd(layout, host.name, anchors[host.name].pid, tools["sshd"])
+        journal.add_process(f"sshd:{host.name}", sshds[host.name].pid)
+    _wait_sshd(layout, plan, sshds)
+
+    credentials = bmc.ensure_credentials(site, plan, layout, journal)
+    bmc_namespaces = {b.fabric: b.namespace for b in network.bmc_fabrics(plan, names)}
+    emulators: dict[str, tuple[str, subprocess.Popen[bytes]]] = {}
+    for host in plan.hosts:
+        if host.bmc is not None:
+            proc = bmc.start_emulator(site, host, bmc_namespaces[host.bmc.fabric], layout, credentials[host.name])
+            journal.add_process(f"bmc:{host.name}", proc.pid)
+            emulators[host.name] = (host.bmc.address, proc)
+    bmc.wait_listening(layout, emulators)
+
+    status = LabStatus(
+        site=site, state="up", root=str(layout.root), plan_digest=plan.digest(),
+        control_host=plan.control_host, fabric_netns=names.fabric_ns,
+        bridges={f: names.bridge(plan, f) for f in network.fabrics_in_use(plan)},
+        hosts=[_host_status(plan, names, h.name, anchors, sshds, emulators, bmc_namespaces) for h in plan.hosts],
+        paths=access_paths(layout),
+        secrets={"store": str(SiteState.for_site(site).path(STORE_FILE)),
+                 "passphrase_file": str(layout.passphrase_file)} if credentials else {},
+    )
+    write_record(layout, status)
+    return read_status(site, layout)
+
+
+def _host_status(plan: SitePlan, names: LabNames, name: str, anchors: dict[str, subprocess.Popen[bytes]],
+                 sshds: dict[str, subprocess.Popen[bytes]],
+                 emulators: dict[str, tuple[str, subprocess.Popen[bytes]]],
+                 bmc_namespaces: dict[str, str]) -> HostStatus:
+    host = plan.host(name)
+    bmc_status = None
+    if host.bmc is not None:
+        bmc_status = BmcStatus(host.bmc.address, bmc.BMC_PORT, bmc.bmc_url(host), host.bmc.fabric,
+                               bmc_namespaces[host.bmc.fabric], host.bmc.credentials,
+                               bmc.system_uuid(plan.name, name), ProcessRef.of(emulators[name][1].pid))
+    return HostStatus(
+        name, host.role, host.pool, names.host_ns(name), name, host.management_address, host.compute_address,
+        [i.to_dict() for i in host.interfaces], ProcessRef.of(anchors[name].pid),
+        ProcessRef.of(sshds[name].pid), bmc_status,
+    )
+
+
+def _start_sshd(layout: LabLayout, host: str, anchor_pid: int, sshd: str) -> subprocess.Popen[bytes]:
+    folder = layout.host_dir(host)
+    return subprocess.Popen(
+        hosts.enter_argv(anchor_pid) + [sshd, "-D", "-f", str(folder / "sshd_config"), "-E",
+                                        str(folder / "sshd.log")],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd="/",
+        start_new_session=True,
+    )
+
+
+def _wait_sshd(layout: LabLayout, plan: SitePlan, sshds: dict[str, subprocess.Popen[bytes]]) -> None:
+    import time
+
+    deadline = time.monotonic() + SSHD_TIMEOUT
+    pending = dict(sshds)
+    while pending:
+        for name, proc in list(pending.items()):
+            if listening(proc.pid, plan.host(name).management_address, 22):
+                del pending[name]
+            elif proc.poll() is not None:
+                text = (layout.host_dir(name) / "sshd.log").read_text(errors="replace").strip()
+                raise LabError(f"sshd on {name} exited (code {proc.returncode}): {text[-600:]}")
+        if pending and time.monotonic() > deadline:
+            raise LabError(f"sshd did not listen on {', '.join(sorted(pending))} within {SSHD_TIMEOUT:.0f} s")
+        if pending:
+            time.sleep(0.02)
+
+
+def _teardown(site: str, layout: LabLayout) -> None:
+    """Undo everything the journal lists, plus any namespace carrying the site's prefix."""
+    journal = Journal(layout.root)
+    entries = list(journal.entries())
+    namespaces = set(list_netns(site_prefix(site))) | {e.name for e in entries if e.kind == "netns"}
+    inodes = [i for i in (netns_inode(n) for n in namespaces) if i is not None]
+    journalled = [int(e.detail["pid"]) for e in entries if e.kind == "process" and journal.same_process(e)]
+    terminate(journalled + pids_in_netns(inodes))
+    terminate(pids_in_netns(inodes))  # anything a dying supervisor started meanwhile
+    for name in sorted(namespaces):
+        ip("netns", "del", name, check=False)
+    _remove_secrets(layout, [e for e in entries if e.kind in ("secret", "secret-store")])
+    _remove_machine_dirs([e.name for e in entries if e.kind == "machine-dir"])
+    shutil.rmtree(layout.root, ignore_errors=True)
+
+
+def _remove_secrets(layout: LabLayout, entries: list) -> None:  # type: ignore[type-arg]
+    created = {e.name for e in entries if e.kind == "secret-store"}
+    for path in created:
+        Path(path).unlink(missing_ok=True)
+    added = [e for e in entries if e.kind == "secret" and e.detail.get("store") not in created]
+    if not added:
+        return
+    for passphrase_source in (layout.passphrase_file, None):
+        try:
+            store = SecretStore(Path(added[0].detail["store"]), read_passphrase(passphrase_source))
+            for entry in added:
+                store.remove(entry.name)
+            return
+        except SecretError:
+            continue
+    log.warning("could not remove the lab's BMC credentials from the site's secret store")
+
+
+def _remove_machine_dirs(directories: list[str]) -> None:
+    if list_netns(PREFIX):
+        return  # another lab may use them as mount points
+    for directory in sorted(set(directories), reverse=True):
+        with contextlib.suppress(OSError):
+            os.rmdir(directory)
