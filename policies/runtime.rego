@@ -19,43 +19,81 @@ _site := data.aifactory.site
 
 _actions := {"dataset": {"read": true, "train": true}, "model": {"infer": true, "read": true, "export": true}}
 
-# The caller splits "model/<name>" into kind and name; the collection is looked up, not scanned.
-_collections := {"dataset": "datasets", "model": "models"}
-
-_kind := input.kind
-
-_record := _site[_collections[_kind]][input.name]
-
-_owner if _record.owner == input.tenant
-
-# Grants of this tenant for this action on this resource, whether expired or not.
-_grants contains grant if {
-	some grant in _site.access
-	grant.tenant == input.tenant
-	grant.resource == input.resource
-	input.action in grant.actions
+_resources contains {"id": sprintf("dataset/%s", [name]), "record": record, "residency": lib.dataset_residency(_site, name)} if {
+	some name, record in _site.datasets
 }
 
-_live(grant) if not grant.expires
+_resources contains {"id": sprintf("model/%s", [name]), "record": record, "residency": lib.model_residency(_site, record)} if {
+	some name, record in _site.models
+}
 
-_live(grant) if grant.expires >= input.today
+# Facts about the site that do not change between requests, as lookup tables. The authorizer
+# evaluates this once per site and loads it back as data.aifactory.compiled (the tests do the same
+# with `with`), so a request costs a few lookups.
+compiled := {
+	"owner": {r.id: r.record.owner | some r in _resources},
+	"classification_rank": {r.id: lib.classification_rank(r.record.classification) | some r in _resources},
+	"residency": {r.id: {c: true | some c in r.residency} | some r in _resources},
+	"clearance_rank": {name: lib.clearance_rank(t.clearance) | some name, t in _site.tenants},
+	"grants": {key: _grant_facts(tenant, resource, action) |
+		some g in _site.access
+		some action in g.actions
+		tenant := g.tenant
+		resource := g.resource
+		key := _grant_key(tenant, resource, action)
+	},
+}
 
-_live_grants contains grant if {
+_grant_key(tenant, resource, action) := concat(" ", [tenant, resource, action])
+
+# Every grant of the tenant for the action on the resource: its expiry and destination countries.
+_grant_facts(tenant, resource, action) := [{"expires": object.get(g, "expires", null), "to": {c: true | some c in lib.countries_of(object.get(g, "to", ""))}} |
+	some g in _site.access
+	g.tenant == tenant
+	g.resource == resource
+	action in g.actions
+]
+
+_facts := data.aifactory.compiled
+
+_owner := _facts.owner[input.resource]
+
+_grants := _facts.grants[_grant_key(input.tenant, input.resource, input.action)]
+
+_live_grant contains grant if {
 	some grant in _grants
-	_live(grant)
+	_unexpired(grant.expires)
 }
+
+_unexpired(expires) if expires == null
+
+_unexpired(expires) if expires >= input.today
 
 # Export always needs a live export grant (it names the destination), owners included.
 _needs_grant if input.action == "export"
 
-_needs_grant if not _owner
+_needs_grant if _owner != input.tenant
 
-_residency := lib.model_residency(_site, _record) if _kind == "model"
+_in_residency if _facts.residency[input.resource][input.host_country]
 
-_residency := lib.dataset_residency(_site, input.name) if _kind == "dataset"
+# Where this request may run: inside the residency, and for export inside a live grant's destination.
+_permitted if {
+	input.action != "export"
+	_in_residency
+}
 
-# Where an export may go: inside a live export grant's destination and the model's residency.
-_export_places := {c | some grant in _live_grants; some c in lib.countries_of(grant.to)} & _residency
+_permitted if {
+	input.action == "export"
+	_in_residency
+	some grant in _live_grant
+	grant.to[input.host_country]
+}
+
+# Without a live export grant there is no destination to check (no-grant or grant-expired says why).
+_permitted if {
+	input.action == "export"
+	count(_live_grant) == 0
+}
 
 # METADATA
 # title: Unknown tenant
@@ -64,7 +102,7 @@ _export_places := {c | some grant in _live_grants; some c in lib.countries_of(gr
 #   controls: [IA-2]
 #   severity: high
 #   remediation: Declare the tenant in the site spec, or fix the token's subject.
-reasons contains "unknown-tenant" if not _site.tenants[input.tenant]
+reasons contains "unknown-tenant" if not _facts.clearance_rank[input.tenant]
 
 # METADATA
 # title: Unknown resource
@@ -73,7 +111,7 @@ reasons contains "unknown-tenant" if not _site.tenants[input.tenant]
 #   controls: [AC-3]
 #   severity: high
 #   remediation: Name a declared dataset/<name> or model/<name>.
-reasons contains "unknown-resource" if not _record
+reasons contains "unknown-resource" if not _owner
 
 # METADATA
 # title: Action not defined for the resource
@@ -82,7 +120,7 @@ reasons contains "unknown-resource" if not _record
 #   controls: [AC-3]
 #   severity: high
 #   remediation: Use an action the resource kind supports.
-reasons contains "unknown-action" if not _actions[_kind][input.action]
+reasons contains "unknown-action" if not _actions[input.kind][input.action]
 
 # METADATA
 # title: No grant
@@ -92,9 +130,9 @@ reasons contains "unknown-action" if not _actions[_kind][input.action]
 #   severity: high
 #   remediation: Add an access grant for the tenant, resource and action.
 reasons contains "no-grant" if {
-	_record
+	_owner
 	_needs_grant
-	count(_grants) == 0
+	not _grants
 }
 
 # METADATA
@@ -106,8 +144,8 @@ reasons contains "no-grant" if {
 #   remediation: Renew the grant with a new expiry, approved again.
 reasons contains "grant-expired" if {
 	_needs_grant
-	count(_grants) > 0
-	count(_live_grants) == 0
+	_grants
+	count(_live_grant) == 0
 }
 
 # METADATA
@@ -118,13 +156,8 @@ reasons contains "grant-expired" if {
 #   severity: high
 #   remediation: Raise the tenant's clearance after vetting, or use a less classified resource.
 reasons contains "clearance-below-classification" if {
-	lib.clearance_rank(object.get(_site.tenants, [input.tenant, "clearance"], "none")) < lib.classification_rank(_record.classification)
+	_facts.clearance_rank[input.tenant] < _facts.classification_rank[input.resource]
 }
-
-# Where this request may run: the residency, or for export the grant's destination within it.
-_permitted_countries := _export_places if input.action == "export"
-
-else := _residency
 
 # METADATA
 # title: Host country unknown
@@ -145,13 +178,14 @@ reasons contains "host-country-unknown" if not is_string(input.host_country)
 #   severity: critical
 #   remediation: Run the request on a host inside the residency, or export only to a granted place inside it.
 reasons contains "outside-residency" if {
-	_record
+	_owner
 	is_string(input.host_country)
-	not input.host_country in _permitted_countries
+	not _permitted
 }
 
-allow if count(reasons) == 0
+_reasons := reasons
 
-decision := {"allow": allow, "reasons": sort([r | some r in reasons])} if allow
+allow if count(_reasons) == 0
 
-else := {"allow": false, "reasons": sort([r | some r in reasons])}
+# The answer: allow, and the set of reasons (serialized as a sorted array).
+decision := {"allow": count(_reasons) == 0, "reasons": _reasons}

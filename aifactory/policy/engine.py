@@ -23,6 +23,11 @@ class PolicyBackend(ABC):
     """Evaluates rule paths of a loaded policy set."""
 
     name: str
+    time_limit_s: float
+
+    @abstractmethod
+    def extend_data(self, extra: dict[str, Any]) -> None:
+        """Add documents under data.aifactory (e.g. the compiled run-time facts) to every engine."""
 
     @abstractmethod
     def evaluate(self, paths: Sequence[str], input_doc: dict[str, Any]) -> list[Any]:
@@ -31,17 +36,19 @@ class PolicyBackend(ABC):
 
 def make_backend(policies: PolicySet, *, engine: str = "embedded", opa_url: str | None = None,
                  site: dict[str, Any] | None = None, time_limit_s: float = DEFAULT_TIME_LIMIT_S,
-                 hard_limit: bool = True) -> PolicyBackend:
+                 hard_limit: bool = True, fast_paths: Sequence[str] = ()) -> PolicyBackend:
     """The backend named `engine`, loaded with the policies, their data and (for run time) the site.
 
     `hard_limit` runs each evaluation in a forked child that is killed when the time limit passes
     (the site check); without it the limit is checked when the evaluation returns (run time, where
-    a fork per request would cost more than the whole budget).
+    a fork per request would cost more than the whole budget). `fast_paths` are rule paths the
+    embedded engine compiles ahead (regorus RVM) because they are evaluated per request.
     """
     if engine == "embedded":
         from aifactory.policy.regorus_backend import RegorusBackend
 
-        return RegorusBackend(policies, site=site, time_limit_s=time_limit_s, hard_limit=hard_limit)
+        return RegorusBackend(policies, site=site, time_limit_s=time_limit_s, hard_limit=hard_limit,
+                              fast_paths=fast_paths)
     if engine == "opa":
         if not opa_url:
             raise UsageError("--engine opa needs --opa-url (e.g. http://127.0.0.1:8181)")

@@ -30,6 +30,7 @@ class OpaBackend(PolicyBackend):
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise UsageError(f"--opa-url {url!r} is not an http(s) URL", hint="e.g. http://127.0.0.1:8181")
         self.url = url
+        self.time_limit_s = time_limit_s
         self.client = OpaClient(host=parts.hostname, port=parts.port or (443 if parts.scheme == "https" else 8181),
                                 ssl=parts.scheme == "https", timeout=time_limit_s, retries=0)
         self._upload(policies, site)
@@ -43,6 +44,13 @@ class OpaBackend(PolicyBackend):
         except Exception as exc:  # noqa: BLE001 - the client raises many types; each means "cannot load"
             raise engine_error(f"cannot load the policies into OPA at {self.url}: {exc}",
                                hint="check that OPA runs there (opa run --server) and accepts policy uploads") from exc
+
+    def extend_data(self, extra: dict[str, Any]) -> None:
+        for key, value in extra.items():
+            try:
+                self.client.update_or_create_data(value, f"aifactory/{key}")
+            except Exception as exc:  # noqa: BLE001 - any failure to load means the server cannot decide
+                raise engine_error(f"cannot load data.aifactory.{key} into OPA at {self.url}: {exc}") from exc
 
     def evaluate(self, paths: Sequence[str], input_doc: dict[str, Any]) -> list[Any]:
         values = []

@@ -10,6 +10,7 @@ time is checked when the evaluation returns and a late answer is refused.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import select
 import signal
@@ -25,6 +26,7 @@ from aifactory.policy.engine import PolicyBackend, engine_error
 from aifactory.policy.metadata import PolicySet
 
 UNDEFINED = "<undefined>"
+log = logging.getLogger(__name__)
 
 
 def compile_engine(policies: PolicySet, data: dict[str, Any], *, include_tests: bool = False) -> regorus.Engine:
@@ -42,32 +44,65 @@ def compile_engine(policies: PolicySet, data: dict[str, Any], *, include_tests: 
 
 def eval_paths(engine: regorus.Engine, paths: Sequence[str]) -> list[Any]:
     """Evaluate each rule path; raises RuntimeError from the engine as it is."""
-    values = []
-    for path in paths:
-        text = engine.eval_rule_as_json(path)
-        value = json.loads(text)
-        values.append(None if value == UNDEFINED else value)
-    return values
+    return [_value(engine.eval_rule_as_json(path)) for path in paths]
+
+
+def _value(text: str) -> Any:
+    value = json.loads(text)
+    return None if value == UNDEFINED else value
+
+
+def compile_program(policies: PolicySet, data: dict[str, Any], entry_points: Sequence[str]) -> regorus.Rvm:
+    """A regorus RVM (compiled Rego, about ten times faster per query) for the given entry points."""
+    data_json = json.dumps(data)
+    modules = [(str(m.path.relative_to(policies.root)), m.source) for m in policies.policies]
+    program = regorus.Program.compile_from_modules(data_json, modules, list(entry_points))
+    vm = regorus.Rvm()
+    vm.load_program(program)
+    vm.set_data_json(data_json)
+    return vm
 
 
 class RegorusBackend(PolicyBackend):
+    """`fast_paths` are evaluated by a compiled RVM program (run time); everything else, and every
+    path when the RVM cannot compile the policies, by the regorus interpreter."""
+
     name = "embedded"
 
     def __init__(self, policies: PolicySet, *, site: dict[str, Any] | None, time_limit_s: float,
-                 hard_limit: bool) -> None:
+                 hard_limit: bool, fast_paths: Sequence[str] = ()) -> None:
         self.policies = policies
         self.time_limit_s = time_limit_s
         self.hard_limit = hard_limit
+        self.fast_paths = tuple(fast_paths)
         self._data = policies.data_document(site)
+        self._generation = 0  # bumped by extend_data: per-thread engines older than this are rebuilt
         self._local = threading.local()
         self.engine()  # compile now, so a broken policy fails at construction, not on first use
 
     def engine(self) -> regorus.Engine:
-        engine = getattr(self._local, "engine", None)
-        if engine is None:
-            engine = compile_engine(self.policies, self._data)
-            self._local.engine = engine
-        return engine
+        if getattr(self._local, "generation", None) != self._generation:
+            self._local.engine = compile_engine(self.policies, self._data)
+            self._local.vm = None
+            self._local.generation = self._generation
+        return self._local.engine
+
+    def program(self) -> regorus.Rvm | None:
+        """This thread's RVM for the fast paths, or None (no fast paths, or the RVM cannot compile them)."""
+        self.engine()
+        if self._local.vm is None and self.fast_paths:
+            try:
+                self._local.vm = compile_program(self.policies, self._data, self.fast_paths)
+            except RuntimeError as exc:
+                log.warning("the regorus RVM cannot compile the policies (%s); using the interpreter",
+                            _first_line(exc))
+                self.fast_paths = ()
+        return self._local.vm
+
+    def extend_data(self, extra: dict[str, Any]) -> None:
+        self._data = {"aifactory": {**self._data["aifactory"], **extra}}
+        self._generation += 1
+        self.engine()
 
     def evaluate(self, paths: Sequence[str], input_doc: dict[str, Any]) -> list[Any]:
         input_json = json.dumps(input_doc)
@@ -77,11 +112,16 @@ class RegorusBackend(PolicyBackend):
 
     def evaluate_json(self, paths: Sequence[str], input_json: str) -> list[Any]:
         """In this thread, with the limit checked on return (the run-time path)."""
-        engine = self.engine()
+        vm = self.program() if self.fast_paths and all(p in self.fast_paths for p in paths) else None
         started = time.perf_counter()
         try:
-            engine.set_input_json(input_json)
-            values = eval_paths(engine, paths)
+            if vm is not None:
+                vm.set_input_json(input_json)
+                values = [_value(vm.execute_entry_point(path)) for path in paths]
+            else:
+                engine = self.engine()
+                engine.set_input_json(input_json)
+                values = eval_paths(engine, paths)
         except (RuntimeError, ValueError) as exc:
             raise engine_error(f"the policy engine failed: {_first_line(exc)}") from exc
         elapsed = time.perf_counter() - started

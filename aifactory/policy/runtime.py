@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +22,9 @@ from aifactory.policy.metadata import PolicySet, load_policy_set
 
 log = logging.getLogger(__name__)
 DECISION_PATH = "data.aifactory.runtime.decision"
+COMPILED_PATH = "data.aifactory.runtime.compiled"
+COMPILED_KEYS = {"owner", "classification_rank", "residency", "clearance_rank", "grants"}
+COMPILE_TIME_LIMIT_S = 30.0
 RUNTIME_TIME_LIMIT_S = 0.05
 ENGINE_REASONS = {"engine-error": ["SI-17"], "engine-timeout": ["SI-17"]}
 
@@ -54,7 +58,8 @@ class RuntimeAuthorizer:
         self.site = site_document(plan)
         self.backend: PolicyBackend = make_backend(self.policies, engine=engine, opa_url=opa_url,
                                                    site=self.site, time_limit_s=time_limit_s,
-                                                   hard_limit=False)
+                                                   hard_limit=False, fast_paths=(DECISION_PATH,))
+        self.backend.extend_data({"compiled": self._compile()})
         self._controls = {a.id.split(".", 1)[1]: list(a.controls)
                           for a in self.policies.rules.values() if a.package == "runtime"}
         self._allow_controls = list(self.policies.packages["runtime"].controls)
@@ -81,6 +86,19 @@ class RuntimeAuthorizer:
                             host_country, day, exc.message)
         controls = self._allow_controls if allow else sorted({c for r in reasons for c in self._controls[r]})
         return Decision(allow, reasons, decision_id, controls, tenant, action, resource, host_country, day)
+
+    def _compile(self) -> dict[str, Any]:
+        """The site's request-independent facts, computed by the runtime policy itself, once."""
+        started = time.perf_counter()
+        saved, self.backend.time_limit_s = self.backend.time_limit_s, COMPILE_TIME_LIMIT_S
+        try:
+            (facts,) = self.backend.evaluate((COMPILED_PATH,), {})
+        finally:
+            self.backend.time_limit_s = saved
+        if not isinstance(facts, dict) or set(facts) != COMPILED_KEYS:
+            raise engine_error(f"malformed {COMPILED_PATH}: {str(facts)[:200]}", code="policy-malformed-answer")
+        log.debug("compiled runtime facts in %.1f ms", (time.perf_counter() - started) * 1000)
+        return facts
 
     def _check(self, value: Any) -> tuple[bool, list[str]]:
         if not (isinstance(value, dict) and set(value) == {"allow", "reasons"}
