@@ -1,0 +1,430 @@
+"""The inference server: HTTP/1.1 + JSON on asyncio, policy per request, dynamic batching.
+
+    GET  /healthz                       200 {"status": "ok", "model": null | {...}} (503 while draining)
+    GET  /metrics                       Prometheus text
+    POST /v1/models/<name>/infer        {"inputs": [[f1, ..., fn], ...]}  with  Authorization: Bearer <token>
+         200 {"model", "step", "outputs": [{"class", "scores"}], "decision_id"}
+         403 {"error": "forbidden", "reason", "reasons", "decision_id"}    (never the classification)
+         503 {"error": "model-not-loaded" | "log-unavailable" | "draining"}
+
+Per request: the token is verified (tenant from the token only), the runtime policy decides on a
+fixed pool of authorization threads (each keeps its own regorus engine), and the decision is
+appended to the decision log and fsync'd before any answer is written. Allowed inputs go to the
+batcher thread, which collects requests up to `max_batch` rows or `max_wait_ms`, runs one forward
+pass and answers each request with its rows.
+
+The server starts healthy with no model: it watches the model's planned checkpoint folder and loads
+the newest complete checkpoint when `latest` appears or changes. SIGTERM/SIGINT drain: stop
+accepting, finish every request in flight, sign the log's final head, exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import queue
+import signal
+import ssl
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from aifactory.runtime import checkpoint
+from aifactory.runtime.authz import Authorizer, Guard
+from aifactory.runtime.decisionlog import DecisionLog
+from aifactory.runtime.metrics import Registry
+from aifactory.runtime.model import MLP, ModelConfig
+from aifactory.runtime.siteplan import RuntimePlan
+from aifactory.runtime.tokens import TokenVerifier, TrustFiles
+
+log = logging.getLogger(__name__)
+REASONS = {200: "OK", 400: "Bad Request", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
+           413: "Payload Too Large", 431: "Request Header Fields Too Large", 503: "Service Unavailable"}
+MAX_ROWS = 1024
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    plan_path: Path
+    model: str
+    runtime_dir: Path
+    host_name: str | None = None
+    listen: str = "127.0.0.1"
+    port: int = 8600
+    storage_root: Path | None = None
+    max_batch: int = 32
+    max_wait_ms: float = 5.0
+    authz_threads: int = 4
+    torch_threads: int = 1
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    sign_every: int = 100
+    sign_interval: float = 5.0
+    head_copies: tuple[Path, ...] = ()
+    reload_interval: float = 2.0
+    drain_timeout: float = 30.0
+    max_body: int = 1 << 20
+
+
+@dataclass
+class LoadedModel:
+    name: str
+    step: int
+    module: MLP
+    features: int
+    path: str
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "step": self.step, "features": self.features, "checkpoint": self.path}
+
+
+@dataclass
+class _Work:
+    rows: np.ndarray
+    done: Callable[[Any, BaseException | None], None]
+    model: LoadedModel = field(init=False)
+
+
+class Batcher:
+    """One thread: collect requests up to max_batch rows or max_wait, run one forward pass, answer each."""
+
+    def __init__(self, *, max_batch: int, max_wait: float, metrics: Registry) -> None:
+        self.max_batch, self.max_wait, self.metrics = max_batch, max_wait, metrics
+        self.model: LoadedModel | None = None
+        self._queue: queue.SimpleQueue[_Work | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="batcher", daemon=True)
+        self._thread.start()
+
+    def submit(self, rows: np.ndarray, done: Callable[[Any, BaseException | None], None]) -> None:
+        self._queue.put(_Work(rows, done))
+
+    def stop(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
+
+    def _collect(self, first: _Work) -> tuple[list[_Work], bool]:
+        batch, rows = [first], len(first.rows)
+        deadline = time.monotonic() + self.max_wait
+        while rows < self.max_batch:
+            remaining = deadline - time.monotonic()
+            try:
+                item = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is None:
+                return batch, True
+            batch.append(item)
+            rows += len(item.rows)
+        return batch, False
+
+    def _run(self) -> None:
+        stopping = False
+        while not stopping:
+            first = self._queue.get()
+            if first is None:
+                break
+            batch, stopping = self._collect(first)
+            self._forward(batch)
+
+    def _forward(self, batch: list[_Work]) -> None:
+        model = self.model
+        if model is None:
+            for work in batch:
+                work.done(None, LookupError("model-not-loaded"))
+            return
+        counts = [len(work.rows) for work in batch]
+        try:
+            with torch.inference_mode():
+                logits = model.module(torch.from_numpy(np.concatenate([w.rows for w in batch])))
+                scores = torch.softmax(logits, dim=1).numpy()
+        except (RuntimeError, ValueError) as exc:
+            for work in batch:
+                work.done(None, exc)
+            return
+        self.metrics.observe("aifactory_serve_batch_size", float(sum(counts)))
+        start = 0
+        for work, count in zip(batch, counts, strict=True):
+            work.done((model, scores[start:start + count]), None)
+            start += count
+
+
+class InferenceServer:
+    def __init__(self, config: ServerConfig, *, authorizer: Authorizer) -> None:
+        self.config = config
+        self.plan = RuntimePlan.load(config.plan_path, storage_root=config.storage_root)
+        self.plan.model(config.model)  # fail early on a model the site does not have
+        host = self.plan.this_host(config.host_name)
+        self.metrics = _registry()
+        self.decisions = DecisionLog(config.runtime_dir / "decisions.jsonl", sign_every=config.sign_every,
+                                     sign_interval=config.sign_interval, head_copies=config.head_copies)
+        self.guard = Guard(verifier=TokenVerifier(TrustFiles(config.runtime_dir), site=self.plan.site),
+                           authorizer=authorizer, decisions=self.decisions, component="serve",
+                           host=(host or {}).get("name"), host_country=(host or {}).get("country"))
+        self.authz_pool = ThreadPoolExecutor(config.authz_threads, thread_name_prefix="authz")
+        self.batcher = Batcher(max_batch=config.max_batch, max_wait=config.max_wait_ms / 1000, metrics=self.metrics)
+        self.checkpoints = self.plan.model_dir(config.model) / "checkpoints"
+        self.draining = False
+        self.inflight = 0
+        self._idle = asyncio.Event()
+        self._connections: set[asyncio.StreamWriter] = set()
+        self._loaded_step: int | None = None
+        self.bound_port: int | None = None
+
+    # --- model --------------------------------------------------------------------------------------
+
+    def reload_model(self) -> bool:
+        """Load the newest complete checkpoint if `latest` changed; True when a new model is live."""
+        step = checkpoint.latest_step(self.checkpoints)
+        if step is None or step == self._loaded_step:
+            return False
+        found = checkpoint.latest_complete(self.checkpoints)
+        if found is None:
+            return False
+        config = ModelConfig.from_dict(found.meta["network"])
+        module = MLP(config)
+        module.load_state_dict(found.model_state)
+        module.eval()
+        self.batcher.model = LoadedModel(self.config.model, found.step, module, config.features, str(found.path))
+        self._loaded_step = step
+        self.metrics.set("aifactory_serve_model_step", float(found.step))
+        log.warning("serving %s from %s", self.config.model, found.path)
+        return True
+
+    async def _watch_model(self) -> None:
+        loop = asyncio.get_running_loop()
+        while not self.draining:
+            try:
+                await loop.run_in_executor(None, self.reload_model)
+            except (OSError, ValueError, KeyError, RuntimeError) as exc:
+                log.error("cannot load the model from %s: %s", self.checkpoints, exc)
+            await asyncio.sleep(self.config.reload_interval)
+
+    # --- HTTP ---------------------------------------------------------------------------------------
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._connections.add(writer)
+        peer = (writer.get_extra_info("peername") or ("?",))[0]
+        try:
+            while not self.draining:
+                try:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                except (asyncio.IncompleteReadError, ConnectionError):
+                    return
+                except asyncio.LimitOverrunError:
+                    await self._send(writer, 431, {"error": "headers-too-large"}, keep_alive=False)
+                    return
+                self.inflight += 1
+                self._idle.clear()
+                try:
+                    keep_alive = await self._exchange(head, reader, writer, peer)
+                finally:
+                    self.inflight -= 1
+                    if not self.inflight:
+                        self._idle.set()
+                if not keep_alive or self.draining:
+                    return
+        finally:
+            self._connections.discard(writer)
+            writer.close()
+
+    async def _exchange(self, head: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                        peer: str) -> bool:
+        started = time.perf_counter()
+        try:
+            request_line, *header_lines = head.decode("latin-1").split("\r\n")
+            method, target, version = request_line.split(" ", 2)
+            headers = {k.strip().lower(): v.strip() for k, v in
+                       (line.split(":", 1) for line in header_lines if ":" in line)}
+            length = int(headers.get("content-length", "0"))
+        except ValueError:
+            await self._send(writer, 400, {"error": "bad-request"}, keep_alive=False)
+            return False
+        if length > self.config.max_body or length < 0 or "chunked" in headers.get("transfer-encoding", ""):
+            await self._send(writer, 413, {"error": "body-too-large-or-chunked"}, keep_alive=False)
+            return False
+        body = await reader.readexactly(length) if length else b""
+        keep_alive = version == "HTTP/1.1" and headers.get("connection", "").lower() != "close"
+        status, payload, extra = await self._route(method, target, headers, body, peer)
+        await self._send(writer, status, payload, keep_alive=keep_alive, extra=extra)
+        self.metrics.inc("aifactory_serve_requests_total", code=str(status))
+        self.metrics.observe("aifactory_serve_request_seconds", time.perf_counter() - started)
+        return keep_alive
+
+    async def _send(self, writer: asyncio.StreamWriter, status: int, payload: Any, *, keep_alive: bool,
+                    extra: dict[str, str] | None = None) -> None:
+        if isinstance(payload, str):
+            body, kind = payload.encode(), "text/plain; version=0.0.4"
+        else:
+            body, kind = json.dumps(payload, separators=(",", ":")).encode(), "application/json"
+        lines = [f"HTTP/1.1 {status} {REASONS.get(status, 'Error')}", f"Content-Type: {kind}",
+                 f"Content-Length: {len(body)}", "Connection: " + ("keep-alive" if keep_alive else "close"),
+                 *(f"{k}: {v}" for k, v in (extra or {}).items())]
+        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
+        try:
+            await writer.drain()
+        except ConnectionError:
+            pass
+
+    async def _route(self, method: str, target: str, headers: dict[str, str], body: bytes,
+                     peer: str) -> tuple[int, Any, dict[str, str]]:
+        path = target.split("?", 1)[0]
+        if path == "/healthz":
+            model = self.batcher.model
+            status = 503 if self.draining else 200
+            return status, {"status": "draining" if self.draining else "ok", "site": self.plan.site,
+                            "model": model.describe() if model else None}, {}
+        if path == "/metrics":
+            self.metrics.set("aifactory_serve_inflight_requests", float(self.inflight))
+            return 200, self.metrics.render(), {}
+        parts = path.strip("/").split("/")
+        if len(parts) == 4 and parts[:2] == ["v1", "models"] and parts[3] == "infer":
+            if method != "POST":
+                return 405, {"error": "method-not-allowed"}, {"Allow": "POST"}
+            return await self._infer(parts[2], headers, body, peer)
+        return 404, {"error": "not-found"}, {}
+
+    async def _infer(self, name: str, headers: dict[str, str], body: bytes,
+                     peer: str) -> tuple[int, Any, dict[str, str]]:
+        loop = asyncio.get_running_loop()
+        request_id = uuid.uuid4().hex[:16]
+        authorization = headers.get("authorization", "")
+        token = authorization[7:].strip() if authorization[:7].lower() == "bearer " else None
+        outcome = await loop.run_in_executor(self.authz_pool, lambda: self.guard.decide(
+            token, "infer", f"model/{name}", request={"id": request_id, "peer": peer}))
+        tracing = {"X-Request-Id": request_id, "X-Decision-Id": outcome.decision_id}
+        try:
+            await asyncio.wrap_future(self.guard.record(outcome))
+        except Exception as exc:  # noqa: BLE001 -- no durable record, no answer but a refusal
+            log.error("decision %s not recorded: %r", outcome.decision_id, exc)
+            return 503, {"error": "log-unavailable", "decision_id": outcome.decision_id}, tracing
+        self.metrics.inc("aifactory_serve_decisions_total", allow=str(outcome.allow).lower())
+        if not outcome.allow:
+            return 403, {"error": "forbidden", "reason": outcome.reasons[0], "reasons": list(outcome.reasons),
+                         "decision_id": outcome.decision_id}, tracing
+        model = self.batcher.model
+        if model is None or model.name != name:
+            return 503, {"error": "model-not-loaded", "decision_id": outcome.decision_id}, tracing
+        rows = _rows(body, model.features)
+        if isinstance(rows, str):
+            return 400, {"error": "bad-input", "detail": rows, "decision_id": outcome.decision_id}, tracing
+        future: asyncio.Future[Any] = loop.create_future()
+
+        def done(result: Any, error: BaseException | None) -> None:
+            def settle() -> None:
+                if not future.done():
+                    future.set_exception(error) if error else future.set_result(result)
+            loop.call_soon_threadsafe(settle)
+
+        self.batcher.submit(rows, done)
+        try:
+            used, scores = await future
+        except LookupError:
+            return 503, {"error": "model-not-loaded", "decision_id": outcome.decision_id}, tracing
+        outputs = [{"class": int(np.argmax(row)), "scores": [round(float(s), 6) for s in row]} for row in scores]
+        return 200, {"model": used.name, "step": used.step, "outputs": outputs,
+                     "decision_id": outcome.decision_id}, tracing
+
+    # --- lifecycle ----------------------------------------------------------------------------------
+
+    def _tls(self) -> ssl.SSLContext | None:
+        if not self.config.tls_cert:
+            return None
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.load_cert_chain(str(self.config.tls_cert), str(self.config.tls_key or self.config.tls_cert))
+        if self.config.tls_client_ca:
+            context.load_verify_locations(str(self.config.tls_client_ca))
+            context.verify_mode = ssl.CERT_REQUIRED
+        return context
+
+    async def serve(self, *, ready: Callable[[InferenceServer], None] | None = None) -> None:
+        torch.set_num_threads(self.config.torch_threads)
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            try:
+                loop.add_signal_handler(signum, stop.set)
+            except (NotImplementedError, RuntimeError):  # not the main thread (tests run it in one)
+                pass
+        self._stop = stop
+        server = await asyncio.start_server(self._handle, self.config.listen, self.config.port, ssl=self._tls(),
+                                            limit=64 * 1024, backlog=1024)
+        self.bound_port = server.sockets[0].getsockname()[1]
+        watcher = asyncio.create_task(self._watch_model())
+        log.warning("aifactory-serve listening on %s:%s", self.config.listen, self.bound_port)
+        if ready:
+            ready(self)
+        await stop.wait()
+        await self._drain(server, watcher)
+
+    def request_stop(self) -> None:
+        """Begin a graceful shutdown from another thread."""
+        loop = getattr(self, "_loop", None)
+        if loop:
+            loop.call_soon_threadsafe(self._stop.set)
+
+    async def _drain(self, server: asyncio.Server, watcher: asyncio.Task[None]) -> None:
+        self.draining = True
+        server.close()
+        watcher.cancel()
+        if self.inflight:
+            try:
+                await asyncio.wait_for(self._idle.wait(), self.config.drain_timeout)
+            except TimeoutError:
+                log.error("drain timeout: %d requests still in flight", self.inflight)
+        for writer in list(self._connections):
+            writer.close()
+        self.batcher.stop()
+        self.authz_pool.shutdown(wait=True)
+        self.decisions.close()  # signs the final head
+
+
+def _rows(body: bytes, features: int) -> np.ndarray | str:
+    try:
+        document = json.loads(body or b"{}")
+        rows = np.asarray(document["inputs"], dtype=np.float32)
+    except (ValueError, KeyError, TypeError):
+        return "the body must be JSON {\"inputs\": [[number, ...], ...]}"
+    if rows.ndim != 2 or rows.shape[1] != features or not 0 < rows.shape[0] <= MAX_ROWS:
+        return f"inputs must be 1 to {MAX_ROWS} rows of {features} numbers"
+    if not np.isfinite(rows).all():
+        return "inputs must be finite numbers"
+    return rows
+
+
+def _registry() -> Registry:
+    metrics = Registry()
+    metrics.counter("aifactory_serve_requests_total", "HTTP requests answered, by status code.")
+    metrics.counter("aifactory_serve_decisions_total", "Authorization decisions recorded, by outcome.")
+    metrics.histogram("aifactory_serve_batch_size", "Rows per forward pass formed by the batcher.",
+                      (1, 2, 4, 8, 16, 32, 64, 128, 256))
+    metrics.histogram("aifactory_serve_request_seconds", "Time from request head to answer.",
+                      (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
+    metrics.gauge("aifactory_serve_model_step", "Training step of the checkpoint being served.")
+    metrics.gauge("aifactory_serve_inflight_requests", "Requests being answered.")
+    return metrics
+
+
+def run_server(config: ServerConfig, *, authorizer: Authorizer,
+               ready: Callable[[InferenceServer], None] | None = None) -> InferenceServer:
+    """Run until SIGTERM/SIGINT (or `request_stop`), then drain; returns the stopped server."""
+    holder: list[InferenceServer] = []
+
+    async def main() -> None:
+        server = InferenceServer(config, authorizer=authorizer)
+        server._loop = asyncio.get_running_loop()  # type: ignore[attr-defined]
+        holder.append(server)
+        await server.serve(ready=ready)
+
+    asyncio.run(main())
+    return holder[0]
