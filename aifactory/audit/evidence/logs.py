@@ -116,7 +116,8 @@ def operator_log_evidence(state: SiteState) -> Evidence:
 def decision_log_paths(state: SiteState, extra: Sequence[Path] = ()) -> list[Path]:
     """Decision logs under the site's runtime folder, then those given explicitly (no duplicates)."""
     runtime = state.path("runtime")
-    found = sorted(runtime.rglob("*.jsonl")) if runtime.is_dir() else []
+    found = sorted(p for p in runtime.rglob("*.jsonl") if not p.name.endswith(".heads.jsonl")) \
+        if runtime.is_dir() else []
     out: list[Path] = []
     for path in [*found, *extra]:
         resolved = path.resolve()
