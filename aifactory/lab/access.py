@@ -60,7 +60,7 @@ def lab_addresses(host: Host) -> list[str]:
 
 def sshd_config(layout: LabLayout, host: Host) -> str:
     listen = "\n".join(f"ListenAddress {a}" for a in lab_addresses(host))
-    return f"""# aifactory lab: sshd of {host.name} (kept outside the host's /etc so roles cannot lock the lab out)
+    return f"""# aifactory lab: sshd of {host.name} (outside the host's /etc: roles cannot lock the lab out)
 Port 22
 {listen}
 HostKey {host_key(layout, host)}

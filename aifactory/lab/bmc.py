@@ -25,7 +25,6 @@ from aifactory.errors import LabError, PrerequisiteError, SecretError
 from aifactory.lab.access import write_file
 from aifactory.lab.journal import Journal
 from aifactory.lab.layout import LabLayout, make_dir
-from aifactory.lab.names import LabNames
 from aifactory.lab.system import listening
 from aifactory.plan.model import Host, SitePlan
 from aifactory.secrets import STORE_FILE, SecretStore, read_passphrase
@@ -109,7 +108,8 @@ def open_site_store(site: str, layout: LabLayout, journal: Journal) -> SecretSto
     return store
 
 
-def ensure_credentials(site: str, plan: SitePlan, layout: LabLayout, journal: Journal) -> dict[str, BmcCredential]:
+def ensure_credentials(site: str, plan: SitePlan, layout: LabLayout,
+                       journal: Journal) -> dict[str, BmcCredential]:
     """One credential per BMC host: reused from the store when present, else made and stored."""
     bmc_hosts = [h for h in plan.hosts if h.bmc is not None]
     if not bmc_hosts:
@@ -185,6 +185,7 @@ def wait_listening(layout: LabLayout, emulators: dict[str, tuple[str, subprocess
                 log = (layout.bmc_dir(name) / "emulator.log").read_text(errors="replace").strip()
                 raise LabError(f"the BMC emulator of {name} exited: {log[-600:]}")
         if pending and time.monotonic() > deadline:
-            raise LabError(f"the BMCs of {', '.join(sorted(pending))} did not listen within {START_TIMEOUT:.0f} s")
+            late = ", ".join(sorted(pending))
+            raise LabError(f"the BMCs of {late} did not listen within {START_TIMEOUT:.0f} s")
         if pending:
             time.sleep(0.1)

@@ -34,7 +34,8 @@ def lab_env(status: LabStatus) -> dict[str, str]:
 
 def _path_with_tools(path: str) -> str:
     """Put this Python's bin folder (ansible, aifactory) first, then the system's."""
-    parts = [str(Path(sys.executable).parent), *path.split(os.pathsep), "/usr/local/sbin", "/usr/sbin", "/sbin"]
+    parts = [str(Path(sys.executable).parent), *path.split(os.pathsep),
+             "/usr/local/sbin", "/usr/sbin", "/sbin"]
     return os.pathsep.join(dict.fromkeys(p for p in parts if p))
 
 
@@ -57,7 +58,8 @@ def lab_exec(site_name: str, argv: Sequence[str], host: str | None = None, *, ca
         known = ", ".join(h.name for h in status.hosts)
         raise UsageError(f"no lab host {target!r} in site {site_name!r}", hint=f"hosts: {known}") from None
     if not record.anchor.running():
-        raise LabError(f"lab host {target} is not running", hint="run `aifactory lab down` and `lab up` again")
+        raise LabError(f"lab host {target} is not running",
+                       hint="run `aifactory lab down` and `lab up` again")
     full_env = {**os.environ, **lab_env(status), **(env or {})}
     full_env["PATH"] = _path_with_tools(full_env.get("PATH", ""))
     full_env["HOSTNAME"] = target

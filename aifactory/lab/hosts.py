@@ -137,8 +137,8 @@ def setup_script(layout: LabLayout, host: Host, mounts: MountPlan) -> str:
     for lower, folder in mounts.overlays:
         upper, work = folder / "upper", folder / "work"
         lines.append(f"mkdir -p {q(str(upper))} {q(str(work))}")
-        lines.append(f"mount -t overlay aifactory-lab -o {q(f'lowerdir={lower},upperdir={upper},workdir={work}')}"
-                     f" {q(lower)}")
+        options = f"lowerdir={lower},upperdir={upper},workdir={work}"
+        lines.append(f"mount -t overlay aifactory-lab -o {q(options)} {q(lower)}")
     for path in TMPFS:
         lines.append(f"mount -t tmpfs -o mode=0755,nosuid,nodev aifactory-lab {q(path)}")
     lines.append("mkdir -p /run/sshd /run/lock " + q(SERVICE_BIN) + " /run/aifactory-lab/ssh")

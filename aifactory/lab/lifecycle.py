@@ -16,10 +16,24 @@ from aifactory.lab import access, bmc, hosts, network
 from aifactory.lab.journal import Journal
 from aifactory.lab.layout import LabLayout, make_dir
 from aifactory.lab.names import PREFIX, LabNames, site_prefix
-from aifactory.lab.status import BmcStatus, HostStatus, LabStatus, ProcessRef, access_paths, read_status, \
-    write_record
-from aifactory.lab.system import check_prerequisites, ip, list_netns, listening, netns_inode, \
-    pids_in_netns, terminate
+from aifactory.lab.status import (
+    BmcStatus,
+    HostStatus,
+    LabStatus,
+    ProcessRef,
+    access_paths,
+    read_status,
+    write_record,
+)
+from aifactory.lab.system import (
+    check_prerequisites,
+    ip,
+    list_netns,
+    listening,
+    netns_inode,
+    pids_in_netns,
+    terminate,
+)
 from aifactory.plan import PlannedSite
 from aifactory.plan.model import SitePlan
 from aifactory.secrets import STORE_FILE, SecretStore, read_passphrase
@@ -127,7 +141,8 @@ def _build(plan: SitePlan, layout: LabLayout, tools: dict[str, str]) -> LabStatu
     emulators: dict[str, tuple[str, subprocess.Popen[bytes]]] = {}
     for host in plan.hosts:
         if host.bmc is not None:
-            proc = bmc.start_emulator(site, host, bmc_namespaces[host.bmc.fabric], layout, credentials[host.name])
+            namespace = bmc_namespaces[host.bmc.fabric]
+            proc = bmc.start_emulator(site, host, namespace, layout, credentials[host.name])
             journal.add_process(f"bmc:{host.name}", proc.pid)
             emulators[host.name] = (host.bmc.address, proc)
     bmc.wait_listening(layout, emulators)
@@ -136,7 +151,8 @@ def _build(plan: SitePlan, layout: LabLayout, tools: dict[str, str]) -> LabStatu
         site=site, state="up", root=str(layout.root), plan_digest=plan.digest(),
         control_host=plan.control_host, fabric_netns=names.fabric_ns,
         bridges={f: names.bridge(plan, f) for f in network.fabrics_in_use(plan)},
-        hosts=[_host_status(plan, names, h.name, anchors, sshds, emulators, bmc_namespaces) for h in plan.hosts],
+        hosts=[_host_status(plan, names, h.name, anchors, sshds, emulators, bmc_namespaces)
+               for h in plan.hosts],
         paths=access_paths(layout),
         secrets={"store": str(SiteState.for_site(site).path(STORE_FILE)),
                  "passphrase_file": str(layout.passphrase_file)} if credentials else {},

@@ -182,7 +182,8 @@ def listening(pid: int, address: str, port: int) -> bool:
             if state != "0A":  # LISTEN
                 continue
             host_hex, port_hex = local.split(":")
-            if int(port_hex, 16) == port and len(host_hex) == width and _hex_address(host_hex) in (address, None):
+            same_family = len(host_hex) == width
+            if int(port_hex, 16) == port and same_family and _hex_address(host_hex) in (address, None):
                 return True
     return False
 
