@@ -12,7 +12,7 @@ from typing import Any
 from aifactory.audit.model import FAIL, NOT_ASSESSED, PASS, Evidence, Finding, LogReference, RuleResult, worst
 from aifactory.chain import ChainHead, ChainReport, read_head, verify_chain
 from aifactory.errors import ChainError, PrerequisiteError
-from aifactory.state import SiteState
+from aifactory.state import OPERATOR_LOG, SiteState
 
 INTEGRITY = "AU-9"
 GENERATION = "AU-12"
@@ -58,8 +58,9 @@ def _head_hash(path: Path) -> str:
 
 
 def verify_any_log(path: Path, *, heads: Path | None = None, trust: Path | None = None) -> LogCheck:
-    """The runtime's `verify_log` (chain and signed heads) when installed, else the plain chain."""
-    verify_log = _runtime_verifier()
+    """The runtime's `verify_log` (chain and signed heads) when installed, else the plain chain.
+    The operator log has no signed heads: its chain is what there is to check."""
+    verify_log = None if path.name == OPERATOR_LOG else _runtime_verifier()
     if verify_log is None:
         if heads or trust:
             raise PrerequisiteError("checking signed heads needs aifactory.runtime.decisionlog",

@@ -1,0 +1,97 @@
+"""`aifactory audit verify`: passes on a fresh report, fails when any byte of any file changes, and
+the stock `ssh-keygen -Y verify` accepts the signature. Two runs with one --timestamp are identical."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from auditfixtures import TIMESTAMP
+
+from aifactory import signing
+from aifactory.audit import ReportOptions, WrittenReport, produce_report
+from aifactory.audit.sign import ALLOWED_SIGNERS, MANIFEST, NAMESPACE, SIGNATURE
+from aifactory.audit.verify import verify_report
+from aifactory.cli.main import main
+
+SIGNED_FOLDER_FILES = ("report.html", "report.json", "assessment-results.json", MANIFEST, SIGNATURE,
+                       ALLOWED_SIGNERS)
+
+
+def _copy(report: WrittenReport, target: Path) -> Path:
+    shutil.copytree(report.folder, target)
+    return target
+
+
+def test_fresh_report_verifies(failing_report: WrittenReport) -> None:
+    result = verify_report(failing_report.folder)
+    assert result.ok, result.problems
+    assert result.signer == "audit@labfail"
+    assert sorted(result.files) == ["assessment-results.json", "report.html", "report.json"]
+
+
+def test_ssh_keygen_accepts_the_signature(failing_report: WrittenReport) -> None:
+    folder = failing_report.folder
+    done = signing.ssh_keygen_verify(folder / MANIFEST, folder / SIGNATURE, allowed_signers=folder / ALLOWED_SIGNERS,
+                                     identity="audit@labfail", namespace=NAMESPACE)
+    assert done.returncode == 0, done.stderr
+    assert subprocess.run(["sha256sum", "--check", "--quiet", MANIFEST], cwd=folder, check=False).returncode == 0
+
+
+@pytest.mark.parametrize("name", SIGNED_FOLDER_FILES)
+@pytest.mark.parametrize("where", ["start", "middle", "end"])
+def test_one_changed_byte_fails(failing_report: WrittenReport, tmp_path: Path, name: str, where: str) -> None:
+    folder = _copy(failing_report, tmp_path / "copy")
+    path = folder / name
+    data = bytearray(path.read_bytes())
+    index = {"start": 0, "middle": len(data) // 2, "end": len(data) - 1}[where]
+    data[index] ^= 0x01
+    path.write_bytes(bytes(data))
+    result = verify_report(folder)
+    assert not result.ok
+    assert main(["audit", "verify", str(folder)]) == 1
+
+
+def test_a_report_re_signed_with_another_key_fails_against_the_real_trust(failing_report: WrittenReport,
+                                                                          failing_site: Path, tmp_path: Path) -> None:
+    keys = signing.generate_keypair(tmp_path / "keys", identity="mallory", namespaces=NAMESPACE)
+    forged = produce_report(failing_site, tmp_path / "forged", ReportOptions(timestamp=TIMESTAMP, key=keys.private))
+    assert verify_report(forged.folder).ok  # self-consistent ...
+    trusted = failing_report.folder / ALLOWED_SIGNERS
+    result = verify_report(forged.folder, trust=trusted)  # ... but not by the key the auditor trusts
+    assert not result.ok and "not trusted" in " ".join(result.problems)
+
+
+def test_same_timestamp_same_bytes(failing_site: Path, failing_report: WrittenReport, tmp_path: Path) -> None:
+    again = produce_report(failing_site, tmp_path / "again", ReportOptions(timestamp=TIMESTAMP))
+    for name in SIGNED_FOLDER_FILES:
+        assert (again.folder / name).read_bytes() == (failing_report.folder / name).read_bytes(), name
+    later = produce_report(failing_site, tmp_path / "later", ReportOptions(timestamp="2026-11-23T09:00:00Z"))
+    assert (later.folder / "report.json").read_bytes() != (failing_report.folder / "report.json").read_bytes()
+
+
+def test_a_cited_log_rewritten_after_the_report_fails(tmp_path: Path) -> None:
+    from auditfixtures import failing_spec
+
+    from aifactory.state import SiteState
+    spec = failing_spec(tmp_path / "spec", name="labrewrite")
+    state = SiteState.for_site("labrewrite")
+    for command in ("plan", "deploy", "up"):
+        state.record(command=command, result="ok")
+    written = produce_report(spec, tmp_path / "report", ReportOptions(timestamp=TIMESTAMP))
+    assert [log.kind for log in written.report.logs] == ["operator-log"]
+    assert verify_report(written.folder).ok
+    state.record(command="later", result="ok")  # growing the log is fine
+    assert verify_report(written.folder).ok
+    lines = state.operator_log.read_text().splitlines(keepends=True)
+    state.operator_log.write_text("".join(lines[:2]))  # cutting it is not
+    result = verify_report(written.folder)
+    assert not result.ok and "rewritten or cut" in " ".join(result.problems)
+
+
+def test_bad_timestamp_is_a_usage_error(failing_site: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["audit", "report", str(failing_site), "-o", str(tmp_path / "r"), "--timestamp", "yesterday"])
+    assert code == 2
+    assert "error[usage]" in capsys.readouterr().err
