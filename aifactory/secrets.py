@@ -6,6 +6,7 @@ Two sources, tried in order:
 2. the site's encrypted store, `secrets.enc` in the state folder: AES-256-GCM under a key derived
    with scrypt from a passphrase read from a file (--passphrase-file or AIFACTORY_PASSPHRASE_FILE)
    or a terminal prompt, never from a command-line argument.
+A reference with `{host}` is looked up for the host first, then as written (one shared value).
 
 Values never appear in errors, logs or reprs.
 """
@@ -152,6 +153,10 @@ class SecretStore:
     def get(self, reference: str) -> str | None:
         return self._load().get(reference)
 
+    def values(self) -> dict[str, str]:
+        """Every reference and its value (for a resolver that opens the store once)."""
+        return self._load()
+
 
 class SecretResolver:
     """Resolves references from the environment, then the store (opened lazily, once)."""
@@ -167,17 +172,27 @@ class SecretResolver:
                 self._cache = {}
             else:
                 store = SecretStore(self._store_path, read_passphrase(self._passphrase_file))
-                self._cache = store._load()
+                self._cache = store.values()
         return self._cache
 
     def resolve(self, reference: str, *, host: str | None = None) -> Secret:
+        """The value of a reference, for one host when it contains {host}.
+
+        Looked up, in order: the host's own reference (`secret://bmc/lab-cpu-001`) in the
+        environment, then in the store; then the reference as written (`secret://bmc/{host}`), one
+        value shared by every host, in the environment, then in the store.
+        """
+        if not REFERENCE.match(reference):
+            raise SecretError(f"{reference!r} is not a secret reference (secret://<path>)")
         concrete = expand(reference, host=host)
-        value = os.environ.get(env_name(concrete))
-        if value is None:
-            value = self._store_values().get(concrete)
-        if value is None:
-            raise SecretError(
-                f"no value for {concrete}",
-                hint=f"set {env_name(concrete)} or run `aifactory secret set SITE {concrete}`",
-            )
-        return Secret(concrete, value)
+        candidates = [concrete] if concrete == reference else [concrete, reference]
+        for candidate in candidates:
+            value = os.environ.get(env_name(candidate))
+            if value is None:
+                value = self._store_values().get(candidate)
+            if value is not None:
+                return Secret(concrete, value)
+        raise SecretError(
+            f"no value for {concrete}",
+            hint=f"set {env_name(concrete)} or run `aifactory secret set SITE {concrete}`",
+        )

@@ -33,6 +33,8 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     plan.add_argument("--diff", metavar="OLD_PLAN", help="show hosts and addresses changed since OLD_PLAN")
     plan.add_argument("--frozen", action="store_true",
                       help="fail instead of updating the allocation lock beside the spec")
+    plan.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
+                      help="when updating the allocation lock, wait this long for another changing command")
     plan.set_defaults(handler=cmd_plan)
 
 
@@ -69,7 +71,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    planned = plan_site(args.site, write_lock=not args.frozen)
+    planned = plan_site(args.site, write_lock=not args.frozen, wait=args.wait)
     if args.frozen and planned.lock_changed:
         raise SpecError(
             f"the allocation lock {planned.lock_path} does not cover this spec",

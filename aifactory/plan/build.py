@@ -24,6 +24,7 @@ from aifactory.plan.model import BmcEndpoint, Host, Interface, Mount, SitePlan
 from aifactory.spec.model import Fabric, NodePool, SiteSpec
 from aifactory.spec.places import Places, load_places
 from aifactory.spec.validate import LoadedSpec, load_spec
+from aifactory.state import SiteState
 
 MOUNTED_BY_DEFAULT_ROLES = ("gpu", "cpu")
 MODEL_DIR = "/models"
@@ -45,19 +46,36 @@ class PlannedSite:
         return self.loaded.spec
 
 
-def plan_site(spec_path: str | Path, *, write_lock: bool = True) -> PlannedSite:
-    """Load, validate and plan a site file, honouring (and by default updating) its allocation lock."""
+def plan_site(spec_path: str | Path, *, write_lock: bool = True, wait: float = 0.0) -> PlannedSite:
+    """Load, validate and plan a site file, honouring (and by default updating) its allocation lock.
+
+    Reading never touches the state folder. When the allocation lock must change, the update is a
+    changing command: it takes the site lock (refusing, or waiting up to `wait` seconds, while
+    another changing command runs), plans again against the lock file as it is then, writes it
+    atomically and appends a record to the operator log.
+    """
     path = Path(spec_path)
     loaded = load_spec(path)
     lock_path = lock_path_for(path)
+    planned = _plan_against_lock(loaded, lock_path)
+    if not (planned.lock_changed and write_lock):
+        return planned
+    state = SiteState.for_site(loaded.spec.site.name)
+    with state.lock("plan", wait=wait):
+        planned = _plan_against_lock(loaded, lock_path)
+        if planned.lock_changed:
+            tmp = lock_path.with_name(lock_path.name + ".tmp")
+            tmp.write_text(planned.lock.to_json())
+            tmp.replace(lock_path)
+            state.record(command="plan", result="allocation lock updated", spec_digest=loaded.digest,
+                         detail={"allocation_lock": str(lock_path.resolve()), "plan_digest": planned.plan.digest()})
+    return planned
+
+
+def _plan_against_lock(loaded: LoadedSpec, lock_path: Path) -> PlannedSite:
     previous = AllocationLock.read(lock_path, loaded.spec.site.name)
     plan, lock = build_plan(loaded.spec, lock=previous)
-    text = lock.to_json()
-    changed = not lock_path.exists() or lock_path.read_text() != text
-    if changed and write_lock:
-        tmp = lock_path.with_suffix(".tmp")
-        tmp.write_text(text)
-        tmp.replace(lock_path)
+    changed = not lock_path.exists() or lock_path.read_text() != lock.to_json()
     return PlannedSite(loaded, plan, lock, lock_path, changed)
 
 

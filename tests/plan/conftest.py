@@ -46,3 +46,11 @@ def aifactory(tmp_path: Path) -> Callable[..., subprocess.CompletedProcess[str]]
                               check=False)
 
     return run
+
+
+@pytest.fixture(autouse=True)
+def _state_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Planning may update an allocation lock, which records in the site's state folder: keep it here."""
+    home = tmp_path / "state-home"
+    monkeypatch.setenv("AIFACTORY_STATE_HOME", str(home))
+    return home

@@ -1,0 +1,122 @@
+"""The state folder, the site lock between real processes, and the hash-chained operator log."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from aifactory.chain import verify_chain
+from aifactory.state import SiteState
+
+HOLDER = """
+import sys, time
+from pathlib import Path
+from aifactory.state import SiteState
+with SiteState.for_site("lab").lock("deploy (test holder)"):
+    Path(sys.argv[1]).write_text("held")
+    time.sleep(float(sys.argv[2]))
+"""
+
+
+def _hold_lock(state_home: Path, tmp_path: Path, seconds: float) -> subprocess.Popen[bytes]:
+    flag = tmp_path / "held"
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(flag), str(seconds)],
+                              env={**os.environ, "AIFACTORY_STATE_HOME": str(state_home)})
+    deadline = time.monotonic() + 30
+    while not flag.exists():
+        assert holder.poll() is None and time.monotonic() < deadline, "the lock holder did not start"
+        time.sleep(0.05)
+    return holder
+
+
+def test_state_folder_is_private(state_home: Path) -> None:
+    state = SiteState.for_site("lab")
+    assert state.root == state_home / "lab"
+    assert stat.S_IMODE(state.root.stat().st_mode) == 0o700
+    state.record(command="test", result="ok")
+    assert stat.S_IMODE(state.operator_log.stat().st_mode) == 0o600
+    assert stat.S_IMODE(state.subdir("deploy").stat().st_mode) == 0o700
+
+
+def test_second_changing_command_refuses_while_the_site_is_locked(state_home: Path, tmp_path: Path,
+                                                                  aifactory, passphrase_file: Path) -> None:
+    holder = _hold_lock(state_home, tmp_path, 30)
+    try:
+        refused = aifactory("secret", "set", "lab", "secret://lab/token", "--passphrase-file",
+                            str(passphrase_file), input="value\n")
+        assert refused.returncode == 3
+        assert "site 'lab' is busy: `deploy (test holder)`" in refused.stderr
+        assert f"(pid {holder.pid})" in refused.stderr
+        assert "--wait" in refused.stderr
+        assert "Traceback" not in refused.stderr
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_second_changing_command_waits_with_wait(state_home: Path, tmp_path: Path, aifactory,
+                                                 passphrase_file: Path) -> None:
+    holder = _hold_lock(state_home, tmp_path, 2.0)
+    started = time.monotonic()
+    waited = aifactory("secret", "set", "lab", "secret://lab/token", "--passphrase-file", str(passphrase_file),
+                       "--wait", "60", input="value\n")
+    assert waited.returncode == 0, waited.stderr
+    assert holder.poll() == 0, "the waiter finished while the holder still held the lock"
+    assert time.monotonic() - started >= 1.0  # it waited for the holder's remaining time
+    owner = json.loads((state_home / "lab" / "lock.owner").read_text())
+    assert owner["command"] == "secret set"
+    records = [json.loads(line) for line in (state_home / "lab" / "operator.log.jsonl").read_text().splitlines()]
+    assert [r["command"] for r in records] == ["secret set"]
+
+
+def test_operator_log_detects_an_edited_record(state_home: Path) -> None:
+    state = SiteState.for_site("lab")
+    for result in ("ok", "ok", "failed: deploy"):
+        state.record(command="deploy", result=result, spec_digest="sha256:" + "1" * 64)
+    assert state.verify_operator_log().ok
+    lines = state.operator_log.read_text().splitlines()
+    edited = json.loads(lines[2])
+    edited["result"] = "ok"  # someone hides a failure
+    lines[2] = json.dumps(edited, sort_keys=True, separators=(",", ":"))
+    state.operator_log.write_text("\n".join(lines) + "\n")
+    report = state.verify_operator_log()
+    assert not report.ok
+    assert report.problems == ("line 3: record seq=2 was edited (its hash does not match)",)
+
+
+def test_operator_log_detects_a_deleted_record(state_home: Path) -> None:
+    state = SiteState.for_site("lab")
+    for n in range(4):
+        state.record(command=f"step {n}", result="ok")
+    lines = state.operator_log.read_text().splitlines()
+    state.operator_log.write_text("\n".join(lines[:1] + lines[2:]) + "\n")
+    problems = verify_chain(state.operator_log).problems
+    assert any("expected seq 1, found 2" in p for p in problems)
+    assert any("does not link to the previous record" in p for p in problems)
+
+
+def test_operator_log_records_who_what_and_digests(state_home: Path) -> None:
+    state = SiteState.for_site("lab")
+    record = state.record(command="bundle import", result="ok", spec_digest="sha256:aa", bundle_digest="sha256:bb")
+    for key in ("time", "user", "host", "command", "site", "spec_digest", "bundle_digest", "result", "hash", "prev"):
+        assert key in record
+    assert record["seq"] == 0 and record["bundle_digest"] == "sha256:bb"
+
+
+def test_plan_that_updates_the_allocation_lock_is_recorded(state_home: Path, tmp_path: Path, aifactory) -> None:
+    root = Path(__file__).resolve().parents[2]
+    spec = tmp_path / "site.yaml"
+    spec.write_text((root / "inventory" / "lab" / "site.yaml").read_text())
+    first = aifactory("plan", str(spec))
+    again = aifactory("plan", str(spec))
+    assert first.returncode == again.returncode == 0
+    assert "allocation lock updated" in first.stdout and "allocation lock updated" not in again.stdout
+    log = state_home / "lab" / "operator.log.jsonl"
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [(r["command"], r["result"]) for r in records] == [("plan", "allocation lock updated")]
+    assert verify_chain(log).ok
