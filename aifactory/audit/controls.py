@@ -30,7 +30,9 @@ FAMILIES: dict[str, str] = {
 
 TITLES: dict[str, str] = {
     "AC-2": "Account Management",
+    "AC-2(3)": "Account Management | Disable Accounts",
     "AC-3": "Access Enforcement",
+    "AC-3(3)": "Access Enforcement | Mandatory Access Control",
     "AC-4": "Information Flow Enforcement",
     "AC-6": "Least Privilege",
     "AC-16": "Security and Privacy Attributes",
@@ -41,6 +43,7 @@ TITLES: dict[str, str] = {
     "AU-9": "Protection of Audit Information",
     "AU-10": "Non-repudiation",
     "AU-12": "Audit Record Generation",
+    "CA-2": "Control Assessments",
     "CA-3": "Information Exchange",
     "CM-2": "Baseline Configuration",
     "CM-3": "Configuration Change Control",
@@ -52,6 +55,7 @@ TITLES: dict[str, str] = {
     "IA-2": "Identification and Authentication (Organizational Users)",
     "IA-5": "Authenticator Management",
     "MP-4": "Media Storage",
+    "PL-2": "System Security and Privacy Plans",
     "PE-17": "Alternate Work Site",
     "PE-18": "Location of System Components",
     "SA-9": "External System Services",
@@ -61,6 +65,7 @@ TITLES: dict[str, str] = {
     "SC-12": "Cryptographic Key Establishment and Management",
     "SC-13": "Cryptographic Protection",
     "SC-28": "Protection of Information at Rest",
+    "SC-28(1)": "Protection of Information at Rest | Cryptographic Protection",
     "SI-7": "Software, Firmware, and Information Integrity",
     "SR-4": "Provenance",
     "SR-11": "Component Authenticity",

@@ -33,6 +33,7 @@ dl.facts dt{font-weight:600}dl.facts dd{margin:0;word-break:break-all}
 table{border-collapse:collapse;width:100%;margin:8px 0}
 th,td{border:1px solid #d0d7de;padding:4px 8px;text-align:left;vertical-align:top}
 th{background:#f3f5f7}
+tr.control td:first-child{white-space:nowrap}
 code{font:12px ui-monospace,SFMono-Regular,Menlo,monospace;word-break:break-all}
 .status{display:inline-block;min-width:6.5em;text-align:center;border-radius:3px;padding:0 6px;font-weight:600;
  color:#fff}
