@@ -17,7 +17,10 @@ import data.aifactory.lib
 
 _violation(rule, resource, msg) := lib.violation("encryption", rule, resource, msg)
 
-_threshold := lib.classification_rank(object.get(data.aifactory, "encryption_required_from", "public"))
+# Missing from the data, the threshold falls to the lowest classification: encrypt everything.
+_threshold := lib.classification_rank(data.aifactory.encryption_required_from) if {
+	data.aifactory.encryption_required_from
+} else := 0
 
 # Storage name -> the sorted names of the sensitive datasets and models it holds.
 _sensitive_on[store] := sort(names) if {
