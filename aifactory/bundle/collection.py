@@ -1,0 +1,148 @@
+"""The playbooks and roles as an Ansible collection tarball, built and then normalized.
+
+A collection folder is staged from `playbooks/` (a generated galaxy.yml, `roles/` from
+playbooks/roles, every other playbook file under `playbooks/`) and built with the stock
+`ansible-galaxy collection build`. Its tarball is then repacked so the same sources give the same
+bytes: entries sorted, mtimes fixed to the build timestamp, owner 0:0, modes 0644/0755, gzip header
+mtime 0 and no file name.
+
+Extra collection tarballs (what the roles use beyond ansible.builtin; the site cannot reach Galaxy)
+are carried as given, after checking that each is a collection with a readable MANIFEST.json.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import shutil
+import subprocess
+import sys
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from aifactory.bundle.archive import normalized_info
+from aifactory.errors import BundleError, Location, PrerequisiteError
+
+NAMESPACE = "aifactory"
+NAME = "factory"
+_SKIP = {".keep", ".gitkeep", "__pycache__", ".git"}
+
+
+@dataclass(frozen=True)
+class Collection:
+    namespace: str
+    name: str
+    version: str
+
+    @property
+    def fqcn(self) -> str:
+        return f"{self.namespace}.{self.name}"
+
+    def file_name(self) -> str:
+        return f"{self.namespace}-{self.name}-{self.version}.tar.gz"
+
+
+def ansible_galaxy() -> str:
+    beside = Path(sys.executable).parent / "ansible-galaxy"
+    found = str(beside) if beside.is_file() else shutil.which("ansible-galaxy")
+    if not found:
+        raise PrerequisiteError("ansible-galaxy is not installed; it builds the playbooks' collection",
+                                hint="install aifactory's control extra: pip install 'aifactory[control]'")
+    return found
+
+
+def _galaxy_yml(version: str) -> str:
+    return (f"namespace: {NAMESPACE}\nname: {NAME}\nversion: {version}\nreadme: README.md\n"
+            "authors: [aifactory developers]\nlicense: [Apache-2.0]\n"
+            "description: The roles and playbooks that deploy an aifactory site (carried in the offline bundle).\n"
+            "dependencies: {}\nbuild_ignore: ['*.pyc', '__pycache__']\n")
+
+
+def _copy_tree(source: Path, target: Path) -> None:
+    shutil.copytree(source, target, ignore=lambda _dir, names: [n for n in names if n in _SKIP],
+                    symlinks=False, dirs_exist_ok=True)
+
+
+def stage(playbooks: Path, staging: Path, *, version: str) -> Path:
+    """A collection folder from playbooks/ (roles/ -> roles/, the rest -> playbooks/)."""
+    root = staging / f"{NAMESPACE}.{NAME}"
+    (root / "playbooks").mkdir(parents=True)
+    (root / "roles").mkdir()
+    (root / "galaxy.yml").write_text(_galaxy_yml(version))
+    (root / "README.md").write_text(f"# {NAMESPACE}.{NAME}\n\nThe aifactory deployment roles and playbooks.\n")
+    (root / "meta").mkdir()
+    (root / "meta" / "runtime.yml").write_text("requires_ansible: '>=2.16'\n")
+    for entry in sorted(playbooks.iterdir()) if playbooks.is_dir() else []:
+        if entry.name in _SKIP:
+            continue
+        if entry.name == "roles" and entry.is_dir():
+            _copy_tree(entry, root / "roles")
+        elif entry.is_dir():
+            _copy_tree(entry, root / "playbooks" / entry.name)
+        elif entry.is_file():
+            shutil.copy2(entry, root / "playbooks" / entry.name)
+    return root
+
+
+def build(playbooks: Path, output: Path, *, version: str, timestamp: int, work: Path) -> tuple[Collection, Path]:
+    """Build and normalize the collection; return it and the tarball written into `output`."""
+    root = stage(playbooks, work / "stage", version=version)
+    built = work / "built"
+    done = subprocess.run([ansible_galaxy(), "collection", "build", str(root), "--output-path", str(built),
+                           "--force"], capture_output=True, text=True, check=False)
+    collection = Collection(NAMESPACE, NAME, version)
+    raw = built / collection.file_name()
+    if done.returncode != 0 or not raw.is_file():
+        raise BundleError(f"ansible-galaxy collection build failed: {(done.stderr or done.stdout).strip()[-600:]}",
+                          code="collection-build-failed", location=Location(file=str(playbooks)))
+    output.mkdir(parents=True, exist_ok=True)
+    target = output / collection.file_name()
+    normalize(raw, target, timestamp=timestamp)
+    return collection, target
+
+
+def normalize(source: Path, target: Path, *, timestamp: int) -> None:
+    """Repack a .tar.gz: sorted entries, fixed mtime and owners, normalized modes, gzip mtime 0."""
+    entries: list[tuple[str, tarfile.TarInfo, bytes | None]] = []
+    with tarfile.open(source, "r:gz") as tar:
+        for member in tar.getmembers():
+            if member.isdir():
+                info = tarfile.TarInfo(member.name)
+                info.type, info.mode, info.mtime = tarfile.DIRTYPE, 0o755, timestamp
+                info.uid = info.gid = 0
+                info.uname = info.gname = ""
+                entries.append((member.name, info, None))
+            elif member.isfile():
+                handle = tar.extractfile(member)
+                assert handle is not None
+                data = handle.read()
+                info = normalized_info(member.name, len(data), mtime=timestamp, executable=bool(member.mode & 0o111))
+                entries.append((member.name, info, data))
+            else:
+                raise BundleError(f"the collection holds a link or special file {member.name}; refusing it",
+                                  code="collection-invalid", location=Location(file=str(source)))
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as out:
+        for _name, info, data in sorted(entries, key=lambda item: item[0]):
+            out.addfile(info, io.BytesIO(data) if data is not None else None)
+    with target.open("wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0,
+                                                  compresslevel=9) as zipped:
+        zipped.write(buffer.getvalue())
+
+
+def identify(tarball: Path) -> Collection:
+    """Namespace, name and version of a collection tarball (from its MANIFEST.json)."""
+    try:
+        with tarfile.open(tarball, "r:gz") as tar:
+            handle = tar.extractfile("MANIFEST.json")
+            info = json.load(handle)["collection_info"] if handle else None
+    except (OSError, tarfile.TarError, KeyError, ValueError) as exc:
+        raise BundleError(f"{tarball} is not an Ansible collection tarball ({exc})", code="collection-invalid",
+                          location=Location(file=str(tarball)),
+                          hint="give a file made by `ansible-galaxy collection build` or downloaded from Galaxy") from None
+    if not info:
+        raise BundleError(f"{tarball} has no MANIFEST.json", code="collection-invalid",
+                          location=Location(file=str(tarball)))
+    return Collection(str(info["namespace"]), str(info["name"]), str(info["version"]))

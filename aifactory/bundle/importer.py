@@ -1,0 +1,299 @@
+"""Import a verified bundle on the site's control host.
+
+    <bundles home>/<site>/<version>/      (default home /var/lib/aifactory/bundles; AIFACTORY_BUNDLES_HOME)
+        manifest.json  manifest.json.sig  SHA256SUMS   (`sha256sum -c SHA256SUMS` passes here)
+        plan.json  sbom.cdx.json  policies/  files/  apt/
+        wheels/                           local package index: pip install --no-index --find-links wheels/
+        simple/                           the same wheels as a PEP 503 index (--index-url file://.../simple)
+        collections/*.tar.gz              the collection tarballs as carried
+        collections/ansible_collections/  the same, unpacked: ANSIBLE_COLLECTIONS_PATH=<version>/collections
+    <bundles home>/<site>/current  ->  <version>
+
+The import holds the site lock, verifies the bundle (signature, hashes, anti-rollback), unpacks into
+a staging folder beside the target while hashing every file again (so a bundle swapped after
+verification is still caught), then renames the staging folder into place and records it in the
+site's state. A failed import removes its staging folder and leaves the previous import untouched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html
+import json
+import os
+import shutil
+import tarfile
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any
+
+from packaging.utils import canonicalize_name, parse_wheel_filename
+
+from aifactory.bundle import archive
+from aifactory.bundle.hashing import BLOCK
+from aifactory.bundle.manifest import MANIFEST, MAX_METADATA_BYTES, METADATA_FILES, Manifest
+from aifactory.bundle.source import PartsReader, find_parts
+from aifactory.bundle.state import ImportRecord, last_import, save_import
+from aifactory.bundle.verify import VerifyReport, verify_bundle
+from aifactory.errors import BundleError, Location, StateError
+from aifactory.state import SiteState
+
+DEFAULT_HOME = Path("/var/lib/aifactory/bundles")
+RECORD = ".aifactory-import.json"
+
+
+def bundles_home() -> Path:
+    explicit = os.environ.get("AIFACTORY_BUNDLES_HOME")
+    return Path(explicit) if explicit else DEFAULT_HOME
+
+
+@dataclass(frozen=True)
+class ImportedBundle:
+    site: str
+    version: str
+    digest: str
+    root: Path
+
+    @property
+    def wheelhouse(self) -> Path:
+        return self.root / "wheels"
+
+    @property
+    def index_url(self) -> str:
+        return (self.root / "simple").as_uri() + "/"
+
+    @property
+    def collections_path(self) -> Path:
+        return self.root / "collections"
+
+    @property
+    def plan_path(self) -> Path:
+        return self.root / "plan.json"
+
+    @property
+    def policies_path(self) -> Path:
+        return self.root / "policies"
+
+    @property
+    def apt_repo(self) -> Path | None:
+        return self.root / "apt" if (self.root / "apt" / "Packages").is_file() else None
+
+    @property
+    def files_path(self) -> Path:
+        return self.root / "files"
+
+    def manifest(self) -> Manifest:
+        return Manifest.parse((self.root / MANIFEST).read_bytes(), source=str(self.root))
+
+    def pip_install_args(self) -> list[str]:
+        return ["--no-index", "--find-links", str(self.wheelhouse)]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"site": self.site, "version": self.version, "digest": self.digest, "root": str(self.root),
+                "wheelhouse": str(self.wheelhouse), "index_url": self.index_url,
+                "collections_path": str(self.collections_path), "plan_path": str(self.plan_path),
+                "policies_path": str(self.policies_path),
+                "apt_repo": str(self.apt_repo) if self.apt_repo else None}
+
+
+def current_import(site_state: SiteState) -> ImportedBundle | None:
+    """The bundle in use for the site, or None when none was imported yet."""
+    record = last_import(site_state)
+    if record is None:
+        return None
+    root = Path(record.root)
+    if not (root / RECORD).is_file():
+        raise StateError(f"the imported bundle {record.version} of site {record.site} is gone from {root}",
+                         location=Location(file=str(root)),
+                         hint="import the bundle again with `aifactory bundle import`")
+    return ImportedBundle(record.site, record.version, record.digest, root)
+
+
+def import_bundle(bundle: Path | str, *, trust: Path, site_state: SiteState | None = None,
+                  home: Path | None = None, workers: int | None = None) -> ImportedBundle:
+    """Verify, unpack into <home>/<site>/<version> atomically, record it; return the import."""
+    home = home or bundles_home()
+    state = site_state or SiteState.for_site(peek_site(Path(bundle)))
+    with state.lock("bundle import"):
+        report = verify_bundle(bundle, trust=trust, site_state=state, workers=workers)
+        assert report.manifest is not None
+        if report.manifest.site != state.site:
+            raise BundleError(f"the bundle is for site {report.manifest.site!r}, not {state.site!r}",
+                              code="site-mismatch", location=Location(file=str(bundle)),
+                              hint="import it on the control host of the site it was built for")
+        try:
+            imported = _install(bundle, report, home / state.site)
+        except BaseException as error:
+            state.record(command="bundle import", result="failed", bundle_digest=report.digest,
+                         detail={"version": report.version, "error": str(error)[:500]})
+            raise
+        save_import(state, ImportRecord(state.site, imported.version, imported.digest, str(imported.root),
+                                        _now(), report.signer or ""))
+        _point_current(home / state.site, imported.version)
+        state.record(command="bundle import", result="ok", bundle_digest=imported.digest,
+                     detail={"version": imported.version, "root": str(imported.root), "signer": report.signer})
+    return imported
+
+
+def peek_site(bundle: Path) -> str:
+    """The site a bundle names, read before verification only to find the site's state folder."""
+    reader = PartsReader(find_parts(bundle))
+    try:
+        stream = archive.buffered(reader)
+        scanned = archive.scan(stream, size=reader.size, archive=str(bundle))
+        member = scanned.members.get(MANIFEST)
+        if member is None:
+            raise BundleError(f"{bundle} has no {MANIFEST}", code="missing-file",
+                              location=Location(file=str(bundle), path=MANIFEST))
+        data = archive.read_member(stream, member, limit=MAX_METADATA_BYTES)
+    finally:
+        reader.release()
+    try:
+        site = json.loads(data)["site"]
+    except (ValueError, KeyError, TypeError):
+        site = None
+    if not isinstance(site, str) or not site.replace("-", "").isalnum():
+        raise BundleError("the manifest names no valid site", code="manifest-invalid",
+                          location=Location(file=str(bundle), path=MANIFEST))
+    return site
+
+
+def _install(bundle: Path | str, report: VerifyReport, site_home: Path) -> ImportedBundle:
+    manifest = report.manifest
+    assert manifest is not None and report.digest is not None
+    target = site_home / manifest.version.text
+    imported = ImportedBundle(manifest.site, manifest.version.text, report.digest, target)
+    if target.exists():
+        return _reuse(target, imported)
+    site_home.mkdir(parents=True, exist_ok=True, mode=0o755)
+    staging = site_home / f".staging-{manifest.version.text}-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        staging.mkdir(mode=0o755)
+        _unpack(Path(bundle), manifest, staging)
+        _unpack_collections(manifest, staging)
+        _write_simple_index(manifest, staging)
+        (staging / RECORD).write_text(json.dumps(
+            {"site": manifest.site, "version": manifest.version.text, "digest": report.digest,
+             "signer": report.signer}, indent=2, sort_keys=True) + "\n")
+        os.rename(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return imported
+
+
+def _reuse(target: Path, imported: ImportedBundle) -> ImportedBundle:
+    try:
+        existing = json.loads((target / RECORD).read_text())
+    except (OSError, ValueError):
+        existing = {}
+    if existing.get("digest") != imported.digest:
+        raise BundleError(f"{target} already holds other content for version {imported.version}",
+                          code="import-conflict", location=Location(file=str(target)),
+                          hint="give each build its own, higher --bundle-version; remove the folder only "
+                               "if you know it is not in use")
+    return imported
+
+
+def _unpack(bundle: Path, manifest: Manifest, staging: Path) -> None:
+    """Copy each listed file out of the archive, hashing it again on the way."""
+    reader = PartsReader(find_parts(bundle))
+    try:
+        scanned = archive.scan(archive.buffered(reader), size=reader.size, archive=str(bundle))
+        expected = {f.path: f.sha256 for f in manifest.files}
+        for name in sorted(expected.keys() | set(METADATA_FILES)):
+            member = scanned.members.get(name)
+            if member is None:
+                raise BundleError(f"{name} vanished from the bundle after verification", code="bundle-changed",
+                                  location=Location(file=str(bundle), path=name))
+            destination = _inside(staging, name)
+            destination.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+            found = _copy_member(reader, member, destination)
+            if name in expected and found != expected[name]:
+                raise BundleError(f"{name} changed after verification: SHA-256 expected {expected[name]}, "
+                                  f"found {found}", code="bundle-changed", location=Location(file=str(bundle), path=name),
+                                  hint="the bundle file is being modified; copy it again and re-import")
+    finally:
+        reader.release()
+
+
+def _inside(root: Path, name: str) -> Path:
+    destination = (root / name).resolve()
+    if not destination.is_relative_to(root.resolve()):
+        raise BundleError(f"{name} would land outside {root}", code="unsafe-path", location=Location(path=name))
+    return destination
+
+
+def _copy_member(reader: PartsReader, member: archive.Member, destination: Path) -> str:
+    digest = hashlib.sha256()
+    fd = os.open(destination, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    with os.fdopen(fd, "wb") as out:
+        done = 0
+        while done < member.size:
+            block = reader.pread(min(BLOCK, member.size - done), member.data_offset + done)
+            if not block:
+                break
+            digest.update(block)
+            out.write(block)
+            done += len(block)
+    return digest.hexdigest()
+
+
+def _unpack_collections(manifest: Manifest, staging: Path) -> None:
+    """Each collection tarball into collections/ansible_collections/<namespace>/<name>/."""
+    for entry in manifest.files:
+        if entry.kind != "collection":
+            continue
+        tarball = staging / entry.path
+        with tarfile.open(tarball, "r:gz") as tar:
+            info = json.load(_member_file(tar, "MANIFEST.json"))["collection_info"]
+            target = staging / "collections" / "ansible_collections" / info["namespace"] / info["name"]
+            target.mkdir(parents=True, exist_ok=False)
+            for member in tar.getmembers():
+                problem = archive.member_problem(member, entry.path)
+                if problem:
+                    raise BundleError(f"collection {entry.path}: {problem.message}", code=problem.code,
+                                      location=problem.location)
+            tar.extractall(target, filter="data")
+
+
+def _member_file(tar: tarfile.TarFile, name: str) -> IO[bytes]:
+    handle = tar.extractfile(name)
+    if handle is None:
+        raise BundleError(f"{name} is not a file in the collection", code="collection-invalid")
+    return handle
+
+
+def _write_simple_index(manifest: Manifest, root: Path) -> None:
+    """A PEP 503 index of the wheelhouse, with relative links and SHA-256 fragments."""
+    projects: dict[str, list[tuple[str, str]]] = {}
+    for entry in manifest.files:
+        if entry.kind == "wheel":
+            name = entry.path.rsplit("/", 1)[-1]
+            project = canonicalize_name(parse_wheel_filename(name)[0])
+            projects.setdefault(project, []).append((name, entry.sha256))
+    simple = root / "simple"
+    simple.mkdir()
+    links = []
+    for project, files in sorted(projects.items()):
+        (simple / project).mkdir()
+        anchors = "".join(f'<a href="../../wheels/{html.escape(name)}#sha256={sha}">{html.escape(name)}</a><br>\n'
+                          for name, sha in sorted(files))
+        (simple / project / "index.html").write_text(f"<!DOCTYPE html>\n<html><body>\n{anchors}</body></html>\n")
+        links.append(f'<a href="{project}/">{project}</a><br>\n')
+    (simple / "index.html").write_text(f"<!DOCTYPE html>\n<html><body>\n{''.join(links)}</body></html>\n")
+
+
+def _point_current(site_home: Path, version: str) -> None:
+    link = site_home / "current"
+    temporary = site_home / f".current-{os.getpid()}"
+    temporary.unlink(missing_ok=True)
+    os.symlink(version, temporary)
+    os.replace(temporary, link)
+
+
+def _now() -> str:
+    return datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
