@@ -89,9 +89,11 @@ def member_problem(member: tarfile.TarInfo, archive: str) -> Problem | None:
     if member.issym() or member.islnk():
         kind = "symbolic" if member.issym() else "hard"
         if _link_escapes(member):
-            return Problem("link-outside-tree", f"a {kind} link points out of the bundle, to {member.linkname!r}",
+            return Problem("link-outside-tree",
+                           f"a {kind} link points out of the bundle, to {member.linkname!r}",
                            where, hint="a bundle never has links: this one was altered")
-        return Problem("unexpected-link", f"a {kind} link to {member.linkname!r}; bundles hold regular files only",
+        return Problem("unexpected-link",
+                       f"a {kind} link to {member.linkname!r}; bundles hold regular files only",
                        where)
     if member.ischr() or member.isblk() or member.isfifo():
         return Problem("special-file", "a device file or FIFO; bundles hold regular files only", where)
@@ -115,7 +117,8 @@ def scan(reader: IO[bytes], *, size: int, archive: str) -> Scan:
             try:
                 member = tar.next()
             except tarfile.TarError as exc:
-                problems.append(Problem("truncated", f"the archive is damaged or truncated after byte {end} ({exc})",
+                problems.append(Problem("truncated",
+                                        f"the archive is damaged or truncated after byte {end} ({exc})",
                                         Location(file=archive), hint="copy the bundle (all its parts) again"))
                 break
             if member is None:
@@ -134,7 +137,8 @@ def scan(reader: IO[bytes], *, size: int, archive: str) -> Scan:
                                         hint="a later copy could silently replace a verified one"))
                 continue
             if member.offset_data + member.size > size:
-                problems.append(Problem("truncated", f"the archive ends inside this file: {member.size} bytes "
+                problems.append(Problem("truncated",
+                                        f"the archive ends inside this file: {member.size} bytes "
                                         f"expected, {max(0, size - member.offset_data)} present",
                                         Location(file=archive, path=name),
                                         hint="copy the bundle (all its parts) again"))
@@ -151,9 +155,11 @@ def _check_end_marker(reader: IO[bytes], end: int, size: int, archive: str) -> l
     reader.seek(end)
     marker = reader.read(2 * BLOCK)
     if len(marker) < 2 * BLOCK or marker.strip(b"\x00"):
-        return [Problem("truncated", f"the archive is damaged or cut short: no end-of-archive marker at byte {end} "
+        return [Problem("truncated",
+                        f"the archive is damaged or cut short: no end-of-archive marker at byte {end} "
                         f"(it is {size} bytes long)", Location(file=archive),
-                        hint="copy the bundle (all its parts) again; a split bundle may be missing its last part")]
+                        hint="copy the bundle (all its parts) again; a split bundle may be missing its last "
+                             "part")]
     return []
 
 

@@ -36,6 +36,7 @@ from aifactory.resources import resource_dir
 
 _CHECKOUT = Path(__file__).resolve().parents[2]
 RUNTIME_ROLES = ("gpu", "cpu")
+Identity = tuple[str, str | None, str | None]  # SBOM name, version, group (namespace or arch)
 
 
 @dataclass(frozen=True)
@@ -71,7 +72,8 @@ class BuildResult:
 
     def as_dict(self) -> dict[str, Any]:
         return {"site": self.site, "version": self.version, "digest": self.digest,
-                "parts": [str(p) for p in self.parts], "files": self.files, "payload_bytes": self.payload_bytes,
+                "parts": [str(p) for p in self.parts], "files": self.files,
+                "payload_bytes": self.payload_bytes,
                 "archive_bytes": self.archive_bytes, "seconds": round(self.seconds, 3),
                 "wheelsets": self.wheelsets}
 
@@ -91,7 +93,8 @@ def build_timestamp(explicit: int | None = None) -> int:
 def build_bundle(spec: Path | str, *, output: Path, options: BuildOptions) -> BuildResult:
     started = time.monotonic()
     timestamp = build_timestamp(options.timestamp)
-    version = BundleVersion.parse(options.version) if options.version else BundleVersion.from_timestamp(timestamp)
+    version = (BundleVersion.parse(options.version) if options.version
+               else BundleVersion.from_timestamp(timestamp))
     key = signing.load_private_key(options.key, options.passphrase)
     planned = _frozen_plan(Path(spec))
     source = options.source or (_CHECKOUT if (_CHECKOUT / "pyproject.toml").is_file() else None)
@@ -112,11 +115,13 @@ def build_bundle(spec: Path | str, *, output: Path, options: BuildOptions) -> Bu
         collector.add_sbom(planned.spec.site.name, version.text, digests)
         header = Header(site=planned.spec.site.name, version=version,
                         created=datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-                        timestamp=timestamp, plan_digest=planned.plan.digest(), spec_digest=planned.plan.spec_digest,
+                        timestamp=timestamp, plan_digest=planned.plan.digest(),
+                        spec_digest=planned.plan.spec_digest,
                         aifactory_version=__version__, contents=collector.contents)
         sealed: Sealed = seal(collector.payload, header, key=key, output=output, work=work / "meta",
                               part_size=options.part_size, digests=digests, workers=options.workers)
-    return BuildResult(planned.spec.site.name, version.text, sealed.digest, sealed.parts, len(sealed.manifest.files),
+    return BuildResult(planned.spec.site.name, version.text, sealed.digest, sealed.parts,
+                       len(sealed.manifest.files),
                        sealed.payload_bytes, sealed.archive_bytes, time.monotonic() - started, wheelsets)
 
 
@@ -125,7 +130,8 @@ def _frozen_plan(spec: Path) -> PlannedSite:
     if planned.lock_changed:
         raise BundleError(f"the allocation lock {planned.lock_path} does not cover {spec}",
                           code="plan-not-frozen", location=Location(file=str(planned.lock_path)),
-                          hint="run `aifactory plan` to allocate and commit the lock; a bundle carries a fixed plan")
+                          hint="run `aifactory plan` to allocate and commit the lock; a bundle carries a "
+                               "fixed plan")
     return planned
 
 
@@ -144,12 +150,12 @@ class _Collector:
         self.payload: dict[str, PayloadFile] = {}
         self.contents: dict[str, Any] = {}
         self.components: list[sbom.Component] = []
-        self._identities: dict[str, tuple[str, str | None, str | None]] = {}
+        self._identities: dict[str, Identity] = {}
 
-    def add(self, path: str, source: Path, kind: str, identity: tuple[str, str | None, str | None] | None = None,
-            ) -> None:
+    def add(self, path: str, source: Path, kind: str, identity: Identity | None = None) -> None:
         if path in self.payload and self.payload[path].source != source:
-            raise BundleError(f"two different files would land at {path} in the bundle", code="bundle-build-failed",
+            raise BundleError(f"two different files would land at {path} in the bundle",
+                              code="bundle-build-failed",
                               location=Location(file=str(source)), hint="rename one of the extra files")
         self.payload[path] = PayloadFile(source, kind)
         self._identities[path] = identity or (path.rsplit("/", 1)[-1], None, None)
@@ -198,7 +204,8 @@ class _Collector:
 
     def add_apt(self, packages: Sequence[str], cache: Path) -> None:
         repo = self.work / "apt"
-        debs = apt.build_apt_repository(repo, packages=packages, cache=cache / "debs", timestamp=self.timestamp)
+        debs = apt.build_apt_repository(repo, packages=packages, cache=cache / "debs",
+                                        timestamp=self.timestamp)
         for deb in debs:
             self.add(f"apt/{deb.path.name}", deb.path, "deb", (deb.name, deb.version, deb.architecture))
         for index in ("Packages", "Release"):
@@ -223,7 +230,8 @@ class _Collector:
             name, item_version, extra = self._identities[path]
             kind = item.kind if item.kind in ("wheel", "collection", "deb") else "file"
             digest = digests[item.source]
-            components.append(sbom.Component(kind, path, digest.sha256, digest.size, name, item_version, extra))
+            components.append(sbom.Component(kind, path, digest.sha256, digest.size, name, item_version,
+                                             extra))
         target = self.work / sbom.SBOM_PATH
         target.write_bytes(sbom.render(site=site, version=version, timestamp=self.timestamp,
                                        aifactory_version=__version__, components=components))
@@ -237,7 +245,7 @@ def _require(source: Path | None) -> Path:
     return source
 
 
-def _wheel_identity(wheel: Path) -> tuple[str, str | None, str | None]:
+def _wheel_identity(wheel: Path) -> Identity:
     name, version = wheelhouse.wheel_identity(wheel)
     return name, version, None
 

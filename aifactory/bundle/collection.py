@@ -56,7 +56,8 @@ def ansible_galaxy() -> str:
 def _galaxy_yml(version: str) -> str:
     return (f"namespace: {NAMESPACE}\nname: {NAME}\nversion: {version}\nreadme: README.md\n"
             "authors: [aifactory developers]\nlicense: [Apache-2.0]\n"
-            "description: The roles and playbooks that deploy an aifactory site (carried in the offline bundle).\n"
+            "description: The roles and playbooks that deploy an aifactory site (carried in the offline "
+            "bundle).\n"
             "dependencies: {}\nbuild_ignore: ['*.pyc', '__pycache__']\n")
 
 
@@ -71,7 +72,8 @@ def stage(playbooks: Path, staging: Path, *, version: str) -> Path:
     (root / "playbooks").mkdir(parents=True)
     (root / "roles").mkdir()
     (root / "galaxy.yml").write_text(_galaxy_yml(version))
-    (root / "README.md").write_text(f"# {NAMESPACE}.{NAME}\n\nThe aifactory deployment roles and playbooks.\n")
+    readme = f"# {NAMESPACE}.{NAME}\n\nThe aifactory deployment roles and playbooks.\n"
+    (root / "README.md").write_text(readme)
     (root / "meta").mkdir()
     (root / "meta" / "runtime.yml").write_text("requires_ansible: '>=2.16'\n")
     for entry in sorted(playbooks.iterdir()) if playbooks.is_dir() else []:
@@ -86,7 +88,8 @@ def stage(playbooks: Path, staging: Path, *, version: str) -> Path:
     return root
 
 
-def build(playbooks: Path, output: Path, *, version: str, timestamp: int, work: Path) -> tuple[Collection, Path]:
+def build(playbooks: Path, output: Path, *, version: str, timestamp: int,
+          work: Path) -> tuple[Collection, Path]:
     """Build and normalize the collection; return it and the tarball written into `output`."""
     root = stage(playbooks, work / "stage", version=version)
     built = work / "built"
@@ -95,7 +98,8 @@ def build(playbooks: Path, output: Path, *, version: str, timestamp: int, work: 
     collection = Collection(NAMESPACE, NAME, version)
     raw = built / collection.file_name()
     if done.returncode != 0 or not raw.is_file():
-        raise BundleError(f"ansible-galaxy collection build failed: {(done.stderr or done.stdout).strip()[-600:]}",
+        output_text = (done.stderr or done.stdout).strip()[-600:]
+        raise BundleError(f"ansible-galaxy collection build failed: {output_text}",
                           code="collection-build-failed", location=Location(file=str(playbooks)))
     output.mkdir(parents=True, exist_ok=True)
     target = output / collection.file_name()
@@ -118,7 +122,8 @@ def normalize(source: Path, target: Path, *, timestamp: int) -> None:
                 handle = tar.extractfile(member)
                 assert handle is not None
                 data = handle.read()
-                info = normalized_info(member.name, len(data), mtime=timestamp, executable=bool(member.mode & 0o111))
+                info = normalized_info(member.name, len(data), mtime=timestamp,
+                                       executable=bool(member.mode & 0o111))
                 entries.append((member.name, info, data))
             else:
                 raise BundleError(f"the collection holds a link or special file {member.name}; refusing it",
@@ -139,9 +144,11 @@ def identify(tarball: Path) -> Collection:
             handle = tar.extractfile("MANIFEST.json")
             info = json.load(handle)["collection_info"] if handle else None
     except (OSError, tarfile.TarError, KeyError, ValueError) as exc:
-        raise BundleError(f"{tarball} is not an Ansible collection tarball ({exc})", code="collection-invalid",
+        raise BundleError(f"{tarball} is not an Ansible collection tarball ({exc})",
+                          code="collection-invalid",
                           location=Location(file=str(tarball)),
-                          hint="give a file made by `ansible-galaxy collection build` or downloaded from Galaxy") from None
+                          hint="give a file made by `ansible-galaxy collection build` or downloaded from "
+                               "Galaxy") from None
     if not info:
         raise BundleError(f"{tarball} has no MANIFEST.json", code="collection-invalid",
                           location=Location(file=str(tarball)))

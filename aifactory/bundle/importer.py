@@ -132,7 +132,8 @@ def import_bundle(bundle: Path | str, *, trust: Path, site_state: SiteState | No
                                         _now(), report.signer or ""))
         _point_current(home / state.site, imported.version)
         state.record(command="bundle import", result="ok", bundle_digest=imported.digest,
-                     detail={"version": imported.version, "root": str(imported.root), "signer": report.signer})
+                     detail={"version": imported.version, "root": str(imported.root),
+                             "signer": report.signer})
     return imported
 
 
@@ -205,14 +206,16 @@ def _unpack(bundle: Path, manifest: Manifest, staging: Path) -> None:
         for name in sorted(expected.keys() | set(METADATA_FILES)):
             member = scanned.members.get(name)
             if member is None:
-                raise BundleError(f"{name} vanished from the bundle after verification", code="bundle-changed",
+                raise BundleError(f"{name} vanished from the bundle after verification",
+                                  code="bundle-changed",
                                   location=Location(file=str(bundle), path=name))
             destination = _inside(staging, name)
             destination.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
             found = _copy_member(reader, member, destination)
             if name in expected and found != expected[name]:
                 raise BundleError(f"{name} changed after verification: SHA-256 expected {expected[name]}, "
-                                  f"found {found}", code="bundle-changed", location=Location(file=str(bundle), path=name),
+                                  f"found {found}", code="bundle-changed",
+                                  location=Location(file=str(bundle), path=name),
                                   hint="the bundle file is being modified; copy it again and re-import")
     finally:
         reader.release()
@@ -221,7 +224,8 @@ def _unpack(bundle: Path, manifest: Manifest, staging: Path) -> None:
 def _inside(root: Path, name: str) -> Path:
     destination = (root / name).resolve()
     if not destination.is_relative_to(root.resolve()):
-        raise BundleError(f"{name} would land outside {root}", code="unsafe-path", location=Location(path=name))
+        raise BundleError(f"{name} would land outside {root}", code="unsafe-path",
+                          location=Location(path=name))
     return destination
 
 
@@ -278,9 +282,10 @@ def _write_simple_index(manifest: Manifest, root: Path) -> None:
     links = []
     for project, files in sorted(projects.items()):
         (simple / project).mkdir()
-        anchors = "".join(f'<a href="../../wheels/{html.escape(name)}#sha256={sha}">{html.escape(name)}</a><br>\n'
-                          for name, sha in sorted(files))
-        (simple / project / "index.html").write_text(f"<!DOCTYPE html>\n<html><body>\n{anchors}</body></html>\n")
+        anchors = "".join(f'<a href="../../wheels/{html.escape(name)}#sha256={sha}">{html.escape(name)}</a>'
+                          "<br>\n" for name, sha in sorted(files))
+        page = f"<!DOCTYPE html>\n<html><body>\n{anchors}</body></html>\n"
+        (simple / project / "index.html").write_text(page)
         links.append(f'<a href="{project}/">{project}</a><br>\n')
     (simple / "index.html").write_text(f"<!DOCTYPE html>\n<html><body>\n{''.join(links)}</body></html>\n")
 

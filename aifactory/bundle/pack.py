@@ -105,5 +105,6 @@ def _check_sizes(payload: Mapping[str, PayloadFile], hashed: Mapping[Path, Diges
     """A file that changes while the bundle is built would be sealed with a wrong hash: refuse."""
     for path, item in payload.items():
         if item.source.stat().st_size != hashed[item.source].size:
-            raise BundleError(f"{item.source} changed while the bundle was being built", code="bundle-build-failed",
+            raise BundleError(f"{item.source} changed while the bundle was being built",
+                              code="bundle-build-failed",
                               location=Location(file=str(item.source), path=path), hint="build again")

@@ -150,14 +150,16 @@ def _verify_open(reader: PartsReader, report: VerifyReport, *, trust: Path, site
         _check_rollback(manifest, report, state)
 
 
-def _check_signature(manifest_bytes: bytes, signature: bytes, trust: Path, report: VerifyReport) -> str | None:
+def _check_signature(manifest_bytes: bytes, signature: bytes, trust: Path,
+                     report: VerifyReport) -> str | None:
     where = Location(file=report.bundle, path=SIGNATURE)
     try:
         armored = signature.decode("ascii")
         parsed = signing.parse_signature(armored)
     except (UnicodeDecodeError, signing.SignatureError) as exc:
         message = exc.message if isinstance(exc, signing.SignatureError) else "not ASCII text"
-        report.problems.append(Problem("signature-invalid", f"manifest.json.sig is not a usable signature: {message}",
+        report.problems.append(Problem("signature-invalid",
+                                       f"manifest.json.sig is not a usable signature: {message}",
                                        where, hint="the signature was altered or replaced"))
         return None
     trusted = [key for _principal, key, _ns in signing.read_allowed_signers(trust)]
@@ -171,7 +173,8 @@ def _check_signature(manifest_bytes: bytes, signature: bytes, trust: Path, repor
     try:
         return signing.verify(manifest_bytes, armored, allowed_signers=trust, namespace=NAMESPACE)
     except signing.SignatureError as exc:
-        report.problems.append(Problem("signature-invalid", f"manifest.json.sig does not verify: {exc.message}",
+        report.problems.append(Problem("signature-invalid",
+                                       f"manifest.json.sig does not verify: {exc.message}",
                                        where, hint="the manifest or its signature was altered"))
         return None
 
@@ -181,18 +184,22 @@ def _check_contents(reader: PartsReader, members: dict[str, archive.Member], man
     name = report.bundle
     listed = manifest.by_path
     for path in sorted(set(members) - set(listed) - set(METADATA_FILES)):
-        report.problems.append(Problem("extra-file", "this file is in the archive but not in the signed manifest",
-                                       Location(file=name, path=path), hint="something was added to the bundle"))
+        report.problems.append(Problem("extra-file",
+                                       "this file is in the archive but not in the signed manifest",
+                                       Location(file=name, path=path),
+                                       hint="something was added to the bundle"))
     ranges: dict[str, Range] = {}
     for path, entry in sorted(listed.items()):
         member = members.get(path)
         if member is None:
             if not any(p.location.path == path for p in report.problems):
-                report.problems.append(Problem("missing-file", "the signed manifest lists this file; the archive "
+                report.problems.append(Problem("missing-file",
+                                               "the signed manifest lists this file; the archive "
                                                "does not hold it", Location(file=name, path=path),
                                                hint="something was removed or renamed"))
         elif member.size != entry.size:
-            report.problems.append(Problem("size-mismatch", f"expected {entry.size} bytes, found {member.size}",
+            report.problems.append(Problem("size-mismatch",
+                                           f"expected {entry.size} bytes, found {member.size}",
                                            Location(file=name, path=path), hint="the file was altered"))
         else:
             ranges[path] = Range(reader.pread, member.data_offset, member.size)
@@ -200,7 +207,8 @@ def _check_contents(reader: PartsReader, members: dict[str, archive.Member], man
     for path, digest in sorted(digests.items()):
         expected = listed[path].sha256
         if digest.sha256 != expected:
-            report.problems.append(Problem("hash-mismatch", f"SHA-256 expected {expected}, found {digest.sha256}",
+            report.problems.append(Problem("hash-mismatch",
+                                           f"SHA-256 expected {expected}, found {digest.sha256}",
                                            Location(file=name, path=path), hint="the file was altered"))
 
 

@@ -90,8 +90,9 @@ class WheelSet:
 
 def cache_root() -> Path:
     explicit = os.environ.get("AIFACTORY_CACHE")
-    base = Path(explicit) if explicit else Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "aifactory"
-    return base
+    if explicit:
+        return Path(explicit)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "aifactory"
 
 
 def wheel_requirements(wheel: Path, extra: str | None, *, python: str) -> list[str]:
@@ -99,7 +100,8 @@ def wheel_requirements(wheel: Path, extra: str | None, *, python: str) -> list[s
     with zipfile.ZipFile(wheel) as archive:
         name = next((n for n in archive.namelist() if n.endswith(".dist-info/METADATA")), None)
         if name is None:
-            raise BundleError(f"{wheel.name} has no METADATA", code="bad-wheel", location=Location(file=str(wheel)))
+            raise BundleError(f"{wheel.name} has no METADATA", code="bad-wheel",
+                              location=Location(file=str(wheel)))
         headers = HeaderParser().parsestr(archive.read(name).decode())
     environment = {"python_version": python, "python_full_version": f"{python}.0", "sys_platform": "linux",
                    "platform_system": "Linux", "os_name": "posix", "implementation_name": "cpython",
@@ -121,7 +123,8 @@ def apply_pins(requirements: Iterable[str], pins: Sequence[str]) -> tuple[str, .
         try:
             project = canonicalize_name(Requirement(pin).name)
         except InvalidRequirement as exc:
-            raise UsageError(f"cannot read the pin {pin!r}: {exc}", hint="write it like torch==2.13.0+cpu") from None
+            raise UsageError(f"cannot read the pin {pin!r}: {exc}",
+                             hint="write it like torch==2.13.0+cpu") from None
         if project in by_name:
             by_name[project] = pin
     return tuple(sorted(by_name.values()))
@@ -155,7 +158,8 @@ def download(wheelset: WheelSet, *, cache: Path) -> list[Path]:
     done = subprocess.run(argv, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         tail = "\n".join(done.stderr.strip().splitlines()[-6:])
-        raise BundleError(f"pip could not download the {wheelset.name} wheels for {wheelset.platform.tag}:\n{tail}",
+        raise BundleError(f"pip could not download the {wheelset.name} wheels for "
+                          f"{wheelset.platform.tag}:\n{tail}",
                           code="wheel-download-failed",
                           hint="check the build host's package index (pip config) or the --pin options")
     names = _downloaded_names(done.stdout, files)
@@ -176,7 +180,8 @@ def _downloaded_names(stdout: str, files: Path) -> list[str]:
                 names.add(Path(line[len(prefix):]).name)
     missing = sorted(name for name in names if not (files / name).is_file())
     if not names or missing:
-        raise BundleError(f"pip reported wheels it did not save in {files}: {', '.join(missing) or 'none at all'}",
+        listed = ", ".join(missing) or "none at all"
+        raise BundleError(f"pip reported wheels it did not save in {files}: {listed}",
                           code="wheel-download-failed")
     return sorted(names)
 

@@ -48,7 +48,8 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
                        help=f"write parts of at most SIZE bytes (e.g. 3900M; default {DEFAULT_PART_SIZE}, "
                        "under 4 GiB for FAT32)")
     build.add_argument("--file", dest="extra_files", action="append", default=[], metavar="PATH",
-                       help="extra file or folder to carry under files/ (weights, datasets, binaries); repeatable")
+                       help="extra file or folder to carry under files/ (weights, datasets, binaries); "
+                            "repeatable")
     build.add_argument("--collection", dest="collections", action="append", default=[], metavar="TARBALL",
                        help="extra Ansible collection tarball the roles use; repeatable")
     build.add_argument("--pin", dest="pins", action="append", metavar="REQ",
@@ -58,7 +59,8 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     build.add_argument("--source", help="aifactory source checkout (default: the one running)")
     build.add_argument("--cache", help="download cache (default: $AIFACTORY_CACHE or ~/.cache/aifactory)")
     build.add_argument("--no-apt", action="store_true",
-                       help=f"leave out the apt repository of the roles' packages ({', '.join(ROLE_PACKAGES)})")
+                       help="leave out the apt repository of the roles' packages "
+                            f"({', '.join(ROLE_PACKAGES)})")
     build.set_defaults(handler=cmd_build)
 
     verify = commands.add_parser("verify", parents=[common], help="check a bundle's signature and every hash")
@@ -68,7 +70,8 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
                         help="skip the comparison with the version last imported for the site")
     verify.set_defaults(handler=cmd_verify)
 
-    imp = commands.add_parser("import", parents=[common], help="verify and unpack a bundle on the control host")
+    imp = commands.add_parser("import", parents=[common],
+                              help="verify and unpack a bundle on the control host")
     imp.add_argument("bundle", help="bundle file, or any part of a split bundle")
     imp.add_argument("--trust", required=True, help="allowed_signers file of the keys you trust")
     imp.add_argument("--home", help="where imports live (default: $AIFACTORY_BUNDLES_HOME or "
