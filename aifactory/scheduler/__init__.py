@@ -1,0 +1,1 @@
+"""Scheduler: Slurm topology from the plan, job submission through sbatch, job listing."""
