@@ -23,7 +23,7 @@ class RegoTestResult:
         return {"name": self.name, "passed": self.passed, "error": self.error}
 
 
-def test_names(policies: PolicySet) -> list[str]:
+def list_rego_tests(policies: PolicySet) -> list[str]:
     names = []
     for module in policies.tests:
         for rule in dict.fromkeys(_TEST_RULE.findall(module.source)):
@@ -35,7 +35,7 @@ def run_rego_tests(root: Path | None = None, policies: PolicySet | None = None) 
     policies = policies or load_policy_set(root)
     engine = compile_engine(policies, policies.data_document(), include_tests=True)
     results = []
-    for name in test_names(policies):
+    for name in list_rego_tests(policies):
         try:
             value = engine.eval_rule(name)
         except RuntimeError as exc:
@@ -43,3 +43,22 @@ def run_rego_tests(root: Path | None = None, policies: PolicySet | None = None) 
             continue
         results.append(RegoTestResult(name, value is True, None if value is True else "undefined or false"))
     return results
+
+
+def without_rule(policies: PolicySet, rule_id: str) -> dict[str, str]:
+    """Every module's source (by path under the policy root) with one rule and its METADATA removed.
+
+    Used by the mutation check: removing any rule must make at least one Rego test fail.
+    """
+    annotation = policies.rule(rule_id)
+    sources = {m.path.relative_to(policies.root).as_posix(): m.source for m in policies.modules}
+    key = next(k for k in sources if k.rsplit("/", 1)[-1] == annotation.file)
+    lines = sources[key].splitlines(keepends=True)
+    start = annotation.line - 1  # the "# METADATA" line
+    end = start
+    while end < len(lines) and lines[end].startswith("#"):
+        end += 1
+    while end < len(lines) and lines[end].strip():
+        end += 1
+    sources[key] = "".join(lines[:start] + lines[end:])
+    return sources
