@@ -23,6 +23,8 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
 
     down = commands.add_parser("down", parents=[common], help="remove everything the lab made")
     down.add_argument("site", help="site spec (YAML) or site name")
+    down.add_argument("--force", action="store_true",
+                      help="also remove namespaces of this site name made from another state folder")
     down.set_defaults(handler=cmd_down)
 
     status = commands.add_parser("status", parents=[common], help="hosts, addresses, sshd and BMC state")
@@ -56,7 +58,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def cmd_down(args: argparse.Namespace) -> int:
-    status = lab_down(site_name(args.site))
+    status = lab_down(site_name(args.site), force=args.force)
     if args.format == "json":
         emit_json(status.as_dict())
     else:

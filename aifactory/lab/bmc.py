@@ -27,7 +27,7 @@ from aifactory.lab.journal import Journal
 from aifactory.lab.layout import LabLayout, make_dir
 from aifactory.lab.system import listening
 from aifactory.plan.model import Host, SitePlan
-from aifactory.secrets import STORE_FILE, SecretStore, read_passphrase
+from aifactory.secrets import STORE_FILE, SecretResolver, SecretStore, read_passphrase
 from aifactory.state import SiteState
 
 BMC_PORT = 8000
@@ -189,3 +189,16 @@ def wait_listening(layout: LabLayout, emulators: dict[str, tuple[str, subprocess
             raise LabError(f"the BMCs of {late} did not listen within {START_TIMEOUT:.0f} s")
         if pending:
             time.sleep(0.1)
+
+
+def lab_secret_resolver(site_name: str) -> SecretResolver:
+    """A resolver for the lab's `secret://` references: the environment, then the site's store
+    opened with the lab's passphrase file (when the lab made the store)."""
+    passphrase = LabLayout.locate(site_name).passphrase_file
+    return SecretResolver(SiteState.for_site(site_name).path(STORE_FILE),
+                          str(passphrase) if passphrase.exists() else None)
+
+
+def lab_bmc_credential(site_name: str, reference: str) -> BmcCredential:
+    """The credential behind a BMC's reference (e.g. `secret://lab/bmc/lab-cpu-001`)."""
+    return BmcCredential.parse(lab_secret_resolver(site_name).resolve(reference).value)

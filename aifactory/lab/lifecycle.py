@@ -60,6 +60,8 @@ def lab_up(planned: PlannedSite, *, lock: bool = True) -> LabStatus:
                 f"the lab of site {plan.name!r} is running a different plan",
                 hint=f"run `aifactory lab down {plan.name}` first",
             )
+        if current.state == "foreign":
+            raise _foreign(plan.name, current)
         if current.state != "down":
             _teardown(plan.name, layout)
             layout = LabLayout.for_site(plan.name)
@@ -73,13 +75,18 @@ def lab_up(planned: PlannedSite, *, lock: bool = True) -> LabStatus:
         return status
 
 
-def lab_down(site_name: str, *, lock: bool = True) -> LabStatus:
-    """Remove every namespace, process, mount, secret and file the site's lab made (idempotent)."""
+def lab_down(site_name: str, *, lock: bool = True, force: bool = False) -> LabStatus:
+    """Remove every namespace, process, mount, secret and file the site's lab made (idempotent).
+
+    Namespaces named for the site that this state folder did not make (another AIFACTORY_STATE_HOME)
+    are left alone unless `force`."""
     check_prerequisites()
     state = SiteState.for_site(site_name)
     layout = LabLayout.for_site(site_name)
     with _site_lock(state, "lab down", lock):
         before = read_status(site_name, layout)
+        if before.state == "foreign" and not force:
+            raise _foreign(site_name, before)
         _teardown(site_name, layout)
         left = list_netns(site_prefix(site_name))
         if left:
@@ -87,6 +94,14 @@ def lab_down(site_name: str, *, lock: bool = True) -> LabStatus:
         if before.state != "down":
             state.record(command="lab down", result="ok")
         return LabStatus(site_name, "down", str(layout.root))
+
+
+def _foreign(site: str, status: LabStatus) -> LabError:
+    return LabError(
+        f"namespaces of a lab named {site!r} exist ({', '.join(status.leftovers)}), but this state folder"
+        f" ({status.root}) did not make them",
+        hint="use the AIFACTORY_STATE_HOME that made them, or `aifactory lab down --force SITE`",
+    )
 
 
 @contextlib.contextmanager

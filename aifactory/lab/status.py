@@ -77,7 +77,9 @@ class HostStatus:
 @dataclass(frozen=True)
 class LabStatus:
     site: str
-    state: str  # up | down | degraded | partial (leftovers of an interrupted up: run `lab down`)
+    # up | down | degraded (a process died) | partial (leftovers of an interrupted up: run `lab down`)
+    # | foreign (namespaces of this site name made from another state folder)
+    state: str
     root: str
     plan_digest: str | None = None
     control_host: str | None = None
@@ -153,7 +155,7 @@ def read_status(site: str, layout: LabLayout) -> LabStatus:
         data = json.loads(layout.status_file.read_text())
     except FileNotFoundError:
         journal = (layout.root / "journal.jsonl").exists()
-        state = "partial" if leftovers or journal else "down"
+        state = "partial" if journal else "foreign" if leftovers else "down"
         return LabStatus(site, state, str(layout.root), leftovers=leftovers)
     hosts = [_live_host(h, data["processes"].get(h["name"], {})) for h in data["hosts"]]
     healthy = all(h.state == "running" and h.sshd_state == "listening" and

@@ -1,0 +1,155 @@
+"""Shared fixtures. The `lab` fixture: one running lab for every test of the session that needs it.
+
+Use it in a test marked `@pytest.mark.lab` (or a module with `pytestmark = pytest.mark.lab`):
+
+    def test_something(lab):
+        result = lab.exec(["hostname"], host=lab.hosts[1])          # runs on that lab host
+        result = lab.exec(["ansible", "all", "-m", "ansible.builtin.ping"])  # on the control host
+        lab.sh("echo hi > /opt/x", host="...")                       # `sh -c SCRIPT`
+
+`lab` is a `LabSession` (below):
+- `site`: the lab's site name, unique to this test session (`lab<pid>`), so sessions of several
+  people on one machine never collide. Never hard-code host names: use `lab.plan`,
+  `lab.control_host`, `lab.hosts` (all host names in plan order), `lab.plan.host(name)`.
+- `spec`: a copy of inventory/lab/site.yaml under that site name (with its allocation lock beside
+  it); `planned` (`PlannedSite`), `plan` (`SitePlan`), `status` (`LabStatus` from `lab up`, see
+  `status.as_dict()` and docs/lab.md: inventory, ssh_config, known_hosts, ansible_cfg, private_key,
+  per-host netns/addresses/sshd, BMC url/state).
+- `exec(argv, host=None, check=True, timeout=120, input_text=None, env=None)`: `lab_exec` with
+  output captured; the control host by default; raises AssertionError with the output when
+  `check` and the command fails.
+- `sh(script, host=None, **same)`: `exec(["sh", "-c", script])`.
+- `env()`: the variables `lab exec` sets (ANSIBLE_CONFIG, ANSIBLE_INVENTORY, AIFACTORY_LAB_*...).
+- `bmc_credential(host)`: the `BmcCredential` (username, password) of a host's BMC.
+- `state_home`: the session's AIFACTORY_STATE_HOME. While the fixture is alive the environment
+  variable AIFACTORY_STATE_HOME points there (restored at the end); a test that monkeypatches it
+  must not call lab functions while it is patched.
+
+The lab is shared: a test may write files on hosts (use unique names) and start services, but must
+not stop sshd, change addresses or take the lab down. A test that needs its own lab copies the spec
+with `copy_lab_spec(directory, site_name)` and brings up a lab of another site name: labs of
+different names run side by side, with the same addresses.
+
+Lab tests are skipped, with the reason, when not root, without network/mount namespaces, or when
+sshd, iproute2 or sushy-tools are missing.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+LAB_SPEC = REPO / "inventory" / "lab" / "site.yaml"
+
+
+def copy_lab_spec(directory: Path, site_name: str) -> Path:
+    """The lab site spec under another site name, written to `directory/site.yaml`."""
+    text, count = re.subn(r"(?m)^site:\n  name: lab$", f"site:\n  name: {site_name}", LAB_SPEC.read_text())
+    assert count == 1, "inventory/lab/site.yaml no longer starts its site block with `name: lab`"
+    directory.mkdir(parents=True, exist_ok=True)
+    target = directory / "site.yaml"
+    target.write_text(text)
+    return target
+
+
+def lab_unavailable() -> str | None:
+    """Why lab tests cannot run here, or None."""
+    if os.geteuid() != 0:
+        return "the lab needs root (network and mount namespaces)"
+    from aifactory.errors import PrerequisiteError
+    from aifactory.lab.bmc import sushy_emulator
+    from aifactory.lab.system import check_prerequisites
+
+    try:
+        check_prerequisites()
+        sushy_emulator()
+    except PrerequisiteError as exc:
+        return f"{exc.message} ({exc.hint})" if exc.hint else exc.message
+    probe = subprocess.run(["unshare", "--net", "--mount", "--uts", "true"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        return f"cannot create namespaces here: {probe.stderr.strip()}"
+    return None
+
+
+@dataclass
+class LabSession:
+    site: str
+    spec: Path
+    state_home: Path
+    planned: object  # aifactory.plan.PlannedSite
+    status: object  # aifactory.lab.LabStatus
+
+    @property
+    def plan(self):  # noqa: ANN201 - SitePlan
+        return self.planned.plan  # type: ignore[attr-defined]
+
+    @property
+    def control_host(self) -> str:
+        return str(self.plan.control_host)
+
+    @property
+    def hosts(self) -> list[str]:
+        return [h.name for h in self.plan.hosts]
+
+    def exec(self, argv: Sequence[str], host: str | None = None, *, check: bool = True, timeout: float = 120,
+             input_text: str | None = None, env: Mapping[str, str] | None = None
+             ) -> subprocess.CompletedProcess[str]:
+        from aifactory.lab import lab_exec
+
+        result = lab_exec(self.site, list(argv), host=host, timeout=timeout, input_text=input_text, env=env)
+        if check and result.returncode != 0:
+            raise AssertionError(
+                f"{list(argv)} on {host or self.control_host} exited {result.returncode}\n"
+                f"--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}"
+            )
+        return result
+
+    def sh(self, script: str, host: str | None = None, **options: object) -> subprocess.CompletedProcess[str]:
+        return self.exec(["sh", "-c", script], host, **options)  # type: ignore[arg-type]
+
+    def env(self) -> dict[str, str]:
+        from aifactory.lab import lab_env, lab_status
+
+        return lab_env(lab_status(self.site))
+
+    def bmc_credential(self, host: str):  # noqa: ANN201 - BmcCredential
+        from aifactory.lab import lab_bmc_credential
+
+        bmc = self.plan.host(host).bmc
+        assert bmc is not None, f"{host} has no BMC"
+        return lab_bmc_credential(self.site, bmc.credentials)
+
+
+@pytest.fixture(scope="session")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabSession]:
+    reason = lab_unavailable()
+    if reason:
+        pytest.skip(f"lab tests need the local lab: {reason}")
+    from aifactory.lab import lab_down, lab_up
+    from aifactory.plan import plan_site
+
+    site = f"lab{os.getpid()}"[:20]
+    base = tmp_path_factory.mktemp("lab")
+    state_home = base / "state"
+    previous = os.environ.get("AIFACTORY_STATE_HOME")
+    os.environ["AIFACTORY_STATE_HOME"] = str(state_home)
+    try:
+        spec = copy_lab_spec(base / "spec", site)
+        planned = plan_site(spec)
+        status = lab_up(planned)
+        try:
+            yield LabSession(site, spec, state_home, planned, status)
+        finally:
+            lab_down(site)
+    finally:
+        if previous is None:
+            os.environ.pop("AIFACTORY_STATE_HOME", None)
+        else:
+            os.environ["AIFACTORY_STATE_HOME"] = previous
