@@ -21,7 +21,7 @@ def gather_evidence(*, plan: SitePlan, policy: Mapping[str, Any], state: SiteSta
                     decision_logs: Sequence[Path] = (), bundle_trust: Path | None = None,
                     ) -> tuple[list[Evidence], str | None]:
     """Every evidence section, in report order, and the imported bundle's digest (None if none)."""
-    bundle, bundle_digest = bundle_evidence(state, trust=bundle_trust)
+    bundle, bundle_digest = bundle_evidence(state, plan, trust=bundle_trust)
     sections = [
         policy_evidence(policy),
         bundle,

@@ -1,63 +1,129 @@
-"""Evidence from the offline bundle: the imported bundle is verified again (signature, every file's
-digest) at audit time. SI-7 (integrity of software) and CM-14 (signed components)."""
+"""Evidence from the offline bundle: the imported bundle is checked again at audit time.
+
+- its manifest is still the one verified at import (digest recorded then), and, with --bundle-trust,
+  its SSHSIG signature verifies against that trust file;
+- every payload file the manifest lists is present with its SHA-256 (SI-7, CM-14);
+- it was built for the site's current plan (CM-2: a spec changed since the bundle was built means
+  what is deployed is not what the spec says).
+"""
 
 from __future__ import annotations
 
+import hashlib
 import importlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from aifactory import signing
 from aifactory.audit.model import FAIL, NOT_ASSESSED, PASS, Evidence, Finding, RuleResult
 from aifactory.errors import AifactoryError
+from aifactory.plan.model import SitePlan
 from aifactory.state import SiteState
 
 SOURCE = "bundle"
-CONTROLS = ("SI-7", "CM-14")
-RULE = ("bundle.verified", "The imported bundle's signature and every file digest verify")
+INTEGRITY = ("SI-7", "CM-14")
+VERIFIED = ("bundle.verified", "The imported bundle is intact: its signed manifest and every file digest")
+MATCHES_PLAN = ("bundle.matches_plan", "The imported bundle was built for the site's current plan")
+DO_NOT_DEPLOY = ("do not deploy from this import: import a bundle you received intact again with "
+                 "`aifactory bundle import`, and find out what changed the files")
 
 
-def _rules(status: str, note: str = "") -> tuple[tuple[str, RuleResult], ...]:
-    return tuple((control, RuleResult(*RULE, status, SOURCE, note)) for control in CONTROLS)
+@dataclass
+class BundleCheck:
+    problems: list[str]
+    files: int = 0
+    signature: str = "not re-checked: give --bundle-trust to check it against a trust file"
 
 
 def _not_assessed(note: str) -> Evidence:
-    return Evidence(SOURCE, "Offline bundle", NOT_ASSESSED, note, {}, _rules(NOT_ASSESSED, note))
+    rules = tuple((c, RuleResult(*VERIFIED, NOT_ASSESSED, SOURCE, note)) for c in INTEGRITY)
+    rules += (("CM-2", RuleResult(*MATCHES_PLAN, NOT_ASSESSED, SOURCE, note)),)
+    return Evidence(SOURCE, "Offline bundle", NOT_ASSESSED, note, {}, rules)
 
 
-def _report_dict(result: Any) -> dict[str, Any]:
-    if hasattr(result, "as_dict"):
-        return dict(result.as_dict())
-    return {"ok": bool(getattr(result, "ok", False))}
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
-def bundle_evidence(state: SiteState, *, trust: Path | None = None) -> tuple[Evidence, str | None]:
+def check_import(imported: Any, *, namespace: str, trust: Path | None) -> BundleCheck:
+    """Re-check an imported bundle folder against the manifest digest recorded when it was imported."""
+    root = Path(imported.root)
+    check = BundleCheck([])
+    manifest_path = root / "manifest.json"
+    try:
+        manifest_bytes = manifest_path.read_bytes()
+    except OSError as exc:
+        check.problems.append(f"cannot read {manifest_path}: {exc.strerror}")
+        return check
+    if "sha256:" + hashlib.sha256(manifest_bytes).hexdigest() != imported.digest:
+        check.problems.append("manifest.json is not the manifest verified at import (its digest changed)")
+        return check
+    if trust is not None:
+        try:
+            signer = signing.verify(manifest_bytes, (root / "manifest.json.sig").read_text(),
+                                    allowed_signers=trust, namespace=namespace)
+            check.signature = f"verifies, signed by {signer}"
+        except (OSError, signing.SignatureError) as exc:
+            check.problems.append(f"manifest.json.sig: {getattr(exc, 'message', exc)}")
+    for entry in imported.manifest().files:
+        path = root / entry.path
+        if not path.is_file():
+            check.problems.append(f"{entry.path} is missing")
+        elif _sha256(path) != entry.sha256:
+            check.problems.append(f"{entry.path} was changed after import (its SHA-256 does not match)")
+        if len(check.problems) >= 20:
+            check.problems.append("... more problems not shown")
+            break
+        check.files += 1
+    return check
+
+
+def bundle_evidence(state: SiteState, plan: SitePlan, *, trust: Path | None = None
+                    ) -> tuple[Evidence, str | None]:
     """(evidence, the imported bundle's digest or None)."""
     try:
         module = importlib.import_module("aifactory.bundle")
-        current_import = module.current_import
-        verify_bundle = module.verify_bundle
-    except (ImportError, AttributeError):
-        return _not_assessed("this installation cannot verify bundles (aifactory.bundle is missing)"), None
-    imported = current_import(state)
-    if imported is None:
-        return _not_assessed("no bundle has been imported on this site"), None
-    digest = str(getattr(imported, "digest", "")) or None
-    version = str(getattr(imported, "version", ""))
-    detail: dict[str, Any] = {"root": str(imported.root), "version": version, "digest": digest}
+    except ImportError:
+        return _not_assessed("this installation cannot check bundles (aifactory.bundle is missing)"), None
     try:
-        result = verify_bundle(imported.root, trust=trust) if trust else verify_bundle(imported.root)
+        imported = module.current_import(state)
     except AifactoryError as error:
-        return _failed(detail, error.message), digest
-    detail["verification"] = _report_dict(result)
-    if not detail["verification"].get("ok", False):
-        problems = detail["verification"].get("problems") or ["verification did not pass"]
-        return _failed(detail, "; ".join(str(p) for p in problems[:5])), digest
-    summary = f"bundle {version} ({digest}) verifies"
-    return Evidence(SOURCE, "Offline bundle", PASS, summary, detail, _rules(PASS)), digest
+        imported, problem = None, error.message
+    else:
+        problem = ""
+    if imported is None and not problem:
+        return _not_assessed("no bundle has been imported on this site"), None
+    if imported is None:
+        finding = Finding(*VERIFIED, INTEGRITY, "critical", f"site/{state.site}", problem, DO_NOT_DEPLOY, FAIL,
+                          SOURCE)
+        rules = tuple((c, RuleResult(*VERIFIED, FAIL, SOURCE)) for c in INTEGRITY)
+        return Evidence(SOURCE, "Offline bundle", FAIL, problem, {}, rules, (finding,)), None
+    return _assess(imported, plan, module.NAMESPACE, trust), str(imported.digest)
 
 
-def _failed(detail: dict[str, Any], message: str) -> Evidence:
-    finding = Finding(*RULE, CONTROLS, "critical", f"bundle/{detail.get('version') or detail['root']}",
-                      message, "do not deploy from this bundle: import a bundle you received intact and verify "
-                      "it with `aifactory bundle verify`", FAIL, SOURCE)
-    return Evidence(SOURCE, "Offline bundle", FAIL, message, detail, _rules(FAIL), (finding,))
+def _assess(imported: Any, plan: SitePlan, namespace: str, trust: Path | None) -> Evidence:
+    check = check_import(imported, namespace=namespace, trust=trust)
+    resource = f"bundle/{imported.version}"
+    findings = [Finding(*VERIFIED, INTEGRITY, "critical", resource, problem, DO_NOT_DEPLOY, FAIL, SOURCE)
+                for problem in check.problems]
+    intact = FAIL if check.problems else PASS
+    built_for = imported.manifest().plan_digest if not check.problems else ""
+    matches = PASS if built_for == plan.digest() else FAIL if built_for else NOT_ASSESSED
+    if matches == FAIL:
+        findings.append(Finding(*MATCHES_PLAN, ("CM-2",), "medium", resource,
+                                f"the bundle was built for plan {built_for}; the site's plan is now {plan.digest()}",
+                                "build and import a bundle from the current spec, then deploy it", FAIL, SOURCE))
+    rules = tuple((c, RuleResult(*VERIFIED, intact, SOURCE)) for c in INTEGRITY)
+    rules += (("CM-2", RuleResult(*MATCHES_PLAN, matches, SOURCE)),)
+    detail = {"root": str(imported.root), "version": imported.version, "digest": imported.digest,
+              "files_checked": check.files, "signature": check.signature, "built_for_plan": built_for,
+              "problems": check.problems}
+    summary = (f"bundle {imported.version}: {check.files} files checked; "
+               + ("intact" if not check.problems else f"{len(check.problems)} problem(s)"))
+    status = FAIL if FAIL in (intact, matches) else PASS
+    return Evidence(SOURCE, "Offline bundle", status, summary, detail, rules, tuple(findings))
