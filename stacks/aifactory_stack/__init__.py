@@ -1,0 +1,1 @@
+"""Components of the aifactory stack (type tokens `aifactory:<module>:<Type>`)."""

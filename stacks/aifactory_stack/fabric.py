@@ -1,0 +1,45 @@
+"""Fabric: a fabric's configuration artifacts (partitions.conf for InfiniBand, a VLAN/MTU/QoS
+document for RoCE and Ethernet), rendered from the plan and written with their digests."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import pulumi
+
+from aifactory.provision.render import render_fabric
+from aifactory_stack.resources import Artifact
+
+
+@dataclass(frozen=True)
+class FabricArgs:
+    plan: dict[str, Any]
+    fabric: dict[str, Any]
+    pkeys: dict[str, int]
+    facts: dict[str, Any]
+    directory: str
+
+
+class Fabric(pulumi.ComponentResource):
+    artifacts: dict[str, Artifact]
+    outputs: dict[str, Any]
+
+    def __init__(self, name: str, args: FabricArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__("aifactory:network:Fabric", name, None, opts)
+        rendered = render_fabric(args.plan, args.fabric, pkeys=args.pkeys, facts=args.facts)
+        self.artifacts = {
+            a.name: Artifact(f"{name}-{a.name}", directory=args.directory, file_name=a.name,
+                             content=a.content, extra={"complete": a.complete},
+                             opts=pulumi.ResourceOptions(parent=self))
+            for a in rendered
+        }
+        tenants = sorted(t["name"] for t in args.plan["tenants"])
+        self.outputs = {
+            "kind": args.fabric["kind"],
+            "artifacts": {a.name: {**a.as_dict(), "path": f"{args.directory}/{a.name}"} for a in rendered},
+            "complete": all(a.complete for a in rendered),
+            "partitions": ({t: f"0x{args.pkeys[t]:04x}" for t in tenants}
+                           if args.fabric["kind"] == "infiniband" else {}),
+        }
+        self.register_outputs({"fabric": self.outputs})

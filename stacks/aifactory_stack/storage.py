@@ -1,0 +1,40 @@
+"""StoragePool: a storage system's declared configuration (exports, filesets, subvolumes or buckets
+per dataset and model, with owner, encryption and replicas) as artifacts the storage admins apply."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import pulumi
+
+from aifactory.provision.render import render_storage
+from aifactory_stack.resources import Artifact
+
+
+@dataclass(frozen=True)
+class StoragePoolArgs:
+    plan: dict[str, Any]
+    storage: dict[str, Any]
+    directory: str
+
+
+class StoragePool(pulumi.ComponentResource):
+    artifacts: dict[str, Artifact]
+    outputs: dict[str, Any]
+
+    def __init__(self, name: str, args: StoragePoolArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__("aifactory:storage:StoragePool", name, None, opts)
+        rendered = render_storage(args.plan, args.storage)
+        self.artifacts = {
+            a.name: Artifact(f"{name}-{a.name}", directory=args.directory, file_name=a.name,
+                             content=a.content, opts=pulumi.ResourceOptions(parent=self))
+            for a in rendered
+        }
+        self.outputs = {
+            "kind": args.storage["kind"],
+            "encrypted_at_rest": args.storage["encrypted_at_rest"],
+            "replicas": list(args.storage["replicas"]),
+            "artifacts": {a.name: {**a.as_dict(), "path": f"{args.directory}/{a.name}"} for a in rendered},
+        }
+        self.register_outputs({"storage": self.outputs})
