@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from aifactory.lab.access import SERVICE_COMMAND
+
 pytestmark = pytest.mark.lab
 PROBE = """
 import socket, sys
@@ -185,9 +187,10 @@ def test_bmc_passwords_appear_in_no_lab_file(lab):
 def test_supervised_service_starts_restarts_and_stops(lab):
     host = lab.hosts[1]
     address = lab.plan.host(host).management_address
-    tool = lab.status.as_dict()["hosts"][0]["name"] and "/run/aifactory-lab/bin/aifactory-service"
+    tool = SERVICE_COMMAND
     unit = (f"[Unit]\nDescription=lab test\n[Service]\nEnvironment=PORT=18123\n"
-            f"ExecStart=/usr/bin/python3 -m http.server $PORT --bind {address}\nRestart=always\nRestartSec=0.2\n")
+            f"ExecStart=/usr/bin/python3 -m http.server $PORT --bind {address}\n"
+            "Restart=always\nRestartSec=0.2\n")
     lab.sh("mkdir -p /etc/systemd/system && cat > /etc/systemd/system/labtest-web.service", host=host,
            input_text=unit)
     started = json.loads(lab.exec([tool, "start", "labtest-web"], host=host).stdout)
