@@ -158,7 +158,8 @@ def read_provision_outputs(path: Path) -> dict[str, Any] | None:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise StateError(f"cannot read the provisioning outputs: {exc}", location=Location(file=str(path)),
-                         hint="re-run `aifactory provision`, or remove the file to render from the plan alone")
+                         hint="re-run `aifactory provision`, or remove the file to render from the plan "
+                              "alone") from None
     if not isinstance(data, dict):
         raise StateError("the provisioning outputs are not a JSON object", location=Location(file=str(path)))
     return data

@@ -1,0 +1,51 @@
+"""`aifactory inventory SITE -o DIR`: render the site's Ansible inventory."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from aifactory.cli.output import emit_json
+from aifactory.deploy.bundle import describe_current_bundle
+from aifactory.inventory.site import site_inventory
+from aifactory.plan import plan_site
+from aifactory.state import SiteState
+
+
+def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    parser = subparsers.add_parser(
+        "inventory", parents=[common],
+        help="render the site's Ansible inventory (groups per pool, role, datacenter, fabric, tenant)")
+    parser.add_argument("site", help="site spec (YAML)")
+    parser.add_argument("-o", "--output", required=True,
+                        help="folder to write (hosts.yml, group_vars/, host_vars/)")
+    parser.set_defaults(handler=cmd_inventory)
+
+
+def cmd_inventory(args: argparse.Namespace) -> int:
+    planned = plan_site(args.site, write_lock=False)
+    plan = planned.plan.to_dict()
+    state = SiteState.for_site(planned.plan.name)
+    bundle = describe_current_bundle(state)
+    rendered = site_inventory(plan, bundle=bundle, state=state)
+    written = rendered.write(Path(args.output))
+    inventory = rendered.inventory
+    summary = {
+        "output": args.output,
+        "hosts": len(inventory.hosts),
+        "groups": sorted(inventory.groups),
+        "files": len(written),
+        "bundle": bundle["version"] if bundle else None,
+        "provisioning_outputs": rendered.provisioned,
+        "lab": rendered.lab,
+    }
+    if args.format == "json":
+        emit_json(summary)
+        return 0
+    print(f"wrote {args.output}: {summary['hosts']} hosts in {len(summary['groups'])} groups "
+          f"({', '.join(summary['groups'])})")
+    print(f"bundle: {summary['bundle'] or 'none imported yet (aifactory bundle import)'}; "
+          f"provisioning outputs: {'used' if rendered.provisioned else 'none'}; "
+          f"lab: {'yes' if rendered.lab else 'no'}")
+    print(f"see it: ansible-inventory -i {args.output} --graph")
+    return 0

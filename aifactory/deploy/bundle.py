@@ -1,0 +1,193 @@
+"""What deploy takes from the imported bundle: its signed plan, and one host payload per version.
+
+The host payload is a plain tar (sorted entries, fixed owner and mtime) of exactly what hosts need
+from the bundle: manifest.json and its signature, the signed plan, the wheelhouse and the apt
+repository. The bundle role copies it to each host and checks the signature and every hash there,
+so hosts verify what they install themselves. The file is named after the bundle's digest and
+reused by later deploys.
+
+Hosts verify with `ssh-keygen -Y verify` against an allowed_signers file: the site's trust file when
+the admin gives one (`--trust`), otherwise one line for the key that signed the imported manifest,
+used only after the manifest's bytes were checked against the digest the import recorded (so the
+key can vouch for nothing but the approved manifest).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aifactory import signing
+from aifactory.errors import BundleError, Location, PrerequisiteError
+from aifactory.state import SiteState
+
+NAMESPACE = "aifactory-bundle"
+MANIFEST = "manifest.json"
+SIGNATURE = "manifest.json.sig"
+PLAN = "plan.json"
+# What hosts need from the bundle (paths in its manifest that start with these).
+PAYLOAD_PREFIXES = ("wheels/", "apt/", PLAN)
+_IMPORT_HINT = "import one first: aifactory bundle import BUNDLE --trust allowed_signers"
+
+
+@dataclass(frozen=True)
+class DeployBundle:
+    """The imported bundle as deploy uses it."""
+
+    site: str
+    version: str
+    digest: str
+    root: Path
+    signer: str
+    payload: Path
+    allowed_signers: Path
+
+    @property
+    def plan_path(self) -> Path:
+        return self.root / PLAN
+
+    def plan(self) -> dict[str, Any]:
+        try:
+            data = json.loads(self.plan_path.read_text())
+        except (OSError, ValueError) as exc:
+            raise BundleError(f"cannot read the bundle's plan: {exc}", hint="re-import the bundle",
+                              location=Location(file=str(self.plan_path))) from None
+        if not isinstance(data, dict) or "hosts" not in data:
+            raise BundleError("the bundle's plan.json is not a site plan",
+                              location=Location(file=str(self.plan_path)))
+        return data
+
+    def inventory_vars(self) -> dict[str, Any]:
+        """The group var `aifactory_bundle` the roles read."""
+        return {
+            "version": self.version,
+            "digest": self.digest,
+            "root": str(self.root),
+            "identity": self.signer,
+            "payload": str(self.payload),
+            "allowed_signers": str(self.allowed_signers),
+            "payload_prefixes": list(PAYLOAD_PREFIXES),
+            "wheelhouse_subdir": "wheels",
+            "plan_subpath": PLAN,
+        }
+
+
+def _current_import(state: SiteState) -> Any:
+    try:
+        from aifactory.bundle import current_import
+    except ImportError as exc:  # pragma: no cover - the bundle package is part of aifactory
+        raise PrerequisiteError(f"the bundle module is unavailable: {exc}") from None
+    return current_import(state)
+
+
+def describe_current_bundle(state: SiteState) -> dict[str, Any] | None:
+    """Where the imported bundle is (for `aifactory inventory`), or None when none is imported."""
+    imported = _current_import(state)
+    if imported is None:
+        return None
+    return {"version": imported.version, "digest": imported.digest, "root": str(imported.root),
+            "wheelhouse": str(imported.wheelhouse), "plan": str(imported.plan_path)}
+
+
+def prepare_bundle(state: SiteState, *, trust: Path | None = None) -> DeployBundle:
+    """Check the imported bundle on the control host and build (or reuse) its host payload."""
+    imported = _current_import(state)
+    if imported is None:
+        raise PrerequisiteError(f"site {state.site!r} has no imported bundle", hint=_IMPORT_HINT)
+    root = Path(imported.root)
+    manifest_bytes = _read(root / MANIFEST)
+    found = "sha256:" + hashlib.sha256(manifest_bytes).hexdigest()
+    if found != imported.digest:
+        raise BundleError(
+            f"the imported bundle's manifest changed since import "
+            f"(expected {imported.digest}, found {found})",
+            code="bundle-tampered", location=Location(file=str(root / MANIFEST)),
+            hint="re-import the bundle from its media; deploy installs nothing from a changed bundle")
+    armored = _read(root / SIGNATURE).decode("ascii", errors="replace")
+    folder = state.subdir("deploy")
+    allowed = folder / "allowed_signers"
+    _write_allowed_signers(allowed, armored, trust, _import_signer(state))
+    try:
+        signer = signing.verify(manifest_bytes, armored, allowed_signers=allowed, namespace=NAMESPACE)
+    except signing.SignatureError as exc:
+        raise BundleError(f"the imported bundle's signature does not verify: {exc.message}",
+                          code="bundle-signature", location=Location(file=str(root / SIGNATURE)),
+                          hint="check that --trust names the site's allowed_signers, or re-import "
+                               "the bundle") from None
+    manifest = json.loads(manifest_bytes)
+    payload = _payload(folder, root, imported.version, imported.digest, manifest)
+    return DeployBundle(site=state.site, version=imported.version, digest=imported.digest, root=root,
+                        signer=signer, payload=payload, allowed_signers=allowed)
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise BundleError(f"cannot read {path.name} of the imported bundle: {exc.strerror}",
+                          location=Location(file=str(path)), hint="re-import the bundle") from None
+
+
+def _import_signer(state: SiteState) -> str:
+    """The principal the import verified the bundle's signature for."""
+    from aifactory.bundle.state import last_import
+
+    record = last_import(state)
+    signer = record.signer if record is not None else ""
+    if not signer or any(c.isspace() for c in signer) or signer.startswith("*"):
+        raise BundleError(f"the bundle import record names no usable signer ({signer!r})",
+                          code="bundle-signature", hint=_IMPORT_HINT)
+    return signer
+
+
+def _write_allowed_signers(target: Path, armored: str, trust: Path | None, signer: str) -> None:
+    if trust is not None:
+        text = _read(trust).decode()
+    else:
+        try:
+            key = signing.parse_signature(armored).public_key
+        except signing.SignatureError as exc:
+            raise BundleError(f"the imported bundle's signature is unusable: {exc.message}",
+                              code="bundle-signature", hint="re-import the bundle") from None
+        text = f'{signer} namespaces="{NAMESPACE}" {signing.public_key_line(key)}\n'
+    tmp = target.with_name(target.name + ".tmp")
+    tmp.write_text(text)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, target)
+
+
+def payload_members(manifest: dict[str, Any]) -> list[str]:
+    """Manifest paths that travel to hosts, sorted."""
+    paths = [str(f["path"]) for f in manifest["files"]]
+    return sorted(p for p in paths if p.startswith(PAYLOAD_PREFIXES))
+
+
+def _payload(folder: Path, root: Path, version: str, digest: str, manifest: dict[str, Any]) -> Path:
+    payloads = folder / "payload"
+    payloads.mkdir(mode=0o700, exist_ok=True)
+    target = payloads / f"{version}-{digest.removeprefix('sha256:')[:16]}.tar"
+    if target.is_file():
+        return target
+    members = [MANIFEST, SIGNATURE, *payload_members(manifest)]
+    tmp = target.with_name(target.name + ".tmp")
+    with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
+        for name in members:
+            path = root / name
+            if not path.is_file():
+                raise BundleError(f"the imported bundle lacks {name}", location=Location(file=str(path)),
+                                  hint="re-import the bundle")
+            info = tarfile.TarInfo(name)
+            info.size = path.stat().st_size
+            info.mode, info.mtime, info.uid, info.gid, info.uname, info.gname = 0o644, 0, 0, 0, "root", "root"
+            with path.open("rb") as handle:
+                tar.addfile(info, handle)
+    os.replace(tmp, target)
+    for old in payloads.glob("*.tar"):
+        if old != target:
+            old.unlink()
+    return target

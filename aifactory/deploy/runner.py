@@ -1,0 +1,297 @@
+"""`aifactory deploy`: run playbooks/site.yml through ansible-runner against the site's inventory.
+
+    plan check   the bundle's signed plan is the plan; a local spec whose plan differs is refused
+    inventory    rendered from the bundle's plan into <state>/deploy/inventory/
+    ansible.cfg  <state>/deploy/ansible.cfg (DeploySettings over the lab's config when the site is a lab)
+    run          ansible-runner; each event updates the per-host progress and goes to the event log
+                 <state>/deploy/runs/<run id>/events.jsonl
+    evidence     <state>/deploy/installed.json (not for --check), a record in the operator log
+
+A host that fails or is unreachable does not stop the others (the play never aborts on failures);
+the result says which, and the CLI exits 4. Re-running finishes the job: every task is idempotent.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import shutil
+import stat
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from aifactory.deploy.bundle import DeployBundle, prepare_bundle
+from aifactory.deploy.evidence import REPORT_FACT, report_from_event, write_installed
+from aifactory.deploy.progress import Progress, Update
+from aifactory.deploy.settings import DeploySettings, render_ansible_cfg
+from aifactory.errors import AifactoryError, DeployError, ExitCode, Location, PrerequisiteError
+from aifactory.inventory.render import plan_digest
+from aifactory.inventory.site import site_inventory
+from aifactory.plan import plan_site
+from aifactory.plan.diff import diff_plans
+from aifactory.resources import resource_dir
+from aifactory.state import SiteState
+
+PLAYBOOK = "site.yml"
+# Event fields kept in the event log (stdout is ANSI text already rendered from these).
+_EVENT_FIELDS = ("uuid", "counter", "event", "created", "parent_uuid")
+_DATA_FIELDS = ("host", "task", "task_action", "role", "play", "task_path", "resolved_action",
+                "ignore_errors", "duration", "start", "end")
+
+
+@dataclass(frozen=True)
+class DeployOptions:
+    check: bool = False
+    diff: bool | None = None  # default: on with --check
+    limit: str | None = None
+    tags: Sequence[str] = ()
+    skip_tags: Sequence[str] = ()
+    trust: Path | None = None
+    settings: DeploySettings = field(default_factory=DeploySettings)
+    extra_vars: dict[str, Any] = field(default_factory=dict)
+    verbosity: int = 0
+
+
+@dataclass
+class DeployResult:
+    site: str
+    run_id: str
+    check: bool
+    bundle_version: str
+    bundle_digest: str
+    plan_digest: str
+    hosts: list[dict[str, Any]]
+    status: str  # successful | failed | canceled | timeout
+    rc: int
+    wall_seconds: float
+    controller_cpu_seconds: float
+    event_log: Path
+    inventory: Path
+    installed: Path | None
+    lab: bool
+
+    @property
+    def failed_hosts(self) -> list[str]:
+        return [h["host"] for h in self.hosts if h["status"] in ("failed", "unreachable")]
+
+    @property
+    def exit_code(self) -> ExitCode:
+        if self.failed_hosts or self.status != "successful":
+            return ExitCode.HOSTS_FAILED
+        return ExitCode.OK
+
+    @property
+    def changed(self) -> int:
+        return sum(int(h["changed"]) for h in self.hosts)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "site": self.site, "run_id": self.run_id, "check": self.check, "status": self.status,
+            "rc": self.rc, "exit_code": int(self.exit_code), "bundle": {"version": self.bundle_version,
+                                                                      "digest": self.bundle_digest},
+            "plan_digest": self.plan_digest, "hosts": self.hosts, "failed_hosts": self.failed_hosts,
+            "changed": self.changed, "wall_seconds": round(self.wall_seconds, 2),
+            "controller_cpu_seconds": round(self.controller_cpu_seconds, 2),
+            "event_log": str(self.event_log), "inventory": str(self.inventory),
+            "installed": str(self.installed) if self.installed else None, "lab": self.lab,
+        }
+
+
+def checked_plan(spec_path: str | Path, bundle: DeployBundle) -> tuple[dict[str, Any], str]:
+    """The bundle's signed plan, after checking that the local spec plans to exactly the same."""
+    planned = plan_site(spec_path, write_lock=False)
+    local = planned.plan.to_dict()
+    carried = bundle.plan()
+    local_digest, carried_digest = plan_digest(local), plan_digest(carried)
+    if local_digest != carried_digest:
+        difference = diff_plans(carried, local).render()
+        raise DeployError(
+            f"the site spec's plan differs from the plan signed into bundle {bundle.version}",
+            code="plan-differs", exit_code=ExitCode.INVALID, location=Location(file=str(spec_path)),
+            hint=("deploy installs only what the bundle carries: build and import a new bundle from this "
+                  f"spec, or restore the spec. Differences (bundle -> spec):\n{difference}"))
+    return carried, carried_digest
+
+
+def _lab_context(site: str) -> tuple[Path | None, list[str] | None, dict[str, str]]:
+    """(lab ansible.cfg, nsenter prefix into the control host, lab env) when the site runs as a lab."""
+    try:
+        from aifactory.lab import lab_env, lab_status
+        from aifactory.lab.hosts import enter_argv
+    except ImportError:
+        return None, None, {}
+    try:
+        status = lab_status(site)
+    except AifactoryError:  # no lab record: the site is not running as a lab
+        return None, None, {}
+    if status.state not in ("up", "degraded") or not status.control_host:
+        return None, None, {}
+    control = status.host(status.control_host)
+    if not control.anchor.running():
+        raise DeployError(f"the lab's control host {status.control_host} is not running",
+                          code="lab-control-host-down", exit_code=ExitCode.CANNOT_EVALUATE,
+                          hint="run `aifactory lab down SITE` and `aifactory lab up SITE.yaml` again")
+    env = {k: v for k, v in lab_env(status).items() if k not in ("ANSIBLE_CONFIG", "ANSIBLE_INVENTORY")}
+    return Path(status.paths["ansible_cfg"]), enter_argv(control.anchor.pid), env
+
+
+def _ansible_playbook() -> str:
+    beside = Path(sys.executable).parent / "ansible-playbook"
+    found = str(beside) if beside.is_file() else shutil.which("ansible-playbook")
+    if not found:
+        raise PrerequisiteError("ansible-playbook is not installed",
+                                hint="install the control extra: pip install 'aifactory[control]'")
+    return found
+
+
+def _write_binary(folder: Path, prefix: list[str] | None) -> str:
+    """The command ansible-runner starts: ansible-playbook, entered into the lab's control host if any."""
+    playbook = _ansible_playbook()
+    if not prefix:
+        return playbook
+    wrapper = folder / "ansible-playbook-on-control-host"
+    quoted = " ".join(_sh_quote(part) for part in [*prefix, playbook])
+    wrapper.write_text(f"#!/bin/sh\n# run ansible-playbook on the lab's control host\nexec {quoted} \"$@\"\n")
+    wrapper.chmod(stat.S_IRWXU)
+    return str(wrapper)
+
+
+def _sh_quote(text: str) -> str:
+    if text and all(c.isalnum() or c in "-_./=:," for c in text):
+        return text
+    return "'" + text.replace("'", "'\\''") + "'"
+
+
+def _run_id() -> str:
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+
+
+def _clean_env() -> dict[str, str]:
+    """The environment ansible runs with: no secret values, no stray Ansible settings."""
+    return {k: v for k, v in os.environ.items()
+            if not k.startswith("AIFACTORY_SECRET_") and not k.startswith("ANSIBLE_")}
+
+
+def _log_event(event: dict[str, Any]) -> dict[str, Any]:
+    record = {k: event[k] for k in _EVENT_FIELDS if k in event}
+    data = event.get("event_data") or {}
+    record["event_data"] = {k: data[k] for k in _DATA_FIELDS if k in data}
+    res = data.get("res")
+    if isinstance(res, dict):
+        kept = {k: v for k, v in res.items() if k not in ("ansible_facts", "invocation", "stdout_lines",
+                                                           "stderr_lines")}
+        facts = res.get("ansible_facts") or {}
+        if REPORT_FACT in facts:
+            kept["ansible_facts"] = {REPORT_FACT: facts[REPORT_FACT]}
+        record["event_data"]["res"] = kept
+    for key in ("ok", "changed", "failures", "dark", "skipped", "rescued", "ignored"):
+        if key in data and event.get("event") == "playbook_on_stats":
+            record["event_data"][key] = data[key]
+    return record
+
+
+def deploy_site(spec_path: str | Path, *, options: DeployOptions | None = None,
+                on_update: Callable[[Update, Progress], None] | None = None,
+                site_name: str | None = None) -> DeployResult:
+    """Deploy a site from its imported bundle. `site_name` deploys the spec's plan to a lab of
+    another name (the benchmark grows a copy of the lab that way); normally the spec's own name."""
+    try:
+        import ansible_runner
+    except ImportError:
+        raise PrerequisiteError("ansible-runner is not installed",
+                                hint="install the control extra: pip install 'aifactory[control]'") from None
+    options = options or DeployOptions()
+    name = site_name or plan_site(spec_path, write_lock=False).plan.name
+    state = SiteState.for_site(name)
+    with state.lock("deploy"):
+        bundle = prepare_bundle(state, trust=options.trust)
+        plan, digest = checked_plan(spec_path, bundle)
+        folder = state.subdir("deploy")
+        lab_cfg, prefix, lab_env = _lab_context(name)
+        rendered = site_inventory(plan, bundle=bundle.inventory_vars(), state=state)
+        inventory_dir = folder / "inventory"
+        rendered.write(inventory_dir)
+        cfg = folder / "ansible.cfg"
+        cfg.write_text(render_ansible_cfg(options.settings, folder=folder, base_cfg=lab_cfg))
+        run_id = _run_id()
+        run_dir = folder / "runs" / run_id
+        run_dir.mkdir(parents=True, mode=0o700)
+        event_log = run_dir / "events.jsonl"
+        progress = Progress()
+        reports: dict[str, dict[str, Any]] = {}
+        env = {**_clean_env(), **lab_env, "ANSIBLE_CONFIG": str(cfg), "ANSIBLE_NOCOLOR": "1",
+               "ANSIBLE_FORCE_COLOR": "0"}
+        playbooks = resource_dir("playbooks")
+        cmdline = []
+        if options.check:
+            cmdline.append("--check")
+        if options.diff if options.diff is not None else options.check:
+            cmdline.append("--diff")
+        if options.skip_tags:
+            cmdline += ["--skip-tags", ",".join(options.skip_tags)]
+        if options.verbosity:
+            cmdline.append("-" + "v" * options.verbosity)
+        if options.extra_vars:
+            cmdline += ["-e", json.dumps(options.extra_vars, sort_keys=True)]
+        cmdline.append(str(playbooks / PLAYBOOK))
+
+        with event_log.open("w") as log_handle:
+            def handle(event: dict[str, Any]) -> bool:
+                log_handle.write(json.dumps(_log_event(event), sort_keys=True, default=str) + "\n")
+                found = report_from_event(event)
+                if found:
+                    reports[found[0]] = found[1]
+                update = progress.feed(event)
+                if update is not None and on_update is not None:
+                    on_update(update, progress)
+                return False  # ansible-runner need not keep the event on disk
+
+            cpu_before = _children_cpu()
+            started = time.monotonic()
+            with tempfile.TemporaryDirectory(prefix="runner-", dir=folder) as private:
+                runner = ansible_runner.run(
+                    private_data_dir=private, project_dir=str(playbooks), inventory=str(inventory_dir),
+                    binary=_write_binary(folder, prefix), cmdline=" ".join(_sh_quote(c) for c in cmdline),
+                    limit=options.limit, tags=",".join(options.tags) or None, envvars=env,
+                    event_handler=handle, quiet=True, rotate_artifacts=1,
+                    settings={"suppress_ansible_output": True, "suppress_output_file": True},
+                )
+            wall = time.monotonic() - started
+            cpu = _children_cpu() - cpu_before
+        status, rc = str(runner.status), int(runner.rc if runner.rc is not None else -1)
+        if not progress.final and status != "successful":
+            raise DeployError(f"ansible-playbook stopped before any host ran (status {status}, rc {rc})",
+                              code="deploy-did-not-run", exit_code=ExitCode.CANNOT_EVALUATE,
+                              location=Location(file=str(event_log)),
+                              hint="run again with --debug, and read the event log")
+        hosts = [row.as_dict() for row in progress.rows()]
+        when = datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+        installed = None
+        if not options.check:
+            installed = write_installed(state, run_id=run_id, when=when, plan_digest=digest, reports=reports,
+                                        results={h["host"]: h["status"] for h in hosts})
+        result = DeployResult(
+            site=name, run_id=run_id, check=options.check, bundle_version=bundle.version,
+            bundle_digest=bundle.digest, plan_digest=digest, hosts=hosts, status=status, rc=rc,
+            wall_seconds=wall, controller_cpu_seconds=cpu, event_log=event_log, inventory=inventory_dir,
+            installed=installed, lab=rendered.lab)
+        (run_dir / "summary.json").write_text(json.dumps(result.as_dict(), indent=1, sort_keys=True) + "\n")
+        state.record(command="deploy --check" if options.check else "deploy",
+                     result="ok" if result.exit_code == ExitCode.OK else "hosts-failed",
+                     spec_digest=plan.get("spec_digest"), bundle_digest=bundle.digest,
+                     detail={"run_id": run_id, "limit": options.limit, "tags": list(options.tags),
+                             "failed_hosts": result.failed_hosts, "changed": result.changed})
+        return result
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+

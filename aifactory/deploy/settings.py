@@ -1,0 +1,81 @@
+"""The Ansible settings a deploy runs with, written as one ansible.cfg in the site's deploy folder.
+
+`DeploySettings()` are the tuned settings (measured in docs/deploy.md and benchmarks/deploy_bench.py):
+many forks, pipelining, long-lived SSH control masters, a JSON fact cache with smart gathering.
+`DeploySettings.stock()` are Ansible's own defaults, kept for comparison.
+
+Where the site runs as the local lab, the lab's ansible.cfg supplies how to reach its hosts (its ssh
+config, control path folder, remote tmp and interpreter); these settings are laid over it.
+"""
+
+from __future__ import annotations
+
+import configparser
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+STOCK_SSH_ARGS = "-C -o ControlMaster=auto -o ControlPersist=60s"
+TUNED_SSH_ARGS = "-o ControlMaster=auto -o ControlPersist=600s -o ServerAliveInterval=15"
+
+
+@dataclass(frozen=True)
+class DeploySettings:
+    forks: int = 20
+    pipelining: bool = True
+    ssh_args: str = TUNED_SSH_ARGS
+    fact_cache: bool = True
+    timeout: int = 20
+
+    @classmethod
+    def stock(cls) -> DeploySettings:
+        """Ansible's defaults: forks 5, no pipelining, default ssh_args, facts gathered every run."""
+        return cls(forks=5, pipelining=False, ssh_args=STOCK_SSH_ARGS, fact_cache=False, timeout=10)
+
+
+def render_ansible_cfg(settings: DeploySettings, *, folder: Path, base_cfg: Path | None = None) -> str:
+    """ansible.cfg text: the lab's (or an empty) config with these settings laid over it."""
+    config = configparser.ConfigParser(interpolation=None)
+    config.optionxform = str  # type: ignore[assignment,method-assign]
+    if base_cfg is not None:
+        config.read(base_cfg)
+    for section in ("defaults", "ssh_connection"):
+        if not config.has_section(section):
+            config.add_section(section)
+    defaults, ssh = config["defaults"], config["ssh_connection"]
+    defaults.pop("inventory", None)  # deploy passes its own
+    defaults["forks"] = str(settings.forks)
+    defaults["home"] = defaults.get("home", str(folder / "ansible-home"))
+    defaults["local_tmp"] = defaults.get("local_tmp", str(folder / "ansible-home" / "tmp"))
+    defaults.setdefault("interpreter_python", "/usr/bin/python3")
+    defaults["host_key_checking"] = "True"
+    defaults["retry_files_enabled"] = "False"
+    defaults["timeout"] = str(settings.timeout)
+    if settings.fact_cache:
+        defaults["gathering"] = "smart"
+        defaults["fact_caching"] = "ansible.builtin.jsonfile"
+        defaults["fact_caching_connection"] = str(folder / "facts")
+        defaults["fact_caching_timeout"] = "86400"
+    else:
+        for key in ("gathering", "fact_caching", "fact_caching_connection", "fact_caching_timeout"):
+            defaults.pop(key, None)
+    ssh["pipelining"] = str(settings.pipelining)
+    # The lab reaches its hosts through its own ssh config (-F); keep it whatever ssh_args are.
+    lab_ssh_config = _ssh_config_option(ssh.get("ssh_args", ""))
+    ssh["ssh_args"] = settings.ssh_args
+    if lab_ssh_config:
+        ssh["ssh_common_args"] = f"-F {lab_ssh_config}"
+    if not ssh.get("control_path_dir"):
+        ssh["control_path_dir"] = str(folder / "cp")
+    buffer = io.StringIO()
+    buffer.write("# Written by `aifactory deploy` for this run; see docs/deploy.md.\n")
+    config.write(buffer)
+    return buffer.getvalue()
+
+
+def _ssh_config_option(ssh_args: str) -> str | None:
+    parts = ssh_args.split()
+    for index, part in enumerate(parts[:-1]):
+        if part == "-F":
+            return parts[index + 1]
+    return None
