@@ -132,6 +132,11 @@ fact_caching_timeout = 86400
 interpreter_python = {PYTHON}
 retry_files_enabled = False
 timeout = 20
+remote_user = {ADMIN_USER}
+
+[privilege_escalation]
+# lab hosts have no sudo; the admin already is root, and `su` from root asks for no password
+become_method = ansible.builtin.su
 
 [ssh_connection]
 pipelining = True

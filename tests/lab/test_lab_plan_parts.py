@@ -1,0 +1,156 @@
+"""The lab's pure parts, no root needed: names, mount plans, generated access files, credentials,
+the supervisor's unit parsing, the CLI's exec arguments."""
+
+from __future__ import annotations
+
+import importlib.machinery
+import importlib.util
+from pathlib import Path
+
+import pytest
+import yaml
+
+from aifactory.errors import LabError, SecretError
+from aifactory.lab import access, hosts
+from aifactory.lab.bmc import BmcCredential, emulator_config, system_uuid
+from aifactory.lab.layout import LabLayout
+from aifactory.lab.names import LabNames
+from aifactory.plan import plan_site
+from tests.conftest import copy_lab_spec
+
+SUPERVISOR = Path(__file__).resolve().parents[2] / "aifactory" / "lab" / "files" / "aifactory-service"
+
+
+@pytest.fixture(scope="module")
+def plan(tmp_path_factory):
+    return plan_site(copy_lab_spec(tmp_path_factory.mktemp("spec"), "unit")).plan
+
+
+def supervisor():
+    loader = importlib.machinery.SourceFileLoader("aifactory_service", str(SUPERVISOR))
+    spec = importlib.util.spec_from_loader("aifactory_service", loader)
+    module = importlib.util.module_from_spec(spec)
+    loader.exec_module(module)
+    return module
+
+
+def test_names_of_two_sites_never_collide(plan):
+    one, two = LabNames("unit"), LabNames("unit-b")
+    host = plan.hosts[0].name
+    made = {one.fabric_ns, one.host_ns(host), one.bmc_ns("bmc")}
+    assert not made & {two.fabric_ns, two.host_ns(host), two.bmc_ns("bmc")}
+    assert all(name.startswith("aif.unit.") for name in made)
+
+
+def test_bridge_names_fit_the_kernel_limit(plan):
+    names = LabNames("unit")
+    assert names.bridge(plan, "mgmt") == "br-mgmt"
+    for fabric in plan.fabrics:
+        assert len(names.bridge(plan, fabric["name"])) <= 15
+    assert len(LabNames.host_port(plan, plan.hosts[-1], 3)) <= 15
+
+
+def test_missing_mount_points_are_made_inside_an_overlay_of_their_parent(plan, tmp_path):
+    layout = LabLayout(tmp_path / "lab")
+    host = plan.hosts[1]
+    mounts = hosts.mount_plan(layout, host)
+    overlaid = [lower for lower, _ in mounts.overlays]
+    assert overlaid[0] == "/etc"
+    targets = [target for _, target in mounts.binds]
+    assert {"/opt", "/var/log", "/var/spool", "/var/lib/aifactory", host.mounts[0].path} <= set(targets)
+    for target in targets:
+        if not Path(target).exists():
+            assert any(Path(lower) in Path(target).parents for lower in overlaid), target
+    assert mounts.machine_dirs == []
+    script = hosts.setup_script(layout, host, mounts)
+    assert script.index("mount -t overlay") < script.index("mount --bind")
+    assert f"echo {host.name} > /proc/sys/kernel/hostname" in script
+
+
+def test_lab_state_under_a_private_path_is_refused(plan):
+    with pytest.raises(LabError, match="lies under a path lab hosts get privately"):
+        hosts.check_state_location(LabLayout(Path("/opt/state/lab")), plan)
+
+
+def test_inventory_reaches_every_host_by_management_address(plan):
+    inventory = access.inventory(plan)
+    assert inventory == access.inventory(plan)
+    hosts_ = inventory["all"]["hosts"]
+    assert {name: v["ansible_host"] for name, v in hosts_.items()} == {
+        h.name: h.management_address for h in plan.hosts}
+    lab_vars = inventory["all"]["vars"]
+    assert lab_vars["aifactory_lab"] is True and lab_vars["aifactory_service_manager"] == "supervised"
+    assert set(inventory["all"]["children"]["control"]["hosts"]) == {plan.control_host}
+    yaml.safe_load(yaml.safe_dump(inventory))
+
+
+def test_ssh_config_and_ansible_cfg_keep_host_key_checking_and_speed_settings(plan, tmp_path):
+    layout = LabLayout(tmp_path / "lab")
+    config = access.ssh_config(layout, plan)
+    for host in plan.hosts:
+        assert f"Host {host.name}\n    HostName {host.management_address}" in config
+    assert "StrictHostKeyChecking yes" in config and f"UserKnownHostsFile {layout.known_hosts}" in config
+    cfg = access.ansible_cfg(layout)
+    for line in ("forks = 20", "pipelining = True", "host_key_checking = True", "gathering = smart",
+                 "fact_caching = ansible.builtin.jsonfile", "ControlPersist=600s"):
+        assert line in cfg
+
+
+def test_sshd_refuses_passwords_and_listens_on_lab_addresses_only(plan, tmp_path):
+    host = plan.hosts[1]
+    config = access.sshd_config(LabLayout(tmp_path / "lab"), host)
+    assert "PasswordAuthentication no" in config and "UsePAM no" in config
+    listens = [line.split()[1] for line in config.splitlines() if line.startswith("ListenAddress")]
+    assert listens == access.lab_addresses(host)
+
+
+def test_bmc_credentials_never_show_their_password():
+    credential = BmcCredential.parse("admin:s3cret:with-colon")
+    assert credential.password == "s3cret:with-colon"
+    assert "s3cret" not in repr(credential)
+    for bad in ("admin", ":pw", "admin:"):
+        with pytest.raises(SecretError):
+            BmcCredential.parse(bad)
+
+
+def test_emulator_config_keeps_notifications_off_and_auth_on(plan, tmp_path):
+    host = next(h for h in plan.hosts if h.bmc)
+    text = emulator_config("unit", host, tmp_path)
+    settings: dict = {}
+    exec(compile(text, "emulator.conf", "exec"), settings)  # the emulator reads it the same way
+    assert settings["SUSHY_EMULATOR_LISTEN_IP"] == host.bmc.address
+    assert settings["SUSHY_EMULATOR_AUTH_FILE"] == str(tmp_path / "htpasswd")
+    (system,) = settings["SUSHY_EMULATOR_FAKE_SYSTEMS"]
+    assert system["external_notifier"] is False and system["name"] == host.name
+    assert system["uuid"] == system_uuid("unit", host.name) != system_uuid("other", host.name)
+
+
+def test_supervisor_reads_units_as_systemd_does(tmp_path):
+    service = supervisor()
+    (tmp_path / "env").write_text("# defaults\nOPTIONS='--verbose --port 9'\n")
+    unit = tmp_path / "demo.service"
+    unit.write_text(
+        "[Unit]\nDescription=demo\n[Service]\nType=simple\n"
+        f"EnvironmentFile=-{tmp_path}/missing\nEnvironmentFile={tmp_path}/env\n"
+        'Environment="GREETING=hello world" NAME=%N\n'
+        "ExecStartPre=-/bin/false\n"
+        "ExecStart=/usr/bin/demo $OPTIONS ${GREETING} --name=${NAME} \\\n  --end\n"
+        "[Install]\nWantedBy=multi-user.target\n"
+    )
+    parsed = service.parse_unit(str(unit))
+    env = service.environment(parsed, "demo.service")
+    argv, ignore = service.command(parsed["ExecStart"][-1], env, "demo.service")
+    assert argv == ["/usr/bin/demo", "--verbose", "--port", "9", "hello world", "--name=demo", "--end"]
+    assert not ignore
+    assert service.command(parsed["ExecStartPre"][0], env, "demo.service") == (["/bin/false"], True)
+    assert "WantedBy" not in parsed
+    assert service.seconds("90s", 1) == 90 and service.seconds("2min", 1) == 120
+    assert service.seconds("500ms", 1) == 0.5
+
+
+def test_exec_takes_host_after_the_site():
+    from aifactory.cli.lab import split_exec_argv
+
+    assert split_exec_argv(["--host", "h1", "--", "ls", "-l"], None) == (["ls", "-l"], "h1")
+    assert split_exec_argv(["--host=h2", "--", "ls"], None) == (["ls"], "h2")
+    assert split_exec_argv(["--", "ansible", "--host", "x"], "h0") == (["ansible", "--host", "x"], "h0")
