@@ -1,0 +1,87 @@
+"""Start the sushy-tools Redfish emulator (fake driver) on a loopback port, with basic auth.
+
+The fake driver keeps systems in SQLite under its state folder, applies power changes after a
+random 1-11 s delay and stores every boot override as Continuous. `external_notifier` stays off,
+so it sends nothing anywhere.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import bcrypt
+
+USER = "admin"
+PASSWORD = "emulator-pass-123"  # a test credential for a loopback emulator, made for this test
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Emulator:
+    folder: Path
+    port: int
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, systems: list[dict[str, Any]], *, state: str = "state") -> Emulator:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        htpasswd = self.folder / "htpasswd"
+        htpasswd.write_text(f"{USER}:{bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(4)).decode()}\n")
+        state_dir = self.folder / state
+        state_dir.mkdir(exist_ok=True)
+        for system in systems:
+            system.setdefault("external_notifier", False)
+        config = self.folder / "emulator.conf"
+        config.write_text(
+            f"SUSHY_EMULATOR_LISTEN_IP = '127.0.0.1'\n"
+            f"SUSHY_EMULATOR_LISTEN_PORT = {self.port}\n"
+            f"SUSHY_EMULATOR_FAKE_DRIVER = True\n"
+            f"SUSHY_EMULATOR_STATE_DIR = {str(state_dir)!r}\n"
+            f"SUSHY_EMULATOR_AUTH_FILE = {str(htpasswd)!r}\n"
+            f"SUSHY_EMULATOR_FEATURE_SET = 'full'\n"
+            f"SUSHY_EMULATOR_FAKE_SYSTEMS = {systems!r}\n")
+        binary = Path(sys.executable).parent / "sushy-emulator"
+        log = open(self.folder / "emulator.log", "ab")  # noqa: SIM115 - closed with the process
+        self.process = subprocess.Popen([str(binary), "--config", str(config)], stdout=log, stderr=log,
+                                        env={**os.environ, "TMPDIR": str(state_dir)})
+        self._wait_ready()
+        return self
+
+    def _wait_ready(self, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                urllib.request.urlopen(self.endpoint + "/redfish/v1/", timeout=1)
+                return
+            except urllib.error.HTTPError:
+                return  # 401: it answers
+            except (urllib.error.URLError, OSError):
+                time.sleep(0.1)
+        raise RuntimeError(f"the emulator did not start; see {self.folder / 'emulator.log'}")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+            self.process = None
