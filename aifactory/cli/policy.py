@@ -48,9 +48,9 @@ def render_report(report: PolicyReport) -> str:
     counts = report.counts()
     lines = [f"site {report.site} (jurisdiction {report.jurisdiction}), engine {report.engine}, "
              f"{report.today.isoformat()}", ""]
-    rows = [(c.id, c.status, c.findings["fail"], c.findings["waived"], ", ".join(r["id"] for r in c.rules))
+    rows = [(c.id, c.status, c.findings["fail"], c.findings["waived"], len(c.rules), _titles(c.rules))
             for c in report.controls]
-    lines.append(table(("control", "status", "fail", "waived", "rules"), rows))
+    lines.append(table(("control", "status", "fail", "waived", "rules", "what it checks"), rows))
     for heading, items in (("findings", report.findings), ("waiver problems", report.waiver_problems)):
         if not items:
             continue
@@ -65,6 +65,11 @@ def render_report(report: PolicyReport) -> str:
     lines += ["", f"{verdict}: {counts['fail']} failed, {counts['waived']} waived, "
                   f"{counts['waiver_problems']} waiver problem(s); {report.rules_evaluated} rules"]
     return "\n".join(lines)
+
+
+def _titles(rules: list[dict[str, str]], width: int = 60) -> str:
+    text = "; ".join(r["title"] for r in rules)
+    return text if len(text) <= width else text[: width - 3] + "..."
 
 
 def cmd_test(args: argparse.Namespace) -> int:
