@@ -190,7 +190,8 @@ def verify_chain(path: Path, *, max_problems: int = 50) -> ChainReport:
             problems.append(f"line {number}: record seq={seq} was edited (its hash does not match)")
         if seq != expected_seq:
             problems.append(
-                f"line {number}: expected seq {expected_seq}, found {seq} (a record was deleted, inserted or moved)"
+                f"line {number}: expected seq {expected_seq}, found {seq} "
+                "(a record was deleted, inserted or moved)"
             )
         if rprev != prev:
             problems.append(f"line {number}: seq={seq} does not link to the previous record")

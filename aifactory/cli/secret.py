@@ -23,27 +23,46 @@ from aifactory.state import SiteState
 
 
 def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    secret = subparsers.add_parser("secret", parents=[common], help="manage the site's encrypted secret store")
+    secret = subparsers.add_parser(
+        "secret", parents=[common], help="manage the site's encrypted secret store"
+    )
     actions = secret.add_subparsers(dest="secret_command", metavar="ACTION", parser_class=type(secret))
     actions.required = True
 
     store = argparse.ArgumentParser(add_help=False)
     store.add_argument("site", help="site name, or its site spec (YAML)")
-    store.add_argument("--passphrase-file", help="file holding the store's passphrase "
-                       "(default: $AIFACTORY_PASSPHRASE_FILE, else a prompt)")
+    store.add_argument(
+        "--passphrase-file",
+        help="file holding the store's passphrase (default: $AIFACTORY_PASSPHRASE_FILE, else a prompt)",
+    )
     changing = argparse.ArgumentParser(add_help=False)
-    changing.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
-                          help="wait this long for another changing command on the site to finish")
+    changing.add_argument(
+        "--wait",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="wait this long for another changing command on the site to finish",
+    )
 
-    set_ = actions.add_parser("set", parents=[common, store, changing], allow_abbrev=False,
-                              help="store a value (read from standard input or a hidden prompt)")
-    set_.add_argument("reference", help="secret://<path>, e.g. secret://bmc/lab-cpu-001 or secret://bmc/{host}")
+    set_ = actions.add_parser(
+        "set",
+        parents=[common, store, changing],
+        allow_abbrev=False,
+        help="store a value (read from standard input or a hidden prompt)",
+    )
+    set_.add_argument(
+        "reference", help="secret://<path>, e.g. secret://bmc/lab-cpu-001 or secret://bmc/{host}"
+    )
     set_.set_defaults(handler=cmd_set)
 
-    list_ = actions.add_parser("list", parents=[common, store], allow_abbrev=False, help="list the stored references (never values)")
+    list_ = actions.add_parser(
+        "list", parents=[common, store], allow_abbrev=False, help="list the stored references (never values)"
+    )
     list_.set_defaults(handler=cmd_list)
 
-    remove = actions.add_parser("remove", parents=[common, store, changing], allow_abbrev=False, help="remove a stored value")
+    remove = actions.add_parser(
+        "remove", parents=[common, store, changing], allow_abbrev=False, help="remove a stored value"
+    )
     remove.add_argument("reference", help="secret://<path>")
     remove.set_defaults(handler=cmd_remove)
 
@@ -58,8 +77,10 @@ def _site(argument: str) -> tuple[str, str | None]:
 
 def _reference(value: str) -> str:
     if not REFERENCE.match(value):
-        raise UsageError(f"{value!r} is not a secret reference",
-                         hint="write it as secret://<path>, letters, digits and . _ - / {host} only")
+        raise UsageError(
+            f"{value!r} is not a secret reference",
+            hint="write it as secret://<path>, letters, digits and . _ - / {host} only",
+        )
     return value
 
 
@@ -91,8 +112,12 @@ def _changing(args: argparse.Namespace, command: str, change: Callable[[SecretSt
         try:
             outcome = change(_store(state, args.passphrase_file, creating=command == "secret set"))
         except AifactoryError as error:
-            state.record(command=command, result=f"failed: {error.code}", spec_digest=digest,
-                         detail={"reference": reference})
+            state.record(
+                command=command,
+                result=f"failed: {error.code}",
+                spec_digest=digest,
+                detail={"reference": reference},
+            )
             raise
         state.record(command=command, result=outcome, spec_digest=digest, detail={"reference": reference})
     return outcome
@@ -114,9 +139,12 @@ def cmd_set(args: argparse.Namespace) -> int:
 def cmd_remove(args: argparse.Namespace) -> int:
     def change(store: SecretStore) -> str:
         if not store.remove(args.reference):
-            raise SecretError(f"no stored value for {args.reference}", code="secret-not-found",
-                              exit_code=ExitCode.INVALID,
-                              hint="`aifactory secret list SITE` shows the stored references")
+            raise SecretError(
+                f"no stored value for {args.reference}",
+                code="secret-not-found",
+                exit_code=ExitCode.INVALID,
+                hint="`aifactory secret list SITE` shows the stored references",
+            )
         return "removed"
 
     _changing(args, "secret remove", change)

@@ -23,18 +23,28 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     init.add_argument("--force", action="store_true", help="overwrite an existing file")
     init.set_defaults(handler=cmd_init)
 
-    validate = subparsers.add_parser("validate", parents=[common], help="check a site spec; list every problem")
+    validate = subparsers.add_parser(
+        "validate", parents=[common], help="check a site spec; list every problem"
+    )
     validate.add_argument("site", help="site spec (YAML)")
     validate.set_defaults(handler=cmd_validate)
 
-    plan = subparsers.add_parser("plan", parents=[common], help="resolve a site spec into hosts and addresses")
+    plan = subparsers.add_parser(
+        "plan", parents=[common], help="resolve a site spec into hosts and addresses"
+    )
     plan.add_argument("site", help="site spec (YAML)")
     plan.add_argument("-o", "--output", help="write the plan as JSON to this file")
     plan.add_argument("--diff", metavar="OLD_PLAN", help="show hosts and addresses changed since OLD_PLAN")
-    plan.add_argument("--frozen", action="store_true",
-                      help="fail instead of updating the allocation lock beside the spec")
-    plan.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
-                      help="when updating the allocation lock, wait this long for another changing command")
+    plan.add_argument(
+        "--frozen", action="store_true", help="fail instead of updating the allocation lock beside the spec"
+    )
+    plan.add_argument(
+        "--wait",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="when updating the allocation lock, wait this long for another changing command",
+    )
     plan.set_defaults(handler=cmd_plan)
 
 
@@ -57,13 +67,25 @@ def cmd_validate(args: argparse.Namespace) -> int:
     loaded = load_spec(args.site)
     spec = loaded.spec
     counts = {
-        "datacenters": len(spec.datacenters), "fabrics": len(spec.fabrics), "node_pools": len(spec.node_pools),
-        "hosts": sum(p.count for p in spec.node_pools), "storage": len(spec.storage),
-        "tenants": len(spec.tenants), "datasets": len(spec.datasets), "models": len(spec.models),
+        "datacenters": len(spec.datacenters),
+        "fabrics": len(spec.fabrics),
+        "node_pools": len(spec.node_pools),
+        "hosts": sum(p.count for p in spec.node_pools),
+        "storage": len(spec.storage),
+        "tenants": len(spec.tenants),
+        "datasets": len(spec.datasets),
+        "models": len(spec.models),
     }
     if args.format == "json":
-        emit_json({"valid": True, "file": args.site, "site": spec.site.name, "digest": loaded.digest,
-                   "counts": counts})
+        emit_json(
+            {
+                "valid": True,
+                "file": args.site,
+                "site": spec.site.name,
+                "digest": loaded.digest,
+                "counts": counts,
+            }
+        )
     else:
         summary = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in counts.items())
         print(f"{args.site}: valid site '{spec.site.name}' ({summary})")
@@ -99,11 +121,22 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if args.format == "json":
         emit_json({"written": args.output, "digest": plan.digest(), "summary": summary})
         return 0
-    rows = [(p["name"], p["role"], p["count"], p["datacenter"], ", ".join(p["fabrics"]),
-             f"{p['hosts'][0]} .. {p['hosts'][-1]}") for p in plan.pools]
+    rows = [
+        (
+            p["name"],
+            p["role"],
+            p["count"],
+            p["datacenter"],
+            ", ".join(p["fabrics"]),
+            f"{p['hosts'][0]} .. {p['hosts'][-1]}",
+        )
+        for p in plan.pools
+    ]
     print(table(("pool", "role", "hosts", "datacenter", "fabrics", "names"), rows))
-    print(f"\n{summary['hosts']} hosts, {summary['addresses']} addresses, {summary['gpus']} GPUs; "
-          f"plan {plan.digest()}")
+    print(
+        f"\n{summary['hosts']} hosts, {summary['addresses']} addresses, {summary['gpus']} GPUs; "
+        f"plan {plan.digest()}"
+    )
     if planned.lock_changed and not args.frozen:
         print(f"allocation lock updated: {planned.lock_path} (commit it: addresses stay stable)")
     if args.output:

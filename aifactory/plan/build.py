@@ -67,8 +67,12 @@ def plan_site(spec_path: str | Path, *, write_lock: bool = True, wait: float = 0
             tmp = lock_path.with_name(lock_path.name + ".tmp")
             tmp.write_text(planned.lock.to_json())
             tmp.replace(lock_path)
-            state.record(command="plan", result="allocation lock updated", spec_digest=loaded.digest,
-                         detail={"allocation_lock": str(lock_path.resolve()), "plan_digest": planned.plan.digest()})
+            state.record(
+                command="plan",
+                result="allocation lock updated",
+                spec_digest=loaded.digest,
+                detail={"allocation_lock": str(lock_path.resolve()), "plan_digest": planned.plan.digest()},
+            )
     return planned
 
 
@@ -90,8 +94,9 @@ def interface_name(fabric: str, rail: int, rails: int) -> str:
     return f"{base}{rail}" if rails > 1 else base
 
 
-def build_plan(spec: SiteSpec, *, lock: AllocationLock | None = None,
-               places: Places | None = None) -> tuple[SitePlan, AllocationLock]:
+def build_plan(
+    spec: SiteSpec, *, lock: AllocationLock | None = None, places: Places | None = None
+) -> tuple[SitePlan, AllocationLock]:
     places = places or load_places()
     site = spec.site.name
     lock = lock or AllocationLock(site)
@@ -105,8 +110,17 @@ def build_plan(spec: SiteSpec, *, lock: AllocationLock | None = None,
         dc = dc_by_name[pool.datacenter]
         names = [f"{site}-{pool.name}-{i:03d}" for i in range(1, pool.count + 1)]
         pools.append(_pool_dict(pool, dc.country, names))
-        hosts.extend(_pool_hosts(pool, names, dc.country, dc.region, allocators, fabric_by_name,
-                                 storage_mounts.get(pool.name, ())))
+        hosts.extend(
+            _pool_hosts(
+                pool,
+                names,
+                dc.country,
+                dc.region,
+                allocators,
+                fabric_by_name,
+                storage_mounts.get(pool.name, ()),
+            )
+        )
     plan = SitePlan(
         site={
             "name": site,
@@ -121,15 +135,23 @@ def build_plan(spec: SiteSpec, *, lock: AllocationLock | None = None,
         pools=pools,
         hosts=tuple(hosts),
         storage=_storage(spec, dc_by_name),
-        tenants=[{"name": t.name, "clearance": t.clearance,
-                  "pools": list(t.pools) if t.pools is not None else [p.name for p in spec.node_pools]}
-                 for t in spec.tenants],
+        tenants=[
+            {
+                "name": t.name,
+                "clearance": t.clearance,
+                "pools": list(t.pools) if t.pools is not None else [p.name for p in spec.node_pools],
+            }
+            for t in spec.tenants
+        ],
         datasets=_datasets(spec, places),
         models=_models(spec, places, dc_by_name),
         access=_access(spec, places),
-        egress={"air_gapped": spec.site.air_gapped,
-                "allow": [{"name": r.name, "endpoint": r.endpoint, "country": r.country}
-                          for r in spec.egress.allow]},
+        egress={
+            "air_gapped": spec.site.air_gapped,
+            "allow": [
+                {"name": r.name, "endpoint": r.endpoint, "country": r.country} for r in spec.egress.allow
+            ],
+        },
         control_host=next((h.name for h in hosts if h.role == "control"), None),
         allocation={},
     )
@@ -186,9 +208,15 @@ def _pool_dict(pool: NodePool, country: str, names: list[str]) -> dict[str, Any]
     }
 
 
-def _pool_hosts(pool: NodePool, names: list[str], country: str, region: str | None,
-                allocators: dict[str, FabricAllocator], fabrics: dict[str, Fabric],
-                mounts: tuple[Mount, ...]) -> list[Host]:
+def _pool_hosts(
+    pool: NodePool,
+    names: list[str],
+    country: str,
+    region: str | None,
+    allocators: dict[str, FabricAllocator],
+    fabrics: dict[str, Fabric],
+    mounts: tuple[Mount, ...],
+) -> list[Host]:
     count = pool.count
     per_fabric: list[tuple[Fabric, list[str], list[str], int]] = []
     columns: list[list[Interface]] = []  # one column per (fabric, rail): that interface of every host
@@ -201,30 +229,68 @@ def _pool_hosts(pool: NodePool, names: list[str], country: str, region: str | No
         prefixlen = allocator.network.prefixlen
         per_fabric.append((fabric, addresses, ifnames, prefixlen))
         for r in range(rails):
-            columns.append(list(map(Interface, repeat(fabric.name, count), repeat(r, count),
-                                    repeat(ifnames[r], count), addresses[r::rails],
-                                    repeat(prefixlen, count))))
-    bmc_addresses = (allocators[pool.bmc.fabric].addresses(owner_key("bmc", pool.name), count)
-                     if pool.bmc else [])
+            columns.append(
+                list(
+                    map(
+                        Interface,
+                        repeat(fabric.name, count),
+                        repeat(r, count),
+                        repeat(ifnames[r], count),
+                        addresses[r::rails],
+                        repeat(prefixlen, count),
+                    )
+                )
+            )
+    bmc_addresses = (
+        allocators[pool.bmc.fabric].addresses(owner_key("bmc", pool.name), count) if pool.bmc else []
+    )
     management = next(f for f in per_fabric if f[0].purpose == "management")
     compute = next((f for f in per_fabric if f[0].purpose == "compute"), None)
-    management_addresses = management[1][::management[0].rails]
-    compute_addresses = compute[1][::compute[0].rails] if compute else management_addresses
+    management_addresses = management[1][:: management[0].rails]
+    compute_addresses = compute[1][:: compute[0].rails] if compute else management_addresses
     gpus = pool.hardware.gpu.model_dump() if pool.hardware.gpu else None
     platform = pool.platform.model_dump()
     nccl = _nccl(management, compute)
     hosts = []
     for k, (name, interfaces) in enumerate(zip(names, zip(*columns, strict=True), strict=True)):
-        bmc = (BmcEndpoint(bmc_addresses[k], pool.bmc.fabric, pool.bmc.protocol,
-                           pool.bmc.credentials.replace("{host}", name)) if pool.bmc else None)
-        hosts.append(Host(name, pool.name, pool.role, k + 1, pool.datacenter, country, region, interfaces,
-                          management_addresses[k], compute_addresses[k], bmc, gpus, pool.hardware.cpus,
-                          pool.hardware.memory_gib, mounts, nccl, platform))
+        bmc = (
+            BmcEndpoint(
+                bmc_addresses[k],
+                pool.bmc.fabric,
+                pool.bmc.protocol,
+                pool.bmc.credentials.replace("{host}", name),
+            )
+            if pool.bmc
+            else None
+        )
+        hosts.append(
+            Host(
+                name,
+                pool.name,
+                pool.role,
+                k + 1,
+                pool.datacenter,
+                country,
+                region,
+                interfaces,
+                management_addresses[k],
+                compute_addresses[k],
+                bmc,
+                gpus,
+                pool.hardware.cpus,
+                pool.hardware.memory_gib,
+                mounts,
+                nccl,
+                platform,
+            )
+        )
     return hosts
 
 
-def _nccl(management: tuple[Fabric, list[str], list[str], int],
-          compute: tuple[Fabric, list[str], list[str], int] | None) -> dict[str, str]:
+def _nccl(
+    management: tuple[Fabric, list[str], list[str], int],
+    compute: tuple[Fabric, list[str], list[str], int] | None,
+) -> dict[str, str]:
     """NCCL and Gloo environment, computed once here so roles and stacks only render it."""
     mgmt_if = management[2][0]
     if compute is None:
@@ -232,11 +298,20 @@ def _nccl(management: tuple[Fabric, list[str], list[str], int],
     fabric, _, ifnames, _ = compute
     hcas = ",".join(f"mlx5_{r}:1" for r in range(fabric.rails))
     if fabric.kind == "infiniband":
-        return {"NCCL_SOCKET_IFNAME": mgmt_if, "NCCL_IB_DISABLE": "0", "NCCL_IB_HCA": hcas,
-                "GLOO_SOCKET_IFNAME": mgmt_if}
+        return {
+            "NCCL_SOCKET_IFNAME": mgmt_if,
+            "NCCL_IB_DISABLE": "0",
+            "NCCL_IB_HCA": hcas,
+            "GLOO_SOCKET_IFNAME": mgmt_if,
+        }
     if fabric.kind == "roce":
-        return {"NCCL_SOCKET_IFNAME": ifnames[0], "NCCL_IB_DISABLE": "0", "NCCL_IB_HCA": hcas,
-                "NCCL_IB_GID_INDEX": ROCE_GID_INDEX, "GLOO_SOCKET_IFNAME": ifnames[0]}
+        return {
+            "NCCL_SOCKET_IFNAME": ifnames[0],
+            "NCCL_IB_DISABLE": "0",
+            "NCCL_IB_HCA": hcas,
+            "NCCL_IB_GID_INDEX": ROCE_GID_INDEX,
+            "GLOO_SOCKET_IFNAME": ifnames[0],
+        }
     return {"NCCL_SOCKET_IFNAME": ",".join(ifnames), "NCCL_IB_DISABLE": "1", "GLOO_SOCKET_IFNAME": ifnames[0]}
 
 
@@ -251,8 +326,13 @@ def _mounts_by_pool(spec: SiteSpec) -> dict[str, tuple[Mount, ...]]:
     for store in spec.storage:
         if store.kind == "s3" or store.mount_path is None:
             continue
-        mount = Mount(store.name, store.kind, store.mount_path, store.endpoint or f"storage://{store.name}",
-                      store.fabric)
+        mount = Mount(
+            store.name,
+            store.kind,
+            store.mount_path,
+            store.endpoint or f"storage://{store.name}",
+            store.fabric,
+        )
         for pool in _mounted_by(spec, store.mounted_by):
             out.setdefault(pool, []).append(mount)
     return {pool: tuple(mounts) for pool, mounts in out.items()}
@@ -260,20 +340,23 @@ def _mounts_by_pool(spec: SiteSpec) -> dict[str, tuple[Mount, ...]]:
 
 def _storage(spec: SiteSpec, dcs: dict[str, Any]) -> list[dict[str, Any]]:
     country = {s.name: dcs[s.datacenter].country for s in spec.storage}
-    return [{
-        "name": s.name,
-        "kind": s.kind,
-        "datacenter": s.datacenter,
-        "country": country[s.name],
-        "capacity_tib": s.capacity_tib,
-        "encrypted_at_rest": s.encrypted_at_rest,
-        "endpoint": s.endpoint,
-        "mount_path": s.mount_path,
-        "mounted_by": [] if s.kind == "s3" else _mounted_by(spec, s.mounted_by),
-        "fabric": s.fabric,
-        "replicas": list(s.replicas),
-        "replica_countries": [country[r] for r in s.replicas],
-    } for s in spec.storage]
+    return [
+        {
+            "name": s.name,
+            "kind": s.kind,
+            "datacenter": s.datacenter,
+            "country": country[s.name],
+            "capacity_tib": s.capacity_tib,
+            "encrypted_at_rest": s.encrypted_at_rest,
+            "endpoint": s.endpoint,
+            "mount_path": s.mount_path,
+            "mounted_by": [] if s.kind == "s3" else _mounted_by(spec, s.mounted_by),
+            "fabric": s.fabric,
+            "replicas": list(s.replicas),
+            "replica_countries": [country[r] for r in s.replicas],
+        }
+        for s in spec.storage
+    ]
 
 
 def _location(spec: SiteSpec, storage: str, path: str) -> dict[str, Any]:
@@ -284,16 +367,19 @@ def _location(spec: SiteSpec, storage: str, path: str) -> dict[str, Any]:
 
 
 def _datasets(spec: SiteSpec, places: Places) -> list[dict[str, Any]]:
-    return [{
-        "name": d.name,
-        "owner": d.owner,
-        "classification": d.classification,
-        "residency": d.residency,
-        "residency_countries": places.countries_of(d.residency),
-        "storage": d.storage,
-        "path": d.path,
-        **_location(spec, d.storage, d.path),
-    } for d in spec.datasets]
+    return [
+        {
+            "name": d.name,
+            "owner": d.owner,
+            "classification": d.classification,
+            "residency": d.residency,
+            "residency_countries": places.countries_of(d.residency),
+            "storage": d.storage,
+            "path": d.path,
+            **_location(spec, d.storage, d.path),
+        }
+        for d in spec.datasets
+    ]
 
 
 def _models(spec: SiteSpec, places: Places, dcs: dict[str, Any]) -> list[dict[str, Any]]:
@@ -303,33 +389,41 @@ def _models(spec: SiteSpec, places: Places, dcs: dict[str, Any]) -> list[dict[st
     out = []
     for m in spec.models:
         # The intersection of its training data's residencies; with no training data, the jurisdiction.
-        allowed = set(jurisdiction) if not m.trained_on else set.intersection(
-            *(residency[dataset] for dataset in m.trained_on))
+        allowed = (
+            set(jurisdiction)
+            if not m.trained_on
+            else set.intersection(*(residency[dataset] for dataset in m.trained_on))
+        )
         path = f"{MODEL_DIR}/{m.name}"
-        out.append({
-            "name": m.name,
-            "owner": m.owner,
-            "classification": m.classification,
-            "trained_on": list(m.trained_on),
-            "residency_countries": sorted(allowed),
-            "storage": m.storage,
-            "path": path,
-            **_location(spec, m.storage, path),
-            "serve_on": list(m.serve_on),
-            "serve_countries": [pool_country[p] for p in m.serve_on],
-        })
+        out.append(
+            {
+                "name": m.name,
+                "owner": m.owner,
+                "classification": m.classification,
+                "trained_on": list(m.trained_on),
+                "residency_countries": sorted(allowed),
+                "storage": m.storage,
+                "path": path,
+                **_location(spec, m.storage, path),
+                "serve_on": list(m.serve_on),
+                "serve_countries": [pool_country[p] for p in m.serve_on],
+            }
+        )
     return out
 
 
 def _access(spec: SiteSpec, places: Places) -> list[dict[str, Any]]:
-    return [{
-        "tenant": g.tenant,
-        "resource": g.resource,
-        "kind": g.resource_kind,
-        "name": g.resource_name,
-        "actions": list(g.actions),
-        "approved_by": g.approved_by,
-        "expires": g.expires.isoformat() if g.expires else None,
-        "to": g.to,
-        "to_countries": places.countries_of(g.to) if g.to else [],
-    } for g in spec.access]
+    return [
+        {
+            "tenant": g.tenant,
+            "resource": g.resource,
+            "kind": g.resource_kind,
+            "name": g.resource_name,
+            "actions": list(g.actions),
+            "approved_by": g.approved_by,
+            "expires": g.expires.isoformat() if g.expires else None,
+            "to": g.to,
+            "to_countries": places.countries_of(g.to) if g.to else [],
+        }
+        for g in spec.access
+    ]

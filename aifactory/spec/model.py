@@ -20,14 +20,23 @@ REGION_PATTERN = r"^[A-Z]{2}-[A-Z0-9]{1,3}$"
 SECRET_PATTERN = r"^secret://[A-Za-z0-9_.{}/-]+$"
 RESOURCE_PATTERN = r"^(dataset|model)/[a-z][a-z0-9-]{0,19}$"
 
-Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN), Field(description="a name: ^[a-z][a-z0-9-]{0,19}$")]
-Country = Annotated[str, StringConstraints(pattern=COUNTRY_PATTERN),
-                    Field(description="ISO 3166-1 alpha-2 country code")]
-Place = Annotated[str, StringConstraints(pattern=PLACE_PATTERN),
-                  Field(description="a country code or the name of a bloc from the places data")]
+Name = Annotated[
+    str, StringConstraints(pattern=NAME_PATTERN), Field(description="a name: ^[a-z][a-z0-9-]{0,19}$")
+]
+Country = Annotated[
+    str, StringConstraints(pattern=COUNTRY_PATTERN), Field(description="ISO 3166-1 alpha-2 country code")
+]
+Place = Annotated[
+    str,
+    StringConstraints(pattern=PLACE_PATTERN),
+    Field(description="a country code or the name of a bloc from the places data"),
+]
 Region = Annotated[str, StringConstraints(pattern=REGION_PATTERN), Field(description="ISO 3166-2 code")]
-SecretRef = Annotated[str, StringConstraints(pattern=SECRET_PATTERN),
-                      Field(description="secret://<path>; {host} is replaced by each host's name")]
+SecretRef = Annotated[
+    str,
+    StringConstraints(pattern=SECRET_PATTERN),
+    Field(description="secret://<path>; {host} is replaced by each host's name"),
+]
 Classification = Literal["public", "internal", "confidential", "secret", "top-secret"]
 CLASSIFICATIONS: tuple[str, ...] = ("public", "internal", "confidential", "secret", "top-secret")
 DATASET_ACTIONS = ("read", "train")
@@ -36,8 +45,9 @@ MODEL_ACTIONS = ("infer", "read", "export")
 
 class _Model(BaseModel):
     # Strict: "1" is not 1 and "yes" is not true; `x-` keys are dropped by the loader.
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True,
-                              json_schema_extra={"patternProperties": {"^x-": {}}})
+    model_config = ConfigDict(
+        extra="forbid", strict=True, frozen=True, json_schema_extra={"patternProperties": {"^x-": {}}}
+    )
 
 
 class Site(_Model):
@@ -177,6 +187,11 @@ class SiteSpec(_Model):
     access: list[Grant] = []
     egress: Egress = Egress()
 
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, populate_by_name=True,
-                              title="aifactory site spec v1",
-                              json_schema_extra={"patternProperties": {"^x-": {}}})
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        frozen=True,
+        populate_by_name=True,
+        title="aifactory site spec v1",
+        json_schema_extra={"patternProperties": {"^x-": {}}},
+    )

@@ -39,7 +39,9 @@ def schema_text() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m aifactory.spec.schema", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m aifactory.spec.schema", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("-o", "--output", default=str(DEFAULT_OUTPUT), help="file to write, or - for stdout")
     parser.add_argument("--check", action="store_true", help="compare with the file instead of writing it")
     args = parser.parse_args(argv)

@@ -56,8 +56,10 @@ def starter_spec(name: str, jurisdiction: str) -> str:
 
     places = load_places()
     if not re.match(NAME_PATTERN, name):
-        raise UsageError(f"'{name}' is not a site name: a lowercase letter, then lowercase letters, digits or "
-                         "'-', at most 20 characters")
+        raise UsageError(
+            f"'{name}' is not a site name: a lowercase letter, then lowercase letters, digits or "
+            "'-', at most 20 characters"
+        )
     if not re.match(PLACE_PATTERN, jurisdiction) or not places.countries_of(jurisdiction):
         raise UsageError(f"unknown jurisdiction '{jurisdiction}': give a country code (NG) or a bloc (EU)")
     country = jurisdiction if places.is_country(jurisdiction) else places.countries_of(jurisdiction)[0]

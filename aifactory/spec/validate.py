@@ -104,10 +104,18 @@ _PATTERN_TEXT = {
     RESOURCE_PATTERN: "dataset/<name> or model/<name>",
 }
 _TYPE_NAMES = {
-    "string_type": "a string", "int_type": "an integer", "float_type": "a number", "bool_type": "true or false",
-    "list_type": "a list", "model_type": "a mapping", "dict_type": "a mapping", "date_type": "a date (YYYY-MM-DD)",
-    "date_from_datetime_inexact": "a date (YYYY-MM-DD)", "date_parsing": "a date (YYYY-MM-DD)",
-    "int_from_float": "an integer", "date_from_datetime_parsing": "a date (YYYY-MM-DD)",
+    "string_type": "a string",
+    "int_type": "an integer",
+    "float_type": "a number",
+    "bool_type": "true or false",
+    "list_type": "a list",
+    "model_type": "a mapping",
+    "dict_type": "a mapping",
+    "date_type": "a date (YYYY-MM-DD)",
+    "date_from_datetime_inexact": "a date (YYYY-MM-DD)",
+    "date_parsing": "a date (YYYY-MM-DD)",
+    "int_from_float": "an integer",
+    "date_from_datetime_parsing": "a date (YYYY-MM-DD)",
 }
 
 
@@ -143,8 +151,11 @@ def _problem_from_pydantic(source: LoadedYaml, error: Any) -> Problem:
         hint = _did_you_mean(str(loc[-1]), _fields_at(loc[:-1]))
         return Problem("unknown-key", f"unknown key '{loc[-1]}'", source.location(loc, key=True), hint)
     if kind == "missing":
-        return Problem("missing-field", f"missing required field '{loc[-1]}'",
-                       source.location(loc, key=True, at=loc[:-1]))
+        return Problem(
+            "missing-field",
+            f"missing required field '{loc[-1]}'",
+            source.location(loc, key=True, at=loc[:-1]),
+        )
     location = source.location(loc, key=True)
     if secret:
         return Problem(
@@ -164,8 +175,12 @@ def _problem_from_pydantic(source: LoadedYaml, error: Any) -> Problem:
     if kind == "string_pattern_mismatch":
         pattern = error["ctx"]["pattern"]
         if pattern == SECRET_PATTERN:
-            return Problem("inline-secret", "an inline secret is not allowed here; its value is not shown",
-                           location, "write a reference such as secret://bmc/{host}")
+            return Problem(
+                "inline-secret",
+                "an inline secret is not allowed here; its value is not shown",
+                location,
+                "write a reference such as secret://bmc/{host}",
+            )
         expected = _PATTERN_TEXT.get(pattern, f"text matching {pattern}")
         return Problem("bad-format", f"must be {expected}; found {_found(value)}", location)
     if kind in _TYPE_NAMES:
@@ -206,6 +221,7 @@ def _did_you_mean(word: str, choices: list[str]) -> str | None:
 
 # --- cross-references and the rules a type cannot express -------------------------------------
 
+
 def _items(data: Any, key: str) -> list[tuple[int, dict[str, Any]]]:
     value = data.get(key) if isinstance(data, dict) else None
     if not isinstance(value, list):
@@ -227,8 +243,9 @@ class _Checker:
         self.problems: list[Problem] = []
         self.names: dict[str, dict[str, dict[str, Any]]] = {}
 
-    def add(self, path: PathKey, code: str, message: str, hint: str | None = None, *,
-            missing: bool = False) -> None:
+    def add(
+        self, path: PathKey, code: str, message: str, hint: str | None = None, *, missing: bool = False
+    ) -> None:
         """One problem at a field; a `missing` field is reported where its parent is written."""
         at = path[:-1] if missing else None
         self.problems.append(Problem(code, message, self.source.location(path, key=True, at=at), hint))
@@ -248,7 +265,32 @@ class _Checker:
         self._models()
         self._grants()
         self._egress()
+        self._no_repeats()
         return self.problems
+
+    _LISTS = (
+        ("node_pools", "fabrics"),
+        ("storage", "mounted_by"),
+        ("storage", "replicas"),
+        ("tenants", "pools"),
+        ("models", "trained_on"),
+        ("models", "serve_on"),
+        ("access", "actions"),
+    )
+
+    def _no_repeats(self) -> None:
+        """A list of names names each once (a fabric listed twice would give a host two interfaces)."""
+        for kind, field in self._LISTS:
+            for i, item in _items(self.data, kind):
+                first: dict[str, int] = {}
+                for j, value in _str_list(item.get(field)):
+                    if value in first:
+                        self.add(
+                            (kind, i, field, j),
+                            "listed-twice",
+                            f"'{value}' is listed twice (first at {field}[{first[value]}])",
+                        )
+                    first.setdefault(value, j)
 
     def _unique(self, key: str, path: PathKey, container: Any = None) -> dict[str, dict[str, Any]]:
         seen: dict[str, dict[str, Any]] = {}
@@ -258,8 +300,12 @@ class _Checker:
             if not isinstance(name, str):
                 continue
             if name in seen:
-                self.add(path + (i, "name"), "duplicate-name",
-                         f"{format_path(path)} name '{name}' is already used by {format_path(path + (first[name],))}")
+                self.add(
+                    path + (i, "name"),
+                    "duplicate-name",
+                    f"{format_path(path)} name '{name}' is already used by "
+                    f"{format_path(path + (first[name],))}",
+                )
                 continue
             seen[name], first[name] = item, i
         return seen
@@ -269,8 +315,12 @@ class _Checker:
             return None
         target = self.names[kind].get(value)
         if target is None:
-            self.add(path, "unknown-reference", f"unknown {what} '{value}'",
-                     _did_you_mean(value, sorted(self.names[kind])))
+            self.add(
+                path,
+                "unknown-reference",
+                f"unknown {what} '{value}'",
+                _did_you_mean(value, sorted(self.names[kind])),
+            )
         return target
 
     def place(self, path: PathKey, value: Any, *, country_only: bool = False) -> None:
@@ -280,12 +330,17 @@ class _Checker:
             return
         if self.places.is_bloc(value):
             if country_only:
-                self.add(path, "bloc-not-country", f"'{value}' is a bloc; a country code is needed here",
-                         f"pick one of its members: {', '.join(self.places.countries_of(value)[:6])}, ...")
+                self.add(
+                    path,
+                    "bloc-not-country",
+                    f"'{value}' is a bloc; a country code is needed here",
+                    f"pick one of its members: {', '.join(self.places.countries_of(value)[:6])}, ...",
+                )
             return
         what = "country code" if country_only else "place (country code or bloc)"
-        self.add(path, "unknown-place", f"unknown {what} '{value}'",
-                 _did_you_mean(value, self.places.all_places()))
+        self.add(
+            path, "unknown-place", f"unknown {what} '{value}'", _did_you_mean(value, self.places.all_places())
+        )
 
     def _site(self) -> None:
         site = self.data.get("site")
@@ -299,18 +354,28 @@ class _Checker:
             region = dc.get("region")
             if isinstance(region, str) and isinstance(country, str) and self.places.is_country(country):
                 if not region.startswith(country + "-"):
-                    self.add(("datacenters", i, "region"), "region-outside-country",
-                             f"region '{region}' is not in country '{country}'")
+                    self.add(
+                        ("datacenters", i, "region"),
+                        "region-outside-country",
+                        f"region '{region}' is not in country '{country}'",
+                    )
                 elif not self.places.is_region(region):
-                    self.add(("datacenters", i, "region"), "unknown-region",
-                             f"unknown ISO 3166-2 region '{region}'",
-                             _did_you_mean(region, self.places.regions_of(country)))
+                    self.add(
+                        ("datacenters", i, "region"),
+                        "unknown-region",
+                        f"unknown ISO 3166-2 region '{region}'",
+                        _did_you_mean(region, self.places.regions_of(country)),
+                    )
 
     def _fabrics(self) -> None:
         fabrics = _items(self.data, "fabrics")
         if fabrics and not any(f.get("purpose") == "management" for _, f in fabrics):
-            self.add(("fabrics",), "no-management-fabric", "no fabric has purpose 'management'",
-                     "every site needs one management fabric that every pool is on")
+            self.add(
+                ("fabrics",),
+                "no-management-fabric",
+                "no fabric has purpose 'management'",
+                "every site needs one management fabric that every pool is on",
+            )
         networks: list[tuple[int, ipaddress.IPv4Network | ipaddress.IPv6Network]] = []
         for i, fabric in fabrics:
             cidr = fabric.get("cidr")
@@ -328,13 +393,17 @@ class _Checker:
                 continue
             for j, other in networks:
                 if network.version == other.version and network.overlaps(other):
-                    self.add(("fabrics", i, "cidr"), "overlapping-cidr",
-                             f"{network} overlaps fabrics[{j}] ({other})")
+                    self.add(
+                        ("fabrics", i, "cidr"),
+                        "overlapping-cidr",
+                        f"{network} overlaps fabrics[{j}] ({other})",
+                    )
             networks.append((i, network))
             self._fabric_capacity(i, fabric, network)
 
-    def _fabric_capacity(self, index: int, fabric: dict[str, Any],
-                         network: ipaddress.IPv4Network | ipaddress.IPv6Network) -> None:
+    def _fabric_capacity(
+        self, index: int, fabric: dict[str, Any], network: ipaddress.IPv4Network | ipaddress.IPv6Network
+    ) -> None:
         name = fabric.get("name")
         rails = fabric.get("rails", 1)
         rails = rails if isinstance(rails, int) and rails >= 1 else 1
@@ -351,10 +420,13 @@ class _Checker:
         reserved = RESERVED_V4 if network.version == 4 else RESERVED_V6
         needed = hosts * rails + bmcs + reserved
         if needed > network.num_addresses:
-            self.add(("fabrics", index, "cidr"), "fabric-too-small",
-                     f"{network} has {network.num_addresses} addresses but needs {needed} "
-                     f"({hosts} hosts x {rails} rail(s) + {bmcs} BMCs + {reserved} reserved)",
-                     "use a larger prefix")
+            self.add(
+                ("fabrics", index, "cidr"),
+                "fabric-too-small",
+                f"{network} has {network.num_addresses} addresses but needs {needed} "
+                f"({hosts} hosts x {rails} rail(s) + {bmcs} BMCs + {reserved} reserved)",
+                "use a larger prefix",
+            )
 
     def _pools(self) -> None:
         for i, pool in _items(self.data, "node_pools"):
@@ -365,20 +437,29 @@ class _Checker:
                 fabric = self.ref(path + ("fabrics", j), name, "fabrics", "fabric")
                 on_management |= bool(fabric and fabric.get("purpose") == "management")
             if isinstance(pool.get("fabrics"), list) and pool["fabrics"] and not on_management:
-                self.add(path + ("fabrics",), "no-management-fabric",
-                         f"pool '{pool.get('name')}' is on no management fabric",
-                         "add the site's management fabric to its fabrics")
+                self.add(
+                    path + ("fabrics",),
+                    "no-management-fabric",
+                    f"pool '{pool.get('name')}' is on no management fabric",
+                    "add the site's management fabric to its fabrics",
+                )
             hardware = pool.get("hardware")
             if pool.get("role") == "gpu" and not (isinstance(hardware, dict) and hardware.get("gpu")):
-                self.add(path + ("hardware", "gpu") if isinstance(hardware, dict) else path + ("hardware",),
-                         "gpu-pool-without-gpus", "a gpu pool must declare hardware.gpu (model and count)",
-                         missing=True)
+                self.add(
+                    path + ("hardware", "gpu") if isinstance(hardware, dict) else path + ("hardware",),
+                    "gpu-pool-without-gpus",
+                    "a gpu pool must declare hardware.gpu (model and count)",
+                    missing=True,
+                )
             bmc = pool.get("bmc")
             if isinstance(bmc, dict):
                 fabric = self.ref(path + ("bmc", "fabric"), bmc.get("fabric"), "fabrics", "fabric")
                 if fabric and fabric.get("purpose") != "bmc":
-                    self.add(path + ("bmc", "fabric"), "bmc-fabric-purpose",
-                             f"fabric '{bmc.get('fabric')}' has purpose '{fabric.get('purpose')}', not 'bmc'")
+                    self.add(
+                        path + ("bmc", "fabric"),
+                        "bmc-fabric-purpose",
+                        f"fabric '{bmc.get('fabric')}' has purpose '{fabric.get('purpose')}', not 'bmc'",
+                    )
 
     def _storage(self) -> None:
         for i, store in _items(self.data, "storage"):
@@ -389,19 +470,33 @@ class _Checker:
                 self.ref(path + ("mounted_by", j), pool, "node_pools", "node pool")
             for j, replica in _str_list(store.get("replicas")):
                 if replica == store.get("name"):
-                    self.add(path + ("replicas", j), "self-replica", "a storage system cannot be its own replica")
+                    self.add(
+                        path + ("replicas", j), "self-replica", "a storage system cannot be its own replica"
+                    )
                 else:
                     self.ref(path + ("replicas", j), replica, "storage", "storage")
             mount = store.get("mount_path")
             if store.get("kind") == "s3":
                 if mount is not None:
-                    self.add(path + ("mount_path",), "s3-mount-path", "s3 storage is not mounted: remove mount_path")
+                    self.add(
+                        path + ("mount_path",),
+                        "s3-mount-path",
+                        "s3 storage is not mounted: remove mount_path",
+                    )
                 if store.get("mounted_by") is not None:
-                    self.add(path + ("mounted_by",), "s3-mount-path", "s3 storage is not mounted: remove mounted_by")
+                    self.add(
+                        path + ("mounted_by",),
+                        "s3-mount-path",
+                        "s3 storage is not mounted: remove mounted_by",
+                    )
             elif isinstance(store.get("kind"), str):
                 if mount is None:
-                    self.add(path + ("mount_path",), "missing-mount-path",
-                             f"missing mount_path: {store.get('kind')} storage is mounted on hosts", missing=True)
+                    self.add(
+                        path + ("mount_path",),
+                        "missing-mount-path",
+                        f"missing mount_path: {store.get('kind')} storage is mounted on hosts",
+                        missing=True,
+                    )
                 elif isinstance(mount, str):
                     self._absolute_path(path + ("mount_path",), mount)
 
@@ -431,11 +526,18 @@ class _Checker:
                 paths.append((i, str(dataset.get("storage")), posixpath.normpath(value)))
         for i, store, value in paths:
             for j, other_store, other in paths:
-                if i != j and store == other_store and (value == other or value.startswith(other.rstrip("/") + "/")):
+                if (
+                    i != j
+                    and store == other_store
+                    and (value == other or value.startswith(other.rstrip("/") + "/"))
+                ):
                     if value == other and i < j:
                         continue
-                    self.add(("datasets", i, "path"), "nested-dataset",
-                             f"'{value}' is inside datasets[{j}]'s path '{other}' on storage '{store}'")
+                    self.add(
+                        ("datasets", i, "path"),
+                        "nested-dataset",
+                        f"'{value}' is inside datasets[{j}]'s path '{other}' on storage '{store}'",
+                    )
 
     def _models(self) -> None:
         for i, model in _items(self.data, "models"):
@@ -461,14 +563,23 @@ class _Checker:
             allowed = DATASET_ACTIONS if kind == "dataset" else MODEL_ACTIONS if kind == "model" else ()
             for j, action in _str_list(grant.get("actions")):
                 if allowed and action not in allowed:
-                    self.add(path + ("actions", j), "bad-action",
-                             f"'{action}' is not an action on a {kind}; allowed: {', '.join(allowed)}")
+                    self.add(
+                        path + ("actions", j),
+                        "bad-action",
+                        f"'{action}' is not an action on a {kind}; allowed: {', '.join(allowed)}",
+                    )
             has_to = "to" in grant
             if "export" in actions and not has_to:
-                self.add(path + ("to",), "export-without-to",
-                         "an export grant must name where the model goes in 'to'", missing=True)
+                self.add(
+                    path + ("to",),
+                    "export-without-to",
+                    "an export grant must name where the model goes in 'to'",
+                    missing=True,
+                )
             elif has_to and "export" not in actions:
-                self.add(path + ("to",), "to-without-export", "'to' is only allowed on grants that include export")
+                self.add(
+                    path + ("to",), "to-without-export", "'to' is only allowed on grants that include export"
+                )
             if has_to:
                 self.place(path + ("to",), grant.get("to"))
 

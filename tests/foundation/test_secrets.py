@@ -18,9 +18,13 @@ def _outputs(*results) -> str:
     return "".join(r.stdout + r.stderr for r in results)
 
 
-def test_round_trip_through_the_cli(aifactory, cli_in_process, passphrase_file: Path, state_home: Path) -> None:
+def test_round_trip_through_the_cli(
+    aifactory, cli_in_process, passphrase_file: Path, state_home: Path
+) -> None:
     pw = ["--passphrase-file", str(passphrase_file)]
-    stored = aifactory("secret", "set", "lab", "secret://lab/bmc/{host}", *pw, input=VALUE + "\n")  # a process
+    stored = aifactory(
+        "secret", "set", "lab", "secret://lab/bmc/{host}", *pw, input=VALUE + "\n"
+    )  # a process
     aifactory = cli_in_process
     other = aifactory("secret", "set", "lab", "secret://lab/api", *pw, "--format", "json", input="x" * 40)
     listed = aifactory("secret", "list", "lab", *pw, "--format", "json")
@@ -47,8 +51,12 @@ def test_round_trip_through_the_cli(aifactory, cli_in_process, passphrase_file: 
 
 
 def test_wrong_passphrase_is_a_clear_error(cli_in_process, passphrase_file: Path, tmp_path: Path) -> None:
-    assert cli_in_process("secret", "set", "lab", "secret://lab/a", "--passphrase-file", str(passphrase_file),
-                     input=VALUE).returncode == 0
+    assert (
+        cli_in_process(
+            "secret", "set", "lab", "secret://lab/a", "--passphrase-file", str(passphrase_file), input=VALUE
+        ).returncode
+        == 0
+    )
     wrong = tmp_path / "wrong"
     wrong.write_text("not the passphrase")
     listed = cli_in_process("secret", "list", "lab", "--passphrase-file", str(wrong))
@@ -71,16 +79,19 @@ def test_no_terminal_and_no_passphrase_file(cli_in_process) -> None:
 
 
 def test_bad_reference_is_refused_before_reading_the_value(cli_in_process, passphrase_file: Path) -> None:
-    result = cli_in_process("secret", "set", "lab", "bmc-password", "--passphrase-file", str(passphrase_file),
-                       input=VALUE)
+    result = cli_in_process(
+        "secret", "set", "lab", "bmc-password", "--passphrase-file", str(passphrase_file), input=VALUE
+    )
     assert result.returncode == 2 and "is not a secret reference" in result.stderr
 
 
-def test_secret_set_accepts_the_spec_file_and_records_its_digest(cli_in_process, passphrase_file: Path,
-                                                                 state_home: Path) -> None:
+def test_secret_set_accepts_the_spec_file_and_records_its_digest(
+    cli_in_process, passphrase_file: Path, state_home: Path
+) -> None:
     spec = Path(__file__).resolve().parents[2] / "inventory" / "lab" / "site.yaml"
-    result = cli_in_process("secret", "set", str(spec), "secret://lab/a", "--passphrase-file", str(passphrase_file),
-                       input=VALUE)
+    result = cli_in_process(
+        "secret", "set", str(spec), "secret://lab/a", "--passphrase-file", str(passphrase_file), input=VALUE
+    )
     assert result.returncode == 0, result.stderr
     record = json.loads((state_home / "lab" / "operator.log.jsonl").read_text())
     assert record["command"] == "secret set" and record["spec_digest"].startswith("sha256:")

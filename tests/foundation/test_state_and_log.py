@@ -63,14 +63,25 @@ def test_second_changing_command_waits_with_wait(state_home: Path, tmp_path: Pat
                                                  passphrase_file: Path) -> None:
     holder = _hold_lock(state_home, tmp_path, 2.0)
     started = time.monotonic()
-    waited = aifactory("secret", "set", "lab", "secret://lab/token", "--passphrase-file", str(passphrase_file),
-                       "--wait", "60", input="value\n")
+    waited = aifactory(
+        "secret",
+        "set",
+        "lab",
+        "secret://lab/token",
+        "--passphrase-file",
+        str(passphrase_file),
+        "--wait",
+        "60",
+        input="value\n",
+    )
     assert waited.returncode == 0, waited.stderr
     assert holder.poll() == 0, "the waiter finished while the holder still held the lock"
     assert time.monotonic() - started >= 1.0  # it waited for the holder's remaining time
     owner = json.loads((state_home / "lab" / "lock.owner").read_text())
     assert owner["command"] == "secret set"
-    records = [json.loads(line) for line in (state_home / "lab" / "operator.log.jsonl").read_text().splitlines()]
+    records = [
+        json.loads(line) for line in (state_home / "lab" / "operator.log.jsonl").read_text().splitlines()
+    ]
     assert [r["command"] for r in records] == ["secret set"]
 
 
@@ -102,13 +113,28 @@ def test_operator_log_detects_a_deleted_record(state_home: Path) -> None:
 
 def test_operator_log_records_who_what_and_digests(state_home: Path) -> None:
     state = SiteState.for_site("lab")
-    record = state.record(command="bundle import", result="ok", spec_digest="sha256:aa", bundle_digest="sha256:bb")
-    for key in ("time", "user", "host", "command", "site", "spec_digest", "bundle_digest", "result", "hash", "prev"):
+    record = state.record(
+        command="bundle import", result="ok", spec_digest="sha256:aa", bundle_digest="sha256:bb"
+    )
+    for key in (
+        "time",
+        "user",
+        "host",
+        "command",
+        "site",
+        "spec_digest",
+        "bundle_digest",
+        "result",
+        "hash",
+        "prev",
+    ):
         assert key in record
     assert record["seq"] == 0 and record["bundle_digest"] == "sha256:bb"
 
 
-def test_plan_that_updates_the_allocation_lock_is_recorded(state_home: Path, tmp_path: Path, aifactory) -> None:
+def test_plan_that_updates_the_allocation_lock_is_recorded(
+    state_home: Path, tmp_path: Path, aifactory
+) -> None:
     root = Path(__file__).resolve().parents[2]
     spec = tmp_path / "site.yaml"
     spec.write_text((root / "inventory" / "lab" / "site.yaml").read_text())

@@ -109,7 +109,8 @@ def test_frozen_plan_refuses_a_spec_the_lock_does_not_cover(tmp_path: Path, aifa
     assert lock_path_for(spec).read_text() == lock_before
 
 
-@pytest.mark.parametrize("damage", ["{not json", '{"schema": "other/v9"}', '{"schema": "aifactory.alloc/v1"}'])
+@pytest.mark.parametrize("damage", ["{not json", '{"schema": "other/v9"}',
+    '{"schema": "aifactory.alloc/v1"}'])
 def test_a_damaged_lock_is_an_error_not_a_renumbering(tmp_path: Path, damage: str) -> None:
     spec = tmp_path / "site.yaml"
     spec.write_text(site_text([("train", 2)]))
@@ -127,15 +128,24 @@ def test_plan_diff_shows_added_removed_and_changed(tmp_path: Path, aifactory) ->
     spec.write_text(site_text([("train", 5), ("infer", 1)]))
     grown = aifactory("plan", str(spec), "--diff", str(old))
     assert grown.returncode == 0, grown.stderr
-    assert grown.stdout.splitlines() == ["+ grow-train-004", "+ grow-train-005", "- grow-infer-002",
-                                         "2 added, 1 removed, 0 changed"]
+    assert grown.stdout.splitlines() == [
+        "+ grow-train-004",
+        "+ grow-train-005",
+        "- grow-infer-002",
+        "2 added, 1 removed, 0 changed",
+    ]
 
     spec.write_text(site_text([("train", 3), ("infer", 2)], compute_cidr="10.30.0.0/22"))
     moved = aifactory("plan", str(spec), "--diff", str(old), "--format", "json")
     diff = json.loads(moved.stdout)
     assert diff["added"] == [] and diff["removed"] == []
-    assert sorted(diff["changed"]) == ["grow-infer-001", "grow-infer-002", "grow-train-001", "grow-train-002",
-                                       "grow-train-003"]
+    assert sorted(diff["changed"]) == [
+        "grow-infer-001",
+        "grow-infer-002",
+        "grow-train-001",
+        "grow-train-002",
+        "grow-train-003",
+    ]
     assert "compute[0]: 10.20.0.2 -> 10.30.0.2" in diff["changed"]["grow-train-001"]
 
     spec.write_text(site_text([("train", 3), ("infer", 2)]))

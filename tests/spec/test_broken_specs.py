@@ -56,7 +56,8 @@ CASES = [
     # --- types (strict: no silent coercion) ---
     one("count-word", "    count: 4\n", "    count: four\n", "node_pools[0].count", "must be an integer"),
     one("count-quoted", "    count: 4\n", '    count: "4"\n', "node_pools[0].count", "must be an integer"),
-    one("air-gapped-yes", "  air_gapped: true", "  air_gapped: yes", "site.air_gapped", "must be true or false"),
+    one("air-gapped-yes", "  air_gapped: true", "  air_gapped: yes", "site.air_gapped",
+        "must be true or false"),
     one("fabrics-not-list", "    fabrics: [mgmt, compute]", "    fabrics: mgmt", "node_pools[0].fabrics",
         "must be a list"),
     one("capacity-word", "    capacity_tib: 10\n", "    capacity_tib: lots\n", "storage[2].capacity_tib",
@@ -77,13 +78,15 @@ CASES = [
     one("purpose-unknown", "    purpose: bmc", "    purpose: ipmi", "fabrics[2].purpose", "must be one of"),
     one("arch-unknown", "    fabrics: [mgmt, bmc]", "    fabrics: [mgmt, bmc]\n    platform: {arch: sparc}",
         "node_pools[1].platform.arch", "must be one of x86_64, aarch64", "platform: {arch: sparc}"),
-    one("count-zero", "    count: 4\n", "    count: 0\n", "node_pools[0].count", "greater than or equal to 1"),
+    one("count-zero", "    count: 4\n", "    count: 0\n", "node_pools[0].count",
+        "greater than or equal to 1"),
     one("capacity-zero", "    capacity_tib: 10\n", "    capacity_tib: 0\n", "storage[2].capacity_tib",
         "greater than 0"),
     one("rails-zero", "    rails: 2", "    rails: 0", "fabrics[1].rails", "greater than or equal to 1"),
     one("action-unknown", "    actions: [read, train]", "    actions: [read, delete]", "access[0].actions[1]",
         "must be one of read, train, infer, export"),
-    one("action-wrong-kind", "    actions: [read, train]", "    actions: [read, infer]", "access[0].actions[1]",
+    one("action-wrong-kind", "    actions: [read, train]", "    actions: [read, infer]",
+        "access[0].actions[1]",
         "'infer' is not an action on a dataset"),
     # --- names and codes ---
     one("name-uppercase", "  - name: gpu\n", "  - name: GPU\n", "node_pools[0].name", "must be a name",
@@ -110,7 +113,8 @@ CASES = [
     one("to-unknown-place", "    to: NG", "    to: ATLANTIS", "access[1].to", "unknown place"),
     # --- unknown keys (did you mean), duplicate keys, YAML tags ---
     one("unknown-top-key", "egress:\n", "egres:\n", "egres", "did you mean 'egress'?", "egres:"),
-    one("unknown-nested-key", "    mount_path: /lake-dr\n", "    mount_pth: /lake-dr\n", "storage[1].mount_pth",
+    one("unknown-nested-key", "    mount_path: /lake-dr\n", "    mount_pth: /lake-dr\n",
+        "storage[1].mount_pth",
         "did you mean 'mount_path'?"),
     one("unknown-key-no-hint", "    rails: 2", "    rails: 2\n    colour: blue", "fabrics[1].colour",
         "unknown key 'colour'"),
@@ -149,7 +153,8 @@ CASES = [
     one("ref-dataset-storage", "    storage: lake\n    path: /health/images",
         "    storage: lakes\n    path: /health/images", "datasets[1].storage", "unknown storage 'lakes'",
         "storage: lakes"),
-    one("ref-model-dataset", "    trained_on: [records]", "    trained_on: [record]", "models[0].trained_on[0]",
+    one("ref-model-dataset", "    trained_on: [records]", "    trained_on: [record]",
+        "models[0].trained_on[0]",
         "unknown dataset 'record' (did you mean 'records'?)"),
     one("ref-model-serve-on", "    serve_on: [gpu]", "    serve_on: [ctl, gpus]", "models[0].serve_on[1]",
         "unknown node pool 'gpus'"),
@@ -157,14 +162,17 @@ CASES = [
         "models[0].owner", "unknown tenant 'nobody'", "owner: nobody"),
     one("ref-grant-tenant", "  - tenant: research", "  - tenant: researchers", "access[0].tenant",
         "unknown tenant 'researchers'"),
-    one("ref-grant-dataset", "    resource: dataset/images", "    resource: dataset/imagez", "access[0].resource",
+    one("ref-grant-dataset", "    resource: dataset/images", "    resource: dataset/imagez",
+        "access[0].resource",
         "unknown dataset 'imagez'"),
     one("ref-grant-model", "    resource: model/triage", "    resource: model/triag", "access[1].resource",
         "unknown model 'triag'"),
-    one("resource-format", "    resource: dataset/images", "    resource: datasets/images", "access[0].resource",
+    one("resource-format", "    resource: dataset/images", "    resource: datasets/images",
+        "access[0].resource",
         "dataset/<name> or model/<name>"),
     # --- unique names ---
-    one("duplicate-fabric", "  - name: bmc\n    kind: ethernet", "  - name: mgmt  # again\n    kind: ethernet",
+    one("duplicate-fabric", "  - name: bmc\n    kind: ethernet",
+        "  - name: mgmt  # again\n    kind: ethernet",
         "fabrics[2].name", "name 'mgmt' is already used by fabrics[0]", "# again"),
     one("duplicate-tenant", "  - name: research\n", "  - name: health  # again\n", "tenants[1].name",
         "name 'health' is already used by tenants[0]", "# again"),
@@ -181,7 +189,8 @@ CASES = [
     one("cidr-too-small-bmc", "cidr: 10.9.0.0/24", "cidr: 10.9.0.0/30", "fabrics[2].cidr",
         "has 4 addresses but needs 8"),
     # --- pools, storage, datasets, grants ---
-    one("pool-without-management", "    fabrics: [mgmt, compute]", "    fabrics: [compute]", "node_pools[0].fabrics",
+    one("pool-without-management", "    fabrics: [mgmt, compute]", "    fabrics: [compute]",
+        "node_pools[0].fabrics",
         "pool 'gpu' is on no management fabric"),
     one("no-management-fabric", "    purpose: management", "    purpose: storage", "fabrics",
         "no fabric has purpose 'management'", "fabrics:"),
@@ -197,19 +206,25 @@ CASES = [
         "must be an absolute path"),
     one("dataset-path-relative", "    path: /health/records", "    path: health/records", "datasets[0].path",
         "'health/records' must be an absolute path"),
-    one("dataset-path-dotdot", "    path: /health/records", "    path: /health/../records", "datasets[0].path",
+    one("dataset-path-dotdot", "    path: /health/records", "    path: /health/../records",
+        "datasets[0].path",
         "must not contain '..'"),
-    one("dataset-path-nested", "    path: /health/images", "    path: /health/records/images", "datasets[1].path",
+    one("dataset-path-nested", "    path: /health/images", "    path: /health/records/images",
+        "datasets[1].path",
         "is inside datasets[0]'s path '/health/records'"),
     one("to-without-export", "    actions: [read, train]", "    actions: [read, train]\n    to: NG",
         "access[0].to", "'to' is only allowed on grants that include export", "to: NG"),
-    one("export-without-to", "    to: NG\n", "", "access[1].to", "an export grant must name where the model goes",
+    one("fabric-listed-twice", "    fabrics: [mgmt, compute]", "    fabrics: [mgmt, compute, mgmt]",
+        "node_pools[0].fabrics[2]", "'mgmt' is listed twice (first at fabrics[0])"),
+    one("export-without-to", "    to: NG\n", "", "access[1].to",
+        "an export grant must name where the model goes",
         "  - tenant: health"),
 ]
 # A reference typo whose line is known only after the edit.
 CASES[CASES.index(next(c for c in CASES if c.id == "ref-storage-datacenter"))] = Broken(
     "ref-storage-datacenter",
-    (("  - name: objects\n    kind: s3\n    datacenter: dc1", "  - name: objects\n    kind: s3\n    datacenter: dc9"),),
+    (("  - name: objects\n    kind: s3\n    datacenter: dc1",
+        "  - name: objects\n    kind: s3\n    datacenter: dc9"),),
     "storage[2].datacenter", "unknown datacenter 'dc9'", "datacenter: dc9",
 )
 SECRET_VALUE = "Hunter2-Sup3rS3cret"
@@ -262,11 +277,13 @@ def test_broken_spec_through_the_installed_command(case: Broken, tmp_path: Path,
 def test_all_problems_are_reported_at_once(tmp_path: Path, cli) -> None:
     """Three unrelated mistakes in one file: one run names all three, in file order."""
     text = BASE.replace("    count: 4\n", "    count: four\n").replace(
-        "    replicas: [lake-dr]", "    replicas: [lake-rd]").replace("cidr: 10.20.0.0/24", "cidr: 10.10.0.0/24")
+        "    replicas: [lake-dr]", "    replicas: [lake-rd]").replace("cidr: 10.20.0.0/24",
+            "cidr: 10.10.0.0/24")
     path = tmp_path / "three.yaml"
     path.write_text(text)
     code, out, _ = cli("validate", str(path), "--format", "json")
     problems = json.loads(out)["error"]["problems"]
     assert code == 1
-    assert [p["path"] for p in problems] == ["fabrics[1].cidr", "node_pools[0].count", "storage[0].replicas[0]"]
+    assert [p["path"] for p in problems] == ["fabrics[1].cidr", "node_pools[0].count",
+        "storage[0].replicas[0]"]
     assert [p["line"] for p in problems] == sorted(p["line"] for p in problems)

@@ -69,7 +69,17 @@ def test_json_error_format(tmp_path: Path, cli) -> None:
     code, out, err = cli("validate", str(spec), "--format", "json")
     error = json.loads(out)["error"]
     assert code == 1 and err == ""
-    assert set(error) == {"code", "message", "hint", "exit_code", "file", "line", "column", "path", "problems"}
+    assert set(error) == {
+        "code",
+        "message",
+        "hint",
+        "exit_code",
+        "file",
+        "line",
+        "column",
+        "path",
+        "problems",
+    }
     assert error["exit_code"] == 1 and error["file"] == str(spec)
     first = error["problems"][0]
     assert set(first) == {"code", "message", "hint", "file", "line", "column", "path"}
