@@ -51,6 +51,8 @@ class _Model(BaseModel):
 
 
 class Site(_Model):
+    """The site as a whole: its name, jurisdiction and whether it is air-gapped."""
+
     name: Name
     jurisdiction: Place = Field(description="everything must stay inside this place")
     air_gapped: bool = Field(True, description="no egress at all is allowed")
@@ -58,12 +60,16 @@ class Site(_Model):
 
 
 class Datacenter(_Model):
+    """A building that holds pools and storage; its country is where they are."""
+
     name: Name
     country: Country
     region: Region | None = None
 
 
 class Fabric(_Model):
+    """A network. Hosts get one stable address per rail; the first usable address is the gateway."""
+
     name: Name
     kind: Literal["ethernet", "infiniband", "roce"]
     purpose: Literal["management", "compute", "storage", "bmc"]
@@ -75,29 +81,39 @@ class Fabric(_Model):
 
 
 class Platform(_Model):
+    """What the hosts run: the bundle carries packages and wheels for it."""
+
     os: Literal["debian-12"] = "debian-12"
     arch: Literal["x86_64", "aarch64"] = "x86_64"
     python: Literal["3.11"] = "3.11"
 
 
 class GpuSpec(_Model):
+    """The GPUs of each host of a pool."""
+
     model: str = Field(min_length=1)
     count: int = Field(ge=1, le=64)
 
 
 class Hardware(_Model):
+    """What each host of a pool has; `gpu` is required for role gpu."""
+
     gpu: GpuSpec | None = None
     cpus: int | None = Field(None, ge=1)
     memory_gib: int | None = Field(None, ge=1)
 
 
 class Bmc(_Model):
+    """How the provisioner reaches each host's baseboard management controller."""
+
     protocol: Literal["redfish"] = "redfish"
     fabric: Name
     credentials: SecretRef
 
 
 class NodePool(_Model):
+    """A group of identical hosts, named <site>-<pool>-<nnn>."""
+
     name: Name
     role: Literal["gpu", "cpu", "storage", "login", "control"]
     count: int = Field(ge=1, le=100_000)
@@ -109,6 +125,8 @@ class NodePool(_Model):
 
 
 class Storage(_Model):
+    """A storage system; `mount_path` is required except for s3, where it is not allowed."""
+
     name: Name
     kind: Literal["lustre", "ceph", "nfs", "weka", "s3"]
     datacenter: Name
@@ -122,12 +140,16 @@ class Storage(_Model):
 
 
 class Tenant(_Model):
+    """An organisation that runs jobs, with a clearance on the classification scale."""
+
     name: Name
     clearance: Classification
     pools: list[Name] | None = Field(None, description="default: all pools")
 
 
 class Dataset(_Model):
+    """Data owned by a tenant, classified, kept inside its residency."""
+
     name: Name
     owner: Name
     classification: Classification
@@ -137,6 +159,8 @@ class Dataset(_Model):
 
 
 class AiModel(_Model):
+    """A model: its weights live at /models/<name> on its storage."""
+
     name: Name
     owner: Name
     trained_on: list[Name] = []
@@ -146,6 +170,8 @@ class AiModel(_Model):
 
 
 class Grant(_Model):
+    """Access for a tenant other than the owner; `to` is required exactly on export grants."""
+
     tenant: Name
     resource: Annotated[str, StringConstraints(pattern=RESOURCE_PATTERN)]
     actions: list[Literal["read", "train", "infer", "export"]] = Field(min_length=1)
@@ -163,12 +189,16 @@ class Grant(_Model):
 
 
 class EgressRule(_Model):
+    """One allowed destination outside the site (never on an air-gapped site)."""
+
     name: Name
     endpoint: str = Field(min_length=1)
     country: Country
 
 
 class Egress(_Model):
+    """Traffic allowed out of the site."""
+
     allow: list[EgressRule] = []
 
 

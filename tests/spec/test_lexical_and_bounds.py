@@ -138,3 +138,16 @@ def test_file_that_cannot_be_read(tmp_path: Path, cli) -> None:
     spec.chmod(0)
     code, _, err = cli("validate", str(spec))
     assert code == 1 and "cannot read" in err
+
+
+def test_validate_never_imports_torch(tmp_path: Path) -> None:
+    """`aifactory validate` runs on any admin machine: the core must not pull in the node runtime."""
+    import subprocess
+    import sys
+
+    probe = ("import sys; from aifactory.cli.main import main; code = main(['validate', sys.argv[1]]); "
+             "heavy = [m for m in ('torch', 'ansible', 'pulumi') if m in sys.modules]; "
+             "print(heavy); sys.exit(code or bool(heavy))")
+    result = subprocess.run([sys.executable, "-c", probe, str(ROOT / "inventory" / "lab" / "site.yaml")],
+                            capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
