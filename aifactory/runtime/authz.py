@@ -111,8 +111,16 @@ class Guard:
         return outcome
 
 
-def load_authorizer(plan: dict[str, Any]) -> Authorizer:
-    """The site's runtime policy engine (imported late: the policy package is another stage's)."""
+POLICY_TIME_LIMIT_S = 0.5
+
+
+def load_authorizer(plan: dict[str, Any], *, time_limit_s: float = POLICY_TIME_LIMIT_S) -> Authorizer:
+    """The site's runtime policy engine (imported late: the policy package is another stage's).
+
+    The engine's limit is wall-clock time around one evaluation; on a busy node (many request threads,
+    few cores) a cheap evaluation can wait that long for the CPU, so the runtime's default is 0.5 s
+    rather than the engine's 50 ms: past it, the request is still denied (engine-timeout).
+    """
     from aifactory.policy import RuntimeAuthorizer
 
-    return RuntimeAuthorizer(plan)  # type: ignore[no-any-return]
+    return RuntimeAuthorizer(plan, time_limit_s=time_limit_s)  # type: ignore[no-any-return]

@@ -34,6 +34,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--sign-interval", type=float, default=5.0, help="... or every S seconds (5)")
     parser.add_argument("--head-copy", type=Path, action="append", default=[],
                         help="also append signed heads to this file (storage off this host); repeatable")
+    parser.add_argument("--policy-time-limit", type=float, default=0.5,
+                        help="deny (engine-timeout) when one policy evaluation takes longer (default 0.5 s)")
     parser.add_argument("--reload-interval", type=float, default=2.0, help="seconds between checkpoint checks")
     parser.add_argument("--drain-timeout", type=float, default=30.0, help="seconds to finish requests on stop")
     parser.add_argument("--debug", action="store_true")
@@ -61,7 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             tls_client_ca=args.tls_client_ca, sign_every=args.sign_every, sign_interval=args.sign_interval,
             head_copies=tuple(args.head_copy), reload_interval=args.reload_interval,
             drain_timeout=args.drain_timeout)
-        run_server(config, authorizer=load_authorizer(plan.data),
+        run_server(config, authorizer=load_authorizer(plan.data, time_limit_s=args.policy_time_limit),
                    ready=lambda server: print(f"aifactory-serve: ready on port {server.bound_port}",
                                               file=sys.stderr, flush=True))
     except AifactoryError as error:

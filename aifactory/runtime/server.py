@@ -21,6 +21,7 @@ accepting, finish every request in flight, sign the log's final head, exit.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import queue
@@ -74,6 +75,7 @@ class ServerConfig:
     reload_interval: float = 2.0
     drain_timeout: float = 30.0
     max_body: int = 1 << 20
+    trust_recheck_interval: float = 0.5  # a revocation takes effect within this many seconds
 
 
 @dataclass
@@ -167,7 +169,9 @@ class InferenceServer:
         self.metrics = _registry()
         self.decisions = DecisionLog(config.runtime_dir / "decisions.jsonl", sign_every=config.sign_every,
                                      sign_interval=config.sign_interval, head_copies=config.head_copies)
-        self.guard = Guard(verifier=TokenVerifier(TrustFiles(config.runtime_dir), site=self.plan.site),
+        verifier = TokenVerifier(TrustFiles(config.runtime_dir), site=self.plan.site,
+                                 recheck_interval=config.trust_recheck_interval)
+        self.guard = Guard(verifier=verifier,
                            authorizer=authorizer, decisions=self.decisions, component="serve",
                            host=(host or {}).get("name"), host_country=(host or {}).get("country"))
         self.authz_pool = ThreadPoolExecutor(config.authz_threads, thread_name_prefix="authz")
@@ -179,6 +183,8 @@ class InferenceServer:
         self._connections: set[asyncio.StreamWriter] = set()
         self._loaded_step: int | None = None
         self.bound_port: int | None = None
+        self._request_prefix = uuid.uuid4().hex[:8]  # this server run; numbers count its requests
+        self._request_numbers = itertools.count(1)
 
     # --- model --------------------------------------------------------------------------------------
 
@@ -296,7 +302,7 @@ class InferenceServer:
     async def _infer(self, name: str, headers: dict[str, str], body: bytes,
                      peer: str) -> tuple[int, Any, dict[str, str]]:
         loop = asyncio.get_running_loop()
-        request_id = uuid.uuid4().hex[:16]
+        request_id = f"{self._request_prefix}-{next(self._request_numbers)}"
         authorization = headers.get("authorization", "")
         token = authorization[7:].strip() if authorization[:7].lower() == "bearer " else None
         outcome = await loop.run_in_executor(self.authz_pool, lambda: self.guard.decide(

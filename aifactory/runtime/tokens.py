@@ -293,9 +293,13 @@ class TokenVerifier:
     missing, unsigned or signed by another key makes every token fail (fail closed).
     """
 
-    def __init__(self, trust: TrustFiles, *, site: str, cache_size: int = 4096) -> None:
+    def __init__(self, trust: TrustFiles, *, site: str, cache_size: int = 4096,
+                 recheck_interval: float = 0.0) -> None:
         self.trust = trust
         self.site = site
+        self.recheck_interval = recheck_interval  # seconds between looks at the files (0: every call)
+        self._checked_at = float("-inf")
+        self._versions: tuple[Any, ...] = ()
         self._lock = threading.Lock()
         self._cache: OrderedDict[str, TokenClaims] = OrderedDict()
         self._cache_size = cache_size
@@ -320,8 +324,17 @@ class TokenVerifier:
             raise TokenRejected("token-revoked", f"token {claims.id} is revoked")
         return claims
 
+    def _file_versions(self) -> tuple[Any, ...]:
+        """(trust file, revocation list, its signature) versions, looked at most every recheck_interval."""
+        now = time.monotonic()
+        if now - self._checked_at >= self.recheck_interval:
+            self._versions = (_file_version(self.trust.allowed_signers), _file_version(self.trust.revocations),
+                              _file_version(self.trust.revocations_sig))
+            self._checked_at = now
+        return self._versions
+
     def _verified_claims(self, token: str) -> TokenClaims:
-        trust_version = _file_version(self.trust.allowed_signers)
+        trust_version = self._file_versions()[0]
         with self._lock:
             if trust_version != self._trust_version:
                 self._cache.clear()
@@ -346,8 +359,7 @@ class TokenVerifier:
         return claims
 
     def _revocation_state(self) -> tuple[frozenset[str], str | None]:
-        version = (_file_version(self.trust.revocations), _file_version(self.trust.revocations_sig),
-                   _file_version(self.trust.allowed_signers))
+        version = self._file_versions()
         with self._lock:
             if version == self._revocations_version:
                 return self._revoked, self._revocation_problem

@@ -1,0 +1,237 @@
+"""How fast is the runtime, against baselines measured in the same run?
+
+    .venv/bin/python benchmarks/runtime_bench.py [--clients 64 --seconds 10 --max-batch 32]
+
+1. serving: `aifactory-serve` throughput (requests of one row each, `--clients` keep-alive clients on
+   loopback, every request verified, decided by the real policy engine and logged durably) against
+   the raw batched forward pass of the same model (batch `--max-batch`, same torch threads), with the
+   mean batch size the server formed. Target: at least 0.7x. The model is an MLP whose batch-32
+   forward takes at least 5 ms here (printed).
+2. authorization overhead per request, in process: token verification (cached), policy decision,
+   durable decision record (one fsync when alone), and the whole check; median and p99.
+3. training: `aifactory-train` samples/s with 1 process against 2 processes (torchrun, Gloo, CPU).
+
+Prints the numbers and ratios; exit status 0 whether or not the target is met: it measures. The
+machine's other load shows in the numbers: run it on a quiet machine for figures to quote.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import torch
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from aifactory.plan import plan_site  # noqa: E402
+from aifactory.runtime import checkpoint  # noqa: E402
+from aifactory.runtime import dataset as datasets  # noqa: E402
+from aifactory.runtime.authz import Guard, load_authorizer  # noqa: E402
+from aifactory.runtime.decisionlog import DecisionLog  # noqa: E402
+from aifactory.runtime.loadgen import run_load  # noqa: E402
+from aifactory.runtime.metrics import read_jsonl  # noqa: E402
+from aifactory.runtime.model import ModelConfig, build  # noqa: E402
+from aifactory.runtime.tokens import TokenVerifier, TrustFiles, issue_token  # noqa: E402
+
+SITE_SPEC = ROOT / "inventory" / "lab" / "site.yaml"
+MODEL_PATH = "srv/share/models/vitals-mlp"
+BENCH_MODEL = ModelConfig(features=64, classes=4, hidden=2048, layers=4)
+TARGET_RATIO = 0.7
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+def process_cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def raw_forward(model: torch.nn.Module, batch: int, seconds: float) -> tuple[float, float, float]:
+    """(samples/s at `batch`, median ms of one batch-32 forward, CPU cores the loop got)."""
+    inputs = torch.randn(batch, BENCH_MODEL.features)
+    small = torch.randn(32, BENCH_MODEL.features)
+    with torch.inference_mode():
+        for _ in range(3):
+            model(inputs)
+        times = []
+        for _ in range(20):
+            began = time.perf_counter()
+            model(small)
+            times.append(time.perf_counter() - began)
+        done, began, cpu = 0, time.perf_counter(), time.process_time()
+        while time.perf_counter() - began < seconds:
+            torch.softmax(model(inputs), dim=1)
+            done += batch
+    elapsed = time.perf_counter() - began
+    return done / elapsed, statistics.median(times) * 1000, (time.process_time() - cpu) / elapsed
+
+
+def start_server(args: argparse.Namespace, work: Path, plan: Path) -> tuple[subprocess.Popen[str], int]:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "aifactory.runtime.serve_cli", "--plan", str(plan), "--model", "vitals-mlp",
+         "--host-name", "lab-cpu-001", "--port", "0", "--storage-root", str(work / "storage"),
+         "--runtime-dir", str(work / "runtime"), "--max-batch", str(args.max_batch), "--max-wait-ms",
+         str(args.max_wait_ms), "--torch-threads", "1"], stderr=subprocess.PIPE, text=True)
+    assert process.stderr is not None
+    for line in process.stderr:
+        if "ready on port" in line:
+            threading.Thread(target=process.stderr.read, daemon=True).start()
+            return process, int(line.rsplit(" ", 1)[1])
+    raise SystemExit("the server did not start")
+
+
+def bench_serving(args: argparse.Namespace, work: Path, plan: Path, token: str) -> dict[str, float]:
+    model = build(BENCH_MODEL, seed=1).eval()
+    torch.set_num_threads(1)
+    raw, batch32_ms, raw_cores = raw_forward(model, args.max_batch, seconds=3)
+    checkpoint.save(work / "storage" / MODEL_PATH / "checkpoints", step=1, model_state=model.state_dict(),
+                    optimizer_state={}, meta={"model": "vitals-mlp", "network": BENCH_MODEL.as_dict()})
+    process, port = start_server(args, work, plan)
+    try:
+        for _ in range(100):
+            health = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz").read())
+            if health["model"]:
+                break
+            time.sleep(0.1)
+        body = {"inputs": [[0.25] * BENCH_MODEL.features]}
+        path = "/v1/models/vitals-mlp/infer"
+        asyncio.run(run_load("127.0.0.1", port, path=path, body=body, token=token, clients=args.clients,
+                             seconds=1))  # warm up
+        before, cpu_before, began = _batch_totals(port), process_cpu_seconds(process.pid), time.perf_counter()
+        result = asyncio.run(run_load("127.0.0.1", port, path=path, body=body, token=token,
+                                      clients=args.clients, seconds=args.seconds))
+        server_cores = (process_cpu_seconds(process.pid) - cpu_before) / (time.perf_counter() - began)
+        after = _batch_totals(port)
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+    ok = result.statuses().get(200, 0)
+    served = ok / result.seconds
+    mean_batch = (after[0] - before[0]) / max(1.0, after[1] - before[1])
+    print(f"serving: model MLP {BENCH_MODEL.features}-{BENCH_MODEL.hidden}x{BENCH_MODEL.layers}-"
+          f"{BENCH_MODEL.classes}, batch-32 forward {batch32_ms:.1f} ms (>= 5 ms required)")
+    print(f"  raw batched forward (batch {args.max_batch}): {raw:,.0f} samples/s, using {raw_cores:.2f} CPU cores")
+    print(f"  server, {args.clients} clients x {args.seconds:g} s: {served:,.0f} requests/s "
+          f"({ok} ok, {len(result.answers) - ok} not ok, {len(result.failures)} failed), "
+          f"mean batch formed {mean_batch:.1f}, latency median {statistics.median(result.latencies) * 1000:.1f} ms"
+          f" p99 {percentile(result.latencies, 0.99) * 1000:.1f} ms, server used {server_cores:.2f} CPU cores")
+    ratio = served / raw
+    per_cpu = (served / max(server_cores, 1e-9)) / (raw / max(raw_cores, 1e-9))
+    print(f"  ratio server/raw: {ratio:.2f}x (target >= {TARGET_RATIO}x: {'met' if ratio >= TARGET_RATIO else 'NOT met'})")
+    print(f"  per CPU-second (server samples per CPU-second / raw samples per CPU-second): {per_cpu:.2f}x;"
+          " on a shared machine the wall-clock ratio mostly shows how much CPU each side got")
+    return {"raw": raw, "per_cpu": per_cpu, "served": served, "ratio": ratio, "mean_batch": mean_batch, "batch32_ms": batch32_ms}
+
+
+def _batch_totals(port: int) -> tuple[float, float]:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
+    values = dict(line.rsplit(" ", 1) for line in text.splitlines() if line.startswith("aifactory_serve_batch_size_"))
+    return float(values.get("aifactory_serve_batch_size_sum", 0)), float(values.get("aifactory_serve_batch_size_count", 0))
+
+
+def bench_authorization(work: Path, plan: dict[str, object], token: str, site: str, repeat: int) -> None:
+    decisions = DecisionLog(work / "bench-authz" / "decisions.jsonl", sign_every=100, sign_interval=5)
+    verifier = TokenVerifier(TrustFiles(work / "runtime"), site=site)
+    authorizer = load_authorizer(plan)
+    guard = Guard(verifier=verifier, authorizer=authorizer, decisions=decisions, component="bench",
+                  host="lab-cpu-001", host_country="NG")
+    timings: dict[str, list[float]] = {"token (cached)": [], "policy decision": [], "durable record": [],
+                                       "whole check": []}
+    guard.check(token, "infer", "model/vitals-mlp")
+    for _ in range(repeat):
+        began = time.perf_counter()
+        claims = verifier.verify(token)
+        verified = time.perf_counter()
+        authorizer.decide(claims.tenant, "infer", "model/vitals-mlp", host_country="NG")
+        decided = time.perf_counter()
+        guard.record(guard.decide(token, "infer", "model/vitals-mlp")).result()
+        recorded = time.perf_counter()
+        guard.check(token, "infer", "model/vitals-mlp")
+        checked = time.perf_counter()
+        timings["token (cached)"].append(verified - began)
+        timings["policy decision"].append(decided - verified)
+        timings["durable record"].append(recorded - decided)
+        timings["whole check"].append(checked - recorded)
+    decisions.close()
+    print(f"authorization per request, {repeat} sequential requests (record = decide + one fsync when alone;"
+          " concurrent requests share fsyncs):")
+    for name, values in timings.items():
+        print(f"  {name:16s} median {statistics.median(values) * 1e3:7.3f} ms   p99 {percentile(values, 0.99) * 1e3:7.3f} ms")
+
+
+def bench_training(work: Path, plan_path: Path, token_file: Path, steps: int) -> None:
+    rates = {}
+    datasets.generate(work / "storage" / "srv/share/datasets/vitals", name="vitals", samples=8192, seed=7)
+    for processes in (1, 2):
+        storage = work / f"train-{processes}"
+        storage.mkdir()
+        (storage / "srv").symlink_to(work / "storage" / "srv", target_is_directory=True)
+        job = {"schema": "aifactory.job/v1", "name": f"bench-{processes}", "plan": str(plan_path),
+               "token_file": str(token_file), "dataset": "vitals", "model": "vitals-mlp",
+               "storage_root": str(storage), "runtime_dir": str(work / "runtime"),
+               "processes_per_host": processes, "rendezvous_port": 29300 + processes,
+               "network": {"hidden": 256, "layers": 3},
+               "train": {"steps": steps, "global_batch": 256, "checkpoint_every": steps}}
+        path = work / f"job-{processes}.yaml"
+        path.write_text(yaml.safe_dump(job))
+        shutil_rmtree(work / "storage" / MODEL_PATH)
+        subprocess.run([sys.executable, "-m", "aifactory.runtime.train_cli", str(path), "--host", "lab-cpu-001"],
+                       check=True, capture_output=True)
+        metrics = read_jsonl(work / "storage" / MODEL_PATH / "runs" / f"bench-{processes}" / "metrics.jsonl")
+        rates[processes] = statistics.median(float(m["samples_per_s"]) for m in metrics[5:])  # type: ignore[arg-type]
+    print(f"training (MLP 16-256x3-4, global batch 256, {steps} steps, Gloo on CPU): 1 process "
+          f"{rates[1]:,.0f} samples/s, 2 processes {rates[2]:,.0f} samples/s: {rates[2] / rates[1]:.2f}x "
+          f"(this machine has {os.cpu_count()} cores, shared)")
+
+
+def shutil_rmtree(path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--clients", type=int, default=64)
+    parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--max-batch", type=int, default=32)
+    parser.add_argument("--max-wait-ms", type=float, default=5)
+    parser.add_argument("--authz-repeat", type=int, default=300)
+    parser.add_argument("--train-steps", type=int, default=60)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="runtime-bench-") as folder:
+        work = Path(folder)
+        os.environ["AIFACTORY_STATE_HOME"] = str(work / "state")
+        planned = plan_site(SITE_SPEC, write_lock=False)
+        plan_path = work / "plan.json"
+        plan_path.write_text(planned.plan.to_json())
+        site = planned.plan.site["name"]  # type: ignore[index]
+        token = issue_token(TrustFiles(work / "runtime"), site=site, tenant="health",
+                            expires=datetime.now(UTC) + timedelta(days=1)).token
+        token_file = work / "token"
+        token_file.write_text(token)
+        bench_serving(args, work, plan_path, token)
+        bench_authorization(work, planned.plan.to_dict(), token, site, args.authz_repeat)
+        bench_training(work, plan_path, token_file, args.train_steps)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
