@@ -55,8 +55,7 @@ def test_ssh_from_the_control_host_reaches_each_host_with_host_key_checking(lab)
 
 
 def test_ansible_ping_every_host_through_the_cli(lab):
-    result = aifactory("lab", "exec", str(lab.spec), "--", "ansible", "all", "-m", "ansible.builtin.ping",
-                       "-o")
+    result = aifactory("lab", "exec", str(lab.spec), "--", "ansible", "all", "-m", "ansible.builtin.ping")
     assert result.returncode == 0, result.stdout + result.stderr
     for host in lab.hosts:
         assert f"{host} | SUCCESS" in result.stdout
