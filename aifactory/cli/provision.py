@@ -28,7 +28,8 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
                      help="do not verify BMC TLS certificates (recorded in the state; avoid)")
     cmd.add_argument("--power-timeout", type=float, default=120.0,
                      help="seconds to wait for a power change (default 120)")
-    cmd.add_argument("--boot", choices=("pxe", "virtual-media"), default="pxe", help="boot source (default pxe)")
+    cmd.add_argument("--boot", choices=("pxe", "virtual-media"), default="pxe",
+                     help="boot source (default pxe)")
     cmd.add_argument("--boot-image", help="installer image URL for --boot virtual-media")
     cmd.add_argument("--facts", type=Path, help="discovered facts with InfiniBand port GUIDs")
     cmd.add_argument("--assets", type=Path,

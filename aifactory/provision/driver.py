@@ -113,7 +113,8 @@ class ProvisionResult:
 def policy_gate(planned: PlannedSite, options: ProvisionOptions) -> Any:
     from aifactory.policy import check_site
 
-    report = check_site(planned, engine=options.policy_engine, opa_url=options.opa_url, waivers=options.waivers)
+    report = check_site(planned, engine=options.policy_engine, opa_url=options.opa_url,
+                        waivers=options.waivers)
     if report.denied:
         failed = [f for f in report.findings if f.status == "fail"]
         raise PolicyDenied(
@@ -182,7 +183,8 @@ def provision_site(planned: PlannedSite, options: ProvisionOptions, *, state: Si
         registry = folder / "pkeys.json"
         held = read_registry(registry)
         run = (runner or automation_run)(
-            cli=cli, workdir=prepare_workdir(state), site=plan.name, backend=state.subdir("provision/backend"),
+            cli=cli, workdir=prepare_workdir(state), site=plan.name,
+            backend=state.subdir("provision/backend"),
             config=stack_config(planned, state, options, plan_file, held),
             secrets_passphrase_file=passphrase, preview=options.preview)
         outputs_path = None
@@ -207,23 +209,24 @@ def automation_run(*, cli: Path, workdir: Path, site: str, backend: Path, config
         "PULUMI_DIY_BACKEND_NO_LEGACY_WARNING": "true",
         "PULUMI_HOME": str(backend.parent / "pulumi-home"),
     }
-    options = auto.LocalWorkspaceOptions(
-        work_dir=str(workdir),
-        pulumi_home=env["PULUMI_HOME"],
-        env_vars=env,
-        secrets_provider="passphrase",
-        pulumi_command=auto.PulumiCommand(root=str(cli.parent.parent)),
-        project_settings=auto.ProjectSettings(
-            name="aifactory",
-            runtime=auto.ProjectRuntimeInfo("python", {"virtualenv": sys.prefix}),
-            backend=auto.ProjectBackend(url=f"file://{backend}"),
-        ),
-    )
     lines: list[str] = []
     try:
+        options = auto.LocalWorkspaceOptions(
+            work_dir=str(workdir),
+            pulumi_home=env["PULUMI_HOME"],
+            env_vars=env,
+            secrets_provider="passphrase",
+            pulumi_command=auto.PulumiCommand(root=str(cli.parent.parent)),
+            project_settings=auto.ProjectSettings(
+                name="aifactory",
+                runtime=auto.ProjectRuntimeInfo("python", {"virtualenv": sys.prefix}),
+                backend=auto.ProjectBackend(url=f"file://{backend}"),
+            ),
+        )
         stack = auto.create_or_select_stack(stack_name=site, work_dir=str(workdir), opts=options)
-        stack.set_all_config({f"aifactory:{k}": auto.ConfigValue(json.dumps(v) if isinstance(v, dict) else str(v))
-                              for k, v in config.items()}, path=False)
+        values = {f"aifactory:{k}": auto.ConfigValue(json.dumps(v) if isinstance(v, dict) else str(v))
+                  for k, v in config.items()}
+        stack.set_all_config(values, path=False)
         if preview:
             result = stack.preview(on_output=lines.append)
             return StackRun(dict(result.change_summary), None, "\n".join(lines))

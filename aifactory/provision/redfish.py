@@ -13,7 +13,6 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import socket
 import ssl
 import time
 import urllib.error
@@ -114,7 +113,7 @@ class RedfishClient:
             raise self._http_error(method, url, exc) from None
         except urllib.error.URLError as exc:
             raise self._unreachable(url, exc.reason) from None
-        except (TimeoutError, socket.timeout, ConnectionError) as exc:
+        except (TimeoutError, ConnectionError) as exc:
             raise self._unreachable(url, exc) from None
         if not raw:
             return {}

@@ -92,7 +92,8 @@ def _partitions(plan: dict[str, Any], fabric: dict[str, Any], pkeys: dict[str, i
     for tenant in sorted(plan["tenants"], key=lambda t: t["name"]):
         if tenant["name"] not in pkeys:
             raise ProvisionError(f"tenant {tenant['name']} has no partition key", code="pkey-missing")
-        members = [{"host": h["name"], "interface": i["name"], "guid": _port_guid(facts, h["name"], i["name"])}
+        members = [{"host": h["name"], "interface": i["name"],
+                    "guid": _port_guid(facts, h["name"], i["name"])}
                    for h, i in ports if h["pool"] in tenant["pools"]]
         pools = sorted({h["pool"] for h, _ in ports if h["pool"] in tenant["pools"]})
         partitions.append({"tenant": tenant["name"], "name": partition_name(tenant["name"]),
@@ -131,7 +132,8 @@ def _check_yaml(text: str, what: str) -> dict[str, Any]:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ProvisionError(f"rendered document for {what} is not YAML: {exc}", code="artifact-invalid") from None
+        raise ProvisionError(f"rendered document for {what} is not YAML: {exc}",
+                             code="artifact-invalid") from None
     if not isinstance(data, dict):
         raise ProvisionError(f"rendered document for {what} is not a mapping", code="artifact-invalid")
     return data
@@ -197,12 +199,14 @@ def render_storage(plan: dict[str, Any], storage: dict[str, Any]) -> list[Artifa
         "endpoint": storage.get("endpoint"), "mount_path": storage.get("mount_path"),
         "fabric": storage.get("fabric"), "replicas": replicas, "replica_of": replica_of,
         "section": EXPORT_SECTION[storage["kind"]], "entries": entries,
-        "unencrypted_sensitive": [e["name"] for e in entries if e["encryption_required"] and not e["encrypted"]],
+        "unencrypted_sensitive": [e["name"] for e in entries
+                                  if e["encryption_required"] and not e["encrypted"]],
     }
     text = _render("storage.yaml.j2", doc=document, plan_digest=plan_digest(plan))
     _check_yaml(text, f"storage {storage['name']}")
     artifacts = [Artifact(f"{storage['name']}.storage.yaml", text,
-                          notes=tuple(f"{n} needs encryption at rest" for n in document["unencrypted_sensitive"]))]
+                          notes=tuple(f"{n} needs encryption at rest"
+                                      for n in document["unencrypted_sensitive"]))]
     if storage["kind"] == "nfs":
         exports = _render("exports.j2", doc=document, plan_digest=plan_digest(plan))
         artifacts.append(Artifact(f"{storage['name']}.exports", exports))

@@ -147,7 +147,8 @@ def test_ib_site_graph_and_partitions(mocks, credentials, ib_plan_file, ib_plan,
 def _check_ib(mocks: RecordingMocks, ib_plan: dict, site) -> None:
     _check_graph(mocks, ib_plan, site)
     _check_no_credential_in_providers(mocks)
-    artifacts = {r.inputs["name"]: r.inputs for r in mocks.of_type("pulumi-python:dynamic/artifacts:Artifact")}
+    records = mocks.of_type("pulumi-python:dynamic/artifacts:Artifact")
+    artifacts = {r.inputs["name"]: r.inputs for r in records}
     partitions = parse_partitions_conf(artifacts["compute.partitions.conf"]["content"])
     assert sorted(p.name for p in partitions) == ["Default", "t_health", "t_public_data", "t_research"]
     assert artifacts["compute.partitions.conf"]["complete"] is False  # no facts: the file says so
