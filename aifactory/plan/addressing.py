@@ -12,6 +12,8 @@ The extents are recorded in an allocation lock file kept beside the spec (`site.
 
 Host k of a pool (0-based) on rail r takes slot k*rails + r of its owner's extents, in order.
 Offsets 0 (the network) and 1 (the gateway) are reserved, and on IPv4 the broadcast address.
+A fabric whose CIDR changes keeps its extents when the new network starts at the same address and
+they still fit (a wider prefix keeps every address); otherwise that fabric is allocated afresh.
 Without a lock file the allocation is still deterministic: owners are served in spec order.
 """
 
@@ -107,10 +109,26 @@ class FabricAllocator:
         total = self.network.num_addresses
         self.limit = total - 1 if self.version == 4 else total  # exclusive end of usable offsets
         self.first = GATEWAY_OFFSET + 1
-        kept = space if space is not None and space.cidr == str(self.network) else None
+        kept = space if space is not None and self._keeps(space) else None
         self.space = FabricSpace(str(self.network), {} if kept is None else {o: [list(e) for e in x]
                                                                           for o, x in kept.owners.items()})
         self._format = _formatter(self.version)
+
+    def _keeps(self, space: FabricSpace) -> bool:
+        """Whether the lock's extents still mean the same addresses on this network.
+
+        They do when the network starts where the locked one did and every extent still fits:
+        widening a fabric's prefix (the hint for a full fabric) keeps every address.
+        """
+        try:
+            locked = ipaddress.ip_network(space.cidr)
+        except ValueError:
+            return False
+        if locked.version != self.version or int(locked.network_address) != self.base:
+            return False
+        ends = [start + length for extents in space.owners.values() for start, length in extents]
+        starts = [start for extents in space.owners.values() for start, _ in extents]
+        return all(end <= self.limit for end in ends) and all(start >= self.first for start in starts)
 
     @property
     def gateway(self) -> str:

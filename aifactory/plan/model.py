@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, NamedTuple
 
 PLAN_SCHEMA = "aifactory.plan/v1"
@@ -122,11 +123,13 @@ class SitePlan:
     def name(self) -> str:
         return str(self.site["name"])
 
+    @cached_property
+    def _hosts_by_name(self) -> dict[str, Host]:
+        return {host.name: host for host in self.hosts}
+
     def host(self, name: str) -> Host:
-        for host in self.hosts:
-            if host.name == name:
-                return host
-        raise KeyError(name)
+        """The host of that name (KeyError if none); constant time, for loops over 10,000s."""
+        return self._hosts_by_name[name]
 
     def hosts_in_pool(self, pool: str) -> list[Host]:
         return [h for h in self.hosts if h.pool == pool]

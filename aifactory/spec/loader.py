@@ -49,6 +49,7 @@ class LoadedYaml:
     data: Any
     values: dict[PathKey, tuple[int, int]] = field(default_factory=dict)
     keys: dict[PathKey, tuple[int, int]] = field(default_factory=dict)
+    raw: bytes = b""  # the bytes that were parsed (read once, so the digest matches what was read)
 
     def location(self, path: PathKey, *, key: bool = False, at: PathKey | None = None) -> Location:
         """The nearest recorded position for a path (an absent field points at its parent).
@@ -277,4 +278,6 @@ def load_yaml_file(path: str | Path) -> LoadedYaml:
     except UnicodeDecodeError as exc:
         raise SpecError(f"not UTF-8 text (byte {exc.start})", location=Location(file),
                         code="spec-encoding") from None
-    return load_yaml_text(text, file)
+    loaded = load_yaml_text(text, file)
+    loaded.raw = raw
+    return loaded

@@ -11,7 +11,6 @@ import difflib
 import hashlib
 import ipaddress
 import posixpath
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, get_args, get_origin
@@ -52,7 +51,7 @@ class LoadedSpec:
 def load_spec(path: str | Path, *, places: Places | None = None) -> LoadedSpec:
     """Read and validate one site spec file; raise SpecError listing every problem."""
     source = load_yaml_file(path)
-    return _validated(source, Path(path).read_bytes(), places)
+    return _validated(source, source.raw, places)
 
 
 def load_spec_text(text: str, *, file: str = "<text>", places: Places | None = None) -> LoadedSpec:
@@ -69,7 +68,7 @@ def validate(source: LoadedYaml, *, places: Places) -> SiteSpec:
     if not isinstance(data, dict):
         raise SpecError("a site spec is a mapping of keys to values", location=source.location(()),
                         hint="start from `aifactory init NAME --jurisdiction CC`")
-    problems = list(_model_problems(source))
+    spec, problems = _model_validated(source)
     problems += _Checker(source, places).run()
     problems = _dedupe(problems)
     if problems:
@@ -80,7 +79,8 @@ def validate(source: LoadedYaml, *, places: Places) -> SiteSpec:
             code="invalid-spec",
             location=Location(file=source.file),
         )
-    return SiteSpec.model_validate(data)
+    assert spec is not None  # no problems means the model accepted it
+    return spec
 
 
 def _dedupe(problems: list[Problem]) -> list[Problem]:
@@ -133,12 +133,12 @@ def _found(value: Any) -> str:
     return f"{str(value)!r}"
 
 
-def _model_problems(source: LoadedYaml) -> Iterator[Problem]:
+def _model_validated(source: LoadedYaml) -> tuple[SiteSpec | None, list[Problem]]:
+    """The model of the data, or the type and value problems that stop it."""
     try:
-        SiteSpec.model_validate(source.data)
+        return SiteSpec.model_validate(source.data), []
     except ValidationError as exc:
-        for error in exc.errors(include_url=False):
-            yield _problem_from_pydantic(source, error)
+        return None, [_problem_from_pydantic(source, error) for error in exc.errors(include_url=False)]
 
 
 def _problem_from_pydantic(source: LoadedYaml, error: Any) -> Problem:

@@ -16,8 +16,9 @@ from aifactory.plan.addressing import lock_path_for
 
 def _identity(plan_dict: dict) -> dict[str, dict]:
     """Each host's name -> everything that must never move: addresses per fabric rail and BMC."""
-    return {h["name"]: {"interfaces": h["interfaces"], "bmc": h["bmc"], "management": h["management_address"]}
-            for h in plan_dict["hosts"]}
+    return {h["name"]: {"interfaces": [(i["fabric"], i["rail"], i["name"], i["address"])
+                                       for i in h["interfaces"]],
+                        "bmc": h["bmc"], "management": h["management_address"]} for h in plan_dict["hosts"]}
 
 
 def _plan(spec: Path, text: str) -> dict:
@@ -46,8 +47,8 @@ def test_growing_a_pool_keeps_every_existing_host(tmp_path: Path) -> None:
     after = _identity(_plan(spec, site_text([("train", 7), ("infer", 2)])))
     assert {name: after[name] for name in before} == before
     assert sorted(set(after) - set(before)) == [f"grow-train-{i:03d}" for i in range(4, 8)]
-    new_addresses = {i["address"] for name in set(after) - set(before) for i in after[name]["interfaces"]}
-    old_addresses = {i["address"] for host in before.values() for i in host["interfaces"]}
+    new_addresses = {i[3] for name in set(after) - set(before) for i in after[name]["interfaces"]}
+    old_addresses = {i[3] for host in before.values() for i in host["interfaces"]}
     assert not new_addresses & old_addresses
 
 
@@ -74,6 +75,21 @@ def test_shrinking_then_growing_back_restores_the_same_addresses(tmp_path: Path)
     _plan(spec, site_text([("train", 2), ("infer", 2), ("later", 3)]))
     again = _identity(_plan(spec, site_text([("train", 6), ("infer", 2), ("later", 3)])))
     assert {name: again[name] for name in full} == full
+
+
+def test_widening_a_full_fabric_keeps_every_address(tmp_path: Path) -> None:
+    """A /22 compute fabric holds 255 hosts x 4 rails; the fix for more is a wider prefix, not renumbering."""
+    spec = tmp_path / "site.yaml"
+    before = _identity(_plan(spec, site_text([("train", 200), ("infer", 50)], mgmt_cidr="10.10.0.0/22")))
+    spec.write_text(site_text([("train", 200), ("infer", 100)], mgmt_cidr="10.10.0.0/22"))
+    with pytest.raises(SpecError) as full:
+        plan_site(spec)
+    problems = [(p.code, p.location.path) for p in full.value.problems]
+    assert problems == [("fabric-too-small", "fabrics[1].cidr")]
+    wider = site_text([("train", 200), ("infer", 100)], compute_cidr="10.20.0.0/21", mgmt_cidr="10.10.0.0/22")
+    after = _identity(_plan(spec, wider))
+    assert {name: after[name] for name in before} == before
+    assert len(after) == 300
 
 
 def test_names_grow_past_999_without_repadding(tmp_path: Path) -> None:
