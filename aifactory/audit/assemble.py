@@ -71,13 +71,13 @@ def highest_classification(data: Sequence[dict[str, Any]]) -> str:
 
 
 def build_report(*, plan: SitePlan, evidence: Sequence[Evidence], timestamp: datetime,
-                 bundle_digest: str | None, signer: dict[str, str]) -> AuditReport:
+                 bundle_digest: str | None, signer: dict[str, str], plan_digest: str) -> AuditReport:
     findings = tuple(sorted((f for section in evidence for f in section.findings), key=_finding_order))
     data = site_data(plan)
     site = {
         "name": plan.name, "jurisdiction": plan.site.get("jurisdiction"),
         "description": plan.site.get("description") or "", "air_gapped": plan.site.get("air_gapped"),
-        "spec_digest": plan.spec_digest, "plan_digest": plan.digest(), "hosts": len(plan.hosts),
+        "spec_digest": plan.spec_digest, "plan_digest": plan_digest, "hosts": len(plan.hosts),
     }
     return AuditReport(
         site=site, generated=iso(timestamp), tool_version=__version__,

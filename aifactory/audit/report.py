@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import importlib
 import json
+import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +32,7 @@ from aifactory.state import SiteState
 
 HTML, JSON, OSCAL = "report.html", "report.json", "assessment-results.json"
 REPORT_FILES = (HTML, JSON, OSCAL)
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -52,7 +55,7 @@ class WrittenReport:
     files: tuple[str, ...]
     identity: str
     policy_denied: bool = False
-    notes: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 def check_policies(planned: PlannedSite, options: ReportOptions, today: Any) -> dict[str, Any]:
@@ -73,12 +76,6 @@ def write_report_json(report: AuditReport, path: Path) -> None:
         handle.write("\n")
 
 
-def write_report_files(report: AuditReport, folder: Path) -> None:
-    write_report_json(report, folder / JSON)
-    write_html(report, folder / HTML)
-    write_assessment_results(report, report.report_id, folder / OSCAL)
-
-
 def _prepare_folder(folder: Path) -> None:
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -89,18 +86,45 @@ def _prepare_folder(folder: Path) -> None:
         raise AuditError(f"{folder} is not a folder", location=Location(file=str(folder)))
 
 
+class _Stopwatch:
+    """Seconds per stage, for --debug and the benchmark."""
+
+    def __init__(self) -> None:
+        self.timings: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.timings[stage] = round(now - self._last, 4)
+        self._last = now
+
+
 def produce_report(spec: Path, folder: Path, options: ReportOptions = ReportOptions()) -> WrittenReport:
     timestamp = parse_timestamp(options.timestamp)
+    watch = _Stopwatch()
     planned = plan_site(spec, write_lock=False)
     state = SiteState.for_site(planned.plan.name, home=options.state_home)
+    watch.lap("plan")
     policy = check_policies(planned, options, timestamp.date())
-    evidence, bundle_digest = gather_evidence(plan=planned.plan, policy=policy, state=state,
-                                              decision_logs=options.decision_logs,
+    watch.lap("policy")
+    # The plan's digest serializes every host: take the one the policy check computed.
+    plan_digest = str(policy.get("plan_digest") or planned.plan.digest())
+    evidence, bundle_digest = gather_evidence(plan=planned.plan, plan_digest=plan_digest, policy=policy,
+                                              state=state, decision_logs=options.decision_logs,
                                               bundle_trust=options.bundle_trust)
     key: SigningKey = given_key(options.key, options.identity) if options.key else site_audit_key(state)
     report = build_report(plan=planned.plan, evidence=evidence, timestamp=timestamp,
-                          bundle_digest=bundle_digest, signer=key.describe())
+                          bundle_digest=bundle_digest, signer=key.describe(), plan_digest=plan_digest)
+    watch.lap("evidence")
     _prepare_folder(folder)
-    write_report_files(report, folder)
+    write_report_json(report, folder / JSON)
+    watch.lap("report.json")
+    write_html(report, folder / HTML)
+    watch.lap("report.html")
+    write_assessment_results(report, report.report_id, folder / OSCAL)
+    watch.lap("assessment-results.json")
     sign_folder(folder, REPORT_FILES, key)
-    return WrittenReport(folder, report, REPORT_FILES, key.identity, bool(policy.get("denied")))
+    watch.lap("sign")
+    log.debug("audit report stages (s): %s", watch.timings)
+    return WrittenReport(folder, report, REPORT_FILES, key.identity, bool(policy.get("denied")),
+                         watch.timings)

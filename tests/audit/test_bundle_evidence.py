@@ -51,31 +51,31 @@ def _statuses(evidence) -> dict[str, str]:  # type: ignore[no-untyped-def]
 
 
 def test_no_import_is_not_assessed(plan: SitePlan) -> None:
-    evidence, digest = bundle_evidence(SiteState.for_site("labnobundle"), plan)
+    evidence, digest = bundle_evidence(SiteState.for_site("labnobundle"), plan.digest())
     assert digest is None and evidence.status == "not-assessed"
 
 
 def test_intact_import_passes_and_a_changed_file_fails(plan: SitePlan, tmp_path: Path) -> None:
     root, trust = _import(tmp_path, plan, plan_digest=plan.digest(), version="1.0")
     state = SiteState.for_site(SITE)
-    evidence, digest = bundle_evidence(state, plan, trust=trust)
+    evidence, digest = bundle_evidence(state, plan.digest(), trust=trust)
     assert evidence.status == "pass", evidence.detail
     assert _statuses(evidence) == {"SI-7": "pass", "CM-14": "pass", "CM-2": "pass"}
     assert digest and digest.startswith("sha256:")
     assert evidence.detail["signature"].startswith("verifies")
     other = signing.generate_keypair(tmp_path / "other", identity="mallory", namespaces="aifactory-bundle")
-    untrusted, _ = bundle_evidence(state, plan, trust=other.allowed_signers)
+    untrusted, _ = bundle_evidence(state, plan.digest(), trust=other.allowed_signers)
     assert _statuses(untrusted)["SI-7"] == "fail"
     weights = root / "files" / "model.safetensors"
     data = bytearray(weights.read_bytes())
     data[100] ^= 0x01
     weights.write_bytes(bytes(data))
-    evidence, _ = bundle_evidence(state, plan)
+    evidence, _ = bundle_evidence(state, plan.digest())
     assert _statuses(evidence)["SI-7"] == "fail"
     assert any("files/model.safetensors" in f.message for f in evidence.findings)
 
 
 def test_bundle_for_another_plan_fails_cm2(plan: SitePlan, tmp_path: Path) -> None:
     _import(tmp_path, plan, plan_digest="sha256:" + "0" * 64, version="2.0")
-    evidence, _ = bundle_evidence(SiteState.for_site(SITE), plan)
+    evidence, _ = bundle_evidence(SiteState.for_site(SITE), plan.digest())
     assert _statuses(evidence) == {"SI-7": "pass", "CM-14": "pass", "CM-2": "fail"}

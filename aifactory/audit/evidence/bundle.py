@@ -18,7 +18,6 @@ from typing import Any
 from aifactory import signing
 from aifactory.audit.model import FAIL, NOT_ASSESSED, PASS, Evidence, Finding, RuleResult
 from aifactory.errors import AifactoryError
-from aifactory.plan.model import SitePlan
 from aifactory.state import SiteState
 
 SOURCE = "bundle"
@@ -83,9 +82,9 @@ def check_import(imported: Any, *, namespace: str, trust: Path | None) -> Bundle
     return check
 
 
-def bundle_evidence(state: SiteState, plan: SitePlan, *, trust: Path | None = None
+def bundle_evidence(state: SiteState, plan_digest: str, *, trust: Path | None = None
                     ) -> tuple[Evidence, str | None]:
-    """(evidence, the imported bundle's digest or None)."""
+    """(evidence, the imported bundle's digest or None), for the site whose plan has `plan_digest`."""
     try:
         module = importlib.import_module("aifactory.bundle")
     except ImportError:
@@ -103,20 +102,20 @@ def bundle_evidence(state: SiteState, plan: SitePlan, *, trust: Path | None = No
                           SOURCE)
         rules = tuple((c, RuleResult(*VERIFIED, FAIL, SOURCE)) for c in INTEGRITY)
         return Evidence(SOURCE, "Offline bundle", FAIL, problem, {}, rules, (finding,)), None
-    return _assess(imported, plan, module.NAMESPACE, trust), str(imported.digest)
+    return _assess(imported, plan_digest, module.NAMESPACE, trust), str(imported.digest)
 
 
-def _assess(imported: Any, plan: SitePlan, namespace: str, trust: Path | None) -> Evidence:
+def _assess(imported: Any, plan_digest: str, namespace: str, trust: Path | None) -> Evidence:
     check = check_import(imported, namespace=namespace, trust=trust)
     resource = f"bundle/{imported.version}"
     findings = [Finding(*VERIFIED, INTEGRITY, "critical", resource, problem, DO_NOT_DEPLOY, FAIL, SOURCE)
                 for problem in check.problems]
     intact = FAIL if check.problems else PASS
     built_for = imported.manifest().plan_digest if not check.problems else ""
-    matches = PASS if built_for == plan.digest() else FAIL if built_for else NOT_ASSESSED
+    matches = PASS if built_for == plan_digest else FAIL if built_for else NOT_ASSESSED
     if matches == FAIL:
         findings.append(Finding(*MATCHES_PLAN, ("CM-2",), "medium", resource,
-                                f"the bundle was built for plan {built_for}; the site's plan is now {plan.digest()}",
+                                f"the bundle was built for plan {built_for}; the site's plan is now {plan_digest}",
                                 "build and import a bundle from the current spec, then deploy it", FAIL, SOURCE))
     rules = tuple((c, RuleResult(*VERIFIED, intact, SOURCE)) for c in INTEGRITY)
     rules += (("CM-2", RuleResult(*MATCHES_PLAN, matches, SOURCE)),)

@@ -114,8 +114,9 @@ def _assess(path: Path, plan: SitePlan, records: dict[str, HostRecord]) -> Evide
                                 f"{len(unplanned)} host(s) have deploy records but are not in the plan: "
                                 + _names(unplanned),
                                 "remove them from service, or add them to the site spec", FAIL, SOURCE))
-    baselines = _baselines(pools, records)
-    drift = [_drift_finding(pool, groups) for pool, groups in _pool_groups(pools, records).items()
+    fingerprints = {name: record.fingerprint() for name, record in records.items()}
+    baselines = _baselines(pools, records, fingerprints)
+    drift = [_drift_finding(pool, groups) for pool, groups in _pool_groups(pools, fingerprints).items()
              if len(groups) > 1]
     inventory = FAIL if missing or unplanned else PASS
     baseline = FAIL if drift else PASS
@@ -139,13 +140,13 @@ def _missing_finding(pool: str, hosts: list[str]) -> Finding:
                    "run `aifactory deploy` for these hosts, or take them out of the plan", FAIL, SOURCE)
 
 
-def _pool_groups(pools: dict[str, list[str]], records: dict[str, HostRecord]) -> dict[str, dict[str, list[str]]]:
+def _pool_groups(pools: dict[str, list[str]], fingerprints: dict[str, str]) -> dict[str, dict[str, list[str]]]:
     out: dict[str, dict[str, list[str]]] = {}
     for pool, names in pools.items():
         groups = out.setdefault(pool, {})
         for name in names:
-            if name in records:
-                groups.setdefault(records[name].fingerprint(), []).append(name)
+            if name in fingerprints:
+                groups.setdefault(fingerprints[name], []).append(name)
     return out
 
 
@@ -158,12 +159,13 @@ def _drift_finding(pool: str, groups: dict[str, list[str]]) -> Finding:
                    "re-run `aifactory deploy` on the pool so every host converges on one baseline", FAIL, SOURCE)
 
 
-def _baselines(pools: dict[str, list[str]], records: dict[str, HostRecord]) -> list[dict[str, Any]]:
+def _baselines(pools: dict[str, list[str]], records: dict[str, HostRecord], fingerprints: dict[str, str]
+               ) -> list[dict[str, Any]]:
     """Hosts grouped by identical packages and configs, largest group first."""
     pool_of = {name: pool for pool, names in pools.items() for name in names}
     groups: dict[str, list[str]] = {}
     for name in sorted(records):
-        groups.setdefault(records[name].fingerprint(), []).append(name)
+        groups.setdefault(fingerprints[name], []).append(name)
     ordered = sorted(groups.items(), key=lambda item: (-len(item[1]), item[0]))
     return [{"fingerprint": fingerprint, "hosts": names,
              "pools": sorted({pool_of.get(n, "(unplanned)") for n in names}),
