@@ -14,7 +14,6 @@ import secrets as random_secrets
 import shutil
 import subprocess
 import sys
-import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +24,7 @@ from aifactory.errors import LabError, PrerequisiteError, SecretError
 from aifactory.lab.access import write_file
 from aifactory.lab.journal import Journal
 from aifactory.lab.layout import LabLayout, make_dir
-from aifactory.lab.system import listening
+from aifactory.lab.system import listening, wait_ready
 from aifactory.plan.model import Host, SitePlan
 from aifactory.secrets import STORE_FILE, SecretResolver, SecretStore, read_passphrase
 from aifactory.state import SiteState
@@ -175,20 +174,10 @@ def start_emulator(site: str, host: Host, namespace: str, layout: LabLayout,
 
 def wait_listening(layout: LabLayout, emulators: dict[str, tuple[str, subprocess.Popen[bytes]]]) -> None:
     """Wait until every emulator listens on its BMC address."""
-    deadline = time.monotonic() + START_TIMEOUT
-    pending = dict(emulators)
-    while pending:
-        for name, (address, proc) in list(pending.items()):
-            if listening(proc.pid, address, BMC_PORT):
-                del pending[name]
-            elif proc.poll() is not None:
-                log = (layout.bmc_dir(name) / "emulator.log").read_text(errors="replace").strip()
-                raise LabError(f"the BMC emulator of {name} exited: {log[-600:]}")
-        if pending and time.monotonic() > deadline:
-            late = ", ".join(sorted(pending))
-            raise LabError(f"the BMCs of {late} did not listen within {START_TIMEOUT:.0f} s")
-        if pending:
-            time.sleep(0.1)
+    addresses = {name: address for name, (address, _) in emulators.items()}
+    wait_ready({name: proc for name, (_, proc) in emulators.items()},
+               lambda name, pid: listening(pid, addresses[name], BMC_PORT), what="the BMC emulator",
+               log_of=lambda name: layout.bmc_dir(name) / "emulator.log", timeout=START_TIMEOUT, interval=0.1)
 
 
 def lab_secret_resolver(site_name: str) -> SecretResolver:

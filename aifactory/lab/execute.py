@@ -39,10 +39,10 @@ def _path_with_tools(path: str) -> str:
     return os.pathsep.join(dict.fromkeys(p for p in parts if p))
 
 
-def lab_exec(site_name: str, argv: Sequence[str], host: str | None = None, *, capture: bool = True,
-             env: Mapping[str, str] | None = None, timeout: float | None = None,
-             input_text: str | None = None) -> subprocess.CompletedProcess[str]:
-    """Run `argv` on a lab host and return the finished process (output captured unless capture=False)."""
+def lab_command(site_name: str, argv: Sequence[str], host: str | None = None, *,
+                env: Mapping[str, str] | None = None) -> tuple[list[str], dict[str, str]]:
+    """The full argv and environment that run `argv` on a lab host, for callers that start the
+    process themselves (e.g. to stream its output with subprocess.Popen)."""
     if not argv:
         raise UsageError("lab exec needs a command", hint="aifactory lab exec SITE -- CMD ...")
     status = lab_status(site_name)
@@ -63,7 +63,13 @@ def lab_exec(site_name: str, argv: Sequence[str], host: str | None = None, *, ca
     full_env = {**os.environ, **lab_env(status), **(env or {})}
     full_env["PATH"] = _path_with_tools(full_env.get("PATH", ""))
     full_env["HOSTNAME"] = target
-    return subprocess.run(
-        enter_argv(record.anchor.pid) + list(argv), env=full_env, cwd="/", text=True, check=False,
-        capture_output=capture, timeout=timeout, input=input_text,
-    )
+    return enter_argv(record.anchor.pid) + list(argv), full_env
+
+
+def lab_exec(site_name: str, argv: Sequence[str], host: str | None = None, *, capture: bool = True,
+             env: Mapping[str, str] | None = None, timeout: float | None = None,
+             input_text: str | None = None) -> subprocess.CompletedProcess[str]:
+    """Run `argv` on a lab host and return the finished process (output captured unless capture=False)."""
+    full_argv, full_env = lab_command(site_name, argv, host, env=env)
+    return subprocess.run(full_argv, env=full_env, cwd="/", text=True, check=False, capture_output=capture,
+                          timeout=timeout, input=input_text)

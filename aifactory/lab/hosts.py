@@ -23,13 +23,13 @@ from __future__ import annotations
 import os
 import shlex
 import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from aifactory.errors import LabError
 from aifactory.lab.layout import LabLayout, make_dir
 from aifactory.lab.names import LabNames
+from aifactory.lab.system import wait_ready as wait_processes
 from aifactory.plan.model import Host, SitePlan
 
 # Machine paths each host gets privately, and the folder (under the host's folder) behind each.
@@ -170,19 +170,9 @@ def start_anchor(layout: LabLayout, names: LabNames, host: Host, script: str) ->
 
 
 def wait_ready(layout: LabLayout, anchors: dict[str, subprocess.Popen[bytes]]) -> None:
-    deadline = time.monotonic() + START_TIMEOUT
-    pending = dict(anchors)
-    while pending:
-        for name, proc in list(pending.items()):
-            if (layout.host_dir(name) / READY).exists():
-                del pending[name]
-            elif proc.poll() is not None:
-                log = (layout.host_dir(name) / "anchor.log").read_text(errors="replace").strip()
-                raise LabError(f"host {name}: setting up its namespaces failed: {log[-600:]}")
-        if pending and time.monotonic() > deadline:
-            raise LabError(f"hosts {', '.join(sorted(pending))} did not come up in {START_TIMEOUT:.0f} s")
-        if pending:
-            time.sleep(0.02)
+    wait_processes(anchors, lambda name, _: (layout.host_dir(name) / READY).exists(),
+                   what="the namespaces", log_of=lambda name: layout.host_dir(name) / "anchor.log",
+                   timeout=START_TIMEOUT)
 
 
 def enter_argv(anchor_pid: int) -> list[str]:

@@ -33,6 +33,7 @@ from aifactory.lab.system import (
     netns_inode,
     pids_in_netns,
     terminate,
+    wait_ready,
 )
 from aifactory.plan import PlannedSite
 from aifactory.plan.model import SitePlan
@@ -123,43 +124,17 @@ def _build(plan: SitePlan, layout: LabLayout, tools: dict[str, str]) -> LabStatu
     site = plan.name
     names = LabNames(site)
     journal = Journal(layout.root)
-    hosts.check_state_location(layout, plan)
-    access.write_file(layout.plan_file, plan.to_json(), 0o600)
-    _install_supervisor(layout)
-    access.generate_keys(layout, plan)
-    access.write_access_files(layout, plan)
-    mount_plans = {h.name: hosts.mount_plan(layout, h) for h in plan.hosts}
-    for directory in sorted({d for m in mount_plans.values() for d in m.machine_dirs}):
-        journal.add("machine-dir", directory)
-        os.makedirs(directory, mode=0o755, exist_ok=True)
-    for host in plan.hosts:
-        hosts.seed_etc(layout, plan, host)
-        for mount in host.mounts:
-            make_dir(layout.storage_dir(mount.storage), 0o755)
+    mount_plans = _prepare_files(plan, layout, journal)
     network.build_network(plan, names, journal)
-
-    anchors: dict[str, subprocess.Popen[bytes]] = {}
-    for host in plan.hosts:
-        script = hosts.setup_script(layout, host, mount_plans[host.name])
-        anchors[host.name] = hosts.start_anchor(layout, names, host, script)
-        journal.add_process(f"anchor:{host.name}", anchors[host.name].pid)
-    hosts.wait_ready(layout, anchors)
-
+    bmc_namespaces = {b.fabric: b.namespace for b in network.bmc_fabrics(plan, names)}
+    credentials = bmc.ensure_credentials(site, plan, layout, journal)
+    emulators = _start_bmcs(plan, layout, journal, credentials, bmc_namespaces)  # slowest to start: first
+    anchors = _start_anchors(plan, layout, names, journal, mount_plans)
     sshds: dict[str, subprocess.Popen[bytes]] = {}
     for host in plan.hosts:
         sshds[host.name] = _start_sshd(layout, host.name, anchors[host.name].pid, tools["sshd"])
         journal.add_process(f"sshd:{host.name}", sshds[host.name].pid)
     _wait_sshd(layout, plan, sshds)
-
-    credentials = bmc.ensure_credentials(site, plan, layout, journal)
-    bmc_namespaces = {b.fabric: b.namespace for b in network.bmc_fabrics(plan, names)}
-    emulators: dict[str, tuple[str, subprocess.Popen[bytes]]] = {}
-    for host in plan.hosts:
-        if host.bmc is not None:
-            namespace = bmc_namespaces[host.bmc.fabric]
-            proc = bmc.start_emulator(site, host, namespace, layout, credentials[host.name])
-            journal.add_process(f"bmc:{host.name}", proc.pid)
-            emulators[host.name] = (host.bmc.address, proc)
     bmc.wait_listening(layout, emulators)
 
     status = LabStatus(
@@ -174,6 +149,48 @@ def _build(plan: SitePlan, layout: LabLayout, tools: dict[str, str]) -> LabStatu
     )
     write_record(layout, status)
     return read_status(site, layout)
+
+
+def _prepare_files(plan: SitePlan, layout: LabLayout, journal: Journal) -> dict[str, hosts.MountPlan]:
+    """Keys, configs, the supervisor, seeded /etc files, storage folders; returns each host's mounts."""
+    hosts.check_state_location(layout, plan)
+    access.write_file(layout.plan_file, plan.to_json(), 0o600)
+    _install_supervisor(layout)
+    access.generate_keys(layout, plan)
+    access.write_access_files(layout, plan)
+    mount_plans = {h.name: hosts.mount_plan(layout, h) for h in plan.hosts}
+    for directory in sorted({d for m in mount_plans.values() for d in m.machine_dirs}):
+        journal.add("machine-dir", directory)
+        os.makedirs(directory, mode=0o755, exist_ok=True)
+    for host in plan.hosts:
+        hosts.seed_etc(layout, plan, host)
+        for mount in host.mounts:
+            make_dir(layout.storage_dir(mount.storage), 0o755)
+    return mount_plans
+
+
+def _start_anchors(plan: SitePlan, layout: LabLayout, names: LabNames, journal: Journal,
+                   mount_plans: dict[str, hosts.MountPlan]) -> dict[str, subprocess.Popen[bytes]]:
+    anchors: dict[str, subprocess.Popen[bytes]] = {}
+    for host in plan.hosts:
+        script = hosts.setup_script(layout, host, mount_plans[host.name])
+        anchors[host.name] = hosts.start_anchor(layout, names, host, script)
+        journal.add_process(f"anchor:{host.name}", anchors[host.name].pid)
+    hosts.wait_ready(layout, anchors)
+    return anchors
+
+
+def _start_bmcs(plan: SitePlan, layout: LabLayout, journal: Journal,
+                credentials: dict[str, bmc.BmcCredential],
+                bmc_namespaces: dict[str, str]) -> dict[str, tuple[str, subprocess.Popen[bytes]]]:
+    emulators: dict[str, tuple[str, subprocess.Popen[bytes]]] = {}
+    for host in plan.hosts:
+        if host.bmc is not None:
+            namespace = bmc_namespaces[host.bmc.fabric]
+            proc = bmc.start_emulator(plan.name, host, namespace, layout, credentials[host.name])
+            journal.add_process(f"bmc:{host.name}", proc.pid)
+            emulators[host.name] = (host.bmc.address, proc)
+    return emulators
 
 
 def _host_status(plan: SitePlan, names: LabNames, name: str, anchors: dict[str, subprocess.Popen[bytes]],
@@ -204,21 +221,8 @@ def _start_sshd(layout: LabLayout, host: str, anchor_pid: int, sshd: str) -> sub
 
 
 def _wait_sshd(layout: LabLayout, plan: SitePlan, sshds: dict[str, subprocess.Popen[bytes]]) -> None:
-    import time
-
-    deadline = time.monotonic() + SSHD_TIMEOUT
-    pending = dict(sshds)
-    while pending:
-        for name, proc in list(pending.items()):
-            if listening(proc.pid, plan.host(name).management_address, 22):
-                del pending[name]
-            elif proc.poll() is not None:
-                text = (layout.host_dir(name) / "sshd.log").read_text(errors="replace").strip()
-                raise LabError(f"sshd on {name} exited (code {proc.returncode}): {text[-600:]}")
-        if pending and time.monotonic() > deadline:
-            raise LabError(f"sshd did not listen on {', '.join(sorted(pending))} within {SSHD_TIMEOUT:.0f} s")
-        if pending:
-            time.sleep(0.02)
+    wait_ready(sshds, lambda name, pid: listening(pid, plan.host(name).management_address, 22), what="sshd",
+               log_of=lambda name: layout.host_dir(name) / "sshd.log", timeout=SSHD_TIMEOUT)
 
 
 def _teardown(site: str, layout: LabLayout) -> None:

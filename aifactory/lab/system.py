@@ -8,7 +8,7 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 from aifactory.errors import LabError, PrerequisiteError
@@ -196,3 +196,22 @@ def _hex_address(host_hex: str) -> str | None:
     words = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
     value = ipaddress.ip_address(words)
     return None if value.is_unspecified else str(value)
+
+
+def wait_ready(processes: Mapping[str, subprocess.Popen[bytes]], ready: Callable[[str, int], bool], *,
+               what: str, log_of: Callable[[str], Path], timeout: float, interval: float = 0.02) -> None:
+    """Wait until `ready(name, pid)` holds for every process; a process that exits first, or a
+    deadline passed, raises LabError with the tail of that process's log."""
+    deadline = time.monotonic() + timeout
+    pending = dict(processes)
+    while pending:
+        for name, proc in list(pending.items()):
+            if ready(name, proc.pid):
+                del pending[name]
+            elif proc.poll() is not None:
+                text = log_of(name).read_text(errors="replace").strip() if log_of(name).exists() else ""
+                raise LabError(f"{what} of {name} exited (code {proc.returncode}): {text[-600:]}")
+        if pending and time.monotonic() > deadline:
+            raise LabError(f"{what} of {', '.join(sorted(pending))} not ready within {timeout:.0f} s")
+        if pending:
+            time.sleep(interval)

@@ -61,6 +61,14 @@ def test_ansible_ping_every_host_through_the_cli(lab):
         assert f"{host} | SUCCESS" in result.stdout
 
 
+def test_exec_passes_the_commands_exit_code_and_runs_where_asked(lab):
+    assert aifactory("lab", "exec", lab.site, "--", "sh", "-c", "exit 7").returncode == 7
+    result = aifactory("lab", "exec", lab.site, "--host", lab.hosts[2], "--", "hostname")
+    assert result.stdout.strip() == lab.hosts[2]
+    missing = aifactory("lab", "exec", lab.site, "--host", "no-such-host", "--", "true")
+    assert missing.returncode == 2 and "no lab host" in missing.stderr
+
+
 def test_files_under_opt_and_etc_stay_on_their_host(lab):
     writer, reader = lab.hosts[1], lab.hosts[2]
     token = uuid.uuid4().hex
