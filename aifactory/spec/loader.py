@@ -11,6 +11,8 @@ The lexical rules of the contract live here:
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -213,40 +215,47 @@ class _Walker:
         )))
 
 
+@contextmanager
+def _bounded(file: str) -> Iterator[None]:
+    """Turn a crossed bound (or Python's own recursion limit) into a plain SpecError."""
+    try:
+        yield
+    except _Bound as bound:
+        raise SpecError(f"refused: {bound.message}", location=Location(file, bound.line, bound.column),
+                        code="spec-too-complex") from None
+    except RecursionError:
+        raise SpecError("refused: the document nests too deeply", location=Location(file),
+                        code="spec-too-complex") from None
+
+
+def _compose(loader: _Loader, file: str) -> Node | None:
+    try:
+        with _bounded(file):
+            return loader.get_single_node()
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        raise SpecError(
+            f"not valid YAML: {exc.problem or exc.context}",
+            location=Location(file, mark.line + 1 if mark else None, mark.column + 1 if mark else None),
+            code="yaml-syntax",
+        ) from None
+    except yaml.YAMLError as exc:
+        raise SpecError(f"not valid YAML: {' '.join(str(exc).split())}", location=Location(file),
+                        code="yaml-syntax") from None
+
+
 def load_yaml_text(text: str, file: str) -> LoadedYaml:
+    """Parse YAML text within the bounds; every problem names the file, line and column."""
     result = LoadedYaml(file=file, data=None)
     loader = _Loader(text)
     try:
-        try:
-            root = loader.get_single_node()
-        except _Bound as bound:
-            raise SpecError(f"refused: {bound.message}", location=Location(file, bound.line, bound.column),
-                            code="spec-too-complex") from None
-        except RecursionError:
-            raise SpecError("refused: the document nests too deeply", location=Location(file),
-                            code="spec-too-complex") from None
-        except yaml.MarkedYAMLError as exc:
-            mark = exc.problem_mark or exc.context_mark
-            raise SpecError(
-                f"not valid YAML: {exc.problem or exc.context}",
-                location=Location(file, mark.line + 1 if mark else None, mark.column + 1 if mark else None),
-                code="yaml-syntax",
-            ) from None
-        except yaml.YAMLError as exc:
-            raise SpecError(f"not valid YAML: {' '.join(str(exc).split())}", location=Location(file),
-                            code="yaml-syntax") from None
+        root = _compose(loader, file)
         if root is None:
             raise SpecError("the file is empty", location=Location(file), code="spec-empty",
                             hint="start from `aifactory init NAME --jurisdiction CC`")
         walker = _Walker(loader, result)
-        try:
+        with _bounded(file):
             result.data = walker.walk(root, ())
-        except _Bound as bound:
-            raise SpecError(f"refused: {bound.message}", location=Location(file, bound.line, bound.column),
-                            code="spec-too-complex") from None
-        except RecursionError:
-            raise SpecError("refused: the document nests too deeply", location=Location(file),
-                            code="spec-too-complex") from None
         if walker.problems:
             raise SpecError(
                 f"{len(walker.problems)} problem(s) reading the YAML", location=Location(file),

@@ -258,15 +258,41 @@ class _Checker:
         self._site()
         self._datacenters()
         self._fabrics()
+        self._references()
         self._pools()
         self._storage()
-        self._tenants()
         self._datasets()
-        self._models()
         self._grants()
         self._egress()
         self._no_repeats()
         return self.problems
+
+    # (kind, field, kind it names, what to call it, whether the field is a list of names); the
+    # references with a rule of their own (pool fabrics, bmc.fabric, replicas, grant resources)
+    # are checked beside that rule.
+    _REFERENCES = (
+        ("node_pools", "datacenter", "datacenters", "datacenter", False),
+        ("storage", "datacenter", "datacenters", "datacenter", False),
+        ("storage", "fabric", "fabrics", "fabric", False),
+        ("storage", "mounted_by", "node_pools", "node pool", True),
+        ("tenants", "pools", "node_pools", "node pool", True),
+        ("datasets", "owner", "tenants", "tenant", False),
+        ("datasets", "storage", "storage", "storage", False),
+        ("models", "owner", "tenants", "tenant", False),
+        ("models", "storage", "storage", "storage", False),
+        ("models", "trained_on", "datasets", "dataset", True),
+        ("models", "serve_on", "node_pools", "node pool", True),
+        ("access", "tenant", "tenants", "tenant", False),
+    )
+
+    def _references(self) -> None:
+        for kind, field, target, what, many in self._REFERENCES:
+            for i, item in _items(self.data, kind):
+                if many:
+                    for j, name in _str_list(item.get(field)):
+                        self.ref((kind, i, field, j), name, target, what)
+                else:
+                    self.ref((kind, i, field), item.get(field), target, what)
 
     _LISTS = (
         ("node_pools", "fabrics"),
@@ -431,7 +457,6 @@ class _Checker:
     def _pools(self) -> None:
         for i, pool in _items(self.data, "node_pools"):
             path: PathKey = ("node_pools", i)
-            self.ref(path + ("datacenter",), pool.get("datacenter"), "datacenters", "datacenter")
             on_management = False
             for j, name in _str_list(pool.get("fabrics")):
                 fabric = self.ref(path + ("fabrics", j), name, "fabrics", "fabric")
@@ -464,10 +489,6 @@ class _Checker:
     def _storage(self) -> None:
         for i, store in _items(self.data, "storage"):
             path: PathKey = ("storage", i)
-            self.ref(path + ("datacenter",), store.get("datacenter"), "datacenters", "datacenter")
-            self.ref(path + ("fabric",), store.get("fabric"), "fabrics", "fabric")
-            for j, pool in _str_list(store.get("mounted_by")):
-                self.ref(path + ("mounted_by", j), pool, "node_pools", "node pool")
             for j, replica in _str_list(store.get("replicas")):
                 if replica == store.get("name"):
                     self.add(
@@ -509,17 +530,10 @@ class _Checker:
             return False
         return True
 
-    def _tenants(self) -> None:
-        for i, tenant in _items(self.data, "tenants"):
-            for j, pool in _str_list(tenant.get("pools")):
-                self.ref(("tenants", i, "pools", j), pool, "node_pools", "node pool")
-
     def _datasets(self) -> None:
         paths: list[tuple[int, str, str]] = []
         for i, dataset in _items(self.data, "datasets"):
             path: PathKey = ("datasets", i)
-            self.ref(path + ("owner",), dataset.get("owner"), "tenants", "tenant")
-            self.ref(path + ("storage",), dataset.get("storage"), "storage", "storage")
             self.place(path + ("residency",), dataset.get("residency"))
             value = dataset.get("path")
             if isinstance(value, str) and self._absolute_path(path + ("path",), value):
@@ -539,20 +553,9 @@ class _Checker:
                         f"'{value}' is inside datasets[{j}]'s path '{other}' on storage '{store}'",
                     )
 
-    def _models(self) -> None:
-        for i, model in _items(self.data, "models"):
-            path: PathKey = ("models", i)
-            self.ref(path + ("owner",), model.get("owner"), "tenants", "tenant")
-            self.ref(path + ("storage",), model.get("storage"), "storage", "storage")
-            for j, dataset in _str_list(model.get("trained_on")):
-                self.ref(path + ("trained_on", j), dataset, "datasets", "dataset")
-            for j, pool in _str_list(model.get("serve_on")):
-                self.ref(path + ("serve_on", j), pool, "node_pools", "node pool")
-
     def _grants(self) -> None:
         for i, grant in _items(self.data, "access"):
             path: PathKey = ("access", i)
-            self.ref(path + ("tenant",), grant.get("tenant"), "tenants", "tenant")
             resource = grant.get("resource")
             kind = None
             if isinstance(resource, str) and "/" in resource:
