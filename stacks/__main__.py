@@ -3,4 +3,4 @@
 import config
 from aifactory_stack.site import build_site
 
-build_site(config.load())
+site = build_site(config.load())

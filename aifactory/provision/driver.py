@@ -23,7 +23,15 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Protocol
 
-from aifactory.errors import PolicyDenied, PrerequisiteError, Problem, ProvisionError, SecretError
+from aifactory.errors import (
+    Location,
+    PolicyDenied,
+    PrerequisiteError,
+    Problem,
+    ProvisionError,
+    SecretError,
+    SpecError,
+)
 from aifactory.plan import PlannedSite
 from aifactory.provision.outputs import OUTPUTS_FILE, outputs_document, write_outputs
 from aifactory.provision.partitions import read_registry, write_registry
@@ -60,8 +68,8 @@ def find_pulumi_cli() -> Path:
         code="pulumi-cli-missing",
         hint=(f"install the pulumi CLI v{version} (the version of the pulumi SDK here) on the control host: "
               f"carry pulumi-v{version}-linux-x64.tar.gz into the site (e.g. as an extra file in the "
-              f"offline bundle), unpack it to /opt/pulumi and put /opt/pulumi/bin on PATH, or point "
-              f"{PULUMI_BIN_ENV} at the binary; no network access is needed"),
+              f"offline bundle), unpack it with `tar -C /opt -xzf` and put /opt/pulumi on PATH, or "
+              f"point {PULUMI_BIN_ENV} at the binary; no network access is needed"),
     )
 
 
@@ -108,6 +116,17 @@ class ProvisionResult:
                 "policy": {"denied": self.policy.denied, "counts": self.policy.counts()},
                 "outputs": str(self.outputs_path) if self.outputs_path else None,
                 "artifacts": str(self.artifacts_dir)}
+
+
+def require_allocation_lock(planned: PlannedSite) -> None:
+    """Provisioning never allocates addresses: the committed lock must already cover the spec."""
+    if planned.lock_changed:
+        raise SpecError(
+            f"the allocation lock {planned.lock_path} does not cover this spec",
+            code="allocation-lock-stale",
+            location=Location(file=str(planned.lock_path)),
+            hint="run `aifactory plan SITE`, review the new addresses and commit the lock, then provision",
+        )
 
 
 def policy_gate(planned: PlannedSite, options: ProvisionOptions) -> Any:
@@ -171,6 +190,7 @@ def provision_site(planned: PlannedSite, options: ProvisionOptions, *, state: Si
                    locate_cli: Callable[[], Path] = find_pulumi_cli,
                    runner: StackRunner | None = None) -> ProvisionResult:
     cli = locate_cli()
+    require_allocation_lock(planned)
     report = policy_gate(planned, options)
     plan = planned.plan
     state = state or SiteState.for_site(plan.name)
@@ -198,12 +218,27 @@ def provision_site(planned: PlannedSite, options: ProvisionOptions, *, state: Si
                            folder / "artifacts", run.log)
 
 
+def cli_root(cli: Path, folder: Path) -> Path:
+    """The Automation API runs `<root>/bin/pulumi`; the release tarball unpacks to `pulumi/pulumi`,
+    so give it a private `bin/` holding a link to the binary when it is not already in one."""
+    if cli.parent.name == "bin":
+        return cli.parent.parent
+    root = folder / "pulumi-cli"
+    link = root / "bin" / "pulumi"
+    link.parent.mkdir(parents=True, exist_ok=True)
+    if link.is_symlink() or link.exists():
+        link.unlink()
+    link.symlink_to(cli.resolve())
+    return root
+
+
 def automation_run(*, cli: Path, workdir: Path, site: str, backend: Path, config: dict[str, Any],
                    secrets_passphrase_file: Path, preview: bool) -> StackRun:
     """Preview or apply the stack with Pulumi's Automation API (needs the pulumi CLI)."""
     from pulumi import automation as auto
 
     env = {
+        "PATH": f"{cli.parent}{os.pathsep}{os.environ.get('PATH', '')}",  # its language plugins
         "PULUMI_CONFIG_PASSPHRASE_FILE": str(secrets_passphrase_file),
         "PULUMI_SKIP_UPDATE_CHECK": "true",
         "PULUMI_DIY_BACKEND_NO_LEGACY_WARNING": "true",
@@ -216,7 +251,7 @@ def automation_run(*, cli: Path, workdir: Path, site: str, backend: Path, config
             pulumi_home=env["PULUMI_HOME"],
             env_vars=env,
             secrets_provider="passphrase",
-            pulumi_command=auto.PulumiCommand(root=str(cli.parent.parent)),
+            pulumi_command=auto.PulumiCommand(root=str(cli_root(cli, backend.parent))),
             project_settings=auto.ProjectSettings(
                 name="aifactory",
                 runtime=auto.ProjectRuntimeInfo("python", {"virtualenv": sys.prefix}),

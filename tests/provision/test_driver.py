@@ -14,7 +14,14 @@ from typing import Any
 import pytest
 from pulumi.dynamic.dynamic import serialize_provider
 
-from aifactory.errors import ExitCode, PolicyDenied, PrerequisiteError, ProvisionError, SecretError
+from aifactory.errors import (
+    ExitCode,
+    PolicyDenied,
+    PrerequisiteError,
+    ProvisionError,
+    SecretError,
+    SpecError,
+)
 from aifactory.plan import plan_site
 from aifactory.provision.artifacts import ArtifactLogic, digest_of
 from aifactory.provision.driver import ProvisionOptions, StackRun, automation_run, provision_site
@@ -40,7 +47,7 @@ def test_provision_without_the_pulumi_cli_says_what_to_install_and_exits_3(tmp_p
                           text=True, env=no_pulumi_env(tmp_path), timeout=120)
     assert done.returncode == ExitCode.CANNOT_EVALUATE == 3
     assert "error[pulumi-cli-missing]: the pulumi CLI is not installed" in done.stderr
-    assert "pulumi-v" in done.stderr and "/opt/pulumi/bin on PATH" in done.stderr
+    assert "pulumi-v" in done.stderr and "/opt/pulumi on PATH" in done.stderr
     assert "Traceback" not in done.stderr and done.stdout == ""
     assert not (tmp_path / "state" / "lab" / "provision").exists()  # nothing was started
 
@@ -68,13 +75,23 @@ def denied_site(tmp_path: Path) -> Path:
 
 
 def test_a_policy_deny_stops_before_any_resource(tmp_path):
-    planned = plan_site(denied_site(tmp_path))
+    spec = denied_site(tmp_path)
+    plan_site(spec)  # allocate and write its lock, as `aifactory plan` does
+    planned = plan_site(spec, write_lock=False)
     state = SiteState.for_site("denied", home=tmp_path / "state")
     with pytest.raises(PolicyDenied) as caught:
         provision_site(planned, ProvisionOptions(), state=state, locate_cli=_fake_cli, runner=_never)
     assert caught.value.exit_code == ExitCode.INVALID
     assert any("locality" in p.code for p in caught.value.problems)
     assert not state.path("provision").exists()
+
+
+def test_a_spec_its_lock_does_not_cover_is_refused(tmp_path):
+    planned = plan_site(denied_site(tmp_path), write_lock=False)  # no lock beside it yet
+    state = SiteState.for_site("denied", home=tmp_path / "state")
+    with pytest.raises(SpecError) as caught:
+        provision_site(planned, ProvisionOptions(), state=state, locate_cli=_fake_cli, runner=_never)
+    assert caught.value.code == "allocation-lock-stale" and caught.value.exit_code == ExitCode.INVALID
 
 
 def test_the_passphrase_is_required(tmp_path, monkeypatch):

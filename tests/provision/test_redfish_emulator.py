@@ -116,6 +116,10 @@ def test_diff_replaces_a_swapped_system(tmp_path: Path):
         result = BareMetalHostLogic().diff(outs, props(second.endpoint))
         assert "identity" in result.replaces
         assert any("swapped hardware" in r and SYSTEM_B in r for r in result.reasons)
+        # a refresh says the recorded system is gone; a delete leaves the newcomer alone
+        assert BareMetalHostLogic().read(outs)["bmc_state"] == "system-missing"
+        BareMetalHostLogic().delete(outs)
+        assert live(second.endpoint, SYSTEM_B)["PowerState"] == "On"
     finally:
         second.stop()
 

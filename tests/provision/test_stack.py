@@ -180,3 +180,31 @@ def test_national_example(mocks, monkeypatch, tmp_path):
                        _check_no_credential_in_providers(mocks)))
 
     run()
+
+
+@pulumi.runtime.test
+def test_the_program_reads_its_config_once_and_composes_the_site(mocks, credentials, lab_plan_file, tmp_path):
+    """stacks/__main__.py and config.py, run as the Pulumi CLI would run them (config set, mocks)."""
+    import runpy
+
+    from tests.provision.conftest import STACKS
+
+    pulumi.runtime.set_all_config({
+        "aifactory:planFile": str(lab_plan_file),
+        "aifactory:stateDir": str(tmp_path),
+        "aifactory:bmc": json.dumps({"scheme": "http", "port": 8000, "power_timeout": 30}),
+        "aifactory:boot": json.dumps({"source": "pxe", "image": None}),
+        "aifactory:pkeys": json.dumps({"health": "0x0042"}),
+    })
+    try:
+        program = runpy.run_path(str(STACKS / "__main__.py"), run_name="__main__")
+    finally:
+        pulumi.runtime.set_all_config({})
+
+    def check(_):
+        hosts = mocks.of_type("pulumi-python:dynamic/compute:BareMetalHost")
+        assert sorted(r.name for r in hosts) == ["lab-cpu-001", "lab-cpu-002"]
+        assert {r.inputs["power_timeout"] for r in hosts} == {30}
+        assert {r.inputs["endpoint"] for r in hosts} == {"http://10.199.0.3:8000", "http://10.199.0.4:8000"}
+
+    return registered(program["site"]).apply(check)
