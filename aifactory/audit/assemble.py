@@ -51,7 +51,8 @@ def _controls(evidence: Sequence[Evidence], findings: Sequence[Finding]) -> tupl
         controls.append(Control(
             id=control_id, family=family_of(control_id), title=title_of(control_id), status=worst(statuses),
             rules=tuple(rules[control_id]),
-            findings={FAIL: sum(f.status == FAIL for f in mine), WAIVED: sum(f.status == WAIVED for f in mine)},
+            findings={FAIL: sum(f.status == FAIL for f in mine),
+                      WAIVED: sum(f.status == WAIVED for f in mine)},
             waivers=tuple(waivers)))
     return tuple(controls)
 
@@ -66,7 +67,8 @@ def site_data(plan: SitePlan) -> tuple[dict[str, Any], ...]:
 
 
 def highest_classification(data: Sequence[dict[str, Any]]) -> str:
-    ranks = [CLASSIFICATIONS.index(d["classification"]) for d in data if d.get("classification") in CLASSIFICATIONS]
+    ranks = [CLASSIFICATIONS.index(d["classification"]) for d in data
+             if d.get("classification") in CLASSIFICATIONS]
     return CLASSIFICATIONS[max(ranks, default=0)]
 
 

@@ -23,9 +23,11 @@ BANNER_COLOURS = {"public": "#007a33", "internal": "#4b5a6a", "confidential": "#
 
 CSS = """
 *{box-sizing:border-box}
-body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;color:#1b1f24;background:#fff}
+body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;color:#1b1f24;
+ background:#fff}
 main{max-width:1200px;margin:0 auto;padding:0 24px 48px}
-.banner{color:#fff;text-align:center;font-weight:700;letter-spacing:.12em;padding:4px 0;text-transform:uppercase}
+.banner{color:#fff;text-align:center;font-weight:700;letter-spacing:.12em;padding:4px 0;
+ text-transform:uppercase}
 h1{font-size:24px;margin:24px 0 8px}h2{font-size:19px;margin:32px 0 8px;border-bottom:2px solid #d0d7de}
 h3{font-size:16px;margin:20px 0 6px}
 dl.facts{display:grid;grid-template-columns:max-content 1fr;gap:2px 16px;margin:8px 0}
@@ -35,8 +37,8 @@ th,td{border:1px solid #d0d7de;padding:4px 8px;text-align:left;vertical-align:to
 th{background:#f3f5f7}
 tr.control td:first-child{white-space:nowrap}
 code{font:12px ui-monospace,SFMono-Regular,Menlo,monospace;word-break:break-all}
-.status{display:inline-block;min-width:6.5em;text-align:center;border-radius:3px;padding:0 6px;font-weight:600;
- color:#fff}
+.status{display:inline-block;min-width:6.5em;text-align:center;border-radius:3px;padding:0 6px;
+ font-weight:600;color:#fff}
 .st-pass{background:#1a7f37}.st-fail{background:#cf222e}.st-waived{background:#9a6700}
 .st-not-assessed{background:#6e7781}
 .totals{display:flex;gap:12px;flex-wrap:wrap;margin:8px 0}
@@ -111,8 +113,8 @@ def _summary(report: AuditReport) -> Iterator[str]:
         yield f'<div id="total-{status}"><b>{totals[status]}</b>{_status(status)}</div>'
     failing = sum(f.status == FAIL for f in report.findings)
     yield f"<div><b>{failing}</b>failing findings</div></div>"
-    yield ('<table id="summary-by-family"><thead><tr><th>Family</th><th>Controls</th><th>Pass</th><th>Fail</th>'
-           "<th>Waived</th><th>Not assessed</th></tr></thead><tbody>")
+    yield ('<table id="summary-by-family"><thead><tr><th>Family</th><th>Controls</th><th>Pass</th>'
+           "<th>Fail</th><th>Waived</th><th>Not assessed</th></tr></thead><tbody>")
     for row in report.summary():
         yield (f'<tr><td>{_e(row["family"])} {_e(row["title"])}</td><td>{row["controls"]}</td>'
                f'<td>{row[PASS]}</td><td>{row[FAIL]}</td><td>{row[WAIVED]}</td><td>{row[NOT_ASSESSED]}</td></tr>')
@@ -137,8 +139,8 @@ def _controls(report: AuditReport) -> Iterator[str]:
     yield '<section id="controls"><h2>Controls</h2>'
     for family, controls in groupby(report.controls, key=lambda c: c.family):
         yield f'<h3 id="{_anchor("family-", family)}">{_e(family)} {_e(family_title(family))}</h3>'
-        yield ('<table><thead><tr><th>Control</th><th>Title</th><th>Status</th><th>Rules</th><th>Findings</th>'
-               "</tr></thead><tbody>")
+        yield ("<table><thead><tr><th>Control</th><th>Title</th><th>Status</th><th>Rules</th>"
+               "<th>Findings</th></tr></thead><tbody>")
         for control in controls:
             yield _control_row(control)
         yield "</tbody></table>"
@@ -216,8 +218,8 @@ def _evidence_detail(section: Evidence) -> Iterator[str]:
     for index, baseline in enumerate(baselines or [], start=1):
         yield from _baseline(index, baseline)
     if logs:
-        yield ("<table><thead><tr><th>Log</th><th>Records</th><th>Head</th><th>Chain</th><th>Problems</th></tr>"
-               "</thead><tbody>")
+        yield ("<table><thead><tr><th>Log</th><th>Records</th><th>Head</th><th>Chain</th>"
+               "<th>Problems</th></tr></thead><tbody>")
         for log in logs:
             head = log.get("head") or {}
             yield (f"<tr><td><code>{_e(log.get('path'))}</code></td><td>{_e(log.get('records'))}</td>"
@@ -251,7 +253,8 @@ def _footer(report: AuditReport) -> Iterator[str]:
            "with their SHA-256 digests in <code>SHA256SUMS</code>, signed in <code>SHA256SUMS.sig</code> "
            "(SSHSIG, namespace <code>aifactory-audit</code>). Check them with "
            "<code>aifactory audit verify DIR</code>, or without aifactory: <code>ssh-keygen -Y verify -f "
-           f"allowed_signers -I {_e(report.signer.get('identity'))} -n aifactory-audit -s SHA256SUMS.sig &lt; SHA256SUMS</code> then "
+           f"allowed_signers -I {_e(report.signer.get('identity'))} -n aifactory-audit -s SHA256SUMS.sig "
+           "&lt; SHA256SUMS</code> then "
            f"<code>sha256sum -c SHA256SUMS</code>. Report id <code>{_e(report.report_id)}</code>.</p>"
            "</footer>\n")
 

@@ -7,9 +7,9 @@ thing. `AuditReport.as_dict()` is exactly what report.json holds (schema: docs/r
 from __future__ import annotations
 
 import uuid
-from functools import cached_property
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import cached_property
 from typing import Any
 
 from aifactory.audit.controls import family_title

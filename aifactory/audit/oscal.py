@@ -104,7 +104,7 @@ def _control_finding(report_id: str, control: Control, observations: list[str], 
         },
     }
     if control.status == NOT_ASSESSED:
-        finding["target"]["status"]["remarks"] = "not assessed: the evidence for this control does not exist yet"
+        finding["target"]["status"]["remarks"] = "not assessed: the evidence for this control does not exist"
     if observations:
         finding["related-observations"] = [{"observation-uuid": u} for u in observations]
     if risks:

@@ -143,13 +143,14 @@ def _check_logs(folder: Path, result: VerifyResult, require_logs: bool) -> None:
         entry: dict[str, Any] = {"path": str(path), "kind": log.get("kind"), "head_seq": seq}
         if not path.exists():
             entry["status"] = "not checked: not on this machine"
-            (result.problems if require_logs else result.warnings).append(f"{path}: log not found, not checked")
+            found_in = result.problems if require_logs else result.warnings
+            found_in.append(f"{path}: log not found, not checked")
         else:
             check = verify_any_log(path)
             problems = list(check.chain.problems)
             if seq >= 0 and _record_hash_at(path, seq) != expected:
-                problems.append(f"the record at seq {seq} is not the one the report saw: the log was rewritten "
-                                "or cut after the report")
+                problems.append(f"the record at seq {seq} is not the one the report saw: the log was "
+                                "rewritten or cut after the report")
             entry["status"] = "ok" if not problems else "broken"
             entry["records"] = check.chain.records
             result.problems += [f"{path}: {p}" for p in problems]
@@ -157,7 +158,8 @@ def _check_logs(folder: Path, result: VerifyResult, require_logs: bool) -> None:
 
 
 def verify_report(folder: Path, *, trust: Path | None = None, require_logs: bool = False) -> VerifyResult:
-    result = VerifyResult(str(folder), str(trust) if trust else f"{folder / ALLOWED_SIGNERS} (beside the report)")
+    trust_text = str(trust) if trust else f"{folder / ALLOWED_SIGNERS} (beside the report)"
+    result = VerifyResult(str(folder), trust_text)
     try:
         manifest = _read(folder / MANIFEST)
         _check_signature(folder, manifest, trust, result)

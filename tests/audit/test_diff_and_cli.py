@@ -17,12 +17,13 @@ from aifactory.state import SiteState
 def test_fixing_encryption_shows_as_drift(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     before = produce_report(failing_spec(tmp_path / "v1", name="labdiff"), tmp_path / "r1",
                             ReportOptions(timestamp=TIMESTAMP))
-    after = produce_report(failing_spec(tmp_path / "v2", name="labdiff", fix_encryption=True), tmp_path / "r2",
-                           ReportOptions(timestamp="2026-11-29T09:00:00Z"))
+    fixed = failing_spec(tmp_path / "v2", name="labdiff", fix_encryption=True)
+    after = produce_report(fixed, tmp_path / "r2", ReportOptions(timestamp="2026-11-29T09:00:00Z"))
     drift = diff_reports(before.folder, after.folder)
     assert drift.drifted
     assert {(c["id"], c["old"], c["new"]) for c in drift.controls} == {("SC-28(1)", "fail", "pass")}
-    assert [(f["rule"], f["resource"]) for f in drift.resolved] == [("encryption.unencrypted_storage", "storage/share")]
+    resolved = [(f["rule"], f["resource"]) for f in drift.resolved]
+    assert resolved == [("encryption.unencrypted_storage", "storage/share")]
     assert drift.added == [] and drift.changed == []
     assert diff_reports(before.folder, before.folder / "report.json").drifted is False
     assert main(["audit", "diff", str(before.folder), str(after.folder), "--format", "json"]) == 0

@@ -65,7 +65,8 @@ def test_drift_and_missing_hosts_fail_with_findings(deployed: tuple[Path, SitePl
     evidence = deploy_evidence(state, plan)
     assert _rules(evidence) == {"CM-8": "fail", "CM-2": "fail"}
     resources = {(f.rule, f.resource) for f in evidence.findings}
-    assert resources == {("deploy.inventory_complete", "pool/control"), ("deploy.inventory_complete", "site/labdeploy"),
+    assert resources == {("deploy.inventory_complete", "pool/control"),
+                         ("deploy.inventory_complete", "site/labdeploy"),
                          ("deploy.pool_baseline", "pool/cpu")}
     drift = next(f for f in evidence.findings if f.rule == "deploy.pool_baseline")
     assert "labdeploy-cpu-002" in drift.message

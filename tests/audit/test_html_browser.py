@@ -15,7 +15,8 @@ from auditfixtures import artifacts_dir
 from aifactory.audit import WrittenReport
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt-get install -y chromium)")
+pytestmark = pytest.mark.skipif(CHROMIUM is None,
+                                reason="needs Debian's chromium (apt-get install -y chromium)")
 
 # Runs inside the page after layout: what a reader would see, measured by the browser itself.
 PROBE = """<script>

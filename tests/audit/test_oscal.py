@@ -19,7 +19,7 @@ from aifactory.policy import check_site
 def _plain(value: object) -> str:
     """An OSCAL enum or token as its text (trestle wraps them in enums and root models)."""
     while hasattr(value, "root") or hasattr(value, "value"):
-        value = getattr(value, "root", None) or getattr(value, "value")
+        value = getattr(value, "root", None) or value.value
     return str(value)
 
 

@@ -34,10 +34,12 @@ def test_fresh_report_verifies(failing_report: WrittenReport) -> None:
 
 def test_ssh_keygen_accepts_the_signature(failing_report: WrittenReport) -> None:
     folder = failing_report.folder
-    done = signing.ssh_keygen_verify(folder / MANIFEST, folder / SIGNATURE, allowed_signers=folder / ALLOWED_SIGNERS,
-                                     identity="audit@labfail", namespace=NAMESPACE)
+    done = signing.ssh_keygen_verify(folder / MANIFEST, folder / SIGNATURE,
+                                     allowed_signers=folder / ALLOWED_SIGNERS, identity="audit@labfail",
+                                     namespace=NAMESPACE)
     assert done.returncode == 0, done.stderr
-    assert subprocess.run(["sha256sum", "--check", "--quiet", MANIFEST], cwd=folder, check=False).returncode == 0
+    sums = subprocess.run(["sha256sum", "--check", "--quiet", MANIFEST], cwd=folder, check=False)
+    assert sums.returncode == 0
 
 
 @pytest.mark.parametrize("name", SIGNED_FOLDER_FILES)
@@ -54,10 +56,11 @@ def test_one_changed_byte_fails(failing_report: WrittenReport, tmp_path: Path, n
     assert main(["audit", "verify", str(folder)]) == 1
 
 
-def test_a_report_re_signed_with_another_key_fails_against_the_real_trust(failing_report: WrittenReport,
-                                                                          failing_site: Path, tmp_path: Path) -> None:
+def test_a_report_re_signed_with_another_key_fails_against_the_real_trust(
+        failing_report: WrittenReport, failing_site: Path, tmp_path: Path) -> None:
     keys = signing.generate_keypair(tmp_path / "keys", identity="mallory", namespaces=NAMESPACE)
-    forged = produce_report(failing_site, tmp_path / "forged", ReportOptions(timestamp=TIMESTAMP, key=keys.private))
+    forged = produce_report(failing_site, tmp_path / "forged",
+                            ReportOptions(timestamp=TIMESTAMP, key=keys.private))
     assert verify_report(forged.folder).ok  # self-consistent ...
     trusted = failing_report.folder / ALLOWED_SIGNERS
     result = verify_report(forged.folder, trust=trusted)  # ... but not by the key the auditor trusts
@@ -91,7 +94,8 @@ def test_a_cited_log_rewritten_after_the_report_fails(tmp_path: Path) -> None:
     assert not result.ok and "rewritten or cut" in " ".join(result.problems)
 
 
-def test_bad_timestamp_is_a_usage_error(failing_site: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_timestamp_is_a_usage_error(failing_site: Path, tmp_path: Path,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
     code = main(["audit", "report", str(failing_site), "-o", str(tmp_path / "r"), "--timestamp", "yesterday"])
     assert code == 2
     assert "error[usage]" in capsys.readouterr().err

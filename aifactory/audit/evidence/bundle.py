@@ -98,8 +98,8 @@ def bundle_evidence(state: SiteState, plan_digest: str, *, trust: Path | None = 
     if imported is None and not problem:
         return _not_assessed("no bundle has been imported on this site"), None
     if imported is None:
-        finding = Finding(*VERIFIED, INTEGRITY, "critical", f"site/{state.site}", problem, DO_NOT_DEPLOY, FAIL,
-                          SOURCE)
+        finding = Finding(*VERIFIED, INTEGRITY, "critical", f"site/{state.site}", problem, DO_NOT_DEPLOY,
+                          FAIL, SOURCE)
         rules = tuple((c, RuleResult(*VERIFIED, FAIL, SOURCE)) for c in INTEGRITY)
         return Evidence(SOURCE, "Offline bundle", FAIL, problem, {}, rules, (finding,)), None
     return _assess(imported, plan_digest, module.NAMESPACE, trust), str(imported.digest)
@@ -115,8 +115,10 @@ def _assess(imported: Any, plan_digest: str, namespace: str, trust: Path | None)
     matches = PASS if built_for == plan_digest else FAIL if built_for else NOT_ASSESSED
     if matches == FAIL:
         findings.append(Finding(*MATCHES_PLAN, ("CM-2",), "medium", resource,
-                                f"the bundle was built for plan {built_for}; the site's plan is now {plan_digest}",
-                                "build and import a bundle from the current spec, then deploy it", FAIL, SOURCE))
+                                f"the bundle was built for plan {built_for}; the site's plan is now "
+                                f"{plan_digest}",
+                                "build and import a bundle from the current spec, then deploy it",
+                                FAIL, SOURCE))
     rules = tuple((c, RuleResult(*VERIFIED, intact, SOURCE)) for c in INTEGRITY)
     rules += (("CM-2", RuleResult(*MATCHES_PLAN, matches, SOURCE)),)
     detail = {"root": str(imported.root), "version": imported.version, "digest": imported.digest,

@@ -92,7 +92,8 @@ def deploy_evidence(state: SiteState, plan: SitePlan) -> Evidence:
     except UnreadableRecord as exc:
         finding = Finding(INVENTORY_RULE[0], INVENTORY_RULE[1], (INVENTORY,), "high", f"file/{path}",
                           f"the deploy record cannot be read: {exc}",
-                          "run `aifactory deploy` again to rewrite it, and find out what damaged it", FAIL, SOURCE)
+                          "run `aifactory deploy` again to rewrite it, and find out what damaged it",
+                          FAIL, SOURCE)
         return Evidence(SOURCE, "Deploy", FAIL, finding.message, {"record": str(path)},
                         ((INVENTORY, RuleResult(*INVENTORY_RULE, FAIL, SOURCE)),
                          (BASELINE, RuleResult(*BASELINE_RULE, NOT_ASSESSED, SOURCE, "record unreadable"))),
@@ -140,7 +141,8 @@ def _missing_finding(pool: str, hosts: list[str]) -> Finding:
                    "run `aifactory deploy` for these hosts, or take them out of the plan", FAIL, SOURCE)
 
 
-def _pool_groups(pools: dict[str, list[str]], fingerprints: dict[str, str]) -> dict[str, dict[str, list[str]]]:
+def _pool_groups(pools: dict[str, list[str]], fingerprints: dict[str, str]
+                 ) -> dict[str, dict[str, list[str]]]:
     out: dict[str, dict[str, list[str]]] = {}
     for pool, names in pools.items():
         groups = out.setdefault(pool, {})
@@ -156,7 +158,8 @@ def _drift_finding(pool: str, groups: dict[str, list[str]]) -> Finding:
     return Finding(*BASELINE_RULE, (BASELINE,), "medium", f"pool/{pool}",
                    f"{len(groups)} different baselines in one pool; {len(outliers)} host(s) differ from the "
                    f"majority: {_names(outliers)}",
-                   "re-run `aifactory deploy` on the pool so every host converges on one baseline", FAIL, SOURCE)
+                   "re-run `aifactory deploy` on the pool so every host converges on one baseline",
+                   FAIL, SOURCE)
 
 
 def _baselines(pools: dict[str, list[str]], records: dict[str, HostRecord], fingerprints: dict[str, str]

@@ -80,7 +80,8 @@ def _chain_evidence(kind: LogKind, title: str, checks: Sequence[LogCheck], missi
     intact_title = f"The {kind.words} chain is intact"
     recorded_title = f"The {kind.words} holds records"
     if not reports:
-        rules = ((INTEGRITY, RuleResult(kind.rule("chain"), intact_title, NOT_ASSESSED, kind.source, missing)),
+        rules = ((INTEGRITY, RuleResult(kind.rule("chain"), intact_title, NOT_ASSESSED, kind.source,
+                                        missing)),
                  (GENERATION, RuleResult(kind.rule("recorded"), recorded_title, NOT_ASSESSED, kind.source,
                                          missing)))
         return Evidence(kind.source, title, NOT_ASSESSED, missing, {"logs": []}, rules)
@@ -130,4 +131,5 @@ def decision_log_paths(state: SiteState, extra: Sequence[Path] = ()) -> list[Pat
 def decision_log_evidence(state: SiteState, extra: Sequence[Path] = ()) -> Evidence:
     checks = [verify_any_log(path) for path in decision_log_paths(state, extra)]
     return _chain_evidence(DECISIONS, "Runtime decision logs", checks,
-                           f"no decision logs under {state.path('runtime')} and none given with --decision-log")
+                           f"no decision logs under {state.path('runtime')} and none given with "
+                           "--decision-log")

@@ -50,8 +50,8 @@ def _finding(raw: Mapping[str, Any]) -> Finding:
         severity=_text(raw.get("severity")) or "unknown", resource=_text(raw.get("resource")),
         message=_text(raw.get("msg") or raw.get("message")), remediation=_text(raw.get("remediation")),
         status=WAIVED if raw.get("status") == WAIVED else FAIL, source=SOURCE,
-        waiver=Waiver(_text(waiver.get("reason")), _text(waiver.get("approved_by")), _text(waiver.get("expires")))
-        if isinstance(waiver, Mapping) else None,
+        waiver=Waiver(_text(waiver.get("reason")), _text(waiver.get("approved_by")),
+                      _text(waiver.get("expires"))) if isinstance(waiver, Mapping) else None,
     )
 
 
