@@ -36,7 +36,7 @@ from aifactory.bundle.manifest import MANIFEST, MAX_METADATA_BYTES, METADATA_FIL
 from aifactory.bundle.source import PartsReader, find_parts
 from aifactory.bundle.state import ImportRecord, last_import, save_import
 from aifactory.bundle.verify import VerifyReport, verify_bundle
-from aifactory.errors import BundleError, Location, StateError
+from aifactory.errors import AifactoryError, BundleError, Location, StateError
 from aifactory.state import SiteState
 
 DEFAULT_HOME = Path("/var/lib/aifactory/bundles")
@@ -116,17 +116,12 @@ def import_bundle(bundle: Path | str, *, trust: Path, site_state: SiteState | No
     home = home or bundles_home()
     state = site_state or SiteState.for_site(peek_site(Path(bundle)))
     with state.lock("bundle import"):
-        report = verify_bundle(bundle, trust=trust, site_state=state, workers=workers)
-        assert report.manifest is not None
-        if report.manifest.site != state.site:
-            raise BundleError(f"the bundle is for site {report.manifest.site!r}, not {state.site!r}",
-                              code="site-mismatch", location=Location(file=str(bundle)),
-                              hint="import it on the control host of the site it was built for")
         try:
-            imported = _install(bundle, report, home / state.site)
-        except BaseException as error:
-            state.record(command="bundle import", result="failed", bundle_digest=report.digest,
-                         detail={"version": report.version, "error": str(error)[:500]})
+            report = verify_bundle(bundle, trust=trust, site_state=state, workers=workers)
+            imported = _install(bundle, report, home / state.site, site=state.site)
+        except AifactoryError as error:
+            state.record(command="bundle import", result=f"refused: {error.code}",
+                         detail={"bundle": str(bundle), "error": error.message[:500]})
             raise
         save_import(state, ImportRecord(state.site, imported.version, imported.digest, str(imported.root),
                                         _now(), report.signer or ""))
@@ -160,9 +155,13 @@ def peek_site(bundle: Path) -> str:
     return site
 
 
-def _install(bundle: Path | str, report: VerifyReport, site_home: Path) -> ImportedBundle:
+def _install(bundle: Path | str, report: VerifyReport, site_home: Path, *, site: str) -> ImportedBundle:
     manifest = report.manifest
     assert manifest is not None and report.digest is not None
+    if manifest.site != site:
+        raise BundleError(f"the bundle is for site {manifest.site!r}, not {site!r}",
+                          code="site-mismatch", location=Location(file=str(bundle)),
+                          hint="import it on the control host of the site it was built for")
     target = site_home / manifest.version.text
     imported = ImportedBundle(manifest.site, manifest.version.text, report.digest, target)
     if target.exists():

@@ -11,7 +11,8 @@ tags up to the glibc of the pool's OS, its CPython version and ABI), whatever ma
 Both land in one flat folder (`wheels/` in the bundle), which `pip install --no-index --find-links`
 uses as is. Downloads are cached outside the bundle (`$AIFACTORY_CACHE/wheels`, default
 `~/.cache/aifactory/wheels`); a wheel set already resolved for the same requirements and platform is
-taken from the cache without running pip at all.
+taken from the cache without running pip at all; otherwise pip downloads the set into a fresh
+folder (what lands there is exactly the set), and the files join the shared cache.
 
 torch comes in CPU and CUDA builds under one name. Unless `pins` says otherwise, the build pins the
 torch of the build environment (e.g. `torch==2.13.0+cpu`), so what ships is what was tested.
@@ -24,6 +25,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import zipfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -152,38 +154,28 @@ def download(wheelset: WheelSet, *, cache: Path) -> list[Path]:
         names = json.loads(record.read_text())["wheels"]
         if all((files / name).is_file() for name in names):
             return [files / name for name in names]
-    argv = [sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "--progress-bar", "off",
-            "--dest", str(files), *wheelset.platform.pip_arguments(),
-            *wheelset.requirements]
-    done = subprocess.run(argv, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        tail = "\n".join(done.stderr.strip().splitlines()[-6:])
-        raise BundleError(f"pip could not download the {wheelset.name} wheels for "
-                          f"{wheelset.platform.tag}:\n{tail}",
-                          code="wheel-download-failed",
-                          hint="check the build host's package index (pip config) or the --pin options")
-    names = _downloaded_names(done.stdout, files)
+    with tempfile.TemporaryDirectory(prefix=".download-", dir=cache) as scratch:
+        fresh = Path(scratch)
+        argv = [sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "--progress-bar",
+                "off", "--dest", str(fresh), *wheelset.platform.pip_arguments(), *wheelset.requirements]
+        done = subprocess.run(argv, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            tail = "\n".join(done.stderr.strip().splitlines()[-6:])
+            raise BundleError(f"pip could not download the {wheelset.name} wheels for "
+                              f"{wheelset.platform.tag}:\n{tail}",
+                              code="wheel-download-failed",
+                              hint="check the build host's package index (pip config) or the --pin options")
+        names = sorted(path.name for path in fresh.glob("*.whl"))
+        if not names:
+            raise BundleError(f"pip downloaded no wheels for the {wheelset.name} set",
+                              code="wheel-download-failed")
+        for name in names:  # the set is exactly what pip put in the fresh folder
+            os.replace(fresh / name, files / name)
     temporary = record.with_suffix(".tmp")
     temporary.write_text(json.dumps({"wheels": names, "requirements": list(wheelset.requirements),
                                      "platform": wheelset.platform.tag}, indent=1, sort_keys=True) + "\n")
     os.replace(temporary, record)
     return [files / name for name in names]
-
-
-def _downloaded_names(stdout: str, files: Path) -> list[str]:
-    """The wheels pip resolved, from its `Saved PATH` / `File was already downloaded PATH` lines."""
-    names = set()
-    for line in stdout.splitlines():
-        line = line.strip()
-        for prefix in ("Saved ", "File was already downloaded "):
-            if line.startswith(prefix):
-                names.add(Path(line[len(prefix):]).name)
-    missing = sorted(name for name in names if not (files / name).is_file())
-    if not names or missing:
-        listed = ", ".join(missing) or "none at all"
-        raise BundleError(f"pip reported wheels it did not save in {files}: {listed}",
-                          code="wheel-download-failed")
-    return sorted(names)
 
 
 def build_own_wheel(source: Path, dest: Path, *, timestamp: int) -> Path:
