@@ -107,7 +107,7 @@ def bench_serving(args: argparse.Namespace, work: Path, plan: Path, token: str) 
     try:
         for _ in range(100):
             health = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz").read())
-            if health["model"]:
+            if health["models"].get("vitals-mlp"):
                 break
             time.sleep(0.1)
         body = {"inputs": [[0.25] * BENCH_MODEL.features]}

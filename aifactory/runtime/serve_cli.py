@@ -1,4 +1,10 @@
-"""`aifactory-serve`: run the policy-guarded inference server for one model of the site."""
+"""`aifactory-serve`: run the policy-guarded inference server.
+
+Settings come from the command line, or from the runtime configuration deploy writes
+(`--config /etc/aifactory/runtime.yaml`; keys: plan, host, state_dir, storage_root, models,
+serve.{address, port, tls_cert, tls_key, tls_client_ca}, decision_log.{sign_every, sign_interval,
+head_copies}); a command-line option wins over the file.
+"""
 
 from __future__ import annotations
 
@@ -7,18 +13,23 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-from aifactory.errors import AifactoryError, ExitCode
+import yaml
+
+from aifactory.errors import AifactoryError, ExitCode, Location
 from aifactory.state import SiteState
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="aifactory-serve", description="Serve a model of the site over HTTP(S).")
-    parser.add_argument("--plan", required=True, type=Path, help="the site plan (plan.json)")
-    parser.add_argument("--model", required=True, help="the model to serve (a model of the site)")
+    parser.add_argument("--config", type=Path, help="runtime configuration (runtime.yaml, written by deploy)")
+    parser.add_argument("--plan", type=Path, help="the site plan (plan.json)")
+    parser.add_argument("--model", action="append", default=[],
+                        help="a model to serve (repeatable; default: every model the plan lets this host serve)")
     parser.add_argument("--host-name", help="this host's name in the plan (default: the hostname)")
-    parser.add_argument("--listen", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=8600, help="port (default 8600; 0 picks a free one)")
+    parser.add_argument("--listen", "--host", dest="listen", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="port (default 8600; 0 picks a free one)")
     parser.add_argument("--storage-root", type=Path, help="prefix in front of planned storage paths")
     parser.add_argument("--runtime-dir", type=Path,
                         help="trust files and decision log (default: the site's state folder, runtime/)")
@@ -30,9 +41,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--tls-cert", type=Path, help="server certificate (PEM) issued by the site CA")
     parser.add_argument("--tls-key", type=Path, help="its private key (PEM)")
     parser.add_argument("--tls-client-ca", type=Path, help="require client certificates from this CA (mTLS)")
-    parser.add_argument("--sign-every", type=int, default=100, help="sign the log head every N records (100)")
-    parser.add_argument("--sign-interval", type=float, default=5.0, help="... or every S seconds (5)")
-    parser.add_argument("--head-copy", type=Path, action="append", default=[],
+    parser.add_argument("--sign-every", type=int, help="sign the log head every N records (100)")
+    parser.add_argument("--sign-interval", type=float, help="... or every S seconds (5)")
+    parser.add_argument("--head-copy", type=Path, action="append",
                         help="also append signed heads to this file (storage off this host); repeatable")
     parser.add_argument("--policy-time-limit", type=float, default=0.5,
                         help="deny (engine-timeout) when one policy evaluation takes longer (default 0.5 s)")
@@ -51,18 +62,37 @@ def main(argv: Sequence[str] | None = None) -> int:
         from aifactory.runtime.server import ServerConfig, run_server
         from aifactory.runtime.siteplan import RuntimePlan
 
-        plan = RuntimePlan.load(args.plan, storage_root=args.storage_root)
-        if args.tls_cert and not args.tls_key:
-            raise AifactoryError("--tls-cert needs --tls-key", code="usage", exit_code=ExitCode.USAGE)
+        file = _read_config(args.config)
+        serve, decisions = file.get("serve") or {}, file.get("decision_log") or {}
+
+        def pick(value: Any, fallback: Any, default: Any = None) -> Any:
+            return value if value is not None else fallback if fallback is not None else default
+
+        def path(value: Any) -> Path | None:
+            return Path(value) if value else None
+
+        plan_path = path(pick(args.plan, file.get("plan")))
+        if plan_path is None:
+            raise AifactoryError("no site plan: give --plan or a --config with `plan`", code="usage",
+                                 exit_code=ExitCode.USAGE)
+        storage_root = path(pick(args.storage_root, file.get("storage_root")))
+        plan = RuntimePlan.load(plan_path, storage_root=storage_root)
+        tls_cert, tls_key = path(pick(args.tls_cert, serve.get("tls_cert"))), path(pick(args.tls_key, serve.get("tls_key")))
+        if tls_cert and not tls_key:
+            raise AifactoryError("a TLS certificate needs its key (--tls-key)", code="usage", exit_code=ExitCode.USAGE)
+        runtime_dir = path(pick(args.runtime_dir, file.get("state_dir"))) or SiteState.for_site(plan.site).subdir("runtime")
         config = ServerConfig(
-            plan_path=args.plan, model=args.model, host_name=args.host_name, listen=args.listen, port=args.port,
-            storage_root=args.storage_root,
-            runtime_dir=args.runtime_dir or SiteState.for_site(plan.site).subdir("runtime"),
+            plan_path=plan_path, models=tuple(args.model or file.get("models") or ()),
+            host_name=pick(args.host_name, file.get("host")) or None,
+            listen=pick(args.listen, serve.get("address"), "127.0.0.1"), port=int(pick(args.port, serve.get("port"), 8600)),
+            storage_root=storage_root, runtime_dir=runtime_dir,
             max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, authz_threads=args.authz_threads,
-            torch_threads=args.torch_threads, tls_cert=args.tls_cert, tls_key=args.tls_key,
-            tls_client_ca=args.tls_client_ca, sign_every=args.sign_every, sign_interval=args.sign_interval,
-            head_copies=tuple(args.head_copy), reload_interval=args.reload_interval,
-            drain_timeout=args.drain_timeout)
+            torch_threads=args.torch_threads, tls_cert=tls_cert, tls_key=tls_key,
+            tls_client_ca=path(pick(args.tls_client_ca, serve.get("tls_client_ca"))),
+            sign_every=int(pick(args.sign_every, decisions.get("sign_every"), 100)),
+            sign_interval=float(pick(args.sign_interval, decisions.get("sign_interval"), 5.0)),
+            head_copies=tuple(Path(p) for p in pick(args.head_copy, decisions.get("head_copies"), [])),
+            reload_interval=args.reload_interval, drain_timeout=args.drain_timeout)
         run_server(config, authorizer=load_authorizer(plan.data, time_limit_s=args.policy_time_limit),
                    ready=lambda server: print(f"aifactory-serve: ready on port {server.bound_port}",
                                               file=sys.stderr, flush=True))
@@ -73,6 +103,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error[serve]: {exc}", file=sys.stderr)
         return int(ExitCode.CANNOT_EVALUATE)
     return 0
+
+
+def _read_config(path: Path | None) -> dict[str, Any]:
+    if path is None:
+        return {}
+    try:
+        value = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise AifactoryError(f"cannot read the runtime configuration {path}: {exc}", code="usage",
+                             location=Location(file=str(path)), exit_code=ExitCode.USAGE) from None
+    if not isinstance(value, dict):
+        raise AifactoryError(f"{path} is not a mapping", code="usage", location=Location(file=str(path)),
+                             exit_code=ExitCode.USAGE)
+    return value
 
 
 if __name__ == "__main__":

@@ -56,8 +56,8 @@ MAX_ROWS = 1024
 @dataclass(frozen=True)
 class ServerConfig:
     plan_path: Path
-    model: str
     runtime_dir: Path
+    models: tuple[str, ...] = ()  # empty: every model the plan lets this host's pool serve
     host_name: str | None = None
     listen: str = "127.0.0.1"
     port: int = 8600
@@ -160,11 +160,20 @@ class Batcher:
             start += count
 
 
+@dataclass
+class ModelSlot:
+    """One model this server may serve: where its checkpoints appear, and its own batcher."""
+
+    name: str
+    checkpoints: Path
+    batcher: Batcher
+    loaded_step: int | None = None
+
+
 class InferenceServer:
     def __init__(self, config: ServerConfig, *, authorizer: Authorizer) -> None:
         self.config = config
         self.plan = RuntimePlan.load(config.plan_path, storage_root=config.storage_root)
-        self.plan.model(config.model)  # fail early on a model the site does not have
         host = self.plan.this_host(config.host_name)
         self.metrics = _registry()
         self.decisions = DecisionLog(config.runtime_dir / "decisions.jsonl", sign_every=config.sign_every,
@@ -175,44 +184,46 @@ class InferenceServer:
                            authorizer=authorizer, decisions=self.decisions, component="serve",
                            host=(host or {}).get("name"), host_country=(host or {}).get("country"))
         self.authz_pool = ThreadPoolExecutor(config.authz_threads, thread_name_prefix="authz")
-        self.batcher = Batcher(max_batch=config.max_batch, max_wait=config.max_wait_ms / 1000, metrics=self.metrics)
-        self.checkpoints = self.plan.model_dir(config.model) / "checkpoints"
+        self.slots = {name: ModelSlot(name, self.plan.model_dir(name) / "checkpoints",
+                                      Batcher(max_batch=config.max_batch, max_wait=config.max_wait_ms / 1000,
+                                              metrics=self.metrics))
+                      for name in _models_to_serve(self.plan, config.models, host)}
         self.draining = False
         self.inflight = 0
         self._idle = asyncio.Event()
         self._connections: set[asyncio.StreamWriter] = set()
-        self._loaded_step: int | None = None
         self.bound_port: int | None = None
         self._request_prefix = uuid.uuid4().hex[:8]  # this server run; numbers count its requests
         self._request_numbers = itertools.count(1)
 
     # --- model --------------------------------------------------------------------------------------
 
-    def reload_model(self) -> bool:
+    def reload_model(self, slot: ModelSlot) -> bool:
         """Load the newest complete checkpoint if `latest` changed; True when a new model is live."""
-        step = checkpoint.latest_step(self.checkpoints)
-        if step is None or step == self._loaded_step:
+        step = checkpoint.latest_step(slot.checkpoints)
+        if step is None or step == slot.loaded_step:
             return False
-        found = checkpoint.latest_complete(self.checkpoints)
+        found = checkpoint.latest_complete(slot.checkpoints)
         if found is None:
             return False
         config = ModelConfig.from_dict(found.meta["network"])
         module = MLP(config)
         module.load_state_dict(found.model_state)
         module.eval()
-        self.batcher.model = LoadedModel(self.config.model, found.step, module, config.features, str(found.path))
-        self._loaded_step = step
+        slot.batcher.model = LoadedModel(slot.name, found.step, module, config.features, str(found.path))
+        slot.loaded_step = step
         self.metrics.set("aifactory_serve_model_step", float(found.step))
-        log.warning("serving %s from %s", self.config.model, found.path)
+        log.warning("serving %s from %s", slot.name, found.path)
         return True
 
-    async def _watch_model(self) -> None:
+    async def _watch_models(self) -> None:
         loop = asyncio.get_running_loop()
         while not self.draining:
-            try:
-                await loop.run_in_executor(None, self.reload_model)
-            except (OSError, ValueError, KeyError, RuntimeError) as exc:
-                log.error("cannot load the model from %s: %s", self.checkpoints, exc)
+            for slot in self.slots.values():
+                try:
+                    await loop.run_in_executor(None, self.reload_model, slot)
+                except (OSError, ValueError, KeyError, RuntimeError) as exc:
+                    log.error("cannot load the model from %s: %s", slot.checkpoints, exc)
             await asyncio.sleep(self.config.reload_interval)
 
     # --- HTTP ---------------------------------------------------------------------------------------
@@ -285,10 +296,11 @@ class InferenceServer:
                      peer: str) -> tuple[int, Any, dict[str, str]]:
         path = target.split("?", 1)[0]
         if path == "/healthz":
-            model = self.batcher.model
             status = 503 if self.draining else 200
+            models = {name: slot.batcher.model.describe() if slot.batcher.model else None
+                      for name, slot in sorted(self.slots.items())}
             return status, {"status": "draining" if self.draining else "ok", "site": self.plan.site,
-                            "model": model.describe() if model else None}, {}
+                            "models": models}, {}
         if path == "/metrics":
             self.metrics.set("aifactory_serve_inflight_requests", float(self.inflight))
             return 200, self.metrics.render(), {}
@@ -317,8 +329,11 @@ class InferenceServer:
         if not outcome.allow:
             return 403, {"error": "forbidden", "reason": outcome.reasons[0], "reasons": list(outcome.reasons),
                          "decision_id": outcome.decision_id}, tracing
-        model = self.batcher.model
-        if model is None or model.name != name:
+        slot = self.slots.get(name)
+        if slot is None:
+            return 404, {"error": "model-not-served-here", "decision_id": outcome.decision_id}, tracing
+        model = slot.batcher.model
+        if model is None:
             return 503, {"error": "model-not-loaded", "decision_id": outcome.decision_id}, tracing
         rows = _rows(body, model.features)
         if isinstance(rows, str):
@@ -331,7 +346,7 @@ class InferenceServer:
                     future.set_exception(error) if error else future.set_result(result)
             loop.call_soon_threadsafe(settle)
 
-        self.batcher.submit(rows, done)
+        slot.batcher.submit(rows, done)
         try:
             used, scores = await future
         except LookupError:
@@ -366,7 +381,7 @@ class InferenceServer:
         server = await asyncio.start_server(self._handle, self.config.listen, self.config.port, ssl=self._tls(),
                                             limit=64 * 1024, backlog=1024)
         self.bound_port = server.sockets[0].getsockname()[1]
-        watcher = asyncio.create_task(self._watch_model())
+        watcher = asyncio.create_task(self._watch_models())
         log.warning("aifactory-serve listening on %s:%s", self.config.listen, self.bound_port)
         if ready:
             ready(self)
@@ -390,9 +405,18 @@ class InferenceServer:
                 log.error("drain timeout: %d requests still in flight", self.inflight)
         for writer in list(self._connections):
             writer.close()
-        self.batcher.stop()
+        for slot in self.slots.values():
+            slot.batcher.stop()
         self.authz_pool.shutdown(wait=True)
         self.decisions.close()  # signs the final head
+
+
+def _models_to_serve(plan: RuntimePlan, named: tuple[str, ...], host: dict[str, Any] | None) -> list[str]:
+    """The models named (each must be the site's), else every model whose serve_on has this host's pool."""
+    if named:
+        return [str(plan.model(name)["name"]) for name in named]
+    pool = (host or {}).get("pool")
+    return sorted(str(m["name"]) for m in plan.data.get("models", []) if pool is None or pool in m.get("serve_on", []))
 
 
 def _rows(body: bytes, features: int) -> np.ndarray | str:

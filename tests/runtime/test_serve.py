@@ -77,17 +77,25 @@ class Server:
 
 
 def start_server(site: RuntimeSite, storage_root: Path, runtime_dir: Path, *extra: str,
-                 tls: ssl.SSLContext | None = None) -> Server:
+                 tls: ssl.SSLContext | None = None, as_deployed: bool = False) -> Server:
+    """as_deployed: configured like deploy does it, by runtime.yaml and `--config F --host A --port P`."""
     runtime_dir.mkdir(parents=True, exist_ok=True)
     for name in ("token-key/allowed_signers", "revoked-tokens.json", "revoked-tokens.json.sig"):
         target = runtime_dir / name  # what deploy copies to a node: the public key and the revocation list
         target.parent.mkdir(parents=True, exist_ok=True)
         if not target.exists():
             os.symlink(site.runtime_dir / name, target)
+    if as_deployed:
+        config = runtime_dir / "runtime.yaml"
+        config.write_text(json.dumps({"site": "rtlab", "host": "rtlab-cpu-001", "plan": str(site.plan_path),
+                                      "state_dir": str(runtime_dir), "storage_root": str(storage_root),
+                                      "serve": {"address": "10.0.0.1", "port": 8440}}))
+        options = ["--config", str(config), "--host", "127.0.0.1", "--port", "0"]
+    else:
+        options = ["--plan", str(site.plan_path), "--host-name", "rtlab-cpu-001", "--port", "0",
+                   "--storage-root", str(storage_root), "--runtime-dir", str(runtime_dir)]
     process = subprocess.Popen(
-        [sys.executable, "-m", "aifactory.runtime.serve_cli", "--plan", str(site.plan_path), "--model", "vitals-mlp",
-         "--host-name", "rtlab-cpu-001", "--port", "0", "--storage-root", str(storage_root),
-         "--runtime-dir", str(runtime_dir), "--reload-interval", "0.2", *extra],
+        [sys.executable, "-m", "aifactory.runtime.serve_cli", *options, "--reload-interval", "0.2", *extra],
         stderr=subprocess.PIPE, text=True, start_new_session=True)
     server = Server(process, 0, runtime_dir, tls=tls)
     ready = threading.Event()
@@ -118,8 +126,8 @@ def server(site: RuntimeSite, tmp_path_factory: pytest.TempPathFactory) -> Itera
 def _wait_for_model(server: Server) -> dict:
     for _ in range(100):
         status, health = server.call("GET", "/healthz")
-        if health.get("model"):
-            return health
+        if health["models"].get("vitals-mlp"):
+            return health["models"]["vitals-mlp"]
         time.sleep(0.1)
     raise AssertionError("the model was never loaded")
 
@@ -129,13 +137,14 @@ def _records(server: Server) -> dict[str, dict]:
 
 
 def test_starts_healthy_without_a_model_and_loads_one_when_it_appears(site: RuntimeSite, tmp_path: Path) -> None:
-    running = start_server(site, tmp_path / "storage", tmp_path / "runtime")
+    running = start_server(site, tmp_path / "storage", tmp_path / "runtime", as_deployed=True)
     try:
-        assert running.call("GET", "/healthz") == (200, {"status": "ok", "site": "rtlab", "model": None})
+        assert running.call("GET", "/healthz") == (200, {"status": "ok", "site": "rtlab",
+                                                          "models": {"vitals-mlp": None}})
         status, answer = running.call("POST", PATH, BODY, token=site.tokens["health"])
         assert (status, answer["error"]) == (503, "model-not-loaded")
         write_checkpoint(tmp_path / "storage", step=7)
-        assert _wait_for_model(running)["model"]["step"] == 7
+        assert _wait_for_model(running)["step"] == 7
         assert running.call("POST", PATH, BODY, token=site.tokens["health"])[0] == 200
     finally:
         assert running.stop() == 0
