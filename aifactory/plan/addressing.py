@@ -49,10 +49,15 @@ class AllocationLock:
 
     @classmethod
     def read(cls, path: Path, site: str) -> AllocationLock:
-        if not path.exists():
+        return cls.parse(path.read_text() if path.exists() else None, path, site)
+
+    @classmethod
+    def parse(cls, text: str | None, path: Path, site: str) -> AllocationLock:
+        """A lock from its file's text (None: no lock file yet); `path` only names it in errors."""
+        if text is None:
             return cls(site)
         try:
-            raw = json.loads(path.read_text())
+            raw = json.loads(text)
             if raw.get("schema") != LOCK_SCHEMA:
                 raise ValueError(f"schema is {raw.get('schema')!r}, expected {LOCK_SCHEMA!r}")
             fabrics = {

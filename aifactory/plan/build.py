@@ -57,30 +57,35 @@ def plan_site(spec_path: str | Path, *, write_lock: bool = True, wait: float = 0
     path = Path(spec_path)
     loaded = load_spec(path)
     lock_path = lock_path_for(path)
-    planned = _plan_against_lock(loaded, lock_path)
+    lock_text = _read_text(lock_path)
+    planned = _plan_against_lock(loaded, lock_path, lock_text)
     if not (planned.lock_changed and write_lock):
         return planned
     state = SiteState.for_site(loaded.spec.site.name)
     with state.lock("plan", wait=wait):
-        planned = _plan_against_lock(loaded, lock_path)
+        now = _read_text(lock_path)
+        if now != lock_text:  # another command changed the lock while this one waited: plan again
+            planned = _plan_against_lock(loaded, lock_path, now)
         if planned.lock_changed:
             tmp = lock_path.with_name(lock_path.name + ".tmp")
             tmp.write_text(planned.lock.to_json())
             tmp.replace(lock_path)
-            state.record(
-                command="plan",
-                result="allocation lock updated",
-                spec_digest=loaded.digest,
-                detail={"allocation_lock": str(lock_path.resolve()), "plan_digest": planned.plan.digest()},
-            )
+            state.record(command="plan", result="allocation lock updated", spec_digest=loaded.digest,
+                         detail={"allocation_lock": str(lock_path.resolve())})
     return planned
 
 
-def _plan_against_lock(loaded: LoadedSpec, lock_path: Path) -> PlannedSite:
-    previous = AllocationLock.read(lock_path, loaded.spec.site.name)
+def _read_text(path: Path) -> str | None:
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        return None
+
+
+def _plan_against_lock(loaded: LoadedSpec, lock_path: Path, lock_text: str | None) -> PlannedSite:
+    previous = AllocationLock.parse(lock_text, lock_path, loaded.spec.site.name)
     plan, lock = build_plan(loaded.spec, lock=previous)
-    changed = not lock_path.exists() or lock_path.read_text() != lock.to_json()
-    return PlannedSite(loaded, plan, lock, lock_path, changed)
+    return PlannedSite(loaded, plan, lock, lock_path, lock_text != lock.to_json())
 
 
 def spec_digest(spec: SiteSpec) -> str:
