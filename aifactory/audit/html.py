@@ -73,6 +73,13 @@ def _status(status: str, extra: str = "") -> str:
     return f'<span class="status st-{status}"{extra}>{STATUS_WORDS.get(status, _e(status))}</span>'
 
 
+def _table(*headers: str, ident: str = "") -> str:
+    """The start of a table with these column headers (the caller closes </tbody></table>)."""
+    cells = "".join(f"<th>{_e(h)}</th>" for h in headers)
+    attribute = f' id="{ident}"' if ident else ""
+    return f"<table{attribute}><thead><tr>{cells}</tr></thead><tbody>"
+
+
 def _anchor(prefix: str, text: str) -> str:
     return prefix + "".join(c if c.isalnum() or c in "-_." else "_" for c in text)
 
@@ -113,8 +120,7 @@ def _summary(report: AuditReport) -> Iterator[str]:
         yield f'<div id="total-{status}"><b>{totals[status]}</b>{_status(status)}</div>'
     failing = sum(f.status == FAIL for f in report.findings)
     yield f"<div><b>{failing}</b>failing findings</div></div>"
-    yield ('<table id="summary-by-family"><thead><tr><th>Family</th><th>Controls</th><th>Pass</th>'
-           "<th>Fail</th><th>Waived</th><th>Not assessed</th></tr></thead><tbody>")
+    yield _table("Family", "Controls", "Pass", "Fail", "Waived", "Not assessed", ident="summary-by-family")
     for row in report.summary():
         yield (f'<tr><td>{_e(row["family"])} {_e(row["title"])}</td><td>{row["controls"]}</td>'
                f'<td>{row[PASS]}</td><td>{row[FAIL]}</td><td>{row[WAIVED]}</td><td>{row[NOT_ASSESSED]}</td></tr>')
@@ -139,8 +145,7 @@ def _controls(report: AuditReport) -> Iterator[str]:
     yield '<section id="controls"><h2>Controls</h2>'
     for family, controls in groupby(report.controls, key=lambda c: c.family):
         yield f'<h3 id="{_anchor("family-", family)}">{_e(family)} {_e(family_title(family))}</h3>'
-        yield ("<table><thead><tr><th>Control</th><th>Title</th><th>Status</th><th>Rules</th>"
-               "<th>Findings</th></tr></thead><tbody>")
+        yield _table("Control", "Title", "Status", "Rules", "Findings")
         for control in controls:
             yield _control_row(control)
         yield "</tbody></table>"
@@ -172,8 +177,7 @@ def _findings(report: AuditReport) -> Iterator[str]:
         yield (f'<details class="finding-group" id="{_anchor("rule-", rule)}"{opened}><summary>'
                f"<code>{_e(rule)}</code> {_e(first.title)} — {len(items)} finding(s), {failing} failing; "
                f"{_e(', '.join(first.controls))}; severity {_e(first.severity)}</summary>"
-               "<table><thead><tr><th>Resource</th><th>Finding</th><th>Remediation</th><th>Status</th></tr>"
-               "</thead><tbody>")
+               + _table("Resource", "Finding", "Remediation", "Status"))
         for finding in items:
             yield _finding_row(finding)
         yield "</tbody></table></details>"
@@ -193,17 +197,21 @@ def _value(value: Any) -> str:
     return _e(value)
 
 
+def _pairs(headers: tuple[str, str], pairs: dict[str, Any]) -> Iterator[str]:
+    yield _table(*headers)
+    for key, value in pairs.items():
+        yield f"<tr><td><code>{_e(key)}</code></td><td><code>{_e(value)}</code></td></tr>"
+    yield "</tbody></table>"
+
+
 def _baseline(index: int, baseline: dict[str, Any]) -> Iterator[str]:
     hosts = baseline.get("hosts") or []
     yield (f"<details><summary>Baseline {index}: {len(hosts)} host(s) in pool(s) "
            f"{_e(', '.join(baseline.get('pools') or []))} <code>{_e(baseline.get('fingerprint'))}</code>"
-           "</summary><table><thead><tr><th>Package</th><th>Version</th></tr></thead><tbody>")
-    for name, version in (baseline.get("packages") or {}).items():
-        yield f"<tr><td><code>{_e(name)}</code></td><td><code>{_e(version)}</code></td></tr>"
-    yield "</tbody></table><table><thead><tr><th>Config file</th><th>Digest</th></tr></thead><tbody>"
-    for path, digest in (baseline.get("configs") or {}).items():
-        yield f"<tr><td><code>{_e(path)}</code></td><td><code>{_e(digest)}</code></td></tr>"
-    yield '</tbody></table><p class="hosts">'
+           "</summary>")
+    yield from _pairs(("Package", "Version"), baseline.get("packages") or {})
+    yield from _pairs(("Config file", "Digest"), baseline.get("configs") or {})
+    yield '<p class="hosts">'
     for start in range(0, len(hosts), 500):
         yield _e(", ".join(hosts[start:start + 500])) + ("," if start + 500 < len(hosts) else "")
     yield "</p></details>"
@@ -218,8 +226,7 @@ def _evidence_detail(section: Evidence) -> Iterator[str]:
     for index, baseline in enumerate(baselines or [], start=1):
         yield from _baseline(index, baseline)
     if logs:
-        yield ("<table><thead><tr><th>Log</th><th>Records</th><th>Head</th><th>Chain</th>"
-               "<th>Problems</th></tr></thead><tbody>")
+        yield _table("Log", "Records", "Head", "Chain", "Problems")
         for log in logs:
             head = log.get("head") or {}
             yield (f"<tr><td><code>{_e(log.get('path'))}</code></td><td>{_e(log.get('records'))}</td>"
@@ -240,8 +247,8 @@ def _evidence(report: AuditReport) -> Iterator[str]:
 
 
 def _data(report: AuditReport) -> Iterator[str]:
-    yield ('<section id="data"><h2>Data and models named in this report</h2><table><thead><tr><th>Kind</th>'
-           "<th>Name</th><th>Owner</th><th>Classification</th><th>Storage</th></tr></thead><tbody>")
+    yield ('<section id="data"><h2>Data and models named in this report</h2>'
+           + _table("Kind", "Name", "Owner", "Classification", "Storage"))
     for item in report.data:
         yield (f"<tr><td>{_e(item['kind'])}</td><td>{_e(item['name'])}</td><td>{_e(item.get('owner'))}</td>"
                f"<td>{_e(item.get('classification'))}</td><td>{_e(item.get('storage'))}</td></tr>")

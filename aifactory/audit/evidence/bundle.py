@@ -17,6 +17,7 @@ from typing import Any
 
 from aifactory import signing
 from aifactory.audit.model import FAIL, NOT_ASSESSED, PASS, Evidence, Finding, RuleResult
+from aifactory.audit.sign import file_digest
 from aifactory.errors import AifactoryError
 from aifactory.state import SiteState
 
@@ -39,14 +40,6 @@ def _not_assessed(note: str) -> Evidence:
     rules = tuple((c, RuleResult(*VERIFIED, NOT_ASSESSED, SOURCE, note)) for c in INTEGRITY)
     rules += (("CM-2", RuleResult(*MATCHES_PLAN, NOT_ASSESSED, SOURCE, note)),)
     return Evidence(SOURCE, "Offline bundle", NOT_ASSESSED, note, {}, rules)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def check_import(imported: Any, *, namespace: str, trust: Path | None) -> BundleCheck:
@@ -73,7 +66,7 @@ def check_import(imported: Any, *, namespace: str, trust: Path | None) -> Bundle
         path = root / entry.path
         if not path.is_file():
             check.problems.append(f"{entry.path} is missing")
-        elif _sha256(path) != entry.sha256:
+        elif file_digest(path) != entry.sha256:
             check.problems.append(f"{entry.path} was changed after import (its SHA-256 does not match)")
         if len(check.problems) >= 20:
             check.problems.append("... more problems not shown")
