@@ -100,10 +100,13 @@ def list_netns(prefix: str) -> list[str]:
 
 
 def netns_inode(name: str) -> int | None:
+    """The namespace's inode, or None when the name is not (or no longer) a mounted namespace."""
     try:
-        return os.stat(NETNS_DIR / name).st_ino
+        info = os.stat(NETNS_DIR / name)
+        nsfs = os.stat("/proc/self/ns/net").st_dev
     except OSError:
         return None
+    return info.st_ino if info.st_dev == nsfs else None
 
 
 def namespace_inode(pid: int, kind: str) -> int | None:

@@ -144,6 +144,8 @@ def test_supervisor_reads_units_as_systemd_does(tmp_path):
     assert not ignore
     assert service.command(parsed["ExecStartPre"][0], env, "demo.service") == (["/bin/false"], True)
     assert "WantedBy" not in parsed
+    shell = service.command('/bin/sh -c "echo $$PPID ${NAME}"', env, "demo.service")[0]
+    assert shell == ["/bin/sh", "-c", "echo $PPID demo"]
     assert service.seconds("90s", 1) == 90 and service.seconds("2min", 1) == 120
     assert service.seconds("500ms", 1) == 0.5
 
