@@ -160,6 +160,11 @@ def _check_end_marker(reader: IO[bytes], end: int, size: int, archive: str) -> l
                         f"(it is {size} bytes long)", Location(file=archive),
                         hint="copy the bundle (all its parts) again; a split bundle may be missing its last "
                              "part")]
+    while block := reader.read(1 << 20):  # tar pads with zeros; anything else was appended
+        if block.strip(b"\x00"):
+            return [Problem("trailing-data", "data follows the end-of-archive marker", Location(file=archive),
+                            hint="something was appended to the bundle; stock tar would ignore it, aifactory "
+                                 "refuses it")]
     return []
 
 

@@ -272,7 +272,7 @@ def _write_simple_index(manifest: Manifest, root: Path) -> None:
     """A PEP 503 index of the wheelhouse, with relative links and SHA-256 fragments."""
     projects: dict[str, list[tuple[str, str]]] = {}
     for entry in manifest.files:
-        if entry.kind == "wheel":
+        if entry.path.startswith("wheels/") and entry.path.endswith(".whl"):
             name = entry.path.rsplit("/", 1)[-1]
             project = canonicalize_name(parse_wheel_filename(name)[0])
             projects.setdefault(project, []).append((name, entry.sha256))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import getpass
-import os
 from pathlib import Path
 
 from aifactory import signing
@@ -17,6 +16,7 @@ from aifactory.bundle import (
     verify_bundle,
 )
 from aifactory.bundle.apt import ROLE_PACKAGES
+from aifactory.bundle.hashing import default_workers
 from aifactory.bundle.source import DEFAULT_PART_SIZE, parse_size
 from aifactory.cli.output import emit_json
 from aifactory.errors import Location, UsageError
@@ -150,7 +150,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     rate = report.payload_bytes / max(report.seconds, 1e-9) / 1e6
     print(f"{args.bundle}: OK, bundle {report.version} for site {report.site}, signed by {report.signer}; "
           f"{report.files} files, {report.payload_bytes / 1e6:.1f} MB hashed in {report.seconds:.1f} s "
-          f"({rate:.0f} MB/s on {os.cpu_count()} cores)")
+          f"({rate:.0f} MB/s on {default_workers()} cores)")
     return 0
 
 

@@ -144,6 +144,13 @@ def test_an_archive_missing_only_its_end_marker(small_bundle: SmallBundle, signe
     assert codes(refusal(bundle, signer.allowed_signers)) == {"truncated"}
 
 
+def test_data_appended_after_the_end_of_the_archive(small_bundle: SmallBundle, signer: Signer) -> None:
+    bundle = small_bundle()
+    with bundle.open("ab") as handle:
+        handle.write(b"\0" * 512 + b"hidden member")
+    assert codes(refusal(bundle, signer.allowed_signers)) == {"trailing-data"}
+
+
 @pytest.mark.parametrize(("name", "reason"), [
     ("../outside.txt", "unsafe-path"),
     ("policies/../../outside.txt", "unsafe-path"),
