@@ -9,7 +9,7 @@ from typing import Any
 import pulumi
 
 from aifactory.provision.render import render_fabric
-from aifactory_stack.resources import Artifact
+from aifactory_stack.resources import Artifact, artifact_children, artifact_outputs
 
 
 @dataclass(frozen=True)
@@ -28,16 +28,11 @@ class Fabric(pulumi.ComponentResource):
     def __init__(self, name: str, args: FabricArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("aifactory:network:Fabric", name, None, opts)
         rendered = render_fabric(args.plan, args.fabric, pkeys=args.pkeys, facts=args.facts)
-        self.artifacts = {
-            a.name: Artifact(f"{name}-{a.name}", directory=args.directory, file_name=a.name,
-                             content=a.content, extra={"complete": a.complete},
-                             opts=pulumi.ResourceOptions(parent=self))
-            for a in rendered
-        }
+        self.artifacts = artifact_children(self, name, args.directory, rendered)
         tenants = sorted(t["name"] for t in args.plan["tenants"])
         self.outputs = {
             "kind": args.fabric["kind"],
-            "artifacts": {a.name: {**a.as_dict(), "path": f"{args.directory}/{a.name}"} for a in rendered},
+            "artifacts": artifact_outputs(args.directory, rendered),
             "complete": all(a.complete for a in rendered),
             "partitions": ({t: f"0x{args.pkeys[t]:04x}" for t in tenants}
                            if args.fabric["kind"] == "infiniband" else {}),

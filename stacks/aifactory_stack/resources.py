@@ -14,6 +14,7 @@ from pulumi.dynamic import Resource
 
 from aifactory.provision.artifacts import digest_of
 from aifactory.provision.provider import ArtifactProvider, BareMetalHostProvider
+from aifactory.provision.render import Artifact as Rendered
 
 # pulumi.dynamic.serialize_provider wraps pickle._Pickler._batch_setitems in a sorting wrapper on
 # every call and never restores it, so each dynamic resource nests one wrapper deeper and a site with
@@ -59,3 +60,15 @@ class Artifact(Resource, module="artifacts", name="Artifact"):
                  "digest": digest_of(content), "path": None, **(extra or {})}
         _unwrap_pickler()
         super().__init__(ArtifactProvider(), name, props, opts)
+
+
+def artifact_children(parent: pulumi.Resource, name: str, directory: str,
+                      rendered: list[Rendered]) -> dict[str, Artifact]:
+    """One Artifact resource per rendered file, parented to the component that rendered it."""
+    return {a.name: Artifact(f"{name}-{a.name}", directory=directory, file_name=a.name, content=a.content,
+                             extra={"complete": a.complete}, opts=pulumi.ResourceOptions(parent=parent))
+            for a in rendered}
+
+
+def artifact_outputs(directory: str, rendered: list[Rendered]) -> dict[str, Any]:
+    return {a.name: {**a.as_dict(), "path": f"{directory}/{a.name}"} for a in rendered}

@@ -9,7 +9,7 @@ from typing import Any
 import pulumi
 
 from aifactory.provision.render import render_storage
-from aifactory_stack.resources import Artifact
+from aifactory_stack.resources import Artifact, artifact_children, artifact_outputs
 
 
 @dataclass(frozen=True)
@@ -26,15 +26,11 @@ class StoragePool(pulumi.ComponentResource):
     def __init__(self, name: str, args: StoragePoolArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("aifactory:storage:StoragePool", name, None, opts)
         rendered = render_storage(args.plan, args.storage)
-        self.artifacts = {
-            a.name: Artifact(f"{name}-{a.name}", directory=args.directory, file_name=a.name,
-                             content=a.content, opts=pulumi.ResourceOptions(parent=self))
-            for a in rendered
-        }
+        self.artifacts = artifact_children(self, name, args.directory, rendered)
         self.outputs = {
             "kind": args.storage["kind"],
             "encrypted_at_rest": args.storage["encrypted_at_rest"],
             "replicas": list(args.storage["replicas"]),
-            "artifacts": {a.name: {**a.as_dict(), "path": f"{args.directory}/{a.name}"} for a in rendered},
+            "artifacts": artifact_outputs(args.directory, rendered),
         }
         self.register_outputs({"storage": self.outputs})
