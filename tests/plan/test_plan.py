@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import NATIONAL, site_text
+from plan_sites import NATIONAL, site_text
 
 from aifactory.errors import SpecError
 from aifactory.plan import plan_site
