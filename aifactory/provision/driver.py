@@ -32,10 +32,11 @@ from aifactory.errors import (
     SecretError,
     SpecError,
 )
-from aifactory.plan import PlannedSite
+from aifactory.plan import PlannedSite, SitePlan
 from aifactory.provision.outputs import OUTPUTS_FILE, outputs_document, write_outputs
 from aifactory.provision.partitions import read_registry, write_registry
 from aifactory.resources import resource_dir
+from aifactory.secrets import STORE_FILE, SecretResolver
 from aifactory.state import SiteState
 
 log = logging.getLogger(__name__)
@@ -154,6 +155,23 @@ def secrets_passphrase_file(options: ProvisionOptions) -> Path:
     return Path(source).resolve()
 
 
+def check_credentials(plan: SitePlan, resolver: SecretResolver) -> None:
+    """Every BMC credential must resolve before the stack starts (values are not kept here: the
+    stack program resolves them again and holds them only as Pulumi secrets)."""
+    missing: list[Problem] = []
+    for host in plan.hosts:
+        if host.bmc is None:
+            continue
+        try:
+            resolver.resolve(host.bmc.credentials, host=host.name)
+        except SecretError as error:
+            missing.append(Problem("secret-missing", error.message, Location(path=f"hosts.{host.name}.bmc"),
+                                   error.hint))
+    if missing:
+        raise SecretError(f"{len(missing)} BMC credential(s) cannot be resolved; nothing was provisioned",
+                          hint="set them with `aifactory secret set SITE secret://...`", problems=missing)
+
+
 def prepare_workdir(state: SiteState) -> Path:
     """A private copy of the stack project in the state folder (the installed one may be read-only,
     and Pulumi writes the stack's settings file beside the project)."""
@@ -195,6 +213,7 @@ def provision_site(planned: PlannedSite, options: ProvisionOptions, *, state: Si
     plan = planned.plan
     state = state or SiteState.for_site(plan.name)
     passphrase = secrets_passphrase_file(options)
+    check_credentials(plan, SecretResolver(state.path(STORE_FILE), str(passphrase)))
     command = "provision --preview" if options.preview else "provision"
     with state.lock(command, wait=options.lock_wait):
         folder = state.subdir("provision")
@@ -240,6 +259,7 @@ def automation_run(*, cli: Path, workdir: Path, site: str, backend: Path, config
     env = {
         "PATH": f"{cli.parent}{os.pathsep}{os.environ.get('PATH', '')}",  # its language plugins
         "PULUMI_CONFIG_PASSPHRASE_FILE": str(secrets_passphrase_file),
+        "AIFACTORY_PASSPHRASE_FILE": str(secrets_passphrase_file),  # the program opens the secret store
         "PULUMI_SKIP_UPDATE_CHECK": "true",
         "PULUMI_DIY_BACKEND_NO_LEGACY_WARNING": "true",
         "PULUMI_HOME": str(backend.parent / "pulumi-home"),

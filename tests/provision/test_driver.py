@@ -102,7 +102,23 @@ def test_the_passphrase_is_required(tmp_path, monkeypatch):
         provision_site(planned, ProvisionOptions(), state=state, locate_cli=_fake_cli, runner=_never)
 
 
-def test_an_apply_writes_the_outputs_file_and_keeps_the_partition_keys(tmp_path):
+def test_missing_bmc_credentials_are_listed_before_the_stack_runs(tmp_path, monkeypatch):
+    for name in ("AIFACTORY_SECRET_LAB_BMC_LAB_CPU_001", "AIFACTORY_SECRET_LAB_BMC_LAB_CPU_002"):
+        monkeypatch.delenv(name, raising=False)
+    passphrase = tmp_path / "pw"
+    passphrase.write_text("correct horse battery staple\n")
+    planned = plan_site(LAB, write_lock=False)
+    state = SiteState.for_site("lab", home=tmp_path / "state")
+    with pytest.raises(SecretError) as caught:
+        provision_site(planned, ProvisionOptions(passphrase_file=passphrase), state=state,
+                       locate_cli=_fake_cli, runner=_never)
+    where = [p.location.path for p in caught.value.problems]
+    assert where == ["hosts.lab-cpu-001.bmc", "hosts.lab-cpu-002.bmc"]
+
+
+def test_an_apply_writes_the_outputs_file_and_keeps_the_partition_keys(tmp_path, monkeypatch):
+    for name in ("AIFACTORY_SECRET_LAB_BMC_LAB_CPU_001", "AIFACTORY_SECRET_LAB_BMC_LAB_CPU_002"):
+        monkeypatch.setenv(name, "admin:lab-test-credential")
     planned = plan_site(LAB, write_lock=False)
     state = SiteState.for_site("lab", home=tmp_path / "state")
     passphrase = tmp_path / "pw"

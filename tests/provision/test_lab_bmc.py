@@ -25,7 +25,7 @@ logic = BareMetalHostLogic()
 client = logic.client(props)
 system = client.find_system()
 result = {"identity": read_identity(client, system).as_dict(),
-          "diff": list(logic.diff({**props, "identity": {"uuid": system["UUID"]}}, props, live=True).replaces)}
+          "diff": list(logic.diff({**props, "identity": {"uuid": system["UUID"]}}, props).replaces)}
 try:
     logic.client({**props, "credentials": request["host"] + ":wrong"}).find_system()
 except ProvisionError as error:
