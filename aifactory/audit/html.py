@@ -169,9 +169,11 @@ def _findings(report: AuditReport) -> Iterator[str]:
     if not findings:
         yield '<p class="muted">No findings.</p>'
     opened = " open" if len(findings) < OPEN_FINDINGS_BELOW else ""
-    for rule, group in groupby(sorted(findings, key=lambda f: (f.rule, f.status != FAIL, f.resource)),
-                               key=lambda f: f.rule):
-        items = list(group)
+    groups: dict[str, list[Finding]] = {}  # references only: the findings stay where they are
+    for finding in findings:
+        groups.setdefault(finding.rule, []).append(finding)
+    for rule in sorted(groups):
+        items = groups.pop(rule)  # in report order: failing first, then by severity and resource
         first = items[0]
         failing = sum(f.status == FAIL for f in items)
         yield (f'<details class="finding-group" id="{_anchor("rule-", rule)}"{opened}><summary>'
@@ -290,7 +292,7 @@ def write_html(report: AuditReport, path: Path) -> None:
         for piece in render_html(report):
             buffer.append(piece)
             size += len(piece)
-            if size > 1 << 16:
+            if size > 1 << 14:
                 handle.write("".join(buffer))
                 buffer, size = [], 0
         handle.write("".join(buffer))
