@@ -178,6 +178,13 @@ CASES = [
         "name 'health' is already used by tenants[0]", "# again"),
     one("duplicate-pool", "  - name: ctl\n", "  - name: gpu  # again\n", "node_pools[1].name",
         "name 'gpu' is already used by node_pools[0]", "# again"),
+    one("duplicate-storage", "  - name: objects\n", "  - name: lake  # again\n", "storage[2].name",
+        "name 'lake' is already used by storage[0]", "# again"),
+    one("duplicate-dataset", "  - name: images\n", "  - name: records  # again\n", "datasets[1].name",
+        "name 'records' is already used by datasets[0]", "# again"),
+    one("duplicate-datacenter", "datacenters:\n  - name: dc1\n    country: NG\n",
+        "datacenters:\n  - name: dc1\n    country: NG\n  - name: dc1  # again\n    country: NG\n",
+        "datacenters[1].name", "name 'dc1' is already used by datacenters[0]", "# again"),
     # --- fabrics: CIDRs valid, not overlapping, large enough ---
     one("cidr-invalid", "cidr: 10.9.0.0/24", "cidr: 10.9.0.0/33", "fabrics[2].cidr", "not a valid network"),
     one("cidr-host-bits", "cidr: 10.9.0.0/24", "cidr: 10.9.0.1/24", "fabrics[2].cidr",
