@@ -11,7 +11,7 @@ from typing import Any
 
 from aifactory.audit.model import FAIL, NOT_ASSESSED, PASS, Evidence, Finding, LogReference, RuleResult, worst
 from aifactory.chain import ChainHead, ChainReport, read_head, verify_chain
-from aifactory.errors import ChainError, PrerequisiteError
+from aifactory.errors import ChainError, PrerequisiteError, UsageError
 from aifactory.state import OPERATOR_LOG, SiteState
 
 INTEGRITY = "AU-9"
@@ -60,6 +60,8 @@ def _head_hash(path: Path) -> str:
 def verify_any_log(path: Path, *, heads: Path | None = None, trust: Path | None = None) -> LogCheck:
     """The runtime's `verify_log` (chain and signed heads) when installed, else the plain chain.
     The operator log has no signed heads: its chain is what there is to check."""
+    if path.name == OPERATOR_LOG and (heads or trust):
+        raise UsageError("the operator log has no signed heads", hint="leave out --heads and --trust")
     verify_log = None if path.name == OPERATOR_LOG else _runtime_verifier()
     if verify_log is None:
         if heads or trust:
