@@ -160,3 +160,43 @@ def test_a_bmc_with_no_such_system_says_which_it_has(emulator):
     with pytest.raises(ProvisionError) as caught:
         BareMetalHostLogic().create(wanted)
     assert caught.value.code == "bmc-system-not-found" and SYSTEM_A in caught.value.message
+
+
+@pytest.fixture
+def image_server(tmp_path: Path):
+    """A loopback HTTP server with a small installer image (the bundle's ISO, in miniature)."""
+    import functools
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    (tmp_path / "www").mkdir()
+    (tmp_path / "www" / "installer.iso").write_bytes(b"\0" * 4096)
+    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(tmp_path / "www"))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/installer.iso"
+    server.shutdown()
+    server.server_close()
+
+
+def test_virtual_media_boot_inserts_the_image_and_delete_ejects_it(tmp_path: Path, image_server: str):
+    emulator = Emulator(tmp_path / "bmc", free_port()).start([system(SYSTEM_A, power="On")])
+    try:
+        logic = BareMetalHostLogic(poll_interval=0.5)
+        wanted = props(emulator.endpoint, boot="virtual-media")
+        wanted["boot"]["image"] = image_server
+        _, outs = logic.create(wanted)
+        assert outs["boot_reported"]["target"] == "Cd"
+        slot = logic.client(outs).virtual_media_slot(live(emulator.endpoint, SYSTEM_A))
+        assert slot is not None and slot["Inserted"] is True and slot["Image"] == image_server
+        logic.delete(outs)
+        slot = logic.client(outs).virtual_media_slot(live(emulator.endpoint, SYSTEM_A))
+        assert slot is not None and not slot.get("Inserted")
+    finally:
+        emulator.stop()
+
+
+def test_virtual_media_boot_without_an_image_is_refused_before_any_change(emulator):
+    with pytest.raises(ProvisionError) as caught:
+        BareMetalHostLogic().create(props(emulator.endpoint, boot="virtual-media"))
+    assert caught.value.code == "provision-boot-source" and "image" in caught.value.message
