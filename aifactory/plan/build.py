@@ -22,6 +22,7 @@ from aifactory.plan.addressing import (
 )
 from aifactory.plan.model import BmcEndpoint, Host, Interface, Mount, SitePlan
 from aifactory.spec.model import Fabric, NodePool, SiteSpec
+from aifactory.spec.naming import host_name, interface_name
 from aifactory.spec.places import Places, load_places
 from aifactory.spec.validate import LoadedSpec, load_spec
 from aifactory.state import SiteState
@@ -94,11 +95,6 @@ def spec_digest(spec: SiteSpec) -> str:
     return "sha256:" + hashlib.sha256(body.encode()).hexdigest()
 
 
-def interface_name(fabric: str, rail: int, rails: int) -> str:
-    base = fabric if len(fabric) <= 12 else fabric[:8] + hashlib.sha256(fabric.encode()).hexdigest()[:4]
-    return f"{base}{rail}" if rails > 1 else base
-
-
 def build_plan(
     spec: SiteSpec, *, lock: AllocationLock | None = None, places: Places | None = None
 ) -> tuple[SitePlan, AllocationLock]:
@@ -113,7 +109,7 @@ def build_plan(
     pools: list[dict[str, Any]] = []
     for pool in spec.node_pools:
         dc = dc_by_name[pool.datacenter]
-        names = [f"{site}-{pool.name}-{i:03d}" for i in range(1, pool.count + 1)]
+        names = [host_name(site, pool.name, i) for i in range(1, pool.count + 1)]
         pools.append(_pool_dict(pool, dc.country, names))
         hosts.extend(
             _pool_hosts(

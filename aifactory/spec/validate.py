@@ -31,6 +31,7 @@ from aifactory.spec.model import (
     SECRET_PATTERN,
     SiteSpec,
 )
+from aifactory.spec.naming import interface_name
 from aifactory.spec.places import Places, load_places
 
 SECRET_FIELDS = {"credentials", "password", "token", "secret", "key", "passphrase"}
@@ -461,6 +462,7 @@ class _Checker:
             for j, name in _str_list(pool.get("fabrics")):
                 fabric = self.ref(path + ("fabrics", j), name, "fabrics", "fabric")
                 on_management |= bool(fabric and fabric.get("purpose") == "management")
+            self._interface_names(path, pool)
             if isinstance(pool.get("fabrics"), list) and pool["fabrics"] and not on_management:
                 self.add(
                     path + ("fabrics",),
@@ -485,6 +487,23 @@ class _Checker:
                         "bmc-fabric-purpose",
                         f"fabric '{bmc.get('fabric')}' has purpose '{fabric.get('purpose')}', not 'bmc'",
                     )
+
+    def _interface_names(self, path: PathKey, pool: dict[str, Any]) -> None:
+        """Two fabrics of a pool must not give a host the same interface name (`compute` with 2
+        rails makes compute0 and compute1, as does a fabric named `compute0`)."""
+        taken: dict[str, str] = {}
+        for j, name in _str_list(pool.get("fabrics")):
+            fabric = self.names["fabrics"].get(name)
+            rails = fabric.get("rails", 1) if fabric else None
+            if not isinstance(rails, int) or rails < 1:
+                continue
+            for rail in range(rails):
+                ifname = interface_name(name, rail, rails)
+                if taken.setdefault(ifname, name) != name:
+                    self.add(path + ("fabrics", j), "interface-name-clash",
+                             f"fabric '{name}' would give hosts the interface '{ifname}', "
+                             f"which fabric '{taken[ifname]}' also gives them", "rename one of the fabrics")
+                    break
 
     def _storage(self) -> None:
         for i, store in _items(self.data, "storage"):
