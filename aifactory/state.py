@@ -49,6 +49,8 @@ class SiteState:
 
     @classmethod
     def for_site(cls, site: str, *, home: Path | None = None) -> SiteState:
+        if not site or site in (".", "..") or "/" in site or "\0" in site:
+            raise StateError(f"{site!r} cannot name a state folder", hint="use the spec's site.name")
         root = (home or state_home()) / site
         try:
             root.mkdir(parents=True, exist_ok=True, mode=0o700)

@@ -10,7 +10,10 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from aifactory.chain import verify_chain
+from aifactory.errors import StateError
 from aifactory.state import SiteState
 
 HOLDER = """
@@ -41,6 +44,13 @@ def test_state_folder_is_private(state_home: Path) -> None:
     state.record(command="test", result="ok")
     assert stat.S_IMODE(state.operator_log.stat().st_mode) == 0o600
     assert stat.S_IMODE(state.subdir("deploy").stat().st_mode) == 0o700
+
+
+@pytest.mark.parametrize("name", ["", "..", "../etc", "a/b"])
+def test_a_site_name_cannot_escape_the_state_home(name: str, state_home: Path) -> None:
+    with pytest.raises(StateError, match="cannot name a state folder"):
+        SiteState.for_site(name)
+    assert not state_home.exists() or not any(state_home.parent.glob("etc"))
 
 
 def test_second_changing_command_refuses_while_the_site_is_locked(state_home: Path, tmp_path: Path,
