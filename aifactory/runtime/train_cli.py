@@ -87,7 +87,8 @@ def plan_launch(job: JobSpec, plan: RuntimePlan, *, job_path: Path, host: dict[s
     host_name = (host or {}).get("name", "")
     argv = [sys.executable, "-m", "torch.distributed.run", f"--nnodes={nodes}", f"--nproc-per-node={per_host}",
             "--rdzv-backend=c10d", f"--rdzv-endpoint={_endpoint(endpoint, job.rendezvous_port)}",
-            f"--rdzv-id={job.name}", f"--local-addr={local}", f"--max-restarts={job.max_restarts}",
+            f"--rdzv-id={job.name}", f"--rdzv-conf=is_host={str(node_rank == 0).lower()},join_timeout=300",
+            f"--local-addr={local}", f"--max-restarts={job.max_restarts}",
             "--monitor-interval=0.5", "-m", "aifactory.runtime.train_worker", str(job_path), "--host", host_name]
     env = {**os.environ, **network_env, DECISION_ENV: decision_id, "OMP_NUM_THREADS": str(job.train.threads)}
     return Launch(argv, env, node_rank, nodes)

@@ -1,0 +1,80 @@
+"""Two hosts, one job: each host is a network namespace whose only link is the compute fabric (the
+plan's compute addresses on an interface named as the plan's GLOO_SOCKET_IFNAME says), and
+`aifactory-train` on each rendezvouses over it. This is the lab's 2-host test without deploy: the
+namespaces are made here (root, iproute2), and share this machine's files as NFS would."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from .conftest import DATASET_PATH, RuntimeSite, free_port
+
+pytestmark = [pytest.mark.lab, pytest.mark.slow]
+HOSTS = {"rtlab-cpu-001": "10.201.0.2", "rtlab-cpu-002": "10.201.0.3"}  # the plan's compute addresses
+
+
+def _ip(*argv: str) -> None:
+    subprocess.run(["ip", *argv], check=True, capture_output=True)
+
+
+@pytest.fixture()
+def namespaces(site: RuntimeSite) -> Iterator[dict[str, str]]:
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        pytest.skip("needs root and iproute2 (network namespaces)")
+    plan = json.loads(site.plan_path.read_text())
+    for host in plan["hosts"]:
+        if host["name"] in HOSTS:
+            assert host["compute_address"] == HOSTS[host["name"]]
+            interface = host["nccl"]["GLOO_SOCKET_IFNAME"]
+    names = {host: f"aifrt{os.getpid() % 100000}-{i}" for i, host in enumerate(HOSTS)}
+    peers = [f"rtv{os.getpid() % 100000}{i}" for i in range(2)]
+    try:
+        for namespace in names.values():
+            _ip("netns", "add", namespace)
+            _ip("-n", namespace, "link", "set", "lo", "up")
+        _ip("link", "add", peers[0], "type", "veth", "peer", "name", peers[1])
+        for peer, (host, namespace) in zip(peers, names.items(), strict=True):
+            _ip("link", "set", peer, "netns", namespace)
+            _ip("-n", namespace, "link", "set", peer, "name", interface)
+            _ip("-n", namespace, "addr", "add", f"{HOSTS[host]}/24", "dev", interface)
+            _ip("-n", namespace, "link", "set", interface, "up")
+        yield names
+    finally:
+        for namespace in names.values():
+            subprocess.run(["ip", "netns", "del", namespace], capture_output=True, check=False)
+
+
+def test_a_job_trains_across_two_hosts_over_their_compute_addresses(site: RuntimeSite, tmp_path: Path,
+                                                                    namespaces: dict[str, str]) -> None:
+    shutil.copytree(site.dataset_dir, tmp_path / "storage" / DATASET_PATH)
+    (tmp_path / "token").write_text(site.tokens["health"])
+    job = {"schema": "aifactory.job/v1", "name": "two-hosts", "plan": str(site.plan_path), "token_file": "token",
+           "dataset": "vitals", "model": "vitals-mlp", "storage_root": "storage", "runtime_dir": str(site.runtime_dir),
+           "hosts": list(HOSTS), "processes_per_host": 1, "rendezvous_port": free_port(),
+           "network": {"hidden": 32, "layers": 2},
+           "train": {"steps": 30, "global_batch": 64, "learning_rate": 0.01, "checkpoint_every": 10}}
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(job))
+    env = {k: v for k, v in os.environ.items() if k != "AIFACTORY_TOKEN"}
+    launches = [subprocess.Popen(["ip", "netns", "exec", namespace, sys.executable, "-m", "aifactory.runtime.train_cli",
+                                  str(tmp_path / "job.yaml"), "--host", host], env=env, stdout=subprocess.PIPE,
+                                 stderr=subprocess.STDOUT, text=True)
+                for host, namespace in namespaces.items()]
+    outputs = [launch.communicate(timeout=300)[0] for launch in launches]
+    assert [launch.returncode for launch in launches] == [0, 0], "\n".join(outputs)
+    assert "node 1 of 2" in outputs[0] and "node 2 of 2" in outputs[1]
+    metrics = [json.loads(line) for line in
+               (tmp_path / "storage/srv/share/models/vitals-mlp/runs/two-hosts/metrics.jsonl").read_text().splitlines()]
+    assert {m["world_size"] for m in metrics} == {2} and len(metrics) == 30
+    assert metrics[-1]["loss"] < metrics[0]["loss"]
+    records = [json.loads(line) for line in (site.runtime_dir / "decisions.jsonl").read_text().splitlines()]
+    hosts_allowed = {r["host"] for r in records if r["request"].get("job") == "two-hosts" and r["allow"]}
+    assert hosts_allowed == set(HOSTS)  # each host decided for itself before reading
