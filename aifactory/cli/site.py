@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 from aifactory.cli.output import emit_json, table
 from aifactory.errors import Location, SpecError, UsageError
 from aifactory.plan import plan_site
-from aifactory.plan.diff import diff_plans
+from aifactory.plan.diff import diff_plans, read_plan_file
 from aifactory.spec import load_spec
 from aifactory.spec.starter import starter_spec
 
@@ -101,19 +100,15 @@ def cmd_plan(args: argparse.Namespace) -> int:
             hint="run `aifactory plan` without --frozen to allocate, and commit the lock file",
         )
     plan = planned.plan
+    if args.output:
+        Path(args.output).write_text(plan.to_json())
     if args.diff:
-        try:
-            old = json.loads(Path(args.diff).read_text())
-        except (OSError, ValueError) as exc:
-            raise UsageError(f"cannot read the old plan {args.diff}: {exc}") from None
-        difference = diff_plans(old, plan.to_dict())
+        difference = diff_plans(read_plan_file(args.diff), plan.to_dict())
         if args.format == "json":
             emit_json(difference.as_dict())
         else:
             print(difference.render())
         return 0
-    if args.output:
-        Path(args.output).write_text(plan.to_json())
     if args.format == "json" and not args.output:
         sys.stdout.write(plan.to_json())
         return 0

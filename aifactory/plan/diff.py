@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+from aifactory.errors import UsageError
+from aifactory.plan.model import PLAN_SCHEMA
 
 
 @dataclass(frozen=True)
@@ -36,6 +41,19 @@ def _addresses(host: dict[str, Any]) -> dict[str, str]:
     if host.get("bmc"):
         out["bmc"] = host["bmc"]["address"]
     return out
+
+
+def read_plan_file(path: str | Path) -> dict[str, Any]:
+    """A plan written by `aifactory plan -o`, or a UsageError saying why the file is not one."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"cannot read the old plan {path}: {exc}") from None
+    hosts = data.get("hosts") if isinstance(data, dict) else None
+    if (not isinstance(data, dict) or data.get("schema") != PLAN_SCHEMA or not isinstance(hosts, list)
+            or not all(isinstance(h, dict) and isinstance(h.get("name"), str) for h in hosts)):
+        raise UsageError(f"{path} is not a plan written by `aifactory plan -o` ({PLAN_SCHEMA})")
+    return data
 
 
 def diff_plans(old: dict[str, Any], new: dict[str, Any]) -> PlanDiff:

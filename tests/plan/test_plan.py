@@ -169,9 +169,15 @@ def test_plan_diff_shows_added_removed_and_changed(tmp_path: Path, aifactory) ->
     assert same.stdout.strip() == "no host or address changes"
 
 
-def test_plan_diff_with_an_unreadable_old_plan_is_a_usage_error(tmp_path: Path, aifactory) -> None:
+@pytest.mark.parametrize(("content", "phrase"), [
+    ("[not a plan", "cannot read the old plan"),
+    ("[]", "is not a plan written by `aifactory plan -o`"),
+    ('{"schema": "aifactory.plan/v1", "hosts": [{"addr": 1}]}', "is not a plan"),
+])
+def test_plan_diff_with_an_unreadable_old_plan_is_a_usage_error(content: str, phrase: str, tmp_path: Path,
+                                                                 cli_main) -> None:
     spec = tmp_path / "site.yaml"
     spec.write_text(site_text([("train", 1)]))
-    (tmp_path / "old.json").write_text("[not a plan")
-    result = aifactory("plan", str(spec), "--diff", str(tmp_path / "old.json"))
-    assert result.returncode == 2 and "cannot read the old plan" in result.stderr
+    (tmp_path / "old.json").write_text(content)
+    code, _, err = cli_main("plan", str(spec), "--diff", str(tmp_path / "old.json"))
+    assert code == 2 and phrase in err and "Traceback" not in err
