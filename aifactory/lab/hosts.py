@@ -5,15 +5,15 @@ Each host gets, inside its network namespace, an anchor process started with
 private system state and then sleeps. sshd and `lab exec` join the anchor's namespaces with
 `nsenter`, so everything that runs "on" a host sees the same private view:
 
-- `/etc`: an overlay (lower: the machine's /etc; upper: a per-host folder), so files roles write
-  land on that host only; the lab seeds `/etc/hostname`, `/etc/hosts` and an empty `/etc/resolv.conf`
-  (air-gapped: no DNS);
+- `/etc` and `/var/lib`: overlays (lower: the machine's tree; upper: a per-host folder), so files
+  roles write (configs, service state such as /var/lib/munge) land on that host only; the lab seeds
+  `/etc/hostname`, `/etc/hosts` and an empty `/etc/resolv.conf` (air-gapped: no DNS);
 - `/run`: a private tmpfs (sshd's /run/sshd, pid files, the supervisor, ssh control sockets);
 - `/opt`, `/var/log`, `/var/spool`, `/var/lib/aifactory` and the plan's storage mounts: bind mounts of
   per-host (storage: per-site) folders on the machine.
 
-A mount point the machine lacks (e.g. /var/lib/aifactory) is made inside an overlay of its nearest
-existing parent (e.g. /var/lib), so the machine's own tree is never changed. `/usr` and the rest stay
+A mount point the machine lacks (e.g. /srv/share) is made inside an overlay of its nearest existing
+parent (e.g. /srv), so the machine's own tree is never changed. `/usr` and the rest stay
 shared with the machine. The mounts live only in the host's mount namespace: they vanish with its
 last process.
 """
@@ -39,7 +39,7 @@ PRIVATE_TREES = {
     "/var/spool": "var-spool",
     "/var/lib/aifactory": "var-lib-aifactory",
 }
-OVERLAID = ("/etc",)
+OVERLAID = ("/etc", "/var/lib")  # per-host upper layers over the machine's trees
 TMPFS = ("/run",)
 SERVICE_BIN = "/run/aifactory-lab/bin"
 READY = "ready"
@@ -69,7 +69,7 @@ def mount_plan(layout: LabLayout, host: Host) -> MountPlan:
     folder = layout.host_dir(host.name)
     binds: list[tuple[Path, str]] = [(folder / name, path) for path, name in PRIVATE_TREES.items()]
     binds += [(layout.storage_dir(m.storage), m.path) for m in host.mounts]
-    overlays: list[tuple[str, Path]] = [("/etc", folder / "etc")]
+    overlays = [(path, folder / path.strip("/").replace("/", "-")) for path in OVERLAID]
     machine_dirs: list[str] = []
     for _, target in binds:
         already_private = [d for d, _ in overlays] + list(TMPFS) + [

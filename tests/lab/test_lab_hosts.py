@@ -62,9 +62,8 @@ def test_ansible_ping_every_host_through_the_cli(lab):
 
 
 def test_exec_passes_the_commands_exit_code_and_runs_where_asked(lab):
-    assert aifactory("lab", "exec", lab.site, "--", "sh", "-c", "exit 7").returncode == 7
-    result = aifactory("lab", "exec", lab.site, "--host", lab.hosts[2], "--", "hostname")
-    assert result.stdout.strip() == lab.hosts[2]
+    result = aifactory("lab", "exec", lab.site, "--host", lab.hosts[2], "--", "sh", "-c", "hostname; exit 7")
+    assert (result.returncode, result.stdout.strip()) == (7, lab.hosts[2])
     missing = aifactory("lab", "exec", lab.site, "--host", "no-such-host", "--", "true")
     assert missing.returncode == 2 and "no lab host" in missing.stderr
 
@@ -72,7 +71,7 @@ def test_exec_passes_the_commands_exit_code_and_runs_where_asked(lab):
 def test_files_under_opt_and_etc_stay_on_their_host(lab):
     writer, reader = lab.hosts[1], lab.hosts[2]
     token = uuid.uuid4().hex
-    for folder in ("/opt", "/etc", "/var/lib/aifactory", "/var/log", "/var/spool"):
+    for folder in ("/opt", "/etc", "/var/lib", "/var/lib/aifactory", "/var/log", "/var/spool"):
         path = f"{folder}/aifactory-lab-test-{token}"
         lab.sh(f"echo {token} > {path}", host=writer)
         assert lab.exec(["cat", path], host=writer).stdout.strip() == token

@@ -80,10 +80,11 @@ def mounts_mentioning(text: str, pid: str = "self") -> list[str]:
 
 
 def assert_nothing_left(site: str, lab_root: Path, pids: list[int]) -> None:
-    assert lab_namespaces(site) == []
-    assert [p for p in pids if alive(p)] == []
-    assert mounts_mentioning(str(lab_root)) == []
-    assert not lab_root.exists()
+    assert lab_namespaces(site) == [], "namespaces left"
+    left = {p: Path(f"/proc/{p}/cmdline").read_bytes() for p in pids if alive(p)}
+    assert left == {}, "processes left"
+    assert mounts_mentioning(str(lab_root)) == [], "mounts left"
+    assert not lab_root.exists(), "lab files left"
 
 
 def test_down_after_an_up_killed_halfway_leaves_nothing(tmp_path, lab):
@@ -99,9 +100,9 @@ def test_down_after_an_up_killed_halfway_leaves_nothing(tmp_path, lab):
     while time.monotonic() < deadline and len(journal_pids(lab_root)) < 3 and up.poll() is None:
         time.sleep(0.02)
     up.send_signal(signal.SIGKILL)
-    up.wait()
+    output = up.communicate()[0].decode(errors="replace")
     pids = journal_pids(lab_root)
-    assert len(pids) >= 3, "up was not caught halfway"
+    assert len(pids) >= 3, f"up was not caught halfway (exit {up.returncode}): {output[-2000:]}"
     assert lab_namespaces(site), "the killed up left no namespace: nothing was tested"
     assert any(alive(p) for p in pids)
     assert lab_status(site).state == "partial"
