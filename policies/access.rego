@@ -16,14 +16,18 @@ import data.aifactory.lib
 
 _violation(rule, resource, msg) := lib.violation("access", rule, resource, msg)
 
-# The dataset or model a grant or owner refers to, as {kind, name, record}.
-_resources contains {"kind": "dataset", "name": name, "record": record} if some name, record in input.datasets
+# Every dataset and model by its resource id ("dataset/<name>", "model/<name>").
+_records[id] := record if {
+	some name, record in input.datasets
+	id := concat("/", ["dataset", name])
+}
 
-_resources contains {"kind": "model", "name": name, "record": record} if some name, record in input.models
+_records[id] := record if {
+	some name, record in input.models
+	id := concat("/", ["model", name])
+}
 
-_clearance(tenant) := input.tenants[tenant].clearance if input.tenants[tenant].clearance
-
-else := "none"
+_clearance(tenant) := object.get(input.tenants, [tenant, "clearance"], "none")
 
 _below(clearance, classification) if lib.clearance_rank(clearance) < lib.classification_rank(classification)
 
@@ -36,14 +40,12 @@ _below(clearance, classification) if lib.clearance_rank(clearance) < lib.classif
 #   remediation: Remove the grant, or raise the tenant's clearance after vetting.
 deny contains result if {
 	some grant in input.access
-	record := object.get(input, [_collection[grant.kind], grant.name], {"classification": "unknown"})
+	record := object.get(_records, grant.resource, {"classification": "unknown"})
 	clearance := _clearance(grant.tenant)
 	_below(clearance, record.classification)
 	msg := sprintf("tenant %s (clearance %s) is granted %s on %s classified %s", [grant.tenant, clearance, concat(", ", grant.actions), grant.resource, record.classification])
 	result := _violation("grant_uncleared", sprintf("access/%s/%s", [grant.tenant, grant.resource]), msg)
 }
-
-_collection := {"dataset": "datasets", "model": "models"}
 
 # METADATA
 # title: Uncleared owner
@@ -53,11 +55,11 @@ _collection := {"dataset": "datasets", "model": "models"}
 #   severity: high
 #   remediation: Give the resource to a cleared owner, or raise the owner's clearance after vetting.
 deny contains result if {
-	some resource in _resources
-	clearance := _clearance(resource.record.owner)
-	_below(clearance, resource.record.classification)
-	msg := sprintf("%s %s is owned by tenant %s (clearance %s) but classified %s", [resource.kind, resource.name, resource.record.owner, clearance, resource.record.classification])
-	result := _violation("owner_uncleared", sprintf("%s/%s", [resource.kind, resource.name]), msg)
+	some id, record in _records
+	clearance := _clearance(record.owner)
+	_below(clearance, record.classification)
+	msg := sprintf("%s is owned by tenant %s (clearance %s) but classified %s", [replace(id, "/", " "), record.owner, clearance, record.classification])
+	result := _violation("owner_uncleared", id, msg)
 }
 
 # METADATA
@@ -70,7 +72,7 @@ deny contains result if {
 deny contains result if {
 	some grant in input.access
 	"export" in grant.actions
-	residency := lib.model_residency(input, object.get(input.models, grant.name, {"trained_on": [null]}))
+	residency := object.get(lib.input_model_residency, grant.name, set())
 	destination := lib.countries_of(object.get(grant, "to", ""))
 	outside := _outside(destination, residency)
 	count(outside) > 0

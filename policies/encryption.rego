@@ -22,16 +22,22 @@ _threshold := lib.classification_rank(data.aifactory.encryption_required_from) i
 	data.aifactory.encryption_required_from
 } else := 0
 
+# Each dataset and model classified at or above the threshold, with the storage that holds it.
+_sensitive contains {"store": record.storage, "id": sprintf("dataset/%s", [name])} if {
+	some name, record in input.datasets
+	lib.classification_rank(record.classification) >= _threshold
+}
+
+_sensitive contains {"store": record.storage, "id": sprintf("model/%s", [name])} if {
+	some name, record in input.models
+	lib.classification_rank(record.classification) >= _threshold
+}
+
 # Storage name -> the sorted names of the sensitive datasets and models it holds.
-_sensitive_on[store] := sort(names) if {
+_sensitive_on[store] := held if {
 	some store, _ in input.storage
-	names := {sprintf("%s/%s", [kind, name]) |
-		some kind, collection in {"dataset": input.datasets, "model": input.models}
-		some name, record in collection
-		record.storage == store
-		lib.classification_rank(record.classification) >= _threshold
-	}
-	count(names) > 0
+	held := sort([item.id | some item in _sensitive; item.store == store])
+	count(held) > 0
 }
 
 _unencrypted(store) if object.get(input.storage, [store, "encrypted_at_rest"], false) != true

@@ -22,9 +22,9 @@ site := {
 		"edge": {"role": "cpu", "datacenter": "dc2", "count": 1},
 	},
 	"hosts": {
-		"t-gpu-001": {"pool": "gpu", "datacenter": "dc1"},
-		"t-gpu-002": {"pool": "gpu", "datacenter": "dc1"},
-		"t-edge-001": {"pool": "edge", "datacenter": "dc2"},
+		"t-gpu-001": "dc1",
+		"t-gpu-002": "dc1",
+		"t-edge-001": "dc2",
 	},
 	"storage": {
 		"lake": {"kind": "lustre", "datacenter": "dc1", "encrypted_at_rest": true, "replicas": ["lake-dr"]},

@@ -16,23 +16,25 @@ package aifactory.lib
 import rego.v1
 
 # The countries a place stands for: a bloc is its members, a country itself, anything else nothing.
-countries_of(place) := {c | some c in data.aifactory.blocs[place]} if {
-	data.aifactory.blocs[place]
+countries_of(place) := members if {
+	bloc := data.aifactory.blocs[place]
+	members := {c | some c in bloc}
 } else := {place} if {
 	data.aifactory.country_index[place]
 } else := set()
 
 # Rank of a resource's classification. An unknown label ranks above the top (most protected).
-classification_rank(label) := i if {
-	some i, known in data.aifactory.classifications
-	known == label
+classification_rank(label) := _rank[label] if {
+	_rank[label]
 } else := count(data.aifactory.classifications)
 
 # Rank of a tenant's clearance. An unknown label ranks below the bottom (cleared for nothing).
-clearance_rank(label) := i if {
-	some i, known in data.aifactory.classifications
-	known == label
+clearance_rank(label) := _rank[label] if {
+	_rank[label]
 } else := -1
+
+# Label -> its position in the classification order (a rule, so evaluated once per query).
+_rank := {label: i | some i, label in data.aifactory.classifications}
 
 # The country of a storage system (that of its datacenter); "" when it cannot be resolved.
 storage_country(site, name) := site.datacenters[site.storage[name].datacenter].country if {
@@ -49,9 +51,16 @@ dataset_residency(site, name) := countries_of(site.datasets[name].residency) if 
 
 # A model's residency: the intersection of its training datasets' residencies; a model trained on
 # nothing stays in the jurisdiction. An empty intersection means nowhere.
-model_residency(site, model) := intersection({dataset_residency(site, d) | some d in model.trained_on}) if {
+model_residency(site, model) := intersection(residencies) if {
 	count(model.trained_on) > 0
+	residencies := {r | some d in model.trained_on; r := dataset_residency(site, d)}
 } else := countries_of(site.jurisdiction)
+
+# The residency of every dataset and model of the site under check (input), computed once per
+# evaluation: rules are cached within a query, function calls are not.
+input_dataset_residency[name] := dataset_residency(input, name) if some name, _ in input.datasets
+
+input_model_residency[name] := model_residency(input, model) if some name, model in input.models
 
 # Where a node pool runs: the country of its datacenter; "" when it cannot be resolved.
 pool_country(site, name) := site.datacenters[site.pools[name].datacenter].country if {

@@ -33,7 +33,7 @@ _jurisdiction := lib.countries_of(input.jurisdiction)
 deny contains result if {
 	some name, dc in input.datacenters
 	not dc.country in _jurisdiction
-	hosts := count([h | some h in input.hosts; h.datacenter == name])
+	hosts := count([host | some host, datacenter in input.hosts; datacenter == name])
 	msg := sprintf("datacenter %s is in %s, outside the jurisdiction %s (%d hosts)", [name, dc.country, input.jurisdiction, hosts])
 	result := _violation("datacenter_outside_jurisdiction", sprintf("datacenter/%s", [name]), msg)
 }
@@ -48,7 +48,7 @@ deny contains result if {
 deny contains result if {
 	some name, dataset in input.datasets
 	country := lib.storage_country(input, dataset.storage)
-	not country in lib.dataset_residency(input, name)
+	not country in lib.input_dataset_residency[name]
 	msg := sprintf("dataset %s is stored on %s in %s, outside its residency %s", [name, dataset.storage, _shown(country), dataset.residency])
 	result := _violation("dataset_outside_residency", sprintf("dataset/%s", [name]), msg)
 }
@@ -64,7 +64,7 @@ deny contains result if {
 	some name, dataset in input.datasets
 	some replica in object.get(input.storage, [dataset.storage, "replicas"], [])
 	country := lib.storage_country(input, replica)
-	not country in lib.dataset_residency(input, name)
+	not country in lib.input_dataset_residency[name]
 	msg := sprintf("dataset %s is replicated to %s in %s, outside its residency %s", [name, replica, _shown(country), dataset.residency])
 	result := _violation("dataset_replica_outside_residency", sprintf("dataset/%s", [name]), msg)
 }
@@ -82,7 +82,7 @@ deny contains result if {
 #     data whose residencies overlap.
 deny contains result if {
 	some name, model in input.models
-	residency := lib.model_residency(input, model)
+	residency := lib.input_model_residency[name]
 	some store in lib.copies_of(input, model.storage)
 	country := lib.storage_country(input, store)
 	not country in residency
@@ -99,7 +99,7 @@ deny contains result if {
 #   remediation: Serve the model only from pools in datacenters inside its residency.
 deny contains result if {
 	some name, model in input.models
-	residency := lib.model_residency(input, model)
+	residency := lib.input_model_residency[name]
 	some pool in model.serve_on
 	country := lib.pool_country(input, pool)
 	not country in residency

@@ -15,7 +15,7 @@ test_fixture_is_allowed if {
 test_datacenter_abroad_denied if {
 	site := fixture_test.with_changes({
 		"datacenters": {"dc3": {"country": "FR", "region": null}},
-		"hosts": {"t-far-001": {"pool": "far", "datacenter": "dc3"}},
+		"hosts": {"t-far-001": "dc3"},
 	})
 	locality.deny == {_v(
 		"datacenter_outside_jurisdiction", "datacenter/dc3",

@@ -49,11 +49,11 @@ def evaluate_plan(plan: SitePlan | dict[str, Any], *, backend: PolicyBackend, po
            for item in _results(policies, package, value)]
     findings, problems = apply_waivers(raw, waivers, policies, today)
     site = plan.site if isinstance(plan, SitePlan) else plan["site"]
-    digest = plan.digest() if isinstance(plan, SitePlan) else ""
+    digest = plan.spec_digest if isinstance(plan, SitePlan) else plan["spec_digest"]
     return PolicyReport(
         site=site["name"], jurisdiction=site["jurisdiction"], engine=backend.name, today=today,
         findings=findings, controls=control_results(policies, findings, packages), waiver_problems=problems,
-        policy_digest=policies.digest, plan_digest=digest,
+        policy_digest=policies.digest, spec_digest=digest,
         rules_evaluated=sum(1 for a in policies.rules.values() if a.package in packages),
     )
 

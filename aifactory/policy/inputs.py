@@ -3,26 +3,30 @@
 Collections are objects keyed by name, so the policies look things up instead of scanning lists.
 Only spec-level facts go in (places as written, datacenters, references); the policies compute
 countries, residencies and clearances themselves from the places data, so the Rego is the source
-of truth for every decision. Hosts are included (name, pool, datacenter) so the check covers the
+of truth for every decision. Every host is included (name -> datacenter), so the check covers the
 whole site. Built from a `SitePlan` or from its JSON form (`SitePlan.to_dict()`, a bundle's
 plan.json) alike.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from functools import partial
 from typing import Any
 
 from aifactory.plan.model import SitePlan
 
 
-def site_document(plan: SitePlan | dict[str, Any]) -> dict[str, Any]:
+def site_document(plan: SitePlan | dict[str, Any], *, hosts: bool = True) -> dict[str, Any]:
+    """The site as the policies see it; without `hosts` for run time, where no rule reads them."""
+    if not hosts:
+        return {key: value for key, value in site_document(_without_hosts(plan)).items() if key != "hosts"}
     if isinstance(plan, SitePlan):
         section = partial(getattr, plan)
-        hosts = {h.name: {"pool": h.pool, "datacenter": h.datacenter} for h in plan.hosts}
+        hosts = {h.name: h.datacenter for h in plan.hosts}
     else:
         section = plan.__getitem__
-        hosts = {h["name"]: {"pool": h["pool"], "datacenter": h["datacenter"]} for h in plan["hosts"]}
+        hosts = {h["name"]: h["datacenter"] for h in plan["hosts"]}
     site = section("site")
     return {
         "name": site["name"],
@@ -53,6 +57,10 @@ def site_document(plan: SitePlan | dict[str, Any]) -> dict[str, Any]:
         "egress": [{"name": e["name"], "endpoint": e["endpoint"], "country": e["country"]}
                    for e in section("egress")["allow"]],
     }
+
+
+def _without_hosts(plan: SitePlan | dict[str, Any]) -> SitePlan | dict[str, Any]:
+    return replace(plan, hosts=()) if isinstance(plan, SitePlan) else {**plan, "hosts": []}
 
 
 def site_input(plan: SitePlan | dict[str, Any], today: str) -> dict[str, Any]:

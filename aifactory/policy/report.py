@@ -57,7 +57,7 @@ class PolicyReport:
     controls: list[ControlResult]
     waiver_problems: list[Finding]
     policy_digest: str = ""
-    plan_digest: str = ""
+    spec_digest: str = ""  # the spec's meaning (SitePlan.spec_digest): which site was checked
     rules_evaluated: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -81,7 +81,7 @@ class PolicyReport:
             "denied": self.denied,
             "counts": self.counts(),
             "policy_digest": self.policy_digest,
-            "plan_digest": self.plan_digest,
+            "spec_digest": self.spec_digest,
             "rules_evaluated": self.rules_evaluated,
             "controls": [c.as_dict() for c in self.controls],
             "findings": [f.as_dict() for f in self.findings],

@@ -55,7 +55,7 @@ class RuntimeAuthorizer:
     def __init__(self, plan: dict[str, Any], *, engine: str = "embedded", opa_url: str | None = None,
                  policies: PolicySet | None = None, time_limit_s: float = RUNTIME_TIME_LIMIT_S) -> None:
         self.policies = policies or load_policy_set()
-        self.site = site_document(plan)
+        self.site = site_document(plan, hosts=False)
         self.backend: PolicyBackend = make_backend(self.policies, engine=engine, opa_url=opa_url,
                                                    site=self.site, time_limit_s=time_limit_s,
                                                    hard_limit=False, fast_paths=(DECISION_PATH,))
