@@ -16,6 +16,7 @@ from pathlib import Path
 
 from aifactory.cli.output import emit_json
 from aifactory.errors import AifactoryError, ExitCode, SecretError, UsageError
+from aifactory.plan.build import spec_digest
 from aifactory.secrets import REFERENCE, STORE_FILE, SecretStore, read_passphrase
 from aifactory.spec import load_spec
 from aifactory.spec.model import NAME_PATTERN
@@ -72,7 +73,7 @@ def _site(argument: str) -> tuple[str, str | None]:
     if re.match(NAME_PATTERN, argument) and not Path(argument).is_file():
         return argument, None
     loaded = load_spec(argument)
-    return loaded.spec.site.name, loaded.digest
+    return loaded.spec.site.name, spec_digest(loaded.spec)  # the digest the plan carries
 
 
 def _reference(value: str) -> str:
