@@ -149,7 +149,7 @@ def terminate(pids: Iterable[int], *, grace: float = 3.0) -> list[int]:
     for pid in targets:
         if alive(pid):
             _signal(pid, signal.SIGKILL)
-    deadline = time.monotonic() + 2.0
+    deadline = time.monotonic() + 10.0  # SIGKILL cannot be refused; a loaded machine may be slow to reap
     while time.monotonic() < deadline and any(alive(p) for p in targets):
         time.sleep(0.05)
     _reap(targets)

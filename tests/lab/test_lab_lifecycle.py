@@ -75,13 +75,20 @@ def journal_pids(root: Path) -> list[int]:
     return [json.loads(line)["pid"] for line in lines if '"process"' in line]
 
 
+def cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
 def mounts_mentioning(text: str, pid: str = "self") -> list[str]:
     return [line for line in Path(f"/proc/{pid}/mountinfo").read_text().splitlines() if text in line]
 
 
 def assert_nothing_left(site: str, lab_root: Path, pids: list[int]) -> None:
     assert lab_namespaces(site) == [], "namespaces left"
-    left = {p: Path(f"/proc/{p}/cmdline").read_bytes() for p in pids if alive(p)}
+    left = {p: cmdline(p) for p in pids if alive(p)}
     assert left == {}, "processes left"
     assert mounts_mentioning(str(lab_root)) == [], "mounts left"
     assert not lab_root.exists(), "lab files left"
