@@ -71,7 +71,8 @@ def plan_site(spec_path: str | Path, *, write_lock: bool = True, wait: float = 0
             tmp = lock_path.with_name(lock_path.name + ".tmp")
             tmp.write_text(planned.lock.to_json())
             tmp.replace(lock_path)
-            state.record(command="plan", result="allocation lock updated", spec_digest=planned.plan.spec_digest,
+            state.record(command="plan", result="allocation lock updated",
+                         spec_digest=planned.plan.spec_digest,
                          detail={"allocation_lock": str(lock_path.resolve())})
     return planned
 
