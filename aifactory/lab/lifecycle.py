@@ -236,6 +236,8 @@ def _teardown(site: str, layout: LabLayout) -> None:
     terminate(pids_in_netns(inodes))  # anything a dying supervisor started meanwhile
     for name in sorted(namespaces):
         ip("netns", "del", name, check=False)
+    # a child of a killed `up` that joined a namespace after the scan keeps it alive, unnamed: catch it
+    terminate(pids_in_netns(inodes))
     _remove_secrets(layout, [e for e in entries if e.kind in ("secret", "secret-store")])
     _remove_machine_dirs([e.name for e in entries if e.kind == "machine-dir"])
     shutil.rmtree(layout.root, ignore_errors=True)
