@@ -13,6 +13,7 @@ from auditfixtures import ROOT, TIMESTAMP, failing_spec
 from aifactory.audit import ReportOptions, WrittenReport, produce_report
 from aifactory.audit.evidence.deploy import deploy_evidence
 from aifactory.audit.evidence.logs import decision_log_evidence
+from aifactory.deploy.evidence import write_installed
 from aifactory.plan import plan_site
 from aifactory.plan.model import SitePlan
 from aifactory.runtime.decisionlog import DecisionLog
@@ -34,24 +35,53 @@ def _write_installed(state: SiteState, hosts: dict[str, dict]) -> None:
     path.write_text(json.dumps({"hosts": hosts}))
 
 
+def _deploy(state: SiteState, plan: SitePlan, *, plan_digest: str, failed: tuple[str, ...] = ()) -> None:
+    """Record a deploy run with deploy's own writer, as `aifactory deploy` does."""
+    reports = {h.name: {"runtime": {"version": "0.1.0", "packages": [{"name": k, "version": v}
+                                                                   for k, v in PACKAGES.items()]},
+                        "config_files": CONFIGS, "bundle": {"version": "1.0", "digest": "sha256:" + "3" * 64}}
+               for h in plan.hosts if h.name not in failed}
+    results = {h.name: "failed" if h.name in failed else "changed" for h in plan.hosts}
+    write_installed(state, run_id="run-1", when=TIMESTAMP, plan_digest=plan_digest, reports=reports,
+                    results=results)
+
+
 def _rules(evidence) -> dict[str, str]:  # type: ignore[no-untyped-def]
-    return {control: verdict.status for control, verdict in evidence.rules}
+    return {verdict.id: verdict.status for _control, verdict in evidence.rules}
+
+
+ALL_PASS = dict.fromkeys(("deploy.inventory_complete", "deploy.pool_baseline", "deploy.current_plan"), "pass")
 
 
 def test_deploy_not_run_is_not_assessed(tmp_path: Path) -> None:
     spec = failing_spec(tmp_path, name="labnodeploy")
-    evidence = deploy_evidence(SiteState.for_site("labnodeploy"), plan_site(spec, write_lock=False).plan)
+    plan = plan_site(spec, write_lock=False).plan
+    evidence = deploy_evidence(SiteState.for_site("labnodeploy"), plan, plan.digest())
     assert evidence.status == "not-assessed"
-    assert _rules(evidence) == {"CM-8": "not-assessed", "CM-2": "not-assessed"}
+    assert set(_rules(evidence).values()) == {"not-assessed"}
+    assert {control for control, _ in evidence.rules} == {"CM-8", "CM-2"}
 
 
-def test_every_host_on_one_baseline_passes(deployed: tuple[Path, SitePlan, SiteState]) -> None:
+def test_deploy_record_written_by_deploy_passes(deployed: tuple[Path, SitePlan, SiteState]) -> None:
     _spec, plan, state = deployed
-    _write_installed(state, {h.name: {"packages": PACKAGES, "configs": CONFIGS} for h in plan.hosts})
-    evidence = deploy_evidence(state, plan)
-    assert _rules(evidence) == {"CM-8": "pass", "CM-2": "pass"}
+    _deploy(state, plan, plan_digest=plan.digest())
+    evidence = deploy_evidence(state, plan, plan.digest())
+    assert _rules(evidence) == ALL_PASS, [f.message for f in evidence.findings]
     assert len(evidence.detail["baselines"]) == 1
     assert evidence.detail["baselines"][0]["packages"] == dict(sorted(PACKAGES.items()))
+    assert evidence.detail["baselines"][0]["configs"] == dict(sorted(CONFIGS.items()))
+
+
+def test_a_failed_host_and_an_old_plan_fail(deployed: tuple[Path, SitePlan, SiteState]) -> None:
+    _spec, plan, state = deployed
+    (state.path("deploy", "installed.json")).unlink(missing_ok=True)
+    _deploy(state, plan, plan_digest="sha256:" + "9" * 64, failed=("labdeploy-cpu-002",))
+    evidence = deploy_evidence(state, plan, plan.digest())
+    assert _rules(evidence) == {"deploy.inventory_complete": "fail", "deploy.pool_baseline": "pass",
+                                "deploy.current_plan": "fail"}
+    missing = next(f for f in evidence.findings if f.rule == "deploy.inventory_complete")
+    assert missing.resource == "pool/cpu" and "tried and failed" in missing.message
+    assert evidence.detail["last_run_not_ok"] == ["labdeploy-cpu-002"]
 
 
 def test_drift_and_missing_hosts_fail_with_findings(deployed: tuple[Path, SitePlan, SiteState]) -> None:
@@ -60,10 +90,11 @@ def test_drift_and_missing_hosts_fail_with_findings(deployed: tuple[Path, SitePl
                       "configs": [{"path": k, "sha256": v} for k, v in CONFIGS.items()]}
              for h in plan.hosts if h.role != "control"}  # the control host never reported
     hosts["labdeploy-cpu-002"]["packages"][0]["version"] = "22.05.7-1"  # one host drifted
-    hosts["stranger-001"] = {"packages": {}, "configs": {}}
+    hosts["stranger-001"] = {"packages": {}, "configs": {"/etc/motd": "sha256:" + "0" * 64}}
     _write_installed(state, hosts)
-    evidence = deploy_evidence(state, plan)
-    assert _rules(evidence) == {"CM-8": "fail", "CM-2": "fail"}
+    evidence = deploy_evidence(state, plan, plan.digest())
+    assert _rules(evidence) == {"deploy.inventory_complete": "fail", "deploy.pool_baseline": "fail",
+                                "deploy.current_plan": "pass"}
     resources = {(f.rule, f.resource) for f in evidence.findings}
     assert resources == {("deploy.inventory_complete", "pool/control"),
                          ("deploy.inventory_complete", "site/labdeploy"),
@@ -75,8 +106,8 @@ def test_drift_and_missing_hosts_fail_with_findings(deployed: tuple[Path, SitePl
 def test_an_unreadable_deploy_record_fails(deployed: tuple[Path, SitePlan, SiteState]) -> None:
     _spec, plan, state = deployed
     (state.subdir("deploy") / "installed.json").write_text('{"hosts": [1, 2')
-    evidence = deploy_evidence(state, plan)
-    assert evidence.status == "fail" and _rules(evidence)["CM-8"] == "fail"
+    evidence = deploy_evidence(state, plan, plan.digest())
+    assert evidence.status == "fail" and _rules(evidence)["deploy.inventory_complete"] == "fail"
 
 
 def _decision_log(state: SiteState, records: int) -> Path:
@@ -94,13 +125,13 @@ def test_decision_logs_verify_and_a_tampered_one_fails(tmp_path: Path) -> None:
     path = _decision_log(state, 5)
     evidence = decision_log_evidence(state)
     assert evidence.status == "pass", evidence.detail
-    assert _rules(evidence) == {"AU-9": "pass", "AU-12": "pass"}
+    assert _rules(evidence) == {"logs.decision_log_chain": "pass", "logs.decision_log_recorded": "pass"}
     assert [ref.path for ref in evidence.logs] == [str(path.resolve())]
     lines = path.read_text().splitlines(keepends=True)
     lines[2] = lines[2].replace('"allow":true', '"allow":false')
     path.write_text("".join(lines))
     evidence = decision_log_evidence(state)
-    assert _rules(evidence)["AU-9"] == "fail"
+    assert _rules(evidence)["logs.decision_log_chain"] == "fail"
     assert evidence.findings and evidence.findings[0].controls == ("AU-9",)
 
 
@@ -108,7 +139,7 @@ def test_full_report_with_every_kind_of_evidence(tmp_path: Path) -> None:
     spec = failing_spec(tmp_path / "spec", name="labfull")
     plan = plan_site(spec, write_lock=False).plan
     state = SiteState.for_site("labfull")
-    _write_installed(state, {h.name: {"packages": PACKAGES, "configs": CONFIGS} for h in plan.hosts})
+    _deploy(state, plan, plan_digest=plan.digest())
     state.record(command="deploy", result="ok")
     _decision_log(state, 3)
     written = produce_report(spec, tmp_path / "report", ReportOptions(timestamp=TIMESTAMP))

@@ -25,7 +25,7 @@ def gather_evidence(*, plan: SitePlan, plan_digest: str, policy: Mapping[str, An
     sections = [
         policy_evidence(policy),
         bundle,
-        deploy_evidence(state, plan),
+        deploy_evidence(state, plan, plan_digest),
         operator_log_evidence(state),
         decision_log_evidence(state, decision_logs),
     ]

@@ -1,14 +1,19 @@
 """Evidence from deploy: what was installed where, with versions and config digests.
 
-Reads `<state>/deploy/installed.json`, written by deploy, defensively. Accepted shapes:
+Reads `<state>/deploy/installed.json` (written by aifactory.deploy.evidence) defensively:
 
-    {"hosts": {"HOST": {"packages": {"NAME": "VERSION"} | [{"name", "version"}],
-                        "configs": {"PATH": "sha256:..."} | [{"path", "digest"|"sha256"}]}}}
-    {"hosts": [{"host"|"name": "HOST", "packages": ..., "configs": ...}]}
+    {"schema": "aifactory.deploy.installed/v1",
+     "hosts": {"HOST": {"deployed_at", "plan_digest", "bundle": {"version", "digest"},
+                        "runtime": {"packages": [{"name", "version"}]},
+                        "config_files": {"PATH": "SHA256"}, "last_run": {"result", ...}}}}
 
-Hosts with identical packages and configs are grouped into baselines, so 10,000 hosts that agree
-make one entry. CM-8: every planned host has a record and no record names an unplanned host.
-CM-2: the hosts of each pool share one baseline.
+Also accepted: `packages`/`configs` at the host's top level, as mappings or as lists of
+{"name", "version"} / {"path", "digest"|"sha256"}, and `hosts` as a list with "host" or "name".
+A host entry with nothing installed (only a failed `last_run`) counts as not deployed.
+
+Hosts with identical packages, configs and bundle are grouped into baselines, so 10,000 hosts that
+agree make one entry. CM-8: every planned host has a record and no record names an unplanned host.
+CM-2: the hosts of each pool share one baseline, and every host was deployed from the current plan.
 """
 
 from __future__ import annotations
@@ -29,15 +34,23 @@ SOURCE = "deploy"
 INVENTORY, BASELINE = "CM-8", "CM-2"
 INVENTORY_RULE = ("deploy.inventory_complete", "Every planned host has a deploy record, and only those")
 BASELINE_RULE = ("deploy.pool_baseline", "The hosts of a pool run the same packages and configuration")
+CURRENT_PLAN_RULE = ("deploy.current_plan", "Every host was deployed from the site's current plan")
 
 
 @dataclass(frozen=True)
 class HostRecord:
     packages: dict[str, str]
     configs: dict[str, str]
+    bundle: str = ""  # "<version> <digest>" of the bundle it was deployed from
+    plan_digest: str = ""
+    last_result: str = ""
+
+    @property
+    def installed(self) -> bool:
+        return bool(self.packages or self.configs or self.bundle)
 
     def fingerprint(self) -> str:
-        body = canonical_json({"packages": self.packages, "configs": self.configs})
+        body = canonical_json({"packages": self.packages, "configs": self.configs, "bundle": self.bundle})
         return "sha256:" + hashlib.sha256(body.encode()).hexdigest()
 
 
@@ -71,45 +84,63 @@ def read_installed(path: Path) -> dict[str, HostRecord]:
         hosts = {str(h.get("host") or h.get("name")): h for h in hosts if isinstance(h, Mapping)}
     if not isinstance(hosts, Mapping):
         raise UnreadableRecord("no 'hosts' mapping or list")
-    out = {}
-    for name, record in hosts.items():
-        if not isinstance(record, Mapping):
-            raise UnreadableRecord(f"host {name}: expected a mapping")
-        out[str(name)] = HostRecord(_pairs(record.get("packages"), "name", ("version",)),
-                                    _pairs(record.get("configs"), "path", ("digest", "sha256")))
-    return out
+    return {str(name): _host_record(str(name), record) for name, record in hosts.items()}
 
 
-def deploy_evidence(state: SiteState, plan: SitePlan) -> Evidence:
+def _mapping(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def _host_record(name: str, record: Any) -> HostRecord:
+    if not isinstance(record, Mapping):
+        raise UnreadableRecord(f"host {name}: expected a mapping")
+    runtime = _mapping(record.get("runtime"))
+    packages = record.get("packages") if "packages" in record else runtime.get("packages")
+    configs = record.get("configs") if "configs" in record else record.get("config_files")
+    bundle = _mapping(record.get("bundle"))
+    try:
+        return HostRecord(
+            _pairs(packages, "name", ("version",)), _pairs(configs, "path", ("digest", "sha256")),
+            f"{bundle.get('version', '')} {bundle.get('digest', '')}".strip(),
+            str(record.get("plan_digest") or ""), str(_mapping(record.get("last_run")).get("result") or ""))
+    except UnreadableRecord as exc:
+        raise UnreadableRecord(f"host {name}: {exc}") from None
+
+
+def _not_assessed(path: Path, note: str) -> Evidence:
+    rules = tuple((control, RuleResult(*rule, NOT_ASSESSED, SOURCE, note))
+                  for control, rule in ((INVENTORY, INVENTORY_RULE), (BASELINE, BASELINE_RULE),
+                                        (BASELINE, CURRENT_PLAN_RULE)))
+    return Evidence(SOURCE, "Deploy", NOT_ASSESSED, note, {"record": str(path)}, rules)
+
+
+def deploy_evidence(state: SiteState, plan: SitePlan, plan_digest: str) -> Evidence:
+    """CM-8 and CM-2 from the deploy record, for the site whose current plan has `plan_digest`."""
     path = state.path("deploy", "installed.json")
     if not path.exists():
-        note = f"no deploy record at {path}: the site has not been deployed"
-        return Evidence(SOURCE, "Deploy", NOT_ASSESSED, note, {"record": str(path)},
-                        ((INVENTORY, RuleResult(*INVENTORY_RULE, NOT_ASSESSED, SOURCE, note)),
-                         (BASELINE, RuleResult(*BASELINE_RULE, NOT_ASSESSED, SOURCE, note))))
+        return _not_assessed(path, f"no deploy record at {path}: the site has not been deployed")
     try:
         records = read_installed(path)
     except UnreadableRecord as exc:
-        finding = Finding(INVENTORY_RULE[0], INVENTORY_RULE[1], (INVENTORY,), "high", f"file/{path}",
+        finding = Finding(*INVENTORY_RULE, (INVENTORY,), "high", f"file/{path}",
                           f"the deploy record cannot be read: {exc}",
                           "run `aifactory deploy` again to rewrite it, and find out what damaged it",
                           FAIL, SOURCE)
-        return Evidence(SOURCE, "Deploy", FAIL, finding.message, {"record": str(path)},
-                        ((INVENTORY, RuleResult(*INVENTORY_RULE, FAIL, SOURCE)),
-                         (BASELINE, RuleResult(*BASELINE_RULE, NOT_ASSESSED, SOURCE, "record unreadable"))),
-                        (finding,))
-    return _assess(path, plan, records)
+        unreadable = _not_assessed(path, "the deploy record cannot be read")
+        rules = ((INVENTORY, RuleResult(*INVENTORY_RULE, FAIL, SOURCE)),) + unreadable.rules[1:]
+        return Evidence(SOURCE, "Deploy", FAIL, finding.message, {"record": str(path)}, rules, (finding,))
+    return _assess(path, plan, plan_digest, records)
 
 
-def _assess(path: Path, plan: SitePlan, records: dict[str, HostRecord]) -> Evidence:
+def _assess(path: Path, plan: SitePlan, plan_digest: str, reported: dict[str, HostRecord]) -> Evidence:
     pools: dict[str, list[str]] = {}
     for host in plan.hosts:
         pools.setdefault(host.pool, []).append(host.name)
-    missing = {pool: [h for h in names if h not in records] for pool, names in pools.items()}
-    missing = {pool: hosts for pool, hosts in missing.items() if hosts}
+    records = {name: record for name, record in reported.items() if record.installed}
     planned = {h.name for h in plan.hosts}
     unplanned = sorted(set(records) - planned)
-    findings = [_missing_finding(pool, hosts) for pool, hosts in missing.items()]
+    missing = {pool: [h for h in names if h not in records] for pool, names in pools.items()}
+    findings = [_missing_finding(pool, hosts, reported) for pool, hosts in missing.items() if hosts]
     if unplanned:
         findings.append(Finding(*INVENTORY_RULE, (INVENTORY,), "medium", "site/" + plan.name,
                                 f"{len(unplanned)} host(s) have deploy records but are not in the plan: "
@@ -119,15 +150,31 @@ def _assess(path: Path, plan: SitePlan, records: dict[str, HostRecord]) -> Evide
     baselines = _baselines(pools, records, fingerprints)
     drift = [_drift_finding(pool, groups) for pool, groups in _pool_groups(pools, fingerprints).items()
              if len(groups) > 1]
-    inventory = FAIL if missing or unplanned else PASS
-    baseline = FAIL if drift else PASS
+    stale = _stale_finding(records, plan_digest, plan.name)
+    verdicts = {INVENTORY_RULE: FAIL if findings else PASS, BASELINE_RULE: FAIL if drift else PASS,
+                CURRENT_PLAN_RULE: FAIL if stale else PASS if records else NOT_ASSESSED}
     summary = (f"{len(records)} of {len(planned)} planned hosts have deploy records; "
                f"{len(baselines)} distinct baseline(s)")
     detail = {"record": str(path), "hosts_planned": len(planned), "hosts_reported": len(records),
-              "missing": missing, "unplanned": unplanned, "baselines": baselines}
-    return Evidence(SOURCE, "Deploy", worst([inventory, baseline]), summary, detail,
-                    ((INVENTORY, RuleResult(*INVENTORY_RULE, inventory, SOURCE)),
-                     (BASELINE, RuleResult(*BASELINE_RULE, baseline, SOURCE))), tuple(findings + drift))
+              "missing": {pool: hosts for pool, hosts in missing.items() if hosts}, "unplanned": unplanned,
+              "last_run_not_ok": sorted(n for n, r in reported.items()
+                                        if r.last_result not in ("", "ok", "changed")),
+              "baselines": baselines}
+    rules = ((INVENTORY, RuleResult(*INVENTORY_RULE, verdicts[INVENTORY_RULE], SOURCE)),
+             (BASELINE, RuleResult(*BASELINE_RULE, verdicts[BASELINE_RULE], SOURCE)),
+             (BASELINE, RuleResult(*CURRENT_PLAN_RULE, verdicts[CURRENT_PLAN_RULE], SOURCE)))
+    return Evidence(SOURCE, "Deploy", worst(list(verdicts.values())), summary, detail, rules,
+                    tuple(findings + drift + ([stale] if stale else [])))
+
+
+def _stale_finding(records: dict[str, HostRecord], plan_digest: str, site: str) -> Finding | None:
+    stale = sorted(n for n, r in records.items() if r.plan_digest and r.plan_digest != plan_digest)
+    if not stale:
+        return None
+    return Finding(*CURRENT_PLAN_RULE, (BASELINE,), "medium", f"site/{site}",
+                   f"{len(stale)} host(s) were deployed from another plan than the current one "
+                   f"({plan_digest}): {_names(stale)}",
+                   "deploy the current plan to these hosts (`aifactory deploy`)", FAIL, SOURCE)
 
 
 def _names(hosts: Sequence[str], limit: int = 10) -> str:
@@ -135,9 +182,11 @@ def _names(hosts: Sequence[str], limit: int = 10) -> str:
     return shown + (f" and {len(hosts) - limit} more" if len(hosts) > limit else "")
 
 
-def _missing_finding(pool: str, hosts: list[str]) -> Finding:
+def _missing_finding(pool: str, hosts: list[str], reported: dict[str, HostRecord]) -> Finding:
+    failed = [h for h in hosts if h in reported]
+    note = f" ({len(failed)} of them tried and failed: {_names(failed, 5)})" if failed else ""
     return Finding(*INVENTORY_RULE, (INVENTORY,), "medium", f"pool/{pool}",
-                   f"{len(hosts)} planned host(s) have no deploy record: {_names(hosts)}",
+                   f"{len(hosts)} planned host(s) have no deploy record: {_names(hosts)}{note}",
                    "run `aifactory deploy` for these hosts, or take them out of the plan", FAIL, SOURCE)
 
 
