@@ -25,6 +25,8 @@ Use it in a test marked `@pytest.mark.lab` (or a module with `pytestmark = pytes
   variable AIFACTORY_STATE_HOME points there (restored at the end); a test that monkeypatches it
   must not call lab functions while it is patched.
 
+Labs left by crashed test sessions (site `lab|lk|lf<pid>` whose pid is gone) are removed first.
+
 The lab is shared: a test may write files on hosts (use unique names) and start services, but must
 not stop sshd, change addresses or take the lab down. A test that needs its own lab copies the spec
 with `copy_lab_spec(directory, site_name)` and brings up a lab of another site name: labs of
@@ -127,6 +129,26 @@ class LabSession:
         return lab_bmc_credential(self.site, bmc.credentials)
 
 
+TEST_SITE = re.compile(r"^(lab|lk|lf)(\d+)$")  # site names test sessions give their labs: <kind><pid>
+
+
+def reap_stale_test_labs() -> list[str]:
+    """Remove labs that crashed test sessions left (their pid is gone); returns their site names."""
+    from aifactory.lab import lab_down
+    from aifactory.lab.names import PREFIX
+    from aifactory.lab.system import alive, list_netns
+
+    stale = set()
+    for namespace in list_netns(PREFIX):
+        site = namespace[len(PREFIX):].split(".", 1)[0]
+        match = TEST_SITE.match(site)
+        if match and not alive(int(match.group(2))):
+            stale.add(site)
+    for site in sorted(stale):
+        lab_down(site, force=True)
+    return sorted(stale)
+
+
 @pytest.fixture(scope="session")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabSession]:
     reason = lab_unavailable()
@@ -135,12 +157,13 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabSession]:
     from aifactory.lab import lab_down, lab_up
     from aifactory.plan import plan_site
 
-    site = f"lab{os.getpid()}"[:20]
+    site = f"lab{os.getpid()}"
     base = tmp_path_factory.mktemp("lab")
     state_home = base / "state"
     previous = os.environ.get("AIFACTORY_STATE_HOME")
     os.environ["AIFACTORY_STATE_HOME"] = str(state_home)
     try:
+        reap_stale_test_labs()
         spec = copy_lab_spec(base / "spec", site)
         planned = plan_site(spec)
         status = lab_up(planned)

@@ -103,21 +103,24 @@ def test_down_after_an_up_killed_halfway_leaves_nothing(tmp_path, lab):
     up = subprocess.Popen([sys.executable, "-c", "import sys; from aifactory.lab import lab_up; "
                            "from aifactory.plan import plan_site; lab_up(plan_site(sys.argv[1]))", str(spec)],
                           env=os.environ.copy(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and len(journal_pids(lab_root)) < 3 and up.poll() is None:
-        time.sleep(0.02)
-    up.send_signal(signal.SIGKILL)
-    output = up.communicate()[0].decode(errors="replace")
-    pids = journal_pids(lab_root)
-    assert len(pids) >= 3, f"up was not caught halfway (exit {up.returncode}): {output[-2000:]}"
-    assert lab_namespaces(site), "the killed up left no namespace: nothing was tested"
-    assert any(alive(p) for p in pids)
-    assert lab_status(site).state == "partial"
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and len(journal_pids(lab_root)) < 3 and up.poll() is None:
+            time.sleep(0.02)
+        up.send_signal(signal.SIGKILL)
+        output = up.communicate()[0].decode(errors="replace")
+        pids = journal_pids(lab_root)
+        assert len(pids) >= 3, f"up was not caught halfway (exit {up.returncode}): {output[-2000:]}"
+        assert lab_namespaces(site), "the killed up left no namespace: nothing was tested"
+        assert any(alive(p) for p in pids)
+        assert lab_status(site).state == "partial"
 
-    lab_down(site)
-    assert_nothing_left(site, lab_root, pids)
-    lab_down(site)  # idempotent
-    assert lab_status(site).state == "down"
+        lab_down(site)
+        assert_nothing_left(site, lab_root, pids)
+        lab_down(site)  # idempotent
+        assert lab_status(site).state == "down"
+    finally:
+        lab_down(site, force=True)
 
 
 def test_full_lab_session_beside_the_shared_lab_leaves_machine_unchanged(tmp_path, lab):

@@ -43,8 +43,10 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> RuntimeSite:
     plan_path.write_text(plan_site(FIXTURES / "site.yaml", write_lock=False).plan.to_json())
     trust = TrustFiles(root / "runtime")
     expires = datetime.now(UTC) + timedelta(days=1)
-    tokens = {tenant: issue_token(trust, site=SITE, tenant=tenant, expires=expires).token
-              for tenant in ("health", "research", "partner", "analyst", "visitor")}
+    tokens = {
+        tenant: issue_token(trust, site=SITE, tenant=tenant, expires=expires).token
+        for tenant in ("health", "research", "partner", "analyst", "visitor")
+    }
     revoked = issue_token(trust, site=SITE, tenant="health", expires=expires)
     revoke_token(trust, site=SITE, token_id=revoked.claims.id, reason="test")
     tokens["revoked"] = revoked.token

@@ -15,8 +15,14 @@ from aifactory.runtime.decisionlog import DecisionLog, heads_path_for, log_key_d
 
 
 def _decision(i: int) -> dict[str, object]:
-    return {"decision_id": f"d{i:04d}", "tenant": "health" if i % 2 else "research", "action": "infer",
-            "resource": "model/vitals-mlp", "allow": bool(i % 2), "reasons": [] if i % 2 else ["no-grant"]}
+    return {
+        "decision_id": f"d{i:04d}",
+        "tenant": "health" if i % 2 else "research",
+        "action": "infer",
+        "resource": "model/vitals-mlp",
+        "allow": bool(i % 2),
+        "reasons": [] if i % 2 else ["no-grant"],
+    }
 
 
 @pytest.fixture()
@@ -24,8 +30,10 @@ def written_log(tmp_path: Path) -> Path:
     """12 records from 4 threads, signed every 5 records (so heads at 5, 10 and the final one at 12)."""
     path = tmp_path / "decisions.jsonl"
     decisions = DecisionLog(path, sign_every=5, sign_interval=60)
-    threads = [threading.Thread(target=lambda k=k: [decisions.record(_decision(k * 3 + j)) for j in range(3)])
-               for k in range(4)]
+    threads = [
+        threading.Thread(target=lambda k=k: [decisions.record(_decision(k * 3 + j)) for j in range(3)])
+        for k in range(4)
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -43,7 +51,9 @@ def test_log_verifies_and_every_head_is_signed(written_log: Path) -> None:
     assert report.ok, report.render()
     assert report.records == 12 and report.last_signed_seq == 11 and report.unsigned_tail == 0
     assert report.signed_heads >= 3  # every 5 records at most, plus the final head at close
-    assert {json.loads(line)["decision_id"] for line in _lines(written_log)} == {f"d{i:04d}" for i in range(12)}
+    assert {json.loads(line)["decision_id"] for line in _lines(written_log)} == {
+        f"d{i:04d}" for i in range(12)
+    }
     assert oct(written_log.stat().st_mode & 0o777) == "0o600"
 
 
@@ -54,9 +64,25 @@ def test_signed_heads_verify_with_ssh_keygen(tmp_path: Path, written_log: Path) 
     (tmp_path / "head.sig").write_text(signature)
     identity = (log_key_dir(written_log) / "allowed_signers").read_text().split()[0]
     with (tmp_path / "head").open("rb") as stdin:
-        result = subprocess.run(["ssh-keygen", "-Y", "verify", "-f", str(log_key_dir(written_log) / "allowed_signers"),
-                                 "-I", identity, "-n", "aifactory-log", "-s", str(tmp_path / "head.sig")],
-                                stdin=stdin, capture_output=True, text=True, check=False)
+        result = subprocess.run(
+            [
+                "ssh-keygen",
+                "-Y",
+                "verify",
+                "-f",
+                str(log_key_dir(written_log) / "allowed_signers"),
+                "-I",
+                identity,
+                "-n",
+                "aifactory-log",
+                "-s",
+                str(tmp_path / "head.sig"),
+            ],
+            stdin=stdin,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
     assert result.returncode == 0, result.stderr
 
 

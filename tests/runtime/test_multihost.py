@@ -53,26 +53,58 @@ def namespaces(site: RuntimeSite) -> Iterator[dict[str, str]]:
             subprocess.run(["ip", "netns", "del", namespace], capture_output=True, check=False)
 
 
-def test_a_job_trains_across_two_hosts_over_their_compute_addresses(site: RuntimeSite, tmp_path: Path,
-                                                                    namespaces: dict[str, str]) -> None:
+def test_a_job_trains_across_two_hosts_over_their_compute_addresses(
+    site: RuntimeSite, tmp_path: Path, namespaces: dict[str, str]
+) -> None:
     shutil.copytree(site.dataset_dir, tmp_path / "storage" / DATASET_PATH)
     (tmp_path / "token").write_text(site.tokens["health"])
-    job = {"schema": "aifactory.job/v1", "name": "two-hosts", "plan": str(site.plan_path), "token_file": "token",
-           "dataset": "vitals", "model": "vitals-mlp", "storage_root": "storage", "runtime_dir": str(site.runtime_dir),
-           "hosts": list(HOSTS), "processes_per_host": 1, "rendezvous_port": free_port(),
-           "network": {"hidden": 32, "layers": 2},
-           "train": {"steps": 30, "global_batch": 64, "learning_rate": 0.01, "checkpoint_every": 10}}
+    job = {
+        "schema": "aifactory.job/v1",
+        "name": "two-hosts",
+        "plan": str(site.plan_path),
+        "token_file": "token",
+        "dataset": "vitals",
+        "model": "vitals-mlp",
+        "storage_root": "storage",
+        "runtime_dir": str(site.runtime_dir),
+        "hosts": list(HOSTS),
+        "processes_per_host": 1,
+        "rendezvous_port": free_port(),
+        "network": {"hidden": 32, "layers": 2},
+        "train": {"steps": 30, "global_batch": 64, "learning_rate": 0.01, "checkpoint_every": 10},
+    }
     (tmp_path / "job.yaml").write_text(yaml.safe_dump(job))
     env = {k: v for k, v in os.environ.items() if k != "AIFACTORY_TOKEN"}
-    launches = [subprocess.Popen(["ip", "netns", "exec", namespace, sys.executable, "-m", "aifactory.runtime.train_cli",
-                                  str(tmp_path / "job.yaml"), "--host", host], env=env, stdout=subprocess.PIPE,
-                                 stderr=subprocess.STDOUT, text=True)
-                for host, namespace in namespaces.items()]
+    launches = [
+        subprocess.Popen(
+            [
+                "ip",
+                "netns",
+                "exec",
+                namespace,
+                sys.executable,
+                "-m",
+                "aifactory.runtime.train_cli",
+                str(tmp_path / "job.yaml"),
+                "--host",
+                host,
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for host, namespace in namespaces.items()
+    ]
     outputs = [launch.communicate(timeout=300)[0] for launch in launches]
     assert [launch.returncode for launch in launches] == [0, 0], "\n".join(outputs)
     assert "node 1 of 2" in outputs[0] and "node 2 of 2" in outputs[1]
-    metrics = [json.loads(line) for line in
-               (tmp_path / "storage/srv/share/models/vitals-mlp/runs/two-hosts/metrics.jsonl").read_text().splitlines()]
+    metrics = [
+        json.loads(line)
+        for line in (tmp_path / "storage/srv/share/models/vitals-mlp/runs/two-hosts/metrics.jsonl")
+        .read_text()
+        .splitlines()
+    ]
     assert {m["world_size"] for m in metrics} == {2} and len(metrics) == 30
     assert metrics[-1]["loss"] < metrics[0]["loss"]
     records = [json.loads(line) for line in (site.runtime_dir / "decisions.jsonl").read_text().splitlines()]

@@ -37,8 +37,13 @@ BODY = {"inputs": [[0.1] * 16, [-0.3] * 16]}
 def write_checkpoint(storage_root: Path, *, step: int = 10, hidden: int = 16) -> None:
     config = ModelConfig(features=16, classes=4, hidden=hidden, layers=2)
     model = build(config, seed=3)
-    checkpoint.save(storage_root / MODEL_PATH / "checkpoints", step=step, model_state=model.state_dict(),
-                    optimizer_state={}, meta={"model": "vitals-mlp", "network": config.as_dict()})
+    checkpoint.save(
+        storage_root / MODEL_PATH / "checkpoints",
+        step=step,
+        model_state=model.state_dict(),
+        optimizer_state={},
+        meta={"model": "vitals-mlp", "network": config.as_dict()},
+    )
 
 
 @dataclass
@@ -67,8 +72,11 @@ class Server:
         response = connection.getresponse()
         raw = response.read()
         connection.close()
-        return response.status, (json.loads(raw) if response.getheader("Content-Type") == "application/json"
-                                 else {"text": raw.decode()})
+        return response.status, (
+            json.loads(raw)
+            if response.getheader("Content-Type") == "application/json"
+            else {"text": raw.decode()}
+        )
 
     def stop(self, signum: int = signal.SIGTERM) -> int:
         if self.process.poll() is None:
@@ -76,8 +84,14 @@ class Server:
         return self.process.wait(timeout=60)
 
 
-def start_server(site: RuntimeSite, storage_root: Path, runtime_dir: Path, *extra: str,
-                 tls: ssl.SSLContext | None = None, as_deployed: bool = False) -> Server:
+def start_server(
+    site: RuntimeSite,
+    storage_root: Path,
+    runtime_dir: Path,
+    *extra: str,
+    tls: ssl.SSLContext | None = None,
+    as_deployed: bool = False,
+) -> Server:
     """as_deployed: configured like deploy does it, by runtime.yaml and `--config F --host A --port P`."""
     runtime_dir.mkdir(parents=True, exist_ok=True)
     for name in ("token-key/allowed_signers", "revoked-tokens.json", "revoked-tokens.json.sig"):
@@ -87,16 +101,38 @@ def start_server(site: RuntimeSite, storage_root: Path, runtime_dir: Path, *extr
             os.symlink(site.runtime_dir / name, target)
     if as_deployed:
         config = runtime_dir / "runtime.yaml"
-        config.write_text(json.dumps({"site": "rtlab", "host": "rtlab-cpu-001", "plan": str(site.plan_path),
-                                      "state_dir": str(runtime_dir), "storage_root": str(storage_root),
-                                      "serve": {"address": "10.0.0.1", "port": 8440}}))
+        config.write_text(
+            json.dumps(
+                {
+                    "site": "rtlab",
+                    "host": "rtlab-cpu-001",
+                    "plan": str(site.plan_path),
+                    "state_dir": str(runtime_dir),
+                    "storage_root": str(storage_root),
+                    "serve": {"address": "10.0.0.1", "port": 8440},
+                }
+            )
+        )
         options = ["--config", str(config), "--host", "127.0.0.1", "--port", "0"]
     else:
-        options = ["--plan", str(site.plan_path), "--host-name", "rtlab-cpu-001", "--port", "0",
-                   "--storage-root", str(storage_root), "--runtime-dir", str(runtime_dir)]
+        options = [
+            "--plan",
+            str(site.plan_path),
+            "--host-name",
+            "rtlab-cpu-001",
+            "--port",
+            "0",
+            "--storage-root",
+            str(storage_root),
+            "--runtime-dir",
+            str(runtime_dir),
+        ]
     process = subprocess.Popen(
         [sys.executable, "-m", "aifactory.runtime.serve_cli", *options, "--reload-interval", "0.2", *extra],
-        stderr=subprocess.PIPE, text=True, start_new_session=True)
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     server = Server(process, 0, runtime_dir, tls=tls)
     ready = threading.Event()
 
@@ -136,11 +172,15 @@ def _records(server: Server) -> dict[str, dict]:
     return {r["decision_id"]: r for r in map(json.loads, server.log_path.read_text().splitlines())}
 
 
-def test_starts_healthy_without_a_model_and_loads_one_when_it_appears(site: RuntimeSite, tmp_path: Path) -> None:
+def test_starts_healthy_without_a_model_and_loads_one_when_it_appears(
+    site: RuntimeSite, tmp_path: Path
+) -> None:
     running = start_server(site, tmp_path / "storage", tmp_path / "runtime", as_deployed=True)
     try:
-        assert running.call("GET", "/healthz") == (200, {"status": "ok", "site": "rtlab",
-                                                          "models": {"vitals-mlp": None}})
+        assert running.call("GET", "/healthz") == (
+            200,
+            {"status": "ok", "site": "rtlab", "models": {"vitals-mlp": None}},
+        )
         status, answer = running.call("POST", PATH, BODY, token=site.tokens["health"])
         assert (status, answer["error"]) == (503, "model-not-loaded")
         write_checkpoint(tmp_path / "storage", step=7)
@@ -150,15 +190,19 @@ def test_starts_healthy_without_a_model_and_loads_one_when_it_appears(site: Runt
         assert running.stop() == 0
 
 
-@pytest.mark.parametrize(("tenant", "reason"), [
-    ("research", "clearance-below-classification"),  # not cleared (and no grant)
-    ("visitor", "no-grant"),                         # cleared, never granted
-    ("partner", "grant-expired"),                    # cleared, grant expired
-    ("revoked", "token-revoked"),                    # the owner's token, revoked
-    (None, "token-missing"),
-])
+@pytest.mark.parametrize(
+    ("tenant", "reason"),
+    [
+        ("research", "clearance-below-classification"),  # not cleared (and no grant)
+        ("visitor", "no-grant"),  # cleared, never granted
+        ("partner", "grant-expired"),  # cleared, grant expired
+        ("revoked", "token-revoked"),  # the owner's token, revoked
+        (None, "token-missing"),
+    ],
+)
 def test_denied_requests_get_403_with_a_reason_code_and_a_recorded_decision(
-        server: Server, site: RuntimeSite, tenant: str | None, reason: str) -> None:
+    server: Server, site: RuntimeSite, tenant: str | None, reason: str
+) -> None:
     status, answer = server.call("POST", PATH, BODY, token=site.tokens[tenant] if tenant else None)
     assert status == 403
     assert reason in answer["reasons"] and answer["error"] == "forbidden"
@@ -170,8 +214,16 @@ def test_denied_requests_get_403_with_a_reason_code_and_a_recorded_decision(
 
 def test_a_self_asserted_tenant_header_changes_nothing(server: Server, site: RuntimeSite) -> None:
     connection = server.connection()
-    connection.request("POST", PATH, body=json.dumps(BODY), headers={
-        "Authorization": f"Bearer {site.tokens['research']}", "X-Tenant": "health", "Content-Type": "application/json"})
+    connection.request(
+        "POST",
+        PATH,
+        body=json.dumps(BODY),
+        headers={
+            "Authorization": f"Bearer {site.tokens['research']}",
+            "X-Tenant": "health",
+            "Content-Type": "application/json",
+        },
+    )
     assert connection.getresponse().status == 403
 
 
@@ -199,7 +251,9 @@ def test_metrics_are_prometheus_text(server: Server, site: RuntimeSite) -> None:
     assert "aifactory_serve_batch_size_count" in answer["text"]
 
 
-def test_graceful_stop_finishes_requests_in_flight_and_the_log_verifies(site: RuntimeSite, tmp_path: Path) -> None:
+def test_graceful_stop_finishes_requests_in_flight_and_the_log_verifies(
+    site: RuntimeSite, tmp_path: Path
+) -> None:
     write_checkpoint(tmp_path / "storage")
     running = start_server(site, tmp_path / "storage", tmp_path / "runtime", "--max-wait-ms", "400")
     _wait_for_model(running)
@@ -232,20 +286,36 @@ def _tls_files(folder: Path) -> tuple[Path, Path, Path]:
 
     now = dt.datetime.now(dt.UTC)
     ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
-    ca = (x509.CertificateBuilder().subject_name(name("rtlab site CA")).issuer_name(name("rtlab site CA"))
-          .public_key(ca_key.public_key()).serial_number(1).not_valid_before(now)
-          .not_valid_after(now + dt.timedelta(days=1))
-          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True).sign(ca_key, hashes.SHA256()))
-    cert = (x509.CertificateBuilder().subject_name(name("localhost")).issuer_name(ca.subject)
-            .public_key(key.public_key()).serial_number(2).not_valid_before(now)
-            .not_valid_after(now + dt.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
-            .sign(ca_key, hashes.SHA256()))
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(name("rtlab site CA"))
+        .issuer_name(name("rtlab site CA"))
+        .public_key(ca_key.public_key())
+        .serial_number(1)
+        .not_valid_before(now)
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name("localhost"))
+        .issuer_name(ca.subject)
+        .public_key(key.public_key())
+        .serial_number(2)
+        .not_valid_before(now)
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
     paths = folder / "ca.pem", folder / "server.pem", folder / "server.key"
     paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
     paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    paths[2].write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
+    paths[2].write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
     return paths
 
 
@@ -253,34 +323,63 @@ def test_tls_with_the_site_ca(site: RuntimeSite, tmp_path: Path) -> None:
     ca, cert, key = _tls_files(tmp_path)
     write_checkpoint(tmp_path / "storage")
     context = ssl.create_default_context(cafile=str(ca))
-    running = start_server(site, tmp_path / "storage", tmp_path / "runtime", "--tls-cert", str(cert),
-                           "--tls-key", str(key), tls=context)
+    running = start_server(
+        site,
+        tmp_path / "storage",
+        tmp_path / "runtime",
+        "--tls-cert",
+        str(cert),
+        "--tls-key",
+        str(key),
+        tls=context,
+    )
     try:
         _wait_for_model(running)
         assert running.call("POST", PATH, BODY, token=site.tokens["analyst"])[0] == 200
         with pytest.raises(ssl.SSLError):  # a client that does not trust the site CA
-            untrusting = http.client.HTTPSConnection("localhost", running.port, timeout=10,
-                                                     context=ssl.create_default_context())
+            untrusting = http.client.HTTPSConnection(
+                "localhost", running.port, timeout=10, context=ssl.create_default_context()
+            )
             untrusting.request("GET", "/healthz")
     finally:
         assert running.stop() == 0
 
 
 @pytest.mark.slow
-def test_200_clients_for_10_seconds_then_kill_9_loses_no_answered_decision(site: RuntimeSite,
-                                                                          tmp_path: Path) -> None:
+def test_200_clients_for_10_seconds_then_kill_9_loses_no_answered_decision(
+    site: RuntimeSite, tmp_path: Path
+) -> None:
     write_checkpoint(tmp_path / "storage")
     running = start_server(site, tmp_path / "storage", tmp_path / "runtime")
     _wait_for_model(running)
-    steady = asyncio.run(run_load("127.0.0.1", running.port, path=PATH, body={"inputs": [[0.5] * 16]},
-                                  token=site.tokens["analyst"], clients=200, seconds=10))
+    steady = asyncio.run(
+        run_load(
+            "127.0.0.1",
+            running.port,
+            path=PATH,
+            body={"inputs": [[0.5] * 16]},
+            token=site.tokens["analyst"],
+            clients=200,
+            seconds=10,
+        )
+    )
     assert steady.failures == [] and steady.statuses() == {200: len(steady.answers)}
     assert len(steady.answers) > 200
 
     async def kill_under_load() -> object:
         stop = asyncio.Event()
-        load = asyncio.create_task(run_load("127.0.0.1", running.port, path=PATH, body={"inputs": [[0.5] * 16]},
-                                            token=site.tokens["analyst"], clients=200, seconds=30, stop=stop))
+        load = asyncio.create_task(
+            run_load(
+                "127.0.0.1",
+                running.port,
+                path=PATH,
+                body={"inputs": [[0.5] * 16]},
+                token=site.tokens["analyst"],
+                clients=200,
+                seconds=30,
+                stop=stop,
+            )
+        )
         await asyncio.sleep(2)
         os.kill(running.process.pid, signal.SIGKILL)
         stop.set()

@@ -67,8 +67,12 @@ def test_expired_and_malformed_and_missing_tokens(trust: TrustFiles) -> None:
     with pytest.raises(TokenRejected) as expired:
         verifier.verify(token, now=(NOW + timedelta(days=2)).timestamp())
     assert expired.value.reason == "token-expired"
-    for bad, reason in (("", "token-missing"), (None, "token-missing"), ("aft1.x", "token-malformed"),
-                        ("Bearer abc.def.ghi", "token-malformed")):
+    for bad, reason in (
+        ("", "token-missing"),
+        (None, "token-missing"),
+        ("aft1.x", "token-malformed"),
+        ("Bearer abc.def.ghi", "token-malformed"),
+    ):
         with pytest.raises(TokenRejected) as caught:
             verifier.verify(bad, now=NOW.timestamp())
         assert caught.value.reason == reason
@@ -116,11 +120,28 @@ def test_token_signature_verifies_with_ssh_keygen(tmp_path: Path, trust: TrustFi
     data.write_bytes(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
     encoded = base64.b64encode(base64.urlsafe_b64decode(blob + "=" * (-len(blob) % 4))).decode()
     (tmp_path / "payload.sig").write_text(
-        "-----BEGIN SSH SIGNATURE-----\n" + encoded + "\n-----END SSH SIGNATURE-----\n")
+        "-----BEGIN SSH SIGNATURE-----\n" + encoded + "\n-----END SSH SIGNATURE-----\n"
+    )
     with data.open("rb") as stdin:
-        result = subprocess.run(["ssh-keygen", "-Y", "verify", "-f", str(trust.allowed_signers), "-I", "lab-tokens",
-                                 "-n", "aifactory-token", "-s", str(tmp_path / "payload.sig")],
-                                stdin=stdin, capture_output=True, text=True, check=False)
+        result = subprocess.run(
+            [
+                "ssh-keygen",
+                "-Y",
+                "verify",
+                "-f",
+                str(trust.allowed_signers),
+                "-I",
+                "lab-tokens",
+                "-n",
+                "aifactory-token",
+                "-s",
+                str(tmp_path / "payload.sig"),
+            ],
+            stdin=stdin,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
     assert result.returncode == 0, result.stderr
 
 
@@ -137,20 +158,33 @@ def test_cli_issue_and_revoke(tmp_path: Path) -> None:
     env = {**os.environ, "AIFACTORY_STATE_HOME": str(tmp_path)}
     spec = Path(__file__).resolve().parents[2] / "inventory" / "lab" / "site.yaml"
     cli = [sys.executable, "-m", "aifactory.cli.main"]
-    issued = subprocess.run([*cli, "token", "issue", str(spec), "--tenant", "health", "--format", "json"],
-                            env=env, capture_output=True, text=True, check=True)
+    issued = subprocess.run(
+        [*cli, "token", "issue", str(spec), "--tenant", "health", "--format", "json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     token = json.loads(issued.stdout)
     assert token["tenant"] == "health" and token["token"].startswith("aft1.")
-    unknown = subprocess.run([*cli, "token", "issue", str(spec), "--tenant", "nobody"], env=env,
-                             capture_output=True, text=True, check=False)
+    unknown = subprocess.run(
+        [*cli, "token", "issue", str(spec), "--tenant", "nobody"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert unknown.returncode == 2 and "no tenant 'nobody'" in unknown.stderr
-    revoked = subprocess.run([*cli, "token", "revoke", "lab", token["id"]], env=env, capture_output=True,
-                             text=True, check=True)
+    revoked = subprocess.run(
+        [*cli, "token", "revoke", "lab", token["id"]], env=env, capture_output=True, text=True, check=True
+    )
     assert token["id"] in revoked.stdout
     trust = TrustFiles(tmp_path / "lab" / "runtime")
     with pytest.raises(TokenRejected):
         TokenVerifier(trust, site="lab").verify(token["token"])
-    assert token["token"] not in (trust.issued_log.read_text() + (tmp_path / "lab" / "operator.log.jsonl").read_text())
+    assert token["token"] not in (
+        trust.issued_log.read_text() + (tmp_path / "lab" / "operator.log.jsonl").read_text()
+    )
 
 
 def _id(token: str) -> str:

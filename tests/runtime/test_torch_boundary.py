@@ -10,7 +10,17 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[2] / "aifactory"
 SPEC = PACKAGE.parent / "inventory" / "lab" / "site.yaml"
-TORCH_FREE = ("tokens", "decisionlog", "authz", "job", "siteplan", "metrics", "dataset", "train_cli", "loadgen")
+TORCH_FREE = (
+    "tokens",
+    "decisionlog",
+    "authz",
+    "job",
+    "siteplan",
+    "metrics",
+    "dataset",
+    "train_cli",
+    "loadgen",
+)
 
 
 def _imports_torch(path: Path) -> bool:
@@ -23,8 +33,11 @@ def _imports_torch(path: Path) -> bool:
 
 
 def test_nothing_outside_the_runtime_imports_torch() -> None:
-    offenders = [str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py")
-                 if "runtime" not in p.relative_to(PACKAGE).parts and _imports_torch(p)]
+    offenders = [
+        str(p.relative_to(PACKAGE))
+        for p in PACKAGE.rglob("*.py")
+        if "runtime" not in p.relative_to(PACKAGE).parts and _imports_torch(p)
+    ]
     assert offenders == []
 
 
@@ -36,8 +49,7 @@ def _torch_loaded_after(code: str) -> str:
 
 
 def test_aifactory_validate_does_not_import_torch() -> None:
-    code = (f"from aifactory.cli.main import main\n"
-            f"assert main(['validate', {str(SPEC)!r}]) == 0\n")
+    code = f"from aifactory.cli.main import main\nassert main(['validate', {str(SPEC)!r}]) == 0\n"
     assert _torch_loaded_after(code) == "False"
 
 

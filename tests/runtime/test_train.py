@@ -32,12 +32,26 @@ def _job(site: RuntimeSite, folder: Path, tenant: str = "health") -> Path:
     storage = folder / "storage"
     shutil.copytree(site.dataset_dir, storage / DATASET_PATH)
     (folder / "token").write_text(site.tokens[tenant])
-    job = {"schema": "aifactory.job/v1", "name": "vitals-train", "plan": str(site.plan_path), "token_file": "token",
-           "dataset": "vitals", "model": "vitals-mlp", "storage_root": "storage",
-           "runtime_dir": str(site.runtime_dir), "rendezvous_port": free_port(),
-           "processes_per_host": 2, "network": {"hidden": 32, "layers": 2},
-           "train": {"steps": STEPS, "global_batch": 64, "learning_rate": 0.01, "seed": 1234,
-                     "checkpoint_every": EVERY}}
+    job = {
+        "schema": "aifactory.job/v1",
+        "name": "vitals-train",
+        "plan": str(site.plan_path),
+        "token_file": "token",
+        "dataset": "vitals",
+        "model": "vitals-mlp",
+        "storage_root": "storage",
+        "runtime_dir": str(site.runtime_dir),
+        "rendezvous_port": free_port(),
+        "processes_per_host": 2,
+        "network": {"hidden": 32, "layers": 2},
+        "train": {
+            "steps": STEPS,
+            "global_batch": 64,
+            "learning_rate": 0.01,
+            "seed": 1234,
+            "checkpoint_every": EVERY,
+        },
+    }
     path = folder / "job.yaml"
     path.write_text(yaml.safe_dump(job))
     return path
@@ -46,9 +60,14 @@ def _job(site: RuntimeSite, folder: Path, tenant: str = "health") -> Path:
 def _train(job: Path, **fault: str) -> subprocess.Popen[str]:
     env = {**os.environ, **fault}
     env.pop("AIFACTORY_TOKEN", None)
-    return subprocess.Popen([sys.executable, "-m", "aifactory.runtime.train_cli", str(job), "--host", "rtlab-cpu-001"],
-                            env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "aifactory.runtime.train_cli", str(job), "--host", "rtlab-cpu-001"],
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def _finish(process: subprocess.Popen[str]) -> str:
@@ -108,10 +127,16 @@ def test_two_processes_train_and_the_loss_falls(uninterrupted: Path) -> None:
     assert {m["world_size"] for m in metrics} == {2}
     first, last = metrics[0]["loss"], metrics[-1]["loss"]
     assert last < 0.5 * first, (first, last)  # type: ignore[operator]
-    prometheus = (uninterrupted.parent / "storage" / MODEL_PATH / "runs" / "vitals-train" / "metrics.prom").read_text()
+    prometheus = (
+        uninterrupted.parent / "storage" / MODEL_PATH / "runs" / "vitals-train" / "metrics.prom"
+    ).read_text()
     assert f'aifactory_train_step{{job="vitals-train"}} {STEPS}' in prometheus
     assert sorted(p.name for p in _checkpoints(uninterrupted).iterdir()) == [
-        "latest", "step-00000020", "step-00000040", "step-00000060"]
+        "latest",
+        "step-00000020",
+        "step-00000040",
+        "step-00000060",
+    ]
 
 
 def _assert_same_weights(resumed: Path, uninterrupted: Path) -> None:
@@ -121,8 +146,9 @@ def _assert_same_weights(resumed: Path, uninterrupted: Path) -> None:
         assert torch.allclose(mine[name], reference[name], rtol=1e-5, atol=1e-6), name
 
 
-def test_kill_mid_run_resumes_from_the_last_checkpoint(site: RuntimeSite, tmp_path: Path,
-                                                       uninterrupted: Path) -> None:
+def test_kill_mid_run_resumes_from_the_last_checkpoint(
+    site: RuntimeSite, tmp_path: Path, uninterrupted: Path
+) -> None:
     job = _job(site, tmp_path)
     process = _train(job, AIFACTORY_FAULT_STALL_AT_STEP="30")  # rank 0 hangs after step 30
     _wait_for(lambda: any(m["step"] == 30 for m in _metrics(job)), "step 30")
@@ -134,12 +160,15 @@ def test_kill_mid_run_resumes_from_the_last_checkpoint(site: RuntimeSite, tmp_pa
     _assert_same_weights(job, uninterrupted)
 
 
-def test_kill_during_a_checkpoint_write_keeps_the_previous_one(site: RuntimeSite, tmp_path: Path,
-                                                               uninterrupted: Path) -> None:
+def test_kill_during_a_checkpoint_write_keeps_the_previous_one(
+    site: RuntimeSite, tmp_path: Path, uninterrupted: Path
+) -> None:
     job = _job(site, tmp_path)
     process = _train(job, AIFACTORY_FAULT_STALL_IN_CHECKPOINT="40")  # stalls after writing the weights
-    _wait_for(lambda: any((s / "model.safetensors").exists() for s in _checkpoints(job).glob(".step-00000040.*")),
-              "the step-40 checkpoint to be half written")
+    _wait_for(
+        lambda: any((s / "model.safetensors").exists() for s in _checkpoints(job).glob(".step-00000040.*")),
+        "the step-40 checkpoint to be half written",
+    )
     _kill_job(process, job)
     assert (_checkpoints(job) / "latest").read_text().strip() == "step-00000020"
     assert not (_checkpoints(job) / "step-00000040").exists()
@@ -149,7 +178,9 @@ def test_kill_during_a_checkpoint_write_keeps_the_previous_one(site: RuntimeSite
     _assert_same_weights(job, uninterrupted)
 
 
-def test_a_tenant_without_a_grant_is_refused_before_any_data_is_read(site: RuntimeSite, tmp_path: Path) -> None:
+def test_a_tenant_without_a_grant_is_refused_before_any_data_is_read(
+    site: RuntimeSite, tmp_path: Path
+) -> None:
     job = _job(site, tmp_path, tenant="research")
     dataset = str(job.parent / "storage" / DATASET_PATH)
     probe = (
@@ -163,13 +194,22 @@ def test_a_tenant_without_a_grant_is_refused_before_any_data_is_read(site: Runti
         f"code = main([{str(job)!r}, '--host', 'rtlab-cpu-001'])\n"
         "print(json.dumps({'code': code, 'seen': seen}))\n"
     )
-    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=False,
-                            env={k: v for k, v in os.environ.items() if k != "AIFACTORY_TOKEN"})
+    result = subprocess.run(
+        [sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={k: v for k, v in os.environ.items() if k != "AIFACTORY_TOKEN"},
+    )
     outcome = json.loads(result.stdout.strip().splitlines()[-1])
     assert outcome == {"code": 1, "seen": []}, result.stderr
     assert "train-denied" in result.stderr and "decision" in result.stderr
     assert "confidential" not in result.stderr  # the reason codes never reveal the classification
     last = json.loads((site.runtime_dir / "decisions.jsonl").read_text().splitlines()[-1])
-    assert (last["tenant"], last["action"], last["resource"], last["allow"]) == \
-        ("research", "train", "dataset/vitals", False)
+    assert (last["tenant"], last["action"], last["resource"], last["allow"]) == (
+        "research",
+        "train",
+        "dataset/vitals",
+        False,
+    )
     assert last["decision_id"] in result.stderr
