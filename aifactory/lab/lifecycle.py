@@ -13,7 +13,7 @@ from pathlib import Path
 
 from aifactory.errors import LabError, SecretError
 from aifactory.lab import access, bmc, hosts, network
-from aifactory.lab.journal import Journal
+from aifactory.lab.journal import Entry, Journal
 from aifactory.lab.layout import LabLayout, make_dir
 from aifactory.lab.names import PREFIX, LabNames, site_prefix
 from aifactory.lab.status import (
@@ -243,14 +243,17 @@ def _teardown(site: str, layout: LabLayout) -> None:
     shutil.rmtree(layout.root, ignore_errors=True)
 
 
-def _remove_secrets(layout: LabLayout, entries: list) -> None:  # type: ignore[type-arg]
+def _remove_secrets(layout: LabLayout, entries: list[Entry]) -> None:
+    """Delete the store the lab created; from a store it found, remove only the references it added
+    (opened with the lab's passphrase file, else AIFACTORY_PASSPHRASE_FILE; never a prompt)."""
     created = {e.name for e in entries if e.kind == "secret-store"}
     for path in created:
         Path(path).unlink(missing_ok=True)
     added = [e for e in entries if e.kind == "secret" and e.detail.get("store") not in created]
     if not added:
         return
-    for passphrase_source in (layout.passphrase_file, None):
+    sources = [layout.passphrase_file, os.environ.get("AIFACTORY_PASSPHRASE_FILE")]
+    for passphrase_source in [p for p in sources if p]:
         try:
             store = SecretStore(Path(added[0].detail["store"]), read_passphrase(passphrase_source))
             for entry in added:
