@@ -264,9 +264,9 @@ def main() -> None:
     parser.add_argument("--pools", type=int, default=100)
     parser.add_argument("--decisions", type=int, default=10_000)
     parser.add_argument("--repeat", type=int, default=5)
-    parser.add_argument("--second-hosts", type=int, default=200)
+    parser.add_argument("--second-hosts", type=int, default=40)
     parser.add_argument("--regopy-path", default="", help="folder holding the regopy package (pip --target)")
-    parser.add_argument("--regopy-limit", type=float, default=120.0, help="seconds regopy may take")
+    parser.add_argument("--regopy-limit", type=float, default=300.0, help="seconds regopy may take")
     args = parser.parse_args()
 
     policies = load_policy_set()

@@ -33,7 +33,7 @@ _jurisdiction := lib.countries_of(input.jurisdiction)
 deny contains result if {
 	some name, dc in input.datacenters
 	not dc.country in _jurisdiction
-	hosts := count([host | some host, datacenter in input.hosts; datacenter == name])
+	hosts := count([host | input.hosts[host] == name])
 	msg := sprintf("datacenter %s is in %s, outside the jurisdiction %s (%d hosts)", [name, dc.country, input.jurisdiction, hosts])
 	result := _violation("datacenter_outside_jurisdiction", sprintf("datacenter/%s", [name]), msg)
 }
