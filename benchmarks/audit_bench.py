@@ -4,9 +4,10 @@
 
 Generates a site (benchmarks/sites.py), then lowers every tenant's clearance to `public` so that
 owners and grantees of classified data are uncleared: about 3.6 findings per dataset (over 1,000
-with the defaults). The site is deployed on paper: a deploy record for every host (a few drifted)
-and an operator log, so every evidence section has content. Each measurement runs in its own
-process; peak memory is that process's maximum resident set (getrusage ru_maxrss):
+with the defaults). The site is deployed on paper: a deploy record for every host, written with
+deploy's own writer (a few hosts drifted), and an operator log, so every evidence section has
+content. Each measurement runs in its own process; peak memory is that process's maximum resident
+set (getrusage ru_maxrss):
 - report: `produce_report` (plan, policy, evidence, report.json, report.html, OSCAL, signature);
 - plan (baseline): `plan_site` and writing the plan as JSON, the least any report must do.
 Prints both (wall and CPU seconds: on a shared machine CPU time is the steadier figure), their
@@ -60,6 +61,7 @@ def run_child(kind: str, spec: Path, out: Path, env: dict[str, str]) -> dict[str
 
 
 def prepare(folder: Path, hosts: int, pools: int, datasets: int) -> tuple[Path, dict[str, str]]:
+    from aifactory.deploy.evidence import write_installed
     from aifactory.plan import plan_site
     from aifactory.state import SiteState
     from benchmarks.sites import generate_site
@@ -70,12 +72,17 @@ def prepare(folder: Path, hosts: int, pools: int, datasets: int) -> tuple[Path, 
     os.environ["AIFACTORY_STATE_HOME"] = env["AIFACTORY_STATE_HOME"]
     plan = plan_site(spec).plan
     state = SiteState.for_site(plan.name)
-    packages = {"slurm-wlm": "22.05.8-4", "munge": "0.5.15-2", "chrony": "4.3-2", "aifactory": "0.1.0"}
-    configs = {"/etc/slurm/slurm.conf": "sha256:" + "1" * 64, "/etc/chrony/chrony.conf": "sha256:" + "2" * 64}
-    installed = {h.name: {"packages": packages, "configs": configs} for h in plan.hosts}
+    packages = [{"name": "slurm-wlm", "version": "22.05.8-4"}, {"name": "munge", "version": "0.5.15-2"},
+                {"name": "chrony", "version": "4.3-2"}, {"name": "aifactory", "version": "0.1.0"}]
+    configs = {"/etc/slurm/slurm.conf": "1" * 64, "/etc/chrony/chrony.conf": "2" * 64}
+    bundle = {"version": "1.0", "digest": "sha256:" + "3" * 64}
+    reports = {h.name: {"runtime": {"version": "0.1.0", "packages": packages}, "config_files": configs,
+                        "bundle": bundle} for h in plan.hosts}
     for host in plan.hosts[1::997]:  # a few hosts drifted
-        installed[host.name] = {"packages": {**packages, "chrony": "4.2-1"}, "configs": configs}
-    (state.subdir("deploy") / "installed.json").write_text(json.dumps({"hosts": installed}))
+        drifted = {**configs, "/etc/chrony/chrony.conf": "4" * 64}
+        reports[host.name] = {**reports[host.name], "config_files": drifted}
+    write_installed(state, run_id="bench", when="2026-11-22T08:00:00Z", plan_digest=plan.digest(),
+                    reports=reports, results=dict.fromkeys(reports, "changed"))
     for command in ("plan", "bundle import", "deploy"):
         state.record(command=command, result="ok")
     return spec, env
