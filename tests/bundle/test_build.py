@@ -155,7 +155,8 @@ def test_runtime_installs_from_the_imported_bundle_with_no_network(lab_bundle: B
     subprocess.run([*isolated, _base_python(), "-m", "venv", str(venv)], check=True, capture_output=True)
     install = subprocess.run(
         [*isolated, str(venv / "bin" / "pip"), "install", "--isolated", "--no-index", "--no-cache-dir",
-         "--disable-pip-version-check", "--find-links", str(imported.wheelhouse), "aifactory[runtime]"],
+         "--disable-pip-version-check", "--no-compile", "--find-links", str(imported.wheelhouse),
+         "aifactory[runtime]"],
         capture_output=True, text=True)
     assert install.returncode == 0, install.stdout[-3000:] + install.stderr[-3000:]
     probe = ("import aifactory, torch, safetensors, regorus; "
