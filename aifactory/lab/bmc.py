@@ -10,6 +10,7 @@ They are never printed. `external_notifier` stays off, so an emulator sends noth
 from __future__ import annotations
 
 import hashlib
+import os
 import secrets as random_secrets
 import shutil
 import subprocess
@@ -81,39 +82,50 @@ def sushy_emulator() -> str:
     return found
 
 
-def open_site_store(site: str, layout: LabLayout, journal: Journal) -> SecretStore:
-    """The site's secret store; the lab creates it (with its own passphrase file) when there is none."""
+@dataclass(frozen=True)
+class LabSecrets:
+    """The BMC credentials made or found at `lab up`, and the passphrase file that opens their store."""
+
+    credentials: dict[str, BmcCredential]
+    store: Path
+    passphrase_file: Path
+
+    def as_dict(self) -> dict[str, str]:
+        return {"store": str(self.store), "passphrase_file": str(self.passphrase_file)}
+
+
+def open_site_store(site: str, layout: LabLayout, journal: Journal) -> tuple[SecretStore, Path]:
+    """The site's secret store and the passphrase file that opens it. The lab creates the store, with
+    its own passphrase file, when there is none; an existing one must open with the lab's passphrase
+    file or with AIFACTORY_PASSPHRASE_FILE (never a prompt)."""
     path = SiteState.for_site(site).path(STORE_FILE)
     if not layout.passphrase_file.exists():
         write_file(layout.passphrase_file, random_secrets.token_urlsafe(32) + "\n", 0o600)
-    lab_passphrase = read_passphrase(layout.passphrase_file)
     if not path.exists():
         journal.add("secret-store", str(path))
-        return SecretStore(path, lab_passphrase)
-    store = SecretStore(path, lab_passphrase)
-    try:
-        store.references()
-        return store
-    except SecretError:
-        pass
-    try:
-        store = SecretStore(path, read_passphrase())
-        store.references()
-    except SecretError as exc:
-        raise LabError(
-            f"the site's secret store {path} exists and the lab cannot open it to add BMC credentials",
-            hint="give its passphrase in AIFACTORY_PASSPHRASE_FILE",
-        ) from exc
-    return store
+        return SecretStore(path, read_passphrase(layout.passphrase_file)), layout.passphrase_file
+    candidates = [layout.passphrase_file]
+    if os.environ.get("AIFACTORY_PASSPHRASE_FILE"):
+        candidates.append(Path(os.environ["AIFACTORY_PASSPHRASE_FILE"]))
+    for passphrase_file in candidates:
+        store = SecretStore(path, read_passphrase(passphrase_file))
+        try:
+            store.references()
+        except SecretError:
+            continue
+        return store, passphrase_file
+    raise LabError(
+        f"the site's secret store {path} exists and the lab cannot open it to add BMC credentials",
+        hint="give its passphrase in a file named by AIFACTORY_PASSPHRASE_FILE",
+    )
 
 
-def ensure_credentials(site: str, plan: SitePlan, layout: LabLayout,
-                       journal: Journal) -> dict[str, BmcCredential]:
+def ensure_credentials(site: str, plan: SitePlan, layout: LabLayout, journal: Journal) -> LabSecrets | None:
     """One credential per BMC host: reused from the store when present, else made and stored."""
     bmc_hosts = [h for h in plan.hosts if h.bmc is not None]
     if not bmc_hosts:
-        return {}
-    store = open_site_store(site, layout, journal)
+        return None
+    store, passphrase_file = open_site_store(site, layout, journal)
     known = set(store.references())
     credentials: dict[str, BmcCredential] = {}
     for host in bmc_hosts:
@@ -124,10 +136,10 @@ def ensure_credentials(site: str, plan: SitePlan, layout: LabLayout,
             credentials[host.name] = BmcCredential.parse(existing)
             continue
         credential = BmcCredential(BMC_USER, random_secrets.token_urlsafe(18))
-        journal.add("secret", reference, store=str(store.path))
+        journal.add("secret", reference, store=str(store.path), passphrase_file=str(passphrase_file))
         store.set(reference, credential.value())
         credentials[host.name] = credential
-    return credentials
+    return LabSecrets(credentials, store.path, passphrase_file)
 
 
 def emulator_config(site: str, host: Host, folder: Path) -> str:
@@ -181,11 +193,13 @@ def wait_listening(layout: LabLayout, emulators: dict[str, tuple[str, subprocess
 
 
 def lab_secret_resolver(site_name: str) -> SecretResolver:
-    """A resolver for the lab's `secret://` references: the environment, then the site's store
-    opened with the lab's passphrase file (when the lab made the store)."""
-    passphrase = LabLayout.locate(site_name).passphrase_file
-    return SecretResolver(SiteState.for_site(site_name).path(STORE_FILE),
-                          str(passphrase) if passphrase.exists() else None)
+    """A resolver for the lab's `secret://` references: the environment, then the site's store opened
+    with the passphrase file `lab up` used (the lab's own when it made the store)."""
+    from aifactory.lab.query import lab_status
+
+    secrets = lab_status(site_name).secrets
+    store = Path(secrets["store"]) if secrets else SiteState.for_site(site_name).path(STORE_FILE)
+    return SecretResolver(store, secrets.get("passphrase_file"))
 
 
 def lab_bmc_credential(site_name: str, reference: str) -> BmcCredential:

@@ -37,7 +37,7 @@ from aifactory.lab.system import (
 )
 from aifactory.plan import PlannedSite
 from aifactory.plan.model import SitePlan
-from aifactory.secrets import STORE_FILE, SecretStore, read_passphrase
+from aifactory.secrets import SecretStore, read_passphrase
 from aifactory.state import SiteState
 
 log = logging.getLogger(__name__)
@@ -127,7 +127,8 @@ def _build(plan: SitePlan, layout: LabLayout, tools: dict[str, str]) -> LabStatu
     mount_plans = _prepare_files(plan, layout, journal)
     network.build_network(plan, names, journal)
     bmc_namespaces = {b.fabric: b.namespace for b in network.bmc_fabrics(plan, names)}
-    credentials = bmc.ensure_credentials(site, plan, layout, journal)
+    secrets = bmc.ensure_credentials(site, plan, layout, journal)
+    credentials = secrets.credentials if secrets else {}
     emulators = _start_bmcs(plan, layout, journal, credentials, bmc_namespaces)  # slowest to start: first
     anchors = _start_anchors(plan, layout, names, journal, mount_plans)
     sshds: dict[str, subprocess.Popen[bytes]] = {}
@@ -144,8 +145,7 @@ def _build(plan: SitePlan, layout: LabLayout, tools: dict[str, str]) -> LabStatu
         hosts=[_host_status(plan, names, h.name, anchors, sshds, emulators, bmc_namespaces)
                for h in plan.hosts],
         paths=access_paths(layout),
-        secrets={"store": str(SiteState.for_site(site).path(STORE_FILE)),
-                 "passphrase_file": str(layout.passphrase_file)} if credentials else {},
+        secrets=secrets.as_dict() if secrets else {},
     )
     write_record(layout, status)
     return read_status(site, layout)
@@ -238,21 +238,21 @@ def _teardown(site: str, layout: LabLayout) -> None:
         ip("netns", "del", name, check=False)
     # a child of a killed `up` that joined a namespace after the scan keeps it alive, unnamed: catch it
     terminate(pids_in_netns(inodes))
-    _remove_secrets(layout, [e for e in entries if e.kind in ("secret", "secret-store")])
+    _remove_secrets([e for e in entries if e.kind in ("secret", "secret-store")])
     _remove_machine_dirs([e.name for e in entries if e.kind == "machine-dir"])
     shutil.rmtree(layout.root, ignore_errors=True)
 
 
-def _remove_secrets(layout: LabLayout, entries: list[Entry]) -> None:
+def _remove_secrets(entries: list[Entry]) -> None:
     """Delete the store the lab created; from a store it found, remove only the references it added
-    (opened with the lab's passphrase file, else AIFACTORY_PASSPHRASE_FILE; never a prompt)."""
+    (opened with the passphrase file `up` used, else AIFACTORY_PASSPHRASE_FILE; never a prompt)."""
     created = {e.name for e in entries if e.kind == "secret-store"}
     for path in created:
         Path(path).unlink(missing_ok=True)
     added = [e for e in entries if e.kind == "secret" and e.detail.get("store") not in created]
     if not added:
         return
-    sources = [layout.passphrase_file, os.environ.get("AIFACTORY_PASSPHRASE_FILE")]
+    sources = [added[0].detail.get("passphrase_file"), os.environ.get("AIFACTORY_PASSPHRASE_FILE")]
     for passphrase_source in [p for p in sources if p]:
         try:
             store = SecretStore(Path(added[0].detail["store"]), read_passphrase(passphrase_source))

@@ -123,14 +123,25 @@ def test_down_after_an_up_killed_halfway_leaves_nothing(tmp_path, lab):
         lab_down(site, force=True)
 
 
-def test_full_lab_session_beside_the_shared_lab_leaves_machine_unchanged(tmp_path, lab):
-    from aifactory.lab import lab_down, lab_exec, lab_status, lab_up
+def test_full_lab_session_beside_the_shared_lab_leaves_machine_unchanged(tmp_path, lab, monkeypatch):
+    from aifactory.lab import lab_bmc_credential, lab_down, lab_exec, lab_status, lab_up
     from aifactory.plan import plan_site
+    from aifactory.secrets import SecretStore
+    from aifactory.state import SiteState
 
     etc_before, sysctl_before = etc_snapshot(), sysctl_snapshot()
     site = f"lf{os.getpid()}"
     planned = plan_site(copy_lab_spec(tmp_path / "spec", site))
+    # the site already has a secret store, under the admin's own passphrase
+    passphrase = tmp_path / "admin-passphrase"
+    passphrase.write_text("an admin's passphrase\n")
+    store_path = SiteState.for_site(site).path("secrets.enc")
+    SecretStore(store_path, passphrase.read_bytes().strip()).set("secret://admin/own", "kept")
+    monkeypatch.setenv("AIFACTORY_PASSPHRASE_FILE", str(passphrase))
     status = lab_up(planned)
+    assert status.secrets == {"store": str(store_path), "passphrase_file": str(passphrase)}
+    bmc_host = next(h for h in planned.plan.hosts if h.bmc)
+    assert lab_bmc_credential(site, bmc_host.bmc.credentials).username == "admin"
     lab_root = Path(status.root)
     try:
         pids = [p for h in status.hosts
@@ -160,6 +171,7 @@ def test_full_lab_session_beside_the_shared_lab_leaves_machine_unchanged(tmp_pat
     finally:
         lab_down(site)
     assert_nothing_left(site, lab_root, pids)
+    assert SecretStore(store_path, passphrase.read_bytes().strip()).references() == ["secret://admin/own"]
     assert sysctl_snapshot() == sysctl_before
     after = etc_snapshot()
     assert {k for k in after.keys() ^ etc_before.keys()} == set()
