@@ -170,6 +170,8 @@ def _problem_from_pydantic(source: LoadedYaml, error: Any) -> Problem:
         choices = [c.strip().strip("'") for c in expected.replace(" or ", ", ").split(",")]
         message = f"must be one of {', '.join(choices)}; found {_found(value)}"
         hint = _did_you_mean(str(value), choices) if isinstance(value, str) else None
+        if isinstance(value, int | float) and not isinstance(value, bool) and str(value) in choices:
+            hint = f'write it in quotes: "{value}"'
         if loc == ("schema",):
             hint = f"this version of aifactory reads {SCHEMA_VERSION}"
         return Problem("bad-value", message, location, hint)

@@ -56,6 +56,11 @@ CASES = [
     # --- types (strict: no silent coercion) ---
     one("count-word", "    count: 4\n", "    count: four\n", "node_pools[0].count", "must be an integer"),
     one("count-quoted", "    count: 4\n", '    count: "4"\n', "node_pools[0].count", "must be an integer"),
+    one("count-octal-looking", "    count: 4\n", "    count: 010\n", "node_pools[0].count",
+        "must be an integer, found '010'"),
+    one("python-version-number", "    fabrics: [mgmt, bmc]",
+        "    fabrics: [mgmt, bmc]\n    platform: {python: 3.11}",
+        "node_pools[1].platform.python", 'write it in quotes: "3.11"', "platform: {python: 3.11}"),
     one("air-gapped-yes", "  air_gapped: true", "  air_gapped: yes", "site.air_gapped",
         "must be true or false"),
     one("fabrics-not-list", "    fabrics: [mgmt, compute]", "    fabrics: mgmt", "node_pools[0].fabrics",
