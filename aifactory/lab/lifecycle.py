@@ -68,8 +68,10 @@ def lab_up(planned: PlannedSite, *, lock: bool = True) -> LabStatus:
             layout = LabLayout.for_site(plan.name)
         try:
             status = _build(plan, layout, tools)
-        except BaseException:
+        except BaseException as exc:
             _teardown(plan.name, layout)
+            state.record(command="lab up", result="failed", spec_digest=plan.spec_digest,
+                         detail={"error": type(exc).__name__})
             raise
         state.record(command="lab up", result="ok", spec_digest=plan.spec_digest,
                      detail={"hosts": len(plan.hosts), "plan_digest": plan.digest()})
