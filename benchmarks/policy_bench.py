@@ -25,11 +25,11 @@ from __future__ import annotations
 
 import argparse
 import copy
-import gc
-import os
 import datetime as dt
+import gc
 import itertools
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -79,25 +79,39 @@ def bench_site_check(policies: PolicySet, plan: SitePlan, repeat: int) -> None:
         times.append(time.perf_counter() - t0)
     assert report is not None
     median = statistics.median(times)
-    print(f"site check ({len(plan.hosts)} hosts, {len(plan.datasets)} datasets, "
-          f"{len(plan.models)} models, {len(plan.access)} grants; {report.rules_evaluated} rules):")
+    print(
+        f"site check ({len(plan.hosts)} hosts, {len(plan.datasets)} datasets, "
+        f"{len(plan.models)} models, {len(plan.access)} grants; {report.rules_evaluated} rules):"
+    )
     print(f"  compile policies once: {ms(compile_s)}")
-    print(f"  check (input + evaluation + report): median {ms(median)}, best {ms(min(times))}; "
-          f"decision {'deny' if report.denied else 'allow'}, {len(report.findings)} findings")
-    print(f"  baseline json.dumps(policy input): median {ms(statistics.median(baseline))}; "
-          f"ratio {median / statistics.median(baseline):.1f}x")
+    print(
+        f"  check (input + evaluation + report): median {ms(median)}, best {ms(min(times))}; "
+        f"decision {'deny' if report.denied else 'allow'}, {len(report.findings)} findings"
+    )
+    print(
+        f"  baseline json.dumps(policy input): median {ms(statistics.median(baseline))}; "
+        f"ratio {median / statistics.median(baseline):.1f}x"
+    )
     print(f"  target < {CHECK_TARGET_MS:.0f} ms: {'met' if median * 1000 < CHECK_TARGET_MS else 'NOT met'}")
 
 
 def requests_for(plan: dict[str, Any], count: int) -> list[tuple[str, str, str, str | None]]:
     tenants = [t["name"] for t in plan["tenants"]] + ["nobody"]
-    resources = [f"dataset/{d['name']}" for d in plan["datasets"]] + [f"model/{m['name']}" for m in plan["models"]]
-    combos = itertools.cycle(itertools.product(resources, tenants, ("read", "train", "infer", "export"), COUNTRIES))
-    return [(tenant, action, resource, country) for resource, tenant, action, country in
-            itertools.islice(combos, count)]
+    resources = [f"dataset/{d['name']}" for d in plan["datasets"]] + [
+        f"model/{m['name']}" for m in plan["models"]
+    ]
+    combos = itertools.cycle(
+        itertools.product(resources, tenants, ("read", "train", "infer", "export"), COUNTRIES)
+    )
+    return [
+        (tenant, action, resource, country)
+        for resource, tenant, action, country in itertools.islice(combos, count)
+    ]
 
 
-def latencies(authz: RuntimeAuthorizer, requests: list[tuple[str, str, str, str | None]]) -> tuple[list[float], int]:
+def latencies(
+    authz: RuntimeAuthorizer, requests: list[tuple[str, str, str, str | None]]
+) -> tuple[list[float], int]:
     times, allowed = [], 0
     for tenant, action, resource, country in requests:
         t0 = time.perf_counter()
@@ -126,10 +140,15 @@ def bench_runtime(policies: PolicySet, plan: dict[str, Any], count: int) -> None
     print(f"run-time decisions ({len(requests)} requests, {allowed} allowed):")
     print(f"  authorizer start (site loaded, facts compiled once): {ms(init_s)}")
     print(f"  decide: median {ms(median)}, p99 {ms(p99(times))}, max {ms(times[-1])}")
-    print(f"  baseline regorus interpreter ({len(base_times)} requests): median {ms(statistics.median(base_times))}, "
-          f"p99 {ms(p99(base_times))}; compiled is {statistics.median(base_times) / median:.1f}x faster")
-    print(f"  target p99 < {DECISION_P99_TARGET_MS} ms: "
-          f"{'met' if p99(times) * 1000 < DECISION_P99_TARGET_MS else 'NOT met'}")
+    print(
+        f"  baseline regorus interpreter ({len(base_times)} requests): "
+        f"median {ms(statistics.median(base_times))}, "
+        f"p99 {ms(p99(base_times))}; compiled is {statistics.median(base_times) / median:.1f}x faster"
+    )
+    print(
+        f"  target p99 < {DECISION_P99_TARGET_MS} ms: "
+        f"{'met' if p99(times) * 1000 < DECISION_P99_TARGET_MS else 'NOT met'}"
+    )
 
 
 def broken_inputs(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -140,11 +159,21 @@ def broken_inputs(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
         "datacenter-abroad": lambda d: d["datacenters"].update(far={"country": "FR", "region": None}),
         "unencrypted-storage": lambda d: d["storage"][first_store].update(encrypted_at_rest=False),
         "underclassified-model": lambda d: d["models"][first_model].update(classification="public"),
-        "egress-on-air-gapped": lambda d: d["egress"].append({"name": "ntp", "endpoint": "ntp:123", "country": "NG"}),
-        "uncleared-grant": lambda d: d["access"].append({"tenant": next(iter(d["tenants"])), "resource":
-                                                          "model/" + first_model, "kind": "model", "name": first_model,
-                                                          "actions": ["export"], "expires": None, "to": "FR",
-                                                          "approved_by": None}),
+        "egress-on-air-gapped": lambda d: d["egress"].append(
+            {"name": "ntp", "endpoint": "ntp:123", "country": "NG"}
+        ),
+        "uncleared-grant": lambda d: d["access"].append(
+            {
+                "tenant": next(iter(d["tenants"])),
+                "resource": "model/" + first_model,
+                "kind": "model",
+                "name": first_model,
+                "actions": ["export"],
+                "expires": None,
+                "to": "FR",
+                "approved_by": None,
+            }
+        ),
     }
     for name, change in variants.items():
         changed = copy.deepcopy(doc)
@@ -178,8 +207,9 @@ results = {"site": {}, "runtime": []}
 rego = interpreter(job["data"])
 for name, doc in job["inputs"].items():
     rego.set_input_term(json.dumps(doc))
-    results["site"][name] = {p: sorted(query(rego, "[[r.rule, r.resource] | some r in data.aifactory.%s.deny]" % p))
-                             for p in job["packages"]}
+    results["site"][name] = {
+        p: sorted(query(rego, "[[r.rule, r.resource] | some r in data.aifactory.%s.deny]" % p))
+        for p in job["packages"]}
 data = json.loads(json.dumps(job["data"]))
 data["aifactory"]["site"] = job["site"]
 rego = interpreter(data)
@@ -202,18 +232,41 @@ def second_engine_regopy(policies: PolicySet, plan: dict[str, Any], regopy_path:
     ours: dict[str, dict[str, list[list[str]]]] = {}
     for name, doc in inputs.items():
         values = backend.evaluate([f"data.aifactory.{p}.deny" for p in packages], doc)
-        ours[name] = {p: sorted([r["rule"], r["resource"]] for r in v) for p, v in zip(packages, values, strict=True)}
+        ours[name] = {
+            p: sorted([r["rule"], r["resource"]] for r in v) for p, v in zip(packages, values, strict=True)
+        }
     authz = RuntimeAuthorizer(plan, policies=policies)
     requests = requests_for(plan, 100)
     our_runtime = [authz.decide(t, a, r, host_country=c, today=TODAY) for t, a, r, c in requests]
-    job = {"modules": [(m.path.name, m.source) for m in policies.policies], "data": policies.data_document(),
-           "inputs": inputs, "packages": packages, "site": site_document(plan),
-           "requests": [{"tenant": t, "action": a, "resource": r, "kind": r.split("/")[0], "name": r.split("/", 1)[1],
-                         "host_country": c, "today": TODAY.isoformat()} for t, a, r, c in requests]}
+    job = {
+        "modules": [(m.path.name, m.source) for m in policies.policies],
+        "data": policies.data_document(),
+        "inputs": inputs,
+        "packages": packages,
+        "site": site_document(plan),
+        "requests": [
+            {
+                "tenant": t,
+                "action": a,
+                "resource": r,
+                "kind": r.split("/")[0],
+                "name": r.split("/", 1)[1],
+                "host_country": c,
+                "today": TODAY.isoformat(),
+            }
+            for t, a, r, c in requests
+        ],
+    }
     started = time.perf_counter()
     try:
-        result = subprocess.run([sys.executable, "-c", REGOPY_SCRIPT, regopy_path], input=json.dumps(job),
-                                capture_output=True, text=True, timeout=limit_s, check=False)
+        result = subprocess.run(
+            [sys.executable, "-c", REGOPY_SCRIPT, regopy_path],
+            input=json.dumps(job),
+            capture_output=True,
+            text=True,
+            timeout=limit_s,
+            check=False,
+        )
     except subprocess.TimeoutExpired:
         print(f"  regopy passed its time limit of {limit_s:.0f} s: no comparison")
         return
@@ -224,12 +277,17 @@ def second_engine_regopy(policies: PolicySet, plan: dict[str, Any], regopy_path:
     theirs = json.loads(result.stdout)
     site_equal = {name: theirs["site"][name] == ours[name] for name in inputs}
     findings = sum(len(v) for d in ours.values() for v in d.values())
-    runtime_equal = sum(1 for mine, other in zip(our_runtime, theirs["runtime"], strict=True)
-                        if (mine.allow, mine.reasons) == (other["allow"], sorted(other["reasons"])))
+    runtime_equal = sum(
+        1
+        for mine, other in zip(our_runtime, theirs["runtime"], strict=True)
+        if (mine.allow, mine.reasons) == (other["allow"], sorted(other["reasons"]))
+    )
     print(f"  regopy on {len(plan['hosts'])} hosts, in a subprocess ({took:.1f} s):")
-    print(f"    site packages: {sum(site_equal.values())}/{len(site_equal)} inputs give equal (rule, resource) "
-          f"findings ({findings} findings in all)" + ("" if all(site_equal.values()) else
-                                                    f"; differ: {[n for n, ok in site_equal.items() if not ok]}"))
+    print(
+        f"    site packages: {sum(site_equal.values())}/{len(site_equal)} inputs give equal (rule, resource) "
+        f"findings ({findings} findings in all)"
+        + ("" if all(site_equal.values()) else f"; differ: {[n for n, ok in site_equal.items() if not ok]}")
+    )
     print(f"    run-time decisions: {runtime_equal}/{len(requests)} equal (allow and reasons)")
 
 
@@ -239,8 +297,11 @@ def second_engine_opa(policies: PolicySet, plan: dict[str, Any]) -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    process = subprocess.Popen([shutil.which("opa") or "opa", "run", "--server", "--addr", f"127.0.0.1:{port}"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [shutil.which("opa") or "opa", "run", "--server", "--addr", f"127.0.0.1:{port}"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         time.sleep(1.0)
         embedded = make_backend(policies)
@@ -270,8 +331,10 @@ def main() -> None:
     args = parser.parse_args()
 
     policies = load_policy_set()
-    print(f"load average {', '.join(f'{x:.1f}' for x in os.getloadavg())} on {os.cpu_count()} CPUs "
-          "(timings include whatever else runs)")
+    print(
+        f"load average {', '.join(f'{x:.1f}' for x in os.getloadavg())} on {os.cpu_count()} CPUs "
+        "(timings include whatever else runs)"
+    )
     with tempfile.TemporaryDirectory() as folder:
         site_plan = plan_of(args.hosts, args.pools, Path(folder))
         bench_site_check(policies, site_plan, args.repeat)
@@ -283,11 +346,24 @@ def main() -> None:
             second_engine_opa(policies, plan)
             return
         small = plan_of(args.second_hosts, max(1, min(args.pools, args.second_hosts // 20)), Path(folder))
-        regopy_ok = subprocess.run([sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[1]); import regopy",
-                                    args.regopy_path], capture_output=True, check=False).returncode == 0
+        regopy_ok = (
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-c",
+                    "import sys; sys.path.insert(0, sys.argv[1]); import regopy",
+                    args.regopy_path,
+                ],
+                capture_output=True,
+                check=False,
+            ).returncode
+            == 0
+        )
         if not regopy_ok:
-            print("  skipped: no `opa` binary on the PATH and regopy not importable "
-                  "(pip install --target /tmp/regopy-lib regopy==1.5.2; then --regopy-path /tmp/regopy-lib)")
+            print(
+                "  skipped: no `opa` binary on the PATH and regopy not importable "
+                "(pip install --target /tmp/regopy-lib regopy==1.5.2; then --regopy-path /tmp/regopy-lib)"
+            )
             return
         second_engine_regopy(policies, small.to_dict(), args.regopy_path, args.regopy_limit)
 

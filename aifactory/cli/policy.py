@@ -19,14 +19,19 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     commands = policy.add_subparsers(dest="policy_command", metavar="SUBCOMMAND")
     commands.required = True
 
-    check = commands.add_parser("check", parents=[common],
-                                help="evaluate every policy against the site's plan (exit 1 on a deny)")
+    check = commands.add_parser(
+        "check", parents=[common], help="evaluate every policy against the site's plan (exit 1 on a deny)"
+    )
     check.add_argument("site", help="site spec (YAML)")
-    check.add_argument("--engine", choices=ENGINES, default="embedded",
-                       help="embedded regorus (default) or an OPA server")
+    check.add_argument(
+        "--engine", choices=ENGINES, default="embedded", help="embedded regorus (default) or an OPA server"
+    )
     check.add_argument("--opa-url", help="the OPA server for --engine opa, e.g. http://127.0.0.1:8181")
-    check.add_argument("--waivers", type=Path,
-                       help="waivers file (default: <spec stem>.waivers.yaml beside the spec, if present)")
+    check.add_argument(
+        "--waivers",
+        type=Path,
+        help="waivers file (default: <spec stem>.waivers.yaml beside the spec, if present)",
+    )
     check.set_defaults(handler=cmd_check)
 
     test = commands.add_parser("test", parents=[common], help="run the Rego tests with the embedded engine")
@@ -46,24 +51,36 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def render_report(report: PolicyReport) -> str:
     counts = report.counts()
-    lines = [f"site {report.site} (jurisdiction {report.jurisdiction}), engine {report.engine}, "
-             f"{report.today.isoformat()}", ""]
-    rows = [(c.id, c.status, c.findings["fail"], c.findings["waived"], len(c.rules), _titles(c.rules))
-            for c in report.controls]
+    lines = [
+        f"site {report.site} (jurisdiction {report.jurisdiction}), engine {report.engine}, "
+        f"{report.today.isoformat()}",
+        "",
+    ]
+    rows = [
+        (c.id, c.status, c.findings["fail"], c.findings["waived"], len(c.rules), _titles(c.rules))
+        for c in report.controls
+    ]
     lines.append(table(("control", "status", "fail", "waived", "rules", "what it checks"), rows))
     for heading, items in (("findings", report.findings), ("waiver problems", report.waiver_problems)):
         if not items:
             continue
         lines += ["", f"{heading}:"]
         for f in items:
-            lines.append(f"  {f.status.upper():<8} {f.severity:<8} {','.join(f.controls):<10} {f.resource}: {f.msg}")
+            lines.append(
+                f"  {f.status.upper():<8} {f.severity:<8} {','.join(f.controls):<10} {f.resource}: {f.msg}"
+            )
             lines.append(f"           rule {f.rule}; fix: {f.remediation}")
             if f.waiver:
-                lines.append(f"           waiver: {f.waiver['reason']} (approved by {f.waiver['approved_by']}, "
-                             f"expires {f.waiver['expires']})")
+                lines.append(
+                    f"           waiver: {f.waiver['reason']} (approved by {f.waiver['approved_by']}, "
+                    f"expires {f.waiver['expires']})"
+                )
     verdict = "DENY" if report.denied else "PASS"
-    lines += ["", f"{verdict}: {counts['fail']} failed, {counts['waived']} waived, "
-                  f"{counts['waiver_problems']} waiver problem(s); {report.rules_evaluated} rules"]
+    lines += [
+        "",
+        f"{verdict}: {counts['fail']} failed, {counts['waived']} waived, "
+        f"{counts['waiver_problems']} waiver problem(s); {report.rules_evaluated} rules",
+    ]
     return "\n".join(lines)
 
 
@@ -76,7 +93,9 @@ def cmd_test(args: argparse.Namespace) -> int:
     results = run_rego_tests(args.policies)
     failed = sum(not r.passed for r in results)
     if args.format == "json":
-        emit_json({"tests": [r.as_dict() for r in results], "passed": len(results) - failed, "failed": failed})
+        emit_json(
+            {"tests": [r.as_dict() for r in results], "passed": len(results) - failed, "failed": failed}
+        )
     else:
         for r in results:
             detail = f" ({r.error})" if r.error else ""

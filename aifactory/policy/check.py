@@ -20,9 +20,16 @@ log = logging.getLogger(__name__)
 RESULT_KEYS = {"rule", "control", "controls", "severity", "resource", "msg"}
 
 
-def check_site(planned: PlannedSite, *, engine: str = "embedded", opa_url: str | None = None,
-               waivers: Path | None = None, today: dt.date | None = None,
-               policies: PolicySet | None = None, time_limit_s: float = DEFAULT_TIME_LIMIT_S) -> PolicyReport:
+def check_site(
+    planned: PlannedSite,
+    *,
+    engine: str = "embedded",
+    opa_url: str | None = None,
+    waivers: Path | None = None,
+    today: dt.date | None = None,
+    policies: PolicySet | None = None,
+    time_limit_s: float = DEFAULT_TIME_LIMIT_S,
+) -> PolicyReport:
     """Evaluate every site package against the plan; raises PolicyEngineError when it cannot decide.
 
     Waivers default to `<spec stem>.waivers.yaml` beside the spec, when that file exists.
@@ -31,8 +38,13 @@ def check_site(planned: PlannedSite, *, engine: str = "embedded", opa_url: str |
     backend = make_backend(policies, engine=engine, opa_url=opa_url, time_limit_s=time_limit_s)
     waiver_file = waivers if waivers is not None else _default_waivers(planned)
     loaded_waivers = load_waivers(waiver_file, known_rules=set(policies.rules)) if waiver_file else []
-    return evaluate_plan(planned.plan, backend=backend, policies=policies, waivers=loaded_waivers,
-                         today=today or dt.date.today())
+    return evaluate_plan(
+        planned.plan,
+        backend=backend,
+        policies=policies,
+        waivers=loaded_waivers,
+        today=today or dt.date.today(),
+    )
 
 
 def _default_waivers(planned: PlannedSite) -> Path | None:
@@ -40,20 +52,35 @@ def _default_waivers(planned: PlannedSite) -> Path | None:
     return candidate if candidate.exists() else None
 
 
-def evaluate_plan(plan: SitePlan | dict[str, Any], *, backend: PolicyBackend, policies: PolicySet,
-                  waivers: list[Waiver], today: dt.date) -> PolicyReport:
+def evaluate_plan(
+    plan: SitePlan | dict[str, Any],
+    *,
+    backend: PolicyBackend,
+    policies: PolicySet,
+    waivers: list[Waiver],
+    today: dt.date,
+) -> PolicyReport:
     packages = policies.deny_packages()
     doc = site_input(plan, today.isoformat())
     values = backend.evaluate([f"data.aifactory.{p}.deny" for p in packages], doc)
-    raw = [item for package, value in zip(packages, values, strict=True)
-           for item in _results(policies, package, value)]
+    raw = [
+        item
+        for package, value in zip(packages, values, strict=True)
+        for item in _results(policies, package, value)
+    ]
     findings, problems = apply_waivers(raw, waivers, policies, today)
     site = plan.site if isinstance(plan, SitePlan) else plan["site"]
     digest = plan.spec_digest if isinstance(plan, SitePlan) else plan["spec_digest"]
     return PolicyReport(
-        site=site["name"], jurisdiction=site["jurisdiction"], engine=backend.name, today=today,
-        findings=findings, controls=control_results(policies, findings, packages), waiver_problems=problems,
-        policy_digest=policies.digest, spec_digest=digest,
+        site=site["name"],
+        jurisdiction=site["jurisdiction"],
+        engine=backend.name,
+        today=today,
+        findings=findings,
+        controls=control_results(policies, findings, packages),
+        waiver_problems=problems,
+        policy_digest=policies.digest,
+        spec_digest=digest,
         rules_evaluated=sum(1 for a in policies.rules.values() if a.package in packages),
     )
 

@@ -34,9 +34,16 @@ class PolicyBackend(ABC):
         """The value of each path for this input (None where undefined), or PolicyEngineError."""
 
 
-def make_backend(policies: PolicySet, *, engine: str = "embedded", opa_url: str | None = None,
-                 site: dict[str, Any] | None = None, time_limit_s: float = DEFAULT_TIME_LIMIT_S,
-                 hard_limit: bool = True, fast_paths: Sequence[str] = ()) -> PolicyBackend:
+def make_backend(
+    policies: PolicySet,
+    *,
+    engine: str = "embedded",
+    opa_url: str | None = None,
+    site: dict[str, Any] | None = None,
+    time_limit_s: float = DEFAULT_TIME_LIMIT_S,
+    hard_limit: bool = True,
+    fast_paths: Sequence[str] = (),
+) -> PolicyBackend:
     """The backend named `engine`, loaded with the policies, their data and (for run time) the site.
 
     `hard_limit` runs each evaluation in a forked child that is killed when the time limit passes
@@ -47,8 +54,9 @@ def make_backend(policies: PolicySet, *, engine: str = "embedded", opa_url: str 
     if engine == "embedded":
         from aifactory.policy.regorus_backend import RegorusBackend
 
-        return RegorusBackend(policies, site=site, time_limit_s=time_limit_s, hard_limit=hard_limit,
-                              fast_paths=fast_paths)
+        return RegorusBackend(
+            policies, site=site, time_limit_s=time_limit_s, hard_limit=hard_limit, fast_paths=fast_paths
+        )
     if engine == "opa":
         if not opa_url:
             raise UsageError("--engine opa needs --opa-url (e.g. http://127.0.0.1:8181)")
@@ -58,7 +66,11 @@ def make_backend(policies: PolicySet, *, engine: str = "embedded", opa_url: str 
     raise UsageError(f"unknown policy engine {engine!r}", hint=f"use one of: {', '.join(ENGINES)}")
 
 
-def engine_error(message: str, *, code: str = "policy-cannot-evaluate", hint: str | None = None) -> PolicyEngineError:
-    return PolicyEngineError(message, code=code,
-                             hint=hint or "the decision is deny until the policy engine answers; "
-                                          "rerun with --debug for details")
+def engine_error(
+    message: str, *, code: str = "policy-cannot-evaluate", hint: str | None = None
+) -> PolicyEngineError:
+    return PolicyEngineError(
+        message,
+        code=code,
+        hint=hint or "the decision is deny until the policy engine answers; rerun with --debug for details",
+    )

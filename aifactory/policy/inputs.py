@@ -32,30 +32,63 @@ def site_document(plan: SitePlan | dict[str, Any], *, hosts: bool = True) -> dic
         "name": site["name"],
         "jurisdiction": site["jurisdiction"],
         "air_gapped": bool(site["air_gapped"]),
-        "datacenters": {d["name"]: {"country": d["country"], "region": d.get("region")}
-                        for d in section("datacenters")},
-        "pools": {p["name"]: {"role": p["role"], "datacenter": p["datacenter"], "count": p["count"]}
-                  for p in section("pools")},
+        "datacenters": {
+            d["name"]: {"country": d["country"], "region": d.get("region")} for d in section("datacenters")
+        },
+        "pools": {
+            p["name"]: {"role": p["role"], "datacenter": p["datacenter"], "count": p["count"]}
+            for p in section("pools")
+        },
         "hosts": hosts,
-        "storage": {s["name"]: {"kind": s["kind"], "datacenter": s["datacenter"],
-                                "encrypted_at_rest": bool(s["encrypted_at_rest"]),
-                                "replicas": list(s.get("replicas", []))}
-                    for s in section("storage")},
-        "tenants": {t["name"]: {"clearance": t["clearance"], "pools": list(t.get("pools", []))}
-                    for t in section("tenants")},
-        "datasets": {d["name"]: {"owner": d["owner"], "classification": d["classification"],
-                                 "residency": d["residency"], "storage": d["storage"]}
-                     for d in section("datasets")},
-        "models": {m["name"]: {"owner": m["owner"], "classification": m["classification"],
-                               "trained_on": list(m["trained_on"]), "storage": m["storage"],
-                               "serve_on": list(m["serve_on"])}
-                   for m in section("models")},
-        "access": [{"tenant": g["tenant"], "resource": g["resource"], "kind": g["kind"], "name": g["name"],
-                    "actions": list(g["actions"]), "expires": g.get("expires"), "to": g.get("to"),
-                    "approved_by": g.get("approved_by")}
-                   for g in section("access")],
-        "egress": [{"name": e["name"], "endpoint": e["endpoint"], "country": e["country"]}
-                   for e in section("egress")["allow"]],
+        "storage": {
+            s["name"]: {
+                "kind": s["kind"],
+                "datacenter": s["datacenter"],
+                "encrypted_at_rest": bool(s["encrypted_at_rest"]),
+                "replicas": list(s.get("replicas", [])),
+            }
+            for s in section("storage")
+        },
+        "tenants": {
+            t["name"]: {"clearance": t["clearance"], "pools": list(t.get("pools", []))}
+            for t in section("tenants")
+        },
+        "datasets": {
+            d["name"]: {
+                "owner": d["owner"],
+                "classification": d["classification"],
+                "residency": d["residency"],
+                "storage": d["storage"],
+            }
+            for d in section("datasets")
+        },
+        "models": {
+            m["name"]: {
+                "owner": m["owner"],
+                "classification": m["classification"],
+                "trained_on": list(m["trained_on"]),
+                "storage": m["storage"],
+                "serve_on": list(m["serve_on"]),
+            }
+            for m in section("models")
+        },
+        "access": [
+            {
+                "tenant": g["tenant"],
+                "resource": g["resource"],
+                "kind": g["kind"],
+                "name": g["name"],
+                "actions": list(g["actions"]),
+                "expires": g.get("expires"),
+                "to": g.get("to"),
+                "approved_by": g.get("approved_by"),
+            }
+            for g in section("access")
+        ],
+        "egress": [
+            {"name": e["name"], "endpoint": e["endpoint"], "country": e["country"]}
+            for e in section("egress")["allow"]
+        ],
     }
 
 

@@ -48,9 +48,17 @@ class Annotation:
         return {"title": self.title, "controls": list(self.controls), "severity": self.severity}
 
     def as_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "package": self.package, "title": self.title, "description": self.description,
-                "controls": list(self.controls), "severity": self.severity, "remediation": self.remediation,
-                "file": self.file, "line": self.line}
+        return {
+            "id": self.id,
+            "package": self.package,
+            "title": self.title,
+            "description": self.description,
+            "controls": list(self.controls),
+            "severity": self.severity,
+            "remediation": self.remediation,
+            "file": self.file,
+            "line": self.line,
+        }
 
 
 @dataclass(frozen=True)
@@ -102,9 +110,14 @@ def short_package(package: str) -> str:
 
 
 def _error(message: str, path: Path, line: int | None = None, hint: str | None = None) -> PolicyEngineError:
-    return PolicyEngineError(message, code="policy-metadata", location=Location(file=str(path), line=line),
-                             hint=hint or "every package and rule needs a # METADATA block with title, "
-                                          "description and custom: controls, severity, remediation")
+    return PolicyEngineError(
+        message,
+        code="policy-metadata",
+        location=Location(file=str(path), line=line),
+        hint=hint
+        or "every package and rule needs a # METADATA block with title, "
+        "description and custom: controls, severity, remediation",
+    )
 
 
 def _parse_block(lines: list[str], path: Path, line: int) -> dict[str, Any]:
@@ -123,19 +136,37 @@ def _annotation(block: dict[str, Any], ident: str, package: str, path: Path, lin
     if not isinstance(custom, dict):
         raise _error(f"{ident}: METADATA has no custom: mapping", path, line)
     controls = custom.get("controls")
-    if not (isinstance(controls, list) and controls and all(isinstance(c, str) and _CONTROL_ID.match(c)
-                                                             for c in controls)):
-        raise _error(f"{ident}: custom.controls must be a list of NIST SP 800-53 IDs such as AC-3 or SC-28(1)",
-                     path, line)
+    if not (
+        isinstance(controls, list)
+        and controls
+        and all(isinstance(c, str) and _CONTROL_ID.match(c) for c in controls)
+    ):
+        raise _error(
+            f"{ident}: custom.controls must be a list of NIST SP 800-53 IDs such as AC-3 or SC-28(1)",
+            path,
+            line,
+        )
     severity = custom.get("severity")
     if severity not in SEVERITIES:
         raise _error(f"{ident}: custom.severity must be one of {', '.join(SEVERITIES)}", path, line)
-    for key, value in (("title", block.get("title")), ("description", block.get("description")),
-                       ("custom.remediation", custom.get("remediation"))):
+    for key, value in (
+        ("title", block.get("title")),
+        ("description", block.get("description")),
+        ("custom.remediation", custom.get("remediation")),
+    ):
         if not isinstance(value, str) or not value.strip():
             raise _error(f"{ident}: METADATA needs a non-empty {key}", path, line)
-    return Annotation(ident, package, block["title"].strip(), " ".join(block["description"].split()),
-                      tuple(controls), severity, " ".join(custom["remediation"].split()), path.name, line)
+    return Annotation(
+        ident,
+        package,
+        block["title"].strip(),
+        " ".join(block["description"].split()),
+        tuple(controls),
+        severity,
+        " ".join(custom["remediation"].split()),
+        path.name,
+        line,
+    )
 
 
 def parse_module(path: Path, source: str) -> tuple[str, Annotation | None, list[Annotation]]:
@@ -161,17 +192,24 @@ def parse_module(path: Path, source: str) -> tuple[str, Annotation | None, list[
         if match:
             package = match.group(1)
             if pending is not None:
-                package_annotation = _annotation(pending[0], short_package(package), short_package(package),
-                                                 path, pending[1])
+                package_annotation = _annotation(
+                    pending[0], short_package(package), short_package(package), path, pending[1]
+                )
                 pending = None
         elif pending is not None and line.strip():
             if package is None:
-                raise _error("METADATA block before the package line does not annotate the package", path, pending[1])
+                raise _error(
+                    "METADATA block before the package line does not annotate the package", path, pending[1]
+                )
             body = _rule_text(lines, i)
             found = _RULE_ID.findall(body)
             if len(found) != 1:
-                raise _error(f"the rule after this METADATA block must name exactly one rule id "
-                             f"(found {found or 'none'})", path, i + 1)
+                raise _error(
+                    f"the rule after this METADATA block must name exactly one rule id "
+                    f"(found {found or 'none'})",
+                    path,
+                    i + 1,
+                )
             short = short_package(package)
             rules.append(_annotation(pending[0], f"{short}.{found[0]}", short, path, pending[1]))
             pending = None
@@ -192,8 +230,9 @@ def _rule_text(lines: list[str], start: int) -> str:
 def load_policy_set(root: Path | None = None, places_path: Path | None = None) -> PolicySet:
     """Read and check every module under `root` (default: the installed policies folder)."""
     root = (root or resource_dir("policies")).resolve()
-    places_file = places_path or (root / "data" / "places.json" if (root / "data" / "places.json").exists()
-                                  else places_data_path())
+    places_file = places_path or (
+        root / "data" / "places.json" if (root / "data" / "places.json").exists() else places_data_path()
+    )
     return _load_cached(root, places_file.resolve(), _tree_stamp(root, places_file))
 
 

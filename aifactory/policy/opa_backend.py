@@ -20,19 +20,28 @@ from aifactory.policy.metadata import PolicySet
 class OpaBackend(PolicyBackend):
     name = "opa"
 
-    def __init__(self, policies: PolicySet, *, url: str, site: dict[str, Any] | None, time_limit_s: float) -> None:
+    def __init__(
+        self, policies: PolicySet, *, url: str, site: dict[str, Any] | None, time_limit_s: float
+    ) -> None:
         try:
             from opa_client.opa import OpaClient
         except ImportError as exc:
-            raise PrerequisiteError("the OPA backend needs opa-python-client",
-                                    hint="install aifactory[control], or use --engine embedded") from exc
+            raise PrerequisiteError(
+                "the OPA backend needs opa-python-client",
+                hint="install aifactory[control], or use --engine embedded",
+            ) from exc
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise UsageError(f"--opa-url {url!r} is not an http(s) URL", hint="e.g. http://127.0.0.1:8181")
         self.url = url
         self.time_limit_s = time_limit_s
-        self.client = OpaClient(host=parts.hostname, port=parts.port or (443 if parts.scheme == "https" else 8181),
-                                ssl=parts.scheme == "https", timeout=time_limit_s, retries=0)
+        self.client = OpaClient(
+            host=parts.hostname,
+            port=parts.port or (443 if parts.scheme == "https" else 8181),
+            ssl=parts.scheme == "https",
+            timeout=time_limit_s,
+            retries=0,
+        )
         self._upload(policies, site)
 
     def _upload(self, policies: PolicySet, site: dict[str, Any] | None) -> None:
@@ -42,8 +51,10 @@ class OpaBackend(PolicyBackend):
                 self.client.update_policy_from_string(module.source, endpoint, rego_compat=False)
             self.client.update_or_create_data(policies.data_document(site)["aifactory"], "aifactory")
         except Exception as exc:  # noqa: BLE001 - the client raises many types; each means "cannot load"
-            raise engine_error(f"cannot load the policies into OPA at {self.url}: {exc}",
-                               hint="check that OPA runs there (opa run --server) and accepts policy uploads") from exc
+            raise engine_error(
+                f"cannot load the policies into OPA at {self.url}: {exc}",
+                hint="check that OPA runs there (opa run --server) and accepts policy uploads",
+            ) from exc
 
     def extend_data(self, extra: dict[str, Any]) -> None:
         for key, value in extra.items():
@@ -61,7 +72,9 @@ class OpaBackend(PolicyBackend):
             except Exception as exc:  # noqa: BLE001 - timeouts, refused connections, HTTP errors: all deny
                 raise engine_error(f"OPA at {self.url} did not answer {path}: {exc}") from exc
             if not isinstance(answer, dict):
-                raise engine_error(f"OPA at {self.url} answered {path} with something other than an object",
-                                   code="policy-malformed-answer")
+                raise engine_error(
+                    f"OPA at {self.url} answered {path} with something other than an object",
+                    code="policy-malformed-answer",
+                )
             values.append(answer.get("result"))
         return values

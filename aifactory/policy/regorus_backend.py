@@ -29,7 +29,9 @@ UNDEFINED = "<undefined>"
 log = logging.getLogger(__name__)
 
 
-def compile_engine(policies: PolicySet, data: dict[str, Any], *, include_tests: bool = False) -> regorus.Engine:
+def compile_engine(
+    policies: PolicySet, data: dict[str, Any], *, include_tests: bool = False
+) -> regorus.Engine:
     """A fresh engine holding the policy modules (and tests, when asked) and the data document."""
     engine = regorus.Engine()
     modules = policies.modules if include_tests else policies.policies
@@ -69,8 +71,15 @@ class RegorusBackend(PolicyBackend):
 
     name = "embedded"
 
-    def __init__(self, policies: PolicySet, *, site: dict[str, Any] | None, time_limit_s: float,
-                 hard_limit: bool, fast_paths: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        policies: PolicySet,
+        *,
+        site: dict[str, Any] | None,
+        time_limit_s: float,
+        hard_limit: bool,
+        fast_paths: Sequence[str] = (),
+    ) -> None:
         self.policies = policies
         self.time_limit_s = time_limit_s
         self.hard_limit = hard_limit
@@ -94,8 +103,10 @@ class RegorusBackend(PolicyBackend):
             try:
                 self._local.vm = compile_program(self.policies, self._data, self.fast_paths)
             except RuntimeError as exc:
-                log.warning("the regorus RVM cannot compile the policies (%s); using the interpreter",
-                            _first_line(exc))
+                log.warning(
+                    "the regorus RVM cannot compile the policies (%s); using the interpreter",
+                    _first_line(exc),
+                )
                 self.fast_paths = ()
         return self._local.vm
 
@@ -131,13 +142,16 @@ class RegorusBackend(PolicyBackend):
 
 def _timeout(limit: float, elapsed: float | None = None) -> PolicyEngineError:
     took = f" (took {elapsed:.3f} s)" if elapsed is not None else ""
-    return engine_error(f"the policy evaluation passed its time limit of {limit:g} s{took}",
-                        code="policy-timeout",
-                        hint="the decision is deny; look for a policy or input that makes evaluation explode")
+    return engine_error(
+        f"the policy evaluation passed its time limit of {limit:g} s{took}",
+        code="policy-timeout",
+        hint="the decision is deny; look for a policy or input that makes evaluation explode",
+    )
 
 
-def _evaluate_in_child(engine: regorus.Engine, input_doc: dict[str, Any], paths: Sequence[str],
-                       limit: float) -> list[Any]:
+def _evaluate_in_child(
+    engine: regorus.Engine, input_doc: dict[str, Any], paths: Sequence[str], limit: float
+) -> list[Any]:
     """Evaluate in a forked child (it shares the compiled engine and the input, copy-on-write)."""
     read_end, write_end = os.pipe()
     pid = os.fork()
@@ -150,7 +164,7 @@ def _evaluate_in_child(engine: regorus.Engine, input_doc: dict[str, Any], paths:
             payload = json.dumps({"error": _first_line(exc)})
         data = payload.encode()
         while data:
-            data = data[os.write(write_end, data):]
+            data = data[os.write(write_end, data) :]
         os._exit(0)
     os.close(write_end)
     try:

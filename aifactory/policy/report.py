@@ -26,9 +26,18 @@ class Finding:
     waiver: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return {"rule": self.rule, "package": self.package, "title": self.title, "controls": list(self.controls),
-                "severity": self.severity, "resource": self.resource, "msg": self.msg,
-                "remediation": self.remediation, "status": self.status, "waiver": self.waiver}
+        return {
+            "rule": self.rule,
+            "package": self.package,
+            "title": self.title,
+            "controls": list(self.controls),
+            "severity": self.severity,
+            "resource": self.resource,
+            "msg": self.msg,
+            "remediation": self.remediation,
+            "status": self.status,
+            "waiver": self.waiver,
+        }
 
     def sort_key(self) -> tuple[Any, ...]:
         return (SEVERITY_ORDER.get(self.severity, 9), self.rule, self.resource, self.msg)
@@ -43,8 +52,13 @@ class ControlResult:
     findings: dict[str, int]  # {"fail": n, "waived": n}
 
     def as_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "family": self.family, "status": self.status, "rules": self.rules,
-                "findings": dict(self.findings)}
+        return {
+            "id": self.id,
+            "family": self.family,
+            "status": self.status,
+            "rules": self.rules,
+            "findings": dict(self.findings),
+        }
 
 
 @dataclass(frozen=True)
@@ -67,9 +81,11 @@ class PolicyReport:
         return any(f.status == "fail" for f in self.findings)
 
     def counts(self) -> dict[str, int]:
-        return {"fail": sum(f.status == "fail" for f in self.findings),
-                "waived": sum(f.status == "waived" for f in self.findings),
-                "waiver_problems": len(self.waiver_problems)}
+        return {
+            "fail": sum(f.status == "fail" for f in self.findings),
+            "waived": sum(f.status == "waived" for f in self.findings),
+            "waiver_problems": len(self.waiver_problems),
+        }
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -89,20 +105,36 @@ class PolicyReport:
         }
 
 
-def finding(annotation: Annotation, resource: str, msg: str, status: str,
-            waiver: Waiver | None = None) -> Finding:
-    return Finding(annotation.id, annotation.package, annotation.title, list(annotation.controls),
-                   annotation.severity, resource, msg, annotation.remediation, status,
-                   _waiver_dict(waiver) if waiver else None)
+def finding(
+    annotation: Annotation, resource: str, msg: str, status: str, waiver: Waiver | None = None
+) -> Finding:
+    return Finding(
+        annotation.id,
+        annotation.package,
+        annotation.title,
+        list(annotation.controls),
+        annotation.severity,
+        resource,
+        msg,
+        annotation.remediation,
+        status,
+        _waiver_dict(waiver) if waiver else None,
+    )
 
 
 def _waiver_dict(waiver: Waiver) -> dict[str, Any]:
-    return {"reason": waiver.reason, "approved_by": waiver.approved_by, "expires": waiver.expires.isoformat(),
-            "file": waiver.file, "line": waiver.line}
+    return {
+        "reason": waiver.reason,
+        "approved_by": waiver.approved_by,
+        "expires": waiver.expires.isoformat(),
+        "file": waiver.file,
+        "line": waiver.line,
+    }
 
 
-def apply_waivers(raw: list[tuple[Annotation, str, str]], waivers: list[Waiver], policies: PolicySet,
-                  today: dt.date) -> tuple[list[Finding], list[Finding]]:
+def apply_waivers(
+    raw: list[tuple[Annotation, str, str]], waivers: list[Waiver], policies: PolicySet, today: dt.date
+) -> tuple[list[Finding], list[Finding]]:
     """(findings, waiver problems). A live waiver matching (rule, resource) makes a finding waived."""
     live = {(w.rule, w.resource): w for w in waivers if not w.expired(today)}
     used: set[tuple[str, str]] = set()
@@ -118,14 +150,26 @@ def apply_waivers(raw: list[tuple[Annotation, str, str]], waivers: list[Waiver],
     for waiver in waivers:
         annotation = policies.rule(waiver.rule)
         if waiver.expired(today):
-            problems.append(finding(annotation, waiver.resource,
-                                    f"waiver for {waiver.rule} on {waiver.resource} expired on "
-                                    f"{waiver.expires.isoformat()}; it waives nothing",
-                                    "expired-waiver", waiver))
+            problems.append(
+                finding(
+                    annotation,
+                    waiver.resource,
+                    f"waiver for {waiver.rule} on {waiver.resource} expired on "
+                    f"{waiver.expires.isoformat()}; it waives nothing",
+                    "expired-waiver",
+                    waiver,
+                )
+            )
         elif (waiver.rule, waiver.resource) not in used:
-            problems.append(finding(annotation, waiver.resource,
-                                    f"waiver for {waiver.rule} on {waiver.resource} matches no finding; "
-                                    "remove it", "unmatched-waiver", waiver))
+            problems.append(
+                finding(
+                    annotation,
+                    waiver.resource,
+                    f"waiver for {waiver.rule} on {waiver.resource} matches no finding; remove it",
+                    "unmatched-waiver",
+                    waiver,
+                )
+            )
     return sorted(findings, key=Finding.sort_key), sorted(problems, key=Finding.sort_key)
 
 
@@ -140,9 +184,14 @@ def control_results(policies: PolicySet, findings: list[Finding], packages: list
     for control in sorted(rules_by_control, key=_control_sort_key):
         rule_ids = {a.id for a in rules_by_control[control]}
         mine = [f for f in findings if f.rule in rule_ids]
-        counts = {"fail": sum(f.status == "fail" for f in mine), "waived": sum(f.status == "waived" for f in mine)}
+        counts = {
+            "fail": sum(f.status == "fail" for f in mine),
+            "waived": sum(f.status == "waived" for f in mine),
+        }
         status = "fail" if counts["fail"] else "waived" if counts["waived"] else "pass"
-        rules = [{"id": a.id, "title": a.title} for a in sorted(rules_by_control[control], key=lambda a: a.id)]
+        rules = [
+            {"id": a.id, "title": a.title} for a in sorted(rules_by_control[control], key=lambda a: a.id)
+        ]
         results.append(ControlResult(control, control.split("-")[0], status, rules, counts))
     return results
 

@@ -43,34 +43,72 @@ class Decision:
     detail: str | None = field(default=None, compare=False)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"allow": self.allow, "reasons": list(self.reasons), "decision_id": self.decision_id,
-                "controls": list(self.controls), "tenant": self.tenant, "action": self.action,
-                "resource": self.resource, "host_country": self.host_country, "today": self.today,
-                "detail": self.detail}
+        return {
+            "allow": self.allow,
+            "reasons": list(self.reasons),
+            "decision_id": self.decision_id,
+            "controls": list(self.controls),
+            "tenant": self.tenant,
+            "action": self.action,
+            "resource": self.resource,
+            "host_country": self.host_country,
+            "today": self.today,
+            "detail": self.detail,
+        }
 
 
 class RuntimeAuthorizer:
     """Decides requests against one site's plan (a `SitePlan.to_dict()` or a bundle's plan.json)."""
 
-    def __init__(self, plan: dict[str, Any], *, engine: str = "embedded", opa_url: str | None = None,
-                 policies: PolicySet | None = None, time_limit_s: float = RUNTIME_TIME_LIMIT_S) -> None:
+    def __init__(
+        self,
+        plan: dict[str, Any],
+        *,
+        engine: str = "embedded",
+        opa_url: str | None = None,
+        policies: PolicySet | None = None,
+        time_limit_s: float = RUNTIME_TIME_LIMIT_S,
+    ) -> None:
         self.policies = policies or load_policy_set()
         self.site = site_document(plan, hosts=False)
-        self.backend: PolicyBackend = make_backend(self.policies, engine=engine, opa_url=opa_url,
-                                                   site=self.site, time_limit_s=time_limit_s,
-                                                   hard_limit=False, fast_paths=(DECISION_PATH,))
+        self.backend: PolicyBackend = make_backend(
+            self.policies,
+            engine=engine,
+            opa_url=opa_url,
+            site=self.site,
+            time_limit_s=time_limit_s,
+            hard_limit=False,
+            fast_paths=(DECISION_PATH,),
+        )
         self.backend.extend_data({"compiled": self._compile()})
-        self._controls = {a.id.split(".", 1)[1]: list(a.controls)
-                          for a in self.policies.rules.values() if a.package == "runtime"}
+        self._controls = {
+            a.id.split(".", 1)[1]: list(a.controls)
+            for a in self.policies.rules.values()
+            if a.package == "runtime"
+        }
         self._allow_controls = list(self.policies.packages["runtime"].controls)
         self._evaluate_json = getattr(self.backend, "evaluate_json", None)
 
-    def decide(self, tenant: str, action: str, resource: str, *, host_country: str | None = None,
-               today: dt.date | None = None) -> Decision:
+    def decide(
+        self,
+        tenant: str,
+        action: str,
+        resource: str,
+        *,
+        host_country: str | None = None,
+        today: dt.date | None = None,
+    ) -> Decision:
         day = (today or dt.date.today()).isoformat()
         kind, _, name = resource.partition("/")
-        request = {"tenant": tenant, "action": action, "resource": resource, "kind": kind, "name": name,
-                   "host_country": host_country, "today": day}
+        request = {
+            "tenant": tenant,
+            "action": action,
+            "resource": resource,
+            "kind": kind,
+            "name": name,
+            "host_country": host_country,
+            "today": day,
+        }
         text = json.dumps(request, sort_keys=True)
         decision_id = uuid.uuid4().hex
         try:
@@ -82,8 +120,18 @@ class RuntimeAuthorizer:
         except AifactoryError as exc:
             reason = "engine-timeout" if exc.code == "policy-timeout" else "engine-error"
             log.warning("runtime decision failed closed: %s", exc.message)
-            return Decision(False, [reason], decision_id, ENGINE_REASONS[reason], tenant, action, resource,
-                            host_country, day, exc.message)
+            return Decision(
+                False,
+                [reason],
+                decision_id,
+                ENGINE_REASONS[reason],
+                tenant,
+                action,
+                resource,
+                host_country,
+                day,
+                exc.message,
+            )
         controls = self._allow_controls if allow else sorted({c for r in reasons for c in self._controls[r]})
         return Decision(allow, reasons, decision_id, controls, tenant, action, resource, host_country, day)
 
@@ -96,14 +144,22 @@ class RuntimeAuthorizer:
         finally:
             self.backend.time_limit_s = saved
         if not isinstance(facts, dict) or set(facts) != COMPILED_KEYS:
-            raise engine_error(f"malformed {COMPILED_PATH}: {str(facts)[:200]}", code="policy-malformed-answer")
+            raise engine_error(
+                f"malformed {COMPILED_PATH}: {str(facts)[:200]}", code="policy-malformed-answer"
+            )
         log.debug("compiled runtime facts in %.1f ms", (time.perf_counter() - started) * 1000)
         return facts
 
     def _check(self, value: Any) -> tuple[bool, list[str]]:
-        if not (isinstance(value, dict) and set(value) == {"allow", "reasons"}
-                and isinstance(value["allow"], bool) and isinstance(value["reasons"], list)
-                and all(r in self._controls for r in value["reasons"])
-                and value["allow"] == (not value["reasons"])):
-            raise engine_error(f"malformed runtime decision: {str(value)[:200]}", code="policy-malformed-answer")
+        if not (
+            isinstance(value, dict)
+            and set(value) == {"allow", "reasons"}
+            and isinstance(value["allow"], bool)
+            and isinstance(value["reasons"], list)
+            and all(r in self._controls for r in value["reasons"])
+            and value["allow"] == (not value["reasons"])
+        ):
+            raise engine_error(
+                f"malformed runtime decision: {str(value)[:200]}", code="policy-malformed-answer"
+            )
         return value["allow"], list(value["reasons"])

@@ -41,9 +41,15 @@ class Waiver:
         return self.expires < today
 
     def as_dict(self) -> dict[str, Any]:
-        return {"rule": self.rule, "resource": self.resource, "reason": self.reason,
-                "approved_by": self.approved_by, "expires": self.expires.isoformat(),
-                "file": self.file, "line": self.line}
+        return {
+            "rule": self.rule,
+            "resource": self.resource,
+            "reason": self.reason,
+            "approved_by": self.approved_by,
+            "expires": self.expires.isoformat(),
+            "file": self.file,
+            "line": self.line,
+        }
 
 
 def waivers_path_for(spec_path: Path) -> Path:
@@ -55,13 +61,17 @@ def load_waivers(path: Path, *, known_rules: set[str]) -> list[Waiver]:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise SpecError(f"cannot read the waivers file: {exc.strerror}", location=Location(file=str(path))) from exc
+        raise SpecError(
+            f"cannot read the waivers file: {exc.strerror}", location=Location(file=str(path))
+        ) from exc
     try:
         root = yaml.compose(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        raise SpecError(f"the waivers file is not valid YAML: {getattr(exc, 'problem', exc)}",
-                        location=Location(file=str(path), line=mark.line + 1 if mark else None)) from exc
+        raise SpecError(
+            f"the waivers file is not valid YAML: {getattr(exc, 'problem', exc)}",
+            location=Location(file=str(path), line=mark.line + 1 if mark else None),
+        ) from exc
     entries = _entries(root, path)
     waivers: list[Waiver] = []
     problems: list[Problem] = []
@@ -70,9 +80,12 @@ def load_waivers(path: Path, *, known_rules: set[str]) -> list[Waiver]:
         if waiver is not None:
             waivers.append(waiver)
     if problems:
-        raise SpecError(f"{path}: {len(problems)} problem(s) in the waivers file", problems=problems,
-                        location=Location(file=str(path)),
-                        hint=f"each waiver needs {', '.join(WAIVER_FIELDS)}")
+        raise SpecError(
+            f"{path}: {len(problems)} problem(s) in the waivers file",
+            problems=problems,
+            location=Location(file=str(path)),
+            hint=f"each waiver needs {', '.join(WAIVER_FIELDS)}",
+        )
     return waivers
 
 
@@ -85,14 +98,21 @@ def _entries(root: yaml.Node | None, path: Path) -> list[yaml.Node]:
                 return list(value.value)
             if key.value == "waivers" and value.tag.endswith(":null"):
                 return []
-    raise SpecError("the waivers file must be a mapping with a `waivers:` list",
-                    location=Location(file=str(path), line=root.start_mark.line + 1))
+    raise SpecError(
+        "the waivers file must be a mapping with a `waivers:` list",
+        location=Location(file=str(path), line=root.start_mark.line + 1),
+    )
 
 
-def _waiver(node: yaml.Node, index: int, path: Path, known_rules: set[str],
-            problems: list[Problem]) -> Waiver | None:
-    where = Location(file=str(path), line=node.start_mark.line + 1, column=node.start_mark.column + 1,
-                     path=f"waivers[{index}]")
+def _waiver(
+    node: yaml.Node, index: int, path: Path, known_rules: set[str], problems: list[Problem]
+) -> Waiver | None:
+    where = Location(
+        file=str(path),
+        line=node.start_mark.line + 1,
+        column=node.start_mark.column + 1,
+        path=f"waivers[{index}]",
+    )
     if not isinstance(node, yaml.MappingNode):
         problems.append(Problem("waiver-not-mapping", "a waiver must be a mapping", where))
         return None
@@ -108,8 +128,14 @@ def _waiver(node: yaml.Node, index: int, path: Path, known_rules: set[str],
         else:
             values[name] = str(value.value).strip()
     if "rule" in values and values["rule"] not in known_rules:
-        problems.append(Problem("waiver-unknown-rule", f"rule {values['rule']!r} does not exist", where,
-                                hint="use a rule id from `aifactory policy check --format json`"))
+        problems.append(
+            Problem(
+                "waiver-unknown-rule",
+                f"rule {values['rule']!r} does not exist",
+                where,
+                hint="use a rule id from `aifactory policy check --format json`",
+            )
+        )
     expires = None
     if "expires" in values:
         try:
@@ -118,5 +144,12 @@ def _waiver(node: yaml.Node, index: int, path: Path, known_rules: set[str],
             problems.append(Problem("waiver-bad-date", "expires must be a date (YYYY-MM-DD)", where))
     if len(problems) > before or expires is None:
         return None
-    return Waiver(values["rule"], values["resource"], values["reason"], values["approved_by"], expires,
-                  str(path), where.line or 0)
+    return Waiver(
+        values["rule"],
+        values["resource"],
+        values["reason"],
+        values["approved_by"],
+        expires,
+        str(path),
+        where.line or 0,
+    )

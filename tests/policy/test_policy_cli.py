@@ -11,8 +11,12 @@ from .conftest import REPO, SiteWriter
 
 
 def policy_check(site: Path, *extra: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(REPO / ".venv" / "bin" / "aifactory"), "policy", "check", str(site), *extra],
-                          capture_output=True, text=True, check=False)
+    return subprocess.run(
+        [str(REPO / ".venv" / "bin" / "aifactory"), "policy", "check", str(site), *extra],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
 
 
 def unencrypted(spec: dict[str, Any]) -> None:
@@ -30,7 +34,9 @@ def test_denied_site_exits_1_and_names_resource_and_remediation(write_site: Site
     result = policy_check(write_site(unencrypted))
     assert result.returncode == 1, result.stderr
     assert "SC-28(1)  fail    1" in result.stdout
-    assert "FAIL     high     SC-28(1)   storage/share: storage share is not encrypted at rest" in result.stdout
+    assert (
+        "FAIL     high     SC-28(1)   storage/share: storage share is not encrypted at rest" in result.stdout
+    )
     assert "fix: Set encrypted_at_rest to true on the storage" in result.stdout
     assert result.stdout.strip().splitlines()[-1].startswith("DENY: 1 failed")
 

@@ -37,8 +37,11 @@ def _free_port() -> int:
 
 def _real_opa() -> Iterator[str]:
     port = _free_port()
-    process = subprocess.Popen([shutil.which("opa") or "opa", "run", "--server", "--addr", f"127.0.0.1:{port}"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [shutil.which("opa") or "opa", "run", "--server", "--addr", f"127.0.0.1:{port}"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         for _ in range(100):
@@ -68,10 +71,25 @@ def _decisions(report) -> list[tuple[str, str, str, str]]:  # type: ignore[no-un
     return [(f.rule, f.resource, f.msg, f.status) for f in report.findings]
 
 
-@pytest.mark.parametrize("case", [c for c in CASES if c[0] in {
-    "datacenter-abroad", "replica-abroad", "model-with-disjoint-training-data-stored-anywhere",
-    "egress-on-air-gapped-site", "uncleared-grant-on-dataset", "export-to-bloc-wider-than-residency",
-    "underclassified-model", "unencrypted-replica-of-confidential-store"}], ids=lambda c: c[0])
+@pytest.mark.parametrize(
+    "case",
+    [
+        c
+        for c in CASES
+        if c[0]
+        in {
+            "datacenter-abroad",
+            "replica-abroad",
+            "model-with-disjoint-training-data-stored-anywhere",
+            "egress-on-air-gapped-site",
+            "uncleared-grant-on-dataset",
+            "export-to-bloc-wider-than-residency",
+            "underclassified-model",
+            "unencrypted-replica-of-confidential-store",
+        }
+    ],
+    ids=lambda c: c[0],
+)
 def test_site_check_same_on_both_engines(opa_url: str, write_site: SiteWriter, case) -> None:  # type: ignore[no-untyped-def]
     planned = plan_site(write_site(case[1]))
     embedded = check_site(planned, today=TODAY)
@@ -88,13 +106,15 @@ def test_example_sites_same_on_both_engines(opa_url: str) -> None:
         assert opa.findings == [] and not opa.denied
 
 
-REQUESTS = list(itertools.product(
-    ["health", "research", "nobody"],
-    ["read", "train", "infer", "export"],
-    ["dataset/vitals", "model/vitals-mlp", "model/none"],
-    ["NG", "GH", None],
-    [dt.date(2026, 1, 1), dt.date(2031, 1, 1)],
-))
+REQUESTS = list(
+    itertools.product(
+        ["health", "research", "nobody"],
+        ["read", "train", "infer", "export"],
+        ["dataset/vitals", "model/vitals-mlp", "model/none"],
+        ["NG", "GH", None],
+        [dt.date(2026, 1, 1), dt.date(2031, 1, 1)],
+    )
+)
 
 
 def test_runtime_decisions_same_on_both_engines(opa_url: str) -> None:
@@ -104,9 +124,15 @@ def test_runtime_decisions_same_on_both_engines(opa_url: str) -> None:
     for tenant, action, resource, country, today in REQUESTS:
         a = embedded.decide(tenant, action, resource, host_country=country, today=today)
         b = opa.decide(tenant, action, resource, host_country=country, today=today)
-        assert (a.allow, a.reasons, a.controls) == (b.allow, b.reasons, b.controls), (tenant, action, resource)
+        assert (a.allow, a.reasons, a.controls) == (b.allow, b.reasons, b.controls), (
+            tenant,
+            action,
+            resource,
+        )
     assert {d for d in (embedded.decide(*r[:3], host_country=r[3], today=r[4]).allow for r in REQUESTS)} == {
-        True, False}
+        True,
+        False,
+    }
 
 
 def test_loopback_server_really_answered() -> None:

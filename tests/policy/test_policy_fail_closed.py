@@ -42,11 +42,15 @@ def lab():  # type: ignore[no-untyped-def]
     return plan_site(LAB_SITE, write_lock=False)
 
 
-@pytest.mark.parametrize(("append", "code"), [
-    (CONFLICT, "policy-cannot-evaluate"),
-    (MALFORMED, "policy-malformed-answer"),
-    (SYNTAX, "policy-compile"),
-], ids=["engine-error", "malformed-answer", "compile-error"])
+@pytest.mark.parametrize(
+    ("append", "code"),
+    [
+        (CONFLICT, "policy-cannot-evaluate"),
+        (MALFORMED, "policy-malformed-answer"),
+        (SYNTAX, "policy-compile"),
+    ],
+    ids=["engine-error", "malformed-answer", "compile-error"],
+)
 def test_site_check_cannot_evaluate(lab, tmp_path: Path, append: str, code: str) -> None:  # type: ignore[no-untyped-def]
     tree = broken_tree(tmp_path, "locality.rego", append)
     with pytest.raises(PolicyEngineError) as caught:
@@ -69,8 +73,13 @@ def test_site_check_timeout_kills_the_evaluation(lab, tmp_path: Path) -> None:  
 def test_cli_exits_3_when_it_cannot_evaluate(tmp_path: Path, append: str) -> None:
     tree = broken_tree(tmp_path, "access.rego", append)
     env = {**os.environ, "AIFACTORY_RESOURCES": str(tree.parent)}
-    result = subprocess.run([str(REPO / ".venv" / "bin" / "aifactory"), "policy", "check", str(LAB_SITE)],
-                            capture_output=True, text=True, env=env, check=False)
+    result = subprocess.run(
+        [str(REPO / ".venv" / "bin" / "aifactory"), "policy", "check", str(LAB_SITE)],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
     assert result.returncode == 3, result.stderr
     assert "error[policy-" in result.stderr and "Traceback" not in result.stderr
     assert "PASS" not in result.stdout
@@ -91,10 +100,14 @@ def test_unreachable_opa_server_cannot_evaluate(lab) -> None:  # type: ignore[no
 RuntimeBreak = Callable[[Path], Path]
 
 
-@pytest.mark.parametrize(("append", "reason"), [
-    (CONFLICT.replace("deny contains _boom if true", "reasons contains _boom if true"), "engine-error"),
-    ('\nreasons contains 42 if true\n', "engine-error"),  # malformed: not a known reason code
-], ids=["engine-error", "malformed-answer"])
+@pytest.mark.parametrize(
+    ("append", "reason"),
+    [
+        (CONFLICT.replace("deny contains _boom if true", "reasons contains _boom if true"), "engine-error"),
+        ("\nreasons contains 42 if true\n", "engine-error"),  # malformed: not a known reason code
+    ],
+    ids=["engine-error", "malformed-answer"],
+)
 def test_runtime_decision_fails_closed(lab, tmp_path: Path, append: str, reason: str) -> None:  # type: ignore[no-untyped-def]
     tree = broken_tree(tmp_path, "runtime.rego", append)
     authz = RuntimeAuthorizer(lab.plan.to_dict(), policies=load_policy_set(tree))

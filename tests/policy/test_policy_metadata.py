@@ -43,19 +43,27 @@ def test_control_ids_are_written_once_in_the_policies(policies: PolicySet) -> No
 def test_data_document_carries_annotations_and_places(policies: PolicySet) -> None:
     doc = policies.data_document()["aifactory"]
     assert doc["annotations"]["encryption.unencrypted_storage"] == {
-        "title": "Unencrypted storage holds sensitive data", "controls": ["SC-28(1)"], "severity": "high"}
+        "title": "Unencrypted storage holds sensitive data",
+        "controls": ["SC-28(1)"],
+        "severity": "high",
+    }
     assert doc["classifications"][0] == "public" and "EU" in doc["blocs"]
 
 
-@pytest.mark.parametrize(("block", "message"), [
-    ("#   controls: [AC-3]\n#   severity: high\n", "custom.remediation"),
-    ("#   controls: [AC3]\n#   severity: high\n#   remediation: R\n", "NIST SP 800-53"),
-    ("#   controls: [AC-3]\n#   severity: dire\n#   remediation: R\n", "custom.severity"),
-])
+@pytest.mark.parametrize(
+    ("block", "message"),
+    [
+        ("#   controls: [AC-3]\n#   severity: high\n", "custom.remediation"),
+        ("#   controls: [AC3]\n#   severity: high\n#   remediation: R\n", "NIST SP 800-53"),
+        ("#   controls: [AC-3]\n#   severity: dire\n#   remediation: R\n", "custom.severity"),
+    ],
+)
 def test_incomplete_rule_metadata_is_an_error(block: str, message: str) -> None:
     source = GOOD_PACKAGE + (
-        "\n# METADATA\n# title: T\n# description: D\n# custom:\n" + block
-        + 'deny contains r if {\n\tr := _violation("x", "y", "z")\n}\n')
+        "\n# METADATA\n# title: T\n# description: D\n# custom:\n"
+        + block
+        + 'deny contains r if {\n\tr := _violation("x", "y", "z")\n}\n'
+    )
     with pytest.raises(PolicyEngineError) as caught:
         parse_module(Path("sample.rego"), source)
     assert message in caught.value.message
@@ -65,7 +73,8 @@ def test_incomplete_rule_metadata_is_an_error(block: str, message: str) -> None:
 def test_rule_id_comes_from_the_violation_call_or_the_reason() -> None:
     source = GOOD_PACKAGE + (
         "\n# METADATA\n# title: T\n# description: D\n# custom:\n#   controls: [SC-7]\n#   severity: low\n"
-        "#   remediation: R\nreasons contains \"no-way\" if true\n")
+        '#   remediation: R\nreasons contains "no-way" if true\n'
+    )
     package, annotation, rules = parse_module(Path("sample.rego"), source)
     assert package == "aifactory.sample" and annotation is not None and annotation.controls == ("AC-3",)
     assert [(r.id, r.controls, r.line) for r in rules] == [("sample.no-way", ("SC-7",), 13)]

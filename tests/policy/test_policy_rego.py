@@ -17,8 +17,12 @@ ALL_RULES = sorted(load_policy_set().rules)
 
 
 def test_policy_test_command_passes_with_one_line_per_test(policies: PolicySet) -> None:
-    result = subprocess.run([str(REPO / ".venv" / "bin" / "aifactory"), "policy", "test"],
-                            capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        [str(REPO / ".venv" / "bin" / "aifactory"), "policy", "test"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     lines = result.stdout.strip().splitlines()
     names = list_rego_tests(policies)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -52,8 +56,12 @@ def test_removing_a_rule_fails_a_rego_test(policies: PolicySet, rule_id: str, tm
 
 def test_a_failing_rego_test_is_reported(policies: PolicySet, tmp_path: Path) -> None:
     tree = _mutant_tree(policies, "egress.endpoint_on_air_gapped_site", tmp_path)
-    result = subprocess.run([str(REPO / ".venv" / "bin" / "aifactory"), "policy", "test", "--policies", str(tree)],
-                            capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        [str(REPO / ".venv" / "bin" / "aifactory"), "policy", "test", "--policies", str(tree)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert result.returncode == 1
     assert "FAIL data.aifactory.egress_test.test_endpoint_on_air_gapped_site_denied" in result.stdout
     assert result.stdout.strip().splitlines()[-1].endswith(" passed, 1 failed")

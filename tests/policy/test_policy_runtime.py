@@ -27,21 +27,39 @@ def authz(plan: dict[str, Any]) -> RuntimeAuthorizer:
     return RuntimeAuthorizer(plan)
 
 
-@pytest.mark.parametrize(("tenant", "action", "resource", "country", "allow", "reasons", "controls"), [
-    ("health", "infer", "model/vitals-mlp", "NG", True, [], ["AC-3"]),
-    ("health", "train", "dataset/vitals", "NG", True, [], ["AC-3"]),
-    ("health", "export", "model/vitals-mlp", "NG", True, [], ["AC-3"]),
-    ("health", "infer", "model/vitals-mlp", "GH", False, ["outside-residency"], ["AC-4"]),
-    ("health", "export", "model/vitals-mlp", "GH", False, ["outside-residency"], ["AC-4"]),
-    ("health", "infer", "model/vitals-mlp", None, False, ["host-country-unknown"], ["AC-4"]),
-    ("research", "read", "dataset/vitals", "NG", False, ["clearance-below-classification", "no-grant"],
-     ["AC-3", "AC-3(3)"]),
-    ("nobody", "read", "dataset/vitals", "NG", False, ["no-grant", "unknown-tenant"], ["AC-3", "IA-2"]),
-    ("health", "read", "dataset/missing", "NG", False, ["unknown-resource"], ["AC-3"]),
-    ("health", "export", "dataset/vitals", "NG", False, ["no-grant", "unknown-action"], ["AC-3"]),
-])
-def test_lab_decisions(authz: RuntimeAuthorizer, tenant: str, action: str, resource: str, country: str | None,
-                       allow: bool, reasons: list[str], controls: list[str]) -> None:
+@pytest.mark.parametrize(
+    ("tenant", "action", "resource", "country", "allow", "reasons", "controls"),
+    [
+        ("health", "infer", "model/vitals-mlp", "NG", True, [], ["AC-3"]),
+        ("health", "train", "dataset/vitals", "NG", True, [], ["AC-3"]),
+        ("health", "export", "model/vitals-mlp", "NG", True, [], ["AC-3"]),
+        ("health", "infer", "model/vitals-mlp", "GH", False, ["outside-residency"], ["AC-4"]),
+        ("health", "export", "model/vitals-mlp", "GH", False, ["outside-residency"], ["AC-4"]),
+        ("health", "infer", "model/vitals-mlp", None, False, ["host-country-unknown"], ["AC-4"]),
+        (
+            "research",
+            "read",
+            "dataset/vitals",
+            "NG",
+            False,
+            ["clearance-below-classification", "no-grant"],
+            ["AC-3", "AC-3(3)"],
+        ),
+        ("nobody", "read", "dataset/vitals", "NG", False, ["no-grant", "unknown-tenant"], ["AC-3", "IA-2"]),
+        ("health", "read", "dataset/missing", "NG", False, ["unknown-resource"], ["AC-3"]),
+        ("health", "export", "dataset/vitals", "NG", False, ["no-grant", "unknown-action"], ["AC-3"]),
+    ],
+)
+def test_lab_decisions(
+    authz: RuntimeAuthorizer,
+    tenant: str,
+    action: str,
+    resource: str,
+    country: str | None,
+    allow: bool,
+    reasons: list[str],
+    controls: list[str],
+) -> None:
     decision = authz.decide(tenant, action, resource, host_country=country, today=DAY)
     assert (decision.allow, decision.reasons, decision.controls) == (allow, reasons, controls)
     assert (decision.tenant, decision.action, decision.resource) == (tenant, action, resource)
@@ -49,13 +67,17 @@ def test_lab_decisions(authz: RuntimeAuthorizer, tenant: str, action: str, resou
 
 
 def test_export_grant_expires(authz: RuntimeAuthorizer) -> None:
-    assert authz.decide("health", "export", "model/vitals-mlp", host_country="NG", today=dt.date(2030, 12, 31)).allow
+    assert authz.decide(
+        "health", "export", "model/vitals-mlp", host_country="NG", today=dt.date(2030, 12, 31)
+    ).allow
     late = authz.decide("health", "export", "model/vitals-mlp", host_country="NG", today=dt.date(2031, 1, 1))
     assert (late.allow, late.reasons, late.controls) == (False, ["grant-expired"], ["AC-2(3)"])
 
 
 def test_decision_ids_are_unique(authz: RuntimeAuthorizer) -> None:
-    ids = {authz.decide("health", "infer", "model/vitals-mlp", host_country="NG").decision_id for _ in range(50)}
+    ids = {
+        authz.decide("health", "infer", "model/vitals-mlp", host_country="NG").decision_id for _ in range(50)
+    }
     assert len(ids) == 50
 
 

@@ -1,4 +1,4 @@
-"""Waivers: a waived finding is reported as waived (never a pass); expired and unmatched waivers are reported."""
+"""Waivers: a waived finding is reported as waived (never a pass); expired, unmatched ones are reported."""
 
 from __future__ import annotations
 
@@ -24,9 +24,14 @@ def unencrypted(spec: dict[str, Any]) -> None:
 
 
 def waiver(**fields: Any) -> dict[str, Any]:
-    return {"rule": "encryption.unencrypted_storage", "resource": "storage/share",
-            "reason": "Disk encryption arrives with the Q1 hardware refresh", "approved_by": "ciso@lab.example",
-            "expires": "2027-03-31", **fields}
+    return {
+        "rule": "encryption.unencrypted_storage",
+        "resource": "storage/share",
+        "reason": "Disk encryption arrives with the Q1 hardware refresh",
+        "approved_by": "ciso@lab.example",
+        "expires": "2027-03-31",
+        **fields,
+    }
 
 
 def write_waivers(site: Path, *waivers: dict[str, Any]) -> Path:
@@ -40,8 +45,11 @@ def test_waived_finding_is_reported_as_waived_with_approver_and_expiry(write_sit
     write_waivers(site, waiver())  # found beside the spec: <stem>.waivers.yaml
     report = check_site(plan_site(site), today=TODAY)
     (finding,) = report.findings
-    assert (finding.rule, finding.resource, finding.status) == ("encryption.unencrypted_storage", "storage/share",
-                                                                "waived")
+    assert (finding.rule, finding.resource, finding.status) == (
+        "encryption.unencrypted_storage",
+        "storage/share",
+        "waived",
+    )
     assert finding.waiver is not None
     assert (finding.waiver["approved_by"], finding.waiver["expires"]) == ("ciso@lab.example", "2027-03-31")
     assert not report.denied and report.waiver_problems == []
@@ -70,7 +78,9 @@ def test_unmatched_waiver_is_reported_and_does_not_hide_other_findings(write_sit
     write_waivers(site, waiver(resource="storage/elsewhere"))
     report = check_site(plan_site(site), today=TODAY)
     assert [f.status for f in report.findings] == ["fail"]
-    assert [(p.status, p.resource) for p in report.waiver_problems] == [("unmatched-waiver", "storage/elsewhere")]
+    assert [(p.status, p.resource) for p in report.waiver_problems] == [
+        ("unmatched-waiver", "storage/elsewhere")
+    ]
 
 
 def test_waiver_for_a_passing_site_is_unmatched(write_site: SiteWriter) -> None:
@@ -89,12 +99,15 @@ def test_explicit_waivers_file_overrides_the_default(write_site: SiteWriter, tmp
     assert not check_site(plan_site(site), waivers=other, today=TODAY).denied
 
 
-@pytest.mark.parametrize(("entry", "message"), [
-    ({"rule": "encryption.no_such_rule"}, "does not exist"),
-    ({"approved_by": ""}, "approved_by is required"),
-    ({"expires": "soon"}, "expires must be a date"),
-    ({"colour": "red"}, "unknown field 'colour'"),
-])
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ({"rule": "encryption.no_such_rule"}, "does not exist"),
+        ({"approved_by": ""}, "approved_by is required"),
+        ({"expires": "soon"}, "expires must be a date"),
+        ({"colour": "red"}, "unknown field 'colour'"),
+    ],
+)
 def test_bad_waiver_is_a_clear_error(write_site: SiteWriter, entry: dict[str, Any], message: str) -> None:
     site = write_site(unencrypted)
     path = write_waivers(site, waiver(**entry))
@@ -108,10 +121,18 @@ def test_bad_waiver_is_a_clear_error(write_site: SiteWriter, entry: dict[str, An
 def test_cli_shows_waived_findings_and_exits_0(write_site: SiteWriter) -> None:
     site = write_site(unencrypted)
     write_waivers(site, waiver(expires="2099-01-01"))
-    result = subprocess.run([str(REPO / ".venv" / "bin" / "aifactory"), "policy", "check", str(site),
-                             "--format", "json"], capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        [str(REPO / ".venv" / "bin" / "aifactory"), "policy", "check", str(site), "--format", "json"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
-    assert report["decision"] == "allow" and report["counts"] == {"fail": 0, "waived": 1, "waiver_problems": 0}
+    assert report["decision"] == "allow" and report["counts"] == {
+        "fail": 0,
+        "waived": 1,
+        "waiver_problems": 0,
+    }
     assert report["findings"][0]["status"] == "waived"
     assert report["findings"][0]["waiver"]["approved_by"] == "ciso@lab.example"
