@@ -156,3 +156,25 @@ def test_exec_takes_host_after_the_site():
     assert split_exec_argv(["--host", "h1", "--", "ls", "-l"], None) == (["ls", "-l"], "h1")
     assert split_exec_argv(["--host=h2", "--", "ls"], None) == (["ls"], "h2")
     assert split_exec_argv(["--", "ansible", "--host", "x"], "h0") == (["ansible", "--host", "x"], "h0")
+
+
+def test_without_root_the_lab_refuses_and_its_tests_skip_with_the_reason(monkeypatch):
+    from aifactory.errors import PrerequisiteError
+    from aifactory.lab.system import check_prerequisites
+    from tests.conftest import lab_unavailable
+
+    monkeypatch.setattr("os.geteuid", lambda: 1000)
+    with pytest.raises(PrerequisiteError, match="needs root"):
+        check_prerequisites()
+    assert "needs root" in lab_unavailable()
+
+
+def test_a_missing_tool_is_named_with_the_package_to_install(monkeypatch):
+    from aifactory.errors import PrerequisiteError
+    from aifactory.lab import system
+
+    monkeypatch.setattr("os.geteuid", lambda: 0)
+    monkeypatch.setattr(system, "which", lambda tool: None if tool == "sshd" else f"/usr/bin/{tool}")
+    with pytest.raises(PrerequisiteError) as caught:
+        system.check_prerequisites()
+    assert "sshd" in caught.value.message and "apt-get install -y openssh-server" in caught.value.hint
