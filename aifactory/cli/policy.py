@@ -11,7 +11,7 @@ from aifactory.errors import ExitCode
 from aifactory.plan import plan_site
 from aifactory.policy import PolicyReport, check_site
 from aifactory.policy.engine import ENGINES
-from aifactory.policy.testing import run_rego_tests
+from aifactory.policy.testing import run_opa_tests, run_rego_tests
 
 
 def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -36,6 +36,12 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
 
     test = commands.add_parser("test", parents=[common], help="run the Rego tests with the embedded engine")
     test.add_argument("--policies", type=Path, help="policy folder (default: the installed policies)")
+    test.add_argument(
+        "--engine",
+        choices=ENGINES,
+        default="embedded",
+        help="embedded regorus (default), or `opa test` with an opa binary on the PATH",
+    )
     test.set_defaults(handler=cmd_test)
 
 
@@ -90,7 +96,8 @@ def _titles(rules: list[dict[str, str]], width: int = 60) -> str:
 
 
 def cmd_test(args: argparse.Namespace) -> int:
-    results = run_rego_tests(args.policies)
+    run = run_opa_tests if args.engine == "opa" else run_rego_tests
+    results = run(args.policies)
     failed = sum(not r.passed for r in results)
     if args.format == "json":
         emit_json(

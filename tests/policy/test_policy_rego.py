@@ -65,3 +65,26 @@ def test_a_failing_rego_test_is_reported(policies: PolicySet, tmp_path: Path) ->
     assert result.returncode == 1
     assert "FAIL data.aifactory.egress_test.test_endpoint_on_air_gapped_site_denied" in result.stdout
     assert result.stdout.strip().splitlines()[-1].endswith(" passed, 1 failed")
+
+
+@pytest.mark.skipif(
+    shutil.which("opa") is None, reason="no `opa` binary on the PATH (cannot be installed here)"
+)
+def test_opa_test_runs_the_same_tests(policies: PolicySet) -> None:
+    from aifactory.policy.testing import run_opa_tests
+
+    results = run_opa_tests(policies=policies)
+    assert sorted(r.name for r in results) == sorted(list_rego_tests(policies))
+    assert all(r.passed for r in results), [r for r in results if not r.passed]
+
+
+def test_policy_test_with_opa_engine_needs_the_binary() -> None:
+    if shutil.which("opa") is not None:
+        pytest.skip("an opa binary is present; the test above covers it")
+    result = subprocess.run(
+        [str(REPO / ".venv" / "bin" / "aifactory"), "policy", "test", "--engine", "opa"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 3 and "no `opa` binary" in result.stderr
