@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from aifactory.policy.metadata import Annotation, PolicySet
@@ -73,7 +73,6 @@ class PolicyReport:
     policy_digest: str = ""
     spec_digest: str = ""  # the spec's meaning (SitePlan.spec_digest): which site was checked
     rules_evaluated: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def denied(self) -> bool:

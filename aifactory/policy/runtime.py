@@ -87,7 +87,6 @@ class RuntimeAuthorizer:
             if a.package == "runtime"
         }
         self._allow_controls = list(self.policies.packages["runtime"].controls)
-        self._evaluate_json = getattr(self.backend, "evaluate_json", None)
 
     def decide(
         self,
@@ -109,13 +108,9 @@ class RuntimeAuthorizer:
             "host_country": host_country,
             "today": day,
         }
-        text = json.dumps(request, sort_keys=True)
         decision_id = uuid.uuid4().hex
         try:
-            if self._evaluate_json is not None:
-                (value,) = self._evaluate_json((DECISION_PATH,), text)
-            else:
-                (value,) = self.backend.evaluate((DECISION_PATH,), request)
+            (value,) = self.backend.evaluate_json((DECISION_PATH,), json.dumps(request))
             allow, reasons = self._check(value)
         except AifactoryError as exc:
             reason = "engine-timeout" if exc.code == "policy-timeout" else "engine-error"
