@@ -47,8 +47,9 @@ def lab_command(site_name: str, argv: Sequence[str], host: str | None = None, *,
         raise UsageError("lab exec needs a command", hint="aifactory lab exec SITE -- CMD ...")
     status = lab_status(site_name)
     if status.state not in ("up", "degraded"):
+        first = f"aifactory lab down {site_name}` and `" if status.state != "down" else ""
         raise LabError(f"the lab of site {site_name!r} is not up ({status.state})",
-                       hint="run `aifactory lab up SITE.yaml` first")
+                       hint=f"run `{first}aifactory lab up SITE.yaml` first")
     target = host or status.control_host
     if target is None:
         raise UsageError(f"site {site_name!r} has no control host", hint="pass --host NAME")

@@ -56,7 +56,8 @@ def lab_up(planned: PlannedSite, *, lock: bool = True) -> LabStatus:
         current = read_status(plan.name, layout)
         if current.up and current.plan_digest == plan.digest():
             return current
-        if current.state in ("up", "degraded") and current.plan_digest != plan.digest():
+        running = any(h.anchor.running() for h in current.hosts)
+        if running and current.plan_digest != plan.digest():
             raise LabError(
                 f"the lab of site {plan.name!r} is running a different plan",
                 hint=f"run `aifactory lab down {plan.name}` first",
