@@ -85,10 +85,32 @@ def raw_forward(model: torch.nn.Module, batch: int, seconds: float) -> tuple[flo
 
 def start_server(args: argparse.Namespace, work: Path, plan: Path) -> tuple[subprocess.Popen[str], int]:
     process = subprocess.Popen(
-        [sys.executable, "-m", "aifactory.runtime.serve_cli", "--plan", str(plan), "--model", "vitals-mlp",
-         "--host-name", "lab-cpu-001", "--port", "0", "--storage-root", str(work / "storage"),
-         "--runtime-dir", str(work / "runtime"), "--max-batch", str(args.max_batch), "--max-wait-ms",
-         str(args.max_wait_ms), "--torch-threads", "1"], stderr=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-m",
+            "aifactory.runtime.serve_cli",
+            "--plan",
+            str(plan),
+            "--model",
+            "vitals-mlp",
+            "--host-name",
+            "lab-cpu-001",
+            "--port",
+            "0",
+            "--storage-root",
+            str(work / "storage"),
+            "--runtime-dir",
+            str(work / "runtime"),
+            "--max-batch",
+            str(args.max_batch),
+            "--max-wait-ms",
+            str(args.max_wait_ms),
+            "--torch-threads",
+            "1",
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     assert process.stderr is not None
     for line in process.stderr:
         if "ready on port" in line:
@@ -101,8 +123,13 @@ def bench_serving(args: argparse.Namespace, work: Path, plan: Path, token: str) 
     model = build(BENCH_MODEL, seed=1).eval()
     torch.set_num_threads(1)
     raw, batch32_ms, raw_cores = raw_forward(model, args.max_batch, seconds=3)
-    checkpoint.save(work / "storage" / MODEL_PATH / "checkpoints", step=1, model_state=model.state_dict(),
-                    optimizer_state={}, meta={"model": "vitals-mlp", "network": BENCH_MODEL.as_dict()})
+    checkpoint.save(
+        work / "storage" / MODEL_PATH / "checkpoints",
+        step=1,
+        model_state=model.state_dict(),
+        optimizer_state={},
+        meta={"model": "vitals-mlp", "network": BENCH_MODEL.as_dict()},
+    )
     process, port = start_server(args, work, plan)
     try:
         for _ in range(100):
@@ -112,11 +139,21 @@ def bench_serving(args: argparse.Namespace, work: Path, plan: Path, token: str) 
             time.sleep(0.1)
         body = {"inputs": [[0.25] * BENCH_MODEL.features]}
         path = "/v1/models/vitals-mlp/infer"
-        asyncio.run(run_load("127.0.0.1", port, path=path, body=body, token=token, clients=args.clients,
-                             seconds=1))  # warm up
+        asyncio.run(
+            run_load("127.0.0.1", port, path=path, body=body, token=token, clients=args.clients, seconds=1)
+        )  # warm up
         before, cpu_before, began = _batch_totals(port), process_cpu_seconds(process.pid), time.perf_counter()
-        result = asyncio.run(run_load("127.0.0.1", port, path=path, body=body, token=token,
-                                      clients=args.clients, seconds=args.seconds))
+        result = asyncio.run(
+            run_load(
+                "127.0.0.1",
+                port,
+                path=path,
+                body=body,
+                token=token,
+                clients=args.clients,
+                seconds=args.seconds,
+            )
+        )
         server_cores = (process_cpu_seconds(process.pid) - cpu_before) / (time.perf_counter() - began)
         after = _batch_totals(port)
     finally:
@@ -125,35 +162,69 @@ def bench_serving(args: argparse.Namespace, work: Path, plan: Path, token: str) 
     ok = result.statuses().get(200, 0)
     served = ok / result.seconds
     mean_batch = (after[0] - before[0]) / max(1.0, after[1] - before[1])
-    print(f"serving: model MLP {BENCH_MODEL.features}-{BENCH_MODEL.hidden}x{BENCH_MODEL.layers}-"
-          f"{BENCH_MODEL.classes}, batch-32 forward {batch32_ms:.1f} ms (>= 5 ms required)")
-    print(f"  raw batched forward (batch {args.max_batch}): {raw:,.0f} samples/s, using {raw_cores:.2f} CPU cores")
-    print(f"  server, {args.clients} clients x {args.seconds:g} s: {served:,.0f} requests/s "
-          f"({ok} ok, {len(result.answers) - ok} not ok, {len(result.failures)} failed), "
-          f"mean batch formed {mean_batch:.1f}, latency median {statistics.median(result.latencies) * 1000:.1f} ms"
-          f" p99 {percentile(result.latencies, 0.99) * 1000:.1f} ms, server used {server_cores:.2f} CPU cores")
+    print(
+        f"serving: model MLP {BENCH_MODEL.features}-{BENCH_MODEL.hidden}x{BENCH_MODEL.layers}-"
+        f"{BENCH_MODEL.classes}, batch-32 forward {batch32_ms:.1f} ms (>= 5 ms required)"
+    )
+    print(
+        f"  raw batched forward (batch {args.max_batch}): {raw:,.0f} samples/s, "
+        f"using {raw_cores:.2f} CPU cores"
+    )
+    print(
+        f"  server, {args.clients} clients x {args.seconds:g} s: {served:,.0f} requests/s "
+        f"({ok} ok, {len(result.answers) - ok} not ok, {len(result.failures)} failed), "
+        f"mean batch formed {mean_batch:.1f}, "
+        f"latency median {statistics.median(result.latencies) * 1000:.1f} ms"
+        f" p99 {percentile(result.latencies, 0.99) * 1000:.1f} ms, server used {server_cores:.2f} CPU cores"
+    )
     ratio = served / raw
     per_cpu = (served / max(server_cores, 1e-9)) / (raw / max(raw_cores, 1e-9))
-    print(f"  ratio server/raw: {ratio:.2f}x (target >= {TARGET_RATIO}x: {'met' if ratio >= TARGET_RATIO else 'NOT met'})")
-    print(f"  per CPU-second (server samples per CPU-second / raw samples per CPU-second): {per_cpu:.2f}x;"
-          " on a shared machine the wall-clock ratio mostly shows how much CPU each side got")
-    return {"raw": raw, "per_cpu": per_cpu, "served": served, "ratio": ratio, "mean_batch": mean_batch, "batch32_ms": batch32_ms}
+    print(
+        f"  ratio server/raw: {ratio:.2f}x "
+        f"(target >= {TARGET_RATIO}x: {'met' if ratio >= TARGET_RATIO else 'NOT met'})"
+    )
+    print(
+        f"  per CPU-second (server samples per CPU-second / raw samples per CPU-second): {per_cpu:.2f}x;"
+        " on a shared machine the wall-clock ratio mostly shows how much CPU each side got"
+    )
+    return {
+        "raw": raw,
+        "per_cpu": per_cpu,
+        "served": served,
+        "ratio": ratio,
+        "mean_batch": mean_batch,
+        "batch32_ms": batch32_ms,
+    }
 
 
 def _batch_totals(port: int) -> tuple[float, float]:
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
-    values = dict(line.rsplit(" ", 1) for line in text.splitlines() if line.startswith("aifactory_serve_batch_size_"))
-    return float(values.get("aifactory_serve_batch_size_sum", 0)), float(values.get("aifactory_serve_batch_size_count", 0))
+    values = dict(
+        line.rsplit(" ", 1) for line in text.splitlines() if line.startswith("aifactory_serve_batch_size_")
+    )
+    return float(values.get("aifactory_serve_batch_size_sum", 0)), float(
+        values.get("aifactory_serve_batch_size_count", 0)
+    )
 
 
 def bench_authorization(work: Path, plan: dict[str, object], token: str, site: str, repeat: int) -> None:
     decisions = DecisionLog(work / "bench-authz" / "decisions.jsonl", sign_every=100, sign_interval=5)
     verifier = TokenVerifier(TrustFiles(work / "runtime"), site=site)
     authorizer = load_authorizer(plan)
-    guard = Guard(verifier=verifier, authorizer=authorizer, decisions=decisions, component="bench",
-                  host="lab-cpu-001", host_country="NG")
-    timings: dict[str, list[float]] = {"token (cached)": [], "policy decision": [], "durable record": [],
-                                       "whole check": []}
+    guard = Guard(
+        verifier=verifier,
+        authorizer=authorizer,
+        decisions=decisions,
+        component="bench",
+        host="lab-cpu-001",
+        host_country="NG",
+    )
+    timings: dict[str, list[float]] = {
+        "token (cached)": [],
+        "policy decision": [],
+        "durable record": [],
+        "whole check": [],
+    }
     guard.check(token, "infer", "model/vitals-mlp")
     for _ in range(repeat):
         began = time.perf_counter()
@@ -170,10 +241,15 @@ def bench_authorization(work: Path, plan: dict[str, object], token: str, site: s
         timings["durable record"].append(recorded - decided)
         timings["whole check"].append(checked - recorded)
     decisions.close()
-    print(f"authorization per request, {repeat} sequential requests (record = decide + one fsync when alone;"
-          " concurrent requests share fsyncs):")
+    print(
+        f"authorization per request, {repeat} sequential requests (record = decide + one fsync when alone;"
+        " concurrent requests share fsyncs):"
+    )
     for name, values in timings.items():
-        print(f"  {name:16s} median {statistics.median(values) * 1e3:7.3f} ms   p99 {percentile(values, 0.99) * 1e3:7.3f} ms")
+        print(
+            f"  {name:16s} median {statistics.median(values) * 1e3:7.3f} ms"
+            f"   p99 {percentile(values, 0.99) * 1e3:7.3f} ms"
+        )
 
 
 def bench_training(work: Path, plan_path: Path, token_file: Path, steps: int) -> None:
@@ -183,22 +259,35 @@ def bench_training(work: Path, plan_path: Path, token_file: Path, steps: int) ->
         storage = work / f"train-{processes}"
         storage.mkdir()
         (storage / "srv").symlink_to(work / "storage" / "srv", target_is_directory=True)
-        job = {"schema": "aifactory.job/v1", "name": f"bench-{processes}", "plan": str(plan_path),
-               "token_file": str(token_file), "dataset": "vitals", "model": "vitals-mlp",
-               "storage_root": str(storage), "runtime_dir": str(work / "runtime"),
-               "processes_per_host": processes, "rendezvous_port": 29300 + processes,
-               "network": {"hidden": 256, "layers": 3},
-               "train": {"steps": steps, "global_batch": 256, "checkpoint_every": steps}}
+        job = {
+            "schema": "aifactory.job/v1",
+            "name": f"bench-{processes}",
+            "plan": str(plan_path),
+            "token_file": str(token_file),
+            "dataset": "vitals",
+            "model": "vitals-mlp",
+            "storage_root": str(storage),
+            "runtime_dir": str(work / "runtime"),
+            "processes_per_host": processes,
+            "rendezvous_port": 29300 + processes,
+            "network": {"hidden": 256, "layers": 3},
+            "train": {"steps": steps, "global_batch": 256, "checkpoint_every": steps},
+        }
         path = work / f"job-{processes}.yaml"
         path.write_text(yaml.safe_dump(job))
         shutil_rmtree(work / "storage" / MODEL_PATH)
-        subprocess.run([sys.executable, "-m", "aifactory.runtime.train_cli", str(path), "--host", "lab-cpu-001"],
-                       check=True, capture_output=True)
+        subprocess.run(
+            [sys.executable, "-m", "aifactory.runtime.train_cli", str(path), "--host", "lab-cpu-001"],
+            check=True,
+            capture_output=True,
+        )
         metrics = read_jsonl(work / "storage" / MODEL_PATH / "runs" / f"bench-{processes}" / "metrics.jsonl")
         rates[processes] = statistics.median(float(m["samples_per_s"]) for m in metrics[5:])  # type: ignore[arg-type]
-    print(f"training (MLP 16-256x3-4, global batch 256, {steps} steps, Gloo on CPU): 1 process "
-          f"{rates[1]:,.0f} samples/s, 2 processes {rates[2]:,.0f} samples/s: {rates[2] / rates[1]:.2f}x "
-          f"(this machine has {os.cpu_count()} cores, shared)")
+    print(
+        f"training (MLP 16-256x3-4, global batch 256, {steps} steps, Gloo on CPU): 1 process "
+        f"{rates[1]:,.0f} samples/s, 2 processes {rates[2]:,.0f} samples/s: {rates[2] / rates[1]:.2f}x "
+        f"(this machine has {os.cpu_count()} cores, shared)"
+    )
 
 
 def shutil_rmtree(path: Path) -> None:
@@ -223,8 +312,12 @@ def main() -> int:
         plan_path = work / "plan.json"
         plan_path.write_text(planned.plan.to_json())
         site = planned.plan.site["name"]  # type: ignore[index]
-        token = issue_token(TrustFiles(work / "runtime"), site=site, tenant="health",
-                            expires=datetime.now(UTC) + timedelta(days=1)).token
+        token = issue_token(
+            TrustFiles(work / "runtime"),
+            site=site,
+            tenant="health",
+            expires=datetime.now(UTC) + timedelta(days=1),
+        ).token
         token_file = work / "token"
         token_file.write_text(token)
         bench_serving(args, work, plan_path, token)

@@ -33,8 +33,15 @@ class PolicyDecision(Protocol):
 
 
 class Authorizer(Protocol):
-    def decide(self, tenant: str, action: str, resource: str, *, host_country: str | None = None,
-               today: date | None = None) -> PolicyDecision: ...
+    def decide(
+        self,
+        tenant: str,
+        action: str,
+        resource: str,
+        *,
+        host_country: str | None = None,
+        today: date | None = None,
+    ) -> PolicyDecision: ...
 
 
 @dataclass(frozen=True)
@@ -52,11 +59,20 @@ class Outcome:
     request: dict[str, Any] = field(default_factory=dict)
 
     def record(self, *, component: str, host: str | None) -> dict[str, Any]:
-        return {"time": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-                "component": component, "host": host, "decision_id": self.decision_id, "tenant": self.tenant,
-                "token_id": self.token_id, "action": self.action, "resource": self.resource,
-                "allow": self.allow, "reasons": list(self.reasons), "controls": list(self.controls),
-                **({"request": self.request} if self.request else {})}
+        return {
+            "time": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "component": component,
+            "host": host,
+            "decision_id": self.decision_id,
+            "tenant": self.tenant,
+            "token_id": self.token_id,
+            "action": self.action,
+            "resource": self.resource,
+            "allow": self.allow,
+            "reasons": list(self.reasons),
+            "controls": list(self.controls),
+            **({"request": self.request} if self.request else {}),
+        }
 
 
 def _new_decision_id() -> str:
@@ -66,8 +82,16 @@ def _new_decision_id() -> str:
 class Guard:
     """Decides and records; thread-safe when the authorizer is (RuntimeAuthorizer is)."""
 
-    def __init__(self, *, verifier: TokenVerifier, authorizer: Authorizer, decisions: DecisionLog,
-                 component: str, host: str | None = None, host_country: str | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        verifier: TokenVerifier,
+        authorizer: Authorizer,
+        decisions: DecisionLog,
+        component: str,
+        host: str | None = None,
+        host_country: str | None = None,
+    ) -> None:
         self.verifier = verifier
         self.authorizer = authorizer
         self.decisions = decisions
@@ -75,8 +99,9 @@ class Guard:
         self.host = host or socket.gethostname()
         self.host_country = host_country
 
-    def decide(self, token: str | None, action: str, resource: str, *,
-               request: dict[str, Any] | None = None) -> Outcome:
+    def decide(
+        self, token: str | None, action: str, resource: str, *, request: dict[str, Any] | None = None
+    ) -> Outcome:
         """Verify the token and ask the policy; nothing is recorded yet (see `record`)."""
         extra = dict(request or {})
         try:
@@ -84,30 +109,45 @@ class Guard:
         except TokenRejected as rejected:
             return Outcome(False, (rejected.reason,), _new_decision_id(), action, resource, request=extra)
         try:
-            decision = self.authorizer.decide(claims.tenant, action, resource, host_country=self.host_country,
-                                              today=datetime.now(UTC).date())
+            decision = self.authorizer.decide(
+                claims.tenant,
+                action,
+                resource,
+                host_country=self.host_country,
+                today=datetime.now(UTC).date(),
+            )
             allow = decision.allow is True
             reasons = tuple(str(r) for r in decision.reasons) or (() if allow else ("denied",))
             decision_id, controls = str(decision.decision_id), tuple(str(c) for c in decision.controls)
         except Exception as exc:  # noqa: BLE001 -- any engine failure must deny, and be logged with its cause
             log.error("policy engine failed for %s %s %s: %r", claims.tenant, action, resource, exc)
             allow, reasons, decision_id, controls = False, ("engine-error",), _new_decision_id(), ()
-        return Outcome(allow, reasons, decision_id, action, resource, claims.tenant, claims.id, controls, extra)
+        return Outcome(
+            allow, reasons, decision_id, action, resource, claims.tenant, claims.id, controls, extra
+        )
 
     def record(self, outcome: Outcome) -> Future[dict[str, Any]]:
         """Queue the decision's record; the future resolves once it is durable."""
         return self.decisions.submit(outcome.record(component=self.component, host=self.host))
 
-    def check(self, token: str | None, action: str, resource: str, *,
-              request: dict[str, Any] | None = None) -> Outcome:
+    def check(
+        self, token: str | None, action: str, resource: str, *, request: dict[str, Any] | None = None
+    ) -> Outcome:
         """Decide and wait until the record is on disk; a log that cannot be written denies."""
         outcome = self.decide(token, action, resource, request=request)
         try:
             self.record(outcome).result(timeout=30)
         except Exception as exc:  # noqa: BLE001 -- an unrecorded decision may not allow anything
             log.error("cannot record decision %s: %r", outcome.decision_id, exc)
-            return Outcome(False, ("log-unavailable",), outcome.decision_id, action, resource, outcome.tenant,
-                           outcome.token_id)
+            return Outcome(
+                False,
+                ("log-unavailable",),
+                outcome.decision_id,
+                action,
+                resource,
+                outcome.tenant,
+                outcome.token_id,
+            )
         return outcome
 
 

@@ -15,7 +15,6 @@ folder that checks out is used. No pickle: optimizer state is tensors plus JSON.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -26,6 +25,8 @@ from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from aifactory.runtime.files import atomic_write, fsync_path, sha256_file
 
 FORMAT = "aifactory.checkpoint/v1"
 LATEST = "latest"
@@ -39,22 +40,6 @@ class Checkpoint:
     model_state: dict[str, torch.Tensor]
     optimizer_state: dict[str, Any]
     meta: dict[str, Any]
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _encode(value: Any, tensors: dict[str, torch.Tensor], path: str) -> Any:
@@ -83,36 +68,46 @@ def step_name(step: int) -> str:
     return f"step-{step:08d}"
 
 
-def save(directory: Path, *, step: int, model_state: dict[str, torch.Tensor], optimizer_state: dict[str, Any],
-         meta: dict[str, Any], keep: int = 3) -> Path:
+def save(
+    directory: Path,
+    *,
+    step: int,
+    model_state: dict[str, torch.Tensor],
+    optimizer_state: dict[str, Any],
+    meta: dict[str, Any],
+    keep: int = 3,
+) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     final = directory / step_name(step)
     staging = directory / f".{step_name(step)}.staging-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
-    save_file({k: v.detach().cpu().contiguous() for k, v in model_state.items()}, str(staging / "model.safetensors"))
-    _fsync(staging / "model.safetensors")
+    save_file(
+        {k: v.detach().cpu().contiguous() for k, v in model_state.items()}, str(staging / "model.safetensors")
+    )
+    fsync_path(staging / "model.safetensors")
     _stall_if_asked(step)
     optimizer_tensors: dict[str, torch.Tensor] = {}
     structure = _encode(optimizer_state, optimizer_tensors, "opt")
     save_file(optimizer_tensors, str(staging / "optimizer.safetensors"))
-    _fsync(staging / "optimizer.safetensors")
-    document = {"format": FORMAT, "step": step, **meta, "optimizer": structure,
-                "files": {name: _sha256(staging / name) for name in ("model.safetensors", "optimizer.safetensors")}}
+    fsync_path(staging / "optimizer.safetensors")
+    document = {
+        "format": FORMAT,
+        "step": step,
+        **meta,
+        "optimizer": structure,
+        "files": {
+            name: sha256_file(staging / name) for name in ("model.safetensors", "optimizer.safetensors")
+        },
+    }
     (staging / "checkpoint.json").write_text(json.dumps(document, indent=1, sort_keys=True) + "\n")
-    _fsync(staging / "checkpoint.json")
-    _fsync(staging)
+    fsync_path(staging / "checkpoint.json")
+    fsync_path(staging)
     if final.exists():  # the same step written again after a resume: replace it whole
         shutil.rmtree(final)
     os.rename(staging, final)
-    _fsync(directory)
-    pointer = directory / f".{LATEST}.{os.getpid()}.tmp"
-    with pointer.open("w") as handle:
-        handle.write(final.name + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(pointer, directory / LATEST)
-    _fsync(directory)
+    fsync_path(directory)
+    atomic_write(directory / LATEST, (final.name + "\n").encode())
     _prune(directory, keep=keep)
     return final
 
@@ -139,7 +134,7 @@ def load(path: Path) -> Checkpoint:
     if document.get("format") != FORMAT:
         raise ValueError(f"{path}: not a {FORMAT} checkpoint")
     for name, digest in document["files"].items():
-        if not (path / name).is_file() or _sha256(path / name) != digest:
+        if not (path / name).is_file() or sha256_file(path / name) != digest:
             raise ValueError(f"{path}: {name} is missing or does not match its SHA-256")
     model_state = load_file(str(path / "model.safetensors"))
     optimizer_state = _decode(document["optimizer"], load_file(str(path / "optimizer.safetensors")))

@@ -15,7 +15,6 @@ The folder is written beside its final place and renamed in, so a reader never s
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -27,6 +26,7 @@ import numpy as np
 from safetensors.numpy import load_file, save_file
 
 from aifactory.errors import AifactoryError, Location
+from aifactory.runtime.files import fsync_path, sha256_file
 
 FORMAT = "aifactory.dataset/v1"
 GENERATOR = "aifactory.teacher-mlp/v1"
@@ -49,28 +49,14 @@ class Dataset:
         return int(self.y.shape[0])
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def generate(directory: Path, *, name: str, samples: int = 4096, features: int = 16, classes: int = 4,
-             seed: int = 7) -> dict[str, Any]:
+def generate(
+    directory: Path, *, name: str, samples: int = 4096, features: int = 16, classes: int = 4, seed: int = 7
+) -> dict[str, Any]:
     """Write a dataset at `directory` (which must not exist yet); return its manifest."""
     if directory.exists():
-        raise DatasetError(f"{directory} exists; refusing to overwrite a dataset",
-                           location=Location(file=str(directory)))
+        raise DatasetError(
+            f"{directory} exists; refusing to overwrite a dataset", location=Location(file=str(directory))
+        )
     rng = np.random.Generator(np.random.PCG64(seed))
     hidden = 4 * features
     w1 = rng.standard_normal((features, hidden)) / np.sqrt(features)
@@ -83,20 +69,38 @@ def generate(directory: Path, *, name: str, samples: int = 4096, features: int =
     shards = []
     for index, start in enumerate(range(0, samples, SHARD_SAMPLES)):
         file = f"shard-{index:05d}.safetensors"
-        save_file({"x": np.ascontiguousarray(x[start:start + SHARD_SAMPLES]),
-                   "y": np.ascontiguousarray(y[start:start + SHARD_SAMPLES])}, str(staging / file))
-        shards.append({"file": file, "samples": int(min(SHARD_SAMPLES, samples - start)),
-                       "sha256": _sha256(staging / file)})
-    manifest = {"format": FORMAT, "name": name, "features": features, "classes": classes, "samples": samples,
-                "seed": seed, "generator": GENERATOR, "shards": shards}
+        save_file(
+            {
+                "x": np.ascontiguousarray(x[start : start + SHARD_SAMPLES]),
+                "y": np.ascontiguousarray(y[start : start + SHARD_SAMPLES]),
+            },
+            str(staging / file),
+        )
+        shards.append(
+            {
+                "file": file,
+                "samples": int(min(SHARD_SAMPLES, samples - start)),
+                "sha256": sha256_file(staging / file),
+            }
+        )
+    manifest = {
+        "format": FORMAT,
+        "name": name,
+        "features": features,
+        "classes": classes,
+        "samples": samples,
+        "seed": seed,
+        "generator": GENERATOR,
+        "shards": shards,
+    }
     (staging / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     for entry in staging.iterdir():
         with entry.open("rb") as handle:
             os.fsync(handle.fileno())
-    _fsync_dir(staging)
+    fsync_path(staging)
     directory.parent.mkdir(parents=True, exist_ok=True)
     os.rename(staging, directory)
-    _fsync_dir(directory.parent)
+    fsync_path(directory.parent)
     return manifest
 
 
@@ -105,12 +109,17 @@ def read_manifest(directory: Path) -> dict[str, Any]:
     try:
         manifest = json.loads(path.read_text())
     except FileNotFoundError:
-        raise DatasetError(f"no dataset at {directory} (no manifest.json)", location=Location(file=str(path)),
-                           hint="generate one with `aifactory-train JOB.yaml --generate-dataset`") from None
+        raise DatasetError(
+            f"no dataset at {directory} (no manifest.json)",
+            location=Location(file=str(path)),
+            hint="generate one with `aifactory-train JOB.yaml --generate-dataset`",
+        ) from None
     except (OSError, ValueError) as exc:
         raise DatasetError(f"cannot read {path}: {exc}", location=Location(file=str(path))) from None
     if manifest.get("format") != FORMAT:
-        raise DatasetError(f"{path} is not in format {FORMAT}", location=Location(file=str(path), path="format"))
+        raise DatasetError(
+            f"{path} is not in format {FORMAT}", location=Location(file=str(path), path="format")
+        )
     return dict(manifest)
 
 
@@ -121,11 +130,16 @@ def load(directory: Path) -> Dataset:
     for shard in manifest["shards"]:
         path = directory / shard["file"]
         if Path(shard["file"]).name != shard["file"]:
-            raise DatasetError(f"shard name {shard['file']!r} leaves the dataset folder",
-                               location=Location(file=str(directory / "manifest.json")))
-        if _sha256(path) != shard["sha256"]:
-            raise DatasetError(f"shard {path} does not match its SHA-256 in the manifest",
-                               location=Location(file=str(path)), hint="the dataset was altered or is incomplete")
+            raise DatasetError(
+                f"shard name {shard['file']!r} leaves the dataset folder",
+                location=Location(file=str(directory / "manifest.json")),
+            )
+        if sha256_file(path) != shard["sha256"]:
+            raise DatasetError(
+                f"shard {path} does not match its SHA-256 in the manifest",
+                location=Location(file=str(path)),
+                hint="the dataset was altered or is incomplete",
+            )
         tensors = load_file(str(path))
         xs.append(tensors["x"])
         ys.append(tensors["y"])

@@ -81,9 +81,17 @@ class _Pending:
 class DecisionLog:
     """Append-only decision log with group commit and periodic signed heads; thread-safe."""
 
-    def __init__(self, path: Path, *, key_dir: Path | None = None, heads_path: Path | None = None,
-                 head_copies: Sequence[Path] = (), sign_every: int = 100, sign_interval: float = 5.0,
-                 identity: str | None = None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        key_dir: Path | None = None,
+        heads_path: Path | None = None,
+        head_copies: Sequence[Path] = (),
+        sign_every: int = 100,
+        sign_interval: float = 5.0,
+        identity: str | None = None,
+    ) -> None:
         if sign_every < 1 or sign_interval <= 0:
             raise AifactoryError("sign_every must be >= 1 and sign_interval > 0", code="usage")
         self.path = path
@@ -93,8 +101,9 @@ class DecisionLog:
         self.sign_interval = sign_interval
         key_dir = key_dir or log_key_dir(path)
         if not (key_dir / "signing_key").exists():
-            generate_keypair(key_dir, identity=identity or f"decision-log@{socket.gethostname()}",
-                             namespaces=LOG_NAMESPACE)
+            generate_keypair(
+                key_dir, identity=identity or f"decision-log@{socket.gethostname()}", namespaces=LOG_NAMESPACE
+            )
         self._key = load_private_key(key_dir / "signing_key")
         self.signer = fingerprint(self._key.public_key())
         self._writer = ChainWriter(path)
@@ -151,8 +160,11 @@ class DecisionLog:
                 closing = self._closing and not self._pending
             if batch:
                 self._commit(batch)
-            if self._unsigned and (self._unsigned >= self.sign_every or closing or
-                                   time.monotonic() - (self._oldest_unsigned or 0) >= self.sign_interval):
+            if self._unsigned and (
+                self._unsigned >= self.sign_every
+                or closing
+                or time.monotonic() - (self._oldest_unsigned or 0) >= self.sign_interval
+            ):
                 self._sign_head()
             if closing:
                 return
@@ -177,11 +189,23 @@ class DecisionLog:
         if self._head is None:
             return
         seq, digest = self._head
-        head = {"schema": HEAD_SCHEMA, "log": self.path.name, "seq": seq, "hash": digest, "records": seq + 1,
-                "time": _now_iso(), "signer": self.signer,
-                "bound": {"records": self.sign_every, "seconds": self.sign_interval}}
-        line = json.dumps({**head, "signature": sign(canonical_json(head).encode(), self._key, LOG_NAMESPACE)},
-                          sort_keys=True) + "\n"
+        head = {
+            "schema": HEAD_SCHEMA,
+            "log": self.path.name,
+            "seq": seq,
+            "hash": digest,
+            "records": seq + 1,
+            "time": _now_iso(),
+            "signer": self.signer,
+            "bound": {"records": self.sign_every, "seconds": self.sign_interval},
+        }
+        line = (
+            json.dumps(
+                {**head, "signature": sign(canonical_json(head).encode(), self._key, LOG_NAMESPACE)},
+                sort_keys=True,
+            )
+            + "\n"
+        )
         for target in (self.heads_path, *self.head_copies):
             try:
                 _append_durably(target, line)
@@ -213,16 +237,27 @@ class LogReport:
         return not self.problems
 
     def as_dict(self) -> dict[str, Any]:
-        return {"log": self.log, "heads": self.heads, "trust": self.trust, "ok": self.ok,
-                "records": self.records, "last_seq": self.last_seq, "signed_heads": self.signed_heads,
-                "last_signed_seq": self.last_signed_seq, "unsigned_tail": self.unsigned_tail,
-                "problems": list(self.problems), "warnings": list(self.warnings)}
+        return {
+            "log": self.log,
+            "heads": self.heads,
+            "trust": self.trust,
+            "ok": self.ok,
+            "records": self.records,
+            "last_seq": self.last_seq,
+            "signed_heads": self.signed_heads,
+            "last_signed_seq": self.last_signed_seq,
+            "unsigned_tail": self.unsigned_tail,
+            "problems": list(self.problems),
+            "warnings": list(self.warnings),
+        }
 
     def render(self) -> str:
         verdict = "verifies" if self.ok else "DOES NOT VERIFY"
-        lines = [f"{self.log}: {verdict}: {self.records} records, {self.signed_heads} signed heads "
-                 f"(last covers seq {self.last_signed_seq}; {self.unsigned_tail} records after it are not yet "
-                 f"covered by a signature); signer trust from {self.trust}"]
+        lines = [
+            f"{self.log}: {verdict}: {self.records} records, {self.signed_heads} signed heads "
+            f"(last covers seq {self.last_signed_seq}; {self.unsigned_tail} records after it are not yet "
+            f"covered by a signature); signer trust from {self.trust}"
+        ]
         lines += [f"  problem: {p}" for p in self.problems]
         lines += [f"  warning: {w}" for w in self.warnings]
         return "\n".join(lines)
@@ -239,8 +274,12 @@ def _read_heads(path: Path, allowed_signers: Path, report: LogReport) -> list[di
         signature = value.get("signature")
         head = {k: v for k, v in value.items() if k != "signature"}
         try:
-            verify(canonical_json(head).encode(), str(signature), allowed_signers=allowed_signers,
-                   namespace=LOG_NAMESPACE)
+            verify(
+                canonical_json(head).encode(),
+                str(signature),
+                allowed_signers=allowed_signers,
+                namespace=LOG_NAMESPACE,
+            )
         except SignatureError as exc:
             report.problems.append(f"{path.name} line {number}: signed head does not verify: {exc.message}")
             continue
@@ -250,8 +289,9 @@ def _read_heads(path: Path, allowed_signers: Path, report: LogReport) -> list[di
     return heads
 
 
-def verify_log(log_path: Path | str, heads_path: Path | str | None = None,
-               allowed_signers: Path | str | None = None) -> LogReport:
+def verify_log(
+    log_path: Path | str, heads_path: Path | str | None = None, allowed_signers: Path | str | None = None
+) -> LogReport:
     """Verify the chain and every signed head against the log.
 
     Detects edited, deleted, inserted and reordered records (the chain), a chain rewritten from some
@@ -262,8 +302,11 @@ def verify_log(log_path: Path | str, heads_path: Path | str | None = None,
     log_path = Path(log_path)
     heads_file = Path(heads_path) if heads_path else heads_path_for(log_path)
     trust_file = Path(allowed_signers) if allowed_signers else log_key_dir(log_path) / "allowed_signers"
-    report = LogReport(log=str(log_path), heads=str(heads_file),
-                       trust=str(trust_file) + ("" if allowed_signers else " (beside the log: weak)"))
+    report = LogReport(
+        log=str(log_path),
+        heads=str(heads_file),
+        trust=str(trust_file) + ("" if allowed_signers else " (beside the log: weak)"),
+    )
     chain = verify_chain(log_path)
     report.records, report.last_seq = chain.records, chain.head.seq
     report.problems.extend(chain.problems)
@@ -280,21 +323,29 @@ def verify_log(log_path: Path | str, heads_path: Path | str | None = None,
                 found.setdefault(int(record["seq"]), str(record.get("hash")))
     for seq, digest in sorted(wanted.items()):
         if seq not in found:
-            report.problems.append(f"signed head at seq {seq} has no record: the log was truncated or records "
-                                   f"were removed (it ends at seq {report.last_seq})")
+            report.problems.append(
+                f"signed head at seq {seq} has no record: the log was truncated or records "
+                f"were removed (it ends at seq {report.last_seq})"
+            )
         elif found[seq] != digest:
-            report.problems.append(f"signed head at seq {seq} does not match the log's record: the log was "
-                                   f"rewritten at or before seq {seq}")
+            report.problems.append(
+                f"signed head at seq {seq} does not match the log's record: the log was "
+                f"rewritten at or before seq {seq}"
+            )
     if heads:
         report.last_signed_seq = int(heads[-1]["seq"])
         bound = heads[-1].get("bound", {})
         report.unsigned_tail = max(0, report.last_seq - report.last_signed_seq)
         if isinstance(bound, dict) and report.unsigned_tail > int(bound.get("records", report.unsigned_tail)):
-            report.warnings.append(f"{report.unsigned_tail} records after the last signed head exceed the signing "
-                                   f"bound of {bound.get('records')} records (writer stopped, or appended by "
-                                   f"something else)")
+            report.warnings.append(
+                f"{report.unsigned_tail} records after the last signed head exceed the signing "
+                f"bound of {bound.get('records')} records (writer stopped, or appended by "
+                f"something else)"
+            )
     else:
         report.unsigned_tail = report.records
         if report.records:
-            report.warnings.append("no signed head covers this log: cutting records off its end would go unnoticed")
+            report.warnings.append(
+                "no signed head covers this log: cutting records off its end would go unnoticed"
+            )
     return report

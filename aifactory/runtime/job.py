@@ -1,22 +1,22 @@
 """The training job file (JOB.yaml) that `aifactory-train` runs. No torch here.
 
-    schema: aifactory.job/v1
-    name: vitals-train              # names the run: rendezvous id, metrics, run folder
-    plan: plan.json                 # the site plan (relative paths are relative to this file)
-    token_file: health.token        # the tenant's token; or the AIFACTORY_TOKEN environment variable
-    dataset: vitals                 # a dataset of the site: read only from its planned path
-    model: vitals-mlp               # a model of the site: checkpoints go under its planned path
-    hosts: [lab-cpu-001, lab-cpu-002]   # optional: one node per host, rendezvous on the first
-                                    #   host's compute address; absent: this machine only (127.0.0.1)
-    processes_per_host: 1           # or "gpus": one per GPU the plan gives the host
-    rendezvous_port: 29400
-    max_restarts: 0                 # torchrun restarts a failed group this often (each resumes)
-    storage_root: /                 # optional prefix in front of planned storage paths
-    runtime_dir: ...                # optional: trust files and decision log (default: the site's
-                                    #   state folder, runtime/)
-    network: {hidden: 64, layers: 2}
-    train: {steps: 200, global_batch: 64, learning_rate: 0.003, seed: 1234,
-            checkpoint_every: 20, keep_checkpoints: 3, threads: 1}
+schema: aifactory.job/v1
+name: vitals-train              # names the run: rendezvous id, metrics, run folder
+plan: plan.json                 # the site plan (relative paths are relative to this file)
+token_file: health.token        # the tenant's token; or the AIFACTORY_TOKEN environment variable
+dataset: vitals                 # a dataset of the site: read only from its planned path
+model: vitals-mlp               # a model of the site: checkpoints go under its planned path
+hosts: [lab-cpu-001, lab-cpu-002]   # optional: one node per host, rendezvous on the first
+                                #   host's compute address; absent: this machine only (127.0.0.1)
+processes_per_host: 1           # or "gpus": one per GPU the plan gives the host
+rendezvous_port: 29400
+max_restarts: 0                 # torchrun restarts a failed group this often (each resumes)
+storage_root: /                 # optional prefix in front of planned storage paths
+runtime_dir: ...                # optional: trust files and decision log (default: the site's
+                                #   state folder, runtime/)
+network: {hidden: 64, layers: 2}
+train: {steps: 200, global_batch: 64, learning_rate: 0.003, seed: 1234,
+        checkpoint_every: 20, keep_checkpoints: 3, threads: 1}
 """
 
 from __future__ import annotations
@@ -89,18 +89,29 @@ def load_job(path: Path | str) -> JobSpec:
     try:
         raw = yaml.safe_load(path.read_text())
     except OSError as exc:
-        raise UsageError(f"cannot read the job file {path}: {exc.strerror}", location=Location(file=str(path))) \
-            from None
+        raise UsageError(
+            f"cannot read the job file {path}: {exc.strerror}", location=Location(file=str(path))
+        ) from None
     except yaml.YAMLError as exc:
         raise UsageError(f"{path} is not valid YAML: {exc}", location=Location(file=str(path))) from None
     try:
         job = JobSpec.model_validate(raw)
     except ValidationError as exc:
-        problems = [Problem("invalid-job", e["msg"], Location(file=str(path),
-                            path=".".join(str(p) for p in e["loc"]))) for e in exc.errors()]
-        raise UsageError(f"{path} is not a valid job (aifactory.job/v1)", location=Location(file=str(path)),
-                         problems=problems) from None
+        problems = [
+            Problem(
+                "invalid-job", e["msg"], Location(file=str(path), path=".".join(str(p) for p in e["loc"]))
+            )
+            for e in exc.errors()
+        ]
+        raise UsageError(
+            f"{path} is not a valid job (aifactory.job/v1)",
+            location=Location(file=str(path)),
+            problems=problems,
+        ) from None
     base = path.resolve().parent
-    updates = {key: base / value for key in ("plan", "token_file", "storage_root", "runtime_dir")
-               if (value := getattr(job, key)) is not None and not Path(value).is_absolute()}
+    updates = {
+        key: base / value
+        for key in ("plan", "token_file", "storage_root", "runtime_dir")
+        if (value := getattr(job, key)) is not None and not Path(value).is_absolute()
+    }
     return job.model_copy(update=updates)

@@ -34,8 +34,12 @@ class LoadResult:
 
 def request_bytes(host: str, path: str, body: dict[str, object], token: str | None) -> bytes:
     payload = json.dumps(body).encode()
-    headers = [f"POST {path} HTTP/1.1", f"Host: {host}", "Content-Type: application/json",
-               f"Content-Length: {len(payload)}"]
+    headers = [
+        f"POST {path} HTTP/1.1",
+        f"Host: {host}",
+        "Content-Type: application/json",
+        f"Content-Length: {len(payload)}",
+    ]
     if token:
         headers.append(f"Authorization: Bearer {token}")
     return ("\r\n".join(headers) + "\r\n\r\n").encode() + payload
@@ -45,12 +49,21 @@ async def read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
     head = await reader.readuntil(b"\r\n\r\n")
     lines = head.decode("latin-1").split("\r\n")
     status = int(lines[0].split(" ", 2)[1])
-    length = next((int(line.split(":", 1)[1]) for line in lines[1:] if line.lower().startswith("content-length:")), 0)
+    length = next(
+        (int(line.split(":", 1)[1]) for line in lines[1:] if line.lower().startswith("content-length:")), 0
+    )
     return status, await reader.readexactly(length)
 
 
-async def _client(host: str, port: int, request: bytes, deadline: float, result: LoadResult,
-                  context: ssl.SSLContext | None, stop: asyncio.Event) -> None:
+async def _client(
+    host: str,
+    port: int,
+    request: bytes,
+    deadline: float,
+    result: LoadResult,
+    context: ssl.SSLContext | None,
+    stop: asyncio.Event,
+) -> None:
     try:
         reader, writer = await asyncio.open_connection(host, port, ssl=context)
     except OSError as exc:
@@ -76,15 +89,25 @@ async def _client(host: str, port: int, request: bytes, deadline: float, result:
         writer.close()
 
 
-async def run_load(host: str, port: int, *, path: str, body: dict[str, object], token: str | None,
-                   clients: int, seconds: float, context: ssl.SSLContext | None = None,
-                   stop: asyncio.Event | None = None) -> LoadResult:
+async def run_load(
+    host: str,
+    port: int,
+    *,
+    path: str,
+    body: dict[str, object],
+    token: str | None,
+    clients: int,
+    seconds: float,
+    context: ssl.SSLContext | None = None,
+    stop: asyncio.Event | None = None,
+) -> LoadResult:
     """`clients` connections for `seconds`; `stop` ends it early (answers then in flight are dropped)."""
     result = LoadResult(clients)
     request = request_bytes(host, path, body, token)
     began = time.monotonic()
     halt = stop or asyncio.Event()
-    await asyncio.gather(*(_client(host, port, request, began + seconds, result, context, halt)
-                           for _ in range(clients)))
+    await asyncio.gather(
+        *(_client(host, port, request, began + seconds, result, context, halt) for _ in range(clients))
+    )
     result.seconds = time.monotonic() - began
     return result

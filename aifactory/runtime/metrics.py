@@ -7,26 +7,22 @@ collector never reads half of it. No torch here.
 from __future__ import annotations
 
 import json
-import os
 import threading
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from aifactory.runtime.files import atomic_write
+
 
 def _labels(labels: Mapping[str, str]) -> str:
     if not labels:
         return ""
-    inner = ",".join(f'{k}="{str(v).replace(chr(92), chr(92) * 2).replace(chr(34), chr(92) + chr(34))}"'
-                     for k, v in sorted(labels.items()))
+    inner = ",".join(
+        f'{k}="{str(v).replace(chr(92), chr(92) * 2).replace(chr(34), chr(92) + chr(34))}"'
+        for k, v in sorted(labels.items())
+    )
     return "{" + inner + "}"
-
-
-def write_textfile(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)
 
 
 class TrainingMetrics:
@@ -51,7 +47,7 @@ class TrainingMetrics:
             ("aifactory_train_world_size", "Processes in the job.", "world_size"),
         ):
             lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge", f"{name}{labels} {values[key]}"]
-        write_textfile(self.prometheus, "\n".join(lines) + "\n")
+        atomic_write(self.prometheus, ("\n".join(lines) + "\n").encode(), durable=False)
 
     def close(self) -> None:
         self._handle.close()
@@ -112,7 +108,9 @@ class Registry:
                 lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
                 if kind == "counter":
                     series = sorted((k[1], v) for k, v in self._counters.items() if k[0] == name)
-                    lines += [f"{name}{_labels(dict(labels))} {value:g}" for labels, value in series] or [f"{name} 0"]
+                    lines += [f"{name}{_labels(dict(labels))} {value:g}" for labels, value in series] or [
+                        f"{name} 0"
+                    ]
                 elif kind == "gauge":
                     lines.append(f"{name} {self._gauges.get(name, 0.0):g}")
                 else:

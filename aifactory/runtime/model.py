@@ -24,8 +24,12 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
-        return cls(features=int(data["features"]), classes=int(data["classes"]), hidden=int(data["hidden"]),
-                   layers=int(data["layers"]))
+        return cls(
+            features=int(data["features"]),
+            classes=int(data["classes"]),
+            hidden=int(data["hidden"]),
+            layers=int(data["layers"]),
+        )
 
 
 class MLP(nn.Module):

@@ -22,20 +22,35 @@ from aifactory.state import SiteState
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="aifactory-serve", description="Serve a model of the site over HTTP(S).")
+    parser = argparse.ArgumentParser(
+        prog="aifactory-serve", description="Serve a model of the site over HTTP(S)."
+    )
     parser.add_argument("--config", type=Path, help="runtime configuration (runtime.yaml, written by deploy)")
     parser.add_argument("--plan", type=Path, help="the site plan (plan.json)")
-    parser.add_argument("--model", action="append", default=[],
-                        help="a model to serve (repeatable; default: every model the plan lets this host serve)")
+    parser.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        help="a model to serve (repeatable; default: every model the plan lets this host serve)",
+    )
     parser.add_argument("--host-name", help="this host's name in the plan (default: the hostname)")
     parser.add_argument("--listen", "--host", dest="listen", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port (default 8600; 0 picks a free one)")
     parser.add_argument("--storage-root", type=Path, help="prefix in front of planned storage paths")
-    parser.add_argument("--runtime-dir", type=Path,
-                        help="trust files and decision log (default: the site's state folder, runtime/)")
-    parser.add_argument("--max-batch", type=int, default=32, help="rows per forward pass, at most (default 32)")
-    parser.add_argument("--max-wait-ms", type=float, default=5.0,
-                        help="how long the batcher waits to fill a batch (default 5 ms)")
+    parser.add_argument(
+        "--runtime-dir",
+        type=Path,
+        help="trust files and decision log (default: the site's state folder, runtime/)",
+    )
+    parser.add_argument(
+        "--max-batch", type=int, default=32, help="rows per forward pass, at most (default 32)"
+    )
+    parser.add_argument(
+        "--max-wait-ms",
+        type=float,
+        default=5.0,
+        help="how long the batcher waits to fill a batch (default 5 ms)",
+    )
     parser.add_argument("--authz-threads", type=int, default=4, help="authorization threads (default 4)")
     parser.add_argument("--torch-threads", type=int, default=1, help="torch intra-op threads (default 1)")
     parser.add_argument("--tls-cert", type=Path, help="server certificate (PEM) issued by the site CA")
@@ -43,20 +58,34 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--tls-client-ca", type=Path, help="require client certificates from this CA (mTLS)")
     parser.add_argument("--sign-every", type=int, help="sign the log head every N records (100)")
     parser.add_argument("--sign-interval", type=float, help="... or every S seconds (5)")
-    parser.add_argument("--head-copy", type=Path, action="append",
-                        help="also append signed heads to this file (storage off this host); repeatable")
-    parser.add_argument("--policy-time-limit", type=float, default=0.5,
-                        help="deny (engine-timeout) when one policy evaluation takes longer (default 0.5 s)")
-    parser.add_argument("--reload-interval", type=float, default=2.0, help="seconds between checkpoint checks")
-    parser.add_argument("--drain-timeout", type=float, default=30.0, help="seconds to finish requests on stop")
+    parser.add_argument(
+        "--head-copy",
+        type=Path,
+        action="append",
+        help="also append signed heads to this file (storage off this host); repeatable",
+    )
+    parser.add_argument(
+        "--policy-time-limit",
+        type=float,
+        default=0.5,
+        help="deny (engine-timeout) when one policy evaluation takes longer (default 0.5 s)",
+    )
+    parser.add_argument(
+        "--reload-interval", type=float, default=2.0, help="seconds between checkpoint checks"
+    )
+    parser.add_argument(
+        "--drain-timeout", type=float, default=30.0, help="seconds to finish requests on stop"
+    )
     parser.add_argument("--debug", action="store_true")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     try:
         from aifactory.runtime.authz import load_authorizer
         from aifactory.runtime.server import ServerConfig, run_server
@@ -73,29 +102,50 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         plan_path = path(pick(args.plan, file.get("plan")))
         if plan_path is None:
-            raise AifactoryError("no site plan: give --plan or a --config with `plan`", code="usage",
-                                 exit_code=ExitCode.USAGE)
+            raise AifactoryError(
+                "no site plan: give --plan or a --config with `plan`", code="usage", exit_code=ExitCode.USAGE
+            )
         storage_root = path(pick(args.storage_root, file.get("storage_root")))
         plan = RuntimePlan.load(plan_path, storage_root=storage_root)
-        tls_cert, tls_key = path(pick(args.tls_cert, serve.get("tls_cert"))), path(pick(args.tls_key, serve.get("tls_key")))
+        tls_cert, tls_key = (
+            path(pick(args.tls_cert, serve.get("tls_cert"))),
+            path(pick(args.tls_key, serve.get("tls_key"))),
+        )
         if tls_cert and not tls_key:
-            raise AifactoryError("a TLS certificate needs its key (--tls-key)", code="usage", exit_code=ExitCode.USAGE)
-        runtime_dir = path(pick(args.runtime_dir, file.get("state_dir"))) or SiteState.for_site(plan.site).subdir("runtime")
+            raise AifactoryError(
+                "a TLS certificate needs its key (--tls-key)", code="usage", exit_code=ExitCode.USAGE
+            )
+        runtime_dir = path(pick(args.runtime_dir, file.get("state_dir"))) or SiteState.for_site(
+            plan.site
+        ).subdir("runtime")
         config = ServerConfig(
-            plan_path=plan_path, models=tuple(args.model or file.get("models") or ()),
+            plan_path=plan_path,
+            models=tuple(args.model or file.get("models") or ()),
             host_name=pick(args.host_name, file.get("host")) or None,
-            listen=pick(args.listen, serve.get("address"), "127.0.0.1"), port=int(pick(args.port, serve.get("port"), 8600)),
-            storage_root=storage_root, runtime_dir=runtime_dir,
-            max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, authz_threads=args.authz_threads,
-            torch_threads=args.torch_threads, tls_cert=tls_cert, tls_key=tls_key,
+            listen=pick(args.listen, serve.get("address"), "127.0.0.1"),
+            port=int(pick(args.port, serve.get("port"), 8600)),
+            storage_root=storage_root,
+            runtime_dir=runtime_dir,
+            max_batch=args.max_batch,
+            max_wait_ms=args.max_wait_ms,
+            authz_threads=args.authz_threads,
+            torch_threads=args.torch_threads,
+            tls_cert=tls_cert,
+            tls_key=tls_key,
             tls_client_ca=path(pick(args.tls_client_ca, serve.get("tls_client_ca"))),
             sign_every=int(pick(args.sign_every, decisions.get("sign_every"), 100)),
             sign_interval=float(pick(args.sign_interval, decisions.get("sign_interval"), 5.0)),
             head_copies=tuple(Path(p) for p in pick(args.head_copy, decisions.get("head_copies"), [])),
-            reload_interval=args.reload_interval, drain_timeout=args.drain_timeout)
-        run_server(config, authorizer=load_authorizer(plan.data, time_limit_s=args.policy_time_limit),
-                   ready=lambda server: print(f"aifactory-serve: ready on port {server.bound_port}",
-                                              file=sys.stderr, flush=True))
+            reload_interval=args.reload_interval,
+            drain_timeout=args.drain_timeout,
+        )
+        run_server(
+            config,
+            authorizer=load_authorizer(plan.data, time_limit_s=args.policy_time_limit),
+            ready=lambda server: print(
+                f"aifactory-serve: ready on port {server.bound_port}", file=sys.stderr, flush=True
+            ),
+        )
     except AifactoryError as error:
         print(error.render(), file=sys.stderr)
         return int(error.exit_code)
@@ -111,11 +161,19 @@ def _read_config(path: Path | None) -> dict[str, Any]:
     try:
         value = yaml.safe_load(path.read_text()) or {}
     except (OSError, yaml.YAMLError) as exc:
-        raise AifactoryError(f"cannot read the runtime configuration {path}: {exc}", code="usage",
-                             location=Location(file=str(path)), exit_code=ExitCode.USAGE) from None
+        raise AifactoryError(
+            f"cannot read the runtime configuration {path}: {exc}",
+            code="usage",
+            location=Location(file=str(path)),
+            exit_code=ExitCode.USAGE,
+        ) from None
     if not isinstance(value, dict):
-        raise AifactoryError(f"{path} is not a mapping", code="usage", location=Location(file=str(path)),
-                             exit_code=ExitCode.USAGE)
+        raise AifactoryError(
+            f"{path} is not a mapping",
+            code="usage",
+            location=Location(file=str(path)),
+            exit_code=ExitCode.USAGE,
+        )
     return value
 
 

@@ -48,8 +48,16 @@ from aifactory.runtime.siteplan import RuntimePlan
 from aifactory.runtime.tokens import TokenVerifier, TrustFiles
 
 log = logging.getLogger(__name__)
-REASONS = {200: "OK", 400: "Bad Request", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
-           413: "Payload Too Large", 431: "Request Header Fields Too Large", 503: "Service Unavailable"}
+REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    413: "Payload Too Large",
+    431: "Request Header Fields Too Large",
+    503: "Service Unavailable",
+}
 MAX_ROWS = 1024
 
 
@@ -156,7 +164,7 @@ class Batcher:
         self.metrics.observe("aifactory_serve_batch_size", float(sum(counts)))
         start = 0
         for work, count in zip(batch, counts, strict=True):
-            work.done((model, scores[start:start + count]), None)
+            work.done((model, scores[start : start + count]), None)
             start += count
 
 
@@ -176,18 +184,34 @@ class InferenceServer:
         self.plan = RuntimePlan.load(config.plan_path, storage_root=config.storage_root)
         host = self.plan.this_host(config.host_name)
         self.metrics = _registry()
-        self.decisions = DecisionLog(config.runtime_dir / "decisions.jsonl", sign_every=config.sign_every,
-                                     sign_interval=config.sign_interval, head_copies=config.head_copies)
-        verifier = TokenVerifier(TrustFiles(config.runtime_dir), site=self.plan.site,
-                                 recheck_interval=config.trust_recheck_interval)
-        self.guard = Guard(verifier=verifier,
-                           authorizer=authorizer, decisions=self.decisions, component="serve",
-                           host=(host or {}).get("name"), host_country=(host or {}).get("country"))
+        self.decisions = DecisionLog(
+            config.runtime_dir / "decisions.jsonl",
+            sign_every=config.sign_every,
+            sign_interval=config.sign_interval,
+            head_copies=config.head_copies,
+        )
+        verifier = TokenVerifier(
+            TrustFiles(config.runtime_dir),
+            site=self.plan.site,
+            recheck_interval=config.trust_recheck_interval,
+        )
+        self.guard = Guard(
+            verifier=verifier,
+            authorizer=authorizer,
+            decisions=self.decisions,
+            component="serve",
+            host=(host or {}).get("name"),
+            host_country=(host or {}).get("country"),
+        )
         self.authz_pool = ThreadPoolExecutor(config.authz_threads, thread_name_prefix="authz")
-        self.slots = {name: ModelSlot(name, self.plan.model_dir(name) / "checkpoints",
-                                      Batcher(max_batch=config.max_batch, max_wait=config.max_wait_ms / 1000,
-                                              metrics=self.metrics))
-                      for name in _models_to_serve(self.plan, config.models, host)}
+        self.slots = {
+            name: ModelSlot(
+                name,
+                self.plan.model_dir(name) / "checkpoints",
+                Batcher(max_batch=config.max_batch, max_wait=config.max_wait_ms / 1000, metrics=self.metrics),
+            )
+            for name in _models_to_serve(self.plan, config.models, host)
+        }
         self.draining = False
         self.inflight = 0
         self._idle = asyncio.Event()
@@ -254,14 +278,17 @@ class InferenceServer:
             self._connections.discard(writer)
             writer.close()
 
-    async def _exchange(self, head: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                        peer: str) -> bool:
+    async def _exchange(
+        self, head: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: str
+    ) -> bool:
         started = time.perf_counter()
         try:
             request_line, *header_lines = head.decode("latin-1").split("\r\n")
             method, target, version = request_line.split(" ", 2)
-            headers = {k.strip().lower(): v.strip() for k, v in
-                       (line.split(":", 1) for line in header_lines if ":" in line)}
+            headers = {
+                k.strip().lower(): v.strip()
+                for k, v in (line.split(":", 1) for line in header_lines if ":" in line)
+            }
             length = int(headers.get("content-length", "0"))
         except ValueError:
             await self._send(writer, 400, {"error": "bad-request"}, keep_alive=False)
@@ -277,30 +304,47 @@ class InferenceServer:
         self.metrics.observe("aifactory_serve_request_seconds", time.perf_counter() - started)
         return keep_alive
 
-    async def _send(self, writer: asyncio.StreamWriter, status: int, payload: Any, *, keep_alive: bool,
-                    extra: dict[str, str] | None = None) -> None:
+    async def _send(
+        self,
+        writer: asyncio.StreamWriter,
+        status: int,
+        payload: Any,
+        *,
+        keep_alive: bool,
+        extra: dict[str, str] | None = None,
+    ) -> None:
         if isinstance(payload, str):
             body, kind = payload.encode(), "text/plain; version=0.0.4"
         else:
             body, kind = json.dumps(payload, separators=(",", ":")).encode(), "application/json"
-        lines = [f"HTTP/1.1 {status} {REASONS.get(status, 'Error')}", f"Content-Type: {kind}",
-                 f"Content-Length: {len(body)}", "Connection: " + ("keep-alive" if keep_alive else "close"),
-                 *(f"{k}: {v}" for k, v in (extra or {}).items())]
+        lines = [
+            f"HTTP/1.1 {status} {REASONS.get(status, 'Error')}",
+            f"Content-Type: {kind}",
+            f"Content-Length: {len(body)}",
+            "Connection: " + ("keep-alive" if keep_alive else "close"),
+            *(f"{k}: {v}" for k, v in (extra or {}).items()),
+        ]
         writer.write(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
         try:
             await writer.drain()
         except ConnectionError:
             pass
 
-    async def _route(self, method: str, target: str, headers: dict[str, str], body: bytes,
-                     peer: str) -> tuple[int, Any, dict[str, str]]:
+    async def _route(
+        self, method: str, target: str, headers: dict[str, str], body: bytes, peer: str
+    ) -> tuple[int, Any, dict[str, str]]:
         path = target.split("?", 1)[0]
         if path == "/healthz":
             status = 503 if self.draining else 200
-            models = {name: slot.batcher.model.describe() if slot.batcher.model else None
-                      for name, slot in sorted(self.slots.items())}
-            return status, {"status": "draining" if self.draining else "ok", "site": self.plan.site,
-                            "models": models}, {}
+            models = {
+                name: slot.batcher.model.describe() if slot.batcher.model else None
+                for name, slot in sorted(self.slots.items())
+            }
+            return (
+                status,
+                {"status": "draining" if self.draining else "ok", "site": self.plan.site, "models": models},
+                {},
+            )
         if path == "/metrics":
             self.metrics.set("aifactory_serve_inflight_requests", float(self.inflight))
             return 200, self.metrics.render(), {}
@@ -311,14 +355,19 @@ class InferenceServer:
             return await self._infer(parts[2], headers, body, peer)
         return 404, {"error": "not-found"}, {}
 
-    async def _infer(self, name: str, headers: dict[str, str], body: bytes,
-                     peer: str) -> tuple[int, Any, dict[str, str]]:
+    async def _infer(
+        self, name: str, headers: dict[str, str], body: bytes, peer: str
+    ) -> tuple[int, Any, dict[str, str]]:
         loop = asyncio.get_running_loop()
         request_id = f"{self._request_prefix}-{next(self._request_numbers)}"
         authorization = headers.get("authorization", "")
         token = authorization[7:].strip() if authorization[:7].lower() == "bearer " else None
-        outcome = await loop.run_in_executor(self.authz_pool, lambda: self.guard.decide(
-            token, "infer", f"model/{name}", request={"id": request_id, "peer": peer}))
+        outcome = await loop.run_in_executor(
+            self.authz_pool,
+            lambda: self.guard.decide(
+                token, "infer", f"model/{name}", request={"id": request_id, "peer": peer}
+            ),
+        )
         tracing = {"X-Request-Id": request_id, "X-Decision-Id": outcome.decision_id}
         try:
             await asyncio.wrap_future(self.guard.record(outcome))
@@ -327,8 +376,16 @@ class InferenceServer:
             return 503, {"error": "log-unavailable", "decision_id": outcome.decision_id}, tracing
         self.metrics.inc("aifactory_serve_decisions_total", allow=str(outcome.allow).lower())
         if not outcome.allow:
-            return 403, {"error": "forbidden", "reason": outcome.reasons[0], "reasons": list(outcome.reasons),
-                         "decision_id": outcome.decision_id}, tracing
+            return (
+                403,
+                {
+                    "error": "forbidden",
+                    "reason": outcome.reasons[0],
+                    "reasons": list(outcome.reasons),
+                    "decision_id": outcome.decision_id,
+                },
+                tracing,
+            )
         slot = self.slots.get(name)
         if slot is None:
             return 404, {"error": "model-not-served-here", "decision_id": outcome.decision_id}, tracing
@@ -344,6 +401,7 @@ class InferenceServer:
             def settle() -> None:
                 if not future.done():
                     future.set_exception(error) if error else future.set_result(result)
+
             loop.call_soon_threadsafe(settle)
 
         slot.batcher.submit(rows, done)
@@ -351,9 +409,14 @@ class InferenceServer:
             used, scores = await future
         except LookupError:
             return 503, {"error": "model-not-loaded", "decision_id": outcome.decision_id}, tracing
-        outputs = [{"class": int(np.argmax(row)), "scores": [round(float(s), 6) for s in row]} for row in scores]
-        return 200, {"model": used.name, "step": used.step, "outputs": outputs,
-                     "decision_id": outcome.decision_id}, tracing
+        outputs = [
+            {"class": int(np.argmax(row)), "scores": [round(float(s), 6) for s in row]} for row in scores
+        ]
+        return (
+            200,
+            {"model": used.name, "step": used.step, "outputs": outputs, "decision_id": outcome.decision_id},
+            tracing,
+        )
 
     # --- lifecycle ----------------------------------------------------------------------------------
 
@@ -378,8 +441,9 @@ class InferenceServer:
             except (NotImplementedError, RuntimeError):  # not the main thread (tests run it in one)
                 pass
         self._stop = stop
-        server = await asyncio.start_server(self._handle, self.config.listen, self.config.port, ssl=self._tls(),
-                                            limit=64 * 1024, backlog=1024)
+        server = await asyncio.start_server(
+            self._handle, self.config.listen, self.config.port, ssl=self._tls(), limit=64 * 1024, backlog=1024
+        )
         self.bound_port = server.sockets[0].getsockname()[1]
         watcher = asyncio.create_task(self._watch_models())
         log.warning("aifactory-serve listening on %s:%s", self.config.listen, self.bound_port)
@@ -416,7 +480,9 @@ def _models_to_serve(plan: RuntimePlan, named: tuple[str, ...], host: dict[str, 
     if named:
         return [str(plan.model(name)["name"]) for name in named]
     pool = (host or {}).get("pool")
-    return sorted(str(m["name"]) for m in plan.data.get("models", []) if pool is None or pool in m.get("serve_on", []))
+    return sorted(
+        str(m["name"]) for m in plan.data.get("models", []) if pool is None or pool in m.get("serve_on", [])
+    )
 
 
 def _rows(body: bytes, features: int) -> np.ndarray | str:
@@ -424,7 +490,7 @@ def _rows(body: bytes, features: int) -> np.ndarray | str:
         document = json.loads(body or b"{}")
         rows = np.asarray(document["inputs"], dtype=np.float32)
     except (ValueError, KeyError, TypeError):
-        return "the body must be JSON {\"inputs\": [[number, ...], ...]}"
+        return 'the body must be JSON {"inputs": [[number, ...], ...]}'
     if rows.ndim != 2 or rows.shape[1] != features or not 0 < rows.shape[0] <= MAX_ROWS:
         return f"inputs must be 1 to {MAX_ROWS} rows of {features} numbers"
     if not np.isfinite(rows).all():
@@ -436,17 +502,24 @@ def _registry() -> Registry:
     metrics = Registry()
     metrics.counter("aifactory_serve_requests_total", "HTTP requests answered, by status code.")
     metrics.counter("aifactory_serve_decisions_total", "Authorization decisions recorded, by outcome.")
-    metrics.histogram("aifactory_serve_batch_size", "Rows per forward pass formed by the batcher.",
-                      (1, 2, 4, 8, 16, 32, 64, 128, 256))
-    metrics.histogram("aifactory_serve_request_seconds", "Time from request head to answer.",
-                      (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
+    metrics.histogram(
+        "aifactory_serve_batch_size",
+        "Rows per forward pass formed by the batcher.",
+        (1, 2, 4, 8, 16, 32, 64, 128, 256),
+    )
+    metrics.histogram(
+        "aifactory_serve_request_seconds",
+        "Time from request head to answer.",
+        (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+    )
     metrics.gauge("aifactory_serve_model_step", "Training step of the checkpoint being served.")
     metrics.gauge("aifactory_serve_inflight_requests", "Requests being answered.")
     return metrics
 
 
-def run_server(config: ServerConfig, *, authorizer: Authorizer,
-               ready: Callable[[InferenceServer], None] | None = None) -> InferenceServer:
+def run_server(
+    config: ServerConfig, *, authorizer: Authorizer, ready: Callable[[InferenceServer], None] | None = None
+) -> InferenceServer:
     """Run until SIGTERM/SIGINT (or `request_stop`), then drain; returns the stopped server."""
     holder: list[InferenceServer] = []
 

@@ -27,11 +27,16 @@ class RuntimePlan:
         try:
             data = json.loads(Path(path).read_text())
         except (OSError, ValueError) as exc:
-            raise UsageError(f"cannot read the site plan {path}: {exc}", location=Location(file=str(path)),
-                             hint="give the plan.json that `aifactory plan -o` or the bundle wrote") from None
+            raise UsageError(
+                f"cannot read the site plan {path}: {exc}",
+                location=Location(file=str(path)),
+                hint="give the plan.json that `aifactory plan -o` or the bundle wrote",
+            ) from None
         if not isinstance(data, dict) or data.get("schema") != "aifactory.plan/v1":
-            raise UsageError(f"{path} is not an aifactory site plan (schema aifactory.plan/v1)",
-                             location=Location(file=str(path)))
+            raise UsageError(
+                f"{path} is not an aifactory site plan (schema aifactory.plan/v1)",
+                location=Location(file=str(path)),
+            )
         return cls(data, str(path), Path(storage_root or "/"))
 
     @property
@@ -43,8 +48,11 @@ class RuntimePlan:
             if item.get("name") == name:
                 return dict(item)
         known = ", ".join(sorted(i.get("name", "?") for i in self.data.get(kind, []))) or "none"
-        raise UsageError(f"the site plan has no {kind[:-1]} {name!r}", location=Location(file=self.source),
-                         hint=f"{kind}: {known}")
+        raise UsageError(
+            f"the site plan has no {kind[:-1]} {name!r}",
+            location=Location(file=self.source),
+            hint=f"{kind}: {known}",
+        )
 
     def host(self, name: str) -> dict[str, Any]:
         return self._named("hosts", name)

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import re
 import secrets
 import threading
@@ -38,6 +37,7 @@ from typing import Any
 
 from aifactory.chain import ChainWriter, canonical_json
 from aifactory.errors import Location, RuntimeDenied, UsageError
+from aifactory.runtime.files import atomic_write
 from aifactory.signing import (
     BEGIN,
     END,
@@ -73,8 +73,14 @@ class TokenClaims:
     expires: int
 
     def as_dict(self) -> dict[str, Any]:
-        return {"v": 1, "id": self.id, "tenant": self.tenant, "site": self.site,
-                "issued": self.issued, "expires": self.expires}
+        return {
+            "v": 1,
+            "id": self.id,
+            "tenant": self.tenant,
+            "site": self.site,
+            "issued": self.issued,
+            "expires": self.expires,
+        }
 
 
 @dataclass(frozen=True)
@@ -124,11 +130,11 @@ def _unb64url(text: str) -> bytes:
 
 def _armor(blob: bytes) -> str:
     encoded = base64.b64encode(blob).decode()
-    return "\n".join([BEGIN, *(encoded[i:i + 70] for i in range(0, len(encoded), 70)), END]) + "\n"
+    return "\n".join([BEGIN, *(encoded[i : i + 70] for i in range(0, len(encoded), 70)), END]) + "\n"
 
 
 def _dearmor(armored: str) -> bytes:
-    return base64.b64decode("".join(armored.strip()[len(BEGIN):-len(END)].split()))
+    return base64.b64decode("".join(armored.strip()[len(BEGIN) : -len(END)].split()))
 
 
 def _iso(seconds: int) -> str:
@@ -151,7 +157,9 @@ def parse_expiry(text: str, *, now: datetime) -> datetime:
     match = re.fullmatch(r"(\d+)([dhm])", text.strip())
     if match:
         amount, unit = int(match.group(1)), match.group(2)
-        delta = {"d": timedelta(days=amount), "h": timedelta(hours=amount), "m": timedelta(minutes=amount)}[unit]
+        delta = {"d": timedelta(days=amount), "h": timedelta(hours=amount), "m": timedelta(minutes=amount)}[
+            unit
+        ]
         when = now + delta
     else:
         try:
@@ -163,28 +171,52 @@ def parse_expiry(text: str, *, now: datetime) -> datetime:
                 if when.tzinfo is None:
                     when = when.replace(tzinfo=UTC)
         except ValueError:
-            raise UsageError(f"cannot read the expiry {text!r}",
-                             hint="give a duration such as 30d, 12h or 45m, or an ISO date such as 2027-01-31") from None
+            raise UsageError(
+                f"cannot read the expiry {text!r}",
+                hint="give a duration such as 30d, 12h or 45m, or an ISO date such as 2027-01-31",
+            ) from None
     if when <= now:
         raise UsageError(f"the expiry {text!r} is in the past", hint="tokens must expire in the future")
     if when - now > MAX_LIFETIME:
-        raise UsageError(f"the expiry {text!r} is more than {MAX_LIFETIME.days} days away",
-                         hint="issue shorter-lived tokens and re-issue them (IA-5)")
+        raise UsageError(
+            f"the expiry {text!r} is more than {MAX_LIFETIME.days} days away",
+            hint="issue shorter-lived tokens and re-issue them (IA-5)",
+        )
     return when
 
 
-def issue_token(trust: TrustFiles, *, site: str, tenant: str, expires: datetime,
-                now: datetime | None = None, passphrase: bytes | None = None) -> IssuedToken:
+def issue_token(
+    trust: TrustFiles,
+    *,
+    site: str,
+    tenant: str,
+    expires: datetime,
+    now: datetime | None = None,
+    passphrase: bytes | None = None,
+) -> IssuedToken:
     ensure_site_key(trust, site=site)
     issued_at = now or datetime.now(UTC)
-    claims = TokenClaims(id=secrets.token_hex(8), tenant=tenant, site=site,
-                         issued=int(issued_at.timestamp()), expires=int(expires.timestamp()))
+    claims = TokenClaims(
+        id=secrets.token_hex(8),
+        tenant=tenant,
+        site=site,
+        issued=int(issued_at.timestamp()),
+        expires=int(expires.timestamp()),
+    )
     payload = canonical_json(claims.as_dict()).encode()
     armored = sign(payload, load_private_key(trust.private_key, passphrase), TOKEN_NAMESPACE)
     token = f"{TOKEN_PREFIX}.{_b64url(payload)}.{_b64url(_dearmor(armored))}"
     with ChainWriter(trust.issued_log) as log:
-        log.append({"event": "issued", "time": _iso(claims.issued), "token_id": claims.id,
-                    "tenant": tenant, "site": site, "expires": _iso(claims.expires)})
+        log.append(
+            {
+                "event": "issued",
+                "time": _iso(claims.issued),
+                "token_id": claims.id,
+                "tenant": tenant,
+                "site": site,
+                "expires": _iso(claims.expires),
+            }
+        )
     return IssuedToken(token, claims)
 
 
@@ -199,12 +231,21 @@ def token_id_of(text: str) -> str:
         raise UsageError(f"{text[:24]!r} is neither a token id (16 hex digits) nor a token") from None
 
 
-def revoke_token(trust: TrustFiles, *, site: str, token_id: str, reason: str | None = None,
-                 now: datetime | None = None, passphrase: bytes | None = None) -> int:
+def revoke_token(
+    trust: TrustFiles,
+    *,
+    site: str,
+    token_id: str,
+    reason: str | None = None,
+    now: datetime | None = None,
+    passphrase: bytes | None = None,
+) -> int:
     """Add a token id to the signed revocation list; return how many ids the list holds."""
     if not trust.private_key.exists():
-        raise UsageError(f"site {site!r} has no token key in {trust.key_dir}",
-                         hint="tokens are issued with `aifactory token issue` first")
+        raise UsageError(
+            f"site {site!r} has no token key in {trust.key_dir}",
+            hint="tokens are issued with `aifactory token issue` first",
+        )
     when = _iso(int((now or datetime.now(UTC)).timestamp()))
     entries = {e["id"]: e for e in load_revocations(trust).get("revoked", [])}
     if token_id not in entries:
@@ -221,31 +262,22 @@ def load_revocations(trust: TrustFiles) -> dict[str, Any]:
     except FileNotFoundError:
         return {"schema": REVOCATIONS_SCHEMA, "revoked": []}
     except (OSError, ValueError) as exc:
-        raise UsageError(f"cannot read the revocation list: {exc}",
-                         location=Location(file=str(trust.revocations))) from None
+        raise UsageError(
+            f"cannot read the revocation list: {exc}", location=Location(file=str(trust.revocations))
+        ) from None
     return value if isinstance(value, dict) else {"revoked": []}
 
 
-def _write_revocations(trust: TrustFiles, *, site: str, entries: list[dict[str, Any]],
-                       passphrase: bytes | None = None) -> None:
-    document = {"schema": REVOCATIONS_SCHEMA, "site": site,
-                "revoked": sorted(entries, key=lambda e: e["id"])}
+def _write_revocations(
+    trust: TrustFiles, *, site: str, entries: list[dict[str, Any]], passphrase: bytes | None = None
+) -> None:
+    document = {"schema": REVOCATIONS_SCHEMA, "site": site, "revoked": sorted(entries, key=lambda e: e["id"])}
     data = (json.dumps(document, indent=2, sort_keys=True) + "\n").encode()
     signature = sign(data, load_private_key(trust.private_key, passphrase), TOKEN_NAMESPACE)
     # The signature goes first: a reader that sees the new list with the old signature fails
     # closed for an instant instead of accepting an unsigned list.
-    _atomic_write(trust.revocations_sig, signature.encode())
-    _atomic_write(trust.revocations, data)
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
+    atomic_write(trust.revocations_sig, signature.encode())
+    atomic_write(trust.revocations, data)
 
 
 # --- the runtime's side: verify -------------------------------------------------------------------------
@@ -268,8 +300,13 @@ def _decode(token: str) -> tuple[dict[str, Any], bytes, bytes]:
 
 def _claims(raw: dict[str, Any]) -> TokenClaims:
     try:
-        claims = TokenClaims(id=str(raw["id"]), tenant=str(raw["tenant"]), site=str(raw["site"]),
-                             issued=int(raw["issued"]), expires=int(raw["expires"]))
+        claims = TokenClaims(
+            id=str(raw["id"]),
+            tenant=str(raw["tenant"]),
+            site=str(raw["site"]),
+            issued=int(raw["issued"]),
+            expires=int(raw["expires"]),
+        )
     except (KeyError, TypeError, ValueError):
         raise TokenRejected("token-malformed", "the token's payload lacks a field") from None
     if raw.get("v") != 1:
@@ -293,8 +330,9 @@ class TokenVerifier:
     missing, unsigned or signed by another key makes every token fail (fail closed).
     """
 
-    def __init__(self, trust: TrustFiles, *, site: str, cache_size: int = 4096,
-                 recheck_interval: float = 0.0) -> None:
+    def __init__(
+        self, trust: TrustFiles, *, site: str, cache_size: int = 4096, recheck_interval: float = 0.0
+    ) -> None:
         self.trust = trust
         self.site = site
         self.recheck_interval = recheck_interval  # seconds between looks at the files (0: every call)
@@ -328,8 +366,11 @@ class TokenVerifier:
         """(trust file, revocation list, its signature) versions, looked at most every recheck_interval."""
         now = time.monotonic()
         if now - self._checked_at >= self.recheck_interval:
-            self._versions = (_file_version(self.trust.allowed_signers), _file_version(self.trust.revocations),
-                              _file_version(self.trust.revocations_sig))
+            self._versions = (
+                _file_version(self.trust.allowed_signers),
+                _file_version(self.trust.revocations),
+                _file_version(self.trust.revocations_sig),
+            )
             self._checked_at = now
         return self._versions
 
@@ -348,10 +389,13 @@ class TokenVerifier:
         if trust_version is None:
             raise TokenRejected("token-untrusted", f"no token trust file at {self.trust.allowed_signers}")
         try:
-            verify(payload, _armor(blob), allowed_signers=self.trust.allowed_signers, namespace=TOKEN_NAMESPACE)
+            verify(
+                payload, _armor(blob), allowed_signers=self.trust.allowed_signers, namespace=TOKEN_NAMESPACE
+            )
         except SignatureError as exc:
-            raise TokenRejected("token-bad-signature", f"the token's signature does not verify: {exc.message}") \
-                from None
+            raise TokenRejected(
+                "token-bad-signature", f"the token's signature does not verify: {exc.message}"
+            ) from None
         with self._lock:
             self._cache[token] = claims
             if len(self._cache) > self._cache_size:

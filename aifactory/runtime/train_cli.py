@@ -51,32 +51,42 @@ def _die_with_parent() -> None:
     libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
-def authorize_job(job: JobSpec, plan: RuntimePlan, *, host: dict[str, Any] | None,
-                  authorizer: Authorizer | None = None) -> Outcome:
+def authorize_job(
+    job: JobSpec, plan: RuntimePlan, *, host: dict[str, Any] | None, authorizer: Authorizer | None = None
+) -> Outcome:
     """The policy check that precedes any read of the dataset; records the decision durably."""
     runtime_dir = job.runtime_folder(plan.site)
     decisions = DecisionLog(runtime_dir / "decisions.jsonl")
     try:
-        guard = Guard(verifier=TokenVerifier(TrustFiles(runtime_dir), site=plan.site),
-                      authorizer=authorizer or load_authorizer(plan.data), decisions=decisions,
-                      component="train", host=(host or {}).get("name"),
-                      host_country=(host or {}).get("country"))
+        guard = Guard(
+            verifier=TokenVerifier(TrustFiles(runtime_dir), site=plan.site),
+            authorizer=authorizer or load_authorizer(plan.data),
+            decisions=decisions,
+            component="train",
+            host=(host or {}).get("name"),
+            host_country=(host or {}).get("country"),
+        )
         return guard.check(job.token(), "train", f"dataset/{job.dataset}", request={"job": job.name})
     finally:
         decisions.close()
 
 
-def plan_launch(job: JobSpec, plan: RuntimePlan, *, job_path: Path, host: dict[str, Any] | None,
-                decision_id: str) -> Launch:
+def plan_launch(
+    job: JobSpec, plan: RuntimePlan, *, job_path: Path, host: dict[str, Any] | None, decision_id: str
+) -> Launch:
     if job.hosts:
         if host is None or host["name"] not in job.hosts:
-            raise UsageError(f"this machine is not one of the job's hosts ({', '.join(job.hosts)})",
-                             hint="pass --host NAME with the plan's name for this host")
+            raise UsageError(
+                f"this machine is not one of the job's hosts ({', '.join(job.hosts)})",
+                hint="pass --host NAME with the plan's name for this host",
+            )
         first = plan.host(job.hosts[0])
         endpoint, local = first["compute_address"], host["compute_address"]
         if not endpoint or not local:
-            raise UsageError("the job's hosts need compute addresses in the plan",
-                             hint="put the hosts' pool on a compute fabric")
+            raise UsageError(
+                "the job's hosts need compute addresses in the plan",
+                hint="put the hosts' pool on a compute fabric",
+            )
         node_rank, nodes = job.hosts.index(host["name"]), len(job.hosts)
         network_env = {k: str(v) for k, v in (host.get("nccl") or {}).items()}
     else:
@@ -85,11 +95,25 @@ def plan_launch(job: JobSpec, plan: RuntimePlan, *, job_path: Path, host: dict[s
     if per_host == "gpus":
         per_host = int(((host or {}).get("gpus") or {}).get("count", 0) or 1)
     host_name = (host or {}).get("name", "")
-    argv = [sys.executable, "-m", "torch.distributed.run", f"--nnodes={nodes}", f"--nproc-per-node={per_host}",
-            "--rdzv-backend=c10d", f"--rdzv-endpoint={_endpoint(endpoint, job.rendezvous_port)}",
-            f"--rdzv-id={job.name}", f"--rdzv-conf=is_host={str(node_rank == 0).lower()},join_timeout=300",
-            f"--local-addr={local}", f"--max-restarts={job.max_restarts}",
-            "--monitor-interval=0.5", "-m", "aifactory.runtime.train_worker", str(job_path), "--host", host_name]
+    argv = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nnodes={nodes}",
+        f"--nproc-per-node={per_host}",
+        "--rdzv-backend=c10d",
+        f"--rdzv-endpoint={_endpoint(endpoint, job.rendezvous_port)}",
+        f"--rdzv-id={job.name}",
+        f"--rdzv-conf=is_host={str(node_rank == 0).lower()},join_timeout=300",
+        f"--local-addr={local}",
+        f"--max-restarts={job.max_restarts}",
+        "--monitor-interval=0.5",
+        "-m",
+        "aifactory.runtime.train_worker",
+        str(job_path),
+        "--host",
+        host_name,
+    ]
     env = {**os.environ, **network_env, DECISION_ENV: decision_id, "OMP_NUM_THREADS": str(job.train.threads)}
     return Launch(argv, env, node_rank, nodes)
 
@@ -110,19 +134,39 @@ def run(argv: Sequence[str] | None = None) -> int:
         raise RuntimeDenied(
             f"tenant {outcome.tenant or '(unverified)'} may not train on dataset/{job.dataset} here: "
             f"{', '.join(outcome.reasons)} (decision {outcome.decision_id})",
-            hint="ask the dataset's owner for a train grant, or check the token", code="train-denied")
-    launch = plan_launch(job, plan, job_path=Path(args.job).resolve(), host=host, decision_id=outcome.decision_id)
+            hint="ask the dataset's owner for a train grant, or check the token",
+            code="train-denied",
+        )
+    launch = plan_launch(
+        job, plan, job_path=Path(args.job).resolve(), host=host, decision_id=outcome.decision_id
+    )
     if args.dry_run:
-        print(json.dumps({"decision_id": outcome.decision_id, "argv": launch.argv, "node_rank": launch.node_rank,
-                          "nodes": launch.nodes}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "decision_id": outcome.decision_id,
+                    "argv": launch.argv,
+                    "node_rank": launch.node_rank,
+                    "nodes": launch.nodes,
+                },
+                indent=2,
+            )
+        )
         return 0
-    print(f"aifactory-train: {job.name}: decision {outcome.decision_id} allows tenant {outcome.tenant}; "
-          f"node {launch.node_rank + 1} of {launch.nodes}", file=sys.stderr, flush=True)
+    print(
+        f"aifactory-train: {job.name}: decision {outcome.decision_id} allows tenant {outcome.tenant}; "
+        f"node {launch.node_rank + 1} of {launch.nodes}",
+        file=sys.stderr,
+        flush=True,
+    )
     result = subprocess.run(launch.argv, env=launch.env, preexec_fn=_die_with_parent, check=False)  # noqa: PLW1509
     if result.returncode != 0:
-        raise AifactoryError(f"training job {job.name} failed (torchrun exit {result.returncode})",
-                             code="train-failed", exit_code=ExitCode.HOSTS_FAILED,
-                             hint="relaunch the same job: it resumes from the last complete checkpoint")
+        raise AifactoryError(
+            f"training job {job.name} failed (torchrun exit {result.returncode})",
+            code="train-failed",
+            exit_code=ExitCode.HOSTS_FAILED,
+            hint="relaunch the same job: it resumes from the last complete checkpoint",
+        )
     return 0
 
 
@@ -133,8 +177,11 @@ def _generate(job: JobSpec, plan: RuntimePlan, *, samples: int) -> int:
         print(f"dataset {job.dataset} already at {target}", file=sys.stderr)
         return 0
     manifest = datasets.generate(target, name=job.dataset, samples=samples, seed=job.train.seed)
-    print(f"wrote dataset {job.dataset}: {manifest['samples']} samples in {len(manifest['shards'])} shard(s) "
-          f"at {target}", file=sys.stderr)
+    print(
+        f"wrote dataset {job.dataset}: {manifest['samples']} samples in {len(manifest['shards'])} shard(s) "
+        f"at {target}",
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -142,9 +189,14 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="aifactory-train", description="Run a training job on the cluster.")
     parser.add_argument("job", help="job file (aifactory.job/v1 YAML)")
     parser.add_argument("--host", help="this host's name in the plan (default: the hostname)")
-    parser.add_argument("--dry-run", action="store_true", help="decide, print the torchrun command, start nothing")
-    parser.add_argument("--generate-dataset", action="store_true",
-                        help="write the job's dataset (generated, aifactory.dataset/v1) at its planned path, and exit")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="decide, print the torchrun command, start nothing"
+    )
+    parser.add_argument(
+        "--generate-dataset",
+        action="store_true",
+        help="write the job's dataset (generated, aifactory.dataset/v1) at its planned path, and exit",
+    )
     parser.add_argument("--samples", type=int, default=4096, help="samples to generate (default 4096)")
     parser.add_argument("--debug", action="store_true")
     return parser
@@ -152,8 +204,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
-    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
     try:
         return run(argv)
     except AifactoryError as error:

@@ -43,8 +43,9 @@ class BatchOrder:
 
     def _permutation(self, epoch: int) -> np.ndarray:
         if epoch not in self._permutations:
-            self._permutations = {epoch: np.random.Generator(np.random.PCG64([self.seed, epoch]))
-                                  .permutation(self.samples)}
+            self._permutations = {
+                epoch: np.random.Generator(np.random.PCG64([self.seed, epoch])).permutation(self.samples)
+            }
         return self._permutations[epoch]
 
     def indices(self, step: int) -> np.ndarray:
@@ -74,12 +75,18 @@ def train(job_path: str, host: str | None) -> None:
     dist.init_process_group(backend)
     rank, world = dist.get_rank(), dist.get_world_size()
     if settings.global_batch % world:
-        raise AifactoryError(f"global_batch {settings.global_batch} is not a multiple of {world} processes",
-                             code="invalid-job")
-    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if backend == "nccl" else torch.device("cpu")
+        raise AifactoryError(
+            f"global_batch {settings.global_batch} is not a multiple of {world} processes", code="invalid-job"
+        )
+    device = (
+        torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        if backend == "nccl"
+        else torch.device("cpu")
+    )
     data = datasets.load(plan.dataset_dir(job.dataset))
-    config = ModelConfig(features=data.features, classes=data.classes, hidden=job.network.hidden,
-                         layers=job.network.layers)
+    config = ModelConfig(
+        features=data.features, classes=data.classes, hidden=job.network.hidden, layers=job.network.layers
+    )
     model = build(config, seed=settings.seed).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate)
     checkpoints = plan.model_dir(job.model) / "checkpoints"
@@ -88,14 +95,27 @@ def train(job_path: str, host: str | None) -> None:
         model.load_state_dict(model_state)
         optimizer.load_state_dict(optimizer_state)
     ddp = DistributedDataParallel(model)
-    metrics = TrainingMetrics(checkpoints.parent / "runs" / job.name / "metrics.jsonl",
-                              checkpoints.parent / "runs" / job.name / "metrics.prom", job=job.name) \
-        if rank == 0 else None
+    metrics = (
+        TrainingMetrics(
+            checkpoints.parent / "runs" / job.name / "metrics.jsonl",
+            checkpoints.parent / "runs" / job.name / "metrics.prom",
+            job=job.name,
+        )
+        if rank == 0
+        else None
+    )
     if metrics and start:
         print(f"aifactory-train: resumed from step {start}", file=sys.stderr, flush=True)
     order = BatchOrder(len(data), settings.global_batch, settings.seed)
-    meta = {"model": job.model, "dataset": job.dataset, "job": job.name, "seed": settings.seed,
-            "network": config.as_dict(), "world_size": world, "decision_id": os.environ.get(DECISION_ENV)}
+    meta = {
+        "model": job.model,
+        "dataset": job.dataset,
+        "job": job.name,
+        "seed": settings.seed,
+        "network": config.as_dict(),
+        "world_size": world,
+        "decision_id": os.environ.get(DECISION_ENV),
+    }
     for step in range(start, settings.steps):
         began = time.perf_counter()
         local = order.indices(step)[rank::world]
@@ -110,13 +130,26 @@ def train(job_path: str, host: str | None) -> None:
         done = step + 1
         if metrics:
             elapsed = time.perf_counter() - began
-            metrics.step({"step": done, "loss": round(float(mean_loss) / world, 6), "world_size": world,
-                          "samples_per_s": round(settings.global_batch / elapsed, 1), "resumed_from": start,
-                          "time": round(time.time(), 3)})
+            metrics.step(
+                {
+                    "step": done,
+                    "loss": round(float(mean_loss) / world, 6),
+                    "world_size": world,
+                    "samples_per_s": round(settings.global_batch / elapsed, 1),
+                    "resumed_from": start,
+                    "time": round(time.time(), 3),
+                }
+            )
         if done % settings.checkpoint_every == 0 or done == settings.steps:
             if rank == 0:
-                checkpoint.save(checkpoints, step=done, model_state=model.state_dict(),
-                                optimizer_state=optimizer.state_dict(), meta=meta, keep=settings.keep_checkpoints)
+                checkpoint.save(
+                    checkpoints,
+                    step=done,
+                    model_state=model.state_dict(),
+                    optimizer_state=optimizer.state_dict(),
+                    meta=meta,
+                    keep=settings.keep_checkpoints,
+                )
             dist.barrier()
         if rank == 0 and os.environ.get(FAULT_STALL_AT_STEP) == str(done):
             time.sleep(3600)
@@ -132,8 +165,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--host", default="")
     args = parser.parse_args(argv)
     if not os.environ.get(DECISION_ENV):
-        print("error[train-not-authorized]: start training jobs with aifactory-train, which checks the policy first",
-              file=sys.stderr)
+        print(
+            "error[train-not-authorized]: start training jobs with aifactory-train, "
+            "which checks the policy first",
+            file=sys.stderr,
+        )
         return 1
     try:
         train(args.job, args.host or None)

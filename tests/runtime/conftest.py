@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import shutil
 import socket
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+import yaml
 
 from aifactory.plan import plan_site
 from aifactory.runtime import dataset as datasets
@@ -53,6 +55,29 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> RuntimeSite:
     storage_root = root / "storage"
     datasets.generate(storage_root / DATASET_PATH, name="vitals", samples=2048, seed=7)
     return RuntimeSite(root, plan_path, trust.root, storage_root, tokens)
+
+
+def write_job(site: RuntimeSite, folder: Path, *, tenant: str = "health", **fields: object) -> Path:
+    """A job in its own storage root (a copy of the dataset) so that runs never share checkpoints."""
+    shutil.copytree(site.dataset_dir, folder / "storage" / DATASET_PATH)
+    (folder / "token").write_text(site.tokens[tenant])
+    job = {
+        "schema": "aifactory.job/v1",
+        "name": "vitals-train",
+        "plan": str(site.plan_path),
+        "token_file": "token",
+        "dataset": "vitals",
+        "model": "vitals-mlp",
+        "storage_root": "storage",
+        "runtime_dir": str(site.runtime_dir),
+        "rendezvous_port": free_port(),
+        "processes_per_host": 2,
+        "network": {"hidden": 32, "layers": 2},
+        **fields,
+    }
+    path = folder / "job.yaml"
+    path.write_text(yaml.safe_dump(job))
+    return path
 
 
 def free_port() -> int:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import threading
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import pytest
 
 from aifactory.chain import canonical_json, record_hash
 from aifactory.runtime.decisionlog import DecisionLog, heads_path_for, log_key_dir, verify_log
+from aifactory.signing import ssh_keygen_verify
 
 
 def _decision(i: int) -> dict[str, object]:
@@ -63,26 +63,13 @@ def test_signed_heads_verify_with_ssh_keygen(tmp_path: Path, written_log: Path) 
     (tmp_path / "head").write_text(canonical_json(head))
     (tmp_path / "head.sig").write_text(signature)
     identity = (log_key_dir(written_log) / "allowed_signers").read_text().split()[0]
-    with (tmp_path / "head").open("rb") as stdin:
-        result = subprocess.run(
-            [
-                "ssh-keygen",
-                "-Y",
-                "verify",
-                "-f",
-                str(log_key_dir(written_log) / "allowed_signers"),
-                "-I",
-                identity,
-                "-n",
-                "aifactory-log",
-                "-s",
-                str(tmp_path / "head.sig"),
-            ],
-            stdin=stdin,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
+    result = ssh_keygen_verify(
+        tmp_path / "head",
+        tmp_path / "head.sig",
+        allowed_signers=log_key_dir(written_log) / "allowed_signers",
+        identity=identity,
+        namespace="aifactory-log",
+    )
     assert result.returncode == 0, result.stderr
 
 

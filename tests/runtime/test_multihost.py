@@ -14,9 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import yaml
 
-from .conftest import DATASET_PATH, RuntimeSite, free_port
+from .conftest import RuntimeSite, write_job
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 HOSTS = {"rtlab-cpu-001": "10.201.0.2", "rtlab-cpu-002": "10.201.0.3"}  # the plan's compute addresses
@@ -56,24 +55,14 @@ def namespaces(site: RuntimeSite) -> Iterator[dict[str, str]]:
 def test_a_job_trains_across_two_hosts_over_their_compute_addresses(
     site: RuntimeSite, tmp_path: Path, namespaces: dict[str, str]
 ) -> None:
-    shutil.copytree(site.dataset_dir, tmp_path / "storage" / DATASET_PATH)
-    (tmp_path / "token").write_text(site.tokens["health"])
-    job = {
-        "schema": "aifactory.job/v1",
-        "name": "two-hosts",
-        "plan": str(site.plan_path),
-        "token_file": "token",
-        "dataset": "vitals",
-        "model": "vitals-mlp",
-        "storage_root": "storage",
-        "runtime_dir": str(site.runtime_dir),
-        "hosts": list(HOSTS),
-        "processes_per_host": 1,
-        "rendezvous_port": free_port(),
-        "network": {"hidden": 32, "layers": 2},
-        "train": {"steps": 30, "global_batch": 64, "learning_rate": 0.01, "checkpoint_every": 10},
-    }
-    (tmp_path / "job.yaml").write_text(yaml.safe_dump(job))
+    job = write_job(
+        site,
+        tmp_path,
+        name="two-hosts",
+        hosts=list(HOSTS),
+        processes_per_host=1,
+        train={"steps": 30, "global_batch": 64, "learning_rate": 0.01, "checkpoint_every": 10},
+    )
     env = {k: v for k, v in os.environ.items() if k != "AIFACTORY_TOKEN"}
     launches = [
         subprocess.Popen(
@@ -85,7 +74,7 @@ def test_a_job_trains_across_two_hosts_over_their_compute_addresses(
                 sys.executable,
                 "-m",
                 "aifactory.runtime.train_cli",
-                str(tmp_path / "job.yaml"),
+                str(job),
                 "--host",
                 host,
             ],

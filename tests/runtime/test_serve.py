@@ -13,14 +13,14 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
 from aifactory.runtime.decisionlog import verify_log
-from aifactory.runtime.loadgen import run_load
+from aifactory.runtime.loadgen import LoadResult, run_load
 
 from .conftest import RuntimeSite
 
@@ -352,38 +352,30 @@ def test_200_clients_for_10_seconds_then_kill_9_loses_no_answered_decision(
     write_checkpoint(tmp_path / "storage")
     running = start_server(site, tmp_path / "storage", tmp_path / "runtime")
     _wait_for_model(running)
-    steady = asyncio.run(
-        run_load(
+
+    def load(seconds: float, stop: asyncio.Event | None = None) -> Coroutine[None, None, LoadResult]:
+        return run_load(
             "127.0.0.1",
             running.port,
             path=PATH,
             body={"inputs": [[0.5] * 16]},
             token=site.tokens["analyst"],
             clients=200,
-            seconds=10,
+            seconds=seconds,
+            stop=stop,
         )
-    )
+
+    steady = asyncio.run(load(10))
     assert steady.failures == [] and steady.statuses() == {200: len(steady.answers)}
     assert len(steady.answers) > 200
 
     async def kill_under_load() -> object:
         stop = asyncio.Event()
-        load = asyncio.create_task(
-            run_load(
-                "127.0.0.1",
-                running.port,
-                path=PATH,
-                body={"inputs": [[0.5] * 16]},
-                token=site.tokens["analyst"],
-                clients=200,
-                seconds=30,
-                stop=stop,
-            )
-        )
+        under_way = asyncio.create_task(load(30, stop))
         await asyncio.sleep(2)
         os.kill(running.process.pid, signal.SIGKILL)
         stop.set()
-        return await load
+        return await under_way
 
     killed = asyncio.run(kill_under_load())
     running.process.wait()

@@ -21,6 +21,7 @@ from aifactory.runtime.tokens import (
     parse_expiry,
     revoke_token,
 )
+from aifactory.signing import ssh_keygen_verify
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 
@@ -122,26 +123,13 @@ def test_token_signature_verifies_with_ssh_keygen(tmp_path: Path, trust: TrustFi
     (tmp_path / "payload.sig").write_text(
         "-----BEGIN SSH SIGNATURE-----\n" + encoded + "\n-----END SSH SIGNATURE-----\n"
     )
-    with data.open("rb") as stdin:
-        result = subprocess.run(
-            [
-                "ssh-keygen",
-                "-Y",
-                "verify",
-                "-f",
-                str(trust.allowed_signers),
-                "-I",
-                "lab-tokens",
-                "-n",
-                "aifactory-token",
-                "-s",
-                str(tmp_path / "payload.sig"),
-            ],
-            stdin=stdin,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
+    result = ssh_keygen_verify(
+        data,
+        tmp_path / "payload.sig",
+        allowed_signers=trust.allowed_signers,
+        identity="lab-tokens",
+        namespace="aifactory-token",
+    )
     assert result.returncode == 0, result.stderr
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -13,9 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 
-from .conftest import DATASET_PATH, RuntimeSite, free_port
+from .conftest import DATASET_PATH, RuntimeSite, write_job
 
 torch = pytest.importorskip("torch")
 
@@ -28,33 +26,14 @@ pytestmark = pytest.mark.slow
 
 
 def _job(site: RuntimeSite, folder: Path, tenant: str = "health") -> Path:
-    """A job in its own storage root (a copy of the dataset), so runs do not share checkpoints."""
-    storage = folder / "storage"
-    shutil.copytree(site.dataset_dir, storage / DATASET_PATH)
-    (folder / "token").write_text(site.tokens[tenant])
-    job = {
-        "schema": "aifactory.job/v1",
-        "name": "vitals-train",
-        "plan": str(site.plan_path),
-        "token_file": "token",
-        "dataset": "vitals",
-        "model": "vitals-mlp",
-        "storage_root": "storage",
-        "runtime_dir": str(site.runtime_dir),
-        "rendezvous_port": free_port(),
-        "processes_per_host": 2,
-        "network": {"hidden": 32, "layers": 2},
-        "train": {
-            "steps": STEPS,
-            "global_batch": 64,
-            "learning_rate": 0.01,
-            "seed": 1234,
-            "checkpoint_every": EVERY,
-        },
+    train = {
+        "steps": STEPS,
+        "global_batch": 64,
+        "learning_rate": 0.01,
+        "seed": 1234,
+        "checkpoint_every": EVERY,
     }
-    path = folder / "job.yaml"
-    path.write_text(yaml.safe_dump(job))
-    return path
+    return write_job(site, folder, tenant=tenant, train=train)
 
 
 def _train(job: Path, **fault: str) -> subprocess.Popen[str]:
