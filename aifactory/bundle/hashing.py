@@ -41,7 +41,8 @@ def default_workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def hash_range(source: Range) -> Digest:
+def hash_range(source: Range, sink: Callable[[bytes], object] | None = None) -> Digest:
+    """SHA-256 of one range, block by block; each block also goes to `sink` (to copy while hashing)."""
     digest = hashlib.sha256()
     done = 0
     while done < source.size:
@@ -49,6 +50,8 @@ def hash_range(source: Range) -> Digest:
         if not block:
             break
         digest.update(block)
+        if sink is not None:
+            sink(block)
         done += len(block)
     return Digest(digest.hexdigest(), done)
 

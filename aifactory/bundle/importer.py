@@ -17,7 +17,6 @@ site's state. A failed import removes its staging folder and leaves the previous
 
 from __future__ import annotations
 
-import hashlib
 import html
 import json
 import os
@@ -31,7 +30,7 @@ from typing import IO, Any
 from packaging.utils import canonicalize_name, parse_wheel_filename
 
 from aifactory.bundle import archive
-from aifactory.bundle.hashing import BLOCK
+from aifactory.bundle.hashing import Range, hash_range
 from aifactory.bundle.manifest import MANIFEST, MAX_METADATA_BYTES, METADATA_FILES, Manifest
 from aifactory.bundle.source import PartsReader, find_parts
 from aifactory.bundle.state import ImportRecord, last_import, save_import
@@ -166,7 +165,13 @@ def _install(bundle: Path | str, report: VerifyReport, site_home: Path, *, site:
     imported = ImportedBundle(manifest.site, manifest.version.text, report.digest, target)
     if target.exists():
         return _reuse(target, imported)
-    site_home.mkdir(parents=True, exist_ok=True, mode=0o755)
+    try:
+        site_home.mkdir(parents=True, exist_ok=True, mode=0o755)
+    except OSError as exc:
+        raise BundleError(f"cannot create {site_home}: {exc.strerror}", code="import-home-unwritable",
+                          location=Location(file=str(site_home)),
+                          hint="run as root, or give a writable --home (or AIFACTORY_BUNDLES_HOME)",
+                          ) from None
     staging = site_home / f".staging-{manifest.version.text}-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     try:
@@ -229,18 +234,9 @@ def _inside(root: Path, name: str) -> Path:
 
 
 def _copy_member(reader: PartsReader, member: archive.Member, destination: Path) -> str:
-    digest = hashlib.sha256()
     fd = os.open(destination, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     with os.fdopen(fd, "wb") as out:
-        done = 0
-        while done < member.size:
-            block = reader.pread(min(BLOCK, member.size - done), member.data_offset + done)
-            if not block:
-                break
-            digest.update(block)
-            out.write(block)
-            done += len(block)
-    return digest.hexdigest()
+        return hash_range(Range(reader.pread, member.data_offset, member.size), sink=out.write).sha256
 
 
 def _unpack_collections(manifest: Manifest, staging: Path) -> None:
