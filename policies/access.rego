@@ -29,7 +29,11 @@ _records[id] := record if {
 
 _clearance(tenant) := object.get(input.tenants, [tenant, "clearance"], "none")
 
-_below(clearance, classification) if lib.clearance_rank(clearance) < lib.classification_rank(classification)
+# A tenant's clearance rank is below a resource's classification rank (unknown tenants rank below
+# everything, unknown resources above everything).
+_below(tenant, id) if {
+	object.get(lib.input_tenant_rank, tenant, -1) < object.get(lib.input_resource_rank, id, 1000)
+}
 
 # METADATA
 # title: Grant to an uncleared tenant
@@ -40,9 +44,9 @@ _below(clearance, classification) if lib.clearance_rank(clearance) < lib.classif
 #   remediation: Remove the grant, or raise the tenant's clearance after vetting.
 deny contains result if {
 	some grant in input.access
+	_below(grant.tenant, grant.resource)
 	record := object.get(_records, grant.resource, {"classification": "unknown"})
 	clearance := _clearance(grant.tenant)
-	_below(clearance, record.classification)
 	msg := sprintf("tenant %s (clearance %s) is granted %s on %s classified %s", [grant.tenant, clearance, concat(", ", grant.actions), grant.resource, record.classification])
 	result := _violation("grant_uncleared", sprintf("access/%s/%s", [grant.tenant, grant.resource]), msg)
 }
@@ -56,8 +60,8 @@ deny contains result if {
 #   remediation: Give the resource to a cleared owner, or raise the owner's clearance after vetting.
 deny contains result if {
 	some id, record in _records
+	_below(record.owner, id)
 	clearance := _clearance(record.owner)
-	_below(clearance, record.classification)
 	msg := sprintf("%s is owned by tenant %s (clearance %s) but classified %s", [replace(id, "/", " "), record.owner, clearance, record.classification])
 	result := _violation("owner_uncleared", id, msg)
 }
@@ -95,8 +99,8 @@ else := {"an unknown place"}
 deny contains result if {
 	some name, model in input.models
 	some dataset in model.trained_on
+	lib.input_resource_rank[concat("/", ["model", name])] < object.get(lib.input_resource_rank, concat("/", ["dataset", dataset]), 1000)
 	classification := object.get(input.datasets, [dataset, "classification"], "unknown")
-	lib.classification_rank(model.classification) < lib.classification_rank(classification)
 	msg := sprintf("model %s is classified %s but was trained on dataset %s classified %s", [name, model.classification, dataset, classification])
 	result := _violation("model_underclassified", sprintf("model/%s", [name]), msg)
 }

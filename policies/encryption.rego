@@ -23,14 +23,11 @@ _threshold := lib.classification_rank(data.aifactory.encryption_required_from) i
 } else := 0
 
 # Each dataset and model classified at or above the threshold, with the storage that holds it.
-_sensitive contains {"store": record.storage, "id": sprintf("dataset/%s", [name])} if {
-	some name, record in input.datasets
-	lib.classification_rank(record.classification) >= _threshold
-}
-
-_sensitive contains {"store": record.storage, "id": sprintf("model/%s", [name])} if {
-	some name, record in input.models
-	lib.classification_rank(record.classification) >= _threshold
+_sensitive contains {"store": record.storage, "id": id} if {
+	some kind, collection in {"dataset": input.datasets, "model": input.models}
+	some name, record in collection
+	id := concat("/", [kind, name])
+	lib.input_resource_rank[id] >= _threshold
 }
 
 # Storage name -> the sorted names of the sensitive datasets and models it holds.

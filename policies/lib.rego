@@ -56,12 +56,6 @@ model_residency(site, model) := intersection(residencies) if {
 	residencies := {r | some d in model.trained_on; r := dataset_residency(site, d)}
 } else := countries_of(site.jurisdiction)
 
-# The residency of every dataset and model of the site under check (input), computed once per
-# evaluation: rules are cached within a query, function calls are not.
-input_dataset_residency[name] := dataset_residency(input, name) if some name, _ in input.datasets
-
-input_model_residency[name] := model_residency(input, model) if some name, model in input.models
-
 # Where a node pool runs: the country of its datacenter; "" when it cannot be resolved.
 pool_country(site, name) := site.datacenters[site.pools[name].datacenter].country if {
 	site.datacenters[site.pools[name].datacenter].country
@@ -71,6 +65,29 @@ pool_country(site, name) := site.datacenters[site.pools[name].datacenter].countr
 places_text(countries) := concat(", ", sort([c | some c in countries])) if {
 	count(countries) > 0
 } else := "nowhere"
+
+# Lookups over the site under check (input), each computed once per evaluation: within a query
+# rules are cached and function calls are not, so the site rules use these in their loops.
+# A key that is missing here is a reference that does not resolve: callers default to "" or the
+# empty set, which fails the check.
+input_storage_country[name] := storage_country(input, name) if some name, _ in input.storage
+
+input_pool_country[name] := pool_country(input, name) if some name, _ in input.pools
+
+input_copies[name] := copies_of(input, name) if some name, _ in input.storage
+
+input_dataset_residency[name] := dataset_residency(input, name) if some name, _ in input.datasets
+
+input_model_residency[name] := model_residency(input, model) if some name, model in input.models
+
+# Ranks of every dataset's and model's classification ("dataset/<name>") and tenant's clearance.
+input_resource_rank[id] := classification_rank(record.classification) if {
+	some kind, collection in {"dataset": input.datasets, "model": input.models}
+	some name, record in collection
+	id := concat("/", [kind, name])
+}
+
+input_tenant_rank[name] := clearance_rank(tenant.clearance) if some name, tenant in input.tenants
 
 # The one constructor of a violation. Control and severity come from the rule's METADATA.
 violation(package_name, rule, resource, msg) := {

@@ -47,7 +47,7 @@ deny contains result if {
 #   remediation: Put the dataset on storage in a datacenter inside its residency.
 deny contains result if {
 	some name, dataset in input.datasets
-	country := lib.storage_country(input, dataset.storage)
+	country := object.get(lib.input_storage_country, dataset.storage, "")
 	not country in lib.input_dataset_residency[name]
 	msg := sprintf("dataset %s is stored on %s in %s, outside its residency %s", [name, dataset.storage, _shown(country), dataset.residency])
 	result := _violation("dataset_outside_residency", sprintf("dataset/%s", [name]), msg)
@@ -63,7 +63,7 @@ deny contains result if {
 deny contains result if {
 	some name, dataset in input.datasets
 	some replica in object.get(input.storage, [dataset.storage, "replicas"], [])
-	country := lib.storage_country(input, replica)
+	country := object.get(lib.input_storage_country, replica, "")
 	not country in lib.input_dataset_residency[name]
 	msg := sprintf("dataset %s is replicated to %s in %s, outside its residency %s", [name, replica, _shown(country), dataset.residency])
 	result := _violation("dataset_replica_outside_residency", sprintf("dataset/%s", [name]), msg)
@@ -83,8 +83,8 @@ deny contains result if {
 deny contains result if {
 	some name, model in input.models
 	residency := lib.input_model_residency[name]
-	some store in lib.copies_of(input, model.storage)
-	country := lib.storage_country(input, store)
+	some store in object.get(lib.input_copies, model.storage, {model.storage})
+	country := object.get(lib.input_storage_country, store, "")
 	not country in residency
 	msg := sprintf("model %s is stored on %s in %s, outside its residency (%s)", [name, store, _shown(country), lib.places_text(residency)])
 	result := _violation("model_stored_outside_residency", sprintf("model/%s", [name]), msg)
@@ -101,7 +101,7 @@ deny contains result if {
 	some name, model in input.models
 	residency := lib.input_model_residency[name]
 	some pool in model.serve_on
-	country := lib.pool_country(input, pool)
+	country := object.get(lib.input_pool_country, pool, "")
 	not country in residency
 	msg := sprintf("model %s is served on pool %s in %s, outside its residency (%s)", [name, pool, _shown(country), lib.places_text(residency)])
 	result := _violation("model_served_outside_residency", sprintf("model/%s", [name]), msg)
