@@ -27,6 +27,7 @@ from aifactory.spec.places import Places, load_places
 from aifactory.spec.validate import LoadedSpec, load_spec
 from aifactory.state import SiteState
 
+_tuple_new = tuple.__new__  # builds a named tuple from a tuple without its Python-level __new__
 MOUNTED_BY_DEFAULT_ROLES = ("gpu", "cpu")
 MODEL_DIR = "/models"
 ROCE_GID_INDEX = "3"  # RoCE v2 over IPv4 on mlx5 devices
@@ -231,18 +232,9 @@ def _pool_hosts(
         prefixlen = allocator.network.prefixlen
         per_fabric.append((fabric, addresses, ifnames, prefixlen))
         for r in range(rails):
-            columns.append(
-                list(
-                    map(
-                        Interface,
-                        repeat(fabric.name, count),
-                        repeat(r, count),
-                        repeat(ifnames[r], count),
-                        addresses[r::rails],
-                        repeat(prefixlen, count),
-                    )
-                )
-            )
+            fields = zip(repeat(fabric.name, count), repeat(r, count), repeat(ifnames[r], count),
+                         addresses[r::rails], repeat(prefixlen, count), strict=True)
+            columns.append([_tuple_new(Interface, values) for values in fields])  # 3x Interface(...)
     bmc_addresses = (
         allocators[pool.bmc.fabric].addresses(owner_key("bmc", pool.name), count) if pool.bmc else []
     )
