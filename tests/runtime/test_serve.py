@@ -21,8 +21,9 @@ import pytest
 
 from aifactory.runtime.decisionlog import verify_log
 from aifactory.runtime.loadgen import LoadResult, run_load
+from aifactory.runtime.tokens import issue_token, revoke_token
 
-from .conftest import RuntimeSite
+from .conftest import SITE, RuntimeSite
 
 torch = pytest.importorskip("torch")
 
@@ -387,3 +388,16 @@ def test_200_clients_for_10_seconds_then_kill_9_loses_no_answered_decision(
     report = verify_log(running.log_path)
     assert report.ok, report.render()
     assert report.unsigned_tail <= 100  # the documented bound: only the unsigned tail could be cut unnoticed
+
+
+def test_a_token_revoked_while_the_server_runs_is_refused_within_a_second(
+    server: Server, site: RuntimeSite
+) -> None:
+    issued = issue_token(
+        site.trust, site=SITE, tenant="analyst", expires=dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)
+    )
+    assert server.call("POST", PATH, BODY, token=issued.token)[0] == 200
+    revoke_token(site.trust, site=SITE, token_id=issued.claims.id, reason="test: revoked while serving")
+    time.sleep(0.7)  # the server looks at the revocation list at most every 0.5 s
+    status, answer = server.call("POST", PATH, BODY, token=issued.token)
+    assert (status, answer["reason"]) == (403, "token-revoked")
