@@ -14,6 +14,7 @@ and what was found):
 
 from __future__ import annotations
 
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +35,7 @@ from aifactory.bundle.manifest import (
 )
 from aifactory.bundle.source import PartsReader, find_parts
 from aifactory.bundle.state import ImportRecord, last_import
-from aifactory.errors import BundleError, Location, Problem
+from aifactory.errors import BundleError, Location, PrerequisiteError, Problem
 from aifactory.state import SiteState
 
 
@@ -148,6 +149,31 @@ def _verify_open(reader: PartsReader, report: VerifyReport, *, trust: Path, site
     if check_rollback and report.signer is not None:
         state = site_state or SiteState.for_site(manifest.site)
         _check_rollback(manifest, report, state)
+
+
+def ssh_keygen_check(path: Path | str, *, trust: Path, identity: str) -> str:
+    """Check the manifest's signature with the stock `ssh-keygen -Y verify` as well (an auditor's
+    second opinion, independent of aifactory's own SSHSIG code). Returns ssh-keygen's message."""
+    parts = find_parts(Path(path))
+    with PartsReader(parts) as reader, tempfile.TemporaryDirectory(prefix="aifactory-sshsig-") as scratch:
+        stream = archive.buffered(reader)
+        members = archive.scan(stream, size=reader.size, archive=str(path)).members
+        for name in (MANIFEST, SIGNATURE):
+            if name not in members:
+                raise BundleError(f"the bundle has no {name}", code="missing-file",
+                                  location=Location(file=str(path), path=name))
+            data = archive.read_member(stream, members[name], limit=MAX_METADATA_BYTES)
+            Path(scratch, name).write_bytes(data)
+        try:
+            done = signing.ssh_keygen_verify(Path(scratch, MANIFEST), Path(scratch, SIGNATURE),
+                                             allowed_signers=trust, identity=identity, namespace=NAMESPACE)
+        except FileNotFoundError:
+            raise PrerequisiteError("ssh-keygen is not installed", hint="install openssh-client") from None
+    message = (done.stdout + done.stderr).strip()
+    if done.returncode != 0:
+        raise BundleError(f"ssh-keygen -Y verify refused the manifest signature: {message}",
+                          code="signature-invalid", location=Location(file=str(path), path=SIGNATURE))
+    return message
 
 
 def _check_signature(manifest_bytes: bytes, signature: bytes, trust: Path,

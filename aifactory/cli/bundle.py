@@ -18,6 +18,7 @@ from aifactory.bundle import (
 from aifactory.bundle.apt import ROLE_PACKAGES
 from aifactory.bundle.hashing import default_workers
 from aifactory.bundle.source import DEFAULT_PART_SIZE, parse_size
+from aifactory.bundle.verify import ssh_keygen_check
 from aifactory.cli.output import emit_json
 from aifactory.errors import Location, UsageError
 from aifactory.state import SiteState
@@ -68,6 +69,8 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     verify.add_argument("--trust", required=True, help="allowed_signers file of the keys you trust")
     verify.add_argument("--no-rollback-check", action="store_true",
                         help="skip the comparison with the version last imported for the site")
+    verify.add_argument("--with-ssh-keygen", metavar="IDENTITY",
+                        help="also check the signature with the stock `ssh-keygen -Y verify -I IDENTITY`")
     verify.set_defaults(handler=cmd_verify)
 
     imp = commands.add_parser("import", parents=[common],
@@ -144,9 +147,13 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     report = verify_bundle(args.bundle, trust=Path(args.trust), check_rollback=not args.no_rollback_check)
+    stock = (ssh_keygen_check(args.bundle, trust=Path(args.trust), identity=args.with_ssh_keygen)
+             if args.with_ssh_keygen else None)
     if args.format == "json":
-        emit_json(report.as_dict())
+        emit_json({**report.as_dict(), "ssh_keygen": stock})
         return 0
+    if stock:
+        print(f"ssh-keygen: {stock}")
     rate = report.payload_bytes / max(report.seconds, 1e-9) / 1e6
     print(f"{args.bundle}: OK, bundle {report.version} for site {report.site}, signed by {report.signer}; "
           f"{report.files} files, {report.payload_bytes / 1e6:.1f} MB hashed in {report.seconds:.1f} s "

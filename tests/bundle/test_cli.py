@@ -47,8 +47,9 @@ def test_verify_prints_ok_and_exits_zero(small_bundle: SmallBundle, signer: Sign
                                          capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(capsys, "bundle", "verify", str(small_bundle()), "--trust",
                        str(signer.allowed_signers),
-                       "--no-rollback-check")
+                       "--no-rollback-check", "--with-ssh-keygen", signer.identity)
     assert code == 0 and ": OK, bundle 2.0 for site tamperlab, signed by release@lab.example" in out
+    assert 'ssh-keygen: Good "aifactory-bundle" signature for release@lab.example' in out
 
 
 def test_verify_of_a_tampered_bundle_exits_one_naming_file_and_check(
