@@ -45,7 +45,16 @@ def compile_engine(
 
 
 def eval_paths(engine: regorus.Engine, paths: Sequence[str]) -> list[Any]:
-    """Evaluate each rule path; raises RuntimeError from the engine as it is."""
+    """Evaluate the rule paths; raises RuntimeError from the engine as it is.
+
+    Several paths go into one query, so what they share (the lookup tables of data.aifactory.lib)
+    is computed once; if any of them is undefined, each is evaluated alone to say which.
+    """
+    if len(paths) > 1:
+        answer = json.loads(engine.eval_query_as_json(f"x := [{', '.join(paths)}]"))
+        results = answer.get("result") or []
+        if len(results) == 1:
+            return list(results[0]["bindings"]["x"])
     return [_value(engine.eval_rule_as_json(path)) for path in paths]
 
 
