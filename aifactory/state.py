@@ -29,6 +29,7 @@ from aifactory.chain import ChainReport, ChainWriter, verify_chain
 from aifactory.errors import SiteLocked, StateError
 
 OPERATOR_LOG = "operator.log.jsonl"
+_HELD_BY_THIS_PROCESS: set[str] = set()  # state folders whose lock this process holds
 
 
 def state_home() -> Path:
@@ -76,7 +77,15 @@ class SiteState:
 
     @contextmanager
     def lock(self, command: str, *, wait: float = 0.0) -> Iterator[None]:
-        """Hold the site lock for a changing command; refuse (or wait up to `wait` s) if held."""
+        """Hold the site lock for a changing command; refuse (or wait up to `wait` s) if held.
+
+        Re-entrant within one process: a step that takes the lock inside a command that already
+        holds it (`plan` inside `up`) goes on instead of refusing its own process.
+        """
+        key = str(self.root.resolve())
+        if key in _HELD_BY_THIS_PROCESS:
+            yield
+            return
         lock_path = self.root / "lock"
         owner_path = self.root / "lock.owner"
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
@@ -98,7 +107,11 @@ class SiteState:
                 json.dumps({"pid": os.getpid(), "command": command, "since": _now_iso()}) + "\n"
             )
             os.chmod(owner_path, 0o600)
-            yield
+            _HELD_BY_THIS_PROCESS.add(key)
+            try:
+                yield
+            finally:
+                _HELD_BY_THIS_PROCESS.discard(key)
         finally:
             os.close(fd)  # closing releases the flock
 

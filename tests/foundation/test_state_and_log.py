@@ -156,3 +156,22 @@ def test_plan_that_updates_the_allocation_lock_is_recorded(
     records = [json.loads(line) for line in log.read_text().splitlines()]
     assert [(r["command"], r["result"]) for r in records] == [("plan", "allocation lock updated")]
     assert verify_chain(log).ok
+
+
+def test_the_lock_is_reentrant_within_one_process(state_home: Path, tmp_path: Path) -> None:
+    """`up` holds the lock and plans a fresh spec: planning must not refuse its own process."""
+    from aifactory.plan import plan_site
+
+    root = Path(__file__).resolve().parents[2]
+    spec = tmp_path / "site.yaml"
+    spec.write_text((root / "inventory" / "lab" / "site.yaml").read_text())
+    state = SiteState.for_site("lab")
+    with state.lock("up"):
+        with state.lock("nested step"):
+            pass
+        planned = plan_site(spec)
+        assert planned.lock_changed and planned.lock_path.exists()
+    records = [json.loads(line) for line in state.operator_log.read_text().splitlines()]
+    assert [r["command"] for r in records] == ["plan"]
+    with state.lock("after"):  # released: can be taken again
+        pass
