@@ -24,9 +24,7 @@ from aifactory.state import SiteState
 
 
 def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    secret = subparsers.add_parser(
-        "secret", parents=[common], help="manage the site's encrypted secret store"
-    )
+    secret = subparsers.add_parser("secret", help="manage the site's encrypted secret store")
     actions = secret.add_subparsers(dest="secret_command", metavar="ACTION", parser_class=type(secret))
     actions.required = True
 
