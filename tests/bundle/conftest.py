@@ -22,6 +22,7 @@ import pytest
 
 from aifactory import signing
 from aifactory.bundle import BuildOptions, BuildResult, build_bundle
+from aifactory.bundle.collection import ansible_galaxy
 from aifactory.bundle.manifest import BundleVersion
 from aifactory.bundle.pack import Header, PayloadFile, seal
 
@@ -62,18 +63,42 @@ def source_snapshot(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return target
 
 
-def lab_options(signer: Signer, source: Path, **changes: object) -> BuildOptions:
-    options = {"key": signer.key, "timestamp": STAMP, "source": source}
-    options.update(changes)
-    return BuildOptions(**options)  # type: ignore[arg-type]
+@dataclass(frozen=True)
+class Extras:
+    """What an admin adds on the command line: a collection the roles would need, and model weights."""
+
+    collection: Path
+    weights: Path
 
 
 @pytest.fixture(scope="session")
-def lab_bundle(tmp_path_factory: pytest.TempPathFactory, signer: Signer,
-               source_snapshot: Path) -> BuildResult:
+def extras(tmp_path_factory: pytest.TempPathFactory) -> Extras:
+    folder = tmp_path_factory.mktemp("extras")
+    source = folder / "labextra.tools"
+    (source / "roles" / "hello" / "tasks").mkdir(parents=True)
+    (source / "roles" / "hello" / "tasks" / "main.yml").write_text(
+        "- name: hello | run | greet\n  ansible.builtin.debug:\n    msg: hello\n")
+    (source / "galaxy.yml").write_text("namespace: labextra\nname: tools\nversion: 1.0.0\nreadme: README.md\n"
+                                       "authors: [lab]\n")
+    (source / "README.md").write_text("# labextra.tools\n")
+    subprocess.run([ansible_galaxy(), "collection", "build", str(source), "--output-path", str(folder)],
+                   check=True, capture_output=True)
+    weights = folder / "vitals-mlp.safetensors"
+    weights.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}      " + bytes(4096))
+    return Extras(folder / "labextra-tools-1.0.0.tar.gz", weights)
+
+
+def lab_options(signer: Signer, source: Path, extras: Extras) -> BuildOptions:
+    return BuildOptions(key=signer.key, timestamp=STAMP, source=source, collections=[extras.collection],
+                        extra_files=[extras.weights])
+
+
+@pytest.fixture(scope="session")
+def lab_bundle(tmp_path_factory: pytest.TempPathFactory, signer: Signer, source_snapshot: Path,
+               extras: Extras) -> BuildResult:
     output = tmp_path_factory.mktemp("lab-bundle") / "lab.tar"
-    return build_bundle(source_snapshot / LAB_SITE, output=output, options=lab_options(signer,
-                                                                                       source_snapshot))
+    return build_bundle(source_snapshot / LAB_SITE, output=output,
+                        options=lab_options(signer, source_snapshot, extras))
 
 
 SmallBundle = Callable[..., Path]

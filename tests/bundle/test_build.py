@@ -19,7 +19,7 @@ from aifactory.bundle.sbom import SBOM_PATH
 from aifactory.plan import plan_site
 from aifactory.state import SiteState
 
-from .conftest import IDENTITY, LAB_SITE, REPO, Signer, lab_options
+from .conftest import IDENTITY, LAB_SITE, REPO, Extras, Signer, lab_options
 
 pytestmark = pytest.mark.slow
 
@@ -46,6 +46,7 @@ def test_the_bundle_carries_what_an_air_gapped_site_needs(lab_bundle: BuildResul
                     "gordon_to_regorus-", "cryptography-", "pydantic-"):
         assert any(n.startswith(f"wheels/{project}") for n in wheels), project
     assert "collections/aifactory-factory-0.1.0.tar.gz" in listed
+    assert "collections/labextra-tools-1.0.0.tar.gz" in listed and "files/vitals-mlp.safetensors" in listed
     assert any(n.startswith("policies/") for n in listed)
     assert any(n.startswith("apt/slurmd_") for n in listed) and "apt/Packages" in listed
     assert manifest["site"] == "lab" and manifest["version"] == "20251122.082640"
@@ -57,9 +58,10 @@ def test_the_bundle_carries_what_an_air_gapped_site_needs(lab_bundle: BuildResul
 
 
 def test_two_builds_from_the_same_inputs_are_byte_identical(lab_bundle: BuildResult, signer: Signer,
-                                                            source_snapshot: Path, tmp_path: Path) -> None:
+                                                            source_snapshot: Path, extras: Extras,
+                                                            tmp_path: Path) -> None:
     again = build_bundle(source_snapshot / LAB_SITE, output=tmp_path / "again.tar",
-                         options=lab_options(signer, source_snapshot))
+                         options=lab_options(signer, source_snapshot, extras))
     first, second = lab_bundle.parts[0], again.parts[0]
     hashes = [{f["path"]: f["sha256"] for f in json.loads(member_bytes(b, MANIFEST))["files"]}
               for b in (first, second)]
@@ -122,6 +124,9 @@ def test_sbom_is_cyclonedx_and_lists_every_file(lab_bundle: BuildResult) -> None
     assert torch["purl"].startswith("pkg:pypi/torch@2.13.0")
     assert any(c.get("purl", "").startswith("pkg:deb/debian/slurmd@") for c in listed.values())
     assert any(c.get("group") == "aifactory" and c["name"] == "factory" for c in listed.values())
+    assert listed["collections/labextra-tools-1.0.0.tar.gz"]["purl"] == (
+        "pkg:generic/ansible-collection/labextra.tools@1.0.0")
+    assert listed["files/vitals-mlp.safetensors"]["type"] == "file"
 
 
 def test_verify_hashes_everything_and_names_the_signer(lab_bundle: BuildResult, signer: Signer) -> None:
@@ -149,6 +154,9 @@ def test_runtime_installs_from_the_imported_bundle_with_no_network(lab_bundle: B
     subprocess.run(["sha256sum", "--quiet", "-c", SUMS], cwd=imported.root, check=True)
     unpacked = imported.collections_path / "ansible_collections" / "aifactory" / "factory"
     assert (unpacked / "MANIFEST.json").is_file() and (unpacked / "roles").is_dir()
+    extra = imported.collections_path / "ansible_collections" / "labextra" / "tools"
+    assert (extra / "roles" / "hello" / "tasks" / "main.yml").is_file()
+    assert (imported.files_path / "vitals-mlp.safetensors").is_file()
     venv = tmp_path / "venv"
     isolated = ["unshare", "-n", "env", "-i", "PATH=/usr/bin:/bin", "PIP_CONFIG_FILE=/dev/null",
                 f"HOME={tmp_path}"]
