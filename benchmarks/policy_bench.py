@@ -9,8 +9,9 @@ In one run, on a site from benchmarks/sites.py (planning not counted):
   `--repeat`, against a baseline measured in the same run: `json.dumps` of the policy input (the
   least any engine must do with it). Target: under 200 ms.
 - run time: `RuntimeAuthorizer.decide` for `--decisions` requests cycling over every tenant,
-  resource, action and a few countries; median and p99 per decision, against the same requests
-  through the regorus interpreter instead of the compiled RVM. Target: p99 under 0.5 ms.
+  resource, action and a few countries; median and p99 per decision (wall clock, and this
+  thread's CPU time, which leaves out waiting for a CPU on a shared machine), against the same
+  requests through the regorus interpreter instead of the compiled RVM. Target: p99 under 0.5 ms.
 - a second engine on the same policies, decisions compared for equality: the OPA backend against
   `opa run --server` when an `opa` binary is on the PATH; otherwise regopy (rego-cpp) in a
   subprocess under a time limit, on a smaller site (`--second-hosts`), comparing each site
