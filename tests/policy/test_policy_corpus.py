@@ -78,6 +78,16 @@ def storage(spec: Spec, name: str, **fields: Any) -> None:
     )
 
 
+def egress(name: str, country: str, *, connected: bool = False) -> Callable[[Spec], None]:
+    """Declare an egress endpoint (and, when `connected`, make the site connected)."""
+
+    def change(spec: Spec) -> None:
+        spec["site"]["air_gapped"] = not connected
+        spec["egress"]["allow"].append({"name": name, "endpoint": f"{name}.example:443", "country": country})
+
+    return change
+
+
 def _steps(*steps: Callable[[Spec], None]) -> Callable[[Spec], None]:
     def change(spec: Spec) -> None:
         for step in steps:
@@ -184,34 +194,21 @@ CASES: list[tuple[str, Callable[[Spec], None], str, list[str], str]] = [
     ),
     (
         "egress-on-air-gapped-site",
-        lambda s: s["egress"]["allow"].append(
-            {"name": "ntp", "endpoint": "ntp.gov.example:123", "country": "NG"}
-        ),
+        egress("ntp", "NG"),
         "egress.endpoint_on_air_gapped_site",
         ["SC-7"],
         "egress/ntp",
     ),
     (
         "egress-abroad-on-connected-site",
-        _steps(
-            lambda s: s["site"].update(air_gapped=False),
-            lambda s: s["egress"]["allow"].append(
-                {"name": "mirror", "endpoint": "mirror.example:443", "country": "DE"}
-            ),
-        ),
+        egress("mirror", "DE", connected=True),
         "egress.endpoint_outside_jurisdiction",
         ["SC-7", "AC-4"],
         "egress/mirror",
     ),
     (
         "egress-outside-bloc-jurisdiction",
-        _steps(
-            ecowas,
-            lambda s: s["site"].update(air_gapped=False),
-            lambda s: s["egress"]["allow"].append(
-                {"name": "ntp", "endpoint": "ntp.example:123", "country": "US"}
-            ),
-        ),
+        _steps(ecowas, egress("ntp", "US", connected=True)),
         "egress.endpoint_outside_jurisdiction",
         ["SC-7", "AC-4"],
         "egress/ntp",
