@@ -266,11 +266,11 @@ def deploy_site(spec_path: str | Path, *, options: DeployOptions | None = None,
             wall = time.monotonic() - started
             cpu = _children_cpu() - cpu_before
         status, rc = str(runner.status), int(runner.rc if runner.rc is not None else -1)
-        if not progress.final and status != "successful":
+        if not progress.final and not progress.hosts:
             raise DeployError(f"ansible-playbook stopped before any host ran (status {status}, rc {rc})",
                               code="deploy-did-not-run", exit_code=ExitCode.CANNOT_EVALUATE,
                               location=Location(file=str(event_log)),
-                              hint="run again with --debug, and read the event log")
+                              hint="run again with -vvv, and read the event log")
         hosts = [row.as_dict() for row in progress.rows()]
         when = datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
         installed = None

@@ -1,0 +1,128 @@
+"""`aifactory inventory`: the plan rendered as an Ansible inventory that ansible-inventory reads."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from aifactory.cli.main import main
+from aifactory.errors import UsageError
+from aifactory.inventory import build_inventory, plan_digest, render_files, write_inventory
+from aifactory.plan import plan_site
+
+FIXTURES = Path(__file__).parent / "fixtures"
+GPU_SITE = FIXTURES / "gpu-site.yaml"
+ANSIBLE_INVENTORY = str(Path(sys.executable).parent / "ansible-inventory")
+
+
+@pytest.fixture(scope="module")
+def gpu_plan() -> dict:
+    return plan_site(GPU_SITE, write_lock=False).plan.to_dict()
+
+
+def ansible_inventory(directory: Path, *args: str) -> str:
+    done = subprocess.run([ANSIBLE_INVENTORY, "-i", str(directory), *args], capture_output=True, text=True,
+                          check=False, env={"PATH": "/usr/bin:/bin", "ANSIBLE_HOME": str(directory.parent / "ah"),
+                                            "ANSIBLE_LOCAL_TEMP": str(directory.parent / "ah-tmp")})
+    assert done.returncode == 0, done.stderr
+    assert "WARNING" not in done.stderr, done.stderr
+    return done.stdout
+
+
+def test_groups_per_pool_role_datacenter_fabric_and_tenant(gpu_plan: dict) -> None:
+    inventory = build_inventory(gpu_plan)
+    assert inventory.group_hosts("pool_h100") == ["gputest-h100-001", "gputest-h100-002"]
+    assert inventory.group_hosts("pool_cpu_lagos") == ["gputest-cpu-lagos-001"]
+    assert inventory.group_hosts("role_gpu") == ["gputest-h100-001", "gputest-h100-002"]
+    assert inventory.group_hosts("dc_lagos") == ["gputest-cpu-lagos-001"]
+    assert inventory.group_hosts("fabric_ib") == ["gputest-h100-001", "gputest-h100-002"]
+    assert inventory.group_hosts("fabric_stor") == ["gputest-h100-001", "gputest-h100-002", "gputest-cpu-lagos-001"]
+    # research may run on h100 only; health on every pool (the plan's default)
+    assert inventory.groups["tenant_research"].children == ["pool_h100"]
+    assert inventory.group_hosts("tenant_health") == [h["name"] for h in gpu_plan["hosts"]]
+
+
+def test_host_vars_carry_rails_mounts_gpus_and_nccl(gpu_plan: dict) -> None:
+    values = build_inventory(gpu_plan).host_vars["gputest-h100-002"]
+    host = next(h for h in gpu_plan["hosts"] if h["name"] == "gputest-h100-002")
+    assert values["ansible_host"] == host["management_address"]
+    rails = values["aifactory_fabric_addresses"]["ib"]
+    assert [r["rail"] for r in rails] == [0, 1, 2, 3]
+    assert [r["interface"] for r in rails] == ["ib0", "ib1", "ib2", "ib3"]
+    assert [r["address"] for r in rails] == [i["address"] for i in host["interfaces"] if i["fabric"] == "ib"]
+    assert values["aifactory_fabric_addresses"]["stor"][0]["mtu"] == 9000
+    assert values["aifactory_mounts"] == [{"storage": "lake", "kind": "nfs", "path": "/lake",
+                                           "source": "10.30.0.250:/lake", "fabric": "stor"}]
+    assert values["aifactory_gpu_count"] == 8
+    assert values["aifactory_gpus"]["model"] == "H100-SXM5-80GB"
+    assert values["aifactory_nccl_env"] == host["nccl"]
+    assert values["aifactory_nccl_env"]["NCCL_IB_HCA"].count("mlx5_") == 4
+    assert values["aifactory_tenants"] == ["health", "research"]
+    # a CPU host has no GPUs: the gpu role is skipped there by this fact
+    assert build_inventory(gpu_plan).host_vars["gputest-cpu-lagos-001"]["aifactory_gpu_count"] == 0
+
+
+def test_group_vars_have_jurisdiction_plan_digest_and_bundle(gpu_plan: dict) -> None:
+    bundle = {"version": "20261122.1", "digest": "sha256:" + "a" * 64, "root": "/var/lib/aifactory/bundles/x"}
+    values = build_inventory(gpu_plan, bundle=bundle).group_vars
+    assert values["aifactory_jurisdiction"] == "NG"
+    assert values["aifactory_jurisdiction_countries"] == ["NG"]
+    assert values["aifactory_air_gapped"] is True
+    assert values["aifactory_plan_digest"] == plan_site(GPU_SITE, write_lock=False).plan.digest()
+    assert values["aifactory_bundle"] == bundle
+
+
+def test_provisioning_outputs_are_merged_per_host(gpu_plan: dict) -> None:
+    outputs = {"hosts": {"gputest-h100-001": {"bmc_state": "On", "serial": "SN-1", "boot_source": "Pxe"}}}
+    values = build_inventory(gpu_plan, provisioned=outputs).host_vars
+    assert values["gputest-h100-001"]["aifactory_provisioned"]["serial"] == "SN-1"
+    assert "aifactory_provisioned" not in values["gputest-h100-002"]
+
+
+def test_same_plan_gives_the_same_bytes(gpu_plan: dict) -> None:
+    again = plan_site(GPU_SITE, write_lock=False).plan.to_dict()
+    assert render_files(build_inventory(gpu_plan)) == render_files(build_inventory(again))
+    assert plan_digest(gpu_plan) == plan_digest(json.loads(json.dumps(gpu_plan)))
+
+
+def test_ansible_inventory_reads_the_folder(gpu_plan: dict, tmp_path: Path) -> None:
+    folder = tmp_path / "inv"
+    write_inventory(build_inventory(gpu_plan), folder)
+    graph = ansible_inventory(folder, "--graph")
+    assert "@tenant_research:" in graph and "@pool_h100:" in graph and "gputest-h100-002" in graph
+    host = json.loads(ansible_inventory(folder, "--host", "gputest-h100-001"))
+    assert host["aifactory_site"] == "gputest"  # group_vars/all.yml
+    assert host["aifactory_fabric_addresses"]["ib"][3]["interface"] == "ib3"  # host_vars/
+    listed = json.loads(ansible_inventory(folder, "--list"))
+    assert sorted(listed["_meta"]["hostvars"]) == sorted(h["name"] for h in gpu_plan["hosts"])
+
+
+def test_rewriting_removes_hosts_that_left_and_refuses_foreign_folders(gpu_plan: dict, tmp_path: Path) -> None:
+    folder = tmp_path / "inv"
+    write_inventory(build_inventory(gpu_plan), folder)
+    smaller = dict(gpu_plan, hosts=[h for h in gpu_plan["hosts"] if h["name"] != "gputest-h100-002"])
+    write_inventory(build_inventory(smaller), folder)
+    assert not (folder / "host_vars" / "gputest-h100-002.yml").exists()
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("not an inventory")
+    with pytest.raises(UsageError):
+        write_inventory(build_inventory(gpu_plan), foreign)
+
+
+def test_cli_renders_the_lab_inventory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("AIFACTORY_STATE_HOME", str(tmp_path / "state"))
+    spec = tmp_path / "site.yaml"
+    spec.write_text(GPU_SITE.read_text())
+    (tmp_path / "site.alloc.json").write_text((FIXTURES / "gpu-site.alloc.json").read_text())
+    assert main(["inventory", str(spec), "-o", str(tmp_path / "out"), "--format", "json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["hosts"] == 4 and "tenant_research" in summary["groups"] and summary["bundle"] is None
+    hosts = yaml.safe_load((tmp_path / "out" / "hosts.yml").read_text())
+    assert set(hosts["all"]["children"]["pool_h100"]["hosts"]) == {"gputest-h100-001", "gputest-h100-002"}
