@@ -136,9 +136,8 @@ def cmd_build(args: argparse.Namespace) -> int:
     if args.format == "json":
         emit_json(result.as_dict())
         return 0
-    rate = result.archive_bytes / max(result.seconds, 1e-9) / 1e6
     print(f"bundle {result.version} for site {result.site}: {result.files} files, "
-          f"{result.archive_bytes / 1e6:.1f} MB in {result.seconds:.1f} s ({rate:.0f} MB/s)")
+          f"{result.archive_bytes / 1e6:.1f} MB, built in {result.seconds:.1f} s")
     for part in result.parts:
         print(f"  {part}")
     print(f"manifest {result.digest}")
