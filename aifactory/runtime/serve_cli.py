@@ -51,7 +51,12 @@ def _parser() -> argparse.ArgumentParser:
         default=5.0,
         help="how long the batcher waits to fill a batch (default 5 ms)",
     )
-    parser.add_argument("--authz-threads", type=int, default=4, help="authorization threads (default 4)")
+    parser.add_argument(
+        "--authz-threads",
+        type=int,
+        default=2,
+        help="authorization threads, each with its own policy engine (default 2; 0: the event loop decides)",
+    )
     parser.add_argument("--torch-threads", type=int, default=1, help="torch intra-op threads (default 1)")
     parser.add_argument("--tls-cert", type=Path, help="server certificate (PEM) issued by the site CA")
     parser.add_argument("--tls-key", type=Path, help="its private key (PEM)")

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from aifactory.runtime import checkpoint
-from aifactory.runtime.authz import Authorizer, Guard
+from aifactory.runtime.authz import Authorizer, Guard, Outcome
 from aifactory.runtime.decisionlog import DecisionLog
 from aifactory.runtime.metrics import Registry
 from aifactory.runtime.model import MLP, ModelConfig
@@ -72,7 +72,7 @@ class ServerConfig:
     storage_root: Path | None = None
     max_batch: int = 32
     max_wait_ms: float = 5.0
-    authz_threads: int = 4
+    authz_threads: int = 2  # 0: decide on the event loop thread
     torch_threads: int = 1
     tls_cert: Path | None = None
     tls_key: Path | None = None
@@ -203,7 +203,15 @@ class InferenceServer:
             host=(host or {}).get("name"),
             host_country=(host or {}).get("country"),
         )
-        self.authz_pool = ThreadPoolExecutor(config.authz_threads, thread_name_prefix="authz")
+        # Each authorization thread keeps its own policy engine, compiled when the thread starts; with
+        # authz_threads=0 the event loop's thread decides (no thread hop; one engine).
+        self.authz_pool = (
+            ThreadPoolExecutor(
+                config.authz_threads, thread_name_prefix="authz", initializer=self._warm_engine
+            )
+            if config.authz_threads
+            else None
+        )
         self.slots = {
             name: ModelSlot(
                 name,
@@ -219,6 +227,10 @@ class InferenceServer:
         self.bound_port: int | None = None
         self._request_prefix = uuid.uuid4().hex[:8]  # this server run; numbers count its requests
         self._request_numbers = itertools.count(1)
+
+    def _warm_engine(self) -> None:
+        """Compile this thread's policy engine now, not on its first request (that one would wait)."""
+        self.guard.authorizer.decide("-", "infer", "model/-", host_country=self.guard.host_country)
 
     # --- model --------------------------------------------------------------------------------------
 
@@ -362,12 +374,13 @@ class InferenceServer:
         request_id = f"{self._request_prefix}-{next(self._request_numbers)}"
         authorization = headers.get("authorization", "")
         token = authorization[7:].strip() if authorization[:7].lower() == "bearer " else None
-        outcome = await loop.run_in_executor(
-            self.authz_pool,
-            lambda: self.guard.decide(
+
+        def decide() -> Outcome:
+            return self.guard.decide(
                 token, "infer", f"model/{name}", request={"id": request_id, "peer": peer}
-            ),
-        )
+            )
+
+        outcome = await loop.run_in_executor(self.authz_pool, decide) if self.authz_pool else decide()
         tracing = {"X-Request-Id": request_id, "X-Decision-Id": outcome.decision_id}
         try:
             await asyncio.wrap_future(self.guard.record(outcome))
@@ -471,7 +484,8 @@ class InferenceServer:
             writer.close()
         for slot in self.slots.values():
             slot.batcher.stop()
-        self.authz_pool.shutdown(wait=True)
+        if self.authz_pool:
+            self.authz_pool.shutdown(wait=True)
         self.decisions.close()  # signs the final head
 
 
