@@ -21,6 +21,7 @@ one signature takes). Every other edit, deletion, insertion, reordering or trunc
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -34,7 +35,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from aifactory.chain import ChainWriter, canonical_json, iter_records, verify_chain
+from aifactory.chain import ChainWriter, canonical_json, iter_records, read_head, verify_chain
 from aifactory.errors import AifactoryError
 from aifactory.signing import (
     SignatureError,
@@ -186,31 +187,34 @@ class DecisionLog:
             item.future.set_result(record)
 
     def _sign_head(self) -> None:
+        """Sign the log file's head. Several processes may append to one log (the server and training
+        launchers on a node): the head is read, signed and written out under the log's lock, so signed
+        heads always name the true last record and appear in the heads file in seq order."""
         if self._head is None:
             return
-        seq, digest = self._head
-        head = {
-            "schema": HEAD_SCHEMA,
-            "log": self.path.name,
-            "seq": seq,
-            "hash": digest,
-            "records": seq + 1,
-            "time": _now_iso(),
-            "signer": self.signer,
-            "bound": {"records": self.sign_every, "seconds": self.sign_interval},
-        }
-        line = (
-            json.dumps(
-                {**head, "signature": sign(canonical_json(head).encode(), self._key, LOG_NAMESPACE)},
-                sort_keys=True,
-            )
-            + "\n"
-        )
-        for target in (self.heads_path, *self.head_copies):
-            try:
-                _append_durably(target, line)
-            except OSError as exc:  # a missing copy target must not stop the log; verify will notice
-                log.error("cannot write the signed head to %s: %s", target, exc)
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            current = read_head(self.path)
+            head = {
+                "schema": HEAD_SCHEMA,
+                "log": self.path.name,
+                "seq": current.seq,
+                "hash": current.hash,
+                "records": current.count,
+                "time": _now_iso(),
+                "signer": self.signer,
+                "bound": {"records": self.sign_every, "seconds": self.sign_interval},
+            }
+            signature = sign(canonical_json(head).encode(), self._key, LOG_NAMESPACE)
+            line = json.dumps({**head, "signature": signature}, sort_keys=True) + "\n"
+            for target in (self.heads_path, *self.head_copies):
+                try:
+                    _append_durably(target, line)
+                except OSError as exc:  # a missing copy target must not stop the log; verify will notice
+                    log.error("cannot write the signed head to %s: %s", target, exc)
+        finally:
+            os.close(fd)  # releases the lock
         self._unsigned = 0
         self._oldest_unsigned = None
         self.heads_signed += 1

@@ -163,3 +163,21 @@ def test_head_copies_are_written(tmp_path: Path) -> None:
     decisions.close()
     assert copy.read_text() == heads_path_for(path).read_text()
     assert verify_log(path, heads_path=copy).ok
+
+
+def test_two_writers_on_one_log_keep_it_verifiable(tmp_path: Path) -> None:
+    """A node's server and a training launcher append to the same log, each signing heads."""
+    path = tmp_path / "decisions.jsonl"
+    server, launcher = (DecisionLog(path, sign_every=3, sign_interval=60) for _ in range(2))
+    threads = [
+        threading.Thread(target=lambda w=w, k=k: [w.record(_decision(k * 10 + j)) for j in range(10)])
+        for k, w in enumerate((server, launcher))
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    server.close()
+    launcher.close()
+    report = verify_log(path)
+    assert report.ok and report.records == 20 and report.unsigned_tail == 0, report.render()
