@@ -10,7 +10,7 @@ from aifactory.cli.output import emit_json, table
 from aifactory.errors import ExitCode
 from aifactory.plan import plan_site
 from aifactory.policy import PolicyReport, check_site
-from aifactory.policy.engine import ENGINES
+from aifactory.policy.engine import DEFAULT_TIME_LIMIT_S, ENGINES
 from aifactory.policy.testing import run_opa_tests, run_rego_tests
 
 
@@ -32,6 +32,13 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
         type=Path,
         help="waivers file (default: <spec stem>.waivers.yaml beside the spec, if present)",
     )
+    check.add_argument(
+        "--time-limit",
+        type=float,
+        default=DEFAULT_TIME_LIMIT_S,
+        metavar="SECONDS",
+        help=f"stop the evaluation and deny (exit 3) past this (default {DEFAULT_TIME_LIMIT_S:g})",
+    )
     check.set_defaults(handler=cmd_check)
 
     test = commands.add_parser("test", parents=[common], help="run the Rego tests with the embedded engine")
@@ -47,7 +54,9 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
 
 def cmd_check(args: argparse.Namespace) -> int:
     planned = plan_site(args.site, write_lock=False)
-    report = check_site(planned, engine=args.engine, opa_url=args.opa_url, waivers=args.waivers)
+    report = check_site(
+        planned, engine=args.engine, opa_url=args.opa_url, waivers=args.waivers, time_limit_s=args.time_limit
+    )
     if args.format == "json":
         emit_json(report.as_dict())
     else:

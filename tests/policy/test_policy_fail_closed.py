@@ -85,6 +85,20 @@ def test_cli_exits_3_when_it_cannot_evaluate(tmp_path: Path, append: str) -> Non
     assert "PASS" not in result.stdout
 
 
+def test_cli_exits_3_on_timeout(tmp_path: Path) -> None:
+    tree = broken_tree(tmp_path, "egress.rego", SLOW)
+    env = {**os.environ, "AIFACTORY_RESOURCES": str(tree.parent)}
+    result = subprocess.run(
+        [str(REPO / ".venv" / "bin" / "aifactory"), "policy", "check", str(LAB_SITE), "--time-limit", "0.5"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    assert result.returncode == 3, result.stderr
+    assert "error[policy-timeout]" in result.stderr and "0.5 s" in result.stderr
+
+
 def _closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
