@@ -56,6 +56,7 @@ class BuildOptions:
     cache: Path | None = None
     apt_packages: Sequence[str] | None = apt.ROLE_PACKAGES  # None or empty: no apt repository
     workers: int | None = None
+    compress: str | None = None  # None (an uncompressed tar) or "zstd"
 
 
 @dataclass
@@ -119,7 +120,8 @@ def build_bundle(spec: Path | str, *, output: Path, options: BuildOptions) -> Bu
                         spec_digest=planned.plan.spec_digest,
                         aifactory_version=__version__, contents=collector.contents)
         sealed: Sealed = seal(collector.payload, header, key=key, output=output, work=work / "meta",
-                              part_size=options.part_size, digests=digests, workers=options.workers)
+                              part_size=options.part_size, digests=digests, workers=options.workers,
+                              compress=options.compress)
     return BuildResult(planned.spec.site.name, version.text, sealed.digest, sealed.parts,
                        len(sealed.manifest.files),
                        sealed.payload_bytes, sealed.archive_bytes, time.monotonic() - started, wheelsets)

@@ -22,6 +22,9 @@ import json
 import os
 import shutil
 import tarfile
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,7 +32,7 @@ from typing import IO, Any
 
 from packaging.utils import canonicalize_name, parse_wheel_filename
 
-from aifactory.bundle import archive
+from aifactory.bundle import archive, zstd
 from aifactory.bundle.hashing import Range, hash_range
 from aifactory.bundle.manifest import MANIFEST, MAX_METADATA_BYTES, METADATA_FILES, Manifest
 from aifactory.bundle.source import PartsReader, find_parts
@@ -113,22 +116,47 @@ def import_bundle(bundle: Path | str, *, trust: Path, site_state: SiteState | No
                   home: Path | None = None, workers: int | None = None) -> ImportedBundle:
     """Verify, unpack into <home>/<site>/<version> atomically, record it; return the import."""
     home = home or bundles_home()
-    state = site_state or SiteState.for_site(peek_site(Path(bundle)))
-    with state.lock("bundle import"):
-        try:
-            report = verify_bundle(bundle, trust=trust, site_state=state, workers=workers)
-            imported = _install(bundle, report, home / state.site, site=state.site)
-        except AifactoryError as error:
-            state.record(command="bundle import", result=f"refused: {error.code}",
-                         detail={"bundle": str(bundle), "error": error.message[:500]})
-            raise
-        save_import(state, ImportRecord(state.site, imported.version, imported.digest, str(imported.root),
-                                        _now(), report.signer or ""))
-        _point_current(home / state.site, imported.version)
-        state.record(command="bundle import", result="ok", bundle_digest=imported.digest,
-                     detail={"version": imported.version, "root": str(imported.root),
-                             "signer": report.signer})
+    with _uncompressed(Path(bundle), home) as plain:
+        state = site_state or SiteState.for_site(peek_site(plain))
+        with state.lock("bundle import"):
+            try:
+                report = verify_bundle(plain, trust=trust, site_state=state, workers=workers,
+                                       name=str(bundle))
+                imported = _install(plain, report, home / state.site, site=state.site)
+            except AifactoryError as error:
+                state.record(command="bundle import", result=f"refused: {error.code}",
+                             detail={"bundle": str(bundle), "error": error.message[:500]})
+                raise
+            save_import(state, ImportRecord(state.site, imported.version, imported.digest, str(imported.root),
+                                            _now(), report.signer or ""))
+            _point_current(home / state.site, imported.version)
+            state.record(command="bundle import", result="ok", bundle_digest=imported.digest,
+                         detail={"version": imported.version, "root": str(imported.root),
+                                 "signer": report.signer})
     return imported
+
+
+@contextmanager
+def _uncompressed(bundle: Path, home: Path) -> Iterator[Path]:
+    """The bundle itself, or for a zstd bundle a temporary uncompressed copy beside the imports."""
+    parts = find_parts(bundle)
+    if not zstd.is_zstd(parts):
+        yield bundle
+        return
+    _ensure_dir(home)
+    with tempfile.TemporaryDirectory(prefix=".decompress-", dir=home) as scratch:
+        plain = Path(scratch) / bundle.name.split(".part-")[0].removesuffix(".zst")
+        zstd.decompress(parts, plain, name=str(bundle))
+        yield plain
+
+
+def _ensure_dir(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True, mode=0o755)
+    except OSError as exc:
+        raise BundleError(f"cannot create {folder}: {exc.strerror}", code="import-home-unwritable",
+                          location=Location(file=str(folder)),
+                          hint="run as root, or give a writable --home (or AIFACTORY_BUNDLES_HOME)") from None
 
 
 def peek_site(bundle: Path) -> str:
@@ -165,13 +193,7 @@ def _install(bundle: Path | str, report: VerifyReport, site_home: Path, *, site:
     imported = ImportedBundle(manifest.site, manifest.version.text, report.digest, target)
     if target.exists():
         return _reuse(target, imported)
-    try:
-        site_home.mkdir(parents=True, exist_ok=True, mode=0o755)
-    except OSError as exc:
-        raise BundleError(f"cannot create {site_home}: {exc.strerror}", code="import-home-unwritable",
-                          location=Location(file=str(site_home)),
-                          hint="run as root, or give a writable --home (or AIFACTORY_BUNDLES_HOME)",
-                          ) from None
+    _ensure_dir(site_home)
     staging = site_home / f".staging-{manifest.version.text}-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     try:

@@ -29,6 +29,7 @@ from aifactory.bundle.manifest import (
     digest_of,
 )
 from aifactory.bundle.source import PartsWriter
+from aifactory.bundle.zstd import CompressingWriter
 from aifactory.errors import BundleError, Location
 
 
@@ -71,7 +72,7 @@ def hash_payload(payload: Mapping[str, PayloadFile], known: Mapping[Path, Digest
 
 def seal(payload: Mapping[str, PayloadFile], header: Header, *, key: Ed25519PrivateKey, output: Path,
          work: Path, part_size: int | None = None, digests: Mapping[Path, Digest] | None = None,
-         workers: int | None = None) -> Sealed:
+         workers: int | None = None, compress: str | None = None) -> Sealed:
     clash = sorted(set(payload) & set(METADATA_FILES))
     if clash:
         raise BundleError(f"a payload file may not be named {clash[0]}", code="bundle-build-failed")
@@ -95,7 +96,12 @@ def seal(payload: Mapping[str, PayloadFile], header: Header, *, key: Ed25519Priv
     _check_sizes(payload, hashed)
     output.parent.mkdir(parents=True, exist_ok=True)
     with PartsWriter(output, part_size) as writer:
-        write_tar(writer, files, mtime=header.timestamp)  # type: ignore[arg-type]
+        if compress == "zstd":
+            compressing = CompressingWriter(writer)  # type: ignore[arg-type]
+            write_tar(compressing, files, mtime=header.timestamp)  # type: ignore[arg-type]
+            compressing.finish()
+        else:
+            write_tar(writer, files, mtime=header.timestamp)  # type: ignore[arg-type]
         parts = writer.commit()
         written = writer.written
     return Sealed(parts, manifest, digest_of(manifest_bytes), written, sum(e.size for e in entries))

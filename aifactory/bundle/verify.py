@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from aifactory import signing
-from aifactory.bundle import archive
+from aifactory.bundle import archive, zstd
 from aifactory.bundle.hashing import Range, hash_ranges
 from aifactory.bundle.manifest import (
     MANIFEST,
@@ -33,7 +33,7 @@ from aifactory.bundle.manifest import (
     Manifest,
     digest_of,
 )
-from aifactory.bundle.source import PartsReader, find_parts
+from aifactory.bundle.source import Part, PartsReader, find_parts
 from aifactory.bundle.state import ImportRecord, last_import
 from aifactory.errors import BundleError, Location, PrerequisiteError, Problem
 from aifactory.state import SiteState
@@ -86,32 +86,49 @@ class VerifyReport:
 
 
 def verify_bundle(path: Path | str, *, trust: Path, site_state: SiteState | None = None,
-                  check_rollback: bool = True, workers: int | None = None) -> VerifyReport:
+                  check_rollback: bool = True, workers: int | None = None, name: str | None = None,
+                  ) -> VerifyReport:
     """Verify and return the report; raise BundleError listing every problem when any check fails.
 
-    Anti-rollback uses `site_state` (default: the state folder of the site the manifest names)."""
+    Anti-rollback uses `site_state` (default: the state folder of the site the manifest names).
+    `name` is how errors call the bundle (default: its path)."""
     report = inspect_bundle(path, trust=trust, site_state=site_state, check_rollback=check_rollback,
-                            workers=workers)
+                            workers=workers, name=name)
     report.raise_if_failed()
     return report
 
 
 def inspect_bundle(path: Path | str, *, trust: Path, site_state: SiteState | None = None,
-                   check_rollback: bool = True, workers: int | None = None) -> VerifyReport:
+                   check_rollback: bool = True, workers: int | None = None, name: str | None = None,
+                   ) -> VerifyReport:
     """Like verify_bundle, but return the report with its problems instead of raising."""
     started = time.monotonic()
     path = Path(path)
     parts = find_parts(path)
-    report = VerifyReport(str(path), [str(p.path) for p in parts])
-    reader = PartsReader(parts)
-    try:
+    report = VerifyReport(name or str(path), [str(p.path) for p in parts])
+    options = {"trust": trust, "site_state": site_state, "check_rollback": check_rollback, "workers": workers}
+    if zstd.is_zstd(parts):
+        with tempfile.TemporaryDirectory(prefix="aifactory-bundle-") as scratch:
+            plain = Path(scratch) / "bundle.tar"
+            try:
+                zstd.decompress(parts, plain, name=report.bundle)
+            except BundleError as error:
+                report.problems.append(Problem(error.code, error.message, error.location, error.hint))
+            else:
+                _verify_parts([Part(plain, plain.stat().st_size)], report, **options)  # type: ignore[arg-type]
+    else:
+        _verify_parts(parts, report, **options)  # type: ignore[arg-type]
+    report.archive_bytes = sum(p.size for p in parts)  # as carried (compressed or not)
+    report.seconds = time.monotonic() - started
+    return report
+
+
+def _verify_parts(parts: list[Part], report: VerifyReport, *, trust: Path, site_state: SiteState | None,
+                  check_rollback: bool, workers: int | None) -> None:
+    with PartsReader(parts) as reader:
         report.archive_bytes = reader.size
         _verify_open(reader, report, trust=trust, site_state=site_state, check_rollback=check_rollback,
                      workers=workers)
-    finally:
-        reader.release()
-    report.seconds = time.monotonic() - started
-    return report
 
 
 def _verify_open(reader: PartsReader, report: VerifyReport, *, trust: Path, site_state: SiteState | None,

@@ -48,6 +48,8 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     build.add_argument("--split", nargs="?", const=str(DEFAULT_PART_SIZE), metavar="SIZE",
                        help=f"write parts of at most SIZE bytes (e.g. 3900M; default {DEFAULT_PART_SIZE}, "
                        "under 4 GiB for FAT32)")
+    build.add_argument("--zstd", action="store_true",
+                       help="compress the tar with zstd (verify/import then need free space to decompress)")
     build.add_argument("--file", dest="extra_files", action="append", default=[], metavar="PATH",
                        help="extra file or folder to carry under files/ (weights, datasets, binaries); "
                             "repeatable")
@@ -131,6 +133,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         pins=args.pins, source=Path(args.source) if args.source else None,
         aifactory_wheel=Path(args.aifactory_wheel) if args.aifactory_wheel else None,
         cache=Path(args.cache) if args.cache else None, apt_packages=() if args.no_apt else ROLE_PACKAGES,
+        compress="zstd" if args.zstd else None,
     )
     result = build_bundle(args.site, output=Path(args.output), options=options)
     if args.format == "json":

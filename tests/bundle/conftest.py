@@ -110,7 +110,7 @@ def small_bundle(tmp_path: Path, signer: Signer) -> SmallBundle:
     counter = iter(range(1000))
 
     def make(*, version: str = "2.0", key: Path | None = None, files: dict[str, bytes] | None = None,
-             part_size: int | None = None, site: str = "tamperlab") -> Path:
+             part_size: int | None = None, site: str = "tamperlab", compress: str | None = None) -> Path:
         folder = tmp_path / f"small-{next(counter)}"
         payload = {}
         for name, data in (files or small_files()).items():
@@ -123,7 +123,7 @@ def small_bundle(tmp_path: Path, signer: Signer) -> SmallBundle:
                         aifactory_version="test", contents={})
         sealed = seal(payload, header, key=signing.load_private_key(key or signer.key),
                       output=folder / "b.tar",
-                      work=folder / "meta", part_size=part_size)
+                      work=folder / "meta", part_size=part_size, compress=compress)
         return sealed.parts[0] if part_size else folder / "b.tar"
 
     return make

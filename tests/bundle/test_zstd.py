@@ -1,0 +1,58 @@
+"""zstd bundles: reproducible, verified and imported like uncompressed ones, damage refused."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from aifactory.bundle import import_bundle, verify_bundle
+from aifactory.bundle.manifest import SUMS
+from aifactory.errors import BundleError
+from aifactory.state import SiteState
+
+from .conftest import Signer, SmallBundle
+from .test_tamper import PAYLOAD
+
+pytestmark = pytest.mark.skipif(shutil.which("zstd") is None, reason="needs the zstd tool")
+
+
+def test_a_zstd_bundle_is_reproducible_and_decompresses_to_the_plain_one(small_bundle: SmallBundle) -> None:
+    compressed = small_bundle(compress="zstd")
+    assert compressed.read_bytes()[:4] == b"\x28\xb5\x2f\xfd"
+    assert small_bundle(compress="zstd").read_bytes() == compressed.read_bytes()
+    plain = subprocess.run(["zstd", "-dc", str(compressed)], capture_output=True, check=True).stdout
+    assert plain == small_bundle().read_bytes()
+
+
+def test_a_zstd_bundle_verifies_and_imports(small_bundle: SmallBundle, signer: Signer,
+                                            tmp_path: Path) -> None:
+    bundle = small_bundle(compress="zstd", part_size=512)  # the sample files compress to about 1.5 kB
+    report = verify_bundle(bundle, trust=signer.allowed_signers, check_rollback=False)
+    assert report.ok and report.files == 4 and len(report.parts) > 1
+    state = SiteState.for_site("tamperlab", home=tmp_path / "state")
+    imported = import_bundle(bundle, trust=signer.allowed_signers, site_state=state, home=tmp_path / "home")
+    subprocess.run(["sha256sum", "--quiet", "--strict", "-c", SUMS], cwd=imported.root, check=True)
+    assert [p.name for p in (tmp_path / "home").iterdir()] == ["tamperlab"]  # no decompressed copy left
+
+
+def test_damage_inside_the_compressed_stream_is_refused(small_bundle: SmallBundle, signer: Signer) -> None:
+    bundle = small_bundle(compress="zstd")
+    data = bytearray(bundle.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    bundle.write_bytes(bytes(data))
+    with pytest.raises(BundleError) as caught:
+        verify_bundle(bundle, trust=signer.allowed_signers, check_rollback=False)
+    assert caught.value.code in {"truncated", "hash-mismatch"}
+    if caught.value.code == "hash-mismatch":
+        assert caught.value.problems[0].location.path == PAYLOAD
+
+
+def test_a_cut_compressed_bundle_is_refused(small_bundle: SmallBundle, signer: Signer) -> None:
+    bundle = small_bundle(compress="zstd")
+    bundle.write_bytes(bundle.read_bytes()[:-100])
+    with pytest.raises(BundleError) as caught:
+        verify_bundle(bundle, trust=signer.allowed_signers, check_rollback=False)
+    assert caught.value.code == "truncated"
