@@ -133,6 +133,9 @@ def _site_vars(plan: Mapping[str, Any], bundle: Mapping[str, Any] | None,
         "aifactory_storage": [dict(s) for s in plan.get("storage", [])],
         "aifactory_egress_allow": list(plan.get("egress", {}).get("allow", [])),
         "aifactory_bundle": dict(bundle) if bundle else None,
+        # Real hosts run systemd; the lab's inventory variables replace these two (docs/lab.md).
+        "aifactory_lab": False,
+        "aifactory_service_manager": "systemd",
     }
     values.update(site_vars or {})
     return values

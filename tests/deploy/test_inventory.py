@@ -26,9 +26,10 @@ def gpu_plan() -> dict:
 
 
 def ansible_inventory(directory: Path, *args: str) -> str:
+    env = {"PATH": "/usr/bin:/bin", "ANSIBLE_HOME": str(directory.parent / "ah"),
+           "ANSIBLE_LOCAL_TEMP": str(directory.parent / "ah-tmp")}
     done = subprocess.run([ANSIBLE_INVENTORY, "-i", str(directory), *args], capture_output=True, text=True,
-                          check=False, env={"PATH": "/usr/bin:/bin", "ANSIBLE_HOME": str(directory.parent / "ah"),
-                                            "ANSIBLE_LOCAL_TEMP": str(directory.parent / "ah-tmp")})
+                          check=False, env=env)
     assert done.returncode == 0, done.stderr
     assert "WARNING" not in done.stderr, done.stderr
     return done.stdout
@@ -41,7 +42,8 @@ def test_groups_per_pool_role_datacenter_fabric_and_tenant(gpu_plan: dict) -> No
     assert inventory.group_hosts("role_gpu") == ["gputest-h100-001", "gputest-h100-002"]
     assert inventory.group_hosts("dc_lagos") == ["gputest-cpu-lagos-001"]
     assert inventory.group_hosts("fabric_ib") == ["gputest-h100-001", "gputest-h100-002"]
-    assert inventory.group_hosts("fabric_stor") == ["gputest-h100-001", "gputest-h100-002", "gputest-cpu-lagos-001"]
+    assert inventory.group_hosts("fabric_stor") == [
+        "gputest-h100-001", "gputest-h100-002", "gputest-cpu-lagos-001"]
     # research may run on h100 only; health on every pool (the plan's default)
     assert inventory.groups["tenant_research"].children == ["pool_h100"]
     assert inventory.group_hosts("tenant_health") == [h["name"] for h in gpu_plan["hosts"]]
@@ -102,7 +104,8 @@ def test_ansible_inventory_reads_the_folder(gpu_plan: dict, tmp_path: Path) -> N
     assert sorted(listed["_meta"]["hostvars"]) == sorted(h["name"] for h in gpu_plan["hosts"])
 
 
-def test_rewriting_removes_hosts_that_left_and_refuses_foreign_folders(gpu_plan: dict, tmp_path: Path) -> None:
+def test_rewriting_removes_hosts_that_left_and_refuses_foreign_folders(gpu_plan: dict,
+                                                                       tmp_path: Path) -> None:
     folder = tmp_path / "inv"
     write_inventory(build_inventory(gpu_plan), folder)
     smaller = dict(gpu_plan, hosts=[h for h in gpu_plan["hosts"] if h["name"] != "gputest-h100-002"])

@@ -1,0 +1,177 @@
+"""`aifactory deploy` on the session's lab, in the order an admin meets it:
+
+1. a dry run on the fresh lab reports changes and changes nothing;
+2. the first deploy, with one host made unreachable halfway (its sshd and its SSH control master
+   killed): that host is reported, the run exits 4, the other hosts finish; after sshd is back, a
+   re-run completes it;
+3. a further deploy changes nothing on any host; --limit and --tags narrow a run;
+4. over SSH, every host's /opt/aifactory/current is the bundle's version and the inference server
+   started from it answers /healthz;
+5. a spec whose plan differs from the bundle's signed plan is refused before Ansible starts.
+
+The tests share the lab and run in file order (each needs the state the one before left).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from aifactory.deploy import DeployOptions, DeployResult, Progress, Update, deploy_site
+from aifactory.deploy.evidence import installed_path
+from aifactory.errors import DeployError, ExitCode
+from aifactory.lab.layout import LabLayout
+from aifactory.state import SiteState
+
+pytestmark = [pytest.mark.lab, pytest.mark.slow]
+
+# What a deploy may touch on a host; the dry run must leave all of it as it was.
+WATCHED = "/opt /etc /var/lib/aifactory /var/log"
+SNAPSHOT = (f"find {WATCHED} -xdev \\( -path /etc/ld.so.cache \\) -prune -o "
+            "-printf '%p %y %s %m %T@ %l\\n' 2>/dev/null | sort | sha256sum")
+# The serving process's command line (from the lab supervisor), then its health check's HTTP status.
+HEALTH_PROBE = """set -e
+status=$(/run/aifactory-lab/bin/aifactory-service status aifactory-serve)
+pid=$(printf '%s' "$status" | /usr/bin/python3 -c 'import json, sys; print(json.load(sys.stdin)["pid"])')
+tr '\\0' ' ' < /proc/$pid/cmdline; echo
+/usr/bin/python3 -c 'import sys, urllib.request as u; print(u.urlopen(sys.argv[1], timeout=10).status)' URL
+"""
+
+
+def ssh(lab, host: str, script: str, *, check: bool = True):  # noqa: ANN001, ANN201
+    """Run `script` on `host` over SSH from the control host, as an admin would."""
+    config = lab.status.paths["ssh_config"]
+    return lab.exec(["ssh", "-F", config, host, script], check=check, timeout=60)
+
+
+def management_address(lab, host: str) -> str:  # noqa: ANN001
+    return lab.plan.host(host).management_address
+
+
+def cut_off(lab, host: str) -> None:  # noqa: ANN001
+    """Kill the host's sshd, then the control host's SSH control master to it."""
+    lab.sh("kill $(cat /run/sshd.pid)", host=host)
+    config = lab.status.paths["ssh_config"]
+    for target in (management_address(lab, host), host):
+        lab.exec(["ssh", "-F", config, "-O", "exit", target], check=False)
+
+
+def restore(lab, host: str) -> None:  # noqa: ANN001
+    config = LabLayout.for_site(lab.site).host_dir(host) / "sshd_config"
+    lab.exec(["/usr/sbin/sshd", "-f", str(config)], host=host)
+    deadline = time.monotonic() + 20
+    while ssh(lab, host, "true", check=False).returncode != 0:
+        assert time.monotonic() < deadline, f"sshd of {host} did not come back"
+        time.sleep(0.5)
+
+
+def by_host(result: DeployResult) -> dict[str, dict]:
+    return {h["host"]: h for h in result.hosts}
+
+
+def test_check_on_a_fresh_lab_reports_changes_and_changes_nothing(lab, lab_bundle_import) -> None:  # noqa: ANN001
+    for host in lab.hosts:
+        assert ssh(lab, host, "test -e /opt/aifactory", check=False).returncode != 0, \
+            f"the lab is not fresh: {host} already has /opt/aifactory"
+    before = {host: ssh(lab, host, SNAPSHOT).stdout for host in lab.hosts}
+
+    result = deploy_site(lab.spec, options=DeployOptions(check=True))
+
+    assert result.exit_code == ExitCode.OK, result.as_dict()
+    assert result.check and result.installed is None
+    rows = by_host(result)
+    assert sorted(rows) == sorted(lab.hosts)
+    assert all(rows[h]["changed"] > 0 and rows[h]["failed"] == 0 for h in lab.hosts), rows
+    after = {host: ssh(lab, host, SNAPSHOT).stdout for host in lab.hosts}
+    assert after == before, "the dry run changed files on a host"
+    assert not installed_path(SiteState.for_site(lab.site)).exists()
+    events = [json.loads(line) for line in result.event_log.read_text().splitlines()]
+    diffs = [e for e in events if (e["event_data"].get("res") or {}).get("diff")]
+    assert diffs, "--check shows no diff"
+
+
+def test_unreachable_host_mid_deploy_others_finish_and_rerun_completes(lab, lab_bundle_import) -> None:  # noqa: ANN001
+    victim = lab.hosts[-1]
+    others = [h for h in lab.hosts if h != victim]
+    cut: list[str] = []
+
+    def on_update(update: Update, progress: Progress) -> None:
+        if update.kind == "task" and update.task.startswith("Fabric |") and not cut:
+            cut_off(lab, victim)
+            cut.append(update.task)
+
+    try:
+        first = deploy_site(lab.spec, options=DeployOptions(), on_update=on_update)
+    finally:
+        if cut:
+            restore(lab, victim)
+    assert cut, "the deploy never reached the fabric role"
+    rows = by_host(first)
+    assert first.exit_code == ExitCode.HOSTS_FAILED
+    assert rows[victim]["status"] in ("unreachable", "failed"), rows[victim]
+    assert first.failed_hosts == [victim]
+    for host in others:
+        assert rows[host]["failed"] == 0 and rows[host]["unreachable"] == 0, rows[host]
+        assert ssh(lab, host, "test -L /opt/aifactory/current").returncode == 0
+    assert ssh(lab, victim, "test -e /opt/aifactory/current", check=False).returncode != 0
+
+    second = deploy_site(lab.spec, options=DeployOptions())
+
+    assert second.exit_code == ExitCode.OK, second.as_dict()
+    assert by_host(second)[victim]["changed"] > 0
+    assert ssh(lab, victim, "test -L /opt/aifactory/current").returncode == 0
+
+
+def test_second_deploy_changes_nothing(lab, lab_bundle_import) -> None:  # noqa: ANN001
+    result = deploy_site(lab.spec, options=DeployOptions())
+
+    assert result.exit_code == ExitCode.OK, result.as_dict()
+    assert {h["host"]: h["changed"] for h in result.hosts} == {h: 0 for h in lab.hosts}
+
+
+def test_limit_and_tags_narrow_the_run(lab, lab_bundle_import) -> None:  # noqa: ANN001
+    host = lab.hosts[0]
+    result = deploy_site(lab.spec, options=DeployOptions(limit=host, tags=("nist_ac_17",)))
+
+    assert result.exit_code == ExitCode.OK
+    assert [h["host"] for h in result.hosts] == [host]
+    events = [json.loads(line) for line in result.event_log.read_text().splitlines()]
+    tasks = {e["event_data"].get("task", "") for e in events if e["event"] == "runner_on_ok"}
+    assert any(t.startswith("Base | configure | sshd") for t in tasks), tasks
+    assert not any(t.startswith("Runtime | install") for t in tasks), tasks
+
+
+def test_every_host_runs_the_bundle_version_and_answers_health(lab, lab_bundle_import) -> None:  # noqa: ANN001
+    version = lab_bundle_import.version
+    for host in lab.hosts:
+        target = ssh(lab, host, "readlink /opt/aifactory/current").stdout.strip()
+        assert target == f"/opt/aifactory/{version}", (host, target)
+        record = json.loads(ssh(lab, host, "cat /opt/aifactory/current/aifactory-install.json").stdout)
+        assert record["version"] == version and record["bundle_digest"] == lab_bundle_import.digest
+        assert {"aifactory", "torch"} <= {p["name"] for p in record["packages"]}
+        address = management_address(lab, host)
+        probe = HEALTH_PROBE.replace("URL", f"http://{address}:8600/healthz")
+        lines = ssh(lab, host, probe).stdout.strip().splitlines()
+        assert "/opt/aifactory/current/bin/aifactory-serve" in lines[0], lines
+        assert lines[-1] == "200", lines
+    installed = json.loads(installed_path(SiteState.for_site(lab.site)).read_text())
+    for host in lab.hosts:
+        entry = installed["hosts"][host]
+        assert entry["runtime"]["version"] == version
+        assert entry["bundle"]["digest"] == lab_bundle_import.digest
+        assert len(entry["config_files"]["/etc/aifactory/runtime.yaml"]) == 64
+
+
+def test_a_spec_whose_plan_differs_from_the_bundle_is_refused(lab, lab_bundle_import, tmp_path: Path) -> None:  # noqa: ANN001
+    spec = tmp_path / "site.yaml"
+    spec.write_text(lab.spec.read_text().replace("    count: 2\n", "    count: 3\n", 1))
+    (tmp_path / "site.alloc.json").write_text(lab.spec.with_name("site.alloc.json").read_text())
+
+    with pytest.raises(DeployError) as refused:
+        deploy_site(spec, options=DeployOptions(), site_name=lab.site)
+
+    assert refused.value.code == "plan-differs"
+    assert refused.value.exit_code == ExitCode.INVALID
