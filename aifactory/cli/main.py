@@ -12,6 +12,7 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from aifactory import __version__
 from aifactory.errors import AifactoryError, ExitCode
@@ -27,14 +28,28 @@ COMMAND_MODULES = (
     "aifactory.cli.inventory",
     "aifactory.cli.deploy",
     "aifactory.cli.token",
-    "aifactory.cli.train",
+    "aifactory.cli.train",  # train, jobs
     "aifactory.cli.audit",
     "aifactory.cli.pipeline",  # up, down
 )
+# Which module defines each top-level command: only that module is imported to run it (a command
+# never pays for the others' imports, e.g. `validate` never loads Ansible or torch).
+COMMANDS = {
+    "init": "aifactory.cli.site", "validate": "aifactory.cli.site", "plan": "aifactory.cli.site",
+    "secret": "aifactory.cli.secret", "policy": "aifactory.cli.policy", "lab": "aifactory.cli.lab",
+    "provision": "aifactory.cli.provision", "bundle": "aifactory.cli.bundle",
+    "inventory": "aifactory.cli.inventory", "deploy": "aifactory.cli.deploy", "token": "aifactory.cli.token",
+    "train": "aifactory.cli.train", "jobs": "aifactory.cli.train", "audit": "aifactory.cli.audit",
+    "up": "aifactory.cli.pipeline", "down": "aifactory.cli.pipeline",
+}
 
 
 class _Parser(argparse.ArgumentParser):
     """argparse that exits 2 with one line, like every other usage error."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)  # `--passphrase` must never mean `--passphrase-file`
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.print_usage(sys.stderr)
@@ -49,17 +64,27 @@ def common_options() -> argparse.ArgumentParser:
     return common
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _modules_for(argv: Sequence[str] | None) -> tuple[str, ...]:
+    """The one module that defines the command in argv, or all of them (help, or no command)."""
+    for token in argv or ():
+        if not token.startswith("-"):
+            module = COMMANDS.get(token)
+            return (module,) if module else COMMAND_MODULES
+    return COMMAND_MODULES
+
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     common = common_options()
     parser = _Parser(
         prog="aifactory",
         description="Stand up a sovereign, air-gapped AI factory from one site spec.",
         parents=[common],
+        allow_abbrev=False,
     )
     parser.add_argument("--version", action="version", version=f"aifactory {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     subparsers.required = True
-    for name in COMMAND_MODULES:
+    for name in _modules_for(argv):
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as exc:
@@ -71,8 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(arguments)
+    args = parser.parse_args(arguments)
     debug = bool(getattr(args, "debug", False))
     logging.basicConfig(
         level=logging.DEBUG if debug else logging.WARNING,
