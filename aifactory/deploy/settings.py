@@ -26,11 +26,14 @@ class DeploySettings:
     ssh_args: str = TUNED_SSH_ARGS
     fact_cache: bool = True
     timeout: int = 20
+    # How often the controller polls its workers for results; Ansible's default 0.001 s spins a core.
+    poll_interval: float | None = 0.02
 
     @classmethod
     def stock(cls) -> DeploySettings:
         """Ansible's defaults: forks 5, no pipelining, default ssh_args, facts gathered every run."""
-        return cls(forks=5, pipelining=False, ssh_args=STOCK_SSH_ARGS, fact_cache=False, timeout=10)
+        return cls(forks=5, pipelining=False, ssh_args=STOCK_SSH_ARGS, fact_cache=False, timeout=10,
+                   poll_interval=None)
 
 
 def render_ansible_cfg(settings: DeploySettings, *, folder: Path, base_cfg: Path | None = None) -> str:
@@ -51,6 +54,10 @@ def render_ansible_cfg(settings: DeploySettings, *, folder: Path, base_cfg: Path
     defaults["host_key_checking"] = "True"
     defaults["retry_files_enabled"] = "False"
     defaults["timeout"] = str(settings.timeout)
+    if settings.poll_interval is not None:
+        defaults["internal_poll_interval"] = str(settings.poll_interval)
+    else:
+        defaults.pop("internal_poll_interval", None)
     if settings.fact_cache:
         defaults["gathering"] = "smart"
         defaults["fact_caching"] = "ansible.builtin.jsonfile"
