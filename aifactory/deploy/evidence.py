@@ -51,6 +51,16 @@ def report_from_event(event: dict[str, Any]) -> tuple[str, dict[str, Any]] | Non
     return str(data.get("host", report.get("host", ""))), report
 
 
+def _runtime(report: dict[str, Any]) -> dict[str, Any]:
+    runtime = dict(report.get("runtime") or {})
+    if not runtime.get("packages"):
+        return {}
+    runtime["packages"] = sorted(
+        ({"name": p.get("name"), "version": p.get("version")} for p in runtime["packages"]),
+        key=lambda p: str(p["name"]).lower())
+    return runtime
+
+
 def write_installed(state: SiteState, *, run_id: str, when: str, plan_digest: str,
                     reports: dict[str, dict[str, Any]], results: dict[str, str]) -> Path:
     data = read_installed(state)
@@ -60,15 +70,14 @@ def write_installed(state: SiteState, *, run_id: str, when: str, plan_digest: st
         entry["last_run"] = {"run_id": run_id, "at": when, "result": result}
         report = reports.get(host)
         if report is not None and result in ("ok", "changed"):
-            runtime = dict(report.get("runtime") or {})
-            runtime["packages"] = sorted(
-                ({"name": p.get("name"), "version": p.get("version")} for p in runtime.get("packages", [])),
-                key=lambda p: str(p["name"]).lower())
             entry.update({
                 "deployed_at": when, "run_id": run_id, "result": result, "plan_digest": plan_digest,
-                "bundle": report.get("bundle"), "runtime": runtime,
+                "bundle": report.get("bundle"),
                 "config_files": dict(sorted((report.get("config_files") or {}).items())),
             })
+            runtime = _runtime(report)
+            if runtime:  # a run narrowed by --tags may not have looked at the runtime: keep what was known
+                entry["runtime"] = runtime
         hosts[host] = entry
     data.update({"schema": SCHEMA, "site": state.site, "updated": when,
                  "hosts": dict(sorted(hosts.items()))})
