@@ -135,6 +135,7 @@ def start_server(
         start_new_session=True,
     )
     server = Server(process, 0, runtime_dir, tls=tls)
+    STARTED.append(process)
     ready = threading.Event()
 
     def pump() -> None:
@@ -148,6 +149,20 @@ def start_server(
     threading.Thread(target=pump, daemon=True).start()
     assert ready.wait(60), "".join(server.output)
     return server
+
+
+STARTED: list[subprocess.Popen[str]] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_server_outlives_its_test() -> Iterator[None]:
+    """A failed test must not leave its server running (module-scoped ones are stopped by their fixture)."""
+    before = len(STARTED)
+    yield
+    for process in STARTED[before:]:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
 
 
 @pytest.fixture(scope="module")
@@ -256,7 +271,7 @@ def test_graceful_stop_finishes_requests_in_flight_and_the_log_verifies(
     site: RuntimeSite, tmp_path: Path
 ) -> None:
     write_checkpoint(tmp_path / "storage")
-    running = start_server(site, tmp_path / "storage", tmp_path / "runtime", "--max-wait-ms", "400")
+    running = start_server(site, tmp_path / "storage", tmp_path / "runtime", "--max-wait-ms", "3000")
     _wait_for_model(running)
     results: list[int] = []
 
@@ -266,7 +281,12 @@ def test_graceful_stop_finishes_requests_in_flight_and_the_log_verifies(
     threads = [threading.Thread(target=one) for _ in range(6)]
     for thread in threads:
         thread.start()
-    time.sleep(0.2)  # the requests sit in the batcher, which waits up to 400 ms to fill a batch
+    # Decided and recorded, so in flight: they sit in the batcher, which waits up to 3 s to fill a batch.
+    deadline = time.monotonic() + 20
+    while not running.log_path.exists() or len(running.log_path.read_text().splitlines()) < 6:
+        assert time.monotonic() < deadline, "the requests never arrived"
+        time.sleep(0.02)
+    assert results == []
     running.process.send_signal(signal.SIGTERM)
     for thread in threads:
         thread.join()

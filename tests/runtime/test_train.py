@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -39,7 +40,7 @@ def _job(site: RuntimeSite, folder: Path, tenant: str = "health") -> Path:
 def _train(job: Path, **fault: str) -> subprocess.Popen[str]:
     env = {**os.environ, **fault}
     env.pop("AIFACTORY_TOKEN", None)
-    return subprocess.Popen(
+    process = subprocess.Popen(
         [sys.executable, "-m", "aifactory.runtime.train_cli", str(job), "--host", "rtlab-cpu-001"],
         env=env,
         start_new_session=True,
@@ -47,6 +48,22 @@ def _train(job: Path, **fault: str) -> subprocess.Popen[str]:
         stderr=subprocess.STDOUT,
         text=True,
     )
+    STARTED.append(process)
+    return process
+
+
+STARTED: list[subprocess.Popen[str]] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_job_outlives_its_test() -> Iterator[None]:
+    """A failed test must not leave a (stalled) job behind: its workers die with the launcher's group."""
+    before = len(STARTED)
+    yield
+    for process in STARTED[before:]:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
 
 
 def _finish(process: subprocess.Popen[str]) -> str:
