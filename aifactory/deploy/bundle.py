@@ -46,6 +46,7 @@ class DeployBundle:
     signer: str
     payload: Path
     allowed_signers: Path
+    has_apt: bool = False
 
     @property
     def plan_path(self) -> Path:
@@ -74,6 +75,7 @@ class DeployBundle:
             "payload_prefixes": list(PAYLOAD_PREFIXES),
             "wheelhouse_subdir": "wheels",
             "plan_subpath": PLAN,
+            "apt": self.has_apt,
         }
 
 
@@ -121,8 +123,9 @@ def prepare_bundle(state: SiteState, *, trust: Path | None = None) -> DeployBund
                                "the bundle") from None
     manifest = json.loads(manifest_bytes)
     payload = _payload(folder, root, imported.version, imported.digest, manifest)
+    has_apt = any(p.startswith("apt/") for p in payload_members(manifest))
     return DeployBundle(site=state.site, version=imported.version, digest=imported.digest, root=root,
-                        signer=signer, payload=payload, allowed_signers=allowed)
+                        signer=signer, payload=payload, allowed_signers=allowed, has_apt=has_apt)
 
 
 def _read(path: Path) -> bytes:
