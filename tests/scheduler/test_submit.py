@@ -188,3 +188,14 @@ def test_the_cli_refuses_a_deny_with_exit_1_and_no_traceback(
                           capture_output=True, text=True, env={**os.environ}, check=False)
     assert done.returncode == 1, done.stderr
     assert "error[train-denied]" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_gpu_hosts_carry_their_gpus_as_gres() -> None:
+    gpu_site = REPO / "tests" / "deploy" / "fixtures" / "gpu-site.yaml"
+    if not gpu_site.exists():
+        pytest.skip("the deploy tests' GPU site is gone")
+    topology = slurm_topology(plan_site(gpu_site, write_lock=False).plan)
+    assert topology is not None
+    gpu_nodes = [n for n in topology["nodes"] if n["gpus"]]
+    assert gpu_nodes and all(n["gpus"] == 8 and n["gpu_model"] for n in gpu_nodes)
+    assert slurm_topology(plan_site(gpu_site, write_lock=False).plan) == topology  # deterministic
