@@ -2,8 +2,9 @@
 
 Each stage declares the digests of its inputs. After a stage succeeds its record (status, inputs'
 digest, time, summary, outputs) is written to `<state>/pipeline/stages.json`. On the next run a stage
-whose inputs did not change and whose earlier result still verifies is skipped; the first stage that
-changed or failed, and everything after it, runs again. `start_at` forces a restart point.
+whose inputs did not change and whose earlier result still verifies is skipped; a stage whose inputs
+changed (its inputs carry the digests of what earlier stages produced), whose check fails, or that failed
+last time runs again. `start_at` forces that stage and every later one to run.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ class Stage:
     inputs: Callable[[Any], dict[str, Any]] = lambda _context: {}
     # Re-check an earlier result cheaply; return a summary, or raise to make the stage run again.
     verify: Callable[[Any, dict[str, Any]], str] | None = None
+    always: bool = False  # runs every time (e.g. the audit report, dated now)
 
 
 @dataclass
@@ -52,8 +54,12 @@ class StageOutcome:
     summary: str
 
     def as_dict(self) -> dict[str, Any]:
-        return {"stage": self.name, "status": self.status, "seconds": round(self.seconds, 2),
-                "summary": self.summary}
+        return {
+            "stage": self.name,
+            "status": self.status,
+            "seconds": round(self.seconds, 2),
+            "summary": self.summary,
+        }
 
 
 class Reporter(Protocol):
@@ -68,6 +74,10 @@ class PipelineFailed(Exception):
 
     def __str__(self) -> str:
         return self.error.message
+
+    @property
+    def stage(self) -> str:
+        return next((o.name for o in self.outcomes if o.status == "failed"), "?")
 
 
 def _digest(inputs: dict[str, Any]) -> str:
@@ -104,14 +114,19 @@ class RecordStore:
         os.replace(tmp, self.path)
 
 
-def run_stages(stages: Sequence[Stage], context: Any, *, records: RecordStore, reporter: Reporter,
-               start_at: str | None = None) -> list[StageOutcome]:
+def run_stages(
+    stages: Sequence[Stage],
+    context: Any,
+    *,
+    records: RecordStore,
+    reporter: Reporter,
+    start_at: str | None = None,
+) -> list[StageOutcome]:
     names = [s.name for s in stages]
     if start_at is not None and start_at not in names:
         raise UsageError(f"unknown stage '{start_at}'", hint=f"stages: {', '.join(names)}")
     forced = names.index(start_at) if start_at else len(names)
     outcomes: list[StageOutcome] = []
-    rerun = False  # once one stage runs for real, everything after it runs too
     for index, stage in enumerate(stages):
         reporter.stage_started(index, len(stages), stage)
         began = time.monotonic()
@@ -121,13 +136,12 @@ def run_stages(stages: Sequence[Stage], context: Any, *, records: RecordStore, r
             previous = records.get(stage.name)
             summary: str | None = None
             reusable = previous is not None and previous.get("status") in ("ok", "verified", "skipped")
-            if not rerun and index < forced and reusable and previous.get("inputs") == digest:
+            if not stage.always and index < forced and reusable and previous.get("inputs") == digest:
                 summary = _verified(stage, context, previous)
             if summary is not None:
                 context.outputs[stage.name] = previous.get("outputs", {}) if previous else {}
                 result = StageResult("verified", summary, context.outputs[stage.name])
             else:
-                rerun = True
                 result = stage.run(context)
                 context.outputs[stage.name] = result.outputs
         except AifactoryError as error:
@@ -135,7 +149,7 @@ def run_stages(stages: Sequence[Stage], context: Any, *, records: RecordStore, r
             records.put(stage.name, {"status": "failed", "inputs": None, "summary": error.message})
             outcomes.append(outcome)
             reporter.stage_finished(index, len(stages), outcome)
-            outcomes += [StageOutcome(s.name, "not-run", 0.0, "") for s in stages[index + 1:]]
+            outcomes += [StageOutcome(s.name, "not-run", 0.0, "") for s in stages[index + 1 :]]
             raise PipelineFailed(outcomes, error) from error
         except KeyboardInterrupt:
             outcome = StageOutcome(stage.name, "interrupted", time.monotonic() - began, "interrupted")
@@ -144,8 +158,16 @@ def run_stages(stages: Sequence[Stage], context: Any, *, records: RecordStore, r
             raise
         outcome = StageOutcome(stage.name, result.status, time.monotonic() - began, result.summary)
         if result.status != "verified":
-            records.put(stage.name, {"status": result.status, "inputs": digest, "summary": result.summary,
-                                     "outputs": result.outputs, "seconds": round(outcome.seconds, 2)})
+            records.put(
+                stage.name,
+                {
+                    "status": result.status,
+                    "inputs": digest,
+                    "summary": result.summary,
+                    "outputs": result.outputs,
+                    "seconds": round(outcome.seconds, 2),
+                },
+            )
         outcomes.append(outcome)
         reporter.stage_finished(index, len(stages), outcome)
     return outcomes
