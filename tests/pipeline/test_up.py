@@ -22,8 +22,11 @@ import pytest
 
 from tests.conftest import copy_lab_spec, lab_unavailable
 
-pytestmark = [pytest.mark.lab, pytest.mark.slow,
-              pytest.mark.skipif(lab_unavailable() is not None, reason=str(lab_unavailable()))]
+pytestmark = [
+    pytest.mark.lab,
+    pytest.mark.slow,
+    pytest.mark.skipif(lab_unavailable() is not None, reason=str(lab_unavailable())),
+]
 
 AIFACTORY = [sys.executable, "-m", "aifactory.cli.main"]
 
@@ -36,7 +39,9 @@ class UpSite:
     first_seconds: float = 0.0
 
     def run(self, *args: str, timeout: float = 1500) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([*AIFACTORY, *args], env=self.env, capture_output=True, text=True, timeout=timeout)
+        return subprocess.run(
+            [*AIFACTORY, *args], env=self.env, capture_output=True, text=True, timeout=timeout
+        )
 
     def stages(self) -> dict[str, dict]:
         path = Path(self.env["AIFACTORY_STATE_HOME"]) / self.name / "up" / "stages.json"
@@ -52,8 +57,12 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UpSite]:
     root = tmp_path_factory.mktemp("up")
     name = f"up{os.getpid()}"
     spec = copy_lab_spec(root / "site", name)
-    env = {**os.environ, "AIFACTORY_STATE_HOME": str(root / "state"),
-           "AIFACTORY_BUNDLES_HOME": str(root / "bundles"), "PYTHONPATH": str(Path(__file__).parents[2])}
+    env = {
+        **os.environ,
+        "AIFACTORY_STATE_HOME": str(root / "state"),
+        "AIFACTORY_BUNDLES_HOME": str(root / "bundles"),
+        "PYTHONPATH": str(Path(__file__).parents[2]),
+    }
     up_site = UpSite(spec, name, env)
     try:
         yield up_site
@@ -70,8 +79,9 @@ def test_a_policy_deny_stops_before_any_change(site: UpSite, tmp_path: Path) -> 
     assert "policy" in result.stderr and "FAILED" in result.stderr
     listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert f"aif.{site.name}x." not in listed, "a denied site must not get a lab"
-    records = json.loads((Path(site.env["AIFACTORY_STATE_HOME"]) / (site.name + "x") / "up" / "stages.json")
-                         .read_text())
+    records = json.loads(
+        (Path(site.env["AIFACTORY_STATE_HOME"]) / (site.name + "x") / "up" / "stages.json").read_text()
+    )
     assert records["policy"]["status"] == "failed"
     assert "lab" not in records and "bundle" not in records
 
