@@ -31,15 +31,6 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     jobs.set_defaults(handler=cmd_jobs)
 
 
-def _site_name(site: str) -> str:
-    path = Path(site)
-    if path.suffix in (".yaml", ".yml") or path.is_file():
-        from aifactory.spec import load_spec
-
-        return load_spec(path).spec.site.name
-    return site
-
-
 def cmd_train(args: argparse.Namespace) -> int:
     from aifactory.plan import plan_site
     from aifactory.scheduler.slurm import client_for
@@ -58,10 +49,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:
+    from aifactory.cli.lab import site_name
     from aifactory.scheduler.jobs import list_jobs
     from aifactory.scheduler.slurm import client_for
 
-    site = _site_name(args.site)
+    site = site_name(args.site)
     jobs = list_jobs(site, client=client_for(site))
     if args.format == "json":
         emit_json([job.as_dict() for job in jobs])

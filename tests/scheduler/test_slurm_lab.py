@@ -137,7 +137,8 @@ def _shared_conftest() -> Any:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    reason = _shared_conftest().lab_unavailable()
+    shared = _shared_conftest()
+    reason = shared.lab_unavailable()
     if reason:
         pytest.skip(f"needs the local lab: {reason}")
     from aifactory.lab import lab_down, lab_up
@@ -149,12 +150,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     work = tmp_path_factory.mktemp("sched")
     work.chmod(0o755)
     state_home = work / "state"
-    previous = os.environ.get("AIFACTORY_STATE_HOME")
-    os.environ["AIFACTORY_STATE_HOME"] = str(state_home)
-    spec = work / "site.yaml"
-    text = (REPO / "inventory" / "lab" / "site.yaml").read_text()
-    spec.write_text(re.sub(r"(?m)^site:\n  name: lab$", f"site:\n  name: {site}", text))
-    try:
+    spec = shared.copy_lab_spec(work, site)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("AIFACTORY_STATE_HOME", str(state_home))
         planned = plan_site(spec)
         (work / "plan.json").write_text(planned.plan.to_json())
         (work / "slurm.yml").write_text(yaml.safe_dump({"aifactory_slurm": slurm_topology(planned.plan)}))
@@ -178,11 +176,6 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
             yield cluster
         finally:
             lab_down(site)
-    finally:
-        if previous is None:
-            os.environ.pop("AIFACTORY_STATE_HOME", None)
-        else:
-            os.environ["AIFACTORY_STATE_HOME"] = previous
 
 
 def test_sinfo_shows_every_compute_host_idle_in_its_partition(cluster: Cluster) -> None:
