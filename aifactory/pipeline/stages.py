@@ -9,12 +9,21 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from aifactory import __version__
-from aifactory.errors import AifactoryError, DeployError, ExitCode, PolicyDenied, PrerequisiteError, Problem
+from aifactory.errors import (
+    AifactoryError,
+    DeployError,
+    ExitCode,
+    PolicyDenied,
+    PrerequisiteError,
+    Problem,
+    UsageError,
+)
 from aifactory.pipeline.runner import Stage, StageResult
 from aifactory.plan import PlannedSite, plan_site
 from aifactory.resources import resource_dir
@@ -28,6 +37,11 @@ class UpOptions:
     opa_url: str | None = None
     timestamp: str | None = None  # the audit report's timestamp (default: now)
     bundle_passphrase_file: Path | None = None
+
+
+class SchedulerError(AifactoryError):
+    code = "scheduler-not-ready"
+    exit_code = ExitCode.HOSTS_FAILED
 
 
 @dataclass
@@ -307,6 +321,299 @@ def _deploy_inputs(context: UpContext) -> dict[str, Any]:
     return {"bundle": context.outputs.get("import", {}).get("digest"), "plan": context.plan_digest}
 
 
+# ------------------------------------------------------------------ scheduler, train, serve
+
+NODE_RUNTIME = Path("/opt/aifactory/current/bin")
+NODE_PLAN = "/etc/aifactory/plan.json"  # where deploy puts the bundle's signed plan on each host
+SERVE_PORT = 8600  # the runtime role's default (runtime_serve_port)
+JOB_TIMEOUT_S = 900.0
+SERVE_TIMEOUT_S = 120.0
+
+
+def _slurm_client(context: UpContext) -> Any:
+    from aifactory.scheduler.slurm import client_for
+
+    return client_for(context.plan().plan.name)
+
+
+def _node_states(context: UpContext) -> dict[str, str]:
+    from aifactory.scheduler.slurm import checked
+
+    client = _slurm_client(context)
+    out = checked(client.run(["sinfo", "--Node", "--noheader", "--format=%N %T"]), "sinfo", client.where)
+    return dict(line.split()[:2] for line in out.splitlines() if line.strip())
+
+
+def run_scheduler(context: UpContext) -> StageResult:
+    from aifactory.scheduler.topology import slurm_topology
+
+    topology = slurm_topology(context.plan().plan)
+    if topology is None:
+        return StageResult("skipped", "no Slurm in this plan (no control host or no gpu/cpu pool)")
+    wanted = {node["name"] for node in topology["nodes"]}
+    deadline = time.monotonic() + 90
+    states: dict[str, str] = {}
+    while time.monotonic() < deadline:
+        states = _node_states(context)
+        if wanted <= set(states) and all(states[n].rstrip("*~#") == "idle" for n in wanted):
+            partitions = ", ".join(p["name"] for p in topology["partitions"])
+            return StageResult(
+                "ok", f"{len(wanted)} nodes idle in partition(s) {partitions}", {"slurm": True}
+            )
+        time.sleep(1)
+    busy = ", ".join(f"{n}={states.get(n, 'missing')}" for n in sorted(wanted))
+    raise SchedulerError(f"Slurm nodes are not idle: {busy}", hint="see /var/log/slurm on the hosts")
+
+
+def verify_scheduler(context: UpContext, outputs: dict[str, Any]) -> str:
+    if not outputs.get("slurm"):
+        return "no Slurm in this plan"
+    return run_scheduler(context).summary
+
+
+def _train_target(context: UpContext) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
+    """The model `up` trains: the first model with training data, its first dataset, its hosts."""
+    plan = context.plan().plan
+    model = next((m for m in plan.models if m["trained_on"] and m["host_path"]), None)
+    if model is None:
+        raise UsageError("no model with training data on mounted storage to train")
+    dataset = next(d for d in plan.datasets if d["name"] == model["trained_on"][0])
+    pools = [p["name"] for p in plan.pools if p["role"] in ("cpu", "gpu")]
+    hosts = [
+        h.name for h in plan.hosts if h.pool in pools and any(m.storage == model["storage"] for m in h.mounts)
+    ]
+    return model, dataset, hosts[:2]
+
+
+def _train_folder(context: UpContext) -> Path:
+    folder = context.state.subdir("up") / "train"
+    folder.chmod(0o755)  # the lab's hosts read the job and token from here (as root)
+    return folder
+
+
+def _job(context: UpContext) -> dict[str, Any]:
+    model, dataset, hosts = _train_target(context)
+    folder = _train_folder(context)
+    return {
+        "schema": "aifactory.job/v1",
+        "name": f"up-{model['name']}"[:60],
+        "plan": NODE_PLAN,
+        "token_file": str(folder / f"{dataset['owner']}.token"),
+        "dataset": dataset["name"],
+        "model": model["name"],
+        "processes_per_host": 1,
+        "rendezvous_port": 29400,
+        "runtime_dir": str(context.state.subdir("runtime")),
+        "network": {"hidden": 32, "layers": 2},
+        "train": {
+            "steps": 60,
+            "global_batch": 32,
+            "learning_rate": 0.01,
+            "checkpoint_every": 20,
+            "threads": 1,
+        },
+    }
+
+
+def _token_for(context: UpContext, tenant: str) -> str:
+    from datetime import UTC, datetime, timedelta
+
+    from aifactory.runtime.tokens import TrustFiles, issue_token
+
+    trust = TrustFiles(context.state.subdir("runtime"))
+    expires = datetime.now(UTC) + timedelta(hours=12)
+    return issue_token(trust, site=context.plan().plan.name, tenant=tenant, expires=expires).token
+
+
+def _latest_step(context: UpContext, model: dict[str, Any], host: str) -> int:
+    from aifactory.lab import lab_exec
+
+    latest = f"{model['host_path']}/checkpoints/latest"
+    done = lab_exec(context.plan().plan.name, ["cat", latest], host=host)
+    text = done.stdout.strip().removeprefix("step-")
+    return int(text) if done.returncode == 0 and text.isdigit() else 0
+
+
+def run_train(context: UpContext) -> StageResult:
+    import yaml
+
+    from aifactory.lab import lab_exec
+    from aifactory.scheduler.jobs import list_jobs
+    from aifactory.scheduler.submit import train
+
+    if not context.options.lab:
+        return StageResult("skipped", "train with `aifactory train SITE JOB.yaml` on a real site")
+    model, dataset, hosts = _train_target(context)
+    job = _job(context)
+    folder = _train_folder(context)
+    token = Path(job["token_file"])
+    token.write_text(_token_for(context, dataset["owner"]))
+    token.chmod(0o600)
+    job_path = folder / "job.yaml"
+    job_path.write_text(yaml.safe_dump(job, sort_keys=True))
+    site = context.plan().plan.name
+    generate = lab_exec(
+        site,
+        [
+            str(NODE_RUNTIME / "aifactory-train"),
+            str(job_path),
+            "--generate-dataset",
+            "--samples",
+            "1024",
+            "--host",
+            hosts[0],
+        ],
+        host=hosts[0],
+        timeout=300,
+    )
+    if generate.returncode != 0:
+        raise AifactoryError(
+            f"generating dataset {dataset['name']} failed: {generate.stderr.strip()[-300:]}",
+            code="dataset-generation-failed",
+        )
+    client = _slurm_client(context)
+    submission = train(context.plan(), job_path, client=client, nodes=len(hosts))
+    deadline = time.monotonic() + JOB_TIMEOUT_S
+    state = "PENDING"
+    while time.monotonic() < deadline:
+        found = {j.id: j for j in list_jobs(site, client=client)}.get(submission.slurm_job_id)
+        state = found.state if found else "PENDING"
+        if state not in ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING"):
+            break
+        time.sleep(2)
+    step = _latest_step(context, model, hosts[0])
+    if state != "COMPLETED" or step < job["train"]["steps"]:
+        raise AifactoryError(
+            f"training job {submission.slurm_job_id} ended {state} at step {step}",
+            code="train-failed",
+            hint="see the job's output under the model's runs/ folder; "
+            "run `aifactory up` again: training resumes from the last checkpoint",
+        )
+    return StageResult(
+        "ok",
+        f"Slurm job {submission.slurm_job_id} on {', '.join(hosts)}: {step} steps, "
+        f"decision {submission.decision_id}",
+        {
+            "slurm_job_id": submission.slurm_job_id,
+            "decision_id": submission.decision_id,
+            "step": step,
+            "model": model["name"],
+        },
+    )
+
+
+def _train_inputs(context: UpContext) -> dict[str, Any]:
+    job = _job(context)
+    job.pop("token_file")
+    return {
+        "plan": context.plan_digest,
+        "job": job,
+        "bundle": context.outputs.get("import", {}).get("digest"),
+    }
+
+
+def verify_train(context: UpContext, outputs: dict[str, Any]) -> str:
+    model, _, hosts = _train_target(context)
+    step = _latest_step(context, model, hosts[0])
+    if step < _job(context)["train"]["steps"]:
+        raise AifactoryError("the checkpoint is gone", code="checkpoint-missing")
+    return f"checkpoint at step {step} is there: no retraining"
+
+
+_PROBE = """
+import json, sys, time, urllib.request, urllib.error
+base, model, allowed, denied, timeout = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], float(sys.argv[5])
+deadline = time.monotonic() + timeout
+features = None
+while time.monotonic() < deadline:
+    try:
+        health = json.load(urllib.request.urlopen(base + "/healthz", timeout=5))
+        info = (health.get("models") or {}).get(model)
+        if info:
+            features = info.get("features")
+            break
+    except (OSError, ValueError):
+        pass
+    time.sleep(1)
+if features is None:
+    sys.exit("the model was not loaded in time")
+def ask(token):
+    body = json.dumps({"inputs": [[0.5] * int(features)]}).encode()
+    headers = {"Authorization": "Bearer " + token, "Content-Type": "application/json"}
+    url = base + "/v1/models/" + model + "/infer"
+    request = urllib.request.Request(url, data=body, method="POST", headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            return {"status": answer.status, **json.load(answer)}
+    except urllib.error.HTTPError as error:
+        return {"status": error.code, **json.load(error)}
+print(json.dumps({"allowed": ask(allowed), "denied": ask(denied)}))
+"""
+
+
+def _denied_tenant(context: UpContext, model: dict[str, Any]) -> str | None:
+    """A tenant that is neither the model's owner nor granted `infer` on it."""
+    plan = context.plan().plan
+    granted = {
+        g["tenant"]
+        for g in plan.access
+        if g["resource"] == f"model/{model['name']}" and "infer" in g["actions"]
+    }
+    return next(
+        (t["name"] for t in plan.tenants if t["name"] != model["owner"] and t["name"] not in granted), None
+    )
+
+
+def run_serve(context: UpContext) -> StageResult:
+    import json
+
+    from aifactory.lab import lab_exec
+
+    if not context.options.lab:
+        return StageResult("skipped", "requests are made against the lab only")
+    model = next(m for m in context.plan().plan.models if m["name"] == context.outputs["train"]["model"])
+    host = context.plan().plan.host(
+        next(h.name for h in context.plan().plan.hosts if h.pool in model["serve_on"])
+    )
+    denied_tenant = _denied_tenant(context, model)
+    if denied_tenant is None:
+        raise UsageError("the site has no tenant without access to the model, to show a denied request")
+    base = f"http://{host.management_address}:{SERVE_PORT}"
+    probe = lab_exec(
+        context.plan().plan.name,
+        [
+            "python3",
+            "-c",
+            _PROBE,
+            base,
+            model["name"],
+            _token_for(context, model["owner"]),
+            _token_for(context, denied_tenant),
+            str(SERVE_TIMEOUT_S),
+        ],
+        timeout=SERVE_TIMEOUT_S + 60,
+    )
+    if probe.returncode != 0:
+        raise AifactoryError(
+            f"the inference server on {host.name} did not answer: {probe.stderr.strip()[-300:]}",
+            code="serve-failed",
+        )
+    answers = json.loads(probe.stdout)
+    allowed, denied = answers["allowed"], answers["denied"]
+    if allowed.get("status") != 200 or denied.get("status") != 403:
+        raise AifactoryError(
+            f"unexpected answers: allowed {allowed.get('status')}, denied {denied.get('status')}",
+            code="serve-unexpected",
+        )
+    return StageResult(
+        "ok",
+        f"{model['name']} on {host.name}: {model['owner']} 200 (decision "
+        f"{allowed.get('decision_id')}), {denied_tenant} 403 {denied.get('reason')} (decision "
+        f"{denied.get('decision_id')})",
+        {"allowed": allowed, "denied": denied, "host": host.name},
+    )
+
+
 # ------------------------------------------------------------------ audit
 
 
@@ -361,5 +668,14 @@ def stage_list() -> list[Stage]:
             lambda c: {"plan": c.plan_digest, "bundle": c.outputs.get("import", {}).get("digest")},
         ),
         Stage("deploy", "install the runtime from the bundle", run_deploy, _deploy_inputs, verify_deploy),
+        Stage(
+            "scheduler",
+            "Slurm controller and nodes ready",
+            run_scheduler,
+            lambda c: {"deploy": c.outputs.get("deploy", {}).get("bundle"), "plan": c.plan_digest},
+            verify_scheduler,
+        ),
+        Stage("train", "train the model across the compute hosts", run_train, _train_inputs, verify_train),
+        Stage("serve", "one allowed and one denied request", run_serve, always=True),
         Stage("audit", "signed auditor report", run_audit, always=True),
     ]
