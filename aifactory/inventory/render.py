@@ -23,6 +23,7 @@ import yaml
 
 from aifactory.errors import Location, StateError, UsageError
 from aifactory.inventory.model import Group, Inventory, group_name
+from aifactory.scheduler.topology import slurm_topology_of
 
 MARKER = ".aifactory-inventory"
 HEADER = "# Rendered by `aifactory inventory` from the site's plan; do not edit (re-render instead).\n"
@@ -133,6 +134,8 @@ def _site_vars(plan: Mapping[str, Any], bundle: Mapping[str, Any] | None,
         "aifactory_storage": [dict(s) for s in plan.get("storage", [])],
         "aifactory_egress_allow": list(plan.get("egress", {}).get("allow", [])),
         "aifactory_bundle": dict(bundle) if bundle else None,
+        # The plan's Slurm cluster (controller, nodes, partitions, accounts), or None: the scheduler play.
+        "aifactory_slurm": slurm_topology_of(plan),
         # Real hosts run systemd; the lab's inventory variables replace these two (docs/lab.md).
         "aifactory_lab": False,
         "aifactory_service_manager": "systemd",

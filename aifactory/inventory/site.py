@@ -70,6 +70,9 @@ def site_inventory(plan: Mapping[str, Any], *, bundle: Mapping[str, Any] | None 
     state = state or SiteState.for_site(site)
     outputs = read_provision_outputs(state.path(*PROVISION_OUTPUTS))
     found_lab = lab_vars(site)
-    site_vars = {**found_lab, **(extra_vars or {})}
+    # Where the site's token trust files are on the control host (`aifactory token issue`); the runtime
+    # role copies their public half and the signed revocation list to every host.
+    trust = {"aifactory_runtime_trust_dir": str(state.path("runtime"))}
+    site_vars = {**trust, **found_lab, **(extra_vars or {})}
     inventory = build_inventory(plan, bundle=bundle, provisioned=outputs, site_vars=site_vars)
     return SiteInventory(inventory, provisioned=outputs is not None, lab=bool(found_lab))

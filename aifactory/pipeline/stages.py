@@ -292,6 +292,10 @@ def run_inventory(context: UpContext) -> StageResult:
 
 def run_deploy(context: UpContext) -> StageResult:
     from aifactory.deploy import DeployOptions, deploy_site
+    from aifactory.runtime.tokens import TrustFiles, ensure_site_key
+
+    # The site's token key, so deploy can give every host its public half and the revocation list.
+    ensure_site_key(TrustFiles(context.state.subdir("runtime")), site=context.plan().plan.name)
 
     result = deploy_site(context.spec_path, options=DeployOptions())
     if result.exit_code != ExitCode.OK:
