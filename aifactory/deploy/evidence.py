@@ -74,6 +74,8 @@ def write_installed(state: SiteState, *, run_id: str, when: str, plan_digest: st
                 "deployed_at": when, "run_id": run_id, "result": result, "plan_digest": plan_digest,
                 "bundle": report.get("bundle"),
                 "config_files": dict(sorted((report.get("config_files") or {}).items())),
+                # files that carry the host's own name or addresses (excluded from pool baselines)
+                "host_config_files": sorted(report.get("host_config_files") or []),
             })
             runtime = _runtime(report)
             if runtime:  # a run narrowed by --tags may not have looked at the runtime: keep what was known

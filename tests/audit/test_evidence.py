@@ -37,13 +37,22 @@ def _write_installed(state: SiteState, hosts: dict[str, dict]) -> None:
 
 def _deploy(state: SiteState, plan: SitePlan, *, plan_digest: str, failed: tuple[str, ...] = ()) -> None:
     """Record a deploy run with deploy's own writer, as `aifactory deploy` does."""
-    reports = {h.name: {"runtime": {"version": "0.1.0", "packages": [{"name": k, "version": v}
-                                                                   for k, v in PACKAGES.items()]},
-                        "config_files": CONFIGS, "bundle": {"version": "1.0", "digest": "sha256:" + "3" * 64}}
-               for h in plan.hosts if h.name not in failed}
+    reports = {
+        h.name: {
+            "runtime": {
+                "version": "0.1.0",
+                "packages": [{"name": k, "version": v} for k, v in PACKAGES.items()],
+            },
+            "config_files": CONFIGS,
+            "bundle": {"version": "1.0", "digest": "sha256:" + "3" * 64},
+        }
+        for h in plan.hosts
+        if h.name not in failed
+    }
     results = {h.name: "failed" if h.name in failed else "changed" for h in plan.hosts}
-    write_installed(state, run_id="run-1", when=TIMESTAMP, plan_digest=plan_digest, reports=reports,
-                    results=results)
+    write_installed(
+        state, run_id="run-1", when=TIMESTAMP, plan_digest=plan_digest, reports=reports, results=results
+    )
 
 
 def _rules(evidence) -> dict[str, str]:  # type: ignore[no-untyped-def]
@@ -77,8 +86,11 @@ def test_a_failed_host_and_an_old_plan_fail(deployed: tuple[Path, SitePlan, Site
     (state.path("deploy", "installed.json")).unlink(missing_ok=True)
     _deploy(state, plan, plan_digest="sha256:" + "9" * 64, failed=("labdeploy-cpu-002",))
     evidence = deploy_evidence(state, plan, plan.digest())
-    assert _rules(evidence) == {"deploy.inventory_complete": "fail", "deploy.pool_baseline": "pass",
-                                "deploy.current_plan": "fail"}
+    assert _rules(evidence) == {
+        "deploy.inventory_complete": "fail",
+        "deploy.pool_baseline": "pass",
+        "deploy.current_plan": "fail",
+    }
     missing = next(f for f in evidence.findings if f.rule == "deploy.inventory_complete")
     assert missing.resource == "pool/cpu" and "tried and failed" in missing.message
     assert evidence.detail["last_run_not_ok"] == ["labdeploy-cpu-002"]
@@ -86,21 +98,66 @@ def test_a_failed_host_and_an_old_plan_fail(deployed: tuple[Path, SitePlan, Site
 
 def test_drift_and_missing_hosts_fail_with_findings(deployed: tuple[Path, SitePlan, SiteState]) -> None:
     _spec, plan, state = deployed
-    hosts = {h.name: {"packages": [{"name": k, "version": v} for k, v in PACKAGES.items()],
-                      "configs": [{"path": k, "sha256": v} for k, v in CONFIGS.items()]}
-             for h in plan.hosts if h.role != "control"}  # the control host never reported
+    hosts = {
+        h.name: {
+            "packages": [{"name": k, "version": v} for k, v in PACKAGES.items()],
+            "configs": [{"path": k, "sha256": v} for k, v in CONFIGS.items()],
+        }
+        for h in plan.hosts
+        if h.role != "control"
+    }  # the control host never reported
     hosts["labdeploy-cpu-002"]["packages"][0]["version"] = "22.05.7-1"  # one host drifted
     hosts["stranger-001"] = {"packages": {}, "configs": {"/etc/motd": "sha256:" + "0" * 64}}
     _write_installed(state, hosts)
     evidence = deploy_evidence(state, plan, plan.digest())
-    assert _rules(evidence) == {"deploy.inventory_complete": "fail", "deploy.pool_baseline": "fail",
-                                "deploy.current_plan": "pass"}
+    assert _rules(evidence) == {
+        "deploy.inventory_complete": "fail",
+        "deploy.pool_baseline": "fail",
+        "deploy.current_plan": "pass",
+    }
     resources = {(f.rule, f.resource) for f in evidence.findings}
-    assert resources == {("deploy.inventory_complete", "pool/control"),
-                         ("deploy.inventory_complete", "site/labdeploy"),
-                         ("deploy.pool_baseline", "pool/cpu")}
+    assert resources == {
+        ("deploy.inventory_complete", "pool/control"),
+        ("deploy.inventory_complete", "site/labdeploy"),
+        ("deploy.pool_baseline", "pool/cpu"),
+    }
     drift = next(f for f in evidence.findings if f.rule == "deploy.pool_baseline")
     assert "labdeploy-cpu-002" in drift.message
+
+
+def test_host_specific_files_differ_by_design_but_a_shared_file_is_drift(
+    deployed: tuple[Path, SitePlan, SiteState],
+) -> None:
+    """Files deploy marks as the host's own (addresses, name) never break a pool's baseline; a pool-wide
+    file that differs does."""
+    _spec, plan, state = deployed
+    own = "/etc/aifactory/runtime.yaml"
+    reports = {
+        h.name: {
+            "runtime": {"version": "0.1.0"},
+            "bundle": {"version": "1.0", "digest": "sha256:" + "3" * 64},
+            "config_files": {**CONFIGS, own: "sha256:" + h.name.encode().hex()[:64].ljust(64, "0")},
+            "host_config_files": [own],
+        }
+        for h in plan.hosts
+    }
+    results = dict.fromkeys((h.name for h in plan.hosts), "changed")
+    (state.path("deploy", "installed.json")).unlink(missing_ok=True)
+    write_installed(
+        state, run_id="run-2", when=TIMESTAMP, plan_digest=plan.digest(), reports=reports, results=results
+    )
+    assert _rules(deploy_evidence(state, plan, plan.digest())) == ALL_PASS
+    drifted = "labdeploy-cpu-002"
+    reports[drifted]["config_files"] = {
+        **reports[drifted]["config_files"],
+        "/etc/slurm/slurm.conf": "sha256:" + "4" * 64,
+    }
+    write_installed(
+        state, run_id="run-3", when=TIMESTAMP, plan_digest=plan.digest(), reports=reports, results=results
+    )
+    evidence = deploy_evidence(state, plan, plan.digest())
+    assert _rules(evidence)["deploy.pool_baseline"] == "fail"
+    assert drifted in next(f for f in evidence.findings if f.rule == "deploy.pool_baseline").message
 
 
 def test_an_unreadable_deploy_record_fails(deployed: tuple[Path, SitePlan, SiteState]) -> None:
@@ -114,8 +171,16 @@ def _decision_log(state: SiteState, records: int) -> Path:
     path = state.subdir("runtime") / "decisions.jsonl"
     log = DecisionLog(path, sign_every=2)
     for index in range(records):
-        log.record({"tenant": "health", "action": "infer", "resource": "model/vitals-mlp", "allow": True,
-                    "reasons": [], "decision_id": f"d{index}"})
+        log.record(
+            {
+                "tenant": "health",
+                "action": "infer",
+                "resource": "model/vitals-mlp",
+                "allow": True,
+                "reasons": [],
+                "decision_id": f"d{index}",
+            }
+        )
     log.close()
     return path
 
@@ -145,7 +210,8 @@ def test_full_report_with_every_kind_of_evidence(tmp_path: Path) -> None:
     written = produce_report(spec, tmp_path / "report", ReportOptions(timestamp=TIMESTAMP))
     statuses = {c.id: c.status for c in written.report.controls}
     assert {k: statuses[k] for k in ("CM-2", "CM-8", "AU-9", "AU-12")} == dict.fromkeys(
-        ("CM-2", "CM-8", "AU-9", "AU-12"), "pass")
+        ("CM-2", "CM-8", "AU-9", "AU-12"), "pass"
+    )
     assert statuses["SI-7"] == "not-assessed"  # no bundle imported
     report = json.loads((written.folder / "report.json").read_text())
     jsonschema.validate(report, SCHEMA)

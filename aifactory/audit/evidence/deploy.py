@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,7 @@ class HostRecord:
     bundle: str = ""  # "<version> <digest>" of the bundle it was deployed from
     plan_digest: str = ""
     last_result: str = ""
+    host_configs: dict[str, str] = field(default_factory=dict)  # host-specific by design: not in the baseline
 
     @property
     def installed(self) -> bool:
@@ -98,11 +99,14 @@ def _host_record(name: str, record: Any) -> HostRecord:
     packages = record.get("packages") if "packages" in record else runtime.get("packages")
     configs = record.get("configs") if "configs" in record else record.get("config_files")
     bundle = _mapping(record.get("bundle"))
+    own = {str(p) for p in record.get("host_config_files") or [] if isinstance(p, str)}
     try:
+        all_configs = _pairs(configs, "path", ("digest", "sha256"))
         return HostRecord(
-            _pairs(packages, "name", ("version",)), _pairs(configs, "path", ("digest", "sha256")),
+            _pairs(packages, "name", ("version",)), {k: v for k, v in all_configs.items() if k not in own},
             f"{bundle.get('version', '')} {bundle.get('digest', '')}".strip(),
-            str(record.get("plan_digest") or ""), str(_mapping(record.get("last_run")).get("result") or ""))
+            str(record.get("plan_digest") or ""), str(_mapping(record.get("last_run")).get("result") or ""),
+            {k: v for k, v in all_configs.items() if k in own})
     except UnreadableRecord as exc:
         raise UnreadableRecord(f"host {name}: {exc}") from None
 
