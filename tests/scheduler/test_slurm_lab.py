@@ -42,6 +42,7 @@ class Cluster:
     state_home: Path
     plan: Any  # SitePlan
     first_play: subprocess.CompletedProcess[str]
+    check_play: subprocess.CompletedProcess[str]
 
     @property
     def compute_hosts(self) -> list[str]:
@@ -65,8 +66,8 @@ class Cluster:
                                  f"{result.stdout}\n{result.stderr}")
         return result
 
-    def play(self) -> subprocess.CompletedProcess[str]:
-        return self.exec(["ansible-playbook", str(PLAYBOOK), "-e", f"@{self.work / 'slurm.yml'}"],
+    def play(self, *options: str) -> subprocess.CompletedProcess[str]:
+        return self.exec(["ansible-playbook", *options, str(PLAYBOOK), "-e", f"@{self.work / 'slurm.yml'}"],
                          check=False, timeout=600)
 
     def aifactory(self, *argv: str) -> subprocess.CompletedProcess[str]:
@@ -163,10 +164,12 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
             (work / f"{tenant}.token").write_text(token.token)
         lab_up(planned)
         try:
-            cluster = Cluster(site, spec, work, state_home, planned.plan, subprocess.CompletedProcess([], 0))
+            nothing = subprocess.CompletedProcess([], 0)
+            cluster = Cluster(site, spec, work, state_home, planned.plan, nothing, nothing)
             for host in cluster.compute_hosts:  # what deploy installs at /opt/aifactory/current
                 install = f"mkdir -p /opt/aifactory && ln -sfn {sys.prefix} /opt/aifactory/current"
                 cluster.exec(["sh", "-c", install], host=host)
+            cluster.check_play = cluster.play("--check")  # on fresh hosts: predicts, changes nothing
             cluster.first_play = cluster.play()
             assert cluster.first_play.returncode == 0, cluster.first_play.stdout[-4000:]
             job = cluster.write_job("gen", "health")
@@ -182,6 +185,12 @@ def test_sinfo_shows_every_compute_host_idle_in_its_partition(cluster: Cluster) 
     states = wait_for("every node idle", lambda: (s := cluster.node_states())
                       and all(state == "idle" for _, state in s.values()) and s, timeout=60)
     assert states == {h.name: (h.pool, "idle") for h in cluster.plan.hosts if h.role in ("cpu", "gpu")}
+
+
+def test_check_mode_on_fresh_hosts_predicts_changes_and_fails_nothing(cluster: Cluster) -> None:
+    assert cluster.check_play.returncode == 0, cluster.check_play.stdout[-4000:]
+    predicted = changed_counts(cluster.check_play.stdout)
+    assert set(predicted) == {h.name for h in cluster.plan.hosts} and all(predicted.values())
 
 
 def test_re_running_the_scheduler_play_changes_nothing(cluster: Cluster) -> None:
