@@ -47,7 +47,7 @@ def _read_string(blob: bytes, offset: int) -> tuple[bytes, int]:
     end = offset + 4 + length
     if end > len(blob):
         raise SignatureError("the signature is truncated")
-    return blob[offset + 4:end], end
+    return blob[offset + 4 : end], end
 
 
 def public_key_blob(public: Ed25519PublicKey) -> bytes:
@@ -66,8 +66,13 @@ def fingerprint(public: Ed25519PublicKey) -> str:
 
 
 def _signed_data(message_digest: bytes, namespace: str) -> bytes:
-    return (MAGIC + _string(namespace.encode()) + _string(b"") + _string(HASH_ALGORITHM.encode())
-            + _string(message_digest))
+    return (
+        MAGIC
+        + _string(namespace.encode())
+        + _string(b"")
+        + _string(HASH_ALGORITHM.encode())
+        + _string(message_digest)
+    )
 
 
 def sign(data: bytes, key: Ed25519PrivateKey, namespace: str) -> str:
@@ -78,11 +83,17 @@ def sign(data: bytes, key: Ed25519PrivateKey, namespace: str) -> str:
 def sign_digest(message_digest: bytes, key: Ed25519PrivateKey, namespace: str) -> str:
     """Sign a SHA-512 digest (for large files hashed while streaming)."""
     raw_signature = key.sign(_signed_data(message_digest, namespace))
-    blob = (MAGIC + struct.pack(">I", 1) + _string(public_key_blob(key.public_key()))
-            + _string(namespace.encode()) + _string(b"") + _string(HASH_ALGORITHM.encode())
-            + _string(_string(KEY_TYPE.encode()) + _string(raw_signature)))
+    blob = (
+        MAGIC
+        + struct.pack(">I", 1)
+        + _string(public_key_blob(key.public_key()))
+        + _string(namespace.encode())
+        + _string(b"")
+        + _string(HASH_ALGORITHM.encode())
+        + _string(_string(KEY_TYPE.encode()) + _string(raw_signature))
+    )
     encoded = base64.b64encode(blob).decode()
-    lines = [encoded[i:i + 70] for i in range(0, len(encoded), 70)]
+    lines = [encoded[i : i + 70] for i in range(0, len(encoded), 70)]
     return "\n".join([BEGIN, *lines, END]) + "\n"
 
 
@@ -99,7 +110,7 @@ def parse_signature(armored: str) -> ParsedSignature:
     if not (text.startswith(BEGIN) and text.endswith(END)):
         raise SignatureError("not an SSH signature (no BEGIN/END SSH SIGNATURE lines)")
     try:
-        blob = base64.b64decode("".join(text[len(BEGIN):-len(END)].split()), validate=True)
+        blob = base64.b64decode("".join(text[len(BEGIN) : -len(END)].split()), validate=True)
     except ValueError:
         raise SignatureError("the signature is not valid base64") from None
     if not blob.startswith(MAGIC) or len(blob) < 10:
@@ -124,8 +135,9 @@ def parse_signature(armored: str) -> ParsedSignature:
         public = Ed25519PublicKey.from_public_bytes(raw_key)
     except ValueError:
         raise SignatureError("the signature carries a malformed public key") from None
-    return ParsedSignature(public, namespace.decode(errors="replace"), hash_algorithm.decode(errors="replace"),
-                           raw_sig)
+    return ParsedSignature(
+        public, namespace.decode(errors="replace"), hash_algorithm.decode(errors="replace"), raw_sig
+    )
 
 
 def read_allowed_signers(path: Path) -> list[tuple[str, Ed25519PublicKey, str | None]]:
@@ -134,8 +146,9 @@ def read_allowed_signers(path: Path) -> list[tuple[str, Ed25519PublicKey, str | 
     try:
         lines = path.read_text().splitlines()
     except OSError as exc:
-        raise SignatureError(f"cannot read the trust file {path}: {exc.strerror}",
-                             location=Location(file=str(path))) from None
+        raise SignatureError(
+            f"cannot read the trust file {path}: {exc.strerror}", location=Location(file=str(path))
+        ) from None
     for line in lines:
         line = line.strip()
         if not line or line.startswith("#"):
@@ -157,8 +170,9 @@ def read_allowed_signers(path: Path) -> list[tuple[str, Ed25519PublicKey, str | 
 
 def verify(data: bytes, armored: str, *, allowed_signers: Path, namespace: str) -> str:
     """Verify against a trust file; return the matching principal. Raise SignatureError otherwise."""
-    return verify_digest(hashlib.sha512(data).digest(), armored, allowed_signers=allowed_signers,
-                         namespace=namespace)
+    return verify_digest(
+        hashlib.sha512(data).digest(), armored, allowed_signers=allowed_signers, namespace=namespace
+    )
 
 
 def verify_digest(message_digest: bytes, armored: str, *, allowed_signers: Path, namespace: str) -> str:
@@ -189,8 +203,14 @@ class KeyFiles:
     identity: str
 
 
-def generate_keypair(directory: Path, *, identity: str, passphrase: bytes | None = None,
-                     name: str = "signing_key", namespaces: str | None = None) -> KeyFiles:
+def generate_keypair(
+    directory: Path,
+    *,
+    identity: str,
+    passphrase: bytes | None = None,
+    name: str = "signing_key",
+    namespaces: str | None = None,
+) -> KeyFiles:
     """Write <name> (0600, OpenSSH format, encrypted if a passphrase is given), <name>.pub and
     allowed_signers. Refuses to overwrite an existing key."""
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -218,25 +238,48 @@ def load_private_key(path: Path, passphrase: bytes | None = None) -> Ed25519Priv
     try:
         data = path.read_bytes()
     except OSError as exc:
-        raise AifactoryError(f"cannot read the signing key {path}: {exc.strerror}", code="key-unreadable",
-                             location=Location(file=str(path))) from None
+        raise AifactoryError(
+            f"cannot read the signing key {path}: {exc.strerror}",
+            code="key-unreadable",
+            location=Location(file=str(path)),
+        ) from None
     try:
         key = serialization.load_ssh_private_key(data, password=passphrase)
     except (ValueError, TypeError) as exc:
-        needs = "it is encrypted: give its passphrase" if b"bcrypt" in data or passphrase is None else str(exc)
-        raise AifactoryError(f"cannot load the signing key {path}: {needs}", code="key-unreadable",
-                             location=Location(file=str(path))) from None
+        needs = (
+            "it is encrypted: give its passphrase" if b"bcrypt" in data or passphrase is None else str(exc)
+        )
+        raise AifactoryError(
+            f"cannot load the signing key {path}: {needs}",
+            code="key-unreadable",
+            location=Location(file=str(path)),
+        ) from None
     if not isinstance(key, Ed25519PrivateKey):
         raise AifactoryError(f"{path} is not an Ed25519 key", code="key-unreadable")
     return key
 
 
-def ssh_keygen_verify(data_path: Path, signature_path: Path, *, allowed_signers: Path, identity: str,
-                      namespace: str) -> subprocess.CompletedProcess[str]:
+def ssh_keygen_verify(
+    data_path: Path, signature_path: Path, *, allowed_signers: Path, identity: str, namespace: str
+) -> subprocess.CompletedProcess[str]:
     """Run the stock tool, as an auditor would (used by tests and `verify --with-ssh-keygen`)."""
     with data_path.open("rb") as stdin:
         return subprocess.run(
-            ["ssh-keygen", "-Y", "verify", "-f", str(allowed_signers), "-I", identity, "-n", namespace,
-             "-s", str(signature_path)],
-            stdin=stdin, capture_output=True, text=True, check=False,
+            [
+                "ssh-keygen",
+                "-Y",
+                "verify",
+                "-f",
+                str(allowed_signers),
+                "-I",
+                identity,
+                "-n",
+                namespace,
+                "-s",
+                str(signature_path),
+            ],
+            stdin=stdin,
+            capture_output=True,
+            text=True,
+            check=False,
         )
