@@ -190,7 +190,8 @@ def verify_digest(message_digest: bytes, armored: str, *, allowed_signers: Path,
         if public_key_blob(key) == signer and (namespaces is None or namespace in namespaces.split(",")):
             return principal
     raise SignatureError(
-        f"the signature is valid but its key {fingerprint(parsed.public_key)} is not trusted by {allowed_signers}",
+        f"the signature is valid but its key {fingerprint(parsed.public_key)} "
+        f"is not trusted by {allowed_signers}",
         hint="check that you were given the right allowed_signers file",
     )
 
