@@ -144,13 +144,16 @@ def run_stages(
             else:
                 result = stage.run(context)
                 context.outputs[stage.name] = result.outputs
-        except AifactoryError as error:
+        except (AifactoryError, OSError) as caught:
+            error = caught if isinstance(caught, AifactoryError) else AifactoryError(
+                f"{stage.name}: {caught}", code="stage-io-error", exit_code=ExitCode.CANNOT_EVALUATE,
+                hint="check the path and free space, then run `aifactory up` again")
             outcome = StageOutcome(stage.name, "failed", time.monotonic() - began, error.message)
             records.put(stage.name, {"status": "failed", "inputs": None, "summary": error.message})
             outcomes.append(outcome)
             reporter.stage_finished(index, len(stages), outcome)
             outcomes += [StageOutcome(s.name, "not-run", 0.0, "") for s in stages[index + 1 :]]
-            raise PipelineFailed(outcomes, error) from error
+            raise PipelineFailed(outcomes, error) from caught
         except KeyboardInterrupt:
             outcome = StageOutcome(stage.name, "interrupted", time.monotonic() - began, "interrupted")
             outcomes.append(outcome)

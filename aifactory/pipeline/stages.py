@@ -390,7 +390,7 @@ def _train_target(context: UpContext) -> tuple[dict[str, Any], dict[str, Any], l
 
 
 def _train_folder(context: UpContext) -> Path:
-    folder = context.state.subdir("up") / "train"
+    folder = context.state.subdir("up/train")
     folder.chmod(0o755)  # the lab's hosts read the job and token from here (as root)
     return folder
 
