@@ -6,11 +6,11 @@ emulators; everything is named from the site name, so labs of different sites ru
 
 from aifactory.lab.bmc import BmcCredential, lab_bmc_credential, lab_secret_resolver
 from aifactory.lab.execute import lab_command, lab_env, lab_exec
-from aifactory.lab.lifecycle import lab_down, lab_up
+from aifactory.lab.lifecycle import lab_down, lab_up, restart_sshd
 from aifactory.lab.query import lab_status
 from aifactory.lab.status import BmcStatus, HostStatus, LabStatus
 
 __all__ = [
     "BmcCredential", "BmcStatus", "HostStatus", "LabStatus", "lab_bmc_credential", "lab_command", "lab_down",
-    "lab_env", "lab_exec", "lab_secret_resolver", "lab_status", "lab_up",
+    "lab_env", "lab_exec", "lab_secret_resolver", "lab_status", "lab_up", "restart_sshd",
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import shutil
@@ -13,7 +14,7 @@ from pathlib import Path
 
 from aifactory.errors import LabError, SecretError
 from aifactory.lab import access, bmc, hosts, network
-from aifactory.lab.journal import Entry, Journal
+from aifactory.lab.journal import Entry, Journal, process_start_time
 from aifactory.lab.layout import LabLayout, make_dir
 from aifactory.lab.names import PREFIX, LabNames, site_prefix
 from aifactory.lab.status import (
@@ -56,6 +57,17 @@ def lab_up(planned: PlannedSite, *, lock: bool = True) -> LabStatus:
         current = read_status(plan.name, layout)
         if current.up and current.plan_digest == plan.digest():
             return current
+        if _only_sshd_died(current, plan):
+            for host in current.hosts:
+                if host.sshd_state != "listening":
+                    _restart_sshd(layout, host.name, tools["sshd"])
+            healed = read_status(plan.name, layout)
+            if healed.up:
+                state.record(command="lab up", result="ok", spec_digest=plan.spec_digest,
+                             detail={"restarted_sshd": [h.name for h in current.hosts
+                                                        if h.sshd_state != "listening"]})
+                return healed
+            current = healed
         running = any(h.anchor.running() for h in current.hosts)
         if running and current.plan_digest != plan.digest():
             raise LabError(
@@ -211,6 +223,43 @@ def _host_status(plan: SitePlan, names: LabNames, name: str, anchors: dict[str, 
         [i.to_dict() for i in host.interfaces], ProcessRef.of(anchors[name].pid),
         ProcessRef.of(sshds[name].pid), bmc_status,
     )
+
+
+def _only_sshd_died(current: LabStatus, plan: SitePlan) -> bool:
+    """A lab of this plan whose hosts and BMCs run, but where some sshd is gone (killed by an admin
+    or a test): restarting those sshds heals it without rebuilding the hosts."""
+    if current.state != "degraded" or current.plan_digest != plan.digest() or not current.hosts:
+        return False
+    return all(h.state == "running" and (h.bmc is None or h.bmc.state == "running") for h in current.hosts)
+
+
+def restart_sshd(site: str, host: str, *, lock: bool = True) -> LabStatus:
+    """Start a lab host's sshd again (in the host's namespaces) and record it; a no-op if it listens."""
+    tools = check_prerequisites()
+    layout = LabLayout.for_site(site)
+    with _site_lock(SiteState.for_site(site), "lab restart-sshd", lock):
+        current = read_status(site, layout)
+        entry = next((h for h in current.hosts if h.name == host), None)
+        if entry is None or entry.state != "running":
+            raise LabError(f"{host} is not a running host of the lab of site {site!r}",
+                           hint="run `aifactory lab up` for the site")
+        if entry.sshd_state != "listening":
+            _restart_sshd(layout, host, tools["sshd"])
+    return read_status(site, layout)
+
+
+def _restart_sshd(layout: LabLayout, host: str, sshd: str) -> None:
+    data = json.loads(layout.status_file.read_text())
+    raw = next(h for h in data["hosts"] if h["name"] == host)
+    anchor_pid = int(data["processes"][host]["anchor"]["pid"])
+    proc = _start_sshd(layout, host, anchor_pid, sshd)
+    Journal(layout.root).add_process(f"sshd:{host}", proc.pid)
+    wait_ready({host: proc}, lambda name, pid: listening(pid, raw["management_address"], 22), what="sshd",
+               log_of=lambda name: layout.host_dir(name) / "sshd.log", timeout=SSHD_TIMEOUT)
+    data["processes"][host]["sshd"] = {"pid": proc.pid, "start": process_start_time(proc.pid)}
+    tmp = layout.status_file.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+    tmp.replace(layout.status_file)
 
 
 def _start_sshd(layout: LabLayout, host: str, anchor_pid: int, sshd: str) -> subprocess.Popen[bytes]:

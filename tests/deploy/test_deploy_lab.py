@@ -23,7 +23,7 @@ import pytest
 from aifactory.deploy import DeployOptions, DeployResult, Progress, Update, deploy_site
 from aifactory.deploy.evidence import installed_path
 from aifactory.errors import DeployError, ExitCode
-from aifactory.lab.layout import LabLayout
+from aifactory.lab import restart_sshd
 from aifactory.state import SiteState
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
@@ -60,8 +60,9 @@ def cut_off(lab, host: str) -> None:  # noqa: ANN001
 
 
 def restore(lab, host: str) -> None:  # noqa: ANN001
-    config = LabLayout.for_site(lab.site).host_dir(host) / "sshd_config"
-    lab.exec(["/usr/sbin/sshd", "-f", str(config)], host=host)
+    """Start the host's sshd again through the lab, which records it (the shared lab stays `up`)."""
+    status = restart_sshd(lab.site, host)
+    assert status.state == "up", f"the lab did not heal: {status.state}"
     deadline = time.monotonic() + 20
     while ssh(lab, host, "true", check=False).returncode != 0:
         assert time.monotonic() < deadline, f"sshd of {host} did not come back"

@@ -137,7 +137,7 @@ def test_a_failed_deploy_names_the_host_and_the_next_run_resumes_there(site: UpS
     assert failed.returncode == 4, failed.stdout[-2000:] + failed.stderr[-4000:]
     assert host in failed.stderr and "resumes at deploy" in failed.stderr
     assert site.stages()["deploy"]["status"] == "failed"
-    restored = site.run("lab", "up", str(site.spec))  # a degraded lab is rebuilt: fresh hosts, same plan
+    restored = site.run("lab", "up", str(site.spec))  # heals the lab: restarts the dead sshd
     assert restored.returncode == 0, restored.stderr
     resumed = site.run("up", str(site.spec), "--lab")
     assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-4000:]
