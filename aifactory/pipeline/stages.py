@@ -151,15 +151,19 @@ def run_lab(context: UpContext) -> StageResult:
 
 
 def verify_lab(context: UpContext, outputs: dict[str, Any]) -> str:
+    """The lab's hosts and BMCs still exist. A host whose sshd died is not the lab's failure but the
+    deploy stage's (an unreachable host, exit 4); `aifactory lab up` restarts the sshd."""
     if not outputs.get("lab"):
         return "not a lab site"
     from aifactory.lab import lab_status
 
-    data = lab_status(context.plan().plan.name).as_dict()
-    hosts = data.get("hosts", [])
-    if data.get("state") != "up" or not hosts:
-        raise AifactoryError("the lab is not fully up", code="lab-down")
-    return f"{len(hosts)} hosts up"
+    status = lab_status(context.plan().plan.name)
+    hosts = status.hosts
+    if status.state not in ("up", "degraded") or not hosts or any(h.state != "running" for h in hosts):
+        raise AifactoryError("the lab is not up", code="lab-down")
+    unreachable = [h.name for h in hosts if h.sshd_state != "listening"]
+    note = f"; sshd down on {', '.join(unreachable)}" if unreachable else ""
+    return f"{len(hosts)} hosts up{note}"
 
 
 def run_provision(context: UpContext) -> StageResult:
