@@ -9,7 +9,6 @@ The key is the site's audit key (generated on first use in <state>/audit/, mode 
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from aifactory import signing
+from aifactory.digests import sha256_file
 from aifactory.errors import AuditError, Location
 from aifactory.state import SiteState
 
@@ -46,12 +46,7 @@ def allowed_signers_line(identity: str, public_key_line: str) -> str:
     return f'{identity} namespaces="{NAMESPACE}" {public_key_line}\n'
 
 
-def file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+file_digest = sha256_file
 
 
 def manifest_text(folder: Path, names: Sequence[str]) -> str:

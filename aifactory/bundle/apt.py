@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from aifactory.digests import sha256_file
 from aifactory.errors import BundleError, PrerequisiteError
 
 # What the roles install from the bundle (munge + slurm roles, base role's time daemon).
@@ -105,14 +106,6 @@ def _control(deb: Path) -> str:
     return _run(["dpkg-deb", "-f", str(deb)]).rstrip("\n")
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def write_repository(debs: Sequence[Path], repo: Path, *, timestamp: int) -> list[DebPackage]:
     """Copy the .debs into `repo` and write a deterministic Packages and Release index."""
     repo.mkdir(parents=True, exist_ok=True)
@@ -123,7 +116,7 @@ def write_repository(debs: Sequence[Path], repo: Path, *, timestamp: int) -> lis
         shutil.copyfile(deb, target)
         control = _control(target)
         fields = _fields(control)
-        sha = _sha256(target)
+        sha = sha256_file(target)
         size = target.stat().st_size
         packages.append(DebPackage(fields["Package"], fields["Version"], fields.get("Architecture", "all"),
                                    target, sha, size))

@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
+from aifactory.digests import sha256_file
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+__all__ = ["atomic_write", "fsync_path", "sha256_file"]
 
 
 def fsync_path(path: Path) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from aifactory.bundle import apt
+from aifactory.digests import sha256_file
 
 pytestmark = pytest.mark.skipif(shutil.which("apt-get") is None, reason="needs Debian's apt tools")
 
@@ -54,7 +55,7 @@ def test_repository_indexes_every_deb_with_its_hash(repo: Path) -> None:
     assert len(index) == len(debs)
     for fields in index.values():
         deb = repo / fields["Filename"].removeprefix("./")
-        assert apt._sha256(deb) == fields["SHA256"]
+        assert sha256_file(deb) == fields["SHA256"]
         assert deb.stat().st_size == int(fields["Size"])
 
 
