@@ -8,6 +8,8 @@ import points it at the unpacked, verified bundle).
 from __future__ import annotations
 
 import os
+import shutil
+import sys
 from pathlib import Path
 
 from aifactory.errors import PrerequisiteError
@@ -29,6 +31,17 @@ def resource_dir(name: str) -> Path:
         f"cannot find the {name} folder (looked in {', '.join(str(c) for c in candidates)})",
         hint="reinstall aifactory, or set AIFACTORY_RESOURCES to a folder that holds it",
     )
+
+
+def control_tool(name: str, *, needed_for: str) -> str:
+    """An Ansible command of the control host: the one installed beside this Python (aifactory's own
+    virtual environment), else the first on the PATH."""
+    beside = Path(sys.executable).parent / name
+    found = str(beside) if beside.is_file() else shutil.which(name)
+    if not found:
+        raise PrerequisiteError(f"{name} is not installed; {needed_for}",
+                                hint="install aifactory's control extra: pip install 'aifactory[control]'")
+    return found
 
 
 def places_data_path() -> Path:

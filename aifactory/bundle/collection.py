@@ -17,13 +17,13 @@ import io
 import json
 import shutil
 import subprocess
-import sys
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from aifactory.bundle.archive import normalized_info
-from aifactory.errors import BundleError, Location, PrerequisiteError
+from aifactory.errors import BundleError, Location
+from aifactory.resources import control_tool
 
 NAMESPACE = "aifactory"
 NAME = "factory"
@@ -45,12 +45,7 @@ class Collection:
 
 
 def ansible_galaxy() -> str:
-    beside = Path(sys.executable).parent / "ansible-galaxy"
-    found = str(beside) if beside.is_file() else shutil.which("ansible-galaxy")
-    if not found:
-        raise PrerequisiteError("ansible-galaxy is not installed; it builds the playbooks' collection",
-                                hint="install aifactory's control extra: pip install 'aifactory[control]'")
-    return found
+    return control_tool("ansible-galaxy", needed_for="it builds the playbooks' collection")
 
 
 def _galaxy_yml(version: str) -> str:

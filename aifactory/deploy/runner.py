@@ -16,9 +16,7 @@ from __future__ import annotations
 import json
 import os
 import resource
-import shutil
 import stat
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -36,7 +34,7 @@ from aifactory.inventory.render import plan_digest
 from aifactory.inventory.site import site_inventory
 from aifactory.plan import plan_site
 from aifactory.plan.diff import diff_plans
-from aifactory.resources import resource_dir
+from aifactory.resources import control_tool, resource_dir
 from aifactory.state import SiteState
 
 PLAYBOOK = "site.yml"
@@ -143,12 +141,7 @@ def _lab_context(site: str) -> tuple[Path | None, list[str] | None, dict[str, st
 
 
 def _ansible_playbook() -> str:
-    beside = Path(sys.executable).parent / "ansible-playbook"
-    found = str(beside) if beside.is_file() else shutil.which("ansible-playbook")
-    if not found:
-        raise PrerequisiteError("ansible-playbook is not installed",
-                                hint="install the control extra: pip install 'aifactory[control]'")
-    return found
+    return control_tool("ansible-playbook", needed_for="deploy runs the site playbook with it")
 
 
 def _write_binary(folder: Path, prefix: list[str] | None) -> str:
