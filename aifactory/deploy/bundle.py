@@ -23,12 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from aifactory import signing
+from aifactory.bundle.manifest import MANIFEST, NAMESPACE, SIGNATURE
 from aifactory.errors import BundleError, Location, PrerequisiteError
 from aifactory.state import SiteState
 
-NAMESPACE = "aifactory-bundle"
-MANIFEST = "manifest.json"
-SIGNATURE = "manifest.json.sig"
 PLAN = "plan.json"
 # What hosts need from the bundle (paths in its manifest that start with these).
 PAYLOAD_PREFIXES = ("wheels/", "apt/", PLAN)
