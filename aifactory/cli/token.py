@@ -1,7 +1,12 @@
-"""`aifactory token issue SITE --tenant T [--expires ...]`, `aifactory token revoke SITE TOKEN_ID`.
+"""`aifactory token issue|cert|revoke`: tenant tokens and site-CA certificates for the runtime.
+
+    aifactory token issue SITE --tenant T [--expires 30d]
+    aifactory token cert SITE (--tenant T | --server NAME [--address IP ...]) [--expires 30d] -o DIR
+    aifactory token revoke SITE (TOKEN_ID | TOKEN | cert:SERIAL | CERT.pem) [--reason TEXT]
 
 SITE is a site spec (YAML; the tenant is checked against it) or the name of a site whose state
-folder exists. The token is printed once and never stored; its id is logged.
+folder exists. The token is printed once and never stored; its id is logged. Certificates and their
+keys (0600) are written to DIR with the site CA's certificate; serials and fingerprints are logged.
 """
 
 from __future__ import annotations
@@ -13,13 +18,20 @@ from pathlib import Path
 
 from aifactory.cli.output import emit_json
 from aifactory.errors import UsageError
+from aifactory.runtime.certs import (
+    certificate_revocation_id,
+    issue_client_certificate,
+    issue_server_certificate,
+)
 from aifactory.runtime.tokens import TrustFiles, issue_token, parse_expiry, revoke_token, token_id_of
 from aifactory.state import SiteState
 
 
 def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     token = subparsers.add_parser(
-        "token", parents=[common], help="issue and revoke tenant tokens for the runtime"
+        "token",
+        parents=[common],
+        help="issue and revoke tenant tokens and site-CA certificates for the runtime",
     )
     actions = token.add_subparsers(dest="token_command", metavar="ACTION")
     actions.required = True
@@ -34,9 +46,38 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     )
     issue.set_defaults(handler=cmd_issue)
 
-    revoke = actions.add_parser("revoke", parents=[common], help="add a token to the site's revocation list")
+    cert = actions.add_parser(
+        "cert", parents=[common], help="issue a client (tenant) or server certificate from the site CA"
+    )
+    cert.add_argument("site", help="site spec (YAML) or site name")
+    whom = cert.add_mutually_exclusive_group(required=True)
+    whom.add_argument("--tenant", help="a client certificate naming this tenant (aifactory://SITE/tenant/T)")
+    whom.add_argument("--server", help="a server certificate for this DNS name (aifactory-serve --tls-cert)")
+    cert.add_argument(
+        "--address",
+        action="append",
+        default=[],
+        help="with --server: an IP address it answers on (repeatable)",
+    )
+    cert.add_argument(
+        "--expires",
+        default="30d",
+        help="duration (30d, 12h, 45m) or ISO date/date-time, at most 366 days (default 30d)",
+    )
+    cert.add_argument(
+        "-o", "--output", type=Path, required=True, help="folder for NAME.pem, NAME.key (0600) and ca.pem"
+    )
+    cert.set_defaults(handler=cmd_cert)
+
+    revoke = actions.add_parser(
+        "revoke", parents=[common], help="add a token or certificate to the site's revocation list"
+    )
     revoke.add_argument("site", help="site spec (YAML) or site name")
-    revoke.add_argument("token_id", metavar="TOKEN_ID", help="the token's id (or the token itself)")
+    revoke.add_argument(
+        "token_id",
+        metavar="ID",
+        help="a token's id (or the token itself), or a certificate: cert:SERIAL (hex) or its PEM file",
+    )
     revoke.add_argument("--reason", help="why (kept in the list and the log)")
     revoke.set_defaults(handler=cmd_revoke)
 
@@ -87,9 +128,67 @@ def cmd_issue(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cert(args: argparse.Namespace) -> int:
+    site, tenants = _site_and_tenants(args.site)
+    if args.tenant and tenants is not None and args.tenant not in tenants:
+        raise UsageError(
+            f"site {site!r} has no tenant {args.tenant!r}", hint=f"tenants: {', '.join(tenants) or 'none'}"
+        )
+    if args.address and not args.server:
+        raise UsageError(
+            "--address goes with --server", hint="client certificates name a tenant, not addresses"
+        )
+    now = datetime.now(UTC)
+    expires = parse_expiry(args.expires, now=now)
+    state = SiteState.for_site(site)
+    with state.lock("token cert"):
+        trust = TrustFiles(state.subdir("runtime"))
+        if args.tenant:
+            issued = issue_client_certificate(
+                trust, site=site, tenant=args.tenant, expires=expires, out_dir=args.output, now=now
+            )
+        else:
+            issued = issue_server_certificate(
+                trust,
+                site=site,
+                server=args.server,
+                addresses=tuple(args.address),
+                expires=expires,
+                out_dir=args.output,
+                now=now,
+            )
+        detail = {"serial": f"{issued.serial:x}", "sha256": issued.sha256, "expires": expires.isoformat()}
+        state.record(
+            command="token cert",
+            result="ok",
+            detail={**detail, ("tenant" if args.tenant else "server"): issued.subject},
+        )
+    kind = "client" if args.tenant else "server"
+    if args.format == "json":
+        emit_json(
+            {
+                "kind": kind,
+                "subject": issued.subject,
+                **detail,
+                "revocation_id": issued.revocation_id,
+                "certificate": str(issued.certificate),
+                "key": str(issued.key),
+                "ca": str(issued.ca),
+            }
+        )
+    else:
+        print(
+            f"{kind} certificate for {issued.subject} at site {site}: {issued.certificate} "
+            f"(key {issued.key}, 0600; site CA {issued.ca}), serial {issued.serial:x}, expires "
+            f"{expires.replace(microsecond=0).isoformat()}; revoke with "
+            f"`aifactory token revoke {args.site} {issued.revocation_id}`"
+        )
+    return 0
+
+
 def cmd_revoke(args: argparse.Namespace) -> int:
     site, _tenants = _site_and_tenants(args.site)
-    token_id = token_id_of(args.token_id)
+    token_id = certificate_revocation_id(args.token_id) or token_id_of(args.token_id)
     state = SiteState.for_site(site)
     with state.lock("token revoke"):
         trust = TrustFiles(state.subdir("runtime"))
@@ -101,8 +200,7 @@ def cmd_revoke(args: argparse.Namespace) -> int:
         emit_json({"revoked": token_id, "list": str(trust.revocations), "count": count})
     else:
         print(
-            f"revoked {token_id}; {trust.revocations} now lists {count} token(s): copy it and its .sig "
-            f"to the "
-            f"nodes (deploy does), which reload it on change"
+            f"revoked {token_id}; {trust.revocations} now lists {count} token(s) and certificate(s): "
+            "copy it and its .sig to the nodes (deploy does), which reload it on change"
         )
     return 0

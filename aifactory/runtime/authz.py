@@ -1,6 +1,7 @@
-"""The runtime's authorization path: token -> tenant -> policy decision -> durable decision record.
+"""The runtime's authorization path: identity -> tenant -> policy decision -> durable decision record.
 
-AC-3 (access enforcement), IA-2 (identification: the tenant comes only from a verified token),
+AC-3 (access enforcement), IA-2 (identification: the tenant comes only from a verified token or a
+client certificate from the site CA that the TLS layer verified; when both come they must agree),
 AU-12 (every decision recorded before anything acts on it). Fails closed: an engine error, an
 unreadable revocation list or a log that cannot be written all deny.
 
@@ -12,15 +13,19 @@ from __future__ import annotations
 
 import logging
 import socket
+import time
 import uuid
 from collections.abc import Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from aifactory.runtime.decisionlog import DecisionLog
 from aifactory.runtime.tokens import TokenRejected, TokenVerifier
+
+if TYPE_CHECKING:
+    from aifactory.runtime.certs import PeerCertificate
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +62,8 @@ class Outcome:
     token_id: str | None = None
     controls: tuple[str, ...] = ()
     request: dict[str, Any] = field(default_factory=dict)
+    identity: str | None = None  # "token", "certificate", "token+certificate"; None: nobody was identified
+    certificate: dict[str, str] | None = None  # the client certificate presented: serial, sha256
 
     def record(self, *, component: str, host: str | None) -> dict[str, Any]:
         return {
@@ -65,7 +72,9 @@ class Outcome:
             "host": host,
             "decision_id": self.decision_id,
             "tenant": self.tenant,
+            "identity": self.identity,
             "token_id": self.token_id,
+            "certificate": self.certificate,
             "action": self.action,
             "resource": self.resource,
             "allow": self.allow,
@@ -73,6 +82,13 @@ class Outcome:
             "controls": list(self.controls),
             **({"request": self.request} if self.request else {}),
         }
+
+
+@dataclass(frozen=True)
+class Identity:
+    tenant: str
+    kind: str  # "token", "certificate" or "token+certificate"
+    token_id: str | None = None
 
 
 def _new_decision_id() -> str:
@@ -100,17 +116,32 @@ class Guard:
         self.host_country = host_country
 
     def decide(
-        self, token: str | None, action: str, resource: str, *, request: dict[str, Any] | None = None
+        self,
+        token: str | None,
+        action: str,
+        resource: str,
+        *,
+        request: dict[str, Any] | None = None,
+        certificate: PeerCertificate | None = None,
     ) -> Outcome:
-        """Verify the token and ask the policy; nothing is recorded yet (see `record`)."""
+        """Identify the caller and ask the policy; nothing is recorded yet (see `record`)."""
         extra = dict(request or {})
+        presented = certificate.describe() if certificate else None
         try:
-            claims = self.verifier.verify(token)
+            identity = self.identify(token, certificate)
         except TokenRejected as rejected:
-            return Outcome(False, (rejected.reason,), _new_decision_id(), action, resource, request=extra)
+            return Outcome(
+                False,
+                (rejected.reason,),
+                _new_decision_id(),
+                action,
+                resource,
+                request=extra,
+                certificate=presented,
+            )
         try:
             decision = self.authorizer.decide(
-                claims.tenant,
+                identity.tenant,
                 action,
                 resource,
                 host_country=self.host_country,
@@ -120,11 +151,48 @@ class Guard:
             reasons = tuple(str(r) for r in decision.reasons) or (() if allow else ("denied",))
             decision_id, controls = str(decision.decision_id), tuple(str(c) for c in decision.controls)
         except Exception as exc:  # noqa: BLE001 -- any engine failure must deny, and be logged with its cause
-            log.error("policy engine failed for %s %s %s: %r", claims.tenant, action, resource, exc)
+            log.error("policy engine failed for %s %s %s: %r", identity.tenant, action, resource, exc)
             allow, reasons, decision_id, controls = False, ("engine-error",), _new_decision_id(), ()
         return Outcome(
-            allow, reasons, decision_id, action, resource, claims.tenant, claims.id, controls, extra
+            allow,
+            reasons,
+            decision_id,
+            action,
+            resource,
+            identity.tenant,
+            identity.token_id,
+            controls,
+            extra,
+            identity.kind,
+            presented,
         )
+
+    def identify(self, token: str | None, certificate: PeerCertificate | None) -> Identity:
+        """The tenant from a verified token, a verified client certificate, or both when they agree.
+
+        A credential that is presented and fails denies, even when the other one would do.
+        """
+        if certificate is not None:
+            tenant = self._certificate_tenant(certificate)
+            if token is None:
+                return Identity(tenant, "certificate")
+        claims = self.verifier.verify(token)
+        if certificate is None:
+            return Identity(claims.tenant, "token", claims.id)
+        if claims.tenant != tenant:
+            raise TokenRejected(
+                "identity-mismatch", "the token and the client certificate name different tenants"
+            )
+        return Identity(claims.tenant, "token+certificate", claims.id)
+
+    def _certificate_tenant(self, certificate: PeerCertificate) -> str:
+        if certificate.problem or certificate.tenant is None:
+            reason = certificate.problem or "cert-no-tenant"
+            raise TokenRejected(reason, "the client certificate names no tenant of this site")
+        if time.time() >= certificate.not_after:  # a keep-alive connection can outlive its certificate
+            raise TokenRejected("cert-expired", "the client certificate has expired")
+        self.verifier.check_not_revoked(certificate.revocation_id, reason="cert-revoked")
+        return certificate.tenant
 
     def record(self, outcome: Outcome) -> Future[dict[str, Any]]:
         """Queue the decision's record; the future resolves once it is durable."""
@@ -139,15 +207,7 @@ class Guard:
             self.record(outcome).result(timeout=30)
         except Exception as exc:  # noqa: BLE001 -- an unrecorded decision may not allow anything
             log.error("cannot record decision %s: %r", outcome.decision_id, exc)
-            return Outcome(
-                False,
-                ("log-unavailable",),
-                outcome.decision_id,
-                action,
-                resource,
-                outcome.tenant,
-                outcome.token_id,
-            )
+            return replace(outcome, allow=False, reasons=("log-unavailable",), controls=())
         return outcome
 
 

@@ -2,8 +2,8 @@
 
 Settings come from the command line, or from the runtime configuration deploy writes
 (`--config /etc/aifactory/runtime.yaml`; keys: plan, host, state_dir, storage_root, models,
-serve.{address, port, tls_cert, tls_key, tls_client_ca}, decision_log.{sign_every, sign_interval,
-head_copies}); a command-line option wins over the file.
+serve.{address, port, tls_cert, tls_key, tls_client_ca, tls_client_auth},
+decision_log.{sign_every, sign_interval, head_copies}); a command-line option wins over the file.
 """
 
 from __future__ import annotations
@@ -60,7 +60,17 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--torch-threads", type=int, default=1, help="torch intra-op threads (default 1)")
     parser.add_argument("--tls-cert", type=Path, help="server certificate (PEM) issued by the site CA")
     parser.add_argument("--tls-key", type=Path, help="its private key (PEM)")
-    parser.add_argument("--tls-client-ca", type=Path, help="require client certificates from this CA (mTLS)")
+    parser.add_argument(
+        "--tls-client-ca",
+        type=Path,
+        help="verify client certificates against this CA, the site CA (mTLS); a certificate names its tenant",
+    )
+    parser.add_argument(
+        "--tls-client-auth",
+        choices=("required", "optional"),
+        help="with --tls-client-ca: every client needs a certificate (required, the default), or a "
+        "token alone will do (optional)",
+    )
     parser.add_argument("--sign-every", type=int, help="sign the log head every N records (100)")
     parser.add_argument("--sign-interval", type=float, help="... or every S seconds (5)")
     parser.add_argument(
@@ -120,6 +130,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise AifactoryError(
                 "a TLS certificate needs its key (--tls-key)", code="usage", exit_code=ExitCode.USAGE
             )
+        tls_client_ca = path(pick(args.tls_client_ca, serve.get("tls_client_ca")))
+        if tls_client_ca and not tls_cert:
+            raise AifactoryError(
+                "client certificates (--tls-client-ca) need TLS: give --tls-cert and --tls-key",
+                code="usage",
+                exit_code=ExitCode.USAGE,
+            )
+        tls_client_auth = pick(args.tls_client_auth, serve.get("tls_client_auth"), "required")
+        if tls_client_auth not in ("required", "optional"):
+            raise AifactoryError(
+                f"serve.tls_client_auth is {tls_client_auth!r}; it must be required or optional",
+                code="usage",
+                exit_code=ExitCode.USAGE,
+            )
         runtime_dir = path(pick(args.runtime_dir, file.get("state_dir"))) or SiteState.for_site(
             plan.site
         ).subdir("runtime")
@@ -137,7 +161,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             torch_threads=args.torch_threads,
             tls_cert=tls_cert,
             tls_key=tls_key,
-            tls_client_ca=path(pick(args.tls_client_ca, serve.get("tls_client_ca"))),
+            tls_client_ca=tls_client_ca,
+            tls_client_auth=tls_client_auth,
             sign_every=int(pick(args.sign_every, decisions.get("sign_every"), 100)),
             sign_interval=float(pick(args.sign_interval, decisions.get("sign_interval"), 5.0)),
             head_copies=tuple(Path(p) for p in pick(args.head_copy, decisions.get("head_copies"), [])),

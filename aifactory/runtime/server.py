@@ -41,6 +41,7 @@ import torch
 
 from aifactory.runtime import checkpoint
 from aifactory.runtime.authz import Authorizer, Guard, Outcome
+from aifactory.runtime.certs import PeerCertificate, read_peer_certificate
 from aifactory.runtime.decisionlog import DecisionLog
 from aifactory.runtime.metrics import Registry
 from aifactory.runtime.model import MLP, ModelConfig
@@ -76,7 +77,8 @@ class ServerConfig:
     torch_threads: int = 1
     tls_cert: Path | None = None
     tls_key: Path | None = None
-    tls_client_ca: Path | None = None
+    tls_client_ca: Path | None = None  # client certificates from this CA (the site CA) identify tenants
+    tls_client_auth: str = "required"  # or "optional": a client may come with a token alone
     sign_every: int = 100
     sign_interval: float = 5.0
     head_copies: tuple[Path, ...] = ()
@@ -84,6 +86,14 @@ class ServerConfig:
     drain_timeout: float = 30.0
     max_body: int = 1 << 20
     trust_recheck_interval: float = 0.5  # a revocation takes effect within this many seconds
+
+
+@dataclass(frozen=True)
+class Peer:
+    """Who is on the other end of a connection: its address and the client certificate TLS verified."""
+
+    address: str
+    certificate: PeerCertificate | None = None
 
 
 @dataclass
@@ -266,7 +276,7 @@ class InferenceServer:
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._connections.add(writer)
-        peer = (writer.get_extra_info("peername") or ("?",))[0]
+        peer = Peer((writer.get_extra_info("peername") or ("?",))[0], self._peer_certificate(writer))
         try:
             while not self.draining:
                 try:
@@ -291,7 +301,7 @@ class InferenceServer:
             writer.close()
 
     async def _exchange(
-        self, head: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: str
+        self, head: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: Peer
     ) -> bool:
         started = time.perf_counter()
         try:
@@ -343,7 +353,7 @@ class InferenceServer:
             pass
 
     async def _route(
-        self, method: str, target: str, headers: dict[str, str], body: bytes, peer: str
+        self, method: str, target: str, headers: dict[str, str], body: bytes, peer: Peer
     ) -> tuple[int, Any, dict[str, str]]:
         path = target.split("?", 1)[0]
         if path == "/healthz":
@@ -368,7 +378,7 @@ class InferenceServer:
         return 404, {"error": "not-found"}, {}
 
     async def _infer(
-        self, name: str, headers: dict[str, str], body: bytes, peer: str
+        self, name: str, headers: dict[str, str], body: bytes, peer: Peer
     ) -> tuple[int, Any, dict[str, str]]:
         loop = asyncio.get_running_loop()
         request_id = f"{self._request_prefix}-{next(self._request_numbers)}"
@@ -377,7 +387,11 @@ class InferenceServer:
 
         def decide() -> Outcome:
             return self.guard.decide(
-                token, "infer", f"model/{name}", request={"id": request_id, "peer": peer}
+                token,
+                "infer",
+                f"model/{name}",
+                request={"id": request_id, "peer": peer.address},
+                certificate=peer.certificate,
             )
 
         outcome = await loop.run_in_executor(self.authz_pool, decide) if self.authz_pool else decide()
@@ -441,8 +455,17 @@ class InferenceServer:
         context.load_cert_chain(str(self.config.tls_cert), str(self.config.tls_key or self.config.tls_cert))
         if self.config.tls_client_ca:
             context.load_verify_locations(str(self.config.tls_client_ca))
-            context.verify_mode = ssl.CERT_REQUIRED
+            context.verify_mode = (
+                ssl.CERT_OPTIONAL if self.config.tls_client_auth == "optional" else ssl.CERT_REQUIRED
+            )
+            context.verify_flags |= ssl.VERIFY_X509_STRICT
         return context
+
+    def _peer_certificate(self, writer: asyncio.StreamWriter) -> PeerCertificate | None:
+        """The client certificate the TLS handshake verified against the site CA, if one came."""
+        connection = writer.get_extra_info("ssl_object")
+        der = connection.getpeercert(binary_form=True) if connection is not None else None
+        return read_peer_certificate(der, site=self.plan.site) if der else None
 
     async def serve(self, *, ready: Callable[[InferenceServer], None] | None = None) -> None:
         torch.set_num_threads(self.config.torch_threads)

@@ -355,12 +355,17 @@ class TokenVerifier:
             raise TokenRejected("token-wrong-site", f"the token was issued for site {claims.site!r}")
         if moment >= claims.expires:
             raise TokenRejected("token-expired", f"the token expired at {_iso(claims.expires)}")
+        self.check_not_revoked(claims.id, reason="token-revoked")
+        return claims
+
+    def check_not_revoked(self, entry_id: str, *, reason: str) -> None:
+        """Raise TokenRejected(reason) when the signed revocation list names `entry_id` (a token id or
+        a certificate's `cert:<serial>`), or `revocation-list-invalid` when the list does not verify."""
         revoked, problem = self._revocation_state()
         if problem:
             raise TokenRejected("revocation-list-invalid", problem)
-        if claims.id in revoked:
-            raise TokenRejected("token-revoked", f"token {claims.id} is revoked")
-        return claims
+        if entry_id in revoked:
+            raise TokenRejected(reason, f"{entry_id} is revoked")
 
     def _file_versions(self) -> tuple[Any, ...]:
         """(trust file, revocation list, its signature) versions, looked at most every recheck_interval."""

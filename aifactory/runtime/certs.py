@@ -1,0 +1,367 @@
+"""The site CA and its X.509 certificates: tenant client certificates (mTLS) and server certificates.
+
+IA-2, IA-5 (authenticator management), SC-8 (TLS), SC-17 (a site-run PKI). A tenant may present a
+client certificate from the site CA instead of, or beside, a token. The rule for its identity:
+
+    the tenant is the certificate's single SAN URI  aifactory://<site>/tenant/<tenant>
+
+The subject's common name repeats the tenant for people reading the certificate, but it is never
+read. A certificate without exactly one such URI, for another site, or without the clientAuth
+extended key usage names no tenant and is refused. The TLS layer checks the chain to the site CA
+and the validity dates; the runtime then checks revocation against the same signed revocation list
+as tokens (entries `cert:<serial in hex>`) and compares the tenant with a token's, when both come.
+
+Files, in the site's runtime folder (beside the token key):
+
+    site-ca/ca.key     the CA's private key (ECDSA P-256, 0600; on the admin's machine only)
+    site-ca/ca.pem     its certificate: what nodes verify client certificates against (--tls-client-ca)
+
+Issued keys are generated here, written 0600 and never logged; the issuance is recorded (serial,
+tenant or server, SHA-256 fingerprint, expiry) in the hash-chained `issued-tokens.jsonl`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from aifactory.chain import ChainWriter
+from aifactory.errors import Location, UsageError
+from aifactory.runtime.files import atomic_write
+from aifactory.runtime.tokens import TrustFiles, ensure_site_key
+
+CA_LIFETIME = timedelta(days=5 * 365)
+CLOCK_SKEW = timedelta(minutes=5)  # certificates are valid from a little before they are issued
+TENANT_URI = re.compile(r"aifactory://(?P<site>[^/]+)/tenant/(?P<tenant>[^/]+)")
+REVOCATION_PREFIX = "cert:"
+
+
+def tenant_uri(site: str, tenant: str) -> str:
+    return f"aifactory://{site}/tenant/{tenant}"
+
+
+def revocation_id(serial: int) -> str:
+    """The id a certificate has in the signed revocation list."""
+    return f"{REVOCATION_PREFIX}{serial:x}"
+
+
+@dataclass(frozen=True)
+class SiteCA:
+    """Where the runtime folder keeps the site CA."""
+
+    root: Path
+
+    @classmethod
+    def of(cls, trust: TrustFiles) -> SiteCA:
+        return cls(trust.root / "site-ca")
+
+    @property
+    def key(self) -> Path:
+        return self.root / "ca.key"
+
+    @property
+    def certificate(self) -> Path:
+        return self.root / "ca.pem"
+
+
+@dataclass(frozen=True)
+class IssuedCertificate:
+    certificate: Path
+    key: Path
+    ca: Path
+    serial: int
+    sha256: str
+    subject: str  # the tenant, or the server's name
+    expires: datetime
+
+    @property
+    def revocation_id(self) -> str:
+        return revocation_id(self.serial)
+
+
+# --- the admin's side: the CA and issuing ----------------------------------------------------------------
+
+
+def ensure_site_ca(trust: TrustFiles, *, site: str, now: datetime | None = None) -> SiteCA:
+    """Create the site CA on first use: a P-256 key generated here (0600) and a self-signed certificate."""
+    ca = SiteCA.of(trust)
+    if ca.key.exists() and ca.certificate.exists():
+        return ca
+    ca.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    moment = now or datetime.now(UTC)
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "aifactory"),
+            x509.NameAttribute(NameOID.COMMON_NAME, f"{site} site CA"),
+        ]
+    )
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(moment - CLOCK_SKEW)
+        .not_valid_after(moment + CA_LIFETIME)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=False,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    atomic_write(ca.key, _private_pem(key), mode=0o600)
+    atomic_write(ca.certificate, certificate.public_bytes(serialization.Encoding.PEM))
+    return ca
+
+
+def issue_client_certificate(
+    trust: TrustFiles,
+    *,
+    site: str,
+    tenant: str,
+    expires: datetime,
+    out_dir: Path,
+    now: datetime | None = None,
+) -> IssuedCertificate:
+    """A client certificate naming `tenant` (SAN URI aifactory://site/tenant/T), written to out_dir."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", tenant):
+        raise UsageError(
+            f"{tenant!r} cannot be a tenant name in a certificate", hint="letters, digits, . _ -"
+        )
+    return _issue(
+        trust,
+        site=site,
+        subject=tenant,
+        names=[x509.UniformResourceIdentifier(tenant_uri(site, tenant))],
+        usage=ExtendedKeyUsageOID.CLIENT_AUTH,
+        expires=expires,
+        out_dir=out_dir,
+        now=now,
+        event={"event": "certificate-issued", "kind": "client", "tenant": tenant},
+    )
+
+
+def issue_server_certificate(
+    trust: TrustFiles,
+    *,
+    site: str,
+    server: str,
+    addresses: tuple[str, ...] = (),
+    expires: datetime,
+    out_dir: Path,
+    now: datetime | None = None,
+) -> IssuedCertificate:
+    """A TLS server certificate for `server` (a DNS name) and its IP addresses, written to out_dir."""
+    names: list[x509.GeneralName] = [x509.DNSName(server)]
+    for address in addresses:
+        try:
+            names.append(x509.IPAddress(ipaddress.ip_address(address)))
+        except ValueError:
+            raise UsageError(
+                f"{address!r} is not an IP address", hint="give --address once per address"
+            ) from None
+    return _issue(
+        trust,
+        site=site,
+        subject=server,
+        names=names,
+        usage=ExtendedKeyUsageOID.SERVER_AUTH,
+        expires=expires,
+        out_dir=out_dir,
+        now=now,
+        event={
+            "event": "certificate-issued",
+            "kind": "server",
+            "server": server,
+            "addresses": list(addresses),
+        },
+    )
+
+
+def _issue(
+    trust: TrustFiles,
+    *,
+    site: str,
+    subject: str,
+    names: list[x509.GeneralName],
+    usage: x509.ObjectIdentifier,
+    expires: datetime,
+    out_dir: Path,
+    now: datetime | None,
+    event: dict[str, object],
+) -> IssuedCertificate:
+    moment = now or datetime.now(UTC)
+    ensure_site_key(trust, site=site)  # the signed revocation list that certificates are checked against
+    ca = ensure_site_ca(trust, site=site, now=moment)
+    ca_key = _load_ca_key(ca)
+    ca_certificate = x509.load_pem_x509_certificate(ca.certificate.read_bytes())
+    ca_expires = ca_certificate.not_valid_after_utc
+    if expires > ca_expires:
+        raise UsageError(
+            f"the certificate would outlive the site CA (valid until {ca_expires:%Y-%m-%d})",
+            hint="give an earlier --expires",
+        )
+    cert_path, key_path = out_dir / f"{subject}.pem", out_dir / f"{subject}.key"
+    for path in (cert_path, key_path):
+        if path.exists():
+            raise UsageError(
+                f"{path} exists", hint="remove it or choose another -o folder (nothing was written)"
+            )
+    key = ec.generate_private_key(ec.SECP256R1())
+    serial = x509.random_serial_number()
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(
+            x509.Name(
+                [
+                    x509.NameAttribute(NameOID.ORGANIZATION_NAME, site),
+                    x509.NameAttribute(NameOID.COMMON_NAME, subject),
+                ]
+            )
+        )
+        .issuer_name(ca_certificate.subject)
+        .public_key(key.public_key())
+        .serial_number(serial)
+        .not_valid_before(moment - CLOCK_SKEW)
+        .not_valid_after(expires)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+        .add_extension(x509.SubjectAlternativeName(names), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write(key_path, _private_pem(key), mode=0o600)
+    atomic_write(cert_path, certificate.public_bytes(serialization.Encoding.PEM))
+    ca_copy = out_dir / "ca.pem"
+    if ca_copy.resolve() != ca.certificate.resolve():
+        atomic_write(ca_copy, ca.certificate.read_bytes())
+    fingerprint = certificate.fingerprint(hashes.SHA256()).hex()
+    with ChainWriter(trust.issued_log) as log:
+        log.append(
+            {
+                **event,
+                "time": _iso(moment),
+                "site": site,
+                "serial": f"{serial:x}",
+                "sha256": fingerprint,
+                "expires": _iso(expires),
+            }
+        )
+    return IssuedCertificate(cert_path, key_path, ca_copy, serial, fingerprint, subject, expires)
+
+
+def certificate_revocation_id(text: str) -> str | None:
+    """`cert:SERIAL` or the path of a PEM certificate -> its revocation id; None when neither."""
+    if text.startswith(REVOCATION_PREFIX):
+        serial = text[len(REVOCATION_PREFIX) :].lower().replace(":", "")
+        if not re.fullmatch(r"[0-9a-f]{1,40}", serial):
+            raise UsageError(f"{text!r} is not cert:<serial in hex>")
+        return revocation_id(int(serial, 16))
+    path = Path(text)
+    try:
+        if not path.is_file():
+            return None
+    except OSError:  # a token is not a file name (and may be longer than one can be)
+        return None
+    try:
+        certificate = x509.load_pem_x509_certificate(path.read_bytes())
+    except ValueError:
+        raise UsageError(f"{path} is not a PEM certificate", location=Location(file=str(path))) from None
+    return revocation_id(certificate.serial_number)
+
+
+def _load_ca_key(ca: SiteCA) -> ec.EllipticCurvePrivateKey:
+    key = serialization.load_pem_private_key(ca.key.read_bytes(), password=None)
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise UsageError(f"{ca.key} is not the site CA's ECDSA key", location=Location(file=str(ca.key)))
+    return key
+
+
+def _private_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+# --- the runtime's side: who does a verified peer certificate name? -------------------------------------
+
+
+@dataclass(frozen=True)
+class PeerCertificate:
+    """A client certificate the TLS layer verified against the site CA, read once per connection.
+
+    `tenant` is None when the certificate names none; `problem` then says why (a reason code).
+    """
+
+    serial: int
+    sha256: str
+    not_after: float  # seconds since the epoch
+    tenant: str | None
+    problem: str | None = None
+
+    @property
+    def revocation_id(self) -> str:
+        return revocation_id(self.serial)
+
+    def describe(self) -> dict[str, str]:
+        return {"serial": f"{self.serial:x}", "sha256": self.sha256}
+
+
+def read_peer_certificate(der: bytes, *, site: str) -> PeerCertificate:
+    """Read the tenant from a verified certificate's SAN URI (the rule in this module's docstring)."""
+    certificate = x509.load_der_x509_certificate(der)
+    tenant, problem = _tenant_of(certificate, site=site)
+    return PeerCertificate(
+        serial=certificate.serial_number,
+        sha256=hashlib.sha256(der).hexdigest(),
+        not_after=certificate.not_valid_after_utc.timestamp(),
+        tenant=tenant,
+        problem=problem,
+    )
+
+
+def _tenant_of(certificate: x509.Certificate, *, site: str) -> tuple[str | None, str | None]:
+    """(tenant, None) or (None, reason code)."""
+    try:
+        usages = certificate.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+        names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return None, "cert-no-tenant"
+    if ExtendedKeyUsageOID.CLIENT_AUTH not in usages:
+        return None, "cert-not-for-clients"
+    uris = names.get_values_for_type(x509.UniformResourceIdentifier)
+    matches = [match for match in map(TENANT_URI.fullmatch, uris) if match]
+    if len(matches) != 1:
+        return None, "cert-no-tenant"
+    if matches[0]["site"] != site:
+        return None, "cert-wrong-site"
+    return matches[0]["tenant"], None

@@ -1,0 +1,167 @@
+"""A real `aifactory-serve` process for tests: start it, call it (HTTP or HTTPS), read its decision log."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import ssl
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .conftest import RuntimeSite
+
+MODEL_PATH = "srv/share/models/vitals-mlp"
+PATH = "/v1/models/vitals-mlp/infer"
+BODY = {"inputs": [[0.1] * 16, [-0.3] * 16]}
+
+
+def write_checkpoint(storage_root: Path, *, step: int = 10, hidden: int = 16) -> None:
+    from aifactory.runtime import checkpoint  # torch: imported by the tests that serve, not by conftest
+    from aifactory.runtime.model import ModelConfig, build
+
+    config = ModelConfig(features=16, classes=4, hidden=hidden, layers=2)
+    model = build(config, seed=3)
+    checkpoint.save(
+        storage_root / MODEL_PATH / "checkpoints",
+        step=step,
+        model_state=model.state_dict(),
+        optimizer_state={},
+        meta={"model": "vitals-mlp", "network": config.as_dict()},
+    )
+
+
+@dataclass
+class Server:
+    process: subprocess.Popen[str]
+    port: int
+    runtime_dir: Path
+    output: list[str] = field(default_factory=list)
+    tls: ssl.SSLContext | None = None
+
+    @property
+    def log_path(self) -> Path:
+        return self.runtime_dir / "decisions.jsonl"
+
+    def connection(self, context: ssl.SSLContext | None = None) -> http.client.HTTPConnection:
+        """HTTPS with `context` (a client's own, e.g. with its certificate) or the server's, else HTTP."""
+        tls = context or self.tls
+        if tls:
+            return http.client.HTTPSConnection("localhost", self.port, context=tls, timeout=30)
+        return http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+
+    def call(
+        self,
+        method: str,
+        path: str,
+        body: object = None,
+        token: str | None = None,
+        *,
+        context: ssl.SSLContext | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> tuple[int, dict]:
+        connection = self.connection(context)
+        headers = {"Content-Type": "application/json", **(headers or {})}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        connection.request(method, path, body=json.dumps(body) if body is not None else None, headers=headers)
+        response = connection.getresponse()
+        raw = response.read()
+        connection.close()
+        return response.status, (
+            json.loads(raw)
+            if response.getheader("Content-Type") == "application/json"
+            else {"text": raw.decode()}
+        )
+
+    def stop(self, signum: int = signal.SIGTERM) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signum)
+        return self.process.wait(timeout=60)
+
+
+def start_server(
+    site: RuntimeSite,
+    storage_root: Path,
+    runtime_dir: Path,
+    *extra: str,
+    tls: ssl.SSLContext | None = None,
+    as_deployed: bool = False,
+) -> Server:
+    """as_deployed: configured like deploy does it, by runtime.yaml and `--config F --host A --port P`."""
+    runtime_dir.mkdir(parents=True, exist_ok=True)
+    for name in ("token-key/allowed_signers", "revoked-tokens.json", "revoked-tokens.json.sig"):
+        target = runtime_dir / name  # what deploy copies to a node: the public key and the revocation list
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if not target.exists():
+            os.symlink(site.runtime_dir / name, target)
+    if as_deployed:
+        config = runtime_dir / "runtime.yaml"
+        config.write_text(
+            json.dumps(
+                {
+                    "site": "rtlab",
+                    "host": "rtlab-cpu-001",
+                    "plan": str(site.plan_path),
+                    "state_dir": str(runtime_dir),
+                    "storage_root": str(storage_root),
+                    "serve": {"address": "10.0.0.1", "port": 8440},
+                }
+            )
+        )
+        options = ["--config", str(config), "--host", "127.0.0.1", "--port", "0"]
+    else:
+        options = [
+            "--plan",
+            str(site.plan_path),
+            "--host-name",
+            "rtlab-cpu-001",
+            "--port",
+            "0",
+            "--storage-root",
+            str(storage_root),
+            "--runtime-dir",
+            str(runtime_dir),
+        ]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "aifactory.runtime.serve_cli", *options, "--reload-interval", "0.2", *extra],
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    server = Server(process, 0, runtime_dir, tls=tls)
+    STARTED.append(process)
+    ready = threading.Event()
+
+    def pump() -> None:
+        assert process.stderr is not None
+        for line in process.stderr:
+            server.output.append(line)
+            if "ready on port" in line:
+                server.port = int(line.rsplit(" ", 1)[1])
+                ready.set()
+
+    threading.Thread(target=pump, daemon=True).start()
+    assert ready.wait(60), "".join(server.output)
+    return server
+
+
+STARTED: list[subprocess.Popen[str]] = []  # every server a test started; conftest kills leftovers
+
+
+def wait_for_model(server: Server) -> dict:
+    for _ in range(100):
+        status, health = server.call("GET", "/healthz")
+        if health["models"].get("vitals-mlp"):
+            return health["models"]["vitals-mlp"]
+        time.sleep(0.1)
+    raise AssertionError("the model was never loaded")
+
+
+def records(server: Server) -> dict[str, dict]:
+    return {r["decision_id"]: r for r in map(json.loads, server.log_path.read_text().splitlines())}
