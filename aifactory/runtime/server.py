@@ -3,11 +3,13 @@
     GET  /healthz                       200 {"status": "ok", "model": null | {...}} (503 while draining)
     GET  /metrics                       Prometheus text
     POST /v1/models/<name>/infer        {"inputs": [[f1, ..., fn], ...]}  with  Authorization: Bearer <token>
+                                        and/or a client certificate from the site CA (mTLS)
          200 {"model", "step", "outputs": [{"class", "scores"}], "decision_id"}
          403 {"error": "forbidden", "reason", "reasons", "decision_id"}    (never the classification)
          503 {"error": "model-not-loaded" | "log-unavailable" | "draining"}
 
-Per request: the token is verified (tenant from the token only), the runtime policy decides on a
+Per request: the caller is identified (tenant from a verified token and/or the client certificate
+the TLS handshake verified, read once per connection; `aifactory.runtime.certs`), the policy decides on a
 fixed pool of authorization threads (each keeps its own regorus engine), and the decision is
 appended to the decision log and fsync'd before any answer is written. Allowed inputs go to the
 batcher thread, which collects requests up to `max_batch` rows or `max_wait_ms`, runs one forward
