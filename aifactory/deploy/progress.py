@@ -26,6 +26,7 @@ class HostProgress:
     ignored: int = 0
     last_task: str = ""
     message: str = ""
+    converged: bool = False  # left out of the run: it still matches its last full run (converged.py)
 
     @property
     def status(self) -> str:
@@ -39,14 +40,14 @@ class HostProgress:
         return {"host": self.host, "status": self.status, "ok": self.ok, "changed": self.changed,
                 "failed": self.failed, "unreachable": self.unreachable, "skipped": self.skipped,
                 "rescued": self.rescued, "ignored": self.ignored, "last_task": self.last_task,
-                "message": self.message}
+                "message": self.message, "converged": self.converged}
 
 
 @dataclass(frozen=True)
 class Update:
     """One thing worth showing: a task starting, or a host's result of a task."""
 
-    kind: str  # task | ok | changed | failed | unreachable | skipped
+    kind: str  # task | ok | changed | failed | unreachable | skipped | converged
     task: str
     host: str | None = None
     message: str = ""

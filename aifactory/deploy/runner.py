@@ -5,6 +5,8 @@
     ansible.cfg  <state>/deploy/ansible.cfg (DeploySettings over the lab's config when the site is a lab)
     run          ansible-runner; each event updates the per-host progress and goes to the event log
                  <state>/deploy/runs/<run id>/events.jsonl
+    converged    hosts that still match their last full run are left out of the playbook run
+                 (converged.py; --full runs every role everywhere)
     evidence     <state>/deploy/installed.json (not for --check), a record in the operator log
 
 A host that fails or is unreachable does not stop the others (the play never aborts on failures);
@@ -25,9 +27,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from aifactory.deploy import converged as convergence
 from aifactory.deploy.bundle import DeployBundle, prepare_bundle
 from aifactory.deploy.evidence import REPORT_FACT, report_from_event, write_installed
-from aifactory.deploy.progress import Progress, Update
+from aifactory.deploy.progress import HostProgress, Progress, Update
 from aifactory.deploy.settings import DeploySettings, render_ansible_cfg
 from aifactory.errors import AifactoryError, DeployError, ExitCode, Location, PrerequisiteError
 from aifactory.inventory.render import plan_digest
@@ -55,6 +58,12 @@ class DeployOptions:
     settings: DeploySettings = field(default_factory=DeploySettings)
     extra_vars: dict[str, Any] = field(default_factory=dict)
     verbosity: int = 0
+    full: bool = False  # run every role on every host, converged or not
+
+    @property
+    def complete(self) -> bool:
+        """A run that applies everything: its results define what a host's converged state is."""
+        return not (self.check or self.tags or self.skip_tags)
 
 
 @dataclass
@@ -140,18 +149,15 @@ def _lab_context(site: str) -> tuple[Path | None, list[str] | None, dict[str, st
     return Path(status.paths["ansible_cfg"]), enter_argv(control.anchor.pid), env
 
 
-def _ansible_playbook() -> str:
-    return control_tool("ansible-playbook", needed_for="deploy runs the site playbook with it")
-
-
-def _write_binary(folder: Path, prefix: list[str] | None) -> str:
-    """The command ansible-runner starts: ansible-playbook, entered into the lab's control host if any."""
-    playbook = _ansible_playbook()
+def _write_binary(folder: Path, prefix: list[str] | None, tool: str) -> str:
+    """The command ansible-runner starts (`ansible-playbook` or `ansible`), entered into the lab's
+    control host when the site is a lab."""
+    path = control_tool(tool, needed_for="deploy runs the site playbook with it")
     if not prefix:
-        return playbook
-    wrapper = folder / "ansible-playbook-on-control-host"
-    quoted = " ".join(_sh_quote(part) for part in [*prefix, playbook])
-    wrapper.write_text(f"#!/bin/sh\n# run ansible-playbook on the lab's control host\nexec {quoted} \"$@\"\n")
+        return path
+    wrapper = folder / f"{tool}-on-control-host"
+    quoted = " ".join(_sh_quote(part) for part in [*prefix, path])
+    wrapper.write_text(f"#!/bin/sh\n# run {tool} on the lab's control host\nexec {quoted} \"$@\"\n")
     wrapper.chmod(stat.S_IRWXU)
     return str(wrapper)
 
@@ -190,13 +196,135 @@ def _log_event(event: dict[str, Any]) -> dict[str, Any]:
     return record
 
 
+# The module arguments of the host-state read: each host's own spec, from an extra-vars file.
+_SPEC = "(aifactory_converge_specs[inventory_hostname] | default({}))"
+_STATE_ARGS = json.dumps({
+    key: "{{ " + _SPEC + "." + key + " | default(" + empty + ") }}"
+    for key, empty in (("paths", "[]"), ("services", "[]"), ("service_command", "''"), ("packages", "[]"))
+})
+
+
+@dataclass
+class _Ansible:
+    """How this deploy starts Ansible: its config, environment, inventory and (in a lab) the
+    control host's namespaces."""
+
+    folder: Path
+    inventory: Path
+    env: dict[str, str]
+    prefix: list[str] | None
+    playbooks: Path
+
+    def run(self, *, handle: Callable[[dict[str, Any]], bool], limit: str | None, cmdline: list[str],
+            tags: Sequence[str] = (), module: str | None = None, module_args: str | None = None) -> Any:
+        import ansible_runner
+
+        with tempfile.TemporaryDirectory(prefix="runner-", dir=self.folder) as private:
+            common = {"private_data_dir": private, "project_dir": str(self.playbooks),
+                      "inventory": str(self.inventory), "limit": limit, "envvars": self.env,
+                      "event_handler": handle, "quiet": True, "rotate_artifacts": 1,
+                      "settings": {"suppress_ansible_output": True, "suppress_output_file": True}}
+            if module is None:
+                return ansible_runner.run(
+                    binary=_write_binary(self.folder, self.prefix, "ansible-playbook"),
+                    cmdline=" ".join(_sh_quote(c) for c in cmdline), tags=",".join(tags) or None, **common)
+            # With `binary` set, ansible-runner passes its arguments as given: the module goes in cmdline.
+            # `ansible` uses the stdout callback that makes ansible-runner's events only when told to.
+            adhoc = [*cmdline, "-m", module, "-a", module_args or "", "all"]
+            common["envvars"] = {**self.env, "ANSIBLE_LOAD_CALLBACK_PLUGINS": "1"}
+            return ansible_runner.run(binary=_write_binary(self.folder, self.prefix, "ansible"),
+                                      cmdline=" ".join(_sh_quote(c) for c in adhoc), **common)
+
+    def read_host_states(self, specs: dict[str, dict[str, Any]], limit: str | None,
+                         log: Any) -> dict[str, dict[str, Any] | None]:
+        """Each host's managed state (None where it could not be read), for every host `limit` matches."""
+        extra = self.folder / "converge-specs.json"
+        extra.write_text(json.dumps({"aifactory_converge_specs": specs}, sort_keys=True))
+        extra.chmod(0o600)
+        states: dict[str, dict[str, Any] | None] = {}
+
+        def handle(event: dict[str, Any]) -> bool:
+            log.write(json.dumps(_log_event(event), sort_keys=True, default=str) + "\n")
+            data = event.get("event_data") or {}
+            if event.get("event") in ("runner_on_ok", "runner_on_failed", "runner_on_unreachable"):
+                res = data.get("res") or {}
+                ok = event["event"] == "runner_on_ok" and isinstance(res.get("state"), dict)
+                states[str(data.get("host"))] = res["state"] if ok else None
+            return False
+
+        self.run(handle=handle, limit=limit, module=convergence.STATE_MODULE, module_args=_STATE_ARGS,
+                 cmdline=["-M", str(self.playbooks / "library"), "-e", f"@{extra}"])
+        return states
+
+
+@dataclass
+class _Convergence:
+    """Which hosts a deploy leaves out because they still match their last full run."""
+
+    fingerprint: str
+    records: dict[str, convergence.HostRecord]
+    converged: dict[str, str] = field(default_factory=dict)  # host -> summary
+    reasons: dict[str, str] = field(default_factory=dict)  # host -> why it runs
+    matched: set[str] | None = None  # the hosts the limit matched (None: not probed)
+
+    def remaining_limit(self, limit: str | None) -> tuple[bool, str | None]:
+        """(run the playbook?, its limit)."""
+        if self.matched is None:
+            return True, limit
+        remaining = sorted(self.matched - set(self.converged))
+        return bool(remaining), ",".join(remaining) or None
+
+
+def _probe_converged(ansible: _Ansible, state: SiteState, options: DeployOptions, log: Any) -> _Convergence:
+    fingerprint = convergence.inputs_fingerprint(playbooks=ansible.playbooks, inventory_dir=ansible.inventory,
+                                                  extra_vars=options.extra_vars)
+    found = _Convergence(fingerprint, convergence.read_records(state))
+    candidates = {h: r.spec for h, r in found.records.items() if r.fingerprint == fingerprint}
+    if options.full or not options.complete or not candidates:
+        return found
+    states = ansible.read_host_states(candidates, options.limit, log)
+    found.matched = set(states)
+    for host in sorted(states):
+        record = found.records.get(host)
+        why = convergence.difference(record, fingerprint, states[host]) if record else "no full run recorded"
+        if why is None and record is not None:
+            found.converged[host] = convergence.summary(record)
+        else:
+            found.reasons[host] = why or ""
+    return found
+
+
+def _record_converged(ansible: _Ansible, state: SiteState, found: _Convergence,
+                      capture: convergence.ManagedCapture, hosts: list[dict[str, Any]], run_id: str,
+                      options: DeployOptions, log: Any) -> None:
+    """After the run: record the state of the hosts a complete run finished; forget the others it touched."""
+    if options.check:
+        return
+    records = dict(found.records)
+    finished = [h["host"] for h in hosts if h["status"] in ("ok", "changed")]
+    for row in hosts:
+        if row["status"] not in ("ok", "changed") or (not options.complete and row["changed"]):
+            records.pop(row["host"], None)  # a failed or partly re-applied host runs in full next time
+    if options.complete and finished:
+        specs = capture.specs(finished, {h: r.spec for h, r in found.records.items()
+                                         if r.fingerprint == found.fingerprint})
+        states = ansible.read_host_states(specs, ",".join(sorted(specs)), log) if specs else {}
+        for host, spec in specs.items():
+            current = states.get(host)
+            if current is not None and not convergence.not_running(current):
+                records[host] = convergence.HostRecord(found.fingerprint, run_id, spec, current)
+            else:
+                records.pop(host, None)
+    convergence.write_records(state, records)
+
+
 def deploy_site(spec_path: str | Path, *, options: DeployOptions | None = None,
                 on_update: Callable[[Update, Progress], None] | None = None,
                 site_name: str | None = None) -> DeployResult:
     """Deploy a site from its imported bundle. `site_name` deploys the spec's plan to a lab of
     another name (the benchmark grows a copy of the lab that way); normally the spec's own name."""
     try:
-        import ansible_runner
+        import ansible_runner  # noqa: F401
     except ImportError:
         raise PrerequisiteError("ansible-runner is not installed",
                                 hint="install the control extra: pip install 'aifactory[control]'") from None
@@ -217,23 +345,13 @@ def deploy_site(spec_path: str | Path, *, options: DeployOptions | None = None,
         run_dir = folder / "runs" / run_id
         run_dir.mkdir(parents=True, mode=0o700)
         event_log = run_dir / "events.jsonl"
+        ansible = _Ansible(folder=folder, inventory=inventory_dir, prefix=prefix,
+                           playbooks=resource_dir("playbooks"),
+                           env={**_clean_env(), **lab_env, "ANSIBLE_CONFIG": str(cfg), "ANSIBLE_NOCOLOR": "1",
+                                "ANSIBLE_FORCE_COLOR": "0"})
         progress = Progress()
+        capture = convergence.ManagedCapture()
         reports: dict[str, dict[str, Any]] = {}
-        env = {**_clean_env(), **lab_env, "ANSIBLE_CONFIG": str(cfg), "ANSIBLE_NOCOLOR": "1",
-               "ANSIBLE_FORCE_COLOR": "0"}
-        playbooks = resource_dir("playbooks")
-        cmdline = []
-        if options.check:
-            cmdline.append("--check")
-        if options.diff if options.diff is not None else options.check:
-            cmdline.append("--diff")
-        if options.skip_tags:
-            cmdline += ["--skip-tags", ",".join(options.skip_tags)]
-        if options.verbosity:
-            cmdline.append("-" + "v" * options.verbosity)
-        if options.extra_vars:
-            cmdline += ["-e", json.dumps(options.extra_vars, sort_keys=True)]
-        cmdline.append(str(playbooks / PLAYBOOK))
 
         with event_log.open("w") as log_handle:
             def handle(event: dict[str, Any]) -> bool:
@@ -241,6 +359,7 @@ def deploy_site(spec_path: str | Path, *, options: DeployOptions | None = None,
                 found = report_from_event(event)
                 if found:
                     reports[found[0]] = found[1]
+                capture.feed(event)
                 update = progress.feed(event)
                 if update is not None and on_update is not None:
                     on_update(update, progress)
@@ -248,23 +367,24 @@ def deploy_site(spec_path: str | Path, *, options: DeployOptions | None = None,
 
             cpu_before = _children_cpu()
             started = time.monotonic()
-            with tempfile.TemporaryDirectory(prefix="runner-", dir=folder) as private:
-                runner = ansible_runner.run(
-                    private_data_dir=private, project_dir=str(playbooks), inventory=str(inventory_dir),
-                    binary=_write_binary(folder, prefix), cmdline=" ".join(_sh_quote(c) for c in cmdline),
-                    limit=options.limit, tags=",".join(options.tags) or None, envvars=env,
-                    event_handler=handle, quiet=True, rotate_artifacts=1,
-                    settings={"suppress_ansible_output": True, "suppress_output_file": True},
-                )
+            found = _probe_converged(ansible, state, options, log_handle)
+            for host, why in sorted(found.converged.items()):
+                if on_update is not None:
+                    on_update(Update("converged", "converged check", host, why), progress)
+            run_playbook, limit = found.remaining_limit(options.limit)
+            status, rc = "successful", 0
+            if run_playbook:
+                runner = ansible.run(handle=handle, limit=limit, tags=options.tags,
+                                     cmdline=_playbook_cmdline(options, ansible.playbooks))
+                status, rc = str(runner.status), int(runner.rc if runner.rc is not None else -1)
+                if not progress.final and not progress.hosts:
+                    raise _did_not_run(status, rc, event_log)
+            ran = [row.as_dict() for row in progress.rows()]
+            _record_converged(ansible, state, found, capture, ran, run_id, options, log_handle)
             wall = time.monotonic() - started
             cpu = _children_cpu() - cpu_before
-        status, rc = str(runner.status), int(runner.rc if runner.rc is not None else -1)
-        if not progress.final and not progress.hosts:
-            raise DeployError(f"ansible-playbook stopped before any host ran (status {status}, rc {rc})",
-                              code="deploy-did-not-run", exit_code=ExitCode.CANNOT_EVALUATE,
-                              location=Location(file=str(event_log)),
-                              hint="run again with -vvv, and read the event log")
-        hosts = [row.as_dict() for row in progress.rows()]
+        hosts = sorted(ran + [HostProgress(host, message=why, converged=True).as_dict()
+                              for host, why in found.converged.items()], key=lambda h: h["host"])
         when = datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
         installed = None
         if not options.check:
@@ -280,11 +400,34 @@ def deploy_site(spec_path: str | Path, *, options: DeployOptions | None = None,
                      result="ok" if result.exit_code == ExitCode.OK else "hosts-failed",
                      spec_digest=plan.get("spec_digest"), bundle_digest=bundle.digest,
                      detail={"run_id": run_id, "limit": options.limit, "tags": list(options.tags),
+                             "full": options.full, "converged_hosts": sorted(found.converged),
                              "failed_hosts": result.failed_hosts, "changed": result.changed})
         return result
+
+
+def _did_not_run(status: str, rc: int, event_log: Path) -> DeployError:
+    return DeployError(f"ansible-playbook stopped before any host ran (status {status}, rc {rc})",
+                       code="deploy-did-not-run", exit_code=ExitCode.CANNOT_EVALUATE,
+                       location=Location(file=str(event_log)),
+                       hint="run again with -vvv, and read the event log")
+
+
+def _playbook_cmdline(options: DeployOptions, playbooks: Path) -> list[str]:
+    cmdline = []
+    if options.check:
+        cmdline.append("--check")
+    if options.diff if options.diff is not None else options.check:
+        cmdline.append("--diff")
+    if options.skip_tags:
+        cmdline += ["--skip-tags", ",".join(options.skip_tags)]
+    if options.verbosity:
+        cmdline.append("-" + "v" * options.verbosity)
+    if options.extra_vars:
+        cmdline += ["-e", json.dumps(options.extra_vars, sort_keys=True)]
+    cmdline.append(str(playbooks / PLAYBOOK))
+    return cmdline
 
 
 def _children_cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
-
