@@ -318,37 +318,76 @@ def _record_converged(ansible: _Ansible, state: SiteState, found: _Convergence,
     convergence.write_records(state, records)
 
 
-def deploy_site(spec_path: str | Path, *, options: DeployOptions | None = None,
-                on_update: Callable[[Update, Progress], None] | None = None,
-                site_name: str | None = None) -> DeployResult:
-    """Deploy a site from its imported bundle. `site_name` deploys the spec's plan to a lab of
-    another name (the benchmark grows a copy of the lab that way); normally the spec's own name."""
+@dataclass
+class _Setup:
+    """Everything a deploy (or a convergence check) needs before Ansible starts."""
+
+    name: str
+    state: SiteState
+    bundle: DeployBundle
+    plan: dict[str, Any]
+    digest: str
+    lab: bool
+    ansible: _Ansible
+
+
+def _require_runner() -> None:
     try:
         import ansible_runner  # noqa: F401
     except ImportError:
         raise PrerequisiteError("ansible-runner is not installed",
                                 hint="install the control extra: pip install 'aifactory[control]'") from None
+
+
+def _set_up(spec_path: str | Path, options: DeployOptions, name: str, state: SiteState) -> _Setup:
+    bundle = prepare_bundle(state, trust=options.trust)
+    plan, digest = checked_plan(spec_path, bundle)
+    folder = state.subdir("deploy")
+    lab_cfg, prefix, lab_env = _lab_context(name)
+    rendered = site_inventory(plan, bundle=bundle.inventory_vars(), state=state)
+    inventory_dir = folder / "inventory"
+    rendered.write(inventory_dir)
+    cfg = folder / "ansible.cfg"
+    cfg.write_text(render_ansible_cfg(options.settings, folder=folder, base_cfg=lab_cfg))
+    env = {**_clean_env(), **lab_env, "ANSIBLE_CONFIG": str(cfg), "ANSIBLE_NOCOLOR": "1",
+           "ANSIBLE_FORCE_COLOR": "0"}
+    ansible = _Ansible(folder=folder, inventory=inventory_dir, prefix=prefix,
+                       playbooks=resource_dir("playbooks"), env=env)
+    return _Setup(name, state, bundle, plan, digest, rendered.lab, ansible)
+
+
+def check_converged(spec_path: str | Path, *, site_name: str | None = None) -> dict[str, str | None]:
+    """Read-only: for every planned host, None when it still matches its last full deploy, else why
+    a deploy would run it. Changes nothing on the hosts (`aifactory up` verifies deploy with it)."""
+    _require_runner()
+    name = site_name or plan_site(spec_path, write_lock=False).plan.name
+    state = SiteState.for_site(name)
+    with state.lock("deploy"):
+        setup = _set_up(spec_path, DeployOptions(), name, state)
+        log = setup.ansible.folder / "converged-check.jsonl"
+        with log.open("w") as log_handle:
+            found = _probe_converged(setup.ansible, state, DeployOptions(), log_handle)
+    hosts = sorted(str(h["name"]) for h in setup.plan.get("hosts", []))
+    return {host: None if host in found.converged else
+            found.reasons.get(host, "no full run recorded with the current inputs") for host in hosts}
+
+
+def deploy_site(spec_path: str | Path, *, options: DeployOptions | None = None,
+                on_update: Callable[[Update, Progress], None] | None = None,
+                site_name: str | None = None) -> DeployResult:
+    """Deploy a site from its imported bundle. `site_name` deploys the spec's plan to a lab of
+    another name (the benchmark grows a copy of the lab that way); normally the spec's own name."""
+    _require_runner()
     options = options or DeployOptions()
     name = site_name or plan_site(spec_path, write_lock=False).plan.name
     state = SiteState.for_site(name)
     with state.lock("deploy"):
-        bundle = prepare_bundle(state, trust=options.trust)
-        plan, digest = checked_plan(spec_path, bundle)
-        folder = state.subdir("deploy")
-        lab_cfg, prefix, lab_env = _lab_context(name)
-        rendered = site_inventory(plan, bundle=bundle.inventory_vars(), state=state)
-        inventory_dir = folder / "inventory"
-        rendered.write(inventory_dir)
-        cfg = folder / "ansible.cfg"
-        cfg.write_text(render_ansible_cfg(options.settings, folder=folder, base_cfg=lab_cfg))
+        setup = _set_up(spec_path, options, name, state)
+        bundle, plan, digest, ansible = setup.bundle, setup.plan, setup.digest, setup.ansible
         run_id = _run_id()
-        run_dir = folder / "runs" / run_id
+        run_dir = ansible.folder / "runs" / run_id
         run_dir.mkdir(parents=True, mode=0o700)
         event_log = run_dir / "events.jsonl"
-        ansible = _Ansible(folder=folder, inventory=inventory_dir, prefix=prefix,
-                           playbooks=resource_dir("playbooks"),
-                           env={**_clean_env(), **lab_env, "ANSIBLE_CONFIG": str(cfg), "ANSIBLE_NOCOLOR": "1",
-                                "ANSIBLE_FORCE_COLOR": "0"})
         progress = Progress()
         capture = convergence.ManagedCapture()
         reports: dict[str, dict[str, Any]] = {}
@@ -393,8 +432,8 @@ def deploy_site(spec_path: str | Path, *, options: DeployOptions | None = None,
         result = DeployResult(
             site=name, run_id=run_id, check=options.check, bundle_version=bundle.version,
             bundle_digest=bundle.digest, plan_digest=digest, hosts=hosts, status=status, rc=rc,
-            wall_seconds=wall, controller_cpu_seconds=cpu, event_log=event_log, inventory=inventory_dir,
-            installed=installed, lab=rendered.lab)
+            wall_seconds=wall, controller_cpu_seconds=cpu, event_log=event_log, inventory=ansible.inventory,
+            installed=installed, lab=setup.lab)
         (run_dir / "summary.json").write_text(json.dumps(result.as_dict(), indent=1, sort_keys=True) + "\n")
         state.record(command="deploy --check" if options.check else "deploy",
                      result="ok" if result.exit_code == ExitCode.OK else "hosts-failed",

@@ -316,63 +316,16 @@ def run_deploy(context: UpContext) -> StageResult:
 
 
 def verify_deploy(context: UpContext, outputs: dict[str, Any]) -> str:
-    """Re-probe without changing anything: on the lab, one command per host compares every managed
-    file's digest and the runtime's `current` target with what deploy recorded; elsewhere, a
-    check-mode run must find nothing to change."""
-    if not context.options.lab:
-        from aifactory.deploy import DeployOptions, deploy_site
+    """Re-read without changing anything: every host must still match its last full deploy (the
+    same inputs, and every managed path, service and package as that run left it; docs/deploy.md)."""
+    from aifactory.deploy import check_converged
 
-        result = deploy_site(context.spec_path, options=DeployOptions(check=True, diff=False))
-        if result.exit_code != ExitCode.OK or result.changed:
-            raise DeployError("the hosts drifted from the bundle", code="deploy-drift")
-        return f"{len(result.hosts)} hosts match the bundle (check mode: changed=0)"
-    return _probe_lab_hosts(context)
-
-
-def _probe_lab_hosts(context: UpContext) -> str:
-    import json
-    import shlex
-
-    from aifactory.lab import lab_exec
-
-    installed = json.loads(context.state.path("deploy", "installed.json").read_text())["hosts"]
-    plan_hosts = [h.name for h in context.plan().plan.hosts]
-    if sorted(installed) != sorted(plan_hosts):
-        raise DeployError("deploy's record does not cover every planned host", code="deploy-drift")
-    paths = sorted({p for record in installed.values() for p in record.get("config_files", {})})
-    files = " ".join(shlex.quote(p) for p in paths)
-    script = f"sha256sum -- {files}; echo current=$(readlink -f /opt/aifactory/current)"
-    probe = lab_exec(
-        context.plan().plan.name,
-        ["ansible", "all", "-o", "-m", "ansible.builtin.shell", "-a", script],
-        timeout=300,
-    )
-    seen: dict[str, str] = {}
-    for line in probe.stdout.splitlines():
-        host, _, rest = line.partition(" | ")
-        if "(stdout) " in rest:
-            seen[host.strip()] = rest.split("(stdout) ", 1)[1].replace("\\n", "\n")
-    drifted = []
-    for host, record in installed.items():
-        out = seen.get(host, "")
-        digests = dict(
-            reversed(line.split(None, 1)) for line in out.splitlines() if line and "current=" not in line
-        )
-        current = next((line[8:] for line in out.splitlines() if line.startswith("current=")), "")
-        expected = record.get("config_files", {})
-        if (
-            not out
-            or current != record.get("runtime", {}).get("directory")
-            or any(digests.get(path) != digest for path, digest in expected.items())
-        ):
-            drifted.append(host)
+    found = check_converged(context.spec_path, site_name=context.plan().plan.name)
+    drifted = {host: why for host, why in found.items() if why is not None}
     if drifted:
-        raise DeployError(
-            f"hosts differ from what deploy installed: {', '.join(sorted(drifted))}", code="deploy-drift"
-        )
-    return (
-        f"{len(installed)} hosts re-probed: runtime version and {len(paths)} managed files match (changed=0)"
-    )
+        detail = "; ".join(f"{host}: {why}" for host, why in sorted(drifted.items()))
+        raise DeployError(f"hosts differ from their last deploy: {detail}", code="deploy-drift")
+    return f"{len(found)} hosts re-read: every managed path, service and package matches (changed=0)"
 
 
 def _deploy_inputs(context: UpContext) -> dict[str, Any]:

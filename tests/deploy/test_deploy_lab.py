@@ -4,7 +4,9 @@
 2. the first deploy, with one host made unreachable halfway (its sshd and its SSH control master
    killed): that host is reported, the run exits 4, the other hosts finish; after sshd is back, a
    re-run completes it;
-3. a further deploy changes nothing on any host; --limit and --tags narrow a run;
+3. a further deploy with every role (--full) changes nothing on any host; a plain re-run leaves
+   out the hosts that still match their last full run, and finds and repairs the ones that drifted
+   (a file edited by hand, a service stopped); --limit and --tags narrow a run;
 4. over SSH, every host's /opt/aifactory/current is the bundle's version and the inference server
    started from it answers /healthz;
 5. a spec whose plan differs from the bundle's signed plan is refused before Ansible starts.
@@ -131,11 +133,49 @@ def test_unreachable_host_mid_deploy_others_finish_and_rerun_completes(lab, lab_
     assert ssh(lab, victim, "test -L /opt/aifactory/current").returncode == 0
 
 
-def test_second_deploy_changes_nothing(lab, lab_bundle_import) -> None:  # noqa: ANN001
-    result = deploy_site(lab.spec, options=DeployOptions())
+def test_second_full_deploy_changes_nothing(lab, lab_bundle_import) -> None:  # noqa: ANN001
+    """Every role on every host again (--full): the roles themselves are idempotent."""
+    result = deploy_site(lab.spec, options=DeployOptions(full=True))
 
     assert result.exit_code == ExitCode.OK, explain(result)
     assert {h["host"]: h["changed"] for h in result.hosts} == {h: 0 for h in lab.hosts}
+    assert not any(h["converged"] for h in result.hosts)
+    assert all(h["ok"] > 20 for h in result.hosts), "the roles did not run"
+
+
+def started_tasks(result: DeployResult) -> int:
+    events = [json.loads(line) for line in result.event_log.read_text().splitlines()]
+    return sum(e["event"] == "playbook_on_task_start" for e in events)
+
+
+def test_a_re_run_leaves_out_the_hosts_that_still_match(lab, lab_bundle_import) -> None:  # noqa: ANN001
+    result = deploy_site(lab.spec, options=DeployOptions())
+
+    assert result.exit_code == ExitCode.OK, explain(result)
+    assert {h["host"]: (h["changed"], h["converged"]) for h in result.hosts} == \
+        {h: (0, True) for h in lab.hosts}
+    assert started_tasks(result) == 0, "the playbook ran although every host matched"
+
+
+def test_drift_is_found_and_only_the_drifted_hosts_run(lab, lab_bundle_import) -> None:  # noqa: ANN001
+    edited, stopped, untouched = lab.hosts[0], lab.hosts[1], lab.hosts[2]
+    ssh(lab, edited, "echo '# edited by hand' >> /etc/aifactory/runtime.yaml")
+    ssh(lab, stopped, "/run/aifactory-lab/bin/aifactory-service stop aifactory-serve")
+
+    repaired = deploy_site(lab.spec, options=DeployOptions())
+
+    assert repaired.exit_code == ExitCode.OK, explain(repaired)
+    rows = by_host(repaired)
+    assert rows[untouched]["converged"] and rows[untouched]["changed"] == 0
+    for host in (edited, stopped):
+        assert not rows[host]["converged"] and rows[host]["changed"] > 0, rows[host]
+    assert "edited by hand" not in ssh(lab, edited, "cat /etc/aifactory/runtime.yaml").stdout
+    supervisor = "/run/aifactory-lab/bin/aifactory-service"
+    running = ssh(lab, stopped, f"{supervisor} status aifactory-serve", check=False)
+    assert running.returncode == 0, running.stdout
+
+    again = deploy_site(lab.spec, options=DeployOptions())
+    assert all(h["converged"] for h in again.hosts), explain(again)
 
 
 def test_limit_and_tags_narrow_the_run(lab, lab_bundle_import) -> None:  # noqa: ANN001
