@@ -58,6 +58,10 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
+def load_average() -> str:
+    return " ".join(f"{value:.2f}" for value in os.getloadavg())
+
+
 def process_cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -161,19 +165,21 @@ def bench_serving(args: argparse.Namespace, work: Path, plan: Path, token: str) 
         process.wait(timeout=60)
     ok = result.statuses().get(200, 0)
     served = ok / result.seconds
-    mean_batch = (after[0] - before[0]) / max(1.0, after[1] - before[1])
+    passes = max(1.0, after[1] - before[1])
+    mean_batch = (after[0] - before[0]) / passes
+    forward_ms = (after[2] - before[2]) / passes * 1000
     print(
         f"serving: model MLP {BENCH_MODEL.features}-{BENCH_MODEL.hidden}x{BENCH_MODEL.layers}-"
         f"{BENCH_MODEL.classes}, batch-32 forward {batch32_ms:.1f} ms (>= 5 ms required)"
     )
     print(
-        f"  raw batched forward (batch {args.max_batch}): {raw:,.0f} samples/s, "
-        f"using {raw_cores:.2f} CPU cores"
+        f"  raw batched forward (batch {args.max_batch}): {raw:,.0f} samples/s "
+        f"({args.max_batch / raw * 1000:.1f} ms per batch), using {raw_cores:.2f} CPU cores"
     )
     print(
         f"  server, {args.clients} clients x {args.seconds:g} s: {served:,.0f} requests/s "
         f"({ok} ok, {len(result.answers) - ok} not ok, {len(result.failures)} failed), "
-        f"mean batch formed {mean_batch:.1f}, "
+        f"mean batch formed {mean_batch:.1f} (its forward pass took {forward_ms:.1f} ms wall-clock), "
         f"latency median {statistics.median(result.latencies) * 1000:.1f} ms"
         f" p99 {percentile(result.latencies, 0.99) * 1000:.1f} ms, server used {server_cores:.2f} CPU cores"
     )
@@ -197,13 +203,14 @@ def bench_serving(args: argparse.Namespace, work: Path, plan: Path, token: str) 
     }
 
 
-def _batch_totals(port: int) -> tuple[float, float]:
+def _batch_totals(port: int) -> tuple[float, float, float]:
+    """(rows forwarded, forward passes, seconds spent in forward passes) so far, from /metrics."""
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
-    values = dict(
-        line.rsplit(" ", 1) for line in text.splitlines() if line.startswith("aifactory_serve_batch_size_")
-    )
-    return float(values.get("aifactory_serve_batch_size_sum", 0)), float(
-        values.get("aifactory_serve_batch_size_count", 0)
+    values = dict(line.rsplit(" ", 1) for line in text.splitlines() if line.startswith("aifactory_serve_"))
+    return (
+        float(values.get("aifactory_serve_batch_size_sum", 0)),
+        float(values.get("aifactory_serve_batch_size_count", 0)),
+        float(values.get("aifactory_serve_forward_seconds_sum", 0)),
     )
 
 
@@ -304,7 +311,13 @@ def main() -> int:
     parser.add_argument("--max-wait-ms", type=float, default=5)
     parser.add_argument("--authz-repeat", type=int, default=300)
     parser.add_argument("--train-steps", type=int, default=60)
+    parser.add_argument(
+        "--parts",
+        default="serving,authz,training",
+        help="comma-separated parts to run (default: all three: serving,authz,training)",
+    )
     args = parser.parse_args()
+    parts = set(args.parts.split(","))
     with tempfile.TemporaryDirectory(prefix="runtime-bench-") as folder:
         work = Path(folder)
         os.environ["AIFACTORY_STATE_HOME"] = str(work / "state")
@@ -320,9 +333,14 @@ def main() -> int:
         ).token
         token_file = work / "token"
         token_file.write_text(token)
-        bench_serving(args, work, plan_path, token)
-        bench_authorization(work, planned.plan.to_dict(), token, site, args.authz_repeat)
-        bench_training(work, plan_path, token_file, args.train_steps)
+        print(f"load average before: {load_average()} ({os.cpu_count()} cores, shared)")
+        if "serving" in parts:
+            bench_serving(args, work, plan_path, token)
+        if "authz" in parts:
+            bench_authorization(work, planned.plan.to_dict(), token, site, args.authz_repeat)
+        if "training" in parts:
+            bench_training(work, plan_path, token_file, args.train_steps)
+        print(f"load average after: {load_average()}")
     return 0
 
 

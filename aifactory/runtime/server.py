@@ -33,7 +33,6 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,6 +44,7 @@ from aifactory.runtime import checkpoint
 from aifactory.runtime.authz import Authorizer, Guard, Outcome
 from aifactory.runtime.certs import PeerCertificate, read_peer_certificate
 from aifactory.runtime.decisionlog import DecisionLog
+from aifactory.runtime.handoff import LoopInbox, LoopOutbox, Workers
 from aifactory.runtime.metrics import Registry
 from aifactory.runtime.model import MLP, ModelConfig
 from aifactory.runtime.siteplan import RuntimePlan
@@ -165,6 +165,7 @@ class Batcher:
                 work.done(None, LookupError("model-not-loaded"))
             return
         counts = [len(work.rows) for work in batch]
+        began = time.perf_counter()
         try:
             with torch.inference_mode():
                 logits = model.module(torch.from_numpy(np.concatenate([w.rows for w in batch])))
@@ -173,6 +174,7 @@ class Batcher:
             for work in batch:
                 work.done(None, exc)
             return
+        self.metrics.observe("aifactory_serve_forward_seconds", time.perf_counter() - began)
         self.metrics.observe("aifactory_serve_batch_size", float(sum(counts)))
         start = 0
         for work, count in zip(batch, counts, strict=True):
@@ -217,13 +219,13 @@ class InferenceServer:
         )
         # Each authorization thread keeps its own policy engine, compiled when the thread starts; with
         # authz_threads=0 the event loop's thread decides (no thread hop; one engine).
-        self.authz_pool = (
-            ThreadPoolExecutor(
-                config.authz_threads, thread_name_prefix="authz", initializer=self._warm_engine
-            )
+        self.authz_workers = (
+            Workers(config.authz_threads, name="authz", initializer=self._warm_engine)
             if config.authz_threads
             else None
         )
+        self._inbox: LoopInbox | None = None  # set when the event loop runs
+        self._authz_outbox: LoopOutbox | None = None
         self.slots = {
             name: ModelSlot(
                 name,
@@ -383,25 +385,37 @@ class InferenceServer:
         self, name: str, headers: dict[str, str], body: bytes, peer: Peer
     ) -> tuple[int, Any, dict[str, str]]:
         loop = asyncio.get_running_loop()
+        inbox = self._inbox
+        assert inbox is not None
         request_id = f"{self._request_prefix}-{next(self._request_numbers)}"
         authorization = headers.get("authorization", "")
         token = authorization[7:].strip() if authorization[:7].lower() == "bearer " else None
+        decided: asyncio.Future[tuple[Outcome, BaseException | None]] = loop.create_future()
 
-        def decide() -> Outcome:
-            return self.guard.decide(
-                token,
-                "infer",
-                f"model/{name}",
-                request={"id": request_id, "peer": peer.address},
-                certificate=peer.certificate,
-            )
+        def decide_and_record() -> None:
+            """On an authorization thread: decide, queue the record; answer once it is durable."""
+            try:
+                outcome = self.guard.decide(
+                    token,
+                    "infer",
+                    f"model/{name}",
+                    request={"id": request_id, "peer": peer.address},
+                    certificate=peer.certificate,
+                )
+                durable = self.guard.record(outcome)
+            except Exception as exc:  # noqa: BLE001 -- the handler must get an answer, even this error
+                inbox.settle(decided, None, exc)
+                return
+            durable.add_done_callback(lambda done: inbox.settle(decided, (outcome, done.exception())))
 
-        outcome = await loop.run_in_executor(self.authz_pool, decide) if self.authz_pool else decide()
+        if self._authz_outbox:
+            self._authz_outbox.submit(decide_and_record)
+        else:
+            decide_and_record()
+        outcome, not_recorded = await decided
         tracing = {"X-Request-Id": request_id, "X-Decision-Id": outcome.decision_id}
-        try:
-            await asyncio.wrap_future(self.guard.record(outcome))
-        except Exception as exc:  # noqa: BLE001 -- no durable record, no answer but a refusal
-            log.error("decision %s not recorded: %r", outcome.decision_id, exc)
+        if not_recorded is not None:
+            log.error("decision %s not recorded: %r", outcome.decision_id, not_recorded)
             return 503, {"error": "log-unavailable", "decision_id": outcome.decision_id}, tracing
         self.metrics.inc("aifactory_serve_decisions_total", allow=str(outcome.allow).lower())
         if not outcome.allow:
@@ -425,15 +439,7 @@ class InferenceServer:
         if isinstance(rows, str):
             return 400, {"error": "bad-input", "detail": rows, "decision_id": outcome.decision_id}, tracing
         future: asyncio.Future[Any] = loop.create_future()
-
-        def done(result: Any, error: BaseException | None) -> None:
-            def settle() -> None:
-                if not future.done():
-                    future.set_exception(error) if error else future.set_result(result)
-
-            loop.call_soon_threadsafe(settle)
-
-        slot.batcher.submit(rows, done)
+        slot.batcher.submit(rows, lambda result, error: inbox.settle(future, result, error))
         try:
             used, scores = await future
         except LookupError:
@@ -479,6 +485,9 @@ class InferenceServer:
             except (NotImplementedError, RuntimeError):  # not the main thread (tests run it in one)
                 pass
         self._stop = stop
+        self._inbox = LoopInbox(loop)
+        if self.authz_workers:
+            self._authz_outbox = LoopOutbox(loop, self.authz_workers)
         server = await asyncio.start_server(
             self._handle, self.config.listen, self.config.port, ssl=self._tls(), limit=64 * 1024, backlog=1024
         )
@@ -509,8 +518,8 @@ class InferenceServer:
             writer.close()
         for slot in self.slots.values():
             slot.batcher.stop()
-        if self.authz_pool:
-            self.authz_pool.shutdown(wait=True)
+        if self.authz_workers:
+            self.authz_workers.shutdown()
         self.decisions.close()  # signs the final head
 
 
@@ -545,6 +554,11 @@ def _registry() -> Registry:
         "aifactory_serve_batch_size",
         "Rows per forward pass formed by the batcher.",
         (1, 2, 4, 8, 16, 32, 64, 128, 256),
+    )
+    metrics.histogram(
+        "aifactory_serve_forward_seconds",
+        "Wall-clock time of one batched forward pass (softmax included).",
+        (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1),
     )
     metrics.histogram(
         "aifactory_serve_request_seconds",
