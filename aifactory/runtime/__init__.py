@@ -3,8 +3,10 @@
 Modules and what they need:
 
     tokens        site-signed bearer tokens and the signed revocation list   (no torch)
+    certs         the site CA; tenant client / server certificates (mTLS)    (no torch)
     decisionlog   the hash-chained decision log with signed heads            (no torch)
-    authz         token -> tenant -> policy decision -> durable log record   (no torch)
+    authz         token/certificate -> tenant -> policy -> durable record    (no torch)
+    handoff       event loop <-> worker threads, one wakeup per burst        (no torch)
     job           the training job file (JOB.yaml) and the plan paths         (no torch)
     dataset       the generated dataset format (aifactory.dataset/v1)         (numpy, safetensors)
     metrics       per-step JSON lines, Prometheus text files, server counters (no torch)

@@ -12,6 +12,8 @@ PACKAGE = Path(__file__).resolve().parents[2] / "aifactory"
 SPEC = PACKAGE.parent / "inventory" / "lab" / "site.yaml"
 TORCH_FREE = (
     "tokens",
+    "certs",
+    "handoff",
     "decisionlog",
     "authz",
     "job",
