@@ -239,6 +239,7 @@ def _assert_refused(server: Server, context: ssl.SSLContext, token: str | None =
         connection.getresponse()
     connection.close()
     assert len(records(server)) == before  # refused before any request was read
+    assert server.call("GET", "/healthz")[0] == 200  # by the handshake, not by a server that went away
 
 
 def test_optional_client_certificates_let_a_token_alone_through(
