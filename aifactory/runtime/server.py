@@ -88,6 +88,7 @@ class ServerConfig:
     drain_timeout: float = 30.0
     max_body: int = 1 << 20
     trust_recheck_interval: float = 0.5  # a revocation takes effect within this many seconds
+    tls_handshake_timeout: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -238,6 +239,7 @@ class InferenceServer:
         self.inflight = 0
         self._idle = asyncio.Event()
         self._connections: set[asyncio.StreamWriter] = set()
+        self._tls_context: ssl.SSLContext | None = None
         self.bound_port: int | None = None
         self._request_prefix = uuid.uuid4().hex[:8]  # this server run; numbers count its requests
         self._request_numbers = itertools.count(1)
@@ -280,8 +282,11 @@ class InferenceServer:
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._connections.add(writer)
-        peer = Peer((writer.get_extra_info("peername") or ("?",))[0], self._peer_certificate(writer))
+        address = (writer.get_extra_info("peername") or ("?",))[0]
         try:
+            if self._tls_context is not None and not await self._handshake(writer, address):
+                return
+            peer = Peer(address, self._peer_certificate(writer))
             while not self.draining:
                 try:
                     head = await reader.readuntil(b"\r\n\r\n")
@@ -455,6 +460,24 @@ class InferenceServer:
 
     # --- lifecycle ----------------------------------------------------------------------------------
 
+    async def _handshake(self, writer: asyncio.StreamWriter, address: str) -> bool:
+        """TLS on a new connection. A refused handshake (a client certificate that is expired, not yet
+        valid, from another CA, or missing) never reaches the decision log, which records decisions on
+        requests: it is logged with OpenSSL's reason and counted (AU-2, AC-7), then the connection closes."""
+        try:
+            await writer.start_tls(self._tls_context, ssl_handshake_timeout=self.config.tls_handshake_timeout)
+        except ssl.SSLCertVerificationError as exc:
+            reason = exc.verify_message or "certificate-verify-failed"
+        except ssl.SSLError as exc:
+            reason = exc.reason or "ssl-error"
+        except (ConnectionError, TimeoutError) as exc:
+            reason = type(exc).__name__
+        else:
+            return True
+        log.warning("TLS handshake with %s refused: %s", address, reason)
+        self.metrics.inc("aifactory_serve_tls_refused_total", reason=reason)
+        return False
+
     def _tls(self) -> ssl.SSLContext | None:
         if not self.config.tls_cert:
             return None
@@ -488,8 +511,9 @@ class InferenceServer:
         self._inbox = LoopInbox(loop)
         if self.authz_workers:
             self._authz_outbox = LoopOutbox(loop, self.authz_workers)
+        self._tls_context = self._tls()  # each connection's handshake runs in _handle, to log refusals
         server = await asyncio.start_server(
-            self._handle, self.config.listen, self.config.port, ssl=self._tls(), limit=64 * 1024, backlog=1024
+            self._handle, self.config.listen, self.config.port, limit=64 * 1024, backlog=1024
         )
         self.bound_port = server.sockets[0].getsockname()[1]
         watcher = asyncio.create_task(self._watch_models())
@@ -564,6 +588,9 @@ def _registry() -> Registry:
         "aifactory_serve_request_seconds",
         "Time from request head to answer.",
         (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+    )
+    metrics.counter(
+        "aifactory_serve_tls_refused_total", "TLS handshakes refused (e.g. a client certificate), by reason."
     )
     metrics.gauge("aifactory_serve_model_step", "Training step of the checkpoint being served.")
     metrics.gauge("aifactory_serve_inflight_requests", "Requests being answered.")

@@ -207,15 +207,18 @@ def test_a_certificate_for_another_site_names_no_tenant_here(
 
 
 @pytest.mark.parametrize(
-    "issued_at",
-    [datetime.now(UTC) - 3 * DAY, datetime.now(UTC) + 2 * DAY],
+    ("issued_at", "reason"),
+    [
+        (datetime.now(UTC) - 3 * DAY, "certificate has expired"),
+        (datetime.now(UTC) + 2 * DAY, "certificate is not yet valid"),
+    ],
     ids=["expired", "not-yet-valid"],
 )
 def test_the_tls_layer_refuses_a_certificate_outside_its_validity(
-    mtls_server: Server, site: RuntimeSite, tmp_path: Path, issued_at: datetime
+    mtls_server: Server, site: RuntimeSite, tmp_path: Path, issued_at: datetime, reason: str
 ) -> None:
     issued = _client_cert(site.trust, tmp_path, "health", now=issued_at)
-    _assert_refused(mtls_server, _context(issued.ca, issued))
+    _assert_refused(mtls_server, _context(issued.ca, issued), reason=reason)
 
 
 def test_the_tls_layer_refuses_a_certificate_from_another_ca(
@@ -223,15 +226,28 @@ def test_the_tls_layer_refuses_a_certificate_from_another_ca(
 ) -> None:
     other = TrustFiles(tmp_path / "other-runtime")  # another CA, issuing for this site's name and tenant
     issued = _client_cert(other, tmp_path / "other", "health")
-    _assert_refused(mtls_server, _context(site.trust.root / "site-ca" / "ca.pem", issued))
+    _assert_refused(
+        mtls_server,
+        _context(site.trust.root / "site-ca" / "ca.pem", issued),
+        reason="unable to get local issuer",
+    )
 
 
 def test_the_tls_layer_refuses_a_client_without_a_certificate(mtls_server: Server, site: RuntimeSite) -> None:
-    _assert_refused(mtls_server, _context(SiteCA.of(site.trust).certificate), token=site.tokens["health"])
+    _assert_refused(
+        mtls_server,
+        _context(SiteCA.of(site.trust).certificate),
+        token=site.tokens["health"],
+        reason="PEER_DID_NOT_RETURN_A_CERTIFICATE",
+    )
 
 
-def _assert_refused(server: Server, context: ssl.SSLContext, token: str | None = None) -> None:
+def _assert_refused(
+    server: Server, context: ssl.SSLContext, *, reason: str, token: str | None = None
+) -> None:
+    """Refused at the handshake: nothing decided, the refusal logged with OpenSSL's reason and counted."""
     before = len(records(server))
+    logged = len(server.output)
     connection = server.connection(context)
     headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {token}"} if token else {})}
     with pytest.raises(TLS_REFUSED):
@@ -240,6 +256,12 @@ def _assert_refused(server: Server, context: ssl.SSLContext, token: str | None =
     connection.close()
     assert len(records(server)) == before  # refused before any request was read
     assert server.call("GET", "/healthz")[0] == 200  # by the handshake, not by a server that went away
+    deadline = time.monotonic() + 10
+    while not any("refused: " + reason in line for line in server.output[logged:]):
+        assert time.monotonic() < deadline, "".join(server.output[logged:])
+        time.sleep(0.05)
+    metrics = server.call("GET", "/metrics")[1]["text"]
+    assert f'aifactory_serve_tls_refused_total{{reason="{reason}' in metrics
 
 
 def test_optional_client_certificates_let_a_token_alone_through(
