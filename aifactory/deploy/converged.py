@@ -8,7 +8,8 @@ same state on each host (one read-only module call per host, `aifactory_host_sta
 
 - inputs: the fingerprint of what the run would apply is the recorded one: the playbooks, the
   rendered inventory (plan, bundle version and digest, settings), the control-host files the roles
-  copy (the bundle's allowed signers, the token trust files) and aifactory's version;
+  copy (the bundle's allowed signers, the token and CA trust files, hosts' TLS certificates and
+  keys) and aifactory's version;
 - state: every managed path has the recorded type, owner, group, mode, content digest and link
   target; every managed service runs; every managed package has the recorded version.
 
@@ -148,6 +149,10 @@ def controller_inputs(inventory_dir: Path, playbooks: Path) -> list[Path]:
     if trust_dir:
         role_vars = yaml.safe_load((playbooks / "roles" / "runtime" / "vars" / "main.yml").read_text()) or {}
         inputs += [Path(trust_dir) / name for name in role_vars.get("_runtime_trust_files") or []]
+        # each host's TLS certificate and key (the runtime role's default runtime_tls_source_dir)
+        server_certs = Path(trust_dir) / "server-certs"
+        if server_certs.is_dir():
+            inputs += sorted(p for p in server_certs.iterdir() if p.suffix in (".pem", ".key"))
     return inputs
 
 

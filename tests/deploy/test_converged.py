@@ -146,6 +146,9 @@ def test_fingerprint_follows_every_input(inputs: tuple[Path, Path, Path]) -> Non
         lambda: (inventory / "group_vars" / "all.yml").open("a").write("extra: 1\n"),
         lambda: (trust / "revoked-tokens.json").write_text("revoked one more"),
         lambda: (inventory.parent / "allowed_signers").write_text("another key\n"),
+        lambda: (trust / "site-ca").mkdir() or (trust / "site-ca" / "ca.pem").write_text("a CA"),
+        lambda: (trust / "server-certs").mkdir() or (trust / "server-certs" / "h1.pem").write_text("cert"),
+        lambda: (trust / "server-certs" / "h1.key").write_text("key"),
     ]
     for change in changes:
         change()

@@ -9,7 +9,9 @@
    (a file edited by hand, a service stopped); --limit and --tags narrow a run;
 4. over SSH, every host's /opt/aifactory/current is the bundle's version and the inference server
    started from it answers /healthz;
-5. a spec whose plan differs from the bundle's signed plan is refused before Ansible starts.
+5. a spec whose plan differs from the bundle's signed plan is refused before Ansible starts;
+6. a host given a server certificate from the site CA serves HTTPS (and plain HTTP again once it is
+   taken away).
 
 The tests share the lab and run in file order (each needs the state the one before left).
 """
@@ -224,3 +226,49 @@ def test_a_spec_whose_plan_differs_from_the_bundle_is_refused(lab, lab_bundle_im
 
     assert refused.value.code == "plan-differs"
     assert refused.value.exit_code == ExitCode.INVALID
+
+
+TLS_PROBE = """/usr/bin/python3 - <<'PY'
+import ssl, sys, urllib.request
+context = ssl.create_default_context(cafile="/var/lib/aifactory/runtime/site-ca/ca.pem")
+for url in ("https://ADDRESS:8600/healthz", "http://ADDRESS:8600/healthz"):
+    try:
+        print(url.split(":")[0], urllib.request.urlopen(url, timeout=10, context=context).status)
+    except Exception as error:  # the answer we print is the test's evidence
+        print(url.split(":")[0], type(error).__name__)
+PY
+"""
+
+
+def test_a_host_with_a_certificate_from_the_site_ca_serves_https(lab, lab_bundle_import) -> None:  # noqa: ANN001
+    from datetime import UTC, datetime, timedelta
+
+    from aifactory.runtime.certs import issue_server_certificate
+    from aifactory.runtime.tokens import TrustFiles
+
+    host = lab.hosts[-1]
+    address = management_address(lab, host)
+    trust = TrustFiles(SiteState.for_site(lab.site).subdir("runtime"))
+    certs = trust.root / "server-certs"
+    issue_server_certificate(trust, site=lab.site, server=host, addresses=(address,),
+                             expires=datetime.now(UTC) + timedelta(days=30), out_dir=certs)
+    try:
+        served = deploy_site(lab.spec, options=DeployOptions(limit=host))
+        assert served.exit_code == ExitCode.OK, explain(served)
+        assert by_host(served)[host]["changed"] > 0
+        config = ssh(lab, host, "cat /etc/aifactory/runtime.yaml").stdout
+        assert "tls_cert: " in config and "tls_client_ca: " in config, config
+        modes = ssh(lab, host, f"stat -c '%a %n' /etc/aifactory/tls/{host}.key /etc/aifactory/tls/{host}.pem")
+        assert modes.stdout.split()[0] == "600", modes.stdout
+        answers = ssh(lab, host, TLS_PROBE.replace("ADDRESS", address)).stdout.split("\n")
+        assert "https 200" in answers, answers
+        assert "http 200" not in answers, answers
+    finally:
+        for path in certs.iterdir():
+            path.unlink()
+        certs.rmdir()
+    plain = deploy_site(lab.spec, options=DeployOptions(limit=host))
+    assert plain.exit_code == ExitCode.OK, explain(plain)
+    assert ssh(lab, host, "test -e /etc/aifactory/tls/" + host + ".key", check=False).returncode != 0
+    answers = ssh(lab, host, TLS_PROBE.replace("ADDRESS", address)).stdout.split("\n")
+    assert "http 200" in answers, answers
