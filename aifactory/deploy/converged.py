@@ -139,7 +139,8 @@ def _tree_digest(root: Path, hasher: Any, label: str) -> None:
 
 def controller_inputs(inventory_dir: Path, playbooks: Path) -> list[Path]:
     """The files on the control host that the roles copy to hosts (besides the bundle's payload,
-    which the bundle digest in the inventory stands for)."""
+    which the bundle digest in the inventory stands for). A role that comes to copy another
+    control-host file must name it here, or a change to it would not re-run converged hosts."""
     group_vars = yaml.safe_load((inventory_dir / "group_vars" / "all.yml").read_text()) or {}
     inputs = []
     signers = (group_vars.get("aifactory_bundle") or {}).get("allowed_signers")
