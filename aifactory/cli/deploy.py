@@ -47,8 +47,9 @@ class _LiveDisplay:
         elapsed = f"[{time.monotonic() - self.started:6.1f}s]"
         if update.kind == "task":
             print(f"{elapsed} task {update.task_number:3d}  {update.task}", file=self.stream, flush=True)
-        elif update.kind == "converged":
-            print(f"{elapsed}   {update.host:<24} CONVERGED   {update.message}", file=self.stream, flush=True)
+        elif update.kind in ("converged", "runs"):
+            print(f"{elapsed}   {update.host:<24} {update.kind.upper():<11} {update.message}",
+                  file=self.stream, flush=True)
         elif update.kind in ("changed", "failed", "unreachable"):
             row = progress.host(update.host or "")
             detail = f": {update.message}" if update.message else ""

@@ -47,7 +47,7 @@ class HostProgress:
 class Update:
     """One thing worth showing: a task starting, or a host's result of a task."""
 
-    kind: str  # task | ok | changed | failed | unreachable | skipped | converged
+    kind: str  # task | ok | changed | failed | unreachable | skipped | converged | runs (and why)
     task: str
     host: str | None = None
     message: str = ""

@@ -83,6 +83,7 @@ class DeployResult:
     inventory: Path
     installed: Path | None
     lab: bool
+    rerun_reasons: dict[str, str] = field(default_factory=dict)  # host -> why it was not left out
 
     @property
     def failed_hosts(self) -> list[str]:
@@ -108,6 +109,7 @@ class DeployResult:
             "controller_cpu_seconds": round(self.controller_cpu_seconds, 2),
             "event_log": str(self.event_log), "inventory": str(self.inventory),
             "installed": str(self.installed) if self.installed else None, "lab": self.lab,
+            "rerun_reasons": dict(sorted(self.rerun_reasons.items())),
         }
 
 
@@ -407,9 +409,11 @@ def deploy_site(spec_path: str | Path, *, options: DeployOptions | None = None,
             cpu_before = _children_cpu()
             started = time.monotonic()
             found = _probe_converged(ansible, state, options, log_handle)
-            for host, why in sorted(found.converged.items()):
-                if on_update is not None:
+            if on_update is not None:
+                for host, why in sorted(found.converged.items()):
                     on_update(Update("converged", "converged check", host, why), progress)
+                for host, why in sorted(found.reasons.items()):
+                    on_update(Update("runs", "converged check", host, why), progress)
             run_playbook, limit = found.remaining_limit(options.limit)
             status, rc = "successful", 0
             if run_playbook:
@@ -433,13 +437,14 @@ def deploy_site(spec_path: str | Path, *, options: DeployOptions | None = None,
             site=name, run_id=run_id, check=options.check, bundle_version=bundle.version,
             bundle_digest=bundle.digest, plan_digest=digest, hosts=hosts, status=status, rc=rc,
             wall_seconds=wall, controller_cpu_seconds=cpu, event_log=event_log, inventory=ansible.inventory,
-            installed=installed, lab=setup.lab)
+            installed=installed, lab=setup.lab, rerun_reasons=found.reasons)
         (run_dir / "summary.json").write_text(json.dumps(result.as_dict(), indent=1, sort_keys=True) + "\n")
         state.record(command="deploy --check" if options.check else "deploy",
                      result="ok" if result.exit_code == ExitCode.OK else "hosts-failed",
                      spec_digest=plan.get("spec_digest"), bundle_digest=bundle.digest,
                      detail={"run_id": run_id, "limit": options.limit, "tags": list(options.tags),
                              "full": options.full, "converged_hosts": sorted(found.converged),
+                             "rerun_reasons": dict(sorted(found.reasons.items())),
                              "failed_hosts": result.failed_hosts, "changed": result.changed})
         return result
 

@@ -174,6 +174,9 @@ def test_drift_is_found_and_only_the_drifted_hosts_run(lab, lab_bundle_import) -
     assert rows[untouched]["converged"] and rows[untouched]["changed"] == 0
     for host in (edited, stopped):
         assert not rows[host]["converged"] and rows[host]["changed"] > 0, rows[host]
+    assert "/etc/aifactory/runtime.yaml" in repaired.rerun_reasons[edited], repaired.rerun_reasons
+    assert "not running: aifactory-serve" in repaired.rerun_reasons[stopped], repaired.rerun_reasons
+    assert untouched not in repaired.rerun_reasons
     assert "edited by hand" not in ssh(lab, edited, "cat /etc/aifactory/runtime.yaml").stdout
     supervisor = "/run/aifactory-lab/bin/aifactory-service"
     running = ssh(lab, stopped, f"{supervisor} status aifactory-serve", check=False)
