@@ -292,7 +292,7 @@ def _probe_converged(ansible: _Ansible, state: SiteState, options: DeployOptions
         if why is None and record is not None:
             found.converged[host] = convergence.summary(record)
         else:
-            found.reasons[host] = why or ""
+            found.reasons[host] = str(why)
     return found
 
 
@@ -324,8 +324,6 @@ def _record_converged(ansible: _Ansible, state: SiteState, found: _Convergence,
 class _Setup:
     """Everything a deploy (or a convergence check) needs before Ansible starts."""
 
-    name: str
-    state: SiteState
     bundle: DeployBundle
     plan: dict[str, Any]
     digest: str
@@ -355,7 +353,7 @@ def _set_up(spec_path: str | Path, options: DeployOptions, name: str, state: Sit
            "ANSIBLE_FORCE_COLOR": "0"}
     ansible = _Ansible(folder=folder, inventory=inventory_dir, prefix=prefix,
                        playbooks=resource_dir("playbooks"), env=env)
-    return _Setup(name, state, bundle, plan, digest, rendered.lab, ansible)
+    return _Setup(bundle, plan, digest, rendered.lab, ansible)
 
 
 def check_converged(spec_path: str | Path, *, site_name: str | None = None) -> dict[str, str | None]:
