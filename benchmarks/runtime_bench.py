@@ -49,7 +49,7 @@ from aifactory.runtime.authz import Guard, load_authorizer  # noqa: E402
 from aifactory.runtime.decisionlog import DecisionLog  # noqa: E402
 from aifactory.runtime.loadgen import LoadResult, run_load  # noqa: E402
 from aifactory.runtime.metrics import read_jsonl  # noqa: E402
-from aifactory.runtime.model import ModelConfig, build  # noqa: E402
+from aifactory.runtime.model import ModelConfig, Scorer, build, scorer  # noqa: E402
 from aifactory.runtime.tokens import TokenVerifier, TrustFiles, issue_token  # noqa: E402
 
 SITE_SPEC = ROOT / "inventory" / "lab" / "site.yaml"
@@ -72,16 +72,16 @@ def process_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def forward_latency_ms(model: torch.nn.Module) -> float:
+def forward_latency_ms(scores: Scorer) -> float:
     """Median wall-clock ms of one batch-32 forward pass (the model must take >= 5 ms)."""
     small = torch.randn(32, BENCH_MODEL.features)
     with torch.inference_mode():
         for _ in range(3):
-            model(small)
+            scores(small)
         times = []
         for _ in range(20):
             began = time.perf_counter()
-            model(small)
+            scores(small)
             times.append(time.perf_counter() - began)
     return statistics.median(times) * 1000
 
@@ -108,14 +108,15 @@ class Tally:
         return self.cpu / self.seconds
 
 
-def raw_window(model: torch.nn.Module, batch: int, seconds: float, tally: Tally) -> None:
-    """The baseline: batched forward passes (+ softmax, as the server does) back to back, in this process."""
+def raw_window(scores: Scorer, batch: int, seconds: float, tally: Tally) -> None:
+    """The baseline: batched forward passes back to back, in this process, through the very program the
+    server runs per batch (`model.scorer`: the network and softmax, traced)."""
     inputs = torch.randn(batch, BENCH_MODEL.features)
     with torch.inference_mode():
-        torch.softmax(model(inputs), dim=1)
+        scores(inputs)
         done, began, cpu = 0, time.perf_counter(), time.process_time()
         while time.perf_counter() - began < seconds:
-            torch.softmax(model(inputs), dim=1)
+            scores(inputs)
             done += batch
     tally.add(done, time.perf_counter() - began, time.process_time() - cpu)
 
@@ -144,6 +145,10 @@ def start_server(args: argparse.Namespace, work: Path, plan: Path) -> tuple[subp
             str(args.max_wait_ms),
             "--torch-threads",
             "1",
+            "--gil-switch-ms",
+            str(args.gil_switch_ms),
+            "--authz-threads",
+            str(args.authz_threads),
         ],
         stderr=subprocess.PIPE,
         text=True,
@@ -160,7 +165,8 @@ def bench_serving(args: argparse.Namespace, work: Path, plan: Path, token: str) 
     """Raw and server windows alternate (`--rounds` of each), so both sides meet the same machine load."""
     model = build(BENCH_MODEL, seed=1).eval()
     torch.set_num_threads(1)
-    batch32_ms = forward_latency_ms(model)
+    scores = scorer(model)
+    batch32_ms = forward_latency_ms(scores)
     checkpoint.save(
         work / "storage" / MODEL_PATH / "checkpoints",
         step=1,
@@ -196,7 +202,7 @@ def bench_serving(args: argparse.Namespace, work: Path, plan: Path, token: str) 
         load(1)  # warm up
         before = _batch_totals(port)
         for _ in range(args.rounds):
-            raw_window(model, args.max_batch, window, raw)
+            raw_window(scores, args.max_batch, window, raw)
             cpu_before, began = process_cpu_seconds(process.pid), time.perf_counter()
             results.append(load(window))
             served.add(
@@ -360,6 +366,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=5, help="alternating raw/server windows (default 5)")
     parser.add_argument("--max-batch", type=int, default=32)
     parser.add_argument("--max-wait-ms", type=float, default=5)
+    parser.add_argument("--gil-switch-ms", type=float, default=0.5, help="the server's --gil-switch-ms")
+    parser.add_argument("--authz-threads", type=int, default=2, help="the server's --authz-threads")
     parser.add_argument("--authz-repeat", type=int, default=300)
     parser.add_argument("--train-steps", type=int, default=60)
     parser.add_argument(

@@ -46,7 +46,7 @@ from aifactory.runtime.certs import PeerCertificate, read_peer_certificate
 from aifactory.runtime.decisionlog import DecisionLog
 from aifactory.runtime.handoff import LoopInbox, LoopOutbox, Workers
 from aifactory.runtime.metrics import Registry
-from aifactory.runtime.model import MLP, ModelConfig
+from aifactory.runtime.model import MLP, ModelConfig, Scorer, scorer
 from aifactory.runtime.siteplan import RuntimePlan
 from aifactory.runtime.tokens import TokenVerifier, TrustFiles
 
@@ -103,7 +103,7 @@ class Peer:
 class LoadedModel:
     name: str
     step: int
-    module: MLP
+    scores: Scorer  # rows -> class probabilities, one batched call (`model.scorer`)
     features: int
     path: str
 
@@ -169,8 +169,7 @@ class Batcher:
         began = time.perf_counter()
         try:
             with torch.inference_mode():
-                logits = model.module(torch.from_numpy(np.concatenate([w.rows for w in batch])))
-                scores = torch.softmax(logits, dim=1).numpy()
+                scores = model.scores(torch.from_numpy(np.concatenate([w.rows for w in batch]))).numpy()
         except (RuntimeError, ValueError) as exc:
             for work in batch:
                 work.done(None, exc)
@@ -261,8 +260,7 @@ class InferenceServer:
         config = ModelConfig.from_dict(found.meta["network"])
         module = MLP(config)
         module.load_state_dict(found.model_state)
-        module.eval()
-        slot.batcher.model = LoadedModel(slot.name, found.step, module, config.features, str(found.path))
+        slot.batcher.model = LoadedModel(slot.name, found.step, scorer(module), config.features, str(found.path))
         slot.loaded_step = step
         self.metrics.set("aifactory_serve_model_step", float(found.step))
         log.warning("serving %s from %s", slot.name, found.path)
