@@ -2,7 +2,7 @@
 
 Settings come from the command line, or from the runtime configuration deploy writes
 (`--config /etc/aifactory/runtime.yaml`; keys: plan, host, state_dir, storage_root, models,
-serve.{address, port, tls_cert, tls_key, tls_client_ca, tls_client_auth},
+serve.{address, port, tls_cert, tls_key, tls_client_ca, tls_client_auth, forward_cpus},
 decision_log.{sign_every, sign_interval, head_copies}); a command-line option wins over the file.
 """
 
@@ -58,6 +58,11 @@ def _parser() -> argparse.ArgumentParser:
         help="authorization threads, each with its own policy engine (default 2; 0: the event loop decides)",
     )
     parser.add_argument("--torch-threads", type=int, default=1, help="torch intra-op threads (default 1)")
+    parser.add_argument(
+        "--forward-cpus",
+        help="run the forward pass on these CPUs (e.g. 0 or 0-3) and the server's other threads on the "
+        "rest (default: the OS places every thread)",
+    )
     parser.add_argument(
         "--gil-switch-ms",
         type=float,
@@ -160,6 +165,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         runtime_dir = path(pick(args.runtime_dir, file.get("state_dir"))) or SiteState.for_site(
             plan.site
         ).subdir("runtime")
+        forward_cpus = _cpus(pick(args.forward_cpus, serve.get("forward_cpus")))
         config = ServerConfig(
             plan_path=plan_path,
             models=tuple(args.model or file.get("models") or ()),
@@ -172,6 +178,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             max_wait_ms=args.max_wait_ms,
             authz_threads=args.authz_threads,
             torch_threads=args.torch_threads,
+            forward_cpus=forward_cpus,
             tls_cert=tls_cert,
             tls_key=tls_key,
             tls_client_ca=tls_client_ca,
@@ -196,6 +203,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error[serve]: {exc}", file=sys.stderr)
         return int(ExitCode.CANNOT_EVALUATE)
     return 0
+
+
+def _cpus(value: Any) -> frozenset[int]:
+    """--forward-cpus / serve.forward_cpus, checked against the CPUs this process may use."""
+    from aifactory.runtime.cpus import CpuSplit, parse_cpu_list
+
+    if value in (None, "", []):
+        return frozenset()
+    try:
+        cpus = parse_cpu_list(",".join(str(v) for v in value) if isinstance(value, list) else str(value))
+        CpuSplit.of(cpus)
+    except ValueError as exc:
+        raise AifactoryError(
+            f"--forward-cpus / serve.forward_cpus: {exc}", code="usage", exit_code=ExitCode.USAGE
+        ) from None
+    return cpus
 
 
 def _read_config(path: Path | None) -> dict[str, Any]:

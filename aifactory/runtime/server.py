@@ -43,6 +43,7 @@ import torch
 from aifactory.runtime import checkpoint
 from aifactory.runtime.authz import Authorizer, Guard, Outcome
 from aifactory.runtime.certs import PeerCertificate, read_peer_certificate
+from aifactory.runtime.cpus import CpuSplit
 from aifactory.runtime.decisionlog import DecisionLog
 from aifactory.runtime.handoff import LoopInbox, LoopOutbox, Workers
 from aifactory.runtime.metrics import Registry
@@ -77,6 +78,7 @@ class ServerConfig:
     max_wait_ms: float = 5.0
     authz_threads: int = 2  # 0: decide on the event loop thread
     torch_threads: int = 1
+    forward_cpus: frozenset[int] = frozenset()  # empty: the OS places the forward pass (`runtime.cpus`)
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_client_ca: Path | None = None  # client certificates from this CA (the site CA) identify tenants
@@ -121,8 +123,11 @@ class _Work:
 class Batcher:
     """One thread: collect requests up to max_batch rows or max_wait, run one forward pass, answer each."""
 
-    def __init__(self, *, max_batch: int, max_wait: float, metrics: Registry) -> None:
+    def __init__(
+        self, *, max_batch: int, max_wait: float, metrics: Registry, cpus: CpuSplit | None = None
+    ) -> None:
         self.max_batch, self.max_wait, self.metrics = max_batch, max_wait, metrics
+        self.cpus = cpus
         self.model: LoadedModel | None = None
         self._queue: queue.SimpleQueue[_Work | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="batcher", daemon=True)
@@ -151,6 +156,8 @@ class Batcher:
         return batch, False
 
     def _run(self) -> None:
+        if self.cpus is not None:
+            self.cpus.move_to_forward()
         stopping = False
         while not stopping:
             first = self._queue.get()
@@ -195,6 +202,10 @@ class ModelSlot:
 class InferenceServer:
     def __init__(self, config: ServerConfig, *, authorizer: Authorizer) -> None:
         self.config = config
+        # Before the server's threads start: they inherit "off the forward CPUs".
+        self.cpus = CpuSplit.of(config.forward_cpus) if config.forward_cpus else None
+        if self.cpus is not None:
+            self.cpus.keep_others_off_forward()
         self.plan = RuntimePlan.load(config.plan_path, storage_root=config.storage_root)
         host = self.plan.this_host(config.host_name)
         self.metrics = _registry()
@@ -230,7 +241,12 @@ class InferenceServer:
             name: ModelSlot(
                 name,
                 self.plan.model_dir(name) / "checkpoints",
-                Batcher(max_batch=config.max_batch, max_wait=config.max_wait_ms / 1000, metrics=self.metrics),
+                Batcher(
+                    max_batch=config.max_batch,
+                    max_wait=config.max_wait_ms / 1000,
+                    metrics=self.metrics,
+                    cpus=self.cpus,
+                ),
             )
             for name in _models_to_serve(self.plan, config.models, host)
         }
@@ -260,7 +276,9 @@ class InferenceServer:
         config = ModelConfig.from_dict(found.meta["network"])
         module = MLP(config)
         module.load_state_dict(found.model_state)
-        slot.batcher.model = LoadedModel(slot.name, found.step, scorer(module), config.features, str(found.path))
+        slot.batcher.model = LoadedModel(
+            slot.name, found.step, scorer(module), config.features, str(found.path)
+        )
         slot.loaded_step = step
         self.metrics.set("aifactory_serve_model_step", float(found.step))
         log.warning("serving %s from %s", slot.name, found.path)
