@@ -108,21 +108,10 @@ class ChainWriter:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, mode)
         self._handle = os.fdopen(fd, "a+b", buffering=0)
+        self._last_write: tuple[int, ChainHead] | None = None  # (file size after it, head it left)
 
     def append(self, payload: Mapping[str, Any]) -> dict[str, Any]:
-        if "seq" in payload or "prev" in payload or "hash" in payload:
-            raise ValueError("payload may not set seq, prev or hash")
-        fcntl.flock(self._handle, fcntl.LOCK_EX)
-        try:
-            head = read_head(self.path)
-            record: dict[str, Any] = {"seq": head.seq + 1, "prev": head.hash, **payload}
-            record["hash"] = record_hash(record)
-            self._handle.write((canonical_json(record) + "\n").encode())
-            if self.durable:
-                os.fsync(self._handle.fileno())
-            return record
-        finally:
-            fcntl.flock(self._handle, fcntl.LOCK_UN)
+        return self.append_many([payload])[0]
 
     def append_many(self, payloads: list[Mapping[str, Any]]) -> list[dict[str, Any]]:
         """Append several records under one lock with one write and one fsync (group commit)."""
@@ -132,19 +121,32 @@ class ChainWriter:
             return []
         fcntl.flock(self._handle, fcntl.LOCK_EX)
         try:
-            head = read_head(self.path)
+            size = os.fstat(self._handle.fileno()).st_size
+            head = self._head(size)
             records: list[dict[str, Any]] = []
             for payload in payloads:
                 record: dict[str, Any] = {"seq": head.seq + 1, "prev": head.hash, **payload}
                 record["hash"] = record_hash(record)
                 head = ChainHead(record["seq"], record["hash"])
                 records.append(record)
-            self._handle.write("".join(canonical_json(r) + "\n" for r in records).encode())
+            data = "".join(canonical_json(r) + "\n" for r in records).encode()
+            written = self._handle.write(data)
+            if written != len(data):
+                raise OSError(f"short write to {self.path}: {written} of {len(data)} bytes")
             if self.durable:
                 os.fsync(self._handle.fileno())
+            self._last_write = (size + written, head)
             return records
         finally:
             fcntl.flock(self._handle, fcntl.LOCK_UN)
+
+    def _head(self, size: int) -> ChainHead:
+        """The head to chain onto, under the lock. While the file is the size this writer's last append
+        left, nobody appended since and that append's head is the head (a busy log skips re-reading its
+        tail per group commit); otherwise another writer appended, so read it from the file."""
+        if self._last_write is not None and self._last_write[0] == size:
+            return self._last_write[1]
+        return read_head(self.path)
 
     def close(self) -> None:
         self._handle.close()

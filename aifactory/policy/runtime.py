@@ -11,11 +11,11 @@ import datetime as dt
 import json
 import logging
 import time
-import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
 from aifactory.errors import AifactoryError
+from aifactory.ids import new_decision_id
 from aifactory.policy.engine import PolicyBackend, engine_error, make_backend
 from aifactory.policy.inputs import site_document
 from aifactory.policy.metadata import PolicySet, load_policy_set
@@ -108,7 +108,7 @@ class RuntimeAuthorizer:
             "host_country": host_country,
             "today": day,
         }
-        decision_id = uuid.uuid4().hex
+        decision_id = new_decision_id()
         try:
             (value,) = self.backend.evaluate_json((DECISION_PATH,), json.dumps(request))
             allow, reasons = self._check(value)

@@ -14,13 +14,13 @@ from __future__ import annotations
 import logging
 import socket
 import time
-import uuid
 from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
+from aifactory.ids import new_decision_id
 from aifactory.runtime.decisionlog import DecisionLog
 from aifactory.runtime.tokens import TokenRejected, TokenVerifier
 
@@ -92,7 +92,7 @@ class Identity:
 
 
 def _new_decision_id() -> str:
-    return f"rt-{uuid.uuid4().hex}"
+    return f"rt-{new_decision_id()}"
 
 
 class Guard:

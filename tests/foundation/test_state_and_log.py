@@ -175,3 +175,21 @@ def test_the_lock_is_reentrant_within_one_process(state_home: Path, tmp_path: Pa
     assert [r["command"] for r in records] == ["plan"]
     with state.lock("after"):  # released: can be taken again
         pass
+
+
+def test_writers_in_turn_on_one_chained_log_each_chain_onto_the_true_head(tmp_path: Path) -> None:
+    """Two writers (as the server and a training launcher on one node) interleave appends; each one
+    must see the other's records, not reuse the head its own last append left."""
+    from aifactory.chain import ChainWriter
+
+    log = tmp_path / "decisions.jsonl"
+    first, second = ChainWriter(log, durable=False), ChainWriter(log, durable=False)
+    for writer in (first, first, second, first, second, second, first):
+        writer.append_many([{"n": 1}, {"n": 2}])
+    first.append({"n": 3})
+    first.close()
+    second.close()
+    report = verify_chain(log)
+    assert report.ok, report.problems
+    assert report.records == 15
+    assert [json.loads(line)["seq"] for line in log.read_text().splitlines()] == list(range(15))
