@@ -113,13 +113,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.debug else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    if args.gil_switch_ms <= 0:
-        print("error[usage]: --gil-switch-ms must be more than 0", file=sys.stderr)
-        return int(ExitCode.USAGE)
-    # The batcher thread takes the GIL back after every forward pass (and the authorization and log
-    # threads after each call); with the event loop busy, each such wait lasts up to this interval.
-    sys.setswitchinterval(args.gil_switch_ms / 1000)
     try:
+        if args.gil_switch_ms <= 0:
+            raise AifactoryError(
+                "--gil-switch-ms must be more than 0", code="usage", exit_code=ExitCode.USAGE
+            )
+        # The batcher thread takes the GIL back after every forward pass (and the authorization and log
+        # threads after each call); with the event loop busy, each such wait lasts up to this interval.
+        sys.setswitchinterval(args.gil_switch_ms / 1000)
         from aifactory.runtime.authz import load_authorizer
         from aifactory.runtime.server import ServerConfig, run_server
         from aifactory.runtime.siteplan import RuntimePlan

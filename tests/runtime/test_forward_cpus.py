@@ -73,3 +73,15 @@ def test_a_bad_forward_cpu_list_is_a_usage_error(site: RuntimeSite, cpus: str) -
     )
     assert done.returncode == 2, done.stderr
     assert "--forward-cpus" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_gil_switch_interval_of_zero_is_a_usage_error(site: RuntimeSite) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "aifactory.runtime.serve_cli", "--plan", str(site.plan_path)]
+        + ["--gil-switch-ms", "0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "--gil-switch-ms" in done.stderr and "Traceback" not in done.stderr
