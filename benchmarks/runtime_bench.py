@@ -150,7 +150,7 @@ def placements() -> list[Placement]:
 
 
 def start_server(
-    args: argparse.Namespace, work: Path, plan: Path, placement: Placement
+    args: argparse.Namespace, work: Path, plan: Path, runtime: Path, placement: Placement
 ) -> tuple[subprocess.Popen[str], int]:
     pinning = ["--forward-cpus", ",".join(map(str, sorted(placement.forward)))] if placement.forward else []
     process = subprocess.Popen(
@@ -169,7 +169,7 @@ def start_server(
             "--storage-root",
             str(work / "storage"),
             "--runtime-dir",
-            str(work / f"runtime-{len(placement.forward)}"),
+            str(runtime),
             "--max-batch",
             str(args.max_batch),
             "--max-wait-ms",
@@ -209,15 +209,14 @@ def save_bench_model(work: Path) -> Scorer:
 
 def bench_serving(
     args: argparse.Namespace, work: Path, plan: Path, token: str, scores: Scorer, placement: Placement
-) -> float:
-    """Raw and server windows alternate (`--rounds` of each), so both sides meet the same machine load.
-    Returns the server/raw ratio."""
+) -> None:
+    """Raw and server windows alternate (`--rounds` of each), so both sides meet the same machine load."""
     everywhere = frozenset(os.sched_getaffinity(0))
     # Copy the token files the server reads into its own runtime folder (its decision log is its own).
     runtime = work / f"runtime-{len(placement.forward)}"
     if not runtime.exists():
         shutil.copytree(work / "runtime", runtime)
-    process, port = start_server(args, work, plan, placement)
+    process, port = start_server(args, work, plan, runtime, placement)
     raw, served = Tally(), Tally()
     window = args.seconds / args.rounds
     results: list[LoadResult] = []
@@ -290,7 +289,6 @@ def bench_serving(
         f"per round {per_round[0]:.2f}x to {per_round[-1]:.2f}x; "
         f"per CPU-second {per_cpu:.2f}x"
     )
-    return ratio
 
 
 def _batch_totals(port: int) -> tuple[float, float, float]:

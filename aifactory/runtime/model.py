@@ -91,8 +91,7 @@ def scorer(network: MLP) -> Scorer:
     C++ compiler on the node, which an air-gapped GPU node need not have). When a later torch drops
     tracing, the fallback keeps serving.
     """
-    network.eval()
-    scores = _Scores(network).eval()
+    scores = _Scores(network).eval()  # the network too
     probe = torch.linspace(-1, 1, 3 * network.config.features).reshape(3, network.config.features)
     try:
         with torch.no_grad(), warnings.catch_warnings():

@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from aifactory.errors import AifactoryError, ExitCode, Location
+from aifactory.runtime.cpus import CpuSplit, parse_cpu_list
 from aifactory.state import SiteState
 
 
@@ -166,7 +167,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         runtime_dir = path(pick(args.runtime_dir, file.get("state_dir"))) or SiteState.for_site(
             plan.site
         ).subdir("runtime")
-        forward_cpus = _cpus(pick(args.forward_cpus, serve.get("forward_cpus")))
         config = ServerConfig(
             plan_path=plan_path,
             models=tuple(args.model or file.get("models") or ()),
@@ -179,7 +179,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             max_wait_ms=args.max_wait_ms,
             authz_threads=args.authz_threads,
             torch_threads=args.torch_threads,
-            forward_cpus=forward_cpus,
+            cpu_split=_cpu_split(pick(args.forward_cpus, serve.get("forward_cpus"))),
             tls_cert=tls_cert,
             tls_key=tls_key,
             tls_client_ca=tls_client_ca,
@@ -206,20 +206,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _cpus(value: Any) -> frozenset[int]:
-    """--forward-cpus / serve.forward_cpus, checked against the CPUs this process may use."""
-    from aifactory.runtime.cpus import CpuSplit, parse_cpu_list
-
+def _cpu_split(value: Any) -> CpuSplit | None:
+    """--forward-cpus / serve.forward_cpus, split from the CPUs this process may use; None when not set."""
     if value in (None, "", []):
-        return frozenset()
+        return None
     try:
         cpus = parse_cpu_list(",".join(str(v) for v in value) if isinstance(value, list) else str(value))
-        CpuSplit.of(cpus)
+        return CpuSplit.of(cpus)
     except ValueError as exc:
         raise AifactoryError(
             f"--forward-cpus / serve.forward_cpus: {exc}", code="usage", exit_code=ExitCode.USAGE
         ) from None
-    return cpus
 
 
 def _read_config(path: Path | None) -> dict[str, Any]:

@@ -78,7 +78,7 @@ class ServerConfig:
     max_wait_ms: float = 5.0
     authz_threads: int = 2  # 0: decide on the event loop thread
     torch_threads: int = 1
-    forward_cpus: frozenset[int] = frozenset()  # empty: the OS places the forward pass (`runtime.cpus`)
+    cpu_split: CpuSplit | None = None  # None: the OS places the forward pass (`runtime.cpus`)
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_client_ca: Path | None = None  # client certificates from this CA (the site CA) identify tenants
@@ -203,9 +203,8 @@ class InferenceServer:
     def __init__(self, config: ServerConfig, *, authorizer: Authorizer) -> None:
         self.config = config
         # Before the server's threads start: they inherit "off the forward CPUs".
-        self.cpus = CpuSplit.of(config.forward_cpus) if config.forward_cpus else None
-        if self.cpus is not None:
-            self.cpus.keep_others_off_forward()
+        if config.cpu_split is not None:
+            config.cpu_split.keep_others_off_forward()
         self.plan = RuntimePlan.load(config.plan_path, storage_root=config.storage_root)
         host = self.plan.this_host(config.host_name)
         self.metrics = _registry()
@@ -245,7 +244,7 @@ class InferenceServer:
                     max_batch=config.max_batch,
                     max_wait=config.max_wait_ms / 1000,
                     metrics=self.metrics,
-                    cpus=self.cpus,
+                    cpus=config.cpu_split,
                 ),
             )
             for name in _models_to_serve(self.plan, config.models, host)
