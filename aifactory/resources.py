@@ -39,8 +39,10 @@ def control_tool(name: str, *, needed_for: str) -> str:
     beside = Path(sys.executable).parent / name
     found = str(beside) if beside.is_file() else shutil.which(name)
     if not found:
-        raise PrerequisiteError(f"{name} is not installed; {needed_for}",
-                                hint="install aifactory's control extra: pip install 'aifactory[control]'")
+        raise PrerequisiteError(
+            f"{name} is not installed; {needed_for}",
+            hint="install aifactory's control extra: pip install 'aifactory[control]'",
+        )
     return found
 
 

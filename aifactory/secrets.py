@@ -48,7 +48,7 @@ def expand(reference: str, *, host: str | None = None) -> str:
 
 
 def env_name(reference: str) -> str:
-    path = reference[len(SCHEME):]
+    path = reference[len(SCHEME) :]
     return "AIFACTORY_SECRET_" + re.sub(r"[^A-Za-z0-9]", "_", path).upper()
 
 

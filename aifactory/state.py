@@ -115,8 +115,15 @@ class SiteState:
         finally:
             os.close(fd)  # closing releases the flock
 
-    def record(self, *, command: str, result: str, spec_digest: str | None = None,
-               bundle_digest: str | None = None, detail: dict[str, Any] | None = None) -> dict[str, Any]:
+    def record(
+        self,
+        *,
+        command: str,
+        result: str,
+        spec_digest: str | None = None,
+        bundle_digest: str | None = None,
+        detail: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
         """Append one record to the operator log."""
         payload: dict[str, Any] = {
             "time": _now_iso(),

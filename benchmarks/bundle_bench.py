@@ -65,19 +65,36 @@ def write_payload(folder: Path, total: int) -> dict[str, PayloadFile]:
 def time_sha256sum(files: list[Path], workers: int) -> float:
     ordered = sorted(files, key=lambda p: p.stat().st_size, reverse=True)
     started = time.perf_counter()
-    subprocess.run(["xargs", "-0", "-P", str(workers), "-n", "1", "sha256sum"],
-                   input=b"\0".join(str(p).encode() for p in ordered), stdout=subprocess.DEVNULL, check=True)
+    subprocess.run(
+        ["xargs", "-0", "-P", str(workers), "-n", "1", "sha256sum"],
+        input=b"\0".join(str(p).encode() for p in ordered),
+        stdout=subprocess.DEVNULL,
+        check=True,
+    )
     return time.perf_counter() - started
 
 
-def seal_payload(folder: Path, payload: dict[str, PayloadFile],
-                 keys: signing.KeyFiles) -> tuple[Sealed, float]:
-    header = Header(site="bench", version=BundleVersion.from_timestamp(STAMP), created="2025-11-22T08:26:40Z",
-                    timestamp=STAMP, plan_digest="sha256:" + "0" * 64, spec_digest="sha256:" + "0" * 64,
-                    aifactory_version="bench", contents={})
+def seal_payload(
+    folder: Path, payload: dict[str, PayloadFile], keys: signing.KeyFiles
+) -> tuple[Sealed, float]:
+    header = Header(
+        site="bench",
+        version=BundleVersion.from_timestamp(STAMP),
+        created="2025-11-22T08:26:40Z",
+        timestamp=STAMP,
+        plan_digest="sha256:" + "0" * 64,
+        spec_digest="sha256:" + "0" * 64,
+        aifactory_version="bench",
+        contents={},
+    )
     started = time.perf_counter()
-    sealed = seal(payload, header, key=signing.load_private_key(keys.private), output=folder / "bench.tar",
-                  work=folder / "meta")
+    sealed = seal(
+        payload,
+        header,
+        key=signing.load_private_key(keys.private),
+        output=folder / "bench.tar",
+        work=folder / "meta",
+    )
     return sealed, time.perf_counter() - started
 
 
@@ -100,8 +117,9 @@ def main(argv: list[str] | None = None) -> int:
     total = int(args.size_gb * 1e9)
     folder = Path(tempfile.mkdtemp(prefix="aifactory-bundle-bench-", dir=args.workdir))
     try:
-        keys = signing.generate_keypair(folder / "key", identity="bench@aifactory",
-                                        namespaces="aifactory-bundle")
+        keys = signing.generate_keypair(
+            folder / "key", identity="bench@aifactory", namespaces="aifactory-bundle"
+        )
         started = time.perf_counter()
         (folder / "payload").mkdir()
         payload = write_payload(folder / "payload", total)
@@ -118,8 +136,10 @@ def main(argv: list[str] | None = None) -> int:
             assert report.ok and report.payload_bytes == sealed.payload_bytes
         payload_mb = sealed.payload_bytes / 1e6
         archive_mb = sealed.archive_bytes / 1e6
-        print(f"cores: {workers}; payload {payload_mb:.0f} MB in {len(payload)} files; "
-              f"archive {archive_mb:.0f} MB")
+        print(
+            f"cores: {workers}; payload {payload_mb:.0f} MB in {len(payload)} files; "
+            f"archive {archive_mb:.0f} MB"
+        )
         build_rate = archive_mb / build_seconds
         print(f"build (hash + sign + write tar): {build_seconds:.2f} s, {build_rate:.0f} MB/s")
         print(rounds(f"verify (aifactory, {workers} threads)", verify_times, payload_mb))

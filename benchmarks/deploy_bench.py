@@ -55,8 +55,10 @@ class Measure:
         return self.cpu / self.hosts
 
     def row(self) -> str:
-        return (f"{self.label:<34} {self.hosts:>5} {self.wall:>8.1f} {self.cpu:>8.1f} "
-                f"{self.cpu_per_host:>10.2f} {self.changed:>7} {self.exit_code:>4}")
+        return (
+            f"{self.label:<34} {self.hosts:>5} {self.wall:>8.1f} {self.cpu:>8.1f} "
+            f"{self.cpu_per_host:>10.2f} {self.changed:>7} {self.exit_code:>4}"
+        )
 
 
 def grown_spec(folder: Path, site: str, cpu_hosts: int) -> Path:
@@ -73,11 +75,18 @@ def grown_spec(folder: Path, site: str, cpu_hosts: int) -> Path:
     return spec
 
 
-def measure(label: str, spec: Path, hosts: int, limit: str, settings: DeploySettings, *,
-            full: bool = False) -> Measure:
+def measure(
+    label: str, spec: Path, hosts: int, limit: str, settings: DeploySettings, *, full: bool = False
+) -> Measure:
     result: DeployResult = deploy_site(spec, options=DeployOptions(limit=limit, settings=settings, full=full))
-    measured = Measure(label, hosts, result.wall_seconds, result.controller_cpu_seconds, result.changed,
-                       int(result.exit_code))
+    measured = Measure(
+        label,
+        hosts,
+        result.wall_seconds,
+        result.controller_cpu_seconds,
+        result.changed,
+        int(result.exit_code),
+    )
     print(measured.row(), flush=True)
     if result.exit_code != 0:
         print(f"  failed hosts: {result.failed_hosts}; event log {result.event_log}", flush=True)
@@ -91,8 +100,9 @@ def verdict(name: str, value: float, target: float, *, at_most: bool) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--hosts", type=int, default=8, help="hosts of the large runs (default 8)")
     parser.add_argument("--keep", action="store_true", help="leave the lab up at the end")
     args = parser.parse_args()
@@ -115,8 +125,10 @@ def main() -> int:
     try:
         bundle = build_and_import(spec, site, work)
         print(f"bundle {bundle.version} imported\n")
-        print(f"{'run':<34} {'hosts':>5} {'wall s':>8} {'cpu s':>8} {'cpu s/host':>10} {'changed':>7} "
-              f"{'exit':>4}")
+        print(
+            f"{'run':<34} {'hosts':>5} {'wall s':>8} {'cpu s':>8} {'cpu s/host':>10} {'changed':>7} "
+            f"{'exit':>4}"
+        )
         tuned, stock = DeploySettings(), DeploySettings.stock()
         many_limit = f"pool_cpu:!{single}"
         n = args.hosts
@@ -131,21 +143,56 @@ def main() -> int:
         if not args.keep:
             lab_down(site)
     print()
-    print(verdict(f"CPU-s per host, {args.hosts} hosts / 1 host (first deploy)",
-                  first_n.cpu_per_host / first_1.cpu_per_host, CPU_SHARE_TARGET, at_most=True))
-    print(verdict(f"CPU-s per host, {args.hosts} hosts / 1 host (no-op re-run)",
-                  noop_n.cpu_per_host / noop_1.cpu_per_host, CPU_SHARE_TARGET, at_most=True))
-    print(verdict(f"CPU-s per host, {args.hosts} hosts / 1 host (no-op re-run --full)",
-                  full_n.cpu_per_host / full_1.cpu_per_host, CPU_SHARE_TARGET, at_most=True))
-    print(verdict(f"no-op / first, wall, {args.hosts} hosts", noop_n.wall / first_n.wall, NOOP_TARGET,
-                  at_most=True))
+    print(
+        verdict(
+            f"CPU-s per host, {args.hosts} hosts / 1 host (first deploy)",
+            first_n.cpu_per_host / first_1.cpu_per_host,
+            CPU_SHARE_TARGET,
+            at_most=True,
+        )
+    )
+    print(
+        verdict(
+            f"CPU-s per host, {args.hosts} hosts / 1 host (no-op re-run)",
+            noop_n.cpu_per_host / noop_1.cpu_per_host,
+            CPU_SHARE_TARGET,
+            at_most=True,
+        )
+    )
+    print(
+        verdict(
+            f"CPU-s per host, {args.hosts} hosts / 1 host (no-op re-run --full)",
+            full_n.cpu_per_host / full_1.cpu_per_host,
+            CPU_SHARE_TARGET,
+            at_most=True,
+        )
+    )
+    print(
+        verdict(
+            f"no-op / first, wall, {args.hosts} hosts", noop_n.wall / first_n.wall, NOOP_TARGET, at_most=True
+        )
+    )
     print(verdict("no-op / first, wall, 1 host", noop_1.wall / first_1.wall, NOOP_TARGET, at_most=True))
-    print(f"(every role, --full: no-op / first, wall, {args.hosts} hosts {full_n.wall / first_n.wall:.2f}; "
-          f"1 host {full_1.wall / first_1.wall:.2f})")
-    print(verdict(f"stock / tuned no-op --full, controller CPU-s, {args.hosts} hosts",
-                  stock_n.cpu / full_n.cpu, STOCK_TARGET, at_most=False))
-    print(verdict(f"stock / tuned no-op --full, wall, {args.hosts} hosts", stock_n.wall / full_n.wall,
-                  STOCK_TARGET, at_most=False))
+    print(
+        f"(every role, --full: no-op / first, wall, {args.hosts} hosts {full_n.wall / first_n.wall:.2f}; "
+        f"1 host {full_1.wall / first_1.wall:.2f})"
+    )
+    print(
+        verdict(
+            f"stock / tuned no-op --full, controller CPU-s, {args.hosts} hosts",
+            stock_n.cpu / full_n.cpu,
+            STOCK_TARGET,
+            at_most=False,
+        )
+    )
+    print(
+        verdict(
+            f"stock / tuned no-op --full, wall, {args.hosts} hosts",
+            stock_n.wall / full_n.wall,
+            STOCK_TARGET,
+            at_most=False,
+        )
+    )
     return 0
 
 

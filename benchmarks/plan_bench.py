@@ -64,14 +64,20 @@ def main() -> None:
         dumps_s = best_of(args.repeat, lambda: json.dumps(plan_dict))
 
     ratio = plan_s / dumps_s
-    print(f"site: {summary['hosts']:,} hosts in {args.pools} pools, {args.rails}-rail compute fabric, "
-          f"{summary['addresses']:,} addresses")
+    print(
+        f"site: {summary['hosts']:,} hosts in {args.pools} pools, {args.rails}-rail compute fabric, "
+        f"{summary['addresses']:,} addresses"
+    )
     print(f"load+validate:          {validate_s * 1000:8.1f} ms")
-    print(f"load+validate+plan:     {plan_s * 1000:8.1f} ms   (target < {TARGET_SECONDS * 1000:.0f} ms: "
-          f"{'met' if plan_s < TARGET_SECONDS else 'MISSED'})")
+    print(
+        f"load+validate+plan:     {plan_s * 1000:8.1f} ms   (target < {TARGET_SECONDS * 1000:.0f} ms: "
+        f"{'met' if plan_s < TARGET_SECONDS else 'MISSED'})"
+    )
     print(f"json.dumps(plan dict):  {dumps_s * 1000:8.1f} ms   (baseline)")
-    print(f"ratio plan / dumps:     {ratio:8.2f} x   (target < {TARGET_RATIO:.0f} x: "
-          f"{'met' if ratio < TARGET_RATIO else 'MISSED'})")
+    print(
+        f"ratio plan / dumps:     {ratio:8.2f} x   (target < {TARGET_RATIO:.0f} x: "
+        f"{'met' if ratio < TARGET_RATIO else 'MISSED'})"
+    )
 
 
 if __name__ == "__main__":

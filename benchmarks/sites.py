@@ -34,8 +34,15 @@ def _pool_sizes(hosts: int, pools: int) -> list[int]:
     return [per + (1 if i < extra else 0) for i in range(pools)]
 
 
-def generate_site(hosts: int = 10_000, pools: int = 100, rails: int = 8, *, name: str = "bench",
-                  tenants: int | None = None, datasets: int | None = None) -> str:
+def generate_site(
+    hosts: int = 10_000,
+    pools: int = 100,
+    rails: int = 8,
+    *,
+    name: str = "bench",
+    tenants: int | None = None,
+    datasets: int | None = None,
+) -> str:
     """A valid site spec (YAML text) with `hosts` GPU hosts in `pools` pools."""
     if pools < 1 or hosts < pools or not 1 <= rails <= 16:
         raise ValueError("need pools >= 1, hosts >= pools and 1 <= rails <= 16")
@@ -89,21 +96,29 @@ def generate_site(hosts: int = 10_000, pools: int = 100, rails: int = 8, *, name
     lines.append("datasets:")
     dataset_names = [f"data{i:04d}" for i in range(datasets)]
     for i, dataset in enumerate(dataset_names):
-        lines.append(f"  - {{name: {dataset}, owner: {tenant_names[i % tenants]}, "
-                     f"classification: {CLASSIFICATIONS[i % len(CLASSIFICATIONS)]}, residency: NG, "
-                     f"storage: lake, path: /datasets/{dataset}}}")
+        lines.append(
+            f"  - {{name: {dataset}, owner: {tenant_names[i % tenants]}, "
+            f"classification: {CLASSIFICATIONS[i % len(CLASSIFICATIONS)]}, residency: NG, "
+            f"storage: lake, path: /datasets/{dataset}}}"
+        )
     lines.append("models:")
     for i, dataset in enumerate(dataset_names):
-        lines.append(f"  - {{name: model{i:04d}, owner: {tenant_names[i % tenants]}, "
-                     f"trained_on: [{dataset}], classification: top-secret, storage: lake, "
-                     f"serve_on: [{pool_names[i % pools]}]}}")
+        lines.append(
+            f"  - {{name: model{i:04d}, owner: {tenant_names[i % tenants]}, "
+            f"trained_on: [{dataset}], classification: top-secret, storage: lake, "
+            f"serve_on: [{pool_names[i % pools]}]}}"
+        )
     lines.append("access:")
     for i, dataset in enumerate(dataset_names):
         grantee = tenant_names[(i + 1) % tenants]
-        lines.append(f"  - {{tenant: {grantee}, resource: dataset/{dataset}, actions: [read, train], "
-                     "approved_by: ciso@bench.example, expires: 2030-12-31}")
-        lines.append(f"  - {{tenant: {grantee}, resource: model/model{i:04d}, actions: [infer, export], "
-                     "to: NG, approved_by: ciso@bench.example, expires: 2030-12-31}")
+        lines.append(
+            f"  - {{tenant: {grantee}, resource: dataset/{dataset}, actions: [read, train], "
+            "approved_by: ciso@bench.example, expires: 2030-12-31}"
+        )
+        lines.append(
+            f"  - {{tenant: {grantee}, resource: model/model{i:04d}, actions: [infer, export], "
+            "to: NG, approved_by: ciso@bench.example, expires: 2030-12-31}"
+        )
     lines += ["egress:", "  allow: []"]
     return "\n".join(lines) + "\n"
 

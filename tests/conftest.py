@@ -100,9 +100,16 @@ class LabSession:
     def hosts(self) -> list[str]:
         return [h.name for h in self.plan.hosts]
 
-    def exec(self, argv: Sequence[str], host: str | None = None, *, check: bool = True, timeout: float = 120,
-             input_text: str | None = None, env: Mapping[str, str] | None = None
-             ) -> subprocess.CompletedProcess[str]:
+    def exec(
+        self,
+        argv: Sequence[str],
+        host: str | None = None,
+        *,
+        check: bool = True,
+        timeout: float = 120,
+        input_text: str | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> subprocess.CompletedProcess[str]:
         from aifactory.lab import lab_exec
 
         result = lab_exec(self.site, list(argv), host=host, timeout=timeout, input_text=input_text, env=env)
@@ -140,7 +147,7 @@ def reap_stale_test_labs() -> list[str]:
 
     stale = set()
     for namespace in list_netns(PREFIX):
-        site = namespace[len(PREFIX):].split(".", 1)[0]
+        site = namespace[len(PREFIX) :].split(".", 1)[0]
         match = TEST_SITE.match(site)
         if match and not alive(int(match.group(2))):
             stale.add(site)

@@ -48,41 +48,85 @@ def _controls(evidence: Sequence[Evidence], findings: Sequence[Finding]) -> tupl
         for finding in mine:
             if finding.waiver and finding.waiver not in waivers:
                 waivers.append(finding.waiver)
-        controls.append(Control(
-            id=control_id, family=family_of(control_id), title=title_of(control_id), status=worst(statuses),
-            rules=tuple(rules[control_id]),
-            findings={FAIL: sum(f.status == FAIL for f in mine),
-                      WAIVED: sum(f.status == WAIVED for f in mine)},
-            waivers=tuple(waivers)))
+        controls.append(
+            Control(
+                id=control_id,
+                family=family_of(control_id),
+                title=title_of(control_id),
+                status=worst(statuses),
+                rules=tuple(rules[control_id]),
+                findings={
+                    FAIL: sum(f.status == FAIL for f in mine),
+                    WAIVED: sum(f.status == WAIVED for f in mine),
+                },
+                waivers=tuple(waivers),
+            )
+        )
     return tuple(controls)
 
 
 def site_data(plan: SitePlan) -> tuple[dict[str, Any], ...]:
     """The datasets and models the report names, with their classifications."""
-    items = [{"kind": "dataset", "name": d["name"], "owner": d.get("owner"),
-              "classification": d.get("classification"), "storage": d.get("storage")} for d in plan.datasets]
-    items += [{"kind": "model", "name": m["name"], "owner": m.get("owner"),
-               "classification": m.get("classification"), "storage": m.get("storage")} for m in plan.models]
+    items = [
+        {
+            "kind": "dataset",
+            "name": d["name"],
+            "owner": d.get("owner"),
+            "classification": d.get("classification"),
+            "storage": d.get("storage"),
+        }
+        for d in plan.datasets
+    ]
+    items += [
+        {
+            "kind": "model",
+            "name": m["name"],
+            "owner": m.get("owner"),
+            "classification": m.get("classification"),
+            "storage": m.get("storage"),
+        }
+        for m in plan.models
+    ]
     return tuple(items)
 
 
 def highest_classification(data: Sequence[dict[str, Any]]) -> str:
-    ranks = [CLASSIFICATIONS.index(d["classification"]) for d in data
-             if d.get("classification") in CLASSIFICATIONS]
+    ranks = [
+        CLASSIFICATIONS.index(d["classification"]) for d in data if d.get("classification") in CLASSIFICATIONS
+    ]
     return CLASSIFICATIONS[max(ranks, default=0)]
 
 
-def build_report(*, plan: SitePlan, evidence: Sequence[Evidence], timestamp: datetime,
-                 bundle_digest: str | None, signer: dict[str, str], plan_digest: str) -> AuditReport:
+def build_report(
+    *,
+    plan: SitePlan,
+    evidence: Sequence[Evidence],
+    timestamp: datetime,
+    bundle_digest: str | None,
+    signer: dict[str, str],
+    plan_digest: str,
+) -> AuditReport:
     findings = tuple(sorted((f for section in evidence for f in section.findings), key=_finding_order))
     data = site_data(plan)
     site = {
-        "name": plan.name, "jurisdiction": plan.site.get("jurisdiction"),
-        "description": plan.site.get("description") or "", "air_gapped": plan.site.get("air_gapped"),
-        "spec_digest": plan.spec_digest, "plan_digest": plan_digest, "hosts": len(plan.hosts),
+        "name": plan.name,
+        "jurisdiction": plan.site.get("jurisdiction"),
+        "description": plan.site.get("description") or "",
+        "air_gapped": plan.site.get("air_gapped"),
+        "spec_digest": plan.spec_digest,
+        "plan_digest": plan_digest,
+        "hosts": len(plan.hosts),
     }
     return AuditReport(
-        site=site, generated=iso(timestamp), tool_version=__version__,
-        classification=highest_classification(data), bundle_digest=bundle_digest,
-        controls=_controls(evidence, findings), findings=findings, evidence=tuple(evidence),
-        logs=tuple(ref for section in evidence for ref in section.logs), data=data, signer=signer)
+        site=site,
+        generated=iso(timestamp),
+        tool_version=__version__,
+        classification=highest_classification(data),
+        bundle_digest=bundle_digest,
+        controls=_controls(evidence, findings),
+        findings=findings,
+        evidence=tuple(evidence),
+        logs=tuple(ref for section in evidence for ref in section.logs),
+        data=data,
+        signer=signer,
+    )

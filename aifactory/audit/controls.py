@@ -87,7 +87,7 @@ def family_title(family: str) -> str:
 
 
 def oscal_control_id(control_id: str) -> str:
-    """"AC-3" -> "ac-3", "SA-9(5)" -> "sa-9.5" (the ids of the NIST OSCAL catalog)."""
+    """ "AC-3" -> "ac-3", "SA-9(5)" -> "sa-9.5" (the ids of the NIST OSCAL catalog)."""
     match = _CONTROL_ID.match(control_id.upper())
     if not match:
         return control_id.lower()

@@ -28,9 +28,15 @@ class AuditDiff:
         return bool(self.controls or self.added or self.resolved or self.changed)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"old": self.old, "new": self.new, "drifted": self.drifted, "controls": self.controls,
-                "findings_added": self.added, "findings_resolved": self.resolved,
-                "findings_changed": self.changed}
+        return {
+            "old": self.old,
+            "new": self.new,
+            "drifted": self.drifted,
+            "controls": self.controls,
+            "findings_added": self.added,
+            "findings_resolved": self.resolved,
+            "findings_changed": self.changed,
+        }
 
 
 def load_report_json(location: Path) -> dict[str, Any]:
@@ -38,8 +44,11 @@ def load_report_json(location: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text())
     except OSError as exc:
-        raise AuditError(f"cannot read {path}: {exc.strerror}", location=Location(file=str(path)),
-                         hint="give a report folder or its report.json") from None
+        raise AuditError(
+            f"cannot read {path}: {exc.strerror}",
+            location=Location(file=str(path)),
+            hint="give a report folder or its report.json",
+        ) from None
     except ValueError as exc:
         raise AuditError(f"{path} is not JSON: {exc}", location=Location(file=str(path))) from None
     if not isinstance(data, dict) or not str(data.get("schema", "")).startswith("aifactory.audit-report/"):
@@ -48,8 +57,11 @@ def load_report_json(location: Path) -> dict[str, Any]:
 
 
 def _about(report: dict[str, Any]) -> dict[str, Any]:
-    return {"id": report.get("id"), "site": (report.get("site") or {}).get("name"),
-            "generated": report.get("generated")}
+    return {
+        "id": report.get("id"),
+        "site": (report.get("site") or {}).get("name"),
+        "generated": report.get("generated"),
+    }
 
 
 def _findings(report: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
@@ -74,7 +86,9 @@ def diff_reports(old_location: Path, new_location: Path) -> AuditDiff:
     old_findings, new_findings = _findings(old), _findings(new)
     added = [_brief(f) for key, f in new_findings.items() if key not in old_findings]
     resolved = [_brief(f) for key, f in old_findings.items() if key not in new_findings]
-    changed = [{**_brief(f), "old_status": old_findings[key].get("status")}
-               for key, f in new_findings.items()
-               if key in old_findings and old_findings[key].get("status") != f.get("status")]
+    changed = [
+        {**_brief(f), "old_status": old_findings[key].get("status")}
+        for key, f in new_findings.items()
+        if key in old_findings and old_findings[key].get("status") != f.get("status")
+    ]
     return AuditDiff(_about(old), _about(new), controls, added, resolved, changed)

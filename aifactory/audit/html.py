@@ -18,8 +18,13 @@ from aifactory.audit.model import FAIL, NOT_ASSESSED, PASS, WAIVED, AuditReport,
 
 OPEN_FINDINGS_BELOW = 50  # with fewer findings than this, every group starts open
 STATUS_WORDS = {PASS: "pass", FAIL: "fail", WAIVED: "waived", NOT_ASSESSED: "not assessed"}
-BANNER_COLOURS = {"public": "#007a33", "internal": "#4b5a6a", "confidential": "#0033a0",
-                  "secret": "#c8102e", "top-secret": "#e06500"}
+BANNER_COLOURS = {
+    "public": "#007a33",
+    "internal": "#4b5a6a",
+    "confidential": "#0033a0",
+    "secret": "#c8102e",
+    "top-secret": "#e06500",
+}
 
 CSS = """
 *{box-sizing:border-box}
@@ -61,8 +66,10 @@ details>summary{cursor:pointer;padding:6px 0;font-weight:600}
 
 # Opens every collapsed group before printing, so the printout holds everything (optional: the page
 # reads fine without scripts).
-PRINT_SCRIPT = ("window.addEventListener('beforeprint',function(){"
-                "document.querySelectorAll('details').forEach(function(d){d.open=true})});")
+PRINT_SCRIPT = (
+    "window.addEventListener('beforeprint',function(){"
+    "document.querySelectorAll('details').forEach(function(d){d.open=true})});"
+)
 
 
 def _e(value: Any) -> str:
@@ -87,8 +94,10 @@ def _anchor(prefix: str, text: str) -> str:
 def _banner(report: AuditReport, where: str) -> str:
     colour = BANNER_COLOURS.get(report.classification, "#4b5a6a")
     ident = ' id="classification-banner"' if where == "top" else ""
-    return (f'<div class="banner {where}"{ident} role="note" aria-label="classification" '
-            f'style="background:{colour}">{_e(report.classification.replace("-", " "))}</div>\n')
+    return (
+        f'<div class="banner {where}"{ident} role="note" aria-label="classification" '
+        f'style="background:{colour}">{_e(report.classification.replace("-", " "))}</div>\n'
+    )
 
 
 def _header(report: AuditReport) -> Iterator[str]:
@@ -122,23 +131,30 @@ def _summary(report: AuditReport) -> Iterator[str]:
     yield f"<div><b>{failing}</b>failing findings</div></div>"
     yield _table("Family", "Controls", "Pass", "Fail", "Waived", "Not assessed", ident="summary-by-family")
     for row in report.summary():
-        yield (f'<tr><td>{_e(row["family"])} {_e(row["title"])}</td><td>{row["controls"]}</td>'
-               f'<td>{row[PASS]}</td><td>{row[FAIL]}</td><td>{row[WAIVED]}</td><td>{row[NOT_ASSESSED]}</td></tr>')
+        yield (
+            f"<tr><td>{_e(row['family'])} {_e(row['title'])}</td><td>{row['controls']}</td>"
+            f"<td>{row[PASS]}</td><td>{row[FAIL]}</td><td>{row[WAIVED]}</td><td>{row[NOT_ASSESSED]}</td></tr>"
+        )
     yield "</tbody></table></section>\n"
 
 
 def _control_row(control: Control) -> str:
-    waivers = "".join(f'<div class="waiver">waived by {_e(w.approved_by)}, expires {_e(w.expires)}: '
-                      f"{_e(w.reason)}</div>" for w in control.waivers)
+    waivers = "".join(
+        f'<div class="waiver">waived by {_e(w.approved_by)}, expires {_e(w.expires)}: {_e(w.reason)}</div>'
+        for w in control.waivers
+    )
     rules = "".join(
         f'<li>{_status(r.status)} <a href="#{_anchor("rule-", r.id)}"><code>{_e(r.id)}</code></a> '
         f'{_e(r.title)} <span class="muted">({_e(r.source)}{"; " + _e(r.note) if r.note else ""})</span></li>'
-        for r in control.rules)
+        for r in control.rules
+    )
     counts = ", ".join(f"{n} {s}" for s, n in control.findings.items() if n) or "none"
-    return (f'<tr class="control" id="{_anchor("control-", control.id)}" data-status="{control.status}">'
-            f"<td><b>{_e(control.id)}</b></td><td>{_e(control.title)}</td>"
-            f"<td>{_status(control.status)}{waivers}</td><td><ul class=\"rules\">{rules}</ul></td>"
-            f"<td>{counts}</td></tr>")
+    return (
+        f'<tr class="control" id="{_anchor("control-", control.id)}" data-status="{control.status}">'
+        f"<td><b>{_e(control.id)}</b></td><td>{_e(control.title)}</td>"
+        f'<td>{_status(control.status)}{waivers}</td><td><ul class="rules">{rules}</ul></td>'
+        f"<td>{counts}</td></tr>"
+    )
 
 
 def _controls(report: AuditReport) -> Iterator[str]:
@@ -155,17 +171,23 @@ def _controls(report: AuditReport) -> Iterator[str]:
 def _finding_row(finding: Finding) -> str:
     status = _status(finding.status)
     if finding.waiver:
-        status += (f'<div class="waiver">approved by {_e(finding.waiver.approved_by)}, expires '
-                   f"{_e(finding.waiver.expires)}: {_e(finding.waiver.reason)}</div>")
-    return (f'<tr id="{_anchor("finding-", finding.id)}"><td><code>{_e(finding.resource)}</code></td>'
-            f"<td>{_e(finding.message)}</td><td>{_e(finding.remediation)}</td><td>{status}</td></tr>")
+        status += (
+            f'<div class="waiver">approved by {_e(finding.waiver.approved_by)}, expires '
+            f"{_e(finding.waiver.expires)}: {_e(finding.waiver.reason)}</div>"
+        )
+    return (
+        f'<tr id="{_anchor("finding-", finding.id)}"><td><code>{_e(finding.resource)}</code></td>'
+        f"<td>{_e(finding.message)}</td><td>{_e(finding.remediation)}</td><td>{status}</td></tr>"
+    )
 
 
 def _findings(report: AuditReport) -> Iterator[str]:
     findings = report.findings
     failing = sum(f.status == FAIL for f in findings)
-    yield (f'<section id="findings"><h2>Findings</h2><p>{len(findings)} findings: {failing} failing, '
-           f"{len(findings) - failing} waived. Grouped by rule; open a group to see each resource.</p>")
+    yield (
+        f'<section id="findings"><h2>Findings</h2><p>{len(findings)} findings: {failing} failing, '
+        f"{len(findings) - failing} waived. Grouped by rule; open a group to see each resource.</p>"
+    )
     if not findings:
         yield '<p class="muted">No findings.</p>'
     opened = " open" if len(findings) < OPEN_FINDINGS_BELOW else ""
@@ -176,10 +198,12 @@ def _findings(report: AuditReport) -> Iterator[str]:
         items = groups.pop(rule)  # in report order: failing first, then by severity and resource
         first = items[0]
         failing = sum(f.status == FAIL for f in items)
-        yield (f'<details class="finding-group" id="{_anchor("rule-", rule)}"{opened}><summary>'
-               f"<code>{_e(rule)}</code> {_e(first.title)} — {len(items)} finding(s), {failing} failing; "
-               f"{_e(', '.join(first.controls))}; severity {_e(first.severity)}</summary>"
-               + _table("Resource", "Finding", "Remediation", "Status"))
+        yield (
+            f'<details class="finding-group" id="{_anchor("rule-", rule)}"{opened}><summary>'
+            f"<code>{_e(rule)}</code> {_e(first.title)} — {len(items)} finding(s), {failing} failing; "
+            f"{_e(', '.join(first.controls))}; severity {_e(first.severity)}</summary>"
+            + _table("Resource", "Finding", "Remediation", "Status")
+        )
         for finding in items:
             yield _finding_row(finding)
         yield "</tbody></table></details>"
@@ -190,8 +214,11 @@ def _value(value: Any) -> str:
     if isinstance(value, dict):
         if not value:
             return '<span class="muted">none</span>'
-        return "<dl class=\"facts\">" + "".join(f"<dt>{_e(k)}</dt><dd>{_value(v)}</dd>"
-                                                for k, v in value.items()) + "</dl>"
+        return (
+            '<dl class="facts">'
+            + "".join(f"<dt>{_e(k)}</dt><dd>{_value(v)}</dd>" for k, v in value.items())
+            + "</dl>"
+        )
     if isinstance(value, list):
         if not value:
             return '<span class="muted">none</span>'
@@ -208,14 +235,16 @@ def _pairs(headers: tuple[str, str], pairs: dict[str, Any]) -> Iterator[str]:
 
 def _baseline(index: int, baseline: dict[str, Any]) -> Iterator[str]:
     hosts = baseline.get("hosts") or []
-    yield (f"<details><summary>Baseline {index}: {len(hosts)} host(s) in pool(s) "
-           f"{_e(', '.join(baseline.get('pools') or []))} <code>{_e(baseline.get('fingerprint'))}</code>"
-           "</summary>")
+    yield (
+        f"<details><summary>Baseline {index}: {len(hosts)} host(s) in pool(s) "
+        f"{_e(', '.join(baseline.get('pools') or []))} <code>{_e(baseline.get('fingerprint'))}</code>"
+        "</summary>"
+    )
     yield from _pairs(("Package", "Version"), baseline.get("packages") or {})
     yield from _pairs(("Config file", "Digest"), baseline.get("configs") or {})
     yield '<p class="hosts">'
     for start in range(0, len(hosts), 500):
-        yield _e(", ".join(hosts[start:start + 500])) + ("," if start + 500 < len(hosts) else "")
+        yield _e(", ".join(hosts[start : start + 500])) + ("," if start + 500 < len(hosts) else "")
     yield "</p></details>"
 
 
@@ -231,53 +260,72 @@ def _evidence_detail(section: Evidence) -> Iterator[str]:
         yield _table("Log", "Records", "Head", "Chain", "Problems")
         for log in logs:
             head = log.get("head") or {}
-            yield (f"<tr><td><code>{_e(log.get('path'))}</code></td><td>{_e(log.get('records'))}</td>"
-                   f"<td>seq {_e(head.get('seq'))} <code>{_e(head.get('hash'))}</code></td>"
-                   f"<td>{_status(PASS if log.get('ok') else FAIL)}</td>"
-                   f"<td>{_value(log.get('problems') or [])}</td></tr>")
+            yield (
+                f"<tr><td><code>{_e(log.get('path'))}</code></td><td>{_e(log.get('records'))}</td>"
+                f"<td>seq {_e(head.get('seq'))} <code>{_e(head.get('hash'))}</code></td>"
+                f"<td>{_status(PASS if log.get('ok') else FAIL)}</td>"
+                f"<td>{_value(log.get('problems') or [])}</td></tr>"
+            )
         yield "</tbody></table>"
 
 
 def _evidence(report: AuditReport) -> Iterator[str]:
     yield '<section id="evidence"><h2>Evidence</h2>'
     for section in report.evidence:
-        yield (f'<div class="evidence" id="{_anchor("evidence-", section.name)}"><h3>{_e(section.title)} '
-               f"{_status(section.status)}</h3><p>{_e(section.summary)}</p>")
+        yield (
+            f'<div class="evidence" id="{_anchor("evidence-", section.name)}"><h3>{_e(section.title)} '
+            f"{_status(section.status)}</h3><p>{_e(section.summary)}</p>"
+        )
         yield from _evidence_detail(section)
         yield "</div>"
     yield "</section>\n"
 
 
 def _data(report: AuditReport) -> Iterator[str]:
-    yield ('<section id="data"><h2>Data and models named in this report</h2>'
-           + _table("Kind", "Name", "Owner", "Classification", "Storage"))
+    yield (
+        '<section id="data"><h2>Data and models named in this report</h2>'
+        + _table("Kind", "Name", "Owner", "Classification", "Storage")
+    )
     for item in report.data:
-        yield (f"<tr><td>{_e(item['kind'])}</td><td>{_e(item['name'])}</td><td>{_e(item.get('owner'))}</td>"
-               f"<td>{_e(item.get('classification'))}</td><td>{_e(item.get('storage'))}</td></tr>")
+        yield (
+            f"<tr><td>{_e(item['kind'])}</td><td>{_e(item['name'])}</td><td>{_e(item.get('owner'))}</td>"
+            f"<td>{_e(item.get('classification'))}</td><td>{_e(item.get('storage'))}</td></tr>"
+        )
     yield "</tbody></table></section>\n"
 
 
 def _footer(report: AuditReport) -> Iterator[str]:
-    yield ('<footer id="verification"><h2>Checking this report</h2><p>The files of this report are listed '
-           "with their SHA-256 digests in <code>SHA256SUMS</code>, signed in <code>SHA256SUMS.sig</code> "
-           "(SSHSIG, namespace <code>aifactory-audit</code>). Check them with "
-           "<code>aifactory audit verify DIR</code>, or without aifactory: <code>ssh-keygen -Y verify -f "
-           f"allowed_signers -I {_e(report.signer.get('identity'))} -n aifactory-audit -s SHA256SUMS.sig "
-           "&lt; SHA256SUMS</code> then "
-           f"<code>sha256sum -c SHA256SUMS</code>. Report id <code>{_e(report.report_id)}</code>.</p>"
-           "</footer>\n")
+    yield (
+        '<footer id="verification"><h2>Checking this report</h2><p>The files of this report are listed '
+        "with their SHA-256 digests in <code>SHA256SUMS</code>, signed in <code>SHA256SUMS.sig</code> "
+        "(SSHSIG, namespace <code>aifactory-audit</code>). Check them with "
+        "<code>aifactory audit verify DIR</code>, or without aifactory: <code>ssh-keygen -Y verify -f "
+        f"allowed_signers -I {_e(report.signer.get('identity'))} -n aifactory-audit -s SHA256SUMS.sig "
+        "&lt; SHA256SUMS</code> then "
+        f"<code>sha256sum -c SHA256SUMS</code>. Report id <code>{_e(report.report_id)}</code>.</p>"
+        "</footer>\n"
+    )
 
 
 def render_html(report: AuditReport) -> Iterator[str]:
     """The page, piece by piece."""
     title = f"Audit report: {report.site['name']} ({report.generated})"
-    yield ('<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-           '<meta name="viewport" content="width=device-width, initial-scale=1">'
-           f"<title>{_e(title)}</title><style>{CSS}</style><script>{PRINT_SCRIPT}</script></head><body>\n")
+    yield (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{_e(title)}</title><style>{CSS}</style><script>{PRINT_SCRIPT}</script></head><body>\n"
+    )
     yield _banner(report, "top")
     yield "<main>\n"
     sections: Iterable[Callable[[AuditReport], Iterator[str]]] = (
-        _header, _summary, _controls, _findings, _evidence, _data, _footer)
+        _header,
+        _summary,
+        _controls,
+        _findings,
+        _evidence,
+        _data,
+        _footer,
+    )
     for section in sections:
         yield from section(report)
     yield "</main>\n"

@@ -49,8 +49,9 @@ def parse_timestamp(text: str | None) -> datetime:
     try:
         value = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
-        raise UsageError(f"--timestamp {text!r} is not an ISO 8601 time",
-                         hint="give e.g. 2026-11-22T09:00:00Z") from None
+        raise UsageError(
+            f"--timestamp {text!r} is not an ISO 8601 time", hint="give e.g. 2026-11-22T09:00:00Z"
+        ) from None
     if value.tzinfo is None:
         raise UsageError(f"--timestamp {text!r} has no time zone", hint="end it with Z for UTC") from None
     return value.astimezone(UTC).replace(microsecond=0)
@@ -91,9 +92,16 @@ class Finding:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "id": self.id, "rule": self.rule, "title": self.title, "controls": list(self.controls),
-            "severity": self.severity, "resource": self.resource, "message": self.message,
-            "remediation": self.remediation, "status": self.status, "source": self.source,
+            "id": self.id,
+            "rule": self.rule,
+            "title": self.title,
+            "controls": list(self.controls),
+            "severity": self.severity,
+            "resource": self.resource,
+            "message": self.message,
+            "remediation": self.remediation,
+            "status": self.status,
+            "source": self.source,
             "waiver": self.waiver.as_dict() if self.waiver else None,
         }
 
@@ -109,8 +117,13 @@ class RuleResult:
     note: str = ""
 
     def as_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "title": self.title, "status": self.status, "source": self.source,
-                "note": self.note}
+        return {
+            "id": self.id,
+            "title": self.title,
+            "status": self.status,
+            "source": self.source,
+            "note": self.note,
+        }
 
 
 @dataclass(frozen=True)
@@ -124,9 +137,15 @@ class Control:
     waivers: tuple[Waiver, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "family": self.family, "title": self.title, "status": self.status,
-                "rules": [r.as_dict() for r in self.rules], "findings": dict(self.findings),
-                "waivers": [w.as_dict() for w in self.waivers]}
+        return {
+            "id": self.id,
+            "family": self.family,
+            "title": self.title,
+            "status": self.status,
+            "rules": [r.as_dict() for r in self.rules],
+            "findings": dict(self.findings),
+            "waivers": [w.as_dict() for w in self.waivers],
+        }
 
 
 @dataclass(frozen=True)
@@ -142,9 +161,14 @@ class LogReference:
     problems: tuple[str, ...]
 
     def as_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "path": self.path, "records": self.records,
-                "head": {"seq": self.head_seq, "hash": self.head_hash}, "ok": self.ok,
-                "problems": list(self.problems)}
+        return {
+            "kind": self.kind,
+            "path": self.path,
+            "records": self.records,
+            "head": {"seq": self.head_seq, "hash": self.head_hash},
+            "ok": self.ok,
+            "problems": list(self.problems),
+        }
 
 
 @dataclass(frozen=True)
@@ -161,8 +185,13 @@ class Evidence:
     logs: tuple[LogReference, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "title": self.title, "status": self.status, "summary": self.summary,
-                "detail": self.detail}
+        return {
+            "name": self.name,
+            "title": self.title,
+            "status": self.status,
+            "summary": self.summary,
+            "detail": self.detail,
+        }
 
 
 @dataclass(frozen=True)
@@ -185,8 +214,10 @@ class AuditReport:
         for control in self.controls:
             counts = families.setdefault(control.family, dict.fromkeys(STATUSES, 0))
             counts[control.status] += 1
-        return [{"family": family, "title": family_title(family), "controls": sum(counts.values()),
-                 **counts} for family, counts in sorted(families.items())]
+        return [
+            {"family": family, "title": family_title(family), "controls": sum(counts.values()), **counts}
+            for family, counts in sorted(families.items())
+        ]
 
     def totals(self) -> dict[str, int]:
         counts = dict.fromkeys(STATUSES, 0)

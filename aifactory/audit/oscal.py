@@ -45,12 +45,21 @@ def _finding_observation(report_id: str, finding: Finding, collected: str) -> di
         "uuid": content_uuid(report_id, "observation", finding.id),
         "title": _one_line(f"{finding.rule}: {finding.resource}"),
         "description": finding.message or finding.title or finding.rule,
-        "props": [_prop("rule", finding.rule), _prop("severity", finding.severity),
-                  _prop("status", finding.status), _prop("source", finding.source)],
+        "props": [
+            _prop("rule", finding.rule),
+            _prop("severity", finding.severity),
+            _prop("status", finding.status),
+            _prop("source", finding.source),
+        ],
         "methods": ["TEST"],
         "types": ["finding"],
-        "subjects": [{"subject-uuid": content_uuid("resource", finding.resource), "type": "resource",
-                      "title": _one_line(finding.resource)}],
+        "subjects": [
+            {
+                "subject-uuid": content_uuid("resource", finding.resource),
+                "type": "resource",
+                "title": _one_line(finding.resource),
+            }
+        ],
         "collected": collected,
         "remarks": "Remediation: " + (finding.remediation or "none given"),
     }
@@ -64,8 +73,12 @@ def _evidence_observation(report_id: str, section: Evidence, collected: str) -> 
         "props": [_prop("evidence", section.name), _prop("status", section.status)],
         "methods": ["EXAMINE" if section.name in ("deploy", "operator-log", "decision-logs") else "TEST"],
         "types": ["control-objective"],
-        "relevant-evidence": [{"href": f"report.json#/evidence/{section.name}",
-                               "description": f"the {section.title.lower()} section of report.json"}],
+        "relevant-evidence": [
+            {
+                "href": f"report.json#/evidence/{section.name}",
+                "description": f"the {section.title.lower()} section of report.json",
+            }
+        ],
         "collected": collected,
     }
 
@@ -78,8 +91,10 @@ def _risk(report_id: str, finding: Finding, observation: str) -> dict[str, Any]:
         "title": _one_line(f"Waived: {finding.rule} on {finding.resource}"),
         "description": finding.message or finding.title,
         "statement": waiver.reason or "waived without a stated reason",
-        "props": [_prop("approved-by", waiver.approved_by or "unknown"),
-                  _prop("expires", waiver.expires or "unknown")],
+        "props": [
+            _prop("approved-by", waiver.approved_by or "unknown"),
+            _prop("expires", waiver.expires or "unknown"),
+        ],
         "status": "deviation-approved",
         "related-observations": [{"observation-uuid": observation}],
     }
@@ -88,8 +103,9 @@ def _risk(report_id: str, finding: Finding, observation: str) -> dict[str, Any]:
     return risk
 
 
-def _control_finding(report_id: str, control: Control, observations: list[str], risks: list[str]
-                     ) -> dict[str, Any]:
+def _control_finding(
+    report_id: str, control: Control, observations: list[str], risks: list[str]
+) -> dict[str, Any]:
     state = "satisfied" if control.status == PASS else "not-satisfied"
     rules = "; ".join(f"{r.id}: {r.status}" + (f" ({r.note})" if r.note else "") for r in control.rules)
     finding: dict[str, Any] = {
@@ -132,21 +148,31 @@ def build_assessment_results(report: AuditReport, report_id: str) -> dict[str, A
         mine = [f for f in report.findings if control.id in f.controls]
         related = sorted({evidence_uuid[r.source] for r in control.rules if r.source in evidence_uuid})
         related += [by_finding[f.id] for f in mine]
-        findings.append(_control_finding(report_id, control, related, [risk_of[f.id] for f in mine
-                                                                        if f.id in risk_of]))
+        findings.append(
+            _control_finding(report_id, control, related, [risk_of[f.id] for f in mine if f.id in risk_of])
+        )
     site = report.site
     result: dict[str, Any] = {
         "uuid": content_uuid(report_id, "result"),
         "title": _one_line(f"aifactory audit of site {site['name']}"),
-        "description": (f"Policy results and evidence for site {site['name']} (jurisdiction "
-                        f"{site.get('jurisdiction')}), spec {site.get('spec_digest')}."),
+        "description": (
+            f"Policy results and evidence for site {site['name']} (jurisdiction "
+            f"{site.get('jurisdiction')}), spec {site.get('spec_digest')}."
+        ),
         "start": when,
         "end": when,
-        "props": [_prop("site", str(site["name"])), _prop("classification", report.classification),
-                  _prop("report-id", report_id)],
-        "reviewed-controls": {"control-selections": [
-            {"include-controls": [{"control-id": oscal_control_id(c.id)} for c in report.controls]}
-            if report.controls else {"include-all": {}}]},
+        "props": [
+            _prop("site", str(site["name"])),
+            _prop("classification", report.classification),
+            _prop("report-id", report_id),
+        ],
+        "reviewed-controls": {
+            "control-selections": [
+                {"include-controls": [{"control-id": oscal_control_id(c.id)} for c in report.controls]}
+                if report.controls
+                else {"include-all": {}}
+            ]
+        },
         "observations": observations,
         "findings": findings,
     }
@@ -159,25 +185,31 @@ def build_assessment_results(report: AuditReport, report_id: str) -> dict[str, A
         "oscal-version": OSCAL_VERSION,
         "props": [_prop("classification", report.classification)],
     }
-    return {"assessment-results": {
-        "uuid": content_uuid(report_id, "assessment-results"),
-        "metadata": metadata,
-        "import-ap": {"href": "report.json",
-                      "remarks": "aifactory assesses the site spec with its policies; there is no separate "
-                                 "OSCAL assessment plan, so this points at the report it was derived from."},
-        "results": [result],
-    }}
+    return {
+        "assessment-results": {
+            "uuid": content_uuid(report_id, "assessment-results"),
+            "metadata": metadata,
+            "import-ap": {
+                "href": "report.json",
+                "remarks": "aifactory assesses the site spec with its policies; there is no separate "
+                "OSCAL assessment plan, so this points at the report it was derived from.",
+            },
+            "results": [result],
+        }
+    }
 
 
 def validate_assessment_results(document: dict[str, Any]) -> None:
     """Check the document against compliance-trestle's OSCAL models (raises AuditError)."""
     from pydantic import ValidationError
     from trestle.oscal.assessment_results import AssessmentResults
+
     try:
         AssessmentResults.model_validate(document["assessment-results"])
     except ValidationError as exc:
-        raise AuditError(f"the OSCAL assessment results do not validate: {exc.errors()[0]}",
-                         code="oscal-invalid") from exc
+        raise AuditError(
+            f"the OSCAL assessment results do not validate: {exc.errors()[0]}", code="oscal-invalid"
+        ) from exc
 
 
 def write_assessment_results(report: AuditReport, report_id: str, path: Path) -> None:

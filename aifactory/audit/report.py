@@ -63,10 +63,12 @@ def check_policies(planned: PlannedSite, options: ReportOptions, today: Any) -> 
     try:
         policy = importlib.import_module("aifactory.policy")
     except ImportError as exc:
-        raise PrerequisiteError("this installation has no policy engine (aifactory.policy)",
-                                hint="reinstall aifactory") from exc
-    result = policy.check_site(planned, engine=options.engine, opa_url=options.opa_url,
-                               waivers=options.waivers, today=today)
+        raise PrerequisiteError(
+            "this installation has no policy engine (aifactory.policy)", hint="reinstall aifactory"
+        ) from exc
+    result = policy.check_site(
+        planned, engine=options.engine, opa_url=options.opa_url, waivers=options.waivers, today=today
+    )
     return dict(result.as_dict())
 
 
@@ -80,8 +82,9 @@ def _prepare_folder(folder: Path) -> None:
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise AuditError(f"cannot create the report folder {folder}: {exc.strerror}",
-                         location=Location(file=str(folder))) from None
+        raise AuditError(
+            f"cannot create the report folder {folder}: {exc.strerror}", location=Location(file=str(folder))
+        ) from None
     if not folder.is_dir():
         raise AuditError(f"{folder} is not a folder", location=Location(file=str(folder)))
 
@@ -109,12 +112,23 @@ def produce_report(spec: Path, folder: Path, options: ReportOptions = ReportOpti
     watch.lap("policy")
     # The plan's digest serializes every host: take the one the policy check computed.
     plan_digest = str(policy.get("plan_digest") or planned.plan.digest())
-    evidence, bundle_digest = gather_evidence(plan=planned.plan, plan_digest=plan_digest, policy=policy,
-                                              state=state, decision_logs=options.decision_logs,
-                                              bundle_trust=options.bundle_trust)
+    evidence, bundle_digest = gather_evidence(
+        plan=planned.plan,
+        plan_digest=plan_digest,
+        policy=policy,
+        state=state,
+        decision_logs=options.decision_logs,
+        bundle_trust=options.bundle_trust,
+    )
     key: SigningKey = given_key(options.key, options.identity) if options.key else site_audit_key(state)
-    report = build_report(plan=planned.plan, evidence=evidence, timestamp=timestamp,
-                          bundle_digest=bundle_digest, signer=key.describe(), plan_digest=plan_digest)
+    report = build_report(
+        plan=planned.plan,
+        evidence=evidence,
+        timestamp=timestamp,
+        bundle_digest=bundle_digest,
+        signer=key.describe(),
+        plan_digest=plan_digest,
+    )
     watch.lap("evidence")
     _prepare_folder(folder)
     write_report_json(report, folder / JSON)
@@ -126,5 +140,6 @@ def produce_report(spec: Path, folder: Path, options: ReportOptions = ReportOpti
     sign_folder(folder, REPORT_FILES, key)
     watch.lap("sign")
     log.debug("audit report stages (s): %s", watch.timings)
-    return WrittenReport(folder, report, REPORT_FILES, key.identity, bool(policy.get("denied")),
-                         watch.timings)
+    return WrittenReport(
+        folder, report, REPORT_FILES, key.identity, bool(policy.get("denied")), watch.timings
+    )

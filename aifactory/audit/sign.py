@@ -35,8 +35,11 @@ class SigningKey:
     identity: str
 
     def describe(self) -> dict[str, str]:
-        return {"identity": self.identity, "fingerprint": signing.fingerprint(self.key.public_key()),
-                "namespace": NAMESPACE}
+        return {
+            "identity": self.identity,
+            "fingerprint": signing.fingerprint(self.key.public_key()),
+            "namespace": NAMESPACE,
+        }
 
     def allowed_signers_line(self) -> str:
         return allowed_signers_line(self.identity, signing.public_key_line(self.key.public_key()))
@@ -59,8 +62,10 @@ def parse_manifest(text: str, *, where: Path) -> list[tuple[str, str]]:
     for number, line in enumerate(text.splitlines(), start=1):
         digest, sep, name = line.partition("  ")
         if not sep or len(digest) != 64 or not name or "/" in name or name.startswith("."):
-            raise AuditError(f"line {number} is not '<sha256>  <file name>'",
-                             location=Location(file=str(where), line=number))
+            raise AuditError(
+                f"line {number} is not '<sha256>  <file name>'",
+                location=Location(file=str(where), line=number),
+            )
         entries.append((digest, name))
     return entries
 
@@ -75,8 +80,9 @@ def site_audit_key(state: SiteState) -> SigningKey:
     folder = state.subdir("audit")
     identity = f"audit@{state.site}"
     if not (folder / KEY_NAME).exists():
-        signing.generate_keypair(folder, identity=identity, name=KEY_NAME, namespaces=NAMESPACE,
-                                 passphrase=_passphrase())
+        signing.generate_keypair(
+            folder, identity=identity, name=KEY_NAME, namespaces=NAMESPACE, passphrase=_passphrase()
+        )
     return SigningKey(signing.load_private_key(folder / KEY_NAME, _passphrase()), identity)
 
 

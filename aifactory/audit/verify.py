@@ -49,8 +49,16 @@ class VerifyResult:
         return not self.problems
 
     def as_dict(self) -> dict[str, Any]:
-        return {"folder": self.folder, "ok": self.ok, "trust": self.trust, "signer": self.signer,
-                "files": self.files, "logs": self.logs, "problems": self.problems, "warnings": self.warnings}
+        return {
+            "folder": self.folder,
+            "ok": self.ok,
+            "trust": self.trust,
+            "signer": self.signer,
+            "files": self.files,
+            "logs": self.logs,
+            "problems": self.problems,
+            "warnings": self.warnings,
+        }
 
 
 def _read(path: Path) -> bytes:
@@ -63,9 +71,9 @@ def _read(path: Path) -> bytes:
 def _canonical_armor(armored: str) -> str:
     """The armor `signing.sign` writes for the same signature (rejects re-wrapped or padded files)."""
     text = armored.strip()
-    body = "".join(text[len(signing.BEGIN):-len(signing.END)].split())
+    body = "".join(text[len(signing.BEGIN) : -len(signing.END)].split())
     encoded = base64.b64encode(base64.b64decode(body)).decode()
-    lines = [encoded[i:i + 70] for i in range(0, len(encoded), 70)]
+    lines = [encoded[i : i + 70] for i in range(0, len(encoded), 70)]
     return "\n".join([signing.BEGIN, *lines, signing.END]) + "\n"
 
 
@@ -86,8 +94,10 @@ def _check_signature(folder: Path, manifest: bytes, trust: Path | None, result: 
 def _check_beside_trust(folder: Path, armored: str, result: VerifyResult) -> None:
     """Without --trust the allowed_signers beside the report must be exactly the one written for the
     signer report.json names: anyone could otherwise swap in their own key and re-sign."""
-    result.warnings.append("trusted the allowed_signers shipped with the report; pass --trust with a "
-                           "trust file you got separately to know who signed it")
+    result.warnings.append(
+        "trusted the allowed_signers shipped with the report; pass --trust with a "
+        "trust file you got separately to know who signed it"
+    )
     try:
         report = json.loads(_read(folder / "report.json"))
         signer = report["signer"]
@@ -99,8 +109,9 @@ def _check_beside_trust(folder: Path, armored: str, result: VerifyResult) -> Non
         result.problems.append("the signing key is not the one report.json names")
     expected = allowed_signers_line(str(signer.get("identity")), signing.public_key_line(public))
     if _read(folder / ALLOWED_SIGNERS).decode(errors="replace") != expected:
-        result.problems.append(f"{ALLOWED_SIGNERS} was altered (it is not the one written for "
-                               f"{signer.get('identity')})")
+        result.problems.append(
+            f"{ALLOWED_SIGNERS} was altered (it is not the one written for {signer.get('identity')})"
+        )
 
 
 def _check_files(folder: Path, manifest: bytes, result: VerifyResult) -> None:
@@ -149,8 +160,10 @@ def _check_logs(folder: Path, result: VerifyResult, require_logs: bool) -> None:
             check = verify_any_log(path)
             problems = list(check.chain.problems)
             if seq >= 0 and _record_hash_at(path, seq) != expected:
-                problems.append(f"the record at seq {seq} is not the one the report saw: the log was "
-                                "rewritten or cut after the report")
+                problems.append(
+                    f"the record at seq {seq} is not the one the report saw: the log was "
+                    "rewritten or cut after the report"
+                )
             entry["status"] = "ok" if not problems else "broken"
             entry["records"] = check.chain.records
             result.problems += [f"{path}: {p}" for p in problems]

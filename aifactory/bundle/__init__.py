@@ -15,6 +15,17 @@ from aifactory.bundle.manifest import NAMESPACE, BundleVersion, Manifest
 from aifactory.bundle.verify import VerifyReport, inspect_bundle, verify_bundle
 
 __all__ = [
-    "NAMESPACE", "BuildOptions", "BuildResult", "BundleVersion", "ImportedBundle", "Manifest", "VerifyReport",
-    "build_bundle", "bundles_home", "current_import", "import_bundle", "inspect_bundle", "verify_bundle",
+    "NAMESPACE",
+    "BuildOptions",
+    "BuildResult",
+    "BundleVersion",
+    "ImportedBundle",
+    "Manifest",
+    "VerifyReport",
+    "build_bundle",
+    "bundles_home",
+    "current_import",
+    "import_bundle",
+    "inspect_bundle",
+    "verify_bundle",
 ]

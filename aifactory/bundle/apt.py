@@ -31,8 +31,15 @@ from aifactory.errors import BundleError, PrerequisiteError
 # What the roles install from the bundle (munge + slurm roles, base role's time daemon).
 ROLE_PACKAGES: tuple[str, ...] = ("munge", "slurm-client", "slurmctld", "slurmd", "chrony")
 BASE_PRIORITIES = frozenset({"required", "important"})
-_DEPENDS = ["--recurse", "--no-recommends", "--no-suggests", "--no-conflicts", "--no-breaks",
-            "--no-replaces", "--no-enhances"]
+_DEPENDS = [
+    "--recurse",
+    "--no-recommends",
+    "--no-suggests",
+    "--no-conflicts",
+    "--no-breaks",
+    "--no-replaces",
+    "--no-enhances",
+]
 
 
 @dataclass(frozen=True)
@@ -49,12 +56,16 @@ def _run(argv: Sequence[str], *, cwd: Path | None = None) -> str:
     try:
         done = subprocess.run(list(argv), cwd=cwd, capture_output=True, text=True, check=False)
     except FileNotFoundError:
-        raise PrerequisiteError(f"`{argv[0]}` is not installed; the apt repository needs Debian's apt tools",
-                                hint="build the bundle on a Debian host of the pools' platform") from None
+        raise PrerequisiteError(
+            f"`{argv[0]}` is not installed; the apt repository needs Debian's apt tools",
+            hint="build the bundle on a Debian host of the pools' platform",
+        ) from None
     if done.returncode != 0:
-        raise BundleError(f"`{' '.join(argv[:3])} ...` failed: {done.stderr.strip()[-400:]}",
-                          code="apt-download-failed",
-                          hint="check that the build host can reach its Debian mirror (`apt-get update`)")
+        raise BundleError(
+            f"`{' '.join(argv[:3])} ...` failed: {done.stderr.strip()[-400:]}",
+            code="apt-download-failed",
+            hint="check that the build host can reach its Debian mirror (`apt-get update`)",
+        )
     return done.stdout
 
 
@@ -62,8 +73,13 @@ def resolve_closure(packages: Iterable[str]) -> list[str]:
     """The packages and everything they depend on, minus the base system, sorted."""
     wanted = sorted(set(packages))
     out = _run(["apt-cache", "depends", *_DEPENDS, *wanted])
-    names = sorted({line.strip() for line in out.splitlines()
-                    if line and not line.startswith(" ") and not line.startswith("<")})
+    names = sorted(
+        {
+            line.strip()
+            for line in out.splitlines()
+            if line and not line.startswith(" ") and not line.startswith("<")
+        }
+    )
     stanzas = _run(["apt-cache", "show", "--no-all-versions", *names])
     priority: dict[str, str] = {}
     for stanza in stanzas.split("\n\n"):
@@ -118,8 +134,11 @@ def write_repository(debs: Sequence[Path], repo: Path, *, timestamp: int) -> lis
         fields = _fields(control)
         sha = sha256_file(target)
         size = target.stat().st_size
-        packages.append(DebPackage(fields["Package"], fields["Version"], fields.get("Architecture", "all"),
-                                   target, sha, size))
+        packages.append(
+            DebPackage(
+                fields["Package"], fields["Version"], fields.get("Architecture", "all"), target, sha, size
+            )
+        )
         stanzas.append(f"{control}\nFilename: ./{deb.name}\nSize: {size}\nSHA256: {sha}")
     index = "\n\n".join(stanzas) + "\n"
     (repo / "Packages").write_text(index)
@@ -133,8 +152,9 @@ def write_repository(debs: Sequence[Path], repo: Path, *, timestamp: int) -> lis
     return packages
 
 
-def build_apt_repository(repo: Path, *, packages: Sequence[str] = ROLE_PACKAGES, cache: Path,
-                         timestamp: int) -> list[DebPackage]:
+def build_apt_repository(
+    repo: Path, *, packages: Sequence[str] = ROLE_PACKAGES, cache: Path, timestamp: int
+) -> list[DebPackage]:
     closure = resolve_closure(packages)
     return write_repository(download(closure, cache=cache), repo, timestamp=timestamp)
 

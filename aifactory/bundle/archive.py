@@ -84,17 +84,24 @@ def member_problem(member: tarfile.TarInfo, archive: str) -> Problem | None:
     where = Location(file=archive, path=member.name)
     unsafe = _unsafe_name(member.name)
     if unsafe:
-        return Problem("unsafe-path", f"the archive holds a path with {unsafe}", where,
-                       hint="a bundle never has one: refuse to unpack it")
+        return Problem(
+            "unsafe-path",
+            f"the archive holds a path with {unsafe}",
+            where,
+            hint="a bundle never has one: refuse to unpack it",
+        )
     if member.issym() or member.islnk():
         kind = "symbolic" if member.issym() else "hard"
         if _link_escapes(member):
-            return Problem("link-outside-tree",
-                           f"a {kind} link points out of the bundle, to {member.linkname!r}",
-                           where, hint="a bundle never has links: this one was altered")
-        return Problem("unexpected-link",
-                       f"a {kind} link to {member.linkname!r}; bundles hold regular files only",
-                       where)
+            return Problem(
+                "link-outside-tree",
+                f"a {kind} link points out of the bundle, to {member.linkname!r}",
+                where,
+                hint="a bundle never has links: this one was altered",
+            )
+        return Problem(
+            "unexpected-link", f"a {kind} link to {member.linkname!r}; bundles hold regular files only", where
+        )
     if member.ischr() or member.isblk() or member.isfifo():
         return Problem("special-file", "a device file or FIFO; bundles hold regular files only", where)
     if not (member.isfile() or member.isdir()):
@@ -110,16 +117,31 @@ def scan(reader: IO[bytes], *, size: int, archive: str) -> Scan:
     try:
         tar = tarfile.open(fileobj=reader, mode="r:")
     except tarfile.TarError as exc:
-        return Scan({}, [Problem("not-a-bundle", f"not a tar archive ({exc})", Location(file=archive),
-                                 hint="give the bundle file written by `aifactory bundle build`")], 0)
+        return Scan(
+            {},
+            [
+                Problem(
+                    "not-a-bundle",
+                    f"not a tar archive ({exc})",
+                    Location(file=archive),
+                    hint="give the bundle file written by `aifactory bundle build`",
+                )
+            ],
+            0,
+        )
     try:
         while True:
             try:
                 member = tar.next()
             except tarfile.TarError as exc:
-                problems.append(Problem("truncated",
-                                        f"the archive is damaged or truncated after byte {end} ({exc})",
-                                        Location(file=archive), hint="copy the bundle (all its parts) again"))
+                problems.append(
+                    Problem(
+                        "truncated",
+                        f"the archive is damaged or truncated after byte {end} ({exc})",
+                        Location(file=archive),
+                        hint="copy the bundle (all its parts) again",
+                    )
+                )
                 break
             if member is None:
                 break
@@ -132,16 +154,25 @@ def scan(reader: IO[bytes], *, size: int, archive: str) -> Scan:
             if member.isdir():
                 continue
             if name in members:
-                problems.append(Problem("duplicate-entry", "the archive holds this path twice",
-                                        Location(file=archive, path=name),
-                                        hint="a later copy could silently replace a verified one"))
+                problems.append(
+                    Problem(
+                        "duplicate-entry",
+                        "the archive holds this path twice",
+                        Location(file=archive, path=name),
+                        hint="a later copy could silently replace a verified one",
+                    )
+                )
                 continue
             if member.offset_data + member.size > size:
-                problems.append(Problem("truncated",
-                                        f"the archive ends inside this file: {member.size} bytes "
-                                        f"expected, {max(0, size - member.offset_data)} present",
-                                        Location(file=archive, path=name),
-                                        hint="copy the bundle (all its parts) again"))
+                problems.append(
+                    Problem(
+                        "truncated",
+                        f"the archive ends inside this file: {member.size} bytes "
+                        f"expected, {max(0, size - member.offset_data)} present",
+                        Location(file=archive, path=name),
+                        hint="copy the bundle (all its parts) again",
+                    )
+                )
                 continue
             members[name] = Member(name, member.size, member.offset_data)
     finally:
@@ -155,16 +186,26 @@ def _check_end_marker(reader: IO[bytes], end: int, size: int, archive: str) -> l
     reader.seek(end)
     marker = reader.read(2 * BLOCK)
     if len(marker) < 2 * BLOCK or marker.strip(b"\x00"):
-        return [Problem("truncated",
-                        f"the archive is damaged or cut short: no end-of-archive marker at byte {end} "
-                        f"(it is {size} bytes long)", Location(file=archive),
-                        hint="copy the bundle (all its parts) again; a split bundle may be missing its last "
-                             "part")]
+        return [
+            Problem(
+                "truncated",
+                f"the archive is damaged or cut short: no end-of-archive marker at byte {end} "
+                f"(it is {size} bytes long)",
+                Location(file=archive),
+                hint="copy the bundle (all its parts) again; a split bundle may be missing its last part",
+            )
+        ]
     while block := reader.read(1 << 20):  # tar pads with zeros; anything else was appended
         if block.strip(b"\x00"):
-            return [Problem("trailing-data", "data follows the end-of-archive marker", Location(file=archive),
-                            hint="something was appended to the bundle; stock tar would ignore it, aifactory "
-                                 "refuses it")]
+            return [
+                Problem(
+                    "trailing-data",
+                    "data follows the end-of-archive marker",
+                    Location(file=archive),
+                    hint="something was appended to the bundle; stock tar would ignore it, aifactory "
+                    "refuses it",
+                )
+            ]
     return []
 
 

@@ -72,11 +72,17 @@ class BuildResult:
     wheelsets: dict[str, list[str]] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"site": self.site, "version": self.version, "digest": self.digest,
-                "parts": [str(p) for p in self.parts], "files": self.files,
-                "payload_bytes": self.payload_bytes,
-                "archive_bytes": self.archive_bytes, "seconds": round(self.seconds, 3),
-                "wheelsets": self.wheelsets}
+        return {
+            "site": self.site,
+            "version": self.version,
+            "digest": self.digest,
+            "parts": [str(p) for p in self.parts],
+            "files": self.files,
+            "payload_bytes": self.payload_bytes,
+            "archive_bytes": self.archive_bytes,
+            "seconds": round(self.seconds, 3),
+            "wheelsets": self.wheelsets,
+        }
 
 
 def build_timestamp(explicit: int | None = None) -> int:
@@ -94,8 +100,9 @@ def build_timestamp(explicit: int | None = None) -> int:
 def build_bundle(spec: Path | str, *, output: Path, options: BuildOptions) -> BuildResult:
     started = time.monotonic()
     timestamp = build_timestamp(options.timestamp)
-    version = (BundleVersion.parse(options.version) if options.version
-               else BundleVersion.from_timestamp(timestamp))
+    version = (
+        BundleVersion.parse(options.version) if options.version else BundleVersion.from_timestamp(timestamp)
+    )
     key = signing.load_private_key(options.key, options.passphrase)
     planned = _frozen_plan(Path(spec))
     source = options.source or (_CHECKOUT if (_CHECKOUT / "pyproject.toml").is_file() else None)
@@ -114,26 +121,49 @@ def build_bundle(spec: Path | str, *, output: Path, options: BuildOptions) -> Bu
         collector.add_extra_files(options.extra_files)
         digests = hash_payload(collector.payload, workers=options.workers)
         collector.add_sbom(planned.spec.site.name, version.text, digests)
-        header = Header(site=planned.spec.site.name, version=version,
-                        created=datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-                        timestamp=timestamp, plan_digest=planned.plan.digest(),
-                        spec_digest=planned.plan.spec_digest,
-                        aifactory_version=__version__, contents=collector.contents)
-        sealed: Sealed = seal(collector.payload, header, key=key, output=output, work=work / "meta",
-                              part_size=options.part_size, digests=digests, workers=options.workers,
-                              compress=options.compress)
-    return BuildResult(planned.spec.site.name, version.text, sealed.digest, sealed.parts,
-                       len(sealed.manifest.files),
-                       sealed.payload_bytes, sealed.archive_bytes, time.monotonic() - started, wheelsets)
+        header = Header(
+            site=planned.spec.site.name,
+            version=version,
+            created=datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            timestamp=timestamp,
+            plan_digest=planned.plan.digest(),
+            spec_digest=planned.plan.spec_digest,
+            aifactory_version=__version__,
+            contents=collector.contents,
+        )
+        sealed: Sealed = seal(
+            collector.payload,
+            header,
+            key=key,
+            output=output,
+            work=work / "meta",
+            part_size=options.part_size,
+            digests=digests,
+            workers=options.workers,
+            compress=options.compress,
+        )
+    return BuildResult(
+        planned.spec.site.name,
+        version.text,
+        sealed.digest,
+        sealed.parts,
+        len(sealed.manifest.files),
+        sealed.payload_bytes,
+        sealed.archive_bytes,
+        time.monotonic() - started,
+        wheelsets,
+    )
 
 
 def _frozen_plan(spec: Path) -> PlannedSite:
     planned = plan_site(spec, write_lock=False)
     if planned.lock_changed:
-        raise BundleError(f"the allocation lock {planned.lock_path} does not cover {spec}",
-                          code="plan-not-frozen", location=Location(file=str(planned.lock_path)),
-                          hint="run `aifactory plan` to allocate and commit the lock; a bundle carries a "
-                               "fixed plan")
+        raise BundleError(
+            f"the allocation lock {planned.lock_path} does not cover {spec}",
+            code="plan-not-frozen",
+            location=Location(file=str(planned.lock_path)),
+            hint="run `aifactory plan` to allocate and commit the lock; a bundle carries a fixed plan",
+        )
     return planned
 
 
@@ -156,9 +186,12 @@ class _Collector:
 
     def add(self, path: str, source: Path, kind: str, identity: Identity | None = None) -> None:
         if path in self.payload and self.payload[path].source != source:
-            raise BundleError(f"two different files would land at {path} in the bundle",
-                              code="bundle-build-failed",
-                              location=Location(file=str(source)), hint="rename one of the extra files")
+            raise BundleError(
+                f"two different files would land at {path} in the bundle",
+                code="bundle-build-failed",
+                location=Location(file=str(source)),
+                hint="rename one of the extra files",
+            )
         self.payload[path] = PayloadFile(source, kind)
         self._identities[path] = identity or (path.rsplit("/", 1)[-1], None, None)
 
@@ -170,15 +203,20 @@ class _Collector:
     def add_tree(self, prefix: str, root: Path, *, kind: str) -> None:
         for path in sorted(root.rglob("*")):
             if path.is_symlink():
-                raise BundleError(f"{path} is a symbolic link; bundles carry regular files only",
-                                  code="bundle-build-failed", location=Location(file=str(path)))
+                raise BundleError(
+                    f"{path} is a symbolic link; bundles carry regular files only",
+                    code="bundle-build-failed",
+                    location=Location(file=str(path)),
+                )
             if path.is_file() and "__pycache__" not in path.parts:
                 self.add(f"{prefix}/{path.relative_to(root).as_posix()}", path, kind)
 
-    def add_wheels(self, planned: PlannedSite, options: BuildOptions, source: Path | None,
-                   cache: Path) -> dict[str, list[str]]:
+    def add_wheels(
+        self, planned: PlannedSite, options: BuildOptions, source: Path | None, cache: Path
+    ) -> dict[str, list[str]]:
         own = options.aifactory_wheel or wheelhouse.build_own_wheel(
-            _require(source), self.work / "own-wheel", timestamp=self.timestamp)
+            _require(source), self.work / "own-wheel", timestamp=self.timestamp
+        )
         pins = list(wheelhouse.default_pins() if options.pins is None else options.pins)
         sets: dict[str, list[str]] = {}
         for wheelset in _wheelsets(planned, own, pins):
@@ -192,22 +230,31 @@ class _Collector:
         return sets
 
     def add_collections(self, playbooks: Path, extra: Sequence[Path]) -> None:
-        built, tarball = collection.build(playbooks, self.work / "collections", version=__version__,
-                                          timestamp=self.timestamp, work=self.work / "collection-build")
+        built, tarball = collection.build(
+            playbooks,
+            self.work / "collections",
+            version=__version__,
+            timestamp=self.timestamp,
+            work=self.work / "collection-build",
+        )
         found = [(built, tarball)] + [(collection.identify(Path(p)), Path(p)) for p in extra]
         names: dict[str, str] = {}
         for item, path in found:
             if item.fqcn in names:
-                raise BundleError(f"collection {item.fqcn} is given twice", code="bundle-build-failed",
-                                  location=Location(file=str(path)))
+                raise BundleError(
+                    f"collection {item.fqcn} is given twice",
+                    code="bundle-build-failed",
+                    location=Location(file=str(path)),
+                )
             names[item.fqcn] = f"collections/{item.file_name()}"
             self.add(names[item.fqcn], path, "collection", (item.name, item.version, item.namespace))
         self.contents["collections"] = names
 
     def add_apt(self, packages: Sequence[str], cache: Path) -> None:
         repo = self.work / "apt"
-        debs = apt.build_apt_repository(repo, packages=packages, cache=cache / "debs",
-                                        timestamp=self.timestamp)
+        debs = apt.build_apt_repository(
+            repo, packages=packages, cache=cache / "debs", timestamp=self.timestamp
+        )
         for deb in debs:
             self.add(f"apt/{deb.path.name}", deb.path, "deb", (deb.name, deb.version, deb.architecture))
         for index in ("Packages", "Release"):
@@ -232,18 +279,28 @@ class _Collector:
             name, item_version, extra = self._identities[path]
             kind = item.kind if item.kind in ("wheel", "collection", "deb") else "file"
             digest = digests[item.source]
-            components.append(sbom.Component(kind, path, digest.sha256, digest.size, name, item_version,
-                                             extra))
+            components.append(
+                sbom.Component(kind, path, digest.sha256, digest.size, name, item_version, extra)
+            )
         target = self.work / sbom.SBOM_PATH
-        target.write_bytes(sbom.render(site=site, version=version, timestamp=self.timestamp,
-                                       aifactory_version=__version__, components=components))
+        target.write_bytes(
+            sbom.render(
+                site=site,
+                version=version,
+                timestamp=self.timestamp,
+                aifactory_version=__version__,
+                components=components,
+            )
+        )
         self.add(sbom.SBOM_PATH, target, "sbom")
 
 
 def _require(source: Path | None) -> Path:
     if source is None:
-        raise UsageError("no aifactory source checkout to build the aifactory wheel from",
-                         hint="pass --aifactory-wheel FILE or --source CHECKOUT")
+        raise UsageError(
+            "no aifactory source checkout to build the aifactory wheel from",
+            hint="pass --aifactory-wheel FILE or --source CHECKOUT",
+        )
     return source
 
 
@@ -269,4 +326,3 @@ def _wheelsets(planned: PlannedSite, own: Path, pins: list[str]) -> list[WheelSe
             wanted = wheelhouse.wheel_requirements(own, name, python=platform.python)
             sets.append(WheelSet(name, platform, wheelhouse.apply_pins(wanted, pins)))
     return sets
-

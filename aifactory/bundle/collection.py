@@ -49,16 +49,23 @@ def ansible_galaxy() -> str:
 
 
 def _galaxy_yml(version: str) -> str:
-    return (f"namespace: {NAMESPACE}\nname: {NAME}\nversion: {version}\nreadme: README.md\n"
-            "authors: [aifactory developers]\nlicense: [Apache-2.0]\n"
-            "description: The roles and playbooks that deploy an aifactory site (carried in the offline "
-            "bundle).\n"
-            "dependencies: {}\nbuild_ignore: ['*.pyc', '__pycache__']\n")
+    return (
+        f"namespace: {NAMESPACE}\nname: {NAME}\nversion: {version}\nreadme: README.md\n"
+        "authors: [aifactory developers]\nlicense: [Apache-2.0]\n"
+        "description: The roles and playbooks that deploy an aifactory site (carried in the offline "
+        "bundle).\n"
+        "dependencies: {}\nbuild_ignore: ['*.pyc', '__pycache__']\n"
+    )
 
 
 def _copy_tree(source: Path, target: Path) -> None:
-    shutil.copytree(source, target, ignore=lambda _dir, names: [n for n in names if n in _SKIP],
-                    symlinks=False, dirs_exist_ok=True)
+    shutil.copytree(
+        source,
+        target,
+        ignore=lambda _dir, names: [n for n in names if n in _SKIP],
+        symlinks=False,
+        dirs_exist_ok=True,
+    )
 
 
 def stage(playbooks: Path, staging: Path, *, version: str) -> Path:
@@ -83,19 +90,27 @@ def stage(playbooks: Path, staging: Path, *, version: str) -> Path:
     return root
 
 
-def build(playbooks: Path, output: Path, *, version: str, timestamp: int,
-          work: Path) -> tuple[Collection, Path]:
+def build(
+    playbooks: Path, output: Path, *, version: str, timestamp: int, work: Path
+) -> tuple[Collection, Path]:
     """Build and normalize the collection; return it and the tarball written into `output`."""
     root = stage(playbooks, work / "stage", version=version)
     built = work / "built"
-    done = subprocess.run([ansible_galaxy(), "collection", "build", str(root), "--output-path", str(built),
-                           "--force"], capture_output=True, text=True, check=False)
+    done = subprocess.run(
+        [ansible_galaxy(), "collection", "build", str(root), "--output-path", str(built), "--force"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     collection = Collection(NAMESPACE, NAME, version)
     raw = built / collection.file_name()
     if done.returncode != 0 or not raw.is_file():
         output_text = (done.stderr or done.stdout).strip()[-600:]
-        raise BundleError(f"ansible-galaxy collection build failed: {output_text}",
-                          code="collection-build-failed", location=Location(file=str(playbooks)))
+        raise BundleError(
+            f"ansible-galaxy collection build failed: {output_text}",
+            code="collection-build-failed",
+            location=Location(file=str(playbooks)),
+        )
     output.mkdir(parents=True, exist_ok=True)
     target = output / collection.file_name()
     normalize(raw, target, timestamp=timestamp)
@@ -117,18 +132,24 @@ def normalize(source: Path, target: Path, *, timestamp: int) -> None:
                 handle = tar.extractfile(member)
                 assert handle is not None
                 data = handle.read()
-                info = normalized_info(member.name, len(data), mtime=timestamp,
-                                       executable=bool(member.mode & 0o111))
+                info = normalized_info(
+                    member.name, len(data), mtime=timestamp, executable=bool(member.mode & 0o111)
+                )
                 entries.append((member.name, info, data))
             else:
-                raise BundleError(f"the collection holds a link or special file {member.name}; refusing it",
-                                  code="collection-invalid", location=Location(file=str(source)))
+                raise BundleError(
+                    f"the collection holds a link or special file {member.name}; refusing it",
+                    code="collection-invalid",
+                    location=Location(file=str(source)),
+                )
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as out:
         for _name, info, data in sorted(entries, key=lambda item: item[0]):
             out.addfile(info, io.BytesIO(data) if data is not None else None)
-    with target.open("wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0,
-                                                  compresslevel=9) as zipped:
+    with (
+        target.open("wb") as raw,
+        gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=9) as zipped,
+    ):
         zipped.write(buffer.getvalue())
 
 
@@ -139,12 +160,14 @@ def identify(tarball: Path) -> Collection:
             handle = tar.extractfile("MANIFEST.json")
             info = json.load(handle)["collection_info"] if handle else None
     except (OSError, tarfile.TarError, KeyError, ValueError) as exc:
-        raise BundleError(f"{tarball} is not an Ansible collection tarball ({exc})",
-                          code="collection-invalid",
-                          location=Location(file=str(tarball)),
-                          hint="give a file made by `ansible-galaxy collection build` or downloaded from "
-                               "Galaxy") from None
+        raise BundleError(
+            f"{tarball} is not an Ansible collection tarball ({exc})",
+            code="collection-invalid",
+            location=Location(file=str(tarball)),
+            hint="give a file made by `ansible-galaxy collection build` or downloaded from Galaxy",
+        ) from None
     if not info:
-        raise BundleError(f"{tarball} has no MANIFEST.json", code="collection-invalid",
-                          location=Location(file=str(tarball)))
+        raise BundleError(
+            f"{tarball} has no MANIFEST.json", code="collection-invalid", location=Location(file=str(tarball))
+        )
     return Collection(str(info["namespace"]), str(info["name"]), str(info["version"]))

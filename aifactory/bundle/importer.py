@@ -92,11 +92,18 @@ class ImportedBundle:
         return ["--no-index", "--find-links", str(self.wheelhouse)]
 
     def as_dict(self) -> dict[str, Any]:
-        return {"site": self.site, "version": self.version, "digest": self.digest, "root": str(self.root),
-                "wheelhouse": str(self.wheelhouse), "index_url": self.index_url,
-                "collections_path": str(self.collections_path), "plan_path": str(self.plan_path),
-                "policies_path": str(self.policies_path),
-                "apt_repo": str(self.apt_repo) if self.apt_repo else None}
+        return {
+            "site": self.site,
+            "version": self.version,
+            "digest": self.digest,
+            "root": str(self.root),
+            "wheelhouse": str(self.wheelhouse),
+            "index_url": self.index_url,
+            "collections_path": str(self.collections_path),
+            "plan_path": str(self.plan_path),
+            "policies_path": str(self.policies_path),
+            "apt_repo": str(self.apt_repo) if self.apt_repo else None,
+        }
 
 
 def current_import(site_state: SiteState) -> ImportedBundle | None:
@@ -106,33 +113,57 @@ def current_import(site_state: SiteState) -> ImportedBundle | None:
         return None
     root = Path(record.root)
     if not (root / RECORD).is_file():
-        raise StateError(f"the imported bundle {record.version} of site {record.site} is gone from {root}",
-                         location=Location(file=str(root)),
-                         hint="import the bundle again with `aifactory bundle import`")
+        raise StateError(
+            f"the imported bundle {record.version} of site {record.site} is gone from {root}",
+            location=Location(file=str(root)),
+            hint="import the bundle again with `aifactory bundle import`",
+        )
     return ImportedBundle(record.site, record.version, record.digest, root)
 
 
-def import_bundle(bundle: Path | str, *, trust: Path, site_state: SiteState | None = None,
-                  home: Path | None = None, workers: int | None = None) -> ImportedBundle:
+def import_bundle(
+    bundle: Path | str,
+    *,
+    trust: Path,
+    site_state: SiteState | None = None,
+    home: Path | None = None,
+    workers: int | None = None,
+) -> ImportedBundle:
     """Verify, unpack into <home>/<site>/<version> atomically, record it; return the import."""
     home = home or bundles_home()
     with _uncompressed(Path(bundle), home) as plain:
         state = site_state or SiteState.for_site(peek_site(plain))
         with state.lock("bundle import"):
             try:
-                report = verify_bundle(plain, trust=trust, site_state=state, workers=workers,
-                                       name=str(bundle))
+                report = verify_bundle(
+                    plain, trust=trust, site_state=state, workers=workers, name=str(bundle)
+                )
                 imported = _install(plain, report, home / state.site, site=state.site)
             except AifactoryError as error:
-                state.record(command="bundle import", result=f"refused: {error.code}",
-                             detail={"bundle": str(bundle), "error": error.message[:500]})
+                state.record(
+                    command="bundle import",
+                    result=f"refused: {error.code}",
+                    detail={"bundle": str(bundle), "error": error.message[:500]},
+                )
                 raise
-            save_import(state, ImportRecord(state.site, imported.version, imported.digest, str(imported.root),
-                                            _now(), report.signer or ""))
+            save_import(
+                state,
+                ImportRecord(
+                    state.site,
+                    imported.version,
+                    imported.digest,
+                    str(imported.root),
+                    _now(),
+                    report.signer or "",
+                ),
+            )
             _point_current(home / state.site, imported.version)
-            state.record(command="bundle import", result="ok", bundle_digest=imported.digest,
-                         detail={"version": imported.version, "root": str(imported.root),
-                                 "signer": report.signer})
+            state.record(
+                command="bundle import",
+                result="ok",
+                bundle_digest=imported.digest,
+                detail={"version": imported.version, "root": str(imported.root), "signer": report.signer},
+            )
     return imported
 
 
@@ -154,9 +185,12 @@ def _ensure_dir(folder: Path) -> None:
     try:
         folder.mkdir(parents=True, exist_ok=True, mode=0o755)
     except OSError as exc:
-        raise BundleError(f"cannot create {folder}: {exc.strerror}", code="import-home-unwritable",
-                          location=Location(file=str(folder)),
-                          hint="run as root, or give a writable --home (or AIFACTORY_BUNDLES_HOME)") from None
+        raise BundleError(
+            f"cannot create {folder}: {exc.strerror}",
+            code="import-home-unwritable",
+            location=Location(file=str(folder)),
+            hint="run as root, or give a writable --home (or AIFACTORY_BUNDLES_HOME)",
+        ) from None
 
 
 def peek_site(bundle: Path) -> str:
@@ -167,8 +201,11 @@ def peek_site(bundle: Path) -> str:
         scanned = archive.scan(stream, size=reader.size, archive=str(bundle))
         member = scanned.members.get(MANIFEST)
         if member is None:
-            raise BundleError(f"{bundle} has no {MANIFEST}", code="missing-file",
-                              location=Location(file=str(bundle), path=MANIFEST))
+            raise BundleError(
+                f"{bundle} has no {MANIFEST}",
+                code="missing-file",
+                location=Location(file=str(bundle), path=MANIFEST),
+            )
         data = archive.read_member(stream, member, limit=MAX_METADATA_BYTES)
     finally:
         reader.release()
@@ -177,8 +214,11 @@ def peek_site(bundle: Path) -> str:
     except (ValueError, KeyError, TypeError):
         site = None
     if not isinstance(site, str) or not site.replace("-", "").isalnum():
-        raise BundleError("the manifest names no valid site", code="manifest-invalid",
-                          location=Location(file=str(bundle), path=MANIFEST))
+        raise BundleError(
+            "the manifest names no valid site",
+            code="manifest-invalid",
+            location=Location(file=str(bundle), path=MANIFEST),
+        )
     return site
 
 
@@ -186,9 +226,12 @@ def _install(bundle: Path | str, report: VerifyReport, site_home: Path, *, site:
     manifest = report.manifest
     assert manifest is not None and report.digest is not None
     if manifest.site != site:
-        raise BundleError(f"the bundle is for site {manifest.site!r}, not {site!r}",
-                          code="site-mismatch", location=Location(file=str(bundle)),
-                          hint="import it on the control host of the site it was built for")
+        raise BundleError(
+            f"the bundle is for site {manifest.site!r}, not {site!r}",
+            code="site-mismatch",
+            location=Location(file=str(bundle)),
+            hint="import it on the control host of the site it was built for",
+        )
     target = site_home / manifest.version.text
     imported = ImportedBundle(manifest.site, manifest.version.text, report.digest, target)
     if target.exists():
@@ -201,9 +244,19 @@ def _install(bundle: Path | str, report: VerifyReport, site_home: Path, *, site:
         _unpack(Path(bundle), manifest, staging)
         _unpack_collections(manifest, staging)
         _write_simple_index(manifest, staging)
-        (staging / RECORD).write_text(json.dumps(
-            {"site": manifest.site, "version": manifest.version.text, "digest": report.digest,
-             "signer": report.signer}, indent=2, sort_keys=True) + "\n")
+        (staging / RECORD).write_text(
+            json.dumps(
+                {
+                    "site": manifest.site,
+                    "version": manifest.version.text,
+                    "digest": report.digest,
+                    "signer": report.signer,
+                },
+                indent=2,
+                sort_keys=True,
+            )
+            + "\n"
+        )
         os.rename(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -216,10 +269,13 @@ def _reuse(target: Path, imported: ImportedBundle) -> ImportedBundle:
     except (OSError, ValueError):
         existing = {}
     if existing.get("digest") != imported.digest:
-        raise BundleError(f"{target} already holds other content for version {imported.version}",
-                          code="import-conflict", location=Location(file=str(target)),
-                          hint="give each build its own, higher --bundle-version; remove the folder only "
-                               "if you know it is not in use")
+        raise BundleError(
+            f"{target} already holds other content for version {imported.version}",
+            code="import-conflict",
+            location=Location(file=str(target)),
+            hint="give each build its own, higher --bundle-version; remove the folder only "
+            "if you know it is not in use",
+        )
     return imported
 
 
@@ -232,17 +288,21 @@ def _unpack(bundle: Path, manifest: Manifest, staging: Path) -> None:
         for name in sorted(expected.keys() | set(METADATA_FILES)):
             member = scanned.members.get(name)
             if member is None:
-                raise BundleError(f"{name} vanished from the bundle after verification",
-                                  code="bundle-changed",
-                                  location=Location(file=str(bundle), path=name))
+                raise BundleError(
+                    f"{name} vanished from the bundle after verification",
+                    code="bundle-changed",
+                    location=Location(file=str(bundle), path=name),
+                )
             destination = _inside(staging, name)
             destination.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
             found = _copy_member(reader, member, destination)
             if name in expected and found != expected[name]:
-                raise BundleError(f"{name} changed after verification: SHA-256 expected {expected[name]}, "
-                                  f"found {found}", code="bundle-changed",
-                                  location=Location(file=str(bundle), path=name),
-                                  hint="the bundle file is being modified; copy it again and re-import")
+                raise BundleError(
+                    f"{name} changed after verification: SHA-256 expected {expected[name]}, found {found}",
+                    code="bundle-changed",
+                    location=Location(file=str(bundle), path=name),
+                    hint="the bundle file is being modified; copy it again and re-import",
+                )
     finally:
         reader.release()
 
@@ -250,8 +310,9 @@ def _unpack(bundle: Path, manifest: Manifest, staging: Path) -> None:
 def _inside(root: Path, name: str) -> Path:
     destination = (root / name).resolve()
     if not destination.is_relative_to(root.resolve()):
-        raise BundleError(f"{name} would land outside {root}", code="unsafe-path",
-                          location=Location(path=name))
+        raise BundleError(
+            f"{name} would land outside {root}", code="unsafe-path", location=Location(path=name)
+        )
     return destination
 
 
@@ -274,8 +335,11 @@ def _unpack_collections(manifest: Manifest, staging: Path) -> None:
             for member in tar.getmembers():
                 problem = archive.member_problem(member, entry.path)
                 if problem:
-                    raise BundleError(f"collection {entry.path}: {problem.message}", code=problem.code,
-                                      location=problem.location)
+                    raise BundleError(
+                        f"collection {entry.path}: {problem.message}",
+                        code=problem.code,
+                        location=problem.location,
+                    )
             tar.extractall(target, filter="data")
 
 
@@ -299,8 +363,10 @@ def _write_simple_index(manifest: Manifest, root: Path) -> None:
     links = []
     for project, files in sorted(projects.items()):
         (simple / project).mkdir()
-        anchors = "".join(f'<a href="../../wheels/{html.escape(name)}#sha256={sha}">{html.escape(name)}</a>'
-                          "<br>\n" for name, sha in sorted(files))
+        anchors = "".join(
+            f'<a href="../../wheels/{html.escape(name)}#sha256={sha}">{html.escape(name)}</a><br>\n'
+            for name, sha in sorted(files)
+        )
         page = f"<!DOCTYPE html>\n<html><body>\n{anchors}</body></html>\n"
         (simple / project / "index.html").write_text(page)
         links.append(f'<a href="{project}/">{project}</a><br>\n')
@@ -317,5 +383,3 @@ def _point_current(site_home: Path, version: str) -> None:
 
 def _now() -> str:
     return datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
-
-

@@ -42,8 +42,10 @@ class BundleVersion:
     @classmethod
     def parse(cls, text: str) -> BundleVersion:
         if not _VERSION.match(text):
-            raise UsageError(f"bundle version {text!r} is not dot-separated numbers",
-                             hint="use e.g. 20261122.143000 or 3.2.1; versions must only go up")
+            raise UsageError(
+                f"bundle version {text!r} is not dot-separated numbers",
+                hint="use e.g. 20261122.143000 or 3.2.1; versions must only go up",
+            )
         return cls(text)
 
     @classmethod
@@ -94,9 +96,15 @@ class Manifest:
 
     def to_bytes(self) -> bytes:
         body = {
-            "schema": SCHEMA, "site": self.site, "version": self.version.text, "created": self.created,
-            "timestamp": self.timestamp, "plan_digest": self.plan_digest, "spec_digest": self.spec_digest,
-            "aifactory_version": self.aifactory_version, "contents": self.contents,
+            "schema": SCHEMA,
+            "site": self.site,
+            "version": self.version.text,
+            "created": self.created,
+            "timestamp": self.timestamp,
+            "plan_digest": self.plan_digest,
+            "spec_digest": self.spec_digest,
+            "aifactory_version": self.aifactory_version,
+            "contents": self.contents,
             "files": [f.as_dict() for f in self.files],
         }
         return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode() + b"\n"
@@ -117,20 +125,30 @@ class Manifest:
         try:
             body = json.loads(data)
             if body.get("schema") != SCHEMA:
-                raise BundleError(f"unknown manifest schema {body.get('schema')!r}, expected {SCHEMA}",
-                                  code="manifest-invalid", location=where,
-                                  hint="this aifactory is too old for the bundle, or it is not a bundle")
+                raise BundleError(
+                    f"unknown manifest schema {body.get('schema')!r}, expected {SCHEMA}",
+                    code="manifest-invalid",
+                    location=where,
+                    hint="this aifactory is too old for the bundle, or it is not a bundle",
+                )
             files = tuple(_file_entry(item) for item in body["files"])
-            return cls(site=str(body["site"]), version=BundleVersion.parse(str(body["version"])),
-                       created=str(body["created"]), timestamp=int(body["timestamp"]),
-                       plan_digest=str(body["plan_digest"]), spec_digest=str(body["spec_digest"]),
-                       aifactory_version=str(body["aifactory_version"]), files=files,
-                       contents=dict(body.get("contents") or {}))
+            return cls(
+                site=str(body["site"]),
+                version=BundleVersion.parse(str(body["version"])),
+                created=str(body["created"]),
+                timestamp=int(body["timestamp"]),
+                plan_digest=str(body["plan_digest"]),
+                spec_digest=str(body["spec_digest"]),
+                aifactory_version=str(body["aifactory_version"]),
+                files=files,
+                contents=dict(body.get("contents") or {}),
+            )
         except BundleError:
             raise
         except (ValueError, KeyError, TypeError, AttributeError, UsageError) as exc:
-            raise BundleError(f"the manifest cannot be read: {exc}", code="manifest-invalid",
-                              location=where) from None
+            raise BundleError(
+                f"the manifest cannot be read: {exc}", code="manifest-invalid", location=where
+            ) from None
 
 
 def _file_entry(item: dict[str, Any]) -> FileEntry:

@@ -62,27 +62,49 @@ class Sealed:
     payload_bytes: int
 
 
-def hash_payload(payload: Mapping[str, PayloadFile], known: Mapping[Path, Digest] | None = None,
-                 *, workers: int | None = None) -> dict[Path, Digest]:
+def hash_payload(
+    payload: Mapping[str, PayloadFile],
+    known: Mapping[Path, Digest] | None = None,
+    *,
+    workers: int | None = None,
+) -> dict[Path, Digest]:
     known = dict(known or {})
     missing = [f.source for f in payload.values() if f.source not in known]
     known.update(hash_files(missing, workers=workers))
     return known
 
 
-def seal(payload: Mapping[str, PayloadFile], header: Header, *, key: Ed25519PrivateKey, output: Path,
-         work: Path, part_size: int | None = None, digests: Mapping[Path, Digest] | None = None,
-         workers: int | None = None, compress: str | None = None) -> Sealed:
+def seal(
+    payload: Mapping[str, PayloadFile],
+    header: Header,
+    *,
+    key: Ed25519PrivateKey,
+    output: Path,
+    work: Path,
+    part_size: int | None = None,
+    digests: Mapping[Path, Digest] | None = None,
+    workers: int | None = None,
+    compress: str | None = None,
+) -> Sealed:
     clash = sorted(set(payload) & set(METADATA_FILES))
     if clash:
         raise BundleError(f"a payload file may not be named {clash[0]}", code="bundle-build-failed")
     hashed = hash_payload(payload, digests, workers=workers)
-    entries = tuple(FileEntry(path, hashed[f.source].size, hashed[f.source].sha256, f.kind)
-                    for path, f in sorted(payload.items()))
-    manifest = Manifest(site=header.site, version=header.version, created=header.created,
-                        timestamp=header.timestamp, plan_digest=header.plan_digest,
-                        spec_digest=header.spec_digest, aifactory_version=header.aifactory_version,
-                        files=entries, contents=dict(header.contents))
+    entries = tuple(
+        FileEntry(path, hashed[f.source].size, hashed[f.source].sha256, f.kind)
+        for path, f in sorted(payload.items())
+    )
+    manifest = Manifest(
+        site=header.site,
+        version=header.version,
+        created=header.created,
+        timestamp=header.timestamp,
+        plan_digest=header.plan_digest,
+        spec_digest=header.spec_digest,
+        aifactory_version=header.aifactory_version,
+        files=entries,
+        contents=dict(header.contents),
+    )
     manifest_bytes = manifest.to_bytes()
     work.mkdir(parents=True, exist_ok=True)
     metadata = {
@@ -111,6 +133,9 @@ def _check_sizes(payload: Mapping[str, PayloadFile], hashed: Mapping[Path, Diges
     """A file that changes while the bundle is built would be sealed with a wrong hash: refuse."""
     for path, item in payload.items():
         if item.source.stat().st_size != hashed[item.source].size:
-            raise BundleError(f"{item.source} changed while the bundle was being built",
-                              code="bundle-build-failed",
-                              location=Location(file=str(item.source), path=path), hint="build again")
+            raise BundleError(
+                f"{item.source} changed while the bundle was being built",
+                code="bundle-build-failed",
+                location=Location(file=str(item.source), path=path),
+                hint="build again",
+            )

@@ -39,8 +39,10 @@ class Component:
             "bom-ref": self.path,
             "name": self.name,
             "hashes": [{"alg": "SHA-256", "content": self.sha256}],
-            "properties": [{"name": "aifactory:bundle:path", "value": self.path},
-                           {"name": "aifactory:bundle:size", "value": str(self.size)}],
+            "properties": [
+                {"name": "aifactory:bundle:path", "value": self.path},
+                {"name": "aifactory:bundle:size", "value": str(self.size)},
+            ],
         }
         if self.version:
             component["version"] = self.version
@@ -66,8 +68,9 @@ def serial_number(site: str, version: str, components: list[Component]) -> str:
     return f"urn:uuid:{uuid.uuid5(_SERIAL_NAMESPACE, content)}"
 
 
-def render(*, site: str, version: str, timestamp: int, aifactory_version: str,
-           components: list[Component]) -> bytes:
+def render(
+    *, site: str, version: str, timestamp: int, aifactory_version: str, components: list[Component]
+) -> bytes:
     ordered = sorted(components, key=lambda c: c.path)
     document = {
         "bomFormat": "CycloneDX",
@@ -76,10 +79,15 @@ def render(*, site: str, version: str, timestamp: int, aifactory_version: str,
         "version": 1,
         "metadata": {
             "timestamp": datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "tools": {"components": [{"type": "application", "name": "aifactory",
-                                      "version": aifactory_version}]},
-            "component": {"type": "application", "bom-ref": f"aifactory-bundle/{site}@{version}",
-                          "name": f"aifactory-bundle-{site}", "version": version},
+            "tools": {
+                "components": [{"type": "application", "name": "aifactory", "version": aifactory_version}]
+            },
+            "component": {
+                "type": "application",
+                "bom-ref": f"aifactory-bundle/{site}@{version}",
+                "name": f"aifactory-bundle-{site}",
+                "version": version,
+            },
         },
         "components": [c.as_cyclonedx() for c in ordered],
     }

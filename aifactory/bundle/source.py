@@ -24,8 +24,18 @@ FAT32_LIMIT = 4 * 1024**3 - 1
 DEFAULT_PART_SIZE = 4 * 1024**3 - 1024**2  # 4 GiB less 1 MiB: fits FAT32 with room to spare
 _PART = re.compile(r"^(?P<base>.+)\.part-(?P<index>\d{3,})-of-(?P<total>\d{3,})$")
 _SIZE = re.compile(r"^\s*(?P<number>\d+(?:\.\d+)?)\s*(?P<unit>[KMGT]i?B?|B)?\s*$", re.IGNORECASE)
-_UNITS = {"": 1, "B": 1, "K": 1000, "M": 1000**2, "G": 1000**3, "T": 1000**4,
-          "KI": 1024, "MI": 1024**2, "GI": 1024**3, "TI": 1024**4}
+_UNITS = {
+    "": 1,
+    "B": 1,
+    "K": 1000,
+    "M": 1000**2,
+    "G": 1000**3,
+    "T": 1000**4,
+    "KI": 1024,
+    "MI": 1024**2,
+    "GI": 1024**3,
+    "TI": 1024**4,
+}
 
 
 def parse_size(text: str) -> int:
@@ -66,19 +76,29 @@ def find_parts(path: Path) -> list[Part]:
         if named and named["base"] == base.name:
             found[int(named["index"])] = (candidate, int(named["total"]))
     if not found:
-        raise BundleError(f"no bundle at {path}", code="bundle-not-found", location=Location(file=str(path)),
-                          hint="give the bundle file, or any part of a split bundle")
+        raise BundleError(
+            f"no bundle at {path}",
+            code="bundle-not-found",
+            location=Location(file=str(path)),
+            hint="give the bundle file, or any part of a split bundle",
+        )
     totals = {total for _, total in found.values()}
     if len(totals) != 1:
-        raise BundleError(f"the parts of {base.name} disagree on how many parts there are ({sorted(totals)})",
-                          code="missing-part", location=Location(file=str(base)),
-                          hint="parts of two different bundles are mixed in one folder")
+        raise BundleError(
+            f"the parts of {base.name} disagree on how many parts there are ({sorted(totals)})",
+            code="missing-part",
+            location=Location(file=str(base)),
+            hint="parts of two different bundles are mixed in one folder",
+        )
     total = totals.pop()
     missing = [part_name(base, i, total).name for i in range(1, total + 1) if i not in found]
     if missing:
-        raise BundleError(f"the split bundle {base.name} is incomplete: missing {', '.join(missing)}",
-                          code="missing-part", location=Location(file=str(base.parent / missing[0])),
-                          hint=f"copy all {total} parts into {base.parent}")
+        raise BundleError(
+            f"the split bundle {base.name} is incomplete: missing {', '.join(missing)}",
+            code="missing-part",
+            location=Location(file=str(base.parent / missing[0])),
+            hint=f"copy all {total} parts into {base.parent}",
+        )
     return [Part(found[i][0], found[i][0].stat().st_size) for i in range(1, total + 1)]
 
 
@@ -129,7 +149,7 @@ class PartsReader(io.RawIOBase):
 
     def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
         data = self.pread(len(buffer), self._position)
-        buffer[:len(data)] = data
+        buffer[: len(data)] = data
         self._position += len(data)
         return len(data)
 
@@ -153,8 +173,9 @@ class PartsReader(io.RawIOBase):
     def __enter__(self) -> PartsReader:
         return self
 
-    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
-                 traceback: TracebackType | None) -> None:
+    def __exit__(
+        self, kind: type[BaseException] | None, value: BaseException | None, traceback: TracebackType | None
+    ) -> None:
         self.release()
 
 
@@ -231,8 +252,9 @@ class PartsWriter(io.RawIOBase):
             temporary.unlink(missing_ok=True)
         self._temporary = []
 
-    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
-                 traceback: TracebackType | None) -> None:
+    def __exit__(
+        self, kind: type[BaseException] | None, value: BaseException | None, traceback: TracebackType | None
+    ) -> None:
         if kind is not None:
             self.abort()
         super().__exit__(kind, value, traceback)

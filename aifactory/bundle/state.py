@@ -50,9 +50,11 @@ def last_import(state: SiteState) -> ImportRecord | None:
     try:
         return ImportRecord(**json.loads(path.read_text()))
     except (OSError, ValueError, TypeError) as exc:
-        raise StateError(f"the bundle import record is unreadable: {exc}", location=Location(file=str(path)),
-                         hint="restore it from backup; it guards against rollback, so it is never guessed",
-                         ) from None
+        raise StateError(
+            f"the bundle import record is unreadable: {exc}",
+            location=Location(file=str(path)),
+            hint="restore it from backup; it guards against rollback, so it is never guessed",
+        ) from None
 
 
 def save_import(state: SiteState, record: ImportRecord) -> None:

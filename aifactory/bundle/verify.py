@@ -67,9 +67,16 @@ class VerifyReport:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "bundle": self.bundle, "parts": self.parts, "ok": self.ok, "site": self.site,
-            "version": self.version, "digest": self.digest, "signer": self.signer, "files": self.files,
-            "payload_bytes": self.payload_bytes, "archive_bytes": self.archive_bytes,
+            "bundle": self.bundle,
+            "parts": self.parts,
+            "ok": self.ok,
+            "site": self.site,
+            "version": self.version,
+            "digest": self.digest,
+            "signer": self.signer,
+            "files": self.files,
+            "payload_bytes": self.payload_bytes,
+            "archive_bytes": self.archive_bytes,
             "seconds": round(self.seconds, 3),
             "previous_import": self.previous.as_dict() if self.previous else None,
             "problems": [p.as_dict() for p in self.problems],
@@ -81,26 +88,42 @@ class VerifyReport:
             raise BundleError(
                 f"bundle {self.bundle} failed verification ({len(self.problems)} problem"
                 f"{'s' if len(self.problems) > 1 else ''}; first: {first.message})",
-                code=first.code, location=first.location, hint=first.hint, problems=self.problems,
+                code=first.code,
+                location=first.location,
+                hint=first.hint,
+                problems=self.problems,
             )
 
 
-def verify_bundle(path: Path | str, *, trust: Path, site_state: SiteState | None = None,
-                  check_rollback: bool = True, workers: int | None = None, name: str | None = None,
-                  ) -> VerifyReport:
+def verify_bundle(
+    path: Path | str,
+    *,
+    trust: Path,
+    site_state: SiteState | None = None,
+    check_rollback: bool = True,
+    workers: int | None = None,
+    name: str | None = None,
+) -> VerifyReport:
     """Verify and return the report; raise BundleError listing every problem when any check fails.
 
     Anti-rollback uses `site_state` (default: the state folder of the site the manifest names).
     `name` is how errors call the bundle (default: its path)."""
-    report = inspect_bundle(path, trust=trust, site_state=site_state, check_rollback=check_rollback,
-                            workers=workers, name=name)
+    report = inspect_bundle(
+        path, trust=trust, site_state=site_state, check_rollback=check_rollback, workers=workers, name=name
+    )
     report.raise_if_failed()
     return report
 
 
-def inspect_bundle(path: Path | str, *, trust: Path, site_state: SiteState | None = None,
-                   check_rollback: bool = True, workers: int | None = None, name: str | None = None,
-                   ) -> VerifyReport:
+def inspect_bundle(
+    path: Path | str,
+    *,
+    trust: Path,
+    site_state: SiteState | None = None,
+    check_rollback: bool = True,
+    workers: int | None = None,
+    name: str | None = None,
+) -> VerifyReport:
     """Like verify_bundle, but return the report with its problems instead of raising."""
     started = time.monotonic()
     path = Path(path)
@@ -123,16 +146,31 @@ def inspect_bundle(path: Path | str, *, trust: Path, site_state: SiteState | Non
     return report
 
 
-def _verify_parts(parts: list[Part], report: VerifyReport, *, trust: Path, site_state: SiteState | None,
-                  check_rollback: bool, workers: int | None) -> None:
+def _verify_parts(
+    parts: list[Part],
+    report: VerifyReport,
+    *,
+    trust: Path,
+    site_state: SiteState | None,
+    check_rollback: bool,
+    workers: int | None,
+) -> None:
     with PartsReader(parts) as reader:
         report.archive_bytes = reader.size
-        _verify_open(reader, report, trust=trust, site_state=site_state, check_rollback=check_rollback,
-                     workers=workers)
+        _verify_open(
+            reader, report, trust=trust, site_state=site_state, check_rollback=check_rollback, workers=workers
+        )
 
 
-def _verify_open(reader: PartsReader, report: VerifyReport, *, trust: Path, site_state: SiteState | None,
-                 check_rollback: bool, workers: int | None) -> None:
+def _verify_open(
+    reader: PartsReader,
+    report: VerifyReport,
+    *,
+    trust: Path,
+    site_state: SiteState | None,
+    check_rollback: bool,
+    workers: int | None,
+) -> None:
     name = report.bundle
     stream = archive.buffered(reader)
     scanned = archive.scan(stream, size=reader.size, archive=name)
@@ -140,9 +178,14 @@ def _verify_open(reader: PartsReader, report: VerifyReport, *, trust: Path, site
     members = scanned.members
     absent = [m for m in METADATA_FILES if m not in members]
     if absent:
-        report.problems.append(Problem("missing-file", f"the bundle has no {', '.join(absent)} at its root",
-                                       Location(file=name, path=absent[0]),
-                                       hint="this is not an aifactory bundle, or it was cut short"))
+        report.problems.append(
+            Problem(
+                "missing-file",
+                f"the bundle has no {', '.join(absent)} at its root",
+                Location(file=name, path=absent[0]),
+                hint="this is not an aifactory bundle, or it was cut short",
+            )
+        )
         return
     manifest_bytes = archive.read_member(stream, members[MANIFEST], limit=MAX_METADATA_BYTES)
     signature = archive.read_member(stream, members[SIGNATURE], limit=MAX_METADATA_BYTES)
@@ -160,9 +203,14 @@ def _verify_open(reader: PartsReader, report: VerifyReport, *, trust: Path, site
     _check_contents(reader, members, manifest, report, workers=workers)
     expected_sums = manifest.sums(report.digest.removeprefix("sha256:"))
     if sums != expected_sums:
-        report.problems.append(Problem("sums-mismatch", "SHA256SUMS does not agree with the signed manifest",
-                                       Location(file=name, path=SUMS),
-                                       hint="SHA256SUMS was altered; the manifest is what is signed"))
+        report.problems.append(
+            Problem(
+                "sums-mismatch",
+                "SHA256SUMS does not agree with the signed manifest",
+                Location(file=name, path=SUMS),
+                hint="SHA256SUMS was altered; the manifest is what is signed",
+            )
+        )
     if check_rollback and report.signer is not None:
         state = site_state or SiteState.for_site(manifest.site)
         _check_rollback(manifest, report, state)
@@ -177,82 +225,132 @@ def ssh_keygen_check(path: Path | str, *, trust: Path, identity: str) -> str:
         members = archive.scan(stream, size=reader.size, archive=str(path)).members
         for name in (MANIFEST, SIGNATURE):
             if name not in members:
-                raise BundleError(f"the bundle has no {name}", code="missing-file",
-                                  location=Location(file=str(path), path=name))
+                raise BundleError(
+                    f"the bundle has no {name}",
+                    code="missing-file",
+                    location=Location(file=str(path), path=name),
+                )
             data = archive.read_member(stream, members[name], limit=MAX_METADATA_BYTES)
             Path(scratch, name).write_bytes(data)
         try:
-            done = signing.ssh_keygen_verify(Path(scratch, MANIFEST), Path(scratch, SIGNATURE),
-                                             allowed_signers=trust, identity=identity, namespace=NAMESPACE)
+            done = signing.ssh_keygen_verify(
+                Path(scratch, MANIFEST),
+                Path(scratch, SIGNATURE),
+                allowed_signers=trust,
+                identity=identity,
+                namespace=NAMESPACE,
+            )
         except FileNotFoundError:
             raise PrerequisiteError("ssh-keygen is not installed", hint="install openssh-client") from None
     message = (done.stdout + done.stderr).strip()
     if done.returncode != 0:
-        raise BundleError(f"ssh-keygen -Y verify refused the manifest signature: {message}",
-                          code="signature-invalid", location=Location(file=str(path), path=SIGNATURE))
+        raise BundleError(
+            f"ssh-keygen -Y verify refused the manifest signature: {message}",
+            code="signature-invalid",
+            location=Location(file=str(path), path=SIGNATURE),
+        )
     return message
 
 
-def _check_signature(manifest_bytes: bytes, signature: bytes, trust: Path,
-                     report: VerifyReport) -> str | None:
+def _check_signature(
+    manifest_bytes: bytes, signature: bytes, trust: Path, report: VerifyReport
+) -> str | None:
     where = Location(file=report.bundle, path=SIGNATURE)
     try:
         armored = signature.decode("ascii")
         parsed = signing.parse_signature(armored)
     except (UnicodeDecodeError, signing.SignatureError) as exc:
         message = exc.message if isinstance(exc, signing.SignatureError) else "not ASCII text"
-        report.problems.append(Problem("signature-invalid",
-                                       f"manifest.json.sig is not a usable signature: {message}",
-                                       where, hint="the signature was altered or replaced"))
+        report.problems.append(
+            Problem(
+                "signature-invalid",
+                f"manifest.json.sig is not a usable signature: {message}",
+                where,
+                hint="the signature was altered or replaced",
+            )
+        )
         return None
     trusted = [key for _principal, key, _ns in signing.read_allowed_signers(trust)]
     signer_blob = signing.public_key_blob(parsed.public_key)
     if not any(signing.public_key_blob(key) == signer_blob for key in trusted):
-        report.problems.append(Problem(
-            "signature-untrusted",
-            f"signed by key {signing.fingerprint(parsed.public_key)}, which {trust} does not trust",
-            where, hint="check that you were given the right allowed_signers file and bundle"))
+        report.problems.append(
+            Problem(
+                "signature-untrusted",
+                f"signed by key {signing.fingerprint(parsed.public_key)}, which {trust} does not trust",
+                where,
+                hint="check that you were given the right allowed_signers file and bundle",
+            )
+        )
         return None
     try:
         return signing.verify(manifest_bytes, armored, allowed_signers=trust, namespace=NAMESPACE)
     except signing.SignatureError as exc:
-        report.problems.append(Problem("signature-invalid",
-                                       f"manifest.json.sig does not verify: {exc.message}",
-                                       where, hint="the manifest or its signature was altered"))
+        report.problems.append(
+            Problem(
+                "signature-invalid",
+                f"manifest.json.sig does not verify: {exc.message}",
+                where,
+                hint="the manifest or its signature was altered",
+            )
+        )
         return None
 
 
-def _check_contents(reader: PartsReader, members: dict[str, archive.Member], manifest: Manifest,
-                    report: VerifyReport, *, workers: int | None) -> None:
+def _check_contents(
+    reader: PartsReader,
+    members: dict[str, archive.Member],
+    manifest: Manifest,
+    report: VerifyReport,
+    *,
+    workers: int | None,
+) -> None:
     name = report.bundle
     listed = manifest.by_path
     for path in sorted(set(members) - set(listed) - set(METADATA_FILES)):
-        report.problems.append(Problem("extra-file",
-                                       "this file is in the archive but not in the signed manifest",
-                                       Location(file=name, path=path),
-                                       hint="something was added to the bundle"))
+        report.problems.append(
+            Problem(
+                "extra-file",
+                "this file is in the archive but not in the signed manifest",
+                Location(file=name, path=path),
+                hint="something was added to the bundle",
+            )
+        )
     ranges: dict[str, Range] = {}
     for path, entry in sorted(listed.items()):
         member = members.get(path)
         if member is None:
             if not any(p.location.path == path for p in report.problems):
-                report.problems.append(Problem("missing-file",
-                                               "the signed manifest lists this file; the archive "
-                                               "does not hold it", Location(file=name, path=path),
-                                               hint="something was removed or renamed"))
+                report.problems.append(
+                    Problem(
+                        "missing-file",
+                        "the signed manifest lists this file; the archive does not hold it",
+                        Location(file=name, path=path),
+                        hint="something was removed or renamed",
+                    )
+                )
         elif member.size != entry.size:
-            report.problems.append(Problem("size-mismatch",
-                                           f"expected {entry.size} bytes, found {member.size}",
-                                           Location(file=name, path=path), hint="the file was altered"))
+            report.problems.append(
+                Problem(
+                    "size-mismatch",
+                    f"expected {entry.size} bytes, found {member.size}",
+                    Location(file=name, path=path),
+                    hint="the file was altered",
+                )
+            )
         else:
             ranges[path] = Range(reader.pread, member.data_offset, member.size)
     digests = hash_ranges(ranges, workers=workers)
     for path, digest in sorted(digests.items()):
         expected = listed[path].sha256
         if digest.sha256 != expected:
-            report.problems.append(Problem("hash-mismatch",
-                                           f"SHA-256 expected {expected}, found {digest.sha256}",
-                                           Location(file=name, path=path), hint="the file was altered"))
+            report.problems.append(
+                Problem(
+                    "hash-mismatch",
+                    f"SHA-256 expected {expected}, found {digest.sha256}",
+                    Location(file=name, path=path),
+                    hint="the file was altered",
+                )
+            )
 
 
 def _check_rollback(manifest: Manifest, report: VerifyReport, state: SiteState) -> None:
@@ -262,12 +360,22 @@ def _check_rollback(manifest: Manifest, report: VerifyReport, state: SiteState) 
         return
     where = Location(file=report.bundle, path=MANIFEST)
     if manifest.version < previous.bundle_version:
-        report.problems.append(Problem(
-            "rollback", f"version {manifest.version} is older than {previous.version}, already imported for "
-            f"site {state.site} on {previous.imported_at}", where,
-            hint="an older bundle may lack security fixes; build a newer one (versions must only go up)"))
+        report.problems.append(
+            Problem(
+                "rollback",
+                f"version {manifest.version} is older than {previous.version}, already imported for "
+                f"site {state.site} on {previous.imported_at}",
+                where,
+                hint="an older bundle may lack security fixes; build a newer one (versions must only go up)",
+            )
+        )
     elif manifest.version == previous.bundle_version and report.digest != previous.digest:
-        report.problems.append(Problem(
-            "rollback", f"version {manifest.version} was already imported with different content "
-            f"({previous.digest}, this bundle is {report.digest})", where,
-            hint="give each build its own, higher --bundle-version"))
+        report.problems.append(
+            Problem(
+                "rollback",
+                f"version {manifest.version} was already imported with different content "
+                f"({previous.digest}, this bundle is {report.digest})",
+                where,
+                hint="give each build its own, higher --bundle-version",
+            )
+        )

@@ -39,8 +39,17 @@ from packaging.utils import canonicalize_name, parse_wheel_filename
 from aifactory.errors import BundleError, Location, PrerequisiteError, UsageError
 
 # Highest glibc of each supported OS; wheels tagged for it or any older manylinux install there.
-GLIBC = {"debian-11": 31, "debian-12": 36, "ubuntu-20.04": 31, "ubuntu-22.04": 35, "ubuntu-24.04": 39,
-         "rhel-8": 28, "rhel-9": 34, "rocky-8": 28, "rocky-9": 34}
+GLIBC = {
+    "debian-11": 31,
+    "debian-12": 36,
+    "ubuntu-20.04": 31,
+    "ubuntu-22.04": 35,
+    "ubuntu-24.04": 39,
+    "rhel-8": 28,
+    "rhel-9": 34,
+    "rocky-8": 28,
+    "rocky-9": 34,
+}
 ARCHES = ("x86_64", "aarch64")
 PINNED_FROM_BUILD_ENV = ("torch",)
 
@@ -61,18 +70,31 @@ class Platform:
 
     def pip_arguments(self) -> list[str]:
         if self.os not in GLIBC:
-            raise BundleError(f"no wheel platform known for os {self.os!r}", code="unknown-platform",
-                              hint=f"supported: {', '.join(sorted(GLIBC))}")
+            raise BundleError(
+                f"no wheel platform known for os {self.os!r}",
+                code="unknown-platform",
+                hint=f"supported: {', '.join(sorted(GLIBC))}",
+            )
         if self.arch not in ARCHES:
-            raise BundleError(f"no wheel platform known for arch {self.arch!r}", code="unknown-platform",
-                              hint=f"supported: {', '.join(ARCHES)}")
+            raise BundleError(
+                f"no wheel platform known for arch {self.arch!r}",
+                code="unknown-platform",
+                hint=f"supported: {', '.join(ARCHES)}",
+            )
         tags = [f"manylinux_2_{minor}_{self.arch}" for minor in range(GLIBC[self.os], 16, -1)]
         tags.append(f"manylinux2014_{self.arch}")
         if self.arch == "x86_64":
             tags += ["manylinux2010_x86_64", "manylinux1_x86_64"]
         python = self.python.replace(".", "")
-        arguments = ["--only-binary=:all:", "--implementation", "cp", "--python-version", self.python,
-                     "--abi", f"cp{python}"]
+        arguments = [
+            "--only-binary=:all:",
+            "--implementation",
+            "cp",
+            "--python-version",
+            self.python,
+            "--abi",
+            f"cp{python}",
+        ]
         for tag in tags:
             arguments += ["--platform", tag]
         return arguments
@@ -85,8 +107,9 @@ class WheelSet:
     requirements: tuple[str, ...]
 
     def cache_key(self) -> str:
-        body = json.dumps({"requirements": sorted(self.requirements), "pip": self.platform.pip_arguments()},
-                          sort_keys=True)
+        body = json.dumps(
+            {"requirements": sorted(self.requirements), "pip": self.platform.pip_arguments()}, sort_keys=True
+        )
         return hashlib.sha256(body.encode()).hexdigest()[:32]
 
 
@@ -102,12 +125,19 @@ def wheel_requirements(wheel: Path, extra: str | None, *, python: str) -> list[s
     with zipfile.ZipFile(wheel) as archive:
         name = next((n for n in archive.namelist() if n.endswith(".dist-info/METADATA")), None)
         if name is None:
-            raise BundleError(f"{wheel.name} has no METADATA", code="bad-wheel",
-                              location=Location(file=str(wheel)))
+            raise BundleError(
+                f"{wheel.name} has no METADATA", code="bad-wheel", location=Location(file=str(wheel))
+            )
         headers = HeaderParser().parsestr(archive.read(name).decode())
-    environment = {"python_version": python, "python_full_version": f"{python}.0", "sys_platform": "linux",
-                   "platform_system": "Linux", "os_name": "posix", "implementation_name": "cpython",
-                   "platform_python_implementation": "CPython"}
+    environment = {
+        "python_version": python,
+        "python_full_version": f"{python}.0",
+        "sys_platform": "linux",
+        "platform_system": "Linux",
+        "os_name": "posix",
+        "implementation_name": "cpython",
+        "platform_python_implementation": "CPython",
+    }
     wanted: list[str] = []
     for line in headers.get_all("Requires-Dist") or []:
         requirement = Requirement(line)
@@ -125,8 +155,9 @@ def apply_pins(requirements: Iterable[str], pins: Sequence[str]) -> tuple[str, .
         try:
             project = canonicalize_name(Requirement(pin).name)
         except InvalidRequirement as exc:
-            raise UsageError(f"cannot read the pin {pin!r}: {exc}",
-                             hint="write it like torch==2.13.0+cpu") from None
+            raise UsageError(
+                f"cannot read the pin {pin!r}: {exc}", hint="write it like torch==2.13.0+cpu"
+            ) from None
         if project in by_name:
             by_name[project] = pin
     return tuple(sorted(by_name.values()))
@@ -156,24 +187,43 @@ def download(wheelset: WheelSet, *, cache: Path) -> list[Path]:
             return [files / name for name in names]
     with tempfile.TemporaryDirectory(prefix=".download-", dir=cache) as scratch:
         fresh = Path(scratch)
-        argv = [sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "--progress-bar",
-                "off", "--dest", str(fresh), *wheelset.platform.pip_arguments(), *wheelset.requirements]
+        argv = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--disable-pip-version-check",
+            "--progress-bar",
+            "off",
+            "--dest",
+            str(fresh),
+            *wheelset.platform.pip_arguments(),
+            *wheelset.requirements,
+        ]
         done = subprocess.run(argv, capture_output=True, text=True, check=False)
         if done.returncode != 0:
             tail = "\n".join(done.stderr.strip().splitlines()[-6:])
-            raise BundleError(f"pip could not download the {wheelset.name} wheels for "
-                              f"{wheelset.platform.tag}:\n{tail}",
-                              code="wheel-download-failed",
-                              hint="check the build host's package index (pip config) or the --pin options")
+            raise BundleError(
+                f"pip could not download the {wheelset.name} wheels for {wheelset.platform.tag}:\n{tail}",
+                code="wheel-download-failed",
+                hint="check the build host's package index (pip config) or the --pin options",
+            )
         names = sorted(path.name for path in fresh.glob("*.whl"))
         if not names:
-            raise BundleError(f"pip downloaded no wheels for the {wheelset.name} set",
-                              code="wheel-download-failed")
+            raise BundleError(
+                f"pip downloaded no wheels for the {wheelset.name} set", code="wheel-download-failed"
+            )
         for name in names:  # the set is exactly what pip put in the fresh folder
             os.replace(fresh / name, files / name)
     temporary = record.with_suffix(".tmp")
-    temporary.write_text(json.dumps({"wheels": names, "requirements": list(wheelset.requirements),
-                                     "platform": wheelset.platform.tag}, indent=1, sort_keys=True) + "\n")
+    temporary.write_text(
+        json.dumps(
+            {"wheels": names, "requirements": list(wheelset.requirements), "platform": wheelset.platform.tag},
+            indent=1,
+            sort_keys=True,
+        )
+        + "\n"
+    )
     os.replace(temporary, record)
     return [files / name for name in names]
 
@@ -181,17 +231,32 @@ def download(wheelset: WheelSet, *, cache: Path) -> list[Path]:
 def build_own_wheel(source: Path, dest: Path, *, timestamp: int) -> Path:
     """aifactory's wheel, built reproducibly (hatchling honours SOURCE_DATE_EPOCH) from a checkout."""
     if not (source / "pyproject.toml").is_file():
-        raise PrerequisiteError(f"{source} is not an aifactory source checkout (no pyproject.toml)",
-                                hint="give a built wheel with --aifactory-wheel")
+        raise PrerequisiteError(
+            f"{source} is not an aifactory source checkout (no pyproject.toml)",
+            hint="give a built wheel with --aifactory-wheel",
+        )
     dest.mkdir(parents=True, exist_ok=True)
     environment = {**os.environ, "SOURCE_DATE_EPOCH": str(timestamp)}
-    argv = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--disable-pip-version-check", "-q",
-            "--wheel-dir", str(dest), str(source)]
+    argv = [
+        sys.executable,
+        "-m",
+        "pip",
+        "wheel",
+        "--no-deps",
+        "--disable-pip-version-check",
+        "-q",
+        "--wheel-dir",
+        str(dest),
+        str(source),
+    ]
     done = subprocess.run(argv, capture_output=True, text=True, check=False, env=environment)
     wheels = sorted(dest.glob("aifactory-*.whl"))
     if done.returncode != 0 or len(wheels) != 1:
-        raise BundleError(f"building the aifactory wheel failed: {done.stderr.strip()[-600:]}",
-                          code="wheel-build-failed", location=Location(file=str(source / "pyproject.toml")))
+        raise BundleError(
+            f"building the aifactory wheel failed: {done.stderr.strip()[-600:]}",
+            code="wheel-build-failed",
+            location=Location(file=str(source / "pyproject.toml")),
+        )
     return wheels[0]
 
 

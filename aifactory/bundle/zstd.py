@@ -27,8 +27,10 @@ _BLOCK = 1 << 20
 def zstd_binary() -> str:
     found = shutil.which("zstd")
     if not found:
-        raise PrerequisiteError("zstd is not installed; it is needed for a compressed bundle",
-                                hint="apt-get install zstd, or build an uncompressed bundle")
+        raise PrerequisiteError(
+            "zstd is not installed; it is needed for a compressed bundle",
+            hint="apt-get install zstd, or build an uncompressed bundle",
+        )
     return found
 
 
@@ -49,29 +51,40 @@ def _pump(read: Callable[[int], bytes], write: Callable[[bytes], object], close:
 
 def decompress(parts: list[Part], target: Path, *, name: str) -> None:
     """Decompress the (joined) parts into `target`; a damaged or cut stream is a `truncated` error."""
-    process = subprocess.Popen([zstd_binary(), "-d", "-q", "-c"], stdin=subprocess.PIPE,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process = subprocess.Popen(
+        [zstd_binary(), "-d", "-q", "-c"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     assert process.stdin is not None and process.stdout is not None and process.stderr is not None
     with PartsReader(parts) as reader:
-        feeder = threading.Thread(target=_pump, args=(reader.read, process.stdin.write, process.stdin.close),
-                                  daemon=True)
+        feeder = threading.Thread(
+            target=_pump, args=(reader.read, process.stdin.write, process.stdin.close), daemon=True
+        )
         feeder.start()
         with target.open("wb") as out:
             shutil.copyfileobj(process.stdout, out, _BLOCK)
         feeder.join()
     error = process.stderr.read().decode(errors="replace").strip()
     if process.wait() != 0:
-        raise BundleError(f"the compressed bundle is damaged or cut short: {error or 'zstd failed'}",
-                          code="truncated", location=Location(file=name),
-                          hint="copy the bundle (all its parts) again")
+        raise BundleError(
+            f"the compressed bundle is damaged or cut short: {error or 'zstd failed'}",
+            code="truncated",
+            location=Location(file=name),
+            hint="copy the bundle (all its parts) again",
+        )
 
 
 class CompressingWriter:
     """A file-like object that compresses what is written into it and passes it to `sink`."""
 
     def __init__(self, sink: IO[bytes]) -> None:
-        self._process = subprocess.Popen([zstd_binary(), f"-{LEVEL}", "-q", "-c", "--single-thread"],
-                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        self._process = subprocess.Popen(
+            [zstd_binary(), f"-{LEVEL}", "-q", "-c", "--single-thread"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
         self._sink = sink
         self._error: BaseException | None = None
         self._drain = threading.Thread(target=self._copy_out, daemon=True)

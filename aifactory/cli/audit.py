@@ -22,14 +22,25 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     report = commands.add_parser("report", parents=[common], help="gather evidence and write a signed report")
     report.add_argument("site", help="site spec (YAML)")
     report.add_argument("-o", "--output", required=True, help="report folder to write")
-    report.add_argument("--timestamp", help="the report's time, ISO 8601 with zone (default: now); the same "
-                                            "inputs and timestamp give the same bytes")
-    report.add_argument("--key", help="Ed25519 OpenSSH private key to sign with (default: the site's audit "
-                                      "key; passphrase from AIFACTORY_AUDIT_KEY_PASSPHRASE)")
+    report.add_argument(
+        "--timestamp",
+        help="the report's time, ISO 8601 with zone (default: now); the same "
+        "inputs and timestamp give the same bytes",
+    )
+    report.add_argument(
+        "--key",
+        help="Ed25519 OpenSSH private key to sign with (default: the site's audit "
+        "key; passphrase from AIFACTORY_AUDIT_KEY_PASSPHRASE)",
+    )
     report.add_argument("--identity", help="signer identity for allowed_signers (default: the key's comment)")
-    report.add_argument("--decision-log", action="append", default=[], metavar="LOG",
-                        help="a runtime decision log to include (repeatable; those under the site's state "
-                             "folder are always included)")
+    report.add_argument(
+        "--decision-log",
+        action="append",
+        default=[],
+        metavar="LOG",
+        help="a runtime decision log to include (repeatable; those under the site's state "
+        "folder are always included)",
+    )
     report.add_argument("--waivers", help="waivers file (default: <spec stem>.waivers.yaml beside the spec)")
     report.add_argument("--engine", choices=("embedded", "opa"), default="embedded", help="policy engine")
     report.add_argument("--opa-url", help="OPA server URL for --engine opa (loopback or the lab only)")
@@ -37,16 +48,19 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     report.add_argument("--strict", action="store_true", help="exit 1 when any control fails")
     report.set_defaults(handler=cmd_report)
 
-    verify = commands.add_parser("verify", parents=[common],
-                                 help="check a report's signature, files and logs")
+    verify = commands.add_parser(
+        "verify", parents=[common], help="check a report's signature, files and logs"
+    )
     verify.add_argument("folder", help="report folder")
     verify.add_argument("--trust", help="allowed_signers you trust (default: the one beside the report)")
-    verify.add_argument("--require-logs", action="store_true",
-                        help="fail when a log the report cites is not on this machine")
+    verify.add_argument(
+        "--require-logs", action="store_true", help="fail when a log the report cites is not on this machine"
+    )
     verify.set_defaults(handler=cmd_verify)
 
-    diff = commands.add_parser("diff", parents=[common],
-                               help="controls and findings that changed between audits")
+    diff = commands.add_parser(
+        "diff", parents=[common], help="controls and findings that changed between audits"
+    )
     diff.add_argument("old", help="older report folder (or its report.json)")
     diff.add_argument("new", help="newer report folder (or its report.json)")
     diff.set_defaults(handler=cmd_diff)
@@ -64,25 +78,56 @@ def _path(value: str | None) -> Path | None:
 
 def cmd_report(args: argparse.Namespace) -> int:
     options = ReportOptions(
-        timestamp=args.timestamp, key=_path(args.key), identity=args.identity,
-        decision_logs=tuple(Path(p) for p in args.decision_log), waivers=_path(args.waivers),
-        engine=args.engine, opa_url=args.opa_url, bundle_trust=_path(args.bundle_trust))
+        timestamp=args.timestamp,
+        key=_path(args.key),
+        identity=args.identity,
+        decision_logs=tuple(Path(p) for p in args.decision_log),
+        waivers=_path(args.waivers),
+        engine=args.engine,
+        opa_url=args.opa_url,
+        bundle_trust=_path(args.bundle_trust),
+    )
     written = produce_report(Path(args.site), Path(args.output), options)
     report = written.report
     totals = report.totals()
     if args.format == "json":
-        emit_json({"folder": str(written.folder), "id": report.report_id, "files": list(written.files),
-                   "signer": report.signer, "classification": report.classification, "totals": totals,
-                   "findings": len(report.findings)})
+        emit_json(
+            {
+                "folder": str(written.folder),
+                "id": report.report_id,
+                "files": list(written.files),
+                "signer": report.signer,
+                "classification": report.classification,
+                "totals": totals,
+                "findings": len(report.findings),
+            }
+        )
     else:
-        print(table(["family", "controls", PASS, FAIL, WAIVED, "not assessed"],
-                    [[f"{r['family']} {r['title']}", r["controls"], r[PASS], r[FAIL], r[WAIVED],
-                      r[NOT_ASSESSED]] for r in report.summary()]))
-        print(f"\n{len(report.controls)} controls: {totals[PASS]} pass, {totals[FAIL]} fail, "
-              f"{totals[WAIVED]} waived, {totals[NOT_ASSESSED]} not assessed; "
-              f"{len(report.findings)} findings")
-        print(f"wrote {written.folder}/report.html, report.json, assessment-results.json, signed by "
-              f"{written.identity}; check with: aifactory audit verify {written.folder}")
+        print(
+            table(
+                ["family", "controls", PASS, FAIL, WAIVED, "not assessed"],
+                [
+                    [
+                        f"{r['family']} {r['title']}",
+                        r["controls"],
+                        r[PASS],
+                        r[FAIL],
+                        r[WAIVED],
+                        r[NOT_ASSESSED],
+                    ]
+                    for r in report.summary()
+                ],
+            )
+        )
+        print(
+            f"\n{len(report.controls)} controls: {totals[PASS]} pass, {totals[FAIL]} fail, "
+            f"{totals[WAIVED]} waived, {totals[NOT_ASSESSED]} not assessed; "
+            f"{len(report.findings)} findings"
+        )
+        print(
+            f"wrote {written.folder}/report.html, report.json, assessment-results.json, signed by "
+            f"{written.identity}; check with: aifactory audit verify {written.folder}"
+        )
     return int(ExitCode.INVALID) if args.strict and totals[FAIL] else int(ExitCode.OK)
 
 
@@ -92,8 +137,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
         emit_json(result.as_dict())
     else:
         verdict = f"verifies (signed by {result.signer})" if result.ok else "DOES NOT VERIFY"
-        print(f"{result.folder}: {verdict}; {len(result.files)} files, {len(result.logs)} logs; "
-              f"trust {result.trust}")
+        print(
+            f"{result.folder}: {verdict}; {len(result.files)} files, {len(result.logs)} logs; "
+            f"trust {result.trust}"
+        )
         for problem in result.problems:
             print(f"  problem: {problem}")
         for warning in result.warnings:
@@ -110,8 +157,12 @@ def cmd_diff(args: argparse.Namespace) -> int:
     if not drift.drifted:
         print("no drift: every control and finding is as before")
     if drift.controls:
-        print(table(["control", "title", "was", "now"], [[c["id"], c["title"], c["old"], c["new"]]
-                                                         for c in drift.controls]))
+        print(
+            table(
+                ["control", "title", "was", "now"],
+                [[c["id"], c["title"], c["old"], c["new"]] for c in drift.controls],
+            )
+        )
     for label, items in (("added", drift.added), ("resolved", drift.resolved), ("changed", drift.changed)):
         for finding in items:
             print(f"finding {label}: {finding['rule']} on {finding['resource']} ({finding['status']})")

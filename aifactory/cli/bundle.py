@@ -31,8 +31,11 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
 
     keygen = commands.add_parser("keygen", parents=[common], help="make an Ed25519 bundle signing key")
     keygen.add_argument("-o", "--output", required=True, help="folder for the key and allowed_signers")
-    keygen.add_argument("--identity", default="bundle-signer@aifactory",
-                        help="principal named in allowed_signers (ssh-keygen -Y verify -I ...)")
+    keygen.add_argument(
+        "--identity",
+        default="bundle-signer@aifactory",
+        help="principal named in allowed_signers (ssh-keygen -Y verify -I ...)",
+    )
     _passphrase_options(keygen, "encrypt the private key")
     keygen.set_defaults(handler=cmd_keygen)
 
@@ -41,46 +44,87 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     build.add_argument("-o", "--output", required=True, help="bundle file to write (an uncompressed tar)")
     build.add_argument("--key", required=True, help="private signing key (from `aifactory bundle keygen`)")
     _passphrase_options(build, "unlock the signing key")
-    build.add_argument("--bundle-version", help="explicit version, dot-separated numbers that only go up "
-                       "(default: YYYYMMDD.HHMMSS of the build timestamp)")
-    build.add_argument("--timestamp", type=int, help="build timestamp in Unix seconds (default: "
-                       "SOURCE_DATE_EPOCH, else now); fixes every mtime, so builds are reproducible")
-    build.add_argument("--split", nargs="?", const=str(DEFAULT_PART_SIZE), metavar="SIZE",
-                       help=f"write parts of at most SIZE bytes (e.g. 3900M; default {DEFAULT_PART_SIZE}, "
-                       "under 4 GiB for FAT32)")
-    build.add_argument("--zstd", action="store_true",
-                       help="compress the tar with zstd (verify/import then need free space to decompress)")
-    build.add_argument("--file", dest="extra_files", action="append", default=[], metavar="PATH",
-                       help="extra file or folder to carry under files/ (weights, datasets, binaries); "
-                            "repeatable")
-    build.add_argument("--collection", dest="collections", action="append", default=[], metavar="TARBALL",
-                       help="extra Ansible collection tarball the roles use; repeatable")
-    build.add_argument("--pin", dest="pins", action="append", metavar="REQ",
-                       help="pin a direct dependency, e.g. torch==2.13.0+cpu (default: the build "
-                       "environment's torch); repeatable")
+    build.add_argument(
+        "--bundle-version",
+        help="explicit version, dot-separated numbers that only go up "
+        "(default: YYYYMMDD.HHMMSS of the build timestamp)",
+    )
+    build.add_argument(
+        "--timestamp",
+        type=int,
+        help="build timestamp in Unix seconds (default: "
+        "SOURCE_DATE_EPOCH, else now); fixes every mtime, so builds are reproducible",
+    )
+    build.add_argument(
+        "--split",
+        nargs="?",
+        const=str(DEFAULT_PART_SIZE),
+        metavar="SIZE",
+        help=f"write parts of at most SIZE bytes (e.g. 3900M; default {DEFAULT_PART_SIZE}, "
+        "under 4 GiB for FAT32)",
+    )
+    build.add_argument(
+        "--zstd",
+        action="store_true",
+        help="compress the tar with zstd (verify/import then need free space to decompress)",
+    )
+    build.add_argument(
+        "--file",
+        dest="extra_files",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="extra file or folder to carry under files/ (weights, datasets, binaries); repeatable",
+    )
+    build.add_argument(
+        "--collection",
+        dest="collections",
+        action="append",
+        default=[],
+        metavar="TARBALL",
+        help="extra Ansible collection tarball the roles use; repeatable",
+    )
+    build.add_argument(
+        "--pin",
+        dest="pins",
+        action="append",
+        metavar="REQ",
+        help="pin a direct dependency, e.g. torch==2.13.0+cpu (default: the build "
+        "environment's torch); repeatable",
+    )
     build.add_argument("--aifactory-wheel", help="use this aifactory wheel instead of building one")
     build.add_argument("--source", help="aifactory source checkout (default: the one running)")
     build.add_argument("--cache", help="download cache (default: $AIFACTORY_CACHE or ~/.cache/aifactory)")
-    build.add_argument("--no-apt", action="store_true",
-                       help="leave out the apt repository of the roles' packages "
-                            f"({', '.join(ROLE_PACKAGES)})")
+    build.add_argument(
+        "--no-apt",
+        action="store_true",
+        help=f"leave out the apt repository of the roles' packages ({', '.join(ROLE_PACKAGES)})",
+    )
     build.set_defaults(handler=cmd_build)
 
     verify = commands.add_parser("verify", parents=[common], help="check a bundle's signature and every hash")
     verify.add_argument("bundle", help="bundle file, or any part (or the base name) of a split bundle")
     verify.add_argument("--trust", required=True, help="allowed_signers file of the keys you trust")
-    verify.add_argument("--no-rollback-check", action="store_true",
-                        help="skip the comparison with the version last imported for the site")
-    verify.add_argument("--with-ssh-keygen", metavar="IDENTITY",
-                        help="also check the signature with the stock `ssh-keygen -Y verify -I IDENTITY`")
+    verify.add_argument(
+        "--no-rollback-check",
+        action="store_true",
+        help="skip the comparison with the version last imported for the site",
+    )
+    verify.add_argument(
+        "--with-ssh-keygen",
+        metavar="IDENTITY",
+        help="also check the signature with the stock `ssh-keygen -Y verify -I IDENTITY`",
+    )
     verify.set_defaults(handler=cmd_verify)
 
-    imp = commands.add_parser("import", parents=[common],
-                              help="verify and unpack a bundle on the control host")
+    imp = commands.add_parser(
+        "import", parents=[common], help="verify and unpack a bundle on the control host"
+    )
     imp.add_argument("bundle", help="bundle file, or any part of a split bundle")
     imp.add_argument("--trust", required=True, help="allowed_signers file of the keys you trust")
-    imp.add_argument("--home", help="where imports live (default: $AIFACTORY_BUNDLES_HOME or "
-                     "/var/lib/aifactory/bundles)")
+    imp.add_argument(
+        "--home", help="where imports live (default: $AIFACTORY_BUNDLES_HOME or /var/lib/aifactory/bundles)"
+    )
     imp.set_defaults(handler=cmd_import)
 
     show = commands.add_parser("current", parents=[common], help="show the bundle imported for a site")
@@ -99,8 +143,10 @@ def _passphrase(args: argparse.Namespace, *, confirm: bool) -> bytes | None:
         try:
             text = Path(args.passphrase_file).read_text().splitlines()
         except OSError as exc:
-            raise UsageError(f"cannot read the passphrase file: {exc.strerror}",
-                             location=Location(file=args.passphrase_file)) from None
+            raise UsageError(
+                f"cannot read the passphrase file: {exc.strerror}",
+                location=Location(file=args.passphrase_file),
+            ) from None
         if not text or not text[0]:
             raise UsageError("the passphrase file is empty", location=Location(file=args.passphrase_file))
         return text[0].encode()
@@ -113,34 +159,52 @@ def _passphrase(args: argparse.Namespace, *, confirm: bool) -> bytes | None:
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
-    files = signing.generate_keypair(Path(args.output), identity=args.identity,
-                                     passphrase=_passphrase(args, confirm=True), namespaces=NAMESPACE)
-    result = {"private_key": str(files.private), "public_key": str(files.public),
-              "allowed_signers": str(files.allowed_signers), "identity": files.identity}
+    files = signing.generate_keypair(
+        Path(args.output),
+        identity=args.identity,
+        passphrase=_passphrase(args, confirm=True),
+        namespaces=NAMESPACE,
+    )
+    result = {
+        "private_key": str(files.private),
+        "public_key": str(files.public),
+        "allowed_signers": str(files.allowed_signers),
+        "identity": files.identity,
+    }
     if args.format == "json":
         emit_json(result)
     else:
-        print(f"wrote {files.private} (mode 0600; keep it offline) and {files.public}\n"
-              f"trust file for verifiers: {files.allowed_signers} (identity {files.identity})")
+        print(
+            f"wrote {files.private} (mode 0600; keep it offline) and {files.public}\n"
+            f"trust file for verifiers: {files.allowed_signers} (identity {files.identity})"
+        )
     return 0
 
 
 def cmd_build(args: argparse.Namespace) -> int:
     options = BuildOptions(
-        key=Path(args.key), passphrase=_passphrase(args, confirm=False), timestamp=args.timestamp,
-        version=args.bundle_version, part_size=parse_size(args.split) if args.split else None,
-        extra_files=[Path(p) for p in args.extra_files], collections=[Path(p) for p in args.collections],
-        pins=args.pins, source=Path(args.source) if args.source else None,
+        key=Path(args.key),
+        passphrase=_passphrase(args, confirm=False),
+        timestamp=args.timestamp,
+        version=args.bundle_version,
+        part_size=parse_size(args.split) if args.split else None,
+        extra_files=[Path(p) for p in args.extra_files],
+        collections=[Path(p) for p in args.collections],
+        pins=args.pins,
+        source=Path(args.source) if args.source else None,
         aifactory_wheel=Path(args.aifactory_wheel) if args.aifactory_wheel else None,
-        cache=Path(args.cache) if args.cache else None, apt_packages=() if args.no_apt else ROLE_PACKAGES,
+        cache=Path(args.cache) if args.cache else None,
+        apt_packages=() if args.no_apt else ROLE_PACKAGES,
         compress="zstd" if args.zstd else None,
     )
     result = build_bundle(args.site, output=Path(args.output), options=options)
     if args.format == "json":
         emit_json(result.as_dict())
         return 0
-    print(f"bundle {result.version} for site {result.site}: {result.files} files, "
-          f"{result.archive_bytes / 1e6:.1f} MB, built in {result.seconds:.1f} s")
+    print(
+        f"bundle {result.version} for site {result.site}: {result.files} files, "
+        f"{result.archive_bytes / 1e6:.1f} MB, built in {result.seconds:.1f} s"
+    )
     for part in result.parts:
         print(f"  {part}")
     print(f"manifest {result.digest}")
@@ -149,17 +213,22 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     report = verify_bundle(args.bundle, trust=Path(args.trust), check_rollback=not args.no_rollback_check)
-    stock = (ssh_keygen_check(args.bundle, trust=Path(args.trust), identity=args.with_ssh_keygen)
-             if args.with_ssh_keygen else None)
+    stock = (
+        ssh_keygen_check(args.bundle, trust=Path(args.trust), identity=args.with_ssh_keygen)
+        if args.with_ssh_keygen
+        else None
+    )
     if args.format == "json":
         emit_json({**report.as_dict(), "ssh_keygen": stock})
         return 0
     if stock:
         print(f"ssh-keygen: {stock}")
     rate = report.payload_bytes / max(report.seconds, 1e-9) / 1e6
-    print(f"{args.bundle}: OK, bundle {report.version} for site {report.site}, signed by {report.signer}; "
-          f"{report.files} files, {report.payload_bytes / 1e6:.1f} MB hashed in {report.seconds:.1f} s "
-          f"({rate:.0f} MB/s on {default_workers()} cores)")
+    print(
+        f"{args.bundle}: OK, bundle {report.version} for site {report.site}, signed by {report.signer}; "
+        f"{report.files} files, {report.payload_bytes / 1e6:.1f} MB hashed in {report.seconds:.1f} s "
+        f"({rate:.0f} MB/s on {default_workers()} cores)"
+    )
     return 0
 
 
@@ -168,9 +237,11 @@ def cmd_import(args: argparse.Namespace) -> int:
     if args.format == "json":
         emit_json(imported.as_dict())
         return 0
-    print(f"imported bundle {imported.version} for site {imported.site} into {imported.root}\n"
-          f"  pip install --no-index --find-links {imported.wheelhouse} ...\n"
-          f"  ANSIBLE_COLLECTIONS_PATH={imported.collections_path}")
+    print(
+        f"imported bundle {imported.version} for site {imported.site} into {imported.root}\n"
+        f"  pip install --no-index --find-links {imported.wheelhouse} ...\n"
+        f"  ANSIBLE_COLLECTIONS_PATH={imported.collections_path}"
+    )
     return 0
 
 

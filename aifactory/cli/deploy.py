@@ -13,21 +13,33 @@ from aifactory.deploy import DeployOptions, DeployResult, Progress, Update, depl
 
 def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     parser = subparsers.add_parser(
-        "deploy", parents=[common],
-        help="run the site playbook from the control host, installing from the imported bundle")
+        "deploy",
+        parents=[common],
+        help="run the site playbook from the control host, installing from the imported bundle",
+    )
     parser.add_argument("site", help="site spec (YAML); its plan must equal the bundle's signed plan")
     parser.add_argument("--check", action="store_true", help="dry run: show what would change (with diff)")
     parser.add_argument("--no-diff", action="store_true", help="with --check, do not show file diffs")
     parser.add_argument("--limit", metavar="PATTERN", help="only these hosts or groups (Ansible pattern)")
-    parser.add_argument("--tags", metavar="TAGS", default="",
-                        help="only tasks with these tags, comma-separated (e.g. runtime_install,nist_ac_17)")
+    parser.add_argument(
+        "--tags",
+        metavar="TAGS",
+        default="",
+        help="only tasks with these tags, comma-separated (e.g. runtime_install,nist_ac_17)",
+    )
     parser.add_argument("--skip-tags", metavar="TAGS", default="", help="skip tasks with these tags")
-    parser.add_argument("--full", action="store_true",
-                        help="run every role on every host, also on hosts that still match their last full "
-                             "run (by default those are checked in one read and left out; docs/deploy.md)")
-    parser.add_argument("--trust", metavar="ALLOWED_SIGNERS",
-                        help="the site's allowed_signers for bundles, given to hosts to verify with "
-                             "(default: the key the import verified)")
+    parser.add_argument(
+        "--full",
+        action="store_true",
+        help="run every role on every host, also on hosts that still match their last full "
+        "run (by default those are checked in one read and left out; docs/deploy.md)",
+    )
+    parser.add_argument(
+        "--trust",
+        metavar="ALLOWED_SIGNERS",
+        help="the site's allowed_signers for bundles, given to hosts to verify with "
+        "(default: the key the import verified)",
+    )
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more Ansible output in the log")
     parser.set_defaults(handler=cmd_deploy)
 
@@ -48,33 +60,55 @@ class _LiveDisplay:
         if update.kind == "task":
             print(f"{elapsed} task {update.task_number:3d}  {update.task}", file=self.stream, flush=True)
         elif update.kind in ("converged", "runs"):
-            print(f"{elapsed}   {update.host:<24} {update.kind.upper():<11} {update.message}",
-                  file=self.stream, flush=True)
+            print(
+                f"{elapsed}   {update.host:<24} {update.kind.upper():<11} {update.message}",
+                file=self.stream,
+                flush=True,
+            )
         elif update.kind in ("changed", "failed", "unreachable"):
             row = progress.host(update.host or "")
             detail = f": {update.message}" if update.message else ""
-            print(f"{elapsed}   {update.host:<24} {update.kind.upper():<11} ok={row.ok} changed={row.changed}"
-                  f"{detail}", file=self.stream, flush=True)
+            print(
+                f"{elapsed}   {update.host:<24} {update.kind.upper():<11} ok={row.ok} changed={row.changed}"
+                f"{detail}",
+                file=self.stream,
+                flush=True,
+            )
 
 
 def render_summary(result: DeployResult) -> str:
-    rows = [(h["host"], "converged" if h["converged"] else h["status"], h["ok"], h["changed"], h["failed"],
-             h["unreachable"], h["skipped"],
-             h["message"][:80] if h["status"] in ("failed", "unreachable") or h["converged"] else "")
-            for h in result.hosts]
+    rows = [
+        (
+            h["host"],
+            "converged" if h["converged"] else h["status"],
+            h["ok"],
+            h["changed"],
+            h["failed"],
+            h["unreachable"],
+            h["skipped"],
+            h["message"][:80] if h["status"] in ("failed", "unreachable") or h["converged"] else "",
+        )
+        for h in result.hosts
+    ]
     headers = ("host", "status", "ok", "changed", "failed", "unreachable", "skipped", "reason")
     lines = [table(headers, rows), ""]
     mode = "dry run (--check): nothing was changed" if result.check else "deployed"
-    lines.append(f"{mode}: bundle {result.bundle_version}, {len(result.hosts)} hosts, "
-                 f"{result.changed} changes, {result.wall_seconds:.1f}s")
+    lines.append(
+        f"{mode}: bundle {result.bundle_version}, {len(result.hosts)} hosts, "
+        f"{result.changed} changes, {result.wall_seconds:.1f}s"
+    )
     converged = [h["host"] for h in result.hosts if h["converged"]]
     if converged:
-        lines.append(f"{len(converged)} host(s) converged (left out, unchanged since their last full run); "
-                     "--full runs every role on them too")
+        lines.append(
+            f"{len(converged)} host(s) converged (left out, unchanged since their last full run); "
+            "--full runs every role on them too"
+        )
     if result.failed_hosts:
         failed = ", ".join(result.failed_hosts)
-        lines.append(f"{len(result.failed_hosts)} host(s) failed or unreachable: {failed}; "
-                     "fix them and run `aifactory deploy` again (it finishes the job)")
+        lines.append(
+            f"{len(result.failed_hosts)} host(s) failed or unreachable: {failed}; "
+            "fix them and run `aifactory deploy` again (it finishes the job)"
+        )
     lines.append(f"event log: {result.event_log}")
     if result.installed:
         lines.append(f"evidence: {result.installed}")
@@ -83,9 +117,15 @@ def render_summary(result: DeployResult) -> str:
 
 def cmd_deploy(args: argparse.Namespace) -> int:
     options = DeployOptions(
-        check=args.check, diff=False if args.no_diff else None, limit=args.limit, tags=_tags(args.tags),
-        skip_tags=_tags(args.skip_tags), trust=Path(args.trust) if args.trust else None,
-        verbosity=args.verbose, full=args.full)
+        check=args.check,
+        diff=False if args.no_diff else None,
+        limit=args.limit,
+        tags=_tags(args.tags),
+        skip_tags=_tags(args.skip_tags),
+        trust=Path(args.trust) if args.trust else None,
+        verbosity=args.verbose,
+        full=args.full,
+    )
     display = None if args.format == "json" else _LiveDisplay()
     result = deploy_site(args.site, options=options, on_update=display)
     if args.format == "json":

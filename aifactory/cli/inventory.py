@@ -14,11 +14,14 @@ from aifactory.state import SiteState
 
 def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     parser = subparsers.add_parser(
-        "inventory", parents=[common],
-        help="render the site's Ansible inventory (groups per pool, role, datacenter, fabric, tenant)")
+        "inventory",
+        parents=[common],
+        help="render the site's Ansible inventory (groups per pool, role, datacenter, fabric, tenant)",
+    )
     parser.add_argument("site", help="site spec (YAML)")
-    parser.add_argument("-o", "--output", required=True,
-                        help="folder to write (hosts.yml, group_vars/, host_vars/)")
+    parser.add_argument(
+        "-o", "--output", required=True, help="folder to write (hosts.yml, group_vars/, host_vars/)"
+    )
     parser.set_defaults(handler=cmd_inventory)
 
 
@@ -42,10 +45,14 @@ def cmd_inventory(args: argparse.Namespace) -> int:
     if args.format == "json":
         emit_json(summary)
         return 0
-    print(f"wrote {args.output}: {summary['hosts']} hosts in {len(summary['groups'])} groups "
-          f"({', '.join(summary['groups'])})")
-    print(f"bundle: {summary['bundle'] or 'none imported yet (aifactory bundle import)'}; "
-          f"provisioning outputs: {'used' if rendered.provisioned else 'none'}; "
-          f"lab: {'yes' if rendered.lab else 'no'}")
+    print(
+        f"wrote {args.output}: {summary['hosts']} hosts in {len(summary['groups'])} groups "
+        f"({', '.join(summary['groups'])})"
+    )
+    print(
+        f"bundle: {summary['bundle'] or 'none imported yet (aifactory bundle import)'}; "
+        f"provisioning outputs: {'used' if rendered.provisioned else 'none'}; "
+        f"lab: {'yes' if rendered.lab else 'no'}"
+    )
     print(f"see it: ansible-inventory -i {args.output} --graph")
     return 0

@@ -23,8 +23,11 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
 
     down = commands.add_parser("down", parents=[common], help="remove everything the lab made")
     down.add_argument("site", help="site spec (YAML) or site name")
-    down.add_argument("--force", action="store_true",
-                      help="also remove namespaces of this site name made from another state folder")
+    down.add_argument(
+        "--force",
+        action="store_true",
+        help="also remove namespaces of this site name made from another state folder",
+    )
     down.set_defaults(handler=cmd_down)
 
     status = commands.add_parser("status", parents=[common], help="hosts, addresses, sshd and BMC state")
@@ -32,9 +35,11 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     status.set_defaults(handler=cmd_status)
 
     execute = commands.add_parser(
-        "exec", parents=[common], help="run a command on a lab host (the control host by default)",
+        "exec",
+        parents=[common],
+        help="run a command on a lab host (the control host by default)",
         description="Run CMD inside a lab host with the lab's Ansible config, inventory and ssh config set; "
-                    "its exit code becomes this command's.",
+        "its exit code becomes this command's.",
     )
     execute.add_argument("site", help="site spec (YAML) or site name")
     execute.add_argument("--host", help="lab host to run on (default: the site's control host)")
@@ -101,8 +106,10 @@ def render(status: LabStatus, output_format: str) -> None:
         return
     print(f"lab {status.site}: {status.state}")
     if status.leftovers:
-        print(f"leftovers of an interrupted lab up: {', '.join(status.leftovers)} "
-              f"(run `aifactory lab down {status.site}`)")
+        print(
+            f"leftovers of an interrupted lab up: {', '.join(status.leftovers)} "
+            f"(run `aifactory lab down {status.site}`)"
+        )
     if not status.hosts:
         return
     rows = []

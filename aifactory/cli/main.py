@@ -35,12 +35,22 @@ COMMAND_MODULES = (
 # Which module defines each top-level command: only that module is imported to run it (a command
 # never pays for the others' imports, e.g. `validate` never loads Ansible or torch).
 COMMANDS = {
-    "init": "aifactory.cli.site", "validate": "aifactory.cli.site", "plan": "aifactory.cli.site",
-    "secret": "aifactory.cli.secret", "policy": "aifactory.cli.policy", "lab": "aifactory.cli.lab",
-    "provision": "aifactory.cli.provision", "bundle": "aifactory.cli.bundle",
-    "inventory": "aifactory.cli.inventory", "deploy": "aifactory.cli.deploy", "token": "aifactory.cli.token",
-    "train": "aifactory.cli.train", "jobs": "aifactory.cli.train", "audit": "aifactory.cli.audit",
-    "up": "aifactory.cli.pipeline", "down": "aifactory.cli.pipeline",
+    "init": "aifactory.cli.site",
+    "validate": "aifactory.cli.site",
+    "plan": "aifactory.cli.site",
+    "secret": "aifactory.cli.secret",
+    "policy": "aifactory.cli.policy",
+    "lab": "aifactory.cli.lab",
+    "provision": "aifactory.cli.provision",
+    "bundle": "aifactory.cli.bundle",
+    "inventory": "aifactory.cli.inventory",
+    "deploy": "aifactory.cli.deploy",
+    "token": "aifactory.cli.token",
+    "train": "aifactory.cli.train",
+    "jobs": "aifactory.cli.train",
+    "audit": "aifactory.cli.audit",
+    "up": "aifactory.cli.pipeline",
+    "down": "aifactory.cli.pipeline",
 }
 
 

@@ -19,11 +19,18 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     )
     train.add_argument("site", help="site spec (YAML)")
     train.add_argument("job", type=Path, help="job file (aifactory.job/v1)")
-    train.add_argument("--pool", help="compute pool (Slurm partition); default: the pool of the job's hosts, "
-                       "or the site's only compute pool")
+    train.add_argument(
+        "--pool",
+        help="compute pool (Slurm partition); default: the pool of the job's hosts, "
+        "or the site's only compute pool",
+    )
     train.add_argument("--nodes", type=int, help="nodes to allocate (default: the job's hosts, else 1)")
-    train.add_argument("--runtime-prefix", type=Path, default=Path("/opt/aifactory/current"),
-                       help="the runtime's install folder on the nodes (default /opt/aifactory/current)")
+    train.add_argument(
+        "--runtime-prefix",
+        type=Path,
+        default=Path("/opt/aifactory/current"),
+        help="the runtime's install folder on the nodes (default /opt/aifactory/current)",
+    )
     train.set_defaults(handler=cmd_train)
 
     jobs = subparsers.add_parser("jobs", parents=[common], help="list the site's Slurm jobs")
@@ -37,14 +44,22 @@ def cmd_train(args: argparse.Namespace) -> int:
     from aifactory.scheduler.submit import train
 
     planned = plan_site(args.site, write_lock=False)
-    submission = train(planned, args.job, client=client_for(planned.plan.name), pool=args.pool,
-                       nodes=args.nodes, runtime_prefix=args.runtime_prefix)
+    submission = train(
+        planned,
+        args.job,
+        client=client_for(planned.plan.name),
+        pool=args.pool,
+        nodes=args.nodes,
+        runtime_prefix=args.runtime_prefix,
+    )
     if args.format == "json":
         emit_json(submission.as_dict())
     else:
-        print(f"submitted job {submission.slurm_job_id} ({submission.job}) for tenant {submission.tenant} "
-              f"to partition {submission.partition} on {submission.nodes} node(s); "
-              f"decision {submission.decision_id}")
+        print(
+            f"submitted job {submission.slurm_job_id} ({submission.job}) for tenant {submission.tenant} "
+            f"to partition {submission.partition} on {submission.nodes} node(s); "
+            f"decision {submission.decision_id}"
+        )
     return 0
 
 
@@ -58,7 +73,9 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     if args.format == "json":
         emit_json([job.as_dict() for job in jobs])
         return 0
-    rows = [[j.id, j.name, j.account, j.partition, j.state, j.nodes, j.nodelist, j.decision_id or "-"]
-            for j in jobs]
+    rows = [
+        [j.id, j.name, j.account, j.partition, j.state, j.nodes, j.nodelist, j.decision_id or "-"]
+        for j in jobs
+    ]
     print(table(["ID", "NAME", "TENANT", "PARTITION", "STATE", "NODES", "NODELIST", "DECISION"], rows))
     return 0

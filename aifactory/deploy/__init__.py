@@ -4,5 +4,13 @@ from aifactory.deploy.progress import HostProgress, Progress, Update
 from aifactory.deploy.runner import DeployOptions, DeployResult, check_converged, deploy_site
 from aifactory.deploy.settings import DeploySettings
 
-__all__ = ["DeployOptions", "DeployResult", "DeploySettings", "HostProgress", "Progress", "Update",
-           "check_converged", "deploy_site"]
+__all__ = [
+    "DeployOptions",
+    "DeployResult",
+    "DeploySettings",
+    "HostProgress",
+    "Progress",
+    "Update",
+    "check_converged",
+    "deploy_site",
+]

@@ -54,11 +54,15 @@ class DeployBundle:
         try:
             data = json.loads(self.plan_path.read_text())
         except (OSError, ValueError) as exc:
-            raise BundleError(f"cannot read the bundle's plan: {exc}", hint="re-import the bundle",
-                              location=Location(file=str(self.plan_path))) from None
+            raise BundleError(
+                f"cannot read the bundle's plan: {exc}",
+                hint="re-import the bundle",
+                location=Location(file=str(self.plan_path)),
+            ) from None
         if not isinstance(data, dict) or "hosts" not in data:
-            raise BundleError("the bundle's plan.json is not a site plan",
-                              location=Location(file=str(self.plan_path)))
+            raise BundleError(
+                "the bundle's plan.json is not a site plan", location=Location(file=str(self.plan_path))
+            )
         return data
 
     def inventory_vars(self) -> dict[str, Any]:
@@ -90,8 +94,13 @@ def describe_current_bundle(state: SiteState) -> dict[str, Any] | None:
     imported = _current_import(state)
     if imported is None:
         return None
-    return {"version": imported.version, "digest": imported.digest, "root": str(imported.root),
-            "wheelhouse": str(imported.wheelhouse), "plan": str(imported.plan_path)}
+    return {
+        "version": imported.version,
+        "digest": imported.digest,
+        "root": str(imported.root),
+        "wheelhouse": str(imported.wheelhouse),
+        "plan": str(imported.plan_path),
+    }
 
 
 def prepare_bundle(state: SiteState, *, trust: Path | None = None) -> DeployBundle:
@@ -106,8 +115,10 @@ def prepare_bundle(state: SiteState, *, trust: Path | None = None) -> DeployBund
         raise BundleError(
             f"the imported bundle's manifest changed since import "
             f"(expected {imported.digest}, found {found})",
-            code="bundle-tampered", location=Location(file=str(root / MANIFEST)),
-            hint="re-import the bundle from its media; deploy installs nothing from a changed bundle")
+            code="bundle-tampered",
+            location=Location(file=str(root / MANIFEST)),
+            hint="re-import the bundle from its media; deploy installs nothing from a changed bundle",
+        )
     armored = _read(root / SIGNATURE).decode("ascii", errors="replace")
     folder = state.subdir("deploy")
     allowed = folder / "allowed_signers"
@@ -115,23 +126,36 @@ def prepare_bundle(state: SiteState, *, trust: Path | None = None) -> DeployBund
     try:
         signer = signing.verify(manifest_bytes, armored, allowed_signers=allowed, namespace=NAMESPACE)
     except signing.SignatureError as exc:
-        raise BundleError(f"the imported bundle's signature does not verify: {exc.message}",
-                          code="bundle-signature", location=Location(file=str(root / SIGNATURE)),
-                          hint="check that --trust names the site's allowed_signers, or re-import "
-                               "the bundle") from None
+        raise BundleError(
+            f"the imported bundle's signature does not verify: {exc.message}",
+            code="bundle-signature",
+            location=Location(file=str(root / SIGNATURE)),
+            hint="check that --trust names the site's allowed_signers, or re-import the bundle",
+        ) from None
     manifest = json.loads(manifest_bytes)
     payload = _payload(folder, root, imported.version, imported.digest, manifest)
     has_apt = any(p.startswith("apt/") for p in payload_members(manifest))
-    return DeployBundle(site=state.site, version=imported.version, digest=imported.digest, root=root,
-                        signer=signer, payload=payload, allowed_signers=allowed, has_apt=has_apt)
+    return DeployBundle(
+        site=state.site,
+        version=imported.version,
+        digest=imported.digest,
+        root=root,
+        signer=signer,
+        payload=payload,
+        allowed_signers=allowed,
+        has_apt=has_apt,
+    )
 
 
 def _read(path: Path) -> bytes:
     try:
         return path.read_bytes()
     except OSError as exc:
-        raise BundleError(f"cannot read {path.name} of the imported bundle: {exc.strerror}",
-                          location=Location(file=str(path)), hint="re-import the bundle") from None
+        raise BundleError(
+            f"cannot read {path.name} of the imported bundle: {exc.strerror}",
+            location=Location(file=str(path)),
+            hint="re-import the bundle",
+        ) from None
 
 
 def _import_signer(state: SiteState) -> str:
@@ -141,8 +165,11 @@ def _import_signer(state: SiteState) -> str:
     record = last_import(state)
     signer = record.signer if record is not None else ""
     if not signer or any(c.isspace() for c in signer) or signer.startswith("*"):
-        raise BundleError(f"the bundle import record names no usable signer ({signer!r})",
-                          code="bundle-signature", hint=_IMPORT_HINT)
+        raise BundleError(
+            f"the bundle import record names no usable signer ({signer!r})",
+            code="bundle-signature",
+            hint=_IMPORT_HINT,
+        )
     return signer
 
 
@@ -153,8 +180,11 @@ def _write_allowed_signers(target: Path, armored: str, trust: Path | None, signe
         try:
             key = signing.parse_signature(armored).public_key
         except signing.SignatureError as exc:
-            raise BundleError(f"the imported bundle's signature is unusable: {exc.message}",
-                              code="bundle-signature", hint="re-import the bundle") from None
+            raise BundleError(
+                f"the imported bundle's signature is unusable: {exc.message}",
+                code="bundle-signature",
+                hint="re-import the bundle",
+            ) from None
         text = f'{signer} namespaces="{NAMESPACE}" {signing.public_key_line(key)}\n'
     tmp = target.with_name(target.name + ".tmp")
     tmp.write_text(text)
@@ -180,8 +210,11 @@ def _payload(folder: Path, root: Path, version: str, digest: str, manifest: dict
         for name in members:
             path = root / name
             if not path.is_file():
-                raise BundleError(f"the imported bundle lacks {name}", location=Location(file=str(path)),
-                                  hint="re-import the bundle")
+                raise BundleError(
+                    f"the imported bundle lacks {name}",
+                    location=Location(file=str(path)),
+                    hint="re-import the bundle",
+                )
             info = tarfile.TarInfo(name)
             info.size = path.stat().st_size
             info.mode, info.mtime, info.uid, info.gid, info.uname, info.gname = 0o644, 0, 0, 0, "root", "root"

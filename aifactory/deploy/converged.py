@@ -60,8 +60,12 @@ class Managed:
     packages: set[str] = field(default_factory=set)
 
     def spec(self) -> dict[str, Any]:
-        return {"paths": sorted(self.paths), "services": sorted(self.services),
-                "service_command": self.service_command, "packages": sorted(self.packages)}
+        return {
+            "paths": sorted(self.paths),
+            "services": sorted(self.services),
+            "service_command": self.service_command,
+            "packages": sorted(self.packages),
+        }
 
     def empty(self) -> bool:
         return not (self.paths or self.services or self.packages)
@@ -79,8 +83,12 @@ class ManagedCapture:
         data = event.get("event_data") or {}
         res = data.get("res")
         host = data.get("host")
-        if not isinstance(res, dict) or not host or data.get("delegated_host") or \
-                res.get("_ansible_delegated_vars"):
+        if (
+            not isinstance(res, dict)
+            or not host
+            or data.get("delegated_host")
+            or res.get("_ansible_delegated_vars")
+        ):
             return  # work done on the control host on this host's behalf is not this host's state
         action = _short(str(data.get("resolved_action") or data.get("task_action") or ""))
         managed = self.hosts.setdefault(str(host), Managed())
@@ -109,8 +117,9 @@ class ManagedCapture:
             names = args.get("name") or args.get("pkg") or []
             managed.packages.update([names] if isinstance(names, str) else [str(n) for n in names])
 
-    def specs(self, hosts: Iterable[str],
-              earlier: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, dict[str, Any]]:
+    def specs(
+        self, hosts: Iterable[str], earlier: Mapping[str, Mapping[str, Any]] | None = None
+    ) -> dict[str, dict[str, Any]]:
         """Each host's spec; with `earlier` (specs recorded from the same inputs), their union: a run
         that found nothing to change skips tasks (a version switch, say) whose paths an earlier run of
         the same inputs managed."""
@@ -131,6 +140,7 @@ def _add_path(managed: Managed, value: object) -> None:
 
 
 # ------------------------------------------------------------------ the inputs fingerprint
+
 
 def _tree_digest(root: Path, hasher: Any, label: str) -> None:
     for path in sorted(p for p in root.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
@@ -171,6 +181,7 @@ def inputs_fingerprint(*, playbooks: Path, inventory_dir: Path, extra_vars: Mapp
 
 # ------------------------------------------------------------------ records and comparison
 
+
 @dataclass(frozen=True)
 class HostRecord:
     fingerprint: str
@@ -179,8 +190,12 @@ class HostRecord:
     state: dict[str, Any]
 
     def as_dict(self) -> dict[str, Any]:
-        return {"fingerprint": self.fingerprint, "run_id": self.run_id, "spec": self.spec,
-                "state": self.state}
+        return {
+            "fingerprint": self.fingerprint,
+            "run_id": self.run_id,
+            "spec": self.spec,
+            "state": self.state,
+        }
 
 
 def records_path(state: SiteState) -> Path:
@@ -191,8 +206,10 @@ def read_records(state: SiteState) -> dict[str, HostRecord]:
     path = records_path(state)
     try:
         data = json.loads(path.read_text())
-        return {host: HostRecord(r["fingerprint"], r["run_id"], r["spec"], r["state"])
-                for host, r in data["hosts"].items()}
+        return {
+            host: HostRecord(r["fingerprint"], r["run_id"], r["spec"], r["state"])
+            for host, r in data["hosts"].items()
+        }
     except (OSError, ValueError, KeyError, TypeError):
         return {}  # no record (or an unreadable one): every host gets a full run
 
@@ -200,8 +217,11 @@ def read_records(state: SiteState) -> dict[str, HostRecord]:
 def write_records(state: SiteState, records: Mapping[str, HostRecord]) -> Path:
     path = records_path(state)
     path.parent.mkdir(mode=0o700, exist_ok=True)
-    body = {"schema": SCHEMA, "site": state.site,
-            "hosts": {host: records[host].as_dict() for host in sorted(records)}}
+    body = {
+        "schema": SCHEMA,
+        "site": state.site,
+        "hosts": {host: records[host].as_dict() for host in sorted(records)},
+    }
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(body, indent=1, sort_keys=True) + "\n")
     os.chmod(tmp, 0o600)
@@ -233,5 +253,7 @@ def difference(record: HostRecord, fingerprint: str, current: Mapping[str, Any] 
 
 def summary(record: HostRecord) -> str:
     spec = record.spec
-    return (f"converged: {len(spec['paths'])} paths, {len(spec['services'])} services and "
-            f"{len(spec['packages'])} packages match full run {record.run_id}")
+    return (
+        f"converged: {len(spec['paths'])} paths, {len(spec['services'])} services and "
+        f"{len(spec['packages'])} packages match full run {record.run_id}"
+    )

@@ -35,8 +35,11 @@ def read_installed(state: SiteState) -> dict[str, Any]:
         data = json.loads(path.read_text())
     except (OSError, ValueError):
         return {"schema": SCHEMA, "site": state.site, "hosts": {}}
-    return data if isinstance(data, dict) and isinstance(data.get("hosts"), dict) else \
-        {"schema": SCHEMA, "site": state.site, "hosts": {}}
+    return (
+        data
+        if isinstance(data, dict) and isinstance(data.get("hosts"), dict)
+        else {"schema": SCHEMA, "site": state.site, "hosts": {}}
+    )
 
 
 def report_from_event(event: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
@@ -57,12 +60,20 @@ def _runtime(report: dict[str, Any]) -> dict[str, Any]:
         return {}
     runtime["packages"] = sorted(
         ({"name": p.get("name"), "version": p.get("version")} for p in runtime["packages"]),
-        key=lambda p: str(p["name"]).lower())
+        key=lambda p: str(p["name"]).lower(),
+    )
     return runtime
 
 
-def write_installed(state: SiteState, *, run_id: str, when: str, plan_digest: str,
-                    reports: dict[str, dict[str, Any]], results: dict[str, str]) -> Path:
+def write_installed(
+    state: SiteState,
+    *,
+    run_id: str,
+    when: str,
+    plan_digest: str,
+    reports: dict[str, dict[str, Any]],
+    results: dict[str, str],
+) -> Path:
     data = read_installed(state)
     hosts: dict[str, Any] = data["hosts"]
     for host, result in sorted(results.items()):
@@ -70,19 +81,23 @@ def write_installed(state: SiteState, *, run_id: str, when: str, plan_digest: st
         entry["last_run"] = {"run_id": run_id, "at": when, "result": result}
         report = reports.get(host)
         if report is not None and result in ("ok", "changed"):
-            entry.update({
-                "deployed_at": when, "run_id": run_id, "result": result, "plan_digest": plan_digest,
-                "bundle": report.get("bundle"),
-                "config_files": dict(sorted((report.get("config_files") or {}).items())),
-                # files that carry the host's own name or addresses (excluded from pool baselines)
-                "host_config_files": sorted(report.get("host_config_files") or []),
-            })
+            entry.update(
+                {
+                    "deployed_at": when,
+                    "run_id": run_id,
+                    "result": result,
+                    "plan_digest": plan_digest,
+                    "bundle": report.get("bundle"),
+                    "config_files": dict(sorted((report.get("config_files") or {}).items())),
+                    # files that carry the host's own name or addresses (excluded from pool baselines)
+                    "host_config_files": sorted(report.get("host_config_files") or []),
+                }
+            )
             runtime = _runtime(report)
             if runtime:  # a run narrowed by --tags may not have looked at the runtime: keep what was known
                 entry["runtime"] = runtime
         hosts[host] = entry
-    data.update({"schema": SCHEMA, "site": state.site, "updated": when,
-                 "hosts": dict(sorted(hosts.items()))})
+    data.update({"schema": SCHEMA, "site": state.site, "updated": when, "hosts": dict(sorted(hosts.items()))})
     path = installed_path(state)
     path.parent.mkdir(mode=0o700, exist_ok=True)
     tmp = path.with_suffix(".tmp")

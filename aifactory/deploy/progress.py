@@ -37,10 +37,20 @@ class HostProgress:
         return "changed" if self.changed else "ok"
 
     def as_dict(self) -> dict[str, Any]:
-        return {"host": self.host, "status": self.status, "ok": self.ok, "changed": self.changed,
-                "failed": self.failed, "unreachable": self.unreachable, "skipped": self.skipped,
-                "rescued": self.rescued, "ignored": self.ignored, "last_task": self.last_task,
-                "message": self.message, "converged": self.converged}
+        return {
+            "host": self.host,
+            "status": self.status,
+            "ok": self.ok,
+            "changed": self.changed,
+            "failed": self.failed,
+            "unreachable": self.unreachable,
+            "skipped": self.skipped,
+            "rescued": self.rescued,
+            "ignored": self.ignored,
+            "last_task": self.last_task,
+            "message": self.message,
+            "converged": self.converged,
+        }
 
 
 @dataclass(frozen=True)

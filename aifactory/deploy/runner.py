@@ -43,8 +43,19 @@ from aifactory.state import SiteState
 PLAYBOOK = "site.yml"
 # Event fields kept in the event log (stdout is ANSI text already rendered from these).
 _EVENT_FIELDS = ("uuid", "counter", "event", "created", "parent_uuid")
-_DATA_FIELDS = ("host", "task", "task_action", "role", "play", "task_path", "resolved_action",
-                "ignore_errors", "duration", "start", "end")
+_DATA_FIELDS = (
+    "host",
+    "task",
+    "task_action",
+    "role",
+    "play",
+    "task_path",
+    "resolved_action",
+    "ignore_errors",
+    "duration",
+    "start",
+    "end",
+)
 
 
 @dataclass(frozen=True)
@@ -101,14 +112,23 @@ class DeployResult:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "site": self.site, "run_id": self.run_id, "check": self.check, "status": self.status,
-            "rc": self.rc, "exit_code": int(self.exit_code), "bundle": {"version": self.bundle_version,
-                                                                      "digest": self.bundle_digest},
-            "plan_digest": self.plan_digest, "hosts": self.hosts, "failed_hosts": self.failed_hosts,
-            "changed": self.changed, "wall_seconds": round(self.wall_seconds, 2),
+            "site": self.site,
+            "run_id": self.run_id,
+            "check": self.check,
+            "status": self.status,
+            "rc": self.rc,
+            "exit_code": int(self.exit_code),
+            "bundle": {"version": self.bundle_version, "digest": self.bundle_digest},
+            "plan_digest": self.plan_digest,
+            "hosts": self.hosts,
+            "failed_hosts": self.failed_hosts,
+            "changed": self.changed,
+            "wall_seconds": round(self.wall_seconds, 2),
             "controller_cpu_seconds": round(self.controller_cpu_seconds, 2),
-            "event_log": str(self.event_log), "inventory": str(self.inventory),
-            "installed": str(self.installed) if self.installed else None, "lab": self.lab,
+            "event_log": str(self.event_log),
+            "inventory": str(self.inventory),
+            "installed": str(self.installed) if self.installed else None,
+            "lab": self.lab,
             "rerun_reasons": dict(sorted(self.rerun_reasons.items())),
         }
 
@@ -123,9 +143,14 @@ def checked_plan(spec_path: str | Path, bundle: DeployBundle) -> tuple[dict[str,
         difference = diff_plans(carried, local).render()
         raise DeployError(
             f"the site spec's plan differs from the plan signed into bundle {bundle.version}",
-            code="plan-differs", exit_code=ExitCode.INVALID, location=Location(file=str(spec_path)),
-            hint=("deploy installs only what the bundle carries: build and import a new bundle from this "
-                  f"spec, or restore the spec. Differences (bundle -> spec):\n{difference}"))
+            code="plan-differs",
+            exit_code=ExitCode.INVALID,
+            location=Location(file=str(spec_path)),
+            hint=(
+                "deploy installs only what the bundle carries: build and import a new bundle from this "
+                f"spec, or restore the spec. Differences (bundle -> spec):\n{difference}"
+            ),
+        )
     return carried, carried_digest
 
 
@@ -144,9 +169,12 @@ def _lab_context(site: str) -> tuple[Path | None, list[str] | None, dict[str, st
         return None, None, {}
     control = status.host(status.control_host)
     if not control.anchor.running():
-        raise DeployError(f"the lab's control host {status.control_host} is not running",
-                          code="lab-control-host-down", exit_code=ExitCode.CANNOT_EVALUATE,
-                          hint="run `aifactory lab down SITE` and `aifactory lab up SITE.yaml` again")
+        raise DeployError(
+            f"the lab's control host {status.control_host} is not running",
+            code="lab-control-host-down",
+            exit_code=ExitCode.CANNOT_EVALUATE,
+            hint="run `aifactory lab down SITE` and `aifactory lab up SITE.yaml` again",
+        )
     env = {k: v for k, v in lab_env(status).items() if k not in ("ANSIBLE_CONFIG", "ANSIBLE_INVENTORY")}
     return Path(status.paths["ansible_cfg"]), enter_argv(control.anchor.pid), env
 
@@ -159,7 +187,7 @@ def _write_binary(folder: Path, prefix: list[str] | None, tool: str) -> str:
         return path
     wrapper = folder / f"{tool}-on-control-host"
     quoted = " ".join(_sh_quote(part) for part in [*prefix, path])
-    wrapper.write_text(f"#!/bin/sh\n# run {tool} on the lab's control host\nexec {quoted} \"$@\"\n")
+    wrapper.write_text(f'#!/bin/sh\n# run {tool} on the lab\'s control host\nexec {quoted} "$@"\n')
     wrapper.chmod(stat.S_IRWXU)
     return str(wrapper)
 
@@ -176,8 +204,11 @@ def _run_id() -> str:
 
 def _clean_env() -> dict[str, str]:
     """The environment ansible runs with: no secret values, no stray Ansible settings."""
-    return {k: v for k, v in os.environ.items()
-            if not k.startswith("AIFACTORY_SECRET_") and not k.startswith("ANSIBLE_")}
+    return {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("AIFACTORY_SECRET_") and not k.startswith("ANSIBLE_")
+    }
 
 
 def _log_event(event: dict[str, Any]) -> dict[str, Any]:
@@ -186,8 +217,11 @@ def _log_event(event: dict[str, Any]) -> dict[str, Any]:
     record["event_data"] = {k: data[k] for k in _DATA_FIELDS if k in data}
     res = data.get("res")
     if isinstance(res, dict):
-        kept = {k: v for k, v in res.items() if k not in ("ansible_facts", "invocation", "stdout_lines",
-                                                           "stderr_lines")}
+        kept = {
+            k: v
+            for k, v in res.items()
+            if k not in ("ansible_facts", "invocation", "stdout_lines", "stderr_lines")
+        }
         facts = res.get("ansible_facts") or {}
         if REPORT_FACT in facts:
             kept["ansible_facts"] = {REPORT_FACT: facts[REPORT_FACT]}
@@ -200,10 +234,12 @@ def _log_event(event: dict[str, Any]) -> dict[str, Any]:
 
 # The module arguments of the host-state read: each host's own spec, from an extra-vars file.
 _SPEC = "(aifactory_converge_specs[inventory_hostname] | default({}))"
-_STATE_ARGS = json.dumps({
-    key: "{{ " + _SPEC + "." + key + " | default(" + empty + ") }}"
-    for key, empty in (("paths", "[]"), ("services", "[]"), ("service_command", "''"), ("packages", "[]"))
-})
+_STATE_ARGS = json.dumps(
+    {
+        key: "{{ " + _SPEC + "." + key + " | default(" + empty + ") }}"
+        for key, empty in (("paths", "[]"), ("services", "[]"), ("service_command", "''"), ("packages", "[]"))
+    }
+)
 
 
 @dataclass
@@ -217,28 +253,50 @@ class _Ansible:
     prefix: list[str] | None
     playbooks: Path
 
-    def run(self, *, handle: Callable[[dict[str, Any]], bool], limit: str | None, cmdline: list[str],
-            tags: Sequence[str] = (), module: str | None = None, module_args: str | None = None) -> Any:
+    def run(
+        self,
+        *,
+        handle: Callable[[dict[str, Any]], bool],
+        limit: str | None,
+        cmdline: list[str],
+        tags: Sequence[str] = (),
+        module: str | None = None,
+        module_args: str | None = None,
+    ) -> Any:
         import ansible_runner
 
         with tempfile.TemporaryDirectory(prefix="runner-", dir=self.folder) as private:
-            common = {"private_data_dir": private, "project_dir": str(self.playbooks),
-                      "inventory": str(self.inventory), "limit": limit, "envvars": self.env,
-                      "event_handler": handle, "quiet": True, "rotate_artifacts": 1,
-                      "settings": {"suppress_ansible_output": True, "suppress_output_file": True}}
+            common = {
+                "private_data_dir": private,
+                "project_dir": str(self.playbooks),
+                "inventory": str(self.inventory),
+                "limit": limit,
+                "envvars": self.env,
+                "event_handler": handle,
+                "quiet": True,
+                "rotate_artifacts": 1,
+                "settings": {"suppress_ansible_output": True, "suppress_output_file": True},
+            }
             if module is None:
                 return ansible_runner.run(
                     binary=_write_binary(self.folder, self.prefix, "ansible-playbook"),
-                    cmdline=" ".join(_sh_quote(c) for c in cmdline), tags=",".join(tags) or None, **common)
+                    cmdline=" ".join(_sh_quote(c) for c in cmdline),
+                    tags=",".join(tags) or None,
+                    **common,
+                )
             # With `binary` set, ansible-runner passes its arguments as given: the module goes in cmdline.
             # `ansible` uses the stdout callback that makes ansible-runner's events only when told to.
             adhoc = [*cmdline, "-m", module, "-a", module_args or "", "all"]
             common["envvars"] = {**self.env, "ANSIBLE_LOAD_CALLBACK_PLUGINS": "1"}
-            return ansible_runner.run(binary=_write_binary(self.folder, self.prefix, "ansible"),
-                                      cmdline=" ".join(_sh_quote(c) for c in adhoc), **common)
+            return ansible_runner.run(
+                binary=_write_binary(self.folder, self.prefix, "ansible"),
+                cmdline=" ".join(_sh_quote(c) for c in adhoc),
+                **common,
+            )
 
-    def read_host_states(self, specs: dict[str, dict[str, Any]], limit: str | None,
-                         log: Any) -> dict[str, dict[str, Any] | None]:
+    def read_host_states(
+        self, specs: dict[str, dict[str, Any]], limit: str | None, log: Any
+    ) -> dict[str, dict[str, Any] | None]:
         """Each host's managed state (None where it could not be read), for every host `limit` matches."""
         extra = self.folder / "converge-specs.json"
         extra.write_text(json.dumps({"aifactory_converge_specs": specs}, sort_keys=True))
@@ -254,8 +312,13 @@ class _Ansible:
                 states[str(data.get("host"))] = res["state"] if ok else None
             return False
 
-        self.run(handle=handle, limit=limit, module=convergence.STATE_MODULE, module_args=_STATE_ARGS,
-                 cmdline=["-M", str(self.playbooks / "library"), "-e", f"@{extra}"])
+        self.run(
+            handle=handle,
+            limit=limit,
+            module=convergence.STATE_MODULE,
+            module_args=_STATE_ARGS,
+            cmdline=["-M", str(self.playbooks / "library"), "-e", f"@{extra}"],
+        )
         return states
 
 
@@ -278,8 +341,9 @@ class _Convergence:
 
 
 def _probe_converged(ansible: _Ansible, state: SiteState, options: DeployOptions, log: Any) -> _Convergence:
-    fingerprint = convergence.inputs_fingerprint(playbooks=ansible.playbooks, inventory_dir=ansible.inventory,
-                                                  extra_vars=options.extra_vars)
+    fingerprint = convergence.inputs_fingerprint(
+        playbooks=ansible.playbooks, inventory_dir=ansible.inventory, extra_vars=options.extra_vars
+    )
     found = _Convergence(fingerprint, convergence.read_records(state))
     candidates = {h: r.spec for h, r in found.records.items() if r.fingerprint == fingerprint}
     if options.full or not options.complete or not candidates:
@@ -296,9 +360,16 @@ def _probe_converged(ansible: _Ansible, state: SiteState, options: DeployOptions
     return found
 
 
-def _record_converged(ansible: _Ansible, state: SiteState, found: _Convergence,
-                      capture: convergence.ManagedCapture, hosts: list[dict[str, Any]], run_id: str,
-                      options: DeployOptions, log: Any) -> None:
+def _record_converged(
+    ansible: _Ansible,
+    state: SiteState,
+    found: _Convergence,
+    capture: convergence.ManagedCapture,
+    hosts: list[dict[str, Any]],
+    run_id: str,
+    options: DeployOptions,
+    log: Any,
+) -> None:
     """After the run: record the state of the hosts a complete run finished; forget the others it touched."""
     if options.check:
         return
@@ -308,8 +379,9 @@ def _record_converged(ansible: _Ansible, state: SiteState, found: _Convergence,
         if row["status"] not in ("ok", "changed") or (not options.complete and row["changed"]):
             records.pop(row["host"], None)  # a failed or partly re-applied host runs in full next time
     if options.complete and finished:
-        specs = capture.specs(finished, {h: r.spec for h, r in found.records.items()
-                                         if r.fingerprint == found.fingerprint})
+        specs = capture.specs(
+            finished, {h: r.spec for h, r in found.records.items() if r.fingerprint == found.fingerprint}
+        )
         states = ansible.read_host_states(specs, ",".join(sorted(specs)), log) if specs else {}
         for host, spec in specs.items():
             current = states.get(host)
@@ -335,8 +407,10 @@ def _require_runner() -> None:
     try:
         import ansible_runner  # noqa: F401
     except ImportError:
-        raise PrerequisiteError("ansible-runner is not installed",
-                                hint="install the control extra: pip install 'aifactory[control]'") from None
+        raise PrerequisiteError(
+            "ansible-runner is not installed",
+            hint="install the control extra: pip install 'aifactory[control]'",
+        ) from None
 
 
 def _set_up(spec_path: str | Path, options: DeployOptions, name: str, state: SiteState) -> _Setup:
@@ -349,10 +423,16 @@ def _set_up(spec_path: str | Path, options: DeployOptions, name: str, state: Sit
     rendered.write(inventory_dir)
     cfg = folder / "ansible.cfg"
     cfg.write_text(render_ansible_cfg(options.settings, folder=folder, base_cfg=lab_cfg))
-    env = {**_clean_env(), **lab_env, "ANSIBLE_CONFIG": str(cfg), "ANSIBLE_NOCOLOR": "1",
-           "ANSIBLE_FORCE_COLOR": "0"}
-    ansible = _Ansible(folder=folder, inventory=inventory_dir, prefix=prefix,
-                       playbooks=resource_dir("playbooks"), env=env)
+    env = {
+        **_clean_env(),
+        **lab_env,
+        "ANSIBLE_CONFIG": str(cfg),
+        "ANSIBLE_NOCOLOR": "1",
+        "ANSIBLE_FORCE_COLOR": "0",
+    }
+    ansible = _Ansible(
+        folder=folder, inventory=inventory_dir, prefix=prefix, playbooks=resource_dir("playbooks"), env=env
+    )
     return _Setup(bundle, plan, digest, rendered.lab, ansible)
 
 
@@ -368,13 +448,21 @@ def check_converged(spec_path: str | Path, *, site_name: str | None = None) -> d
         with log.open("w") as log_handle:
             found = _probe_converged(setup.ansible, state, DeployOptions(), log_handle)
     hosts = sorted(str(h["name"]) for h in setup.plan.get("hosts", []))
-    return {host: None if host in found.converged else
-            found.reasons.get(host, "no full run recorded with the current inputs") for host in hosts}
+    return {
+        host: None
+        if host in found.converged
+        else found.reasons.get(host, "no full run recorded with the current inputs")
+        for host in hosts
+    }
 
 
-def deploy_site(spec_path: str | Path, *, options: DeployOptions | None = None,
-                on_update: Callable[[Update, Progress], None] | None = None,
-                site_name: str | None = None) -> DeployResult:
+def deploy_site(
+    spec_path: str | Path,
+    *,
+    options: DeployOptions | None = None,
+    on_update: Callable[[Update, Progress], None] | None = None,
+    site_name: str | None = None,
+) -> DeployResult:
     """Deploy a site from its imported bundle. `site_name` deploys the spec's plan to a lab of
     another name (the benchmark grows a copy of the lab that way); normally the spec's own name."""
     _require_runner()
@@ -393,6 +481,7 @@ def deploy_site(spec_path: str | Path, *, options: DeployOptions | None = None,
         reports: dict[str, dict[str, Any]] = {}
 
         with event_log.open("w") as log_handle:
+
             def handle(event: dict[str, Any]) -> bool:
                 log_handle.write(json.dumps(_log_event(event), sort_keys=True, default=str) + "\n")
                 found = report_from_event(event)
@@ -415,8 +504,12 @@ def deploy_site(spec_path: str | Path, *, options: DeployOptions | None = None,
             run_playbook, limit = found.remaining_limit(options.limit)
             status, rc = "successful", 0
             if run_playbook:
-                runner = ansible.run(handle=handle, limit=limit, tags=options.tags,
-                                     cmdline=_playbook_cmdline(options, ansible.playbooks))
+                runner = ansible.run(
+                    handle=handle,
+                    limit=limit,
+                    tags=options.tags,
+                    cmdline=_playbook_cmdline(options, ansible.playbooks),
+                )
                 status, rc = str(runner.status), int(runner.rc if runner.rc is not None else -1)
                 if not progress.final and not progress.hosts:
                     raise _did_not_run(status, rc, event_log)
@@ -424,34 +517,71 @@ def deploy_site(spec_path: str | Path, *, options: DeployOptions | None = None,
             _record_converged(ansible, state, found, capture, ran, run_id, options, log_handle)
             wall = time.monotonic() - started
             cpu = _children_cpu() - cpu_before
-        hosts = sorted(ran + [HostProgress(host, message=why, converged=True).as_dict()
-                              for host, why in found.converged.items()], key=lambda h: h["host"])
+        hosts = sorted(
+            ran
+            + [
+                HostProgress(host, message=why, converged=True).as_dict()
+                for host, why in found.converged.items()
+            ],
+            key=lambda h: h["host"],
+        )
         when = datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
         installed = None
         if not options.check:
-            installed = write_installed(state, run_id=run_id, when=when, plan_digest=digest, reports=reports,
-                                        results={h["host"]: h["status"] for h in hosts})
+            installed = write_installed(
+                state,
+                run_id=run_id,
+                when=when,
+                plan_digest=digest,
+                reports=reports,
+                results={h["host"]: h["status"] for h in hosts},
+            )
         result = DeployResult(
-            site=name, run_id=run_id, check=options.check, bundle_version=bundle.version,
-            bundle_digest=bundle.digest, plan_digest=digest, hosts=hosts, status=status, rc=rc,
-            wall_seconds=wall, controller_cpu_seconds=cpu, event_log=event_log, inventory=ansible.inventory,
-            installed=installed, lab=setup.lab, rerun_reasons=found.reasons)
+            site=name,
+            run_id=run_id,
+            check=options.check,
+            bundle_version=bundle.version,
+            bundle_digest=bundle.digest,
+            plan_digest=digest,
+            hosts=hosts,
+            status=status,
+            rc=rc,
+            wall_seconds=wall,
+            controller_cpu_seconds=cpu,
+            event_log=event_log,
+            inventory=ansible.inventory,
+            installed=installed,
+            lab=setup.lab,
+            rerun_reasons=found.reasons,
+        )
         (run_dir / "summary.json").write_text(json.dumps(result.as_dict(), indent=1, sort_keys=True) + "\n")
-        state.record(command="deploy --check" if options.check else "deploy",
-                     result="ok" if result.exit_code == ExitCode.OK else "hosts-failed",
-                     spec_digest=plan.get("spec_digest"), bundle_digest=bundle.digest,
-                     detail={"run_id": run_id, "limit": options.limit, "tags": list(options.tags),
-                             "full": options.full, "converged_hosts": sorted(found.converged),
-                             "rerun_reasons": dict(sorted(found.reasons.items())),
-                             "failed_hosts": result.failed_hosts, "changed": result.changed})
+        state.record(
+            command="deploy --check" if options.check else "deploy",
+            result="ok" if result.exit_code == ExitCode.OK else "hosts-failed",
+            spec_digest=plan.get("spec_digest"),
+            bundle_digest=bundle.digest,
+            detail={
+                "run_id": run_id,
+                "limit": options.limit,
+                "tags": list(options.tags),
+                "full": options.full,
+                "converged_hosts": sorted(found.converged),
+                "rerun_reasons": dict(sorted(found.reasons.items())),
+                "failed_hosts": result.failed_hosts,
+                "changed": result.changed,
+            },
+        )
         return result
 
 
 def _did_not_run(status: str, rc: int, event_log: Path) -> DeployError:
-    return DeployError(f"ansible-playbook stopped before any host ran (status {status}, rc {rc})",
-                       code="deploy-did-not-run", exit_code=ExitCode.CANNOT_EVALUATE,
-                       location=Location(file=str(event_log)),
-                       hint="run again with -vvv, and read the event log")
+    return DeployError(
+        f"ansible-playbook stopped before any host ran (status {status}, rc {rc})",
+        code="deploy-did-not-run",
+        exit_code=ExitCode.CANNOT_EVALUATE,
+        location=Location(file=str(event_log)),
+        hint="run again with -vvv, and read the event log",
+    )
 
 
 def _playbook_cmdline(options: DeployOptions, playbooks: Path) -> list[str]:

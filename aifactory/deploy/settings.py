@@ -32,8 +32,14 @@ class DeploySettings:
     @classmethod
     def stock(cls) -> DeploySettings:
         """Ansible's defaults: forks 5, no pipelining, default ssh_args, facts gathered every run."""
-        return cls(forks=5, pipelining=False, ssh_args=STOCK_SSH_ARGS, fact_cache=False, timeout=10,
-                   poll_interval=None)
+        return cls(
+            forks=5,
+            pipelining=False,
+            ssh_args=STOCK_SSH_ARGS,
+            fact_cache=False,
+            timeout=10,
+            poll_interval=None,
+        )
 
 
 def render_ansible_cfg(settings: DeploySettings, *, folder: Path, base_cfg: Path | None = None) -> str:

@@ -35,9 +35,13 @@ def plan_digest(plan: Mapping[str, Any]) -> str:
     return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
 
 
-def build_inventory(plan: Mapping[str, Any], *, bundle: Mapping[str, Any] | None = None,
-                    provisioned: Mapping[str, Any] | None = None,
-                    site_vars: Mapping[str, Any] | None = None) -> Inventory:
+def build_inventory(
+    plan: Mapping[str, Any],
+    *,
+    bundle: Mapping[str, Any] | None = None,
+    provisioned: Mapping[str, Any] | None = None,
+    site_vars: Mapping[str, Any] | None = None,
+) -> Inventory:
     """The inventory of a plan. `provisioned`: per-host outputs of provisioning (BMC state, identity);
     `site_vars`: extra group vars for every host (the lab adds its service manager, for instance)."""
     hosts = list(plan["hosts"])
@@ -74,22 +78,25 @@ def _groups(plan: Mapping[str, Any]) -> dict[str, Group]:
     return groups
 
 
-def _host_vars(host: Mapping[str, Any], plan: Mapping[str, Any],
-               provisioned: Mapping[str, Any] | None) -> dict[str, Any]:
+def _host_vars(
+    host: Mapping[str, Any], plan: Mapping[str, Any], provisioned: Mapping[str, Any] | None
+) -> dict[str, Any]:
     fabrics = {f["name"]: f for f in plan["fabrics"]}
     addresses: dict[str, list[dict[str, Any]]] = {}
     for interface in host["interfaces"]:
         fabric = fabrics[interface["fabric"]]
-        addresses.setdefault(interface["fabric"], []).append({
-            "rail": interface["rail"],
-            "interface": interface["name"],
-            "address": interface["address"],
-            "prefixlen": interface["prefixlen"],
-            "kind": fabric["kind"],
-            "purpose": fabric["purpose"],
-            "mtu": fabric.get("mtu"),
-            "vlan": fabric.get("vlan"),
-        })
+        addresses.setdefault(interface["fabric"], []).append(
+            {
+                "rail": interface["rail"],
+                "interface": interface["name"],
+                "address": interface["address"],
+                "prefixlen": interface["prefixlen"],
+                "kind": fabric["kind"],
+                "purpose": fabric["purpose"],
+                "mtu": fabric.get("mtu"),
+                "vlan": fabric.get("vlan"),
+            }
+        )
     gpus = host.get("gpus")
     tenants = [t["name"] for t in plan.get("tenants", []) if host["pool"] in t.get("pools", [])]
     bmc = host.get("bmc")
@@ -120,8 +127,9 @@ def _host_vars(host: Mapping[str, Any], plan: Mapping[str, Any],
     return values
 
 
-def _site_vars(plan: Mapping[str, Any], bundle: Mapping[str, Any] | None,
-               site_vars: Mapping[str, Any] | None) -> dict[str, Any]:
+def _site_vars(
+    plan: Mapping[str, Any], bundle: Mapping[str, Any] | None, site_vars: Mapping[str, Any] | None
+) -> dict[str, Any]:
     site = plan["site"]
     values: dict[str, Any] = {
         "aifactory_site": site["name"],
@@ -163,9 +171,11 @@ def read_provision_outputs(path: Path) -> dict[str, Any] | None:
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
-        raise StateError(f"cannot read the provisioning outputs: {exc}", location=Location(file=str(path)),
-                         hint="re-run `aifactory provision`, or remove the file to render from the plan "
-                              "alone") from None
+        raise StateError(
+            f"cannot read the provisioning outputs: {exc}",
+            location=Location(file=str(path)),
+            hint="re-run `aifactory provision`, or remove the file to render from the plan alone",
+        ) from None
     if not isinstance(data, dict):
         raise StateError("the provisioning outputs are not a JSON object", location=Location(file=str(path)))
     return data
@@ -191,8 +201,10 @@ def write_inventory(inventory: Inventory, directory: Path) -> list[Path]:
     """Write (or replace) an inventory folder. Refuses a non-empty folder aifactory did not write."""
     directory = Path(directory)
     if directory.exists() and any(directory.iterdir()) and not (directory / MARKER).is_file():
-        raise UsageError(f"{directory} is not empty and holds no inventory aifactory rendered",
-                         hint="pick an empty or new folder")
+        raise UsageError(
+            f"{directory} is not empty and holds no inventory aifactory rendered",
+            hint="pick an empty or new folder",
+        )
     files = render_files(inventory)
     for stale in sorted(directory.glob("host_vars/*.yml")) if directory.exists() else []:
         if f"host_vars/{stale.name}" not in files:

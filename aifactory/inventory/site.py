@@ -20,8 +20,14 @@ log = logging.getLogger(__name__)
 
 PROVISION_OUTPUTS = ("provision", "outputs.json")
 # The lab's inventory variables that describe how to reach and run things on its hosts.
-LAB_VARS = ("ansible_user", "ansible_python_interpreter", "ansible_become_method", "aifactory_lab",
-            "aifactory_service_manager", "aifactory_service_command")
+LAB_VARS = (
+    "ansible_user",
+    "ansible_python_interpreter",
+    "ansible_become_method",
+    "aifactory_lab",
+    "aifactory_service_manager",
+    "aifactory_service_command",
+)
 
 
 @dataclass(frozen=True)
@@ -62,9 +68,13 @@ def lab_vars(site: str) -> dict[str, Any]:
     return {k: found[k] for k in LAB_VARS if k in found}
 
 
-def site_inventory(plan: Mapping[str, Any], *, bundle: Mapping[str, Any] | None = None,
-                   state: SiteState | None = None,
-                   extra_vars: Mapping[str, Any] | None = None) -> SiteInventory:
+def site_inventory(
+    plan: Mapping[str, Any],
+    *,
+    bundle: Mapping[str, Any] | None = None,
+    state: SiteState | None = None,
+    extra_vars: Mapping[str, Any] | None = None,
+) -> SiteInventory:
     """The inventory of a plan with what the state folder holds about the site."""
     site = str(plan["site"]["name"])
     state = state or SiteState.for_site(site)

@@ -11,6 +11,17 @@ from aifactory.lab.query import lab_status
 from aifactory.lab.status import BmcStatus, HostStatus, LabStatus
 
 __all__ = [
-    "BmcCredential", "BmcStatus", "HostStatus", "LabStatus", "lab_bmc_credential", "lab_command", "lab_down",
-    "lab_env", "lab_exec", "lab_secret_resolver", "lab_status", "lab_up", "restart_sshd",
+    "BmcCredential",
+    "BmcStatus",
+    "HostStatus",
+    "LabStatus",
+    "lab_bmc_credential",
+    "lab_command",
+    "lab_down",
+    "lab_env",
+    "lab_exec",
+    "lab_secret_resolver",
+    "lab_status",
+    "lab_up",
+    "restart_sshd",
 ]

@@ -166,8 +166,9 @@ def emulator_config(site: str, host: Host, folder: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-def start_emulator(site: str, host: Host, namespace: str, layout: LabLayout,
-                   credential: BmcCredential) -> subprocess.Popen[bytes]:
+def start_emulator(
+    site: str, host: Host, namespace: str, layout: LabLayout, credential: BmcCredential
+) -> subprocess.Popen[bytes]:
     folder = make_dir(layout.bmc_dir(host.name))
     make_dir(folder / "state")
     hashed = bcrypt.hashpw(credential.password.encode(), bcrypt.gensalt(rounds=BCRYPT_ROUNDS)).decode()
@@ -176,9 +177,22 @@ def start_emulator(site: str, host: Host, namespace: str, layout: LabLayout,
     log = open(folder / "emulator.log", "wb")  # noqa: SIM115 - handed to the child
     try:
         return subprocess.Popen(
-            ["ip", "netns", "exec", namespace, "env", f"TMPDIR={folder / 'state'}",
-             sushy_emulator(), "--config", str(config)],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=str(folder), start_new_session=True,
+            [
+                "ip",
+                "netns",
+                "exec",
+                namespace,
+                "env",
+                f"TMPDIR={folder / 'state'}",
+                sushy_emulator(),
+                "--config",
+                str(config),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            cwd=str(folder),
+            start_new_session=True,
         )
     finally:
         log.close()
@@ -187,9 +201,14 @@ def start_emulator(site: str, host: Host, namespace: str, layout: LabLayout,
 def wait_listening(layout: LabLayout, emulators: dict[str, tuple[str, subprocess.Popen[bytes]]]) -> None:
     """Wait until every emulator listens on its BMC address."""
     addresses = {name: address for name, (address, _) in emulators.items()}
-    wait_ready({name: proc for name, (_, proc) in emulators.items()},
-               lambda name, pid: listening(pid, addresses[name], BMC_PORT), what="the BMC emulator",
-               log_of=lambda name: layout.bmc_dir(name) / "emulator.log", timeout=START_TIMEOUT, interval=0.1)
+    wait_ready(
+        {name: proc for name, (_, proc) in emulators.items()},
+        lambda name, pid: listening(pid, addresses[name], BMC_PORT),
+        what="the BMC emulator",
+        log_of=lambda name: layout.bmc_dir(name) / "emulator.log",
+        timeout=START_TIMEOUT,
+        interval=0.1,
+    )
 
 
 def lab_secret_resolver(site_name: str) -> SecretResolver:

@@ -34,13 +34,19 @@ def lab_env(status: LabStatus) -> dict[str, str]:
 
 def _path_with_tools(path: str) -> str:
     """Put this Python's bin folder (ansible, aifactory) first, then the system's."""
-    parts = [str(Path(sys.executable).parent), *path.split(os.pathsep),
-             "/usr/local/sbin", "/usr/sbin", "/sbin"]
+    parts = [
+        str(Path(sys.executable).parent),
+        *path.split(os.pathsep),
+        "/usr/local/sbin",
+        "/usr/sbin",
+        "/sbin",
+    ]
     return os.pathsep.join(dict.fromkeys(p for p in parts if p))
 
 
-def lab_command(site_name: str, argv: Sequence[str], host: str | None = None, *,
-                env: Mapping[str, str] | None = None) -> tuple[list[str], dict[str, str]]:
+def lab_command(
+    site_name: str, argv: Sequence[str], host: str | None = None, *, env: Mapping[str, str] | None = None
+) -> tuple[list[str], dict[str, str]]:
     """The full argv and environment that run `argv` on a lab host, for callers that start the
     process themselves (e.g. to stream its output with subprocess.Popen)."""
     if not argv:
@@ -48,8 +54,10 @@ def lab_command(site_name: str, argv: Sequence[str], host: str | None = None, *,
     status = lab_status(site_name)
     if status.state not in ("up", "degraded"):
         first = f"aifactory lab down {site_name}` and `" if status.state != "down" else ""
-        raise LabError(f"the lab of site {site_name!r} is not up ({status.state})",
-                       hint=f"run `{first}aifactory lab up SITE.yaml` first")
+        raise LabError(
+            f"the lab of site {site_name!r} is not up ({status.state})",
+            hint=f"run `{first}aifactory lab up SITE.yaml` first",
+        )
     target = host or status.control_host
     if target is None:
         raise UsageError(f"site {site_name!r} has no control host", hint="pass --host NAME")
@@ -59,18 +67,34 @@ def lab_command(site_name: str, argv: Sequence[str], host: str | None = None, *,
         known = ", ".join(h.name for h in status.hosts)
         raise UsageError(f"no lab host {target!r} in site {site_name!r}", hint=f"hosts: {known}") from None
     if not record.anchor.running():
-        raise LabError(f"lab host {target} is not running",
-                       hint="run `aifactory lab down` and `lab up` again")
+        raise LabError(
+            f"lab host {target} is not running", hint="run `aifactory lab down` and `lab up` again"
+        )
     full_env = {**os.environ, **lab_env(status), **(env or {})}
     full_env["PATH"] = _path_with_tools(full_env.get("PATH", ""))
     full_env["HOSTNAME"] = target
     return enter_argv(record.anchor.pid) + list(argv), full_env
 
 
-def lab_exec(site_name: str, argv: Sequence[str], host: str | None = None, *, capture: bool = True,
-             env: Mapping[str, str] | None = None, timeout: float | None = None,
-             input_text: str | None = None) -> subprocess.CompletedProcess[str]:
+def lab_exec(
+    site_name: str,
+    argv: Sequence[str],
+    host: str | None = None,
+    *,
+    capture: bool = True,
+    env: Mapping[str, str] | None = None,
+    timeout: float | None = None,
+    input_text: str | None = None,
+) -> subprocess.CompletedProcess[str]:
     """Run `argv` on a lab host and return the finished process (output captured unless capture=False)."""
     full_argv, full_env = lab_command(site_name, argv, host, env=env)
-    return subprocess.run(full_argv, env=full_env, cwd="/", text=True, check=False, capture_output=capture,
-                          timeout=timeout, input=input_text)
+    return subprocess.run(
+        full_argv,
+        env=full_env,
+        cwd="/",
+        text=True,
+        check=False,
+        capture_output=capture,
+        timeout=timeout,
+        input=input_text,
+    )

@@ -72,9 +72,11 @@ def mount_plan(layout: LabLayout, host: Host) -> MountPlan:
     overlays = [(path, folder / path.strip("/").replace("/", "-")) for path in OVERLAID]
     machine_dirs: list[str] = []
     for _, target in binds:
-        already_private = [d for d, _ in overlays] + list(TMPFS) + [
-            t for _, t in binds if t != target and _inside(target, [t])
-        ]
+        already_private = (
+            [d for d, _ in overlays]
+            + list(TMPFS)
+            + [t for _, t in binds if t != target and _inside(target, [t])]
+        )
         if Path(target).is_dir() or _inside(target, already_private):
             continue
         parent = PurePosixPath(target).parent
@@ -97,8 +99,10 @@ def check_state_location(layout: LabLayout, plan: SitePlan) -> None:
     """The lab's own folder must stay visible, unchanged, from inside every host."""
     root = str(layout.root.resolve())
     if any(c in root for c in ",:\n"):
-        raise LabError(f"the lab state folder {root} has a ',' or ':' in its path (overlayfs cannot use it)",
-                       hint="set AIFACTORY_STATE_HOME to a plain path")
+        raise LabError(
+            f"the lab state folder {root} has a ',' or ':' in its path (overlayfs cannot use it)",
+            hint="set AIFACTORY_STATE_HOME to a plain path",
+        )
     for host in plan.hosts:
         shadowed = private_roots(host) + [d for d, _ in mount_plan(layout, host).overlays]
         if _inside(root, shadowed):
@@ -109,8 +113,11 @@ def check_state_location(layout: LabLayout, plan: SitePlan) -> None:
 
 
 def hosts_file(plan: SitePlan) -> str:
-    lines = ["# written by aifactory lab: every lab host by its management address",
-             "127.0.0.1\tlocalhost", "::1\tlocalhost ip6-localhost ip6-loopback"]
+    lines = [
+        "# written by aifactory lab: every lab host by its management address",
+        "127.0.0.1\tlocalhost",
+        "::1\tlocalhost ip6-localhost ip6-loopback",
+    ]
     lines += [f"{h.management_address}\t{h.name}" for h in plan.hosts]
     return "\n".join(lines) + "\n"
 
@@ -161,18 +168,38 @@ def start_anchor(layout: LabLayout, names: LabNames, host: Host, script: str) ->
     log = open(folder / "anchor.log", "wb")  # noqa: SIM115 - handed to the child
     try:
         return subprocess.Popen(
-            ["ip", "netns", "exec", names.host_ns(host.name), "unshare", "--mount", "--uts",
-             "--propagation", "private", "--", "/bin/sh", str(path)],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd="/", start_new_session=True,
+            [
+                "ip",
+                "netns",
+                "exec",
+                names.host_ns(host.name),
+                "unshare",
+                "--mount",
+                "--uts",
+                "--propagation",
+                "private",
+                "--",
+                "/bin/sh",
+                str(path),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            cwd="/",
+            start_new_session=True,
         )
     finally:
         log.close()
 
 
 def wait_ready(layout: LabLayout, anchors: dict[str, subprocess.Popen[bytes]]) -> None:
-    wait_processes(anchors, lambda name, _: (layout.host_dir(name) / READY).exists(),
-                   what="the namespaces", log_of=lambda name: layout.host_dir(name) / "anchor.log",
-                   timeout=START_TIMEOUT)
+    wait_processes(
+        anchors,
+        lambda name, _: (layout.host_dir(name) / READY).exists(),
+        what="the namespaces",
+        log_of=lambda name: layout.host_dir(name) / "anchor.log",
+        timeout=START_TIMEOUT,
+    )
 
 
 def enter_argv(anchor_pid: int) -> list[str]:

@@ -1,18 +1,18 @@
 """Where the lab keeps its files: `SiteState.for_site(site).subdir("lab")`.
 
-    lab/
-      journal.jsonl          what `up` made (read by `down`)
-      lab.json               the running lab: hosts, pids, addresses (read by `status`)
-      plan.json              the plan the lab was built from
-      passphrase             0600: opens the site's secret store when the lab created it
-      ssh/                   admin_ed25519 (0600) + .pub, authorized_keys, known_hosts, ssh_config
-      ansible/               ansible.cfg, inventory.yml, facts/ (fact cache), tmp/
-      bin/                   aifactory-service (the supervisor installed into every host's /run)
-      hosts/<host>/          sshd_config, host keys, setup.sh, logs, and the host's private trees:
-                             etc.upper/ etc.work/ (the /etc overlay), opt/, var-log/, var-spool/,
-                             var-lib-aifactory/, overlays/ (for parents of missing mount points)
-      storage/<storage>/     backs the plan's storage mounts (shared by the hosts that mount it)
-      bmc/<host>/            emulator config, htpasswd, state, log
+lab/
+  journal.jsonl          what `up` made (read by `down`)
+  lab.json               the running lab: hosts, pids, addresses (read by `status`)
+  plan.json              the plan the lab was built from
+  passphrase             0600: opens the site's secret store when the lab created it
+  ssh/                   admin_ed25519 (0600) + .pub, authorized_keys, known_hosts, ssh_config
+  ansible/               ansible.cfg, inventory.yml, facts/ (fact cache), tmp/
+  bin/                   aifactory-service (the supervisor installed into every host's /run)
+  hosts/<host>/          sshd_config, host keys, setup.sh, logs, and the host's private trees:
+                         etc.upper/ etc.work/ (the /etc overlay), opt/, var-log/, var-spool/,
+                         var-lib-aifactory/, overlays/ (for parents of missing mount points)
+  storage/<storage>/     backs the plan's storage mounts (shared by the hosts that mount it)
+  bmc/<host>/            emulator config, htpasswd, state, log
 """
 
 from __future__ import annotations

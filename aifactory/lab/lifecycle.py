@@ -63,9 +63,12 @@ def lab_up(planned: PlannedSite, *, lock: bool = True) -> LabStatus:
                     _restart_sshd(layout, host.name, tools["sshd"])
             healed = read_status(plan.name, layout)
             if healed.up:
-                state.record(command="lab up", result="ok", spec_digest=plan.spec_digest,
-                             detail={"restarted_sshd": [h.name for h in current.hosts
-                                                        if h.sshd_state != "listening"]})
+                state.record(
+                    command="lab up",
+                    result="ok",
+                    spec_digest=plan.spec_digest,
+                    detail={"restarted_sshd": [h.name for h in current.hosts if h.sshd_state != "listening"]},
+                )
                 return healed
             current = healed
         running = any(h.anchor.running() for h in current.hosts)
@@ -83,11 +86,19 @@ def lab_up(planned: PlannedSite, *, lock: bool = True) -> LabStatus:
             status = _build(plan, layout, tools)
         except BaseException as exc:
             _teardown(plan.name, layout)
-            state.record(command="lab up", result="failed", spec_digest=plan.spec_digest,
-                         detail={"error": type(exc).__name__})
+            state.record(
+                command="lab up",
+                result="failed",
+                spec_digest=plan.spec_digest,
+                detail={"error": type(exc).__name__},
+            )
             raise
-        state.record(command="lab up", result="ok", spec_digest=plan.spec_digest,
-                     detail={"hosts": len(plan.hosts), "plan_digest": plan.digest()})
+        state.record(
+            command="lab up",
+            result="ok",
+            spec_digest=plan.spec_digest,
+            detail={"hosts": len(plan.hosts), "plan_digest": plan.digest()},
+        )
         return status
 
 
@@ -154,11 +165,16 @@ def _build(plan: SitePlan, layout: LabLayout, tools: dict[str, str]) -> LabStatu
     bmc.wait_listening(layout, emulators)
 
     status = LabStatus(
-        site=site, state="up", root=str(layout.root), plan_digest=plan.digest(),
-        control_host=plan.control_host, fabric_netns=names.fabric_ns,
+        site=site,
+        state="up",
+        root=str(layout.root),
+        plan_digest=plan.digest(),
+        control_host=plan.control_host,
+        fabric_netns=names.fabric_ns,
         bridges={f: names.bridge(plan, f) for f in network.fabrics_in_use(plan)},
-        hosts=[_host_status(plan, names, h.name, anchors, sshds, emulators, bmc_namespaces)
-               for h in plan.hosts],
+        hosts=[
+            _host_status(plan, names, h.name, anchors, sshds, emulators, bmc_namespaces) for h in plan.hosts
+        ],
         paths=access_paths(layout),
         secrets=secrets.as_dict() if secrets else {},
     )
@@ -184,8 +200,13 @@ def _prepare_files(plan: SitePlan, layout: LabLayout, journal: Journal) -> dict[
     return mount_plans
 
 
-def _start_anchors(plan: SitePlan, layout: LabLayout, names: LabNames, journal: Journal,
-                   mount_plans: dict[str, hosts.MountPlan]) -> dict[str, subprocess.Popen[bytes]]:
+def _start_anchors(
+    plan: SitePlan,
+    layout: LabLayout,
+    names: LabNames,
+    journal: Journal,
+    mount_plans: dict[str, hosts.MountPlan],
+) -> dict[str, subprocess.Popen[bytes]]:
     anchors: dict[str, subprocess.Popen[bytes]] = {}
     for host in plan.hosts:
         script = hosts.setup_script(layout, host, mount_plans[host.name])
@@ -195,9 +216,13 @@ def _start_anchors(plan: SitePlan, layout: LabLayout, names: LabNames, journal: 
     return anchors
 
 
-def _start_bmcs(plan: SitePlan, layout: LabLayout, journal: Journal,
-                credentials: dict[str, bmc.BmcCredential],
-                bmc_namespaces: dict[str, str]) -> dict[str, tuple[str, subprocess.Popen[bytes]]]:
+def _start_bmcs(
+    plan: SitePlan,
+    layout: LabLayout,
+    journal: Journal,
+    credentials: dict[str, bmc.BmcCredential],
+    bmc_namespaces: dict[str, str],
+) -> dict[str, tuple[str, subprocess.Popen[bytes]]]:
     emulators: dict[str, tuple[str, subprocess.Popen[bytes]]] = {}
     for host in plan.hosts:
         if host.bmc is not None:
@@ -208,20 +233,40 @@ def _start_bmcs(plan: SitePlan, layout: LabLayout, journal: Journal,
     return emulators
 
 
-def _host_status(plan: SitePlan, names: LabNames, name: str, anchors: dict[str, subprocess.Popen[bytes]],
-                 sshds: dict[str, subprocess.Popen[bytes]],
-                 emulators: dict[str, tuple[str, subprocess.Popen[bytes]]],
-                 bmc_namespaces: dict[str, str]) -> HostStatus:
+def _host_status(
+    plan: SitePlan,
+    names: LabNames,
+    name: str,
+    anchors: dict[str, subprocess.Popen[bytes]],
+    sshds: dict[str, subprocess.Popen[bytes]],
+    emulators: dict[str, tuple[str, subprocess.Popen[bytes]]],
+    bmc_namespaces: dict[str, str],
+) -> HostStatus:
     host = plan.host(name)
     bmc_status = None
     if host.bmc is not None:
-        bmc_status = BmcStatus(host.bmc.address, bmc.BMC_PORT, bmc.bmc_url(host), host.bmc.fabric,
-                               bmc_namespaces[host.bmc.fabric], host.bmc.credentials,
-                               bmc.system_uuid(plan.name, name), ProcessRef.of(emulators[name][1].pid))
+        bmc_status = BmcStatus(
+            host.bmc.address,
+            bmc.BMC_PORT,
+            bmc.bmc_url(host),
+            host.bmc.fabric,
+            bmc_namespaces[host.bmc.fabric],
+            host.bmc.credentials,
+            bmc.system_uuid(plan.name, name),
+            ProcessRef.of(emulators[name][1].pid),
+        )
     return HostStatus(
-        name, host.role, host.pool, names.host_ns(name), name, host.management_address, host.compute_address,
-        [i.to_dict() for i in host.interfaces], ProcessRef.of(anchors[name].pid),
-        ProcessRef.of(sshds[name].pid), bmc_status,
+        name,
+        host.role,
+        host.pool,
+        names.host_ns(name),
+        name,
+        host.management_address,
+        host.compute_address,
+        [i.to_dict() for i in host.interfaces],
+        ProcessRef.of(anchors[name].pid),
+        ProcessRef.of(sshds[name].pid),
+        bmc_status,
     )
 
 
@@ -241,8 +286,10 @@ def restart_sshd(site: str, host: str, *, lock: bool = True) -> LabStatus:
         current = read_status(site, layout)
         entry = next((h for h in current.hosts if h.name == host), None)
         if entry is None or entry.state != "running":
-            raise LabError(f"{host} is not a running host of the lab of site {site!r}",
-                           hint="run `aifactory lab up` for the site")
+            raise LabError(
+                f"{host} is not a running host of the lab of site {site!r}",
+                hint="run `aifactory lab up` for the site",
+            )
         if entry.sshd_state != "listening":
             _restart_sshd(layout, host, tools["sshd"])
     return read_status(site, layout)
@@ -254,8 +301,13 @@ def _restart_sshd(layout: LabLayout, host: str, sshd: str) -> None:
     anchor_pid = int(data["processes"][host]["anchor"]["pid"])
     proc = _start_sshd(layout, host, anchor_pid, sshd)
     Journal(layout.root).add_process(f"sshd:{host}", proc.pid)
-    wait_ready({host: proc}, lambda name, pid: listening(pid, raw["management_address"], 22), what="sshd",
-               log_of=lambda name: layout.host_dir(name) / "sshd.log", timeout=SSHD_TIMEOUT)
+    wait_ready(
+        {host: proc},
+        lambda name, pid: listening(pid, raw["management_address"], 22),
+        what="sshd",
+        log_of=lambda name: layout.host_dir(name) / "sshd.log",
+        timeout=SSHD_TIMEOUT,
+    )
     data["processes"][host]["sshd"] = {"pid": proc.pid, "start": process_start_time(proc.pid)}
     tmp = layout.status_file.with_suffix(".tmp")
     tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
@@ -265,16 +317,24 @@ def _restart_sshd(layout: LabLayout, host: str, sshd: str) -> None:
 def _start_sshd(layout: LabLayout, host: str, anchor_pid: int, sshd: str) -> subprocess.Popen[bytes]:
     folder = layout.host_dir(host)
     return subprocess.Popen(
-        hosts.enter_argv(anchor_pid) + [sshd, "-D", "-f", str(folder / "sshd_config"), "-E",
-                                        str(folder / "sshd.log")],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd="/",
+        hosts.enter_argv(anchor_pid)
+        + [sshd, "-D", "-f", str(folder / "sshd_config"), "-E", str(folder / "sshd.log")],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        cwd="/",
         start_new_session=True,
     )
 
 
 def _wait_sshd(layout: LabLayout, plan: SitePlan, sshds: dict[str, subprocess.Popen[bytes]]) -> None:
-    wait_ready(sshds, lambda name, pid: listening(pid, plan.host(name).management_address, 22), what="sshd",
-               log_of=lambda name: layout.host_dir(name) / "sshd.log", timeout=SSHD_TIMEOUT)
+    wait_ready(
+        sshds,
+        lambda name, pid: listening(pid, plan.host(name).management_address, 22),
+        what="sshd",
+        log_of=lambda name: layout.host_dir(name) / "sshd.log",
+        timeout=SSHD_TIMEOUT,
+    )
 
 
 def _teardown(site: str, layout: LabLayout) -> None:

@@ -75,7 +75,12 @@ def build_network(plan: SitePlan, names: LabNames, journal: Journal) -> None:
             _address(host_ns, interface.name, interface.address, interface.prefixlen)
     for bmc in bmc_fabrics(plan, names):
         add_netns(bmc.namespace, journal)
-        _veth(fabric_ns, names.bmc_port(plan, bmc.fabric), names.bridge(plan, bmc.fabric), bmc.interface,
-              bmc.namespace)
+        _veth(
+            fabric_ns,
+            names.bmc_port(plan, bmc.fabric),
+            names.bridge(plan, bmc.fabric),
+            bmc.interface,
+            bmc.namespace,
+        )
         for _, address, prefixlen in bmc.addresses:
             _address(bmc.namespace, bmc.interface, address, prefixlen)

@@ -65,10 +65,16 @@ class HostStatus:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "name": self.name, "role": self.role, "pool": self.pool, "netns": self.netns,
-            "hostname": self.hostname, "management_address": self.management_address,
-            "compute_address": self.compute_address, "interfaces": self.interfaces,
-            "state": self.state, "anchor_pid": self.anchor.pid,
+            "name": self.name,
+            "role": self.role,
+            "pool": self.pool,
+            "netns": self.netns,
+            "hostname": self.hostname,
+            "management_address": self.management_address,
+            "compute_address": self.compute_address,
+            "interfaces": self.interfaces,
+            "state": self.state,
+            "anchor_pid": self.anchor.pid,
             "sshd": {"pid": self.sshd.pid, "state": self.sshd_state, "port": 22},
             "bmc": self.bmc.as_dict() if self.bmc else None,
         }
@@ -102,9 +108,16 @@ class LabStatus:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "site": self.site, "state": self.state, "root": self.root, "plan_digest": self.plan_digest,
-            "control_host": self.control_host, "fabric_netns": self.fabric_netns, "bridges": self.bridges,
-            **self.paths, "secrets": self.secrets, "leftovers": self.leftovers,
+            "site": self.site,
+            "state": self.state,
+            "root": self.root,
+            "plan_digest": self.plan_digest,
+            "control_host": self.control_host,
+            "fabric_netns": self.fabric_netns,
+            "bridges": self.bridges,
+            **self.paths,
+            "secrets": self.secrets,
+            "leftovers": self.leftovers,
             "hosts": [h.as_dict() for h in self.hosts],
         }
 
@@ -120,9 +133,18 @@ def access_paths(layout: LabLayout) -> dict[str, str]:
 
 
 def write_record(layout: LabLayout, status: LabStatus) -> None:
-    data = {"format": RECORD_FORMAT, **status.as_dict(),
-            "processes": {h.name: {"anchor": asdict(h.anchor), "sshd": asdict(h.sshd),
-                                   "bmc": asdict(h.bmc.process) if h.bmc else None} for h in status.hosts}}
+    data = {
+        "format": RECORD_FORMAT,
+        **status.as_dict(),
+        "processes": {
+            h.name: {
+                "anchor": asdict(h.anchor),
+                "sshd": asdict(h.sshd),
+                "bmc": asdict(h.bmc.process) if h.bmc else None,
+            }
+            for h in status.hosts
+        },
+    }
     tmp = layout.status_file.with_suffix(".tmp")
     tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
     tmp.replace(layout.status_file)
@@ -139,13 +161,32 @@ def _live_host(raw: dict[str, Any], processes: dict[str, Any]) -> HostStatus:
         b = raw["bmc"]
         proc = _process(processes.get("bmc"))
         state = "running" if proc.running() and listening(proc.pid, b["address"], b["port"]) else "stopped"
-        bmc = BmcStatus(b["address"], b["port"], b["url"], b["fabric"], b["netns"], b["credentials"],
-                        b["system_uuid"], proc, state)
+        bmc = BmcStatus(
+            b["address"],
+            b["port"],
+            b["url"],
+            b["fabric"],
+            b["netns"],
+            b["credentials"],
+            b["system_uuid"],
+            proc,
+            state,
+        )
     sshd_ok = sshd.running() and listening(sshd.pid, raw["management_address"], 22)
     return HostStatus(
-        raw["name"], raw["role"], raw["pool"], raw["netns"], raw["hostname"], raw["management_address"],
-        raw["compute_address"], raw["interfaces"], anchor, sshd, bmc,
-        "running" if anchor.running() else "stopped", "listening" if sshd_ok else "stopped",
+        raw["name"],
+        raw["role"],
+        raw["pool"],
+        raw["netns"],
+        raw["hostname"],
+        raw["management_address"],
+        raw["compute_address"],
+        raw["interfaces"],
+        anchor,
+        sshd,
+        bmc,
+        "running" if anchor.running() else "stopped",
+        "listening" if sshd_ok else "stopped",
     )
 
 
@@ -158,11 +199,20 @@ def read_status(site: str, layout: LabLayout) -> LabStatus:
         state = "partial" if journal else "foreign" if leftovers else "down"
         return LabStatus(site, state, str(layout.root), leftovers=leftovers)
     hosts = [_live_host(h, data["processes"].get(h["name"], {})) for h in data["hosts"]]
-    healthy = all(h.state == "running" and h.sshd_state == "listening" and
-                  (h.bmc is None or h.bmc.state == "running") for h in hosts)
+    healthy = all(
+        h.state == "running" and h.sshd_state == "listening" and (h.bmc is None or h.bmc.state == "running")
+        for h in hosts
+    )
     return LabStatus(
-        site=site, state="up" if healthy else "degraded", root=str(layout.root),
-        plan_digest=data["plan_digest"], control_host=data["control_host"],
-        fabric_netns=data["fabric_netns"], bridges=data["bridges"], hosts=hosts,
-        paths=access_paths(layout), secrets=data["secrets"], leftovers=[],
+        site=site,
+        state="up" if healthy else "degraded",
+        root=str(layout.root),
+        plan_digest=data["plan_digest"],
+        control_host=data["control_host"],
+        fabric_netns=data["fabric_netns"],
+        bridges=data["bridges"],
+        hosts=hosts,
+        paths=access_paths(layout),
+        secrets=data["secrets"],
+        leftovers=[],
     )

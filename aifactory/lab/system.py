@@ -66,13 +66,15 @@ def check_prerequisites() -> dict[str, str]:
     return tools
 
 
-def run(argv: Sequence[str], *, check: bool = True, input_text: str | None = None,
-        timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+def run(
+    argv: Sequence[str], *, check: bool = True, input_text: str | None = None, timeout: float = 60.0
+) -> subprocess.CompletedProcess[str]:
     """Run a command, capture its output, raise LabError (with its stderr) when it fails."""
     log.debug("run %s", " ".join(argv))
     try:
-        result = subprocess.run(list(argv), capture_output=True, text=True, input=input_text,
-                                timeout=timeout, check=False)
+        result = subprocess.run(
+            list(argv), capture_output=True, text=True, input=input_text, timeout=timeout, check=False
+        )
     except FileNotFoundError as exc:
         raise PrerequisiteError(f"cannot run {argv[0]}: not installed") from exc
     except subprocess.TimeoutExpired as exc:
@@ -196,13 +198,20 @@ def _hex_address(host_hex: str) -> str | None:
     import ipaddress
 
     raw = bytes.fromhex(host_hex)
-    words = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+    words = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
     value = ipaddress.ip_address(words)
     return None if value.is_unspecified else str(value)
 
 
-def wait_ready(processes: Mapping[str, subprocess.Popen[bytes]], ready: Callable[[str, int], bool], *,
-               what: str, log_of: Callable[[str], Path], timeout: float, interval: float = 0.02) -> None:
+def wait_ready(
+    processes: Mapping[str, subprocess.Popen[bytes]],
+    ready: Callable[[str, int], bool],
+    *,
+    what: str,
+    log_of: Callable[[str], Path],
+    timeout: float,
+    interval: float = 0.02,
+) -> None:
     """Wait until `ready(name, pid)` holds for every process; a process that exits first, or a
     deadline passed, raises LabError with the tail of that process's log."""
     deadline = time.monotonic() + timeout

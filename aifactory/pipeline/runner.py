@@ -145,9 +145,16 @@ def run_stages(
                 result = stage.run(context)
                 context.outputs[stage.name] = result.outputs
         except (AifactoryError, OSError) as caught:
-            error = caught if isinstance(caught, AifactoryError) else AifactoryError(
-                f"{stage.name}: {caught}", code="stage-io-error", exit_code=ExitCode.CANNOT_EVALUATE,
-                hint="check the path and free space, then run `aifactory up` again")
+            error = (
+                caught
+                if isinstance(caught, AifactoryError)
+                else AifactoryError(
+                    f"{stage.name}: {caught}",
+                    code="stage-io-error",
+                    exit_code=ExitCode.CANNOT_EVALUATE,
+                    hint="check the path and free space, then run `aifactory up` again",
+                )
+            )
             outcome = StageOutcome(stage.name, "failed", time.monotonic() - began, error.message)
             records.put(stage.name, {"status": "failed", "inputs": None, "summary": error.message})
             outcomes.append(outcome)

@@ -61,14 +61,19 @@ class AllocationLock:
             if raw.get("schema") != LOCK_SCHEMA:
                 raise ValueError(f"schema is {raw.get('schema')!r}, expected {LOCK_SCHEMA!r}")
             fabrics = {
-                name: FabricSpace(str(body["cidr"]), {o: [[int(s), int(n)] for s, n in ext]
-                                                      for o, ext in body["owners"].items()})
+                name: FabricSpace(
+                    str(body["cidr"]),
+                    {o: [[int(s), int(n)] for s, n in ext] for o, ext in body["owners"].items()},
+                )
                 for name, body in raw["fabrics"].items()
             }
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise SpecError(f"the allocation lock file is damaged: {exc}", location=Location(file=str(path)),
-                            code="bad-alloc-lock",
-                            hint="restore it from version control; deleting it may renumber hosts") from None
+            raise SpecError(
+                f"the allocation lock file is damaged: {exc}",
+                location=Location(file=str(path)),
+                code="bad-alloc-lock",
+                hint="restore it from version control; deleting it may renumber hosts",
+            ) from None
         return cls(site, fabrics)
 
     def to_json(self) -> str:
@@ -115,8 +120,10 @@ class FabricAllocator:
         self.limit = total - 1 if self.version == 4 else total  # exclusive end of usable offsets
         self.first = GATEWAY_OFFSET + 1
         kept = space if space is not None and self._keeps(space) else None
-        self.space = FabricSpace(str(self.network), {} if kept is None else {o: [list(e) for e in x]
-                                                                          for o, x in kept.owners.items()})
+        self.space = FabricSpace(
+            str(self.network),
+            {} if kept is None else {o: [list(e) for e in x] for o, x in kept.owners.items()},
+        )
         self._format = _formatter(self.version)
 
     def _keeps(self, space: FabricSpace) -> bool:
@@ -172,7 +179,8 @@ class FabricAllocator:
             raise SpecError(
                 f"fabric '{self.name}' ({self.network}) has no room left for {demand.owner}: "
                 f"{missing} more address(es) needed",
-                code="fabric-full", hint="use a larger prefix for the fabric",
+                code="fabric-full",
+                hint="use a larger prefix for the fabric",
             )
 
     def addresses(self, owner: str, count: int) -> list[str]:

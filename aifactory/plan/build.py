@@ -72,9 +72,12 @@ def plan_site(spec_path: str | Path, *, write_lock: bool = True, wait: float = 0
             tmp = lock_path.with_name(lock_path.name + ".tmp")
             tmp.write_text(planned.lock.to_json())
             tmp.replace(lock_path)
-            state.record(command="plan", result="allocation lock updated",
-                         spec_digest=planned.plan.spec_digest,
-                         detail={"allocation_lock": str(lock_path.resolve())})
+            state.record(
+                command="plan",
+                result="allocation lock updated",
+                spec_digest=planned.plan.spec_digest,
+                detail={"allocation_lock": str(lock_path.resolve())},
+            )
     return planned
 
 
@@ -232,8 +235,14 @@ def _pool_hosts(
         prefixlen = allocator.network.prefixlen
         per_fabric.append((fabric, addresses, ifnames, prefixlen))
         for r in range(rails):
-            fields = zip(repeat(fabric.name, count), repeat(r, count), repeat(ifnames[r], count),
-                         addresses[r::rails], repeat(prefixlen, count), strict=True)
+            fields = zip(
+                repeat(fabric.name, count),
+                repeat(r, count),
+                repeat(ifnames[r], count),
+                addresses[r::rails],
+                repeat(prefixlen, count),
+                strict=True,
+            )
             columns.append([_tuple_new(Interface, values) for values in fields])  # 3x Interface(...)
     bmc_addresses = (
         allocators[pool.bmc.fabric].addresses(owner_key("bmc", pool.name), count) if pool.bmc else []

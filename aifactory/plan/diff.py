@@ -50,8 +50,12 @@ def read_plan_file(path: str | Path) -> dict[str, Any]:
     except (OSError, ValueError) as exc:
         raise UsageError(f"cannot read the old plan {path}: {exc}") from None
     hosts = data.get("hosts") if isinstance(data, dict) else None
-    if (not isinstance(data, dict) or data.get("schema") != PLAN_SCHEMA or not isinstance(hosts, list)
-            or not all(isinstance(h, dict) and isinstance(h.get("name"), str) for h in hosts)):
+    if (
+        not isinstance(data, dict)
+        or data.get("schema") != PLAN_SCHEMA
+        or not isinstance(hosts, list)
+        or not all(isinstance(h, dict) and isinstance(h.get("name"), str) for h in hosts)
+    ):
         raise UsageError(f"{path} is not a plan written by `aifactory plan -o` ({PLAN_SCHEMA})")
     return data
 

@@ -26,8 +26,13 @@ class Interface(NamedTuple):
     prefixlen: int
 
     def to_dict(self) -> dict[str, Any]:
-        return {"fabric": self.fabric, "rail": self.rail, "name": self.name, "address": self.address,
-                "prefixlen": self.prefixlen}
+        return {
+            "fabric": self.fabric,
+            "rail": self.rail,
+            "name": self.name,
+            "address": self.address,
+            "prefixlen": self.prefixlen,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,8 +43,12 @@ class BmcEndpoint:
     credentials: str  # a secret:// reference with {host} expanded; never a value
 
     def to_dict(self) -> dict[str, Any]:
-        return {"address": self.address, "fabric": self.fabric, "protocol": self.protocol,
-                "credentials": self.credentials}
+        return {
+            "address": self.address,
+            "fabric": self.fabric,
+            "protocol": self.protocol,
+            "credentials": self.credentials,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,8 +60,13 @@ class Mount:
     fabric: str | None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"storage": self.storage, "kind": self.kind, "path": self.path, "source": self.source,
-                "fabric": self.fabric}
+        return {
+            "storage": self.storage,
+            "kind": self.kind,
+            "path": self.path,
+            "source": self.source,
+            "fabric": self.fabric,
+        }
 
 
 @dataclass(frozen=True, slots=True)

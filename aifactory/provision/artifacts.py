@@ -30,8 +30,9 @@ class ArtifactLogic:
     def write(self, props: dict[str, Any]) -> dict[str, Any]:
         content = str(props["content"])
         if digest_of(content) != props.get("digest"):
-            raise ProvisionError(f"artifact {props['name']}: its digest does not match its content",
-                                 code="artifact-digest")
+            raise ProvisionError(
+                f"artifact {props['name']}: its digest does not match its content", code="artifact-digest"
+            )
         target = self.path(props)
         target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         tmp = target.with_name(f".{target.name}.tmp")

@@ -67,10 +67,12 @@ def find_pulumi_cli() -> Path:
     raise PrerequisiteError(
         "the pulumi CLI is not installed: `aifactory provision` drives it through Pulumi's Automation API",
         code="pulumi-cli-missing",
-        hint=(f"install the pulumi CLI v{version} (the version of the pulumi SDK here) on the control host: "
-              f"carry pulumi-v{version}-linux-x64.tar.gz into the site (e.g. as an extra file in the "
-              f"offline bundle), unpack it with `tar -C /opt -xzf` and put /opt/pulumi on PATH, or "
-              f"point {PULUMI_BIN_ENV} at the binary; no network access is needed"),
+        hint=(
+            f"install the pulumi CLI v{version} (the version of the pulumi SDK here) on the control host: "
+            f"carry pulumi-v{version}-linux-x64.tar.gz into the site (e.g. as an extra file in the "
+            f"offline bundle), unpack it with `tar -C /opt -xzf` and put /opt/pulumi on PATH, or "
+            f"point {PULUMI_BIN_ENV} at the binary; no network access is needed"
+        ),
     )
 
 
@@ -98,8 +100,17 @@ class StackRun:
 
 
 class StackRunner(Protocol):
-    def __call__(self, *, cli: Path, workdir: Path, site: str, backend: Path, config: dict[str, Any],
-                 secrets_passphrase_file: Path, preview: bool) -> StackRun: ...
+    def __call__(
+        self,
+        *,
+        cli: Path,
+        workdir: Path,
+        site: str,
+        backend: Path,
+        config: dict[str, Any],
+        secrets_passphrase_file: Path,
+        preview: bool,
+    ) -> StackRun: ...
 
 
 @dataclass(frozen=True)
@@ -113,10 +124,14 @@ class ProvisionResult:
     log: str = ""
 
     def as_dict(self) -> dict[str, Any]:
-        return {"site": self.site, "preview": self.preview, "changes": self.changes,
-                "policy": {"denied": self.policy.denied, "counts": self.policy.counts()},
-                "outputs": str(self.outputs_path) if self.outputs_path else None,
-                "artifacts": str(self.artifacts_dir)}
+        return {
+            "site": self.site,
+            "preview": self.preview,
+            "changes": self.changes,
+            "policy": {"denied": self.policy.denied, "counts": self.policy.counts()},
+            "outputs": str(self.outputs_path) if self.outputs_path else None,
+            "artifacts": str(self.artifacts_dir),
+        }
 
 
 def require_allocation_lock(planned: PlannedSite) -> None:
@@ -133,8 +148,9 @@ def require_allocation_lock(planned: PlannedSite) -> None:
 def policy_gate(planned: PlannedSite, options: ProvisionOptions) -> Any:
     from aifactory.policy import check_site
 
-    report = check_site(planned, engine=options.policy_engine, opa_url=options.opa_url,
-                        waivers=options.waivers)
+    report = check_site(
+        planned, engine=options.policy_engine, opa_url=options.opa_url, waivers=options.waivers
+    )
     if report.denied:
         failed = [f for f in report.findings if f.status == "fail"]
         raise PolicyDenied(
@@ -165,11 +181,15 @@ def check_credentials(plan: SitePlan, resolver: SecretResolver) -> None:
         try:
             resolver.resolve(host.bmc.credentials, host=host.name)
         except SecretError as error:
-            missing.append(Problem("secret-missing", error.message, Location(path=f"hosts.{host.name}.bmc"),
-                                   error.hint))
+            missing.append(
+                Problem("secret-missing", error.message, Location(path=f"hosts.{host.name}.bmc"), error.hint)
+            )
     if missing:
-        raise SecretError(f"{len(missing)} BMC credential(s) cannot be resolved; nothing was provisioned",
-                          hint="set them with `aifactory secret set SITE secret://...`", problems=missing)
+        raise SecretError(
+            f"{len(missing)} BMC credential(s) cannot be resolved; nothing was provisioned",
+            hint="set them with `aifactory secret set SITE secret://...`",
+            problems=missing,
+        )
 
 
 def prepare_workdir(state: SiteState) -> Path:
@@ -188,8 +208,9 @@ def prepare_workdir(state: SiteState) -> Path:
     return workdir
 
 
-def stack_config(planned: PlannedSite, state: SiteState, options: ProvisionOptions,
-                 plan_file: Path, pkeys: dict[str, int]) -> dict[str, Any]:
+def stack_config(
+    planned: PlannedSite, state: SiteState, options: ProvisionOptions, plan_file: Path, pkeys: dict[str, int]
+) -> dict[str, Any]:
     config: dict[str, Any] = {
         "planFile": str(plan_file),
         "stateDir": str(state.root),
@@ -204,9 +225,14 @@ def stack_config(planned: PlannedSite, state: SiteState, options: ProvisionOptio
     return config
 
 
-def provision_site(planned: PlannedSite, options: ProvisionOptions, *, state: SiteState | None = None,
-                   locate_cli: Callable[[], Path] = find_pulumi_cli,
-                   runner: StackRunner | None = None) -> ProvisionResult:
+def provision_site(
+    planned: PlannedSite,
+    options: ProvisionOptions,
+    *,
+    state: SiteState | None = None,
+    locate_cli: Callable[[], Path] = find_pulumi_cli,
+    runner: StackRunner | None = None,
+) -> ProvisionResult:
     cli = locate_cli()
     require_allocation_lock(planned)
     report = policy_gate(planned, options)
@@ -222,19 +248,28 @@ def provision_site(planned: PlannedSite, options: ProvisionOptions, *, state: Si
         registry = folder / "pkeys.json"
         held = read_registry(registry)
         run = (runner or automation_run)(
-            cli=cli, workdir=prepare_workdir(state), site=plan.name,
+            cli=cli,
+            workdir=prepare_workdir(state),
+            site=plan.name,
             backend=state.subdir("provision/backend"),
             config=stack_config(planned, state, options, plan_file, held),
-            secrets_passphrase_file=passphrase, preview=options.preview)
+            secrets_passphrase_file=passphrase,
+            preview=options.preview,
+        )
         outputs_path = None
         if not options.preview and run.outputs is not None:
             keys = {t: int(k, 16) for t, k in (run.outputs.get("pkeys") or {}).items()}
             write_registry(registry, {**keys, **held})
             outputs_path = write_outputs(folder / OUTPUTS_FILE, outputs_document(plan, run.outputs))
-        state.record(command=command, result="ok", spec_digest=plan.spec_digest,
-                     detail={"changes": run.changes, "plan_digest": plan.digest()})
-    return ProvisionResult(plan.name, options.preview, run.changes, report, outputs_path,
-                           folder / "artifacts", run.log)
+        state.record(
+            command=command,
+            result="ok",
+            spec_digest=plan.spec_digest,
+            detail={"changes": run.changes, "plan_digest": plan.digest()},
+        )
+    return ProvisionResult(
+        plan.name, options.preview, run.changes, report, outputs_path, folder / "artifacts", run.log
+    )
 
 
 def cli_root(cli: Path, folder: Path) -> Path:
@@ -251,8 +286,16 @@ def cli_root(cli: Path, folder: Path) -> Path:
     return root
 
 
-def automation_run(*, cli: Path, workdir: Path, site: str, backend: Path, config: dict[str, Any],
-                   secrets_passphrase_file: Path, preview: bool) -> StackRun:
+def automation_run(
+    *,
+    cli: Path,
+    workdir: Path,
+    site: str,
+    backend: Path,
+    config: dict[str, Any],
+    secrets_passphrase_file: Path,
+    preview: bool,
+) -> StackRun:
     """Preview or apply the stack with Pulumi's Automation API (needs the pulumi CLI)."""
     from pulumi import automation as auto
 
@@ -279,8 +322,10 @@ def automation_run(*, cli: Path, workdir: Path, site: str, backend: Path, config
             ),
         )
         stack = auto.create_or_select_stack(stack_name=site, work_dir=str(workdir), opts=options)
-        values = {f"aifactory:{k}": auto.ConfigValue(json.dumps(v) if isinstance(v, dict) else str(v))
-                  for k, v in config.items()}
+        values = {
+            f"aifactory:{k}": auto.ConfigValue(json.dumps(v) if isinstance(v, dict) else str(v))
+            for k, v in config.items()
+        }
         stack.set_all_config(values, path=False)
         if preview:
             result = stack.preview(on_output=lines.append)
@@ -289,13 +334,16 @@ def automation_run(*, cli: Path, workdir: Path, site: str, backend: Path, config
         outputs = {k: v.value for k, v in up.outputs.items()}
         return StackRun(dict(up.summary.resource_changes or {}), outputs, "\n".join(lines))
     except FileNotFoundError as exc:  # the Automation API's bare error when the CLI vanishes
-        raise PrerequisiteError(f"cannot run the pulumi CLI: {exc}", code="pulumi-cli-missing",
-                                hint=f"install it or set {PULUMI_BIN_ENV}") from None
+        raise PrerequisiteError(
+            f"cannot run the pulumi CLI: {exc}",
+            code="pulumi-cli-missing",
+            hint=f"install it or set {PULUMI_BIN_ENV}",
+        ) from None
     except auto.errors.CommandError as exc:
         raise ProvisionError(
             f"pulumi {'preview' if preview else 'up'} failed for site {site}",
             code="provision-stack-failed",
             hint="the messages above name the host or artifact; fix it and run again (completed steps "
-                 "are kept in the state)",
+            "are kept in the state)",
             problems=[Problem("pulumi", line) for line in str(exc).splitlines()[-20:] if line.strip()],
         ) from None

@@ -67,17 +67,23 @@ class BareMetalHostLogic:
         reference = str(props.get("credentials_ref") or "the BMC credential")
         credentials = BmcCredentials.parse(str(props.get("credentials") or ""), reference=reference)
         tls = props.get("tls") or {}
-        return RedfishClient(str(props["endpoint"]), credentials, host=str(props["host"]),
-                             credentials_reference=reference,
-                             tls=TlsSettings(bool(tls.get("verify", True)), tls.get("ca_bundle")))
+        return RedfishClient(
+            str(props["endpoint"]),
+            credentials,
+            host=str(props["host"]),
+            credentials_reference=reference,
+            tls=TlsSettings(bool(tls.get("verify", True)), tls.get("ca_bundle")),
+        )
 
     @staticmethod
     def boot_target(props: dict[str, Any]) -> str:
         source = str((props.get("boot") or {}).get("source", "pxe"))
         if source not in BOOT_TARGETS:
-            raise ProvisionError(f"{props.get('host')}: unknown boot source {source!r}",
-                                 code="provision-boot-source",
-                                 hint=f"use one of {', '.join(BOOT_TARGETS)}")
+            raise ProvisionError(
+                f"{props.get('host')}: unknown boot source {source!r}",
+                code="provision-boot-source",
+                hint=f"use one of {', '.join(BOOT_TARGETS)}",
+            )
         return BOOT_TARGETS[source]
 
     @staticmethod
@@ -85,9 +91,11 @@ class BareMetalHostLogic:
         boot = system.get("Boot") or {}
         return {
             "power_state": system.get("PowerState"),
-            "boot_reported": {"target": boot.get("BootSourceOverrideTarget"),
-                              "enabled": boot.get("BootSourceOverrideEnabled"),
-                              "mode": boot.get("BootSourceOverrideMode")},
+            "boot_reported": {
+                "target": boot.get("BootSourceOverrideTarget"),
+                "enabled": boot.get("BootSourceOverrideEnabled"),
+                "mode": boot.get("BootSourceOverrideMode"),
+            },
             "bmc_state": "reachable",
         }
 
@@ -100,24 +108,31 @@ class BareMetalHostLogic:
         image = (props.get("boot") or {}).get("image")
         if target == "Cd":
             if not image:
-                raise ProvisionError(f"{props['host']}: virtual-media boot needs an image URL",
-                                     code="provision-boot-source",
-                                     hint="give the bundle's installer image URL (boot.image)")
+                raise ProvisionError(
+                    f"{props['host']}: virtual-media boot needs an image URL",
+                    code="provision-boot-source",
+                    hint="give the bundle's installer image URL (boot.image)",
+                )
             slot = client.virtual_media_slot(system)
             if slot is None:
-                raise ProvisionError(f"the BMC of {props['host']} offers no CD virtual media slot",
-                                     code="bmc-no-virtual-media", hint="boot this host by PXE instead")
+                raise ProvisionError(
+                    f"the BMC of {props['host']} offers no CD virtual media slot",
+                    code="bmc-no-virtual-media",
+                    hint="boot this host by PXE instead",
+                )
             client.insert_media(slot, str(image))
         client.set_boot_override(system, target=target, enabled="Once")
         path = system["@odata.id"]
         if system.get("PowerState") not in POWER_ON_STATES:
             client.reset(system, "On")
-            return client.wait_power(path, POWER_ON_STATES, timeout=self._timeout(props),
-                                     interval=self.poll_interval)
+            return client.wait_power(
+                path, POWER_ON_STATES, timeout=self._timeout(props), interval=self.poll_interval
+            )
         return client.get(path)
 
-    def _checked_identity(self, client: RedfishClient, system: dict[str, Any],
-                          props: dict[str, Any]) -> dict[str, Any]:
+    def _checked_identity(
+        self, client: RedfishClient, system: dict[str, Any], props: dict[str, Any]
+    ) -> dict[str, Any]:
         identity = read_identity(client, system)
         check = check_inventory(identity, Expectation.from_dict(props.get("expect")))
         if not check.ok:
@@ -125,7 +140,7 @@ class BareMetalHostLogic:
                 f"the system behind the BMC of {props['host']} does not match the plan",
                 code="provision-inventory-mismatch",
                 hint="fix the plan or the asset register, or install the right hardware; nothing was "
-                     "changed on this host",
+                "changed on this host",
                 problems=[_problem(props["host"], m.render()) for m in check.mismatches],
             )
         return {"identity": identity.as_dict(), "inventory": check.as_dict()}
@@ -151,22 +166,33 @@ class BareMetalHostLogic:
         for key in UPDATE_KEYS:
             if olds.get(key) != news.get(key):
                 changes.append(key)
-                reasons.append(f"{key} changed" if key == "credentials" else
-                               f"{key} changed: {olds.get(key)!r} -> {news.get(key)!r}")
+                reasons.append(
+                    f"{key} changed"
+                    if key == "credentials"
+                    else f"{key} changed: {olds.get(key)!r} -> {news.get(key)!r}"
+                )
         if live and not replaces:
             self._live_diff(olds, news, changes, replaces, reasons)
         return HostDiff(tuple(dict.fromkeys(changes)), tuple(dict.fromkeys(replaces)), tuple(reasons))
 
-    def _live_diff(self, olds: dict[str, Any], news: dict[str, Any], changes: list[str],
-                   replaces: list[str], reasons: list[str]) -> None:
+    def _live_diff(
+        self,
+        olds: dict[str, Any],
+        news: dict[str, Any],
+        changes: list[str],
+        replaces: list[str],
+        reasons: list[str],
+    ) -> None:
         client = self.client(news)
         system = client.find_system(news.get("system"))
         recorded_uuid = str((olds.get("identity") or {}).get("uuid", "")).lower()
         live_uuid = str(system.get("UUID") or system.get("Id", "")).lower()
         if recorded_uuid and live_uuid != recorded_uuid:
             replaces.append("identity")
-            reasons.append(f"the BMC now reports a different system (UUID {recorded_uuid} -> "
-                           f"{live_uuid}): swapped hardware")
+            reasons.append(
+                f"the BMC now reports a different system (UUID {recorded_uuid} -> "
+                f"{live_uuid}): swapped hardware"
+            )
             return
         observed = self._observed(system)
         wanted = self.boot_target(news)
@@ -184,9 +210,11 @@ class BareMetalHostLogic:
         recorded = self._checked_identity(client, system, news)
         old_uuid = str((olds.get("identity") or {}).get("uuid", ""))
         if old_uuid and recorded["identity"]["uuid"] != old_uuid.lower():
-            raise ProvisionError(f"the BMC of {news['host']} reports a different system than recorded",
-                                 code="provision-system-swapped",
-                                 hint="this needs a replace; run the preview again")
+            raise ProvisionError(
+                f"the BMC of {news['host']} reports a different system than recorded",
+                code="provision-system-swapped",
+                hint="this needs a replace; run the preview again",
+            )
         system = self._apply(client, system, news)
         return {**news, **recorded, **self._observed(system)}
 
@@ -203,13 +231,20 @@ class BareMetalHostLogic:
         uuid = str((outs.get("identity") or {}).get("uuid", ""))
         system = client.system_by_uuid(uuid) if uuid else None
         if system is None:
-            log.warning("%s: the recorded system %s is no longer behind its BMC; nothing to power off",
-                        outs.get("host"), uuid)
+            log.warning(
+                "%s: the recorded system %s is no longer behind its BMC; nothing to power off",
+                outs.get("host"),
+                uuid,
+            )
             return
         if system.get("PowerState") not in POWER_OFF_STATES:
             client.reset(system, "ForceOff")
-            system = client.wait_power(system["@odata.id"], POWER_OFF_STATES,
-                                       timeout=self._timeout(outs), interval=self.poll_interval)
+            system = client.wait_power(
+                system["@odata.id"],
+                POWER_OFF_STATES,
+                timeout=self._timeout(outs),
+                interval=self.poll_interval,
+            )
         if self.boot_target(outs) == "Cd":
             slot = client.virtual_media_slot(system)
             if slot is not None and slot.get("Inserted"):

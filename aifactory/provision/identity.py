@@ -80,8 +80,11 @@ class InventoryCheck:
         return not self.mismatches
 
     def as_dict(self) -> dict[str, Any]:
-        return {"mismatches": [asdict(m) for m in self.mismatches], "unverified": list(self.unverified),
-                "verified": list(self.verified)}
+        return {
+            "mismatches": [asdict(m) for m in self.mismatches],
+            "unverified": list(self.unverified),
+            "verified": list(self.verified),
+        }
 
 
 def _present(resource: dict[str, Any]) -> bool:
@@ -95,8 +98,9 @@ def read_identity(client: RedfishClient, system: dict[str, Any]) -> SystemIdenti
     return identity_from_resources(system, processors, nics)
 
 
-def identity_from_resources(system: dict[str, Any], processors: list[dict[str, Any]],
-                            nics: list[dict[str, Any]]) -> SystemIdentity:
+def identity_from_resources(
+    system: dict[str, Any], processors: list[dict[str, Any]], nics: list[dict[str, Any]]
+) -> SystemIdentity:
     cpus = [p for p in processors if p.get("ProcessorType", "CPU") == "CPU"]
     gpus = [p for p in processors if p.get("ProcessorType") == "GPU"]
     summary = system.get("ProcessorSummary") or {}
@@ -105,8 +109,13 @@ def identity_from_resources(system: dict[str, Any], processors: list[dict[str, A
         cores = sum(int(p["TotalCores"]) for p in cpus)
     else:
         cores = summary.get("CoreCount")
-    macs = sorted({str(n.get("PermanentMACAddress") or n.get("MACAddress")).lower()
-                   for n in nics if n.get("PermanentMACAddress") or n.get("MACAddress")})
+    macs = sorted(
+        {
+            str(n.get("PermanentMACAddress") or n.get("MACAddress")).lower()
+            for n in nics
+            if n.get("PermanentMACAddress") or n.get("MACAddress")
+        }
+    )
     memory = (system.get("MemorySummary") or {}).get("TotalSystemMemoryGiB")
     return SystemIdentity(
         system_id=str(system.get("Id", "")),
@@ -151,13 +160,16 @@ def check_inventory(identity: SystemIdentity, expect: Expectation) -> InventoryC
 
     for name in ("manufacturer", "model", "serial"):
         planned, reported = getattr(expect, name), getattr(identity, name)
-        compare(name, planned, reported,
-                str(planned).strip().lower() == str(reported).strip().lower())
+        compare(name, planned, reported, str(planned).strip().lower() == str(reported).strip().lower())
     compare("cpus", expect.cpus, identity.cpus, identity.cpus == expect.cpus)
     if expect.memory_gib is not None and identity.memory_gib is not None:
         slack = max(1.0, MEMORY_TOLERANCE * float(expect.memory_gib))
-        compare("memory_gib", expect.memory_gib, identity.memory_gib,
-                abs(float(identity.memory_gib) - float(expect.memory_gib)) <= slack)
+        compare(
+            "memory_gib",
+            expect.memory_gib,
+            identity.memory_gib,
+            abs(float(identity.memory_gib) - float(expect.memory_gib)) <= slack,
+        )
     else:
         compare("memory_gib", expect.memory_gib, identity.memory_gib, False)
     # GPUs: a BMC that lists no GPU processors may keep them elsewhere (an HGX baseboard's own
@@ -165,8 +177,12 @@ def check_inventory(identity: SystemIdentity, expect: Expectation) -> InventoryC
     reported_gpus = identity.gpu_count or None
     compare("gpu_count", expect.gpu_count, reported_gpus, reported_gpus == expect.gpu_count)
     if expect.gpu_model is not None and identity.gpu_models:
-        compare("gpu_model", expect.gpu_model, ", ".join(identity.gpu_models),
-                all(gpu_model_matches(expect.gpu_model, m) for m in identity.gpu_models))
+        compare(
+            "gpu_model",
+            expect.gpu_model,
+            ", ".join(identity.gpu_models),
+            all(gpu_model_matches(expect.gpu_model, m) for m in identity.gpu_models),
+        )
     elif expect.gpu_model is not None:
         unverified.append("gpu_model")
     return InventoryCheck(tuple(mismatches), tuple(unverified), tuple(verified))

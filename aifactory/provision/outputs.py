@@ -44,8 +44,10 @@ OUTPUTS_SCHEMA = "aifactory.provision-outputs/v1"
 def outputs_document(plan: SitePlan, stack_outputs: dict[str, Any]) -> dict[str, Any]:
     hosts = dict(stack_outputs.get("hosts") or {})
     for host in plan.hosts:
-        hosts.setdefault(host.name, {"state": "not provisioned", "bmc": None, "system": None,
-                                     "boot": None, "inventory": None})
+        hosts.setdefault(
+            host.name,
+            {"state": "not provisioned", "bmc": None, "system": None, "boot": None, "inventory": None},
+        )
     return {
         "schema": OUTPUTS_SCHEMA,
         "site": plan.name,
@@ -72,12 +74,16 @@ def read_outputs(state: SiteState) -> dict[str, Any]:
     try:
         document = json.loads(path.read_text())
     except FileNotFoundError:
-        raise ProvisionError(f"no provisioning outputs for site {state.site} ({path})",
-                             code="provision-outputs-missing",
-                             hint=f"run `aifactory provision` for site {state.site} first") from None
+        raise ProvisionError(
+            f"no provisioning outputs for site {state.site} ({path})",
+            code="provision-outputs-missing",
+            hint=f"run `aifactory provision` for site {state.site} first",
+        ) from None
     except (OSError, ValueError) as exc:
         raise ProvisionError(f"cannot read {path}: {exc}", code="provision-outputs-invalid") from None
     if document.get("schema") != OUTPUTS_SCHEMA:
-        raise ProvisionError(f"{path} has schema {document.get('schema')!r}, expected {OUTPUTS_SCHEMA}",
-                             code="provision-outputs-invalid")
+        raise ProvisionError(
+            f"{path} has schema {document.get('schema')!r}, expected {OUTPUTS_SCHEMA}",
+            code="provision-outputs-invalid",
+        )
     return document

@@ -62,9 +62,11 @@ def read_registry(path: Path) -> dict[str, int]:
             raise ValueError(f"schema is {data.get('schema')!r}, expected {PKEYS_SCHEMA}")
         return {str(t): int(str(k), 16) for t, k in data["tenants"].items()}
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ProvisionError(f"the partition key registry {path} is damaged: {exc}",
-                             code="pkey-registry",
-                             hint="restore it from backup: partition keys must not change") from None
+        raise ProvisionError(
+            f"the partition key registry {path} is damaged: {exc}",
+            code="pkey-registry",
+            hint="restore it from backup: partition keys must not change",
+        ) from None
 
 
 def write_registry(path: Path, keys: dict[str, int]) -> None:
@@ -142,5 +144,7 @@ def partition_name(tenant: str) -> str:
 
 
 def as_jsonable(partitions: list[Partition]) -> list[dict[str, Any]]:
-    return [{"name": p.name, "pkey": f"0x{p.pkey:04x}", "flags": p.flags,
-             "members": [list(m) for m in p.members]} for p in partitions]
+    return [
+        {"name": p.name, "pkey": f"0x{p.pkey:04x}", "flags": p.flags, "members": [list(m) for m in p.members]}
+        for p in partitions
+    ]

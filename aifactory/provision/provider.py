@@ -39,8 +39,7 @@ class BareMetalHostProvider(ResourceProvider):
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
         result = self._logic().diff(olds, news)
-        return DiffResult(changes=result.changed, replaces=list(result.replaces),
-                          delete_before_replace=True)
+        return DiffResult(changes=result.changed, replaces=list(result.replaces), delete_before_replace=True)
 
     def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
         return UpdateResult(self._logic().update(olds, news))

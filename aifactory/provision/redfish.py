@@ -81,9 +81,16 @@ class TlsSettings:
 class RedfishClient:
     """One BMC's Redfish service, e.g. `https://10.9.0.3` (the service root is `/redfish/v1/`)."""
 
-    def __init__(self, endpoint: str, credentials: BmcCredentials, *, host: str,
-                 credentials_reference: str = "the BMC credential", tls: TlsSettings | None = None,
-                 timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        endpoint: str,
+        credentials: BmcCredentials,
+        *,
+        host: str,
+        credentials_reference: str = "the BMC credential",
+        tls: TlsSettings | None = None,
+        timeout: float = 10.0,
+    ) -> None:
         self.endpoint = endpoint.rstrip("/")
         self.host = host
         self._credentials = credentials
@@ -137,7 +144,7 @@ class RedfishClient:
                 f"(HTTP {exc.code})",
                 code="bmc-auth",
                 hint=f"check the user and password, then update them: aifactory secret set SITE "
-                     f"{self._reference}",
+                f"{self._reference}",
             )
         detail = _redfish_message(exc)
         return ProvisionError(
@@ -148,8 +155,10 @@ class RedfishClient:
 
     def _unreachable(self, url: str, reason: object) -> ProvisionError:
         text = getattr(reason, "strerror", None) or str(reason)
-        hint = "check the BMC address and port in the plan, that the BMC is powered and cabled, and " \
-               "that this machine has a route to the BMC fabric"
+        hint = (
+            "check the BMC address and port in the plan, that the BMC is powered and cabled, and "
+            "that this machine has a route to the BMC fabric"
+        )
         if isinstance(reason, ssl.SSLError):
             hint = "the BMC's TLS certificate does not verify: give its CA with --bmc-ca FILE"
         return ProvisionError(
@@ -177,9 +186,16 @@ class RedfishClient:
         systems = [self.get(path) for path in self.systems()]
         if selector:
             wanted = selector.lower()
-            matches = [s for s in systems if wanted in {str(s.get("Id", "")).lower(),
-                                                         str(s.get("UUID", "")).lower(),
-                                                         str(s.get("Name", "")).lower()}]
+            matches = [
+                s
+                for s in systems
+                if wanted
+                in {
+                    str(s.get("Id", "")).lower(),
+                    str(s.get("UUID", "")).lower(),
+                    str(s.get("Name", "")).lower(),
+                }
+            ]
         else:
             matches = systems
         if len(matches) == 1:
@@ -209,20 +225,24 @@ class RedfishClient:
         collection = (system.get(link) or {}).get("@odata.id")
         if not collection:
             return []
-        return [self.get(m["@odata.id"]) for m in self.get(collection).get("Members", [])
-                if "@odata.id" in m]
+        return [self.get(m["@odata.id"]) for m in self.get(collection).get("Members", []) if "@odata.id" in m]
 
     def reset(self, system: dict[str, Any], reset_type: str) -> None:
-        action = ((system.get("Actions") or {}).get("#ComputerSystem.Reset") or {}).get("target") \
-            or f"{system['@odata.id']}/Actions/ComputerSystem.Reset"
+        action = ((system.get("Actions") or {}).get("#ComputerSystem.Reset") or {}).get(
+            "target"
+        ) or f"{system['@odata.id']}/Actions/ComputerSystem.Reset"
         self.request("POST", action, {"ResetType": reset_type})
 
     def set_boot_override(self, system: dict[str, Any], *, target: str, enabled: str = "Once") -> None:
-        self.request("PATCH", system["@odata.id"],
-                     {"Boot": {"BootSourceOverrideTarget": target, "BootSourceOverrideEnabled": enabled}})
+        self.request(
+            "PATCH",
+            system["@odata.id"],
+            {"Boot": {"BootSourceOverrideTarget": target, "BootSourceOverrideEnabled": enabled}},
+        )
 
-    def wait_power(self, system_path: str, wanted: tuple[str, ...], *, timeout: float,
-                   interval: float = 1.0) -> dict[str, Any]:
+    def wait_power(
+        self, system_path: str, wanted: tuple[str, ...], *, timeout: float, interval: float = 1.0
+    ) -> dict[str, Any]:
         """Poll until PowerState is one of `wanted`; BMCs apply power changes asynchronously."""
         deadline = time.monotonic() + timeout
         while True:
@@ -251,13 +271,15 @@ class RedfishClient:
         return None
 
     def insert_media(self, slot: dict[str, Any], image: str) -> None:
-        target = ((slot.get("Actions") or {}).get("#VirtualMedia.InsertMedia") or {}).get("target") \
-            or f"{slot['@odata.id']}/Actions/VirtualMedia.InsertMedia"
+        target = ((slot.get("Actions") or {}).get("#VirtualMedia.InsertMedia") or {}).get(
+            "target"
+        ) or f"{slot['@odata.id']}/Actions/VirtualMedia.InsertMedia"
         self.request("POST", target, {"Image": image, "Inserted": True, "WriteProtected": True})
 
     def eject_media(self, slot: dict[str, Any]) -> None:
-        target = ((slot.get("Actions") or {}).get("#VirtualMedia.EjectMedia") or {}).get("target") \
-            or f"{slot['@odata.id']}/Actions/VirtualMedia.EjectMedia"
+        target = ((slot.get("Actions") or {}).get("#VirtualMedia.EjectMedia") or {}).get(
+            "target"
+        ) or f"{slot['@odata.id']}/Actions/VirtualMedia.EjectMedia"
         self.request("POST", target, {})
 
 

@@ -23,12 +23,29 @@ FACTS_SCHEMA = "aifactory.fabric-facts/v1"
 CLASSIFICATION_ORDER = ("public", "internal", "confidential", "secret", "top-secret")
 ENCRYPT_FROM = "confidential"
 DEFAULT_MTU = {"roce": 9000, "infiniband": 4096}
-LOSSLESS_QOS = {"trust": "dscp", "pfc_enabled": True, "pfc_priorities": [3], "ecn_enabled": True,
-                "ecn_mode": "dcqcn", "dscp": {"roce": 26, "cnp": 48}}
-LOSSY_QOS = {"trust": "none", "pfc_enabled": False, "pfc_priorities": [], "ecn_enabled": False,
-             "ecn_mode": None, "dscp": {}}
-EXPORT_SECTION = {"nfs": "exports", "lustre": "filesets", "weka": "filesets", "ceph": "subvolumes",
-                  "s3": "buckets"}
+LOSSLESS_QOS = {
+    "trust": "dscp",
+    "pfc_enabled": True,
+    "pfc_priorities": [3],
+    "ecn_enabled": True,
+    "ecn_mode": "dcqcn",
+    "dscp": {"roce": 26, "cnp": 48},
+}
+LOSSY_QOS = {
+    "trust": "none",
+    "pfc_enabled": False,
+    "pfc_priorities": [],
+    "ecn_enabled": False,
+    "ecn_mode": None,
+    "dscp": {},
+}
+EXPORT_SECTION = {
+    "nfs": "exports",
+    "lustre": "filesets",
+    "weka": "filesets",
+    "ceph": "subvolumes",
+    "s3": "buckets",
+}
 
 
 @dataclass(frozen=True)
@@ -43,16 +60,23 @@ class Artifact:
         return digest_of(self.content)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "digest": self.digest, "complete": self.complete,
-                "notes": list(self.notes)}
+        return {
+            "name": self.name,
+            "digest": self.digest,
+            "complete": self.complete,
+            "notes": list(self.notes),
+        }
 
 
 @functools.lru_cache(maxsize=1)
 def _environment() -> jinja2.Environment:
     return jinja2.Environment(
         loader=jinja2.PackageLoader("aifactory.provision", "templates"),
-        undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
-        keep_trailing_newline=True, autoescape=False,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        autoescape=False,
     )
 
 
@@ -71,8 +95,14 @@ def _hosts_on(plan: dict[str, Any], fabric: str) -> list[tuple[dict[str, Any], d
 
 # -- fabrics ---------------------------------------------------------------------------------------
 
-def render_fabric(plan: dict[str, Any], fabric: dict[str, Any], *, pkeys: dict[str, int],
-                  facts: dict[str, Any] | None = None) -> list[Artifact]:
+
+def render_fabric(
+    plan: dict[str, Any],
+    fabric: dict[str, Any],
+    *,
+    pkeys: dict[str, int],
+    facts: dict[str, Any] | None = None,
+) -> list[Artifact]:
     if fabric["kind"] == "infiniband":
         return [_partitions(plan, fabric, pkeys, facts or {})]
     return [_ethernet(plan, fabric)]
@@ -83,30 +113,47 @@ def _port_guid(facts: dict[str, Any], host: str, interface: str) -> str | None:
     return str(guid).lower() if guid else None
 
 
-def _partitions(plan: dict[str, Any], fabric: dict[str, Any], pkeys: dict[str, int],
-                facts: dict[str, Any]) -> Artifact:
+def _partitions(
+    plan: dict[str, Any], fabric: dict[str, Any], pkeys: dict[str, int], facts: dict[str, Any]
+) -> Artifact:
     ports = _hosts_on(plan, fabric["name"])
-    missing = sorted({f"{h['name']}/{i['name']}" for h, i in ports
-                      if not _port_guid(facts, h["name"], i["name"])})
+    missing = sorted(
+        {f"{h['name']}/{i['name']}" for h, i in ports if not _port_guid(facts, h["name"], i["name"])}
+    )
     partitions = []
     for tenant in sorted(plan["tenants"], key=lambda t: t["name"]):
         if tenant["name"] not in pkeys:
             raise ProvisionError(f"tenant {tenant['name']} has no partition key", code="pkey-missing")
-        members = [{"host": h["name"], "interface": i["name"],
-                    "guid": _port_guid(facts, h["name"], i["name"])}
-                   for h, i in ports if h["pool"] in tenant["pools"]]
+        members = [
+            {"host": h["name"], "interface": i["name"], "guid": _port_guid(facts, h["name"], i["name"])}
+            for h, i in ports
+            if h["pool"] in tenant["pools"]
+        ]
         pools = sorted({h["pool"] for h, _ in ports if h["pool"] in tenant["pools"]})
-        partitions.append({"tenant": tenant["name"], "name": partition_name(tenant["name"]),
-                           "pkey": pkeys[tenant["name"]], "pools": pools,
-                           "ports": sorted((m for m in members if m["guid"]),
-                                           key=lambda m: (m["host"], m["interface"]))})
-    text = _render("partitions.conf.j2", site=plan["site"]["name"], plan_digest=plan_digest(plan),
-                   fabric=fabric, partitions=partitions, missing=missing, default_pkey=DEFAULT_PKEY)
+        partitions.append(
+            {
+                "tenant": tenant["name"],
+                "name": partition_name(tenant["name"]),
+                "pkey": pkeys[tenant["name"]],
+                "pools": pools,
+                "ports": sorted((m for m in members if m["guid"]), key=lambda m: (m["host"], m["interface"])),
+            }
+        )
+    text = _render(
+        "partitions.conf.j2",
+        site=plan["site"]["name"],
+        plan_digest=plan_digest(plan),
+        fabric=fabric,
+        partitions=partitions,
+        missing=missing,
+        default_pkey=DEFAULT_PKEY,
+    )
     try:
         parse_partitions_conf(text)
     except ValueError as exc:
-        raise ProvisionError(f"rendered partitions.conf for {fabric['name']} does not parse: {exc}",
-                             code="artifact-invalid") from None
+        raise ProvisionError(
+            f"rendered partitions.conf for {fabric['name']} does not parse: {exc}", code="artifact-invalid"
+        ) from None
     notes = (f"no port GUID for {len(missing)} port(s)",) if missing else ()
     return Artifact(f"{fabric['name']}.partitions.conf", text, complete=not missing, notes=notes)
 
@@ -115,13 +162,21 @@ def _ethernet(plan: dict[str, Any], fabric: dict[str, Any]) -> Artifact:
     kind = fabric["kind"]
     lossless = kind == "roce"
     mtu_default = DEFAULT_MTU.get(kind, 9000 if fabric["purpose"] in ("compute", "storage") else 1500)
-    ports = [{"host": h["name"], "interface": i["name"], "rail": i["rail"], "address": i["address"]}
-             for h, i in _hosts_on(plan, fabric["name"])]
+    ports = [
+        {"host": h["name"], "interface": i["name"], "rail": i["rail"], "address": i["address"]}
+        for h, i in _hosts_on(plan, fabric["name"])
+    ]
     text = _render(
-        "fabric.yaml.j2", site=plan["site"]["name"], plan_digest=plan_digest(plan), kind=kind,
-        fabric=fabric, ports=ports,
-        vlan=fabric.get("vlan"), vlan_source="plan" if fabric.get("vlan") else "untagged",
-        mtu=fabric.get("mtu") or mtu_default, mtu_source="plan" if fabric.get("mtu") else "default",
+        "fabric.yaml.j2",
+        site=plan["site"]["name"],
+        plan_digest=plan_digest(plan),
+        kind=kind,
+        fabric=fabric,
+        ports=ports,
+        vlan=fabric.get("vlan"),
+        vlan_source="plan" if fabric.get("vlan") else "untagged",
+        mtu=fabric.get("mtu") or mtu_default,
+        mtu_source="plan" if fabric.get("mtu") else "default",
         qos=LOSSLESS_QOS if lossless else LOSSY_QOS,
     )
     _check_yaml(text, f"fabric {fabric['name']}")
@@ -132,14 +187,16 @@ def _check_yaml(text: str, what: str) -> dict[str, Any]:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ProvisionError(f"rendered document for {what} is not YAML: {exc}",
-                             code="artifact-invalid") from None
+        raise ProvisionError(
+            f"rendered document for {what} is not YAML: {exc}", code="artifact-invalid"
+        ) from None
     if not isinstance(data, dict):
         raise ProvisionError(f"rendered document for {what} is not a mapping", code="artifact-invalid")
     return data
 
 
 # -- storage ---------------------------------------------------------------------------------------
+
 
 def _rank(level: str) -> int:
     return CLASSIFICATION_ORDER.index(level) if level in CLASSIFICATION_ORDER else len(CLASSIFICATION_ORDER)
@@ -148,8 +205,9 @@ def _rank(level: str) -> int:
 def _clients(plan: dict[str, Any], storage: dict[str, Any], item: dict[str, Any]) -> list[str]:
     """Pools allowed to mount an item: pools mounting the storage that the owner or a grantee
     (read/train/infer) may use."""
-    tenants = {item["owner"]} | {a["tenant"] for a in plan["access"]
-                                 if a["kind"] == item["kind"] and a["name"] == item["name"]}
+    tenants = {item["owner"]} | {
+        a["tenant"] for a in plan["access"] if a["kind"] == item["kind"] and a["name"] == item["name"]
+    }
     pools = {p for t in plan["tenants"] if t["name"] in tenants for p in t["pools"]}
     return sorted(pools & set(storage["mounted_by"]))
 
@@ -179,34 +237,62 @@ def render_storage(plan: dict[str, Any], storage: dict[str, Any]) -> list[Artifa
     for item in sorted(items, key=lambda i: (i["kind"], i["name"])):
         pools = _clients(plan, storage, item)
         needs = _rank(item["classification"]) >= _rank(ENCRYPT_FROM)
-        entries.append({
-            "kind": item["kind"], "name": item["name"], "owner": item["owner"],
-            "classification": item["classification"], "path": item["path"],
-            "host_path": item.get("host_path"),
-            "export_path": _export_root(storage).rstrip("/") + item["path"],
-            "residency_countries": item.get("residency_countries", []),
-            "encryption_required": needs, "encrypted": bool(storage["encrypted_at_rest"]),
-            "client_pools": pools, "client_addresses": _addresses(plan, storage, pools),
-        })
+        entries.append(
+            {
+                "kind": item["kind"],
+                "name": item["name"],
+                "owner": item["owner"],
+                "classification": item["classification"],
+                "path": item["path"],
+                "host_path": item.get("host_path"),
+                "export_path": _export_root(storage).rstrip("/") + item["path"],
+                "residency_countries": item.get("residency_countries", []),
+                "encryption_required": needs,
+                "encrypted": bool(storage["encrypted_at_rest"]),
+                "client_pools": pools,
+                "client_addresses": _addresses(plan, storage, pools),
+            }
+        )
     by_name = {s["name"]: s for s in plan["storage"]}
-    replicas = [{"storage": r, "kind": by_name[r]["kind"], "country": by_name[r]["country"],
-                 "encrypted_at_rest": by_name[r]["encrypted_at_rest"]} for r in storage["replicas"]]
+    replicas = [
+        {
+            "storage": r,
+            "kind": by_name[r]["kind"],
+            "country": by_name[r]["country"],
+            "encrypted_at_rest": by_name[r]["encrypted_at_rest"],
+        }
+        for r in storage["replicas"]
+    ]
     replica_of = sorted(s["name"] for s in plan["storage"] if storage["name"] in s["replicas"])
     document = {
-        "schema": "aifactory.storage/v1", "site": plan["site"]["name"], "storage": storage["name"],
-        "kind": storage["kind"], "datacenter": storage["datacenter"], "country": storage["country"],
-        "capacity_tib": storage["capacity_tib"], "encrypted_at_rest": storage["encrypted_at_rest"],
-        "endpoint": storage.get("endpoint"), "mount_path": storage.get("mount_path"),
-        "fabric": storage.get("fabric"), "replicas": replicas, "replica_of": replica_of,
-        "section": EXPORT_SECTION[storage["kind"]], "entries": entries,
-        "unencrypted_sensitive": [e["name"] for e in entries
-                                  if e["encryption_required"] and not e["encrypted"]],
+        "schema": "aifactory.storage/v1",
+        "site": plan["site"]["name"],
+        "storage": storage["name"],
+        "kind": storage["kind"],
+        "datacenter": storage["datacenter"],
+        "country": storage["country"],
+        "capacity_tib": storage["capacity_tib"],
+        "encrypted_at_rest": storage["encrypted_at_rest"],
+        "endpoint": storage.get("endpoint"),
+        "mount_path": storage.get("mount_path"),
+        "fabric": storage.get("fabric"),
+        "replicas": replicas,
+        "replica_of": replica_of,
+        "section": EXPORT_SECTION[storage["kind"]],
+        "entries": entries,
+        "unencrypted_sensitive": [
+            e["name"] for e in entries if e["encryption_required"] and not e["encrypted"]
+        ],
     }
     text = _render("storage.yaml.j2", doc=document, plan_digest=plan_digest(plan))
     _check_yaml(text, f"storage {storage['name']}")
-    artifacts = [Artifact(f"{storage['name']}.storage.yaml", text,
-                          notes=tuple(f"{n} needs encryption at rest"
-                                      for n in document["unencrypted_sensitive"]))]
+    artifacts = [
+        Artifact(
+            f"{storage['name']}.storage.yaml",
+            text,
+            notes=tuple(f"{n} needs encryption at rest" for n in document["unencrypted_sensitive"]),
+        )
+    ]
     if storage["kind"] == "nfs":
         exports = _render("exports.j2", doc=document, plan_digest=plan_digest(plan))
         artifacts.append(Artifact(f"{storage['name']}.exports", exports))

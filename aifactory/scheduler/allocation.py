@@ -60,8 +60,11 @@ def job_document(job: JobSpec) -> str:
 def run_folder(job: JobSpec, plan: dict[str, Any] | None = None) -> Path:
     """Where the runtime keeps this job's run (metrics, checkpoints) on the model's storage
     (from `plan`, else the job's plan file)."""
-    runtime_plan = (RuntimePlan(plan, storage_root=job.storage_root or Path("/")) if plan is not None
-                    else RuntimePlan.load(job.plan, storage_root=job.storage_root))
+    runtime_plan = (
+        RuntimePlan(plan, storage_root=job.storage_root or Path("/"))
+        if plan is not None
+        else RuntimePlan.load(job.plan, storage_root=job.storage_root)
+    )
     return runtime_plan.model_dir(job.model) / "runs" / job.name
 
 

@@ -40,7 +40,7 @@ class SlurmJob:
 
 
 def _decision(comment: str) -> str | None:
-    return comment[len(DECISION_COMMENT):] if comment.startswith(DECISION_COMMENT) else None
+    return comment[len(DECISION_COMMENT) :] if comment.startswith(DECISION_COMMENT) else None
 
 
 def parse_squeue(text: str) -> list[SlurmJob]:
@@ -50,8 +50,19 @@ def parse_squeue(text: str) -> list[SlurmJob]:
         if len(fields) != 9:
             continue
         job_id, account, state, nodes, nodelist, comment, name, partition, reason = fields
-        jobs.append(SlurmJob(job_id, name, account, partition, state, int(nodes or 0), nodelist,
-                             _decision(comment), reason=None if reason in ("None", "") else reason))
+        jobs.append(
+            SlurmJob(
+                job_id,
+                name,
+                account,
+                partition,
+                state,
+                int(nodes or 0),
+                nodelist,
+                _decision(comment),
+                reason=None if reason in ("None", "") else reason,
+            )
+        )
     return jobs
 
 
@@ -62,11 +73,19 @@ def parse_jobcomp(text: str) -> list[SlurmJob]:
         fields = dict(word.split("=", 1) for word in shlex.split(line) if "=" in word)
         if "JobId" not in fields:
             continue
-        jobs.append(SlurmJob(
-            fields["JobId"], fields.get("Name", ""), fields.get("Account", ""), fields.get("Partition", ""),
-            fields.get("JobState", ""), int(fields.get("NodeCnt", "0") or 0), fields.get("NodeList", ""),
-            None, exit_code=fields.get("ExitCode"),
-        ))
+        jobs.append(
+            SlurmJob(
+                fields["JobId"],
+                fields.get("Name", ""),
+                fields.get("Account", ""),
+                fields.get("Partition", ""),
+                fields.get("JobState", ""),
+                int(fields.get("NodeCnt", "0") or 0),
+                fields.get("NodeList", ""),
+                None,
+                exit_code=fields.get("ExitCode"),
+            )
+        )
     return jobs
 
 
@@ -93,8 +112,7 @@ def list_jobs(site: str, *, client: SlurmClient, jobcomp_log: Path = DEFAULT_JOB
     for job in queued:
         done = by_id.get(job.id)
         # the completion log is final; squeue adds the comment (decision) while Slurm still has the job
-        by_id[job.id] = (SlurmJob(**{**done.as_dict(), "decision_id": job.decision_id})
-                         if done else job)
+        by_id[job.id] = SlurmJob(**{**done.as_dict(), "decision_id": job.decision_id}) if done else job
     listed = []
     for job in by_id.values():
         decision = job.decision_id or decisions.get(job.id)

@@ -38,7 +38,11 @@ class LocalSlurm:
                 code="slurm-missing",
             )
         return subprocess.run(
-            list(argv), input=input_text, text=True, capture_output=True, check=False,
+            list(argv),
+            input=input_text,
+            text=True,
+            capture_output=True,
+            check=False,
             timeout=CLIENT_TIMEOUT_S,
         )
 

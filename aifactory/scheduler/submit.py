@@ -79,21 +79,26 @@ def place(planned: PlannedSite, job: JobSpec, *, pool: str | None, nodes: int | 
     if pool is None and job.hosts:
         pools = {plan.host(name).pool for name in job.hosts}
         if len(pools) != 1:
-            raise UsageError(f"the job's hosts are in several pools ({', '.join(sorted(pools))})",
-                             hint="pass --pool NAME")
+            raise UsageError(
+                f"the job's hosts are in several pools ({', '.join(sorted(pools))})", hint="pass --pool NAME"
+            )
         pool = pools.pop()
     if pool is None:
         if len(compute) != 1:
             raise UsageError("the site has several compute pools", hint=f"pass --pool ({', '.join(compute)})")
         pool = next(iter(compute))
     if pool not in compute:
-        raise UsageError(f"pool {pool!r} is not a compute pool of site {plan.name}",
-                         hint=f"compute pools: {', '.join(compute)}")
+        raise UsageError(
+            f"pool {pool!r} is not a compute pool of site {plan.name}",
+            hint=f"compute pools: {', '.join(compute)}",
+        )
     size = len(compute[pool]["hosts"])
     count = nodes if nodes is not None else (len(job.hosts) or 1)
     if not 1 <= count <= size:
-        raise UsageError(f"pool {pool} has {size} host(s); the job asks for {count}",
-                         hint="pass --nodes N within the pool's size")
+        raise UsageError(
+            f"pool {pool} has {size} host(s); the job asks for {count}",
+            hint="pass --nodes N within the pool's size",
+        )
     return Placement(pool, count, compute[pool].get("country"))
 
 
@@ -114,8 +119,17 @@ def decide(planned: PlannedSite, job: JobSpec, placement: Placement) -> Outcome:
         request = {"job": job.name, "partition": placement.partition, "nodes": placement.nodes}
         outcome = guard.decide(job.token(), "train", f"dataset/{job.dataset}", request=request)
         if outcome.allow and placement.partition not in _tenant_pools(planned, outcome.tenant):
-            outcome = Outcome(False, ("pool-not-granted",), outcome.decision_id, outcome.action,
-                              outcome.resource, outcome.tenant, outcome.token_id, outcome.controls, request)
+            outcome = Outcome(
+                False,
+                ("pool-not-granted",),
+                outcome.decision_id,
+                outcome.action,
+                outcome.resource,
+                outcome.tenant,
+                outcome.token_id,
+                outcome.controls,
+                request,
+            )
         try:
             guard.record(outcome).result(timeout=30)
         except Exception as exc:  # noqa: BLE001 -- an unrecorded decision may not allow anything
@@ -153,12 +167,13 @@ def batch_script(job: JobSpec, *, runtime_prefix: Path = DEFAULT_RUNTIME_PREFIX)
         ")\n"
         'echo "aifactory: job $SLURM_JOB_ID on $SLURM_JOB_NODELIST: $job_file" >&2\n'
         "exec srun --ntasks-per-node=1 --kill-on-bad-exit=1 \\\n"
-        f"  sh -c 'exec \"$1\" \"$2\" --host \"$SLURMD_NODENAME\"' aifactory-train {train} \"$job_file\"\n"
+        f'  sh -c \'exec "$1" "$2" --host "$SLURMD_NODENAME"\' aifactory-train {train} "$job_file"\n'
     )
 
 
-def sbatch_argv(job: JobSpec, *, tenant: str, placement: Placement, decision_id: str,
-                output: Path) -> list[str]:
+def sbatch_argv(
+    job: JobSpec, *, tenant: str, placement: Placement, decision_id: str, output: Path
+) -> list[str]:
     return [
         "sbatch",
         "--parsable",
@@ -173,8 +188,15 @@ def sbatch_argv(job: JobSpec, *, tenant: str, placement: Placement, decision_id:
     ]
 
 
-def train(planned: PlannedSite, job_path: Path, *, client: SlurmClient, pool: str | None = None,
-          nodes: int | None = None, runtime_prefix: Path = DEFAULT_RUNTIME_PREFIX) -> Submission:
+def train(
+    planned: PlannedSite,
+    job_path: Path,
+    *,
+    client: SlurmClient,
+    pool: str | None = None,
+    nodes: int | None = None,
+    runtime_prefix: Path = DEFAULT_RUNTIME_PREFIX,
+) -> Submission:
     """Decide, record, submit. Raises RuntimeDenied (sbatch not called) on a deny."""
     job = load_job(job_path)
     placement = place(planned, job, pool=pool, nodes=nodes)
@@ -189,13 +211,23 @@ def train(planned: PlannedSite, job_path: Path, *, client: SlurmClient, pool: st
     tenant = str(outcome.tenant)
     output = run_folder(job, planned.plan.to_dict()) / "slurm-%j.out"
     checked(client.run(["mkdir", "-p", str(output.parent)]), "creating the run folder", client.where)
-    argv = sbatch_argv(job, tenant=tenant, placement=placement, decision_id=outcome.decision_id,
-                       output=output)
-    stdout = checked(client.run(argv, input_text=batch_script(job, runtime_prefix=runtime_prefix)),
-                     "sbatch", client.where)
+    argv = sbatch_argv(
+        job, tenant=tenant, placement=placement, decision_id=outcome.decision_id, output=output
+    )
+    stdout = checked(
+        client.run(argv, input_text=batch_script(job, runtime_prefix=runtime_prefix)), "sbatch", client.where
+    )
     slurm_job_id = stdout.strip().split(";")[0]
-    submission = Submission(job.name, tenant, tenant, placement.partition, placement.nodes,
-                            outcome.decision_id, slurm_job_id, client.where)
+    submission = Submission(
+        job.name,
+        tenant,
+        tenant,
+        placement.partition,
+        placement.nodes,
+        outcome.decision_id,
+        slurm_job_id,
+        client.where,
+    )
     _record(planned.plan.name, submission)
     return submission
 

@@ -32,22 +32,27 @@ def slurm_topology_of(plan: Mapping[str, Any]) -> dict[str, Any] | None:
         if host["role"] not in COMPUTE_ROLES:
             continue
         gpus = host.get("gpus") or {}
-        nodes.append({
-            "name": host["name"],
-            "address": host["management_address"],
-            "cpus": host.get("cpus") or 1,
-            "real_memory_mib": (host.get("memory_gib") or 1) * 1024,
-            "gpus": int(gpus.get("count", 0)),
-            "gpu_model": gpus.get("model"),
-            "partition": host["pool"],
-        })
+        nodes.append(
+            {
+                "name": host["name"],
+                "address": host["management_address"],
+                "cpus": host.get("cpus") or 1,
+                "real_memory_mib": (host.get("memory_gib") or 1) * 1024,
+                "gpus": int(gpus.get("count", 0)),
+                "gpu_model": gpus.get("model"),
+                "partition": host["pool"],
+            }
+        )
     pool_names = [p["name"] for p in compute_pools]
     return {
         "cluster_name": plan["site"]["name"],
         "controller": {"name": control_host, "address": hosts[control_host]["management_address"]},
         "nodes": nodes,
-        "partitions": [{"name": p["name"], "nodes": p["hosts"], "default": i == 0}
-                       for i, p in enumerate(compute_pools)],
-        "accounts": [{"name": t["name"], "partitions": [p for p in t["pools"] if p in pool_names]}
-                     for t in plan.get("tenants", [])],
+        "partitions": [
+            {"name": p["name"], "nodes": p["hosts"], "default": i == 0} for i, p in enumerate(compute_pools)
+        ],
+        "accounts": [
+            {"name": t["name"], "partitions": [p for p in t["pools"] if p in pool_names]}
+            for t in plan.get("tenants", [])
+        ],
     }

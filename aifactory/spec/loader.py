@@ -118,13 +118,17 @@ _Loader.yaml_implicit_resolvers = {
     for first, resolvers in Resolver.yaml_implicit_resolvers.items()
 }
 _Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
 _Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:int", re.compile(r"^(?:[-+]?(?:0|[1-9][0-9]*)|0x[0-9a-fA-F]+)$"), list("-+0123456789"))
+    "tag:yaml.org,2002:int", re.compile(r"^(?:[-+]?(?:0|[1-9][0-9]*)|0x[0-9a-fA-F]+)$"), list("-+0123456789")
+)
 _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
-    re.compile(r"^(?:[-+]?(?:(?:0|[1-9][0-9]*)(?:\.[0-9]*)?(?:[eE][-+]?[0-9]+)?|\.[0-9]+(?:[eE][-+]?[0-9]+)?)"
-               r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
+    re.compile(
+        r"^(?:[-+]?(?:(?:0|[1-9][0-9]*)(?:\.[0-9]*)?(?:[eE][-+]?[0-9]+)?|\.[0-9]+(?:[eE][-+]?[0-9]+)?)"
+        r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
+    ),
     list("-+0123456789."),
 )
 
@@ -149,7 +153,8 @@ class _Walker:
         if self.visited > MAX_NODES:
             raise _Bound(
                 f"more than {MAX_NODES:,} values after expanding aliases",
-                node.start_mark.line + 1, node.start_mark.column + 1,
+                node.start_mark.line + 1,
+                node.start_mark.column + 1,
             )
         self.result.values.setdefault(path, (node.start_mark.line + 1, node.start_mark.column + 1))
         if isinstance(node, MappingNode):
@@ -169,8 +174,13 @@ class _Walker:
             except ValueError as exc:  # 2030-13-45 looks like a date but is none
                 self._problem(node, path, "bad-date", f"'{node.value}' is not a valid date: {exc}")
                 return None
-        if node.tag in ("tag:yaml.org,2002:str", "tag:yaml.org,2002:null", "tag:yaml.org,2002:bool",
-                        "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"):
+        if node.tag in (
+            "tag:yaml.org,2002:str",
+            "tag:yaml.org,2002:null",
+            "tag:yaml.org,2002:bool",
+            "tag:yaml.org,2002:int",
+            "tag:yaml.org,2002:float",
+        ):
             return self.loader.construct_object(node, deep=True)
         self._problem(node, path, "yaml-tag", f"unsupported YAML tag {node.tag}")
         return None
@@ -184,15 +194,20 @@ class _Walker:
                 merged.update(self._merge_source(value_node, path))
                 continue
             if not isinstance(key_node, ScalarNode) or key_node.tag not in (
-                "tag:yaml.org,2002:str", "tag:yaml.org,2002:int", "tag:yaml.org,2002:bool",
-                "tag:yaml.org,2002:float", "tag:yaml.org,2002:null",
+                "tag:yaml.org,2002:str",
+                "tag:yaml.org,2002:int",
+                "tag:yaml.org,2002:bool",
+                "tag:yaml.org,2002:float",
+                "tag:yaml.org,2002:null",
             ):
                 self._problem(key_node, path, "yaml-key", "a mapping key must be a plain string")
                 continue
             key = str(key_node.value)
             if key in seen:
                 self._problem(
-                    key_node, path + (key,), "duplicate-key",
+                    key_node,
+                    path + (key,),
+                    "duplicate-key",
                     f"duplicate key '{key}' (first written on line {seen[key]})",
                 )
                 continue
@@ -219,9 +234,18 @@ class _Walker:
 
     def _problem(self, node: Node, path: PathKey, code: str, message: str) -> None:
         """Record a problem; the value it was about reads as None."""
-        self.problems.append(Problem(code, message, Location(
-            self.result.file, node.start_mark.line + 1, node.start_mark.column + 1, format_path(path) or None,
-        )))
+        self.problems.append(
+            Problem(
+                code,
+                message,
+                Location(
+                    self.result.file,
+                    node.start_mark.line + 1,
+                    node.start_mark.column + 1,
+                    format_path(path) or None,
+                ),
+            )
+        )
 
 
 @contextmanager
@@ -230,11 +254,15 @@ def _bounded(file: str) -> Iterator[None]:
     try:
         yield
     except _Bound as bound:
-        raise SpecError(f"refused: {bound.message}", location=Location(file, bound.line, bound.column),
-                        code="spec-too-complex") from None
+        raise SpecError(
+            f"refused: {bound.message}",
+            location=Location(file, bound.line, bound.column),
+            code="spec-too-complex",
+        ) from None
     except RecursionError:
-        raise SpecError("refused: the document nests too deeply", location=Location(file),
-                        code="spec-too-complex") from None
+        raise SpecError(
+            "refused: the document nests too deeply", location=Location(file), code="spec-too-complex"
+        ) from None
 
 
 def _compose(loader: _Loader, file: str) -> Node | None:
@@ -249,8 +277,9 @@ def _compose(loader: _Loader, file: str) -> Node | None:
             code="yaml-syntax",
         ) from None
     except yaml.YAMLError as exc:
-        raise SpecError(f"not valid YAML: {' '.join(str(exc).split())}", location=Location(file),
-                        code="yaml-syntax") from None
+        raise SpecError(
+            f"not valid YAML: {' '.join(str(exc).split())}", location=Location(file), code="yaml-syntax"
+        ) from None
 
 
 def load_yaml_text(text: str, file: str) -> LoadedYaml:
@@ -260,15 +289,21 @@ def load_yaml_text(text: str, file: str) -> LoadedYaml:
     try:
         root = _compose(loader, file)
         if root is None:
-            raise SpecError("the file is empty", location=Location(file), code="spec-empty",
-                            hint="start from `aifactory init NAME --jurisdiction CC`")
+            raise SpecError(
+                "the file is empty",
+                location=Location(file),
+                code="spec-empty",
+                hint="start from `aifactory init NAME --jurisdiction CC`",
+            )
         walker = _Walker(loader, result)
         with _bounded(file):
             result.data = walker.walk(root, ())
         if walker.problems:
             raise SpecError(
-                f"{len(walker.problems)} problem(s) reading the YAML", location=Location(file),
-                problems=walker.problems, code="yaml-structure",
+                f"{len(walker.problems)} problem(s) reading the YAML",
+                location=Location(file),
+                problems=walker.problems,
+                code="yaml-structure",
             )
         return result
     finally:
@@ -283,19 +318,25 @@ def load_yaml_file(path: str | Path) -> LoadedYaml:
     except FileNotFoundError:
         raise SpecError(f"no such file: {file}", location=Location(file), code="spec-not-found") from None
     except IsADirectoryError:
-        raise SpecError(f"{file} is a folder, not a site spec", location=Location(file),
-                        code="spec-not-found") from None
+        raise SpecError(
+            f"{file} is a folder, not a site spec", location=Location(file), code="spec-not-found"
+        ) from None
     except OSError as exc:
-        raise SpecError(f"cannot read {file}: {exc.strerror}", location=Location(file),
-                        code="spec-unreadable") from None
+        raise SpecError(
+            f"cannot read {file}: {exc.strerror}", location=Location(file), code="spec-unreadable"
+        ) from None
     if len(raw) > MAX_FILE_BYTES:
-        raise SpecError(f"refused: the file is larger than {MAX_FILE_BYTES // (1024 * 1024)} MB",
-                        location=Location(file), code="spec-too-large")
+        raise SpecError(
+            f"refused: the file is larger than {MAX_FILE_BYTES // (1024 * 1024)} MB",
+            location=Location(file),
+            code="spec-too-large",
+        )
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise SpecError(f"not UTF-8 text (byte {exc.start})", location=Location(file),
-                        code="spec-encoding") from None
+        raise SpecError(
+            f"not UTF-8 text (byte {exc.start})", location=Location(file), code="spec-encoding"
+        ) from None
     loaded = load_yaml_text(text, file)
     loaded.raw = raw
     return loaded

@@ -29,7 +29,7 @@ def site_schema() -> dict[str, Any]:
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "$id": SCHEMA_ID,
         "$comment": f"Generated from aifactory.spec.model by `python -m aifactory.spec.schema`: "
-                    f"do not edit. Describes {SCHEMA_VERSION}; see docs/site-spec.md.",
+        f"do not edit. Describes {SCHEMA_VERSION}; see docs/site-spec.md.",
         **body,
     }
 

@@ -67,8 +67,11 @@ def _validated(source: LoadedYaml, raw: bytes, places: Places | None) -> LoadedS
 def validate(source: LoadedYaml, *, places: Places) -> SiteSpec:
     data = source.data
     if not isinstance(data, dict):
-        raise SpecError("a site spec is a mapping of keys to values", location=source.location(()),
-                        hint="start from `aifactory init NAME --jurisdiction CC`")
+        raise SpecError(
+            "a site spec is a mapping of keys to values",
+            location=source.location(()),
+            hint="start from `aifactory init NAME --jurisdiction CC`",
+        )
     spec, problems = _model_validated(source)
     problems += _Checker(source, places).run()
     problems = _dedupe(problems)
@@ -502,9 +505,13 @@ class _Checker:
             for rail in range(rails):
                 ifname = interface_name(name, rail, rails)
                 if taken.setdefault(ifname, name) != name:
-                    self.add(path + ("fabrics", j), "interface-name-clash",
-                             f"fabric '{name}' would give hosts the interface '{ifname}', "
-                             f"which fabric '{taken[ifname]}' also gives them", "rename one of the fabrics")
+                    self.add(
+                        path + ("fabrics", j),
+                        "interface-name-clash",
+                        f"fabric '{name}' would give hosts the interface '{ifname}', "
+                        f"which fabric '{taken[ifname]}' also gives them",
+                        "rename one of the fabrics",
+                    )
                     break
 
     def _storage(self) -> None:

@@ -99,7 +99,8 @@ def read_packages(module, names):
         return {}
     found = dict.fromkeys(names, "absent")
     rc, out, _err = module.run_command(
-        ["dpkg-query", "--show", "--showformat=${Package} ${db:Status-Status} ${Version}\\n"] + list(names))
+        ["dpkg-query", "--show", "--showformat=${Package} ${db:Status-Status} ${Version}\\n"] + list(names)
+    )
     for line in out.splitlines():
         parts = line.split()
         if len(parts) == 3 and parts[1] == "installed":
@@ -123,8 +124,10 @@ def main():
         module.fail_json(msg="paths must be absolute: %s" % ", ".join(bad))
     state = {
         "paths": {path: read_path(path) for path in sorted(set(params["paths"]))},
-        "services": {name: read_service(module, name, params["service_command"])
-                     for name in sorted(set(params["services"]))},
+        "services": {
+            name: read_service(module, name, params["service_command"])
+            for name in sorted(set(params["services"]))
+        },
         "packages": read_packages(module, sorted(set(params["packages"]))),
     }
     module.exit_json(changed=False, state=state)

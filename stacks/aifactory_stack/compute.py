@@ -23,10 +23,15 @@ class GpuNodePoolArgs:
 
 def expectation(host: dict[str, Any], asset: dict[str, Any]) -> dict[str, Any]:
     gpus = host.get("gpus") or {}
-    return {"cpus": host.get("cpus"), "memory_gib": host.get("memory_gib"),
-            "gpu_count": gpus.get("count"), "gpu_model": gpus.get("model"),
-            "manufacturer": asset.get("manufacturer"), "model": asset.get("model"),
-            "serial": asset.get("serial")}
+    return {
+        "cpus": host.get("cpus"),
+        "memory_gib": host.get("memory_gib"),
+        "gpu_count": gpus.get("count"),
+        "gpu_model": gpus.get("model"),
+        "manufacturer": asset.get("manufacturer"),
+        "model": asset.get("model"),
+        "serial": asset.get("serial"),
+    }
 
 
 class GpuNodePool(pulumi.ComponentResource):
@@ -58,23 +63,39 @@ class GpuNodePool(pulumi.ComponentResource):
                 pulumi.ResourceOptions(parent=self),
             )
         managed = {n: _host_output(h) for n, h in self.hosts.items()}
-        self.outputs = (pulumi.Output.all(**managed).apply(lambda done: {**unmanaged, **done}) if managed
-                        else pulumi.Output.from_input(unmanaged))
+        self.outputs = (
+            pulumi.Output.all(**managed).apply(lambda done: {**unmanaged, **done})
+            if managed
+            else pulumi.Output.from_input(unmanaged)
+        )
         self.register_outputs({"hosts": self.outputs})
 
 
 def _unmanaged(host: dict[str, Any]) -> dict[str, Any]:
-    return {"bmc": None, "system": None, "boot": None, "inventory": None,
-            "state": "unmanaged: the plan gives this host no BMC"}
+    return {
+        "bmc": None,
+        "system": None,
+        "boot": None,
+        "inventory": None,
+        "state": "unmanaged: the plan gives this host no BMC",
+    }
 
 
 def _host_output(host: BareMetalHost) -> pulumi.Output[dict[str, Any]]:
-    return pulumi.Output.all(host.endpoint, host.bmc_state, host.power_state, host.identity,
-                             host.boot, host.boot_reported, host.inventory).apply(
+    return pulumi.Output.all(
+        host.endpoint,
+        host.bmc_state,
+        host.power_state,
+        host.identity,
+        host.boot,
+        host.boot_reported,
+        host.inventory,
+    ).apply(
         lambda v: {
             "bmc": {"endpoint": v[0], "state": v[1], "power_state": v[2]},
             "system": v[3],
             "boot": {**(v[4] or {}), "reported": v[5]},
             "inventory": v[6],
             "state": "provisioned",
-        })
+        }
+    )

@@ -34,7 +34,8 @@ class Fabric(pulumi.ComponentResource):
             "kind": args.fabric["kind"],
             "artifacts": artifact_outputs(args.directory, rendered),
             "complete": all(a.complete for a in rendered),
-            "partitions": ({t: f"0x{args.pkeys[t]:04x}" for t in tenants}
-                           if args.fabric["kind"] == "infiniband" else {}),
+            "partitions": (
+                {t: f"0x{args.pkeys[t]:04x}" for t in tenants} if args.fabric["kind"] == "infiniband" else {}
+            ),
         }
         self.register_outputs({"fabric": self.outputs})

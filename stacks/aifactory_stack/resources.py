@@ -40,13 +40,22 @@ class BareMetalHost(Resource, module="compute", name="BareMetalHost"):
     boot: pulumi.Output[dict[str, Any]]
     credentials: pulumi.Output[str]
 
-    def __init__(self, name: str, props: dict[str, Any], opts: pulumi.ResourceOptions | None = None,
-                 *, poll_interval: float = 1.0) -> None:
+    def __init__(
+        self,
+        name: str,
+        props: dict[str, Any],
+        opts: pulumi.ResourceOptions | None = None,
+        *,
+        poll_interval: float = 1.0,
+    ) -> None:
         secret_outputs = pulumi.ResourceOptions(additional_secret_outputs=["credentials"])
         _unwrap_pickler()
-        super().__init__(BareMetalHostProvider(poll_interval), name,
-                         {**props, **{k: None for k in OUTPUT_ONLY}},
-                         pulumi.ResourceOptions.merge(opts, secret_outputs))
+        super().__init__(
+            BareMetalHostProvider(poll_interval),
+            name,
+            {**props, **{k: None for k in OUTPUT_ONLY}},
+            pulumi.ResourceOptions.merge(opts, secret_outputs),
+        )
 
 
 class Artifact(Resource, module="artifacts", name="Artifact"):
@@ -54,20 +63,43 @@ class Artifact(Resource, module="artifacts", name="Artifact"):
     digest: pulumi.Output[str]
     content: pulumi.Output[str]
 
-    def __init__(self, name: str, *, directory: str, file_name: str, content: str,
-                 extra: dict[str, Any] | None = None, opts: pulumi.ResourceOptions | None = None) -> None:
-        props = {"directory": directory, "name": file_name, "content": content,
-                 "digest": digest_of(content), "path": None, **(extra or {})}
+    def __init__(
+        self,
+        name: str,
+        *,
+        directory: str,
+        file_name: str,
+        content: str,
+        extra: dict[str, Any] | None = None,
+        opts: pulumi.ResourceOptions | None = None,
+    ) -> None:
+        props = {
+            "directory": directory,
+            "name": file_name,
+            "content": content,
+            "digest": digest_of(content),
+            "path": None,
+            **(extra or {}),
+        }
         _unwrap_pickler()
         super().__init__(ArtifactProvider(), name, props, opts)
 
 
-def artifact_children(parent: pulumi.Resource, name: str, directory: str,
-                      rendered: list[Rendered]) -> dict[str, Artifact]:
+def artifact_children(
+    parent: pulumi.Resource, name: str, directory: str, rendered: list[Rendered]
+) -> dict[str, Artifact]:
     """One Artifact resource per rendered file, parented to the component that rendered it."""
-    return {a.name: Artifact(f"{name}-{a.name}", directory=directory, file_name=a.name, content=a.content,
-                             extra={"complete": a.complete}, opts=pulumi.ResourceOptions(parent=parent))
-            for a in rendered}
+    return {
+        a.name: Artifact(
+            f"{name}-{a.name}",
+            directory=directory,
+            file_name=a.name,
+            content=a.content,
+            extra={"complete": a.complete},
+            opts=pulumi.ResourceOptions(parent=parent),
+        )
+        for a in rendered
+    }
 
 
 def artifact_outputs(directory: str, rendered: list[Rendered]) -> dict[str, Any]:

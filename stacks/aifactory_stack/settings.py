@@ -84,14 +84,24 @@ def _read_document(path: str | None, what: str) -> dict[str, Any]:
 
 def resolve_credentials(plan: dict[str, Any], resolver: SecretResolver) -> dict[str, pulumi.Output[str]]:
     """Each BMC's credential, resolved now and held only as a Pulumi secret."""
-    return {h["name"]: pulumi.Output.secret(resolver.resolve(h["bmc"]["credentials"], host=h["name"]).value)
-            for h in plan["hosts"] if h.get("bmc")}
+    return {
+        h["name"]: pulumi.Output.secret(resolver.resolve(h["bmc"]["credentials"], host=h["name"]).value)
+        for h in plan["hosts"]
+        if h.get("bmc")
+    }
 
 
-def read_settings(*, plan_file: Path, state_dir: Path, pkeys: dict[str, str] | None = None,
-                  facts_file: str | None = None, assets_file: str | None = None,
-                  bmc: dict[str, Any] | None = None, boot: dict[str, Any] | None = None,
-                  resolver: SecretResolver | None = None) -> StackSettings:
+def read_settings(
+    *,
+    plan_file: Path,
+    state_dir: Path,
+    pkeys: dict[str, str] | None = None,
+    facts_file: str | None = None,
+    assets_file: str | None = None,
+    bmc: dict[str, Any] | None = None,
+    boot: dict[str, Any] | None = None,
+    resolver: SecretResolver | None = None,
+) -> StackSettings:
     try:
         plan = json.loads(plan_file.read_text())
     except (OSError, ValueError) as exc:

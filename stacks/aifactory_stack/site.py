@@ -25,25 +25,41 @@ def build_site(settings: StackSettings) -> Site:
     pools = {
         pool["name"]: GpuNodePool(
             f"{settings.site}-{pool['name']}",
-            GpuNodePoolArgs(pool=pool, hosts=[h for h in plan["hosts"] if h["pool"] == pool["name"]],
-                            credentials=settings.credentials, bmc=settings.bmc, boot=settings.boot,
-                            assets=settings.assets))
+            GpuNodePoolArgs(
+                pool=pool,
+                hosts=[h for h in plan["hosts"] if h["pool"] == pool["name"]],
+                credentials=settings.credentials,
+                bmc=settings.bmc,
+                boot=settings.boot,
+                assets=settings.assets,
+            ),
+        )
         for pool in plan["pools"]
     }
     directory = str(settings.artifacts_dir)
     fabrics = {
-        f["name"]: Fabric(f"{settings.site}-{f['name']}",
-                          FabricArgs(plan=plan, fabric=f, pkeys=settings.pkeys, facts=settings.facts,
-                                     directory=f"{directory}/fabrics"))
+        f["name"]: Fabric(
+            f"{settings.site}-{f['name']}",
+            FabricArgs(
+                plan=plan,
+                fabric=f,
+                pkeys=settings.pkeys,
+                facts=settings.facts,
+                directory=f"{directory}/fabrics",
+            ),
+        )
         for f in plan["fabrics"]
     }
     storage = {
-        s["name"]: StoragePool(f"{settings.site}-{s['name']}",
-                               StoragePoolArgs(plan=plan, storage=s, directory=f"{directory}/storage"))
+        s["name"]: StoragePool(
+            f"{settings.site}-{s['name']}",
+            StoragePoolArgs(plan=plan, storage=s, directory=f"{directory}/storage"),
+        )
         for s in plan["storage"]
     }
     hosts = pulumi.Output.all(*[p.outputs for p in pools.values()]).apply(
-        lambda parts: {name: value for part in parts for name, value in sorted(part.items())})
+        lambda parts: {name: value for part in parts for name, value in sorted(part.items())}
+    )
     pulumi.export("site", settings.site)
     pulumi.export("hosts", hosts)
     pulumi.export("fabrics", {name: f.outputs for name, f in fabrics.items()})

@@ -22,15 +22,30 @@ def failing_spec(folder: Path, *, name: str = "labfail", fix_encryption: bool = 
     spec = yaml.safe_load(LAB.read_text())
     spec["site"]["name"] = name
     spec["storage"][0]["encrypted_at_rest"] = fix_encryption
-    spec["access"].append({"tenant": "research", "resource": "dataset/vitals", "actions": ["read"],
-                           "approved_by": "lead@lab.example", "expires": "2030-01-31"})
+    spec["access"].append(
+        {
+            "tenant": "research",
+            "resource": "dataset/vitals",
+            "actions": ["read"],
+            "approved_by": "lead@lab.example",
+            "expires": "2030-01-31",
+        }
+    )
     spec["egress"]["allow"] = [{"name": "ntp-de", "endpoint": "ntp.example.de:123", "country": "DE"}]
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "site.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
-    waivers = {"waivers": [{"rule": "egress.endpoint_outside_jurisdiction", "resource": "egress/ntp-de",
-                            "reason": "time source until the national NTP service opens",
-                            "approved_by": "ciso@lab.example", "expires": "2030-06-30"}]}
+    waivers = {
+        "waivers": [
+            {
+                "rule": "egress.endpoint_outside_jurisdiction",
+                "resource": "egress/ntp-de",
+                "reason": "time source until the national NTP service opens",
+                "approved_by": "ciso@lab.example",
+                "expires": "2030-06-30",
+            }
+        ]
+    }
     (folder / "site.waivers.yaml").write_text(yaml.safe_dump(waivers, sort_keys=False))
     return path
 

@@ -43,5 +43,6 @@ def lab_report(tmp_path_factory: pytest.TempPathFactory) -> WrittenReport:
     folder = tmp_path_factory.mktemp("lab-spec")
     shutil.copy(LAB, folder / "site.yaml")  # a copy: the report must not touch the checkout
     shutil.copy(LAB.with_name("site.alloc.json"), folder / "site.alloc.json")
-    return produce_report(folder / "site.yaml", tmp_path_factory.mktemp("report-lab"),
-                          ReportOptions(timestamp=TIMESTAMP))
+    return produce_report(
+        folder / "site.yaml", tmp_path_factory.mktemp("report-lab"), ReportOptions(timestamp=TIMESTAMP)
+    )

@@ -22,8 +22,9 @@ SITE = "labbundle"
 
 
 def _import(tmp_path: Path, plan: SitePlan, *, plan_digest: str, version: str) -> tuple[Path, Path]:
-    keys = signing.generate_keypair(tmp_path / f"keys-{version}", identity="release@lab.example",
-                                    namespaces="aifactory-bundle")
+    keys = signing.generate_keypair(
+        tmp_path / f"keys-{version}", identity="release@lab.example", namespaces="aifactory-bundle"
+    )
     payload = {"plan.json": plan.to_json().encode(), "files/model.safetensors": b"\x00weights" * 4096}
     files = {}
     for name, data in payload.items():
@@ -31,14 +32,29 @@ def _import(tmp_path: Path, plan: SitePlan, *, plan_digest: str, version: str) -
         source.parent.mkdir(parents=True, exist_ok=True)
         source.write_bytes(data)
         files[name] = PayloadFile(source, "extra")
-    header = Header(site=SITE, version=BundleVersion.parse(version), created="2026-11-22T08:00:00Z",
-                    timestamp=1_795_000_000, plan_digest=plan_digest, spec_digest=plan.spec_digest,
-                    aifactory_version="test", contents={})
-    sealed = seal(files, header, key=signing.load_private_key(keys.private),
-                  output=tmp_path / f"{version}.tar", work=tmp_path / f"meta-{version}")
-    imported = import_bundle(sealed.parts[0] if sealed.parts else tmp_path / f"{version}.tar",
-                             trust=keys.allowed_signers, site_state=SiteState.for_site(SITE),
-                             home=tmp_path / "home")
+    header = Header(
+        site=SITE,
+        version=BundleVersion.parse(version),
+        created="2026-11-22T08:00:00Z",
+        timestamp=1_795_000_000,
+        plan_digest=plan_digest,
+        spec_digest=plan.spec_digest,
+        aifactory_version="test",
+        contents={},
+    )
+    sealed = seal(
+        files,
+        header,
+        key=signing.load_private_key(keys.private),
+        output=tmp_path / f"{version}.tar",
+        work=tmp_path / f"meta-{version}",
+    )
+    imported = import_bundle(
+        sealed.parts[0] if sealed.parts else tmp_path / f"{version}.tar",
+        trust=keys.allowed_signers,
+        site_state=SiteState.for_site(SITE),
+        home=tmp_path / "home",
+    )
     return imported.root, keys.allowed_signers
 
 

@@ -15,8 +15,9 @@ from aifactory.state import SiteState
 
 
 def test_fixing_encryption_shows_as_drift(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    before = produce_report(failing_spec(tmp_path / "v1", name="labdiff"), tmp_path / "r1",
-                            ReportOptions(timestamp=TIMESTAMP))
+    before = produce_report(
+        failing_spec(tmp_path / "v1", name="labdiff"), tmp_path / "r1", ReportOptions(timestamp=TIMESTAMP)
+    )
     fixed = failing_spec(tmp_path / "v2", name="labdiff", fix_encryption=True)
     after = produce_report(fixed, tmp_path / "r2", ReportOptions(timestamp="2026-11-29T09:00:00Z"))
     drift = diff_reports(before.folder, after.folder)

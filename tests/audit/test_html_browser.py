@@ -15,8 +15,9 @@ from auditfixtures import artifacts_dir
 from aifactory.audit import WrittenReport
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-pytestmark = pytest.mark.skipif(CHROMIUM is None,
-                                reason="needs Debian's chromium (apt-get install -y chromium)")
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None, reason="needs Debian's chromium (apt-get install -y chromium)"
+)
 
 # Runs inside the page after layout: what a reader would see, measured by the browser itself.
 PROBE = """<script>
@@ -51,9 +52,20 @@ PROBE = """<script>
 
 def _chromium(profile: Path, *args: str) -> subprocess.CompletedProcess[str]:
     assert CHROMIUM is not None
-    command = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-               "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-extensions",
-               "--host-resolver-rules=MAP * ~NOTFOUND", f"--user-data-dir={profile}", *args]
+    command = [
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--disable-extensions",
+        "--host-resolver-rules=MAP * ~NOTFOUND",
+        f"--user-data-dir={profile}",
+        *args,
+    ]
     return subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
 
 
@@ -66,8 +78,9 @@ def page(failing_report: WrittenReport, tmp_path_factory: pytest.TempPathFactory
     done = _chromium(folder / "profile", "--window-size=1280,1600", "--dump-dom", probed.as_uri())
     match = re.search(r'<pre id="probe">(.*?)</pre>', done.stdout, re.S)
     assert match, f"chromium gave no page (rc {done.returncode}): {done.stderr[-2000:]}"
-    return json.loads(match.group(1).replace("&quot;", '"').replace("&lt;", "<").replace("&gt;", ">")
-                      .replace("&amp;", "&"))
+    return json.loads(
+        match.group(1).replace("&quot;", '"').replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
+    )
 
 
 def test_banner_shows_the_highest_classification(page: dict, failing_report: WrittenReport) -> None:
@@ -98,8 +111,13 @@ def test_page_loads_nothing_from_anywhere(page: dict) -> None:
 def test_screenshot_is_kept(failing_report: WrittenReport, tmp_path: Path) -> None:
     target = artifacts_dir() / "report.png"
     target.unlink(missing_ok=True)
-    done = _chromium(tmp_path / "profile", "--window-size=1280,2000", "--hide-scrollbars",
-                     f"--screenshot={target}", (failing_report.folder / "report.html").as_uri())
+    done = _chromium(
+        tmp_path / "profile",
+        "--window-size=1280,2000",
+        "--hide-scrollbars",
+        f"--screenshot={target}",
+        (failing_report.folder / "report.html").as_uri(),
+    )
     assert target.exists(), done.stderr[-2000:]
     assert target.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert target.stat().st_size > 20_000  # a rendered page, not a blank one

@@ -16,9 +16,14 @@ def _with_findings(report: AuditReport, count: int) -> AuditReport:
     """The fixture's report with `count` findings spread over 7 rules (as a large site would have)."""
     template = report.findings[0]
     findings = tuple(
-        dataclasses.replace(template, rule=f"{template.rule}_{index % 7}",
-                            resource=f"dataset/data{index:05d}", message=f"{template.message} (copy {index})")
-        for index in range(count))
+        dataclasses.replace(
+            template,
+            rule=f"{template.rule}_{index % 7}",
+            resource=f"dataset/data{index:05d}",
+            message=f"{template.message} (copy {index})",
+        )
+        for index in range(count)
+    )
     return dataclasses.replace(report, findings=findings)
 
 
@@ -54,8 +59,9 @@ def test_written_as_a_stream(failing_report: WrittenReport, tmp_path: Path) -> N
 
 
 def test_findings_are_escaped(failing_report: WrittenReport, tmp_path: Path) -> None:
-    hostile: Finding = dataclasses.replace(failing_report.report.findings[0],
-                                           resource='storage/<script>alert("x")</script>')
+    hostile: Finding = dataclasses.replace(
+        failing_report.report.findings[0], resource='storage/<script>alert("x")</script>'
+    )
     write_html(dataclasses.replace(failing_report.report, findings=(hostile,)), tmp_path / "r.html")
     html = (tmp_path / "r.html").read_text()
     assert "<script>alert" not in html and "&lt;script&gt;alert" in html

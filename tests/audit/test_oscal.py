@@ -27,8 +27,9 @@ def _load(report: WrittenReport) -> AssessmentResults:
     return AssessmentResults.oscal_read(report.folder / "assessment-results.json")
 
 
-def test_every_failed_policy_control_is_a_not_satisfied_finding(failing_site: Path,
-                                                                 failing_report: WrittenReport) -> None:
+def test_every_failed_policy_control_is_a_not_satisfied_finding(
+    failing_site: Path, failing_report: WrittenReport
+) -> None:
     today = dt.date.fromisoformat(TIMESTAMP[:10])
     policy = check_site(plan_site(failing_site, write_lock=False), today=today)
     failed = {c.id for c in policy.controls if c.status == "fail"}
@@ -39,8 +40,12 @@ def test_every_failed_policy_control_is_a_not_satisfied_finding(failing_site: Pa
     for control in failed:
         finding = by_target[f"{oscal_control_id(control)}_obj"]
         assert finding.target.status.state.value == "not-satisfied"
-        cited = {p.value for u in finding.related_observations
-                 for p in observations[u.observation_uuid].props or [] if p.name == "rule"}
+        cited = {
+            p.value
+            for u in finding.related_observations
+            for p in observations[u.observation_uuid].props or []
+            if p.name == "rule"
+        }
         failing_rules = {f.rule for f in policy.findings if f.status == "fail" and control in f.controls}
         assert failing_rules <= cited
     reviewed = {c.control_id for c in result.reviewed_controls.control_selections[0].include_controls}

@@ -16,8 +16,14 @@ from aifactory.audit.sign import ALLOWED_SIGNERS, MANIFEST, NAMESPACE, SIGNATURE
 from aifactory.audit.verify import verify_report
 from aifactory.cli.main import main
 
-SIGNED_FOLDER_FILES = ("report.html", "report.json", "assessment-results.json", MANIFEST, SIGNATURE,
-                       ALLOWED_SIGNERS)
+SIGNED_FOLDER_FILES = (
+    "report.html",
+    "report.json",
+    "assessment-results.json",
+    MANIFEST,
+    SIGNATURE,
+    ALLOWED_SIGNERS,
+)
 
 
 def _copy(report: WrittenReport, target: Path) -> Path:
@@ -34,9 +40,13 @@ def test_fresh_report_verifies(failing_report: WrittenReport) -> None:
 
 def test_ssh_keygen_accepts_the_signature(failing_report: WrittenReport) -> None:
     folder = failing_report.folder
-    done = signing.ssh_keygen_verify(folder / MANIFEST, folder / SIGNATURE,
-                                     allowed_signers=folder / ALLOWED_SIGNERS, identity="audit@labfail",
-                                     namespace=NAMESPACE)
+    done = signing.ssh_keygen_verify(
+        folder / MANIFEST,
+        folder / SIGNATURE,
+        allowed_signers=folder / ALLOWED_SIGNERS,
+        identity="audit@labfail",
+        namespace=NAMESPACE,
+    )
     assert done.returncode == 0, done.stderr
     sums = subprocess.run(["sha256sum", "--check", "--quiet", MANIFEST], cwd=folder, check=False)
     assert sums.returncode == 0
@@ -57,10 +67,12 @@ def test_one_changed_byte_fails(failing_report: WrittenReport, tmp_path: Path, n
 
 
 def test_a_report_re_signed_with_another_key_fails_against_the_real_trust(
-        failing_report: WrittenReport, failing_site: Path, tmp_path: Path) -> None:
+    failing_report: WrittenReport, failing_site: Path, tmp_path: Path
+) -> None:
     keys = signing.generate_keypair(tmp_path / "keys", identity="mallory", namespaces=NAMESPACE)
-    forged = produce_report(failing_site, tmp_path / "forged",
-                            ReportOptions(timestamp=TIMESTAMP, key=keys.private))
+    forged = produce_report(
+        failing_site, tmp_path / "forged", ReportOptions(timestamp=TIMESTAMP, key=keys.private)
+    )
     assert verify_report(forged.folder).ok  # self-consistent ...
     trusted = failing_report.folder / ALLOWED_SIGNERS
     result = verify_report(forged.folder, trust=trusted)  # ... but not by the key the auditor trusts
@@ -79,6 +91,7 @@ def test_a_cited_log_rewritten_after_the_report_fails(tmp_path: Path) -> None:
     from auditfixtures import failing_spec
 
     from aifactory.state import SiteState
+
     spec = failing_spec(tmp_path / "spec", name="labrewrite")
     state = SiteState.for_site("labrewrite")
     for command in ("plan", "deploy", "up"):
@@ -94,8 +107,9 @@ def test_a_cited_log_rewritten_after_the_report_fails(tmp_path: Path) -> None:
     assert not result.ok and "rewritten or cut" in " ".join(result.problems)
 
 
-def test_bad_timestamp_is_a_usage_error(failing_site: Path, tmp_path: Path,
-                                        capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_timestamp_is_a_usage_error(
+    failing_site: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     code = main(["audit", "report", str(failing_site), "-o", str(tmp_path / "r"), "--timestamp", "yesterday"])
     assert code == 2
     assert "error[usage]" in capsys.readouterr().err

@@ -52,8 +52,16 @@ def signer(tmp_path_factory: pytest.TempPathFactory) -> Signer:
 @pytest.fixture(scope="session")
 def source_snapshot(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The checkout's files as git sees them now (tracked and untracked, minus ignored)."""
-    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
-                            capture_output=True, check=True).stdout.decode().split("\0")
+    listed = (
+        subprocess.run(
+            ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+            cwd=REPO,
+            capture_output=True,
+            check=True,
+        )
+        .stdout.decode()
+        .split("\0")
+    )
     target = tmp_path_factory.mktemp("source") / "aifactory"
     for name in filter(None, listed):
         origin = REPO / name
@@ -77,28 +85,40 @@ def extras(tmp_path_factory: pytest.TempPathFactory) -> Extras:
     source = folder / "labextra.tools"
     (source / "roles" / "hello" / "tasks").mkdir(parents=True)
     (source / "roles" / "hello" / "tasks" / "main.yml").write_text(
-        "- name: hello | run | greet\n  ansible.builtin.debug:\n    msg: hello\n")
-    (source / "galaxy.yml").write_text("namespace: labextra\nname: tools\nversion: 1.0.0\nreadme: README.md\n"
-                                       "authors: [lab]\n")
+        "- name: hello | run | greet\n  ansible.builtin.debug:\n    msg: hello\n"
+    )
+    (source / "galaxy.yml").write_text(
+        "namespace: labextra\nname: tools\nversion: 1.0.0\nreadme: README.md\nauthors: [lab]\n"
+    )
     (source / "README.md").write_text("# labextra.tools\n")
-    subprocess.run([ansible_galaxy(), "collection", "build", str(source), "--output-path", str(folder)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [ansible_galaxy(), "collection", "build", str(source), "--output-path", str(folder)],
+        check=True,
+        capture_output=True,
+    )
     weights = folder / "vitals-mlp.safetensors"
     weights.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}      " + bytes(4096))
     return Extras(folder / "labextra-tools-1.0.0.tar.gz", weights)
 
 
 def lab_options(signer: Signer, source: Path, extras: Extras) -> BuildOptions:
-    return BuildOptions(key=signer.key, timestamp=STAMP, source=source, collections=[extras.collection],
-                        extra_files=[extras.weights])
+    return BuildOptions(
+        key=signer.key,
+        timestamp=STAMP,
+        source=source,
+        collections=[extras.collection],
+        extra_files=[extras.weights],
+    )
 
 
 @pytest.fixture(scope="session")
-def lab_bundle(tmp_path_factory: pytest.TempPathFactory, signer: Signer, source_snapshot: Path,
-               extras: Extras) -> BuildResult:
+def lab_bundle(
+    tmp_path_factory: pytest.TempPathFactory, signer: Signer, source_snapshot: Path, extras: Extras
+) -> BuildResult:
     output = tmp_path_factory.mktemp("lab-bundle") / "lab.tar"
-    return build_bundle(source_snapshot / LAB_SITE, output=output,
-                        options=lab_options(signer, source_snapshot, extras))
+    return build_bundle(
+        source_snapshot / LAB_SITE, output=output, options=lab_options(signer, source_snapshot, extras)
+    )
 
 
 SmallBundle = Callable[..., Path]
@@ -109,8 +129,15 @@ def small_bundle(tmp_path: Path, signer: Signer) -> SmallBundle:
     """make(version=..., key=..., files={archive path: bytes}, part_size=...) -> the bundle path."""
     counter = iter(range(1000))
 
-    def make(*, version: str = "2.0", key: Path | None = None, files: dict[str, bytes] | None = None,
-             part_size: int | None = None, site: str = "tamperlab", compress: str | None = None) -> Path:
+    def make(
+        *,
+        version: str = "2.0",
+        key: Path | None = None,
+        files: dict[str, bytes] | None = None,
+        part_size: int | None = None,
+        site: str = "tamperlab",
+        compress: str | None = None,
+    ) -> Path:
         folder = tmp_path / f"small-{next(counter)}"
         payload = {}
         for name, data in (files or small_files()).items():
@@ -118,12 +145,25 @@ def small_bundle(tmp_path: Path, signer: Signer) -> SmallBundle:
             source.parent.mkdir(parents=True, exist_ok=True)
             source.write_bytes(data)
             payload[name] = PayloadFile(source, "extra")
-        header = Header(site=site, version=BundleVersion.parse(version), created="2025-11-22T08:26:40Z",
-                        timestamp=STAMP, plan_digest="sha256:" + "0" * 64, spec_digest="sha256:" + "1" * 64,
-                        aifactory_version="test", contents={})
-        sealed = seal(payload, header, key=signing.load_private_key(key or signer.key),
-                      output=folder / "b.tar",
-                      work=folder / "meta", part_size=part_size, compress=compress)
+        header = Header(
+            site=site,
+            version=BundleVersion.parse(version),
+            created="2025-11-22T08:26:40Z",
+            timestamp=STAMP,
+            plan_digest="sha256:" + "0" * 64,
+            spec_digest="sha256:" + "1" * 64,
+            aifactory_version="test",
+            contents={},
+        )
+        sealed = seal(
+            payload,
+            header,
+            key=signing.load_private_key(key or signer.key),
+            output=folder / "b.tar",
+            work=folder / "meta",
+            part_size=part_size,
+            compress=compress,
+        )
         return sealed.parts[0] if part_size else folder / "b.tar"
 
     return make

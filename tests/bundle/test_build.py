@@ -42,8 +42,17 @@ def test_the_bundle_carries_what_an_air_gapped_site_needs(lab_bundle: BuildResul
     manifest = json.loads(member_bytes(bundle, MANIFEST))
     assert {MANIFEST, SIGNATURE, SUMS, "plan.json", SBOM_PATH} <= set(listed)
     wheels = [n for n in listed if n.startswith("wheels/")]
-    for project in ("aifactory-", "torch-", "safetensors-", "numpy-", "ansible_core-", "ansible_runner-",
-                    "gordon_to_regorus-", "cryptography-", "pydantic-"):
+    for project in (
+        "aifactory-",
+        "torch-",
+        "safetensors-",
+        "numpy-",
+        "ansible_core-",
+        "ansible_runner-",
+        "gordon_to_regorus-",
+        "cryptography-",
+        "pydantic-",
+    ):
         assert any(n.startswith(f"wheels/{project}") for n in wheels), project
     assert "collections/aifactory-factory-0.1.0.tar.gz" in listed
     assert "collections/labextra-tools-1.0.0.tar.gz" in listed and "files/vitals-mlp.safetensors" in listed
@@ -52,19 +61,26 @@ def test_the_bundle_carries_what_an_air_gapped_site_needs(lab_bundle: BuildResul
     assert manifest["site"] == "lab" and manifest["version"] == "20251122.082640"
     assert manifest["plan_digest"] == plan_site(REPO / LAB_SITE, write_lock=False).plan.digest()
     assert json.loads(member_bytes(bundle, "plan.json"))["site"]["name"] == "lab"
-    assert set(manifest["contents"]["wheelsets"]) == {"runtime/debian-12-x86_64-py3.11",
-                                                      "control/debian-12-x86_64-py3.11"}
+    assert set(manifest["contents"]["wheelsets"]) == {
+        "runtime/debian-12-x86_64-py3.11",
+        "control/debian-12-x86_64-py3.11",
+    }
     assert not any("torch" in w for w in manifest["contents"]["wheelsets"]["control/debian-12-x86_64-py3.11"])
 
 
-def test_two_builds_from_the_same_inputs_are_byte_identical(lab_bundle: BuildResult, signer: Signer,
-                                                            source_snapshot: Path, extras: Extras,
-                                                            tmp_path: Path) -> None:
-    again = build_bundle(source_snapshot / LAB_SITE, output=tmp_path / "again.tar",
-                         options=lab_options(signer, source_snapshot, extras))
+def test_two_builds_from_the_same_inputs_are_byte_identical(
+    lab_bundle: BuildResult, signer: Signer, source_snapshot: Path, extras: Extras, tmp_path: Path
+) -> None:
+    again = build_bundle(
+        source_snapshot / LAB_SITE,
+        output=tmp_path / "again.tar",
+        options=lab_options(signer, source_snapshot, extras),
+    )
     first, second = lab_bundle.parts[0], again.parts[0]
-    hashes = [{f["path"]: f["sha256"] for f in json.loads(member_bytes(b, MANIFEST))["files"]}
-              for b in (first, second)]
+    hashes = [
+        {f["path"]: f["sha256"] for f in json.loads(member_bytes(b, MANIFEST))["files"]}
+        for b in (first, second)
+    ]
     assert [p for p in hashes[0] if hashes[0][p] != hashes[1].get(p)] == []
     collection = "collections/aifactory-factory-0.1.0.tar.gz"
     assert member_bytes(first, collection) == member_bytes(second, collection)
@@ -86,13 +102,18 @@ def test_collection_tarball_is_normalized(lab_bundle: BuildResult, tmp_path: Pat
     assert any(m.name.startswith("roles/") for m in members)
 
 
-def test_ssh_keygen_verifies_the_manifest_signature(lab_bundle: BuildResult, signer: Signer,
-                                                    tmp_path: Path) -> None:
+def test_ssh_keygen_verifies_the_manifest_signature(
+    lab_bundle: BuildResult, signer: Signer, tmp_path: Path
+) -> None:
     (tmp_path / MANIFEST).write_bytes(member_bytes(lab_bundle.parts[0], MANIFEST))
     (tmp_path / SIGNATURE).write_bytes(member_bytes(lab_bundle.parts[0], SIGNATURE))
-    done = signing.ssh_keygen_verify(tmp_path / MANIFEST, tmp_path / SIGNATURE,
-                                     allowed_signers=signer.allowed_signers, identity=IDENTITY,
-                                     namespace="aifactory-bundle")
+    done = signing.ssh_keygen_verify(
+        tmp_path / MANIFEST,
+        tmp_path / SIGNATURE,
+        allowed_signers=signer.allowed_signers,
+        identity=IDENTITY,
+        namespace="aifactory-bundle",
+    )
     assert done.returncode == 0, done.stderr
     assert f'Good "aifactory-bundle" signature for {IDENTITY}' in done.stdout + done.stderr
 
@@ -125,7 +146,8 @@ def test_sbom_is_cyclonedx_and_lists_every_file(lab_bundle: BuildResult) -> None
     assert any(c.get("purl", "").startswith("pkg:deb/debian/slurmd@") for c in listed.values())
     assert any(c.get("group") == "aifactory" and c["name"] == "factory" for c in listed.values())
     assert listed["collections/labextra-tools-1.0.0.tar.gz"]["purl"] == (
-        "pkg:generic/ansible-collection/labextra.tools@1.0.0")
+        "pkg:generic/ansible-collection/labextra.tools@1.0.0"
+    )
     assert listed["files/vitals-mlp.safetensors"]["type"] == "file"
 
 
@@ -136,8 +158,10 @@ def test_verify_hashes_everything_and_names_the_signer(lab_bundle: BuildResult, 
 
 
 def _can_unshare_network() -> bool:
-    return shutil.which("unshare") is not None and subprocess.run(
-        ["unshare", "-n", "true"], capture_output=True).returncode == 0
+    return (
+        shutil.which("unshare") is not None
+        and subprocess.run(["unshare", "-n", "true"], capture_output=True).returncode == 0
+    )
 
 
 def _base_python() -> str:
@@ -145,11 +169,13 @@ def _base_python() -> str:
 
 
 @pytest.mark.skipif(not _can_unshare_network(), reason="needs `unshare -n` (root or user namespaces)")
-def test_runtime_installs_from_the_imported_bundle_with_no_network(lab_bundle: BuildResult, signer: Signer,
-                                                                   tmp_path: Path) -> None:
+def test_runtime_installs_from_the_imported_bundle_with_no_network(
+    lab_bundle: BuildResult, signer: Signer, tmp_path: Path
+) -> None:
     state = SiteState.for_site("lab", home=tmp_path / "state")
-    imported = import_bundle(lab_bundle.parts[0], trust=signer.allowed_signers, site_state=state,
-                             home=tmp_path / "bundles")
+    imported = import_bundle(
+        lab_bundle.parts[0], trust=signer.allowed_signers, site_state=state, home=tmp_path / "bundles"
+    )
     assert current_import(state) == imported
     subprocess.run(["sha256sum", "--quiet", "-c", SUMS], cwd=imported.root, check=True)
     unpacked = imported.collections_path / "ansible_collections" / "aifactory" / "factory"
@@ -158,20 +184,41 @@ def test_runtime_installs_from_the_imported_bundle_with_no_network(lab_bundle: B
     assert (extra / "roles" / "hello" / "tasks" / "main.yml").is_file()
     assert (imported.files_path / "vitals-mlp.safetensors").is_file()
     venv = tmp_path / "venv"
-    isolated = ["unshare", "-n", "env", "-i", "PATH=/usr/bin:/bin", "PIP_CONFIG_FILE=/dev/null",
-                f"HOME={tmp_path}"]
+    isolated = [
+        "unshare",
+        "-n",
+        "env",
+        "-i",
+        "PATH=/usr/bin:/bin",
+        "PIP_CONFIG_FILE=/dev/null",
+        f"HOME={tmp_path}",
+    ]
     subprocess.run([*isolated, _base_python(), "-m", "venv", str(venv)], check=True, capture_output=True)
     install = subprocess.run(
-        [*isolated, str(venv / "bin" / "pip"), "install", "--isolated", "--no-index", "--no-cache-dir",
-         "--disable-pip-version-check", "--no-compile", "--find-links", str(imported.wheelhouse),
-         "aifactory[runtime]"],
-        capture_output=True, text=True)
+        [
+            *isolated,
+            str(venv / "bin" / "pip"),
+            "install",
+            "--isolated",
+            "--no-index",
+            "--no-cache-dir",
+            "--disable-pip-version-check",
+            "--no-compile",
+            "--find-links",
+            str(imported.wheelhouse),
+            "aifactory[runtime]",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert install.returncode == 0, install.stdout[-3000:] + install.stderr[-3000:]
-    probe = ("import aifactory, torch, safetensors, regorus; "
-             "print(aifactory.__file__); print(torch.__version__); print(torch.ones(2).sum().item())")
-    done = subprocess.run([*isolated, str(venv / "bin" / "python"), "-c", probe], capture_output=True,
-                          text=True,
-                          cwd=tmp_path)
+    probe = (
+        "import aifactory, torch, safetensors, regorus; "
+        "print(aifactory.__file__); print(torch.__version__); print(torch.ones(2).sum().item())"
+    )
+    done = subprocess.run(
+        [*isolated, str(venv / "bin" / "python"), "-c", probe], capture_output=True, text=True, cwd=tmp_path
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     where, version, total = done.stdout.split()
     assert where.startswith(str(venv)) and version.startswith("2.13.0") and total == "2.0"

@@ -27,11 +27,12 @@ def tree(root: Path) -> dict[str, bytes]:
     return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def test_import_unpacks_a_versioned_checkable_tree(small_bundle: SmallBundle, signer: Signer,
-                                                   state: SiteState,
-                                                   tmp_path: Path) -> None:
-    imported = import_bundle(small_bundle(version="5"), trust=signer.allowed_signers, site_state=state,
-                             home=tmp_path / "home")
+def test_import_unpacks_a_versioned_checkable_tree(
+    small_bundle: SmallBundle, signer: Signer, state: SiteState, tmp_path: Path
+) -> None:
+    imported = import_bundle(
+        small_bundle(version="5"), trust=signer.allowed_signers, site_state=state, home=tmp_path / "home"
+    )
     assert imported.root == tmp_path / "home" / "tamperlab" / "5"
     assert (tmp_path / "home" / "tamperlab" / "current").resolve() == imported.root
     assert imported.wheelhouse.joinpath("demo-1.0-py3-none-any.whl").is_file()
@@ -47,11 +48,13 @@ def test_import_unpacks_a_versioned_checkable_tree(small_bundle: SmallBundle, si
     assert verify_chain(state.operator_log).ok
 
 
-def test_a_failed_import_leaves_the_previous_one_untouched(small_bundle: SmallBundle, signer: Signer,
-                                                           state: SiteState, tmp_path: Path) -> None:
+def test_a_failed_import_leaves_the_previous_one_untouched(
+    small_bundle: SmallBundle, signer: Signer, state: SiteState, tmp_path: Path
+) -> None:
     home = tmp_path / "home"
-    first = import_bundle(small_bundle(version="1"), trust=signer.allowed_signers, site_state=state,
-                          home=home)
+    first = import_bundle(
+        small_bundle(version="1"), trust=signer.allowed_signers, site_state=state, home=home
+    )
     before = tree(first.root)
     bad = flip_byte_in_place(small_bundle(version="2"), PAYLOAD)
     with pytest.raises(BundleError) as caught:
@@ -63,8 +66,9 @@ def test_a_failed_import_leaves_the_previous_one_untouched(small_bundle: SmallBu
     assert records[-1]["result"] == "refused: hash-mismatch"
 
 
-def test_importing_the_same_bundle_again_changes_nothing(small_bundle: SmallBundle, signer: Signer,
-                                                         state: SiteState, tmp_path: Path) -> None:
+def test_importing_the_same_bundle_again_changes_nothing(
+    small_bundle: SmallBundle, signer: Signer, state: SiteState, tmp_path: Path
+) -> None:
     bundle = small_bundle(version="7")
     first = import_bundle(bundle, trust=signer.allowed_signers, site_state=state, home=tmp_path / "home")
     before = tree(first.root)
@@ -72,18 +76,22 @@ def test_importing_the_same_bundle_again_changes_nothing(small_bundle: SmallBund
     assert again == first and tree(first.root) == before
 
 
-def test_a_newer_bundle_becomes_current(small_bundle: SmallBundle, signer: Signer, state: SiteState,
-                                        tmp_path: Path) -> None:
-    old = import_bundle(small_bundle(version="1.9"), trust=signer.allowed_signers, site_state=state,
-                        home=tmp_path / "home")
-    new = import_bundle(small_bundle(version="1.10"), trust=signer.allowed_signers, site_state=state,
-                        home=tmp_path / "home")
+def test_a_newer_bundle_becomes_current(
+    small_bundle: SmallBundle, signer: Signer, state: SiteState, tmp_path: Path
+) -> None:
+    old = import_bundle(
+        small_bundle(version="1.9"), trust=signer.allowed_signers, site_state=state, home=tmp_path / "home"
+    )
+    new = import_bundle(
+        small_bundle(version="1.10"), trust=signer.allowed_signers, site_state=state, home=tmp_path / "home"
+    )
     assert current_import(state) == new and old.root.is_dir()
     assert (tmp_path / "home" / "tamperlab" / "current").resolve() == new.root
 
 
-def test_a_bundle_for_another_site_is_refused(small_bundle: SmallBundle, signer: Signer,
-                                              tmp_path: Path) -> None:
+def test_a_bundle_for_another_site_is_refused(
+    small_bundle: SmallBundle, signer: Signer, tmp_path: Path
+) -> None:
     other = SiteState.for_site("othersite", home=tmp_path / "state")
     with pytest.raises(BundleError) as caught:
         import_bundle(small_bundle(), trust=signer.allowed_signers, site_state=other, home=tmp_path / "home")

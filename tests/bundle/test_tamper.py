@@ -111,8 +111,9 @@ def test_a_file_added(small_bundle: SmallBundle, signer: Signer) -> None:
 
 
 def test_a_file_removed(small_bundle: SmallBundle, signer: Signer) -> None:
-    error = refusal(rewrite(small_bundle(), lambda e: [x for x in e if x[0].name != PAYLOAD]),
-                    signer.allowed_signers)
+    error = refusal(
+        rewrite(small_bundle(), lambda e: [x for x in e if x[0].name != PAYLOAD]), signer.allowed_signers
+    )
     assert codes(error) == {"missing-file"} and error.problems[0].location.path == PAYLOAD
 
 
@@ -125,7 +126,9 @@ def test_a_file_renamed(small_bundle: SmallBundle, signer: Signer) -> None:
 
     error = refusal(rewrite(small_bundle(), rename), signer.allowed_signers)
     assert {(p.code, p.location.path) for p in error.problems} == {
-        ("extra-file", "wheels/renamed-1.0-py3-none-any.whl"), ("missing-file", PAYLOAD)}
+        ("extra-file", "wheels/renamed-1.0-py3-none-any.whl"),
+        ("missing-file", PAYLOAD),
+    }
 
 
 def test_a_truncated_archive(small_bundle: SmallBundle, signer: Signer) -> None:
@@ -151,11 +154,14 @@ def test_data_appended_after_the_end_of_the_archive(small_bundle: SmallBundle, s
     assert codes(refusal(bundle, signer.allowed_signers)) == {"trailing-data"}
 
 
-@pytest.mark.parametrize(("name", "reason"), [
-    ("../outside.txt", "unsafe-path"),
-    ("policies/../../outside.txt", "unsafe-path"),
-    ("/etc/cron.d/evil", "unsafe-path"),
-])
+@pytest.mark.parametrize(
+    ("name", "reason"),
+    [
+        ("../outside.txt", "unsafe-path"),
+        ("policies/../../outside.txt", "unsafe-path"),
+        ("/etc/cron.d/evil", "unsafe-path"),
+    ],
+)
 def test_paths_that_leave_the_tree(small_bundle: SmallBundle, signer: Signer, name: str, reason: str) -> None:
     added = regular(name, b"owned\n")
     error = refusal(rewrite(small_bundle(), lambda e: e + [added]), signer.allowed_signers)
@@ -182,26 +188,30 @@ def test_a_device_file(small_bundle: SmallBundle, signer: Signer) -> None:
     assert codes(refusal(rewrite(small_bundle(), add_device), signer.allowed_signers)) == {"special-file"}
 
 
-def test_a_duplicate_entry_that_would_shadow_a_verified_file(small_bundle: SmallBundle,
-                                                             signer: Signer) -> None:
+def test_a_duplicate_entry_that_would_shadow_a_verified_file(
+    small_bundle: SmallBundle, signer: Signer
+) -> None:
     shadow = regular(PAYLOAD, b"shadow")
     error = refusal(rewrite(small_bundle(), lambda e: e + [shadow]), signer.allowed_signers)
     assert "duplicate-entry" in codes(error)
 
 
-def test_a_bundle_signed_by_an_untrusted_key(small_bundle: SmallBundle, signer: Signer,
-                                             tmp_path: Path) -> None:
+def test_a_bundle_signed_by_an_untrusted_key(
+    small_bundle: SmallBundle, signer: Signer, tmp_path: Path
+) -> None:
     stranger = make_signer(tmp_path / "stranger", identity="someone@else.example")
     error = refusal(small_bundle(key=stranger.key), signer.allowed_signers)
     assert codes(error) == {"signature-untrusted"}
     assert str(signer.allowed_signers) in error.problems[0].message
 
 
-def test_an_older_version_after_a_newer_was_imported(small_bundle: SmallBundle, signer: Signer,
-                                                      tmp_path: Path) -> None:
+def test_an_older_version_after_a_newer_was_imported(
+    small_bundle: SmallBundle, signer: Signer, tmp_path: Path
+) -> None:
     state = SiteState.for_site("tamperlab", home=tmp_path / "state")
-    newer = import_bundle(small_bundle(version="2.10"), trust=signer.allowed_signers, site_state=state,
-                          home=tmp_path / "home")
+    newer = import_bundle(
+        small_bundle(version="2.10"), trust=signer.allowed_signers, site_state=state, home=tmp_path / "home"
+    )
     older = small_bundle(version="2.9")  # validly signed, but 2.9 < 2.10
     error = refusal(older, signer.allowed_signers, state)
     assert codes(error) == {"rollback"} and "2.10" in error.problems[0].message
@@ -211,11 +221,13 @@ def test_an_older_version_after_a_newer_was_imported(small_bundle: SmallBundle, 
     assert sorted(p.name for p in (tmp_path / "home" / "tamperlab").iterdir()) == ["2.10", "current"]
 
 
-def test_the_same_version_with_other_content_is_refused(small_bundle: SmallBundle, signer: Signer,
-                                                        tmp_path: Path) -> None:
+def test_the_same_version_with_other_content_is_refused(
+    small_bundle: SmallBundle, signer: Signer, tmp_path: Path
+) -> None:
     state = SiteState.for_site("tamperlab", home=tmp_path / "state")
-    import_bundle(small_bundle(version="3"), trust=signer.allowed_signers, site_state=state,
-                  home=tmp_path / "h")
+    import_bundle(
+        small_bundle(version="3"), trust=signer.allowed_signers, site_state=state, home=tmp_path / "h"
+    )
     other = small_bundle(version="3", files={"plan.json": b"{}\n"})
     assert codes(refusal(other, signer.allowed_signers, state)) == {"rollback"}
 

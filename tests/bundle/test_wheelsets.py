@@ -40,19 +40,28 @@ def own_wheel(tmp_path: Path) -> Path:
 
 
 def test_requirements_follow_the_extra_and_the_target_python(own_wheel: Path) -> None:
-    assert wheel_requirements(own_wheel, "runtime", python="3.11") == ["numpy>=1.26", "pyyaml>=6.0",
-                                                                       "torch>=2.4"]
+    assert wheel_requirements(own_wheel, "runtime", python="3.11") == [
+        "numpy>=1.26",
+        "pyyaml>=6.0",
+        "torch>=2.4",
+    ]
     assert wheel_requirements(own_wheel, "control", python="3.10") == [
-        "ansible-core==2.19.14", "pyyaml>=6.0", "tomli>=2"]
+        "ansible-core==2.19.14",
+        "pyyaml>=6.0",
+        "tomli>=2",
+    ]
 
 
 def test_pins_replace_direct_requirements_only() -> None:
     assert apply_pins(["torch>=2.4", "pyyaml>=6.0"], ["torch==2.13.0+cpu", "nvidia-nccl-cu12==2.21"]) == (
-        "pyyaml>=6.0", "torch==2.13.0+cpu")
+        "pyyaml>=6.0",
+        "torch==2.13.0+cpu",
+    )
 
 
-def test_each_pool_platform_gets_its_runtime_set_and_the_control_host_its_own(own_wheel: Path,
-                                                                             tmp_path: Path) -> None:
+def test_each_pool_platform_gets_its_runtime_set_and_the_control_host_its_own(
+    own_wheel: Path, tmp_path: Path
+) -> None:
     spec = yaml.safe_load((REPO / LAB_SITE).read_text())
     next(p for p in spec["node_pools"] if p["name"] == "cpu")["platform"] = {"arch": "aarch64"}
     (tmp_path / "site.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
@@ -60,8 +69,11 @@ def test_each_pool_platform_gets_its_runtime_set_and_the_control_host_its_own(ow
     planned = plan_site(tmp_path / "site.yaml", write_lock=False)
     sets = {(s.name, s.platform.tag): s for s in _wheelsets(planned, own_wheel, ["torch==2.13.0"])}
     assert set(sets) == {("runtime", "debian-12-aarch64-py3.11"), ("control", "debian-12-x86_64-py3.11")}
-    assert sets["runtime", "debian-12-aarch64-py3.11"].requirements == ("numpy>=1.26", "pyyaml>=6.0",
-                                                                        "torch==2.13.0")
+    assert sets["runtime", "debian-12-aarch64-py3.11"].requirements == (
+        "numpy>=1.26",
+        "pyyaml>=6.0",
+        "torch==2.13.0",
+    )
     assert "torch==2.13.0" not in sets["control", "debian-12-x86_64-py3.11"].requirements
     arguments = sets["runtime", "debian-12-aarch64-py3.11"].platform.pip_arguments()
     assert "manylinux_2_36_aarch64" in arguments and "manylinux_2_17_aarch64" in arguments

@@ -27,8 +27,9 @@ def test_a_zstd_bundle_is_reproducible_and_decompresses_to_the_plain_one(small_b
     assert plain == small_bundle().read_bytes()
 
 
-def test_a_zstd_bundle_verifies_and_imports(small_bundle: SmallBundle, signer: Signer,
-                                            tmp_path: Path) -> None:
+def test_a_zstd_bundle_verifies_and_imports(
+    small_bundle: SmallBundle, signer: Signer, tmp_path: Path
+) -> None:
     bundle = small_bundle(compress="zstd", part_size=512)  # the sample files compress to about 1.5 kB
     report = verify_bundle(bundle, trust=signer.allowed_signers, check_rollback=False)
     assert report.ok and report.files == 4 and len(report.parts) > 1

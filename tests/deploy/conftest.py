@@ -37,8 +37,9 @@ def build_and_import(spec: Path, site: str, folder: Path) -> ImportedLabBundle:
     output = folder / f"{site}.tar"
     build_bundle(spec, output=output, options=BuildOptions(key=keys.private, apt_packages=None))
     imported = import_bundle(output, trust=keys.allowed_signers, site_state=SiteState.for_site(site))
-    return ImportedLabBundle(imported.version, imported.digest, Path(imported.root), keys.allowed_signers,
-                             identity)
+    return ImportedLabBundle(
+        imported.version, imported.digest, Path(imported.root), keys.allowed_signers, identity
+    )
 
 
 @pytest.fixture(scope="session")

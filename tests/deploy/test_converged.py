@@ -28,8 +28,10 @@ SUPERVISOR = "/run/aifactory-lab/bin/aifactory-service"
 
 
 def ok(host: str, action: str, res: dict, **data: object) -> dict:
-    return {"event": "runner_on_ok",
-            "event_data": {"host": host, "resolved_action": f"ansible.builtin.{action}", "res": res, **data}}
+    return {
+        "event": "runner_on_ok",
+        "event_data": {"host": host, "resolved_action": f"ansible.builtin.{action}", "res": res, **data},
+    }
 
 
 def invoked(args: dict, **res: object) -> dict:
@@ -41,8 +43,17 @@ def test_capture_takes_paths_services_and_packages_from_results() -> None:
     events = [
         ok("h1", "template", {"dest": "/etc/aifactory/runtime.yaml", "changed": True}),
         ok("h1", "file", {"path": "/opt/aifactory/current/", "state": "link"}),
-        ok("h1", "copy", {"results": [{"dest": "/var/lib/a"}, {"skipped": True, "dest": "/var/lib/skipped"},
-                                       {"dest": "/var/lib/b"}]}),
+        ok(
+            "h1",
+            "copy",
+            {
+                "results": [
+                    {"dest": "/var/lib/a"},
+                    {"skipped": True, "dest": "/var/lib/skipped"},
+                    {"dest": "/var/lib/b"},
+                ]
+            },
+        ),
         ok("h1", "stat", invoked({"path": "/opt/aifactory/current"}, stat={"exists": True})),
         ok("h1", "command", invoked({"argv": [SUPERVISOR, "status", "slurmd"]}, rc=0)),
         ok("h1", "command", invoked({"argv": ["/bin/echo", "start", "nothing"]}, rc=0)),
@@ -51,29 +62,54 @@ def test_capture_takes_paths_services_and_packages_from_results() -> None:
         ok("h2", "apt", invoked({"name": ["slurmd", "munge"], "state": "present"})),
         ok("h2", "apt", invoked({"name": "chrony"})),
         # done on the control host for h2 (a delegated stat): not h2's state
-        ok("h2", "stat", invoked({"path": "/root/state/runtime/revoked-tokens.json"},
-                                 _ansible_delegated_vars={"ansible_host": "localhost"})),
-        {"event": "runner_on_failed", "event_data": {"host": "h2", "resolved_action": "ansible.builtin.copy",
-                                                     "res": {"dest": "/etc/failed"}}},
+        ok(
+            "h2",
+            "stat",
+            invoked(
+                {"path": "/root/state/runtime/revoked-tokens.json"},
+                _ansible_delegated_vars={"ansible_host": "localhost"},
+            ),
+        ),
+        {
+            "event": "runner_on_failed",
+            "event_data": {
+                "host": "h2",
+                "resolved_action": "ansible.builtin.copy",
+                "res": {"dest": "/etc/failed"},
+            },
+        },
     ]
     for event in events:
         capture.feed(event)
 
     specs = capture.specs(["h1", "h2", "h3"])
 
-    assert specs["h1"] == {"paths": ["/etc/aifactory/runtime.yaml", "/opt/aifactory/current", "/var/lib/a",
-                                     "/var/lib/b"],
-                           "services": ["slurmd"], "service_command": SUPERVISOR, "packages": []}
-    assert specs["h2"] == {"paths": [], "services": ["aifactory-serve"], "service_command": "",
-                           "packages": ["chrony", "munge", "slurmd"]}
+    assert specs["h1"] == {
+        "paths": ["/etc/aifactory/runtime.yaml", "/opt/aifactory/current", "/var/lib/a", "/var/lib/b"],
+        "services": ["slurmd"],
+        "service_command": SUPERVISOR,
+        "packages": [],
+    }
+    assert specs["h2"] == {
+        "paths": [],
+        "services": ["aifactory-serve"],
+        "service_command": "",
+        "packages": ["chrony", "munge", "slurmd"],
+    }
     assert "h3" not in specs  # nothing managed: no record, a full run next time
 
 
 def test_specs_of_the_same_inputs_accumulate() -> None:
     capture = ManagedCapture()
     capture.feed(ok("h1", "template", {"dest": "/etc/b"}))
-    earlier = {"h1": {"paths": ["/opt/aifactory/current"], "services": ["aifactory-serve"],
-                      "service_command": SUPERVISOR, "packages": []}}
+    earlier = {
+        "h1": {
+            "paths": ["/opt/aifactory/current"],
+            "services": ["aifactory-serve"],
+            "service_command": SUPERVISOR,
+            "packages": [],
+        }
+    }
 
     spec = capture.specs(["h1"], earlier)["h1"]
 
@@ -81,9 +117,14 @@ def test_specs_of_the_same_inputs_accumulate() -> None:
     assert spec["services"] == ["aifactory-serve"] and spec["service_command"] == SUPERVISOR
 
 
-STATE = {"paths": {"/etc/a": {"type": "file", "sha256": "1" * 64, "mode": "0644", "uid": 0, "gid": 0},
-                   "/opt/aifactory/current": {"type": "link", "target": "/opt/aifactory/1"}},
-         "services": {"aifactory-serve": "running"}, "packages": {"munge": "0.5.15"}}
+STATE = {
+    "paths": {
+        "/etc/a": {"type": "file", "sha256": "1" * 64, "mode": "0644", "uid": 0, "gid": 0},
+        "/opt/aifactory/current": {"type": "link", "target": "/opt/aifactory/1"},
+    },
+    "services": {"aifactory-serve": "running"},
+    "packages": {"munge": "0.5.15"},
+}
 
 
 def record(**changes: object) -> HostRecord:
@@ -126,9 +167,14 @@ def inputs(tmp_path: Path) -> tuple[Path, Path, Path]:
     signers.write_text("bundle@site ssh-ed25519 AAAA\n")
     inventory = tmp_path / "inventory"
     (inventory / "group_vars").mkdir(parents=True)
-    (inventory / "group_vars" / "all.yml").write_text(yaml.safe_dump({
-        "aifactory_bundle": {"allowed_signers": str(signers), "digest": "sha256:1"},
-        "aifactory_runtime_trust_dir": str(trust)}))
+    (inventory / "group_vars" / "all.yml").write_text(
+        yaml.safe_dump(
+            {
+                "aifactory_bundle": {"allowed_signers": str(signers), "digest": "sha256:1"},
+                "aifactory_runtime_trust_dir": str(trust),
+            }
+        )
+    )
     return playbooks, inventory, trust
 
 
@@ -179,15 +225,37 @@ def test_host_state_module_reads_without_changing(tmp_path: Path) -> None:
     target.write_text("setting = 1\n")
     target.chmod(0o640)
     (site / "current").symlink_to(site / "v1")
-    args = json.dumps({"paths": [str(target), str(site / "current"), str(site / "missing"), str(site)],
-                       "packages": ["dpkg", "no-such-package-here"]})
+    args = json.dumps(
+        {
+            "paths": [str(target), str(site / "current"), str(site / "missing"), str(site)],
+            "packages": ["dpkg", "no-such-package-here"],
+        }
+    )
     before = sorted((p.name, p.lstat().st_mtime_ns) for p in site.iterdir())
     run = subprocess.run(
-        [str(Path(sys.executable).with_name("ansible")), "localhost", "-c", "local",
-         "-M", str(resource_dir("playbooks") / "library"), "-m", "aifactory_host_state", "-a", args, "-o"],
-        capture_output=True, text=True, timeout=120,
-        env={"PATH": "/usr/bin:/bin", "ANSIBLE_LOCALHOST_WARNING": "false", "HOME": str(tmp_path),
-             "ANSIBLE_INVENTORY_UNPARSED_WARNING": "false"})
+        [
+            str(Path(sys.executable).with_name("ansible")),
+            "localhost",
+            "-c",
+            "local",
+            "-M",
+            str(resource_dir("playbooks") / "library"),
+            "-m",
+            "aifactory_host_state",
+            "-a",
+            args,
+            "-o",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={
+            "PATH": "/usr/bin:/bin",
+            "ANSIBLE_LOCALHOST_WARNING": "false",
+            "HOME": str(tmp_path),
+            "ANSIBLE_INVENTORY_UNPARSED_WARNING": "false",
+        },
+    )
     assert run.returncode == 0, run.stdout + run.stderr
     result = json.loads(run.stdout.split("=>", 1)[1])
     paths = result["state"]["paths"]

@@ -34,8 +34,10 @@ pytestmark = [pytest.mark.lab, pytest.mark.slow]
 
 # What a deploy may touch on a host; the dry run must leave all of it as it was.
 WATCHED = "/opt /etc /var/lib/aifactory /var/log"
-SNAPSHOT = (f"find {WATCHED} -xdev \\( -path /etc/ld.so.cache \\) -prune -o "
-            "-printf '%p %y %s %m %T@ %l\\n' 2>/dev/null | sort | sha256sum")
+SNAPSHOT = (
+    f"find {WATCHED} -xdev \\( -path /etc/ld.so.cache \\) -prune -o "
+    "-printf '%p %y %s %m %T@ %l\\n' 2>/dev/null | sort | sha256sum"
+)
 # The serving process's command line (from the lab supervisor), then its health check's HTTP status.
 HEALTH_PROBE = """set -e
 status=$(/run/aifactory-lab/bin/aifactory-service status aifactory-serve)
@@ -78,14 +80,19 @@ def by_host(result: DeployResult) -> dict[str, dict]:
 
 
 def explain(result: DeployResult) -> str:
-    return "\n".join(f"{h['host']}: {h['status']} {h['message']} (last task: {h['last_task']})"
-                     for h in result.hosts) + f"\nevent log: {result.event_log}"
+    return (
+        "\n".join(
+            f"{h['host']}: {h['status']} {h['message']} (last task: {h['last_task']})" for h in result.hosts
+        )
+        + f"\nevent log: {result.event_log}"
+    )
 
 
 def test_check_on_a_fresh_lab_reports_changes_and_changes_nothing(lab, lab_bundle_import) -> None:  # noqa: ANN001
     for host in lab.hosts:
-        assert ssh(lab, host, "test -e /opt/aifactory", check=False).returncode != 0, \
+        assert ssh(lab, host, "test -e /opt/aifactory", check=False).returncode != 0, (
             f"the lab is not fresh: {host} already has /opt/aifactory"
+        )
     before = {host: ssh(lab, host, SNAPSHOT).stdout for host in lab.hosts}
 
     result = deploy_site(lab.spec, options=DeployOptions(check=True))
@@ -149,16 +156,18 @@ def started_tasks(result: DeployResult) -> int:
     """Tasks of the site playbook that started (the read of the hosts' state is an ad-hoc call, whose
     task has no task file)."""
     events = [json.loads(line) for line in result.event_log.read_text().splitlines()]
-    return sum(e["event"] == "playbook_on_task_start" and bool(e["event_data"].get("task_path"))
-               for e in events)
+    return sum(
+        e["event"] == "playbook_on_task_start" and bool(e["event_data"].get("task_path")) for e in events
+    )
 
 
 def test_a_re_run_leaves_out_the_hosts_that_still_match(lab, lab_bundle_import) -> None:  # noqa: ANN001
     result = deploy_site(lab.spec, options=DeployOptions())
 
     assert result.exit_code == ExitCode.OK, explain(result)
-    assert {h["host"]: (h["changed"], h["converged"]) for h in result.hosts} == \
-        {h: (0, True) for h in lab.hosts}
+    assert {h["host"]: (h["changed"], h["converged"]) for h in result.hosts} == {
+        h: (0, True) for h in lab.hosts
+    }
     assert started_tasks(result) == 0, "the playbook ran although every host matched"
 
 
@@ -253,8 +262,14 @@ def test_a_host_with_a_certificate_from_the_site_ca_serves_https(lab, lab_bundle
     address = management_address(lab, host)
     trust = TrustFiles(SiteState.for_site(lab.site).subdir("runtime"))
     certs = trust.root / "server-certs"
-    issue_server_certificate(trust, site=lab.site, server=host, addresses=(address,),
-                             expires=datetime.now(UTC) + timedelta(days=30), out_dir=certs)
+    issue_server_certificate(
+        trust,
+        site=lab.site,
+        server=host,
+        addresses=(address,),
+        expires=datetime.now(UTC) + timedelta(days=30),
+        out_dir=certs,
+    )
     try:
         served = deploy_site(lab.spec, options=DeployOptions(limit=host))
         assert served.exit_code == ExitCode.OK, explain(served)

@@ -15,16 +15,27 @@ from aifactory.state import SiteState
 
 
 def report(host: str, *, packages: bool = True) -> dict:
-    return {"host": host, "bundle": {"version": "2", "digest": "sha256:" + "b" * 64},
-            "runtime": {"version": "2", "packages": [{"name": "torch", "version": "2.13.0+cpu"},
-                                                     {"name": "aifactory", "version": "0.1.0"}]} if packages
-            else {},
-            "config_files": {"/etc/aifactory/runtime.yaml": "c" * 64}}
+    return {
+        "host": host,
+        "bundle": {"version": "2", "digest": "sha256:" + "b" * 64},
+        "runtime": {
+            "version": "2",
+            "packages": [
+                {"name": "torch", "version": "2.13.0+cpu"},
+                {"name": "aifactory", "version": "0.1.0"},
+            ],
+        }
+        if packages
+        else {},
+        "config_files": {"/etc/aifactory/runtime.yaml": "c" * 64},
+    }
 
 
 def ok_event(host: str, payload: dict) -> dict:
-    return {"event": "runner_on_ok",
-            "event_data": {"host": host, "res": {"ansible_facts": {"aifactory_deploy_report": payload}}}}
+    return {
+        "event": "runner_on_ok",
+        "event_data": {"host": host, "res": {"ansible_facts": {"aifactory_deploy_report": payload}}},
+    }
 
 
 @pytest.fixture
@@ -36,30 +47,61 @@ def state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> SiteState:
 def test_unreachable_and_narrowed_runs_keep_the_last_known_install(state: SiteState) -> None:
     found = report_from_event(ok_event("h1", report("h1")))
     assert found is not None and found[0] == "h1"
-    write_installed(state, run_id="r1", when="t1", plan_digest="sha256:p",
-                    reports={"h1": report("h1"), "h2": report("h2")},
-                    results={"h1": "changed", "h2": "changed"})
+    write_installed(
+        state,
+        run_id="r1",
+        when="t1",
+        plan_digest="sha256:p",
+        reports={"h1": report("h1"), "h2": report("h2")},
+        results={"h1": "changed", "h2": "changed"},
+    )
     # run 2: h2 unreachable, h1 narrowed by --tags (no runtime in its report)
-    write_installed(state, run_id="r2", when="t2", plan_digest="sha256:p",
-                    reports={"h1": report("h1", packages=False)}, results={"h1": "ok", "h2": "unreachable"})
+    write_installed(
+        state,
+        run_id="r2",
+        when="t2",
+        plan_digest="sha256:p",
+        reports={"h1": report("h1", packages=False)},
+        results={"h1": "ok", "h2": "unreachable"},
+    )
     hosts = json.loads(installed_path(state).read_text())["hosts"]
     assert hosts["h1"]["run_id"] == "r2" and [p["name"] for p in hosts["h1"]["runtime"]["packages"]] == [
-        "aifactory", "torch"]
-    assert hosts["h2"]["run_id"] == "r1" and hosts["h2"]["last_run"] == {"run_id": "r2", "at": "t2",
-                                                                         "result": "unreachable"}
+        "aifactory",
+        "torch",
+    ]
+    assert hosts["h2"]["run_id"] == "r1" and hosts["h2"]["last_run"] == {
+        "run_id": "r2",
+        "at": "t2",
+        "result": "unreachable",
+    }
     assert oct(installed_path(state).stat().st_mode & 0o777) == "0o600"
 
 
 def test_progress_takes_ansible_recap_as_the_authority() -> None:
     progress = Progress()
     progress.feed({"event": "playbook_on_task_start", "event_data": {"task": "Base | configure | x"}})
-    progress.feed({"event": "runner_on_ok",
-                   "event_data": {"host": "h1", "task": "x", "res": {"changed": True}}})
-    update = progress.feed({"event": "runner_on_unreachable",
-                            "event_data": {"host": "h2", "task": "x", "res": {"msg": "Connection refused"}}})
+    progress.feed(
+        {"event": "runner_on_ok", "event_data": {"host": "h1", "task": "x", "res": {"changed": True}}}
+    )
+    update = progress.feed(
+        {
+            "event": "runner_on_unreachable",
+            "event_data": {"host": "h2", "task": "x", "res": {"msg": "Connection refused"}},
+        }
+    )
     assert update is not None and update.kind == "unreachable" and "refused" in update.message
-    progress.feed({"event": "playbook_on_stats", "event_data": {
-        "ok": {"h1": 5}, "changed": {"h1": 2}, "dark": {"h2": 1}, "failures": {}, "skipped": {"h1": 1}}})
+    progress.feed(
+        {
+            "event": "playbook_on_stats",
+            "event_data": {
+                "ok": {"h1": 5},
+                "changed": {"h1": 2},
+                "dark": {"h2": 1},
+                "failures": {},
+                "skipped": {"h1": 1},
+            },
+        }
+    )
     rows = {r.host: r for r in progress.rows()}
     assert (rows["h1"].ok, rows["h1"].changed, rows["h1"].status) == (5, 2, "changed")
     assert rows["h2"].status == "unreachable" and rows["h2"].message == "Connection refused"
@@ -67,11 +109,13 @@ def test_progress_takes_ansible_recap_as_the_authority() -> None:
 
 def test_settings_lay_over_the_lab_config_and_keep_its_ssh_config(tmp_path: Path) -> None:
     lab_cfg = tmp_path / "lab.cfg"
-    lab_cfg.write_text("[defaults]\ninventory = /lab/inventory.yml\nforks = 20\nremote_tmp = /run/x\n"
-                       "[ssh_connection]\npipelining = True\n"
-                       "ssh_args = -F /lab/ssh_config -o ControlMaster=auto\n"
-                       "control_path_dir = /run/aifactory-lab/ssh\n"
-                       "control_path = /run/aifactory-lab/ssh/%%C\n")
+    lab_cfg.write_text(
+        "[defaults]\ninventory = /lab/inventory.yml\nforks = 20\nremote_tmp = /run/x\n"
+        "[ssh_connection]\npipelining = True\n"
+        "ssh_args = -F /lab/ssh_config -o ControlMaster=auto\n"
+        "control_path_dir = /run/aifactory-lab/ssh\n"
+        "control_path = /run/aifactory-lab/ssh/%%C\n"
+    )
     for settings in (DeploySettings(), DeploySettings.stock()):
         config = configparser.ConfigParser(interpolation=None)
         config.read_string(render_ansible_cfg(settings, folder=tmp_path, base_cfg=lab_cfg))

@@ -26,10 +26,14 @@ def gpu_plan() -> dict:
 
 
 def ansible_inventory(directory: Path, *args: str) -> str:
-    env = {"PATH": "/usr/bin:/bin", "ANSIBLE_HOME": str(directory.parent / "ah"),
-           "ANSIBLE_LOCAL_TEMP": str(directory.parent / "ah-tmp")}
-    done = subprocess.run([ANSIBLE_INVENTORY, "-i", str(directory), *args], capture_output=True, text=True,
-                          check=False, env=env)
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "ANSIBLE_HOME": str(directory.parent / "ah"),
+        "ANSIBLE_LOCAL_TEMP": str(directory.parent / "ah-tmp"),
+    }
+    done = subprocess.run(
+        [ANSIBLE_INVENTORY, "-i", str(directory), *args], capture_output=True, text=True, check=False, env=env
+    )
     assert done.returncode == 0, done.stderr
     assert "WARNING" not in done.stderr, done.stderr
     return done.stdout
@@ -43,7 +47,10 @@ def test_groups_per_pool_role_datacenter_fabric_and_tenant(gpu_plan: dict) -> No
     assert inventory.group_hosts("dc_lagos") == ["gputest-cpu-lagos-001"]
     assert inventory.group_hosts("fabric_ib") == ["gputest-h100-001", "gputest-h100-002"]
     assert inventory.group_hosts("fabric_stor") == [
-        "gputest-h100-001", "gputest-h100-002", "gputest-cpu-lagos-001"]
+        "gputest-h100-001",
+        "gputest-h100-002",
+        "gputest-cpu-lagos-001",
+    ]
     # research may run on h100 only; health on every pool (the plan's default)
     assert inventory.groups["tenant_research"].children == ["pool_h100"]
     assert inventory.group_hosts("tenant_health") == [h["name"] for h in gpu_plan["hosts"]]
@@ -58,8 +65,9 @@ def test_host_vars_carry_rails_mounts_gpus_and_nccl(gpu_plan: dict) -> None:
     assert [r["interface"] for r in rails] == ["ib0", "ib1", "ib2", "ib3"]
     assert [r["address"] for r in rails] == [i["address"] for i in host["interfaces"] if i["fabric"] == "ib"]
     assert values["aifactory_fabric_addresses"]["stor"][0]["mtu"] == 9000
-    assert values["aifactory_mounts"] == [{"storage": "lake", "kind": "nfs", "path": "/lake",
-                                           "source": "10.30.0.250:/lake", "fabric": "stor"}]
+    assert values["aifactory_mounts"] == [
+        {"storage": "lake", "kind": "nfs", "path": "/lake", "source": "10.30.0.250:/lake", "fabric": "stor"}
+    ]
     assert values["aifactory_gpu_count"] == 8
     assert values["aifactory_gpus"]["model"] == "H100-SXM5-80GB"
     assert values["aifactory_nccl_env"] == host["nccl"]
@@ -104,8 +112,9 @@ def test_ansible_inventory_reads_the_folder(gpu_plan: dict, tmp_path: Path) -> N
     assert sorted(listed["_meta"]["hostvars"]) == sorted(h["name"] for h in gpu_plan["hosts"])
 
 
-def test_rewriting_removes_hosts_that_left_and_refuses_foreign_folders(gpu_plan: dict,
-                                                                       tmp_path: Path) -> None:
+def test_rewriting_removes_hosts_that_left_and_refuses_foreign_folders(
+    gpu_plan: dict, tmp_path: Path
+) -> None:
     folder = tmp_path / "inv"
     write_inventory(build_inventory(gpu_plan), folder)
     smaller = dict(gpu_plan, hosts=[h for h in gpu_plan["hosts"] if h["name"] != "gputest-h100-002"])
@@ -118,8 +127,9 @@ def test_rewriting_removes_hosts_that_left_and_refuses_foreign_folders(gpu_plan:
         write_inventory(build_inventory(gpu_plan), foreign)
 
 
-def test_cli_renders_the_lab_inventory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                       capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_renders_the_lab_inventory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setenv("AIFACTORY_STATE_HOME", str(tmp_path / "state"))
     spec = tmp_path / "site.yaml"
     spec.write_text(GPU_SITE.read_text())

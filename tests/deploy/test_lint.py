@@ -21,10 +21,18 @@ def test_lint_config_skips_nothing() -> None:
 
 @pytest.mark.slow
 def test_ansible_lint_production_profile_passes(tmp_path: Path) -> None:
-    done = subprocess.run([str(BIN / "ansible-lint"), "--profile", "production", "--nocolor", "playbooks/"],
-                          cwd=REPO, capture_output=True, text=True, timeout=600,
-                          env={"PATH": f"{BIN}:/usr/bin:/bin", "HOME": str(tmp_path),
-                               "ANSIBLE_HOME": str(tmp_path / "ansible")})
+    done = subprocess.run(
+        [str(BIN / "ansible-lint"), "--profile", "production", "--nocolor", "playbooks/"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={
+            "PATH": f"{BIN}:/usr/bin:/bin",
+            "HOME": str(tmp_path),
+            "ANSIBLE_HOME": str(tmp_path / "ansible"),
+        },
+    )
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     assert "Profile 'production' was required, and it passed" in done.stdout + done.stderr
 
@@ -32,8 +40,21 @@ def test_ansible_lint_production_profile_passes(tmp_path: Path) -> None:
 def test_site_playbook_syntax(tmp_path: Path) -> None:
     inventory = tmp_path / "hosts.yml"
     inventory.write_text("all:\n  hosts:\n    h1: {}\n")
-    done = subprocess.run([str(BIN / "ansible-playbook"), "--syntax-check", "-i", str(inventory),
-                           str(REPO / "playbooks" / "site.yml")], capture_output=True, text=True, timeout=120,
-                          env={"PATH": f"{BIN}:/usr/bin:/bin", "ANSIBLE_HOME": str(tmp_path / "ansible"),
-                               "ANSIBLE_LOCAL_TEMP": str(tmp_path / "tmp")})
+    done = subprocess.run(
+        [
+            str(BIN / "ansible-playbook"),
+            "--syntax-check",
+            "-i",
+            str(inventory),
+            str(REPO / "playbooks" / "site.yml"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={
+            "PATH": f"{BIN}:/usr/bin:/bin",
+            "ANSIBLE_HOME": str(tmp_path / "ansible"),
+            "ANSIBLE_LOCAL_TEMP": str(tmp_path / "tmp"),
+        },
+    )
     assert done.returncode == 0, done.stdout + done.stderr

@@ -41,15 +41,23 @@ def aifactory(state_home: Path) -> Run:
     def run(*args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
         env = {**os.environ, "AIFACTORY_STATE_HOME": str(state_home)}
         env.pop("AIFACTORY_PASSPHRASE_FILE", None)
-        return subprocess.run([*aifactory_argv(), *args], input=input if input is not None else "",
-                              capture_output=True, text=True, env=env, timeout=120, check=False)
+        return subprocess.run(
+            [*aifactory_argv(), *args],
+            input=input if input is not None else "",
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+            check=False,
+        )
 
     return run
 
 
 @pytest.fixture
-def cli_in_process(state_home: Path, capsys: pytest.CaptureFixture[str],
-                   monkeypatch: pytest.MonkeyPatch) -> Run:
+def cli_in_process(
+    state_home: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> Run:
     """`aifactory ARGS` through the real parser and error edge, in this process (faster than a process)."""
     import io
 

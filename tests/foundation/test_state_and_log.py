@@ -28,8 +28,10 @@ with SiteState.for_site("lab").lock("deploy (test holder)"):
 
 def _hold_lock(state_home: Path, tmp_path: Path, seconds: float) -> subprocess.Popen[bytes]:
     flag = tmp_path / "held"
-    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(flag), str(seconds)],
-                              env={**os.environ, "AIFACTORY_STATE_HOME": str(state_home)})
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(flag), str(seconds)],
+        env={**os.environ, "AIFACTORY_STATE_HOME": str(state_home)},
+    )
     deadline = time.monotonic() + 30
     while not flag.exists():
         assert holder.poll() is None and time.monotonic() < deadline, "the lock holder did not start"
@@ -53,12 +55,20 @@ def test_a_site_name_cannot_escape_the_state_home(name: str, state_home: Path) -
     assert not state_home.exists() or not any(state_home.parent.glob("etc"))
 
 
-def test_second_changing_command_refuses_while_the_site_is_locked(state_home: Path, tmp_path: Path,
-                                                                  aifactory, passphrase_file: Path) -> None:
+def test_second_changing_command_refuses_while_the_site_is_locked(
+    state_home: Path, tmp_path: Path, aifactory, passphrase_file: Path
+) -> None:
     holder = _hold_lock(state_home, tmp_path, 30)
     try:
-        refused = aifactory("secret", "set", "lab", "secret://lab/token", "--passphrase-file",
-                            str(passphrase_file), input="value\n")
+        refused = aifactory(
+            "secret",
+            "set",
+            "lab",
+            "secret://lab/token",
+            "--passphrase-file",
+            str(passphrase_file),
+            input="value\n",
+        )
         assert refused.returncode == 3
         assert "site 'lab' is busy: `deploy (test holder)`" in refused.stderr
         assert f"(pid {holder.pid})" in refused.stderr
@@ -69,8 +79,9 @@ def test_second_changing_command_refuses_while_the_site_is_locked(state_home: Pa
         holder.wait()
 
 
-def test_second_changing_command_waits_with_wait(state_home: Path, tmp_path: Path, aifactory,
-                                                 passphrase_file: Path) -> None:
+def test_second_changing_command_waits_with_wait(
+    state_home: Path, tmp_path: Path, aifactory, passphrase_file: Path
+) -> None:
     holder = _hold_lock(state_home, tmp_path, 2.0)
     started = time.monotonic()
     waited = aifactory(

@@ -81,9 +81,11 @@ def test_control_host_drives_every_bmc_on_its_planned_address(lab):
 def test_bmcs_are_not_reachable_from_compute_hosts_without_the_bmc_fabric(lab):
     host = next(h for h in lab.plan.hosts if all(i.fabric != "bmc" for i in h.interfaces))
     target = next(h for h in lab.plan.hosts if h.bmc is not None).bmc.address
-    probe = ("import socket\ns = socket.socket(); s.settimeout(2)\n"
-             f"try:\n    s.connect(({target!r}, 8000)); print('connected')\n"
-             "except OSError as e:\n    print(type(e).__name__)")
+    probe = (
+        "import socket\ns = socket.socket(); s.settimeout(2)\n"
+        f"try:\n    s.connect(({target!r}, 8000)); print('connected')\n"
+        "except OSError as e:\n    print(type(e).__name__)"
+    )
     assert lab.exec(["python3", "-c", probe], host=host.name).stdout.strip() != "connected"
 
 

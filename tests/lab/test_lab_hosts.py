@@ -30,8 +30,13 @@ except OSError as exc:
 
 
 def aifactory(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "aifactory.cli.main", *args], capture_output=True,
-                          text=True, timeout=120, env=os.environ.copy())
+    return subprocess.run(
+        [sys.executable, "-m", "aifactory.cli.main", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=os.environ.copy(),
+    )
 
 
 def test_each_host_reports_its_own_hostname(lab):
@@ -48,8 +53,20 @@ def test_ssh_from_the_control_host_reaches_each_host_with_host_key_checking(lab)
         assert result.stdout.strip() == host
     # a host key that does not match known_hosts is refused: present a wrong alias for one host
     first, second = lab.plan.hosts[1], lab.plan.hosts[2]
-    refused = lab.exec(["ssh", "-F", ssh_config, "-o", f"HostKeyAlias={first.name}", "-o", "ControlPath=none",
-                        second.management_address, "true"], check=False)
+    refused = lab.exec(
+        [
+            "ssh",
+            "-F",
+            ssh_config,
+            "-o",
+            f"HostKeyAlias={first.name}",
+            "-o",
+            "ControlPath=none",
+            second.management_address,
+            "true",
+        ],
+        check=False,
+    )
     assert refused.returncode != 0
     assert "host key" in refused.stderr.lower() or "verification failed" in refused.stderr.lower()
 
@@ -101,8 +118,12 @@ def test_hosts_have_only_lab_routes_and_no_default_route(lab):
                 destination = route["dst"]
                 assert destination != "default", f"{host} has a default route: {route}"
                 network = ipaddress.ip_network(destination, strict=False)
-                allowed = network.is_link_local or network.is_loopback or network.is_multicast or any(
-                    network.subnet_of(c) for c in cidrs if c.version == network.version)
+                allowed = (
+                    network.is_link_local
+                    or network.is_loopback
+                    or network.is_multicast
+                    or any(network.subnet_of(c) for c in cidrs if c.version == network.version)
+                )
                 assert allowed, f"{host} routes {destination}, outside the lab"
 
 
@@ -130,8 +151,9 @@ def test_the_machine_namespace_gets_no_lab_address_or_bridge(lab):
     links = subprocess.run(["ip", "-j", "link"], capture_output=True, text=True, check=True).stdout
     machine_links = {link["ifname"] for link in json.loads(links)}
     assert not machine_links & set(lab.status.bridges.values())
-    fabric_links = subprocess.run(["ip", "-n", lab.status.fabric_netns, "-j", "link"], capture_output=True,
-                                  text=True, check=True).stdout
+    fabric_links = subprocess.run(
+        ["ip", "-n", lab.status.fabric_netns, "-j", "link"], capture_output=True, text=True, check=True
+    ).stdout
     assert set(lab.status.bridges.values()) <= {link["ifname"] for link in json.loads(fabric_links)}
 
 
@@ -167,7 +189,8 @@ def test_inventory_marks_lab_hosts_and_the_service_manager(lab):
     assert inventory["vars"]["aifactory_lab"] is True
     assert inventory["vars"]["aifactory_service_manager"] == "supervised"
     assert {h: v["ansible_host"] for h, v in inventory["hosts"].items()} == {
-        h.name: h.management_address for h in lab.plan.hosts}
+        h.name: h.management_address for h in lab.plan.hosts
+    }
 
 
 def test_lab_up_again_changes_nothing(lab):
@@ -196,11 +219,16 @@ def test_supervised_service_starts_restarts_and_stops(lab):
     host = lab.hosts[1]
     address = lab.plan.host(host).management_address
     tool = SERVICE_COMMAND
-    unit = (f"[Unit]\nDescription=lab test\n[Service]\nEnvironment=PORT=18123\n"
-            f"ExecStart=/usr/bin/python3 -m http.server $PORT --bind {address}\n"
-            "Restart=always\nRestartSec=0.2\n")
-    lab.sh("mkdir -p /etc/systemd/system && cat > /etc/systemd/system/labtest-web.service", host=host,
-           input_text=unit)
+    unit = (
+        f"[Unit]\nDescription=lab test\n[Service]\nEnvironment=PORT=18123\n"
+        f"ExecStart=/usr/bin/python3 -m http.server $PORT --bind {address}\n"
+        "Restart=always\nRestartSec=0.2\n"
+    )
+    lab.sh(
+        "mkdir -p /etc/systemd/system && cat > /etc/systemd/system/labtest-web.service",
+        host=host,
+        input_text=unit,
+    )
     started = json.loads(lab.exec([tool, "start", "labtest-web"], host=host).stdout)
     assert started["state"] == "running" and started["changed"] is True
     again = json.loads(lab.exec([tool, "start", "labtest-web"], host=host).stdout)
@@ -213,5 +241,9 @@ def test_supervised_service_starts_restarts_and_stops(lab):
     stopped = json.loads(lab.exec([tool, "stop", "labtest-web"], host=host).stdout)
     assert stopped["state"] == "stopped" and stopped["changed"] is True
     assert lab.exec([tool, "status", "labtest-web"], host=host, check=False).returncode == 3
-    assert lab.exec(["test", "-e", "/etc/systemd/system/labtest-web.service"], host=lab.hosts[2],
-                    check=False).returncode == 1
+    assert (
+        lab.exec(
+            ["test", "-e", "/etc/systemd/system/labtest-web.service"], host=lab.hosts[2], check=False
+        ).returncode
+        == 1
+    )

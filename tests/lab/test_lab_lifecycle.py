@@ -17,8 +17,18 @@ import pytest
 from tests.conftest import copy_lab_spec
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
-VOLATILE = {"ns_last_pid", "uuid", "entropy_avail", "dentry-state", "file-nr", "inode-nr", "inode-state",
-            "nr", "aio-nr", "boot_id"}
+VOLATILE = {
+    "ns_last_pid",
+    "uuid",
+    "entropy_avail",
+    "dentry-state",
+    "file-nr",
+    "inode-nr",
+    "inode-state",
+    "nr",
+    "aio-nr",
+    "boot_id",
+}
 SYSCTL_TREES = ("kernel", "vm", "fs", "net/core", "net/ipv4", "net/ipv6/conf/all", "net/ipv6/conf/default")
 
 
@@ -100,9 +110,18 @@ def test_down_after_an_up_killed_halfway_leaves_nothing(tmp_path, lab):
     site = f"lk{os.getpid()}"
     spec = copy_lab_spec(tmp_path / "spec", site)
     lab_root = Path(os.environ["AIFACTORY_STATE_HOME"]) / site / "lab"
-    up = subprocess.Popen([sys.executable, "-c", "import sys; from aifactory.lab import lab_up; "
-                           "from aifactory.plan import plan_site; lab_up(plan_site(sys.argv[1]))", str(spec)],
-                          env=os.environ.copy(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    up = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from aifactory.lab import lab_up; "
+            "from aifactory.plan import plan_site; lab_up(plan_site(sys.argv[1]))",
+            str(spec),
+        ],
+        env=os.environ.copy(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and len(journal_pids(lab_root)) < 3 and up.poll() is None:
@@ -144,12 +163,17 @@ def test_full_lab_session_beside_the_shared_lab_leaves_machine_unchanged(tmp_pat
     assert lab_bmc_credential(site, bmc_host.bmc.credentials).username == "admin"
     lab_root = Path(status.root)
     try:
-        pids = [p for h in status.hosts
-                for p in (h.anchor.pid, h.sshd.pid, h.bmc.process.pid if h.bmc else 0) if p]
+        pids = [
+            p
+            for h in status.hosts
+            for p in (h.anchor.pid, h.sshd.pid, h.bmc.process.pid if h.bmc else 0)
+            if p
+        ]
         # everything exists: namespaces, bridges in the fabric namespace, processes, private mounts
         assert len(lab_namespaces(site)) == len(planned.plan.hosts) + 2
-        links = subprocess.run(["ip", "-n", status.fabric_netns, "-j", "link"], capture_output=True,
-                               text=True, check=True).stdout
+        links = subprocess.run(
+            ["ip", "-n", status.fabric_netns, "-j", "link"], capture_output=True, text=True, check=True
+        ).stdout
         assert set(status.bridges.values()) <= {link["ifname"] for link in json.loads(links)}
         assert all(alive(p) for p in pids)
         anchor = str(status.hosts[0].anchor.pid)
@@ -164,9 +188,17 @@ def test_full_lab_session_beside_the_shared_lab_leaves_machine_unchanged(tmp_pat
             assert control.startswith(running)
         # roles' writes inside hosts: /etc files and a per-namespace sysctl
         host = planned.plan.hosts[1].name
-        write = lab_exec(site, ["sh", "-c", "echo x > /etc/aifactory-lab-probe && mkdir -p /etc/sysctl.d && "
-                                "echo net.ipv4.ip_forward=1 > /etc/sysctl.d/99-lab.conf && "
-                                "sysctl -q -w net.ipv4.ip_forward=1"], host=host)
+        write = lab_exec(
+            site,
+            [
+                "sh",
+                "-c",
+                "echo x > /etc/aifactory-lab-probe && mkdir -p /etc/sysctl.d && "
+                "echo net.ipv4.ip_forward=1 > /etc/sysctl.d/99-lab.conf && "
+                "sysctl -q -w net.ipv4.ip_forward=1",
+            ],
+            host=host,
+        )
         assert write.returncode == 0, write.stderr
     finally:
         lab_down(site)

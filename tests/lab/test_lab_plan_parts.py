@@ -77,7 +77,8 @@ def test_inventory_reaches_every_host_by_management_address(plan):
     assert inventory == access.inventory(plan)
     hosts_ = inventory["all"]["hosts"]
     assert {name: v["ansible_host"] for name, v in hosts_.items()} == {
-        h.name: h.management_address for h in plan.hosts}
+        h.name: h.management_address for h in plan.hosts
+    }
     lab_vars = inventory["all"]["vars"]
     assert lab_vars["aifactory_lab"] is True and lab_vars["aifactory_service_manager"] == "supervised"
     assert set(inventory["all"]["children"]["control"]["hosts"]) == {plan.control_host}
@@ -91,8 +92,14 @@ def test_ssh_config_and_ansible_cfg_keep_host_key_checking_and_speed_settings(pl
         assert f"Host {host.name}\n    HostName {host.management_address}" in config
     assert "StrictHostKeyChecking yes" in config and f"UserKnownHostsFile {layout.known_hosts}" in config
     cfg = access.ansible_cfg(layout)
-    for line in ("forks = 20", "pipelining = True", "host_key_checking = True", "gathering = smart",
-                 "fact_caching = ansible.builtin.jsonfile", "ControlPersist=600s"):
+    for line in (
+        "forks = 20",
+        "pipelining = True",
+        "host_key_checking = True",
+        "gathering = smart",
+        "fact_caching = ansible.builtin.jsonfile",
+        "ControlPersist=600s",
+    ):
         assert line in cfg
 
 

@@ -19,8 +19,9 @@ def aifactory(tmp_path: Path) -> Callable[..., subprocess.CompletedProcess[str]]
 
     def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
         full_env = {**os.environ, "AIFACTORY_STATE_HOME": str(tmp_path / "state"), **(env or {})}
-        return subprocess.run([*command, *args], capture_output=True, text=True, env=full_env, timeout=120,
-                              check=False)
+        return subprocess.run(
+            [*command, *args], capture_output=True, text=True, env=full_env, timeout=120, check=False
+        )
 
     return run
 

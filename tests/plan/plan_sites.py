@@ -8,8 +8,9 @@ ROOT = Path(__file__).resolve().parents[2]
 NATIONAL = ROOT / "inventory" / "examples" / "national" / "site.yaml"
 
 
-def site_text(pools: list[tuple[str, int]], *, compute_cidr: str = "10.20.0.0/22",
-              mgmt_cidr: str = "10.10.0.0/24") -> str:
+def site_text(
+    pools: list[tuple[str, int]], *, compute_cidr: str = "10.20.0.0/22", mgmt_cidr: str = "10.10.0.0/24"
+) -> str:
     """A site with the given (pool, count) gpu pools, in order, on a 4-rail compute fabric."""
     lines = [
         "schema: aifactory.site/v1",
@@ -22,7 +23,9 @@ def site_text(pools: list[tuple[str, int]], *, compute_cidr: str = "10.20.0.0/22
         "node_pools:",
     ]
     for name, count in pools:
-        lines.append(f"  - {{name: {name}, role: gpu, count: {count}, datacenter: dc1, "
-                     "hardware: {gpu: {model: L40S, count: 4}}, fabrics: [mgmt, compute], "
-                     "bmc: {fabric: bmc, credentials: 'secret://bmc/{host}'}}")
+        lines.append(
+            f"  - {{name: {name}, role: gpu, count: {count}, datacenter: dc1, "
+            "hardware: {gpu: {model: L40S, count: 4}}, fabrics: [mgmt, compute], "
+            "bmc: {fabric: bmc, credentials: 'secret://bmc/{host}'}}"
+        )
     return "\n".join(lines) + "\n"

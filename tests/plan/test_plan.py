@@ -16,9 +16,14 @@ from aifactory.plan.addressing import lock_path_for
 
 def _identity(plan_dict: dict) -> dict[str, dict]:
     """Each host's name -> everything that must never move: addresses per fabric rail and BMC."""
-    return {h["name"]: {"interfaces": [(i["fabric"], i["rail"], i["name"], i["address"])
-                                       for i in h["interfaces"]],
-                        "bmc": h["bmc"], "management": h["management_address"]} for h in plan_dict["hosts"]}
+    return {
+        h["name"]: {
+            "interfaces": [(i["fabric"], i["rail"], i["name"], i["address"]) for i in h["interfaces"]],
+            "bmc": h["bmc"],
+            "management": h["management_address"],
+        }
+        for h in plan_dict["hosts"]
+    }
 
 
 def _plan(spec: Path, text: str) -> dict:
@@ -106,8 +111,12 @@ def test_first_usable_address_is_the_gateway_and_rails_follow(tmp_path: Path) ->
     assert compute["gateway"] == "10.20.0.1"
     first = plan["hosts"][0]
     rails = [(i["name"], i["address"]) for i in first["interfaces"] if i["fabric"] == "compute"]
-    assert rails == [("compute0", "10.20.0.2"), ("compute1", "10.20.0.3"), ("compute2", "10.20.0.4"),
-                     ("compute3", "10.20.0.5")]
+    assert rails == [
+        ("compute0", "10.20.0.2"),
+        ("compute1", "10.20.0.3"),
+        ("compute2", "10.20.0.4"),
+        ("compute3", "10.20.0.5"),
+    ]
     assert first["bmc"]["address"] == "fd00:9::2"
     assert first["bmc"]["credentials"] == "secret://bmc/grow-train-001"
     assert first["nccl"]["NCCL_IB_GID_INDEX"] == "3"
@@ -125,8 +134,9 @@ def test_frozen_plan_refuses_a_spec_the_lock_does_not_cover(tmp_path: Path, aifa
     assert lock_path_for(spec).read_text() == lock_before
 
 
-@pytest.mark.parametrize("damage", ["{not json", '{"schema": "other/v9"}',
-    '{"schema": "aifactory.alloc/v1"}'])
+@pytest.mark.parametrize(
+    "damage", ["{not json", '{"schema": "other/v9"}', '{"schema": "aifactory.alloc/v1"}']
+)
 def test_a_damaged_lock_is_an_error_not_a_renumbering(tmp_path: Path, damage: str) -> None:
     spec = tmp_path / "site.yaml"
     spec.write_text(site_text([("train", 2)]))
@@ -169,13 +179,17 @@ def test_plan_diff_shows_added_removed_and_changed(tmp_path: Path, aifactory) ->
     assert same.stdout.strip() == "no host or address changes"
 
 
-@pytest.mark.parametrize(("content", "phrase"), [
-    ("[not a plan", "cannot read the old plan"),
-    ("[]", "is not a plan written by `aifactory plan -o`"),
-    ('{"schema": "aifactory.plan/v1", "hosts": [{"addr": 1}]}', "is not a plan"),
-])
-def test_plan_diff_with_an_unreadable_old_plan_is_a_usage_error(content: str, phrase: str, tmp_path: Path,
-                                                                 cli_main) -> None:
+@pytest.mark.parametrize(
+    ("content", "phrase"),
+    [
+        ("[not a plan", "cannot read the old plan"),
+        ("[]", "is not a plan written by `aifactory plan -o`"),
+        ('{"schema": "aifactory.plan/v1", "hosts": [{"addr": 1}]}', "is not a plan"),
+    ],
+)
+def test_plan_diff_with_an_unreadable_old_plan_is_a_usage_error(
+    content: str, phrase: str, tmp_path: Path, cli_main
+) -> None:
     spec = tmp_path / "site.yaml"
     spec.write_text(site_text([("train", 1)]))
     (tmp_path / "old.json").write_text(content)

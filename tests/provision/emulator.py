@@ -56,11 +56,16 @@ class Emulator:
             f"SUSHY_EMULATOR_STATE_DIR = {str(state_dir)!r}\n"
             f"SUSHY_EMULATOR_AUTH_FILE = {str(htpasswd)!r}\n"
             f"SUSHY_EMULATOR_FEATURE_SET = 'full'\n"
-            f"SUSHY_EMULATOR_FAKE_SYSTEMS = {systems!r}\n")
+            f"SUSHY_EMULATOR_FAKE_SYSTEMS = {systems!r}\n"
+        )
         binary = Path(sys.executable).parent / "sushy-emulator"
         log = open(self.folder / "emulator.log", "ab")  # noqa: SIM115 - closed with the process
-        self.process = subprocess.Popen([str(binary), "--config", str(config)], stdout=log, stderr=log,
-                                        env={**os.environ, "TMPDIR": str(state_dir)})
+        self.process = subprocess.Popen(
+            [str(binary), "--config", str(config)],
+            stdout=log,
+            stderr=log,
+            env={**os.environ, "TMPDIR": str(state_dir)},
+        )
         self._wait_ready()
         return self
 

@@ -43,8 +43,13 @@ def no_pulumi_env(tmp_path: Path) -> dict[str, str]:
 
 def test_provision_without_the_pulumi_cli_says_what_to_install_and_exits_3(tmp_path):
     aifactory = Path(sys.executable).parent / "aifactory"
-    done = subprocess.run([str(aifactory), "provision", str(LAB), "--preview"], capture_output=True,
-                          text=True, env=no_pulumi_env(tmp_path), timeout=120)
+    done = subprocess.run(
+        [str(aifactory), "provision", str(LAB), "--preview"],
+        capture_output=True,
+        text=True,
+        env=no_pulumi_env(tmp_path),
+        timeout=120,
+    )
     assert done.returncode == ExitCode.CANNOT_EVALUATE == 3
     assert "error[pulumi-cli-missing]: the pulumi CLI is not installed" in done.stderr
     assert "pulumi-v" in done.stderr and "/opt/pulumi on PATH" in done.stderr
@@ -54,8 +59,15 @@ def test_provision_without_the_pulumi_cli_says_what_to_install_and_exits_3(tmp_p
 
 def test_the_automation_apis_bare_file_not_found_is_wrapped(tmp_path):
     with pytest.raises(PrerequisiteError) as caught:
-        automation_run(cli=tmp_path / "bin" / "pulumi", workdir=tmp_path, site="lab", backend=tmp_path,
-                       config={}, secrets_passphrase_file=tmp_path / "pw", preview=True)
+        automation_run(
+            cli=tmp_path / "bin" / "pulumi",
+            workdir=tmp_path,
+            site="lab",
+            backend=tmp_path,
+            config={},
+            secrets_passphrase_file=tmp_path / "pw",
+            preview=True,
+        )
     assert caught.value.code == "pulumi-cli-missing"
 
 
@@ -110,8 +122,13 @@ def test_missing_bmc_credentials_are_listed_before_the_stack_runs(tmp_path, monk
     planned = plan_site(LAB, write_lock=False)
     state = SiteState.for_site("lab", home=tmp_path / "state")
     with pytest.raises(SecretError) as caught:
-        provision_site(planned, ProvisionOptions(passphrase_file=passphrase), state=state,
-                       locate_cli=_fake_cli, runner=_never)
+        provision_site(
+            planned,
+            ProvisionOptions(passphrase_file=passphrase),
+            state=state,
+            locate_cli=_fake_cli,
+            runner=_never,
+        )
     where = [p.location.path for p in caught.value.problems]
     assert where == ["hosts.lab-cpu-001.bmc", "hosts.lab-cpu-002.bmc"]
 
@@ -128,16 +145,30 @@ def test_an_apply_writes_the_outputs_file_and_keeps_the_partition_keys(tmp_path,
     def runner(**kwargs: Any) -> StackRun:
         """Stands in for the Pulumi engine (no CLI here); returns outputs shaped like the stack's."""
         seen.update(kwargs)
-        host = {"state": "provisioned", "bmc": {"endpoint": "http://10.199.0.3:8000", "state": "reachable",
-                                                "power_state": "On"},
-                "system": {"uuid": "u1"}, "boot": {"source": "pxe", "image": None,
-                                                   "reported": {"target": "Pxe"}}, "inventory": {}}
-        return StackRun({"create": 9}, {"hosts": {"lab-cpu-001": host}, "fabrics": {}, "storage": {},
-                                        "pkeys": {"health": "0x5749", "research": "0x48f7"}})
+        host = {
+            "state": "provisioned",
+            "bmc": {"endpoint": "http://10.199.0.3:8000", "state": "reachable", "power_state": "On"},
+            "system": {"uuid": "u1"},
+            "boot": {"source": "pxe", "image": None, "reported": {"target": "Pxe"}},
+            "inventory": {},
+        }
+        return StackRun(
+            {"create": 9},
+            {
+                "hosts": {"lab-cpu-001": host},
+                "fabrics": {},
+                "storage": {},
+                "pkeys": {"health": "0x5749", "research": "0x48f7"},
+            },
+        )
 
-    result = provision_site(planned, ProvisionOptions(passphrase_file=passphrase,
-                                                      bmc={"scheme": "http", "port": 8000}),
-                            state=state, locate_cli=_fake_cli, runner=runner)
+    result = provision_site(
+        planned,
+        ProvisionOptions(passphrase_file=passphrase, bmc={"scheme": "http", "port": 8000}),
+        state=state,
+        locate_cli=_fake_cli,
+        runner=runner,
+    )
     config = seen["config"]
     assert Path(config["planFile"]).read_text() == planned.plan.to_json()
     assert config["stateDir"] == str(state.root) and config["bmc"]["port"] == 8000
@@ -164,15 +195,25 @@ def test_the_pickled_provider_holds_no_credential_even_after_using_one():
     provider = BareMetalHostProvider(poll_interval=0.5)
     secret = "admin:never-pickled-9f3a"
     with pytest.raises(ProvisionError):  # nothing listens on port 9 of loopback
-        provider.create({"host": "h", "endpoint": "http://127.0.0.1:9", "credentials": secret,
-                         "credentials_ref": "secret://bmc/h", "boot": {"source": "pxe"}})
+        provider.create(
+            {
+                "host": "h",
+                "endpoint": "http://127.0.0.1:9",
+                "credentials": secret,
+                "credentials_ref": "secret://bmc/h",
+                "boot": {"source": "pxe"},
+            }
+        )
     raw = base64.b64decode(serialize_provider(provider))
     assert b"never-pickled" not in raw and b"admin:" not in raw
 
 
 def test_artifact_files_are_written_diffed_and_removed(tmp_path):
-    props = {"directory": str(tmp_path / "fabrics"), "name": "compute.partitions.conf",
-             "content": "Default=0x7fff : ALL=full ;\n"}
+    props = {
+        "directory": str(tmp_path / "fabrics"),
+        "name": "compute.partitions.conf",
+        "content": "Default=0x7fff : ALL=full ;\n",
+    }
     props["digest"] = digest_of(props["content"])
     logic = ArtifactLogic()
     outs = logic.write(props)

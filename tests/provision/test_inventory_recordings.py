@@ -86,9 +86,17 @@ def _serve(name: str) -> Iterator[RecordingServer]:
 
 
 def props(endpoint: str, **expect: Any) -> dict[str, Any]:
-    return {"host": "ng-gpu-001", "endpoint": endpoint, "system": None, "credentials": "admin:recorded",
-            "credentials_ref": "secret://bmc/ng-gpu-001", "boot": {"source": "pxe", "image": None},
-            "expect": expect, "tls": {"verify": True, "ca_bundle": None}, "power_timeout": 5}
+    return {
+        "host": "ng-gpu-001",
+        "endpoint": endpoint,
+        "system": None,
+        "credentials": "admin:recorded",
+        "credentials_ref": "secret://bmc/ng-gpu-001",
+        "boot": {"source": "pxe", "image": None},
+        "expect": expect,
+        "tls": {"verify": True, "ca_bundle": None},
+        "power_timeout": 5,
+    }
 
 
 def identity_of(server: RecordingServer) -> SystemIdentity:
@@ -101,8 +109,11 @@ def identity_of(server: RecordingServer) -> SystemIdentity:
 
 def test_recorded_huawei_identity(huawei):
     identity = identity_of(huawei)
-    assert (identity.manufacturer, identity.model, identity.serial) == ("Huawei", "FusionServer 2288H V5",
-                                                                         "21023123ABCD")
+    assert (identity.manufacturer, identity.model, identity.serial) == (
+        "Huawei",
+        "FusionServer 2288H V5",
+        "21023123ABCD",
+    )
     assert identity.uuid == "e7f6a5b4-c3d2-4e1f-9a80-abcdef123456"
     # permanent MACs, not the overridden current one
     assert identity.macs == ("12:44:6a:3b:04:11", "12:44:6a:3b:88:90")
@@ -112,8 +123,12 @@ def test_recorded_huawei_identity(huawei):
 
 
 def test_recorded_huawei_matches_its_asset_record(huawei):
-    check = check_inventory(identity_of(huawei), Expectation(
-        cpus=8, memory_gib=32, manufacturer="huawei", model="FusionServer 2288H V5", serial="21023123ABCD"))
+    check = check_inventory(
+        identity_of(huawei),
+        Expectation(
+            cpus=8, memory_gib=32, manufacturer="huawei", model="FusionServer 2288H V5", serial="21023123ABCD"
+        ),
+    )
     assert check.ok
     assert set(check.verified) == {"manufacturer", "model", "serial", "cpus", "memory_gib"}
 

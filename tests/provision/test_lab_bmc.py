@@ -37,8 +37,12 @@ print(json.dumps(result))
 def test_the_lab_bmcs_answer_with_the_planned_system(lab):
     host = next(h for h in lab.plan.hosts if h.bmc)
     credential = lab.bmc_credential(host.name)
-    request = {"host": host.name, "endpoint": bmc_url(host), "reference": host.bmc.credentials,
-               "credential": f"{credential.username}:{credential.password}"}
+    request = {
+        "host": host.name,
+        "endpoint": bmc_url(host),
+        "reference": host.bmc.credentials,
+        "credential": f"{credential.username}:{credential.password}",
+    }
     done = lab.exec([sys.executable, "-c", PROBE], input_text=json.dumps(request))
     result = json.loads(done.stdout)
     assert result["identity"]["uuid"] == system_uuid(lab.site, host.name)

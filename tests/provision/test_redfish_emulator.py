@@ -28,15 +28,26 @@ pytestmark = pytest.mark.slow
 
 
 def system(uid: str, power: str = "Off") -> dict[str, Any]:
-    return {"uuid": uid, "name": f"node-{uid[:4]}", "power_state": power,
-            "nics": [{"mac": "00:5c:52:31:3a:9c", "ip": "172.22.0.100"}]}
+    return {
+        "uuid": uid,
+        "name": f"node-{uid[:4]}",
+        "power_state": power,
+        "nics": [{"mac": "00:5c:52:31:3a:9c", "ip": "172.22.0.100"}],
+    }
 
 
 def props(endpoint: str, *, credential: str = f"{USER}:{PASSWORD}", boot: str = "pxe") -> dict[str, Any]:
-    return {"host": "lab-cpu-001", "endpoint": endpoint, "system": None, "credentials": credential,
-            "credentials_ref": "secret://lab/bmc/lab-cpu-001", "boot": {"source": boot, "image": None},
-            "expect": {"cpus": 2, "memory_gib": 4}, "tls": {"verify": True, "ca_bundle": None},
-            "power_timeout": POWER_TIMEOUT}
+    return {
+        "host": "lab-cpu-001",
+        "endpoint": endpoint,
+        "system": None,
+        "credentials": credential,
+        "credentials_ref": "secret://lab/bmc/lab-cpu-001",
+        "boot": {"source": boot, "image": None},
+        "expect": {"cpus": 2, "memory_gib": 4},
+        "tls": {"verify": True, "ca_bundle": None},
+        "power_timeout": POWER_TIMEOUT,
+    }
 
 
 def live(endpoint: str, uid: str) -> dict[str, Any]:

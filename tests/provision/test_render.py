@@ -92,13 +92,16 @@ def test_a_damaged_registry_is_refused(tmp_path):
     assert caught.value.code == "pkey-registry"
 
 
-@pytest.mark.parametrize("text", [
-    "Default=0x7fff : ALL=full",  # no terminating ';'
-    "t_a=0x0001, ipoib : 0xZZ=full ;",  # not a GUID
-    "t_a=0x0001 : ALL=full ;\nt_b=0x0001 : ALL=full ;",  # duplicate pkey
-    "t-a=0x0001 : ALL=full ;",  # bad name
-    "t_a=0x0001, colour=blue : ALL ;",  # unknown flag
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Default=0x7fff : ALL=full",  # no terminating ';'
+        "t_a=0x0001, ipoib : 0xZZ=full ;",  # not a GUID
+        "t_a=0x0001 : ALL=full ;\nt_b=0x0001 : ALL=full ;",  # duplicate pkey
+        "t-a=0x0001 : ALL=full ;",  # bad name
+        "t_a=0x0001, colour=blue : ALL ;",  # unknown flag
+    ],
+)
 def test_the_partitions_reader_is_strict(text):
     with pytest.raises(ValueError):
         parse_partitions_conf(text)
@@ -124,8 +127,9 @@ def test_storage_documents_name_owner_encryption_and_replicas(ib_plan):
     [lake] = render_storage(ib_plan, lake_plan)
     doc = yaml.safe_load(lake.content)
     assert doc["section"] == "filesets" and doc["encrypted_at_rest"] is True
-    assert doc["replicas"] == [{"country": "NG", "encrypted_at_rest": True, "kind": "ceph",
-                               "storage": "lake-dr"}]
+    assert doc["replicas"] == [
+        {"country": "NG", "encrypted_at_rest": True, "kind": "ceph", "storage": "lake-dr"}
+    ]
     records = {e["name"]: e for e in doc["filesets"]}
     patient = records["patient-records"]
     assert (patient["owner"], patient["classification"]) == ("health", "secret")

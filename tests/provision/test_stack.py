@@ -57,8 +57,7 @@ def build(plan_file: Path, state_dir: Path):
     from aifactory_stack.settings import read_settings
     from aifactory_stack.site import build_site
 
-    settings = read_settings(plan_file=plan_file, state_dir=state_dir,
-                             bmc={"scheme": "http", "port": 8000})
+    settings = read_settings(plan_file=plan_file, state_dir=state_dir, bmc={"scheme": "http", "port": 8000})
     return build_site(settings)
 
 
@@ -76,16 +75,19 @@ def host_urns(site) -> pulumi.Output:
 
 
 def artifact_urns(site) -> pulumi.Output:
-    return pulumi.Output.all(*[a.urn for c in [*site.fabrics.values(), *site.storage.values()]
-                               for a in c.artifacts.values()])
+    return pulumi.Output.all(
+        *[a.urn for c in [*site.fabrics.values(), *site.storage.values()] for a in c.artifacts.values()]
+    )
 
 
 def assert_artifacts_parented(urns: list[str]) -> None:
     """Each artifact's URN carries its component's type: the parent is set."""
     assert urns
     for urn in urns:
-        assert ("::aifactory:network:Fabric$pulumi-python:dynamic/artifacts:Artifact::" in urn
-                or "::aifactory:storage:StoragePool$pulumi-python:dynamic/artifacts:Artifact::" in urn), urn
+        assert (
+            "::aifactory:network:Fabric$pulumi-python:dynamic/artifacts:Artifact::" in urn
+            or "::aifactory:storage:StoragePool$pulumi-python:dynamic/artifacts:Artifact::" in urn
+        ), urn
 
 
 def _check_graph(mocks: RecordingMocks, plan: dict, site) -> None:
@@ -118,12 +120,15 @@ def test_lab_graph(mocks, credentials, lab_plan_file, lab_plan, tmp_path):
         endpoint, is_secret, control, cpu, _, urns, artifacts = values
         assert_artifacts_parented(artifacts)
         # parents set: the URN of each host carries its pool component's type
-        assert urns and all("::aifactory:compute:GpuNodePool$pulumi-python:dynamic/compute:BareMetalHost::"
-                                in urn for urn in urns)
+        assert urns and all(
+            "::aifactory:compute:GpuNodePool$pulumi-python:dynamic/compute:BareMetalHost::" in urn
+            for urn in urns
+        )
         _check_graph(mocks, lab_plan, site)
         _check_no_credential_in_providers(mocks)
-        record = next(r for r in mocks.of_type("pulumi-python:dynamic/compute:BareMetalHost")
-                      if r.name == "lab-cpu-001")
+        record = next(
+            r for r in mocks.of_type("pulumi-python:dynamic/compute:BareMetalHost") if r.name == "lab-cpu-001"
+        )
         assert record.inputs["credentials_ref"] == "secret://lab/bmc/lab-cpu-001"
         assert record.inputs["expect"]["cpus"] == 2
         assert endpoint == "http://10.199.0.3:8000"
@@ -132,16 +137,23 @@ def test_lab_graph(mocks, credentials, lab_plan_file, lab_plan, tmp_path):
         assert cpu["lab-cpu-001"]["bmc"]["endpoint"] == endpoint
         assert CREDENTIAL not in json.dumps(cpu)  # outputs never carry the credential
 
-    return pulumi.Output.all(host.endpoint, pulumi.Output.from_input(host.credentials.is_secret()),
-                             site.pools["control"].outputs, site.pools["cpu"].outputs,
-                             registered(site), host_urns(site), artifact_urns(site)).apply(check)
+    return pulumi.Output.all(
+        host.endpoint,
+        pulumi.Output.from_input(host.credentials.is_secret()),
+        site.pools["control"].outputs,
+        site.pools["cpu"].outputs,
+        registered(site),
+        host_urns(site),
+        artifact_urns(site),
+    ).apply(check)
 
 
 @pulumi.runtime.test
 def test_ib_site_graph_and_partitions(mocks, credentials, ib_plan_file, ib_plan, tmp_path):
     site = build(ib_plan_file, tmp_path)
     return pulumi.Output.all(registered(site), artifact_urns(site)).apply(
-        lambda v: (assert_artifacts_parented(v[1]), _check_ib(mocks, ib_plan, site)))
+        lambda v: (assert_artifacts_parented(v[1]), _check_ib(mocks, ib_plan, site))
+    )
 
 
 def _check_ib(mocks: RecordingMocks, ib_plan: dict, site) -> None:
@@ -176,8 +188,12 @@ def test_national_example(mocks, monkeypatch, tmp_path):
     def run():
         site = build(plan_file, tmp_path / "state")
         return pulumi.Output.all(registered(site), artifact_urns(site)).apply(
-            lambda v: (assert_artifacts_parented(v[1]), _check_graph(mocks, plan, site),
-                       _check_no_credential_in_providers(mocks)))
+            lambda v: (
+                assert_artifacts_parented(v[1]),
+                _check_graph(mocks, plan, site),
+                _check_no_credential_in_providers(mocks),
+            )
+        )
 
     run()
 
@@ -189,13 +205,15 @@ def test_the_program_reads_its_config_once_and_composes_the_site(mocks, credenti
 
     from tests.provision.conftest import STACKS
 
-    pulumi.runtime.set_all_config({
-        "aifactory:planFile": str(lab_plan_file),
-        "aifactory:stateDir": str(tmp_path),
-        "aifactory:bmc": json.dumps({"scheme": "http", "port": 8000, "power_timeout": 30}),
-        "aifactory:boot": json.dumps({"source": "pxe", "image": None}),
-        "aifactory:pkeys": json.dumps({"health": "0x0042"}),
-    })
+    pulumi.runtime.set_all_config(
+        {
+            "aifactory:planFile": str(lab_plan_file),
+            "aifactory:stateDir": str(tmp_path),
+            "aifactory:bmc": json.dumps({"scheme": "http", "port": 8000, "power_timeout": 30}),
+            "aifactory:boot": json.dumps({"source": "pxe", "image": None}),
+            "aifactory:pkeys": json.dumps({"health": "0x0042"}),
+        }
+    )
     try:
         program = runpy.run_path(str(STACKS / "__main__.py"), run_name="__main__")
     finally:

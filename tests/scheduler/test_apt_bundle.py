@@ -30,15 +30,29 @@ def sealed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     repo = root / "apt"
     debs = apt.build_apt_repository(repo, cache=CACHE, timestamp=STAMP)
     payload = {f"apt/{deb.path.name}": PayloadFile(deb.path, "deb") for deb in debs}
-    payload.update({f"apt/{index.name}": PayloadFile(index, "apt-index")
-                    for index in sorted(repo.iterdir()) if index.suffix != ".deb"})
-    keys = signing.generate_keypair(root / "key", identity="release@sched.example",
-                                    namespaces="aifactory-bundle")
-    header = Header(site="aptlab", version=BundleVersion.parse("1.0"), created="2023-11-14T22:13:20Z",
-                    timestamp=STAMP, plan_digest="sha256:" + "0" * 64, spec_digest="sha256:" + "1" * 64,
-                    aifactory_version="test", contents={})
-    seal(payload, header, key=signing.load_private_key(keys.private), output=root / "b.tar",
-         work=root / "meta")
+    payload.update(
+        {
+            f"apt/{index.name}": PayloadFile(index, "apt-index")
+            for index in sorted(repo.iterdir())
+            if index.suffix != ".deb"
+        }
+    )
+    keys = signing.generate_keypair(
+        root / "key", identity="release@sched.example", namespaces="aifactory-bundle"
+    )
+    header = Header(
+        site="aptlab",
+        version=BundleVersion.parse("1.0"),
+        created="2023-11-14T22:13:20Z",
+        timestamp=STAMP,
+        plan_digest="sha256:" + "0" * 64,
+        spec_digest="sha256:" + "1" * 64,
+        aifactory_version="test",
+        contents={},
+    )
+    seal(
+        payload, header, key=signing.load_private_key(keys.private), output=root / "b.tar", work=root / "meta"
+    )
     return root / "b.tar", keys.allowed_signers
 
 

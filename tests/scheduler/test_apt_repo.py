@@ -35,9 +35,15 @@ def _status_without(packages: set[str], dest: Path) -> Path:
     the state of a Debian host that has never had them installed."""
     stanzas = [s for s in Path("/var/lib/dpkg/status").read_text().split("\n\n") if s.strip()]
     name = {i: re.search(r"^Package: (.*)$", s, re.M).group(1) for i, s in enumerate(stanzas)}
-    needs = {i: set(re.findall(r"(?:^|[,|]\s*)([a-z0-9][a-z0-9+.-]+)",
-                               " ".join(re.findall(r"^(?:Pre-)?Depends: (.*)$", s, re.M))))
-             for i, s in enumerate(stanzas)}
+    needs = {
+        i: set(
+            re.findall(
+                r"(?:^|[,|]\s*)([a-z0-9][a-z0-9+.-]+)",
+                " ".join(re.findall(r"^(?:Pre-)?Depends: (.*)$", s, re.M)),
+            )
+        )
+        for i, s in enumerate(stanzas)
+    }
     drop = set(packages)
     while True:
         more = {name[i] for i in name if name[i] not in drop and needs[i] & drop}
@@ -67,15 +73,20 @@ def test_repository_is_deterministic(repo: Path, tmp_path: Path) -> None:
 
 
 def test_roles_packages_install_from_the_repository_alone_with_no_network(repo: Path, tmp_path: Path) -> None:
-    status = _status_without(set(apt.ROLE_PACKAGES) | {"libmunge2", "slurm-wlm-basic-plugins"},
-                             tmp_path / "status")
+    status = _status_without(
+        set(apt.ROLE_PACKAGES) | {"libmunge2", "slurm-wlm-basic-plugins"}, tmp_path / "status"
+    )
     (tmp_path / "lists" / "partial").mkdir(parents=True)
     (tmp_path / "cache" / "archives" / "partial").mkdir(parents=True)
     sources = tmp_path / "sources.list"
     sources.write_text(f"deb [trusted=yes] file:{repo} ./\n")
-    options = [f"-o Dir::Etc::SourceList={sources}", "-o Dir::Etc::SourceParts=/dev/null",
-               f"-o Dir::State::Lists={tmp_path / 'lists'}", f"-o Dir::Cache={tmp_path / 'cache'}",
-               f"-o Dir::State::status={status}"]
+    options = [
+        f"-o Dir::Etc::SourceList={sources}",
+        "-o Dir::Etc::SourceParts=/dev/null",
+        f"-o Dir::State::Lists={tmp_path / 'lists'}",
+        f"-o Dir::Cache={tmp_path / 'cache'}",
+        f"-o Dir::State::status={status}",
+    ]
     args = [a for o in options for a in o.split(" ", 1)]
     subprocess.run(["unshare", "-n", "apt-get", *args, "update"], check=True, capture_output=True)
     install = ["install", "-s", "-y", "--no-install-recommends", *apt.ROLE_PACKAGES]

@@ -56,24 +56,30 @@ class Cluster:
     def runtime_dir(self) -> Path:
         return self.state_home / self.site / "runtime"
 
-    def exec(self, argv: list[str], host: str | None = None, *, check: bool = True,
-             timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    def exec(
+        self, argv: list[str], host: str | None = None, *, check: bool = True, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
         from aifactory.lab import lab_exec
 
         result = lab_exec(self.site, argv, host=host, timeout=timeout)
         if check and result.returncode != 0:
-            raise AssertionError(f"{argv} on {host or 'control'} exited {result.returncode}\n"
-                                 f"{result.stdout}\n{result.stderr}")
+            raise AssertionError(
+                f"{argv} on {host or 'control'} exited {result.returncode}\n{result.stdout}\n{result.stderr}"
+            )
         return result
 
     def play(self, *options: str) -> subprocess.CompletedProcess[str]:
-        return self.exec(["ansible-playbook", *options, str(PLAYBOOK), "-e", f"@{self.work / 'slurm.yml'}"],
-                         check=False, timeout=600)
+        return self.exec(
+            ["ansible-playbook", *options, str(PLAYBOOK), "-e", f"@{self.work / 'slurm.yml'}"],
+            check=False,
+            timeout=600,
+        )
 
     def aifactory(self, *argv: str) -> subprocess.CompletedProcess[str]:
         env = {**os.environ, "AIFACTORY_STATE_HOME": str(self.state_home)}
-        return subprocess.run([AIFACTORY, *argv], capture_output=True, text=True, env=env, timeout=300,
-                              check=False)
+        return subprocess.run(
+            [AIFACTORY, *argv], capture_output=True, text=True, env=env, timeout=300, check=False
+        )
 
     def jobs(self) -> dict[str, dict[str, Any]]:
         listed = self.aifactory("jobs", self.site, "--format", "json")
@@ -86,9 +92,15 @@ class Cluster:
 
     def write_job(self, name: str, tenant: str, **train: int) -> Path:
         job = {
-            "schema": "aifactory.job/v1", "name": name, "plan": str(self.work / "plan.json"),
-            "token_file": str(self.work / f"{tenant}.token"), "dataset": "vitals", "model": "vitals-mlp",
-            "processes_per_host": 1, "rendezvous_port": 29400, "runtime_dir": str(self.runtime_dir),
+            "schema": "aifactory.job/v1",
+            "name": name,
+            "plan": str(self.work / "plan.json"),
+            "token_file": str(self.work / f"{tenant}.token"),
+            "dataset": "vitals",
+            "model": "vitals-mlp",
+            "processes_per_host": 1,
+            "rendezvous_port": 29400,
+            "runtime_dir": str(self.runtime_dir),
             "network": {"hidden": 16, "layers": 2},
             "train": {"global_batch": 32, "learning_rate": 0.01, "threads": 1, **train},
         }
@@ -174,16 +186,29 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
             assert cluster.first_play.returncode == 0, cluster.first_play.stdout[-4000:]
             job = cluster.write_job("gen", "health")
             first = cluster.compute_hosts[0]
-            cluster.exec(["/opt/aifactory/current/bin/aifactory-train", str(job), "--generate-dataset",
-                          "--samples", "1024", "--host", first], host=first)
+            cluster.exec(
+                [
+                    "/opt/aifactory/current/bin/aifactory-train",
+                    str(job),
+                    "--generate-dataset",
+                    "--samples",
+                    "1024",
+                    "--host",
+                    first,
+                ],
+                host=first,
+            )
             yield cluster
         finally:
             lab_down(site)
 
 
 def test_sinfo_shows_every_compute_host_idle_in_its_partition(cluster: Cluster) -> None:
-    states = wait_for("every node idle", lambda: (s := cluster.node_states())
-                      and all(state == "idle" for _, state in s.values()) and s, timeout=60)
+    states = wait_for(
+        "every node idle",
+        lambda: (s := cluster.node_states()) and all(state == "idle" for _, state in s.values()) and s,
+        timeout=60,
+    )
     assert states == {h.name: (h.pool, "idle") for h in cluster.plan.hosts if h.role in ("cpu", "gpu")}
 
 
@@ -209,9 +234,16 @@ def test_a_two_node_job_trains_through_slurm(cluster: Cluster) -> None:
     submission = json.loads(submitted.stdout)
     assert (submission["tenant"], submission["partition"], submission["nodes"]) == ("health", "cpu", 2)
     slurm_id = submission["slurm_job_id"]
-    listed = wait_for("the job to finish", lambda: (j := cluster.jobs().get(slurm_id))
-                      and j["state"] not in ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING") and j,
-                      timeout=240, every=2)
+    listed = wait_for(
+        "the job to finish",
+        lambda: (
+            (j := cluster.jobs().get(slurm_id))
+            and j["state"] not in ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING")
+            and j
+        ),
+        timeout=240,
+        every=2,
+    )
     assert listed["state"] == "COMPLETED", listed
     assert (listed["account"], listed["nodes"]) == ("health", 2)
     assert listed["decision_id"] == submission["decision_id"]
@@ -222,8 +254,11 @@ def test_a_two_node_job_trains_through_slurm(cluster: Cluster) -> None:
     decided = [d for d in cluster.decisions() if d["decision_id"] == submission["decision_id"]]
     assert len(decided) == 1 and decided[0]["allow"] and decided[0]["component"] == "scheduler"
     assert decided[0]["request"] == {"job": "sched-ddp", "partition": "cpu", "nodes": 2}
-    ran_on = {d["host"] for d in cluster.decisions()
-              if d["component"] == "train" and d.get("request", {}).get("job") == "sched-ddp" and d["allow"]}
+    ran_on = {
+        d["host"]
+        for d in cluster.decisions()
+        if d["component"] == "train" and d.get("request", {}).get("job") == "sched-ddp" and d["allow"]
+    }
     assert ran_on == set(cluster.compute_hosts)  # each node decided again before reading
 
 
@@ -248,13 +283,21 @@ def test_a_killed_slurmd_fails_the_job_and_a_resubmission_resumes(cluster: Clust
     submitted = cluster.aifactory("train", str(cluster.spec), str(job), "--nodes", "2", "--format", "json")
     assert submitted.returncode == 0, submitted.stderr
     first_id = json.loads(submitted.stdout)["slurm_job_id"]
-    wait_for("a checkpoint of the running job", lambda: cluster.latest_checkpoint() > start, timeout=180,
-             every=0.5)
+    wait_for(
+        "a checkpoint of the running job", lambda: cluster.latest_checkpoint() > start, timeout=180, every=0.5
+    )
     cluster.exec(["sh", "-c", "kill -9 $(cat /run/slurmd.pid)"], host=victim)
     wait_for(f"{victim} marked down", lambda: cluster.node_states()[victim][1].startswith("down"), timeout=90)
-    failed = wait_for("the job to end", lambda: (j := cluster.jobs().get(first_id))
-                      and j["state"] not in ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING") and j,
-                      timeout=120, every=2)
+    failed = wait_for(
+        "the job to end",
+        lambda: (
+            (j := cluster.jobs().get(first_id))
+            and j["state"] not in ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING")
+            and j
+        ),
+        timeout=120,
+        every=2,
+    )
     assert failed["state"] in ("NODE_FAIL", "FAILED"), failed
     resume_at = cluster.latest_checkpoint()
     assert start < resume_at < start + 6000
@@ -264,7 +307,10 @@ def test_a_killed_slurmd_fails_the_job_and_a_resubmission_resumes(cluster: Clust
     resubmitted = cluster.aifactory("train", str(cluster.spec), str(job), "--nodes", "2", "--format", "json")
     assert resubmitted.returncode == 0, resubmitted.stderr
     second_id = json.loads(resubmitted.stdout)["slurm_job_id"]
-    resumed = wait_for("the resubmitted job to train", lambda: [
-        m for m in cluster.metrics("sched-kill") if m["resumed_from"] == resume_at], timeout=180)
+    resumed = wait_for(
+        "the resubmitted job to train",
+        lambda: [m for m in cluster.metrics("sched-kill") if m["resumed_from"] == resume_at],
+        timeout=180,
+    )
     assert resumed[0]["step"] == resume_at + 1 and resumed[0]["world_size"] == 2
     cluster.exec(["scancel", second_id])

@@ -59,8 +59,15 @@ def _job(planned: PlannedSite, folder: Path, tenant: str, **fields: object) -> P
     token = issue_token(trust, site=planned.plan.name, tenant=tenant, expires=expires)
     (folder / f"{tenant}.token").write_text(token.token)
     (folder / "plan.json").write_text(planned.plan.to_json())
-    job = {"schema": "aifactory.job/v1", "name": "unit-job", "plan": "plan.json",
-           "token_file": f"{tenant}.token", "dataset": "vitals", "model": "vitals-mlp", **fields}
+    job = {
+        "schema": "aifactory.job/v1",
+        "name": "unit-job",
+        "plan": "plan.json",
+        "token_file": f"{tenant}.token",
+        "dataset": "vitals",
+        "model": "vitals-mlp",
+        **fields,
+    }
     path = folder / "job.yaml"
     path.write_text(yaml.safe_dump(job))
     return path
@@ -77,12 +84,21 @@ def test_topology_has_a_partition_per_compute_pool_and_an_account_per_tenant(pla
     assert topology["controller"] == {"name": "lab-control-001", "address": "10.200.0.2"}
     assert [n["name"] for n in topology["nodes"]] == ["lab-cpu-001", "lab-cpu-002"]
     assert topology["nodes"][0] | {"address": None} == {
-        "name": "lab-cpu-001", "address": None, "cpus": 2, "real_memory_mib": 4096, "gpus": 0,
-        "gpu_model": None, "partition": "cpu"}
+        "name": "lab-cpu-001",
+        "address": None,
+        "cpus": 2,
+        "real_memory_mib": 4096,
+        "gpus": 0,
+        "gpu_model": None,
+        "partition": "cpu",
+    }
     assert topology["partitions"] == [
-        {"name": "cpu", "nodes": ["lab-cpu-001", "lab-cpu-002"], "default": True}]
-    assert topology["accounts"] == [{"name": "health", "partitions": ["cpu"]},
-                                    {"name": "research", "partitions": ["cpu"]}]
+        {"name": "cpu", "nodes": ["lab-cpu-001", "lab-cpu-002"], "default": True}
+    ]
+    assert topology["accounts"] == [
+        {"name": "health", "partitions": ["cpu"]},
+        {"name": "research", "partitions": ["cpu"]},
+    ]
 
 
 def test_placement_defaults_and_refusals(planned: PlannedSite, tmp_path: Path, site_state: Path) -> None:
@@ -103,13 +119,25 @@ def test_an_allowed_job_is_recorded_then_submitted_under_the_tenants_account(
     slurm = RecordingSlurm()
     submission = submit.train(planned, _job(planned, tmp_path, "health"), client=slurm, nodes=2)
     assert (submission.tenant, submission.partition, submission.nodes, submission.slurm_job_id) == (
-        "health", "cpu", 2, "41")
+        "health",
+        "cpu",
+        2,
+        "41",
+    )
     (mkdir, _), (sbatch, script) = slurm.calls
     assert mkdir == ["mkdir", "-p", "/srv/share/models/vitals-mlp/runs/unit-job"]
-    assert sbatch == ["sbatch", "--parsable", "--job-name=unit-job", "--account=health", "--partition=cpu",
-                      "--nodes=2", "--ntasks-per-node=1", "--no-requeue",
-                      f"--comment=aifactory-decision={submission.decision_id}",
-                      "--output=/srv/share/models/vitals-mlp/runs/unit-job/slurm-%j.out"]
+    assert sbatch == [
+        "sbatch",
+        "--parsable",
+        "--job-name=unit-job",
+        "--account=health",
+        "--partition=cpu",
+        "--nodes=2",
+        "--ntasks-per-node=1",
+        "--no-requeue",
+        f"--comment=aifactory-decision={submission.decision_id}",
+        "--output=/srv/share/models/vitals-mlp/runs/unit-job/slurm-%j.out",
+    ]
     assert script is not None and script.startswith("#!/bin/sh\n")
     assert "-m aifactory.scheduler.allocation" in script
     assert "exec srun --ntasks-per-node=1 --kill-on-bad-exit=1" in script
@@ -170,22 +198,32 @@ def test_the_allocation_entry_point_refuses_outside_an_allocation(monkeypatch: p
 def test_listing_parsers_read_squeue_and_the_completion_log() -> None:
     queued = jobs.parse_squeue("9|health|RUNNING|2|lab-cpu-[001-002]|aifactory-decision=abc|j|cpu|None\n")
     assert queued == [jobs.SlurmJob("9", "j", "health", "cpu", "RUNNING", 2, "lab-cpu-[001-002]", "abc")]
-    line = ("JobId=2 UserId=root(0) GroupId=root(0) Name=sched-two JobState=COMPLETED Partition=cpu "
-            "TimeLimit=UNLIMITED StartTime=2026-11-22T04:17:29 EndTime=2026-11-22T04:17:48 "
-            "NodeList=sched-cpu-[001-002] NodeCnt=2 ProcCnt=2 WorkDir=/ ReservationName= "
-            "Tres=cpu=2,mem=8G,node=2,billing=2 Account=health QOS= WcKey= Cluster=unknown "
-            "SubmitTime=2026-11-22T04:17:29 EligibleTime=2026-11-22T04:17:29 DerivedExitCode=0:0 "
-            "ExitCode=0:0 \n")
-    assert jobs.parse_jobcomp(line) == [jobs.SlurmJob("2", "sched-two", "health", "cpu", "COMPLETED", 2,
-                                                      "sched-cpu-[001-002]", None, exit_code="0:0")]
+    line = (
+        "JobId=2 UserId=root(0) GroupId=root(0) Name=sched-two JobState=COMPLETED Partition=cpu "
+        "TimeLimit=UNLIMITED StartTime=2026-11-22T04:17:29 EndTime=2026-11-22T04:17:48 "
+        "NodeList=sched-cpu-[001-002] NodeCnt=2 ProcCnt=2 WorkDir=/ ReservationName= "
+        "Tres=cpu=2,mem=8G,node=2,billing=2 Account=health QOS= WcKey= Cluster=unknown "
+        "SubmitTime=2026-11-22T04:17:29 EligibleTime=2026-11-22T04:17:29 DerivedExitCode=0:0 "
+        "ExitCode=0:0 \n"
+    )
+    assert jobs.parse_jobcomp(line) == [
+        jobs.SlurmJob(
+            "2", "sched-two", "health", "cpu", "COMPLETED", 2, "sched-cpu-[001-002]", None, exit_code="0:0"
+        )
+    ]
 
 
 def test_the_cli_refuses_a_deny_with_exit_1_and_no_traceback(
     planned: PlannedSite, tmp_path: Path, site_state: Path
 ) -> None:
     path = _job(planned, tmp_path, "research")
-    done = subprocess.run([str(Path(sys.executable).with_name("aifactory")), "train", str(LAB), str(path)],
-                          capture_output=True, text=True, env={**os.environ}, check=False)
+    done = subprocess.run(
+        [str(Path(sys.executable).with_name("aifactory")), "train", str(LAB), str(path)],
+        capture_output=True,
+        text=True,
+        env={**os.environ},
+        check=False,
+    )
     assert done.returncode == 1, done.stderr
     assert "error[train-denied]" in done.stderr and "Traceback" not in done.stderr
 

@@ -40,7 +40,13 @@ def run_aifactory(tmp_path: Path) -> Callable[..., subprocess.CompletedProcess[s
 
     def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
         full_env = {**os.environ, "AIFACTORY_STATE_HOME": str(tmp_path / "state"), **(env or {})}
-        return subprocess.run([*aifactory_command(), *args], capture_output=True, text=True, env=full_env,
-                              timeout=60, check=False)
+        return subprocess.run(
+            [*aifactory_command(), *args],
+            capture_output=True,
+            text=True,
+            env=full_env,
+            timeout=60,
+            check=False,
+        )
 
     return run

@@ -16,11 +16,15 @@ ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = Path(__file__).parent / "fixtures"
 
 
-@pytest.mark.parametrize("spec", [
-    FIXTURES / "contract-example.yaml",
-    ROOT / "inventory" / "lab" / "site.yaml",
-    ROOT / "inventory" / "examples" / "national" / "site.yaml",
-], ids=["contract-example", "lab", "national"])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        FIXTURES / "contract-example.yaml",
+        ROOT / "inventory" / "lab" / "site.yaml",
+        ROOT / "inventory" / "examples" / "national" / "site.yaml",
+    ],
+    ids=["contract-example", "lab", "national"],
+)
 def test_example_sites_validate(spec: Path, cli) -> None:
     code, out, err = cli("validate", str(spec), "--format", "json")
     assert code == 0, err + out
@@ -29,9 +33,14 @@ def test_example_sites_validate(spec: Path, cli) -> None:
 
 def test_norway_is_a_country_not_false() -> None:
     """YAML 1.1 reads `NO` as false; the spec reads it as Norway (and only true/false are booleans)."""
-    text = (BASE.replace("jurisdiction: NG", "jurisdiction: NO").replace("country: NG", "country: NO")
-            .replace("region: NG-FC", "region: NO-03").replace("residency: NG", "residency: NO")
-            .replace("residency: ECOWAS", "residency: NORDIC").replace("to: NG", "to: NO"))
+    text = (
+        BASE.replace("jurisdiction: NG", "jurisdiction: NO")
+        .replace("country: NG", "country: NO")
+        .replace("region: NG-FC", "region: NO-03")
+        .replace("residency: NG", "residency: NO")
+        .replace("residency: ECOWAS", "residency: NORDIC")
+        .replace("to: NG", "to: NO")
+    )
     spec = load_spec_text(text).spec
     assert spec.site.jurisdiction == "NO"
     assert spec.datacenters[0].country == "NO"
@@ -49,8 +58,11 @@ def test_extension_keys_are_ignored_anywhere() -> None:
 def test_inline_secret_value_is_never_repeated(tmp_path: Path, cli) -> None:
     secret = "correct-horse-battery-staple-42"
     spec = tmp_path / "site.yaml"
-    spec.write_text(BASE.replace("credentials: secret://bmc/{host}", f"credentials: {secret}")
-                    .replace("count: 4\n", "count: [4]\n"))  # a second error beside it
+    spec.write_text(
+        BASE.replace("credentials: secret://bmc/{host}", f"credentials: {secret}").replace(
+            "count: 4\n", "count: [4]\n"
+        )
+    )  # a second error beside it
     for fmt in ("text", "json"):
         code, out, err = cli("validate", str(spec), "--format", fmt)
         assert code == 1 and "inline secret" in out + err
@@ -58,6 +70,7 @@ def test_inline_secret_value_is_never_repeated(tmp_path: Path, cli) -> None:
 
 
 # --- hostile input -----------------------------------------------------------------------------
+
 
 def _billion_laughs(levels: int = 9) -> str:
     lines = ['a0: &a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
@@ -145,9 +158,16 @@ def test_validate_never_imports_torch(tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    probe = ("import sys; from aifactory.cli.main import main; code = main(['validate', sys.argv[1]]); "
-             "heavy = [m for m in ('torch', 'ansible', 'pulumi') if m in sys.modules]; "
-             "print(heavy); sys.exit(code or bool(heavy))")
-    result = subprocess.run([sys.executable, "-c", probe, str(ROOT / "inventory" / "lab" / "site.yaml")],
-                            capture_output=True, text=True, timeout=120, check=False)
+    probe = (
+        "import sys; from aifactory.cli.main import main; code = main(['validate', sys.argv[1]]); "
+        "heavy = [m for m in ('torch', 'ansible', 'pulumi') if m in sys.modules]; "
+        "print(heavy); sys.exit(code or bool(heavy))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe, str(ROOT / "inventory" / "lab" / "site.yaml")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert result.returncode == 0, result.stdout + result.stderr

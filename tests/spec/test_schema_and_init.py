@@ -54,10 +54,13 @@ def test_init_writes_a_starter_that_validates(jurisdiction: str, tmp_path: Path,
     assert code == 2 and "exists" in err
 
 
-@pytest.mark.parametrize(("name", "jurisdiction", "phrase"), [
-    ("My_Site", "NG", "is not a site name"),
-    ("site", "ATLANTIS", "unknown jurisdiction"),
-])
+@pytest.mark.parametrize(
+    ("name", "jurisdiction", "phrase"),
+    [
+        ("My_Site", "NG", "is not a site name"),
+        ("site", "ATLANTIS", "unknown jurisdiction"),
+    ],
+)
 def test_init_refuses_bad_names(name: str, jurisdiction: str, phrase: str, tmp_path: Path, cli) -> None:
     code, _, err = cli("init", name, "--jurisdiction", jurisdiction, "-o", str(tmp_path / "s.yaml"))
     assert code == 2 and phrase in err

@@ -17,9 +17,15 @@ from aifactory.state import SiteState
 __all__ = ["gather_evidence", "verify_any_log"]
 
 
-def gather_evidence(*, plan: SitePlan, plan_digest: str, policy: Mapping[str, Any], state: SiteState,
-                    decision_logs: Sequence[Path] = (), bundle_trust: Path | None = None,
-                    ) -> tuple[list[Evidence], str | None]:
+def gather_evidence(
+    *,
+    plan: SitePlan,
+    plan_digest: str,
+    policy: Mapping[str, Any],
+    state: SiteState,
+    decision_logs: Sequence[Path] = (),
+    bundle_trust: Path | None = None,
+) -> tuple[list[Evidence], str | None]:
     """Every evidence section, in report order, and the imported bundle's digest (None if none)."""
     bundle, bundle_digest = bundle_evidence(state, plan_digest, trust=bundle_trust)
     sections = [

@@ -25,8 +25,10 @@ SOURCE = "bundle"
 INTEGRITY = ("SI-7", "CM-14")
 VERIFIED = ("bundle.verified", "The imported bundle is intact: its signed manifest and every file digest")
 MATCHES_PLAN = ("bundle.matches_plan", "The imported bundle was built for the site's current plan")
-DO_NOT_DEPLOY = ("do not deploy from this import: import a bundle you received intact again with "
-                 "`aifactory bundle import`, and find out what changed the files")
+DO_NOT_DEPLOY = (
+    "do not deploy from this import: import a bundle you received intact again with "
+    "`aifactory bundle import`, and find out what changed the files"
+)
 
 
 @dataclass
@@ -57,8 +59,12 @@ def check_import(imported: Any, *, namespace: str, trust: Path | None) -> Bundle
         return check
     if trust is not None:
         try:
-            signer = signing.verify(manifest_bytes, (root / "manifest.json.sig").read_text(),
-                                    allowed_signers=trust, namespace=namespace)
+            signer = signing.verify(
+                manifest_bytes,
+                (root / "manifest.json.sig").read_text(),
+                allowed_signers=trust,
+                namespace=namespace,
+            )
             check.signature = f"verifies, signed by {signer}"
         except (OSError, signing.SignatureError) as exc:
             check.problems.append(f"manifest.json.sig: {getattr(exc, 'message', exc)}")
@@ -75,8 +81,9 @@ def check_import(imported: Any, *, namespace: str, trust: Path | None) -> Bundle
     return check
 
 
-def bundle_evidence(state: SiteState, plan_digest: str, *, trust: Path | None = None
-                    ) -> tuple[Evidence, str | None]:
+def bundle_evidence(
+    state: SiteState, plan_digest: str, *, trust: Path | None = None
+) -> tuple[Evidence, str | None]:
     """(evidence, the imported bundle's digest or None), for the site whose plan has `plan_digest`."""
     try:
         module = importlib.import_module("aifactory.bundle")
@@ -91,8 +98,9 @@ def bundle_evidence(state: SiteState, plan_digest: str, *, trust: Path | None = 
     if imported is None and not problem:
         return _not_assessed("no bundle has been imported on this site"), None
     if imported is None:
-        finding = Finding(*VERIFIED, INTEGRITY, "critical", f"site/{state.site}", problem, DO_NOT_DEPLOY,
-                          FAIL, SOURCE)
+        finding = Finding(
+            *VERIFIED, INTEGRITY, "critical", f"site/{state.site}", problem, DO_NOT_DEPLOY, FAIL, SOURCE
+        )
         rules = tuple((c, RuleResult(*VERIFIED, FAIL, SOURCE)) for c in INTEGRITY)
         return Evidence(SOURCE, "Offline bundle", FAIL, problem, {}, rules, (finding,)), None
     return _assess(imported, plan_digest, module.NAMESPACE, trust), str(imported.digest)
@@ -101,23 +109,39 @@ def bundle_evidence(state: SiteState, plan_digest: str, *, trust: Path | None = 
 def _assess(imported: Any, plan_digest: str, namespace: str, trust: Path | None) -> Evidence:
     check = check_import(imported, namespace=namespace, trust=trust)
     resource = f"bundle/{imported.version}"
-    findings = [Finding(*VERIFIED, INTEGRITY, "critical", resource, problem, DO_NOT_DEPLOY, FAIL, SOURCE)
-                for problem in check.problems]
+    findings = [
+        Finding(*VERIFIED, INTEGRITY, "critical", resource, problem, DO_NOT_DEPLOY, FAIL, SOURCE)
+        for problem in check.problems
+    ]
     intact = FAIL if check.problems else PASS
     built_for = imported.manifest().plan_digest if not check.problems else ""
     matches = PASS if built_for == plan_digest else FAIL if built_for else NOT_ASSESSED
     if matches == FAIL:
-        findings.append(Finding(*MATCHES_PLAN, ("CM-2",), "medium", resource,
-                                f"the bundle was built for plan {built_for}; the site's plan is now "
-                                f"{plan_digest}",
-                                "build and import a bundle from the current spec, then deploy it",
-                                FAIL, SOURCE))
+        findings.append(
+            Finding(
+                *MATCHES_PLAN,
+                ("CM-2",),
+                "medium",
+                resource,
+                f"the bundle was built for plan {built_for}; the site's plan is now {plan_digest}",
+                "build and import a bundle from the current spec, then deploy it",
+                FAIL,
+                SOURCE,
+            )
+        )
     rules = tuple((c, RuleResult(*VERIFIED, intact, SOURCE)) for c in INTEGRITY)
     rules += (("CM-2", RuleResult(*MATCHES_PLAN, matches, SOURCE)),)
-    detail = {"root": str(imported.root), "version": imported.version, "digest": imported.digest,
-              "files_checked": check.files, "signature": check.signature, "built_for_plan": built_for,
-              "problems": check.problems}
-    summary = (f"bundle {imported.version}: {check.files} files checked; "
-               + ("intact" if not check.problems else f"{len(check.problems)} problem(s)"))
+    detail = {
+        "root": str(imported.root),
+        "version": imported.version,
+        "digest": imported.digest,
+        "files_checked": check.files,
+        "signature": check.signature,
+        "built_for_plan": built_for,
+        "problems": check.problems,
+    }
+    summary = f"bundle {imported.version}: {check.files} files checked; " + (
+        "intact" if not check.problems else f"{len(check.problems)} problem(s)"
+    )
     status = FAIL if FAIL in (intact, matches) else PASS
     return Evidence(SOURCE, "Offline bundle", status, summary, detail, rules, tuple(findings))

@@ -103,18 +103,26 @@ def _host_record(name: str, record: Any) -> HostRecord:
     try:
         all_configs = _pairs(configs, "path", ("digest", "sha256"))
         return HostRecord(
-            _pairs(packages, "name", ("version",)), {k: v for k, v in all_configs.items() if k not in own},
+            _pairs(packages, "name", ("version",)),
+            {k: v for k, v in all_configs.items() if k not in own},
             f"{bundle.get('version', '')} {bundle.get('digest', '')}".strip(),
-            str(record.get("plan_digest") or ""), str(_mapping(record.get("last_run")).get("result") or ""),
-            {k: v for k, v in all_configs.items() if k in own})
+            str(record.get("plan_digest") or ""),
+            str(_mapping(record.get("last_run")).get("result") or ""),
+            {k: v for k, v in all_configs.items() if k in own},
+        )
     except UnreadableRecord as exc:
         raise UnreadableRecord(f"host {name}: {exc}") from None
 
 
 def _not_assessed(path: Path, note: str) -> Evidence:
-    rules = tuple((control, RuleResult(*rule, NOT_ASSESSED, SOURCE, note))
-                  for control, rule in ((INVENTORY, INVENTORY_RULE), (BASELINE, BASELINE_RULE),
-                                        (BASELINE, CURRENT_PLAN_RULE)))
+    rules = tuple(
+        (control, RuleResult(*rule, NOT_ASSESSED, SOURCE, note))
+        for control, rule in (
+            (INVENTORY, INVENTORY_RULE),
+            (BASELINE, BASELINE_RULE),
+            (BASELINE, CURRENT_PLAN_RULE),
+        )
+    )
     return Evidence(SOURCE, "Deploy", NOT_ASSESSED, note, {"record": str(path)}, rules)
 
 
@@ -126,10 +134,16 @@ def deploy_evidence(state: SiteState, plan: SitePlan, plan_digest: str) -> Evide
     try:
         records = read_installed(path)
     except UnreadableRecord as exc:
-        finding = Finding(*INVENTORY_RULE, (INVENTORY,), "high", f"file/{path}",
-                          f"the deploy record cannot be read: {exc}",
-                          "run `aifactory deploy` again to rewrite it, and find out what damaged it",
-                          FAIL, SOURCE)
+        finding = Finding(
+            *INVENTORY_RULE,
+            (INVENTORY,),
+            "high",
+            f"file/{path}",
+            f"the deploy record cannot be read: {exc}",
+            "run `aifactory deploy` again to rewrite it, and find out what damaged it",
+            FAIL,
+            SOURCE,
+        )
         unreadable = _not_assessed(path, "the deploy record cannot be read")
         rules = ((INVENTORY, RuleResult(*INVENTORY_RULE, FAIL, SOURCE)),) + unreadable.rules[1:]
         return Evidence(SOURCE, "Deploy", FAIL, finding.message, {"record": str(path)}, rules, (finding,))
@@ -146,39 +160,77 @@ def _assess(path: Path, plan: SitePlan, plan_digest: str, reported: dict[str, Ho
     missing = {pool: [h for h in names if h not in records] for pool, names in pools.items()}
     findings = [_missing_finding(pool, hosts, reported) for pool, hosts in missing.items() if hosts]
     if unplanned:
-        findings.append(Finding(*INVENTORY_RULE, (INVENTORY,), "medium", "site/" + plan.name,
-                                f"{len(unplanned)} host(s) have deploy records but are not in the plan: "
-                                + _names(unplanned),
-                                "remove them from service, or add them to the site spec", FAIL, SOURCE))
+        findings.append(
+            Finding(
+                *INVENTORY_RULE,
+                (INVENTORY,),
+                "medium",
+                "site/" + plan.name,
+                f"{len(unplanned)} host(s) have deploy records but are not in the plan: " + _names(unplanned),
+                "remove them from service, or add them to the site spec",
+                FAIL,
+                SOURCE,
+            )
+        )
     fingerprints = {name: record.fingerprint() for name, record in records.items()}
     baselines = _baselines(pools, records, fingerprints)
-    drift = [_drift_finding(pool, groups) for pool, groups in _pool_groups(pools, fingerprints).items()
-             if len(groups) > 1]
+    drift = [
+        _drift_finding(pool, groups)
+        for pool, groups in _pool_groups(pools, fingerprints).items()
+        if len(groups) > 1
+    ]
     stale = _stale_finding(records, plan_digest, plan.name)
-    verdicts = {INVENTORY_RULE: FAIL if findings else PASS, BASELINE_RULE: FAIL if drift else PASS,
-                CURRENT_PLAN_RULE: FAIL if stale else PASS if records else NOT_ASSESSED}
-    summary = (f"{len(records)} of {len(planned)} planned hosts have deploy records; "
-               f"{len(baselines)} distinct baseline(s)")
-    detail = {"record": str(path), "hosts_planned": len(planned), "hosts_reported": len(records),
-              "missing": {pool: hosts for pool, hosts in missing.items() if hosts}, "unplanned": unplanned,
-              "last_run_not_ok": sorted(n for n, r in reported.items()
-                                        if r.last_result not in ("", "ok", "changed")),
-              "baselines": baselines}
-    rules = ((INVENTORY, RuleResult(*INVENTORY_RULE, verdicts[INVENTORY_RULE], SOURCE)),
-             (BASELINE, RuleResult(*BASELINE_RULE, verdicts[BASELINE_RULE], SOURCE)),
-             (BASELINE, RuleResult(*CURRENT_PLAN_RULE, verdicts[CURRENT_PLAN_RULE], SOURCE)))
-    return Evidence(SOURCE, "Deploy", worst(list(verdicts.values())), summary, detail, rules,
-                    tuple(findings + drift + ([stale] if stale else [])))
+    verdicts = {
+        INVENTORY_RULE: FAIL if findings else PASS,
+        BASELINE_RULE: FAIL if drift else PASS,
+        CURRENT_PLAN_RULE: FAIL if stale else PASS if records else NOT_ASSESSED,
+    }
+    summary = (
+        f"{len(records)} of {len(planned)} planned hosts have deploy records; "
+        f"{len(baselines)} distinct baseline(s)"
+    )
+    detail = {
+        "record": str(path),
+        "hosts_planned": len(planned),
+        "hosts_reported": len(records),
+        "missing": {pool: hosts for pool, hosts in missing.items() if hosts},
+        "unplanned": unplanned,
+        "last_run_not_ok": sorted(
+            n for n, r in reported.items() if r.last_result not in ("", "ok", "changed")
+        ),
+        "baselines": baselines,
+    }
+    rules = (
+        (INVENTORY, RuleResult(*INVENTORY_RULE, verdicts[INVENTORY_RULE], SOURCE)),
+        (BASELINE, RuleResult(*BASELINE_RULE, verdicts[BASELINE_RULE], SOURCE)),
+        (BASELINE, RuleResult(*CURRENT_PLAN_RULE, verdicts[CURRENT_PLAN_RULE], SOURCE)),
+    )
+    return Evidence(
+        SOURCE,
+        "Deploy",
+        worst(list(verdicts.values())),
+        summary,
+        detail,
+        rules,
+        tuple(findings + drift + ([stale] if stale else [])),
+    )
 
 
 def _stale_finding(records: dict[str, HostRecord], plan_digest: str, site: str) -> Finding | None:
     stale = sorted(n for n, r in records.items() if r.plan_digest and r.plan_digest != plan_digest)
     if not stale:
         return None
-    return Finding(*CURRENT_PLAN_RULE, (BASELINE,), "medium", f"site/{site}",
-                   f"{len(stale)} host(s) were deployed from another plan than the current one "
-                   f"({plan_digest}): {_names(stale)}",
-                   "deploy the current plan to these hosts (`aifactory deploy`)", FAIL, SOURCE)
+    return Finding(
+        *CURRENT_PLAN_RULE,
+        (BASELINE,),
+        "medium",
+        f"site/{site}",
+        f"{len(stale)} host(s) were deployed from another plan than the current one "
+        f"({plan_digest}): {_names(stale)}",
+        "deploy the current plan to these hosts (`aifactory deploy`)",
+        FAIL,
+        SOURCE,
+    )
 
 
 def _names(hosts: Sequence[str], limit: int = 10) -> str:
@@ -189,13 +241,21 @@ def _names(hosts: Sequence[str], limit: int = 10) -> str:
 def _missing_finding(pool: str, hosts: list[str], reported: dict[str, HostRecord]) -> Finding:
     failed = [h for h in hosts if h in reported]
     note = f" ({len(failed)} of them tried and failed: {_names(failed, 5)})" if failed else ""
-    return Finding(*INVENTORY_RULE, (INVENTORY,), "medium", f"pool/{pool}",
-                   f"{len(hosts)} planned host(s) have no deploy record: {_names(hosts)}{note}",
-                   "run `aifactory deploy` for these hosts, or take them out of the plan", FAIL, SOURCE)
+    return Finding(
+        *INVENTORY_RULE,
+        (INVENTORY,),
+        "medium",
+        f"pool/{pool}",
+        f"{len(hosts)} planned host(s) have no deploy record: {_names(hosts)}{note}",
+        "run `aifactory deploy` for these hosts, or take them out of the plan",
+        FAIL,
+        SOURCE,
+    )
 
 
-def _pool_groups(pools: dict[str, list[str]], fingerprints: dict[str, str]
-                 ) -> dict[str, dict[str, list[str]]]:
+def _pool_groups(
+    pools: dict[str, list[str]], fingerprints: dict[str, str]
+) -> dict[str, dict[str, list[str]]]:
     out: dict[str, dict[str, list[str]]] = {}
     for pool, names in pools.items():
         groups = out.setdefault(pool, {})
@@ -208,22 +268,35 @@ def _pool_groups(pools: dict[str, list[str]], fingerprints: dict[str, str]
 def _drift_finding(pool: str, groups: dict[str, list[str]]) -> Finding:
     ranked = sorted(groups.items(), key=lambda item: (-len(item[1]), item[0]))
     outliers = [name for _, names in ranked[1:] for name in names]
-    return Finding(*BASELINE_RULE, (BASELINE,), "medium", f"pool/{pool}",
-                   f"{len(groups)} different baselines in one pool; {len(outliers)} host(s) differ from the "
-                   f"majority: {_names(outliers)}",
-                   "re-run `aifactory deploy` on the pool so every host converges on one baseline",
-                   FAIL, SOURCE)
+    return Finding(
+        *BASELINE_RULE,
+        (BASELINE,),
+        "medium",
+        f"pool/{pool}",
+        f"{len(groups)} different baselines in one pool; {len(outliers)} host(s) differ from the "
+        f"majority: {_names(outliers)}",
+        "re-run `aifactory deploy` on the pool so every host converges on one baseline",
+        FAIL,
+        SOURCE,
+    )
 
 
-def _baselines(pools: dict[str, list[str]], records: dict[str, HostRecord], fingerprints: dict[str, str]
-               ) -> list[dict[str, Any]]:
+def _baselines(
+    pools: dict[str, list[str]], records: dict[str, HostRecord], fingerprints: dict[str, str]
+) -> list[dict[str, Any]]:
     """Hosts grouped by identical packages and configs, largest group first."""
     pool_of = {name: pool for pool, names in pools.items() for name in names}
     groups: dict[str, list[str]] = {}
     for name in sorted(records):
         groups.setdefault(fingerprints[name], []).append(name)
     ordered = sorted(groups.items(), key=lambda item: (-len(item[1]), item[0]))
-    return [{"fingerprint": fingerprint, "hosts": names,
-             "pools": sorted({pool_of.get(n, "(unplanned)") for n in names}),
-             "packages": records[names[0]].packages, "configs": records[names[0]].configs}
-            for fingerprint, names in ordered]
+    return [
+        {
+            "fingerprint": fingerprint,
+            "hosts": names,
+            "pools": sorted({pool_of.get(n, "(unplanned)") for n in names}),
+            "packages": records[names[0]].packages,
+            "configs": records[names[0]].configs,
+        }
+        for fingerprint, names in ordered
+    ]

@@ -16,8 +16,10 @@ from aifactory.state import OPERATOR_LOG, SiteState
 
 INTEGRITY = "AU-9"
 GENERATION = "AU-12"
-TAMPERED = ("treat the log as tampered with: preserve it, find out who changed it, and compare it with "
-            "its backup copy")
+TAMPERED = (
+    "treat the log as tampered with: preserve it, find out who changed it, and compare it with "
+    "its backup copy"
+)
 
 
 @dataclass(frozen=True)
@@ -65,15 +67,22 @@ def verify_any_log(path: Path, *, heads: Path | None = None, trust: Path | None 
     verify_log = None if path.name == OPERATOR_LOG else _runtime_verifier()
     if verify_log is None:
         if heads or trust:
-            raise PrerequisiteError("checking signed heads needs aifactory.runtime.decisionlog",
-                                    hint="install aifactory with its runtime, or leave out --heads/--trust")
+            raise PrerequisiteError(
+                "checking signed heads needs aifactory.runtime.decisionlog",
+                hint="install aifactory with its runtime, or leave out --heads/--trust",
+            )
         chain = verify_chain(path)
         return LogCheck(chain, chain.as_dict())
     result = verify_log(path, heads, trust)
     data = dict(result.as_dict())
     seq = int(data.get("last_seq", -1))
-    chain = ChainReport(str(path), int(data.get("records", 0)), ChainHead(seq, _head_hash(path)),
-                        bool(data.get("ok")), tuple(str(p) for p in data.get("problems") or []))
+    chain = ChainReport(
+        str(path),
+        int(data.get("records", 0)),
+        ChainHead(seq, _head_hash(path)),
+        bool(data.get("ok")),
+        tuple(str(p) for p in data.get("problems") or []),
+    )
     return LogCheck(chain, data)
 
 
@@ -82,29 +91,61 @@ def _chain_evidence(kind: LogKind, title: str, checks: Sequence[LogCheck], missi
     intact_title = f"The {kind.words} chain is intact"
     recorded_title = f"The {kind.words} holds records"
     if not reports:
-        rules = ((INTEGRITY, RuleResult(kind.rule("chain"), intact_title, NOT_ASSESSED, kind.source,
-                                        missing)),
-                 (GENERATION, RuleResult(kind.rule("recorded"), recorded_title, NOT_ASSESSED, kind.source,
-                                         missing)))
+        rules = (
+            (INTEGRITY, RuleResult(kind.rule("chain"), intact_title, NOT_ASSESSED, kind.source, missing)),
+            (
+                GENERATION,
+                RuleResult(kind.rule("recorded"), recorded_title, NOT_ASSESSED, kind.source, missing),
+            ),
+        )
         return Evidence(kind.source, title, NOT_ASSESSED, missing, {"logs": []}, rules)
     intact = PASS if all(r.ok for r in reports) else FAIL
     records = sum(r.records for r in reports)
     recorded = PASS if records else NOT_ASSESSED
-    rules = ((INTEGRITY, RuleResult(kind.rule("chain"), intact_title, intact, kind.source)),
-             (GENERATION, RuleResult(kind.rule("recorded"), recorded_title, recorded, kind.source,
-                                     "" if records else "no records yet")))
+    rules = (
+        (INTEGRITY, RuleResult(kind.rule("chain"), intact_title, intact, kind.source)),
+        (
+            GENERATION,
+            RuleResult(
+                kind.rule("recorded"),
+                recorded_title,
+                recorded,
+                kind.source,
+                "" if records else "no records yet",
+            ),
+        ),
+    )
     findings = tuple(
-        Finding(rule=kind.rule("chain"), title=intact_title, controls=(INTEGRITY,), severity="high",
-                resource=f"log/{r.path}", message="; ".join(r.problems[:5]), remediation=TAMPERED,
-                status=FAIL, source=kind.source)
-        for r in reports if not r.ok)
-    summary = (f"{len(reports)} log(s), {records} records; "
-               + (f"{len(findings)} chain(s) broken" if findings else "every chain verifies"))
-    references = tuple(LogReference(kind.kind, r.path, r.records, r.head.seq, r.head.hash, r.ok, r.problems)
-                       for r in reports)
-    return Evidence(kind.source, title, worst([intact, recorded]), summary,
-                    {"logs": [{**c.chain.as_dict(), "verifier": c.detail} for c in checks]}, rules, findings,
-                    references)
+        Finding(
+            rule=kind.rule("chain"),
+            title=intact_title,
+            controls=(INTEGRITY,),
+            severity="high",
+            resource=f"log/{r.path}",
+            message="; ".join(r.problems[:5]),
+            remediation=TAMPERED,
+            status=FAIL,
+            source=kind.source,
+        )
+        for r in reports
+        if not r.ok
+    )
+    summary = f"{len(reports)} log(s), {records} records; " + (
+        f"{len(findings)} chain(s) broken" if findings else "every chain verifies"
+    )
+    references = tuple(
+        LogReference(kind.kind, r.path, r.records, r.head.seq, r.head.hash, r.ok, r.problems) for r in reports
+    )
+    return Evidence(
+        kind.source,
+        title,
+        worst([intact, recorded]),
+        summary,
+        {"logs": [{**c.chain.as_dict(), "verifier": c.detail} for c in checks]},
+        rules,
+        findings,
+        references,
+    )
 
 
 def operator_log_evidence(state: SiteState) -> Evidence:
@@ -113,15 +154,22 @@ def operator_log_evidence(state: SiteState) -> Evidence:
     if path.exists():
         chain = state.verify_operator_log()
         checks.append(LogCheck(chain, chain.as_dict()))
-    return _chain_evidence(OPERATOR, "Operator log", checks,
-                           f"no operator log at {path}: no changing command has run on this site")
+    return _chain_evidence(
+        OPERATOR,
+        "Operator log",
+        checks,
+        f"no operator log at {path}: no changing command has run on this site",
+    )
 
 
 def decision_log_paths(state: SiteState, extra: Sequence[Path] = ()) -> list[Path]:
     """Decision logs under the site's runtime folder, then those given explicitly (no duplicates)."""
     runtime = state.path("runtime")
-    found = sorted(p for p in runtime.rglob("*.jsonl") if not p.name.endswith(".heads.jsonl")) \
-        if runtime.is_dir() else []
+    found = (
+        sorted(p for p in runtime.rglob("*.jsonl") if not p.name.endswith(".heads.jsonl"))
+        if runtime.is_dir()
+        else []
+    )
     out: list[Path] = []
     for path in [*found, *extra]:
         resolved = path.resolve()
@@ -132,6 +180,9 @@ def decision_log_paths(state: SiteState, extra: Sequence[Path] = ()) -> list[Pat
 
 def decision_log_evidence(state: SiteState, extra: Sequence[Path] = ()) -> Evidence:
     checks = [verify_any_log(path) for path in decision_log_paths(state, extra)]
-    return _chain_evidence(DECISIONS, "Runtime decision logs", checks,
-                           f"no decision logs under {state.path('runtime')} and none given with "
-                           "--decision-log")
+    return _chain_evidence(
+        DECISIONS,
+        "Runtime decision logs",
+        checks,
+        f"no decision logs under {state.path('runtime')} and none given with --decision-log",
+    )

@@ -17,25 +17,34 @@ def policy_evidence(policy: Mapping[str, Any]) -> Evidence:
     titles = _rule_titles(policy, findings)
     rules: list[tuple[str, RuleResult]] = []
     for control_id, rule_ids, reported in _controls(policy, findings):
-        verdicts = [RuleResult(rule, titles.get(rule, ""), _rule_status(rule, control_id, findings), SOURCE)
-                    for rule in rule_ids]
+        verdicts = [
+            RuleResult(rule, titles.get(rule, ""), _rule_status(rule, control_id, findings), SOURCE)
+            for rule in rule_ids
+        ]
         if reported and worst([v.status for v in verdicts] or [PASS]) != reported:
-            verdicts.append(RuleResult("policy.control", "the control's verdict from the policy engine",
-                                       reported, SOURCE))
+            verdicts.append(
+                RuleResult("policy.control", "the control's verdict from the policy engine", reported, SOURCE)
+            )
         rules += [(control_id, verdict) for verdict in verdicts]
     denied = bool(policy.get("denied"))
     problems = [_finding(raw).as_dict() for raw in policy.get("waiver_problems") or []]
     failed = sum(1 for f in findings if f.status == FAIL)
     waived = sum(1 for f in findings if f.status == WAIVED)
-    summary = (f"{len(rules)} rule verdicts on {len({c for c, _ in rules})} controls by the "
-               f"{policy.get('engine', 'policy')} engine: {failed} failing findings, {waived} waived")
+    summary = (
+        f"{len(rules)} rule verdicts on {len({c for c, _ in rules})} controls by the "
+        f"{policy.get('engine', 'policy')} engine: {failed} failing findings, {waived} waived"
+    )
     detail = {
-        "engine": policy.get("engine"), "jurisdiction": policy.get("jurisdiction"),
-        "evaluated_on": _text(policy.get("today")), "denied": denied,
-        "findings": {"fail": failed, "waived": waived}, "waiver_problems": problems,
+        "engine": policy.get("engine"),
+        "jurisdiction": policy.get("jurisdiction"),
+        "evaluated_on": _text(policy.get("today")),
+        "denied": denied,
+        "findings": {"fail": failed, "waived": waived},
+        "waiver_problems": problems,
     }
-    return Evidence(SOURCE, "Policy check", FAIL if denied or failed else PASS, summary, detail,
-                    tuple(rules), findings)
+    return Evidence(
+        SOURCE, "Policy check", FAIL if denied or failed else PASS, summary, detail, tuple(rules), findings
+    )
 
 
 def _text(value: Any) -> str:
@@ -45,13 +54,20 @@ def _text(value: Any) -> str:
 def _finding(raw: Mapping[str, Any]) -> Finding:
     waiver = raw.get("waiver")
     return Finding(
-        rule=_text(raw.get("rule")), title=_text(raw.get("title")),
+        rule=_text(raw.get("rule")),
+        title=_text(raw.get("title")),
         controls=tuple(_text(c) for c in raw.get("controls") or []),
-        severity=_text(raw.get("severity")) or "unknown", resource=_text(raw.get("resource")),
-        message=_text(raw.get("msg") or raw.get("message")), remediation=_text(raw.get("remediation")),
-        status=WAIVED if raw.get("status") == WAIVED else FAIL, source=SOURCE,
-        waiver=Waiver(_text(waiver.get("reason")), _text(waiver.get("approved_by")),
-                      _text(waiver.get("expires"))) if isinstance(waiver, Mapping) else None,
+        severity=_text(raw.get("severity")) or "unknown",
+        resource=_text(raw.get("resource")),
+        message=_text(raw.get("msg") or raw.get("message")),
+        remediation=_text(raw.get("remediation")),
+        status=WAIVED if raw.get("status") == WAIVED else FAIL,
+        source=SOURCE,
+        waiver=Waiver(
+            _text(waiver.get("reason")), _text(waiver.get("approved_by")), _text(waiver.get("expires"))
+        )
+        if isinstance(waiver, Mapping)
+        else None,
     )
 
 
