@@ -27,9 +27,11 @@ fi
 
 PYTHON=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
-.venv/bin/pip install -q --upgrade pip
-# torch first: on this machine pip takes the CPU build from local disk. Elsewhere, see README
-# ("Getting torch") for the CPU or CUDA index URL.
-.venv/bin/pip install -q "torch==2.13.0"
-.venv/bin/pip install -q -e ".[control,runtime,dev]"
+# Every Python package comes from requirements.lock, pinned with SHA-256 hashes (refresh it with
+# ./scripts/lock.sh). torch is locked to the CPU build that pip finds on this machine kind's local
+# disk; elsewhere, see README ("Getting torch") before running this.
+.venv/bin/python -m pip install -q --require-hashes --no-deps -r requirements.lock
+# aifactory itself, editable, with the locked build backend (nothing is downloaded for the build).
+.venv/bin/python -m pip install -q --no-deps --no-build-isolation -e .
+.venv/bin/python -m pip check >/dev/null || { .venv/bin/python -m pip check; exit 1; }
 echo "setup: ready (.venv/bin/aifactory $(.venv/bin/aifactory --version | cut -d' ' -f2))"

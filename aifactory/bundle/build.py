@@ -320,9 +320,11 @@ def _wheelsets(planned: PlannedSite, own: Path, pins: list[str]) -> list[WheelSe
             control.add(platform)
         if pool.get("role") in RUNTIME_ROLES:
             runtime.add(platform)
+    lock = wheelhouse.lock_file()
+    constraints = wheelhouse.locked_versions(lock, except_for=pins) if lock else ()
     sets = []
     for name, platforms in (("runtime", runtime), ("control", control)):
         for platform in sorted(platforms):
             wanted = wheelhouse.wheel_requirements(own, name, python=platform.python)
-            sets.append(WheelSet(name, platform, wheelhouse.apply_pins(wanted, pins)))
+            sets.append(WheelSet(name, platform, wheelhouse.apply_pins(wanted, pins), constraints))
     return sets

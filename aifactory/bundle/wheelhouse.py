@@ -16,6 +16,10 @@ folder (what lands there is exactly the set), and the files join the shared cach
 
 torch comes in CPU and CUDA builds under one name. Unless `pins` says otherwise, the build pins the
 torch of the build environment (e.g. `torch==2.13.0+cpu`), so what ships is what was tested.
+
+Every set also resolves under the versions of `requirements.lock` (the lock scripts/setup.sh
+installs the control host from, see `locked_versions`): the wheels the bundle carries are the
+versions CI tested. A pin overrides the lock for its project.
 """
 
 from __future__ import annotations
@@ -105,11 +109,13 @@ class WheelSet:
     name: str  # runtime | control
     platform: Platform
     requirements: tuple[str, ...]
+    constraints: tuple[str, ...] = ()  # name==version lines from the lock, passed to pip as -c
 
     def cache_key(self) -> str:
-        body = json.dumps(
-            {"requirements": sorted(self.requirements), "pip": self.platform.pip_arguments()}, sort_keys=True
-        )
+        content = {"requirements": sorted(self.requirements), "pip": self.platform.pip_arguments()}
+        if self.constraints:  # keys of sets resolved without a lock stay as they were
+            content["constraints"] = sorted(self.constraints)
+        body = json.dumps(content, sort_keys=True)
         return hashlib.sha256(body.encode()).hexdigest()[:32]
 
 
@@ -174,6 +180,40 @@ def default_pins() -> list[str]:
     return pins
 
 
+LOCK_NAME = "requirements.lock"
+
+
+def lock_file() -> Path | None:
+    """The lock of this aifactory: in a wheel under aifactory/_resources, else at the checkout's top."""
+    package = Path(__file__).resolve().parent.parent
+    for candidate in (package / "_resources" / LOCK_NAME, package.parent / LOCK_NAME):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def locked_versions(lock: Path, *, except_for: Sequence[str] = ()) -> tuple[str, ...]:
+    """`name==version` for every package a pip-compile lock pins (hashes and comments dropped),
+    leaving out the projects in `except_for` (those the build pins itself)."""
+    skipped = {canonicalize_name(Requirement(text).name) for text in except_for}
+    versions: list[str] = []
+    for number, line in enumerate(lock.read_text(encoding="utf-8").splitlines(), start=1):
+        text = line.split("#", 1)[0].strip().rstrip("\\").strip()
+        if not text or text.startswith("-"):
+            continue
+        try:
+            requirement = Requirement(text)
+        except InvalidRequirement as exc:
+            raise BundleError(
+                f"cannot read the lock line {text!r}: {exc}",
+                code="bad-lock",
+                location=Location(file=str(lock), line=number),
+            ) from None
+        if canonicalize_name(requirement.name) not in skipped:
+            versions.append(f"{canonicalize_name(requirement.name)}{requirement.specifier}")
+    return tuple(sorted(versions))
+
+
 def download(wheelset: WheelSet, *, cache: Path) -> list[Path]:
     """The wheels of one set, from the cache or from pip (with the build host's pip configuration)."""
     files = cache / "files"
@@ -187,6 +227,13 @@ def download(wheelset: WheelSet, *, cache: Path) -> list[Path]:
             return [files / name for name in names]
     with tempfile.TemporaryDirectory(prefix=".download-", dir=cache) as scratch:
         fresh = Path(scratch)
+        constraints: list[str] = []
+        if wheelset.constraints:
+            constraint_file = Path(scratch) / "lock-constraints.txt"
+            constraint_file.write_text("\n".join(wheelset.constraints) + "\n", encoding="utf-8")
+            constraints = ["--constraint", str(constraint_file)]
+            fresh = Path(scratch) / "wheels"
+            fresh.mkdir()
         argv = [
             sys.executable,
             "-m",
@@ -198,6 +245,7 @@ def download(wheelset: WheelSet, *, cache: Path) -> list[Path]:
             "--dest",
             str(fresh),
             *wheelset.platform.pip_arguments(),
+            *constraints,
             *wheelset.requirements,
         ]
         done = subprocess.run(argv, capture_output=True, text=True, check=False)

@@ -80,7 +80,9 @@ def _billion_laughs(levels: int = 9) -> str:
     return "\n".join(lines) + "\n"
 
 
-HOSTILE: dict[str, tuple[bytes, str]] = {
+# Each case names the phrase a clear error must contain; a tuple lists alternatives where either the
+# project's own check or the YAML library's (whichever answers first) gives a clear message.
+HOSTILE: dict[str, tuple[bytes, str | tuple[str, ...]]] = {
     "empty": (b"", "the file is empty"),
     "only-comments": (b"# nothing here\n\n# still nothing\n", "the file is empty"),
     "list-at-root": (b"- schema: aifactory.site/v1\n- site: {}\n", "a site spec is a mapping"),
@@ -92,7 +94,11 @@ HOSTILE: dict[str, tuple[bytes, str]] = {
         b"a: " + b"[" * (MAX_DEPTH + 10) + b"]" * (MAX_DEPTH + 10) + b"\n",
         f"nesting deeper than {MAX_DEPTH} levels",
     ),
-    "very-deep-nesting": (b"[" * 200_000, f"nesting deeper than {MAX_DEPTH} levels"),
+    "very-deep-nesting": (
+        b"[" * 200_000,
+        # PyYAML >= 6.0.3 stops first with its own depth limit; either message is clear.
+        (f"nesting deeper than {MAX_DEPTH} levels", "exceeded maximum nesting depth"),
+    ),
     "deep-mappings": (
         "".join("  " * i + f"k{i}:\n" for i in range(MAX_DEPTH + 5)).encode() + b"  " * 70 + b"v\n",
         f"nesting deeper than {MAX_DEPTH} levels",
@@ -111,7 +117,8 @@ def test_hostile_input_gets_a_clear_error(name: str, tmp_path: Path, cli) -> Non
     spec.write_bytes(content)
     code, out, err = cli("validate", str(spec))
     assert code == 1
-    assert phrase in err, err
+    phrases = (phrase,) if isinstance(phrase, str) else phrase
+    assert any(p in err for p in phrases), err
     assert err.startswith("error[") and str(spec) in err
     assert "Traceback" not in out + err
 
