@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from aifactory.bundle.build import _wheelsets
-from aifactory.bundle.wheelhouse import Platform, apply_pins, wheel_requirements
+from aifactory.bundle.wheelhouse import Platform, apply_pins, lock_file, locked_versions, wheel_requirements
 from aifactory.errors import BundleError
 from aifactory.plan import plan_site
 
@@ -85,3 +85,49 @@ def test_an_unknown_os_is_refused_with_the_supported_ones() -> None:
     with pytest.raises(BundleError) as caught:
         Platform("windows-11", "x86_64", "3.11").pip_arguments()
     assert caught.value.code == "unknown-platform" and "debian-12" in (caught.value.hint or "")
+
+
+def test_every_wheel_set_resolves_under_the_lock_except_the_build_pins(own_wheel: Path) -> None:
+    planned = plan_site(LAB_SITE)
+    sets = _wheelsets(planned, own_wheel, ["torch==2.13.0+cpu"])
+    lock = lock_file()
+    assert lock == REPO / "requirements.lock"
+    expected = locked_versions(lock, except_for=["torch==2.13.0+cpu"])
+    assert sets and all(wheelset.constraints == expected for wheelset in sets)
+    assert "ansible-core==2.19.14" in expected
+    assert not any(line.startswith("torch==") for line in expected)  # the pin decides torch
+    # the constraints are part of what the cached set is keyed by
+    unlocked = [type(s)(s.name, s.platform, s.requirements) for s in sets]
+    assert {s.cache_key() for s in sets}.isdisjoint(u.cache_key() for u in unlocked)
+
+
+def test_lock_lines_are_read_with_hashes_and_comments_dropped(tmp_path: Path) -> None:
+    lock = tmp_path / "requirements.lock"
+    lock.write_text(
+        "# header\nPyYAML==6.0.4 \\\n    --hash=sha256:ab \\\n    --hash=sha256:cd\n    # via aifactory\n"
+        "torch==2.13.0+cpu \\\n    --hash=sha256:ef\n"
+    )
+    assert locked_versions(lock) == ("pyyaml==6.0.4", "torch==2.13.0+cpu")
+    assert locked_versions(lock, except_for=["torch==2.14.1"]) == ("pyyaml==6.0.4",)
+    lock.write_text("not a requirement at all ===\n")
+    with pytest.raises(BundleError, match="cannot read the lock line") as caught:
+        locked_versions(lock)
+    assert caught.value.location.line == 1
+
+
+def test_the_installed_environment_is_the_lock() -> None:
+    """setup.sh installs from requirements.lock: every locked package is installed at its version
+    (fails when the lock and pyproject.toml drift apart, or setup installed around the lock)."""
+    from importlib import metadata
+
+    from packaging.utils import canonicalize_name
+
+    installed = {canonicalize_name(d.metadata["Name"]): d.version for d in metadata.distributions()}
+    wrong = [
+        f"{line} (installed: {installed.get(line.split('==')[0], 'nothing')})"
+        for line in locked_versions(REPO / "requirements.lock")
+        if installed.get(line.split("==")[0]) != line.split("==")[1]
+    ]
+    assert not wrong, (
+        "installed packages differ from requirements.lock; run ./scripts/setup.sh:\n" + "\n".join(wrong)
+    )
