@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import json
 import os
 import socket
 import stat
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -247,3 +249,70 @@ def test_supervised_service_starts_restarts_and_stops(lab):
         ).returncode
         == 1
     )
+
+
+def _wait_for_lines(lab, host: str, path: str, count: int, *, timeout: float) -> list[float]:  # noqa: ANN001
+    """The timestamps a timer's service appended to `path`, once there are `count` of them."""
+    deadline = time.monotonic() + timeout
+    stamps: list[float] = []
+    while time.monotonic() < deadline:
+        found = lab.exec(["cat", path], host=host, check=False).stdout.split()
+        stamps = [float(stamp) for stamp in found]
+        if len(stamps) >= count:
+            return stamps
+        time.sleep(0.2)
+    raise AssertionError(f"waited {timeout} s for {count} runs of the timer's service, saw {len(stamps)}")
+
+
+def test_supervised_timer_starts_its_service_on_schedule_and_stops(lab):
+    """Roles install timers the same way on the lab as on systemd hosts (OnActiveSec=, OnUnitActiveSec=)."""
+    host = lab.hosts[1]
+    tool = SERVICE_COMMAND
+    name = f"labtest-tick-{uuid.uuid4().hex[:8]}"
+    stamps = f"/var/tmp/{name}.stamps"
+    service = (
+        "[Unit]\nDescription=lab timer test\n[Service]\nType=oneshot\n"
+        f"ExecStart=/bin/sh -c 'date +%%s.%%N >> {stamps}'\n"
+    )
+    timer = f"[Unit]\nDescription=tick\n[Timer]\nOnActiveSec=0.5\nOnUnitActiveSec=1s\nUnit={name}.service\n"
+    lab.sh(
+        f"mkdir -p /etc/systemd/system && cat > /etc/systemd/system/{name}.service",
+        host=host,
+        input_text=service,
+    )
+    lab.sh(f"cat > /etc/systemd/system/{name}.timer", host=host, input_text=timer)
+    started = json.loads(lab.exec([tool, "start", f"{name}.timer"], host=host).stdout)
+    assert started["state"] == "waiting" and started["changed"] is True
+    again = json.loads(lab.exec([tool, "start", f"{name}.timer"], host=host).stdout)
+    assert again["changed"] is False and again["pid"] == started["pid"]
+    runs = _wait_for_lines(lab, host, stamps, 4, timeout=60)
+    gaps = [later - earlier for earlier, later in itertools.pairwise(runs)]
+    assert all(gap >= 0.95 for gap in gaps), gaps  # never before its interval
+    status = lab.exec([tool, "status", f"{name}.timer"], host=host)
+    shown = json.loads(status.stdout)
+    assert shown["state"] == "waiting" and shown["next_trigger"] > shown["last_trigger"]
+    stopped = json.loads(lab.exec([tool, "stop", f"{name}.timer"], host=host).stdout)
+    assert stopped["state"] == "stopped" and stopped["changed"] is True
+    assert lab.exec([tool, "status", f"{name}.timer"], host=host, check=False).returncode == 3
+    count = len(lab.exec(["cat", stamps], host=host).stdout.split())
+    time.sleep(2.5)
+    assert len(lab.exec(["cat", stamps], host=host).stdout.split()) == count, "a stopped timer fired"
+
+
+def test_a_timer_the_lab_cannot_honour_is_refused_not_ignored(lab):
+    host = lab.hosts[1]
+    name = f"labtest-bad-{uuid.uuid4().hex[:8]}"
+    lab.sh(
+        f"mkdir -p /etc/systemd/system && cat > /etc/systemd/system/{name}.service",
+        host=host,
+        input_text="[Service]\nType=oneshot\nExecStart=/bin/true\n",
+    )
+    for body, reason in (
+        ("OnCalendar=every full moon\n", "cannot read"),
+        ("OnActiveSec=1s\nOnClockChange=yes\n", "does not honour OnClockChange"),
+        ("Persistent=true\n", "has no trigger"),
+    ):
+        lab.sh(f"cat > /etc/systemd/system/{name}.timer", host=host, input_text=f"[Timer]\n{body}")
+        refused = lab.exec([SERVICE_COMMAND, "start", f"{name}.timer"], host=host, check=False)
+        assert refused.returncode == 1, refused.stdout
+        assert reason in json.loads(refused.stdout)["error"]

@@ -185,3 +185,39 @@ def test_a_missing_tool_is_named_with_the_package_to_install(monkeypatch):
     with pytest.raises(PrerequisiteError) as caught:
         system.check_prerequisites()
     assert "sshd" in caught.value.message and "apt-get install -y openssh-server" in caught.value.hint
+
+
+@pytest.mark.parametrize(
+    ("event", "after", "expected"),
+    [
+        ("minutely", (2026, 12, 1, 21, 37, 12), (2026, 12, 1, 21, 38, 0)),
+        ("hourly", (2026, 12, 1, 21, 37, 12), (2026, 12, 1, 22, 0, 0)),
+        ("daily", (2026, 12, 31, 23, 59, 59), (2027, 1, 1, 0, 0, 0)),
+        ("*:0/5", (2026, 12, 1, 21, 37, 12), (2026, 12, 1, 21, 40, 0)),
+        ("*-*-* *:*:0/10", (2026, 12, 1, 21, 37, 12), (2026, 12, 1, 21, 37, 20)),
+        ("Mon *-*-* 03:00", (2026, 12, 1, 21, 37, 12), (2026, 12, 7, 3, 0, 0)),
+        ("Sat..Sun 10:30", (2026, 12, 1, 21, 37, 12), (2026, 12, 5, 10, 30, 0)),
+        ("*-02-29 12:00", (2026, 12, 1, 0, 0, 0), (2028, 2, 29, 12, 0, 0)),
+        ("*-*-01 00:00:00", (2026, 12, 1, 0, 0, 0), (2027, 1, 1, 0, 0, 0)),  # strictly after
+        ("08,20:15", (2026, 12, 1, 9, 0, 0), (2026, 12, 1, 20, 15, 0)),
+    ],
+)
+def test_supervisor_calendar_events_fire_at_the_next_matching_time(event, after, expected):
+    import time
+
+    module = supervisor()
+    now = time.mktime((*after, 0, 0, -1))
+    assert time.localtime(module.CalendarEvent(event).next_after(now))[:6] == expected
+
+
+@pytest.mark.parametrize("event", ["every full moon", "*-*-* 25:00", "12", "*:0/0", "Funday 10:00"])
+def test_supervisor_refuses_calendar_events_it_cannot_read(event):
+    module = supervisor()
+    with pytest.raises(module.Failure):
+        module.CalendarEvent(event)
+
+
+def test_supervisor_reads_systemd_time_spans():
+    module = supervisor()
+    assert [module.span(v) for v in ("90", "1min 30s", "2h", "500ms", "1d 1s")] == [90, 90, 7200, 0.5, 86401]
+    assert module.span("soon") is None and module.span("5 parsecs") is None
