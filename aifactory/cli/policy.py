@@ -10,7 +10,8 @@ from aifactory.cli.output import emit_json, table
 from aifactory.errors import ExitCode
 from aifactory.plan import plan_site
 from aifactory.policy import PolicyReport, check_site
-from aifactory.policy.engine import DEFAULT_TIME_LIMIT_S, ENGINES
+from aifactory.policy.backend import DEFAULT_TIME_LIMIT_S
+from aifactory.policy.engine import ENGINES
 from aifactory.policy.testing import run_opa_tests, run_rego_tests
 
 

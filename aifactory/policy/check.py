@@ -10,7 +10,8 @@ from typing import Any
 from aifactory.errors import PolicyEngineError
 from aifactory.plan import PlannedSite
 from aifactory.plan.model import SitePlan
-from aifactory.policy.engine import DEFAULT_TIME_LIMIT_S, PolicyBackend, engine_error, make_backend
+from aifactory.policy.backend import DEFAULT_TIME_LIMIT_S, PolicyBackend, engine_error
+from aifactory.policy.engine import make_backend
 from aifactory.policy.inputs import site_input
 from aifactory.policy.metadata import Annotation, PolicySet, load_policy_set
 from aifactory.policy.report import PolicyReport, apply_waivers, control_results

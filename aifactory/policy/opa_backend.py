@@ -13,7 +13,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from aifactory.errors import PrerequisiteError, UsageError
-from aifactory.policy.engine import PolicyBackend, engine_error
+from aifactory.policy.backend import PolicyBackend, engine_error
 from aifactory.policy.metadata import PolicySet
 
 

@@ -22,7 +22,7 @@ from typing import Any
 import regorus
 
 from aifactory.errors import PolicyEngineError
-from aifactory.policy.engine import PolicyBackend, engine_error
+from aifactory.policy.backend import PolicyBackend, engine_error
 from aifactory.policy.metadata import PolicySet
 
 UNDEFINED = "<undefined>"

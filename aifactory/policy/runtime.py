@@ -16,7 +16,8 @@ from typing import Any
 
 from aifactory.errors import AifactoryError
 from aifactory.ids import new_decision_id
-from aifactory.policy.engine import PolicyBackend, engine_error, make_backend
+from aifactory.policy.backend import PolicyBackend, engine_error
+from aifactory.policy.engine import make_backend
 from aifactory.policy.inputs import site_document
 from aifactory.policy.metadata import PolicySet, load_policy_set
 

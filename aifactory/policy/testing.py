@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from aifactory.errors import PrerequisiteError
-from aifactory.policy.engine import engine_error
+from aifactory.policy.backend import engine_error
 from aifactory.policy.metadata import PolicySet, load_policy_set
 from aifactory.policy.regorus_backend import compile_engine
 
