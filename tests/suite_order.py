@@ -1,0 +1,36 @@
+"""Fast tests first: modules whose tests are all quick run before modules with `slow` tests, and
+those before modules with `lab` tests, so that a broken unit shows within minutes and the lab is
+brought up once, late, for every lab test together.
+
+A pytest plugin, loaded by tests/conftest.py. Whole modules move, never single tests: tests of one
+module keep their file order (some depend on it) and module-scoped fixtures are set up once. Within
+each group the usual order (path, then file order) holds.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+QUICK, SLOW, LAB = 0, 1, 2
+
+
+def item_rank(item: pytest.Item) -> int:
+    if item.get_closest_marker("lab") is not None:
+        return LAB
+    if item.get_closest_marker("slow") is not None:
+        return SLOW
+    return QUICK
+
+
+def fast_first(items: list[pytest.Item]) -> list[pytest.Item]:
+    """`items` with each module at its slowest test's rank; a stable sort keeps the order within."""
+    module_rank: dict[str, int] = {}
+    for item in items:
+        module = item.nodeid.split("::", 1)[0]
+        module_rank[module] = max(module_rank.get(module, QUICK), item_rank(item))
+    return sorted(items, key=lambda item: module_rank[item.nodeid.split("::", 1)[0]])
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    items[:] = fast_first(items)
