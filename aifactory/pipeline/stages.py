@@ -7,9 +7,12 @@ nothing here re-implements a stage.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -531,35 +534,24 @@ def verify_train(context: UpContext, outputs: dict[str, Any]) -> str:
     return f"checkpoint at step {step} is there: no retraining"
 
 
-_PROBE = """
-import json, sys, time, urllib.request, urllib.error
-base, model, allowed, denied, timeout = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], float(sys.argv[5])
-deadline = time.monotonic() + timeout
-features = None
-while time.monotonic() < deadline:
+@contextlib.contextmanager
+def _token_files(context: UpContext, *tenants: str) -> Iterator[list[Path]]:
+    """Each tenant's token in a 0600 file of the state folder while the probe runs (a token on a
+    command line would show in the process list), removed afterwards."""
+    folder = context.state.subdir("up") / "probe-tokens"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    files = []
     try:
-        health = json.load(urllib.request.urlopen(base + "/healthz", timeout=5))
-        info = (health.get("models") or {}).get(model)
-        if info:
-            features = info.get("features")
-            break
-    except (OSError, ValueError):
-        pass
-    time.sleep(1)
-if features is None:
-    sys.exit("the model was not loaded in time")
-def ask(token):
-    body = json.dumps({"inputs": [[0.5] * int(features)]}).encode()
-    headers = {"Authorization": "Bearer " + token, "Content-Type": "application/json"}
-    url = base + "/v1/models/" + model + "/infer"
-    request = urllib.request.Request(url, data=body, method="POST", headers=headers)
-    try:
-        with urllib.request.urlopen(request, timeout=30) as answer:
-            return {"status": answer.status, **json.load(answer)}
-    except urllib.error.HTTPError as error:
-        return {"status": error.code, **json.load(error)}
-print(json.dumps({"allowed": ask(allowed), "denied": ask(denied)}))
-"""
+        for tenant in tenants:
+            path = folder / f"{tenant}.token"
+            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+                handle.write(_token_for(context, tenant))
+            files.append(path)
+        yield files
+    finally:
+        for path in files:
+            path.unlink(missing_ok=True)
 
 
 def _denied_tenant(context: UpContext, model: dict[str, Any]) -> str | None:
@@ -590,20 +582,21 @@ def run_serve(context: UpContext) -> StageResult:
     if denied_tenant is None:
         raise UsageError("the site has no tenant without access to the model, to show a denied request")
     base = f"http://{host.management_address}:{SERVE_PORT}"
-    probe = lab_exec(
-        context.plan().plan.name,
-        [
-            "python3",
-            "-c",
-            _PROBE,
-            base,
-            model["name"],
-            _token_for(context, model["owner"]),
-            _token_for(context, denied_tenant),
-            str(SERVE_TIMEOUT_S),
-        ],
-        timeout=SERVE_TIMEOUT_S + 60,
-    )
+    with _token_files(context, model["owner"], denied_tenant) as (allowed_file, denied_file):
+        probe = lab_exec(
+            context.plan().plan.name,
+            [
+                sys.executable,
+                "-m",
+                "aifactory.pipeline.serve_probe",
+                base,
+                model["name"],
+                str(allowed_file),
+                str(denied_file),
+                str(SERVE_TIMEOUT_S),
+            ],
+            timeout=SERVE_TIMEOUT_S + 60,
+        )
     if probe.returncode != 0:
         raise AifactoryError(
             f"the inference server on {host.name} did not answer: {probe.stderr.strip()[-300:]}",

@@ -7,6 +7,8 @@ import datetime as dt
 import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Coroutine, Iterator
@@ -197,3 +199,49 @@ def test_a_token_revoked_while_the_server_runs_is_refused_within_a_second(
     time.sleep(0.7)  # the server looks at the revocation list at most every 0.5 s
     status, answer = server.call("POST", PATH, BODY, token=issued.token)
     assert (status, answer["reason"]) == (403, "token-revoked")
+
+
+def test_the_up_pipelines_probe_gets_one_allowed_and_one_denied_answer(
+    server: Server, site: RuntimeSite, tmp_path: Path
+) -> None:
+    """`aifactory up`'s serve stage runs this module on the control host against the real server."""
+    wait_for_model(server)
+    allowed, denied = tmp_path / "allowed.token", tmp_path / "denied.token"
+    allowed.write_text(site.tokens["health"])
+    denied.write_text(site.tokens["research"])
+    probe = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "aifactory.pipeline.serve_probe",
+            f"http://127.0.0.1:{server.port}",
+            "vitals-mlp",
+            str(allowed),
+            str(denied),
+            "30",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert probe.returncode == 0, probe.stderr
+    answers = json.loads(probe.stdout)
+    assert answers["allowed"]["status"] == 200 and len(answers["allowed"]["outputs"]) == 1
+    assert answers["denied"]["status"] == 403 and answers["denied"]["error"] == "forbidden"
+    assert site.tokens["health"] not in probe.stdout + probe.stderr  # tokens come from files only
+    missing = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "aifactory.pipeline.serve_probe",
+            f"http://127.0.0.1:{server.port}",
+            "no-such-model",
+        ]
+        + [str(allowed), str(denied), "1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert missing.returncode == 1 and "no-such-model was not loaded within 1 s" in missing.stderr
