@@ -8,35 +8,54 @@ generated from these models by `python -m aifactory.spec.schema`.
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated, Literal
+import re
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic_core import PydanticCustomError
+
+from aifactory.spec import grammar as g
 
 SCHEMA_VERSION = "aifactory.site/v1"
-NAME_PATTERN = r"^[a-z][a-z0-9-]{0,19}$"
-COUNTRY_PATTERN = r"^[A-Z]{2}$"
-PLACE_PATTERN = r"^[A-Z][A-Z0-9-]{1,19}$"
-REGION_PATTERN = r"^[A-Z]{2}-[A-Z0-9]{1,3}$"
-SECRET_PATTERN = r"^secret://[A-Za-z0-9_.{}/-]+$"
-RESOURCE_PATTERN = r"^(dataset|model)/[a-z][a-z0-9-]{0,19}$"
+NAME_PATTERN = g.NAME.pattern
+COUNTRY_PATTERN = g.COUNTRY.pattern
+PLACE_PATTERN = g.PLACE.pattern
+REGION_PATTERN = g.REGION.pattern
+SECRET_PATTERN = g.SECRET.pattern
+RESOURCE_PATTERN = g.RESOURCE.pattern
 
-Name = Annotated[
-    str, StringConstraints(pattern=NAME_PATTERN), Field(description="a name: ^[a-z][a-z0-9-]{0,19}$")
-]
-Country = Annotated[
-    str, StringConstraints(pattern=COUNTRY_PATTERN), Field(description="ISO 3166-1 alpha-2 country code")
-]
+
+def _rule(grammar: g.Grammar) -> StringConstraints:
+    """A grammar's pattern and length bound, for the model and the JSON Schema alike."""
+    return StringConstraints(pattern=grammar.pattern, max_length=grammar.max_length)
+
+
+Name = Annotated[str, _rule(g.NAME), Field(description="a name: ^[a-z][a-z0-9-]{0,19}$")]
+Country = Annotated[str, _rule(g.COUNTRY), Field(description="ISO 3166-1 alpha-2 country code")]
 Place = Annotated[
-    str,
-    StringConstraints(pattern=PLACE_PATTERN),
-    Field(description="a country code or the name of a bloc from the places data"),
+    str, _rule(g.PLACE), Field(description="a country code or the name of a bloc from the places data")
 ]
-Region = Annotated[str, StringConstraints(pattern=REGION_PATTERN), Field(description="ISO 3166-2 code")]
+Region = Annotated[str, _rule(g.REGION), Field(description="ISO 3166-2 code")]
 SecretRef = Annotated[
-    str,
-    StringConstraints(pattern=SECRET_PATTERN),
-    Field(description="secret://<path>; {host} is replaced by each host's name"),
+    str, _rule(g.SECRET), Field(description="secret://<path>; {host} is replaced by each host's name")
 ]
+ResourceRef = Annotated[str, _rule(g.RESOURCE), Field(description=g.RESOURCE.text)]
+AbsolutePath = Annotated[
+    str,
+    _rule(g.PATH),
+    Field(description="an absolute path: ^/[A-Za-z0-9._/-]+$ without '//', '..' or a trailing '/'"),
+]
+Cidr = Annotated[str, _rule(g.CIDR), Field(description="IPv4 or IPv6 network, e.g. 10.20.0.0/16")]
+HardwareModel = Annotated[str, _rule(g.HARDWARE_MODEL), Field(description=g.HARDWARE_MODEL.text)]
+Email = Annotated[str, _rule(g.EMAIL), Field(description=g.EMAIL.text)]
+StorageEndpoint = Annotated[
+    str,
+    _rule(g.STORAGE_ENDPOINT),
+    Field(description="the server side, in the grammar of the storage kind (docs/site-spec.md)"),
+]
+EgressEndpoint = Annotated[str, _rule(g.EGRESS_ENDPOINT), Field(description=g.EGRESS_ENDPOINT.text)]
+# Free text: description fields only.
+Text = Annotated[str, _rule(g.TEXT), Field(description=g.TEXT.text)]
 Classification = Literal["public", "internal", "confidential", "secret", "top-secret"]
 CLASSIFICATIONS: tuple[str, ...] = ("public", "internal", "confidential", "secret", "top-secret")
 DATASET_ACTIONS = ("read", "train")
@@ -56,7 +75,7 @@ class Site(_Model):
     name: Name
     jurisdiction: Place = Field(description="everything must stay inside this place")
     air_gapped: bool = Field(True, description="no egress at all is allowed")
-    description: str | None = None
+    description: Text | None = None
 
 
 class Datacenter(_Model):
@@ -73,7 +92,7 @@ class Fabric(_Model):
     name: Name
     kind: Literal["ethernet", "infiniband", "roce"]
     purpose: Literal["management", "compute", "storage", "bmc"]
-    cidr: str = Field(description="IPv4 or IPv6 network, e.g. 10.20.0.0/16")
+    cidr: Cidr
     rails: int = Field(1, ge=1, le=16, description="one address per rail per host")
     speed_gbps: float | None = Field(None, gt=0)
     mtu: int | None = Field(None, ge=576, le=9216, description="optional addition: link MTU")
@@ -91,7 +110,7 @@ class Platform(_Model):
 class GpuSpec(_Model):
     """The GPUs of each host of a pool."""
 
-    model: str = Field(min_length=1)
+    model: HardwareModel
     count: int = Field(ge=1, le=64)
 
 
@@ -124,6 +143,23 @@ class NodePool(_Model):
     bmc: Bmc | None = None
 
 
+ENDPOINT_KIND_ERROR = "endpoint_kind"
+
+
+def _storage_schema_extra() -> dict[str, Any]:
+    """The per-kind endpoint grammars as JSON Schema conditionals, beside the `x-` keys."""
+    return {
+        "patternProperties": {"^x-": {}},
+        "allOf": [
+            {
+                "if": {"properties": {"kind": {"const": kind}}, "required": ["kind"]},
+                "then": {"properties": {"endpoint": {"pattern": pattern}}},
+            }
+            for kind, pattern in g.STORAGE_ENDPOINT_PATTERNS.items()
+        ],
+    }
+
+
 class Storage(_Model):
     """A storage system; `mount_path` is required except for s3, where it is not allowed."""
 
@@ -132,11 +168,26 @@ class Storage(_Model):
     datacenter: Name
     capacity_tib: float = Field(gt=0)
     encrypted_at_rest: bool = False
-    endpoint: str | None = None
-    mount_path: str | None = None
+    endpoint: StorageEndpoint | None = None
+    mount_path: AbsolutePath | None = None
     mounted_by: list[Name] | None = Field(None, description="default: every gpu and cpu pool")
     fabric: Name | None = None
     replicas: list[Name] = []
+
+    model_config = ConfigDict(json_schema_extra=_storage_schema_extra())
+
+    @model_validator(mode="after")
+    def _endpoint_fits_kind(self) -> Storage:
+        """The endpoint's grammar depends on the kind (an NFS export is not a Lustre NID list)."""
+        if self.endpoint is not None and not re.fullmatch(
+            g.STORAGE_ENDPOINT_PATTERNS[self.kind], self.endpoint
+        ):
+            raise PydanticCustomError(
+                ENDPOINT_KIND_ERROR,
+                "a {kind} endpoint must be {expected}",
+                {"kind": self.kind, "expected": g.STORAGE_ENDPOINT_TEXT[self.kind], "field": "endpoint"},
+            )
+        return self
 
 
 class Tenant(_Model):
@@ -155,7 +206,7 @@ class Dataset(_Model):
     classification: Classification
     residency: Place
     storage: Name
-    path: str
+    path: AbsolutePath
 
 
 class AiModel(_Model):
@@ -173,9 +224,9 @@ class Grant(_Model):
     """Access for a tenant other than the owner; `to` is required exactly on export grants."""
 
     tenant: Name
-    resource: Annotated[str, StringConstraints(pattern=RESOURCE_PATTERN)]
+    resource: ResourceRef
     actions: list[Literal["read", "train", "infer", "export"]] = Field(min_length=1)
-    approved_by: str | None = None
+    approved_by: Email | None = None
     expires: Annotated[dt.date, Field(strict=False)] | None = None
     to: Place | None = Field(None, description="export grants only: where the model goes")
 
@@ -192,7 +243,7 @@ class EgressRule(_Model):
     """One allowed destination outside the site (never on an air-gapped site)."""
 
     name: Name
-    endpoint: str = Field(min_length=1)
+    endpoint: EgressEndpoint
     country: Country
 
 

@@ -18,17 +18,13 @@ from typing import Any, get_args, get_origin
 from pydantic import BaseModel, ValidationError
 
 from aifactory.errors import Location, Problem, SpecError
+from aifactory.spec import grammar
 from aifactory.spec.loader import LoadedYaml, PathKey, format_path, load_yaml_file, load_yaml_text
 from aifactory.spec.model import (
-    COUNTRY_PATTERN,
     DATASET_ACTIONS,
+    ENDPOINT_KIND_ERROR,
     MODEL_ACTIONS,
-    NAME_PATTERN,
-    PLACE_PATTERN,
-    REGION_PATTERN,
-    RESOURCE_PATTERN,
     SCHEMA_VERSION,
-    SECRET_PATTERN,
     SiteSpec,
 )
 from aifactory.spec.naming import interface_name
@@ -100,13 +96,6 @@ def _dedupe(problems: list[Problem]) -> list[Problem]:
 
 # --- type and value errors, from the model ---------------------------------------------------
 
-_PATTERN_TEXT = {
-    NAME_PATTERN: "a name: a lowercase letter, then lowercase letters, digits or '-', at most 20 characters",
-    COUNTRY_PATTERN: "an ISO 3166-1 alpha-2 country code such as NG or DE",
-    PLACE_PATTERN: "a place: a country code such as NG or a bloc such as EU",
-    REGION_PATTERN: "an ISO 3166-2 region code such as NG-FC",
-    RESOURCE_PATTERN: "dataset/<name> or model/<name>",
-}
 _TYPE_NAMES = {
     "string_type": "a string",
     "int_type": "an integer",
@@ -134,7 +123,7 @@ def _found(value: Any) -> str:
         return "a list"
     if isinstance(value, int | float):
         return f"the number {value}"
-    return f"{str(value)!r}"
+    return grammar.shown(str(value))
 
 
 def _model_validated(source: LoadedYaml) -> tuple[SiteSpec | None, list[Problem]]:
@@ -178,21 +167,72 @@ def _problem_from_pydantic(source: LoadedYaml, error: Any) -> Problem:
         if loc == ("schema",):
             hint = f"this version of aifactory reads {SCHEMA_VERSION}"
         return Problem("bad-value", message, location, hint)
-    if kind == "string_pattern_mismatch":
-        pattern = error["ctx"]["pattern"]
-        if pattern == SECRET_PATTERN:
+    if kind in ("string_pattern_mismatch", "string_too_long") and isinstance(value, str):
+        rule = _grammar_at(loc)
+        if rule is grammar.SECRET:
             return Problem(
                 "inline-secret",
                 "an inline secret is not allowed here; its value is not shown",
                 location,
                 "write a reference such as secret://bmc/{host}",
             )
-        expected = _PATTERN_TEXT.get(pattern, f"text matching {pattern}")
-        return Problem("bad-format", f"must be {expected}; found {_found(value)}", location)
+        if rule is not None:
+            code, message = grammar.why_not(rule, value)
+            return Problem(code, message, location)
+    if kind == ENDPOINT_KIND_ERROR:
+        field_loc = loc + (error["ctx"]["field"],)
+        message = f"{error['msg']}; found {_found(_value_at(source, field_loc))}"
+        return Problem("bad-endpoint", message, source.location(field_loc, key=True))
     if kind in _TYPE_NAMES:
         quote = " (put quotes around it to make it a string)" if kind == "string_type" else ""
         return Problem("bad-type", f"must be {_TYPE_NAMES[kind]}, found {_found(value)}{quote}", location)
     return Problem("bad-value", f"{error['msg'].rstrip('.')}; found {_found(value)}", location)
+
+
+def _grammar_at(loc: PathKey) -> grammar.Grammar | None:
+    """The grammar of the string field at a path, from the model's constraints."""
+    model: Any = SiteSpec
+    annotation: Any = None
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        if model is None:
+            return None
+        field = model.model_fields.get("schema_" if part == "schema" else part)
+        if field is None:
+            return None
+        annotation = field
+        model = _inner_model(field.annotation)
+    pattern = _pattern_of(annotation.metadata if annotation is not None else [])
+    if pattern is None and annotation is not None:
+        pattern = _pattern_of(_metadata_in(annotation.annotation))
+    return grammar.GRAMMARS.get(pattern) if pattern else None
+
+
+def _pattern_of(metadata: list[Any]) -> str | None:
+    for item in metadata:
+        pattern = getattr(item, "pattern", None)
+        if isinstance(pattern, str):
+            return pattern
+    return None
+
+
+def _metadata_in(annotation: Any) -> list[Any]:
+    """Constraints inside Optional[...] or list[...] annotations."""
+    found: list[Any] = list(getattr(annotation, "__metadata__", ()))
+    for arg in get_args(annotation):
+        found += _metadata_in(arg)
+    return found
+
+
+def _value_at(source: LoadedYaml, loc: PathKey) -> Any:
+    value: Any = source.data
+    for part in loc:
+        try:
+            value = value[part]
+        except (KeyError, IndexError, TypeError):
+            return None
+    return value
 
 
 def _fields_at(loc: PathKey) -> list[str]:
@@ -254,6 +294,8 @@ class _Checker:
     ) -> None:
         """One problem at a field; a `missing` field is reported where its parent is written."""
         at = path[:-1] if missing else None
+        # Messages quote spec values: never let one carry a control character to a terminal.
+        message, hint = grammar.printable(message), grammar.printable(hint) if hint else None
         self.problems.append(Problem(code, message, self.source.location(path, key=True, at=at), hint))
 
     def run(self) -> list[Problem]:
@@ -320,7 +362,7 @@ class _Checker:
                         self.add(
                             (kind, i, field, j),
                             "listed-twice",
-                            f"'{value}' is listed twice (first at {field}[{first[value]}])",
+                            f"{grammar.shown(value)} is listed twice (first at {field}[{first[value]}])",
                         )
                     first.setdefault(value, j)
 
@@ -329,7 +371,7 @@ class _Checker:
         first: dict[str, int] = {}
         for i, item in _items(self.data if container is None else container, key):
             name = item.get("name")
-            if not isinstance(name, str):
+            if not isinstance(name, str) or not grammar.matches(grammar.NAME, name):
                 continue
             if name in seen:
                 self.add(
@@ -343,7 +385,8 @@ class _Checker:
         return seen
 
     def ref(self, path: PathKey, value: Any, kind: str, what: str) -> dict[str, Any] | None:
-        if not isinstance(value, str):
+        # A value outside the name grammar is reported by the model, and never echoed twice.
+        if not isinstance(value, str) or not grammar.matches(grammar.NAME, value):
             return None
         target = self.names[kind].get(value)
         if target is None:
@@ -356,7 +399,7 @@ class _Checker:
         return target
 
     def place(self, path: PathKey, value: Any, *, country_only: bool = False) -> None:
-        if not isinstance(value, str):
+        if not isinstance(value, str) or not grammar.matches(grammar.PLACE, value):
             return
         if self.places.is_country(value):
             return
@@ -384,7 +427,9 @@ class _Checker:
             country = dc.get("country")
             self.place(("datacenters", i, "country"), country, country_only=True)
             region = dc.get("region")
-            if isinstance(region, str) and isinstance(country, str) and self.places.is_country(country):
+            if not isinstance(region, str) or not grammar.matches(grammar.REGION, region):
+                continue
+            if isinstance(country, str) and self.places.is_country(country):
                 if not region.startswith(country + "-"):
                     self.add(
                         ("datacenters", i, "region"),
@@ -411,7 +456,7 @@ class _Checker:
         networks: list[tuple[int, ipaddress.IPv4Network | ipaddress.IPv6Network]] = []
         for i, fabric in fabrics:
             cidr = fabric.get("cidr")
-            if not isinstance(cidr, str):
+            if not isinstance(cidr, str) or not grammar.matches(grammar.CIDR, cidr):
                 continue
             try:
                 network = ipaddress.ip_network(cidr, strict=True)
@@ -486,7 +531,8 @@ class _Checker:
             bmc = pool.get("bmc")
             if isinstance(bmc, dict):
                 fabric = self.ref(path + ("bmc", "fabric"), bmc.get("fabric"), "fabrics", "fabric")
-                if fabric and fabric.get("purpose") != "bmc":
+                # An unknown purpose is the model's to report.
+                if fabric and fabric.get("purpose") in ("management", "compute", "storage"):
                     self.add(
                         path + ("bmc", "fabric"),
                         "bmc-fabric-purpose",
@@ -538,7 +584,7 @@ class _Checker:
                         "s3-mount-path",
                         "s3 storage is not mounted: remove mounted_by",
                     )
-            elif isinstance(store.get("kind"), str):
+            elif store.get("kind") in ("lustre", "ceph", "nfs", "weka"):
                 if mount is None:
                     self.add(
                         path + ("mount_path",),
@@ -546,17 +592,6 @@ class _Checker:
                         f"missing mount_path: {store.get('kind')} storage is mounted on hosts",
                         missing=True,
                     )
-                elif isinstance(mount, str):
-                    self._absolute_path(path + ("mount_path",), mount)
-
-    def _absolute_path(self, path: PathKey, value: str) -> bool:
-        if not value.startswith("/"):
-            self.add(path, "relative-path", f"'{value}' must be an absolute path")
-            return False
-        if ".." in value.split("/"):
-            self.add(path, "dotdot-path", f"'{value}' must not contain '..'")
-            return False
-        return True
 
     def _datasets(self) -> None:
         paths: list[tuple[int, str, str]] = []
@@ -564,7 +599,8 @@ class _Checker:
             path: PathKey = ("datasets", i)
             self.place(path + ("residency",), dataset.get("residency"))
             value = dataset.get("path")
-            if isinstance(value, str) and self._absolute_path(path + ("path",), value):
+            # A path outside the path grammar is reported by the model.
+            if isinstance(value, str) and grammar.matches(grammar.PATH, value):
                 paths.append((i, str(dataset.get("storage")), posixpath.normpath(value)))
         for i, store, value in paths:
             for j, other_store, other in paths:
@@ -586,14 +622,14 @@ class _Checker:
             path: PathKey = ("access", i)
             resource = grant.get("resource")
             kind = None
-            if isinstance(resource, str) and "/" in resource:
+            if isinstance(resource, str) and grammar.matches(grammar.RESOURCE, resource):
                 kind, name = resource.split("/", 1)
                 if kind in ("dataset", "model"):
                     self.ref(path + ("resource",), name, kind + "s", kind)
             actions = [a for _, a in _str_list(grant.get("actions"))]
             allowed = DATASET_ACTIONS if kind == "dataset" else MODEL_ACTIONS if kind == "model" else ()
             for j, action in _str_list(grant.get("actions")):
-                if allowed and action not in allowed:
+                if allowed and action in MODEL_ACTIONS + DATASET_ACTIONS and action not in allowed:
                     self.add(
                         path + ("actions", j),
                         "bad-action",
