@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from aifactory.cli.output import emit_json, table
 from aifactory.errors import UsageError
 from aifactory.lab import LabStatus, lab_down, lab_exec, lab_status, lab_up
 from aifactory.plan import plan_site
-from aifactory.spec import load_spec
+from aifactory.spec.reference import resolve_site
 
 
 def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -48,11 +47,8 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
 
 
 def site_name(argument: str) -> str:
-    """A site spec path gives its site's name; anything else is taken as the name itself."""
-    path = Path(argument)
-    if path.suffix in (".yaml", ".yml") or path.is_file():
-        return load_spec(path).spec.site.name
-    return argument
+    """The site a SITE argument names (a spec file or a site name; see aifactory.spec.reference)."""
+    return resolve_site(argument).name
 
 
 def cmd_up(args: argparse.Namespace) -> int:

@@ -9,17 +9,14 @@ from __future__ import annotations
 
 import argparse
 import getpass
-import re
 import sys
 from collections.abc import Callable
-from pathlib import Path
 
 from aifactory.cli.output import emit_json
 from aifactory.errors import AifactoryError, ExitCode, SecretError, UsageError
 from aifactory.plan.build import spec_digest
 from aifactory.secrets import REFERENCE, STORE_FILE, SecretStore, read_passphrase
-from aifactory.spec import load_spec
-from aifactory.spec.model import NAME_PATTERN
+from aifactory.spec.reference import resolve_site
 from aifactory.state import SiteState
 
 
@@ -67,11 +64,9 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
 
 
 def _site(argument: str) -> tuple[str, str | None]:
-    """A site name, or a spec file's site name and digest."""
-    if re.match(NAME_PATTERN, argument) and not Path(argument).is_file():
-        return argument, None
-    loaded = load_spec(argument)
-    return loaded.spec.site.name, spec_digest(loaded.spec)  # the digest the plan carries
+    """A site name, or a spec file's site name and digest (see aifactory.spec.reference)."""
+    reference = resolve_site(argument)
+    return reference.name, spec_digest(reference.spec) if reference.spec else None  # the plan's digest
 
 
 def _reference(value: str) -> str:

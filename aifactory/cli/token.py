@@ -83,13 +83,11 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
 
 
 def _site_and_tenants(site: str) -> tuple[str, list[str] | None]:
-    path = Path(site)
-    if path.suffix in (".yaml", ".yml") or path.is_file():
-        from aifactory.spec import load_spec
+    """The site's name, and its tenants when SITE is a spec file (see aifactory.spec.reference)."""
+    from aifactory.spec.reference import resolve_site
 
-        spec = load_spec(path).spec
-        return spec.site.name, [t.name for t in spec.tenants]
-    return site, None
+    reference = resolve_site(site)
+    return reference.name, [t.name for t in reference.spec.tenants] if reference.spec else None
 
 
 def cmd_issue(args: argparse.Namespace) -> int:
