@@ -171,6 +171,19 @@ class BundleError(AifactoryError):
     exit_code = ExitCode.INVALID
 
 
+class SignatureError(AifactoryError):
+    """A signature is malformed or does not match the data it signs."""
+
+    code = "bad-signature"
+
+
+class SignerUntrusted(SignatureError):
+    """The signature is sound, but the trust file does not grant its key for this principal,
+    namespace and time (or cannot be read, or has a line OpenSSH would stop at)."""
+
+    code = "signer-untrusted"
+
+
 class LabError(AifactoryError):
     code = "lab"
     exit_code = ExitCode.CANNOT_EVALUATE

@@ -17,23 +17,40 @@ import os
 import struct
 import subprocess
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from aifactory.errors import AifactoryError, Location
+from aifactory.allowed_signers import AllowedSigners, SignerMatch
+from aifactory.errors import AifactoryError, Location, SignatureError, SignerUntrusted
+
+__all__ = [
+    "AllowedSigners",
+    "SignatureError",
+    "SignerMatch",
+    "SignerUntrusted",
+    "fingerprint",
+    "generate_keypair",
+    "load_private_key",
+    "parse_signature",
+    "public_key_blob",
+    "public_key_line",
+    "sign",
+    "sign_digest",
+    "ssh_keygen_verify",
+    "verify",
+    "verify_digest",
+    "verify_signer",
+]
 
 MAGIC = b"SSHSIG"
 HASH_ALGORITHM = "sha512"
 KEY_TYPE = "ssh-ed25519"
 BEGIN = "-----BEGIN SSH SIGNATURE-----"
 END = "-----END SSH SIGNATURE-----"
-
-
-class SignatureError(AifactoryError):
-    code = "bad-signature"
 
 
 def _string(value: bytes) -> bytes:
@@ -140,42 +157,61 @@ def parse_signature(armored: str) -> ParsedSignature:
     )
 
 
-def read_allowed_signers(path: Path) -> list[tuple[str, Ed25519PublicKey, str | None]]:
-    """(principal pattern, key, namespaces option) for each ed25519 line of an allowed_signers file."""
-    out = []
-    try:
-        lines = path.read_text().splitlines()
-    except OSError as exc:
-        raise SignatureError(
-            f"cannot read the trust file {path}: {exc.strerror}", location=Location(file=str(path))
-        ) from None
-    for line in lines:
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        fields = line.split()
-        namespaces = None
-        rest = fields[1:]
-        while rest and rest[0] not in (KEY_TYPE,) and not rest[0].startswith("ssh-"):
-            option = rest.pop(0)
-            if option.startswith("namespaces="):
-                namespaces = option.split("=", 1)[1].strip('"')
-        if len(rest) < 2 or rest[0] != KEY_TYPE:
-            continue
-        key = serialization.load_ssh_public_key(f"{rest[0]} {rest[1]}".encode())
-        if isinstance(key, Ed25519PublicKey):
-            out.append((fields[0], key, namespaces))
-    return out
+def verify(
+    data: bytes,
+    armored: str,
+    *,
+    allowed_signers: Path | AllowedSigners,
+    namespace: str,
+    principal: str | None = None,
+    at: datetime | int | None = None,
+) -> str:
+    """Verify `data` as `ssh-keygen -Y verify -I principal -n namespace -Overify-time=at` would and
+    return the principal. Raise SignatureError (SignerUntrusted when only the trust file refuses).
+
+    Without `principal` the signer is found as `ssh-keygen -Y find-principals` finds it (a plain name
+    on one of the key's lines) and then checked as `-I` that name: the name returned is one
+    `ssh-keygen -Y verify` accepts. `at` defaults to now; the validity windows are checked at it."""
+    return verify_signer(
+        hashlib.sha512(data).digest(),
+        armored,
+        allowed_signers=allowed_signers,
+        namespace=namespace,
+        principal=principal,
+        at=at,
+    ).principal
 
 
-def verify(data: bytes, armored: str, *, allowed_signers: Path, namespace: str) -> str:
-    """Verify against a trust file; return the matching principal. Raise SignatureError otherwise."""
-    return verify_digest(
-        hashlib.sha512(data).digest(), armored, allowed_signers=allowed_signers, namespace=namespace
-    )
+def verify_digest(
+    message_digest: bytes,
+    armored: str,
+    *,
+    allowed_signers: Path | AllowedSigners,
+    namespace: str,
+    principal: str | None = None,
+    at: datetime | int | None = None,
+) -> str:
+    """`verify` for a SHA-512 digest (large files hashed while streaming)."""
+    return verify_signer(
+        message_digest,
+        armored,
+        allowed_signers=allowed_signers,
+        namespace=namespace,
+        principal=principal,
+        at=at,
+    ).principal
 
 
-def verify_digest(message_digest: bytes, armored: str, *, allowed_signers: Path, namespace: str) -> str:
+def verify_signer(
+    message_digest: bytes,
+    armored: str,
+    *,
+    allowed_signers: Path | AllowedSigners,
+    namespace: str,
+    principal: str | None = None,
+    at: datetime | int | None = None,
+) -> SignerMatch:
+    """`verify_digest`, returning the trust file's line that granted the key (and when it expires)."""
     parsed = parse_signature(armored)
     if parsed.namespace != namespace:
         raise SignatureError(f"the signature is for namespace '{parsed.namespace}', expected '{namespace}'")
@@ -185,15 +221,14 @@ def verify_digest(message_digest: bytes, armored: str, *, allowed_signers: Path,
         parsed.public_key.verify(parsed.signature, _signed_data(message_digest, namespace))
     except InvalidSignature:
         raise SignatureError("the signature does not match the signed data (it was altered)") from None
-    signer = public_key_blob(parsed.public_key)
-    for principal, key, namespaces in read_allowed_signers(allowed_signers):
-        if public_key_blob(key) == signer and (namespaces is None or namespace in namespaces.split(",")):
-            return principal
-    raise SignatureError(
-        f"the signature is valid but its key {fingerprint(parsed.public_key)} "
-        f"is not trusted by {allowed_signers}",
-        hint="check that you were given the right allowed_signers file",
+    signers = (
+        allowed_signers
+        if isinstance(allowed_signers, AllowedSigners)
+        else AllowedSigners.read(allowed_signers)
     )
+    if principal is None:
+        return signers.find_principal(parsed.public_key, namespace=namespace, at=at)
+    return signers.check(parsed.public_key, principal=principal, namespace=namespace, at=at)
 
 
 @dataclass(frozen=True)

@@ -81,7 +81,13 @@ def _check_signature(folder: Path, manifest: bytes, trust: Path | None, result: 
     armored = _read(folder / SIGNATURE).decode("utf-8", errors="replace")
     trust_file = trust or folder / ALLOWED_SIGNERS
     try:
-        result.signer = signing.verify(manifest, armored, allowed_signers=trust_file, namespace=NAMESPACE)
+        result.signer = signing.verify(
+            manifest,
+            armored,
+            allowed_signers=trust_file,
+            namespace=NAMESPACE,
+            principal=_named_signer(folder),
+        )
         if armored != _canonical_armor(armored):
             result.problems.append(f"{SIGNATURE} was altered (it is not in the form it was written in)")
     except (signing.SignatureError, ValueError) as exc:
@@ -89,6 +95,17 @@ def _check_signature(folder: Path, manifest: bytes, trust: Path | None, result: 
         return
     if trust is None:
         _check_beside_trust(folder, armored, result)
+
+
+def _named_signer(folder: Path) -> str | None:
+    """The identity report.json says signed it: the principal the trust file must grant the key to
+    (`ssh-keygen -Y verify -I <identity>`). None when the report does not say (then the trust file's
+    own name for the key is reported, and the beside-the-report check fails on the missing name)."""
+    try:
+        identity = json.loads((folder / "report.json").read_bytes())["signer"]["identity"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return identity if isinstance(identity, str) and identity else None
 
 
 def _check_beside_trust(folder: Path, armored: str, result: VerifyResult) -> None:

@@ -270,20 +270,21 @@ def _check_signature(
             )
         )
         return None
-    trusted = [key for _principal, key, _ns in signing.read_allowed_signers(trust)]
-    signer_blob = signing.public_key_blob(parsed.public_key)
-    if not any(signing.public_key_blob(key) == signer_blob for key in trusted):
+    try:
+        # The manifest does not name its signer: the trust file's own name for the key is the signer,
+        # checked as `ssh-keygen -Y verify -I <that name>` checks it (namespace, validity window).
+        return signing.verify(manifest_bytes, armored, allowed_signers=trust, namespace=NAMESPACE)
+    except signing.SignerUntrusted as exc:
         report.problems.append(
             Problem(
                 "signature-untrusted",
-                f"signed by key {signing.fingerprint(parsed.public_key)}, which {trust} does not trust",
+                f"signed by key {signing.fingerprint(parsed.public_key)}, which {trust} does not trust "
+                f"for bundles: {exc.message}",
                 where,
                 hint="check that you were given the right allowed_signers file and bundle",
             )
         )
         return None
-    try:
-        return signing.verify(manifest_bytes, armored, allowed_signers=trust, namespace=NAMESPACE)
     except signing.SignatureError as exc:
         report.problems.append(
             Problem(

@@ -122,9 +122,13 @@ def prepare_bundle(state: SiteState, *, trust: Path | None = None) -> DeployBund
     armored = _read(root / SIGNATURE).decode("ascii", errors="replace")
     folder = state.subdir("deploy")
     allowed = folder / "allowed_signers"
-    _write_allowed_signers(allowed, armored, trust, _import_signer(state))
+    signer = _import_signer(state)
+    _write_allowed_signers(allowed, armored, trust, signer)
     try:
-        signer = signing.verify(manifest_bytes, armored, allowed_signers=allowed, namespace=NAMESPACE)
+        # hosts run `ssh-keygen -Y verify -I <signer>` on this file: check it exactly so here first
+        signing.verify(
+            manifest_bytes, armored, allowed_signers=allowed, namespace=NAMESPACE, principal=signer
+        )
     except signing.SignatureError as exc:
         raise BundleError(
             f"the imported bundle's signature does not verify: {exc.message}",

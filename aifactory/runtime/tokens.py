@@ -24,6 +24,7 @@ Files, in the site's runtime folder (`SiteState.for_site(site).subdir("runtime")
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import re
 import secrets
@@ -46,6 +47,7 @@ from aifactory.signing import (
     load_private_key,
     sign,
     verify,
+    verify_signer,
 )
 
 TOKEN_NAMESPACE = "aifactory-token"
@@ -144,10 +146,15 @@ def _iso(seconds: int) -> str:
 # --- the admin's side: keys, issue, revoke --------------------------------------------------------------
 
 
+def token_signer(site: str) -> str:
+    """The identity a site's token key signs as: `-I` for `ssh-keygen -Y verify`."""
+    return f"{site}-tokens"
+
+
 def ensure_site_key(trust: TrustFiles, *, site: str) -> None:
     """Create the site's token key on first use (0600, generated here, never copied in)."""
     if not trust.private_key.exists():
-        generate_keypair(trust.key_dir, identity=f"{site}-tokens", namespaces=TOKEN_NAMESPACE)
+        generate_keypair(trust.key_dir, identity=token_signer(site), namespaces=TOKEN_NAMESPACE)
     if not trust.revocations.exists():
         _write_revocations(trust, site=site, entries=[])
 
@@ -335,11 +342,13 @@ class TokenVerifier:
     ) -> None:
         self.trust = trust
         self.site = site
+        self.signer = token_signer(site)  # the principal the trust file must grant (ssh-keygen -I)
         self.recheck_interval = recheck_interval  # seconds between looks at the files (0: every call)
         self._checked_at = float("-inf")
         self._versions: tuple[Any, ...] = ()
         self._lock = threading.Lock()
-        self._cache: OrderedDict[str, TokenClaims] = OrderedDict()
+        # token -> (claims, the end of the trust line's validity window, None when open-ended)
+        self._cache: OrderedDict[str, tuple[TokenClaims, int | None]] = OrderedDict()
         self._cache_size = cache_size
         self._trust_version: tuple[int, int] | None = None
         self._revocations_version: tuple[Any, Any] | None = None
@@ -386,23 +395,27 @@ class TokenVerifier:
                 self._cache.clear()
                 self._trust_version = trust_version
             cached = self._cache.get(token)
-            if cached is not None:
+            if cached is not None and (cached[1] is None or time.time() <= cached[1]):
                 self._cache.move_to_end(token)
-                return cached
+                return cached[0]
         raw, payload, blob = _decode(token)
         claims = _claims(raw)
         if trust_version is None:
             raise TokenRejected("token-untrusted", f"no token trust file at {self.trust.allowed_signers}")
         try:
-            verify(
-                payload, _armor(blob), allowed_signers=self.trust.allowed_signers, namespace=TOKEN_NAMESPACE
+            granted = verify_signer(
+                hashlib.sha512(payload).digest(),
+                _armor(blob),
+                allowed_signers=self.trust.allowed_signers,
+                namespace=TOKEN_NAMESPACE,
+                principal=token_signer(claims.site),  # the site check after this refuses other sites
             )
         except SignatureError as exc:
             raise TokenRejected(
                 "token-bad-signature", f"the token's signature does not verify: {exc.message}"
             ) from None
         with self._lock:
-            self._cache[token] = claims
+            self._cache[token] = (claims, granted.valid_before)
             if len(self._cache) > self._cache_size:
                 self._cache.popitem(last=False)
         return claims
@@ -424,7 +437,13 @@ class TokenVerifier:
         except OSError as exc:
             return frozenset(), f"the revocation list cannot be read: {exc.strerror} ({exc.filename})"
         try:
-            verify(data, signature, allowed_signers=self.trust.allowed_signers, namespace=TOKEN_NAMESPACE)
+            verify(
+                data,
+                signature,
+                allowed_signers=self.trust.allowed_signers,
+                namespace=TOKEN_NAMESPACE,
+                principal=self.signer,
+            )
             document = json.loads(data)
             return frozenset(str(entry["id"]) for entry in document["revoked"]), None
         except SignatureError as exc:

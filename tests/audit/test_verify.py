@@ -113,3 +113,15 @@ def test_bad_timestamp_is_a_usage_error(
     code = main(["audit", "report", str(failing_site), "-o", str(tmp_path / "r"), "--timestamp", "yesterday"])
     assert code == 2
     assert "error[usage]" in capsys.readouterr().err
+
+
+def test_the_trust_file_must_grant_the_key_to_the_signer_the_report_names(
+    failing_report: WrittenReport, tmp_path: Path
+) -> None:
+    _identity, rest = (failing_report.folder / ALLOWED_SIGNERS).read_text().split(" ", 1)
+    trust = tmp_path / "trust"
+    trust.write_text(f"someone@else {rest}")  # the right key, listed for another signer
+    result = verify_report(failing_report.folder, trust=trust)
+    assert not result.ok and "for signer 'audit@labfail'" in " ".join(result.problems)
+    trust.write_text(f"audit@* {rest}")
+    assert verify_report(failing_report.folder, trust=trust).ok

@@ -240,3 +240,32 @@ def test_a_split_bundle_missing_a_part(small_bundle: SmallBundle, signer: Signer
         missing.unlink()
         error = refusal(parts[0], signer.allowed_signers)
         assert error.code == "missing-part" and missing.name in error.message
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        'valid-before="20200101",namespaces="aifactory-bundle"',  # expired
+        'valid-after="20200101",namespaces="aifactory-audit"',  # another namespace
+        'cert-authority,namespaces="aifactory-bundle"',  # a CA line grants no plain key
+        "namespaces=aifactory-bundle",  # an unquoted value: OpenSSH cannot read the line
+    ],
+)
+def test_trust_lines_ssh_keygen_refuses_are_refused(
+    small_bundle: SmallBundle, signer: Signer, tmp_path: Path, line: str
+) -> None:
+    identity, _options, key = signer.allowed_signers.read_text().strip().split(" ", 2)
+    trust = tmp_path / "allowed_signers"
+    trust.write_text(f"{identity} {line} {key}\n")
+    error = refusal(small_bundle(), trust)
+    assert codes(error) == {"signature-untrusted"}
+
+
+def test_the_signer_is_the_name_the_trust_file_gives_the_key(
+    small_bundle: SmallBundle, signer: Signer, tmp_path: Path
+) -> None:
+    _identity, options, key = signer.allowed_signers.read_text().strip().split(" ", 2)
+    trust = tmp_path / "allowed_signers"
+    trust.write_text(f"!ops@lab,*@lab {options} {key}\nops@lab,*@lab {options} {key}\n")
+    report = verify_bundle(small_bundle(), trust=trust, check_rollback=False)
+    assert report.signer == "ops@lab"  # a name `ssh-keygen -Y verify -I ops@lab` accepts (line 2)
