@@ -1,4 +1,4 @@
-"""Metrics: per-step JSON lines and Prometheus text files for training, counters for the server.
+"""Metrics: per-step JSON lines and Prometheus text files for training, the server's Prometheus metrics.
 
 The Prometheus text file is rewritten atomically (temp + rename) so node_exporter's textfile
 collector never reads half of it. No torch here.
@@ -7,10 +7,21 @@ collector never reads half of it. No torch here.
 from __future__ import annotations
 
 import json
-import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+import prometheus_client
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
 
 from aifactory.runtime.files import atomic_write
 
@@ -57,68 +68,85 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-class Registry:
-    """Counters and histograms for the server; thread-safe; rendered as Prometheus text."""
+class ServeMetrics:
+    """The inference server's metrics, exposed by `prometheus_client` (with the process's own).
+
+    The names are the server's documented ones (docs/runtime.md); counters get `_total` from the
+    library. The `_created` series are off: they add a line per series and nothing reads them.
+    """
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._counters: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
-        self._gauges: dict[str, float] = {}
-        self._histograms: dict[str, tuple[tuple[float, ...], list[int], list[float]]] = {}
-        self._help: dict[str, tuple[str, str]] = {}
+        prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]  # untyped upstream
+        self.registry = CollectorRegistry()
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        registry = self.registry
+        self.requests = Counter(
+            "aifactory_serve_requests", "HTTP requests answered, by status code.", ["code"], registry=registry
+        )
+        self.decisions = Counter(
+            "aifactory_serve_decisions",
+            "Authorization decisions recorded, by outcome.",
+            ["allow"],
+            registry=registry,
+        )
+        self.batch_size = Histogram(
+            "aifactory_serve_batch_size",
+            "Rows per forward pass formed by the batcher.",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+            registry=registry,
+        )
+        self.forward_seconds = Histogram(
+            "aifactory_serve_forward_seconds",
+            "Wall-clock time of one batched forward pass (softmax included).",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1),
+            registry=registry,
+        )
+        self.request_seconds = Histogram(
+            "aifactory_serve_request_seconds",
+            "Time from a request's first byte to its answer.",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+            registry=registry,
+        )
+        self.tls_refused = Counter(
+            "aifactory_serve_tls_refused",
+            "TLS handshakes refused (e.g. a client certificate), by reason.",
+            ["reason"],
+            registry=registry,
+        )
+        self.http_closed = Counter(
+            "aifactory_serve_http_closed",
+            "Connections the HTTP layer refused or closed, by reason (caps, timeouts, bad requests).",
+            ["reason"],
+            registry=registry,
+        )
+        self.rate_limited = Counter(
+            "aifactory_serve_rate_limited",
+            "Requests answered 429 because their peer (or all peers) had too many denials in the window.",
+            registry=registry,
+        )
+        self.model_step = Gauge(
+            "aifactory_serve_model_step", "Training step of the checkpoint being served.", registry=registry
+        )
+        self.inflight = Gauge(
+            "aifactory_serve_inflight_requests", "Requests being answered.", registry=registry
+        )
+        self.connections = Gauge("aifactory_serve_connections", "Open client connections.", registry=registry)
+        self._by_code: dict[int, Any] = {}
 
-    def counter(self, name: str, help_text: str) -> None:
-        self._help[name] = ("counter", help_text)
+    def answered(self, status: int, seconds: float) -> None:
+        """One HTTP answer (the HTTP layer's `HttpEvents`)."""
+        child = self._by_code.get(status)
+        if child is None:
+            child = self._by_code[status] = self.requests.labels(code=str(status))
+        child.inc()
+        self.request_seconds.observe(seconds)
 
-    def gauge(self, name: str, help_text: str) -> None:
-        self._help[name] = ("gauge", help_text)
+    def closed(self, reason: str) -> None:
+        self.http_closed.labels(reason=reason).inc()
 
-    def histogram(self, name: str, help_text: str, buckets: Iterable[float]) -> None:
-        bounds = tuple(sorted(buckets))
-        self._help[name] = ("histogram", help_text)
-        self._histograms[name] = (bounds, [0] * (len(bounds) + 1), [0.0, 0.0])
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
 
-    def inc(self, name: str, amount: float = 1.0, **labels: str) -> None:
-        key = (name, tuple(sorted(labels.items())))
-        with self._lock:
-            self._counters[key] = self._counters.get(key, 0.0) + amount
 
-    def set(self, name: str, value: float) -> None:
-        with self._lock:
-            self._gauges[name] = value
-
-    def observe(self, name: str, value: float) -> None:
-        bounds, counts, totals = self._histograms[name]
-        index = next((i for i, bound in enumerate(bounds) if value <= bound), len(bounds))
-        with self._lock:
-            counts[index] += 1
-            totals[0] += value
-            totals[1] += 1
-
-    def value(self, name: str, **labels: str) -> float:
-        with self._lock:
-            if name in self._histograms:
-                return self._histograms[name][2][0]
-            return self._counters.get((name, tuple(sorted(labels.items()))), self._gauges.get(name, 0.0))
-
-    def render(self) -> str:
-        lines: list[str] = []
-        with self._lock:
-            for name, (kind, help_text) in sorted(self._help.items()):
-                lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
-                if kind == "counter":
-                    series = sorted((k[1], v) for k, v in self._counters.items() if k[0] == name)
-                    lines += [f"{name}{_labels(dict(labels))} {value:g}" for labels, value in series] or [
-                        f"{name} 0"
-                    ]
-                elif kind == "gauge":
-                    lines.append(f"{name} {self._gauges.get(name, 0.0):g}")
-                else:
-                    bounds, counts, (total, count) = self._histograms[name]
-                    cumulative = 0
-                    for bound, bucket in zip((*bounds, float("inf")), counts, strict=True):
-                        cumulative += bucket
-                        le = "+Inf" if bound == float("inf") else f"{bound:g}"
-                        lines.append(f'{name}_bucket{{le="{le}"}} {cumulative}')
-                    lines += [f"{name}_sum {total:g}", f"{name}_count {int(count)}"]
-        return "\n".join(lines) + "\n"
+CONTENT_TYPE = CONTENT_TYPE_LATEST

@@ -2,8 +2,9 @@
 
 Settings come from the command line, or from the runtime configuration deploy writes
 (`--config /etc/aifactory/runtime.yaml`; keys: plan, host, state_dir, storage_root, models,
-serve.{address, port, tls_cert, tls_key, tls_client_ca, tls_client_auth, forward_cpus},
-decision_log.{sign_every, sign_interval, head_copies}); a command-line option wins over the file.
+serve.{address, port, tls_cert, tls_key, tls_client_ca, tls_client_auth, forward_cpus} and the
+limits in `LIMITS` (serve.max_connections, ...), decision_log.{sign_every, sign_interval,
+head_copies}); a command-line option wins over the file.
 """
 
 from __future__ import annotations
@@ -20,6 +21,32 @@ import yaml
 from aifactory.errors import AifactoryError, ExitCode, Location
 from aifactory.runtime.cpus import CpuSplit, parse_cpu_list
 from aifactory.state import SiteState
+
+# The server's limits against hostile clients: (option and runtime.yaml `serve.` key, type, default, help).
+# Defaults are those of `runtime.http.HttpLimits` and `runtime.server.ServerConfig` (docs/runtime.md).
+LIMITS: tuple[tuple[str, type, float, str], ...] = (
+    ("max_connections", int, 1024, "open connections in all; past it a new one gets 503 and is closed"),
+    ("max_connections_per_peer", int, 64, "open connections from one address; past it 503 and closed"),
+    (
+        "header_timeout",
+        float,
+        10.0,
+        "seconds from a request's first byte (or the connection) to its headers' end",
+    ),
+    (
+        "body_timeout",
+        float,
+        30.0,
+        "seconds for the body after the headers, and for a client to read an answer",
+    ),
+    ("idle_timeout", float, 30.0, "seconds a keep-alive connection may wait between requests"),
+    ("max_header_bytes", int, 16384, "bytes of request line and headers (431 past it)"),
+    ("max_path", int, 2048, "bytes of the request target (414 past it)"),
+    ("max_body", int, 1 << 20, "bytes of a request body (413 past it)"),
+    ("denials_per_peer", int, 20, "recorded denials per address and window; then 429 until it ends"),
+    ("denials_total", int, 1000, "recorded denials per window for all addresses together; then 429"),
+    ("denial_window", float, 10.0, "seconds of the denial windows; what got 429 is recorded once per window"),
+)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -104,6 +131,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--drain-timeout", type=float, default=30.0, help="seconds to finish requests on stop"
     )
+    limits = parser.add_argument_group("limits against hostile clients (runtime.yaml: serve.<name>)")
+    for name, kind, default, text in LIMITS:
+        limits.add_argument(f"--{name.replace('_', '-')}", type=kind, help=f"{text} (default {default:g})")
     parser.add_argument("--debug", action="store_true")
     return parser
 
@@ -123,6 +153,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # threads after each call); with the event loop busy, each such wait lasts up to this interval.
         sys.setswitchinterval(args.gil_switch_ms / 1000)
         from aifactory.runtime.authz import load_authorizer
+        from aifactory.runtime.http import HttpLimits
         from aifactory.runtime.server import ServerConfig, run_server
         from aifactory.runtime.siteplan import RuntimePlan
 
@@ -164,6 +195,27 @@ def main(argv: Sequence[str] | None = None) -> int:
                 code="usage",
                 exit_code=ExitCode.USAGE,
             )
+        limits = {
+            name: kind(pick(getattr(args, name), serve.get(name), default))
+            for name, kind, default, _ in LIMITS
+        }
+        http = HttpLimits(
+            max_connections=limits["max_connections"],
+            max_connections_per_peer=limits["max_connections_per_peer"],
+            header_timeout=limits["header_timeout"],
+            body_timeout=limits["body_timeout"],
+            idle_timeout=limits["idle_timeout"],
+            max_header_bytes=limits["max_header_bytes"],
+            max_target=limits["max_path"],
+            max_body=limits["max_body"],
+        )
+        problem = http.check() or (
+            "denial limits must be at least 1"
+            if min(limits["denials_per_peer"], limits["denials_total"], limits["denial_window"]) <= 0
+            else None
+        )
+        if problem:
+            raise AifactoryError(f"limits: {problem}", code="usage", exit_code=ExitCode.USAGE)
         runtime_dir = path(pick(args.runtime_dir, file.get("state_dir"))) or SiteState.for_site(
             plan.site
         ).subdir("runtime")
@@ -189,6 +241,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             head_copies=tuple(Path(p) for p in pick(args.head_copy, decisions.get("head_copies"), [])),
             reload_interval=args.reload_interval,
             drain_timeout=args.drain_timeout,
+            http=http,
+            denials_per_peer=limits["denials_per_peer"],
+            denials_total=limits["denials_total"],
+            denial_window=limits["denial_window"],
         )
         run_server(
             config,

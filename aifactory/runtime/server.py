@@ -1,12 +1,19 @@
-"""The inference server: HTTP/1.1 + JSON on asyncio, policy per request, dynamic batching.
+"""The inference server: JSON over HTTP/1.1 on asyncio, policy per request, dynamic batching.
 
-    GET  /healthz                       200 {"status": "ok", "model": null | {...}} (503 while draining)
-    GET  /metrics                       Prometheus text
+    GET  /healthz                       200 {"status": "ok"} (503 "not ok" while draining); with a valid
+                                        token or client certificate also site, version and models
+    GET  /metrics                       Prometheus text (`prometheus_client`, process metrics included)
     POST /v1/models/<name>/infer        {"inputs": [[f1, ..., fn], ...]}  with  Authorization: Bearer <token>
                                         and/or a client certificate from the site CA (mTLS)
          200 {"model", "step", "outputs": [{"class", "scores"}], "decision_id"}
          403 {"error": "forbidden", "reason", "reasons", "decision_id"}    (never the classification)
+         404 {"error": "model-not-served-here", "decision_id"}      (recorded, the name cut short)
+         429 {"error": "too-many-denials"}       (the peer was denied too often in this window)
          503 {"error": "model-not-loaded" | "log-unavailable" | "draining"}
+
+The wire format (parsing, limits, timeouts, connection caps) is `aifactory.runtime.http`'s; the
+bounds on what hostile requests cost (denials, recorded names, JSON depth) are
+`aifactory.runtime.limits`'s. This module routes, decides, batches, loads models and speaks TLS.
 
 Per request: the caller is identified (tenant from a verified token and/or the client certificate
 the TLS handshake verified, read once per connection; `aifactory.runtime.certs`), the policy decides on a
@@ -23,6 +30,7 @@ accepting, finish every request in flight, sign the log's final head, exit.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import itertools
 import json
 import logging
@@ -32,36 +40,37 @@ import ssl
 import threading
 import time
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+import aifactory
+from aifactory.ids import new_decision_id
 from aifactory.runtime import checkpoint
 from aifactory.runtime.authz import Authorizer, Guard, Outcome
 from aifactory.runtime.certs import PeerCertificate, read_peer_certificate
 from aifactory.runtime.cpus import CpuSplit
 from aifactory.runtime.decisionlog import DecisionLog
 from aifactory.runtime.handoff import LoopInbox, LoopOutbox, Workers
-from aifactory.runtime.metrics import Registry
+from aifactory.runtime.http import HttpLimits, HttpServer, Request, Response
+from aifactory.runtime.limits import (
+    MAX_JSON_DEPTH,
+    DenialLimiter,
+    Suppressed,
+    nests_deeper_than,
+    recorded_name,
+)
+from aifactory.runtime.metrics import CONTENT_TYPE, ServeMetrics
 from aifactory.runtime.model import MLP, ModelConfig, Scorer, scorer
 from aifactory.runtime.siteplan import RuntimePlan
-from aifactory.runtime.tokens import TokenVerifier, TrustFiles
+from aifactory.runtime.tokens import TokenRejected, TokenVerifier, TrustFiles
 
 log = logging.getLogger(__name__)
-REASONS = {
-    200: "OK",
-    400: "Bad Request",
-    403: "Forbidden",
-    404: "Not Found",
-    405: "Method Not Allowed",
-    413: "Payload Too Large",
-    431: "Request Header Fields Too Large",
-    503: "Service Unavailable",
-}
 MAX_ROWS = 1024
 
 
@@ -88,9 +97,12 @@ class ServerConfig:
     head_copies: tuple[Path, ...] = ()
     reload_interval: float = 2.0
     drain_timeout: float = 30.0
-    max_body: int = 1 << 20
     trust_recheck_interval: float = 0.5  # a revocation takes effect within this many seconds
-    tls_handshake_timeout: float = 30.0
+    tls_handshake_timeout: float = 10.0
+    http: HttpLimits = field(default_factory=HttpLimits)  # sizes, timeouts, connection caps
+    denials_per_peer: int = 20  # recorded denials per peer and window, then 429 (`runtime.limits`)
+    denials_total: int = 1000  # ... and for all peers together
+    denial_window: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -124,7 +136,7 @@ class Batcher:
     """One thread: collect requests up to max_batch rows or max_wait, run one forward pass, answer each."""
 
     def __init__(
-        self, *, max_batch: int, max_wait: float, metrics: Registry, cpus: CpuSplit | None = None
+        self, *, max_batch: int, max_wait: float, metrics: ServeMetrics, cpus: CpuSplit | None = None
     ) -> None:
         self.max_batch, self.max_wait, self.metrics = max_batch, max_wait, metrics
         self.cpus = cpus
@@ -181,8 +193,8 @@ class Batcher:
             for work in batch:
                 work.done(None, exc)
             return
-        self.metrics.observe("aifactory_serve_forward_seconds", time.perf_counter() - began)
-        self.metrics.observe("aifactory_serve_batch_size", float(sum(counts)))
+        self.metrics.forward_seconds.observe(time.perf_counter() - began)
+        self.metrics.batch_size.observe(float(sum(counts)))
         start = 0
         for work, count in zip(batch, counts, strict=True):
             work.done((model, scores[start : start + count]), None)
@@ -207,7 +219,7 @@ class InferenceServer:
             config.cpu_split.keep_others_off_forward()
         self.plan = RuntimePlan.load(config.plan_path, storage_root=config.storage_root)
         host = self.plan.this_host(config.host_name)
-        self.metrics = _registry()
+        self.metrics = ServeMetrics()
         self.decisions = DecisionLog(
             config.runtime_dir / "decisions.jsonl",
             sign_every=config.sign_every,
@@ -250,9 +262,12 @@ class InferenceServer:
             for name in _models_to_serve(self.plan, config.models, host)
         }
         self.draining = False
-        self.inflight = 0
-        self._idle = asyncio.Event()
-        self._connections: set[asyncio.StreamWriter] = set()
+        self.http: HttpServer[Peer] = HttpServer(
+            handler=self._route, prepare=self._prepare, limits=config.http, events=self.metrics
+        )
+        self.denials = DenialLimiter(
+            per_peer=config.denials_per_peer, total=config.denials_total, window=config.denial_window
+        )
         self._tls_context: ssl.SSLContext | None = None
         self.bound_port: int | None = None
         self._request_prefix = uuid.uuid4().hex[:8]  # this server run; numbers count its requests
@@ -279,7 +294,7 @@ class InferenceServer:
             slot.name, found.step, scorer(module), config.features, str(found.path)
         )
         slot.loaded_step = step
-        self.metrics.set("aifactory_serve_model_step", float(found.step))
+        self.metrics.model_step.set(float(found.step))
         log.warning("serving %s from %s", slot.name, found.path)
         return True
 
@@ -293,123 +308,68 @@ class InferenceServer:
                     log.error("cannot load the model from %s: %s", slot.checkpoints, exc)
             await asyncio.sleep(self.config.reload_interval)
 
-    # --- HTTP ---------------------------------------------------------------------------------------
+    # --- requests -----------------------------------------------------------------------------------
 
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._connections.add(writer)
-        address = (writer.get_extra_info("peername") or ("?",))[0]
-        try:
-            if self._tls_context is not None and not await self._handshake(writer, address):
-                return
-            peer = Peer(address, self._peer_certificate(writer))
-            while not self.draining:
-                try:
-                    head = await reader.readuntil(b"\r\n\r\n")
-                except (asyncio.IncompleteReadError, ConnectionError):
-                    return
-                except asyncio.LimitOverrunError:
-                    await self._send(writer, 431, {"error": "headers-too-large"}, keep_alive=False)
-                    return
-                self.inflight += 1
-                self._idle.clear()
-                try:
-                    keep_alive = await self._exchange(head, reader, writer, peer)
-                finally:
-                    self.inflight -= 1
-                    if not self.inflight:
-                        self._idle.set()
-                if not keep_alive or self.draining:
-                    return
-        finally:
-            self._connections.discard(writer)
-            writer.close()
+    async def _prepare(self, writer: asyncio.StreamWriter, address: str) -> Peer | None:
+        """A new connection: its TLS handshake when the server speaks TLS; None drops it."""
+        if self._tls_context is not None and not await self._handshake(writer, address):
+            return None
+        return Peer(address, self._peer_certificate(writer))
 
-    async def _exchange(
-        self, head: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: Peer
-    ) -> bool:
-        started = time.perf_counter()
-        try:
-            request_line, *header_lines = head.decode("latin-1").split("\r\n")
-            method, target, version = request_line.split(" ", 2)
-            headers = {
-                k.strip().lower(): v.strip()
-                for k, v in (line.split(":", 1) for line in header_lines if ":" in line)
-            }
-            length = int(headers.get("content-length", "0"))
-        except ValueError:
-            await self._send(writer, 400, {"error": "bad-request"}, keep_alive=False)
-            return False
-        if length > self.config.max_body or length < 0 or "chunked" in headers.get("transfer-encoding", ""):
-            await self._send(writer, 413, {"error": "body-too-large-or-chunked"}, keep_alive=False)
-            return False
-        body = await reader.readexactly(length) if length else b""
-        keep_alive = version == "HTTP/1.1" and headers.get("connection", "").lower() != "close"
-        status, payload, extra = await self._route(method, target, headers, body, peer)
-        await self._send(writer, status, payload, keep_alive=keep_alive, extra=extra)
-        self.metrics.inc("aifactory_serve_requests_total", code=str(status))
-        self.metrics.observe("aifactory_serve_request_seconds", time.perf_counter() - started)
-        return keep_alive
-
-    async def _send(
-        self,
-        writer: asyncio.StreamWriter,
-        status: int,
-        payload: Any,
-        *,
-        keep_alive: bool,
-        extra: dict[str, str] | None = None,
-    ) -> None:
-        if isinstance(payload, str):
-            body, kind = payload.encode(), "text/plain; version=0.0.4"
-        else:
-            body, kind = json.dumps(payload, separators=(",", ":")).encode(), "application/json"
-        lines = [
-            f"HTTP/1.1 {status} {REASONS.get(status, 'Error')}",
-            f"Content-Type: {kind}",
-            f"Content-Length: {len(body)}",
-            "Connection: " + ("keep-alive" if keep_alive else "close"),
-            *(f"{k}: {v}" for k, v in (extra or {}).items()),
-        ]
-        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
-        try:
-            await writer.drain()
-        except ConnectionError:
-            pass
-
-    async def _route(
-        self, method: str, target: str, headers: dict[str, str], body: bytes, peer: Peer
-    ) -> tuple[int, Any, dict[str, str]]:
-        path = target.split("?", 1)[0]
+    async def _route(self, request: Request, peer: Peer) -> Response:
+        path = request.path
         if path == "/healthz":
-            status = 503 if self.draining else 200
-            models = {
-                name: slot.batcher.model.describe() if slot.batcher.model else None
-                for name, slot in sorted(self.slots.items())
-            }
-            return (
-                status,
-                {"status": "draining" if self.draining else "ok", "site": self.plan.site, "models": models},
-                {},
-            )
+            return self._health(request, peer)
         if path == "/metrics":
-            self.metrics.set("aifactory_serve_inflight_requests", float(self.inflight))
-            return 200, self.metrics.render(), {}
+            self.metrics.inflight.set(float(self.http.inflight))
+            self.metrics.connections.set(float(self.http.connections))
+            return Response(200, self.metrics.render(), content_type=CONTENT_TYPE)
         parts = path.strip("/").split("/")
         if len(parts) == 4 and parts[:2] == ["v1", "models"] and parts[3] == "infer":
-            if method != "POST":
-                return 405, {"error": "method-not-allowed"}, {"Allow": "POST"}
-            return await self._infer(parts[2], headers, body, peer)
-        return 404, {"error": "not-found"}, {}
+            if request.method != "POST":
+                return Response.json(405, {"error": "method-not-allowed"}, {"Allow": "POST"})
+            return await self._infer(parts[2], request, peer)
+        return Response.json(404, {"error": "not-found"})
 
-    async def _infer(
-        self, name: str, headers: dict[str, str], body: bytes, peer: Peer
-    ) -> tuple[int, Any, dict[str, str]]:
+    def _health(self, request: Request, peer: Peer) -> Response:
+        """ok / not ok to anyone; the site, version and models (checkpoint paths) only to a caller with a
+        valid token or client certificate: paths and steps help an attacker more than a prober."""
+        status = 503 if self.draining else 200
+        answer: dict[str, Any] = {"status": "not ok" if self.draining else "ok"}
+        token = _bearer(request.headers)
+        if token is None and peer.certificate is None:
+            return Response.json(status, answer)
+        try:
+            self.guard.identify(token, peer.certificate)
+        except TokenRejected:
+            return Response.json(status, answer)
+        answer |= {
+            "site": self.plan.site,
+            "version": aifactory.__version__,
+            "models": {
+                name: slot.batcher.model.describe() if slot.batcher.model else None
+                for name, slot in sorted(self.slots.items())
+            },
+        }
+        return Response.json(status, answer)
+
+    async def _infer(self, name: str, request: Request, peer: Peer) -> Response:
+        if not self.denials.admit(peer.address, time.time()):
+            self.metrics.rate_limited.inc()
+            return Response.json(
+                429, {"error": "too-many-denials"}, {"Retry-After": str(round(self.denials.window))}
+            )
+        if nests_deeper_than(request.body, MAX_JSON_DEPTH):  # refused before anything parses it (recursion)
+            return Response.json(
+                400, {"error": "bad-input", "detail": f"nested deeper than {MAX_JSON_DEPTH}"}
+            )
         loop = asyncio.get_running_loop()
         inbox = self._inbox
         assert inbox is not None
         request_id = f"{self._request_prefix}-{next(self._request_numbers)}"
-        authorization = headers.get("authorization", "")
-        token = authorization[7:].strip() if authorization[:7].lower() == "bearer " else None
+        token = _bearer(request.headers)
+        slot = self.slots.get(name)
+        resource = f"model/{recorded_name(name)}"  # a name from the path, cut short before it is recorded
         decided: asyncio.Future[tuple[Outcome, BaseException | None]] = loop.create_future()
 
         def decide_and_record() -> None:
@@ -418,10 +378,12 @@ class InferenceServer:
                 outcome = self.guard.decide(
                     token,
                     "infer",
-                    f"model/{name}",
+                    resource,
                     request={"id": request_id, "peer": peer.address},
                     certificate=peer.certificate,
                 )
+                if slot is None:  # recorded as what it is, whoever asks
+                    outcome = replace(outcome, allow=False, reasons=("model-not-served-here",), controls=())
                 durable = self.guard.record(outcome)
             except Exception as exc:  # noqa: BLE001 -- the handler must get an answer, even this error
                 inbox.settle(decided, None, exc)
@@ -436,10 +398,18 @@ class InferenceServer:
         tracing = {"X-Request-Id": request_id, "X-Decision-Id": outcome.decision_id}
         if not_recorded is not None:
             log.error("decision %s not recorded: %r", outcome.decision_id, not_recorded)
-            return 503, {"error": "log-unavailable", "decision_id": outcome.decision_id}, tracing
-        self.metrics.inc("aifactory_serve_decisions_total", allow=str(outcome.allow).lower())
+            return Response.json(
+                503, {"error": "log-unavailable", "decision_id": outcome.decision_id}, tracing
+            )
+        self.metrics.decisions.labels(allow=str(outcome.allow).lower()).inc()
         if not outcome.allow:
-            return (
+            self.denials.denied(peer.address, time.time())
+        if slot is None:
+            return Response.json(
+                404, {"error": "model-not-served-here", "decision_id": outcome.decision_id}, tracing
+            )
+        if not outcome.allow:
+            return Response.json(
                 403,
                 {
                     "error": "forbidden",
@@ -449,29 +419,43 @@ class InferenceServer:
                 },
                 tracing,
             )
-        slot = self.slots.get(name)
-        if slot is None:
-            return 404, {"error": "model-not-served-here", "decision_id": outcome.decision_id}, tracing
         model = slot.batcher.model
         if model is None:
-            return 503, {"error": "model-not-loaded", "decision_id": outcome.decision_id}, tracing
-        rows = _rows(body, model.features)
+            return Response.json(
+                503, {"error": "model-not-loaded", "decision_id": outcome.decision_id}, tracing
+            )
+        rows = _rows(request.body, model.features)
         if isinstance(rows, str):
-            return 400, {"error": "bad-input", "detail": rows, "decision_id": outcome.decision_id}, tracing
+            return Response.json(
+                400, {"error": "bad-input", "detail": rows, "decision_id": outcome.decision_id}, tracing
+            )
         future: asyncio.Future[Any] = loop.create_future()
         slot.batcher.submit(rows, lambda result, error: inbox.settle(future, result, error))
         try:
             used, scores = await future
         except LookupError:
-            return 503, {"error": "model-not-loaded", "decision_id": outcome.decision_id}, tracing
+            return Response.json(
+                503, {"error": "model-not-loaded", "decision_id": outcome.decision_id}, tracing
+            )
         outputs = [
             {"class": int(np.argmax(row)), "scores": [round(float(s), 6) for s in row]} for row in scores
         ]
-        return (
+        return Response.json(
             200,
             {"model": used.name, "step": used.step, "outputs": outputs, "decision_id": outcome.decision_id},
             tracing,
         )
+
+    def _record_suppressed(self, *, everything: bool = False) -> None:
+        """One record per peer and window for the requests answered 429, with their count (AU-2)."""
+        for suppressed in self.denials.ended(time.time(), all_of_them=everything):
+            outcome = _suppressed_outcome(suppressed)
+            self.guard.record(outcome).add_done_callback(_log_unwritten(outcome.decision_id))
+
+    async def _watch_denials(self) -> None:
+        while not self.draining:
+            await asyncio.sleep(min(1.0, self.denials.window / 4))
+            self._record_suppressed()
 
     # --- lifecycle ----------------------------------------------------------------------------------
 
@@ -480,6 +464,7 @@ class InferenceServer:
         valid, from another CA, or missing) never reaches the decision log, which records decisions on
         requests: it is logged with OpenSSL's reason and counted (AU-2, AC-7), then the connection closes."""
         try:
+            assert self._tls_context is not None
             await writer.start_tls(self._tls_context, ssl_handshake_timeout=self.config.tls_handshake_timeout)
         except ssl.SSLCertVerificationError as exc:
             reason = exc.verify_message or "certificate-verify-failed"
@@ -490,7 +475,7 @@ class InferenceServer:
         else:
             return True
         log.warning("TLS handshake with %s refused: %s", address, reason)
-        self.metrics.inc("aifactory_serve_tls_refused_total", reason=reason)
+        self.metrics.tls_refused.labels(reason=reason).inc()
         return False
 
     def _tls(self) -> ssl.SSLContext | None:
@@ -526,12 +511,11 @@ class InferenceServer:
         self._inbox = LoopInbox(loop)
         if self.authz_workers:
             self._authz_outbox = LoopOutbox(loop, self.authz_workers)
-        self._tls_context = self._tls()  # each connection's handshake runs in _handle, to log refusals
-        server = await asyncio.start_server(
-            self._handle, self.config.listen, self.config.port, limit=64 * 1024, backlog=1024
-        )
+        self._tls_context = self._tls()  # each connection's handshake runs in _prepare, to log refusals
+        server = await self.http.start(self.config.listen, self.config.port)
         self.bound_port = server.sockets[0].getsockname()[1]
         watcher = asyncio.create_task(self._watch_models())
+        self._denial_watcher = asyncio.create_task(self._watch_denials())
         log.warning("aifactory-serve listening on %s:%s", self.config.listen, self.bound_port)
         if ready:
             ready(self)
@@ -545,16 +529,17 @@ class InferenceServer:
             loop.call_soon_threadsafe(self._stop.set)
 
     async def _drain(self, server: asyncio.Server, watcher: asyncio.Task[None]) -> None:
-        self.draining = True
+        self.draining = self.http.draining = True
         server.close()
         watcher.cancel()
-        if self.inflight:
+        self._denial_watcher.cancel()
+        if self.http.inflight:
             try:
-                await asyncio.wait_for(self._idle.wait(), self.config.drain_timeout)
+                await asyncio.wait_for(self.http.idle.wait(), self.config.drain_timeout)
             except TimeoutError:
-                log.error("drain timeout: %d requests still in flight", self.inflight)
-        for writer in list(self._connections):
-            writer.close()
+                log.error("drain timeout: %d requests still in flight", self.http.inflight)
+        self.http.close_all()
+        self._record_suppressed(everything=True)
         for slot in self.slots.values():
             slot.batcher.stop()
         if self.authz_workers:
@@ -576,7 +561,7 @@ def _rows(body: bytes, features: int) -> np.ndarray | str:
     try:
         document = json.loads(body or b"{}")
         rows = np.asarray(document["inputs"], dtype=np.float32)
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, RecursionError):  # depth is checked before; never a crash
         return 'the body must be JSON {"inputs": [[number, ...], ...]}'
     if rows.ndim != 2 or rows.shape[1] != features or not 0 < rows.shape[0] <= MAX_ROWS:
         return f"inputs must be 1 to {MAX_ROWS} rows of {features} numbers"
@@ -585,31 +570,34 @@ def _rows(body: bytes, features: int) -> np.ndarray | str:
     return rows
 
 
-def _registry() -> Registry:
-    metrics = Registry()
-    metrics.counter("aifactory_serve_requests_total", "HTTP requests answered, by status code.")
-    metrics.counter("aifactory_serve_decisions_total", "Authorization decisions recorded, by outcome.")
-    metrics.histogram(
-        "aifactory_serve_batch_size",
-        "Rows per forward pass formed by the batcher.",
-        (1, 2, 4, 8, 16, 32, 64, 128, 256),
+def _bearer(headers: Mapping[str, str]) -> str | None:
+    authorization = headers.get("authorization", "")
+    return authorization[7:].strip() if authorization[:7].lower() == "bearer " else None
+
+
+def _log_unwritten(decision_id: str) -> Callable[[Future[dict[str, Any]]], None]:
+    def check(done: Future[dict[str, Any]]) -> None:
+        if done.exception() is not None:
+            log.error("rate-limit record %s not written: %r", decision_id, done.exception())
+
+    return check
+
+
+def _suppressed_outcome(suppressed: Suppressed) -> Outcome:
+    began = dt.datetime.fromtimestamp(suppressed.window_start, dt.UTC)
+    return Outcome(
+        False,
+        ("rate-limited",),
+        f"rt-{new_decision_id()}",
+        "infer",
+        "model/*",
+        request={
+            "peer": suppressed.peer,
+            "suppressed": suppressed.count,
+            "window_start": began.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "window_seconds": suppressed.window,
+        },
     )
-    metrics.histogram(
-        "aifactory_serve_forward_seconds",
-        "Wall-clock time of one batched forward pass (softmax included).",
-        (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1),
-    )
-    metrics.histogram(
-        "aifactory_serve_request_seconds",
-        "Time from request head to answer.",
-        (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
-    )
-    metrics.counter(
-        "aifactory_serve_tls_refused_total", "TLS handshakes refused (e.g. a client certificate), by reason."
-    )
-    metrics.gauge("aifactory_serve_model_step", "Training step of the checkpoint being served.")
-    metrics.gauge("aifactory_serve_inflight_requests", "Requests being answered.")
-    return metrics
 
 
 def run_server(

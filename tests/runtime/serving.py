@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import resource
 import signal
 import ssl
 import subprocess
@@ -43,6 +44,7 @@ class Server:
     runtime_dir: Path
     output: list[str] = field(default_factory=list)
     tls: ssl.SSLContext | None = None
+    health_token: str | None = None  # /healthz shows the models only to a caller with a valid token
 
     @property
     def log_path(self) -> Path:
@@ -92,8 +94,10 @@ def start_server(
     *extra: str,
     tls: ssl.SSLContext | None = None,
     as_deployed: bool = False,
+    nofile: int | None = None,
 ) -> Server:
-    """as_deployed: configured like deploy does it, by runtime.yaml and `--config F --host A --port P`."""
+    """as_deployed: configured like deploy does it, by runtime.yaml and `--config F --host A --port P`;
+    nofile: the server's limit on open files (the unit's LimitNOFILE)."""
     runtime_dir.mkdir(parents=True, exist_ok=True)
     for name in ("token-key/allowed_signers", "revoked-tokens.json", "revoked-tokens.json.sig"):
         target = runtime_dir / name  # what deploy copies to a node: the public key and the revocation list
@@ -133,8 +137,9 @@ def start_server(
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
+        preexec_fn=(lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))) if nofile else None,
     )
-    server = Server(process, 0, runtime_dir, tls=tls)
+    server = Server(process, 0, runtime_dir, tls=tls, health_token=site.tokens["health"])
     STARTED.append(process)
     ready = threading.Event()
 
@@ -156,7 +161,7 @@ STARTED: list[subprocess.Popen[str]] = []  # every server a test started; confte
 
 def wait_for_model(server: Server) -> dict:
     for _ in range(100):
-        status, health = server.call("GET", "/healthz")
+        status, health = server.call("GET", "/healthz", token=server.health_token)
         if health["models"].get("vitals-mlp"):
             return health["models"]["vitals-mlp"]
         time.sleep(0.1)

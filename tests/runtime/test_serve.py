@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+import aifactory
 from aifactory.runtime.decisionlog import verify_log
 from aifactory.runtime.loadgen import LoadResult, run_load
 from aifactory.runtime.tokens import issue_token, revoke_token
@@ -41,9 +42,14 @@ def test_starts_healthy_without_a_model_and_loads_one_when_it_appears(
 ) -> None:
     running = start_server(site, tmp_path / "storage", tmp_path / "runtime", as_deployed=True)
     try:
-        assert running.call("GET", "/healthz") == (
+        assert running.call("GET", "/healthz", token=site.tokens["visitor"]) == (
             200,
-            {"status": "ok", "site": "rtlab", "models": {"vitals-mlp": None}},
+            {
+                "status": "ok",
+                "site": "rtlab",
+                "version": aifactory.__version__,
+                "models": {"vitals-mlp": None},
+            },
         )
         status, answer = running.call("POST", PATH, BODY, token=site.tokens["health"])
         assert (status, answer["error"]) == (503, "model-not-loaded")

@@ -14,6 +14,8 @@ TORCH_FREE = (
     "tokens",
     "certs",
     "handoff",
+    "http",
+    "limits",
     "decisionlog",
     "authz",
     "job",

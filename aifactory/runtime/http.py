@@ -1,0 +1,423 @@
+"""HTTP/1.1 for the inference server: framing by llhttp (httptools), limits, timeouts, connection caps.
+
+This module knows requests and connections, nothing of models, tokens, TLS or batching: the server
+gives it a `prepare` hook (run once per accepted connection, e.g. the TLS handshake; it returns what
+the handler should know about the peer, or None to drop the connection) and a `handler` (one request
+in, one `Response` out).
+
+Parsing is llhttp's (Node.js's parser, through `httptools`), in strict mode: it refuses a
+`Content-Length` that is not plain digits, duplicated or beside a `Transfer-Encoding`, bad request
+lines and header names. On top of it this module refuses, answering and then closing:
+
+- any `Transfer-Encoding` (400): every client of this server sends a `Content-Length`, and a
+  request that could be framed two ways is how requests get smuggled;
+- a duplicated `Authorization` header (400): two credentials, one of which a proxy may have checked;
+- a request target longer than `max_target` (414), a head (request line and headers) larger than
+  `max_header_bytes` (431), a body larger than `max_body` (413);
+- a connection past `max_connections_per_peer` from one address or `max_connections` in all (503,
+  before anything is read), so that one client cannot exhaust the process's file descriptors.
+
+Timeouts (each closes the connection without an answer): `header_timeout` from a request's first
+byte (or, on a new connection, from its acceptance) to the end of its head; `body_timeout` from the
+end of the head to the end of the body, and for writing an answer the client does not read;
+`idle_timeout` on a keep-alive connection between requests. A sweeper task checks deadlines
+`TICKS_PER_TIMEOUT` times per shortest timeout, so the hot path only stores a number per state
+change (no timer handle per read).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Generic, Protocol, TypeVar
+
+import httptools
+
+log = logging.getLogger(__name__)
+
+REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    413: "Content Too Large",
+    414: "URI Too Long",
+    429: "Too Many Requests",
+    431: "Request Header Fields Too Large",
+    503: "Service Unavailable",
+}
+READ_SIZE = 64 * 1024
+# Connections asyncio accepts in one event-loop turn (also the listen backlog). Refused connections are
+# closed by their own task, which runs after the turn: this bounds the descriptors open beyond the caps.
+ACCEPT_BATCH = 128
+# Descriptors the process needs besides connections: the decision log and its heads, checkpoints,
+# the listening socket, the event loop's own, and the accepted-but-not-yet-refused batch.
+FD_HEADROOM = 256 + ACCEPT_BATCH
+TICKS_PER_TIMEOUT = 10
+
+
+def nofile_limit(max_connections: int) -> int:
+    """The `LimitNOFILE` a server with this connection cap needs (the runtime role writes it)."""
+    return max_connections + FD_HEADROOM
+
+
+@dataclass(frozen=True)
+class HttpLimits:
+    """Every limit of the HTTP layer and its default (docs/runtime.md, `aifactory-serve --help`)."""
+
+    max_connections: int = 1024
+    max_connections_per_peer: int = 64
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
+    idle_timeout: float = 30.0
+    max_header_bytes: int = 16 * 1024
+    max_target: int = 2048
+    max_body: int = 1 << 20
+
+    def check(self) -> str | None:
+        """What is wrong with these limits, or None."""
+        if min(self.max_connections, self.max_connections_per_peer) < 1:
+            return "connection caps must be at least 1"
+        if min(self.header_timeout, self.body_timeout, self.idle_timeout) <= 0:
+            return "timeouts must be more than 0 seconds"
+        if min(self.max_header_bytes, self.max_target, self.max_body) < 1:
+            return "size limits must be at least 1 byte"
+        return None
+
+
+@dataclass(frozen=True)
+class Request:
+    method: str
+    target: str
+    headers: Mapping[str, str]  # names in lower case; values latin-1 decoded
+    body: bytes
+
+    @property
+    def path(self) -> str:
+        return self.target.split("?", 1)[0]
+
+
+@dataclass(frozen=True)
+class Response:
+    status: int
+    body: bytes
+    content_type: str = "application/json"
+    headers: tuple[tuple[str, str], ...] = ()
+    close: bool = False  # close the connection after this answer
+
+    @classmethod
+    def json(
+        cls, status: int, payload: Any, headers: Mapping[str, str] | None = None, *, close: bool = False
+    ) -> Response:
+        body = json.dumps(payload, separators=(",", ":")).encode()
+        return cls(status, body, headers=tuple((headers or {}).items()), close=close)
+
+    def encode(self, *, keep_alive: bool) -> bytes:
+        lines = [
+            f"HTTP/1.1 {self.status} {REASONS.get(self.status, 'Error')}",
+            f"Content-Type: {self.content_type}",
+            f"Content-Length: {len(self.body)}",
+            "Connection: keep-alive" if keep_alive else "Connection: close",
+        ]
+        for name, value in self.headers:
+            # Header values are the server's own (ids, methods); never let one end the head early.
+            if "\r" in value or "\n" in value or "\r" in name or "\n" in name:
+                raise ValueError(f"header {name!r} holds a line break")
+            lines.append(f"{name}: {value}")
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + self.body
+
+
+class HttpEvents(Protocol):
+    """What the HTTP layer reports (the server counts it in its metrics)."""
+
+    def answered(self, status: int, seconds: float) -> None: ...
+
+    def closed(self, reason: str) -> None: ...
+
+
+PeerT = TypeVar("PeerT")
+Handler = Callable[[Request, PeerT], Awaitable[Response]]
+Prepare = Callable[[asyncio.StreamWriter, str], Awaitable[PeerT | None]]
+
+
+class _Refused(Exception):
+    """Raised from a parser callback: answer `status` with `error`, then close."""
+
+    def __init__(self, status: int, error: str) -> None:
+        super().__init__(error)
+        self.status, self.error = status, error
+
+
+@dataclass
+class _Message:
+    method: str
+    target: str
+    headers: dict[str, str]
+    body: bytes
+    keep_alive: bool
+    started: float
+
+
+class _Parse:
+    """The parser's callbacks for one connection: collects messages, enforces sizes."""
+
+    __slots__ = ("limits", "ready", "in_head", "in_body", "started", "head_end", "_target", "_target_size",
+                 "_headers", "_head_size", "_body", "_body_size", "parser", "refusal")  # fmt: skip
+
+    def __init__(self, limits: HttpLimits) -> None:
+        self.limits = limits
+        self.ready: deque[_Message] = deque()
+        self.in_head = self.in_body = False
+        self.started = self.head_end = 0.0
+        self._target: list[bytes] = []
+        self._target_size = self._head_size = self._body_size = 0
+        self._headers: dict[str, str] = {}
+        self._body: list[bytes] = []
+        self.refusal: _Refused | None = None
+        self.parser = httptools.HttpRequestParser(self)
+
+    def feed(self, data: bytes) -> bool:
+        """Parse `data`; False when the connection must end (after answering `refusal`, if any)."""
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            # An `Upgrade` request (h2c, websocket) is answered as plain HTTP/1.1, then the connection
+            # closes: whatever follows its head is not HTTP/1.1.
+            if self.ready:
+                self.ready[-1].keep_alive = False
+            return False
+        except httptools.HttpParserError as error:
+            if self.refusal is None:
+                self.refusal = _Refused(400, "bad-request")
+                log.debug("unparsable request: %s", error)
+            return False
+        if self.in_head:
+            self._head_size += len(data)
+            if self._head_size > self.limits.max_header_bytes:
+                self.refusal = _Refused(431, "headers-too-large")
+                return False
+        return True
+
+    def _refuse(self, status: int, error: str) -> None:
+        self.refusal = _Refused(status, error)
+        raise self.refusal
+
+    # --- llhttp callbacks (names fixed by httptools) ---------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self.in_head, self.started = True, time.monotonic()
+        self._target, self._target_size, self._head_size, self._body_size = [], 0, 0, 0
+        self._headers, self._body = {}, []
+
+    def on_url(self, part: bytes) -> None:
+        self._target_size += len(part)
+        if self._target_size > self.limits.max_target:
+            self._refuse(414, "target-too-long")
+        self._target.append(part)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        key = name.decode("latin-1").lower()
+        if key == "transfer-encoding":
+            self._refuse(400, "transfer-encoding-refused")
+        if key == "content-length":  # llhttp lets only digits through; this says so where it matters
+            if not value.isdigit():
+                self._refuse(400, "bad-content-length")
+            if int(value) > self.limits.max_body:
+                self._refuse(413, "body-too-large")
+        if key == "authorization" and key in self._headers:
+            self._refuse(400, "duplicate-authorization")
+        self._head_size += len(name) + len(value) + 4
+        if self._head_size > self.limits.max_header_bytes:
+            self._refuse(431, "headers-too-large")
+        text = value.decode("latin-1")
+        self._headers[key] = f"{self._headers[key]}, {text}" if key in self._headers else text
+
+    def on_headers_complete(self) -> None:
+        self.in_head, self.in_body, self.head_end = False, True, time.monotonic()
+
+    def on_body(self, chunk: bytes) -> None:
+        self._body_size += len(chunk)
+        if self._body_size > self.limits.max_body:
+            self._refuse(413, "body-too-large")
+        self._body.append(chunk)
+
+    def on_message_complete(self) -> None:
+        self.in_head = self.in_body = False
+        parser = self.parser
+        self.ready.append(
+            _Message(
+                parser.get_method().decode("ascii"),
+                b"".join(self._target).decode("latin-1"),
+                self._headers,
+                b"".join(self._body),
+                parser.should_keep_alive(),
+                self.started,
+            )
+        )
+
+
+@dataclass(eq=False)
+class _Connection:
+    writer: asyncio.StreamWriter
+    peer: str
+    deadline: float = math.inf  # time.monotonic() past which the sweeper closes it
+    why: str = ""  # which timeout the deadline is
+    busy: bool = False  # a request is being answered
+
+    def expire(self, deadline: float, why: str) -> None:
+        self.deadline, self.why = deadline, why
+
+
+@dataclass
+class HttpServer(Generic[PeerT]):
+    """Accepts connections, enforces the limits, parses requests and hands each to `handler`."""
+
+    handler: Handler[PeerT]
+    prepare: Prepare[PeerT]
+    limits: HttpLimits
+    events: HttpEvents
+    draining: bool = False
+    inflight: int = 0
+    idle: asyncio.Event = field(default_factory=asyncio.Event)
+    _connections: set[_Connection] = field(default_factory=set)
+    _per_peer: dict[str, int] = field(default_factory=dict)
+    _sweeper: asyncio.Task[None] | None = None
+
+    async def start(self, host: str, port: int) -> asyncio.Server:
+        server = await asyncio.start_server(
+            self.connection, host, port, limit=READ_SIZE, backlog=ACCEPT_BATCH
+        )
+        self._sweeper = asyncio.create_task(self._sweep())
+        self.idle.set()
+        return server
+
+    def close_all(self) -> None:
+        """Close every connection (drain calls it once nothing is in flight)."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        for connection in list(self._connections):
+            connection.writer.close()
+
+    @property
+    def connections(self) -> int:
+        return len(self._connections)
+
+    # --- one connection ------------------------------------------------------------------------------
+
+    async def connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        address = str((writer.get_extra_info("peername") or ("?",))[0])
+        refused = self._admit(address)
+        if refused:
+            self.events.closed(refused)
+            self.events.answered(503, 0.0)
+            writer.write(Response.json(503, {"error": refused}).encode(keep_alive=False))
+            writer.close()
+            return
+        connection = _Connection(writer, address)
+        self._connections.add(connection)
+        try:
+            peer = await self.prepare(writer, address)
+            if peer is not None:
+                await self._requests(connection, reader, peer)
+        except (ConnectionError, TimeoutError):
+            pass
+        finally:
+            self._connections.discard(connection)
+            self._release(address)
+            writer.close()
+
+    def _admit(self, address: str) -> str | None:
+        if len(self._connections) >= self.limits.max_connections:
+            return "connection-cap"
+        count = self._per_peer.get(address, 0)
+        if count >= self.limits.max_connections_per_peer:
+            return "peer-connection-cap"
+        self._per_peer[address] = count + 1
+        return None
+
+    def _release(self, address: str) -> None:
+        count = self._per_peer.pop(address, 1) - 1
+        if count > 0:
+            self._per_peer[address] = count
+
+    async def _requests(self, connection: _Connection, reader: asyncio.StreamReader, peer: PeerT) -> None:
+        limits = self.limits
+        parse = _Parse(limits)
+        first, ending = True, False
+        while not self.draining:
+            if parse.ready:  # answered in order, pipelined ones too
+                connection.expire(math.inf, "")
+                if not await self._answer(connection, parse.ready.popleft(), peer):
+                    return
+                continue
+            if ending:
+                if parse.refusal is not None:
+                    await self._refuse(connection, parse.refusal)
+                return
+            if parse.in_head:
+                connection.expire(parse.started + limits.header_timeout, "header-timeout")
+            elif parse.in_body:
+                connection.expire(parse.head_end + limits.body_timeout, "body-timeout")
+            elif first:  # a new connection: the header timeout runs from its acceptance
+                connection.expire(time.monotonic() + limits.header_timeout, "header-timeout")
+            else:
+                connection.expire(time.monotonic() + limits.idle_timeout, "idle-timeout")
+            data = await reader.read(READ_SIZE)
+            if not data:
+                return
+            first = False
+            ending = not parse.feed(data)
+
+    async def _answer(self, connection: _Connection, message: _Message, peer: PeerT) -> bool:
+        """Answer one request; True when the connection stays open for another."""
+        self.inflight += 1
+        self.idle.clear()
+        connection.busy = True
+        try:
+            request = Request(message.method, message.target, message.headers, message.body)
+            response = await self.handler(request, peer)
+            keep_alive = message.keep_alive and not response.close and not self.draining
+            await self._send(connection, response.encode(keep_alive=keep_alive))
+        finally:
+            connection.busy = False
+            self.inflight -= 1
+            if not self.inflight:
+                self.idle.set()
+        self.events.answered(response.status, time.monotonic() - message.started)
+        return keep_alive
+
+    async def _refuse(self, connection: _Connection, refusal: _Refused) -> None:
+        self.events.closed(refusal.error)
+        self.events.answered(refusal.status, 0.0)
+        await self._send(
+            connection, Response.json(refusal.status, {"error": refusal.error}).encode(keep_alive=False)
+        )
+
+    async def _send(self, connection: _Connection, data: bytes) -> None:
+        writer = connection.writer
+        writer.write(data)
+        if writer.transport.get_write_buffer_size():  # the client is slow to read: bound the wait
+            connection.expire(time.monotonic() + self.limits.body_timeout, "send-timeout")
+            await writer.drain()
+            connection.expire(math.inf, "")
+
+    async def _sweep(self) -> None:
+        limits = self.limits
+        tick = max(
+            0.05, min(limits.header_timeout, limits.body_timeout, limits.idle_timeout) / TICKS_PER_TIMEOUT
+        )
+        while True:
+            await asyncio.sleep(min(tick, 1.0))
+            now = time.monotonic()
+            for connection in list(self._connections):
+                if connection.deadline <= now and not connection.busy:
+                    self.events.closed(connection.why)
+                    connection.deadline = math.inf
+                    connection.writer.transport.abort()
