@@ -73,7 +73,7 @@ class HttpLimits:
     """Every limit of the HTTP layer and its default (docs/runtime.md, `aifactory-serve --help`)."""
 
     max_connections: int = 1024
-    max_connections_per_peer: int = 64
+    max_connections_per_peer: int = 256
     header_timeout: float = 10.0
     body_timeout: float = 30.0
     idle_timeout: float = 30.0

@@ -26,7 +26,7 @@ from aifactory.state import SiteState
 # Defaults are those of `runtime.http.HttpLimits` and `runtime.server.ServerConfig` (docs/runtime.md).
 LIMITS: tuple[tuple[str, type, float, str], ...] = (
     ("max_connections", int, 1024, "open connections in all; past it a new one gets 503 and is closed"),
-    ("max_connections_per_peer", int, 64, "open connections from one address; past it 503 and closed"),
+    ("max_connections_per_peer", int, 256, "open connections from one address; past it 503 and closed"),
     (
         "header_timeout",
         float,
