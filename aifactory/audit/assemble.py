@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from aifactory import __version__
+from aifactory.audit.catalog import load_catalog
 from aifactory.audit.controls import family_of, sort_key, title_of
 from aifactory.audit.model import (
     CLASSIFICATIONS,
@@ -31,6 +32,12 @@ def _finding_order(finding: Finding) -> tuple[Any, ...]:
     return (finding.status != FAIL, severity, finding.rule, finding.resource, finding.message)
 
 
+def _title(control_id: str) -> str:
+    """The control's title in the shipped NIST catalog (the fallback table for ids it lacks)."""
+    found = load_catalog().get(control_id)
+    return found.title if found else title_of(control_id)
+
+
 def _controls(evidence: Sequence[Evidence], findings: Sequence[Finding]) -> tuple[Control, ...]:
     rules: dict[str, list[RuleResult]] = {}
     for section in evidence:
@@ -52,7 +59,7 @@ def _controls(evidence: Sequence[Evidence], findings: Sequence[Finding]) -> tupl
             Control(
                 id=control_id,
                 family=family_of(control_id),
-                title=title_of(control_id),
+                title=_title(control_id),
                 status=worst(statuses),
                 rules=tuple(rules[control_id]),
                 findings={

@@ -1,9 +1,22 @@
-"""NIST SP 800-53 rev. 5 names used in reports: control families and the titles of the controls
-aifactory's policies and evidence checks name. An ID missing here is still reported, untitled."""
+"""aifactory's control model: the NIST SP 800-53 rev. 5 controls it implements and how.
+
+- FAMILIES and TITLES: names used in reports (the shipped NIST catalog, aifactory.audit.catalog,
+  is the authority; TITLES is the fallback when it cannot be read). An ID missing here is still
+  reported, untitled.
+- IMPLEMENTATIONS: for each control aifactory implements, how (in words), the roles responsible,
+  the site spec settings that set it and the parts of aifactory that implement it. The System
+  Security Plan (aifactory.audit.ssp) is written from this and from the policy engine's rules.
+- MODERATE_BASELINE: the controls among them that SP 800-53B's moderate baseline selects; the
+  shipped profile is generated from it (scripts/oscal_profile.py).
+
+Adding a control: add its title, its Implementation and, if the moderate baseline selects it, its
+id to MODERATE_BASELINE; then run scripts/oscal_profile.py (tests/audit/test_catalog.py checks).
+"""
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 FAMILIES: dict[str, str] = {
     "AC": "Access Control",
@@ -59,7 +72,7 @@ TITLES: dict[str, str] = {
     "PE-17": "Alternate Work Site",
     "PE-18": "Location of System Components",
     "SA-9": "External System Services",
-    "SA-9(5)": "Processing, Storage, and Service Location",
+    "SA-9(5)": "External System Services | Processing, Storage, and Service Location",
     "SC-7": "Boundary Protection",
     "SC-8": "Transmission Confidentiality and Integrity",
     "SC-12": "Cryptographic Key Establishment and Management",
@@ -70,6 +83,228 @@ TITLES: dict[str, str] = {
     "SR-4": "Provenance",
     "SR-11": "Component Authenticity",
 }
+
+# Who is responsible for what, as the SSP names them (OSCAL role ids).
+ROLES: dict[str, str] = {
+    "system-owner": "System owner",
+    "security-officer": "Information system security officer",
+    "site-administrator": "Site administrator (runs aifactory)",
+    "data-owner": "Data owner (the tenant that owns a dataset or model)",
+    "auditor": "Auditor",
+}
+
+# The parts of aifactory that implement controls (the SSP's "this system" components by name).
+PARTS: dict[str, str] = {
+    "policy": "Policy engine: the site spec's Rego policies, checked before anything is built",
+    "bundle": "Offline bundle: signed, hashed packages and artifacts, verified at import and deploy",
+    "deploy": "Deploy: Ansible roles that configure every host from the plan and record what they installed",
+    "runtime": "Runtime: tenant tokens, mTLS, per-request policy decisions for training and serving",
+    "logs": "Hash-chained operator and decision logs, with signed heads",
+    "audit": "Audit: the signed report, OSCAL assessment results, SSP and POA&M",
+}
+
+
+@dataclass(frozen=True)
+class Implementation:
+    """How aifactory implements one control: what the SSP says for it."""
+
+    statement: str  # how, in words an assessor can check
+    parts: tuple[str, ...]  # PARTS keys
+    roles: tuple[str, ...]  # ROLES keys
+    settings: tuple[str, ...] = ()  # site spec fields that set it (docs/site-spec.md)
+
+
+IMPLEMENTATIONS: dict[str, Implementation] = {
+    "AC-2": Implementation(
+        "Tenants are declared in the site spec; each gets bearer tokens signed by the site "
+        "(`aifactory token issue`), with an expiry, and revoked through a signed revocation list "
+        "(`aifactory token revoke`). Nothing but a verified token or client certificate names a tenant.",
+        ("runtime",),
+        ("security-officer", "site-administrator"),
+        ("tenants[]",),
+    ),
+    "AC-3": Implementation(
+        "Access to datasets and models follows the spec's grants: the policy check denies a plan whose "
+        "grants break the rules, and the runtime asks the same policy for every job and request, "
+        "failing closed when it cannot decide.",
+        ("policy", "runtime"),
+        ("security-officer", "data-owner"),
+        ("access[]", "datasets[].owner", "models[].owner"),
+    ),
+    "AC-3(3)": Implementation(
+        "Mandatory access control by classification: a tenant granted a dataset or model, and its "
+        "owner, must hold a clearance at least its classification; the policy check enforces it.",
+        ("policy",),
+        ("security-officer", "data-owner"),
+        ("tenants[].clearance", "datasets[].classification", "models[].classification"),
+    ),
+    "AC-4": Implementation(
+        "Information flow: exports go only to places inside the residency of every dataset a model was "
+        "trained on, datasets are stored inside their residency, and egress endpoints lie inside the "
+        "jurisdiction; the policy check and the runtime enforce it.",
+        ("policy", "runtime"),
+        ("security-officer", "data-owner"),
+        ("datasets[].residency", "access[].to", "egress.allow[]", "site.jurisdiction"),
+    ),
+    "AC-16": Implementation(
+        "Security attributes: every dataset and model carries a classification and a residency; a "
+        "model is classified at least as high as its training data (policy check).",
+        ("policy",),
+        ("data-owner",),
+        ("datasets[].classification", "models[].classification", "models[].trained_on"),
+    ),
+    "AU-2": Implementation(
+        "Events logged: every command that changes the site (operator log) and every runtime "
+        "authorization decision (decision log).",
+        ("logs", "runtime"),
+        ("site-administrator", "auditor"),
+    ),
+    "AU-3": Implementation(
+        "Each decision record holds when, which tenant, which action on which resource, the decision "
+        "and its reasons; each operator record holds the command, its arguments and its outcome.",
+        ("logs", "runtime"),
+        ("auditor",),
+    ),
+    "AU-9": Implementation(
+        "Logs are hash-chained and the decision log's heads are signed; `aifactory audit verify` and "
+        "`aifactory audit verify-log` detect any record changed, removed or cut.",
+        ("logs", "audit"),
+        ("auditor", "security-officer"),
+    ),
+    "AU-10": Implementation(
+        "Non-repudiation: the node signs the decision log's heads with its own key.",
+        ("logs", "runtime"),
+        ("auditor",),
+    ),
+    "AU-12": Implementation(
+        "The runtime records every decision before anything acts on it; every changing aifactory "
+        "command appends to the operator log.",
+        ("logs", "runtime"),
+        ("site-administrator",),
+    ),
+    "CA-2": Implementation(
+        "`aifactory audit report` assesses the controls from the policy check and the evidence each "
+        "stage left, and writes signed, reproducible assessment results.",
+        ("audit",),
+        ("auditor",),
+    ),
+    "CM-2": Implementation(
+        "The plan derived from the site spec is the baseline configuration; deploy records what it "
+        "installed on each host, and the audit checks that each pool's hosts share one baseline, "
+        "deployed from the current plan and from a bundle built for it.",
+        ("deploy", "bundle", "audit"),
+        ("site-administrator",),
+        ("node_pools[]",),
+    ),
+    "CM-8": Implementation(
+        "The plan is the component inventory (every host with its pool, datacenter and addresses); "
+        "the audit checks that every planned host has a deploy record and no other host does.",
+        ("deploy", "audit"),
+        ("site-administrator",),
+        ("node_pools[].count", "datacenters[]"),
+    ),
+    "CM-14": Implementation(
+        "Signed components: nothing is installed unless the bundle manifest's signature verifies "
+        "against a key the site trusts.",
+        ("bundle", "deploy"),
+        ("site-administrator", "security-officer"),
+    ),
+    "IA-2": Implementation(
+        "Tenants are identified only by a site-signed token or a client certificate from the site CA; "
+        "administrators reach hosts over SSH with keys only.",
+        ("runtime", "deploy"),
+        ("security-officer",),
+    ),
+    "IA-5": Implementation(
+        "Authenticators are short-lived tokens and certificates issued by the site, revocable through "
+        "a signed list; private keys stay in the site's state folder, mode 0600.",
+        ("runtime",),
+        ("security-officer",),
+    ),
+    "PL-2": Implementation(
+        "This System Security Plan is generated from the same site spec and plan that deploy the "
+        "system, so it describes what was built.",
+        ("audit",),
+        ("system-owner",),
+    ),
+    "SA-9(5)": Implementation(
+        "Every datacenter, and so every host and storage system, lies inside the site's jurisdiction "
+        "(policy check).",
+        ("policy",),
+        ("system-owner",),
+        ("site.jurisdiction", "datacenters[].country"),
+    ),
+    "SC-7": Implementation(
+        "Boundary protection: an air-gapped site declares no egress endpoint; a connected site keeps "
+        "its endpoints inside the jurisdiction (policy check); hosts get hardened network settings.",
+        ("policy", "deploy"),
+        ("security-officer", "site-administrator"),
+        ("site.air_gapped", "egress.allow[]"),
+    ),
+    "SC-8": Implementation(
+        "Transmission: model serving uses TLS with client certificates from the site CA; remote "
+        "administration uses a hardened SSH configuration.",
+        ("runtime", "deploy"),
+        ("site-administrator",),
+    ),
+    "SC-13": Implementation(
+        "Cryptographic protection: Ed25519 signatures (SSHSIG) for bundles, log heads and reports; "
+        "SHA-256 for every file digest; TLS for serving.",
+        ("bundle", "logs", "runtime", "audit"),
+        ("security-officer",),
+    ),
+    "SC-28": Implementation(
+        "Information at rest: storage systems declare encryption at rest, checked by the policy.",
+        ("policy",),
+        ("site-administrator",),
+        ("storage[].encrypted_at_rest",),
+    ),
+    "SC-28(1)": Implementation(
+        "Storage, and every replica, that holds a dataset or model classified confidential or above "
+        "is encrypted at rest (policy check).",
+        ("policy",),
+        ("site-administrator", "data-owner"),
+        ("storage[].encrypted_at_rest",),
+    ),
+    "SI-7": Implementation(
+        "Every bundle file is hashed in a signed manifest, verified at import, again on each host at "
+        "deploy, and again by the audit.",
+        ("bundle", "deploy", "audit"),
+        ("site-administrator", "auditor"),
+    ),
+    "SR-4": Implementation(
+        "Provenance: each bundle carries a CycloneDX SBOM of every package and file it holds, with "
+        "digests, licenses and the dependency graph.",
+        ("bundle",),
+        ("site-administrator",),
+    ),
+}
+
+# SP 800-53B: the controls above that the moderate baseline selects (AC-3(3), AC-16, AU-10, CM-14,
+# SA-9(5) and SR-4 are in no moderate baseline; aifactory implements them as well).
+MODERATE_BASELINE: frozenset[str] = frozenset(
+    {
+        "AC-2",
+        "AC-3",
+        "AC-4",
+        "AU-2",
+        "AU-3",
+        "AU-9",
+        "AU-12",
+        "CA-2",
+        "CM-2",
+        "CM-8",
+        "IA-2",
+        "IA-5",
+        "PL-2",
+        "SC-7",
+        "SC-8",
+        "SC-13",
+        "SC-28",
+        "SC-28(1)",
+        "SI-7",
+    }
+)
 
 _CONTROL_ID = re.compile(r"^([A-Z]{2})-(\d+)(?:\((\d+)\))?$")
 
