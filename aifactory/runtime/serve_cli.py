@@ -133,7 +133,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     limits = parser.add_argument_group("limits against hostile clients (runtime.yaml: serve.<name>)")
     for name, kind, default, text in LIMITS:
-        limits.add_argument(f"--{name.replace('_', '-')}", type=kind, help=f"{text} (default {default:g})")
+        limits.add_argument(f"--{name.replace('_', '-')}", type=kind, help=f"{text} (default {default})")
     parser.add_argument("--debug", action="store_true")
     return parser
 

@@ -17,8 +17,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+import yaml
 
-from aifactory.runtime.http import nofile_limit
+from aifactory.runtime.http import FD_HEADROOM, HttpLimits, nofile_limit
 from aifactory.runtime.limits import MAX_RECORDED_NAME, DenialLimiter, nests_deeper_than, recorded_name
 
 from .conftest import RuntimeSite
@@ -235,6 +236,18 @@ def test_unauthenticated_requests_with_long_names_leave_the_log_bounded(server: 
         assert time.monotonic() < deadline, "the rate-limited requests were not recorded"
         time.sleep(0.2)
     assert summed() == answered[:200].count(429)
+
+
+def test_the_runtime_role_sets_the_servers_limit_on_open_files() -> None:
+    role = Path(__file__).resolve().parents[2] / "playbooks" / "roles" / "runtime"
+    private = yaml.safe_load((role / "vars" / "main.yml").read_text())
+    defaults = yaml.safe_load((role / "defaults" / "main.yml").read_text())
+    assert private["_runtime_nofile_headroom"] == FD_HEADROOM
+    assert (
+        "LimitNOFILE={{ _runtime_nofile }}" in (role / "templates" / "aifactory-serve.service.j2").read_text()
+    )
+    assert defaults["runtime_max_connections"] == HttpLimits().max_connections
+    assert defaults["runtime_max_connections_per_peer"] == HttpLimits().max_connections_per_peer
 
 
 def test_denial_limiter_counts_per_peer_and_for_everyone() -> None:
