@@ -16,7 +16,7 @@ import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from aifactory.errors import ChainError, Location
 
@@ -61,7 +61,7 @@ class ChainReport:
         }
 
 
-def _last_line(handle: Any) -> bytes:
+def _last_line(handle: BinaryIO) -> bytes:
     """The last non-empty line of a binary file, read from the end (logs can be large)."""
     handle.seek(0, os.SEEK_END)
     end = handle.tell()

@@ -216,4 +216,4 @@ def read_member(reader: IO[bytes], member: Member, *, limit: int) -> bytes:
 
 
 def buffered(raw: io.RawIOBase) -> IO[bytes]:
-    return io.BufferedReader(raw, buffer_size=1 << 16)  # type: ignore[arg-type]
+    return io.BufferedReader(raw, buffer_size=1 << 16)

@@ -144,8 +144,8 @@ def normalize(source: Path, target: Path, *, timestamp: int) -> None:
                 )
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as out:
-        for _name, info, data in sorted(entries, key=lambda item: item[0]):
-            out.addfile(info, io.BytesIO(data) if data is not None else None)
+        for _name, info, content in sorted(entries, key=lambda item: item[0]):
+            out.addfile(info, io.BytesIO(content) if content is not None else None)
     with (
         target.open("wb") as raw,
         gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=9) as zipped,

@@ -356,8 +356,9 @@ def _write_simple_index(manifest: Manifest, root: Path) -> None:
     for entry in manifest.files:
         if entry.path.startswith("wheels/") and entry.path.endswith(".whl"):
             name = entry.path.rsplit("/", 1)[-1]
-            project = canonicalize_name(parse_wheel_filename(name)[0])
-            projects.setdefault(project, []).append((name, entry.sha256))
+            projects.setdefault(canonicalize_name(parse_wheel_filename(name)[0]), []).append(
+                (name, entry.sha256)
+            )
     simple = root / "simple"
     simple.mkdir()
     links = []

@@ -119,11 +119,11 @@ def seal(
     output.parent.mkdir(parents=True, exist_ok=True)
     with PartsWriter(output, part_size) as writer:
         if compress == "zstd":
-            compressing = CompressingWriter(writer)  # type: ignore[arg-type]
-            write_tar(compressing, files, mtime=header.timestamp)  # type: ignore[arg-type]
+            compressing = CompressingWriter(writer)  # type: ignore[arg-type]  # a RawIOBase is not IO[bytes]; only write() is used
+            write_tar(compressing, files, mtime=header.timestamp)  # type: ignore[arg-type]  # tarfile's stream mode (w|) only calls write()
             compressing.finish()
         else:
-            write_tar(writer, files, mtime=header.timestamp)  # type: ignore[arg-type]
+            write_tar(writer, files, mtime=header.timestamp)  # type: ignore[arg-type]  # tarfile's stream mode (w|) only calls write()
         parts = writer.commit()
         written = writer.written
     return Sealed(parts, manifest, digest_of(manifest_bytes), written, sum(e.size for e in entries))

@@ -17,8 +17,12 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 from aifactory.errors import BundleError, Location, UsageError
+
+if TYPE_CHECKING:  # typeshed's names for what io's readinto/write accept (types only)
+    from _typeshed import ReadableBuffer, WriteableBuffer
 
 FAT32_LIMIT = 4 * 1024**3 - 1
 DEFAULT_PART_SIZE = 4 * 1024**3 - 1024**2  # 4 GiB less 1 MiB: fits FAT32 with room to spare
@@ -147,9 +151,10 @@ class PartsReader(io.RawIOBase):
     def seekable(self) -> bool:
         return True
 
-    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
-        data = self.pread(len(buffer), self._position)
-        buffer[: len(data)] = data
+    def readinto(self, buffer: WriteableBuffer) -> int:
+        view = memoryview(buffer).cast("B")
+        data = self.pread(len(view), self._position)
+        view[: len(data)] = data
         self._position += len(data)
         return len(data)
 
@@ -207,7 +212,7 @@ class PartsWriter(io.RawIOBase):
         self._in_part = 0
         return self._handle
 
-    def write(self, data: bytes | bytearray | memoryview) -> int:  # type: ignore[override]
+    def write(self, data: ReadableBuffer) -> int:
         view = memoryview(data).cast("B")
         total = len(view)
         while view:

@@ -129,7 +129,17 @@ def inspect_bundle(
     path = Path(path)
     parts = find_parts(path)
     report = VerifyReport(name or str(path), [str(p.path) for p in parts])
-    options = {"trust": trust, "site_state": site_state, "check_rollback": check_rollback, "workers": workers}
+
+    def verify_parts(readable: list[Part]) -> None:
+        _verify_parts(
+            readable,
+            report,
+            trust=trust,
+            site_state=site_state,
+            check_rollback=check_rollback,
+            workers=workers,
+        )
+
     if zstd.is_zstd(parts):
         with tempfile.TemporaryDirectory(prefix="aifactory-bundle-") as scratch:
             plain = Path(scratch) / "bundle.tar"
@@ -138,9 +148,9 @@ def inspect_bundle(
             except BundleError as error:
                 report.problems.append(Problem(error.code, error.message, error.location, error.hint))
             else:
-                _verify_parts([Part(plain, plain.stat().st_size)], report, **options)  # type: ignore[arg-type]
+                verify_parts([Part(plain, plain.stat().st_size)])
     else:
-        _verify_parts(parts, report, **options)  # type: ignore[arg-type]
+        verify_parts(parts)
     report.archive_bytes = sum(p.size for p in parts)  # as carried (compressed or not)
     report.seconds = time.monotonic() - started
     return report

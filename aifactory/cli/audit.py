@@ -14,7 +14,9 @@ from aifactory.cli.output import emit_json, table
 from aifactory.errors import ExitCode
 
 
-def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+def register(
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
+) -> None:
     audit = subparsers.add_parser("audit", help="signed audit reports (HTML, JSON, OSCAL) and their checks")
     commands = audit.add_subparsers(dest="audit_command", metavar="SUBCOMMAND")
     commands.required = True

@@ -24,7 +24,9 @@ from aifactory.errors import Location, UsageError
 from aifactory.state import SiteState
 
 
-def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+def register(
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
+) -> None:
     bundle = subparsers.add_parser("bundle", help="build, verify and import the signed offline bundle")
     commands = bundle.add_subparsers(dest="bundle_command", metavar="SUBCOMMAND")
     commands.required = True

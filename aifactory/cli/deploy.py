@@ -6,12 +6,15 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import TextIO
 
 from aifactory.cli.output import emit_json, table
 from aifactory.deploy import DeployOptions, DeployResult, Progress, Update, deploy_site
 
 
-def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+def register(
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
+) -> None:
     parser = subparsers.add_parser(
         "deploy",
         parents=[common],
@@ -51,7 +54,7 @@ def _tags(text: str) -> tuple[str, ...]:
 class _LiveDisplay:
     """One line per task, and one per host result that changed something or failed."""
 
-    def __init__(self, stream=sys.stderr) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, stream: TextIO = sys.stderr) -> None:
         self.stream = stream
         self.started = time.monotonic()
 

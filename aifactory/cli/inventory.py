@@ -12,7 +12,9 @@ from aifactory.plan import plan_site
 from aifactory.state import SiteState
 
 
-def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+def register(
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
+) -> None:
     parser = subparsers.add_parser(
         "inventory",
         parents=[common],

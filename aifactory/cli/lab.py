@@ -11,7 +11,9 @@ from aifactory.plan import plan_site
 from aifactory.spec.reference import resolve_site
 
 
-def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+def register(
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
+) -> None:
     lab = subparsers.add_parser("lab", help="the local lab: an air-gapped site in miniature on this machine")
     commands = lab.add_subparsers(dest="lab_command", metavar="COMMAND")
     commands.required = True

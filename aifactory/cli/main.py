@@ -12,7 +12,7 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from aifactory import __version__
 from aifactory.errors import AifactoryError, ExitCode
@@ -61,7 +61,7 @@ class _Parser(argparse.ArgumentParser):
         kwargs.setdefault("allow_abbrev", False)  # `--passphrase` must never mean `--passphrase-file`
         super().__init__(*args, **kwargs)
 
-    def error(self, message: str) -> None:  # type: ignore[override]
+    def error(self, message: str) -> NoReturn:
         self.print_usage(sys.stderr)
         sys.stderr.write(f"error[usage]: {message}\n")
         raise SystemExit(int(ExitCode.USAGE))

@@ -6,6 +6,7 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import TextIO
 
 from aifactory.cli.output import emit_json, table
 from aifactory.errors import ExitCode
@@ -24,7 +25,9 @@ _MARK = {
 }
 
 
-def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+def register(
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
+) -> None:
     names = stage_names()
     parser = subparsers.add_parser(
         "up",
@@ -62,7 +65,7 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
 class TextReporter:
     """One line when a stage starts, one line with its result."""
 
-    def __init__(self, stream: object = sys.stderr) -> None:
+    def __init__(self, stream: TextIO = sys.stderr) -> None:
         self.stream = stream
         self.started = time.monotonic()
 

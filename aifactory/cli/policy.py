@@ -15,7 +15,9 @@ from aifactory.policy.engine import ENGINES
 from aifactory.policy.testing import run_opa_tests, run_rego_tests
 
 
-def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+def register(
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
+) -> None:
     policy = subparsers.add_parser("policy", help="check a site against the policies; run the Rego tests")
     commands = policy.add_subparsers(dest="policy_command", metavar="SUBCOMMAND")
     commands.required = True

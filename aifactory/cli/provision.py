@@ -10,7 +10,9 @@ from aifactory.plan import plan_site
 from aifactory.provision.driver import ProvisionOptions, ProvisionResult, provision_site
 
 
-def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+def register(
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
+) -> None:
     cmd = subparsers.add_parser(
         "provision",
         parents=[common],

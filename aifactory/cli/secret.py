@@ -20,7 +20,9 @@ from aifactory.spec.reference import resolve_site
 from aifactory.state import SiteState
 
 
-def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+def register(
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
+) -> None:
     secret = subparsers.add_parser("secret", help="manage the site's encrypted secret store")
     actions = secret.add_subparsers(dest="secret_command", metavar="ACTION", parser_class=type(secret))
     actions.required = True

@@ -14,7 +14,9 @@ from aifactory.spec import load_spec
 from aifactory.spec.starter import starter_spec
 
 
-def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+def register(
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
+) -> None:
     init = subparsers.add_parser("init", parents=[common], help="write a starter site spec that validates")
     init.add_argument("name", help="site name (lowercase, at most 20 characters)")
     init.add_argument("--jurisdiction", required=True, help="country code or bloc, e.g. NG or EU")

@@ -27,7 +27,9 @@ from aifactory.runtime.tokens import TrustFiles, issue_token, parse_expiry, revo
 from aifactory.state import SiteState
 
 
-def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+def register(
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
+) -> None:
     token = subparsers.add_parser(
         "token",
         parents=[common],

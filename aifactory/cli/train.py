@@ -8,7 +8,9 @@ from pathlib import Path
 from aifactory.cli.output import emit_json, table
 
 
-def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+def register(
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
+) -> None:
     train = subparsers.add_parser(
         "train",
         parents=[common],

@@ -92,7 +92,8 @@ class ManagedCapture:
             return  # work done on the control host on this host's behalf is not this host's state
         action = _short(str(data.get("resolved_action") or data.get("task_action") or ""))
         managed = self.hosts.setdefault(str(host), Managed())
-        results = res.get("results") if isinstance(res.get("results"), list) else [res]
+        looped = res.get("results")
+        results: list[Any] = looped if isinstance(looped, list) else [res]
         for result in results:
             if isinstance(result, dict) and not result.get("skipped"):
                 self._take(managed, action, result)

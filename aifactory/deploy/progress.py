@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-RESULT_EVENTS = {
+RESULT_EVENTS: dict[str, str | None] = {
     "runner_on_ok": "ok",
     "runner_on_failed": "failed",
     "runner_on_unreachable": "unreachable",
@@ -84,11 +84,11 @@ class Progress:
         if kind == "playbook_on_stats":
             self._final_stats(data)
             return None
-        if kind not in RESULT_EVENTS or RESULT_EVENTS[kind] is None:
+        state = RESULT_EVENTS.get(kind)
+        if state is None:
             return None
         host = str(data.get("host", ""))
         res = data.get("res") or {}
-        state = RESULT_EVENTS[kind]
         progress = self.host(host)
         progress.last_task = str(data.get("task", ""))
         if state == "ok" and res.get("changed"):
@@ -108,7 +108,7 @@ class Progress:
 
     def _final_stats(self, data: dict[str, Any]) -> None:
         """Ansible's own recap is the authority for the counts."""
-        names = set()
+        names: set[str] = set()
         for key in ("ok", "changed", "failures", "dark", "skipped", "rescued", "ignored", "processed"):
             names.update((data.get(key) or {}).keys())
         for name in names:

@@ -45,7 +45,7 @@ class DeploySettings:
 def render_ansible_cfg(settings: DeploySettings, *, folder: Path, base_cfg: Path | None = None) -> str:
     """ansible.cfg text: the lab's (or an empty) config with these settings laid over it."""
     config = configparser.ConfigParser(interpolation=None)
-    config.optionxform = str  # type: ignore[assignment,method-assign]
+    config.optionxform = str  # type: ignore[assignment,method-assign]  # configparser's documented way to keep keys' case
     if base_cfg is not None:
         config.read(base_cfg)
     for section in ("defaults", "ssh_connection"):

@@ -135,11 +135,10 @@ def run_stages(
             digest = _digest(inputs)
             previous = records.get(stage.name)
             summary: str | None = None
-            reusable = previous is not None and previous.get("status") in ("ok", "verified", "skipped")
-            if not stage.always and index < forced and reusable and previous.get("inputs") == digest:
+            if previous is not None and not stage.always and index < forced and _reusable(previous, digest):
                 summary = _verified(stage, context, previous)
-            if summary is not None:
-                context.outputs[stage.name] = previous.get("outputs", {}) if previous else {}
+            if previous is not None and summary is not None:
+                context.outputs[stage.name] = previous.get("outputs", {})
                 result = StageResult("verified", summary, context.outputs[stage.name])
             else:
                 result = stage.run(context)
@@ -181,6 +180,11 @@ def run_stages(
         outcomes.append(outcome)
         reporter.stage_finished(index, len(stages), outcome)
     return outcomes
+
+
+def _reusable(previous: dict[str, Any], digest: str) -> bool:
+    """The earlier run succeeded on the same inputs."""
+    return previous.get("status") in ("ok", "verified", "skipped") and previous.get("inputs") == digest
 
 
 def _verified(stage: Stage, context: Any, previous: dict[str, Any]) -> str | None:

@@ -224,4 +224,5 @@ def lock_snapshot(site: str, allocators: dict[str, FabricAllocator]) -> Allocati
 
 
 def as_dict(lock: AllocationLock) -> dict[str, Any]:
-    return json.loads(lock.to_json())
+    document: dict[str, Any] = json.loads(lock.to_json())  # to_json writes one JSON object
+    return document

@@ -10,6 +10,7 @@ plan.json) alike.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from functools import partial
 from typing import Any
@@ -21,12 +22,13 @@ def site_document(plan: SitePlan | dict[str, Any], *, hosts: bool = True) -> dic
     """The site as the policies see it; without `hosts` for run time, where no rule reads them."""
     if not hosts:
         return {key: value for key, value in site_document(_without_hosts(plan)).items() if key != "hosts"}
+    section: Callable[[str], Any]
     if isinstance(plan, SitePlan):
         section = partial(getattr, plan)
-        hosts = {h.name: h.datacenter for h in plan.hosts}
+        host_datacenters = {h.name: h.datacenter for h in plan.hosts}
     else:
         section = plan.__getitem__
-        hosts = {h["name"]: h["datacenter"] for h in plan["hosts"]}
+        host_datacenters = {h["name"]: h["datacenter"] for h in plan["hosts"]}
     site = section("site")
     return {
         "name": site["name"],
@@ -39,7 +41,7 @@ def site_document(plan: SitePlan | dict[str, Any], *, hosts: bool = True) -> dic
             p["name"]: {"role": p["role"], "datacenter": p["datacenter"], "count": p["count"]}
             for p in section("pools")
         },
-        "hosts": hosts,
+        "hosts": host_datacenters,
         "storage": {
             s["name"]: {
                 "kind": s["kind"],

@@ -17,7 +17,7 @@ import logging
 import os
 import shutil
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -286,6 +286,11 @@ def cli_root(cli: Path, folder: Path) -> Path:
     return root
 
 
+def _counts(changes: Iterable[tuple[str, int]]) -> dict[str, int]:
+    """Change counts by operation (Pulumi's keys are OpType, a str enum, or plain strings)."""
+    return dict(changes)
+
+
 def automation_run(
     *,
     cli: Path,
@@ -329,10 +334,10 @@ def automation_run(
         stack.set_all_config(values, path=False)
         if preview:
             result = stack.preview(on_output=lines.append)
-            return StackRun(dict(result.change_summary), None, "\n".join(lines))
+            return StackRun(_counts(result.change_summary.items()), None, "\n".join(lines))
         up = stack.up(on_output=lines.append)
         outputs = {k: v.value for k, v in up.outputs.items()}
-        return StackRun(dict(up.summary.resource_changes or {}), outputs, "\n".join(lines))
+        return StackRun(_counts((up.summary.resource_changes or {}).items()), outputs, "\n".join(lines))
     except FileNotFoundError as exc:  # the Automation API's bare error when the CLI vanishes
         raise PrerequisiteError(
             f"cannot run the pulumi CLI: {exc}",

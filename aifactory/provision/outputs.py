@@ -81,9 +81,10 @@ def read_outputs(state: SiteState) -> dict[str, Any]:
         ) from None
     except (OSError, ValueError) as exc:
         raise ProvisionError(f"cannot read {path}: {exc}", code="provision-outputs-invalid") from None
-    if document.get("schema") != OUTPUTS_SCHEMA:
+    if not isinstance(document, dict) or document.get("schema") != OUTPUTS_SCHEMA:
+        schema = document.get("schema") if isinstance(document, dict) else None
         raise ProvisionError(
-            f"{path} has schema {document.get('schema')!r}, expected {OUTPUTS_SCHEMA}",
+            f"{path} has schema {schema!r}, expected {OUTPUTS_SCHEMA}",
             code="provision-outputs-invalid",
         )
     return document

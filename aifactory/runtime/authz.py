@@ -31,10 +31,16 @@ log = logging.getLogger(__name__)
 
 
 class PolicyDecision(Protocol):
-    allow: bool
-    reasons: Sequence[str]
-    decision_id: str
-    controls: Sequence[str]
+    """What the policy engine answers; read-only, so a frozen record satisfies it."""
+
+    @property
+    def allow(self) -> bool: ...
+    @property
+    def reasons(self) -> Sequence[str]: ...
+    @property
+    def decision_id(self) -> str: ...
+    @property
+    def controls(self) -> Sequence[str]: ...
 
 
 class Authorizer(Protocol):
@@ -223,4 +229,4 @@ def load_authorizer(plan: dict[str, Any], *, time_limit_s: float = POLICY_TIME_L
     """
     from aifactory.policy import RuntimeAuthorizer
 
-    return RuntimeAuthorizer(plan, time_limit_s=time_limit_s)  # type: ignore[no-any-return]
+    return RuntimeAuthorizer(plan, time_limit_s=time_limit_s)

@@ -54,7 +54,8 @@ class MLP(nn.Module):
         self.head = nn.Linear(width, config.classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.body(x))
+        scores: torch.Tensor = self.head(self.body(x))  # nn.Module.__call__ is typed as returning Any
+        return scores
 
 
 def build(config: ModelConfig, *, seed: int) -> MLP:
@@ -96,10 +97,11 @@ def scorer(network: MLP) -> Scorer:
     try:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)  # chosen knowingly: see above
-            traced = torch.jit.freeze(torch.jit.trace(scores, probe, check_trace=False))
+            untyped = torch.jit.trace(scores, probe, check_trace=False)  # type: ignore[no-untyped-call]  # torch leaves trace unannotated
+            traced: Scorer = torch.jit.freeze(untyped)  # a frozen ScriptModule: tensor in, scores out
             if not torch.allclose(traced(probe), scores(probe), rtol=1e-5, atol=1e-6):
                 raise RuntimeError("the traced program's scores differ from the network's")
     except RuntimeError as exc:
         log.warning("serving the eager network (tracing failed: %s)", exc)
         return scores
-    return traced  # type: ignore[no-any-return]
+    return traced

@@ -269,6 +269,7 @@ class InferenceServer:
             per_peer=config.denials_per_peer, total=config.denials_total, window=config.denial_window
         )
         self._tls_context: ssl.SSLContext | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # set by run_server, for request_stop
         self.bound_port: int | None = None
         self._request_prefix = uuid.uuid4().hex[:8]  # this server run; numbers count its requests
         self._request_numbers = itertools.count(1)
@@ -463,6 +464,8 @@ class InferenceServer:
         """TLS on a new connection. A refused handshake (a client certificate that is expired, not yet
         valid, from another CA, or missing) never reaches the decision log, which records decisions on
         requests: it is logged with OpenSSL's reason and counted (AU-2, AC-7), then the connection closes."""
+        if self._tls_context is None:  # plain HTTP: nothing to negotiate
+            return True
         try:
             assert self._tls_context is not None
             await writer.start_tls(self._tls_context, ssl_handshake_timeout=self.config.tls_handshake_timeout)
@@ -524,9 +527,8 @@ class InferenceServer:
 
     def request_stop(self) -> None:
         """Begin a graceful shutdown from another thread."""
-        loop = getattr(self, "_loop", None)
-        if loop:
-            loop.call_soon_threadsafe(self._stop.set)
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
 
     async def _drain(self, server: asyncio.Server, watcher: asyncio.Task[None]) -> None:
         self.draining = self.http.draining = True
@@ -608,7 +610,7 @@ def run_server(
 
     async def main() -> None:
         server = InferenceServer(config, authorizer=authorizer)
-        server._loop = asyncio.get_running_loop()  # type: ignore[attr-defined]
+        server._loop = asyncio.get_running_loop()
         holder.append(server)
         await server.serve(ready=ready)
 

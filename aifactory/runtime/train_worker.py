@@ -123,7 +123,7 @@ def train(job_path: str, host: str | None) -> None:
         labels = torch.from_numpy(data.y[local]).to(device)
         loss = functional.cross_entropy(ddp(inputs), labels)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        torch.autograd.backward(loss)  # Tensor.backward's own signature carries no types
         optimizer.step()
         mean_loss = loss.detach().clone()
         dist.all_reduce(mean_loss)

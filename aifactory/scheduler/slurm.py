@@ -16,7 +16,8 @@ CLIENT_TIMEOUT_S = 60.0
 
 
 class SlurmClient(Protocol):
-    where: str
+    @property
+    def where(self) -> str: ...
 
     def run(
         self, argv: Sequence[str], *, input_text: str | None = None

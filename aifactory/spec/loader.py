@@ -77,7 +77,7 @@ except ImportError:  # pragma: no cover - PyYAML built without libyaml
     from yaml.reader import Reader
     from yaml.scanner import Scanner
 
-    class _Parser(Reader, Scanner, _PyParser):  # type: ignore[no-redef]
+    class _Parser(Reader, Scanner, _PyParser):  # type: ignore[no-redef]  # the pure-Python stand-in for CParser
         def __init__(self, stream: str) -> None:
             Reader.__init__(self, stream)
             Scanner.__init__(self)
@@ -98,11 +98,14 @@ class _Loader(Composer, _Parser, SafeConstructor, Resolver):
         Resolver.__init__(self)
         self._depth = 0
 
-    def compose_node(self, parent: Node | None, index: Any) -> Node:  # type: ignore[override]
+    def compose_node(self, parent: Node | None, index: int) -> Node | None:
         self._depth += 1
         try:
             if self._depth > MAX_DEPTH:
-                mark = self.peek_event().start_mark
+                event = self.peek_event()
+                mark = event.start_mark if event is not None else None
+                if mark is None:
+                    raise _Bound(f"nesting deeper than {MAX_DEPTH} levels")
                 raise _Bound(f"nesting deeper than {MAX_DEPTH} levels", mark.line + 1, mark.column + 1)
             return super().compose_node(parent, index)
         finally:
@@ -165,7 +168,9 @@ class _Walker:
             if node.tag != "tag:yaml.org,2002:seq":
                 return self._problem(node, path, "yaml-tag", f"unsupported YAML tag {node.tag}")
             return [self.walk(child, path + (i,)) for i, child in enumerate(node.value)]
-        return self._scalar(node, path)
+        if isinstance(node, ScalarNode):
+            return self._scalar(node, path)
+        return self._problem(node, path, "yaml-node", f"unsupported YAML node {node.tag}")
 
     def _scalar(self, node: ScalarNode, path: PathKey) -> Any:
         if node.tag == "tag:yaml.org,2002:timestamp":
