@@ -148,14 +148,19 @@ def catalog_resource(catalog: Catalog) -> dict[str, Any]:
         "title": catalog.title,
         "props": [{"name": "version", "value": catalog.version}],
         "rlinks": [
+            {  # first: tools (compliance-trestle) resolve the first link, and this one needs no network
+                "href": CATALOG,
+                "media-type": "application/oscal.catalog+json",
+                "hashes": [{"algorithm": "SHA-256", "value": catalog.sha256}],
+            },
             {
                 "href": NIST_CATALOG_URL,
                 "media-type": "application/oscal.catalog+json",
                 "hashes": [{"algorithm": "SHA-256", "value": catalog.sha256}],
             }
         ],
-        "remarks": f"aifactory ships this catalog as aifactory/audit/oscal_content/{CATALOG}; "
-        "its source and digest are listed in SOURCES.json beside it.",
+        "remarks": f"aifactory ships this catalog as aifactory/audit/oscal_content/{CATALOG} (where "
+        "it came from, with digests: SOURCES.json beside it); NIST publishes it at the second link.",
     }
 
 

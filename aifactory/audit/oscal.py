@@ -1,4 +1,5 @@
-"""assessment-results.json: the report as OSCAL Assessment Results (validated with compliance-trestle).
+"""assessment-results.json: the report as OSCAL Assessment Results (validated with compliance-trestle),
+and what every OSCAL writer shares (props, validation, writing).
 
 One result holds: the reviewed controls; an observation per finding and per evidence section; a risk
 per waiver (status deviation-approved, deadline = the waiver's expiry, approver as a property); and a
@@ -29,27 +30,35 @@ from aifactory.errors import AuditError
 
 NS = "https://github.com/aifactory/aifactory/ns/oscal"
 OSCAL_VERSION = "1.2.1"
+# The OSCAL files of a report folder, and how they refer to each other (relative hrefs).
+SSP_FILE, AP_FILE, AR_FILE, POAM_FILE, PROFILE_FILE = (
+    "ssp.json",
+    "assessment-plan.json",
+    "assessment-results.json",
+    "poam.json",
+    "profile.json",
+)
 REASONS = {PASS: "pass", FAIL: "fail", WAIVED: "fail", NOT_ASSESSED: "other"}
 
 
-def _prop(name: str, value: str) -> dict[str, str]:
+def prop(name: str, value: str) -> dict[str, str]:
     return {"name": name, "ns": NS, "value": value}
 
 
-def _one_line(text: str) -> str:
+def one_line(text: str) -> str:
     return " ".join(text.split()) or "-"
 
 
 def _finding_observation(report_id: str, finding: Finding, collected: str) -> dict[str, Any]:
     return {
         "uuid": content_uuid(report_id, "observation", finding.id),
-        "title": _one_line(f"{finding.rule}: {finding.resource}"),
+        "title": one_line(f"{finding.rule}: {finding.resource}"),
         "description": finding.message or finding.title or finding.rule,
         "props": [
-            _prop("rule", finding.rule),
-            _prop("severity", finding.severity),
-            _prop("status", finding.status),
-            _prop("source", finding.source),
+            prop("rule", finding.rule),
+            prop("severity", finding.severity),
+            prop("status", finding.status),
+            prop("source", finding.source),
         ],
         "methods": ["TEST"],
         "types": ["finding"],
@@ -57,7 +66,7 @@ def _finding_observation(report_id: str, finding: Finding, collected: str) -> di
             {
                 "subject-uuid": content_uuid("resource", finding.resource),
                 "type": "resource",
-                "title": _one_line(finding.resource),
+                "title": one_line(finding.resource),
             }
         ],
         "collected": collected,
@@ -68,9 +77,9 @@ def _finding_observation(report_id: str, finding: Finding, collected: str) -> di
 def _evidence_observation(report_id: str, section: Evidence, collected: str) -> dict[str, Any]:
     return {
         "uuid": content_uuid(report_id, "evidence", section.name),
-        "title": _one_line(section.title),
+        "title": one_line(section.title),
         "description": section.summary or section.title,
-        "props": [_prop("evidence", section.name), _prop("status", section.status)],
+        "props": [prop("evidence", section.name), prop("status", section.status)],
         "methods": ["EXAMINE" if section.name in ("deploy", "operator-log", "decision-logs") else "TEST"],
         "types": ["control-objective"],
         "relevant-evidence": [
@@ -88,12 +97,12 @@ def _risk(report_id: str, finding: Finding, observation: str) -> dict[str, Any]:
     assert waiver is not None
     risk: dict[str, Any] = {
         "uuid": content_uuid(report_id, "risk", finding.id),
-        "title": _one_line(f"Waived: {finding.rule} on {finding.resource}"),
+        "title": one_line(f"Waived: {finding.rule} on {finding.resource}"),
         "description": finding.message or finding.title,
         "statement": waiver.reason or "waived without a stated reason",
         "props": [
-            _prop("approved-by", waiver.approved_by or "unknown"),
-            _prop("expires", waiver.expires or "unknown"),
+            prop("approved-by", waiver.approved_by or "unknown"),
+            prop("expires", waiver.expires or "unknown"),
         ],
         "status": "deviation-approved",
         "related-observations": [{"observation-uuid": observation}],
@@ -110,9 +119,9 @@ def _control_finding(
     rules = "; ".join(f"{r.id}: {r.status}" + (f" ({r.note})" if r.note else "") for r in control.rules)
     finding: dict[str, Any] = {
         "uuid": content_uuid(report_id, "control", control.id),
-        "title": _one_line(f"{control.id} {control.title}".strip()),
+        "title": one_line(f"{control.id} {control.title}".strip()),
         "description": f"{control.id} is {control.status.replace('-', ' ')}. Rules: {rules or 'none'}.",
-        "props": [_prop("status", control.status)],
+        "props": [prop("status", control.status)],
         "target": {
             "type": "objective-id",
             "target-id": f"{oscal_control_id(control.id)}_obj",
@@ -154,7 +163,7 @@ def build_assessment_results(report: AuditReport, report_id: str) -> dict[str, A
     site = report.site
     result: dict[str, Any] = {
         "uuid": content_uuid(report_id, "result"),
-        "title": _one_line(f"aifactory audit of site {site['name']}"),
+        "title": one_line(f"aifactory audit of site {site['name']}"),
         "description": (
             f"Policy results and evidence for site {site['name']} (jurisdiction "
             f"{site.get('jurisdiction')}), spec {site.get('spec_digest')}."
@@ -162,9 +171,9 @@ def build_assessment_results(report: AuditReport, report_id: str) -> dict[str, A
         "start": when,
         "end": when,
         "props": [
-            _prop("site", str(site["name"])),
-            _prop("classification", report.classification),
-            _prop("report-id", report_id),
+            prop("site", str(site["name"])),
+            prop("classification", report.classification),
+            prop("report-id", report_id),
         ],
         "reviewed-controls": {
             "control-selections": [
@@ -179,42 +188,63 @@ def build_assessment_results(report: AuditReport, report_id: str) -> dict[str, A
     if risks:
         result["risks"] = risks
     metadata = {
-        "title": _one_line(f"Assessment results: site {site['name']}"),
+        "title": one_line(f"Assessment results: site {site['name']}"),
         "last-modified": when,
         "version": report_id,
         "oscal-version": OSCAL_VERSION,
-        "props": [_prop("classification", report.classification)],
+        "props": [prop("classification", report.classification)],
     }
     return {
         "assessment-results": {
             "uuid": content_uuid(report_id, "assessment-results"),
             "metadata": metadata,
-            "import-ap": {
-                "href": "report.json",
-                "remarks": "aifactory assesses the site spec with its policies; there is no separate "
-                "OSCAL assessment plan, so this points at the report it was derived from.",
-            },
+            "import-ap": {"href": AP_FILE},
             "results": [result],
         }
     }
 
 
-def validate_assessment_results(document: dict[str, Any]) -> None:
-    """Check the document against compliance-trestle's OSCAL models (raises AuditError)."""
-    from pydantic import ValidationError
+def _model(root: str) -> Any:
+    """compliance-trestle's pydantic model for an OSCAL document's root key."""
+    from trestle.oscal.assessment_plan import AssessmentPlan
     from trestle.oscal.assessment_results import AssessmentResults
+    from trestle.oscal.poam import PlanOfActionAndMilestones
+    from trestle.oscal.profile import Profile
+    from trestle.oscal.ssp import SystemSecurityPlan
 
+    return {
+        "assessment-results": AssessmentResults,
+        "assessment-plan": AssessmentPlan,
+        "system-security-plan": SystemSecurityPlan,
+        "plan-of-action-and-milestones": PlanOfActionAndMilestones,
+        "profile": Profile,
+    }[root]
+
+
+def validate_document(document: dict[str, Any]) -> None:
+    """Check an OSCAL document against compliance-trestle's OSCAL models (raises AuditError)."""
+    from pydantic import ValidationError
+
+    (root,) = document
     try:
-        AssessmentResults.model_validate(document["assessment-results"])
+        _model(root).model_validate(document[root])
     except ValidationError as exc:
         raise AuditError(
-            f"the OSCAL assessment results do not validate: {exc.errors()[0]}", code="oscal-invalid"
+            f"the OSCAL {root} does not validate: {exc.errors()[0]}", code="oscal-invalid"
         ) from exc
 
 
-def write_assessment_results(report: AuditReport, report_id: str, path: Path) -> None:
-    document = build_assessment_results(report, report_id)
-    validate_assessment_results(document)
+def validate_assessment_results(document: dict[str, Any]) -> None:
+    validate_document(document)
+
+
+def write_document(document: dict[str, Any], path: Path) -> None:
+    """Validate, then write with a fixed layout (the same document always gives the same bytes)."""
+    validate_document(document)
     with path.open("w", encoding="utf-8", newline="\n") as handle:
         json.dump(document, handle, indent=1, ensure_ascii=False)
         handle.write("\n")
+
+
+def write_assessment_results(report: AuditReport, report_id: str, path: Path) -> None:
+    write_document(build_assessment_results(report, report_id), path)

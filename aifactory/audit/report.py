@@ -2,7 +2,11 @@
 
     DIR/report.html              for people (self-contained, printable)
     DIR/report.json              the same as data (docs/report.schema.json)
-    DIR/assessment-results.json  OSCAL Assessment Results
+    DIR/assessment-results.json  OSCAL Assessment Results, importing:
+    DIR/assessment-plan.json     OSCAL Assessment Plan, importing:
+    DIR/ssp.json                 OSCAL System Security Plan (from the spec and plan), importing:
+    DIR/profile.json             the moderate baseline profile aifactory ships (NIST catalog by digest)
+    DIR/poam.json                OSCAL POA&M: every failing and waived control
     DIR/SHA256SUMS, SHA256SUMS.sig, allowed_signers
 
 Reproducible: the same spec, evidence, key and --timestamp give the same bytes.
@@ -20,18 +24,29 @@ from pathlib import Path
 from typing import Any
 
 from aifactory.audit.assemble import build_report
+from aifactory.audit.assessment_plan import build_assessment_plan
+from aifactory.audit.catalog import PROFILE, content_file
 from aifactory.audit.evidence import gather_evidence
 from aifactory.audit.html import write_html
 from aifactory.audit.model import AuditReport, parse_timestamp
-from aifactory.audit.oscal import write_assessment_results
+from aifactory.audit.oscal import (
+    AP_FILE,
+    POAM_FILE,
+    PROFILE_FILE,
+    SSP_FILE,
+    write_assessment_results,
+    write_document,
+)
+from aifactory.audit.poam import build_poam
 from aifactory.audit.sign import SigningKey, given_key, sign_folder, site_audit_key
+from aifactory.audit.ssp import build_ssp
 from aifactory.errors import AuditError, Location, PrerequisiteError
 from aifactory.plan import plan_site
 from aifactory.plan.build import PlannedSite
 from aifactory.state import SiteState
 
 HTML, JSON, OSCAL = "report.html", "report.json", "assessment-results.json"
-REPORT_FILES = (HTML, JSON, OSCAL)
+REPORT_FILES = (HTML, JSON, OSCAL, AP_FILE, SSP_FILE, POAM_FILE, PROFILE_FILE)
 log = logging.getLogger(__name__)
 
 
@@ -137,6 +152,11 @@ def produce_report(spec: Path, folder: Path, options: ReportOptions = ReportOpti
     watch.lap("report.html")
     write_assessment_results(report, report.report_id, folder / OSCAL)
     watch.lap("assessment-results.json")
+    write_document(build_assessment_plan(report), folder / AP_FILE)
+    write_document(build_ssp(planned.plan, report), folder / SSP_FILE)
+    write_document(build_poam(report), folder / POAM_FILE)
+    (folder / PROFILE_FILE).write_bytes(content_file(PROFILE).read_bytes())
+    watch.lap("ssp, assessment plan, POA&M")
     sign_folder(folder, REPORT_FILES, key)
     watch.lap("sign")
     log.debug("audit report stages (s): %s", watch.timings)

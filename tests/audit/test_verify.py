@@ -12,18 +12,12 @@ from auditfixtures import TIMESTAMP
 
 from aifactory import signing
 from aifactory.audit import ReportOptions, WrittenReport, produce_report
+from aifactory.audit.report import REPORT_FILES
 from aifactory.audit.sign import ALLOWED_SIGNERS, MANIFEST, NAMESPACE, SIGNATURE
 from aifactory.audit.verify import verify_report
 from aifactory.cli.main import main
 
-SIGNED_FOLDER_FILES = (
-    "report.html",
-    "report.json",
-    "assessment-results.json",
-    MANIFEST,
-    SIGNATURE,
-    ALLOWED_SIGNERS,
-)
+SIGNED_FOLDER_FILES = (*REPORT_FILES, MANIFEST, SIGNATURE, ALLOWED_SIGNERS)
 
 
 def _copy(report: WrittenReport, target: Path) -> Path:
@@ -35,7 +29,7 @@ def test_fresh_report_verifies(failing_report: WrittenReport) -> None:
     result = verify_report(failing_report.folder)
     assert result.ok, result.problems
     assert result.signer == "audit@labfail"
-    assert sorted(result.files) == ["assessment-results.json", "report.html", "report.json"]
+    assert sorted(result.files) == sorted(REPORT_FILES)
 
 
 def test_ssh_keygen_accepts_the_signature(failing_report: WrittenReport) -> None:
