@@ -6,8 +6,8 @@ and timestamp give the same bytes.
 
 Reading: the member headers are scanned (data is skipped, not read) and every member is checked
 before anything is extracted or trusted: no absolute paths, no `..`, no links (a link that points out
-of the tree is named as such), no device files or FIFOs, no duplicate names, and no data past the end
-of the archive (a truncated archive or a missing last part).
+of the tree is named as such), no device files or FIFOs, no directory entries, no duplicate names,
+and no data past the end of the archive (a truncated archive or a missing last part).
 """
 
 from __future__ import annotations
@@ -152,6 +152,16 @@ def scan(reader: IO[bytes], *, size: int, archive: str) -> Scan:
                 problems.append(problem)
                 continue
             if member.isdir():
+                # write_tar writes none; unpacked with stock tar, a directory named like a listed
+                # file would shadow it (or the file would land inside the directory)
+                problems.append(
+                    Problem(
+                        "unexpected-directory",
+                        "a directory entry; bundles hold regular files only",
+                        Location(file=archive, path=name),
+                        hint="a directory named like a listed file could shadow it: this bundle was altered",
+                    )
+                )
                 continue
             if name in members:
                 problems.append(

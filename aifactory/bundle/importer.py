@@ -9,7 +9,8 @@
         collections/ansible_collections/  the same, unpacked: ANSIBLE_COLLECTIONS_PATH=<version>/collections
     <bundles home>/<site>/current  ->  <version>
 
-The import holds the site lock, verifies the bundle (signature, hashes, anti-rollback), unpacks into
+The import verifies the bundle (seal, signature, hashes) before writing under any site's state
+folder, then holds the site lock, checks anti-rollback, unpacks into
 a staging folder beside the target while hashing every file again (so a bundle swapped after
 verification is still caught), then renames the staging folder into place and records it in the
 site's state. A failed import removes its staging folder and leaves the previous import untouched.
@@ -22,9 +23,6 @@ import json
 import os
 import shutil
 import tarfile
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,12 +30,12 @@ from typing import IO, Any
 
 from packaging.utils import canonicalize_name, parse_wheel_filename
 
-from aifactory.bundle import archive, zstd
+from aifactory.bundle import archive
 from aifactory.bundle.hashing import Range, hash_range
-from aifactory.bundle.manifest import MANIFEST, MAX_METADATA_BYTES, METADATA_FILES, Manifest
+from aifactory.bundle.manifest import MANIFEST, METADATA_FILES, Manifest
 from aifactory.bundle.source import PartsReader, find_parts
 from aifactory.bundle.state import ImportRecord, last_import, save_import
-from aifactory.bundle.verify import VerifyReport, verify_bundle
+from aifactory.bundle.verify import VerifyReport, check_seal, expanded, inspect_bundle, rollback_problems
 from aifactory.errors import AifactoryError, BundleError, Location, StateError
 from aifactory.state import SiteState
 
@@ -129,15 +127,24 @@ def import_bundle(
     home: Path | None = None,
     workers: int | None = None,
 ) -> ImportedBundle:
-    """Verify, unpack into <home>/<site>/<version> atomically, record it; return the import."""
+    """Verify, unpack into <home>/<site>/<version> atomically, record it; return the import.
+
+    Nothing is written under any site's state folder (not even its lock) before the bundle's
+    signature verifies: until then the site its manifest names is only a claim."""
     home = home or bundles_home()
-    with _uncompressed(Path(bundle), home) as plain:
-        state = site_state or SiteState.for_site(peek_site(plain))
+    name = str(bundle)
+    _ensure_dir(home)
+    with expanded(Path(bundle), trust=trust, name=name, scratch=home) as (plain, sealed):
+        report = inspect_bundle(plain, trust=trust, check_rollback=False, workers=workers, name=name)
+        check_seal(sealed, report)
+        if report.signer is None or report.manifest is None:
+            report.raise_if_failed()
+        assert report.manifest is not None
+        state = site_state or SiteState.for_site(report.manifest.site)
         with state.lock("bundle import"):
             try:
-                report = verify_bundle(
-                    plain, trust=trust, site_state=state, workers=workers, name=str(bundle)
-                )
+                rollback_problems(report.manifest, report, state)  # under the lock: imports are serialized
+                report.raise_if_failed()
                 imported = _install(plain, report, home / state.site, site=state.site)
             except AifactoryError as error:
                 state.record(
@@ -167,20 +174,6 @@ def import_bundle(
     return imported
 
 
-@contextmanager
-def _uncompressed(bundle: Path, home: Path) -> Iterator[Path]:
-    """The bundle itself, or for a zstd bundle a temporary uncompressed copy beside the imports."""
-    parts = find_parts(bundle)
-    if not zstd.is_zstd(parts):
-        yield bundle
-        return
-    _ensure_dir(home)
-    with tempfile.TemporaryDirectory(prefix=".decompress-", dir=home) as scratch:
-        plain = Path(scratch) / bundle.name.split(".part-")[0].removesuffix(".zst")
-        zstd.decompress(parts, plain, name=str(bundle))
-        yield plain
-
-
 def _ensure_dir(folder: Path) -> None:
     try:
         folder.mkdir(parents=True, exist_ok=True, mode=0o755)
@@ -191,35 +184,6 @@ def _ensure_dir(folder: Path) -> None:
             location=Location(file=str(folder)),
             hint="run as root, or give a writable --home (or AIFACTORY_BUNDLES_HOME)",
         ) from None
-
-
-def peek_site(bundle: Path) -> str:
-    """The site a bundle names, read before verification only to find the site's state folder."""
-    reader = PartsReader(find_parts(bundle))
-    try:
-        stream = archive.buffered(reader)
-        scanned = archive.scan(stream, size=reader.size, archive=str(bundle))
-        member = scanned.members.get(MANIFEST)
-        if member is None:
-            raise BundleError(
-                f"{bundle} has no {MANIFEST}",
-                code="missing-file",
-                location=Location(file=str(bundle), path=MANIFEST),
-            )
-        data = archive.read_member(stream, member, limit=MAX_METADATA_BYTES)
-    finally:
-        reader.release()
-    try:
-        site = json.loads(data)["site"]
-    except (ValueError, KeyError, TypeError):
-        site = None
-    if not isinstance(site, str) or not site.replace("-", "").isalnum():
-        raise BundleError(
-            "the manifest names no valid site",
-            code="manifest-invalid",
-            location=Location(file=str(bundle), path=MANIFEST),
-        )
-    return site
 
 
 def _install(bundle: Path | str, report: VerifyReport, site_home: Path, *, site: str) -> ImportedBundle:

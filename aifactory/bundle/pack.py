@@ -28,6 +28,8 @@ from aifactory.bundle.manifest import (
     Manifest,
     digest_of,
 )
+from aifactory.bundle.seal import frame as seal_frame
+from aifactory.bundle.seal import statement as seal_statement
 from aifactory.bundle.source import PartsWriter
 from aifactory.bundle.zstd import CompressingWriter
 from aifactory.errors import BundleError, Location
@@ -119,14 +121,53 @@ def seal(
     output.parent.mkdir(parents=True, exist_ok=True)
     with PartsWriter(output, part_size) as writer:
         if compress == "zstd":
-            compressing = CompressingWriter(writer)  # type: ignore[arg-type]  # a RawIOBase is not IO[bytes]; only write() is used
+            compressed = _Hashing(writer)
+            compressing = CompressingWriter(compressed)
             write_tar(compressing, files, mtime=header.timestamp)  # type: ignore[arg-type]  # tarfile's stream mode (w|) only calls write()
             compressing.finish()
+            writer.write(
+                _seal_frame(
+                    manifest, manifest_bytes, key, compressed=compressed, tar_bytes=compressing.written
+                )
+            )
         else:
             write_tar(writer, files, mtime=header.timestamp)  # type: ignore[arg-type]  # tarfile's stream mode (w|) only calls write()
         parts = writer.commit()
         written = writer.written
     return Sealed(parts, manifest, digest_of(manifest_bytes), written, sum(e.size for e in entries))
+
+
+class _Hashing:
+    """Passes bytes on to `sink`, counting and hashing them (the compressed stream the seal signs)."""
+
+    def __init__(self, sink: PartsWriter) -> None:
+        self._sink = sink
+        self._digest = hashlib.sha256()
+        self.count = 0
+
+    def write(self, data: bytes) -> int:
+        self._digest.update(data)
+        self.count += len(data)
+        return self._sink.write(data)
+
+    @property
+    def sha256(self) -> str:
+        return "sha256:" + self._digest.hexdigest()
+
+
+def _seal_frame(
+    manifest: Manifest, manifest_bytes: bytes, key: Ed25519PrivateKey, *, compressed: _Hashing, tar_bytes: int
+) -> bytes:
+    """The signed seal that lets verify and import check a compressed bundle before expanding it."""
+    signed = seal_statement(
+        compressed_bytes=compressed.count,
+        compressed_sha256=compressed.sha256,
+        tar_bytes=tar_bytes,
+        manifest=digest_of(manifest_bytes),
+        site=manifest.site,
+        version=manifest.version.text,
+    )
+    return seal_frame(signed, signing.sign(signed, key, NAMESPACE))
 
 
 def _check_sizes(payload: Mapping[str, PayloadFile], hashed: Mapping[Path, Digest]) -> None:

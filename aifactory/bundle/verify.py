@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +35,7 @@ from aifactory.bundle.manifest import (
     Manifest,
     digest_of,
 )
+from aifactory.bundle.seal import Seal, open_seal
 from aifactory.bundle.source import Part, PartsReader, find_parts
 from aifactory.bundle.state import ImportRecord, last_import
 from aifactory.errors import BundleError, Location, PrerequisiteError, Problem
@@ -129,31 +132,54 @@ def inspect_bundle(
     path = Path(path)
     parts = find_parts(path)
     report = VerifyReport(name or str(path), [str(p.path) for p in parts])
-
-    def verify_parts(readable: list[Part]) -> None:
-        _verify_parts(
-            readable,
-            report,
-            trust=trust,
-            site_state=site_state,
-            check_rollback=check_rollback,
-            workers=workers,
-        )
-
-    if zstd.is_zstd(parts):
-        with tempfile.TemporaryDirectory(prefix="aifactory-bundle-") as scratch:
-            plain = Path(scratch) / "bundle.tar"
-            try:
-                zstd.decompress(parts, plain, name=report.bundle)
-            except BundleError as error:
-                report.problems.append(Problem(error.code, error.message, error.location, error.hint))
-            else:
-                verify_parts([Part(plain, plain.stat().st_size)])
-    else:
-        verify_parts(parts)
+    try:
+        with expanded(path, trust=trust, name=report.bundle) as (plain, sealed):
+            _verify_parts(
+                find_parts(plain),
+                report,
+                trust=trust,
+                site_state=site_state,
+                check_rollback=check_rollback,
+                workers=workers,
+            )
+            check_seal(sealed, report)
+    except BundleError as error:  # the seal, or decompressing: nothing else was looked at
+        report.problems.append(Problem(error.code, error.message, error.location, error.hint))
     report.archive_bytes = sum(p.size for p in parts)  # as carried (compressed or not)
     report.seconds = time.monotonic() - started
     return report
+
+
+@contextmanager
+def expanded(
+    bundle: Path, *, trust: Path, name: str, scratch: Path | None = None
+) -> Iterator[tuple[Path, Seal | None]]:
+    """(the plain tar, None) for an uncompressed bundle. For a zstd bundle: check its seal (signature
+    over the compressed bytes) first, then decompress into a temporary folder (in `scratch`, else
+    $TMPDIR) no further than the size the seal states, and yield (that tar, the seal)."""
+    parts = find_parts(bundle)
+    if not zstd.is_zstd(parts):
+        yield bundle, None
+        return
+    with PartsReader(parts) as reader:
+        sealed = open_seal(reader, trust=trust, name=name)
+    with tempfile.TemporaryDirectory(prefix=".decompress-", dir=scratch) as folder:
+        plain = Path(folder) / "bundle.tar"
+        zstd.decompress(parts, plain, name=name, end=sealed.compressed_bytes, limit=sealed.tar_bytes)
+        yield plain, sealed
+
+
+def check_seal(sealed: Seal | None, report: VerifyReport) -> None:
+    """The seal and the manifest inside must name the same manifest (both are signed)."""
+    if sealed is not None and report.digest is not None and report.digest != sealed.manifest:
+        report.problems.append(
+            Problem(
+                "seal-mismatch",
+                f"the seal names manifest {sealed.manifest}, the bundle holds {report.digest}",
+                Location(file=report.bundle, path=MANIFEST),
+                hint="the compressed bundle was assembled from two builds",
+            )
+        )
 
 
 def _verify_parts(
@@ -223,7 +249,7 @@ def _verify_open(
         )
     if check_rollback and report.signer is not None:
         state = site_state or SiteState.for_site(manifest.site)
-        _check_rollback(manifest, report, state)
+        rollback_problems(manifest, report, state)
 
 
 def ssh_keygen_check(path: Path | str, *, trust: Path, identity: str) -> str:
@@ -364,7 +390,8 @@ def _check_contents(
             )
 
 
-def _check_rollback(manifest: Manifest, report: VerifyReport, state: SiteState) -> None:
+def rollback_problems(manifest: Manifest, report: VerifyReport, state: SiteState) -> None:
+    """Refuse a version older than the site's last import (or the same version with other content)."""
     previous = last_import(state)
     report.previous = previous
     if previous is None:

@@ -269,3 +269,17 @@ def test_the_signer_is_the_name_the_trust_file_gives_the_key(
     trust.write_text(f"!ops@lab,*@lab {options} {key}\nops@lab,*@lab {options} {key}\n")
     report = verify_bundle(small_bundle(), trust=trust, check_rollback=False)
     assert report.signer == "ops@lab"  # a name `ssh-keygen -Y verify -I ops@lab` accepts (line 2)
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_a_directory_entry_named_like_a_listed_file(
+    small_bundle: SmallBundle, signer: Signer, where: str
+) -> None:
+    directory = tarfile.TarInfo(PAYLOAD)
+    directory.type = tarfile.DIRTYPE
+    directory.mode = 0o755
+    entry = (directory, b"")
+    change = (lambda e: [entry, *e]) if where == "before" else (lambda e: [*e, entry])
+    error = refusal(rewrite(small_bundle(), change), signer.allowed_signers)
+    assert "unexpected-directory" in codes(error)
+    assert any(p.location.path == PAYLOAD for p in error.problems)

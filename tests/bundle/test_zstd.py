@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import struct
 import subprocess
 from pathlib import Path
 
@@ -14,7 +15,6 @@ from aifactory.errors import BundleError
 from aifactory.state import SiteState
 
 from .conftest import Signer, SmallBundle
-from .test_tamper import PAYLOAD
 
 pytestmark = pytest.mark.skipif(shutil.which("zstd") is None, reason="needs the zstd tool")
 
@@ -39,16 +39,17 @@ def test_a_zstd_bundle_verifies_and_imports(
     assert [p.name for p in (tmp_path / "home").iterdir()] == ["tamperlab"]  # no decompressed copy left
 
 
-def test_damage_inside_the_compressed_stream_is_refused(small_bundle: SmallBundle, signer: Signer) -> None:
+def test_damage_inside_the_compressed_stream_is_refused_before_decompressing(
+    small_bundle: SmallBundle, signer: Signer
+) -> None:
     bundle = small_bundle(compress="zstd")
     data = bytearray(bundle.read_bytes())
-    data[len(data) // 2] ^= 0xFF
+    data[len(data) // 4] ^= 0xFF  # inside the compressed stream, before the seal
     bundle.write_bytes(bytes(data))
     with pytest.raises(BundleError) as caught:
         verify_bundle(bundle, trust=signer.allowed_signers, check_rollback=False)
-    assert caught.value.code in {"truncated", "hash-mismatch"}
-    if caught.value.code == "hash-mismatch":
-        assert caught.value.problems[0].location.path == PAYLOAD
+    assert caught.value.code == "seal-mismatch"
+    assert "nothing was decompressed" in (caught.value.hint or "")
 
 
 def test_a_cut_compressed_bundle_is_refused(small_bundle: SmallBundle, signer: Signer) -> None:
@@ -56,4 +57,36 @@ def test_a_cut_compressed_bundle_is_refused(small_bundle: SmallBundle, signer: S
     bundle.write_bytes(bundle.read_bytes()[:-100])
     with pytest.raises(BundleError) as caught:
         verify_bundle(bundle, trust=signer.allowed_signers, check_rollback=False)
-    assert caught.value.code == "truncated"
+    assert caught.value.code == "seal-missing"
+
+
+def test_a_compressed_bundle_without_a_seal_is_refused_and_its_tar_still_verifies(
+    small_bundle: SmallBundle, signer: Signer, tmp_path: Path
+) -> None:
+    """What an older aifactory wrote (a zstd stream, no seal): refused, not expanded; the way back is
+    `zstd -d` and the plain tar, whose signature is checked before anything is unpacked."""
+    plain = small_bundle()
+    old = tmp_path / "old.tar.zst"
+    subprocess.run(["zstd", "-q", "-o", str(old), str(plain)], check=True)
+    with pytest.raises(BundleError) as caught:
+        verify_bundle(old, trust=signer.allowed_signers, check_rollback=False)
+    assert caught.value.code == "seal-missing"
+    subprocess.run(["zstd", "-q", "-d", "-o", str(tmp_path / "old.tar"), str(old)], check=True)
+    assert verify_bundle(tmp_path / "old.tar", trust=signer.allowed_signers, check_rollback=False).ok
+
+
+def test_a_seal_from_another_build_is_refused(
+    small_bundle: SmallBundle, signer: Signer, tmp_path: Path
+) -> None:
+    first = small_bundle(compress="zstd").read_bytes()
+    second = small_bundle(compress="zstd", version="2.1").read_bytes()
+    swapped = tmp_path / "swapped.tar.zst"
+    swapped.write_bytes(first[: _seal_start(first)] + second[_seal_start(second) :])
+    with pytest.raises(BundleError) as caught:
+        verify_bundle(swapped, trust=signer.allowed_signers, check_rollback=False)
+    assert caught.value.code == "seal-mismatch"
+
+
+def _seal_start(data: bytes) -> int:
+    (length,) = struct.unpack_from("<I", data, len(data) - 12)
+    return len(data) - 12 - length - 8
