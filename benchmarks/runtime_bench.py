@@ -1,7 +1,7 @@
 """How fast is the runtime, against baselines measured in the same run?
 
     .venv/bin/python benchmarks/runtime_bench.py [--clients 200 --seconds 10 --rounds 5 --max-batch 32]
-                                                 [--parts serving,authz,training]
+                                                 [--parts serving,authz,training,parsers]
 
 1. serving: `aifactory-serve` throughput (requests of one row each, `--clients` keep-alive clients on
    loopback, every request verified, decided by the real policy engine and logged durably) against
@@ -18,6 +18,10 @@
 2. authorization overhead per request, in process: token verification (cached), policy decision,
    durable decision record (one fsync when alone), and the whole check; median and p99.
 3. training: `aifactory-train` samples/s with 1 process against 2 processes (torchrun, Gloo, CPU).
+4. parsers: the server on `runtime/http.py` (llhttp via httptools, with its limits, timeouts and
+   caps) against the same server on its former hand-written HTTP path (benchmarks/legacy_http.py),
+   both running, in interleaved windows (`--parser-rounds`, default 10, of `--parser-seconds` each);
+   the median and spread of each side and whether the new median lies within the old one's spread.
 
 Prints the numbers and ratios; exit status 0 whether or not the target is met: it measures. The
 machine's other load shows in the numbers: run it on a quiet machine for figures to quote.
@@ -150,14 +154,25 @@ def placements() -> list[Placement]:
 
 
 def start_server(
-    args: argparse.Namespace, work: Path, plan: Path, runtime: Path, placement: Placement
+    args: argparse.Namespace,
+    work: Path,
+    plan: Path,
+    runtime: Path,
+    placement: Placement,
+    *,
+    legacy_http: bool = False,
 ) -> tuple[subprocess.Popen[str], int]:
+    """legacy_http: the server with its former hand-written HTTP path (benchmarks/legacy_http.py)."""
     pinning = ["--forward-cpus", ",".join(map(str, sorted(placement.forward)))] if placement.forward else []
+    program = (
+        [str(Path(__file__).with_name("legacy_http.py"))]
+        if legacy_http
+        else ["-m", "aifactory.runtime.serve_cli"]
+    )
     process = subprocess.Popen(
         [
             sys.executable,
-            "-m",
-            "aifactory.runtime.serve_cli",
+            *program,
             "--plan",
             str(plan),
             "--model",
@@ -221,11 +236,7 @@ def bench_serving(
     window = args.seconds / args.rounds
     results: list[LoadResult] = []
     try:
-        for _ in range(100):
-            health = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz").read())
-            if health["models"].get("vitals-mlp"):
-                break
-            time.sleep(0.1)
+        wait_for_model(port, token)
         body = {"inputs": [[0.25] * BENCH_MODEL.features]}
 
         def load(seconds: float) -> LoadResult:
@@ -289,6 +300,78 @@ def bench_serving(
         f"per round {per_round[0]:.2f}x to {per_round[-1]:.2f}x; "
         f"per CPU-second {per_cpu:.2f}x"
     )
+
+
+def wait_for_model(port: int, token: str) -> None:
+    """Until the server has loaded the model (/healthz names models only to a caller with a token)."""
+    asking = urllib.request.Request(
+        f"http://127.0.0.1:{port}/healthz", headers={"Authorization": f"Bearer {token}"}
+    )
+    for _ in range(300):
+        health = json.loads(urllib.request.urlopen(asking).read())
+        if (health.get("models") or {}).get("vitals-mlp"):
+            return
+        time.sleep(0.1)
+    raise SystemExit("the server never loaded the model")
+
+
+def bench_parsers(args: argparse.Namespace, work: Path, plan: Path, token: str) -> None:
+    """The server with runtime/http.py (llhttp, limits, timeouts, caps) against the same server with its
+    former hand-written HTTP path, both running, in interleaved windows: each round loads one then the
+    other (the order alternates), so the machine's other load falls on both alike."""
+    sides: dict[str, tuple[subprocess.Popen[str], int]] = {}
+    rates: dict[str, list[float]] = {"legacy": [], "http.py": []}
+    body: dict[str, object] = {"inputs": [[0.25] * BENCH_MODEL.features]}
+    try:
+        for name in rates:
+            runtime = work / f"runtime-parser-{name}"
+            if not runtime.exists():
+                shutil.copytree(work / "runtime", runtime)
+            sides[name] = start_server(
+                args, work, plan, runtime, Placement("OS-placed threads"), legacy_http=name == "legacy"
+            )
+            wait_for_model(sides[name][1], token)
+
+        def load(port: int, seconds: float) -> LoadResult:
+            return asyncio.run(
+                run_load(
+                    "127.0.0.1",
+                    port,
+                    path="/v1/models/vitals-mlp/infer",
+                    body=body,
+                    token=token,
+                    clients=args.clients,
+                    seconds=seconds,
+                )
+            )
+
+        for name in rates:
+            load(sides[name][1], 1)  # warm up
+        failed = 0
+        for number in range(args.parser_rounds):
+            order = list(rates) if number % 2 == 0 else list(reversed(rates))
+            for name in order:
+                result = load(sides[name][1], args.parser_seconds)
+                failed += len(result.failures) + sum(n for s, n in result.statuses().items() if s != 200)
+                rates[name].append(result.statuses().get(200, 0) / result.seconds)
+    finally:
+        for process, _ in sides.values():
+            process.terminate()
+            process.wait(timeout=60)
+    old, new = statistics.median(rates["legacy"]), statistics.median(rates["http.py"])
+    low, high = min(rates["legacy"]), max(rates["legacy"])
+    print(
+        f"parsers: {args.parser_rounds} interleaved rounds of {args.parser_seconds:g} s per side, "
+        f"{args.clients} keep-alive clients, 1 row per request, {failed} not ok or failed"
+    )
+    for name in rates:
+        values = rates[name]
+        print(
+            f"  {name:8s} median {statistics.median(values):7,.0f} req/s   spread {min(values):,.0f} to "
+            f"{max(values):,.0f}   rounds: {' '.join(f'{v:,.0f}' for v in values)}"
+        )
+    verdict = "within" if low <= new <= high else ("above" if new > high else "BELOW")
+    print(f"  http.py/legacy median {new / old:.2f}x: the new median is {verdict} the legacy spread")
 
 
 def _batch_totals(port: int) -> tuple[float, float, float]:
@@ -400,8 +483,14 @@ def main() -> int:
     parser.add_argument("--train-steps", type=int, default=60)
     parser.add_argument(
         "--parts",
-        default="serving,authz,training",
-        help="comma-separated parts to run (default: all three: serving,authz,training)",
+        default="serving,authz,training,parsers",
+        help="comma-separated parts to run (default: all: serving,authz,training,parsers)",
+    )
+    parser.add_argument(
+        "--parser-rounds", type=int, default=10, help="parsers: interleaved rounds (default 10)"
+    )
+    parser.add_argument(
+        "--parser-seconds", type=float, default=3, help="parsers: seconds per side and round (default 3)"
     )
     args = parser.parse_args()
     parts = set(args.parts.split(","))
@@ -430,6 +519,10 @@ def main() -> int:
             )
             for placement in placements():
                 bench_serving(args, work, plan_path, token, scores, placement)
+        if "parsers" in parts:
+            if "serving" not in parts:
+                save_bench_model(work)
+            bench_parsers(args, work, plan_path, token)
         if "authz" in parts:
             bench_authorization(work, planned.plan.to_dict(), token, site, args.authz_repeat)
         if "training" in parts:

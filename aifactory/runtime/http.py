@@ -168,8 +168,10 @@ class _Message:
 class _Parse:
     """The parser's callbacks for one connection: collects messages, enforces sizes."""
 
-    __slots__ = ("limits", "ready", "in_head", "in_body", "started", "head_end", "_target", "_target_size",
-                 "_headers", "_head_size", "_body", "_body_size", "parser", "refusal")  # fmt: skip
+    __slots__ = (
+        "limits", "ready", "in_head", "in_body", "started", "head_end", "_target", "_target_size",
+        "_headers", "_head_size", "_fed_in_head", "_body", "_body_size", "parser", "refusal",
+    )  # fmt: skip
 
     def __init__(self, limits: HttpLimits) -> None:
         self.limits = limits
@@ -177,7 +179,7 @@ class _Parse:
         self.in_head = self.in_body = False
         self.started = self.head_end = 0.0
         self._target: list[bytes] = []
-        self._target_size = self._head_size = self._body_size = 0
+        self._target_size = self._head_size = self._body_size = self._fed_in_head = 0
         self._headers: dict[str, str] = {}
         self._body: list[bytes] = []
         self.refusal: _Refused | None = None
@@ -198,9 +200,9 @@ class _Parse:
                 self.refusal = _Refused(400, "bad-request")
                 log.debug("unparsable request: %s", error)
             return False
-        if self.in_head:
-            self._head_size += len(data)
-            if self._head_size > self.limits.max_header_bytes:
+        if self.in_head:  # a head still incomplete: bound what llhttp holds of it between reads
+            self._fed_in_head += len(data)
+            if self._fed_in_head > self.limits.max_header_bytes:
                 self.refusal = _Refused(431, "headers-too-large")
                 return False
         return True
@@ -214,6 +216,7 @@ class _Parse:
     def on_message_begin(self) -> None:
         self.in_head, self.started = True, time.monotonic()
         self._target, self._target_size, self._head_size, self._body_size = [], 0, 0, 0
+        self._fed_in_head = 0
         self._headers, self._body = {}, []
 
     def on_url(self, part: bytes) -> None:
@@ -268,8 +271,7 @@ class _Connection:
     writer: asyncio.StreamWriter
     peer: str
     deadline: float = math.inf  # time.monotonic() past which the sweeper closes it
-    why: str = ""  # which timeout the deadline is
-    busy: bool = False  # a request is being answered
+    why: str = ""  # which timeout the deadline is (none while the server itself works on a request)
 
     def expire(self, deadline: float, why: str) -> None:
         self.deadline, self.why = deadline, why
@@ -379,14 +381,12 @@ class HttpServer(Generic[PeerT]):
         """Answer one request; True when the connection stays open for another."""
         self.inflight += 1
         self.idle.clear()
-        connection.busy = True
         try:
             request = Request(message.method, message.target, message.headers, message.body)
             response = await self.handler(request, peer)
             keep_alive = message.keep_alive and not response.close and not self.draining
             await self._send(connection, response.encode(keep_alive=keep_alive))
         finally:
-            connection.busy = False
             self.inflight -= 1
             if not self.inflight:
                 self.idle.set()
@@ -417,7 +417,7 @@ class HttpServer(Generic[PeerT]):
             await asyncio.sleep(min(tick, 1.0))
             now = time.monotonic()
             for connection in list(self._connections):
-                if connection.deadline <= now and not connection.busy:
+                if connection.deadline <= now:
                     self.events.closed(connection.why)
                     connection.deadline = math.inf
                     connection.writer.transport.abort()

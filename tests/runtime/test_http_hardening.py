@@ -200,6 +200,19 @@ def test_limits_on_target_head_body_and_timeouts(server: Server) -> None:
     assert metric(server, 'aifactory_serve_http_closed_total{reason="idle-timeout"}') == before + 1
 
 
+def test_a_client_that_does_not_read_its_answers_is_closed_by_the_body_timeout(server: Server) -> None:
+    before = metric(server, 'aifactory_serve_http_closed_total{reason="send-timeout"}')
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.bind(("127.0.0.8", 0))
+        sock.connect(("127.0.0.1", server.port))
+        sock.sendall(request("GET", "/metrics") * 4000)  # megabytes of answers, never read
+        deadline = time.monotonic() + 30
+        while metric(server, 'aifactory_serve_http_closed_total{reason="send-timeout"}') == before:
+            assert time.monotonic() < deadline, "the server still waits for a client that does not read"
+            time.sleep(0.2)
+
+
 @pytest.mark.slow
 def test_unauthenticated_requests_with_long_names_leave_the_log_bounded(server: Server) -> None:
     before = log_size(server)
