@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 APT_PACKAGES=(
   openssh-server openssh-client iproute2 procps util-linux zstd   # the lab: namespaces, sshd
   chromium                                                         # the audit report's browser test
+  poppler-utils                                                    # ... and its printed PDF (pdftotext)
   slurm-wlm munge chrony                                           # what the roles install (machine-wide:
                                                                    #   lab hosts share /usr)
   python3-venv git

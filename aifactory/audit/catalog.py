@@ -157,7 +157,7 @@ def catalog_resource(catalog: Catalog) -> dict[str, Any]:
                 "href": NIST_CATALOG_URL,
                 "media-type": "application/oscal.catalog+json",
                 "hashes": [{"algorithm": "SHA-256", "value": catalog.sha256}],
-            }
+            },
         ],
         "remarks": f"aifactory ships this catalog as aifactory/audit/oscal_content/{CATALOG} (where "
         "it came from, with digests: SOURCES.json beside it); NIST publishes it at the second link.",

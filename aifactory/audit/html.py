@@ -1,5 +1,11 @@
 """report.html: one self-contained page (no scripts or assets from anywhere), printable.
 
+It opens with the overall verdict (pass, fail or not fully assessed; the counts; the most serious
+finding) and reads as a finished document: every in-page link leads somewhere, evidence is told in
+words (labels, yes/no), never as raw keys or Python values. Printed, it is A4 by default (US Letter
+from the paper selector or `?paper=letter`), and every page carries its number, the report id and
+the classification (CSS page margin boxes); table headers repeat and headings stay with what follows.
+
 Written as a stream of small pieces straight to the file, so a 10,000-host report with thousands of
 findings never exists as one string. Findings are grouped by rule; groups start collapsed
 (`<details>`) when there are many, and all open for printing.
@@ -54,26 +60,111 @@ details{border:1px solid #d0d7de;border-radius:4px;margin:6px 0;padding:0 8px}
 details>summary{cursor:pointer;padding:6px 0;font-weight:600}
 .muted{color:#57606a}
 .hosts{font:12px ui-monospace,monospace;word-break:break-word}
+.verdict{font-size:17px;margin:16px 0 0;padding:10px 14px;border-radius:4px;
+ border-left:8px solid #6e7781;background:#f3f5f7}
+.verdict.v-fail{border-color:#cf222e}.verdict.v-pass{border-color:#1a7f37}
+.verdict.v-incomplete{border-color:#6e7781}
+.verdict .word{text-transform:uppercase;letter-spacing:.06em;font-weight:700}
+nav.contents{margin:8px 0 0}nav.contents a{margin-right:14px}
+.toolbar{float:right;margin:16px 0 0;font-size:13px}
 @media print{
- body{font-size:10pt}main{max-width:none;padding:0 8mm}
- .banner{position:fixed;left:0;right:0;-webkit-print-color-adjust:exact;print-color-adjust:exact}
- .banner.top{top:0}.banner.bottom{bottom:0}
- .status,th{-webkit-print-color-adjust:exact;print-color-adjust:exact}
- tr,details{break-inside:avoid}h2{break-after:avoid}
- @page{margin:14mm 8mm}
+ body{font-size:10pt}main{max-width:none;padding:0}
+ .banner,.toolbar{display:none}
+ .status,th,.verdict{-webkit-print-color-adjust:exact;print-color-adjust:exact}
+ thead{display:table-header-group}tr{break-inside:avoid}
+ h1,h2,h3,summary,.verdict{break-after:avoid;break-inside:avoid}
+ section,.evidence{break-before:auto}
+ details::details-content{content-visibility:visible;display:contents}
+ a{color:inherit;text-decoration:none}
 }
 """
 
 # Opens every collapsed group before printing, so the printout holds everything (optional: the page
 # reads fine without scripts).
+# The paper selector (and `?paper=letter`) swaps the @page size rule.
 PRINT_SCRIPT = (
     "window.addEventListener('beforeprint',function(){"
     "document.querySelectorAll('details').forEach(function(d){d.open=true})});"
+    "function aifPaper(v){var s=document.getElementById('paper-size'),p=document.getElementById('paper');"
+    "if(v!=='letter')v='a4';s.textContent='@page{size:'+(v==='letter'?'letter':'A4')+'}';if(p)p.value=v}"
+    "document.addEventListener('DOMContentLoaded',function(){"
+    "var m=/[?&]paper=([a-z0-9]+)/.exec(location.search);aifPaper(m?m[1]:'a4');"
+    "var p=document.getElementById('paper');"
+    "if(p)p.addEventListener('change',function(){aifPaper(p.value)})});"
 )
+SOURCE_WORDS = {
+    "policy": "policy check",
+    "bundle": "offline bundle",
+    "deploy": "deploy record",
+    "operator-log": "operator log",
+    "decision-logs": "decision logs",
+}
+# Labels for the evidence details' keys; any other key is spelled out the same way (underscores to
+# spaces), so no raw key ever reaches the page.
+LABELS = {
+    "root": "Folder",
+    "digest": "Digest",
+    "files_checked": "Files checked",
+    "built_for_plan": "Built for plan",
+    "record": "Deploy record",
+    "hosts_planned": "Hosts planned",
+    "hosts_reported": "Hosts with a deploy record",
+    "missing": "Hosts without a deploy record, by pool",
+    "unplanned": "Hosts not in the plan",
+    "last_run_not_ok": "Hosts whose last deploy run did not succeed",
+    "evaluated_on": "Evaluated as of",
+    "denied": "Plan denied",
+    "waiver_problems": "Waiver problems",
+    "fail": "Failing",
+    "waived": "Waived",
+    "approved_by": "Approved by",
+}
 
 
 def _e(value: Any) -> str:
     return escape("" if value is None else str(value))
+
+
+def label(key: str) -> str:
+    """A detail's key as words: "files_checked" -> "Files checked"."""
+    if key in LABELS:
+        return LABELS[key]
+    words = key.replace("_", " ").replace("-", " ").strip()
+    return words[:1].upper() + words[1:]
+
+
+def words(value: Any) -> str:
+    """A scalar as a reader says it: yes/no, none, or its text."""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if value is None or value == "":
+        return "none"
+    return str(value)
+
+
+def _css_string(text: str) -> str:
+    return '"' + "".join(c if c.isalnum() or c in " -.:()" else f"\\{ord(c):x} " for c in text) + '"'
+
+
+def page_css(report: AuditReport) -> str:
+    """The printed page's margins: classification on top, report id and page number below."""
+    colour = BANNER_COLOURS.get(report.classification, "#4b5a6a")
+    classification = _css_string(report.classification.replace("-", " ").upper())
+    ident = _css_string(f"Report {report.report_id}")
+    site = _css_string(f"Audit report: {report.site['name']}, {report.generated}")
+    box = (
+        "font:600 8pt system-ui,sans-serif;white-space:nowrap;"
+        "-webkit-print-color-adjust:exact;print-color-adjust:exact"
+    )
+    return (
+        "@page{margin:20mm 14mm 20mm 14mm;"
+        f"@top-center{{content:{classification};color:#fff;background:{colour};{box};letter-spacing:.1em}}"
+        f"@bottom-center{{content:{classification};color:#fff;background:{colour};{box};letter-spacing:.1em}}"
+        f"@top-left{{content:{site};{box};font-weight:400;color:#57606a}}"
+        f"@bottom-left{{content:{ident};{box};font-weight:400;color:#1b1f24}}"
+        f'@bottom-right{{content:"Page " counter(page) " of " counter(pages);{box};color:#1b1f24}}'
+        "}"
+    )
 
 
 def _status(status: str, extra: str = "") -> str:
@@ -121,6 +212,67 @@ def _header(report: AuditReport) -> Iterator[str]:
     yield "</dl></header>\n"
 
 
+def verdict(report: AuditReport) -> tuple[str, str]:
+    """(fail | pass | incomplete, the verdict line as text)."""
+    totals = report.totals()
+    total = len(report.controls)
+    counts = (
+        f"{totals[FAIL]} of {total} controls fail, {totals[WAIVED]} waived, "
+        f"{totals[NOT_ASSESSED]} not assessed, {totals[PASS]} pass"
+    )
+    if totals[FAIL]:
+        return FAIL, f"Fail: {counts}."
+    if totals[NOT_ASSESSED] or not total:
+        return "incomplete", f"Not fully assessed: {counts}; missing evidence is never a pass."
+    return PASS, f"Pass: {counts}."
+
+
+def most_serious(report: AuditReport) -> Finding | None:
+    """The report's findings are ordered failing first, then by severity: the first one."""
+    return report.findings[0] if report.findings else None
+
+
+def _verdict(report: AuditReport) -> Iterator[str]:
+    kind, line = verdict(report)
+    word, _, rest = line.partition(":")
+    yield (
+        f'<p id="verdict" class="verdict v-{kind}" role="status"><span class="word">{_e(word)}</span>:'
+        f"{_e(rest)}"
+    )
+    finding = most_serious(report)
+    if finding is None:
+        yield " No findings.</p>\n"
+        return
+    what = "Most serious finding" if finding.status == FAIL else "Most serious finding (waived)"
+    yield (
+        f' {what}: <a href="#{_anchor("finding-", finding.id)}">{_e(finding.title or finding.rule)}</a>'
+        f" on <code>{_e(finding.resource)}</code> (severity {_e(finding.severity)}; "
+        f"{_e(', '.join(finding.controls))}).</p>\n"
+    )
+
+
+CONTENTS = (
+    ("summary", "Summary"),
+    ("controls", "Controls"),
+    ("findings", "Findings"),
+    ("evidence", "Evidence"),
+    ("data", "Data and models"),
+    ("verification", "Checking this report"),
+)
+
+
+def _contents(report: AuditReport) -> Iterator[str]:
+    links = "".join(f'<a href="#{ident}">{_e(title)}</a>' for ident, title in CONTENTS)
+    yield f'<nav class="contents" aria-label="contents">{links}</nav>\n'
+
+
+def _toolbar(report: AuditReport) -> Iterator[str]:
+    yield (
+        '<div class="toolbar"><label for="paper">Paper for printing </label><select id="paper">'
+        '<option value="a4">A4</option><option value="letter">US Letter</option></select></div>\n'
+    )
+
+
 def _summary(report: AuditReport) -> Iterator[str]:
     totals = report.totals()
     yield '<section id="summary"><h2>Summary</h2><div class="totals">'
@@ -138,17 +290,23 @@ def _summary(report: AuditReport) -> Iterator[str]:
     yield "</tbody></table></section>\n"
 
 
-def _control_row(control: Control) -> str:
+def _rule_ref(rule: str, with_findings: frozenset[str]) -> str:
+    code = f"<code>{_e(rule)}</code>"
+    return f'<a href="#{_anchor("rule-", rule)}">{code}</a>' if rule in with_findings else code
+
+
+def _control_row(control: Control, with_findings: frozenset[str] = frozenset()) -> str:
     waivers = "".join(
         f'<div class="waiver">waived by {_e(w.approved_by)}, expires {_e(w.expires)}: {_e(w.reason)}</div>'
         for w in control.waivers
     )
     rules = "".join(
-        f'<li>{_status(r.status)} <a href="#{_anchor("rule-", r.id)}"><code>{_e(r.id)}</code></a> '
-        f'{_e(r.title)} <span class="muted">({_e(r.source)}{"; " + _e(r.note) if r.note else ""})</span></li>'
+        f"<li>{_status(r.status)} {_rule_ref(r.id, with_findings)} {_e(r.title)} "
+        f'<span class="muted">({_e(SOURCE_WORDS.get(r.source, r.source))}'
+        f"{'; ' + _e(r.note) if r.note else ''})</span></li>"
         for r in control.rules
     )
-    counts = ", ".join(f"{n} {s}" for s, n in control.findings.items() if n) or "none"
+    counts = ", ".join(f"{n} {STATUS_WORDS.get(s, s)}" for s, n in control.findings.items() if n) or "none"
     return (
         f'<tr class="control" id="{_anchor("control-", control.id)}" data-status="{control.status}">'
         f"<td><b>{_e(control.id)}</b></td><td>{_e(control.title)}</td>"
@@ -159,11 +317,12 @@ def _control_row(control: Control) -> str:
 
 def _controls(report: AuditReport) -> Iterator[str]:
     yield '<section id="controls"><h2>Controls</h2>'
+    with_findings = frozenset(f.rule for f in report.findings)
     for family, controls in groupby(report.controls, key=lambda c: c.family):
         yield f'<h3 id="{_anchor("family-", family)}">{_e(family)} {_e(family_title(family))}</h3>'
         yield _table("Control", "Title", "Status", "Rules", "Findings")
         for control in controls:
-            yield _control_row(control)
+            yield _control_row(control, with_findings)
         yield "</tbody></table>"
     yield "</section>\n"
 
@@ -181,6 +340,12 @@ def _finding_row(finding: Finding) -> str:
     )
 
 
+def _control_links(controls: Iterable[str], known: frozenset[str]) -> str:
+    return ", ".join(
+        f'<a href="#{_anchor("control-", c)}">{_e(c)}</a>' if c in known else _e(c) for c in controls
+    )
+
+
 def _findings(report: AuditReport) -> Iterator[str]:
     findings = report.findings
     failing = sum(f.status == FAIL for f in findings)
@@ -191,6 +356,7 @@ def _findings(report: AuditReport) -> Iterator[str]:
     if not findings:
         yield '<p class="muted">No findings.</p>'
     opened = " open" if len(findings) < OPEN_FINDINGS_BELOW else ""
+    known = frozenset(c.id for c in report.controls)
     groups: dict[str, list[Finding]] = {}  # references only: the findings stay where they are
     for finding in findings:
         groups.setdefault(finding.rule, []).append(finding)
@@ -201,7 +367,7 @@ def _findings(report: AuditReport) -> Iterator[str]:
         yield (
             f'<details class="finding-group" id="{_anchor("rule-", rule)}"{opened}><summary>'
             f"<code>{_e(rule)}</code> {_e(first.title)} — {len(items)} finding(s), {failing} failing; "
-            f"{_e(', '.join(first.controls))}; severity {_e(first.severity)}</summary>"
+            f"{_control_links(first.controls, known)}; severity {_e(first.severity)}</summary>"
             + _table("Resource", "Finding", "Remediation", "Status")
         )
         for finding in items:
@@ -216,14 +382,14 @@ def _value(value: Any) -> str:
             return '<span class="muted">none</span>'
         return (
             '<dl class="facts">'
-            + "".join(f"<dt>{_e(k)}</dt><dd>{_value(v)}</dd>" for k, v in value.items())
+            + "".join(f"<dt>{_e(label(str(k)))}</dt><dd>{_value(v)}</dd>" for k, v in value.items())
             + "</dl>"
         )
     if isinstance(value, list):
         if not value:
             return '<span class="muted">none</span>'
         return "<ul>" + "".join(f"<li>{_value(v)}</li>" for v in value) + "</ul>"
-    return _e(value)
+    return _e(words(value))
 
 
 def _pairs(headers: tuple[str, str], pairs: dict[str, Any]) -> Iterator[str]:
@@ -236,7 +402,7 @@ def _pairs(headers: tuple[str, str], pairs: dict[str, Any]) -> Iterator[str]:
 def _baseline(index: int, baseline: dict[str, Any]) -> Iterator[str]:
     hosts = baseline.get("hosts") or []
     yield (
-        f"<details><summary>Baseline {index}: {len(hosts)} host(s) in pool(s) "
+        f'<details id="baseline-{index}"><summary>Baseline {index}: {len(hosts)} host(s) in pool(s) '
         f"{_e(', '.join(baseline.get('pools') or []))} <code>{_e(baseline.get('fingerprint'))}</code>"
         "</summary>"
     )
@@ -261,8 +427,8 @@ def _evidence_detail(section: Evidence) -> Iterator[str]:
         for log in logs:
             head = log.get("head") or {}
             yield (
-                f"<tr><td><code>{_e(log.get('path'))}</code></td><td>{_e(log.get('records'))}</td>"
-                f"<td>seq {_e(head.get('seq'))} <code>{_e(head.get('hash'))}</code></td>"
+                f"<tr><td><code>{_e(log.get('path'))}</code></td><td>{_e(words(log.get('records')))}</td>"
+                f"<td>record {_e(words(head.get('seq')))} <code>{_e(words(head.get('hash')))}</code></td>"
                 f"<td>{_status(PASS if log.get('ok') else FAIL)}</td>"
                 f"<td>{_value(log.get('problems') or [])}</td></tr>"
             )
@@ -288,8 +454,8 @@ def _data(report: AuditReport) -> Iterator[str]:
     )
     for item in report.data:
         yield (
-            f"<tr><td>{_e(item['kind'])}</td><td>{_e(item['name'])}</td><td>{_e(item.get('owner'))}</td>"
-            f"<td>{_e(item.get('classification'))}</td><td>{_e(item.get('storage'))}</td></tr>"
+            f"<tr><td>{_e(item['kind'])}</td><td>{_e(item['name'])}</td><td>{_e(words(item.get('owner')))}</td>"
+            f"<td>{_e(words(item.get('classification')))}</td><td>{_e(words(item.get('storage')))}</td></tr>"
         )
     yield "</tbody></table></section>\n"
 
@@ -313,12 +479,17 @@ def render_html(report: AuditReport) -> Iterator[str]:
     yield (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>{_e(title)}</title><style>{CSS}</style><script>{PRINT_SCRIPT}</script></head><body>\n"
+        f"<title>{_e(title)}</title><style>{CSS}</style><style>{page_css(report)}</style>"
+        '<style id="paper-size">@page{size:A4}</style>'
+        f"<script>{PRINT_SCRIPT}</script></head><body>\n"
     )
     yield _banner(report, "top")
     yield "<main>\n"
     sections: Iterable[Callable[[AuditReport], Iterator[str]]] = (
+        _toolbar,
+        _verdict,
         _header,
+        _contents,
         _summary,
         _controls,
         _findings,

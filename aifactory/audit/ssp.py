@@ -379,8 +379,6 @@ def _requirement(
     return requirement
 
 
-
-
 def build_ssp(plan: SitePlan, report: AuditReport) -> dict[str, Any]:
     catalog = load_catalog()
     controls = {c.id: c for c in report.controls}

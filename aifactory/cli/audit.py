@@ -127,7 +127,7 @@ def cmd_report(args: argparse.Namespace) -> int:
             f"{len(report.findings)} findings"
         )
         print(
-            f"wrote {written.folder}/report.html, report.json, assessment-results.json, signed by "
+            f"wrote {', '.join(written.files)} in {written.folder}, signed by "
             f"{written.identity}; check with: aifactory audit verify {written.folder}"
         )
     return int(ExitCode.INVALID) if args.strict and totals[FAIL] else int(ExitCode.OK)
