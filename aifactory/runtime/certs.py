@@ -43,6 +43,11 @@ CA_LIFETIME = timedelta(days=5 * 365)
 CLOCK_SKEW = timedelta(minutes=5)  # certificates are valid from a little before they are issued
 TENANT_URI = re.compile(r"aifactory://(?P<site>[^/]+)/tenant/(?P<tenant>[^/]+)")
 REVOCATION_PREFIX = "cert:"
+# A DNS name (RFC 1123 labels of at most 63 characters, at most 253 in all).
+DNS_NAME = re.compile(
+    r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
+)
+DNS_NAME_MAX = 253
 
 
 def tenant_uri(site: str, tenant: str) -> str:
@@ -148,7 +153,7 @@ def issue_client_certificate(
     """A client certificate naming `tenant` (SAN URI aifactory://site/tenant/T), written to out_dir."""
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", tenant):
         raise UsageError(
-            f"{tenant!r} cannot be a tenant name in a certificate", hint="letters, digits, . _ -"
+            f"{tenant[:60]!r} cannot be a tenant name in a certificate", hint="letters, digits, . _ -"
         )
     return _issue(
         trust,
@@ -174,6 +179,12 @@ def issue_server_certificate(
     now: datetime | None = None,
 ) -> IssuedCertificate:
     """A TLS server certificate for `server` (a DNS name) and its IP addresses, written to out_dir."""
+    # The name is also the file name in out_dir: a DNS name has no '/', no leading '.', no '..'.
+    if len(server) > DNS_NAME_MAX or not DNS_NAME.fullmatch(server):
+        raise UsageError(
+            f"{server[:60]!r} cannot be a server name in a certificate",
+            hint="a DNS name: letters, digits and inner '-' in labels joined by '.' (gpu-001.site.example)",
+        )
     names: list[x509.GeneralName] = [x509.DNSName(server)]
     for address in addresses:
         try:
@@ -212,6 +223,9 @@ def _issue(
     now: datetime | None,
     event: dict[str, object],
 ) -> IssuedCertificate:
+    # Checked by each caller's grammar; kept here too, as the name becomes a file name in out_dir.
+    if Path(subject).name != subject or subject.startswith("."):
+        raise UsageError(f"{subject[:60]!r} cannot name a file in {out_dir}")
     moment = now or datetime.now(UTC)
     ensure_site_key(trust, site=site)  # the signed revocation list that certificates are checked against
     ca = ensure_site_ca(trust, site=site, now=moment)
