@@ -39,9 +39,8 @@ def test_a_zstd_bundle_verifies_and_imports(
     assert [p.name for p in (tmp_path / "home").iterdir()] == ["tamperlab"]  # no decompressed copy left
 
 
-def test_damage_inside_the_compressed_stream_is_refused_before_decompressing(
-    small_bundle: SmallBundle, signer: Signer
-) -> None:
+def test_damage_inside_the_compressed_stream_is_refused(small_bundle: SmallBundle, signer: Signer) -> None:
+    """Refused before anything is decompressed: the seal covers the compressed bytes."""
     bundle = small_bundle(compress="zstd")
     data = bytearray(bundle.read_bytes())
     data[len(data) // 4] ^= 0xFF  # inside the compressed stream, before the seal
