@@ -171,6 +171,7 @@ class _Parse:
     __slots__ = (
         "limits", "ready", "in_head", "in_body", "started", "head_end", "_target", "_target_size",
         "_headers", "_head_size", "_fed_in_head", "_body", "_body_size", "parser", "refusal",
+        "continue_wanted",
     )  # fmt: skip
 
     def __init__(self, limits: HttpLimits) -> None:
@@ -183,6 +184,7 @@ class _Parse:
         self._headers: dict[str, str] = {}
         self._body: list[bytes] = []
         self.refusal: _Refused | None = None
+        self.continue_wanted = False
         self.parser = httptools.HttpRequestParser(self)
 
     def feed(self, data: bytes) -> bool:
@@ -244,6 +246,8 @@ class _Parse:
 
     def on_headers_complete(self) -> None:
         self.in_head, self.in_body, self.head_end = False, True, time.monotonic()
+        # curl asks before sending a body over 1 KB, and waits a second for this answer otherwise
+        self.continue_wanted = self._headers.get("expect", "").lower() == "100-continue"
 
     def on_body(self, chunk: bytes) -> None:
         self._body_size += len(chunk)
@@ -376,6 +380,10 @@ class HttpServer(Generic[PeerT]):
                 return
             first = False
             ending = not parse.feed(data)
+            if parse.continue_wanted:
+                parse.continue_wanted = False
+                if parse.in_body and not ending:  # the head was accepted and its body is still to come
+                    connection.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     async def _answer(self, connection: _Connection, message: _Message, peer: PeerT) -> bool:
         """Answer one request; True when the connection stays open for another."""

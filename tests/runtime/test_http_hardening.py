@@ -162,6 +162,22 @@ def test_pipelined_requests_are_answered_in_order(server: Server) -> None:
     assert exchange(server.port, two, source="127.0.0.5") == [200, 404]
 
 
+def test_a_client_that_expects_100_continue_gets_it_before_sending_its_body(
+    server: Server, site: RuntimeSite
+) -> None:
+    body = json.dumps(BODY).encode()
+    head = request("POST", PATH, headers={"Expect": "100-continue", "Connection": "close"})
+    head = head.replace(b"Content-Length: 0", f"Content-Length: {len(body)}".encode())
+    head = head.replace(b"\r\n\r\n", f"\r\nAuthorization: Bearer {site.tokens['health']}\r\n\r\n".encode())
+    with socket.create_connection(
+        ("127.0.0.1", server.port), timeout=20, source_address=("127.0.0.9", 0)
+    ) as sock:
+        sock.sendall(head)
+        assert sock.recv(4096) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        sock.sendall(body)
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200 ")
+
+
 def test_nested_body_is_400_and_the_server_stays_up(server: Server, site: RuntimeSite) -> None:
     before = log_size(server)
     for token in (site.tokens["health"], None):
