@@ -136,6 +136,29 @@ def test_idle_connections_from_one_peer_are_capped_and_closed_while_another_peer
         running.stop()
 
 
+def test_limits_come_from_runtime_yaml_as_deploy_writes_them(site: RuntimeSite, tmp_path: Path) -> None:
+    running = start_server(
+        site,
+        tmp_path / "storage",
+        tmp_path / "runtime",
+        as_deployed=True,
+        serve_settings={"max_connections": 5, "max_connections_per_peer": 2},
+    )
+    held = [
+        socket.create_connection(("127.0.0.1", running.port), timeout=10, source_address=("127.0.0.10", 0))
+        for _ in range(2)
+    ]
+    try:
+        assert exchange(running.port, request("GET", "/healthz"), source="127.0.0.10") == [503]
+        assert exchange(
+            running.port, request("GET", "/healthz", headers={"Connection": "close"}), source="127.0.0.11"
+        ) == [200]
+    finally:
+        for sock in held:
+            sock.close()
+        assert running.stop() == 0
+
+
 @pytest.mark.parametrize(
     "raw",
     [
