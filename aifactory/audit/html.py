@@ -66,7 +66,7 @@ details>summary{cursor:pointer;padding:6px 0;font-weight:600}
 .verdict.v-incomplete{border-color:#6e7781}
 .verdict .word{text-transform:uppercase;letter-spacing:.06em;font-weight:700}
 nav.contents{margin:8px 0 0}nav.contents a{margin-right:14px}
-.toolbar{float:right;margin:16px 0 0;font-size:13px}
+.toolbar{text-align:right;margin:8px 0 -8px;font-size:13px}
 @media print{
  body{font-size:10pt}main{max-width:none;padding:0}
  .banner,.toolbar{display:none}
