@@ -84,6 +84,7 @@ class AifactoryError(Exception):
         hint: str | None = None,
         problems: list[Problem] | None = None,
         exit_code: ExitCode | None = None,
+        omitted_problems: int = 0,
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -94,11 +95,14 @@ class AifactoryError(Exception):
         self.location = location or Location()
         self.hint = hint
         self.problems = list(problems or [])
+        self.omitted_problems = omitted_problems  # found but not listed (a cap keeps output bounded)
 
     def render(self) -> str:
         head = Problem(self.code, self.message, self.location, self.hint).render()
         lines = [f"error[{self.code}]: {head}"]
         lines += [f"  - {p.render()}" for p in self.problems]
+        if self.omitted_problems:
+            lines.append(f"  ... and {self.omitted_problems} more problems")
         return "\n".join(lines)
 
     def as_dict(self) -> dict[str, Any]:
@@ -110,6 +114,7 @@ class AifactoryError(Exception):
                 "exit_code": int(self.exit_code),
                 **self.location.as_dict(),
                 "problems": [p.as_dict() for p in self.problems],
+                "omitted_problems": self.omitted_problems,
             }
         }
 

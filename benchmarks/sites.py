@@ -123,6 +123,33 @@ def generate_site(
     return "\n".join(lines) + "\n"
 
 
+def aliased_site(section: str, count: int) -> str:
+    """A small site whose `datasets` or `fabrics` list is one anchored item and `count - 1` YAML
+    aliases of it: a few KB of text that expands to `count` identical items (every name a duplicate,
+    every path or CIDR on top of every other). What validation must refuse in near-linear time."""
+    if section not in ("datasets", "fabrics") or count < 1:
+        raise ValueError("section is datasets or fabrics, count >= 1")
+    dataset = "{name: d, owner: t, classification: internal, residency: NG, storage: lake, path: /data/d}"
+    fabric = "{name: f, kind: ethernet, purpose: compute, cidr: 10.1.0.0/16}"
+    anchored, alias = ("&d " + dataset, "*d") if section == "datasets" else ("&f " + fabric, "*f")
+    items = "[" + ", ".join([anchored] + [alias] * (count - 1)) + "]"
+    lines = [
+        "schema: aifactory.site/v1",
+        "site: {name: hostile, jurisdiction: NG, air_gapped: true}",
+        "datacenters: [{name: dc1, country: NG, region: NG-FC}]",
+        "fabrics:",
+        "  - {name: mgmt, kind: ethernet, purpose: management, cidr: 10.0.0.0/24}",
+        *([f"  - {item}" for item in ([anchored] + [alias] * (count - 1))] if section == "fabrics" else []),
+        "node_pools: [{name: ctl, role: control, count: 1, datacenter: dc1, fabrics: [mgmt]}]",
+        "storage: [{name: lake, kind: nfs, datacenter: dc1, capacity_tib: 1, encrypted_at_rest: true,",
+        "           mount_path: /lake}]",
+        "tenants: [{name: t, clearance: secret}]",
+    ]
+    if section == "datasets":
+        lines.append(f"datasets: {items}")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="print a generated benchmark site spec")
     parser.add_argument("--hosts", type=int, default=10_000)

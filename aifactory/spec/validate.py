@@ -8,9 +8,11 @@ No message ever repeats the value of an inline secret.
 from __future__ import annotations
 
 import difflib
+import functools
 import hashlib
 import ipaddress
 import posixpath
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, get_args, get_origin
@@ -34,6 +36,27 @@ SECRET_FIELDS = {"credentials", "password", "token", "secret", "key", "passphras
 # Addresses a fabric keeps for itself: the network and the gateway (and broadcast on IPv4).
 RESERVED_V4 = 3
 RESERVED_V6 = 2
+MAX_PROBLEMS = 200  # listed; the rest are counted ("... and N more problems")
+# The longest each list may be (docs/site-spec.md, "Limits on input"): far above a national site
+# (10,000 hosts fit in 100 pools), low enough that every check stays fast on what is accepted.
+LIST_LIMITS: dict[tuple[str, ...], int] = {
+    ("datacenters",): 100,
+    ("fabrics",): 256,
+    ("node_pools",): 1_000,
+    ("storage",): 256,
+    ("tenants",): 1_000,
+    ("datasets",): 10_000,
+    ("models",): 10_000,
+    ("access",): 50_000,
+    ("egress", "allow"): 1_000,
+    ("node_pools", "fabrics"): 64,
+    ("storage", "mounted_by"): 1_000,
+    ("storage", "replicas"): 16,
+    ("tenants", "pools"): 1_000,
+    ("models", "trained_on"): 10_000,
+    ("models", "serve_on"): 1_000,
+    ("access", "actions"): 4,
+}
 
 
 @dataclass(frozen=True)
@@ -68,6 +91,15 @@ def validate(source: LoadedYaml, *, places: Places) -> SiteSpec:
             location=source.location(()),
             hint="start from `aifactory init NAME --jurisdiction CC`",
         )
+    too_long = _lists_too_long(source)
+    if too_long:  # nothing else is checked: the other checks' cost grows with the lists
+        raise SpecError(
+            f"{len(too_long)} list(s) longer than allowed in the site spec",
+            problems=too_long[:MAX_PROBLEMS],
+            omitted_problems=max(0, len(too_long) - MAX_PROBLEMS),
+            code="invalid-spec",
+            location=Location(file=source.file),
+        )
     spec, problems = _model_validated(source)
     problems += _Checker(source, places).run()
     problems = _dedupe(problems)
@@ -75,12 +107,37 @@ def validate(source: LoadedYaml, *, places: Places) -> SiteSpec:
         problems.sort(key=lambda p: (p.location.line or 0, p.location.column or 0, p.location.path or ""))
         raise SpecError(
             f"{len(problems)} problem(s) in the site spec",
-            problems=problems,
+            problems=problems[:MAX_PROBLEMS],
+            omitted_problems=max(0, len(problems) - MAX_PROBLEMS),
             code="invalid-spec",
             location=Location(file=source.file),
         )
     assert spec is not None  # no problems means the model accepted it
     return spec
+
+
+def _lists_too_long(source: LoadedYaml) -> list[Problem]:
+    problems = []
+    for (section, *field), limit in LIST_LIMITS.items():
+        found: list[tuple[PathKey, Any]]
+        if field and section == "egress":
+            egress = source.data.get("egress")
+            found = [(("egress", "allow"), egress.get("allow"))] if isinstance(egress, dict) else []
+        elif field:
+            found = [((section, i, field[0]), item.get(field[0])) for i, item in _items(source.data, section)]
+        else:
+            found = [((section,), source.data.get(section))]
+        for path, value in found:
+            if isinstance(value, list) and len(value) > limit:
+                problems.append(
+                    Problem(
+                        "list-too-long",
+                        f"{len(value)} items; at most {limit} are allowed here",
+                        source.location(path, key=True),
+                        "see Limits on input in docs/site-spec.md",
+                    )
+                )
+    return problems
 
 
 def _dedupe(problems: list[Problem]) -> list[Problem]:
@@ -281,6 +338,31 @@ def _str_list(value: Any) -> list[tuple[int, str]]:
     return [(i, v) for i, v in enumerate(value) if isinstance(v, str)]
 
 
+def _end(network: ipaddress.IPv4Network | ipaddress.IPv6Network) -> int:
+    return int(network.broadcast_address)
+
+
+def _nested_paths(paths: list[tuple[int, str]]) -> list[tuple[int, str, int, str]]:
+    """(index, path, index of the path it is inside, that path) for each path equal to an earlier one
+    or inside another, each reported once: a dict for equal paths, then one scan over the distinct
+    paths sorted by component, keeping the chain of enclosing paths on a stack (n log n)."""
+    found: list[tuple[int, str, int, str]] = []
+    first: dict[str, int] = {}
+    for index, path in paths:
+        if path in first:
+            found.append((index, path, first[path], path))
+        else:
+            first[path] = index
+    enclosing: list[tuple[tuple[str, ...], int, str]] = []
+    for parts, path in sorted((tuple(p.strip("/").split("/")) if p != "/" else (), p) for p in first):
+        while enclosing and parts[: len(enclosing[-1][0])] != enclosing[-1][0]:
+            enclosing.pop()
+        if enclosing:
+            found.append((first[path], path, enclosing[-1][1], enclosing[-1][2]))
+        enclosing.append((parts, first[path], path))
+    return found
+
+
 class _Checker:
     def __init__(self, source: LoadedYaml, places: Places) -> None:
         self.source = source
@@ -288,6 +370,7 @@ class _Checker:
         self.places = places
         self.problems: list[Problem] = []
         self.names: dict[str, dict[str, dict[str, Any]]] = {}
+        self._hints: dict[tuple[str, str], str | None] = {}
 
     def add(
         self, path: PathKey, code: str, message: str, hint: str | None = None, *, missing: bool = False
@@ -384,6 +467,16 @@ class _Checker:
             seen[name], first[name] = item, i
         return seen
 
+    def hint(self, word: str, kind: str, choices: Callable[[], list[str]]) -> str | None:
+        """ "Did you mean" for a word among a kind's names: once per (kind, word), and only while the
+        problems found are few enough to be listed (matching against every name costs time)."""
+        key = (kind, word)
+        if key not in self._hints:
+            if len(self.problems) >= MAX_PROBLEMS:
+                return None
+            self._hints[key] = _did_you_mean(word, choices())
+        return self._hints[key]
+
     def ref(self, path: PathKey, value: Any, kind: str, what: str) -> dict[str, Any] | None:
         # A value outside the name grammar is reported by the model, and never echoed twice.
         if not isinstance(value, str) or not grammar.matches(grammar.NAME, value):
@@ -394,7 +487,7 @@ class _Checker:
                 path,
                 "unknown-reference",
                 f"unknown {what} '{value}'",
-                _did_you_mean(value, sorted(self.names[kind])),
+                self.hint(value, kind, lambda: sorted(self.names[kind])),
             )
         return target
 
@@ -414,7 +507,10 @@ class _Checker:
             return
         what = "country code" if country_only else "place (country code or bloc)"
         self.add(
-            path, "unknown-place", f"unknown {what} '{value}'", _did_you_mean(value, self.places.all_places())
+            path,
+            "unknown-place",
+            f"unknown {what} '{value}'",
+            self.hint(value, "place", self.places.all_places),
         )
 
     def _site(self) -> None:
@@ -441,7 +537,7 @@ class _Checker:
                         ("datacenters", i, "region"),
                         "unknown-region",
                         f"unknown ISO 3166-2 region '{region}'",
-                        _did_you_mean(region, self.places.regions_of(country)),
+                        self.hint(region, "region", functools.partial(self.places.regions_of, country)),
                     )
 
     def _fabrics(self) -> None:
@@ -454,6 +550,7 @@ class _Checker:
                 "every site needs one management fabric that every pool is on",
             )
         networks: list[tuple[int, ipaddress.IPv4Network | ipaddress.IPv6Network]] = []
+        usage = self._fabric_usage()
         for i, fabric in fabrics:
             cidr = fabric.get("cidr")
             if not isinstance(cidr, str) or not grammar.matches(grammar.CIDR, cidr):
@@ -468,32 +565,64 @@ class _Checker:
                     pass
                 self.add(("fabrics", i, "cidr"), "bad-cidr", f"'{cidr}' is not a valid network: {exc}", hint)
                 continue
-            for j, other in networks:
-                if network.version == other.version and network.overlaps(other):
-                    self.add(
-                        ("fabrics", i, "cidr"),
-                        "overlapping-cidr",
-                        f"{network} overlaps fabrics[{j}] ({other})",
-                    )
             networks.append((i, network))
-            self._fabric_capacity(i, fabric, network)
+            self._fabric_capacity(i, fabric, network, usage.get(fabric.get("name"), (0, 0)))
+        self._overlaps(networks)
 
-    def _fabric_capacity(
-        self, index: int, fabric: dict[str, Any], network: ipaddress.IPv4Network | ipaddress.IPv6Network
-    ) -> None:
-        name = fabric.get("name")
-        rails = fabric.get("rails", 1)
-        rails = rails if isinstance(rails, int) and rails >= 1 else 1
-        hosts = bmcs = 0
+    def _overlaps(self, networks: list[tuple[int, ipaddress.IPv4Network | ipaddress.IPv6Network]]) -> None:
+        """Overlapping CIDRs, by one sweep over the networks sorted by first address (n log n, not
+        every pair): each fabric that overlaps an earlier-sorted one is reported once, the later
+        written of the two against the other, so 1,000 copies of a CIDR give 999 problems, not 500,000."""
+        ordered = sorted(
+            networks,
+            key=lambda item: (item[1].version, int(item[1].network_address), -item[1].num_addresses, item[0]),
+        )
+        reported: set[int] = set()
+        reach: tuple[int, ipaddress.IPv4Network | ipaddress.IPv6Network] | None = None  # furthest end so far
+        for index, network in ordered:
+            other = reach[1] if reach else None
+            if reach and other and other.version == network.version and network.overlaps(other):
+                later, (earlier, first) = max(index, reach[0]), min((index, network), reach)
+                if later not in reported:
+                    reported.add(later)
+                    shown = network if later == index else other
+                    self.add(
+                        ("fabrics", later, "cidr"),
+                        "overlapping-cidr",
+                        f"{shown} overlaps fabrics[{earlier}] ({first})",
+                    )
+            if not reach or reach[1].version != network.version or _end(network) > _end(reach[1]):
+                reach = (index, network)
+
+    def _fabric_usage(self) -> dict[Any, tuple[int, int]]:
+        """(hosts, BMCs) on each fabric name, from one pass over the pools."""
+        usage: dict[Any, tuple[int, int]] = {}
         for _, pool in _items(self.data, "node_pools"):
             count = pool.get("count")
             if not isinstance(count, int) or count < 1:
                 continue
-            if name in (pool.get("fabrics") or []):
-                hosts += count
+            names = pool.get("fabrics")
+            for name in set(names) if isinstance(names, list) else ():
+                if isinstance(name, str):
+                    hosts, bmcs = usage.get(name, (0, 0))
+                    usage[name] = (hosts + count, bmcs)
             bmc = pool.get("bmc")
-            if isinstance(bmc, dict) and bmc.get("fabric") == name:
-                bmcs += count
+            fabric = bmc.get("fabric") if isinstance(bmc, dict) else None
+            if isinstance(fabric, str):
+                hosts, bmcs = usage.get(fabric, (0, 0))
+                usage[fabric] = (hosts, bmcs + count)
+        return usage
+
+    def _fabric_capacity(
+        self,
+        index: int,
+        fabric: dict[str, Any],
+        network: ipaddress.IPv4Network | ipaddress.IPv6Network,
+        usage: tuple[int, int],
+    ) -> None:
+        rails = fabric.get("rails", 1)
+        rails = rails if isinstance(rails, int) and rails >= 1 else 1
+        hosts, bmcs = usage
         reserved = RESERVED_V4 if network.version == 4 else RESERVED_V6
         needed = hosts * rails + bmcs + reserved
         if needed > network.num_addresses:
@@ -594,28 +723,21 @@ class _Checker:
                     )
 
     def _datasets(self) -> None:
-        paths: list[tuple[int, str, str]] = []
+        by_storage: dict[str, list[tuple[int, str]]] = {}
         for i, dataset in _items(self.data, "datasets"):
             path: PathKey = ("datasets", i)
             self.place(path + ("residency",), dataset.get("residency"))
             value = dataset.get("path")
             # A path outside the path grammar is reported by the model.
             if isinstance(value, str) and grammar.matches(grammar.PATH, value):
-                paths.append((i, str(dataset.get("storage")), posixpath.normpath(value)))
-        for i, store, value in paths:
-            for j, other_store, other in paths:
-                if (
-                    i != j
-                    and store == other_store
-                    and (value == other or value.startswith(other.rstrip("/") + "/"))
-                ):
-                    if value == other and i < j:
-                        continue
-                    self.add(
-                        ("datasets", i, "path"),
-                        "nested-dataset",
-                        f"'{value}' is inside datasets[{j}]'s path '{other}' on storage '{store}'",
-                    )
+                by_storage.setdefault(str(dataset.get("storage")), []).append((i, posixpath.normpath(value)))
+        for store, paths in by_storage.items():
+            for i, value, j, other in _nested_paths(paths):
+                self.add(
+                    ("datasets", i, "path"),
+                    "nested-dataset",
+                    f"'{value}' is inside datasets[{j}]'s path '{other}' on storage '{store}'",
+                )
 
     def _grants(self) -> None:
         for i, grant in _items(self.data, "access"):

@@ -82,6 +82,7 @@ def test_json_error_format(tmp_path: Path, cli) -> None:
         "column",
         "path",
         "problems",
+        "omitted_problems",
     }
     assert error["exit_code"] == 1 and error["file"] == str(spec)
     first = error["problems"][0]
