@@ -321,6 +321,7 @@ def bench_parsers(args: argparse.Namespace, work: Path, plan: Path, token: str) 
     other (the order alternates), so the machine's other load falls on both alike."""
     sides: dict[str, tuple[subprocess.Popen[str], int]] = {}
     rates: dict[str, list[float]] = {"legacy": [], "http.py": []}
+    cpu_ms: dict[str, list[float]] = {name: [] for name in rates}  # the server's CPU per answered request
     body: dict[str, object] = {"inputs": [[0.25] * BENCH_MODEL.features]}
     try:
         for name in rates:
@@ -351,9 +352,13 @@ def bench_parsers(args: argparse.Namespace, work: Path, plan: Path, token: str) 
         for number in range(args.parser_rounds):
             order = list(rates) if number % 2 == 0 else list(reversed(rates))
             for name in order:
-                result = load(sides[name][1], args.parser_seconds)
+                process, port = sides[name]
+                cpu_before = process_cpu_seconds(process.pid)
+                result = load(port, args.parser_seconds)
+                ok = result.statuses().get(200, 0)
                 failed += len(result.failures) + sum(n for s, n in result.statuses().items() if s != 200)
-                rates[name].append(result.statuses().get(200, 0) / result.seconds)
+                rates[name].append(ok / result.seconds)
+                cpu_ms[name].append((process_cpu_seconds(process.pid) - cpu_before) / max(ok, 1) * 1000)
     finally:
         for process, _ in sides.values():
             process.terminate()
@@ -369,6 +374,10 @@ def bench_parsers(args: argparse.Namespace, work: Path, plan: Path, token: str) 
         print(
             f"  {name:8s} median {statistics.median(values):7,.0f} req/s   spread {min(values):,.0f} to "
             f"{max(values):,.0f}   rounds: {' '.join(f'{v:,.0f}' for v in values)}"
+        )
+        print(
+            f"  {'':8s} server CPU per request median {statistics.median(cpu_ms[name]):.2f} ms "
+            f"(spread {min(cpu_ms[name]):.2f} to {max(cpu_ms[name]):.2f}; forward pass included)"
         )
     verdict = "within" if low <= new <= high else ("above" if new > high else "BELOW")
     print(f"  http.py/legacy median {new / old:.2f}x: the new median is {verdict} the legacy spread")
