@@ -2,7 +2,8 @@
 
     manifest.json  manifest.json.sig  SHA256SUMS     at the root (see manifest.py)
     plan.json                     the site's plan (deploy refuses a local spec whose plan differs)
-    sbom.cdx.json                 CycloneDX 1.5 SBOM of every wheel, collection, package and file
+    sbom.cdx.json                 CycloneDX 1.5 SBOM of every wheel, collection, package and file,
+                                  with licenses and the dependency graph
     wheels/                       aifactory's wheel + runtime and control wheel sets (wheelhouse.py)
     collections/                  the playbooks as a normalized collection, plus extra collections
     policies/                     the Rego policies and their data
@@ -279,8 +280,9 @@ class _Collector:
             name, item_version, extra = self._identities[path]
             kind = item.kind if item.kind in ("wheel", "collection", "deb") else "file"
             digest = digests[item.source]
+            described = sbom.describe(kind, item.source)
             components.append(
-                sbom.Component(kind, path, digest.sha256, digest.size, name, item_version, extra)
+                sbom.Component(kind, path, digest.sha256, digest.size, name, item_version, extra, described)
             )
         target = self.work / sbom.SBOM_PATH
         target.write_bytes(

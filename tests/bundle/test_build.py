@@ -149,6 +149,23 @@ def test_sbom_is_cyclonedx_and_lists_every_file(lab_bundle: BuildResult) -> None
         "pkg:generic/ansible-collection/labextra.tools@1.0.0"
     )
     assert listed["files/vitals-mlp.safetensors"]["type"] == "file"
+    # every package names its licenses; the graph covers every component and links torch to its needs
+    from cyclonedx.schema import SchemaVersion
+    from cyclonedx.validation.json import JsonStrictValidator
+
+    assert JsonStrictValidator(SchemaVersion.V1_5).validate_str(json.dumps(sbom)) is None
+    packages = [c for c in listed.values() if c["type"] == "library"]
+    assert packages and all(c.get("licenses") for c in packages), [
+        c["name"] for c in packages if not c.get("licenses")
+    ]
+    graph = {d["ref"]: d["dependsOn"] for d in sbom["dependencies"]}
+    assert set(listed) <= set(graph)
+    torch_ref = next(ref for ref, c in listed.items() if c["name"] == "torch")
+    assert any(
+        listed[r]["name"] in ("numpy", "filelock", "sympy", "typing_extensions") for r in graph[torch_ref]
+    )
+    slurmd = next(ref for ref, c in listed.items() if c["name"] == "slurmd")
+    assert graph[slurmd], "slurmd depends on packages the bundle carries"
 
 
 def test_verify_hashes_everything_and_names_the_signer(lab_bundle: BuildResult, signer: Signer) -> None:
