@@ -79,6 +79,21 @@ class _Pending:
     future: Future[dict[str, Any]]
 
 
+def _ensure_log_key(key_dir: Path, identity: str) -> None:
+    """Make the log's signing key at first start, once. Several launchers may start at the same moment
+    on one runtime folder (the training launchers of a job's hosts on shared storage): one makes the
+    key under the folder's lock while the others wait, then all use it. Without the lock the loser of
+    the race died on the half-made key and its job's other hosts waited at the rendezvous."""
+    key_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(key_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        if not (key_dir / "signing_key").exists():
+            generate_keypair(key_dir, identity=identity, namespaces=LOG_NAMESPACE)
+    finally:
+        os.close(fd)  # releases the lock
+
+
 class DecisionLog:
     """Append-only decision log with group commit and periodic signed heads; thread-safe."""
 
@@ -101,10 +116,7 @@ class DecisionLog:
         self.sign_every = sign_every
         self.sign_interval = sign_interval
         key_dir = key_dir or log_key_dir(path)
-        if not (key_dir / "signing_key").exists():
-            generate_keypair(
-                key_dir, identity=identity or f"decision-log@{socket.gethostname()}", namespaces=LOG_NAMESPACE
-            )
+        _ensure_log_key(key_dir, identity or f"decision-log@{socket.gethostname()}")
         self._key = load_private_key(key_dir / "signing_key")
         self.signer = fingerprint(self._key.public_key())
         self._writer = ChainWriter(path)

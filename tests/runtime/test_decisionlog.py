@@ -181,3 +181,42 @@ def test_two_writers_on_one_log_keep_it_verifiable(tmp_path: Path) -> None:
     launcher.close()
     report = verify_log(path)
     assert report.ok and report.records == 20 and report.unsigned_tail == 0, report.render()
+
+
+STARTERS = 8
+OPEN_ON_SIGNAL = """
+import sys, time
+from pathlib import Path
+from aifactory.runtime.decisionlog import DecisionLog
+go = Path(sys.argv[2])
+while not go.exists():
+    pass
+log = DecisionLog(Path(sys.argv[1]))
+log.record({"who": sys.argv[3]})
+log.close()
+print(log.signer)
+"""
+
+
+def test_launchers_starting_at_once_on_a_fresh_folder_share_one_key(tmp_path: Path) -> None:
+    """The training launchers of a job's hosts may open one fresh runtime folder at the same moment
+    (shared storage): all of them start, and the log has one signing key."""
+    import subprocess
+    import sys
+
+    path, go = tmp_path / "runtime" / "decisions.jsonl", tmp_path / "go"
+    starters = [
+        subprocess.Popen(
+            [sys.executable, "-c", OPEN_ON_SIGNAL, str(path), str(go), str(n)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for n in range(STARTERS)
+    ]
+    go.touch()
+    results = [starter.communicate(timeout=120) for starter in starters]
+    assert [s.returncode for s in starters] == [0] * STARTERS, [err for _, err in results]
+    assert len({out.strip() for out, _ in results}) == 1
+    report = verify_log(path)
+    assert report.ok, report.problems
