@@ -17,6 +17,9 @@ runtime_dir: ...                # optional: trust files and decision log (defaul
 network: {hidden: 64, layers: 2}
 train: {steps: 200, global_batch: 64, learning_rate: 0.003, seed: 1234,
         checkpoint_every: 20, keep_checkpoints: 3, threads: 1}
+timeouts: {rendezvous_s: 600, collective_s: 1800}   # how long a node waits for the job's other
+                                #   nodes to join (and for the first host's rendezvous store to
+                                #   answer); how long one collective (Gloo/NCCL) may take
 """
 
 from __future__ import annotations
@@ -53,6 +56,16 @@ class TrainSettings(_Strict):
     threads: int = Field(1, ge=1, le=256)
 
 
+class Timeouts(_Strict):
+    """Every host waits as long as the others: a node that starts first waits up to `rendezvous_s`
+    for the rest and for the first host's store (torch's own default for the store is 60 s, shorter
+    than its 300 s wait for members, so a late first host failed the others). A collective that
+    takes longer than `collective_s` fails the job (a hung peer), which a restart then resumes."""
+
+    rendezvous_s: int = Field(600, ge=1, le=86400)
+    collective_s: int = Field(1800, ge=1, le=86400)
+
+
 class JobSpec(_Strict):
     schema_: Literal["aifactory.job/v1"] = Field(alias="schema")
     name: str = Field(pattern=NAME)
@@ -68,6 +81,7 @@ class JobSpec(_Strict):
     runtime_dir: Path | None = None
     network: Network = Network()
     train: TrainSettings = TrainSettings()
+    timeouts: Timeouts = Timeouts()
 
     def token(self) -> str:
         from_env = os.environ.get("AIFACTORY_TOKEN")

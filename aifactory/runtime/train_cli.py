@@ -104,7 +104,7 @@ def plan_launch(
         "--rdzv-backend=c10d",
         f"--rdzv-endpoint={_endpoint(endpoint, job.rendezvous_port)}",
         f"--rdzv-id={job.name}",
-        f"--rdzv-conf=is_host={str(node_rank == 0).lower()},join_timeout=300",
+        f"--rdzv-conf=is_host={str(node_rank == 0).lower()},{_rendezvous_waits(job)}",
         f"--local-addr={local}",
         f"--max-restarts={job.max_restarts}",
         "--monitor-interval=0.5",
@@ -116,6 +116,14 @@ def plan_launch(
     ]
     env = {**os.environ, **network_env, DECISION_ENV: decision_id, "OMP_NUM_THREADS": str(job.train.threads)}
     return Launch(argv, env, node_rank, nodes)
+
+
+def _rendezvous_waits(job: JobSpec) -> str:
+    """torchrun's c10d waits, all from the job: for the other nodes to join (join_timeout) and for
+    the first host's store to answer (read_timeout, which is also how long a node that starts before
+    the first host keeps trying to connect)."""
+    seconds = job.timeouts.rendezvous_s
+    return f"join_timeout={seconds},read_timeout={seconds}"
 
 
 def _endpoint(address: str, port: int) -> str:

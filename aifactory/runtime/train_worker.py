@@ -14,6 +14,7 @@ import os
 import sys
 import time
 from collections.abc import Sequence
+from datetime import timedelta
 from typing import Any
 
 import numpy as np
@@ -72,7 +73,8 @@ def train(job_path: str, host: str | None) -> None:
     settings = job.train
     torch.set_num_threads(settings.threads)
     backend = "nccl" if torch.cuda.is_available() else "gloo"
-    dist.init_process_group(backend)
+    # Explicit, from the job: a collective waiting on a hung peer fails after this (Gloo and NCCL).
+    dist.init_process_group(backend, timeout=timedelta(seconds=job.timeouts.collective_s))
     rank, world = dist.get_rank(), dist.get_world_size()
     if settings.global_batch % world:
         raise AifactoryError(

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from waiting import scaled
 
 from aifactory.plan import plan_site
 from aifactory.runtime import dataset as datasets
@@ -74,6 +75,8 @@ def write_job(site: RuntimeSite, folder: Path, *, tenant: str = "health", **fiel
         "rendezvous_port": free_port(),
         "processes_per_host": 2,
         "network": {"hidden": 32, "layers": 2},
+        # Every wait of a multi-process job set explicitly, for a loaded machine (tests/waiting.py).
+        "timeouts": {"rendezvous_s": round(scaled(60)), "collective_s": round(scaled(60))},
         **fields,
     }
     path = folder / "job.yaml"

@@ -8,12 +8,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from waiting import wait_for
 
 from .conftest import RuntimeSite, write_job
 
@@ -64,28 +66,40 @@ def test_a_job_trains_across_two_hosts_over_their_compute_addresses(
         train={"steps": 30, "global_batch": 64, "learning_rate": 0.01, "checkpoint_every": 10},
     )
     env = {k: v for k, v in os.environ.items() if k != "AIFACTORY_TOKEN"}
+    logs = [tmp_path / f"node-{rank + 1}.log" for rank in range(len(namespaces))]
+    sinks = [log.open("w") for log in logs]
     launches = [
         subprocess.Popen(
-            [
-                "ip",
-                "netns",
-                "exec",
-                namespace,
-                sys.executable,
-                "-m",
-                "aifactory.runtime.train_cli",
-                str(job),
-                "--host",
-                host,
-            ],
+            ["ip", "netns", "exec", namespace, sys.executable, "-m", "aifactory.runtime.train_cli"]
+            + [str(job), "--host", host],
             env=env,
-            stdout=subprocess.PIPE,
+            stdout=sink,
             stderr=subprocess.STDOUT,
-            text=True,
+            start_new_session=True,
         )
-        for host, namespace in namespaces.items()
+        for (host, namespace), sink in zip(namespaces.items(), sinks, strict=True)
     ]
-    outputs = [launch.communicate(timeout=300)[0] for launch in launches]
+
+    def both_done_or_one_failed() -> bool:
+        codes = [launch.poll() for launch in launches]
+        return all(code is not None for code in codes) or any(code not in (None, 0) for code in codes)
+
+    try:
+        wait_for(
+            both_done_or_one_failed,
+            what="both nodes to finish training",
+            timeout=120,
+            every=0.5,
+            detail=lambda: "\n".join(f"--- {log.name}\n{log.read_text()[-3000:]}" for log in logs),
+        )
+    finally:
+        for launch in launches:  # a node whose peer failed would wait out the rendezvous: stop it
+            if launch.poll() is None:
+                os.killpg(launch.pid, signal.SIGKILL)
+            launch.wait()
+        for sink in sinks:
+            sink.close()
+    outputs = [log.read_text() for log in logs]
     assert [launch.returncode for launch in launches] == [0, 0], "\n".join(outputs)
     assert "node 1 of 2" in outputs[0] and "node 2 of 2" in outputs[1]
     metrics = [

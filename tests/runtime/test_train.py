@@ -8,11 +8,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from waiting import scaled, wait_for
 
 from .conftest import DATASET_PATH, RuntimeSite, write_job
 
@@ -67,20 +67,13 @@ def _no_job_outlives_its_test() -> Iterator[None]:
 
 
 def _finish(process: subprocess.Popen[str]) -> str:
-    output, _ = process.communicate(timeout=240)
+    output, _ = process.communicate(timeout=scaled(240))
     assert process.returncode == 0, output
     return output
 
 
 def _checkpoints(job: Path) -> Path:
     return job.parent / "storage" / MODEL_PATH / "checkpoints"
-
-
-def _wait_for(condition, what: str, timeout: float = 120) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
 
 
 def _kill_job(process: subprocess.Popen[str], job: Path) -> None:
@@ -96,7 +89,7 @@ def _kill_job(process: subprocess.Popen[str], job: Path) -> None:
                 continue
         return True
 
-    _wait_for(no_workers_left, "the workers to die with their launcher", timeout=20)
+    wait_for(no_workers_left, what="the workers to die with their launcher", timeout=20)
 
 
 def _metrics(job: Path) -> list[dict[str, object]]:
@@ -147,7 +140,7 @@ def test_kill_mid_run_resumes_from_the_last_checkpoint(
 ) -> None:
     job = _job(site, tmp_path)
     process = _train(job, AIFACTORY_FAULT_STALL_AT_STEP="30")  # rank 0 hangs after step 30
-    _wait_for(lambda: any(m["step"] == 30 for m in _metrics(job)), "step 30")
+    wait_for(lambda: any(m["step"] == 30 for m in _metrics(job)), what="step 30", timeout=120)
     _kill_job(process, job)
     assert (_checkpoints(job) / "latest").read_text().strip() == "step-00000020"
     output = _finish(_train(job))
@@ -161,9 +154,10 @@ def test_kill_during_a_checkpoint_write_keeps_the_previous_one(
 ) -> None:
     job = _job(site, tmp_path)
     process = _train(job, AIFACTORY_FAULT_STALL_IN_CHECKPOINT="40")  # stalls after writing the weights
-    _wait_for(
+    wait_for(
         lambda: any((s / "model.safetensors").exists() for s in _checkpoints(job).glob(".step-00000040.*")),
-        "the step-40 checkpoint to be half written",
+        what="the step-40 checkpoint to be half written",
+        timeout=120,
     )
     _kill_job(process, job)
     assert (_checkpoints(job) / "latest").read_text().strip() == "step-00000020"
@@ -209,3 +203,42 @@ def test_a_tenant_without_a_grant_is_refused_before_any_data_is_read(
         False,
     )
     assert last["decision_id"] in result.stderr
+
+
+def test_the_launcher_passes_the_jobs_rendezvous_waits_to_torchrun(site: RuntimeSite, tmp_path: Path) -> None:
+    job = write_job(site, tmp_path, timeouts={"rendezvous_s": 77, "collective_s": 99})
+    planned = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "aifactory.runtime.train_cli",
+            str(job),
+            "--host",
+            "rtlab-cpu-001",
+            "--dry-run",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=scaled(60),
+        env={k: v for k, v in os.environ.items() if k != "AIFACTORY_TOKEN"},
+    )
+    assert planned.returncode == 0, planned.stderr
+    argv = json.loads(planned.stdout)["argv"]
+    assert "--rdzv-conf=is_host=true,join_timeout=77,read_timeout=77" in argv, argv
+
+
+def test_a_collective_waiting_on_a_hung_peer_fails_after_the_jobs_collective_timeout(
+    site: RuntimeSite, tmp_path: Path
+) -> None:
+    job = write_job(
+        site,
+        tmp_path,
+        timeouts={"rendezvous_s": round(scaled(60)), "collective_s": 3},
+        train={"steps": STEPS, "global_batch": 64, "learning_rate": 0.01, "checkpoint_every": EVERY},
+    )
+    process = _train(job, AIFACTORY_FAULT_STALL_AT_STEP="5")  # rank 0 hangs; rank 1 waits in all_reduce
+    output, _ = process.communicate(timeout=scaled(120))  # the stall alone would last an hour
+    assert process.returncode == 4, output
+    assert "error[train-failed]" in output
+    assert [m["step"] for m in _metrics(job)][-1] == 5
+    assert "Timed out waiting 3000ms" in output  # Gloo's own words: the job's collective_s reached it
