@@ -16,6 +16,10 @@ from aifactory.errors import PrerequisiteError, UsageError
 from aifactory.policy.backend import PolicyBackend, engine_error
 from aifactory.policy.metadata import PolicySet
 
+# Loading policies and data is not a decision: it is not held to the decision's time limit (a busy
+# server or machine may take a while to accept a module), only to this bound.
+LOAD_TIMEOUT_S = 30.0
+
 
 class OpaBackend(PolicyBackend):
     name = "opa"
@@ -25,6 +29,7 @@ class OpaBackend(PolicyBackend):
     ) -> None:
         try:
             from opa_client.opa import OpaClient
+            from requests import Timeout  # opa-python-client's transport
         except ImportError as exc:
             raise PrerequisiteError(
                 "the OPA backend needs opa-python-client",
@@ -34,17 +39,19 @@ class OpaBackend(PolicyBackend):
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise UsageError(f"--opa-url {url!r} is not an http(s) URL", hint="e.g. http://127.0.0.1:8181")
         self.url = url
+        self._timeout_error: type[Exception] = Timeout
         self.time_limit_s = time_limit_s
         self.client = OpaClient(
             host=parts.hostname,
             port=parts.port or (443 if parts.scheme == "https" else 8181),
             ssl=parts.scheme == "https",
-            timeout=time_limit_s,
+            timeout=LOAD_TIMEOUT_S,
             retries=0,
         )
         self._upload(policies, site)
 
     def _upload(self, policies: PolicySet, site: dict[str, Any] | None) -> None:
+        self.client.timeout = LOAD_TIMEOUT_S
         try:
             for module in policies.policies:
                 endpoint = "aifactory/" + module.path.relative_to(policies.root).as_posix()
@@ -57,6 +64,7 @@ class OpaBackend(PolicyBackend):
             ) from exc
 
     def extend_data(self, extra: dict[str, Any]) -> None:
+        self.client.timeout = LOAD_TIMEOUT_S
         for key, value in extra.items():
             try:
                 self.client.update_or_create_data(value, f"aifactory/{key}")
@@ -64,12 +72,19 @@ class OpaBackend(PolicyBackend):
                 raise engine_error(f"cannot load data.aifactory.{key} into OPA at {self.url}: {exc}") from exc
 
     def evaluate(self, paths: Sequence[str], input_doc: dict[str, Any]) -> list[Any]:
+        # The limit in force now: callers raise it for one-off evaluations (the runtime's compile).
+        self.client.timeout = self.time_limit_s
         values = []
         for path in paths:
             package, _, rule = path.removeprefix("data.").rpartition(".")
             try:
                 answer = self.client.query_rule(input_data=input_doc, package_path=package, rule_name=rule)
-            except Exception as exc:  # noqa: BLE001 - timeouts, refused connections, HTTP errors: all deny
+            except self._timeout_error as exc:
+                raise engine_error(
+                    f"OPA at {self.url} did not answer {path} within {self.time_limit_s:g} s",
+                    code="policy-timeout",
+                ) from exc
+            except Exception as exc:  # noqa: BLE001 - refused connections, HTTP errors: all deny
                 raise engine_error(f"OPA at {self.url} did not answer {path}: {exc}") from exc
             if not isinstance(answer, dict):
                 raise engine_error(

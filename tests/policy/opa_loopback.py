@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, HTTPServer
@@ -25,6 +26,7 @@ class _State:
         self.data: dict[str, Any] = {}
         self.engine: regorus.Engine | None = None
         self.queries = 0
+        self.delay_s = 0.0  # each answer waits this long first: a slow or busy server
 
     def put_data(self, path: list[str], value: Any) -> None:
         with self.lock:
@@ -84,6 +86,7 @@ def _handler(state: _State) -> type[BaseHTTPRequestHandler]:
                 self._reply(200, {})
 
         def do_PUT(self) -> None:  # noqa: N802
+            time.sleep(state.delay_s)
             kind, rest = self._route()
             body = self._body()
             if kind == "policies":
@@ -96,6 +99,7 @@ def _handler(state: _State) -> type[BaseHTTPRequestHandler]:
                 self._reply(404, {"code": "resource_not_found", "message": self.path})
 
         def do_POST(self) -> None:  # noqa: N802
+            time.sleep(state.delay_s)
             kind, rest = self._route()
             if kind != "data":
                 self._reply(404, {"code": "resource_not_found", "message": self.path})

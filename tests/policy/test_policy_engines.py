@@ -27,6 +27,7 @@ from .opa_loopback import opa_loopback_server
 from .test_policy_corpus import CASES
 
 TODAY = dt.date(2026, 11, 22)
+ANSWER_LIMIT_S = 60.0
 
 
 def _free_port() -> int:
@@ -119,8 +120,10 @@ REQUESTS = list(
 
 def test_runtime_decisions_same_on_both_engines(opa_url: str) -> None:
     plan = plan_site(LAB_SITE, write_lock=False).plan.to_dict()
-    embedded = RuntimeAuthorizer(plan)
-    opa = RuntimeAuthorizer(plan, engine="opa", opa_url=opa_url)
+    # The answers are compared, not the speed: a limit no busy machine reaches (the runtime's own
+    # limit is tested below and in test_policy_fail_closed.py).
+    embedded = RuntimeAuthorizer(plan, time_limit_s=ANSWER_LIMIT_S)
+    opa = RuntimeAuthorizer(plan, engine="opa", opa_url=opa_url, time_limit_s=ANSWER_LIMIT_S)
     for tenant, action, resource, country, today in REQUESTS:
         a = embedded.decide(tenant, action, resource, host_country=country, today=today)
         b = opa.decide(tenant, action, resource, host_country=country, today=today)
@@ -133,6 +136,15 @@ def test_runtime_decisions_same_on_both_engines(opa_url: str) -> None:
         True,
         False,
     }
+
+
+def test_a_slow_opa_server_still_loads_the_policies_but_a_slow_decision_is_denied() -> None:
+    plan = plan_site(LAB_SITE, write_lock=False).plan.to_dict()
+    with opa_loopback_server() as (url, state):
+        state.delay_s = 0.2  # slower than a decision may take (0.05 s), well within loading's bound
+        authz = RuntimeAuthorizer(plan, engine="opa", opa_url=url)  # uploads and compiles
+        decision = authz.decide("health", "infer", "model/vitals-mlp", host_country="NG")
+    assert (decision.allow, decision.reasons) == (False, ["engine-timeout"])
 
 
 def test_loopback_server_really_answered() -> None:
