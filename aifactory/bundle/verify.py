@@ -254,9 +254,13 @@ def _verify_open(
 
 def ssh_keygen_check(path: Path | str, *, trust: Path, identity: str) -> str:
     """Check the manifest's signature with the stock `ssh-keygen -Y verify` as well (an auditor's
-    second opinion, independent of aifactory's own SSHSIG code). Returns ssh-keygen's message."""
-    parts = find_parts(Path(path))
-    with PartsReader(parts) as reader, tempfile.TemporaryDirectory(prefix="aifactory-sshsig-") as scratch:
+    second opinion, independent of aifactory's own SSHSIG code). Returns ssh-keygen's message.
+    A zstd bundle is expanded as `verify` expands it: only once its seal verifies."""
+    with (
+        expanded(Path(path), trust=trust, name=str(path)) as (plain, _sealed),
+        PartsReader(find_parts(plain)) as reader,
+        tempfile.TemporaryDirectory(prefix="aifactory-sshsig-") as scratch,
+    ):
         stream = archive.buffered(reader)
         members = archive.scan(stream, size=reader.size, archive=str(path)).members
         for name in (MANIFEST, SIGNATURE):

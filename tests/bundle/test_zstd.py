@@ -11,6 +11,7 @@ import pytest
 
 from aifactory.bundle import import_bundle, verify_bundle
 from aifactory.bundle.manifest import SUMS
+from aifactory.bundle.verify import ssh_keygen_check
 from aifactory.errors import BundleError
 from aifactory.state import SiteState
 
@@ -89,3 +90,12 @@ def test_a_seal_from_another_build_is_refused(
 def _seal_start(data: bytes) -> int:
     (length,) = struct.unpack_from("<I", data, len(data) - 12)
     return len(data) - 12 - length - 8
+
+
+def test_the_stock_tool_checks_a_compressed_bundles_manifest_once_its_seal_verifies(
+    small_bundle: SmallBundle, signer: Signer
+) -> None:
+    message = ssh_keygen_check(
+        small_bundle(compress="zstd"), trust=signer.allowed_signers, identity=signer.identity
+    )
+    assert f'Good "aifactory-bundle" signature for {signer.identity}' in message
