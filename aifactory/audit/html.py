@@ -469,6 +469,12 @@ def _footer(report: AuditReport) -> Iterator[str]:
         f"allowed_signers -I {_e(report.signer.get('identity'))} -n aifactory-audit -s SHA256SUMS.sig "
         "&lt; SHA256SUMS</code> then "
         f"<code>sha256sum -c SHA256SUMS</code>. Report id <code>{_e(report.report_id)}</code>.</p>"
+        "<p>Filed with it, in the same folder and signed with it (OSCAL 1.2.1): <code>ssp.json</code>, the "
+        "System Security Plan generated from the site spec; <code>assessment-plan.json</code>, what this "
+        "audit assesses and how; <code>assessment-results.json</code>, this report's results; "
+        "<code>poam.json</code>, the plan of action for every failing and waived control; "
+        "<code>profile.json</code>, the NIST SP 800-53 rev 5 moderate baseline controls aifactory "
+        "implements, which resolves every control id against NIST's catalog.</p>"
         "</footer>\n"
     )
 

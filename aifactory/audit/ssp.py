@@ -329,6 +329,52 @@ def _users(plan: SitePlan) -> list[dict[str, Any]]:
     return users
 
 
+def _plan_section(plan: SitePlan, key: str) -> Any:
+    """A top-level section of the spec, as the plan holds it."""
+    sections: dict[str, Any] = {
+        "site": plan.site,
+        "datacenters": plan.datacenters,
+        "fabrics": plan.fabrics,
+        "node_pools": plan.pools,
+        "storage": plan.storage,
+        "tenants": plan.tenants,
+        "datasets": plan.datasets,
+        "models": plan.models,
+        "access": plan.access,
+        "egress": plan.egress,
+    }
+    return sections.get(key)
+
+
+def _setting_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, list):
+        return _words(_item_label(v) if isinstance(v, dict) else str(v) for v in value)
+    return "none" if value in (None, "") else str(value)
+
+
+def _item_label(item: dict[str, Any]) -> str:
+    if "tenant" in item and "resource" in item:  # an access grant
+        return f"{item['tenant']} on {item['resource']}"
+    return str(item.get("name"))
+
+
+def setting_text(plan: SitePlan, setting: str) -> str:
+    """A spec setting with its values on this site: "storage[].encrypted_at_rest: share = yes"."""
+    head, _, field = setting.partition(".")
+    section = _plan_section(plan, head.removesuffix("[]"))
+    if head.endswith("[]") and isinstance(section, list):
+        if not field:
+            return f"{setting}: {_words(_item_label(item) for item in section)}"
+        values = [f"{_item_label(item)} = {_setting_value(item.get(field))}" for item in section]
+        return f"{setting}: {'; '.join(values) or 'none'}"
+    if isinstance(section, dict) and field:
+        name, _, _rest = field.partition("[]")
+        return f"{setting}: {_setting_value(section.get(name))}"
+    return setting
+
+
 def _rules_text(rules: Sequence[RuleResult]) -> str:
     return "; ".join(f"{r.id} ({r.title})" if r.title else r.id for r in rules)
 
@@ -347,6 +393,12 @@ def _by_components(
     out = []
     for part in parts:
         text = implementation.statement if implementation and part == parts[0] else PARTS[part] + "."
+        if implementation and implementation.settings and part == parts[0]:
+            text += (
+                " Set in the site spec: "
+                + "; ".join(setting_text(plan, s) for s in implementation.settings)
+                + "."
+            )
         if by_part.get(part):
             kind = "Policy rules" if part == "policy" else "Checked by"
             text += f" {kind}: {_rules_text(by_part[part])}."

@@ -262,6 +262,19 @@ def test_no_page_ends_with_a_heading(printed: Path, page: dict[str, Any]) -> Non
 
 
 @needs_poppler
+def test_a_table_continued_on_a_new_page_repeats_its_header(printed: Path) -> None:
+    """A control row never opens a page: a controls table that goes on to the next page starts it
+    with its header row again."""
+    pages = int(_pdfinfo(printed)["Pages"])
+    continued = 0
+    for number in range(2, pages + 1):
+        body = [line for line in _page_text(printed, number).splitlines() if line.strip()][1:]
+        assert not re.match(r"\s*[A-Z]{2}-\d+(\(\d+\))?\s", body[0]), f"page {number}: {body[0]!r}"
+        continued += bool(re.match(r"\s*Control\s+Title\s+Status\s+Rules\s+Findings", body[0]))
+    assert continued >= 1, "the fixture's controls run over a page"
+
+
+@needs_poppler
 def test_letter_paper_on_request(failing_report: WrittenReport, tmp_path: Path) -> None:
     info = _pdfinfo(_pdf(failing_report, tmp_path, "?paper=letter"))
     assert "(letter)" in info["Page size"], info["Page size"]

@@ -213,6 +213,10 @@ def test_the_ssp_describes_the_site_from_its_spec(failing_report: WrittenReport,
     encryption = " ".join(b["description"] for b in requirements["sc-28.1"]["by-components"])
     assert "encryption.unencrypted_storage" in encryption and "encryption.unencrypted_replica" in encryption
     assert characteristics["security-sensitivity-level"] == "moderate"  # confidential data
+    # the settings that implement a control, with this site's values (the share is unencrypted here)
+    assert "storage[].encrypted_at_rest: share = no" in encryption
+    boundary = " ".join(b["description"] for b in requirements["sc-7"]["by-components"])
+    assert "site.air_gapped: yes" in boundary and "egress.allow[]: ntp-de" in boundary
 
 
 def test_the_poam_plans_every_failing_and_waived_rule(failing_report: WrittenReport) -> None:
