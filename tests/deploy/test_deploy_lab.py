@@ -19,10 +19,10 @@ The tests share the lab and run in file order (each needs the state the one befo
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
+from waiting import scaled, wait_for
 
 from aifactory.deploy import DeployOptions, DeployResult, Progress, Update, deploy_site
 from aifactory.deploy.evidence import installed_path
@@ -50,7 +50,7 @@ tr '\\0' ' ' < /proc/$pid/cmdline; echo
 def ssh(lab, host: str, script: str, *, check: bool = True):  # noqa: ANN001, ANN201
     """Run `script` on `host` over SSH from the control host, as an admin would."""
     config = lab.status.paths["ssh_config"]
-    return lab.exec(["ssh", "-F", config, host, script], check=check, timeout=60)
+    return lab.exec(["ssh", "-F", config, host, script], check=check, timeout=scaled(60))
 
 
 def management_address(lab, host: str) -> str:  # noqa: ANN001
@@ -69,10 +69,12 @@ def restore(lab, host: str) -> None:  # noqa: ANN001
     """Start the host's sshd again through the lab, which records it (the shared lab stays `up`)."""
     status = restart_sshd(lab.site, host)
     assert status.state == "up", f"the lab did not heal: {status.state}"
-    deadline = time.monotonic() + 20
-    while ssh(lab, host, "true", check=False).returncode != 0:
-        assert time.monotonic() < deadline, f"sshd of {host} did not come back"
-        time.sleep(0.5)
+    wait_for(
+        lambda: ssh(lab, host, "true", check=False).returncode == 0,
+        what=f"sshd of {host} to answer again",
+        timeout=20,
+        every=0.5,
+    )
 
 
 def by_host(result: DeployResult) -> dict[str, dict]:

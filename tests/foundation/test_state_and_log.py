@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from waiting import wait_for
 
 from aifactory.chain import verify_chain
 from aifactory.errors import StateError
@@ -32,10 +33,12 @@ def _hold_lock(state_home: Path, tmp_path: Path, seconds: float) -> subprocess.P
         [sys.executable, "-c", HOLDER, str(flag), str(seconds)],
         env={**os.environ, "AIFACTORY_STATE_HOME": str(state_home)},
     )
-    deadline = time.monotonic() + 30
-    while not flag.exists():
-        assert holder.poll() is None and time.monotonic() < deadline, "the lock holder did not start"
-        time.sleep(0.05)
+    wait_for(
+        lambda: flag.exists() or holder.poll() is not None,
+        what="the lock holder to take the lock",
+        timeout=30,
+    )
+    assert holder.poll() is None, "the lock holder ended before it held the lock"
     return holder
 
 

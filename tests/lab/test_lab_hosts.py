@@ -15,6 +15,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from waiting import wait_for
 
 from aifactory.lab.access import SERVICE_COMMAND
 
@@ -237,8 +238,14 @@ def test_supervised_service_starts_restarts_and_stops(lab):
     assert again["changed"] is False and again["pid"] == started["pid"]
     assert lab.exec(["python3", "-c", PROBE, address, "18123"]).stdout.strip() == "connected"
     lab.exec(["kill", str(started["pid"])], host=host)
-    lab.sh("sleep 1.5")
-    restarted = json.loads(lab.exec([tool, "status", "labtest-web"], host=host).stdout)
+
+    def restarted_with_a_new_pid() -> dict | None:
+        shown = json.loads(lab.exec([tool, "status", "labtest-web"], host=host, check=False).stdout or "{}")
+        return shown if shown.get("state") == "running" and shown.get("pid") != started["pid"] else None
+
+    restarted = wait_for(
+        restarted_with_a_new_pid, what="the supervisor to restart the killed service", timeout=10
+    )
     assert restarted["state"] == "running" and restarted["pid"] != started["pid"]
     stopped = json.loads(lab.exec([tool, "stop", "labtest-web"], host=host).stdout)
     assert stopped["state"] == "stopped" and stopped["changed"] is True
@@ -253,15 +260,17 @@ def test_supervised_service_starts_restarts_and_stops(lab):
 
 def _wait_for_lines(lab, host: str, path: str, count: int, *, timeout: float) -> list[float]:  # noqa: ANN001
     """The timestamps a timer's service appended to `path`, once there are `count` of them."""
-    deadline = time.monotonic() + timeout
-    stamps: list[float] = []
-    while time.monotonic() < deadline:
-        found = lab.exec(["cat", path], host=host, check=False).stdout.split()
-        stamps = [float(stamp) for stamp in found]
-        if len(stamps) >= count:
-            return stamps
-        time.sleep(0.2)
-    raise AssertionError(f"waited {timeout} s for {count} runs of the timer's service, saw {len(stamps)}")
+
+    def stamps() -> list[float]:
+        return [float(stamp) for stamp in lab.exec(["cat", path], host=host, check=False).stdout.split()]
+
+    return wait_for(
+        lambda: found if len(found := stamps()) >= count else None,
+        what=f"{count} runs of the timer's service",
+        timeout=timeout,
+        every=0.2,
+        detail=lambda: f"saw {len(stamps())}",
+    )
 
 
 def test_supervised_timer_starts_its_service_on_schedule_and_stops(lab):

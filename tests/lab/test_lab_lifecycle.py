@@ -9,10 +9,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from waiting import wait_for
 
 from tests.conftest import copy_lab_spec
 
@@ -123,9 +123,12 @@ def test_down_after_an_up_killed_halfway_leaves_nothing(tmp_path, lab):
         stderr=subprocess.STDOUT,
     )
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and len(journal_pids(lab_root)) < 3 and up.poll() is None:
-            time.sleep(0.02)
+        wait_for(
+            lambda: len(journal_pids(lab_root)) >= 3 or up.poll() is not None,
+            what="lab up to start 3 processes (to kill it halfway)",
+            timeout=60,
+            every=0.02,
+        )
         up.send_signal(signal.SIGKILL)
         output = up.communicate()[0].decode(errors="replace")
         pids = journal_pids(lab_root)

@@ -13,11 +13,11 @@ import itertools
 import shutil
 import socket
 import subprocess
-import time
 from collections.abc import Iterator
 
 import pytest
 import requests
+from waiting import wait_for
 
 from aifactory.plan import plan_site
 from aifactory.policy import RuntimeAuthorizer, check_site
@@ -44,13 +44,15 @@ def _real_opa() -> Iterator[str]:
         stderr=subprocess.DEVNULL,
     )
     url = f"http://127.0.0.1:{port}"
+
+    def answers() -> bool:
+        try:
+            return requests.get(f"{url}/health", timeout=0.2).ok
+        except requests.ConnectionError:
+            return False
+
     try:
-        for _ in range(100):
-            try:
-                requests.get(f"{url}/health", timeout=0.2)
-                break
-            except requests.ConnectionError:
-                time.sleep(0.05)
+        wait_for(answers, what=f"opa to answer at {url}", timeout=5, every=0.05)
         yield url
     finally:
         process.terminate()

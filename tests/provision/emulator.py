@@ -11,7 +11,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import bcrypt
+from waiting import scaled, wait_for
 
 USER = "admin"
 PASSWORD = "emulator-pass-123"  # a test credential for a loopback emulator, made for this test
@@ -70,22 +70,27 @@ class Emulator:
         return self
 
     def _wait_ready(self, timeout: float = 20.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        def answers() -> bool:
             try:
                 urllib.request.urlopen(self.endpoint + "/redfish/v1/", timeout=1)
-                return
+                return True
             except urllib.error.HTTPError:
-                return  # 401: it answers
+                return True  # 401: it answers
             except (urllib.error.URLError, OSError):
-                time.sleep(0.1)
-        raise RuntimeError(f"the emulator did not start; see {self.folder / 'emulator.log'}")
+                return False
+
+        wait_for(
+            answers,
+            what=f"the Redfish emulator to answer at {self.endpoint}",
+            timeout=timeout,
+            detail=lambda: f"see {self.folder / 'emulator.log'}",
+        )
 
     def stop(self) -> None:
         if self.process is not None:
             self.process.terminate()
             try:
-                self.process.wait(timeout=10)
+                self.process.wait(timeout=scaled(10))
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()

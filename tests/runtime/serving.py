@@ -11,9 +11,10 @@ import ssl
 import subprocess
 import sys
 import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from waiting import scaled, wait_for
 
 from .conftest import RuntimeSite
 
@@ -84,7 +85,7 @@ class Server:
     def stop(self, signum: int = signal.SIGTERM) -> int:
         if self.process.poll() is None:
             self.process.send_signal(signum)
-        return self.process.wait(timeout=60)
+        return self.process.wait(timeout=scaled(60))
 
 
 def start_server(
@@ -154,7 +155,7 @@ def start_server(
                 ready.set()
 
     threading.Thread(target=pump, daemon=True).start()
-    assert ready.wait(60), "".join(server.output)
+    assert ready.wait(scaled(60)), "the server never said it was ready:\n" + "".join(server.output)
     return server
 
 
@@ -162,12 +163,12 @@ STARTED: list[subprocess.Popen[str]] = []  # every server a test started; confte
 
 
 def wait_for_model(server: Server) -> dict:
-    for _ in range(100):
-        status, health = server.call("GET", "/healthz", token=server.health_token)
-        if health["models"].get("vitals-mlp"):
-            return health["models"]["vitals-mlp"]
-        time.sleep(0.1)
-    raise AssertionError("the model was never loaded")
+    def loaded() -> dict | None:
+        return server.call("GET", "/healthz", token=server.health_token)[1]["models"].get("vitals-mlp")
+
+    return wait_for(
+        loaded, what="the server to load vitals-mlp", timeout=10, detail=lambda: "".join(server.output)
+    )
 
 
 def records(server: Server) -> dict[str, dict]:

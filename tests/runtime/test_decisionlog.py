@@ -8,6 +8,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from waiting import scaled, wait_for
 
 from aifactory.chain import canonical_json, record_hash
 from aifactory.runtime.decisionlog import DecisionLog, heads_path_for, log_key_dir, verify_log
@@ -146,10 +147,7 @@ def test_time_bound_signs_an_idle_log(tmp_path: Path) -> None:
     path = tmp_path / "decisions.jsonl"
     decisions = DecisionLog(path, sign_every=1000, sign_interval=0.2)
     decisions.record(_decision(1))
-    deadline = 50
-    while decisions.heads_signed == 0 and deadline:
-        threading.Event().wait(0.05)
-        deadline -= 1
+    wait_for(lambda: decisions.heads_signed, what="the 0.2 s bound to sign a head", timeout=3, every=0.05)
     assert decisions.heads_signed == 1
     decisions.close()
 
@@ -215,7 +213,7 @@ def test_launchers_starting_at_once_on_a_fresh_folder_share_one_key(tmp_path: Pa
         for n in range(STARTERS)
     ]
     go.touch()
-    results = [starter.communicate(timeout=120) for starter in starters]
+    results = [starter.communicate(timeout=scaled(60)) for starter in starters]
     assert [s.returncode for s in starters] == [0] * STARTERS, [err for _, err in results]
     assert len({out.strip() for out, _ in results}) == 1
     report = verify_log(path)

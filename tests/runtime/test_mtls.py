@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
+from waiting import wait_for
 
 from aifactory.runtime.certs import (
     IssuedCertificate,
@@ -256,10 +257,13 @@ def _assert_refused(
     connection.close()
     assert len(records(server)) == before  # refused before any request was read
     assert server.call("GET", "/healthz")[0] == 200  # by the handshake, not by a server that went away
-    deadline = time.monotonic() + 10
-    while not any("refused: " + reason in line for line in server.output[logged:]):
-        assert time.monotonic() < deadline, "".join(server.output[logged:])
-        time.sleep(0.05)
+    wait_for(
+        lambda: any("refused: " + reason in line for line in server.output[logged:]),
+        what=f"the server to log the refusal ({reason})",
+        timeout=10,
+        every=0.05,
+        detail=lambda: "".join(server.output[logged:]),
+    )
     metrics = server.call("GET", "/metrics")[1]["text"]
     assert f'aifactory_serve_tls_refused_total{{reason="{reason}' in metrics
 

@@ -15,6 +15,7 @@ from collections.abc import Coroutine, Iterator
 from pathlib import Path
 
 import pytest
+from waiting import scaled, wait_for
 
 import aifactory
 from aifactory.runtime.decisionlog import verify_log
@@ -136,15 +137,17 @@ def test_graceful_stop_finishes_requests_in_flight_and_the_log_verifies(
     for thread in threads:
         thread.start()
     # Decided and recorded, so in flight: they sit in the batcher, which waits up to 3 s to fill a batch.
-    deadline = time.monotonic() + 20
-    while not running.log_path.exists() or len(running.log_path.read_text().splitlines()) < 6:
-        assert time.monotonic() < deadline, "the requests never arrived"
-        time.sleep(0.02)
+    wait_for(
+        lambda: running.log_path.exists() and len(running.log_path.read_text().splitlines()) >= 6,
+        what="6 requests decided and recorded",
+        timeout=20,
+        every=0.02,
+    )
     assert results == []
     running.process.send_signal(signal.SIGTERM)
     for thread in threads:
         thread.join()
-    assert running.process.wait(timeout=30) == 0
+    assert running.process.wait(timeout=scaled(30)) == 0
     assert results == [200] * 6
     report = verify_log(running.log_path)
     assert report.ok and report.records == 6 and report.unsigned_tail == 0, report.render()

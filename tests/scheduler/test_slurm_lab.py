@@ -16,7 +16,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import waiting
 import yaml
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
@@ -72,13 +72,18 @@ class Cluster:
         return self.exec(
             ["ansible-playbook", *options, str(PLAYBOOK), "-e", f"@{self.work / 'slurm.yml'}"],
             check=False,
-            timeout=600,
+            timeout=waiting.scaled(600),
         )
 
     def aifactory(self, *argv: str) -> subprocess.CompletedProcess[str]:
         env = {**os.environ, "AIFACTORY_STATE_HOME": str(self.state_home)}
         return subprocess.run(
-            [AIFACTORY, *argv], capture_output=True, text=True, env=env, timeout=300, check=False
+            [AIFACTORY, *argv],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=waiting.scaled(300),
+            check=False,
         )
 
     def jobs(self) -> dict[str, dict[str, Any]]:
@@ -122,13 +127,7 @@ class Cluster:
 
 
 def wait_for(what: str, probe: Callable[[], Any], *, timeout: float = 120, every: float = 1.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = probe()
-        if found:
-            return found
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+    return waiting.wait_for(probe, what=what, timeout=timeout, every=every)
 
 
 def changed_counts(recap: str) -> dict[str, int]:
