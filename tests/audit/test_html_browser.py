@@ -6,6 +6,7 @@ every page carries its number, the report id and the classification. Screenshots
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import shutil
@@ -17,6 +18,7 @@ import pytest
 from auditfixtures import artifacts_dir
 
 from aifactory.audit import WrittenReport
+from aifactory.audit.html import OPEN_FINDINGS_BELOW, write_html
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 POPPLER = shutil.which("pdftotext") and shutil.which("pdfinfo") and shutil.which("pdftoppm")
@@ -272,6 +274,27 @@ def test_a_table_continued_on_a_new_page_repeats_its_header(printed: Path) -> No
         assert not re.match(r"\s*[A-Z]{2}-\d+(\(\d+\))?\s", body[0]), f"page {number}: {body[0]!r}"
         continued += bool(re.match(r"\s*Control\s+Title\s+Status\s+Rules\s+Findings", body[0]))
     assert continued >= 1, "the fixture's controls run over a page"
+
+
+@needs_poppler
+def test_collapsed_finding_groups_print_in_full(failing_report: WrittenReport, tmp_path: Path) -> None:
+    """With 50 findings or more the groups start collapsed on screen; the printout holds them all."""
+    report = failing_report.report
+    template = report.findings[0]
+    findings = tuple(
+        dataclasses.replace(
+            template, rule=f"{template.rule}_{i % 7}", message=f"{template.message} (copy {i})"
+        )
+        for i in range(OPEN_FINDINGS_BELOW + 10)
+    )
+    many = dataclasses.replace(report, findings=findings)
+    html = tmp_path / "many.html"
+    write_html(many, html)
+    assert '<details class="finding-group" id=' in html.read_text() and " open>" not in html.read_text()
+    target = tmp_path / "many.pdf"
+    _chromium(tmp_path / "profile", "--no-pdf-header-footer", f"--print-to-pdf={target}", html.as_uri())
+    text = subprocess.run(["pdftotext", str(target), "-"], capture_output=True, text=True, check=True).stdout
+    assert sorted(set(re.findall(r"\(copy (\d+)\)", text)), key=int) == [str(i) for i in range(len(findings))]
 
 
 @needs_poppler
