@@ -38,7 +38,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from aifactory.errors import Location, SignerUntrusted
+from aifactory.errors import AifactoryError, Location, SignerUntrusted
 
 MAX_FILE_BYTES = 1 << 20  # a trust file lists keys; anything this large is not one
 _WHITESPACE = " \t\r\n"  # OpenSSH's strdelim set
@@ -67,8 +67,9 @@ _KEY_TYPES |= {
 }
 
 
-class _LineProblem(Exception):
-    """Why OpenSSH would stop at a line (internal: becomes part of a SignerUntrusted message)."""
+class _LineProblem(AifactoryError):
+    """Why OpenSSH would stop at a line (internal control flow out of the option parser: the line's
+    SignerLine carries it, and it reaches a command only inside a SignerUntrusted message)."""
 
 
 @dataclass(frozen=True)

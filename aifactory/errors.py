@@ -1,15 +1,20 @@
 """The one error root, its domain subclasses and the documented exit codes.
 
 Errors are values with context: a short kebab-case reference, the message, where it happened
-(file:line:column and the field path) and a hint. The CLI edge (aifactory.cli.main) turns them into
-one plain message and an exit code; the traceback is shown only with --debug.
+(file:line:column and the field path) and a hint. The console edge (aifactory.console), which every
+entry point goes through, turns them into one plain message and an exit code; the traceback is
+shown only with --debug. Every exception class of the package lives here (a test keeps it so).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # types only: the pipeline imports this module
+    from aifactory.pipeline.runner import StageOutcome
 
 
 class ExitCode(IntEnum):
@@ -20,6 +25,7 @@ class ExitCode(IntEnum):
     USAGE = 2  # bad command line
     CANNOT_EVALUATE = 3  # engine down, prerequisite missing, cannot decide
     HOSTS_FAILED = 4  # some hosts failed or were unreachable
+    INTERNAL = 70  # a bug: an error aifactory did not expect (sysexits' EX_SOFTWARE)
     INTERRUPTED = 130
 
 
@@ -207,6 +213,49 @@ class ProvisionError(AifactoryError):
 class RuntimeDenied(AifactoryError):
     code = "runtime-denied"
     exit_code = ExitCode.INVALID
+
+
+class TokenRejected(RuntimeDenied):
+    """A token did not verify; `reason` is the code a client sees (never more than that)."""
+
+    code = "token-rejected"
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message, hint=f"reason code: {reason}")
+        self.reason = reason
+
+
+class DatasetError(AifactoryError):
+    """A training dataset is missing, damaged or not what its manifest says."""
+
+    code = "dataset-invalid"
+
+
+class SchedulerError(AifactoryError):
+    """The cluster's scheduler is not ready to take the pipeline's job."""
+
+    code = "scheduler-not-ready"
+    exit_code = ExitCode.HOSTS_FAILED
+
+
+class PipelineFailed(AifactoryError):
+    """`aifactory up` stopped at a stage: that stage's error, with every stage's outcome so far."""
+
+    def __init__(self, outcomes: Sequence[StageOutcome], error: AifactoryError) -> None:
+        super().__init__(
+            error.message,
+            code=error.code,
+            location=error.location,
+            hint=error.hint,
+            problems=error.problems,
+            exit_code=error.exit_code,
+        )
+        self.outcomes = list(outcomes)
+        self.error = error
+
+    @property
+    def stage(self) -> str:
+        return next((o.name for o in self.outcomes if o.status == "failed"), "?")
 
 
 class AuditError(AifactoryError):

@@ -1,21 +1,18 @@
 """The `aifactory` command: parse arguments, call the library, render the result.
 
-This is the only place that prints errors and picks exit codes: every AifactoryError is rendered as
-one plain message (or JSON with --format json); tracebacks only with --debug.
+Errors and exit codes are the console edge's (aifactory.console): every AifactoryError is rendered
+as one plain message (or JSON with --format json); tracebacks only with --debug.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
-import json
-import logging
 import sys
 from collections.abc import Sequence
-from typing import Any, NoReturn
 
 from aifactory import __version__
-from aifactory.errors import AifactoryError, ExitCode
+from aifactory.console import DEBUG_HELP, UsageParser, run_console
 
 # One module per command group; each exposes register(subparsers, common).
 COMMAND_MODULES = (
@@ -54,23 +51,10 @@ COMMANDS = {
 }
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse that exits 2 with one line, like every other usage error."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        kwargs.setdefault("allow_abbrev", False)  # `--passphrase` must never mean `--passphrase-file`
-        super().__init__(*args, **kwargs)
-
-    def error(self, message: str) -> NoReturn:
-        self.print_usage(sys.stderr)
-        sys.stderr.write(f"error[usage]: {message}\n")
-        raise SystemExit(int(ExitCode.USAGE))
-
-
 def common_options() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--format", choices=("text", "json"), default="text", help="output format")
-    common.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    common.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     return common
 
 
@@ -85,14 +69,14 @@ def _modules_for(argv: Sequence[str] | None) -> tuple[str, ...]:
 
 def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     common = common_options()
-    parser = _Parser(
+    parser = UsageParser(
         prog="aifactory",
         description="Stand up a sovereign, air-gapped AI factory from one site spec.",
         parents=[common],
         allow_abbrev=False,
     )
     parser.add_argument("--version", action="version", version=f"aifactory {__version__}")
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=UsageParser)
     subparsers.required = True
     for name in _modules_for(argv):
         try:
@@ -106,30 +90,12 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    arguments = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser(arguments)
-    args = parser.parse_args(arguments)
-    debug = bool(getattr(args, "debug", False))
-    logging.basicConfig(
-        level=logging.DEBUG if debug else logging.WARNING,
-        format="%(levelname)s %(name)s: %(message)s",
-    )
-    as_json = getattr(args, "format", "text") == "json"
-    try:
-        return int(args.handler(args))
-    except AifactoryError as error:
-        if debug:
-            logging.exception("aifactory error")
-        if as_json:
-            print(json.dumps(error.as_dict(), indent=2, sort_keys=True))
-        else:
-            print(error.render(), file=sys.stderr)
-        return int(error.exit_code)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return int(ExitCode.INTERRUPTED)
-    except BrokenPipeError:
-        return int(ExitCode.OK)
+    return run_console(_run, argv, json_option=True)
+
+
+def _run(arguments: list[str]) -> int:
+    args = build_parser(arguments).parse_args(arguments)
+    return int(args.handler(args))
 
 
 if __name__ == "__main__":

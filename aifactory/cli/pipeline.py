@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import TextIO
 
 from aifactory.cli.output import emit_json, table
-from aifactory.errors import ExitCode
-from aifactory.pipeline.runner import PipelineFailed, Stage, StageOutcome
+from aifactory.errors import ExitCode, PipelineFailed
+from aifactory.pipeline.runner import Stage, StageOutcome
 from aifactory.pipeline.stages import UpOptions
 from aifactory.pipeline.up import down, is_lab_site, stage_names, up
 from aifactory.plan import plan_site

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from aifactory.chain import canonical_json
-from aifactory.errors import AifactoryError, ExitCode, UsageError
+from aifactory.errors import AifactoryError, ExitCode, PipelineFailed, UsageError
 
 RECORDS = "stages.json"
 
@@ -65,19 +65,6 @@ class StageOutcome:
 class Reporter(Protocol):
     def stage_started(self, index: int, total: int, stage: Stage) -> None: ...
     def stage_finished(self, index: int, total: int, outcome: StageOutcome) -> None: ...
-
-
-@dataclass
-class PipelineFailed(Exception):
-    outcomes: list[StageOutcome]
-    error: AifactoryError
-
-    def __str__(self) -> str:
-        return self.error.message
-
-    @property
-    def stage(self) -> str:
-        return next((o.name for o in self.outcomes if o.status == "failed"), "?")
 
 
 def _digest(inputs: dict[str, Any]) -> str:

@@ -2,8 +2,9 @@
 
 Run on the control host as `python -m aifactory.pipeline.serve_probe BASE MODEL ALLOWED DENIED TIMEOUT`
 (the tokens are read from files, never from the command line); prints one JSON object
-`{"allowed": {...}, "denied": {...}}` with each answer's status and body. Standard library only:
-it runs wherever the control host can reach the server.
+`{"allowed": {...}, "denied": {...}}` with each answer's status and body. Standard library only
+(with aifactory's console edge, itself standard library only): it runs wherever the control host
+can reach the server.
 """
 
 from __future__ import annotations
@@ -13,8 +14,12 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from aifactory.console import DEBUG_HELP, UsageParser, run_console
+from aifactory.errors import AifactoryError, Location, PrerequisiteError
 
 
 def _bearer(token: str) -> dict[str, str]:
@@ -38,7 +43,9 @@ def wait_for_model(base: str, model: str, token: str, timeout_s: float) -> int:
         except (OSError, ValueError) as exc:
             last_problem = str(exc)
         time.sleep(1)
-    raise TimeoutError(f"the model {model} was not loaded within {timeout_s:.0f} s ({last_problem})")
+    raise AifactoryError(
+        f"the model {model} was not loaded within {timeout_s:.0f} s ({last_problem})", code="model-not-loaded"
+    )
 
 
 def ask(base: str, model: str, token: str, features: int) -> dict[str, Any]:
@@ -56,21 +63,39 @@ def ask(base: str, model: str, token: str, features: int) -> dict[str, Any]:
         return {"status": error.code, **json.load(error)}
 
 
-def main(argv: list[str]) -> int:
-    if len(argv) != 5:
-        sys.stderr.write("usage: serve_probe BASE_URL MODEL ALLOWED_TOKEN_FILE DENIED_TOKEN_FILE TIMEOUT_S\n")
-        return 2
-    base, model, allowed_file, denied_file, timeout = argv
-    allowed, denied = (Path(path).read_text(encoding="utf-8").strip() for path in (allowed_file, denied_file))
+def _token(path: Path) -> str:
     try:
-        features = wait_for_model(base, model, allowed, float(timeout))
-    except TimeoutError as exc:
-        sys.stderr.write(f"{exc}\n")
-        return 1
-    answers = {"allowed": ask(base, model, allowed, features), "denied": ask(base, model, denied, features)}
+        return path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise PrerequisiteError(
+            f"cannot read the token file: {exc.strerror}",
+            code="token-unreadable",
+            location=Location(file=str(path)),
+        ) from None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_console(_probe, argv, log_format=None)
+
+
+def _probe(arguments: list[str]) -> int:
+    parser = UsageParser(prog="python -m aifactory.pipeline.serve_probe")
+    parser.add_argument("base", metavar="BASE_URL")
+    parser.add_argument("model", metavar="MODEL")
+    parser.add_argument("allowed_file", metavar="ALLOWED_TOKEN_FILE", type=Path)
+    parser.add_argument("denied_file", metavar="DENIED_TOKEN_FILE", type=Path)
+    parser.add_argument("timeout", metavar="TIMEOUT_S", type=float)
+    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
+    args = parser.parse_args(arguments)
+    allowed, denied = _token(args.allowed_file), _token(args.denied_file)
+    features = wait_for_model(args.base, args.model, allowed, args.timeout)
+    answers = {
+        "allowed": ask(args.base, args.model, allowed, features),
+        "denied": ask(args.base, args.model, denied, features),
+    }
     print(json.dumps(answers))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(main())

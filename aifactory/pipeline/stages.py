@@ -25,6 +25,7 @@ from aifactory.errors import (
     PolicyDenied,
     PrerequisiteError,
     Problem,
+    SchedulerError,
     UsageError,
 )
 from aifactory.pipeline.runner import Stage, StageResult
@@ -40,11 +41,6 @@ class UpOptions:
     opa_url: str | None = None
     timestamp: str | None = None  # the audit report's timestamp (default: now)
     bundle_passphrase_file: Path | None = None
-
-
-class SchedulerError(AifactoryError):
-    code = "scheduler-not-ready"
-    exit_code = ExitCode.HOSTS_FAILED
 
 
 @dataclass

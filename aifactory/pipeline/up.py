@@ -11,8 +11,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from aifactory.errors import AifactoryError
-from aifactory.pipeline.runner import PipelineFailed, RecordStore, Reporter, StageOutcome, run_stages
+from aifactory.errors import AifactoryError, PipelineFailed
+from aifactory.pipeline.runner import RecordStore, Reporter, StageOutcome, run_stages
 from aifactory.pipeline.stages import UpContext, UpOptions, stage_list
 from aifactory.plan import plan_site
 from aifactory.state import SiteState

@@ -20,9 +20,10 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
+from aifactory.errors import TokenRejected
 from aifactory.ids import new_decision_id
 from aifactory.runtime.decisionlog import DecisionLog
-from aifactory.runtime.tokens import TokenRejected, TokenVerifier
+from aifactory.runtime.tokens import TokenVerifier
 
 if TYPE_CHECKING:
     from aifactory.runtime.certs import PeerCertificate

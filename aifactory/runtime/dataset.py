@@ -25,16 +25,12 @@ from typing import Any
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
-from aifactory.errors import AifactoryError, Location
+from aifactory.errors import DatasetError, Location
 from aifactory.runtime.files import fsync_path, sha256_file
 
 FORMAT = "aifactory.dataset/v1"
 GENERATOR = "aifactory.teacher-mlp/v1"
 SHARD_SAMPLES = 8192
-
-
-class DatasetError(AifactoryError):
-    code = "dataset-invalid"
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,8 @@ from typing import Any, Generic, Protocol, TypeVar
 
 import httptools
 
+from aifactory.errors import AifactoryError
+
 log = logging.getLogger(__name__)
 
 REASONS = {
@@ -147,11 +149,12 @@ Handler = Callable[[Request, PeerT], Awaitable[Response]]
 Prepare = Callable[[asyncio.StreamWriter, str], Awaitable[PeerT | None]]
 
 
-class _Refused(Exception):
-    """Raised from a parser callback: answer `status` with `error`, then close."""
+class _Refused(AifactoryError):
+    """Raised from a parser callback: answer `status` with `error`, then close (internal control flow
+    out of httptools' callbacks; it becomes an HTTP answer, never reaches a command)."""
 
     def __init__(self, status: int, error: str) -> None:
-        super().__init__(error)
+        super().__init__(error, code=error)
         self.status, self.error = status, error
 
 

@@ -98,6 +98,14 @@ class JobSpec(_Strict):
         return self.runtime_dir or SiteState.for_site(site).subdir("runtime")
 
 
+def job_problems(error: ValidationError, file: str) -> list[Problem]:
+    """One problem per field the model refused, each naming its field path."""
+    return [
+        Problem("invalid-job", e["msg"], Location(file=file, path=".".join(str(p) for p in e["loc"])))
+        for e in error.errors()
+    ]
+
+
 def load_job(path: Path | str) -> JobSpec:
     path = Path(path)
     try:
@@ -111,16 +119,10 @@ def load_job(path: Path | str) -> JobSpec:
     try:
         job = JobSpec.model_validate(raw)
     except ValidationError as exc:
-        problems = [
-            Problem(
-                "invalid-job", e["msg"], Location(file=str(path), path=".".join(str(p) for p in e["loc"]))
-            )
-            for e in exc.errors()
-        ]
         raise UsageError(
             f"{path} is not a valid job (aifactory.job/v1)",
             location=Location(file=str(path)),
-            problems=problems,
+            problems=job_problems(exc, str(path)),
         ) from None
     base = path.resolve().parent
     updates = {

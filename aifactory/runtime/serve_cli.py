@@ -10,7 +10,6 @@ head_copies}); a command-line option wins over the file.
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,7 +17,8 @@ from typing import Any
 
 import yaml
 
-from aifactory.errors import AifactoryError, ExitCode, Location
+from aifactory.console import DEBUG_HELP, UsageParser, run_console
+from aifactory.errors import AifactoryError, ExitCode, Location, UsageError
 from aifactory.runtime.cpus import CpuSplit, parse_cpu_list
 from aifactory.state import SiteState
 
@@ -50,9 +50,7 @@ LIMITS: tuple[tuple[str, type, float, str], ...] = (
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="aifactory-serve", description="Serve a model of the site over HTTP(S)."
-    )
+    parser = UsageParser(prog="aifactory-serve", description="Serve a model of the site over HTTP(S).")
     parser.add_argument("--config", type=Path, help="runtime configuration (runtime.yaml, written by deploy)")
     parser.add_argument("--plan", type=Path, help="the site plan (plan.json)")
     parser.add_argument(
@@ -134,21 +132,19 @@ def _parser() -> argparse.ArgumentParser:
     limits = parser.add_argument_group("limits against hostile clients (runtime.yaml: serve.<name>)")
     for name, kind, default, text in LIMITS:
         limits.add_argument(f"--{name.replace('_', '-')}", type=kind, help=f"{text} (default {default})")
-    parser.add_argument("--debug", action="store_true")
+    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.debug else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    return run_console(_serve, argv, log_format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _serve(arguments: list[str]) -> int:
+    args = _parser().parse_args(arguments)
     try:
         if args.gil_switch_ms <= 0:
-            raise AifactoryError(
-                "--gil-switch-ms must be more than 0", code="usage", exit_code=ExitCode.USAGE
-            )
+            raise UsageError("--gil-switch-ms must be more than 0")
         # The batcher thread takes the GIL back after every forward pass (and the authorization and log
         # threads after each call); with the event loop busy, each such wait lasts up to this interval.
         sys.setswitchinterval(args.gil_switch_ms / 1000)
@@ -168,9 +164,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         plan_path = path(pick(args.plan, file.get("plan")))
         if plan_path is None:
-            raise AifactoryError(
-                "no site plan: give --plan or a --config with `plan`", code="usage", exit_code=ExitCode.USAGE
-            )
+            raise UsageError("no site plan: give --plan or a --config with `plan`")
         storage_root = path(pick(args.storage_root, file.get("storage_root")))
         plan = RuntimePlan.load(plan_path, storage_root=storage_root)
         tls_cert, tls_key = (
@@ -178,23 +172,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             path(pick(args.tls_key, serve.get("tls_key"))),
         )
         if tls_cert and not tls_key:
-            raise AifactoryError(
-                "a TLS certificate needs its key (--tls-key)", code="usage", exit_code=ExitCode.USAGE
-            )
+            raise UsageError("a TLS certificate needs its key (--tls-key)")
         tls_client_ca = path(pick(args.tls_client_ca, serve.get("tls_client_ca")))
         if tls_client_ca and not tls_cert:
-            raise AifactoryError(
-                "client certificates (--tls-client-ca) need TLS: give --tls-cert and --tls-key",
-                code="usage",
-                exit_code=ExitCode.USAGE,
-            )
+            raise UsageError("client certificates (--tls-client-ca) need TLS: give --tls-cert and --tls-key")
         tls_client_auth = pick(args.tls_client_auth, serve.get("tls_client_auth"), "required")
         if tls_client_auth not in ("required", "optional"):
-            raise AifactoryError(
-                f"serve.tls_client_auth is {tls_client_auth!r}; it must be required or optional",
-                code="usage",
-                exit_code=ExitCode.USAGE,
-            )
+            raise UsageError(f"serve.tls_client_auth is {tls_client_auth!r}; it must be required or optional")
         limits = {
             name: kind(pick(getattr(args, name), serve.get(name), default))
             for name, kind, default, _ in LIMITS
@@ -215,7 +199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             else None
         )
         if problem:
-            raise AifactoryError(f"limits: {problem}", code="usage", exit_code=ExitCode.USAGE)
+            raise UsageError(f"limits: {problem}")
         runtime_dir = path(pick(args.runtime_dir, file.get("state_dir"))) or SiteState.for_site(
             plan.site
         ).subdir("runtime")
@@ -253,12 +237,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"aifactory-serve: ready on port {server.bound_port}", file=sys.stderr, flush=True
             ),
         )
-    except AifactoryError as error:
-        print(error.render(), file=sys.stderr)
-        return int(error.exit_code)
-    except OSError as exc:
-        print(f"error[serve]: {exc}", file=sys.stderr)
-        return int(ExitCode.CANNOT_EVALUATE)
+    except OSError as exc:  # a port taken, a file unreadable: the server cannot run here
+        raise AifactoryError(str(exc), code="serve", exit_code=ExitCode.CANNOT_EVALUATE) from exc
     return 0
 
 
@@ -270,9 +250,7 @@ def _cpu_split(value: Any) -> CpuSplit | None:
         cpus = parse_cpu_list(",".join(str(v) for v in value) if isinstance(value, list) else str(value))
         return CpuSplit.of(cpus)
     except ValueError as exc:
-        raise AifactoryError(
-            f"--forward-cpus / serve.forward_cpus: {exc}", code="usage", exit_code=ExitCode.USAGE
-        ) from None
+        raise UsageError(f"--forward-cpus / serve.forward_cpus: {exc}") from None
 
 
 def _read_config(path: Path | None) -> dict[str, Any]:
@@ -281,19 +259,11 @@ def _read_config(path: Path | None) -> dict[str, Any]:
     try:
         value = yaml.safe_load(path.read_text()) or {}
     except (OSError, yaml.YAMLError) as exc:
-        raise AifactoryError(
-            f"cannot read the runtime configuration {path}: {exc}",
-            code="usage",
-            location=Location(file=str(path)),
-            exit_code=ExitCode.USAGE,
+        raise UsageError(
+            f"cannot read the runtime configuration {path}: {exc}", location=Location(file=str(path))
         ) from None
     if not isinstance(value, dict):
-        raise AifactoryError(
-            f"{path} is not a mapping",
-            code="usage",
-            location=Location(file=str(path)),
-            exit_code=ExitCode.USAGE,
-        )
+        raise UsageError(f"{path} is not a mapping", location=Location(file=str(path)))
     return value
 
 

@@ -50,6 +50,7 @@ import numpy as np
 import torch
 
 import aifactory
+from aifactory.errors import TokenRejected
 from aifactory.ids import new_decision_id
 from aifactory.runtime import checkpoint
 from aifactory.runtime.authz import Authorizer, Guard, Outcome
@@ -68,7 +69,7 @@ from aifactory.runtime.limits import (
 from aifactory.runtime.metrics import CONTENT_TYPE, ServeMetrics
 from aifactory.runtime.model import MLP, ModelConfig, Scorer, scorer
 from aifactory.runtime.siteplan import RuntimePlan
-from aifactory.runtime.tokens import TokenRejected, TokenVerifier, TrustFiles
+from aifactory.runtime.tokens import TokenVerifier, TrustFiles
 
 log = logging.getLogger(__name__)
 MAX_ROWS = 1024

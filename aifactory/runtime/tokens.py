@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from aifactory.chain import ChainWriter, canonical_json
-from aifactory.errors import Location, RuntimeDenied, UsageError
+from aifactory.errors import Location, TokenRejected, UsageError
 from aifactory.runtime.files import atomic_write
 from aifactory.signing import (
     BEGIN,
@@ -54,16 +54,6 @@ TOKEN_NAMESPACE = "aifactory-token"
 TOKEN_PREFIX = "aft1"
 MAX_LIFETIME = timedelta(days=366)
 REVOCATIONS_SCHEMA = "aifactory.revocations/v1"
-
-
-class TokenRejected(RuntimeDenied):
-    """A token did not verify; `reason` is the code a client sees (never more than that)."""
-
-    code = "token-rejected"
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message, hint=f"reason code: {reason}")
-        self.reason = reason
 
 
 @dataclass(frozen=True)

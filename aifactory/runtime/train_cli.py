@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from aifactory.console import DEBUG_HELP, UsageParser, run_console
 from aifactory.errors import AifactoryError, ExitCode, RuntimeDenied, UsageError
 from aifactory.runtime import dataset as datasets
 from aifactory.runtime.authz import Authorizer, Guard, Outcome, load_authorizer
@@ -131,6 +132,7 @@ def _endpoint(address: str, port: int) -> str:
 
 
 def run(argv: Sequence[str] | None = None) -> int:
+    """The command itself (errors propagate: `main` is the edge)."""
     args = _parser().parse_args(argv)
     job = load_job(args.job)
     plan = RuntimePlan.load(job.plan, storage_root=job.storage_root)
@@ -194,7 +196,7 @@ def _generate(job: JobSpec, plan: RuntimePlan, *, samples: int) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="aifactory-train", description="Run a training job on the cluster.")
+    parser = UsageParser(prog="aifactory-train", description="Run a training job on the cluster.")
     parser.add_argument("job", help="job file (aifactory.job/v1 YAML)")
     parser.add_argument("--host", help="this host's name in the plan (default: the hostname)")
     parser.add_argument(
@@ -206,22 +208,12 @@ def _parser() -> argparse.ArgumentParser:
         help="write the job's dataset (generated, aifactory.dataset/v1) at its planned path, and exit",
     )
     parser.add_argument("--samples", type=int, default=4096, help="samples to generate (default 4096)")
-    parser.add_argument("--debug", action="store_true")
+    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
-    logging.basicConfig(
-        level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
-    )
-    try:
-        return run(argv)
-    except AifactoryError as error:
-        print(error.render(), file=sys.stderr)
-        return int(error.exit_code)
-    except KeyboardInterrupt:
-        return int(ExitCode.INTERRUPTED)
+    return run_console(run, argv)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ the batches an uninterrupted one would.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -23,7 +22,8 @@ import torch.distributed as dist
 import torch.nn.functional as functional
 from torch.nn.parallel import DistributedDataParallel
 
-from aifactory.errors import AifactoryError
+from aifactory.console import DEBUG_HELP, UsageParser, run_console
+from aifactory.errors import AifactoryError, RuntimeDenied
 from aifactory.runtime import checkpoint
 from aifactory.runtime import dataset as datasets
 from aifactory.runtime.job import load_job
@@ -161,23 +161,23 @@ def train(job_path: str, host: str | None) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # Logging stays as torchrun leaves it: the worker's own output is its metrics and checkpoints.
+    return run_console(_work, argv, log_format=None)
+
+
+def _work(arguments: list[str]) -> int:
     _die_with_parent()
-    parser = argparse.ArgumentParser(prog="aifactory.runtime.train_worker")
+    parser = UsageParser(prog="aifactory.runtime.train_worker")
     parser.add_argument("job")
     parser.add_argument("--host", default="")
-    args = parser.parse_args(argv)
+    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
+    args = parser.parse_args(arguments)
     if not os.environ.get(DECISION_ENV):
-        print(
-            "error[train-not-authorized]: start training jobs with aifactory-train, "
-            "which checks the policy first",
-            file=sys.stderr,
+        raise RuntimeDenied(
+            "start training jobs with aifactory-train, which checks the policy first",
+            code="train-not-authorized",
         )
-        return 1
-    try:
-        train(args.job, args.host or None)
-    except AifactoryError as error:
-        print(error.render(), file=sys.stderr)
-        return int(error.exit_code)
+    train(args.job, args.host or None)
     return 0
 
 

@@ -11,7 +11,6 @@ every node that trains it), as `<model>/runs/<job>/slurm-<job id>.job.yaml`.
 
 from __future__ import annotations
 
-import argparse
 import os
 import subprocess
 import sys
@@ -22,8 +21,9 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from aifactory.errors import AifactoryError, UsageError
-from aifactory.runtime.job import JobSpec
+from aifactory.console import DEBUG_HELP, UsageParser, run_console
+from aifactory.errors import UsageError
+from aifactory.runtime.job import JobSpec, job_problems
 from aifactory.runtime.siteplan import RuntimePlan
 
 
@@ -77,25 +77,29 @@ def write_allocation_job(job: JobSpec, *, slurm_job_id: str, hosts: Sequence[str
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    return run_console(_allocate, argv, log_format=None)
+
+
+def _allocate(arguments: list[str]) -> int:
+    parser = UsageParser(
         prog="python -m aifactory.scheduler.allocation",
         description="Write the job file for this Slurm allocation (reads the submitted job on stdin).",
     )
     parser.add_argument("--job-id", default=os.environ.get("SLURM_JOB_ID"), help="Slurm's job id")
     parser.add_argument("--nodelist", help="default: $SLURM_JOB_NODELIST")
-    args = parser.parse_args(argv)
+    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
+    args = parser.parse_args(arguments)
+    if not args.job_id:
+        raise UsageError("no Slurm job id", hint="pass --job-id, or run inside an allocation")
     try:
-        if not args.job_id:
-            raise UsageError("no Slurm job id", hint="pass --job-id, or run inside an allocation")
-        try:
-            job = JobSpec.model_validate(yaml.safe_load(sys.stdin.read()))
-        except (ValidationError, yaml.YAMLError) as exc:
-            raise UsageError(f"the submitted job is not a valid aifactory.job/v1: {exc}") from None
-        path = write_allocation_job(job, slurm_job_id=args.job_id, hosts=allocated_hosts(args.nodelist))
-    except AifactoryError as error:
-        print(error.render(), file=sys.stderr)
-        return int(error.exit_code)
-    print(path)
+        job = JobSpec.model_validate(yaml.safe_load(sys.stdin.read()))
+    except ValidationError as exc:
+        raise UsageError(
+            "the submitted job is not a valid aifactory.job/v1", problems=job_problems(exc, "<stdin>")
+        ) from None
+    except yaml.YAMLError as exc:
+        raise UsageError(f"the submitted job is not a valid aifactory.job/v1: {exc}") from None
+    print(write_allocation_job(job, slurm_job_id=args.job_id, hosts=allocated_hosts(args.nodelist)))
     return 0
 
 

@@ -23,7 +23,7 @@ from yaml.constructor import SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from yaml.resolver import Resolver
 
-from aifactory.errors import Location, Problem, SpecError
+from aifactory.errors import AifactoryError, Location, Problem, SpecError
 
 MAX_FILE_BYTES = 10 * 1024 * 1024
 MAX_DEPTH = 64
@@ -136,10 +136,13 @@ _Loader.add_implicit_resolver(
 )
 
 
-class _Bound(Exception):
+class _Bound(AifactoryError):
+    """A bound crossed deep inside PyYAML's composer or the walker (internal control flow: it carries
+    the position out to `_bounded`, which turns it into the SpecError a command raises)."""
+
     def __init__(self, message: str, line: int | None = None, column: int | None = None) -> None:
         super().__init__(message)
-        self.message, self.line, self.column = message, line, column
+        self.line, self.column = line, column
 
 
 class _Walker:

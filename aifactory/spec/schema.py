@@ -10,12 +10,14 @@ cross-references, places and address-space checks a schema cannot express).
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from aifactory.console import DEBUG_HELP, UsageParser, run_console
+from aifactory.errors import ExitCode, Location, PrerequisiteError
 from aifactory.spec.model import SCHEMA_VERSION, SiteSpec
 
 SCHEMA_ID = "https://aifactory.example/schemas/site-v1.schema.json"
@@ -38,13 +40,16 @@ def schema_text() -> str:
     return json.dumps(site_schema(), indent=2, ensure_ascii=False) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m aifactory.spec.schema", description=__doc__.splitlines()[0]
-    )
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_console(_schema, argv)
+
+
+def _schema(arguments: list[str]) -> int:
+    parser = UsageParser(prog="python -m aifactory.spec.schema", description=__doc__.splitlines()[0])
     parser.add_argument("-o", "--output", default=str(DEFAULT_OUTPUT), help="file to write, or - for stdout")
     parser.add_argument("--check", action="store_true", help="compare with the file instead of writing it")
-    args = parser.parse_args(argv)
+    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
+    args = parser.parse_args(arguments)
     text = schema_text()
     if args.output == "-":
         sys.stdout.write(text)
@@ -54,9 +59,16 @@ def main(argv: list[str] | None = None) -> int:
         current = target.read_text() if target.exists() else ""
         if current != text:
             print(f"{target} is out of date: run `python -m aifactory.spec.schema`", file=sys.stderr)
-            return 1
+            return int(ExitCode.INVALID)
         return 0
-    target.write_text(text)
+    try:
+        target.write_text(text)
+    except OSError as exc:
+        raise PrerequisiteError(
+            f"cannot write the schema: {exc.strerror}",
+            code="schema-not-written",
+            location=Location(file=str(target)),
+        ) from None
     print(f"wrote {target}")
     return 0
 

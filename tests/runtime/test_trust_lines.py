@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from aifactory.errors import TokenRejected
 from aifactory.runtime.decisionlog import DecisionLog, log_key_dir, verify_log
-from aifactory.runtime.tokens import TokenRejected, TokenVerifier, TrustFiles, issue_token
+from aifactory.runtime.tokens import TokenVerifier, TrustFiles, issue_token
 
 from .test_tokens import NOW
 

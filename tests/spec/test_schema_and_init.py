@@ -91,6 +91,6 @@ def test_json_error_format(tmp_path: Path, cli) -> None:
 
 
 def test_usage_error_exits_2(cli) -> None:
-    with pytest.raises(SystemExit) as exited:
-        cli("validate")
-    assert exited.value.code == 2
+    code, out, err = cli("validate")
+    assert code == 2 and out == ""
+    assert err.startswith("error[usage]: the following arguments are required: site") and err.count("\n") == 1

@@ -27,6 +27,7 @@ from typing import Any
 
 from aifactory.audit.model import FAIL, NOT_ASSESSED, PASS, Evidence, Finding, RuleResult, worst
 from aifactory.chain import canonical_json
+from aifactory.errors import AifactoryError
 from aifactory.plan.model import SitePlan
 from aifactory.state import SiteState
 
@@ -55,8 +56,9 @@ class HostRecord:
         return "sha256:" + hashlib.sha256(body.encode()).hexdigest()
 
 
-class UnreadableRecord(ValueError):
-    pass
+class _UnreadableRecord(AifactoryError):
+    """The deploy record cannot be read (internal control flow: `deploy_evidence` turns it into a
+    failed CM-8 finding, never an error of the audit command)."""
 
 
 def _pairs(value: Any, key: str, value_keys: Sequence[str]) -> dict[str, str]:
@@ -66,25 +68,25 @@ def _pairs(value: Any, key: str, value_keys: Sequence[str]) -> dict[str, str]:
         out = {}
         for item in value:
             if not isinstance(item, Mapping) or key not in item:
-                raise UnreadableRecord(f"an entry without '{key}': {item!r:.80}")
+                raise _UnreadableRecord(f"an entry without '{key}': {item!r:.80}")
             found = next((item[k] for k in value_keys if k in item), "")
             out[str(item[key])] = str(found)
         return dict(sorted(out.items()))
     if value is None:
         return {}
-    raise UnreadableRecord(f"expected a mapping or a list, found {type(value).__name__}")
+    raise _UnreadableRecord(f"expected a mapping or a list, found {type(value).__name__}")
 
 
 def read_installed(path: Path) -> dict[str, HostRecord]:
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
-        raise UnreadableRecord(str(exc)) from exc
+        raise _UnreadableRecord(str(exc)) from exc
     hosts = data.get("hosts") if isinstance(data, Mapping) else None
     if isinstance(hosts, list):
         hosts = {str(h.get("host") or h.get("name")): h for h in hosts if isinstance(h, Mapping)}
     if not isinstance(hosts, Mapping):
-        raise UnreadableRecord("no 'hosts' mapping or list")
+        raise _UnreadableRecord("no 'hosts' mapping or list")
     return {str(name): _host_record(str(name), record) for name, record in hosts.items()}
 
 
@@ -94,7 +96,7 @@ def _mapping(value: Any) -> Mapping[str, Any]:
 
 def _host_record(name: str, record: Any) -> HostRecord:
     if not isinstance(record, Mapping):
-        raise UnreadableRecord(f"host {name}: expected a mapping")
+        raise _UnreadableRecord(f"host {name}: expected a mapping")
     runtime = _mapping(record.get("runtime"))
     packages = record.get("packages") if "packages" in record else runtime.get("packages")
     configs = record.get("configs") if "configs" in record else record.get("config_files")
@@ -110,8 +112,8 @@ def _host_record(name: str, record: Any) -> HostRecord:
             str(_mapping(record.get("last_run")).get("result") or ""),
             {k: v for k, v in all_configs.items() if k in own},
         )
-    except UnreadableRecord as exc:
-        raise UnreadableRecord(f"host {name}: {exc}") from None
+    except _UnreadableRecord as exc:
+        raise _UnreadableRecord(f"host {name}: {exc}") from None
 
 
 def _not_assessed(path: Path, note: str) -> Evidence:
@@ -133,7 +135,7 @@ def deploy_evidence(state: SiteState, plan: SitePlan, plan_digest: str) -> Evide
         return _not_assessed(path, f"no deploy record at {path}: the site has not been deployed")
     try:
         records = read_installed(path)
-    except UnreadableRecord as exc:
+    except _UnreadableRecord as exc:
         finding = Finding(
             *INVENTORY_RULE,
             (INVENTORY,),
