@@ -55,6 +55,7 @@ TITLES: dict[str, str] = {
     "AU-3": "Content of Audit Records",
     "AU-9": "Protection of Audit Information",
     "AU-10": "Non-repudiation",
+    "AU-11": "Audit Record Retention",
     "AU-12": "Audit Record Generation",
     "CA-2": "Control Assessments",
     "CA-3": "Information Exchange",

@@ -43,6 +43,7 @@ from aifactory.audit.ssp import build_ssp
 from aifactory.errors import AuditError, Location, PrerequisiteError
 from aifactory.plan import plan_site
 from aifactory.plan.build import PlannedSite
+from aifactory.spec.model import DEFAULT_LOG_RETENTION_DAYS
 from aifactory.state import SiteState
 
 HTML, JSON, OSCAL = "report.html", "report.json", "assessment-results.json"
@@ -117,6 +118,11 @@ class _Stopwatch:
         self._last = now
 
 
+def _retention_days(planned: PlannedSite) -> int:
+    logs = planned.loaded.spec.logs
+    return logs.retention_days if logs is not None else DEFAULT_LOG_RETENTION_DAYS
+
+
 def produce_report(spec: Path, folder: Path, options: ReportOptions = ReportOptions()) -> WrittenReport:
     timestamp = parse_timestamp(options.timestamp)
     watch = _Stopwatch()
@@ -134,6 +140,7 @@ def produce_report(spec: Path, folder: Path, options: ReportOptions = ReportOpti
         state=state,
         decision_logs=options.decision_logs,
         bundle_trust=options.bundle_trust,
+        retention_days=_retention_days(planned),
     )
     key: SigningKey = given_key(options.key, options.identity) if options.key else site_audit_key(state)
     report = build_report(

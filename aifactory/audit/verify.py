@@ -1,9 +1,12 @@
 """`aifactory audit verify DIR`: is this the report as signed, and do the logs it cites still agree?
 
 1. SHA256SUMS.sig is a valid SSHSIG (namespace aifactory-audit) over SHA256SUMS by a trusted key
-   (`--trust FILE`, else the allowed_signers beside the report, which must name exactly the signer
-   recorded in report.json), and the signature file is in its canonical form;
-2. every report file is listed and matches its digest, and no listed file is missing;
+   (`--trust FILE`), and the signature file is in its canonical form. Without a trust file the signer
+   is not checked, and that is a failure unless the caller asks for it (`trust_check=False`,
+   `--no-trust-check`): then the allowed_signers beside the report must name exactly the signer
+   recorded in report.json, which only proves that the folder is self-consistent;
+2. every report file is listed and matches its digest, no listed file is missing, and nothing else
+   is in the folder (an unlisted `index.html` with a script in it is not part of what was signed);
 3. every log report.json cites still verifies, and still holds the head the report saw (the log may
    have grown since; it may not have been rewritten or cut). A log that is not on this machine is
    listed as not checked, and fails the check with `require_logs`.
@@ -32,6 +35,12 @@ from aifactory.chain import iter_records
 from aifactory.errors import AifactoryError, AuditError
 
 REQUIRED = ("report.html", "report.json", "assessment-results.json")
+SIGNING_FILES = (MANIFEST, SIGNATURE, ALLOWED_SIGNERS)  # in the folder, not listed in the manifest
+NO_TRUST = (
+    "the signer was not checked: no --trust was given, and the allowed_signers beside the report "
+    "trusts whoever signed it; pass --trust with an allowed_signers you got separately, or "
+    "--no-trust-check to check only that the folder is self-consistent"
+)
 
 
 @dataclass
@@ -94,7 +103,11 @@ def _check_signature(folder: Path, manifest: bytes, trust: Path | None, result: 
         result.problems.append(f"{SIGNATURE}: {getattr(exc, 'message', exc)}")
         return
     if trust is None:
-        _check_beside_trust(folder, armored, result)
+        result.warnings.append(
+            "trusted the allowed_signers shipped with the report; pass --trust with a "
+            "trust file you got separately to know who signed it"
+        )
+    _check_beside_trust(folder, armored, result)
 
 
 def _named_signer(folder: Path) -> str | None:
@@ -109,12 +122,8 @@ def _named_signer(folder: Path) -> str | None:
 
 
 def _check_beside_trust(folder: Path, armored: str, result: VerifyResult) -> None:
-    """Without --trust the allowed_signers beside the report must be exactly the one written for the
-    signer report.json names: anyone could otherwise swap in their own key and re-sign."""
-    result.warnings.append(
-        "trusted the allowed_signers shipped with the report; pass --trust with a "
-        "trust file you got separately to know who signed it"
-    )
+    """The allowed_signers beside the report must be exactly the one written for the signer report.json
+    names (with --trust too: every file in the folder is as it was written)."""
     try:
         report = json.loads(_read(folder / "report.json"))
         signer = report["signer"]
@@ -138,6 +147,9 @@ def _check_files(folder: Path, manifest: bytes, result: VerifyResult) -> None:
         result.problems.append(f"{MANIFEST}: {getattr(exc, 'message', exc)}")
         return
     listed = {name for _, name in entries}
+    for entry in sorted(folder.iterdir(), key=lambda p: p.name):
+        if entry.name not in listed and entry.name not in SIGNING_FILES:
+            result.problems.append(f"{entry.name} is in the report folder but not listed in {MANIFEST}")
     for name in REQUIRED:
         if name not in listed:
             result.problems.append(f"{MANIFEST} does not list {name}")
@@ -187,9 +199,15 @@ def _check_logs(folder: Path, result: VerifyResult, require_logs: bool) -> None:
         result.logs.append(entry)
 
 
-def verify_report(folder: Path, *, trust: Path | None = None, require_logs: bool = False) -> VerifyResult:
-    trust_text = str(trust) if trust else f"{folder / ALLOWED_SIGNERS} (beside the report)"
+def verify_report(
+    folder: Path, *, trust: Path | None = None, require_logs: bool = False, trust_check: bool = True
+) -> VerifyResult:
+    trust_text = (
+        str(trust) if trust else f"{folder / ALLOWED_SIGNERS} (beside the report: signer not checked)"
+    )
     result = VerifyResult(str(folder), trust_text)
+    if trust is None and trust_check:
+        result.problems.append(NO_TRUST)
     try:
         manifest = _read(folder / MANIFEST)
         _check_signature(folder, manifest, trust, result)

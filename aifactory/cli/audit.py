@@ -54,7 +54,16 @@ def register(
         "verify", parents=[common], help="check a report's signature, files and logs"
     )
     verify.add_argument("folder", help="report folder")
-    verify.add_argument("--trust", help="allowed_signers you trust (default: the one beside the report)")
+    verify.add_argument(
+        "--trust",
+        help="allowed_signers you trust, got separately from the report (without it the signer is "
+        "not checked and verify exits 1, unless --no-trust-check)",
+    )
+    verify.add_argument(
+        "--no-trust-check",
+        action="store_true",
+        help="without --trust: check only that the folder is self-consistent (anyone can re-sign a report)",
+    )
     verify.add_argument(
         "--require-logs", action="store_true", help="fail when a log the report cites is not on this machine"
     )
@@ -70,7 +79,24 @@ def register(
     verify_log = commands.add_parser("verify-log", parents=[common], help="check a hash-chained log")
     verify_log.add_argument("log", help="a decision log or the operator log (JSON lines)")
     verify_log.add_argument("--heads", help="signed heads file (default: the one beside the log)")
-    verify_log.add_argument("--trust", help="allowed_signers for the signed heads")
+    verify_log.add_argument(
+        "--trust",
+        help="allowed_signers for the signed heads (use the copy the control host collected: "
+        "<state>/heads/<host>/allowed_signers; default: the one beside the log, which its host can change)",
+    )
+    verify_log.add_argument(
+        "--collected",
+        action="append",
+        default=[],
+        metavar="HEADS",
+        help="signed heads collected off the node (<state>/heads/<host>/<log>.heads.jsonl; repeatable): "
+        "a log shorter than them was truncated",
+    )
+    verify_log.add_argument(
+        "--retention-days",
+        type=int,
+        help="how long segments must be kept (default: the signed heads' value, else 183)",
+    )
     verify_log.set_defaults(handler=cmd_verify_log)
 
 
@@ -128,13 +154,19 @@ def cmd_report(args: argparse.Namespace) -> int:
         )
         print(
             f"wrote {', '.join(written.files)} in {written.folder}, signed by "
-            f"{written.identity}; check with: aifactory audit verify {written.folder}"
+            f"{written.identity}; check with: aifactory audit verify {written.folder} --trust "
+            "ALLOWED_SIGNERS (the signer's, got separately)"
         )
     return int(ExitCode.INVALID) if args.strict and totals[FAIL] else int(ExitCode.OK)
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    result = verify_report(Path(args.folder), trust=_path(args.trust), require_logs=args.require_logs)
+    result = verify_report(
+        Path(args.folder),
+        trust=_path(args.trust),
+        require_logs=args.require_logs,
+        trust_check=not args.no_trust_check,
+    )
     if args.format == "json":
         emit_json(result.as_dict())
     else:
@@ -172,15 +204,24 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
 
 def cmd_verify_log(args: argparse.Namespace) -> int:
-    check = verify_any_log(Path(args.log), heads=_path(args.heads), trust=_path(args.trust))
+    check = verify_any_log(
+        Path(args.log),
+        heads=_path(args.heads),
+        trust=_path(args.trust),
+        collected=tuple(Path(p) for p in args.collected),
+        retention_days=args.retention_days,
+    )
     if args.format == "json":
         emit_json(check.detail)
     else:
         chain = check.chain
-        verdict = "verifies" if chain.ok else "DOES NOT VERIFY"
-        print(f"{args.log}: {verdict}: {chain.records} records, head seq {chain.head.seq}")
+        verdict = "verifies" if check.ok else "DOES NOT VERIFY"
+        files = f" in {len(chain.segments)} files" if len(chain.segments) > 1 else ""
+        print(f"{args.log}: {verdict}: {chain.records} records{files}, head seq {chain.head.seq}")
         for problem in chain.problems:
             print(f"  problem: {problem}")
+        for problem in check.retention:
+            print(f"  retention: {problem}")
         for warning in check.detail.get("warnings") or []:
             print(f"  warning: {warning}")
-    return int(ExitCode.OK if check.chain.ok else ExitCode.INVALID)
+    return int(ExitCode.OK if check.ok else ExitCode.INVALID)

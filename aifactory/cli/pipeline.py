@@ -121,7 +121,10 @@ def cmd_up(args: argparse.Namespace) -> int:
         return int(ExitCode.OK)
     print("\n" + _summary(result.outcomes))
     if result.report:
-        print(f"\naudit report: {result.report}/report.html (verify: aifactory audit verify {result.report})")
+        print(
+            f"\naudit report: {result.report}/report.html (verify: aifactory audit verify {result.report} "
+            f"--trust {result.report_trust})"
+        )
     return int(ExitCode.OK)
 
 

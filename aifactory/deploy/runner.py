@@ -33,6 +33,7 @@ from aifactory.deploy.evidence import REPORT_FACT, report_from_event, write_inst
 from aifactory.deploy.progress import HostProgress, Progress, Update
 from aifactory.deploy.settings import DeploySettings, render_ansible_cfg
 from aifactory.errors import AifactoryError, DeployError, ExitCode, Location, PrerequisiteError
+from aifactory.headcopies import merge_incoming
 from aifactory.inventory.render import plan_digest
 from aifactory.inventory.site import site_inventory
 from aifactory.plan import plan_site
@@ -528,6 +529,7 @@ def deploy_site(
         when = datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
         installed = None
         if not options.check:
+            merge_incoming(state)  # the signed log heads the runtime role fetched (AU-9)
             installed = write_installed(
                 state,
                 run_id=run_id,

@@ -82,7 +82,11 @@ def site_inventory(
     found_lab = lab_vars(site)
     # Where the site's token trust files are on the control host (`aifactory token issue`); the runtime
     # role copies their public half and the signed revocation list to every host.
-    trust = {"aifactory_runtime_trust_dir": str(state.path("runtime"))}
+    trust = {
+        "aifactory_runtime_trust_dir": str(state.path("runtime")),
+        # Where deploy collects the nodes' signed log heads (aifactory.headcopies).
+        "aifactory_log_heads_dir": str(state.path("heads")),
+    }
     site_vars = {**trust, **found_lab, **(extra_vars or {})}
     inventory = build_inventory(plan, bundle=bundle, provisioned=outputs, site_vars=site_vars)
     return SiteInventory(inventory, provisioned=outputs is not None, lab=bool(found_lab))

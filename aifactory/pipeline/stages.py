@@ -630,8 +630,13 @@ def run_audit(context: UpContext) -> StageResult:
             opa_url=context.options.opa_url,
         ),
     )
+    # The site's own key signed it: its allowed_signers in the state folder is the trust to check
+    # with (the copy inside the report proves nothing about who signed).
+    trust = context.state.path("audit", "allowed_signers")
     return StageResult(
-        "ok", f"signed report in {folder}", {"report": str(folder), "identity": written.identity}
+        "ok",
+        f"signed report in {folder}",
+        {"report": str(folder), "identity": written.identity, "trust": str(trust)},
     )
 
 

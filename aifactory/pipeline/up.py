@@ -25,9 +25,15 @@ class UpResult:
     site: str
     outcomes: list[StageOutcome]
     report: str | None
+    report_trust: str | None = None  # the allowed_signers to verify the report with
 
     def as_dict(self) -> dict[str, Any]:
-        return {"site": self.site, "stages": [o.as_dict() for o in self.outcomes], "report": self.report}
+        return {
+            "site": self.site,
+            "stages": [o.as_dict() for o in self.outcomes],
+            "report": self.report,
+            "report_trust": self.report_trust,
+        }
 
 
 def is_lab_site(spec_path: Path, site_name: str) -> bool:
@@ -87,7 +93,8 @@ def up(
             spec_digest=planned.plan.spec_digest,
             bundle_digest=context.outputs.get("bundle", {}).get("digest"),
         )
-    return UpResult(planned.plan.name, outcomes, context.outputs.get("audit", {}).get("report"))
+    audit = context.outputs.get("audit", {})
+    return UpResult(planned.plan.name, outcomes, audit.get("report"), audit.get("trust"))
 
 
 def down(spec_path: Path, *, lock_wait: float = 0.0) -> list[str]:

@@ -94,9 +94,15 @@ def _plan_against_lock(loaded: LoadedSpec, lock_path: Path, lock_text: str | Non
     return PlannedSite(loaded, plan, lock, lock_path, lock_text != lock.to_json())
 
 
+ADDED_AFTER_V1 = ("logs",)
+
+
 def spec_digest(spec: SiteSpec) -> str:
     """Digest of the spec's meaning (comments and key order do not change it)."""
-    body = canonical_json(spec.model_dump(mode="json", by_alias=True))
+    # Sections added after v1 first shipped enter the digest only when a spec sets them, so that the
+    # digest of every spec written before them stays what it was.
+    later = {name for name in ADDED_AFTER_V1 if getattr(spec, name) is None}
+    body = canonical_json(spec.model_dump(mode="json", by_alias=True, exclude=later))
     return "sha256:" + hashlib.sha256(body.encode()).hexdigest()
 
 

@@ -132,6 +132,16 @@ class ServeMetrics:
             "aifactory_serve_inflight_requests", "Requests being answered.", registry=registry
         )
         self.connections = Gauge("aifactory_serve_connections", "Open client connections.", registry=registry)
+        self.log_disk_free = Gauge(
+            "aifactory_serve_log_disk_free_ratio",
+            "Free space on the decision log's file system (0-1).",
+            registry=registry,
+        )
+        self.log_disk_state = Gauge(
+            "aifactory_serve_log_disk_state",
+            "Decision log disk: 0 ok, 1 low (warning), 2 critical (shedding new requests).",
+            registry=registry,
+        )
         self._by_code: dict[int, Any] = {}
 
     def answered(self, status: int, seconds: float) -> None:

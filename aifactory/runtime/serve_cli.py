@@ -4,7 +4,8 @@ Settings come from the command line, or from the runtime configuration deploy wr
 (`--config /etc/aifactory/runtime.yaml`; keys: plan, host, state_dir, storage_root, models,
 serve.{address, port, tls_cert, tls_key, tls_client_ca, tls_client_auth, forward_cpus} and the
 limits in `LIMITS` (serve.max_connections, ...), decision_log.{sign_every, sign_interval,
-head_copies}); a command-line option wins over the file.
+head_copies, rotate_bytes, retention_days, disk_warn_free, disk_shed_free}); a command-line option wins
+over the file.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import yaml
 from aifactory.console import DEBUG_HELP, UsageParser, run_console
 from aifactory.errors import AifactoryError, ExitCode, Location, UsageError
 from aifactory.runtime.cpus import CpuSplit, parse_cpu_list
+from aifactory.runtime.decisionlog import DEFAULT_RETENTION_DAYS, DISK_SHED_FREE, DISK_WARN_FREE
 from aifactory.state import SiteState
 
 # The server's limits against hostile clients: (option and runtime.yaml `serve.` key, type, default, help).
@@ -223,6 +225,10 @@ def _serve(arguments: list[str]) -> int:
             sign_every=int(pick(args.sign_every, decisions.get("sign_every"), 100)),
             sign_interval=float(pick(args.sign_interval, decisions.get("sign_interval"), 5.0)),
             head_copies=tuple(Path(p) for p in pick(args.head_copy, decisions.get("head_copies"), [])),
+            log_rotate_bytes=_log_setting(decisions, "rotate_bytes", int, None),
+            log_retention_days=_log_setting(decisions, "retention_days", int, DEFAULT_RETENTION_DAYS),
+            log_disk_warn_free=_log_setting(decisions, "disk_warn_free", float, DISK_WARN_FREE),
+            log_disk_shed_free=_log_setting(decisions, "disk_shed_free", float, DISK_SHED_FREE),
             reload_interval=args.reload_interval,
             drain_timeout=args.drain_timeout,
             http=http,
@@ -240,6 +246,24 @@ def _serve(arguments: list[str]) -> int:
     except OSError as exc:  # a port taken, a file unreadable: the server cannot run here
         raise AifactoryError(str(exc), code="serve", exit_code=ExitCode.CANNOT_EVALUATE) from exc
     return 0
+
+
+def _log_setting(decisions: dict[str, Any], key: str, kind: type[Any], default: Any) -> Any:
+    """A decision_log setting from runtime.yaml: a number of the given kind, else the default."""
+    value = decisions.get(key)
+    if value is None:
+        return default
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or (kind is int and not isinstance(value, int))
+    ):
+        raise AifactoryError(
+            f"decision_log.{key} is {value!r}; it must be {'an integer' if kind is int else 'a number'}",
+            code="usage",
+            exit_code=ExitCode.USAGE,
+        )
+    return kind(value)
 
 
 def _cpu_split(value: Any) -> CpuSplit | None:

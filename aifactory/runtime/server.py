@@ -9,7 +9,7 @@
          403 {"error": "forbidden", "reason", "reasons", "decision_id"}    (never the classification)
          404 {"error": "model-not-served-here", "decision_id"}      (recorded, the name cut short)
          429 {"error": "too-many-denials"}       (the peer was denied too often in this window)
-         503 {"error": "model-not-loaded" | "log-unavailable" | "draining"}
+         503 {"error": "model-not-loaded" | "log-unavailable" | "log-disk-full" | "draining"}
 
 The wire format (parsing, limits, timeouts, connection caps) is `aifactory.runtime.http`'s; the
 bounds on what hostile requests cost (denials, recorded names, JSON depth) are
@@ -56,7 +56,12 @@ from aifactory.runtime import checkpoint
 from aifactory.runtime.authz import Authorizer, Guard, Outcome
 from aifactory.runtime.certs import PeerCertificate, read_peer_certificate
 from aifactory.runtime.cpus import CpuSplit
-from aifactory.runtime.decisionlog import DecisionLog
+from aifactory.runtime.decisionlog import (
+    DEFAULT_RETENTION_DAYS,
+    DISK_SHED_FREE,
+    DISK_WARN_FREE,
+    DecisionLog,
+)
 from aifactory.runtime.handoff import LoopInbox, LoopOutbox, Workers
 from aifactory.runtime.http import HttpLimits, HttpServer, Request, Response
 from aifactory.runtime.limits import (
@@ -73,6 +78,7 @@ from aifactory.runtime.tokens import TokenVerifier, TrustFiles
 
 log = logging.getLogger(__name__)
 MAX_ROWS = 1024
+LOG_DISK_STATES = {"ok": 0.0, "low": 1.0, "critical": 2.0}  # aifactory_serve_log_disk_state
 
 
 @dataclass(frozen=True)
@@ -96,6 +102,10 @@ class ServerConfig:
     sign_every: int = 100
     sign_interval: float = 5.0
     head_copies: tuple[Path, ...] = ()
+    log_rotate_bytes: int | None = None  # rotate the decision log into segments at this size
+    log_retention_days: int = DEFAULT_RETENTION_DAYS
+    log_disk_warn_free: float = DISK_WARN_FREE  # below this free fraction: warn (log, metric)
+    log_disk_shed_free: float = DISK_SHED_FREE  # below this: shed new requests (503 log-disk-full)
     reload_interval: float = 2.0
     drain_timeout: float = 30.0
     trust_recheck_interval: float = 0.5  # a revocation takes effect within this many seconds
@@ -226,6 +236,10 @@ class InferenceServer:
             sign_every=config.sign_every,
             sign_interval=config.sign_interval,
             head_copies=config.head_copies,
+            rotate_bytes=config.log_rotate_bytes,
+            retention_days=config.log_retention_days,
+            disk_warn_free=config.log_disk_warn_free,
+            disk_shed_free=config.log_disk_shed_free,
         )
         verifier = TokenVerifier(
             TrustFiles(config.runtime_dir),
@@ -325,6 +339,8 @@ class InferenceServer:
         if path == "/metrics":
             self.metrics.inflight.set(float(self.http.inflight))
             self.metrics.connections.set(float(self.http.connections))
+            self.metrics.log_disk_free.set(self.decisions.disk_free_fraction)
+            self.metrics.log_disk_state.set(LOG_DISK_STATES[self.decisions.disk_state])
             return Response(200, self.metrics.render(), content_type=CONTENT_TYPE)
         parts = path.strip("/").split("/")
         if len(parts) == 4 and parts[:2] == ["v1", "models"] and parts[3] == "infer":
@@ -356,6 +372,9 @@ class InferenceServer:
         return Response.json(status, answer)
 
     async def _infer(self, name: str, request: Request, peer: Peer) -> Response:
+        if self.decisions.disk_state == "critical":
+            # Shed before the log's disk is full: then every request would be denied, unrecorded.
+            return Response.json(503, {"error": "log-disk-full"}, {"Retry-After": "30"})
         if not self.denials.admit(peer.address, time.time()):
             self.metrics.rate_limited.inc()
             return Response.json(

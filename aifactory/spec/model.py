@@ -253,6 +253,21 @@ class Egress(_Model):
     allow: list[EgressRule] = []
 
 
+DEFAULT_LOG_RETENTION_DAYS = 183  # six months: the EU AI Act's minimum for deployers (Art. 26(6))
+
+
+class Logs(_Model):
+    """How long the site keeps its audit logs (the runtime's decision logs)."""
+
+    retention_days: int = Field(
+        DEFAULT_LOG_RETENTION_DAYS,
+        ge=1,
+        le=36500,
+        description="days a decision log segment must be kept (default 183: six months, the EU AI Act's "
+        "minimum for deployers, Art. 26(6)); a younger segment missing fails the audit (AU-11)",
+    )
+
+
 class SiteSpec(_Model):
     """One sovereign AI factory."""
 
@@ -267,6 +282,8 @@ class SiteSpec(_Model):
     models: list[AiModel] = []
     access: list[Grant] = []
     egress: Egress = Egress()
+    # Added after v1 first shipped: optional, and in the spec digest only when given (plan/build.py).
+    logs: Logs | None = None
 
     model_config = ConfigDict(
         extra="forbid",

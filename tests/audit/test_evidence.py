@@ -190,7 +190,11 @@ def test_decision_logs_verify_and_a_tampered_one_fails(tmp_path: Path) -> None:
     path = _decision_log(state, 5)
     evidence = decision_log_evidence(state)
     assert evidence.status == "pass", evidence.detail
-    assert _rules(evidence) == {"logs.decision_log_chain": "pass", "logs.decision_log_recorded": "pass"}
+    assert _rules(evidence) == {
+        "logs.decision_log_chain": "pass",
+        "logs.decision_log_recorded": "pass",
+        "logs.decision_log_retention": "pass",
+    }
     assert [ref.path for ref in evidence.logs] == [str(path.resolve())]
     lines = path.read_text().splitlines(keepends=True)
     lines[2] = lines[2].replace('"allow":true', '"allow":false')

@@ -16,6 +16,13 @@ from aifactory.audit.report import REPORT_FILES
 from aifactory.audit.sign import ALLOWED_SIGNERS, MANIFEST, NAMESPACE, SIGNATURE
 from aifactory.audit.verify import verify_report
 from aifactory.cli.main import main
+from aifactory.state import SiteState
+
+
+def _site_trust(site: str) -> Path:
+    """The site audit key's allowed_signers, as the control host keeps it (not the report's copy)."""
+    return SiteState.for_site(site).path("audit", ALLOWED_SIGNERS)
+
 
 SIGNED_FOLDER_FILES = (*REPORT_FILES, MANIFEST, SIGNATURE, ALLOWED_SIGNERS)
 
@@ -26,7 +33,7 @@ def _copy(report: WrittenReport, target: Path) -> Path:
 
 
 def test_fresh_report_verifies(failing_report: WrittenReport) -> None:
-    result = verify_report(failing_report.folder)
+    result = verify_report(failing_report.folder, trust=_site_trust("labfail"))
     assert result.ok, result.problems
     assert result.signer == "audit@labfail"
     assert sorted(result.files) == sorted(REPORT_FILES)
@@ -55,9 +62,9 @@ def test_one_changed_byte_fails(failing_report: WrittenReport, tmp_path: Path, n
     index = {"start": 0, "middle": len(data) // 2, "end": len(data) - 1}[where]
     data[index] ^= 0x01
     path.write_bytes(bytes(data))
-    result = verify_report(folder)
+    result = verify_report(folder, trust=_site_trust("labfail"))
     assert not result.ok
-    assert main(["audit", "verify", str(folder)]) == 1
+    assert main(["audit", "verify", str(folder), "--trust", str(_site_trust("labfail"))]) == 1
 
 
 def test_a_report_re_signed_with_another_key_fails_against_the_real_trust(
@@ -67,10 +74,42 @@ def test_a_report_re_signed_with_another_key_fails_against_the_real_trust(
     forged = produce_report(
         failing_site, tmp_path / "forged", ReportOptions(timestamp=TIMESTAMP, key=keys.private)
     )
-    assert verify_report(forged.folder).ok  # self-consistent ...
-    trusted = failing_report.folder / ALLOWED_SIGNERS
+    assert verify_report(forged.folder, trust_check=False).ok  # self-consistent ...
+    trusted = _site_trust("labfail")
     result = verify_report(forged.folder, trust=trusted)  # ... but not by the key the auditor trusts
     assert not result.ok and "not trusted" in " ".join(result.problems)
+
+
+def test_without_trust_the_signer_is_not_checked_and_verify_fails(
+    failing_site: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    keys = signing.generate_keypair(tmp_path / "keys", identity="mallory", namespaces=NAMESPACE)
+    forged = produce_report(
+        failing_site, tmp_path / "forged", ReportOptions(timestamp=TIMESTAMP, key=keys.private)
+    )
+    capsys.readouterr()
+    assert main(["audit", "verify", str(forged.folder)]) == 1
+    assert "the signer was not checked: no --trust was given" in capsys.readouterr().out
+    assert main(["audit", "verify", str(forged.folder), "--no-trust-check"]) == 0
+    assert "signer not checked" in capsys.readouterr().out
+    assert main(["audit", "verify", str(forged.folder), "--trust", str(_site_trust("labfail"))]) == 1
+
+
+@pytest.mark.parametrize("extra", ["index.html", "report.html.orig", ".hidden", "folder/"])
+def test_a_file_not_listed_in_sha256sums_fails(
+    failing_report: WrittenReport, tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: str
+) -> None:
+    folder = _copy(failing_report, tmp_path / "copy")
+    if extra.endswith("/"):
+        (folder / extra).mkdir()
+    else:
+        (folder / extra).write_text("<script>fetch('https://example.invalid/')</script>\n")
+    result = verify_report(folder, trust=_site_trust("labfail"))
+    name = extra.rstrip("/")
+    assert f"{name} is in the report folder but not listed in SHA256SUMS" in result.problems
+    capsys.readouterr()
+    assert main(["audit", "verify", str(folder), "--trust", str(_site_trust("labfail"))]) == 1
+    assert f"{name} is in the report folder but not listed" in capsys.readouterr().out
 
 
 def test_same_timestamp_same_bytes(failing_site: Path, failing_report: WrittenReport, tmp_path: Path) -> None:
@@ -92,12 +131,13 @@ def test_a_cited_log_rewritten_after_the_report_fails(tmp_path: Path) -> None:
         state.record(command=command, result="ok")
     written = produce_report(spec, tmp_path / "report", ReportOptions(timestamp=TIMESTAMP))
     assert [log.kind for log in written.report.logs] == ["operator-log"]
-    assert verify_report(written.folder).ok
+    trust = _site_trust("labrewrite")
+    assert verify_report(written.folder, trust=trust).ok
     state.record(command="later", result="ok")  # growing the log is fine
-    assert verify_report(written.folder).ok
+    assert verify_report(written.folder, trust=trust).ok
     lines = state.operator_log.read_text().splitlines(keepends=True)
     state.operator_log.write_text("".join(lines[:2]))  # cutting it is not
-    result = verify_report(written.folder)
+    result = verify_report(written.folder, trust=trust)
     assert not result.ok and "rewritten or cut" in " ".join(result.problems)
 
 

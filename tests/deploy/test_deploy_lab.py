@@ -11,7 +11,9 @@
    started from it answers /healthz;
 5. a spec whose plan differs from the bundle's signed plan is refused before Ansible starts;
 6. a host given a server certificate from the site CA serves HTTPS (and plain HTTP again once it is
-   taken away).
+   taken away);
+7. the signed heads of a host's decision log are collected into the state folder (`--tags
+   runtime_heads`), and the host's log, cut shorter than what was collected, no longer verifies.
 
 The tests share the lab and run in file order (each needs the state the one before left).
 """
@@ -228,6 +230,46 @@ def test_every_host_runs_the_bundle_version_and_answers_health(lab, lab_bundle_i
         assert entry["runtime"]["version"] == version
         assert entry["bundle"]["digest"] == lab_bundle_import.digest
         assert len(entry["config_files"]["/etc/aifactory/runtime.yaml"]) == 64
+
+
+DENIED_REQUEST = """/usr/bin/python3 - <<'PY'
+import urllib.error, urllib.request
+for _ in range(3):
+    request = urllib.request.Request("http://ADDRESS:8600/v1/models/any/infer", data=b"{}", method="POST")
+    try:
+        urllib.request.urlopen(request, timeout=10)
+    except urllib.error.HTTPError as error:
+        print(error.code)
+PY
+"""
+HEADS_ON_NODE = "/var/lib/aifactory/log-heads/decisions.heads.jsonl"
+
+
+def test_signed_log_heads_are_collected_off_the_node(lab, lab_bundle_import, tmp_path: Path) -> None:  # noqa: ANN001
+    from aifactory.runtime.decisionlog import verify_log
+
+    host = lab.hosts[0]
+    answers = ssh(lab, host, DENIED_REQUEST.replace("ADDRESS", management_address(lab, host))).stdout.split()
+    assert answers and all(code in ("401", "403") for code in answers), answers
+    deadline = time.monotonic() + 60  # the server signs a head within sign_interval (5 s) of a record
+    while ssh(lab, host, f"test -s {HEADS_ON_NODE}", check=False).returncode != 0:
+        assert time.monotonic() < deadline, "no signed head was copied to the outbox"
+        time.sleep(1)
+
+    result = deploy_site(lab.spec, options=DeployOptions(tags=("runtime_heads",)))
+
+    assert result.exit_code == ExitCode.OK, explain(result)
+    collected = SiteState.for_site(lab.site).path("heads", host)
+    heads, trust = collected / "decisions.heads.jsonl", collected / "allowed_signers"
+    assert heads.is_file() and trust.is_file(), sorted(p.name for p in collected.iterdir())
+    log = tmp_path / "decisions.jsonl"  # the node's log, as an auditor copies it off the node
+    log.write_bytes(ssh(lab, host, "cat /var/lib/aifactory/runtime/decisions.jsonl").stdout.encode())
+    report = verify_log(log, allowed_signers=trust, collected=[heads])
+    assert report.ok and report.signed_heads >= 1, report.render()
+    lines = log.read_bytes().splitlines(keepends=True)
+    log.write_bytes(b"".join(lines[: report.last_signed_seq]))  # cut below the collected head
+    cut = verify_log(log, allowed_signers=trust, collected=[heads])
+    assert not cut.ok and any("has no record" in p for p in cut.problems), cut.render()
 
 
 def test_a_spec_whose_plan_differs_from_the_bundle_is_refused(lab, lab_bundle_import, tmp_path: Path) -> None:  # noqa: ANN001

@@ -121,7 +121,9 @@ def test_operator_log_detects_an_edited_record(state_home: Path) -> None:
     state.operator_log.write_text("\n".join(lines) + "\n")
     report = state.verify_operator_log()
     assert not report.ok
-    assert report.problems == ("line 3: record seq=2 was edited (its hash does not match)",)
+    assert report.problems == (
+        "operator.log.jsonl line 3 (seq 2): the record was edited (its hash does not match)",
+    )
 
 
 def test_operator_log_detects_a_deleted_record(state_home: Path) -> None:

@@ -100,7 +100,9 @@ def test_first_up_serves_a_model_and_writes_a_signed_report(site: UpSite) -> Non
         assert serve["denied"]["status"] == 403 and serve["denied"]["reason"], serve
         assert serve["denied"]["decision_id"]
     report = stages["audit"]["outputs"]["report"]
-    verify = site.run("audit", "verify", report)
+    trust = stages["audit"]["outputs"]["trust"]
+    assert trust == str(Path(site.env["AIFACTORY_STATE_HOME"]) / site.name / "audit" / "allowed_signers")
+    verify = site.run("audit", "verify", report, "--trust", trust)
     assert verify.returncode == 0, verify.stdout + verify.stderr
     assert site.namespaces(), "the lab should be up"
 

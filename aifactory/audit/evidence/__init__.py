@@ -25,6 +25,7 @@ def gather_evidence(
     state: SiteState,
     decision_logs: Sequence[Path] = (),
     bundle_trust: Path | None = None,
+    retention_days: int | None = None,
 ) -> tuple[list[Evidence], str | None]:
     """Every evidence section, in report order, and the imported bundle's digest (None if none)."""
     bundle, bundle_digest = bundle_evidence(state, plan_digest, trust=bundle_trust)
@@ -33,6 +34,6 @@ def gather_evidence(
         bundle,
         deploy_evidence(state, plan, plan_digest),
         operator_log_evidence(state),
-        decision_log_evidence(state, decision_logs),
+        decision_log_evidence(state, decision_logs, retention_days=retention_days),
     ]
     return sections, bundle_digest
