@@ -41,6 +41,7 @@ from aifactory.audit.poam import build_poam
 from aifactory.audit.sign import SigningKey, given_key, sign_folder, site_audit_key
 from aifactory.audit.ssp import build_ssp
 from aifactory.errors import AuditError, Location, PrerequisiteError
+from aifactory.headcopies import merge_incoming
 from aifactory.plan import plan_site
 from aifactory.plan.build import PlannedSite
 from aifactory.spec.model import DEFAULT_LOG_RETENTION_DAYS
@@ -133,6 +134,7 @@ def produce_report(spec: Path, folder: Path, options: ReportOptions = ReportOpti
     watch.lap("policy")
     # The plan's digest serializes every host: take the one the policy check computed.
     plan_digest = str(policy.get("plan_digest") or planned.plan.digest())
+    merge_incoming(state)  # signed heads a deploy fetched and did not merge yet (AU-9)
     evidence, bundle_digest = gather_evidence(
         plan=planned.plan,
         plan_digest=plan_digest,

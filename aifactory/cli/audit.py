@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from aifactory.audit.diff import diff_reports
@@ -48,6 +49,12 @@ def register(
     report.add_argument("--opa-url", help="OPA server URL for --engine opa (loopback or the lab only)")
     report.add_argument("--bundle-trust", help="allowed_signers to verify the imported bundle against")
     report.add_argument("--strict", action="store_true", help="exit 1 when any control fails")
+    report.add_argument(
+        "--collect-heads",
+        action="store_true",
+        help="first pull every node's signed decision-log heads into the state folder (runs "
+        "`aifactory deploy SITE --tags runtime_heads`; needs the control host's Ansible)",
+    )
     report.set_defaults(handler=cmd_report)
 
     verify = commands.add_parser(
@@ -104,7 +111,20 @@ def _path(value: str | None) -> Path | None:
     return Path(value) if value else None
 
 
+def _collect_heads(site: str) -> None:
+    """Pull the nodes' signed heads before gathering evidence (docs/audit.md, "Logs that cannot be
+    rewritten"); hosts it cannot reach keep what was collected before, and the report says so."""
+    from aifactory.deploy import DeployOptions, deploy_site  # the control host's extra: only when asked
+
+    result = deploy_site(site, options=DeployOptions(tags=("runtime_heads",)))
+    missed = [h["host"] for h in result.hosts if h.get("status") not in ("ok", "changed")]
+    if missed:
+        print(f"warning: signed heads not collected from {', '.join(missed)}", file=sys.stderr)
+
+
 def cmd_report(args: argparse.Namespace) -> int:
+    if args.collect_heads:
+        _collect_heads(args.site)
     options = ReportOptions(
         timestamp=args.timestamp,
         key=_path(args.key),

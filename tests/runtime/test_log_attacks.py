@@ -15,7 +15,7 @@ from aifactory.audit.evidence.logs import decision_log_evidence
 from aifactory.audit.model import Evidence
 from aifactory.chain import canonical_bytes, record_hash, segments_of
 from aifactory.cli.main import main
-from aifactory.headcopies import collect_heads, collected_dir
+from aifactory.headcopies import collect_heads, collected_dir, merge_incoming
 from aifactory.runtime.decisionlog import DecisionLog, heads_path_for, log_key_dir, verify_log
 from aifactory.state import SiteState
 
@@ -42,8 +42,8 @@ def state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> SiteState:
     return SiteState.for_site("logattack")
 
 
-def _write(path: Path, count: int, *, start: int = 0, **options: object) -> None:
-    log = DecisionLog(path, sign_every=4, sign_interval=3600, **options)  # type: ignore[arg-type]
+def _write(path: Path, count: int, *, start: int = 0, rotate_bytes: int | None = None) -> None:
+    log = DecisionLog(path, sign_every=4, sign_interval=3600, rotate_bytes=rotate_bytes)
     for i in range(start, start + count):
         log.record(_decision(i))
     log.close()
@@ -304,3 +304,22 @@ def test_the_disk_running_low_is_reported(state: SiteState) -> None:
     log = DecisionLog(path, disk_warn_free=0.9999999, disk_shed_free=0.9999999)
     assert log.disk_state == "critical"
     log.close()
+
+
+def test_deploy_merges_what_the_role_fetched_and_keeps_the_first_key(state: SiteState) -> None:
+    path = state.subdir("runtime") / "decisions.jsonl"
+    _write(path, 8)
+    incoming = state.path("heads", HOST, "incoming")
+    incoming.mkdir(parents=True)
+    shutil.copy(heads_path_for(path), incoming / "decisions.heads.jsonl")
+    shutil.copy(log_key_dir(path) / "allowed_signers", incoming / "allowed_signers")
+    (result,) = merge_incoming(state)
+    collected = collected_dir(state, HOST)
+    assert result.added == 2 and not result.problems
+    assert (collected / "decisions.heads.jsonl").read_bytes() == heads_path_for(path).read_bytes()
+    first_key = (collected / "allowed_signers").read_bytes()
+    # The node's root replaces the log key: the next collection reports it and keeps the first key.
+    (incoming / "allowed_signers").write_text(first_key.decode().replace("decision-log@", "someone@"))
+    (result,) = merge_incoming(state)
+    assert result.added == 0 and "the log key of lab-cpu-001 changed" in result.problems[0]
+    assert (collected / "allowed_signers").read_bytes() == first_key
