@@ -410,6 +410,15 @@ def _read_heads(path: Path, allowed_signers: Path, report: LogReport) -> list[di
     return heads
 
 
+def verify_heads_file(path: Path, allowed_signers: Path) -> tuple[int, list[str]]:
+    """(signed heads that verify, problems) for a heads file on its own: every line a head signed by
+    a key `allowed_signers` grants, in canonical form, seq never going back. The audit checks each
+    collected copy this way: a node re-keyed after its key was first collected shows here."""
+    report = LogReport(log="", heads=str(path), trust=str(allowed_signers))
+    heads = _read_heads(path, allowed_signers, report)
+    return len(heads), report.problems
+
+
 def _hashes_at(paths: Sequence[Path], seqs: set[int]) -> dict[int, str]:
     found: dict[int, str] = {}
     if not seqs:

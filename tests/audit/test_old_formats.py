@@ -46,3 +46,25 @@ def test_old_report_verifies_against_its_signer(tmp_path: Path) -> None:
     result = verify_report(folder, trust=FIXTURES / "report" / "allowed_signers")
     assert result.ok, result.problems
     assert result.signer == "audit@fixture"
+
+
+def test_an_old_log_goes_on_in_the_new_form(tmp_path: Path) -> None:
+    """A node upgraded in place appends RFC 8785 records (and heads) after the old ones: one chain."""
+    from aifactory.runtime.decisionlog import DecisionLog, log_key_dir
+
+    folder = _copy(tmp_path)
+    log = folder / "decisions.jsonl"
+    writer = DecisionLog(log, sign_every=2, sign_interval=3600)  # a new key: the old one was not kept
+    for i in range(3):
+        writer.record({"decision_id": f"n{i}", "tenant": "santé", "allow": True, "score": 0.5})
+    writer.close()
+    trust = folder / "both.allowed_signers"
+    trust.write_text(
+        (folder / "decisions.allowed_signers").read_text()
+        + (log_key_dir(log) / "allowed_signers").read_text()
+    )
+    report = verify_log(log, folder / "decisions.heads.jsonl", trust)
+    assert report.ok, report.render()
+    assert report.records == 13 and report.last_signed_seq == 12
+    lines = log.read_text().splitlines()
+    assert '"canon"' not in lines[9] and '"canon":"rfc8785"' in lines[10] and '"score":0.5' in lines[10]

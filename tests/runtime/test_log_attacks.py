@@ -323,3 +323,31 @@ def test_deploy_merges_what_the_role_fetched_and_keeps_the_first_key(state: Site
     (result,) = merge_incoming(state)
     assert result.added == 0 and "the log key of lab-cpu-001 changed" in result.problems[0]
     assert (collected / "allowed_signers").read_bytes() == first_key
+
+
+def test_a_control_host_log_naming_the_same_host_is_not_compared(state: SiteState) -> None:
+    """The scheduler's decisions on the control host name the control host, whose own node log was
+    collected too: two logs, two keys; each is checked with its own."""
+    _node_log(state)  # collected from HOST
+    other = state.path("elsewhere", "decisions.jsonl")
+    other.parent.mkdir()
+    _write(other, 6)  # another log (another key) whose records name HOST as well
+    evidence = decision_log_evidence(state, [other])
+    assert evidence.status == "pass", evidence.findings
+    warnings = [w for log in evidence.detail["logs"] for w in log["verifier"].get("warnings", [])]
+    assert any("not compared with the heads collected from lab-cpu-001" in w for w in warnings)
+
+
+def test_a_node_re_keyed_after_collection(state: SiteState) -> None:
+    """Root on the node replaces its log key and re-signs: the heads it then writes to the outbox are
+    collected, and do not verify against the key collected first."""
+    path = _node_log(state)
+    shutil.rmtree(log_key_dir(path))
+    heads_path_for(path).unlink()
+    forger = DecisionLog(path, sign_every=2, sign_interval=3600)  # a new key
+    forger.record(_decision(99))
+    forger.close()
+    result = collect_heads(state, HOST, heads_path_for(path), signers=log_key_dir(path) / "allowed_signers")
+    assert "the log key of lab-cpu-001 changed" in result.problems[0]
+    text = _failed(decision_log_evidence(state), "AU-9")
+    assert "decisions.heads.jsonl line 4: signed head does not verify" in text

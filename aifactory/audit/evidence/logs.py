@@ -9,16 +9,27 @@ node's log key as first collected (`heads/<host>/allowed_signers`): a decision l
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import importlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from aifactory.allowed_signers import AllowedSigners
 from aifactory.audit.model import FAIL, NOT_ASSESSED, PASS, Evidence, Finding, LogReference, RuleResult, worst
-from aifactory.chain import ChainHead, ChainReport, edge_records, read_head, segments_of, verify_chain
-from aifactory.errors import ChainError, PrerequisiteError, StateError, UsageError
-from aifactory.headcopies import collected_dir
+from aifactory.chain import (
+    ChainHead,
+    ChainReport,
+    edge_records,
+    iter_lines,
+    read_head,
+    segments_of,
+    verify_chain,
+)
+from aifactory.errors import ChainError, PrerequisiteError, SignerUntrusted, StateError, UsageError
+from aifactory.headcopies import HEADS_FOLDER, collected_dir
 from aifactory.state import OPERATOR_LOG, SiteState
 
 INTEGRITY = "AU-9"
@@ -126,7 +137,13 @@ def _finding(kind: LogKind, control: str, title: str, path: str, problems: Seque
 
 
 def _chain_evidence(
-    kind: LogKind, title: str, checks: Sequence[LogCheck], missing: str, *, retention: bool = False
+    kind: LogKind,
+    title: str,
+    checks: Sequence[LogCheck],
+    missing: str,
+    *,
+    retention: bool = False,
+    copies: Sequence[tuple[str, list[str]]] = (),
 ) -> Evidence:
     reports = [c.chain for c in checks]
     intact_title = f"The {kind.words} chain is intact"
@@ -148,7 +165,8 @@ def _chain_evidence(
                 ),
             )
         return Evidence(kind.source, title, NOT_ASSESSED, missing, {"logs": []}, rules)
-    intact = PASS if all(r.ok for r in reports) else FAIL
+    broken_copies = [(path, problems) for path, problems in copies if problems]
+    intact = PASS if all(r.ok for r in reports) and not broken_copies else FAIL
     kept = PASS if all(not c.retention for c in checks) else FAIL
     records = sum(r.records for r in reports)
     recorded = PASS if records else NOT_ASSESSED
@@ -169,6 +187,9 @@ def _chain_evidence(
         rules += ((RETENTION, RuleResult(kind.rule("retention"), kept_title, kept, kind.source)),)
     findings = tuple(_finding(kind, INTEGRITY, intact_title, r.path, r.problems) for r in reports if not r.ok)
     findings += tuple(
+        _finding(kind, INTEGRITY, intact_title, path, problems) for path, problems in broken_copies
+    )
+    findings += tuple(
         _finding(kind, RETENTION, kept_title, c.chain.path, c.retention) for c in checks if c.retention
     )
     broken = sum(not r.ok for r in reports)
@@ -178,6 +199,8 @@ def _chain_evidence(
     )
     if short:
         summary += f"; {short} missing a segment younger than the retention"
+    if broken_copies:
+        summary += f"; {len(broken_copies)} collected copies of signed heads do not verify"
     references = tuple(
         LogReference(
             kind.kind,
@@ -232,19 +255,78 @@ def decision_log_paths(state: SiteState, extra: Sequence[Path] = ()) -> list[Pat
     return out
 
 
-def collected_heads(state: SiteState, log_path: Path) -> tuple[list[Path], Path | None]:
-    """The heads the control host collected for this log, and the node key it first collected (the
-    trust to check them with): found by the `host` the log's records name."""
+def collected_heads(state: SiteState, log_path: Path) -> tuple[list[Path], Path | None, str]:
+    """The heads the control host collected for this log, the node key it first collected (the trust
+    to check with), and a note when they are not used. Found by the `host` the log's records name,
+    and used when the log's own key (named in the heads beside it, or in `log-key/` beside it) is the
+    collected one: the control host's own logs (scheduler decisions) may name a host whose node log
+    is another log. A log with neither heads nor key beside it is compared with its host's copy."""
     host = _log_host(log_path)
     if not host:
-        return [], None
+        return [], None, ""
     try:
         folder = collected_dir(state, host)
     except StateError:
-        return [], None
+        return [], None, ""
     copy = folder / f"{log_path.stem}.heads.jsonl"
     signers = folder / "allowed_signers"
-    return ([copy] if copy.exists() else []), (signers if signers.exists() else None)
+    if not signers.is_file():
+        return ([copy] if copy.exists() else []), None, ""
+    own = _log_signers(log_path)
+    if own and not own & _key_fingerprints(signers):
+        return (
+            [],
+            None,
+            (
+                f"not compared with the heads collected from {host}: this log's key is not the one "
+                f"collected from {host} ({signers}); another log of that host, or a key replaced on it"
+            ),
+        )
+    return ([copy] if copy.exists() else []), signers, ""
+
+
+def _key_fingerprints(allowed_signers: Path) -> set[str]:
+    try:
+        lines = AllowedSigners.read(allowed_signers).lines
+    except SignerUntrusted:
+        return set()
+    return {
+        "SHA256:" + base64.b64encode(hashlib.sha256(line.key_blob).digest()).decode().rstrip("=")
+        for line in lines
+        if line.key_blob
+    }
+
+
+def _log_signers(log_path: Path) -> set[str]:
+    """Key fingerprints the log names for itself: its heads' `signer`, its key file's keys."""
+    found: set[str] = set()
+    heads = log_path.with_name(f"{log_path.stem}.heads.jsonl")
+    if heads.is_file():
+        for line in iter_lines(heads):
+            signer = (line.record or {}).get("signer")
+            if isinstance(signer, str):
+                found.add(signer)
+    beside = log_path.parent / "log-key" / "allowed_signers"
+    if beside.is_file():
+        found |= _key_fingerprints(beside)
+    return found
+
+
+def collected_copies_evidence(state: SiteState) -> list[tuple[str, list[str]]]:
+    """(path, problems) for each host's collected heads checked on their own against the host's
+    collected key (a head signed by another key: the node's key was replaced after collection)."""
+    verify_heads = getattr(
+        importlib.import_module("aifactory.runtime.decisionlog"), "verify_heads_file", None
+    )
+    root = state.path(HEADS_FOLDER)
+    out: list[tuple[str, list[str]]] = []
+    if verify_heads is None or not root.is_dir():
+        return out
+    for signers in sorted(root.glob("*/allowed_signers")):
+        for heads in sorted(signers.parent.glob("*.heads.jsonl")):
+            _count, problems = verify_heads(heads, signers)
+            out.append((str(heads), list(problems)))
+    return out
 
 
 def _log_host(log_path: Path) -> str | None:
@@ -263,12 +345,16 @@ def decision_log_evidence(
 ) -> Evidence:
     checks = []
     for path in decision_log_paths(state, extra):
-        copies, trust = collected_heads(state, path)
-        checks.append(verify_any_log(path, trust=trust, collected=copies, retention_days=retention_days))
+        copies, trust, note = collected_heads(state, path)
+        check = verify_any_log(path, trust=trust, collected=copies, retention_days=retention_days)
+        if note:
+            check.detail.setdefault("warnings", []).append(note)
+        checks.append(check)
     return _chain_evidence(
         DECISIONS,
         "Runtime decision logs",
         checks,
         f"no decision logs under {state.path('runtime')} and none given with --decision-log",
         retention=True,
+        copies=collected_copies_evidence(state),
     )
