@@ -13,7 +13,7 @@ import pytest
 
 from aifactory.audit.evidence.logs import decision_log_evidence
 from aifactory.audit.model import Evidence
-from aifactory.chain import canonical_bytes, record_hash, segments_of
+from aifactory.chain import ChainWriter, canonical_bytes, record_hash, segments_of
 from aifactory.cli.main import main
 from aifactory.headcopies import collect_heads, collected_dir, merge_incoming
 from aifactory.runtime.decisionlog import DecisionLog, heads_path_for, log_key_dir, verify_log
@@ -351,3 +351,12 @@ def test_a_node_re_keyed_after_collection(state: SiteState) -> None:
     assert "the log key of lab-cpu-001 changed" in result.problems[0]
     text = _failed(decision_log_evidence(state), "AU-9")
     assert "decisions.heads.jsonl line 4: signed head does not verify" in text
+
+
+def test_the_issued_tokens_log_beside_is_checked_as_a_plain_chain(state: SiteState) -> None:
+    _node_log(state)
+    with ChainWriter(state.path("runtime", "issued-tokens.jsonl")) as issued:  # what `token issue` keeps
+        issued.append({"event": "issued", "token_id": "t1"})
+    evidence = decision_log_evidence(state)
+    assert evidence.status == "pass", evidence.findings
+    assert len(evidence.logs) == 2

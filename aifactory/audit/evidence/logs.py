@@ -35,6 +35,9 @@ from aifactory.state import OPERATOR_LOG, SiteState
 INTEGRITY = "AU-9"
 RETENTION = "AU-11"
 GENERATION = "AU-12"
+# Chained logs without signed heads, checked as plain chains: the operator log, and the tokens and
+# certificates issued (`aifactory.runtime.tokens`, in the runtime folder beside the decision logs).
+CHAIN_ONLY = (OPERATOR_LOG, "issued-tokens.jsonl")
 TAMPERED = (
     "treat the log as tampered with: preserve it, find out who changed it, and compare it with "
     "its backup copy"
@@ -92,12 +95,13 @@ def verify_any_log(
     retention_days: int | None = None,
 ) -> LogCheck:
     """The runtime's `verify_log` (chain, signed heads, collected heads, retention) when installed,
-    else the plain chain. The operator log has no signed heads: its chain is what there is to check."""
-    if path.name == OPERATOR_LOG and (heads or trust or collected):
+    else the plain chain. The logs in CHAIN_ONLY have no signed heads: their chain is what there is to
+    check."""
+    if path.name in CHAIN_ONLY and (heads or trust or collected):
         raise UsageError(
-            "the operator log has no signed heads", hint="leave out --heads, --trust and --collected"
+            f"{path.name} has no signed heads", hint="leave out --heads, --trust and --collected"
         )
-    verify_log = None if path.name == OPERATOR_LOG else _runtime_verifier()
+    verify_log = None if path.name in CHAIN_ONLY else _runtime_verifier()
     if verify_log is None:
         if heads or trust or collected:
             raise PrerequisiteError(
