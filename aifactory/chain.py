@@ -36,7 +36,7 @@ from typing import Any, BinaryIO
 
 import rfc8785
 
-from aifactory.errors import ChainError, Location
+from aifactory.errors import ChainError, Location, LogLineError
 
 GENESIS = "0" * 64
 CANON = "rfc8785"  # the `canon` of every record and signed head written now
@@ -106,21 +106,17 @@ def record_hash(record: Mapping[str, Any]) -> str:
 # --- reading lines strictly ---------------------------------------------------------------------------
 
 
-class LineError(ValueError):
-    """A line that is not one JSON object (the message says why, in words for the report)."""
-
-
 def _object_without_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     value: dict[str, Any] = {}
     for key, item in pairs:
         if key in value:
-            raise LineError(f"duplicate key {key!r}")
+            raise LogLineError(f"duplicate key {key!r}")
         value[key] = item
     return value
 
 
 def _no_constants(name: str) -> Any:
-    raise LineError(f"{name} is not JSON")
+    raise LogLineError(f"{name} is not JSON")
 
 
 def parse_line(raw: bytes) -> dict[str, Any]:
@@ -129,17 +125,17 @@ def parse_line(raw: bytes) -> dict[str, Any]:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         bad = raw[exc.start : exc.start + 1]
-        raise LineError(f"not UTF-8 (byte 0x{bad.hex()} at column {exc.start + 1})") from None
+        raise LogLineError(f"not UTF-8 (byte 0x{bad.hex()} at column {exc.start + 1})") from None
     try:
         value = json.loads(text, object_pairs_hook=_object_without_duplicates, parse_constant=_no_constants)
-    except LineError:
+    except LogLineError:
         raise
     except ValueError as exc:
-        raise LineError(f"not JSON ({exc})") from None
+        raise LogLineError(f"not JSON ({exc})") from None
     except RecursionError:
-        raise LineError("not JSON (nested too deeply)") from None
+        raise LogLineError("not JSON (nested too deeply)") from None
     if not isinstance(value, dict):
-        raise LineError("not a JSON object")
+        raise LogLineError("not a JSON object")
     return value
 
 
@@ -163,7 +159,7 @@ def iter_lines(path: Path) -> Iterator[Line]:
             raw = raw[:-1] if raw.endswith(b"\n") else raw
             try:
                 yield Line(path, number, raw, parse_line(raw), "")
-            except LineError as exc:
+            except LogLineError as exc:
                 yield Line(path, number, raw, None, str(exc))
 
 
@@ -258,7 +254,7 @@ def edge_records(path: Path) -> tuple[dict[str, Any] | None, dict[str, Any] | No
     for raw in lines:
         try:
             parsed.append(parse_line(raw) if raw else None)
-        except LineError:
+        except LogLineError:
             parsed.append(None)
     return parsed[0], parsed[1]
 
@@ -267,7 +263,7 @@ def _head_of_line(path: Path, line: bytes) -> ChainHead:
     try:
         last = parse_line(line)
         return ChainHead(int(last["seq"]), str(last["hash"]))
-    except (LineError, KeyError, TypeError, ValueError) as exc:
+    except (LogLineError, KeyError, TypeError, ValueError) as exc:
         raise ChainError(
             f"the last record of {path} is not a chain record: {exc}",
             location=Location(file=str(path)),

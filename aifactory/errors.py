@@ -177,6 +177,13 @@ class ChainError(AifactoryError):
     exit_code = ExitCode.INVALID
 
 
+class LogLineError(ChainError):
+    """One line of a JSON-lines log that is not one JSON object (the message says why, in words a
+    verification report can quote: duplicate key, not UTF-8, not JSON)."""
+
+    code = "log-line"
+
+
 class BundleError(AifactoryError):
     code = "bundle-invalid"
     exit_code = ExitCode.INVALID

@@ -20,8 +20,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from aifactory.chain import LineError, iter_lines, parse_line
-from aifactory.errors import StateError
+from aifactory.chain import iter_lines, parse_line
+from aifactory.errors import LogLineError, StateError
 from aifactory.state import SiteState
 
 HEADS_FOLDER = "heads"
@@ -82,7 +82,7 @@ def collect_heads(
             continue
         try:
             parse_line(line.raw)
-        except LineError as exc:
+        except LogLineError as exc:
             result.problems.append(f"{fetched} line {line.number}: {exc}: not collected")
             continue
         seen.add(line.raw)

@@ -251,10 +251,12 @@ def test_signed_log_heads_are_collected_off_the_node(lab, lab_bundle_import, tmp
     host = lab.hosts[0]
     answers = ssh(lab, host, DENIED_REQUEST.replace("ADDRESS", management_address(lab, host))).stdout.split()
     assert answers and all(code in ("401", "403") for code in answers), answers
-    deadline = time.monotonic() + 60  # the server signs a head within sign_interval (5 s) of a record
-    while ssh(lab, host, f"test -s {HEADS_ON_NODE}", check=False).returncode != 0:
-        assert time.monotonic() < deadline, "no signed head was copied to the outbox"
-        time.sleep(1)
+    wait_for(  # the server signs a head within sign_interval (5 s) of a record
+        lambda: ssh(lab, host, f"test -s {HEADS_ON_NODE}", check=False).returncode == 0,
+        what="a signed head copied to the node's outbox",
+        timeout=30,
+        every=1,
+    )
 
     result = deploy_site(lab.spec, options=DeployOptions(tags=("runtime_heads",)))
 

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 import rfc8785
 
-from aifactory.chain import LineError, canonical_bytes, parse_line
-from aifactory.errors import ChainError
+from aifactory.chain import canonical_bytes, parse_line
+from aifactory.errors import ChainError, LogLineError
 
 # RFC 8785 section 3.2.2: the input, as its JSON text, and the canonical output.
 RFC_INPUT = r"""{
@@ -142,5 +142,5 @@ def test_legacy_form_is_kept_for_old_records() -> None:
     ],
 )
 def test_strict_lines(raw: bytes, why: str) -> None:
-    with pytest.raises(LineError, match="^" + why.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(LogLineError, match="^" + why.replace("(", r"\(").replace(")", r"\)")):
         parse_line(raw)
