@@ -247,7 +247,13 @@ def describe_collection(path: Path) -> Described:
     except (OSError, tarfile.TarError, KeyError, ValueError) as exc:
         raise _unreadable(path, "MANIFEST.json", exc) from None
     names = tuple(sorted(str(n) for n in info.get("license") or []))
-    licenses = Licenses(expression=names[0]) if len(names) == 1 else Licenses(names=names)
+    if not names and info.get("license_file"):
+        names = (f"see {info['license_file']} in the collection",)
+    if not names:  # say so, as for a package whose copyright file no tool can read
+        names = ("not stated: the collection's galaxy.yml names no license",)
+    licenses = (
+        Licenses(expression=names[0]) if len(names) == 1 and " " not in names[0] else Licenses(names=names)
+    )
     requires = tuple((f"collection:{name}",) for name in sorted(info.get("dependencies") or {}))
     return Described(licenses, requires)
 
