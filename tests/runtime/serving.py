@@ -97,10 +97,12 @@ def start_server(
     as_deployed: bool = False,
     nofile: int | None = None,
     serve_settings: dict[str, object] | None = None,
+    decision_log: dict[str, object] | None = None,
 ) -> Server:
     """as_deployed: configured like deploy does it, by runtime.yaml and `--config F --host A --port P`;
     nofile: the server's limit on open files (the unit's LimitNOFILE); serve_settings: more `serve.`
-    keys of runtime.yaml (as_deployed only)."""
+    keys of runtime.yaml (as_deployed only); decision_log: runtime.yaml's `decision_log` (as_deployed
+    only)."""
     runtime_dir.mkdir(parents=True, exist_ok=True)
     for name in ("token-key/allowed_signers", "revoked-tokens.json", "revoked-tokens.json.sig"):
         target = runtime_dir / name  # what deploy copies to a node: the public key and the revocation list
@@ -118,6 +120,7 @@ def start_server(
                     "state_dir": str(runtime_dir),
                     "storage_root": str(storage_root),
                     "serve": {"address": "10.0.0.1", "port": 8440, **(serve_settings or {})},
+                    "decision_log": decision_log or {},
                 }
             )
         )
