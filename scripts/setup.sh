@@ -8,7 +8,7 @@ APT_PACKAGES=(
   openssh-server openssh-client iproute2 procps util-linux zstd   # the lab: namespaces, sshd
   chromium                                                         # the audit report's browser test
   poppler-utils                                                    # ... and its printed PDF (pdftotext)
-  slurm-wlm munge chrony                                           # what the roles install (machine-wide:
+  slurm-wlm munge chrony openscap-scanner                          # what the roles install (machine-wide:
                                                                    #   lab hosts share /usr)
   python3-venv git
 )
@@ -23,6 +23,28 @@ if ((${#missing[@]})); then
   apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null \
     || { apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null; }
 fi
+# The SCAP content with a Debian 12 datastream: Debian 13's ssg-debian 0.1.76 (architecture-
+# independent), pinned by SHA-256 exactly as aifactory/bundle/apt.py's PINNED_DEBS (a test keeps the
+# two equal); installed machine-wide like the role packages, because lab hosts share /usr.
+SSG_PINS=(
+  "ssg-base 0.1.76-1 559650cd800f18d1eec68692679a5c761136d84f1cff35f30ff4e2e04d8c1b56"
+  "ssg-debian 0.1.76-1 f6880719015c16e8e221bc2503c0e5a9f83d6a09fc6f9292d3522e46bf4fc9d7"
+)
+SSG_CACHE="${HOME}/.cache/aifactory/debs/pinned"
+for pin in "${SSG_PINS[@]}"; do
+  read -r name version sha <<<"$pin"
+  [ "$(dpkg-query -W -f='${Version}' "$name" 2>/dev/null)" = "$version" ] && continue
+  deb="$SSG_CACHE/${name}_${version}_all.deb"
+  mkdir -p "$SSG_CACHE"
+  if ! echo "$sha  $deb" | sha256sum -c --status 2>/dev/null; then
+    curl -fsS -m 300 -o "$deb.partial" "https://deb.debian.org/debian/pool/main/s/scap-security-guide/${name}_${version}_all.deb"
+    echo "$sha  $deb.partial" | sha256sum -c --status || { echo "setup: $deb: SHA-256 mismatch" >&2; exit 1; }
+    mv "$deb.partial" "$deb"
+  fi
+  echo "setup: installing $name $version (Debian 13's SCAP content)"
+  dpkg -i "$deb" >/dev/null
+done
+
 # The lab runs its own sshd, munged and Slurm daemons inside each lab host (private /run); it never
 # starts, stops or reconfigures the machine's own services.
 

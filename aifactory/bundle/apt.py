@@ -12,6 +12,12 @@ installation has them (documented in docs/bundle.md). The repository is a flat o
 Every file is covered by the bundle manifest and its signature, so a tampered .deb or index is
 refused by `aifactory bundle verify` before apt ever reads it; hosts then use the repository with
 `deb [trusted=yes] file:<dir> ./`, which is safe only because the bundle role verified it there first.
+
+A few packages are pinned instead of resolved (PINNED_DEBS): the SCAP content the audit scans hosts
+with. Debian 12's own `ssg-debian` (0.1.65) ships Debian 10 and 11 datastreams only, so the bundle
+carries Debian 13's architecture-independent `ssg-debian` 0.1.76, which ships `ssg-debian12-ds.xml`,
+fetched from Debian's archive by URL and checked against the SHA-256 recorded here (and in the SBOM,
+with its origin; docs/bundle.md).
 """
 
 from __future__ import annotations
@@ -20,6 +26,8 @@ import hashlib
 import re
 import shutil
 import subprocess
+import urllib.error
+import urllib.request
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -28,8 +36,54 @@ from pathlib import Path
 from aifactory.digests import sha256_file
 from aifactory.errors import BundleError, PrerequisiteError
 
-# What the roles install from the bundle (munge + slurm roles, base role's time daemon).
-ROLE_PACKAGES: tuple[str, ...] = ("munge", "slurm-client", "slurmctld", "slurmd", "chrony")
+# What the roles install from the bundle (munge + slurm roles, base role's time daemon, the SCAP
+# scanner and its content that the audit scans every host with).
+ROLE_PACKAGES: tuple[str, ...] = (
+    "munge",
+    "slurm-client",
+    "slurmctld",
+    "slurmd",
+    "chrony",
+    "openscap-scanner",
+    "ssg-debian",
+)
+
+
+@dataclass(frozen=True)
+class PinnedDeb:
+    """A package taken from another Debian release by URL and SHA-256 instead of the build host's apt."""
+
+    name: str
+    version: str
+    distro: str  # the Debian release it comes from, as a purl `distro` qualifier
+    url: str
+    sha256: str
+    depends: tuple[str, ...] = ()  # other pinned packages it needs
+
+    @property
+    def file_name(self) -> str:
+        return f"{self.name}_{self.version}_all.deb"
+
+
+_TRIXIE_SSG = "https://deb.debian.org/debian/pool/main/s/scap-security-guide"
+# Debian 13 (trixie) scap-security-guide 0.1.76-1, hashes as in trixie's main/binary-all Packages.
+PINNED_DEBS: dict[str, PinnedDeb] = {
+    "ssg-debian": PinnedDeb(
+        "ssg-debian",
+        "0.1.76-1",
+        "debian-13",
+        f"{_TRIXIE_SSG}/ssg-debian_0.1.76-1_all.deb",
+        "f6880719015c16e8e221bc2503c0e5a9f83d6a09fc6f9292d3522e46bf4fc9d7",
+        depends=("ssg-base",),
+    ),
+    "ssg-base": PinnedDeb(
+        "ssg-base",
+        "0.1.76-1",
+        "debian-13",
+        f"{_TRIXIE_SSG}/ssg-base_0.1.76-1_all.deb",
+        "559650cd800f18d1eec68692679a5c761136d84f1cff35f30ff4e2e04d8c1b56",
+    ),
+}
 BASE_PRIORITIES = frozenset({"required", "important"})
 _DEPENDS = [
     "--recurse",
@@ -50,6 +104,7 @@ class DebPackage:
     path: Path
     sha256: str
     size: int
+    origin: PinnedDeb | None = None  # set for a pinned package: where it was fetched from
 
 
 def _run(argv: Sequence[str], *, cwd: Path | None = None) -> str:
@@ -152,11 +207,60 @@ def write_repository(debs: Sequence[Path], repo: Path, *, timestamp: int) -> lis
     return packages
 
 
+def pinned_closure(packages: Iterable[str]) -> list[PinnedDeb]:
+    """The pinned packages among `packages` and the pinned packages they need, sorted by name."""
+    found: dict[str, PinnedDeb] = {}
+    todo = [name for name in packages if name in PINNED_DEBS]
+    while todo:
+        pin = PINNED_DEBS[todo.pop()]
+        if pin.name not in found:
+            found[pin.name] = pin
+            todo.extend(pin.depends)
+    return [found[name] for name in sorted(found)]
+
+
+def fetch_pinned(pins: Sequence[PinnedDeb], *, cache: Path) -> list[Path]:
+    """Each pinned .deb from the cache if its SHA-256 matches, else from its URL; a mismatch is refused."""
+    cache.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for pin in pins:
+        path = cache / pin.file_name
+        if not path.is_file() or sha256_file(path) != pin.sha256:
+            partial = path.with_name(path.name + ".partial")
+            try:
+                with urllib.request.urlopen(pin.url, timeout=120) as answer, partial.open("wb") as out:
+                    shutil.copyfileobj(answer, out)
+            except (urllib.error.URLError, OSError) as exc:
+                raise BundleError(
+                    f"could not fetch {pin.url}: {exc}",
+                    code="apt-download-failed",
+                    hint="the build host must reach Debian's archive (or put the .deb in the cache)",
+                ) from None
+            got = sha256_file(partial)
+            if got != pin.sha256:
+                partial.unlink()
+                raise BundleError(
+                    f"{pin.url} has SHA-256 {got}, not the pinned {pin.sha256}",
+                    code="apt-pin-mismatch",
+                    hint="the archive changed under a pinned version; review before updating the pin",
+                )
+            partial.replace(path)
+        paths.append(path)
+    return paths
+
+
 def build_apt_repository(
     repo: Path, *, packages: Sequence[str] = ROLE_PACKAGES, cache: Path, timestamp: int
 ) -> list[DebPackage]:
-    closure = resolve_closure(packages)
-    return write_repository(download(closure, cache=cache), repo, timestamp=timestamp)
+    pins = pinned_closure(packages)
+    closure = resolve_closure([name for name in packages if name not in PINNED_DEBS])
+    debs = download(closure, cache=cache) + fetch_pinned(pins, cache=cache / "pinned")
+    built = write_repository(debs, repo, timestamp=timestamp)
+    origins = {pin.name: pin for pin in pins}
+    return [
+        DebPackage(d.name, d.version, d.architecture, d.path, d.sha256, d.size, origins.get(d.name))
+        for d in built
+    ]
 
 
 _STANZA_SPLIT = re.compile(r"\n\s*\n")

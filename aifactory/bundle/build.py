@@ -184,6 +184,7 @@ class _Collector:
         self.contents: dict[str, Any] = {}
         self.components: list[sbom.Component] = []
         self._identities: dict[str, Identity] = {}
+        self._origins: dict[str, sbom.Origin] = {}  # pinned packages: where they were fetched from
 
     def add(self, path: str, source: Path, kind: str, identity: Identity | None = None) -> None:
         if path in self.payload and self.payload[path].source != source:
@@ -258,6 +259,8 @@ class _Collector:
         )
         for deb in debs:
             self.add(f"apt/{deb.path.name}", deb.path, "deb", (deb.name, deb.version, deb.architecture))
+            if deb.origin:
+                self._origins[f"apt/{deb.path.name}"] = sbom.Origin(deb.origin.url, deb.origin.distro)
         for index in ("Packages", "Release"):
             self.add(f"apt/{index}", repo / index, "apt-index")
         self.contents["apt"] = {"packages": sorted(packages), "closure": sorted(d.name for d in debs)}
@@ -282,7 +285,17 @@ class _Collector:
             digest = digests[item.source]
             described = sbom.describe(kind, item.source)
             components.append(
-                sbom.Component(kind, path, digest.sha256, digest.size, name, item_version, extra, described)
+                sbom.Component(
+                    kind,
+                    path,
+                    digest.sha256,
+                    digest.size,
+                    name,
+                    item_version,
+                    extra,
+                    described,
+                    self._origins.get(path),
+                )
             )
         target = self.work / sbom.SBOM_PATH
         target.write_bytes(

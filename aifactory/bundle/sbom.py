@@ -80,6 +80,14 @@ class Described:
 
 
 @dataclass(frozen=True)
+class Origin:
+    """Where a package pinned from another Debian release was fetched (its URL and release)."""
+
+    url: str
+    distro: str
+
+
+@dataclass(frozen=True)
 class Component:
     """One thing the bundle carries: `kind` is wheel | collection | deb | file."""
 
@@ -91,6 +99,7 @@ class Component:
     version: str | None = None
     extra: str | None = None  # deb: architecture; collection: namespace
     described: Described = Described()
+    origin: Origin | None = None
 
     def as_cyclonedx(self) -> dict[str, Any]:
         component: dict[str, Any] = {
@@ -113,13 +122,17 @@ class Component:
         licenses = self.described.licenses.as_cyclonedx()
         if licenses:
             component["licenses"] = licenses
+        if self.origin:
+            component["externalReferences"] = [{"type": "distribution", "url": self.origin.url}]
         return component
 
     def purl(self) -> str | None:
         if self.kind == "wheel" and self.version:
             return f"pkg:pypi/{canonicalize_name(self.name)}@{quote(self.version, safe='')}"
         if self.kind == "deb" and self.version:
-            return f"pkg:deb/debian/{self.name}@{quote(self.version, safe='')}?arch={self.extra or 'all'}"
+            distro = f"&distro={self.origin.distro}" if self.origin else ""
+            version = quote(self.version, safe="")
+            return f"pkg:deb/debian/{self.name}@{version}?arch={self.extra or 'all'}{distro}"
         if self.kind == "collection" and self.version:
             return f"pkg:generic/ansible-collection/{self.extra}.{self.name}@{self.version}"
         return None

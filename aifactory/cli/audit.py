@@ -1,4 +1,4 @@
-"""`aifactory audit report|verify|diff|verify-log`: signed reports for auditors, and their checks."""
+"""`aifactory audit report|verify|diff|scan|verify-log`: signed reports for auditors, and their checks."""
 
 from __future__ import annotations
 
@@ -82,6 +82,16 @@ def register(
     diff.add_argument("old", help="older report folder (or its report.json)")
     diff.add_argument("new", help="newer report folder (or its report.json)")
     diff.set_defaults(handler=cmd_diff)
+
+    scan = commands.add_parser(
+        "scan",
+        parents=[common],
+        help="scan every host with OpenSCAP (the bundle's content, the pools' profiles), offline",
+    )
+    scan.add_argument("site", help="site name (its imported bundle's plan names the hosts)")
+    scan.add_argument("--waivers", help="reviewed SCAP waivers to weigh the results against")
+    scan.add_argument("--bundle-trust", help="allowed_signers to verify the imported bundle against")
+    scan.set_defaults(handler=cmd_scan)
 
     verify_log = commands.add_parser("verify-log", parents=[common], help="check a hash-chained log")
     verify_log.add_argument("log", help="a decision log or the operator log (JSON lines)")
@@ -221,6 +231,42 @@ def cmd_diff(args: argparse.Namespace) -> int:
         for finding in items:
             print(f"finding {label}: {finding['rule']} on {finding['resource']} ({finding['status']})")
     return int(ExitCode.OK)
+
+
+def cmd_scan(args: argparse.Namespace) -> int:
+    import datetime as dt
+
+    from aifactory.audit import scap
+    from aifactory.deploy.scan import scan_site
+
+    run = scan_site(args.site, trust=_path(args.bundle_trust))
+    waivers = scap.load_waivers(Path(args.waivers)) if args.waivers else []
+    assessed = scap.assess(run.scans, waivers, today=dt.datetime.now(dt.UTC).date())
+    if args.format == "json":
+        emit_json({**run.as_json(), "folder": str(run.folder), "assessment": assessed.as_json()})
+        return int(ExitCode.OK if assessed.ok else ExitCode.INVALID)
+    print(f"scan {run.run_id}: {len(run.scans)} hosts, results in {run.folder}")
+    rows = [
+        [
+            h.host,
+            h.profile,
+            str(h.applicable),
+            str(h.passed),
+            f"{100 * h.pass_ratio:.1f}%",
+            str(len(h.waived)),
+            str(len(h.unwaived)),
+        ]
+        for h in assessed.hosts
+    ]
+    print(table(["host", "profile", "applicable", "passed", "pass rate", "waived", "unwaived"], rows))
+    for host in assessed.hosts:
+        for rule in host.unwaived:
+            print(f"  failing, not waived: {host.host}: {rule}")
+    for waiver in assessed.stale:
+        print(f"  stale waiver (the rule passes): {waiver.rule} (line {waiver.line})")
+    for waiver in assessed.expired:
+        print(f"  expired waiver: {waiver.rule} expired {waiver.expires} (line {waiver.line})")
+    return int(ExitCode.OK if assessed.ok else ExitCode.INVALID)
 
 
 def cmd_verify_log(args: argparse.Namespace) -> int:

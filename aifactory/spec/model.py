@@ -99,12 +99,32 @@ class Fabric(_Model):
     vlan: int | None = Field(None, ge=1, le=4094, description="optional addition: VLAN id (ethernet/roce)")
 
 
+# The profiles of the Debian 12 datastream the bundle carries (ssg-debian 0.1.76; a test keeps
+# this list equal to `oscap info --profiles` of the content).
+ScapProfile = Literal[
+    "anssi_bp28_enhanced",
+    "anssi_bp28_high",
+    "anssi_bp28_intermediary",
+    "anssi_bp28_minimal",
+    "anssi_np_nt28_average",
+    "anssi_np_nt28_high",
+    "anssi_np_nt28_minimal",
+    "anssi_np_nt28_restrictive",
+    "standard",
+]
+
+
 class Platform(_Model):
     """What the hosts run: the bundle carries packages and wheels for it."""
 
     os: Literal["debian-12"] = "debian-12"
     arch: Literal["x86_64", "aarch64"] = "x86_64"
     python: Literal["3.11"] = "3.11"
+    scap_profile: ScapProfile = Field(
+        "anssi_bp28_intermediary",
+        description="the SCAP Security Guide profile every host is scanned against after deploy "
+        "(Debian 12 datastream of ssg-debian 0.1.76; docs/audit.md)",
+    )
 
 
 class GpuSpec(_Model):

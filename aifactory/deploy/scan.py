@@ -1,0 +1,123 @@
+"""`aifactory audit scan SITE`: every host of the imported bundle's plan evaluated with OpenSCAP.
+
+playbooks/scan.yml runs `oscap xccdf eval` on each host (offline: the content and scanner come from
+the bundle's apt repository) and fetches the ARF files to the site's state folder, `scap/<run>/`;
+each is digested (aifactory.audit.scap) into `scap/<run>/scan.json`, which `aifactory audit report`
+reads as evidence. The hosts are reached exactly as deploy reaches them (inventory from the bundle's
+signed plan, the lab's control host when the site is a lab).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aifactory.audit import scap
+from aifactory.deploy.bundle import prepare_bundle
+from aifactory.deploy.runner import _Ansible, _clean_env, _lab_context, _require_runner, _run_id
+from aifactory.deploy.settings import DeploySettings, render_ansible_cfg
+from aifactory.errors import DeployError, ExitCode
+from aifactory.inventory.site import site_inventory
+from aifactory.resources import resource_dir
+from aifactory.state import SiteState
+
+PLAYBOOK = "scan.yml"
+SCANS_DIR = "scap"
+DIGEST = "scan.json"
+
+
+@dataclass(frozen=True)
+class ScanRun:
+    site: str
+    run_id: str
+    folder: Path
+    scans: tuple[scap.HostScan, ...]
+    unscanned: dict[str, str]  # host -> why no result came back
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "site": self.site,
+            "run_id": self.run_id,
+            "hosts": [s.as_json() for s in self.scans],
+            "unscanned": dict(sorted(self.unscanned.items())),
+        }
+
+
+def scan_site(site: str, *, trust: Path | None = None) -> ScanRun:
+    """Scan every host of `site` and write the digest next to the ARF files; raise if a host failed."""
+    _require_runner()
+    state = SiteState.for_site(site)
+    with state.lock("scan"):
+        bundle = prepare_bundle(state, trust=trust)
+        plan = bundle.plan()
+        run_id = _run_id()
+        folder = state.subdir(SCANS_DIR) / run_id
+        folder.mkdir(parents=True)
+        ansible = _ansible(site, state, bundle.inventory_vars(), plan)
+        failures = _run_playbook(ansible, folder)
+        hosts = sorted(str(h["name"]) for h in plan.get("hosts", []))
+        scans = []
+        unscanned = dict(failures)
+        for host in hosts:
+            arf = folder / f"{host}.arf.xml"
+            if arf.is_file():
+                scans.append(scap.digest_arf(arf, host=host))
+            else:
+                unscanned.setdefault(host, "no result came back")
+        result = ScanRun(site, run_id, folder, tuple(scans), unscanned)
+        (folder / DIGEST).write_text(json.dumps(result.as_json(), indent=1, sort_keys=True) + "\n")
+    if unscanned:
+        raise DeployError(
+            f"{len(unscanned)} of {len(hosts)} hosts were not scanned: "
+            + "; ".join(f"{h}: {why}" for h, why in sorted(unscanned.items())),
+            code="scan-incomplete",
+            exit_code=ExitCode.CANNOT_EVALUATE,
+            hint="run `aifactory audit scan SITE` again once the hosts are reachable",
+        )
+    return result
+
+
+def _ansible(site: str, state: SiteState, bundle_vars: dict[str, Any], plan: dict[str, Any]) -> _Ansible:
+    folder = state.subdir("deploy")
+    lab_cfg, prefix, lab_env = _lab_context(site)
+    rendered = site_inventory(plan, bundle=bundle_vars, state=state)
+    inventory_dir = folder / "scan-inventory"
+    rendered.write(inventory_dir)
+    cfg = folder / "scan-ansible.cfg"
+    cfg.write_text(render_ansible_cfg(DeploySettings(), folder=folder, base_cfg=lab_cfg))
+    env = {**_clean_env(), **lab_env, "ANSIBLE_CONFIG": str(cfg), "ANSIBLE_NOCOLOR": "1"}
+    return _Ansible(
+        folder=folder, inventory=inventory_dir, prefix=prefix, playbooks=resource_dir("playbooks"), env=env
+    )
+
+
+def _run_playbook(ansible: _Ansible, dest: Path) -> dict[str, str]:
+    """Run scan.yml; the hosts whose scan failed, with the failing task's message."""
+    failures: dict[str, str] = {}
+
+    def handle(event: dict[str, Any]) -> bool:
+        data = event.get("event_data") or {}
+        if event.get("event") in ("runner_on_failed", "runner_on_unreachable"):
+            res = data.get("res") or {}
+            message = str(res.get("msg") or res.get("stderr") or "failed")[-300:]
+            failures[str(data.get("host"))] = f"{data.get('task', 'scan')}: {message}"
+        return False
+
+    extra = dest / "scan-vars.json"
+    extra.write_text(json.dumps({"aifactory_scan_dest": str(dest)}))
+    ansible.run(handle=handle, limit=None, cmdline=["-e", f"@{extra}", str(ansible.playbooks / PLAYBOOK)])
+    return failures
+
+
+def latest_scan(state: SiteState) -> Path | None:
+    """The digest of the site's latest scan run, if any."""
+    root = state.root / SCANS_DIR
+    runs = sorted(p for p in root.glob(f"*/{DIGEST}")) if root.is_dir() else []
+    return runs[-1] if runs else None
+
+
+def read_scan(path: Path) -> list[scap.HostScan]:
+    data = json.loads(path.read_text())
+    return [scap.HostScan.from_json(h) for h in data["hosts"]]
