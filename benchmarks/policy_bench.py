@@ -104,11 +104,9 @@ def bench_site_check(policies: PolicySet, plan: SitePlan, repeat: int) -> None:
     print(f"  target < {CHECK_TARGET_MS:.0f} ms: {'met' if median * 1000 < CHECK_TARGET_MS else 'NOT met'}")
 
 
-def requests_for(plan: dict[str, Any], count: int) -> list[tuple[str, str, str, str | None]]:
-    tenants = [t["name"] for t in plan["tenants"]] + ["nobody"]
-    resources = [f"dataset/{d['name']}" for d in plan["datasets"]] + [
-        f"model/{m['name']}" for m in plan["models"]
-    ]
+def requests_for(plan: SitePlan, count: int) -> list[tuple[str, str, str, str | None]]:
+    tenants = [t.name for t in plan.tenants] + ["nobody"]
+    resources = [f"dataset/{d.name}" for d in plan.datasets] + [f"model/{m.name}" for m in plan.models]
     combos = itertools.cycle(
         itertools.product(resources, tenants, ("read", "train", "infer", "export"), COUNTRIES)
     )
@@ -144,7 +142,7 @@ def p99(sorted_times: list[float]) -> float:
     return sorted_times[min(len(sorted_times) - 1, int(len(sorted_times) * 0.99))]
 
 
-def bench_runtime(policies: PolicySet, plan: dict[str, Any], count: int) -> None:
+def bench_runtime(policies: PolicySet, plan: SitePlan, count: int) -> None:
     started = time.perf_counter()
     authz = RuntimeAuthorizer(plan, policies=policies)
     init_s = time.perf_counter() - started
@@ -252,7 +250,7 @@ print(json.dumps(results))
 """
 
 
-def second_engine_regopy(policies: PolicySet, plan: dict[str, Any], regopy_path: str, limit_s: float) -> None:
+def second_engine_regopy(policies: PolicySet, plan: SitePlan, regopy_path: str, limit_s: float) -> None:
     from aifactory.policy.inputs import site_document
 
     backend = make_backend(policies)
@@ -311,7 +309,7 @@ def second_engine_regopy(policies: PolicySet, plan: dict[str, Any], regopy_path:
         for mine, other in zip(our_runtime, theirs["runtime"], strict=True)
         if (mine.allow, mine.reasons) == (other["allow"], sorted(other["reasons"]))
     )
-    print(f"  regopy on {len(plan['hosts'])} hosts, in a subprocess ({took:.1f} s):")
+    print(f"  regopy on {len(plan.hosts)} hosts, in a subprocess ({took:.1f} s):")
     print(
         f"    site packages: {sum(site_equal.values())}/{len(site_equal)} inputs give equal (rule, resource) "
         f"findings (findings per input: {findings})"
@@ -320,7 +318,7 @@ def second_engine_regopy(policies: PolicySet, plan: dict[str, Any], regopy_path:
     print(f"    run-time decisions: {runtime_equal}/{len(requests)} equal (allow and reasons)")
 
 
-def second_engine_opa(policies: PolicySet, plan: dict[str, Any]) -> None:
+def second_engine_opa(policies: PolicySet, plan: SitePlan) -> None:
     import socket
 
     with socket.socket() as sock:
@@ -367,8 +365,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         site_plan = plan_of(args.hosts, args.pools, Path(folder))
         bench_site_check(policies, site_plan, args.repeat)
-        plan = site_plan.to_dict()
-        del site_plan
+        plan = site_plan
         bench_runtime(policies, plan, args.decisions)
         print("second engine, same policies, decisions compared:")
         if shutil.which("opa"):
@@ -394,7 +391,7 @@ def main() -> None:
                 "(pip install --target /tmp/regopy-lib regopy==1.5.2; then --regopy-path /tmp/regopy-lib)"
             )
             return
-        second_engine_regopy(policies, small.to_dict(), args.regopy_path, args.regopy_limit)
+        second_engine_regopy(policies, small, args.regopy_path, args.regopy_limit)
 
 
 if __name__ == "__main__":

@@ -51,7 +51,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from aifactory.plan import plan_site  # noqa: E402
+from aifactory.plan import SitePlan, plan_site  # noqa: E402
 from aifactory.runtime import checkpoint  # noqa: E402
 from aifactory.runtime import dataset as datasets  # noqa: E402
 from aifactory.runtime.authz import Guard, load_authorizer  # noqa: E402
@@ -394,7 +394,7 @@ def _batch_totals(port: int) -> tuple[float, float, float]:
     )
 
 
-def bench_authorization(work: Path, plan: dict[str, object], token: str, site: str, repeat: int) -> None:
+def bench_authorization(work: Path, plan: SitePlan, token: str, site: str, repeat: int) -> None:
     decisions = DecisionLog(work / "bench-authz" / "decisions.jsonl", sign_every=100, sign_interval=5)
     verifier = TokenVerifier(TrustFiles(work / "runtime"), site=site)
     authorizer = load_authorizer(plan)
@@ -509,7 +509,7 @@ def main() -> int:
         planned = plan_site(SITE_SPEC, write_lock=False)
         plan_path = work / "plan.json"
         plan_path.write_text(planned.plan.to_json())
-        site = planned.plan.site["name"]  # type: ignore[index]
+        site = planned.plan.name
         token = issue_token(
             TrustFiles(work / "runtime"),
             site=site,
@@ -533,7 +533,7 @@ def main() -> int:
                 save_bench_model(work)
             bench_parsers(args, work, plan_path, token)
         if "authz" in parts:
-            bench_authorization(work, planned.plan.to_dict(), token, site, args.authz_repeat)
+            bench_authorization(work, planned.plan, token, site, args.authz_repeat)
         if "training" in parts:
             bench_training(work, plan_path, token_file, args.train_steps)
         print(f"load average after: {load_average()}")

@@ -76,23 +76,14 @@ def site_data(plan: SitePlan) -> tuple[dict[str, Any], ...]:
     """The datasets and models the report names, with their classifications."""
     items = [
         {
-            "kind": "dataset",
-            "name": d["name"],
-            "owner": d.get("owner"),
-            "classification": d.get("classification"),
-            "storage": d.get("storage"),
+            "kind": kind,
+            "name": i.name,
+            "owner": i.owner,
+            "classification": i.classification,
+            "storage": i.storage,
         }
-        for d in plan.datasets
-    ]
-    items += [
-        {
-            "kind": "model",
-            "name": m["name"],
-            "owner": m.get("owner"),
-            "classification": m.get("classification"),
-            "storage": m.get("storage"),
-        }
-        for m in plan.models
+        for kind, section in (("dataset", plan.datasets), ("model", plan.models))
+        for i in section
     ]
     return tuple(items)
 
@@ -117,9 +108,9 @@ def build_report(
     data = site_data(plan)
     site = {
         "name": plan.name,
-        "jurisdiction": plan.site.get("jurisdiction"),
-        "description": plan.site.get("description") or "",
-        "air_gapped": plan.site.get("air_gapped"),
+        "jurisdiction": plan.site.jurisdiction,
+        "description": plan.site.description or "",
+        "air_gapped": plan.site.air_gapped,
         "spec_digest": plan.spec_digest,
         "plan_digest": plan_digest,
         "hosts": len(plan.hosts),

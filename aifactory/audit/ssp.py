@@ -18,6 +18,7 @@ uuid5 of content; its one time is the report's.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import is_dataclass
 from typing import Any
 
 from aifactory.audit.catalog import OSCAL_VERSION, catalog_resource, load_catalog
@@ -32,7 +33,15 @@ from aifactory.audit.controls import (
 )
 from aifactory.audit.model import PASS, AuditReport, Control, RuleResult, content_uuid
 from aifactory.audit.oscal import PROFILE_FILE, one_line, prop
-from aifactory.plan.model import SitePlan
+from aifactory.plan.model import (
+    AccessGrant,
+    DatasetPlan,
+    FabricPlan,
+    ModelPlan,
+    PoolPlan,
+    SitePlan,
+    StoragePlan,
+)
 
 # FIPS 199 impact of a breach of confidentiality, by the data's classification.
 IMPACT = {
@@ -79,67 +88,66 @@ def _component(
     return component
 
 
-def _pool(site: str, pool: dict[str, Any]) -> dict[str, Any]:
-    hardware = pool.get("hardware") or {}
-    gpu = hardware.get("gpu") or {}
-    where = f"datacenter {pool['datacenter']} ({pool['country']})"
-    what = f"{pool['count']} host(s), role {pool['role']}, in {where}"
+def _pool(site: str, pool: PoolPlan) -> dict[str, Any]:
+    gpu = pool.hardware.gpu
+    where = f"datacenter {pool.datacenter} ({pool.country})"
+    what = f"{pool.count} host(s), role {pool.role}, in {where}"
     if gpu:
-        what += f", {gpu.get('count')} x {gpu.get('model')} GPU each"
+        what += f", {gpu.count} x {gpu.model} GPU each"
     return _component(
         site,
         "pool",
-        pool["name"],
+        pool.name,
         "hardware",
-        f"Node pool {pool['name']}",
-        what + f"; on fabrics {_words(pool.get('fabrics') or [])}.",
+        f"Node pool {pool.name}",
+        what + f"; on fabrics {_words(pool.fabrics)}.",
         [
-            prop("pool-role", str(pool["role"])),
-            prop("host-count", str(pool["count"])),
-            prop("datacenter", str(pool["datacenter"])),
-            prop("country", str(pool["country"])),
+            prop("pool-role", pool.role),
+            prop("host-count", str(pool.count)),
+            prop("datacenter", pool.datacenter),
+            prop("country", pool.country),
         ],
     )
 
 
-def _fabric(site: str, fabric: dict[str, Any]) -> dict[str, Any]:
+def _fabric(site: str, fabric: FabricPlan) -> dict[str, Any]:
     return _component(
         site,
         "fabric",
-        fabric["name"],
+        fabric.name,
         "network",
-        f"Fabric {fabric['name']}",
-        f"{fabric['kind']} fabric for {fabric['purpose']} traffic, network {fabric['cidr']}, "
-        f"{fabric.get('rails') or 1} rail(s).",
-        [prop("purpose", str(fabric["purpose"])), prop("network", str(fabric["cidr"]))],
+        f"Fabric {fabric.name}",
+        f"{fabric.kind} fabric for {fabric.purpose} traffic, network {fabric.cidr}, "
+        f"{fabric.rails or 1} rail(s).",
+        [prop("purpose", fabric.purpose), prop("network", fabric.cidr)],
     )
 
 
-def _storage(site: str, store: dict[str, Any]) -> dict[str, Any]:
-    encrypted = "encrypted at rest" if store.get("encrypted_at_rest") else "not encrypted at rest"
-    replicas = store.get("replica_countries") or []
+def _storage(site: str, store: StoragePlan) -> dict[str, Any]:
+    encrypted = "encrypted at rest" if store.encrypted_at_rest else "not encrypted at rest"
+    replicas = store.replica_countries
     return _component(
         site,
         "storage",
-        store["name"],
+        store.name,
         "service",
-        f"Storage {store['name']}",
-        f"{store['kind']} storage in datacenter {store['datacenter']} ({store['country']}), {encrypted}; "
-        f"mounted by pools {_words(store.get('mounted_by') or [])}"
+        f"Storage {store.name}",
+        f"{store.kind} storage in datacenter {store.datacenter} ({store.country}), {encrypted}; "
+        f"mounted by pools {_words(store.mounted_by)}"
         + (f"; replicated to {_words(replicas)}" if replicas else "")
         + ".",
         [
-            prop("storage-kind", str(store["kind"])),
-            prop("country", str(store["country"])),
-            prop("encrypted-at-rest", "yes" if store.get("encrypted_at_rest") else "no"),
+            prop("storage-kind", store.kind),
+            prop("country", store.country),
+            prop("encrypted-at-rest", "yes" if store.encrypted_at_rest else "no"),
         ],
     )
 
 
 def _services(site: str, plan: SitePlan) -> list[dict[str, Any]]:
     """What runs on the hosts: the scheduler and a serving endpoint per model that is served."""
-    control = [p["name"] for p in plan.pools if p["role"] == "control"]
-    compute = [p["name"] for p in plan.pools if p["role"] != "control"]
+    control = [p.name for p in plan.pools if p.role == "control"]
+    compute = [p.name for p in plan.pools if p.role != "control"]
     services = [
         _component(
             site,
@@ -152,20 +160,20 @@ def _services(site: str, plan: SitePlan) -> list[dict[str, Any]]:
             [],
         )
     ]
-    for model in sorted(plan.models, key=lambda m: str(m["name"])):
-        pools = model.get("serve_on") or []
+    for model in sorted(plan.models, key=lambda m: m.name):
+        pools = model.serve_on
         if pools:
             services.append(
                 _component(
                     site,
                     "service",
-                    f"serve-{model['name']}",
+                    f"serve-{model.name}",
                     "service",
-                    f"Model serving: {model['name']}",
-                    f"aifactory-serve serves model {model['name']} ({model.get('classification')}) on "
+                    f"Model serving: {model.name}",
+                    f"aifactory-serve serves model {model.name} ({model.classification}) on "
                     f"pools {_words(pools)} over TLS with client certificates; every request is "
                     "authorized by policy and recorded in the decision log.",
-                    [prop("classification", str(model.get("classification")))],
+                    [prop("classification", model.classification)],
                 )
             )
     return services
@@ -224,28 +232,32 @@ def _components(plan: SitePlan, report: AuditReport) -> list[dict[str, Any]]:
 
 def _information_types(plan: SitePlan) -> list[dict[str, Any]]:
     types = []
-    for kind, items in (("dataset", plan.datasets), ("model", plan.models)):
-        for item in sorted(items, key=lambda i: str(i["name"])):
-            classification = str(item.get("classification") or "internal")
-            impact = IMPACT.get(classification, "fips-199-moderate")
-            residency = item.get("residency") or plan.site.get("jurisdiction")
-            types.append(
-                {
-                    "uuid": _uuid(plan.name, "information", kind, str(item["name"])),
-                    "title": one_line(f"{kind.capitalize()} {item['name']}"),
-                    "description": f"{kind.capitalize()} {item['name']}, owned by tenant "
-                    f"{item.get('owner')}, classified {classification}, kept in {residency}, "
-                    f"on storage {item.get('storage')}.",
-                    "props": [
-                        prop("classification", classification),
-                        prop("residency", str(residency)),
-                        prop("owner", str(item.get("owner"))),
-                    ],
-                    "confidentiality-impact": {"base": impact},
-                    "integrity-impact": {"base": "fips-199-moderate"},
-                    "availability-impact": {"base": "fips-199-moderate"},
-                }
-            )
+    items: list[tuple[str, DatasetPlan | ModelPlan]] = [
+        *(("dataset", d) for d in sorted(plan.datasets, key=lambda d: d.name)),
+        *(("model", m) for m in sorted(plan.models, key=lambda m: m.name)),
+    ]
+    for kind, item in items:
+        classification = item.classification or "internal"
+        impact = IMPACT.get(classification, "fips-199-moderate")
+        # A model has no residency of its own in the spec: it stays in the site's jurisdiction.
+        residency = item.residency if isinstance(item, DatasetPlan) else plan.site.jurisdiction
+        types.append(
+            {
+                "uuid": _uuid(plan.name, "information", kind, item.name),
+                "title": one_line(f"{kind.capitalize()} {item.name}"),
+                "description": f"{kind.capitalize()} {item.name}, owned by tenant "
+                f"{item.owner}, classified {classification}, kept in {residency}, "
+                f"on storage {item.storage}.",
+                "props": [
+                    prop("classification", classification),
+                    prop("residency", residency),
+                    prop("owner", item.owner),
+                ],
+                "confidentiality-impact": {"base": impact},
+                "integrity-impact": {"base": "fips-199-moderate"},
+                "availability-impact": {"base": "fips-199-moderate"},
+            }
+        )
     if not types:
         types.append(
             {
@@ -261,17 +273,16 @@ def _information_types(plan: SitePlan) -> list[dict[str, Any]]:
 
 
 def _boundary(plan: SitePlan) -> str:
-    places = _words(f"{d['name']} ({d['country']})" for d in plan.datacenters)
-    egress = plan.egress.get("allow") or []
+    places = _words(f"{d.name} ({d.country})" for d in plan.datacenters)
     outside = (
         "The site is air-gapped: it declares no connection outside the boundary."
-        if plan.site.get("air_gapped")
-        else f"Connections outside the boundary: {_words(str(e.get('endpoint')) for e in egress)}."
+        if plan.site.air_gapped
+        else f"Connections outside the boundary: {_words(e.endpoint for e in plan.egress.allow)}."
     )
     return (
         f"Every host of {len(plan.pools)} node pool(s) ({len(plan.hosts)} hosts) in datacenter(s) {places}, "
-        f"the fabrics {_words(f['name'] for f in plan.fabrics)} and the storage systems "
-        f"{_words(s['name'] for s in plan.storage)}, all inside {plan.site.get('jurisdiction')}. {outside}"
+        f"the fabrics {_words(f.name for f in plan.fabrics)} and the storage systems "
+        f"{_words(s.name for s in plan.storage)}, all inside {plan.site.jurisdiction}. {outside}"
     )
 
 
@@ -282,11 +293,11 @@ def _characteristics(plan: SitePlan, report: AuditReport) -> dict[str, Any]:
     return {
         "system-ids": [{"identifier-type": "https://ietf.org/rfc/rfc4122", "id": _uuid(plan.name, "system")}],
         "system-name": plan.name,
-        "description": site.get("description") or f"AI factory {plan.name}",
+        "description": site.description or f"AI factory {plan.name}",
         "props": [
-            prop("jurisdiction", str(site.get("jurisdiction"))),
-            prop("air-gapped", "yes" if site.get("air_gapped") else "no"),
-            prop("data-residency", _words(sorted({str(d.get("residency")) for d in plan.datasets}))),
+            prop("jurisdiction", site.jurisdiction),
+            prop("air-gapped", "yes" if site.air_gapped else "no"),
+            prop("data-residency", _words(sorted({d.residency for d in plan.datasets}))),
             prop("spec-digest", plan.spec_digest),
             prop("classification", classification),
         ],
@@ -308,15 +319,15 @@ def _characteristics(plan: SitePlan, report: AuditReport) -> dict[str, Any]:
 def _users(plan: SitePlan) -> list[dict[str, Any]]:
     users = [
         {
-            "uuid": _uuid(plan.name, "user", "tenant", str(t["name"])),
-            "title": f"Tenant {t['name']}",
-            "short-name": str(t["name"]),
-            "description": f"Tenant {t['name']}, cleared to {t.get('clearance')}, runs jobs on pools "
-            f"{_words(t.get('pools') or [])}.",
-            "props": [prop("clearance", str(t.get("clearance")))],
+            "uuid": _uuid(plan.name, "user", "tenant", t.name),
+            "title": f"Tenant {t.name}",
+            "short-name": t.name,
+            "description": f"Tenant {t.name}, cleared to {t.clearance}, "
+            f"runs jobs on pools {_words(t.pools)}.",
+            "props": [prop("clearance", t.clearance)],
             "role-ids": ["data-owner"],
         }
-        for t in sorted(plan.tenants, key=lambda t: str(t["name"]))
+        for t in sorted(plan.tenants, key=lambda t: t.name)
     ]
     users.append(
         {
@@ -349,29 +360,31 @@ def _plan_section(plan: SitePlan, key: str) -> Any:
 def _setting_value(value: Any) -> str:
     if isinstance(value, bool):
         return "yes" if value else "no"
-    if isinstance(value, list):
-        return _words(_item_label(v) if isinstance(v, dict) else str(v) for v in value)
+    if isinstance(value, tuple):
+        return _words(_item_label(v) if is_dataclass(v) else str(v) for v in value)
     return "none" if value in (None, "") else str(value)
 
 
-def _item_label(item: dict[str, Any]) -> str:
-    if "tenant" in item and "resource" in item:  # an access grant
-        return f"{item['tenant']} on {item['resource']}"
-    return str(item.get("name"))
+def _item_label(item: Any) -> str:
+    if isinstance(item, AccessGrant):
+        return f"{item.tenant} on {item.resource}"
+    return str(getattr(item, "name", None))
 
 
 def setting_text(plan: SitePlan, setting: str) -> str:
-    """A spec setting with its values on this site: "storage[].encrypted_at_rest: share = yes"."""
+    """A spec setting with its values on this site: "storage[].encrypted_at_rest: share = yes".
+
+    Settings are named by the spec's field paths (the control model's), so they are read by name."""
     head, _, field = setting.partition(".")
     section = _plan_section(plan, head.removesuffix("[]"))
-    if head.endswith("[]") and isinstance(section, list):
+    if head.endswith("[]") and isinstance(section, tuple):
         if not field:
             return f"{setting}: {_words(_item_label(item) for item in section)}"
-        values = [f"{_item_label(item)} = {_setting_value(item.get(field))}" for item in section]
+        values = [f"{_item_label(item)} = {_setting_value(getattr(item, field, None))}" for item in section]
         return f"{setting}: {'; '.join(values) or 'none'}"
-    if isinstance(section, dict) and field:
+    if is_dataclass(section) and field:
         name, _, _rest = field.partition("[]")
-        return f"{setting}: {_setting_value(section.get(name))}"
+        return f"{setting}: {_setting_value(getattr(section, name, None))}"
     return setting
 
 

@@ -330,10 +330,10 @@ def _wheelsets(planned: PlannedSite, own: Path, pins: list[str]) -> list[WheelSe
     runtime: set[Platform] = set()
     control: set[Platform] = set()
     for pool in plan.pools:
-        platform = Platform.from_plan(pool.get("platform") or {})
-        if pool["name"] == control_pool or pool.get("role") == "control":
+        platform = Platform.from_plan(pool.platform)
+        if pool.name == control_pool or pool.role == "control":
             control.add(platform)
-        if pool.get("role") in RUNTIME_ROLES:
+        if pool.role in RUNTIME_ROLES:
             runtime.add(platform)
     lock = wheelhouse.lock_file()
     constraints = wheelhouse.locked_versions(lock, except_for=pins) if lock else ()

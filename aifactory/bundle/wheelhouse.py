@@ -41,6 +41,7 @@ from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name, parse_wheel_filename
 
 from aifactory.errors import BundleError, Location, PrerequisiteError, UsageError
+from aifactory.plan.model import PlatformPlan
 
 # Highest glibc of each supported OS; wheels tagged for it or any older manylinux install there.
 GLIBC = {
@@ -65,8 +66,8 @@ class Platform:
     python: str
 
     @classmethod
-    def from_plan(cls, data: dict[str, str]) -> Platform:
-        return cls(data.get("os", "debian-12"), data.get("arch", "x86_64"), str(data.get("python", "3.11")))
+    def from_plan(cls, platform: PlatformPlan) -> Platform:
+        return cls(platform.os, platform.arch, platform.python)
 
     @property
     def tag(self) -> str:

@@ -120,12 +120,12 @@ def cmd_plan(args: argparse.Namespace) -> int:
         return 0
     rows = [
         (
-            p["name"],
-            p["role"],
-            p["count"],
-            p["datacenter"],
-            ", ".join(p["fabrics"]),
-            f"{p['hosts'][0]} .. {p['hosts'][-1]}",
+            p.name,
+            p.role,
+            p.count,
+            p.datacenter,
+            ", ".join(p.fabrics),
+            f"{p.hosts[0]} .. {p.hosts[-1]}",
         )
         for p in plan.pools
     ]

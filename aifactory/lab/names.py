@@ -41,7 +41,7 @@ class LabNames:
         name = f"br-{fabric}"
         if len(name) <= IFNAMSIZ:
             return name
-        index = [f["name"] for f in plan.fabrics].index(fabric)
+        index = [f.name for f in plan.fabrics].index(fabric)
         return f"br{index}"
 
     @staticmethod
@@ -51,5 +51,5 @@ class LabNames:
 
     @staticmethod
     def bmc_port(plan: SitePlan, fabric: str) -> str:
-        index = [f["name"] for f in plan.fabrics].index(fabric)
+        index = [f.name for f in plan.fabrics].index(fabric)
         return f"bmc{index}"

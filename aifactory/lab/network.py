@@ -26,7 +26,7 @@ def bmc_fabrics(plan: SitePlan, names: LabNames) -> list[BmcFabric]:
     by_fabric: dict[str, list[tuple[str, str, int]]] = {}
     for host in plan.hosts:
         if host.bmc is not None:
-            prefixlen = int(plan.fabric(host.bmc.fabric)["prefixlen"])
+            prefixlen = plan.fabric(host.bmc.fabric).prefixlen
             by_fabric.setdefault(host.bmc.fabric, []).append((host.name, host.bmc.address, prefixlen))
     return [BmcFabric(f, names.bmc_ns(f), _short(f), hosts) for f, hosts in by_fabric.items()]
 
@@ -38,7 +38,7 @@ def _short(name: str) -> str:
 def fabrics_in_use(plan: SitePlan) -> list[str]:
     used = {i.fabric for h in plan.hosts for i in h.interfaces}
     used |= {h.bmc.fabric for h in plan.hosts if h.bmc is not None}
-    return [f["name"] for f in plan.fabrics if f["name"] in used]
+    return [f.name for f in plan.fabrics if f.name in used]
 
 
 def add_netns(name: str, journal: Journal) -> None:

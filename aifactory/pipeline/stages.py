@@ -30,6 +30,7 @@ from aifactory.errors import (
 )
 from aifactory.pipeline.runner import Stage, StageResult
 from aifactory.plan import PlannedSite, plan_site
+from aifactory.plan.model import DatasetPlan, ModelPlan
 from aifactory.resources import resource_dir
 from aifactory.state import SiteState
 
@@ -381,16 +382,16 @@ def verify_scheduler(context: UpContext, outputs: dict[str, Any]) -> str:
     return run_scheduler(context).summary
 
 
-def _train_target(context: UpContext) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
+def _train_target(context: UpContext) -> tuple[ModelPlan, DatasetPlan, list[str]]:
     """The model `up` trains: the first model with training data, its first dataset, its hosts."""
     plan = context.plan().plan
-    model = next((m for m in plan.models if m["trained_on"] and m["host_path"]), None)
+    model = next((m for m in plan.models if m.trained_on and m.host_path), None)
     if model is None:
         raise UsageError("no model with training data on mounted storage to train")
-    dataset = next(d for d in plan.datasets if d["name"] == model["trained_on"][0])
-    pools = [p["name"] for p in plan.pools if p["role"] in ("cpu", "gpu")]
+    dataset = next(d for d in plan.datasets if d.name == model.trained_on[0])
+    pools = [p.name for p in plan.pools if p.role in ("cpu", "gpu")]
     hosts = [
-        h.name for h in plan.hosts if h.pool in pools and any(m.storage == model["storage"] for m in h.mounts)
+        h.name for h in plan.hosts if h.pool in pools and any(m.storage == model.storage for m in h.mounts)
     ]
     return model, dataset, hosts[:2]
 
@@ -406,11 +407,11 @@ def _job(context: UpContext) -> dict[str, Any]:
     folder = _train_folder(context)
     return {
         "schema": "aifactory.job/v1",
-        "name": f"up-{model['name']}"[:60],
+        "name": f"up-{model.name}"[:60],
         "plan": NODE_PLAN,
-        "token_file": str(folder / f"{dataset['owner']}.token"),
-        "dataset": dataset["name"],
-        "model": model["name"],
+        "token_file": str(folder / f"{dataset.owner}.token"),
+        "dataset": dataset.name,
+        "model": model.name,
         "processes_per_host": 1,
         "rendezvous_port": 29400,
         "runtime_dir": str(context.state.subdir("runtime")),
@@ -435,10 +436,10 @@ def _token_for(context: UpContext, tenant: str) -> str:
     return issue_token(trust, site=context.plan().plan.name, tenant=tenant, expires=expires).token
 
 
-def _latest_step(context: UpContext, model: dict[str, Any], host: str) -> int:
+def _latest_step(context: UpContext, model: ModelPlan, host: str) -> int:
     from aifactory.lab import lab_exec
 
-    latest = f"{model['host_path']}/checkpoints/latest"
+    latest = f"{model.host_path}/checkpoints/latest"
     done = lab_exec(context.plan().plan.name, ["cat", latest], host=host)
     text = done.stdout.strip().removeprefix("step-")
     return int(text) if done.returncode == 0 and text.isdigit() else 0
@@ -457,7 +458,7 @@ def run_train(context: UpContext) -> StageResult:
     job = _job(context)
     folder = _train_folder(context)
     token = Path(job["token_file"])
-    token.write_text(_token_for(context, dataset["owner"]))
+    token.write_text(_token_for(context, dataset.owner))
     token.chmod(0o600)
     job_path = folder / "job.yaml"
     job_path.write_text(yaml.safe_dump(job, sort_keys=True))
@@ -478,7 +479,7 @@ def run_train(context: UpContext) -> StageResult:
     )
     if generate.returncode != 0:
         raise AifactoryError(
-            f"generating dataset {dataset['name']} failed: {generate.stderr.strip()[-300:]}",
+            f"generating dataset {dataset.name} failed: {generate.stderr.strip()[-300:]}",
             code="dataset-generation-failed",
         )
     client = _slurm_client(context)
@@ -507,7 +508,7 @@ def run_train(context: UpContext) -> StageResult:
             "slurm_job_id": submission.slurm_job_id,
             "decision_id": submission.decision_id,
             "step": step,
-            "model": model["name"],
+            "model": model.name,
         },
     )
 
@@ -550,17 +551,11 @@ def _token_files(context: UpContext, *tenants: str) -> Iterator[list[Path]]:
             path.unlink(missing_ok=True)
 
 
-def _denied_tenant(context: UpContext, model: dict[str, Any]) -> str | None:
+def _denied_tenant(context: UpContext, model: ModelPlan) -> str | None:
     """A tenant that is neither the model's owner nor granted `infer` on it."""
     plan = context.plan().plan
-    granted = {
-        g["tenant"]
-        for g in plan.access
-        if g["resource"] == f"model/{model['name']}" and "infer" in g["actions"]
-    }
-    return next(
-        (t["name"] for t in plan.tenants if t["name"] != model["owner"] and t["name"] not in granted), None
-    )
+    granted = {g.tenant for g in plan.access if g.resource == f"model/{model.name}" and "infer" in g.actions}
+    return next((t.name for t in plan.tenants if t.name != model.owner and t.name not in granted), None)
 
 
 def run_serve(context: UpContext) -> StageResult:
@@ -570,15 +565,15 @@ def run_serve(context: UpContext) -> StageResult:
 
     if not context.options.lab:
         return StageResult("skipped", "requests are made against the lab only")
-    model = next(m for m in context.plan().plan.models if m["name"] == context.outputs["train"]["model"])
+    model = next(m for m in context.plan().plan.models if m.name == context.outputs["train"]["model"])
     host = context.plan().plan.host(
-        next(h.name for h in context.plan().plan.hosts if h.pool in model["serve_on"])
+        next(h.name for h in context.plan().plan.hosts if h.pool in model.serve_on)
     )
     denied_tenant = _denied_tenant(context, model)
     if denied_tenant is None:
         raise UsageError("the site has no tenant without access to the model, to show a denied request")
     base = f"http://{host.management_address}:{SERVE_PORT}"
-    with _token_files(context, model["owner"], denied_tenant) as (allowed_file, denied_file):
+    with _token_files(context, model.owner, denied_tenant) as (allowed_file, denied_file):
         probe = lab_exec(
             context.plan().plan.name,
             [
@@ -586,7 +581,7 @@ def run_serve(context: UpContext) -> StageResult:
                 "-m",
                 "aifactory.pipeline.serve_probe",
                 base,
-                model["name"],
+                model.name,
                 str(allowed_file),
                 str(denied_file),
                 str(SERVE_TIMEOUT_S),
@@ -607,7 +602,7 @@ def run_serve(context: UpContext) -> StageResult:
         )
     return StageResult(
         "ok",
-        f"{model['name']} on {host.name}: {model['owner']} 200 (decision "
+        f"{model.name} on {host.name}: {model.owner} 200 (decision "
         f"{allowed.get('decision_id')}), {denied_tenant} 403 {denied.get('reason')} (decision "
         f"{denied.get('decision_id')})",
         {"allowed": allowed, "denied": denied, "host": host.name},

@@ -20,7 +20,28 @@ from aifactory.plan.addressing import (
     lock_snapshot,
     owner_key,
 )
-from aifactory.plan.model import BmcEndpoint, Host, Interface, Mount, SitePlan
+from aifactory.plan.model import (
+    AccessGrant,
+    BmcEndpoint,
+    DatacenterPlan,
+    DatasetPlan,
+    EgressPlan,
+    EgressRule,
+    FabricPlan,
+    GpuPlan,
+    HardwarePlan,
+    Host,
+    Interface,
+    ModelPlan,
+    Mount,
+    PlatformPlan,
+    PoolBmcPlan,
+    PoolPlan,
+    SiteInfo,
+    SitePlan,
+    StoragePlan,
+    TenantPlan,
+)
 from aifactory.spec.model import Fabric, NodePool, SiteSpec
 from aifactory.spec.naming import host_name, interface_name
 from aifactory.spec.places import Places, load_places
@@ -117,11 +138,11 @@ def build_plan(
     fabric_by_name = {f.name: f for f in spec.fabrics}
     storage_mounts = _mounts_by_pool(spec)
     hosts: list[Host] = []
-    pools: list[dict[str, Any]] = []
+    pools: list[PoolPlan] = []
     for pool in spec.node_pools:
         dc = dc_by_name[pool.datacenter]
         names = [host_name(site, pool.name, i) for i in range(1, pool.count + 1)]
-        pools.append(_pool_dict(pool, dc.country, names))
+        pools.append(_pool_plan(pool, dc.country, names))
         hosts.extend(
             _pool_hosts(
                 pool,
@@ -134,36 +155,34 @@ def build_plan(
             )
         )
     plan = SitePlan(
-        site={
-            "name": site,
-            "jurisdiction": spec.site.jurisdiction,
-            "jurisdiction_countries": places.countries_of(spec.site.jurisdiction),
-            "air_gapped": spec.site.air_gapped,
-            "description": spec.site.description,
-        },
+        site=SiteInfo(
+            name=site,
+            jurisdiction=spec.site.jurisdiction,
+            jurisdiction_countries=tuple(places.countries_of(spec.site.jurisdiction)),
+            air_gapped=spec.site.air_gapped,
+            description=spec.site.description,
+        ),
         spec_digest=spec_digest(spec),
-        datacenters=[{"name": d.name, "country": d.country, "region": d.region} for d in spec.datacenters],
-        fabrics=[_fabric_dict(f, allocators[f.name]) for f in spec.fabrics],
-        pools=pools,
+        datacenters=tuple(DatacenterPlan(d.name, d.country, d.region) for d in spec.datacenters),
+        fabrics=tuple(_fabric_plan(f, allocators[f.name]) for f in spec.fabrics),
+        pools=tuple(pools),
         hosts=tuple(hosts),
         storage=_storage(spec, dc_by_name),
-        tenants=[
-            {
-                "name": t.name,
-                "clearance": t.clearance,
-                "pools": list(t.pools) if t.pools is not None else [p.name for p in spec.node_pools],
-            }
+        tenants=tuple(
+            TenantPlan(
+                t.name,
+                t.clearance,
+                tuple(t.pools) if t.pools is not None else tuple(p.name for p in spec.node_pools),
+            )
             for t in spec.tenants
-        ],
+        ),
         datasets=_datasets(spec, places),
         models=_models(spec, places, dc_by_name),
         access=_access(spec, places),
-        egress={
-            "air_gapped": spec.site.air_gapped,
-            "allow": [
-                {"name": r.name, "endpoint": r.endpoint, "country": r.country} for r in spec.egress.allow
-            ],
-        },
+        egress=EgressPlan(
+            air_gapped=spec.site.air_gapped,
+            allow=tuple(EgressRule(r.name, r.endpoint, r.country) for r in spec.egress.allow),
+        ),
         control_host=next((h.name for h in hosts if h.role == "control"), None),
         allocation={},
     )
@@ -187,37 +206,49 @@ def _allocate(spec: SiteSpec, lock: AllocationLock) -> dict[str, FabricAllocator
     return allocators
 
 
-def _fabric_dict(fabric: Fabric, allocator: FabricAllocator) -> dict[str, Any]:
+def _fabric_plan(fabric: Fabric, allocator: FabricAllocator) -> FabricPlan:
     network = ipaddress.ip_network(fabric.cidr)
-    return {
-        "name": fabric.name,
-        "kind": fabric.kind,
-        "purpose": fabric.purpose,
-        "cidr": str(network),
-        "ip_version": network.version,
-        "prefixlen": network.prefixlen,
-        "gateway": allocator.gateway,
-        "rails": fabric.rails,
-        "interfaces": [interface_name(fabric.name, r, fabric.rails) for r in range(fabric.rails)],
-        "speed_gbps": fabric.speed_gbps,
-        "mtu": fabric.mtu,
-        "vlan": fabric.vlan,
-    }
+    return FabricPlan(
+        name=fabric.name,
+        kind=fabric.kind,
+        purpose=fabric.purpose,
+        cidr=str(network),
+        ip_version=network.version,
+        prefixlen=network.prefixlen,
+        gateway=allocator.gateway,
+        rails=fabric.rails,
+        interfaces=tuple(interface_name(fabric.name, r, fabric.rails) for r in range(fabric.rails)),
+        speed_gbps=fabric.speed_gbps,
+        mtu=fabric.mtu,
+        vlan=fabric.vlan,
+    )
 
 
-def _pool_dict(pool: NodePool, country: str, names: list[str]) -> dict[str, Any]:
-    return {
-        "name": pool.name,
-        "role": pool.role,
-        "count": pool.count,
-        "datacenter": pool.datacenter,
-        "country": country,
-        "platform": pool.platform.model_dump(),
-        "hardware": pool.hardware.model_dump(),
-        "fabrics": list(pool.fabrics),
-        "bmc": pool.bmc.model_dump() if pool.bmc else None,
-        "hosts": names,
-    }
+def _pool_plan(pool: NodePool, country: str, names: list[str]) -> PoolPlan:
+    hardware = {**pool.hardware.model_dump(), "gpu": _gpu_plan(pool)}
+    return PoolPlan(
+        name=pool.name,
+        role=pool.role,
+        count=pool.count,
+        datacenter=pool.datacenter,
+        country=country,
+        platform=_platform_plan(pool),
+        hardware=HardwarePlan(**hardware),
+        fabrics=tuple(pool.fabrics),
+        bmc=PoolBmcPlan(**pool.bmc.model_dump()) if pool.bmc else None,
+        hosts=tuple(names),
+    )
+
+
+# The pool's spec sections carry into the plan field for field (a spec field the plan type lacks fails
+# here, loudly, rather than dropping out of the plan).
+def _platform_plan(pool: NodePool) -> PlatformPlan:
+    return PlatformPlan(**pool.platform.model_dump())
+
+
+def _gpu_plan(pool: NodePool) -> GpuPlan | None:
+    gpu = pool.hardware.gpu
+    return GpuPlan(**gpu.model_dump()) if gpu else None
 
 
 def _pool_hosts(
@@ -257,8 +288,8 @@ def _pool_hosts(
     compute = next((f for f in per_fabric if f[0].purpose == "compute"), None)
     management_addresses = management[1][:: management[0].rails]
     compute_addresses = compute[1][:: compute[0].rails] if compute else management_addresses
-    gpus = pool.hardware.gpu.model_dump() if pool.hardware.gpu else None
-    platform = pool.platform.model_dump()
+    gpus = _gpu_plan(pool)
+    platform = _platform_plan(pool)
     nccl = _nccl(management, compute)
     hosts = []
     for k, (name, interfaces) in enumerate(zip(names, zip(*columns, strict=True), strict=True)):
@@ -347,55 +378,56 @@ def _mounts_by_pool(spec: SiteSpec) -> dict[str, tuple[Mount, ...]]:
     return {pool: tuple(mounts) for pool, mounts in out.items()}
 
 
-def _storage(spec: SiteSpec, dcs: dict[str, Any]) -> list[dict[str, Any]]:
+def _storage(spec: SiteSpec, dcs: dict[str, Any]) -> tuple[StoragePlan, ...]:
     country = {s.name: dcs[s.datacenter].country for s in spec.storage}
-    return [
-        {
-            "name": s.name,
-            "kind": s.kind,
-            "datacenter": s.datacenter,
-            "country": country[s.name],
-            "capacity_tib": s.capacity_tib,
-            "encrypted_at_rest": s.encrypted_at_rest,
-            "endpoint": s.endpoint,
-            "mount_path": s.mount_path,
-            "mounted_by": [] if s.kind == "s3" else _mounted_by(spec, s.mounted_by),
-            "fabric": s.fabric,
-            "replicas": list(s.replicas),
-            "replica_countries": [country[r] for r in s.replicas],
-        }
+    return tuple(
+        StoragePlan(
+            name=s.name,
+            kind=s.kind,
+            datacenter=s.datacenter,
+            country=country[s.name],
+            capacity_tib=s.capacity_tib,
+            encrypted_at_rest=s.encrypted_at_rest,
+            endpoint=s.endpoint,
+            mount_path=s.mount_path,
+            mounted_by=() if s.kind == "s3" else tuple(_mounted_by(spec, s.mounted_by)),
+            fabric=s.fabric,
+            replicas=tuple(s.replicas),
+            replica_countries=tuple(country[r] for r in s.replicas),
+        )
         for s in spec.storage
-    ]
+    )
 
 
-def _location(spec: SiteSpec, storage: str, path: str) -> dict[str, Any]:
+def _location(spec: SiteSpec, storage: str, path: str) -> tuple[str | None, str | None]:
+    """(host_path, url): a path on hosts that mount the storage, or an s3:// URL on object storage."""
     store = next(s for s in spec.storage if s.name == storage)
     if store.kind == "s3":
-        return {"host_path": None, "url": f"s3://{store.name}{path}"}
-    return {"host_path": (store.mount_path or "").rstrip("/") + path, "url": None}
+        return None, f"s3://{store.name}{path}"
+    return (store.mount_path or "").rstrip("/") + path, None
 
 
-def _datasets(spec: SiteSpec, places: Places) -> list[dict[str, Any]]:
-    return [
-        {
-            "name": d.name,
-            "owner": d.owner,
-            "classification": d.classification,
-            "residency": d.residency,
-            "residency_countries": places.countries_of(d.residency),
-            "storage": d.storage,
-            "path": d.path,
-            **_location(spec, d.storage, d.path),
-        }
+def _datasets(spec: SiteSpec, places: Places) -> tuple[DatasetPlan, ...]:
+    return tuple(
+        DatasetPlan(
+            d.name,
+            d.owner,
+            d.classification,
+            d.residency,
+            tuple(places.countries_of(d.residency)),
+            d.storage,
+            d.path,
+            *_location(spec, d.storage, d.path),
+        )
         for d in spec.datasets
-    ]
+    )
 
 
-def _models(spec: SiteSpec, places: Places, dcs: dict[str, Any]) -> list[dict[str, Any]]:
+def _models(spec: SiteSpec, places: Places, dcs: dict[str, Any]) -> tuple[ModelPlan, ...]:
     residency = {d.name: set(places.countries_of(d.residency)) for d in spec.datasets}
     jurisdiction = set(places.countries_of(spec.site.jurisdiction))
     pool_country = {p.name: dcs[p.datacenter].country for p in spec.node_pools}
-    out = []
+    out: list[ModelPlan] = []
     for m in spec.models:
         # The intersection of its training data's residencies; with no training data, the jurisdiction.
         allowed = (
@@ -405,34 +437,34 @@ def _models(spec: SiteSpec, places: Places, dcs: dict[str, Any]) -> list[dict[st
         )
         path = f"{MODEL_DIR}/{m.name}"
         out.append(
-            {
-                "name": m.name,
-                "owner": m.owner,
-                "classification": m.classification,
-                "trained_on": list(m.trained_on),
-                "residency_countries": sorted(allowed),
-                "storage": m.storage,
-                "path": path,
-                **_location(spec, m.storage, path),
-                "serve_on": list(m.serve_on),
-                "serve_countries": [pool_country[p] for p in m.serve_on],
-            }
+            ModelPlan(
+                m.name,
+                m.owner,
+                m.classification,
+                tuple(m.trained_on),
+                tuple(sorted(allowed)),
+                m.storage,
+                path,
+                *_location(spec, m.storage, path),
+                tuple(m.serve_on),
+                tuple(pool_country[p] for p in m.serve_on),
+            )
         )
-    return out
+    return tuple(out)
 
 
-def _access(spec: SiteSpec, places: Places) -> list[dict[str, Any]]:
-    return [
-        {
-            "tenant": g.tenant,
-            "resource": g.resource,
-            "kind": g.resource_kind,
-            "name": g.resource_name,
-            "actions": list(g.actions),
-            "approved_by": g.approved_by,
-            "expires": g.expires.isoformat() if g.expires else None,
-            "to": g.to,
-            "to_countries": places.countries_of(g.to) if g.to else [],
-        }
+def _access(spec: SiteSpec, places: Places) -> tuple[AccessGrant, ...]:
+    return tuple(
+        AccessGrant(
+            tenant=g.tenant,
+            resource=g.resource,
+            kind=g.resource_kind,
+            name=g.resource_name,
+            actions=tuple(g.actions),
+            approved_by=g.approved_by,
+            expires=g.expires.isoformat() if g.expires else None,
+            to=g.to,
+            to_countries=tuple(places.countries_of(g.to)) if g.to else (),
+        )
         for g in spec.access
-    ]
+    )

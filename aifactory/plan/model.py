@@ -1,17 +1,25 @@
 """SitePlan: everything concrete that the spec implies, and the one input of every later stage.
 
 Hosts with names and addresses, BMCs, mounts, data and model locations, tenants' pools, NCCL
-settings and the countries of everything. Serialized by `to_dict()` in a fixed key order, so the same
-spec (and allocation lock) always gives the same bytes.
+settings and the countries of everything. Every section is a frozen dataclass, so later stages read
+attributes (`pool.platform.arch`), never keys. Serialized by `to_dict()` in a fixed key order (each
+section's field order), so the same spec (and allocation lock) always gives the same bytes; read back
+by `SitePlan.from_dict` / `SitePlan.load`, which check every field's type and refuse unknown ones.
+
+Standard library only: nodes load the plan (runtime/siteplan.py) without the spec or plan builders.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+import types
+from dataclasses import dataclass, fields, is_dataclass
 from functools import cached_property
-from typing import Any, NamedTuple
+from pathlib import Path
+from typing import Any, NamedTuple, TypeVar, Union, get_args, get_origin, get_type_hints
+
+from aifactory.errors import Location, UsageError
 
 PLAN_SCHEMA = "aifactory.plan/v1"
 
@@ -82,12 +90,12 @@ class Host:
     management_address: str
     compute_address: str  # where torch.distributed rendezvous happens (compute fabric, else management)
     bmc: BmcEndpoint | None
-    gpus: dict[str, Any] | None
+    gpus: GpuPlan | None  # each host's (one object shared by a pool's hosts)
     cpus: int | None
     memory_gib: int | None
     mounts: tuple[Mount, ...]
-    nccl: dict[str, str]
-    platform: dict[str, str]
+    nccl: dict[str, str]  # environment variables: a mapping by nature
+    platform: PlatformPlan
 
     def addresses(self, fabric: str) -> list[str]:
         return [i.address for i in self.interfaces if i.fabric == fabric]
@@ -105,37 +113,203 @@ class Host:
             "compute_address": self.compute_address,
             "interfaces": [i.to_dict() for i in self.interfaces],
             "bmc": self.bmc.to_dict() if self.bmc else None,
-            "gpus": self.gpus,
+            "gpus": {"model": self.gpus.model, "count": self.gpus.count} if self.gpus else None,
             "cpus": self.cpus,
             "memory_gib": self.memory_gib,
             "mounts": [m.to_dict() for m in self.mounts],
             "nccl": self.nccl,
-            "platform": self.platform,
+            "platform": {
+                "os": self.platform.os,
+                "arch": self.platform.arch,
+                "python": self.platform.python,
+                "scap_profile": self.platform.scap_profile,
+            },
         }
+
+
+class PlanFormatError(UsageError):
+    """A serialized plan that is not one `SitePlan.to_dict()` could have written."""
+
+    code = "invalid-plan"
+
+
+# Numbers keep the type the spec gave them (10 and 10.0 serialize differently): a float field takes both.
+Number = float
+
+
+@dataclass(frozen=True, slots=True)
+class SiteInfo:
+    name: str
+    jurisdiction: str
+    jurisdiction_countries: tuple[str, ...]
+    air_gapped: bool
+    description: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class DatacenterPlan:
+    name: str
+    country: str
+    region: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class FabricPlan:
+    name: str
+    kind: str
+    purpose: str
+    cidr: str
+    ip_version: int
+    prefixlen: int
+    gateway: str | None
+    rails: int
+    interfaces: tuple[str, ...]  # Linux interface name of each rail
+    speed_gbps: Number | None
+    mtu: int | None
+    vlan: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class PlatformPlan:
+    os: str
+    arch: str
+    python: str
+    scap_profile: str  # the SCAP Security Guide profile the hosts are scanned against
+
+
+@dataclass(frozen=True, slots=True)
+class GpuPlan:
+    model: str
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class HardwarePlan:
+    gpu: GpuPlan | None
+    cpus: int | None
+    memory_gib: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class PoolBmcPlan:
+    protocol: str
+    fabric: str
+    credentials: str  # a secret:// reference, {host} not yet expanded; never a value
+
+
+@dataclass(frozen=True, slots=True)
+class PoolPlan:
+    name: str
+    role: str
+    count: int
+    datacenter: str
+    country: str
+    platform: PlatformPlan
+    hardware: HardwarePlan
+    fabrics: tuple[str, ...]
+    bmc: PoolBmcPlan | None
+    hosts: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class StoragePlan:
+    name: str
+    kind: str
+    datacenter: str
+    country: str
+    capacity_tib: Number
+    encrypted_at_rest: bool
+    endpoint: str | None
+    mount_path: str | None
+    mounted_by: tuple[str, ...]  # pool names
+    fabric: str | None
+    replicas: tuple[str, ...]
+    replica_countries: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class TenantPlan:
+    name: str
+    clearance: str
+    pools: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class DatasetPlan:
+    name: str
+    owner: str
+    classification: str
+    residency: str
+    residency_countries: tuple[str, ...]
+    storage: str
+    path: str
+    host_path: str | None  # where hosts that mount the storage find it; None on object storage
+    url: str | None  # s3://... on object storage, else None
+
+
+@dataclass(frozen=True, slots=True)
+class ModelPlan:
+    name: str
+    owner: str
+    classification: str
+    trained_on: tuple[str, ...]
+    residency_countries: tuple[str, ...]
+    storage: str
+    path: str
+    host_path: str | None
+    url: str | None
+    serve_on: tuple[str, ...]  # pool names
+    serve_countries: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class AccessGrant:
+    tenant: str
+    resource: str  # "<kind>/<name>"
+    kind: str
+    name: str
+    actions: tuple[str, ...]
+    approved_by: str | None
+    expires: str | None  # ISO date
+    to: str | None
+    to_countries: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class EgressRule:
+    name: str
+    endpoint: str
+    country: str
+
+
+@dataclass(frozen=True, slots=True)
+class EgressPlan:
+    air_gapped: bool
+    allow: tuple[EgressRule, ...]
 
 
 @dataclass(frozen=True)
 class SitePlan:
-    """The plan. Sections other than hosts are small and kept as plain, ordered data."""
+    """The plan: typed sections; `allocation` is the allocation lock's snapshot, kept as its JSON."""
 
-    site: dict[str, Any]
+    site: SiteInfo
     spec_digest: str
-    datacenters: list[dict[str, Any]]
-    fabrics: list[dict[str, Any]]
-    pools: list[dict[str, Any]]
+    datacenters: tuple[DatacenterPlan, ...]
+    fabrics: tuple[FabricPlan, ...]
+    pools: tuple[PoolPlan, ...]
     hosts: tuple[Host, ...]
-    storage: list[dict[str, Any]]
-    tenants: list[dict[str, Any]]
-    datasets: list[dict[str, Any]]
-    models: list[dict[str, Any]]
-    access: list[dict[str, Any]]
-    egress: dict[str, Any]
+    storage: tuple[StoragePlan, ...]
+    tenants: tuple[TenantPlan, ...]
+    datasets: tuple[DatasetPlan, ...]
+    models: tuple[ModelPlan, ...]
+    access: tuple[AccessGrant, ...]
+    egress: EgressPlan
     control_host: str | None
     allocation: dict[str, Any]
 
     @property
     def name(self) -> str:
-        return str(self.site["name"])
+        return self.site.name
 
     @cached_property
     def _hosts_by_name(self) -> dict[str, Host]:
@@ -148,34 +322,43 @@ class SitePlan:
     def hosts_in_pool(self, pool: str) -> list[Host]:
         return [h for h in self.hosts if h.pool == pool]
 
-    def fabric(self, name: str) -> dict[str, Any]:
-        return next(f for f in self.fabrics if f["name"] == name)
+    def fabric(self, name: str) -> FabricPlan:
+        return next(f for f in self.fabrics if f.name == name)
+
+    def pool(self, name: str) -> PoolPlan:
+        return next(p for p in self.pools if p.name == name)
+
+    def dataset(self, name: str) -> DatasetPlan | None:
+        return next((d for d in self.datasets if d.name == name), None)
+
+    def model(self, name: str) -> ModelPlan | None:
+        return next((m for m in self.models if m.name == name), None)
 
     def summary(self) -> dict[str, int]:
         return {
             "hosts": len(self.hosts),
             "addresses": sum(len(h.interfaces) + (1 if h.bmc else 0) for h in self.hosts),
-            "gpus": sum(int(h.gpus["count"]) for h in self.hosts if h.gpus),
+            "gpus": sum(h.gpus.count for h in self.hosts if h.gpus),
             "bmcs": sum(1 for h in self.hosts if h.bmc),
         }
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "schema": PLAN_SCHEMA,
-            "site": self.site,
+            "site": section_dict(self.site),
             "spec_digest": self.spec_digest,
             "summary": self.summary(),
             "control_host": self.control_host,
-            "datacenters": self.datacenters,
-            "fabrics": self.fabrics,
-            "pools": self.pools,
+            "datacenters": [section_dict(d) for d in self.datacenters],
+            "fabrics": [section_dict(f) for f in self.fabrics],
+            "pools": [section_dict(p) for p in self.pools],
             "hosts": [h.to_dict() for h in self.hosts],
-            "storage": self.storage,
-            "tenants": self.tenants,
-            "datasets": self.datasets,
-            "models": self.models,
-            "access": self.access,
-            "egress": self.egress,
+            "storage": [section_dict(s) for s in self.storage],
+            "tenants": [section_dict(t) for t in self.tenants],
+            "datasets": [section_dict(d) for d in self.datasets],
+            "models": [section_dict(m) for m in self.models],
+            "access": [section_dict(a) for a in self.access],
+            "egress": section_dict(self.egress),
             "allocation": self.allocation,
         }
 
@@ -185,3 +368,214 @@ class SitePlan:
 
     def digest(self) -> str:
         return "sha256:" + hashlib.sha256(self.to_json().encode()).hexdigest()
+
+    @classmethod
+    def from_dict(cls, data: Any) -> SitePlan:
+        """The plan `to_dict()` wrote (PlanFormatError naming the field when it is not one)."""
+        if not isinstance(data, dict) or data.get("schema") != PLAN_SCHEMA:
+            raise PlanFormatError(f"not an aifactory site plan (schema {PLAN_SCHEMA})")
+        unknown = [k for k in data if k not in _PLAN_KEYS]
+        missing = [k for k in _PLAN_KEYS if k not in data]
+        if unknown or missing:
+            raise PlanFormatError(f"plan fields: missing {missing or 'none'}, unknown {unknown or 'none'}")
+        hints = _hints(cls)
+        sections = {
+            name: _read(hints[name], data[name], name)
+            for name in _PLAN_KEYS
+            if name not in ("schema", "summary", "hosts")
+        }
+        hosts = data["hosts"]
+        if not isinstance(hosts, list):
+            raise _bad("hosts", "a list", hosts)
+        shared: dict[Any, Any] = {}
+        plan = cls(hosts=tuple(_host(h, f"hosts[{k}]", shared) for k, h in enumerate(hosts)), **sections)
+        if plan.summary() != data["summary"]:  # derived: a different one means the hosts were edited
+            raise PlanFormatError("plan field summary: does not match the plan's hosts")
+        return plan
+
+    @classmethod
+    def load(cls, path: Path | str) -> SitePlan:
+        """Read a plan.json (as `aifactory plan -o` or the bundle wrote it)."""
+        where = Location(file=str(path))
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as exc:
+            raise PlanFormatError(
+                f"cannot read the site plan {path}: {exc}",
+                location=where,
+                hint="give the plan.json that `aifactory plan -o` or the bundle wrote",
+            ) from None
+        try:
+            return cls.from_dict(data)
+        except PlanFormatError as exc:
+            raise PlanFormatError(f"{path}: {exc.message}", location=where) from None
+
+
+_PLAN_KEYS = (
+    "schema",
+    "site",
+    "spec_digest",
+    "summary",
+    "control_host",
+    "datacenters",
+    "fabrics",
+    "pools",
+    "hosts",
+    "storage",
+    "tenants",
+    "datasets",
+    "models",
+    "access",
+    "egress",
+    "allocation",
+)
+
+
+# ---- serialization: each section's fields, in order, are its JSON keys ----------------------------
+
+_Section = TypeVar("_Section")
+
+
+def section_dict(section: Any) -> dict[str, Any]:
+    """A section as plain JSON data, keys in field order (tuples become lists)."""
+    return {f.name: _plain(getattr(section, f.name)) for f in fields(section)}
+
+
+def _plain(value: Any) -> Any:
+    if is_dataclass(value) and not isinstance(value, type):
+        return section_dict(value)
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+_HINTS: dict[type, dict[str, Any]] = {}
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    """A class's field types, resolved once (annotations are strings under `from __future__`)."""
+    if cls not in _HINTS:
+        _HINTS[cls] = get_type_hints(cls)
+    return _HINTS[cls]
+
+
+def read_section(cls: type[_Section], data: Any, where: str) -> _Section:
+    """`cls` from the dict `section_dict` wrote, checking each field's type; `where` names it in errors."""
+    if not isinstance(data, dict):
+        raise _bad(where, "an object", data)
+    names = [f.name for f in fields(cls)]  # type: ignore[arg-type]  # cls is a dataclass
+    missing = [n for n in names if n not in data]
+    unknown = [k for k in data if k not in names]
+    if missing or unknown:
+        said = [
+            f"missing {', '.join(missing)}" if missing else "",
+            f"unknown {', '.join(unknown)}" if unknown else "",
+        ]
+        raise PlanFormatError(f"plan field {where}: {'; '.join(s for s in said if s)}")
+    hints = _hints(cls)
+    return cls(**{n: _read(hints[n], data[n], f"{where}.{n}") for n in names})
+
+
+def _read(hint: Any, value: Any, where: str) -> Any:
+    origin = get_origin(hint)
+    if hint is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        options = get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        (hint,) = [o for o in options if o is not type(None)]
+        return _read(hint, value, where)
+    if origin is tuple:
+        if not isinstance(value, list):
+            raise _bad(where, "a list", value)
+        item = get_args(hint)[0]
+        return tuple(_read(item, v, f"{where}[{k}]") for k, v in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise _bad(where, "an object", value)
+        return dict(value)
+    if isinstance(hint, type) and is_dataclass(hint):
+        return read_section(hint, value, where)
+    return _scalar(hint, value, where)
+
+
+def _scalar(hint: type, value: Any, where: str) -> Any:
+    if hint is float:  # a number: int or float, kept as given
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+    elif hint is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    else:
+        ok = isinstance(value, hint)
+    if not ok:
+        raise _bad(where, hint.__name__, value)
+    return value
+
+
+def _bad(where: str, expected: str, value: Any) -> PlanFormatError:
+    return PlanFormatError(f"plan field {where}: expected {expected}, got {type(value).__name__}")
+
+
+def _host(data: Any, where: str, shared: dict[Any, Any]) -> Host:
+    """A host, read by hand: a plan holds 100,000s, too many for the generic reader above. A pool's
+    hosts share their GPU and platform values (`shared`), as the hosts `build_plan` makes do."""
+    if not isinstance(data, dict) or data.keys() != _HOST_KEYS:
+        raise PlanFormatError(f"plan field {where}: not a host (keys {', '.join(sorted(_HOST_KEYS))})")
+    try:
+        bmc, gpus, platform = data["bmc"], data["gpus"], data["platform"]
+        host = Host(
+            data["name"],
+            data["pool"],
+            data["role"],
+            data["index"],
+            data["datacenter"],
+            data["country"],
+            data["region"],
+            tuple(Interface(**i) for i in data["interfaces"]),
+            data["management_address"],
+            data["compute_address"],
+            BmcEndpoint(**bmc) if bmc is not None else None,
+            None if gpus is None else _shared(shared, GpuPlan, gpus, f"{where}.gpus"),
+            data["cpus"],
+            data["memory_gib"],
+            tuple(Mount(**m) for m in data["mounts"]),
+            data["nccl"],
+            _shared(shared, PlatformPlan, platform, f"{where}.platform"),
+        )
+    except (TypeError, AttributeError) as exc:  # an interface, BMC or mount with missing or unknown keys
+        raise PlanFormatError(f"plan field {where}: {exc}") from None
+    if not isinstance(host.name, str) or not isinstance(host.pool, str):
+        raise PlanFormatError(f"plan field {where}: name and pool must be strings")
+    return host
+
+
+def _shared(shared: dict[Any, Any], cls: type[_Section], data: Any, where: str) -> _Section:
+    # Types in the key: True == 1 in Python, but the two serialize differently.
+    key = (cls, tuple((k, type(v), v) for k, v in data.items()) if isinstance(data, dict) else id(data))
+    if key not in shared:
+        shared[key] = read_section(cls, data, where)
+    found: _Section = shared[key]
+    return found
+
+
+_HOST_KEYS = frozenset(
+    (
+        "name",
+        "pool",
+        "role",
+        "index",
+        "datacenter",
+        "country",
+        "region",
+        "management_address",
+        "compute_address",
+        "interfaces",
+        "bmc",
+        "gpus",
+        "cpus",
+        "memory_gib",
+        "mounts",
+        "nccl",
+        "platform",
+    )
+)

@@ -1,7 +1,7 @@
 """Policy as code: the site check and per-request decisions, on an embedded or an OPA engine.
 
 report = check_site(planned)                   # PolicyReport; .denied, .as_dict()
-authz = RuntimeAuthorizer(plan_dict)           # per request, thread-safe, fails closed
+authz = RuntimeAuthorizer(plan)                # per request, thread-safe, fails closed
 authz.decide("research", "infer", "model/triage-llm", host_country="NG")
 """
 

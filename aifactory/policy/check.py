@@ -54,7 +54,7 @@ def _default_waivers(planned: PlannedSite) -> Path | None:
 
 
 def evaluate_plan(
-    plan: SitePlan | dict[str, Any],
+    plan: SitePlan,
     *,
     backend: PolicyBackend,
     policies: PolicySet,
@@ -70,18 +70,16 @@ def evaluate_plan(
         for item in _results(policies, package, value)
     ]
     findings, problems = apply_waivers(raw, waivers, policies, today)
-    site = plan.site if isinstance(plan, SitePlan) else plan["site"]
-    digest = plan.spec_digest if isinstance(plan, SitePlan) else plan["spec_digest"]
     return PolicyReport(
-        site=site["name"],
-        jurisdiction=site["jurisdiction"],
+        site=plan.site.name,
+        jurisdiction=plan.site.jurisdiction,
         engine=backend.name,
         today=today,
         findings=findings,
         controls=control_results(policies, findings, packages),
         waiver_problems=problems,
         policy_digest=policies.digest,
-        spec_digest=digest,
+        spec_digest=plan.spec_digest,
         rules_evaluated=sum(1 for a in policies.rules.values() if a.package in packages),
     )
 

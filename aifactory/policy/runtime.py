@@ -16,6 +16,7 @@ from typing import Any
 
 from aifactory.errors import AifactoryError
 from aifactory.ids import new_decision_id
+from aifactory.plan.model import SitePlan
 from aifactory.policy.backend import PolicyBackend, engine_error
 from aifactory.policy.engine import make_backend
 from aifactory.policy.inputs import site_document
@@ -59,11 +60,11 @@ class Decision:
 
 
 class RuntimeAuthorizer:
-    """Decides requests against one site's plan (a `SitePlan.to_dict()` or a bundle's plan.json)."""
+    """Decides requests against one site's plan (a bundle's plan.json read with `SitePlan.load`)."""
 
     def __init__(
         self,
-        plan: dict[str, Any],
+        plan: SitePlan,
         *,
         engine: str = "embedded",
         opa_url: str | None = None,

@@ -26,6 +26,7 @@ from aifactory.runtime.decisionlog import DecisionLog
 from aifactory.runtime.tokens import TokenVerifier
 
 if TYPE_CHECKING:
+    from aifactory.plan.model import SitePlan
     from aifactory.runtime.certs import PeerCertificate
 
 log = logging.getLogger(__name__)
@@ -221,7 +222,7 @@ class Guard:
 POLICY_TIME_LIMIT_S = 0.5
 
 
-def load_authorizer(plan: dict[str, Any], *, time_limit_s: float = POLICY_TIME_LIMIT_S) -> Authorizer:
+def load_authorizer(plan: SitePlan, *, time_limit_s: float = POLICY_TIME_LIMIT_S) -> Authorizer:
     """The site's runtime policy engine (imported late: the policy package is another stage's).
 
     The engine's limit is wall-clock time around one evaluation; on a busy node (many request threads,

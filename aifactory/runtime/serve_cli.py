@@ -238,7 +238,7 @@ def _serve(arguments: list[str]) -> int:
         )
         run_server(
             config,
-            authorizer=load_authorizer(plan.data, time_limit_s=args.policy_time_limit),
+            authorizer=load_authorizer(plan.plan, time_limit_s=args.policy_time_limit),
             ready=lambda server: print(
                 f"aifactory-serve: ready on port {server.bound_port}", file=sys.stderr, flush=True
             ),

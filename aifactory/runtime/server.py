@@ -52,6 +52,7 @@ import torch
 import aifactory
 from aifactory.errors import TokenRejected
 from aifactory.ids import new_decision_id
+from aifactory.plan.model import Host
 from aifactory.runtime import checkpoint
 from aifactory.runtime.authz import Authorizer, Guard, Outcome
 from aifactory.runtime.certs import PeerCertificate, read_peer_certificate
@@ -251,8 +252,8 @@ class InferenceServer:
             authorizer=authorizer,
             decisions=self.decisions,
             component="serve",
-            host=(host or {}).get("name"),
-            host_country=(host or {}).get("country"),
+            host=host.name if host else None,
+            host_country=host.country if host else None,
         )
         # Each authorization thread keeps its own policy engine, compiled when the thread starts; with
         # authz_threads=0 the event loop's thread decides (no thread hop; one engine).
@@ -569,14 +570,12 @@ class InferenceServer:
         self.decisions.close()  # signs the final head
 
 
-def _models_to_serve(plan: RuntimePlan, named: tuple[str, ...], host: dict[str, Any] | None) -> list[str]:
+def _models_to_serve(plan: RuntimePlan, named: tuple[str, ...], host: Host | None) -> list[str]:
     """The models named (each must be the site's), else every model whose serve_on has this host's pool."""
     if named:
-        return [str(plan.model(name)["name"]) for name in named]
-    pool = (host or {}).get("pool")
-    return sorted(
-        str(m["name"]) for m in plan.data.get("models", []) if pool is None or pool in m.get("serve_on", [])
-    )
+        return [plan.model(name).name for name in named]
+    pool = host.pool if host else None
+    return sorted(m.name for m in plan.plan.models if pool is None or pool in m.serve_on)
 
 
 def _rows(body: bytes, features: int) -> np.ndarray | str:

@@ -23,10 +23,10 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from aifactory.console import DEBUG_HELP, UsageParser, run_console
 from aifactory.errors import AifactoryError, ExitCode, RuntimeDenied, UsageError
+from aifactory.plan.model import Host
 from aifactory.runtime import dataset as datasets
 from aifactory.runtime.authz import Authorizer, Guard, Outcome, load_authorizer
 from aifactory.runtime.decisionlog import DecisionLog
@@ -53,7 +53,7 @@ def _die_with_parent() -> None:
 
 
 def authorize_job(
-    job: JobSpec, plan: RuntimePlan, *, host: dict[str, Any] | None, authorizer: Authorizer | None = None
+    job: JobSpec, plan: RuntimePlan, *, host: Host | None, authorizer: Authorizer | None = None
 ) -> Outcome:
     """The policy check that precedes any read of the dataset; records the decision durably."""
     runtime_dir = job.runtime_folder(plan.site)
@@ -61,11 +61,11 @@ def authorize_job(
     try:
         guard = Guard(
             verifier=TokenVerifier(TrustFiles(runtime_dir), site=plan.site),
-            authorizer=authorizer or load_authorizer(plan.data),
+            authorizer=authorizer or load_authorizer(plan.plan),
             decisions=decisions,
             component="train",
-            host=(host or {}).get("name"),
-            host_country=(host or {}).get("country"),
+            host=host.name if host else None,
+            host_country=host.country if host else None,
         )
         return guard.check(job.token(), "train", f"dataset/{job.dataset}", request={"job": job.name})
     finally:
@@ -73,29 +73,29 @@ def authorize_job(
 
 
 def plan_launch(
-    job: JobSpec, plan: RuntimePlan, *, job_path: Path, host: dict[str, Any] | None, decision_id: str
+    job: JobSpec, plan: RuntimePlan, *, job_path: Path, host: Host | None, decision_id: str
 ) -> Launch:
     if job.hosts:
-        if host is None or host["name"] not in job.hosts:
+        if host is None or host.name not in job.hosts:
             raise UsageError(
                 f"this machine is not one of the job's hosts ({', '.join(job.hosts)})",
                 hint="pass --host NAME with the plan's name for this host",
             )
         first = plan.host(job.hosts[0])
-        endpoint, local = first["compute_address"], host["compute_address"]
+        endpoint, local = first.compute_address, host.compute_address
         if not endpoint or not local:
             raise UsageError(
                 "the job's hosts need compute addresses in the plan",
                 hint="put the hosts' pool on a compute fabric",
             )
-        node_rank, nodes = job.hosts.index(host["name"]), len(job.hosts)
-        network_env = {k: str(v) for k, v in (host.get("nccl") or {}).items()}
+        node_rank, nodes = job.hosts.index(host.name), len(job.hosts)
+        network_env = dict(host.nccl)
     else:
         endpoint, local, node_rank, nodes, network_env = "127.0.0.1", "127.0.0.1", 0, 1, {}
     per_host = job.processes_per_host
     if per_host == "gpus":
-        per_host = int(((host or {}).get("gpus") or {}).get("count", 0) or 1)
-    host_name = (host or {}).get("name", "")
+        per_host = host.gpus.count if host and host.gpus else 1
+    host_name = host.name if host else ""
     argv = [
         sys.executable,
         "-m",

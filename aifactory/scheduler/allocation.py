@@ -16,13 +16,13 @@ import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import yaml
 from pydantic import ValidationError
 
 from aifactory.console import DEBUG_HELP, UsageParser, run_console
 from aifactory.errors import UsageError
+from aifactory.plan.model import SitePlan
 from aifactory.runtime.job import JobSpec, job_problems
 from aifactory.runtime.siteplan import RuntimePlan
 
@@ -57,7 +57,7 @@ def job_document(job: JobSpec) -> str:
     return yaml.safe_dump(data, sort_keys=False)
 
 
-def run_folder(job: JobSpec, plan: dict[str, Any] | None = None) -> Path:
+def run_folder(job: JobSpec, plan: SitePlan | None = None) -> Path:
     """Where the runtime keeps this job's run (metrics, checkpoints) on the model's storage
     (from `plan`, else the job's plan file)."""
     runtime_plan = (

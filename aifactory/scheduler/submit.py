@@ -73,7 +73,7 @@ def submissions_log(site: str) -> Path:
 def place(planned: PlannedSite, job: JobSpec, *, pool: str | None, nodes: int | None) -> Placement:
     """The pool the job asks for (`--pool`, else its `hosts:`' pool, else the only compute pool)."""
     plan = planned.plan
-    compute = {p["name"]: p for p in plan.pools if p["role"] in COMPUTE_ROLES}
+    compute = {p.name: p for p in plan.pools if p.role in COMPUTE_ROLES}
     if not compute:
         raise UsageError(f"site {plan.name} has no gpu or cpu pool to schedule on")
     if pool is None and job.hosts:
@@ -92,14 +92,14 @@ def place(planned: PlannedSite, job: JobSpec, *, pool: str | None, nodes: int | 
             f"pool {pool!r} is not a compute pool of site {plan.name}",
             hint=f"compute pools: {', '.join(compute)}",
         )
-    size = len(compute[pool]["hosts"])
+    size = len(compute[pool].hosts)
     count = nodes if nodes is not None else (len(job.hosts) or 1)
     if not 1 <= count <= size:
         raise UsageError(
             f"pool {pool} has {size} host(s); the job asks for {count}",
             hint="pass --nodes N within the pool's size",
         )
-    return Placement(pool, count, compute[pool].get("country"))
+    return Placement(pool, count, compute[pool].country)
 
 
 def decide(planned: PlannedSite, job: JobSpec, placement: Placement) -> Outcome:
@@ -110,7 +110,7 @@ def decide(planned: PlannedSite, job: JobSpec, placement: Placement) -> Outcome:
     try:
         guard = Guard(
             verifier=TokenVerifier(TrustFiles(runtime_dir), site=plan.name),
-            authorizer=load_authorizer(plan.to_dict()),
+            authorizer=load_authorizer(plan),
             decisions=decisions,
             component=COMPONENT,
             host=plan.control_host,
@@ -145,8 +145,8 @@ def decide(planned: PlannedSite, job: JobSpec, placement: Placement) -> Outcome:
 
 def _tenant_pools(planned: PlannedSite, tenant: str | None) -> list[str]:
     for entry in planned.plan.tenants:
-        if entry["name"] == tenant:
-            return list(entry["pools"])
+        if entry.name == tenant:
+            return list(entry.pools)
     return []
 
 
@@ -209,7 +209,7 @@ def train(
             code="train-denied",
         )
     tenant = str(outcome.tenant)
-    output = run_folder(job, planned.plan.to_dict()) / "slurm-%j.out"
+    output = run_folder(job, planned.plan) / "slurm-%j.out"
     checked(client.run(["mkdir", "-p", str(output.parent)]), "creating the run folder", client.where)
     argv = sbatch_argv(
         job, tenant=tenant, placement=placement, decision_id=outcome.decision_id, output=output

@@ -10,49 +10,45 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from aifactory.plan.model import SitePlan
+from aifactory.plan.model import Host, SitePlan
 
 COMPUTE_ROLES = ("gpu", "cpu")
 
 
 def slurm_topology(plan: SitePlan) -> dict[str, Any] | None:
     """None when the site has no control host or no compute pool (then there is no Slurm)."""
-    return slurm_topology_of(plan.to_dict())
+    compute_pools = [p for p in plan.pools if p.role in COMPUTE_ROLES]
+    if plan.control_host is None or not compute_pools:
+        return None
+    pool_names = [p.name for p in compute_pools]
+    return {
+        "cluster_name": plan.name,
+        "controller": {
+            "name": plan.control_host,
+            "address": plan.host(plan.control_host).management_address,
+        },
+        "nodes": [_node(h) for h in plan.hosts if h.role in COMPUTE_ROLES],
+        "partitions": [
+            {"name": p.name, "nodes": list(p.hosts), "default": i == 0} for i, p in enumerate(compute_pools)
+        ],
+        "accounts": [
+            {"name": t.name, "partitions": [p for p in t.pools if p in pool_names]} for t in plan.tenants
+        ],
+    }
 
 
 def slurm_topology_of(plan: Mapping[str, Any]) -> dict[str, Any] | None:
     """The same, from the plan's JSON form."""
-    control_host = plan.get("control_host")
-    compute_pools = [p for p in plan.get("pools", []) if p["role"] in COMPUTE_ROLES]
-    if control_host is None or not compute_pools:
-        return None
-    hosts = {h["name"]: h for h in plan["hosts"]}
-    nodes = []
-    for host in plan["hosts"]:
-        if host["role"] not in COMPUTE_ROLES:
-            continue
-        gpus = host.get("gpus") or {}
-        nodes.append(
-            {
-                "name": host["name"],
-                "address": host["management_address"],
-                "cpus": host.get("cpus") or 1,
-                "real_memory_mib": (host.get("memory_gib") or 1) * 1024,
-                "gpus": int(gpus.get("count", 0)),
-                "gpu_model": gpus.get("model"),
-                "partition": host["pool"],
-            }
-        )
-    pool_names = [p["name"] for p in compute_pools]
+    return slurm_topology(SitePlan.from_dict(dict(plan)))
+
+
+def _node(host: Host) -> dict[str, Any]:
     return {
-        "cluster_name": plan["site"]["name"],
-        "controller": {"name": control_host, "address": hosts[control_host]["management_address"]},
-        "nodes": nodes,
-        "partitions": [
-            {"name": p["name"], "nodes": p["hosts"], "default": i == 0} for i, p in enumerate(compute_pools)
-        ],
-        "accounts": [
-            {"name": t["name"], "partitions": [p for p in t["pools"] if p in pool_names]}
-            for t in plan.get("tenants", [])
-        ],
+        "name": host.name,
+        "address": host.management_address,
+        "cpus": host.cpus or 1,
+        "real_memory_mib": (host.memory_gib or 1) * 1024,
+        "gpus": host.gpus.count if host.gpus else 0,
+        "gpu_model": host.gpus.model if host.gpus else None,
+        "partition": host.pool,
     }

@@ -111,7 +111,7 @@ def test_storage_mounts_are_shared_between_hosts_but_not_the_machine(lab):
 
 
 def test_hosts_have_only_lab_routes_and_no_default_route(lab):
-    cidrs = [ipaddress.ip_network(f["cidr"]) for f in lab.plan.fabrics]
+    cidrs = [ipaddress.ip_network(f.cidr) for f in lab.plan.fabrics]
     for host in lab.hosts:
         for family in ("-4", "-6"):
             routes = lab.exec(["ip", "-j", family, "route", "show", "table", "all"], host=host).stdout

@@ -46,7 +46,7 @@ def test_bridge_names_fit_the_kernel_limit(plan):
     names = LabNames("unit")
     assert names.bridge(plan, "mgmt") == "br-mgmt"
     for fabric in plan.fabrics:
-        assert len(names.bridge(plan, fabric["name"])) <= 15
+        assert len(names.bridge(plan, fabric.name)) <= 15
     assert len(LabNames.host_port(plan, plan.hosts[-1], 3)) <= 15
 
 

@@ -121,7 +121,7 @@ REQUESTS = list(
 
 
 def test_runtime_decisions_same_on_both_engines(opa_url: str) -> None:
-    plan = plan_site(LAB_SITE, write_lock=False).plan.to_dict()
+    plan = plan_site(LAB_SITE, write_lock=False).plan
     # The answers are compared, not the speed: a limit no busy machine reaches (the runtime's own
     # limit is tested below and in test_policy_fail_closed.py).
     embedded = RuntimeAuthorizer(plan, time_limit_s=ANSWER_LIMIT_S)
@@ -141,7 +141,7 @@ def test_runtime_decisions_same_on_both_engines(opa_url: str) -> None:
 
 
 def test_a_slow_opa_server_still_loads_the_policies_but_a_slow_decision_is_denied() -> None:
-    plan = plan_site(LAB_SITE, write_lock=False).plan.to_dict()
+    plan = plan_site(LAB_SITE, write_lock=False).plan
     with opa_loopback_server() as (url, state):
         state.delay_s = 0.2  # slower than a decision may take (0.05 s), well within loading's bound
         authz = RuntimeAuthorizer(plan, engine="opa", opa_url=url)  # uploads and compiles

@@ -124,7 +124,7 @@ RuntimeBreak = Callable[[Path], Path]
 )
 def test_runtime_decision_fails_closed(lab, tmp_path: Path, append: str, reason: str) -> None:  # type: ignore[no-untyped-def]
     tree = broken_tree(tmp_path, "runtime.rego", append)
-    authz = RuntimeAuthorizer(lab.plan.to_dict(), policies=load_policy_set(tree))
+    authz = RuntimeAuthorizer(lab.plan, policies=load_policy_set(tree))
     decision = authz.decide("health", "infer", "model/vitals-mlp", host_country="NG")
     assert not decision.allow
     assert decision.reasons == [reason]
@@ -132,7 +132,7 @@ def test_runtime_decision_fails_closed(lab, tmp_path: Path, append: str, reason:
 
 
 def test_runtime_decision_past_its_time_limit_is_denied(lab) -> None:  # type: ignore[no-untyped-def]
-    authz = RuntimeAuthorizer(lab.plan.to_dict())
+    authz = RuntimeAuthorizer(lab.plan)
     assert authz.decide("health", "infer", "model/vitals-mlp", host_country="NG").allow
     authz.backend.time_limit_s = 1e-9
     decision = authz.decide("health", "infer", "model/vitals-mlp", host_country="NG")

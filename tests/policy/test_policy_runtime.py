@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
-from typing import Any
 
 import pytest
 
-from aifactory.plan import plan_site
+from aifactory.plan import SitePlan, plan_site
 from aifactory.policy import RuntimeAuthorizer
 
 from .conftest import LAB_SITE
@@ -18,12 +17,12 @@ DAY = dt.date(2026, 11, 22)
 
 
 @pytest.fixture(scope="module")
-def plan() -> dict[str, Any]:
-    return plan_site(LAB_SITE, write_lock=False).plan.to_dict()
+def plan() -> SitePlan:
+    return plan_site(LAB_SITE, write_lock=False).plan
 
 
 @pytest.fixture(scope="module")
-def authz(plan: dict[str, Any]) -> RuntimeAuthorizer:
+def authz(plan: SitePlan) -> RuntimeAuthorizer:
     return RuntimeAuthorizer(plan)
 
 
@@ -81,7 +80,7 @@ def test_decision_ids_are_unique(authz: RuntimeAuthorizer) -> None:
     assert len(ids) == 50
 
 
-def test_compiled_fast_path_matches_the_interpreter(plan: dict[str, Any], authz: RuntimeAuthorizer) -> None:
+def test_compiled_fast_path_matches_the_interpreter(plan: SitePlan, authz: RuntimeAuthorizer) -> None:
     """The regorus RVM (compiled) and the regorus interpreter answer every request alike."""
     interpreted = RuntimeAuthorizer(plan)
     interpreted.backend.fast_paths = ()  # type: ignore[attr-defined]
@@ -110,8 +109,8 @@ def test_one_authorizer_serves_many_threads(authz: RuntimeAuthorizer) -> None:
     assert failures == []
 
 
-def test_authorizer_reads_a_bundle_plan_json(plan: dict[str, Any]) -> None:
+def test_authorizer_reads_a_bundle_plan_json(plan: SitePlan) -> None:
     import json
 
-    authz = RuntimeAuthorizer(json.loads(json.dumps(plan)))
+    authz = RuntimeAuthorizer(SitePlan.from_dict(json.loads(plan.to_json())))
     assert authz.decide("health", "infer", "model/vitals-mlp", host_country="NG").allow
