@@ -10,7 +10,7 @@ APT_PACKAGES=(
   poppler-utils                                                    # ... and its printed PDF (pdftotext)
   slurm-wlm munge chrony openscap-scanner                          # what the roles install (machine-wide:
                                                                    #   lab hosts share /usr)
-  python3-venv git
+  python3-venv git curl
 )
 
 missing=()
