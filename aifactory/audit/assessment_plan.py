@@ -49,6 +49,14 @@ ACTIVITIES: dict[str, tuple[str, tuple[str, ...]]] = {
         "EXAMINE",
         ("Verify each decision log's hash chain and signed heads.", "Check that they hold records."),
     ),
+    "host-scan": (
+        "TEST",
+        (
+            "Evaluate every host with OpenSCAP and the bundle's SCAP content against its profile, offline.",
+            "Digest each host's ARF result; map failing rules to SP 800-53 controls by its references.",
+            "Weigh failures against the reviewed SCAP waivers; a stale or expired waiver is a finding.",
+        ),
+    ),
 }
 
 

@@ -98,6 +98,7 @@ SOURCE_WORDS = {
     "deploy": "deploy record",
     "operator-log": "operator log",
     "decision-logs": "decision logs",
+    "host-scan": "host scan (OpenSCAP)",
 }
 # Labels for the evidence details' keys; any other key is spelled out the same way (underscores to
 # spaces), so no raw key ever reaches the page.

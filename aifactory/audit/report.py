@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from aifactory.audit import scap
 from aifactory.audit.assemble import build_report
 from aifactory.audit.assessment_plan import build_assessment_plan
 from aifactory.audit.catalog import PROFILE, content_file
@@ -59,6 +60,7 @@ class ReportOptions:
     identity: str | None = None
     decision_logs: Sequence[Path] = ()
     waivers: Path | None = None
+    scap_waivers: Path | None = None  # default: <spec stem>.scap-waivers.yaml beside the spec
     engine: str = "embedded"
     opa_url: str | None = None
     bundle_trust: Path | None = None
@@ -143,6 +145,8 @@ def produce_report(spec: Path, folder: Path, options: ReportOptions = ReportOpti
         decision_logs=options.decision_logs,
         bundle_trust=options.bundle_trust,
         retention_days=_retention_days(planned),
+        scap_waivers=options.scap_waivers or scap.waivers_path_for(spec),
+        today=timestamp.date(),
     )
     key: SigningKey = given_key(options.key, options.identity) if options.key else site_audit_key(state)
     report = build_report(

@@ -45,6 +45,9 @@ def register(
         "folder are always included)",
     )
     report.add_argument("--waivers", help="waivers file (default: <spec stem>.waivers.yaml beside the spec)")
+    report.add_argument(
+        "--scap-waivers", help="SCAP waivers file (default: <spec stem>.scap-waivers.yaml beside the spec)"
+    )
     report.add_argument("--engine", choices=("embedded", "opa"), default="embedded", help="policy engine")
     report.add_argument("--opa-url", help="OPA server URL for --engine opa (loopback or the lab only)")
     report.add_argument("--bundle-trust", help="allowed_signers to verify the imported bundle against")
@@ -141,6 +144,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         identity=args.identity,
         decision_logs=tuple(Path(p) for p in args.decision_log),
         waivers=_path(args.waivers),
+        scap_waivers=_path(args.scap_waivers),
         engine=args.engine,
         opa_url=args.opa_url,
         bundle_trust=_path(args.bundle_trust),

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from aifactory.audit import scap
+from aifactory.audit.evidence.hostscan import DIGEST, SCANS_DIR
 from aifactory.deploy.bundle import prepare_bundle
 from aifactory.deploy.runner import _Ansible, _clean_env, _lab_context, _require_runner, _run_id
 from aifactory.deploy.settings import DeploySettings, render_ansible_cfg
@@ -24,8 +25,6 @@ from aifactory.resources import resource_dir
 from aifactory.state import SiteState
 
 PLAYBOOK = "scan.yml"
-SCANS_DIR = "scap"
-DIGEST = "scan.json"
 
 
 @dataclass(frozen=True)
@@ -109,15 +108,3 @@ def _run_playbook(ansible: _Ansible, dest: Path) -> dict[str, str]:
     extra.write_text(json.dumps({"aifactory_scan_dest": str(dest)}))
     ansible.run(handle=handle, limit=None, cmdline=["-e", f"@{extra}", str(ansible.playbooks / PLAYBOOK)])
     return failures
-
-
-def latest_scan(state: SiteState) -> Path | None:
-    """The digest of the site's latest scan run, if any."""
-    root = state.root / SCANS_DIR
-    runs = sorted(p for p in root.glob(f"*/{DIGEST}")) if root.is_dir() else []
-    return runs[-1] if runs else None
-
-
-def read_scan(path: Path) -> list[scap.HostScan]:
-    data = json.loads(path.read_text())
-    return [scap.HostScan.from_json(h) for h in data["hosts"]]

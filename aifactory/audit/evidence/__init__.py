@@ -1,13 +1,16 @@
-"""Gathering evidence from every stage that has left some: policy, bundle, deploy and the logs."""
+"""Gathering evidence from every stage that has left some: policy, bundle, deploy, the logs and the
+hosts' OpenSCAP scans."""
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from aifactory.audit.evidence.bundle import bundle_evidence
 from aifactory.audit.evidence.deploy import deploy_evidence
+from aifactory.audit.evidence.hostscan import host_scan_evidence
 from aifactory.audit.evidence.logs import decision_log_evidence, operator_log_evidence, verify_any_log
 from aifactory.audit.evidence.policy import policy_evidence
 from aifactory.audit.model import Evidence
@@ -26,6 +29,8 @@ def gather_evidence(
     decision_logs: Sequence[Path] = (),
     bundle_trust: Path | None = None,
     retention_days: int | None = None,
+    scap_waivers: Path | None = None,
+    today: dt.date | None = None,
 ) -> tuple[list[Evidence], str | None]:
     """Every evidence section, in report order, and the imported bundle's digest (None if none)."""
     bundle, bundle_digest = bundle_evidence(state, plan_digest, trust=bundle_trust)
@@ -35,5 +40,6 @@ def gather_evidence(
         deploy_evidence(state, plan, plan_digest),
         operator_log_evidence(state),
         decision_log_evidence(state, decision_logs, retention_days=retention_days),
+        host_scan_evidence(state, waivers=scap_waivers, today=today or dt.datetime.now(dt.UTC).date()),
     ]
     return sections, bundle_digest
