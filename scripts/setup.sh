@@ -57,4 +57,9 @@ PYTHON=${PYTHON:-python3}
 # aifactory itself, editable, with the locked build backend (nothing is downloaded for the build).
 .venv/bin/python -m pip install -q --no-deps --no-build-isolation -e .
 .venv/bin/python -m pip check >/dev/null || { .venv/bin/python -m pip check; exit 1; }
+# Shell completion of `aifactory` (argcomplete), for this virtual environment only: the README says
+# how to source it. Nothing is written to the machine's /etc/bash_completion.d or zsh site folders.
+mkdir -p .venv/share/aifactory
+.venv/bin/register-python-argcomplete --shell bash aifactory >.venv/share/aifactory/completion.bash
+.venv/bin/register-python-argcomplete --shell zsh aifactory >.venv/share/aifactory/completion.zsh
 echo "setup: ready (.venv/bin/aifactory $(.venv/bin/aifactory --version | cut -d' ' -f2))"

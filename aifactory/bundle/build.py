@@ -33,6 +33,7 @@ from aifactory.bundle.pack import Header, PayloadFile, Sealed, hash_payload, sea
 from aifactory.bundle.wheelhouse import Platform, WheelSet
 from aifactory.errors import BundleError, Location, UsageError
 from aifactory.plan import PlannedSite, plan_site
+from aifactory.progress import SILENT, Progress
 from aifactory.resources import resource_dir
 
 _CHECKOUT = Path(__file__).resolve().parents[2]
@@ -98,13 +99,17 @@ def build_timestamp(explicit: int | None = None) -> int:
     return int(time.time())
 
 
-def build_bundle(spec: Path | str, *, output: Path, options: BuildOptions) -> BuildResult:
+def build_bundle(
+    spec: Path | str, *, output: Path, options: BuildOptions, progress: Progress = SILENT
+) -> BuildResult:
+    """Build and seal the bundle; `progress` hears of each step (counts and bytes gathered so far)."""
     started = time.monotonic()
     timestamp = build_timestamp(options.timestamp)
     version = (
         BundleVersion.parse(options.version) if options.version else BundleVersion.from_timestamp(timestamp)
     )
     key = signing.load_private_key(options.key, options.passphrase)
+    progress.step("plan")
     planned = _frozen_plan(Path(spec))
     source = options.source or (_CHECKOUT if (_CHECKOUT / "pyproject.toml").is_file() else None)
     cache = options.cache or wheelhouse.cache_root()
@@ -112,15 +117,21 @@ def build_bundle(spec: Path | str, *, output: Path, options: BuildOptions) -> Bu
     output.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".aifactory-bundle-", dir=output.parent) as scratch:
         work = Path(scratch)
-        collector = _Collector(work, timestamp)
+        collector = _Collector(work, timestamp, progress)
         collector.add_plan(planned)
+        progress.step("policies")
         collector.add_tree("policies", _resource(source, "policies"), kind="policy")
+        progress.step("wheels")
         wheelsets = collector.add_wheels(planned, options, source, cache)
+        progress.step("collections")
         collector.add_collections(_resource(source, "playbooks"), options.collections)
         if options.apt_packages:
+            progress.step("apt packages")
             collector.add_apt(options.apt_packages, cache)
+        progress.step("extra files")
         collector.add_extra_files(options.extra_files)
-        digests = hash_payload(collector.payload, workers=options.workers)
+        digests = hash_payload(collector.payload, workers=options.workers, progress=progress)
+        progress.step("sbom")
         collector.add_sbom(planned.spec.site.name, version.text, digests)
         header = Header(
             site=planned.spec.site.name,
@@ -142,6 +153,7 @@ def build_bundle(spec: Path | str, *, output: Path, options: BuildOptions) -> Bu
             digests=digests,
             workers=options.workers,
             compress=options.compress,
+            progress=progress,
         )
     return BuildResult(
         planned.spec.site.name,
@@ -177,9 +189,10 @@ def _resource(source: Path | None, name: str) -> Path:
 class _Collector:
     """Builds the payload map: archive path -> file on disk (nothing large is copied)."""
 
-    def __init__(self, work: Path, timestamp: int) -> None:
+    def __init__(self, work: Path, timestamp: int, progress: Progress = SILENT) -> None:
         self.work = work
         self.timestamp = timestamp
+        self.progress = progress
         self.payload: dict[str, PayloadFile] = {}
         self.contents: dict[str, Any] = {}
         self.components: list[sbom.Component] = []
@@ -194,6 +207,8 @@ class _Collector:
                 location=Location(file=str(source)),
                 hint="rename one of the extra files",
             )
+        if path not in self.payload:
+            self.progress.advance(items=1, nbytes=source.stat().st_size if source.is_file() else 0)
         self.payload[path] = PayloadFile(source, kind)
         self._identities[path] = identity or (path.rsplit("/", 1)[-1], None, None)
 

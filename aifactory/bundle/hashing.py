@@ -72,10 +72,17 @@ def hash_file(path: Path) -> Digest:
         os.close(fd)
 
 
-def hash_files(paths: Iterable[Path], *, workers: int | None = None) -> dict[Path, Digest]:
-    """SHA-256 and size of each file, in parallel (each file opened only while it is hashed)."""
+def hash_files(
+    paths: Iterable[Path], *, workers: int | None = None, on_hashed: Callable[[Digest], object] | None = None
+) -> dict[Path, Digest]:
+    """SHA-256 and size of each file, in parallel (each file opened only while it is hashed);
+    `on_hashed` hears of each file as it is done (progress)."""
     unique = list(dict.fromkeys(paths))
     order = sorted(unique, key=lambda path: path.stat().st_size, reverse=True)
+    digests: list[Digest] = []
     with ThreadPoolExecutor(max_workers=workers or default_workers(), thread_name_prefix="sha256") as pool:
-        digests = list(pool.map(hash_file, order))
+        for digest in pool.map(hash_file, order):
+            digests.append(digest)
+            if on_hashed is not None:
+                on_hashed(digest)
     return dict(zip(order, digests, strict=True))

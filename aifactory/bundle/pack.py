@@ -11,6 +11,7 @@ import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -33,6 +34,7 @@ from aifactory.bundle.seal import statement as seal_statement
 from aifactory.bundle.source import PartsWriter
 from aifactory.bundle.zstd import CompressingWriter
 from aifactory.errors import BundleError, Location
+from aifactory.progress import SILENT, Progress
 
 
 @dataclass(frozen=True)
@@ -69,10 +71,15 @@ def hash_payload(
     known: Mapping[Path, Digest] | None = None,
     *,
     workers: int | None = None,
+    progress: Progress = SILENT,
 ) -> dict[Path, Digest]:
     known = dict(known or {})
-    missing = [f.source for f in payload.values() if f.source not in known]
-    known.update(hash_files(missing, workers=workers))
+    missing = list(dict.fromkeys(f.source for f in payload.values() if f.source not in known))
+    if missing:
+        progress.step("hash payload", total_items=len(missing))
+    known.update(
+        hash_files(missing, workers=workers, on_hashed=lambda d: progress.advance(items=1, nbytes=d.size))
+    )
     return known
 
 
@@ -87,11 +94,12 @@ def seal(
     digests: Mapping[Path, Digest] | None = None,
     workers: int | None = None,
     compress: str | None = None,
+    progress: Progress = SILENT,
 ) -> Sealed:
     clash = sorted(set(payload) & set(METADATA_FILES))
     if clash:
         raise BundleError(f"a payload file may not be named {clash[0]}", code="bundle-build-failed")
-    hashed = hash_payload(payload, digests, workers=workers)
+    hashed = hash_payload(payload, digests, workers=workers, progress=progress)
     entries = tuple(
         FileEntry(path, hashed[f.source].size, hashed[f.source].sha256, f.kind)
         for path, f in sorted(payload.items())
@@ -119,11 +127,12 @@ def seal(
     files = [(path, f.source) for path, f in payload.items()] + [(name, work / name) for name in metadata]
     _check_sizes(payload, hashed)
     output.parent.mkdir(parents=True, exist_ok=True)
+    progress.step("write archive", total_items=len(files), total_bytes=sum(e.size for e in entries))
     with PartsWriter(output, part_size) as writer:
         if compress == "zstd":
             compressed = _Hashing(writer)
             compressing = CompressingWriter(compressed)
-            write_tar(compressing, files, mtime=header.timestamp)  # type: ignore[arg-type]  # tarfile's stream mode (w|) only calls write()
+            write_tar(_Counted(compressing, progress), files, mtime=header.timestamp)  # type: ignore[arg-type]  # tarfile's stream mode (w|) only calls write()
             compressing.finish()
             writer.write(
                 _seal_frame(
@@ -131,10 +140,23 @@ def seal(
                 )
             )
         else:
-            write_tar(writer, files, mtime=header.timestamp)  # type: ignore[arg-type]  # tarfile's stream mode (w|) only calls write()
+            write_tar(_Counted(writer, progress), files, mtime=header.timestamp)  # type: ignore[arg-type]  # tarfile's stream mode (w|) only calls write()
         parts = writer.commit()
         written = writer.written
     return Sealed(parts, manifest, digest_of(manifest_bytes), written, sum(e.size for e in entries))
+
+
+class _Counted:
+    """A stream that tells the progress how many bytes went through it."""
+
+    def __init__(self, sink: Any, progress: Progress) -> None:
+        self.sink = sink
+        self.progress = progress
+
+    def write(self, data: bytes) -> int:
+        written = int(self.sink.write(data) or len(data))
+        self.progress.advance(nbytes=len(data))
+        return written
 
 
 class _Hashing:

@@ -14,11 +14,21 @@ from aifactory.audit.verify import verify_report
 from aifactory.cli.output import emit_json, table
 from aifactory.errors import ExitCode
 
+# One example per command, shown at the end of its --help (aifactory/cli/help.py).
+EXAMPLES = {
+    "audit report": "aifactory audit report lab/site.yaml -o reports/2026-12",
+    "audit verify": "aifactory audit verify reports/2026-12",
+    "audit diff": "aifactory audit diff reports/2026-11 reports/2026-12",
+    "audit verify-log": "aifactory audit verify-log ~/.local/state/aifactory/lab/operator.log.jsonl",
+}
+
 
 def register(
     subparsers: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
 ) -> None:
-    audit = subparsers.add_parser("audit", help="signed audit reports (HTML, JSON, OSCAL) and their checks")
+    audit = subparsers.add_parser(
+        "audit", parents=[common], help="signed audit reports (HTML, JSON, OSCAL) and their checks"
+    )
     commands = audit.add_subparsers(dest="audit_command", metavar="SUBCOMMAND")
     commands.required = True
 

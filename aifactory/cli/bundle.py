@@ -19,15 +19,27 @@ from aifactory.bundle.apt import ROLE_PACKAGES
 from aifactory.bundle.hashing import default_workers
 from aifactory.bundle.source import DEFAULT_PART_SIZE, parse_size
 from aifactory.bundle.verify import ssh_keygen_check
+from aifactory.cli import progress
 from aifactory.cli.output import emit_json
 from aifactory.errors import Location, UsageError
 from aifactory.state import SiteState
+
+# One example per command, shown at the end of its --help (aifactory/cli/help.py).
+EXAMPLES = {
+    "bundle keygen": "aifactory bundle keygen -o keys/ --passphrase-prompt",
+    "bundle build": "aifactory bundle build lab/site.yaml --key keys/signing_key -o lab.tar --split",
+    "bundle verify": "aifactory bundle verify lab.bundle.tar --trust keys/allowed_signers",
+    "bundle import": "aifactory bundle import lab.bundle.tar --trust keys/allowed_signers",
+    "bundle current": "aifactory bundle current lab --format json",
+}
 
 
 def register(
     subparsers: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
 ) -> None:
-    bundle = subparsers.add_parser("bundle", help="build, verify and import the signed offline bundle")
+    bundle = subparsers.add_parser(
+        "bundle", parents=[common], help="build, verify and import the signed offline bundle"
+    )
     commands = bundle.add_subparsers(dest="bundle_command", metavar="SUBCOMMAND")
     commands.required = True
 
@@ -199,7 +211,8 @@ def cmd_build(args: argparse.Namespace) -> int:
         apt_packages=() if args.no_apt else ROLE_PACKAGES,
         compress="zstd" if args.zstd else None,
     )
-    result = build_bundle(args.site, output=Path(args.output), options=options)
+    with progress.shown(args, "bundle build") as shown:
+        result = build_bundle(args.site, output=Path(args.output), options=options, progress=shown)
     if args.format == "json":
         emit_json(result.as_dict())
         return 0

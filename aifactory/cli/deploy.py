@@ -11,6 +11,13 @@ from typing import TextIO
 from aifactory.cli.output import emit_json, table
 from aifactory.deploy import DeployOptions, DeployResult, Progress, Update, deploy_site
 
+# One example per command, shown at the end of its --help (aifactory/cli/help.py).
+EXAMPLES = {
+    "deploy": "aifactory deploy lab/site.yaml --check --limit gpu",
+}
+# These commands can also exit 4 (some hosts failed).
+EXIT_CODES = {"deploy": (0, 1, 2, 3, 4, 70, 130)}
+
 
 def register(
     subparsers: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
@@ -129,7 +136,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         verbosity=args.verbose,
         full=args.full,
     )
-    display = None if args.format == "json" else _LiveDisplay()
+    display = None if args.format == "json" or args.quiet else _LiveDisplay()
     result = deploy_site(args.site, options=options, on_update=display)
     if args.format == "json":
         emit_json(result.as_dict())

@@ -11,6 +11,11 @@ from aifactory.inventory.site import site_inventory
 from aifactory.plan import plan_site
 from aifactory.state import SiteState
 
+# One example per command, shown at the end of its --help (aifactory/cli/help.py).
+EXAMPLES = {
+    "inventory": "aifactory inventory lab/site.yaml -o lab/inventory",
+}
+
 
 def register(
     subparsers: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser

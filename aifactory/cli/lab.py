@@ -10,11 +10,21 @@ from aifactory.lab import LabStatus, lab_down, lab_exec, lab_status, lab_up
 from aifactory.plan import plan_site
 from aifactory.spec.reference import resolve_site
 
+# One example per command, shown at the end of its --help (aifactory/cli/help.py).
+EXAMPLES = {
+    "lab up": "aifactory lab up lab/site.yaml",
+    "lab down": "aifactory lab down lab",
+    "lab status": "aifactory lab status lab --format json",
+    "lab exec": "aifactory lab exec lab -- ansible all -m ansible.builtin.ping",
+}
+
 
 def register(
     subparsers: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
 ) -> None:
-    lab = subparsers.add_parser("lab", help="the local lab: an air-gapped site in miniature on this machine")
+    lab = subparsers.add_parser(
+        "lab", parents=[common], help="the local lab: an air-gapped site in miniature on this machine"
+    )
     commands = lab.add_subparsers(dest="lab_command", metavar="COMMAND")
     commands.required = True
 

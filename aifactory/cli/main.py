@@ -12,6 +12,8 @@ import sys
 from collections.abc import Sequence
 
 from aifactory import __version__
+from aifactory.cli import completion
+from aifactory.cli import help as help_text
 from aifactory.console import DEBUG_HELP, UsageParser, run_console
 
 # One module per command group; each exposes register(subparsers, common).
@@ -51,10 +53,29 @@ COMMANDS = {
 }
 
 
-def common_options() -> argparse.ArgumentParser:
+def common_options(*, defaults: bool = False) -> argparse.ArgumentParser:
+    """`--format` and `--debug`, taken by `aifactory` itself and by every command under it.
+
+    Only the top level sets their defaults: a subcommand's parser copies every attribute it has onto
+    the result, so a default there would undo `aifactory --format json validate X` (argparse's own
+    rule). With SUPPRESS, a subcommand sets them only when they are given after it.
+    """
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--format", choices=("text", "json"), default="text", help="output format")
-    common.add_argument("--debug", action="store_true", help=DEBUG_HELP)
+    common.add_argument(
+        "--format",
+        choices=("text", "json"),
+        default="text" if defaults else argparse.SUPPRESS,
+        help="output format (before or after the command)",
+    )
+    common.add_argument(
+        "--debug", action="store_true", default=False if defaults else argparse.SUPPRESS, help=DEBUG_HELP
+    )
+    common.add_argument(
+        "--quiet",
+        action="store_true",
+        default=False if defaults else argparse.SUPPRESS,
+        help="no progress line (it is shown only on a terminal anyway)",
+    )
     return common
 
 
@@ -72,7 +93,9 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     parser = UsageParser(
         prog="aifactory",
         description="Stand up a sovereign, air-gapped AI factory from one site spec.",
-        parents=[common],
+        epilog=help_text.TOP_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[common_options(defaults=True)],
         allow_abbrev=False,
     )
     parser.add_argument("--version", action="version", version=f"aifactory {__version__}")
@@ -86,6 +109,8 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
                 continue
             raise
         module.register(subparsers, common)
+        help_text.document_leaves(parser, module)
+    completion.enable(parser)
     return parser
 
 

@@ -25,6 +25,15 @@ _MARK = {
 }
 
 
+# One example per command, shown at the end of its --help (aifactory/cli/help.py).
+EXAMPLES = {
+    "up": "aifactory up lab/site.yaml",
+    "down": "aifactory down lab/site.yaml",
+}
+# These commands can also exit 4 (some hosts failed).
+EXIT_CODES = {"up": (0, 1, 2, 3, 4, 70, 130)}
+
+
 def register(
     subparsers: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
 ) -> None:

@@ -14,11 +14,19 @@ from aifactory.policy.backend import DEFAULT_TIME_LIMIT_S
 from aifactory.policy.engine import ENGINES
 from aifactory.policy.testing import run_opa_tests, run_rego_tests
 
+# One example per command, shown at the end of its --help (aifactory/cli/help.py).
+EXAMPLES = {
+    "policy check": "aifactory policy check lab/site.yaml --format json",
+    "policy test": "aifactory policy test",
+}
+
 
 def register(
     subparsers: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
 ) -> None:
-    policy = subparsers.add_parser("policy", help="check a site against the policies; run the Rego tests")
+    policy = subparsers.add_parser(
+        "policy", parents=[common], help="check a site against the policies; run the Rego tests"
+    )
     commands = policy.add_subparsers(dest="policy_command", metavar="SUBCOMMAND")
     commands.required = True
 

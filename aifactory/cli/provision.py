@@ -9,6 +9,11 @@ from aifactory.cli.output import emit_json, table
 from aifactory.plan import plan_site
 from aifactory.provision.driver import ProvisionOptions, ProvisionResult, provision_site
 
+# One example per command, shown at the end of its --help (aifactory/cli/help.py).
+EXAMPLES = {
+    "provision": "aifactory provision lab/site.yaml",
+}
+
 
 def register(
     subparsers: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser

@@ -19,11 +19,20 @@ from aifactory.secrets import REFERENCE, STORE_FILE, SecretStore, read_passphras
 from aifactory.spec.reference import resolve_site
 from aifactory.state import SiteState
 
+# One example per command, shown at the end of its --help (aifactory/cli/help.py).
+EXAMPLES = {
+    "secret set": "printf %s \"$BMC_PASSWORD\" | aifactory secret set lab/site.yaml 'secret://bmc/{host}'",
+    "secret list": "aifactory secret list lab --format json",
+    "secret remove": "aifactory secret remove lab secret://bmc/lab-cpu-001",
+}
+
 
 def register(
     subparsers: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
 ) -> None:
-    secret = subparsers.add_parser("secret", help="manage the site's encrypted secret store")
+    secret = subparsers.add_parser(
+        "secret", parents=[common], help="manage the site's encrypted secret store"
+    )
     actions = secret.add_subparsers(dest="secret_command", metavar="ACTION", parser_class=type(secret))
     actions.required = True
 

@@ -13,6 +13,13 @@ from aifactory.plan.diff import diff_plans, read_plan_file
 from aifactory.spec import load_spec
 from aifactory.spec.starter import starter_spec
 
+# One example per command, shown at the end of its --help (aifactory/cli/help.py).
+EXAMPLES = {
+    "init": "aifactory init lab --jurisdiction NG -o lab/site.yaml",
+    "validate": "aifactory validate lab/site.yaml --format json",
+    "plan": "aifactory plan lab/site.yaml -o lab/plan.json",
+}
+
 
 def register(
     subparsers: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser

@@ -26,6 +26,13 @@ from aifactory.runtime.certs import (
 from aifactory.runtime.tokens import TrustFiles, issue_token, parse_expiry, revoke_token, token_id_of
 from aifactory.state import SiteState
 
+# One example per command, shown at the end of its --help (aifactory/cli/help.py).
+EXAMPLES = {
+    "token issue": "aifactory token issue lab/site.yaml --tenant research",
+    "token cert": "aifactory token cert lab/site.yaml --tenant research -o certs/",
+    "token revoke": "aifactory token revoke lab/site.yaml TOKEN_ID",
+}
+
 
 def register(
     subparsers: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser

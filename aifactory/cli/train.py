@@ -7,6 +7,12 @@ from pathlib import Path
 
 from aifactory.cli.output import emit_json, table
 
+# One example per command, shown at the end of its --help (aifactory/cli/help.py).
+EXAMPLES = {
+    "train": "aifactory train lab/site.yaml job.yaml",
+    "jobs": "aifactory jobs lab --format json",
+}
+
 
 def register(
     subparsers: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
