@@ -20,6 +20,7 @@ EXAMPLES = {
     "audit verify": "aifactory audit verify reports/2026-12",
     "audit diff": "aifactory audit diff reports/2026-11 reports/2026-12",
     "audit verify-log": "aifactory audit verify-log ~/.local/state/aifactory/lab/operator.log.jsonl",
+    "audit scan": "aifactory audit scan lab --waivers lab/scap-waivers.yaml --format json",
 }
 
 
