@@ -30,8 +30,8 @@ pytestmark = pytest.mark.skipif(
 RULES = (
     "file_permissions_etc_shadow",
     "package_telnetd_removed",
-    "package_aide_installed",
-    "sshd_set_idle_timeout",
+    "accounts_password_pam_minlen",
+    "sudo_add_env_reset",
 )
 HOSTS = ("lab-ctl-001", "lab-gpu-001")
 TODAY = scap.dt.date(2026, 11, 22)
