@@ -34,7 +34,7 @@ def register(
 
 def cmd_inventory(args: argparse.Namespace) -> int:
     planned = plan_site(args.site, write_lock=False)
-    plan = planned.plan.to_dict()
+    plan = planned.plan
     state = SiteState.for_site(planned.plan.name)
     bundle = describe_current_bundle(state)
     rendered = site_inventory(plan, bundle=bundle, state=state)

@@ -25,6 +25,7 @@ from typing import Any
 from aifactory import signing
 from aifactory.bundle.manifest import MANIFEST, NAMESPACE, SIGNATURE
 from aifactory.errors import BundleError, Location, PrerequisiteError
+from aifactory.plan.model import PlanFormatError, SitePlan
 from aifactory.state import SiteState
 
 PLAN = "plan.json"
@@ -50,20 +51,15 @@ class DeployBundle:
     def plan_path(self) -> Path:
         return self.root / PLAN
 
-    def plan(self) -> dict[str, Any]:
+    def plan(self) -> SitePlan:
         try:
-            data = json.loads(self.plan_path.read_text())
-        except (OSError, ValueError) as exc:
+            return SitePlan.load(self.plan_path)
+        except PlanFormatError as exc:
             raise BundleError(
-                f"cannot read the bundle's plan: {exc}",
-                hint="re-import the bundle",
+                f"the bundle's plan.json is not a site plan this aifactory reads: {exc.message}",
+                hint="re-import the bundle, or build a new one from the site spec",
                 location=Location(file=str(self.plan_path)),
             ) from None
-        if not isinstance(data, dict) or "hosts" not in data:
-            raise BundleError(
-                "the bundle's plan.json is not a site plan", location=Location(file=str(self.plan_path))
-            )
-        return data
 
     def inventory_vars(self) -> dict[str, Any]:
         """The group var `aifactory_bundle` the roles read."""

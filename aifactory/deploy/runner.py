@@ -34,10 +34,10 @@ from aifactory.deploy.progress import HostProgress, Progress, Update
 from aifactory.deploy.settings import DeploySettings, render_ansible_cfg
 from aifactory.errors import AifactoryError, DeployError, ExitCode, Location, PrerequisiteError
 from aifactory.headcopies import merge_incoming
-from aifactory.inventory.render import plan_digest
 from aifactory.inventory.site import site_inventory
 from aifactory.plan import plan_site
 from aifactory.plan.diff import diff_plans
+from aifactory.plan.model import SitePlan
 from aifactory.resources import control_tool, resource_dir
 from aifactory.state import SiteState
 
@@ -134,14 +134,13 @@ class DeployResult:
         }
 
 
-def checked_plan(spec_path: str | Path, bundle: DeployBundle) -> tuple[dict[str, Any], str]:
+def checked_plan(spec_path: str | Path, bundle: DeployBundle) -> tuple[SitePlan, str]:
     """The bundle's signed plan, after checking that the local spec plans to exactly the same."""
-    planned = plan_site(spec_path, write_lock=False)
-    local = planned.plan.to_dict()
+    local = plan_site(spec_path, write_lock=False).plan
     carried = bundle.plan()
-    local_digest, carried_digest = plan_digest(local), plan_digest(carried)
+    local_digest, carried_digest = local.digest(), carried.digest()
     if local_digest != carried_digest:
-        difference = diff_plans(carried, local).render()
+        difference = diff_plans(carried.to_dict(), local.to_dict()).render()
         raise DeployError(
             f"the site spec's plan differs from the plan signed into bundle {bundle.version}",
             code="plan-differs",
@@ -398,7 +397,7 @@ class _Setup:
     """Everything a deploy (or a convergence check) needs before Ansible starts."""
 
     bundle: DeployBundle
-    plan: dict[str, Any]
+    plan: SitePlan
     digest: str
     lab: bool
     ansible: _Ansible
@@ -448,7 +447,7 @@ def check_converged(spec_path: str | Path, *, site_name: str | None = None) -> d
         log = setup.ansible.folder / "converged-check.jsonl"
         with log.open("w") as log_handle:
             found = _probe_converged(setup.ansible, state, DeployOptions(), log_handle)
-    hosts = sorted(str(h["name"]) for h in setup.plan.get("hosts", []))
+    hosts = sorted(h.name for h in setup.plan.hosts)
     return {
         host: None
         if host in found.converged
@@ -560,7 +559,7 @@ def deploy_site(
         state.record(
             command="deploy --check" if options.check else "deploy",
             result="ok" if result.exit_code == ExitCode.OK else "hosts-failed",
-            spec_digest=plan.get("spec_digest"),
+            spec_digest=plan.spec_digest,
             bundle_digest=bundle.digest,
             detail={
                 "run_id": run_id,

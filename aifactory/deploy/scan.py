@@ -21,6 +21,7 @@ from aifactory.deploy.runner import _Ansible, _clean_env, _lab_context, _require
 from aifactory.deploy.settings import DeploySettings, render_ansible_cfg
 from aifactory.errors import DeployError, ExitCode
 from aifactory.inventory.site import site_inventory
+from aifactory.plan.model import SitePlan
 from aifactory.resources import resource_dir
 from aifactory.state import SiteState
 
@@ -56,7 +57,7 @@ def scan_site(site: str, *, trust: Path | None = None) -> ScanRun:
         folder.mkdir(parents=True)
         ansible = _ansible(site, state, bundle.inventory_vars(), plan)
         failures = _run_playbook(ansible, folder)
-        hosts = sorted(str(h["name"]) for h in plan.get("hosts", []))
+        hosts = sorted(h.name for h in plan.hosts)
         scans = []
         unscanned = dict(failures)
         for host in hosts:
@@ -78,7 +79,7 @@ def scan_site(site: str, *, trust: Path | None = None) -> ScanRun:
     return result
 
 
-def _ansible(site: str, state: SiteState, bundle_vars: dict[str, Any], plan: dict[str, Any]) -> _Ansible:
+def _ansible(site: str, state: SiteState, bundle_vars: dict[str, Any], plan: SitePlan) -> _Ansible:
     folder = state.subdir("deploy")
     lab_cfg, prefix, lab_env = _lab_context(site)
     rendered = site_inventory(plan, bundle=bundle_vars, state=state)

@@ -6,8 +6,8 @@ The folder `ansible-inventory -i DIR` reads:
     DIR/group_vars/all.yml   the site: jurisdiction, air gap, plan digest, bundle location, storage
     DIR/host_vars/<h>.yml    one host: address per fabric rail, mounts, GPUs, NCCL environment, ...
 
-Everything is rendered from the plan's JSON form (the bundle's signed plan.json or a fresh plan), so
-the same plan gives the same bytes.
+Everything is rendered from a `SitePlan` (the bundle's signed plan.json read back, or a fresh plan),
+so the same plan gives the same bytes.
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ import yaml
 
 from aifactory.errors import Location, StateError, UsageError
 from aifactory.inventory.model import Group, Inventory, group_name
-from aifactory.scheduler.topology import slurm_topology_of
+from aifactory.plan.model import Host, SitePlan, section_dict
+from aifactory.scheduler.topology import slurm_topology
 
 MARKER = ".aifactory-inventory"
 HEADER = "# Rendered by `aifactory inventory` from the site's plan; do not edit (re-render instead).\n"
@@ -36,7 +37,7 @@ def plan_digest(plan: Mapping[str, Any]) -> str:
 
 
 def build_inventory(
-    plan: Mapping[str, Any],
+    plan: SitePlan,
     *,
     bundle: Mapping[str, Any] | None = None,
     provisioned: Mapping[str, Any] | None = None,
@@ -44,18 +45,17 @@ def build_inventory(
 ) -> Inventory:
     """The inventory of a plan. `provisioned`: per-host outputs of provisioning (BMC state, identity);
     `site_vars`: extra group vars for every host (the lab adds its service manager, for instance)."""
-    hosts = list(plan["hosts"])
     by_host = _provisioned_by_host(provisioned)
-    host_vars = {h["name"]: _host_vars(h, plan, by_host.get(h["name"])) for h in hosts}
+    host_vars = {h.name: _host_vars(h, plan, by_host.get(h.name)) for h in plan.hosts}
     return Inventory(
-        site=str(plan["site"]["name"]),
+        site=plan.name,
         groups=_groups(plan),
         host_vars=host_vars,
         group_vars=_site_vars(plan, bundle, site_vars),
     )
 
 
-def _groups(plan: Mapping[str, Any]) -> dict[str, Group]:
+def _groups(plan: SitePlan) -> dict[str, Group]:
     groups: dict[str, Group] = {}
 
     def add(kind: str, name: str, host: str | None = None, child: str | None = None) -> None:
@@ -65,62 +65,62 @@ def _groups(plan: Mapping[str, Any]) -> dict[str, Group]:
         if child and child not in group.children:
             group.children.append(child)
 
-    for host in plan["hosts"]:
-        add("pool", host["pool"], host=host["name"])
-        add("role", host["role"], host=host["name"])
-        add("dc", host["datacenter"], host=host["name"])
-        for interface in host["interfaces"]:
-            add("fabric", interface["fabric"], host=host["name"])
-    for tenant in plan.get("tenants", []):
-        groups.setdefault(group_name("tenant", tenant["name"]), Group(group_name("tenant", tenant["name"])))
-        for pool in tenant.get("pools", []):
-            add("tenant", tenant["name"], child=group_name("pool", pool))
+    for host in plan.hosts:
+        add("pool", host.pool, host=host.name)
+        add("role", host.role, host=host.name)
+        add("dc", host.datacenter, host=host.name)
+        for interface in host.interfaces:
+            add("fabric", interface.fabric, host=host.name)
+    for tenant in plan.tenants:
+        groups.setdefault(group_name("tenant", tenant.name), Group(group_name("tenant", tenant.name)))
+        for pool in tenant.pools:
+            add("tenant", tenant.name, child=group_name("pool", pool))
     return groups
 
 
-def _host_vars(
-    host: Mapping[str, Any], plan: Mapping[str, Any], provisioned: Mapping[str, Any] | None
-) -> dict[str, Any]:
-    fabrics = {f["name"]: f for f in plan["fabrics"]}
+def _host_vars(host: Host, plan: SitePlan, provisioned: Mapping[str, Any] | None) -> dict[str, Any]:
+    fabrics = {f.name: f for f in plan.fabrics}
     addresses: dict[str, list[dict[str, Any]]] = {}
-    for interface in host["interfaces"]:
-        fabric = fabrics[interface["fabric"]]
-        addresses.setdefault(interface["fabric"], []).append(
+    for interface in host.interfaces:
+        fabric = fabrics[interface.fabric]
+        addresses.setdefault(interface.fabric, []).append(
             {
-                "rail": interface["rail"],
-                "interface": interface["name"],
-                "address": interface["address"],
-                "prefixlen": interface["prefixlen"],
-                "kind": fabric["kind"],
-                "purpose": fabric["purpose"],
-                "mtu": fabric.get("mtu"),
-                "vlan": fabric.get("vlan"),
+                "rail": interface.rail,
+                "interface": interface.name,
+                "address": interface.address,
+                "prefixlen": interface.prefixlen,
+                "kind": fabric.kind,
+                "purpose": fabric.purpose,
+                "mtu": fabric.mtu,
+                "vlan": fabric.vlan,
             }
         )
-    gpus = host.get("gpus")
-    tenants = [t["name"] for t in plan.get("tenants", []) if host["pool"] in t.get("pools", [])]
-    bmc = host.get("bmc")
+    gpus = host.gpus
+    tenants = [t.name for t in plan.tenants if host.pool in t.pools]
+    bmc = host.bmc
     values: dict[str, Any] = {
-        "ansible_host": (provisioned or {}).get("management_address") or host["management_address"],
-        "aifactory_host": host["name"],
-        "aifactory_pool": host["pool"],
-        "aifactory_role": host["role"],
-        "aifactory_datacenter": host["datacenter"],
-        "aifactory_country": host["country"],
-        "aifactory_region": host.get("region"),
-        "aifactory_management_address": host["management_address"],
-        "aifactory_compute_address": host["compute_address"],
+        "ansible_host": (provisioned or {}).get("management_address") or host.management_address,
+        "aifactory_host": host.name,
+        "aifactory_pool": host.pool,
+        "aifactory_role": host.role,
+        "aifactory_datacenter": host.datacenter,
+        "aifactory_country": host.country,
+        "aifactory_region": host.region,
+        "aifactory_management_address": host.management_address,
+        "aifactory_compute_address": host.compute_address,
         "aifactory_fabric_addresses": addresses,
-        "aifactory_mounts": [dict(m) for m in host.get("mounts", [])],
-        "aifactory_gpus": dict(gpus) if gpus else None,
-        "aifactory_gpu_count": int(gpus["count"]) if gpus else 0,
-        "aifactory_nccl_env": dict(host.get("nccl", {})),
-        "aifactory_cpus": host.get("cpus"),
-        "aifactory_memory_gib": host.get("memory_gib"),
-        "aifactory_platform": dict(host.get("platform", {})),
+        "aifactory_mounts": [m.to_dict() for m in host.mounts],
+        "aifactory_gpus": section_dict(gpus) if gpus else None,
+        "aifactory_gpu_count": gpus.count if gpus else 0,
+        "aifactory_nccl_env": dict(host.nccl),
+        "aifactory_cpus": host.cpus,
+        "aifactory_memory_gib": host.memory_gib,
+        "aifactory_platform": section_dict(host.platform),
         "aifactory_tenants": tenants,
         # Where the BMC is; its credentials stay a secret:// reference resolved only by provisioning.
-        "aifactory_bmc": ({k: bmc[k] for k in ("address", "fabric", "protocol")} if bmc else None),
+        "aifactory_bmc": {"address": bmc.address, "fabric": bmc.fabric, "protocol": bmc.protocol}
+        if bmc
+        else None,
     }
     if provisioned is not None:
         values["aifactory_provisioned"] = dict(provisioned)
@@ -128,22 +128,21 @@ def _host_vars(
 
 
 def _site_vars(
-    plan: Mapping[str, Any], bundle: Mapping[str, Any] | None, site_vars: Mapping[str, Any] | None
+    plan: SitePlan, bundle: Mapping[str, Any] | None, site_vars: Mapping[str, Any] | None
 ) -> dict[str, Any]:
-    site = plan["site"]
     values: dict[str, Any] = {
-        "aifactory_site": site["name"],
-        "aifactory_jurisdiction": site["jurisdiction"],
-        "aifactory_jurisdiction_countries": list(site.get("jurisdiction_countries", [])),
-        "aifactory_air_gapped": bool(site.get("air_gapped", True)),
-        "aifactory_plan_digest": plan_digest(plan),
-        "aifactory_spec_digest": plan.get("spec_digest"),
-        "aifactory_control_host": plan.get("control_host"),
-        "aifactory_storage": [dict(s) for s in plan.get("storage", [])],
-        "aifactory_egress_allow": list(plan.get("egress", {}).get("allow", [])),
+        "aifactory_site": plan.name,
+        "aifactory_jurisdiction": plan.site.jurisdiction,
+        "aifactory_jurisdiction_countries": list(plan.site.jurisdiction_countries),
+        "aifactory_air_gapped": plan.site.air_gapped,
+        "aifactory_plan_digest": plan.digest(),
+        "aifactory_spec_digest": plan.spec_digest,
+        "aifactory_control_host": plan.control_host,
+        "aifactory_storage": [section_dict(s) for s in plan.storage],
+        "aifactory_egress_allow": [section_dict(e) for e in plan.egress.allow],
         "aifactory_bundle": dict(bundle) if bundle else None,
         # The plan's Slurm cluster (controller, nodes, partitions, accounts), or None: the scheduler play.
-        "aifactory_slurm": slurm_topology_of(plan),
+        "aifactory_slurm": slurm_topology(plan),
         # Real hosts run systemd; the lab's inventory variables replace these two (docs/lab.md).
         "aifactory_lab": False,
         "aifactory_service_manager": "systemd",

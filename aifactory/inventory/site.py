@@ -14,6 +14,7 @@ import yaml
 from aifactory.errors import AifactoryError
 from aifactory.inventory.model import Inventory
 from aifactory.inventory.render import build_inventory, read_provision_outputs, write_inventory
+from aifactory.plan.model import SitePlan
 from aifactory.state import SiteState
 
 log = logging.getLogger(__name__)
@@ -69,14 +70,14 @@ def lab_vars(site: str) -> dict[str, Any]:
 
 
 def site_inventory(
-    plan: Mapping[str, Any],
+    plan: SitePlan,
     *,
     bundle: Mapping[str, Any] | None = None,
     state: SiteState | None = None,
     extra_vars: Mapping[str, Any] | None = None,
 ) -> SiteInventory:
     """The inventory of a plan with what the state folder holds about the site."""
-    site = str(plan["site"]["name"])
+    site = plan.name
     state = state or SiteState.for_site(site)
     outputs = read_provision_outputs(state.path(*PROVISION_OUTPUTS))
     found_lab = lab_vars(site)

@@ -283,7 +283,7 @@ def run_inventory(context: UpContext) -> StageResult:
 
     folder = context.state.subdir("up") / "inventory"
     rendered = site_inventory(
-        context.plan().plan.to_dict(), bundle=describe_current_bundle(context.state), state=context.state
+        context.plan().plan, bundle=describe_current_bundle(context.state), state=context.state
     )
     rendered.write(folder)
     inventory = rendered.inventory

@@ -2,12 +2,10 @@
 `aifactory_slurm`): controller, nodes with CPUs, memory and GPUs, one partition per compute pool,
 one account per tenant (with the partitions of the tenant's pools).
 
-`slurm_topology(plan)` takes a `SitePlan`; `slurm_topology_of(plan_dict)` takes the plan as JSON data
-(`SitePlan.to_dict()`, the bundle's plan.json), as the inventory renderer holds it."""
+`slurm_topology(plan)` takes a `SitePlan` (the bundle's plan.json is read with `SitePlan.load`)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 from aifactory.plan.model import Host, SitePlan
@@ -35,11 +33,6 @@ def slurm_topology(plan: SitePlan) -> dict[str, Any] | None:
             {"name": t.name, "partitions": [p for p in t.pools if p in pool_names]} for t in plan.tenants
         ],
     }
-
-
-def slurm_topology_of(plan: Mapping[str, Any]) -> dict[str, Any] | None:
-    """The same, from the plan's JSON form."""
-    return slurm_topology(SitePlan.from_dict(dict(plan)))
 
 
 def _node(host: Host) -> dict[str, Any]:

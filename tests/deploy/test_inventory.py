@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ import yaml
 from aifactory.cli.main import main
 from aifactory.errors import UsageError
 from aifactory.inventory import build_inventory, plan_digest, render_files, write_inventory
-from aifactory.plan import plan_site
+from aifactory.plan import SitePlan, plan_site
 
 FIXTURES = Path(__file__).parent / "fixtures"
 GPU_SITE = FIXTURES / "gpu-site.yaml"
@@ -21,8 +22,8 @@ ANSIBLE_INVENTORY = str(Path(sys.executable).parent / "ansible-inventory")
 
 
 @pytest.fixture(scope="module")
-def gpu_plan() -> dict:
-    return plan_site(GPU_SITE, write_lock=False).plan.to_dict()
+def gpu_plan() -> SitePlan:
+    return plan_site(GPU_SITE, write_lock=False).plan
 
 
 def ansible_inventory(directory: Path, *args: str) -> str:
@@ -39,7 +40,7 @@ def ansible_inventory(directory: Path, *args: str) -> str:
     return done.stdout
 
 
-def test_groups_per_pool_role_datacenter_fabric_and_tenant(gpu_plan: dict) -> None:
+def test_groups_per_pool_role_datacenter_fabric_and_tenant(gpu_plan: SitePlan) -> None:
     inventory = build_inventory(gpu_plan)
     assert inventory.group_hosts("pool_h100") == ["gputest-h100-001", "gputest-h100-002"]
     assert inventory.group_hosts("pool_cpu_lagos") == ["gputest-cpu-lagos-001"]
@@ -53,31 +54,31 @@ def test_groups_per_pool_role_datacenter_fabric_and_tenant(gpu_plan: dict) -> No
     ]
     # research may run on h100 only; health on every pool (the plan's default)
     assert inventory.groups["tenant_research"].children == ["pool_h100"]
-    assert inventory.group_hosts("tenant_health") == [h["name"] for h in gpu_plan["hosts"]]
+    assert inventory.group_hosts("tenant_health") == [h.name for h in gpu_plan.hosts]
 
 
-def test_host_vars_carry_rails_mounts_gpus_and_nccl(gpu_plan: dict) -> None:
+def test_host_vars_carry_rails_mounts_gpus_and_nccl(gpu_plan: SitePlan) -> None:
     values = build_inventory(gpu_plan).host_vars["gputest-h100-002"]
-    host = next(h for h in gpu_plan["hosts"] if h["name"] == "gputest-h100-002")
-    assert values["ansible_host"] == host["management_address"]
+    host = gpu_plan.host("gputest-h100-002")
+    assert values["ansible_host"] == host.management_address
     rails = values["aifactory_fabric_addresses"]["ib"]
     assert [r["rail"] for r in rails] == [0, 1, 2, 3]
     assert [r["interface"] for r in rails] == ["ib0", "ib1", "ib2", "ib3"]
-    assert [r["address"] for r in rails] == [i["address"] for i in host["interfaces"] if i["fabric"] == "ib"]
+    assert [r["address"] for r in rails] == [i.address for i in host.interfaces if i.fabric == "ib"]
     assert values["aifactory_fabric_addresses"]["stor"][0]["mtu"] == 9000
     assert values["aifactory_mounts"] == [
         {"storage": "lake", "kind": "nfs", "path": "/lake", "source": "10.30.0.250:/lake", "fabric": "stor"}
     ]
     assert values["aifactory_gpu_count"] == 8
     assert values["aifactory_gpus"]["model"] == "H100-SXM5-80GB"
-    assert values["aifactory_nccl_env"] == host["nccl"]
+    assert values["aifactory_nccl_env"] == host.nccl
     assert values["aifactory_nccl_env"]["NCCL_IB_HCA"].count("mlx5_") == 4
     assert values["aifactory_tenants"] == ["health", "research"]
     # a CPU host has no GPUs: the gpu role is skipped there by this fact
     assert build_inventory(gpu_plan).host_vars["gputest-cpu-lagos-001"]["aifactory_gpu_count"] == 0
 
 
-def test_group_vars_have_jurisdiction_plan_digest_and_bundle(gpu_plan: dict) -> None:
+def test_group_vars_have_jurisdiction_plan_digest_and_bundle(gpu_plan: SitePlan) -> None:
     bundle = {"version": "20261122.1", "digest": "sha256:" + "a" * 64, "root": "/var/lib/aifactory/bundles/x"}
     values = build_inventory(gpu_plan, bundle=bundle).group_vars
     assert values["aifactory_jurisdiction"] == "NG"
@@ -87,20 +88,24 @@ def test_group_vars_have_jurisdiction_plan_digest_and_bundle(gpu_plan: dict) -> 
     assert values["aifactory_bundle"] == bundle
 
 
-def test_provisioning_outputs_are_merged_per_host(gpu_plan: dict) -> None:
+def test_provisioning_outputs_are_merged_per_host(gpu_plan: SitePlan) -> None:
     outputs = {"hosts": {"gputest-h100-001": {"bmc_state": "On", "serial": "SN-1", "boot_source": "Pxe"}}}
     values = build_inventory(gpu_plan, provisioned=outputs).host_vars
     assert values["gputest-h100-001"]["aifactory_provisioned"]["serial"] == "SN-1"
     assert "aifactory_provisioned" not in values["gputest-h100-002"]
 
 
-def test_same_plan_gives_the_same_bytes(gpu_plan: dict) -> None:
-    again = plan_site(GPU_SITE, write_lock=False).plan.to_dict()
+def test_same_plan_gives_the_same_bytes(gpu_plan: SitePlan) -> None:
+    again = plan_site(GPU_SITE, write_lock=False).plan
     assert render_files(build_inventory(gpu_plan)) == render_files(build_inventory(again))
-    assert plan_digest(gpu_plan) == plan_digest(json.loads(json.dumps(gpu_plan)))
+    as_json = json.loads(gpu_plan.to_json())
+    assert plan_digest(as_json) == gpu_plan.digest()
+    assert render_files(build_inventory(SitePlan.from_dict(as_json))) == render_files(
+        build_inventory(gpu_plan)
+    )
 
 
-def test_ansible_inventory_reads_the_folder(gpu_plan: dict, tmp_path: Path) -> None:
+def test_ansible_inventory_reads_the_folder(gpu_plan: SitePlan, tmp_path: Path) -> None:
     folder = tmp_path / "inv"
     write_inventory(build_inventory(gpu_plan), folder)
     graph = ansible_inventory(folder, "--graph")
@@ -109,15 +114,15 @@ def test_ansible_inventory_reads_the_folder(gpu_plan: dict, tmp_path: Path) -> N
     assert host["aifactory_site"] == "gputest"  # group_vars/all.yml
     assert host["aifactory_fabric_addresses"]["ib"][3]["interface"] == "ib3"  # host_vars/
     listed = json.loads(ansible_inventory(folder, "--list"))
-    assert sorted(listed["_meta"]["hostvars"]) == sorted(h["name"] for h in gpu_plan["hosts"])
+    assert sorted(listed["_meta"]["hostvars"]) == sorted(h.name for h in gpu_plan.hosts)
 
 
 def test_rewriting_removes_hosts_that_left_and_refuses_foreign_folders(
-    gpu_plan: dict, tmp_path: Path
+    gpu_plan: SitePlan, tmp_path: Path
 ) -> None:
     folder = tmp_path / "inv"
     write_inventory(build_inventory(gpu_plan), folder)
-    smaller = dict(gpu_plan, hosts=[h for h in gpu_plan["hosts"] if h["name"] != "gputest-h100-002"])
+    smaller = replace(gpu_plan, hosts=tuple(h for h in gpu_plan.hosts if h.name != "gputest-h100-002"))
     write_inventory(build_inventory(smaller), folder)
     assert not (folder / "host_vars" / "gputest-h100-002.yml").exists()
     foreign = tmp_path / "mine"

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -104,3 +106,21 @@ def test_load_names_the_file(tmp_path: Path) -> None:
     (tmp_path / "junk.json").write_text("{")
     with pytest.raises(PlanFormatError, match="cannot read the site plan"):
         SitePlan.load(tmp_path / "junk.json")
+
+
+def test_loading_a_plan_needs_only_the_standard_library(tmp_path: Path) -> None:
+    """Nodes read the bundle's plan.json with these types: no pydantic, YAML or plan builder."""
+    written = tmp_path / "plan.json"
+    written.write_text(plan_site(LAB, write_lock=False).plan.to_json())
+    probe = (
+        "import sys\n"
+        "from aifactory.runtime.siteplan import RuntimePlan\n"
+        f"plan = RuntimePlan.load({str(written)!r})\n"
+        "assert plan.plan.pools, 'no pools'\n"
+        "third = sorted(m for m in sys.modules if m.split('.')[0] in ('pydantic', 'yaml', 'jinja2'))\n"
+        "ours = sorted(m for m in sys.modules if m.startswith(('aifactory.spec', 'aifactory.plan.build')))\n"
+        "print(third + ours)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
