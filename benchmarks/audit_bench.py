@@ -36,9 +36,12 @@ TARGET_MIB = 500.0
 
 def child_report(spec: Path, out: Path) -> dict[str, Any]:
     from aifactory.audit import ReportOptions, produce_report
+    from aifactory.plan import plan_site
 
     start = time.perf_counter()
-    written = produce_report(spec, out, ReportOptions(timestamp="2026-11-22T09:00:00Z"))
+    written = produce_report(
+        plan_site(spec, write_lock=False), out, ReportOptions(timestamp="2026-11-22T09:00:00Z")
+    )
     return {
         "seconds": time.perf_counter() - start,
         "findings": len(written.report.findings),

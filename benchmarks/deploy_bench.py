@@ -78,7 +78,15 @@ def grown_spec(folder: Path, site: str, cpu_hosts: int) -> Path:
 def measure(
     label: str, spec: Path, hosts: int, limit: str, settings: DeploySettings, *, full: bool = False
 ) -> Measure:
-    result: DeployResult = deploy_site(spec, options=DeployOptions(limit=limit, settings=settings, full=full))
+    from aifactory.lab import lab_connection
+    from aifactory.plan import plan_site
+
+    planned = plan_site(spec, write_lock=False)
+    result: DeployResult = deploy_site(
+        planned,
+        connection=lab_connection(planned.plan.name),
+        options=DeployOptions(limit=limit, settings=settings, full=full),
+    )
     measured = Measure(
         label,
         hosts,

@@ -43,7 +43,6 @@ from aifactory.audit.sign import SigningKey, given_key, sign_folder, site_audit_
 from aifactory.audit.ssp import build_ssp
 from aifactory.errors import AuditError, Location, PrerequisiteError
 from aifactory.headcopies import merge_incoming
-from aifactory.plan import plan_site
 from aifactory.plan.build import PlannedSite
 from aifactory.spec.model import DEFAULT_LOG_RETENTION_DAYS
 from aifactory.state import SiteState
@@ -126,10 +125,12 @@ def _retention_days(planned: PlannedSite) -> int:
     return logs.retention_days if logs is not None else DEFAULT_LOG_RETENTION_DAYS
 
 
-def produce_report(spec: Path, folder: Path, options: ReportOptions = ReportOptions()) -> WrittenReport:
+def produce_report(
+    planned: PlannedSite, folder: Path, options: ReportOptions = ReportOptions()
+) -> WrittenReport:
+    """The signed report of a planned site (planned once, by the caller) into `folder`."""
     timestamp = parse_timestamp(options.timestamp)
     watch = _Stopwatch()
-    planned = plan_site(spec, write_lock=False)
     state = SiteState.for_site(planned.plan.name, home=options.state_home)
     watch.lap("plan")
     policy = check_policies(planned, options, timestamp.date())

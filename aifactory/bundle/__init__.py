@@ -1,6 +1,6 @@
 """The signed offline bundle: build, verify and import everything an air-gapped site needs.
 
-    build_bundle(spec, output=..., options=BuildOptions(key=...)) -> BuildResult
+    build_bundle(planned, output=..., options=BuildOptions(key=...)) -> BuildResult  (planned: PlannedSite)
     verify_bundle(path, trust=allowed_signers) -> VerifyReport   (raises BundleError on any problem)
     import_bundle(path, trust=...) -> ImportedBundle             (.root .wheelhouse .collections_path
                                                                   .plan_path .version .digest)

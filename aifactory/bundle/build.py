@@ -32,7 +32,7 @@ from aifactory.bundle.manifest import BundleVersion
 from aifactory.bundle.pack import Header, PayloadFile, Sealed, hash_payload, seal
 from aifactory.bundle.wheelhouse import Platform, WheelSet
 from aifactory.errors import BundleError, Location, UsageError
-from aifactory.plan import PlannedSite, plan_site
+from aifactory.plan import PlannedSite
 from aifactory.progress import SILENT, Progress
 from aifactory.resources import resource_dir
 
@@ -100,9 +100,10 @@ def build_timestamp(explicit: int | None = None) -> int:
 
 
 def build_bundle(
-    spec: Path | str, *, output: Path, options: BuildOptions, progress: Progress = SILENT
+    planned: PlannedSite, *, output: Path, options: BuildOptions, progress: Progress = SILENT
 ) -> BuildResult:
-    """Build and seal the bundle; `progress` hears of each step (counts and bytes gathered so far)."""
+    """Build and seal the bundle of a planned site (planned once, by the caller; its lock committed);
+    `progress` hears of each step (counts and bytes gathered so far)."""
     started = time.monotonic()
     timestamp = build_timestamp(options.timestamp)
     version = (
@@ -110,7 +111,7 @@ def build_bundle(
     )
     key = signing.load_private_key(options.key, options.passphrase)
     progress.step("plan")
-    planned = _frozen_plan(Path(spec))
+    _require_frozen(planned)
     source = options.source or (_CHECKOUT if (_CHECKOUT / "pyproject.toml").is_file() else None)
     cache = options.cache or wheelhouse.cache_root()
     output = Path(output)
@@ -168,16 +169,14 @@ def build_bundle(
     )
 
 
-def _frozen_plan(spec: Path) -> PlannedSite:
-    planned = plan_site(spec, write_lock=False)
+def _require_frozen(planned: PlannedSite) -> None:
     if planned.lock_changed:
         raise BundleError(
-            f"the allocation lock {planned.lock_path} does not cover {spec}",
+            f"the allocation lock {planned.lock_path} does not cover {planned.loaded.source.file}",
             code="plan-not-frozen",
             location=Location(file=str(planned.lock_path)),
             hint="run `aifactory plan` to allocate and commit the lock; a bundle carries a fixed plan",
         )
-    return planned
 
 
 def _resource(source: Path | None, name: str) -> Path:

@@ -13,6 +13,7 @@ from aifactory.audit.report import ReportOptions, produce_report
 from aifactory.audit.verify import verify_report
 from aifactory.cli.output import emit_json, table
 from aifactory.errors import ExitCode
+from aifactory.plan import plan_site
 
 # One example per command, shown at the end of its --help (aifactory/cli/help.py).
 EXAMPLES = {
@@ -160,7 +161,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         opa_url=args.opa_url,
         bundle_trust=_path(args.bundle_trust),
     )
-    written = produce_report(Path(args.site), Path(args.output), options)
+    written = produce_report(plan_site(args.site, write_lock=False), Path(args.output), options)
     report = written.report
     totals = report.totals()
     if args.format == "json":

@@ -22,6 +22,7 @@ from aifactory.bundle.verify import ssh_keygen_check
 from aifactory.cli import progress
 from aifactory.cli.output import emit_json
 from aifactory.errors import Location, UsageError
+from aifactory.plan import plan_site
 from aifactory.state import SiteState
 
 # One example per command, shown at the end of its --help (aifactory/cli/help.py).
@@ -212,7 +213,9 @@ def cmd_build(args: argparse.Namespace) -> int:
         compress="zstd" if args.zstd else None,
     )
     with progress.shown(args, "bundle build") as shown:
-        result = build_bundle(args.site, output=Path(args.output), options=options, progress=shown)
+        result = build_bundle(
+            plan_site(args.site, write_lock=False), output=Path(args.output), options=options, progress=shown
+        )
     if args.format == "json":
         emit_json(result.as_dict())
         return 0

@@ -10,6 +10,8 @@ from typing import TextIO
 
 from aifactory.cli.output import emit_json, table
 from aifactory.deploy import DeployOptions, DeployResult, Progress, Update, deploy_site
+from aifactory.pipeline.connection import site_connection
+from aifactory.plan import plan_site
 
 # One example per command, shown at the end of its --help (aifactory/cli/help.py).
 EXAMPLES = {
@@ -137,7 +139,9 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         full=args.full,
     )
     display = None if args.format == "json" or args.quiet else _LiveDisplay()
-    result = deploy_site(args.site, options=options, on_update=display)
+    planned = plan_site(args.site, write_lock=False)
+    connection = site_connection(planned.plan.name)
+    result = deploy_site(planned, connection=connection, options=options, on_update=display)
     if args.format == "json":
         emit_json(result.as_dict())
     else:

@@ -8,6 +8,7 @@ from pathlib import Path
 from aifactory.cli.output import emit_json
 from aifactory.deploy.bundle import describe_current_bundle
 from aifactory.inventory.site import site_inventory
+from aifactory.pipeline.connection import site_connection
 from aifactory.plan import plan_site
 from aifactory.state import SiteState
 
@@ -37,7 +38,7 @@ def cmd_inventory(args: argparse.Namespace) -> int:
     plan = planned.plan
     state = SiteState.for_site(planned.plan.name)
     bundle = describe_current_bundle(state)
-    rendered = site_inventory(plan, bundle=bundle, state=state)
+    rendered = site_inventory(plan, connection=site_connection(planned.plan.name), bundle=bundle, state=state)
     written = rendered.write(Path(args.output))
     inventory = rendered.inventory
     summary = {
@@ -47,7 +48,7 @@ def cmd_inventory(args: argparse.Namespace) -> int:
         "files": len(written),
         "bundle": bundle["version"] if bundle else None,
         "provisioning_outputs": rendered.provisioned,
-        "lab": rendered.lab,
+        "connection": rendered.connection,
     }
     if args.format == "json":
         emit_json(summary)
@@ -59,7 +60,7 @@ def cmd_inventory(args: argparse.Namespace) -> int:
     print(
         f"bundle: {summary['bundle'] or 'none imported yet (aifactory bundle import)'}; "
         f"provisioning outputs: {'used' if rendered.provisioned else 'none'}; "
-        f"lab: {'yes' if rendered.lab else 'no'}"
+        f"hosts reached from: {rendered.connection}"
     )
     print(f"see it: ansible-inventory -i {args.output} --graph")
     return 0

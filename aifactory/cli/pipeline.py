@@ -10,9 +10,10 @@ from typing import TextIO
 
 from aifactory.cli.output import emit_json, table
 from aifactory.errors import ExitCode, PipelineFailed
+from aifactory.pipeline.connection import lab_is_up
 from aifactory.pipeline.runner import Stage, StageOutcome
 from aifactory.pipeline.stages import UpOptions
-from aifactory.pipeline.up import down, is_lab_site, stage_names, up
+from aifactory.pipeline.up import down, stage_names, up
 from aifactory.plan import plan_site
 
 _MARK = {
@@ -49,9 +50,10 @@ def register(
     parser.add_argument("--from", dest="start_at", choices=names, help="force a restart at this stage")
     parser.add_argument(
         "--lab",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
         default=None,
-        help="rehearse the site in the local lab (default for the lab site)",
+        help="rehearse the site in the local lab (brought up by the lab stage), or reach real hosts "
+        "over SSH from this control host (--no-lab); default: the lab when one of this site is up",
     )
     parser.add_argument("--engine", choices=("embedded", "opa"), default="embedded", help="policy engine")
     parser.add_argument("--opa-url", help="OPA server for --engine opa")
@@ -108,12 +110,13 @@ def _summary(outcomes: list[StageOutcome]) -> str:
 
 def cmd_up(args: argparse.Namespace) -> int:
     spec = Path(args.site)
-    lab = args.lab if args.lab is not None else is_lab_site(spec, plan_site(spec, write_lock=False).plan.name)
+    planned = plan_site(spec, write_lock=False)  # the one plan every stage uses
+    lab = args.lab if args.lab is not None else lab_is_up(planned.plan.name)
     options = UpOptions(lab=lab, engine=args.engine, opa_url=args.opa_url, timestamp=args.timestamp)
     as_json = args.format == "json"
     reporter = QuietReporter() if as_json else TextReporter()
     try:
-        result = up(spec, options=options, reporter=reporter, start_at=args.start_at, lock_wait=args.wait)
+        result = up(planned, options=options, reporter=reporter, start_at=args.start_at, lock_wait=args.wait)
     except PipelineFailed as failed:
         if as_json:
             emit_json({"stages": [o.as_dict() for o in failed.outcomes], **failed.error.as_dict()})

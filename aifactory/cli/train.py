@@ -47,6 +47,7 @@ def register(
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from aifactory.pipeline.connection import site_connection
     from aifactory.plan import plan_site
     from aifactory.scheduler.slurm import client_for
     from aifactory.scheduler.submit import train
@@ -55,7 +56,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     submission = train(
         planned,
         args.job,
-        client=client_for(planned.plan.name),
+        client=client_for(site_connection(planned.plan.name)),
         pool=args.pool,
         nodes=args.nodes,
         runtime_prefix=args.runtime_prefix,
@@ -73,11 +74,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_jobs(args: argparse.Namespace) -> int:
     from aifactory.cli.lab import site_name
+    from aifactory.pipeline.connection import site_connection
     from aifactory.scheduler.jobs import list_jobs
     from aifactory.scheduler.slurm import client_for
 
     site = site_name(args.site)
-    jobs = list_jobs(site, client=client_for(site))
+    jobs = list_jobs(site, client=client_for(site_connection(site)))
     if args.format == "json":
         emit_json([job.as_dict() for job in jobs])
         return 0

@@ -1,8 +1,9 @@
 """`aifactory deploy`: run playbooks/site.yml through ansible-runner against the site's inventory.
 
-    plan check   the bundle's signed plan is the plan; a local spec whose plan differs is refused
+    plan check   the plan given (planned once, at the edge) must have the digest of the bundle's
+                 signed plan; a spec whose plan differs is refused
     inventory    rendered from the bundle's plan into <state>/deploy/inventory/
-    ansible.cfg  <state>/deploy/ansible.cfg (DeploySettings over the lab's config when the site is a lab)
+    ansible.cfg  <state>/deploy/ansible.cfg (DeploySettings over the site Connection's settings)
     run          ansible-runner; each event updates the per-host progress and goes to the event log
                  <state>/deploy/runs/<run id>/events.jsonl
     converged    hosts that still match their last full run are left out of the playbook run
@@ -27,15 +28,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from aifactory.connection import Connection
 from aifactory.deploy import converged as convergence
 from aifactory.deploy.bundle import DeployBundle, prepare_bundle
 from aifactory.deploy.evidence import REPORT_FACT, report_from_event, write_installed
 from aifactory.deploy.progress import HostProgress, Progress, Update
 from aifactory.deploy.settings import DeploySettings, render_ansible_cfg
-from aifactory.errors import AifactoryError, DeployError, ExitCode, Location, PrerequisiteError
+from aifactory.errors import DeployError, ExitCode, Location, PrerequisiteError
 from aifactory.headcopies import merge_incoming
 from aifactory.inventory.site import site_inventory
-from aifactory.plan import plan_site
+from aifactory.plan import PlannedSite
 from aifactory.plan.diff import diff_plans
 from aifactory.plan.model import SitePlan
 from aifactory.resources import control_tool, resource_dir
@@ -94,7 +96,7 @@ class DeployResult:
     event_log: Path
     inventory: Path
     installed: Path | None
-    lab: bool
+    connection: str  # where the hosts were reached from (the Connection's description)
     rerun_reasons: dict[str, str] = field(default_factory=dict)  # host -> why it was not left out
 
     @property
@@ -129,23 +131,22 @@ class DeployResult:
             "event_log": str(self.event_log),
             "inventory": str(self.inventory),
             "installed": str(self.installed) if self.installed else None,
-            "lab": self.lab,
+            "connection": self.connection,
             "rerun_reasons": dict(sorted(self.rerun_reasons.items())),
         }
 
 
-def checked_plan(spec_path: str | Path, bundle: DeployBundle) -> tuple[SitePlan, str]:
-    """The bundle's signed plan, after checking that the local spec plans to exactly the same."""
-    local = plan_site(spec_path, write_lock=False).plan
+def checked_plan(planned: PlannedSite, bundle: DeployBundle) -> tuple[SitePlan, str]:
+    """The bundle's signed plan, after checking that the given plan has its digest (no re-planning)."""
     carried = bundle.plan()
-    local_digest, carried_digest = local.digest(), carried.digest()
+    local_digest, carried_digest = planned.plan.digest(), carried.digest()
     if local_digest != carried_digest:
-        difference = diff_plans(carried.to_dict(), local.to_dict()).render()
+        difference = diff_plans(carried.to_dict(), planned.plan.to_dict()).render()
         raise DeployError(
             f"the site spec's plan differs from the plan signed into bundle {bundle.version}",
             code="plan-differs",
             exit_code=ExitCode.INVALID,
-            location=Location(file=str(spec_path)),
+            location=Location(file=planned.loaded.source.file),
             hint=(
                 "deploy installs only what the bundle carries: build and import a new bundle from this "
                 f"spec, or restore the spec. Differences (bundle -> spec):\n{difference}"
@@ -154,40 +155,15 @@ def checked_plan(spec_path: str | Path, bundle: DeployBundle) -> tuple[SitePlan,
     return carried, carried_digest
 
 
-def _lab_context(site: str) -> tuple[Path | None, list[str] | None, dict[str, str]]:
-    """(lab ansible.cfg, nsenter prefix into the control host, lab env) when the site runs as a lab."""
-    try:
-        from aifactory.lab import lab_env, lab_status
-        from aifactory.lab.hosts import enter_argv
-    except ImportError:
-        return None, None, {}
-    try:
-        status = lab_status(site)
-    except AifactoryError:  # no lab record: the site is not running as a lab
-        return None, None, {}
-    if status.state not in ("up", "degraded") or not status.control_host:
-        return None, None, {}
-    control = status.host(status.control_host)
-    if not control.anchor.running():
-        raise DeployError(
-            f"the lab's control host {status.control_host} is not running",
-            code="lab-control-host-down",
-            exit_code=ExitCode.CANNOT_EVALUATE,
-            hint="run `aifactory lab down SITE` and `aifactory lab up SITE.yaml` again",
-        )
-    env = {k: v for k, v in lab_env(status).items() if k not in ("ANSIBLE_CONFIG", "ANSIBLE_INVENTORY")}
-    return Path(status.paths["ansible_cfg"]), enter_argv(control.anchor.pid), env
-
-
-def _write_binary(folder: Path, prefix: list[str] | None, tool: str) -> str:
-    """The command ansible-runner starts (`ansible-playbook` or `ansible`), entered into the lab's
-    control host when the site is a lab."""
+def _write_binary(folder: Path, prefix: Sequence[str], tool: str) -> str:
+    """The command ansible-runner starts (`ansible-playbook` or `ansible`), run on the control host
+    as the site's Connection runs commands there."""
     path = control_tool(tool, needed_for="deploy runs the site playbook with it")
     if not prefix:
         return path
     wrapper = folder / f"{tool}-on-control-host"
     quoted = " ".join(_sh_quote(part) for part in [*prefix, path])
-    wrapper.write_text(f'#!/bin/sh\n# run {tool} on the lab\'s control host\nexec {quoted} "$@"\n')
+    wrapper.write_text(f'#!/bin/sh\n# run {tool} on the control host\nexec {quoted} "$@"\n')
     wrapper.chmod(stat.S_IRWXU)
     return str(wrapper)
 
@@ -244,13 +220,13 @@ _STATE_ARGS = json.dumps(
 
 @dataclass
 class _Ansible:
-    """How this deploy starts Ansible: its config, environment, inventory and (in a lab) the
-    control host's namespaces."""
+    """How this deploy starts Ansible: its config, environment, inventory and the command prefix that
+    runs it on the control host (the site's Connection)."""
 
     folder: Path
     inventory: Path
     env: dict[str, str]
-    prefix: list[str] | None
+    prefix: tuple[str, ...]
     playbooks: Path
 
     def run(
@@ -399,7 +375,7 @@ class _Setup:
     bundle: DeployBundle
     plan: SitePlan
     digest: str
-    lab: bool
+    connection: str
     ansible: _Ansible
 
 
@@ -413,37 +389,42 @@ def _require_runner() -> None:
         ) from None
 
 
-def _set_up(spec_path: str | Path, options: DeployOptions, name: str, state: SiteState) -> _Setup:
+def _set_up(planned: PlannedSite, options: DeployOptions, state: SiteState, connection: Connection) -> _Setup:
     bundle = prepare_bundle(state, trust=options.trust)
-    plan, digest = checked_plan(spec_path, bundle)
+    plan, digest = checked_plan(planned, bundle)
     folder = state.subdir("deploy")
-    lab_cfg, prefix, lab_env = _lab_context(name)
-    rendered = site_inventory(plan, bundle=bundle.inventory_vars(), state=state)
+    rendered = site_inventory(plan, connection=connection, bundle=bundle.inventory_vars(), state=state)
     inventory_dir = folder / "inventory"
     rendered.write(inventory_dir)
     cfg = folder / "ansible.cfg"
-    cfg.write_text(render_ansible_cfg(options.settings, folder=folder, base_cfg=lab_cfg))
+    cfg.write_text(render_ansible_cfg(options.settings, folder=folder, base=connection.ansible_cfg))
     env = {
         **_clean_env(),
-        **lab_env,
+        **connection.env,
         "ANSIBLE_CONFIG": str(cfg),
         "ANSIBLE_NOCOLOR": "1",
         "ANSIBLE_FORCE_COLOR": "0",
     }
     ansible = _Ansible(
-        folder=folder, inventory=inventory_dir, prefix=prefix, playbooks=resource_dir("playbooks"), env=env
+        folder=folder,
+        inventory=inventory_dir,
+        prefix=connection.control_prefix,
+        playbooks=resource_dir("playbooks"),
+        env=env,
     )
-    return _Setup(bundle, plan, digest, rendered.lab, ansible)
+    return _Setup(bundle, plan, digest, rendered.connection, ansible)
 
 
-def check_converged(spec_path: str | Path, *, site_name: str | None = None) -> dict[str, str | None]:
+def check_converged(
+    planned: PlannedSite, *, connection: Connection, site_name: str | None = None
+) -> dict[str, str | None]:
     """Read-only: for every planned host, None when it still matches its last full deploy, else why
     a deploy would run it. Changes nothing on the hosts (`aifactory up` verifies deploy with it)."""
     _require_runner()
-    name = site_name or plan_site(spec_path, write_lock=False).plan.name
+    name = site_name or planned.plan.name
     state = SiteState.for_site(name)
     with state.lock("deploy"):
-        setup = _set_up(spec_path, DeployOptions(), name, state)
+        setup = _set_up(planned, DeployOptions(), state, connection)
         log = setup.ansible.folder / "converged-check.jsonl"
         with log.open("w") as log_handle:
             found = _probe_converged(setup.ansible, state, DeployOptions(), log_handle)
@@ -457,20 +438,22 @@ def check_converged(spec_path: str | Path, *, site_name: str | None = None) -> d
 
 
 def deploy_site(
-    spec_path: str | Path,
+    planned: PlannedSite,
     *,
+    connection: Connection,
     options: DeployOptions | None = None,
     on_update: Callable[[Update, Progress], None] | None = None,
     site_name: str | None = None,
 ) -> DeployResult:
-    """Deploy a site from its imported bundle. `site_name` deploys the spec's plan to a lab of
-    another name (the benchmark grows a copy of the lab that way); normally the spec's own name."""
+    """Deploy a planned site from its imported bundle, reaching its hosts through `connection`.
+    `site_name` deploys the plan to the state (and hosts) of another site name (the benchmark grows
+    a copy of the lab that way); normally the plan's own name."""
     _require_runner()
     options = options or DeployOptions()
-    name = site_name or plan_site(spec_path, write_lock=False).plan.name
+    name = site_name or planned.plan.name
     state = SiteState.for_site(name)
     with state.lock("deploy"):
-        setup = _set_up(spec_path, options, name, state)
+        setup = _set_up(planned, options, state, connection)
         bundle, plan, digest, ansible = setup.bundle, setup.plan, setup.digest, setup.ansible
         run_id = _run_id()
         run_dir = ansible.folder / "runs" / run_id
@@ -552,7 +535,7 @@ def deploy_site(
             event_log=event_log,
             inventory=ansible.inventory,
             installed=installed,
-            lab=setup.lab,
+            connection=setup.connection,
             rerun_reasons=found.reasons,
         )
         (run_dir / "summary.json").write_text(json.dumps(result.as_dict(), indent=1, sort_keys=True) + "\n")

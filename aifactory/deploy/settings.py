@@ -4,14 +4,15 @@
 many forks, pipelining, long-lived SSH control masters, a JSON fact cache with smart gathering.
 `DeploySettings.stock()` are Ansible's own defaults, kept for comparison.
 
-Where the site runs as the local lab, the lab's ansible.cfg supplies how to reach its hosts (its ssh
-config, control path folder, remote tmp and interpreter); these settings are laid over it.
+The site's `Connection` (aifactory/connection.py) supplies how to reach its hosts (an ssh config or
+key and known_hosts, control path folder, remote tmp, become method); these settings are laid over it.
 """
 
 from __future__ import annotations
 
 import configparser
 import io
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,12 +43,13 @@ class DeploySettings:
         )
 
 
-def render_ansible_cfg(settings: DeploySettings, *, folder: Path, base_cfg: Path | None = None) -> str:
-    """ansible.cfg text: the lab's (or an empty) config with these settings laid over it."""
+def render_ansible_cfg(
+    settings: DeploySettings, *, folder: Path, base: Mapping[str, Mapping[str, str]] | None = None
+) -> str:
+    """ansible.cfg text: the connection's settings (`base`, by section) with these laid over them."""
     config = configparser.ConfigParser(interpolation=None)
     config.optionxform = str  # type: ignore[assignment,method-assign]  # configparser's documented way to keep keys' case
-    if base_cfg is not None:
-        config.read(base_cfg)
+    config.read_dict({section: dict(options) for section, options in (base or {}).items()})
     for section in ("defaults", "ssh_connection"):
         if not config.has_section(section):
             config.add_section(section)
@@ -73,22 +75,12 @@ def render_ansible_cfg(settings: DeploySettings, *, folder: Path, base_cfg: Path
         for key in ("gathering", "fact_caching", "fact_caching_connection", "fact_caching_timeout"):
             defaults.pop(key, None)
     ssh["pipelining"] = str(settings.pipelining)
-    # The lab reaches its hosts through its own ssh config (-F); keep it whatever ssh_args are.
-    lab_ssh_config = _ssh_config_option(ssh.get("ssh_args", ""))
+    # How the connection reaches its hosts (its ssh config, key, known_hosts) is in ssh_common_args,
+    # which these tuned ssh_args leave alone.
     ssh["ssh_args"] = settings.ssh_args
-    if lab_ssh_config:
-        ssh["ssh_common_args"] = f"-F {lab_ssh_config}"
     if not ssh.get("control_path_dir"):
         ssh["control_path_dir"] = str(folder / "cp")
     buffer = io.StringIO()
     buffer.write("# Written by `aifactory deploy` for this run; see docs/deploy.md.\n")
     config.write(buffer)
     return buffer.getvalue()
-
-
-def _ssh_config_option(ssh_args: str) -> str | None:
-    parts = ssh_args.split()
-    for index, part in enumerate(parts[:-1]):
-        if part == "-F":
-            return parts[index + 1]
-    return None

@@ -44,7 +44,7 @@ def build_inventory(
     site_vars: Mapping[str, Any] | None = None,
 ) -> Inventory:
     """The inventory of a plan. `provisioned`: per-host outputs of provisioning (BMC state, identity);
-    `site_vars`: extra group vars for every host (the lab adds its service manager, for instance)."""
+    `site_vars`: extra group vars for every host (the site's Connection: its service manager...)."""
     by_host = _provisioned_by_host(provisioned)
     host_vars = {h.name: _host_vars(h, plan, by_host.get(h.name)) for h in plan.hosts}
     return Inventory(
@@ -143,7 +143,8 @@ def _site_vars(
         "aifactory_bundle": dict(bundle) if bundle else None,
         # The plan's Slurm cluster (controller, nodes, partitions, accounts), or None: the scheduler play.
         "aifactory_slurm": slurm_topology(plan),
-        # Real hosts run systemd; the lab's inventory variables replace these two (docs/lab.md).
+        # Defaults of a site whose Connection says nothing else: hosts run systemd (site_vars, from the
+        # site's Connection, replace these; docs/architecture.md).
         "aifactory_lab": False,
         "aifactory_service_manager": "systemd",
     }

@@ -5,6 +5,7 @@ emulators; everything is named from the site name, so labs of different sites ru
 """
 
 from aifactory.lab.bmc import BmcCredential, lab_bmc_credential, lab_secret_resolver
+from aifactory.lab.connection import lab_connection, lab_is_up
 from aifactory.lab.execute import lab_command, lab_env, lab_exec
 from aifactory.lab.lifecycle import lab_down, lab_up, restart_sshd
 from aifactory.lab.query import lab_status
@@ -17,9 +18,11 @@ __all__ = [
     "LabStatus",
     "lab_bmc_credential",
     "lab_command",
+    "lab_connection",
     "lab_down",
     "lab_env",
     "lab_exec",
+    "lab_is_up",
     "lab_secret_resolver",
     "lab_status",
     "lab_up",

@@ -32,7 +32,7 @@ def lab_env(status: LabStatus) -> dict[str, str]:
     return env
 
 
-def _path_with_tools(path: str) -> str:
+def path_with_tools(path: str) -> str:
     """Put this Python's bin folder (ansible, aifactory) first, then the system's."""
     parts = [
         str(Path(sys.executable).parent),
@@ -71,7 +71,7 @@ def lab_command(
             f"lab host {target} is not running", hint="run `aifactory lab down` and `lab up` again"
         )
     full_env = {**os.environ, **lab_env(status), **(env or {})}
-    full_env["PATH"] = _path_with_tools(full_env.get("PATH", ""))
+    full_env["PATH"] = path_with_tools(full_env.get("PATH", ""))
     full_env["HOSTNAME"] = target
     return enter_argv(record.anchor.pid) + list(argv), full_env
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from aifactory import __version__
+from aifactory.connection import Connection
 from aifactory.errors import (
     AifactoryError,
     DeployError,
@@ -28,8 +29,10 @@ from aifactory.errors import (
     SchedulerError,
     UsageError,
 )
+from aifactory.pipeline.connection import site_connection
 from aifactory.pipeline.runner import Stage, StageResult
-from aifactory.plan import PlannedSite, plan_site
+from aifactory.plan import PlannedSite
+from aifactory.plan.build import commit_lock
 from aifactory.plan.model import DatasetPlan, ModelPlan
 from aifactory.resources import resource_dir
 from aifactory.state import SiteState
@@ -46,16 +49,24 @@ class UpOptions:
 
 @dataclass
 class UpContext:
+    """What every stage of one `aifactory up` shares: the site planned once at the edge, and the
+    connection to its hosts (chosen at the edge: the lab, or SSH), made when a stage first needs it
+    (after the lab stage has brought the lab up)."""
+
     spec_path: Path
     state: SiteState
     options: UpOptions
-    planned: PlannedSite | None = None
+    planned: PlannedSite
     outputs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    _connection: Connection | None = None
 
     def plan(self) -> PlannedSite:
-        if self.planned is None:
-            self.planned = plan_site(self.spec_path)
         return self.planned
+
+    def connection(self) -> Connection:
+        if self._connection is None:
+            self._connection = site_connection(self.planned.plan.name, lab=self.options.lab)
+        return self._connection
 
     @property
     def plan_digest(self) -> str:
@@ -91,8 +102,8 @@ def run_validate(context: UpContext) -> StageResult:
 
 
 def run_plan(context: UpContext) -> StageResult:
-    context.planned = None
-    planned = context.plan()
+    planned = commit_lock(context.planned)
+    context.planned = planned.committed()
     summary = planned.plan.summary()
     note = "; allocation lock updated" if planned.lock_changed else ""
     return StageResult(
@@ -214,7 +225,7 @@ def run_bundle(context: UpContext) -> StageResult:
 
     key, trust = _bundle_key(context)
     output = _bundle_dir(context) / f"{context.plan().plan.name}.bundle.tar"
-    result = build_bundle(context.spec_path, output=output, options=BuildOptions(key=key))
+    result = build_bundle(context.plan(), output=output, options=BuildOptions(key=key))
     verify_bundle(result.parts[0], trust=trust, site_state=context.state, check_rollback=False)
     size = result.archive_bytes / 1e6
     return StageResult(
@@ -283,7 +294,10 @@ def run_inventory(context: UpContext) -> StageResult:
 
     folder = context.state.subdir("up") / "inventory"
     rendered = site_inventory(
-        context.plan().plan, bundle=describe_current_bundle(context.state), state=context.state
+        context.plan().plan,
+        connection=context.connection(),
+        bundle=describe_current_bundle(context.state),
+        state=context.state,
     )
     rendered.write(folder)
     inventory = rendered.inventory
@@ -301,7 +315,7 @@ def run_deploy(context: UpContext) -> StageResult:
     # The site's token key, so deploy can give every host its public half and the revocation list.
     ensure_site_key(TrustFiles(context.state.subdir("runtime")), site=context.plan().plan.name)
 
-    result = deploy_site(context.spec_path, options=DeployOptions())
+    result = deploy_site(context.plan(), connection=context.connection(), options=DeployOptions())
     if result.exit_code != ExitCode.OK:
         names = ", ".join(result.failed_hosts) or "see the event log"
         raise DeployError(
@@ -320,7 +334,7 @@ def verify_deploy(context: UpContext, outputs: dict[str, Any]) -> str:
     same inputs, and every managed path, service and package as that run left it; docs/deploy.md)."""
     from aifactory.deploy import check_converged
 
-    found = check_converged(context.spec_path, site_name=context.plan().plan.name)
+    found = check_converged(context.plan(), connection=context.connection())
     drifted = {host: why for host, why in found.items() if why is not None}
     if drifted:
         detail = "; ".join(f"{host}: {why}" for host, why in sorted(drifted.items()))
@@ -344,7 +358,7 @@ SERVE_TIMEOUT_S = 120.0
 def _slurm_client(context: UpContext) -> Any:
     from aifactory.scheduler.slurm import client_for
 
-    return client_for(context.plan().plan.name)
+    return client_for(context.connection())
 
 
 def _node_states(context: UpContext) -> dict[str, str]:
@@ -617,7 +631,7 @@ def run_audit(context: UpContext) -> StageResult:
 
     folder = context.state.subdir("up") / "report"
     written = produce_report(
-        context.spec_path,
+        context.plan(),
         folder,
         ReportOptions(
             timestamp=context.options.timestamp,

@@ -14,10 +14,8 @@ from typing import Any
 from aifactory.errors import AifactoryError, PipelineFailed
 from aifactory.pipeline.runner import RecordStore, Reporter, StageOutcome, run_stages
 from aifactory.pipeline.stages import UpContext, UpOptions, stage_list
-from aifactory.plan import plan_site
+from aifactory.plan import PlannedSite, plan_site
 from aifactory.state import SiteState
-
-LAB_SITE_NAMES = ("lab",)
 
 
 @dataclass(frozen=True)
@@ -34,11 +32,6 @@ class UpResult:
             "report": self.report,
             "report_trust": self.report_trust,
         }
-
-
-def is_lab_site(spec_path: Path, site_name: str) -> bool:
-    """The repository's lab site, or any site whose folder is named `lab` (use --lab for others)."""
-    return site_name in LAB_SITE_NAMES or spec_path.resolve().parent.name == "lab"
 
 
 def stage_names() -> list[str]:
@@ -60,16 +53,18 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 
 
 def up(
-    spec_path: Path,
+    planned: PlannedSite,
     *,
     options: UpOptions,
     reporter: Reporter,
     start_at: str | None = None,
     lock_wait: float = 0.0,
 ) -> UpResult:
-    planned = plan_site(spec_path, write_lock=False)
+    """Run the stages for a site planned once, by the caller (the plan stage commits its allocation
+    lock when it changed; no stage plans again)."""
+    spec_path = Path(planned.loaded.source.file)
     state = SiteState.for_site(planned.plan.name)
-    context = UpContext(spec_path=spec_path, state=state, options=options)
+    context = UpContext(spec_path=spec_path, state=state, options=options, planned=planned)
     records = RecordStore(state.subdir("up"))
     command = f"up {spec_path}" + (f" --from {start_at}" if start_at else "")
     with state.lock(command, wait=lock_wait), _sigterm_as_interrupt():
@@ -114,4 +109,4 @@ def down(spec_path: Path, *, lock_wait: float = 0.0) -> list[str]:
     return done
 
 
-__all__ = ["AifactoryError", "UpOptions", "UpResult", "down", "is_lab_site", "stage_names", "up"]
+__all__ = ["AifactoryError", "UpOptions", "UpResult", "down", "stage_names", "up"]

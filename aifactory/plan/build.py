@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import repeat
 from pathlib import Path
 from typing import Any
@@ -63,10 +63,15 @@ class PlannedSite:
     lock: AllocationLock
     lock_path: Path | None
     lock_changed: bool
+    lock_text: str | None = None  # the lock file as it was read (None: there was none)
 
     @property
     def spec(self) -> SiteSpec:
         return self.loaded.spec
+
+    def committed(self) -> PlannedSite:
+        """This plan once its lock is written (commit_lock): what planning the file again would give."""
+        return replace(self, lock_changed=False, lock_text=self.lock.to_json())
 
 
 def plan_site(spec_path: str | Path, *, write_lock: bool = True, wait: float = 0.0) -> PlannedSite:
@@ -80,15 +85,21 @@ def plan_site(spec_path: str | Path, *, write_lock: bool = True, wait: float = 0
     path = Path(spec_path)
     loaded = load_spec(path)
     lock_path = lock_path_for(path)
-    lock_text = _read_text(lock_path)
-    planned = _plan_against_lock(loaded, lock_path, lock_text)
-    if not (planned.lock_changed and write_lock):
+    planned = _plan_against_lock(loaded, lock_path, _read_text(lock_path))
+    return commit_lock(planned, wait=wait) if write_lock else planned
+
+
+def commit_lock(planned: PlannedSite, *, wait: float = 0.0) -> PlannedSite:
+    """Write the allocation lock a plan needs (when it changed), under the site lock. Plans again
+    only when another command changed the lock file meanwhile; else the same plan is returned."""
+    if not planned.lock_changed or planned.lock_path is None:
         return planned
-    state = SiteState.for_site(loaded.spec.site.name)
+    lock_path = planned.lock_path
+    state = SiteState.for_site(planned.loaded.spec.site.name)
     with state.lock("plan", wait=wait):
         now = _read_text(lock_path)
-        if now != lock_text:  # another command changed the lock while this one waited: plan again
-            planned = _plan_against_lock(loaded, lock_path, now)
+        if now != planned.lock_text:  # another command changed the lock while this one waited
+            planned = _plan_against_lock(planned.loaded, lock_path, now)
         if planned.lock_changed:
             tmp = lock_path.with_name(lock_path.name + ".tmp")
             tmp.write_text(planned.lock.to_json())
@@ -112,7 +123,7 @@ def _read_text(path: Path) -> str | None:
 def _plan_against_lock(loaded: LoadedSpec, lock_path: Path, lock_text: str | None) -> PlannedSite:
     previous = AllocationLock.parse(lock_text, lock_path, loaded.spec.site.name)
     plan, lock = build_plan(loaded.spec, lock=previous)
-    return PlannedSite(loaded, plan, lock, lock_path, lock_text != lock.to_json())
+    return PlannedSite(loaded, plan, lock, lock_path, lock_text != lock.to_json(), lock_text)
 
 
 ADDED_AFTER_V1 = ("logs",)

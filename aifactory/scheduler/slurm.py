@@ -1,6 +1,7 @@
-"""Where Slurm's client commands run: on the control host itself (a real site), or inside the lab
-control host's namespaces when the site's lab is up (the lab's munge socket and slurmctld are only
-reachable there). One small interface, so submission and listing do not care which."""
+"""Where Slurm's client commands run: on the site's control host, as the site's `Connection` runs
+commands there (this machine for a real site; inside the lab control host's namespaces for the lab,
+where its munge socket and slurmctld are). One small interface, so submission and listing do not
+care which."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from aifactory.connection import Connection
 from aifactory.errors import ExitCode, PrerequisiteError
 
 CLIENT_TIMEOUT_S = 60.0
@@ -25,49 +27,26 @@ class SlurmClient(Protocol):
 
 
 @dataclass(frozen=True)
-class LocalSlurm:
-    """Slurm's commands on this machine (the site's control host)."""
+class ControlHostSlurm:
+    """Slurm's commands on the site's control host, as the site's Connection runs commands there."""
 
-    where: str = "this host"
+    connection: Connection
+    where: str
 
     def run(self, argv: Sequence[str], *, input_text: str | None = None) -> subprocess.CompletedProcess[str]:
-        if shutil.which(argv[0]) is None:
+        if not self.connection.control_prefix and shutil.which(argv[0]) is None:
             raise PrerequisiteError(
                 f"{argv[0]} is not installed here",
                 hint="run aifactory train/jobs on the site's control host, where the scheduler play "
                 "installed slurm-client (or bring the site's lab up)",
                 code="slurm-missing",
             )
-        return subprocess.run(
-            list(argv),
-            input=input_text,
-            text=True,
-            capture_output=True,
-            check=False,
-            timeout=CLIENT_TIMEOUT_S,
-        )
+        return self.connection.run_on_control_host(argv, input_text=input_text, timeout=CLIENT_TIMEOUT_S)
 
 
-@dataclass(frozen=True)
-class LabSlurm:
-    """Slurm's commands in the namespaces of the lab's control host."""
-
-    site: str
-    where: str = "the lab's control host"
-
-    def run(self, argv: Sequence[str], *, input_text: str | None = None) -> subprocess.CompletedProcess[str]:
-        from aifactory.lab import lab_exec
-
-        return lab_exec(self.site, list(argv), timeout=CLIENT_TIMEOUT_S, input_text=input_text)
-
-
-def client_for(site: str) -> SlurmClient:
-    """The lab's control host when the site's lab is up, else this machine."""
-    from aifactory.lab import lab_status
-
-    if lab_status(site).state in ("up", "degraded"):
-        return LabSlurm(site)
-    return LocalSlurm()
+def client_for(connection: Connection) -> SlurmClient:
+    """The Slurm client of the site that `connection` reaches."""
+    return ControlHostSlurm(connection, where=connection.description)
 
 
 def checked(result: subprocess.CompletedProcess[str], what: str, where: str) -> str:

@@ -12,6 +12,7 @@ import pytest
 from auditfixtures import LAB, TIMESTAMP, failing_spec
 
 from aifactory.audit import ReportOptions, WrittenReport, produce_report
+from aifactory.plan import plan_site
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -35,7 +36,9 @@ def failing_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def failing_report(failing_site: Path, tmp_path_factory: pytest.TempPathFactory) -> WrittenReport:
     folder = tmp_path_factory.mktemp("report-fail")
-    return produce_report(failing_site, folder, ReportOptions(timestamp=TIMESTAMP))
+    return produce_report(
+        plan_site(failing_site, write_lock=False), folder, ReportOptions(timestamp=TIMESTAMP)
+    )
 
 
 @pytest.fixture(scope="session")
@@ -44,5 +47,7 @@ def lab_report(tmp_path_factory: pytest.TempPathFactory) -> WrittenReport:
     shutil.copy(LAB, folder / "site.yaml")  # a copy: the report must not touch the checkout
     shutil.copy(LAB.with_name("site.alloc.json"), folder / "site.alloc.json")
     return produce_report(
-        folder / "site.yaml", tmp_path_factory.mktemp("report-lab"), ReportOptions(timestamp=TIMESTAMP)
+        plan_site(folder / "site.yaml", write_lock=False),
+        tmp_path_factory.mktemp("report-lab"),
+        ReportOptions(timestamp=TIMESTAMP),
     )

@@ -11,15 +11,20 @@ from auditfixtures import TIMESTAMP, failing_spec
 from aifactory.audit import ReportOptions, produce_report
 from aifactory.audit.diff import diff_reports
 from aifactory.cli.main import main
+from aifactory.plan import plan_site
 from aifactory.state import SiteState
 
 
 def test_fixing_encryption_shows_as_drift(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     before = produce_report(
-        failing_spec(tmp_path / "v1", name="labdiff"), tmp_path / "r1", ReportOptions(timestamp=TIMESTAMP)
+        plan_site(failing_spec(tmp_path / "v1", name="labdiff"), write_lock=False),
+        tmp_path / "r1",
+        ReportOptions(timestamp=TIMESTAMP),
     )
     fixed = failing_spec(tmp_path / "v2", name="labdiff", fix_encryption=True)
-    after = produce_report(fixed, tmp_path / "r2", ReportOptions(timestamp="2026-11-29T09:00:00Z"))
+    after = produce_report(
+        plan_site(fixed, write_lock=False), tmp_path / "r2", ReportOptions(timestamp="2026-11-29T09:00:00Z")
+    )
     drift = diff_reports(before.folder, after.folder)
     assert drift.drifted
     assert {(c["id"], c["old"], c["new"]) for c in drift.controls} == {("SC-28(1)", "fail", "pass")}

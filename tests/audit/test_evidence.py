@@ -211,7 +211,9 @@ def test_full_report_with_every_kind_of_evidence(tmp_path: Path) -> None:
     _deploy(state, plan, plan_digest=plan.digest())
     state.record(command="deploy", result="ok")
     _decision_log(state, 3)
-    written = produce_report(spec, tmp_path / "report", ReportOptions(timestamp=TIMESTAMP))
+    written = produce_report(
+        plan_site(spec, write_lock=False), tmp_path / "report", ReportOptions(timestamp=TIMESTAMP)
+    )
     statuses = {c.id: c.status for c in written.report.controls}
     assert {k: statuses[k] for k in ("CM-2", "CM-8", "AU-9", "AU-12")} == dict.fromkeys(
         ("CM-2", "CM-8", "AU-9", "AU-12"), "pass"

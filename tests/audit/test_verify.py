@@ -16,6 +16,7 @@ from aifactory.audit.report import REPORT_FILES
 from aifactory.audit.sign import ALLOWED_SIGNERS, MANIFEST, NAMESPACE, SIGNATURE
 from aifactory.audit.verify import verify_report
 from aifactory.cli.main import main
+from aifactory.plan import plan_site
 from aifactory.state import SiteState
 
 
@@ -72,7 +73,9 @@ def test_a_report_re_signed_with_another_key_fails_against_the_real_trust(
 ) -> None:
     keys = signing.generate_keypair(tmp_path / "keys", identity="mallory", namespaces=NAMESPACE)
     forged = produce_report(
-        failing_site, tmp_path / "forged", ReportOptions(timestamp=TIMESTAMP, key=keys.private)
+        plan_site(failing_site, write_lock=False),
+        tmp_path / "forged",
+        ReportOptions(timestamp=TIMESTAMP, key=keys.private),
     )
     assert verify_report(forged.folder, trust_check=False).ok  # self-consistent ...
     trusted = _site_trust("labfail")
@@ -113,10 +116,16 @@ def test_a_file_not_listed_in_sha256sums_fails(
 
 
 def test_same_timestamp_same_bytes(failing_site: Path, failing_report: WrittenReport, tmp_path: Path) -> None:
-    again = produce_report(failing_site, tmp_path / "again", ReportOptions(timestamp=TIMESTAMP))
+    again = produce_report(
+        plan_site(failing_site, write_lock=False), tmp_path / "again", ReportOptions(timestamp=TIMESTAMP)
+    )
     for name in SIGNED_FOLDER_FILES:
         assert (again.folder / name).read_bytes() == (failing_report.folder / name).read_bytes(), name
-    later = produce_report(failing_site, tmp_path / "later", ReportOptions(timestamp="2026-11-23T09:00:00Z"))
+    later = produce_report(
+        plan_site(failing_site, write_lock=False),
+        tmp_path / "later",
+        ReportOptions(timestamp="2026-11-23T09:00:00Z"),
+    )
     assert (later.folder / "report.json").read_bytes() != (failing_report.folder / "report.json").read_bytes()
 
 
@@ -129,7 +138,9 @@ def test_a_cited_log_rewritten_after_the_report_fails(tmp_path: Path) -> None:
     state = SiteState.for_site("labrewrite")
     for command in ("plan", "deploy", "up"):
         state.record(command=command, result="ok")
-    written = produce_report(spec, tmp_path / "report", ReportOptions(timestamp=TIMESTAMP))
+    written = produce_report(
+        plan_site(spec, write_lock=False), tmp_path / "report", ReportOptions(timestamp=TIMESTAMP)
+    )
     assert [log.kind for log in written.report.logs] == ["operator-log"]
     trust = _site_trust("labrewrite")
     assert verify_report(written.folder, trust=trust).ok

@@ -25,6 +25,7 @@ from aifactory.bundle import BuildOptions, BuildResult, build_bundle
 from aifactory.bundle.collection import ansible_galaxy
 from aifactory.bundle.manifest import BundleVersion
 from aifactory.bundle.pack import Header, PayloadFile, seal
+from aifactory.plan import plan_site
 
 REPO = Path(__file__).resolve().parents[2]
 LAB_SITE = Path("inventory/lab/site.yaml")
@@ -117,7 +118,9 @@ def lab_bundle(
 ) -> BuildResult:
     output = tmp_path_factory.mktemp("lab-bundle") / "lab.tar"
     return build_bundle(
-        source_snapshot / LAB_SITE, output=output, options=lab_options(signer, source_snapshot, extras)
+        plan_site(source_snapshot / LAB_SITE, write_lock=False),
+        output=output,
+        options=lab_options(signer, source_snapshot, extras),
     )
 
 

@@ -72,7 +72,7 @@ def test_two_builds_from_the_same_inputs_are_byte_identical(
     lab_bundle: BuildResult, signer: Signer, source_snapshot: Path, extras: Extras, tmp_path: Path
 ) -> None:
     again = build_bundle(
-        source_snapshot / LAB_SITE,
+        plan_site(source_snapshot / LAB_SITE, write_lock=False),
         output=tmp_path / "again.tar",
         options=lab_options(signer, source_snapshot, extras),
     )

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from aifactory import signing
+from aifactory.plan import plan_site
 from aifactory.state import SiteState
 
 
@@ -35,7 +36,11 @@ def build_and_import(spec: Path, site: str, folder: Path) -> ImportedLabBundle:
     identity = f"release@{site}.example"
     keys = signing.generate_keypair(folder / "key", identity=identity, namespaces="aifactory-bundle")
     output = folder / f"{site}.tar"
-    build_bundle(spec, output=output, options=BuildOptions(key=keys.private, apt_packages=None))
+    build_bundle(
+        plan_site(spec, write_lock=False),
+        output=output,
+        options=BuildOptions(key=keys.private, apt_packages=None),
+    )
     imported = import_bundle(output, trust=keys.allowed_signers, site_state=SiteState.for_site(site))
     return ImportedLabBundle(
         imported.version, imported.digest, Path(imported.root), keys.allowed_signers, identity

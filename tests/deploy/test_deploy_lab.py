@@ -21,6 +21,7 @@ The tests share the lab and run in file order (each needs the state the one befo
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -30,7 +31,9 @@ from aifactory.deploy import DeployOptions, DeployResult, Progress, Update, depl
 from aifactory.deploy.evidence import installed_path
 from aifactory.errors import DeployError, ExitCode
 from aifactory.lab import restart_sshd
+from aifactory.plan import PlannedSite, plan_site
 from aifactory.state import SiteState
+from tests.ssh_site import lab_back_for_the_test, lab_unimportable, ssh_connection_to
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 
@@ -79,6 +82,33 @@ def restore(lab, host: str) -> None:  # noqa: ANN001
     )
 
 
+def deploy(
+    lab,  # noqa: ANN001
+    *,
+    options: DeployOptions,
+    planned: PlannedSite | None = None,
+    on_update: Callable[[Update, Progress], None] | None = None,
+    site_name: str | None = None,
+) -> DeployResult:
+    """`deploy_site` as a real site runs it: over plain SSH (a Connection this test builds, not the
+    lab's), with `aifactory.lab` unimportable while it runs."""
+    connection = ssh_connection_to(lab.status)
+
+    def test_side(update: Update, progress: Progress) -> None:
+        assert on_update is not None
+        with lab_back_for_the_test():  # the test's own callback may use the lab (to cut a host off)
+            on_update(update, progress)
+
+    with lab_unimportable():
+        return deploy_site(
+            planned or lab.planned,
+            connection=connection,
+            options=options,
+            on_update=test_side if on_update else None,
+            site_name=site_name,
+        )
+
+
 def by_host(result: DeployResult) -> dict[str, dict]:
     return {h["host"]: h for h in result.hosts}
 
@@ -99,7 +129,7 @@ def test_check_on_a_fresh_lab_reports_changes_and_changes_nothing(lab, lab_bundl
         )
     before = {host: ssh(lab, host, SNAPSHOT).stdout for host in lab.hosts}
 
-    result = deploy_site(lab.spec, options=DeployOptions(check=True))
+    result = deploy(lab, options=DeployOptions(check=True))
 
     assert result.exit_code == ExitCode.OK, explain(result)
     assert result.check and result.installed is None
@@ -125,7 +155,7 @@ def test_unreachable_host_mid_deploy_others_finish_and_rerun_completes(lab, lab_
             cut.append(update.task)
 
     try:
-        first = deploy_site(lab.spec, options=DeployOptions(), on_update=on_update)
+        first = deploy(lab, options=DeployOptions(), on_update=on_update)
     finally:
         if cut:
             restore(lab, victim)
@@ -139,7 +169,7 @@ def test_unreachable_host_mid_deploy_others_finish_and_rerun_completes(lab, lab_
         assert ssh(lab, host, "test -L /opt/aifactory/current").returncode == 0
     assert ssh(lab, victim, "test -e /opt/aifactory/current", check=False).returncode != 0
 
-    second = deploy_site(lab.spec, options=DeployOptions())
+    second = deploy(lab, options=DeployOptions())
 
     assert second.exit_code == ExitCode.OK, explain(second)
     assert by_host(second)[victim]["changed"] > 0
@@ -148,7 +178,7 @@ def test_unreachable_host_mid_deploy_others_finish_and_rerun_completes(lab, lab_
 
 def test_second_full_deploy_changes_nothing(lab, lab_bundle_import) -> None:  # noqa: ANN001
     """Every role on every host again (--full): the roles themselves are idempotent."""
-    result = deploy_site(lab.spec, options=DeployOptions(full=True))
+    result = deploy(lab, options=DeployOptions(full=True))
 
     assert result.exit_code == ExitCode.OK, explain(result)
     assert {h["host"]: h["changed"] for h in result.hosts} == {h: 0 for h in lab.hosts}
@@ -166,7 +196,7 @@ def started_tasks(result: DeployResult) -> int:
 
 
 def test_a_re_run_leaves_out_the_hosts_that_still_match(lab, lab_bundle_import) -> None:  # noqa: ANN001
-    result = deploy_site(lab.spec, options=DeployOptions())
+    result = deploy(lab, options=DeployOptions())
 
     assert result.exit_code == ExitCode.OK, explain(result)
     assert {h["host"]: (h["changed"], h["converged"]) for h in result.hosts} == {
@@ -180,7 +210,7 @@ def test_drift_is_found_and_only_the_drifted_hosts_run(lab, lab_bundle_import) -
     ssh(lab, edited, "echo '# edited by hand' >> /etc/aifactory/runtime.yaml")
     ssh(lab, stopped, "/run/aifactory-lab/bin/aifactory-service stop aifactory-serve")
 
-    repaired = deploy_site(lab.spec, options=DeployOptions())
+    repaired = deploy(lab, options=DeployOptions())
 
     assert repaired.exit_code == ExitCode.OK, explain(repaired)
     rows = by_host(repaired)
@@ -195,13 +225,13 @@ def test_drift_is_found_and_only_the_drifted_hosts_run(lab, lab_bundle_import) -
     running = ssh(lab, stopped, f"{supervisor} status aifactory-serve", check=False)
     assert running.returncode == 0, running.stdout
 
-    again = deploy_site(lab.spec, options=DeployOptions())
+    again = deploy(lab, options=DeployOptions())
     assert all(h["converged"] for h in again.hosts), explain(again)
 
 
 def test_limit_and_tags_narrow_the_run(lab, lab_bundle_import) -> None:  # noqa: ANN001
     host = lab.hosts[0]
-    result = deploy_site(lab.spec, options=DeployOptions(limit=host, tags=("nist_ac_17",)))
+    result = deploy(lab, options=DeployOptions(limit=host, tags=("nist_ac_17",)))
 
     assert result.exit_code == ExitCode.OK
     assert [h["host"] for h in result.hosts] == [host]
@@ -281,7 +311,7 @@ def test_a_spec_whose_plan_differs_from_the_bundle_is_refused(lab, lab_bundle_im
     (tmp_path / "site.alloc.json").write_text(lab.spec.with_name("site.alloc.json").read_text())
 
     with pytest.raises(DeployError) as refused:
-        deploy_site(spec, options=DeployOptions(), site_name=lab.site)
+        deploy(lab, options=DeployOptions(), planned=plan_site(spec, write_lock=False), site_name=lab.site)
 
     assert refused.value.code == "plan-differs"
     assert refused.value.exit_code == ExitCode.INVALID
@@ -318,7 +348,7 @@ def test_a_host_with_a_certificate_from_the_site_ca_serves_https(lab, lab_bundle
         out_dir=certs,
     )
     try:
-        served = deploy_site(lab.spec, options=DeployOptions(limit=host))
+        served = deploy(lab, options=DeployOptions(limit=host))
         assert served.exit_code == ExitCode.OK, explain(served)
         assert by_host(served)[host]["changed"] > 0
         config = ssh(lab, host, "cat /etc/aifactory/runtime.yaml").stdout
@@ -332,7 +362,7 @@ def test_a_host_with_a_certificate_from_the_site_ca_serves_https(lab, lab_bundle
         for path in certs.iterdir():
             path.unlink()
         certs.rmdir()
-    plain = deploy_site(lab.spec, options=DeployOptions(limit=host))
+    plain = deploy(lab, options=DeployOptions(limit=host))
     assert plain.exit_code == ExitCode.OK, explain(plain)
     assert ssh(lab, host, "test -e /etc/aifactory/tls/" + host + ".key", check=False).returncode != 0
     answers = ssh(lab, host, TLS_PROBE.replace("ADDRESS", address)).stdout.split("\n")

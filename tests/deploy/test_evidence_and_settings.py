@@ -107,25 +107,25 @@ def test_progress_takes_ansible_recap_as_the_authority() -> None:
     assert rows["h2"].status == "unreachable" and rows["h2"].message == "Connection refused"
 
 
-def test_settings_lay_over_the_lab_config_and_keep_its_ssh_config(tmp_path: Path) -> None:
-    lab_cfg = tmp_path / "lab.cfg"
-    lab_cfg.write_text(
-        "[defaults]\ninventory = /lab/inventory.yml\nforks = 20\nremote_tmp = /run/x\n"
-        "[ssh_connection]\npipelining = True\n"
-        "ssh_args = -F /lab/ssh_config -o ControlMaster=auto\n"
-        "control_path_dir = /run/aifactory-lab/ssh\n"
-        "control_path = /run/aifactory-lab/ssh/%%C\n"
-    )
+def test_settings_lay_over_the_connections_and_keep_its_ssh_config(tmp_path: Path) -> None:
+    lab_cfg = {
+        "defaults": {"forks": "20", "remote_tmp": "/run/x"},
+        "ssh_connection": {
+            "pipelining": "True",
+            "ssh_common_args": "-F /lab/ssh_config",
+            "control_path_dir": "/run/aifactory-lab/ssh",
+            "control_path": "/run/aifactory-lab/ssh/%%C",
+        },
+    }
     for settings in (DeploySettings(), DeploySettings.stock()):
         config = configparser.ConfigParser(interpolation=None)
-        config.read_string(render_ansible_cfg(settings, folder=tmp_path, base_cfg=lab_cfg))
-        assert "inventory" not in config["defaults"]
+        config.read_string(render_ansible_cfg(settings, folder=tmp_path, base=lab_cfg))
         assert config["defaults"]["remote_tmp"] == "/run/x"
         assert config["ssh_connection"]["ssh_common_args"] == "-F /lab/ssh_config"
         assert config["ssh_connection"]["control_path"] == "/run/aifactory-lab/ssh/%%C"
         assert config["defaults"]["forks"] == str(settings.forks)
         assert config["ssh_connection"]["pipelining"] == str(settings.pipelining)
     stock = configparser.ConfigParser(interpolation=None)
-    stock.read_string(render_ansible_cfg(DeploySettings.stock(), folder=tmp_path, base_cfg=lab_cfg))
+    stock.read_string(render_ansible_cfg(DeploySettings.stock(), folder=tmp_path, base=lab_cfg))
     assert stock["ssh_connection"]["ssh_args"] == STOCK_SSH_ARGS
     assert "fact_caching" not in stock["defaults"] and "internal_poll_interval" not in stock["defaults"]

@@ -129,3 +129,26 @@ def test_the_import_reader_sees_late_relative_and_importlib_imports(
     fake.write_text(source)
     monkeypatch.setattr(__import__(__name__, fromlist=["PACKAGE"]), "PACKAGE", tmp_path / "aifactory")
     assert imported_modules(fake) == expected
+
+
+# Only the edges choose the lab: the CLI, `aifactory up` (pipeline) and the lab package itself. The
+# stages take a Connection (aifactory/connection.py) and never ask whether the hosts are a lab.
+MAY_IMPORT_THE_LAB = ("cli", "pipeline", "lab")
+
+
+def test_only_the_cli_and_the_pipeline_import_the_lab() -> None:
+    stages = [path for path in sources() if stage_of(module_name(path)) not in MAY_IMPORT_THE_LAB]
+    assert stages, "no production modules found"
+    assert violations(stages, ("lab",)) == []
+
+
+def test_the_lab_rule_sees_an_importlib_import_of_the_lab(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake = tmp_path / "aifactory" / "deploy" / "probe.py"
+    fake.parent.mkdir(parents=True)
+    fake.write_text(
+        "import importlib\n\ndef f():\n    return importlib.import_module('aifactory.lab.execute')\n"
+    )
+    monkeypatch.setattr(__import__(__name__, fromlist=["PACKAGE"]), "PACKAGE", tmp_path / "aifactory")
+    assert violations([fake], ("lab",)) == ["aifactory.deploy.probe imports aifactory.lab.execute"]

@@ -1,0 +1,78 @@
+"""The lab's `Connection` (aifactory/connection.py): how the stages reach the hosts of a running lab.
+
+Ansible and the Slurm client run inside the lab control host's namespaces (the machine itself has no
+route into the lab), reach the hosts through the lab's ssh config and known_hosts, and the hosts run
+services and timers under the lab's supervisor (docs/lab.md). Built by the edge (the CLI, `aifactory
+up`); the stages only read it.
+"""
+
+from __future__ import annotations
+
+import configparser
+import os
+
+from aifactory.connection import ANSIBLE_SECTIONS, Connection, Services
+from aifactory.errors import AifactoryError, LabError
+from aifactory.lab.access import ADMIN_USER, PYTHON, SERVICE_COMMAND
+from aifactory.lab.execute import lab_env, path_with_tools
+from aifactory.lab.hosts import enter_argv
+from aifactory.lab.query import lab_status
+from aifactory.lab.status import LabStatus
+
+LIVE_STATES = ("up", "degraded")  # degraded: some lab process died; the others are reached as ever
+
+
+def lab_is_up(site: str) -> bool:
+    """Whether a lab of this site runs on this machine (up, or degraded)."""
+    try:
+        return lab_status(site).state in LIVE_STATES
+    except AifactoryError:  # no lab record of this site
+        return False
+
+
+def lab_connection(site: str) -> Connection:
+    """How to reach the hosts of the site's running lab. Fails when no lab of the site is up."""
+    status = lab_status(site)
+    if status.state not in LIVE_STATES or not status.control_host:
+        raise LabError(
+            f"the lab of site {site!r} is not up ({status.state})",
+            code="lab-not-up",
+            hint="run `aifactory lab up SITE.yaml` first",
+        )
+    control = status.host(status.control_host)
+    if not control.anchor.running():
+        raise LabError(
+            f"the lab's control host {status.control_host} is not running",
+            code="lab-control-host-down",
+            hint="run `aifactory lab down SITE` and `aifactory lab up SITE.yaml` again",
+        )
+    env = {k: v for k, v in lab_env(status).items() if k not in ("ANSIBLE_CONFIG", "ANSIBLE_INVENTORY")}
+    env["PATH"] = path_with_tools(os.environ.get("PATH", ""))
+    return Connection(
+        description="the lab's control host",
+        ansible_cfg=_ansible_settings(status),
+        inventory_vars={
+            "ansible_user": ADMIN_USER,
+            "ansible_python_interpreter": PYTHON,
+            "ansible_become_method": "ansible.builtin.su",
+            # Roles read it for what only the lab differs in (hosts share the machine's /usr...).
+            "aifactory_lab": True,
+        },
+        env=env,
+        control_prefix=tuple(enter_argv(control.anchor.pid)),
+        services=Services("supervised", SERVICE_COMMAND),
+    )
+
+
+def _ansible_settings(status: LabStatus) -> dict[str, dict[str, str]]:
+    """The lab's ansible.cfg as settings: its own inventory left out (deploy renders one), and its
+    ssh config kept apart from the ssh options deploy tunes."""
+    config = configparser.ConfigParser(interpolation=None)  # ansible.cfg keys are lower case already
+    config.read(status.paths["ansible_cfg"])
+    settings = {name: dict(config[name]) for name in ANSIBLE_SECTIONS if config.has_section(name)}
+    settings.get("defaults", {}).pop("inventory", None)
+    ssh = settings.get("ssh_connection", {})
+    ssh_args = ssh.pop("ssh_args", "").split()
+    if "-F" in ssh_args[:-1]:
+        ssh["ssh_common_args"] = f"-F {ssh_args[ssh_args.index('-F') + 1]}"
+    return settings
