@@ -2,7 +2,8 @@
 
 One lab (site `up<pid>`) is brought up by the first real run and shared by the tests of this module,
 which run in order: a policy deny changes nothing; the first run serves a model, answers one allowed
-and one denied request and writes a signed report; a second run changes nothing and is fast; a host
+and one denied request and writes a signed report; a second run changes nothing and is fast; a run
+plans the site once; a host
 failing at deploy stops `up` with exit 4 naming it, and the next run resumes at deploy.
 """
 
@@ -121,6 +122,25 @@ def test_second_up_changes_nothing_and_is_fast(site: UpSite) -> None:
     assert "unchanged" in result.stdout
     assert "changed=0" in result.stderr  # deploy re-probed in check mode and found nothing to change
     assert seconds < 0.25 * site.first_seconds, (seconds, site.first_seconds)
+
+
+def test_an_up_plans_the_site_once(site: UpSite, tmp_path: Path) -> None:
+    """One `aifactory up` (every stage re-verified: deploy re-reads the hosts, serve and audit run)
+    calls the plan builder exactly once: the CLI plans, the stages take that plan, and deploy
+    compares it with the bundle's signed plan by digest instead of planning again."""
+    assert site.first_seconds, "needs the first run"
+    count = tmp_path / "plans"
+    counter = Path(__file__).with_name("count_plans.py")
+    result = subprocess.run(
+        [sys.executable, str(counter), str(count), "up", str(site.spec), "--lab"],
+        env=site.env,
+        capture_output=True,
+        text=True,
+        timeout=1500,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+    assert "deploy" in result.stderr and "changed=0" in result.stderr
+    assert count.read_text().strip() == "1"
 
 
 def _cut_off(site: UpSite, host: str) -> None:

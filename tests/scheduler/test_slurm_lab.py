@@ -313,3 +313,37 @@ def test_a_killed_slurmd_fails_the_job_and_a_resubmission_resumes(cluster: Clust
     )
     assert resumed[0]["step"] == resume_at + 1 and resumed[0]["world_size"] == 2
     cluster.exec(["scancel", second_id])
+
+
+def test_the_scheduler_runs_over_a_plain_ssh_connection(cluster: Cluster) -> None:
+    """Submission and listing take any Connection: here one this test builds from the lab's ssh
+    config (as any SSH site would, not the lab's own), with `aifactory.lab` unimportable."""
+    from aifactory.lab import lab_status
+    from aifactory.plan import plan_site
+    from aifactory.scheduler.jobs import list_jobs
+    from aifactory.scheduler.slurm import checked, client_for
+    from aifactory.scheduler.submit import train
+    from tests.ssh_site import lab_unimportable, ssh_connection_to
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("AIFACTORY_STATE_HOME", str(cluster.state_home))
+        connection = ssh_connection_to(lab_status(cluster.site))
+        planned = plan_site(cluster.spec, write_lock=False)
+        job = cluster.write_job("sched-ssh", "health", steps=cluster.latest_checkpoint() + 5)
+        with lab_unimportable():
+            client = client_for(connection)
+            nodes = checked(
+                client.run(["sinfo", "--Node", "--noheader", "--format=%N"]), "sinfo", client.where
+            )
+            submission = train(planned, job, client=client, nodes=2)
+
+            def finished() -> Any:
+                found = {j.id: j for j in list_jobs(cluster.site, client=client)}.get(submission.slurm_job_id)
+                done = found and found.state not in ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING")
+                return found if done else None
+
+            listed = wait_for("the job submitted over SSH to finish", finished, timeout=300, every=2)
+    assert set(cluster.compute_hosts) <= set(nodes.split())
+    assert client.where == "ssh from the control host"
+    assert listed.state == "COMPLETED", listed
+    assert listed.decision_id == submission.decision_id
