@@ -146,7 +146,7 @@ def produce_report(
         decision_logs=options.decision_logs,
         bundle_trust=options.bundle_trust,
         retention_days=_retention_days(planned),
-        scap_waivers=options.scap_waivers or scap.waivers_path_for(spec),
+        scap_waivers=options.scap_waivers or scap.waivers_path_for(Path(planned.loaded.source.file)),
         today=timestamp.date(),
     )
     key: SigningKey = given_key(options.key, options.identity) if options.key else site_audit_key(state)

@@ -13,7 +13,7 @@ from aifactory.audit.report import ReportOptions, produce_report
 from aifactory.audit.verify import verify_report
 from aifactory.cli.output import emit_json, table
 from aifactory.errors import ExitCode
-from aifactory.plan import plan_site
+from aifactory.plan import PlannedSite, plan_site
 
 # One example per command, shown at the end of its --help (aifactory/cli/help.py).
 EXAMPLES = {
@@ -136,20 +136,23 @@ def _path(value: str | None) -> Path | None:
     return Path(value) if value else None
 
 
-def _collect_heads(site: str) -> None:
+def _collect_heads(planned: PlannedSite) -> None:
     """Pull the nodes' signed heads before gathering evidence (docs/audit.md, "Logs that cannot be
     rewritten"); hosts it cannot reach keep what was collected before, and the report says so."""
     from aifactory.deploy import DeployOptions, deploy_site  # the control host's extra: only when asked
+    from aifactory.pipeline.connection import site_connection
 
-    result = deploy_site(site, options=DeployOptions(tags=("runtime_heads",)))
+    connection = site_connection(planned.plan.name)
+    result = deploy_site(planned, connection=connection, options=DeployOptions(tags=("runtime_heads",)))
     missed = [h["host"] for h in result.hosts if h.get("status") not in ("ok", "changed")]
     if missed:
         print(f"warning: signed heads not collected from {', '.join(missed)}", file=sys.stderr)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    planned = plan_site(args.site, write_lock=False)
     if args.collect_heads:
-        _collect_heads(args.site)
+        _collect_heads(planned)
     options = ReportOptions(
         timestamp=args.timestamp,
         key=_path(args.key),
@@ -161,7 +164,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         opa_url=args.opa_url,
         bundle_trust=_path(args.bundle_trust),
     )
-    written = produce_report(plan_site(args.site, write_lock=False), Path(args.output), options)
+    written = produce_report(planned, Path(args.output), options)
     report = written.report
     totals = report.totals()
     if args.format == "json":
@@ -254,8 +257,9 @@ def cmd_scan(args: argparse.Namespace) -> int:
 
     from aifactory.audit import scap
     from aifactory.deploy.scan import scan_site
+    from aifactory.pipeline.connection import site_connection
 
-    run = scan_site(args.site, trust=_path(args.bundle_trust))
+    run = scan_site(args.site, connection=site_connection(args.site), trust=_path(args.bundle_trust))
     waivers = scap.load_waivers(Path(args.waivers)) if args.waivers else []
     assessed = scap.assess(run.scans, waivers, today=dt.datetime.now(dt.UTC).date())
     if args.format == "json":

@@ -4,7 +4,7 @@ playbooks/scan.yml runs `oscap xccdf eval` on each host (offline: the content an
 the bundle's apt repository) and fetches the ARF files to the site's state folder, `scap/<run>/`;
 each is digested (aifactory.audit.scap) into `scap/<run>/scan.json`, which `aifactory audit report`
 reads as evidence. The hosts are reached exactly as deploy reaches them (inventory from the bundle's
-signed plan, the lab's control host when the site is a lab).
+signed plan, through the site's `Connection`, which the caller chooses).
 """
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ from typing import Any
 
 from aifactory.audit import scap
 from aifactory.audit.evidence.hostscan import DIGEST, SCANS_DIR
+from aifactory.connection import Connection
 from aifactory.deploy.bundle import prepare_bundle
-from aifactory.deploy.runner import _Ansible, _clean_env, _lab_context, _require_runner, _run_id
+from aifactory.deploy.runner import _Ansible, _clean_env, _require_runner, _run_id
 from aifactory.deploy.settings import DeploySettings, render_ansible_cfg
 from aifactory.errors import DeployError, ExitCode
 from aifactory.inventory.site import site_inventory
@@ -45,7 +46,7 @@ class ScanRun:
         }
 
 
-def scan_site(site: str, *, trust: Path | None = None) -> ScanRun:
+def scan_site(site: str, *, connection: Connection, trust: Path | None = None) -> ScanRun:
     """Scan every host of `site` and write the digest next to the ARF files; raise if a host failed."""
     _require_runner()
     state = SiteState.for_site(site)
@@ -55,7 +56,7 @@ def scan_site(site: str, *, trust: Path | None = None) -> ScanRun:
         run_id = _run_id()
         folder = state.subdir(SCANS_DIR) / run_id
         folder.mkdir(parents=True)
-        ansible = _ansible(site, state, bundle.inventory_vars(), plan)
+        ansible = _ansible(connection, state, bundle.inventory_vars(), plan)
         failures = _run_playbook(ansible, folder)
         hosts = sorted(h.name for h in plan.hosts)
         scans = []
@@ -79,17 +80,22 @@ def scan_site(site: str, *, trust: Path | None = None) -> ScanRun:
     return result
 
 
-def _ansible(site: str, state: SiteState, bundle_vars: dict[str, Any], plan: SitePlan) -> _Ansible:
+def _ansible(
+    connection: Connection, state: SiteState, bundle_vars: dict[str, Any], plan: SitePlan
+) -> _Ansible:
     folder = state.subdir("deploy")
-    lab_cfg, prefix, lab_env = _lab_context(site)
-    rendered = site_inventory(plan, bundle=bundle_vars, state=state)
+    rendered = site_inventory(plan, connection=connection, bundle=bundle_vars, state=state)
     inventory_dir = folder / "scan-inventory"
     rendered.write(inventory_dir)
     cfg = folder / "scan-ansible.cfg"
-    cfg.write_text(render_ansible_cfg(DeploySettings(), folder=folder, base_cfg=lab_cfg))
-    env = {**_clean_env(), **lab_env, "ANSIBLE_CONFIG": str(cfg), "ANSIBLE_NOCOLOR": "1"}
+    cfg.write_text(render_ansible_cfg(DeploySettings(), folder=folder, base=connection.ansible_cfg))
+    env = {**_clean_env(), **connection.env, "ANSIBLE_CONFIG": str(cfg), "ANSIBLE_NOCOLOR": "1"}
     return _Ansible(
-        folder=folder, inventory=inventory_dir, prefix=prefix, playbooks=resource_dir("playbooks"), env=env
+        folder=folder,
+        inventory=inventory_dir,
+        prefix=connection.control_prefix,
+        playbooks=resource_dir("playbooks"),
+        env=env,
     )
 
 

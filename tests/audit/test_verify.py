@@ -88,7 +88,9 @@ def test_without_trust_the_signer_is_not_checked_and_verify_fails(
 ) -> None:
     keys = signing.generate_keypair(tmp_path / "keys", identity="mallory", namespaces=NAMESPACE)
     forged = produce_report(
-        failing_site, tmp_path / "forged", ReportOptions(timestamp=TIMESTAMP, key=keys.private)
+        plan_site(failing_site, write_lock=False),
+        tmp_path / "forged",
+        ReportOptions(timestamp=TIMESTAMP, key=keys.private),
     )
     capsys.readouterr()
     assert main(["audit", "verify", str(forged.folder)]) == 1

@@ -289,7 +289,7 @@ def test_signed_log_heads_are_collected_off_the_node(lab, lab_bundle_import, tmp
         every=1,
     )
 
-    result = deploy_site(lab.spec, options=DeployOptions(tags=("runtime_heads",)))
+    result = deploy(lab, options=DeployOptions(tags=("runtime_heads",)))
 
     assert result.exit_code == ExitCode.OK, explain(result)
     collected = SiteState.for_site(lab.site).path("heads", host)
