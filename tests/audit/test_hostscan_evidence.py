@@ -21,6 +21,7 @@ from aifactory.audit import ReportOptions, produce_report, scap
 from aifactory.audit.controls import oscal_control_id
 from aifactory.audit.evidence.hostscan import host_scan_evidence
 from aifactory.audit.model import FAIL, NOT_ASSESSED, PASS, WAIVED
+from aifactory.plan import plan_site
 from aifactory.state import SiteState
 
 pytestmark = pytest.mark.skipif(
@@ -143,7 +144,9 @@ def test_report_and_oscal_show_the_scan_per_host_and_map_failures_to_controls(
         pytest.skip("this machine's results need a failing rule among RULES")
     spec = failing_spec(tmp_path / "spec", name="scanreport")
     _record_run(SiteState.for_site("scanreport"), "20261122T090000.000000Z", real_scan)
-    written = produce_report(spec, tmp_path / "report", ReportOptions(timestamp=TIMESTAMP))
+    written = produce_report(
+        plan_site(spec, write_lock=False), tmp_path / "report", ReportOptions(timestamp=TIMESTAMP)
+    )
     report = json.loads((written.folder / "report.json").read_text())
     (section,) = [e for e in report["evidence"] if e["name"] == "host-scan"]
     assert [row["host"] for row in section["detail"]["hosts"]] == sorted(HOSTS)
