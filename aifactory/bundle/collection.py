@@ -1,8 +1,9 @@
 """The playbooks and roles as an Ansible collection tarball, built and then normalized.
 
-A collection folder is staged from `playbooks/` (a generated galaxy.yml, `roles/` from
-playbooks/roles, every other playbook file under `playbooks/`) and built with the stock
-`ansible-galaxy collection build`. Its tarball is then repacked so the same sources give the same
+A collection folder is staged from `playbooks/`, laid out as Galaxy expects: a generated galaxy.yml,
+`roles/`, `plugins/` (the module aifactory.factory.aifactory_host_state) and `meta/` (runtime.yml)
+from the folders of those names, every other playbook file under `playbooks/`. It is built with the
+stock `ansible-galaxy collection build`. Its tarball is then repacked so the same sources give the same
 bytes: entries sorted, mtimes fixed to the build timestamp, owner 0:0, modes 0644/0755, gzip header
 mtime 0 and no file name.
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import re
 import shutil
 import subprocess
 import tarfile
@@ -28,6 +30,8 @@ from aifactory.resources import control_tool
 NAMESPACE = "aifactory"
 NAME = "factory"
 _SKIP = {".keep", ".gitkeep", "__pycache__", ".git"}
+# Folders of playbooks/ that are the collection's own, at its root (the rest goes under playbooks/).
+_AT_ROOT = ("roles", "plugins", "meta")
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,21 @@ def _galaxy_yml(version: str) -> str:
     )
 
 
+def source_collections_path(playbooks: Path, folder: Path) -> Path:
+    """A collections path under `folder` where aifactory.factory is `playbooks` itself (a link to it:
+    that folder is laid out as the collection), so that its module and roles run by their FQCN
+    straight from a checkout or the installed package, as they do from the built collection."""
+    link = folder / "ansible_collections" / NAMESPACE / NAME
+    link.parent.mkdir(parents=True, exist_ok=True)
+    target = playbooks.resolve()
+    if link.is_symlink() and link.resolve() == target:
+        return folder
+    if link.is_symlink():
+        link.unlink()
+    link.symlink_to(target, target_is_directory=True)
+    return folder
+
+
 def _copy_tree(source: Path, target: Path) -> None:
     shutil.copytree(
         source,
@@ -69,25 +88,35 @@ def _copy_tree(source: Path, target: Path) -> None:
 
 
 def stage(playbooks: Path, staging: Path, *, version: str) -> Path:
-    """A collection folder from playbooks/ (roles/ -> roles/, the rest -> playbooks/)."""
+    """A collection folder from playbooks/ (roles/, plugins/, meta/ at its root, the rest under
+    playbooks/)."""
     root = staging / f"{NAMESPACE}.{NAME}"
     (root / "playbooks").mkdir(parents=True)
-    (root / "roles").mkdir()
     (root / "galaxy.yml").write_text(_galaxy_yml(version))
     readme = f"# {NAMESPACE}.{NAME}\n\nThe aifactory deployment roles and playbooks.\n"
     (root / "README.md").write_text(readme)
-    (root / "meta").mkdir()
-    (root / "meta" / "runtime.yml").write_text("requires_ansible: '>=2.16'\n")
     for entry in sorted(playbooks.iterdir()) if playbooks.is_dir() else []:
         if entry.name in _SKIP:
             continue
-        if entry.name == "roles" and entry.is_dir():
-            _copy_tree(entry, root / "roles")
+        if entry.name in _AT_ROOT and entry.is_dir():
+            _copy_tree(entry, root / entry.name)
         elif entry.is_dir():
             _copy_tree(entry, root / "playbooks" / entry.name)
+        elif entry.is_file() and entry.suffix in (".yml", ".yaml"):
+            roles = sorted(r.name for r in (playbooks / "roles").iterdir() if r.is_dir())
+            (root / "playbooks" / entry.name).write_text(_fqcn_roles(entry.read_text(), roles))
         elif entry.is_file():
             shutil.copy2(entry, root / "playbooks" / entry.name)
     return root
+
+
+def _fqcn_roles(playbook: str, roles: list[str]) -> str:
+    """The playbook with `- role: NAME` naming the collection's role by its FQCN. In the source
+    folder a role is found by its short name beside the playbook (roles/); in the installed
+    collection there is no roles/ beside playbooks/, and ansible-lint's production profile forbids
+    the `collections:` keyword that would find it otherwise."""
+    pattern = re.compile(rf"^(\s*- role: )({'|'.join(map(re.escape, roles))})\s*$", re.MULTILINE)
+    return pattern.sub(rf"\g<1>{NAMESPACE}.{NAME}.\g<2>", playbook) if roles else playbook
 
 
 def build(

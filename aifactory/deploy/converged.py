@@ -38,7 +38,7 @@ from aifactory.digests import sha256_file
 from aifactory.state import SiteState
 
 SCHEMA = "aifactory.deploy.converged/v1"
-STATE_MODULE = "aifactory_host_state"
+STATE_MODULE = "aifactory.factory.aifactory_host_state"
 _FILE_ACTIONS = {"file", "copy", "template", "unarchive", "lineinfile", "blockinfile", "replace"}
 _READ_ACTIONS = {"stat", "slurp"}
 _SYSTEMD_ACTIONS = {"systemd_service", "systemd", "service"}

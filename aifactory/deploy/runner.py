@@ -28,6 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from aifactory.bundle.collection import source_collections_path
 from aifactory.connection import Connection
 from aifactory.deploy import converged as convergence
 from aifactory.deploy.bundle import DeployBundle, prepare_bundle
@@ -293,7 +294,7 @@ class _Ansible:
             limit=limit,
             module=convergence.STATE_MODULE,
             module_args=_STATE_ARGS,
-            cmdline=["-M", str(self.playbooks / "library"), "-e", f"@{extra}"],
+            cmdline=["-e", f"@{extra}"],
         )
         return states
 
@@ -402,6 +403,10 @@ def _set_up(planned: PlannedSite, options: DeployOptions, state: SiteState, conn
         **_clean_env(),
         **connection.env,
         "ANSIBLE_CONFIG": str(cfg),
+        # aifactory.factory (its module by FQCN) from the playbooks this deploy runs
+        "ANSIBLE_COLLECTIONS_PATH": str(
+            source_collections_path(resource_dir("playbooks"), folder / "collections")
+        ),
         "ANSIBLE_NOCOLOR": "1",
         "ANSIBLE_FORCE_COLOR": "0",
     }

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from aifactory.bundle.collection import source_collections_path
 from aifactory.deploy.converged import (
     HostRecord,
     ManagedCapture,
@@ -238,10 +239,8 @@ def test_host_state_module_reads_without_changing(tmp_path: Path) -> None:
             "localhost",
             "-c",
             "local",
-            "-M",
-            str(resource_dir("playbooks") / "library"),
             "-m",
-            "aifactory_host_state",
+            "aifactory.factory.aifactory_host_state",
             "-a",
             args,
             "-o",
@@ -254,6 +253,9 @@ def test_host_state_module_reads_without_changing(tmp_path: Path) -> None:
             "ANSIBLE_LOCALHOST_WARNING": "false",
             "HOME": str(tmp_path),
             "ANSIBLE_INVENTORY_UNPARSED_WARNING": "false",
+            "ANSIBLE_COLLECTIONS_PATH": str(
+                source_collections_path(resource_dir("playbooks"), tmp_path / "collections")
+            ),
         },
     )
     assert run.returncode == 0, run.stdout + run.stderr

@@ -41,7 +41,7 @@ author: aifactory developers
 
 EXAMPLES = r"""
 - name: Read the managed state
-  aifactory_host_state:
+  aifactory.factory.aifactory_host_state:
     paths: [/etc/aifactory/runtime.yaml, /opt/aifactory/current]
     services: [aifactory-serve]
     service_command: /run/aifactory-lab/bin/aifactory-service

@@ -1,0 +1,107 @@
+"""The playbooks as the Ansible collection aifactory.factory, checked with the ecosystem's own tools as
+its users would: built and installed as the bundle does (aifactory/bundle/collection.py, then the
+stock `ansible-galaxy collection install`), then `ansible-doc` for its module and every role, and
+ansible-lint's production profile on the installed collection. And running Ansible with
+playbooks/ansible.cfg prints no configuration warning."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from aifactory.bundle import collection
+
+REPO = Path(__file__).resolve().parents[2]
+PLAYBOOKS = REPO / "playbooks"
+BIN = Path(sys.executable).parent
+ROLES = sorted(r.name for r in (PLAYBOOKS / "roles").iterdir() if r.is_dir())
+MODULE = "aifactory.factory.aifactory_host_state"
+
+
+def _env(home: Path, collections: Path | None = None) -> dict[str, str]:
+    env = {"PATH": f"{BIN}:/usr/bin:/bin", "HOME": str(home), "ANSIBLE_HOME": str(home / "ansible")}
+    if collections is not None:
+        env["ANSIBLE_COLLECTIONS_PATH"] = str(collections)
+    return env
+
+
+def _run(
+    argv: list[str], *, env: dict[str, str], cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, capture_output=True, text=True, timeout=900, env=env, cwd=cwd, check=False)
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The collections path the built collection is installed into."""
+    work = tmp_path_factory.mktemp("collection")
+    _, tarball = collection.build(
+        PLAYBOOKS, work / "out", version="1.0.0", timestamp=1_763_800_000, work=work
+    )
+    done = _run(
+        [str(BIN / "ansible-galaxy"), "collection", "install", "-p", str(work / "installed"), str(tarball)],
+        env=_env(work),
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return work / "installed"
+
+
+def test_galaxy_layout_in_the_source() -> None:
+    runtime = yaml.safe_load((PLAYBOOKS / "meta" / "runtime.yml").read_text())
+    assert runtime["requires_ansible"] == ">=2.19.0"
+    assert (PLAYBOOKS / "plugins" / "modules" / "aifactory_host_state.py").is_file()
+    assert not (PLAYBOOKS / "library").exists()
+    for role in ROLES:
+        assert (PLAYBOOKS / "roles" / role / "meta" / "argument_specs.yml").is_file(), role
+
+
+def test_ansible_doc_of_the_module(installed: Path, tmp_path: Path) -> None:
+    done = _run([str(BIN / "ansible-doc"), MODULE], env=_env(tmp_path, installed))
+    assert done.returncode == 0, done.stderr
+    text = " ".join(done.stdout.split())
+    assert "Reads, and never changes, the state of the paths, services and packages" in text
+    assert "plugins/modules/aifactory_host_state.py" in text
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_ansible_doc_of_each_role(role: str, installed: Path, tmp_path: Path) -> None:
+    done = _run(
+        [str(BIN / "ansible-doc"), "-t", "role", f"aifactory.factory.{role}"], env=_env(tmp_path, installed)
+    )
+    assert done.returncode == 0, done.stderr
+    text = " ".join(done.stdout.replace("\x1b[1m", "").replace("\x1b[0m", "").split())
+    specs = yaml.safe_load((PLAYBOOKS / "roles" / role / "meta" / "argument_specs.yml").read_text())
+    main = specs["argument_specs"]["main"]
+    assert f"ENTRY POINT: main - {' '.join(main['short_description'].split())}" in text
+    for option in main["options"]:  # every documented input is shown
+        assert option in text, option
+
+
+@pytest.mark.slow
+def test_ansible_lint_production_on_the_installed_collection(installed: Path, tmp_path: Path) -> None:
+    root = installed / "ansible_collections" / "aifactory" / "factory"
+    done = _run(
+        [str(BIN / "ansible-lint"), "--profile", "production", "--offline", "--nocolor"],
+        env=_env(tmp_path, installed),
+        cwd=root,
+    )
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    assert "Profile 'production' was required, and it passed" in done.stdout + done.stderr
+
+
+def test_ansible_cfg_gives_no_configuration_warning(tmp_path: Path) -> None:
+    """Ansible run from playbooks/ (so with its ansible.cfg): its callbacks and fact cache load cleanly.
+    Before, a callback of a collection not installed and a fact cache without a folder each warned."""
+    env = {**_env(tmp_path), "ANSIBLE_LOAD_CALLBACK_PLUGINS": "1"}
+    runs = [
+        [str(BIN / "ansible"), "localhost", "-i", "localhost,", "-c", "local", "-m", "ansible.builtin.ping"],
+        [str(BIN / "ansible-playbook"), "-i", "localhost,", "--list-tasks", "site.yml"],
+    ]
+    for argv in runs:
+        done = _run(argv, env=env, cwd=PLAYBOOKS)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "WARNING" not in done.stdout + done.stderr, done.stdout + done.stderr
