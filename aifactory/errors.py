@@ -212,6 +212,14 @@ class DeployError(AifactoryError):
     exit_code = ExitCode.HOSTS_FAILED
 
 
+class UnsafeValueError(AifactoryError):
+    """A value a renderer cannot write safely in its format (a newline in a unit file, a space in
+    an exports(5) path, a template delimiter in an inventory key): refused, never mangled."""
+
+    code = "unsafe-value"
+    exit_code = ExitCode.INVALID
+
+
 class ProvisionError(AifactoryError):
     code = "provision"
     exit_code = ExitCode.CANNOT_EVALUATE

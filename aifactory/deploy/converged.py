@@ -35,6 +35,7 @@ import yaml
 
 from aifactory import __version__
 from aifactory.digests import sha256_file
+from aifactory.inventory.render import load_inventory_yaml
 from aifactory.state import SiteState
 
 SCHEMA = "aifactory.deploy.converged/v1"
@@ -152,7 +153,7 @@ def controller_inputs(inventory_dir: Path, playbooks: Path) -> list[Path]:
     """The files on the control host that the roles copy to hosts (besides the bundle's payload,
     which the bundle digest in the inventory stands for). A role that comes to copy another
     control-host file must name it here, or a change to it would not re-run converged hosts."""
-    group_vars = yaml.safe_load((inventory_dir / "group_vars" / "all.yml").read_text()) or {}
+    group_vars = load_inventory_yaml((inventory_dir / "group_vars" / "all.yml").read_text()) or {}
     inputs = []
     signers = (group_vars.get("aifactory_bundle") or {}).get("allowed_signers")
     if signers:

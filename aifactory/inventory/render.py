@@ -8,6 +8,12 @@ The folder `ansible-inventory -i DIR` reads:
 
 Everything is rendered from a `SitePlan` (the bundle's signed plan.json read back, or a fresh plan),
 so the same plan gives the same bytes.
+
+Every string value taken from the plan (or the bundle, or provisioning) is written with Ansible's
+`!unsafe` tag, so that Jinja never evaluates it, whatever the spec said: `{{ lookup('pipe', ...) }}`
+in a GPU model stays those characters. Names that become host names, group names or mapping keys
+cannot carry the tag; they are checked against their grammar instead, and a plan that breaks it is
+refused (the spec's validation makes that impossible for a plan built by `aifactory plan`).
 """
 
 from __future__ import annotations
@@ -15,18 +21,90 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from aifactory.errors import Location, StateError, UsageError
+from aifactory.errors import Location, StateError, UnsafeValueError, UsageError
 from aifactory.inventory.model import Group, Inventory, group_name
 from aifactory.plan.model import Host, SitePlan, section_dict
 from aifactory.scheduler.topology import slurm_topology
 
 MARKER = ".aifactory-inventory"
+UNSAFE_TAG = "!unsafe"
+# Host names (<site>-<pool>-<nnn>) and the names groups are made of.
+HOST_NAME = re.compile(r"[a-z][a-z0-9-]{0,62}")
+# Keys of the mappings in host and group variables (fabric names, NCCL_* variables, output fields).
+VAR_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,62}")
+
+
+class Unsafe(str):
+    """A string from the plan: written as `!unsafe`, so Ansible passes it on and never templates it."""
+
+    __slots__ = ()
+
+
+def _unsafe(value: Any, where: str) -> Any:
+    """A copy of a value with every string tagged Unsafe; mapping keys checked against VAR_KEY."""
+    if isinstance(value, str):
+        return Unsafe(value)
+    if isinstance(value, Mapping):
+        out = {}
+        for key, item in value.items():
+            if not isinstance(key, str) or not VAR_KEY.fullmatch(key):
+                raise UnsafeValueError(
+                    f"{where}: the key {str(key)[:60]!r} cannot be written to an Ansible inventory",
+                    hint="keys are letters, digits, '_', '.', '-'; re-plan the site from a valid spec",
+                )
+            out[key] = _unsafe(item, f"{where}.{key}")
+        return out
+    if isinstance(value, list | tuple):
+        return [_unsafe(item, f"{where}[{i}]") for i, item in enumerate(value)]
+    return value
+
+
+def _name(value: Any, what: str, pattern: re.Pattern[str] = HOST_NAME) -> str:
+    """A plan name that becomes part of the inventory's structure, checked."""
+    if not isinstance(value, str) or not pattern.fullmatch(value):
+        raise UnsafeValueError(
+            f"the plan's {what} {str(value)[:60]!r} cannot be an Ansible host or group name",
+            hint="names are lowercase letters, digits and '-'; re-plan the site from a valid spec",
+        )
+    return value
+
+
+class _InventoryDumper(yaml.SafeDumper):
+    """safe_dump, plus `!unsafe` for Unsafe strings."""
+
+
+def _represent_unsafe(dumper: yaml.SafeDumper, value: Unsafe) -> yaml.ScalarNode:
+    return dumper.represent_scalar(UNSAFE_TAG, str(value))
+
+
+_InventoryDumper.add_representer(Unsafe, _represent_unsafe)
+
+
+class _InventoryLoader(yaml.SafeLoader):
+    """safe_load for the files aifactory rendered: `!unsafe` strings read back as plain strings."""
+
+
+def _construct_unsafe(loader: yaml.SafeLoader, node: yaml.Node) -> str:
+    if not isinstance(node, yaml.ScalarNode):
+        raise yaml.constructor.ConstructorError(None, None, "!unsafe on a non-scalar", node.start_mark)
+    return str(loader.construct_scalar(node))
+
+
+_InventoryLoader.add_constructor(UNSAFE_TAG, _construct_unsafe)
+
+
+def load_inventory_yaml(text: str) -> Any:
+    """The data of an inventory file aifactory rendered (its `!unsafe` tags read as plain strings)."""
+    return yaml.load(text, Loader=_InventoryLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 HEADER = "# Rendered by `aifactory inventory` from the site's plan; do not edit (re-render instead).\n"
 
 
@@ -46,9 +124,12 @@ def build_inventory(
     """The inventory of a plan. `provisioned`: per-host outputs of provisioning (BMC state, identity);
     `site_vars`: extra group vars for every host (the site's Connection: its service manager...)."""
     by_host = _provisioned_by_host(provisioned)
-    host_vars = {h.name: _host_vars(h, plan, by_host.get(h.name)) for h in plan.hosts}
+    host_vars = {
+        _name(h.name, "host name"): _unsafe(_host_vars(h, plan, by_host.get(h.name)), f"host_vars.{h.name}")
+        for h in plan.hosts
+    }
     return Inventory(
-        site=plan.name,
+        site=_name(plan.name, "site name"),
         groups=_groups(plan),
         host_vars=host_vars,
         group_vars=_site_vars(plan, bundle, site_vars),
@@ -59,6 +140,7 @@ def _groups(plan: SitePlan) -> dict[str, Group]:
     groups: dict[str, Group] = {}
 
     def add(kind: str, name: str, host: str | None = None, child: str | None = None) -> None:
+        _name(name, f"{kind} name")
         group = groups.setdefault(group_name(kind, name), Group(group_name(kind, name)))
         if host and host not in group.hosts:
             group.hosts.append(host)
@@ -72,6 +154,7 @@ def _groups(plan: SitePlan) -> dict[str, Group]:
         for interface in host.interfaces:
             add("fabric", interface.fabric, host=host.name)
     for tenant in plan.tenants:
+        _name(tenant.name, "tenant name")
         groups.setdefault(group_name("tenant", tenant.name), Group(group_name("tenant", tenant.name)))
         for pool in tenant.pools:
             add("tenant", tenant.name, child=group_name("pool", pool))
@@ -148,6 +231,9 @@ def _site_vars(
         "aifactory_lab": False,
         "aifactory_service_manager": "systemd",
     }
+    # What came from the plan, the bundle or provisioning is never templated; the site's own
+    # variables (the lab's connection settings, the trust folder) are aifactory's, and stay plain.
+    values = _unsafe(values, "group_vars")
     values.update(site_vars or {})
     return values
 
@@ -182,7 +268,9 @@ def read_provision_outputs(path: Path) -> dict[str, Any] | None:
 
 
 def _dump(data: Any) -> str:
-    return HEADER + yaml.safe_dump(data, sort_keys=True, default_flow_style=False, allow_unicode=True)
+    return HEADER + yaml.dump(
+        data, Dumper=_InventoryDumper, sort_keys=True, default_flow_style=False, allow_unicode=True
+    )
 
 
 def render_files(inventory: Inventory) -> dict[str, str]:

@@ -3,19 +3,27 @@
 Pure and deterministic: same plan, keys and facts -> same bytes. Every artifact is read back in its
 own format after rendering (partitions.conf grammar, YAML, exports(5)), so a template bug fails here,
 not on a switch or a storage server.
+
+Values reach the line-oriented formats (exports, partitions.conf, the comments of the YAML
+documents) only as checked tokens: names, addresses, GUIDs and paths in their grammar. A plan that
+holds anything else (it cannot, when built from a validated spec) is refused with UnsafeValueError
+naming the value, never written with a newline, a space or an option list slipped in. YAML values
+go through `tojson`.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import jinja2
 import yaml
 
-from aifactory.errors import ProvisionError
+from aifactory.errors import ProvisionError, UnsafeValueError
 from aifactory.provision.artifacts import digest_of
 from aifactory.provision.partitions import DEFAULT_PKEY, parse_partitions_conf, partition_name
 
@@ -46,6 +54,26 @@ EXPORT_SECTION = {
     "ceph": "subvolumes",
     "s3": "buckets",
 }
+
+
+# The tokens the line-oriented artifacts are built from.
+PATH_MAX = 4095  # Linux: a longer path cannot be exported
+_NAME = re.compile(r"[a-z][a-z0-9-]{0,62}")
+_INTERFACE = re.compile(r"[A-Za-z0-9_-]{1,15}")
+_ADDRESS = re.compile(r"[0-9A-Fa-f:.]{2,45}")
+_PORT_GUID = re.compile(r"0x[0-9a-f]{1,16}")
+# An export path: '/' and components of letters, digits, '_', '-' and single inner dots.
+_EXPORT_PATH = re.compile(r"(/[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*)+")
+
+
+def _tokens(what: str, values: Iterable[object], pattern: re.Pattern[str], max_length: int = 255) -> None:
+    """Refuse any value outside its token grammar, naming it (escaped, cut short)."""
+    for value in values:
+        if not isinstance(value, str) or len(value) > max_length or not pattern.fullmatch(value):
+            raise UnsafeValueError(
+                f"the plan's {what} {str(value)[:60]!r} cannot be written safely in a provisioning artifact",
+                hint="re-plan the site from a spec that `aifactory validate` accepts",
+            )
 
 
 @dataclass(frozen=True)
@@ -117,6 +145,18 @@ def _partitions(
     plan: dict[str, Any], fabric: dict[str, Any], pkeys: dict[str, int], facts: dict[str, Any]
 ) -> Artifact:
     ports = _hosts_on(plan, fabric["name"])
+    _tokens("site name", [plan["site"]["name"]], _NAME)
+    _tokens("fabric name", [fabric["name"]], _NAME)
+    _tokens("tenant name", [t["name"] for t in plan["tenants"]], _NAME)
+    _tokens("host name", [h["name"] for h, _ in ports], _NAME)
+    _tokens("pool name", [h["pool"] for h, _ in ports], _NAME)
+    _tokens("interface name", [i["name"] for _, i in ports], _INTERFACE)
+    # GUIDs come from discovered facts, not from the spec: checked like everything else.
+    _tokens(
+        "port GUID",
+        [g for h, i in ports if (g := _port_guid(facts, h["name"], i["name"])) is not None],
+        _PORT_GUID,
+    )
     missing = sorted(
         {f"{h['name']}/{i['name']}" for h, i in ports if not _port_guid(facts, h["name"], i["name"])}
     )
@@ -160,6 +200,9 @@ def _partitions(
 
 def _ethernet(plan: dict[str, Any], fabric: dict[str, Any]) -> Artifact:
     kind = fabric["kind"]
+    _tokens("site name", [plan["site"]["name"]], _NAME)
+    _tokens("fabric name", [fabric["name"]], _NAME)
+    _tokens("fabric kind", [kind], _NAME)
     lossless = kind == "roce"
     mtu_default = DEFAULT_MTU.get(kind, 9000 if fabric["purpose"] in ("compute", "storage") else 1500)
     ports = [
@@ -230,6 +273,21 @@ def _export_root(storage: dict[str, Any]) -> str:
     return str(storage.get("mount_path") or "/")
 
 
+def _check_storage_tokens(
+    plan: dict[str, Any], storage: dict[str, Any], entries: list[dict[str, Any]]
+) -> None:
+    """What the exports lines and the comment headers carry: names, classifications, paths, addresses."""
+    _tokens("site name", [plan["site"]["name"]], _NAME)
+    _tokens("storage name", [storage["name"]], _NAME)
+    _tokens("storage kind", [storage["kind"]], _NAME)
+    _tokens("dataset or model name", [e["name"] for e in entries], _NAME)
+    _tokens("owner", [e["owner"] for e in entries], _NAME)
+    _tokens("classification", [e["classification"] for e in entries], _NAME)
+    # exports(5) splits on spaces and reads `host(options)`: a path is a path and nothing else.
+    _tokens("export path", [e["export_path"] for e in entries], _EXPORT_PATH, max_length=PATH_MAX)
+    _tokens("client address", [a for e in entries for a in e["client_addresses"]], _ADDRESS)
+
+
 def render_storage(plan: dict[str, Any], storage: dict[str, Any]) -> list[Artifact]:
     items = [{**d, "kind": "dataset"} for d in plan["datasets"] if d["storage"] == storage["name"]]
     items += [{**m, "kind": "model"} for m in plan["models"] if m["storage"] == storage["name"]]
@@ -253,6 +311,7 @@ def render_storage(plan: dict[str, Any], storage: dict[str, Any]) -> list[Artifa
                 "client_addresses": _addresses(plan, storage, pools),
             }
         )
+    _check_storage_tokens(plan, storage, entries)
     by_name = {s["name"]: s for s in plan["storage"]}
     replicas = [
         {
