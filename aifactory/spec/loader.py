@@ -24,6 +24,7 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from yaml.resolver import Resolver
 
 from aifactory.errors import AifactoryError, Location, Problem, SpecError
+from aifactory.spec.grammar import printable
 
 MAX_FILE_BYTES = 10 * 1024 * 1024
 MAX_DEPTH = 64
@@ -33,13 +34,14 @@ PathKey = tuple[str | int, ...]
 
 
 def format_path(path: PathKey) -> str:
-    """('node_pools', 1, 'fabrics', 0) -> 'node_pools[1].fabrics[0]'."""
+    """('node_pools', 1, 'fabrics', 0) -> 'node_pools[1].fabrics[0]' (a key's control characters
+    written as escapes: a path is printed to terminals)."""
     out = ""
     for part in path:
         if isinstance(part, int):
             out += f"[{part}]"
         else:
-            out += f".{part}" if out else str(part)
+            out += f".{printable(str(part))}" if out else printable(str(part))
     return out
 
 

@@ -7,6 +7,7 @@ No message ever repeats the value of an inline secret.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import functools
 import hashlib
@@ -188,7 +189,14 @@ def _model_validated(source: LoadedYaml) -> tuple[SiteSpec | None, list[Problem]
     try:
         return SiteSpec.model_validate(source.data), []
     except ValidationError as exc:
-        return None, [_problem_from_pydantic(source, error) for error in exc.errors(include_url=False)]
+        problems = [_problem_from_pydantic(source, error) for error in exc.errors(include_url=False)]
+        # An unknown key or a did-you-mean may quote spec text: never a raw control character.
+        return None, [
+            dataclasses.replace(
+                p, message=grammar.printable(p.message), hint=grammar.printable(p.hint or "") or None
+            )
+            for p in problems
+        ]
 
 
 def _problem_from_pydantic(source: LoadedYaml, error: Any) -> Problem:

@@ -255,3 +255,20 @@ def test_endpoint_outside_the_grammar_of_its_kind_is_refused(
         for n, text in enumerate(spec.read_text().splitlines(), 1)
         if "endpoint:" in text and endpoint[:5] in text
     )
+
+
+@pytest.mark.parametrize("key", ["bad\x1b[2Jkey", "bad\nkey", "{{ lookup('pipe', 'id') }}"])
+def test_a_hostile_key_is_named_without_its_control_characters(
+    key: str, tmp_path: Path, run_aifactory
+) -> None:
+    data = copy.deepcopy(BASE_DATA)
+    data["storage"][0][key] = "x"
+    spec = tmp_path / "site.yaml"
+    spec.write_text(yaml.safe_dump(data, sort_keys=False, width=10_000))
+    result = run_aifactory("validate", str(spec))
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "unknown key" in result.stderr and "storage[0]." in result.stderr
+    assert not any(ord(c) < 32 and c != "\n" for c in result.stderr)
+    # One line names the field and says what is wrong: the key broke no line.
+    line = next(text for text in result.stderr.splitlines() if "unknown key" in text)
+    assert "storage[0]." in line
