@@ -197,20 +197,29 @@ def test_hostile_value_through_the_installed_command(what: str, tmp_path: Path, 
     assert not any(ord(c) < 32 and c not in "\n" for c in result.stderr)
 
 
-@pytest.mark.parametrize(
-    ("kind", "endpoint"),
-    [
-        ("nfs", "10.30.0.250:/lake"),
-        ("nfs", "nfs1.site.example:/"),
-        ("lustre", "10.48.0.2@o2ib,10.48.0.3@o2ib:/lake"),
-        ("lustre", "mgs1@tcp:mgs2@tcp:/lake/sub"),
-        ("ceph", "10.48.0.34,10.48.0.35,10.48.0.36:/lake-dr"),
-        ("ceph", "mon1:6789,mon2:6789"),
-        ("weka", "weka1,weka2/default"),
-        ("s3", "https://s3.lagos.ng-national.internal"),
-        ("s3", "http://[fd00::1]:9000/bucket"),
-    ],
-)
+GOOD_ENDPOINTS = [
+    ("nfs", "10.30.0.250:/lake"),
+    ("nfs", "nfs1.site.example:/"),
+    ("lustre", "10.48.0.2@o2ib,10.48.0.3@o2ib:/lake"),
+    ("lustre", "mgs1@tcp:mgs2@tcp:/lake/sub"),
+    ("ceph", "10.48.0.34,10.48.0.35,10.48.0.36:/lake-dr"),
+    ("ceph", "mon1:6789,mon2:6789"),
+    ("weka", "weka1,weka2/default"),
+    ("s3", "https://s3.lagos.ng-national.internal"),
+    ("s3", "http://[fd00::1]:9000/bucket"),
+]
+BAD_ENDPOINTS = [
+    ("nfs", "10.48.0.2@o2ib:/lake"),  # a Lustre NID is not an NFS server
+    ("nfs", "server:relative"),
+    ("lustre", "10.30.0.250:/lake"),  # no NID
+    ("ceph", "https://ceph.example"),
+    ("weka", "weka1:/default"),
+    ("s3", "s3.example"),  # no scheme
+    ("nfs", "server:/a/../b"),
+]
+
+
+@pytest.mark.parametrize(("kind", "endpoint"), GOOD_ENDPOINTS)
 def test_endpoints_in_the_grammar_of_their_kind_validate(
     kind: str, endpoint: str, tmp_path: Path, cli
 ) -> None:
@@ -225,18 +234,7 @@ def test_endpoints_in_the_grammar_of_their_kind_validate(
     assert code == 0, out + err
 
 
-@pytest.mark.parametrize(
-    ("kind", "endpoint"),
-    [
-        ("nfs", "10.48.0.2@o2ib:/lake"),  # a Lustre NID is not an NFS server
-        ("nfs", "server:relative"),
-        ("lustre", "10.30.0.250:/lake"),  # no NID
-        ("ceph", "https://ceph.example"),
-        ("weka", "weka1:/default"),
-        ("s3", "s3.example"),  # no scheme
-        ("nfs", "server:/a/../b"),
-    ],
-)
+@pytest.mark.parametrize(("kind", "endpoint"), BAD_ENDPOINTS)
 def test_endpoint_outside_the_grammar_of_its_kind_is_refused(
     kind: str, endpoint: str, tmp_path: Path, cli
 ) -> None:
@@ -272,3 +270,21 @@ def test_a_hostile_key_is_named_without_its_control_characters(
     # One line names the field and says what is wrong: the key broke no line.
     line = next(text for text in result.stderr.splitlines() if "unknown key" in text)
     assert "storage[0]." in line
+
+
+def test_the_json_schema_refuses_the_same_strings() -> None:
+    """An editor validating against docs/site-v1.schema.json sees the same grammars: the per-kind
+    endpoints (conditionals on `kind`) and the hostile values in a string field."""
+    jsonschema = pytest.importorskip("jsonschema")
+    validator = jsonschema.Draft202012Validator(SCHEMA)
+    assert not list(validator.iter_errors(BASE_DATA))
+    for endpoints, refused in ((GOOD_ENDPOINTS, False), (BAD_ENDPOINTS, True)):
+        for kind, endpoint in endpoints:
+            data = copy.deepcopy(BASE_DATA)
+            data["storage"][1].update(kind=kind, endpoint=endpoint)
+            if kind == "s3":
+                data["storage"][1].pop("mount_path")
+            assert bool(list(validator.iter_errors(data))) is refused, (kind, endpoint)
+    for what, value, _ in HOSTILE:
+        data = _with_value(("node_pools", 0, "hardware", "gpu", "model"), value)
+        assert list(validator.iter_errors(data)), what
