@@ -27,6 +27,7 @@ import pytest
 from aifactory.inventory import build_inventory, write_inventory
 from aifactory.inventory.render import load_inventory_yaml
 from aifactory.plan import plan_site
+from aifactory.plan.model import SitePlan
 
 REPO = Path(__file__).resolve().parents[2]
 ROLES = REPO / "playbooks" / "roles"
@@ -114,7 +115,7 @@ def _hostile_plan(plan: dict, value: str) -> dict:
 def _run(plan: dict, folder: Path) -> tuple[subprocess.CompletedProcess[str], Path]:
     inventory, out = folder / "inventory", folder / "out"
     out.mkdir(parents=True)
-    write_inventory(build_inventory(plan), inventory)
+    write_inventory(build_inventory(SitePlan.from_dict(plan)), inventory)
     playbook = folder / "render.yml"
     playbook.write_text(PLAYBOOK.format(host=GPU_HOST, roles=ROLES, out=out))
     env = {
