@@ -171,3 +171,15 @@ def test_hostile_strings_stay_data_through_the_inventory_and_the_roles(
     assert rendered["storage-preflight"].startswith("storage_client: ")
     assert "needs an absolute mount path" in rendered["storage-preflight"]
     assert not canary.exists()
+
+
+def test_the_bundle_description_stays_plain_text(gpu_plan: dict, tmp_path: Path) -> None:
+    """Ansible 2.19 turns an `!unsafe` string that looks like a number into a number when a template
+    passes it on: the bundle's version (aifactory's own text, not the spec's) is written untagged."""
+    inventory = build_inventory(
+        SitePlan.from_dict(gpu_plan), bundle={"version": "20261201.221214", "digest": "sha256:" + "a" * 64}
+    )
+    write_inventory(inventory, tmp_path / "inv")
+    text = (tmp_path / "inv" / "group_vars" / "all.yml").read_text()
+    assert "version: '20261201.221214'" in text
+    assert "aifactory_site: !unsafe 'gputest'" in text
