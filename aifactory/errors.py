@@ -137,6 +137,13 @@ class UsageError(AifactoryError):
     exit_code = ExitCode.USAGE
 
 
+class PlanFormatError(UsageError):
+    """A serialized plan (plan.json, given as --plan or read from a bundle) that is not one
+    `SitePlan.to_dict()` could have written, or that cannot be read: the argument is wrong (exit 2)."""
+
+    code = "invalid-plan"
+
+
 class PrerequisiteError(AifactoryError):
     """A tool, engine or file the command needs is missing or not answering."""
 

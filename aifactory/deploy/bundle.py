@@ -24,8 +24,8 @@ from typing import Any
 
 from aifactory import signing
 from aifactory.bundle.manifest import MANIFEST, NAMESPACE, SIGNATURE
-from aifactory.errors import BundleError, Location, PrerequisiteError
-from aifactory.plan.model import PlanFormatError, SitePlan
+from aifactory.errors import BundleError, Location, PlanFormatError, PrerequisiteError
+from aifactory.plan.model import SitePlan
 from aifactory.state import SiteState
 
 PLAN = "plan.json"

@@ -19,7 +19,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar, Union, get_args, get_origin, get_type_hints
 
-from aifactory.errors import Location, UsageError
+from aifactory.errors import Location, PlanFormatError
 
 PLAN_SCHEMA = "aifactory.plan/v1"
 
@@ -125,12 +125,6 @@ class Host:
                 "scap_profile": self.platform.scap_profile,
             },
         }
-
-
-class PlanFormatError(UsageError):
-    """A serialized plan that is not one `SitePlan.to_dict()` could have written."""
-
-    code = "invalid-plan"
 
 
 # Numbers keep the type the spec gave them (10 and 10.0 serialize differently): a float field takes both.

@@ -1,4 +1,4 @@
-"""Deploy reads the bundle's signed plan.json into a SitePlan and compares it with the spec's plan by
+"""Deploy reads the bundle's signed plan.json into a SitePlan and compares it with the given plan by
 digest (no lab: the bundle folder is written here, as an import leaves it)."""
 
 from __future__ import annotations
@@ -33,18 +33,18 @@ def _spec(tmp_path: Path) -> Path:
 
 
 def test_the_bundle_plan_is_the_spec_plan(tmp_path: Path) -> None:
-    spec = _spec(tmp_path)
-    planned = plan_site(spec, write_lock=False).plan
-    plan, digest = checked_plan(spec, _bundle(tmp_path / "b", planned.to_json()))
+    planned_site = plan_site(_spec(tmp_path), write_lock=False)
+    planned = planned_site.plan
+    plan, digest = checked_plan(planned_site, _bundle(tmp_path / "b", planned.to_json()))
     assert plan == planned and digest == planned.digest()
 
 
 def test_a_bundle_plan_of_another_spec_is_refused_with_the_difference(tmp_path: Path) -> None:
-    spec = _spec(tmp_path)
-    other = json.loads(plan_site(spec, write_lock=False).plan.to_json())
+    planned_site = plan_site(_spec(tmp_path), write_lock=False)
+    other = json.loads(planned_site.plan.to_json())
     other["hosts"][0]["interfaces"][0]["address"] = "10.99.0.9"
     with pytest.raises(DeployError) as refused:
-        checked_plan(spec, _bundle(tmp_path / "b", json.dumps(other, indent=1) + "\n"))
+        checked_plan(planned_site, _bundle(tmp_path / "b", json.dumps(other, indent=1) + "\n"))
     assert refused.value.code == "plan-differs"
     assert "10.99.0.9" in (refused.value.hint or "")
 

@@ -107,7 +107,7 @@ def test_progress_takes_ansible_recap_as_the_authority() -> None:
     assert rows["h2"].status == "unreachable" and rows["h2"].message == "Connection refused"
 
 
-def test_settings_lay_over_the_connections_and_keep_its_ssh_config(tmp_path: Path) -> None:
+def test_settings_lay_over_the_lab_config_and_keep_its_ssh_config(tmp_path: Path) -> None:
     lab_cfg = {
         "defaults": {"forks": "20", "remote_tmp": "/run/x"},
         "ssh_connection": {

@@ -86,7 +86,7 @@ class DomainError:
 
 _SPEC_MISSING = DomainError(("validate", "{missing}"), 1, "spec-not-found", "{missing}")
 _JOB_MISSING = DomainError(("{missing}",), 2, "usage", "{missing}")
-_PLAN_MISSING = DomainError(("--plan", "{missing}"), 2, "usage", "{missing}")
+_PLAN_MISSING = DomainError(("--plan", "{missing}"), 2, "invalid-plan", "{missing}")
 
 DOMAIN_ERRORS: dict[str, DomainError] = {
     "aifactory": _SPEC_MISSING,
