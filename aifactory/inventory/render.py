@@ -6,6 +6,12 @@ The folder `ansible-inventory -i DIR` reads:
     DIR/group_vars/all.yml   the site: jurisdiction, air gap, plan digest, bundle location, storage
     DIR/host_vars/<h>.yml    one host: address per fabric rail, mounts, GPUs, NCCL environment, ...
 
+Data as large as the site (the Slurm topology lists every compute node: 244 KB at 1,271 hosts) is
+written once, in the host vars of the host it belongs to (the Slurm controller), and every host is
+told where it is (`aifactory_slurm_host`); the roles read it through `hostvars`. In group_vars/all
+Ansible would copy it into every host's variables: `ansible-inventory --list` of the national
+example took minutes and 755 MB that way (benchmarks/inventory_bench.py measures both layouts).
+
 Everything is rendered from a `SitePlan` (the bundle's signed plan.json read back, or a fresh plan),
 so the same plan gives the same bytes.
 
@@ -105,6 +111,10 @@ def load_inventory_yaml(text: str) -> Any:
     return yaml.load(text, Loader=_InventoryLoader)  # noqa: S506 - a SafeLoader subclass
 
 
+# The Slurm topology's variable (in the controller's host vars) and the group var naming that host.
+SLURM_VAR = "aifactory_slurm"
+SLURM_HOST_VAR = "aifactory_slurm_host"
+
 HEADER = "# Rendered by `aifactory inventory` from the site's plan; do not edit (re-render instead).\n"
 
 
@@ -128,6 +138,10 @@ def build_inventory(
         _name(h.name, "host name"): _unsafe(_host_vars(h, plan, by_host.get(h.name)), f"host_vars.{h.name}")
         for h in plan.hosts
     }
+    slurm = slurm_topology(plan)
+    if slurm is not None:
+        controller = _name(slurm["controller"]["name"], "Slurm controller")
+        host_vars[controller][SLURM_VAR] = _unsafe(slurm, f"host_vars.{controller}.{SLURM_VAR}")
     return Inventory(
         site=_name(plan.name, "site name"),
         groups=_groups(plan),
@@ -224,8 +238,9 @@ def _site_vars(
         "aifactory_storage": [section_dict(s) for s in plan.storage],
         "aifactory_egress_allow": [section_dict(e) for e in plan.egress.allow],
         "aifactory_bundle": dict(bundle) if bundle else None,
-        # The plan's Slurm cluster (controller, nodes, partitions, accounts), or None: the scheduler play.
-        "aifactory_slurm": slurm_topology(plan),
+        # The host whose variables hold the plan's Slurm cluster (controller, nodes, partitions,
+        # accounts) as `aifactory_slurm`, or None: no Slurm (the scheduler play skips the site).
+        SLURM_HOST_VAR: plan.control_host if slurm_topology(plan) is not None else None,
         # Defaults of a site whose Connection says nothing else: hosts run systemd (site_vars, from the
         # site's Connection, replace these; docs/architecture.md).
         "aifactory_lab": False,

@@ -144,3 +144,84 @@ def test_cli_renders_the_lab_inventory(
     assert summary["hosts"] == 4 and "tenant_research" in summary["groups"] and summary["bundle"] is None
     hosts = yaml.safe_load((tmp_path / "out" / "hosts.yml").read_text())
     assert set(hosts["all"]["children"]["pool_h100"]["hosts"]) == {"gputest-h100-001", "gputest-h100-002"}
+
+
+NATIONAL_SITE = Path(__file__).resolve().parents[2] / "inventory" / "examples" / "national" / "site.yaml"
+
+
+@pytest.fixture(scope="module")
+def national_inventory(tmp_path_factory: pytest.TempPathFactory) -> tuple[SitePlan, Path]:
+    plan = plan_site(NATIONAL_SITE, write_lock=False).plan
+    folder = tmp_path_factory.mktemp("national") / "inventory"
+    write_inventory(build_inventory(plan), folder)
+    return plan, folder
+
+
+def test_national_inventory_holds_the_slurm_topology_once(national_inventory: tuple[SitePlan, Path]) -> None:
+    """Not a timing test: the structure that keeps `ansible-inventory --list` small at national scale
+    (benchmarks/inventory_bench.py prints its time and memory)."""
+    plan, folder = national_inventory
+    assert len(plan.hosts) > 1000
+    all_vars = yaml.safe_load((folder / "group_vars" / "all.yml").read_text().replace("!unsafe ", ""))
+    assert "aifactory_slurm" not in all_vars
+    assert all_vars["aifactory_slurm_host"] == plan.control_host
+    # nothing in every host's variables grows with the site
+    assert (folder / "group_vars" / "all.yml").stat().st_size < 8_000
+    listed = json.loads(ansible_inventory(folder, "--list"))
+    hostvars = listed["_meta"]["hostvars"]
+    holders = [h for h, values in hostvars.items() if "aifactory_slurm" in values]
+    assert holders == [plan.control_host]
+    topology = hostvars[plan.control_host]["aifactory_slurm"]
+    assert len(topology["nodes"]) == len([h for h in plan.hosts if h.role in ("gpu", "cpu")])
+    biggest = max(len(json.dumps(v)) for h, v in hostvars.items() if h != plan.control_host)
+    assert biggest < 16_000
+
+
+def test_slurm_role_reads_the_topology_from_the_controller(
+    national_inventory: tuple[SitePlan, Path], tmp_path: Path
+) -> None:
+    """A compute host's `slurm_cluster` (the role's default) resolves to the controller's copy."""
+    plan, folder = national_inventory
+    node = next(h.name for h in plan.hosts if h.role in ("gpu", "cpu"))
+    defaults = Path(__file__).resolve().parents[2] / "playbooks" / "roles" / "slurm" / "defaults" / "main.yml"
+    playbook = tmp_path / "read.yml"
+    playbook.write_text(
+        yaml.safe_dump(
+            [
+                {
+                    "hosts": node,
+                    "gather_facts": False,
+                    "vars_files": [str(defaults)],
+                    "tasks": [
+                        {
+                            "ansible.builtin.copy": {
+                                "content": "{{ {'nodes': slurm_cluster.nodes | length, "
+                                "'controller': slurm_cluster.controller.name} | to_json }}",
+                                "dest": str(tmp_path / "seen.json"),
+                            },
+                            "delegate_to": "localhost",
+                        }
+                    ],
+                }
+            ]
+        )
+    )
+    env = {
+        "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin",
+        "ANSIBLE_HOME": str(tmp_path / "ah"),
+        "ANSIBLE_LOCAL_TEMP": str(tmp_path / "ah-tmp"),
+        "ANSIBLE_PYTHON_INTERPRETER": sys.executable,
+    }
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "ansible-playbook"), "-i", str(folder), str(playbook)],
+        capture_output=True,
+        text=True,
+        check=False,
+        env=env,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    seen = json.loads((tmp_path / "seen.json").read_text())
+    assert seen == {
+        "nodes": len([h for h in plan.hosts if h.role in ("gpu", "cpu")]),
+        "controller": plan.control_host,
+    }
