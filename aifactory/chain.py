@@ -18,7 +18,7 @@ Canonical forms (``canon``):
 A log may be rotated into segments (``decisions.jsonl.000000001000``: the rotated file whose first record
 has seq 1000; the live file keeps the log's name): the chain runs on across files, and a series verifies
 as one chain. An edited, deleted, inserted or reordered record breaks the chain; cutting records off
-the end is only detectable against a signed head kept elsewhere (see aifactory.runtime.decisionlog).
+the end is only detectable against a signed head kept elsewhere (see aifactory.trust.decisionlog).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Signed heads collected off the nodes into the control host's state folder (AU-9).
 
-A node signs the head of its decision log every few records (aifactory.runtime.decisionlog) and writes
+A node signs the head of its decision log every few records (aifactory.trust.decisionlog) and writes
 each signed head beside the log and to its `head_copies` (the runtime role's outbox). The control host
 pulls that file at deploy and audit time and merges it here, append-only:
 

@@ -54,12 +54,13 @@ sys.path.insert(0, str(ROOT))
 from aifactory.plan import SitePlan, plan_site  # noqa: E402
 from aifactory.runtime import checkpoint  # noqa: E402
 from aifactory.runtime import dataset as datasets  # noqa: E402
-from aifactory.runtime.authz import Guard, load_authorizer  # noqa: E402
-from aifactory.runtime.decisionlog import DecisionLog  # noqa: E402
 from aifactory.runtime.loadgen import LoadResult, run_load  # noqa: E402
 from aifactory.runtime.metrics import read_jsonl  # noqa: E402
 from aifactory.runtime.model import ModelConfig, Scorer, build, scorer  # noqa: E402
-from aifactory.runtime.tokens import TokenVerifier, TrustFiles, issue_token  # noqa: E402
+from aifactory.trust.authz import Guard, load_authorizer  # noqa: E402
+from aifactory.trust.decisionlog import DecisionLog  # noqa: E402
+from aifactory.trust.issuing.tokens import issue_token  # noqa: E402
+from aifactory.trust.tokens import TokenVerifier, TrustFiles  # noqa: E402
 
 SITE_SPEC = ROOT / "inventory" / "lab" / "site.yaml"
 MODEL_PATH = "srv/share/models/vitals-mlp"

@@ -18,13 +18,14 @@ from pathlib import Path
 
 from aifactory.cli.output import emit_json
 from aifactory.errors import UsageError
-from aifactory.runtime.certs import (
+from aifactory.state import SiteState
+from aifactory.trust.issuing.certs import (
     certificate_revocation_id,
     issue_client_certificate,
     issue_server_certificate,
 )
-from aifactory.runtime.tokens import TrustFiles, issue_token, parse_expiry, revoke_token, token_id_of
-from aifactory.state import SiteState
+from aifactory.trust.issuing.tokens import issue_token, parse_expiry, revoke_token, token_id_of
+from aifactory.trust.tokens import TrustFiles
 
 # One example per command, shown at the end of its --help (aifactory/cli/help.py).
 EXAMPLES = {

@@ -310,7 +310,8 @@ def run_inventory(context: UpContext) -> StageResult:
 
 def run_deploy(context: UpContext) -> StageResult:
     from aifactory.deploy import DeployOptions, deploy_site
-    from aifactory.runtime.tokens import TrustFiles, ensure_site_key
+    from aifactory.trust.issuing.tokens import ensure_site_key
+    from aifactory.trust.tokens import TrustFiles
 
     # The site's token key, so deploy can give every host its public half and the revocation list.
     ensure_site_key(TrustFiles(context.state.subdir("runtime")), site=context.plan().plan.name)
@@ -443,7 +444,8 @@ def _job(context: UpContext) -> dict[str, Any]:
 def _token_for(context: UpContext, tenant: str) -> str:
     from datetime import UTC, datetime, timedelta
 
-    from aifactory.runtime.tokens import TrustFiles, issue_token
+    from aifactory.trust.issuing.tokens import issue_token
+    from aifactory.trust.tokens import TrustFiles
 
     trust = TrustFiles(context.state.subdir("runtime"))
     expires = datetime.now(UTC) + timedelta(hours=12)

@@ -26,7 +26,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from aifactory.runtime.files import atomic_write, fsync_path, sha256_file
+from aifactory.digests import sha256_file
+from aifactory.durable import atomic_write, fsync_path
 
 FORMAT = "aifactory.checkpoint/v1"
 LATEST = "latest"

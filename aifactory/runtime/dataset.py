@@ -25,8 +25,9 @@ from typing import Any
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
+from aifactory.digests import sha256_file
+from aifactory.durable import fsync_path
 from aifactory.errors import DatasetError, Location
-from aifactory.runtime.files import fsync_path, sha256_file
 
 FORMAT = "aifactory.dataset/v1"
 GENERATOR = "aifactory.teacher-mlp/v1"

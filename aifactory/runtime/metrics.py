@@ -23,7 +23,7 @@ from prometheus_client import (
     generate_latest,
 )
 
-from aifactory.runtime.files import atomic_write
+from aifactory.durable import atomic_write
 
 
 def _labels(labels: Mapping[str, str]) -> str:

@@ -21,8 +21,8 @@ import yaml
 from aifactory.console import DEBUG_HELP, UsageParser, run_console
 from aifactory.errors import AifactoryError, ExitCode, Location, UsageError
 from aifactory.runtime.cpus import CpuSplit, parse_cpu_list
-from aifactory.runtime.decisionlog import DEFAULT_RETENTION_DAYS, DISK_SHED_FREE, DISK_WARN_FREE
 from aifactory.state import SiteState
+from aifactory.trust.decisionlog import DEFAULT_RETENTION_DAYS, DISK_SHED_FREE, DISK_WARN_FREE
 
 # The server's limits against hostile clients: (option and runtime.yaml `serve.` key, type, default, help).
 # Defaults are those of `runtime.http.HttpLimits` and `runtime.server.ServerConfig` (docs/runtime.md).
@@ -150,10 +150,10 @@ def _serve(arguments: list[str]) -> int:
         # The batcher thread takes the GIL back after every forward pass (and the authorization and log
         # threads after each call); with the event loop busy, each such wait lasts up to this interval.
         sys.setswitchinterval(args.gil_switch_ms / 1000)
-        from aifactory.runtime.authz import load_authorizer
         from aifactory.runtime.http import HttpLimits
         from aifactory.runtime.server import ServerConfig, run_server
         from aifactory.runtime.siteplan import RuntimePlan
+        from aifactory.trust.authz import load_authorizer
 
         file = _read_config(args.config)
         serve, decisions = file.get("serve") or {}, file.get("decision_log") or {}

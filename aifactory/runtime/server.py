@@ -16,7 +16,7 @@ bounds on what hostile requests cost (denials, recorded names, JSON depth) are
 `aifactory.runtime.limits`'s. This module routes, decides, batches, loads models and speaks TLS.
 
 Per request: the caller is identified (tenant from a verified token and/or the client certificate
-the TLS handshake verified, read once per connection; `aifactory.runtime.certs`), the policy decides on a
+the TLS handshake verified, read once per connection; `aifactory.trust.certs`), the policy decides on a
 fixed pool of authorization threads (each keeps its own regorus engine), and the decision is
 appended to the decision log and fsync'd before any answer is written. Allowed inputs go to the
 batcher thread, which collects requests up to `max_batch` rows or `max_wait_ms`, runs one forward
@@ -54,15 +54,7 @@ from aifactory.errors import TokenRejected
 from aifactory.ids import new_decision_id
 from aifactory.plan.model import Host
 from aifactory.runtime import checkpoint
-from aifactory.runtime.authz import Authorizer, Guard, Outcome
-from aifactory.runtime.certs import PeerCertificate, read_peer_certificate
 from aifactory.runtime.cpus import CpuSplit
-from aifactory.runtime.decisionlog import (
-    DEFAULT_RETENTION_DAYS,
-    DISK_SHED_FREE,
-    DISK_WARN_FREE,
-    DecisionLog,
-)
 from aifactory.runtime.handoff import LoopInbox, LoopOutbox, Workers
 from aifactory.runtime.http import HttpLimits, HttpServer, Request, Response
 from aifactory.runtime.limits import (
@@ -75,7 +67,15 @@ from aifactory.runtime.limits import (
 from aifactory.runtime.metrics import CONTENT_TYPE, ServeMetrics
 from aifactory.runtime.model import MLP, ModelConfig, Scorer, scorer
 from aifactory.runtime.siteplan import RuntimePlan
-from aifactory.runtime.tokens import TokenVerifier, TrustFiles
+from aifactory.trust.authz import Authorizer, Guard, Outcome
+from aifactory.trust.certs import PeerCertificate, read_peer_certificate
+from aifactory.trust.decisionlog import (
+    DEFAULT_RETENTION_DAYS,
+    DISK_SHED_FREE,
+    DISK_WARN_FREE,
+    DecisionLog,
+)
+from aifactory.trust.tokens import TokenVerifier, TrustFiles
 
 log = logging.getLogger(__name__)
 MAX_ROWS = 1024

@@ -28,11 +28,11 @@ from aifactory.console import DEBUG_HELP, UsageParser, run_console
 from aifactory.errors import AifactoryError, ExitCode, RuntimeDenied, UsageError
 from aifactory.plan.model import Host
 from aifactory.runtime import dataset as datasets
-from aifactory.runtime.authz import Authorizer, Guard, Outcome, load_authorizer
-from aifactory.runtime.decisionlog import DecisionLog
 from aifactory.runtime.job import JobSpec, load_job
 from aifactory.runtime.siteplan import RuntimePlan
-from aifactory.runtime.tokens import TokenVerifier, TrustFiles
+from aifactory.trust.authz import Authorizer, Guard, Outcome, load_authorizer
+from aifactory.trust.decisionlog import DecisionLog
+from aifactory.trust.tokens import TokenVerifier, TrustFiles
 
 log = logging.getLogger(__name__)
 DECISION_ENV = "AIFACTORY_DECISION_ID"

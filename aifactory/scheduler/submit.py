@@ -8,7 +8,7 @@
    whatever it is; a deny raises `RuntimeDenied` and sbatch is never called (AC-3).
 3. On allow: `sbatch --parsable` under `--account=<tenant>`, `--partition=<pool>`, `--nodes=N`,
    `--comment=aifactory-decision=<id>`, with a batch script that writes the job for the allocation
-   (`aifactory.scheduler.allocation`) and runs `aifactory-train` once per node with `srun`.
+   (`aifactory.runtime.allocation`) and runs `aifactory-train` once per node with `srun`.
 4. The submission (Slurm job id <-> decision id, tenant, partition) is appended to the scheduler's
    hash-chained submissions log and the operator log.
 """
@@ -23,14 +23,14 @@ from typing import Any
 from aifactory.chain import ChainWriter
 from aifactory.errors import RuntimeDenied, UsageError
 from aifactory.plan import PlannedSite
-from aifactory.runtime.authz import Guard, Outcome, load_authorizer
-from aifactory.runtime.decisionlog import DecisionLog
+from aifactory.runtime.allocation import job_document, run_folder
 from aifactory.runtime.job import JobSpec, load_job
-from aifactory.runtime.tokens import TokenVerifier, TrustFiles
-from aifactory.scheduler.allocation import job_document, run_folder
 from aifactory.scheduler.slurm import SlurmClient, checked
 from aifactory.scheduler.topology import COMPUTE_ROLES
 from aifactory.state import SiteState
+from aifactory.trust.authz import Guard, Outcome, load_authorizer
+from aifactory.trust.decisionlog import DecisionLog
+from aifactory.trust.tokens import TokenVerifier, TrustFiles
 
 DEFAULT_RUNTIME_PREFIX = Path("/opt/aifactory/current")
 DECISION_COMMENT = "aifactory-decision="
@@ -162,7 +162,7 @@ def batch_script(job: JobSpec, *, runtime_prefix: Path = DEFAULT_RUNTIME_PREFIX)
         "#!/bin/sh\n"
         f"# aifactory training job {job.name}: submitted by `aifactory train` (docs/scheduler.md).\n"
         "set -eu\n"
-        f"job_file=$({python} -m aifactory.scheduler.allocation --job-id \"$SLURM_JOB_ID\" <<'{marker}'\n"
+        f"job_file=$({python} -m aifactory.runtime.allocation --job-id \"$SLURM_JOB_ID\" <<'{marker}'\n"
         f"{document}{marker}\n"
         ")\n"
         'echo "aifactory: job $SLURM_JOB_ID on $SLURM_JOB_NODELIST: $job_file" >&2\n'

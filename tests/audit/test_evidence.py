@@ -16,8 +16,8 @@ from aifactory.audit.evidence.logs import decision_log_evidence
 from aifactory.deploy.evidence import write_installed
 from aifactory.plan import plan_site
 from aifactory.plan.model import SitePlan
-from aifactory.runtime.decisionlog import DecisionLog
 from aifactory.state import SiteState
+from aifactory.trust.decisionlog import DecisionLog
 
 SCHEMA = json.loads((ROOT / "docs" / "report.schema.json").read_text())
 PACKAGES = {"slurm-wlm": "22.05.8-4", "munge": "0.5.15-2", "aifactory": "0.1.0"}

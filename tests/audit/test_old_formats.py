@@ -8,7 +8,7 @@ from pathlib import Path
 
 from aifactory.audit.verify import verify_report
 from aifactory.chain import verify_chain
-from aifactory.runtime.decisionlog import verify_log
+from aifactory.trust.decisionlog import verify_log
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "logformat-v0"
 
@@ -50,7 +50,7 @@ def test_old_report_verifies_against_its_signer(tmp_path: Path) -> None:
 
 def test_an_old_log_goes_on_in_the_new_form(tmp_path: Path) -> None:
     """A node upgraded in place appends RFC 8785 records (and heads) after the old ones: one chain."""
-    from aifactory.runtime.decisionlog import DecisionLog, log_key_dir
+    from aifactory.trust.decisionlog import DecisionLog, log_key_dir
 
     folder = _copy(tmp_path)
     log = folder / "decisions.jsonl"

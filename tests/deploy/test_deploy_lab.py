@@ -276,7 +276,7 @@ HEADS_ON_NODE = "/var/lib/aifactory/log-heads/decisions.heads.jsonl"
 
 
 def test_signed_log_heads_are_collected_off_the_node(lab, lab_bundle_import, tmp_path: Path) -> None:  # noqa: ANN001
-    from aifactory.runtime.decisionlog import verify_log
+    from aifactory.trust.decisionlog import verify_log
 
     host = lab.hosts[0]
     answers = ssh(lab, host, DENIED_REQUEST.replace("ADDRESS", management_address(lab, host))).stdout.split()
@@ -332,8 +332,8 @@ PY
 def test_a_host_with_a_certificate_from_the_site_ca_serves_https(lab, lab_bundle_import) -> None:  # noqa: ANN001
     from datetime import UTC, datetime, timedelta
 
-    from aifactory.runtime.certs import issue_server_certificate
-    from aifactory.runtime.tokens import TrustFiles
+    from aifactory.trust.issuing.certs import issue_server_certificate
+    from aifactory.trust.tokens import TrustFiles
 
     host = lab.hosts[-1]
     address = management_address(lab, host)

@@ -100,7 +100,7 @@ DOMAIN_ERRORS: dict[str, DomainError] = {
         ("{missing}",), 2, "usage", "{missing}", env={"AIFACTORY_DECISION_ID": "probe"}
     ),
     # a valid job on stdin, but no Slurm allocation around it
-    "aifactory.scheduler.allocation": DomainError(
+    "aifactory.runtime.allocation": DomainError(
         ("--job-id", "1"), 2, "usage", "SLURM_JOB_NODELIST", stdin=VALID_JOB
     ),
     "aifactory.spec.schema": DomainError(
@@ -145,7 +145,7 @@ def test_entry_points_are_found() -> None:
     """The discovery itself: the three console scripts and the modules the issue named are in it."""
     names = {str(e) for e in ENTRY_POINTS}
     assert {"aifactory", "aifactory-train", "aifactory-serve", "aifactory.cli.main"} <= names
-    assert {"aifactory.runtime.serve_cli", "aifactory.spec.schema", "aifactory.scheduler.allocation"} <= names
+    assert {"aifactory.runtime.serve_cli", "aifactory.spec.schema", "aifactory.runtime.allocation"} <= names
 
 
 def test_every_entry_point_has_a_domain_error_row() -> None:

@@ -20,6 +20,7 @@ DOWNSTREAM_OF_PLAN = (
     "deploy",
     "scheduler",
     "runtime",
+    "trust",
     "audit",
     "pipeline",
     "cli",
@@ -90,6 +91,52 @@ def test_spec_and_plan_import_nothing_downstream() -> None:
 
 def test_runtime_imports_nothing_of_the_control_hosts_stages() -> None:
     assert violations(sources("runtime"), NOT_FOR_NODES) == []
+
+
+# The site's trust (aifactory/trust/): its verifying side runs on nodes beside the runtime; its issuing
+# side (aifactory/trust/issuing/) mints tokens, signs the revocation list and runs the CA, and only the
+# control host's code (the CLI, the pipeline, the scheduler's submit) may import it.
+ISSUING = "aifactory.trust.issuing"
+
+
+def node_sources() -> list[Path]:
+    """The code that runs on nodes: the runtime and the verifying side of trust."""
+    issuing = PACKAGE / "trust" / "issuing"
+    trust = [path for path in sources("trust") if issuing not in path.parents]
+    return sources("runtime") + trust
+
+
+def issuing_imports(files: list[Path]) -> list[str]:
+    return sorted(
+        f"{module_name(path)} imports {imported}"
+        for path in files
+        for imported in imported_modules(path)
+        if imported == ISSUING or imported.startswith(f"{ISSUING}.")
+    )
+
+
+def test_node_code_never_imports_the_issuing_side_of_trust() -> None:
+    files = node_sources()
+    assert any(module_name(path) == "aifactory.trust.tokens" for path in files)
+    assert not any(module_name(path).startswith(ISSUING) for path in files)
+    assert issuing_imports(files) == []
+
+
+def test_trust_imports_nothing_of_the_control_hosts_stages_nor_the_runtime() -> None:
+    assert violations(sources("trust"), (*NOT_FOR_NODES, "runtime", "scheduler")) == []
+
+
+def test_the_issuing_rule_sees_an_import_of_the_issuing_side(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake = tmp_path / "aifactory" / "runtime" / "probe.py"
+    fake.parent.mkdir(parents=True)
+    fake.write_text("def f():\n    from aifactory.trust.issuing import tokens\n")
+    monkeypatch.setattr(__import__(__name__, fromlist=["PACKAGE"]), "PACKAGE", tmp_path / "aifactory")
+    assert issuing_imports([fake]) == [
+        "aifactory.runtime.probe imports aifactory.trust.issuing",
+        "aifactory.runtime.probe imports aifactory.trust.issuing.tokens",
+    ]
 
 
 def test_nothing_outside_the_cli_imports_the_cli() -> None:

@@ -15,7 +15,8 @@ from waiting import scaled
 
 from aifactory.plan import plan_site
 from aifactory.runtime import dataset as datasets
-from aifactory.runtime.tokens import TrustFiles, issue_token, revoke_token
+from aifactory.trust.issuing.tokens import issue_token, revoke_token
+from aifactory.trust.tokens import TrustFiles
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SITE = "rtlab"

@@ -11,8 +11,8 @@ import pytest
 from waiting import scaled, wait_for
 
 from aifactory.chain import canonical_json, record_hash
-from aifactory.runtime.decisionlog import DecisionLog, heads_path_for, log_key_dir, verify_log
 from aifactory.signing import ssh_keygen_verify
+from aifactory.trust.decisionlog import DecisionLog, heads_path_for, log_key_dir, verify_log
 
 
 def _decision(i: int) -> dict[str, object]:
@@ -185,7 +185,7 @@ STARTERS = 8
 OPEN_ON_SIGNAL = """
 import sys, time
 from pathlib import Path
-from aifactory.runtime.decisionlog import DecisionLog
+from aifactory.trust.decisionlog import DecisionLog
 go = Path(sys.argv[2])
 while not go.exists():
     pass

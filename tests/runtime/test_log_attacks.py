@@ -16,8 +16,8 @@ from aifactory.audit.model import Evidence
 from aifactory.chain import ChainWriter, canonical_bytes, record_hash, segments_of
 from aifactory.cli.main import main
 from aifactory.headcopies import collect_heads, collected_dir, merge_incoming
-from aifactory.runtime.decisionlog import DecisionLog, heads_path_for, log_key_dir, verify_log
 from aifactory.state import SiteState
+from aifactory.trust.decisionlog import DecisionLog, heads_path_for, log_key_dir, verify_log
 
 HOST = "lab-cpu-001"
 

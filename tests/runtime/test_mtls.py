@@ -24,14 +24,14 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from waiting import wait_for
 
-from aifactory.runtime.certs import (
+from aifactory.trust.certs import SiteCA, read_peer_certificate
+from aifactory.trust.issuing.certs import (
     IssuedCertificate,
-    SiteCA,
     issue_client_certificate,
     issue_server_certificate,
-    read_peer_certificate,
 )
-from aifactory.runtime.tokens import TrustFiles, revoke_token
+from aifactory.trust.issuing.tokens import revoke_token
+from aifactory.trust.tokens import TrustFiles
 
 from .conftest import SITE, RuntimeSite
 from .serving import BODY, PATH, Server, records, start_server, wait_for_model, write_checkpoint

@@ -18,9 +18,9 @@ import pytest
 from waiting import scaled, wait_for
 
 import aifactory
-from aifactory.runtime.decisionlog import verify_log
 from aifactory.runtime.loadgen import LoadResult, run_load
-from aifactory.runtime.tokens import issue_token, revoke_token
+from aifactory.trust.decisionlog import verify_log
+from aifactory.trust.issuing.tokens import issue_token, revoke_token
 
 from .conftest import SITE, RuntimeSite
 from .serving import BODY, PATH, Server, records, start_server, wait_for_model, write_checkpoint

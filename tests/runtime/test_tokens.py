@@ -13,15 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from aifactory.runtime.tokens import (
-    TokenRejected,
-    TokenVerifier,
-    TrustFiles,
-    issue_token,
-    parse_expiry,
-    revoke_token,
-)
+from aifactory.errors import TokenRejected
 from aifactory.signing import ssh_keygen_verify
+from aifactory.trust.issuing.tokens import issue_token, parse_expiry, revoke_token
+from aifactory.trust.tokens import TokenVerifier, TrustFiles
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 

@@ -11,19 +11,22 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[2] / "aifactory"
 SPEC = PACKAGE.parent / "inventory" / "lab" / "site.yaml"
 TORCH_FREE = (
-    "tokens",
-    "certs",
-    "handoff",
-    "http",
-    "limits",
-    "decisionlog",
-    "authz",
-    "job",
-    "siteplan",
-    "metrics",
-    "dataset",
-    "train_cli",
-    "loadgen",
+    "aifactory.trust.tokens",
+    "aifactory.trust.certs",
+    "aifactory.trust.decisionlog",
+    "aifactory.trust.authz",
+    "aifactory.trust.issuing.tokens",
+    "aifactory.trust.issuing.certs",
+    "aifactory.runtime.handoff",
+    "aifactory.runtime.http",
+    "aifactory.runtime.limits",
+    "aifactory.runtime.job",
+    "aifactory.runtime.allocation",
+    "aifactory.runtime.siteplan",
+    "aifactory.runtime.metrics",
+    "aifactory.runtime.dataset",
+    "aifactory.runtime.train_cli",
+    "aifactory.runtime.loadgen",
 )
 
 
@@ -58,7 +61,7 @@ def test_aifactory_validate_does_not_import_torch() -> None:
 
 
 def test_the_torch_free_runtime_modules_stay_torch_free() -> None:
-    code = "\n".join(f"import aifactory.runtime.{name}" for name in TORCH_FREE)
+    code = "\n".join(f"import {name}" for name in TORCH_FREE)
     assert _torch_loaded_after(code) == "False"
 
 

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from aifactory.errors import TokenRejected
-from aifactory.runtime.decisionlog import DecisionLog, log_key_dir, verify_log
-from aifactory.runtime.tokens import TokenVerifier, TrustFiles, issue_token
+from aifactory.trust.decisionlog import DecisionLog, log_key_dir, verify_log
+from aifactory.trust.issuing.tokens import issue_token
+from aifactory.trust.tokens import TokenVerifier, TrustFiles
 
 from .test_tokens import NOW
 

@@ -155,8 +155,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         pytest.skip(f"needs the local lab: {reason}")
     from aifactory.lab import lab_down, lab_up
     from aifactory.plan import plan_site
-    from aifactory.runtime.tokens import TrustFiles, issue_token
     from aifactory.scheduler.topology import slurm_topology
+    from aifactory.trust.issuing.tokens import issue_token
+    from aifactory.trust.tokens import TrustFiles
 
     site = f"sch{os.getpid()}"
     work = tmp_path_factory.mktemp("sched")

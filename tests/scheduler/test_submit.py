@@ -19,10 +19,12 @@ import yaml
 
 from aifactory.errors import RuntimeDenied, UsageError
 from aifactory.plan import PlannedSite, plan_site
+from aifactory.runtime import allocation
 from aifactory.runtime.job import load_job
-from aifactory.runtime.tokens import TrustFiles, issue_token
-from aifactory.scheduler import allocation, jobs, submit
+from aifactory.scheduler import jobs, submit
 from aifactory.scheduler.topology import slurm_topology
+from aifactory.trust.issuing.tokens import issue_token
+from aifactory.trust.tokens import TrustFiles
 
 REPO = Path(__file__).resolve().parents[2]
 LAB = REPO / "inventory" / "lab" / "site.yaml"
@@ -139,7 +141,7 @@ def test_an_allowed_job_is_recorded_then_submitted_under_the_tenants_account(
         "--output=/srv/share/models/vitals-mlp/runs/unit-job/slurm-%j.out",
     ]
     assert script is not None and script.startswith("#!/bin/sh\n")
-    assert "-m aifactory.scheduler.allocation" in script
+    assert "-m aifactory.runtime.allocation" in script
     assert "exec srun --ntasks-per-node=1 --kill-on-bad-exit=1" in script
     assert '--host "$SLURMD_NODENAME"' in script and "/opt/aifactory/current/bin/aifactory-train" in script
     assert "token" not in script.split("<<'AIFACTORY_JOB'")[1].split("token_file")[0]  # no token inline

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import importlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,15 +27,16 @@ from aifactory.chain import (
     segments_of,
     verify_chain,
 )
-from aifactory.errors import ChainError, PrerequisiteError, SignerUntrusted, StateError, UsageError
+from aifactory.errors import ChainError, SignerUntrusted, StateError, UsageError
 from aifactory.headcopies import HEADS_FOLDER, collected_dir
 from aifactory.state import OPERATOR_LOG, SiteState
+from aifactory.trust.decisionlog import verify_heads_file, verify_log
 
 INTEGRITY = "AU-9"
 RETENTION = "AU-11"
 GENERATION = "AU-12"
 # Chained logs without signed heads, checked as plain chains: the operator log, and the tokens and
-# certificates issued (`aifactory.runtime.tokens`, in the runtime folder beside the decision logs).
+# certificates issued (`aifactory.trust.issuing`, in the runtime folder beside the decision logs).
 CHAIN_ONLY = (OPERATOR_LOG, "issued-tokens.jsonl")
 TAMPERED = (
     "treat the log as tampered with: preserve it, find out who changed it, and compare it with "
@@ -71,14 +71,6 @@ class LogCheck:
         return self.chain.ok and not self.retention
 
 
-def _runtime_verifier() -> Any:
-    try:
-        module = importlib.import_module("aifactory.runtime.decisionlog")
-    except ImportError:
-        return None
-    return getattr(module, "verify_log", None)
-
-
 def _head_hash(path: Path) -> str:
     try:
         return read_head(path).hash
@@ -94,19 +86,12 @@ def verify_any_log(
     collected: Sequence[Path] = (),
     retention_days: int | None = None,
 ) -> LogCheck:
-    """The runtime's `verify_log` (chain, signed heads, collected heads, retention) when installed,
-    else the plain chain. The logs in CHAIN_ONLY have no signed heads: their chain is what there is to
-    check."""
-    if path.name in CHAIN_ONLY and (heads or trust or collected):
-        raise UsageError(
-            f"{path.name} has no signed heads", hint="leave out --heads, --trust and --collected"
-        )
-    verify_log = None if path.name in CHAIN_ONLY else _runtime_verifier()
-    if verify_log is None:
+    """The decision log's `verify_log` (chain, signed heads, collected heads, retention); for the logs in
+    CHAIN_ONLY, which have no signed heads, the plain chain is what there is to check."""
+    if path.name in CHAIN_ONLY:
         if heads or trust or collected:
-            raise PrerequisiteError(
-                "checking signed heads needs aifactory.runtime.decisionlog",
-                hint="install aifactory with its runtime, or leave out --heads/--trust/--collected",
+            raise UsageError(
+                f"{path.name} has no signed heads", hint="leave out --heads, --trust and --collected"
             )
         chain = verify_chain(path)
         return LogCheck(chain, chain.as_dict())
@@ -319,16 +304,13 @@ def _log_signers(log_path: Path) -> set[str]:
 def collected_copies_evidence(state: SiteState) -> list[tuple[str, list[str]]]:
     """(path, problems) for each host's collected heads checked on their own against the host's
     collected key (a head signed by another key: the node's key was replaced after collection)."""
-    verify_heads = getattr(
-        importlib.import_module("aifactory.runtime.decisionlog"), "verify_heads_file", None
-    )
     root = state.path(HEADS_FOLDER)
     out: list[tuple[str, list[str]]] = []
-    if verify_heads is None or not root.is_dir():
+    if not root.is_dir():
         return out
     for signers in sorted(root.glob("*/allowed_signers")):
         for heads in sorted(signers.parent.glob("*.heads.jsonl")):
-            _count, problems = verify_heads(heads, signers)
+            _count, problems = verify_heads_file(heads, signers)
             out.append((str(heads), list(problems)))
     return out
 

@@ -22,12 +22,12 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from aifactory.errors import TokenRejected
 from aifactory.ids import new_decision_id
-from aifactory.runtime.decisionlog import DecisionLog
-from aifactory.runtime.tokens import TokenVerifier
+from aifactory.trust.decisionlog import DecisionLog
+from aifactory.trust.tokens import TokenVerifier
 
 if TYPE_CHECKING:
     from aifactory.plan.model import SitePlan
-    from aifactory.runtime.certs import PeerCertificate
+    from aifactory.trust.certs import PeerCertificate
 
 log = logging.getLogger(__name__)
 

@@ -1,28 +1,14 @@
-"""The site CA and its X.509 certificates: tenant client certificates (mTLS) and server certificates.
+"""Creating the site CA and issuing its certificates (the control host only: it holds the CA's key).
 
-IA-2, IA-5 (authenticator management), SC-8 (TLS), SC-17 (a site-run PKI). A tenant may present a
-client certificate from the site CA instead of, or beside, a token. The rule for its identity:
-
-    the tenant is the certificate's single SAN URI  aifactory://<site>/tenant/<tenant>
-
-The subject's common name repeats the tenant for people reading the certificate, but it is never
-read. A certificate without exactly one such URI, for another site, or without the clientAuth
-extended key usage names no tenant and is refused. The TLS layer checks the chain to the site CA
-and the validity dates; the runtime then checks revocation against the same signed revocation list
-as tokens (entries `cert:<serial in hex>`) and compares the tenant with a token's, when both come.
-
-Files, in the site's runtime folder (beside the token key):
-
-    site-ca/ca.key     the CA's private key (ECDSA P-256, 0600; on the admin's machine only)
-    site-ca/ca.pem     its certificate: what nodes verify client certificates against (--tls-client-ca)
-
-Issued keys are generated here, written 0600 and never logged; the issuance is recorded (serial,
-tenant or server, SHA-256 fingerprint, expiry) in the hash-chained `issued-tokens.jsonl`.
+IA-5, SC-17 (a site-run PKI). Tenant client certificates carry the single SAN URI
+aifactory://<site>/tenant/<tenant> that `aifactory.trust.certs` reads on nodes; server certificates
+name a DNS name and its addresses. Issued keys are generated here, written 0600 and never logged; the
+issuance is recorded (serial, tenant or server, SHA-256 fingerprint, expiry) in the hash-chained
+`issued-tokens.jsonl`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import re
 from dataclasses import dataclass
@@ -35,47 +21,19 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from aifactory.chain import ChainWriter
+from aifactory.durable import atomic_write
 from aifactory.errors import Location, UsageError
-from aifactory.runtime.files import atomic_write
-from aifactory.runtime.tokens import TrustFiles, ensure_site_key
+from aifactory.trust.certs import REVOCATION_PREFIX, SiteCA, revocation_id, tenant_uri
+from aifactory.trust.issuing.tokens import ensure_site_key
+from aifactory.trust.tokens import TrustFiles
 
 CA_LIFETIME = timedelta(days=5 * 365)
 CLOCK_SKEW = timedelta(minutes=5)  # certificates are valid from a little before they are issued
-TENANT_URI = re.compile(r"aifactory://(?P<site>[^/]+)/tenant/(?P<tenant>[^/]+)")
-REVOCATION_PREFIX = "cert:"
 # A DNS name (RFC 1123 labels of at most 63 characters, at most 253 in all).
 DNS_NAME = re.compile(
     r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
 )
 DNS_NAME_MAX = 253
-
-
-def tenant_uri(site: str, tenant: str) -> str:
-    return f"aifactory://{site}/tenant/{tenant}"
-
-
-def revocation_id(serial: int) -> str:
-    """The id a certificate has in the signed revocation list."""
-    return f"{REVOCATION_PREFIX}{serial:x}"
-
-
-@dataclass(frozen=True)
-class SiteCA:
-    """Where the runtime folder keeps the site CA."""
-
-    root: Path
-
-    @classmethod
-    def of(cls, trust: TrustFiles) -> SiteCA:
-        return cls(trust.root / "site-ca")
-
-    @property
-    def key(self) -> Path:
-        return self.root / "ca.key"
-
-    @property
-    def certificate(self) -> Path:
-        return self.root / "ca.pem"
 
 
 @dataclass(frozen=True)
@@ -91,9 +49,6 @@ class IssuedCertificate:
     @property
     def revocation_id(self) -> str:
         return revocation_id(self.serial)
-
-
-# --- the admin's side: the CA and issuing ----------------------------------------------------------------
 
 
 def ensure_site_ca(trust: TrustFiles, *, site: str, now: datetime | None = None) -> SiteCA:
@@ -324,58 +279,3 @@ def _private_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
 
 def _iso(moment: datetime) -> str:
     return moment.astimezone(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
-
-
-# --- the runtime's side: who does a verified peer certificate name? -------------------------------------
-
-
-@dataclass(frozen=True)
-class PeerCertificate:
-    """A client certificate the TLS layer verified against the site CA, read once per connection.
-
-    `tenant` is None when the certificate names none; `problem` then says why (a reason code).
-    """
-
-    serial: int
-    sha256: str
-    not_after: float  # seconds since the epoch
-    tenant: str | None
-    problem: str | None = None
-
-    @property
-    def revocation_id(self) -> str:
-        return revocation_id(self.serial)
-
-    def describe(self) -> dict[str, str]:
-        return {"serial": f"{self.serial:x}", "sha256": self.sha256}
-
-
-def read_peer_certificate(der: bytes, *, site: str) -> PeerCertificate:
-    """Read the tenant from a verified certificate's SAN URI (the rule in this module's docstring)."""
-    certificate = x509.load_der_x509_certificate(der)
-    tenant, problem = _tenant_of(certificate, site=site)
-    return PeerCertificate(
-        serial=certificate.serial_number,
-        sha256=hashlib.sha256(der).hexdigest(),
-        not_after=certificate.not_valid_after_utc.timestamp(),
-        tenant=tenant,
-        problem=problem,
-    )
-
-
-def _tenant_of(certificate: x509.Certificate, *, site: str) -> tuple[str | None, str | None]:
-    """(tenant, None) or (None, reason code)."""
-    try:
-        usages = certificate.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
-        names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        return None, "cert-no-tenant"
-    if ExtendedKeyUsageOID.CLIENT_AUTH not in usages:
-        return None, "cert-not-for-clients"
-    uris = names.get_values_for_type(x509.UniformResourceIdentifier)
-    matches = [match for match in map(TENANT_URI.fullmatch, uris) if match]
-    if len(matches) != 1:
-        return None, "cert-no-tenant"
-    if matches[0]["site"] != site:
-        return None, "cert-wrong-site"
-    return matches[0]["tenant"], None

@@ -1,4 +1,4 @@
-"""Site-signed bearer tokens and the signed revocation list (IA-2, IA-5, AC-2).
+"""Site-signed bearer tokens and the signed revocation list, as nodes verify them (IA-2, IA-5, AC-2).
 
 A token says which tenant its bearer acts for, at which site, until when. The runtime never trusts
 a tenant name that a request or job asserts itself: the tenant comes only from a token that
@@ -19,6 +19,10 @@ Files, in the site's runtime folder (`SiteState.for_site(site).subdir("runtime")
     token-key/allowed_signers   its public key: what nodes verify tokens against
     revoked-tokens.json(.sig)   the revocation list, signed by the same key; nodes reload it on change
     issued-tokens.jsonl         hash-chained record of issued and revoked token ids (never the tokens)
+
+This module is the verifying side (nodes, and the control host before `sbatch`): the format, the
+trust files and `TokenVerifier`. Issuing and revoking tokens, which need the site's private key,
+live in `aifactory.trust.issuing.tokens` (the control host only).
 """
 
 from __future__ import annotations
@@ -26,33 +30,19 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import re
-import secrets
 import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from aifactory.chain import ChainWriter, canonical_json
-from aifactory.errors import Location, TokenRejected, UsageError
-from aifactory.runtime.files import atomic_write
-from aifactory.signing import (
-    BEGIN,
-    END,
-    SignatureError,
-    generate_keypair,
-    load_private_key,
-    sign,
-    verify,
-    verify_signer,
-)
+from aifactory.errors import TokenRejected
+from aifactory.signing import BEGIN, END, SignatureError, verify, verify_signer
 
 TOKEN_NAMESPACE = "aifactory-token"
 TOKEN_PREFIX = "aft1"
-MAX_LIFETIME = timedelta(days=366)
 REVOCATIONS_SCHEMA = "aifactory.revocations/v1"
 
 
@@ -106,34 +96,25 @@ class TrustFiles:
         return self.root / "issued-tokens.jsonl"
 
 
-@dataclass(frozen=True)
-class IssuedToken:
-    token: str
-    claims: TokenClaims
-
-
-def _b64url(data: bytes) -> str:
+def b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).decode().rstrip("=")
 
 
-def _unb64url(text: str) -> bytes:
+def unb64url(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
-def _armor(blob: bytes) -> str:
+def armor(blob: bytes) -> str:
     encoded = base64.b64encode(blob).decode()
     return "\n".join([BEGIN, *(encoded[i : i + 70] for i in range(0, len(encoded), 70)), END]) + "\n"
 
 
-def _dearmor(armored: str) -> bytes:
+def dearmor(armored: str) -> bytes:
     return base64.b64decode("".join(armored.strip()[len(BEGIN) : -len(END)].split()))
 
 
-def _iso(seconds: int) -> str:
+def iso_utc(seconds: int) -> str:
     return datetime.fromtimestamp(seconds, UTC).isoformat().replace("+00:00", "Z")
-
-
-# --- the admin's side: keys, issue, revoke --------------------------------------------------------------
 
 
 def token_signer(site: str) -> str:
@@ -141,152 +122,14 @@ def token_signer(site: str) -> str:
     return f"{site}-tokens"
 
 
-def ensure_site_key(trust: TrustFiles, *, site: str) -> None:
-    """Create the site's token key on first use (0600, generated here, never copied in)."""
-    if not trust.private_key.exists():
-        generate_keypair(trust.key_dir, identity=token_signer(site), namespaces=TOKEN_NAMESPACE)
-    if not trust.revocations.exists():
-        _write_revocations(trust, site=site, entries=[])
-
-
-def parse_expiry(text: str, *, now: datetime) -> datetime:
-    """`30d`, `12h`, `45m`, an ISO date (expires at 00:00 UTC that day) or an ISO date-time."""
-    match = re.fullmatch(r"(\d+)([dhm])", text.strip())
-    if match:
-        amount, unit = int(match.group(1)), match.group(2)
-        delta = {"d": timedelta(days=amount), "h": timedelta(hours=amount), "m": timedelta(minutes=amount)}[
-            unit
-        ]
-        when = now + delta
-    else:
-        try:
-            if re.fullmatch(r"\d{4}-\d{2}-\d{2}", text.strip()):
-                day = date.fromisoformat(text.strip())
-                when = datetime(day.year, day.month, day.day, tzinfo=UTC)
-            else:
-                when = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-                if when.tzinfo is None:
-                    when = when.replace(tzinfo=UTC)
-        except ValueError:
-            raise UsageError(
-                f"cannot read the expiry {text!r}",
-                hint="give a duration such as 30d, 12h or 45m, or an ISO date such as 2027-01-31",
-            ) from None
-    if when <= now:
-        raise UsageError(f"the expiry {text!r} is in the past", hint="tokens must expire in the future")
-    if when - now > MAX_LIFETIME:
-        raise UsageError(
-            f"the expiry {text!r} is more than {MAX_LIFETIME.days} days away",
-            hint="issue shorter-lived tokens and re-issue them (IA-5)",
-        )
-    return when
-
-
-def issue_token(
-    trust: TrustFiles,
-    *,
-    site: str,
-    tenant: str,
-    expires: datetime,
-    now: datetime | None = None,
-    passphrase: bytes | None = None,
-) -> IssuedToken:
-    ensure_site_key(trust, site=site)
-    issued_at = now or datetime.now(UTC)
-    claims = TokenClaims(
-        id=secrets.token_hex(8),
-        tenant=tenant,
-        site=site,
-        issued=int(issued_at.timestamp()),
-        expires=int(expires.timestamp()),
-    )
-    payload = canonical_json(claims.as_dict()).encode()
-    armored = sign(payload, load_private_key(trust.private_key, passphrase), TOKEN_NAMESPACE)
-    token = f"{TOKEN_PREFIX}.{_b64url(payload)}.{_b64url(_dearmor(armored))}"
-    with ChainWriter(trust.issued_log) as log:
-        log.append(
-            {
-                "event": "issued",
-                "time": _iso(claims.issued),
-                "token_id": claims.id,
-                "tenant": tenant,
-                "site": site,
-                "expires": _iso(claims.expires),
-            }
-        )
-    return IssuedToken(token, claims)
-
-
-def token_id_of(text: str) -> str:
-    """Accept a token id or a whole token (whose id is read without trusting it)."""
-    text = text.strip()
-    if re.fullmatch(r"[0-9a-f]{16}", text):
-        return text
-    try:
-        return str(_decode(text)[0]["id"])
-    except (TokenRejected, KeyError):
-        raise UsageError(f"{text[:24]!r} is neither a token id (16 hex digits) nor a token") from None
-
-
-def revoke_token(
-    trust: TrustFiles,
-    *,
-    site: str,
-    token_id: str,
-    reason: str | None = None,
-    now: datetime | None = None,
-    passphrase: bytes | None = None,
-) -> int:
-    """Add a token id to the signed revocation list; return how many ids the list holds."""
-    if not trust.private_key.exists():
-        raise UsageError(
-            f"site {site!r} has no token key in {trust.key_dir}",
-            hint="tokens are issued with `aifactory token issue` first",
-        )
-    when = _iso(int((now or datetime.now(UTC)).timestamp()))
-    entries = {e["id"]: e for e in load_revocations(trust).get("revoked", [])}
-    if token_id not in entries:
-        entries[token_id] = {"id": token_id, "revoked_at": when, "reason": reason}
-    _write_revocations(trust, site=site, entries=list(entries.values()), passphrase=passphrase)
-    with ChainWriter(trust.issued_log) as log:
-        log.append({"event": "revoked", "time": when, "token_id": token_id, "site": site, "reason": reason})
-    return len(entries)
-
-
-def load_revocations(trust: TrustFiles) -> dict[str, Any]:
-    try:
-        value = json.loads(trust.revocations.read_text())
-    except FileNotFoundError:
-        return {"schema": REVOCATIONS_SCHEMA, "revoked": []}
-    except (OSError, ValueError) as exc:
-        raise UsageError(
-            f"cannot read the revocation list: {exc}", location=Location(file=str(trust.revocations))
-        ) from None
-    return value if isinstance(value, dict) else {"revoked": []}
-
-
-def _write_revocations(
-    trust: TrustFiles, *, site: str, entries: list[dict[str, Any]], passphrase: bytes | None = None
-) -> None:
-    document = {"schema": REVOCATIONS_SCHEMA, "site": site, "revoked": sorted(entries, key=lambda e: e["id"])}
-    data = (json.dumps(document, indent=2, sort_keys=True) + "\n").encode()
-    signature = sign(data, load_private_key(trust.private_key, passphrase), TOKEN_NAMESPACE)
-    # The signature goes first: a reader that sees the new list with the old signature fails
-    # closed for an instant instead of accepting an unsigned list.
-    atomic_write(trust.revocations_sig, signature.encode())
-    atomic_write(trust.revocations, data)
-
-
-# --- the runtime's side: verify -------------------------------------------------------------------------
-
-
-def _decode(token: str) -> tuple[dict[str, Any], bytes, bytes]:
+def decode_unverified(token: str) -> tuple[dict[str, Any], bytes, bytes]:
+    """(claims, payload bytes, signature blob) of a token, read without checking anything."""
     parts = token.strip().split(".")
     if len(parts) != 3 or parts[0] != TOKEN_PREFIX:
         raise TokenRejected("token-malformed", "the token is not an aifactory token (aft1.PAYLOAD.SIGNATURE)")
     try:
-        payload = _unb64url(parts[1])
-        blob = _unb64url(parts[2])
+        payload = unb64url(parts[1])
+        blob = unb64url(parts[2])
         claims = json.loads(payload)
     except ValueError:
         raise TokenRejected("token-malformed", "the token's payload cannot be decoded") from None
@@ -353,7 +196,7 @@ class TokenVerifier:
         if claims.site != self.site:
             raise TokenRejected("token-wrong-site", f"the token was issued for site {claims.site!r}")
         if moment >= claims.expires:
-            raise TokenRejected("token-expired", f"the token expired at {_iso(claims.expires)}")
+            raise TokenRejected("token-expired", f"the token expired at {iso_utc(claims.expires)}")
         self.check_not_revoked(claims.id, reason="token-revoked")
         return claims
 
@@ -388,14 +231,14 @@ class TokenVerifier:
             if cached is not None and (cached[1] is None or time.time() <= cached[1]):
                 self._cache.move_to_end(token)
                 return cached[0]
-        raw, payload, blob = _decode(token)
+        raw, payload, blob = decode_unverified(token)
         claims = _claims(raw)
         if trust_version is None:
             raise TokenRejected("token-untrusted", f"no token trust file at {self.trust.allowed_signers}")
         try:
             granted = verify_signer(
                 hashlib.sha512(payload).digest(),
-                _armor(blob),
+                armor(blob),
                 allowed_signers=self.trust.allowed_signers,
                 namespace=TOKEN_NAMESPACE,
                 principal=token_signer(claims.site),  # the site check after this refuses other sites

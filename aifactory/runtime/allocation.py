@@ -5,7 +5,7 @@ the unchanged `aifactory-train JOB --host NODE`, which rendezvouses on the first
 address. The rewritten job is written beside the run's metrics on the model's storage (shared by
 every node that trains it), as `<model>/runs/<job>/slurm-<job id>.job.yaml`.
 
-    python -m aifactory.scheduler.allocation --job-id "$SLURM_JOB_ID" < submitted-job.yaml
+    python -m aifactory.runtime.allocation --job-id "$SLURM_JOB_ID" < submitted-job.yaml
     (prints the path of the job file for the allocation)
 """
 
@@ -82,7 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _allocate(arguments: list[str]) -> int:
     parser = UsageParser(
-        prog="python -m aifactory.scheduler.allocation",
+        prog="python -m aifactory.runtime.allocation",
         description="Write the job file for this Slurm allocation (reads the submitted job on stdin).",
     )
     parser.add_argument("--job-id", default=os.environ.get("SLURM_JOB_ID"), help="Slurm's job id")

@@ -1,13 +1,9 @@
-"""Durable file helpers shared by checkpoints, datasets, the revocation list and metrics files."""
+"""Durable writes shared by checkpoints, datasets, metrics files, the revocation list and certificates."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-
-from aifactory.digests import sha256_file
-
-__all__ = ["atomic_write", "fsync_path", "sha256_file"]
 
 
 def fsync_path(path: Path) -> None:
