@@ -260,6 +260,19 @@ class SchedulerError(AifactoryError):
     exit_code = ExitCode.HOSTS_FAILED
 
 
+class HealthError(AifactoryError):
+    """A health run cannot be made or read (the threshold table, a host's report, the evidence)."""
+
+    code = "health-error"
+    exit_code = ExitCode.CANNOT_EVALUATE
+
+
+class ToolOutputError(HealthError):
+    """A tool's output a health parser does not know (nvidia-smi, dcgmi): the check has no value."""
+
+    code = "tool-output-unreadable"
+
+
 class PipelineFailed(AifactoryError):
     """`aifactory up` stopped at a stage: that stage's error, with every stage's outcome so far."""
 

@@ -8,7 +8,7 @@ APT_PACKAGES=(
   openssh-server openssh-client iproute2 procps util-linux zstd   # the lab: namespaces, sshd
   chromium                                                         # the audit report's browser test
   poppler-utils                                                    # ... and its printed PDF (pdftotext)
-  slurm-wlm munge chrony openscap-scanner                          # what the roles install (machine-wide:
+  slurm-wlm munge chrony openscap-scanner fio iperf3               # what the roles install (machine-wide:
                                                                    #   lab hosts share /usr)
   python3-venv git curl
 )

@@ -36,8 +36,8 @@ from pathlib import Path
 from aifactory.digests import sha256_file
 from aifactory.errors import BundleError, PrerequisiteError
 
-# What the roles install from the bundle (munge + slurm roles, base role's time daemon, the SCAP
-# scanner and its content that the audit scans every host with).
+# What the roles install from the bundle (munge + slurm roles, base role's time daemon and health
+# check tools, the SCAP scanner and its content that the audit scans every host with).
 ROLE_PACKAGES: tuple[str, ...] = (
     "munge",
     "slurm-client",
@@ -45,6 +45,8 @@ ROLE_PACKAGES: tuple[str, ...] = (
     "slurmd",
     "chrony",
     "openscap-scanner",
+    "fio",  # aifactory health: site storage throughput
+    "iperf3",  # aifactory health: compute link bandwidth
     "ssg-debian",
 )
 

@@ -28,6 +28,7 @@ COMMAND_MODULES = (
     "aifactory.cli.deploy",
     "aifactory.cli.token",
     "aifactory.cli.train",  # train, jobs
+    "aifactory.cli.health",
     "aifactory.cli.audit",
     "aifactory.cli.pipeline",  # up, down
 )
@@ -47,6 +48,7 @@ COMMANDS = {
     "token": "aifactory.cli.token",
     "train": "aifactory.cli.train",
     "jobs": "aifactory.cli.train",
+    "health": "aifactory.cli.health",
     "audit": "aifactory.cli.audit",
     "up": "aifactory.cli.pipeline",
     "down": "aifactory.cli.pipeline",

@@ -23,6 +23,7 @@ import yaml
 from aifactory.errors import Location, PolicyEngineError
 from aifactory.resources import places_data_path, resource_dir
 
+DECISION_PACKAGES = ("runtime", "health")  # packages that decide, not find
 SEVERITIES = ("info", "low", "medium", "high", "critical")
 _PACKAGE_LINE = re.compile(r"^package\s+([a-z_][a-z0-9_.]*)\s*$")
 _RULE_ID = re.compile(r'(?:_violation\(\s*|^\w+\s+contains\s+)"([a-z0-9][a-z0-9_-]*)"', re.MULTILINE)
@@ -89,8 +90,9 @@ class PolicySet:
         return tuple(m for m in self.modules if m.is_test)
 
     def deny_packages(self) -> list[str]:
-        """Short names of the packages that produce site findings (they have rules and a deny set)."""
-        return sorted({a.package for a in self.rules.values() if a.package != "runtime"})
+        """Short names of the packages that produce site findings (they have rules and a deny set);
+        the run-time and health packages decide other inputs (a request, a host's measurements)."""
+        return sorted({a.package for a in self.rules.values() if a.package not in DECISION_PACKAGES})
 
     def data_document(self, site: dict[str, Any] | None = None) -> dict[str, Any]:
         """The base document the engines load: data.aifactory = places + annotations (+ the site)."""

@@ -106,6 +106,11 @@ DOMAIN_ERRORS: dict[str, DomainError] = {
     "aifactory.spec.schema": DomainError(
         ("-o", "{tmp}/no-such-folder/schema.json"), 3, "schema-not-written", "{tmp}/no-such-folder"
     ),
+    # a health task that is not there (aifactory health writes it on the host's standard input)
+    "aifactory.runtime.health": DomainError(("--task", "{missing}"), 2, "usage", "{missing}"),
+    "aifactory.runtime.health.allreduce": DomainError(
+        ("--rank", "0", "--world", "1", "--master", "127.0.0.1", "--port", "9"), 2, "usage", "--world 1"
+    ),
     "aifactory.pipeline.serve_probe": DomainError(
         ("http://127.0.0.1:9", "m", "{missing}", "{missing}", "1"), 3, "token-unreadable", "{missing}"
     ),

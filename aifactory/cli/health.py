@@ -1,0 +1,108 @@
+"""`aifactory health SITE`: check every host, judge by policy, sign the evidence, drain or resume in
+Slurm (docs/health.md)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from aifactory.cli.output import emit_json, table
+from aifactory.errors import ExitCode
+
+EXAMPLES = {"health": "aifactory health lab/site.yaml --level standard --hosts lab-cpu-001,lab-cpu-002"}
+EXIT_CODES = {"health": (0, 1, 2, 3, 4, 70, 130)}
+
+
+def register(
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
+) -> None:
+    health = subparsers.add_parser(
+        "health",
+        parents=[common],
+        help="check every host's health, judge it by policy, drain failing hosts in Slurm",
+        description="Run the health checks on the site's hosts in parallel (over SSH from the control "
+        "host), judge each against the threshold table with the health policy (admit, drain, keep-out), "
+        "write signed evidence to the state folder, drain failing hosts in Slurm and resume the hosts "
+        "aifactory drained that now pass. Exit 4 when a host fails (docs/health.md).",
+    )
+    health.add_argument("site", help="site spec (YAML)")
+    health.add_argument(
+        "--hosts", help="comma-separated host names (default: every host of the plan)", default=None
+    )
+    health.add_argument(
+        "--level", choices=("quick", "standard", "burn-in"), default="quick", help="how deep (default quick)"
+    )
+    health.add_argument(
+        "--runtime-prefix",
+        type=Path,
+        default=Path("/opt/aifactory/current"),
+        help="the runtime's install folder on the hosts (default /opt/aifactory/current)",
+    )
+    health.add_argument(
+        "--no-slurm", action="store_true", help="judge and record only; change nothing in Slurm"
+    )
+    health.set_defaults(handler=cmd_health)
+
+
+def cmd_health(args: argparse.Namespace) -> int:
+    from aifactory.health.evidence import write_evidence
+    from aifactory.health.run import run_health
+    from aifactory.health.slurm import apply_verdicts
+    from aifactory.pipeline.connection import site_connection
+    from aifactory.plan import plan_site
+    from aifactory.scheduler.slurm import client_for
+    from aifactory.state import SiteState
+
+    planned = plan_site(args.site, write_lock=False)
+    plan = planned.plan
+    connection = site_connection(plan.name)
+    hosts = [name.strip() for name in args.hosts.split(",") if name.strip()] if args.hosts else None
+    state = SiteState.for_site(plan.name)
+    with state.lock("health"):
+        run = run_health(
+            plan,
+            connection=connection,
+            level=args.level,
+            host_names=hosts,
+            runtime_prefix=args.runtime_prefix,
+        )
+        if not args.no_slurm:
+            run.slurm = apply_verdicts(run, client_for(connection))
+        evidence = write_evidence(run, state)
+    if args.format == "json":
+        emit_json({**run.as_dict(), "evidence": evidence.as_dict()})
+    else:
+        _print(run.as_dict(), evidence.as_dict())
+    return int(ExitCode.HOSTS_FAILED) if run.failed else 0
+
+
+def _print(run: dict[str, Any], evidence: dict[str, str]) -> None:
+    rows = []
+    for host in run["hosts"]:
+        for row in host["rows"]:
+            value = "n/a" if row["value"] is None else f"{row['value']:g}"
+            result = row["result"].upper() if row["result"] == "fail" else row["result"]
+            rows.append(
+                [
+                    host["host"],
+                    row["check"],
+                    row["subject"],
+                    f"{value} {row['unit']}",
+                    row["threshold"] or "-",
+                    result,
+                ]
+            )
+    print(table(["HOST", "CHECK", "SUBJECT", "VALUE", "THRESHOLD", "RESULT"], rows))
+    print()
+    for host in run["hosts"]:
+        why = f" ({', '.join(host['reasons'])})" if host["reasons"] else ""
+        error = f": {host['error']}" if host["error"] else ""
+        print(f"{host['host']}: {host['verdict']}{why}{error}")
+    for action in run["slurm"]:
+        if action["action"] != "none":
+            print(
+                f"slurm: {action['action']} {action['host']}"
+                + (f" ({action['reason']})" if "reason" in action else "")
+            )
+    print(f"evidence: {evidence['report']} (signed: {evidence['signature']})")

@@ -1,0 +1,132 @@
+"""Verdicts applied to Slurm: a failing host is drained with the reason `aifactory-health: <check>`;
+a passing host is resumed only when aifactory drained it (its reason starts with our prefix), so a
+node an operator drained stays drained. Runs Slurm's commands as the site's Connection runs them on
+the control host (aifactory.scheduler.slurm)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from aifactory.health.run import HealthRun
+from aifactory.health.tasks import COMPUTE_ROLES
+from aifactory.scheduler.slurm import SlurmClient, checked
+
+REASON_PREFIX = "aifactory-health:"
+# Reason codes that name one check: a drain for one of them is lifted only by a run that checked it.
+CHECK_REASONS = (
+    "allreduce-busbw",
+    "tcp-bandwidth",
+    "storage-write",
+    "storage-read",
+    "gpu-h2d-bandwidth",
+    "dcgm-diag-failures",
+)
+DRAINED_STATES = ("DRAIN", "DRAINED", "DRAINING")
+
+
+@dataclass(frozen=True)
+class NodeState:
+    name: str
+    state: str  # scontrol's State=, e.g. IDLE+DRAIN
+    reason: str
+
+    @property
+    def drained(self) -> bool:
+        return any(flag in self.state.split("+") for flag in DRAINED_STATES)
+
+    @property
+    def drained_by_us(self) -> bool:
+        return self.drained and self.reason.startswith(REASON_PREFIX)
+
+
+def parse_show_node(text: str) -> dict[str, NodeState]:
+    """`scontrol show node --oneliner` output: State= and Reason= per NodeName= (Reason runs to the
+    end of the line's `Reason=` field, which holds spaces and ends at ` [user@time]`)."""
+    nodes = {}
+    for line in text.splitlines():
+        fields = _fields(line)
+        name = fields.get("NodeName")
+        if name:
+            reason = fields.get("Reason", "")
+            reason = reason.rsplit(" [", 1)[0] if reason.endswith("]") else reason
+            nodes[name] = NodeState(name, fields.get("State", ""), reason)
+    return nodes
+
+
+def _fields(line: str) -> dict[str, str]:
+    found: dict[str, str] = {}
+    if "Reason=" in line:
+        line, _, reason = line.partition("Reason=")
+        found["Reason"] = reason.strip()
+    for word in line.split():
+        key, sep, value = word.partition("=")
+        if sep:
+            found[key] = value
+    return found
+
+
+def drained_for(reason: str) -> list[str]:
+    """The reason codes in one of our drain reasons."""
+    return [code.strip() for code in reason.removeprefix(REASON_PREFIX).split(",") if code.strip()]
+
+
+def reason_for(reasons: Sequence[str]) -> str:
+    return f"{REASON_PREFIX} {','.join(reasons) if reasons else 'unknown'}"
+
+
+def apply_verdicts(run: HealthRun, client: SlurmClient) -> list[dict[str, Any]]:
+    names = [h.name for h in run.hosts if h.plan.host.role in COMPUTE_ROLES]
+    if not names:
+        return []
+    states = parse_show_node(
+        checked(client.run(["scontrol", "--oneliner", "show", "node"]), "scontrol show node", client.where)
+    )
+    actions = []
+    for result in run.hosts:
+        if result.name not in names:
+            continue
+        node = states.get(result.name)
+        if node is None:
+            actions.append({"host": result.name, "action": "none", "why": "not a Slurm node"})
+            continue
+        actions.append(
+            _apply(client, result.name, result.verdict, result.reasons, node, result.plan.expected)
+        )
+    return actions
+
+
+def _apply(
+    client: SlurmClient,
+    name: str,
+    verdict: str,
+    reasons: list[str],
+    node: NodeState,
+    checked_now: Sequence[str],
+) -> dict[str, Any]:
+    if verdict == "admit":
+        unchecked = sorted(set(drained_for(node.reason)) & set(CHECK_REASONS) - set(checked_now))
+        if node.drained_by_us and unchecked:  # e.g. drained for the all-reduce, now a quick run
+            why = f"drained for {', '.join(unchecked)}: not checked at this level"
+            return {"host": name, "action": "none", "why": why}
+        if node.drained_by_us:
+            _update(client, name, "state=resume")
+            return {"host": name, "action": "resume", "was": node.reason}
+        return {
+            "host": name,
+            "action": "none",
+            "why": "drained by someone else" if node.drained else "in service",
+        }
+    reason = reason_for(reasons)
+    if node.drained and not node.drained_by_us:  # an operator's drain and reason stand
+        return {"host": name, "action": "none", "why": "drained by someone else", "reason": node.reason}
+    if node.drained and node.reason == reason:
+        return {"host": name, "action": "none", "why": "already drained", "reason": reason}
+    _update(client, name, "state=drain", f"reason={reason}")
+    return {"host": name, "action": "drain", "reason": reason}
+
+
+def _update(client: SlurmClient, name: str, *settings: str) -> None:
+    argv = ["scontrol", "update", f"nodename={name}", *settings]
+    checked(client.run(argv), " ".join(argv[:3]), client.where)
