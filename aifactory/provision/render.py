@@ -1,4 +1,4 @@
-"""Render fabric and storage artifacts from the plan (as its JSON dict), with Jinja2.
+"""Render fabric and storage artifacts from the plan (its typed sections), with Jinja2.
 
 Pure and deterministic: same plan, keys and facts -> same bytes. Every artifact is read back in its
 own format after rendering (partitions.conf grammar, YAML, exports(5)), so a template bug fails here,
@@ -14,7 +14,6 @@ go through `tojson`.
 from __future__ import annotations
 
 import functools
-import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -24,6 +23,15 @@ import jinja2
 import yaml
 
 from aifactory.errors import ProvisionError, UnsafeValueError
+from aifactory.plan.model import (
+    DatasetPlan,
+    FabricPlan,
+    Host,
+    Interface,
+    ModelPlan,
+    SitePlan,
+    StoragePlan,
+)
 from aifactory.provision.artifacts import digest_of
 from aifactory.provision.partitions import DEFAULT_PKEY, parse_partitions_conf, partition_name
 
@@ -112,26 +120,21 @@ def _render(template: str, **values: Any) -> str:
     return _environment().get_template(template).render(**values)
 
 
-def plan_digest(plan: dict[str, Any]) -> str:
-    """The digest `aifactory plan` prints, computed from the plan's JSON form."""
-    return digest_of(json.dumps(plan, indent=1, ensure_ascii=False) + "\n")
-
-
-def _hosts_on(plan: dict[str, Any], fabric: str) -> list[tuple[dict[str, Any], dict[str, Any]]]:
-    return [(h, i) for h in plan["hosts"] for i in h["interfaces"] if i["fabric"] == fabric]
+def _hosts_on(plan: SitePlan, fabric: str) -> list[tuple[Host, Interface]]:
+    return [(h, i) for h in plan.hosts for i in h.interfaces if i.fabric == fabric]
 
 
 # -- fabrics ---------------------------------------------------------------------------------------
 
 
 def render_fabric(
-    plan: dict[str, Any],
-    fabric: dict[str, Any],
+    plan: SitePlan,
+    fabric: FabricPlan,
     *,
     pkeys: dict[str, int],
     facts: dict[str, Any] | None = None,
 ) -> list[Artifact]:
-    if fabric["kind"] == "infiniband":
+    if fabric.kind == "infiniband":
         return [_partitions(plan, fabric, pkeys, facts or {})]
     return [_ethernet(plan, fabric)]
 
@@ -141,48 +144,44 @@ def _port_guid(facts: dict[str, Any], host: str, interface: str) -> str | None:
     return str(guid).lower() if guid else None
 
 
-def _partitions(
-    plan: dict[str, Any], fabric: dict[str, Any], pkeys: dict[str, int], facts: dict[str, Any]
-) -> Artifact:
-    ports = _hosts_on(plan, fabric["name"])
-    _tokens("site name", [plan["site"]["name"]], _NAME)
-    _tokens("fabric name", [fabric["name"]], _NAME)
-    _tokens("tenant name", [t["name"] for t in plan["tenants"]], _NAME)
-    _tokens("host name", [h["name"] for h, _ in ports], _NAME)
-    _tokens("pool name", [h["pool"] for h, _ in ports], _NAME)
-    _tokens("interface name", [i["name"] for _, i in ports], _INTERFACE)
+def _partitions(plan: SitePlan, fabric: FabricPlan, pkeys: dict[str, int], facts: dict[str, Any]) -> Artifact:
+    ports = _hosts_on(plan, fabric.name)
+    _tokens("site name", [plan.site.name], _NAME)
+    _tokens("fabric name", [fabric.name], _NAME)
+    _tokens("tenant name", [t.name for t in plan.tenants], _NAME)
+    _tokens("host name", [h.name for h, _ in ports], _NAME)
+    _tokens("pool name", [h.pool for h, _ in ports], _NAME)
+    _tokens("interface name", [i.name for _, i in ports], _INTERFACE)
     # GUIDs come from discovered facts, not from the spec: checked like everything else.
     _tokens(
         "port GUID",
-        [g for h, i in ports if (g := _port_guid(facts, h["name"], i["name"])) is not None],
+        [g for h, i in ports if (g := _port_guid(facts, h.name, i.name)) is not None],
         _PORT_GUID,
     )
-    missing = sorted(
-        {f"{h['name']}/{i['name']}" for h, i in ports if not _port_guid(facts, h["name"], i["name"])}
-    )
+    missing = sorted({f"{h.name}/{i.name}" for h, i in ports if not _port_guid(facts, h.name, i.name)})
     partitions = []
-    for tenant in sorted(plan["tenants"], key=lambda t: t["name"]):
-        if tenant["name"] not in pkeys:
-            raise ProvisionError(f"tenant {tenant['name']} has no partition key", code="pkey-missing")
+    for tenant in sorted(plan.tenants, key=lambda t: t.name):
+        if tenant.name not in pkeys:
+            raise ProvisionError(f"tenant {tenant.name} has no partition key", code="pkey-missing")
         members = [
-            {"host": h["name"], "interface": i["name"], "guid": _port_guid(facts, h["name"], i["name"])}
+            {"host": h.name, "interface": i.name, "guid": _port_guid(facts, h.name, i.name)}
             for h, i in ports
-            if h["pool"] in tenant["pools"]
+            if h.pool in tenant.pools
         ]
-        pools = sorted({h["pool"] for h, _ in ports if h["pool"] in tenant["pools"]})
+        pools = sorted({h.pool for h, _ in ports if h.pool in tenant.pools})
         partitions.append(
             {
-                "tenant": tenant["name"],
-                "name": partition_name(tenant["name"]),
-                "pkey": pkeys[tenant["name"]],
+                "tenant": tenant.name,
+                "name": partition_name(tenant.name),
+                "pkey": pkeys[tenant.name],
                 "pools": pools,
                 "ports": sorted((m for m in members if m["guid"]), key=lambda m: (m["host"], m["interface"])),
             }
         )
     text = _render(
         "partitions.conf.j2",
-        site=plan["site"]["name"],
-        plan_digest=plan_digest(plan),
+        site=plan.site.name,
+        plan_digest=plan.digest(),
         fabric=fabric,
         partitions=partitions,
         missing=missing,
@@ -192,38 +191,38 @@ def _partitions(
         parse_partitions_conf(text)
     except ValueError as exc:
         raise ProvisionError(
-            f"rendered partitions.conf for {fabric['name']} does not parse: {exc}", code="artifact-invalid"
+            f"rendered partitions.conf for {fabric.name} does not parse: {exc}", code="artifact-invalid"
         ) from None
     notes = (f"no port GUID for {len(missing)} port(s)",) if missing else ()
-    return Artifact(f"{fabric['name']}.partitions.conf", text, complete=not missing, notes=notes)
+    return Artifact(f"{fabric.name}.partitions.conf", text, complete=not missing, notes=notes)
 
 
-def _ethernet(plan: dict[str, Any], fabric: dict[str, Any]) -> Artifact:
-    kind = fabric["kind"]
-    _tokens("site name", [plan["site"]["name"]], _NAME)
-    _tokens("fabric name", [fabric["name"]], _NAME)
+def _ethernet(plan: SitePlan, fabric: FabricPlan) -> Artifact:
+    kind = fabric.kind
+    _tokens("site name", [plan.site.name], _NAME)
+    _tokens("fabric name", [fabric.name], _NAME)
     _tokens("fabric kind", [kind], _NAME)
     lossless = kind == "roce"
-    mtu_default = DEFAULT_MTU.get(kind, 9000 if fabric["purpose"] in ("compute", "storage") else 1500)
+    mtu_default = DEFAULT_MTU.get(kind, 9000 if fabric.purpose in ("compute", "storage") else 1500)
     ports = [
-        {"host": h["name"], "interface": i["name"], "rail": i["rail"], "address": i["address"]}
-        for h, i in _hosts_on(plan, fabric["name"])
+        {"host": h.name, "interface": i.name, "rail": i.rail, "address": i.address}
+        for h, i in _hosts_on(plan, fabric.name)
     ]
     text = _render(
         "fabric.yaml.j2",
-        site=plan["site"]["name"],
-        plan_digest=plan_digest(plan),
+        site=plan.site.name,
+        plan_digest=plan.digest(),
         kind=kind,
         fabric=fabric,
         ports=ports,
-        vlan=fabric.get("vlan"),
-        vlan_source="plan" if fabric.get("vlan") else "untagged",
-        mtu=fabric.get("mtu") or mtu_default,
-        mtu_source="plan" if fabric.get("mtu") else "default",
+        vlan=fabric.vlan,
+        vlan_source="plan" if fabric.vlan else "untagged",
+        mtu=fabric.mtu or mtu_default,
+        mtu_source="plan" if fabric.mtu else "default",
         qos=LOSSLESS_QOS if lossless else LOSSY_QOS,
     )
-    _check_yaml(text, f"fabric {fabric['name']}")
-    return Artifact(f"{fabric['name']}.fabric.yaml", text)
+    _check_yaml(text, f"fabric {fabric.name}")
+    return Artifact(f"{fabric.name}.fabric.yaml", text)
 
 
 def _check_yaml(text: str, what: str) -> dict[str, Any]:
@@ -245,41 +244,37 @@ def _rank(level: str) -> int:
     return CLASSIFICATION_ORDER.index(level) if level in CLASSIFICATION_ORDER else len(CLASSIFICATION_ORDER)
 
 
-def _clients(plan: dict[str, Any], storage: dict[str, Any], item: dict[str, Any]) -> list[str]:
+def _clients(plan: SitePlan, storage: StoragePlan, kind: str, item: DatasetPlan | ModelPlan) -> list[str]:
     """Pools allowed to mount an item: pools mounting the storage that the owner or a grantee
     (read/train/infer) may use."""
-    tenants = {item["owner"]} | {
-        a["tenant"] for a in plan["access"] if a["kind"] == item["kind"] and a["name"] == item["name"]
-    }
-    pools = {p for t in plan["tenants"] if t["name"] in tenants for p in t["pools"]}
-    return sorted(pools & set(storage["mounted_by"]))
+    tenants = {item.owner} | {a.tenant for a in plan.access if a.kind == kind and a.name == item.name}
+    pools = {p for t in plan.tenants if t.name in tenants for p in t.pools}
+    return sorted(pools & set(storage.mounted_by))
 
 
-def _addresses(plan: dict[str, Any], storage: dict[str, Any], pools: list[str]) -> list[str]:
+def _addresses(plan: SitePlan, storage: StoragePlan, pools: list[str]) -> list[str]:
     addresses = []
-    for host in plan["hosts"]:
-        if host["pool"] not in pools:
+    for host in plan.hosts:
+        if host.pool not in pools:
             continue
-        on_fabric = [i["address"] for i in host["interfaces"] if i["fabric"] == storage.get("fabric")]
-        addresses.append(on_fabric[0] if on_fabric else host["management_address"])
+        on_fabric = [i.address for i in host.interfaces if i.fabric == storage.fabric]
+        addresses.append(on_fabric[0] if on_fabric else host.management_address)
     return addresses
 
 
-def _export_root(storage: dict[str, Any]) -> str:
+def _export_root(storage: StoragePlan) -> str:
     """The server-side root: the path in an NFS endpoint `server:/path`, else the mount path."""
-    endpoint = storage.get("endpoint") or ""
-    if storage["kind"] == "nfs" and ":" in endpoint:
+    endpoint = storage.endpoint or ""
+    if storage.kind == "nfs" and ":" in endpoint:
         return endpoint.split(":", 1)[1]
-    return str(storage.get("mount_path") or "/")
+    return str(storage.mount_path or "/")
 
 
-def _check_storage_tokens(
-    plan: dict[str, Any], storage: dict[str, Any], entries: list[dict[str, Any]]
-) -> None:
+def _check_storage_tokens(plan: SitePlan, storage: StoragePlan, entries: list[dict[str, Any]]) -> None:
     """What the exports lines and the comment headers carry: names, classifications, paths, addresses."""
-    _tokens("site name", [plan["site"]["name"]], _NAME)
-    _tokens("storage name", [storage["name"]], _NAME)
-    _tokens("storage kind", [storage["kind"]], _NAME)
+    _tokens("site name", [plan.site.name], _NAME)
+    _tokens("storage name", [storage.name], _NAME)
+    _tokens("storage kind", [storage.kind], _NAME)
     _tokens("dataset or model name", [e["name"] for e in entries], _NAME)
     _tokens("owner", [e["owner"] for e in entries], _NAME)
     _tokens("classification", [e["classification"] for e in entries], _NAME)
@@ -288,71 +283,80 @@ def _check_storage_tokens(
     _tokens("client address", [a for e in entries for a in e["client_addresses"]], _ADDRESS)
 
 
-def render_storage(plan: dict[str, Any], storage: dict[str, Any]) -> list[Artifact]:
-    items = [{**d, "kind": "dataset"} for d in plan["datasets"] if d["storage"] == storage["name"]]
-    items += [{**m, "kind": "model"} for m in plan["models"] if m["storage"] == storage["name"]]
-    entries = []
-    for item in sorted(items, key=lambda i: (i["kind"], i["name"])):
-        pools = _clients(plan, storage, item)
-        needs = _rank(item["classification"]) >= _rank(ENCRYPT_FROM)
-        entries.append(
-            {
-                "kind": item["kind"],
-                "name": item["name"],
-                "owner": item["owner"],
-                "classification": item["classification"],
-                "path": item["path"],
-                "host_path": item.get("host_path"),
-                "export_path": _export_root(storage).rstrip("/") + item["path"],
-                "residency_countries": item.get("residency_countries", []),
-                "encryption_required": needs,
-                "encrypted": bool(storage["encrypted_at_rest"]),
-                "client_pools": pools,
-                "client_addresses": _addresses(plan, storage, pools),
-            }
-        )
+def _entry(plan: SitePlan, storage: StoragePlan, kind: str, item: DatasetPlan | ModelPlan) -> dict[str, Any]:
+    """One dataset's or model's line of the storage document: where it lives, who may mount it."""
+    pools = _clients(plan, storage, kind, item)
+    return {
+        "kind": kind,
+        "name": item.name,
+        "owner": item.owner,
+        "classification": item.classification,
+        "path": item.path,
+        "host_path": item.host_path,
+        "export_path": _export_root(storage).rstrip("/") + item.path,
+        "residency_countries": list(item.residency_countries),
+        "encryption_required": _rank(item.classification) >= _rank(ENCRYPT_FROM),
+        "encrypted": bool(storage.encrypted_at_rest),
+        "client_pools": pools,
+        "client_addresses": _addresses(plan, storage, pools),
+    }
+
+
+def _entries(plan: SitePlan, storage: StoragePlan) -> list[dict[str, Any]]:
+    """The storage document's entries: its datasets, then its models, each by name."""
+    items: list[tuple[str, DatasetPlan | ModelPlan]] = [
+        ("dataset", d) for d in plan.datasets if d.storage == storage.name
+    ]
+    items += [("model", m) for m in plan.models if m.storage == storage.name]
+    return [
+        _entry(plan, storage, kind, item) for kind, item in sorted(items, key=lambda i: (i[0], i[1].name))
+    ]
+
+
+def render_storage(plan: SitePlan, storage: StoragePlan) -> list[Artifact]:
+    entries = _entries(plan, storage)
     _check_storage_tokens(plan, storage, entries)
-    by_name = {s["name"]: s for s in plan["storage"]}
+    by_name = {s.name: s for s in plan.storage}
     replicas = [
         {
             "storage": r,
-            "kind": by_name[r]["kind"],
-            "country": by_name[r]["country"],
-            "encrypted_at_rest": by_name[r]["encrypted_at_rest"],
+            "kind": by_name[r].kind,
+            "country": by_name[r].country,
+            "encrypted_at_rest": by_name[r].encrypted_at_rest,
         }
-        for r in storage["replicas"]
+        for r in storage.replicas
     ]
-    replica_of = sorted(s["name"] for s in plan["storage"] if storage["name"] in s["replicas"])
+    replica_of = sorted(s.name for s in plan.storage if storage.name in s.replicas)
+    unencrypted = [e["name"] for e in entries if e["encryption_required"] and not e["encrypted"]]
     document = {
         "schema": "aifactory.storage/v1",
-        "site": plan["site"]["name"],
-        "storage": storage["name"],
-        "kind": storage["kind"],
-        "datacenter": storage["datacenter"],
-        "country": storage["country"],
-        "capacity_tib": storage["capacity_tib"],
-        "encrypted_at_rest": storage["encrypted_at_rest"],
-        "endpoint": storage.get("endpoint"),
-        "mount_path": storage.get("mount_path"),
-        "fabric": storage.get("fabric"),
+        "site": plan.site.name,
+        "storage": storage.name,
+        "kind": storage.kind,
+        "datacenter": storage.datacenter,
+        "country": storage.country,
+        "capacity_tib": storage.capacity_tib,
+        "encrypted_at_rest": storage.encrypted_at_rest,
+        "endpoint": storage.endpoint,
+        "mount_path": storage.mount_path,
+        "fabric": storage.fabric,
         "replicas": replicas,
         "replica_of": replica_of,
-        "section": EXPORT_SECTION[storage["kind"]],
+        "section": EXPORT_SECTION[storage.kind],
         "entries": entries,
-        "unencrypted_sensitive": [
-            e["name"] for e in entries if e["encryption_required"] and not e["encrypted"]
-        ],
+        "unencrypted_sensitive": unencrypted,
     }
-    text = _render("storage.yaml.j2", doc=document, plan_digest=plan_digest(plan))
-    _check_yaml(text, f"storage {storage['name']}")
+    digest = plan.digest()
+    text = _render("storage.yaml.j2", doc=document, plan_digest=digest)
+    _check_yaml(text, f"storage {storage.name}")
     artifacts = [
         Artifact(
-            f"{storage['name']}.storage.yaml",
+            f"{storage.name}.storage.yaml",
             text,
-            notes=tuple(f"{n} needs encryption at rest" for n in document["unencrypted_sensitive"]),
+            notes=tuple(f"{n} needs encryption at rest" for n in unencrypted),
         )
     ]
-    if storage["kind"] == "nfs":
-        exports = _render("exports.j2", doc=document, plan_digest=plan_digest(plan))
-        artifacts.append(Artifact(f"{storage['name']}.exports", exports))
+    if storage.kind == "nfs":
+        exports = _render("exports.j2", doc=document, plan_digest=digest)
+        artifacts.append(Artifact(f"{storage.name}.exports", exports))
     return artifacts

@@ -7,27 +7,28 @@ from typing import Any
 
 import pulumi
 
+from aifactory.plan.model import Host, PoolPlan
 from aifactory_stack.resources import BareMetalHost
 from aifactory_stack.settings import BmcSettings, BootSettings
 
 
 @dataclass(frozen=True)
 class GpuNodePoolArgs:
-    pool: dict[str, Any]
-    hosts: list[dict[str, Any]]
+    pool: PoolPlan
+    hosts: list[Host]
     credentials: dict[str, pulumi.Output[str]]
     bmc: BmcSettings
     boot: BootSettings
     assets: dict[str, dict[str, Any]]
 
 
-def expectation(host: dict[str, Any], asset: dict[str, Any]) -> dict[str, Any]:
-    gpus = host.get("gpus") or {}
+def expectation(host: Host, asset: dict[str, Any]) -> dict[str, Any]:
+    gpus = host.gpus
     return {
-        "cpus": host.get("cpus"),
-        "memory_gib": host.get("memory_gib"),
-        "gpu_count": gpus.get("count"),
-        "gpu_model": gpus.get("model"),
+        "cpus": host.cpus,
+        "memory_gib": host.memory_gib,
+        "gpu_count": gpus.count if gpus else None,
+        "gpu_model": gpus.model if gpus else None,
         "manufacturer": asset.get("manufacturer"),
         "model": asset.get("model"),
         "serial": asset.get("serial"),
@@ -43,22 +44,23 @@ class GpuNodePool(pulumi.ComponentResource):
         self.hosts = {}
         unmanaged: dict[str, Any] = {}
         for host in args.hosts:
-            if not host.get("bmc"):
-                unmanaged[host["name"]] = _unmanaged(host)
+            if host.bmc is None:
+                unmanaged[host.name] = _unmanaged(host)
                 continue
-            self.hosts[host["name"]] = BareMetalHost(
-                host["name"],
+            asset = args.assets.get(host.name) or {}
+            self.hosts[host.name] = BareMetalHost(
+                host.name,
                 {
-                    "host": host["name"],
+                    "host": host.name,
                     "endpoint": args.bmc.endpoint(host),
-                    "system": (args.assets.get(host["name"]) or {}).get("system"),
-                    "credentials": args.credentials[host["name"]],
-                    "credentials_ref": host["bmc"]["credentials"],
+                    "system": asset.get("system"),
+                    "credentials": args.credentials[host.name],
+                    "credentials_ref": host.bmc.credentials,
                     "boot": args.boot.as_dict(),
-                    "expect": expectation(host, args.assets.get(host["name"]) or {}),
+                    "expect": expectation(host, asset),
                     "tls": args.bmc.tls(),
                     "power_timeout": args.bmc.power_timeout,
-                    "bmc_address": host["bmc"]["address"],
+                    "bmc_address": host.bmc.address,
                 },
                 pulumi.ResourceOptions(parent=self),
             )
@@ -71,7 +73,7 @@ class GpuNodePool(pulumi.ComponentResource):
         self.register_outputs({"hosts": self.outputs})
 
 
-def _unmanaged(host: dict[str, Any]) -> dict[str, Any]:
+def _unmanaged(host: Host) -> dict[str, Any]:
     return {
         "bmc": None,
         "system": None,

@@ -8,14 +8,15 @@ from typing import Any
 
 import pulumi
 
+from aifactory.plan.model import FabricPlan, SitePlan
 from aifactory.provision.render import render_fabric
 from aifactory_stack.resources import Artifact, artifact_children, artifact_outputs
 
 
 @dataclass(frozen=True)
 class FabricArgs:
-    plan: dict[str, Any]
-    fabric: dict[str, Any]
+    plan: SitePlan
+    fabric: FabricPlan
     pkeys: dict[str, int]
     facts: dict[str, Any]
     directory: str
@@ -29,13 +30,13 @@ class Fabric(pulumi.ComponentResource):
         super().__init__("aifactory:network:Fabric", name, None, opts)
         rendered = render_fabric(args.plan, args.fabric, pkeys=args.pkeys, facts=args.facts)
         self.artifacts = artifact_children(self, name, args.directory, rendered)
-        tenants = sorted(t["name"] for t in args.plan["tenants"])
+        tenants = sorted(t.name for t in args.plan.tenants)
         self.outputs = {
-            "kind": args.fabric["kind"],
+            "kind": args.fabric.kind,
             "artifacts": artifact_outputs(args.directory, rendered),
             "complete": all(a.complete for a in rendered),
             "partitions": (
-                {t: f"0x{args.pkeys[t]:04x}" for t in tenants} if args.fabric["kind"] == "infiniband" else {}
+                {t: f"0x{args.pkeys[t]:04x}" for t in tenants} if args.fabric.kind == "infiniband" else {}
             ),
         }
         self.register_outputs({"fabric": self.outputs})

@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import ipaddress
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,7 +13,8 @@ from typing import Any
 import pulumi
 import yaml
 
-from aifactory.errors import ProvisionError
+from aifactory.errors import PlanFormatError, ProvisionError
+from aifactory.plan.model import Host, SitePlan
 from aifactory.provision.partitions import assign_pkeys
 from aifactory.secrets import SecretResolver
 
@@ -28,10 +28,12 @@ class BmcSettings:
     power_timeout: float = 120.0
     endpoints: dict[str, str] = field(default_factory=dict)
 
-    def endpoint(self, host: dict[str, Any]) -> str:
-        if host["name"] in self.endpoints:
-            return self.endpoints[host["name"]]
-        address = host["bmc"]["address"]
+    def endpoint(self, host: Host) -> str:
+        if host.name in self.endpoints:
+            return self.endpoints[host.name]
+        if host.bmc is None:
+            raise ProvisionError(f"host {host.name} has no BMC in the plan", code="provision-input")
+        address = host.bmc.address
         if ipaddress.ip_address(address).version == 6:
             address = f"[{address}]"
         port = f":{self.port}" if self.port else ""
@@ -52,7 +54,7 @@ class BootSettings:
 
 @dataclass(frozen=True)
 class StackSettings:
-    plan: dict[str, Any]
+    plan: SitePlan
     state_dir: Path
     pkeys: dict[str, int]
     facts: dict[str, Any]
@@ -67,7 +69,7 @@ class StackSettings:
 
     @property
     def site(self) -> str:
-        return str(self.plan["site"]["name"])
+        return self.plan.site.name
 
 
 def _read_document(path: str | None, what: str) -> dict[str, Any]:
@@ -82,12 +84,12 @@ def _read_document(path: str | None, what: str) -> dict[str, Any]:
     return data
 
 
-def resolve_credentials(plan: dict[str, Any], resolver: SecretResolver) -> dict[str, pulumi.Output[str]]:
+def resolve_credentials(plan: SitePlan, resolver: SecretResolver) -> dict[str, pulumi.Output[str]]:
     """Each BMC's credential, resolved now and held only as a Pulumi secret."""
     return {
-        h["name"]: pulumi.Output.secret(resolver.resolve(h["bmc"]["credentials"], host=h["name"]).value)
-        for h in plan["hosts"]
-        if h.get("bmc")
+        h.name: pulumi.Output.secret(resolver.resolve(h.bmc.credentials, host=h.name).value)
+        for h in plan.hosts
+        if h.bmc is not None
     }
 
 
@@ -103,15 +105,17 @@ def read_settings(
     resolver: SecretResolver | None = None,
 ) -> StackSettings:
     try:
-        plan = json.loads(plan_file.read_text())
-    except (OSError, ValueError) as exc:
-        raise ProvisionError(f"cannot read the plan {plan_file}: {exc}", code="provision-input") from None
+        plan = SitePlan.load(plan_file)
+    except PlanFormatError as exc:
+        raise ProvisionError(
+            exc.message, code="provision-input", location=exc.location, hint=exc.hint
+        ) from None
     held = {t: int(str(k), 16) for t, k in (pkeys or {}).items()}
     resolver = resolver or SecretResolver(store_path=state_dir / "secrets.enc")
     return StackSettings(
         plan=plan,
         state_dir=state_dir,
-        pkeys=assign_pkeys([t["name"] for t in plan["tenants"]], held),
+        pkeys=assign_pkeys([t.name for t in plan.tenants], held),
         facts=_read_document(facts_file, "discovered facts file"),
         assets=_read_document(assets_file, "asset register").get("hosts", {}),
         bmc=BmcSettings(**(bmc or {})),

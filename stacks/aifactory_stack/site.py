@@ -23,23 +23,23 @@ class Site:
 def build_site(settings: StackSettings) -> Site:
     plan = settings.plan
     pools = {
-        pool["name"]: GpuNodePool(
-            f"{settings.site}-{pool['name']}",
+        pool.name: GpuNodePool(
+            f"{settings.site}-{pool.name}",
             GpuNodePoolArgs(
                 pool=pool,
-                hosts=[h for h in plan["hosts"] if h["pool"] == pool["name"]],
+                hosts=plan.hosts_in_pool(pool.name),
                 credentials=settings.credentials,
                 bmc=settings.bmc,
                 boot=settings.boot,
                 assets=settings.assets,
             ),
         )
-        for pool in plan["pools"]
+        for pool in plan.pools
     }
     directory = str(settings.artifacts_dir)
     fabrics = {
-        f["name"]: Fabric(
-            f"{settings.site}-{f['name']}",
+        f.name: Fabric(
+            f"{settings.site}-{f.name}",
             FabricArgs(
                 plan=plan,
                 fabric=f,
@@ -48,14 +48,14 @@ def build_site(settings: StackSettings) -> Site:
                 directory=f"{directory}/fabrics",
             ),
         )
-        for f in plan["fabrics"]
+        for f in plan.fabrics
     }
     storage = {
-        s["name"]: StoragePool(
-            f"{settings.site}-{s['name']}",
+        s.name: StoragePool(
+            f"{settings.site}-{s.name}",
             StoragePoolArgs(plan=plan, storage=s, directory=f"{directory}/storage"),
         )
-        for s in plan["storage"]
+        for s in plan.storage
     }
     hosts = pulumi.Output.all(*[p.outputs for p in pools.values()]).apply(
         lambda parts: {name: value for part in parts for name, value in sorted(part.items())}

@@ -8,14 +8,15 @@ from typing import Any
 
 import pulumi
 
+from aifactory.plan.model import SitePlan, StoragePlan
 from aifactory.provision.render import render_storage
 from aifactory_stack.resources import Artifact, artifact_children, artifact_outputs
 
 
 @dataclass(frozen=True)
 class StoragePoolArgs:
-    plan: dict[str, Any]
-    storage: dict[str, Any]
+    plan: SitePlan
+    storage: StoragePlan
     directory: str
 
 
@@ -28,9 +29,9 @@ class StoragePool(pulumi.ComponentResource):
         rendered = render_storage(args.plan, args.storage)
         self.artifacts = artifact_children(self, name, args.directory, rendered)
         self.outputs = {
-            "kind": args.storage["kind"],
-            "encrypted_at_rest": args.storage["encrypted_at_rest"],
-            "replicas": list(args.storage["replicas"]),
+            "kind": args.storage.kind,
+            "encrypted_at_rest": args.storage.encrypted_at_rest,
+            "replicas": list(args.storage.replicas),
             "artifacts": artifact_outputs(args.directory, rendered),
         }
         self.register_outputs({"storage": self.outputs})

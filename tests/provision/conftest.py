@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 import sys
 from pathlib import Path
@@ -10,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from aifactory.plan import plan_site
+from aifactory.plan.model import SitePlan
 from aifactory.resources import resource_dir
 
 REPO = Path(__file__).resolve().parents[2]
@@ -45,10 +45,10 @@ def ib_plan_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def lab_plan(lab_plan_file: Path) -> dict:
-    return json.loads(lab_plan_file.read_text())
+def lab_plan(lab_plan_file: Path) -> SitePlan:
+    return SitePlan.load(lab_plan_file)
 
 
 @pytest.fixture(scope="session")
-def ib_plan(ib_plan_file: Path) -> dict:
-    return json.loads(ib_plan_file.read_text())
+def ib_plan(ib_plan_file: Path) -> SitePlan:
+    return SitePlan.load(ib_plan_file)

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import copy
 import re
 
 import pytest
 import yaml
 
 from aifactory.errors import ProvisionError
+from aifactory.plan.model import FabricPlan, SitePlan
 from aifactory.provision.partitions import (
     DEFAULT_PKEY,
     assign_pkeys,
@@ -22,22 +22,22 @@ from aifactory.provision.render import render_fabric, render_storage
 EXPORT_LINE = re.compile(r"^(/\S*)((?:\s+[0-9a-fA-F.:]+\([a-z_=,]+\))+)$")
 
 
-def fabric(plan: dict, name: str) -> dict:
-    return next(f for f in plan["fabrics"] if f["name"] == name)
+def fabric(plan: SitePlan, name: str) -> FabricPlan:
+    return plan.fabric(name)
 
 
-def guids_for(plan: dict, fabric_name: str) -> dict:
+def guids_for(plan: SitePlan, fabric_name: str) -> dict:
     hosts: dict = {}
-    for n, host in enumerate(plan["hosts"]):
-        for i in host["interfaces"]:
-            if i["fabric"] == fabric_name:
-                guid = f"0x0002c903{n:04x}{i['rail']:04x}"
-                hosts.setdefault(host["name"], {"port_guids": {}})["port_guids"][i["name"]] = guid
+    for n, host in enumerate(plan.hosts):
+        for i in host.interfaces:
+            if i.fabric == fabric_name:
+                guid = f"0x0002c903{n:04x}{i.rail:04x}"
+                hosts.setdefault(host.name, {"port_guids": {}})["port_guids"][i.name] = guid
     return {"schema": "aifactory.fabric-facts/v1", "hosts": hosts}
 
 
 def test_partitions_conf_parses_with_one_partition_per_tenant(ib_plan):
-    keys = assign_pkeys([t["name"] for t in ib_plan["tenants"]])
+    keys = assign_pkeys([t.name for t in ib_plan.tenants])
     facts = guids_for(ib_plan, "compute")
     [artifact] = render_fabric(ib_plan, fabric(ib_plan, "compute"), pkeys=keys, facts=facts)
     assert artifact.complete and "INCOMPLETE" not in artifact.content
@@ -52,7 +52,7 @@ def test_partitions_conf_parses_with_one_partition_per_tenant(ib_plan):
 
 
 def test_partitions_conf_without_facts_says_it_is_incomplete(ib_plan):
-    keys = assign_pkeys([t["name"] for t in ib_plan["tenants"]])
+    keys = assign_pkeys([t.name for t in ib_plan.tenants])
     [artifact] = render_fabric(ib_plan, fabric(ib_plan, "compute"), pkeys=keys, facts={})
     assert not artifact.complete
     assert "# INCOMPLETE: no port GUID known for 6 port(s)" in artifact.content
@@ -60,12 +60,12 @@ def test_partitions_conf_without_facts_says_it_is_incomplete(ib_plan):
 
 
 def test_rendering_is_deterministic(ib_plan):
-    keys = assign_pkeys([t["name"] for t in ib_plan["tenants"]])
-    first = [a.content for f in ib_plan["fabrics"] for a in render_fabric(ib_plan, f, pkeys=keys)]
-    first += [a.content for s in ib_plan["storage"] for a in render_storage(ib_plan, s)]
-    again = copy.deepcopy(ib_plan)
-    second = [a.content for f in again["fabrics"] for a in render_fabric(again, f, pkeys=dict(keys))]
-    second += [a.content for s in again["storage"] for a in render_storage(again, s)]
+    keys = assign_pkeys([t.name for t in ib_plan.tenants])
+    first = [a.content for f in ib_plan.fabrics for a in render_fabric(ib_plan, f, pkeys=keys)]
+    first += [a.content for s in ib_plan.storage for a in render_storage(ib_plan, s)]
+    again = SitePlan.from_dict(ib_plan.to_dict())  # the same plan, read back from its JSON form
+    second = [a.content for f in again.fabrics for a in render_fabric(again, f, pkeys=dict(keys))]
+    second += [a.content for s in again.storage for a in render_storage(again, s)]
     assert first == second
 
 
@@ -119,11 +119,11 @@ def test_roce_and_ethernet_documents(ib_plan, lab_plan):
     plain = yaml.safe_load(mgmt.content)
     assert (plain["vlan"], plain["mtu"], plain["mtu_source"]) == (None, 1500, "default")
     assert plain["qos"]["pfc"]["enabled"] is False
-    assert [p["address"] for p in plain["ports"]] == [h["management_address"] for h in lab_plan["hosts"]]
+    assert [p["address"] for p in plain["ports"]] == [h.management_address for h in lab_plan.hosts]
 
 
 def test_storage_documents_name_owner_encryption_and_replicas(ib_plan):
-    lake_plan = next(s for s in ib_plan["storage"] if s["name"] == "lake")
+    lake_plan = next(s for s in ib_plan.storage if s.name == "lake")
     [lake] = render_storage(ib_plan, lake_plan)
     doc = yaml.safe_load(lake.content)
     assert doc["section"] == "filesets" and doc["encrypted_at_rest"] is True
@@ -138,13 +138,13 @@ def test_storage_documents_name_owner_encryption_and_replicas(ib_plan):
     assert patient["client_pools"] == ["cpu", "gpu"]
     assert patient["export_path"] == "/lake/health/patient-records"
     assert records["open-corpus"]["encryption_required"] is False
-    dr_plan = next(s for s in ib_plan["storage"] if s["name"] == "lake-dr")
+    dr_plan = next(s for s in ib_plan.storage if s.name == "lake-dr")
     dr = yaml.safe_load(render_storage(ib_plan, dr_plan)[0].content)
     assert dr["replica_of"] == ["lake"] and dr["subvolumes"] == []
 
 
 def test_nfs_exports_follow_exports_5(lab_plan):
-    share = next(s for s in lab_plan["storage"] if s["name"] == "share")
+    share = next(s for s in lab_plan.storage if s.name == "share")
     artifacts = {a.name: a for a in render_storage(lab_plan, share)}
     lines = [ln for ln in artifacts["share.exports"].content.splitlines() if ln and not ln.startswith("#")]
     assert len(lines) == 2

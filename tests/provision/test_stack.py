@@ -16,6 +16,7 @@ import pulumi
 import pytest
 import yaml
 
+from aifactory.plan.model import SitePlan
 from aifactory.provision.partitions import parse_partitions_conf
 from aifactory.secrets import env_name
 from tests.provision.conftest import REPO, planned_copy
@@ -46,11 +47,11 @@ def mocks() -> RecordingMocks:
 
 
 @pytest.fixture
-def credentials(monkeypatch: pytest.MonkeyPatch, lab_plan: dict, ib_plan: dict) -> None:
+def credentials(monkeypatch: pytest.MonkeyPatch, lab_plan: SitePlan, ib_plan: SitePlan) -> None:
     for plan in (lab_plan, ib_plan):
-        for host in plan["hosts"]:
-            if host.get("bmc"):
-                monkeypatch.setenv(env_name(host["bmc"]["credentials"]), CREDENTIAL)
+        for host in plan.hosts:
+            if host.bmc:
+                monkeypatch.setenv(env_name(host.bmc.credentials), CREDENTIAL)
 
 
 def build(plan_file: Path, state_dir: Path):
@@ -90,14 +91,14 @@ def assert_artifacts_parented(urns: list[str]) -> None:
         ), urn
 
 
-def _check_graph(mocks: RecordingMocks, plan: dict, site) -> None:
+def _check_graph(mocks: RecordingMocks, plan: SitePlan, site) -> None:
     hosts = mocks.of_type("pulumi-python:dynamic/compute:BareMetalHost")
-    with_bmc = sorted(h["name"] for h in plan["hosts"] if h.get("bmc"))
+    with_bmc = sorted(h.name for h in plan.hosts if h.bmc)
     assert sorted(r.name for r in hosts) == with_bmc
     pools = {r.name: r for r in mocks.of_type("aifactory:compute:GpuNodePool")}
-    assert sorted(pools) == sorted(f"{plan['site']['name']}-{p['name']}" for p in plan["pools"])
-    assert len(mocks.of_type("aifactory:network:Fabric")) == len(plan["fabrics"])
-    assert len(mocks.of_type("aifactory:storage:StoragePool")) == len(plan["storage"])
+    assert sorted(pools) == sorted(f"{plan.site.name}-{p.name}" for p in plan.pools)
+    assert len(mocks.of_type("aifactory:network:Fabric")) == len(plan.fabrics)
+    assert len(mocks.of_type("aifactory:storage:StoragePool")) == len(plan.storage)
     for component in [*site.fabrics.values(), *site.storage.values()]:
         assert component.artifacts
 
@@ -156,7 +157,7 @@ def test_ib_site_graph_and_partitions(mocks, credentials, ib_plan_file, ib_plan,
     )
 
 
-def _check_ib(mocks: RecordingMocks, ib_plan: dict, site) -> None:
+def _check_ib(mocks: RecordingMocks, ib_plan: SitePlan, site) -> None:
     _check_graph(mocks, ib_plan, site)
     _check_no_credential_in_providers(mocks)
     records = mocks.of_type("pulumi-python:dynamic/artifacts:Artifact")
@@ -179,10 +180,10 @@ def test_national_example(mocks, monkeypatch, tmp_path):
     if not spec.exists():
         pytest.skip("inventory/examples/national/site.yaml is not in the repository yet (spec engineer)")
     plan_file = planned_copy(spec, tmp_path / "plan")
-    plan = json.loads(plan_file.read_text())
-    for host in plan["hosts"]:
-        if host.get("bmc"):
-            monkeypatch.setenv(env_name(host["bmc"]["credentials"]), CREDENTIAL)
+    plan = SitePlan.load(plan_file)
+    for host in plan.hosts:
+        if host.bmc:
+            monkeypatch.setenv(env_name(host.bmc.credentials), CREDENTIAL)
 
     @pulumi.runtime.test
     def run():
