@@ -32,9 +32,9 @@ from packaging.utils import canonicalize_name, parse_wheel_filename
 
 from aifactory.bundle import archive
 from aifactory.bundle.hashing import Range, hash_range
+from aifactory.bundle.import_record import ImportRecord, last_import, save_import
 from aifactory.bundle.manifest import MANIFEST, METADATA_FILES, Manifest
 from aifactory.bundle.source import PartsReader, find_parts
-from aifactory.bundle.state import ImportRecord, last_import, save_import
 from aifactory.bundle.verify import VerifyReport, check_seal, expanded, inspect_bundle, rollback_problems
 from aifactory.errors import AifactoryError, BundleError, Location, StateError
 from aifactory.state import SiteState

@@ -25,6 +25,7 @@ from typing import Any
 from aifactory import signing
 from aifactory.bundle import archive, zstd
 from aifactory.bundle.hashing import Range, hash_ranges
+from aifactory.bundle.import_record import ImportRecord, last_import
 from aifactory.bundle.manifest import (
     MANIFEST,
     MAX_METADATA_BYTES,
@@ -37,7 +38,6 @@ from aifactory.bundle.manifest import (
 )
 from aifactory.bundle.seal import Seal, open_seal
 from aifactory.bundle.source import Part, PartsReader, find_parts
-from aifactory.bundle.state import ImportRecord, last_import
 from aifactory.errors import BundleError, Location, PrerequisiteError, Problem
 from aifactory.state import SiteState
 

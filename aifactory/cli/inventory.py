@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from aifactory.cli.output import emit_json
-from aifactory.deploy.bundle import describe_current_bundle
+from aifactory.deploy.imported_bundle import describe_current_bundle
 from aifactory.inventory.site import site_inventory
 from aifactory.pipeline.connection import site_connection
 from aifactory.plan import plan_site

@@ -31,8 +31,8 @@ from typing import Any
 from aifactory.bundle.collection import source_collections_path
 from aifactory.connection import Connection
 from aifactory.deploy import converged as convergence
-from aifactory.deploy.bundle import DeployBundle, prepare_bundle
 from aifactory.deploy.evidence import REPORT_FACT, report_from_event, write_installed
+from aifactory.deploy.imported_bundle import DeployBundle, prepare_bundle
 from aifactory.deploy.progress import HostProgress, Progress, Update
 from aifactory.deploy.settings import DeploySettings, render_ansible_cfg
 from aifactory.errors import DeployError, ExitCode, Location, PrerequisiteError

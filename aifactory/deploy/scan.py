@@ -17,7 +17,7 @@ from typing import Any
 from aifactory.audit import scap
 from aifactory.audit.evidence.hostscan import DIGEST, SCANS_DIR
 from aifactory.connection import Connection
-from aifactory.deploy.bundle import prepare_bundle
+from aifactory.deploy.imported_bundle import prepare_bundle
 from aifactory.deploy.runner import _Ansible, _clean_env, _require_runner, _run_id
 from aifactory.deploy.settings import DeploySettings, render_ansible_cfg
 from aifactory.errors import DeployError, ExitCode

@@ -289,7 +289,7 @@ def verify_import(context: UpContext, outputs: dict[str, Any]) -> str:
 
 
 def run_inventory(context: UpContext) -> StageResult:
-    from aifactory.deploy.bundle import describe_current_bundle
+    from aifactory.deploy.imported_bundle import describe_current_bundle
     from aifactory.inventory.site import site_inventory
 
     folder = context.state.subdir("up") / "inventory"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from aifactory.deploy.bundle import DeployBundle
+from aifactory.deploy.imported_bundle import DeployBundle
 from aifactory.deploy.runner import checked_plan
 from aifactory.errors import BundleError, DeployError
 from aifactory.plan import plan_site

@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from aifactory import signing
+from aifactory.bundle.import_record import last_import
+from aifactory.bundle.importer import current_import
 from aifactory.bundle.manifest import MANIFEST, NAMESPACE, SIGNATURE
 from aifactory.errors import BundleError, Location, PlanFormatError, PrerequisiteError
 from aifactory.plan.model import SitePlan
@@ -77,17 +79,9 @@ class DeployBundle:
         }
 
 
-def _current_import(state: SiteState) -> Any:
-    try:
-        from aifactory.bundle import current_import
-    except ImportError as exc:  # pragma: no cover - the bundle package is part of aifactory
-        raise PrerequisiteError(f"the bundle module is unavailable: {exc}") from None
-    return current_import(state)
-
-
 def describe_current_bundle(state: SiteState) -> dict[str, Any] | None:
     """Where the imported bundle is (for `aifactory inventory`), or None when none is imported."""
-    imported = _current_import(state)
+    imported = current_import(state)
     if imported is None:
         return None
     return {
@@ -101,7 +95,7 @@ def describe_current_bundle(state: SiteState) -> dict[str, Any] | None:
 
 def prepare_bundle(state: SiteState, *, trust: Path | None = None) -> DeployBundle:
     """Check the imported bundle on the control host and build (or reuse) its host payload."""
-    imported = _current_import(state)
+    imported = current_import(state)
     if imported is None:
         raise PrerequisiteError(f"site {state.site!r} has no imported bundle", hint=_IMPORT_HINT)
     root = Path(imported.root)
@@ -160,8 +154,6 @@ def _read(path: Path) -> bytes:
 
 def _import_signer(state: SiteState) -> str:
     """The principal the import verified the bundle's signature for."""
-    from aifactory.bundle.state import last_import
-
     record = last_import(state)
     signer = record.signer if record is not None else ""
     if not signer or any(c.isspace() for c in signer) or signer.startswith("*"):
