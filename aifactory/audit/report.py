@@ -14,7 +14,6 @@ Reproducible: the same spec, evidence, key and --timestamp give the same bytes.
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 import time
@@ -41,7 +40,7 @@ from aifactory.audit.oscal import (
 from aifactory.audit.poam import build_poam
 from aifactory.audit.sign import SigningKey, given_key, sign_folder, site_audit_key
 from aifactory.audit.ssp import build_ssp
-from aifactory.errors import AuditError, Location, PrerequisiteError
+from aifactory.errors import AuditError, Location
 from aifactory.headcopies import merge_incoming
 from aifactory.plan.build import PlannedSite
 from aifactory.spec.model import DEFAULT_LOG_RETENTION_DAYS
@@ -78,13 +77,9 @@ class WrittenReport:
 
 def check_policies(planned: PlannedSite, options: ReportOptions, today: Any) -> dict[str, Any]:
     """The policy engineer's `check_site`, as a JSON-ready dict."""
-    try:
-        policy = importlib.import_module("aifactory.policy")
-    except ImportError as exc:
-        raise PrerequisiteError(
-            "this installation has no policy engine (aifactory.policy)", hint="reinstall aifactory"
-        ) from exc
-    result = policy.check_site(
+    from aifactory.policy import check_site  # late: the policy engine loads only when the report runs
+
+    result = check_site(
         planned, engine=options.engine, opa_url=options.opa_url, waivers=options.waivers, today=today
     )
     return dict(result.as_dict())

@@ -10,14 +10,14 @@
 from __future__ import annotations
 
 import hashlib
-import importlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from aifactory import signing
 from aifactory.audit.model import FAIL, NOT_ASSESSED, PASS, Evidence, Finding, RuleResult
 from aifactory.audit.sign import file_digest
+from aifactory.bundle.importer import ImportedBundle, current_import
+from aifactory.bundle.manifest import NAMESPACE
 from aifactory.errors import AifactoryError
 from aifactory.state import SiteState
 
@@ -44,7 +44,7 @@ def _not_assessed(note: str) -> Evidence:
     return Evidence(SOURCE, "Offline bundle", NOT_ASSESSED, note, {}, rules)
 
 
-def check_import(imported: Any, *, namespace: str, trust: Path | None) -> BundleCheck:
+def check_import(imported: ImportedBundle, *, namespace: str, trust: Path | None) -> BundleCheck:
     """Re-check an imported bundle folder against the manifest digest recorded when it was imported."""
     root = Path(imported.root)
     check = BundleCheck([])
@@ -86,11 +86,7 @@ def bundle_evidence(
 ) -> tuple[Evidence, str | None]:
     """(evidence, the imported bundle's digest or None), for the site whose plan has `plan_digest`."""
     try:
-        module = importlib.import_module("aifactory.bundle")
-    except ImportError:
-        return _not_assessed("this installation cannot check bundles (aifactory.bundle is missing)"), None
-    try:
-        imported = module.current_import(state)
+        imported = current_import(state)
     except AifactoryError as error:
         imported, problem = None, error.message
     else:
@@ -103,10 +99,10 @@ def bundle_evidence(
         )
         rules = tuple((c, RuleResult(*VERIFIED, FAIL, SOURCE)) for c in INTEGRITY)
         return Evidence(SOURCE, "Offline bundle", FAIL, problem, {}, rules, (finding,)), None
-    return _assess(imported, plan_digest, module.NAMESPACE, trust), str(imported.digest)
+    return _assess(imported, plan_digest, NAMESPACE, trust), str(imported.digest)
 
 
-def _assess(imported: Any, plan_digest: str, namespace: str, trust: Path | None) -> Evidence:
+def _assess(imported: ImportedBundle, plan_digest: str, namespace: str, trust: Path | None) -> Evidence:
     check = check_import(imported, namespace=namespace, trust=trust)
     resource = f"bundle/{imported.version}"
     findings = [
