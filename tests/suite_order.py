@@ -1,6 +1,7 @@
 """Fast tests first: modules whose tests are all quick run before modules with `slow` tests, and
 those before modules with `lab` tests, so that a broken unit shows within minutes and the lab is
-brought up once, late, for every lab test together.
+brought up once, late, for every lab test together. Modules that use the session's deployed lab
+(`deployed_lab`) run last, after the deploy tests that need a lab nothing was deployed on yet.
 
 A pytest plugin, loaded by tests/conftest.py. Whole modules move, never single tests: tests of one
 module keep their file order (some depend on it) and module-scoped fixtures are set up once. Within
@@ -11,10 +12,12 @@ from __future__ import annotations
 
 import pytest
 
-QUICK, SLOW, LAB = 0, 1, 2
+QUICK, SLOW, LAB, DEPLOYED = 0, 1, 2, 3
 
 
 def item_rank(item: pytest.Item) -> int:
+    if "deployed_lab" in getattr(item, "fixturenames", ()):
+        return DEPLOYED
     if item.get_closest_marker("lab") is not None:
         return LAB
     if item.get_closest_marker("slow") is not None:

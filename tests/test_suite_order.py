@@ -1,5 +1,6 @@
-"""Quick modules run first, then modules with slow tests, then modules with lab tests; each module
-stays whole and in file order (tests/suite_order.py, loaded by a tiny project as the suite does)."""
+"""Quick modules run first, then modules with slow tests, then modules with lab tests, then modules
+on the deployed lab; each module stays whole and in file order (tests/suite_order.py, loaded by a
+tiny project as the suite does)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 MODULES = {
+    "test_0_deployed.py": "import pytest\n@pytest.mark.lab\ndef test_d(deployed_lab):\n    pass\n",
     "test_a_lab.py": "import pytest\n@pytest.mark.lab\ndef test_z():\n    pass\ndef test_a():\n    pass\n",
     "test_b_slow.py": "import pytest\npytestmark = pytest.mark.slow\n\ndef test_b():\n    pass\n",
     "test_c_quick.py": "def test_y():\n    pass\n\ndef test_x():\n    pass\n",
@@ -23,7 +25,9 @@ def test_modules_run_quick_then_slow_then_lab_each_in_file_order(tmp_path: Path)
     )
     tests = tmp_path / "tests"
     tests.mkdir()
-    (tests / "conftest.py").write_text('pytest_plugins = ["suite_order"]\n')
+    (tests / "conftest.py").write_text(
+        'import pytest\npytest_plugins = ["suite_order"]\n\n@pytest.fixture\ndef deployed_lab():\n    pass\n'
+    )
     for name, text in MODULES.items():
         (tests / name).write_text(text)
     run = subprocess.run(
@@ -41,4 +45,5 @@ def test_modules_run_quick_then_slow_then_lab_each_in_file_order(tmp_path: Path)
         "tests/test_b_slow.py::test_b",
         "tests/test_a_lab.py::test_z",
         "tests/test_a_lab.py::test_a",
+        "tests/test_0_deployed.py::test_d",
     ]
