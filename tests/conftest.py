@@ -32,6 +32,10 @@ not stop sshd, change addresses or take the lab down. A test that needs its own 
 with `copy_lab_spec(directory, site_name)` and brings up a lab of another site name: labs of
 different names run side by side, with the same addresses.
 
+A test that needs a running site (the session bundle deployed on every host: runtime, inference
+server, munge and Slurm) uses `deployed_lab` (below) instead of deploying a lab of its own: one bundle
+built and one deploy for the whole session.
+
 Lab tests are skipped, with the reason, when not root, without network/mount namespaces, or when
 sshd, iproute2 or sushy-tools are missing.
 """
@@ -240,3 +244,76 @@ def lab_bundle_import(
             os.environ.pop("AIFACTORY_BUNDLES_HOME", None)
         else:
             os.environ["AIFACTORY_BUNDLES_HOME"] = previous
+
+
+@dataclass(frozen=True)
+class DeployedLab:
+    """The session lab with the session bundle deployed on every host (`deployed_lab`)."""
+
+    lab: LabSession
+    bundle: ImportedLabBundle
+
+    def ssh(
+        self, host: str, script: str, *, check: bool = True, timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
+        """`script` on `host` over SSH from the control host (host keys checked), as an admin runs it."""
+        from waiting import scaled
+
+        config = self.lab.status.paths["ssh_config"]  # type: ignore[attr-defined]
+        return self.lab.exec(["ssh", "-F", config, host, script], check=check, timeout=scaled(timeout))
+
+    def deploy(self, options: object | None = None):  # noqa: ANN201 - DeployResult
+        """`aifactory deploy` of the session bundle (DeployOptions; default: a plain run), over the
+        lab's Connection as the CLI reaches it."""
+        from aifactory.deploy import DeployOptions, deploy_site
+        from aifactory.pipeline.connection import site_connection
+
+        chosen = options if options is not None else DeployOptions()
+        return deploy_site(self.lab.planned, connection=site_connection(self.lab.site), options=chosen)  # type: ignore[arg-type]
+
+    def converge(self) -> None:
+        """Deploy and require every host to finish: a no-op probe on hosts that match the bundle, a repair
+        of any that drifted."""
+        result = self.deploy()
+        assert result.exit_code == 0 and not result.failed_hosts, (
+            f"the session lab did not deploy: {result.failed_hosts}, see {result.event_log}"
+        )
+
+    def drifted(self) -> dict[str, str]:
+        """Read-only (`check_converged`, as `aifactory up` verifies a deploy): each host that no longer
+        matches the session's deploy (a file changed, a service or daemon not running), and why. A test
+        that broke a host and restored it proves the restore with `assert deployed_lab.drifted() == {}`."""
+        from aifactory.deploy import check_converged
+        from aifactory.pipeline.connection import site_connection
+
+        found = check_converged(self.lab.planned, connection=site_connection(self.lab.site))  # type: ignore[arg-type]
+        return {host: why for host, why in found.items() if why is not None}
+
+
+@pytest.fixture(scope="session")
+def deployed_lab(lab: LabSession, lab_bundle_import: ImportedLabBundle) -> Iterator[DeployedLab]:
+    """The session's `lab` with the session bundle (`lab_bundle_import`) deployed on every host: a running
+    site (runtime, inference server, munge and Slurm) for every test that needs one, instead of a lab
+    and a deploy of its own. Use it in a module marked `lab` (tests/conftest.py's module docstring):
+
+        pytestmark = [pytest.mark.lab, pytest.mark.slow]
+
+        def test_something(deployed_lab):
+            lab = deployed_lab.lab                                   # the LabSession: hosts, exec, sh...
+            out = deployed_lab.ssh(lab.hosts[1], "cat /etc/aifactory/runtime.yaml").stdout
+            result = deployed_lab.deploy(DeployOptions(tags=("runtime",)))  # a DeployResult
+            deployed_lab.bundle.version                              # what /opt/aifactory/current is
+
+    Modules that use it run after every other lab module (tests/suite_order.py), so the deploy tests
+    (tests/deploy/test_deploy_lab.py) still meet a fresh lab and do the session's first deploy; this
+    fixture's own deploy then finds every host converged and runs no playbook. Run alone, it is the
+    first deploy (a few minutes).
+
+    A test that breaks a host (stops a service, kills a daemon, cuts SSH, edits a managed file)
+    restores it before it ends; when the session ends, this fixture fails unless every host still
+    matches the deploy (`drifted()` is empty), naming each host and why."""
+    deployed = DeployedLab(lab, lab_bundle_import)
+    deployed.converge()
+    yield deployed
+    left = deployed.drifted()
+    assert left == {}, f"a test left lab hosts unlike the session's deploy (restore what you break): {left}"
