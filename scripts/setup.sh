@@ -9,7 +9,8 @@ APT_PACKAGES=(
   chromium                                                         # the audit report's browser test
   poppler-utils                                                    # ... and its printed PDF (pdftotext)
   slurm-wlm munge chrony openscap-scanner fio iperf3               # what the roles install (machine-wide:
-                                                                   #   lab hosts share /usr)
+  prometheus prometheus-alertmanager prometheus-node-exporter      #   lab hosts share /usr); promtool
+                                                                   #   tests the alert rules
   python3-venv git curl
 )
 

@@ -37,7 +37,8 @@ from aifactory.digests import sha256_file
 from aifactory.errors import BundleError, PrerequisiteError
 
 # What the roles install from the bundle (munge + slurm roles, base role's time daemon and health
-# check tools, the SCAP scanner and its content that the audit scans every host with).
+# check tools, the SCAP scanner and its content that the audit scans every host with, the monitoring
+# role's Prometheus (with promtool), Alertmanager and node exporter).
 ROLE_PACKAGES: tuple[str, ...] = (
     "munge",
     "slurm-client",
@@ -48,6 +49,9 @@ ROLE_PACKAGES: tuple[str, ...] = (
     "fio",  # aifactory health: site storage throughput
     "iperf3",  # aifactory health: compute link bandwidth
     "ssg-debian",
+    "prometheus",
+    "prometheus-alertmanager",
+    "prometheus-node-exporter",
 )
 
 

@@ -38,6 +38,11 @@ from aifactory.errors import Location, StateError, UnsafeValueError, UsageError
 from aifactory.inventory.model import Group, Inventory, group_name
 from aifactory.plan.model import Host, SitePlan, section_dict
 from aifactory.scheduler.topology import slurm_topology
+from aifactory.spec.model import (
+    DEFAULT_EVALUATION_INTERVAL_SECONDS,
+    DEFAULT_METRICS_RETENTION_DAYS,
+    DEFAULT_SCRAPE_INTERVAL_SECONDS,
+)
 
 MARKER = ".aifactory-inventory"
 UNSAFE_TAG = "!unsafe"
@@ -241,6 +246,9 @@ def _site_vars(
         # The host whose variables hold the plan's Slurm cluster (controller, nodes, partitions,
         # accounts) as `aifactory_slurm`, or None: no Slurm (the scheduler play skips the site).
         SLURM_HOST_VAR: plan.control_host if slurm_topology(plan) is not None else None,
+        # Where Prometheus runs and its intervals (the spec's monitoring section, else the defaults on
+        # the control host), or None: the monitoring play (docs/telemetry.md).
+        "aifactory_monitoring": monitoring_settings(plan),
         # Defaults of a site whose Connection says nothing else: hosts run systemd (site_vars, from the
         # site's Connection, replace these; docs/architecture.md).
         "aifactory_lab": False,
@@ -255,6 +263,20 @@ def _site_vars(
     values["aifactory_bundle"] = dict(bundle) if bundle else None
     values.update(site_vars or {})
     return values
+
+
+def monitoring_settings(plan: SitePlan) -> dict[str, Any] | None:
+    """The plan's monitoring section, or the defaults on the control host; None without either."""
+    if plan.monitoring is not None:
+        return section_dict(plan.monitoring)
+    if plan.control_host is None:
+        return None
+    return {
+        "host": plan.control_host,
+        "retention_days": DEFAULT_METRICS_RETENTION_DAYS,
+        "scrape_interval_seconds": DEFAULT_SCRAPE_INTERVAL_SECONDS,
+        "evaluation_interval_seconds": DEFAULT_EVALUATION_INTERVAL_SECONDS,
+    }
 
 
 def _provisioned_by_host(outputs: Mapping[str, Any] | None) -> dict[str, Mapping[str, Any]]:

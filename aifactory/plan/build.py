@@ -33,6 +33,7 @@ from aifactory.plan.model import (
     Host,
     Interface,
     ModelPlan,
+    MonitoringPlan,
     Mount,
     PlatformPlan,
     PoolBmcPlan,
@@ -126,7 +127,7 @@ def _plan_against_lock(loaded: LoadedSpec, lock_path: Path, lock_text: str | Non
     return PlannedSite(loaded, plan, lock, lock_path, lock_text != lock.to_json(), lock_text)
 
 
-ADDED_AFTER_V1 = ("logs",)
+ADDED_AFTER_V1 = ("logs", "monitoring")
 
 
 def spec_digest(spec: SiteSpec) -> str:
@@ -136,6 +137,23 @@ def spec_digest(spec: SiteSpec) -> str:
     later = {name for name in ADDED_AFTER_V1 if getattr(spec, name) is None}
     body = canonical_json(spec.model_dump(mode="json", by_alias=True, exclude=later))
     return "sha256:" + hashlib.sha256(body.encode()).hexdigest()
+
+
+def _monitoring(spec: SiteSpec, hosts: list[Host]) -> MonitoringPlan | None:
+    """Where Prometheus runs: the first host of the spec's monitoring pool, else the control host."""
+    wanted = spec.monitoring
+    if wanted is None:
+        return None
+    if wanted.pool is not None:
+        host = next(h.name for h in hosts if h.pool == wanted.pool)  # validate: the pool exists
+    else:
+        host = next((h.name for h in hosts if h.role == "control"), hosts[0].name)
+    return MonitoringPlan(
+        host=host,
+        retention_days=wanted.retention_days,
+        scrape_interval_seconds=wanted.scrape_interval_seconds,
+        evaluation_interval_seconds=wanted.evaluation_interval_seconds,
+    )
 
 
 def build_plan(
@@ -196,6 +214,7 @@ def build_plan(
         ),
         control_host=next((h.name for h in hosts if h.role == "control"), None),
         allocation={},
+        monitoring=_monitoring(spec, hosts),
     )
     new_lock = lock_snapshot(site, allocators)
     object.__setattr__(plan, "allocation", as_dict(new_lock)["fabrics"])

@@ -282,6 +282,16 @@ class EgressPlan:
     allow: tuple[EgressRule, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class MonitoringPlan:
+    """Where Prometheus and Alertmanager run and how they keep and evaluate samples (docs/telemetry.md)."""
+
+    host: str  # the control host, or the first host of the spec's monitoring pool
+    retention_days: int
+    scrape_interval_seconds: int
+    evaluation_interval_seconds: int
+
+
 @dataclass(frozen=True)
 class SitePlan:
     """The plan: typed sections; `allocation` is the allocation lock's snapshot, kept as its JSON."""
@@ -300,6 +310,9 @@ class SitePlan:
     egress: EgressPlan
     control_host: str | None
     allocation: dict[str, Any]
+    # Set only when the spec has a monitoring section: plans written before it stay byte for byte
+    # (the key is left out of to_dict when None, and a plan without it reads back as None).
+    monitoring: MonitoringPlan | None = None
 
     @property
     def name(self) -> str:
@@ -354,7 +367,7 @@ class SitePlan:
             "access": [section_dict(a) for a in self.access],
             "egress": section_dict(self.egress),
             "allocation": self.allocation,
-        }
+        } | ({"monitoring": section_dict(self.monitoring)} if self.monitoring else {})
 
     def to_json(self) -> str:
         """The canonical serialized plan (what `aifactory plan -o` writes)."""
@@ -368,7 +381,7 @@ class SitePlan:
         """The plan `to_dict()` wrote (PlanFormatError naming the field when it is not one)."""
         if not isinstance(data, dict) or data.get("schema") != PLAN_SCHEMA:
             raise PlanFormatError(f"not an aifactory site plan (schema {PLAN_SCHEMA})")
-        unknown = [k for k in data if k not in _PLAN_KEYS]
+        unknown = [k for k in data if k not in _PLAN_KEYS + _OPTIONAL_PLAN_KEYS]
         missing = [k for k in _PLAN_KEYS if k not in data]
         if unknown or missing:
             raise PlanFormatError(f"plan fields: missing {missing or 'none'}, unknown {unknown or 'none'}")
@@ -382,6 +395,9 @@ class SitePlan:
         if not isinstance(hosts, list):
             raise _bad("hosts", "a list", hosts)
         shared: dict[Any, Any] = {}
+        sections |= {
+            name: _read(hints[name], data[name], name) for name in _OPTIONAL_PLAN_KEYS if name in data
+        }
         plan = cls(hosts=tuple(_host(h, f"hosts[{k}]", shared) for k, h in enumerate(hosts)), **sections)
         if plan.summary() != data["summary"]:  # derived: a different one means the hosts were edited
             raise PlanFormatError("plan field summary: does not match the plan's hosts")
@@ -423,6 +439,8 @@ _PLAN_KEYS = (
     "egress",
     "allocation",
 )
+# Sections added later, present only when the spec sets them.
+_OPTIONAL_PLAN_KEYS = ("monitoring",)
 
 
 # ---- serialization: each section's fields, in order, are its JSON keys ----------------------------

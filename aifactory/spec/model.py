@@ -288,6 +288,34 @@ class Logs(_Model):
     )
 
 
+DEFAULT_METRICS_RETENTION_DAYS = 15  # Prometheus' own default
+DEFAULT_SCRAPE_INTERVAL_SECONDS = 30
+DEFAULT_EVALUATION_INTERVAL_SECONDS = 30  # the alert rules' unit tests run at this interval
+
+
+class Monitoring(_Model):
+    """Prometheus, Alertmanager and every host's node exporter (docs/telemetry.md)."""
+
+    pool: Name | None = Field(
+        None,
+        description="the node pool whose first host runs Prometheus and Alertmanager "
+        "(default: the control host)",
+    )
+    retention_days: int = Field(
+        DEFAULT_METRICS_RETENTION_DAYS, ge=1, le=3650, description="days Prometheus keeps its samples"
+    )
+    scrape_interval_seconds: int = Field(
+        DEFAULT_SCRAPE_INTERVAL_SECONDS, ge=1, le=600, description="seconds between two scrapes of a target"
+    )
+    evaluation_interval_seconds: int = Field(
+        DEFAULT_EVALUATION_INTERVAL_SECONDS,
+        ge=1,
+        le=600,
+        description="seconds between two evaluations of the alert rules (their `for:` durations are "
+        "tested at the default)",
+    )
+
+
 class SiteSpec(_Model):
     """One sovereign AI factory."""
 
@@ -304,6 +332,7 @@ class SiteSpec(_Model):
     egress: Egress = Egress()
     # Added after v1 first shipped: optional, and in the spec digest only when given (plan/build.py).
     logs: Logs | None = None
+    monitoring: Monitoring | None = None
 
     model_config = ConfigDict(
         extra="forbid",

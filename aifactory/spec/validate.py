@@ -403,8 +403,14 @@ class _Checker:
         self._datasets()
         self._grants()
         self._egress()
+        self._monitoring()
         self._no_repeats()
         return self.problems
+
+    def _monitoring(self) -> None:
+        monitoring = self.data.get("monitoring")
+        if isinstance(monitoring, dict) and monitoring.get("pool") is not None:
+            self.ref(("monitoring", "pool"), monitoring.get("pool"), "node_pools", "node pool")
 
     # (kind, field, kind it names, what to call it, whether the field is a list of names); the
     # references with a rule of their own (pool fabrics, bmc.fabric, replicas, grant resources)
