@@ -27,15 +27,23 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from aifactory.errors import SecretError
+from aifactory.spec.grammar import SECRET
 
 SCHEME = "secret://"
-REFERENCE = re.compile(r"^secret://[A-Za-z0-9_.{}/-]+$")
+# The spec's grammar: segments of letters, digits, '_', '-' and inner dots, `{host}` the only
+# placeholder (no other brace, so no template delimiter; no `..`, no `//`, no newline).
+REFERENCE = re.compile(SECRET.pattern)
 STORE_FILE = "secrets.enc"
 _SCRYPT = {"n": 2**15, "r": 8, "p": 1}
 
 
 def is_reference(value: object) -> bool:
     return isinstance(value, str) and value.startswith(SCHEME)
+
+
+def well_formed(reference: str) -> bool:
+    """Whether `reference` is a secret reference in the spec's grammar (the whole string)."""
+    return len(reference) <= SECRET.max_length and REFERENCE.fullmatch(reference) is not None
 
 
 def expand(reference: str, *, host: str | None = None) -> str:
@@ -134,8 +142,8 @@ class SecretStore:
         os.replace(tmp, self.path)
 
     def set(self, reference: str, value: str) -> None:
-        if not REFERENCE.match(reference):
-            raise SecretError(f"{reference!r} is not a secret reference (secret://<path>)")
+        if not well_formed(reference):
+            raise SecretError(f"{reference[:80]!r} is not a secret reference (secret://<path>)")
         data = self._load()
         data[reference] = value
         self._save(data)
@@ -182,8 +190,8 @@ class SecretResolver:
         environment, then in the store; then the reference as written (`secret://bmc/{host}`), one
         value shared by every host, in the environment, then in the store.
         """
-        if not REFERENCE.match(reference):
-            raise SecretError(f"{reference!r} is not a secret reference (secret://<path>)")
+        if not well_formed(reference):
+            raise SecretError(f"{reference[:80]!r} is not a secret reference (secret://<path>)")
         concrete = expand(reference, host=host)
         candidates = [concrete] if concrete == reference else [concrete, reference]
         for candidate in candidates:

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from aifactory.cli.output import emit_json
 from aifactory.errors import AifactoryError, ExitCode, SecretError, UsageError
 from aifactory.plan.build import spec_digest
-from aifactory.secrets import REFERENCE, STORE_FILE, SecretStore, read_passphrase
+from aifactory.secrets import STORE_FILE, SecretStore, read_passphrase, well_formed
 from aifactory.spec.reference import resolve_site
 from aifactory.state import SiteState
 
@@ -81,9 +81,9 @@ def _site(argument: str) -> tuple[str, str | None]:
 
 
 def _reference(value: str) -> str:
-    if not REFERENCE.match(value):
+    if not well_formed(value):
         raise UsageError(
-            f"{value!r} is not a secret reference",
+            f"{value[:80]!r} is not a secret reference",
             hint="write it as secret://<path>, letters, digits and . _ - / {host} only",
         )
     return value

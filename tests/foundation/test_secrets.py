@@ -128,3 +128,40 @@ def test_resolution_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     assert "AIFACTORY_SECRET_OTHER" in (raised.value.hint or "")
     with pytest.raises(SecretError, match="needs a host"):
         resolver.resolve("secret://bmc/{host}")
+
+
+@pytest.mark.parametrize(
+    "reference",
+    [
+        "secret://bmc/{{ lookup('pipe', 'id') }}",
+        "secret://bmc/{{host}}",
+        "secret://bmc/{%host%}",
+        "secret://bmc/{#x#}",
+        "secret://bmc/{x}",
+        "secret://bmc/a\n",
+        "secret://bmc/../x",
+        "secret://bmc//x",
+        "secret://" + "a" * 300,
+    ],
+    ids=[
+        "lookup",
+        "double-brace",
+        "statement",
+        "comment",
+        "other-placeholder",
+        "newline",
+        "dotdot",
+        "slashes",
+        "long",
+    ],
+)
+def test_a_reference_outside_the_spec_grammar_is_refused(reference: str, tmp_path: Path) -> None:
+    """Braces other than `{host}` (so no template delimiter), a trailing newline, `..`, `//`."""
+    store = SecretStore(tmp_path / STORE_FILE, b"pw")
+    with pytest.raises(SecretError, match="is not a secret reference") as refused:
+        store.set(reference, VALUE)
+    assert "\n" not in refused.value.message
+    with pytest.raises(SecretError, match="is not a secret reference"):
+        SecretResolver(tmp_path / STORE_FILE).resolve(reference, host="node-001")
+    store.set("secret://lab/bmc/{host}", VALUE)  # the spec's own form still passes
+    assert store.references() == ["secret://lab/bmc/{host}"]
