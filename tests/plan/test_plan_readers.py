@@ -21,22 +21,24 @@ The rule, per function (module level counts as one), outside aifactory/plan/:
 from __future__ import annotations
 
 import ast
+from dataclasses import is_dataclass
 from pathlib import Path
+from typing import get_args, get_origin, get_type_hints
+
+from aifactory.plan.model import SitePlan
 
 PACKAGE = Path(__file__).resolve().parents[2] / "aifactory"
-SECTIONS = {
-    "site",
-    "datacenters",
-    "fabrics",
-    "pools",
-    "hosts",
-    "storage",
-    "tenants",
-    "datasets",
-    "models",
-    "access",
-    "egress",
-}
+
+
+def _is_section(kind: object) -> bool:
+    """A typed section of the plan: a dataclass of aifactory.plan.model, or a tuple of them."""
+    if get_origin(kind) is tuple:
+        kind = get_args(kind)[0]
+    return is_dataclass(kind)
+
+
+# The plan's sections (`plan.pools`, `plan.site`...): the fields of SitePlan that hold typed sections.
+SECTIONS = {name for name, kind in get_type_hints(SitePlan).items() if _is_section(kind)}
 MAPPINGS = {"nccl", "allocation"}
 # Builtins whose result holds their argument's elements.
 PASS_THROUGH = {"next", "iter", "sorted", "reversed", "list", "tuple", "set", "min", "max", "enumerate"}
