@@ -90,6 +90,11 @@ class ServeMetrics:
             ["allow"],
             registry=registry,
         )
+        self.decisions_unrecorded = Counter(
+            "aifactory_serve_decisions_unrecorded",
+            "Requests answered 503 log-unavailable: their decision could not be made durable.",
+            registry=registry,
+        )
         self.batch_size = Histogram(
             "aifactory_serve_batch_size",
             "Rows per forward pass formed by the batcher.",

@@ -2,7 +2,8 @@
 
     GET  /healthz                       200 {"status": "ok"} (503 "not ok" while draining); with a valid
                                         token or client certificate also site, version and models
-    GET  /metrics                       Prometheus text (`prometheus_client`, process metrics included)
+    GET  /metrics                       Prometheus text (`prometheus_client`, process metrics included); with
+                                        client certificates, to Prometheus' service identity only (403)
     POST /v1/models/<name>/infer        {"inputs": [[f1, ..., fn], ...]}  with  Authorization: Bearer <token>
                                         and/or a client certificate from the site CA (mTLS)
          200 {"model", "step", "outputs": [{"class", "scores"}], "decision_id"}
@@ -68,7 +69,7 @@ from aifactory.runtime.metrics import CONTENT_TYPE, ServeMetrics
 from aifactory.runtime.model import MLP, ModelConfig, Scorer, scorer
 from aifactory.runtime.siteplan import RuntimePlan
 from aifactory.trust.authz import Authorizer, Guard, Outcome
-from aifactory.trust.certs import PeerCertificate, read_peer_certificate
+from aifactory.trust.certs import PROMETHEUS_SERVICE, PeerCertificate, read_peer_certificate
 from aifactory.trust.decisionlog import (
     DEFAULT_RETENTION_DAYS,
     DISK_SHED_FREE,
@@ -338,6 +339,8 @@ class InferenceServer:
         if path == "/healthz":
             return self._health(request, peer)
         if path == "/metrics":
+            if not self._may_read_metrics(peer):
+                return Response.json(403, {"error": "forbidden", "reason": "metrics-need-service-identity"})
             self.metrics.inflight.set(float(self.http.inflight))
             self.metrics.connections.set(float(self.http.connections))
             self.metrics.log_disk_free.set(self.decisions.disk_free_fraction)
@@ -350,6 +353,14 @@ class InferenceServer:
             return await self._infer(parts[2], request, peer)
         return Response.json(404, {"error": "not-found"})
 
+    def _may_read_metrics(self, peer: Peer) -> bool:
+        """A server that verifies client certificates shows /metrics to Prometheus' service identity
+        only (aifactory://SITE/service/prometheus; docs/telemetry.md). Without client certificates
+        (plain HTTP, or TLS without a client CA) no caller has an identity to check: open, as before."""
+        if self._tls_context is None or not self.config.tls_client_ca:
+            return True
+        return self.guard.is_service(peer.certificate, PROMETHEUS_SERVICE)
+
     def _health(self, request: Request, peer: Peer) -> Response:
         """ok / not ok to anyone; the site, version and models (checkpoint paths) only to a caller with a
         valid token or client certificate: paths and steps help an attacker more than a prober."""
@@ -358,10 +369,11 @@ class InferenceServer:
         token = _bearer(request.headers)
         if token is None and peer.certificate is None:
             return Response.json(status, answer)
-        try:
-            self.guard.identify(token, peer.certificate)
-        except TokenRejected:
-            return Response.json(status, answer)
+        if not (token is None and self.guard.is_service(peer.certificate, PROMETHEUS_SERVICE)):
+            try:
+                self.guard.identify(token, peer.certificate)
+            except TokenRejected:
+                return Response.json(status, answer)
         answer |= {
             "site": self.plan.site,
             "version": aifactory.__version__,
@@ -420,6 +432,7 @@ class InferenceServer:
         tracing = {"X-Request-Id": request_id, "X-Decision-Id": outcome.decision_id}
         if not_recorded is not None:
             log.error("decision %s not recorded: %r", outcome.decision_id, not_recorded)
+            self.metrics.decisions_unrecorded.inc()
             return Response.json(
                 503, {"error": "log-unavailable", "decision_id": outcome.decision_id}, tracing
             )

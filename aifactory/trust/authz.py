@@ -193,6 +193,19 @@ class Guard:
             )
         return Identity(claims.tenant, "token+certificate", claims.id)
 
+    def is_service(self, certificate: PeerCertificate | None, service: str) -> bool:
+        """Whether a verified client certificate is the site service `service` (aifactory://SITE/service/S),
+        unexpired and not revoked. A service is no tenant: it reads /metrics and /healthz, nothing else."""
+        if certificate is None or certificate.service != service:
+            return False
+        if time.time() >= certificate.not_after:
+            return False
+        try:
+            self.verifier.check_not_revoked(certificate.revocation_id, reason="cert-revoked")
+        except TokenRejected:
+            return False
+        return True
+
     def _certificate_tenant(self, certificate: PeerCertificate) -> str:
         if certificate.problem or certificate.tenant is None:
             reason = certificate.problem or "cert-no-tenant"

@@ -5,11 +5,17 @@ client certificate from the site CA instead of, or beside, a token. The rule for
 
     the tenant is the certificate's single SAN URI  aifactory://<site>/tenant/<tenant>
 
-The subject's common name repeats the tenant for people reading the certificate, but it is never
-read. A certificate without exactly one such URI, for another site, or without the clientAuth
-extended key usage names no tenant and is refused. The TLS layer checks the chain to the site CA
-and the validity dates; the runtime then checks revocation against the same signed revocation list
-as tokens (entries `cert:<serial in hex>`) and compares the tenant with a token's, when both come.
+A site service (Prometheus) has a client certificate of its own instead, naming no tenant:
+
+    the service is the certificate's single SAN URI  aifactory://<site>/service/<service>
+
+The inference server grants the service `prometheus` its /metrics and the full /healthz answer, and
+nothing else (docs/telemetry.md). The subject's common name repeats the tenant or service for people
+reading the certificate, but it is never read. A certificate without exactly one such URI, for
+another site, or without the clientAuth extended key usage names no tenant and is refused. The TLS
+layer checks the chain to the site CA and the validity dates; the runtime then checks revocation
+against the same signed revocation list as tokens (entries `cert:<serial in hex>`) and compares the
+tenant with a token's, when both come.
 
 Files, in the site's runtime folder (beside the token key):
 
@@ -37,11 +43,17 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from aifactory.trust.tokens import TrustFiles
 
 TENANT_URI = re.compile(r"aifactory://(?P<site>[^/]+)/tenant/(?P<tenant>[^/]+)")
+SERVICE_URI = re.compile(r"aifactory://(?P<site>[^/]+)/service/(?P<service>[^/]+)")
+PROMETHEUS_SERVICE = "prometheus"  # the identity Prometheus scrapes with
 REVOCATION_PREFIX = "cert:"
 
 
 def tenant_uri(site: str, tenant: str) -> str:
     return f"aifactory://{site}/tenant/{tenant}"
+
+
+def service_uri(site: str, service: str) -> str:
+    return f"aifactory://{site}/service/{service}"
 
 
 def revocation_id(serial: int) -> str:
@@ -80,6 +92,7 @@ class PeerCertificate:
     not_after: float  # seconds since the epoch
     tenant: str | None
     problem: str | None = None
+    service: str | None = None  # a site service's identity (no tenant then)
 
     @property
     def revocation_id(self) -> str:
@@ -99,7 +112,22 @@ def read_peer_certificate(der: bytes, *, site: str) -> PeerCertificate:
         not_after=certificate.not_valid_after_utc.timestamp(),
         tenant=tenant,
         problem=problem,
+        service=_service_of(certificate, site=site) if tenant is None else None,
     )
+
+
+def _service_of(certificate: x509.Certificate, *, site: str) -> str | None:
+    """The site service a client certificate names: its single SAN URI aifactory://<site>/service/S."""
+    try:
+        usages = certificate.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+        names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return None
+    uris = names.get_values_for_type(x509.UniformResourceIdentifier)
+    if ExtendedKeyUsageOID.CLIENT_AUTH not in usages or len(uris) != 1:
+        return None
+    match = SERVICE_URI.fullmatch(uris[0])
+    return match["service"] if match and match["site"] == site else None
 
 
 def _tenant_of(certificate: x509.Certificate, *, site: str) -> tuple[str | None, str | None]:

@@ -46,6 +46,7 @@ class Server:
     output: list[str] = field(default_factory=list)
     tls: ssl.SSLContext | None = None
     health_token: str | None = None  # /healthz shows the models only to a caller with a valid token
+    metrics_tls: ssl.SSLContext | None = None  # with client certificates: Prometheus' service identity
 
     @property
     def log_path(self) -> Path:

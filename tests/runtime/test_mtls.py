@@ -24,11 +24,12 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from waiting import wait_for
 
-from aifactory.trust.certs import SiteCA, read_peer_certificate
+from aifactory.trust.certs import PROMETHEUS_SERVICE, SiteCA, read_peer_certificate
 from aifactory.trust.issuing.certs import (
     IssuedCertificate,
     issue_client_certificate,
     issue_server_certificate,
+    issue_service_certificate,
 )
 from aifactory.trust.issuing.tokens import revoke_token
 from aifactory.trust.tokens import TrustFiles
@@ -67,6 +68,13 @@ def certs(site: RuntimeSite, tmp_path_factory: pytest.TempPathFactory) -> dict[s
         tenant: _client_cert(site.trust, folder / tenant, tenant)
         for tenant in ("health", "research", "analyst", "visitor")
     }
+    issued["prometheus"] = issue_service_certificate(
+        site.trust,
+        site=SITE,
+        service=PROMETHEUS_SERVICE,
+        expires=datetime.now(UTC) + DAY,
+        out_dir=folder / "prometheus",
+    )
     issued["server"] = issue_server_certificate(
         site.trust,
         site=SITE,
@@ -97,6 +105,7 @@ def mtls_server(
         str(SiteCA.of(site.trust).certificate),
         tls=_context(server_cert.ca, certs["health"]),
     )
+    running.metrics_tls = _context(server_cert.ca, certs["prometheus"])
     wait_for_model(running)
     yield running
     running.stop()
@@ -243,6 +252,35 @@ def test_the_tls_layer_refuses_a_client_without_a_certificate(mtls_server: Serve
     )
 
 
+def test_metrics_are_for_prometheus_service_identity_only(
+    mtls_server: Server, site: RuntimeSite, certs: dict[str, IssuedCertificate]
+) -> None:
+    ca = certs["server"].ca
+    status, answer = mtls_server.call("GET", "/metrics", context=_context(ca, certs["prometheus"]))
+    assert status == 200 and "aifactory_serve_decisions_total" in answer["text"]
+    # A tenant's certificate, even with its token, reads no metrics.
+    status, answer = mtls_server.call(
+        "GET", "/metrics", token=site.tokens["health"], context=_context(ca, certs["health"])
+    )
+    assert (status, answer["reason"]) == (403, "metrics-need-service-identity")
+    # The service identity gets /healthz's full answer, and nothing else: no model.
+    status, health = mtls_server.call("GET", "/healthz", context=_context(ca, certs["prometheus"]))
+    assert status == 200 and health["site"] == SITE and "vitals-mlp" in health["models"]
+    before = len(records(mtls_server))
+    status, answer = mtls_server.call("POST", PATH, BODY, context=_context(ca, certs["prometheus"]))
+    assert status == 403 and answer["reason"] == "cert-no-tenant"
+    assert len(records(mtls_server)) == before + 1  # the refusal is a decision, recorded
+
+
+def test_a_service_certificate_names_a_service_and_no_tenant(certs: dict[str, IssuedCertificate]) -> None:
+    der = x509.load_pem_x509_certificate(certs["prometheus"].certificate.read_bytes()).public_bytes(
+        Encoding.DER
+    )
+    peer = read_peer_certificate(der, site=SITE)
+    assert (peer.tenant, peer.service, peer.problem) == (None, "prometheus", "cert-no-tenant")
+    assert read_peer_certificate(der, site="elsewhere").service is None
+
+
 def _assert_refused(
     server: Server, context: ssl.SSLContext, *, reason: str, token: str | None = None
 ) -> None:
@@ -264,7 +302,7 @@ def _assert_refused(
         every=0.05,
         detail=lambda: "".join(server.output[logged:]),
     )
-    metrics = server.call("GET", "/metrics")[1]["text"]
+    metrics = server.call("GET", "/metrics", context=server.metrics_tls)[1]["text"]
     assert f'aifactory_serve_tls_refused_total{{reason="{reason}' in metrics
 
 

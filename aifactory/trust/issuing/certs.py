@@ -23,7 +23,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from aifactory.chain import ChainWriter
 from aifactory.durable import atomic_write
 from aifactory.errors import Location, UsageError
-from aifactory.trust.certs import REVOCATION_PREFIX, SiteCA, revocation_id, tenant_uri
+from aifactory.trust.certs import REVOCATION_PREFIX, SiteCA, revocation_id, service_uri, tenant_uri
 from aifactory.trust.issuing.tokens import ensure_site_key
 from aifactory.trust.tokens import TrustFiles
 
@@ -120,6 +120,32 @@ def issue_client_certificate(
         out_dir=out_dir,
         now=now,
         event={"event": "certificate-issued", "kind": "client", "tenant": tenant},
+    )
+
+
+def issue_service_certificate(
+    trust: TrustFiles,
+    *,
+    site: str,
+    service: str,
+    expires: datetime,
+    out_dir: Path,
+    now: datetime | None = None,
+) -> IssuedCertificate:
+    """A client certificate naming a site service (SAN URI aifactory://site/service/S), no tenant: the
+    inference server grants `prometheus` /metrics and /healthz only (docs/telemetry.md)."""
+    if not re.fullmatch(r"[a-z][a-z0-9-]*", service):
+        raise UsageError(f"{service[:60]!r} cannot be a service name in a certificate", hint="a-z, 0-9, -")
+    return _issue(
+        trust,
+        site=site,
+        subject=service,
+        names=[x509.UniformResourceIdentifier(service_uri(site, service))],
+        usage=ExtendedKeyUsageOID.CLIENT_AUTH,
+        expires=expires,
+        out_dir=out_dir,
+        now=now,
+        event={"event": "certificate-issued", "kind": "service", "service": service},
     )
 
 
