@@ -19,6 +19,7 @@ import subprocess
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Required, TypedDict, Unpack
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
@@ -157,49 +158,29 @@ def parse_signature(armored: str) -> ParsedSignature:
     )
 
 
-def verify(
-    data: bytes,
-    armored: str,
-    *,
-    allowed_signers: Path | AllowedSigners,
-    namespace: str,
-    principal: str | None = None,
-    at: datetime | int | None = None,
-) -> str:
+class SignerCheck(TypedDict, total=False):
+    """What a signature is checked against: the keywords of `verify`, `verify_digest` and
+    `verify_signer` (principal and at default to None)."""
+
+    allowed_signers: Required[Path | AllowedSigners]
+    namespace: Required[str]
+    principal: str | None
+    at: datetime | int | None
+
+
+def verify(data: bytes, armored: str, **check: Unpack[SignerCheck]) -> str:
     """Verify `data` as `ssh-keygen -Y verify -I principal -n namespace -Overify-time=at` would and
     return the principal. Raise SignatureError (SignerUntrusted when only the trust file refuses).
 
     Without `principal` the signer is found as `ssh-keygen -Y find-principals` finds it (a plain name
     on one of the key's lines) and then checked as `-I` that name: the name returned is one
     `ssh-keygen -Y verify` accepts. `at` defaults to now; the validity windows are checked at it."""
-    return verify_signer(
-        hashlib.sha512(data).digest(),
-        armored,
-        allowed_signers=allowed_signers,
-        namespace=namespace,
-        principal=principal,
-        at=at,
-    ).principal
+    return verify_digest(hashlib.sha512(data).digest(), armored, **check)
 
 
-def verify_digest(
-    message_digest: bytes,
-    armored: str,
-    *,
-    allowed_signers: Path | AllowedSigners,
-    namespace: str,
-    principal: str | None = None,
-    at: datetime | int | None = None,
-) -> str:
+def verify_digest(message_digest: bytes, armored: str, **check: Unpack[SignerCheck]) -> str:
     """`verify` for a SHA-512 digest (large files hashed while streaming)."""
-    return verify_signer(
-        message_digest,
-        armored,
-        allowed_signers=allowed_signers,
-        namespace=namespace,
-        principal=principal,
-        at=at,
-    ).principal
+    return verify_signer(message_digest, armored, **check).principal
 
 
 def verify_signer(

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Required, TypedDict, Unpack
 
 from aifactory import signing
 from aifactory.bundle import archive, zstd
@@ -37,7 +37,7 @@ from aifactory.bundle.manifest import (
     digest_of,
 )
 from aifactory.bundle.seal import Seal, open_seal
-from aifactory.bundle.source import Part, PartsReader, find_parts
+from aifactory.bundle.source import PartsReader, find_parts
 from aifactory.errors import BundleError, Location, PrerequisiteError, Problem
 from aifactory.state import SiteState
 
@@ -98,22 +98,22 @@ class VerifyReport:
             )
 
 
-def verify_bundle(
-    path: Path | str,
-    *,
-    trust: Path,
-    site_state: SiteState | None = None,
-    check_rollback: bool = True,
-    workers: int | None = None,
-    name: str | None = None,
-) -> VerifyReport:
+class BundleChecks(TypedDict, total=False):
+    """The keywords of `verify_bundle` and `inspect_bundle` (defaults in `inspect_bundle`)."""
+
+    trust: Required[Path]
+    site_state: SiteState | None
+    check_rollback: bool
+    workers: int | None
+    name: str | None
+
+
+def verify_bundle(path: Path | str, **checks: Unpack[BundleChecks]) -> VerifyReport:
     """Verify and return the report; raise BundleError listing every problem when any check fails.
 
     Anti-rollback uses `site_state` (default: the state folder of the site the manifest names).
     `name` is how errors call the bundle (default: its path)."""
-    report = inspect_bundle(
-        path, trust=trust, site_state=site_state, check_rollback=check_rollback, workers=workers, name=name
-    )
+    report = inspect_bundle(path, **checks)
     report.raise_if_failed()
     return report
 
@@ -133,9 +133,13 @@ def inspect_bundle(
     parts = find_parts(path)
     report = VerifyReport(name or str(path), [str(p.path) for p in parts])
     try:
-        with expanded(path, trust=trust, name=report.bundle) as (plain, sealed):
-            _verify_parts(
-                find_parts(plain),
+        with (
+            expanded(path, trust=trust, name=report.bundle) as (plain, sealed),
+            PartsReader(find_parts(plain)) as reader,
+        ):
+            report.archive_bytes = reader.size
+            _verify_open(
+                reader,
                 report,
                 trust=trust,
                 site_state=site_state,
@@ -179,22 +183,6 @@ def check_seal(sealed: Seal | None, report: VerifyReport) -> None:
                 Location(file=report.bundle, path=MANIFEST),
                 hint="the compressed bundle was assembled from two builds",
             )
-        )
-
-
-def _verify_parts(
-    parts: list[Part],
-    report: VerifyReport,
-    *,
-    trust: Path,
-    site_state: SiteState | None,
-    check_rollback: bool,
-    workers: int | None,
-) -> None:
-    with PartsReader(parts) as reader:
-        report.archive_bytes = reader.size
-        _verify_open(
-            reader, report, trust=trust, site_state=site_state, check_rollback=check_rollback, workers=workers
         )
 
 
