@@ -273,6 +273,13 @@ class ToolOutputError(HealthError):
     code = "tool-output-unreadable"
 
 
+class TelemetryError(AifactoryError):
+    """Prometheus cannot be reached or answered what the status view cannot read."""
+
+    code = "telemetry-unavailable"
+    exit_code = ExitCode.CANNOT_EVALUATE
+
+
 class PipelineFailed(AifactoryError):
     """`aifactory up` stopped at a stage: that stage's error, with every stage's outcome so far."""
 

@@ -31,6 +31,7 @@ COMMAND_MODULES = (
     "aifactory.cli.health",
     "aifactory.cli.audit",
     "aifactory.cli.pipeline",  # up, down
+    "aifactory.cli.monitoring",  # status, monitoring
 )
 # Which module defines each top-level command: only that module is imported to run it (a command
 # never pays for the others' imports, e.g. `validate` never loads Ansible or torch).
@@ -52,6 +53,8 @@ COMMANDS = {
     "audit": "aifactory.cli.audit",
     "up": "aifactory.cli.pipeline",
     "down": "aifactory.cli.pipeline",
+    "status": "aifactory.cli.monitoring",
+    "monitoring": "aifactory.cli.monitoring",
 }
 
 

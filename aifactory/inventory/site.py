@@ -12,6 +12,7 @@ from aifactory.connection import Connection
 from aifactory.inventory.model import Inventory
 from aifactory.inventory.render import build_inventory, read_provision_outputs, write_inventory
 from aifactory.plan.model import SitePlan
+from aifactory.resources import resource_dir
 from aifactory.state import SiteState
 
 PROVISION_OUTPUTS = ("provision", "outputs.json")
@@ -46,6 +47,10 @@ def site_inventory(
         "aifactory_runtime_trust_dir": str(state.path("runtime")),
         # Where deploy collects the nodes' signed log heads (aifactory.headcopies).
         "aifactory_log_heads_dir": str(state.path("heads")),
+        # The monitoring role: the alert rules it installs (the verified bundle's policies when
+        # AIFACTORY_RESOURCES points at the import), and the state home the alert receiver writes to.
+        "aifactory_alert_rules_dir": str(resource_dir("policies") / "alerts"),
+        "aifactory_state_home": str(state.root.parent),
     }
     site_vars = {**trust, **connection.host_vars(), **(extra_vars or {})}
     inventory = build_inventory(plan, bundle=bundle, provisioned=outputs, site_vars=site_vars)

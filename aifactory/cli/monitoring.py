@@ -1,0 +1,181 @@
+"""`aifactory status` and `aifactory monitoring certs|receive`: the site's telemetry (docs/telemetry.md).
+
+aifactory status SITE [--format json]        hosts, targets, alerts, decisions per second
+aifactory monitoring certs SITE              issue the monitoring certificates (missing or expiring)
+aifactory monitoring receive SITE --address IP --port N --cert F --key F --ca F
+                                             the alert receiver (the monitoring role's service)
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+from pathlib import Path
+from types import FrameType
+
+from aifactory.cli.output import emit_json, table
+from aifactory.plan import plan_site
+from aifactory.state import SiteState
+from aifactory.telemetry.certs import PROMETHEUS, issue_monitoring_certificates
+from aifactory.telemetry.receiver import AlertReceiver, ReceiverConfig
+from aifactory.telemetry.status import PROMETHEUS_PORT, PrometheusClient, site_status
+from aifactory.trust.certs import service_uri
+from aifactory.trust.tokens import TrustFiles
+
+# One example per command, shown at the end of its --help (aifactory/cli/help.py).
+EXAMPLES = {
+    "status": "aifactory lab exec lab -- aifactory status lab --format json",
+    "monitoring deploy": "aifactory monitoring deploy lab/site.yaml",
+    "monitoring certs": "aifactory monitoring certs lab/site.yaml",
+    "monitoring receive": "aifactory monitoring receive lab --address 10.200.0.2 --port 9095 "
+    "--cert host.pem --key host.key --ca ca.pem",
+}
+
+
+def register(
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
+) -> None:
+    status = subparsers.add_parser(
+        "status",
+        parents=[common],
+        help="the site at work: hosts, scrape targets, alerts, decisions per second",
+    )
+    status.add_argument("site", help="site spec (YAML)")
+    status.add_argument("--port", type=int, default=PROMETHEUS_PORT, help="Prometheus' port (default 9090)")
+    status.set_defaults(handler=cmd_status)
+
+    monitoring = subparsers.add_parser(
+        "monitoring", parents=[common], help="the monitoring certificates and the alert receiver"
+    )
+    actions = monitoring.add_subparsers(dest="monitoring_command", metavar="ACTION")
+    actions.required = True
+    deploy = actions.add_parser(
+        "deploy",
+        parents=[common],
+        help="issue the monitoring certificates, then run the monitoring playbook on every host",
+    )
+    deploy.add_argument("site", help="site spec (YAML)")
+    deploy.set_defaults(handler=cmd_deploy)
+
+    certs = actions.add_parser(
+        "certs",
+        parents=[common],
+        help="issue the hosts' and Prometheus' certificates from the site CA (missing or expiring)",
+    )
+    certs.add_argument("site", help="site spec (YAML)")
+    certs.set_defaults(handler=cmd_certs)
+
+    receive = actions.add_parser(
+        "receive",
+        parents=[common],
+        help="run the alert receiver: Alertmanager's deliveries to the operator log",
+    )
+    receive.add_argument("site", help="site name")
+    receive.add_argument("--address", required=True, help="the control host's management address")
+    receive.add_argument("--port", type=int, required=True)
+    receive.add_argument("--cert", type=Path, required=True, help="the control host's certificate")
+    receive.add_argument("--key", type=Path, required=True)
+    receive.add_argument("--ca", type=Path, required=True, help="the site CA (senders' certificates)")
+    receive.set_defaults(handler=cmd_receive)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    plan = plan_site(args.site, write_lock=False).plan
+    state = SiteState.for_site(plan.name)
+    found = site_status(plan, PrometheusClient.for_site(plan, state, port=args.port), state)
+    if args.format == "json":
+        emit_json(found)
+        return 0
+    print(f"site {found['site']}: Prometheus {found['prometheus']}")
+    print(
+        table(
+            ["host", "role", "address", "node exporter", "slurm"],
+            [
+                [
+                    h["name"],
+                    h["role"],
+                    h["address"],
+                    {True: "up", False: "DOWN", None: "-"}[h["up"]],
+                    h["slurm_state"] or "-",
+                ]
+                for h in found["hosts"]
+            ],
+        )
+    )
+    print()
+    print(
+        table(
+            ["job", "host", "health", "last error"],
+            [[t["job"], t["host"], t["health"], t["last_error"] or ""] for t in found["targets"]],
+        )
+    )
+    firing = [a for a in found["alerts"] if a["state"] == "firing"]
+    print()
+    print(
+        f"alerts firing: {len(firing)}"
+        + "".join(f"\n  {a['name']} {a['host'] or ''}: {a['summary']}" for a in firing)
+    )
+    print(f"decisions per second: {found['decisions_per_second']}")
+    return 0
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    from aifactory.deploy.monitoring import deploy_monitoring  # Ansible: only for this command
+    from aifactory.pipeline.connection import site_connection
+
+    planned = plan_site(args.site, write_lock=False)
+    result = deploy_monitoring(planned, connection=site_connection(planned.plan.name))
+    summary = {
+        "hosts": result.hosts,
+        "changed": result.changed,
+        "certificates_issued": list(result.certificates_issued),
+    }
+    if args.format == "json":
+        emit_json(summary)
+        return 0
+    print(f"monitoring on {len(result.hosts)} hosts, changed={result.changed}")
+    print("see it: aifactory status SITE (on the control host)")
+    return 0
+
+
+def cmd_certs(args: argparse.Namespace) -> int:
+    planned = plan_site(args.site, write_lock=False)
+    state = SiteState.for_site(planned.plan.name)
+    with state.lock("monitoring certs"):
+        done = issue_monitoring_certificates(TrustFiles(state.path("runtime")), planned.plan)
+        if done.issued:
+            state.record(
+                command="monitoring certs",
+                result="issued",
+                spec_digest=planned.plan.spec_digest,
+                detail={"issued": list(done.issued)},
+            )
+    if args.format == "json":
+        emit_json({"folder": str(done.folder), "issued": list(done.issued), "kept": list(done.kept)})
+        return 0
+    print(f"{done.folder}: issued {len(done.issued)}, kept {len(done.kept)} (still valid)")
+    return 0
+
+
+def cmd_receive(args: argparse.Namespace) -> int:
+    state = SiteState.for_site(args.site)
+    config = ReceiverConfig(
+        site=args.site,
+        address=args.address,
+        port=args.port,
+        certificate=args.cert,
+        key=args.key,
+        client_ca=args.ca,
+        allowed_client=service_uri(args.site, PROMETHEUS),
+    )
+    receiver = AlertReceiver(state, config)
+
+    def stop(_signal: int, _frame: FrameType | None) -> None:
+        raise KeyboardInterrupt  # out of serve_forever, as Ctrl-C would; the supervisor's SIGTERM
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        receiver.serve_forever()
+    except KeyboardInterrupt:
+        receiver.server.server_close()
+    return 0

@@ -1,0 +1,1 @@
+"""Telemetry: the monitoring certificates, the alert receiver and the status view (docs/telemetry.md)."""
