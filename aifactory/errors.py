@@ -247,6 +247,23 @@ class TokenRejected(RuntimeDenied):
         self.reason = reason
 
 
+class ModelRegistryError(AifactoryError):
+    """The model registry cannot be read or written as asked (a version or alias that is not there)."""
+
+    code = "model-registry"
+
+
+class ModelRefused(ModelRegistryError):
+    """A model version a server must not load; `reason` is the short code reported and counted:
+    `unsigned`, `bad-signature`, `not-promoted`, `bad-promotion`, `no-model-trust`."""
+
+    code = "model-refused"
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message, hint=f"reason code: {reason}")
+        self.reason = reason
+
+
 class DatasetError(AifactoryError):
     """A training dataset is missing, damaged or not what its manifest says."""
 
