@@ -57,6 +57,13 @@ ACTIVITIES: dict[str, tuple[str, tuple[str, ...]]] = {
             "Weigh failures against the reviewed SCAP waivers; a stale or expired waiver is a finding.",
         ),
     ),
+    "models": (
+        "TEST",
+        (
+            "Verify each model's champion with model-signing against the site's model-signing key, offline.",
+            "Verify every promotion record's ECDSA signature and its chain to the record before it.",
+        ),
+    ),
 }
 
 

@@ -99,6 +99,7 @@ SOURCE_WORDS = {
     "operator-log": "operator log",
     "decision-logs": "decision logs",
     "host-scan": "host scan (OpenSCAP)",
+    "models": "signed models",
 }
 # Labels for the evidence details' keys; any other key is spelled out the same way (underscores to
 # spaces), so no raw key ever reaches the page.

@@ -175,7 +175,7 @@ class LogReference:
 class Evidence:
     """What one stage left behind and what the audit made of it."""
 
-    name: str  # policy | bundle | deploy | operator-log | decision-logs
+    name: str  # policy | bundle | deploy | operator-log | decision-logs | host-scan | models
     title: str
     status: str  # pass | fail | not-assessed
     summary: str

@@ -63,6 +63,8 @@ class ReportOptions:
     opa_url: str | None = None
     bundle_trust: Path | None = None
     state_home: Path | None = None
+    models: Sequence[tuple[str, Path]] = ()  # (model, its folder as this machine reaches it)
+    model_trust: Path | None = None  # the site's model-signing public key
 
 
 @dataclass(frozen=True)
@@ -143,6 +145,8 @@ def produce_report(
         retention_days=_retention_days(planned),
         scap_waivers=options.scap_waivers or scap.waivers_path_for(Path(planned.loaded.source.file)),
         today=timestamp.date(),
+        models=options.models,
+        model_trust=options.model_trust,
     )
     key: SigningKey = given_key(options.key, options.identity) if options.key else site_audit_key(state)
     report = build_report(

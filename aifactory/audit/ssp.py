@@ -61,7 +61,7 @@ SENSITIVITY = {
 
 
 # The evidence sources of a report, as the parts of aifactory the SSP names.
-SOURCE_PARTS = {"operator-log": "logs", "decision-logs": "logs"}
+SOURCE_PARTS = {"operator-log": "logs", "decision-logs": "logs", "models": "runtime"}
 
 
 def _uuid(site: str, *parts: str) -> str:

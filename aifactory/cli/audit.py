@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 from aifactory.audit.diff import diff_reports
 from aifactory.audit.evidence.logs import verify_any_log
@@ -149,6 +150,20 @@ def _collect_heads(planned: PlannedSite) -> None:
         print(f"warning: signed heads not collected from {', '.join(missed)}", file=sys.stderr)
 
 
+def _model_registry(planned: PlannedSite) -> dict[str, Any]:
+    """The models on mounted storage (the lab's storage folders when a lab of the site is up here) and
+    the site's model-signing public key: the report's signed-models evidence."""
+    from aifactory.models.issue import ModelKey
+    from aifactory.pipeline.models import model_dir
+    from aifactory.state import SiteState
+
+    plan = planned.plan
+    return {
+        "models": tuple((m.name, model_dir(plan, m)) for m in plan.models if m.host_path),
+        "model_trust": ModelKey(SiteState.for_site(plan.name).path("runtime")).trust.public_key,
+    }
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     planned = plan_site(args.site, write_lock=False)
     if args.collect_heads:
@@ -163,6 +178,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         engine=args.engine,
         opa_url=args.opa_url,
         bundle_trust=_path(args.bundle_trust),
+        **_model_registry(planned),
     )
     written = produce_report(planned, Path(args.output), options)
     report = written.report

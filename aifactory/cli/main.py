@@ -30,6 +30,7 @@ COMMAND_MODULES = (
     "aifactory.cli.train",  # train, jobs
     "aifactory.cli.health",
     "aifactory.cli.audit",
+    "aifactory.cli.models",
     "aifactory.cli.pipeline",  # up, down
     "aifactory.cli.monitoring",  # status, monitoring
 )
@@ -51,6 +52,7 @@ COMMANDS = {
     "jobs": "aifactory.cli.train",
     "health": "aifactory.cli.health",
     "audit": "aifactory.cli.audit",
+    "models": "aifactory.cli.models",
     "up": "aifactory.cli.pipeline",
     "down": "aifactory.cli.pipeline",
     "status": "aifactory.cli.monitoring",

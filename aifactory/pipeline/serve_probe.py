@@ -26,9 +26,9 @@ def _bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-def wait_for_model(base: str, model: str, token: str, timeout_s: float) -> int:
-    """The model's number of input features once the server has loaded it (asked with a token:
-    the server shows model details only to a caller with one)."""
+def wait_for_model(base: str, model: str, token: str, timeout_s: float, digest: str | None = None) -> int:
+    """The model's number of input features once the server has loaded it (the version `digest`, when
+    given), asked with a token: the server shows model details only to a caller with one."""
     deadline = time.monotonic() + timeout_s
     last_problem = "no answer yet"
     while time.monotonic() < deadline:
@@ -37,9 +37,9 @@ def wait_for_model(base: str, model: str, token: str, timeout_s: float) -> int:
             with urllib.request.urlopen(request, timeout=5) as answer:
                 health = json.load(answer)
             info = (health.get("models") or {}).get(model)
-            if info and info.get("features"):
+            if info and info.get("features") and digest in (None, info.get("digest")):
                 return int(info["features"])
-            last_problem = f"{model} not loaded yet"
+            last_problem = f"{model} {digest or ''} not loaded yet; refused: {health.get('refused')}"
         except (OSError, ValueError) as exc:
             last_problem = str(exc)
         time.sleep(1)
@@ -85,10 +85,11 @@ def _probe(arguments: list[str]) -> int:
     parser.add_argument("allowed_file", metavar="ALLOWED_TOKEN_FILE", type=Path)
     parser.add_argument("denied_file", metavar="DENIED_TOKEN_FILE", type=Path)
     parser.add_argument("timeout", metavar="TIMEOUT_S", type=float)
+    parser.add_argument("--digest", help="wait until the server serves this model version")
     parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     args = parser.parse_args(arguments)
     allowed, denied = _token(args.allowed_file), _token(args.denied_file)
-    features = wait_for_model(args.base, args.model, allowed, args.timeout)
+    features = wait_for_model(args.base, args.model, allowed, args.timeout, args.digest)
     answers = {
         "allowed": ask(args.base, args.model, allowed, features),
         "denied": ask(args.base, args.model, denied, features),

@@ -312,9 +312,12 @@ def run_deploy(context: UpContext) -> StageResult:
     from aifactory.deploy import DeployOptions, deploy_site
     from aifactory.trust.issuing.tokens import ensure_site_key
     from aifactory.trust.tokens import TrustFiles
+    from aifactory.models.issue import ensure_model_key
 
-    # The site's token key, so deploy can give every host its public half and the revocation list.
+    # The site's token and model-signing keys, so deploy can give every host their public halves
+    # (and the revocation list): a server trusts only models signed by this site.
     ensure_site_key(TrustFiles(context.state.subdir("runtime")), site=context.plan().plan.name)
+    ensure_model_key(context.state.subdir("runtime"))
 
     result = deploy_site(context.plan(), connection=context.connection(), options=DeployOptions())
     if result.exit_code != ExitCode.OK:
@@ -516,17 +519,61 @@ def run_train(context: UpContext) -> StageResult:
             hint="see the job's output under the model's runs/ folder; "
             "run `aifactory up` again: training resumes from the last checkpoint",
         )
+    provenance = {
+        "name": job["name"],
+        "slurm_job_id": submission.slurm_job_id,
+        "decision_id": submission.decision_id,
+        "hosts": hosts,
+    }
+    digest = _sign_and_promote(context, model, dataset, step=step, job=provenance)
     return StageResult(
         "ok",
         f"Slurm job {submission.slurm_job_id} on {', '.join(hosts)}: {step} steps, "
-        f"decision {submission.decision_id}",
+        f"decision {submission.decision_id}; signed {digest[:19]}..., promoted champion",
         {
             "slurm_job_id": submission.slurm_job_id,
             "decision_id": submission.decision_id,
             "step": step,
             "model": model.name,
+            "digest": digest,
         },
     )
+
+
+def _sign_and_promote(
+    context: UpContext, model: ModelPlan, dataset: DatasetPlan, *, step: int, job: dict[str, Any]
+) -> str:
+    """Sign the trained checkpoint into the model's registry and promote it as the champion (the
+    servers load nothing else); the version's digest. Signed again, the same bytes keep their digest
+    and the champion is not promoted twice."""
+    from aifactory.models.issue import ensure_model_key, promote, register
+    from aifactory.models.registry import Registry, read_promotions
+    from aifactory.pipeline.models import model_dir, on_storage
+
+    plan = context.plan().plan
+    folder = model_dir(plan, model, lab=context.options.lab)
+    key = ensure_model_key(context.state.subdir("runtime"))
+    manifest = on_storage(plan, dataset.storage, dataset.path, lab=context.options.lab) / "manifest.json"
+    dataset_record: dict[str, Any] = {"name": dataset.name, "owner": dataset.owner, "path": dataset.path}
+    if manifest.is_file():
+        dataset_record["manifest_sha256"] = hashlib.sha256(manifest.read_bytes()).hexdigest()
+    version = register(
+        model_dir=folder,
+        checkpoint=folder / "checkpoints" / f"step-{step:08d}",  # runtime.checkpoint's name (torch-free)
+        key=key,
+        job=job,
+        dataset=dataset_record,
+    )
+    champion = read_promotions(Registry(folder), key.trust).alias("champion")
+    if champion is None or champion.digest != version.digest:
+        promote(
+            model_dir=folder,
+            digest=version.digest,
+            alias="champion",
+            key=key,
+            reason=f"trained by aifactory up (Slurm job {job['slurm_job_id']})",
+        )
+    return version.digest
 
 
 def _train_inputs(context: UpContext) -> dict[str, Any]:
@@ -589,6 +636,7 @@ def run_serve(context: UpContext) -> StageResult:
     if denied_tenant is None:
         raise UsageError("the site has no tenant without access to the model, to show a denied request")
     base = f"http://{host.management_address}:{SERVE_PORT}"
+    champion = context.outputs["train"].get("digest")  # the version `up` signed and promoted
     with _token_files(context, model.owner, denied_tenant) as (allowed_file, denied_file):
         probe = lab_exec(
             context.plan().plan.name,
@@ -601,6 +649,7 @@ def run_serve(context: UpContext) -> StageResult:
                 str(allowed_file),
                 str(denied_file),
                 str(SERVE_TIMEOUT_S),
+                *(["--digest", champion] if champion else []),
             ],
             timeout=SERVE_TIMEOUT_S + 60,
         )
@@ -611,17 +660,19 @@ def run_serve(context: UpContext) -> StageResult:
         )
     answers = json.loads(probe.stdout)
     allowed, denied = answers["allowed"], answers["denied"]
-    if allowed.get("status") != 200 or denied.get("status") != 403:
+    wrong_version = champion is not None and allowed.get("digest") != champion
+    if allowed.get("status") != 200 or denied.get("status") != 403 or wrong_version:
         raise AifactoryError(
-            f"unexpected answers: allowed {allowed.get('status')}, denied {denied.get('status')}",
+            f"unexpected answers: allowed {allowed.get('status')} from {allowed.get('digest')} "
+            f"(champion {champion}), denied {denied.get('status')}",
             code="serve-unexpected",
         )
     return StageResult(
         "ok",
-        f"{model.name} on {host.name}: {model.owner} 200 (decision "
+        f"{model.name} {champion[:19] if champion else ''} on {host.name}: {model.owner} 200 (decision "
         f"{allowed.get('decision_id')}), {denied_tenant} 403 {denied.get('reason')} (decision "
         f"{denied.get('decision_id')})",
-        {"allowed": allowed, "denied": denied, "host": host.name},
+        {"allowed": allowed, "denied": denied, "host": host.name, "digest": champion},
     )
 
 
@@ -630,8 +681,12 @@ def run_serve(context: UpContext) -> StageResult:
 
 def run_audit(context: UpContext) -> StageResult:
     from aifactory.audit import ReportOptions, produce_report
+    from aifactory.models.issue import ModelKey
+    from aifactory.pipeline.models import model_dir
 
     folder = context.state.subdir("up") / "report"
+    plan = context.plan().plan
+    models = tuple((m.name, model_dir(plan, m, lab=context.options.lab)) for m in plan.models if m.host_path)
     written = produce_report(
         context.plan(),
         folder,
@@ -639,6 +694,8 @@ def run_audit(context: UpContext) -> StageResult:
             timestamp=context.options.timestamp,
             engine=context.options.engine,
             opa_url=context.options.opa_url,
+            models=models,
+            model_trust=ModelKey(context.state.subdir("runtime")).trust.public_key,
         ),
     )
     # The site's own key signed it: its allowed_signers in the state folder is the trust to check

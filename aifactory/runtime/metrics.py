@@ -133,6 +133,25 @@ class ServeMetrics:
         self.model_step = Gauge(
             "aifactory_serve_model_step", "Training step of the checkpoint being served.", registry=registry
         )
+        self.models_refused = Gauge(
+            "aifactory_serve_models_refused",
+            "Things in a model's folder the server refuses to load now (unsigned, bad-signature, "
+            "not-promoted, bad-promotion, no-model-trust), by model and reason.",
+            ["model", "reason"],
+            registry=registry,
+        )
+        self.model_refusals = Counter(
+            "aifactory_serve_model_refusals",
+            "Refusals logged since the server started (each thing and reason once), by model and reason.",
+            ["model", "reason"],
+            registry=registry,
+        )
+        self.model_info = Gauge(
+            "aifactory_serve_model_info",
+            "1 for the model version being served: its name, registry digest and alias.",
+            ["model", "digest", "alias"],
+            registry=registry,
+        )
         self.inflight = Gauge(
             "aifactory_serve_inflight_requests", "Requests being answered.", registry=registry
         )

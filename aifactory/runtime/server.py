@@ -1,12 +1,12 @@
 """The inference server: JSON over HTTP/1.1 on asyncio, policy per request, dynamic batching.
 
     GET  /healthz                       200 {"status": "ok"} (503 "not ok" while draining); with a valid
-                                        token or client certificate also site, version and models
+                                        token or client certificate also site, version, models, refused
     GET  /metrics                       Prometheus text (`prometheus_client`, process metrics included); with
                                         client certificates, to Prometheus' service identity only (403)
     POST /v1/models/<name>/infer        {"inputs": [[f1, ..., fn], ...]}  with  Authorization: Bearer <token>
                                         and/or a client certificate from the site CA (mTLS)
-         200 {"model", "step", "outputs": [{"class", "scores"}], "decision_id"}
+         200 {"model", "step", "digest", "outputs": [{"class", "scores"}], "decision_id"}
          403 {"error": "forbidden", "reason", "reasons", "decision_id"}    (never the classification)
          404 {"error": "model-not-served-here", "decision_id"}      (recorded, the name cut short)
          429 {"error": "too-many-denials"}       (the peer was denied too often in this window)
@@ -23,9 +23,12 @@ appended to the decision log and fsync'd before any answer is written. Allowed i
 batcher thread, which collects requests up to `max_batch` rows or `max_wait_ms`, runs one forward
 pass and answers each request with its rows.
 
-The server starts healthy with no model: it watches the model's planned checkpoint folder and loads
-the newest complete checkpoint when `latest` appears or changes. SIGTERM/SIGINT drain: stop
-accepting, finish every request in flight, sign the log's final head, exit.
+The server starts healthy with no model: it watches each model's folder on the site storage and loads
+the registry's champion, a version whose OpenSSF model signature verifies against the site's
+model-signing key and that holds a signed promotion record (`aifactory.models.registry`). Anything else
+in the folder (training checkpoints, unsigned, badly signed or unpromoted versions) is refused: logged
+once, counted in /metrics and listed in /healthz; the champion already loaded keeps serving.
+SIGTERM/SIGINT drain: stop accepting, finish every request in flight, sign the log's final head, exit.
 """
 
 from __future__ import annotations
@@ -53,6 +56,7 @@ import torch
 import aifactory
 from aifactory.errors import TokenRejected
 from aifactory.ids import new_decision_id
+from aifactory.models.registry import Inspection, Inspector, ModelTrust, Refusal
 from aifactory.plan.model import Host
 from aifactory.runtime import checkpoint
 from aifactory.runtime.cpus import CpuSplit
@@ -133,9 +137,18 @@ class LoadedModel:
     scores: Scorer  # rows -> class probabilities, one batched call (`model.scorer`)
     features: int
     path: str
+    digest: str  # the registry version's digest (`sha256:<hex>`): every decision on it records it
+    alias: str = "champion"
 
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "step": self.step, "features": self.features, "checkpoint": self.path}
+        return {
+            "name": self.name,
+            "step": self.step,
+            "features": self.features,
+            "checkpoint": self.path,
+            "digest": self.digest,
+            "alias": self.alias,
+        }
 
 
 @dataclass
@@ -216,12 +229,13 @@ class Batcher:
 
 @dataclass
 class ModelSlot:
-    """One model this server may serve: where its checkpoints appear, and its own batcher."""
+    """One model this server may serve: its registry's inspector, its own batcher, what it refuses."""
 
     name: str
-    checkpoints: Path
+    inspector: Inspector
     batcher: Batcher
-    loaded_step: int | None = None
+    loaded_digest: str | None = None
+    refused: tuple[Refusal, ...] = ()
 
 
 class InferenceServer:
@@ -268,7 +282,7 @@ class InferenceServer:
         self.slots = {
             name: ModelSlot(
                 name,
-                self.plan.model_dir(name) / "checkpoints",
+                Inspector(self.plan.model_dir(name), ModelTrust.in_runtime_dir(config.runtime_dir)),
                 Batcher(
                     max_batch=config.max_batch,
                     max_wait=config.max_wait_ms / 1000,
@@ -298,23 +312,44 @@ class InferenceServer:
     # --- model --------------------------------------------------------------------------------------
 
     def reload_model(self, slot: ModelSlot) -> bool:
-        """Load the newest complete checkpoint if `latest` changed; True when a new model is live."""
-        step = checkpoint.latest_step(slot.checkpoints)
-        if step is None or step == slot.loaded_step:
+        """Load the registry's champion when it changed; True when a new model is live. Only a version
+        that verifies and is promoted loads; a champion that stops verifying is refused, but the one in
+        memory (verified when it loaded) keeps serving."""
+        inspection = slot.inspector.inspect()
+        self._report_refusals(slot, inspection)
+        champion = inspection.champion
+        if champion is None or champion.digest == slot.loaded_digest:
             return False
-        found = checkpoint.latest_complete(slot.checkpoints)
-        if found is None:
-            return False
+        found = checkpoint.load(champion.files)
         config = ModelConfig.from_dict(found.meta["network"])
         module = MLP(config)
         module.load_state_dict(found.model_state)
+        previous = slot.batcher.model
         slot.batcher.model = LoadedModel(
-            slot.name, found.step, scorer(module), config.features, str(found.path)
+            slot.name, found.step, scorer(module), config.features, str(found.path), champion.digest
         )
-        slot.loaded_step = step
+        slot.loaded_digest = champion.digest
+        if previous is not None:
+            self.metrics.model_info.remove(previous.name, previous.digest, previous.alias)
+        self.metrics.model_info.labels(model=slot.name, digest=champion.digest, alias="champion").set(1.0)
         self.metrics.model_step.set(float(found.step))
-        log.warning("serving %s from %s", slot.name, found.path)
+        log.warning("serving %s champion %s from %s", slot.name, champion.digest, found.path)
         return True
+
+    def _report_refusals(self, slot: ModelSlot, inspection: Inspection) -> None:
+        """Log each refused thing once (and again if its reason changes); count them for /metrics."""
+        before = {(r.path, r.reason) for r in slot.refused}
+        for refusal in inspection.refused:
+            if (refusal.path, refusal.reason) not in before:
+                log.error(
+                    "refused to load %s/%s: %s (%s)", slot.name, refusal.path, refusal.reason, refusal.detail
+                )
+                self.metrics.model_refusals.labels(model=slot.name, reason=refusal.reason).inc()
+        reasons = {r.reason for r in (*slot.refused, *inspection.refused)}
+        for reason in reasons:
+            count = sum(1 for r in inspection.refused if r.reason == reason)
+            self.metrics.models_refused.labels(model=slot.name, reason=reason).set(float(count))
+        slot.refused = inspection.refused
 
     async def _watch_models(self) -> None:
         loop = asyncio.get_running_loop()
@@ -323,7 +358,7 @@ class InferenceServer:
                 try:
                     await loop.run_in_executor(None, self.reload_model, slot)
                 except (OSError, ValueError, KeyError, RuntimeError) as exc:
-                    log.error("cannot load the model from %s: %s", slot.checkpoints, exc)
+                    log.error("cannot load the model %s: %s", slot.name, exc)
             await asyncio.sleep(self.config.reload_interval)
 
     # --- requests -----------------------------------------------------------------------------------
@@ -381,6 +416,9 @@ class InferenceServer:
                 name: slot.batcher.model.describe() if slot.batcher.model else None
                 for name, slot in sorted(self.slots.items())
             },
+            "refused": {
+                name: [r.as_dict() for r in slot.refused] for name, slot in sorted(self.slots.items())
+            },
         }
         return Response.json(status, answer)
 
@@ -403,6 +441,7 @@ class InferenceServer:
         request_id = f"{self._request_prefix}-{next(self._request_numbers)}"
         token = _bearer(request.headers)
         slot = self.slots.get(name)
+        serving = slot.batcher.model if slot else None
         resource = f"model/{recorded_name(name)}"  # a name from the path, cut short before it is recorded
         decided: asyncio.Future[tuple[Outcome, BaseException | None]] = loop.create_future()
 
@@ -413,7 +452,12 @@ class InferenceServer:
                     token,
                     "infer",
                     resource,
-                    request={"id": request_id, "peer": peer.address},
+                    # The version that is served now: the record names what would answer (AU-3).
+                    request={
+                        "id": request_id,
+                        "peer": peer.address,
+                        "model_digest": serving.digest if serving else None,
+                    },
                     certificate=peer.certificate,
                 )
                 if slot is None:  # recorded as what it is, whoever asks
@@ -477,7 +521,13 @@ class InferenceServer:
         ]
         return Response.json(
             200,
-            {"model": used.name, "step": used.step, "outputs": outputs, "decision_id": outcome.decision_id},
+            {
+                "model": used.name,
+                "step": used.step,
+                "digest": used.digest,
+                "outputs": outputs,
+                "decision_id": outcome.decision_id,
+            },
             tracing,
         )
 

@@ -23,13 +23,38 @@ PATH = "/v1/models/vitals-mlp/infer"
 BODY = {"inputs": [[0.1] * 16, [-0.3] * 16]}
 
 
-def write_checkpoint(storage_root: Path, *, step: int = 10, hidden: int = 16) -> None:
+def write_checkpoint(
+    site: RuntimeSite,
+    storage_root: Path,
+    *,
+    step: int = 10,
+    hidden: int = 16,
+    promote: str | None = "champion",
+) -> Path:
+    """A trained checkpoint, signed into the model's registry with the site's model key and promoted to
+    `promote` (None: signed, not promoted); the version's folder. What the server may serve."""
+    from aifactory.models.issue import ensure_model_key, register
+    from aifactory.models.issue import promote as promote_version
+
+    path = save_checkpoint(storage_root, step=step, hidden=hidden)
+    key = ensure_model_key(site.runtime_dir)
+    model_dir = storage_root / MODEL_PATH
+    version = register(
+        model_dir=model_dir, checkpoint=path, key=key, job={"name": "test"}, dataset={"name": "vitals"}
+    )
+    if promote:
+        promote_version(model_dir=model_dir, digest=version.digest, alias=promote, key=key, reason="test")
+    return version.files.parent
+
+
+def save_checkpoint(storage_root: Path, *, step: int = 10, hidden: int = 16, seed: int = 3) -> Path:
+    """A checkpoint as training writes it (unsigned: not servable as it is)."""
     from aifactory.runtime import checkpoint  # torch: imported by the tests that serve, not by conftest
     from aifactory.runtime.model import ModelConfig, build
 
     config = ModelConfig(features=16, classes=4, hidden=hidden, layers=2)
-    model = build(config, seed=3)
-    checkpoint.save(
+    model = build(config, seed=seed)
+    return checkpoint.save(
         storage_root / MODEL_PATH / "checkpoints",
         step=step,
         model_state=model.state_dict(),
@@ -105,7 +130,11 @@ def start_server(
     keys of runtime.yaml (as_deployed only); decision_log: runtime.yaml's `decision_log` (as_deployed
     only)."""
     runtime_dir.mkdir(parents=True, exist_ok=True)
-    for name in ("token-key/allowed_signers", "revoked-tokens.json", "revoked-tokens.json.sig"):
+    from aifactory.models.issue import ensure_model_key
+
+    ensure_model_key(site.runtime_dir)
+    trust_files = ("token-key/allowed_signers", "revoked-tokens.json", "revoked-tokens.json.sig")
+    for name in (*trust_files, "model-key/model-signing.pub"):
         target = runtime_dir / name  # what deploy copies to a node: the public key and the revocation list
         target.parent.mkdir(parents=True, exist_ok=True)
         if not target.exists():

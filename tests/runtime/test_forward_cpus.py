@@ -48,7 +48,7 @@ def test_the_batcher_alone_runs_on_the_forward_cpus(site: RuntimeSite, tmp_path:
     pytest.importorskip("torch")
     allowed = frozenset(os.sched_getaffinity(0))
     forward = frozenset({min(allowed)})
-    write_checkpoint(tmp_path / "storage")
+    write_checkpoint(site, tmp_path / "storage")
     server = start_server(
         site, tmp_path / "storage", tmp_path / "runtime", "--forward-cpus", str(min(allowed))
     )

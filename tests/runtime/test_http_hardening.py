@@ -69,7 +69,7 @@ def log_size(server: Server) -> int:
 @pytest.fixture(scope="module")
 def server(site: RuntimeSite, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     root = tmp_path_factory.mktemp("hardened")
-    write_checkpoint(root / "storage")
+    write_checkpoint(site, root / "storage")
     running = start_server(
         site,
         root / "storage",

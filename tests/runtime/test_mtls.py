@@ -91,7 +91,7 @@ def mtls_server(
     site: RuntimeSite, certs: dict[str, IssuedCertificate], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Server]:
     root = tmp_path_factory.mktemp("mtls")
-    write_checkpoint(root / "storage")
+    write_checkpoint(site, root / "storage")
     server_cert = certs["server"]
     running = start_server(
         site,
@@ -309,7 +309,7 @@ def _assert_refused(
 def test_optional_client_certificates_let_a_token_alone_through(
     site: RuntimeSite, certs: dict[str, IssuedCertificate], tmp_path: Path
 ) -> None:
-    write_checkpoint(tmp_path / "storage")
+    write_checkpoint(site, tmp_path / "storage")
     ca = SiteCA.of(site.trust).certificate
     running = start_server(
         site,

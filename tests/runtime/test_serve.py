@@ -31,7 +31,7 @@ pytest.importorskip("torch")
 @pytest.fixture(scope="module")
 def server(site: RuntimeSite, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     root = tmp_path_factory.mktemp("serve")
-    write_checkpoint(root / "storage")
+    write_checkpoint(site, root / "storage")
     running = start_server(site, root / "storage", root / "node-runtime", "--sign-every", "5")
     wait_for_model(running)
     yield running
@@ -50,11 +50,12 @@ def test_starts_healthy_without_a_model_and_loads_one_when_it_appears(
                 "site": "rtlab",
                 "version": aifactory.__version__,
                 "models": {"vitals-mlp": None},
+                "refused": {"vitals-mlp": []},
             },
         )
         status, answer = running.call("POST", PATH, BODY, token=site.tokens["health"])
         assert (status, answer["error"]) == (503, "model-not-loaded")
-        write_checkpoint(tmp_path / "storage", step=7)
+        write_checkpoint(site, tmp_path / "storage", step=7)
         assert wait_for_model(running)["step"] == 7
         assert running.call("POST", PATH, BODY, token=site.tokens["health"])[0] == 200
     finally:
@@ -125,7 +126,7 @@ def test_metrics_are_prometheus_text(server: Server, site: RuntimeSite) -> None:
 def test_graceful_stop_finishes_requests_in_flight_and_the_log_verifies(
     site: RuntimeSite, tmp_path: Path
 ) -> None:
-    write_checkpoint(tmp_path / "storage")
+    write_checkpoint(site, tmp_path / "storage")
     running = start_server(site, tmp_path / "storage", tmp_path / "runtime", "--max-wait-ms", "3000")
     wait_for_model(running)
     results: list[int] = []
@@ -157,7 +158,7 @@ def test_graceful_stop_finishes_requests_in_flight_and_the_log_verifies(
 def test_200_clients_for_10_seconds_then_kill_9_loses_no_answered_decision(
     site: RuntimeSite, tmp_path: Path
 ) -> None:
-    write_checkpoint(tmp_path / "storage")
+    write_checkpoint(site, tmp_path / "storage")
     running = start_server(site, tmp_path / "storage", tmp_path / "runtime")
     wait_for_model(running)
 

@@ -24,7 +24,7 @@ def _metric(text: str, name: str) -> float:
 
 
 def test_a_low_disk_warns_on_metrics_and_still_serves(site: RuntimeSite, tmp_path: Path) -> None:
-    write_checkpoint(tmp_path / "storage")
+    write_checkpoint(site, tmp_path / "storage")
     running = start_server(
         site,
         tmp_path / "storage",
@@ -45,7 +45,7 @@ def test_a_low_disk_warns_on_metrics_and_still_serves(site: RuntimeSite, tmp_pat
 
 
 def test_a_nearly_full_disk_sheds_requests(site: RuntimeSite, tmp_path: Path) -> None:
-    write_checkpoint(tmp_path / "storage")
+    write_checkpoint(site, tmp_path / "storage")
     running = start_server(
         site,
         tmp_path / "storage",

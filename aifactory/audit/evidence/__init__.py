@@ -1,5 +1,5 @@
 """Gathering evidence from every stage that has left some: policy, bundle, deploy, the logs and the
-hosts' OpenSCAP scans."""
+hosts' OpenSCAP scans and the model registry."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from aifactory.audit.evidence.bundle import bundle_evidence
 from aifactory.audit.evidence.deploy import deploy_evidence
 from aifactory.audit.evidence.hostscan import host_scan_evidence
 from aifactory.audit.evidence.logs import decision_log_evidence, operator_log_evidence, verify_any_log
+from aifactory.audit.evidence.models import model_evidence
 from aifactory.audit.evidence.policy import policy_evidence
 from aifactory.audit.model import Evidence
 from aifactory.plan.model import SitePlan
@@ -31,6 +32,8 @@ def gather_evidence(
     retention_days: int | None = None,
     scap_waivers: Path | None = None,
     today: dt.date | None = None,
+    models: Sequence[tuple[str, Path]] = (),
+    model_trust: Path | None = None,
 ) -> tuple[list[Evidence], str | None]:
     """Every evidence section, in report order, and the imported bundle's digest (None if none)."""
     bundle, bundle_digest = bundle_evidence(state, plan_digest, trust=bundle_trust)
@@ -41,5 +44,6 @@ def gather_evidence(
         operator_log_evidence(state),
         decision_log_evidence(state, decision_logs, retention_days=retention_days),
         host_scan_evidence(state, waivers=scap_waivers, today=today or dt.datetime.now(dt.UTC).date()),
+        model_evidence(models, model_trust),
     ]
     return sections, bundle_digest
