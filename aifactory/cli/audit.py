@@ -153,9 +153,9 @@ def _collect_heads(planned: PlannedSite) -> None:
 def _model_registry(planned: PlannedSite) -> dict[str, Any]:
     """The models on mounted storage (the lab's storage folders when a lab of the site is up here) and
     the site's model-signing public key: the report's signed-models evidence."""
-    from aifactory.models.issue import ModelKey
     from aifactory.pipeline.models import model_dir
     from aifactory.state import SiteState
+    from aifactory.trust.issuing.models import ModelKey
 
     plan = planned.plan
     return {

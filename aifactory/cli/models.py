@@ -32,10 +32,10 @@ def register(
 
 def cmd_models(args: argparse.Namespace) -> int:
     from aifactory.errors import UsageError
-    from aifactory.models.issue import ModelKey
     from aifactory.pipeline.models import describe_model, model_dir
     from aifactory.plan import plan_site
     from aifactory.state import SiteState
+    from aifactory.trust.issuing.models import ModelKey
 
     planned = plan_site(args.site, write_lock=False)
     plan = planned.plan

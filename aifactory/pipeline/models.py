@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from aifactory.errors import ModelRefused, UsageError
-from aifactory.models.registry import ALIASES, Inspector, ModelTrust, Registry, verify_version
 from aifactory.plan.model import ModelPlan, SitePlan
+from aifactory.trust.models import ALIASES, Inspector, ModelTrust, Registry, verify_version
 
 
 def model_dir(plan: SitePlan, model: ModelPlan, *, lab: bool | None = None) -> Path:

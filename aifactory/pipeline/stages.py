@@ -310,9 +310,9 @@ def run_inventory(context: UpContext) -> StageResult:
 
 def run_deploy(context: UpContext) -> StageResult:
     from aifactory.deploy import DeployOptions, deploy_site
+    from aifactory.trust.issuing.models import ensure_model_key
     from aifactory.trust.issuing.tokens import ensure_site_key
     from aifactory.trust.tokens import TrustFiles
-    from aifactory.models.issue import ensure_model_key
 
     # The site's token and model-signing keys, so deploy can give every host their public halves
     # (and the revocation list): a server trusts only models signed by this site.
@@ -546,9 +546,9 @@ def _sign_and_promote(
     """Sign the trained checkpoint into the model's registry and promote it as the champion (the
     servers load nothing else); the version's digest. Signed again, the same bytes keep their digest
     and the champion is not promoted twice."""
-    from aifactory.models.issue import ensure_model_key, promote, register
-    from aifactory.models.registry import Registry, read_promotions
     from aifactory.pipeline.models import model_dir, on_storage
+    from aifactory.trust.issuing.models import ensure_model_key, promote, register
+    from aifactory.trust.models import Registry, read_promotions
 
     plan = context.plan().plan
     folder = model_dir(plan, model, lab=context.options.lab)
@@ -681,8 +681,8 @@ def run_serve(context: UpContext) -> StageResult:
 
 def run_audit(context: UpContext) -> StageResult:
     from aifactory.audit import ReportOptions, produce_report
-    from aifactory.models.issue import ModelKey
     from aifactory.pipeline.models import model_dir
+    from aifactory.trust.issuing.models import ModelKey
 
     folder = context.state.subdir("up") / "report"
     plan = context.plan().plan

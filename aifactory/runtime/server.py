@@ -25,7 +25,7 @@ pass and answers each request with its rows.
 
 The server starts healthy with no model: it watches each model's folder on the site storage and loads
 the registry's champion, a version whose OpenSSF model signature verifies against the site's
-model-signing key and that holds a signed promotion record (`aifactory.models.registry`). Anything else
+model-signing key and that holds a signed promotion record (`aifactory.trust.models`). Anything else
 in the folder (training checkpoints, unsigned, badly signed or unpromoted versions) is refused: logged
 once, counted in /metrics and listed in /healthz; the champion already loaded keeps serving.
 SIGTERM/SIGINT drain: stop accepting, finish every request in flight, sign the log's final head, exit.
@@ -56,7 +56,6 @@ import torch
 import aifactory
 from aifactory.errors import TokenRejected
 from aifactory.ids import new_decision_id
-from aifactory.models.registry import Inspection, Inspector, ModelTrust, Refusal
 from aifactory.plan.model import Host
 from aifactory.runtime import checkpoint
 from aifactory.runtime.cpus import CpuSplit
@@ -80,6 +79,7 @@ from aifactory.trust.decisionlog import (
     DISK_WARN_FREE,
     DecisionLog,
 )
+from aifactory.trust.models import Inspection, Inspector, ModelTrust, Refusal
 from aifactory.trust.tokens import TokenVerifier, TrustFiles
 
 log = logging.getLogger(__name__)

@@ -33,8 +33,8 @@ def write_checkpoint(
 ) -> Path:
     """A trained checkpoint, signed into the model's registry with the site's model key and promoted to
     `promote` (None: signed, not promoted); the version's folder. What the server may serve."""
-    from aifactory.models.issue import ensure_model_key, register
-    from aifactory.models.issue import promote as promote_version
+    from aifactory.trust.issuing.models import ensure_model_key, register
+    from aifactory.trust.issuing.models import promote as promote_version
 
     path = save_checkpoint(storage_root, step=step, hidden=hidden)
     key = ensure_model_key(site.runtime_dir)
@@ -130,7 +130,7 @@ def start_server(
     keys of runtime.yaml (as_deployed only); decision_log: runtime.yaml's `decision_log` (as_deployed
     only)."""
     runtime_dir.mkdir(parents=True, exist_ok=True)
-    from aifactory.models.issue import ensure_model_key
+    from aifactory.trust.issuing.models import ensure_model_key
 
     ensure_model_key(site.runtime_dir)
     trust_files = ("token-key/allowed_signers", "revoked-tokens.json", "revoked-tokens.json.sig")

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from waiting import wait_for
 
-from aifactory.models.issue import ensure_model_key, promote, register
-from aifactory.models.registry import Inspector, ModelTrust, Registry, read_promotions
+from aifactory.trust.issuing.models import ensure_model_key, promote, register
+from aifactory.trust.models import Inspector, ModelTrust, Registry, read_promotions
 
 from .conftest import RuntimeSite
 from .serving import BODY, MODEL_PATH, PATH, records, save_checkpoint, start_server, write_checkpoint

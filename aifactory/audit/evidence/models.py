@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from aifactory.audit.model import FAIL, NOT_ASSESSED, PASS, Evidence, Finding, RuleResult
-from aifactory.models.registry import ALIASES, Inspection, Inspector, ModelTrust
+from aifactory.trust.models import ALIASES, Inspection, Inspector, ModelTrust
 
 SOURCE = "models"
 SIGNED = "models.served-version-signed"

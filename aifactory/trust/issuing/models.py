@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from aifactory.chain import canonical_bytes
 from aifactory.errors import ModelRefused, ModelRegistryError
-from aifactory.models.registry import (
+from aifactory.trust.models import (
     ALIASES,
     FILES_DIR,
     KEY_DIR,
