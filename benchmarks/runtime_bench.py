@@ -59,6 +59,7 @@ from aifactory.runtime.metrics import read_jsonl  # noqa: E402
 from aifactory.runtime.model import ModelConfig, Scorer, build, scorer  # noqa: E402
 from aifactory.trust.authz import Guard, load_authorizer  # noqa: E402
 from aifactory.trust.decisionlog import DecisionLog  # noqa: E402
+from aifactory.trust.issuing.models import ensure_model_key, promote, register  # noqa: E402
 from aifactory.trust.issuing.tokens import issue_token  # noqa: E402
 from aifactory.trust.tokens import TokenVerifier, TrustFiles  # noqa: E402
 
@@ -210,15 +211,20 @@ def start_server(
 
 
 def save_bench_model(work: Path) -> Scorer:
-    """Write the model's checkpoint where the server looks; return the program both sides run."""
+    """Write the model's checkpoint, sign it into the registry and promote it champion (the server
+    serves nothing else, docs/models.md); return the program both sides run."""
     model = build(BENCH_MODEL, seed=1).eval()
-    checkpoint.save(
+    saved = checkpoint.save(
         work / "storage" / MODEL_PATH / "checkpoints",
         step=1,
         model_state=model.state_dict(),
         optimizer_state={},
         meta={"model": "vitals-mlp", "network": BENCH_MODEL.as_dict()},
     )
+    key = ensure_model_key(work / "runtime")  # copied with the token files into each server's folder
+    model_dir = work / "storage" / MODEL_PATH
+    version = register(model_dir=model_dir, checkpoint=saved, key=key, job={"name": "bench"}, dataset={})
+    promote(model_dir=model_dir, digest=version.digest, alias="champion", key=key, reason="benchmark")
     torch.set_num_threads(1)
     return scorer(model)
 

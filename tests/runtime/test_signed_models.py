@@ -155,3 +155,40 @@ def test_unsigned_badly_signed_and_unpromoted_models_are_refused_while_the_champ
         )
     finally:
         assert server.stop() == 0
+
+
+def test_the_listing_shows_versions_signatures_provenance_aliases_and_history(
+    site: RuntimeSite, tmp_path: Path
+) -> None:
+    """What `aifactory models` prints as JSON for one model's folder (the lab resolves the folder)."""
+    from aifactory.pipeline.models import describe_model
+
+    storage = tmp_path / "storage"
+    first = write_checkpoint(site, storage, step=10)
+    second = write_checkpoint(site, storage, step=20, hidden=8, promote="challenger")
+    unsigned = model_dir_of(storage) / "registry" / "versions" / ("1" * 64) / "model"
+    shutil.copytree(first / "model", unsigned)
+    listed = describe_model(
+        model_dir_of(storage), ModelTrust.in_runtime_dir(site.runtime_dir), name="vitals-mlp"
+    )
+    assert listed["aliases"]["champion"]["digest"] == f"sha256:{first.name}"
+    assert listed["aliases"]["challenger"]["digest"] == f"sha256:{second.name}"
+    by_digest = {v["digest"]: v for v in listed["versions"]}
+    assert by_digest[f"sha256:{first.name}"] | {"promotions": []} == {
+        "digest": f"sha256:{first.name}",
+        "signature": "verified",
+        "signature_file": str(first / "model.sig"),
+        "step": 10,
+        "job": {"name": "test"},
+        "dataset": {"name": "vitals"},
+        "key": ModelTrust.in_runtime_dir(site.runtime_dir).key_id(),
+        "alias": "champion",
+        "promotions": [],
+    }
+    assert [p["alias"] for p in by_digest[f"sha256:{second.name}"]["promotions"]] == ["challenger"]
+    assert by_digest[f"sha256:{'1' * 64}"]["reason"] == "unsigned"
+    assert [(h["seq"], h["alias"]) for h in listed["history"]] == [(1, "champion"), (2, "challenger")]
+
+
+def model_dir_of(storage: Path) -> Path:
+    return storage / MODEL_PATH
