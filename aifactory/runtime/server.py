@@ -54,7 +54,7 @@ import numpy as np
 import torch
 
 import aifactory
-from aifactory.errors import TokenRejected
+from aifactory.errors import AifactoryError, TokenRejected
 from aifactory.ids import new_decision_id
 from aifactory.plan.model import Host
 from aifactory.runtime import checkpoint
@@ -357,7 +357,7 @@ class InferenceServer:
             for slot in self.slots.values():
                 try:
                     await loop.run_in_executor(None, self.reload_model, slot)
-                except (OSError, ValueError, KeyError, RuntimeError) as exc:
+                except (OSError, ValueError, KeyError, RuntimeError, AifactoryError) as exc:
                     log.error("cannot load the model %s: %s", slot.name, exc)
             await asyncio.sleep(self.config.reload_interval)
 

@@ -164,7 +164,10 @@ def verify_signature(files: Path, signature: Path, trust: ModelTrust) -> str:
     trust.load()  # a missing or foreign key is `no-model-trust`, not a bad signature
     if not signature.is_file():
         raise ModelRefused("unsigned", f"{files.parent.name}: no model signature ({SIGNATURE})")
-    from model_signing import verifying  # sigstore's modules load only where a model is verified
+    try:
+        from model_signing import verifying  # sigstore's modules load only where a model is verified
+    except ImportError as exc:  # a node installed without it can verify nothing: nothing loads
+        raise ModelRefused("no-model-trust", f"model-signing cannot be imported: {exc}") from None
 
     try:
         config = verifying.Config()  # type: ignore[no-untyped-call]  # model-signing leaves __init__ unannotated
