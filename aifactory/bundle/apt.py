@@ -36,15 +36,18 @@ from pathlib import Path
 from aifactory.digests import sha256_file
 from aifactory.errors import BundleError, PrerequisiteError
 
-# What the roles install from the bundle (munge + slurm roles, base role's time daemon and health
-# check tools, the SCAP scanner and its content that the audit scans every host with, the monitoring
-# role's Prometheus (with promtool), Alertmanager and node exporter).
+# What the roles install from the bundle (munge + slurm roles, base role's time daemon, password
+# quality module and sudo, and health check tools, the SCAP scanner and its content that the audit
+# scans every host with, the monitoring role's Prometheus (with promtool), Alertmanager and node
+# exporter).
 ROLE_PACKAGES: tuple[str, ...] = (
     "munge",
     "slurm-client",
     "slurmctld",
     "slurmd",
     "chrony",
+    "libpam-pwquality",
+    "sudo",
     "openscap-scanner",
     "fio",  # aifactory health: site storage throughput
     "iperf3",  # aifactory health: compute link bandwidth

@@ -282,6 +282,8 @@ def cmd_scan(args: argparse.Namespace) -> int:
         emit_json({**run.as_json(), "folder": str(run.folder), "assessment": assessed.as_json()})
         return int(ExitCode.OK if assessed.ok else ExitCode.INVALID)
     print(f"scan {run.run_id}: {len(run.scans)} hosts, results in {run.folder}")
+    if run.skipped_rules:
+        print(f"left out by the site's connection: {', '.join(run.skipped_rules)}")
     rows = [
         [
             h.host,

@@ -36,6 +36,7 @@ class ScanRun:
     folder: Path
     scans: tuple[scap.HostScan, ...]
     unscanned: dict[str, str]  # host -> why no result came back
+    skipped_rules: tuple[str, ...] = ()  # left out by the site's Connection (`oscap --skip-rule`)
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -43,7 +44,13 @@ class ScanRun:
             "run_id": self.run_id,
             "hosts": [s.as_json() for s in self.scans],
             "unscanned": dict(sorted(self.unscanned.items())),
+            "skipped_rules": list(self.skipped_rules),
         }
+
+
+def skipped_rules(connection: Connection) -> tuple[str, ...]:
+    """The rules the Connection tells the scan to leave out (its `aifactory_scan_skip_rules`)."""
+    return tuple(sorted(str(r) for r in connection.host_vars().get("aifactory_scan_skip_rules", ())))
 
 
 def scan_site(site: str, *, connection: Connection, trust: Path | None = None) -> ScanRun:
@@ -67,7 +74,7 @@ def scan_site(site: str, *, connection: Connection, trust: Path | None = None) -
                 scans.append(scap.digest_arf(arf, host=host))
             else:
                 unscanned.setdefault(host, "no result came back")
-        result = ScanRun(site, run_id, folder, tuple(scans), unscanned)
+        result = ScanRun(site, run_id, folder, tuple(scans), unscanned, skipped_rules(connection))
         (folder / DIGEST).write_text(json.dumps(result.as_json(), indent=1, sort_keys=True) + "\n")
     if unscanned:
         raise DeployError(

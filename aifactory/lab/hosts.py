@@ -13,9 +13,17 @@ private system state and then sleeps. sshd and `lab exec` join the anchor's name
   per-host (storage: per-site) folders on the machine.
 
 A mount point the machine lacks (e.g. /srv/share) is made inside an overlay of its nearest existing
-parent (e.g. /srv), so the machine's own tree is never changed. `/usr` and the rest stay
-shared with the machine. The mounts live only in the host's mount namespace: they vanish with its
-last process.
+parent (e.g. /srv), so the machine's own tree is never changed. The mounts live only in the host's
+mount namespace: they vanish with its last process.
+
+Last, the host gets a root of its own, as a machine has: an overlay whose lower layer is the
+machine's root file system and whose upper layer lives in the host's private /run. The mounts above
+are carried into it, `/tmp`, `/root` and the state home stay the machine's (bind mounts), and the
+container markers this machine may carry at its root (`/.dockerenv`: the build machine can be a
+container) are hidden by a whiteout: a lab host is a machine-like environment in its own mount
+namespace, not a container, and the SCAP content's "machine" platform checks exactly these files
+(docs/lab.md). Everything else reads the machine's files (packages stay machine-wide); a host's
+writes outside its private trees land in its own upper layer.
 """
 
 from __future__ import annotations
@@ -42,6 +50,15 @@ PRIVATE_TREES = {
 OVERLAID = ("/etc", "/var/lib")  # per-host upper layers over the machine's trees
 TMPFS = ("/run",)
 SERVICE_BIN = "/run/aifactory-lab/bin"
+# The host's own root: an overlay of the machine's root, its upper layer in the private /run (a
+# layer must not lie inside another, so not on the machine's disk), mounted here before pivot_root.
+HOST_ROOT = "/run/aifactory-lab/root"
+HOST_ROOT_RW = "/run/aifactory-lab/root-rw"
+# Files at the machine's root that mark a container: the SCAP content's `installed_env_is_a_container`
+# checks /.dockerenv and /run/.containerenv (/run is the host's own tmpfs already). Whited out.
+CONTAINER_MARKERS = (".dockerenv",)
+# Machine trees a host keeps writing through to the machine (where the lab's callers keep files).
+SHARED_WITH_MACHINE = ("/tmp", "/root")
 READY = "ready"
 START_TIMEOUT = 20.0
 
@@ -155,9 +172,62 @@ def setup_script(layout: LabLayout, host: Host, mounts: MountPlan) -> str:
     supervisor = layout.bin_dir / "aifactory-service"
     lines.append(f"cp {q(str(supervisor))} {q(SERVICE_BIN + '/aifactory-service')}")
     lines.append(f"chmod 0755 {q(SERVICE_BIN + '/aifactory-service')}")
+    lines += own_root_lines(layout)
     lines.append(f"touch {q(str(layout.host_dir(host.name) / READY))}")
     lines.append("exec sleep infinity")
     return "\n".join(lines) + "\n"
+
+
+def shared_paths(layout: LabLayout) -> list[str]:
+    """Machine folders bound into the host's root: /tmp, /root and the state home holding the lab."""
+    state_home = str(layout.root.resolve().parent.parent)
+    extra = [] if _inside(state_home, list(SHARED_WITH_MACHINE)) else [state_home]
+    return [*SHARED_WITH_MACHINE, *extra]
+
+
+def own_root_lines(layout: LabLayout) -> list[str]:
+    """Shell lines that give the host its own root (see the module's docstring) and pivot into it.
+
+    Every mount whose parent is the root mount (the /proc, /sys, /dev of the machine and the host's
+    private mounts above) is carried over with `mount --rbind`, unless a later one covers it (the
+    machine's /run/netns under the private /run). The new root is unbindable, so carrying /run
+    (which holds it) does not copy it into itself."""
+    q = shlex.quote
+    new, rw = HOST_ROOT, HOST_ROOT_RW
+    lines = [
+        f"mkdir -p {new} {rw}/upper {rw}/work",
+    ]
+    for marker in CONTAINER_MARKERS:
+        lines.append(f"if [ -e /{marker} ]; then mknod {rw}/upper/{marker} c 0 0; fi")
+    lines += [
+        f"mount -t overlay aifactory-lab-root -o lowerdir=/,upperdir={rw}/upper,workdir={rw}/work {new}",
+        f"mount --make-unbindable {new}",
+        # Top-level mounts in mount order; a later one at or above a path covers the earlier.
+        "root_id=$(awk '$5 == \"/\" { id = $1 } END { print id }' /proc/self/mountinfo)",
+        'awk -v root="$root_id" \'$2 == root && $5 != "/" { print $5 }\' /proc/self/mountinfo'
+        " > /run/aifactory-lab/top-mounts",
+        "n=0",
+        "while read -r path; do",
+        "  n=$((n + 1))",
+        "  covered=$(tail -n +$((n + 1)) /run/aifactory-lab/top-mounts | while read -r later; do",
+        '    case "$path/" in "$later"/*) echo yes; break ;; esac; done)',
+        '  [ -n "$covered" ] && continue',
+        f'  mkdir -p "{new}$path"',
+        f'  mount --rbind "$path" "{new}$path"',
+        "done < /run/aifactory-lab/top-mounts",
+    ]
+    for path in shared_paths(layout):
+        lines.append(f"mkdir -p {q(new + path)}")
+        lines.append(f"mount --rbind {q(path)} {q(new + path)}")
+    lines += [
+        f"mkdir -p {new}/.lab-old-root",
+        f"cd {new}",
+        "pivot_root . .lab-old-root",
+        "cd /",
+        "umount -l /.lab-old-root",
+        "rmdir /.lab-old-root",
+    ]
+    return lines
 
 
 def start_anchor(layout: LabLayout, names: LabNames, host: Host, script: str) -> subprocess.Popen[bytes]:

@@ -350,6 +350,35 @@ def _deploy_inputs(context: UpContext) -> dict[str, Any]:
     return {"bundle": context.outputs.get("import", {}).get("digest"), "plan": context.plan_digest}
 
 
+def run_scan(context: UpContext) -> StageResult:
+    """Every host scanned with OpenSCAP right after deploy (the bundle's content, each pool's profile),
+    weighed against the reviewed waivers beside the spec; the audit stage reports it."""
+    import datetime as dt
+
+    from aifactory.audit import scap
+    from aifactory.deploy.scan import scan_site
+
+    run = scan_site(context.plan().plan.name, connection=context.connection())
+    waivers_file = scap.waivers_path_for(context.spec_path)
+    waivers = scap.load_waivers(waivers_file) if waivers_file.is_file() else []
+    assessed = scap.assess(run.scans, waivers, today=dt.datetime.now(dt.UTC).date())
+    hosts = "; ".join(
+        f"{h.host} {h.passed}/{h.applicable} ({100 * h.pass_ratio:.1f}%)" for h in assessed.hosts
+    )
+    unwaived = sorted({rule for h in assessed.hosts for rule in h.unwaived})
+    return StageResult(
+        "ok",
+        f"{len(run.scans)} hosts scanned ({run.run_id}): {hosts}; {len(unwaived)} failing rules without "
+        f"a waiver, {len(assessed.stale)} stale and {len(assessed.expired)} expired waivers",
+        {
+            "run": run.run_id,
+            "folder": str(run.folder),
+            "hosts": {h.host: {"applicable": h.applicable, "passed": h.passed} for h in assessed.hosts},
+            "unwaived": unwaived,
+        },
+    )
+
+
 # ------------------------------------------------------------------ scheduler, train, serve
 
 NODE_RUNTIME = Path("/opt/aifactory/current/bin")
@@ -741,6 +770,12 @@ def stage_list() -> list[Stage]:
             lambda c: {"plan": c.plan_digest, "bundle": c.outputs.get("import", {}).get("digest")},
         ),
         Stage("deploy", "install the runtime from the bundle", run_deploy, _deploy_inputs, verify_deploy),
+        Stage(
+            "scan",
+            "OpenSCAP scan of every host (host hardening evidence)",
+            run_scan,
+            lambda c: {"deploy": c.outputs.get("deploy", {}).get("bundle"), "plan": c.plan_digest},
+        ),
         Stage(
             "scheduler",
             "Slurm controller and nodes ready",

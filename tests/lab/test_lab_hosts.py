@@ -101,6 +101,26 @@ def test_files_under_opt_and_etc_stay_on_their_host(lab):
     assert not Path("/var/lib/aifactory").exists() or Path("/var/lib/aifactory").is_dir()
 
 
+def test_a_host_has_its_own_root_without_container_markers_and_shares_tmp(lab, tmp_path):
+    """The host's root is its own (a whiteout hides the container marker the machine may carry, and
+    a write outside its private trees stays on it) while /tmp stays the machine's."""
+    host = lab.hosts[1]
+    assert lab.exec(["test", "-e", "/.dockerenv"], host=host, check=False).returncode == 1
+    assert lab.exec(["test", "-e", "/run/.containerenv"], host=host, check=False).returncode == 1
+    root = lab.exec(["findmnt", "--noheadings", "--output", "FSTYPE", "/"], host=host).stdout.strip()
+    assert root == "overlay"
+    token = uuid.uuid4().hex
+    own = f"/usr/local/share/aifactory-lab-test-{token}"
+    lab.sh(f"echo {token} > {own}", host=host)
+    assert lab.exec(["cat", own], host=host).stdout.strip() == token
+    assert lab.exec(["test", "-e", own], host=lab.hosts[2], check=False).returncode == 1
+    assert not Path(own).exists(), f"{own} leaked onto the machine"
+    shared = tmp_path / f"from-host-{token}"
+    lab.sh(f"echo {token} > {shared}", host=host)
+    assert shared.read_text().strip() == token
+    assert lab.exec(["cat", str(shared)], host=lab.hosts[2]).stdout.strip() == token
+
+
 def test_storage_mounts_are_shared_between_hosts_but_not_the_machine(lab):
     mount = lab.plan.host(lab.hosts[1]).mounts[0]
     token = uuid.uuid4().hex

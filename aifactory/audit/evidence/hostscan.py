@@ -76,11 +76,18 @@ def host_scan_evidence(state: SiteState, *, waivers: Path | None, today: dt.date
         ],
         "profiles": _profiles(assessed.hosts),
         "trend": _trend(previous, current, runs[-2].parent.name if previous else None),
+        # Rules the site's connection left out of the scan (`oscap --skip-rule`): not evaluated.
+        "skipped_rules": _skipped(runs[-1]),
         "waivers_file": str(waivers) if waivers else None,
         "stale_waivers": [w.rule for w in assessed.stale],
         "expired_waivers": [f"{w.rule} (expired {w.expires.isoformat()})" for w in assessed.expired],
     }
     return Evidence(SOURCE, TITLE, status, summary, detail, tuple(rules), findings)
+
+
+def _skipped(run: Path) -> list[str]:
+    skipped = json.loads(run.read_text()).get("skipped_rules") or []
+    return [str(rule) for rule in skipped]
 
 
 def _percent(part: int, whole: int) -> str:
