@@ -64,6 +64,8 @@ class Connection:
     env             environment added to Ansible's and to commands on the control host
     control_prefix  argv that runs a command on the control host (empty: this machine is it)
     services        how services and timers are supervised on the hosts
+    scan_skip_rules SCAP rules a host scan leaves out (`oscap --skip-rule`), named in its digest;
+                    given to the scan only, never to the deploy's inventory
     """
 
     description: str
@@ -72,6 +74,7 @@ class Connection:
     env: Mapping[str, str] = field(default_factory=dict)
     control_prefix: tuple[str, ...] = ()
     services: Services = field(default_factory=Services)
+    scan_skip_rules: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.ansible_cfg) - set(ANSIBLE_SECTIONS))
@@ -83,6 +86,7 @@ class Connection:
         object.__setattr__(self, "inventory_vars", _frozen(self.inventory_vars))
         object.__setattr__(self, "env", _frozen(self.env))
         object.__setattr__(self, "control_prefix", tuple(self.control_prefix))
+        object.__setattr__(self, "scan_skip_rules", tuple(sorted(self.scan_skip_rules)))
 
     def host_vars(self) -> dict[str, Any]:
         """The inventory variables every host of the site gets from this connection."""

@@ -48,11 +48,6 @@ class ScanRun:
         }
 
 
-def skipped_rules(connection: Connection) -> tuple[str, ...]:
-    """The rules the Connection tells the scan to leave out (its `aifactory_scan_skip_rules`)."""
-    return tuple(sorted(str(r) for r in connection.host_vars().get("aifactory_scan_skip_rules", ())))
-
-
 def scan_site(site: str, *, connection: Connection, trust: Path | None = None) -> ScanRun:
     """Scan every host of `site` and write the digest next to the ARF files; raise if a host failed."""
     _require_runner()
@@ -64,7 +59,7 @@ def scan_site(site: str, *, connection: Connection, trust: Path | None = None) -
         folder = state.subdir(SCANS_DIR) / run_id
         folder.mkdir(parents=True)
         ansible = _ansible(connection, state, bundle.inventory_vars(), plan)
-        failures = _run_playbook(ansible, folder)
+        failures = _run_playbook(ansible, folder, skip_rules=connection.scan_skip_rules)
         hosts = sorted(h.name for h in plan.hosts)
         scans = []
         unscanned = dict(failures)
@@ -74,7 +69,7 @@ def scan_site(site: str, *, connection: Connection, trust: Path | None = None) -
                 scans.append(scap.digest_arf(arf, host=host))
             else:
                 unscanned.setdefault(host, "no result came back")
-        result = ScanRun(site, run_id, folder, tuple(scans), unscanned, skipped_rules(connection))
+        result = ScanRun(site, run_id, folder, tuple(scans), unscanned, connection.scan_skip_rules)
         (folder / DIGEST).write_text(json.dumps(result.as_json(), indent=1, sort_keys=True) + "\n")
     if unscanned:
         raise DeployError(
@@ -106,7 +101,7 @@ def _ansible(
     )
 
 
-def _run_playbook(ansible: _Ansible, dest: Path) -> dict[str, str]:
+def _run_playbook(ansible: _Ansible, dest: Path, *, skip_rules: tuple[str, ...]) -> dict[str, str]:
     """Run scan.yml; the hosts whose scan failed, with the failing task's message."""
     failures: dict[str, str] = {}
 
@@ -119,6 +114,8 @@ def _run_playbook(ansible: _Ansible, dest: Path) -> dict[str, str]:
         return False
 
     extra = dest / "scan-vars.json"
-    extra.write_text(json.dumps({"aifactory_scan_dest": str(dest)}))
+    extra.write_text(
+        json.dumps({"aifactory_scan_dest": str(dest), "aifactory_scan_skip_rules": list(skip_rules)})
+    )
     ansible.run(handle=handle, limit=None, cmdline=["-e", f"@{extra}", str(ansible.playbooks / PLAYBOOK)])
     return failures

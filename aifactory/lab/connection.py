@@ -69,11 +69,11 @@ def lab_connection(site: str) -> Connection:
             "ansible_become_method": "ansible.builtin.su",
             # Roles read it for what only the lab differs in (hosts share the machine's /usr...).
             "aifactory_lab": True,
-            "aifactory_scan_skip_rules": list(SCAN_SKIP_RULES),
         },
         env=env,
         control_prefix=tuple(enter_argv(control.anchor.pid)),
         services=Services("supervised", SERVICE_COMMAND),
+        scan_skip_rules=SCAN_SKIP_RULES,
     )
 
 

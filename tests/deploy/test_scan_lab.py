@@ -7,8 +7,8 @@ are printed; the lab's reviewed waivers (inventory/lab/site.scap-waivers.yaml) m
 failing rule and hold no stale or expired waiver; the signed report and its OSCAL results show the
 scan per host with failures under their controls.
 
-The module runs after the deploy tests (file order within the lab group), on the lab they left
-deployed: its own deploy only checks that (nothing runs when the hosts match).
+The module uses the session's deployed lab (`deployed_lab`, tests/conftest.py): it runs after the
+deploy tests, and its scan writes only the result files under /var/lib/aifactory/scap on each host.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from pathlib import Path
 import pytest
 
 from aifactory.audit import ReportOptions, produce_report, scap
-from aifactory.deploy import DeployOptions, deploy_site
 from aifactory.deploy.scan import ScanRun, scan_site
 from aifactory.lab.connection import SCAN_SKIP_RULES
 from aifactory.pipeline.connection import site_connection
@@ -42,12 +41,10 @@ MIN_PASS_RATIO = 0.90
 
 
 @pytest.fixture(scope="module")
-def lab_scan(lab, lab_bundle_import) -> ScanRun:  # noqa: ANN001 - the session's lab and bundle
-    """The lab deployed (a no-op after the deploy tests), then one scan of every host."""
-    connection = site_connection(lab.site)  # the lab's, as `aifactory up` and the CLI pick it
-    deployed = deploy_site(lab.planned, connection=connection, options=DeployOptions())
-    assert deployed.exit_code == 0 and not deployed.failed_hosts, f"see {deployed.event_log}"
-    return scan_site(lab.site, connection=connection)
+def lab_scan(deployed_lab) -> ScanRun:  # noqa: ANN001 - the session's deployed lab
+    """One scan of every host of the session's deployed lab, over the lab's Connection as `aifactory
+    up` and the CLI reach it."""
+    return scan_site(deployed_lab.lab.site, connection=site_connection(deployed_lab.lab.site))
 
 
 def _today() -> dt.date:
@@ -61,7 +58,8 @@ def _counts(scan: scap.HostScan) -> tuple[int, int, list[str]]:
     return len(applicable), len(applicable) - len(failing), failing
 
 
-def test_every_host_is_scanned_with_at_least_100_applicable_rules(lab, lab_scan) -> None:  # noqa: ANN001
+def test_every_host_is_scanned_with_at_least_100_applicable_rules(deployed_lab, lab_scan) -> None:  # noqa: ANN001
+    lab = deployed_lab.lab
     assert sorted(s.host for s in lab_scan.scans) == sorted(lab.hosts)
     assert lab_scan.skipped_rules == tuple(sorted(SCAN_SKIP_RULES))
     for scan in sorted(lab_scan.scans, key=lambda s: s.host):
@@ -110,7 +108,10 @@ def test_a_waiver_for_a_passing_rule_or_an_expired_one_fails_the_lab_scan(lab_sc
     assert any(first.rule in h.unwaived for h in assessed.hosts)
 
 
-def test_the_signed_report_and_oscal_show_the_lab_scan_per_host(lab, lab_scan, tmp_path: Path) -> None:  # noqa: ANN001
+def test_the_signed_report_and_oscal_show_the_lab_scan_per_host(
+    deployed_lab, lab_scan, tmp_path: Path
+) -> None:  # noqa: ANN001
+    lab = deployed_lab.lab
     folder = tmp_path / "report"
     produce_report(lab.planned, folder, ReportOptions(scap_waivers=LAB_WAIVERS))
     report = json.loads((folder / "report.json").read_text())
