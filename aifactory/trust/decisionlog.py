@@ -166,7 +166,7 @@ class DecisionLog:
         self._head: tuple[int, str] | None = None
         self.records_written = 0
         self.heads_signed = 0
-        self.disk_state = "ok"  # "ok" | "low" | "critical" (see the module docstring)
+        self._disk_state = "ok"  # "ok" | "low" | "critical" (see the module docstring)
         self.disk_free_fraction = 1.0
         self._disk_checked = 0.0
         self._check_disk()
@@ -176,6 +176,14 @@ class DecisionLog:
     @property
     def rotations(self) -> int:
         return self._writer.rotations
+
+    @property
+    def disk_state(self) -> str:
+        """ "ok", "low" or "critical", looked at again at most once a second. Read, not only after a
+        write: a shed request writes nothing, so a state refreshed by writes alone would shed for good
+        once the disk had been nearly full, however much space was freed after."""
+        self._check_disk()
+        return self._disk_state
 
     # --- writers -------------------------------------------------------------------------------------
 
@@ -246,7 +254,8 @@ class DecisionLog:
             item.future.set_result(record)
 
     def _check_disk(self) -> None:
-        """At most once a second (a statvfs): warn when space runs low, shed load before it runs out."""
+        """At most once a second (a statvfs): warn when space runs low, shed load before it runs out.
+        Called by the writer after each batch and by readers of `disk_state` (request threads)."""
         now = time.monotonic()
         if now - self._disk_checked < DISK_CHECK_INTERVAL:
             return
@@ -264,7 +273,7 @@ class DecisionLog:
             if self.disk_free_fraction < self.disk_warn_free
             else "ok"
         )
-        if state != self.disk_state and state != "ok":
+        if state != self._disk_state and state != "ok":
             log.warning(
                 "decision log disk %s: %.1f%% free under %s (warn below %.0f%%, shed requests below %.0f%%)",
                 state,
@@ -273,7 +282,7 @@ class DecisionLog:
                 100 * self.disk_warn_free,
                 100 * self.disk_shed_free,
             )
-        self.disk_state = state
+        self._disk_state = state
 
     def _sign_head(self) -> None:
         """Sign the log's head. Several processes may append to one log (the server and training

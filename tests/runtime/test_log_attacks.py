@@ -17,6 +17,7 @@ from aifactory.chain import ChainWriter, canonical_bytes, record_hash, segments_
 from aifactory.cli.main import main
 from aifactory.headcopies import collect_heads, collected_dir, merge_incoming
 from aifactory.state import SiteState
+from aifactory.trust import decisionlog
 from aifactory.trust.decisionlog import DecisionLog, heads_path_for, log_key_dir, verify_log
 
 HOST = "lab-cpu-001"
@@ -304,6 +305,25 @@ def test_the_disk_running_low_is_reported(state: SiteState) -> None:
     log = DecisionLog(path, disk_warn_free=0.9999999, disk_shed_free=0.9999999)
     assert log.disk_state == "critical"
     log.close()
+
+
+def test_shedding_ends_once_space_is_back_without_a_write(
+    state: SiteState, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server sheds while the disk is nearly full and writes nothing for the requests it sheds: the
+    log must notice freed space on its own, not only after a record it will never get."""
+    monkeypatch.setattr(decisionlog, "DISK_CHECK_INTERVAL", 0.0)  # every read looks at the disk
+    log = DecisionLog(
+        state.subdir("runtime") / "decisions.jsonl", disk_warn_free=0.9999999, disk_shed_free=0.9999999
+    )
+    try:
+        assert log.disk_state == "critical"
+        written = log.records_written
+        log.disk_warn_free = log.disk_shed_free = 0.0  # as if the disk had been cleared
+        assert log.disk_state == "ok"
+        assert log.records_written == written == 0
+    finally:
+        log.close()
 
 
 def test_deploy_merges_what_the_role_fetched_and_keeps_the_first_key(state: SiteState) -> None:
