@@ -24,7 +24,7 @@ from aifactory.trust.tokens import TrustFiles
 
 # One example per command, shown at the end of its --help (aifactory/cli/help.py).
 EXAMPLES = {
-    "status": "aifactory lab exec lab -- aifactory status lab --format json",
+    "status": "aifactory lab exec lab -- aifactory status inventory/lab/site.yaml --format json",
     "monitoring deploy": "aifactory monitoring deploy lab/site.yaml",
     "monitoring certs": "aifactory monitoring certs lab/site.yaml",
     "monitoring receive": "aifactory monitoring receive lab --address 10.200.0.2 --port 9095 "
