@@ -12,7 +12,8 @@ The rule, per function (module level counts as one), outside aifactory/plan/:
   plan.pools`), or a name assigned plan data: a read of it, an element of it through `next`,
   `sorted`... or a comprehension (`model = next(m for m in plan.models if ...)`), or a plan lookup's
   result (`fabric = plan.fabric(name)`, `data = plan.to_dict()`); not what another function returns,
-  even given a plan (`doc = site_document(plan)`); and anything read off such a name (`pool.platform`).
+  even given a plan (`doc = site_document(plan)`), nor makes of each element (`docs = [describe(m) for
+  m in plan.models]`); and anything read off such a name (`pool.platform`).
 - Indexing plan data with a string (`x["name"]`) or calling `.get("...")` on it is flagged.
 - Exempt: the fields that are mappings by nature, `Host.nccl` (environment variables) and
   `SitePlan.allocation` (the allocation lock's snapshot), and whatever is read off them.
@@ -125,6 +126,8 @@ class _Scope(ast.NodeVisitor):
                 and any(self.reads_plan(a) for a in node.args)
             )
         if isinstance(node, ast.ListComp | ast.SetComp | ast.GeneratorExp):
+            if isinstance(node.elt, ast.Call) and not self.reads_plan(node.elt):
+                return False  # what another function makes of each element, as for `f(plan)` alone
             return self.reads_plan(node.elt) or any(self.reads_plan(g.iter) for g in node.generators)
         if isinstance(node, ast.BoolOp):
             return any(self.reads_plan(v) for v in node.values)
@@ -254,6 +257,8 @@ def test_the_check_catches_each_form_it_names() -> None:
         'def f(pool: PoolPlan) -> str:\n    return pool.platform.get("arch")',
         'def f(plan):\n    return {h["name"] for h in plan["hosts"]}',
         'data = planned.plan.to_dict()\nprint(data["hosts"])',
+        'fabrics = [plan.fabric(n) for n in names]\nprint(fabrics[0]["kind"])',
+        'models = [m for m in plan.models if m.host_path]\nprint(models[0]["name"])',
     }
     for source in flagged:
         assert offences(source), source
@@ -269,6 +274,7 @@ def test_the_check_leaves_other_data_alone() -> None:
         "names = [p.name for p in plan.pools]\nprint(names[0])",
         'file = {}\nprint(file.get("plan"))',
         'doc = site_document(planned.plan)\nprint(doc["name"])',
+        'docs = [describe(m) for m in plan.models]\nprint(docs[0]["name"])',
     }
     for source in clean:
         assert not offences(source), source
