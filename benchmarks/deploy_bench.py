@@ -117,7 +117,7 @@ def main() -> int:
     if os.geteuid() != 0:
         raise SystemExit("the benchmark needs root (the lab uses namespaces)")
     from aifactory.lab import lab_down, lab_up
-    from tests.deploy.conftest import build_and_import
+    from tests.conftest import build_and_import
 
     site = f"bench{os.getpid()}"
     work = Path(tempfile.mkdtemp(prefix="deploy-bench-"))
