@@ -284,6 +284,13 @@ class HealthError(AifactoryError):
     exit_code = ExitCode.CANNOT_EVALUATE
 
 
+class HealthGateFailed(HealthError):
+    """Some hosts failed their health run (or could not be checked): they take no work."""
+
+    code = "health-gate-failed"
+    exit_code = ExitCode.HOSTS_FAILED
+
+
 class ToolOutputError(HealthError):
     """A tool's output a health parser does not know (nvidia-smi, dcgmi): the check has no value."""
 

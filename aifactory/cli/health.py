@@ -66,6 +66,7 @@ def cmd_health(args: argparse.Namespace) -> int:
             level=args.level,
             host_names=hosts,
             runtime_prefix=args.runtime_prefix,
+            tightenings=planned.spec.health.thresholds if planned.spec.health else (),
         )
         if not args.no_slurm:
             run.slurm = apply_verdicts(run, client_for(connection))

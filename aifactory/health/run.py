@@ -20,6 +20,7 @@ from aifactory.plan.model import Host, SitePlan
 from aifactory.policy.engine import make_backend
 from aifactory.policy.metadata import load_policy_set
 from aifactory.runtime.health.model import LEVELS, Level, Measurement
+from aifactory.spec.model import HealthThreshold
 
 DECISION_PATH = "data.aifactory.health.decision"
 HOST_TIMEOUT_S = 300.0
@@ -144,6 +145,7 @@ def run_health(
     host_names: Sequence[str] | None = None,
     runtime_prefix: Path = Path("/opt/aifactory/current"),
     table_file: Path | None = None,
+    tightenings: Sequence[HealthThreshold] = (),
 ) -> HealthRun:
     if level not in LEVELS:
         raise UsageError(f"unknown level {level!r}", hint=f"use one of: {', '.join(LEVELS)}")

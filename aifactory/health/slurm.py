@@ -14,6 +14,9 @@ from aifactory.health.tasks import COMPUTE_ROLES
 from aifactory.scheduler.slurm import SlurmClient, checked
 
 REASON_PREFIX = "aifactory-health:"
+# Where the nodes a passing run admitted are recorded, on the controller: the slurm role drains every
+# node without a record when slurm_health_admission is on (playbooks/roles/slurm/tasks/admission.yml).
+ADMITTED_DIR = "/var/lib/aifactory/health/admitted"
 # Reason codes that name one check: a drain for one of them is lifted only by a run that checked it.
 CHECK_REASONS = (
     "allreduce-busbw",
@@ -94,7 +97,16 @@ def apply_verdicts(run: HealthRun, client: SlurmClient) -> list[dict[str, Any]]:
         actions.append(
             _apply(client, result.name, result.verdict, result.reasons, node, result.plan.expected)
         )
+    admitted = [a["host"] for a in actions if a.get("admitted")]
+    if admitted:
+        _record_admitted(client, admitted)
     return actions
+
+
+def _record_admitted(client: SlurmClient, names: list[str]) -> None:
+    """Mark each node as admitted on the controller (node names come from the plan: checked names)."""
+    checked(client.run(["mkdir", "-p", ADMITTED_DIR]), "mkdir", client.where)
+    checked(client.run(["touch", *(f"{ADMITTED_DIR}/{name}" for name in names)]), "touch", client.where)
 
 
 def _apply(
@@ -112,12 +124,9 @@ def _apply(
             return {"host": name, "action": "none", "why": why}
         if node.drained_by_us:
             _update(client, name, "state=resume")
-            return {"host": name, "action": "resume", "was": node.reason}
-        return {
-            "host": name,
-            "action": "none",
-            "why": "drained by someone else" if node.drained else "in service",
-        }
+            return {"host": name, "action": "resume", "was": node.reason, "admitted": True}
+        why = "drained by someone else" if node.drained else "in service"
+        return {"host": name, "action": "none", "why": why, "admitted": True}
     reason = reason_for(reasons)
     if node.drained and not node.drained_by_us:  # an operator's drain and reason stand
         return {"host": name, "action": "none", "why": "drained by someone else", "reason": node.reason}

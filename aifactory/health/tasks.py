@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from aifactory.connection import Connection
-from aifactory.health.thresholds import Threshold, compute_fabric, nvidia_smi_product, thresholds_for
+from aifactory.health.thresholds import (
+    Threshold,
+    compute_fabric,
+    nvidia_smi_product,
+    thresholds_for,
+    tightened,
+)
 from aifactory.plan.model import Host, SitePlan
 from aifactory.runtime.health.model import HostTask, Level, Peer
+from aifactory.spec.model import HealthThreshold
 
 COMPUTE_ROLES = ("gpu", "cpu")  # the hosts Slurm schedules on
 IPERF_PORT = 5201
@@ -88,6 +96,7 @@ def plan_hosts(
     level: Level,
     connection: Connection,
     table: dict[str, Any],
+    tightenings: Sequence[HealthThreshold] = (),
 ) -> list[HostPlan]:
     ring = bandwidth_ring(plan, hosts)
     sizes = pool_sizes(plan, hosts)
@@ -112,7 +121,8 @@ def plan_hosts(
             gpu_model=nvidia_smi_product(plan, host, table) if host.gpus else None,
         )
         expected = expected_checks(task, collective=level != "quick" and sizes.get(host.pool, 0) >= 2)
-        plans.append(HostPlan(host, task, thresholds_for(plan, host, table), expected))
+        rows = tightened(thresholds_for(plan, host, table), host.pool, tightenings)
+        plans.append(HostPlan(host, task, rows, expected))
     return plans
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from typing import Any
 from aifactory.errors import HealthError, Location
 from aifactory.plan.model import FabricPlan, Host, SitePlan
 from aifactory.resources import resource_dir
+from aifactory.spec.model import HealthThreshold
 
 TABLE_NAME = "health_thresholds.json"
 SCHEMA = "aifactory.health-thresholds/v1"
@@ -170,3 +172,33 @@ def nvidia_smi_product(plan: SitePlan, host: Host, table: dict[str, Any]) -> str
         if product:
             return str(product)
     return None
+
+
+def tightened(
+    rows: dict[str, Threshold], pool: str, tightenings: Sequence[HealthThreshold]
+) -> dict[str, Threshold]:
+    """`rows` with the spec's `health.thresholds` for `pool` laid over them. A value may only be
+    stricter than the table's: a looser one, or one for a check no row of this pool's hosts has, is
+    refused (a looser threshold would need a waiver, which the health gate does not take)."""
+    result = dict(rows)
+    for index, wanted in enumerate(tightenings):
+        if wanted.pool != pool:
+            continue
+        where = Location(path=f"health.thresholds[{index}]")
+        row = result.get(wanted.check)
+        if row is None:
+            raise HealthError(
+                f"no threshold of the table applies to {wanted.check} on pool {pool}: nothing to tighten",
+                location=where,
+                hint="see the checks and profiles in docs/health.md",
+            )
+        looser = wanted.value < row.value if row.op == ">=" else wanted.value > row.value
+        if looser:
+            raise HealthError(
+                f"{wanted.check} {row.op} {wanted.value:g} on pool {pool} would loosen the table's "
+                f"{row.describe()} ({row.profile})",
+                location=where,
+                hint="the spec may only tighten a threshold; a looser one needs a waiver",
+            )
+        result[wanted.check] = Threshold(wanted.check, row.op, wanted.value, row.unit, "spec")
+    return result

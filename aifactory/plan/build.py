@@ -127,7 +127,7 @@ def _plan_against_lock(loaded: LoadedSpec, lock_path: Path, lock_text: str | Non
     return PlannedSite(loaded, plan, lock, lock_path, lock_text != lock.to_json(), lock_text)
 
 
-ADDED_AFTER_V1 = ("logs", "monitoring")
+ADDED_AFTER_V1 = ("logs", "monitoring", "health")
 
 
 def spec_digest(spec: SiteSpec) -> str:

@@ -117,6 +117,12 @@ EGRESS_ENDPOINT = Grammar(
     255,
     "host:port or an http(s) URL such as https://mirror.example/debian",
 )
+HEALTH_CHECK = Grammar(
+    "health-check",
+    r"^[a-z][a-z0-9-]{0,39}$",
+    40,
+    "a health check's name such as tcp-bandwidth (docs/health.md)",
+)
 TEXT = Grammar(
     "text",
     TEXT_PATTERN,
@@ -127,7 +133,7 @@ TEXT = Grammar(
 GRAMMARS: dict[str, Grammar] = {
     g.pattern: g
     for g in (NAME, COUNTRY, PLACE, REGION, RESOURCE, SECRET, PATH, CIDR, HARDWARE_MODEL, EMAIL)
-    + (STORAGE_ENDPOINT, EGRESS_ENDPOINT, TEXT)
+    + (STORAGE_ENDPOINT, EGRESS_ENDPOINT, HEALTH_CHECK, TEXT)
 }
 
 

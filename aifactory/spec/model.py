@@ -48,6 +48,7 @@ AbsolutePath = Annotated[
 Cidr = Annotated[str, _rule(g.CIDR), Field(description="IPv4 or IPv6 network, e.g. 10.20.0.0/16")]
 HardwareModel = Annotated[str, _rule(g.HARDWARE_MODEL), Field(description=g.HARDWARE_MODEL.text)]
 Email = Annotated[str, _rule(g.EMAIL), Field(description=g.EMAIL.text)]
+HealthCheck = Annotated[str, _rule(g.HEALTH_CHECK), Field(description=g.HEALTH_CHECK.text)]
 StorageEndpoint = Annotated[
     str,
     _rule(g.STORAGE_ENDPOINT),
@@ -316,6 +317,21 @@ class Monitoring(_Model):
     )
 
 
+class HealthThreshold(_Model):
+    """A stricter threshold for one check on one pool's hosts: it may only tighten the threshold
+    table's (policies/data/health_thresholds.json); a looser value is refused (docs/health.md)."""
+
+    pool: Name
+    check: HealthCheck
+    value: float = Field(ge=0, le=1e9, description="in the check's unit, as the threshold table gives it")
+
+
+class Health(_Model):
+    """The health gate's site settings (docs/health.md)."""
+
+    thresholds: list[HealthThreshold] = Field([], max_length=1000)
+
+
 class SiteSpec(_Model):
     """One sovereign AI factory."""
 
@@ -333,6 +349,7 @@ class SiteSpec(_Model):
     # Added after v1 first shipped: optional, and in the spec digest only when given (plan/build.py).
     logs: Logs | None = None
     monitoring: Monitoring | None = None
+    health: Health | None = None
 
     model_config = ConfigDict(
         extra="forbid",

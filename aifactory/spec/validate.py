@@ -438,6 +438,9 @@ class _Checker:
                         self.ref((kind, i, field, j), name, target, what)
                 else:
                     self.ref((kind, i, field), item.get(field), target, what)
+        health = self.data.get("health")
+        for i, item in _items(health if isinstance(health, dict) else {}, "thresholds"):
+            self.ref(("health", "thresholds", i, "pool"), item.get("pool"), "node_pools", "node pool")
 
     _LISTS = (
         ("node_pools", "fabrics"),

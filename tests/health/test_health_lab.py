@@ -32,6 +32,8 @@ REPO = Path(__file__).resolve().parents[2]
 AIFACTORY = str(Path(sys.executable).with_name("aifactory"))
 # A limit far below the lab's measured link speed (policies/data/health_thresholds.json, baselines.lab).
 TBF = ["tbf", "rate", "20mbit", "burst", "32kbit", "latency", "400ms"]
+ADMISSION = "aifactory-health: admission"
+ADMITTED_DIR = "/var/lib/aifactory/health/admitted"
 
 
 @dataclass
@@ -40,6 +42,7 @@ class Site:
     spec: Path
     state_home: Path
     plan: Any  # SitePlan
+    work: Path
 
     @property
     def compute_hosts(self) -> list[str]:
@@ -65,6 +68,17 @@ class Site:
         )
         assert done.returncode in (0, 4), done.stdout + done.stderr
         return done.returncode, json.loads(done.stdout)
+
+    def play(self, work: Path, *options: str) -> None:
+        """The scheduler play, with health admission on (the role's slurm_health_admission)."""
+        play = REPO / "playbooks" / "scheduler.yml"
+        extra = ["-e", f"@{work / 'slurm.yml'}", "-e", '{"slurm_health_admission": true}']
+        self.exec(["ansible-playbook", *options, str(play), *extra])
+
+    def job_state(self, job: str) -> tuple[str, str]:
+        out = self.exec(["scontrol", "--oneliner", "show", "job", job]).stdout
+        fields = dict(word.split("=", 1) for word in out.split() if "=" in word)
+        return fields.get("JobState", ""), fields.get("Reason", "")
 
     def slurm_nodes(self) -> dict[str, tuple[str, str]]:
         out = self.exec(["sinfo", "--Node", "--noheader", "--format=%N|%T|%E"]).stdout
@@ -105,12 +119,15 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
         (work / "slurm.yml").write_text(yaml.safe_dump({"aifactory_slurm": slurm_topology(planned.plan)}))
         lab_up(planned)
         try:
-            lab = Site(name, spec, state_home, planned.plan)
+            lab = Site(name, spec, state_home, planned.plan, work)
             for host in planned.plan.hosts:  # what deploy installs at /opt/aifactory/current
                 install = f"mkdir -p /opt/aifactory && ln -sfn {sys.prefix} /opt/aifactory/current"
                 lab.exec(["sh", "-c", install], host=host.name)
-            play = REPO / "playbooks" / "scheduler.yml"
-            lab.exec(["ansible-playbook", str(play), "-e", f"@{work / 'slurm.yml'}"])
+            lab.play(work)
+            drained = lab.slurm_nodes()  # admission: no node takes jobs before its first passing run
+            assert {n: r for n, (_, r) in drained.items()} == dict.fromkeys(lab.compute_hosts, ADMISSION)
+            code, run = lab.health()
+            assert code == 0, run["hosts"]
             waiting.wait_for(
                 lambda: all(state == "idle" for state, _ in lab.slurm_nodes().values()),
                 what="every Slurm node idle",
@@ -213,3 +230,27 @@ def test_an_operators_drain_is_left_alone(site: Site) -> None:
         assert site.slurm_nodes()[host] == ("drained", "disk swap")
     finally:
         site.exec(["scontrol", "update", f"nodename={host}", "state=resume"])
+
+
+def test_a_host_no_health_run_admitted_gets_no_job_until_it_passes(site: Site) -> None:
+    """A host the scheduler play meets without an admission record (a new host) is drained; a job
+    asking for it through sbatch waits; its first passing health run resumes it and the job runs."""
+    new = site.compute_hosts[1]
+    site.exec(["rm", "-f", f"{ADMITTED_DIR}/{new}"])  # as if the host had just been added
+    site.play(site.work, "--tags", "slurm_run", "--limit", site.plan.control_host)
+    assert site.slurm_nodes()[new] == ("drained", ADMISSION)
+    job = site.exec(
+        ["sbatch", "--parsable", f"--nodelist={new}", "--nodes=1", "--output=/dev/null", "--wrap=hostname"]
+    ).stdout.strip()
+    state, reason = waiting.wait_for(
+        lambda: (found := site.job_state(job)) and found[1] not in ("None", "") and found,
+        what="the scheduler to give the job a reason to wait",
+        timeout=60,
+    )
+    assert state == "PENDING" and "NodeNotAvail" in reason, (state, reason)
+    code, run = site.health("--hosts", new)
+    assert code == 0 and [a["action"] for a in run["slurm"]] == ["resume"]
+    waiting.wait_for(
+        lambda: site.job_state(job)[0] == "COMPLETED", what="the job to run on the admitted host", timeout=120
+    )
+    assert site.exec(["test", "-f", f"{ADMITTED_DIR}/{new}"]).returncode == 0

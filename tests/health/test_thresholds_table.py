@@ -17,8 +17,10 @@ from aifactory.health.thresholds import (
     table_path,
     table_problems,
     thresholds_for,
+    tightened,
 )
 from aifactory.plan import plan_site
+from aifactory.spec.model import HealthThreshold
 
 REPO = Path(__file__).resolve().parents[2]
 TABLE = load_table()
@@ -101,3 +103,37 @@ def test_rows_follow_the_plan_lab_site() -> None:
     assert profiles_for(plan, cpu, TABLE) == ["host", "storage", "fabric/ethernet-unrated"]
     assert profiles_for(plan, control, TABLE) == ["host", "storage"]
     assert thresholds_for(plan, cpu, TABLE)["tcp-bandwidth"].value == 0.1
+
+
+def _lab_cpu_rows() -> tuple[object, object]:
+    plan = plan_site(REPO / "inventory" / "lab" / "site.yaml", write_lock=False).plan
+    cpu = next(h for h in plan.hosts if h.role == "cpu")
+    return cpu, thresholds_for(plan, cpu, TABLE)
+
+
+def test_the_spec_tightens_a_pools_threshold() -> None:
+    cpu, rows = _lab_cpu_rows()
+    wanted = [
+        HealthThreshold(pool="cpu", check="tcp-bandwidth", value=0.5),
+        HealthThreshold(pool="cpu", check="clock-offset", value=0.1),
+    ]
+    other = [HealthThreshold(pool="control", check="disk-free", value=50)]
+    result = tightened(rows, cpu.pool, wanted + other)
+    assert (result["tcp-bandwidth"].value, result["tcp-bandwidth"].profile) == (0.5, "spec")
+    assert (result["clock-offset"].op, result["clock-offset"].value) == ("<=", 0.1)
+    assert result["disk-free"] == rows["disk-free"]  # another pool's row is not this pool's
+
+
+@pytest.mark.parametrize(
+    ("check", "value", "message"),
+    [
+        ("tcp-bandwidth", 0.05, r"would loosen the table's >= 0.1 Gbit/s \(fabric/ethernet-unrated\)"),
+        ("clock-offset", 5, r"would loosen the table's <= 1 s \(host\)"),
+        ("gpu-xid-events", 0, "nothing to tighten"),
+    ],
+)
+def test_the_spec_never_loosens_a_threshold(check: str, value: float, message: str) -> None:
+    cpu, rows = _lab_cpu_rows()
+    with pytest.raises(HealthError, match=message) as refused:
+        tightened(rows, cpu.pool, [HealthThreshold(pool="cpu", check=check, value=value)])
+    assert refused.value.location.path == "health.thresholds[0]"

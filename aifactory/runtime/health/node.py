@@ -25,11 +25,14 @@ REPORT_SCHEMA = "aifactory.health-host/v1"
 
 
 def run_checks(task: HostTask) -> list[Measurement]:
-    """Every node-side check of `task`, in a fixed order (the bandwidth server first, so the peer
-    that measures towards this host finds it while the other checks run)."""
+    """Every node-side check of `task`, in a fixed order. The bandwidth pair comes first: this host's
+    iperf3 server for the peer that measures towards it, then its own measurement towards the next
+    peer, so every host of the ring measures at about the same moment, before fio loads the host,
+    and no server waits on a peer still busy with its other checks."""
     server = probes.start_bandwidth_server(task)
     found: list[Measurement] = []
     try:
+        found += probes.tcp_bandwidth(task)
         found += probes.service_state(task)
         found += probes.disk_headroom(task)
         found += probes.memory_available()
@@ -39,9 +42,8 @@ def run_checks(task: HostTask) -> list[Measurement]:
         chrony = probes.chrony_offset()
         if chrony is not None:
             found.append(chrony)
-        found += probes.tcp_bandwidth(task)
     finally:
-        probes.stop_bandwidth_server(server, grace_s=probes.IPERF_CONNECT_DEADLINE_S + 30)
+        probes.stop_bandwidth_server(server, grace_s=probes.SERVER_GRACE_S)
     return found
 
 

@@ -21,7 +21,10 @@ from aifactory.runtime.health.model import HostTask, Measurement, Peer, clipped
 TOOL_TIMEOUT_S = 60.0
 CONNECT_TIMEOUT_S = 2.0
 REACH_PORT = 22  # every host runs sshd; a refused connection proves the path as well as an accepted one
-IPERF_CONNECT_DEADLINE_S = 15.0  # the peer starts its server at the same moment as we do
+IPERF_CONNECT_DEADLINE_S = 30.0  # the peer starts its server at the same moment as we do
+# How long our server waits, once our own checks are done, for the peer measuring towards us: the
+# peer's measurement is its first check, so only a peer that failed to start takes this long.
+SERVER_GRACE_S = 90.0
 
 
 def run_tool(argv: Sequence[str], *, timeout: float = TOOL_TIMEOUT_S) -> tuple[int, str]:
@@ -231,8 +234,13 @@ def _iperf_measurement(subject: str, code: int, output: str) -> Measurement:
     if code != 0:
         return Measurement.failed("tcp-bandwidth", subject, "Gbit/s", f"iperf3 exited {code}", output)
     try:
-        bits = float(json.loads(output)["end"]["sum_received"]["bits_per_second"])
-    except (ValueError, KeyError, TypeError) as exc:
+        result = json.loads(output)
+        if result.get("error"):  # iperf3 reports a failed test in its JSON
+            return Measurement.failed(
+                "tcp-bandwidth", subject, "Gbit/s", f"iperf3: {result['error']}", output
+            )
+        bits = float(result["end"]["sum_received"]["bits_per_second"])
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
         return Measurement.failed(
             "tcp-bandwidth", subject, "Gbit/s", f"iperf3's JSON unreadable: {exc}", output
         )
