@@ -224,7 +224,10 @@ def tcp_bandwidth(task: HostTask) -> list[Measurement]:
     deadline = time.monotonic() + IPERF_CONNECT_DEADLINE_S
     while True:
         code, output = run_tool(argv)
-        if code == 0 or code == 127 or time.monotonic() > deadline or "connect" not in output.lower():
+        # iperf3 3.12 --json exits 0 even when it could not connect: read its words, and retry while
+        # the peer's server is still starting (every host starts its server and measures at once).
+        refused = "unable to connect" in output or "Connection refused" in output
+        if code == 127 or not refused or time.monotonic() > deadline:
             break
         time.sleep(0.2)
     return [_iperf_measurement(peer.host, code, output)]
