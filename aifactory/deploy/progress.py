@@ -125,6 +125,16 @@ class Progress:
     def rows(self) -> list[HostProgress]:
         return [self.hosts[name] for name in sorted(self.hosts)]
 
+    def finished_hosts(self) -> list[str]:
+        """Hosts that ran the play to its end without failing: none until Ansible's recap arrives.
+
+        A run that was cancelled, timed out or killed sends no recap; a host whose tasks so far were
+        ok or changed has still not run the rest of the play, so it must not count as converged.
+        """
+        if not self.final:
+            return []
+        return [row.host for row in self.rows() if row.status in ("ok", "changed")]
+
 
 def failure_message(res: dict[str, Any]) -> str:
     """The one line that says why a task failed on a host."""

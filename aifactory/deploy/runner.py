@@ -343,18 +343,24 @@ def _record_converged(
     found: _Convergence,
     capture: convergence.ManagedCapture,
     hosts: list[dict[str, Any]],
+    finished: list[str],
     run_id: str,
     options: DeployOptions,
     log: Any,
 ) -> None:
-    """After the run: record the state of the hosts a complete run finished; forget the others it touched."""
+    """After the run: record the state of the hosts a complete run finished; forget the others it touched.
+
+    `finished` comes from Ansible's recap (Progress.finished_hosts): a run cut off before its recap
+    finished no host, whatever its tasks so far reported.
+    """
     if options.check:
         return
     records = dict(found.records)
-    finished = [h["host"] for h in hosts if h["status"] in ("ok", "changed")]
     for row in hosts:
-        if row["status"] not in ("ok", "changed") or (not options.complete and row["changed"]):
-            records.pop(row["host"], None)  # a failed or partly re-applied host runs in full next time
+        if row["host"] not in finished or (not options.complete and row["changed"]):
+            records.pop(
+                row["host"], None
+            )  # a failed, cut-off or partly re-applied host runs in full next time
     if options.complete and finished:
         specs = capture.specs(
             finished, {h: r.spec for h, r in found.records.items() if r.fingerprint == found.fingerprint}
@@ -502,7 +508,8 @@ def deploy_site(
                 if not progress.final and not progress.hosts:
                     raise _did_not_run(status, rc, event_log)
             ran = [row.as_dict() for row in progress.rows()]
-            _record_converged(ansible, state, found, capture, ran, run_id, options, log_handle)
+            finished = progress.finished_hosts() if run_playbook else []
+            _record_converged(ansible, state, found, capture, ran, finished, run_id, options, log_handle)
             wall = time.monotonic() - started
             cpu = _children_cpu() - cpu_before
         hosts = sorted(

@@ -107,6 +107,25 @@ def test_progress_takes_ansible_recap_as_the_authority() -> None:
     assert rows["h2"].status == "unreachable" and rows["h2"].message == "Connection refused"
 
 
+def test_a_run_cut_off_before_its_recap_finishes_no_host() -> None:
+    """A cancelled or killed run sends no recap: hosts whose tasks so far passed are not converged."""
+    progress = Progress()
+    progress.feed({"event": "playbook_on_task_start", "event_data": {"task": "Base | configure | x"}})
+    for host in ("h1", "h2"):
+        progress.feed(
+            {"event": "runner_on_ok", "event_data": {"host": host, "task": "x", "res": {"changed": True}}}
+        )
+    assert {r.status for r in progress.rows()} == {"changed"}
+    assert progress.finished_hosts() == []
+    progress.feed(
+        {
+            "event": "playbook_on_stats",
+            "event_data": {"ok": {"h1": 4, "h2": 2}, "changed": {"h1": 1}, "failures": {"h2": 1}},
+        }
+    )
+    assert progress.finished_hosts() == ["h1"]
+
+
 def test_settings_lay_over_the_lab_config_and_keep_its_ssh_config(tmp_path: Path) -> None:
     lab_cfg = {
         "defaults": {"forks": "20", "remote_tmp": "/run/x"},
