@@ -155,7 +155,7 @@ def _unreadable(path: Path, what: str, exc: Exception) -> BundleError:
     )
 
 
-def _wheel_licenses(metadata: Any) -> Licenses:
+def _wheel_licenses(metadata: Any, license_file_heading: str = "") -> Licenses:
     expression = (metadata.get("License-Expression") or "").strip()
     if expression:
         return Licenses(expression=expression)
@@ -168,7 +168,25 @@ def _wheel_licenses(metadata: Any) -> Licenses:
         return Licenses(names=(text,))
     if text:  # the whole license text: name it by its first words
         return Licenses(names=(text[:60].rstrip() + "... (license text in the wheel's metadata)",))
+    if license_file_heading:  # nothing in the headers: the license file the wheel ships names it
+        return Licenses(names=(f"{license_file_heading} (from the wheel's license file)",))
     return Licenses()
+
+
+def _license_file_heading(wheel: zipfile.ZipFile, metadata_name: str, metadata: Any) -> str:
+    """The first line of the first license file a wheel's metadata names (`License-File`), if short.
+
+    Core metadata 2.4 puts the files under `.dist-info/licenses/`; older wheels beside METADATA.
+    """
+    dist_info = metadata_name.rsplit("/", 1)[0]
+    members = set(wheel.namelist())
+    for entry in metadata.get_all("License-File") or []:
+        for candidate in (f"{dist_info}/licenses/{entry}", f"{dist_info}/{entry}"):
+            if candidate in members:
+                text = wheel.read(candidate)[:4096].decode("utf-8", errors="replace")
+                first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+                return " ".join(first.split())[:80] if first else ""
+    return ""
 
 
 def _wheel_requires(metadata: Any) -> tuple[tuple[str, ...], ...]:
@@ -190,9 +208,10 @@ def describe_wheel(path: Path) -> Described:
                 n for n in wheel.namelist() if n.count("/") == 1 and n.endswith(".dist-info/METADATA")
             )
             metadata = HeaderParser().parsestr(wheel.read(name).decode("utf-8", errors="replace"))
+            heading = _license_file_heading(wheel, name, metadata)
     except (OSError, zipfile.BadZipFile, StopIteration, KeyError) as exc:
         raise _unreadable(path, "metadata", exc) from None
-    return Described(_wheel_licenses(metadata), _wheel_requires(metadata))
+    return Described(_wheel_licenses(metadata, heading), _wheel_requires(metadata))
 
 
 def _deb_depends(control: Any) -> tuple[tuple[str, ...], ...]:

@@ -187,3 +187,19 @@ def test_the_dependency_graph_holds_what_the_bundle_carries(sbom: dict) -> None:
     assert graph["wheels/beta_lib-2.0-py3-none-any.whl"] == []  # its dependency is not in the bundle
     assert graph["apt/alpha_1.0-1_all.deb"] == ["apt/beta_1.0-1_all.deb"]  # "beta | gamma": beta is carried
     assert graph["files/model.safetensors"] == []
+
+
+def test_a_wheel_without_license_headers_is_named_by_its_license_file(tmp_path: Path) -> None:
+    """Core metadata 2.4 may say only `License-File:` (sigstore-models 0.0.6 does): the file names it."""
+    from aifactory.bundle.sbom import describe_wheel
+
+    named = _wheel(tmp_path, "gamma", "0.1", ["License-File: LICENSE"])
+    with zipfile.ZipFile(named, "a") as wheel:
+        wheel.writestr(
+            "gamma-0.1.dist-info/licenses/LICENSE", "\n  MIT License\n\nCopyright (c) 2025 Gamma\n"
+        )
+    assert describe_wheel(named).licenses.as_cyclonedx() == [
+        {"license": {"name": "MIT License (from the wheel's license file)"}}
+    ]
+    named_but_missing = _wheel(tmp_path, "delta", "0.1", ["License-File: LICENSE"])
+    assert describe_wheel(named_but_missing).licenses.as_cyclonedx() == []
