@@ -217,7 +217,14 @@ def test_a_rate_limited_compute_link_drains_that_host_alone_then_resumes(site: S
     code, run = site.health("--level", "standard")
     assert code == 0, run["hosts"]
     assert {"host": slow, "action": "resume"} in [{k: a[k] for k in ("host", "action")} for a in run["slurm"]]
-    assert site.slurm_nodes()[slow][0] == "idle"
+    # slurmctld may have missed a ping while the link was throttled ("idle*", not responding); its
+    # next ping (every SlurmdTimeout/3 on the lab) clears that, so wait for it rather than race it
+    waiting.wait_for(
+        lambda: site.slurm_nodes()[slow][0] == "idle",
+        what=f"{slow} idle (resumed and answering slurmctld's ping)",
+        timeout=60,
+        detail=lambda: str(site.slurm_nodes()[slow]),
+    )
 
 
 def test_an_operators_drain_is_left_alone(site: Site) -> None:
