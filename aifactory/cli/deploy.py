@@ -10,6 +10,7 @@ from typing import TextIO
 
 from aifactory.cli.output import emit_json, table
 from aifactory.deploy import DeployOptions, DeployResult, Progress, Update, deploy_site
+from aifactory.deploy.progress import UNFINISHED
 from aifactory.pipeline.connection import site_connection
 from aifactory.plan import plan_site
 
@@ -98,7 +99,7 @@ def render_summary(result: DeployResult) -> str:
             h["failed"],
             h["unreachable"],
             h["skipped"],
-            h["message"][:80] if h["status"] in ("failed", "unreachable") or h["converged"] else "",
+            h["message"][:80] if h["status"] in UNFINISHED or h["converged"] else "",
         )
         for h in result.hosts
     ]
@@ -118,7 +119,7 @@ def render_summary(result: DeployResult) -> str:
     if result.failed_hosts:
         failed = ", ".join(result.failed_hosts)
         lines.append(
-            f"{len(result.failed_hosts)} host(s) failed or unreachable: {failed}; "
+            f"{len(result.failed_hosts)} host(s) failed, unreachable or cut off: {failed}; "
             "fix them and run `aifactory deploy` again (it finishes the job)"
         )
     lines.append(f"event log: {result.event_log}")

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aifactory.connection import Connection
-from aifactory.deploy.progress import Progress
+from aifactory.deploy.progress import UNFINISHED, Progress
 from aifactory.deploy.runner import DeployOptions, _log_event, _require_runner, _run_id, _set_up
 from aifactory.errors import DeployError, ExitCode
 from aifactory.plan import PlannedSite
@@ -32,7 +32,7 @@ class MonitoringResult:
 
     @property
     def failed_hosts(self) -> list[str]:
-        return [h["host"] for h in self.hosts if h["status"] in ("failed", "unreachable")]
+        return [h["host"] for h in self.hosts if h["status"] in UNFINISHED]
 
     @property
     def changed(self) -> int:
@@ -62,6 +62,7 @@ def deploy_monitoring(
             if extra_vars:
                 cmdline = ["-e", json.dumps(extra_vars, sort_keys=True), *cmdline]
             runner = setup.ansible.run(handle=handle, limit=None, cmdline=cmdline)
+            progress.close()
         result = MonitoringResult(
             [row.as_dict() for row in progress.rows()], str(runner.status), issued.issued
         )

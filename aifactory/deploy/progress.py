@@ -13,6 +13,9 @@ RESULT_EVENTS: dict[str, str | None] = {
     "runner_item_on_failed": None,  # counted once by its task's result
 }
 
+# A host in one of these states did not run the whole play: it is named for a re-run, never recorded deployed.
+UNFINISHED = ("failed", "unreachable", "incomplete")
+
 
 @dataclass
 class HostProgress:
@@ -27,6 +30,7 @@ class HostProgress:
     last_task: str = ""
     message: str = ""
     converged: bool = False  # left out of the run: it still matches its last full run (converged.py)
+    incomplete: bool = False  # the run stopped before Ansible's recap: the rest of the play never ran
 
     @property
     def status(self) -> str:
@@ -34,6 +38,8 @@ class HostProgress:
             return "unreachable"
         if self.failed:
             return "failed"
+        if self.incomplete:
+            return "incomplete"
         return "changed" if self.changed else "ok"
 
     def as_dict(self) -> dict[str, Any]:
@@ -124,6 +130,17 @@ class Progress:
 
     def rows(self) -> list[HostProgress]:
         return [self.hosts[name] for name in sorted(self.hosts)]
+
+    def close(self) -> None:
+        """The run is over. Without Ansible's recap (cancelled, timed out, killed) a host whose tasks
+        so far were ok or changed is `incomplete`, not ok: it never ran the rest of the play, so the
+        summary, the exit code and the deploy evidence must not present it as deployed."""
+        if self.final:
+            return
+        for row in self.hosts.values():
+            if row.status in ("ok", "changed"):
+                row.incomplete = True
+                row.message = f"the run stopped before the play finished (last task: {row.last_task})"
 
     def finished_hosts(self) -> list[str]:
         """Hosts that ran the play to its end without failing: none until Ansible's recap arrives.

@@ -33,7 +33,7 @@ from aifactory.connection import Connection
 from aifactory.deploy import converged as convergence
 from aifactory.deploy.evidence import REPORT_FACT, report_from_event, write_installed
 from aifactory.deploy.imported_bundle import DeployBundle, prepare_bundle
-from aifactory.deploy.progress import HostProgress, Progress, Update
+from aifactory.deploy.progress import UNFINISHED, HostProgress, Progress, Update
 from aifactory.deploy.settings import DeploySettings, render_ansible_cfg
 from aifactory.errors import DeployError, ExitCode, Location, PrerequisiteError
 from aifactory.headcopies import merge_incoming
@@ -102,7 +102,7 @@ class DeployResult:
 
     @property
     def failed_hosts(self) -> list[str]:
-        return [h["host"] for h in self.hosts if h["status"] in ("failed", "unreachable")]
+        return [h["host"] for h in self.hosts if h["status"] in UNFINISHED]
 
     @property
     def exit_code(self) -> ExitCode:
@@ -507,6 +507,7 @@ def deploy_site(
                 status, rc = str(runner.status), int(runner.rc if runner.rc is not None else -1)
                 if not progress.final and not progress.hosts:
                     raise _did_not_run(status, rc, event_log)
+                progress.close()
             ran = [row.as_dict() for row in progress.rows()]
             finished = progress.finished_hosts() if run_playbook else []
             _record_converged(ansible, state, found, capture, ran, finished, run_id, options, log_handle)

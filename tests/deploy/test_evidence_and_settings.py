@@ -126,6 +126,41 @@ def test_a_run_cut_off_before_its_recap_finishes_no_host() -> None:
     assert progress.finished_hosts() == ["h1"]
 
 
+def test_a_run_cut_off_before_its_recap_reports_its_hosts_incomplete(state: SiteState) -> None:
+    """Closing a run without a recap marks hosts that had not failed `incomplete`: they are named for a
+    re-run and the deploy evidence does not record them deployed; a host that failed stays failed."""
+    progress = Progress()
+    progress.feed({"event": "runner_on_ok", "event_data": {"host": "h1", "task": "Base | x", "res": {}}})
+    progress.feed(
+        {"event": "runner_on_failed", "event_data": {"host": "h2", "task": "Base | x", "res": {"msg": "no"}}}
+    )
+    progress.close()
+    rows = {r.host: r for r in progress.rows()}
+    assert (rows["h1"].status, rows["h2"].status) == ("incomplete", "failed")
+    assert "Base | x" in rows["h1"].message
+    results = {r.host: r.status for r in progress.rows()}
+    installed = write_installed(
+        state,
+        run_id="r1",
+        when="2026-01-01T00:00:00Z",
+        plan_digest="d",
+        reports={"h1": {"bundle": {}}},
+        results=results,
+    )
+    hosts = json.loads(installed.read_text())["hosts"]
+    assert hosts["h1"]["last_run"]["result"] == "incomplete" and "deployed_at" not in hosts["h1"]
+
+
+def test_closing_a_run_that_sent_its_recap_changes_nothing() -> None:
+    progress = Progress()
+    progress.feed(
+        {"event": "runner_on_ok", "event_data": {"host": "h1", "task": "x", "res": {"changed": True}}}
+    )
+    progress.feed({"event": "playbook_on_stats", "event_data": {"ok": {"h1": 1}, "changed": {"h1": 1}}})
+    progress.close()
+    assert [r.status for r in progress.rows()] == ["changed"] and progress.finished_hosts() == ["h1"]
+
+
 def test_settings_lay_over_the_lab_config_and_keep_its_ssh_config(tmp_path: Path) -> None:
     lab_cfg = {
         "defaults": {"forks": "20", "remote_tmp": "/run/x"},
