@@ -24,6 +24,13 @@ container) are hidden by a whiteout: a lab host is a machine-like environment in
 namespace, not a container, and the SCAP content's "machine" platform checks exactly these files
 (docs/lab.md). Everything else reads the machine's files (packages stay machine-wide); a host's
 writes outside its private trees land in its own upper layer.
+
+In that root the host has the mount layout of a hardened host (`HARDENED_LAYOUT`): /boot, /home,
+/opt, /srv, /tmp, /usr, /var, /var/log and /var/tmp are each a mount of their own with the options
+the hardening guide gives them, declared in the host's /etc/fstab, and every mount of a disk but
+the root is nodev. A lab host has no disk to partition: a path the lab does not already give the
+host privately becomes a mount by binding the host's own tree onto itself (same files), and the
+kernel enforces the options on each mount as it would on a partition.
 """
 
 from __future__ import annotations
@@ -61,6 +68,21 @@ CONTAINER_MARKERS = (".dockerenv",)
 SHARED_WITH_MACHINE = ("/tmp", "/root")
 READY = "ready"
 START_TIMEOUT = 20.0
+# The mount layout of a hardened host and each mount's options (ANSSI BP-028's partitioning, which
+# the SCAP profile's partition_for_* and mount_option_* rules check, in /proc/mounts and /etc/fstab).
+HARDENED_LAYOUT = {
+    "/boot": "nodev,nosuid,noexec",
+    "/home": "nodev,nosuid,noexec",
+    "/opt": "nodev,nosuid",
+    "/srv": "nodev,nosuid",
+    "/tmp": "nodev,nosuid,noexec",
+    "/usr": "nodev",
+    "/var": "nodev,nosuid,noexec",
+    "/var/log": "nodev,nosuid,noexec",
+    "/var/tmp": "nodev,nosuid,noexec",
+}
+# The plan's storage mounts: network file systems on a real site, mounted nodev,nosuid.
+STORAGE_OPTIONS = "nodev,nosuid"
 
 
 def private_roots(host: Host) -> list[str]:
@@ -139,13 +161,34 @@ def hosts_file(plan: SitePlan) -> str:
     return "\n".join(lines) + "\n"
 
 
+def hardened_mounts(host: Host) -> dict[str, str]:
+    """Each mount point of the host's hardened layout (its storage mounts included) and its options."""
+    storage = {m.path: STORAGE_OPTIONS for m in host.mounts}
+    return dict(sorted({**HARDENED_LAYOUT, **storage}.items(), key=lambda item: PurePosixPath(item[0]).parts))
+
+
+def fstab(host: Host) -> str:
+    """The host's /etc/fstab: the mounts of its layout as the lab makes them (binds, no disk)."""
+    lines = [
+        f"# written by aifactory lab: the mount layout of {host.name}. A lab host has no disk of its",
+        "# own: the lab mounts each of these by binding a tree (the machine's, a private one, or the",
+        "# host's own) onto the mount point, with these options.",
+        "# <file system> <mount point> <type> <options> <dump> <pass>",
+    ]
+    lines += [
+        f"{path}\t{path}\tnone\tbind,{options}\t0\t0" for path, options in hardened_mounts(host).items()
+    ]
+    return "\n".join(lines) + "\n"
+
+
 def seed_etc(layout: LabLayout, plan: SitePlan, host: Host) -> None:
     """Files the host's /etc overlay starts with (written before the overlay is mounted)."""
     upper = make_dir(layout.host_dir(host.name) / "etc" / "upper", 0o755)
     (upper / "hostname").write_text(host.name + "\n")
     (upper / "hosts").write_text(hosts_file(plan))
     (upper / "resolv.conf").write_text("# aifactory lab: air-gapped, no DNS\n")
-    for name in ("hostname", "hosts", "resolv.conf"):
+    (upper / "fstab").write_text(fstab(host))
+    for name in ("hostname", "hosts", "resolv.conf", "fstab"):
         os.chmod(upper / name, 0o644)
 
 
@@ -172,7 +215,7 @@ def setup_script(layout: LabLayout, host: Host, mounts: MountPlan) -> str:
     supervisor = layout.bin_dir / "aifactory-service"
     lines.append(f"cp {q(str(supervisor))} {q(SERVICE_BIN + '/aifactory-service')}")
     lines.append(f"chmod 0755 {q(SERVICE_BIN + '/aifactory-service')}")
-    lines += own_root_lines(layout)
+    lines += own_root_lines(layout, host)
     lines.append(f"touch {q(str(layout.host_dir(host.name) / READY))}")
     lines.append("exec sleep infinity")
     return "\n".join(lines) + "\n"
@@ -185,13 +228,16 @@ def shared_paths(layout: LabLayout) -> list[str]:
     return [*SHARED_WITH_MACHINE, *extra]
 
 
-def own_root_lines(layout: LabLayout) -> list[str]:
+def own_root_lines(layout: LabLayout, host: Host) -> list[str]:
     """Shell lines that give the host its own root (see the module's docstring) and pivot into it.
 
-    Every mount whose parent is the root mount (the /proc, /sys, /dev of the machine and the host's
-    private mounts above) is carried over with `mount --rbind`, unless a later one covers it (the
-    machine's /run/netns under the private /run). The new root is unbindable, so carrying /run
-    (which holds it) does not copy it into itself."""
+    The layout's mount points that nothing else mounts are bound onto themselves in the new root
+    first, so that what is carried in next lands on them rather than under them (a mount hidden
+    under another still shows in /proc/mounts). Every mount whose parent is the root mount (the
+    /proc, /sys, /dev of the machine and the host's private mounts above) is carried over with
+    `mount --rbind`, unless a later one covers it (the machine's /run/netns under the private
+    /run). The new root is unbindable, so carrying /run (which holds it) does not copy it into
+    itself. Once inside, the layout's options are set (`layout_lines`)."""
     q = shlex.quote
     new, rw = HOST_ROOT, HOST_ROOT_RW
     lines = [
@@ -199,8 +245,17 @@ def own_root_lines(layout: LabLayout) -> list[str]:
     ]
     for marker in CONTAINER_MARKERS:
         lines.append(f"if [ -e /{marker} ]; then mknod {rw}/upper/{marker} c 0 0; fi")
+    lines.append(
+        f"mount -t overlay aifactory-lab-root -o lowerdir=/,upperdir={rw}/upper,workdir={rw}/work {new}"
+    )
+    shared = shared_paths(layout)
+    for path in hardened_mounts(host):
+        if path in shared:
+            continue  # bound in from the machine below
+        target = q(new + path)
+        # A path the host's setup or the machine already mounts is carried in below as it is.
+        lines.append(f"mountpoint -q {q(path)} || {{ mkdir -p {target} && mount --bind {target} {target}; }}")
     lines += [
-        f"mount -t overlay aifactory-lab-root -o lowerdir=/,upperdir={rw}/upper,workdir={rw}/work {new}",
         f"mount --make-unbindable {new}",
         # Top-level mounts in mount order; a later one at or above a path covers the earlier.
         "root_id=$(awk '$5 == \"/\" { id = $1 } END { print id }' /proc/self/mountinfo)",
@@ -226,6 +281,27 @@ def own_root_lines(layout: LabLayout) -> list[str]:
         "cd /",
         "umount -l /.lab-old-root",
         "rmdir /.lab-old-root",
+        *layout_lines(host),
+    ]
+    return lines
+
+
+def layout_lines(host: Host) -> list[str]:
+    """Shell lines, run inside the host's own root, that set each layout mount's options and add
+    nodev to every other mount of a disk but the root (as the hardening guide asks of local file
+    systems), keeping the options it has."""
+    q = shlex.quote
+    lines = [
+        f"mount -o {q('remount,bind,' + options)} {q(path)}"
+        for path, options in hardened_mounts(host).items()
+    ]
+    lines += [
+        "findmnt -rn -o TARGET,SOURCE,VFS-OPTIONS | while read -r target source options; do",
+        '  case "$source" in /dev/*) ;; *) continue ;; esac',
+        '  case ",$options," in *,nodev,*) continue ;; esac',
+        '  [ "$target" = / ] && continue',
+        '  mount -o "remount,bind,nodev,$options" "$(printf \'%b\' "$target")"',
+        "done",
     ]
     return lines
 

@@ -18,6 +18,7 @@ import pytest
 from waiting import wait_for
 
 from aifactory.lab.access import SERVICE_COMMAND
+from aifactory.lab.hosts import hardened_mounts
 
 pytestmark = pytest.mark.lab
 PROBE = """
@@ -119,6 +120,37 @@ def test_a_host_has_its_own_root_without_container_markers_and_shares_tmp(lab, t
     lab.sh(f"echo {token} > {shared}", host=host)
     assert shared.read_text().strip() == token
     assert lab.exec(["cat", str(shared)], host=lab.hosts[2]).stdout.strip() == token
+
+
+def test_a_host_has_the_hardened_mount_layout_in_proc_mounts_and_fstab(lab):
+    """/boot, /home, /opt, /srv, /tmp, /usr, /var, /var/log, /var/tmp (and the storage mounts) are
+    mounts of their own with the layout's options, as /etc/fstab declares; every other mount of a
+    disk is nodev; and the kernel enforces noexec (a program copied to /tmp does not run there)."""
+    host = lab.hosts[1]
+    expected = hardened_mounts(lab.plan.host(host))
+    assert {"/boot", "/home", "/tmp", "/usr", "/var", "/var/log", "/var/tmp"} <= set(expected)
+    mounts = [line.split() for line in lab.exec(["cat", "/proc/mounts"], host=host).stdout.splitlines()]
+    for path, options in expected.items():
+        entries = [m for m in mounts if m[1] == path]
+        assert entries, f"{path} is not a mount of its own"
+        for entry in entries:  # a mount hidden under another one still shows, and is checked too
+            assert set(options.split(",")) <= set(entry[3].split(",")), (path, entry[3])
+    for device, path, _, options, *_ in mounts:
+        if device.startswith("/dev/") and path != "/":
+            assert "nodev" in options.split(","), (path, options)
+    fstab = [
+        line.split()
+        for line in lab.exec(["cat", "/etc/fstab"], host=host).stdout.splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    assert {entry[1]: entry[3] for entry in fstab} == {p: f"bind,{o}" for p, o in expected.items()}
+    copy = f"/tmp/aifactory-lab-noexec-{uuid.uuid4().hex}"
+    lab.sh(f"cp /bin/true {copy}", host=host)
+    try:
+        assert lab.exec([copy], host=host, check=False).returncode != 0
+        assert lab.exec(["/bin/true"], host=host).returncode == 0
+    finally:
+        Path(copy).unlink(missing_ok=True)
 
 
 def test_storage_mounts_are_shared_between_hosts_but_not_the_machine(lab):
