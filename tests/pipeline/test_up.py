@@ -2,15 +2,18 @@
 
 One lab (site `up<pid>`) is brought up by the first real run and shared by the tests of this module,
 which run in order: a policy deny changes nothing; the first run serves a model, answers one allowed
-and one denied request and writes a signed report; a second run changes nothing and is fast; a run
-plans the site once; a host
-failing at deploy stops `up` with exit 4 naming it, and the next run resumes at deploy.
+and one denied request and writes a signed report; then the model it signed and promoted is the
+champion `aifactory models` shows, and every decision names its digest (issue 28); a second run
+changes nothing and is fast; a run plans the site once; a host failing at deploy stops `up` with
+exit 4 naming it, and the next run resumes at deploy.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -20,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import rfc8785
 
 from tests.conftest import copy_lab_spec, lab_unavailable
 
@@ -47,6 +51,9 @@ class UpSite:
     def stages(self) -> dict[str, dict]:
         path = Path(self.env["AIFACTORY_STATE_HOME"]) / self.name / "up" / "stages.json"
         return json.loads(path.read_text())
+
+    def on_host(self, host: str, *argv: str) -> subprocess.CompletedProcess[str]:
+        return self.run("lab", "exec", str(self.spec), "--host", host, "--", *argv, timeout=300)
 
     def namespaces(self) -> list[str]:
         listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
@@ -106,6 +113,133 @@ def test_first_up_serves_a_model_and_writes_a_signed_report(site: UpSite) -> Non
     verify = site.run("audit", "verify", report, "--trust", trust)
     assert verify.returncode == 0, verify.stdout + verify.stderr
     assert site.namespaces(), "the lab should be up"
+
+
+def test_after_up_every_decision_names_the_signed_promoted_champion(site: UpSite, tmp_path: Path) -> None:
+    """Issue 28 after `aifactory up`: `aifactory models` lists the version the train stage signed as the
+    champion, its OpenSSF signature verified, with its promotion record (the registry's line, signed by
+    the site's key: OpenSSL checks it); upstream's `model_signing` command on a lab host (no route out)
+    accepts it with the public key deploy put there; requests sent now to every serving host are
+    answered by it; every inference decision in every host's log names its digest; the bundle's SBOM
+    lists the package; the audit report lists the champion."""
+    from aifactory.pipeline.stages import NODE_RUNTIME
+
+    assert site.first_seconds, "needs the first run"
+    stages = site.stages()
+    trained = stages["train"]["outputs"]
+    champion = trained["digest"]
+    plan = json.loads(site.run("plan", str(site.spec), "--format", "json", timeout=300).stdout)
+    (planned,) = [m for m in plan["models"] if m["name"] == trained["model"]]
+    listed = site.run("models", str(site.spec), planned["name"], "--format", "json", timeout=300)
+    assert listed.returncode == 0, listed.stdout + listed.stderr
+    (model,) = json.loads(listed.stdout)["models"]
+    promotion = model["aliases"]["champion"]
+    assert promotion["digest"] == champion, model
+    (version,) = [v for v in model["versions"] if v["digest"] == champion]
+    assert version["signature"] == "verified" and version["alias"] == "champion", version
+    assert version["job"]["slurm_job_id"] == trained["slurm_job_id"]
+    assert version["promotions"] == [promotion]
+    assert promotion["reason"] == f"trained by aifactory up (Slurm job {trained['slurm_job_id']})"
+    public_key = Path(site.env["AIFACTORY_STATE_HOME"]) / site.name / "runtime/model-key/model-signing.pub"
+    _check_promotion_signature(promotion, public_key, tmp_path)
+
+    serving = [h for h in plan["hosts"] if h["pool"] in planned["serve_on"]]
+    files = f"{planned['host_path']}/registry/versions/{champion.removeprefix('sha256:')}"
+    node_key = "/var/lib/aifactory/runtime/model-key/model-signing.pub"  # where deploy copies it
+    host = serving[0]["name"]
+    assert "default" not in site.on_host(host, "ip", "route").stdout  # no route out of the lab host
+    assert site.on_host(host, "cat", node_key).stdout == public_key.read_text()
+    assert site.on_host(
+        host, "cat", f"{planned['host_path']}/registry/promotions.jsonl"
+    ).stdout.splitlines() == [json.dumps(promotion, sort_keys=True, separators=(",", ":"))]
+    upstream = str(NODE_RUNTIME / "model_signing")  # upstream's command, installed from the bundle
+    verify = site.on_host(
+        host,
+        upstream,
+        "verify",
+        "key",
+        f"{files}/model",
+        "--signature",
+        f"{files}/model.sig",
+        "--public_key",
+        node_key,
+    )
+    assert verify.returncode == 0 and "Verification succeeded" in verify.stdout, verify.stdout + verify.stderr
+
+    answered = [_ask(site, h, planned, champion, plan, tmp_path) for h in serving]
+    for answers in answered:
+        assert answers["allowed"]["status"] == 200 and answers["allowed"]["digest"] == champion, answers
+        assert answers["denied"]["status"] == 403, answers
+    asked = {a[kind]["decision_id"] for a in answered for kind in ("allowed", "denied")}
+    decisions = [d for h in plan["hosts"] for d in _decisions(site, h["name"])]
+    inferences = [d for d in decisions if d.get("component") == "serve" and d.get("action") == "infer"]
+    assert asked <= {d["decision_id"] for d in inferences}, inferences
+    assert {d["request"]["model_digest"] for d in inferences} == {champion}, inferences
+
+    bundles = Path(site.env["AIFACTORY_BUNDLES_HOME"]) / site.name  # where the import stage put it
+    sbom = json.loads((bundles / stages["bundle"]["outputs"]["version"] / "sbom.cdx.json").read_text())
+    names = {re.sub(r"[-_.]+", "-", str(c.get("name")).lower()) for c in sbom["components"]}
+    assert {"model-signing", "sigstore", "pyopenssl"} <= names
+    report = json.loads((Path(stages["audit"]["outputs"]["report"]) / "report.json").read_text())
+    (section,) = [e for e in report["evidence"] if e["name"] == "models"]
+    assert section["status"] == "pass", section
+    (listed_model,) = section["detail"]["models"]
+    assert listed_model["champion"] == champion
+    assert listed_model["aliases"]["champion"]["signature"] == "verified"
+
+
+def _check_promotion_signature(record: dict, public_key: Path, folder: Path) -> None:
+    """OpenSSL alone verifies the record's ECDSA signature over its RFC 8785 form without `signature`."""
+    body, signature = folder / "promotion.json", folder / "promotion.sig"
+    body.write_bytes(rfc8785.dumps({k: v for k, v in record.items() if k != "signature"}))
+    signature.write_bytes(base64.b64decode(record["signature"]))
+    checked = subprocess.run(
+        ["openssl", "dgst", "-sha256", "-verify", str(public_key), "-signature", str(signature), str(body)],
+        capture_output=True,
+        text=True,
+    )
+    assert checked.returncode == 0 and "Verified OK" in checked.stdout, checked.stdout + checked.stderr
+
+
+def _ask(site: UpSite, host: dict, model: dict, champion: str, plan: dict, folder: Path) -> dict:
+    """One request from the model's owner and one from a tenant without access, sent from the control
+    host to the host's server (once it serves `champion`); the answers."""
+    from aifactory.pipeline.stages import SERVE_PORT
+
+    granted = {
+        g["tenant"]
+        for g in plan["access"]
+        if g["resource"] == f"model/{model['name']}" and "infer" in g["actions"]
+    }
+    stranger = next(t["name"] for t in plan["tenants"] if t["name"] not in granted | {model["owner"]})
+    tokens = []
+    for tenant in (model["owner"], stranger):
+        issued = site.run(
+            "token", "issue", str(site.spec), "--tenant", tenant, "--expires", "1h", "--format", "json"
+        )
+        assert issued.returncode == 0, issued.stderr
+        path = folder / f"{host['name']}-{tenant}.token"
+        path.touch(mode=0o600)
+        path.write_text(json.loads(issued.stdout)["token"])
+        tokens.append(str(path))
+    base = f"http://{host['management_address']}:{SERVE_PORT}"
+    argv = [sys.executable, "-m", "aifactory.pipeline.serve_probe", base, model["name"], *tokens, "120"]
+    probe = site.run("lab", "exec", str(site.spec), "--", *argv, "--digest", champion, timeout=300)
+    assert probe.returncode == 0, probe.stdout + probe.stderr
+    return json.loads(probe.stdout)
+
+
+def _decisions(site: UpSite, host: str) -> list[dict]:
+    """Every record of the host's decision log, rotated segments (decisions.jsonl.<seq>) included."""
+    listed = site.on_host(
+        host, "find", "/var/lib/aifactory/runtime", "-maxdepth", "1", "-name", "decisions.*"
+    )
+    segments = [p for p in listed.stdout.split() if re.fullmatch(r".*/decisions\.jsonl(\.[0-9]+)?", p)]
+    records = []
+    for path in sorted(segments):
+        text = site.on_host(host, "cat", path).stdout
+        records += [json.loads(line) for line in text.splitlines()]
+    return records
 
 
 def test_second_up_changes_nothing_and_is_fast(site: UpSite) -> None:
