@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from aifactory.audit import ReportOptions, produce_report, scap
+from aifactory.audit.controls import oscal_control_id
 from aifactory.deploy.scan import ScanRun, scan_site
 from aifactory.lab.connection import SCAN_SKIP_RULES
 from aifactory.pipeline.connection import site_connection
@@ -129,7 +130,14 @@ def test_the_signed_report_and_oscal_show_the_lab_scan_per_host(
         (f["resource"].removeprefix("host/"), f["rule"].removeprefix("scap.")) for f in findings
     } == failing
     assert {f["status"] for f in findings} <= {"waived"}
-    assert any(f["controls"] for f in findings)
+    # Each finding carries the SP 800-53 controls the content's references name for its rule.
+    controls = {(s.host, r.rule): set(r.controls) for s in lab_scan.scans for r in s.applicable()}
+    for f in findings:
+        assert (
+            set(f["controls"])
+            == controls[(f["resource"].removeprefix("host/"), f["rule"].removeprefix("scap."))]
+        )
+    assert sum(1 for f in findings if f["controls"]) >= len(findings) // 2, "most failures map to controls"
     results = json.loads((folder / "assessment-results.json").read_text())
     (result,) = results["assessment-results"]["results"]
     observed = {
@@ -139,6 +147,25 @@ def test_the_signed_report_and_oscal_show_the_lab_scan_per_host(
         for s in o["subjects"]
     }
     assert observed == {(f"scap.{rule}", f"host/{host}") for host, rule in failing}
+    # In OSCAL each control's finding relates the host-scan observations of the failures under it.
+    observation_of = {
+        (_prop(o, "rule"), o["subjects"][0]["title"]): o["uuid"]
+        for o in result["observations"]
+        if _prop(o, "source") == "host-scan"
+    }
+    related = {
+        f["target"]["target-id"]: {r["observation-uuid"] for r in f.get("related-observations", [])}
+        for f in result["findings"]
+    }
+    checked = 0
+    for f in findings:
+        uuid = observation_of[(f["rule"], f["resource"])]
+        for control in f["controls"]:
+            target = f"{oscal_control_id(control)}_obj"
+            if target in related:  # a control the report reviewed
+                assert uuid in related[target], (f["rule"], f["resource"], control)
+                checked += 1
+    assert checked, "no failure is under a control the report reviewed"
 
 
 def _prop(item: dict, name: str) -> str | None:  # type: ignore[type-arg]
