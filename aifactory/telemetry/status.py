@@ -99,6 +99,7 @@ def site_status(plan: SitePlan, client: PrometheusClient, state: SiteState) -> d
             "job": t["labels"].get("job"),
             "host": t["labels"].get("host"),
             "instance": t["labels"].get("instance"),
+            "url": t.get("scrapeUrl"),
             "health": t.get("health"),
             "last_error": t.get("lastError") or None,
         }
