@@ -2,7 +2,7 @@
 nothing here re-implements a stage.
 
     validate -> plan -> policy -> lab -> provision -> bundle -> import -> inventory -> deploy
-             -> scheduler -> train -> serve -> audit
+             -> scan -> scheduler -> monitoring -> train -> serve -> audit
 """
 
 from __future__ import annotations
@@ -429,6 +429,64 @@ def verify_scheduler(context: UpContext, outputs: dict[str, Any]) -> str:
     return run_scheduler(context).summary
 
 
+# ------------------------------------------------------------------ monitoring
+
+MONITORING_TIMEOUT_S = 180.0  # Prometheus starts, then scrapes every target once (30 s by default)
+
+
+def _status_on_control_host(context: UpContext) -> tuple[dict[str, Any] | None, str]:
+    """`aifactory status --format json`, run on the control host (Prometheus listens on the management
+    fabric only): the status, or None and why there is none (Prometheus still starting, for one)."""
+    import json
+
+    argv = [sys.executable, "-m", "aifactory.cli.main", "status", str(context.spec_path), "--format", "json"]
+    done = context.connection().run_on_control_host(argv, timeout=60)
+    try:
+        found = json.loads(done.stdout)
+    except ValueError:
+        found = None
+    if done.returncode == 0 and isinstance(found, dict) and isinstance(found.get("hosts"), list):
+        return found, ""
+    error = found.get("error") if isinstance(found, dict) else None
+    detail = error.get("message") if isinstance(error, dict) else None
+    return None, str(detail or done.stderr.strip()[-300:] or f"exit {done.returncode}")
+
+
+def _hosts_scraped(context: UpContext) -> str:
+    """Wait until Prometheus scrapes every planned host's node exporter (up == 1), with a deadline."""
+    deadline = time.monotonic() + MONITORING_TIMEOUT_S
+    while True:
+        found, problem = _status_on_control_host(context)
+        if found is not None:
+            down = [str(h["name"]) for h in found["hosts"] if h.get("up") is not True]
+            if not down:
+                return f"{len(found['hosts'])} hosts scraped with TLS by {found['prometheus']}"
+            problem = f"Prometheus does not scrape {', '.join(down)}"
+        if time.monotonic() >= deadline:
+            raise DeployError(
+                f"monitoring: {problem} (waited {MONITORING_TIMEOUT_S:.0f} s)",
+                code="monitoring-targets-down",
+                hint="`aifactory status SITE` on the control host shows each target's last error",
+            )
+        time.sleep(2)
+
+
+def run_monitoring(context: UpContext) -> StageResult:
+    from aifactory.deploy.monitoring import deploy_monitoring
+
+    if context.plan().plan.control_host is None and context.plan().plan.monitoring is None:
+        return StageResult("skipped", "no control host and no monitoring pool: nothing runs Prometheus")
+    result = deploy_monitoring(context.plan(), connection=context.connection())
+    summary = _hosts_scraped(context)
+    return StageResult("ok", f"{summary}; changed={result.changed}", {"monitoring": True})
+
+
+def verify_monitoring(context: UpContext, outputs: dict[str, Any]) -> str:
+    if not outputs.get("monitoring"):
+        return "no monitoring in this plan"
+    return _hosts_scraped(context)
+
+
 def _train_target(context: UpContext) -> tuple[ModelPlan, DatasetPlan, list[str]]:
     """The model `up` trains: the first model with training data, its first dataset, its hosts."""
     plan = context.plan().plan
@@ -782,6 +840,13 @@ def stage_list() -> list[Stage]:
             run_scheduler,
             lambda c: {"deploy": c.outputs.get("deploy", {}).get("bundle"), "plan": c.plan_digest},
             verify_scheduler,
+        ),
+        Stage(
+            "monitoring",
+            "Prometheus scrapes every host with TLS",
+            run_monitoring,
+            lambda c: {"deploy": c.outputs.get("deploy", {}).get("bundle"), "plan": c.plan_digest},
+            verify_monitoring,
         ),
         Stage("train", "train the model across the compute hosts", run_train, _train_inputs, verify_train),
         Stage("serve", "one allowed and one denied request", run_serve, always=True),

@@ -3,9 +3,9 @@
 One lab (site `up<pid>`) is brought up by the first real run and shared by the tests of this module,
 which run in order: a policy deny changes nothing; the first run serves a model, answers one allowed
 and one denied request and writes a signed report; then the model it signed and promoted is the
-champion `aifactory models` shows, and every decision names its digest (issue 28); a second run
-changes nothing and is fast; a run plans the site once; a host failing at deploy stops `up` with
-exit 4 naming it, and the next run resumes at deploy.
+champion `aifactory models` shows, every decision names its digest (issue 28), and Prometheus scrapes
+every host with TLS; a second run changes nothing and is fast; a run plans the site once; a host
+failing at deploy stops `up` with exit 4 naming it, and the next run resumes at deploy.
 """
 
 from __future__ import annotations
@@ -240,6 +240,24 @@ def _decisions(site: UpSite, host: str) -> list[dict]:
         text = site.on_host(host, "cat", path).stdout
         records += [json.loads(line) for line in text.splitlines()]
     return records
+
+
+def test_after_up_prometheus_scrapes_every_host_with_tls(site: UpSite) -> None:
+    """The monitoring stage: node exporter on every host scraped over its lab address with TLS, up == 1
+    in Prometheus' HTTP API as `aifactory status --format json` on the control host lists it."""
+    assert site.first_seconds, "needs the first run"
+    assert site.stages()["monitoring"]["status"] == "ok", site.stages()["monitoring"]
+    spec = str(site.spec)
+    done = site.run("lab", "exec", spec, "--", *AIFACTORY, "status", spec, "--format", "json", timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    status = json.loads(done.stdout)
+    planned = json.loads(site.run("plan", spec, "--format", "json").stdout)
+    hosts = {h["name"]: h["management_address"] for h in planned["hosts"]}
+    assert {h["name"]: h["up"] for h in status["hosts"]} == dict.fromkeys(hosts, True), status["hosts"]
+    nodes = {t["host"]: t for t in status["targets"] if t["job"] == "node"}
+    assert sorted(nodes) == sorted(hosts), status["targets"]
+    for host, target in nodes.items():
+        assert target["health"] == "up" and target["url"].startswith(f"https://{hosts[host]}:9100/"), target
 
 
 def test_second_up_changes_nothing_and_is_fast(site: UpSite) -> None:
