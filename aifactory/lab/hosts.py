@@ -38,6 +38,7 @@ from __future__ import annotations
 import os
 import shlex
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -83,6 +84,30 @@ HARDENED_LAYOUT = {
 }
 # The plan's storage mounts: network file systems on a real site, mounted nodev,nosuid.
 STORAGE_OPTIONS = "nodev,nosuid"
+
+
+def machine_tool_trees() -> list[str]:
+    """The machine's trees that lab hosts run programs from: the Python environment running the lab
+    (the control host runs its ansible-playbook and aifactory, a host its interpreter) and the
+    folder holding the aifactory package. A checkout may lie under a layout mount that is noexec
+    (/tmp, /home, /var): these stay executable there (`exec_exceptions`)."""
+    package_parent = Path(__file__).resolve().parent.parent.parent
+    trees = sorted({str(Path(sys.prefix).resolve()), str(package_parent)}, key=lambda t: len(t))
+    return [t for i, t in enumerate(trees) if not _inside(t, trees[:i])]
+
+
+def exec_exceptions(host: Host, trees: list[str]) -> list[tuple[str, str]]:
+    """(tree, options) for each tool tree under a noexec mount of the host's layout: bound onto itself
+    with that mount's options but noexec, so the host can run what the lab runs there."""
+    found = []
+    for tree in trees:
+        covering = [p for p in hardened_mounts(host) if _inside(tree, [p])]
+        if not covering:
+            continue
+        options = hardened_mounts(host)[max(covering, key=lambda p: len(PurePosixPath(p).parts))]
+        if "noexec" in options.split(","):
+            found.append((tree, ",".join(o for o in options.split(",") if o != "noexec")))
+    return found
 
 
 def private_roots(host: Host) -> list[str]:
@@ -281,20 +306,23 @@ def own_root_lines(layout: LabLayout, host: Host) -> list[str]:
         "cd /",
         "umount -l /.lab-old-root",
         "rmdir /.lab-old-root",
-        *layout_lines(host),
+        *layout_lines(host, machine_tool_trees()),
     ]
     return lines
 
 
-def layout_lines(host: Host) -> list[str]:
-    """Shell lines, run inside the host's own root, that set each layout mount's options and add
-    nodev to every other mount of a disk but the root (as the hardening guide asks of local file
-    systems), keeping the options it has."""
+def layout_lines(host: Host, tool_trees: list[str]) -> list[str]:
+    """Shell lines, run inside the host's own root, that set each layout mount's options, keep the
+    machine's tool trees executable (`exec_exceptions`), and add nodev to every other mount of a
+    disk but the root (as the hardening guide asks of local file systems), keeping its options."""
     q = shlex.quote
     lines = [
         f"mount -o {q('remount,bind,' + options)} {q(path)}"
         for path, options in hardened_mounts(host).items()
     ]
+    for tree, options in exec_exceptions(host, tool_trees):
+        lines.append(f"mount --bind {q(tree)} {q(tree)}")
+        lines.append(f"mount -o {q('remount,bind,' + options)} {q(tree)}")
     lines += [
         "findmnt -rn -o TARGET,SOURCE,VFS-OPTIONS | while read -r target source options; do",
         '  case "$source" in /dev/*) ;; *) continue ;; esac',

@@ -67,6 +67,23 @@ def test_missing_mount_points_are_made_inside_an_overlay_of_their_parent(plan, t
     assert f"echo {host.name} > /proc/sys/kernel/hostname" in script
 
 
+def test_the_labs_tools_under_a_noexec_mount_stay_executable_and_nothing_else(plan):
+    """A checkout (and its .venv) under /tmp or /home, noexec in a host's layout, is bound onto itself
+    with that mount's other options; one under /opt, /work or /usr needs nothing."""
+    host = plan.hosts[0]
+    trees = ["/tmp/ci/.venv", "/home/alice/aifactory", "/var/log/odd", "/opt/aifactory-src", "/work/main"]
+    assert hosts.exec_exceptions(host, trees) == [
+        ("/tmp/ci/.venv", "nodev,nosuid"),
+        ("/home/alice/aifactory", "nodev,nosuid"),
+        ("/var/log/odd", "nodev,nosuid"),
+    ]
+    lines = hosts.layout_lines(host, ["/tmp/ci/.venv"])
+    tmp = lines.index("mount -o remount,bind,nodev,nosuid,noexec /tmp")
+    assert lines[tmp + 1 :].index("mount --bind /tmp/ci/.venv /tmp/ci/.venv") >= 0
+    assert "mount -o remount,bind,nodev,nosuid /tmp/ci/.venv" in lines
+    assert all("/work" not in line for line in hosts.layout_lines(host, ["/work/main"]))
+
+
 def test_lab_state_under_a_private_path_is_refused(plan):
     with pytest.raises(LabError, match="lies under a path lab hosts get privately"):
         hosts.check_state_location(LabLayout(Path("/opt/state/lab")), plan)
