@@ -98,7 +98,7 @@ def machine_tool_trees() -> list[str]:
 
 def exec_exceptions(host: Host, trees: list[str]) -> list[tuple[str, str]]:
     """(tree, options) for each tool tree under a noexec mount of the host's layout: bound onto itself
-    with that mount's options but noexec, so the host can run what the lab runs there."""
+    with that mount's options, exec instead of noexec, so the host can run what the lab runs there."""
     found = []
     for tree in trees:
         covering = [p for p in hardened_mounts(host) if _inside(tree, [p])]
@@ -106,7 +106,8 @@ def exec_exceptions(host: Host, trees: list[str]) -> list[tuple[str, str]]:
             continue
         options = hardened_mounts(host)[max(covering, key=lambda p: len(PurePosixPath(p).parts))]
         if "noexec" in options.split(","):
-            found.append((tree, ",".join(o for o in options.split(",") if o != "noexec")))
+            # `exec` said outright: mount(8) keeps a bind remount's flags it is not told to change.
+            found.append((tree, ",".join(o if o != "noexec" else "exec" for o in options.split(","))))
     return found
 
 

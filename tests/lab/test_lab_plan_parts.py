@@ -73,14 +73,14 @@ def test_the_labs_tools_under_a_noexec_mount_stay_executable_and_nothing_else(pl
     host = plan.hosts[0]
     trees = ["/tmp/ci/.venv", "/home/alice/aifactory", "/var/log/odd", "/opt/aifactory-src", "/work/main"]
     assert hosts.exec_exceptions(host, trees) == [
-        ("/tmp/ci/.venv", "nodev,nosuid"),
-        ("/home/alice/aifactory", "nodev,nosuid"),
-        ("/var/log/odd", "nodev,nosuid"),
+        ("/tmp/ci/.venv", "nodev,nosuid,exec"),
+        ("/home/alice/aifactory", "nodev,nosuid,exec"),
+        ("/var/log/odd", "nodev,nosuid,exec"),
     ]
     lines = hosts.layout_lines(host, ["/tmp/ci/.venv"])
     tmp = lines.index("mount -o remount,bind,nodev,nosuid,noexec /tmp")
     assert lines[tmp + 1 :].index("mount --bind /tmp/ci/.venv /tmp/ci/.venv") >= 0
-    assert "mount -o remount,bind,nodev,nosuid /tmp/ci/.venv" in lines
+    assert "mount -o remount,bind,nodev,nosuid,exec /tmp/ci/.venv" in lines
     assert all("/work" not in line for line in hosts.layout_lines(host, ["/work/main"]))
 
 
