@@ -327,3 +327,10 @@ class PipelineFailed(AifactoryError):
 class AuditError(AifactoryError):
     code = "audit"
     exit_code = ExitCode.INVALID
+
+
+class DatasetVersionError(AifactoryError):
+    """A dataset version cannot be made, read or erased as asked (a history that does not verify, a
+    version that is not there, a subject id that is not one)."""
+
+    code = "dataset-version"
