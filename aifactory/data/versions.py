@@ -54,7 +54,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from aifactory.chain import GENESIS, canonical_bytes
 from aifactory.data.feedback import FEEDBACK_DIR, pending_records, valid_subject
 from aifactory.durable import fsync_path
-from aifactory.errors import DatasetVersionError, ModelRefused, PolicyDenied
+from aifactory.errors import DatasetVersionError, ModelRefused, PolicyDenied, UsageError
 from aifactory.trust.models import ModelTrust, key_id, line_hash, promotion_body, signature_hash
 
 if TYPE_CHECKING:
@@ -551,9 +551,7 @@ def plan_dataset(plan: SitePlan, name: str) -> DatasetPlan:
     found = next((d for d in plan.datasets if d.name == name), None)
     if found is None:
         known = ", ".join(d.name for d in plan.datasets) or "none"
-        raise DatasetVersionError(
-            f"site {plan.name} has no dataset {name[:80]!r} (datasets: {known})", code="usage"
-        )
+        raise UsageError(f"site {plan.name} has no dataset {name[:80]!r} (datasets: {known})")
     return found
 
 
@@ -579,14 +577,12 @@ def erase_subject(
     """Remove one subject's records: a new version without them, then a signed erasure record in the
     lineage, then the older files that held them destroyed and their manifests marked. The record."""
     if not valid_subject(subject):
-        raise DatasetVersionError(
-            "a subject is 1 to 128 letters, digits or . _ : @ - (starting with a letter or digit)",
-            code="usage",
+        raise UsageError(
+            "a subject is 1 to 128 letters, digits or . _ : @ - (starting with a letter or digit)"
         )
     if not authority.strip() or len(authority) > MAX_AUTHORITY or any(ord(c) < 32 for c in authority):
-        raise DatasetVersionError(
-            f"--authority must name who ordered the erasure: 1 to {MAX_AUTHORITY} printable characters",
-            code="usage",
+        raise UsageError(
+            f"the authority must name who ordered the erasure: 1 to {MAX_AUTHORITY} printable characters"
         )
     store = DatasetStore(dataset_dir)
     with _locked(store):

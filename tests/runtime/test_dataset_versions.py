@@ -25,7 +25,7 @@ from aifactory.data.versions import (
     read_history,
     subject_digest,
 )
-from aifactory.errors import DatasetVersionError, PolicyDenied
+from aifactory.errors import DatasetVersionError, PolicyDenied, UsageError
 from aifactory.plan import plan_site
 from aifactory.plan.model import SitePlan
 from aifactory.policy import RuntimeAuthorizer
@@ -301,7 +301,7 @@ def test_a_version_that_is_not_there_is_refused_by_name(
 def test_an_erasure_subject_outside_its_grammar_is_refused_before_anything_changes(
     plan: SitePlan, dataset_dir: Path, key: ModelKey, authorizer: RuntimeAuthorizer, subject: str
 ) -> None:
-    with pytest.raises(DatasetVersionError) as refused:
+    with pytest.raises(UsageError):
         erase_subject(
             plan=plan,
             dataset="vitals",
@@ -311,7 +311,6 @@ def test_an_erasure_subject_outside_its_grammar_is_refused_before_anything_chang
             subject=subject,
             authority="court order 12",
         )
-    assert refused.value.code == "usage"
     assert not DatasetStore(dataset_dir).root.exists()
 
 
