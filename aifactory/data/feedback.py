@@ -30,7 +30,7 @@ from typing import Any
 
 from aifactory.chain import canonical_bytes
 from aifactory.durable import fsync_path
-from aifactory.errors import AifactoryError
+from aifactory.errors import FeedbackError
 from aifactory.trust.models import RECEIPTS_DIR  # below a model's folder; the inspector leaves it be
 
 FEEDBACK_DIR = "feedback"  # below a dataset's folder
@@ -42,16 +42,6 @@ DECISION_ID = re.compile(r"(rt-)?[0-9a-f]{32}")
 SUBJECT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}")
 DATASET_NAME = re.compile(r"[a-z][a-z0-9-]{0,19}")  # the spec's name grammar
 MAX_OUTCOME_BYTES = 4096  # an outcome is a label or a few fields, not a document
-
-
-class FeedbackError(AifactoryError):
-    """Feedback cannot be taken as given; `reason` is the code a client sees."""
-
-    code = "feedback-refused"
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message, hint=f"reason code: {reason}")
-        self.reason = reason
 
 
 def valid_decision_id(value: str) -> bool:

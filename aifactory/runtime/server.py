@@ -59,7 +59,6 @@ import torch
 
 import aifactory
 from aifactory.data.feedback import (
-    FeedbackError,
     FeedbackRequest,
     Receipt,
     find_receipt,
@@ -68,7 +67,7 @@ from aifactory.data.feedback import (
     valid_decision_id,
     write_receipt,
 )
-from aifactory.errors import AifactoryError, TokenRejected
+from aifactory.errors import AifactoryError, FeedbackError, TokenRejected
 from aifactory.ids import new_decision_id
 from aifactory.plan.model import Host
 from aifactory.runtime import checkpoint
