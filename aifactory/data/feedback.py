@@ -107,6 +107,14 @@ def write_receipt(
     return receipt
 
 
+def forget_receipt(model_dir: Path, decision_id: str) -> None:
+    """Remove the receipt of a decision that could not be recorded (best effort)."""
+    try:
+        receipt_path(model_dir, decision_id).unlink(missing_ok=True)
+    except (OSError, FeedbackError):
+        pass
+
+
 def find_receipt(model_dirs: list[Path], decision_id: str) -> Receipt | None:
     """The receipt of `decision_id` in any of these models' folders, whichever node wrote it."""
     for model_dir in model_dirs:

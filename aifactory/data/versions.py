@@ -423,6 +423,8 @@ def _append_lineage(
 
 def _verified_history(store: DatasetStore, key: ModelKey, dataset: str) -> History:
     history = read_history(store.dataset_dir, key.trust, dataset=dataset)
+    if not history.ok and history.erasures and _finish_erasures(store, history):
+        history = read_history(store.dataset_dir, key.trust, dataset=dataset)
     if not history.ok:
         raise DatasetVersionError(
             f"the versions of dataset {dataset} do not verify: {history.problems[0]}",
@@ -540,8 +542,9 @@ def _make_version(
         },
         key,
     )
-    for path, _ in pending:  # in the version now (or erased): no longer pending
-        path.unlink(missing_ok=True)
+    for path, record in pending:  # in the version now (or erased): no longer pending
+        if record.get("dataset") == dataset:
+            path.unlink(missing_ok=True)
     version = read_history(dataset_dir, key.trust, dataset=dataset).find(str(number))
     added = sum(1 for _, r in pending if r.get("dataset") == dataset and r.get("subject") != without_subject)
     return Made(version, added, tuple(decisions), lineage)
@@ -637,16 +640,38 @@ def erase_subject(
             _destroy(store.object(sha))
         for entry in affected.values():
             for number in entry["versions"]:
-                mark = {
-                    "format": MARK_FORMAT,
-                    "version": number,
-                    "erasure": record["seq"],
-                    "destroyed": [{"path": entry["path"], "sha256": entry["sha256"]}],
-                    "time": record["time"],
-                }
-                store.mark(number, int(record["seq"])).write_bytes(canonical_bytes(mark) + b"\n")
+                _write_mark(store.mark(number, int(record["seq"])), number=number, record=record, entry=entry)
         fsync_path(store.root)
         return record
+
+
+def _finish_erasures(store: DatasetStore, history: History) -> bool:
+    """An erasure interrupted after its signed record (files not yet destroyed, marks not yet written)
+    is finished from that record: the record says what to destroy. True when anything was done."""
+    done = False
+    for record in history.erasures:
+        for entry in record.get("destroyed", []):
+            target = store.object(str(entry["sha256"]))
+            if target.exists():
+                _destroy(target)
+                done = True
+            for number in entry.get("versions", []):
+                mark = store.mark(int(number), int(record["seq"]))
+                if not mark.exists():
+                    _write_mark(mark, number=int(number), record=record, entry=entry)
+                    done = True
+    return done
+
+
+def _write_mark(path: Path, *, number: int, record: dict[str, Any], entry: dict[str, Any]) -> None:
+    mark = {
+        "format": MARK_FORMAT,
+        "version": number,
+        "erasure": record["seq"],
+        "destroyed": [{"path": entry["path"], "sha256": entry["sha256"]}],
+        "time": record["time"],
+    }
+    path.write_bytes(canonical_bytes(mark) + b"\n")
 
 
 def _holds(store: DatasetStore, sha: str, subject: str) -> bool:

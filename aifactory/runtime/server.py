@@ -62,6 +62,7 @@ from aifactory.data.feedback import (
     FeedbackRequest,
     Receipt,
     find_receipt,
+    forget_receipt,
     parse_feedback,
     store_feedback,
     valid_decision_id,
@@ -497,6 +498,8 @@ class InferenceServer:
         tracing = {"X-Request-Id": request_id, "X-Decision-Id": outcome.decision_id}
         if not_recorded is not None:
             log.error("decision %s not recorded: %r", outcome.decision_id, not_recorded)
+            if outcome.allow and slot is not None:  # no feedback on a decision the log does not hold
+                forget_receipt(self.plan.model_dir(name), outcome.decision_id)
             self.metrics.decisions_unrecorded.inc()
             return Response.json(
                 503, {"error": "log-unavailable", "decision_id": outcome.decision_id}, tracing
@@ -606,7 +609,8 @@ class InferenceServer:
         self, decision_id: str, wanted: FeedbackRequest, token: str | None, peer: Peer
     ) -> tuple[int, dict[str, Any]]:
         receipt = find_receipt(self._receipt_dirs, decision_id)
-        trained_on = self.plan.model(receipt.model).trained_on if receipt else ()
+        planned = {m.name: m.trained_on for m in self.plan.plan.models}
+        trained_on = planned.get(receipt.model, ()) if receipt else ()  # a model gone from the plan: none
         dataset = wanted.dataset or (trained_on[0] if len(trained_on) == 1 else "-")
         outcome = self.guard.decide(
             token,

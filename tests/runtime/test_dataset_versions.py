@@ -321,3 +321,38 @@ def test_a_link_in_the_dataset_is_refused(
     with pytest.raises(DatasetVersionError) as refused:
         make(plan, dataset_dir, key, authorizer)
     assert refused.value.code == "dataset-link-refused"
+
+
+def test_an_erasure_cut_off_after_its_record_is_finished_before_the_next_version(
+    plan: SitePlan,
+    dataset_dir: Path,
+    key: ModelKey,
+    authorizer: RuntimeAuthorizer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    feedback(dataset_dir, "a" * 32, "patient-gone", "SECRET-OUTCOME")
+    v1 = make(plan, dataset_dir, key, authorizer).version
+    old = next(f["sha256"] for f in v1.files if f["path"] == FEEDBACK_FILE)
+
+    def crash(path: Path) -> None:
+        raise OSError("power lost")
+
+    monkeypatch.setattr("aifactory.data.versions._destroy", crash)
+    with pytest.raises(OSError):
+        erase_subject(
+            plan=plan,
+            dataset="vitals",
+            dataset_dir=dataset_dir,
+            key=key,
+            authorizer=authorizer,
+            subject="patient-gone",
+            authority="court order 12",
+        )
+    history = read_history(dataset_dir, key.trust, dataset="vitals")
+    assert any("should have been destroyed" in p for p in history.problems)  # the record says so
+    monkeypatch.undo()
+    made = make(plan, dataset_dir, key, authorizer)  # finishes the erasure from its signed record first
+    assert not DatasetStore(dataset_dir).object(old).exists()
+    history = read_history(dataset_dir, key.trust, dataset="vitals")
+    assert history.ok, history.problems
+    assert made.version.number == 3 and len(history.erasures) == 1
