@@ -58,8 +58,12 @@ def _now() -> str:
 
 def _create(path: Path, document: dict[str, Any], *, durable: bool) -> None:
     """Write a new file once: O_EXCL, so an existing one is never replaced (FileExistsError)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+    try:
+        fd = os.open(path, flags, 0o640)
+    except FileNotFoundError:  # the folder's first file (a mkdir on every write costs a system call)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, flags, 0o640)
     with os.fdopen(fd, "wb") as handle:
         handle.write(canonical_bytes(document) + b"\n")
         if durable:

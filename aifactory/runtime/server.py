@@ -134,6 +134,9 @@ class ServerConfig:
     denials_per_peer: int = 20  # recorded denials per peer and window, then 429 (`runtime.limits`)
     denials_total: int = 1000  # ... and for all peers together
     denial_window: float = 10.0
+    feedback: bool = (
+        True  # receipts of allowed decisions and POST .../feedback (docs/data.md); a site-wide choice
+    )
 
 
 @dataclass(frozen=True)
@@ -559,7 +562,12 @@ class InferenceServer:
         """On an authorization thread, before the record: the receipt feedback is checked against, on the
         site storage (any node finds it), for models trained on data. No receipt, no feedback: counted."""
         model = self.plan.model(name)
-        if not model.trained_on or model.host_path is None or outcome.tenant is None:
+        if (
+            not self.config.feedback
+            or not model.trained_on
+            or model.host_path is None
+            or outcome.tenant is None
+        ):
             return
         try:
             write_receipt(
@@ -584,6 +592,8 @@ class InferenceServer:
             return Response.json(
                 429, {"error": "too-many-denials"}, {"Retry-After": str(round(self.denials.window))}
             )
+        if not self.config.feedback:
+            return Response.json(404, {"error": "feedback-not-taken"})
         if not valid_decision_id(decision_id):  # before anything becomes a path
             self.metrics.feedback.labels(result="bad-decision-id").inc()
             return Response.json(400, {"error": "bad-decision-id"})

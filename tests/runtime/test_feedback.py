@@ -208,3 +208,29 @@ def test_receipts_live_on_the_models_storage_and_the_server_still_loads_only_sig
     assert json.loads(receipt.read_text())["tenant"] == "health"
     health = nodes.a.call("GET", "/healthz", token=site.tokens["health"])[1]
     assert health["refused"]["vitals-mlp"] == []  # the receipts folder is not an unsigned model
+
+
+def test_a_node_without_feedback_leaves_no_receipt_and_takes_none(
+    nodes: Nodes, site: RuntimeSite, tmp_path: Path
+) -> None:
+    quiet = start_server(site, nodes.storage, tmp_path / "runtime-c", "--no-feedback")
+    try:
+        wait_for_model(quiet)
+        decision = infer(quiet, site.tokens["health"])
+        assert not (nodes.storage / MODEL_PATH / "decisions" / decision[:2] / f"{decision}.json").exists()
+        status, answer = quiet.call(
+            "POST",
+            f"/v1/decisions/{decision}/feedback",
+            {"subject": "p-1", "outcome": 1},
+            token=site.tokens["health"],
+        )
+        assert (status, answer["error"]) == (404, "feedback-not-taken")
+        status, answer = nodes.a.call(  # nor can another node take feedback on it: there is no receipt
+            "POST",
+            f"/v1/decisions/{decision}/feedback",
+            {"subject": "p-1", "outcome": 1},
+            token=site.tokens["health"],
+        )
+        assert (status, answer["reason"]) == (404, "decision-not-found")
+    finally:
+        assert quiet.stop() == 0
