@@ -357,6 +357,10 @@ def _time(now: datetime | None) -> str:
 def _store_object(store: DatasetStore, source: Path | bytes) -> tuple[str, int]:
     """Put a file (or bytes) into the object store under its SHA-256; an object that exists stays."""
     store.objects.mkdir(parents=True, exist_ok=True)
+    if isinstance(source, Path):  # stored before (an unchanged file of the last version): no copy
+        sha = _sha256_file(source)
+        if store.object(sha).exists():
+            return sha, store.object(sha).stat().st_size
     staging = store.objects / f".staging-{os.getpid()}"
     if isinstance(source, bytes):
         staging.write_bytes(source)
