@@ -7,6 +7,7 @@ next dataset version holds it. Refusals are 403 with a reason code and store not
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,8 +42,6 @@ def nodes(site: RuntimeSite, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     root = tmp_path_factory.mktemp("feedback")
     storage = root / "storage"
     (storage / DATASET_PATH).parent.mkdir(parents=True)
-    import shutil
-
     shutil.copytree(site.dataset_dir, storage / DATASET_PATH)
     write_checkpoint(site, storage)
     a = start_server(site, storage, root / "runtime-a")
