@@ -327,3 +327,21 @@ class PipelineFailed(AifactoryError):
 class AuditError(AifactoryError):
     code = "audit"
     exit_code = ExitCode.INVALID
+
+
+class DatasetVersionError(AifactoryError):
+    """A dataset version cannot be made, read or erased as asked (a history that does not verify, a
+    version that is not there, a subject id that is not one)."""
+
+    code = "dataset-version"
+
+
+class FeedbackError(RuntimeDenied):
+    """Feedback on a past decision cannot be taken as given; `reason` is the code a client sees
+    (`bad-input`, `bad-decision-id`, `feedback-exists`)."""
+
+    code = "feedback-refused"
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message, hint=f"reason code: {reason}")
+        self.reason = reason

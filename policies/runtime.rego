@@ -17,7 +17,13 @@ import data.aifactory.lib
 
 _site := data.aifactory.site
 
-_actions := {"dataset": {"read": true, "train": true}, "model": {"infer": true, "read": true, "export": true}}
+# contribute: give feedback on a past decision into the dataset (the owner, or a grant for it);
+# version: make a new version of the dataset where its data is stored (the owner: the site acts for
+# the owner, and no grant names it), host_country being each country a copy of the version lands in.
+_actions := {
+	"dataset": {"read": true, "train": true, "contribute": true, "version": true},
+	"model": {"infer": true, "read": true, "export": true},
+}
 
 _resources contains {"id": sprintf("dataset/%s", [name]), "record": record, "residency": lib.dataset_residency(_site, name)} if {
 	some name, record in _site.datasets
@@ -115,7 +121,7 @@ reasons contains "unknown-resource" if not _owner
 
 # METADATA
 # title: Action not defined for the resource
-# description: Datasets allow read and train; models allow infer, read and export.
+# description: Datasets allow read, train, contribute and version; models allow infer, read and export.
 # custom:
 #   controls: [AC-3]
 #   severity: high

@@ -86,3 +86,51 @@ test_export_outside_granted_destination_denied if {
 	# forecast may live anywhere in ECOWAS, but the export grant names GH only
 	_decide(fixture_test.site, "health", "export", "model/forecast", "SN") == _deny({"outside-residency"})
 }
+
+# Feedback (issue 29): contributing to a dataset is decided like reading it: owner or grant, clearance,
+# residency of the host that stores it.
+test_owner_contributes_inside_residency_allowed if {
+	_decide(fixture_test.site, "health", "contribute", "dataset/records", "NG") == _allow
+}
+
+test_grantee_contributes_allowed if {
+	site := fixture_test.with_changes({"access": [_dataset_grant("health", "weather", ["contribute"])]})
+	_decide(site, "health", "contribute", "dataset/weather", "GH") == _allow
+}
+
+test_read_grant_does_not_let_contribute if {
+	# health may read weather (a live grant on 2026-01-15), not add to it
+	_decide(fixture_test.site, "health", "contribute", "dataset/weather", "GH") == _deny({"no-grant"})
+}
+
+test_contribute_below_classification_denied if {
+	site := fixture_test.with_changes({"access": [_dataset_grant("research", "records", ["contribute"])]})
+	_decide(site, "research", "contribute", "dataset/records", "NG") == _deny({"clearance-below-classification"})
+}
+
+test_contribute_outside_residency_denied if {
+	_decide(fixture_test.site, "health", "contribute", "dataset/records", "GH") == _deny({"outside-residency"})
+}
+
+# A new version is made for the owner, once per country a copy of it lands in.
+test_version_inside_residency_allowed if {
+	_decide(fixture_test.site, "health", "version", "dataset/records", "NG") == _allow
+}
+
+test_version_outside_residency_denied if {
+	_decide(fixture_test.site, "health", "version", "dataset/records", "GH") == _deny({"outside-residency"})
+}
+
+test_version_by_another_tenant_denied if {
+	_decide(fixture_test.site, "research", "version", "dataset/weather", "GH") == _allow
+	_decide(fixture_test.site, "health", "version", "dataset/weather", "GH") == _deny({"no-grant"})
+}
+
+test_version_not_an_action_on_models if {
+	_decide(fixture_test.site, "health", "version", "model/triage", "NG") == _deny({"unknown-action"})
+}
+
+_dataset_grant(tenant, name, actions) := {
+	"tenant": tenant, "resource": concat("/", ["dataset", name]), "kind": "dataset", "name": name,
+	"actions": actions, "expires": null, "to": null, "approved_by": null,
+}

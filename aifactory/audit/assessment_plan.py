@@ -64,6 +64,13 @@ ACTIVITIES: dict[str, tuple[str, tuple[str, ...]]] = {
             "Verify every promotion record's ECDSA signature and its chain to the record before it.",
         ),
     ),
+    "datasets": (
+        "TEST",
+        (
+            "Verify each dataset version's manifest, its files' SHA-256s and its lineage with the site key.",
+            "List every erasure: when, by whom, on whose authority, which files were destroyed.",
+        ),
+    ),
 }
 
 

@@ -100,6 +100,7 @@ SOURCE_WORDS = {
     "decision-logs": "decision logs",
     "host-scan": "host scan (OpenSCAP)",
     "models": "signed models",
+    "datasets": "dataset versions",
 }
 # Labels for the evidence details' keys; any other key is spelled out the same way (underscores to
 # spaces), so no raw key ever reaches the page.

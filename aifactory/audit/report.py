@@ -64,7 +64,8 @@ class ReportOptions:
     bundle_trust: Path | None = None
     state_home: Path | None = None
     models: Sequence[tuple[str, Path]] = ()  # (model, its folder as this machine reaches it)
-    model_trust: Path | None = None  # the site's model-signing public key
+    model_trust: Path | None = None  # the site's model-signing public key (models and dataset versions)
+    datasets: Sequence[tuple[str, Path]] = ()  # (dataset, its folder as this machine reaches it)
 
 
 @dataclass(frozen=True)
@@ -147,6 +148,7 @@ def produce_report(
         today=timestamp.date(),
         models=options.models,
         model_trust=options.model_trust,
+        datasets=options.datasets,
     )
     key: SigningKey = given_key(options.key, options.identity) if options.key else site_audit_key(state)
     report = build_report(

@@ -152,14 +152,18 @@ def _collect_heads(planned: PlannedSite) -> None:
 
 def _model_registry(planned: PlannedSite) -> dict[str, Any]:
     """The models on mounted storage (the lab's storage folders when a lab of the site is up here) and
-    the site's model-signing public key: the report's signed-models evidence."""
-    from aifactory.pipeline.models import model_dir
+    the site's model-signing public key: the report's signed-models evidence; the datasets' folders: the
+    dataset versions and erasures it lists."""
+    from aifactory.pipeline.models import model_dir, on_storage
     from aifactory.state import SiteState
     from aifactory.trust.issuing.models import ModelKey
 
     plan = planned.plan
     return {
         "models": tuple((m.name, model_dir(plan, m)) for m in plan.models if m.host_path),
+        "datasets": tuple(
+            (d.name, on_storage(plan, d.storage, d.path)) for d in plan.datasets if d.host_path
+        ),
         "model_trust": ModelKey(SiteState.for_site(plan.name).path("runtime")).trust.public_key,
     }
 

@@ -31,6 +31,7 @@ COMMAND_MODULES = (
     "aifactory.cli.health",
     "aifactory.cli.audit",
     "aifactory.cli.models",
+    "aifactory.cli.data",  # data versions, show, version, erase
     "aifactory.cli.pipeline",  # up, down
     "aifactory.cli.monitoring",  # status, monitoring
 )
@@ -53,6 +54,7 @@ COMMANDS = {
     "health": "aifactory.cli.health",
     "audit": "aifactory.cli.audit",
     "models": "aifactory.cli.models",
+    "data": "aifactory.cli.data",
     "up": "aifactory.cli.pipeline",
     "down": "aifactory.cli.pipeline",
     "status": "aifactory.cli.monitoring",

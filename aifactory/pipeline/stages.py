@@ -768,7 +768,7 @@ def run_serve(context: UpContext) -> StageResult:
 
 def run_audit(context: UpContext) -> StageResult:
     from aifactory.audit import ReportOptions, produce_report
-    from aifactory.pipeline.models import model_dir
+    from aifactory.pipeline.models import model_dir, on_storage
     from aifactory.trust.issuing.models import ModelKey
 
     folder = context.state.subdir("up") / "report"
@@ -783,6 +783,11 @@ def run_audit(context: UpContext) -> StageResult:
             opa_url=context.options.opa_url,
             models=models,
             model_trust=ModelKey(context.state.subdir("runtime")).trust.public_key,
+            datasets=tuple(
+                (d.name, on_storage(plan, d.storage, d.path, lab=context.options.lab))
+                for d in plan.datasets
+                if d.host_path
+            ),
         ),
     )
     # The site's own key signed it: its allowed_signers in the state folder is the trust to check

@@ -125,6 +125,17 @@ class ServeMetrics:
             ["reason"],
             registry=registry,
         )
+        self.feedback = Counter(
+            "aifactory_serve_feedback",
+            "Feedback on past decisions, by result (accepted, or the reason code it was refused with).",
+            ["result"],
+            registry=registry,
+        )
+        self.receipts_unwritten = Counter(
+            "aifactory_serve_receipts_unwritten",
+            "Allowed decisions whose receipt could not be written to the site storage (no feedback on them).",
+            registry=registry,
+        )
         self.rate_limited = Counter(
             "aifactory_serve_rate_limited",
             "Requests answered 429 because their peer (or all peers) had too many denials in the window.",

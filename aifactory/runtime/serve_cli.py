@@ -131,6 +131,13 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--drain-timeout", type=float, default=30.0, help="seconds to finish requests on stop"
     )
+    parser.add_argument(
+        "--no-feedback",
+        dest="feedback",
+        action="store_const",
+        const=False,
+        help="no receipts of decisions, no feedback (serve.feedback: false); the same on every node",
+    )
     limits = parser.add_argument_group("limits against hostile clients (runtime.yaml: serve.<name>)")
     for name, kind, default, text in LIMITS:
         limits.add_argument(f"--{name.replace('_', '-')}", type=kind, help=f"{text} (default {default})")
@@ -235,6 +242,7 @@ def _serve(arguments: list[str]) -> int:
             denials_per_peer=limits["denials_per_peer"],
             denials_total=limits["denials_total"],
             denial_window=limits["denial_window"],
+            feedback=bool(pick(args.feedback, serve.get("feedback"), True)),
         )
         run_server(
             config,

@@ -11,6 +11,10 @@
          404 {"error": "model-not-served-here", "decision_id"}      (recorded, the name cut short)
          429 {"error": "too-many-denials"}       (the peer was denied too often in this window)
          503 {"error": "model-not-loaded" | "log-unavailable" | "log-disk-full" | "draining"}
+    POST /v1/decisions/<id>/feedback    {"dataset"?, "subject", "outcome"}  from the tenant it answered
+         202 {"status": "pending", "feedback_on", "dataset", "decision_id"}   stored on the dataset's storage
+         403 {"error": "forbidden", "reason", "reasons", "decision_id"}    nothing stored
+         404 {"error": "decision-not-found", ...}   409 {"error": "feedback-exists", ...}   400 bad input
 
 The wire format (parsing, limits, timeouts, connection caps) is `aifactory.runtime.http`'s; the
 bounds on what hostile requests cost (denials, recorded names, JSON depth) are
@@ -54,7 +58,17 @@ import numpy as np
 import torch
 
 import aifactory
-from aifactory.errors import AifactoryError, TokenRejected
+from aifactory.data.feedback import (
+    FeedbackRequest,
+    Receipt,
+    find_receipt,
+    forget_receipt,
+    parse_feedback,
+    store_feedback,
+    valid_decision_id,
+    write_receipt,
+)
+from aifactory.errors import AifactoryError, FeedbackError, TokenRejected
 from aifactory.ids import new_decision_id
 from aifactory.plan.model import Host
 from aifactory.runtime import checkpoint
@@ -120,6 +134,9 @@ class ServerConfig:
     denials_per_peer: int = 20  # recorded denials per peer and window, then 429 (`runtime.limits`)
     denials_total: int = 1000  # ... and for all peers together
     denial_window: float = 10.0
+    feedback: bool = (
+        True  # receipts of allowed decisions and POST .../feedback (docs/data.md); a site-wide choice
+    )
 
 
 @dataclass(frozen=True)
@@ -292,6 +309,8 @@ class InferenceServer:
             )
             for name in _models_to_serve(self.plan, config.models, host)
         }
+        # Where receipts of decisions live: every mounted model's folder, whichever node serves it.
+        self._receipt_dirs = [self.plan.model_dir(m.name) for m in self.plan.plan.models if m.host_path]
         self.draining = False
         self.http: HttpServer[Peer] = HttpServer(
             handler=self._route, prepare=self._prepare, limits=config.http, events=self.metrics
@@ -386,6 +405,10 @@ class InferenceServer:
             if request.method != "POST":
                 return Response.json(405, {"error": "method-not-allowed"}, {"Allow": "POST"})
             return await self._infer(parts[2], request, peer)
+        if len(parts) == 4 and parts[:2] == ["v1", "decisions"] and parts[3] == "feedback":
+            if request.method != "POST":
+                return Response.json(405, {"error": "method-not-allowed"}, {"Allow": "POST"})
+            return await self._feedback(parts[2], request, peer)
         return Response.json(404, {"error": "not-found"})
 
     def _may_read_metrics(self, peer: Peer) -> bool:
@@ -462,6 +485,8 @@ class InferenceServer:
                 )
                 if slot is None:  # recorded as what it is, whoever asks
                     outcome = replace(outcome, allow=False, reasons=("model-not-served-here",), controls=())
+                elif outcome.allow:
+                    self._leave_receipt(name, outcome, serving)
                 durable = self.guard.record(outcome)
             except Exception as exc:  # noqa: BLE001 -- the handler must get an answer, even this error
                 inbox.settle(decided, None, exc)
@@ -476,6 +501,8 @@ class InferenceServer:
         tracing = {"X-Request-Id": request_id, "X-Decision-Id": outcome.decision_id}
         if not_recorded is not None:
             log.error("decision %s not recorded: %r", outcome.decision_id, not_recorded)
+            if outcome.allow and slot is not None:  # no feedback on a decision the log does not hold
+                forget_receipt(self.plan.model_dir(name), outcome.decision_id)
             self.metrics.decisions_unrecorded.inc()
             return Response.json(
                 503, {"error": "log-unavailable", "decision_id": outcome.decision_id}, tracing
@@ -530,6 +557,125 @@ class InferenceServer:
             },
             tracing,
         )
+
+    def _leave_receipt(self, name: str, outcome: Outcome, serving: LoadedModel | None) -> None:
+        """On an authorization thread, before the record: the receipt feedback is checked against, on the
+        site storage (any node finds it), for models trained on data. No receipt, no feedback: counted."""
+        model = self.plan.model(name)
+        if (
+            not self.config.feedback
+            or not model.trained_on
+            or model.host_path is None
+            or outcome.tenant is None
+        ):
+            return
+        try:
+            write_receipt(
+                self.plan.model_dir(name),
+                decision_id=outcome.decision_id,
+                tenant=outcome.tenant,
+                model=name,
+                digest=serving.digest if serving else None,
+                host=self.guard.host,
+            )
+        except (OSError, FeedbackError) as exc:
+            log.error("receipt of decision %s not written: %r", outcome.decision_id, exc)
+            self.metrics.receipts_unwritten.inc()
+
+    async def _feedback(self, decision_id: str, request: Request, peer: Peer) -> Response:
+        """Feedback on a past decision: checked, decided (action `contribute` on the dataset), recorded in
+        the decision log, then stored on the dataset's storage; off the event loop (files, policy, fsync)."""
+        if self.decisions.disk_state == "critical":
+            return Response.json(503, {"error": "log-disk-full"}, {"Retry-After": "30"})
+        if not self.denials.admit(peer.address, time.time()):
+            self.metrics.rate_limited.inc()
+            return Response.json(
+                429, {"error": "too-many-denials"}, {"Retry-After": str(round(self.denials.window))}
+            )
+        if not self.config.feedback:
+            return Response.json(404, {"error": "feedback-not-taken"})
+        if not valid_decision_id(decision_id):  # before anything becomes a path
+            self.metrics.feedback.labels(result="bad-decision-id").inc()
+            return Response.json(400, {"error": "bad-decision-id"})
+        if nests_deeper_than(request.body, MAX_JSON_DEPTH):
+            detail = f"nested deeper than {MAX_JSON_DEPTH}"
+            return Response.json(400, {"error": "bad-input", "detail": detail})
+        try:
+            wanted = parse_feedback(request.body)
+        except FeedbackError as refused:
+            self.metrics.feedback.labels(result=refused.reason).inc()
+            return Response.json(400, {"error": refused.reason, "detail": refused.message})
+        loop = asyncio.get_running_loop()
+        status, answer = await loop.run_in_executor(
+            None, self._take_feedback, decision_id, wanted, _bearer(request.headers), peer
+        )
+        result = answer.get("reason") or answer.get("error") or "accepted"
+        self.metrics.feedback.labels(result=str(result)).inc()
+        if status in (403, 404):
+            self.denials.denied(peer.address, time.time())
+        return Response.json(status, answer)
+
+    def _take_feedback(
+        self, decision_id: str, wanted: FeedbackRequest, token: str | None, peer: Peer
+    ) -> tuple[int, dict[str, Any]]:
+        receipt = find_receipt(self._receipt_dirs, decision_id)
+        planned = {m.name: m.trained_on for m in self.plan.plan.models}
+        trained_on = planned.get(receipt.model, ()) if receipt else ()  # a model gone from the plan: none
+        dataset = wanted.dataset or (trained_on[0] if len(trained_on) == 1 else "-")
+        outcome = self.guard.decide(
+            token,
+            "contribute",
+            f"dataset/{dataset}",
+            request={"peer": peer.address, "feedback_on": decision_id},
+            certificate=peer.certificate,
+        )
+        status = 403
+        if outcome.tenant is not None:  # only an identified caller learns whether the decision exists
+            refusal = _feedback_refusal(receipt, outcome.tenant, dataset, trained_on)
+            if refusal is not None:
+                reason, status = refusal  # first, then whatever the policy found besides
+                reasons = (reason, *(r for r in outcome.reasons if not outcome.allow))
+                controls = tuple(sorted({"AC-3", *(c for c in outcome.controls if not outcome.allow)}))
+                outcome = replace(outcome, allow=False, reasons=reasons, controls=controls)
+        try:
+            self.guard.record(outcome).result(timeout=30)
+        except Exception as exc:  # noqa: BLE001 -- an unrecorded decision lets nothing in
+            log.error("feedback decision %s not recorded: %r", outcome.decision_id, exc)
+            self.metrics.decisions_unrecorded.inc()
+            return 503, {"error": "log-unavailable", "decision_id": outcome.decision_id}
+        self.metrics.decisions.labels(allow=str(outcome.allow).lower()).inc()
+        if not outcome.allow or receipt is None:
+            error = "decision-not-found" if status == 404 else "forbidden"
+            return status, {
+                "error": error,
+                "reason": outcome.reasons[0],
+                "reasons": list(outcome.reasons),
+                "decision_id": outcome.decision_id,
+            }
+        where = self.plan.dataset(dataset)
+        if where.host_path is None:
+            return 503, {"error": "feedback-unavailable", "decision_id": outcome.decision_id}
+        try:
+            store_feedback(
+                self.plan.dataset_dir(dataset),
+                receipt=receipt,
+                dataset=dataset,
+                request=wanted,
+                feedback_decision=outcome.decision_id,
+                host=self.guard.host,
+                country=self.guard.host_country,
+            )
+        except FeedbackError as refused:
+            return 409, {"error": refused.reason, "decision_id": outcome.decision_id}
+        except OSError as exc:
+            log.error("feedback on %s not stored: %r", decision_id, exc)
+            return 503, {"error": "feedback-unavailable", "decision_id": outcome.decision_id}
+        return 202, {
+            "status": "pending",
+            "feedback_on": decision_id,
+            "dataset": dataset,
+            "decision_id": outcome.decision_id,
+        }
 
     def _record_suppressed(self, *, everything: bool = False) -> None:
         """One record per peer and window for the requests answered 429, with their count (AU-2)."""
@@ -639,6 +785,20 @@ def _models_to_serve(plan: RuntimePlan, named: tuple[str, ...], host: Host | Non
         return [plan.model(name).name for name in named]
     pool = host.pool if host else None
     return sorted(m.name for m in plan.plan.models if pool is None or pool in m.serve_on)
+
+
+def _feedback_refusal(
+    receipt: Receipt | None, tenant: str, dataset: str, trained_on: tuple[str, ...]
+) -> tuple[str, int] | None:
+    """Why feedback from `tenant` on the decision `receipt` stands for is refused (reason, status), if so:
+    feedback is on a decision that exists, by the tenant it answered, into data its model learnt from."""
+    if receipt is None:
+        return "decision-not-found", 404
+    if receipt.tenant != tenant:
+        return "not-your-decision", 403
+    if dataset not in trained_on:
+        return "dataset-not-of-model", 403
+    return None
 
 
 def _rows(body: bytes, features: int) -> np.ndarray | str:

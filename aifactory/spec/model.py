@@ -59,7 +59,7 @@ EgressEndpoint = Annotated[str, _rule(g.EGRESS_ENDPOINT), Field(description=g.EG
 Text = Annotated[str, _rule(g.TEXT), Field(description=g.TEXT.text)]
 Classification = Literal["public", "internal", "confidential", "secret", "top-secret"]
 CLASSIFICATIONS: tuple[str, ...] = ("public", "internal", "confidential", "secret", "top-secret")
-DATASET_ACTIONS = ("read", "train")
+DATASET_ACTIONS = ("read", "train", "contribute")  # contribute: feedback into it (docs/data.md)
 MODEL_ACTIONS = ("infer", "read", "export")
 
 
@@ -246,7 +246,7 @@ class Grant(_Model):
 
     tenant: Name
     resource: ResourceRef
-    actions: list[Literal["read", "train", "infer", "export"]] = Field(min_length=1)
+    actions: list[Literal["read", "train", "contribute", "infer", "export"]] = Field(min_length=1)
     approved_by: Email | None = None
     expires: Annotated[dt.date, Field(strict=False)] | None = None
     to: Place | None = Field(None, description="export grants only: where the model goes")

@@ -2,6 +2,7 @@
 
     <model dir>/                          the model's planned path on the site storage
         checkpoints/step-NNNNNNNN/        training output: never served as it is
+        decisions/                        receipts of decisions, for feedback (aifactory.data.feedback)
         registry/versions/<hex>/model/    a version's files (the checkpoint's, and its provenance)
         registry/versions/<hex>/model.sig its OpenSSF model signature (a Sigstore bundle, key mode)
         registry/promotions.jsonl         signed promotion records, one per line, chained
@@ -48,7 +49,8 @@ SIGNATURE = "model.sig"
 PROVENANCE = "aifactory-provenance.json"  # inside the signed folder: signed with the weights
 PROMOTIONS = "promotions.jsonl"
 CHECKPOINTS_DIR = "checkpoints"
-KNOWN_ENTRIES = frozenset({REGISTRY_DIR, CHECKPOINTS_DIR, "runs"})  # runs/: training metrics
+RECEIPTS_DIR = "decisions"  # receipts of decisions, for feedback (aifactory.data.feedback): never loaded
+KNOWN_ENTRIES = frozenset({REGISTRY_DIR, CHECKPOINTS_DIR, "runs", RECEIPTS_DIR})  # runs/: training metrics
 ALIASES = ("champion", "challenger")
 PROMOTION_FORMAT = "aifactory.promotion/v1"
 PROVENANCE_FORMAT = "aifactory.model-provenance/v1"

@@ -184,7 +184,7 @@ CASES = [
         "    actions: [read, train]",
         "    actions: [read, delete]",
         "access[0].actions[1]",
-        "must be one of read, train, infer, export",
+        "must be one of read, train, contribute, infer, export",
     ),
     one(
         "action-wrong-kind",

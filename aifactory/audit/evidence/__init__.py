@@ -1,5 +1,5 @@
 """Gathering evidence from every stage that has left some: policy, bundle, deploy, the logs and the
-hosts' OpenSCAP scans and the model registry."""
+hosts' OpenSCAP scans, the model registry and the datasets' versions."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from aifactory.audit.evidence.bundle import bundle_evidence
+from aifactory.audit.evidence.datasets import dataset_evidence
 from aifactory.audit.evidence.deploy import deploy_evidence
 from aifactory.audit.evidence.hostscan import host_scan_evidence
 from aifactory.audit.evidence.logs import decision_log_evidence, operator_log_evidence, verify_any_log
@@ -34,6 +35,7 @@ def gather_evidence(
     today: dt.date | None = None,
     models: Sequence[tuple[str, Path]] = (),
     model_trust: Path | None = None,
+    datasets: Sequence[tuple[str, Path]] = (),
 ) -> tuple[list[Evidence], str | None]:
     """Every evidence section, in report order, and the imported bundle's digest (None if none)."""
     bundle, bundle_digest = bundle_evidence(state, plan_digest, trust=bundle_trust)
@@ -45,5 +47,6 @@ def gather_evidence(
         decision_log_evidence(state, decision_logs, retention_days=retention_days),
         host_scan_evidence(state, waivers=scap_waivers, today=today or dt.datetime.now(dt.UTC).date()),
         model_evidence(models, model_trust),
+        dataset_evidence(datasets, model_trust),  # signed with the same site key
     ]
     return sections, bundle_digest
