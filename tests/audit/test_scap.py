@@ -260,7 +260,7 @@ def test_tailoring_extends_each_profile_and_sets_only_the_site_values() -> None:
 def test_tailoring_escapes_markup_and_refuses_what_is_not_a_value() -> None:
     from defusedxml import ElementTree
 
-    hostile = 'a&b<c>"d\'@x{{ e }}'
+    hostile = "a&b<c>\"d'@x{{ e }}"
     text = scap.tailoring_xml(["standard"], {"var_postfix_root_mail_alias": hostile}, time=WHEN)
     assert b"<c>" not in text and b"&amp;b&lt;c&gt;" in text
     ns = "{http://checklists.nist.gov/xccdf/1.2}"
@@ -268,7 +268,7 @@ def test_tailoring_escapes_markup_and_refuses_what_is_not_a_value() -> None:
     for profile, values in [
         (["standard"], {"var_postfix_root_mail_alias": "soc@lab.example\nroot: x@evil.example"}),
         (["standard"], {"var_postfix_root_mail_alias": "soc@lab.example\x00"}),
-        (["standard"], {"var\"><x": "soc@lab.example"}),
+        (["standard"], {'var"><x': "soc@lab.example"}),
         (["not_a_profile"], {"var_postfix_root_mail_alias": "soc@lab.example"}),
     ]:
         with pytest.raises(AuditError, match="not a"):

@@ -25,7 +25,10 @@ def _site(tmp_path: Path, contact: object) -> Path:
     return path
 
 
-@pytest.mark.parametrize("contact", ["soc@agency.example", "security-ops+root@ng.gov.example", "r@[10.0.0.1]"])
+GOOD = ["soc@agency.example", "security-ops+root@ng.gov.example", "r@[10.0.0.1]"]
+
+
+@pytest.mark.parametrize("contact", GOOD)
 def test_a_security_contact_reaches_the_plan_and_the_inventory_as_data(
     contact: str, tmp_path: Path, cli
 ) -> None:  # noqa: ANN001
