@@ -34,6 +34,12 @@ from aifactory.spec.model import ScapProfile
 DATASTREAM = "/usr/share/xml/scap/ssg/content/ssg-debian12-ds.xml"
 PROFILE_PREFIX = "xccdf_org.ssgproject.content_profile_"
 RULE_PREFIX = "xccdf_org.ssgproject.content_rule_"
+VALUE_PREFIX = "xccdf_org.ssgproject.content_value_"
+# The site's tailoring (`oscap --tailoring-file`): one profile per content profile, extending it and
+# setting only the content's values the site decides (its security contact), selecting nothing else.
+TAILORING_ID = "xccdf_aifactory_tailoring_site"
+TAILORED_PROFILE_PREFIX = "xccdf_aifactory_profile_"
+ROOT_MAIL_ALIAS = "var_postfix_root_mail_alias"  # postfix_client_configure_mail_alias reads it
 PROFILES: tuple[str, ...] = get_args(ScapProfile)
 NIST_800_53 = "http://nvlpubs.nist.gov/nistpubs/SpecialPublications/NIST.SP.800-53r4.pdf"
 APPLICABLE = frozenset({"pass", "fixed", "fail", "error", "unknown"})
@@ -178,9 +184,11 @@ def digest_arf(arf: Path, *, host: str) -> HostScan:
                 _short(rule_id), _text(item, "result"), item.get("severity", "unknown"), title, controls
             )
         )
+    profile_id = profile.get("idref", "") if profile is not None else ""
     return HostScan(
         host=host,
-        profile=(profile.get("idref", "") if profile is not None else "").removeprefix(PROFILE_PREFIX),
+        # The content's profile, whether the scan ran it as it is or as the site's tailoring of it.
+        profile=profile_id.removeprefix(PROFILE_PREFIX).removeprefix(TAILORED_PROFILE_PREFIX),
         content_version=test.get("version", ""),
         scanner=scanner,
         started=test.get("start-time", ""),
@@ -188,6 +196,55 @@ def digest_arf(arf: Path, *, host: str) -> HostScan:
         arf_sha256=hashlib.sha256(arf.read_bytes()).hexdigest(),
         rules=tuple(sorted(found, key=lambda r: r.rule)),
     )
+
+
+def site_values(*, security_contact: str | None) -> dict[str, str]:
+    """The content's values a site sets through its tailoring (short value ids): its security contact
+    is root's mail alias."""
+    return {ROOT_MAIL_ALIAS: security_contact} if security_contact else {}
+
+
+def tailored_profile_id(profile: str) -> str:
+    return TAILORED_PROFILE_PREFIX + profile
+
+
+def tailoring_xml(profiles: Iterable[str], values: Mapping[str, str], *, time: dt.datetime) -> bytes:
+    """An XCCDF 1.2 tailoring file: for each content profile, a profile that extends it and sets
+    `values` (short value id -> value); `oscap xccdf eval --tailoring-file` with
+    `--profile tailored_profile_id(profile)` evaluates it. Every string is escaped by the XML writer;
+    a profile or value id outside the content's grammar, or a value with a control character, is
+    refused."""
+    from xml.etree import ElementTree  # writing only: nothing untrusted is parsed
+
+    for profile in profiles:
+        if profile not in PROFILES:
+            raise AuditError(f"{profile!r} is not a profile of the content", code="scap-tailoring-invalid")
+    for name, value in values.items():
+        if not _RULE_ID.fullmatch(name) or not value.isprintable() or len(value) > 1024:
+            raise AuditError(
+                f"the tailored value {name!r} is not a plain value of the content",
+                code="scap-tailoring-invalid",
+            )
+    ns = "http://checklists.nist.gov/xccdf/1.2"
+    ElementTree.register_namespace("xccdf", ns)
+    root = ElementTree.Element(f"{{{ns}}}Tailoring", {"id": TAILORING_ID})
+    ElementTree.SubElement(root, f"{{{ns}}}benchmark", {"href": DATASTREAM})
+    version = ElementTree.SubElement(root, f"{{{ns}}}version", {"time": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    version.text = "1"
+    for profile in sorted(set(profiles)):
+        tailored = ElementTree.SubElement(
+            root,
+            f"{{{ns}}}Profile",
+            {"id": tailored_profile_id(profile), "extends": PROFILE_PREFIX + profile},
+        )
+        title = ElementTree.SubElement(tailored, f"{{{ns}}}title")
+        title.text = f"{profile} with the site's values"
+        for name, value in sorted(values.items()):
+            item = ElementTree.SubElement(tailored, f"{{{ns}}}set-value", {"idref": VALUE_PREFIX + name})
+            item.text = value
+    ElementTree.indent(root)
+    text: bytes = ElementTree.tostring(root, encoding="utf-8", xml_declaration=True)
+    return text + b"\n"
 
 
 @dataclass(frozen=True)

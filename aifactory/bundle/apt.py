@@ -37,9 +37,9 @@ from aifactory.digests import sha256_file
 from aifactory.errors import BundleError, PrerequisiteError
 
 # What the roles install from the bundle (munge + slurm roles, base role's time daemon, password
-# quality module and sudo, and health check tools, the SCAP scanner and its content that the audit
-# scans every host with, the monitoring role's Prometheus (with promtool), Alertmanager and node
-# exporter).
+# quality module and sudo, file integrity checker (AIDE), and health check tools, the SCAP scanner
+# and its content that the audit scans every host with, the monitoring role's Prometheus (with
+# promtool), Alertmanager and node exporter).
 ROLE_PACKAGES: tuple[str, ...] = (
     "munge",
     "slurm-client",
@@ -48,6 +48,8 @@ ROLE_PACKAGES: tuple[str, ...] = (
     "chrony",
     "libpam-pwquality",
     "sudo",
+    "aide",  # base role: file integrity (SI-7)
+    "aide-common",
     "openscap-scanner",
     "fio",  # aifactory health: site storage throughput
     "iperf3",  # aifactory health: compute link bandwidth

@@ -5,12 +5,17 @@ the bundle's apt repository) and fetches the ARF files to the site's state folde
 each is digested (aifactory.audit.scap) into `scap/<run>/scan.json`, which `aifactory audit report`
 reads as evidence. The hosts are reached exactly as deploy reaches them (inventory from the bundle's
 signed plan, through the site's `Connection`, which the caller chooses).
+
+The content's values a site decides (its security contact, root's mail alias: the spec's
+`contacts.security`) reach the scan as an XCCDF tailoring file (`oscap --tailoring-file`), written to
+the run's folder from the plan: each host's profile extended with those values, nothing else changed.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +32,7 @@ from aifactory.resources import resource_dir
 from aifactory.state import SiteState
 
 PLAYBOOK = "scan.yml"
+TAILORING = "tailoring.xml"
 
 
 @dataclass(frozen=True)
@@ -37,6 +43,7 @@ class ScanRun:
     scans: tuple[scap.HostScan, ...]
     unscanned: dict[str, str]  # host -> why no result came back
     skipped_rules: tuple[str, ...] = ()  # left out by the site's Connection (`oscap --skip-rule`)
+    tailored_values: dict[str, str] = field(default_factory=dict)  # the site's values (short ids)
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -45,7 +52,7 @@ class ScanRun:
             "hosts": [s.as_json() for s in self.scans],
             "unscanned": dict(sorted(self.unscanned.items())),
             "skipped_rules": list(self.skipped_rules),
-        }
+        } | ({"tailored_values": dict(sorted(self.tailored_values.items()))} if self.tailored_values else {})
 
 
 def scan_site(site: str, *, connection: Connection, trust: Path | None = None) -> ScanRun:
@@ -59,7 +66,13 @@ def scan_site(site: str, *, connection: Connection, trust: Path | None = None) -
         folder = state.subdir(SCANS_DIR) / run_id
         folder.mkdir(parents=True)
         ansible = _ansible(connection, state, bundle.inventory_vars(), plan)
-        failures = _run_playbook(ansible, folder, skip_rules=connection.scan_skip_rules)
+        values = scap.site_values(security_contact=plan.contacts.security if plan.contacts else None)
+        tailoring = None
+        if values:
+            tailoring = folder / TAILORING
+            profiles = {h.platform.scap_profile for h in plan.hosts}
+            tailoring.write_bytes(scap.tailoring_xml(profiles, values, time=dt.datetime.now(dt.UTC)))
+        failures = _run_playbook(ansible, folder, skip_rules=connection.scan_skip_rules, tailoring=tailoring)
         hosts = sorted(h.name for h in plan.hosts)
         scans = []
         unscanned = dict(failures)
@@ -69,7 +82,7 @@ def scan_site(site: str, *, connection: Connection, trust: Path | None = None) -
                 scans.append(scap.digest_arf(arf, host=host))
             else:
                 unscanned.setdefault(host, "no result came back")
-        result = ScanRun(site, run_id, folder, tuple(scans), unscanned, connection.scan_skip_rules)
+        result = ScanRun(site, run_id, folder, tuple(scans), unscanned, connection.scan_skip_rules, values)
         (folder / DIGEST).write_text(json.dumps(result.as_json(), indent=1, sort_keys=True) + "\n")
     if unscanned:
         raise DeployError(
@@ -101,7 +114,9 @@ def _ansible(
     )
 
 
-def _run_playbook(ansible: _Ansible, dest: Path, *, skip_rules: tuple[str, ...]) -> dict[str, str]:
+def _run_playbook(
+    ansible: _Ansible, dest: Path, *, skip_rules: tuple[str, ...], tailoring: Path | None
+) -> dict[str, str]:
     """Run scan.yml; the hosts whose scan failed, with the failing task's message."""
     failures: dict[str, str] = {}
 
@@ -115,7 +130,13 @@ def _run_playbook(ansible: _Ansible, dest: Path, *, skip_rules: tuple[str, ...])
 
     extra = dest / "scan-vars.json"
     extra.write_text(
-        json.dumps({"aifactory_scan_dest": str(dest), "aifactory_scan_skip_rules": list(skip_rules)})
+        json.dumps(
+            {
+                "aifactory_scan_dest": str(dest),
+                "aifactory_scan_skip_rules": list(skip_rules),
+                "aifactory_scan_tailoring": str(tailoring) if tailoring else None,
+            }
+        )
     )
     ansible.run(handle=handle, limit=None, cmdline=["-e", f"@{extra}", str(ansible.playbooks / PLAYBOOK)])
     return failures

@@ -249,6 +249,9 @@ def _site_vars(
         # Where Prometheus runs and its intervals (the spec's monitoring section, else the defaults on
         # the control host), or None: the monitoring play (docs/telemetry.md).
         "aifactory_monitoring": monitoring_settings(plan),
+        # The site's security contact (the spec's contacts.security), or None: root's mail alias on
+        # every host (the base role) and the host scans' tailored value (docs/audit.md).
+        "aifactory_security_contact": plan.contacts.security if plan.contacts else None,
         # Defaults of a site whose Connection says nothing else: hosts run systemd (site_vars, from the
         # site's Connection, replace these; docs/architecture.md).
         "aifactory_lab": False,

@@ -23,6 +23,7 @@ from aifactory.plan.addressing import (
 from aifactory.plan.model import (
     AccessGrant,
     BmcEndpoint,
+    ContactsPlan,
     DatacenterPlan,
     DatasetPlan,
     EgressPlan,
@@ -127,7 +128,7 @@ def _plan_against_lock(loaded: LoadedSpec, lock_path: Path, lock_text: str | Non
     return PlannedSite(loaded, plan, lock, lock_path, lock_text != lock.to_json(), lock_text)
 
 
-ADDED_AFTER_V1 = ("logs", "monitoring", "health")
+ADDED_AFTER_V1 = ("logs", "monitoring", "health", "contacts")
 
 
 def spec_digest(spec: SiteSpec) -> str:
@@ -215,6 +216,7 @@ def build_plan(
         control_host=next((h.name for h in hosts if h.role == "control"), None),
         allocation={},
         monitoring=_monitoring(spec, hosts),
+        contacts=ContactsPlan(security=spec.contacts.security) if spec.contacts else None,
     )
     new_lock = lock_snapshot(site, allocators)
     object.__setattr__(plan, "allocation", as_dict(new_lock)["fabrics"])

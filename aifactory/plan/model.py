@@ -292,6 +292,13 @@ class MonitoringPlan:
     evaluation_interval_seconds: int
 
 
+@dataclass(frozen=True, slots=True)
+class ContactsPlan:
+    """Who the hosts report to: root's mail alias and the host scans' tailored value (docs/audit.md)."""
+
+    security: str  # an email address (the spec's grammar)
+
+
 @dataclass(frozen=True)
 class SitePlan:
     """The plan: typed sections; `allocation` is the allocation lock's snapshot, kept as its JSON."""
@@ -313,6 +320,8 @@ class SitePlan:
     # Set only when the spec has a monitoring section: plans written before it stay byte for byte
     # (the key is left out of to_dict when None, and a plan without it reads back as None).
     monitoring: MonitoringPlan | None = None
+    # Likewise set only when the spec has a contacts section.
+    contacts: ContactsPlan | None = None
 
     @property
     def name(self) -> str:
@@ -367,7 +376,11 @@ class SitePlan:
             "access": [section_dict(a) for a in self.access],
             "egress": section_dict(self.egress),
             "allocation": self.allocation,
-        } | ({"monitoring": section_dict(self.monitoring)} if self.monitoring else {})
+        } | {
+            name: section_dict(section)
+            for name, section in (("monitoring", self.monitoring), ("contacts", self.contacts))
+            if section is not None
+        }
 
     def to_json(self) -> str:
         """The canonical serialized plan (what `aifactory plan -o` writes)."""
@@ -440,7 +453,7 @@ _PLAN_KEYS = (
     "allocation",
 )
 # Sections added later, present only when the spec sets them.
-_OPTIONAL_PLAN_KEYS = ("monitoring",)
+_OPTIONAL_PLAN_KEYS = ("monitoring", "contacts")
 
 
 # ---- serialization: each section's fields, in order, are its JSON keys ----------------------------

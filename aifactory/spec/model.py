@@ -332,6 +332,15 @@ class Health(_Model):
     thresholds: list[HealthThreshold] = Field([], max_length=1000)
 
 
+class Contacts(_Model):
+    """Who the site's hosts report to (docs/site-spec.md)."""
+
+    security: Email = Field(
+        description="the security operations address: every host's root mail alias (/etc/aliases) and "
+        "the host scans' `var_postfix_root_mail_alias` (docs/audit.md)",
+    )
+
+
 class SiteSpec(_Model):
     """One sovereign AI factory."""
 
@@ -350,6 +359,7 @@ class SiteSpec(_Model):
     logs: Logs | None = None
     monitoring: Monitoring | None = None
     health: Health | None = None
+    contacts: Contacts | None = None
 
     model_config = ConfigDict(
         extra="forbid",

@@ -215,3 +215,87 @@ def test_an_expired_waiver_fails_and_no_longer_explains_its_failure() -> None:
     assert [w.rule for w in outcome.expired] == ["b"]
     assert outcome.hosts[0].unwaived == ("b",)
     assert not outcome.ok
+
+
+# --- the site's tailoring (`oscap --tailoring-file`): its security contact as root's mail alias ---
+WHEN = dt.datetime(2026, 12, 2, 6, 0, tzinfo=dt.UTC)
+
+
+def test_the_site_values_are_its_security_contact_as_root_mail_alias() -> None:
+    assert scap.site_values(security_contact="soc@lab.example") == {
+        "var_postfix_root_mail_alias": "soc@lab.example"
+    }
+    assert scap.site_values(security_contact=None) == {}
+
+
+def test_tailoring_extends_each_profile_and_sets_only_the_site_values() -> None:
+    from defusedxml import ElementTree
+
+    text = scap.tailoring_xml(
+        ["standard", "anssi_bp28_intermediary", "standard"],
+        {"var_postfix_root_mail_alias": "soc@lab.example"},
+        time=WHEN,
+    )
+    ns = "{http://checklists.nist.gov/xccdf/1.2}"
+    root = ElementTree.fromstring(text)
+    assert root.tag == f"{ns}Tailoring" and root.get("id") == "xccdf_aifactory_tailoring_site"
+    assert root.find(f"{ns}benchmark").get("href") == scap.DATASTREAM
+    assert root.find(f"{ns}version").get("time") == "2026-12-02T06:00:00"
+    profiles = root.findall(f"{ns}Profile")
+    assert [(p.get("id"), p.get("extends")) for p in profiles] == [
+        (
+            "xccdf_aifactory_profile_anssi_bp28_intermediary",
+            "xccdf_org.ssgproject.content_profile_anssi_bp28_intermediary",
+        ),
+        ("xccdf_aifactory_profile_standard", "xccdf_org.ssgproject.content_profile_standard"),
+    ]
+    for profile in profiles:
+        # Nothing selected or unselected: only the value is set.
+        assert [child.tag.removeprefix(ns) for child in profile] == ["title", "set-value"]
+        (value,) = profile.findall(f"{ns}set-value")
+        assert value.get("idref") == "xccdf_org.ssgproject.content_value_var_postfix_root_mail_alias"
+        assert value.text == "soc@lab.example"
+
+
+def test_tailoring_escapes_markup_and_refuses_what_is_not_a_value() -> None:
+    from defusedxml import ElementTree
+
+    hostile = "a&b<c>\"d'@x{{ e }}"
+    text = scap.tailoring_xml(["standard"], {"var_postfix_root_mail_alias": hostile}, time=WHEN)
+    assert b"<c>" not in text and b"&amp;b&lt;c&gt;" in text
+    ns = "{http://checklists.nist.gov/xccdf/1.2}"
+    assert ElementTree.fromstring(text).find(f"{ns}Profile/{ns}set-value").text == hostile
+    for profile, values in [
+        (["standard"], {"var_postfix_root_mail_alias": "soc@lab.example\nroot: x@evil.example"}),
+        (["standard"], {"var_postfix_root_mail_alias": "soc@lab.example\x00"}),
+        (["standard"], {'var"><x': "soc@lab.example"}),
+        (["not_a_profile"], {"var_postfix_root_mail_alias": "soc@lab.example"}),
+    ]:
+        with pytest.raises(AuditError, match="not a"):
+            scap.tailoring_xml(profile, values, time=WHEN)
+
+
+@needs_oscap
+def test_oscap_evaluates_the_tailored_profile_with_the_site_value(tmp_path: Path) -> None:
+    """Real oscap: the tailored profile runs, the ARF records the site's value for the rule's check,
+    and the digest names the content's profile."""
+    tailoring = tmp_path / "tailoring.xml"
+    values = scap.site_values(security_contact="soc@lab.example")
+    tailoring.write_bytes(scap.tailoring_xml(["anssi_bp28_intermediary"], values, time=WHEN))
+    arf = tmp_path / "arf.xml"
+    argv = ["oscap", "xccdf", "eval", "--tailoring-file", str(tailoring)]
+    argv += ["--profile", scap.tailored_profile_id("anssi_bp28_intermediary")]
+    argv += ["--rule", scap.RULE_PREFIX + "postfix_client_configure_mail_alias"]
+    done = subprocess.run(
+        [*argv, "--results-arf", str(arf), scap.DATASTREAM], capture_output=True, text=True, check=False
+    )
+    assert done.returncode in (0, 2), done.stderr
+    recorded = re.findall(
+        r'<set-value idref="xccdf_org\.ssgproject\.content_value_var_postfix_root_mail_alias">([^<]*)<',
+        arf.read_text(),
+    )
+    assert recorded == ["soc@lab.example"]
+    scan = scap.digest_arf(arf, host="here")
+    assert scan.profile == "anssi_bp28_intermediary"
+    evaluated = {r.rule: r.result for r in scan.rules if r.result != "notselected"}
+    assert list(evaluated) == ["postfix_client_configure_mail_alias"]

@@ -39,6 +39,7 @@ CASES = [
     ("runtime-version", "runtime", RUNTIME, "runtime_version"),
     ("runtime-digest", "runtime", RUNTIME, "runtime_bundle_digest"),
     ("gpu-driver-branch", "gpu", {"gpu_driver_branch": "560"}, "gpu_driver_branch"),
+    ("root-mail-alias", "base", {"base_root_mail_alias": "soc@lab.example"}, "base_root_mail_alias"),
     (
         "service-name",
         "service",

@@ -74,11 +74,6 @@ def test_every_host_is_scanned_with_at_least_100_applicable_rules(deployed_lab, 
         assert applicable >= MIN_APPLICABLE, scan.host
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the build machine's kernel-wide values (13 sysctl rules) and 8 rules waived by design fail "
-    "on every lab host: 160 of 181 pass, 88.4% (docs/audit.md)",
-)
 def test_at_least_90_percent_of_applicable_rules_pass_on_every_host(lab_scan) -> None:  # noqa: ANN001
     for scan in lab_scan.scans:
         applicable, passed, failing = _counts(scan)

@@ -23,10 +23,16 @@ NATIONAL = ROOT / "inventory" / "examples" / "national" / "site.yaml"
 # 304d29a, before the sections were typed (they were plain dicts then), each with its spec's digest:
 # when an example spec changes, its plan may change too, and this test says so instead of comparing
 # (recompute both digests then, with the plan as it was before the spec change, and check they match).
+# The lab's spec gained a contacts section since (its golden pair is now the plan with it); without
+# the section it still gives the pair computed at 304d29a (LAB_BEFORE_CONTACTS).
+LAB_BEFORE_CONTACTS = (
+    "sha256:b37bb4c8ad66475e2f02ec1e91d9c3266860423de8eeb3f0d48e2ce008bf3989",
+    "sha256:1132971f13f2e966feaf9a68e866e45746c280b926df03662000d00d8fac70d4",
+)
 GOLDEN = {
     LAB: (
-        "sha256:b37bb4c8ad66475e2f02ec1e91d9c3266860423de8eeb3f0d48e2ce008bf3989",
-        "sha256:1132971f13f2e966feaf9a68e866e45746c280b926df03662000d00d8fac70d4",
+        "sha256:8999324f1559e82824fe2114cd2513135c0e436bba965531e68afe4c623aa50b",
+        "sha256:b64da6cb79689881ec5c4355062886fd1c9f5377aa5b44bc54656719e6e91f5d",
     ),
     NATIONAL: (
         "sha256:c524c7befaaa4fde1372062165f901cae3586e72f9882c4626f1e97db500c54b",
@@ -47,6 +53,23 @@ def test_typed_plan_keeps_the_bytes_of_the_dict_plan(site: tuple[Path, SitePlan]
     assert plan.spec_digest == golden_spec, f"{path} changed since the golden digest: recompute it"
     assert "sha256:" + hashlib.sha256(plan.to_json().encode()).hexdigest() == golden_digest
     assert plan.digest() == golden_digest
+
+
+def test_a_spec_without_contacts_keeps_the_digests_it_had_before_the_section(tmp_path: Path) -> None:
+    """contacts (added in v1) enters the spec digest and the plan only when a spec sets it."""
+    text = LAB.read_text()
+    without = "".join(
+        line for line in text.splitlines(keepends=True) if not line.startswith(("contacts:", "  security:"))
+    )
+    assert without != text
+    spec = tmp_path / "site.yaml"
+    spec.write_text(without)
+    (tmp_path / "site.alloc.json").write_text((LAB.parent / "site.alloc.json").read_text())
+    plan = plan_site(spec, write_lock=False).plan
+    assert plan.contacts is None and "contacts" not in plan.to_dict()
+    assert (plan.digest(), plan.spec_digest) == LAB_BEFORE_CONTACTS
+    with_it = plan_site(LAB, write_lock=False).plan
+    assert with_it.to_dict()["contacts"] == {"security": "soc@lab.example"}
 
 
 def test_a_plan_reads_back_equal(site: tuple[Path, SitePlan]) -> None:
