@@ -22,6 +22,7 @@ import resource
 import stat
 import tempfile
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -473,11 +474,16 @@ def deploy_site(
         progress = Progress()
         capture = convergence.ManagedCapture()
         reports: dict[str, dict[str, Any]] = {}
+        # What ansible-playbook printed outside any task (its own errors, or its launcher's: a program
+        # that cannot run): the last lines, for the error when no host ran.
+        loose_output: deque[str] = deque(maxlen=STARTUP_LINES)
 
         with event_log.open("w") as log_handle:
 
             def handle(event: dict[str, Any]) -> bool:
                 log_handle.write(json.dumps(_log_event(event), sort_keys=True, default=str) + "\n")
+                if event.get("event") == "verbose" and str(event.get("stdout") or "").strip():
+                    loose_output.extend(str(event["stdout"]).strip().splitlines())
                 found = report_from_event(event)
                 if found:
                     reports[found[0]] = found[1]
@@ -506,7 +512,7 @@ def deploy_site(
                 )
                 status, rc = str(runner.status), int(runner.rc if runner.rc is not None else -1)
                 if not progress.final and not progress.hosts:
-                    raise _did_not_run(status, rc, event_log)
+                    raise _did_not_run(status, rc, event_log, list(loose_output))
                 progress.close()
             ran = [row.as_dict() for row in progress.rows()]
             finished = progress.finished_hosts() if run_playbook else []
@@ -571,9 +577,15 @@ def deploy_site(
         return result
 
 
-def _did_not_run(status: str, rc: int, event_log: Path) -> DeployError:
+STARTUP_LINES = 5  # of ansible-playbook's own output, in the error when no host ran
+STARTUP_LINE_CHARS = 300
+
+
+def _did_not_run(status: str, rc: int, event_log: Path, output: Sequence[str] = ()) -> DeployError:
+    said = "; ".join(line.strip()[:STARTUP_LINE_CHARS] for line in output if line.strip())
     return DeployError(
-        f"ansible-playbook stopped before any host ran (status {status}, rc {rc})",
+        f"ansible-playbook stopped before any host ran (status {status}, rc {rc})"
+        + (f": {said}" if said else ""),
         code="deploy-did-not-run",
         exit_code=ExitCode.CANNOT_EVALUATE,
         location=Location(file=str(event_log)),

@@ -183,3 +183,35 @@ def test_settings_lay_over_the_lab_config_and_keep_its_ssh_config(tmp_path: Path
     stock.read_string(render_ansible_cfg(DeploySettings.stock(), folder=tmp_path, base=lab_cfg))
     assert stock["ssh_connection"]["ssh_args"] == STOCK_SSH_ARGS
     assert "fact_caching" not in stock["defaults"] and "internal_poll_interval" not in stock["defaults"]
+
+
+def test_a_playbook_that_cannot_start_says_why(tmp_path: Path) -> None:
+    """ansible-runner hands what a launcher that cannot run printed as a `verbose` event (real
+    ansible-runner, a launcher failing as nsenter does on a noexec mount); the deploy's error names it,
+    each line capped, instead of only the exit code."""
+    import ansible_runner
+
+    from aifactory.deploy.runner import STARTUP_LINE_CHARS, _did_not_run
+
+    launcher = tmp_path / "ansible-playbook"
+    launcher.write_text(
+        "#!/bin/sh\necho 'nsenter: failed to execute ansible-playbook: Permission denied' >&2\nexit 126\n"
+    )
+    launcher.chmod(0o755)
+    events: list[dict] = []
+    runner = ansible_runner.run(
+        private_data_dir=str(tmp_path),
+        binary=str(launcher),
+        playbook="site.yml",
+        quiet=True,
+        event_handler=lambda e: events.append(e) is None,
+        settings={"suppress_ansible_output": True, "suppress_output_file": True},
+    )
+    said = [e["stdout"] for e in events if e.get("event") == "verbose" and e.get("stdout")]
+    assert runner.rc == 126 and said == ["nsenter: failed to execute ansible-playbook: Permission denied"]
+    error = _did_not_run(str(runner.status), runner.rc, tmp_path / "events.jsonl", [*said, "x" * 1000])
+    assert error.message.startswith("ansible-playbook stopped before any host ran (status failed, rc 126): ")
+    denied = "failed to execute ansible-playbook: Permission denied; "
+    assert denied + "x" * STARTUP_LINE_CHARS in error.message
+    assert "x" * (STARTUP_LINE_CHARS + 1) not in error.message
+    assert _did_not_run("failed", 2, tmp_path / "e").message.endswith("(status failed, rc 2)")
