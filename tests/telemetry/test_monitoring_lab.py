@@ -180,17 +180,20 @@ def test_every_host_and_serving_node_is_scraped_with_tls_and_listed_by_status(mo
     lab = monitored.lab
 
     def all_up() -> dict[str, Any] | None:
+        # One status for every check below: a target's health in Prometheus' target list is "unknown"
+        # until its first scrape after a reload, while `up` may still hold the last sample.
         status = monitored.status()
         up = {h["name"]: h["up"] for h in status["hosts"]}
-        serve = {t["host"]: t["health"] for t in status["targets"] if t["job"] == "serve"}
-        ready = all(up.values()) and all(serve.get(h) == "up" for h in monitored.serving)
+        health = {(t["job"], t["host"]): t["health"] for t in status["targets"]}
+        wanted = [("node", h) for h in lab.hosts] + [("serve", h) for h in monitored.serving]
+        ready = all(up.values()) and all(health.get(target) == "up" for target in wanted)
         return status if ready else None
 
     status = _wait("every node exporter and serving node up", 180, all_up)
     assert sorted(h["name"] for h in status["hosts"]) == sorted(lab.hosts)
-    node_targets = _targets(monitored, "node")
+    node_targets = {t["host"]: t for t in status["targets"] if t["job"] == "node"}
     assert sorted(node_targets) == sorted(lab.hosts)
-    serve_targets = _targets(monitored, "serve")
+    serve_targets = {t["host"]: t for t in status["targets"] if t["job"] == "serve"}
     assert sorted(serve_targets) == sorted(monitored.serving)
     for job, targets, port in (("node", node_targets, 9100), ("serve", serve_targets, SERVE_PORT)):
         for host, target in targets.items():
