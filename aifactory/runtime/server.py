@@ -445,15 +445,22 @@ class InferenceServer:
         }
         return Response.json(status, answer)
 
-    async def _infer(self, name: str, request: Request, peer: Peer) -> Response:
+    def _shed(self, peer: Peer) -> Response | None:
+        """The answer for a request turned away before any decision, if so: 503 while the log's disk is
+        critical (then every request would be denied, unrecorded), 429 past the peer's denials."""
         if self.decisions.disk_state == "critical":
-            # Shed before the log's disk is full: then every request would be denied, unrecorded.
             return Response.json(503, {"error": "log-disk-full"}, {"Retry-After": "30"})
         if not self.denials.admit(peer.address, time.time()):
             self.metrics.rate_limited.inc()
             return Response.json(
                 429, {"error": "too-many-denials"}, {"Retry-After": str(round(self.denials.window))}
             )
+        return None
+
+    async def _infer(self, name: str, request: Request, peer: Peer) -> Response:
+        shed = self._shed(peer)
+        if shed is not None:
+            return shed
         if nests_deeper_than(request.body, MAX_JSON_DEPTH):  # refused before anything parses it (recursion)
             return Response.json(
                 400, {"error": "bad-input", "detail": f"nested deeper than {MAX_JSON_DEPTH}"}
@@ -585,13 +592,9 @@ class InferenceServer:
     async def _feedback(self, decision_id: str, request: Request, peer: Peer) -> Response:
         """Feedback on a past decision: checked, decided (action `contribute` on the dataset), recorded in
         the decision log, then stored on the dataset's storage; off the event loop (files, policy, fsync)."""
-        if self.decisions.disk_state == "critical":
-            return Response.json(503, {"error": "log-disk-full"}, {"Retry-After": "30"})
-        if not self.denials.admit(peer.address, time.time()):
-            self.metrics.rate_limited.inc()
-            return Response.json(
-                429, {"error": "too-many-denials"}, {"Retry-After": str(round(self.denials.window))}
-            )
+        shed = self._shed(peer)
+        if shed is not None:
+            return shed
         if not self.config.feedback:
             return Response.json(404, {"error": "feedback-not-taken"})
         if not valid_decision_id(decision_id):  # before anything becomes a path
