@@ -222,21 +222,26 @@ def cmd_show(args: argparse.Namespace) -> int:
     return code
 
 
-def cmd_version(args: argparse.Namespace) -> int:
-    from aifactory.data.versions import create_version
+def _writer(plan: SitePlan, args: argparse.Namespace) -> dict[str, Any]:
+    """What every command that writes a dataset's history passes: the dataset, its folder, the site's
+    signing key and the runtime policy that decides the new version."""
     from aifactory.trust.authz import load_authorizer
     from aifactory.trust.issuing.models import ensure_model_key
 
+    return {
+        "plan": plan,
+        "dataset": args.dataset,
+        "dataset_dir": _dataset_dir(plan, args.dataset, args.storage_root),
+        "key": ensure_model_key(_runtime_dir(plan)),
+        "authorizer": load_authorizer(plan),
+    }
+
+
+def cmd_version(args: argparse.Namespace) -> int:
+    from aifactory.data.versions import create_version
+
     plan = _plan(args.site)
-    folder = _dataset_dir(plan, args.dataset, args.storage_root)
-    made = create_version(
-        plan=plan,
-        dataset=args.dataset,
-        dataset_dir=folder,
-        key=ensure_model_key(_runtime_dir(plan)),
-        authorizer=load_authorizer(plan),
-        reason=args.reason,
-    )
+    made = create_version(**_writer(plan, args), reason=args.reason)
     if args.format == "json":
         emit_json({"site": plan.name, "added": made.added, "version": made.version.describe()})
         return 0
@@ -249,20 +254,9 @@ def cmd_version(args: argparse.Namespace) -> int:
 
 def cmd_erase(args: argparse.Namespace) -> int:
     from aifactory.data.versions import erase_subject
-    from aifactory.trust.authz import load_authorizer
-    from aifactory.trust.issuing.models import ensure_model_key
 
     plan = _plan(args.site)
-    folder = _dataset_dir(plan, args.dataset, args.storage_root)
-    record = erase_subject(
-        plan=plan,
-        dataset=args.dataset,
-        dataset_dir=folder,
-        key=ensure_model_key(_runtime_dir(plan)),
-        authorizer=load_authorizer(plan),
-        subject=args.subject,
-        authority=args.authority,
-    )
+    record = erase_subject(**_writer(plan, args), subject=args.subject, authority=args.authority)
     if args.format == "json":
         emit_json({"site": plan.name, "erasure": {k: v for k, v in record.items() if k != "signature"}})
         return 0
