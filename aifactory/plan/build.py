@@ -26,6 +26,7 @@ from aifactory.plan.model import (
     ContactsPlan,
     DatacenterPlan,
     DatasetPlan,
+    EconomicsPlan,
     EgressPlan,
     EgressRule,
     FabricPlan,
@@ -38,13 +39,14 @@ from aifactory.plan.model import (
     Mount,
     PlatformPlan,
     PoolBmcPlan,
+    PoolEconomicsPlan,
     PoolPlan,
     SiteInfo,
     SitePlan,
     StoragePlan,
     TenantPlan,
 )
-from aifactory.spec.model import Fabric, NodePool, SiteSpec
+from aifactory.spec.model import Fabric, NodePool, SiteSpec, decimal_of
 from aifactory.spec.naming import host_name, interface_name
 from aifactory.spec.places import Places, load_places
 from aifactory.spec.validate import LoadedSpec, load_spec
@@ -128,7 +130,7 @@ def _plan_against_lock(loaded: LoadedSpec, lock_path: Path, lock_text: str | Non
     return PlannedSite(loaded, plan, lock, lock_path, lock_text != lock.to_json(), lock_text)
 
 
-ADDED_AFTER_V1 = ("logs", "monitoring", "health", "contacts")
+ADDED_AFTER_V1 = ("logs", "monitoring", "health", "contacts", "economics")
 
 
 def spec_digest(spec: SiteSpec) -> str:
@@ -154,6 +156,29 @@ def _monitoring(spec: SiteSpec, hosts: list[Host]) -> MonitoringPlan | None:
         retention_days=wanted.retention_days,
         scrape_interval_seconds=wanted.scrape_interval_seconds,
         evaluation_interval_seconds=wanted.evaluation_interval_seconds,
+    )
+
+
+def decimal_text(value: float) -> str:
+    """A spec number as the plan keeps it: the decimal written, without exponent or trailing zeros
+    (250000.0 -> "250000", 0.21 -> "0.21", 1e-06 -> "0.000001")."""
+    exact = decimal_of(value)
+    return f"{exact.normalize():f}" if exact != exact.to_integral_value() else f"{int(exact)}"
+
+
+def _economics(spec: SiteSpec) -> EconomicsPlan | None:
+    wanted = spec.economics
+    if wanted is None:
+        return None
+    return EconomicsPlan(
+        currency=wanted.currency,
+        energy_price_per_kwh=decimal_text(wanted.energy_price_per_kwh),
+        pue=decimal_text(wanted.pue),
+        fixed_cost_per_year=decimal_text(wanted.fixed_cost_per_year),
+        pools=tuple(
+            PoolEconomicsPlan(p.pool, decimal_text(p.capital_cost_per_host), p.amortisation_years)
+            for p in wanted.pools
+        ),
     )
 
 
@@ -217,6 +242,7 @@ def build_plan(
         allocation={},
         monitoring=_monitoring(spec, hosts),
         contacts=ContactsPlan(security=spec.contacts.security) if spec.contacts else None,
+        economics=_economics(spec),
     )
     new_lock = lock_snapshot(site, allocators)
     object.__setattr__(plan, "allocation", as_dict(new_lock)["fabrics"])

@@ -299,6 +299,27 @@ class ContactsPlan:
     security: str  # an email address (the spec's grammar)
 
 
+@dataclass(frozen=True, slots=True)
+class PoolEconomicsPlan:
+    """One pool's capital cost per host (a decimal string) and its amortisation period."""
+
+    pool: str
+    capital_cost_per_host: str
+    amortisation_years: int
+
+
+@dataclass(frozen=True, slots=True)
+class EconomicsPlan:
+    """The spec's prices (docs/economics.md). Money and ratios are decimal strings ("0.21"), exactly
+    as written: a JSON float would be read back through binary floating point by every consumer."""
+
+    currency: str  # ISO 4217
+    energy_price_per_kwh: str
+    pue: str
+    fixed_cost_per_year: str
+    pools: tuple[PoolEconomicsPlan, ...]
+
+
 @dataclass(frozen=True)
 class SitePlan:
     """The plan: typed sections; `allocation` is the allocation lock's snapshot, kept as its JSON."""
@@ -322,6 +343,8 @@ class SitePlan:
     monitoring: MonitoringPlan | None = None
     # Likewise set only when the spec has a contacts section.
     contacts: ContactsPlan | None = None
+    # Likewise set only when the spec has an economics section.
+    economics: EconomicsPlan | None = None
 
     @property
     def name(self) -> str:
@@ -378,7 +401,11 @@ class SitePlan:
             "allocation": self.allocation,
         } | {
             name: section_dict(section)
-            for name, section in (("monitoring", self.monitoring), ("contacts", self.contacts))
+            for name, section in (
+                ("monitoring", self.monitoring),
+                ("contacts", self.contacts),
+                ("economics", self.economics),
+            )
             if section is not None
         }
 
@@ -453,7 +480,7 @@ _PLAN_KEYS = (
     "allocation",
 )
 # Sections added later, present only when the spec sets them.
-_OPTIONAL_PLAN_KEYS = ("monitoring", "contacts")
+_OPTIONAL_PLAN_KEYS = ("monitoring", "contacts", "economics")
 
 
 # ---- serialization: each section's fields, in order, are its JSON keys ----------------------------

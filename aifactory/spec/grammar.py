@@ -96,6 +96,7 @@ PATH = Grammar(
     "an absolute path such as /data/set-1: '/' then letters, digits, '.', '_', '-' (no '//', no '..')",
 )
 CIDR = Grammar("cidr", r"^[0-9A-Fa-f:.]+/[0-9]{1,3}$", 64, "an IPv4 or IPv6 network such as 10.20.0.0/16")
+CURRENCY = Grammar("currency", r"^[A-Z]{3}$", 3, "an ISO 4217 currency code such as EUR, NGN or USD")
 HARDWARE_MODEL = Grammar(
     "hardware-model",
     r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$",
@@ -133,7 +134,7 @@ TEXT = Grammar(
 GRAMMARS: dict[str, Grammar] = {
     g.pattern: g
     for g in (NAME, COUNTRY, PLACE, REGION, RESOURCE, SECRET, PATH, CIDR, HARDWARE_MODEL, EMAIL)
-    + (STORAGE_ENDPOINT, EGRESS_ENDPOINT, HEALTH_CHECK, TEXT)
+    + (STORAGE_ENDPOINT, EGRESS_ENDPOINT, HEALTH_CHECK, CURRENCY, TEXT)
 }
 
 

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from decimal import Decimal
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 from pydantic_core import PydanticCustomError
 
 from aifactory.spec import grammar as g
@@ -49,6 +50,7 @@ Cidr = Annotated[str, _rule(g.CIDR), Field(description="IPv4 or IPv6 network, e.
 HardwareModel = Annotated[str, _rule(g.HARDWARE_MODEL), Field(description=g.HARDWARE_MODEL.text)]
 Email = Annotated[str, _rule(g.EMAIL), Field(description=g.EMAIL.text)]
 HealthCheck = Annotated[str, _rule(g.HEALTH_CHECK), Field(description=g.HEALTH_CHECK.text)]
+Currency = Annotated[str, _rule(g.CURRENCY), Field(description=g.CURRENCY.text)]
 StorageEndpoint = Annotated[
     str,
     _rule(g.STORAGE_ENDPOINT),
@@ -341,6 +343,79 @@ class Contacts(_Model):
     )
 
 
+DECIMAL_PLACES_ERROR = "decimal_places"
+
+
+def decimal_of(value: float) -> Decimal:
+    """The decimal a spec number was written as: YAML gives a float, whose shortest repr is the text
+    written (for the at most 15 significant digits the economics bounds allow), so 0.1 stays 0.1."""
+    return Decimal(repr(value)) if isinstance(value, float) else Decimal(value)
+
+
+def _at_most_places(places: int) -> AfterValidator:
+    """A number with at most `places` decimal places (cents, or a price's 6 places): beyond them a
+    float would carry digits the writer never meant, and the plan stores the decimal exactly."""
+
+    def check(value: float) -> float:
+        exponent = decimal_of(value).normalize().as_tuple().exponent
+        if isinstance(exponent, int) and -exponent > places:
+            raise PydanticCustomError(
+                DECIMAL_PLACES_ERROR, "must have at most {places} decimal places", {"places": places}
+            )
+        return value
+
+    return AfterValidator(check)
+
+
+# Money and ratios: a number (YAML int or float) with a bound on its decimal places.
+Cents = Annotated[float, _at_most_places(2)]
+Price = Annotated[float, _at_most_places(6)]
+Ratio = Annotated[float, _at_most_places(3)]
+MAX_PUE = 3  # above 3 a spec is wrong far more often than a building is that wasteful
+
+
+class PoolEconomics(_Model):
+    """What one pool's hosts cost to buy, and over how many years that is written off."""
+
+    pool: Name
+    capital_cost_per_host: Cents = Field(
+        ge=0,
+        le=1e9,
+        allow_inf_nan=False,
+        description="purchase cost of one host, in the currency (at most 2 decimals)",
+    )
+    amortisation_years: int = Field(ge=1, le=30, description="years the capital cost is spread over")
+
+
+class Economics(_Model):
+    """Prices that turn energy and hosts into a cost per decision (docs/economics.md)."""
+
+    currency: Currency
+    energy_price_per_kwh: Price = Field(
+        ge=0,
+        le=1000,
+        allow_inf_nan=False,
+        description="price of one kWh, in the currency (at most 6 decimals)",
+    )
+    pue: Ratio = Field(
+        ge=1,
+        le=MAX_PUE,
+        allow_inf_nan=False,
+        description="power usage effectiveness: the facility's energy over the IT energy, 1 to 3 "
+        "(at most 3 decimals)",
+    )
+    fixed_cost_per_year: Cents = Field(
+        ge=0,
+        le=1e12,
+        allow_inf_nan=False,
+        description="the site's yearly operating cost besides energy and hosts (staff, rent, support), "
+        "in the currency (at most 2 decimals)",
+    )
+    pools: list[PoolEconomics] = Field(
+        [], max_length=1000, description="capital cost per pool; a pool not listed has none"
+    )
+
+
 class SiteSpec(_Model):
     """One sovereign AI factory."""
 
@@ -360,6 +435,7 @@ class SiteSpec(_Model):
     monitoring: Monitoring | None = None
     health: Health | None = None
     contacts: Contacts | None = None
+    economics: Economics | None = None
 
     model_config = ConfigDict(
         extra="forbid",

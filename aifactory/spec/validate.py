@@ -404,6 +404,7 @@ class _Checker:
         self._grants()
         self._egress()
         self._monitoring()
+        self._economics()
         self._no_repeats()
         return self.problems
 
@@ -411,6 +412,22 @@ class _Checker:
         monitoring = self.data.get("monitoring")
         if isinstance(monitoring, dict) and monitoring.get("pool") is not None:
             self.ref(("monitoring", "pool"), monitoring.get("pool"), "node_pools", "node pool")
+
+    def _economics(self) -> None:
+        """Each priced pool is a planned pool, priced once (two prices for one pool: which one holds?)."""
+        economics = self.data.get("economics")
+        first: dict[str, int] = {}
+        for i, item in _items(economics if isinstance(economics, dict) else {}, "pools"):
+            pool = item.get("pool")
+            self.ref(("economics", "pools", i, "pool"), pool, "node_pools", "node pool")
+            if isinstance(pool, str) and pool in first:
+                self.add(
+                    ("economics", "pools", i, "pool"),
+                    "listed-twice",
+                    f"{grammar.shown(pool)} is priced twice (first at economics.pools[{first[pool]}])",
+                )
+            if isinstance(pool, str):
+                first.setdefault(pool, i)
 
     # (kind, field, kind it names, what to call it, whether the field is a list of names); the
     # references with a rule of their own (pool fabrics, bmc.fabric, replicas, grant resources)
