@@ -7,7 +7,7 @@ collector never reads half of it. No torch here.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -68,14 +68,23 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+# The model or tenant label of a decision about no planned model, or by no planned tenant (an
+# unidentified caller, a name from a request path): one bounded value instead of the text it came with.
+UNPLANNED = "-"
+
+
 class ServeMetrics:
     """The inference server's metrics, exposed by `prometheus_client` (with the process's own).
 
     The names are the server's documented ones (docs/runtime.md); counters get `_total` from the
     library. The `_created` series are off: they add a line per series and nothing reads them.
+    Decisions are counted by model and tenant (docs/economics.md), both from the plan (`models`,
+    `tenants`): any other value is counted as `UNPLANNED`, so the series are bounded by the plan.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, models: Iterable[str] = (), tenants: Iterable[str] = ()) -> None:
+        self._models = frozenset(models)
+        self._tenants = frozenset(tenants)
         prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]  # untyped upstream
         self.registry = CollectorRegistry()
         ProcessCollector(registry=self.registry)
@@ -86,8 +95,8 @@ class ServeMetrics:
         )
         self.decisions = Counter(
             "aifactory_serve_decisions",
-            "Authorization decisions recorded, by outcome.",
-            ["allow"],
+            "Authorization decisions recorded, by model, tenant (from the plan, else '-') and outcome.",
+            ["model", "tenant", "allow"],
             registry=registry,
         )
         self.decisions_unrecorded = Counter(
@@ -178,6 +187,7 @@ class ServeMetrics:
             registry=registry,
         )
         self._by_code: dict[int, Any] = {}
+        self._by_decision: dict[tuple[str, str, bool], Any] = {}
 
     def answered(self, status: int, seconds: float) -> None:
         """One HTTP answer (the HTTP layer's `HttpEvents`)."""
@@ -186,6 +196,23 @@ class ServeMetrics:
             child = self._by_code[status] = self.requests.labels(code=str(status))
         child.inc()
         self.request_seconds.observe(seconds)
+
+    def decided(self, *, model: str | None, tenant: str | None, allow: bool) -> None:
+        """One recorded decision. The counter's child is looked up once per (model, tenant, outcome):
+        this runs for every request, and `labels()` costs a lock and a tuple of strings each time."""
+        # The key is the bounded labels, never the raw names: a name from a request path must not
+        # grow this cache either.
+        key = (
+            model if model in self._models else UNPLANNED,
+            tenant if tenant in self._tenants else UNPLANNED,
+            allow,
+        )
+        child = self._by_decision.get(key)
+        if child is None:
+            child = self._by_decision[key] = self.decisions.labels(
+                model=key[0], tenant=key[1], allow="true" if allow else "false"
+            )
+        child.inc()
 
     def closed(self, reason: str) -> None:
         self.http_closed.labels(reason=reason).inc()

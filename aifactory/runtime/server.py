@@ -263,7 +263,9 @@ class InferenceServer:
             config.cpu_split.keep_others_off_forward()
         self.plan = RuntimePlan.load(config.plan_path, storage_root=config.storage_root)
         host = self.plan.this_host(config.host_name)
-        self.metrics = ServeMetrics()
+        self.metrics = ServeMetrics(
+            models=(m.name for m in self.plan.plan.models), tenants=(t.name for t in self.plan.plan.tenants)
+        )
         self.decisions = DecisionLog(
             config.runtime_dir / "decisions.jsonl",
             sign_every=config.sign_every,
@@ -514,7 +516,8 @@ class InferenceServer:
             return Response.json(
                 503, {"error": "log-unavailable", "decision_id": outcome.decision_id}, tracing
             )
-        self.metrics.decisions.labels(allow=str(outcome.allow).lower()).inc()
+        # The model only when it is served here (the path's name otherwise: counted as '-').
+        self.metrics.decided(model=name if slot else None, tenant=outcome.tenant, allow=outcome.allow)
         if not outcome.allow:
             self.denials.denied(peer.address, time.time())
         if slot is None:
@@ -646,7 +649,10 @@ class InferenceServer:
             log.error("feedback decision %s not recorded: %r", outcome.decision_id, exc)
             self.metrics.decisions_unrecorded.inc()
             return 503, {"error": "log-unavailable", "decision_id": outcome.decision_id}
-        self.metrics.decisions.labels(allow=str(outcome.allow).lower()).inc()
+        # Feedback is a decision about the model that answered (its receipt's), if any.
+        self.metrics.decided(
+            model=receipt.model if receipt else None, tenant=outcome.tenant, allow=outcome.allow
+        )
         if not outcome.allow or receipt is None:
             error = "decision-not-found" if status == 404 else "forbidden"
             return status, {

@@ -197,7 +197,8 @@ STEPS: tuple[Step, ...] = (
         "model_decisions",
         "model_tenant_source:aifactory_serve_decisions:increase{window}",
         # the decisions of hosts with an energy figure, under that figure's source
-        "sum by (model, tenant, source) ({decisions} * on (host) group_left (source) (0 * {host_energy} + 1))",
+        "sum by (model, tenant, source)"
+        " ({decisions} * on (host) group_left (source) (0 * {host_energy} + 1))",
     ),
     Step(
         "model_joules",
@@ -207,7 +208,8 @@ STEPS: tuple[Step, ...] = (
     Step(
         "model_cost",
         "model_tenant_source:aifactory_cost:increase{window}",
-        "sum by (model, tenant, source, currency) ({share} * on (host) group_left (source, currency) {host_cost})",
+        "sum by (model, tenant, source, currency)"
+        " ({share} * on (host) group_left (source, currency) {host_cost})",
     ),
     Step(
         "joules_per_decision",
@@ -333,13 +335,16 @@ def decision_economics(client: Queries, *, window: str) -> list[DecisionEconomic
     costs = _by_key(client.query(expression("model_cost", window)), *key)
     rows = []
     for found in sorted(decisions):
+        model, tenant, source = found
         count = decisions[found][0]
         if count <= 0 or found not in joules:
             continue
         cost = costs.get(found)
         rows.append(
             DecisionEconomics(
-                *found,
+                model,
+                tenant,
+                source,
                 decisions=count,
                 joules=joules[found][0],
                 joules_per_decision=joules[found][0] / count,

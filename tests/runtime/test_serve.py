@@ -119,8 +119,34 @@ def test_metrics_are_prometheus_text(server: Server, site: RuntimeSite) -> None:
     server.call("POST", PATH, BODY, token=site.tokens["health"])
     status, answer = server.call("GET", "/metrics")
     assert status == 200
-    assert 'aifactory_serve_decisions_total{allow="true"}' in answer["text"]
+    assert 'aifactory_serve_decisions_total{allow="true",model="vitals-mlp",tenant="health"}' in _sorted(
+        answer["text"]
+    )
     assert "aifactory_serve_batch_size_count" in answer["text"]
+
+
+def _sorted(text: str) -> str:
+    """Prometheus text with each sample's labels in name order (the library writes them declared)."""
+    lines = []
+    for line in text.splitlines():
+        if "{" in line and not line.startswith("#"):
+            name, rest = line.split("{", 1)
+            labels, value = rest.rsplit("}", 1)
+            line = name + "{" + ",".join(sorted(labels.split(","))) + "}" + value
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def test_decisions_are_counted_by_planned_model_and_tenant_only(server: Server, site: RuntimeSite) -> None:
+    """A name from the request path or an unidentified caller never becomes a label: both are '-'."""
+    hostile = "/v1/models/" + "x" * 40 + "%0Aevil/infer"
+    server.call("POST", hostile, BODY, token=site.tokens["health"])
+    server.call("POST", PATH, BODY)  # no token: nobody identified
+    text = _sorted(server.call("GET", "/metrics")[1]["text"])
+    decisions = [line for line in text.splitlines() if line.startswith("aifactory_serve_decisions_total{")]
+    assert any('allow="false",model="-",tenant="health"' in line for line in decisions), decisions
+    assert any('allow="false",model="vitals-mlp",tenant="-"' in line for line in decisions), decisions
+    assert not any("evil" in line or "xxxx" in line for line in decisions)
 
 
 def test_graceful_stop_finishes_requests_in_flight_and_the_log_verifies(

@@ -251,11 +251,12 @@ def _decision_records(monitored: Monitored, host: str) -> list[dict[str, Any]]:
 
 
 def _counted(monitored: Monitored, host: str) -> dict[str, int]:
-    """Prometheus' aifactory_serve_decisions_total for `host`, by outcome (allow true/false)."""
+    """Prometheus' aifactory_serve_decisions_total for `host`, by outcome (allow true/false), summed
+    over its model and tenant labels."""
     found = monitored.query(f'aifactory_serve_decisions_total{{job="serve",host="{host}"}}')
     counts = {"true": 0, "false": 0}
     for row in found:
-        counts[row["metric"]["allow"]] = int(float(row["value"][1]))
+        counts[row["metric"]["allow"]] += int(float(row["value"][1]))
     return counts
 
 
