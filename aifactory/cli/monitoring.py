@@ -12,13 +12,14 @@ import argparse
 import signal
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 from aifactory.cli.output import emit_json, table
 from aifactory.plan import plan_site
 from aifactory.state import SiteState
 from aifactory.telemetry.certs import PROMETHEUS, issue_monitoring_certificates
 from aifactory.telemetry.receiver import AlertReceiver, ReceiverConfig
-from aifactory.telemetry.status import PROMETHEUS_PORT, PrometheusClient, site_status
+from aifactory.telemetry.status import ECONOMICS_WINDOW, PROMETHEUS_PORT, PrometheusClient, site_status
 from aifactory.trust.certs import service_uri
 from aifactory.trust.tokens import TrustFiles
 
@@ -42,6 +43,18 @@ def register(
     )
     status.add_argument("site", help="site spec (YAML)")
     status.add_argument("--port", type=int, default=PROMETHEUS_PORT, help="Prometheus' port (default 9090)")
+    status.add_argument(
+        "--window",
+        default=ECONOMICS_WINDOW,
+        help=f"the window of joules and cost per decision (default {ECONOMICS_WINDOW}; e.g. 90s, 1h)",
+    )
+    status.add_argument(
+        "--at",
+        type=float,
+        default=None,
+        metavar="UNIX_SECONDS",
+        help="the economics figures over the window ending at this time (default: now)",
+    )
     status.set_defaults(handler=cmd_status)
 
     monitoring = subparsers.add_parser(
@@ -82,7 +95,9 @@ def register(
 def cmd_status(args: argparse.Namespace) -> int:
     plan = plan_site(args.site, write_lock=False).plan
     state = SiteState.for_site(plan.name)
-    found = site_status(plan, PrometheusClient.for_site(plan, state, port=args.port), state)
+    found = site_status(
+        plan, PrometheusClient.for_site(plan, state, port=args.port), state, window=args.window, at=args.at
+    )
     if args.format == "json":
         emit_json(found)
         return 0
@@ -116,7 +131,30 @@ def cmd_status(args: argparse.Namespace) -> int:
         + "".join(f"\n  {a['name']} {a['host'] or ''}: {a['summary']}" for a in firing)
     )
     print(f"decisions per second: {found['decisions_per_second']}")
+    print()
+    print(economics_table(found["economics"]))
     return 0
+
+
+def economics_table(economics: dict[str, Any]) -> str:
+    """Joules and cost per decision per model, tenant and energy source (docs/economics.md)."""
+    rows = economics["per_decision"]
+    if not rows:
+        return f"per decision over {economics['window']}: no decisions with an energy figure"
+    return f"per decision over {economics['window']}:\n" + table(
+        ["model", "tenant", "decisions", "joules", "cost", "energy source"],
+        [
+            [
+                r["model"],
+                r["tenant"],
+                f"{r['decisions']:.0f}",
+                f"{r['joules_per_decision']:.6g}",
+                "-" if r["cost_per_decision"] is None else f"{r['cost_per_decision']:.6g} {r['currency']}",
+                r["source"],
+            ]
+            for r in rows
+        ],
+    )
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:

@@ -286,7 +286,7 @@ def rules_text() -> str:
 class Queries(Protocol):
     """What the figures need of Prometheus (PrometheusClient in status.py): an instant query."""
 
-    def query(self, expression: str) -> list[dict[str, Any]]: ...
+    def query(self, expression: str, *, at: float | None = None) -> list[dict[str, Any]]: ...
 
 
 @dataclass(frozen=True)
@@ -326,13 +326,13 @@ def _by_key(
     }
 
 
-def decision_economics(client: Queries, *, window: str) -> list[DecisionEconomics]:
-    """Joules and cost per decision per (model, tenant, source) over the last `window`, from three
-    instant queries (the same PromQL as the recording rules, inlined for this window)."""
+def decision_economics(client: Queries, *, window: str, at: float | None = None) -> list[DecisionEconomics]:
+    """Joules and cost per decision per (model, tenant, source) over the `window` ending now (or
+    `at`), from three instant queries: the recording rules' PromQL, inlined for this window."""
     key = ("model", "tenant", "source")
-    decisions = _by_key(client.query(expression("model_decisions", window)), *key)
-    joules = _by_key(client.query(expression("model_joules", window)), *key)
-    costs = _by_key(client.query(expression("model_cost", window)), *key)
+    decisions = _by_key(client.query(expression("model_decisions", window), at=at), *key)
+    joules = _by_key(client.query(expression("model_joules", window), at=at), *key)
+    costs = _by_key(client.query(expression("model_cost", window), at=at), *key)
     rows = []
     for found in sorted(decisions):
         model, tenant, source = found
@@ -413,14 +413,8 @@ def job_cost(
     )
 
 
-class QueriesAt(Protocol):
-    """An instant query at a given time (PrometheusClient.get on /api/v1/query)."""
-
-    def get(self, path: str, **params: str) -> Any: ...
-
-
 def job_economics(
-    client: QueriesAt, plan: SitePlan, *, job: str, nodes: Sequence[str], start: float, end: float
+    client: Queries, plan: SitePlan, *, job: str, nodes: Sequence[str], start: float, end: float
 ) -> JobEconomics:
     """A Slurm job's energy and cost from its nodes and start/end (sacct's NodeList, Start, End as
     Unix seconds): each node's energy counter's increase over [start, end], asked at `end`."""
@@ -432,12 +426,10 @@ def job_economics(
         raise TelemetryError(f"job {job}: it ends ({end}) before it starts ({start})")
     seconds = end - start
     hosts = "|".join(sorted(nodes))  # plan names: letters, digits and '-' only, nothing to escape
-    data = client.get(
-        "/api/v1/query",
-        query=f'sum by (host, source) (increase({ENERGY}{{host=~"{hosts}"}}[{round(seconds * 1000)}ms]))',
-        time=f"{end:.3f}",
+    result = client.query(
+        f'sum by (host, source) (increase({ENERGY}{{host=~"{hosts}"}}[{round(seconds * 1000)}ms]))',
+        at=end,
     )
-    result = data.get("result", []) if isinstance(data, dict) else []
     energy = [
         HostEnergy(str(r["metric"].get("host")), float(r["value"][1]), str(r["metric"].get("source")))
         for r in result

@@ -9,6 +9,8 @@ scrapes with), checking Prometheus' own certificate against the site CA, and rea
     targets     every scrape target: job, host, health, the last scrape error
     alerts      the alerts Prometheus has pending or firing, and those the receiver recorded firing
     decisions   decisions per second over every serving node (rate of aifactory_serve_decisions_total)
+    economics   joules and cost per decision per model, tenant and energy source over a window
+                (aifactory/telemetry/economics.py, docs/economics.md)
 """
 
 from __future__ import annotations
@@ -25,11 +27,13 @@ from aifactory.errors import TelemetryError
 from aifactory.plan.model import SitePlan
 from aifactory.state import SiteState
 from aifactory.telemetry.certs import PROMETHEUS, monitoring_cert_dir
+from aifactory.telemetry.economics import decision_economics, window_seconds
 from aifactory.telemetry.receiver import read_alerts_view
 from aifactory.trust.tokens import TrustFiles
 
 PROMETHEUS_PORT = 9090  # the monitoring role's monitoring_prometheus_port
 TIMEOUT = 10.0
+ECONOMICS_WINDOW = "5m"  # "now": the shorter of the recording rules' standard windows
 
 
 @dataclass(frozen=True)
@@ -71,8 +75,10 @@ class PrometheusClient:
             raise TelemetryError(f"Prometheus at {self.url} refused {path}: {str(body)[:200]}")
         return body["data"]
 
-    def query(self, expression: str) -> list[dict[str, Any]]:
-        data = self.get("/api/v1/query", query=expression)
+    def query(self, expression: str, *, at: float | None = None) -> list[dict[str, Any]]:
+        """An instant query, now or `at` a time (Unix seconds)."""
+        when = {"time": f"{at:.3f}"} if at is not None else {}
+        data = self.get("/api/v1/query", query=expression, **when)
         return list(data.get("result", [])) if isinstance(data, dict) else []
 
 
@@ -88,7 +94,16 @@ def _scalar(result: list[dict[str, Any]]) -> float:
     return round(sum(float(r["value"][1]) for r in result), 3) if result else 0.0
 
 
-def site_status(plan: SitePlan, client: PrometheusClient, state: SiteState) -> dict[str, Any]:
+def site_status(
+    plan: SitePlan,
+    client: PrometheusClient,
+    state: SiteState,
+    *,
+    window: str = ECONOMICS_WINDOW,
+    at: float | None = None,
+) -> dict[str, Any]:
+    """The site now; the economics figures over `window`, ending now or `at` (Unix seconds)."""
+    window_seconds(window)  # a bad window is refused before any query
     up = {r["metric"].get("host"): r["value"][1] == "1" for r in client.query('up{job="node"}')}
     slurm = {
         r["metric"].get("node"): r["metric"].get("state")
@@ -117,7 +132,7 @@ def site_status(plan: SitePlan, client: PrometheusClient, state: SiteState) -> d
         for a in client.get("/api/v1/alerts").get("alerts", [])
     ]
     interval = plan.monitoring.scrape_interval_seconds if plan.monitoring else 30
-    window = max(4 * interval, 60)
+    rate_window = max(4 * interval, 60)
     return {
         "site": plan.name,
         "prometheus": client.url,
@@ -135,6 +150,11 @@ def site_status(plan: SitePlan, client: PrometheusClient, state: SiteState) -> d
         "alerts": sorted(alerts, key=lambda a: (str(a["name"]), str(a["host"]))),
         "receiver_alerts": read_alerts_view(state),
         "decisions_per_second": _scalar(
-            client.query(f"sum(rate(aifactory_serve_decisions_total[{window}s]))")
+            client.query(f"sum(rate(aifactory_serve_decisions_total[{rate_window}s]))")
         ),
+        "economics": {
+            "window": window,
+            "at": at,
+            "per_decision": [row.as_dict() for row in decision_economics(client, window=window, at=at)],
+        },
     }
