@@ -43,6 +43,7 @@ from aifactory.spec.model import (
     DEFAULT_METRICS_RETENTION_DAYS,
     DEFAULT_SCRAPE_INTERVAL_SECONDS,
 )
+from aifactory.telemetry.economics import price_settings
 
 MARKER = ".aifactory-inventory"
 UNSAFE_TAG = "!unsafe"
@@ -257,6 +258,11 @@ def _site_vars(
         "aifactory_lab": False,
         "aifactory_service_manager": "systemd",
     }
+    # The plan's prices as the monitoring role's price rules want them (docs/economics.md); only on
+    # a site with an economics section, so other sites' inventories keep their bytes.
+    prices = price_settings(plan)
+    if prices is not None:
+        values["aifactory_economics"] = prices
     # What came from the plan, the bundle or provisioning is never templated; the site's own
     # variables (the lab's connection settings, the trust folder) are aifactory's, and stay plain.
     values = _unsafe(values, "group_vars")

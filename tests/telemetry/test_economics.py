@@ -10,10 +10,12 @@ hand below (the same example as policies/alerts/economics.rules_test.yml).
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import ssl
 import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -21,6 +23,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
+import yaml
 
 from aifactory.cli.monitoring import economics_table
 from aifactory.errors import TelemetryError
@@ -32,6 +35,8 @@ from aifactory.telemetry.economics import HostEnergy, Prices, decision_economics
 from aifactory.telemetry.status import PrometheusClient
 from tests.spec.base_spec import BASE
 from tests.telemetry.conftest import CliResult
+
+ROLES = Path(__file__).resolve().parents[2] / "playbooks" / "roles"
 
 # 5 planned hosts (4 gpu, 1 ctl). Chosen so the per-second costs are round: the fixed yearly cost
 # is 31,557.6 per host (0.001 a second), a gpu host's capital 315,576 over 5 years is 0.002 a second.
@@ -336,3 +341,59 @@ def test_the_status_table_shows_each_figure_with_its_source(prometheus: Promethe
     text = economics_table({"window": "5m", "per_decision": rows})
     assert "m2" in text and "measured" in text and "0.151125 EUR" in text and "15000" in text
     assert "no decisions" in economics_table({"window": "5m", "per_decision": []})
+
+
+# ---- the price rules the monitoring role renders ------------------------------------------------------
+
+RENDER = """
+- name: Render the monitoring role's price rules as the role does
+  hosts: {host}
+  gather_facts: false
+  vars_files:
+    - {roles}/monitoring/defaults/main.yml
+  tasks:
+    - name: Price rules
+      ansible.builtin.template:
+        src: {roles}/monitoring/templates/economics-prices.rules.yml.j2
+        dest: {out}
+        mode: "0644"
+"""
+
+
+def test_the_role_renders_the_plans_prices_as_rules_promtool_accepts(tmp_path: Path) -> None:
+    """Real ansible-playbook (connection local) renders the template from the real inventory."""
+    from aifactory.inventory import build_inventory, write_inventory
+
+    plan = _plan(tmp_path)
+    inventory, out = tmp_path / "inventory", tmp_path / "prices.rules.yml"
+    write_inventory(build_inventory(plan), inventory)
+    playbook = tmp_path / "render.yml"
+    playbook.write_text(RENDER.format(host=plan.hosts[0].name, roles=ROLES, out=out))
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("ANSIBLE_")},
+        "ANSIBLE_HOME": str(tmp_path / "ansible-home"),
+        "ANSIBLE_LOCAL_TEMP": str(tmp_path / "ansible-tmp"),
+    }
+    ansible = str(Path(sys.executable).with_name("ansible-playbook"))
+    argv = [ansible, "-i", str(inventory), "-c", "local", str(playbook)]
+    argv += ["-e", json.dumps({"ansible_python_interpreter": sys.executable})]
+    done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=300, check=False)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    promtool = shutil.which("promtool")
+    assert promtool
+    checked = subprocess.run([promtool, "check", "rules", str(out)], capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    rules = [r for g in yaml.safe_load(out.read_text())["groups"] for r in g["rules"]]
+    costs = {r["labels"]["host"]: r["expr"] for r in rules if r["record"] == economics.HOST_COST_PER_SECOND}
+    assert costs == {h.name: "0.003" if h.pool == "gpu" else "0.001" for h in plan.hosts}
+    price = next(r for r in rules if r["record"] == economics.PRICE_PER_KWH)
+    assert (price["expr"], price["labels"]) == ("0.21", {"currency": "EUR"})
+    assert next(r["expr"] for r in rules if r["record"] == economics.PUE) == "1.4"
+
+
+def test_a_site_without_prices_gets_no_economics_in_its_inventory(tmp_path: Path) -> None:
+    from aifactory.inventory import build_inventory
+    from aifactory.inventory.render import render_files
+
+    files = render_files(build_inventory(_plan(tmp_path, BASE)))
+    assert not any("aifactory_economics" in text for text in files.values())
