@@ -17,6 +17,9 @@
    CPU, its cost still on this host).
 2. authorization overhead per request, in process: token verification (cached), policy decision,
    durable decision record (one fsync when alone), and the whole check; median and p99.
+   economics: the instrumentation a decision adds on the hot path (the decision counter by model,
+   tenant and outcome, docs/economics.md), timed directly, as a share of the whole check's median.
+   Target: under 2%.
 3. training: `aifactory-train` samples/s with 1 process against 2 processes (torchrun, Gloo, CPU).
 4. parsers: the server on `runtime/http.py` (llhttp via httptools, with its limits, timeouts and
    caps) against the same server on its former hand-written HTTP path (benchmarks/legacy_http.py),
@@ -55,7 +58,7 @@ from aifactory.plan import SitePlan, plan_site  # noqa: E402
 from aifactory.runtime import checkpoint  # noqa: E402
 from aifactory.runtime import dataset as datasets  # noqa: E402
 from aifactory.runtime.loadgen import LoadResult, run_load  # noqa: E402
-from aifactory.runtime.metrics import read_jsonl  # noqa: E402
+from aifactory.runtime.metrics import ServeMetrics, read_jsonl  # noqa: E402
 from aifactory.runtime.model import ModelConfig, Scorer, build, scorer  # noqa: E402
 from aifactory.trust.authz import Guard, load_authorizer  # noqa: E402
 from aifactory.trust.decisionlog import DecisionLog  # noqa: E402
@@ -401,7 +404,8 @@ def _batch_totals(port: int) -> tuple[float, float, float]:
     )
 
 
-def bench_authorization(work: Path, plan: SitePlan, token: str, site: str, repeat: int) -> None:
+def bench_authorization(work: Path, plan: SitePlan, token: str, site: str, repeat: int) -> float:
+    """Prints the parts' timings; returns the whole check's median (seconds): a decision's time."""
     decisions = DecisionLog(work / "bench-authz" / "decisions.jsonl", sign_every=100, sign_interval=5)
     verifier = TokenVerifier(TrustFiles(work / "runtime"), site=site)
     authorizer = load_authorizer(plan)
@@ -444,6 +448,32 @@ def bench_authorization(work: Path, plan: SitePlan, token: str, site: str, repea
             f"  {name:16s} median {statistics.median(values) * 1e3:7.3f} ms"
             f"   p99 {percentile(values, 0.99) * 1e3:7.3f} ms"
         )
+    return statistics.median(timings["whole check"])
+
+
+INSTRUMENTATION_TARGET = 0.02  # the economics' own cost: under 2% of a decision's time
+
+
+def bench_instrumentation(plan: SitePlan, decision_seconds: float, calls: int = 200_000) -> None:
+    """The hot path's economics instrumentation: one labelled decision count per decision
+    (`ServeMetrics.decided`: the bounded model and tenant, the cached counter child, its increment),
+    timed directly over `calls` calls in 5 rounds, against a decision's time measured just before."""
+    metrics = ServeMetrics(models=(m.name for m in plan.models), tenants=(t.name for t in plan.tenants))
+    model, tenant = plan.models[0].name, plan.tenants[0].name
+    rounds = []
+    for _ in range(5):
+        began = time.perf_counter()
+        for k in range(calls):
+            metrics.decided(model=model, tenant=tenant, allow=k % 8 != 0)
+        rounds.append((time.perf_counter() - began) / calls)
+    per_call = statistics.median(rounds)
+    ratio = per_call / decision_seconds
+    print(
+        f"economics instrumentation per decision: {per_call * 1e9:.0f} ns (median of 5 rounds of "
+        f"{calls:,} labelled counts) against the whole check's median {decision_seconds * 1e3:.3f} ms: "
+        f"{ratio:.3%} (target < {INSTRUMENTATION_TARGET:.0%}: "
+        f"{'met' if ratio < INSTRUMENTATION_TARGET else 'NOT met'})"
+    )
 
 
 def bench_training(work: Path, plan_path: Path, token_file: Path, steps: int) -> None:
@@ -499,8 +529,9 @@ def main() -> int:
     parser.add_argument("--train-steps", type=int, default=60)
     parser.add_argument(
         "--parts",
-        default="serving,authz,training,parsers",
-        help="comma-separated parts to run (default: all: serving,authz,training,parsers)",
+        default="serving,authz,economics,training,parsers",
+        help="comma-separated parts to run (default: all: serving,authz,economics,training,parsers; "
+        "economics runs authz first: its ratio is against a decision's time)",
     )
     parser.add_argument(
         "--parser-rounds", type=int, default=10, help="parsers: interleaved rounds (default 10)"
@@ -539,8 +570,10 @@ def main() -> int:
             if "serving" not in parts:
                 save_bench_model(work)
             bench_parsers(args, work, plan_path, token)
-        if "authz" in parts:
-            bench_authorization(work, planned.plan, token, site, args.authz_repeat)
+        if "authz" in parts or "economics" in parts:
+            decision = bench_authorization(work, planned.plan, token, site, args.authz_repeat)
+            if "economics" in parts:
+                bench_instrumentation(planned.plan, decision)
         if "training" in parts:
             bench_training(work, plan_path, token_file, args.train_steps)
         print(f"load average after: {load_average()}")
