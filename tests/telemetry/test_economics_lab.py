@@ -1,0 +1,184 @@
+"""Joules and cost per decision on the session's deployed lab (docs/economics.md).
+
+Real parts: the session's `deployed_lab` with the monitoring stage as tests/telemetry/
+test_monitoring_lab.py deploys it (its `monitored` fixture: serving nodes on HTTPS, 2 s scrapes and
+rule evaluations), the lab BMCs' emulated power through the power exporter
+(`aifactory_host_energy_joules_total{source="emulated"}`), the inference servers' decision counters,
+and `aifactory status --format json` on the control host.
+
+After a load run of known size through a serving node (allowed requests by the model's owner,
+denied ones by a tenant without a grant), the figures `status` reports per model and tenant must
+match a hand computation from the raw series, asked of Prometheus directly at the same instant and
+over the same window, within 1%; every energy figure carries the source label of its energy.
+The cost needs the lab spec's `economics` section (the price rules come from the plan).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sys
+import time
+from collections import defaultdict
+from typing import Any
+
+import pytest
+
+from aifactory.state import SiteState
+from aifactory.telemetry.certs import monitoring_cert_dir
+from aifactory.telemetry.economics import window_seconds
+from aifactory.trust.tokens import TrustFiles
+
+# `monitored`: the monitoring module's fixture (module scope), imported to be set up for this module too.
+from tests.telemetry.test_monitoring_lab import (  # noqa: F401 - `monitored` is a fixture
+    REQUESTS,
+    SERVE_PORT,
+    Monitored,
+    _targets,
+    _wait,
+    monitored,
+)
+
+pytestmark = [pytest.mark.lab, pytest.mark.slow]
+
+WINDOW = "3m"  # covers the load run below with room to spare
+ALLOWED, DENIED = 40, 10  # denials under the server's 20 per peer and window: no 429
+SOURCES = {"measured", "emulated", "estimated"}
+
+# Run on the control host: PromQL queries at one instant, through the status view's own client.
+QUERY_AT = """
+import json, sys
+from aifactory.plan import plan_site
+from aifactory.state import SiteState
+from aifactory.telemetry.status import PrometheusClient
+plan = plan_site(sys.argv[1], write_lock=False).plan
+client = PrometheusClient.for_site(plan, SiteState.for_site(plan.name))
+at = float(sys.argv[2])
+print(json.dumps([client.query(expression, at=at) for expression in sys.argv[3:]]))
+"""
+
+
+def _query_at(site: Monitored, at: float, *expressions: str) -> list[list[dict[str, Any]]]:
+    lab = site.lab
+    done = lab.exec([sys.executable, "-c", QUERY_AT, str(lab.spec), f"{at:.3f}", *expressions], timeout=120)
+    result: list[list[dict[str, Any]]] = json.loads(done.stdout)
+    return result
+
+
+def _hand_computation(site: Monitored, at: float) -> dict[tuple[str, str, str], dict[str, float]]:
+    """docs/economics.md's formulas, in Python, over the raw series: each host's energy and fixed
+    cost shared among the (model, tenant) pairs by their count of its decisions."""
+    decisions, energy, price, pue, host_cost = _query_at(
+        site,
+        at,
+        f"increase(aifactory_serve_decisions_total[{WINDOW}])",
+        f"increase(aifactory_host_energy_joules_total[{WINDOW}])",
+        "aifactory_economics_energy_price_per_kwh",
+        "aifactory_economics_pue",
+        "aifactory_economics_host_cost_per_second",
+    )
+    assert len(price) == 1 and len(pue) == 1, "the lab spec needs an economics section (price rules)"
+    per_joule = float(price[0]["value"][1]) * float(pue[0]["value"][1]) / 3_600_000
+    currency = price[0]["metric"]["currency"]
+    seconds = window_seconds(WINDOW)
+    by_host: dict[str, dict[tuple[str, str], float]] = defaultdict(lambda: defaultdict(float))
+    for row in decisions:
+        labels = row["metric"]
+        by_host[labels["host"]][(labels["model"], labels["tenant"])] += float(row["value"][1])
+    joules_of: dict[str, tuple[float, str]] = {}
+    for row in energy:
+        labels = row["metric"]
+        joules, _ = joules_of.get(labels["host"], (0.0, labels["source"]))
+        joules_of[labels["host"]] = (joules + float(row["value"][1]), labels["source"])
+    fixed = {row["metric"]["host"]: float(row["value"][1]) for row in host_cost}
+    figures: dict[tuple[str, str, str], dict[str, float]] = defaultdict(lambda: defaultdict(float))
+    for host, pairs in by_host.items():
+        total = sum(pairs.values())
+        if total <= 0 or host not in joules_of:
+            continue
+        joules, source = joules_of[host]
+        host_cost_in_window = joules * per_joule + fixed[host] * seconds
+        for (model, tenant), count in pairs.items():
+            figure = figures[(model, tenant, source)]
+            figure["decisions"] += count
+            figure["joules"] += joules * count / total
+            figure["cost"] += host_cost_in_window * count / total
+    for figure in figures.values():
+        figure["joules_per_decision"] = figure["joules"] / figure["decisions"]
+        figure["cost_per_decision"] = figure["cost"] / figure["decisions"]
+    assert currency
+    return {key: dict(value) for key, value in figures.items() if value["decisions"] > 0}
+
+
+def test_joules_and_cost_per_decision_match_a_hand_computation(monitored: Monitored) -> None:  # noqa: F811
+    from aifactory.trust.issuing.tokens import issue_token
+
+    lab = monitored.lab
+    host = monitored.serving[0]
+    model = next(
+        m for m in lab.plan.models if any(h.pool in m.serve_on for h in lab.plan.hosts if h.name == host)
+    )
+    granted = {
+        g.tenant for g in lab.plan.access if g.resource == f"model/{model.name}" and "infer" in g.actions
+    }
+    denied_tenant = next(t.name for t in lab.plan.tenants if t.name != model.owner and t.name not in granted)
+    trust = TrustFiles(SiteState.for_site(lab.site).subdir("runtime"))
+    expires = dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)
+    allowed_token = issue_token(trust, site=lab.site, tenant=model.owner, expires=expires).token
+    denied_token = issue_token(trust, site=lab.site, tenant=denied_tenant, expires=expires).token
+
+    _wait(f"{host} scraped", 180, lambda: _targets(monitored, "serve").get(host, {}).get("health") == "up")
+    _wait(
+        "every serving host's energy counter in Prometheus",
+        180,
+        lambda: (
+            {r["metric"]["host"] for r in monitored.query("aifactory_host_energy_joules_total")}
+            >= set(monitored.serving)
+        ),
+    )
+    address = lab.plan.host(host).management_address
+    cafile = monitoring_cert_dir(trust) / "ca.pem"
+    done = lab.exec(
+        [sys.executable, "-c", REQUESTS, f"https://{address}:{SERVE_PORT}", str(cafile), model.name],
+        input_text=json.dumps([allowed_token] * ALLOWED + [denied_token] * DENIED),
+        timeout=600,
+    )
+    statuses = json.loads(done.stdout)
+    assert statuses[ALLOWED:] == [403] * DENIED, statuses
+
+    def counted(tenant: str) -> float:
+        found = monitored.query(
+            f'sum(increase(aifactory_serve_decisions_total{{host="{host}",model="{model.name}",'
+            f'tenant="{tenant}"}}[{WINDOW}]))'
+        )
+        return float(found[0]["value"][1]) if found else 0.0
+
+    # Prometheus has scraped the server after the last request (increase() extrapolates a little).
+    _wait("the load in the decision counter", 60, lambda: counted(denied_tenant) >= DENIED * 0.99)
+    at = time.time() - 1  # one instant for both sides: energy keeps growing between two queries
+    done = lab.exec(
+        ["aifactory", "status", str(lab.spec), "--format", "json", "--window", WINDOW, "--at", f"{at:.3f}"],
+        timeout=300,
+    )
+    reported = {
+        (r["model"], r["tenant"], r["source"]): r
+        for r in json.loads(done.stdout)["economics"]["per_decision"]
+    }
+    expected = _hand_computation(monitored, at)
+
+    assert set(reported) == set(expected), (reported, expected)
+    sources = {key[2] for key in reported}
+    assert sources <= SOURCES and sources, reported
+    for key, figure in expected.items():
+        row = reported[key]
+        assert row["source"] in SOURCES
+        assert row["decisions"] == pytest.approx(figure["decisions"], rel=0.01), key
+        assert row["joules_per_decision"] == pytest.approx(figure["joules_per_decision"], rel=0.01), key
+        assert row["cost_per_decision"] == pytest.approx(figure["cost_per_decision"], rel=0.01), key
+        assert row["currency"] and row["joules_per_decision"] > 0 and row["cost_per_decision"] > 0
+    # The run of known size is in the figures of the serving host's pairs.
+    owner = next(v for k, v in reported.items() if k[:2] == (model.name, model.owner))
+    denied = next(v for k, v in reported.items() if k[:2] == (model.name, denied_tenant))
+    assert owner["decisions"] >= ALLOWED * 0.99 and denied["decisions"] >= DENIED * 0.99
+    # The lab's BMCs have no power reading of their own: its energy is emulated, and says so.
+    assert reported[(model.name, model.owner, owner["source"])]["source"] == "emulated"
