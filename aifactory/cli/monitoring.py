@@ -4,6 +4,8 @@ aifactory status SITE [--format json]        hosts, targets, alerts, decisions p
 aifactory monitoring certs SITE              issue the monitoring certificates (missing or expiring)
 aifactory monitoring receive SITE --address IP --port N --cert F --key F --ca F
                                              the alert receiver (the monitoring role's service)
+aifactory monitoring power SITE --targets F --credentials F --address IP --port N --cert F --key F --ca F
+                                             the BMC power collector (the monitoring role's service)
 """
 
 from __future__ import annotations
@@ -28,6 +30,9 @@ EXAMPLES = {
     "monitoring deploy": "aifactory monitoring deploy lab/site.yaml",
     "monitoring certs": "aifactory monitoring certs lab/site.yaml",
     "monitoring receive": "aifactory monitoring receive lab --address 10.200.0.2 --port 9095 "
+    "--cert host.pem --key host.key --ca ca.pem",
+    "monitoring power": "aifactory monitoring power lab --targets bmcs.json "
+    "--credentials bmc-credentials.json --address 10.200.0.2 --port 9096 "
     "--cert host.pem --key host.key --ca ca.pem",
 }
 
@@ -77,6 +82,21 @@ def register(
     receive.add_argument("--key", type=Path, required=True)
     receive.add_argument("--ca", type=Path, required=True, help="the site CA (senders' certificates)")
     receive.set_defaults(handler=cmd_receive)
+
+    power = actions.add_parser(
+        "power",
+        parents=[common],
+        help="run the power collector: every BMC's power reading over Redfish, for Prometheus",
+    )
+    power.add_argument("site", help="site name")
+    power.add_argument("--targets", type=Path, required=True, help="the BMCs to poll (JSON, from the role)")
+    power.add_argument("--credentials", type=Path, required=True, help="their credentials (JSON, mode 0600)")
+    power.add_argument("--address", required=True, help="the control host's management address")
+    power.add_argument("--port", type=int, required=True)
+    power.add_argument("--cert", type=Path, required=True, help="the control host's certificate")
+    power.add_argument("--key", type=Path, required=True)
+    power.add_argument("--ca", type=Path, required=True, help="the site CA (scrapers' certificates)")
+    power.set_defaults(handler=cmd_power)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -157,6 +177,36 @@ def cmd_certs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _stop_on_sigterm() -> None:
+    def stop(_signal: int, _frame: FrameType | None) -> None:
+        raise KeyboardInterrupt  # out of the serving loop, as Ctrl-C would; the supervisor's SIGTERM
+
+    signal.signal(signal.SIGTERM, stop)
+
+
+def cmd_power(args: argparse.Namespace) -> int:
+    import threading
+
+    from prometheus_client import CollectorRegistry
+
+    from aifactory.telemetry.power import PowerCollector, read_targets, start_exporter
+
+    interval, targets = read_targets(args.targets, args.credentials)
+    registry = CollectorRegistry()
+    collector = PowerCollector(targets, interval=interval, registry=registry)
+    stop_serving = start_exporter(
+        registry, address=args.address, port=args.port, certificate=args.cert, key=args.key, client_ca=args.ca
+    )
+    _stop_on_sigterm()
+    try:
+        collector.run(threading.Event())
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stop_serving()
+    return 0
+
+
 def cmd_receive(args: argparse.Namespace) -> int:
     state = SiteState.for_site(args.site)
     config = ReceiverConfig(
@@ -169,11 +219,7 @@ def cmd_receive(args: argparse.Namespace) -> int:
         allowed_client=service_uri(args.site, PROMETHEUS),
     )
     receiver = AlertReceiver(state, config)
-
-    def stop(_signal: int, _frame: FrameType | None) -> None:
-        raise KeyboardInterrupt  # out of serve_forever, as Ctrl-C would; the supervisor's SIGTERM
-
-    signal.signal(signal.SIGTERM, stop)
+    _stop_on_sigterm()
     try:
         receiver.serve_forever()
     except KeyboardInterrupt:
