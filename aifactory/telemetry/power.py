@@ -37,8 +37,10 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from aifactory.errors import AifactoryError, Location, TelemetryError
+from aifactory.errors import AifactoryError, Location, Problem, SecretError, TelemetryError
+from aifactory.plan.model import SitePlan
 from aifactory.provision.redfish import BmcCredentials, RedfishClient, TlsSettings
+from aifactory.secrets import SecretResolver
 
 log = logging.getLogger(__name__)
 
@@ -337,3 +339,34 @@ def start_exporter(
         thread.join(timeout=5)
 
     return stop
+
+
+def write_credentials(plan: SitePlan, resolver: SecretResolver, path: Path) -> bool:
+    """The credentials file `read_credentials` reads, for every planned BMC, resolved from the site's
+    secret store exactly as provisioning resolves them (the host's reference, `{host}` expanded); mode
+    0600 from its creation. False when the plan has no BMC (no file, no collector). Fails closed,
+    naming every host whose credential does not resolve (never a value)."""
+    values: dict[str, str] = {}
+    missing: list[Problem] = []
+    for host in plan.hosts:
+        if host.bmc is None:
+            continue
+        try:
+            values[host.name] = resolver.resolve(host.bmc.credentials, host=host.name).value
+        except SecretError as error:
+            missing.append(Problem("secret-missing", error.message, Location(path=f"hosts.{host.name}.bmc")))
+    if missing:
+        raise SecretError(
+            f"{len(missing)} BMC credential(s) cannot be resolved for the power collector",
+            hint="set them with `aifactory secret set SITE secret://...`, or give the store's "
+            "passphrase file in AIFACTORY_PASSPHRASE_FILE",
+            problems=missing,
+        )
+    if not values:
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+        os.fchmod(descriptor, 0o600)
+        json.dump(values, handle, sort_keys=True)
+    return True

@@ -240,3 +240,29 @@ def test_the_exporter_serves_over_tls_to_site_ca_clients_only(tmp_path):
     families = {f.name: f for f in text_string_to_metric_families(text)}
     (sample,) = families["aifactory_host_power_watts"].samples
     assert (sample.labels["source"], sample.value) == ("measured", 123.5)
+
+
+def test_the_deploy_writes_every_planned_bmc_credential_privately(tmp_path, monkeypatch):
+    from conftest import copy_lab_spec
+
+    from aifactory.errors import SecretError
+    from aifactory.secrets import SecretResolver, env_name, expand
+    from aifactory.telemetry.power import read_credentials, write_credentials
+
+    plan = plan_site(copy_lab_spec(tmp_path / "spec", "unit")).plan
+    bmc_hosts = [h for h in plan.hosts if h.bmc is not None]
+    assert bmc_hosts, "the lab spec plans BMCs"
+    target = tmp_path / "monitoring" / "bmc-credentials.json"
+    with pytest.raises(SecretError) as missing:
+        write_credentials(plan, SecretResolver(None), target)
+    assert {p.location.path for p in missing.value.problems} == {f"hosts.{h.name}.bmc" for h in bmc_hosts}
+    assert not target.exists()
+    for index, host in enumerate(bmc_hosts):
+        assert host.bmc is not None
+        monkeypatch.setenv(env_name(expand(host.bmc.credentials, host=host.name)), f"admin:pw-{index}-secret")
+    assert write_credentials(plan, SecretResolver(None), target)
+    assert target.stat().st_mode & 0o777 == 0o600
+    read = read_credentials(target)
+    assert {h: c.password for h, c in read.items()} == {
+        h.name: f"pw-{i}-secret" for i, h in enumerate(bmc_hosts)
+    }
