@@ -91,11 +91,11 @@ def render(plot: Plot) -> str:
             f'<circle class="point" cx="{x(t)}" cy="{y(v)}" r="2" fill="{color}"/>' for t, v in series.points
         ]
         parts.append("</g>")
-        legend_y = base + 16 + (index // 3) * 14
-        legend_x = LEFT + (index % 3) * 230
+        legend_y = base + 16 + (index // 2) * 14
+        legend_x = LEFT + (index % 2) * 340
         parts.append(
             f'<rect x="{legend_x}" y="{legend_y - 9}" width="10" height="10" fill="{color}"/>'
-            f'<text class="legend" x="{legend_x + 14}" y="{legend_y}">{escape(series.name[:60])}</text>'
+            f'<text class="legend" x="{legend_x + 14}" y="{legend_y}">{escape(series.name[:48])}</text>'
         )
     parts.append("</svg>")
     return "".join(parts)

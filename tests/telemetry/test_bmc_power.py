@@ -32,7 +32,7 @@ MODEL = PowerModel(idle_watts=80.0, busy_watts=480.0)  # not the defaults: the c
 
 @pytest.fixture(scope="module")
 def host(tmp_path_factory: pytest.TempPathFactory) -> Host:
-    from conftest import copy_lab_spec
+    from tests.conftest import copy_lab_spec
 
     plan = plan_site(copy_lab_spec(tmp_path_factory.mktemp("spec"), "unit")).plan
     return next(h for h in plan.hosts if h.bmc is not None)

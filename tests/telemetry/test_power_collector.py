@@ -50,7 +50,7 @@ HOST = "unit-cpu-001"
 
 @pytest.fixture(scope="module")
 def host(tmp_path_factory: pytest.TempPathFactory) -> Host:
-    from conftest import copy_lab_spec
+    from tests.conftest import copy_lab_spec
 
     plan = plan_site(copy_lab_spec(tmp_path_factory.mktemp("spec"), "unit")).plan
     return next(h for h in plan.hosts if h.bmc is not None)
@@ -243,11 +243,10 @@ def test_the_exporter_serves_over_tls_to_site_ca_clients_only(tmp_path):
 
 
 def test_the_deploy_writes_every_planned_bmc_credential_privately(tmp_path, monkeypatch):
-    from conftest import copy_lab_spec
-
     from aifactory.errors import SecretError
     from aifactory.secrets import SecretResolver, env_name, expand
     from aifactory.telemetry.power import read_credentials, write_credentials
+    from tests.conftest import copy_lab_spec
 
     plan = plan_site(copy_lab_spec(tmp_path / "spec", "unit")).plan
     bmc_hosts = [h for h in plan.hosts if h.bmc is not None]
