@@ -35,6 +35,8 @@ from aifactory.chain import iter_records
 from aifactory.errors import AifactoryError, AuditError
 
 REQUIRED = ("report.html", "report.json", "assessment-results.json")
+# Other signed report kinds, named by report.json's "kind" (the operations report: aifactory.telemetry).
+REQUIRED_BY_KIND = {"ops": ("report.html", "report.json")}
 SIGNING_FILES = (MANIFEST, SIGNATURE, ALLOWED_SIGNERS)  # in the folder, not listed in the manifest
 NO_TRUST = (
     "the signer was not checked: no --trust was given, and the allowed_signers beside the report "
@@ -150,7 +152,7 @@ def _check_files(folder: Path, manifest: bytes, result: VerifyResult) -> None:
     for entry in sorted(folder.iterdir(), key=lambda p: p.name):
         if entry.name not in listed and entry.name not in SIGNING_FILES:
             result.problems.append(f"{entry.name} is in the report folder but not listed in {MANIFEST}")
-    for name in REQUIRED:
+    for name in _required(folder):
         if name not in listed:
             result.problems.append(f"{MANIFEST} does not list {name}")
     for digest, name in entries:
@@ -161,6 +163,15 @@ def _check_files(folder: Path, manifest: bytes, result: VerifyResult) -> None:
             result.problems.append(f"{name} was changed after it was signed (its SHA-256 does not match)")
         else:
             result.files.append(name)
+
+
+def _required(folder: Path) -> tuple[str, ...]:
+    """The files a report of its kind must list: the audit report's unless report.json names another."""
+    try:
+        kind = json.loads((folder / "report.json").read_bytes()).get("kind")
+    except (OSError, ValueError, AttributeError):
+        return REQUIRED
+    return REQUIRED_BY_KIND.get(kind, REQUIRED) if isinstance(kind, str) else REQUIRED
 
 
 def _record_hash_at(path: Path, seq: int) -> str | None:

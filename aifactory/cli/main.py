@@ -33,7 +33,7 @@ COMMAND_MODULES = (
     "aifactory.cli.models",
     "aifactory.cli.data",  # data versions, show, version, erase
     "aifactory.cli.pipeline",  # up, down
-    "aifactory.cli.monitoring",  # status, monitoring
+    "aifactory.cli.monitoring",  # status, monitoring, report
 )
 # Which module defines each top-level command: only that module is imported to run it (a command
 # never pays for the others' imports, e.g. `validate` never loads Ansible or torch).
@@ -59,6 +59,7 @@ COMMANDS = {
     "down": "aifactory.cli.pipeline",
     "status": "aifactory.cli.monitoring",
     "monitoring": "aifactory.cli.monitoring",
+    "report": "aifactory.cli.monitoring",
 }
 
 

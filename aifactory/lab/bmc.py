@@ -23,6 +23,7 @@ import bcrypt
 
 from aifactory.errors import LabError, PrerequisiteError, SecretError
 from aifactory.lab.access import write_file
+from aifactory.lab.bmc_power import PowerModel
 from aifactory.lab.journal import Journal
 from aifactory.lab.layout import LabLayout, make_dir
 from aifactory.lab.system import listening, wait_ready
@@ -34,6 +35,7 @@ BMC_PORT = 8000
 BMC_USER = "admin"
 BCRYPT_ROUNDS = 8  # every Redfish request checks it: kept cheap in the lab
 START_TIMEOUT = 30.0
+LAB_SERVER = PowerModel()  # the emulated reading: 100 W idle, 400 W busy (docs/lab.md)
 
 
 @dataclass(frozen=True)
@@ -142,8 +144,20 @@ def ensure_credentials(site: str, plan: SitePlan, layout: LabLayout, journal: Jo
     return LabSecrets(credentials, store.path, passphrase_file)
 
 
-def emulator_config(site: str, host: Host, folder: Path) -> str:
+def emulator_config(
+    site: str,
+    host: Host,
+    folder: Path,
+    *,
+    host_namespace: str,
+    listen: tuple[str, int] | None = None,
+    power: PowerModel = LAB_SERVER,
+) -> str:
+    """The emulator's config: the host's system, basic auth, and the emulated power reading that
+    follows the CPU load of `host_namespace` (the host's network namespace; aifactory.lab.bmc_power).
+    `listen` is the BMC's address and port unless given (a loopback test)."""
     assert host.bmc is not None
+    address, port = listen or (host.bmc.address, BMC_PORT)
     system = {
         "uuid": system_uuid(site, host.name),
         "name": host.name,
@@ -152,28 +166,50 @@ def emulator_config(site: str, host: Host, folder: Path) -> str:
         "nics": [{"mac": system_mac(site, host.name), "ip": host.management_address}],
     }
     settings = {
-        "SUSHY_EMULATOR_LISTEN_IP": host.bmc.address,
-        "SUSHY_EMULATOR_LISTEN_PORT": BMC_PORT,
+        "SUSHY_EMULATOR_LISTEN_IP": address,
+        "SUSHY_EMULATOR_LISTEN_PORT": port,
         "SUSHY_EMULATOR_FAKE_DRIVER": True,
         "SUSHY_EMULATOR_STATE_DIR": str(folder / "state"),
         "SUSHY_EMULATOR_AUTH_FILE": str(folder / "htpasswd"),
         "SUSHY_EMULATOR_FEATURE_SET": "full",
         "SUSHY_EMULATOR_FAKE_SYSTEMS": [system],
         "EXTERNAL_NOTIFICATION_URL": "http://127.0.0.1:9/",  # never used: external_notifier is off
+        "AIFACTORY_POWER_NETNS": host_namespace,
+        "AIFACTORY_POWER_IDLE_WATTS": power.idle_watts,
+        "AIFACTORY_POWER_BUSY_WATTS": power.busy_watts,
     }
     lines = [f"# aifactory lab: Redfish BMC of {host.name}"]
     lines += [f"{key} = {value!r}" for key, value in settings.items()]
     return "\n".join(lines) + "\n"
 
 
+def emulator_argv(config: Path) -> list[str]:
+    """sushy-tools' emulator with the emulated Power resource (aifactory.lab.bmc_power): the same
+    process, its own auth and TLS. Needs sushy-tools installed."""
+    sushy_emulator()
+    return [sys.executable, "-m", "aifactory.lab.bmc_power", "--config", str(config)]
+
+
+def write_htpasswd(folder: Path, credential: BmcCredential) -> Path:
+    hashed = bcrypt.hashpw(credential.password.encode(), bcrypt.gensalt(rounds=BCRYPT_ROUNDS)).decode()
+    return write_file(folder / "htpasswd", f"{credential.username}:{hashed}\n", 0o600)
+
+
 def start_emulator(
-    site: str, host: Host, namespace: str, layout: LabLayout, credential: BmcCredential
+    site: str,
+    host: Host,
+    namespace: str,
+    layout: LabLayout,
+    credential: BmcCredential,
+    *,
+    host_namespace: str,
 ) -> subprocess.Popen[bytes]:
+    """The host's BMC in the BMC `namespace`; its power reading follows `host_namespace`'s CPU load."""
     folder = make_dir(layout.bmc_dir(host.name))
     make_dir(folder / "state")
-    hashed = bcrypt.hashpw(credential.password.encode(), bcrypt.gensalt(rounds=BCRYPT_ROUNDS)).decode()
-    write_file(folder / "htpasswd", f"{credential.username}:{hashed}\n", 0o600)
-    config = write_file(folder / "emulator.conf", emulator_config(site, host, folder), 0o600)
+    write_htpasswd(folder, credential)
+    text = emulator_config(site, host, folder, host_namespace=host_namespace)
+    config = write_file(folder / "emulator.conf", text, 0o600)
     log = open(folder / "emulator.log", "wb")  # noqa: SIM115 - handed to the child
     try:
         return subprocess.Popen(
@@ -184,9 +220,7 @@ def start_emulator(
                 namespace,
                 "env",
                 f"TMPDIR={folder / 'state'}",
-                sushy_emulator(),
-                "--config",
-                str(config),
+                *emulator_argv(config),
             ],
             stdin=subprocess.DEVNULL,
             stdout=log,

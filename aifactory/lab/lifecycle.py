@@ -27,6 +27,7 @@ from aifactory.lab.status import (
     write_record,
 )
 from aifactory.lab.system import (
+    NETNS_DIR,
     check_prerequisites,
     ip,
     list_netns,
@@ -155,7 +156,7 @@ def _build(plan: SitePlan, layout: LabLayout, tools: dict[str, str]) -> LabStatu
     bmc_namespaces = {b.fabric: b.namespace for b in network.bmc_fabrics(plan, names)}
     secrets = bmc.ensure_credentials(site, plan, layout, journal)
     credentials = secrets.credentials if secrets else {}
-    emulators = _start_bmcs(plan, layout, journal, credentials, bmc_namespaces)  # slowest to start: first
+    emulators = _start_bmcs(plan, layout, names, journal, credentials, bmc_namespaces)  # slowest: first
     anchors = _start_anchors(plan, layout, names, journal, mount_plans)
     sshds: dict[str, subprocess.Popen[bytes]] = {}
     for host in plan.hosts:
@@ -219,6 +220,7 @@ def _start_anchors(
 def _start_bmcs(
     plan: SitePlan,
     layout: LabLayout,
+    names: LabNames,
     journal: Journal,
     credentials: dict[str, bmc.BmcCredential],
     bmc_namespaces: dict[str, str],
@@ -227,7 +229,14 @@ def _start_bmcs(
     for host in plan.hosts:
         if host.bmc is not None:
             namespace = bmc_namespaces[host.bmc.fabric]
-            proc = bmc.start_emulator(plan.name, host, namespace, layout, credentials[host.name])
+            proc = bmc.start_emulator(
+                plan.name,
+                host,
+                namespace,
+                layout,
+                credentials[host.name],
+                host_namespace=str(NETNS_DIR / names.host_ns(host.name)),  # its power follows this
+            )
             journal.add_process(f"bmc:{host.name}", proc.pid)
             emulators[host.name] = (host.bmc.address, proc)
     return emulators

@@ -139,7 +139,7 @@ def test_bmc_credentials_never_show_their_password():
 
 def test_emulator_config_keeps_notifications_off_and_auth_on(plan, tmp_path):
     host = next(h for h in plan.hosts if h.bmc)
-    text = emulator_config("unit", host, tmp_path)
+    text = emulator_config("unit", host, tmp_path, host_namespace="/run/netns/aif.unit.host.x")
     settings: dict = {}
     exec(compile(text, "emulator.conf", "exec"), settings)  # the emulator reads it the same way
     assert settings["SUSHY_EMULATOR_LISTEN_IP"] == host.bmc.address
