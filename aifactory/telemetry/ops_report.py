@@ -1,8 +1,8 @@
 """`aifactory report ops SITE --since 24h -o DIR`: the site at work over a window, as a signed page.
 
 Reads Prometheus' `query_range` through the status view's client (aifactory.telemetry.status) with
-the queries of OPS_QUERIES (every query the report makes, in one place, on raw series only: the
-economics recording rules may be renamed without breaking it), and writes into DIR:
+the queries of OPS_QUERIES (every query the report makes, in one place, on raw series only, the
+economics ones inlined from aifactory.telemetry.economics rather than read from its recording rules), and writes into DIR:
 
     report.html   self-contained: CSS inline, SVG plots drawn by aifactory.telemetry.svg, no script,
                   no external URL
@@ -11,9 +11,9 @@ economics recording rules may be renamed without breaking it), and writes into D
                   the site's audit key); `aifactory audit verify DIR` checks it
 
 The same data gives the same bytes (series sorted by name, numbers rounded, no clock but the
-window's). Joules per decision per model: each serving host's energy in a step shared among the
-decisions it served in that step, summed per model, over the model's decisions (the same sharing
-the economics recording rules make, computed here from the raw counters).
+window's). Joules and cost per decision per model and energy source come from the economics steps
+(aifactory.telemetry.economics: each serving host's energy shared among the decisions it served,
+docs/economics.md), the same PromQL as the recording rules and `aifactory status`.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections import defaultdict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -31,6 +30,7 @@ from typing import Any
 
 from aifactory.audit.sign import SigningKey, sign_folder
 from aifactory.errors import Location, TelemetryError, UsageError
+from aifactory.telemetry.economics import expression
 from aifactory.telemetry.svg import Plot, Series, render
 
 HTML, JSON = "report.html", "report.json"
@@ -49,8 +49,6 @@ OPS_QUERIES: Mapping[str, str] = {
     "request_p99": _QUANTILE.format(q=0.99, what="request"),
     "forward_p50": _QUANTILE.format(q=0.5, what="forward"),
     "forward_p99": _QUANTILE.format(q=0.99, what="forward"),
-    "host_decisions": "sum by (host, model) (increase(aifactory_serve_decisions_total[{window}]))",
-    "host_energy": "sum by (host) (increase(aifactory_host_energy_joules_total[{window}]))",
     "power": "max by (host, source) (aifactory_host_power_watts)",
     "node_states": "count by (state) (aifactory_slurm_node_state == 1)",
     "alerts": 'count by (alertname) (ALERTS{{alertstate="firing"}})',
@@ -127,34 +125,16 @@ def _label(name: str) -> Callable[[dict[str, str]], str]:
     return lambda labels: labels.get(name, "?")
 
 
-def joules_per_decision(
-    host_decisions: list[dict[str, Any]], host_energy: list[dict[str, Any]]
-) -> tuple[Series, ...]:
-    """Per model and step: sum over hosts of energy x (the model's share of the host's decisions),
-    over the model's decisions. Steps where a model made no decision have no point."""
-    energy = {r["metric"].get("host", ""): dict(_points(r.get("values", []))) for r in host_energy}
-    decisions: dict[str, dict[float, float]] = defaultdict(lambda: defaultdict(float))  # host -> t -> all
-    by_model: dict[str, dict[str, dict[float, float]]] = defaultdict(dict)  # model -> host -> t -> n
-    for r in host_decisions:
-        host, model = r["metric"].get("host", ""), _model(r["metric"])
-        counts = dict(_points(r.get("values", [])))
-        by_model[model][host] = counts
-        for at, count in counts.items():
-            decisions[host][at] += count
-    found = []
-    for model, hosts in sorted(by_model.items()):
-        points: list[tuple[float, float]] = []
-        for at in sorted({t for p in hosts.values() for t in p}):
-            made = sum(p.get(at, 0.0) for p in hosts.values())
-            shared = [
-                energy[h][at] * p[at] / decisions[h][at]
-                for h, p in hosts.items()
-                if p.get(at, 0.0) > 0 and at in energy.get(h, {})
-            ]
-            if made > 0 and shared:
-                points.append((at, round(sum(shared) / made, 6)))
-        found.append(Series(model, tuple(points)))
-    return tuple(found)
+def economics_queries(window: str) -> dict[str, str]:
+    """Joules and cost per decision per model and energy source over each step's window: the
+    economics steps (aifactory.telemetry.economics, the recording rules' own PromQL) summed over
+    tenants, so the page and `aifactory status` share one method."""
+    decisions = f"(sum by (model, source) ({expression('model_decisions', window)}) > 0)"
+    return {
+        "joules": f"sum by (model, source) ({expression('model_joules', window)}) / {decisions}",
+        "cost": f"sum by (model, source, currency) ({expression('model_cost', window)})"
+        f" / on (model, source) group_left () {decisions}",
+    }
 
 
 def gather(fetch: Fetch, window: Window, *, has_economics: bool) -> tuple[Plot, ...]:
@@ -169,17 +149,21 @@ def gather(fetch: Fetch, window: Window, *, has_economics: bool) -> tuple[Plot, 
         ("forward_p99", "forward p99"),
     ):
         latency += [Series(name, s.points) for s in _series(run(key), _model)]
-    joules = joules_per_decision(run("host_decisions"), run("host_energy"))
-    cost_note = (
-        "cost per decision: the spec's economics section is read by `aifactory status`; not plotted yet"
-        if has_economics
-        else "no cost plot: the site spec has no economics section (price, PUE, capital cost)"
-    )
+    economics = economics_queries(window.rate_window)
+    joules = _series(fetch(economics["joules"], window), lambda m: f"{_model(m)} ({m.get('source', '?')})")
+    costs: tuple[Series, ...] = ()
+    cost_note = "no cost plot: the site spec has no economics section (price, PUE, capital cost)"
+    if has_economics:
+        costs = _series(
+            fetch(economics["cost"], window),
+            lambda m: f"{_model(m)} ({m.get('source', '?')}, {m.get('currency', '?')})",
+        )
+        cost_note = ""
     return (
         Plot("decisions", "Decisions per second", "1/s", _series(run("decisions"), _model)),
         Plot("latency", "Latency, 50th and 99th percentile", "s", tuple(latency)),
-        Plot("joules", "Joules per decision, per model", "J", joules),
-        Plot("cost", "Cost per decision, per model", "", (), note=cost_note),
+        Plot("joules", "Joules per decision, per model and energy source", "J", joules),
+        Plot("cost", "Cost per decision, per model and energy source", "", costs, note=cost_note),
         Plot(
             "power",
             "Host power",

@@ -205,11 +205,17 @@ def test_joules_per_decision_share_each_host_energy_among_its_decisions(written)
     data = json.loads((folder / "report.json").read_text())
     (joules,) = [p for p in data["plots"] if p["key"] == "joules"]
     last = {s["name"]: s["points"][-1][1] for s in joules["series"]}
-    # cpu-001: 200 W x 15 s = 3000 J per step for 40 decisions; the hostile host: 4500 J for 20
+    # cpu-001 (emulated): 200 W x 15 s = 3000 J per step for its 40 decisions; the hostile host
+    # (measured): 4500 J for its 20. Each model's share of a host's energy is its share of the host's
+    # decisions, reported per energy source.
     per_decision_cpu, per_decision_hostile = 3000 / 40, 4500 / 20
-    expected_hostile_model = (10 * per_decision_cpu + 20 * per_decision_hostile) / 30
     assert last == pytest.approx(
-        {"gpt-small": per_decision_cpu, HOSTILE_MODEL: expected_hostile_model}, rel=1e-3
+        {
+            "gpt-small (emulated)": per_decision_cpu,
+            f"{HOSTILE_MODEL} (emulated)": per_decision_cpu,
+            f"{HOSTILE_MODEL} (measured)": per_decision_hostile,
+        },
+        rel=1e-3,
     )
 
 
