@@ -23,16 +23,21 @@ NATIONAL = ROOT / "inventory" / "examples" / "national" / "site.yaml"
 # 304d29a, before the sections were typed (they were plain dicts then), each with its spec's digest:
 # when an example spec changes, its plan may change too, and this test says so instead of comparing
 # (recompute both digests then, with the plan as it was before the spec change, and check they match).
-# The lab's spec gained a contacts section since (its golden pair is now the plan with it); without
-# the section it still gives the pair computed at 304d29a (LAB_BEFORE_CONTACTS).
+# The lab's spec gained a contacts section, then an economics section since (its golden pair is now
+# the plan with both); without the newer sections it still gives the pairs it gave before them:
+# without either, the pair computed at 304d29a.
 LAB_BEFORE_CONTACTS = (
     "sha256:b37bb4c8ad66475e2f02ec1e91d9c3266860423de8eeb3f0d48e2ce008bf3989",
     "sha256:1132971f13f2e966feaf9a68e866e45746c280b926df03662000d00d8fac70d4",
 )
+LAB_BEFORE_ECONOMICS = (
+    "sha256:8999324f1559e82824fe2114cd2513135c0e436bba965531e68afe4c623aa50b",
+    "sha256:b64da6cb79689881ec5c4355062886fd1c9f5377aa5b44bc54656719e6e91f5d",
+)
 GOLDEN = {
     LAB: (
-        "sha256:8999324f1559e82824fe2114cd2513135c0e436bba965531e68afe4c623aa50b",
-        "sha256:b64da6cb79689881ec5c4355062886fd1c9f5377aa5b44bc54656719e6e91f5d",
+        "sha256:2fa92ae86e5121bf526ac7cde268aa411171a2233d245f4b13f798040e4b4b14",
+        "sha256:36d1ac3f3890194662e4adcb7cf3cef1bfee48832e1d725233bee96797ec7426",
     ),
     NATIONAL: (
         "sha256:c524c7befaaa4fde1372062165f901cae3586e72f9882c4626f1e97db500c54b",
@@ -55,21 +60,37 @@ def test_typed_plan_keeps_the_bytes_of_the_dict_plan(site: tuple[Path, SitePlan]
     assert plan.digest() == golden_digest
 
 
-def test_a_spec_without_contacts_keeps_the_digests_it_had_before_the_section(tmp_path: Path) -> None:
-    """contacts (added in v1) enters the spec digest and the plan only when a spec sets it."""
-    text = LAB.read_text()
-    without = "".join(
-        line for line in text.splitlines(keepends=True) if not line.startswith(("contacts:", "  security:"))
-    )
-    assert without != text
+def _lab_without(tmp_path: Path, *sections: str) -> SitePlan:
+    """The lab's plan from its spec less the named top-level sections (each key and its indented
+    lines), with the lab's allocation lock."""
+    kept, skipping = [], False
+    for line in LAB.read_text().splitlines(keepends=True):
+        if not line.startswith((" ", "#")):
+            skipping = line.split(":", 1)[0] in sections
+        if not skipping:
+            kept.append(line)
     spec = tmp_path / "site.yaml"
-    spec.write_text(without)
+    spec.write_text("".join(kept))
     (tmp_path / "site.alloc.json").write_text((LAB.parent / "site.alloc.json").read_text())
-    plan = plan_site(spec, write_lock=False).plan
+    return plan_site(spec, write_lock=False).plan
+
+
+def test_a_spec_without_contacts_keeps_the_digests_it_had_before_the_section(tmp_path: Path) -> None:
+    """contacts (added in v1) enters the spec digest and the plan only when a spec sets it (the lab's
+    economics section, newer, is left out too: the pair is from before both)."""
+    plan = _lab_without(tmp_path, "contacts", "economics")
     assert plan.contacts is None and "contacts" not in plan.to_dict()
     assert (plan.digest(), plan.spec_digest) == LAB_BEFORE_CONTACTS
     with_it = plan_site(LAB, write_lock=False).plan
     assert with_it.to_dict()["contacts"] == {"security": "soc@lab.example"}
+
+
+def test_a_spec_without_economics_keeps_the_digests_it_had_before_the_section(tmp_path: Path) -> None:
+    """economics (added in v1) enters the spec digest and the plan only when a spec sets it."""
+    plan = _lab_without(tmp_path, "economics")
+    assert "economics" not in plan.to_dict()
+    assert (plan.digest(), plan.spec_digest) == LAB_BEFORE_ECONOMICS
+    assert plan_site(LAB, write_lock=False).plan.to_dict()["economics"]["currency"] == "EUR"
 
 
 def test_a_plan_reads_back_equal(site: tuple[Path, SitePlan]) -> None:
