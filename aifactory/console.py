@@ -23,9 +23,10 @@ import sys
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, NoReturn
 
-from aifactory.errors import AifactoryError, ExitCode, UsageError
+from aifactory.errors import AifactoryError, ExitCode, Location, PrerequisiteError, UsageError
 
 LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
 DEBUG_HELP = "show debug logs, and the traceback of an error"
@@ -136,3 +137,50 @@ def _quiet_stdout() -> None:
         os.close(devnull)
     except (OSError, ValueError):  # no real file descriptor (output captured in-process): nothing to do
         pass
+
+
+def generated_file_main(
+    argv: Sequence[str] | None,
+    *,
+    prog: str,
+    description: str,
+    text: Callable[[], str],
+    default_output: Path,
+    what: str,
+    code: str,
+) -> int:
+    """The entry point of a file the project generates and commits (the spec's JSON Schema, the
+    economics recording rules): write it (`-o FILE`, `-` for standard output), or `--check` that the
+    committed file is what the code generates now (exit 1 and what to run when it is not)."""
+
+    def generate(arguments: list[str]) -> int:
+        parser = UsageParser(prog=prog, description=description)
+        parser.add_argument(
+            "-o", "--output", default=str(default_output), help="file to write, or - for stdout"
+        )
+        parser.add_argument(
+            "--check", action="store_true", help="compare with the file instead of writing it"
+        )
+        parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
+        args = parser.parse_args(arguments)
+        generated = text()
+        if args.output == "-":
+            sys.stdout.write(generated)
+            return 0
+        target = Path(args.output)
+        if args.check:
+            current = target.read_text() if target.exists() else ""
+            if current != generated:
+                print(f"{target} is out of date: run `{prog}`", file=sys.stderr)
+                return int(ExitCode.INVALID)
+            return 0
+        try:
+            target.write_text(generated)
+        except OSError as exc:
+            raise PrerequisiteError(
+                f"cannot write the {what}: {exc.strerror}", code=code, location=Location(file=str(target))
+            ) from None
+        print(f"wrote {target}")
+        return 0
+
+    return run_console(generate, argv)

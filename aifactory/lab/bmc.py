@@ -187,7 +187,7 @@ def emulator_argv(config: Path) -> list[str]:
     """sushy-tools' emulator with the emulated Power resource (aifactory.lab.bmc_power): the same
     process, its own auth and TLS. Needs sushy-tools installed."""
     sushy_emulator()
-    return [sys.executable, "-m", "aifactory.lab.bmc_power", "--config", str(config)]
+    return [sys.executable, "-m", "aifactory.lab.bmc_emulator", "--config", str(config)]
 
 
 def write_htpasswd(folder: Path, credential: BmcCredential) -> Path:

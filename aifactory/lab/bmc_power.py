@@ -2,7 +2,7 @@
 
 sushy-tools has no Power resource, and the lab's hosts have no RAPL or hwmon sensor to read. So each
 lab BMC is the same sushy-tools emulator process (its Flask app, its basic auth, its TLS settings),
-started through `python -m aifactory.lab.bmc_power --config FILE`, which adds before serving:
+started through `python -m aifactory.lab.bmc_emulator --config FILE`, which adds before serving:
 
     GET /redfish/v1/Chassis/<id>/Power     PowerControl[0].PowerConsumedWatts, the host's reading
     GET /redfish/v1/Chassis/<id>           gains the "Power" link every real BMC's chassis has
@@ -176,14 +176,3 @@ def extend(app: Any) -> None:
 
     app.add_url_rule("/redfish/v1/Chassis/<identity>/Power", view_func=power_resource, methods=["GET"])
     app.after_request(link_power)
-
-
-def main() -> int:
-    from sushy_tools.emulator import main as sushy  # type: ignore[import-untyped]
-
-    extend(sushy.app)
-    return int(sushy.main())  # parses --config as sushy-emulator does
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -16,8 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from aifactory.console import DEBUG_HELP, UsageParser, run_console
-from aifactory.errors import ExitCode, Location, PrerequisiteError
+from aifactory.console import generated_file_main
 from aifactory.spec.model import SCHEMA_VERSION, SiteSpec
 
 SCHEMA_ID = "https://aifactory.example/schemas/site-v1.schema.json"
@@ -41,36 +40,15 @@ def schema_text() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return run_console(_schema, argv)
-
-
-def _schema(arguments: list[str]) -> int:
-    parser = UsageParser(prog="python -m aifactory.spec.schema", description=__doc__.splitlines()[0])
-    parser.add_argument("-o", "--output", default=str(DEFAULT_OUTPUT), help="file to write, or - for stdout")
-    parser.add_argument("--check", action="store_true", help="compare with the file instead of writing it")
-    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
-    args = parser.parse_args(arguments)
-    text = schema_text()
-    if args.output == "-":
-        sys.stdout.write(text)
-        return 0
-    target = Path(args.output)
-    if args.check:
-        current = target.read_text() if target.exists() else ""
-        if current != text:
-            print(f"{target} is out of date: run `python -m aifactory.spec.schema`", file=sys.stderr)
-            return int(ExitCode.INVALID)
-        return 0
-    try:
-        target.write_text(text)
-    except OSError as exc:
-        raise PrerequisiteError(
-            f"cannot write the schema: {exc.strerror}",
-            code="schema-not-written",
-            location=Location(file=str(target)),
-        ) from None
-    print(f"wrote {target}")
-    return 0
+    return generated_file_main(
+        argv,
+        prog="python -m aifactory.spec.schema",
+        description=__doc__.splitlines()[0],
+        text=schema_text,
+        default_output=DEFAULT_OUTPUT,
+        what="schema",
+        code="schema-not-written",
+    )
 
 
 if __name__ == "__main__":

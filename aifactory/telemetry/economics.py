@@ -31,6 +31,7 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, Protocol
 
+from aifactory.console import generated_file_main
 from aifactory.errors import TelemetryError
 from aifactory.plan.model import SitePlan
 
@@ -438,14 +439,16 @@ def job_economics(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Write the recording rules file (or `-` for stdout)."""
-    arguments = list(sys.argv[1:] if argv is None else argv)
-    text = rules_text()
-    if arguments == ["-"]:
-        sys.stdout.write(text)
-    else:
-        Path(arguments[0] if arguments else RULES_FILE).write_text(text)
-    return 0
+    """Write the recording rules file (`-o -` for standard output), or `--check` it."""
+    return generated_file_main(
+        argv,
+        prog="python -m aifactory.telemetry.economics",
+        description="the economics recording rules (policies/alerts/economics.rules.yml)",
+        text=rules_text,
+        default_output=RULES_FILE,
+        what="economics rules",
+        code="rules-not-written",
+    )
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 """`aifactory report ops SITE --since 24h -o DIR`: the site at work over a window, as a signed page.
 
 Reads Prometheus' `query_range` through the status view's client (aifactory.telemetry.status) with
-the queries of OPS_QUERIES (every query the report makes, in one place, on raw series only, the
-economics ones inlined from aifactory.telemetry.economics rather than read from its recording rules), and writes into DIR:
+the queries of OPS_QUERIES and economics_queries (every query the report makes, on raw series only:
+the economics ones inlined from aifactory.telemetry.economics, not read from its recording rules),
+and writes into DIR:
 
     report.html   self-contained: CSS inline, SVG plots drawn by aifactory.telemetry.svg, no script,
                   no external URL

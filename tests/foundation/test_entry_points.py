@@ -111,6 +111,11 @@ DOMAIN_ERRORS: dict[str, DomainError] = {
     "aifactory.runtime.health.allreduce": DomainError(
         ("--rank", "0", "--world", "1", "--master", "127.0.0.1", "--port", "9"), 2, "usage", "--world 1"
     ),
+    "aifactory.telemetry.economics": DomainError(
+        ("-o", "{tmp}/no-such-folder/economics.rules.yml"), 3, "rules-not-written", "{tmp}/no-such-folder"
+    ),
+    # the lab BMC's emulator (sushy-tools' own command line) given a config file that is not there
+    "aifactory.lab.bmc_emulator": DomainError(("--config", "{missing}"), 2, "usage", "{missing}"),
     "aifactory.pipeline.serve_probe": DomainError(
         ("http://127.0.0.1:9", "m", "{missing}", "{missing}", "1"), 3, "token-unreadable", "{missing}"
     ),
