@@ -24,6 +24,7 @@ def _serve(arguments: list[str]) -> int:
     config: Path = parser.parse_args(arguments).config
     if not config.is_file():
         raise UsageError(f"no emulator config at {config}", location=Location(file=str(config)))
+    # sushy-tools ships no type information
     from sushy_tools.emulator import main as sushy  # type: ignore[import-untyped]
 
     from aifactory.lab.bmc_power import extend
