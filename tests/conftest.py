@@ -279,6 +279,37 @@ class DeployedLab:
             f"the session lab did not deploy: {result.failed_hosts}, see {result.event_log}"
         )
 
+    def admit(self) -> None:
+        """As an operator admits a site's hosts: deploy leaves every compute node drained in Slurm until
+        a health run passes (the slurm role's admission, docs/health.md); `aifactory health` checks every
+        host and resumes them. Returns once Slurm has every compute node idle."""
+        import json
+        import sys
+
+        from waiting import scaled, wait_for
+
+        command = [
+            sys.executable,
+            "-m",
+            "aifactory.cli.main",
+            "health",
+            str(self.lab.spec),
+            "--format",
+            "json",
+        ]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=scaled(300), check=False)
+        assert done.returncode == 0, (
+            f"the session lab fails its health run:\n{done.stdout[-4000:]}\n{done.stderr}"
+        )
+        nodes = {h.name for h in self.lab.plan.hosts if h.role in ("cpu", "gpu")}
+        assert {a["host"] for a in json.loads(done.stdout)["slurm"]} == nodes
+
+        def idle() -> bool:
+            out = self.lab.exec(["sinfo", "--Node", "--noheader", "--format=%N %T"]).stdout
+            return dict(line.split() for line in out.splitlines()) == dict.fromkeys(nodes, "idle")
+
+        wait_for(idle, what="every Slurm node of the session lab idle", timeout=90)
+
     def drifted(self) -> dict[str, str]:
         """Read-only (`check_converged`, as `aifactory up` verifies a deploy): each host that no longer
         matches the session's deploy (a file changed, a service or daemon not running), and why. A test
@@ -309,11 +340,15 @@ def deployed_lab(lab: LabSession, lab_bundle_import: ImportedLabBundle) -> Itera
     fixture's own deploy then finds every host converged and runs no playbook. Run alone, it is the
     first deploy (a few minutes).
 
+    After the deploy the fixture admits the compute hosts with `aifactory health` (`admit()`): deploy
+    leaves them drained in Slurm until a health run passes; every Slurm node is idle when tests start.
+
     A test that breaks a host (stops a service, kills a daemon, cuts SSH, edits a managed file)
     restores it before it ends; when the session ends, this fixture fails unless every host still
     matches the deploy (`drifted()` is empty), naming each host and why."""
     deployed = DeployedLab(lab, lab_bundle_import)
     deployed.converge()
+    deployed.admit()
     yield deployed
     left = deployed.drifted()
     assert left == {}, f"a test left lab hosts unlike the session's deploy (restore what you break): {left}"

@@ -46,31 +46,23 @@ def register(
 
 
 def cmd_health(args: argparse.Namespace) -> int:
-    from aifactory.health.evidence import write_evidence
-    from aifactory.health.run import run_health
-    from aifactory.health.slurm import apply_verdicts
+    from aifactory.health.gate import health_gate
     from aifactory.pipeline.connection import site_connection
     from aifactory.plan import plan_site
-    from aifactory.scheduler.slurm import client_for
     from aifactory.state import SiteState
 
     planned = plan_site(args.site, write_lock=False)
-    plan = planned.plan
-    connection = site_connection(plan.name)
     hosts = [name.strip() for name in args.hosts.split(",") if name.strip()] if args.hosts else None
-    state = SiteState.for_site(plan.name)
-    with state.lock("health"):
-        run = run_health(
-            plan,
-            connection=connection,
-            level=args.level,
-            host_names=hosts,
-            runtime_prefix=args.runtime_prefix,
-            tightenings=planned.spec.health.thresholds if planned.spec.health else (),
-        )
-        if not args.no_slurm:
-            run.slurm = apply_verdicts(run, client_for(connection))
-        evidence = write_evidence(run, state)
+    gate = health_gate(
+        planned,
+        connection=site_connection(planned.plan.name),
+        state=SiteState.for_site(planned.plan.name),
+        level=args.level,
+        host_names=hosts,
+        runtime_prefix=args.runtime_prefix,
+        slurm=not args.no_slurm,
+    )
+    run, evidence = gate.run, gate.evidence
     if args.format == "json":
         emit_json({**run.as_dict(), "evidence": evidence.as_dict()})
     else:

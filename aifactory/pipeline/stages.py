@@ -2,7 +2,7 @@
 nothing here re-implements a stage.
 
     validate -> plan -> policy -> lab -> provision -> bundle -> import -> inventory -> deploy
-             -> scan -> scheduler -> monitoring -> train -> serve -> audit
+             -> scan -> scheduler -> health -> monitoring -> train -> serve -> audit
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from aifactory.errors import (
     AifactoryError,
     DeployError,
     ExitCode,
+    HealthGateFailed,
     PolicyDenied,
     PrerequisiteError,
     Problem,
@@ -35,6 +36,7 @@ from aifactory.plan import PlannedSite
 from aifactory.plan.build import commit_lock
 from aifactory.plan.model import DatasetPlan, ModelPlan
 from aifactory.resources import resource_dir
+from aifactory.runtime.health.model import Level
 from aifactory.state import SiteState
 
 
@@ -401,32 +403,76 @@ def _slurm_client(context: UpContext) -> Any:
     return client_for(context.connection())
 
 
-def _node_states(context: UpContext) -> dict[str, str]:
+# The level the gate runs at in `up`: the quick checks and each pool's all-reduce, so a drain for any
+# check the standard level measures (the collective included) is lifted by the next `up`.
+UP_HEALTH_LEVEL: Level = "standard"
+NODES_READY_TIMEOUT_S = 90.0
+IN_SERVICE = ("idle", "mixed", "allocated", "completing")
+
+
+@dataclass(frozen=True)
+class NodeStatus:
+    state: str  # sinfo's %T: idle, drained, idle*, ...
+    reason: str  # sinfo's %E: the drain's reason, "none" when there is none
+
+    @property
+    def waiting_for_health(self) -> bool:
+        """Drained by the health gate (a new host's admission, or a failed check)."""
+        from aifactory.health.slurm import REASON_PREFIX
+
+        return self.state.rstrip("*~#").startswith("drain") and self.reason.startswith(REASON_PREFIX)
+
+    @property
+    def in_service(self) -> bool:
+        """Answering slurmctld and free to take jobs."""
+        return self.state in IN_SERVICE
+
+
+def _node_states(context: UpContext) -> dict[str, NodeStatus]:
     from aifactory.scheduler.slurm import checked
 
     client = _slurm_client(context)
-    out = checked(client.run(["sinfo", "--Node", "--noheader", "--format=%N %T"]), "sinfo", client.where)
-    return dict(line.split()[:2] for line in out.splitlines() if line.strip())
+    out = checked(client.run(["sinfo", "--Node", "--noheader", "--format=%N|%T|%E"]), "sinfo", client.where)
+    found = {}
+    for line in out.splitlines():
+        name, _, rest = line.partition("|")
+        state, _, reason = rest.partition("|")
+        if name.strip():
+            found[name.strip()] = NodeStatus(state.strip(), reason.strip())
+    return found
+
+
+def _compute_nodes(context: UpContext) -> set[str] | None:
+    """The Slurm nodes the plan's topology names; None when the plan has no Slurm."""
+    from aifactory.scheduler.topology import slurm_topology
+
+    topology = slurm_topology(context.plan().plan)
+    return None if topology is None else {node["name"] for node in topology["nodes"]}
 
 
 def run_scheduler(context: UpContext) -> StageResult:
+    """Slurm answers and knows every planned node, each idle or drained by the health gate (a new
+    host is admitted by the health stage that follows)."""
     from aifactory.scheduler.topology import slurm_topology
 
     topology = slurm_topology(context.plan().plan)
     if topology is None:
         return StageResult("skipped", "no Slurm in this plan (no control host or no gpu/cpu pool)")
     wanted = {node["name"] for node in topology["nodes"]}
-    deadline = time.monotonic() + 90
-    states: dict[str, str] = {}
+    deadline = time.monotonic() + NODES_READY_TIMEOUT_S
+    states: dict[str, NodeStatus] = {}
     while time.monotonic() < deadline:
         states = _node_states(context)
-        if wanted <= set(states) and all(states[n].rstrip("*~#") == "idle" for n in wanted):
+        idle = {n for n in wanted if n in states and states[n].state.rstrip("*~#") == "idle"}
+        held = {n for n in wanted - idle if n in states and states[n].waiting_for_health}
+        if idle | held == wanted:
             partitions = ", ".join(p["name"] for p in topology["partitions"])
+            note = f", {len(held)} drained until the health gate admits them" if held else ""
             return StageResult(
-                "ok", f"{len(wanted)} nodes idle in partition(s) {partitions}", {"slurm": True}
+                "ok", f"{len(idle)} nodes idle in partition(s) {partitions}{note}", {"slurm": True}
             )
         time.sleep(1)
-    busy = ", ".join(f"{n}={states.get(n, 'missing')}" for n in sorted(wanted))
+    busy = ", ".join(f"{n}={states[n].state if n in states else 'missing'}" for n in sorted(wanted))
     raise SchedulerError(f"Slurm nodes are not idle: {busy}", hint="see /var/log/slurm on the hosts")
 
 
@@ -434,6 +480,82 @@ def verify_scheduler(context: UpContext, outputs: dict[str, Any]) -> str:
     if not outputs.get("slurm"):
         return "no Slurm in this plan"
     return run_scheduler(context).summary
+
+
+# ------------------------------------------------------------------ health
+
+
+def run_health_gate(context: UpContext) -> StageResult:
+    """`aifactory health` at the standard level on every host; a host that fails stops `up` (exit
+    4), drained in Slurm with the reason; passing nodes the gate drained (a new host's admission
+    included) are resumed, and the stage waits until Slurm has them in service."""
+    from aifactory.health.gate import health_gate
+
+    nodes = _compute_nodes(context)
+    slurm = nodes is not None and bool(context.outputs.get("scheduler", {}).get("slurm"))
+    gate = health_gate(
+        context.plan(),
+        connection=context.connection(),
+        state=context.state,
+        level=UP_HEALTH_LEVEL,
+        slurm=slurm,
+    )
+    report = str(gate.evidence.report)
+    failures = gate.failures()
+    if failures:
+        raise HealthGateFailed(
+            f"{len(failures)} host(s) failed the health gate: {'; '.join(failures)}",
+            hint=f"each check's value and threshold are in the signed evidence, {report}",
+        )
+    resumed = [a["host"] for a in gate.run.slurm if a["action"] == "resume"]
+    if slurm and nodes:
+        _wait_in_service(context, nodes)
+    note = f"; resumed in Slurm: {', '.join(resumed)}" if resumed else ""
+    return StageResult(
+        "ok",
+        f"{len(gate.run.hosts)} hosts pass at the {UP_HEALTH_LEVEL} level{note}; evidence {report}",
+        {"evidence": report, "slurm": slurm, "resumed": resumed},
+    )
+
+
+def _wait_in_service(context: UpContext, nodes: set[str]) -> None:
+    """Until every node answers slurmctld and takes jobs (a resumed node may miss a ping first)."""
+    deadline = time.monotonic() + NODES_READY_TIMEOUT_S
+    states: dict[str, NodeStatus] = {}
+    while time.monotonic() < deadline:
+        states = _node_states(context)
+        if all(n in states and states[n].in_service for n in nodes):
+            return
+        time.sleep(1)
+    busy = ", ".join(f"{n}={states[n].state if n in states else 'missing'}" for n in sorted(nodes))
+    raise SchedulerError(
+        f"Slurm nodes are not in service after the health gate: {busy}",
+        hint="see /var/log/slurm on the hosts",
+    )
+
+
+def _health_inputs(context: UpContext) -> dict[str, Any]:
+    return {
+        "deploy": context.outputs.get("deploy", {}).get("bundle"),
+        "plan": context.plan_digest,
+        "spec": context.plan().plan.spec_digest,  # the spec's health section tightens thresholds
+        "thresholds": tree_digest(resource_dir("policies")),
+        "level": UP_HEALTH_LEVEL,
+    }
+
+
+def verify_health(context: UpContext, outputs: dict[str, Any]) -> str:
+    """The earlier pass still stands while no node is drained by the health gate (a later
+    `aifactory health` that drained one makes the stage run again)."""
+    if not outputs.get("slurm"):
+        return f"unchanged: evidence {outputs.get('evidence')}"
+    nodes = _compute_nodes(context) or set()
+    states = _node_states(context)
+    held = sorted(n for n in nodes if n in states and states[n].waiting_for_health)
+    if held:
+        detail = "; ".join(f"{n}: {states[n].reason}" for n in held)
+        raise HealthGateFailed(f"drained by the health gate since: {detail}")
+    return f"no node drained by the health gate since the pass (evidence {outputs.get('evidence')})"
 
 
 # ------------------------------------------------------------------ monitoring
@@ -858,6 +980,13 @@ def stage_list() -> list[Stage]:
             run_scheduler,
             lambda c: {"deploy": c.outputs.get("deploy", {}).get("bundle"), "plan": c.plan_digest},
             verify_scheduler,
+        ),
+        Stage(
+            "health",
+            "every host proves healthy; Slurm admits the nodes that pass",
+            run_health_gate,
+            _health_inputs,
+            verify_health,
         ),
         Stage(
             "monitoring",

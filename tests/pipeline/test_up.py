@@ -1,11 +1,13 @@
 """`aifactory up` end to end on a lab of its own: real namespaces, sshd, Ansible, torch, Slurm.
 
 One lab (site `up<pid>`) is brought up by the first real run and shared by the tests of this module,
-which run in order: a policy deny changes nothing; the first run serves a model, answers one allowed
-and one denied request and writes a signed report; then the model it signed and promoted is the
-champion `aifactory models` shows, every decision names its digest (issue 28), and Prometheus scrapes
-every host with TLS; a second run changes nothing and is fast; a run plans the site once; a host
-failing at deploy stops `up` with exit 4 naming it, and the next run resumes at deploy.
+which run in order: a policy deny changes nothing; the first run admits the new compute hosts through
+its health stage, serves a model, answers one allowed and one denied request and writes a signed
+report; then the model it signed and promoted is the champion `aifactory models` shows, every decision
+names its digest (issue 28), and Prometheus scrapes every host with TLS; a second run changes nothing
+and is fast; a run plans the site once; a host failing its health run stops `up` with exit 4 naming it
+and the check, and the next run admits it; a host failing at deploy stops `up` with exit 4 naming it,
+and the next run resumes at deploy.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ pytestmark = [
 ]
 
 AIFACTORY = [sys.executable, "-m", "aifactory.cli.main"]
+# A limit far below the lab's measured link speed (policies/data/health_thresholds.json, baselines.lab).
+TBF = ["tbf", "rate", "20mbit", "burst", "32kbit", "latency", "400ms"]
 
 
 @dataclass
@@ -54,6 +58,22 @@ class UpSite:
 
     def on_host(self, host: str, *argv: str) -> subprocess.CompletedProcess[str]:
         return self.run("lab", "exec", str(self.spec), "--host", host, "--", *argv, timeout=300)
+
+    def node_states(self) -> dict[str, tuple[str, str]]:
+        """Slurm's nodes: state and reason (sinfo's %T and %E), asked on the control host."""
+        listed = self.run(
+            "lab",
+            "exec",
+            str(self.spec),
+            "--",
+            "sinfo",
+            "--Node",
+            "--noheader",
+            "--format=%N|%T|%E",
+            timeout=300,
+        )
+        assert listed.returncode == 0, listed.stderr
+        return {n: (s, r) for n, s, r in (line.split("|", 2) for line in listed.stdout.splitlines())}
 
     def namespaces(self) -> list[str]:
         listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
@@ -102,6 +122,10 @@ def test_first_up_serves_a_model_and_writes_a_signed_report(site: UpSite) -> Non
     stages = site.stages()
     assert all(record["status"] in ("ok", "skipped") for record in stages.values()), stages
     assert stages["provision"]["status"] == "skipped" and "pulumi" in stages["provision"]["summary"]
+    # deploy left both compute nodes drained for admission; the health stage's passing run resumed them
+    assert "drained until the health gate admits them" in stages["scheduler"]["summary"]
+    assert sorted(stages["health"]["outputs"]["resumed"]) == [f"{site.name}-cpu-001", f"{site.name}-cpu-002"]
+    assert site.node_states() == dict.fromkeys(stages["health"]["outputs"]["resumed"], ("idle", "none"))
     serve = stages.get("serve", {}).get("outputs")
     if serve is not None:
         assert serve["allowed"]["status"] == 200 and serve["allowed"]["outputs"], serve
@@ -293,6 +317,46 @@ def test_an_up_plans_the_site_once(site: UpSite, tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
     assert "deploy" in result.stderr and "changed=0" in result.stderr
     assert count.read_text().strip() == "1"
+
+
+def test_a_host_failing_its_health_run_stops_up_with_exit_4_and_the_next_run_admits_it(site: UpSite) -> None:
+    """The health stage (the standard level): with one compute host's link rate-limited (tc tbf; the
+    lab's kernel has no netem) that host alone is drained in Slurm with the bandwidth reason and `up`
+    stops with exit 4 naming it and the check; once the limit is gone the next `up` resumes the host
+    and goes on without training again."""
+    from aifactory.plan import plan_site
+
+    assert site.first_seconds, "needs the first run"
+    slow = f"{site.name}-cpu-002"
+    plan = plan_site(site.spec, write_lock=False).plan
+    interface = next(i.name for i in plan.host(slow).interfaces if i.fabric == "compute")
+    limited = site.on_host(slow, "tc", "qdisc", "add", "dev", interface, "root", *TBF)
+    assert limited.returncode == 0, limited.stderr
+    try:
+        before = site.stages()
+        failed = site.run("up", str(site.spec), "--lab", "--from", "health")
+        assert failed.returncode == 4, failed.stdout[-2000:] + failed.stderr[-4000:]
+        gate = re.search(
+            rf"1 host\(s\) failed the health gate: {slow}: drain for ([a-z-]+(, [a-z-]+)*)", failed.stderr
+        )
+        assert gate and "tcp-bandwidth" in gate.group(1).split(", "), failed.stderr[-4000:]
+        assert "resumes at health" in failed.stderr
+        assert site.stages()["health"]["status"] == "failed"
+        state, reason = site.node_states()[slow]
+        assert (
+            state.startswith("drained")
+            and reason.startswith("aifactory-health: ")
+            and "tcp-bandwidth" in reason
+        )
+        assert site.node_states()[f"{site.name}-cpu-001"][0] == "idle"
+    finally:
+        site.on_host(slow, "tc", "qdisc", "del", "dev", interface, "root")
+    resumed = site.run("up", str(site.spec), "--lab")
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-4000:]
+    after = site.stages()
+    assert after["health"]["status"] == "ok" and after["health"]["outputs"]["resumed"] == [slow]
+    assert after["train"] == before["train"], "the checkpoint was there: no retraining"
+    assert site.node_states()[slow] == ("idle", "none")
 
 
 def _cut_off(site: UpSite, host: str) -> None:

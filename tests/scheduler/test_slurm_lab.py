@@ -1,5 +1,7 @@
 """Slurm on the lab, end to end: the scheduler play, sinfo, a 2-node DDP job through sbatch, the policy
-decision before sbatch (and a refused tenant), a slurmd killed mid-job, and an idempotent re-run.
+decision before sbatch (and a refused tenant), a slurmd killed mid-job, and an idempotent re-run. The
+play leaves the compute nodes drained until a health run admits them (docs/health.md); the fixture
+admits them with `aifactory health`, as an operator would.
 
 Its own lab (site `sch<pid>`, a copy of inventory/lab/site.yaml), so the shared `lab` fixture's hosts
 are not disturbed. Real parts throughout: Debian's slurm-wlm and munge (installed on this machine,
@@ -32,6 +34,7 @@ REPO = Path(__file__).resolve().parents[2]
 PLAYBOOK = REPO / "playbooks" / "scheduler.yml"
 AIFACTORY = str(Path(sys.executable).with_name("aifactory"))
 SUPERVISOR = "/run/aifactory-lab/bin/aifactory-service"
+ADMISSION = "aifactory-health: admission"  # the slurm role's drain of a node no health run admitted
 
 
 @dataclass
@@ -85,6 +88,16 @@ class Cluster:
             timeout=waiting.scaled(300),
             check=False,
         )
+
+    def admit(self) -> None:
+        """As an operator admits new hosts: the play left every compute node drained until a health
+        run passes (the slurm role's admission, on by default); `aifactory health` on the compute
+        hosts (the ones with a runtime here) resumes them."""
+        drained = self.exec(["sinfo", "--Node", "--noheader", "--format=%N|%E"]).stdout
+        reasons = dict(line.split("|", 1) for line in drained.splitlines())
+        assert reasons == dict.fromkeys(self.compute_hosts, ADMISSION), reasons
+        checked = self.aifactory("health", str(self.spec), "--hosts", ",".join(self.compute_hosts))
+        assert checked.returncode == 0, checked.stdout + checked.stderr
 
     def jobs(self) -> dict[str, dict[str, Any]]:
         listed = self.aifactory("jobs", self.site, "--format", "json")
@@ -184,6 +197,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
             cluster.check_play = cluster.play("--check")  # on fresh hosts: predicts, changes nothing
             cluster.first_play = cluster.play()
             assert cluster.first_play.returncode == 0, cluster.first_play.stdout[-4000:]
+            cluster.admit()
             job = cluster.write_job("gen", "health")
             first = cluster.compute_hosts[0]
             cluster.exec(
