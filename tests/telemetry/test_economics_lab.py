@@ -1,8 +1,8 @@
 """Joules and cost per decision on the session's deployed lab (docs/economics.md).
 
-Real parts: the session's `deployed_lab` with the monitoring stage as tests/telemetry/
-test_monitoring_lab.py deploys it (its `monitored` fixture: serving nodes on HTTPS, 2 s scrapes and
-rule evaluations), the lab BMCs' emulated power through the power exporter
+Real parts: the session's `deployed_lab` with the monitoring stage deployed once for the
+telemetry lab modules (the `monitored` fixture, tests/telemetry/monitored_lab.py: serving nodes on
+HTTPS, 2 s scrapes and rule evaluations), the lab BMCs' emulated power through the power exporter
 (`aifactory_host_energy_joules_total{source="emulated"}`), the inference servers' decision counters,
 and `aifactory status --format json` on the control host.
 
@@ -28,16 +28,7 @@ from aifactory.state import SiteState
 from aifactory.telemetry.certs import monitoring_cert_dir
 from aifactory.telemetry.economics import window_seconds
 from aifactory.trust.tokens import TrustFiles
-
-# `monitored`: the monitoring module's fixture (module scope), imported to be set up for this module too.
-from tests.telemetry.test_monitoring_lab import (  # noqa: F401 - `monitored` is a fixture
-    REQUESTS,
-    SERVE_PORT,
-    Monitored,
-    _targets,
-    _wait,
-    monitored,
-)
+from tests.telemetry.monitored_lab import REQUESTS, SERVE_PORT, Monitored, wait_until
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 
@@ -127,8 +118,8 @@ def test_joules_and_cost_per_decision_match_a_hand_computation(monitored: Monito
     allowed_token = issue_token(trust, site=lab.site, tenant=model.owner, expires=expires).token
     denied_token = issue_token(trust, site=lab.site, tenant=denied_tenant, expires=expires).token
 
-    _wait(f"{host} scraped", 180, lambda: _targets(monitored, "serve").get(host, {}).get("health") == "up")
-    _wait(
+    monitored.wait_scraped(host)
+    wait_until(
         "every serving host's energy counter in Prometheus",
         180,
         lambda: (
@@ -154,7 +145,7 @@ def test_joules_and_cost_per_decision_match_a_hand_computation(monitored: Monito
         return float(found[0]["value"][1]) if found else 0.0
 
     # Prometheus has scraped the server after the last request (increase() extrapolates a little).
-    _wait("the load in the decision counter", 60, lambda: counted(denied_tenant) >= DENIED * 0.99)
+    wait_until("the load in the decision counter", 60, lambda: counted(denied_tenant) >= DENIED * 0.99)
     at = time.time() - 1  # one instant for both sides: energy keeps growing between two queries
     done = lab.exec(
         ["aifactory", "status", str(lab.spec), "--format", "json", "--window", WINDOW, "--at", f"{at:.3f}"],

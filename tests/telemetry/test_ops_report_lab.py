@@ -1,8 +1,8 @@
 """Host power and the operations report on the session's deployed lab, after a load run.
 
-Real parts: the session's deployed lab with monitoring (test_monitoring_lab's `monitored` fixture: the
-monitoring deploy with the power collector on the control host polling every lab BMC, the sushy-tools
-emulators with the emulated Power resource), a load run of known size through a serving node over
+Real parts: the session's deployed lab with monitoring (the telemetry package's `monitored` fixture,
+tests/telemetry/monitored_lab.py: the monitoring deploy with the power collector on the control host
+polling every lab BMC, the sushy-tools emulators with the emulated Power resource), a load run of known size through a serving node over
 HTTPS, and `aifactory report ops` on the control host reading Prometheus.
 
 What a user relies on: every host with a BMC has a power series, labelled `source="emulated"` (the
@@ -23,13 +23,11 @@ import pytest
 from aifactory.state import SiteState
 from aifactory.telemetry.certs import monitoring_cert_dir
 from aifactory.trust.tokens import TrustFiles
-from tests.telemetry import test_monitoring_lab as monitoring_lab
-from tests.telemetry.test_monitoring_lab import REQUESTS, SERVE_PORT, Monitored, _targets, _wait
+from tests.telemetry.monitored_lab import REQUESTS, SERVE_PORT, Monitored, wait_until
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 
 LOAD = 40  # allowed requests in the load run
-monitored = monitoring_lab.monitored  # the monitored lab (a module fixture: this module deploys its own)
 
 
 def _load_run(monitored: Monitored) -> str:
@@ -45,7 +43,7 @@ def _load_run(monitored: Monitored) -> str:
     token = issue_token(
         trust, site=lab.site, tenant=model.owner, expires=dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)
     ).token
-    _wait(f"{host} scraped", 180, lambda: _targets(monitored, "serve").get(host, {}).get("health") == "up")
+    monitored.wait_scraped(host)
     address = lab.plan.host(host).management_address
     done = monitored.lab.exec(
         [
@@ -73,7 +71,7 @@ def test_every_bmc_host_has_an_emulated_power_series(monitored: Monitored) -> No
         found = {r["metric"]["host"]: r["metric"] for r in monitored.query("aifactory_host_power_watts")}
         return found if set(found) == bmc_hosts else None
 
-    series = _wait("every BMC host's power series", 180, power)
+    series = wait_until("every BMC host's power series", 180, power)
     assert {labels["source"] for labels in series.values()} == {"emulated"}, series
     assert {labels["method"] for labels in series.values()} == {"redfish-power"}
     energy = monitored.query("aifactory_host_energy_joules_total")
@@ -96,7 +94,7 @@ def test_report_ops_draws_every_plot_from_the_run(monitored: Monitored, tmp_path
         drawn = all(any(s["points"] for s in plots[k]["series"]) for k in needed)
         return data if drawn else None
 
-    data = _wait("report ops to draw every plot from the run", 240, reported)
+    data = wait_until("report ops to draw every plot from the run", 240, reported)
     plots = {p["key"]: p for p in data["plots"]}
     assert "no economics section" in plots["cost"]["note"] or plots["cost"]["series"]
     assert all(s["name"].endswith("(emulated)") for s in plots["power"]["series"])
