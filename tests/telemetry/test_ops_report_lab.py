@@ -3,7 +3,8 @@
 Real parts: the session's deployed lab with monitoring (the telemetry package's `monitored` fixture,
 tests/telemetry/monitored_lab.py: the monitoring deploy with the power collector on the control host
 polling every lab BMC, the sushy-tools emulators with the emulated Power resource), a load run of
-known size through a serving node over HTTPS, and `aifactory report ops` on the control host reading Prometheus.
+known size through a serving node over HTTPS, and `aifactory report ops` on the control host
+reading Prometheus.
 
 What a user relies on: every host with a BMC has a power series, labelled `source="emulated"` (the
 lab has no power sensor); `report ops` after the run draws every plot from the run's data (the cost
