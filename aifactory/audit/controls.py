@@ -53,6 +53,7 @@ TITLES: dict[str, str] = {
     "AC-21": "Information Sharing",
     "AU-2": "Event Logging",
     "AU-3": "Content of Audit Records",
+    "AU-6": "Audit Record Review, Analysis, and Reporting",
     "AU-9": "Protection of Audit Information",
     "AU-10": "Non-repudiation",
     "AU-11": "Audit Record Retention",
@@ -80,6 +81,7 @@ TITLES: dict[str, str] = {
     "SC-13": "Cryptographic Protection",
     "SC-28": "Protection of Information at Rest",
     "SC-28(1)": "Protection of Information at Rest | Cryptographic Protection",
+    "SI-4": "System Monitoring",
     "SI-7": "Software, Firmware, and Information Integrity",
     "SR-4": "Provenance",
     "SR-11": "Component Authenticity",
@@ -102,6 +104,10 @@ PARTS: dict[str, str] = {
     "runtime": "Runtime: tenant tokens, mTLS, per-request policy decisions for training and serving",
     "logs": "Hash-chained operator and decision logs, with signed heads",
     "audit": "Audit: the signed report, OSCAL assessment results, SSP and POA&M",
+    "telemetry": (
+        "Telemetry: node exporter, Prometheus and Alertmanager with TLS, host power, the signed "
+        "operations report"
+    ),
 }
 
 
@@ -116,6 +122,13 @@ class Implementation:
 
 
 IMPLEMENTATIONS: dict[str, Implementation] = {
+    "AU-6": Implementation(
+        "The operations report (`aifactory report ops`) puts decisions, latency, energy and cost per "
+        "decision, host power, node states and alerts over a window on one signed page for review; "
+        "the audit report names the latest one and checks its signature.",
+        ("telemetry", "audit"),
+        ("security-officer", "auditor"),
+    ),
     "AC-2": Implementation(
         "Tenants are declared in the site spec; each gets bearer tokens signed by the site "
         "(`aifactory token issue`), with an expiry, and revoked through a signed revocation list "
@@ -267,6 +280,14 @@ IMPLEMENTATIONS: dict[str, Implementation] = {
         ("site-administrator", "data-owner"),
         ("storage[].encrypted_at_rest",),
     ),
+    "SI-4": Implementation(
+        "Every host runs node exporter; Prometheus on the monitoring host scrapes every host, every "
+        "inference server and the hosts' BMC power over TLS from the site CA, and its alert rules "
+        "deliver to the operator log (`aifactory monitoring deploy`, `aifactory status`).",
+        ("telemetry",),
+        ("site-administrator", "security-officer"),
+        ("monitoring",),
+    ),
     "SI-7": Implementation(
         "Every bundle file is hashed in a signed manifest, verified at import, again on each host at "
         "deploy, and again by the audit.",
@@ -290,6 +311,7 @@ MODERATE_BASELINE: frozenset[str] = frozenset(
         "AC-4",
         "AU-2",
         "AU-3",
+        "AU-6",
         "AU-9",
         "AU-12",
         "CA-2",
@@ -303,6 +325,7 @@ MODERATE_BASELINE: frozenset[str] = frozenset(
         "SC-13",
         "SC-28",
         "SC-28(1)",
+        "SI-4",
         "SI-7",
     }
 )

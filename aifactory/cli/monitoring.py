@@ -198,8 +198,8 @@ def cmd_report_ops(args: argparse.Namespace) -> int:
     import time
 
     from aifactory.audit.model import parse_timestamp
-    from aifactory.audit.sign import MANIFEST, file_digest, site_audit_key
-    from aifactory.telemetry.ops_report import Window, gather, parse_since, prometheus_fetch, write_report
+    from aifactory.audit.sign import ALLOWED_SIGNERS
+    from aifactory.telemetry.ops_report import Window, gather, parse_since, prometheus_fetch, publish_report
 
     seconds = parse_since(args.since)
     end = int(parse_timestamp(args.until).timestamp()) if args.until else int(time.time())
@@ -207,22 +207,15 @@ def cmd_report_ops(args: argparse.Namespace) -> int:
     state = SiteState.for_site(plan.name)
     window = Window.ending(end, seconds)
     client = PrometheusClient.for_site(plan, state, port=args.port)
-    has_economics = getattr(plan, "economics", None) is not None
-    plots = gather(prometheus_fetch(client), window, has_economics=has_economics)
-    files = write_report(args.output, site=plan.name, window=window, plots=plots, key=site_audit_key(state))
-    # The audit report's seam (AU-6, SI-4): the latest `report ops` record names the folder and digest.
-    state.record(
-        command="report ops",
-        result="written",
-        spec_digest=plan.spec_digest,
-        detail={"folder": str(args.output.resolve()), "manifest_sha256": file_digest(args.output / MANIFEST)},
-    )
+    plots = gather(prometheus_fetch(client), window, has_economics=plan.economics is not None)
+    files = publish_report(args.output, plan=plan, state=state, window=window, plots=plots)
     if args.format == "json":
         emit_json({"folder": str(args.output), "files": list(files), "plots": [p.key for p in plots]})
         return 0
     drawn = sum(1 for p in plots if any(s.points for s in p.series))
     print(f"{args.output}: {drawn} of {len(plots)} plots with data")
-    print(f"check it: aifactory audit verify {args.output} --trust FILE")
+    trust = state.subdir("audit") / ALLOWED_SIGNERS
+    print(f"check it: aifactory audit verify {args.output} --trust {trust}")
     return 0
 
 

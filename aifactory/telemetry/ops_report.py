@@ -29,8 +29,10 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
-from aifactory.audit.sign import SigningKey, sign_folder
+from aifactory.audit.sign import MANIFEST, SigningKey, file_digest, sign_folder, site_audit_key
 from aifactory.errors import Location, TelemetryError, UsageError
+from aifactory.plan.model import SitePlan
+from aifactory.state import SiteState
 from aifactory.telemetry.economics import expression
 from aifactory.telemetry.svg import Plot, Series, render
 
@@ -245,3 +247,24 @@ def write_report(
         handle.write("\n")
     sign_folder(folder, FILES, key)
     return FILES
+
+
+def publish_report(
+    folder: Path, *, plan: SitePlan, state: SiteState, window: Window, plots: tuple[Plot, ...]
+) -> tuple[str, ...]:
+    """`write_report` signed with the site's audit key, then recorded in the operator log: the audit
+    report's AU-6 evidence (aifactory.audit.evidence.operations) reads the latest such record, the
+    folder, its signed manifest's digest and the window, and checks the folder still verifies."""
+    files = write_report(folder, site=plan.name, window=window, plots=plots, key=site_audit_key(state))
+    state.record(
+        command="report ops",
+        result="written",
+        spec_digest=plan.spec_digest,
+        detail={
+            "folder": str(folder.resolve()),
+            "manifest_sha256": file_digest(folder / MANIFEST),
+            "start": window.start,
+            "end": window.end,
+        },
+    )
+    return files

@@ -1,5 +1,5 @@
 """Gathering evidence from every stage that has left some: policy, bundle, deploy, the logs and the
-hosts' OpenSCAP scans, the model registry and the datasets' versions."""
+hosts' OpenSCAP scans, the model registry, the datasets' versions, and monitoring with its review."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from aifactory.audit.evidence.deploy import deploy_evidence
 from aifactory.audit.evidence.hostscan import host_scan_evidence
 from aifactory.audit.evidence.logs import decision_log_evidence, operator_log_evidence, verify_any_log
 from aifactory.audit.evidence.models import model_evidence
+from aifactory.audit.evidence.operations import operations_evidence
 from aifactory.audit.evidence.policy import policy_evidence
 from aifactory.audit.model import Evidence
 from aifactory.plan.model import SitePlan
@@ -48,5 +49,6 @@ def gather_evidence(
         host_scan_evidence(state, waivers=scap_waivers, today=today or dt.datetime.now(dt.UTC).date()),
         model_evidence(models, model_trust),
         dataset_evidence(datasets, model_trust),  # signed with the same site key
+        operations_evidence(state, plan),
     ]
     return sections, bundle_digest
