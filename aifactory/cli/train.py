@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 from aifactory.cli.output import emit_json, table
+from aifactory.errors import Location, UsageError
 
 # One example per command, shown at the end of its --help (aifactory/cli/help.py).
 EXAMPLES = {
@@ -43,6 +45,12 @@ def register(
 
     jobs = subparsers.add_parser("jobs", parents=[common], help="list the site's Slurm jobs")
     jobs.add_argument("site", help="site spec (YAML) or site name")
+    jobs.add_argument(
+        "--energy",
+        action="store_true",
+        help="each finished job's joules and cost from its nodes' energy (needs the site spec and "
+        "monitoring; docs/economics.md)",
+    )
     jobs.set_defaults(handler=cmd_jobs)
 
 
@@ -79,13 +87,51 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     from aifactory.scheduler.slurm import client_for
 
     site = site_name(args.site)
-    jobs = list_jobs(site, client=client_for(site_connection(site)))
+    client = client_for(site_connection(site))
+    jobs = list_jobs(site, client=client)
+    energy = _jobs_energy(args.site, jobs, client) if args.energy else {}
     if args.format == "json":
-        emit_json([job.as_dict() for job in jobs])
+        emit_json(
+            [{**job.as_dict(), **({"energy": energy.get(job.id)} if args.energy else {})} for job in jobs]
+        )
         return 0
+    header = ["ID", "NAME", "TENANT", "PARTITION", "STATE", "NODES", "NODELIST", "DECISION"]
     rows = [
         [j.id, j.name, j.account, j.partition, j.state, j.nodes, j.nodelist, j.decision_id or "-"]
+        + ([_energy_cells(energy.get(j.id))] if args.energy else [])
         for j in jobs
     ]
-    print(table(["ID", "NAME", "TENANT", "PARTITION", "STATE", "NODES", "NODELIST", "DECISION"], rows))
+    print(table(header + (["JOULES / COST (SOURCE)"] if args.energy else []), rows))
     return 0
+
+
+def _jobs_energy(spec: str, jobs: list[Any], client: Any) -> dict[str, dict[str, Any]]:
+    """Each finished job's economics (aifactory.telemetry.economics.job_economics) by job id."""
+    from aifactory.plan import plan_site
+    from aifactory.scheduler.jobs import job_hosts
+    from aifactory.state import SiteState
+    from aifactory.telemetry.economics import job_economics
+    from aifactory.telemetry.status import PrometheusClient
+
+    if not Path(spec).is_file():
+        raise UsageError(
+            f"--energy needs the site spec, not a site name: {spec!r}", location=Location(path="--energy")
+        )
+    plan = plan_site(spec, write_lock=False).plan
+    prometheus = PrometheusClient.for_site(plan, SiteState.for_site(plan.name))
+    found = {}
+    for job in jobs:
+        interval = job.interval()
+        if interval is not None and job.nodelist:
+            nodes = job_hosts(client, job.nodelist)
+            found[job.id] = job_economics(
+                prometheus, plan, job=job.id, nodes=nodes, start=interval[0], end=interval[1]
+            ).as_dict()
+    return found
+
+
+def _energy_cells(energy: dict[str, Any] | None) -> str:
+    if energy is None:
+        return "-"
+    cost = "-" if energy["cost"] is None else f"{energy['cost']:.6g} {energy['currency']}"
+    return f"{energy['joules']:.6g} J / {cost} ({', '.join(energy['sources']) or 'no energy series'})"

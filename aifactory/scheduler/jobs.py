@@ -8,6 +8,7 @@ account, on which nodes, with which result). The decision id comes from the job'
 
 from __future__ import annotations
 
+import datetime as dt
 import shlex
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -34,9 +35,25 @@ class SlurmJob:
     decision_id: str | None
     exit_code: str | None = None
     reason: str | None = None
+    start: str | None = None  # finished jobs: the completion log's StartTime, slurmctld's local time
+    end: str | None = None  # and its EndTime
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def interval(self) -> tuple[float, float] | None:
+        """A finished job's start and end as Unix seconds (the completion log writes slurmctld's local
+        time without a zone: read here as this machine's, where `aifactory jobs` runs beside
+        slurmctld on the control host); None for a job that has not ended."""
+        if not self.start or not self.end:
+            return None
+        try:
+            start, end = (
+                dt.datetime.fromisoformat(t).astimezone().timestamp() for t in (self.start, self.end)
+            )
+        except ValueError:
+            return None
+        return (start, end) if end > start else None
 
 
 def _decision(comment: str) -> str | None:
@@ -84,6 +101,8 @@ def parse_jobcomp(text: str) -> list[SlurmJob]:
                 fields.get("NodeList", ""),
                 None,
                 exit_code=fields.get("ExitCode"),
+                start=fields.get("StartTime") or None,
+                end=fields.get("EndTime") or None,
             )
         )
     return jobs
@@ -118,3 +137,9 @@ def list_jobs(site: str, *, client: SlurmClient, jobcomp_log: Path = DEFAULT_JOB
         decision = job.decision_id or decisions.get(job.id)
         listed.append(SlurmJob(**{**job.as_dict(), "decision_id": decision}))
     return sorted(listed, key=lambda j: (int(j.id) if j.id.isdigit() else 0, j.id))
+
+
+def job_hosts(client: SlurmClient, nodelist: str) -> list[str]:
+    """A job's node list (`lab-cpu-[001-002]`) as host names, through `scontrol show hostnames`."""
+    done = client.run(["scontrol", "show", "hostnames", nodelist])
+    return checked(done, "scontrol show hostnames", client.where).split()

@@ -210,9 +210,23 @@ def test_listing_parsers_read_squeue_and_the_completion_log() -> None:
     )
     assert jobs.parse_jobcomp(line) == [
         jobs.SlurmJob(
-            "2", "sched-two", "health", "cpu", "COMPLETED", 2, "sched-cpu-[001-002]", None, exit_code="0:0"
+            "2",
+            "sched-two",
+            "health",
+            "cpu",
+            "COMPLETED",
+            2,
+            "sched-cpu-[001-002]",
+            None,
+            exit_code="0:0",
+            start="2026-11-22T04:17:29",
+            end="2026-11-22T04:17:48",
         )
     ]
+    (finished,) = jobs.parse_jobcomp(line)
+    interval = finished.interval()
+    assert interval is not None and interval[1] - interval[0] == 19.0
+    assert jobs.SlurmJob("3", "q", "health", "cpu", "RUNNING", 1, "n", None).interval() is None
 
 
 def test_the_cli_refuses_a_deny_with_exit_1_and_no_traceback(

@@ -76,14 +76,18 @@ class Monitored:
         self.serving = serving
 
     def deploy(self) -> Any:  # noqa: ANN401 - MonitoringResult
-        """`aifactory up`'s monitoring stage, with 2 s scrape and evaluation intervals."""
+        """`aifactory up`'s monitoring stage, with 2 s scrape, evaluation and BMC power intervals."""
         from aifactory.deploy.monitoring import deploy_monitoring
         from aifactory.pipeline.connection import site_connection
 
         return deploy_monitoring(
             self.lab.planned,  # type: ignore[arg-type]
             connection=site_connection(self.lab.site),
-            extra_vars={"monitoring_scrape_interval": INTERVAL, "monitoring_evaluation_interval": INTERVAL},
+            extra_vars={
+                "monitoring_scrape_interval": INTERVAL,
+                "monitoring_evaluation_interval": INTERVAL,
+                "monitoring_power_interval": INTERVAL,
+            },
         )
 
     def service_logs(self) -> str:

@@ -173,3 +173,32 @@ def test_joules_and_cost_per_decision_match_a_hand_computation(monitored: Monito
     assert owner["decisions"] >= ALLOWED * 0.99 and denied["decisions"] >= DENIED * 0.99
     # The lab's BMCs have no power reading of their own: its energy is emulated, and says so.
     assert reported[(model.name, model.owner, owner["source"])]["source"] == "emulated"
+
+
+def test_a_finished_training_job_has_its_nodes_joules_and_cost(monitored: Monitored) -> None:
+    """A Slurm job of known length on one compute node: `aifactory jobs SITE --energy` gives it that
+    node's energy over the job's start and end, with the energy's source, and a cost (the lab has
+    prices). A job holds its nodes whole, so all of their energy in that time is the job's."""
+    lab = monitored.lab
+    node = monitored.serving[0]
+    wait_until(
+        f"{node}'s energy counter in Prometheus",
+        180,
+        lambda: node in {r["metric"]["host"] for r in monitored.query("aifactory_host_energy_joules_total")},
+    )
+    sbatch = ["sbatch", "--parsable", f"--nodelist={node}", "--nodes=1", "--output=/dev/null"]
+    job = lab.exec([*sbatch, "--wrap=sleep 12"]).stdout.strip()
+
+    def finished() -> dict[str, Any] | None:
+        done = lab.exec(["aifactory", "jobs", str(lab.spec), "--energy", "--format", "json"], timeout=300)
+        listed = {j["id"]: j for j in json.loads(done.stdout)}
+        found = listed.get(job)
+        return found if found and found["state"] == "COMPLETED" and found.get("energy") else None
+
+    listed = wait_until(f"job {job} in the completion log with its energy", 120, finished)
+    energy = listed["energy"]
+    assert [h["host"] for h in energy["hosts"]] == [node], energy
+    assert energy["sources"] == ["emulated"], energy
+    # at least the lab's idle power over the job's whole length (the emulated reading never goes below it)
+    assert energy["seconds"] >= 12 and energy["joules"] >= 0.9 * 100 * energy["seconds"], energy
+    assert energy["currency"] == "EUR" and energy["cost"] > 0, energy
