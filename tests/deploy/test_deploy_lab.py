@@ -3,7 +3,7 @@
 1. a dry run on the fresh lab reports changes and changes nothing;
 2. the first deploy, with one host made unreachable halfway (its sshd and its SSH control master
    killed): that host is reported, the run exits 4, the other hosts finish; after sshd is back, a
-   re-run completes it;
+   re-run completes it; the host is then proven back and converged (later modules share this lab);
 3. a further deploy with every role (--full) changes nothing on any host; a plain re-run leaves
    out the hosts that still match their last full run, and finds and repairs the ones that drifted
    (a file edited by hand, a service stopped); --limit and --tags narrow a run;
@@ -174,6 +174,22 @@ def test_unreachable_host_mid_deploy_others_finish_and_rerun_completes(lab, lab_
     assert second.exit_code == ExitCode.OK, explain(second)
     assert by_host(second)[victim]["changed"] > 0
     assert ssh(lab, victim, "test -L /opt/aifactory/current").returncode == 0
+
+
+def test_the_cut_off_host_is_back_and_converged(lab, lab_bundle_import) -> None:  # noqa: ANN001
+    """The test before restored the host it cut off, for every later test and module on this lab: the
+    lab counts every host up, SSH from the control host reaches it (host keys checked), and a re-run
+    finds it converged like the others, with nothing to run."""
+    from aifactory.lab import lab_status
+
+    victim = lab.hosts[-1]
+    assert lab_status(lab.site).state == "up"
+    assert ssh(lab, victim, "hostname").stdout.strip() == victim
+    result = deploy(lab, options=DeployOptions())
+    assert result.exit_code == ExitCode.OK, explain(result)
+    assert {h["host"]: (h["changed"], h["converged"]) for h in result.hosts} == {
+        h: (0, True) for h in lab.hosts
+    }, explain(result)
 
 
 def test_second_full_deploy_changes_nothing(lab, lab_bundle_import) -> None:  # noqa: ANN001
