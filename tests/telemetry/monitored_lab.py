@@ -10,6 +10,7 @@ import datetime as dt
 import json
 import sys
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +70,17 @@ def wait_until(what: str, deadline_s: float, probe: Callable[[], Any]) -> Any:
     return wait_for(probe, what=what, timeout=deadline_s, every=1.0)
 
 
+@dataclass(frozen=True)
+class Load:
+    """Who asks what of a serving host: the model it serves, its owner (allowed), a tenant with no
+    grant on it (denied)."""
+
+    host: str
+    model: str
+    owner: str
+    denied_tenant: str
+
+
 class Monitored:
     def __init__(self, deployed: DeployedLab, serving: list[str]) -> None:
         self.deployed = deployed
@@ -110,6 +122,36 @@ class Monitored:
         wait_until(
             f"{host} scraped", 180, lambda: scrape_targets(self, "serve").get(host, {}).get("health") == "up"
         )
+
+    def load_for(self, host: str) -> Load:
+        plan = self.lab.plan
+        pool = plan.host(host).pool
+        model = next(m for m in plan.models if pool in m.serve_on)
+        resource = f"model/{model.name}"
+        granted = {g.tenant for g in plan.access if g.resource == resource and "infer" in g.actions}
+        denied = next(t.name for t in plan.tenants if t.name != model.owner and t.name not in granted)
+        return Load(host, model.name, model.owner, denied)
+
+    def send(self, load: Load, allowed: int, denied: int) -> list[int]:
+        """`allowed` requests from the model's owner, then `denied` from the tenant without a grant, over
+        HTTPS from the control host (tokens on stdin); each answer's status, in order."""
+        from aifactory.telemetry.certs import monitoring_cert_dir
+        from aifactory.trust.issuing.tokens import issue_token
+
+        lab = self.lab
+        trust = TrustFiles(SiteState.for_site(lab.site).subdir("runtime"))
+        expires = dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)
+        owner = issue_token(trust, site=lab.site, tenant=load.owner, expires=expires).token
+        refused = issue_token(trust, site=lab.site, tenant=load.denied_tenant, expires=expires).token
+        address = lab.plan.host(load.host).management_address
+        cafile = monitoring_cert_dir(trust) / "ca.pem"
+        done = lab.exec(
+            [sys.executable, "-c", REQUESTS, f"https://{address}:{SERVE_PORT}", str(cafile), load.model],
+            input_text=json.dumps([owner] * allowed + [refused] * denied),
+            timeout=600,
+        )
+        statuses: list[int] = json.loads(done.stdout)
+        return statuses
 
     def query(self, expression: str) -> list[dict[str, Any]]:
         done = self.lab.exec([sys.executable, "-c", QUERY, str(self.lab.spec), expression], timeout=120)

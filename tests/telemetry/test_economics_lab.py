@@ -15,7 +15,6 @@ The cost needs the lab spec's `economics` section (the price rules come from the
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import sys
 import time
@@ -24,11 +23,8 @@ from typing import Any
 
 import pytest
 
-from aifactory.state import SiteState
-from aifactory.telemetry.certs import monitoring_cert_dir
 from aifactory.telemetry.economics import window_seconds
-from aifactory.trust.tokens import TrustFiles
-from tests.telemetry.monitored_lab import REQUESTS, SERVE_PORT, Monitored, wait_until
+from tests.telemetry.monitored_lab import Monitored, wait_until
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 
@@ -101,23 +97,10 @@ def _hand_computation(site: Monitored, at: float) -> dict[tuple[str, str, str], 
     return {key: dict(value) for key, value in figures.items() if value["decisions"] > 0}
 
 
-def test_joules_and_cost_per_decision_match_a_hand_computation(monitored: Monitored) -> None:  # noqa: F811
-    from aifactory.trust.issuing.tokens import issue_token
-
+def test_joules_and_cost_per_decision_match_a_hand_computation(monitored: Monitored) -> None:
     lab = monitored.lab
     host = monitored.serving[0]
-    model = next(
-        m for m in lab.plan.models if any(h.pool in m.serve_on for h in lab.plan.hosts if h.name == host)
-    )
-    granted = {
-        g.tenant for g in lab.plan.access if g.resource == f"model/{model.name}" and "infer" in g.actions
-    }
-    denied_tenant = next(t.name for t in lab.plan.tenants if t.name != model.owner and t.name not in granted)
-    trust = TrustFiles(SiteState.for_site(lab.site).subdir("runtime"))
-    expires = dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)
-    allowed_token = issue_token(trust, site=lab.site, tenant=model.owner, expires=expires).token
-    denied_token = issue_token(trust, site=lab.site, tenant=denied_tenant, expires=expires).token
-
+    load = monitored.load_for(host)
     monitored.wait_scraped(host)
     wait_until(
         "every serving host's energy counter in Prometheus",
@@ -127,25 +110,18 @@ def test_joules_and_cost_per_decision_match_a_hand_computation(monitored: Monito
             >= set(monitored.serving)
         ),
     )
-    address = lab.plan.host(host).management_address
-    cafile = monitoring_cert_dir(trust) / "ca.pem"
-    done = lab.exec(
-        [sys.executable, "-c", REQUESTS, f"https://{address}:{SERVE_PORT}", str(cafile), model.name],
-        input_text=json.dumps([allowed_token] * ALLOWED + [denied_token] * DENIED),
-        timeout=600,
-    )
-    statuses = json.loads(done.stdout)
+    statuses = monitored.send(load, ALLOWED, DENIED)
     assert statuses[ALLOWED:] == [403] * DENIED, statuses
 
     def counted(tenant: str) -> float:
         found = monitored.query(
-            f'sum(increase(aifactory_serve_decisions_total{{host="{host}",model="{model.name}",'
+            f'sum(increase(aifactory_serve_decisions_total{{host="{host}",model="{load.model}",'
             f'tenant="{tenant}"}}[{WINDOW}]))'
         )
         return float(found[0]["value"][1]) if found else 0.0
 
     # Prometheus has scraped the server after the last request (increase() extrapolates a little).
-    wait_until("the load in the decision counter", 60, lambda: counted(denied_tenant) >= DENIED * 0.99)
+    wait_until("the load in the decision counter", 60, lambda: counted(load.denied_tenant) >= DENIED * 0.99)
     at = time.time() - 1  # one instant for both sides: energy keeps growing between two queries
     done = lab.exec(
         ["aifactory", "status", str(lab.spec), "--format", "json", "--window", WINDOW, "--at", f"{at:.3f}"],
@@ -168,11 +144,11 @@ def test_joules_and_cost_per_decision_match_a_hand_computation(monitored: Monito
         assert row["cost_per_decision"] == pytest.approx(figure["cost_per_decision"], rel=0.01), key
         assert row["currency"] and row["joules_per_decision"] > 0 and row["cost_per_decision"] > 0
     # The run of known size is in the figures of the serving host's pairs.
-    owner = next(v for k, v in reported.items() if k[:2] == (model.name, model.owner))
-    denied = next(v for k, v in reported.items() if k[:2] == (model.name, denied_tenant))
+    owner = next(v for k, v in reported.items() if k[:2] == (load.model, load.owner))
+    denied = next(v for k, v in reported.items() if k[:2] == (load.model, load.denied_tenant))
     assert owner["decisions"] >= ALLOWED * 0.99 and denied["decisions"] >= DENIED * 0.99
     # The lab's BMCs have no power reading of their own: its energy is emulated, and says so.
-    assert reported[(model.name, model.owner, owner["source"])]["source"] == "emulated"
+    assert reported[(load.model, load.owner, owner["source"])]["source"] == "emulated"
 
 
 def test_a_finished_training_job_has_its_nodes_joules_and_cost(monitored: Monitored) -> None:

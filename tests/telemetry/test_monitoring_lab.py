@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -33,7 +32,6 @@ from tests.telemetry.monitored_lab import (
     DECISION_LOG,
     HOST_DOWN_FOR,
     INTERVAL,
-    REQUESTS,
     SERVE_PORT,
     SUPERVISOR,
     Monitored,
@@ -130,22 +128,8 @@ def _counted(monitored: Monitored, host: str) -> dict[str, int]:
 
 
 def test_the_decision_counter_equals_the_decision_log_records(monitored: Monitored) -> None:
-    from aifactory.trust.issuing.tokens import issue_token
-
-    lab = monitored.lab
     host = monitored.serving[0]
-    model = next(
-        m for m in lab.plan.models if any(h.pool in m.serve_on for h in lab.plan.hosts if h.name == host)
-    )
-    granted = {
-        g.tenant for g in lab.plan.access if g.resource == f"model/{model.name}" and "infer" in g.actions
-    }
-    denied_tenant = next(t.name for t in lab.plan.tenants if t.name != model.owner and t.name not in granted)
-    state = SiteState.for_site(lab.site)
-    trust = TrustFiles(state.subdir("runtime"))
-    expires = dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)
-    allowed_token = issue_token(trust, site=lab.site, tenant=model.owner, expires=expires).token
-    denied_token = issue_token(trust, site=lab.site, tenant=denied_tenant, expires=expires).token
+    load = monitored.load_for(host)
     allowed, denied = 5, 3  # under the server's 20 denials per peer and window: no 429, no suppressed record
 
     monitored.wait_scraped(host)
@@ -153,14 +137,7 @@ def test_the_decision_counter_equals_the_decision_log_records(monitored: Monitor
     # The counter counts since the server started; the log also holds records from before: compare
     # what each gained, waiting until Prometheus has scraped the server after the last request.
     counted_before = _counted(monitored, host)  # nothing asked this server since the last scrapes
-    address = lab.plan.host(host).management_address
-    cafile = monitoring_cert_dir(trust) / "ca.pem"
-    done = lab.exec(
-        [sys.executable, "-c", REQUESTS, f"https://{address}:{SERVE_PORT}", str(cafile), model.name],
-        input_text=json.dumps([allowed_token] * allowed + [denied_token] * denied),
-        timeout=300,
-    )
-    statuses = json.loads(done.stdout)
+    statuses = monitored.send(load, allowed, denied)
     assert statuses[allowed:] == [403] * denied, statuses
     assert all(s in (200, 503) for s in statuses[:allowed]), statuses  # 503: no champion loaded yet
 

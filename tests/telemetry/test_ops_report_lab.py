@@ -14,17 +14,13 @@ the window, which this module does not cause), and its folder verifies as signed
 
 from __future__ import annotations
 
-import datetime as dt
 import json
-import sys
 from typing import Any
 
 import pytest
 
 from aifactory.state import SiteState
-from aifactory.telemetry.certs import monitoring_cert_dir
-from aifactory.trust.tokens import TrustFiles
-from tests.telemetry.monitored_lab import REQUESTS, SERVE_PORT, Monitored, wait_until
+from tests.telemetry.monitored_lab import Monitored, wait_until
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 
@@ -33,32 +29,9 @@ LOAD = 40  # allowed requests in the load run
 
 def _load_run(monitored: Monitored) -> str:
     """LOAD allowed requests to the first serving node; returns the host."""
-    from aifactory.trust.issuing.tokens import issue_token
-
-    lab = monitored.lab
     host = monitored.serving[0]
-    model = next(
-        m for m in lab.plan.models if any(h.pool in m.serve_on for h in lab.plan.hosts if h.name == host)
-    )
-    trust = TrustFiles(SiteState.for_site(lab.site).subdir("runtime"))
-    token = issue_token(
-        trust, site=lab.site, tenant=model.owner, expires=dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)
-    ).token
     monitored.wait_scraped(host)
-    address = lab.plan.host(host).management_address
-    done = monitored.lab.exec(
-        [
-            sys.executable,
-            "-c",
-            REQUESTS,
-            f"https://{address}:{SERVE_PORT}",
-            str(monitoring_cert_dir(trust) / "ca.pem"),
-            model.name,
-        ],
-        input_text=json.dumps([token] * LOAD),
-        timeout=600,
-    )
-    statuses = json.loads(done.stdout)
+    statuses = monitored.send(monitored.load_for(host), LOAD, 0)
     assert all(s in (200, 503) for s in statuses), statuses
     return host
 
