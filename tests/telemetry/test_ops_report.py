@@ -35,9 +35,9 @@ from aifactory.telemetry.ops_report import (
     write_report,
 )
 from aifactory.telemetry.status import PrometheusClient
+from tests.telemetry.browser import CHROMIUM, chromium_args, rendered_dom
 
 PROMETHEUS, PROMTOOL = shutil.which("prometheus"), shutil.which("promtool")
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(
     PROMETHEUS is None or PROMTOOL is None, reason="needs Debian's prometheus and promtool"
 )
@@ -246,18 +246,9 @@ def test_same_data_same_bytes_and_signed_like_the_audit_report(written, promethe
 def test_headless_chromium_renders_every_plot(written, tmp_path):
     folder, _ = written
     page = (folder / "report.html").as_uri()
-    common = [
-        str(CHROMIUM),
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--no-first-run",
-        "--disable-extensions",
-        "--host-resolver-rules=MAP * ~NOTFOUND",
-        f"--user-data-dir={tmp_path / 'profile'}",
-    ]
-    dom = subprocess.run([*common, "--dump-dom", page], capture_output=True, text=True, timeout=scaled(120))
-    assert len(re.findall(r"<circle ", dom.stdout)) > 60, dom.stderr[-2000:]
+    common = chromium_args(tmp_path / "profile")
+    dom = rendered_dom(folder / "report.html", tmp_path / "profile")
+    assert len(re.findall(r"<circle ", dom)) > 60
     shot = tmp_path / "ops-report.png"
     subprocess.run(
         [*common, "--window-size=860,2100", f"--screenshot={shot}", page],

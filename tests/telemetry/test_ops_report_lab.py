@@ -15,11 +15,14 @@ the window, which this module does not cause), and its folder verifies as signed
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from aifactory.state import SiteState
+from tests.telemetry.browser import rendered_dom
 from tests.telemetry.monitored_lab import Monitored, wait_until
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
@@ -53,7 +56,7 @@ def test_every_bmc_host_has_an_emulated_power_series(monitored: Monitored) -> No
     assert all(r["metric"]["source"] == "emulated" for r in energy)
 
 
-def test_report_ops_draws_every_plot_from_the_run(monitored: Monitored, tmp_path: Any) -> None:
+def test_report_ops_draws_every_plot_from_the_run(monitored: Monitored, tmp_path: Path) -> None:
     lab = monitored.lab
     _load_run(monitored)
     folder = SiteState.for_site(lab.site).subdir("reports") / "ops-lab-test"
@@ -64,17 +67,22 @@ def test_report_ops_draws_every_plot_from_the_run(monitored: Monitored, tmp_path
         )
         data: dict[str, Any] = json.loads((folder / "report.json").read_text())
         plots = {p["key"]: p for p in data["plots"]}
-        needed = ("decisions", "latency", "joules", "power", "nodes")
+        needed = ("decisions", "latency", "joules", "cost", "power", "nodes")  # the lab spec has prices
         drawn = all(any(s["points"] for s in plots[k]["series"]) for k in needed)
         return data if drawn else None
 
     data = wait_until("report ops to draw every plot from the run", 240, reported)
     plots = {p["key"]: p for p in data["plots"]}
-    assert "no economics section" in plots["cost"]["note"] or plots["cost"]["series"]
+    assert all(s["name"].endswith("(emulated, EUR)") for s in plots["cost"]["series"]), plots["cost"]
     assert all(s["name"].endswith("(emulated)") for s in plots["power"]["series"])
     assert max(v for s in plots["decisions"]["series"] for _, v in s["points"]) > 0
     html = (folder / "report.html").read_text()
     assert html.count("<svg ") == len(plots)
+    # as a browser draws it: every plot the run fed has its points on the page
+    svgs = re.findall(r"<svg .*?</svg>", rendered_dom(folder / "report.html", tmp_path / "profile"), re.S)
+    assert len(svgs) == len(plots)
+    drawn = {p["key"] for p in data["plots"] if any(s["points"] for s in p["series"])}
+    assert sum("<circle " in svg for svg in svgs) >= len(drawn) >= 6
     checked = lab.exec(
         ["aifactory", "audit", "verify", str(folder), "--trust", str(folder / "allowed_signers")],
         check=False,
