@@ -449,6 +449,24 @@ def check_converged(
     }
 
 
+def ensure_site_trust(state: SiteState, plan: SitePlan) -> None:
+    """The site's token and model-signing keys and, when the site is monitored, its CA, made before
+    a deploy gives every host their public halves (and the revocation list): a server trusts only
+    tokens and models this site signed, and checks Prometheus' client certificate against the CA. Made
+    later (by the first `aifactory token`, or the monitoring deploy), they would change what every
+    host was given, and the next deploy would find every host changed."""
+    from aifactory.trust.issuing.certs import ensure_site_ca
+    from aifactory.trust.issuing.models import ensure_model_key
+    from aifactory.trust.issuing.tokens import ensure_site_key
+    from aifactory.trust.tokens import TrustFiles
+
+    trust = TrustFiles(state.subdir("runtime"))
+    ensure_site_key(trust, site=state.site)
+    ensure_model_key(state.subdir("runtime"))
+    if plan.monitored:
+        ensure_site_ca(trust, site=state.site)
+
+
 def deploy_site(
     planned: PlannedSite,
     *,
@@ -465,6 +483,7 @@ def deploy_site(
     name = site_name or planned.plan.name
     state = SiteState.for_site(name)
     with state.lock("deploy"):
+        ensure_site_trust(state, planned.plan)
         setup = _set_up(planned, options, state, connection)
         bundle, plan, digest, ansible = setup.bundle, setup.plan, setup.digest, setup.ansible
         run_id = _run_id()

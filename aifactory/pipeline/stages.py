@@ -312,21 +312,6 @@ def run_inventory(context: UpContext) -> StageResult:
 
 def run_deploy(context: UpContext) -> StageResult:
     from aifactory.deploy import DeployOptions, deploy_site
-    from aifactory.trust.issuing.certs import ensure_site_ca
-    from aifactory.trust.issuing.models import ensure_model_key
-    from aifactory.trust.issuing.tokens import ensure_site_key
-    from aifactory.trust.tokens import TrustFiles
-
-    # The site's token and model-signing keys, so deploy can give every host their public halves
-    # (and the revocation list): a server trusts only models signed by this site. With monitoring, the
-    # site CA too, whose certificate the servers check Prometheus' client certificate against: made by
-    # the monitoring stage after deploy, it changed every host at the next `up`'s deploy.
-    trust = TrustFiles(context.state.subdir("runtime"))
-    plan = context.plan().plan
-    ensure_site_key(trust, site=plan.name)
-    ensure_model_key(context.state.subdir("runtime"))
-    if _monitored(context):
-        ensure_site_ca(trust, site=plan.name)
 
     result = deploy_site(context.plan(), connection=context.connection(), options=DeployOptions())
     if result.exit_code != ExitCode.OK:
@@ -600,16 +585,10 @@ def _hosts_scraped(context: UpContext) -> str:
         time.sleep(2)
 
 
-def _monitored(context: UpContext) -> bool:
-    """Whether the site runs Prometheus: on its control host, or on a pool the spec names."""
-    plan = context.plan().plan
-    return plan.control_host is not None or plan.monitoring is not None
-
-
 def run_monitoring(context: UpContext) -> StageResult:
     from aifactory.deploy.monitoring import deploy_monitoring
 
-    if not _monitored(context):
+    if not context.plan().plan.monitored:
         return StageResult("skipped", "no control host and no monitoring pool: nothing runs Prometheus")
     result = deploy_monitoring(context.plan(), connection=context.connection())
     summary = _hosts_scraped(context)

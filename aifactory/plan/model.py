@@ -354,6 +354,11 @@ class SitePlan:
     def _hosts_by_name(self) -> dict[str, Host]:
         return {host.name: host for host in self.hosts}
 
+    @property
+    def monitored(self) -> bool:
+        """Whether the site runs Prometheus: on its control host, or on the pool its spec names."""
+        return self.control_host is not None or self.monitoring is not None
+
     def host(self, name: str) -> Host:
         """The host of that name (KeyError if none); constant time, for loops over 10,000s."""
         return self._hosts_by_name[name]

@@ -516,8 +516,9 @@ class InferenceServer:
             return Response.json(
                 503, {"error": "log-unavailable", "decision_id": outcome.decision_id}, tracing
             )
-        # The model only when it is served here (the path's name otherwise: counted as '-').
-        self.metrics.decided(model=name if slot else None, tenant=outcome.tenant, allow=outcome.allow)
+        # Counted under the path's model when the plan names it (loaded here or not yet: the decision
+        # is about that model either way), else '-' (ServeMetrics bounds the labels by the plan).
+        self.metrics.decided(model=name, tenant=outcome.tenant, allow=outcome.allow)
         if not outcome.allow:
             self.denials.denied(peer.address, time.time())
         if slot is None:

@@ -53,10 +53,11 @@ def test_every_host_and_serving_node_is_scraped_with_tls_and_listed_by_status(mo
         up = {h["name"]: h["up"] for h in status["hosts"]}
         health = {(t["job"], t["host"]): t["health"] for t in status["targets"]}
         wanted = [("node", h) for h in lab.hosts] + [("serve", h) for h in monitored.serving]
+        wanted += [("power", lab.plan.control_host)]  # the BMC power collector (the lab plans BMCs)
         ready = all(up.values()) and all(health.get(target) == "up" for target in wanted)
         return status if ready else None
 
-    status = wait_until("every node exporter and serving node up", 180, all_up)
+    status = wait_until("every node exporter, serving node and the power collector up", 180, all_up)
     assert sorted(h["name"] for h in status["hosts"]) == sorted(lab.hosts)
     node_targets = {t["host"]: t for t in status["targets"] if t["job"] == "node"}
     assert sorted(node_targets) == sorted(lab.hosts)
@@ -71,6 +72,7 @@ def test_every_host_and_serving_node_is_scraped_with_tls_and_listed_by_status(mo
     # The same through Prometheus' HTTP API: up == 1 for every target.
     up = {(r["metric"]["job"], r["metric"]["host"]): r["value"][1] for r in monitored.query("up")}
     expected = {("node", h) for h in lab.hosts} | {("serve", h) for h in monitored.serving}
+    expected |= {("power", lab.plan.control_host)}
     assert set(up) == expected and set(up.values()) == {"1"}, up
 
 
