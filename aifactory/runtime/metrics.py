@@ -82,9 +82,12 @@ class ServeMetrics:
     `tenants`): any other value is counted as `UNPLANNED`, so the series are bounded by the plan.
     """
 
-    def __init__(self, *, models: Iterable[str] = (), tenants: Iterable[str] = ()) -> None:
+    def __init__(
+        self, *, models: Iterable[str] = (), tenants: Iterable[str] = (), served: Iterable[str] = ()
+    ) -> None:
         self._models = frozenset(models)
         self._tenants = frozenset(tenants)
+        served = tuple(served)
         prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]  # untyped upstream
         self.registry = CollectorRegistry()
         ProcessCollector(registry=self.registry)
@@ -99,6 +102,14 @@ class ServeMetrics:
             ["model", "tenant", "allow"],
             registry=registry,
         )
+        self._by_decision: dict[tuple[str, str, bool], Any] = {}
+        # Every (model served here, tenant, outcome) starts at 0: a series Prometheus first sees at
+        # its value N hides those N decisions from increase() and rate(), so the first decisions of
+        # a tenant would never reach the per-decision figures (docs/economics.md).
+        for model in served:
+            for tenant in (*sorted(self._tenants), UNPLANNED):
+                for allow in (True, False):
+                    self._child(model, tenant, allow)
         self.decisions_unrecorded = Counter(
             "aifactory_serve_decisions_unrecorded",
             "Requests answered 503 log-unavailable: their decision could not be made durable.",
@@ -187,7 +198,6 @@ class ServeMetrics:
             registry=registry,
         )
         self._by_code: dict[int, Any] = {}
-        self._by_decision: dict[tuple[str, str, bool], Any] = {}
 
     def answered(self, status: int, seconds: float) -> None:
         """One HTTP answer (the HTTP layer's `HttpEvents`)."""
@@ -202,17 +212,20 @@ class ServeMetrics:
         this runs for every request, and `labels()` costs a lock and a tuple of strings each time."""
         # The key is the bounded labels, never the raw names: a name from a request path must not
         # grow this cache either.
-        key = (
+        self._child(
             model if model in self._models else UNPLANNED,
             tenant if tenant in self._tenants else UNPLANNED,
             allow,
-        )
+        ).inc()
+
+    def _child(self, model: str, tenant: str, allow: bool) -> Any:  # noqa: ANN401 - prometheus_client's child
+        key = (model, tenant, allow)
         child = self._by_decision.get(key)
         if child is None:
             child = self._by_decision[key] = self.decisions.labels(
-                model=key[0], tenant=key[1], allow="true" if allow else "false"
+                model=model, tenant=tenant, allow="true" if allow else "false"
             )
-        child.inc()
+        return child
 
     def closed(self, reason: str) -> None:
         self.http_closed.labels(reason=reason).inc()

@@ -264,7 +264,9 @@ class InferenceServer:
         self.plan = RuntimePlan.load(config.plan_path, storage_root=config.storage_root)
         host = self.plan.this_host(config.host_name)
         self.metrics = ServeMetrics(
-            models=(m.name for m in self.plan.plan.models), tenants=(t.name for t in self.plan.plan.tenants)
+            models=(m.name for m in self.plan.plan.models),
+            tenants=(t.name for t in self.plan.plan.tenants),
+            served=(m.name for m in self.plan.plan.models if host and host.pool in m.serve_on),
         )
         self.decisions = DecisionLog(
             config.runtime_dir / "decisions.jsonl",

@@ -116,13 +116,38 @@ def test_bad_input_and_unknown_paths(server: Server, site: RuntimeSite) -> None:
 
 
 def test_metrics_are_prometheus_text(server: Server, site: RuntimeSite) -> None:
+    before = _decision_counts(server)
     server.call("POST", PATH, BODY, token=site.tokens["health"])
     status, answer = server.call("GET", "/metrics")
     assert status == 200
-    assert 'aifactory_serve_decisions_total{allow="true",model="vitals-mlp",tenant="health"}' in _sorted(
-        answer["text"]
-    )
+    owner = 'allow="true",model="vitals-mlp",tenant="health"'
+    assert _decision_counts(server)[owner] == before[owner] + 1
     assert "aifactory_serve_batch_size_count" in answer["text"]
+
+
+def _decision_counts(server: Server) -> dict[str, float]:
+    """aifactory_serve_decisions_total's samples by their labels (in name order)."""
+    text = _sorted(server.call("GET", "/metrics")[1]["text"])
+    prefix = "aifactory_serve_decisions_total{"
+    return {
+        line[len(prefix) :].rsplit("}", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(prefix)
+    }
+
+
+def test_every_served_model_tenant_and_outcome_starts_at_zero() -> None:
+    """Each (model served here, planned tenant or '-', outcome) is exported at 0 before any decision:
+    a series Prometheus first saw at 1 would hide that decision from increase() and rate()."""
+    from aifactory.runtime.metrics import ServeMetrics
+
+    text = _sorted(ServeMetrics(models=["m", "other"], tenants=["t"], served=["m"]).render().decode())
+    samples = {line for line in text.splitlines() if line.startswith("aifactory_serve_decisions_total{")}
+    assert samples == {
+        f'aifactory_serve_decisions_total{{allow="{allow}",model="m",tenant="{tenant}"}} 0.0'
+        for allow in ("true", "false")
+        for tenant in ("t", "-")
+    }
 
 
 def _sorted(text: str) -> str:
@@ -140,13 +165,13 @@ def _sorted(text: str) -> str:
 def test_decisions_are_counted_by_planned_model_and_tenant_only(server: Server, site: RuntimeSite) -> None:
     """A name from the request path or an unidentified caller never becomes a label: both are '-'."""
     hostile = "/v1/models/" + "x" * 40 + "%0Aevil/infer"
+    before = _decision_counts(server)
     server.call("POST", hostile, BODY, token=site.tokens["health"])
     server.call("POST", PATH, BODY)  # no token: nobody identified
-    text = _sorted(server.call("GET", "/metrics")[1]["text"])
-    decisions = [line for line in text.splitlines() if line.startswith("aifactory_serve_decisions_total{")]
-    assert any('allow="false",model="-",tenant="health"' in line for line in decisions), decisions
-    assert any('allow="false",model="vitals-mlp",tenant="-"' in line for line in decisions), decisions
-    assert not any("evil" in line or "xxxx" in line for line in decisions)
+    after = _decision_counts(server)
+    for unnamed in ('allow="false",model="-",tenant="health"', 'allow="false",model="vitals-mlp",tenant="-"'):
+        assert after[unnamed] == before.get(unnamed, 0.0) + 1, (unnamed, after)
+    assert not any("evil" in labels or "xxxx" in labels for labels in after)
 
 
 def test_graceful_stop_finishes_requests_in_flight_and_the_log_verifies(

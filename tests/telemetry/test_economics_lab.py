@@ -22,6 +22,7 @@ from collections import defaultdict
 from typing import Any
 
 import pytest
+from waiting import wait_for
 
 from aifactory.telemetry.economics import window_seconds
 from tests.telemetry.monitored_lab import Monitored, wait_until
@@ -121,7 +122,12 @@ def test_joules_and_cost_per_decision_match_a_hand_computation(monitored: Monito
         return float(found[0]["value"][1]) if found else 0.0
 
     # Prometheus has scraped the server after the last request (increase() extrapolates a little).
-    wait_until("the load in the decision counter", 60, lambda: counted(load.denied_tenant) >= DENIED * 0.99)
+    wait_for(
+        lambda: counted(load.denied_tenant) >= DENIED * 0.99,
+        what="the load in the decision counter",
+        timeout=60,
+        detail=lambda: str(monitored.query(f'aifactory_serve_decisions_total{{host="{host}"}}')),
+    )
     at = time.time() - 1  # one instant for both sides: energy keeps growing between two queries
     done = lab.exec(
         ["aifactory", "status", str(lab.spec), "--format", "json", "--window", WINDOW, "--at", f"{at:.3f}"],
