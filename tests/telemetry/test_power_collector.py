@@ -34,15 +34,9 @@ from aifactory.telemetry.power import (
     read_targets,
     start_exporter,
 )
-from aifactory.trust.certs import PROMETHEUS_SERVICE
-from aifactory.trust.issuing.certs import (
-    ensure_site_ca,
-    issue_server_certificate,
-    issue_service_certificate,
-)
-from aifactory.trust.tokens import TrustFiles
 from tests.provision.emulator import PASSWORD, USER, Emulator, free_port
 from tests.telemetry.lab_bmc import CREDENTIAL, loopback_bmc, namespace_of, namespaced
+from tests.telemetry.loopback_tls import loopback_tls
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="unshare --net needs root")
 HOST = "unit-cpu-001"
@@ -207,19 +201,8 @@ def test_targets_need_private_credentials_for_every_bmc(tmp_path):
 
 def test_the_exporter_serves_over_tls_to_site_ca_clients_only(tmp_path):
     site, expires = "pwr", datetime.now(UTC) + timedelta(days=1)
-    trust = TrustFiles(tmp_path / "runtime")
-    ca = ensure_site_ca(trust, site=site).certificate
-    server = issue_server_certificate(
-        trust,
-        site=site,
-        server="localhost",
-        addresses=("127.0.0.1",),
-        expires=expires,
-        out_dir=tmp_path / "s",
-    )
-    scraper = issue_service_certificate(
-        trust, site=site, service=PROMETHEUS_SERVICE, expires=expires, out_dir=tmp_path / "p"
-    )
+    tls = loopback_tls(tmp_path, site=site, expires=expires)
+    ca, server, scraper = tls.ca, tls.server, tls.prometheus
     polling, registry = collector()
     polling.record(PowerReading(HOST, 123.5, "measured"), 0.0)
     port = free_port()

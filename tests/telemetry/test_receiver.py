@@ -25,12 +25,9 @@ from aifactory.telemetry.receiver import AlertReceiver, ReceiverConfig, read_ale
 from aifactory.trust.certs import PROMETHEUS_SERVICE, service_uri
 from aifactory.trust.issuing.certs import (
     IssuedCertificate,
-    ensure_site_ca,
     issue_client_certificate,
-    issue_server_certificate,
-    issue_service_certificate,
 )
-from aifactory.trust.tokens import TrustFiles
+from tests.telemetry.loopback_tls import loopback_tls
 
 SITE = "rcv"
 DAY = timedelta(days=1)
@@ -70,20 +67,9 @@ def _alert(status: str, name: str, host: str, fingerprint: str) -> dict[str, obj
 
 @pytest.fixture
 def running(tmp_path: Path) -> Iterator[Running]:
-    trust = TrustFiles(tmp_path / "runtime")
     expires = datetime.now(UTC) + DAY
-    ca = ensure_site_ca(trust, site=SITE).certificate
-    server = issue_server_certificate(
-        trust,
-        site=SITE,
-        server="localhost",
-        addresses=("127.0.0.1",),
-        expires=expires,
-        out_dir=tmp_path / "s",
-    )
-    prometheus = issue_service_certificate(
-        trust, site=SITE, service=PROMETHEUS_SERVICE, expires=expires, out_dir=tmp_path / "p"
-    )
+    tls = loopback_tls(tmp_path, site=SITE, expires=expires)
+    trust, ca, server, prometheus = tls.trust, tls.ca, tls.server, tls.prometheus
     tenant = issue_client_certificate(
         trust, site=SITE, tenant="health", expires=expires, out_dir=tmp_path / "t"
     )
