@@ -9,6 +9,7 @@ the batches an uninterrupted one would.
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 import time
@@ -157,6 +158,21 @@ def train(job_path: str, host: str | None) -> None:
             time.sleep(3600)
     if metrics:
         metrics.close()
+    # DDP's reducer holds the process group and DDP sits in reference cycles: drop it here so the
+    # group and Gloo's threads go while the interpreter is whole, not at its shutdown.
+    del ddp
+    _release_process_group()
+
+
+def _release_process_group() -> None:
+    """Destroy the process group once every rank is done with it.
+
+    Left to interpreter shutdown, tearing down Gloo's threads can abort the process ("terminate
+    called without an active exception"): the likely cause of such an abort a CI machine once saw at
+    the end of a job.
+    """
+    dist.barrier()  # no rank closes its connections while a peer still reads the last collective
+    gc.collect()
     dist.destroy_process_group()
 
 
