@@ -98,6 +98,8 @@ class HealthRun:
     finished: str = ""
     hosts: list[HostResult] = field(default_factory=list)
     slurm: list[dict[str, Any]] = field(default_factory=list)
+    # The drain budget's incident (aifactory.health.budget.Incident.as_dict()), when it was spent.
+    incident: dict[str, Any] | None = None
 
     @property
     def failed(self) -> list[HostResult]:
@@ -112,6 +114,7 @@ class HealthRun:
             "finished": self.finished,
             "hosts": [h.as_dict() for h in self.hosts],
             "slurm": self.slurm,
+            "incident": self.incident,
             "summary": {
                 "hosts": len(self.hosts),
                 "admitted": sum(1 for h in self.hosts if h.verdict == "admit"),
