@@ -103,7 +103,7 @@ def apply_verdicts(run: HealthRun, client: SlurmClient, limits: DrainLimits) -> 
             continue
         node = states.get(result.name)
         decided[result.name] = (
-            _decide(result.name, result.verdict, result.reasons, node, result.plan.expected)
+            decide_node(result.name, result.verdict, result.reasons, node, result.plan.expected)
             if node is not None
             else {"host": result.name, "action": "none", "why": "not a Slurm node"}
         )
@@ -155,14 +155,15 @@ def _record_admitted(client: SlurmClient, names: list[str]) -> None:
     checked(client.run(["touch", *(f"{ADMITTED_DIR}/{name}" for name in names)]), "touch", client.where)
 
 
-def _decide(
+def decide_node(
     name: str,
     verdict: str,
     reasons: list[str],
     node: NodeState,
     checked_now: Sequence[str],
 ) -> dict[str, Any]:
-    """What to tell Slurm about one node; `settings` holds the scontrol update's arguments."""
+    """What to tell Slurm about one node; `settings` holds the scontrol update's arguments. The node's
+    own health check (aifactory.runtime.health.slurmd_check) follows the same rule."""
     if verdict == "admit":
         unchecked = sorted(set(drained_for(node.reason)) & set(CHECK_REASONS) - set(checked_now))
         if node.drained_by_us and unchecked:  # e.g. drained for the all-reduce, now a quick run
