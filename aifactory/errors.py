@@ -25,6 +25,7 @@ class ExitCode(IntEnum):
     USAGE = 2  # bad command line
     CANNOT_EVALUATE = 3  # engine down, prerequisite missing, cannot decide
     HOSTS_FAILED = 4  # some hosts failed or were unreachable
+    INCIDENT = 5  # more hosts failed than the health gate's drain budget: a site-wide incident
     INTERNAL = 70  # a bug: an error aifactory did not expect (sysexits' EX_SOFTWARE)
     INTERRUPTED = 130
 

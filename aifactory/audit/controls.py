@@ -60,6 +60,7 @@ TITLES: dict[str, str] = {
     "AU-12": "Audit Record Generation",
     "CA-2": "Control Assessments",
     "CA-3": "Information Exchange",
+    "CA-7": "Continuous Monitoring",
     "CM-2": "Baseline Configuration",
     "CM-3": "Configuration Change Control",
     "CM-6": "Configuration Settings",
@@ -104,6 +105,10 @@ PARTS: dict[str, str] = {
     "runtime": "Runtime: tenant tokens, mTLS, per-request policy decisions for training and serving",
     "logs": "Hash-chained operator and decision logs, with signed heads",
     "audit": "Audit: the signed report, OSCAL assessment results, SSP and POA&M",
+    "health": (
+        "Health gate: signed per-host health runs judged by policy, failing hosts drained in Slurm within "
+        "a drain budget"
+    ),
     "telemetry": (
         "Telemetry: node exporter, Prometheus and Alertmanager with TLS, host power, the signed "
         "operations report"
@@ -201,6 +206,15 @@ IMPLEMENTATIONS: dict[str, Implementation] = {
         "stage left, and writes signed, reproducible assessment results.",
         ("audit",),
         ("auditor",),
+    ),
+    "CA-7": Implementation(
+        "`aifactory health` checks every host against a threshold table with the health policy, signs "
+        "each run, drains failing compute hosts in Slurm within a drain budget and raises one incident "
+        "past it; the audit assesses the signed runs: hosts checked and when, verdicts, drains and their "
+        "durations, incidents, and no failing compute host left taking work.",
+        ("health", "audit"),
+        ("site-administrator", "auditor"),
+        ("health",),
     ),
     "CM-2": Implementation(
         "The plan derived from the site spec is the baseline configuration; deploy records what it "
@@ -315,6 +329,7 @@ MODERATE_BASELINE: frozenset[str] = frozenset(
         "AU-9",
         "AU-12",
         "CA-2",
+        "CA-7",
         "CM-2",
         "CM-8",
         "IA-2",

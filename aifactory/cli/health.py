@@ -11,7 +11,7 @@ from aifactory.cli.output import emit_json, table
 from aifactory.errors import ExitCode
 
 EXAMPLES = {"health": "aifactory health lab/site.yaml --level standard --hosts lab-cpu-001,lab-cpu-002"}
-EXIT_CODES = {"health": (0, 1, 2, 3, 4, 70, 130)}
+EXIT_CODES = {"health": (0, 1, 2, 3, 4, 5, 70, 130)}
 
 
 def register(
@@ -24,7 +24,9 @@ def register(
         description="Run the health checks on the site's hosts in parallel (over SSH from the control "
         "host), judge each against the threshold table with the health policy (admit, drain, keep-out), "
         "write signed evidence to the state folder, drain failing hosts in Slurm and resume the hosts "
-        "aifactory drained that now pass. Exit 4 when a host fails (docs/health.md).",
+        "aifactory drained that now pass, never draining more hosts than the site's drain budget. Exit 4 "
+        "when a host fails, 5 when more hosts fail than the budget lets it drain: a site-wide incident "
+        "naming the common cause (docs/health.md).",
     )
     health.add_argument("site", help="site spec (YAML)")
     health.add_argument(
@@ -67,6 +69,8 @@ def cmd_health(args: argparse.Namespace) -> int:
         emit_json({**run.as_dict(), "evidence": evidence.as_dict()})
     else:
         _print(run.as_dict(), evidence.as_dict())
+    if run.incident is not None:
+        return int(ExitCode.INCIDENT)
     return int(ExitCode.HOSTS_FAILED) if run.failed else 0
 
 
@@ -98,4 +102,8 @@ def _print(run: dict[str, Any], evidence: dict[str, str]) -> None:
                 f"slurm: {action['action']} {action['host']}"
                 + (f" ({action['reason']})" if "reason" in action else "")
             )
+        elif action.get("over_budget"):
+            print(f"slurm: not drained {action['host']} (over the drain budget)")
+    if run["incident"] is not None:
+        print(f"INCIDENT: {run['incident']['message']}")
     print(f"evidence: {evidence['report']} (signed: {evidence['signature']})")

@@ -21,6 +21,7 @@ EXIT_MEANINGS: Mapping[int, str] = {
     ExitCode.USAGE: "usage error (bad option or argument)",
     ExitCode.CANNOT_EVALUATE: "cannot evaluate, or a prerequisite is missing (a tool, the site lock)",
     ExitCode.HOSTS_FAILED: "some hosts failed or were unreachable",
+    ExitCode.INCIDENT: "a site-wide incident: more hosts failed than the drain budget lets the gate drain",
     ExitCode.INTERNAL: "a bug in aifactory (run again with --debug)",
     ExitCode.INTERRUPTED: "interrupted (Ctrl-C)",
 }
@@ -29,7 +30,8 @@ USUAL_EXIT_CODES: tuple[int, ...] = (0, 1, 2, 3, 70, 130)
 TOP_EPILOG = """\
 Every command takes --format json (before or after the command): its result, and any error, as
 JSON on standard output. Exit codes: 0 success, 1 invalid or denied, 2 usage error, 3 cannot
-evaluate, 4 some hosts failed, 70 a bug, 130 interrupted (docs/cli.md).
+evaluate, 4 some hosts failed, 5 a site-wide health incident, 70 a bug, 130 interrupted
+(docs/cli.md).
 
 example:
   aifactory init lab --jurisdiction NG && aifactory --format json validate lab/site.yaml

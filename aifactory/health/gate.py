@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aifactory.connection import Connection
+from aifactory.health.budget import drain_limits
 from aifactory.health.evidence import Evidence, write_evidence
 from aifactory.health.run import HealthRun, run_health
 from aifactory.health.slurm import apply_verdicts
@@ -26,13 +27,21 @@ class GateResult:
     evidence: Evidence
 
     def failures(self) -> list[str]:
-        """One line per host that did not pass: host, verdict, reason codes, what Slurm was told."""
-        actions = {a["host"]: a["action"] for a in self.run.slurm}
+        """One line per host that did not pass: host, verdict, reason codes, what Slurm was told; and
+        the incident's line when the drain budget was spent."""
+        actions = {a["host"]: a for a in self.run.slurm}
         lines = []
         for host in self.run.failed:
             reasons = ", ".join(host.reasons) or host.error or "no reason given"
-            drained = " (drained in Slurm)" if actions.get(host.name) == "drain" else ""
-            lines.append(f"{host.name}: {host.verdict} for {reasons}{drained}")
+            action = actions.get(host.name, {})
+            told = ""
+            if action.get("action") == "drain":
+                told = " (drained in Slurm)"
+            elif action.get("over_budget"):
+                told = " (left in service: over the drain budget)"
+            lines.append(f"{host.name}: {host.verdict} for {reasons}{told}")
+        if self.run.incident is not None:
+            lines.append(f"incident: {self.run.incident['message']}")
         return lines
 
 
@@ -56,6 +65,17 @@ def health_gate(
             tightenings=planned.spec.health.thresholds if planned.spec.health else (),
         )
         if slurm:
-            run.slurm = apply_verdicts(run, client_for(connection))
+            health = planned.spec.health
+            limits = drain_limits(planned.plan, health.drain_budget if health else None)
+            applied = apply_verdicts(run, client_for(connection), limits)
+            run.slurm = applied.actions
+            run.incident = applied.incident.as_dict() if applied.incident else None
         evidence = write_evidence(run, state)
+        if run.incident is not None:  # the operator log is where an operator looks first
+            state.record(
+                command="health",
+                result="incident",
+                spec_digest=planned.plan.spec_digest,
+                detail={**run.incident, "evidence": str(evidence.report)},
+            )
     return GateResult(run, evidence)

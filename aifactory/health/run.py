@@ -17,6 +17,7 @@ from aifactory.health.remote import RemoteResult, clock_samples, run_on_host
 from aifactory.health.tasks import COMPUTE_ROLES, HostPlan, plan_hosts
 from aifactory.health.thresholds import compute_fabric, load_table
 from aifactory.plan.model import Host, SitePlan
+from aifactory.policy.backend import PolicyBackend
 from aifactory.policy.engine import make_backend
 from aifactory.policy.metadata import load_policy_set
 from aifactory.runtime.health.model import LEVELS, Level, Measurement
@@ -98,6 +99,8 @@ class HealthRun:
     finished: str = ""
     hosts: list[HostResult] = field(default_factory=list)
     slurm: list[dict[str, Any]] = field(default_factory=list)
+    # The drain budget's incident (aifactory.health.budget.Incident.as_dict()), when it was spent.
+    incident: dict[str, Any] | None = None
 
     @property
     def failed(self) -> list[HostResult]:
@@ -112,6 +115,7 @@ class HealthRun:
             "finished": self.finished,
             "hosts": [h.as_dict() for h in self.hosts],
             "slurm": self.slurm,
+            "incident": self.incident,
             "summary": {
                 "hosts": len(self.hosts),
                 "admitted": sum(1 for h in self.hosts if h.verdict == "admit"),
@@ -294,16 +298,33 @@ def policy_input(result: HostResult, pool_members: list[HostResult]) -> dict[str
     }
 
 
+def health_policy() -> PolicyBackend:
+    """The health policy (policies/health.rego) loaded into the policy engine."""
+    return make_backend(load_policy_set(), hard_limit=False)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    verdict: str  # admit | drain | keep-out
+    reasons: list[str]
+    failures: list[dict[str, Any]]
+
+
+def decide(backend: PolicyBackend, host: str, facts: dict[str, Any]) -> Verdict:
+    """The health policy's verdict on one host's `policy_input`."""
+    (decision,) = backend.evaluate([DECISION_PATH], facts)
+    if not isinstance(decision, dict) or decision.get("verdict") not in ("admit", "drain", "keep-out"):
+        raise HealthError(
+            f"the health policy gave no verdict for {host}",
+            hint="run aifactory policy test; the policies folder may be incomplete",
+        )
+    failures = sorted(decision["failures"], key=lambda f: (f["check"], f["subject"]))
+    return Verdict(str(decision["verdict"]), [str(r) for r in decision["reasons"]], failures)
+
+
 def _judge(results: list[HostResult]) -> None:
-    backend = make_backend(load_policy_set(), hard_limit=False)
+    backend = health_policy()
     for result in results:
         members = [r for r in results if r.plan.host.pool == result.plan.host.pool]
-        (decision,) = backend.evaluate([DECISION_PATH], policy_input(result, members))
-        if not isinstance(decision, dict) or decision.get("verdict") not in ("admit", "drain", "keep-out"):
-            raise HealthError(
-                f"the health policy gave no verdict for {result.name}",
-                hint="run aifactory policy test; the policies folder may be incomplete",
-            )
-        result.verdict = str(decision["verdict"])
-        result.reasons = [str(r) for r in decision["reasons"]]
-        result.failures = sorted(decision["failures"], key=lambda f: (f["check"], f["subject"]))
+        verdict = decide(backend, result.name, policy_input(result, members))
+        result.verdict, result.reasons, result.failures = verdict.verdict, verdict.reasons, verdict.failures

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from aifactory.health.budget import BudgetLedger, DrainLimits, Incident, incident_for
 from aifactory.health.run import HealthRun
 from aifactory.health.tasks import COMPUTE_ROLES
 from aifactory.scheduler.slurm import SlurmClient, checked
@@ -79,28 +80,73 @@ def reason_for(reasons: Sequence[str]) -> str:
     return f"{REASON_PREFIX} {','.join(reasons) if reasons else 'unknown'}"
 
 
-def apply_verdicts(run: HealthRun, client: SlurmClient) -> list[dict[str, Any]]:
+@dataclass(frozen=True)
+class Applied:
+    """What the gate told Slurm, host by host, and the incident when the drain budget was spent."""
+
+    actions: list[dict[str, Any]]
+    incident: Incident | None = None
+
+
+def apply_verdicts(run: HealthRun, client: SlurmClient, limits: DrainLimits) -> Applied:
+    """Drain the failing compute hosts within the drain budget, resume the passing ones aifactory
+    drained, record the admitted ones; past the budget, no more drains and one incident."""
     names = [h.name for h in run.hosts if h.plan.host.role in COMPUTE_ROLES]
     if not names:
-        return []
+        return Applied([])
     states = parse_show_node(
         checked(client.run(["scontrol", "--oneliner", "show", "node"]), "scontrol show node", client.where)
     )
-    actions = []
+    decided: dict[str, dict[str, Any]] = {}
     for result in run.hosts:
         if result.name not in names:
             continue
         node = states.get(result.name)
-        if node is None:
-            actions.append({"host": result.name, "action": "none", "why": "not a Slurm node"})
-            continue
-        actions.append(
-            _apply(client, result.name, result.verdict, result.reasons, node, result.plan.expected)
+        decided[result.name] = (
+            decide_node(result.name, result.verdict, result.reasons, node, result.plan.expected)
+            if node is not None
+            else {"host": result.name, "action": "none", "why": "not a Slurm node"}
         )
+    incident = _within_budget(run, states, decided, limits)
+    for action in decided.values():
+        if action["action"] != "none":
+            _update(client, action["host"], *action.pop("settings"))
+    actions = list(decided.values())
     admitted = [a["host"] for a in actions if a.get("admitted")]
     if admitted:
         _record_admitted(client, admitted)
-    return actions
+    return Applied(actions, incident)
+
+
+def _within_budget(
+    run: HealthRun, states: dict[str, NodeState], decided: dict[str, dict[str, Any]], limits: DrainLimits
+) -> Incident | None:
+    """Turn the new drains past the budget into `none` (the host stays in service) and say why. Held
+    against the budget: every node aifactory drained that this run does not resume, checked or not."""
+    resumed = {name for name, action in decided.items() if action["action"] == "resume"}
+    held = [n.name for n in states.values() if n.drained_by_us and n.name not in resumed]
+    ledger = BudgetLedger(limits, held)
+    failing = {
+        h.name: h.reasons or ["unknown"] for h in run.hosts if h.name in decided and h.verdict != "admit"
+    }
+    drained, spared = [n for n in held if n in failing], []
+    for name, action in decided.items():
+        if not action.get("new_drain"):
+            continue
+        if ledger.take(name):
+            drained.append(name)
+            continue
+        spared.append(name)
+        decided[name] = {
+            "host": name,
+            "action": "none",
+            "why": "over the drain budget: left in service (see the incident)",
+            "reason": action["reason"],
+            "over_budget": True,
+        }
+    for action in decided.values():
+        action.pop("new_drain", None)
+    return incident_for(ledger, failing, drained, spared)
 
 
 def _record_admitted(client: SlurmClient, names: list[str]) -> None:
@@ -109,22 +155,28 @@ def _record_admitted(client: SlurmClient, names: list[str]) -> None:
     checked(client.run(["touch", *(f"{ADMITTED_DIR}/{name}" for name in names)]), "touch", client.where)
 
 
-def _apply(
-    client: SlurmClient,
+def decide_node(
     name: str,
     verdict: str,
     reasons: list[str],
     node: NodeState,
     checked_now: Sequence[str],
 ) -> dict[str, Any]:
+    """What to tell Slurm about one node; `settings` holds the scontrol update's arguments. The node's
+    own health check (aifactory.runtime.health.slurmd_check) follows the same rule."""
     if verdict == "admit":
         unchecked = sorted(set(drained_for(node.reason)) & set(CHECK_REASONS) - set(checked_now))
         if node.drained_by_us and unchecked:  # e.g. drained for the all-reduce, now a quick run
             why = f"drained for {', '.join(unchecked)}: not checked at this level"
             return {"host": name, "action": "none", "why": why}
         if node.drained_by_us:
-            _update(client, name, "state=resume")
-            return {"host": name, "action": "resume", "was": node.reason, "admitted": True}
+            return {
+                "host": name,
+                "action": "resume",
+                "was": node.reason,
+                "admitted": True,
+                "settings": ["state=resume"],
+            }
         why = "drained by someone else" if node.drained else "in service"
         return {"host": name, "action": "none", "why": why, "admitted": True}
     reason = reason_for(reasons)
@@ -132,8 +184,14 @@ def _apply(
         return {"host": name, "action": "none", "why": "drained by someone else", "reason": node.reason}
     if node.drained and node.reason == reason:
         return {"host": name, "action": "none", "why": "already drained", "reason": reason}
-    _update(client, name, "state=drain", f"reason={reason}")
-    return {"host": name, "action": "drain", "reason": reason}
+    drain = {
+        "host": name,
+        "action": "drain",
+        "reason": reason,
+        "settings": ["state=drain", f"reason={reason}"],
+    }
+    # A node already drained by aifactory only has its reason brought up to date: not a new drain.
+    return drain if node.drained else {**drain, "new_drain": True}
 
 
 def _update(client: SlurmClient, name: str, *settings: str) -> None:

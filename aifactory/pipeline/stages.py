@@ -489,7 +489,7 @@ def run_health_gate(context: UpContext) -> StageResult:
     failures = gate.failures()
     if failures:
         raise HealthGateFailed(
-            f"{len(failures)} host(s) failed the health gate: {'; '.join(failures)}",
+            f"{len(gate.run.failed)} host(s) failed the health gate: {'; '.join(failures)}",
             hint=f"each check's value and threshold are in the signed evidence, {report}",
         )
     resumed = [a["host"] for a in gate.run.slurm if a["action"] == "resume"]

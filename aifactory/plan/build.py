@@ -131,13 +131,20 @@ def _plan_against_lock(loaded: LoadedSpec, lock_path: Path, lock_text: str | Non
 
 
 ADDED_AFTER_V1 = ("logs", "monitoring", "health", "contacts", "economics")
+# Fields added to a section after the section shipped: likewise in the digest only when set.
+ADDED_INSIDE_SECTIONS: dict[str, tuple[str, ...]] = {"health": ("drain_budget",)}
 
 
 def spec_digest(spec: SiteSpec) -> str:
     """Digest of the spec's meaning (comments and key order do not change it)."""
     # Sections added after v1 first shipped enter the digest only when a spec sets them, so that the
     # digest of every spec written before them stays what it was.
-    later = {name for name in ADDED_AFTER_V1 if getattr(spec, name) is None}
+    later: dict[str, Any] = {name: True for name in ADDED_AFTER_V1 if getattr(spec, name) is None}
+    for section, fields in ADDED_INSIDE_SECTIONS.items():
+        present = getattr(spec, section)
+        unset = {name: True for name in fields if present is not None and getattr(present, name) is None}
+        if unset:
+            later[section] = unset
     body = canonical_json(spec.model_dump(mode="json", by_alias=True, exclude=later))
     return "sha256:" + hashlib.sha256(body.encode()).hexdigest()
 

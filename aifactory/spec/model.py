@@ -328,10 +328,46 @@ class HealthThreshold(_Model):
     value: float = Field(ge=0, le=1e9, description="in the check's unit, as the threshold table gives it")
 
 
+DEFAULT_DRAIN_BUDGET_HOSTS = 1
+DEFAULT_DRAIN_BUDGET_PERCENT = 25
+
+
+class PoolDrainBudget(_Model):
+    """One pool's own drain budget, in hosts, in place of the site-wide rule."""
+
+    pool: Name
+    hosts: int = Field(ge=0, le=100000, description="at most this many of the pool's hosts drained at once")
+
+
+class DrainBudget(_Model):
+    """How many compute hosts aifactory's health runs may hold drained at once: past it a fault shared
+    by many hosts (site storage down) raises one incident instead of draining the site (docs/health.md)."""
+
+    hosts: int = Field(
+        DEFAULT_DRAIN_BUDGET_HOSTS, ge=0, le=100000, description="a pool may always lose this many hosts"
+    )
+    percent: int = Field(
+        DEFAULT_DRAIN_BUDGET_PERCENT,
+        ge=0,
+        le=100,
+        description="or this share of the pool's hosts (rounded down), whichever is larger",
+    )
+    site_hosts: int | None = Field(
+        None,
+        ge=0,
+        le=100000,
+        description="at most this many compute hosts of the site at once (default: the pools' rule "
+        "applied to all the site's compute hosts)",
+    )
+    pools: list[PoolDrainBudget] = Field([], max_length=1000, description="pools with a budget of their own")
+
+
 class Health(_Model):
     """The health gate's site settings (docs/health.md)."""
 
     thresholds: list[HealthThreshold] = Field([], max_length=1000)
+    # Added after `health` first shipped: in the spec digest only when given (plan/build.py).
+    drain_budget: DrainBudget | None = None
 
 
 class Contacts(_Model):

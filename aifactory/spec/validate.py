@@ -405,6 +405,7 @@ class _Checker:
         self._egress()
         self._monitoring()
         self._economics()
+        self._drain_budget()
         self._no_repeats()
         return self.problems
 
@@ -416,15 +417,26 @@ class _Checker:
     def _economics(self) -> None:
         """Each priced pool is a planned pool, priced once (two prices for one pool: which one holds?)."""
         economics = self.data.get("economics")
+        self._pools_once(("economics", "pools"), economics, "is priced twice")
+
+    def _drain_budget(self) -> None:
+        """Each pool with a budget of its own is a planned pool, given one budget."""
+        health = self.data.get("health")
+        budget = health.get("drain_budget") if isinstance(health, dict) else None
+        self._pools_once(("health", "drain_budget", "pools"), budget, "has two budgets")
+
+    def _pools_once(self, path: tuple[str, ...], section: Any, twice: str) -> None:
+        """The list at `path` (under `section`, a dict) names planned pools, each at most once."""
         first: dict[str, int] = {}
-        for i, item in _items(economics if isinstance(economics, dict) else {}, "pools"):
+        listed = ".".join(path)
+        for i, item in _items(section if isinstance(section, dict) else {}, path[-1]):
             pool = item.get("pool")
-            self.ref(("economics", "pools", i, "pool"), pool, "node_pools", "node pool")
+            self.ref((*path, i, "pool"), pool, "node_pools", "node pool")
             if isinstance(pool, str) and pool in first:
                 self.add(
-                    ("economics", "pools", i, "pool"),
+                    (*path, i, "pool"),
                     "listed-twice",
-                    f"{grammar.shown(pool)} is priced twice (first at economics.pools[{first[pool]}])",
+                    f"{grammar.shown(pool)} {twice} (first at {listed}[{first[pool]}])",
                 )
             if isinstance(pool, str):
                 first.setdefault(pool, i)

@@ -108,6 +108,8 @@ DOMAIN_ERRORS: dict[str, DomainError] = {
     ),
     # a health task that is not there (aifactory health writes it on the host's standard input)
     "aifactory.runtime.health": DomainError(("--task", "{missing}"), 2, "usage", "{missing}"),
+    # slurmd's HealthCheckProgram given a node task that is not there
+    "aifactory.runtime.health.slurmd_check": DomainError(("--task", "{missing}"), 2, "usage", "{missing}"),
     "aifactory.runtime.health.allreduce": DomainError(
         ("--rank", "0", "--world", "1", "--master", "127.0.0.1", "--port", "9"), 2, "usage", "--world 1"
     ),

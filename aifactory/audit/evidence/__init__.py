@@ -1,5 +1,6 @@
 """Gathering evidence from every stage that has left some: policy, bundle, deploy, the logs and the
-hosts' OpenSCAP scans, the model registry, the datasets' versions, and monitoring with its review."""
+hosts' OpenSCAP scans, the model registry, the datasets' versions, monitoring with its review, and
+the health gate's runs (continuous monitoring)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any
 from aifactory.audit.evidence.bundle import bundle_evidence
 from aifactory.audit.evidence.datasets import dataset_evidence
 from aifactory.audit.evidence.deploy import deploy_evidence
+from aifactory.audit.evidence.health import health_evidence
 from aifactory.audit.evidence.hostscan import host_scan_evidence
 from aifactory.audit.evidence.logs import decision_log_evidence, operator_log_evidence, verify_any_log
 from aifactory.audit.evidence.models import model_evidence
@@ -49,6 +51,7 @@ def gather_evidence(
         host_scan_evidence(state, waivers=scap_waivers, today=today or dt.datetime.now(dt.UTC).date()),
         model_evidence(models, model_trust),
         dataset_evidence(datasets, model_trust),  # signed with the same site key
+        health_evidence(state),
         operations_evidence(state, plan),
     ]
     return sections, bundle_digest

@@ -1,0 +1,121 @@
+"""The node's own health check, as slurmd's `HealthCheckProgram` runs it every HealthCheckInterval
+seconds (docs/health.md, "Continuous health"):
+
+    python -m aifactory.runtime.health.slurmd_check [--task /etc/aifactory/health/node-task.json]
+
+It runs the quick checks of the node's task on this node (aifactory.runtime.health.node; no torch),
+judges them with the health policy as `aifactory health` does, and on a failing verdict drains its
+own node with the gate's reason (`aifactory-health: <checks>`); on a pass it resumes the node only
+when aifactory drained it, by the gate's rule (aifactory.health.slurm.decide_node). A node whose
+munge or slurmd died cannot run this: the control host's runs catch those.
+
+The task file holds the node's HostTask and how it is judged: {"task": ..., "thresholds": ...,
+"expected": [...]} (thresholds and expected checks as the policy takes them).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aifactory.console import DEBUG_HELP, UsageParser, run_console
+from aifactory.errors import UsageError
+from aifactory.health.run import decide, health_policy
+from aifactory.health.slurm import NodeState, decide_node, parse_show_node
+from aifactory.runtime.health.model import HostTask
+from aifactory.runtime.health.node import run_checks
+from aifactory.scheduler.slurm import checked
+
+DEFAULT_TASK = Path("/etc/aifactory/health/node-task.json")
+SCONTROL_TIMEOUT_S = 30.0
+
+
+@dataclass(frozen=True)
+class NodeTask:
+    task: HostTask
+    thresholds: dict[str, Any]
+    expected: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class LocalSlurm:
+    """Slurm's commands on this node (slurmd's node has slurm-client and munge)."""
+
+    where: str = "this node"
+
+    def run(self, argv: Sequence[str], *, input_text: str | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            list(argv),
+            input=input_text,
+            capture_output=True,
+            text=True,
+            timeout=SCONTROL_TIMEOUT_S,
+            check=False,
+        )
+
+
+def read_node_task(path: Path) -> NodeTask:
+    try:
+        data = json.loads(path.read_text())
+        return NodeTask(
+            HostTask.from_dict({**data["task"], "level": "quick"}),
+            dict(data["thresholds"]),
+            tuple(str(check) for check in data["expected"]),
+        )
+    except OSError as exc:
+        raise UsageError(f"cannot read the node's health task {path}: {exc.strerror}") from exc
+    except (ValueError, TypeError, KeyError) as exc:
+        raise UsageError(f"{path} is not a node health task: {exc}") from exc
+
+
+def check_node(node_task: NodeTask, client: LocalSlurm) -> dict[str, Any]:
+    """Check this node, judge it, and drain or resume it in Slurm by the gate's rule."""
+    task = node_task.task
+    measurements = run_checks(task)
+    facts = {
+        "host": task.host,
+        "reachable": True,
+        "measurements": [m.as_dict() for m in measurements],
+        "thresholds": node_task.thresholds,
+        "expected": list(node_task.expected),
+        "pool": {"bandwidth": []},
+    }
+    verdict = decide(health_policy(), task.host, facts)
+    shown = checked(
+        client.run(["scontrol", "--oneliner", "show", "node", task.host]), "scontrol show node", client.where
+    )
+    node = parse_show_node(shown).get(task.host, NodeState(task.host, "", ""))
+    action = decide_node(task.host, verdict.verdict, verdict.reasons, node, node_task.expected)
+    settings = action.pop("settings", None)
+    action.pop("new_drain", None)
+    if settings:
+        argv = ["scontrol", "update", f"nodename={task.host}", *settings]
+        checked(client.run(argv), " ".join(argv[:3]), client.where)
+    return {"host": task.host, "verdict": verdict.verdict, "reasons": verdict.reasons, "slurm": action}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_console(_run, argv, log_format=None)
+
+
+def _run(arguments: list[str]) -> int:
+    parser = UsageParser(
+        prog="python -m aifactory.runtime.health.slurmd_check",
+        description="Slurm's HealthCheckProgram: check this node, drain it when it fails, resume it "
+        "when it passes and aifactory drained it. Exit 0 either way (slurmd logs a non-zero exit).",
+    )
+    parser.add_argument(
+        "--task", type=Path, default=DEFAULT_TASK, help=f"the node's task (default {DEFAULT_TASK})"
+    )
+    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
+    args = parser.parse_args(arguments)
+    print(json.dumps(check_node(read_node_task(args.task), LocalSlurm()), sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
