@@ -4,20 +4,24 @@ Runs on the control host (it holds the BMC credentials and reaches the BMC fabri
 role's service `aifactory-power-collector`: `aifactory monitoring power SITE --targets F
 --credentials F ...`. Every `interval` seconds it reads each planned host's BMC through the project's
 Redfish client (aifactory.provision.redfish, the one provisioning uses: basic auth, TLS checked, the
-password never in an error or a log line): the service root's Chassis, the first chassis that links
-a `Power` resource, and its `PowerControl[0].PowerConsumedWatts`. It exports:
+password never in an error or a log line): the service root's Chassis and, in order of preference
+(`read_power`), the first chassis that links the deprecated `Power` resource (its
+`PowerControl[0].PowerConsumedWatts`, method `redfish-power`), else the first whose
+`EnvironmentMetrics` has a `PowerWatts` sensor (its `Reading`, `redfish-environmentmetrics`), else the
+first whose `PowerSubsystem` lists power supplies (the sum of their `Metrics`'
+`InputPowerWatts.Reading`, `redfish-powersupplies`). It exports:
 
     aifactory_host_power_watts{host, source, method, interval}          gauge: the last reading
     aifactory_host_energy_joules_total{host, source, method, interval}  counter: energy between readings
     aifactory_host_power_polls_failed_total{host, reason}               counter: polls with no reading
 
-`source` is `emulated` when the BMC says so (`Oem.Aifactory.Emulated: true`, the lab's BMCs,
-aifactory.lab.bmc_power), else `measured`; `method` is `redfish-power`; `interval` the polling
-interval (`15s`). Energy is the trapezoid rule between two consecutive readings of the same host:
-(W1 + W2) / 2 x (t2 - t1). A poll that fails leaves no reading: the gauge's sample is removed (never a
-stale or made-up figure), the failure counted by its reason, and the energy chain broken: the time
-until the next reading is not integrated, so the counter undercounts over an outage, and says so
-through the failures counter.
+`source` is `emulated` when the BMC says so (`Oem.Aifactory.Emulated: true` on a resource the
+reading is made of: the lab's BMCs, aifactory.lab.bmc_power), else `measured`; `method` names the
+resource the reading came from, as above; `interval` the polling interval (`15s`). Energy is the
+trapezoid rule between two consecutive readings of the same host: (W1 + W2) / 2 x (t2 - t1). A poll
+that fails leaves no reading: the gauge's sample is removed (never a stale or made-up figure), the
+failure counted by its reason, and the energy chain broken: the time until the next reading is not
+integrated, so the counter undercounts over an outage, and says so through the failures counter.
 """
 
 from __future__ import annotations
@@ -44,7 +48,11 @@ from aifactory.secrets import SecretResolver
 
 log = logging.getLogger(__name__)
 
+# How the reading was obtained (the `method` label): Redfish's deprecated Power resource, or the newer
+# model (Redfish 2020.4 on): the chassis' EnvironmentMetrics, or the sum of its power supplies.
 METHOD = "redfish-power"
+METHOD_ENVIRONMENT = "redfish-environmentmetrics"
+METHOD_SUPPLIES = "redfish-powersupplies"
 EMULATED, MEASURED = "emulated", "measured"
 DEFAULT_INTERVAL = 15
 LABELS = ("host", "source", "method", "interval")
@@ -159,13 +167,24 @@ def read_targets(targets_file: Path, credentials_file: Path) -> tuple[int, list[
 
 
 def _odata_id(resource: dict[str, Any], key: str) -> str | None:
+    """A link's path on the same BMC; anything else (another host's URL) is not followed, since the
+    client would send the BMC's credentials with it."""
     link = resource.get(key)
     value = link.get("@odata.id") if isinstance(link, dict) else None
     return value if isinstance(value, str) and value.startswith("/redfish/") else None
 
 
-def is_emulated(power: dict[str, Any]) -> bool:
-    oem = power.get("Oem")
+def _members(client: RedfishClient, collection: str) -> list[str]:
+    """The member paths of a Redfish collection, in the collection's order (same-BMC links only)."""
+    members = client.get(collection).get("Members")
+    found = (_odata_id({"link": m}, "link") for m in members) if isinstance(members, list) else ()
+    return [member for member in found if member is not None]
+
+
+def is_emulated(resource: dict[str, Any]) -> bool:
+    """Whether a Redfish resource says its reading is emulated (`Oem.Aifactory.Emulated: true`, the
+    lab's BMCs, aifactory.lab.bmc_power); any resource a reading is made of may say so."""
+    oem = resource.get("Oem")
     vendor = oem.get("Aifactory") if isinstance(oem, dict) else None
     return isinstance(vendor, dict) and vendor.get("Emulated") is True
 
@@ -175,34 +194,116 @@ def _is_watts(value: Any) -> bool:
     return number and math.isfinite(value) and value >= 0
 
 
-def read_power(client: RedfishClient) -> PowerReading:
-    """The host's consumed power: the first chassis (in the collection's order) that links a Power
-    resource, its PowerControl[0].PowerConsumedWatts."""
-    chassis_ids = [
-        m["@odata.id"]
-        for m in client.get("/redfish/v1/Chassis").get("Members", [])
-        if isinstance(m, dict) and isinstance(m.get("@odata.id"), str)
-    ]
-    for chassis_id in chassis_ids:
-        power_id = _odata_id(client.get(chassis_id), "Power")
-        if power_id is None:
+def _sensor_reading(excerpt: Any) -> Any:
+    """A Redfish sensor excerpt's `Reading` (EnvironmentMetrics.PowerWatts, PowerSupplyMetrics'
+    InputPowerWatts); None when the excerpt is not an object."""
+    return excerpt.get("Reading") if isinstance(excerpt, dict) else None
+
+
+def _checked_watts(client: RedfishClient, watts: Any, *, where: str, what: str) -> float:
+    """Finite, non-negative watts, else `power-no-reading` naming the resource and the property (a BMC
+    that links a power resource but gives no usable figure is a failed poll, never a zero)."""
+    if not _is_watts(watts):
+        raise TelemetryError(f"the BMC of {client.host} gives no {what} in {where}", code="power-no-reading")
+    return float(watts)
+
+
+def _reading(
+    client: RedfishClient, watts: float, *, method: str, made_of: Sequence[dict[str, Any]]
+) -> PowerReading:
+    """Emulated when any resource the reading is made of says so."""
+    emulated = any(is_emulated(resource) for resource in made_of)
+    return PowerReading(client.host, watts, EMULATED if emulated else MEASURED, method)
+
+
+def _from_power(client: RedfishClient, chassis: dict[str, Any]) -> PowerReading | None:
+    """The deprecated Power resource (Power.v1): PowerControl[0].PowerConsumedWatts."""
+    power_id = _odata_id(chassis, "Power")
+    if power_id is None:
+        return None
+    power = client.get(power_id)
+    controls = power.get("PowerControl")
+    control = controls[0] if isinstance(controls, list) and controls else None
+    watts = control.get("PowerConsumedWatts") if isinstance(control, dict) else None
+    checked = _checked_watts(client, watts, where=power_id, what="PowerConsumedWatts")
+    return _reading(client, checked, method=METHOD, made_of=[power])
+
+
+def _from_environment_metrics(client: RedfishClient, chassis: dict[str, Any]) -> PowerReading | None:
+    """The newer model's whole-chassis figure: EnvironmentMetrics.PowerWatts.Reading. Environment
+    metrics without a PowerWatts sensor (temperatures only) give no reading here: the supplies may."""
+    metrics_id = _odata_id(chassis, "EnvironmentMetrics")
+    if metrics_id is None:
+        return None
+    metrics = client.get(metrics_id)
+    if "PowerWatts" not in metrics:
+        return None
+    watts = _checked_watts(
+        client, _sensor_reading(metrics["PowerWatts"]), where=metrics_id, what="PowerWatts.Reading"
+    )
+    return _reading(client, watts, method=METHOD_ENVIRONMENT, made_of=[metrics])
+
+
+def _from_power_supplies(client: RedfishClient, chassis: dict[str, Any]) -> PowerReading | None:
+    """The newer model's supplies: the sum of every present supply's Metrics.InputPowerWatts.Reading
+    (input power: what the host draws from the feed, the supplies' losses included, as the Power
+    resource's PowerConsumedWatts). An empty bay (Status.State `Absent`) adds nothing; a present
+    supply without a reading fails the poll (a sum without it would undercount, silently)."""
+    subsystem_id = _odata_id(chassis, "PowerSubsystem")
+    subsystem = client.get(subsystem_id) if subsystem_id else {}
+    supplies_id = _odata_id(subsystem, "PowerSupplies")
+    if supplies_id is None:
+        return None
+    total, made_of = 0.0, [subsystem]  # made_of: the subsystem and every present supply's metrics
+    for supply_id in _members(client, supplies_id):
+        supply = client.get(supply_id)
+        status = supply.get("Status")
+        if isinstance(status, dict) and status.get("State") == "Absent":
             continue
-        power = client.get(power_id)
-        controls = power.get("PowerControl")
-        watts = controls[0].get("PowerConsumedWatts") if isinstance(controls, list) and controls else None
-        if (
-            not isinstance(watts, int | float)
-            or isinstance(watts, bool)
-            or not math.isfinite(watts)
-            or watts < 0
-        ):
+        metrics_id = _odata_id(supply, "Metrics")
+        if metrics_id is None:
             raise TelemetryError(
-                f"the BMC of {client.host} gives no PowerConsumedWatts in {power_id}",
+                f"the BMC of {client.host} gives no Metrics for the power supply {supply_id}",
                 code="power-no-reading",
             )
-        return PowerReading(client.host, float(watts), EMULATED if is_emulated(power) else MEASURED)
+        metrics = client.get(metrics_id)
+        watts = _sensor_reading(metrics.get("InputPowerWatts"))
+        total += _checked_watts(client, watts, where=metrics_id, what="InputPowerWatts.Reading")
+        made_of.append(metrics)
+    if made_of == [subsystem]:
+        raise TelemetryError(
+            f"the BMC of {client.host} lists no present power supply in {supplies_id}",
+            code="power-no-reading",
+        )
+    return _reading(client, total, method=METHOD_SUPPLIES, made_of=made_of)
+
+
+# In order of preference. Power first, as before the newer model existed: a BMC that links it keeps
+# the figure (and the `method`) it always had. Then the chassis' own EnvironmentMetrics (one figure
+# for the whole chassis), then the sum of its power supplies' input.
+_READERS: tuple[Callable[[RedfishClient, dict[str, Any]], PowerReading | None], ...] = (
+    _from_power,
+    _from_environment_metrics,
+    _from_power_supplies,
+)
+
+
+def read_power(client: RedfishClient) -> PowerReading:
+    """The host's consumed power by the first method of `_READERS` that any chassis offers, the
+    chassis tried in the collection's order for each method (each chassis fetched once)."""
+    chassis_ids = _members(client, "/redfish/v1/Chassis")
+    fetched: dict[str, dict[str, Any]] = {}
+    for reader in _READERS:
+        for chassis_id in chassis_ids:
+            if chassis_id not in fetched:
+                fetched[chassis_id] = client.get(chassis_id)
+            reading = reader(client, fetched[chassis_id])
+            if reading is not None:
+                return reading
     raise TelemetryError(
-        f"no chassis of the BMC of {client.host} links a Power resource", code="power-no-resource"
+        f"no chassis of the BMC of {client.host} links a Power resource, EnvironmentMetrics with "
+        "PowerWatts or a PowerSubsystem with power supplies",
+        code="power-no-resource",
     )
 
 
