@@ -9,8 +9,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from aifactory.health.budget import BudgetLedger, DrainLimits, Incident, incident_for
 from aifactory.errors import HealthError
+from aifactory.health.budget import BudgetLedger, DrainLimits, Incident, incident_for
 from aifactory.health.run import HealthRun
 from aifactory.health.tasks import COMPUTE_ROLES, HostPlan
 from aifactory.scheduler.slurm import SlurmClient, checked
