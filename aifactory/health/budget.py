@@ -37,6 +37,25 @@ class DrainLimits:
     def limit(self, scope: str) -> int:
         return self.site if scope == SITE else self.pools[scope]
 
+    def as_dict(self) -> dict[str, Any]:
+        """For the node's task file (aifactory.runtime.health.slurmd_check)."""
+        return {"pool_of": dict(sorted(self.pool_of.items())), "pools": dict(self.pools), "site": self.site}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> DrainLimits:
+        pool_of = {str(host): str(pool) for host, pool in dict(data["pool_of"]).items()}
+        pools = {str(pool): _count(limit) for pool, limit in dict(data["pools"]).items()}
+        missing = sorted(set(pool_of.values()) - set(pools))
+        if missing:
+            raise ValueError(f"no limit for pool {missing[0]}")
+        return cls(pool_of, pools, _count(data["site"]))
+
+
+def _count(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"a drain limit must be a whole number >= 0, got {value!r}")
+    return value
+
 
 def _rule(budget: DrainBudget, hosts: int) -> int:
     return max(budget.hosts, hosts * budget.percent // 100)

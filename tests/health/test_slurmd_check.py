@@ -12,10 +12,14 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from aifactory.health.slurm import node_task_document
+
 NODE = "lab-cpu-001"
+LAB = Path(__file__).resolve().parents[2] / "inventory" / "lab" / "site.yaml"
 SCONTROL = """#!/bin/sh
 # stand-in for scontrol (see the test module): show node from $STATE, record updates in $UPDATES
 if [ "$1" = update ]; then echo "$@" >> "$UPDATES"; exit 0; fi
@@ -29,8 +33,12 @@ THRESHOLDS = {
 }
 
 
+# The lab's shape: two compute nodes in pool cpu; the budget lets aifactory hold one of them drained.
+LIMITS = {"pool_of": {NODE: "cpu", "lab-cpu-002": "cpu"}, "pools": {"cpu": 1}, "site": 1}
+
+
 def _check(
-    tmp_path: Path, storage: list[str], state_line: str
+    tmp_path: Path, storage: list[str], state_line: str, limits: dict[str, Any] | None = LIMITS
 ) -> tuple[subprocess.CompletedProcess[str], list[str]]:
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
@@ -43,6 +51,7 @@ def _check(
         "task": {"host": NODE, "level": "quick", "paths": [str(tmp_path)], "storage": storage},
         "thresholds": THRESHOLDS,
         "expected": [c for c in sorted(THRESHOLDS) if storage or c != "storage-mounted-rw"],
+        **({"drain_limits": limits} if limits is not None else {}),
     }
     (tmp_path / "task.json").write_text(json.dumps(task))
     # the module run as slurmd would, then whether torch was imported on the way
@@ -99,3 +108,79 @@ def test_a_node_drained_for_a_check_it_cannot_run_stays_drained(tmp_path: Path) 
     assert done.returncode == 0, done.stderr
     assert updates == []
     assert "not checked at this level" in json.loads(done.stdout)["slurm"]["why"]
+
+
+@pytest.mark.parametrize(
+    ("other", "limits", "drained"),
+    [
+        ("NodeName=lab-cpu-002 State=IDLE Partitions=cpu", LIMITS, True),
+        (
+            "NodeName=lab-cpu-002 State=IDLE+DRAIN Partitions=cpu "
+            "Reason=aifactory-health: storage-mounted-rw [root@2026-12-02T01:00:00]",
+            LIMITS,
+            False,
+        ),
+        (
+            "NodeName=lab-cpu-002 State=IDLE+DRAIN Partitions=cpu Reason=disk swap, ticket 42",
+            LIMITS,
+            True,
+        ),
+        ("NodeName=lab-cpu-002 State=IDLE Partitions=cpu", None, False),
+    ],
+    ids=["budget-free", "budget-spent-by-aifactory", "operator-drain-not-counted", "no-budget-no-drain"],
+)
+def test_a_failing_node_drains_itself_only_within_the_drain_budget(
+    tmp_path: Path, other: str, limits: dict[str, Any] | None, drained: bool
+) -> None:
+    """Storage gone from every node at once: each node's own check fails; the first drains itself,
+    the next finds the budget spent by aifactory's drain and stays in service. An operator's drain
+    does not count against it; a task file with no budget never drains (a missing budget is not an
+    unlimited one)."""
+    missing = str(tmp_path / "lake")
+    state = f"NodeName={NODE} State=IDLE Partitions=cpu\n{other}"
+    done, updates = _check(tmp_path, [missing], state, limits)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["verdict"] == "drain"
+    if drained:
+        assert updates == [f"update nodename={NODE} state=drain reason=aifactory-health: storage-mounted-rw"]
+    else:
+        assert updates == []
+        assert result["slurm"]["over_budget"] and result["slurm"]["action"] == "none", result
+
+
+def test_the_node_task_document_is_what_the_node_check_reads(tmp_path: Path) -> None:
+    """The control host's document for a lab node (the plan's quick task, thresholds, expected
+    checks, the resolved budget) read back by the node check gives the same task and limits."""
+    from aifactory.health.budget import drain_limits
+    from aifactory.health.tasks import HostPlan, expected_checks
+    from aifactory.plan import plan_site
+    from aifactory.runtime.health.model import HostTask
+    from aifactory.runtime.health.slurmd_check import read_node_task
+
+    plan = plan_site(LAB, write_lock=False).plan
+    host = next(h for h in plan.hosts if h.role == "cpu")
+    task = HostTask.from_dict({"host": host.name, "level": "quick", "paths": ["/"], "storage": ["/srv/lake"]})
+    limits = drain_limits(plan, None)
+    host_plan = HostPlan(host, task, {}, expected_checks(task, collective=False))
+    path = tmp_path / "node-task.json"
+    path.write_text(json.dumps(node_task_document(host_plan, limits)))
+    read = read_node_task(path)
+    assert (read.task, read.limits, read.expected) == (task, limits, host_plan.expected)
+    assert read.limits is not None and read.limits.pool_of[host.name] == "cpu"
+
+
+@pytest.mark.parametrize(
+    "limits",
+    [
+        {"pool_of": {NODE: "cpu"}, "pools": {}, "site": 1},
+        {"pool_of": {NODE: "cpu"}, "pools": {"cpu": -1}, "site": 1},
+        {"pool_of": {NODE: "cpu"}, "pools": {"cpu": True}, "site": 1},
+        {"pool_of": {NODE: "cpu"}, "pools": {"cpu": 1}},
+    ],
+    ids=["pool-without-limit", "negative", "bool", "no-site"],
+)
+def test_a_bad_drain_budget_in_the_task_file_is_a_clear_error(tmp_path: Path, limits: dict[str, Any]) -> None:
+    done, updates = _check(tmp_path, [], f"NodeName={NODE} State=IDLE Partitions=cpu", limits)
+    assert done.returncode != 0 and updates == []
+    assert "is not a node health task" in done.stderr and "Traceback" not in done.stderr

@@ -10,7 +10,16 @@ when aifactory drained it, by the gate's rule (aifactory.health.slurm.decide_nod
 munge or slurmd died cannot run this: the control host's runs catch those.
 
 The task file holds the node's HostTask and how it is judged: {"task": ..., "thresholds": ...,
-"expected": [...]} (thresholds and expected checks as the policy takes them).
+"expected": [...], "drain_limits": ...} (thresholds and expected checks as the policy takes them;
+the site's drain budget resolved against the plan, as the gate uses it). `node_task_document` in
+aifactory.health.tasks writes it from the plan.
+
+The drain budget holds here too: a fault every node shares (the site storage) makes every node's own
+check fail at once, and each would drain itself. Before draining, the node counts the nodes aifactory
+holds drained (`scontrol show node`, every node) against its pool's and the site's limits; past them
+it stays in service and says so (the control host's runs raise the site's incident). Without
+`drain_limits` in the task file the node never drains itself: fail safe for the site's capacity, as a
+missing budget must not mean an unlimited one.
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ from typing import Any
 
 from aifactory.console import DEBUG_HELP, UsageParser, run_console
 from aifactory.errors import UsageError
+from aifactory.health.budget import BudgetLedger, DrainLimits
 from aifactory.health.run import decide, health_policy
 from aifactory.health.slurm import NodeState, decide_node, parse_show_node
 from aifactory.runtime.health.model import HostTask
@@ -39,6 +49,7 @@ class NodeTask:
     task: HostTask
     thresholds: dict[str, Any]
     expected: tuple[str, ...]
+    limits: DrainLimits | None  # None: an older task file; the node then never drains itself
 
 
 @dataclass(frozen=True)
@@ -65,6 +76,7 @@ def read_node_task(path: Path) -> NodeTask:
             HostTask.from_dict({**data["task"], "level": "quick"}),
             dict(data["thresholds"]),
             tuple(str(check) for check in data["expected"]),
+            DrainLimits.from_dict(data["drain_limits"]) if data.get("drain_limits") is not None else None,
         )
     except OSError as exc:
         raise UsageError(f"cannot read the node's health task {path}: {exc.strerror}") from exc
@@ -86,16 +98,35 @@ def check_node(node_task: NodeTask, client: LocalSlurm) -> dict[str, Any]:
     }
     verdict = decide(health_policy(), task.host, facts)
     shown = checked(
-        client.run(["scontrol", "--oneliner", "show", "node", task.host]), "scontrol show node", client.where
+        client.run(["scontrol", "--oneliner", "show", "node"]), "scontrol show node", client.where
     )
-    node = parse_show_node(shown).get(task.host, NodeState(task.host, "", ""))
+    states = parse_show_node(shown)
+    node = states.get(task.host, NodeState(task.host, "", ""))
     action = decide_node(task.host, verdict.verdict, verdict.reasons, node, node_task.expected)
+    if action.pop("new_drain", False) and not _within_budget(task.host, states, node_task.limits):
+        action = {
+            "host": task.host,
+            "action": "none",
+            "why": "over the drain budget: left in service (the control host's runs raise the incident)"
+            if node_task.limits is not None
+            else "no drain budget in the task file: this node does not drain itself",
+            "reason": action["reason"],
+            "over_budget": True,
+        }
     settings = action.pop("settings", None)
-    action.pop("new_drain", None)
     if settings:
         argv = ["scontrol", "update", f"nodename={task.host}", *settings]
         checked(client.run(argv), " ".join(argv[:3]), client.where)
     return {"host": task.host, "verdict": verdict.verdict, "reasons": verdict.reasons, "slurm": action}
+
+
+def _within_budget(host: str, states: dict[str, NodeState], limits: DrainLimits | None) -> bool:
+    """Whether one more drain (this node's) fits its pool's and the site's budgets, counting every
+    node aifactory holds drained now."""
+    if limits is None:
+        return False
+    held = [name for name, state in states.items() if state.drained_by_us and name != host]
+    return BudgetLedger(limits, held).take(host)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
