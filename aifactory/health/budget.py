@@ -108,6 +108,7 @@ class BudgetLedger:
 
     def __init__(self, limits: DrainLimits, held: Sequence[str]) -> None:
         self.limits = limits
+        self.held_nodes = tuple(held)
         self.held: dict[str, int] = {SITE: 0}
         for name in held:
             self._count(name)

@@ -5,7 +5,7 @@ the control host (aifactory.scheduler.slurm)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -125,12 +125,11 @@ def _within_budget(
     """Turn the new drains past the budget into `none` (the host stays in service) and say why. Held
     against the budget: every node aifactory drained that this run does not resume, checked or not."""
     resumed = {name for name, action in decided.items() if action["action"] == "resume"}
-    held = [n.name for n in states.values() if n.drained_by_us and n.name not in resumed]
-    ledger = BudgetLedger(limits, held)
+    ledger = budget_ledger(states, limits, released=resumed)
     failing = {
         h.name: h.reasons or ["unknown"] for h in run.hosts if h.name in decided and h.verdict != "admit"
     }
-    drained, spared = [n for n in held if n in failing], []
+    drained, spared = [n for n in ledger.held_nodes if n in failing], []
     for name, action in decided.items():
         if not action.get("new_drain"):
             continue
@@ -148,6 +147,16 @@ def _within_budget(
     for action in decided.values():
         action.pop("new_drain", None)
     return incident_for(ledger, failing, drained, spared)
+
+
+def budget_ledger(
+    states: dict[str, NodeState], limits: DrainLimits, *, released: Collection[str] = ()
+) -> BudgetLedger:
+    """The drain budget as Slurm stands: every node aifactory holds drained counts against it, but
+    the `released` ones (resumed by this run). The gate and the node's own check both count so."""
+    return BudgetLedger(
+        limits, [n.name for n in states.values() if n.drained_by_us and n.name not in released]
+    )
 
 
 def _record_admitted(client: SlurmClient, names: list[str]) -> None:

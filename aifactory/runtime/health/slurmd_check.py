@@ -33,9 +33,9 @@ from typing import Any
 
 from aifactory.console import DEBUG_HELP, UsageParser, run_console
 from aifactory.errors import UsageError
-from aifactory.health.budget import BudgetLedger, DrainLimits
+from aifactory.health.budget import DrainLimits
 from aifactory.health.run import decide, health_policy
-from aifactory.health.slurm import NodeState, decide_node, parse_show_node
+from aifactory.health.slurm import NodeState, budget_ledger, decide_node, parse_show_node
 from aifactory.runtime.health.model import HostTask
 from aifactory.runtime.health.node import run_checks
 from aifactory.scheduler.slurm import checked
@@ -125,8 +125,7 @@ def _within_budget(host: str, states: dict[str, NodeState], limits: DrainLimits 
     node aifactory holds drained now."""
     if limits is None:
         return False
-    held = [name for name, state in states.items() if state.drained_by_us and name != host]
-    return BudgetLedger(limits, held).take(host)
+    return budget_ledger(states, limits, released={host}).take(host)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
