@@ -150,8 +150,48 @@ reasons contains "storage-read" if _crossed("storage-read")
 # custom:
 #   controls: [SI-6, SC-7]
 #   severity: high
-#   remediation: Check the host's links, cabling and switch ports on that fabric.
-reasons contains "fabric-unreachable" if _crossed("fabric-unreachable")
+#   remediation: Check the host's links, cabling and switch ports on that fabric; when a peer's own link is down, that peer is the one to fix.
+reasons contains "fabric-unreachable" if {
+	some m in input.measurements
+	m.check == "fabric-unreachable"
+	m.value != null
+	not _within(m.value, input.thresholds["fabric-unreachable"])
+	not _explained_by_peer_links(m)
+}
+
+# Peers whose own link on the fabric is down (input.fabric.links_down, from their own link-up
+# checks) explain as many unreachable peers there, while this host's own link on it is up: the
+# fault is theirs, and draining every host that cannot reach them would drain the whole fabric.
+_explained_by_peer_links(m) if {
+	not _own_link_down(m.subject)
+	down := {link.host |
+		some link in object.get(input, ["fabric", "links_down"], [])
+		link.fabric == m.subject
+		link.host != input.host
+	}
+	count(down) >= m.value
+}
+
+_own_link_down(fabric) if {
+	some m in input.measurements
+	m.check == "link-up"
+	m.subject == fabric
+	not _link_is_up(m)
+}
+
+_link_is_up(m) if {
+	m.value != null
+	_within(m.value, input.thresholds["link-up"])
+}
+
+# METADATA
+# title: Link down
+# description: Every interface the plan gives the host is administratively up and operational.
+# custom:
+#   controls: [SI-6, SC-7]
+#   severity: high
+#   remediation: Bring the interface up (ip link set dev IF up) and check its cable, transceiver and switch port.
+reasons contains "link-up" if _crossed("link-up")
 
 # METADATA
 # title: Link bandwidth

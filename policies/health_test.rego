@@ -76,6 +76,11 @@ _thresholds := {
 		"unit": "",
 		"value": 0
 	},
+	"link-up": {
+		"op": ">=",
+		"unit": "",
+		"value": 1
+	},
 	"inodes-free": {
 		"op": ">=",
 		"unit": "",
@@ -129,6 +134,7 @@ _healthy := [{"check": c, "subject": "host", "value": v, "unit": "", "raw": "", 
 	"gpu-power-limit": 700,
 	"gpu-xid-events": 0,
 	"inodes-free": 90,
+	"link-up": 1,
 	"memory-available": 50,
 	"service-running": 1,
 	"storage-mounted-rw": 1,
@@ -265,6 +271,48 @@ test_fabric_unreachable_crossed if {
 test_fabric_unreachable_at_threshold_passes if {
 	d := _decide(_host(_with("fabric-unreachable", 0)))
 	d.verdict == "admit"
+}
+
+test_link_up_crossed if {
+	d := _decide(_host(_with("link-up", 0)))
+	d.verdict == "drain"
+	d.reasons == ["link-up"]
+}
+
+test_link_up_at_threshold_passes if {
+	d := _decide(_host(_with("link-up", 1)))
+	d.verdict == "admit"
+}
+
+# The unreachable peer's own link is down: its fault, not this host's.
+test_fabric_unreachable_excused_by_a_peer_link_down if {
+	doc := object.union(_host(_with("fabric-unreachable", 1)), {"fabric": {"links_down": [{"host": "n2", "fabric": "host"}]}})
+	d := _decide(doc)
+	d.verdict == "admit"
+	d.failures == {{"check": "fabric-unreachable", "subject": "host", "value": 1, "unit": "", "threshold": _thresholds["fabric-unreachable"]}}
+}
+
+# One peer's link down explains one unreachable peer, not two.
+test_fabric_unreachable_past_the_peers_links_down if {
+	doc := object.union(_host(_with("fabric-unreachable", 2)), {"fabric": {"links_down": [{"host": "n2", "fabric": "host"}]}})
+	d := _decide(doc)
+	d.reasons == ["fabric-unreachable"]
+}
+
+# A link down on another fabric explains nothing here.
+test_fabric_unreachable_not_excused_by_another_fabric if {
+	doc := object.union(_host(_with("fabric-unreachable", 1)), {"fabric": {"links_down": [{"host": "n2", "fabric": "storage"}]}})
+	d := _decide(doc)
+	d.reasons == ["fabric-unreachable"]
+}
+
+# The host whose own link is down fails both, whoever else is down.
+test_fabric_unreachable_with_own_link_down if {
+	measurements := [m | some m0 in _with("link-up", 0); m := _replace(m0, "fabric-unreachable", 1)]
+	doc := object.union(_host(measurements), {"fabric": {"links_down": [{"host": "n1", "fabric": "host"}, {"host": "n2", "fabric": "host"}]}})
+	d := _decide(doc)
+	d.verdict == "drain"
+	d.reasons == ["fabric-unreachable", "link-up"]
 }
 
 test_tcp_bandwidth_crossed if {

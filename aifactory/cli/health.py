@@ -4,13 +4,26 @@ Slurm (docs/health.md)."""
 from __future__ import annotations
 
 import argparse
+import json
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from types import FrameType
+from typing import TYPE_CHECKING, Any
 
 from aifactory.cli.output import emit_json, table
-from aifactory.errors import ExitCode
+from aifactory.errors import AifactoryError, ExitCode
 
-EXAMPLES = {"health": "aifactory health lab/site.yaml --level standard --hosts lab-cpu-001,lab-cpu-002"}
+if TYPE_CHECKING:
+    from aifactory.health.gate import GateResult
+
+EXAMPLES = {
+    "health": "aifactory health lab/site.yaml --level standard --hosts lab-cpu-001,lab-cpu-002\n"
+    "  aifactory health lab/site.yaml --every 60   # the control host's continuous checks"
+}
 EXIT_CODES = {"health": (0, 1, 2, 3, 4, 5, 70, 130)}
 
 
@@ -44,7 +57,25 @@ def register(
     health.add_argument(
         "--no-slurm", action="store_true", help="judge and record only; change nothing in Slurm"
     )
+    health.add_argument(
+        "--every",
+        type=_seconds,
+        metavar="SECONDS",
+        help="run again every SECONDS until stopped (the control host's continuous checks, e.g. under "
+        "a systemd service; one line per run; a run that fails to run is reported and the next one "
+        "goes ahead): exit 0 when stopped",
+    )
     health.set_defaults(handler=cmd_health)
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 1 <= value <= 86400:
+        raise argparse.ArgumentTypeError(f"{text} s: use 1 to 86400 seconds")
+    return value
 
 
 def cmd_health(args: argparse.Namespace) -> int:
@@ -55,15 +86,21 @@ def cmd_health(args: argparse.Namespace) -> int:
 
     planned = plan_site(args.site, write_lock=False)
     hosts = [name.strip() for name in args.hosts.split(",") if name.strip()] if args.hosts else None
-    gate = health_gate(
-        planned,
-        connection=site_connection(planned.plan.name),
-        state=SiteState.for_site(planned.plan.name),
-        level=args.level,
-        host_names=hosts,
-        runtime_prefix=args.runtime_prefix,
-        slurm=not args.no_slurm,
-    )
+
+    def one_run() -> GateResult:
+        return health_gate(
+            planned,
+            connection=site_connection(planned.plan.name),
+            state=SiteState.for_site(planned.plan.name),
+            level=args.level,
+            host_names=hosts,
+            runtime_prefix=args.runtime_prefix,
+            slurm=not args.no_slurm,
+        )
+
+    if args.every is not None:
+        return _continuously(one_run, args.every, args.format == "json")
+    gate = one_run()
     run, evidence = gate.run, gate.evidence
     if args.format == "json":
         emit_json({**run.as_dict(), "evidence": evidence.as_dict()})
@@ -107,3 +144,50 @@ def _print(run: dict[str, Any], evidence: dict[str, str]) -> None:
     if run["incident"] is not None:
         print(f"INCIDENT: {run['incident']['message']}")
     print(f"evidence: {evidence['report']} (signed: {evidence['signature']})")
+
+
+def _continuously(one_run: Callable[[], GateResult], every: float, as_json: bool) -> int:
+    """One run every `every` seconds (from each run's start; a run longer than that is followed at
+    once) until SIGTERM or SIGINT, which let the run in progress finish its Slurm changes and
+    evidence. A run that cannot be made is reported and the next one goes ahead."""
+    stop = threading.Event()
+
+    def stop_after_this_run(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    previous = {sig: signal.signal(sig, stop_after_this_run) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        while not stop.is_set():
+            started = time.monotonic()
+            print(_round_line(one_run, as_json), flush=True)
+            stop.wait(max(0.0, every - (time.monotonic() - started)))
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 0
+
+
+def _round_line(one_run: Callable[[], GateResult], as_json: bool) -> str:
+    at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    try:
+        gate = one_run()
+    except AifactoryError as exc:  # e.g. Slurm did not answer, or the site lock is held
+        if as_json:
+            return json.dumps({"at": at, "error": str(exc)}, sort_keys=True)
+        print(f"{at} run not made: {exc}", file=sys.stderr, flush=True)
+        return f"{at} run not made (see the error above)"
+    run = gate.run.as_dict()
+    if as_json:
+        return json.dumps({"at": at, **run, "evidence": gate.evidence.as_dict()}, sort_keys=True)
+    summary = run["summary"]
+    parts = [
+        f"{at} {run['level']}: {summary['hosts']} hosts, {summary['admitted']} admitted, "
+        f"{summary['drained']} drain, {summary['kept_out']} keep-out"
+    ]
+    for host in run["hosts"]:
+        if host["verdict"] != "admit":
+            parts.append(f"{host['host']} {host['verdict']} ({', '.join(host['reasons']) or host['error']})")
+    parts += [f"slurm {a['action']} {a['host']}" for a in run["slurm"] if a["action"] != "none"]
+    if run["incident"] is not None:
+        parts.append(f"INCIDENT {run['incident']['message']}")
+    return "; ".join(parts)

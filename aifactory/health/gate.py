@@ -11,6 +11,7 @@ from pathlib import Path
 from aifactory.connection import Connection
 from aifactory.health.budget import drain_limits
 from aifactory.health.evidence import Evidence, write_evidence
+from aifactory.health.node_tasks import install_node_tasks
 from aifactory.health.run import HealthRun, run_health
 from aifactory.health.slurm import apply_verdicts
 from aifactory.plan import PlannedSite
@@ -70,6 +71,16 @@ def health_gate(
             applied = apply_verdicts(run, client_for(connection), limits)
             run.slurm = applied.actions
             run.incident = applied.incident.as_dict() if applied.incident else None
+            # Each compute node's own check (slurmd's HealthCheckProgram) gets its task from here:
+            # the spec's tightenings and budget are on the control host only.
+            run.node_tasks = install_node_tasks(
+                planned.plan,
+                [h.plan.host for h in run.hosts if h.reachable],
+                connection=connection,
+                limits=limits,
+                python=str(runtime_prefix / "bin" / "python"),
+                tightenings=health.thresholds if health else (),
+            )
         evidence = write_evidence(run, state)
         if run.incident is not None:  # the operator log is where an operator looks first
             state.record(

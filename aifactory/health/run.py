@@ -101,6 +101,8 @@ class HealthRun:
     slurm: list[dict[str, Any]] = field(default_factory=list)
     # The drain budget's incident (aifactory.health.budget.Incident.as_dict()), when it was spent.
     incident: dict[str, Any] | None = None
+    # The node task files written for the compute nodes' own checks: host -> installed | unchanged | why not.
+    node_tasks: dict[str, str] = field(default_factory=dict)
 
     @property
     def failed(self) -> list[HostResult]:
@@ -116,6 +118,7 @@ class HealthRun:
             "hosts": [h.as_dict() for h in self.hosts],
             "slurm": self.slurm,
             "incident": self.incident,
+            "node_tasks": self.node_tasks,
             "summary": {
                 "hosts": len(self.hosts),
                 "admitted": sum(1 for h in self.hosts if h.verdict == "admit"),
@@ -157,7 +160,10 @@ def run_health(
     hosts = choose_hosts(plan, host_names)
     run = HealthRun(plan.name, level, _now())
     run.hosts = [
-        HostResult(p) for p in plan_hosts(plan, hosts, level=level, connection=connection, table=table)
+        HostResult(p)
+        for p in plan_hosts(
+            plan, hosts, level=level, connection=connection, table=table, tightenings=tightenings
+        )
     ]
     python = str(runtime_prefix / "bin" / "python")
     with ThreadPoolExecutor(max_workers=min(MAX_PARALLEL, max(1, len(run.hosts)))) as pool:
@@ -278,7 +284,20 @@ def _allreduce(
     result.measurements.append(measurement)
 
 
-def policy_input(result: HostResult, pool_members: list[HostResult]) -> dict[str, Any]:
+def links_down(results: list[HostResult]) -> list[dict[str, str]]:
+    """Every host's own links found down (or unreadable), by fabric: what explains a peer that
+    cannot be reached on that fabric (policies/health.rego). A host that did not answer at all
+    counts as down on every fabric it is on: its peers failing to reach it is its fault."""
+    down = {
+        (r.name, m.subject) for r in results for m in r.measurements if m.check == "link-up" and not m.value
+    }
+    down |= {(r.name, i.fabric) for r in results if not r.reachable for i in r.plan.host.interfaces}
+    return [{"host": host, "fabric": fabric} for host, fabric in sorted(down)]
+
+
+def policy_input(
+    result: HostResult, pool_members: list[HostResult], down: list[dict[str, str]] | None = None
+) -> dict[str, Any]:
     bandwidth = []
     for member in pool_members:
         threshold = member.plan.thresholds.get("tcp-bandwidth")
@@ -295,6 +314,7 @@ def policy_input(result: HostResult, pool_members: list[HostResult]) -> dict[str
         "thresholds": result.plan.policy_thresholds(),
         "expected": list(result.plan.expected),
         "pool": {"bandwidth": bandwidth},
+        "fabric": {"links_down": down or []},
     }
 
 
@@ -324,7 +344,8 @@ def decide(backend: PolicyBackend, host: str, facts: dict[str, Any]) -> Verdict:
 
 def _judge(results: list[HostResult]) -> None:
     backend = health_policy()
+    down = links_down(results)
     for result in results:
         members = [r for r in results if r.plan.host.pool == result.plan.host.pool]
-        verdict = decide(backend, result.name, policy_input(result, members))
+        verdict = decide(backend, result.name, policy_input(result, members, down))
         result.verdict, result.reasons, result.failures = verdict.verdict, verdict.reasons, verdict.failures

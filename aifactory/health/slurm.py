@@ -9,10 +9,9 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from aifactory.errors import HealthError
 from aifactory.health.budget import BudgetLedger, DrainLimits, Incident, incident_for
 from aifactory.health.run import HealthRun
-from aifactory.health.tasks import COMPUTE_ROLES, HostPlan
+from aifactory.health.tasks import COMPUTE_ROLES
 from aifactory.scheduler.slurm import SlurmClient, checked
 
 REASON_PREFIX = "aifactory-health:"
@@ -207,16 +206,3 @@ def decide_node(
 def _update(client: SlurmClient, name: str, *settings: str) -> None:
     argv = ["scontrol", "update", f"nodename={name}", *settings]
     checked(client.run(argv), " ".join(argv[:3]), client.where)
-
-
-def node_task_document(host_plan: HostPlan, limits: DrainLimits) -> dict[str, Any]:
-    """The task file of a node's own check (aifactory.runtime.health.slurmd_check, slurmd's
-    HealthCheckProgram): its quick task, how the policy judges it, and the site's drain budget."""
-    if host_plan.task.level != "quick":
-        raise HealthError("a node's own check runs the quick level", code="health-node-task")
-    return {
-        "task": host_plan.task.as_dict(),
-        "thresholds": host_plan.policy_thresholds(),
-        "expected": list(host_plan.expected),
-        "drain_limits": limits.as_dict(),
-    }

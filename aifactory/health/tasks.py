@@ -15,10 +15,15 @@ from aifactory.health.thresholds import (
     tightened,
 )
 from aifactory.plan.model import Host, SitePlan
-from aifactory.runtime.health.model import HostTask, Level, Peer
+from aifactory.runtime.health.model import HostTask, Level, Link, Peer
 from aifactory.spec.model import HealthThreshold
 
 COMPUTE_ROLES = ("gpu", "cpu")  # the hosts Slurm schedules on
+# The runtime role's inference service (runtime_service_name): checked where deploy installed it.
+RUNTIME_SERVICE = "aifactory-serve"
+# Disk and inode headroom: the root, /var (logs, spools, the runtime's state) and /tmp (jobs' and
+# tools' scratch: a full /tmp fails jobs as surely as a full root).
+CHECKED_PATHS = ("/", "/var", "/tmp")
 IPERF_PORT = 5201
 FIO_SIZE_MIB = {"quick": 32, "standard": 64, "burn-in": 1024}
 
@@ -108,11 +113,13 @@ def plan_hosts(
             host=host.name,
             level=level,
             services=services,
+            deployed_services=(RUNTIME_SERVICE,),
             service_manager=connection.services.manager,
             service_command=connection.services.command,
-            paths=("/", "/var"),
+            paths=CHECKED_PATHS,
             storage=tuple(sorted({mount.path for mount in host.mounts})),
             peers=peers_of(plan, host),
+            links=tuple(Link(i.fabric, i.name) for i in host.interfaces),
             bandwidth_peer=pair[0] if pair else None,
             bandwidth_listen=pair[1] if pair else None,
             iperf_port=IPERF_PORT,
@@ -131,10 +138,14 @@ def expected_checks(task: HostTask, *, collective: bool) -> tuple[str, ...]:
     checks = ["clock-offset", "disk-free", "inodes-free", "memory-available"]
     if task.services:
         checks.append("service-running")
+    if task.links:
+        checks.append("link-up")
     if task.peers:
         checks.append("fabric-unreachable")
     if task.storage:
-        checks += ["storage-mounted-rw", "storage-write", "storage-read"]
+        checks.append("storage-mounted-rw")
+        if task.fio_size_mib > 0:
+            checks += ["storage-write", "storage-read"]
     if task.bandwidth_peer is not None:
         checks.append("tcp-bandwidth")
     if collective:

@@ -87,3 +87,59 @@ def test_a_missing_tool_is_a_failed_measurement() -> None:
     )
     (found,) = probes.service_state(task)
     assert found.value is None and "not installed" in (found.error or "")
+
+
+def test_deployed_services_are_checked_where_their_unit_is_installed(tmp_path: Path) -> None:
+    """The runtime's server counts only on a host where deploy installed its unit (the scheduler's
+    own lab runs health before any deploy); there, not running is a failure like any service."""
+    task = HostTask(
+        host="n1",
+        level="quick",
+        services=(),
+        deployed_services=("aifactory-serve",),
+        service_manager="supervised",
+        service_command="false",
+    )
+    assert probes.service_state(task, unit_dir=tmp_path) == []
+    (tmp_path / "aifactory-serve.service").write_text("[Service]\nExecStart=/bin/true\n")
+    (found,) = probes.service_state(task, unit_dir=tmp_path)
+    assert (found.check, found.subject, found.value) == ("service-running", "aifactory-serve", 0.0)
+
+
+@pytest.mark.skipif(shutil.which("ip") is None, reason="needs iproute2")
+def test_link_state_reads_up_and_carrier_in_a_namespace() -> None:
+    """A veth pair in a throwaway network namespace (root; no address, no route): both ends up and
+    running; one end down: it reads down, and its peer up but without carrier reads down too."""
+    netns = "aif-test-links"
+    subprocess.run(["ip", "netns", "del", netns], capture_output=True, check=False)
+    subprocess.run(["ip", "netns", "add", netns], check=True)
+    try:
+
+        def ip(*argv: str) -> None:
+            subprocess.run(["ip", "-n", netns, *argv], check=True)
+
+        def states() -> dict[str, float | None]:
+            program = (
+                "import json\n"
+                "from aifactory.runtime.health import probes\n"
+                "from aifactory.runtime.health.model import HostTask, Link\n"
+                "links = (Link('a', 'va'), Link('b', 'vb'), Link('c', 'nosuch0'))\n"
+                "task = HostTask('n1', 'quick', links=links)\n"
+                "print(json.dumps({m.subject: m.value for m in probes.link_state(task)}))\n"
+            )
+            done = subprocess.run(
+                ["ip", "netns", "exec", netns, sys.executable, "-c", program],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            return dict(json.loads(done.stdout))
+
+        ip("link", "add", "va", "type", "veth", "peer", "name", "vb")
+        ip("link", "set", "va", "up")
+        ip("link", "set", "vb", "up")
+        assert states() == {"a": 1.0, "b": 1.0, "c": None}
+        ip("link", "set", "vb", "down")
+        assert states() == {"a": 0.0, "b": 0.0, "c": None}
+    finally:
+        subprocess.run(["ip", "netns", "del", netns], capture_output=True, check=False)

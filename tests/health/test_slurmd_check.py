@@ -11,14 +11,16 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from aifactory.health.slurm import node_task_document
+from aifactory.health.node_tasks import node_task_document
 
 NODE = "lab-cpu-001"
+NODE_CHECK = "aifactory.runtime.health.slurmd_check"
 LAB = Path(__file__).resolve().parents[2] / "inventory" / "lab" / "site.yaml"
 SCONTROL = """#!/bin/sh
 # stand-in for scontrol (see the test module): show node from $STATE, record updates in $UPDATES
@@ -88,10 +90,18 @@ def test_a_failing_node_drains_itself_with_the_gates_reason_and_imports_no_torch
 
 @pytest.mark.parametrize(
     ("reason", "resumed"),
-    [("aifactory-health: storage-mounted-rw", True), ("disk swap, ticket 42", False)],
-    ids=["aifactory-drain", "operator-drain"],
+    [
+        ("aifactory-health: disk-free", True),
+        ("disk swap, ticket 42", False),
+        ("aifactory-health: admission", False),
+        ("aifactory-health: fabric-unreachable", False),
+        ("aifactory-health: disk-free,host-unreachable", False),
+    ],
+    ids=["aifactory-drain", "operator-drain", "admission", "peer-check", "partly-unchecked"],
 )
 def test_a_passing_node_resumes_only_aifactorys_drain(tmp_path: Path, reason: str, resumed: bool) -> None:
+    """A pass lifts aifactory's drain only when the node checked every reason of it itself: never an
+    operator's drain, the admission (the control host's standard run admits) or a peer's check."""
     state = f"NodeName={NODE} State=IDLE+DRAIN Partitions=cpu Reason={reason} [root@2026-12-02T01:00:00]"
     done, updates = _check(tmp_path, [], state)
     assert done.returncode == 0, done.stderr
@@ -166,8 +176,35 @@ def test_the_node_task_document_is_what_the_node_check_reads(tmp_path: Path) -> 
     path = tmp_path / "node-task.json"
     path.write_text(json.dumps(node_task_document(host_plan, limits)))
     read = read_node_task(path)
-    assert (read.task, read.limits, read.expected) == (task, limits, host_plan.expected)
+    assert (read.task, read.limits) == (replace(task, fio_size_mib=0), limits)
+    assert read.expected == ("disk-free", "inodes-free", "memory-available", "storage-mounted-rw")
     assert read.limits is not None and read.limits.pool_of[host.name] == "cpu"
+
+
+def test_the_node_task_leaves_what_needs_a_peer_to_the_control_host() -> None:
+    """From the plan's own quick task: no reachability, no bandwidth ring (a node alone cannot tell
+    its fault from its peer's), the clock not expected (chronyd may not answer); its own links,
+    services, the runtime's server and storage kept, with their thresholds."""
+    from aifactory.connection import ssh_connection
+    from aifactory.health.budget import drain_limits
+    from aifactory.health.tasks import plan_hosts
+    from aifactory.health.thresholds import load_table
+    from aifactory.plan import plan_site
+
+    plan = plan_site(LAB, write_lock=False).plan
+    hosts = [h for h in plan.hosts if h.role == "cpu"]
+    (full, _) = plan_hosts(plan, hosts, level="quick", connection=ssh_connection(), table=load_table())
+    assert full.task.peers and full.task.bandwidth_peer is not None
+    document = node_task_document(full, drain_limits(plan, None))
+    task = json.loads(json.dumps(document["task"]))  # as the node reads it
+    assert (task["peers"], task["bandwidth_peer"], task["bandwidth_listen"]) == ([], None, None)
+    assert {"fabric-unreachable", "tcp-bandwidth", "clock-offset", "storage-write"}.isdisjoint(
+        document["expected"]
+    )
+    assert {"link-up", "service-running", "storage-mounted-rw", "disk-free"} <= set(document["expected"])
+    assert set(document["expected"]) <= set(document["thresholds"])
+    assert task["deployed_services"] == ["aifactory-serve"]
+    assert {link["fabric"] for link in task["links"]} == {"mgmt", "compute"}
 
 
 @pytest.mark.parametrize(
@@ -184,3 +221,26 @@ def test_a_bad_drain_budget_in_the_task_file_is_a_clear_error(tmp_path: Path, li
     done, updates = _check(tmp_path, [], f"NodeName={NODE} State=IDLE Partitions=cpu", limits)
     assert done.returncode != 0 and updates == []
     assert "is not a node health task" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_the_control_host_installs_a_task_only_when_it_changed(tmp_path: Path) -> None:
+    """`--install` (what the gate runs on each node) checks the document, writes it atomically with
+    mode 0644 and says whether it changed; a document that is not a task is refused, file untouched."""
+    target = tmp_path / "etc" / "node-task.json"
+    document = json.dumps({"task": {"host": NODE, "level": "quick"}, "thresholds": {}, "expected": []})
+
+    def install(text: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", NODE_CHECK, "--install", "--task", f"{target}"],
+            input=text,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+
+    first, second = install(document), install(document)
+    assert (json.loads(first.stdout), json.loads(second.stdout)) == ({"changed": True}, {"changed": False})
+    assert target.read_text() == document and target.stat().st_mode & 0o777 == 0o644
+    refused = install('{"task": "$(reboot)"}')
+    assert refused.returncode != 0 and "is not a node health task" in refused.stderr
+    assert "Traceback" not in refused.stderr and target.read_text() == document

@@ -50,17 +50,29 @@ class Peer:
 
 
 @dataclass(frozen=True)
+class Link:
+    """One planned interface of the host: its fabric and the Linux name the plan gives it."""
+
+    fabric: str
+    interface: str
+
+
+@dataclass(frozen=True)
 class HostTask:
     """What one host checks, worked out from the plan by the control host."""
 
     host: str
     level: Level
     services: tuple[str, ...] = ()
+    # Services checked where deploy installed their unit (/etc/systemd/system/NAME.service): the
+    # runtime's server, absent on a host the scheduler runs on before any deploy.
+    deployed_services: tuple[str, ...] = ()
     service_manager: str = "systemd"  # or "supervised", with service_command
     service_command: str | None = None
     paths: tuple[str, ...] = ("/",)  # disk and inode headroom
     storage: tuple[str, ...] = ()  # site storage mount paths: mounted rw, fio throughput
     peers: tuple[Peer, ...] = ()  # reachability, every fabric
+    links: tuple[Link, ...] = ()  # the host's own planned interfaces: administratively up and running
     bandwidth_peer: Peer | None = None  # iperf3 client target
     bandwidth_listen: str | None = None  # own address the iperf3 server listens on
     iperf_port: int = 5201
@@ -77,9 +89,10 @@ class HostTask:
     def from_dict(cls, data: dict[str, Any]) -> HostTask:
         values = dict(data)
         values["peers"] = tuple(Peer(**p) for p in values.get("peers", ()))
+        values["links"] = tuple(Link(**link) for link in values.get("links", ()))
         bandwidth = values.get("bandwidth_peer")
         values["bandwidth_peer"] = Peer(**bandwidth) if bandwidth else None
-        for key in ("services", "paths", "storage"):
+        for key in ("services", "deployed_services", "paths", "storage"):
             values[key] = tuple(values.get(key, ()))
         if values.get("level") not in LEVELS:
             raise ValueError(f"unknown level {values.get('level')!r}")

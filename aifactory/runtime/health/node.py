@@ -36,6 +36,7 @@ def run_checks(task: HostTask) -> list[Measurement]:
         found += probes.service_state(task)
         found += probes.disk_headroom(task)
         found += probes.memory_available()
+        found += probes.link_state(task)
         found += probes.reachability(task)
         found += probes.storage_checks(task)
         found += gpu.gpu_checks(task)

@@ -6,17 +6,19 @@ measure returns a measurement with no value and the reason; the policy never pas
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from aifactory.runtime.health.model import HostTask, Measurement, Peer, clipped
+from aifactory.runtime.health.model import HostTask, Link, Measurement, Peer, clipped
 
 TOOL_TIMEOUT_S = 60.0
 CONNECT_TIMEOUT_S = 2.0
@@ -25,6 +27,13 @@ IPERF_CONNECT_DEADLINE_S = 30.0  # the peer starts its server at the same moment
 # How long our server waits, once our own checks are done, for the peer measuring towards us: the
 # peer's measurement is its first check, so only a peer that failed to start takes this long.
 SERVER_GRACE_S = 90.0
+# Where deploy writes service units, under systemd and under the lab's supervisor alike.
+UNIT_DIR = Path("/etc/systemd/system")
+# netdevice(7): SIOCGIFFLAGS reads an interface's flags; IFF_UP is "administratively up", IFF_RUNNING
+# "operational" (the link has carrier: a veth whose peer is down is up but not running).
+SIOCGIFFLAGS = 0x8913
+IFF_UP = 0x1
+IFF_RUNNING = 0x40
 
 
 def run_tool(argv: Sequence[str], *, timeout: float = TOOL_TIMEOUT_S) -> tuple[int, str]:
@@ -40,10 +49,12 @@ def run_tool(argv: Sequence[str], *, timeout: float = TOOL_TIMEOUT_S) -> tuple[i
     return done.returncode, done.stdout + done.stderr
 
 
-def service_state(task: HostTask) -> list[Measurement]:
-    """1 for each expected service that runs, 0 for one that does not."""
+def service_state(task: HostTask, unit_dir: Path = UNIT_DIR) -> list[Measurement]:
+    """1 for each expected service that runs, 0 for one that does not; a deployed service (the
+    runtime's server) is expected where its unit is installed."""
     found = []
-    for name in task.services:
+    deployed = [name for name in task.deployed_services if (unit_dir / f"{name}.service").is_file()]
+    for name in (*task.services, *deployed):
         if task.service_manager == "supervised" and task.service_command:
             argv = [task.service_command, "status", name]
         else:
@@ -125,7 +136,8 @@ def storage_checks(task: HostTask) -> list[Measurement]:
             found.append(Measurement.failed("storage-write", path, "MiB/s", "not mounted read-write", raw))
             found.append(Measurement.failed("storage-read", path, "MiB/s", "not mounted read-write", raw))
             continue
-        found.extend(fio_throughput(path, task.host, task.fio_size_mib))
+        if task.fio_size_mib > 0:  # 0: the node's own check, which leaves throughput to the gate
+            found.extend(fio_throughput(path, task.host, task.fio_size_mib))
     return found
 
 
@@ -187,6 +199,26 @@ def _reaches(peer: Peer) -> tuple[bool, str]:
         return True, "refused (reached)"
     except OSError as exc:
         return False, exc.strerror or type(exc).__name__
+
+
+def link_state(task: HostTask) -> list[Measurement]:
+    """Per planned interface: 1 when it is up and running, 0 when it is down or has no carrier (the
+    subject is its fabric, as for fabric-unreachable, so the policy can tell whose link failed)."""
+    return [_link_up(link) for link in task.links]
+
+
+def _link_up(link: Link) -> Measurement:
+    request = link.interface.encode()[:15].ljust(40, b"\0")  # struct ifreq: the name, then a union
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            answer = fcntl.ioctl(sock.fileno(), SIOCGIFFLAGS, request)
+    except OSError as exc:
+        why = f"{link.interface}: {exc.strerror or type(exc).__name__}"
+        return Measurement.failed("link-up", link.fabric, "bool", why)
+    flags = int.from_bytes(answer[16:18], sys.byteorder)
+    up, running = bool(flags & IFF_UP), bool(flags & IFF_RUNNING)
+    raw = f"{link.interface}: flags 0x{flags:x} ({'UP' if up else 'DOWN'}{',RUNNING' if running else ''})"
+    return Measurement("link-up", link.fabric, 1.0 if up and running else 0.0, "bool", raw)
 
 
 def start_bandwidth_server(task: HostTask) -> subprocess.Popen[str] | None:

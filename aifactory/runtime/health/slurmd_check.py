@@ -11,8 +11,8 @@ munge or slurmd died cannot run this: the control host's runs catch those.
 
 The task file holds the node's HostTask and how it is judged: {"task": ..., "thresholds": ...,
 "expected": [...], "drain_limits": ...} (thresholds and expected checks as the policy takes them;
-the site's drain budget resolved against the plan, as the gate uses it). `node_task_document` in
-aifactory.health.tasks writes it from the plan.
+the site's drain budget resolved against the plan, as the gate uses it). The control host's health
+runs write it (aifactory.health.node_tasks, through `--install`).
 
 The drain budget holds here too: a fault every node shares (the site storage) makes every node's own
 check fail at once, and each would drain itself. Before draining, the node counts the nodes aifactory
@@ -25,7 +25,9 @@ missing budget must not mean an unlimited one.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +37,7 @@ from aifactory.console import DEBUG_HELP, UsageParser, run_console
 from aifactory.errors import UsageError
 from aifactory.health.budget import DrainLimits
 from aifactory.health.run import decide, health_policy
-from aifactory.health.slurm import NodeState, budget_ledger, decide_node, parse_show_node
+from aifactory.health.slurm import NodeState, budget_ledger, decide_node, drained_for, parse_show_node
 from aifactory.runtime.health.model import HostTask
 from aifactory.runtime.health.node import run_checks
 from aifactory.scheduler.slurm import checked
@@ -71,17 +73,40 @@ class LocalSlurm:
 
 def read_node_task(path: Path) -> NodeTask:
     try:
-        data = json.loads(path.read_text())
+        text = path.read_text()
+    except OSError as exc:
+        raise UsageError(f"cannot read the node's health task {path}: {exc.strerror}") from exc
+    return parse_node_task(text, str(path))
+
+
+def parse_node_task(text: str, where: str) -> NodeTask:
+    try:
+        data = json.loads(text)
         return NodeTask(
             HostTask.from_dict({**data["task"], "level": "quick"}),
             dict(data["thresholds"]),
             tuple(str(check) for check in data["expected"]),
             DrainLimits.from_dict(data["drain_limits"]) if data.get("drain_limits") is not None else None,
         )
-    except OSError as exc:
-        raise UsageError(f"cannot read the node's health task {path}: {exc.strerror}") from exc
     except (ValueError, TypeError, KeyError) as exc:
-        raise UsageError(f"{path} is not a node health task: {exc}") from exc
+        raise UsageError(f"{where} is not a node health task: {exc}") from exc
+
+
+def install_node_task(text: str, path: Path) -> bool:
+    """Write the control host's task document to `path` after checking it reads as a task; atomic
+    (a temporary file beside it, then a rename), and only when it changed. Whether it changed."""
+    parse_node_task(text, "the task on standard input")
+    try:
+        if path.is_file() and path.read_text() == text:
+            return False
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+        temporary = path.with_name(f".{path.name}.tmp")
+        temporary.write_text(text)
+        temporary.chmod(0o644)  # no secret in it: what is checked and the thresholds
+        os.replace(temporary, path)
+    except OSError as exc:
+        raise UsageError(f"cannot write the node's health task {path}: {exc.strerror}") from exc
+    return True
 
 
 def check_node(node_task: NodeTask, client: LocalSlurm) -> dict[str, Any]:
@@ -103,6 +128,13 @@ def check_node(node_task: NodeTask, client: LocalSlurm) -> dict[str, Any]:
     states = parse_show_node(shown)
     node = states.get(task.host, NodeState(task.host, "", ""))
     action = decide_node(task.host, verdict.verdict, verdict.reasons, node, node_task.expected)
+    if action["action"] == "resume" and not _lifts(node, node_task.expected):
+        action = {
+            "host": task.host,
+            "action": "none",
+            "why": "drained for what only the control host's runs check: left to them",
+            "was": node.reason,
+        }
     if action.pop("new_drain", False) and not _within_budget(task.host, states, node_task.limits):
         action = {
             "host": task.host,
@@ -118,6 +150,12 @@ def check_node(node_task: NodeTask, client: LocalSlurm) -> dict[str, Any]:
         argv = ["scontrol", "update", f"nodename={task.host}", *settings]
         checked(client.run(argv), " ".join(argv[:3]), client.where)
     return {"host": task.host, "verdict": verdict.verdict, "reasons": verdict.reasons, "slurm": action}
+
+
+def _lifts(node: NodeState, checked_here: Sequence[str]) -> bool:
+    """The node lifts only a drain whose every reason it checked itself: never the admission (the
+    control host's standard run admits), a peer's check or a host-unreachable."""
+    return set(drained_for(node.reason)) <= set(checked_here)
 
 
 def _within_budget(host: str, states: dict[str, NodeState], limits: DrainLimits | None) -> bool:
@@ -141,8 +179,16 @@ def _run(arguments: list[str]) -> int:
     parser.add_argument(
         "--task", type=Path, default=DEFAULT_TASK, help=f"the node's task (default {DEFAULT_TASK})"
     )
+    parser.add_argument(
+        "--install",
+        action="store_true",
+        help="write the task read on standard input to --task (the control host's health run does)",
+    )
     parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     args = parser.parse_args(arguments)
+    if args.install:
+        print(json.dumps({"changed": install_node_task(sys.stdin.read(), args.task)}))
+        return 0
     print(json.dumps(check_node(read_node_task(args.task), LocalSlurm()), sort_keys=True))
     return 0
 
