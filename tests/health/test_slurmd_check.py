@@ -23,8 +23,10 @@ NODE = "lab-cpu-001"
 NODE_CHECK = "aifactory.runtime.health.slurmd_check"
 LAB = Path(__file__).resolve().parents[2] / "inventory" / "lab" / "site.yaml"
 SCONTROL = """#!/bin/sh
-# stand-in for scontrol (see the test module): show node from $STATE, record updates in $UPDATES
+# stand-in for scontrol (see the test module): show node from $STATE ($STATE.after once updated),
+# record updates in $UPDATES
 if [ "$1" = update ]; then echo "$@" >> "$UPDATES"; exit 0; fi
+if [ -s "$UPDATES" ] && [ -f "$STATE.after" ]; then cat "$STATE.after"; exit 0; fi
 cat "$STATE"
 """
 THRESHOLDS = {
@@ -40,13 +42,19 @@ LIMITS = {"pool_of": {NODE: "cpu", "lab-cpu-002": "cpu"}, "pools": {"cpu": 1}, "
 
 
 def _check(
-    tmp_path: Path, storage: list[str], state_line: str, limits: dict[str, Any] | None = LIMITS
+    tmp_path: Path,
+    storage: list[str],
+    state_line: str,
+    limits: dict[str, Any] | None = LIMITS,
+    after: str | None = None,
 ) -> tuple[subprocess.CompletedProcess[str], list[str]]:
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
     (bin_dir / "scontrol").write_text(SCONTROL)
     (bin_dir / "scontrol").chmod(0o755)
     (tmp_path / "state").write_text(state_line + "\n")
+    if after is not None:  # what Slurm shows once this node has drained itself
+        (tmp_path / "state.after").write_text(after + "\n")
     updates = tmp_path / "updates"
     updates.write_text("")
     task = {
@@ -244,3 +252,30 @@ def test_the_control_host_installs_a_task_only_when_it_changed(tmp_path: Path) -
     refused = install('{"task": "$(reboot)"}')
     assert refused.returncode != 0 and "is not a node health task" in refused.stderr
     assert "Traceback" not in refused.stderr and target.read_text() == document
+
+
+@pytest.mark.parametrize(
+    ("other", "kept"),
+    [("lab-cpu-000", False), ("lab-cpu-002", True)],
+    ids=["the-other-sorts-first", "this-one-sorts-first"],
+)
+def test_nodes_that_drain_themselves_at_the_same_moment_keep_only_the_budget(
+    tmp_path: Path, other: str, kept: bool
+) -> None:
+    """Both saw the budget free and drained themselves: reading Slurm again, the budget (1) is
+    overspent; the node whose name sorts first keeps its drain, the other goes back into service."""
+    missing = str(tmp_path / "lake")
+    limits = {"pool_of": {NODE: "cpu", other: "cpu"}, "pools": {"cpu": 1}, "site": 1}
+    reason = "aifactory-health: storage-mounted-rw [root@2026-12-02T01:00:00]"
+    drained = f"State=IDLE+DRAIN Partitions=cpu Reason={reason}"
+    before = f"NodeName={NODE} State=IDLE Partitions=cpu\nNodeName={other} State=IDLE Partitions=cpu"
+    after = f"NodeName={NODE} {drained}\nNodeName={other} {drained}"
+    done, updates = _check(tmp_path, [missing], before, limits, after=after)
+    assert done.returncode == 0, done.stderr
+    drain = f"update nodename={NODE} state=drain reason=aifactory-health: storage-mounted-rw"
+    if kept:
+        assert updates == [drain]
+    else:
+        assert updates == [drain, f"update nodename={NODE} state=resume"]
+        slurm = json.loads(done.stdout)["slurm"]
+        assert slurm["raced"] and slurm["over_budget"] and slurm["action"] == "none"

@@ -135,21 +135,54 @@ def check_node(node_task: NodeTask, client: LocalSlurm) -> dict[str, Any]:
             "why": "drained for what only the control host's runs check: left to them",
             "was": node.reason,
         }
-    if action.pop("new_drain", False) and not _within_budget(task.host, states, node_task.limits):
-        action = {
-            "host": task.host,
-            "action": "none",
-            "why": "over the drain budget: left in service (the control host's runs raise the incident)"
-            if node_task.limits is not None
-            else "no drain budget in the task file: this node does not drain itself",
-            "reason": action["reason"],
-            "over_budget": True,
-        }
+    new_drain = bool(action.pop("new_drain", False))
+    if new_drain and not _within_budget(task.host, states, node_task.limits):
+        action = _spared(task.host, action["reason"], node_task.limits is not None)
+        new_drain = False
     settings = action.pop("settings", None)
     if settings:
-        argv = ["scontrol", "update", f"nodename={task.host}", *settings]
-        checked(client.run(argv), " ".join(argv[:3]), client.where)
+        _update(client, task.host, settings)
+    if new_drain and _lost_a_race(task.host, states, node_task.limits, client):
+        _update(client, task.host, ["state=resume"])
+        action = {**_spared(task.host, action["reason"], True), "raced": True}
     return {"host": task.host, "verdict": verdict.verdict, "reasons": verdict.reasons, "slurm": action}
+
+
+def _spared(host: str, reason: str, budgeted: bool) -> dict[str, Any]:
+    return {
+        "host": host,
+        "action": "none",
+        "why": "over the drain budget: left in service (the control host's runs raise the incident)"
+        if budgeted
+        else "no drain budget in the task file: this node does not drain itself",
+        "reason": reason,
+        "over_budget": True,
+    }
+
+
+def _update(client: LocalSlurm, host: str, settings: Sequence[str]) -> None:
+    argv = ["scontrol", "update", f"nodename={host}", *settings]
+    checked(client.run(argv), " ".join(argv[:3]), client.where)
+
+
+def _lost_a_race(
+    host: str, before: dict[str, NodeState], limits: DrainLimits | None, client: LocalSlurm
+) -> bool:
+    """Nodes check themselves independently: a fault they share (the site storage) can make several
+    see the budget free at the same moment and all drain. Read Slurm again after draining: when the
+    budget is now overspent and another node drained itself meanwhile whose name sorts first, that
+    one keeps its drain and this one goes back into service (each racing node reaches the same
+    answer, so exactly the first ones keep theirs)."""
+    if limits is None:
+        return False
+    shown = checked(
+        client.run(["scontrol", "--oneliner", "show", "node"]), "scontrol show node", client.where
+    )
+    after = parse_show_node(shown)
+    held_before = {n.name for n in before.values() if n.drained_by_us}
+    racing = [n.name for n in after.values() if n.drained_by_us and n.name not in held_before | {host}]
+    over = not budget_ledger(after, limits, released={host}).take(host)
+    return over and any(name < host for name in racing)
 
 
 def _lifts(node: NodeState, checked_here: Sequence[str]) -> bool:
