@@ -30,6 +30,7 @@ from aifactory.plan.model import (
     EgressPlan,
     EgressRule,
     FabricPlan,
+    FrontDoorBackendPlan,
     FrontDoorPlan,
     GpuPlan,
     HardwarePlan,
@@ -183,7 +184,9 @@ def _front_door(spec: SiteSpec, hosts: list[Host]) -> FrontDoorPlan | None:
         address=host.management_address,
         port=wanted.port,
         backend_port=wanted.backend_port,
-        backends=tuple(h.name for h in hosts if h.pool in serving),
+        backends=tuple(
+            FrontDoorBackendPlan(h.name, h.management_address) for h in hosts if h.pool in serving
+        ),
     )
 
 

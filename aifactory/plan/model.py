@@ -293,6 +293,14 @@ class MonitoringPlan:
 
 
 @dataclass(frozen=True, slots=True)
+class FrontDoorBackendPlan:
+    """A serving host behind the front door: its name and management address."""
+
+    name: str
+    address: str
+
+
+@dataclass(frozen=True, slots=True)
 class FrontDoorPlan:
     """Where the front door (HAProxy) runs and what it sends to (docs/runtime.md, "Front door"): clients
     reach `address:port`; each backend is a serving host's management address on `backend_port`, which
@@ -302,7 +310,7 @@ class FrontDoorPlan:
     address: str  # its management address: where clients connect, and where nodes see it connect from
     port: int
     backend_port: int
-    backends: tuple[str, ...]  # the hosts of every pool a model is served on, in plan order
+    backends: tuple[FrontDoorBackendPlan, ...]  # the hosts of every pool a model is served on, in plan order
 
 
 @dataclass(frozen=True, slots=True)

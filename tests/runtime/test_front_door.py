@@ -131,7 +131,8 @@ def front_door(
         render_config(
             listen=("127.0.0.1", port),
             source=FRONT_DOOR_ADDRESS,
-            backends=[{"name": NODE, "address": "127.0.0.1", "port": node[1]}],
+            backends=[{"name": NODE, "address": "127.0.0.1"}],
+            backend_port=node[1],
             ca_file=identity.ca,
             check_crt=check_crt,
             admin_socket=folder / "admin.sock",
@@ -162,6 +163,7 @@ def render_config(
     listen: tuple[str, int],
     source: str,
     backends: list[dict[str, object]],
+    backend_port: int,
     ca_file: Path,
     check_crt: Path,
     admin_socket: Path,
@@ -186,6 +188,7 @@ def render_config(
         front_door_check_crt=str(check_crt),
         front_door_check_interval_ms=300,
         front_door_backends=backends,
+        front_door_backend_port=backend_port,
     )
 
 
@@ -305,7 +308,8 @@ def test_the_role_template_is_what_haproxy_accepts_for_ipv6_too(tmp_path: Path) 
     text = render_config(
         listen=("::1", 18443),
         source="::1",
-        backends=[{"name": "lab-cpu-001", "address": "2001:db8::3", "port": 8601}],
+        backends=[{"name": "lab-cpu-001", "address": "2001:db8::3"}],
+        backend_port=8601,
         ca_file=crt,
         check_crt=crt,
         admin_socket=tmp_path / "admin.sock",

@@ -41,7 +41,9 @@ def test_the_front_door_is_on_the_control_host_with_every_serving_host_behind_it
         8443,
         8601,
     )
-    assert front_door.backends == tuple(h.name for h in plan.hosts if h.pool in serving)
+    assert [(b.name, b.address) for b in front_door.backends] == [
+        (h.name, h.management_address) for h in plan.hosts if h.pool in serving
+    ]
     assert front_door.backends  # the base spec serves a model
 
 
