@@ -346,3 +346,22 @@ class FeedbackError(RuntimeDenied):
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message, hint=f"reason code: {reason}")
         self.reason = reason
+
+
+class ProxyHeaderRefused(RuntimeDenied):
+    """A PROXY protocol v2 header that is not one the server takes (docs/runtime.md, "Front door");
+    `reason` is the short code logged and counted: `bad-signature`, `bad-version`, `bad-command`,
+    `bad-family`, `too-long`, `too-short`, `bad-tlv`, `truncated`, `timeout`."""
+
+    code = "proxy-header-refused"
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message, hint=f"reason code: {reason}")
+        self.reason = reason
+
+
+class FrontDoorError(AifactoryError):
+    """HAProxy's runtime API (the front door's admin socket) cannot be reached or refused a command."""
+
+    code = "front-door"
+    exit_code = ExitCode.CANNOT_EVALUATE

@@ -11,6 +11,7 @@ APT_PACKAGES=(
   slurm-wlm munge chrony openscap-scanner fio iperf3               # what the roles install (machine-wide:
   prometheus prometheus-alertmanager prometheus-node-exporter      #   lab hosts share /usr); promtool
   libpam-pwquality sudo aide aide-common                           #   tests the alert rules
+  haproxy                                                          # the front door (front_door role, its tests)
   linux-base                                                       # the lab hosts run this machine's kernel:
                                                                    #   Debian's base of every kernel package, which
                                                                    #   the SCAP content's "system with kernel"

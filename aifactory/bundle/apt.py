@@ -39,7 +39,7 @@ from aifactory.errors import BundleError, PrerequisiteError
 # What the roles install from the bundle (munge + slurm roles, base role's time daemon, password
 # quality module and sudo, file integrity checker (AIDE), and health check tools, the SCAP scanner
 # and its content that the audit scans every host with, the monitoring role's Prometheus (with
-# promtool), Alertmanager and node exporter).
+# promtool), Alertmanager and node exporter, and the front door's HAProxy).
 ROLE_PACKAGES: tuple[str, ...] = (
     "munge",
     "slurm-client",
@@ -57,6 +57,7 @@ ROLE_PACKAGES: tuple[str, ...] = (
     "prometheus",
     "prometheus-alertmanager",
     "prometheus-node-exporter",
+    "haproxy",  # front_door role: the serving front door (docs/runtime.md)
 )
 
 

@@ -30,6 +30,8 @@ from aifactory.plan.model import (
     EgressPlan,
     EgressRule,
     FabricPlan,
+    FrontDoorBackendPlan,
+    FrontDoorPlan,
     GpuPlan,
     HardwarePlan,
     Host,
@@ -130,7 +132,7 @@ def _plan_against_lock(loaded: LoadedSpec, lock_path: Path, lock_text: str | Non
     return PlannedSite(loaded, plan, lock, lock_path, lock_text != lock.to_json(), lock_text)
 
 
-ADDED_AFTER_V1 = ("logs", "monitoring", "health", "contacts", "economics")
+ADDED_AFTER_V1 = ("logs", "monitoring", "health", "contacts", "economics", "front_door")
 # Fields added to a section after the section shipped: likewise in the digest only when set.
 ADDED_INSIDE_SECTIONS: dict[str, tuple[str, ...]] = {"health": ("drain_budget",)}
 
@@ -163,6 +165,28 @@ def _monitoring(spec: SiteSpec, hosts: list[Host]) -> MonitoringPlan | None:
         retention_days=wanted.retention_days,
         scrape_interval_seconds=wanted.scrape_interval_seconds,
         evaluation_interval_seconds=wanted.evaluation_interval_seconds,
+    )
+
+
+def _front_door(spec: SiteSpec, hosts: list[Host]) -> FrontDoorPlan | None:
+    """Where the front door runs (the first host of its pool, else the control host) and its backends:
+    every host of a pool some model is served on."""
+    wanted = spec.front_door
+    if wanted is None:
+        return None
+    if wanted.pool is not None:
+        host = next(h for h in hosts if h.pool == wanted.pool)  # validate: the pool exists
+    else:
+        host = next((h for h in hosts if h.role == "control"), hosts[0])
+    serving = {pool for model in spec.models for pool in model.serve_on}
+    return FrontDoorPlan(
+        host=host.name,
+        address=host.management_address,
+        port=wanted.port,
+        backend_port=wanted.backend_port,
+        backends=tuple(
+            FrontDoorBackendPlan(h.name, h.management_address) for h in hosts if h.pool in serving
+        ),
     )
 
 
@@ -250,6 +274,7 @@ def build_plan(
         monitoring=_monitoring(spec, hosts),
         contacts=ContactsPlan(security=spec.contacts.security) if spec.contacts else None,
         economics=_economics(spec),
+        front_door=_front_door(spec, hosts),
     )
     new_lock = lock_snapshot(site, allocators)
     object.__setattr__(plan, "allocation", as_dict(new_lock)["fabrics"])

@@ -293,6 +293,27 @@ class MonitoringPlan:
 
 
 @dataclass(frozen=True, slots=True)
+class FrontDoorBackendPlan:
+    """A serving host behind the front door: its name and management address."""
+
+    name: str
+    address: str
+
+
+@dataclass(frozen=True, slots=True)
+class FrontDoorPlan:
+    """Where the front door (HAProxy) runs and what it sends to (docs/runtime.md, "Front door"): clients
+    reach `address:port`; each backend is a serving host's management address on `backend_port`, which
+    takes PROXY v2 headers from `address` only."""
+
+    host: str  # the control host, or the first host of the spec's front_door pool
+    address: str  # its management address: where clients connect, and where nodes see it connect from
+    port: int
+    backend_port: int
+    backends: tuple[FrontDoorBackendPlan, ...]  # the hosts of every pool a model is served on, in plan order
+
+
+@dataclass(frozen=True, slots=True)
 class ContactsPlan:
     """Who the hosts report to: root's mail alias and the host scans' tailored value (docs/audit.md)."""
 
@@ -345,6 +366,8 @@ class SitePlan:
     contacts: ContactsPlan | None = None
     # Likewise set only when the spec has an economics section.
     economics: EconomicsPlan | None = None
+    # Likewise set only when the spec has a front_door section.
+    front_door: FrontDoorPlan | None = None
 
     @property
     def name(self) -> str:
@@ -410,6 +433,7 @@ class SitePlan:
                 ("monitoring", self.monitoring),
                 ("contacts", self.contacts),
                 ("economics", self.economics),
+                ("front_door", self.front_door),
             )
             if section is not None
         }
@@ -485,7 +509,7 @@ _PLAN_KEYS = (
     "allocation",
 )
 # Sections added later, present only when the spec sets them.
-_OPTIONAL_PLAN_KEYS = ("monitoring", "contacts", "economics")
+_OPTIONAL_PLAN_KEYS = ("monitoring", "contacts", "economics", "front_door")
 
 
 # ---- serialization: each section's fields, in order, are its JSON keys ----------------------------

@@ -23,6 +23,12 @@ end of the head to the end of the body, and for writing an answer the client doe
 `idle_timeout` on a keep-alive connection between requests. A sweeper task checks deadlines
 `TICKS_PER_TIMEOUT` times per shortest timeout, so the hot path only stores a number per state
 change (no timer handle per read).
+
+A second listener may take connections from the front door (`start_front_door`): only from its
+addresses, each opening with a PROXY protocol v2 header (`runtime.proxy_protocol`) whose client address
+is then the connection's peer everywhere (the per-peer cap, the handler's peer). The header is read
+from the socket itself before the stream reads a byte, so the client's TLS handshake that follows it
+reaches `prepare` untouched.
 """
 
 from __future__ import annotations
@@ -35,11 +41,13 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Generic, Protocol, TypeVar
 
 import httptools
 
-from aifactory.errors import AifactoryError
+from aifactory.errors import AifactoryError, ProxyHeaderRefused
+from aifactory.runtime import proxy_protocol
 
 log = logging.getLogger(__name__)
 
@@ -284,6 +292,21 @@ class _Connection:
         self.deadline, self.why = deadline, why
 
 
+class _PausedAtStart(asyncio.StreamReaderProtocol):
+    """A stream whose transport reads nothing until told: the connection's first bytes (a PROXY header)
+    are read from the socket itself. Pausing in connection_made is in time: the transport registers its
+    reader only after connection_made returns, and not at all while paused."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        transport.pause_reading()
+        super().connection_made(transport)
+
+
+def _socket_peer(writer: asyncio.StreamWriter) -> str:
+    return str((writer.get_extra_info("peername") or ("?",))[0])
+
+
 @dataclass
 class HttpServer(Generic[PeerT]):
     """Accepts connections, enforces the limits, parses requests and hands each to `handler`."""
@@ -303,9 +326,26 @@ class HttpServer(Generic[PeerT]):
         server = await asyncio.start_server(
             self.connection, host, port, limit=READ_SIZE, backlog=ACCEPT_BATCH
         )
-        self._sweeper = asyncio.create_task(self._sweep())
-        self.idle.set()
+        self._start_sweeper()
         return server
+
+    async def start_front_door(self, host: str, port: int, addresses: frozenset[str]) -> asyncio.Server:
+        """A listener for the front door only: a connection from any other address is closed unread;
+        one from the front door must open with a PROXY v2 header (`_through_front_door`)."""
+        loop = asyncio.get_running_loop()
+        connected = partial(self._through_front_door, addresses)
+
+        def protocol() -> asyncio.StreamReaderProtocol:
+            return _PausedAtStart(asyncio.StreamReader(limit=READ_SIZE), connected)
+
+        server = await loop.create_server(protocol, host, port, backlog=ACCEPT_BATCH)
+        self._start_sweeper()
+        return server
+
+    def _start_sweeper(self) -> None:
+        if self._sweeper is None:
+            self._sweeper = asyncio.create_task(self._sweep())
+        self.idle.set()
 
     def close_all(self) -> None:
         """Close every connection (drain calls it once nothing is in flight)."""
@@ -321,7 +361,51 @@ class HttpServer(Generic[PeerT]):
     # --- one connection ------------------------------------------------------------------------------
 
     async def connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        address = str((writer.get_extra_info("peername") or ("?",))[0])
+        await self._serve(reader, writer, _socket_peer(writer))
+
+    async def _through_front_door(
+        self, addresses: frozenset[str], reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        """A connection on the front door's listener: from one of its addresses, opening with a PROXY v2
+        header, else closed without an answer. The client's address from the header is the peer; a LOCAL
+        header (the front door's own health check) leaves the front door as the peer."""
+        front_door = _socket_peer(writer)
+        if front_door not in addresses:
+            log.warning("connection from %s on the front door's port refused: not the front door", front_door)
+            self.events.closed("not-front-door")
+            writer.transport.abort()
+            return
+        if len(self._connections) >= self.limits.max_connections:  # before reading: as every connection
+            self.events.closed("connection-cap")
+            writer.transport.abort()
+            return
+        try:
+            with writer.get_extra_info("socket").dup() as raw:  # the same connection; the transport's own
+                async with asyncio.timeout(self.limits.header_timeout):  # socket object cannot recv
+                    header = await proxy_protocol.read_header(raw)
+        except ProxyHeaderRefused as refused:
+            self._refuse_proxy_header(front_door, refused.reason, refused.message, writer)
+            return
+        except TimeoutError:
+            self._refuse_proxy_header(front_door, "timeout", "no whole PROXY v2 header in time", writer)
+            return
+        except OSError as error:
+            self._refuse_proxy_header(front_door, "truncated", str(error), writer)
+            return
+        address = header.source[0] if header.source is not None else front_door
+        transport = writer.transport
+        assert isinstance(transport, asyncio.Transport)  # a socket's, paused by _PausedAtStart
+        transport.resume_reading()
+        await self._serve(reader, writer, address)
+
+    def _refuse_proxy_header(
+        self, front_door: str, reason: str, message: str, writer: asyncio.StreamWriter
+    ) -> None:
+        log.warning("connection from the front door %s refused: %s (%s)", front_door, message, reason)
+        self.events.closed(f"proxy-header-{reason}")
+        writer.transport.abort()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, address: str) -> None:
         refused = self._admit(address)
         if refused:
             self.events.closed(refused)

@@ -2,7 +2,8 @@
 
 Settings come from the command line, or from the runtime configuration deploy writes
 (`--config /etc/aifactory/runtime.yaml`; keys: plan, host, state_dir, storage_root, models,
-serve.{address, port, tls_cert, tls_key, tls_client_ca, tls_client_auth, forward_cpus} and the
+serve.{address, port, tls_cert, tls_key, tls_client_ca, tls_client_auth, forward_cpus,
+front_door.{port, addresses}} and the
 limits in `LIMITS` (serve.max_connections, ...), decision_log.{sign_every, sign_interval,
 head_copies, rotate_bytes, retention_days, disk_warn_free, disk_shed_free}); a command-line option wins
 over the file.
@@ -11,10 +12,11 @@ over the file.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -23,6 +25,9 @@ from aifactory.errors import AifactoryError, ExitCode, Location, UsageError
 from aifactory.runtime.cpus import CpuSplit, parse_cpu_list
 from aifactory.state import SiteState
 from aifactory.trust.decisionlog import DEFAULT_RETENTION_DAYS, DISK_SHED_FREE, DISK_WARN_FREE
+
+if TYPE_CHECKING:  # torch: the server module is imported only when it runs
+    from aifactory.runtime.server import InferenceServer
 
 # The server's limits against hostile clients: (option and runtime.yaml `serve.` key, type, default, help).
 # Defaults are those of `runtime.http.HttpLimits` and `runtime.server.ServerConfig` (docs/runtime.md).
@@ -64,6 +69,16 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--host-name", help="this host's name in the plan (default: the hostname)")
     parser.add_argument("--listen", "--host", dest="listen", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port (default 8600; 0 picks a free one)")
+    parser.add_argument(
+        "--front-door-port",
+        type=int,
+        help="also listen on this port for the front door: PROXY v2 from --front-door addresses only",
+    )
+    parser.add_argument(
+        "--front-door",
+        action="append",
+        help="an address of the front door (HAProxy) that may send PROXY v2 headers; repeatable",
+    )
     parser.add_argument("--storage-root", type=Path, help="prefix in front of planned storage paths")
     parser.add_argument(
         "--runtime-dir",
@@ -243,17 +258,43 @@ def _serve(arguments: list[str]) -> int:
             denials_total=limits["denials_total"],
             denial_window=limits["denial_window"],
             feedback=bool(pick(args.feedback, serve.get("feedback"), True)),
+            **_front_door(args, serve.get("front_door")),
         )
         run_server(
             config,
             authorizer=load_authorizer(plan.plan, time_limit_s=args.policy_time_limit),
-            ready=lambda server: print(
-                f"aifactory-serve: ready on port {server.bound_port}", file=sys.stderr, flush=True
-            ),
+            ready=_say_ready,
         )
     except OSError as exc:  # a port taken, a file unreadable: the server cannot run here
         raise AifactoryError(str(exc), code="serve", exit_code=ExitCode.CANNOT_EVALUATE) from exc
     return 0
+
+
+def _say_ready(server: InferenceServer) -> None:
+    if server.front_door_port is not None:
+        print(f"aifactory-serve: front door on port {server.front_door_port}", file=sys.stderr, flush=True)
+    print(f"aifactory-serve: ready on port {server.bound_port}", file=sys.stderr, flush=True)
+
+
+def _front_door(args: argparse.Namespace, settings: Any) -> dict[str, Any]:
+    """The front door's listener from the options or `serve.front_door` ({port, addresses}); checked so
+    that a typo cannot open the PROXY listener to everyone or to no one."""
+    if settings is not None and not isinstance(settings, dict):
+        raise UsageError("serve.front_door must be a mapping with port and addresses")
+    settings = settings or {}
+    port = args.front_door_port if args.front_door_port is not None else settings.get("port")
+    addresses = args.front_door or settings.get("addresses") or []
+    if port is None and not addresses:
+        return {}
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise UsageError(f"the front door's port is {port!r}; it must be a port number (0 to 65535)")
+    if not isinstance(addresses, list) or not addresses:
+        raise UsageError("a front door port needs the front door's addresses (--front-door ADDR)")
+    try:
+        parsed = frozenset(str(ipaddress.ip_address(str(a))) for a in addresses)
+    except ValueError as exc:
+        raise UsageError(f"the front door's addresses: {exc}") from None
+    return {"front_door_port": port, "front_door_addresses": parsed}
 
 
 def _log_setting(decisions: dict[str, Any], key: str, kind: type[Any], default: Any) -> Any:

@@ -137,6 +137,10 @@ class ServerConfig:
     feedback: bool = (
         True  # receipts of allowed decisions and POST .../feedback (docs/data.md); a site-wide choice
     )
+    # The front door's listener (docs/runtime.md, "Front door"): connections from these addresses only,
+    # each opening with a PROXY v2 header whose client address is the peer. None: no such listener.
+    front_door_port: int | None = None
+    front_door_addresses: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -325,6 +329,7 @@ class InferenceServer:
         self._tls_context: ssl.SSLContext | None = None
         self._loop: asyncio.AbstractEventLoop | None = None  # set by run_server, for request_stop
         self.bound_port: int | None = None
+        self.front_door_port: int | None = None  # the front door's listener, when configured
         self._request_prefix = uuid.uuid4().hex[:8]  # this server run; numbers count its requests
         self._request_numbers = itertools.count(1)
 
@@ -759,22 +764,36 @@ class InferenceServer:
         self._tls_context = self._tls()  # each connection's handshake runs in _prepare, to log refusals
         server = await self.http.start(self.config.listen, self.config.port)
         self.bound_port = server.sockets[0].getsockname()[1]
+        listeners = [server]
+        if self.config.front_door_port is not None:
+            front_door = await self.http.start_front_door(
+                self.config.listen, self.config.front_door_port, self.config.front_door_addresses
+            )
+            self.front_door_port = front_door.sockets[0].getsockname()[1]
+            listeners.append(front_door)
+            log.warning(
+                "front door listener on %s:%s for %s",
+                self.config.listen,
+                self.front_door_port,
+                ", ".join(sorted(self.config.front_door_addresses)),
+            )
         watcher = asyncio.create_task(self._watch_models())
         self._denial_watcher = asyncio.create_task(self._watch_denials())
         log.warning("aifactory-serve listening on %s:%s", self.config.listen, self.bound_port)
         if ready:
             ready(self)
         await stop.wait()
-        await self._drain(server, watcher)
+        await self._drain(listeners, watcher)
 
     def request_stop(self) -> None:
         """Begin a graceful shutdown from another thread."""
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self._stop.set)
 
-    async def _drain(self, server: asyncio.Server, watcher: asyncio.Task[None]) -> None:
+    async def _drain(self, listeners: list[asyncio.Server], watcher: asyncio.Task[None]) -> None:
         self.draining = self.http.draining = True
-        server.close()
+        for server in listeners:
+            server.close()
         watcher.cancel()
         self._denial_watcher.cancel()
         if self.http.inflight:

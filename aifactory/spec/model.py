@@ -370,6 +370,27 @@ class Health(_Model):
     drain_budget: DrainBudget | None = None
 
 
+DEFAULT_FRONT_DOOR_PORT = 8443  # where clients reach the site's models
+DEFAULT_FRONT_DOOR_BACKEND_PORT = 8601  # the nodes' listener for the front door (PROXY v2 only)
+
+
+class FrontDoor(_Model):
+    """HAProxy in front of the serving nodes, TCP mode (docs/runtime.md, "Front door")."""
+
+    pool: Name | None = Field(
+        None, description="the node pool whose first host runs the front door (default: the control host)"
+    )
+    port: int = Field(
+        DEFAULT_FRONT_DOOR_PORT, ge=1, le=65535, description="the port clients reach the models on"
+    )
+    backend_port: int = Field(
+        DEFAULT_FRONT_DOOR_BACKEND_PORT,
+        ge=1,
+        le=65535,
+        description="each serving node's port for the front door: PROXY v2 headers from the front door only",
+    )
+
+
 class Contacts(_Model):
     """Who the site's hosts report to (docs/site-spec.md)."""
 
@@ -472,6 +493,7 @@ class SiteSpec(_Model):
     health: Health | None = None
     contacts: Contacts | None = None
     economics: Economics | None = None
+    front_door: FrontDoor | None = None
 
     model_config = ConfigDict(
         extra="forbid",

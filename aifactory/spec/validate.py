@@ -413,6 +413,9 @@ class _Checker:
         monitoring = self.data.get("monitoring")
         if isinstance(monitoring, dict) and monitoring.get("pool") is not None:
             self.ref(("monitoring", "pool"), monitoring.get("pool"), "node_pools", "node pool")
+        front_door = self.data.get("front_door")
+        if isinstance(front_door, dict) and front_door.get("pool") is not None:
+            self.ref(("front_door", "pool"), front_door.get("pool"), "node_pools", "node pool")
 
     def _economics(self) -> None:
         """Each priced pool is a planned pool, priced once (two prices for one pool: which one holds?)."""

@@ -45,6 +45,7 @@ from aifactory.trust.tokens import TrustFiles
 TENANT_URI = re.compile(r"aifactory://(?P<site>[^/]+)/tenant/(?P<tenant>[^/]+)")
 SERVICE_URI = re.compile(r"aifactory://(?P<site>[^/]+)/service/(?P<service>[^/]+)")
 PROMETHEUS_SERVICE = "prometheus"  # the identity Prometheus scrapes with
+FRONT_DOOR_SERVICE = "front-door"  # the identity the front door (HAProxy) checks nodes' health with
 REVOCATION_PREFIX = "cert:"
 
 
