@@ -200,7 +200,21 @@ reasons contains "link-up" if _crossed("link-up")
 #   controls: [SI-6, SC-5]
 #   severity: high
 #   remediation: Check the host's compute link (speed, errors, traffic shaping, cable) and its switch port.
-reasons contains "tcp-bandwidth" if _crossed("tcp-bandwidth")
+reasons contains "tcp-bandwidth" if {
+	some m in input.measurements
+	m.check == "tcp-bandwidth"
+	m.value != null
+	not _within(m.value, input.thresholds["tcp-bandwidth"])
+	not _peer_down(m.subject)
+}
+
+# A peer whose own link is down, or which did not answer at all (input.fabric.links_down): a
+# measurement towards it that is slow or could not be made is its fault, not this host's.
+_peer_down(host) if {
+	some link in object.get(input, ["fabric", "links_down"], [])
+	link.host == host
+	host != input.host
+}
 
 # METADATA
 # title: Collective bandwidth
@@ -329,6 +343,15 @@ reasons contains "measurement-missing" if {
 	input.reachable
 	some check in input.expected
 	not _measured(check)
+	not _unmeasured_for_a_peer(check)
+}
+
+# The bandwidth towards a peer that is down could not be measured: not this host's failure.
+_unmeasured_for_a_peer(check) if {
+	check == "tcp-bandwidth"
+	some m in input.measurements
+	m.check == check
+	_peer_down(m.subject)
 }
 
 _measured(check) if {

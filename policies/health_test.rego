@@ -315,6 +315,27 @@ test_fabric_unreachable_with_own_link_down if {
 	d.reasons == ["fabric-unreachable", "link-up"]
 }
 
+# The peer measured towards has its own link down: neither a slow nor a failed measurement is ours.
+test_tcp_bandwidth_towards_a_peer_with_its_link_down_excused if {
+	slow := [m | some m0 in _with("tcp-bandwidth", 0.001); m := object.union(m0, {"subject": _subject(m0, "n2")})]
+	doc := object.union(_host(slow), {"fabric": {"links_down": [{"host": "n2", "fabric": "compute"}]}})
+	_decide(doc).verdict == "admit"
+	failed := [m | some m0 in _with("tcp-bandwidth", null); m := object.union(m0, {"subject": _subject(m0, "n2")})]
+	_decide(object.union(_host(failed), {"fabric": {"links_down": [{"host": "n2", "fabric": "compute"}]}})).verdict == "admit"
+	_decide(_host(failed)).reasons == ["measurement-missing"]
+}
+
+# Only the peer measured towards excuses it: another host down does not.
+test_tcp_bandwidth_not_excused_by_another_host_down if {
+	slow := [m | some m0 in _with("tcp-bandwidth", 0.001); m := object.union(m0, {"subject": _subject(m0, "n2")})]
+	doc := object.union(_host(slow), {"fabric": {"links_down": [{"host": "n3", "fabric": "compute"}]}})
+	_decide(doc).reasons == ["tcp-bandwidth"]
+}
+
+_subject(m, peer) := peer if m.check == "tcp-bandwidth"
+
+_subject(m, _) := m.subject if m.check != "tcp-bandwidth"
+
 test_tcp_bandwidth_crossed if {
 	d := _decide(_host(_with("tcp-bandwidth", 0.018)))
 	d.verdict == "drain"

@@ -101,7 +101,7 @@ def fault_corpus(plan: SitePlan, host: Host, layout: LabLayout) -> list[Fault]:
             frozenset({"disk-free"}),
             f"mount -t tmpfs -o size={TMPFS_SIZE},nodev,nosuid,noexec {TMPFS_SOURCE} /tmp\n"
             "head -c 64m /dev/zero > /tmp/aifactory-fault-fill 2>/dev/null || true",  # to ENOSPC
-            f"while findmnt -n -S {TMPFS_SOURCE} /tmp >/dev/null; do umount -l /tmp; done",
+            f"while grep -q ' /tmp .* - tmpfs {TMPFS_SOURCE} ' /proc/self/mountinfo; do umount -l /tmp; done",
         ),
     ]
     if host.mounts:

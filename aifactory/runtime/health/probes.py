@@ -36,11 +36,19 @@ IFF_UP = 0x1
 IFF_RUNNING = 0x40
 
 
-def run_tool(argv: Sequence[str], *, timeout: float = TOOL_TIMEOUT_S) -> tuple[int, str]:
+def run_tool(
+    argv: Sequence[str], *, timeout: float = TOOL_TIMEOUT_S, env: dict[str, str] | None = None
+) -> tuple[int, str]:
     """Exit status and output (stdout, then stderr) of a stock tool; 127 when it is not installed."""
     try:
         done = subprocess.run(
-            list(argv), capture_output=True, text=True, timeout=timeout, check=False, stdin=subprocess.DEVNULL
+            list(argv),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+            stdin=subprocess.DEVNULL,
+            env=env,
         )
     except FileNotFoundError:
         return 127, f"{argv[0]}: not installed"
@@ -221,6 +229,13 @@ def _link_up(link: Link) -> Measurement:
     return Measurement("link-up", link.fabric, 1.0 if up and running else 0.0, "bool", raw)
 
 
+def iperf_env() -> dict[str, str]:
+    """iperf3 keeps its test buffer in a file under TMPDIR (default /tmp): in memory instead, so a
+    host whose /tmp is full fails its disk check, not its peer's bandwidth measurement as well."""
+    shm = Path("/dev/shm")
+    return {**os.environ, "TMPDIR": str(shm)} if shm.is_dir() else dict(os.environ)
+
+
 def start_bandwidth_server(task: HostTask) -> subprocess.Popen[str] | None:
     """Our iperf3 server for the one peer that measures towards us (started before our own checks)."""
     if not task.bandwidth_listen:
@@ -228,7 +243,9 @@ def start_bandwidth_server(task: HostTask) -> subprocess.Popen[str] | None:
     argv = ["iperf3", "--server", "--one-off", "--json", "--bind", task.bandwidth_listen]
     argv += ["--port", str(task.iperf_port)]
     try:
-        return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True)
+        return subprocess.Popen(
+            argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True, env=iperf_env()
+        )
     except FileNotFoundError:
         return None
 
@@ -255,7 +272,7 @@ def tcp_bandwidth(task: HostTask) -> list[Measurement]:
         argv += ["--bind", task.bandwidth_listen]
     deadline = time.monotonic() + IPERF_CONNECT_DEADLINE_S
     while True:
-        code, output = run_tool(argv)
+        code, output = run_tool(argv, env=iperf_env())
         # iperf3 3.12 --json exits 0 even when it could not connect: read its words, and retry while
         # the peer's server is still starting (every host starts its server and measures at once).
         refused = "unable to connect" in output or "Connection refused" in output
