@@ -18,9 +18,9 @@ beside the inventory as JSON under `.data/` (a hidden folder: Ansible never pars
 source); group_vars/all defines each as a `lookup('ansible.builtin.file', ...) | from_json` of its file,
 templated on the controller only where a role uses it. A lookup's result is never trusted as a
 template, so these plan strings stay data as `!unsafe` ones do. At 1,271 hosts `ansible-inventory
---list` took 4 min 21 s and 755 MB with the topology in group_vars/all, 11 s and 327 MB with the
-storage and the rails inline, and now a few seconds and under 200 MB (benchmarks/inventory_bench.py
-measures the layouts side by side).
+--list` took 132 CPU seconds and 4.2 GB with the topology in group_vars/all, 11 s and 319 MiB with
+the storage and the rails inline, and now 5-7 s and 155 MiB (benchmarks/inventory_bench.py measures
+the layouts side by side; docs/deploy.md).
 
 Everything is rendered from a `SitePlan` (the bundle's signed plan.json read back, or a fresh plan),
 so the same plan gives the same bytes.
