@@ -3,14 +3,24 @@
 The folder `ansible-inventory -i DIR` reads:
 
     DIR/hosts.yml            groups: pool_*, role_*, dc_*, fabric_*, tenant_* (tenants hold their pools)
-    DIR/group_vars/all.yml   the site: jurisdiction, air gap, plan digest, bundle location, storage
-    DIR/host_vars/<h>.yml    one host: address per fabric rail, mounts, GPUs, NCCL environment, ...
+    DIR/group_vars/all.yml   the site: jurisdiction, air gap, plan digest, bundle location, ...
+    DIR/host_vars/<h>.yml    one host: addresses, mounts, GPUs, NCCL environment, ...
+    DIR/.data/site.json      site values held beside the inventory: the storage systems
+    DIR/.data/hosts/<h>.json one host's values held beside the inventory: its fabric rails
 
-Data as large as the site (the Slurm topology lists every compute node: 244 KB at 1,271 hosts) is
-written once, in the host vars of the host it belongs to (the Slurm controller), and every host is
-told where it is (`aifactory_slurm_host`); the roles read it through `hostvars`. In group_vars/all
-Ansible would copy it into every host's variables: `ansible-inventory --list` of the national
-example took minutes and 755 MB that way (benchmarks/inventory_bench.py measures both layouts).
+Ansible resolves every host's variables for `ansible-inventory --list` and for each play, copying
+what group_vars/all holds into every host. So data as large as the site is not put there: the Slurm
+topology (every compute node: 244 KB at 1,271 hosts) is written once, in the host vars of the host it
+belongs to (the Slurm controller), and every host is told where it is (`aifactory_slurm_host`); the
+roles read it through `hostvars`. And the bulkiest values, the site's storage systems (a copy in
+every host) and each host's fabric rails (eight fields per rail, ten rails on a GPU host), are held
+beside the inventory as JSON under `.data/` (a hidden folder: Ansible never parses it as an inventory
+source); group_vars/all defines each as a `lookup('ansible.builtin.file', ...) | from_json` of its file,
+templated on the controller only where a role uses it. A lookup's result is never trusted as a
+template, so these plan strings stay data as `!unsafe` ones do. At 1,271 hosts `ansible-inventory
+--list` took 132 CPU seconds and 4.2 GB with the topology in group_vars/all, 11 s and 319 MiB with
+the storage and the rails inline, and now 5-7 s and 155 MiB (benchmarks/inventory_bench.py measures
+the layouts side by side; docs/deploy.md).
 
 Everything is rendered from a `SitePlan` (the bundle's signed plan.json read back, or a fresh plan),
 so the same plan gives the same bytes.
@@ -121,6 +131,14 @@ def load_inventory_yaml(text: str) -> Any:
 SLURM_VAR = "aifactory_slurm"
 SLURM_HOST_VAR = "aifactory_slurm_host"
 
+# Values held beside the inventory (module docstring): the folder (hidden, so never an inventory
+# source), the site's file and each host's, and the variables each holds.
+DATA_DIR = ".data"
+SITE_DATA_FILE = f"{DATA_DIR}/site.json"
+HOST_DATA_DIR = f"{DATA_DIR}/hosts"
+SITE_DATA_VARS = ("aifactory_storage",)
+HOST_DATA_VARS = ("aifactory_fabric_addresses",)
+
 HEADER = "# Rendered by `aifactory inventory` from the site's plan; do not edit (re-render instead).\n"
 
 
@@ -148,12 +166,38 @@ def build_inventory(
     if slurm is not None:
         controller = _name(slurm["controller"]["name"], "Slurm controller")
         host_vars[controller][SLURM_VAR] = _unsafe(slurm, f"host_vars.{controller}.{SLURM_VAR}")
+    host_data = {host: _take(values, HOST_DATA_VARS) for host, values in host_vars.items()}
+    group_vars = _site_vars(plan, bundle, site_vars)
+    site_data = _take(group_vars, SITE_DATA_VARS)
+    group_vars.update(_data_lookups())
     return Inventory(
         site=_name(plan.name, "site name"),
         groups=_groups(plan),
         host_vars=host_vars,
-        group_vars=_site_vars(plan, bundle, site_vars),
+        group_vars=group_vars,
+        host_data=host_data,
+        site_data=site_data,
     )
+
+
+def _take(values: dict[str, Any], names: tuple[str, ...]) -> dict[str, Any]:
+    """The named variables, removed from `values`."""
+    return {name: values.pop(name) for name in names if name in values}
+
+
+def _data_lookups() -> dict[str, str]:
+    """group_vars/all's definition of each variable held beside the inventory: its file read on the
+    controller (`inventory_dir` is this folder; host names are checked, so the path stays in it).
+    aifactory's own templates, built from constants: written plain, so that Ansible templates them."""
+    site = f"lookup('ansible.builtin.file', inventory_dir ~ '/{SITE_DATA_FILE}') | from_json"
+    host = (
+        f"lookup('ansible.builtin.file', inventory_dir ~ '/{HOST_DATA_DIR}/' ~ inventory_hostname ~ '.json')"
+        " | from_json"
+    )
+    return {
+        **{name: f"{{{{ ({site})[{name!r}] }}}}" for name in SITE_DATA_VARS},
+        **{name: f"{{{{ ({host})[{name!r}] }}}}" for name in HOST_DATA_VARS},
+    }
 
 
 def _groups(plan: SitePlan) -> dict[str, Group]:
@@ -323,6 +367,11 @@ def _dump(data: Any) -> str:
     )
 
 
+def _dump_json(data: Any) -> str:
+    """A file under .data/: JSON, which carries no tag; what reads it (a lookup) is never templated."""
+    return json.dumps(data, indent=1, sort_keys=True, ensure_ascii=False) + "\n"
+
+
 def render_files(inventory: Inventory) -> dict[str, str]:
     """Relative path -> text of every file of the inventory folder."""
     files = {
@@ -332,6 +381,11 @@ def render_files(inventory: Inventory) -> dict[str, str]:
     }
     for host, values in inventory.host_vars.items():
         files[f"host_vars/{host}.yml"] = _dump(values)
+    if inventory.site_data:
+        files[SITE_DATA_FILE] = _dump_json(inventory.site_data)
+    for host, values in inventory.host_data.items():
+        if values:
+            files[f"{HOST_DATA_DIR}/{host}.json"] = _dump_json(values)
     return files
 
 
@@ -344,9 +398,10 @@ def write_inventory(inventory: Inventory, directory: Path) -> list[Path]:
             hint="pick an empty or new folder",
         )
     files = render_files(inventory)
-    for stale in sorted(directory.glob("host_vars/*.yml")) if directory.exists() else []:
-        if f"host_vars/{stale.name}" not in files:
-            stale.unlink()
+    for pattern in ("host_vars/*.yml", f"{HOST_DATA_DIR}/*.json", SITE_DATA_FILE):
+        for stale in sorted(directory.glob(pattern)) if directory.exists() else []:
+            if stale.relative_to(directory).as_posix() not in files:
+                stale.unlink()
     written = []
     for relative, text in files.items():
         target = directory / relative

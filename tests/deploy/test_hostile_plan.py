@@ -2,8 +2,11 @@
 the roles' own templates with real Ansible: nothing is evaluated, nothing gains a line.
 
 The strings go where a spec would put them (GPU model, storage endpoint and mount path, the site's
-description) and so into the host's mounts and GPU description. Then:
-- the inventory carries each as `!unsafe` and reads back as the same characters;
+description) and so into the host's mounts and GPU description, and into an interface name (which
+the spec's grammar keeps plain: this is the plan tampered with). Then:
+- the inventory carries each as `!unsafe` and reads back as the same characters; the values held
+  beside the inventory (.data/: the storage systems, the fabric rails) as JSON strings, which Ansible
+  reads with a lookup and so never templates: a play sees the very same characters;
 - Ansible renders the gpu role's templates (its defaults and templates, as the role does) and runs
   its check-mode `render_check.yml`: the model appears as a JSON string in the modprobe comment
   (literally, for a value without control characters), on the same number of lines as a benign
@@ -65,6 +68,16 @@ PLAYBOOK = """
         dest: "{out}/{{{{ item }}}}"
         mode: "0644"
       loop: [nvidia.conf, dcgm.env]
+    - name: The values held beside the inventory, as a play sees them
+      ansible.builtin.copy:
+        content: "{{{{ item.value | to_json }}}}"
+        dest: "{out}/{{{{ item.name }}}}"
+        mode: "0644"
+      loop:
+        - {{name: fabric.json, value: "{{{{ aifactory_fabric_addresses }}}}"}}
+        - {{name: storage.json, value: "{{{{ aifactory_storage }}}}"}}
+      loop_control:
+        label: "{{{{ item.name }}}}"
     - name: The role's own check-mode render
       ansible.builtin.include_role:
         name: gpu
@@ -106,6 +119,8 @@ def _hostile_plan(plan: dict, value: str) -> dict:
         for mount in host.get("mounts", []):
             mount["path"] = "/lake" + value
             mount["source"] = "10.30.0.250:" + value
+        if host["name"] == GPU_HOST:
+            host["interfaces"][0]["name"] = "mgmt" + value  # the management rail
     for store in plan["storage"]:
         store["endpoint"] = "10.30.0.250:" + value
         store["mount_path"] = "/lake" + value
@@ -153,8 +168,14 @@ def test_hostile_strings_stay_data_through_the_inventory_and_the_roles(
     host_vars = (tmp_path / "run" / "inventory" / "host_vars" / f"{GPU_HOST}.yml").read_text()
     assert "model: !unsafe " in host_vars
     assert load_inventory_yaml(host_vars)["aifactory_gpus"]["model"] == value
-    group_vars = load_inventory_yaml((tmp_path / "run" / "inventory" / "group_vars" / "all.yml").read_text())
-    assert group_vars["aifactory_storage"][0]["endpoint"] == "10.30.0.250:" + value
+    site_data = json.loads((tmp_path / "run" / "inventory" / ".data" / "site.json").read_text())
+    assert site_data["aifactory_storage"][0]["endpoint"] == "10.30.0.250:" + value
+
+    # What a play sees of the values held beside the inventory: the same characters, unevaluated.
+    seen_storage = json.loads((out / "storage.json").read_text())
+    assert seen_storage[0]["endpoint"] == "10.30.0.250:" + value
+    seen_rails = json.loads((out / "fabric.json").read_text())
+    assert seen_rails["mgmt"][0]["interface"] == "mgmt" + value
 
     # The gpu role's files: the model as one JSON string (the value itself when it holds no control
     # character), and not one line more than with the benign model.
