@@ -23,17 +23,22 @@ from aifactory.plan.addressing import (
 from aifactory.plan.model import (
     AccessGrant,
     BmcEndpoint,
+    CanaryPlan,
     ContactsPlan,
     DatacenterPlan,
     DatasetPlan,
     EconomicsPlan,
     EgressPlan,
     EgressRule,
+    EvaluationSetPlan,
     FabricPlan,
     GpuPlan,
     HardwarePlan,
     Host,
     Interface,
+    LoopMetricPlan,
+    LoopPlan,
+    LoopTriggerPlan,
     ModelPlan,
     MonitoringPlan,
     Mount,
@@ -41,12 +46,13 @@ from aifactory.plan.model import (
     PoolBmcPlan,
     PoolEconomicsPlan,
     PoolPlan,
+    SignOffPlan,
     SiteInfo,
     SitePlan,
     StoragePlan,
     TenantPlan,
 )
-from aifactory.spec.model import Fabric, NodePool, SiteSpec, decimal_of
+from aifactory.spec.model import Fabric, Loop, LoopMetric, NodePool, SiteSpec, decimal_of
 from aifactory.spec.naming import host_name, interface_name
 from aifactory.spec.places import Places, load_places
 from aifactory.spec.validate import LoadedSpec, load_spec
@@ -130,7 +136,7 @@ def _plan_against_lock(loaded: LoadedSpec, lock_path: Path, lock_text: str | Non
     return PlannedSite(loaded, plan, lock, lock_path, lock_text != lock.to_json(), lock_text)
 
 
-ADDED_AFTER_V1 = ("logs", "monitoring", "health", "contacts", "economics")
+ADDED_AFTER_V1 = ("logs", "monitoring", "health", "contacts", "economics", "loop")
 # Fields added to a section after the section shipped: likewise in the digest only when set.
 ADDED_INSIDE_SECTIONS: dict[str, tuple[str, ...]] = {"health": ("drain_budget",)}
 
@@ -186,6 +192,45 @@ def _economics(spec: SiteSpec) -> EconomicsPlan | None:
             PoolEconomicsPlan(p.pool, decimal_text(p.capital_cost_per_host), p.amortisation_years)
             for p in wanted.pools
         ),
+    )
+
+
+def on_calendar(schedule: str) -> str:
+    """A loop's schedule (the spec's grammar) as a systemd calendar expression (systemd.time(7)):
+    `daily 02:30` -> `*-*-* 02:30:00`, `Mon,Thu 02:30` -> `Mon,Thu *-*-* 02:30:00`; the four words
+    (hourly, daily, weekly, monthly) are systemd's own."""
+    days, _, clock = schedule.rpartition(" ")
+    if not days:
+        return schedule
+    when = f"*-*-* {clock}:00"
+    return when if days == "daily" else f"{days} {when}"
+
+
+def _loop(loop: Loop) -> LoopPlan:
+    trigger = loop.trigger
+    return LoopPlan(
+        model=loop.model,
+        trigger=LoopTriggerPlan(
+            new_samples=trigger.new_samples,
+            schedule=trigger.schedule,
+            on_calendar=on_calendar(trigger.schedule) if trigger.schedule is not None else None,
+        ),
+        evaluation=EvaluationSetPlan(**loop.evaluation.model_dump()),
+        metrics=tuple(_loop_metric(m) for m in loop.metrics),
+        sign_off=SignOffPlan(tuple(loop.sign_off.by)) if loop.sign_off else None,
+        canary=CanaryPlan(**loop.canary.model_dump()) if loop.canary else None,
+    )
+
+
+def _loop_metric(metric: LoopMetric) -> LoopMetricPlan:
+    """The rule as the policy reads it: a guard metric's tolerance resolved (0 unless given)."""
+    target = metric.min_improvement is not None
+    return LoopMetricPlan(
+        name=metric.name,
+        better=metric.better,
+        min_improvement=metric.min_improvement,
+        min_relative_improvement=metric.min_relative_improvement,
+        tolerance=None if target else (metric.tolerance if metric.tolerance is not None else 0),
     )
 
 
@@ -250,6 +295,7 @@ def build_plan(
         monitoring=_monitoring(spec, hosts),
         contacts=ContactsPlan(security=spec.contacts.security) if spec.contacts else None,
         economics=_economics(spec),
+        loop=tuple(_loop(loop) for loop in spec.loop) if spec.loop is not None else None,
     )
     new_lock = lock_snapshot(site, allocators)
     object.__setattr__(plan, "allocation", as_dict(new_lock)["fabrics"])
