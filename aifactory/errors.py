@@ -346,3 +346,9 @@ class FeedbackError(RuntimeDenied):
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message, hint=f"reason code: {reason}")
         self.reason = reason
+
+
+class EvaluationReportError(AifactoryError):
+    """An evaluation report (docs/loop.md) cannot be read or is not one: the file and the field say why."""
+
+    code = "evaluation-report-invalid"
