@@ -100,7 +100,7 @@ class EvaluationReport(_Report):
                     "bad-report-field",
                     # The model's message without the input: a hostile value is never repeated.
                     str(error["msg"]),
-                    Location(file=file, path=format_path(tuple(error["loc"])) or None),
+                    Location(file=file, path=_field_path(error["loc"])),
                 )
                 for error in exc.errors(include_url=False, include_input=False)
             ]
@@ -111,6 +111,13 @@ class EvaluationReport(_Report):
                 omitted_problems=max(0, len(problems) - 50),
                 hint=f"an evaluation report is {REPORT_FORMAT} (docs/loop.md)",
             ) from None
+
+
+def _field_path(loc: tuple[int | str, ...]) -> str | None:
+    """Where a problem is (`challenger.metrics.accuracy`); a key from the file is cut to 60
+    characters, its control characters escaped, so a hostile key cannot flood or drive a terminal."""
+    cut = tuple(part[:60] + "..." if isinstance(part, str) and len(part) > 60 else part for part in loc)
+    return format_path(cut) or None
 
 
 @dataclass(frozen=True)

@@ -479,7 +479,7 @@ class _Checker:
         dataset = self.ref(where, name, "datasets", "dataset")
         if dataset is None:
             return
-        if name in (model.get("trained_on") or []):
+        if name in [trained for _, trained in _str_list(model.get("trained_on"))]:
             self.add(
                 where,
                 "evaluation-set-trained-on",
@@ -504,7 +504,7 @@ class _Checker:
         return any(
             grant.get("tenant") == tenant
             and grant.get("resource") == f"dataset/{dataset}"
-            and "read" in (grant.get("actions") or [])
+            and "read" in [action for _, action in _str_list(grant.get("actions"))]
             for _, grant in _items(self.data, "access")
         )
 

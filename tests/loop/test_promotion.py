@@ -226,6 +226,7 @@ HOSTILE_METRIC = "accuracy\x1b[2J\u202e"
 # (what, edit of the report or raw file bytes, the field path named, what the message says)
 BAD_REPORTS: list[tuple[str, tuple[str, Any] | bytes, str | None, str]] = [
     ("extra-field", ("notes", "trust me"), "notes", "Extra inputs are not permitted"),
+    ("long-hostile-key", ("\x1b[2J" + "k" * 5000, 1), None, "Extra inputs are not permitted"),
     ("wrong-format", ("format", "aifactory.evaluation-report/v9"), "format", "Input should be"),
     ("template-model", ("model", "{{ x }}"), "model", "String should match pattern"),
     (
@@ -280,3 +281,4 @@ def test_a_bad_report_file_is_refused_naming_the_file_and_field(
         assert field in [p.location.path for p in error.problems], text
     assert all(p.location.file == str(path) for p in error.problems)
     assert "\x1b" not in text and "\u202e" not in text and "{{" not in text, text
+    assert len(text) < 4000, f"{what}: the error repeats the input"
