@@ -365,3 +365,9 @@ class FrontDoorError(AifactoryError):
 
     code = "front-door"
     exit_code = ExitCode.CANNOT_EVALUATE
+
+
+class EvaluationReportError(AifactoryError):
+    """An evaluation report (docs/loop.md) cannot be read or is not one: the file and the field say why."""
+
+    code = "evaluation-report-invalid"

@@ -23,12 +23,14 @@ from aifactory.plan.addressing import (
 from aifactory.plan.model import (
     AccessGrant,
     BmcEndpoint,
+    CanaryPlan,
     ContactsPlan,
     DatacenterPlan,
     DatasetPlan,
     EconomicsPlan,
     EgressPlan,
     EgressRule,
+    EvaluationSetPlan,
     FabricPlan,
     FrontDoorBackendPlan,
     FrontDoorPlan,
@@ -36,6 +38,9 @@ from aifactory.plan.model import (
     HardwarePlan,
     Host,
     Interface,
+    LoopMetricPlan,
+    LoopPlan,
+    LoopTriggerPlan,
     ModelPlan,
     MonitoringPlan,
     Mount,
@@ -43,12 +48,13 @@ from aifactory.plan.model import (
     PoolBmcPlan,
     PoolEconomicsPlan,
     PoolPlan,
+    SignOffPlan,
     SiteInfo,
     SitePlan,
     StoragePlan,
     TenantPlan,
 )
-from aifactory.spec.model import Fabric, NodePool, SiteSpec, decimal_of
+from aifactory.spec.model import Fabric, Loop, LoopMetric, NodePool, SiteSpec, decimal_of
 from aifactory.spec.naming import host_name, interface_name
 from aifactory.spec.places import Places, load_places
 from aifactory.spec.validate import LoadedSpec, load_spec
@@ -132,7 +138,7 @@ def _plan_against_lock(loaded: LoadedSpec, lock_path: Path, lock_text: str | Non
     return PlannedSite(loaded, plan, lock, lock_path, lock_text != lock.to_json(), lock_text)
 
 
-ADDED_AFTER_V1 = ("logs", "monitoring", "health", "contacts", "economics", "front_door")
+ADDED_AFTER_V1 = ("logs", "monitoring", "health", "contacts", "economics", "front_door", "loop")
 # Fields added to a section after the section shipped: likewise in the digest only when set.
 ADDED_INSIDE_SECTIONS: dict[str, tuple[str, ...]] = {"health": ("drain_budget",)}
 
@@ -213,6 +219,45 @@ def _economics(spec: SiteSpec) -> EconomicsPlan | None:
     )
 
 
+def on_calendar(schedule: str) -> str:
+    """A loop's schedule (the spec's grammar) as a systemd calendar expression (systemd.time(7)):
+    `daily 02:30` -> `*-*-* 02:30:00`, `Mon,Thu 02:30` -> `Mon,Thu *-*-* 02:30:00`; the four words
+    (hourly, daily, weekly, monthly) are systemd's own."""
+    days, _, clock = schedule.rpartition(" ")
+    if not days:
+        return schedule
+    when = f"*-*-* {clock}:00"
+    return when if days == "daily" else f"{days} {when}"
+
+
+def _loop(loop: Loop) -> LoopPlan:
+    trigger = loop.trigger
+    return LoopPlan(
+        model=loop.model,
+        trigger=LoopTriggerPlan(
+            new_samples=trigger.new_samples,
+            schedule=trigger.schedule,
+            on_calendar=on_calendar(trigger.schedule) if trigger.schedule is not None else None,
+        ),
+        evaluation=EvaluationSetPlan(**loop.evaluation.model_dump()),
+        metrics=tuple(_loop_metric(m) for m in loop.metrics),
+        sign_off=SignOffPlan(tuple(loop.sign_off.by)) if loop.sign_off else None,
+        canary=CanaryPlan(**loop.canary.model_dump()) if loop.canary else None,
+    )
+
+
+def _loop_metric(metric: LoopMetric) -> LoopMetricPlan:
+    """The rule as the policy reads it: a guard metric's tolerance resolved (0 unless given)."""
+    target = metric.min_improvement is not None
+    return LoopMetricPlan(
+        name=metric.name,
+        better=metric.better,
+        min_improvement=metric.min_improvement,
+        min_relative_improvement=metric.min_relative_improvement,
+        tolerance=None if target else (metric.tolerance if metric.tolerance is not None else 0),
+    )
+
+
 def build_plan(
     spec: SiteSpec, *, lock: AllocationLock | None = None, places: Places | None = None
 ) -> tuple[SitePlan, AllocationLock]:
@@ -275,6 +320,7 @@ def build_plan(
         contacts=ContactsPlan(security=spec.contacts.security) if spec.contacts else None,
         economics=_economics(spec),
         front_door=_front_door(spec, hosts),
+        loop=tuple(_loop(loop) for loop in spec.loop) if spec.loop is not None else None,
     )
     new_lock = lock_snapshot(site, allocators)
     object.__setattr__(plan, "allocation", as_dict(new_lock)["fabrics"])

@@ -341,6 +341,63 @@ class EconomicsPlan:
     pools: tuple[PoolEconomicsPlan, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class LoopTriggerPlan:
+    """When a turn of the loop starts (docs/loop.md): enough new feedback records, a time, or both."""
+
+    new_samples: int | None
+    schedule: str | None  # the spec's words (`daily 02:30`)
+    on_calendar: str | None  # the same as a systemd calendar expression (`*-*-* 02:30:00`), for the timer
+
+
+@dataclass(frozen=True, slots=True)
+class EvaluationSetPlan:
+    """The fixed dataset version the champion and the challenger are measured on."""
+
+    dataset: str
+    version: int
+    digest: str | None  # pinned by the spec, or None (the version's number alone names it)
+
+
+@dataclass(frozen=True, slots=True)
+class LoopMetricPlan:
+    """A metric's promotion rule: a target (both minima set, tolerance None) must improve by both; any
+    other metric (minima None) may be worse than the champion's by at most `tolerance` (0 unless set)."""
+
+    name: str
+    better: str  # higher | lower
+    min_improvement: Number | None
+    min_relative_improvement: Number | None
+    tolerance: Number | None
+
+
+@dataclass(frozen=True, slots=True)
+class SignOffPlan:
+    by: tuple[str, ...]  # email addresses; a signed sign-off from one of them is needed to promote
+
+
+@dataclass(frozen=True, slots=True)
+class CanaryPlan:
+    share: Number  # in (0, 1)
+    duration_minutes: int
+
+
+@dataclass(frozen=True, slots=True)
+class LoopPlan:
+    """One model's closed loop: trigger, evaluation set, promotion rules, sign-off and canary."""
+
+    model: str
+    trigger: LoopTriggerPlan
+    evaluation: EvaluationSetPlan
+    metrics: tuple[LoopMetricPlan, ...]
+    sign_off: SignOffPlan | None
+    canary: CanaryPlan | None
+
+    @property
+    def targets(self) -> tuple[LoopMetricPlan, ...]:
+        return tuple(m for m in self.metrics if m.min_improvement is not None)
+
+
 @dataclass(frozen=True)
 class SitePlan:
     """The plan: typed sections; `allocation` is the allocation lock's snapshot, kept as its JSON."""
@@ -368,6 +425,8 @@ class SitePlan:
     economics: EconomicsPlan | None = None
     # Likewise set only when the spec has a front_door section.
     front_door: FrontDoorPlan | None = None
+    # Likewise set only when the spec has a loop section (an empty one included).
+    loop: tuple[LoopPlan, ...] | None = None
 
     @property
     def name(self) -> str:
@@ -401,6 +460,10 @@ class SitePlan:
     def model(self, name: str) -> ModelPlan | None:
         return next((m for m in self.models if m.name == name), None)
 
+    def loop_of(self, model: str) -> LoopPlan | None:
+        """The model's loop settings, or None when the spec gives it no loop."""
+        return next((loop for loop in self.loop or () if loop.model == model), None)
+
     def summary(self) -> dict[str, int]:
         return {
             "hosts": len(self.hosts),
@@ -410,33 +473,37 @@ class SitePlan:
         }
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "schema": PLAN_SCHEMA,
-            "site": section_dict(self.site),
-            "spec_digest": self.spec_digest,
-            "summary": self.summary(),
-            "control_host": self.control_host,
-            "datacenters": [section_dict(d) for d in self.datacenters],
-            "fabrics": [section_dict(f) for f in self.fabrics],
-            "pools": [section_dict(p) for p in self.pools],
-            "hosts": [h.to_dict() for h in self.hosts],
-            "storage": [section_dict(s) for s in self.storage],
-            "tenants": [section_dict(t) for t in self.tenants],
-            "datasets": [section_dict(d) for d in self.datasets],
-            "models": [section_dict(m) for m in self.models],
-            "access": [section_dict(a) for a in self.access],
-            "egress": section_dict(self.egress),
-            "allocation": self.allocation,
-        } | {
-            name: section_dict(section)
-            for name, section in (
-                ("monitoring", self.monitoring),
-                ("contacts", self.contacts),
-                ("economics", self.economics),
-                ("front_door", self.front_door),
-            )
-            if section is not None
-        }
+        return (
+            {
+                "schema": PLAN_SCHEMA,
+                "site": section_dict(self.site),
+                "spec_digest": self.spec_digest,
+                "summary": self.summary(),
+                "control_host": self.control_host,
+                "datacenters": [section_dict(d) for d in self.datacenters],
+                "fabrics": [section_dict(f) for f in self.fabrics],
+                "pools": [section_dict(p) for p in self.pools],
+                "hosts": [h.to_dict() for h in self.hosts],
+                "storage": [section_dict(s) for s in self.storage],
+                "tenants": [section_dict(t) for t in self.tenants],
+                "datasets": [section_dict(d) for d in self.datasets],
+                "models": [section_dict(m) for m in self.models],
+                "access": [section_dict(a) for a in self.access],
+                "egress": section_dict(self.egress),
+                "allocation": self.allocation,
+            }
+            | {
+                name: section_dict(section)
+                for name, section in (
+                    ("monitoring", self.monitoring),
+                    ("contacts", self.contacts),
+                    ("economics", self.economics),
+                    ("front_door", self.front_door),
+                )
+                if section is not None
+            }
+            | ({"loop": [section_dict(loop) for loop in self.loop]} if self.loop is not None else {})
+        )
 
     def to_json(self) -> str:
         """The canonical serialized plan (what `aifactory plan -o` writes)."""
@@ -509,7 +576,7 @@ _PLAN_KEYS = (
     "allocation",
 )
 # Sections added later, present only when the spec sets them.
-_OPTIONAL_PLAN_KEYS = ("monitoring", "contacts", "economics", "front_door")
+_OPTIONAL_PLAN_KEYS = ("monitoring", "contacts", "economics", "front_door", "loop")
 
 
 # ---- serialization: each section's fields, in order, are its JSON keys ----------------------------

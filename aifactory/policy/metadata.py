@@ -23,7 +23,7 @@ import yaml
 from aifactory.errors import Location, PolicyEngineError
 from aifactory.resources import places_data_path, resource_dir
 
-DECISION_PACKAGES = ("runtime", "health")  # packages that decide, not find
+DECISION_PACKAGES = ("runtime", "health", "promotion")  # packages that decide, not find
 SEVERITIES = ("info", "low", "medium", "high", "critical")
 _PACKAGE_LINE = re.compile(r"^package\s+([a-z_][a-z0-9_.]*)\s*$")
 _RULE_ID = re.compile(r'(?:_violation\(\s*|^\w+\s+contains\s+)"([a-z0-9][a-z0-9_-]*)"', re.MULTILINE)

@@ -124,6 +124,27 @@ HEALTH_CHECK = Grammar(
     40,
     "a health check's name such as tcp-bandwidth (docs/health.md)",
 )
+METRIC = Grammar(
+    "metric",
+    r"^[a-z][a-z0-9_-]{0,39}$",
+    40,
+    "a metric's name such as accuracy or log-loss: a lowercase letter, then lowercase letters, digits, "
+    "'_' or '-', at most 40 characters",
+)
+DIGEST = Grammar(
+    "digest", r"^sha256:[0-9a-f]{64}$", 71, "a digest: sha256: then 64 lowercase hexadecimal digits"
+)
+# A loop's schedule: a few forms, each with one meaning as a systemd calendar expression (the plan
+# writes it, plan/build.py). Not systemd's own syntax, whose `..` ranges and `/` steps read like paths,
+# and whose unit files expand `%`: here every character is inert wherever the value goes.
+_WEEKDAY = "(Mon|Tue|Wed|Thu|Fri|Sat|Sun)"
+_CLOCK = "([01][0-9]|2[0-3]):[0-5][0-9]"
+SCHEDULE = Grammar(
+    "schedule",
+    rf"^(hourly|daily|weekly|monthly|daily {_CLOCK}|{_WEEKDAY}(,{_WEEKDAY}){{0,6}} {_CLOCK})$",
+    40,
+    "a schedule: hourly, daily, weekly, monthly, 'daily HH:MM', or days and a time such as 'Mon,Thu 02:30'",
+)
 TEXT = Grammar(
     "text",
     TEXT_PATTERN,
@@ -134,7 +155,7 @@ TEXT = Grammar(
 GRAMMARS: dict[str, Grammar] = {
     g.pattern: g
     for g in (NAME, COUNTRY, PLACE, REGION, RESOURCE, SECRET, PATH, CIDR, HARDWARE_MODEL, EMAIL)
-    + (STORAGE_ENDPOINT, EGRESS_ENDPOINT, HEALTH_CHECK, CURRENCY, TEXT)
+    + (STORAGE_ENDPOINT, EGRESS_ENDPOINT, HEALTH_CHECK, CURRENCY, METRIC, DIGEST, SCHEDULE, TEXT)
 }
 
 

@@ -51,6 +51,9 @@ HardwareModel = Annotated[str, _rule(g.HARDWARE_MODEL), Field(description=g.HARD
 Email = Annotated[str, _rule(g.EMAIL), Field(description=g.EMAIL.text)]
 HealthCheck = Annotated[str, _rule(g.HEALTH_CHECK), Field(description=g.HEALTH_CHECK.text)]
 Currency = Annotated[str, _rule(g.CURRENCY), Field(description=g.CURRENCY.text)]
+MetricName = Annotated[str, _rule(g.METRIC), Field(description=g.METRIC.text)]
+Digest = Annotated[str, _rule(g.DIGEST), Field(description=g.DIGEST.text)]
+Schedule = Annotated[str, _rule(g.SCHEDULE), Field(description=g.SCHEDULE.text)]
 StorageEndpoint = Annotated[
     str,
     _rule(g.STORAGE_ENDPOINT),
@@ -473,6 +476,94 @@ class Economics(_Model):
     )
 
 
+MAX_DATASET_VERSION = 999_999_999  # the version numbers aifactory data reads (v1 to v999999999)
+MAX_METRIC_VALUE = 1e15  # far beyond any metric; keeps the policy's arithmetic in exact-enough range
+
+
+class LoopTrigger(_Model):
+    """When a loop turn starts: enough new feedback, a schedule, or both (docs/loop.md)."""
+
+    new_samples: int | None = Field(
+        None,
+        ge=1,
+        le=1_000_000_000,
+        description="a turn starts once this many feedback records came into the model's training "
+        "data since its champion was trained",
+    )
+    schedule: Schedule | None = Field(
+        None, description="when turns start (with new_samples: when to look whether enough came in)"
+    )
+
+
+class EvaluationSet(_Model):
+    """The fixed dataset version champion and challenger are measured on; never trained on."""
+
+    dataset: Name
+    version: int = Field(
+        ge=1, le=MAX_DATASET_VERSION, description="the dataset version (aifactory data versions)"
+    )
+    digest: Digest | None = Field(
+        None, description="the version's digest: when given, a version with another digest is refused"
+    )
+
+
+class LoopMetric(_Model):
+    """One metric of the evaluation report and its promotion rule: the target metrics (with the two
+    improvement minima) must improve; every other metric may be worse by at most its tolerance."""
+
+    name: MetricName
+    better: Literal["higher", "lower"] = Field(description="which way is better for this metric")
+    min_improvement: float | None = Field(
+        None,
+        gt=0,
+        le=MAX_METRIC_VALUE,
+        allow_inf_nan=False,
+        description="a target metric: the challenger beats the champion by at least this much, in the "
+        "metric's unit",
+    )
+    min_relative_improvement: float | None = Field(
+        None,
+        gt=0,
+        le=1000,
+        allow_inf_nan=False,
+        description="a target metric: and by at least this share of the champion's value (0.02: 2%)",
+    )
+    tolerance: float | None = Field(
+        None,
+        ge=0,
+        le=MAX_METRIC_VALUE,
+        allow_inf_nan=False,
+        description="any other metric: how much worse than the champion it may be, in its unit "
+        "(default 0: not worse at all)",
+    )
+
+
+class SignOff(_Model):
+    """A person's signed sign-off before a promotion (human oversight, EU AI Act Art. 14)."""
+
+    by: list[Email] = Field(min_length=1, max_length=100, description="who may sign off; one of them must")
+
+
+class Canary(_Model):
+    """The challenger serves a share of the requests for a while before it becomes the champion."""
+
+    share: float = Field(
+        gt=0, lt=1, allow_inf_nan=False, description="the share of requests the challenger answers, in (0, 1)"
+    )
+    duration_minutes: int = Field(ge=1, le=10080, description="how long the canary runs, at most a week")
+
+
+class Loop(_Model):
+    """The closed loop of one model: retrain on new data, evaluate, promote by policy (docs/loop.md)."""
+
+    model: Name
+    trigger: LoopTrigger
+    evaluation: EvaluationSet
+    metrics: list[LoopMetric] = Field(min_length=1)
+    sign_off: SignOff | None = None
+    canary: Canary | None = None
+
+
 class SiteSpec(_Model):
     """One sovereign AI factory."""
 
@@ -494,6 +585,7 @@ class SiteSpec(_Model):
     contacts: Contacts | None = None
     economics: Economics | None = None
     front_door: FrontDoor | None = None
+    loop: list[Loop] | None = None
 
     model_config = ConfigDict(
         extra="forbid",

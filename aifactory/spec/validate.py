@@ -57,6 +57,8 @@ LIST_LIMITS: dict[tuple[str, ...], int] = {
     ("models", "trained_on"): 10_000,
     ("models", "serve_on"): 1_000,
     ("access", "actions"): 4,
+    ("loop",): 10_000,
+    ("loop", "metrics"): 100,
 }
 
 
@@ -406,6 +408,7 @@ class _Checker:
         self._monitoring()
         self._economics()
         self._drain_budget()
+        self._loops()
         self._no_repeats()
         return self.problems
 
@@ -427,6 +430,140 @@ class _Checker:
         health = self.data.get("health")
         budget = health.get("drain_budget") if isinstance(health, dict) else None
         self._pools_once(("health", "drain_budget", "pools"), budget, "has two budgets")
+
+    def _loops(self) -> None:
+        """Each loop is of a planned model trained on data, once; its evaluation set is a planned
+        dataset the model's owner may read and the model is not trained on (docs/loop.md)."""
+        first: dict[str, int] = {}
+        for i, loop in _items(self.data, "loop"):
+            path: PathKey = ("loop", i)
+            name = loop.get("model")
+            model = self.ref(path + ("model",), name, "models", "model")
+            if isinstance(name, str) and name in first:
+                self.add(
+                    path + ("model",),
+                    "listed-twice",
+                    f"{grammar.shown(name)} has two loops (first at loop[{first[name]}])",
+                )
+            if isinstance(name, str):
+                first.setdefault(name, i)
+            if model is not None and not model.get("trained_on"):
+                self.add(
+                    path + ("model",),
+                    "loop-without-training-data",
+                    f"model {grammar.shown(str(name))} is trained on no dataset: a loop retrains it on "
+                    "the new versions of its training data",
+                    "list the datasets it learns from in its trained_on",
+                )
+            self._trigger(path, loop.get("trigger"))
+            if model is not None:
+                self._evaluation_set(path, loop.get("evaluation"), model)
+                self._canary(path, loop, model)
+            self._loop_metrics(path, loop.get("metrics"))
+
+    def _trigger(self, path: PathKey, trigger: Any) -> None:
+        if (
+            isinstance(trigger, dict)
+            and trigger.get("new_samples") is None
+            and trigger.get("schedule") is None
+        ):
+            self.add(
+                path + ("trigger",),
+                "empty-trigger",
+                "a trigger needs new_samples, a schedule, or both",
+                "e.g. new_samples: 1000 or schedule: daily 02:00",
+            )
+
+    def _evaluation_set(self, path: PathKey, evaluation: Any, model: dict[str, Any]) -> None:
+        if not isinstance(evaluation, dict):
+            return
+        where = path + ("evaluation", "dataset")
+        name = evaluation.get("dataset")
+        dataset = self.ref(where, name, "datasets", "dataset")
+        if dataset is None:
+            return
+        if name in [trained for _, trained in _str_list(model.get("trained_on"))]:
+            self.add(
+                where,
+                "evaluation-set-trained-on",
+                f"model {grammar.shown(str(model.get('name')))} is trained on dataset "
+                f"{grammar.shown(str(name))}: an evaluation set must be data the model never learned from",
+                "keep a held-out dataset of its own for evaluation",
+            )
+        owner = model.get("owner")
+        if not isinstance(owner, str) or not grammar.matches(grammar.NAME, owner):
+            return  # the model reports an owner outside the name grammar
+        if dataset.get("owner") != owner and not self._may_read(owner, str(name)):
+            self.add(
+                where,
+                "evaluation-set-not-readable",
+                f"tenant '{owner}', owner of model '{model.get('name')}', neither owns dataset '{name}' "
+                "nor holds a read grant on it",
+                f"grant it: access: [{{tenant: {owner}, resource: dataset/{name}, actions: [read]}}]",
+            )
+
+    def _may_read(self, tenant: Any, dataset: str) -> bool:
+        """Whether a grant lets the tenant read the dataset (expiry is the policy's, at run time)."""
+        return any(
+            grant.get("tenant") == tenant
+            and grant.get("resource") == f"dataset/{dataset}"
+            and "read" in [action for _, action in _str_list(grant.get("actions"))]
+            for _, grant in _items(self.data, "access")
+        )
+
+    def _canary(self, path: PathKey, loop: dict[str, Any], model: dict[str, Any]) -> None:
+        if loop.get("canary") is not None and not model.get("serve_on"):
+            self.add(
+                path + ("canary",),
+                "canary-not-served",
+                f"model {grammar.shown(str(model.get('name')))} is served nowhere, so no request can go "
+                "to a canary",
+                "list the pools that serve it in its serve_on, or remove the canary",
+            )
+
+    def _loop_metrics(self, path: PathKey, metrics: Any) -> None:
+        """Metric names once each; a target gives both improvement minima and no tolerance; at least
+        one target, so that a loop only ever promotes a challenger that is better."""
+        first: dict[str, int] = {}
+        targets = 0
+        for j, metric in _items({"metrics": metrics}, "metrics"):
+            where = path + ("metrics", j)
+            name = metric.get("name")
+            if isinstance(name, str) and name in first:
+                self.add(
+                    where + ("name",),
+                    "listed-twice",
+                    f"{grammar.shown(name)} is listed twice (first at metrics[{first[name]}])",
+                )
+            if isinstance(name, str):
+                first.setdefault(name, j)
+            given = [k for k in ("min_improvement", "min_relative_improvement") if metric.get(k) is not None]
+            if len(given) == 1:
+                missing = ({"min_improvement", "min_relative_improvement"} - set(given)).pop()
+                self.add(
+                    where + (missing,),
+                    "improvement-incomplete",
+                    f"a target metric needs both min_improvement and min_relative_improvement; {missing} "
+                    "is missing",
+                    "the challenger must beat the champion by both an absolute and a relative margin",
+                    missing=True,
+                )
+            if given:
+                targets += 1
+                if metric.get("tolerance") is not None:
+                    self.add(
+                        where + ("tolerance",),
+                        "tolerance-on-target",
+                        "a target metric must improve, so it has no tolerance",
+                        "remove tolerance, or the improvement minima if the metric only must not get worse",
+                    )
+        if isinstance(metrics, list) and metrics and targets == 0:
+            self.add(
+                path + ("metrics",),
+                "no-target-metric",
+                "no metric gives min_improvement and min_relative_improvement: a loop promotes only a "
+                "challenger better than the champion on at least one metric",
+            )
 
     def _pools_once(self, path: tuple[str, ...], section: Any, twice: str) -> None:
         """The list at `path` (under `section`, a dict) names planned pools, each at most once."""
@@ -488,15 +625,22 @@ class _Checker:
         """A list of names names each once (a fabric listed twice would give a host two interfaces)."""
         for kind, field in self._LISTS:
             for i, item in _items(self.data, kind):
-                first: dict[str, int] = {}
-                for j, value in _str_list(item.get(field)):
-                    if value in first:
-                        self.add(
-                            (kind, i, field, j),
-                            "listed-twice",
-                            f"{grammar.shown(value)} is listed twice (first at {field}[{first[value]}])",
-                        )
-                    first.setdefault(value, j)
+                self._each_once((kind, i, field), item.get(field))
+        for i, loop in _items(self.data, "loop"):
+            sign_off = loop.get("sign_off")
+            if isinstance(sign_off, dict):
+                self._each_once(("loop", i, "sign_off", "by"), sign_off.get("by"))
+
+    def _each_once(self, path: PathKey, values: Any) -> None:
+        first: dict[str, int] = {}
+        for j, value in _str_list(values):
+            if value in first:
+                self.add(
+                    (*path, j),
+                    "listed-twice",
+                    f"{grammar.shown(value)} is listed twice (first at {path[-1]}[{first[value]}])",
+                )
+            first.setdefault(value, j)
 
     def _unique(self, key: str, path: PathKey, container: Any = None) -> dict[str, dict[str, Any]]:
         seen: dict[str, dict[str, Any]] = {}

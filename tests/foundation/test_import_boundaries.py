@@ -25,8 +25,9 @@ DOWNSTREAM_OF_PLAN = (
     "pipeline",
     "cli",
     "lab",
+    "loop",
 )
-NOT_FOR_NODES = ("deploy", "lab", "provision", "bundle", "pipeline", "audit", "cli")
+NOT_FOR_NODES = ("deploy", "lab", "provision", "bundle", "pipeline", "audit", "cli", "loop")
 
 
 def module_name(path: Path) -> str:

@@ -56,6 +56,23 @@ BASE_DATA["site"]["description"] = "Base site, for hostile-value tests"
 BASE_DATA["egress"]["allow"] = [{"name": "mirror", "endpoint": "mirror.example:443", "country": "NG"}]
 BASE_DATA["storage"][0]["endpoint"] = "10.20.0.250@o2ib:/lake"
 BASE_DATA["access"][0]["expires"] = "2030-06-30"
+# And a loop (docs/loop.md) with every string field set, its schedule and its digest among them.
+BASE_DATA["loop"] = [
+    {
+        "model": "triage",
+        "trigger": {"schedule": "Mon,Thu 02:30"},
+        "evaluation": {"dataset": "images", "version": 1, "digest": "sha256:" + "0" * 64},
+        "metrics": [
+            {
+                "name": "accuracy",
+                "better": "higher",
+                "min_improvement": 0.01,
+                "min_relative_improvement": 0.01,
+            }
+        ],
+        "sign_off": {"by": ["ciso@health.example"]},
+    }
+]
 
 
 def _ref_name(node: dict[str, Any]) -> str | None:
@@ -138,7 +155,15 @@ def test_the_walk_finds_every_kind_of_string_field() -> None:
     schema (a check on the walk itself, so that an empty walk cannot pass the test below)."""
     paths = {format_path(p) for p, _, _ in FIELDS}
     assert len(FIELDS) >= 50
-    for expected in ("schema", "site.description", "node_pools[0].hardware.gpu.model", "storage[0].endpoint"):
+    for expected in (
+        "schema",
+        "site.description",
+        "node_pools[0].hardware.gpu.model",
+        "storage[0].endpoint",
+        "loop[0].trigger.schedule",
+        "loop[0].evaluation.digest",
+        "loop[0].sign_off.by[0]",
+    ):
         assert expected in paths
     with_strings = {
         name
