@@ -144,7 +144,7 @@ class LabSession:
         return lab_bmc_credential(self.site, bmc.credentials)
 
 
-TEST_SITE = re.compile(r"^(lab|lk|lf)(\d+)$")  # site names test sessions give their labs: <kind><pid>
+TEST_SITE = re.compile(r"^(lab|lk|lf|fd)(\d+)$")  # site names test sessions give their labs: <kind><pid>
 
 
 def reap_stale_test_labs() -> list[str]:

@@ -7,17 +7,25 @@
 SITE is a site spec (YAML; the tenant is checked against it) or the name of a site whose state
 folder exists. The token is printed once and never stored; its id is logged. Certificates and their
 keys (0600) are written to DIR with the site CA's certificate; serials and fingerprints are logged.
+
+When SITE is a spec with a front door, the output gives clients its address and port (`front_door`
+in JSON), and a server certificate for a host behind it also names the front door's address and host
+name: TLS goes through the front door to the node (docs/runtime.md, "Front door").
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from aifactory.cli.output import emit_json
 from aifactory.errors import UsageError
+from aifactory.frontdoor.certs import NO_NAMES, ServingNames, serving_names
+from aifactory.plan.model import FrontDoorPlan
 from aifactory.state import SiteState
 from aifactory.trust.issuing.certs import (
     certificate_revocation_id,
@@ -92,16 +100,60 @@ def register(
     revoke.set_defaults(handler=cmd_revoke)
 
 
-def _site_and_tenants(site: str) -> tuple[str, list[str] | None]:
-    """The site's name, and its tenants when SITE is a spec file (see aifactory.spec.reference)."""
+@dataclass(frozen=True)
+class _Site:
+    name: str
+    tenants: list[str] | None  # when SITE is a spec file
+    front_door: FrontDoorPlan | None  # when SITE is a spec with a front_door section
+
+
+def _site(site: str) -> _Site:
+    """The site's name, and its tenants and front door when SITE is a spec file (see
+    aifactory.spec.reference). Only a spec with a front door is planned (for its address)."""
     from aifactory.spec.reference import resolve_site
 
     reference = resolve_site(site)
-    return reference.name, [t.name for t in reference.spec.tenants] if reference.spec else None
+    if reference.spec is None:
+        return _Site(reference.name, None, None)
+    front_door = None
+    if reference.spec.front_door is not None and reference.spec_path is not None:
+        from aifactory.plan import plan_site
+
+        front_door = plan_site(reference.spec_path, write_lock=False).plan.front_door
+    return _Site(reference.name, [t.name for t in reference.spec.tenants], front_door)
+
+
+def _front_door_json(front_door: FrontDoorPlan | None) -> dict[str, Any]:
+    """The front door clients reach, for --format json (nothing without one: the output is as before)."""
+    if front_door is None:
+        return {}
+    return {
+        "front_door": {
+            "url": front_door.url,
+            "host": front_door.host,
+            "address": front_door.address,
+            "port": front_door.port,
+        }
+    }
+
+
+def _behind_text(also: ServingNames) -> str:
+    """What a server certificate names for the front door it sits behind."""
+    if not also.dns and not also.addresses:
+        return ""
+    names = ", ".join((*also.dns, *also.addresses))
+    return f"; it also names the front door ({names}), as its clients reach it there"
+
+
+def _front_door_text(front_door: FrontDoorPlan | None) -> str:
+    if front_door is None:
+        return ""
+    return f"; clients reach the models through the front door at {front_door.url} ({front_door.host})"
 
 
 def cmd_issue(args: argparse.Namespace) -> int:
-    site, tenants = _site_and_tenants(args.site)
+    found = _site(args.site)
+    site, tenants = found.name, found.tenants
     if tenants is not None and args.tenant not in tenants:
         raise UsageError(
             f"site {site!r} has no tenant {args.tenant!r}", hint=f"tenants: {', '.join(tenants) or 'none'}"
@@ -124,20 +176,23 @@ def cmd_issue(args: argparse.Namespace) -> int:
                 **issued.claims.as_dict(),
                 "allowed_signers": str(trust.allowed_signers),
                 "revocations": str(trust.revocations),
+                **_front_door_json(found.front_door),
             }
         )
     else:
         print(issued.token)
         print(
             f"token {issued.claims.id} for tenant {args.tenant} at site {site}, expires "
-            f"{expires.replace(microsecond=0).isoformat()}; nodes verify it with {trust.allowed_signers}",
+            f"{expires.replace(microsecond=0).isoformat()}; nodes verify it with {trust.allowed_signers}"
+            f"{_front_door_text(found.front_door)}",
             file=sys.stderr,
         )
     return 0
 
 
 def cmd_cert(args: argparse.Namespace) -> int:
-    site, tenants = _site_and_tenants(args.site)
+    found = _site(args.site)
+    site, tenants = found.name, found.tenants
     if args.tenant and tenants is not None and args.tenant not in tenants:
         raise UsageError(
             f"site {site!r} has no tenant {args.tenant!r}", hint=f"tenants: {', '.join(tenants) or 'none'}"
@@ -148,6 +203,8 @@ def cmd_cert(args: argparse.Namespace) -> int:
         )
     now = datetime.now(UTC)
     expires = parse_expiry(args.expires, now=now)
+    # A node behind the front door is reached at the front door's address and name too.
+    also = serving_names(found.front_door, args.server) if args.server else NO_NAMES
     state = SiteState.for_site(site)
     with state.lock("token cert"):
         trust = TrustFiles(state.subdir("runtime"))
@@ -160,7 +217,8 @@ def cmd_cert(args: argparse.Namespace) -> int:
                 trust,
                 site=site,
                 server=args.server,
-                addresses=tuple(args.address),
+                addresses=tuple(dict.fromkeys((*args.address, *also.addresses))),
+                also_named=also.dns,
                 expires=expires,
                 out_dir=args.output,
                 now=now,
@@ -182,6 +240,7 @@ def cmd_cert(args: argparse.Namespace) -> int:
                 "certificate": str(issued.certificate),
                 "key": str(issued.key),
                 "ca": str(issued.ca),
+                **_front_door_json(found.front_door),
             }
         )
     else:
@@ -189,13 +248,16 @@ def cmd_cert(args: argparse.Namespace) -> int:
             f"{kind} certificate for {issued.subject} at site {site}: {issued.certificate} "
             f"(key {issued.key}, 0600; site CA {issued.ca}), serial {issued.serial:x}, expires "
             f"{expires.replace(microsecond=0).isoformat()}; revoke with "
-            f"`aifactory token revoke {args.site} {issued.revocation_id}`"
+            f"`aifactory token revoke {args.site} {issued.revocation_id}`{_behind_text(also)}"
+            f"{_front_door_text(found.front_door)}"
         )
     return 0
 
 
 def cmd_revoke(args: argparse.Namespace) -> int:
-    site, _tenants = _site_and_tenants(args.site)
+    from aifactory.spec.reference import resolve_site
+
+    site = resolve_site(args.site).name
     token_id = certificate_revocation_id(args.token_id) or token_id_of(args.token_id)
     state = SiteState.for_site(site)
     with state.lock("token revoke"):

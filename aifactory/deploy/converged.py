@@ -35,6 +35,7 @@ import yaml
 
 from aifactory import __version__
 from aifactory.digests import sha256_file
+from aifactory.frontdoor.certs import FRONT_DOOR_CERTS
 from aifactory.inventory.render import load_inventory_yaml
 from aifactory.state import SiteState
 
@@ -162,10 +163,12 @@ def controller_inputs(inventory_dir: Path, playbooks: Path) -> list[Path]:
     if trust_dir:
         role_vars = yaml.safe_load((playbooks / "roles" / "runtime" / "vars" / "main.yml").read_text()) or {}
         inputs += [Path(trust_dir) / name for name in role_vars.get("_runtime_trust_files") or []]
-        # each host's TLS certificate and key (the runtime role's default runtime_tls_source_dir)
-        server_certs = Path(trust_dir) / "server-certs"
-        if server_certs.is_dir():
-            inputs += sorted(p for p in server_certs.iterdir() if p.suffix in (".pem", ".key"))
+        # each host's TLS certificate and key (the runtime role's default runtime_tls_source_dir), and
+        # the front door's CA and service identity (the front_door role's front_door_tls_source_dir)
+        for folder in ("server-certs", FRONT_DOOR_CERTS):
+            certs = Path(trust_dir) / folder
+            if certs.is_dir():
+                inputs += sorted(p for p in certs.iterdir() if p.suffix in (".pem", ".key"))
     return inputs
 
 

@@ -454,7 +454,9 @@ def ensure_site_trust(state: SiteState, plan: SitePlan) -> None:
     a deploy gives every host their public halves (and the revocation list): a server trusts only
     tokens and models this site signed, and checks Prometheus' client certificate against the CA. Made
     later (by the first `aifactory token`, or the monitoring deploy), they would change what every
-    host was given, and the next deploy would find every host changed."""
+    host was given, and the next deploy would find every host changed. A site with a front door also
+    gets its service certificate (aifactory.frontdoor.certs)."""
+    from aifactory.frontdoor.certs import issue_front_door_certificates
     from aifactory.trust.issuing.certs import ensure_site_ca
     from aifactory.trust.issuing.models import ensure_model_key
     from aifactory.trust.issuing.tokens import ensure_site_key
@@ -465,6 +467,10 @@ def ensure_site_trust(state: SiteState, plan: SitePlan) -> None:
     ensure_model_key(state.subdir("runtime"))
     if plan.monitored:
         ensure_site_ca(trust, site=state.site)
+    if plan.front_door is not None:
+        # The front door's service identity for its health checks (made with the CA when missing),
+        # which the front_door role copies to its host; renewed here when it comes near its end.
+        issue_front_door_certificates(trust, site=state.site)
 
 
 def deploy_site(

@@ -307,6 +307,11 @@ def _site_vars(
     prices = price_settings(plan)
     if prices is not None:
         values["aifactory_economics"] = prices
+    # The front door (host, its address, ports, the serving hosts behind it): the front_door role on
+    # that host, and each backend's runtime opens its front door port (docs/runtime.md, "Front door").
+    # Likewise only on a site that has one.
+    if plan.front_door is not None:
+        values["aifactory_front_door"] = section_dict(plan.front_door)
     # What came from the plan, the bundle or provisioning is never templated; the site's own
     # variables (the lab's connection settings, the trust folder) are aifactory's, and stay plain.
     values = _unsafe(values, "group_vars")

@@ -312,6 +312,12 @@ class FrontDoorPlan:
     backend_port: int
     backends: tuple[FrontDoorBackendPlan, ...]  # the hosts of every pool a model is served on, in plan order
 
+    @property
+    def url(self) -> str:
+        """Where clients reach the models: https://ADDRESS:PORT (an IPv6 address in brackets)."""
+        host = f"[{self.address}]" if ":" in self.address else self.address
+        return f"https://{host}:{self.port}"
+
 
 @dataclass(frozen=True, slots=True)
 class ContactsPlan:

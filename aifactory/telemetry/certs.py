@@ -17,11 +17,16 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from cryptography import x509
-
 from aifactory.plan.model import SitePlan
 from aifactory.trust.certs import PROMETHEUS_SERVICE
-from aifactory.trust.issuing.certs import ensure_site_ca, issue_server_certificate, issue_service_certificate
+from aifactory.trust.issuing.certs import (
+    certificate_not_after,
+    ensure_site_ca,
+    issue_server_certificate,
+    issue_service_certificate,
+    remove_issued,
+    still_valid,
+)
 from aifactory.trust.tokens import TrustFiles
 
 MONITORING_CERTS = "monitoring-certs"
@@ -49,14 +54,14 @@ def issue_monitoring_certificates(
     folder = monitoring_cert_dir(trust)
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     ca = ensure_site_ca(trust, site=plan.name, now=moment)
-    expires = min(moment + SERVICE_LIFETIME, _not_after(ca.certificate) - timedelta(days=1))
+    expires = min(moment + SERVICE_LIFETIME, certificate_not_after(ca.certificate) - timedelta(days=1))
     issued: list[str] = []
     kept: list[str] = []
     for host in plan.hosts:
-        if _still_valid(folder, host.name, moment):
+        if still_valid(folder, host.name, now=moment, renew_before=RENEW_BEFORE):
             kept.append(host.name)
             continue
-        _clear(folder, host.name)
+        remove_issued(folder, host.name)
         issue_server_certificate(
             trust,
             site=plan.name,
@@ -67,26 +72,12 @@ def issue_monitoring_certificates(
             now=moment,
         )
         issued.append(host.name)
-    if _still_valid(folder, PROMETHEUS, moment):
+    if still_valid(folder, PROMETHEUS, now=moment, renew_before=RENEW_BEFORE):
         kept.append(PROMETHEUS)
     else:
-        _clear(folder, PROMETHEUS)
+        remove_issued(folder, PROMETHEUS)
         issue_service_certificate(
             trust, site=plan.name, service=PROMETHEUS, expires=expires, out_dir=folder, now=moment
         )
         issued.append(PROMETHEUS)
     return MonitoringCerts(folder, tuple(issued), tuple(kept))
-
-
-def _not_after(path: Path) -> datetime:
-    return x509.load_pem_x509_certificate(path.read_bytes()).not_valid_after_utc
-
-
-def _still_valid(folder: Path, subject: str, moment: datetime) -> bool:
-    cert, key = folder / f"{subject}.pem", folder / f"{subject}.key"
-    return cert.is_file() and key.is_file() and _not_after(cert) - moment > RENEW_BEFORE
-
-
-def _clear(folder: Path, subject: str) -> None:
-    for suffix in ("pem", "key"):
-        (folder / f"{subject}.{suffix}").unlink(missing_ok=True)

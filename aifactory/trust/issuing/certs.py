@@ -155,18 +155,19 @@ def issue_server_certificate(
     site: str,
     server: str,
     addresses: tuple[str, ...] = (),
+    also_named: tuple[str, ...] = (),
     expires: datetime,
     out_dir: Path,
     now: datetime | None = None,
 ) -> IssuedCertificate:
-    """A TLS server certificate for `server` (a DNS name) and its IP addresses, written to out_dir."""
+    """A TLS server certificate for `server` (a DNS name), the other DNS names it answers for
+    (`also_named`: the front door's, for a node behind it) and its IP addresses, written to out_dir."""
     # The name is also the file name in out_dir: a DNS name has no '/', no leading '.', no '..'.
-    if len(server) > DNS_NAME_MAX or not DNS_NAME.fullmatch(server):
-        raise UsageError(
-            f"{server[:60]!r} cannot be a server name in a certificate",
-            hint="a DNS name: letters, digits and inner '-' in labels joined by '.' (gpu-001.site.example)",
-        )
-    names: list[x509.GeneralName] = [x509.DNSName(server)]
+    hint = "a DNS name: letters, digits and inner '-' in labels joined by '.' (gpu-001.site.example)"
+    for name in (server, *also_named):
+        if len(name) > DNS_NAME_MAX or not DNS_NAME.fullmatch(name):
+            raise UsageError(f"{name[:60]!r} cannot be a server name in a certificate", hint=hint)
+    names: list[x509.GeneralName] = [x509.DNSName(name) for name in dict.fromkeys((server, *also_named))]
     for address in addresses:
         try:
             names.append(x509.IPAddress(ipaddress.ip_address(address)))
@@ -188,6 +189,7 @@ def issue_server_certificate(
             "kind": "server",
             "server": server,
             "addresses": list(addresses),
+            **({"also_named": list(also_named)} if also_named else {}),
         },
     )
 
@@ -268,6 +270,23 @@ def _issue(
             }
         )
     return IssuedCertificate(cert_path, key_path, ca_copy, serial, fingerprint, subject, expires)
+
+
+def certificate_not_after(path: Path) -> datetime:
+    """When the PEM certificate at `path` expires."""
+    return x509.load_pem_x509_certificate(path.read_bytes()).not_valid_after_utc
+
+
+def still_valid(folder: Path, subject: str, *, now: datetime, renew_before: timedelta) -> bool:
+    """Whether `folder` holds `subject`'s certificate and key, valid for more than `renew_before`."""
+    cert, key = folder / f"{subject}.pem", folder / f"{subject}.key"
+    return cert.is_file() and key.is_file() and certificate_not_after(cert) - now > renew_before
+
+
+def remove_issued(folder: Path, subject: str) -> None:
+    """`subject`'s certificate and key gone from `folder` (before issuing anew: `_issue` never overwrites)."""
+    for suffix in ("pem", "key"):
+        (folder / f"{subject}.{suffix}").unlink(missing_ok=True)
 
 
 def certificate_revocation_id(text: str) -> str | None:
