@@ -26,7 +26,7 @@ DOWNSTREAM_OF_PLAN = (
     "cli",
     "lab",
 )
-NOT_FOR_NODES = ("deploy", "lab", "provision", "bundle", "pipeline", "audit", "cli")
+NOT_FOR_NODES = ("deploy", "lab", "provision", "bundle", "pipeline", "audit", "cli", "backup")
 
 
 def module_name(path: Path) -> str:
