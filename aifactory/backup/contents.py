@@ -193,9 +193,8 @@ class Limited:
         return data
 
     @property
-    def room(self) -> int:
-        """How many more bytes the summary allows."""
-        return self._limit - self.count
+    def limit(self) -> int:
+        return self._limit
 
     def drain(self) -> None:
         while self.read(_BLOCK):
@@ -251,7 +250,8 @@ def extract(source: Limited, target: Path, *, name: str, progress: Progress = SI
     with _damage_is_named(name):
         tar = tarfile.open(fileobj=source, mode="r|")  # type: ignore[call-overload]  # read() is enough in stream mode
         for member in tar:
-            path = check_member(member, name=name, seen=seen, room=source.room)
+            # the stream reads ahead: what is left is counted from where this member's data starts
+            path = check_member(member, name=name, seen=seen, room=source.limit - member.offset_data)
             seen.add(path)
             destination = target / path
             with _writing(name, path, destination):

@@ -326,10 +326,24 @@ def restore_backup(
         key = passphrase()
         home.mkdir(parents=True, exist_ok=True)
         _check_room(home, verified)
+        existed = target.exists()
         state = SiteState.for_site(verified.header.site, home=home)
-        with state.lock("restore"):
-            result = _restore_locked(verified, key, state, progress)
+        try:
+            with state.lock("restore"):
+                result = _restore_locked(verified, key, state, progress)
+        except BaseException:
+            if not existed:  # made only to hold the lock: a failed restore leaves no folder behind
+                _remove_empty(target)
+            raise
     return result
+
+
+def _remove_empty(folder: Path) -> None:
+    """Remove a site folder that holds nothing but its lock files."""
+    if folder.is_dir() and not holds_state(folder):
+        for name in _NOT_STATE:
+            (folder / name).unlink(missing_ok=True)
+        folder.rmdir()
 
 
 def _check_room(home: Path, verified: Verified) -> None:
@@ -403,9 +417,7 @@ def _swap(staging: Path, target: Path) -> Path | None:
         ) from None
     if holds_state(aside):
         return aside
-    for name in _NOT_STATE:
-        (aside / name).unlink(missing_ok=True)
-    aside.rmdir()
+    _remove_empty(aside)
     return None
 
 
