@@ -20,6 +20,7 @@ import subprocess
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -139,8 +140,8 @@ def _trust_copy(state: SiteState, folder: Path) -> Path:
     return copy
 
 
-def _records(state: SiteState) -> list[dict[str, object]]:
-    return [record for _, record, _ in iter_records(state.operator_log)]
+def _records(state: SiteState) -> list[dict[str, Any]]:
+    return [record for _, record, _ in iter_records(state.operator_log) if record is not None]
 
 
 def test_round_trip_restores_every_kept_file_and_the_evidence_verifies(
