@@ -265,7 +265,7 @@ def extract(source: Limited, target: Path, *, name: str, progress: Progress = SI
                 _write_file(destination, data, member.mode & _PERMISSIONS)
             files += 1
             file_bytes += member.size
-            progress.advance(items=1, nbytes=member.size)
+            progress.advance(items=1)  # the bytes are counted as they are decrypted
         source.drain()  # the end-of-archive padding, and with it the marked last chunk
     for folder, mode in reversed(directories):  # deepest first: a read-only folder is filled before
         os.chmod(folder, mode)

@@ -245,8 +245,9 @@ def backup_site(
             result = write_backup(
                 state, output, passphrase=passphrase(), key=site_backup_key(state), progress=progress
             )
-        except AifactoryError as error:
-            state.record(command="backup", result=f"failed: {error.code}", detail={"file": str(output)})
+        except (AifactoryError, OSError) as error:  # OSError: a full disk, media gone
+            code = error.code if isinstance(error, AifactoryError) else "os-error"
+            state.record(command="backup", result=f"failed: {code}", detail={"file": str(output)})
             raise
         state.record(command="backup", result="written", detail=result.record_detail())
     return result
