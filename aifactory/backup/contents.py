@@ -262,7 +262,7 @@ def extract(source: Limited, target: Path, *, name: str, progress: Progress = SI
                     continue
                 data = tar.extractfile(member)
                 assert data is not None  # a regular file
-                _write_file(destination, data, member.mode & _PERMISSIONS)
+                _write_file(destination, data, member.mode & _PERMISSIONS, name=name)
             files += 1
             file_bytes += member.size
             progress.advance(items=1)  # the bytes are counted as they are decrypted
@@ -272,22 +272,13 @@ def extract(source: Limited, target: Path, *, name: str, progress: Progress = SI
     return Extracted(files, len(directories), file_bytes)
 
 
-class _Unreadable(Exception):
-    """Reading the archive failed while a file was being written (kept apart from write errors)."""
-
-
 @contextmanager
 def _damage_is_named(name: str) -> Iterator[None]:
     """gzip's, zlib's and tarfile's errors on a damaged stream, as one BackupError."""
     try:
         yield
-    except (tarfile.TarError, EOFError, zlib.error, _Unreadable) as exc:
-        cause = exc.__cause__ if isinstance(exc, _Unreadable) else exc
-        raise BackupError(
-            f"the backup's archive is damaged or cut short ({cause})",
-            location=Location(file=name),
-            hint="nothing was restored; copy the backup again and run the same restore",
-        ) from None
+    except (tarfile.TarError, EOFError, zlib.error) as exc:
+        raise _damaged(name, exc) from None
     except OSError as exc:
         if isinstance(exc, gzip.BadGzipFile):
             raise BackupError(
@@ -296,6 +287,14 @@ def _damage_is_named(name: str) -> Iterator[None]:
                 hint="nothing was restored; this file was not written by `aifactory backup`",
             ) from None
         raise
+
+
+def _damaged(name: str, cause: BaseException) -> BackupError:
+    return BackupError(
+        f"the backup's archive is damaged or cut short ({cause})",
+        location=Location(file=name),
+        hint="nothing was restored; copy the backup again and run the same restore",
+    )
 
 
 @contextmanager
@@ -322,14 +321,14 @@ def _make_parent(destination: Path, target: Path) -> None:
         os.makedirs(parent, mode=0o700)  # a directory entry makes it first in what backup writes
 
 
-def _write_file(destination: Path, data: IO[bytes], mode: int) -> None:
+def _write_file(destination: Path, data: IO[bytes], mode: int, *, name: str) -> None:
     fd = os.open(destination, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     with os.fdopen(fd, "wb") as handle:
         while True:
             try:
                 block = data.read(_BLOCK)
-            except (EOFError, OSError, zlib.error) as exc:
-                raise _Unreadable() from exc
+            except (EOFError, OSError, zlib.error) as exc:  # reading the archive, not writing the copy
+                raise _damaged(name, exc) from None
             if not block:
                 break
             handle.write(block)

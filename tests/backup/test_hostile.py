@@ -141,3 +141,16 @@ def test_the_same_envelope_with_a_plain_archive_restores(
     )
     assert (restored.files, restored.directories) == (1, 1)
     assert (tmp_path / "state" / "lab" / "runtime" / "token_key").read_bytes() == b"x"
+
+
+def test_a_body_that_is_not_gzip_is_refused(signer: tuple[Ed25519PrivateKey, Path], tmp_path: Path) -> None:
+    key, trust = signer
+    header = Header("lab", "2026-12-02T00:00:00Z", "/elsewhere/lab", "backup@lab", b"s" * 16, b"n" * 7)
+    with (tmp_path / "plain.aifbackup").open("wb") as sink:
+        envelope = EnvelopeWriter(sink, header, passphrase=PASSPHRASE, key=key)
+        envelope.write(_archive(lambda tar: None))  # a tar, never compressed
+        envelope.finish(tar_bytes=1 << 20, files=1, directories=1)
+    home = tmp_path / "state"
+    with pytest.raises(BackupError) as refused:
+        restore_backup(tmp_path / "plain.aifbackup", trust=trust, passphrase=lambda: PASSPHRASE, home=home)
+    assert "not gzip data" in refused.value.message and list(home.iterdir()) == []
