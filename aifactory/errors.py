@@ -325,6 +325,14 @@ class PipelineFailed(AifactoryError):
         return next((o.name for o in self.outcomes if o.status == "failed"), "?")
 
 
+class BackupError(AifactoryError):
+    """A backup file that cannot be made or restored as asked: not a backup, damaged, not signed by a
+    trusted key, or holding something a state folder never holds (a link, a device, a path out of it)."""
+
+    code = "backup-invalid"
+    exit_code = ExitCode.INVALID
+
+
 class AuditError(AifactoryError):
     code = "audit"
     exit_code = ExitCode.INVALID

@@ -34,7 +34,8 @@ SCHEME = "secret://"
 # placeholder (no other brace, so no template delimiter; no `..`, no `//`, no newline).
 REFERENCE = re.compile(SECRET.pattern)
 STORE_FILE = "secrets.enc"
-_SCRYPT = {"n": 2**15, "r": 8, "p": 1}
+# scrypt cost settings, shared by the backups (aifactory.backup) that encrypt the same way.
+SCRYPT_PARAMS = {"n": 2**15, "r": 8, "p": 1}
 
 
 def is_reference(value: object) -> bool:
@@ -92,8 +93,9 @@ def read_passphrase(passphrase_file: str | os.PathLike[str] | None = None, *, co
     return first
 
 
-def _key(passphrase: bytes, salt: bytes) -> bytes:
-    return Scrypt(salt=salt, length=32, **_SCRYPT).derive(passphrase)
+def derive_key(passphrase: bytes, salt: bytes) -> bytes:
+    """A 256-bit AES key from a passphrase and a salt (scrypt, SCRYPT_PARAMS)."""
+    return Scrypt(salt=salt, length=32, **SCRYPT_PARAMS).derive(passphrase)
 
 
 class SecretStore:
@@ -114,7 +116,7 @@ class SecretStore:
         except (OSError, ValueError, KeyError) as exc:
             raise SecretError(f"the secret store {self.path} is damaged: {exc}") from exc
         try:
-            plain = AESGCM(_key(self._passphrase, salt)).decrypt(nonce, sealed, b"aifactory-secrets")
+            plain = AESGCM(derive_key(self._passphrase, salt)).decrypt(nonce, sealed, b"aifactory-secrets")
         except InvalidTag:
             raise SecretError(
                 f"cannot open the secret store {self.path}: wrong passphrase or the file was altered"
@@ -124,12 +126,12 @@ class SecretStore:
 
     def _save(self, data: dict[str, str]) -> None:
         salt, nonce = os.urandom(16), os.urandom(12)
-        sealed = AESGCM(_key(self._passphrase, salt)).encrypt(
+        sealed = AESGCM(derive_key(self._passphrase, salt)).encrypt(
             nonce, json.dumps(data, sort_keys=True).encode(), b"aifactory-secrets"
         )
         blob = {
             "format": "aifactory.secrets/v1",
-            "kdf": {"name": "scrypt", **_SCRYPT},
+            "kdf": {"name": "scrypt", **SCRYPT_PARAMS},
             "cipher": "AES-256-GCM",
             "salt": base64.b64encode(salt).decode(),
             "nonce": base64.b64encode(nonce).decode(),

@@ -71,6 +71,15 @@ ACTIVITIES: dict[str, tuple[str, tuple[str, ...]]] = {
             "List every erasure: when, by whom, on whose authority, which files were destroyed.",
         ),
     ),
+    "backups": (
+        "EXAMINE",
+        (
+            "Read the operator log's backup and restore records.",
+            "Check that the latest backup attempt wrote its file.",
+            "Where that file is still on the control host, check its SHA-256 against the record and its "
+            "signature against the site's backup key.",
+        ),
+    ),
 }
 
 

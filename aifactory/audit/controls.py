@@ -109,6 +109,10 @@ PARTS: dict[str, str] = {
         "Health gate: signed per-host health runs judged by policy, failing hosts drained in Slurm within "
         "a drain budget"
     ),
+    "backup": (
+        "Backup: the control host's state folder (keys, logs, reports, allocations) in one encrypted, "
+        "signed file, restored only after its signature verifies"
+    ),
     "telemetry": (
         "Telemetry: node exporter, Prometheus and Alertmanager with TLS, host power, the signed "
         "operations report"
@@ -237,6 +241,16 @@ IMPLEMENTATIONS: dict[str, Implementation] = {
         ("bundle", "deploy"),
         ("site-administrator", "security-officer"),
     ),
+    "CP-9": Implementation(
+        "`aifactory backup` writes the control host's state folder (keys, operator and decision logs with "
+        "their signed heads, reports, health runs, provision state, bundle trust) into one file, encrypted "
+        "with AES-256-GCM under a passphrase-derived key and signed (SSHSIG), and records it in the operator "
+        "log; `aifactory restore` verifies the signature against a trust file kept off the host before it "
+        "decrypts. The audit assesses the records: the latest backup was written, and where its file is "
+        "still on the host, it is the one recorded and verifies.",
+        ("backup", "logs", "audit"),
+        ("site-administrator", "auditor"),
+    ),
     "IA-2": Implementation(
         "Tenants are identified only by a site-signed token or a client certificate from the site CA; "
         "administrators reach hosts over SSH with keys only.",
@@ -332,6 +346,7 @@ MODERATE_BASELINE: frozenset[str] = frozenset(
         "CA-7",
         "CM-2",
         "CM-8",
+        "CP-9",
         "IA-2",
         "IA-5",
         "PL-2",

@@ -60,7 +60,7 @@ class Scan:
     end: int  # offset just past the last member's padded data
 
 
-def _unsafe_name(name: str) -> str | None:
+def unsafe_name(name: str) -> str | None:
     if name.startswith("/") or (len(name) > 1 and name[1] == ":"):
         return "an absolute path"
     if ".." in name.split("/"):
@@ -70,7 +70,7 @@ def _unsafe_name(name: str) -> str | None:
     return None
 
 
-def _link_escapes(member: tarfile.TarInfo) -> bool:
+def link_escapes(member: tarfile.TarInfo) -> bool:
     if member.issym():
         if member.linkname.startswith("/"):
             return True
@@ -82,7 +82,7 @@ def _link_escapes(member: tarfile.TarInfo) -> bool:
 
 def member_problem(member: tarfile.TarInfo, archive: str) -> Problem | None:
     where = Location(file=archive, path=member.name)
-    unsafe = _unsafe_name(member.name)
+    unsafe = unsafe_name(member.name)
     if unsafe:
         return Problem(
             "unsafe-path",
@@ -92,7 +92,7 @@ def member_problem(member: tarfile.TarInfo, archive: str) -> Problem | None:
         )
     if member.issym() or member.islnk():
         kind = "symbolic" if member.issym() else "hard"
-        if _link_escapes(member):
+        if link_escapes(member):
             return Problem(
                 "link-outside-tree",
                 f"a {kind} link points out of the bundle, to {member.linkname!r}",

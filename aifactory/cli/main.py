@@ -34,6 +34,7 @@ COMMAND_MODULES = (
     "aifactory.cli.data",  # data versions, show, version, erase
     "aifactory.cli.pipeline",  # up, down
     "aifactory.cli.monitoring",  # status, monitoring, report
+    "aifactory.cli.backup",  # backup, restore
 )
 # Which module defines each top-level command: only that module is imported to run it (a command
 # never pays for the others' imports, e.g. `validate` never loads Ansible or torch).
@@ -60,6 +61,8 @@ COMMANDS = {
     "status": "aifactory.cli.monitoring",
     "monitoring": "aifactory.cli.monitoring",
     "report": "aifactory.cli.monitoring",
+    "backup": "aifactory.cli.backup",
+    "restore": "aifactory.cli.backup",
 }
 
 

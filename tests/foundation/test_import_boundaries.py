@@ -27,7 +27,7 @@ DOWNSTREAM_OF_PLAN = (
     "lab",
     "loop",
 )
-NOT_FOR_NODES = ("deploy", "lab", "provision", "bundle", "pipeline", "audit", "cli", "loop")
+NOT_FOR_NODES = ("deploy", "lab", "provision", "bundle", "pipeline", "audit", "cli", "loop", "backup")
 
 
 def module_name(path: Path) -> str:

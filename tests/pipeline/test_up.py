@@ -7,7 +7,8 @@ report; then the model it signed and promoted is the champion `aifactory models`
 names its digest (issue 28), and Prometheus scrapes every host with TLS; a second run changes nothing
 and is fast; a run plans the site once; a host failing its health run stops `up` with exit 4 naming it
 and the check, and the next run admits it; a host failing at deploy stops `up` with exit 4 naming it,
-and the next run resumes at deploy.
+and the next run resumes at deploy. After the second run, the control host's state is backed up, lost
+and restored (issue 27): `up` then finds every stage as it was and the restored evidence verifies.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import base64
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -298,6 +300,72 @@ def test_second_up_changes_nothing_and_is_fast(site: UpSite) -> None:
     assert "unchanged" in result.stdout
     assert "changed=0" in result.stderr  # deploy re-probed in check mode and found nothing to change
     assert seconds < 0.25 * site.first_seconds, (seconds, site.first_seconds)
+
+
+def test_a_restored_control_host_state_leaves_up_nothing_to_do(site: UpSite, tmp_path: Path) -> None:
+    """Issue 27 on the lab: `aifactory backup`, the state folder lost, `aifactory restore`: the next
+    `up` re-verifies every stage and changes nothing (no stage record changes; deploy re-probes with
+    changed=0), and `audit verify` (every log the report cites required) and `verify-log` pass on the
+    restored evidence. The lab's own folder (the lab hosts' disks, BMCs and processes, which a backup
+    leaves out: not the control host's state) is moved back beside the restored state while its hosts
+    keep running. The original state goes back in `finally`, whatever happened.
+
+    Uses this module's site rather than the session's deployed lab: only a state `up` has run on has
+    stage records to find unchanged, and an `up` on the session lab would build, import and deploy a
+    bundle of its own under the tests that share it."""
+    assert site.first_seconds, "needs the first run"
+    state = Path(site.env["AIFACTORY_STATE_HOME"]) / site.name
+    kept = tmp_path / "kept"  # what an admin keeps off the control host
+    kept.mkdir()
+    passphrase = kept / "passphrase"
+    passphrase.write_text("lab backup passphrase\n")
+    backup = kept / f"{site.name}.aifbackup"
+    made = site.run("backup", str(site.spec), "-o", str(backup), "--passphrase-file", str(passphrase))
+    assert made.returncode == 0, made.stdout + made.stderr
+    shutil.copy(state / "backup" / "allowed_signers", kept / "backup_signers")
+    shutil.copy(state / "audit" / "allowed_signers", kept / "audit_signers")
+    before = site.stages()
+    lost = state.with_name(f"{site.name}.lost")
+    state.rename(lost)
+    try:
+        restored = site.run(
+            "restore",
+            str(backup),
+            "--trust",
+            str(kept / "backup_signers"),
+            "--passphrase-file",
+            str(passphrase),
+        )
+        assert restored.returncode == 0, restored.stdout + restored.stderr
+        assert not (state / "lab").exists(), "a backup leaves the lab out"
+        (lost / "lab").rename(state / "lab")
+        report = state / "up" / "report"
+        cited = [log["path"] for log in json.loads((report / "report.json").read_text())["logs"]]
+        checked = site.run(
+            "audit", "verify", str(report), "--trust", str(kept / "audit_signers"), "--require-logs"
+        )
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+        for log in {str(state / "operator.log.jsonl"), *cited}:
+            verified = site.run("audit", "verify-log", log)
+            assert verified.returncode == 0, verified.stdout + verified.stderr
+
+        result = site.run("up", str(site.spec), "--lab")
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+        after = site.stages()
+        for stage, record in before.items():
+            if stage not in ("serve", "audit"):  # these two run every time
+                assert after[stage] == record, f"{stage} ran again after the restore"
+        assert "changed=0" in result.stderr  # deploy re-probed in check mode and found nothing to change
+        again = site.run(
+            "audit", "verify", str(report), "--trust", str(kept / "audit_signers"), "--require-logs"
+        )
+        assert again.returncode == 0, again.stdout + again.stderr
+    finally:
+        if (state / "lab").is_dir() and not (lost / "lab").exists():
+            (state / "lab").rename(lost / "lab")
+        if state.exists():
+            shutil.rmtree(state)  # the restored copy; the original is `lost`
+        lost.rename(state)
 
 
 def test_an_up_plans_the_site_once(site: UpSite, tmp_path: Path) -> None:

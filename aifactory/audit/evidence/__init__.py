@@ -1,6 +1,6 @@
 """Gathering evidence from every stage that has left some: policy, bundle, deploy, the logs and the
-hosts' OpenSCAP scans, the model registry, the datasets' versions, monitoring with its review, and
-the health gate's runs (continuous monitoring)."""
+hosts' OpenSCAP scans, the model registry, the datasets' versions, monitoring with its review, the
+health gate's runs (continuous monitoring) and the control host's backups."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from aifactory.audit.evidence.backups import backup_evidence
 from aifactory.audit.evidence.bundle import bundle_evidence
 from aifactory.audit.evidence.datasets import dataset_evidence
 from aifactory.audit.evidence.deploy import deploy_evidence
@@ -51,6 +52,7 @@ def gather_evidence(
         host_scan_evidence(state, waivers=scap_waivers, today=today or dt.datetime.now(dt.UTC).date()),
         model_evidence(models, model_trust),
         dataset_evidence(datasets, model_trust),  # signed with the same site key
+        backup_evidence(state),
         health_evidence(state),
         operations_evidence(state, plan),
     ]

@@ -27,7 +27,7 @@ REVIEW = "AU-6"  # audit record review, analysis and reporting
 
 
 def operations_evidence(state: SiteState, plan: SitePlan) -> Evidence:
-    records = _operator_records(state)
+    records = operator_records(state)
     deploys = [r for r in records if r.get("command") == "deploy monitoring"]
     reports = [r for r in records if r.get("command") == "report ops"]
     findings: list[Finding] = []
@@ -58,7 +58,7 @@ def operations_evidence(state: SiteState, plan: SitePlan) -> Evidence:
     return Evidence(SOURCE, "Monitoring and its review", status, summary, detail, rules, tuple(findings))
 
 
-def _operator_records(state: SiteState) -> list[dict[str, Any]]:
+def operator_records(state: SiteState) -> list[dict[str, Any]]:
     """The operator log's records, oldest first (its chain is checked by the operator-log section)."""
     path = state.operator_log
     if not path.exists():
