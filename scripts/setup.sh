@@ -16,6 +16,8 @@ APT_PACKAGES=(
                                                                    #   Debian's base of every kernel package, which
                                                                    #   the SCAP content's "system with kernel"
                                                                    #   platform checks (docs/lab.md)
+  nftables faketime                                                # the lab's fault corpus: a lossy link, a
+                                                                   #   wrong time source (aifactory/lab/faults.py)
   python3-venv git curl
 )
 

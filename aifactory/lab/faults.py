@@ -14,9 +14,9 @@ services are never touched.
 | `storage-unmounted` | `umount` of a site storage mount | storage-mounted-rw |
 | `storage-read-only` | the storage mount remounted read-only | storage-mounted-rw |
 | `munge-stopped`, `slurmd-stopped`, `runtime-stopped` | stopped by the lab's supervisor | service-running |
+| `clock-wrong` | chronyd following an NTP source 120 s ahead (faketime) | clock-offset |
 
-netem is not in the lab's kernel, hence nftables for the loss. The clock fault (an NTP source
-serving a shifted time) is not in the corpus yet: the lab's hosts run no chronyd.
+netem is not in the lab's kernel, hence nftables for the loss.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ TMPFS_SOURCE = "aifactory-fault"  # the disk-full fault's file system, by name i
 TMPFS_SIZE = "4m"
 LOSS_PERCENT = 40
 POLL_S = 1.0
+CLOCK_SHIFT_S = 120
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,10 @@ class Fault:
     reasons: frozenset[str]
     inject: str
     undo: str
+    # Made first on another host and undone last (the clock fault's NTP source on the control host).
+    source_host: str = ""
+    source_inject: str = ""
+    source_undo: str = ""
 
 
 def fault_corpus(plan: SitePlan, host: Host, layout: LabLayout) -> list[Fault]:
@@ -125,6 +130,8 @@ def fault_corpus(plan: SitePlan, host: Host, layout: LabLayout) -> list[Fault]:
                 f"mount -o remount,bind,rw {q(mount.path)}",
             ),
         ]
+    if plan.control_host is not None and plan.control_host != host.name:
+        faults.append(_clock_fault(plan, host))
     for service in ("munge", "slurmd", "aifactory-serve"):
         label = "runtime" if service == "aifactory-serve" else service
         faults.append(
@@ -138,6 +145,42 @@ def fault_corpus(plan: SitePlan, host: Host, layout: LabLayout) -> list[Fault]:
             )
         )
     return faults
+
+
+def _clock_fault(plan: SitePlan, host: Host) -> Fault:
+    """An NTP source on the control host serving a time CLOCK_SHIFT_S ahead (chronyd under
+    libfaketime), and chronyd on the host following it without touching any clock (`-x`: the lab's
+    hosts share the machine's kernel clock, which never changes). The host's chrony then reports an
+    offset of the shift, as a host following a wrong time source would."""
+    q = shlex.quote
+    control = next(h for h in plan.hosts if h.name == plan.control_host)
+    folder = "/run/aifactory-fault"
+    server_conf = "\n".join(
+        [
+            f"pidfile {folder}/chronyd-server.pid",
+            f"bindcmdaddress {folder}/chronyd-server.sock",  # not the host's own chronyc socket
+            "cmdport 0",
+            "local stratum 1",
+            f"allow {control.management_address}/24",
+        ]
+    )
+    client_conf = "\n".join(
+        [f"pidfile {folder}/chronyd.pid", f"server {control.management_address} iburst minpoll -4 maxpoll -4"]
+    )
+    stop = "if [ -f {pid} ]; then kill $(cat {pid}) 2>/dev/null || true; rm -f {pid}; fi"
+    return Fault(
+        "clock-wrong",
+        host.name,
+        f"the host's time source {CLOCK_SHIFT_S} s ahead (chronyd under faketime on {control.name})",
+        frozenset({"clock-offset"}),
+        f"mkdir -p {folder} /run/chrony\nprintf '%s\\n' {q(client_conf)} > {folder}/client.conf\n"
+        f"chronyd -x -u root -f {folder}/client.conf",
+        stop.format(pid=f"{folder}/chronyd.pid"),
+        source_host=control.name,
+        source_inject=f"mkdir -p {folder}\nprintf '%s\\n' {q(server_conf)} > {folder}/server.conf\n"
+        f"faketime -f +{CLOCK_SHIFT_S} chronyd -x -u root -f {folder}/server.conf",
+        source_undo=stop.format(pid=f"{folder}/chronyd-server.pid"),
+    )
 
 
 def storage_gone_everywhere(plan: SitePlan, layout: LabLayout) -> list[Fault]:
@@ -160,11 +203,15 @@ def _compute_interface(plan: SitePlan, host: Host) -> str:
 
 
 def inject(site: str, fault: Fault) -> None:
+    if fault.source_host:
+        _run(site, fault.source_host, fault.source_inject, f"make the source of the fault {fault.name}")
     _run(site, fault.host, fault.inject, f"make the fault {fault.name}")
 
 
 def undo(site: str, fault: Fault) -> None:
     _run(site, fault.host, fault.undo, f"undo the fault {fault.name}")
+    if fault.source_host:
+        _run(site, fault.source_host, fault.source_undo, f"undo the source of the fault {fault.name}")
 
 
 def _run(site: str, host: str, script: str, what: str) -> None:
@@ -184,9 +231,13 @@ def undo_all(site: str, faults: Sequence[Fault]) -> list[str]:
     """Undo every fault (each undo is safe to run when its fault is not there); what failed."""
     failed = []
     for fault in faults:
-        done = _sh(site, fault.host, fault.undo)
-        if done.returncode != 0:
-            failed.append(f"{fault.host} {fault.name}: {(done.stderr or done.stdout).strip()[-200:]}")
+        steps = [(fault.host, fault.undo)] + (
+            [(fault.source_host, fault.source_undo)] if fault.source_host else []
+        )
+        for host, script in steps:
+            done = _sh(site, host, script)
+            if done.returncode != 0:
+                failed.append(f"{host} {fault.name}: {(done.stderr or done.stdout).strip()[-200:]}")
     return failed
 
 
