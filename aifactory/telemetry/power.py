@@ -5,8 +5,9 @@ role's service `aifactory-power-collector`: `aifactory monitoring power SITE --t
 --credentials F ...`. Every `interval` seconds it reads each planned host's BMC through the project's
 Redfish client (aifactory.provision.redfish, sushy underneath, the one provisioning uses: basic auth,
 TLS checked against the site CA, the password never in an error or a log line; one attempt per
-poll): the service root's Chassis and, in order of preference (`read_power`), the first chassis that links the deprecated `Power` resource (its
-`PowerControl[0].PowerConsumedWatts`, method `redfish-power`), else the first whose
+poll): the service root's Chassis and, in order of preference (`read_power`), the first chassis
+that links the deprecated `Power` resource (its `PowerControl[0].PowerConsumedWatts`, method
+`redfish-power`), else the first whose
 `EnvironmentMetrics` has a `PowerWatts` sensor (its `Reading`, `redfish-environmentmetrics`), else the
 first whose `PowerSubsystem` lists power supplies (the sum of their `Metrics`'
 `InputPowerWatts.Reading`, `redfish-powersupplies`). It exports:

@@ -61,7 +61,8 @@ def site_tls(tmp_path_factory: pytest.TempPathFactory) -> LoopbackTls:
 @pytest.fixture(scope="module")
 def other_ca(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Another site's CA: a well-formed CA that did not sign the BMC's certificate."""
-    return ensure_site_ca(TrustFiles(tmp_path_factory.mktemp("other-ca") / "runtime"), site="other").certificate
+    trust = TrustFiles(tmp_path_factory.mktemp("other-ca") / "runtime")
+    return ensure_site_ca(trust, site="other").certificate
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +125,8 @@ def test_without_a_ca_file_the_system_trust_store_decides_and_refuses_a_site_cer
 def test_a_missing_ca_file_is_named_before_anything_is_sent(tmp_path):
     missing = tmp_path / "site-ca.pem"
     with pytest.raises(ProvisionError) as caught:
-        client(f"https://127.0.0.1:{free_port()}", tls=TlsSettings(ca_bundle=str(missing))).get("/redfish/v1/")
+        bmc = client(f"https://127.0.0.1:{free_port()}", tls=TlsSettings(ca_bundle=str(missing)))
+        bmc.get("/redfish/v1/")
     assert caught.value.code == "bmc-ca-missing" and str(missing) in caught.value.message
 
 
