@@ -7,10 +7,9 @@ Redfish client (aifactory.provision.redfish, sushy underneath, the one provision
 TLS checked against the site CA, the password never in an error or a log line; one attempt per
 poll): the service root's Chassis and, in order of preference (`read_power`), the first chassis
 that links the deprecated `Power` resource (its `PowerControl[0].PowerConsumedWatts`, method
-`redfish-power`), else the first whose
-`EnvironmentMetrics` has a `PowerWatts` sensor (its `Reading`, `redfish-environmentmetrics`), else the
-first whose `PowerSubsystem` lists power supplies (the sum of their `Metrics`'
-`InputPowerWatts.Reading`, `redfish-powersupplies`). It exports:
+`redfish-power`), else the first whose `EnvironmentMetrics` has a `PowerWatts` sensor (its
+`Reading`, `redfish-environmentmetrics`), else the first whose `PowerSubsystem` lists power supplies
+(the sum of their `Metrics`' `InputPowerWatts.Reading`, `redfish-powersupplies`). It exports:
 
     aifactory_host_power_watts{host, source, method, interval}          gauge: the last reading
     aifactory_host_energy_joules_total{host, source, method, interval}  counter: energy between readings
