@@ -29,6 +29,10 @@ from typing import Any, NoReturn
 from aifactory.errors import AifactoryError, ExitCode, Location, PrerequisiteError, UsageError
 
 LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
+# Libraries that log the failures they then raise (sushy: "Authentication error detected", "SSL/TLS
+# error connecting to ..."): aifactory turns each into its one error message, so their lines would say
+# it twice. They show with --debug, with the exchange that led there.
+QUIET_UNLESS_DEBUG = ("sushy",)
 DEBUG_HELP = "show debug logs, and the traceback of an error"
 _DEBUG_HINT = "run again with --debug for the traceback"
 
@@ -84,6 +88,8 @@ def run_console(
     wanted = _wanted(arguments, json_option=json_option)
     if log_format is not None:
         logging.basicConfig(level=logging.DEBUG if wanted.debug else logging.WARNING, format=log_format)
+        for name in QUIET_UNLESS_DEBUG:
+            logging.getLogger(name).setLevel(logging.DEBUG if wanted.debug else logging.CRITICAL)
     try:
         return int(command(arguments))
     except AifactoryError as error:

@@ -249,7 +249,7 @@ class BareMetalHostLogic:
             slot = client.virtual_media_slot(system)
             if slot is not None and slot.get("Inserted"):
                 client.eject_media(slot)
-        client.set_boot_override(system, target="None", enabled="Disabled")
+        client.clear_boot_override(system)
 
 
 def _problem(host: str, message: str) -> Problem:

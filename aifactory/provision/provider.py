@@ -3,6 +3,8 @@
 Nothing secret is ever an attribute of a provider: Pulumi pickles the provider object into the
 state (`__provider`), so the BMC credential reaches `create`/`update`/`delete` only through the
 resource's properties, where it is a Pulumi secret (encrypted in state by the passphrase provider).
+Nor is the Redfish client (sushy's connection and resources): the logic builds one inside each call
+from those plain properties and drops it after (docs/provision.md, "The Redfish client").
 """
 
 from __future__ import annotations

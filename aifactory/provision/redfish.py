@@ -1,24 +1,51 @@
-"""A small Redfish client: what provisioning needs and nothing more.
+"""The project's Redfish client: sushy (OpenStack Ironic's Redfish library) behind the small interface
+that provisioning (host.py, identity.py) and the power collector (telemetry/power.py) use.
 
-Plain HTTP(S) with basic authentication (every Redfish service supports it; DSP0266 section 13.3),
-JSON in and out, clear errors for the three things that go wrong in a datacenter: the BMC does not
-answer, it refuses the credentials, or it answers something other than Redfish.
+Why sushy, and what it is trusted with: docs/provision.md, "The Redfish client". In short:
 
-Credentials are held by the client only for the duration of a call chain; they never appear in an
-error, a log line or a repr.
+- reads (collections, systems, processors, NICs, chassis, power) go through sushy's `Connector` and
+  come back as the resources' JSON, plain dicts, which is what the callers read;
+- actions go through sushy's typed resources, which know what BMCs get wrong: the reset checks the
+  ResetType values the system allows, the boot override PATCH carries `If-Match` with the system's
+  ETag (and goes to the `@Redfish.Settings` object where the BMC has one), virtual media falls back
+  to PATCH or adds `TransferProtocolType` where a BMC wants it;
+- the resources are built straight on the connector, never through sushy's service root object: that
+  object loads message registries and fetches a registry's `PublicationUri` from the Internet, which
+  an air-gapped site must never try (and it would cost a request more);
+- basic authentication on every request, as before (every Redfish service supports it, DSP0266
+  section 13.3): a provider call is short, and a session would be one more thing on the BMC to create
+  and delete (BMCs cap them; a call killed halfway would leak one);
+- TLS is checked against the CA file given (the site CA: `--bmc-ca`, the monitoring role's
+  `monitoring_bmc_ca_bundle`), else against the system's trust store (OpenSSL's default paths, where
+  a site installs its CA; requests alone would take certifi's public CAs instead).
+
+Every failure becomes one ProvisionError that names the host, the endpoint and what was asked; the
+credential is never part of an error, a log line or a repr (sushy logs requests with their headers
+sanitized, and the Authorization header is added below what it logs).
+
+Nothing here is ever pickled: Pulumi pickles the dynamic provider into the stack's state, so the
+client is built inside each provider call from plain properties (BareMetalHostLogic.client) and
+dropped after it; pickling one is refused outright (`__reduce_ex__`).
 """
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import ssl
 import time
-import urllib.error
-import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urljoin, urlsplit
+
+from sushy import exceptions as sushy_errors
+from sushy.connector import Connector
+from sushy.resources.constants import ResetType
+from sushy.resources.manager.virtual_media import VirtualMedia
+from sushy.resources.system.constants import BootSource, BootSourceOverrideEnabled
+from sushy.resources.system.system import System
 
 from aifactory.errors import ProvisionError
 
@@ -26,6 +53,12 @@ log = logging.getLogger(__name__)
 
 POWER_ON_STATES = ("On",)
 POWER_OFF_STATES = ("Off",)
+DEFAULT_TIMEOUT = 10.0
+DEFAULT_ATTEMPTS = 3  # provisioning rides out a BMC's brief hiccup; the power collector tries once
+RETRY_DELAY = 2.0
+CLEARED_BOOT = {"BootSourceOverrideTarget": "None", "BootSourceOverrideEnabled": "Disabled"}
+
+_Result = TypeVar("_Result")
 
 
 @dataclass(frozen=True)
@@ -55,31 +88,44 @@ class BmcCredentials:
             hint='store it as USER:PASSWORD or as JSON {"username": ..., "password": ...}',
         )
 
-    def header(self) -> str:
-        token = base64.b64encode(f"{self.username}:{self.password}".encode()).decode()
-        return f"Basic {token}"
-
 
 @dataclass(frozen=True)
 class TlsSettings:
-    """How to check the BMC's certificate: verify against the system store or a CA bundle, or not
-    at all (only for a lab emulator on plain HTTP or a BMC with its factory self-signed cert, and
-    the choice is recorded)."""
+    """How to check the BMC's certificate: against a CA bundle (the site CA), else the system's trust
+    store; or not at all (`--bmc-insecure`, recorded in the stack's inputs: only for a BMC still on
+    its factory self-signed certificate)."""
 
     verify: bool = True
     ca_bundle: str | None = None
 
-    def context(self) -> ssl.SSLContext:
+    def described(self) -> str:
         if not self.verify:
-            context = ssl.create_default_context()
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE
-            return context
-        return ssl.create_default_context(cafile=self.ca_bundle)
+            return "no verification"
+        return f"the CA file {self.ca_bundle}" if self.ca_bundle else "the system's trust store"
+
+    def verify_argument(self, *, host: str) -> bool | str:
+        """What sushy's Connector (requests) takes as `verify`: False, or the file or folder of the CAs
+        to trust. A CA file that is not there fails here, named, before anything is sent."""
+        if not self.verify:
+            return False
+        if self.ca_bundle:
+            if not Path(self.ca_bundle).exists():
+                raise ProvisionError(
+                    f"the CA file {self.ca_bundle} for the BMC of {host} does not exist",
+                    code="bmc-ca-missing",
+                    hint="give the site CA's certificate (PEM) with --bmc-ca FILE",
+                )
+            return self.ca_bundle
+        system = ssl.get_default_verify_paths()  # None where the file or folder is not there
+        return system.cafile or system.capath or True
 
 
 class RedfishClient:
-    """One BMC's Redfish service, e.g. `https://10.9.0.3` (the service root is `/redfish/v1/`)."""
+    """One BMC's Redfish service, e.g. `https://10.9.0.3` (the service root is `/redfish/v1/`).
+
+    `timeout`: seconds to connect and, separately, to wait for an answer. `attempts`: how often a
+    request that cannot connect or gets no answer is sent (sushy's `server_side_retries`, which also
+    retries a GET the BMC answered with a 5xx that many times), `RETRY_DELAY` apart."""
 
     def __init__(
         self,
@@ -89,7 +135,8 @@ class RedfishClient:
         host: str,
         credentials_reference: str = "the BMC credential",
         tls: TlsSettings | None = None,
-        timeout: float = 10.0,
+        timeout: float = DEFAULT_TIMEOUT,
+        attempts: int = DEFAULT_ATTEMPTS,
     ) -> None:
         self.endpoint = endpoint.rstrip("/")
         self.host = host
@@ -97,75 +144,139 @@ class RedfishClient:
         self._reference = credentials_reference
         self._tls = tls or TlsSettings()
         self._timeout = timeout
+        self._attempts = max(1, attempts)  # sushy reads 0 as "its own default" (3)
+        self._connection: Connector | None = None
 
     def __repr__(self) -> str:
         return f"RedfishClient({self.endpoint!r}, host={self.host!r})"
 
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        raise TypeError(
+            "a RedfishClient holds a BMC credential and a live connection and is never pickled: build "
+            "it inside the provider call from the resource's properties"
+        )
+
     # -- transport -------------------------------------------------------------------------------
 
-    def request(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
-        url = path if path.startswith("http") else self.endpoint + path
-        data = json.dumps(body).encode() if body is not None else None
-        request = urllib.request.Request(url, data=data, method=method)
-        request.add_header("Authorization", self._credentials.header())
-        request.add_header("Accept", "application/json")
-        request.add_header("OData-Version", "4.0")
-        if data is not None:
-            request.add_header("Content-Type", "application/json")
-        context = self._tls.context() if url.startswith("https") else None
-        try:
-            with urllib.request.urlopen(request, timeout=self._timeout, context=context) as response:
-                raw = response.read()
-        except urllib.error.HTTPError as exc:
-            raise self._http_error(method, url, exc) from None
-        except urllib.error.URLError as exc:
-            raise self._unreachable(url, exc.reason) from None
-        except (TimeoutError, ConnectionError) as exc:
-            raise self._unreachable(url, exc) from None
-        if not raw:
-            return {}
-        try:
-            parsed = json.loads(raw)
-        except ValueError:
+    def _connector(self) -> Connector:
+        if self._connection is None:
+            connector = Connector(
+                self.endpoint,
+                verify=self._tls.verify_argument(host=self.host),
+                server_side_retries=self._attempts,
+                server_side_retries_delay=RETRY_DELAY,
+                default_request_timeout=self._timeout,
+                connect_timeout=self._timeout,
+                response_callback=self._screen,
+            )
+            connector.set_http_basic_auth(self._credentials.username, self._credentials.password)
+            self._connection = connector
+        return self._connection
+
+    def _url(self, path: str) -> str:
+        """`path` on this BMC. A link to anywhere else is refused: the BMC's credential goes with
+        every request."""
+        url = urljoin(self.endpoint + "/", path)
+        if urlsplit(url)[:2] != urlsplit(self.endpoint)[:2]:
             raise ProvisionError(
-                f"the BMC of {self.host} answered {method} {url} with something that is not JSON",
+                f"the BMC of {self.host} at {self.endpoint} links to {url}, outside itself; not followed",
                 code="bmc-not-redfish",
-                hint="check that the endpoint is the BMC's Redfish service (https://<bmc address>)",
+                hint="a Redfish link (@odata.id) is a path on the same service; check the BMC's firmware",
+            )
+        return url
+
+    def _call(self, what: str, action: Callable[[], _Result]) -> _Result:
+        """`action` (sushy asking the BMC `what`), its failures as the project's one error each."""
+        try:
+            return action()
+        except sushy_errors.HTTPError as exc:
+            raise self._rejected(exc.status_code, what, exc.detail) from None
+        except sushy_errors.ConnectionError as exc:
+            raise self._unreachable(exc) from None
+        except sushy_errors.SushyError as exc:  # what sushy checks before sending: allowed values, actions
+            raise ProvisionError(
+                f"the BMC of {self.host} cannot do {what}: {exc.message}",
+                code="bmc-unsupported",
+                hint="the BMC does not offer this; check its Redfish service or choose another boot source",
             ) from None
-        return parsed if isinstance(parsed, dict) else {"value": parsed}
+        except json.JSONDecodeError:  # sushy's readers parse with requests' .json(), which raises it
+            raise self._not_redfish(what) from None
 
-    def get(self, path: str) -> dict[str, Any]:
-        return self.request("GET", path)
-
-    def _http_error(self, method: str, url: str, exc: urllib.error.HTTPError) -> ProvisionError:
-        if exc.code in (401, 403):
+    def _rejected(self, status: int, what: str, detail: str | None) -> ProvisionError:
+        if status in (401, 403):
             return ProvisionError(
                 f"the BMC of {self.host} at {self.endpoint} refused the credential {self._reference} "
-                f"(HTTP {exc.code})",
+                f"(HTTP {status})",
                 code="bmc-auth",
                 hint=f"check the user and password, then update them: aifactory secret set SITE "
                 f"{self._reference}",
             )
-        detail = _redfish_message(exc)
         return ProvisionError(
-            f"the BMC of {self.host} rejected {method} {url}: HTTP {exc.code}{detail}",
+            f"the BMC of {self.host} rejected {what}: HTTP {status}{f' ({detail})' if detail else ''}",
             code="bmc-request-failed",
             hint="the BMC may not support this operation; run with --debug for the exchange",
         )
 
-    def _unreachable(self, url: str, reason: object) -> ProvisionError:
-        text = getattr(reason, "strerror", None) or str(reason)
-        hint = (
-            "check the BMC address and port in the plan, that the BMC is powered and cabled, and "
-            "that this machine has a route to the BMC fabric"
-        )
-        if isinstance(reason, ssl.SSLError):
-            hint = "the BMC's TLS certificate does not verify: give its CA with --bmc-ca FILE"
+    def _screen(self, response: Any) -> None:
+        """sushy's Connector calls this with every answer before it reads the errors among them.
+        sushy 5.14 reads an error answer as DSP0266 section 9.6 shapes it (`{"error": {...}}`) and
+        fails with an AttributeError on any other JSON (`{"error": "unauthorised"}`, a list); such an
+        answer becomes the project's error here, before sushy reads it. Redfish-shaped errors go on
+        to sushy, whose handling of them (retries, ETag and virtual media fallbacks) is the point."""
+        if response.status_code < 400 or _sushy_reads_error(response.content):
+            return
+        raise self._rejected(response.status_code, f"{response.request.method} {response.url}", None)
+
+    def _unreachable(self, exc: sushy_errors.ConnectionError) -> ProvisionError:
+        """Why the BMC could not be asked, from the innermost error under sushy's (which it raises
+        while handling requests' error, which wraps urllib3's, which wraps the socket's)."""
+        chain = _causes(exc)
+        if any(isinstance(cause, ssl.SSLError) for cause in chain):
+            reason = next(c for c in chain if isinstance(c, ssl.SSLError))
+            return ProvisionError(
+                f"the TLS certificate of the BMC of {self.host} at {self.endpoint} does not verify "
+                f"against {self._tls.described()}: {getattr(reason, 'verify_message', None) or reason}",
+                code="bmc-tls",
+                hint="give the CA that signed the BMC's certificate (the site CA) with --bmc-ca FILE",
+            )
+        if any(isinstance(cause, TimeoutError) for cause in chain):
+            return ProvisionError(
+                f"the BMC of {self.host} at {self.endpoint} did not answer within {self._timeout:g} s",
+                code="bmc-unreachable",
+                hint="check that the BMC is powered and not overloaded; a busy BMC may need a longer timeout",
+            )
+        innermost = chain[-1]
+        text = getattr(innermost, "strerror", None) or str(innermost)
         return ProvisionError(
-            f"cannot reach the BMC of {self.host} at {url}: {text}",
+            f"cannot reach the BMC of {self.host} at {self.endpoint}: {text}",
             code="bmc-unreachable",
-            hint=hint,
+            hint="check the BMC address and port in the plan, that the BMC is powered and cabled, and "
+            "that this machine has a route to the BMC fabric",
         )
+
+    def _not_redfish(self, what: str) -> ProvisionError:
+        return ProvisionError(
+            f"the BMC of {self.host} answered {what} with something that is not JSON",
+            code="bmc-not-redfish",
+            hint="check that the endpoint is the BMC's Redfish service (https://<bmc address>)",
+        )
+
+    def get(self, path: str) -> dict[str, Any]:
+        """The resource at `path` (on this BMC) as its JSON document."""
+        url = self._url(path)
+        response = self._call(f"GET {url}", lambda: self._connector().get(url))
+        if not response.content:
+            return {}
+        try:
+            parsed = json.loads(response.content)
+        except ValueError:
+            raise self._not_redfish(f"GET {url}") from None
+        return parsed if isinstance(parsed, dict) else {"value": parsed}
+
+    def _system(self, path: str) -> System:
+        """sushy's typed ComputerSystem: it reads the system afresh (and its ETag before a PATCH)."""
+        url = self._url(path)
+        return self._call(f"GET {url}", lambda: System(self._connector(), url))
 
     # -- Redfish operations ------------------------------------------------------------------------
 
@@ -228,17 +339,30 @@ class RedfishClient:
         return [self.get(m["@odata.id"]) for m in self.get(collection).get("Members", []) if "@odata.id" in m]
 
     def reset(self, system: dict[str, Any], reset_type: str) -> None:
-        action = ((system.get("Actions") or {}).get("#ComputerSystem.Reset") or {}).get(
-            "target"
-        ) or f"{system['@odata.id']}/Actions/ComputerSystem.Reset"
-        self.request("POST", action, {"ResetType": reset_type})
+        """ComputerSystem.Reset, refused before sending when the system does not list `reset_type`
+        among its allowed values."""
+        path, value = system["@odata.id"], ResetType(reset_type)
+        typed = self._system(path)
+        self._call(f"the reset {reset_type} of {path}", lambda: typed.reset_system(value))
 
     def set_boot_override(self, system: dict[str, Any], *, target: str, enabled: str = "Once") -> None:
-        self.request(
-            "PATCH",
-            system["@odata.id"],
-            {"Boot": {"BootSourceOverrideTarget": target, "BootSourceOverrideEnabled": enabled}},
+        """The boot source override, checked against the targets the system allows."""
+        path, source, how_long = system["@odata.id"], BootSource(target), BootSourceOverrideEnabled(enabled)
+        typed = self._system(path)
+        self._call(
+            f"the boot override {target} of {path}",
+            lambda: typed.set_system_boot_options(target=source, enabled=how_long),
         )
+
+    def clear_boot_override(self, system: dict[str, Any]) -> None:
+        """Target `None`, override `Disabled`, with `If-Match` as sushy sends it. Not through
+        set_system_boot_options: it accepts only the targets a BMC lists as allowed, and BMCs (the
+        emulator among them) leave `None`, the schema's "no override", off that list."""
+        url = self._url(system["@odata.id"])
+        what = f"clearing the boot override of {url}"
+        connector = self._connector()
+        etag = self._call(what, lambda: connector.get(url).headers.get("ETag"))
+        self._call(what, lambda: connector.patch(url, data={"Boot": CLEARED_BOOT}, etag=etag))
 
     def wait_power(
         self, system_path: str, wanted: tuple[str, ...], *, timeout: float, interval: float = 1.0
@@ -270,23 +394,47 @@ class RedfishClient:
                     return slot
         return None
 
+    def _virtual_media(self, slot: dict[str, Any]) -> VirtualMedia:
+        url = self._url(slot["@odata.id"])
+        return self._call(f"GET {url}", lambda: VirtualMedia(self._connector(), url))
+
     def insert_media(self, slot: dict[str, Any], image: str) -> None:
-        target = ((slot.get("Actions") or {}).get("#VirtualMedia.InsertMedia") or {}).get(
-            "target"
-        ) or f"{slot['@odata.id']}/Actions/VirtualMedia.InsertMedia"
-        self.request("POST", target, {"Image": image, "Inserted": True, "WriteProtected": True})
+        """Insert `image`, write-protected (the InsertMedia action, or PATCH where that is the way)."""
+        typed = self._virtual_media(slot)
+        self._call(
+            f"inserting {image} into {slot['@odata.id']}",
+            lambda: typed.insert_media(image, inserted=True, write_protected=True),
+        )
 
     def eject_media(self, slot: dict[str, Any]) -> None:
-        target = ((slot.get("Actions") or {}).get("#VirtualMedia.EjectMedia") or {}).get(
-            "target"
-        ) or f"{slot['@odata.id']}/Actions/VirtualMedia.EjectMedia"
-        self.request("POST", target, {})
+        typed = self._virtual_media(slot)
+        self._call(f"ejecting the media of {slot['@odata.id']}", typed.eject_media)
 
 
-def _redfish_message(exc: urllib.error.HTTPError) -> str:
+def _causes(exc: BaseException) -> list[BaseException]:
+    """`exc` and what it was raised from or while handling, outermost first."""
+    chain = [exc]
+    while (following := chain[-1].__cause__ or chain[-1].__context__) is not None and following not in chain:
+        chain.append(following)
+    return chain
+
+
+def _sushy_reads_error(content: bytes) -> bool:
+    """Whether sushy 5.14's HTTPError can read this error answer: no JSON at all (it says "unknown
+    error"), or an object whose `error` is an object with, if any, a list of objects or one object as
+    its `@Message.ExtendedInfo`."""
+    if not content:
+        return True
     try:
-        body = json.loads(exc.read() or b"{}")
-        message = (body.get("error") or {}).get("message")
-    except (ValueError, AttributeError, OSError):
-        message = None
-    return f" ({message})" if message else ""
+        body = json.loads(content)
+    except ValueError:
+        return True
+    error = body.get("error", {}) if isinstance(body, dict) else None
+    if not isinstance(error, dict):
+        return False
+    info = error.get("@Message.ExtendedInfo")
+    return (
+        not info
+        or isinstance(info, dict)
+        or (isinstance(info, list) and all(isinstance(m, dict) for m in info))
+    )

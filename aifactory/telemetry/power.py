@@ -3,13 +3,13 @@
 Runs on the control host (it holds the BMC credentials and reaches the BMC fabric) as the monitoring
 role's service `aifactory-power-collector`: `aifactory monitoring power SITE --targets F
 --credentials F ...`. Every `interval` seconds it reads each planned host's BMC through the project's
-Redfish client (aifactory.provision.redfish, the one provisioning uses: basic auth, TLS checked, the
-password never in an error or a log line): the service root's Chassis and, in order of preference
-(`read_power`), the first chassis that links the deprecated `Power` resource (its
-`PowerControl[0].PowerConsumedWatts`, method `redfish-power`), else the first whose
-`EnvironmentMetrics` has a `PowerWatts` sensor (its `Reading`, `redfish-environmentmetrics`), else the
-first whose `PowerSubsystem` lists power supplies (the sum of their `Metrics`'
-`InputPowerWatts.Reading`, `redfish-powersupplies`). It exports:
+Redfish client (aifactory.provision.redfish, sushy underneath, the one provisioning uses: basic auth,
+TLS checked against the site CA, the password never in an error or a log line; one attempt per
+poll): the service root's Chassis and, in order of preference (`read_power`), the first chassis
+that links the deprecated `Power` resource (its `PowerControl[0].PowerConsumedWatts`, method
+`redfish-power`), else the first whose `EnvironmentMetrics` has a `PowerWatts` sensor (its
+`Reading`, `redfish-environmentmetrics`), else the first whose `PowerSubsystem` lists power supplies
+(the sum of their `Metrics`' `InputPowerWatts.Reading`, `redfish-powersupplies`). It exports:
 
     aifactory_host_power_watts{host, source, method, interval}          gauge: the last reading
     aifactory_host_energy_joules_total{host, source, method, interval}  counter: energy between readings
@@ -68,7 +68,11 @@ class BmcTarget:
     tls: TlsSettings = field(default_factory=TlsSettings)
 
     def client(self, timeout: float) -> RedfishClient:
-        return RedfishClient(self.endpoint, self.credentials, host=self.host, tls=self.tls, timeout=timeout)
+        # One attempt: a poll that gets no reading is counted as failed and the next comes an interval
+        # later, while retries would stretch one poll past the interval.
+        return RedfishClient(
+            self.endpoint, self.credentials, host=self.host, tls=self.tls, timeout=timeout, attempts=1
+        )
 
 
 @dataclass(frozen=True)

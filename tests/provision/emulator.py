@@ -1,4 +1,5 @@
-"""Start the sushy-tools Redfish emulator (fake driver) on a loopback port, with basic auth.
+"""Start the sushy-tools Redfish emulator (fake driver) on a loopback port, with basic auth, over plain
+HTTP or, given a server certificate and key (`tls`), over HTTPS.
 
 The fake driver keeps systems in SQLite under its state folder, applies power changes after a
 random 1-11 s delay and stores every boot override as Continuous. `external_notifier` stays off,
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import os
 import socket
+import ssl
 import subprocess
 import sys
 import urllib.error
@@ -35,10 +37,11 @@ class Emulator:
     folder: Path
     port: int
     process: subprocess.Popen[bytes] | None = None
+    tls: tuple[Path, Path, Path] | None = None  # the server's certificate and key, the CA that signed it
 
     @property
     def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     def start(self, systems: list[dict[str, Any]], *, state: str = "state") -> Emulator:
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -58,6 +61,11 @@ class Emulator:
             f"SUSHY_EMULATOR_FEATURE_SET = 'full'\n"
             f"SUSHY_EMULATOR_FAKE_SYSTEMS = {systems!r}\n"
         )
+        if self.tls:
+            certificate, key, _ = self.tls
+            with config.open("a") as settings:
+                settings.write(f"SUSHY_EMULATOR_SSL_CERT = {str(certificate)!r}\n")
+                settings.write(f"SUSHY_EMULATOR_SSL_KEY = {str(key)!r}\n")
         binary = Path(sys.executable).parent / "sushy-emulator"
         log = open(self.folder / "emulator.log", "ab")  # noqa: SIM115 - closed with the process
         self.process = subprocess.Popen(
@@ -70,9 +78,11 @@ class Emulator:
         return self
 
     def _wait_ready(self, timeout: float = 20.0) -> None:
+        context = ssl.create_default_context(cafile=str(self.tls[2])) if self.tls else None
+
         def answers() -> bool:
             try:
-                urllib.request.urlopen(self.endpoint + "/redfish/v1/", timeout=1)
+                urllib.request.urlopen(self.endpoint + "/redfish/v1/", timeout=1, context=context)
                 return True
             except urllib.error.HTTPError:
                 return True  # 401: it answers
