@@ -8,7 +8,7 @@ services are never touched.
 | fault | how | what shows it |
 |---|---|---|
 | `link-rate` | `tc qdisc ... tbf rate 20mbit` on the compute link | tcp-bandwidth |
-| `link-loss` | nftables `numgen random` drop of the compute link's outgoing packets | tcp-bandwidth |
+| `link-loss` | nftables `numgen random` drop of the link's outgoing full-size frames | tcp-bandwidth |
 | `link-down` | `ip link set dev IF down` on the compute link | link-up |
 | `disk-full` | a small tmpfs mounted over the host's /tmp, filled | disk-free |
 | `storage-unmounted` | `umount` of a site storage mount | storage-mounted-rw |
@@ -41,6 +41,11 @@ NFT_TABLE = "aifactory_fault"
 TMPFS_SOURCE = "aifactory-fault"  # the disk-full fault's file system, by name in the mount table
 TMPFS_SIZE = "4m"
 LOSS_PERCENT = 40
+# A link with bit errors loses a frame with a probability that grows with its length: most of the
+# full-size data frames, few of the small ones (ACKs, SYNs). Dropping only the large ones is that
+# fault, and keeps it the host's own: dropping its ACKs too would slow its peers' transfers towards
+# it, which is the same picture as their own links being slow.
+LOSSY_FRAME_BYTES = 1000
 POLL_S = 1.0
 CLOCK_SHIFT_S = 120
 
@@ -78,7 +83,7 @@ def fault_corpus(plan: SitePlan, host: Host, layout: LabLayout) -> list[Fault]:
         Fault(
             "link-loss",
             host.name,
-            f"{LOSS_PERCENT}% of the packets leaving by {link} dropped (nftables numgen random)",
+            f"{LOSS_PERCENT}% of the full-size frames leaving by {link} dropped (nftables numgen random)",
             frozenset({"tcp-bandwidth"}),
             "\n".join(
                 [
@@ -86,7 +91,7 @@ def fault_corpus(plan: SitePlan, host: Host, layout: LabLayout) -> list[Fault]:
                     f"nft add chain inet {NFT_TABLE} egress "
                     + q("{ type filter hook output priority 0; policy accept; }"),
                     f"nft add rule inet {NFT_TABLE} egress oifname {q(link)} "
-                    f"numgen random mod 100 lt {LOSS_PERCENT} drop",
+                    f"meta length gt {LOSSY_FRAME_BYTES} numgen random mod 100 lt {LOSS_PERCENT} drop",
                 ]
             ),
             f"nft delete table inet {NFT_TABLE} 2>/dev/null || true",
@@ -109,27 +114,7 @@ def fault_corpus(plan: SitePlan, host: Host, layout: LabLayout) -> list[Fault]:
             f"while grep -q ' /tmp .* - tmpfs {TMPFS_SOURCE} ' /proc/self/mountinfo; do umount -l /tmp; done",
         ),
     ]
-    if host.mounts:
-        mount = host.mounts[0]
-        source = layout.storage_dir(mount.storage)
-        faults += [
-            Fault(
-                "storage-unmounted",
-                host.name,
-                f"site storage {mount.path} unmounted",
-                frozenset({"storage-mounted-rw"}),
-                f"umount {q(mount.path)}",
-                f"mountpoint -q {q(mount.path)} || mount --bind {q(str(source))} {q(mount.path)}",
-            ),
-            Fault(
-                "storage-read-only",
-                host.name,
-                f"site storage {mount.path} read-only",
-                frozenset({"storage-mounted-rw"}),
-                f"mount -o remount,bind,ro {q(mount.path)}",
-                f"mount -o remount,bind,rw {q(mount.path)}",
-            ),
-        ]
+    faults += _storage_faults(host, layout)
     if plan.control_host is not None and plan.control_host != host.name:
         faults.append(_clock_fault(plan, host))
     for service in ("munge", "slurmd", "aifactory-serve"):
@@ -183,15 +168,37 @@ def _clock_fault(plan: SitePlan, host: Host) -> Fault:
     )
 
 
+def _storage_faults(host: Host, layout: LabLayout) -> list[Fault]:
+    """The host's first site storage mount unmounted, or read-only (none without a mount)."""
+    if not host.mounts:
+        return []
+    q = shlex.quote
+    mount = host.mounts[0]
+    source = layout.storage_dir(mount.storage)
+    return [
+        Fault(
+            "storage-unmounted",
+            host.name,
+            f"site storage {mount.path} unmounted",
+            frozenset({"storage-mounted-rw"}),
+            f"umount {q(mount.path)}",
+            f"mountpoint -q {q(mount.path)} || mount --bind {q(str(source))} {q(mount.path)}",
+        ),
+        Fault(
+            "storage-read-only",
+            host.name,
+            f"site storage {mount.path} read-only",
+            frozenset({"storage-mounted-rw"}),
+            f"mount -o remount,bind,ro {q(mount.path)}",
+            f"mount -o remount,bind,rw {q(mount.path)}",
+        ),
+    ]
+
+
 def storage_gone_everywhere(plan: SitePlan, layout: LabLayout) -> list[Fault]:
     """The site storage unmounted from every host that mounts it at once: the fault every host
-    shares, which the drain budget exists for."""
-    found = []
-    for host in plan.hosts:
-        for fault in fault_corpus(plan, host, layout):
-            if fault.name == "storage-unmounted":
-                found.append(fault)
-    return found
+    shares, which the drain budget exists for (the control host's too, which has no compute link)."""
+    return [f for host in plan.hosts for f in _storage_faults(host, layout) if f.name == "storage-unmounted"]
 
 
 def _compute_interface(plan: SitePlan, host: Host) -> str:

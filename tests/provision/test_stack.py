@@ -8,8 +8,10 @@ inside any pickled provider.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pulumi
@@ -40,10 +42,18 @@ class RecordingMocks(pulumi.runtime.Mocks):
 
 
 @pytest.fixture
-def mocks() -> RecordingMocks:
+def mocks() -> Iterator[RecordingMocks]:
+    # Pulumi's mocks run on the thread's current event loop; a test that ran asyncio.run() earlier in
+    # the session leaves none set (Python 3.11 then refuses get_event_loop()): give them their own.
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
     recorder = RecordingMocks()
     pulumi.runtime.set_mocks(recorder, preview=False)
-    return recorder
+    try:
+        yield recorder
+    finally:
+        asyncio.set_event_loop(None)
+        loop.close()
 
 
 @pytest.fixture
