@@ -181,7 +181,7 @@ def _storage_faults(host: Host, layout: LabLayout) -> list[Fault]:
             host.name,
             f"site storage {mount.path} unmounted",
             frozenset({"storage-mounted-rw"}),
-            f"umount {q(mount.path)}",
+            f"umount -l {q(mount.path)}",  # lazily: the runtime may hold a file there open
             f"mountpoint -q {q(mount.path)} || mount --bind {q(str(source))} {q(mount.path)}",
         ),
         Fault(
