@@ -168,12 +168,10 @@ def _wait_in_service(site: str, nodes: list[str], limit_s: float = 2 * TARGET_DR
     from aifactory.lab import faults
 
     deadline = time.monotonic() + limit_s
-    while time.monotonic() < deadline:
-        states = faults.slurm_nodes(site)
-        if all(not (states.get(n) and states[n].drained) for n in nodes):
-            return
+    while not faults.all_in_service(site, nodes):
+        if time.monotonic() > deadline:
+            raise SystemExit(f"nodes still drained after {limit_s:g} s: {faults.slurm_nodes(site)}")
         time.sleep(1)
-    raise SystemExit(f"nodes still drained after {limit_s:g} s: {faults.slurm_nodes(site)}")
 
 
 def _run_length(run: dict[str, object]) -> float:

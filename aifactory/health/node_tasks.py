@@ -21,7 +21,7 @@ from aifactory.connection import Connection
 from aifactory.errors import HealthError
 from aifactory.health.budget import DrainLimits
 from aifactory.health.remote import run_on_host
-from aifactory.health.tasks import COMPUTE_ROLES, HostPlan, expected_checks, plan_hosts
+from aifactory.health.tasks import COMPUTE_ROLES, GPU_CHECKS, HostPlan, expected_checks, plan_hosts
 from aifactory.health.thresholds import load_table
 from aifactory.plan.model import Host, SitePlan
 from aifactory.spec.model import HealthThreshold
@@ -41,13 +41,7 @@ NODE_CHECKS = (
     "service-running",
     "link-up",
     "storage-mounted-rw",
-    "gpu-count",
-    "gpu-ecc-uncorrectable",
-    "gpu-memory-retirement-pending",
-    "gpu-xid-events",
-    "gpu-hw-slowdown",
-    "gpu-power-limit",
-    "gpu-memory-total",
+    *GPU_CHECKS,
     "gpu-model-mismatch",
 )
 # Judged where chronyd answers, but not expected: the bound on the offset is the control host's.

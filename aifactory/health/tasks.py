@@ -25,6 +25,16 @@ RUNTIME_SERVICE = "aifactory-serve"
 # tools' scratch: a full /tmp fails jobs as surely as a full root).
 CHECKED_PATHS = ("/", "/var", "/tmp")
 IPERF_PORT = 5201
+# The checks of every GPU host (gpu-model-mismatch too where the plan names the model).
+GPU_CHECKS = (
+    "gpu-count",
+    "gpu-ecc-uncorrectable",
+    "gpu-memory-retirement-pending",
+    "gpu-xid-events",
+    "gpu-hw-slowdown",
+    "gpu-power-limit",
+    "gpu-memory-total",
+)
 FIO_SIZE_MIB = {"quick": 32, "standard": 64, "burn-in": 1024}
 
 
@@ -151,15 +161,7 @@ def expected_checks(task: HostTask, *, collective: bool) -> tuple[str, ...]:
     if collective:
         checks.append("allreduce-busbw")
     if task.gpus_expected:
-        checks += [
-            "gpu-count",
-            "gpu-ecc-uncorrectable",
-            "gpu-memory-retirement-pending",
-            "gpu-xid-events",
-            "gpu-hw-slowdown",
-            "gpu-power-limit",
-            "gpu-memory-total",
-        ]
+        checks += GPU_CHECKS
         if task.gpu_model:
             checks.append("gpu-model-mismatch")
     return tuple(sorted(checks))

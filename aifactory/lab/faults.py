@@ -272,6 +272,12 @@ def slurm_nodes(site: str) -> dict[str, NodeState]:
     return parse_show_node(done.stdout)
 
 
+def all_in_service(site: str, nodes: Sequence[str]) -> bool:
+    """Whether no node is drained (by aifactory or anyone): where each fault must start from."""
+    states = slurm_nodes(site)
+    return all(not (states[n].drained if n in states else False) for n in nodes)
+
+
 def observe(
     site: str, fault: Fault, nodes: Sequence[str], *, drain_within_s: float, back_within_s: float
 ) -> Observation:

@@ -21,7 +21,6 @@ from pathlib import Path
 import pytest
 from waiting import scaled, wait_for
 
-from aifactory.health.slurm import NodeState
 from aifactory.lab import faults
 from aifactory.lab.layout import LabLayout
 
@@ -72,11 +71,6 @@ def _compute_hosts(deployed_lab) -> list[str]:  # noqa: ANN001
     return [h.name for h in deployed_lab.lab.plan.hosts if h.role in ("cpu", "gpu")]
 
 
-def _all_in_service(site: str, nodes: list[str]) -> bool:
-    states = faults.slurm_nodes(site)
-    return all(not states.get(n, NodeState(n, "", "")).drained for n in nodes)
-
-
 def test_each_fault_drains_only_its_host_with_its_reason(deployed_lab, watched: Path, capsys) -> None:  # noqa: ANN001
     lab = deployed_lab.lab
     nodes = _compute_hosts(deployed_lab)
@@ -86,7 +80,7 @@ def test_each_fault_drains_only_its_host_with_its_reason(deployed_lab, watched: 
     try:
         for fault in corpus:
             wait_for(
-                lambda: _all_in_service(lab.site, nodes),
+                lambda: faults.all_in_service(lab.site, nodes),
                 what=f"every node in service before {fault.name}",
                 timeout=BACK_WITHIN_S,
             )
@@ -145,7 +139,7 @@ def test_storage_gone_everywhere_drains_no_more_than_the_budget(deployed_lab, wa
         left = faults.undo_all(lab.site, everywhere)
         assert left == [], left
         wait_for(
-            lambda: _all_in_service(lab.site, nodes),
+            lambda: faults.all_in_service(lab.site, nodes),
             what="every node back in service once the storage is back",
             timeout=BACK_WITHIN_S,
         )

@@ -122,10 +122,7 @@ def check_node(node_task: NodeTask, client: LocalSlurm) -> dict[str, Any]:
         "pool": {"bandwidth": []},
     }
     verdict = decide(health_policy(), task.host, facts)
-    shown = checked(
-        client.run(["scontrol", "--oneliner", "show", "node"]), "scontrol show node", client.where
-    )
-    states = parse_show_node(shown)
+    states = _slurm_states(client)
     node = states.get(task.host, NodeState(task.host, "", ""))
     action = decide_node(task.host, verdict.verdict, verdict.reasons, node, node_task.expected)
     if action["action"] == "resume" and not _lifts(node, node_task.expected):
@@ -146,6 +143,13 @@ def check_node(node_task: NodeTask, client: LocalSlurm) -> dict[str, Any]:
         _update(client, task.host, ["state=resume"])
         action = {**_spared(task.host, action["reason"], True), "raced": True}
     return {"host": task.host, "verdict": verdict.verdict, "reasons": verdict.reasons, "slurm": action}
+
+
+def _slurm_states(client: LocalSlurm) -> dict[str, NodeState]:
+    shown = checked(
+        client.run(["scontrol", "--oneliner", "show", "node"]), "scontrol show node", client.where
+    )
+    return parse_show_node(shown)
 
 
 def _spared(host: str, reason: str, budgeted: bool) -> dict[str, Any]:
@@ -175,10 +179,7 @@ def _lost_a_race(
     answer, so exactly the first ones keep theirs)."""
     if limits is None:
         return False
-    shown = checked(
-        client.run(["scontrol", "--oneliner", "show", "node"]), "scontrol show node", client.where
-    )
-    after = parse_show_node(shown)
+    after = _slurm_states(client)
     held_before = {n.name for n in before.values() if n.drained_by_us}
     racing = [n.name for n in after.values() if n.drained_by_us and n.name not in held_before | {host}]
     over = not budget_ledger(after, limits, released={host}).take(host)
