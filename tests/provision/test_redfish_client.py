@@ -253,6 +253,8 @@ def secrets_of(password: str) -> list[str]:
 
 def test_the_credential_is_in_no_error_and_no_log_line(emulator, tls_emulator, other_ca, caplog):
     caplog.set_level(logging.DEBUG)  # every logger, the library's exchange included
+    # an in-process CLI run earlier in the suite quiets "sushy" (console.QUIET_UNLESS_DEBUG): open it
+    caplog.set_level(logging.DEBUG, logger="sushy")
     wrong = client(emulator.endpoint, password=WRONG_PASSWORD)
     errors = []
     for failing in (
