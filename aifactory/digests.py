@@ -15,3 +15,8 @@ def sha256_file(path: Path) -> str:
         for block in iter(lambda: handle.read(BLOCK), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def sha256_bytes(data: bytes) -> str:
+    """The SHA-256 of some bytes, as lowercase hex (sha256_file's form)."""
+    return hashlib.sha256(data).hexdigest()

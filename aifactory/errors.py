@@ -333,6 +333,15 @@ class BackupError(AifactoryError):
     exit_code = ExitCode.INVALID
 
 
+class ActivationError(AifactoryError):
+    """A signed activation record (the admin's authorization to go back to an older bundle version)
+    that cannot be made, or does not authorize what was asked: another site or version, altered bytes,
+    too old, or not signed by a key the site trusts for activations."""
+
+    code = "activation-invalid"
+    exit_code = ExitCode.INVALID
+
+
 class AuditError(AifactoryError):
     code = "audit"
     exit_code = ExitCode.INVALID

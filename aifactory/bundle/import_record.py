@@ -1,10 +1,13 @@
 """What the site's state folder remembers about imported bundles.
 
     <state>/<site>/bundle/current.json    the bundle in use: version, digest, folder, when, signer
+    <state>/<site>/bundle/newest.json     the newest version ever imported (same fields)
 
-It is written atomically (temporary file + rename) only after an import completed, so it always
-names a complete, verified folder; it is also the anti-rollback record (no later import may carry an
-older version, or the same version with other content).
+Both are written atomically (temporary file + rename) only after an import completed, so they always
+name a complete, verified folder. `newest.json` is the anti-rollback record: no later import may carry
+an older version (unless a signed activation record authorizes exactly that version, see
+aifactory.lifecycle.activation), or the same version with other content. It differs from current.json
+only after such an authorized rollback; a site imported before it existed falls back to current.json.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from aifactory.errors import Location, StateError
 from aifactory.state import SiteState
 
 CURRENT = "current.json"
+NEWEST = "newest.json"
 
 
 @dataclass(frozen=True)
@@ -43,8 +47,25 @@ def _current_path(state: SiteState) -> Path:
     return state.subdir("bundle") / CURRENT
 
 
+def _newest_path(state: SiteState) -> Path:
+    return state.subdir("bundle") / NEWEST
+
+
 def last_import(state: SiteState) -> ImportRecord | None:
-    path = _current_path(state)
+    """The bundle in use (the latest import, which an authorized rollback makes an older version)."""
+    return _read(_current_path(state))
+
+
+def newest_import(state: SiteState) -> ImportRecord | None:
+    """The newest version ever imported for the site: what anti-rollback compares against."""
+    newest = _read(_newest_path(state))
+    current = last_import(state)
+    if newest is None or (current is not None and newest.bundle_version < current.bundle_version):
+        return current
+    return newest
+
+
+def _read(path: Path) -> ImportRecord | None:
     if not path.is_file():
         return None
     try:
@@ -58,7 +79,14 @@ def last_import(state: SiteState) -> ImportRecord | None:
 
 
 def save_import(state: SiteState, record: ImportRecord) -> None:
-    path = _current_path(state)
+    """Record `record` as the bundle in use, and as the newest when no newer one was imported."""
+    newest = newest_import(state)
+    if newest is None or not record.bundle_version < newest.bundle_version:
+        _write(_newest_path(state), record)
+    _write(_current_path(state), record)
+
+
+def _write(path: Path, record: ImportRecord) -> None:
     temporary = path.with_suffix(".tmp")
     temporary.write_text(json.dumps(record.as_dict(), indent=2, sort_keys=True) + "\n")
     os.chmod(temporary, 0o600)

@@ -143,7 +143,8 @@ def import_bundle(
         state = site_state or SiteState.for_site(report.manifest.site)
         with state.lock("bundle import"):
             try:
-                rollback_problems(report.manifest, report, state)  # under the lock: imports are serialized
+                # under the lock: imports are serialized
+                rollback_problems(report.manifest, report, state, trust=trust)
                 report.raise_if_failed()
                 imported = _install(plain, report, home / state.site, site=state.site)
             except AifactoryError as error:
@@ -169,9 +170,30 @@ def import_bundle(
                 command="bundle import",
                 result="ok",
                 bundle_digest=imported.digest,
-                detail={"version": imported.version, "root": str(imported.root), "signer": report.signer},
+                detail={
+                    "version": imported.version,
+                    "root": str(imported.root),
+                    "signer": report.signer,
+                }
+                | _activation_detail(report),
             )
     return imported
+
+
+def _activation_detail(report: VerifyReport) -> dict[str, Any]:
+    """The activation record that let an older version in, as the operator log cites it (CM-3)."""
+    verdict = report.activation
+    if verdict is None or verdict.record is None:
+        return {}
+    return {
+        "activation": {
+            "file": str(verdict.path),
+            "sha256": verdict.sha256,
+            "who": verdict.record.who,
+            "time": verdict.record.time,
+            "reason": verdict.record.reason,
+        }
+    }
 
 
 def _ensure_dir(folder: Path) -> None:

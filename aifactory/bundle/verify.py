@@ -8,8 +8,9 @@ and what was found):
      trust file;
   4. contents: every file the manifest lists is present with its size and SHA-256 (hashed on every
      core), nothing else is there, and SHA256SUMS agrees with the manifest;
-  5. anti-rollback: the version is not older than the last one imported for the site (and the same
-     version is not different content).
+  5. anti-rollback: the version is not older than the newest one imported for the site (and the same
+     version is not different content), unless a valid signed activation record authorizes exactly
+     that site, version and content (aifactory.lifecycle.activation).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typing import Any, Required, TypedDict, Unpack
 from aifactory import signing
 from aifactory.bundle import archive, zstd
 from aifactory.bundle.hashing import Range, hash_ranges
-from aifactory.bundle.import_record import ImportRecord, last_import
+from aifactory.bundle.import_record import ImportRecord, last_import, newest_import
 from aifactory.bundle.manifest import (
     MANIFEST,
     MAX_METADATA_BYTES,
@@ -39,6 +40,7 @@ from aifactory.bundle.manifest import (
 from aifactory.bundle.seal import Seal, open_seal
 from aifactory.bundle.source import PartsReader, find_parts
 from aifactory.errors import BundleError, Location, PrerequisiteError, Problem
+from aifactory.lifecycle.activation import ActivationVerdict, activation_allows
 from aifactory.state import SiteState
 
 
@@ -55,6 +57,7 @@ class VerifyReport:
     archive_bytes: int = 0
     seconds: float = 0.0
     previous: ImportRecord | None = None
+    activation: ActivationVerdict | None = None  # the record that let an older version past anti-rollback
 
     @property
     def ok(self) -> bool:
@@ -83,7 +86,7 @@ class VerifyReport:
             "seconds": round(self.seconds, 3),
             "previous_import": self.previous.as_dict() if self.previous else None,
             "problems": [p.as_dict() for p in self.problems],
-        }
+        } | ({"activation": self.activation.as_dict()} if self.activation else {})
 
     def raise_if_failed(self) -> None:
         if self.problems:
@@ -237,7 +240,7 @@ def _verify_open(
         )
     if check_rollback and report.signer is not None:
         state = site_state or SiteState.for_site(manifest.site)
-        rollback_problems(manifest, report, state)
+        rollback_problems(manifest, report, state, trust=trust)
 
 
 def ssh_keygen_check(path: Path | str, *, trust: Path, identity: str) -> str:
@@ -382,29 +385,44 @@ def _check_contents(
             )
 
 
-def rollback_problems(manifest: Manifest, report: VerifyReport, state: SiteState) -> None:
-    """Refuse a version older than the site's last import (or the same version with other content)."""
-    previous = last_import(state)
-    report.previous = previous
-    if previous is None:
+def rollback_problems(manifest: Manifest, report: VerifyReport, state: SiteState, *, trust: Path) -> None:
+    """Refuse a version older than the newest the site imported (or that version with other content),
+    unless a valid activation record signed by a key in `trust` authorizes exactly this one."""
+    report.previous = last_import(state)
+    newest = newest_import(state)
+    if newest is None:
         return
     where = Location(file=report.bundle, path=MANIFEST)
-    if manifest.version < previous.bundle_version:
+    if manifest.version < newest.bundle_version:
+        verdict = activation_allows(
+            state, version=manifest.version.text, digest=report.digest or "", trust=trust
+        )
+        if verdict.allowed:
+            report.activation = verdict
+            return
+        missing = verdict.code == "activation-missing"
         report.problems.append(
             Problem(
-                "rollback",
-                f"version {manifest.version} is older than {previous.version}, already imported for "
-                f"site {state.site} on {previous.imported_at}",
-                where,
-                hint="an older bundle may lack security fixes; build a newer one (versions must only go up)",
+                "rollback" if missing else verdict.code,
+                f"version {manifest.version} is older than {newest.version}, already imported for "
+                f"site {state.site} on {newest.imported_at}; {verdict.message}",
+                where if missing else Location(file=str(verdict.path)),
+                hint=(
+                    "an older bundle may lack security fixes; build a newer one, or authorize this "
+                    f"version deliberately: aifactory activation authorize {state.site} --to "
+                    f"{manifest.version} --reason TEXT --key KEY --trust ALLOWED_SIGNERS"
+                    if missing
+                    else "sign a new activation record for exactly this site and version "
+                    "(aifactory activation authorize); see docs/operations.md"
+                ),
             )
         )
-    elif manifest.version == previous.bundle_version and report.digest != previous.digest:
+    elif manifest.version == newest.bundle_version and report.digest != newest.digest:
         report.problems.append(
             Problem(
                 "rollback",
                 f"version {manifest.version} was already imported with different content "
-                f"({previous.digest}, this bundle is {report.digest})",
+                f"({newest.digest}, this bundle is {report.digest})",
                 where,
                 hint="give each build its own, higher --bundle-version",
             )
