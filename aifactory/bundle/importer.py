@@ -175,25 +175,9 @@ def import_bundle(
                     "root": str(imported.root),
                     "signer": report.signer,
                 }
-                | _activation_detail(report),
+                | (report.activation.citation() if report.activation else {}),
             )
     return imported
-
-
-def _activation_detail(report: VerifyReport) -> dict[str, Any]:
-    """The activation record that let an older version in, as the operator log cites it (CM-3)."""
-    verdict = report.activation
-    if verdict is None or verdict.record is None:
-        return {}
-    return {
-        "activation": {
-            "file": str(verdict.path),
-            "sha256": verdict.sha256,
-            "who": verdict.record.who,
-            "time": verdict.record.time,
-            "reason": verdict.record.reason,
-        }
-    }
 
 
 def _ensure_dir(folder: Path) -> None:

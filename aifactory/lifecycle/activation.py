@@ -134,6 +134,20 @@ class ActivationVerdict:
             "record": self.record.as_dict() if self.record else None,
         }
 
+    def citation(self) -> dict[str, Any]:
+        """How an operator-log record cites the record that allowed a change ({} when none did)."""
+        if not self.allowed or self.record is None:
+            return {}
+        return {
+            "activation": {
+                "file": str(self.path),
+                "sha256": self.sha256,
+                "who": self.record.who,
+                "time": self.record.time,
+                "reason": self.record.reason,
+            }
+        }
+
 
 def record_path(state: SiteState, version: str) -> Path:
     if not _SAFE_VERSION.match(version):
