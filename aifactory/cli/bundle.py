@@ -51,14 +51,14 @@ def register(
         default="bundle-signer@aifactory",
         help="principal named in allowed_signers (ssh-keygen -Y verify -I ...)",
     )
-    _passphrase_options(keygen, "encrypt the private key")
+    passphrase_options(keygen, "encrypt the private key")
     keygen.set_defaults(handler=cmd_keygen)
 
     build = commands.add_parser("build", parents=[common], help="build a signed bundle for a site")
     build.add_argument("site", help="site spec (YAML); its allocation lock must be committed")
     build.add_argument("-o", "--output", required=True, help="bundle file to write (an uncompressed tar)")
     build.add_argument("--key", required=True, help="private signing key (from `aifactory bundle keygen`)")
-    _passphrase_options(build, "unlock the signing key")
+    passphrase_options(build, "unlock the signing key")
     build.add_argument(
         "--bundle-version",
         help="explicit version, dot-separated numbers that only go up "
@@ -147,13 +147,13 @@ def register(
     show.set_defaults(handler=cmd_current)
 
 
-def _passphrase_options(parser: argparse.ArgumentParser, purpose: str) -> None:
+def passphrase_options(parser: argparse.ArgumentParser, purpose: str) -> None:
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--passphrase-file", help=f"file whose first line is the passphrase ({purpose})")
     group.add_argument("--passphrase-prompt", action="store_true", help=f"ask for a passphrase ({purpose})")
 
 
-def _passphrase(args: argparse.Namespace, *, confirm: bool) -> bytes | None:
+def read_key_passphrase(args: argparse.Namespace, *, confirm: bool) -> bytes | None:
     if args.passphrase_file:
         try:
             text = Path(args.passphrase_file).read_text().splitlines()
@@ -177,7 +177,7 @@ def cmd_keygen(args: argparse.Namespace) -> int:
     files = signing.generate_keypair(
         Path(args.output),
         identity=args.identity,
-        passphrase=_passphrase(args, confirm=True),
+        passphrase=read_key_passphrase(args, confirm=True),
         namespaces=NAMESPACE,
     )
     result = {
@@ -199,7 +199,7 @@ def cmd_keygen(args: argparse.Namespace) -> int:
 def cmd_build(args: argparse.Namespace) -> int:
     options = BuildOptions(
         key=Path(args.key),
-        passphrase=_passphrase(args, confirm=False),
+        passphrase=read_key_passphrase(args, confirm=False),
         timestamp=args.timestamp,
         version=args.bundle_version,
         part_size=parse_size(args.split) if args.split else None,

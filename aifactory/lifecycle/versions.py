@@ -82,6 +82,13 @@ class VersionHistory:
         wanted = BundleVersion.parse(version)
         return next((v for v in self.imported if v.bundle_version == wanted), None)
 
+    def find_text(self, text: str) -> ImportedVersion | None:
+        """`find` for text that may not be a version at all (a deploy record's field): None then."""
+        wanted = _parses(text)
+        return (
+            None if wanted is None else next((v for v in self.imported if v.bundle_version == wanted), None)
+        )
+
     def require(self, version: str) -> ImportedVersion:
         """The imported version, or a UsageError listing the versions there are."""
         found = self.find(version)

@@ -26,8 +26,20 @@ DOWNSTREAM_OF_PLAN = (
     "cli",
     "lab",
     "loop",
+    "lifecycle",
 )
-NOT_FOR_NODES = ("deploy", "lab", "provision", "bundle", "pipeline", "audit", "cli", "loop", "backup")
+NOT_FOR_NODES = (
+    "deploy",
+    "lab",
+    "provision",
+    "bundle",
+    "pipeline",
+    "audit",
+    "cli",
+    "loop",
+    "backup",
+    "lifecycle",
+)
 
 
 def module_name(path: Path) -> str:
