@@ -80,6 +80,17 @@ ACTIVITIES: dict[str, tuple[str, tuple[str, ...]]] = {
             "signature against the site's backup key.",
         ),
     ),
+    "changes": (
+        "EXAMINE",
+        (
+            "Read the operator log's upgrade and rollback records, grouped by run.",
+            "Check that every change has its outcome (finished, batch reverted or aborted) on record.",
+            "For every rollback, check that the activation record it cites is unchanged (SHA-256), names "
+            "the site, version and digest it went back to, was signed within 24 hours before it began, "
+            "and verifies against the bundle trust file (ssh-keygen -Y verify -n aifactory-activation).",
+            "From the deploy record, list each bundle version with the hosts that run it.",
+        ),
+    ),
 }
 
 

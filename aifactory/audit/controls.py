@@ -113,6 +113,10 @@ PARTS: dict[str, str] = {
         "Backup: the control host's state folder (keys, logs, reports, allocations) in one encrypted, "
         "signed file, restored only after its signature verifies"
     ),
+    "lifecycle": (
+        "Lifecycle: the versions each host runs, upgrades and rollbacks recorded in the operator log, "
+        "and the admin-signed activation record without which no older bundle is imported"
+    ),
     "telemetry": (
         "Telemetry: node exporter, Prometheus and Alertmanager with TLS, host power, the signed "
         "operations report"
@@ -223,10 +227,21 @@ IMPLEMENTATIONS: dict[str, Implementation] = {
     "CM-2": Implementation(
         "The plan derived from the site spec is the baseline configuration; deploy records what it "
         "installed on each host, and the audit checks that each pool's hosts share one baseline, "
-        "deployed from the current plan and from a bundle built for it.",
-        ("deploy", "bundle", "audit"),
+        "deployed from the current plan and from a bundle built for it, and, once the site has been "
+        "upgraded or rolled back, that every host runs the site's current bundle version.",
+        ("deploy", "bundle", "lifecycle", "audit"),
         ("site-administrator",),
         ("node_pools[]",),
+    ),
+    "CM-3": Implementation(
+        "Every upgrade and rollback is recorded in the hash-chained operator log as it goes (who, when, "
+        "from which version to which, each batch, the outcome); going back to an older bundle passes "
+        "anti-rollback only with an activation record the administrator signed (SSHSIG) for exactly that "
+        "site, version and content, valid 24 hours. The audit checks that every change has its outcome "
+        "on record and every rollback cites a valid activation record; model promotions are signed "
+        "records as well.",
+        ("lifecycle", "bundle", "logs", "audit"),
+        ("site-administrator", "auditor"),
     ),
     "CM-8": Implementation(
         "The plan is the component inventory (every host with its pool, datacenter and addresses); "
@@ -345,6 +360,7 @@ MODERATE_BASELINE: frozenset[str] = frozenset(
         "CA-2",
         "CA-7",
         "CM-2",
+        "CM-3",
         "CM-8",
         "CP-9",
         "IA-2",

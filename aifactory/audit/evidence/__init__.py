@@ -1,6 +1,7 @@
 """Gathering evidence from every stage that has left some: policy, bundle, deploy, the logs and the
 hosts' OpenSCAP scans, the model registry, the datasets' versions, monitoring with its review, the
-health gate's runs (continuous monitoring) and the control host's backups."""
+health gate's runs (continuous monitoring), the control host's backups, and the upgrades and
+rollbacks with the version each host runs."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any
 
 from aifactory.audit.evidence.backups import backup_evidence
 from aifactory.audit.evidence.bundle import bundle_evidence
+from aifactory.audit.evidence.changes import change_evidence
 from aifactory.audit.evidence.datasets import dataset_evidence
 from aifactory.audit.evidence.deploy import deploy_evidence
 from aifactory.audit.evidence.health import health_evidence
@@ -53,6 +55,7 @@ def gather_evidence(
         model_evidence(models, model_trust),
         dataset_evidence(datasets, model_trust),  # signed with the same site key
         backup_evidence(state),
+        change_evidence(state, trust=bundle_trust),
         health_evidence(state),
         operations_evidence(state, plan),
     ]
