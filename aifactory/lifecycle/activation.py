@@ -46,8 +46,8 @@ MAX_REASON = 500
 FOLDER = ("lifecycle", "activations")
 # The bundle version grammar is BundleVersion's (aifactory.bundle.manifest, which callers parse with);
 # this only keeps a version from naming a path outside the folder.
-_SAFE_VERSION = re.compile(r"^[0-9]{1,20}(\.[0-9]{1,20}){0,5}$")
-_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
+_SAFE_VERSION = re.compile(r"[0-9]{1,20}(\.[0-9]{1,20}){0,5}")  # fullmatch: `$` alone lets "1.0\n" through
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 _FIELDS = ("digest", "reason", "schema", "site", "time", "version", "who")
 
 
@@ -150,7 +150,7 @@ class ActivationVerdict:
 
 
 def record_path(state: SiteState, version: str) -> Path:
-    if not _SAFE_VERSION.match(version):
+    if not _SAFE_VERSION.fullmatch(version):
         raise ActivationError(
             f"{version!r} is not a bundle version (dot-separated numbers)",
             code="activation-version",
@@ -206,7 +206,7 @@ def authorize(
 
 
 def _check_request(*, digest: str, reason: str) -> None:
-    if not _DIGEST.match(digest):
+    if not _DIGEST.fullmatch(digest):
         raise ActivationError(
             f"{digest!r} is not a bundle digest (sha256:<64 hex>)",
             code="activation-digest",
