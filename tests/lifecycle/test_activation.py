@@ -12,7 +12,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from conftest import ADMIN, Keys
 
 from aifactory import signing
 from aifactory.errors import ActivationError
@@ -26,6 +25,8 @@ from aifactory.lifecycle.activation import (
     signature_path,
 )
 from aifactory.state import SiteState
+
+from .conftest import ADMIN, Keys
 
 DIGEST = "sha256:" + "ab" * 32
 OTHER_DIGEST = "sha256:" + "cd" * 32

@@ -9,7 +9,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from conftest import ADMIN, Keys
 
 from aifactory import signing
 from aifactory.audit.evidence.changes import change_evidence
@@ -27,6 +26,8 @@ from aifactory.lifecycle.records import (
 )
 from aifactory.lifecycle.versions import version_history
 from aifactory.state import SiteState
+
+from .conftest import ADMIN, Keys
 
 A, B = "sha256:" + "a" * 64, "sha256:" + "b" * 64
 HOSTS = ("gpu-0", "gpu-1", "ctl-0")
