@@ -101,6 +101,7 @@ SOURCE_WORDS = {
     "host-scan": "host scan (OpenSCAP)",
     "models": "signed models",
     "datasets": "dataset versions",
+    "changes": "upgrades and rollbacks",
 }
 # Labels for the evidence details' keys; any other key is spelled out the same way (underscores to
 # spaces), so no raw key ever reaches the page.
