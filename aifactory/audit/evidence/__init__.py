@@ -1,6 +1,6 @@
 """Gathering evidence from every stage that has left some: policy, bundle, deploy, the logs and the
 hosts' OpenSCAP scans, the model registry, the datasets' versions, monitoring with its review, the
-health gate's runs (continuous monitoring) and the control host's backups."""
+health gate's runs (continuous monitoring) and the control host's backups and the key rotations."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from aifactory.audit.evidence.logs import decision_log_evidence, operator_log_ev
 from aifactory.audit.evidence.models import model_evidence
 from aifactory.audit.evidence.operations import operations_evidence
 from aifactory.audit.evidence.policy import policy_evidence
+from aifactory.audit.evidence.rotations import rotation_evidence
 from aifactory.audit.model import Evidence
 from aifactory.plan.model import SitePlan
 from aifactory.state import SiteState
@@ -53,6 +54,7 @@ def gather_evidence(
         model_evidence(models, model_trust),
         dataset_evidence(datasets, model_trust),  # signed with the same site key
         backup_evidence(state),
+        rotation_evidence(state),
         health_evidence(state),
         operations_evidence(state, plan),
     ]
