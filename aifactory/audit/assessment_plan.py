@@ -74,7 +74,7 @@ ACTIVITIES: dict[str, tuple[str, tuple[str, ...]]] = {
     "rotations": (
         "EXAMINE",
         (
-            "Read the operator log's rotate records: who, when, what, the old and new fingerprints, the phases.",
+            "Read the operator log's rotate records: who, when, what, old and new fingerprints, phases.",
             "Check that no rotation was left between phases (hosts trusting different keys).",
             "Check that the token key and the site CA in use are the ones the latest rotations installed.",
         ),
