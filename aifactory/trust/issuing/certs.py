@@ -59,16 +59,19 @@ def ensure_site_ca(trust: TrustFiles, *, site: str, now: datetime | None = None)
     return create_ca(ca, site=site, now=now)
 
 
-def create_ca(ca: SiteCA, *, site: str, now: datetime | None = None) -> SiteCA:
+def create_ca(ca: SiteCA, *, site: str, now: datetime | None = None, successor: bool = False) -> SiteCA:
     """A new CA in `ca.root`: a P-256 key generated here (0600) and its self-signed certificate (the
-    site's first CA, or the next one a rotation stages beside it)."""
+    site's first CA, or with `successor` the next one a rotation stages beside it, whose name says when
+    it was made: two CAs of one name in a trust bundle make TLS libraries pick an issuer by name and
+    check a certificate against the wrong one)."""
     ca.root.mkdir(parents=True, exist_ok=True, mode=0o700)
     moment = now or datetime.now(UTC)
     key = ec.generate_private_key(ec.SECP256R1())
+    common_name = f"{site} site CA" + (f" {moment:%Y-%m-%dT%H:%M:%SZ}" if successor else "")
     name = x509.Name(
         [
             x509.NameAttribute(NameOID.ORGANIZATION_NAME, "aifactory"),
-            x509.NameAttribute(NameOID.COMMON_NAME, f"{site} site CA"),
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
         ]
     )
     certificate = (

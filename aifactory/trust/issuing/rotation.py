@@ -238,7 +238,7 @@ def _stage(trust: TrustFiles, record: RotationRecord) -> None:
     elif record.what == "ca":
         next_ca = _next_ca(trust)
         shutil.rmtree(next_ca.root, ignore_errors=True)
-        create_ca(next_ca, site=record.site)
+        create_ca(next_ca, site=record.site, successor=True)
 
 
 # ------------------------------------------------------------------ token-key
