@@ -11,9 +11,12 @@ checked against hostile and garbled contents, and SC-12 is assessed from the ope
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import ssl
+import subprocess
+import sys
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -480,3 +483,37 @@ def _log(path: Path) -> object:
             handle.write(line + "\n")
 
     return write
+
+
+# ------------------------------------------------------------------ the CLI
+
+
+def _cli(*arguments: str, home: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "aifactory.cli.main", *arguments],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={**os.environ, "AIFACTORY_STATE_HOME": str(home)},
+    )
+
+
+def test_the_cli_says_which_phase_a_rotation_is_in_and_refuses_a_hostile_record(state: SiteState) -> None:
+    trust = TrustFiles(state.subdir("runtime"))
+    home = state.root.parent
+    assert _cli("rotate", SITE, "--what", "token-key", "--status", home=home).stdout == (
+        "no token-key rotation on record\n"
+    )
+    ensure_site_key(trust, site=SITE)
+    stopped = CopyRollout(trust.root, {"a-host": state.root / "a"}, fail_on="a-host")
+    with pytest.raises(AifactoryError):
+        rotate(trust, site=SITE, what="token-key", rollout=stopped)
+    shown = _cli("rotate", SITE, "--what", "token-key", "--status", home=home)
+    assert shown.returncode == 0 and "phase trust-rollout" in shown.stdout, shown
+    path = record_path(trust, "token-key")
+    path.write_text(path.read_text().replace('"phase": "trust-rollout"', '"phase": "$(reboot)"'))
+    refused = _cli("rotate", SITE, "--what", "token-key", "--status", home=home)
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    assert "error[rotation-record-invalid]" in refused.stderr and str(path) in refused.stderr, refused.stderr
+    assert "phase" in refused.stderr
