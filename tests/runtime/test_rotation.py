@@ -217,6 +217,14 @@ def test_a_rollout_killed_midway_resumes_with_the_hosts_it_had_not_done(
     assert control.rollout.deployed == ["a-host", "b-host", "c-host", "a-host", "b-host", "c-host"]
 
 
+@pytest.mark.parametrize("what", ["ca", "server-certs"])
+def test_a_site_without_a_ca_has_nothing_to_rotate(control: Control, what: str) -> None:
+    with pytest.raises(RotationError, match="nothing to rotate") as caught:
+        rotate(control.trust, site=SITE, what=what, rollout=control.rollout)  # type: ignore[arg-type]
+    assert caught.value.location.file == str(SiteCA.of(control.trust).key)
+    assert load_record(control.trust, what) is None  # type: ignore[arg-type]
+
+
 def test_finish_before_the_overlap_is_refused(control: Control) -> None:
     with pytest.raises(RotationError, match="no token-key rotation is under way"):
         rotate(control.trust, site=SITE, what="token-key", rollout=control.rollout, finish=True)

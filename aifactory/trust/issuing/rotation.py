@@ -200,6 +200,7 @@ def _start(
     trust: TrustFiles, *, site: str, what: What, user: str, now: Callable[[], datetime]
 ) -> RotationRecord:
     fields: dict[str, object] = {}
+    _require_current(trust, what)
     if what == "token-key":
         public = load_private_key(trust.private_key).public_key()
         fields = {"old": fingerprint(public), "old_key": public_key_line(public)}
@@ -226,6 +227,24 @@ def _start(
         record = record.model_copy(update={"new": _ca_fingerprint(issuing_certificate(next_ca))})
     save_record(trust, record)
     return record
+
+
+def _require_current(trust: TrustFiles, what: What) -> None:
+    """A rotation replaces something: the site must have it already (deploy makes both)."""
+    ca = SiteCA.of(trust)
+    missing = {
+        "token-key": [trust.private_key],
+        "ca": [ca.key, ca.certificate],
+        "server-certs": [ca.key, ca.certificate],
+    }[what]
+    for path in missing:
+        if not path.is_file():
+            raise RotationError(
+                f"there is nothing to rotate: {path} does not exist",
+                code="rotation-nothing-to-rotate",
+                location=Location(file=str(path)),
+                hint="deploy the site (or issue a token or certificate) first: that makes the site's keys",
+            )
 
 
 def _stage(trust: TrustFiles, record: RotationRecord) -> None:
