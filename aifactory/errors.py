@@ -342,6 +342,15 @@ class ActivationError(AifactoryError):
     exit_code = ExitCode.INVALID
 
 
+class RotationError(AifactoryError):
+    """A key or certificate rotation that cannot go on: its record in the state folder is damaged or
+    hostile, it contradicts the files it describes, or a host of its rollout failed (re-run the same
+    command to resume)."""
+
+    code = "rotation"
+    exit_code = ExitCode.INVALID
+
+
 class AuditError(AifactoryError):
     code = "audit"
     exit_code = ExitCode.INVALID

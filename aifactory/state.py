@@ -127,7 +127,7 @@ class SiteState:
         """Append one record to the operator log."""
         payload: dict[str, Any] = {
             "time": _now_iso(),
-            "user": _who(),
+            "user": who(),
             "host": socket.gethostname(),
             "command": command,
             "site": self.site,
@@ -152,7 +152,8 @@ def _read_owner(path: Path) -> str:
         return "another command holds its lock"
 
 
-def _who() -> str:
+def who() -> str:
+    """The user running this command (the operator log's `user`)."""
     try:
         return getpass.getuser()
     except (KeyError, OSError):

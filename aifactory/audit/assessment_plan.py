@@ -71,6 +71,14 @@ ACTIVITIES: dict[str, tuple[str, tuple[str, ...]]] = {
             "List every erasure: when, by whom, on whose authority, which files were destroyed.",
         ),
     ),
+    "rotations": (
+        "EXAMINE",
+        (
+            "Read the operator log's rotate records: who, when, what, old and new fingerprints, phases.",
+            "Check that no rotation was left between phases (hosts trusting different keys).",
+            "Check that the token key and the site CA in use are the ones the latest rotations installed.",
+        ),
+    ),
     "backups": (
         "EXAMINE",
         (

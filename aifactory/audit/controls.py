@@ -266,6 +266,16 @@ IMPLEMENTATIONS: dict[str, Implementation] = {
         ("backup", "logs", "audit"),
         ("site-administrator", "auditor"),
     ),
+    "SC-12": Implementation(
+        "The site's keys are generated on the control host (0600, never logged): the token key, the site "
+        "CA and the certificates it issues. `aifactory rotate` replaces the token key or the CA with an "
+        "overlap (both trusted on every host, then the old one refused after --finish) or reissues the "
+        "server certificates, rolled out one host at a time, and records each run (who, when, old and new "
+        "fingerprints, phases) in the operator log. The audit assesses the records: no rotation was left "
+        "between phases, and the key and CA in use are the ones the latest rotations installed.",
+        ("runtime", "deploy", "audit"),
+        ("site-administrator", "security-officer"),
+    ),
     "IA-2": Implementation(
         "Tenants are identified only by a site-signed token or a client certificate from the site CA; "
         "administrators reach hosts over SSH with keys only.",
@@ -368,6 +378,7 @@ MODERATE_BASELINE: frozenset[str] = frozenset(
         "PL-2",
         "SC-7",
         "SC-8",
+        "SC-12",
         "SC-13",
         "SC-28",
         "SC-28(1)",

@@ -36,6 +36,7 @@ COMMAND_MODULES = (
     "aifactory.cli.monitoring",  # status, monitoring, report
     "aifactory.cli.backup",  # backup, restore
     "aifactory.cli.activation",  # activation, versions
+    "aifactory.cli.rotate",
 )
 # Which module defines each top-level command: only that module is imported to run it (a command
 # never pays for the others' imports, e.g. `validate` never loads Ansible or torch).
@@ -66,6 +67,7 @@ COMMANDS = {
     "restore": "aifactory.cli.backup",
     "activation": "aifactory.cli.activation",
     "versions": "aifactory.cli.activation",
+    "rotate": "aifactory.cli.rotate",
 }
 
 

@@ -94,7 +94,7 @@ from aifactory.trust.decisionlog import (
     DecisionLog,
 )
 from aifactory.trust.models import Inspection, Inspector, ModelTrust, Refusal
-from aifactory.trust.tokens import TokenVerifier, TrustFiles
+from aifactory.trust.tokens import TokenVerifier, TrustFiles, file_version
 
 log = logging.getLogger(__name__)
 MAX_ROWS = 1024
@@ -327,6 +327,8 @@ class InferenceServer:
             per_peer=config.denials_per_peer, total=config.denials_total, window=config.denial_window
         )
         self._tls_context: ssl.SSLContext | None = None
+        self._tls_versions: tuple[tuple[int, int] | None, ...] = ()  # of the files _tls loaded
+        self._tls_checked_at = float("-inf")
         self._loop: asyncio.AbstractEventLoop | None = None  # set by run_server, for request_stop
         self.bound_port: int | None = None
         self.front_door_port: int | None = None  # the front door's listener, when configured
@@ -711,11 +713,11 @@ class InferenceServer:
         """TLS on a new connection. A refused handshake (a client certificate that is expired, not yet
         valid, from another CA, or missing) never reaches the decision log, which records decisions on
         requests: it is logged with OpenSSL's reason and counted (AU-2, AC-7), then the connection closes."""
-        if self._tls_context is None:  # plain HTTP: nothing to negotiate
+        context = self._current_tls()
+        if context is None:  # plain HTTP: nothing to negotiate
             return True
         try:
-            assert self._tls_context is not None
-            await writer.start_tls(self._tls_context, ssl_handshake_timeout=self.config.tls_handshake_timeout)
+            await writer.start_tls(context, ssl_handshake_timeout=self.config.tls_handshake_timeout)
         except ssl.SSLCertVerificationError as exc:
             reason = exc.verify_message or "certificate-verify-failed"
         except ssl.SSLError as exc:
@@ -727,6 +729,32 @@ class InferenceServer:
         log.warning("TLS handshake with %s refused: %s", address, reason)
         self.metrics.tls_refused.labels(reason=reason).inc()
         return False
+
+    def _tls_files(self) -> tuple[Path, ...]:
+        config = self.config
+        return tuple(p for p in (config.tls_cert, config.tls_key, config.tls_client_ca) if p is not None)
+
+    def _current_tls(self) -> ssl.SSLContext | None:
+        """The TLS context for a new connection, built again when the certificate, its key or the client
+        CA bundle changed on disk (looked at most every trust_recheck_interval): a rotation rolls them
+        out and the server takes them without a restart, so no request fails (docs/operations.md). Files
+        that do not load (a certificate copied before its key) keep the previous context until they do."""
+        if self._tls_context is None:
+            return None
+        now = time.monotonic()
+        if now - self._tls_checked_at < self.config.trust_recheck_interval:
+            return self._tls_context
+        self._tls_checked_at = now
+        versions = tuple(file_version(path) for path in self._tls_files())
+        if versions != self._tls_versions:
+            try:
+                context = self._tls()
+            except (OSError, ssl.SSLError) as exc:
+                log.warning("TLS files changed but do not load; serving with the previous ones: %s", exc)
+            else:
+                self._tls_context, self._tls_versions = context, versions
+                log.info("TLS certificate, key or client CA bundle changed: loaded again")
+        return self._tls_context
 
     def _tls(self) -> ssl.SSLContext | None:
         if not self.config.tls_cert:
@@ -761,7 +789,9 @@ class InferenceServer:
         self._inbox = LoopInbox(loop)
         if self.authz_workers:
             self._authz_outbox = LoopOutbox(loop, self.authz_workers)
-        self._tls_context = self._tls()  # each connection's handshake runs in _prepare, to log refusals
+        # each connection's handshake runs in _prepare, to log refusals
+        self._tls_versions = tuple(file_version(path) for path in self._tls_files())
+        self._tls_context = self._tls()
         server = await self.http.start(self.config.listen, self.config.port)
         self.bound_port = server.sockets[0].getsockname()[1]
         listeners = [server]

@@ -154,7 +154,8 @@ def _claims(raw: dict[str, Any]) -> TokenClaims:
     return claims
 
 
-def _file_version(path: Path) -> tuple[int, int] | None:
+def file_version(path: Path) -> tuple[int, int] | None:
+    """(mtime, size) of a file, None when it is missing: what tells a reader to load it again."""
     try:
         status = path.stat()
     except FileNotFoundError:
@@ -214,9 +215,9 @@ class TokenVerifier:
         now = time.monotonic()
         if now - self._checked_at >= self.recheck_interval:
             self._versions = (
-                _file_version(self.trust.allowed_signers),
-                _file_version(self.trust.revocations),
-                _file_version(self.trust.revocations_sig),
+                file_version(self.trust.allowed_signers),
+                file_version(self.trust.revocations),
+                file_version(self.trust.revocations_sig),
             )
             self._checked_at = now
         return self._versions

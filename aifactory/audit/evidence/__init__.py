@@ -1,7 +1,7 @@
 """Gathering evidence from every stage that has left some: policy, bundle, deploy, the logs and the
 hosts' OpenSCAP scans, the model registry, the datasets' versions, monitoring with its review, the
-health gate's runs (continuous monitoring), the control host's backups, and the upgrades and
-rollbacks with the version each host runs."""
+health gate's runs (continuous monitoring), the control host's backups, the upgrades and
+rollbacks with the version each host runs, and the key rotations."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from aifactory.audit.evidence.logs import decision_log_evidence, operator_log_ev
 from aifactory.audit.evidence.models import model_evidence
 from aifactory.audit.evidence.operations import operations_evidence
 from aifactory.audit.evidence.policy import policy_evidence
+from aifactory.audit.evidence.rotations import rotation_evidence
 from aifactory.audit.model import Evidence
 from aifactory.plan.model import SitePlan
 from aifactory.state import SiteState
@@ -56,6 +57,7 @@ def gather_evidence(
         dataset_evidence(datasets, model_trust),  # signed with the same site key
         backup_evidence(state),
         change_evidence(state, trust=bundle_trust),
+        rotation_evidence(state),
         health_evidence(state),
         operations_evidence(state, plan),
     ]

@@ -56,13 +56,22 @@ def ensure_site_ca(trust: TrustFiles, *, site: str, now: datetime | None = None)
     ca = SiteCA.of(trust)
     if ca.key.exists() and ca.certificate.exists():
         return ca
+    return create_ca(ca, site=site, now=now)
+
+
+def create_ca(ca: SiteCA, *, site: str, now: datetime | None = None, successor: bool = False) -> SiteCA:
+    """A new CA in `ca.root`: a P-256 key generated here (0600) and its self-signed certificate (the
+    site's first CA, or with `successor` the next one a rotation stages beside it, whose name says when
+    it was made: two CAs of one name in a trust bundle make TLS libraries pick an issuer by name and
+    check a certificate against the wrong one)."""
     ca.root.mkdir(parents=True, exist_ok=True, mode=0o700)
     moment = now or datetime.now(UTC)
     key = ec.generate_private_key(ec.SECP256R1())
+    common_name = f"{site} site CA" + (f" {moment:%Y-%m-%dT%H:%M:%SZ}" if successor else "")
     name = x509.Name(
         [
             x509.NameAttribute(NameOID.ORGANIZATION_NAME, "aifactory"),
-            x509.NameAttribute(NameOID.COMMON_NAME, f"{site} site CA"),
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
         ]
     )
     certificate = (
@@ -213,7 +222,7 @@ def _issue(
     ensure_site_key(trust, site=site)  # the signed revocation list that certificates are checked against
     ca = ensure_site_ca(trust, site=site, now=moment)
     ca_key = _load_ca_key(ca)
-    ca_certificate = x509.load_pem_x509_certificate(ca.certificate.read_bytes())
+    ca_certificate = issuing_certificate(ca, ca_key)
     ca_expires = ca_certificate.not_valid_after_utc
     if expires > ca_expires:
         raise UsageError(
@@ -307,6 +316,49 @@ def certificate_revocation_id(text: str) -> str | None:
     except ValueError:
         raise UsageError(f"{path} is not a PEM certificate", location=Location(file=str(path))) from None
     return revocation_id(certificate.serial_number)
+
+
+def issuing_certificate(ca: SiteCA, key: ec.EllipticCurvePrivateKey | None = None) -> x509.Certificate:
+    """The certificate of the CA whose key is `ca.key`: ca.pem is the trust bundle, which holds two CAs
+    while a rotation overlaps them (aifactory.trust.issuing.rotation); the one that issues is the one
+    whose key is here. None of them: refused (a bundle that does not match its key is damaged)."""
+    public = (key or _load_ca_key(ca)).public_key().public_numbers()
+    for certificate in x509.load_pem_x509_certificates(ca.certificate.read_bytes()):
+        if certificate.public_key().public_numbers() == public:  # type: ignore[union-attr]
+            return certificate
+    raise UsageError(
+        f"no certificate in {ca.certificate} belongs to the CA key {ca.key}",
+        location=Location(file=str(ca.certificate)),
+        hint="a rotation stopped midway? run `aifactory rotate SITE --what ca` again to resume it",
+    )
+
+
+def reissue_like(
+    trust: TrustFiles, *, site: str, folder: Path, subject: str, now: datetime | None = None
+) -> IssuedCertificate:
+    """`folder/subject.pem` issued anew from the site CA's issuing key with the same names, usage and
+    end (capped by the CA's), with a new key: what a rotation does to every certificate it renews."""
+    old = x509.load_pem_x509_certificate((folder / f"{subject}.pem").read_bytes())
+    names = list(old.extensions.get_extension_for_class(x509.SubjectAlternativeName).value)
+    usages = list(old.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value)
+    kinds = {ExtendedKeyUsageOID.SERVER_AUTH: "server", ExtendedKeyUsageOID.CLIENT_AUTH: "client"}
+    if len(usages) != 1 or usages[0] not in kinds:
+        raise UsageError(f"{folder / subject}.pem is not a certificate aifactory issued (its usage)")
+    ca = SiteCA.of(trust)
+    ca_end = issuing_certificate(ca).not_valid_after_utc - timedelta(days=1)
+    expires = min(old.not_valid_after_utc, ca_end)
+    remove_issued(folder, subject)
+    return _issue(
+        trust,
+        site=site,
+        subject=subject,
+        names=names,
+        usage=usages[0],
+        expires=expires,
+        out_dir=folder,
+        now=now,
+        event={"event": "certificate-reissued", "kind": kinds[usages[0]], "subject": subject},
+    )
 
 
 def _load_ca_key(ca: SiteCA) -> ec.EllipticCurvePrivateKey:

@@ -152,6 +152,14 @@ def revoke_token(
     return len(entries)
 
 
+def resign_revocations(trust: TrustFiles, *, site: str, passphrase: bytes | None = None) -> None:
+    """The revocation list, unchanged, signed again with the current token key (after a rotation
+    switches keys: aifactory.trust.issuing.rotation)."""
+    _write_revocations(
+        trust, site=site, entries=list(load_revocations(trust).get("revoked", [])), passphrase=passphrase
+    )
+
+
 def load_revocations(trust: TrustFiles) -> dict[str, Any]:
     try:
         value = json.loads(trust.revocations.read_text())
