@@ -18,6 +18,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from aifactory.chain import ChainWriter
@@ -318,13 +319,20 @@ def certificate_revocation_id(text: str) -> str | None:
     return revocation_id(certificate.serial_number)
 
 
+def _spki(public_key: CertificatePublicKeyTypes) -> bytes:
+    """A public key's DER SubjectPublicKeyInfo: one comparable form whatever the key's type."""
+    return public_key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
 def issuing_certificate(ca: SiteCA, key: ec.EllipticCurvePrivateKey | None = None) -> x509.Certificate:
     """The certificate of the CA whose key is `ca.key`: ca.pem is the trust bundle, which holds two CAs
     while a rotation overlaps them (aifactory.trust.issuing.rotation); the one that issues is the one
     whose key is here. None of them: refused (a bundle that does not match its key is damaged)."""
-    public = (key or _load_ca_key(ca)).public_key().public_numbers()
+    public = _spki((key or _load_ca_key(ca)).public_key())
     for certificate in x509.load_pem_x509_certificates(ca.certificate.read_bytes()):
-        if certificate.public_key().public_numbers() == public:  # type: ignore[union-attr]
+        if _spki(certificate.public_key()) == public:
             return certificate
     raise UsageError(
         f"no certificate in {ca.certificate} belongs to the CA key {ca.key}",
