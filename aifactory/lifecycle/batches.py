@@ -88,7 +88,7 @@ def plan_batches(hosts: Sequence[UpgradeHost], size: BatchSize) -> list[tuple[st
         )
     per_batch = size.hosts_per_batch(len(hosts))
     controllers = [h for h in hosts if h.slurm_controller]
-    batches = [(h.name,) for h in controllers]
+    batches: list[tuple[str, ...]] = [(h.name,) for h in controllers]
     current: list[UpgradeHost] = []
     for host in (h for h in hosts if not h.slurm_controller):
         serving_in_batch = sum(1 for h in current if h.serving) + int(host.serving)
