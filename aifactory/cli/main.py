@@ -35,6 +35,7 @@ COMMAND_MODULES = (
     "aifactory.cli.pipeline",  # up, down
     "aifactory.cli.monitoring",  # status, monitoring, report
     "aifactory.cli.backup",  # backup, restore
+    "aifactory.cli.upgrade",
 )
 # Which module defines each top-level command: only that module is imported to run it (a command
 # never pays for the others' imports, e.g. `validate` never loads Ansible or torch).
@@ -63,6 +64,7 @@ COMMANDS = {
     "report": "aifactory.cli.monitoring",
     "backup": "aifactory.cli.backup",
     "restore": "aifactory.cli.backup",
+    "upgrade": "aifactory.cli.upgrade",
 }
 
 

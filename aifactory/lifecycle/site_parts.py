@@ -17,16 +17,19 @@ from typing import Any
 
 from aifactory.connection import Connection
 from aifactory.deploy import DeployOptions, deploy_site
-from aifactory.errors import FrontDoorError
+from aifactory.errors import FrontDoorError, PrerequisiteError
 from aifactory.frontdoor.runtime_api import RuntimeApi
 from aifactory.health.gate import health_gate
 from aifactory.health.slurm import NodeState, parse_show_node
 from aifactory.lifecycle.journal import VersionRef
 from aifactory.lifecycle.seams import StepOutcome, UpgradeEvent
-from aifactory.lifecycle.upgrade import DRAIN_REASON
+from aifactory.lifecycle.upgrade import DRAIN_REASON, UpgradeParts
 from aifactory.plan import PlannedSite
+from aifactory.plan.model import SitePlan
+from aifactory.progress import SILENT, Progress
 from aifactory.runtime.health.model import Level
-from aifactory.scheduler.slurm import SlurmClient, checked
+from aifactory.scheduler.slurm import SlurmClient, checked, client_for
+from aifactory.scheduler.topology import slurm_topology
 from aifactory.state import SiteState
 
 # The front_door role's defaults (playbooks/roles/front_door/defaults/main.yml).
@@ -262,3 +265,39 @@ class OperatorLogEvents:
                 **event.detail,
             },
         )
+
+
+def parts_for_site(
+    planned: PlannedSite,
+    *,
+    connection: Connection,
+    state: SiteState,
+    imported: VersionRef,
+    progress: Progress = SILENT,
+    extra_vars: Mapping[str, Any] | None = None,
+) -> UpgradeParts:
+    """The real parts of this site, reached through `connection` (the edge's choice)."""
+    plan = planned.plan
+    return UpgradeParts(
+        slurm=ScontrolDrain(client_for(connection)) if slurm_topology(plan) is not None else NoSlurm(),
+        door=_front_door(plan, connection),
+        installer=DeployInstaller(planned, connection, imported, dict(extra_vars or {})),
+        gate=SiteHealthGate(planned, connection, state),
+        events=OperatorLogEvents(state, plan.spec_digest),
+        progress=progress,
+    )
+
+
+def _front_door(plan: SitePlan, connection: Connection) -> HaproxyDoor | NoFrontDoor:
+    door = plan.front_door
+    if door is None:
+        return NoFrontDoor()
+    if door.host != plan.control_host:
+        raise PrerequisiteError(
+            f"the front door runs on {door.host}, not on the control host: the upgrade reaches HAProxy's "
+            "runtime API on the control host only",
+            code="upgrade-front-door-elsewhere",
+            hint="put the front door on the control host (front_door: {}) for upgrades",
+        )
+    api = RuntimeApi(ADMIN_SOCKET, channel=ControlHostChannel(connection))
+    return HaproxyDoor(api, frozenset(b.name for b in door.backends))
