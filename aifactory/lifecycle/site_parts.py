@@ -143,6 +143,9 @@ class HaproxyDoor:
     backend: str = BACKEND
     drain_timeout_s: float = 120.0
     up_timeout_s: float = 120.0
+    settle_s: float = (
+        6.0  # a few of the front_door role's health check intervals (front_door_check_interval_ms)
+    )
     poll_s: float = POLL_S
     sleep: Callable[[float], None] = time.sleep
 
@@ -160,17 +163,27 @@ class HaproxyDoor:
         chosen = [h for h in hosts if h in self.servers]
         for host in chosen:
             self.api.ready(self.backend, host)
-
-        def up() -> bool:
-            states = {s.name: s for s in self.api.servers(self.backend)}
-            return all(h in states and states[h].takes_new_connections for h in chosen)
-
-        if chosen and not self._until(up, self.up_timeout_s):
+        if chosen and not self._until(self._steadily_up(chosen), self.up_timeout_s):
             raise FrontDoorError(
                 f"the front door's health checks did not find {', '.join(chosen)} up within "
                 f"{self.up_timeout_s:.0f} s",
                 hint="see `show servers state` on the front door; run the upgrade again once they are up",
             )
+
+    def _steadily_up(self, hosts: Sequence[str]) -> Callable[[], bool]:
+        """Up for `settle_s` on end: a server state read right after `ready` can be the verdict of a
+        check made before a restart, and the next batch drains the others on the strength of it."""
+        since: list[float] = []
+
+        def up() -> bool:
+            states = {s.name: s for s in self.api.servers(self.backend)}
+            if not all(h in states and states[h].takes_new_connections for h in hosts):
+                since.clear()
+                return False
+            since[:] = since or [time.monotonic()]
+            return time.monotonic() - since[0] >= self.settle_s
+
+        return up
 
     def _until(self, done: Callable[[], bool], timeout_s: float) -> bool:
         deadline = time.monotonic() + timeout_s
