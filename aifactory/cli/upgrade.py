@@ -69,18 +69,19 @@ def register(
 
 
 def cmd_upgrade(args: argparse.Namespace) -> int:
+    planned, state = _site(args)  # the spec first: its errors say the most
+    if args.drain_timeout < 0:
+        raise UsageError(f"--drain-timeout {args.drain_timeout}: seconds cannot be negative")
     if args.abort:
         if args.bundle or args.dry_run:
             raise UsageError("--abort takes no --bundle and no --dry-run")
-        return _abort(args)
+        return _abort(args, planned, state)
     if not args.bundle or not args.trust:
         raise UsageError("upgrade needs --bundle FILE and --trust ALLOWED_SIGNERS (or --abort)")
-    if args.drain_timeout < 0:
-        raise UsageError(f"--drain-timeout {args.drain_timeout}: seconds cannot be negative")
-    return _upgrade(args)
+    return _upgrade(args, planned, state)
 
 
-def _upgrade(args: argparse.Namespace) -> int:
+def _upgrade(args: argparse.Namespace, planned: PlannedSite, state: SiteState) -> int:
     from aifactory.bundle import import_bundle
     from aifactory.bundle.verify import verify_bundle
     from aifactory.lifecycle.batches import BatchSize, plan_batches, upgrade_hosts
@@ -88,7 +89,6 @@ def _upgrade(args: argparse.Namespace) -> int:
     from aifactory.lifecycle.journal import JournalStore, VersionRef
     from aifactory.lifecycle.upgrade import begin_upgrade, run_upgrade
 
-    planned, state = _site(args)
     size = BatchSize.parse(args.batch)
     store = JournalStore.for_state(state)
     journal = store.load()
@@ -124,11 +124,10 @@ def _upgrade(args: argparse.Namespace) -> int:
         return _run(args, planned, state, go)
 
 
-def _abort(args: argparse.Namespace) -> int:
+def _abort(args: argparse.Namespace, planned: PlannedSite, state: SiteState) -> int:
     from aifactory.lifecycle.journal import JournalStore
     from aifactory.lifecycle.upgrade import abort_upgrade
 
-    planned, state = _site(args)
     store = JournalStore.for_state(state)
 
     def go(parts: UpgradeParts) -> UpgradeResult:
