@@ -11,7 +11,7 @@ from typing import Any
 from aifactory.bundle.import_record import last_import
 from aifactory.deploy.imported_bundle import PLAN
 from aifactory.errors import PrerequisiteError, UsageError
-from aifactory.lifecycle.journal import VersionRef
+from aifactory.lifecycle.journal import JournalStore, VersionRef
 from aifactory.plan.diff import PlanDiff, diff_plans, read_plan_file
 from aifactory.plan.model import SitePlan
 from aifactory.state import SiteState
@@ -32,7 +32,9 @@ class Change:
 
 
 def installed_version(state: SiteState) -> tuple[VersionRef, Path]:
-    """The imported bundle the site runs now (what the upgrade starts from) and its folder."""
+    """The version the hosts run now (what the upgrade starts from) and its imported folder: the
+    last upgrade's (an aborted upgrade leaves the hosts on the version before the imported bundle),
+    else the imported bundle's, which the first deploy installed."""
     record = last_import(state)
     if record is None:
         raise PrerequisiteError(
@@ -40,7 +42,10 @@ def installed_version(state: SiteState) -> tuple[VersionRef, Path]:
             code="upgrade-nothing-installed",
             hint="import and deploy a first bundle: aifactory bundle import, then aifactory deploy",
         )
-    return VersionRef(record.version, record.digest), Path(record.root)
+    running = JournalStore.for_state(state).running()
+    if running is None or running.version == record.version:
+        return VersionRef(record.version, record.digest), Path(record.root)
+    return running, Path(record.root).parent / running.version  # imports sit side by side
 
 
 def describe_change(old: VersionRef, old_root: Path, new: VersionRef, plan: SitePlan) -> Change:

@@ -3,6 +3,8 @@ re-run after Ctrl-C or SIGKILL goes on from there, and `--abort` knows what to t
 
     <state>/<site>/upgrade/journal.json        the upgrade in progress (or stopped)
     <state>/<site>/upgrade/history/<id>.json   finished and aborted upgrades, as they ended
+    <state>/<site>/upgrade/running.json        the version the hosts run, as the last one left them
+                                               (after an abort, not the imported bundle's)
 
 Every change is one atomic write (aifactory.durable): a reader (or the next run) sees the journal
 before the step or after it, never half of it. A step is journaled after it is done, so a run killed
@@ -28,6 +30,7 @@ from aifactory.state import SiteState
 
 SCHEMA = "aifactory.upgrade-journal/v1"
 JOURNAL = "journal.json"
+RUNNING = "running.json"
 Phase = Literal["pending", "drained-slurm", "drained-door", "deployed", "gated", "enabled", "reverted"]
 PHASES: tuple[Phase, ...] = ("pending", "drained-slurm", "drained-door", "deployed", "gated", "enabled")
 Target = Literal["to", "from"]
@@ -167,12 +170,33 @@ class JournalStore:
         atomic_write(self.path, data.encode(), mode=0o600)
 
     def close(self, journal: Journal) -> Path:
-        """Move a finished (or aborted) upgrade's journal into history/: no upgrade is in progress."""
+        """Move a finished (or aborted) upgrade's journal into history/: no upgrade is in progress.
+        What the hosts now run is kept first, so the next upgrade starts from it."""
         self.save(journal)
+        running = journal.new if journal.status == "done" else journal.old
+        atomic_write(
+            self.folder / RUNNING, (json.dumps(asdict(running), sort_keys=True) + "\n").encode(), mode=0o600
+        )
         ended = self.folder / "history" / f"{journal.id}.json"
         ended.parent.mkdir(mode=0o700, exist_ok=True)
         self.path.replace(ended)
         return ended
+
+    def running(self) -> VersionRef | None:
+        """The version the last upgrade (or abort) left the hosts on; None before the first one."""
+        path = self.folder / RUNNING
+        if not path.is_file():
+            return None
+        try:
+            data = json.loads(path.read_text())
+            return VersionRef(str(data["version"]), str(data["digest"]))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise StateError(
+                f"the record of the version the hosts run cannot be read: {exc}",
+                code="upgrade-journal",
+                location=Location(file=str(path)),
+                hint="restore it from backup (the last journal in upgrade/history/ says the same)",
+            ) from None
 
 
 def now() -> str:

@@ -13,6 +13,8 @@ import pytest
 
 from aifactory.bundle import current_import, import_bundle
 from aifactory.cli.main import main
+from aifactory.durable import atomic_write
+from aifactory.lifecycle.journal import JournalStore, VersionRef
 from aifactory.plan import plan_site
 from aifactory.state import SiteState
 
@@ -110,3 +112,29 @@ def test_abort_with_no_upgrade_in_progress_says_so(site: Path, capsys: pytest.Ca
     code = main(["upgrade", str(site), "--abort", "--format", "json"])
     assert code == 2
     assert json.loads(capsys.readouterr().out)["error"]["code"] == "upgrade-nothing-to-abort"
+
+
+def test_after_an_abort_the_next_upgrade_starts_from_the_version_the_hosts_run(
+    site: Path, small_bundle: SmallBundle, signer: Signer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    imported_one = current_import(_state())
+    assert imported_one is not None
+    import_bundle(small_bundle(version="2", site="lab"), trust=signer.allowed_signers, site_state=_state())
+    store = JournalStore.for_state(_state())  # as an aborted upgrade to 2 leaves it: the hosts on 1
+    atomic_write(
+        store.folder / "running.json", json.dumps({"version": "1", "digest": imported_one.digest}).encode()
+    )
+    assert store.running() == VersionRef("1", imported_one.digest)
+    bundle = small_bundle(version="3", site="lab")
+    argv = [
+        str(site),
+        "--bundle",
+        str(bundle),
+        "--trust",
+        str(signer.allowed_signers),
+        "--dry-run",
+        "--format",
+        "json",
+    ]
+    code, out = _upgrade(capsys, *argv)
+    assert code == 0 and json.loads(out)["change"]["from"] == {"version": "1", "digest": imported_one.digest}

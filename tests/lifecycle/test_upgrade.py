@@ -63,6 +63,7 @@ def test_batches_are_upgraded_in_order_each_out_of_service_while_it_changes(stor
     ]
     assert result.journal.status == "done" and result.journal.versions() == {h: B.version for h in HOSTS}
     assert result.path.parent.name == "history" and not store.path.exists()  # no upgrade in progress
+    assert store.running() == B  # the next upgrade starts from B
     kinds = [e.kind for e in site.events]
     assert kinds == ["started", *["batch-upgraded"] * len(BATCHES), "completed"]
     assert all((e.old, e.new) == (A, B) for e in site.events)
@@ -165,6 +166,7 @@ def test_abort_takes_every_upgraded_batch_back_last_first(store: JournalStore) -
     assert installs == [f"install-{A.version} gpu-001", f"install-{A.version} ctl"]  # last batch first
     assert not [a for a in site.actions if "gpu-004" in a]  # never touched
     assert result.journal.status == "aborted" and not store.path.exists()
+    assert store.running() == A  # the hosts run A again, whatever bundle the control host imported last
     assert [e.kind for e in site.events][-4:] == [
         "abort-started",
         "batch-reverted",
