@@ -302,6 +302,9 @@ def _failed(
             "the upgrade stopped; `aifactory upgrade SITE --abort` takes the upgraded batches back "
             f"to {j.old.version}"
         )
-    else:
-        hint = "fix those hosts, then run the same command again: it goes on from the journal"
+    else:  # an abort goes on from the journal: it takes these hosts back first
+        again = " again" if aborting else ""
+        hint = (
+            f"fix those hosts, then run `aifactory upgrade SITE --abort`{again}: it goes on from the journal"
+        )
     return UpgradeFailed(message, problems=problems, hint=hint)

@@ -213,9 +213,13 @@ def test_a_batch_that_fails_on_the_previous_version_too_stays_out_of_service(sto
     with pytest.raises(UpgradeFailed) as raised:
         _upgrade(site, store)
     assert "stay drained" in raised.value.message
+    assert "then run `aifactory upgrade SITE --abort`: it goes on" in (raised.value.hint or "")
     assert site.in_service()["gpu-001"] == (A.version, "drain", "drain")
     assert site.in_service()["gpu-002"] == (A.version, "idle", "ready")  # the door still serves
     assert raised.value.exit_code == 4
+    site.failing = {}  # the admin fixed gpu-001
+    _abort(site, store)
+    assert site.in_service() == ALL_ON_A and not site.broken_rules
 
 
 def test_an_upgrade_to_another_version_while_one_is_in_progress_is_refused(store: JournalStore) -> None:
