@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -15,6 +16,7 @@ from aifactory.errors import UsageError
 if TYPE_CHECKING:
     from aifactory.lifecycle.batches import UpgradeHost
     from aifactory.lifecycle.change import Change
+    from aifactory.lifecycle.journal import JournalStore, VersionRef
     from aifactory.lifecycle.upgrade import UpgradeParts, UpgradeResult
     from aifactory.plan import PlannedSite
     from aifactory.state import SiteState
@@ -81,13 +83,24 @@ def cmd_upgrade(args: argparse.Namespace) -> int:
     return _upgrade(args, planned, state)
 
 
-def _upgrade(args: argparse.Namespace, planned: PlannedSite, state: SiteState) -> int:
-    from aifactory.bundle import import_bundle
+@dataclass(frozen=True)
+class _Prepared:
+    """What an upgrade is about to do, worked out before it takes the site lock."""
+
+    store: JournalStore
+    resuming: bool  # a journal of an upgrade is there
+    old: VersionRef
+    new: VersionRef
+    hosts: list[UpgradeHost]
+    batches: list[tuple[str, ...]]
+    change: Change
+
+
+def _prepare(args: argparse.Namespace, planned: PlannedSite, state: SiteState) -> _Prepared:
     from aifactory.bundle.verify import verify_bundle
     from aifactory.lifecycle.batches import BatchSize, plan_batches, upgrade_hosts
     from aifactory.lifecycle.change import describe_change, installed_version
     from aifactory.lifecycle.journal import JournalStore, VersionRef
-    from aifactory.lifecycle.upgrade import begin_upgrade, run_upgrade
 
     size = BatchSize.parse(args.batch)
     store = JournalStore.for_state(state)
@@ -100,26 +113,33 @@ def _upgrade(args: argparse.Namespace, planned: PlannedSite, state: SiteState) -
     hosts = upgrade_hosts(planned.plan)
     batches = [tuple(b) for b in journal.batches] if journal else plan_batches(hosts, size)
     change = describe_change(old, old_root, new, planned.plan)
-    if new == old and journal is None:
-        _say(args, {"change": change.as_dict(), "status": "current"}, f"site already runs {new.version}")
+    return _Prepared(store, journal is not None, old, new, hosts, batches, change)
+
+
+def _upgrade(args: argparse.Namespace, planned: PlannedSite, state: SiteState) -> int:
+    from aifactory.bundle import import_bundle
+    from aifactory.lifecycle.upgrade import begin_upgrade, run_upgrade
+
+    ready = _prepare(args, planned, state)
+    shown = {"change": ready.change.as_dict(), "batches": ready.batches}
+    if ready.new == ready.old and not ready.resuming:
+        _say(args, {**shown, "status": "current"}, f"site already runs {ready.new.version}")
         return 0
     if args.dry_run:
-        _say(
-            args,
-            {"change": change.as_dict(), "batches": batches, "status": "dry-run"},
-            _plan_text(change, hosts, batches),
-        )
+        _say(args, {**shown, "status": "dry-run"}, _plan_text(ready.change, ready.hosts, ready.batches))
         return 0
     with state.lock("upgrade"):
-        journal, resumed = begin_upgrade(store, site=state.site, old=old, new=new, batches=batches)
+        store = ready.store
+        journal, resumed = begin_upgrade(
+            store, site=state.site, old=ready.old, new=ready.new, batches=ready.batches
+        )
         if args.format != "json":
-            print(_plan_text(change, hosts, journal.batches))
+            print(_plan_text(ready.change, ready.hosts, journal.batches))
             print("resuming from the journal" if resumed else "starting", flush=True)
         import_bundle(args.bundle, trust=Path(args.trust), site_state=state)
-        started = journal
 
         def go(parts: UpgradeParts) -> UpgradeResult:
-            return run_upgrade(started, store, parts, drain_timeout_s=args.drain_timeout)
+            return run_upgrade(journal, store, parts, drain_timeout_s=args.drain_timeout)
 
         return _run(args, planned, state, go)
 

@@ -349,6 +349,7 @@ def test_an_upgrade_killed_mid_batch_is_completed_by_a_rerun(lab: UpgradeLab) ->
     try:
 
         def mid_batch() -> bool:
+            assert process.poll() is None, f"the upgrade ended (exit {process.returncode}) before {serving}"
             journal = lab.journal()
             return bool(journal) and journal["hosts"][serving]["phase"] in ("drained-door", "deployed")
 
