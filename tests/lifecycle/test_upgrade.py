@@ -7,6 +7,7 @@ HAProxy, ansible, the health gate) are tested in the lab test tests/pipeline/tes
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -69,20 +70,15 @@ def test_batches_are_upgraded_in_order_each_out_of_service_while_it_changes(stor
     assert all((e.old, e.new) == (A, B) for e in site.events)
 
 
-def _action_count() -> int:
+def _actions_of_a_whole_upgrade() -> int:
+    """How many actions an uninterrupted upgrade takes: each is a point to kill it at."""
     site = _site()
-    return len(site.actions) if _upgrade_in(site) else 0
-
-
-def _upgrade_in(site: FakeSite) -> bool:
-    import tempfile
-
     with tempfile.TemporaryDirectory() as folder:
         _upgrade(site, JournalStore(Path(folder)))
-    return True
+    return len(site.actions)
 
 
-ACTIONS = _action_count()
+ACTIONS = _actions_of_a_whole_upgrade()
 
 
 @pytest.mark.parametrize("kill_after", [False, True], ids=["before", "after"])
