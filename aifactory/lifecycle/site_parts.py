@@ -141,11 +141,11 @@ class HaproxyDoor:
     api: RuntimeApi
     servers: frozenset[str]
     backend: str = BACKEND
-    drain_timeout_s: float = 120.0
+    drain_timeout_s: float = 30.0  # then the restart's last call (aifactory.runtime.http) ends them
     up_timeout_s: float = 120.0
-    settle_s: float = (
-        6.0  # a few of the front_door role's health check intervals (front_door_check_interval_ms)
-    )
+    # Up this long before the next batch drains the others: a few of the front_door role's health
+    # check intervals (front_door_check_interval_ms, 2 s).
+    settle_s: float = 6.0
     poll_s: float = POLL_S
     sleep: Callable[[float], None] = time.sleep
 
@@ -154,7 +154,7 @@ class HaproxyDoor:
         for host in chosen:
             self.api.drain(self.backend, host)
         # Connections a host holds end when their clients close them or the server's idle timeout
-        # does; past the timeout the restart's graceful stop (answers in flight finish) ends them.
+        # does; past the timeout the restart's graceful stop ends them, each after a last answer.
         self._until(
             lambda: all(self.api.sessions(self.backend).get(h, 0) == 0 for h in chosen), self.drain_timeout_s
         )
