@@ -397,3 +397,19 @@ class EvaluationReportError(AifactoryError):
     """An evaluation report (docs/loop.md) cannot be read or is not one: the file and the field say why."""
 
     code = "evaluation-report-invalid"
+
+
+class UpgradeError(AifactoryError):
+    """An upgrade that cannot start or go on as asked: batches the site cannot have, a journal of
+    another upgrade in the way, an abort with nothing to abort."""
+
+    code = "upgrade"
+    exit_code = ExitCode.USAGE
+
+
+class UpgradeFailed(UpgradeError):
+    """A batch failed its deploy or health gate: it went back to the previous version and the upgrade
+    stopped. The message says which host runs which version and which check failed."""
+
+    code = "upgrade-failed"
+    exit_code = ExitCode.HOSTS_FAILED

@@ -37,6 +37,7 @@ COMMAND_MODULES = (
     "aifactory.cli.backup",  # backup, restore
     "aifactory.cli.activation",  # activation, versions
     "aifactory.cli.rotate",
+    "aifactory.cli.upgrade",
 )
 # Which module defines each top-level command: only that module is imported to run it (a command
 # never pays for the others' imports, e.g. `validate` never loads Ansible or torch).
@@ -68,6 +69,7 @@ COMMANDS = {
     "activation": "aifactory.cli.activation",
     "versions": "aifactory.cli.activation",
     "rotate": "aifactory.cli.rotate",
+    "upgrade": "aifactory.cli.upgrade",
 }
 
 

@@ -2,7 +2,9 @@
 node so that no new connection goes to it while those it holds finish, put it back, and read each
 node's state. The upgrade drains a node at the front door before touching it (docs/runtime.md).
 
-One command per connection (HAProxy's non-interactive mode: it answers, then closes). Backend and
+One command per connection (HAProxy's non-interactive mode: it answers, then closes), sent on this
+machine's socket, or through a `Channel` where the socket is on another host's (the upgrade runs
+`python -m aifactory.frontdoor.relay` on the control host: aifactory.lifecycle.site_parts). Backend and
 server names are the plan's (a backend name, host names): each is checked before it goes into a
 command, so a name can never add a second command (`;` and newlines separate commands there).
 """
@@ -13,7 +15,7 @@ import re
 import socket
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol
 
 from aifactory.errors import FrontDoorError
 
@@ -41,12 +43,18 @@ class ServerState:
         return self.admin == "ready" and self.operational == "running"
 
 
+class Channel(Protocol):
+    def send(self, line: str) -> str:
+        """Send one checked command line to HAProxy's admin socket; its whole answer."""
+
+
 @dataclass(frozen=True)
 class RuntimeApi:
     """The admin socket of one HAProxy (a UNIX socket path on the front door's host)."""
 
     socket_path: Path
     timeout: float = 5.0
+    channel: Channel | None = None  # None: the socket is on this machine
 
     def set_state(self, backend: str, server: str, state: State) -> None:
         """drain: no new connections, established ones go on; maint: none at all; ready: back in."""
@@ -64,10 +72,16 @@ class RuntimeApi:
         """Every server of the backend, in HAProxy's order."""
         return parse_servers_state(self.command(f"show servers state {_name(backend)}"))
 
+    def sessions(self, backend: str) -> dict[str, int]:
+        """Server name -> connections it holds now (`show stat`'s scur), for every server of the backend."""
+        return parse_sessions(self.command(f"show stat {_name(backend)} 4 -1"))
+
     def command(self, line: str) -> str:
         """Send one command, return HAProxy's whole answer."""
         if "\n" in line or ";" in line:
             raise FrontDoorError(f"not one HAProxy command: {line!r}")
+        if self.channel is not None:
+            return self.channel.send(line)
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
                 connection.settimeout(self.timeout)
@@ -113,6 +127,24 @@ def parse_servers_state(answer: str) -> list[ServerState]:
                 f"HAProxy's servers state has a row it cannot read: {line[:200]!r}"
             ) from None
     return states
+
+
+def parse_sessions(answer: str) -> dict[str, int]:
+    """`show stat` CSV: a `# pxname,svname,...` header, one row per proxy or server."""
+    lines = [line for line in answer.splitlines() if line.strip()]
+    if not lines or not lines[0].startswith("# "):
+        raise FrontDoorError(f"HAProxy's stats have no column line: {answer[:200]!r}")
+    columns = lines[0][2:].split(",")
+    sessions = {}
+    for line in lines[1:]:
+        row = dict(zip(columns, line.split(","), strict=False))
+        if row.get("svname") in ("FRONTEND", "BACKEND"):
+            continue
+        try:
+            sessions[row["svname"]] = int(row["scur"] or 0)
+        except (KeyError, ValueError):
+            raise FrontDoorError(f"HAProxy's stats have a row it cannot read: {line[:200]!r}") from None
+    return sessions
 
 
 def _name(value: str) -> str:

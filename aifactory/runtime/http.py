@@ -71,6 +71,10 @@ ACCEPT_BATCH = 128
 # the listening socket, the event loop's own, and the accepted-but-not-yet-refused batch.
 FD_HEADROOM = 256 + ACCEPT_BATCH
 TICKS_PER_TIMEOUT = 10
+# Draining: how long an idle keep-alive connection may still bring one request (answered, then closed);
+# a client sending even once a second gets its last answer instead of a connection closed under it.
+LAST_CALL_S = 2.0
+LAST_CALL_POLL_S = 0.05
 
 
 def nofile_limit(max_connections: int) -> int:
@@ -347,6 +351,17 @@ class HttpServer(Generic[PeerT]):
             self._sweeper = asyncio.create_task(self._sweep())
         self.idle.set()
 
+    async def last_call(self, grace_s: float = LAST_CALL_S) -> None:
+        """While draining: give each open keep-alive connection up to `grace_s` for one more request,
+        answered with `Connection: close`, then close the rest. A client behind the front door (TCP:
+        it cannot move a connection) whose request was already on its way then gets an answer, and
+        its next request opens a connection the front door sends to another node, instead of meeting
+        a connection closed under it."""
+        deadline = time.monotonic() + grace_s
+        while self._connections and time.monotonic() < deadline:
+            await asyncio.sleep(LAST_CALL_POLL_S)
+        self.close_all()
+
     def close_all(self) -> None:
         """Close every connection (drain calls it once nothing is in flight)."""
         if self._sweeper is not None:
@@ -444,8 +459,8 @@ class HttpServer(Generic[PeerT]):
         limits = self.limits
         parse = _Parse(limits)
         first, ending = True, False
-        while not self.draining:
-            if parse.ready:  # answered in order, pipelined ones too
+        while True:
+            if parse.ready:  # answered in order, pipelined ones too (while draining: then closed)
                 connection.expire(math.inf, "")
                 if not await self._answer(connection, parse.ready.popleft(), peer):
                     return
@@ -454,6 +469,8 @@ class HttpServer(Generic[PeerT]):
                 if parse.refusal is not None:
                     await self._refuse(connection, parse.refusal)
                 return
+            if self.draining and not (parse.in_head or parse.in_body):
+                return  # nothing half-read: the connection ends here
             if parse.in_head:
                 connection.expire(parse.started + limits.header_timeout, "header-timeout")
             elif parse.in_body:

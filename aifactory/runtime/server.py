@@ -32,7 +32,8 @@ the registry's champion, a version whose OpenSSF model signature verifies agains
 model-signing key and that holds a signed promotion record (`aifactory.trust.models`). Anything else
 in the folder (training checkpoints, unsigned, badly signed or unpromoted versions) is refused: logged
 once, counted in /metrics and listed in /healthz; the champion already loaded keeps serving.
-SIGTERM/SIGINT drain: stop accepting, finish every request in flight, sign the log's final head, exit.
+SIGTERM/SIGINT drain: stop accepting, finish every request in flight, answer one last request on each
+keep-alive connection (with `Connection: close`, for up to two seconds), sign the log's final head, exit.
 """
 
 from __future__ import annotations
@@ -831,7 +832,7 @@ class InferenceServer:
                 await asyncio.wait_for(self.http.idle.wait(), self.config.drain_timeout)
             except TimeoutError:
                 log.error("drain timeout: %d requests still in flight", self.http.inflight)
-        self.http.close_all()
+        await self.http.last_call()
         self._record_suppressed(everything=True)
         for slot in self.slots.values():
             slot.batcher.stop()

@@ -121,6 +121,8 @@ DOMAIN_ERRORS: dict[str, DomainError] = {
     "aifactory.pipeline.serve_probe": DomainError(
         ("http://127.0.0.1:9", "m", "{missing}", "{missing}", "1"), 3, "token-unreadable", "{missing}"
     ),
+    # the upgrade's hand on HAProxy's admin socket (run on the control host) given one that is not there
+    "aifactory.frontdoor.relay": DomainError(("{missing}", "show info"), 3, "front-door", "{missing}"),
 }
 
 

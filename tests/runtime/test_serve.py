@@ -7,6 +7,7 @@ import datetime as dt
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -203,6 +204,39 @@ def test_graceful_stop_finishes_requests_in_flight_and_the_log_verifies(
     assert results == [200] * 6
     report = verify_log(running.log_path)
     assert report.ok and report.records == 6 and report.unsigned_tail == 0, report.render()
+
+
+def test_a_keep_alive_client_idle_at_a_graceful_stop_gets_its_next_request_answered_then_closed(
+    site: RuntimeSite, tmp_path: Path
+) -> None:
+    """Behind the front door (TCP) a client's keep-alive connection stays on its node while the node is
+    drained there; when the upgrade restarts it, the request the client sends next must be answered
+    (with `Connection: close`, so its next one goes through the front door to another node), not
+    meet a connection closed under it."""
+    write_checkpoint(site, tmp_path / "storage")
+    running = start_server(site, tmp_path / "storage", tmp_path / "runtime")
+    wait_for_model(running)
+    connection = running.connection(None)
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {site.tokens['health']}"}
+    connection.request("POST", PATH, body=json.dumps(BODY), headers=headers)
+    first = connection.getresponse()
+    first.read()
+    assert (first.status, first.getheader("Connection")) == (200, "keep-alive")
+    running.process.send_signal(signal.SIGTERM)
+
+    def refusing() -> bool:  # the drain closes the listener first: a new connection is refused
+        try:
+            socket.create_connection(("127.0.0.1", running.port), timeout=1).close()
+        except ConnectionRefusedError:
+            return True
+        return False
+
+    wait_for(refusing, what="the server to begin its drain", timeout=10, every=0.02)
+    connection.request("POST", PATH, body=json.dumps(BODY), headers=headers)
+    last = connection.getresponse()
+    last.read()
+    assert (last.status, last.getheader("Connection")) == (200, "close")
+    assert running.process.wait(timeout=scaled(30)) == 0
 
 
 @pytest.mark.slow

@@ -1,0 +1,221 @@
+"""`aifactory upgrade SITE --bundle FILE --trust ALLOWED_SIGNERS [--batch N|P%] [--dry-run]` and
+`aifactory upgrade SITE --abort`: a rolling upgrade gated by health (docs/operations.md)."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from aifactory.cli import progress
+from aifactory.cli.output import emit_json, table
+from aifactory.errors import UsageError
+
+if TYPE_CHECKING:
+    from aifactory.lifecycle.batches import UpgradeHost
+    from aifactory.lifecycle.change import Change
+    from aifactory.lifecycle.journal import JournalStore, VersionRef
+    from aifactory.lifecycle.upgrade import UpgradeParts, UpgradeResult
+    from aifactory.plan import PlannedSite
+    from aifactory.state import SiteState
+
+Go = Callable[["UpgradeParts"], "UpgradeResult"]
+
+EXAMPLES = {
+    "upgrade": "aifactory upgrade lab/site.yaml --bundle lab-B.tar --trust allowed_signers --batch 25%\n"
+    "  aifactory upgrade lab/site.yaml --abort   # take the upgraded batches back"
+}
+# 4: a batch failed its deploy or health gate and went back to the previous version.
+EXIT_CODES = {"upgrade": (0, 1, 2, 3, 4, 70, 130)}
+
+
+def register(
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
+) -> None:
+    parser = subparsers.add_parser(
+        "upgrade",
+        parents=[common],
+        help="upgrade the site to a new bundle in batches, gated by health, going back on failure",
+        description="Verify and import the bundle, show the version and plan change, then upgrade the "
+        "hosts in batches: drain in Slurm (jobs past --drain-timeout are requeued and resume from "
+        "their checkpoint) and at the front door, deploy the new version beside the old, health gate, "
+        "back into service. A batch that fails goes back to the previous version and the upgrade stops "
+        "(exit 4). Interrupted, the same command goes on from the journal; --abort takes the upgraded "
+        "batches back (docs/operations.md).",
+    )
+    parser.add_argument("site", help="site spec (YAML); its plan must equal the new bundle's signed plan")
+    parser.add_argument("--bundle", metavar="FILE", help="the new bundle (its first part)")
+    parser.add_argument("--trust", metavar="ALLOWED_SIGNERS", help="the site's allowed_signers for bundles")
+    parser.add_argument(
+        "--batch",
+        default="1",
+        metavar="N|P%",
+        help="hosts per batch: a number or a percentage of the site's hosts (default 1)",
+    )
+    parser.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=3600.0,
+        metavar="SECONDS",
+        help="how long running Slurm jobs may take to finish before they are requeued (default 3600)",
+    )
+    parser.add_argument(
+        "--dry-run", action="store_true", help="verify, show the change and the batches, stop"
+    )
+    parser.add_argument(
+        "--abort", action="store_true", help="take the batches upgraded so far back to the previous version"
+    )
+    parser.set_defaults(handler=cmd_upgrade)
+
+
+def cmd_upgrade(args: argparse.Namespace) -> int:
+    planned, state = _site(args)  # the spec first: its errors say the most
+    if args.drain_timeout < 0:
+        raise UsageError(f"--drain-timeout {args.drain_timeout}: seconds cannot be negative")
+    if args.abort:
+        if args.bundle or args.dry_run:
+            raise UsageError("--abort takes no --bundle and no --dry-run")
+        return _abort(args, planned, state)
+    if not args.bundle or not args.trust:
+        raise UsageError("upgrade needs --bundle FILE and --trust ALLOWED_SIGNERS (or --abort)")
+    return _upgrade(args, planned, state)
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """What an upgrade is about to do, worked out before it takes the site lock."""
+
+    store: JournalStore
+    resuming: bool  # a journal of an upgrade is there
+    old: VersionRef
+    new: VersionRef
+    hosts: list[UpgradeHost]
+    batches: list[tuple[str, ...]]
+    change: Change
+
+
+def _prepare(args: argparse.Namespace, planned: PlannedSite, state: SiteState) -> _Prepared:
+    from aifactory.bundle.verify import verify_bundle
+    from aifactory.lifecycle.batches import BatchSize, plan_batches, upgrade_hosts
+    from aifactory.lifecycle.change import describe_change, installed_version
+    from aifactory.lifecycle.journal import JournalStore, VersionRef
+
+    size = BatchSize.parse(args.batch)
+    store = JournalStore.for_state(state)
+    journal = store.load()
+    old, old_root = installed_version(state)
+    if journal is not None:  # resuming: the import already moved on to the new bundle
+        old = journal.old
+    report = verify_bundle(args.bundle, trust=Path(args.trust), site_state=state)  # a tampered one stops here
+    new = VersionRef(str(report.version), str(report.digest))
+    hosts = upgrade_hosts(planned.plan)
+    batches = [tuple(b) for b in journal.batches] if journal else plan_batches(hosts, size)
+    change = describe_change(old, old_root, new, planned.plan)
+    return _Prepared(store, journal is not None, old, new, hosts, batches, change)
+
+
+def _upgrade(args: argparse.Namespace, planned: PlannedSite, state: SiteState) -> int:
+    from aifactory.bundle import import_bundle
+    from aifactory.lifecycle.upgrade import begin_upgrade, run_upgrade
+
+    ready = _prepare(args, planned, state)
+    shown = {"change": ready.change.as_dict(), "batches": ready.batches}
+    if ready.new == ready.old and not ready.resuming:
+        _say(args, {**shown, "status": "current"}, f"site already runs {ready.new.version}")
+        return 0
+    if args.dry_run:
+        _say(args, {**shown, "status": "dry-run"}, _plan_text(ready.change, ready.hosts, ready.batches))
+        return 0
+    with state.lock("upgrade"):
+        store = ready.store
+        journal, resumed = begin_upgrade(
+            store, site=state.site, old=ready.old, new=ready.new, batches=ready.batches
+        )
+        if args.format != "json":
+            print(_plan_text(ready.change, ready.hosts, journal.batches))
+            print("resuming from the journal" if resumed else "starting", flush=True)
+        import_bundle(args.bundle, trust=Path(args.trust), site_state=state)
+
+        def go(parts: UpgradeParts) -> UpgradeResult:
+            return run_upgrade(journal, store, parts, drain_timeout_s=args.drain_timeout)
+
+        return _run(args, planned, state, go)
+
+
+def _abort(args: argparse.Namespace, planned: PlannedSite, state: SiteState) -> int:
+    from aifactory.lifecycle.journal import JournalStore
+    from aifactory.lifecycle.upgrade import abort_upgrade
+
+    store = JournalStore.for_state(state)
+
+    def go(parts: UpgradeParts) -> UpgradeResult:
+        return abort_upgrade(store, parts, drain_timeout_s=args.drain_timeout)
+
+    with state.lock("upgrade"):
+        return _run(args, planned, state, go)
+
+
+def _run(args: argparse.Namespace, planned: PlannedSite, state: SiteState, go: Go) -> int:
+    """Build the site's parts (the edge chooses how hosts are reached), run, render the result."""
+    from aifactory.bundle.import_record import last_import
+    from aifactory.lifecycle.journal import VersionRef
+    from aifactory.lifecycle.site_parts import parts_for_site
+    from aifactory.pipeline.connection import site_connection
+
+    record = last_import(state)
+    imported = VersionRef(record.version, record.digest) if record else VersionRef("", "")
+    connection = site_connection(planned.plan.name)
+    with progress.shown(args, "upgrade") as shown:
+        parts = parts_for_site(planned, connection=connection, state=state, imported=imported, progress=shown)
+        result = go(parts)
+    data = result.as_dict()
+    _say(args, data, _result_text(data))
+    return 0
+
+
+def _site(args: argparse.Namespace) -> tuple[PlannedSite, SiteState]:
+    from aifactory.plan import plan_site
+    from aifactory.state import SiteState
+
+    planned = plan_site(args.site, write_lock=False)
+    return planned, SiteState.for_site(planned.plan.name)
+
+
+def _say(args: argparse.Namespace, data: dict[str, Any], text: str) -> None:
+    if args.format == "json":
+        emit_json(data)
+    else:
+        print(text)
+
+
+def _plan_text(change: Change, hosts: Sequence[UpgradeHost], batches: Sequence[Sequence[str]]) -> str:
+    roles = {h.name: _roles(h) for h in hosts}
+    lines = [f"upgrade: {change.old.version} -> {change.new.version} (bundle {change.new.digest})"]
+    lines.append(
+        "plan: " + (change.plan.render() if change.plan is not None else "previous plan not available")
+    )
+    rows = [(index + 1, name, roles.get(name, "")) for index, batch in enumerate(batches) for name in batch]
+    lines += [f"{len(batches)} batches:", table(("BATCH", "HOST", "ROLE"), rows)]
+    return "\n".join(lines)
+
+
+def _roles(host: UpgradeHost) -> str:
+    found = (["slurmctld"] if host.slurm_controller else []) + (["serving"] if host.serving else [])
+    return ", ".join(found) or "-"
+
+
+def _result_text(data: dict[str, Any]) -> str:
+    versions = data["versions"]
+    rows = [(host, versions[host], entry["phase"]) for host, entry in sorted(data["hosts"].items())]
+    word = "upgraded" if data["status"] == "done" else "aborted"
+    target = data["new"]["version"] if data["status"] == "done" else data["old"]["version"]
+    lines = [table(("HOST", "VERSION", "PHASE"), rows), ""]
+    lines.append(f"{word}: every host runs {target} ({len(data['batches'])} batches)")
+    if data["requeued"]:
+        lines.append(
+            f"requeued past the drain timeout: {', '.join(data['requeued'])} (they resume from checkpoints)"
+        )
+    lines.append(f"journal: {data['journal']}")
+    return "\n".join(lines)

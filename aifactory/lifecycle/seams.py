@@ -1,0 +1,74 @@
+"""The doors the upgrade goes through, one small protocol per step. The orchestration
+(aifactory.lifecycle.upgrade) knows only these; the edge hands it the site's real parts
+(aifactory.lifecycle.site_parts: scontrol, HAProxy's runtime API, ansible, the health gate, the
+operator log), and tests hand it stand-ins to kill and resume it at every phase.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from aifactory.lifecycle.journal import VersionRef
+
+
+class SlurmDrain(Protocol):
+    def drain(self, hosts: Sequence[str], *, reason: str) -> None:
+        """No new jobs on these hosts (a host an operator drained keeps its own reason)."""
+
+    def wait_for_jobs(self, hosts: Sequence[str], *, timeout_s: float) -> list[str]:
+        """Wait until no job runs on these hosts, at most `timeout_s`; the ids of jobs still running."""
+
+    def requeue(self, job_ids: Sequence[str]) -> None:
+        """Put these jobs back in the queue (they resume from their checkpoint when they start again)."""
+
+    def resume(self, hosts: Sequence[str]) -> None:
+        """Jobs again on the hosts the upgrade drained (never on one an operator drained)."""
+
+
+class FrontDoor(Protocol):
+    def drain(self, hosts: Sequence[str]) -> None:
+        """No new connection to these hosts; return once those they hold have ended (or a timeout)."""
+
+    def enable(self, hosts: Sequence[str]) -> None:
+        """New connections again; return once the front door's health checks find them up."""
+
+
+@dataclass(frozen=True)
+class StepOutcome:
+    """What a deploy or a health gate found: the failed checks, one line each ("host: check ...")."""
+
+    failures: tuple[str, ...] = ()
+    detail: dict[str, Any] = field(default_factory=dict)  # where to look: event log, evidence
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+
+class Installer(Protocol):
+    def install(self, hosts: Sequence[str], version: VersionRef) -> StepOutcome:
+        """Make `version` the one these hosts run: installed beside the others, `current` switched."""
+
+
+class HealthGate(Protocol):
+    def check(self, hosts: Sequence[str]) -> StepOutcome:
+        """The health gate on these hosts: passed, or the checks that failed."""
+
+
+@dataclass(frozen=True)
+class UpgradeEvent:
+    """One thing an upgrade did, for the operator log (and the audit's CM-2/CM-3 from it)."""
+
+    kind: str  # started, batch-upgraded, batch-failed, batch-reverted, completed, aborted
+    site: str
+    old: VersionRef
+    new: VersionRef
+    hosts: tuple[str, ...] = ()
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+class EventRecorder(Protocol):
+    def record(self, event: UpgradeEvent) -> None:
+        """Keep the event where operators and the audit read it."""

@@ -1,0 +1,316 @@
+"""The site's real parts behind the upgrade's seams (aifactory.lifecycle.seams): Slurm through
+scontrol and squeue on the control host, the front door through HAProxy's runtime API, the new
+version through `aifactory deploy --limit`, the health gate of `aifactory health`, and the operator
+log. Each reaches the hosts through the site's Connection, which the edge chose; a site without
+Slurm or without a front door gets parts that have nothing to do. Tested on the lab
+(tests/pipeline/test_upgrade_lab.py); the orchestration's own tests use stand-ins.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aifactory.connection import Connection
+from aifactory.deploy import DeployOptions, deploy_site
+from aifactory.errors import FrontDoorError, PrerequisiteError
+from aifactory.frontdoor.runtime_api import RuntimeApi
+from aifactory.health.gate import health_gate
+from aifactory.health.slurm import NodeState, parse_show_node
+from aifactory.lifecycle.journal import VersionRef
+from aifactory.lifecycle.seams import StepOutcome, UpgradeEvent
+from aifactory.lifecycle.upgrade import DRAIN_REASON, UpgradeParts
+from aifactory.plan import PlannedSite
+from aifactory.plan.model import SitePlan
+from aifactory.progress import SILENT, Progress
+from aifactory.runtime.health.model import Level
+from aifactory.scheduler.slurm import SlurmClient, checked, client_for
+from aifactory.scheduler.topology import slurm_topology
+from aifactory.state import SiteState
+
+# The front_door role's defaults (playbooks/roles/front_door/defaults/main.yml).
+ADMIN_SOCKET = Path("/run/haproxy/admin.sock")
+BACKEND = "aifactory_serve"
+POLL_S = 2.0
+# Job states that hold a node: squeue's RUNNING, COMPLETING, CONFIGURING, SUSPENDED.
+_HOLDING = "R,CG,CF,S"
+
+
+@dataclass(frozen=True)
+class ScontrolDrain:
+    """Slurm on the control host: drain with the upgrade's reason, wait for jobs, requeue, resume."""
+
+    client: SlurmClient
+    poll_s: float = POLL_S
+    sleep: Callable[[float], None] = time.sleep
+
+    def drain(self, hosts: Sequence[str], *, reason: str) -> None:
+        for node in self._nodes(hosts).values():
+            if node.drained and not node.reason.startswith(DRAIN_REASON):
+                continue  # an operator's (or the health gate's) drain and reason stand
+            self._update(node.name, "state=drain", f"reason={reason}")
+
+    def wait_for_jobs(self, hosts: Sequence[str], *, timeout_s: float) -> list[str]:
+        nodes = sorted(self._nodes(hosts))
+        if not nodes:
+            return []
+        deadline = time.monotonic() + timeout_s
+        while True:
+            argv = [
+                "squeue",
+                "--noheader",
+                "--format=%A",
+                f"--nodelist={','.join(nodes)}",
+                f"--states={_HOLDING}",
+            ]
+            running = checked(self.client.run(argv), "squeue", self.client.where).split()
+            if not running or time.monotonic() >= deadline:
+                return sorted(set(running))
+            self.sleep(self.poll_s)
+
+    def requeue(self, job_ids: Sequence[str]) -> None:
+        if job_ids:
+            argv = ["scontrol", "requeue", ",".join(job_ids)]
+            checked(self.client.run(argv), "scontrol requeue", self.client.where)
+
+    def resume(self, hosts: Sequence[str]) -> None:
+        for node in self._nodes(hosts).values():
+            if node.drained and node.reason.startswith(DRAIN_REASON):
+                self._update(node.name, "state=resume")
+
+    def _nodes(self, hosts: Sequence[str]) -> dict[str, NodeState]:
+        """The hosts that are Slurm nodes, as Slurm sees them now (the controller's host is none)."""
+        text = checked(
+            self.client.run(["scontrol", "--oneliner", "show", "node"]),
+            "scontrol show node",
+            self.client.where,
+        )
+        return {name: node for name, node in parse_show_node(text).items() if name in hosts}
+
+    def _update(self, name: str, *settings: str) -> None:
+        argv = ["scontrol", "update", f"nodename={name}", *settings]
+        checked(self.client.run(argv), " ".join(argv[:3]), self.client.where)
+
+
+@dataclass(frozen=True)
+class NoSlurm:
+    """A site without Slurm: nothing to drain."""
+
+    def drain(self, hosts: Sequence[str], *, reason: str) -> None:
+        return None
+
+    def wait_for_jobs(self, hosts: Sequence[str], *, timeout_s: float) -> list[str]:
+        return []
+
+    def requeue(self, job_ids: Sequence[str]) -> None:
+        return None
+
+    def resume(self, hosts: Sequence[str]) -> None:
+        return None
+
+
+@dataclass(frozen=True)
+class ControlHostChannel:
+    """HAProxy's admin socket on the control host, reached by running the relay there."""
+
+    connection: Connection
+    socket_path: Path = ADMIN_SOCKET
+    timeout_s: float = 30.0
+
+    def send(self, line: str) -> str:
+        argv = [sys.executable, "-m", "aifactory.frontdoor.relay", str(self.socket_path), line]
+        done = self.connection.run_on_control_host(argv, timeout=self.timeout_s)
+        if done.returncode != 0:
+            why = (done.stderr or done.stdout).strip().splitlines()
+            raise FrontDoorError(
+                f"HAProxy's runtime API on {self.connection.description}: {why[-1] if why else 'no answer'}",
+                hint="is the front door running (the front_door role's haproxy service)?",
+            )
+        return done.stdout
+
+
+@dataclass(frozen=True)
+class HaproxyDoor:
+    """The front door's backend: drain a server and wait for its connections to end; put it back
+    and wait for HAProxy's health checks to find it up. Hosts not behind the door are left alone."""
+
+    api: RuntimeApi
+    servers: frozenset[str]
+    backend: str = BACKEND
+    drain_timeout_s: float = 30.0  # then the restart's last call (aifactory.runtime.http) ends them
+    up_timeout_s: float = 120.0
+    # Up this long before the next batch drains the others: a few of the front_door role's health
+    # check intervals (front_door_check_interval_ms, 2 s).
+    settle_s: float = 6.0
+    poll_s: float = POLL_S
+    sleep: Callable[[float], None] = time.sleep
+
+    def drain(self, hosts: Sequence[str]) -> None:
+        chosen = [h for h in hosts if h in self.servers]
+        for host in chosen:
+            self.api.drain(self.backend, host)
+        # Connections a host holds end when their clients close them or the server's idle timeout
+        # does; past the timeout the restart's graceful stop ends them, each after a last answer.
+        self._until(
+            lambda: all(self.api.sessions(self.backend).get(h, 0) == 0 for h in chosen), self.drain_timeout_s
+        )
+
+    def enable(self, hosts: Sequence[str]) -> None:
+        chosen = [h for h in hosts if h in self.servers]
+        for host in chosen:
+            self.api.ready(self.backend, host)
+        if chosen and not self._until(self._steadily_up(chosen), self.up_timeout_s):
+            raise FrontDoorError(
+                f"the front door's health checks did not find {', '.join(chosen)} up within "
+                f"{self.up_timeout_s:.0f} s",
+                hint="see `show servers state` on the front door; run the upgrade again once they are up",
+            )
+
+    def _steadily_up(self, hosts: Sequence[str]) -> Callable[[], bool]:
+        """Up for `settle_s` on end: a server state read right after `ready` can be the verdict of a
+        check made before a restart, and the next batch drains the others on the strength of it."""
+        since: list[float] = []
+
+        def up() -> bool:
+            states = {s.name: s for s in self.api.servers(self.backend)}
+            if not all(h in states and states[h].takes_new_connections for h in hosts):
+                since.clear()
+                return False
+            since[:] = since or [time.monotonic()]
+            return time.monotonic() - since[0] >= self.settle_s
+
+        return up
+
+    def _until(self, done: Callable[[], bool], timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while not done():
+            if time.monotonic() >= deadline:
+                return False
+            self.sleep(self.poll_s)
+        return True
+
+
+@dataclass(frozen=True)
+class NoFrontDoor:
+    """A site without a front door: clients reach the nodes themselves."""
+
+    def drain(self, hosts: Sequence[str]) -> None:
+        return None
+
+    def enable(self, hosts: Sequence[str]) -> None:
+        return None
+
+
+@dataclass(frozen=True)
+class DeployInstaller:
+    """`aifactory deploy --limit` of the batch. The imported bundle's version is a full deploy; the
+    previous version, still installed beside it, only has `current` switched back to it (the
+    runtime role's run tasks, told the version and the digest its install record holds)."""
+
+    planned: PlannedSite
+    connection: Connection
+    imported: VersionRef
+    extra_vars: Mapping[str, Any] = field(default_factory=dict)
+
+    def install(self, hosts: Sequence[str], version: VersionRef) -> StepOutcome:
+        limit = ",".join(hosts)
+        if version == self.imported:
+            options = DeployOptions(limit=limit, extra_vars=dict(self.extra_vars))
+        else:
+            switch = {"runtime_version": version.version, "runtime_bundle_digest": version.digest}
+            options = DeployOptions(
+                limit=limit, tags=("runtime_run",), extra_vars={**self.extra_vars, **switch}
+            )
+        result = deploy_site(self.planned, connection=self.connection, options=options)
+        rows = {h["host"]: h for h in result.hosts}
+        failures = tuple(
+            f"{host}: deploy {rows[host]['status']}: {rows[host]['message'][:200]}"
+            for host in result.failed_hosts
+        )
+        if not failures and result.status != "successful":
+            failures = (f"{limit}: deploy {result.status} (exit {result.rc})",)
+        return StepOutcome(failures, {"event_log": str(result.event_log)})
+
+
+@dataclass(frozen=True)
+class SiteHealthGate:
+    """The health gate of `aifactory health --no-slurm` on the batch (the upgrade keeps Slurm's
+    state of its hosts itself); its signed evidence goes to the state folder as ever."""
+
+    planned: PlannedSite
+    connection: Connection
+    state: SiteState
+    level: Level = "quick"
+
+    def check(self, hosts: Sequence[str]) -> StepOutcome:
+        gate = health_gate(
+            self.planned,
+            connection=self.connection,
+            state=self.state,
+            level=self.level,
+            host_names=list(hosts),
+            slurm=False,
+        )
+        return StepOutcome(tuple(gate.failures()), {"evidence": str(gate.evidence.report)})
+
+
+@dataclass(frozen=True)
+class OperatorLogEvents:
+    """Upgrade events into the site's operator log (who and when are the log's own fields)."""
+
+    state: SiteState
+    spec_digest: str
+
+    def record(self, event: UpgradeEvent) -> None:
+        self.state.record(
+            command="upgrade",
+            result=event.kind,
+            spec_digest=self.spec_digest,
+            bundle_digest=event.new.digest,
+            detail={
+                "from": {"version": event.old.version, "digest": event.old.digest},
+                "to": {"version": event.new.version, "digest": event.new.digest},
+                "hosts": list(event.hosts),
+                **event.detail,
+            },
+        )
+
+
+def parts_for_site(
+    planned: PlannedSite,
+    *,
+    connection: Connection,
+    state: SiteState,
+    imported: VersionRef,
+    progress: Progress = SILENT,
+    extra_vars: Mapping[str, Any] | None = None,
+) -> UpgradeParts:
+    """The real parts of this site, reached through `connection` (the edge's choice)."""
+    plan = planned.plan
+    return UpgradeParts(
+        slurm=ScontrolDrain(client_for(connection)) if slurm_topology(plan) is not None else NoSlurm(),
+        door=_front_door(plan, connection),
+        installer=DeployInstaller(planned, connection, imported, dict(extra_vars or {})),
+        gate=SiteHealthGate(planned, connection, state),
+        events=OperatorLogEvents(state, plan.spec_digest),
+        progress=progress,
+    )
+
+
+def _front_door(plan: SitePlan, connection: Connection) -> HaproxyDoor | NoFrontDoor:
+    door = plan.front_door
+    if door is None:
+        return NoFrontDoor()
+    if door.host != plan.control_host:
+        raise PrerequisiteError(
+            f"the front door runs on {door.host}, not on the control host: the upgrade reaches HAProxy's "
+            "runtime API on the control host only",
+            code="upgrade-front-door-elsewhere",
+            hint="put the front door on the control host (front_door: {}) for upgrades",
+        )
+    api = RuntimeApi(ADMIN_SOCKET, channel=ControlHostChannel(connection))
+    return HaproxyDoor(api, frozenset(b.name for b in door.backends))
