@@ -420,7 +420,7 @@ def step_evaluate(setup: TurnSetup, turn: Turn) -> None:
         evaluation = setup.dataset(loop.evaluation.dataset)
         model = setup.model_plan
         name = f"loop-{setup.model}-t{turn.number}-eval"[:63]
-        report = setup.places.on_node(model.storage, model.path) / "runs" / name / REPORT_FILE
+        out = setup.places.on_node(model.storage, model.path) / "runs" / name / REPORT_FILE
         request = EvaluationRequest(
             job_template=turn.folder / "job.yaml",
             name=name,
@@ -432,7 +432,7 @@ def step_evaluate(setup: TurnSetup, turn: Turn) -> None:
             dataset_dir=setup.places.on_node(evaluation.storage, evaluation.path),
             version=loop.evaluation.version,
             trust=setup.places.node_trust,
-            out=report,
+            out=out,
         )
         submitted = setup.jobs.submit_evaluation(request)
         record = {
