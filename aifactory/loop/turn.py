@@ -11,8 +11,8 @@
     decide    the promotion policy over the report, the training manifest (verified again) and a
               sign-off; the decision signed by the site key and kept beside the run
     promote   on allow, the challenger becomes the `champion` (a signed promotion record naming the
-              decision); on a refusal the champion keeps serving. A refusal that only lacks the
-              sign-off leaves the turn `awaiting-sign-off`: `aifactory loop sign-off`, then a re-run.
+              decision); on a refusal the champion keeps serving. A refusal for the sign-off
+              alone (none, or not a valid one) leaves the turn `awaiting-sign-off`: `aifactory loop sign-off`, then a re-run.
 
 The turn record is `<state>/loop/<model>/turn-NNNNNN/turn.json` (written atomically after each step);
 `run_turn` continues the newest turn unless it ended (`promoted` or `refused`), then starts the next.
@@ -60,6 +60,10 @@ SIGN_OFF_FILE = "sign-off.json"
 DECISION_FILE = "promotion-decision.json"  # in the training job's run folder, beside data-read.json
 REPORT_FILE = "evaluation-report.json"
 ENDED = ("promoted", "refused")
+# A refusal for these alone leaves the turn waiting: a (proper) sign-off may still come.
+SIGN_OFF_REASONS = frozenset(
+    {"sign-off-missing", "sign-off-unverified", "sign-off-not-allowed", "sign-off-mismatch"}
+)
 NODE_TRUST = Path("/var/lib/aifactory/runtime/model-key/model-signing.pub")  # the runtime role's
 
 
@@ -490,7 +494,7 @@ def step_decide(setup: TurnSetup, turn: Turn) -> None:
     turn.steps["decide"] = {"digest": manifest_digest(signed), **decision.as_dict()}
     if decision.promote:
         return
-    turn.status = "awaiting-sign-off" if set(decision.reasons) == {"sign-off-missing"} else "refused"
+    turn.status = "awaiting-sign-off" if set(decision.reasons) <= SIGN_OFF_REASONS else "refused"
 
 
 def _signed_decision(
