@@ -103,12 +103,12 @@ class LoopSite:
         path.write_text(yaml.safe_dump(job))
         return path
 
-    def setup(self, plan: SitePlan | None = None, signers: Path | None = None) -> TurnSetup:
+    def setup(self, plan: SitePlan | None = None, signers: Path | None = None, steps: int = 60) -> TurnSetup:
         plan = plan or self.plan
         return TurnSetup(
             plan=plan,
             model=MODEL,
-            job_template=self.job(),
+            job_template=self.job(steps=steps),
             key=self.key,
             authorizer=RuntimeAuthorizer(plan),
             jobs=self.jobs,
@@ -195,17 +195,17 @@ def _decide(site: LoopSite, digest: str, decision_id: str) -> Path:
 
 def test_two_turns_each_promote_a_better_model_and_the_lineage_of_a_decision_verifies(site: LoopSite) -> None:
     first_champion = site.champion()
-    site.write_training(X[:1024], Y[:1024])
-    one = run_turn(site.setup())
+    site.write_training(X[:256], Y[:256])
+    one = run_turn(site.setup(steps=40))
     assert one.status == "promoted", one.steps.get("decide")
     assert one.done == ["version", "train", "register", "evaluate", "decide", "promote"]
     assert _accuracy(one.steps, "challenger") > _accuracy(one.steps, "champion")
     assert one.steps["train"]["from_champion"] == first_champion
     assert site.champion() == one.steps["register"]["challenger"] != first_champion
 
-    site.write_training(X[:4096], Y[:4096])
-    two = run_turn(site.setup())
-    assert (two.number, two.status) == (2, "promoted"), two.steps.get("decide")
+    site.write_training(X[:4096], Y[:4096])  # 16 times the data, trained longer on it
+    two = run_turn(site.setup(steps=200))
+    assert (two.number, two.status) == (2, "promoted"), (two.steps.get("decide"), one.steps["decide"])
     assert _accuracy(two.steps, "challenger") > _accuracy(two.steps, "champion")
     assert two.steps["train"]["from_champion"] == one.steps["register"]["challenger"]
     assert site.champion() == two.steps["register"]["challenger"]
