@@ -12,7 +12,8 @@
               sign-off; the decision signed by the site key and kept beside the run
     promote   on allow, the challenger becomes the `champion` (a signed promotion record naming the
               decision); on a refusal the champion keeps serving. A refusal for the sign-off
-              alone (none, or not a valid one) leaves the turn `awaiting-sign-off`: `aifactory loop sign-off`, then a re-run.
+              alone (none, or not a valid one) leaves the turn `awaiting-sign-off`: `aifactory
+              loop sign-off`, then a re-run.
 
 The turn record is `<state>/loop/<model>/turn-NNNNNN/turn.json` (written atomically after each step);
 `run_turn` continues the newest turn unless it ended (`promoted` or `refused`), then starts the next.
