@@ -28,6 +28,10 @@ EXAMPLES = {
     "lineage": "aifactory lineage inventory/lab/site.yaml 9c1f...e2 --decision-log decisions.jsonl",
 }
 SIGNERS_HELP = "the sign-off trust file (OpenSSH allowed_signers; default <state>/loop/allowed_signers)"
+STORAGE_ROOT_HELP = (
+    "a folder in front of the planned storage paths, as this machine and the nodes see them "
+    "(default: the storage as this machine mounts it, or the lab's)"
+)
 
 
 def register(
@@ -60,6 +64,7 @@ def register(
         "settings; the turn trains `train.steps` more steps from the champion's",
     )
     run.add_argument("--allowed-signers", type=Path, help=SIGNERS_HELP)
+    run.add_argument("--storage-root", type=Path, help=STORAGE_ROOT_HELP)
     run.add_argument(
         "--runtime-prefix",
         type=Path,
@@ -106,6 +111,7 @@ def register(
         default=[],
         help="a node's decision log (decisions.jsonl, as copied off the node); repeatable",
     )
+    lineage.add_argument("--storage-root", type=Path, help=STORAGE_ROOT_HELP)
     lineage.set_defaults(handler=cmd_lineage)
 
 
@@ -139,7 +145,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         key=ensure_model_key(runtime_dir),
         authorizer=load_authorizer(plan),
         jobs=SlurmJobs(planned, client_for(site_connection(plan.name)), runtime_prefix=args.runtime_prefix),
-        places=Places(plan),
+        places=Places(plan, root=args.storage_root),
         state_dir=state_dir,
         allowed_signers=_signers(state_dir, args.allowed_signers),
     )
@@ -232,7 +238,7 @@ def cmd_lineage(args: argparse.Namespace) -> int:
 
     plan = plan_site(args.site, write_lock=False).plan
     runtime_dir, _ = _state(plan)
-    places = Places(plan)  # the lab's storage folders when a lab of the site is up here
+    places = Places(plan, root=args.storage_root)  # else the lab's storage when a lab of the site is up
     found = lineage(
         args.decision_id,
         model_dirs={m.name: places.here(m.storage, m.path) for m in plan.models if m.host_path},

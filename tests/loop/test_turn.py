@@ -22,6 +22,7 @@ import yaml
 
 pytest.importorskip("torch")
 
+from aifactory.cli.main import main  # noqa: E402
 from aifactory.data.feedback import write_receipt  # noqa: E402
 from aifactory.data.versions import DatasetStore, create_version  # noqa: E402
 from aifactory.errors import LoopError  # noqa: E402
@@ -193,7 +194,9 @@ def _decide(site: LoopSite, digest: str, decision_id: str) -> Path:
     return log_path
 
 
-def test_two_turns_each_promote_a_better_model_and_the_lineage_of_a_decision_verifies(site: LoopSite) -> None:
+def test_two_turns_each_promote_a_better_model_and_the_lineage_of_a_decision_verifies(
+    site: LoopSite, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     first_champion = site.champion()
     site.write_training(X[:256], Y[:256])
     one = run_turn(site.setup(steps=40))
@@ -256,6 +259,32 @@ def test_two_turns_each_promote_a_better_model_and_the_lineage_of_a_decision_ver
         )
         path.write_bytes(original)
     assert lineage(decision_id, trust=site.key.trust, decision_logs=[log], **dirs).verified  # type: ignore[arg-type]
+    _lineage_through_the_cli(site, decision_id, log, tampered["promotion-decision"], capsys, monkeypatch)
+
+
+def _lineage_through_the_cli(
+    site: LoopSite,
+    decision_id: str,
+    log: Path,
+    decision_file: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`aifactory lineage` over the same site: the chain in JSON, exit 0; with a link broken, exit 1
+    and one error line naming the link."""
+    monkeypatch.setenv("AIFACTORY_STATE_HOME", str(site.root / "state"))
+    (site.root / "state" / site.plan.name).mkdir(parents=True)
+    (site.root / "state" / site.plan.name / "runtime").symlink_to(site.runtime)
+    argv = ["lineage", str(FIXTURES / "site.yaml"), decision_id, "--decision-log", str(log)]
+    argv += ["--storage-root", str(site.storage)]
+    assert main([*argv, "--format", "json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["verified"] is True and len(shown["links"]) == 7
+    decision_file.write_bytes(decision_file.read_bytes()[:-3] + b"\n")
+    assert main(argv) == 1
+    out, err = capsys.readouterr()
+    assert "BROKEN  promotion-decision" in out
+    assert err.startswith("error[lineage-broken]") and "promotion-decision" in err, err
 
 
 def test_a_candidate_trained_on_shuffled_labels_is_refused_and_the_champion_keeps_serving(
