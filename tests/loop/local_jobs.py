@@ -24,8 +24,12 @@ class LocalJobs:
     submitted: list[str] = field(default_factory=list)  # job names, in order
     states: dict[str, str] = field(default_factory=dict)
     outputs: dict[str, str] = field(default_factory=dict)
+    fail_next: set[str] = field(default_factory=set)  # "training", "evaluation": ends FAILED once, unrun
 
-    def _run(self, name: str, argv: list[str]) -> str:
+    def _run(self, name: str, argv: list[str], kind: str) -> str:
+        if kind in self.fail_next:  # as a job Slurm ends FAILED (a node lost, say)
+            self.fail_next.discard(kind)
+            argv = [sys.executable, "-c", "raise SystemExit(1)"]
         env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
         env.pop("AIFACTORY_TOKEN", None)
         done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600, check=False)
@@ -38,12 +42,12 @@ class LocalJobs:
     def submit_training(self, job_path: Path) -> SubmittedJob:
         name = load_job(job_path).name
         argv = [sys.executable, "-m", "aifactory.runtime.train_cli", str(job_path), "--host", self.host]
-        job_id = self._run(name, argv)
+        job_id = self._run(name, argv, "training")
         found = DECISION.search(self.outputs[job_id])
         return SubmittedJob(name, job_id, found.group(1) if found else "none")
 
     def submit_evaluation(self, request: EvaluationRequest) -> SubmittedJob:
-        job_id = self._run(request.name, request.argv(sys.executable))
+        job_id = self._run(request.name, request.argv(sys.executable), "evaluation")
         return SubmittedJob(request.name, job_id, "none")
 
     def wait(self, job: SubmittedJob) -> str:

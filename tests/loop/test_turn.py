@@ -287,13 +287,19 @@ def _lineage_through_the_cli(
     assert err.startswith("error[lineage-broken]") and "promotion-decision" in err, err
 
 
-def test_a_candidate_trained_on_shuffled_labels_is_refused_and_the_champion_keeps_serving(
+def test_a_candidate_trained_on_shuffled_labels_is_refused_after_a_failed_evaluation_is_run_again(
     site: LoopSite,
 ) -> None:
     champion = site.champion()
     shuffled = np.random.Generator(np.random.PCG64(3)).permutation(Y[:1024])
     site.write_training(X[:1024], shuffled)
-    turn = run_turn(site.setup())
+    site.jobs.fail_next.add("evaluation")
+    with pytest.raises(LoopError) as failed:  # the evaluation job failed: the turn stops there
+        run_turn(site.setup())
+    assert failed.value.code == "evaluate-failed"
+    turn = run_turn(site.setup())  # and continues there: evaluated again, not trained again
+    assert len(site.jobs.submitted) == 3 and site.jobs.submitted[0] != site.jobs.submitted[1]
+    assert site.jobs.submitted[1] == site.jobs.submitted[2] == turn.steps["evaluate"]["job"]
     assert turn.status == "refused"
     assert "no-improvement" in turn.steps["decide"]["reasons"], turn.steps["decide"]
     assert "promote" not in turn.steps and "promote" not in turn.done
