@@ -377,6 +377,11 @@ def _await(setup: TurnSetup, turn: Turn, name: str) -> None:
 def step_register(setup: TurnSetup, turn: Turn) -> None:
     train, made = turn.steps["train"], turn.steps["version"]
     history = read_history(setup.dataset_dir(made["dataset"]), setup.key.trust, dataset=made["dataset"])
+    if not history.ok:  # a manifest is signed only over data whose every version verifies
+        raise LoopError(
+            f"the versions of dataset {made['dataset']} do not verify: {history.problems[0]}",
+            code="training-data-unverified",
+        )
     version = history.find(made["digest"])
     run_dir = setup.model_dir / "runs" / train["job"]
     manifest = sign_training_manifest(

@@ -239,27 +239,32 @@ def test_two_turns_each_promote_a_better_model_and_the_lineage_of_a_decision_ver
     run_dir = site.model_dir / "runs" / two.steps["train"]["job"]
     version_two = json.loads((site.dataset_dir("vitals") / "versions/v000002.json").read_text())
     shard = next(f for f in version_two["files"] if f["path"].startswith("shard-"))
-    tampered = {
-        "decision": log,
-        "promotion-decision": run_dir / DECISION_FILE,
-        "dataset-version": DatasetStore(site.dataset_dir("vitals")).object(shard["sha256"]),
-        "model-version": Registry(site.model_dir).files(site.champion()) / "aifactory-provenance.json",
+    promotions = Registry(site.model_dir).promotions
+    tampered = {  # the file changed -> the links reported broken (the first is the one changed)
+        log: ["decision"],
+        Registry(site.model_dir).files(site.champion()) / "aifactory-provenance.json": ["model-version"],
+        # A changed promotion record: it and every record after it are refused, so the champion's
+        # promotion and the decision it names are not found.
+        promotions: ["promotion", "promotion-decision"],
+        run_dir / DECISION_FILE: ["promotion-decision"],
+        DatasetStore(site.dataset_dir("vitals")).object(shard["sha256"]): ["dataset-version"],
     }
-    for kind, path in tampered.items():
+    for path, kinds in tampered.items():
         original = path.read_bytes()
         path.chmod(0o644)
-        path.write_bytes(
+        changed = (
             original.replace(b"health", b"heAlth", 1) if b"health" in original else original[:-2] + b"x\n"
         )
+        path.write_bytes(changed.replace(b"loop turn 2", b"loop turn 9") if path == promotions else changed)
         broken = lineage(decision_id, trust=site.key.trust, decision_logs=[log], **dirs)  # type: ignore[arg-type]
         assert not broken.verified
-        assert [link.kind for link in broken.broken] == [kind], (
-            kind,
+        assert [link.kind for link in broken.broken] == kinds, (
+            path,
             [(b.kind, b.detail) for b in broken.broken],
         )
         path.write_bytes(original)
     assert lineage(decision_id, trust=site.key.trust, decision_logs=[log], **dirs).verified  # type: ignore[arg-type]
-    _lineage_through_the_cli(site, decision_id, log, tampered["promotion-decision"], capsys, monkeypatch)
+    _lineage_through_the_cli(site, decision_id, log, run_dir / DECISION_FILE, capsys, monkeypatch)
 
 
 def _lineage_through_the_cli(
