@@ -413,3 +413,16 @@ class UpgradeFailed(UpgradeError):
 
     code = "upgrade-failed"
     exit_code = ExitCode.HOSTS_FAILED
+
+
+class LoopError(AifactoryError):
+    """A turn of the closed loop (docs/loop.md) cannot go on: a training manifest that does not verify,
+    an evaluation set in the training data, a job that failed, a sign-off that is not one."""
+
+    code = "loop"
+
+
+class LineageBroken(LoopError):
+    """A link of a decision's lineage (docs/loop.md) does not verify; the message names the link."""
+
+    code = "lineage-broken"

@@ -54,7 +54,10 @@ _change(metric) := _champion[metric.name] - _challenger[metric.name] if metric.b
 # size of a bound counts as meeting it.
 _slack(metric) := 1e-9 * max([1, abs(_champion[metric.name]), abs(_challenger[metric.name])])
 
+# Only a target has minima: a guard's are null (as the plan carries them), and arithmetic on null is
+# an error in the engine, not undefined, so a guard that got better must never reach the sums below.
 _improved(metric) if {
+	_is_target(metric)
 	change := _change(metric)
 	change > 0
 	change >= metric.min_improvement - _slack(metric)

@@ -222,6 +222,15 @@ test_a_target_with_an_unknown_direction_is_refused if {
 	_refused(_with_loop("metrics", [accuracy, _log_loss]), ["no-improvement"])
 }
 
+# A guard that got better (its minima null, as the plan carries a guard's) is within its tolerance.
+test_a_guard_that_improved_is_within_tolerance if {
+	log_loss := object.union(_log_loss, {"min_improvement": null, "min_relative_improvement": null})
+	d := _decide(object.union(_with_loop("metrics", [_accuracy, log_loss]), {"report": object.union(_report, {"challenger": {"digest": "sha256:bbbb", "metrics": {"accuracy": 0.85, "log-loss": 0.30}}})}))
+	d.promote == true
+	d.reasons == []
+	d.metrics[1].verdict == "within-tolerance"
+}
+
 # metric-regressed
 
 test_a_guard_worse_beyond_its_tolerance_is_refused if {

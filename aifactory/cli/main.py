@@ -32,6 +32,7 @@ COMMAND_MODULES = (
     "aifactory.cli.audit",
     "aifactory.cli.models",
     "aifactory.cli.data",  # data versions, show, version, erase
+    "aifactory.cli.loop",  # loop run, sign-off, turns; lineage
     "aifactory.cli.pipeline",  # up, down
     "aifactory.cli.monitoring",  # status, monitoring, report
     "aifactory.cli.backup",  # backup, restore
@@ -59,6 +60,8 @@ COMMANDS = {
     "audit": "aifactory.cli.audit",
     "models": "aifactory.cli.models",
     "data": "aifactory.cli.data",
+    "loop": "aifactory.cli.loop",
+    "lineage": "aifactory.cli.loop",
     "up": "aifactory.cli.pipeline",
     "down": "aifactory.cli.pipeline",
     "status": "aifactory.cli.monitoring",

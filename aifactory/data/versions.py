@@ -163,7 +163,8 @@ def _erasure_summary(record: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in record.items() if k not in ("signature", "after", "format")}
 
 
-def _signed(record: dict[str, Any], public: ec.EllipticCurvePublicKey) -> bool:
+def record_signed(record: dict[str, Any], public: ec.EllipticCurvePublicKey) -> bool:
+    """Whether the site's key signed `record` (its `signature` over the rest, RFC 8785 canonical)."""
     try:
         signature = base64.b64decode(str(record.get("signature")), validate=True)
         public.verify(signature, promotion_body(record), ec.ECDSA(signature_hash(public)))
@@ -241,7 +242,7 @@ def _lineage_problem(
         isinstance(record.get("version"), int) and isinstance(record.get("digest"), str)
     ):
         return "a version record without its number and digest", None
-    if not _signed(record, public):
+    if not record_signed(record, public):
         return "its signature does not verify against the site's key", None
     return None, record
 
@@ -265,7 +266,7 @@ def _checked_version(
     problems = []
     if manifest_digest(manifest) != digest:
         problems.append(f"{name}: its digest is not the one the lineage names (changed)")
-    if not _signed(manifest, public):
+    if not record_signed(manifest, public):
         problems.append(f"{name}: its signature does not verify against the site's key")
     if manifest.get("version") != number or manifest.get("previous") != previous:
         problems.append(f"{name}: it does not follow the version before it")
@@ -405,7 +406,8 @@ def _feedback_lines(store: DatasetStore, latest: Version | None) -> list[dict[st
     return [json.loads(line) for line in store.object(entry["sha256"]).read_bytes().splitlines()]
 
 
-def _sign(record: dict[str, Any], key: ModelKey) -> dict[str, Any]:
+def sign_record(record: dict[str, Any], key: ModelKey) -> dict[str, Any]:
+    """`record` with the signing key's id and the site's signature (the scheme of promotion records)."""
     private = key.load()
     record = {**record, "key": key_id(private.public_key())}
     signature = private.sign(promotion_body(record), ec.ECDSA(signature_hash(private.public_key())))
@@ -415,7 +417,7 @@ def _sign(record: dict[str, Any], key: ModelKey) -> dict[str, Any]:
 def _append_lineage(
     store: DatasetStore, history: History, record: dict[str, Any], key: ModelKey
 ) -> dict[str, Any]:
-    signed = _sign(
+    signed = sign_record(
         {"format": LINEAGE_FORMAT, "seq": history.records + 1, "after": history.head, **record}, key
     )
     with open(store.lineage, "ab") as handle:
@@ -504,7 +506,7 @@ def _make_version(
         files.append({"path": FEEDBACK_FILE, "sha256": sha, "size": size})
     number = (latest.number if latest else 0) + 1
     storage = next(s for s in plan.storage if s.name == planned.storage)
-    manifest = _sign(
+    manifest = sign_record(
         {
             "format": VERSION_FORMAT,
             "dataset": dataset,

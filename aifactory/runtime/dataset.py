@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,8 @@ from aifactory.errors import DatasetError, Location
 FORMAT = "aifactory.dataset/v1"
 GENERATOR = "aifactory.teacher-mlp/v1"
 SHARD_SAMPLES = 8192
+MANIFEST = "manifest.json"
+KEPT_BESIDE = ("versions", "feedback")  # aifactory.data's folders inside a dataset's folder
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,8 @@ class Dataset:
     classes: int
     x: np.ndarray
     y: np.ndarray
+    # What was read (path below the dataset's folder, SHA-256, size): the training manifest's input.
+    files_read: tuple[tuple[str, str, int], ...] = ()
 
     def __len__(self) -> int:
         return int(self.y.shape[0])
@@ -54,12 +59,29 @@ def generate(
         raise DatasetError(
             f"{directory} exists; refusing to overwrite a dataset", location=Location(file=str(directory))
         )
+    x, y = teacher_samples(samples=samples, features=features, classes=classes, seed=seed)
+    return write(directory, name=name, x=x, y=y, classes=classes, seed=seed)
+
+
+def teacher_samples(*, samples: int, features: int, classes: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """`samples` inputs and the labels the seed's teacher network gives them: the first n samples of
+    a seed are the same whatever `samples` is, so a larger draw extends a smaller one."""
     rng = np.random.Generator(np.random.PCG64(seed))
     hidden = 4 * features
     w1 = rng.standard_normal((features, hidden)) / np.sqrt(features)
     w2 = rng.standard_normal((hidden, classes)) / np.sqrt(hidden)
     x = rng.standard_normal((samples, features)).astype(np.float32)
     y = np.argmax(np.tanh(x.astype(np.float64) @ w1) @ w2, axis=1).astype(np.int64)
+    return x, y
+
+
+def write(
+    directory: Path, *, name: str, x: np.ndarray, y: np.ndarray, classes: int, seed: int
+) -> dict[str, Any]:
+    """Write samples as a dataset at `directory`, replacing what is there only by a rename (a reader
+    sees the old dataset or the new one); return its manifest. Files beside the dataset's own (its
+    versions/ and feedback/ folders, aifactory.data) are carried over into the new folder."""
+    samples, features = int(x.shape[0]), int(x.shape[1])
     staging = directory.with_name(f".{directory.name}.staging-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True, mode=0o750)
@@ -96,13 +118,26 @@ def generate(
             os.fsync(handle.fileno())
     fsync_path(staging)
     directory.parent.mkdir(parents=True, exist_ok=True)
-    os.rename(staging, directory)
+    if directory.exists():
+        for kept in KEPT_BESIDE:
+            if (directory / kept).exists():
+                os.rename(directory / kept, staging / kept)
+        retired = directory.with_name(f".{directory.name}.retired-{os.getpid()}")
+        os.rename(directory, retired)
+        os.rename(staging, directory)
+        shutil.rmtree(retired)
+    else:
+        os.rename(staging, directory)
     fsync_path(directory.parent)
     return manifest
 
 
 def read_manifest(directory: Path) -> dict[str, Any]:
-    path = directory / "manifest.json"
+    return read_manifest_file(directory / MANIFEST)
+
+
+def read_manifest_file(path: Path) -> dict[str, Any]:
+    directory = path.parent
     try:
         manifest = json.loads(path.read_text())
     except FileNotFoundError:
@@ -122,15 +157,23 @@ def read_manifest(directory: Path) -> dict[str, Any]:
 
 def load(directory: Path) -> Dataset:
     """Read and check every shard (SHA-256 against the manifest)."""
-    manifest = read_manifest(directory)
+    return load_files(directory / MANIFEST, lambda shard: directory / shard)
+
+
+def load_files(manifest_path: Path, shard_path: Callable[[str], Path]) -> Dataset:
+    """A dataset from its manifest file and its shards wherever they are stored (a dataset version's
+    objects, aifactory.data.versions): every shard checked against its SHA-256 in the manifest."""
+    directory = manifest_path.parent
+    manifest = read_manifest_file(manifest_path)
     xs, ys = [], []
+    read = [(MANIFEST, sha256_file(manifest_path), manifest_path.stat().st_size)]
     for shard in manifest["shards"]:
-        path = directory / shard["file"]
         if Path(shard["file"]).name != shard["file"]:
             raise DatasetError(
                 f"shard name {shard['file']!r} leaves the dataset folder",
-                location=Location(file=str(directory / "manifest.json")),
+                location=Location(file=str(manifest_path)),
             )
+        path = shard_path(shard["file"])
         if sha256_file(path) != shard["sha256"]:
             raise DatasetError(
                 f"shard {path} does not match its SHA-256 in the manifest",
@@ -140,7 +183,10 @@ def load(directory: Path) -> Dataset:
         tensors = load_file(str(path))
         xs.append(tensors["x"])
         ys.append(tensors["y"])
+        read.append((str(shard["file"]), str(shard["sha256"]), path.stat().st_size))
     x, y = np.concatenate(xs), np.concatenate(ys)
     if x.shape != (manifest["samples"], manifest["features"]) or y.shape != (manifest["samples"],):
         raise DatasetError(f"the shards in {directory} do not add up to the manifest's shape")
-    return Dataset(str(manifest["name"]), int(manifest["features"]), int(manifest["classes"]), x, y)
+    return Dataset(
+        str(manifest["name"]), int(manifest["features"]), int(manifest["classes"]), x, y, tuple(read)
+    )

@@ -35,6 +35,10 @@ from aifactory.errors import Location, Problem, UsageError
 from aifactory.state import SiteState
 
 NAME = r"^[a-z][a-z0-9-]{0,62}$"
+# What a training job leaves in its run folder: the files it read (aifactory.runtime.train_worker),
+# for the loop's training manifest (aifactory.loop.manifest).
+DATA_READ = "data-read.json"
+DATA_READ_FORMAT = "aifactory.data-read/v1"
 
 
 class _Strict(BaseModel):

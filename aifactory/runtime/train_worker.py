@@ -10,11 +10,13 @@ the batches an uninterrupted one would.
 from __future__ import annotations
 
 import gc
+import json
 import os
 import sys
 import time
 from collections.abc import Sequence
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,10 +26,11 @@ import torch.nn.functional as functional
 from torch.nn.parallel import DistributedDataParallel
 
 from aifactory.console import DEBUG_HELP, UsageParser, run_console
+from aifactory.durable import atomic_write
 from aifactory.errors import AifactoryError, RuntimeDenied
 from aifactory.runtime import checkpoint
 from aifactory.runtime import dataset as datasets
-from aifactory.runtime.job import load_job
+from aifactory.runtime.job import DATA_READ, DATA_READ_FORMAT, load_job
 from aifactory.runtime.metrics import TrainingMetrics
 from aifactory.runtime.model import ModelConfig, build
 from aifactory.runtime.siteplan import RuntimePlan
@@ -107,6 +110,8 @@ def train(job_path: str, host: str | None) -> None:
         if rank == 0
         else None
     )
+    if metrics:  # rank 0: the files this job learns from, for the loop's training manifest
+        write_data_read(checkpoints.parent / "runs" / job.name, job=job.name, dataset=job.dataset, data=data)
     if metrics and start:
         print(f"aifactory-train: resumed from step {start}", file=sys.stderr, flush=True)
     order = BatchOrder(len(data), settings.global_batch, settings.seed)
@@ -162,6 +167,20 @@ def train(job_path: str, host: str | None) -> None:
     # group and Gloo's threads go while the interpreter is whole, not at its shutdown.
     del ddp
     _release_process_group()
+
+
+def write_data_read(run_folder: Path, *, job: str, dataset: str, data: datasets.Dataset) -> None:
+    """`data-read.json`: each file the job read (path below the dataset's folder, SHA-256 checked as
+    it was read, size). The control host checks it against a signed dataset version and signs the
+    training manifest from it (aifactory.loop.manifest); the job itself holds no key."""
+    document = {
+        "format": DATA_READ_FORMAT,
+        "job": job,
+        "dataset": dataset,
+        "files": [{"path": p, "sha256": s, "size": n} for p, s, n in data.files_read],
+    }
+    run_folder.mkdir(parents=True, exist_ok=True)
+    atomic_write(run_folder / DATA_READ, (json.dumps(document, sort_keys=True, indent=1) + "\n").encode())
 
 
 def _release_process_group() -> None:

@@ -208,15 +208,34 @@ def train(
             hint="nothing was submitted; ask the dataset's owner for a train grant, or check the token",
             code="train-denied",
         )
+    return submit_batch(
+        planned,
+        job,
+        outcome=outcome,
+        placement=placement,
+        client=client,
+        script=batch_script(job, runtime_prefix=runtime_prefix),
+    )
+
+
+def submit_batch(
+    planned: PlannedSite,
+    job: JobSpec,
+    *,
+    outcome: Outcome,
+    placement: Placement,
+    client: SlurmClient,
+    script: str,
+) -> Submission:
+    """sbatch `script` for an allowed, recorded decision; the submission, logged (step 3 and 4 above).
+    The loop's evaluation job comes through here too (aifactory.loop.jobs)."""
     tenant = str(outcome.tenant)
     output = run_folder(job, planned.plan) / "slurm-%j.out"
     checked(client.run(["mkdir", "-p", str(output.parent)]), "creating the run folder", client.where)
     argv = sbatch_argv(
         job, tenant=tenant, placement=placement, decision_id=outcome.decision_id, output=output
     )
-    stdout = checked(
-        client.run(argv, input_text=batch_script(job, runtime_prefix=runtime_prefix)), "sbatch", client.where
-    )
+    stdout = checked(client.run(argv, input_text=script), "sbatch", client.where)
     slurm_job_id = stdout.strip().split(";")[0]
     submission = Submission(
         job.name,

@@ -99,6 +99,17 @@ DOMAIN_ERRORS: dict[str, DomainError] = {
     "aifactory.runtime.train_worker": DomainError(
         ("{missing}",), 2, "usage", "{missing}", env={"AIFACTORY_DECISION_ID": "probe"}
     ),
+    # the loop's evaluation job without the site's model-signing key to verify the evaluation set with
+    "aifactory.runtime.evaluate": DomainError(
+        (
+            *("--model", "m", "--model-dir", "{tmp}", "--challenger", "sha256:" + "0" * 64),
+            *("--dataset", "d", "--dataset-dir", "{tmp}", "--version", "1", "--trust", "{missing}"),
+            *("--out", "{tmp}/report.json"),
+        ),
+        1,
+        "evaluation-set-invalid",
+        "{missing}",
+    ),
     # a valid job on stdin, but no Slurm allocation around it
     "aifactory.runtime.allocation": DomainError(
         ("--job-id", "1"), 2, "usage", "SLURM_JOB_NODELIST", stdin=VALID_JOB

@@ -116,8 +116,11 @@ def register(
     key: ModelKey,
     job: dict[str, Any],
     dataset: dict[str, Any],
+    training_manifest: dict[str, Any] | None = None,
 ) -> ModelVersion:
-    """Sign `checkpoint` (a complete checkpoint folder) into the model's registry; the version."""
+    """Sign `checkpoint` (a complete checkpoint folder) into the model's registry; the version. A
+    loop's retraining passes its signed training manifest (aifactory.loop.manifest): it goes into the
+    provenance, under the model's signature too (absent otherwise, so older provenance keeps its bytes)."""
     document = _checked_checkpoint(checkpoint)
     registry = Registry(model_dir)
     registry.versions.mkdir(parents=True, exist_ok=True)
@@ -139,6 +142,8 @@ def register(
             "dataset": dataset,
             "key": key_id(key.load().public_key()),
         }
+        if training_manifest is not None:
+            provenance["training_manifest"] = training_manifest
         (staging / FILES_DIR / PROVENANCE).write_bytes(canonical_bytes(provenance) + b"\n")
         _sign(staging / FILES_DIR, staging / SIGNATURE, key)
         digest = signed_digest(staging / SIGNATURE)
