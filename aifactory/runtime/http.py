@@ -26,9 +26,12 @@ change (no timer handle per read).
 
 A second listener may take connections from the front door (`start_front_door`): only from its
 addresses, each opening with a PROXY protocol v2 header (`runtime.proxy_protocol`) whose client address
-is then the connection's peer everywhere (the per-peer cap, the handler's peer). The header is read
-from the socket itself before the stream reads a byte, so the client's TLS handshake that follows it
-reaches `prepare` untouched.
+is then the connection's peer everywhere (the per-peer cap, the handler's peer). That listener accepts
+its sockets itself and reads the header from each, byte-exact, before asyncio makes a transport of it
+(`connect_accepted_socket`): no transport ever reads a byte of the header, and the client's TLS
+handshake that follows it reaches `prepare` untouched. (Pausing a transport from `connection_made`
+does not hold on Debian 12's Python 3.11.2, which starts reading anyway: the transport then took the
+header's bytes, and some connections through the front door ended in a TLS handshake timeout.)
 """
 
 from __future__ import annotations
@@ -37,11 +40,12 @@ import asyncio
 import json
 import logging
 import math
+import socket
+import struct
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any, Generic, Protocol, TypeVar
 
 import httptools
@@ -296,15 +300,28 @@ class _Connection:
         self.deadline, self.why = deadline, why
 
 
-class _PausedAtStart(asyncio.StreamReaderProtocol):
-    """A stream whose transport reads nothing until told: the connection's first bytes (a PROXY header)
-    are read from the socket itself. Pausing in connection_made is in time: the transport registers its
-    reader only after connection_made returns, and not at all while paused."""
+class Listener(Protocol):
+    """What the server closes when it drains: an asyncio.Server, or the front door's listener."""
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        transport.pause_reading()
-        super().connection_made(transport)
+    def close(self) -> None: ...
+
+
+class FrontDoorListener:
+    """The front door's listening socket and its accept loop: `sockets` and `close` as an asyncio.Server's
+    (the server closes its listeners alike when it drains)."""
+
+    def __init__(self, listener: socket.socket, accepting: asyncio.Task[None]) -> None:
+        self._listener, self._accepting = listener, accepting
+
+    @property
+    def sockets(self) -> tuple[socket.socket, ...]:
+        return (self._listener,)
+
+    def close(self) -> None:
+        """No new connection: stop accepting (the connections already taken go on). The socket closes
+        once the accept loop has let go of it, never while the event loop still watches its descriptor."""
+        self._accepting.add_done_callback(lambda _: self._listener.close())
+        self._accepting.cancel()
 
 
 def _socket_peer(writer: asyncio.StreamWriter) -> str:
@@ -324,6 +341,7 @@ class HttpServer(Generic[PeerT]):
     idle: asyncio.Event = field(default_factory=asyncio.Event)
     _connections: set[_Connection] = field(default_factory=set)
     _per_peer: dict[str, int] = field(default_factory=dict)
+    _opening: set[asyncio.Task[None]] = field(default_factory=set)  # front door sockets, header unread
     _sweeper: asyncio.Task[None] | None = None
 
     async def start(self, host: str, port: int) -> asyncio.Server:
@@ -333,18 +351,27 @@ class HttpServer(Generic[PeerT]):
         self._start_sweeper()
         return server
 
-    async def start_front_door(self, host: str, port: int, addresses: frozenset[str]) -> asyncio.Server:
+    async def start_front_door(self, host: str, port: int, addresses: frozenset[str]) -> FrontDoorListener:
         """A listener for the front door only: a connection from any other address is closed unread;
-        one from the front door must open with a PROXY v2 header (`_through_front_door`)."""
-        loop = asyncio.get_running_loop()
-        connected = partial(self._through_front_door, addresses)
-
-        def protocol() -> asyncio.StreamReaderProtocol:
-            return _PausedAtStart(asyncio.StreamReader(limit=READ_SIZE), connected)
-
-        server = await loop.create_server(protocol, host, port, backlog=ACCEPT_BATCH)
+        one from the front door must open with a PROXY v2 header (`_front_door_connection`)."""
+        listener = socket.create_server((host, port), backlog=ACCEPT_BATCH)
+        listener.setblocking(False)
+        accepting = asyncio.create_task(self._accept_front_door(listener, addresses))
         self._start_sweeper()
-        return server
+        return FrontDoorListener(listener, accepting)
+
+    async def _accept_front_door(self, listener: socket.socket, addresses: frozenset[str]) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                raw, _ = await loop.sock_accept(listener)
+            except OSError as error:  # e.g. out of descriptors: as asyncio's own servers, wait and go on
+                log.error("front door listener: accept failed: %s", error)
+                await asyncio.sleep(1.0)
+                continue
+            task = asyncio.create_task(self._front_door_connection(raw, addresses))
+            self._opening.add(task)  # a reference until it has its transport (tasks are held weakly)
+            task.add_done_callback(self._opening.discard)
 
     def _start_sweeper(self) -> None:
         if self._sweeper is None:
@@ -378,47 +405,55 @@ class HttpServer(Generic[PeerT]):
     async def connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await self._serve(reader, writer, _socket_peer(writer))
 
-    async def _through_front_door(
-        self, addresses: frozenset[str], reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        """A connection on the front door's listener: from one of its addresses, opening with a PROXY v2
-        header, else closed without an answer. The client's address from the header is the peer; a LOCAL
-        header (the front door's own health check) leaves the front door as the peer."""
-        front_door = _socket_peer(writer)
+    async def _front_door_connection(self, raw: socket.socket, addresses: frozenset[str]) -> None:
+        """A socket accepted on the front door's listener: from one of its addresses, opening with a PROXY
+        v2 header, else closed without an answer. The client's address from the header is the peer; a
+        LOCAL header (the front door's own health check) leaves the front door as the peer. Only then
+        does asyncio get the socket, with the client's first byte still unread."""
+        raw.setblocking(False)
+        front_door = str(raw.getpeername()[0])
         if front_door not in addresses:
             log.warning("connection from %s on the front door's port refused: not the front door", front_door)
-            self.events.closed("not-front-door")
-            writer.transport.abort()
+            self._abort(raw, "not-front-door")
             return
         if len(self._connections) >= self.limits.max_connections:  # before reading: as every connection
-            self.events.closed("connection-cap")
-            writer.transport.abort()
+            self._abort(raw, "connection-cap")
             return
         try:
-            with writer.get_extra_info("socket").dup() as raw:  # the same connection; the transport's own
-                async with asyncio.timeout(self.limits.header_timeout):  # socket object cannot recv
-                    header = await proxy_protocol.read_header(raw)
+            async with asyncio.timeout(self.limits.header_timeout):
+                header = await proxy_protocol.read_header(raw)
         except ProxyHeaderRefused as refused:
-            self._refuse_proxy_header(front_door, refused.reason, refused.message, writer)
+            self._refuse_proxy_header(front_door, refused.reason, refused.message, raw)
             return
         except TimeoutError:
-            self._refuse_proxy_header(front_door, "timeout", "no whole PROXY v2 header in time", writer)
+            self._refuse_proxy_header(front_door, "timeout", "no whole PROXY v2 header in time", raw)
             return
         except OSError as error:
-            self._refuse_proxy_header(front_door, "truncated", str(error), writer)
+            self._refuse_proxy_header(front_door, "truncated", str(error), raw)
             return
         address = header.source[0] if header.source is not None else front_door
-        transport = writer.transport
-        assert isinstance(transport, asyncio.Transport)  # a socket's, paused by _PausedAtStart
-        transport.resume_reading()
-        await self._serve(reader, writer, address)
 
-    def _refuse_proxy_header(
-        self, front_door: str, reason: str, message: str, writer: asyncio.StreamWriter
-    ) -> None:
+        def connected(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> Awaitable[None]:
+            return self._serve(reader, writer, address)
+
+        def protocol() -> asyncio.StreamReaderProtocol:
+            # with a callback, as start_server's: StreamWriter.start_tls then takes the server's side
+            return asyncio.StreamReaderProtocol(asyncio.StreamReader(limit=READ_SIZE), connected)
+
+        try:
+            await asyncio.get_running_loop().connect_accepted_socket(protocol, raw)
+        except OSError:  # the front door went away between the header and here
+            raw.close()
+
+    def _refuse_proxy_header(self, front_door: str, reason: str, message: str, raw: socket.socket) -> None:
         log.warning("connection from the front door %s refused: %s (%s)", front_door, message, reason)
-        self.events.closed(f"proxy-header-{reason}")
-        writer.transport.abort()
+        self._abort(raw, f"proxy-header-{reason}")
+
+    def _abort(self, raw: socket.socket, reason: str) -> None:
+        """Close without an answer, with a reset (as a transport's abort): nothing more is read or sent."""
+        self.events.closed(reason)
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        raw.close()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, address: str) -> None:
         refused = self._admit(address)

@@ -75,7 +75,7 @@ from aifactory.plan.model import Host
 from aifactory.runtime import checkpoint
 from aifactory.runtime.cpus import CpuSplit
 from aifactory.runtime.handoff import LoopInbox, LoopOutbox, Workers
-from aifactory.runtime.http import HttpLimits, HttpServer, Request, Response
+from aifactory.runtime.http import HttpLimits, HttpServer, Listener, Request, Response
 from aifactory.runtime.limits import (
     MAX_JSON_DEPTH,
     DenialLimiter,
@@ -795,7 +795,7 @@ class InferenceServer:
         self._tls_context = self._tls()
         server = await self.http.start(self.config.listen, self.config.port)
         self.bound_port = server.sockets[0].getsockname()[1]
-        listeners = [server]
+        listeners: list[Listener] = [server]
         if self.config.front_door_port is not None:
             front_door = await self.http.start_front_door(
                 self.config.listen, self.config.front_door_port, self.config.front_door_addresses
@@ -821,7 +821,7 @@ class InferenceServer:
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self._stop.set)
 
-    async def _drain(self, listeners: list[asyncio.Server], watcher: asyncio.Task[None]) -> None:
+    async def _drain(self, listeners: list[Listener], watcher: asyncio.Task[None]) -> None:
         self.draining = self.http.draining = True
         for server in listeners:
             server.close()

@@ -72,16 +72,6 @@ print(json.dumps([[s.name, s.admin, s.operational] for s in api.servers(backend)
 """
 
 
-# A known defect, not yet explained (issue 26's note): on the lab some connections through HAProxy end
-# in a TLS handshake EOF, even after every node has answered through the door; each request test
-# below fails now and then (each passed in some runs, failed in others). Not strict: they pass the
-# day it is fixed. The deploy test (changed=0) is not affected.
-KNOWN_EOF = pytest.mark.xfail(
-    reason="known defect (issue 26 note): some connections through HAProxy end in a TLS handshake EOF",
-    strict=False,
-)
-
-
 @dataclass
 class FrontedLab:
     site: str
@@ -244,7 +234,6 @@ def _all_up(fronted: FrontedLab) -> dict[str, tuple[str, str]]:
     return found
 
 
-@KNOWN_EOF
 def test_clients_are_served_through_the_front_door_and_logged_with_their_own_address(
     fronted: FrontedLab,
 ) -> None:
@@ -269,7 +258,6 @@ def test_clients_are_served_through_the_front_door_and_logged_with_their_own_add
             assert record["request"]["peer"] == client_address != door.address
 
 
-@KNOWN_EOF
 def test_a_node_drained_at_the_front_door_gets_no_new_connection_while_the_other_serves(
     fronted: FrontedLab,
 ) -> None:
