@@ -36,6 +36,7 @@ from aifactory.bundle.import_record import ImportRecord, last_import, save_impor
 from aifactory.bundle.manifest import MANIFEST, METADATA_FILES, Manifest
 from aifactory.bundle.source import PartsReader, find_parts
 from aifactory.bundle.verify import VerifyReport, check_seal, expanded, inspect_bundle, rollback_problems
+from aifactory.digests import sha256_file
 from aifactory.errors import AifactoryError, BundleError, Location, StateError
 from aifactory.state import SiteState
 
@@ -178,6 +179,46 @@ def import_bundle(
                 | (report.activation.citation() if report.activation else {}),
             )
     return imported
+
+
+def use_imported(
+    state: SiteState, *, version: str, digest: str, root: Path, imported_at: str
+) -> ImportedBundle:
+    """Make a version imported before the site's bundle in use again, importing no bytes: a rollback
+    to it, or an aborted upgrade that left the hosts on it. Checked first (check_imported): nothing
+    changes unless the folder is still that import.
+
+    `newest.json` keeps the newest version ever imported, so anti-rollback still holds against it."""
+    signer = check_imported(state, version=version, digest=digest, root=root)
+    save_import(state, ImportRecord(state.site, version, digest, str(root), imported_at, signer))
+    _point_current(root.parent, version)
+    return ImportedBundle(state.site, version, digest, root)
+
+
+def check_imported(state: SiteState, *, version: str, digest: str, root: Path) -> str:
+    """That `root` is still the import of (state.site, version) with manifest digest `digest`: its
+    import marker says so and its manifest hashes to it. The signer its import verified."""
+    marker, manifest = root / RECORD, root / MANIFEST
+    try:
+        recorded = json.loads(marker.read_text())
+        found = "sha256:" + sha256_file(manifest)
+    except (OSError, ValueError) as exc:
+        raise StateError(
+            f"the imported bundle {version} of site {state.site} is not usable in {root}: {exc}",
+            code="import-missing",
+            location=Location(file=str(root)),
+            hint="import the bundle of that version again (aifactory bundle import)",
+        ) from None
+    marked = recorded if isinstance(recorded, dict) else {}
+    if (marked.get("site"), marked.get("digest"), found) != (state.site, digest, digest):
+        raise BundleError(
+            f"{root} is no longer the import of {state.site} {version} ({digest}): its marker names "
+            f"{marked.get('site')!r} {marked.get('digest')!r}, its manifest's SHA-256 is {found}",
+            code="bundle-tampered",
+            location=Location(file=str(manifest)),
+            hint="import the bundle of that version again from its media",
+        )
+    return str(marked.get("signer") or "")
 
 
 def _ensure_dir(folder: Path) -> None:

@@ -14,7 +14,6 @@ from aifactory import signing
 from aifactory.bundle.manifest import BundleVersion
 from aifactory.cli.bundle import passphrase_options, read_key_passphrase
 from aifactory.cli.output import emit_json, table
-from aifactory.errors import ActivationError, Location
 from aifactory.lifecycle.activation import MAX_AGE, ActivationVerdict, activation_allows, authorize
 from aifactory.lifecycle.versions import VersionHistory, version_history
 from aifactory.spec.reference import resolve_site
@@ -91,7 +90,7 @@ def cmd_authorize(args: argparse.Namespace) -> int:
     verdict = authorize(
         state, version=version, digest=digest, reason=args.reason, key=key, trust=Path(args.trust)
     )
-    _raise_unless_allowed(verdict)
+    verdict.require()
     if args.format == "json":
         emit_json(verdict.as_dict())
     else:
@@ -102,23 +101,12 @@ def cmd_authorize(args: argparse.Namespace) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     state, version, digest = _target(args)
     verdict = activation_allows(state, version=version, digest=digest, trust=Path(args.trust))
-    _raise_unless_allowed(verdict)
+    verdict.require()
     if args.format == "json":
         emit_json(verdict.as_dict())
     else:
         print(f"allowed: {verdict.message}\n  valid until {_until(verdict)}")
     return 0
-
-
-def _raise_unless_allowed(verdict: ActivationVerdict) -> None:
-    if not verdict.allowed:
-        raise ActivationError(
-            verdict.message,
-            code=verdict.code,
-            location=Location(file=str(verdict.path)),
-            hint="sign a new one: aifactory activation authorize SITE --to VERSION --reason TEXT --key KEY "
-            "--trust ALLOWED_SIGNERS (docs/operations.md, Rollback authorization)",
-        )
 
 
 def _until(verdict: ActivationVerdict) -> str:

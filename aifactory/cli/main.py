@@ -38,7 +38,7 @@ COMMAND_MODULES = (
     "aifactory.cli.backup",  # backup, restore
     "aifactory.cli.activation",  # activation, versions
     "aifactory.cli.rotate",
-    "aifactory.cli.upgrade",
+    "aifactory.cli.upgrade",  # upgrade, rollback
 )
 # Which module defines each top-level command: only that module is imported to run it (a command
 # never pays for the others' imports, e.g. `validate` never loads Ansible or torch).
@@ -73,6 +73,7 @@ COMMANDS = {
     "versions": "aifactory.cli.activation",
     "rotate": "aifactory.cli.rotate",
     "upgrade": "aifactory.cli.upgrade",
+    "rollback": "aifactory.cli.upgrade",
 }
 
 

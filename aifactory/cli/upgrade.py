@@ -1,5 +1,7 @@
-"""`aifactory upgrade SITE --bundle FILE --trust ALLOWED_SIGNERS [--batch N|P%] [--dry-run]` and
-`aifactory upgrade SITE --abort`: a rolling upgrade gated by health (docs/operations.md)."""
+"""`aifactory upgrade SITE --bundle FILE --trust ALLOWED_SIGNERS [--batch N|P%] [--dry-run]`,
+`aifactory rollback SITE --to VERSION --trust ALLOWED_SIGNERS [--batch N|P%] [--dry-run]` and either
+with `--abort`: a rolling change of version gated by health (docs/operations.md). A rollback is the
+upgrade's engine run to an older version imported before, authorized by a signed activation record."""
 
 from __future__ import annotations
 
@@ -16,19 +18,24 @@ from aifactory.errors import UsageError
 if TYPE_CHECKING:
     from aifactory.lifecycle.batches import UpgradeHost
     from aifactory.lifecycle.change import Change
-    from aifactory.lifecycle.journal import JournalStore, VersionRef
+    from aifactory.lifecycle.journal import Journal, JournalStore, VersionRef
+    from aifactory.lifecycle.records import Kind
     from aifactory.lifecycle.upgrade import UpgradeParts, UpgradeResult
     from aifactory.plan import PlannedSite
     from aifactory.state import SiteState
 
 Go = Callable[["UpgradeParts"], "UpgradeResult"]
+Begin = Callable[[], tuple["Journal", bool]]
 
 EXAMPLES = {
     "upgrade": "aifactory upgrade lab/site.yaml --bundle lab-B.tar --trust allowed_signers --batch 25%\n"
-    "  aifactory upgrade lab/site.yaml --abort   # take the upgraded batches back"
+    "  aifactory upgrade lab/site.yaml --abort   # take the upgraded batches back",
+    "rollback": "aifactory rollback lab/site.yaml --to 20261201.1 --trust allowed_signers\n"
+    "  aifactory rollback lab/site.yaml --abort   # back to the version it left",
 }
+# 1: the bundle does not verify, or (rollback) no valid activation record authorizes the version.
 # 4: a batch failed its deploy or health gate and went back to the previous version.
-EXIT_CODES = {"upgrade": (0, 1, 2, 3, 4, 70, 130)}
+EXIT_CODES = {"upgrade": (0, 1, 2, 3, 4, 70, 130), "rollback": (0, 1, 2, 3, 4, 70, 130)}
 
 
 def register(
@@ -48,6 +55,30 @@ def register(
     parser.add_argument("site", help="site spec (YAML); its plan must equal the new bundle's signed plan")
     parser.add_argument("--bundle", metavar="FILE", help="the new bundle (its first part)")
     parser.add_argument("--trust", metavar="ALLOWED_SIGNERS", help="the site's allowed_signers for bundles")
+    _rolling_options(parser, "upgraded")
+    parser.set_defaults(handler=cmd_upgrade)
+
+    back = subparsers.add_parser(
+        "rollback",
+        parents=[common],
+        help="go back to a version imported before, in batches, gated by health (needs a signed activation)",
+        description="Go back to VERSION, imported on this control host before, as an upgrade does: in "
+        "batches, drained in Slurm and at the front door, deployed (the older import becomes the bundle "
+        "in use; no bundle is imported), health gated, back into service. Only with a valid activation "
+        "record for exactly this site and version (aifactory activation authorize); the operator log "
+        "records the rollback citing it. --abort takes the batches back to the version it left "
+        "(docs/operations.md).",
+    )
+    back.add_argument("site", help="site spec (YAML)")
+    back.add_argument("--to", metavar="VERSION", help="the earlier bundle version (see `aifactory versions`)")
+    back.add_argument(
+        "--trust", metavar="ALLOWED_SIGNERS", help="the site's allowed_signers, listing the admin's key"
+    )
+    _rolling_options(back, "rolled back")
+    back.set_defaults(handler=cmd_rollback)
+
+
+def _rolling_options(parser: argparse.ArgumentParser, done: str) -> None:
     parser.add_argument(
         "--batch",
         default="1",
@@ -65,9 +96,8 @@ def register(
         "--dry-run", action="store_true", help="verify, show the change and the batches, stop"
     )
     parser.add_argument(
-        "--abort", action="store_true", help="take the batches upgraded so far back to the previous version"
+        "--abort", action="store_true", help=f"take the batches {done} so far back to the previous version"
     )
-    parser.set_defaults(handler=cmd_upgrade)
 
 
 def cmd_upgrade(args: argparse.Namespace) -> int:
@@ -77,10 +107,23 @@ def cmd_upgrade(args: argparse.Namespace) -> int:
     if args.abort:
         if args.bundle or args.dry_run:
             raise UsageError("--abort takes no --bundle and no --dry-run")
-        return _abort(args, planned, state)
+        return _abort(args, planned, state, "upgrade")
     if not args.bundle or not args.trust:
         raise UsageError("upgrade needs --bundle FILE and --trust ALLOWED_SIGNERS (or --abort)")
     return _upgrade(args, planned, state)
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    planned, state = _site(args)
+    if args.drain_timeout < 0:
+        raise UsageError(f"--drain-timeout {args.drain_timeout}: seconds cannot be negative")
+    if args.abort:
+        if args.to or args.dry_run:
+            raise UsageError("--abort takes no --to and no --dry-run")
+        return _abort(args, planned, state, "rollback")
+    if not args.to or not args.trust:
+        raise UsageError("rollback needs --to VERSION and --trust ALLOWED_SIGNERS (or --abort)")
+    return _rollback(args, planned, state)
 
 
 @dataclass(frozen=True)
@@ -94,6 +137,8 @@ class _Prepared:
     hosts: list[UpgradeHost]
     batches: list[tuple[str, ...]]
     change: Change
+    kind: Kind = "upgrade"
+    authorized: str = ""  # a rollback: the activation record's verdict, as the admin reads it
 
 
 def _prepare(args: argparse.Namespace, planned: PlannedSite, state: SiteState) -> _Prepared:
@@ -116,44 +161,104 @@ def _prepare(args: argparse.Namespace, planned: PlannedSite, state: SiteState) -
     return _Prepared(store, journal is not None, old, new, hosts, batches, change)
 
 
+def _prepare_rollback(args: argparse.Namespace, planned: PlannedSite, state: SiteState) -> _Prepared:
+    from aifactory.lifecycle.batches import BatchSize, plan_batches, upgrade_hosts
+    from aifactory.lifecycle.change import describe_change, installed_version
+    from aifactory.lifecycle.journal import JournalStore
+    from aifactory.lifecycle.rollback import rollback_target
+
+    size = BatchSize.parse(args.batch)
+    store = JournalStore.for_state(state)
+    journal = store.load()
+    old, old_root = installed_version(state)
+    if journal is not None:  # resuming: the older version may already be the bundle in use
+        old = journal.old
+    target = rollback_target(state, version=args.to, running=old, trust=Path(args.trust))  # refused here
+    hosts = upgrade_hosts(planned.plan)
+    batches = (
+        [tuple(b) for b in journal.batches] if journal else plan_batches(hosts, size, controller_last=True)
+    )
+    change = describe_change(old, old_root, target.version, planned.plan)
+    return _Prepared(
+        store,
+        journal is not None,
+        old,
+        target.version,
+        hosts,
+        batches,
+        change,
+        "rollback",
+        target.activation.message,
+    )
+
+
 def _upgrade(args: argparse.Namespace, planned: PlannedSite, state: SiteState) -> int:
     from aifactory.bundle import import_bundle
-    from aifactory.lifecycle.upgrade import begin_upgrade, run_upgrade
+    from aifactory.lifecycle.upgrade import begin_upgrade
 
     ready = _prepare(args, planned, state)
+
+    def begin() -> tuple[Journal, bool]:
+        begun = begin_upgrade(
+            ready.store, site=state.site, old=ready.old, new=ready.new, batches=ready.batches
+        )
+        import_bundle(args.bundle, trust=Path(args.trust), site_state=state)
+        return begun
+
+    return _change(args, planned, state, ready, begin)
+
+
+def _rollback(args: argparse.Namespace, planned: PlannedSite, state: SiteState) -> int:
+    from aifactory.lifecycle.rollback import begin_rollback, rollback_target
+
+    ready = _prepare_rollback(args, planned, state)
+
+    def begin() -> tuple[Journal, bool]:
+        # checked again under the lock: the record may have been replaced since
+        target = rollback_target(state, version=ready.new.version, running=ready.old, trust=Path(args.trust))
+        return begin_rollback(state, ready.store, target=target, old=ready.old, batches=ready.batches)
+
+    return _change(args, planned, state, ready, begin)
+
+
+def _change(
+    args: argparse.Namespace, planned: PlannedSite, state: SiteState, ready: _Prepared, begin: Begin
+) -> int:
+    """Show the change; unless it is a dry run (or nothing to do), begin it under the site lock (the
+    journal, the bundle in use) and run it batch by batch."""
+    from aifactory.lifecycle.upgrade import run_upgrade
+
     shown = {"change": ready.change.as_dict(), "batches": ready.batches}
+    if ready.authorized:
+        shown["authorized"] = ready.authorized
     if ready.new == ready.old and not ready.resuming:
         _say(args, {**shown, "status": "current"}, f"site already runs {ready.new.version}")
         return 0
     if args.dry_run:
-        _say(args, {**shown, "status": "dry-run"}, _plan_text(ready.change, ready.hosts, ready.batches))
+        _say(args, {**shown, "status": "dry-run"}, _plan_text(ready, ready.batches))
         return 0
-    with state.lock("upgrade"):
-        store = ready.store
-        journal, resumed = begin_upgrade(
-            store, site=state.site, old=ready.old, new=ready.new, batches=ready.batches
-        )
+    with state.lock(ready.kind):
+        journal, resumed = begin()
         if args.format != "json":
-            print(_plan_text(ready.change, ready.hosts, journal.batches))
+            print(_plan_text(ready, journal.batches))
             print("resuming from the journal" if resumed else "starting", flush=True)
-        import_bundle(args.bundle, trust=Path(args.trust), site_state=state)
 
         def go(parts: UpgradeParts) -> UpgradeResult:
-            return run_upgrade(journal, store, parts, drain_timeout_s=args.drain_timeout)
+            return run_upgrade(journal, ready.store, parts, drain_timeout_s=args.drain_timeout)
 
         return _run(args, planned, state, go)
 
 
-def _abort(args: argparse.Namespace, planned: PlannedSite, state: SiteState) -> int:
+def _abort(args: argparse.Namespace, planned: PlannedSite, state: SiteState, kind: Kind) -> int:
     from aifactory.lifecycle.journal import JournalStore
     from aifactory.lifecycle.upgrade import abort_upgrade
 
     store = JournalStore.for_state(state)
 
     def go(parts: UpgradeParts) -> UpgradeResult:
-        return abort_upgrade(store, parts, drain_timeout_s=args.drain_timeout)
+        return abort_upgrade(store, parts, drain_timeout_s=args.drain_timeout, kind=kind)
 
-    with state.lock("upgrade"):
+    with state.lock(kind):
         return _run(args, planned, state, go)
 
 
@@ -190,9 +295,12 @@ def _say(args: argparse.Namespace, data: dict[str, Any], text: str) -> None:
         print(text)
 
 
-def _plan_text(change: Change, hosts: Sequence[UpgradeHost], batches: Sequence[Sequence[str]]) -> str:
-    roles = {h.name: _roles(h) for h in hosts}
-    lines = [f"upgrade: {change.old.version} -> {change.new.version} (bundle {change.new.digest})"]
+def _plan_text(ready: _Prepared, batches: Sequence[Sequence[str]]) -> str:
+    change = ready.change
+    roles = {h.name: _roles(h) for h in ready.hosts}
+    lines = [f"{ready.kind}: {change.old.version} -> {change.new.version} (bundle {change.new.digest})"]
+    if ready.authorized:
+        lines.append(f"authorized: {ready.authorized}")
     lines.append(
         "plan: " + (change.plan.render() if change.plan is not None else "previous plan not available")
     )
@@ -209,7 +317,8 @@ def _roles(host: UpgradeHost) -> str:
 def _result_text(data: dict[str, Any]) -> str:
     versions = data["versions"]
     rows = [(host, versions[host], entry["phase"]) for host, entry in sorted(data["hosts"].items())]
-    word = "upgraded" if data["status"] == "done" else "aborted"
+    done = "rolled back" if data["kind"] == "rollback" else "upgraded"
+    word = done if data["status"] == "done" else "aborted"
     target = data["new"]["version"] if data["status"] == "done" else data["old"]["version"]
     lines = [table(("HOST", "VERSION", "PHASE"), rows), ""]
     lines.append(f"{word}: every host runs {target} ({len(data['batches'])} batches)")

@@ -134,6 +134,18 @@ class ActivationVerdict:
             "record": self.record.as_dict() if self.record else None,
         }
 
+    def require(self) -> ActivationVerdict:
+        """This verdict when it allows; else the ActivationError (exit 1) that says why not."""
+        if not self.allowed:
+            raise ActivationError(
+                self.message,
+                code=self.code,
+                location=Location(file=str(self.path)),
+                hint="sign a new one: aifactory activation authorize SITE --to VERSION --reason TEXT "
+                "--key KEY --trust ALLOWED_SIGNERS (docs/operations.md, Rollback authorization)",
+            )
+        return self
+
     def citation(self) -> dict[str, Any]:
         """How an operator-log record cites the record that allowed a change ({} when none did)."""
         if not self.allowed or self.record is None:

@@ -4,7 +4,7 @@ batch size the admin asked for (`--batch N` or `--batch 25%`).
 The rules, in the order they bind:
 - Slurm's controller (slurmctld's host) goes first, in a batch of its own: slurmd on the newer
   version never talks to an older controller (Slurm supports a newer controller with older daemons,
-  not the reverse).
+  not the reverse). A rollback takes it last, in a batch of its own, for the same reason.
 - Serving hosts are never all in one batch, so the front door always has a host to send to. A site
   that serves from one host cannot be upgraded without a gap: refused, saying so.
 - Otherwise the plan's host order, cut into batches of the asked size: the same hosts and size give
@@ -75,8 +75,11 @@ def _serving_hosts(plan: SitePlan) -> set[str]:
     return {h.name for h in plan.hosts if h.pool in pools and h.role in COMPUTE_ROLES}
 
 
-def plan_batches(hosts: Sequence[UpgradeHost], size: BatchSize) -> list[tuple[str, ...]]:
-    """The batches in the order they are upgraded (module docstring for the rules)."""
+def plan_batches(
+    hosts: Sequence[UpgradeHost], size: BatchSize, *, controller_last: bool = False
+) -> list[tuple[str, ...]]:
+    """The batches in the order they are upgraded (module docstring for the rules); a rollback
+    (to an older version) passes `controller_last`."""
     serving_total = sum(1 for h in hosts if h.serving)
     if serving_total == 1:
         only = next(h.name for h in hosts if h.serving)
@@ -87,8 +90,8 @@ def plan_batches(hosts: Sequence[UpgradeHost], size: BatchSize) -> list[tuple[st
             "other while one is upgraded), or upgrade with `aifactory deploy` in a maintenance window",
         )
     per_batch = size.hosts_per_batch(len(hosts))
-    controllers = [h for h in hosts if h.slurm_controller]
-    batches: list[tuple[str, ...]] = [(h.name,) for h in controllers]
+    controllers: list[tuple[str, ...]] = [(h.name,) for h in hosts if h.slurm_controller]
+    batches: list[tuple[str, ...]] = []
     current: list[UpgradeHost] = []
     for host in (h for h in hosts if not h.slurm_controller):
         serving_in_batch = sum(1 for h in current if h.serving) + int(host.serving)
@@ -98,4 +101,4 @@ def plan_batches(hosts: Sequence[UpgradeHost], size: BatchSize) -> list[tuple[st
         current.append(host)
     if current:
         batches.append(tuple(h.name for h in current))
-    return batches
+    return batches + controllers if controller_last else controllers + batches

@@ -26,6 +26,7 @@ from typing import Any, Literal
 
 from aifactory.durable import atomic_write
 from aifactory.errors import Location, StateError
+from aifactory.lifecycle.records import KINDS, Change, Kind
 from aifactory.state import SiteState
 
 SCHEMA = "aifactory.upgrade-journal/v1"
@@ -86,19 +87,40 @@ class Journal:
     status: Status = "upgrading"
     failure: dict[str, Any] | None = None  # the batch that failed: index, hosts, failed checks
     requeued: list[str] = field(default_factory=list)  # Slurm jobs requeued past the drain timeout
+    kind: Kind = "upgrade"  # a rollback is an upgrade to an older version installed before
+    activation: dict[str, Any] | None = None  # a rollback: the activation record it cites
+    announced: bool = False  # its `started` record is in the operator log
 
     @classmethod
-    def start(cls, site: str, old: VersionRef, new: VersionRef, batches: list[tuple[str, ...]]) -> Journal:
+    def start(
+        cls,
+        site: str,
+        old: VersionRef,
+        new: VersionRef,
+        batches: list[tuple[str, ...]],
+        *,
+        kind: Kind = "upgrade",
+        activation: dict[str, Any] | None = None,
+    ) -> Journal:
         hosts = {
             name: HostEntry(name, index, old.version, new.version)
             for index, batch in enumerate(batches)
             for name in batch
         }
-        return cls(site, old, new, [list(b) for b in batches], hosts, started=now())
+        return cls(
+            site, old, new, [list(b) for b in batches], hosts, started=now(), kind=kind, activation=activation
+        )
 
     @property
     def id(self) -> str:
+        """The change's run id: its operator-log records carry it, and a resumed run keeps it."""
         return f"{self.started.replace(':', '')}-{self.new.version}"
+
+    @property
+    def change(self) -> Change:
+        """What every operator-log record of this change carries (aifactory.lifecycle.records)."""
+        old, new = self.old, self.new
+        return Change(self.kind, self.id, old.version, old.digest, new.version, new.digest)
 
     def batch_hosts(self, index: int) -> list[HostEntry]:
         return [self.hosts[name] for name in self.batches[index]]
@@ -119,6 +141,9 @@ class Journal:
             "status": self.status,
             "failure": self.failure,
             "requeued": self.requeued,
+            "kind": self.kind,
+            "activation": self.activation,
+            "announced": self.announced,
         }
 
     @classmethod
@@ -135,6 +160,10 @@ class Journal:
             status=data["status"],
             failure=data.get("failure"),
             requeued=[str(j) for j in data.get("requeued", [])],
+            kind=_kind(data.get("kind", "upgrade")),
+            activation=data.get("activation"),
+            # a journal written before `announced` was: its start was recorded as it began
+            announced=bool(data.get("announced", True)),
         )
 
 
@@ -197,6 +226,12 @@ class JournalStore:
                 location=Location(file=str(path)),
                 hint="restore it from backup (the last journal in upgrade/history/ says the same)",
             ) from None
+
+
+def _kind(value: object) -> Kind:
+    if value not in KINDS:
+        raise ValueError(f"kind {value!r}, expected one of {', '.join(KINDS)}")
+    return "rollback" if value == "rollback" else "upgrade"
 
 
 def now() -> str:

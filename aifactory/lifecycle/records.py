@@ -1,39 +1,43 @@
-"""The operator-log records of an upgrade or a rollback, written by the orchestration as it goes.
+"""The operator-log records of an upgrade or a rollback: the one vocabulary the orchestration
+(aifactory.lifecycle.upgrade) writes as it goes, and the audit's CM-3 section reads.
 
 Each goes through `SiteState.record` (the hash-chained operator log, as backup and restore record
 theirs), so who ran it (`user`, `host`) and when (`time`) are the log's own fields. One change is one
-run: its records share `detail.run`, and a re-run that resumes an interrupted change passes the same
-run id, so the audit sees one change with one outcome.
+run: its records share `detail.run` (the journal's id), and a re-run that resumes an interrupted
+change keeps it, so the audit sees one change with one outcome.
 
     command   result            detail (besides run, from, to)
-    upgrade   started           batches: [[host, ...], ...]; activation (a rollback's record)
+    upgrade   started           batches: [[host, ...], ...]; a rollback: activation (the record cited)
     rollback  batch-done        batch: n, hosts
-              batch-reverted    batch: n, hosts, reason (e.g. the health check that failed)
+              jobs-requeued     hosts, jobs, drain_timeout_s: Slurm jobs requeued past the drain timeout
+              batch-failed      batch, hosts, reason: failed, and going back failed too (hosts drained)
+              batch-reverted    batch, hosts, reason (e.g. the health check that failed)
+              abort-started     hosts: the hosts the abort takes back
               finished          hosts
-              aborted           reason
+              aborted           hosts, reason
 
-The audit's CM-3 section (aifactory.audit.evidence.changes) reads exactly these; a change whose last
-record is `started` or `batch-done` has no outcome yet.
+The audit's CM-3 section (aifactory.audit.evidence.changes) takes a change's last record as its
+outcome: `finished`, `batch-reverted` or `aborted`; any other last record is a change still open.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
-from aifactory.lifecycle.activation import ActivationVerdict
 from aifactory.state import SiteState
 
 Kind = Literal["upgrade", "rollback"]
 KINDS: tuple[Kind, ...] = ("upgrade", "rollback")
-STARTED, BATCH_DONE, BATCH_REVERTED, FINISHED, ABORTED = (
+STARTED, BATCH_DONE, JOBS_REQUEUED, BATCH_FAILED, BATCH_REVERTED = (
     "started",
     "batch-done",
+    "jobs-requeued",
+    "batch-failed",
     "batch-reverted",
-    "finished",
-    "aborted",
 )
+ABORT_STARTED, FINISHED, ABORTED = "abort-started", "finished", "aborted"
 OUTCOMES = (FINISHED, ABORTED, BATCH_REVERTED)  # a change ends with one of these
 
 
@@ -56,46 +60,83 @@ class Change:
         }
 
 
+class ChangeLog(Protocol):
+    """Where a change's records go: the site's operator log (OperatorLog), or a test's list."""
+
+    def write(self, change: Change, result: str, detail: dict[str, Any]) -> None:
+        """Keep one record of `change` where operators and the audit read it."""
+
+
+@dataclass(frozen=True)
+class OperatorLog:
+    """The site's hash-chained operator log."""
+
+    state: SiteState
+
+    def write(self, change: Change, result: str, detail: dict[str, Any]) -> None:
+        self.state.record(
+            command=change.kind,
+            result=result,
+            bundle_digest=change.to_digest,
+            detail=change.detail() | detail,
+        )
+
+
 def change_started(
-    state: SiteState,
+    log: ChangeLog,
     change: Change,
     *,
     batches: Sequence[Sequence[str]],
-    activation: ActivationVerdict | None = None,
-) -> dict[str, Any]:
-    """The change begins (a rollback names the activation record that authorized it)."""
+    activation: Mapping[str, Any] | None = None,
+) -> None:
+    """The change begins (a rollback cites the activation record that authorized it:
+    ActivationVerdict.citation()'s `activation`)."""
     extra: dict[str, Any] = {"batches": [list(batch) for batch in batches]}
-    if activation is not None:
-        extra |= activation.citation()
-    return _record(state, change, STARTED, extra)
+    if activation:
+        extra["activation"] = dict(activation)
+    log.write(change, STARTED, extra)
 
 
-def batch_done(state: SiteState, change: Change, *, batch: int, hosts: Sequence[str]) -> dict[str, Any]:
+def batch_done(log: ChangeLog, change: Change, *, batch: int, hosts: Sequence[str]) -> None:
     """A batch runs the new version, passed its health gate and takes work again."""
-    return _record(state, change, BATCH_DONE, {"batch": batch, "hosts": list(hosts)})
+    log.write(change, BATCH_DONE, {"batch": batch, "hosts": list(hosts)})
+
+
+def jobs_requeued(
+    log: ChangeLog, change: Change, *, hosts: Sequence[str], jobs: Sequence[str], drain_timeout_s: float
+) -> None:
+    """Slurm jobs still running past the drain timeout went back to the queue (they resume from
+    their checkpoint)."""
+    log.write(
+        change, JOBS_REQUEUED, {"hosts": list(hosts), "jobs": list(jobs), "drain_timeout_s": drain_timeout_s}
+    )
+
+
+def batch_failed(
+    log: ChangeLog, change: Change, *, batch: int, hosts: Sequence[str], reason: str, **where: str
+) -> None:
+    """A batch failed, and going back to the previous version failed too: its hosts stay drained and
+    the change stays open (an abort finishes it). `where`: the deploy's event log, the gate's evidence."""
+    log.write(change, BATCH_FAILED, {"batch": batch, "hosts": list(hosts), "reason": reason, **where})
 
 
 def batch_reverted(
-    state: SiteState, change: Change, *, batch: int, hosts: Sequence[str], reason: str
-) -> dict[str, Any]:
+    log: ChangeLog, change: Change, *, batch: int, hosts: Sequence[str], reason: str, **where: str
+) -> None:
     """A batch failed (its gate, its deploy) and went back to the previous version: the change stops."""
-    return _record(state, change, BATCH_REVERTED, {"batch": batch, "hosts": list(hosts), "reason": reason})
+    log.write(change, BATCH_REVERTED, {"batch": batch, "hosts": list(hosts), "reason": reason, **where})
 
 
-def change_finished(state: SiteState, change: Change, *, hosts: Sequence[str]) -> dict[str, Any]:
+def abort_started(log: ChangeLog, change: Change, *, hosts: Sequence[str]) -> None:
+    """`--abort` begins taking these hosts back to the previous version (open until `aborted`)."""
+    log.write(change, ABORT_STARTED, {"hosts": list(hosts)})
+
+
+def change_finished(log: ChangeLog, change: Change, *, hosts: Sequence[str]) -> None:
     """Every host runs the target version."""
-    return _record(state, change, FINISHED, {"hosts": list(hosts)})
+    log.write(change, FINISHED, {"hosts": list(hosts)})
 
 
-def change_aborted(state: SiteState, change: Change, *, reason: str) -> dict[str, Any]:
-    """The admin stopped the change (`--abort`: the upgraded batches went back)."""
-    return _record(state, change, ABORTED, {"reason": reason})
-
-
-def _record(state: SiteState, change: Change, result: str, extra: dict[str, Any]) -> dict[str, Any]:
-    return state.record(
-        command=change.kind,
-        result=result,
-        bundle_digest=change.to_digest,
-        detail=change.detail() | extra,
-    )
+def change_aborted(log: ChangeLog, change: Change, *, hosts: Sequence[str], reason: str) -> None:
+    """The admin stopped the change (`--abort`): the batches it touched went back."""
+    log.write(change, ABORTED, {"hosts": list(hosts), "reason": reason})

@@ -1,7 +1,8 @@
 """The doors the upgrade goes through, one small protocol per step. The orchestration
 (aifactory.lifecycle.upgrade) knows only these; the edge hands it the site's real parts
 (aifactory.lifecycle.site_parts: scontrol, HAProxy's runtime API, ansible, the health gate, the
-operator log), and tests hand it stand-ins to kill and resume it at every phase.
+imported bundles; its records go to aifactory.lifecycle.records' ChangeLog), and tests hand it
+stand-ins to kill and resume it at every phase.
 """
 
 from __future__ import annotations
@@ -57,18 +58,7 @@ class HealthGate(Protocol):
         """The health gate on these hosts: passed, or the checks that failed."""
 
 
-@dataclass(frozen=True)
-class UpgradeEvent:
-    """One thing an upgrade did, for the operator log (and the audit's CM-2/CM-3 from it)."""
-
-    kind: str  # started, batch-upgraded, batch-failed, batch-reverted, completed, aborted
-    site: str
-    old: VersionRef
-    new: VersionRef
-    hosts: tuple[str, ...] = ()
-    detail: dict[str, Any] = field(default_factory=dict)
-
-
-class EventRecorder(Protocol):
-    def record(self, event: UpgradeEvent) -> None:
-        """Keep the event where operators and the audit read it."""
+class BundleInUse(Protocol):
+    def use(self, version: VersionRef) -> None:
+        """Make `version`, imported on the control host before, the site's bundle in use (what a plain
+        `aifactory deploy` installs): the version an abort leaves the hosts on."""

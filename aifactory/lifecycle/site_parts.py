@@ -1,8 +1,9 @@
 """The site's real parts behind the upgrade's seams (aifactory.lifecycle.seams): Slurm through
 scontrol and squeue on the control host, the front door through HAProxy's runtime API, the new
-version through `aifactory deploy --limit`, the health gate of `aifactory health`, and the operator
-log. Each reaches the hosts through the site's Connection, which the edge chose; a site without
-Slurm or without a front door gets parts that have nothing to do. Tested on the lab
+version through `aifactory deploy --limit`, the health gate of `aifactory health`, the imported
+bundles, and the operator log (aifactory.lifecycle.records). Each reaches the hosts through the
+site's Connection, which the edge chose; a site without Slurm or without a front door gets parts
+that have nothing to do. Tested on the lab
 (tests/pipeline/test_upgrade_lab.py); the orchestration's own tests use stand-ins.
 """
 
@@ -22,7 +23,9 @@ from aifactory.frontdoor.runtime_api import RuntimeApi
 from aifactory.health.gate import health_gate
 from aifactory.health.slurm import NodeState, parse_show_node
 from aifactory.lifecycle.journal import VersionRef
-from aifactory.lifecycle.seams import StepOutcome, UpgradeEvent
+from aifactory.lifecycle.records import OperatorLog
+from aifactory.lifecycle.rollback import use_version
+from aifactory.lifecycle.seams import StepOutcome
 from aifactory.lifecycle.upgrade import DRAIN_REASON, UpgradeParts
 from aifactory.plan import PlannedSite
 from aifactory.plan.model import SitePlan
@@ -259,25 +262,14 @@ class SiteHealthGate:
 
 
 @dataclass(frozen=True)
-class OperatorLogEvents:
-    """Upgrade events into the site's operator log (who and when are the log's own fields)."""
+class ImportedBundles:
+    """The bundles imported on the control host: an abort makes the version it went back to the one
+    in use (aifactory.lifecycle.rollback.use_version)."""
 
     state: SiteState
-    spec_digest: str
 
-    def record(self, event: UpgradeEvent) -> None:
-        self.state.record(
-            command="upgrade",
-            result=event.kind,
-            spec_digest=self.spec_digest,
-            bundle_digest=event.new.digest,
-            detail={
-                "from": {"version": event.old.version, "digest": event.old.digest},
-                "to": {"version": event.new.version, "digest": event.new.digest},
-                "hosts": list(event.hosts),
-                **event.detail,
-            },
-        )
+    def use(self, version: VersionRef) -> None:
+        use_version(self.state, version)
 
 
 def parts_for_site(
@@ -296,7 +288,8 @@ def parts_for_site(
         door=_front_door(plan, connection),
         installer=DeployInstaller(planned, connection, imported, dict(extra_vars or {})),
         gate=SiteHealthGate(planned, connection, state),
-        events=OperatorLogEvents(state, plan.spec_digest),
+        log=OperatorLog(state),
+        bundle=ImportedBundles(state),
         progress=progress,
     )
 

@@ -9,6 +9,11 @@ which check failed. Every step is journaled (aifactory.lifecycle.journal) once d
 after an interruption goes on where it stopped, and `abort_upgrade` takes the touched batches back,
 last batch first.
 
+A rollback is this same upgrade, to an older version the control host imported before (its journal's
+`kind` is "rollback"; aifactory.lifecycle.rollback starts it). Every change writes its records to the
+operator log through aifactory.lifecycle.records (the audit's CM-3 reads them): `started` before the
+first step (again on a re-run when a kill came before it was kept), then per batch, then the outcome.
+
 The orchestration knows the site only through the seams (aifactory.lifecycle.seams).
 """
 
@@ -20,6 +25,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from aifactory.errors import Problem, UpgradeError, UpgradeFailed
+from aifactory.lifecycle import records
 from aifactory.lifecycle.journal import (
     HostEntry,
     Journal,
@@ -28,15 +34,8 @@ from aifactory.lifecycle.journal import (
     VersionRef,
     phase_index,
 )
-from aifactory.lifecycle.seams import (
-    EventRecorder,
-    FrontDoor,
-    HealthGate,
-    Installer,
-    SlurmDrain,
-    StepOutcome,
-    UpgradeEvent,
-)
+from aifactory.lifecycle.records import ChangeLog, Kind
+from aifactory.lifecycle.seams import BundleInUse, FrontDoor, HealthGate, Installer, SlurmDrain, StepOutcome
 from aifactory.progress import SILENT, Progress
 
 DRAIN_REASON = "aifactory-upgrade:"  # Slurm's drain reason prefix: the upgrade resumes only its own
@@ -52,7 +51,8 @@ class UpgradeParts:
     door: FrontDoor
     installer: Installer
     gate: HealthGate
-    events: EventRecorder
+    log: ChangeLog
+    bundle: BundleInUse
     progress: Progress = SILENT
 
 
@@ -77,36 +77,41 @@ class _Run:
     def save(self) -> None:
         self.store.save(self.journal)
 
-    def event(self, kind: str, hosts: Sequence[str] = (), **detail: Any) -> None:
-        j = self.journal
-        self.parts.events.record(UpgradeEvent(kind, j.site, j.old, j.new, tuple(hosts), detail))
-
 
 def begin_upgrade(
-    store: JournalStore, *, site: str, old: VersionRef, new: VersionRef, batches: list[tuple[str, ...]]
+    store: JournalStore,
+    *,
+    site: str,
+    old: VersionRef,
+    new: VersionRef,
+    batches: list[tuple[str, ...]],
+    kind: Kind = "upgrade",
+    activation: dict[str, Any] | None = None,
 ) -> tuple[Journal, bool]:
     """The journal to run: the one in progress to the same version (resumed: True), or a new one."""
     existing = store.load()
     if existing is None:
-        return Journal.start(site, old, new, batches), False
+        return Journal.start(site, old, new, batches, kind=kind, activation=activation), False
+    what = f"the {existing.kind} to {existing.new.version}"
     if existing.status == "failed":
         raise UpgradeError(
-            f"the upgrade to {existing.new.version} stopped: {_failure_line(existing)}",
+            f"{what} stopped: {_failure_line(existing)}",
             code="upgrade-stopped",
-            hint="run `aifactory upgrade SITE --abort` to take the upgraded batches back to "
-            f"{existing.old.version}; then upgrade again with a bundle that passes",
+            hint=f"run `aifactory {existing.kind} SITE --abort` to take the batches back to "
+            f"{existing.old.version}; then try again with a version that passes",
         )
     if existing.status == "aborting":
         raise UpgradeError(
-            f"an abort of the upgrade to {existing.new.version} did not finish",
+            f"an abort of {what} did not finish",
             code="upgrade-aborting",
-            hint="run `aifactory upgrade SITE --abort` again to finish it",
+            hint=f"run `aifactory {existing.kind} SITE --abort` again to finish it",
         )
-    if existing.new != new:
+    if existing.new != new or existing.kind != kind:
         raise UpgradeError(
-            f"an upgrade to {existing.new.version} is in progress; this bundle is {new.version}",
+            f"{what} is in progress; this {kind} is to {new.version}",
             code="upgrade-in-progress",
-            hint=f"re-run with the bundle of {existing.new.version} to finish it, or `--abort` it",
+            hint=f"finish it (`aifactory {existing.kind}` to {existing.new.version} again), or "
+            f"`aifactory {existing.kind} SITE --abort` it",
         )
     return existing, True
 
@@ -116,26 +121,39 @@ def run_upgrade(
 ) -> UpgradeResult:
     """Upgrade every batch not yet done, in order; raise UpgradeFailed when one goes back."""
     run = _Run(journal, store, parts, drain_timeout_s)
-    if not store.path.is_file():
+    if not journal.announced:
+        run.save()  # first: a run killed before the record resumes this journal (the same run id)
+        records.change_started(
+            parts.log, journal.change, batches=journal.batches, activation=journal.activation
+        )
+        journal.announced = True
         run.save()
-        run.event("started", [h for batch in journal.batches for h in batch], batches=journal.batches)
     for index in range(len(journal.batches)):
         _upgrade_batch(run, index)
     journal.status = "done"
-    run.event("completed", sorted(journal.hosts))
+    records.change_finished(parts.log, journal.change, hosts=sorted(journal.hosts))
     return UpgradeResult(journal, store.close(journal))
 
 
-def abort_upgrade(store: JournalStore, parts: UpgradeParts, *, drain_timeout_s: float) -> UpgradeResult:
-    """Take every batch the upgrade touched back to the previous version, last batch first."""
+def abort_upgrade(
+    store: JournalStore, parts: UpgradeParts, *, drain_timeout_s: float, kind: Kind = "upgrade"
+) -> UpgradeResult:
+    """Take every batch the change touched back to the previous version, last batch first; the
+    previous version is the bundle in use again (a plain deploy installs it, not the abandoned one)."""
     journal = store.load()
     if journal is None:
-        raise UpgradeError("no upgrade is in progress: nothing to abort", code="upgrade-nothing-to-abort")
+        raise UpgradeError(f"no {kind} is in progress: nothing to abort", code="upgrade-nothing-to-abort")
+    if journal.kind != kind:
+        raise UpgradeError(
+            f"the change in progress is the {journal.kind} to {journal.new.version}, not a {kind}",
+            code="upgrade-in-progress",
+            hint=f"abort it with `aifactory {journal.kind} SITE --abort`",
+        )
     run = _Run(journal, store, parts, drain_timeout_s)
     if journal.status != "aborting":
         journal.status = "aborting"
         run.save()
-        run.event("abort-started", _touched(journal))
+        records.abort_started(parts.log, journal.change, hosts=_touched(journal))
     for index in reversed(range(len(journal.batches))):
         entries = [e for e in journal.batch_hosts(index) if e.target == "from" or e.phase != "pending"]
         for entry in entries:
@@ -145,9 +163,14 @@ def abort_upgrade(store: JournalStore, parts: UpgradeParts, *, drain_timeout_s: 
             outcome = _move(run, index, [e.name for e in entries], journal.old)
             if not outcome.passed:
                 raise _failed(run, index, outcome, went_back=False, aborting=True)
-            run.event("batch-reverted", [e.name for e in entries], batch=index + 1)
+    parts.bundle.use(journal.old)
     journal.status = "aborted"
-    run.event("aborted", sorted(journal.hosts))
+    records.change_aborted(
+        parts.log,
+        journal.change,
+        hosts=sorted(journal.hosts),
+        reason=f"aifactory {journal.kind} --abort: the hosts it touched went back to {journal.old.version}",
+    )
     return UpgradeResult(journal, store.close(journal))
 
 
@@ -180,24 +203,29 @@ def _upgrade_batch(run: _Run, index: int) -> None:
         for entry in entries:
             _turn_back(entry)
         run.save()
-        run.event("batch-failed", names, batch=index + 1, checks=list(outcome.failures), **outcome.detail)
         _go_back(run, index, outcome)
-    run.event("batch-upgraded", names, batch=index + 1)
+    records.batch_done(run.parts.log, run.journal.change, batch=index + 1, hosts=names)
 
 
 def _go_back(run: _Run, index: int, failed: StepOutcome) -> NoReturn:
     """The failed batch back to the previous version and into service; then the upgrade stops."""
     names = run.journal.batches[index]
     back = _move(run, index, names, run.journal.old)
+    where = {key: str(value) for key, value in failed.detail.items()}  # event log, gate evidence
+    log, change, batch = run.parts.log, run.journal.change, index + 1
     if back.passed:
         run.journal.status = "failed"
         run.save()
-        run.event("batch-reverted", names, batch=index + 1)
+        records.batch_reverted(
+            log, change, batch=batch, hosts=names, reason="; ".join(failed.failures), **where
+        )
         raise _failed(run, index, failed, went_back=True)
     run.journal.failure = {**(run.journal.failure or {}), "going_back": list(back.failures)}
     run.journal.status = "failed"
     run.save()
-    raise _failed(run, index, StepOutcome(failed.failures + back.failures), went_back=False)
+    both = StepOutcome(failed.failures + back.failures)
+    records.batch_failed(log, change, batch=batch, hosts=names, reason="; ".join(both.failures), **where)
+    raise _failed(run, index, both, went_back=False)
 
 
 def _move(run: _Run, index: int, names: Sequence[str], version: VersionRef) -> StepOutcome:
@@ -265,7 +293,9 @@ def _drain_slurm(run: _Run, hosts: Sequence[str]) -> None:
         slurm.requeue(running)
         run.journal.requeued += [j for j in running if j not in run.journal.requeued]
         run.save()
-        run.event("jobs-requeued", hosts, jobs=list(running), drain_timeout_s=run.drain_timeout_s)
+        records.jobs_requeued(
+            run.parts.log, run.journal.change, hosts=hosts, jobs=running, drain_timeout_s=run.drain_timeout_s
+        )
         slurm.wait_for_jobs(hosts, timeout_s=REQUEUE_GRACE_S)
 
 
@@ -287,7 +317,7 @@ def _failed(
     j = run.journal
     batch = f"batch {index + 1}/{len(j.batches)} ({', '.join(j.batches[index])})"
     if aborting:
-        message = f"the abort stopped: {batch} did not pass on {j.old.version} again"
+        message = f"the abort of the {j.kind} stopped: {batch} did not pass on {j.old.version} again"
     else:
         message = f"{batch} failed on {j.new.version}"
     message += (
@@ -299,12 +329,12 @@ def _failed(
     problems += [Problem("host-version", f"{host} runs {version}") for host, version in j.versions().items()]
     if went_back:
         hint = (
-            "the upgrade stopped; `aifactory upgrade SITE --abort` takes the upgraded batches back "
+            f"the {j.kind} stopped; `aifactory {j.kind} SITE --abort` takes the batches it changed back "
             f"to {j.old.version}"
         )
     else:  # an abort goes on from the journal: it takes these hosts back first
         again = " again" if aborting else ""
         hint = (
-            f"fix those hosts, then run `aifactory upgrade SITE --abort`{again}: it goes on from the journal"
+            f"fix those hosts, then run `aifactory {j.kind} SITE --abort`{again}: it goes on from the journal"
         )
     return UpgradeFailed(message, problems=problems, hint=hint)

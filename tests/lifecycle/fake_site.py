@@ -14,9 +14,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from aifactory.lifecycle.journal import VersionRef
-from aifactory.lifecycle.seams import StepOutcome, UpgradeEvent
+from aifactory.lifecycle.records import Change, ChangeLog
+from aifactory.lifecycle.seams import StepOutcome
 from aifactory.lifecycle.upgrade import UpgradeParts
 
 A = VersionRef("2026.12.1", "sha256:" + "a" * 64)
@@ -40,7 +42,8 @@ class FakeSite:
     actions: list[str] = field(default_factory=list)  # every action, as "kind host,host"
     broken_rules: list[str] = field(default_factory=list)
     requeued: list[str] = field(default_factory=list)
-    events: list[UpgradeEvent] = field(default_factory=list)
+    events: list[Logged] = field(default_factory=list)  # the change's records, as the log got them
+    in_use: str = A.version  # the control host's bundle in use (a plain deploy installs it)
     kill_at: int | None = None  # die at this action (0-based count over the site's life)
     kill_after: bool = False  # ... after its effect (else before)
 
@@ -62,13 +65,15 @@ class FakeSite:
         if self.kill_at == len(self.actions) - 1 and self.kill_after:
             raise Killed(self.actions[-1])
 
-    def parts(self) -> UpgradeParts:
+    def parts(self, log: ChangeLog | None = None) -> UpgradeParts:
+        """The stand-ins; `log`: where the change's records go (default: kept in `events`)."""
         return UpgradeParts(
             slurm=FakeSlurm(self),
             door=FakeDoor(self),
             installer=FakeInstaller(self),
             gate=FakeGate(self),
-            events=FakeEvents(self),
+            log=log or FakeLog(self),
+            bundle=FakeBundle(self),
         )
 
     def in_service(self) -> dict[str, tuple[str, str, str]]:
@@ -154,9 +159,28 @@ class FakeGate:
         return StepOutcome(tuple(f"{h}: drain for allreduce-busbw" for h in failed))
 
 
+@dataclass(frozen=True)
+class Logged:
+    """One record of a change, as the operator log would get it."""
+
+    change: Change
+    kind: str  # the record's result: started, batch-done, ...
+    detail: dict[str, Any]
+
+
 @dataclass
-class FakeEvents:
+class FakeLog:
     site: FakeSite
 
-    def record(self, event: UpgradeEvent) -> None:
-        self.site.events.append(event)
+    def write(self, change: Change, result: str, detail: dict[str, Any]) -> None:
+        self.site.events.append(Logged(change, result, detail))
+
+
+@dataclass
+class FakeBundle:
+    site: FakeSite
+
+    def use(self, version: VersionRef) -> None:
+        self.site.act(f"use-{version.version}", [])
+        self.site.in_use = version.version
+        self.site.done()

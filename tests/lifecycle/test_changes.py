@@ -16,17 +16,21 @@ from aifactory.audit.model import FAIL, NOT_ASSESSED, PASS, Evidence
 from aifactory.bundle.import_record import ImportRecord, save_import
 from aifactory.deploy.evidence import write_installed
 from aifactory.lifecycle.activation import authorize
+from aifactory.lifecycle.journal import JournalStore
 from aifactory.lifecycle.records import (
     Change,
+    OperatorLog,
     batch_done,
     batch_reverted,
     change_aborted,
     change_finished,
     change_started,
 )
+from aifactory.lifecycle.upgrade import begin_upgrade, run_upgrade
 from aifactory.lifecycle.versions import version_history
 from aifactory.state import SiteState
 
+from . import fake_site as fake
 from .conftest import ADMIN, Keys
 
 A, B = "sha256:" + "a" * 64, "sha256:" + "b" * 64
@@ -102,10 +106,10 @@ def test_a_finished_upgrade_with_every_host_on_it_passes(state: SiteState) -> No
     imported(state, "1.0", A)
     upgrade = Change("upgrade", "u-1", "1.0", A, "1.1", B)
     imported(state, "1.1", B)
-    change_started(state, upgrade, batches=[["ctl-0"], ["gpu-0"], ["gpu-1"]])
+    change_started(OperatorLog(state), upgrade, batches=[["ctl-0"], ["gpu-0"], ["gpu-1"]])
     for number, host in enumerate(("ctl-0", "gpu-0", "gpu-1"), start=1):
-        batch_done(state, upgrade, batch=number, hosts=[host])
-    change_finished(state, upgrade, hosts=HOSTS)
+        batch_done(OperatorLog(state), upgrade, batch=number, hosts=[host])
+    change_finished(OperatorLog(state), upgrade, hosts=HOSTS)
     deployed(state, dict.fromkeys(HOSTS, ("1.1", B)))
     evidence = change_evidence(state)
     assert rules(evidence) == {
@@ -141,9 +145,11 @@ def test_a_reverted_batch_is_an_outcome_but_a_host_left_behind_fails_cm2(state: 
     imported(state, "1.0", A)
     imported(state, "1.1", B)
     upgrade = Change("upgrade", "u-2", "1.0", A, "1.1", B)
-    change_started(state, upgrade, batches=[["gpu-0"], ["gpu-1"]])
-    batch_done(state, upgrade, batch=1, hosts=["gpu-0"])
-    batch_reverted(state, upgrade, batch=2, hosts=["gpu-1"], reason="health check gpu.ecc failed")
+    change_started(OperatorLog(state), upgrade, batches=[["gpu-0"], ["gpu-1"]])
+    batch_done(OperatorLog(state), upgrade, batch=1, hosts=["gpu-0"])
+    batch_reverted(
+        OperatorLog(state), upgrade, batch=2, hosts=["gpu-1"], reason="health check gpu.ecc failed"
+    )
     deployed(state, {"gpu-0": ("1.1", B), "gpu-1": ("1.0", A)})
     evidence = change_evidence(state)
     assert rules(evidence)["change.outcome-recorded"] == PASS
@@ -157,11 +163,11 @@ def test_a_reverted_batch_is_an_outcome_but_a_host_left_behind_fails_cm2(state: 
 def test_a_change_without_an_outcome_fails_cm3(state: SiteState) -> None:
     imported(state, "1.0", A)
     aborted = Change("upgrade", "u-3", "1.0", A, "1.1", B)
-    change_started(state, aborted, batches=[["gpu-0"]])
-    change_aborted(state, aborted, reason="the admin aborted it")
+    change_started(OperatorLog(state), aborted, batches=[["gpu-0"]])
+    change_aborted(OperatorLog(state), aborted, hosts=["gpu-0"], reason="the admin aborted it")
     interrupted = Change("upgrade", "u-4", "1.0", A, "1.1", B)
-    change_started(state, interrupted, batches=[["gpu-0"], ["gpu-1"]])
-    batch_done(state, interrupted, batch=1, hosts=["gpu-0"])
+    change_started(OperatorLog(state), interrupted, batches=[["gpu-0"], ["gpu-1"]])
+    batch_done(OperatorLog(state), interrupted, batch=1, hosts=["gpu-0"])
     evidence = change_evidence(state)
     assert rules(evidence)["change.outcome-recorded"] == FAIL
     (finding,) = [f for f in evidence.findings if f.rule == "change.outcome-recorded"]
@@ -177,8 +183,9 @@ def rolled_back(state: SiteState, keys: Keys, *, signed: bool = True) -> Change:
         key = signing.load_private_key(keys.admin)
         verdict = authorize(state, version="1.0", digest=A, reason="INC-42", key=key, trust=keys.trust)
         assert verdict.allowed
-    change_started(state, rollback, batches=[list(HOSTS)], activation=verdict)
-    change_finished(state, rollback, hosts=HOSTS)
+    cited = verdict.citation()["activation"] if verdict else None
+    change_started(OperatorLog(state), rollback, batches=[list(HOSTS)], activation=cited)
+    change_finished(OperatorLog(state), rollback, hosts=HOSTS)
     imported(state, "1.0", A)  # the import that the rollback's activation let in
     deployed(state, dict.fromkeys(HOSTS, ("1.0", A)))
     return rollback
@@ -223,3 +230,43 @@ def test_an_activation_record_by_a_key_the_audit_does_not_trust_fails_cm3(
     other.write_text(keys.trust.read_text().splitlines()[0] + "\n")  # the bundle key alone
     (finding,) = change_evidence(state, trust=other).findings
     assert f"does not verify against {other}" in finding.message
+
+
+def test_an_upgrade_the_orchestration_ran_is_in_the_audits_change_evidence(state: SiteState) -> None:
+    """The upgrade's own records (aifactory.lifecycle.upgrade through OperatorLog), over the stand-in
+    site of tests/lifecycle/fake_site.py: killed mid-way and resumed, it is one change with its
+    from, to and outcome."""
+    imported(state, fake.A.version, fake.A.digest)
+    imported(state, fake.B.version, fake.B.digest)
+    site = fake.FakeSite(["ctl-0", "gpu-0", "gpu-1"], {"gpu-0", "gpu-1"}, kill_at=5)
+    store = JournalStore.for_state(state)
+    batches: list[tuple[str, ...]] = [("ctl-0",), ("gpu-0",), ("gpu-1",)]
+    for _ in range(2):  # killed, then the same command again
+        journal, _ = begin_upgrade(store, site="lab", old=fake.A, new=fake.B, batches=batches)
+        try:
+            run_upgrade(journal, store, site.parts(OperatorLog(state)), drain_timeout_s=60)
+        except fake.Killed:
+            site.kill_at = None
+    deployed(state, dict.fromkeys(site.hosts, (fake.B.version, fake.B.digest)))
+    evidence = change_evidence(state)
+    assert rules(evidence) == {
+        "change.outcome-recorded": PASS,
+        "change.rollback-authorized": NOT_ASSESSED,
+        "baseline.hosts-on-current": PASS,
+    }
+    (change,) = evidence.detail["changes"]
+    assert (change["kind"], change["run"], change["from"], change["to"], change["outcome"]) == (
+        "upgrade",
+        journal.id,
+        fake.A.version,
+        fake.B.version,
+        "finished",
+    )
+    logged = [json.loads(line) for line in state.operator_log.read_text().splitlines()]
+    assert [r["result"] for r in logged if r["command"] == "upgrade"] == [
+        "started",
+        "batch-done",
+        "batch-done",
+        "batch-done",
+        "finished",
+    ]

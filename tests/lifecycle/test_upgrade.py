@@ -66,8 +66,12 @@ def test_batches_are_upgraded_in_order_each_out_of_service_while_it_changes(stor
     assert result.path.parent.name == "history" and not store.path.exists()  # no upgrade in progress
     assert store.running() == B  # the next upgrade starts from B
     kinds = [e.kind for e in site.events]
-    assert kinds == ["started", *["batch-upgraded"] * len(BATCHES), "completed"]
-    assert all((e.old, e.new) == (A, B) for e in site.events)
+    assert kinds == ["started", *["batch-done"] * len(BATCHES), "finished"]
+    change = site.events[0].change
+    assert (change.kind, change.run) == ("upgrade", result.journal.id)
+    assert all(e.change == change for e in site.events)  # one run: from A to B
+    assert (change.from_version, change.from_digest, change.to_version) == (A.version, A.digest, B.version)
+    assert site.events[0].detail == {"batches": [list(b) for b in BATCHES]}
 
 
 def _actions_of_a_whole_upgrade() -> int:
@@ -97,6 +101,10 @@ def test_a_run_killed_at_any_step_is_finished_by_the_next(
     # Only the step it died in is done again (its action that died, and the one before it when the
     # step has two: back into service is the front door, then Slurm): nothing earlier is repeated.
     assert len(site.actions) <= ACTIONS + 2
+    # One change in the operator log: the re-run keeps its run id, it begins `started`, ends `finished`.
+    kinds = [e.kind for e in site.events]
+    assert len({e.change.run for e in site.events}) == 1, kinds
+    assert kinds[0] == "started" and kinds[-1] == "finished" and kinds.count("finished") == 1
 
 
 def test_a_batch_that_fails_its_gate_goes_back_and_the_upgrade_stops_with_exit_4(store: JournalStore) -> None:
@@ -119,8 +127,12 @@ def test_a_batch_that_fails_its_gate_goes_back_and_the_upgrade_stops_with_exit_4
     }
     assert not site.broken_rules and not [a for a in site.actions if "gpu-004" in a]
     kinds = [e.kind for e in site.events]
-    assert kinds[-2:] == ["batch-failed", "batch-reverted"]
-    assert site.events[-2].detail["checks"] == ["gpu-003: drain for allreduce-busbw"]
+    assert kinds == ["started", "batch-done", "batch-done", "batch-reverted"]  # its outcome
+    assert site.events[-1].detail == {
+        "batch": 3,
+        "hosts": ["gpu-002", "gpu-003"],
+        "reason": "gpu-003: drain for allreduce-busbw",
+    }
     # A re-run does not try again over a failed batch: it says what happened and what to do.
     with pytest.raises(UpgradeError) as again:
         _upgrade(site, store)
@@ -163,12 +175,11 @@ def test_abort_takes_every_upgraded_batch_back_last_first(store: JournalStore) -
     assert not [a for a in site.actions if "gpu-004" in a]  # never touched
     assert result.journal.status == "aborted" and not store.path.exists()
     assert store.running() == A  # the hosts run A again, whatever bundle the control host imported last
-    assert [e.kind for e in site.events][-4:] == [
-        "abort-started",
-        "batch-reverted",
-        "batch-reverted",
-        "aborted",
-    ]
+    assert [e.kind for e in site.events][-2:] == ["abort-started", "aborted"]
+    assert site.events[-2].detail == {"hosts": ["ctl", "gpu-001", "gpu-002", "gpu-003"]}
+    assert len({e.change.run for e in site.events}) == 1  # the abort ends the same change
+    # The version the hosts went back to is the bundle in use again: a plain deploy keeps them on it.
+    assert site.in_use == A.version and site.actions[-1] == f"use-{A.version} "
 
 
 @pytest.mark.parametrize("kill_at", [3, 9, 14])
