@@ -31,6 +31,7 @@ REPO = Path(__file__).resolve().parents[2]
 LAB_SITE = Path("inventory/lab/site.yaml")
 STAMP = 1_763_800_000  # 2025-11-22T08:26:40Z: every build in these tests uses this timestamp
 IDENTITY = "release@lab.example"
+ADMIN = "admin@tamperlab.example"  # the administrator who signs activation records
 
 
 @dataclass(frozen=True)
@@ -179,3 +180,16 @@ def small_files() -> dict[str, bytes]:
         "wheels/demo-1.0-py3-none-any.whl": bytes(range(256)) * 400,
         "files/model.safetensors": b"\x00\x01weights" * 5000,
     }
+
+
+@pytest.fixture
+def admin(tmp_path: Path, signer: Signer) -> tuple[Path, Path]:
+    """(the admin's key, a trust file granting the bundle key for bundles and it for activations)."""
+    key = tmp_path / "admin_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", ADMIN, "-f", str(key)], check=True)
+    kind, blob, *_ = key.with_suffix(".pub").read_text().split()
+    trust = tmp_path / "allowed_signers"
+    trust.write_text(
+        signer.allowed_signers.read_text() + f'{ADMIN} namespaces="aifactory-activation" {kind} {blob}\n'
+    )
+    return key, trust

@@ -6,7 +6,6 @@ the door to every version in between. The admin's key is made by the stock ssh-k
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -19,23 +18,8 @@ from aifactory.errors import BundleError
 from aifactory.lifecycle.activation import authorize
 from aifactory.state import SiteState
 
-from .conftest import Signer, SmallBundle
+from .conftest import ADMIN, SmallBundle
 from .test_tamper import codes, refusal
-
-ADMIN = "admin@tamperlab.example"
-
-
-@pytest.fixture
-def admin(tmp_path: Path, signer: Signer) -> tuple[Path, Path]:
-    """(the admin's key, a trust file granting the bundle key for bundles and it for activations)."""
-    key = tmp_path / "admin_key"
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", ADMIN, "-f", str(key)], check=True)
-    kind, blob, *_ = key.with_suffix(".pub").read_text().split()
-    trust = tmp_path / "allowed_signers"
-    trust.write_text(
-        signer.allowed_signers.read_text() + f'{ADMIN} namespaces="aifactory-activation" {kind} {blob}\n'
-    )
-    return key, trust
 
 
 def digest_of(bundle: Path, trust: Path) -> str:

@@ -138,3 +138,59 @@ def test_after_an_abort_the_next_upgrade_starts_from_the_version_the_hosts_run(
     ]
     code, out = _upgrade(capsys, *argv)
     assert code == 0 and json.loads(out)["change"]["from"] == {"version": "1", "digest": imported_one.digest}
+
+
+def test_rollback_without_an_activation_record_is_refused_with_exit_1_and_changes_nothing(
+    site: Path,
+    small_bundle: SmallBundle,
+    signer: Signer,
+    admin: tuple[Path, Path],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    key, trust = admin
+    import_bundle(small_bundle(version="2", site="lab"), trust=trust, site_state=_state())
+    log_before = _state().operator_log.read_bytes()
+    argv = ["rollback", str(site), "--to", "1", "--trust", str(trust), "--format", "json"]
+    assert main(argv) == 1
+    error = json.loads(capsys.readouterr().out)["error"]
+    assert error["code"] == "activation-missing" and "version 1 for site lab" in error["message"]
+    imported = current_import(_state())
+    assert imported is not None and imported.version == "2"
+    assert not (_state().root / "upgrade" / "journal.json").exists()
+    assert _state().operator_log.read_bytes() == log_before
+    # Signed, the same command's dry run shows the change, the record, and Slurm's controller last.
+    sign = ["activation", "authorize", str(site), "--to", "1", "--reason", "INC-42", "--key", str(key)]
+    assert main([*sign, "--trust", str(trust)]) == 0
+    capsys.readouterr()
+    assert main(["rollback", str(site), "--to", "1", "--trust", str(trust), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("rollback: 2 -> 1 (bundle sha256:")
+    assert "authorized: version 1 authorized for site lab by admin@tamperlab.example" in out
+    plan = plan_site(site, write_lock=False).plan
+    last_row = [line for line in out.splitlines() if line[:1].isdigit()][-1].split()
+    assert last_row[1:] == [plan.control_host, "slurmctld"]
+    imported = current_import(_state())
+    assert imported is not None and imported.version == "2"  # a dry run changes nothing
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        ([], "needs --to VERSION and --trust"),
+        (["--abort", "--to", "1"], "--abort takes no --to"),
+        (["--to", "1", "--trust", "t", "--batch", "0%"], "not a number of hosts or a percentage"),
+    ],
+)
+def test_a_wrong_rollback_command_line_is_refused_with_exit_2(
+    site: Path, capsys: pytest.CaptureFixture[str], argv: list[str], expected: str
+) -> None:
+    code = main(["rollback", str(site), *argv])
+    assert code == 2 and expected in capsys.readouterr().err
+
+
+def test_rollback_abort_with_nothing_in_progress_says_so(
+    site: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["rollback", str(site), "--abort", "--format", "json"]) == 2
+    error = json.loads(capsys.readouterr().out)["error"]
+    assert error["code"] == "upgrade-nothing-to-abort" and "no rollback is in progress" in error["message"]
