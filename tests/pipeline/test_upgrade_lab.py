@@ -10,7 +10,10 @@ each upgrade:
 - B -> C, whose runtime fails the health gate (its memory check reads a file that is not there):
   the first batch goes back to B by itself, exit 4 names the check, zero failed requests;
 - after `--abort` of that, B -> D killed with SIGKILL mid-batch, then the same command again:
-  it completes and every host runs D.
+  it completes and every host runs D;
+- `rollback --to A` without an activation record is refused (exit 1, nothing changes); after
+  `aifactory activation authorize` the same command takes every host back to A with zero failed
+  requests, and `aifactory audit report` assesses CM-3 as pass with the rollback in its evidence.
 
 Its own lab (site `up<pid>`, inventory/lab/site.yaml with `front_door: {}`), as
 tests/runtime/test_front_door_lab.py has: the session lab's spec has no front door. The tests run
@@ -116,6 +119,18 @@ class UpgradeLab:
             "--bundle", str(self.bundles[bundle]), "--trust", str(self.keys.allowed_signers),
             "--batch", "1", "--drain-timeout", "60", "--format", "json", *extra,
         ]  # fmt: skip
+
+    def aifactory(self, *argv: str) -> tuple[int, dict[str, Any]]:
+        """`aifactory ARGV --format json` as an admin runs it: (exit code, its JSON)."""
+        done = subprocess.run(
+            [sys.executable, "-m", "aifactory.cli.main", *argv, "--format", "json"],
+            capture_output=True,
+            text=True,
+            env=self.env,
+            timeout=scaled(UPGRADE_TIMEOUT_S),
+            check=False,
+        )
+        return done.returncode, json.loads(done.stdout or "{}")
 
     def upgrade(self, bundle: str, *extra: str) -> tuple[int, dict[str, Any]]:
         done = subprocess.run(
@@ -366,3 +381,75 @@ def test_an_upgrade_killed_mid_batch_is_completed_by_a_rerun(lab: UpgradeLab) ->
     assert result["status"] == "done"
     assert lab.versions() == {h.name: VERSIONS["D"] for h in lab.plan.hosts}
     assert report["failures"] == [], report["failures"][:20]
+
+
+def _admin_trust(lab: UpgradeLab) -> tuple[Path, Path]:
+    """An administrator's key made by the stock ssh-keygen, and the site's trust file listing it for
+    activations beside the release key for bundles (docs/operations.md, Rollback authorization)."""
+    key = lab.work / "admin_key"
+    if not key.exists():
+        argv = [
+            "ssh-keygen",
+            "-q",
+            "-t",
+            "ed25519",
+            "-N",
+            "",
+            "-C",
+            f"admin@{lab.site}.example",
+            "-f",
+            str(key),
+        ]
+        subprocess.run(argv, check=True)
+    kind, blob, *_ = key.with_suffix(".pub").read_text().split()
+    trust = lab.work / "site_allowed_signers"
+    trust.write_text(
+        lab.keys.allowed_signers.read_text()
+        + f'admin@{lab.site}.example namespaces="aifactory-activation" {kind} {blob}\n'
+    )
+    return key, trust
+
+
+def test_rollback_needs_an_activation_record_and_then_goes_back_audited(lab: UpgradeLab) -> None:
+    key, trust = _admin_trust(lab)
+    on_d = {h.name: VERSIONS["D"] for h in lab.plan.hosts}
+    assert lab.versions() == on_d  # where the upgrade tests left the site
+    rollback = ["rollback", str(lab.spec), "--to", VERSIONS["A"], "--trust", str(trust), "--batch", "1"]
+    rollback += ["--drain-timeout", "60"]
+    code, refused = lab.aifactory(*rollback)
+    assert code == 1, refused
+    assert refused["error"]["code"] == "activation-missing", refused
+    assert lab.versions() == on_d and lab.journal() is None  # nothing changed
+
+    code, signed = lab.aifactory(
+        "activation", "authorize", str(lab.spec), "--to", VERSIONS["A"],
+        "--reason", "INC-26: D drops requests", "--key", str(key), "--trust", str(trust),
+    )  # fmt: skip
+    assert code == 0 and signed["allowed"], signed
+    traffic = Traffic(lab, "rollback-to-a")
+    code, result = lab.aifactory(*rollback)
+    report = traffic.stop()
+    assert code == 0, result
+    assert result["status"] == "done" and result["kind"] == "rollback"
+    assert result["batches"][-1] == [lab.plan.control_host]  # slurmctld's host last going back
+    assert lab.versions() == {h.name: VERSIONS["A"] for h in lab.plan.hosts}
+    assert report["failures"] == [], report["failures"][:20]
+    code, versions = lab.aifactory("versions", str(lab.spec))
+    assert code == 0 and versions["current"]["version"] == VERSIONS["A"]  # a plain deploy keeps A
+
+    folder = lab.work / "audit-after-rollback"
+    code, audited = lab.aifactory(
+        "audit", "report", str(lab.spec), "-o", str(folder), "--bundle-trust", str(trust)
+    )
+    assert code == 0, audited
+    written = json.loads((folder / "report.json").read_text())
+    (cm3,) = [c for c in written["controls"] if c["id"] == "CM-3"]
+    rules = {r["id"]: r["status"] for r in cm3["rules"]}
+    assert cm3["status"] == "pass", cm3
+    assert rules["change.rollback-authorized"] == "pass" and rules["change.outcome-recorded"] == "pass"
+    (changes,) = [e for e in written["evidence"] if e["name"] == "changes"]
+    rollbacks = [c for c in changes["detail"]["changes"] if c["kind"] == "rollback"]
+    assert [(c["from"], c["to"], c["outcome"]) for c in rollbacks] == [
+        (VERSIONS["D"], VERSIONS["A"], "finished")
+    ]
+    assert rollbacks[0]["activation"].endswith(f"lifecycle/activations/{VERSIONS['A']}.json")
