@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from aifactory.errors import ExitCode, StateError, UpgradeError, UpgradeFailed
 from aifactory.lifecycle.batches import BatchSize, UpgradeHost, plan_batches
 from aifactory.lifecycle.journal import JournalStore, VersionRef
+from aifactory.lifecycle.records import Change
 from aifactory.lifecycle.upgrade import UpgradeResult, abort_upgrade, begin_upgrade, run_upgrade
 
-from .fake_site import A, B, FakeSite, Killed
+from .fake_site import A, B, FakeLog, FakeSite, Killed
 
 HOSTS = ["ctl", "gpu-001", "gpu-002", "gpu-003", "gpu-004"]
 SERVING = {"gpu-001", "gpu-002"}
@@ -264,3 +266,23 @@ def test_the_journal_is_written_with_tight_modes_and_read_back_the_same(store: J
     store.save(journal)
     again = store.load()
     assert again is not None and again.as_dict() == journal.as_dict()
+
+
+def test_a_run_killed_as_it_records_its_start_records_it_on_the_rerun_under_the_same_run(
+    store: JournalStore,
+) -> None:
+    """The journal is kept before `started` goes to the operator log: a kill between the two leaves
+    a journal the re-run resumes, and the re-run writes `started` for the same run id."""
+    site = _site()
+
+    class DiesOnStart(FakeLog):
+        def write(self, change: Change, result: str, detail: dict[str, Any]) -> None:
+            raise Killed("started")
+
+    journal, _ = begin_upgrade(store, site="lab", old=A, new=B, batches=BATCHES)
+    with pytest.raises(Killed):
+        run_upgrade(journal, store, site.parts(DiesOnStart(site)), drain_timeout_s=60)
+    assert site.events == [] and store.load() is not None
+    result = _upgrade(site, store)
+    assert [e.kind for e in site.events][0] == "started"
+    assert result.journal.id == journal.id and {e.change.run for e in site.events} == {journal.id}
