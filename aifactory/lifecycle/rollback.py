@@ -17,7 +17,7 @@ from pathlib import Path
 
 from aifactory.bundle.importer import check_imported, use_imported
 from aifactory.bundle.manifest import BundleVersion
-from aifactory.errors import Location, StateError, UpgradeError
+from aifactory.errors import Location, StateError, UpgradeError, UsageError
 from aifactory.lifecycle.activation import ActivationVerdict, activation_allows
 from aifactory.lifecycle.journal import Journal, JournalStore, VersionRef
 from aifactory.lifecycle.upgrade import begin_upgrade
@@ -39,7 +39,15 @@ def rollback_target(
     """The version to go back to, checked before anything changes: imported before and still intact
     on the control host, older than the version the hosts run, and authorized by a valid activation
     record (else ActivationError, exit 1)."""
-    imported = version_history(state).require(BundleVersion.parse(version).text)
+    history = version_history(state)
+    imported = history.find(BundleVersion.parse(version).text)
+    if imported is None:
+        there = ", ".join(v.version for v in history.imported) or "none"
+        raise UsageError(
+            f"version {version} was never imported for site {state.site} (imported: {there})",
+            code="unknown-version",
+            hint="a rollback goes back to a version this control host imported before: `aifactory versions`",
+        )
     if not imported.bundle_version < BundleVersion.parse(running.version):
         raise UpgradeError(
             f"version {imported.version} is not older than {running.version}, which the site runs",
