@@ -144,15 +144,11 @@ class _Prepared:
 def _prepare(args: argparse.Namespace, planned: PlannedSite, state: SiteState) -> _Prepared:
     from aifactory.bundle.verify import verify_bundle
     from aifactory.lifecycle.batches import BatchSize, plan_batches, upgrade_hosts
-    from aifactory.lifecycle.change import describe_change, installed_version
-    from aifactory.lifecycle.journal import JournalStore, VersionRef
+    from aifactory.lifecycle.change import describe_change
+    from aifactory.lifecycle.journal import VersionRef
 
     size = BatchSize.parse(args.batch)
-    store = JournalStore.for_state(state)
-    journal = store.load()
-    old, old_root = installed_version(state)
-    if journal is not None:  # resuming: the import already moved on to the new bundle
-        old = journal.old
+    store, journal, old, old_root = _starting_point(state)
     report = verify_bundle(args.bundle, trust=Path(args.trust), site_state=state)  # a tampered one stops here
     new = VersionRef(str(report.version), str(report.digest))
     hosts = upgrade_hosts(planned.plan)
@@ -161,18 +157,26 @@ def _prepare(args: argparse.Namespace, planned: PlannedSite, state: SiteState) -
     return _Prepared(store, journal is not None, old, new, hosts, batches, change)
 
 
-def _prepare_rollback(args: argparse.Namespace, planned: PlannedSite, state: SiteState) -> _Prepared:
-    from aifactory.lifecycle.batches import BatchSize, plan_batches, upgrade_hosts
-    from aifactory.lifecycle.change import describe_change, installed_version
+def _starting_point(state: SiteState) -> tuple[JournalStore, Journal | None, VersionRef, Path]:
+    """The journal store, the change in progress (if any), and the version the hosts run with its
+    imported folder: a change in progress started from its journal's `old` (the bundle in use has
+    already moved on to its target)."""
+    from aifactory.lifecycle.change import installed_version
     from aifactory.lifecycle.journal import JournalStore
-    from aifactory.lifecycle.rollback import rollback_target
 
-    size = BatchSize.parse(args.batch)
     store = JournalStore.for_state(state)
     journal = store.load()
     old, old_root = installed_version(state)
-    if journal is not None:  # resuming: the older version may already be the bundle in use
-        old = journal.old
+    return store, journal, (journal.old if journal is not None else old), old_root
+
+
+def _prepare_rollback(args: argparse.Namespace, planned: PlannedSite, state: SiteState) -> _Prepared:
+    from aifactory.lifecycle.batches import BatchSize, plan_batches, upgrade_hosts
+    from aifactory.lifecycle.change import describe_change
+    from aifactory.lifecycle.rollback import rollback_target
+
+    size = BatchSize.parse(args.batch)
+    store, journal, old, old_root = _starting_point(state)
     target = rollback_target(state, version=args.to, running=old, trust=Path(args.trust))  # refused here
     hosts = upgrade_hosts(planned.plan)
     batches = (
