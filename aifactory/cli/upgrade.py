@@ -250,7 +250,7 @@ def _change(
         def go(parts: UpgradeParts) -> UpgradeResult:
             return run_upgrade(journal, ready.store, parts, drain_timeout_s=args.drain_timeout)
 
-        return _run(args, planned, state, go)
+        return _run(args, planned, state, go, ready.kind)
 
 
 def _abort(args: argparse.Namespace, planned: PlannedSite, state: SiteState, kind: Kind) -> int:
@@ -263,10 +263,10 @@ def _abort(args: argparse.Namespace, planned: PlannedSite, state: SiteState, kin
         return abort_upgrade(store, parts, drain_timeout_s=args.drain_timeout, kind=kind)
 
     with state.lock(kind):
-        return _run(args, planned, state, go)
+        return _run(args, planned, state, go, kind)
 
 
-def _run(args: argparse.Namespace, planned: PlannedSite, state: SiteState, go: Go) -> int:
+def _run(args: argparse.Namespace, planned: PlannedSite, state: SiteState, go: Go, kind: Kind) -> int:
     """Build the site's parts (the edge chooses how hosts are reached), run, render the result."""
     from aifactory.bundle.import_record import last_import
     from aifactory.lifecycle.journal import VersionRef
@@ -276,7 +276,7 @@ def _run(args: argparse.Namespace, planned: PlannedSite, state: SiteState, go: G
     record = last_import(state)
     imported = VersionRef(record.version, record.digest) if record else VersionRef("", "")
     connection = site_connection(planned.plan.name)
-    with progress.shown(args, "upgrade") as shown:
+    with progress.shown(args, kind) as shown:
         parts = parts_for_site(planned, connection=connection, state=state, imported=imported, progress=shown)
         result = go(parts)
     data = result.as_dict()
