@@ -26,7 +26,13 @@ from aifactory.lifecycle.journal import JournalStore, VersionRef
 from aifactory.lifecycle.records import OperatorLog
 from aifactory.lifecycle.rollback import RollbackTarget, begin_rollback, rollback_target
 from aifactory.lifecycle.site_parts import ImportedBundles
-from aifactory.lifecycle.upgrade import UpgradeParts, UpgradeResult, abort_upgrade, run_upgrade
+from aifactory.lifecycle.upgrade import (
+    UpgradeParts,
+    UpgradeResult,
+    abort_upgrade,
+    begin_upgrade,
+    run_upgrade,
+)
 from aifactory.state import SiteState
 from tests.lifecycle.fake_site import FakeSite
 
@@ -73,11 +79,8 @@ class Site:
         return run_upgrade(journal, store, self.parts(site), drain_timeout_s=60)
 
 
-BATCHES = plan_batches(
-    [UpgradeHost(h, serving=h in SERVING, slurm_controller=h == "ctl") for h in HOSTS],
-    BatchSize.parse("1"),
-    controller_last=True,
-)
+UPGRADE_HOSTS = [UpgradeHost(h, serving=h in SERVING, slurm_controller=h == "ctl") for h in HOSTS]
+BATCHES = plan_batches(UPGRADE_HOSTS, BatchSize.parse("1"), controller_last=True)  # going back
 
 
 @pytest.fixture
@@ -202,3 +205,24 @@ def test_an_import_folder_changed_since_import_is_refused_before_anything_change
     assert refused.value.code == "bundle-tampered"
     current = last_import(lab.state)
     assert current is not None and current.version == NEWER
+
+
+def test_an_aborted_upgrade_leaves_the_previous_version_in_use(lab: Site) -> None:
+    """The same fix for `upgrade --abort`: the import made the new version current; after the abort
+    the hosts run the previous one, and so does a later plain deploy."""
+    site = FakeSite(list(HOSTS), set(SERVING), runs=dict.fromkeys(HOSTS, OLDER), in_use=NEWER)
+    site.failing = {NEWER: {"gpu-002"}}
+    store = JournalStore.for_state(lab.state)
+    batches = plan_batches(UPGRADE_HOSTS, BatchSize.parse("1"))
+    journal, _ = begin_upgrade(store, site=lab.state.site, old=lab.older, new=lab.newer, batches=batches)
+    with pytest.raises(UpgradeFailed):
+        run_upgrade(journal, store, lab.parts(site), drain_timeout_s=60)
+    current = last_import(lab.state)
+    assert current is not None and current.version == NEWER  # what the import left
+    abort_upgrade(store, lab.parts(site), drain_timeout_s=60)
+    assert site.runs == dict.fromkeys(HOSTS, OLDER)
+    current = last_import(lab.state)
+    assert current is not None and (current.version, current.digest) == (OLDER, lab.older.digest)
+    assert (lab.home / "tamperlab" / "current").readlink() == Path(OLDER)
+    newest = newest_import(lab.state)
+    assert newest is not None and newest.version == NEWER  # going forward again needs no record
