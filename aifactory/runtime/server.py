@@ -560,6 +560,10 @@ class InferenceServer:
             "refused": {
                 name: [r.as_dict() for r in slot.refused] for name, slot in sorted(self.slots.items())
             },
+            # The canary taking a share of each model's requests now (docs/loop.md), if any.
+            "canary": {
+                name: slot.watch.canary if slot.watch else None for name, slot in sorted(self.slots.items())
+            },
         }
         return Response.json(status, answer)
 
