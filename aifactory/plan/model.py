@@ -600,8 +600,9 @@ _Section = TypeVar("_Section")
 
 
 def section_dict(section: Any) -> dict[str, Any]:
-    """A section as plain JSON data, keys in field order (tuples become lists)."""
-    omitted: frozenset[str] = getattr(type(section), "OMIT_WHEN_NONE", frozenset())  # fields added after plans shipped
+    """A section as plain JSON data, keys in field order (tuples become lists); a field added after
+    plans shipped (OMIT_WHEN_NONE) is left out while None, so older plans keep their bytes."""
+    omitted: frozenset[str] = getattr(type(section), "OMIT_WHEN_NONE", frozenset())
     return {
         f.name: _plain(getattr(section, f.name))
         for f in fields(section)
