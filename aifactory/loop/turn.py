@@ -232,7 +232,9 @@ def run_turn(setup: TurnSetup) -> Turn:
     """Run (or continue) one turn to its end or to `awaiting-sign-off`; the turn record."""
     turn = current_turn(setup)
     for name, step in STEPS:
-        if name in turn.done and name not in RERUN:
+        if name in turn.done and not _runs_again(name, turn):
+            continue
+        if name == "canary" and setup.loop.canary is None:  # a loop without one: the record as before
             continue
         step(setup, turn)
         if name not in turn.done:
@@ -241,6 +243,12 @@ def run_turn(setup: TurnSetup) -> Turn:
         if turn.status in ENDED or turn.status in WAITING:
             break
     return turn
+
+
+def _runs_again(name: str, turn: Turn) -> bool:
+    """A RERUN step runs on every run until the turn ends; but once the challenger serves as the
+    canary, the decision its canary record names stands (lineage finds that decision)."""
+    return name in RERUN and not (name == "decide" and "canary" in turn.steps)
 
 
 # --- the steps ------------------------------------------------------------------------------------
@@ -543,7 +551,7 @@ def _signed_decision(
 def step_canary(setup: TurnSetup, turn: Turn) -> None:
     """Serve the challenger as the canary first, when the loop has one (module docstring)."""
     plan = setup.loop.canary
-    if plan is None:
+    if plan is None:  # run_turn skips the step then
         return
     challenger = turn.steps["register"]["challenger"]
     current = read_promotions(Registry(setup.model_dir), setup.key.trust).alias("canary")

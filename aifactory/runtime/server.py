@@ -400,8 +400,9 @@ class InferenceServer:
                 log.warning("%s canary %s takes no more traffic", slot.name, slot.watch.canary)
                 self._stop_canary(slot)
             return
-        if slot.watch is not None and slot.watch.canary == version.digest:
-            return
+        watch = slot.watch
+        if watch is not None and (watch.canary, watch.champion) == (version.digest, slot.loaded_digest):
+            return  # the same pair: judged on; a new champion starts a new comparison
         loaded = _load_version(slot.name, version, "canary")
         if slot.canary_batcher is None:
             slot.canary_batcher = Batcher(
