@@ -10,6 +10,7 @@
          403 {"error": "forbidden", "reason", "reasons", "decision_id"}    (never the classification)
          404 {"error": "model-not-served-here", "decision_id"}      (recorded, the name cut short)
          429 {"error": "too-many-denials"}       (the peer was denied too often in this window)
+         500 {"error": "inference-failed", "decision_id"}  (the forward pass raised: an error of the version)
          503 {"error": "model-not-loaded" | "log-unavailable" | "log-disk-full" | "draining"}
     POST /v1/decisions/<id>/feedback    {"dataset"?, "subject", "outcome"}  from the tenant it answered
          202 {"status": "pending", "feedback_on", "dataset", "decision_id"}   stored on the dataset's storage
@@ -31,7 +32,10 @@ The server starts healthy with no model: it watches each model's folder on the s
 the registry's champion, a version whose OpenSSF model signature verifies against the site's
 model-signing key and that holds a signed promotion record (`aifactory.trust.models`). Anything else
 in the folder (training checkpoints, unsigned, badly signed or unpromoted versions) is refused: logged
-once, counted in /metrics and listed in /healthz; the champion already loaded keeps serving.
+once, counted in /metrics and listed in /healthz; the champion already loaded keeps serving. A
+registry `canary` (docs/loop.md) is loaded beside the champion and answers its share of the requests,
+chosen by decision id before the decision is recorded; the server withdraws it by itself when its
+error rate passes the champion's (`aifactory.runtime.canary`) and writes a signed rollback record.
 SIGTERM/SIGINT drain: stop accepting, finish every request in flight, answer one last request on each
 keep-alive connection (with `Connection: close`, for up to two seconds), sign the log's final head, exit.
 """
@@ -561,11 +565,11 @@ class InferenceServer:
             "refused": {
                 name: [r.as_dict() for r in slot.refused] for name, slot in sorted(self.slots.items())
             },
-            # The canary taking a share of each model's requests now (docs/loop.md), if any.
-            "canary": {
-                name: slot.watch.canary if slot.watch else None for name, slot in sorted(self.slots.items())
-            },
         }
+        # The canaries taking a share of a model's requests now (docs/loop.md); absent when none runs.
+        canaries = {name: slot.watch.canary for name, slot in sorted(self.slots.items()) if slot.watch}
+        if canaries:
+            answer["canary"] = canaries
         return Response.json(status, answer)
 
     def _shed(self, peer: Peer) -> Response | None:
