@@ -148,6 +148,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         places=Places(plan, root=args.storage_root),
         state_dir=state_dir,
         allowed_signers=_signers(state_dir, args.allowed_signers),
+        node_signers=_node_signers(plan),
     )
     setup.loop  # noqa: B018 -- a model without a loop is refused before anything is made
     turn = run_turn(setup)
@@ -156,6 +157,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         print(_turn_line(turn))
     return 0 if turn.status == "promoted" else 1
+
+
+def _node_signers(plan: SitePlan) -> tuple[Path, ...]:
+    """The decision-log keys collected from each host (at deploy and audit: aifactory.headcopies): a server's
+    canary rollback record must verify against one of them."""
+    from aifactory.headcopies import collected_dir
+    from aifactory.state import SiteState
+
+    state = SiteState.for_site(plan.name)
+    found = (collected_dir(state, host.name) / "allowed_signers" for host in plan.hosts)
+    return tuple(path for path in found if path.is_file())
 
 
 def _turn_line(turn: Turn) -> str:
@@ -170,6 +182,9 @@ def _turn_line(turn: Turn) -> str:
     if "decide" in steps:
         reasons = steps["decide"]["reasons"]
         head += f"; policy: {'promote' if not reasons else ', '.join(reasons)}"
+    if "canary" in steps:
+        canary = steps["canary"]
+        head += f"; canary since {canary['since']}: {', '.join(canary.get('reasons', [])) or canary['state']}"
     return head
 
 

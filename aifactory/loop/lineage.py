@@ -6,9 +6,9 @@ that trained the model that made it, every link checked offline.
                        (aifactory.data.feedback) names the model and version too, and must agree
     model version      its OpenSSF model signature against the site's model-signing key; its signed
                        provenance (the training job, the dataset version, the training manifest)
-    promotion          the signed, chained promotion records that made it champion
+    promotion          the signed, chained promotion records that made it champion (or the canary)
     promotion decision the loop's signed decision (policy answer, metrics, evaluation set, sign-off)
-                       that the champion promotion names
+                       that the champion (or canary) promotion names
     training manifest  its site signature; every file it names is that file of its dataset version
     dataset version    each training version and the evaluation set's version: its signature, its
                        place in the dataset's signed lineage, every file's SHA-256 (or its signed
@@ -212,9 +212,11 @@ def _promotion_link(registry: Registry, trust: ModelTrust, digest: str) -> Link:
         return Link(
             "promotion", digest, False, f"a promotion record does not verify: {log.refused[0].detail}", facts
         )
-    if not any(p.alias == "champion" for p in records):
-        return Link("promotion", digest, False, "no signed promotion made it champion", facts)
-    return Link("promotion", digest, True, "signed, chained promotion records made it champion", facts)
+    if any(p.alias == "champion" for p in records):
+        return Link("promotion", digest, True, "signed, chained promotion records made it champion", facts)
+    if any(p.alias == "canary" for p in records):  # it answered a share of the requests as the canary
+        return Link("promotion", digest, True, "signed, chained promotion records made it the canary", facts)
+    return Link("promotion", digest, False, "no signed promotion made it champion or canary", facts)
 
 
 def _decision_record(
@@ -243,7 +245,7 @@ def _decision_record(
         if record.get("challenger") != digest
         else "it did not promote"
         if record.get("promote") is not True
-        else "no champion promotion of this version names it"
+        else "no champion or canary promotion of this version names it"
         if not named
         else None
     )

@@ -10,6 +10,11 @@
     evaluate  the evaluation job: champion and challenger on the loop's evaluation set version
     decide    the promotion policy over the report, the training manifest (verified again) and a
               sign-off; the decision signed by the site key and kept beside the run
+    canary    with a `canary` in the model's loop settings, on allow: the challenger becomes the
+              registry's `canary` (its settings signed into the record) and the servers send it a
+              share of the requests; the turn is `canary` until it held for `duration_minutes`
+              (then on), or refused (reason `canary-regressed`) when a server withdrew it and its
+              signed rollback record verifies (aifactory.loop.canary). Re-run to look again.
     promote   on allow, the challenger becomes the `champion` (a signed promotion record naming the
               decision); on a refusal the champion keeps serving. A refusal for the sign-off
               alone (none, or not a valid one) leaves the turn `awaiting-sign-off`: `aifactory
@@ -17,8 +22,8 @@
 
 The turn record is `<state>/loop/<model>/turn-NNNNNN/turn.json` (written atomically after each step);
 `run_turn` continues the newest turn unless it ended (`promoted` or `refused`), then starts the next.
-The canary (a share of the requests for the challenger first) is not built: a promotion switches the
-champion, which the servers load on their next look at the registry.
+Without a canary a promotion switches the champion, which the servers load on their next look at the
+registry.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ import json
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +43,7 @@ from aifactory.data.holdout import DatasetVersionFiles
 from aifactory.data.versions import Version, create_version, manifest_digest, read_history, sign_record
 from aifactory.durable import atomic_write
 from aifactory.errors import DatasetVersionError, LoopError, UsageError
+from aifactory.loop.canary import REGRESSED_REASON, canary_state, settings_of
 from aifactory.loop.jobs import EvaluationRequest, LoopJobs, SubmittedJob
 from aifactory.loop.manifest import (
     JobRef,
@@ -61,6 +67,7 @@ SIGN_OFF_FILE = "sign-off.json"
 DECISION_FILE = "promotion-decision.json"  # in the training job's run folder, beside data-read.json
 REPORT_FILE = "evaluation-report.json"
 ENDED = ("promoted", "refused")
+WAITING = ("awaiting-sign-off", "canary")  # a run stops there; a later one looks again
 # A refusal for these alone leaves the turn waiting: a (proper) sign-off may still come.
 SIGN_OFF_REASONS = frozenset(
     {"sign-off-missing", "sign-off-unverified", "sign-off-not-allowed", "sign-off-mismatch"}
@@ -107,6 +114,9 @@ class TurnSetup:
     places: Places
     state_dir: Path  # <state>/loop
     allowed_signers: Path  # the sign-off trust file
+    # allowed_signers of the serving nodes' decision-log keys (as collected from them): a canary's
+    # rollback record must verify against one of them (aifactory.loop.canary)
+    node_signers: tuple[Path, ...] = ()
     policy: PromotionPolicy | None = None
     now: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
 
@@ -222,15 +232,23 @@ def run_turn(setup: TurnSetup) -> Turn:
     """Run (or continue) one turn to its end or to `awaiting-sign-off`; the turn record."""
     turn = current_turn(setup)
     for name, step in STEPS:
-        if name in turn.done and name not in RERUN:
+        if name in turn.done and not _runs_again(name, turn):
+            continue
+        if name == "canary" and setup.loop.canary is None:  # a loop without one: the record as before
             continue
         step(setup, turn)
         if name not in turn.done:
             turn.done.append(name)
         turn.save(setup.now())
-        if turn.status in ENDED or turn.status == "awaiting-sign-off":
+        if turn.status in ENDED or turn.status in WAITING:
             break
     return turn
+
+
+def _runs_again(name: str, turn: Turn) -> bool:
+    """A RERUN step runs on every run until the turn ends; but once the challenger serves as the
+    canary, the decision its canary record names stands (lineage finds that decision)."""
+    return name in RERUN and not (name == "decide" and "canary" in turn.steps)
 
 
 # --- the steps ------------------------------------------------------------------------------------
@@ -530,6 +548,41 @@ def _signed_decision(
     )
 
 
+def step_canary(setup: TurnSetup, turn: Turn) -> None:
+    """Serve the challenger as the canary first, when the loop has one (module docstring)."""
+    plan = setup.loop.canary
+    if plan is None:  # run_turn skips the step then
+        return
+    challenger = turn.steps["register"]["challenger"]
+    current = read_promotions(Registry(setup.model_dir), setup.key.trust).alias("canary")
+    if current is None or current.digest != challenger:  # a re-run makes it the canary once
+        promote(
+            model_dir=setup.model_dir,
+            digest=challenger,
+            alias="canary",
+            key=setup.key,
+            reason=f"loop turn {turn.number}: canary (decision {turn.steps['decide']['digest']})",
+            now=setup.now(),
+            canary=settings_of(plan),
+        )
+    found = canary_state(
+        model_dir=setup.model_dir,
+        digest=challenger,
+        trust=setup.key.trust,
+        signers=list(setup.node_signers),
+        hold=timedelta(minutes=plan.duration_minutes),
+        now=setup.now(),
+    )
+    turn.steps["canary"] = {"digest": challenger, **found.as_dict()}
+    if found.state == "regressed":
+        turn.steps["canary"]["reasons"] = [REGRESSED_REASON]
+        turn.status = "refused"
+    elif found.state == "running":
+        turn.status = "canary"
+    else:
+        turn.status = "running"
+
+
 def step_promote(setup: TurnSetup, turn: Turn) -> None:
     decision, registered = turn.steps["decide"], turn.steps["register"]
     current = read_promotions(Registry(setup.model_dir), setup.key.trust).alias("champion")
@@ -552,6 +605,8 @@ STEPS: tuple[tuple[str, Callable[[TurnSetup, Turn], None]], ...] = (
     ("register", step_register),
     ("evaluate", step_evaluate),
     ("decide", step_decide),
+    ("canary", step_canary),
     ("promote", step_promote),
 )
-RERUN = frozenset({"decide"})  # judged again on every run until the turn ends (a sign-off may come)
+# Judged again on every run until the turn ends (a sign-off may come; the canary runs on).
+RERUN = frozenset({"decide", "canary"})

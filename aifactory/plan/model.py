@@ -17,7 +17,7 @@ import types
 from dataclasses import dataclass, fields, is_dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any, NamedTuple, TypeVar, Union, get_args, get_origin, get_type_hints
+from typing import Any, ClassVar, NamedTuple, TypeVar, Union, get_args, get_origin, get_type_hints
 
 from aifactory.errors import Location, PlanFormatError
 
@@ -384,8 +384,17 @@ class SignOffPlan:
 
 @dataclass(frozen=True, slots=True)
 class CanaryPlan:
+    """How a candidate serves as a canary before it becomes the champion (docs/loop.md). The last
+    three were added later: in the plan only when the spec gives them, so older plans keep their bytes;
+    None: the default (aifactory.trust.canary)."""
+
     share: Number  # in (0, 1)
-    duration_minutes: int
+    duration_minutes: int  # how long it must hold before the turn promotes it
+    min_requests: int | None = None  # judged once it answered this many in the window
+    window_seconds: int | None = None  # error rates compared over this last stretch
+    error_margin: Number | None = None  # withdrawn when its error rate passes the champion's by this
+
+    OMIT_WHEN_NONE: ClassVar[frozenset[str]] = frozenset({"min_requests", "window_seconds", "error_margin"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -591,8 +600,14 @@ _Section = TypeVar("_Section")
 
 
 def section_dict(section: Any) -> dict[str, Any]:
-    """A section as plain JSON data, keys in field order (tuples become lists)."""
-    return {f.name: _plain(getattr(section, f.name)) for f in fields(section)}
+    """A section as plain JSON data, keys in field order (tuples become lists); a field added after
+    plans shipped (OMIT_WHEN_NONE) is left out while None, so older plans keep their bytes."""
+    omitted: frozenset[str] = getattr(type(section), "OMIT_WHEN_NONE", frozenset())
+    return {
+        f.name: _plain(getattr(section, f.name))
+        for f in fields(section)
+        if not (f.name in omitted and getattr(section, f.name) is None)
+    }
 
 
 def _plain(value: Any) -> Any:
@@ -618,6 +633,8 @@ def read_section(cls: type[_Section], data: Any, where: str) -> _Section:
     if not isinstance(data, dict):
         raise _bad(where, "an object", data)
     names = [f.name for f in fields(cls)]  # type: ignore[arg-type]  # cls is a dataclass
+    omitted: frozenset[str] = getattr(cls, "OMIT_WHEN_NONE", frozenset())
+    data = {n: None for n in omitted} | data
     missing = [n for n in names if n not in data]
     unknown = [k for k in data if k not in names]
     if missing or unknown:

@@ -183,6 +183,27 @@ class ServeMetrics:
             ["model", "digest", "alias"],
             registry=registry,
         )
+        # The canary (docs/loop.md): requests answered and errors (failed inference, feedback marking a
+        # decision wrong) per model and role, the role being `champion` or `canary`.
+        self.role_requests = Counter(
+            "aifactory_serve_role_requests",
+            "Inference requests answered by a model version, by model and role (champion, canary).",
+            ["model", "role"],
+            registry=registry,
+        )
+        self.role_errors = Counter(
+            "aifactory_serve_role_errors",
+            "Errors of a model version by model, role and kind (inference: failed on this server; "
+            "feedback: a decision it answered marked wrong).",
+            ["model", "role", "kind"],
+            registry=registry,
+        )
+        self.canary_rollbacks = Counter(
+            "aifactory_serve_canary_rollbacks",
+            "Canaries this server withdrew by itself (error rate past the champion's), by model.",
+            ["model"],
+            registry=registry,
+        )
         self.inflight = Gauge(
             "aifactory_serve_inflight_requests", "Requests being answered.", registry=registry
         )

@@ -10,6 +10,7 @@
          403 {"error": "forbidden", "reason", "reasons", "decision_id"}    (never the classification)
          404 {"error": "model-not-served-here", "decision_id"}      (recorded, the name cut short)
          429 {"error": "too-many-denials"}       (the peer was denied too often in this window)
+         500 {"error": "inference-failed", "decision_id"}  (the forward pass raised: an error of the version)
          503 {"error": "model-not-loaded" | "log-unavailable" | "log-disk-full" | "draining"}
     POST /v1/decisions/<id>/feedback    {"dataset"?, "subject", "outcome"}  from the tenant it answered
          202 {"status": "pending", "feedback_on", "dataset", "decision_id"}   stored on the dataset's storage
@@ -31,7 +32,10 @@ The server starts healthy with no model: it watches each model's folder on the s
 the registry's champion, a version whose OpenSSF model signature verifies against the site's
 model-signing key and that holds a signed promotion record (`aifactory.trust.models`). Anything else
 in the folder (training checkpoints, unsigned, badly signed or unpromoted versions) is refused: logged
-once, counted in /metrics and listed in /healthz; the champion already loaded keeps serving.
+once, counted in /metrics and listed in /healthz; the champion already loaded keeps serving. A
+registry `canary` (docs/loop.md) is loaded beside the champion and answers its share of the requests,
+chosen by decision id before the decision is recorded; the server withdraws it by itself when its
+error rate passes the champion's (`aifactory.runtime.canary`) and writes a signed rollback record.
 SIGTERM/SIGINT drain: stop accepting, finish every request in flight, answer one last request on each
 keep-alive connection (with `Connection: close`, for up to two seconds), sign the log's final head, exit.
 """
@@ -73,6 +77,7 @@ from aifactory.errors import AifactoryError, FeedbackError, TokenRejected
 from aifactory.ids import new_decision_id
 from aifactory.plan.model import Host
 from aifactory.runtime import checkpoint
+from aifactory.runtime.canary import CanaryWatch, is_negative
 from aifactory.runtime.cpus import CpuSplit
 from aifactory.runtime.handoff import LoopInbox, LoopOutbox, Workers
 from aifactory.runtime.http import HttpLimits, HttpServer, Listener, Request, Response
@@ -87,14 +92,16 @@ from aifactory.runtime.metrics import CONTENT_TYPE, ServeMetrics
 from aifactory.runtime.model import MLP, ModelConfig, Scorer, scorer
 from aifactory.runtime.siteplan import RuntimePlan
 from aifactory.trust.authz import Authorizer, Guard, Outcome
+from aifactory.trust.canary import CanarySettings, rolled_back, takes_canary, write_rollback
 from aifactory.trust.certs import PROMETHEUS_SERVICE, PeerCertificate, read_peer_certificate
 from aifactory.trust.decisionlog import (
     DEFAULT_RETENTION_DAYS,
     DISK_SHED_FREE,
     DISK_WARN_FREE,
     DecisionLog,
+    log_key_dir,
 )
-from aifactory.trust.models import Inspection, Inspector, ModelTrust, Refusal
+from aifactory.trust.models import Inspection, Inspector, ModelTrust, ModelVersion, Refusal
 from aifactory.trust.tokens import TokenVerifier, TrustFiles, file_version
 
 log = logging.getLogger(__name__)
@@ -258,6 +265,20 @@ class ModelSlot:
     batcher: Batcher
     loaded_digest: str | None = None
     refused: tuple[Refusal, ...] = ()
+    # The canary (docs/loop.md): its own batcher, kept while requests routed to it finish; `watch`
+    # is set while it takes traffic and None once withdrawn (then the champion answers everything).
+    canary_batcher: Batcher | None = None
+    watch: CanaryWatch | None = None
+    withdrawn: set[str] = field(default_factory=set)  # canaries this server withdrew
+
+    def route(self, decision_id: str) -> tuple[LoadedModel | None, Batcher, str | None]:
+        """Who answers this decision: (model, its batcher, role); role None when no canary runs."""
+        watch, canary = self.watch, self.canary_batcher
+        if watch is None or canary is None or canary.model is None:
+            return self.batcher.model, self.batcher, None
+        if takes_canary(decision_id, watch.settings.share):
+            return canary.model, canary, "canary"
+        return self.batcher.model, self.batcher, "champion"
 
 
 class InferenceServer:
@@ -349,23 +370,113 @@ class InferenceServer:
         inspection = slot.inspector.inspect()
         self._report_refusals(slot, inspection)
         champion = inspection.champion
-        if champion is None or champion.digest == slot.loaded_digest:
-            return False
-        found = checkpoint.load(champion.files)
-        config = ModelConfig.from_dict(found.meta["network"])
-        module = MLP(config)
-        module.load_state_dict(found.model_state)
-        previous = slot.batcher.model
-        slot.batcher.model = LoadedModel(
-            slot.name, found.step, scorer(module), config.features, str(found.path), champion.digest
+        changed = champion is not None and champion.digest != slot.loaded_digest
+        if champion is not None and changed:
+            loaded = _load_version(slot.name, champion, "champion")
+            previous = slot.batcher.model
+            slot.batcher.model = loaded
+            slot.loaded_digest = champion.digest
+            if previous is not None:
+                self.metrics.model_info.remove(previous.name, previous.digest, previous.alias)
+            self.metrics.model_info.labels(model=slot.name, digest=champion.digest, alias="champion").set(1.0)
+            self.metrics.model_step.set(float(loaded.step))
+            log.warning("serving %s champion %s from %s", slot.name, champion.digest, loaded.path)
+        self._reload_canary(slot, inspection)
+        return changed
+
+    def _reload_canary(self, slot: ModelSlot, inspection: Inspection) -> None:
+        """Serve the registry's canary beside the champion, or stop: a canary that is the champion now
+        (promoted), was withdrawn (here, or by another server: its rollback file), or carries no valid
+        settings takes no traffic."""
+        promotion = inspection.promotions.alias("canary")
+        version = inspection.canary
+        settings = CanarySettings.from_record(promotion.record.get("canary")) if promotion else None
+        model_dir = slot.inspector.registry.model_dir
+        if (
+            version is None
+            or settings is None
+            or slot.batcher.model is None
+            or version.digest == slot.loaded_digest
+            or version.digest in slot.withdrawn
+            or rolled_back(model_dir, version.digest)
+        ):
+            if slot.watch is not None:
+                log.warning("%s canary %s takes no more traffic", slot.name, slot.watch.canary)
+                self._stop_canary(slot)
+            return
+        watch = slot.watch
+        if watch is not None and (watch.canary, watch.champion) == (version.digest, slot.loaded_digest):
+            return  # the same pair: judged on; a new champion starts a new comparison
+        loaded = _load_version(slot.name, version, "canary")
+        if slot.canary_batcher is None:
+            slot.canary_batcher = Batcher(
+                max_batch=self.config.max_batch,
+                max_wait=self.config.max_wait_ms / 1000,
+                metrics=self.metrics,
+                cpus=self.config.cpu_split,
+            )
+        self._stop_canary(slot)
+        slot.canary_batcher.model = loaded
+        slot.watch = CanaryWatch(settings, champion=slot.batcher.model.digest, canary=version.digest)
+        self.metrics.model_info.labels(model=slot.name, digest=version.digest, alias="canary").set(1.0)
+        log.warning(
+            "serving %s canary %s beside champion %s for a share of %s of the requests",
+            slot.name,
+            version.digest,
+            slot.batcher.model.digest,
+            settings.share,
         )
-        slot.loaded_digest = champion.digest
-        if previous is not None:
-            self.metrics.model_info.remove(previous.name, previous.digest, previous.alias)
-        self.metrics.model_info.labels(model=slot.name, digest=champion.digest, alias="champion").set(1.0)
-        self.metrics.model_step.set(float(found.step))
-        log.warning("serving %s champion %s from %s", slot.name, champion.digest, found.path)
-        return True
+
+    def _stop_canary(self, slot: ModelSlot) -> None:
+        """No more traffic to the canary; requests already routed to it finish on its batcher."""
+        watch, slot.watch = slot.watch, None
+        if watch is not None:
+            self.metrics.model_info.remove(slot.name, watch.canary, "canary")
+
+    def _count(self, slot: ModelSlot, role: str, *, error: bool = False, wrong: bool = False) -> None:
+        """A request answered (or failed) by `role`, or feedback marking one wrong; then the canary is
+        judged, and withdrawn at once when it regressed."""
+        watch = slot.watch
+        if not wrong:
+            self.metrics.role_requests.labels(model=slot.name, role=role).inc()
+        if error or wrong:
+            kind = "feedback" if wrong else "inference"
+            self.metrics.role_errors.labels(model=slot.name, role=role, kind=kind).inc()
+        if watch is None:
+            return
+        if wrong:
+            watch.marked_wrong(role)
+        else:
+            watch.answered(role, error=error)
+        counts = watch.regressed()
+        if counts is None or slot.watch is not watch:
+            return
+        slot.withdrawn.add(watch.canary)
+        self._stop_canary(slot)  # traffic is back on the champion before the record is written
+        self.metrics.canary_rollbacks.labels(model=slot.name).inc()
+        log.error(
+            "withdrew %s canary %s: error rate %.3f over %d requests, champion %.3f over %d",
+            slot.name,
+            watch.canary,
+            counts["canary"].rate,
+            counts["canary"].requests,
+            counts["champion"].rate,
+            counts["champion"].requests,
+        )
+        try:
+            write_rollback(
+                model_dir=slot.inspector.registry.model_dir,
+                model=slot.name,
+                canary=watch.canary,
+                champion=watch.champion,
+                canary_counts=counts["canary"],
+                champion_counts=counts["champion"],
+                settings=watch.settings,
+                host=self.guard.host,
+                key_file=log_key_dir(self.decisions.path) / "signing_key",
+            )
+        except (OSError, AifactoryError) as exc:  # withdrawn here all the same; the turn sees no record
+            log.error("the rollback record of %s canary %s was not written: %r", slot.name, watch.canary, exc)
 
     def _report_refusals(self, slot: ModelSlot, inspection: Inspection) -> None:
         """Log each refused thing once (and again if its reason changes); count them for /metrics."""
@@ -455,6 +566,10 @@ class InferenceServer:
                 name: [r.as_dict() for r in slot.refused] for name, slot in sorted(self.slots.items())
             },
         }
+        # The canaries taking a share of a model's requests now (docs/loop.md); absent when none runs.
+        canaries = {name: slot.watch.canary for name, slot in sorted(self.slots.items()) if slot.watch}
+        if canaries:
+            answer["canary"] = canaries
         return Response.json(status, answer)
 
     def _shed(self, peer: Peer) -> Response | None:
@@ -484,6 +599,7 @@ class InferenceServer:
         token = _bearer(request.headers)
         slot = self.slots.get(name)
         serving = slot.batcher.model if slot else None
+        answering: list[tuple[LoadedModel | None, Batcher, str | None]] = []  # set once decided
         resource = f"model/{recorded_name(name)}"  # a name from the path, cut short before it is recorded
         decided: asyncio.Future[tuple[Outcome, BaseException | None]] = loop.create_future()
 
@@ -505,7 +621,13 @@ class InferenceServer:
                 if slot is None:  # recorded as what it is, whoever asks
                     outcome = replace(outcome, allow=False, reasons=("model-not-served-here",), controls=())
                 elif outcome.allow:
-                    self._leave_receipt(name, outcome, serving)
+                    chosen = slot.route(outcome.decision_id)
+                    answering.append(chosen)
+                    if chosen[2] is not None:  # a canary runs: the record names who answers, and its role
+                        digest = chosen[0].digest if chosen[0] else None
+                        request = {**outcome.request, "model_digest": digest, "model_role": chosen[2]}
+                        outcome = replace(outcome, request=request)
+                    self._leave_receipt(name, outcome, chosen[0])
                 durable = self.guard.record(outcome)
             except Exception as exc:  # noqa: BLE001 -- the handler must get an answer, even this error
                 inbox.settle(decided, None, exc)
@@ -546,7 +668,7 @@ class InferenceServer:
                 },
                 tracing,
             )
-        model = slot.batcher.model
+        model, batcher, role = answering[0] if answering else (slot.batcher.model, slot.batcher, None)
         if model is None:
             return Response.json(
                 503, {"error": "model-not-loaded", "decision_id": outcome.decision_id}, tracing
@@ -557,13 +679,20 @@ class InferenceServer:
                 400, {"error": "bad-input", "detail": rows, "decision_id": outcome.decision_id}, tracing
             )
         future: asyncio.Future[Any] = loop.create_future()
-        slot.batcher.submit(rows, lambda result, error: inbox.settle(future, result, error))
+        batcher.submit(rows, lambda result, error: inbox.settle(future, result, error))
         try:
             used, scores = await future
         except LookupError:
             return Response.json(
                 503, {"error": "model-not-loaded", "decision_id": outcome.decision_id}, tracing
             )
+        except (RuntimeError, ValueError) as exc:  # the forward pass failed: the version's error
+            log.error("inference of %s failed on %s: %r", name, model.digest, exc)
+            self._count(slot, role or "champion", error=True)
+            return Response.json(
+                500, {"error": "inference-failed", "decision_id": outcome.decision_id}, tracing
+            )
+        self._count(slot, role or "champion")
         outputs = [
             {"class": int(np.argmax(row)), "scores": [round(float(s), 6) for s in row]} for row in scores
         ]
@@ -690,12 +819,26 @@ class InferenceServer:
         except OSError as exc:
             log.error("feedback on %s not stored: %r", decision_id, exc)
             return 503, {"error": "feedback-unavailable", "decision_id": outcome.decision_id}
+        self._feedback_counted(receipt, wanted)
         return 202, {
             "status": "pending",
             "feedback_on": decision_id,
             "dataset": dataset,
             "decision_id": outcome.decision_id,
         }
+
+    def _feedback_counted(self, receipt: Receipt, wanted: FeedbackRequest) -> None:
+        """Feedback marking a decision wrong is an error of the version that answered it, when that
+        version is this server's champion or canary now (a canary's error rate: docs/loop.md)."""
+        slot = self.slots.get(receipt.model)
+        if slot is None or not is_negative(wanted.outcome):
+            return
+        watch = slot.watch
+        role = watch.role_of(receipt.digest) if watch else None
+        if role is None and receipt.digest == slot.loaded_digest:
+            role = "champion"
+        if role is not None:
+            self._count(slot, role, wrong=True)
 
     def _record_suppressed(self, *, everything: bool = False) -> None:
         """One record per peer and window for the requests answered 429, with their count (AU-2)."""
@@ -836,9 +979,22 @@ class InferenceServer:
         self._record_suppressed(everything=True)
         for slot in self.slots.values():
             slot.batcher.stop()
+            if slot.canary_batcher is not None:
+                slot.canary_batcher.stop()
         if self.authz_workers:
             self.authz_workers.shutdown()
         self.decisions.close()  # signs the final head
+
+
+def _load_version(name: str, version: ModelVersion, alias: str) -> LoadedModel:
+    """A verified registry version's checkpoint, loaded into a scorer."""
+    found = checkpoint.load(version.files)
+    config = ModelConfig.from_dict(found.meta["network"])
+    module = MLP(config)
+    module.load_state_dict(found.model_state)
+    return LoadedModel(
+        name, found.step, scorer(module), config.features, str(found.path), version.digest, alias
+    )
 
 
 def _models_to_serve(plan: RuntimePlan, named: tuple[str, ...], host: Host | None) -> list[str]:

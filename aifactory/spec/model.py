@@ -550,7 +550,33 @@ class Canary(_Model):
     share: float = Field(
         gt=0, lt=1, allow_inf_nan=False, description="the share of requests the challenger answers, in (0, 1)"
     )
-    duration_minutes: int = Field(ge=1, le=10080, description="how long the canary runs, at most a week")
+    duration_minutes: int = Field(
+        ge=1,
+        le=10080,
+        description="how long the canary must hold before it becomes the champion, at most a week",
+    )
+    # Added later: optional, so older specs plan byte-identically (CanaryPlan leaves them out when None).
+    min_requests: int | None = Field(
+        None,
+        ge=1,
+        le=1_000_000,
+        description="the canary is judged once it answered this many requests in the window (default 20)",
+    )
+    window_seconds: int | None = Field(
+        None,
+        ge=1,
+        le=86_400,
+        description="the error rates of canary and champion are compared over this many last seconds "
+        "(default 60)",
+    )
+    error_margin: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        allow_inf_nan=False,
+        description="the canary is withdrawn when its error rate is above the champion's by more than "
+        "this fraction (0.05: five points; default 0.05)",
+    )
 
 
 class Loop(_Model):

@@ -520,6 +520,20 @@ class _Checker:
                 "to a canary",
                 "list the pools that serve it in its serve_on, or remove the canary",
             )
+        canary = loop.get("canary")
+        window, duration = (
+            (canary.get(k) for k in ("window_seconds", "duration_minutes"))
+            if isinstance(canary, dict)
+            else (None, None)
+        )
+        if isinstance(window, int) and isinstance(duration, int) and window > duration * 60:
+            self.add(
+                path + ("canary", "window_seconds"),
+                "canary-window-too-long",
+                f"the canary's window ({window} s) is longer than it runs ({duration} min): it would be "
+                "promoted before one window of requests was judged",
+                "make window_seconds at most duration_minutes times 60",
+            )
 
     def _loop_metrics(self, path: PathKey, metrics: Any) -> None:
         """Metric names once each; a target gives both improvement minima and no tolerance; at least

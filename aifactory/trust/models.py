@@ -13,7 +13,8 @@ signature is verified with `model-signing`'s elliptic-key verifier against the s
 (`model-key/model-signing.pub` in the runtime folder), offline: key mode needs no transparency log
 and makes no network call.
 
-A promotion record names a model, an alias (`champion` or `challenger`), a version digest and the
+A promotion record names a model, an alias (`champion`, `challenger` or `canary`: a canary's record
+also carries its settings, aifactory.trust.canary), a version digest and the
 record before it (`after`: the SHA-256 of the previous line, the first one's is 64 zeros), and is
 signed by the same site key: ECDSA over the record's RFC 8785 canonical JSON without `signature`,
 so `openssl dgst -sha256 -verify model-signing.pub -signature SIG BODY` checks it too. An alias
@@ -51,7 +52,7 @@ PROMOTIONS = "promotions.jsonl"
 CHECKPOINTS_DIR = "checkpoints"
 RECEIPTS_DIR = "decisions"  # receipts of decisions, for feedback (aifactory.data.feedback): never loaded
 KNOWN_ENTRIES = frozenset({REGISTRY_DIR, CHECKPOINTS_DIR, "runs", RECEIPTS_DIR})  # runs/: training metrics
-ALIASES = ("champion", "challenger")
+ALIASES = ("champion", "challenger", "canary")  # canary: serves a share first (aifactory.trust.canary)
 PROMOTION_FORMAT = "aifactory.promotion/v1"
 PROVENANCE_FORMAT = "aifactory.model-provenance/v1"
 KEY_DIR = "model-key"
@@ -332,6 +333,10 @@ class Inspection:
     challenger: ModelVersion | None
     promotions: PromotionLog
     refused: tuple[Refusal, ...]
+    canary: ModelVersion | None = None  # the canary alias's version, verified (served or not)
+
+    def version(self, alias: str) -> ModelVersion | None:
+        return {"champion": self.champion, "challenger": self.challenger, "canary": self.canary}.get(alias)
 
     def alias_of(self, digest: str) -> str | None:
         return next((a for a in ALIASES if (p := self.promotions.alias(a)) and p.digest == digest), None)
@@ -370,7 +375,7 @@ class Inspector:
             if result.digest not in ever_promoted:
                 refused.append(Refusal(where, "not-promoted", f"{result.digest} holds no promotion record"))
         refused += self._unregistered(verified.values())
-        champion, challenger = (
+        champion, challenger, canary = (
             verified.get(p.digest) if (p := promotions.alias(a)) else None for a in ALIASES
         )
         for alias in ALIASES:
@@ -386,7 +391,7 @@ class Inspector:
                     )
                 )
         unique = {(r.path, r.reason): r for r in refused}
-        return Inspection(champion, challenger, promotions, tuple(unique.values()))
+        return Inspection(champion, challenger, promotions, tuple(unique.values()), canary)
 
     def _verified(self, folder: Path) -> ModelVersion | ModelRefused:
         fingerprint = _fingerprint(folder, self.trust.public_key)

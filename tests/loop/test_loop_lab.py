@@ -277,3 +277,104 @@ def test_two_turns_promote_better_models_the_server_answers_with_them_and_a_deci
     trained_on = f"vitals v{two['steps']['version']['version']}"
     assert ("dataset-version", trained_on) in links and ("dataset-version", f"{HOLDOUT} v1") in links
     assert all(link["verified"] for link in lineage["links"])
+
+
+def test_a_canary_with_a_higher_error_rate_than_the_champion_is_rolled_back_by_itself_in_under_60_s(
+    loop_lab: LoopLab, tmp_path: Path
+) -> None:
+    """The acceptance line of issue 30's canary, on the lab's serving node: a signed canary that answers
+    the tenant's labelled requests wrongly (the tenant's feedback says so) is withdrawn by the node's
+    server within 60 s of its first wrong answer, with the control host away (nothing runs there but
+    the tenant's client); the champion answers everything afterwards; the node's signed rollback record
+    verifies against the node's log key, and the loop reads the canary as regressed."""
+    import torch
+
+    from aifactory.loop.canary import canary_state
+    from aifactory.runtime import checkpoint
+    from aifactory.runtime.model import MLP, ModelConfig, build
+    from aifactory.state import SiteState
+    from aifactory.trust.canary import CanarySettings, verify_rollback
+    from aifactory.trust.issuing.models import ModelKey, promote, register
+    from aifactory.trust.models import Registry
+
+    from .canary_client import INPUTS
+
+    champion = loop_lab.champion()
+    registry = Registry(loop_lab.model_dir)
+    found = checkpoint.load(registry.files(champion))
+    network = ModelConfig.from_dict(found.meta["network"])
+    scorer = MLP(network)
+    scorer.load_state_dict(found.model_state)
+    with torch.inference_mode():
+        label = int(scorer(torch.tensor(INPUTS["inputs"])).argmax(dim=1)[0])  # what the champion answers
+
+    config = ModelConfig(features=16, classes=4, hidden=16, layers=2)
+    state = build(config, seed=11).state_dict()
+    state["head.bias"] = torch.zeros(4)
+    state["head.bias"][(label + 1) % 4] = 50.0  # answers another class, whatever it is asked
+    saved = checkpoint.save(
+        tmp_path / "canary",
+        step=1,
+        model_state=state,
+        optimizer_state={},
+        meta={"model": MODEL, "network": config.as_dict()},
+    )
+    key = ModelKey(SiteState.for_site(loop_lab.plan.name).subdir("runtime"))
+    version = register(
+        model_dir=loop_lab.model_dir,
+        checkpoint=saved,
+        key=key,
+        job={"name": "canary-lab"},
+        dataset={"name": "vitals"},
+    )
+    settings = CanarySettings(share=0.5, min_requests=10, window_seconds=60, error_margin=0.1)
+    promote(
+        model_dir=loop_lab.model_dir,
+        digest=version.digest,
+        alias="canary",
+        key=key,
+        reason="canary lab test",
+        canary=settings,
+    )
+    host = loop_lab.plan.host(loop_lab.node)
+    client = loop_lab.lab.exec(
+        [
+            sys.executable,
+            "-m",
+            "tests.loop.canary_client",
+            f"http://{host.management_address}:{SERVE_PORT}",
+            MODEL,
+            str(loop_lab.token),
+            str(label),
+            version.digest,
+            str(scaled(240)),
+        ],
+        timeout=scaled(400),
+        env={"PYTHONPATH": str(REPO)},
+    )
+    seen = json.loads(client.stdout)
+    answers = seen["answers"]
+    assert seen["withdrawn"] is not None, "the canary was never withdrawn"
+    assert seen["first_bad"] is not None
+    assert seen["withdrawn"] - seen["first_bad"] < 60, seen
+    assert {a["digest"] for a in answers} >= {champion, version.digest}
+    assert all((a["class"] == label) == (a["digest"] == champion) for a in answers)
+    assert set(seen["after"]) == {champion}
+
+    signers = tmp_path / "node-log-signers"
+    signers.write_text(
+        loop_lab.deployed.ssh(loop_lab.node, "cat /var/lib/aifactory/runtime/log-key/allowed_signers").stdout
+    )
+    record = verify_rollback(loop_lab.model_dir, version.digest, [signers])
+    assert record is not None and record["champion"] == champion and record["host"] == loop_lab.node
+    assert record["canary_error_rate"] > record["champion_error_rate"] + settings.error_margin
+    state_now = canary_state(
+        model_dir=loop_lab.model_dir,
+        digest=version.digest,
+        trust=key.trust,
+        signers=[signers],
+        hold=timedelta(minutes=1),
+        now=datetime.now(UTC),
+    )
+    assert state_now.state == "regressed"
+    assert loop_lab.champion() == champion

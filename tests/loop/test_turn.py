@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -105,7 +105,9 @@ class LoopSite:
         return path
 
     def setup(self, plan: SitePlan | None = None, signers: Path | None = None, steps: int = 60) -> TurnSetup:
-        plan = plan or self.plan
+        # These turns are about the promotion; the canary before it has its own tests
+        # (test_canary_turn.py, tests/runtime/test_canary.py), so the fixture site's canary is left out.
+        plan = without_canary(plan or self.plan)
         return TurnSetup(
             plan=plan,
             model=MODEL,
@@ -122,6 +124,10 @@ class LoopSite:
         found = read_promotions(Registry(self.model_dir), self.key.trust).alias("champion")
         assert found is not None
         return found.digest
+
+
+def without_canary(plan: SitePlan) -> SitePlan:
+    return replace(plan, loop=tuple(replace(entry, canary=None) for entry in plan.loop or ()))
 
 
 @pytest.fixture(scope="module")

@@ -128,6 +128,24 @@ def test_the_optional_parts_may_be_left_out(tmp_path: Path, cli) -> None:  # noq
     assert (loop.trigger.schedule, loop.trigger.on_calendar, loop.evaluation.digest) == (None, None, None)
 
 
+def test_the_canarys_judging_settings_reach_the_plan_only_when_given(tmp_path: Path) -> None:
+    """Plans of specs written before min_requests, window_seconds and error_margin keep their bytes:
+    the canary's plan section has only share and duration_minutes unless the spec gives more."""
+    plain = plan_site(_site(tmp_path, [LOOP]), write_lock=False).plan
+    assert plain.to_dict()["loop"][0]["canary"] == {"share": 0.1, "duration_minutes": 30}
+    given = {"canary.min_requests": 50, "canary.window_seconds": 120, "canary.error_margin": 0.02}
+    plan = plan_site(_site(tmp_path, _with(given)), write_lock=False).plan
+    assert plan.to_dict()["loop"][0]["canary"] == {
+        "share": 0.1,
+        "duration_minutes": 30,
+        "min_requests": 50,
+        "window_seconds": 120,
+        "error_margin": 0.02,
+    }
+    assert SitePlan.from_dict(json.loads(plan.to_json())) == plan
+    assert SitePlan.from_dict(json.loads(plain.to_json())) == plain
+
+
 def test_a_spec_without_a_loop_keeps_its_digests(tmp_path: Path) -> None:
     path = tmp_path / "site.yaml"
     path.write_text(BASE)
@@ -277,6 +295,50 @@ BAD: dict[str, tuple[list[dict[str, Any]], list[tuple[str, str]]]] = {
         [("loop[0].canary.duration_minutes", "less than or equal to 10080")],
     ),
     "canary-unserved": (_with({"model": "batch"}), [("loop[0].canary", "served nowhere")]),
+    "canary-min-requests-zero": (
+        _with({"canary.min_requests": 0}),
+        [("loop[0].canary.min_requests", "greater than or equal to 1")],
+    ),
+    "canary-min-requests-as-text": (
+        _with({"canary.min_requests": "{{ lookup('pipe', 'id') }}"}),
+        [("loop[0].canary.min_requests", "must be an integer")],
+    ),
+    "canary-min-requests-huge": (
+        _with({"canary.min_requests": 10**12}),
+        [("loop[0].canary.min_requests", "less than or equal to 1000000")],
+    ),
+    "canary-window-zero": (
+        _with({"canary.window_seconds": 0}),
+        [("loop[0].canary.window_seconds", "greater than or equal to 1")],
+    ),
+    "canary-window-fraction": (
+        _with({"canary.window_seconds": 1.5}),
+        [("loop[0].canary.window_seconds", "must be an integer")],
+    ),
+    "canary-window-longer-than-it-runs": (
+        _with({"canary.window_seconds": 30 * 60 + 1}),
+        [("loop[0].canary.window_seconds", "longer than it runs")],
+    ),
+    "canary-margin-negative": (
+        _with({"canary.error_margin": -0.01}),
+        [("loop[0].canary.error_margin", "greater than or equal to 0")],
+    ),
+    "canary-margin-over-one": (
+        _with({"canary.error_margin": 1.5}),
+        [("loop[0].canary.error_margin", "less than or equal to 1")],
+    ),
+    "canary-margin-nan": (
+        _with({"canary.error_margin": float("nan")}),
+        [("loop[0].canary.error_margin", "finite")],
+    ),
+    "canary-margin-as-percent": (
+        _with({"canary.error_margin": "5%; rm -rf /"}),
+        [("loop[0].canary.error_margin", "a number")],
+    ),
+    "canary-unknown-key": (
+        _with({"canary.fraction": 0.1}),
+        [("loop[0].canary.fraction", "unknown key 'fraction'")],
+    ),
     "unknown-key": (_with({"promote_if": "better"}), [("loop[0].promote_if", "unknown key 'promote_if'")]),
 }
 

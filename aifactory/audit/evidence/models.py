@@ -53,7 +53,7 @@ def _describe(name: str, inspection: Inspection) -> dict[str, Any]:
     aliases: dict[str, Any] = {}
     for alias in ALIASES:
         promotion = inspection.promotions.alias(alias)
-        version = inspection.champion if alias == "champion" else inspection.challenger
+        version = inspection.version(alias)
         aliases[alias] = (
             {
                 "digest": promotion.digest,

@@ -1,5 +1,5 @@
 """The issuing side of signed models (the admin's control host): the site's model-signing key, signing a
-trained checkpoint into the registry, and signed promotions.
+trained checkpoint into the registry, and signed promotions (champion, challenger, canary).
 
 The key pair is made on first use in the runtime part of the site's state folder, like the token key:
 
@@ -31,6 +31,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from aifactory.chain import canonical_bytes
 from aifactory.errors import ModelRefused, ModelRegistryError
+from aifactory.trust.canary import CanarySettings
 from aifactory.trust.models import (
     ALIASES,
     FILES_DIR,
@@ -188,10 +189,14 @@ def promote(
     key: ModelKey,
     reason: str = "",
     now: datetime | None = None,
+    canary: CanarySettings | None = None,
 ) -> dict[str, Any]:
-    """Point `alias` at the version `digest` (which must verify) with a signed, chained record."""
+    """Point `alias` at the version `digest` (which must verify) with a signed, chained record. The
+    `canary` alias takes its settings (`canary`), signed into the record: servers read them there."""
     if alias not in ALIASES:
         raise ModelRegistryError(f"alias {alias!r} is not one of {', '.join(ALIASES)}", code="usage")
+    if (alias == "canary") != (canary is not None):
+        raise ModelRegistryError("canary settings go with the canary alias, and only there", code="usage")
     registry = Registry(model_dir)
     try:
         verify_version(registry, registry.version_dir(digest), key.trust)
@@ -221,6 +226,8 @@ def promote(
         "reason": reason,
         "key": key_id(private.public_key()),
     }
+    if canary is not None:  # absent otherwise, so the other records keep their bytes
+        record["canary"] = canary.as_dict()
     signature = private.sign(canonical_bytes(record), ec.ECDSA(signature_hash(private.public_key())))
     record["signature"] = base64.b64encode(signature).decode()
     line = json.dumps(record, sort_keys=True, separators=(",", ":")).encode() + b"\n"
