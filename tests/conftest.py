@@ -53,7 +53,7 @@ import pytest
 
 # After a whole-suite run, every id of tests/expected_test_ids.txt must have been collected and not
 # newly skipped (tests/suite_ids.py); quick modules run first, lab modules last (tests/suite_order.py).
-pytest_plugins = ["suite_ids", "suite_order"]
+pytest_plugins = ["acceptance", "suite_ids", "suite_order"]
 
 REPO = Path(__file__).resolve().parent.parent
 LAB_SPEC = REPO / "inventory" / "lab" / "site.yaml"

@@ -31,7 +31,7 @@ import pytest
 import yaml
 from waiting import scaled
 
-pytestmark = [pytest.mark.lab, pytest.mark.slow]
+pytestmark = [pytest.mark.lab, pytest.mark.slow, pytest.mark.acceptance]
 
 REPO = Path(__file__).resolve().parents[2]
 MODEL = "vitals-mlp"

@@ -35,7 +35,7 @@ from typing import Any
 import pytest
 from waiting import scaled, wait_for
 
-pytestmark = [pytest.mark.lab, pytest.mark.slow]
+pytestmark = [pytest.mark.lab, pytest.mark.slow, pytest.mark.acceptance]
 
 REPO = Path(__file__).resolve().parents[2]
 VERSIONS = {"A": "1.0.0", "B": "1.0.1", "C": "1.0.2", "D": "1.0.3"}

@@ -30,7 +30,7 @@ from aifactory.trust.issuing.tokens import issue_token
 from aifactory.trust.tokens import TrustFiles
 from tests.telemetry.monitored_lab import SERVE_PORT, serve_over_tls
 
-pytestmark = [pytest.mark.lab, pytest.mark.slow]
+pytestmark = [pytest.mark.lab, pytest.mark.slow, pytest.mark.acceptance]
 
 # Run on the control host: requests in a loop until the stop file exists, one JSON line per answer
 # (time, status or the error); the token comes on stdin, never on a command line.
