@@ -1,7 +1,9 @@
 """Fast tests first: modules whose tests are all quick run before modules with `slow` tests, and
 those before modules with `lab` tests, so that a broken unit shows within minutes and the lab is
 brought up once, late, for every lab test together. Modules that use the session's deployed lab
-(`deployed_lab`) run last, after the deploy tests that need a lab nothing was deployed on yet.
+(`deployed_lab`) run after the deploy tests that need a lab nothing was deployed on yet; modules with
+`acceptance` tests (opt-in, tests/acceptance.py) last of all: they change the whole site (new keys,
+new champions, new bundles) that the deployed lab's other modules share.
 
 A pytest plugin, loaded by tests/conftest.py. Whole modules move, never single tests: tests of one
 module keep their file order (some depend on it) and module-scoped fixtures are set up once. Within
@@ -12,10 +14,12 @@ from __future__ import annotations
 
 import pytest
 
-QUICK, SLOW, LAB, DEPLOYED = 0, 1, 2, 3
+QUICK, SLOW, LAB, DEPLOYED, ACCEPTANCE = 0, 1, 2, 3, 4
 
 
 def item_rank(item: pytest.Item) -> int:
+    if item.get_closest_marker("acceptance") is not None:
+        return ACCEPTANCE
     if "deployed_lab" in getattr(item, "fixturenames", ()):
         return DEPLOYED
     if item.get_closest_marker("lab") is not None:

@@ -1,6 +1,6 @@
 """Quick modules run first, then modules with slow tests, then modules with lab tests, then modules
-on the deployed lab; each module stays whole and in file order (tests/suite_order.py, loaded by a
-tiny project as the suite does)."""
+on the deployed lab, then acceptance modules; each module stays whole and in file order
+(tests/suite_order.py, loaded by a tiny project as the suite does)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 MODULES = {
+    "test_00_acceptance.py": "import pytest\n@pytest.mark.acceptance\ndef test_long(deployed_lab):\n    pass\n",
     "test_0_deployed.py": "import pytest\n@pytest.mark.lab\ndef test_d(deployed_lab):\n    pass\n",
     "test_a_lab.py": "import pytest\n@pytest.mark.lab\ndef test_z():\n    pass\ndef test_a():\n    pass\n",
     "test_b_slow.py": "import pytest\npytestmark = pytest.mark.slow\n\ndef test_b():\n    pass\n",
@@ -21,7 +22,7 @@ MODULES = {
 
 def test_modules_run_quick_then_slow_then_lab_each_in_file_order(tmp_path: Path) -> None:
     (tmp_path / "pyproject.toml").write_text(
-        '[tool.pytest.ini_options]\ntestpaths = ["tests"]\nmarkers = ["lab: lab", "slow: slow"]\n'
+        '[tool.pytest.ini_options]\ntestpaths = ["tests"]\nmarkers = ["lab: lab", "slow: slow", "acceptance: long"]\n'
     )
     tests = tmp_path / "tests"
     tests.mkdir()
@@ -46,4 +47,5 @@ def test_modules_run_quick_then_slow_then_lab_each_in_file_order(tmp_path: Path)
         "tests/test_a_lab.py::test_z",
         "tests/test_a_lab.py::test_a",
         "tests/test_0_deployed.py::test_d",
+        "tests/test_00_acceptance.py::test_long",
     ]

@@ -34,6 +34,9 @@ class GateResult:
         lines = []
         for host in self.run.failed:
             reasons = ", ".join(host.reasons) or host.error or "no reason given"
+            checks = host.failed_checks()
+            if checks:
+                reasons += f" (checks: {', '.join(checks)})"
             action = actions.get(host.name, {})
             told = ""
             if action.get("action") == "drain":

@@ -72,6 +72,15 @@ class HostResult:
         # crossed, but the policy blames another host (a slow all-reduce on the slow link's host)
         return "fail" if m.check in self.reasons or m.value is None else "excused"
 
+    def failed_checks(self) -> list[str]:
+        """The checks behind a failing verdict by name (a reason code such as `measurement-missing`
+        says what went wrong, not where): each check with a failing row or a measurement that
+        failed, and each expected check that has no measurement at all."""
+        failing = {row["check"] for row in self.rows() if row["result"] == "fail"}
+        failing |= {m.check for m in self.measurements if m.value is None}  # could not measure
+        measured = {m.check for m in self.measurements}
+        return sorted(failing | {check for check in self.plan.expected if check not in measured})
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "host": self.name,

@@ -22,6 +22,7 @@ in order on one lab (each starts from where the previous one left it).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -61,12 +62,14 @@ started = next_at = time.monotonic()
 while not os.path.exists(stop):
     try:
         connection.request("POST", "/v1/models/vitals-mlp/infer", body=body, headers=headers)
+        # the node that answers, read now: a response with `Connection: close` closes the socket
+        peer = connection.sock.getpeercert()
         response = connection.getresponse()
         answer = response.read()
         if response.status != 200:
             failures.append(f"{time.monotonic() - started:.2f}s {response.status} {answer[:200]!r}")
         else:
-            node = [v for k, v in connection.sock.getpeercert()["subjectAltName"] if k == "DNS"][0]
+            node = [v for k, v in peer["subjectAltName"] if k == "DNS"][0]
             nodes[node] = nodes.get(node, 0) + 1
     except (OSError, http.client.HTTPException) as error:
         failures.append(f"{time.monotonic() - started:.2f}s {error!r}")
@@ -370,7 +373,8 @@ def test_an_upgrade_killed_mid_batch_is_completed_by_a_rerun(lab: UpgradeLab) ->
 
         wait_for(mid_batch, what=f"the upgrade to drain {serving}", timeout=UPGRADE_TIMEOUT_S, every=0.5)
     finally:
-        os.killpg(process.pid, signal.SIGKILL)  # the upgrade and the deploy it runs
+        with contextlib.suppress(ProcessLookupError):  # already ended: the wait above says why
+            os.killpg(process.pid, signal.SIGKILL)  # the upgrade and the deploy it runs
         process.wait(timeout=scaled(30))
     journal = lab.journal()
     assert journal is not None and journal["status"] == "upgrading"

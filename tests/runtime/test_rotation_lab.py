@@ -19,8 +19,10 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
+from waiting import wait_for
 
 from aifactory.deploy import DeployOptions
 from aifactory.state import SiteState
@@ -32,6 +34,8 @@ from tests.telemetry.monitored_lab import SERVE_PORT, serve_over_tls
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow, pytest.mark.acceptance]
 
+REPO = Path(__file__).resolve().parents[2]
+
 # Run on the control host: requests in a loop until the stop file exists, one JSON line per answer
 # (time, status or the error); the token comes on stdin, never on a command line.
 CLIENT = """
@@ -42,7 +46,8 @@ with open(out, "a") as log:
     while not os.path.exists(stop):
         context = ssl.create_default_context(cafile=bundle)
         context.load_cert_chain(cert, key)
-        request = urllib.request.Request(url, data=b'{"inputs": [[0.5]]}', method="POST",
+        body = json.dumps({"inputs": [[0.1] * 16]}).encode()
+        request = urllib.request.Request(url, data=body, method="POST",
             headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
         try:
             with urllib.request.urlopen(request, timeout=30, context=context) as answer:
@@ -63,7 +68,7 @@ url, bundle, cert, key = sys.argv[1:5]
 token = sys.stdin.read().strip()
 context = ssl.create_default_context(cafile=bundle)
 context.load_cert_chain(cert, key)
-request = urllib.request.Request(url, data=b'{"inputs": [[0.5]]}', method="POST",
+request = urllib.request.Request(url, data=json.dumps({"inputs": [[0.1] * 16]}).encode(), method="POST",
     headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
 try:
     with urllib.request.urlopen(request, timeout=30, context=context) as answer:
@@ -102,6 +107,11 @@ def serving(deployed_lab: object) -> Iterator[Serving]:
     address = lab.plan.host(host).management_address
     try:
         serve_over_tls(deployed_lab, [host], certs)  # type: ignore[arg-type]
+        # A champion of the spec's model to answer with (16 features, as the front door lab signs
+        # one), so that every answer the client counts is the model's, not "no model loaded".
+        _load("tests/runtime/test_front_door_lab.py", "aifactory_front_door_lab")._signed_model(
+            Path(lab.state_home) / lab.site / "lab" / "storage" / "share", state.subdir("runtime")
+        )
         yield Serving(
             deployed_lab,
             host,
@@ -113,8 +123,21 @@ def serving(deployed_lab: object) -> Iterator[Serving]:
             path.unlink()
         if certs.exists():
             certs.rmdir()
-        restored = deployed_lab.deploy(DeployOptions(limit=host))  # type: ignore[attr-defined]
+        # every host: the rotation changed what deploy applies everywhere (keys, CA bundle)
+        restored = deployed_lab.deploy(DeployOptions())  # type: ignore[attr-defined]
         assert restored.exit_code == 0 and not restored.failed_hosts, restored.event_log
+
+
+def _load(relative: str, name: str) -> Any:
+    """A module of the suite by its path (tests/ is no package when the whole suite runs)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, REPO / relative)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def _credentials(serving: Serving, folder: Path) -> Credentials:
@@ -174,6 +197,12 @@ def test_old_credentials_keep_working_through_the_overlap_and_are_refused_after(
         ),
         kwargs={"input_text": old.token, "timeout": 3600},
         daemon=True,
+    )
+    wait_for(
+        lambda: _one(serving, bundle, old.token, old.cert, old.key) == [200, None],
+        what="the serving node to answer with the signed champion",
+        timeout=180,
+        every=2,
     )
     client.start()
     try:
