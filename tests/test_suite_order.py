@@ -12,7 +12,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 MODULES = {
-    "test_00_acceptance.py": "import pytest\n@pytest.mark.acceptance\ndef test_long(deployed_lab):\n    pass\n",
+    "test_00_acceptance.py": (
+        "import pytest\n@pytest.mark.acceptance\ndef test_long(deployed_lab):\n    pass\n"
+    ),
     "test_0_deployed.py": "import pytest\n@pytest.mark.lab\ndef test_d(deployed_lab):\n    pass\n",
     "test_a_lab.py": "import pytest\n@pytest.mark.lab\ndef test_z():\n    pass\ndef test_a():\n    pass\n",
     "test_b_slow.py": "import pytest\npytestmark = pytest.mark.slow\n\ndef test_b():\n    pass\n",
@@ -22,7 +24,8 @@ MODULES = {
 
 def test_modules_run_quick_then_slow_then_lab_each_in_file_order(tmp_path: Path) -> None:
     (tmp_path / "pyproject.toml").write_text(
-        '[tool.pytest.ini_options]\ntestpaths = ["tests"]\nmarkers = ["lab: lab", "slow: slow", "acceptance: long"]\n'
+        '[tool.pytest.ini_options]\ntestpaths = ["tests"]\n'
+        'markers = ["lab: lab", "slow: slow", "acceptance: long"]\n'
     )
     tests = tmp_path / "tests"
     tests.mkdir()
