@@ -30,9 +30,9 @@ from typing import Any
 
 from aifactory.audit.model import FAIL, NOT_ASSESSED, PASS, Evidence, Finding, RuleResult
 from aifactory.audit.record_keeping import DISCLAIMER, as_rows
-from aifactory.data.holdout import evaluation_overlap
-from aifactory.data.versions import manifest_digest, record_signed
-from aifactory.errors import LoopError, ModelRefused, ModelRegistryError
+from aifactory.data.holdout import DatasetVersionFiles, evaluation_overlap
+from aifactory.data.versions import manifest_digest, read_history, record_signed
+from aifactory.errors import DatasetVersionError, LoopError, ModelRefused, ModelRegistryError
 from aifactory.loop.lineage import Link, VersionLineage, promotion_decision, version_lineage
 from aifactory.loop.turn import DECISION_FILE, DECISION_FORMAT, Turn, turns
 from aifactory.plan.model import LoopPlan, SitePlan
@@ -252,7 +252,7 @@ def _champion(
                 f"{link.kind} {link.name}: {link.detail}",
                 "restore the broken link from the site's backup; `aifactory lineage` shows the chain",
             )
-    _check_held_out(name, resource, found, verdicts)
+    _check_held_out(loop, resource, found, sources, verdicts)
     _check_sign_off(loop, resource, found.decision, verdicts)
     return {
         "digest": champion.digest,
@@ -264,12 +264,28 @@ def _champion(
     }
 
 
-def _check_held_out(name: str, resource: str, found: VersionLineage, verdicts: _Verdicts) -> None:
-    if found.training is None or found.evaluation is None:
-        verdicts.note(HELD_OUT, f"{name}: the training manifest or the evaluation set does not verify")
+def _loop_evaluation_set(loop: LoopPlan, sources: AiSources) -> DatasetVersionFiles | None:
+    """The evaluation set version the spec names for the loop, verified (None when it does not)."""
+    folder = dict(sources.datasets).get(loop.evaluation.dataset)
+    if folder is None or sources.trust is None:
+        return None
+    history = read_history(folder, ModelTrust(sources.trust), dataset=loop.evaluation.dataset)
+    try:
+        return DatasetVersionFiles.of(history.find(str(loop.evaluation.version))) if history.ok else None
+    except DatasetVersionError:
+        return None
+
+
+def _check_held_out(
+    loop: LoopPlan, resource: str, found: VersionLineage, sources: AiSources, verdicts: _Verdicts
+) -> None:
+    """No training file is an evaluation file: of the set the decision names, else the spec's."""
+    evaluation = found.evaluation or _loop_evaluation_set(loop, sources)
+    if found.training is None or evaluation is None:
+        verdicts.note(HELD_OUT, f"{loop.model}: the training manifest or the evaluation set does not verify")
         return
     verdicts.assessed.add(HELD_OUT[0])
-    for overlap in evaluation_overlap(found.training, found.evaluation):
+    for overlap in evaluation_overlap(found.training, evaluation):
         verdicts.finding(
             HELD_OUT,
             f"{resource}/training-manifest",
