@@ -24,7 +24,13 @@ from auditfixtures import ROOT, TIMESTAMP, checkpoint_files
 from aifactory.audit import ReportOptions, produce_report
 from aifactory.audit.evidence.ai import AiSources, ai_evidence
 from aifactory.audit.model import FAIL, NOT_ASSESSED, PASS, Evidence
-from aifactory.audit.record_keeping import DECISION_RECORD_FIELDS, EVERY, field_paths, markdown_table
+from aifactory.audit.record_keeping import (
+    DECISION_RECORD_FIELDS,
+    EVERY,
+    RATE_LIMITED,
+    field_paths,
+    markdown_table,
+)
 from aifactory.data.versions import Version, create_version
 from aifactory.loop.manifest import JobRef, sign_training_manifest
 from aifactory.loop.turn import DECISION_FILE, Places, Turn, TurnSetup, step_decide, step_promote
@@ -336,3 +342,17 @@ def test_every_field_the_table_names_for_every_record_is_in_a_real_record(tmp_pa
     record = json.loads((tmp_path / "decisions.jsonl").read_text().splitlines()[0])
     every = {m.field for m in DECISION_RECORD_FIELDS if m.written == EVERY}
     assert every <= field_paths(record), every - field_paths(record)
+
+
+def test_the_rate_limited_summary_record_has_the_fields_the_table_names(tmp_path: Path) -> None:
+    pytest.importorskip("torch")  # the server module loads the model code
+    from aifactory.runtime.limits import Suppressed
+    from aifactory.runtime.server import _suppressed_outcome
+
+    log = DecisionLog(tmp_path / "decisions.jsonl")
+    outcome = _suppressed_outcome(Suppressed("127.0.2.1", 40, 1_790_000_000.0, 2.0))
+    log.record(outcome.record(component="serve", host="looplab-cpu-001"))
+    log.close()
+    record = json.loads((tmp_path / "decisions.jsonl").read_text().splitlines()[0])
+    named = {m.field for m in DECISION_RECORD_FIELDS if m.written in (EVERY, RATE_LIMITED)}
+    assert named <= field_paths(record), named - field_paths(record)
