@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+import jsonschema
 import pytest
 from auditfixtures import ROOT, TIMESTAMP, checkpoint_files
 
@@ -313,6 +314,8 @@ def test_the_report_with_the_ai_section_is_byte_identical_on_two_runs(site: Site
     produce_report(planned, tmp_path / "two", options)
     for name in first.files:
         assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes(), name
+    schema = json.loads((ROOT / "docs" / "report.schema.json").read_text())
+    jsonschema.validate(json.loads((tmp_path / "one" / "report.json").read_text()), schema)
     html = (tmp_path / "one" / "report.html").read_text()
     assert 'id="evidence-ai"' in html and 'href="#evidence-ai"' in html
     assert "Art. 12(2)(b)" in html and "not a legal opinion" in html
