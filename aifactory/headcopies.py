@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,6 +33,13 @@ def collected_dir(state: SiteState, host: str) -> Path:
     if not host or host in (".", "..") or "/" in host or "\0" in host:
         raise StateError(f"{host!r} cannot name a host folder", hint="use the inventory's host name")
     return state.path(HEADS_FOLDER, host)
+
+
+def collected_signers(state: SiteState, hosts: Iterable[str]) -> tuple[Path, ...]:
+    """The decision-log keys collected from these hosts (allowed_signers files), those there are: what a
+    server's canary rollback record must verify against (aifactory.trust.canary)."""
+    found = (collected_dir(state, host) / "allowed_signers" for host in hosts)
+    return tuple(path for path in found if path.is_file())
 
 
 @dataclass

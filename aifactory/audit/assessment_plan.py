@@ -71,6 +71,19 @@ ACTIVITIES: dict[str, tuple[str, tuple[str, ...]]] = {
             "List every erasure: when, by whom, on whose authority, which files were destroyed.",
         ),
     ),
+    "ai": (
+        "TEST",
+        (
+            "For each model with a loop: read its registry's promotion records, its loop turns and the "
+            "canary rollback records beside the registry.",
+            "Verify each loop promotion's signed promotion decision, and each refused turn's, with the "
+            "site's model-signing key.",
+            "Check that the champion carries the sign-off its loop requires, and that no file of the "
+            "evaluation set is in its training manifest.",
+            "Verify the champion's lineage back to its dataset versions (aifactory.loop.lineage).",
+            "Verify each canary rollback record against the serving nodes' decision-log keys.",
+        ),
+    ),
     "rotations": (
         "EXAMINE",
         (

@@ -102,6 +102,7 @@ SOURCE_WORDS = {
     "models": "signed models",
     "datasets": "dataset versions",
     "changes": "upgrades and rollbacks",
+    "ai": "AI models (closed loop)",
 }
 # Labels for the evidence details' keys; any other key is spelled out the same way (underscores to
 # spaces), so no raw key ever reaches the page.
@@ -266,7 +267,10 @@ CONTENTS = (
 
 
 def _contents(report: AuditReport) -> Iterator[str]:
-    links = "".join(f'<a href="#{ident}">{_e(title)}</a>' for ident, title in CONTENTS)
+    entries = list(CONTENTS)
+    if any(section.name == "ai" for section in report.evidence):  # only a site with a loop has one
+        entries.insert(entries.index(("evidence", "Evidence")) + 1, ("evidence-ai", "AI models"))
+    links = "".join(f'<a href="#{ident}">{_e(title)}</a>' for ident, title in entries)
     yield f'<nav class="contents" aria-label="contents">{links}</nav>\n'
 
 
@@ -418,12 +422,31 @@ def _baseline(index: int, baseline: dict[str, Any]) -> Iterator[str]:
     yield "</p></details>"
 
 
+def _record_keeping(mapping: dict[str, Any]) -> Iterator[str]:
+    """The AI section's table: each decision-record field and what it serves (audit.record_keeping)."""
+    yield (
+        '<h4 id="record-keeping">Decision records: EU AI Act Art. 12 and NIST AI RMF</h4>'
+        f'<p class="muted">{_e(mapping.get("disclaimer"))}</p>'
+    )
+    yield _table("Field", "Written on", "What it records", "EU AI Act", "NIST AI RMF")
+    for row in mapping.get("fields") or []:
+        yield (
+            f"<tr><td><code>{_e(row.get('field'))}</code></td><td>{_e(row.get('written'))}</td>"
+            f"<td>{_e(row.get('meaning'))}</td><td>{_e(row.get('eu_ai_act'))}</td>"
+            f"<td>{_e(row.get('nist_ai_rmf'))}</td></tr>"
+        )
+    yield "</tbody></table>"
+
+
 def _evidence_detail(section: Evidence) -> Iterator[str]:
     detail = dict(section.detail)
     baselines = detail.pop("baselines", None) if section.name == "deploy" else None
+    mapping = detail.pop("record_keeping", None) if section.name == "ai" else None
     logs = detail.pop("logs", None)
     if detail:
         yield _value(detail)
+    if mapping:
+        yield from _record_keeping(mapping)
     for index, baseline in enumerate(baselines or [], start=1):
         yield from _baseline(index, baseline)
     if logs:

@@ -162,12 +162,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _node_signers(plan: SitePlan) -> tuple[Path, ...]:
     """The decision-log keys collected from each host (at deploy and audit: aifactory.headcopies): a server's
     canary rollback record must verify against one of them."""
-    from aifactory.headcopies import collected_dir
+    from aifactory.headcopies import collected_signers
     from aifactory.state import SiteState
 
-    state = SiteState.for_site(plan.name)
-    found = (collected_dir(state, host.name) / "allowed_signers" for host in plan.hosts)
-    return tuple(path for path in found if path.is_file())
+    return collected_signers(SiteState.for_site(plan.name), (host.name for host in plan.hosts))
 
 
 def _turn_line(turn: Turn) -> str:

@@ -29,11 +29,12 @@ from typing import Any
 
 from aifactory.chain import verify_chain
 from aifactory.data.feedback import find_receipt
-from aifactory.data.versions import manifest_digest, read_history, record_signed
+from aifactory.data.holdout import DatasetVersionFiles, TrainingManifest
+from aifactory.data.versions import Version, manifest_digest, read_history, record_signed
 from aifactory.errors import DatasetVersionError, LoopError, ModelRefused
 from aifactory.loop.manifest import verify_training_manifest
 from aifactory.loop.turn import DECISION_FILE, DECISION_FORMAT
-from aifactory.trust.models import ModelTrust, Registry, read_promotions, verify_version
+from aifactory.trust.models import ModelTrust, ModelVersion, Registry, read_promotions, verify_version
 
 MAX_DECISION_BYTES = 1 << 20
 
@@ -103,19 +104,51 @@ def lineage(
     except ModelRefused as refused:
         found.links.append(Link("model-version", receipt.digest, False, refused.message))
         return found
+    found.links.append(version_link(receipt.model, version))
+    found.links += version_lineage(registry, version, trust=trust, dataset_dirs=dataset_dirs).links
+    return found
+
+
+def version_link(model: str, version: ModelVersion) -> Link:
+    """The link of a model version whose signature verified (verify_version)."""
     provenance = version.provenance
-    found.links.append(
-        Link(
-            "model-version",
-            version.digest,
-            True,
-            "its model signature verifies against the site's key",
-            {"model": receipt.model, "step": provenance.get("step"), "job": provenance.get("job")},
-        )
+    return Link(
+        "model-version",
+        version.digest,
+        True,
+        "its model signature verifies against the site's key",
+        {"model": model, "step": provenance.get("step"), "job": provenance.get("job")},
     )
-    found.links.append(_promotion_link(registry, trust, version.digest))
-    decision = _decision_record(registry, provenance, trust, version.digest, found)
-    manifest = provenance.get("training_manifest")
+
+
+def promotion_decision(
+    registry: Registry, version: ModelVersion, trust: ModelTrust
+) -> tuple[Link, dict[str, Any] | None]:
+    """The `promotion-decision` link of a verified version, and the decision when it verified."""
+    links: list[Link] = []
+    record = _decision_record(registry, version.provenance, trust, version.digest, links)
+    return links[0], record
+
+
+@dataclass
+class VersionLineage:
+    """From a verified model version back to its data: the links after `model-version`, and what the
+    audit report reads from them (each None when its link is missing or broken)."""
+
+    links: list[Link]
+    decision: dict[str, Any] | None = None  # the signed promotion decision that allowed it
+    training: TrainingManifest | None = None  # the training manifest, verified
+    evaluation: DatasetVersionFiles | None = None  # the evaluation set's version, verified
+
+
+def version_lineage(
+    registry: Registry, version: ModelVersion, *, trust: ModelTrust, dataset_dirs: Mapping[str, Path]
+) -> VersionLineage:
+    """Promotion, promotion decision, training manifest and dataset versions of `version`, each checked."""
+    found = VersionLineage([_promotion_link(registry, trust, version.digest)])
+    decision = _decision_record(registry, version.provenance, trust, version.digest, found.links)
+    found.decision = decision
+    manifest = version.provenance.get("training_manifest")
     if not isinstance(manifest, dict):
         found.links.append(
             Link("training-manifest", "-", False, "the version has none (trained before the loop)")
@@ -126,6 +159,7 @@ def lineage(
     except LoopError as exc:
         found.links.append(Link("training-manifest", manifest_digest(manifest), False, exc.message))
         return found
+    found.training = training
     found.links.append(
         Link(
             "training-manifest",
@@ -142,7 +176,10 @@ def lineage(
             (str(evaluation["dataset"]), int(evaluation["version"]), str(evaluation["digest"]), "evaluation")
         )
     for dataset, number, digest, role in wanted:
-        found.links.append(_dataset_link(dataset, number, digest, role, dataset_dirs, trust))
+        link, verified = _dataset_link(dataset, number, digest, role, dataset_dirs, trust)
+        found.links.append(link)
+        if role == "evaluation" and verified is not None:
+            found.evaluation = DatasetVersionFiles.of(verified)
     return found
 
 
@@ -220,19 +257,19 @@ def _promotion_link(registry: Registry, trust: ModelTrust, digest: str) -> Link:
 
 
 def _decision_record(
-    registry: Registry, provenance: Mapping[str, Any], trust: ModelTrust, digest: str, found: Lineage
+    registry: Registry, provenance: Mapping[str, Any], trust: ModelTrust, digest: str, links: list[Link]
 ) -> dict[str, Any] | None:
-    """The loop's signed promotion decision for this version, checked; its link added to `found`."""
+    """The loop's signed promotion decision for this version, checked; its link added to `links`."""
     job = (provenance.get("job") or {}).get("name")
     if not isinstance(job, str) or "/" in job or job.startswith("."):
-        found.links.append(Link("promotion-decision", "-", False, "the version names no loop training job"))
+        links.append(Link("promotion-decision", "-", False, "the version names no loop training job"))
         return None
     path = registry.model_dir / "runs" / job / DECISION_FILE
     try:
         with path.open("rb") as handle:
             record = json.loads(handle.read(MAX_DECISION_BYTES))
     except (OSError, ValueError) as exc:
-        found.links.append(Link("promotion-decision", str(path), False, f"cannot be read: {exc}"))
+        links.append(Link("promotion-decision", str(path), False, f"cannot be read: {exc}"))
         return None
     name = manifest_digest(record) if isinstance(record, dict) else "-"
     named = any(name in p.reason for p in read_promotions(registry, trust).records if p.digest == digest)
@@ -254,7 +291,7 @@ def _decision_record(
         if isinstance(record, dict)
         else {}
     )
-    found.links.append(
+    links.append(
         Link(
             "promotion-decision",
             name,
@@ -268,17 +305,18 @@ def _decision_record(
 
 def _dataset_link(
     dataset: str, number: int, digest: str, role: str, dataset_dirs: Mapping[str, Path], trust: ModelTrust
-) -> Link:
+) -> tuple[Link, Version | None]:
+    """The version's link, and the version when it verified."""
     name = f"{dataset} v{number}"
     if dataset not in dataset_dirs:
         return Link(
             "dataset-version", name, False, f"the site has no dataset {dataset} on a mount", {"role": role}
-        )
+        ), None
     history = read_history(dataset_dirs[dataset], trust, dataset=dataset)
     try:
         version = history.find(str(number))
     except DatasetVersionError as exc:
-        return Link("dataset-version", name, False, exc.message, {"role": role})
+        return Link("dataset-version", name, False, exc.message, {"role": role}), None
     manifest = version.manifest
     facts = {
         "role": role,
@@ -297,10 +335,11 @@ def _dataset_link(
         if mine
         else None
     )
-    return Link(
+    link = Link(
         "dataset-version",
         name,
         problem is None,
         problem or "signed by the site, in the dataset's signed lineage, every file's SHA-256 checks",
         facts,
     )
+    return link, version if problem is None else None

@@ -393,6 +393,13 @@ class Inspector:
         unique = {(r.path, r.reason): r for r in refused}
         return Inspection(champion, challenger, promotions, tuple(unique.values()), canary)
 
+    def verified(self, digest: str) -> ModelVersion | ModelRefused:
+        """The registry's version `digest`, verified (remembered from `inspect` while unchanged)."""
+        try:
+            return self._verified(self.registry.version_dir(digest))
+        except ModelRefused as refused:  # a digest that names no folder
+            return refused
+
     def _verified(self, folder: Path) -> ModelVersion | ModelRefused:
         fingerprint = _fingerprint(folder, self.trust.public_key)
         cached = self._versions.get(folder.name)

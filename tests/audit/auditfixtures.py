@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from pathlib import Path
 
@@ -53,4 +55,15 @@ def failing_spec(folder: Path, *, name: str = "labfail", fix_encryption: bool = 
 def artifacts_dir() -> Path:
     folder = Path(os.environ.get("AIFACTORY_TEST_ARTIFACTS") or ROOT / "tests" / "artifacts") / "audit"
     folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def checkpoint_files(folder: Path, step: int) -> Path:
+    """A checkpoint folder as training leaves it (the bytes do not matter to signing; no torch)."""
+    folder.mkdir(parents=True)
+    files = {}
+    for name in ("model.safetensors", "optimizer.safetensors"):
+        (folder / name).write_bytes(f"{name} at step {step}".encode())
+        files[name] = hashlib.sha256((folder / name).read_bytes()).hexdigest()
+    (folder / "checkpoint.json").write_text(json.dumps({"step": step, "files": files}))
     return folder

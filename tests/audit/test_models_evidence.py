@@ -4,28 +4,17 @@ is its files and their SHA-256s."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
+
+from auditfixtures import checkpoint_files
 
 from aifactory.audit.evidence.models import model_evidence
 from aifactory.audit.model import FAIL, NOT_ASSESSED, PASS
 from aifactory.trust.issuing.models import ModelKey, ensure_model_key, promote, register
 
 
-def _checkpoint(folder: Path, step: int) -> Path:
-    """A checkpoint folder as training leaves it (the bytes do not matter to signing)."""
-    folder.mkdir(parents=True)
-    files = {}
-    for name in ("model.safetensors", "optimizer.safetensors"):
-        (folder / name).write_bytes(f"{name} at step {step}".encode())
-        files[name] = hashlib.sha256((folder / name).read_bytes()).hexdigest()
-    (folder / "checkpoint.json").write_text(json.dumps({"step": step, "files": files}))
-    return folder
-
-
 def _champion(model_dir: Path, key: ModelKey) -> str:
-    checkpoint = _checkpoint(model_dir / "checkpoints" / "step-00000010", 10)
+    checkpoint = checkpoint_files(model_dir / "checkpoints" / "step-00000010", 10)
     version = register(model_dir=model_dir, checkpoint=checkpoint, key=key, job={"name": "j"}, dataset={})
     promote(model_dir=model_dir, digest=version.digest, alias="champion", key=key, reason="first")
     return version.digest

@@ -21,6 +21,14 @@ from pathlib import Path
 
 import pytest
 
+from aifactory.audit.record_keeping import (
+    CANARY,
+    DECISION_RECORD_FIELDS,
+    EVERY,
+    FEEDBACK,
+    INFERENCE,
+    field_paths,
+)
 from aifactory.errors import ModelRegistryError
 from aifactory.trust.canary import CanarySettings, rollback_path, verify_rollback
 from aifactory.trust.models import Registry, read_promotions
@@ -171,6 +179,10 @@ def test_a_canary_worse_than_the_champion_is_withdrawn_by_the_server_within_60_s
         assert (request["model_digest"], request["model_role"]) == (answer["digest"], role)
     for answer in after:
         assert logged[answer["decision_id"]]["request"]["model_digest"] == registered.champion
+    # Every field the audit's record-keeping table names for these records is in what this server wrote.
+    written = set().union(*(field_paths(r) for r in logged.values()))
+    named = {m.field for m in DECISION_RECORD_FIELDS if m.written in (EVERY, INFERENCE, CANARY, FEEDBACK)}
+    assert named <= written, named - written
 
     # The record: signed by the node's log key, verified as the control host would.
     signers = [server.runtime_dir / "log-key" / "allowed_signers"]
