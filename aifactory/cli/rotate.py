@@ -110,7 +110,7 @@ def cmd_rotate(args: argparse.Namespace) -> int:
         rollout = HostByHost(planned, connection, trust=folder / "allowed_signers", full=True)
     elif what == "ssh-host-keys":
         known = Path(args.known_hosts) if args.known_hosts else connection.known_hosts
-        targets = Targets(known_hosts=known, host_keys=HostKeysOnHosts(planned, connection))
+        targets = Targets(known_hosts=known, host_keys=HostKeysOnHosts.of(planned, connection))
         rollout = HostByHost(planned, connection, extra_vars={PROMOTE_HOST_KEY: True}, full=True)
     command = f"rotate {what}" + (" --finish" if args.finish else "")
     with state.lock(command):

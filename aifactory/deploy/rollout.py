@@ -18,7 +18,6 @@ from aifactory.deploy.runner import DeployOptions, DeployResult, deploy_site
 from aifactory.errors import DeployError
 from aifactory.health.remote import run_on_host
 from aifactory.plan.build import PlannedSite
-from aifactory.plan.model import Host
 
 # Where the base role keeps sshd's Ed25519 host key; the staged one is beside it with `.next`.
 HOST_KEY = "/etc/ssh/ssh_host_ed25519_key"
@@ -68,21 +67,26 @@ _STAGE_SCRIPT = (
 @dataclass(frozen=True)
 class HostKeysOnHosts:
     """Each host's new SSH host key, generated on the host (`<key>.next`, 0600) over the site's
-    connection; `names` are how the known_hosts file names a host (its name and management address)."""
+    connection. `addresses` maps each host to its management address (what the deploy connects to);
+    known_hosts names a host by its name or that address."""
 
-    planned: PlannedSite
     connection: Connection
+    addresses: Mapping[str, str]
     key_path: str = HOST_KEY
     timeout: float = 60.0
 
+    @classmethod
+    def of(cls, planned: PlannedSite, connection: Connection) -> HostKeysOnHosts:
+        return cls(connection, {h.name: h.management_address for h in planned.plan.hosts})
+
     def names(self, host: str) -> Sequence[str]:
-        planned = self._host(host)
-        return list(dict.fromkeys([planned.name, planned.management_address]))
+        return list(dict.fromkeys([host, self._address(host)]))
 
     def stage(self, host: str) -> str:
-        address = self._host(host).management_address
         argv = ["sh", "-c", _STAGE_SCRIPT, "aifactory-stage-host-key", self.key_path]
-        result = run_on_host(self.connection, address, argv, input_text=None, timeout=self.timeout)
+        result = run_on_host(
+            self.connection, self._address(host), argv, input_text=None, timeout=self.timeout
+        )
         if result.returncode != 0:
             raise DeployError(
                 f"{host} did not stage a new host key: {result.stderr.strip()[-300:] or result.returncode}",
@@ -92,8 +96,8 @@ class HostKeysOnHosts:
             )
         return result.stdout.strip()
 
-    def _host(self, host: str) -> Host:
-        for planned in self.planned.plan.hosts:
-            if planned.name == host:
-                return planned
-        raise DeployError(f"{host} is not a host of the plan", code="rollout-host-failed")
+    def _address(self, host: str) -> str:
+        try:
+            return self.addresses[host]
+        except KeyError:
+            raise DeployError(f"{host} is not a host of the plan", code="rollout-host-failed") from None
