@@ -1,6 +1,10 @@
-"""Rotating the site's token key, its CA and its server certificates, with an overlap (SC-12, IA-5).
+"""Rotating the site's token key, its CA, its server certificates, its bundle-signing key and the
+hosts' SSH host keys, with an overlap (SC-12, IA-5).
 
-    aifactory rotate SITE --what token-key|ca|server-certs [--finish]
+    aifactory rotate SITE --what bundle-key|token-key|ca|server-certs|ssh-host-keys [--finish]
+
+bundle-key and ssh-host-keys: see `_rotate_bundle_key` and `_rotate_host_keys` below (their keys live
+outside the runtime folder: `Targets` names where).
 
 A rotation is a record in the state folder, `runtime/rotations/<what>.json` (0600), that names its
 phase; every step below is safe to run twice, so a rotation killed midway is resumed by running the
