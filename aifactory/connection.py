@@ -66,6 +66,8 @@ class Connection:
     services        how services and timers are supervised on the hosts
     scan_skip_rules SCAP rules a host scan leaves out (`oscap --skip-rule`), named in its digest;
                     given to the scan only, never to the deploy's inventory
+    known_hosts     the known_hosts file the ssh options check host keys against, where a
+                    host-key rotation adds and drops keys (None: the admin's own ssh setup)
     """
 
     description: str
@@ -75,6 +77,7 @@ class Connection:
     control_prefix: tuple[str, ...] = ()
     services: Services = field(default_factory=Services)
     scan_skip_rules: tuple[str, ...] = ()
+    known_hosts: Path | None = None
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.ansible_cfg) - set(ANSIBLE_SECTIONS))
@@ -159,4 +162,5 @@ def ssh_connection(
         inventory_vars=host_values,
         control_prefix=tuple(control_prefix),
         services=services or Services(),
+        known_hosts=known_hosts,
     )

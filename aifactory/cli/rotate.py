@@ -1,6 +1,7 @@
-"""`aifactory rotate SITE --what token-key|ca|server-certs [--finish]`: rotate the site's token key,
-its CA or its server certificates with an overlap, rolled out one host at a time through the deploy
-path (aifactory.trust.issuing.rotation, docs/operations.md "Rotating keys and certificates").
+"""`aifactory rotate SITE --what bundle-key|token-key|ca|server-certs|ssh-host-keys [--finish]`: rotate
+the site's bundle-signing key, token key, CA, server certificates or the hosts' SSH host keys with an
+overlap, rolled out one host at a time through the deploy path (aifactory.trust.issuing.rotation,
+docs/operations.md "Rotating keys and certificates").
 
 SITE is the site spec (the rollout deploys its plan). Each run records, in the operator log, who ran
 it, when, what, the old and new fingerprints, and the phase it started in and the one it reached
@@ -11,12 +12,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Any
 
 from aifactory.cli.output import emit_json
 from aifactory.errors import AifactoryError
 from aifactory.state import SiteState, who
-from aifactory.trust.issuing.rotation import WHATS, RotationRecord, What, load_record, rotate
+from aifactory.trust.issuing.known_hosts import key_fingerprint
+from aifactory.trust.issuing.rotation import WHATS, RotationRecord, Targets, What, load_record, rotate
 from aifactory.trust.tokens import TrustFiles
 
 # One example per command, shown at the end of its --help (aifactory/cli/help.py).
@@ -30,7 +33,12 @@ def register(
         "rotate",
         parents=[common],
         allow_abbrev=False,
-        help="rotate the token key, the site CA or the server certificates, with an overlap",
+        help="rotate the bundle key, token key, CA, server certificates or SSH host keys, with an overlap",
+        description="Rotate one of the site's keys with an overlap (both old and new trusted) rolled out "
+        "one host at a time: bundle-key (the bundle-signing key: allowed_signers names both until "
+        "--finish), token-key, ca, server-certs (no overlap), ssh-host-keys (each host generates its new "
+        "host key; the control host learns it over the authenticated SSH connection, never by keyscan, "
+        "and known_hosts trusts both until --finish). Run it again to resume after a failure.",
     )
     parser.add_argument("site", help="the site spec (YAML): its hosts are rolled out one at a time")
     parser.add_argument("--what", required=True, choices=WHATS, help="what to rotate")
@@ -41,6 +49,18 @@ def register(
     )
     parser.add_argument(
         "--status", action="store_true", help="say which phase the rotation is in; change nothing"
+    )
+    parser.add_argument(
+        "--bundle-key",
+        metavar="FOLDER",
+        help="bundle-key: the folder of the bundle-signing key (signing_key, signing_key.pub, "
+        "allowed_signers; default <state>/bundle-key, the one `aifactory up` makes)",
+    )
+    parser.add_argument(
+        "--known-hosts",
+        metavar="FILE",
+        help="ssh-host-keys: the known_hosts file the deploy checks hosts with (default: the one the "
+        "site's connection names, e.g. the lab's)",
     )
     parser.set_defaults(handler=cmd_rotate)
 
@@ -58,6 +78,11 @@ def _detail(record: RotationRecord | None, *, started_in: str | None) -> dict[st
         "started": record.started,
         "finished": record.finished,
         "hosts_done": list(record.hosts_done),
+        **(
+            {"host_keys": {h: key_fingerprint(k) for h, k in record.host_keys.items()}}
+            if record.host_keys
+            else {}
+        ),
     }
 
 
@@ -70,12 +95,23 @@ def cmd_rotate(args: argparse.Namespace) -> int:
     trust = TrustFiles(state.subdir("runtime"))
     if args.status:
         return _show(load_record(trust, what), what=what, json_out=args.format == "json")
-    from aifactory.deploy.rollout import HostByHost
+    from aifactory.deploy.rollout import PROMOTE_HOST_KEY, HostByHost, HostKeysOnHosts
     from aifactory.pipeline.connection import site_connection
     from aifactory.plan import plan_site
 
     planned = plan_site(args.site, write_lock=False)
-    rollout = HostByHost(planned, site_connection(planned.plan.name))
+    connection = site_connection(planned.plan.name)
+    targets = Targets()
+    rollout = HostByHost(planned, connection)
+    if what == "bundle-key":
+        # hosts are given the site's bundle trust file, whichever keys it names in this phase
+        folder = Path(args.bundle_key) if args.bundle_key else state.path("bundle-key")
+        targets = Targets(bundle_key=folder)
+        rollout = HostByHost(planned, connection, trust=folder / "allowed_signers", full=True)
+    elif what == "ssh-host-keys":
+        known = Path(args.known_hosts) if args.known_hosts else connection.known_hosts
+        targets = Targets(known_hosts=known, host_keys=HostKeysOnHosts.of(planned, connection))
+        rollout = HostByHost(planned, connection, extra_vars={PROMOTE_HOST_KEY: True}, full=True)
     command = f"rotate {what}" + (" --finish" if args.finish else "")
     with state.lock(command):
         before = load_record(trust, what)
@@ -86,6 +122,7 @@ def cmd_rotate(args: argparse.Namespace) -> int:
                 site=site,
                 what=what,
                 rollout=rollout,
+                targets=targets,
                 finish=args.finish,
                 user=who(),
                 report=lambda line: print(line, file=sys.stderr, flush=True),

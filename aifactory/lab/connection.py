@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import configparser
 import os
+from pathlib import Path
 
 from aifactory.connection import ANSIBLE_SECTIONS, Connection, Services
 from aifactory.errors import AifactoryError, LabError
@@ -74,6 +75,7 @@ def lab_connection(site: str) -> Connection:
         control_prefix=tuple(enter_argv(control.anchor.pid)),
         services=Services("supervised", SERVICE_COMMAND),
         scan_skip_rules=SCAN_SKIP_RULES,
+        known_hosts=Path(status.paths["known_hosts"]),
     )
 
 

@@ -4,12 +4,14 @@ and new fingerprints and the phase each reached.
 
 Two rules: no rotation was left between phases (a rotation stopped mid-rollout leaves hosts trusting
 different keys; its overlap, where both are trusted on every host, is a phase an admin may hold); and
-the key and CA in use on the control host are the ones the latest rotation of each put there. With no
-rotation on record SC-12 is not assessed (never a pass).
+the bundle-signing key, token key and CA in use on the control host are the ones the latest rotation
+of each put there. An ssh-host-keys rotation's record names each host's new host key (its
+fingerprint), which the detail carries. With no rotation on record SC-12 is not assessed (never a pass).
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives import hashes
@@ -26,7 +28,7 @@ from aifactory.trust.issuing.certs import issuing_certificate
 from aifactory.trust.tokens import TrustFiles
 
 SOURCE = "rotations"
-TITLE = "Rotations of the token key, the site CA and the server certificates"
+TITLE = "Rotations of the bundle key, the token key, the site CA, the server certificates and SSH host keys"
 KEY_MANAGEMENT = "SC-12"
 SETTLED = "rotation.settled"
 IN_USE = "rotation.keys-in-use"
@@ -38,7 +40,7 @@ def rotation_evidence(state: SiteState) -> Evidence:
     records = [r for r in operator_records(state) if r.get("command") == "rotate"]
     latest = _latest_per_rotation(records)
     if not latest:
-        note = "no rotation on record (aifactory rotate SITE --what token-key|ca|server-certs)"
+        note = "no rotation on record (aifactory rotate SITE --what KIND)"
         nothing = RuleResult(SETTLED, "every rotation reached a settled phase", NOT_ASSESSED, SOURCE, note)
         return Evidence(SOURCE, TITLE, NOT_ASSESSED, note, {}, ((KEY_MANAGEMENT, nothing),))
     findings: list[Finding] = []
@@ -92,7 +94,11 @@ def _keys_in_use(
     state: SiteState, latest: dict[str, dict[str, Any]]
 ) -> tuple[str, str, list[tuple[str, str]]]:
     trust = TrustFiles(state.path("runtime"))
-    current = {"token-key": _token_key(trust), "ca": _ca(trust)}
+    current = {
+        "bundle-key": _public_key(state.path("bundle-key", "signing_key.pub")),
+        "token-key": _public_key(trust.key_dir / "signing_key.pub"),
+        "ca": _ca(trust),
+    }
     wrong: list[tuple[str, str]] = []
     checked: list[str] = []
     for what, found in current.items():
@@ -109,14 +115,14 @@ def _keys_in_use(
                 )
             )
     if not checked:
-        return NOT_ASSESSED, "no token-key or ca rotation has switched keys yet", wrong
+        return NOT_ASSESSED, "no bundle-key, token-key or ca rotation has switched keys yet", wrong
     status = FAIL if wrong else PASS
     return status, f"checked the {' and the '.join(checked)} in use against the latest rotation", wrong
 
 
-def _token_key(trust: TrustFiles) -> str | None:
+def _public_key(path: Path) -> str | None:
     try:
-        public = load_ssh_public_key((trust.key_dir / "signing_key.pub").read_bytes())
+        public = load_ssh_public_key(path.read_bytes())
     except (OSError, ValueError):
         return None
     return fingerprint(public) if isinstance(public, Ed25519PublicKey) else None
@@ -140,6 +146,8 @@ def _brief(rotation: str, detail: dict[str, Any]) -> dict[str, Any]:
         "finished": detail.get("finished"),
         "last_run": detail.get("time"),
         "by": detail.get("user"),
+        # ssh-host-keys: each host's new host key fingerprint
+        **({"host_keys": detail["host_keys"]} if isinstance(detail.get("host_keys"), dict) else {}),
     }
 
 

@@ -1,6 +1,10 @@
-"""Rotating the site's token key, its CA and its server certificates, with an overlap (SC-12, IA-5).
+"""Rotating the site's token key, its CA, its server certificates, its bundle-signing key and the
+hosts' SSH host keys, with an overlap (SC-12, IA-5).
 
-    aifactory rotate SITE --what token-key|ca|server-certs [--finish]
+    aifactory rotate SITE --what bundle-key|token-key|ca|server-certs|ssh-host-keys [--finish]
+
+bundle-key and ssh-host-keys: see `_rotate_bundle_key` and `_rotate_host_keys` below (their keys live
+outside the runtime folder: `Targets` names where).
 
 A rotation is a record in the state folder, `runtime/rotations/<what>.json` (0600), that names its
 phase; every step below is safe to run twice, so a rotation killed midway is resumed by running the
@@ -49,6 +53,7 @@ import re
 import shutil
 import uuid
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal, Protocol
@@ -58,18 +63,21 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from aifactory.bundle.manifest import NAMESPACE as BUNDLE_NAMESPACE
 from aifactory.durable import atomic_write
 from aifactory.errors import Location, RotationError
 from aifactory.signing import fingerprint, generate_keypair, load_private_key, public_key_line
 from aifactory.trust.certs import SiteCA
+from aifactory.trust.issuing import known_hosts
 from aifactory.trust.issuing.certs import DNS_NAME, DNS_NAME_MAX, create_ca, issuing_certificate, reissue_like
+from aifactory.trust.issuing.known_hosts import key_fingerprint
 from aifactory.trust.issuing.tokens import resign_revocations
 from aifactory.trust.tokens import TOKEN_NAMESPACE, TrustFiles, token_signer
 
 SCHEMA = "aifactory.rotation/v1"
 ROTATIONS = "rotations"
-What = Literal["token-key", "ca", "server-certs"]
-WHATS: tuple[What, ...] = ("token-key", "ca", "server-certs")
+What = Literal["bundle-key", "token-key", "ca", "server-certs", "ssh-host-keys"]
+WHATS: tuple[What, ...] = ("bundle-key", "token-key", "ca", "server-certs", "ssh-host-keys")
 Phase = Literal[
     "staged", "trust-rollout", "switch-rollout", "overlap", "finish-rollout", "rollout", "finished"
 ]
@@ -102,6 +110,8 @@ class RotationRecord(BaseModel):
     old_key: str | None = Field(default=None, max_length=200, pattern=f"^{_KEY_LINE.pattern}$")
     new_key: str | None = Field(default=None, max_length=200, pattern=f"^{_KEY_LINE.pattern}$")
     hosts_done: tuple[str, ...] = ()
+    # ssh-host-keys: each host's new public key as the host returned it (host -> key line)
+    host_keys: dict[str, str] = Field(default_factory=dict)
 
     def moved(self, phase: Phase, **changes: object) -> RotationRecord:
         return self.model_copy(update={"phase": phase, "hosts_done": (), **changes})
@@ -117,6 +127,28 @@ class Rollout(Protocol):
     def hosts(self) -> Sequence[str]: ...
 
     def deploy(self, host: str) -> None: ...
+
+
+class HostKeySource(Protocol):
+    """The hosts' side of an ssh-host-keys rotation: the names a host is known by in known_hosts, and
+    its new host key, generated on the host (the private half never leaves it) and returned over the
+    deploy's authenticated SSH connection; asking again returns the same staged key."""
+
+    def names(self, host: str) -> Sequence[str]: ...
+
+    def stage(self, host: str) -> str: ...
+
+
+@dataclass(frozen=True)
+class Targets:
+    """Where the keys that are not in the runtime folder live: the site's bundle-signing key folder
+    (signing_key, signing_key.pub, allowed_signers: what `up`, `bundle verify/import` and `upgrade`
+    trust) for bundle-key; the known_hosts file the deploy checks hosts with, and the hosts' side,
+    for ssh-host-keys."""
+
+    bundle_key: Path | None = None
+    known_hosts: Path | None = None
+    host_keys: HostKeySource | None = None
 
 
 Report = Callable[[str], None]  # a line for the admin (the CLI prints it)
@@ -152,7 +184,14 @@ def load_record(trust: TrustFiles, what: What) -> RotationRecord | None:
             code="rotation-record-invalid",
             location=Location(file=str(path), path="what"),
         )
-    for host in record.hosts_done:
+    for host, key in record.host_keys.items():
+        if not known_hosts.HOST_KEY_LINE.fullmatch(key):
+            raise RotationError(
+                f"the new host key of {host[:60]!r} is not one ssh-ed25519 public key",
+                code="rotation-record-invalid",
+                location=Location(file=str(path), path=f"host_keys.{host[:60]}"),
+            )
+    for host in (*record.hosts_done, *record.host_keys):
         if len(host) > DNS_NAME_MAX or not DNS_NAME.fullmatch(host):
             raise RotationError(
                 f"{host[:60]!r} is not a host name",
@@ -172,6 +211,7 @@ def rotate(
     site: str,
     what: What,
     rollout: Rollout,
+    targets: Targets = Targets(),
     finish: bool = False,
     user: str = "unknown",
     report: Report = lambda line: None,
@@ -187,6 +227,30 @@ def rotate(
         )
     if record is not None and record.phase != "finished":
         report(f"resuming the {what} rotation {record.id} in phase {record.phase}")
+    if what == "bundle-key":
+        return _rotate_bundle_key(
+            trust,
+            record,
+            site=site,
+            rollout=rollout,
+            targets=targets,
+            finish=finish,
+            user=user,
+            report=report,
+            now=now,
+        )
+    if what == "ssh-host-keys":
+        return _rotate_host_keys(
+            trust,
+            record,
+            site=site,
+            rollout=rollout,
+            targets=targets,
+            finish=finish,
+            user=user,
+            report=report,
+            now=now,
+        )
     if finish:
         return _finish(trust, record, what=what, rollout=rollout, report=report, now=now)
     if record is None or record.phase == "finished":
@@ -206,17 +270,13 @@ def _start(
         fields = {"old": fingerprint(public), "old_key": public_key_line(public)}
     elif what == "ca":
         fields = {"old": _ca_fingerprint(issuing_certificate(SiteCA.of(trust)))}
-    record = RotationRecord.model_validate(
-        {
-            "schema": SCHEMA,
-            "id": uuid.uuid4().hex,
-            "site": site,
-            "what": what,
-            "phase": "staged" if what != "server-certs" else "rollout",
-            "started": _iso(now()),
-            "started_by": _safe_user(user),
-            **fields,
-        }
+    record = _new_record(
+        site=site,
+        what=what,
+        user=user,
+        now=now,
+        phase="staged" if what != "server-certs" else "rollout",
+        **fields,
     )
     _stage(trust, record)
     if what == "token-key":
@@ -229,6 +289,23 @@ def _start(
     return record
 
 
+def _new_record(
+    *, site: str, what: What, user: str, now: Callable[[], datetime], phase: Phase, **fields: object
+) -> RotationRecord:
+    return RotationRecord.model_validate(
+        {
+            "schema": SCHEMA,
+            "id": uuid.uuid4().hex,
+            "site": site,
+            "what": what,
+            "phase": phase,
+            "started": _iso(now()),
+            "started_by": _safe_user(user),
+            **fields,
+        }
+    )
+
+
 def _require_current(trust: TrustFiles, what: What) -> None:
     """A rotation replaces something: the site must have it already (deploy makes both)."""
     ca = SiteCA.of(trust)
@@ -236,7 +313,7 @@ def _require_current(trust: TrustFiles, what: What) -> None:
         "token-key": [trust.private_key],
         "ca": [ca.key, ca.certificate],
         "server-certs": [ca.key, ca.certificate],
-    }[what]
+    }.get(what, [])
     for path in missing:
         if not path.is_file():
             raise RotationError(
@@ -472,6 +549,239 @@ def _server_cert_steps(
     return record
 
 
+# ------------------------------------------------------------------ bundle-key
+
+BUNDLE_KEY = "signing_key"
+
+
+def _rotate_bundle_key(
+    trust: TrustFiles,
+    record: RotationRecord | None,
+    *,
+    site: str,
+    rollout: Rollout,
+    targets: Targets,
+    finish: bool,
+    user: str,
+    report: Report,
+    now: Callable[[], datetime],
+) -> RotationRecord:
+    """staged (new key in bundle-key/next/, allowed_signers names both) -> trust-rollout (every host's
+    bundle trust file names both) -> the new key signs -> overlap -> --finish: allowed_signers names
+    the new key alone, every host is given it; a bundle signed only by the old key is refused."""
+    folder = _bundle_key_folder(targets)
+    if finish:
+        return _finish(
+            trust,
+            record,
+            what="bundle-key",
+            rollout=rollout,
+            report=report,
+            now=now,
+            narrow=lambda done: _write_bundle_trust(folder, (done.new_key,)),
+        )
+    if record is None or record.phase == "finished":
+        record = _save(trust, _start_bundle_key(folder, site=site, user=user, now=now))
+        report(f"started the bundle-key rotation {record.id}: {record.old} -> {record.new}")
+    if record.phase == "staged":
+        _write_bundle_trust(folder, (record.old_key, record.new_key))
+        record = _save(trust, record.moved("trust-rollout"))
+    if record.phase == "trust-rollout":
+        record = _roll_out(trust, record, rollout, report, "hosts trust bundles signed by either key")
+        _switch_bundle_key(folder, record)
+        record = _save(trust, record.moved("overlap"))
+    if record.phase == "overlap":
+        report(
+            f"the bundle-key rotation {record.id} is in its overlap: bundles signed by the old key "
+            f"({record.old}) and the new one ({record.new}) verify; {folder / BUNDLE_KEY} is the new "
+            f"key. Build and import a bundle signed with it, then end it: aifactory rotate {record.site} "
+            "--what bundle-key --finish"
+        )
+    return record
+
+
+def _bundle_key_folder(targets: Targets) -> Path:
+    folder = targets.bundle_key
+    if folder is None or not (folder / f"{BUNDLE_KEY}.pub").is_file():
+        raise RotationError(
+            f"there is nothing to rotate: the site has no bundle-signing key ({folder})",
+            code="rotation-nothing-to-rotate",
+            location=Location(file=str(folder)) if folder is not None else None,
+            hint="`aifactory up` makes it (<state>/bundle-key/); rotate it once it signs the site's bundles",
+        )
+    return folder
+
+
+def _bundle_public(path: Path) -> tuple[str, str]:
+    """The key line and the identity (its comment) of a .pub file that generate_keypair wrote."""
+    try:
+        fields = path.read_text().split()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RotationError(
+            f"cannot read the bundle key {path}: {exc}", code="rotation-nothing-to-rotate"
+        ) from None
+    line = " ".join(fields[:2])
+    identity = fields[2] if len(fields) == 3 else ""
+    if not _KEY_LINE.fullmatch(line) or not re.fullmatch(r"[A-Za-z0-9._@-]{1,253}", identity):
+        raise RotationError(
+            f"{path} is not an Ed25519 public key with its signer identity",
+            code="rotation-record-invalid",
+            location=Location(file=str(path)),
+            hint="it is not what `aifactory bundle keygen` or `aifactory up` writes",
+        )
+    return line, identity
+
+
+def _start_bundle_key(folder: Path, *, site: str, user: str, now: Callable[[], datetime]) -> RotationRecord:
+    old_key, identity = _bundle_public(folder / f"{BUNDLE_KEY}.pub")
+    staged = folder / "next"
+    shutil.rmtree(staged, ignore_errors=True)  # a leftover was never trusted anywhere
+    generate_keypair(staged, identity=identity, namespaces=BUNDLE_NAMESPACE)
+    new_key, _ = _bundle_public(staged / f"{BUNDLE_KEY}.pub")
+    return _new_record(
+        site=site,
+        what="bundle-key",
+        user=user,
+        now=now,
+        phase="staged",
+        old=key_fingerprint(old_key),
+        old_key=old_key,
+        new=key_fingerprint(new_key),
+        new_key=new_key,
+    )
+
+
+def _write_bundle_trust(folder: Path, keys: tuple[str | None, ...]) -> None:
+    _, identity = _bundle_public(folder / f"{BUNDLE_KEY}.pub")
+    lines = [f'{identity} namespaces="{BUNDLE_NAMESPACE}" {key}\n' for key in keys if key]
+    if not lines:
+        raise RotationError("the rotation record names no bundle key", code="rotation-record-invalid")
+    atomic_write(folder / "allowed_signers", "".join(lines).encode(), mode=0o644)
+
+
+def _switch_bundle_key(folder: Path, record: RotationRecord) -> None:
+    """The staged key becomes the site's bundle-signing key (the old private key is overwritten:
+    bundles it signed still verify during the overlap by its public half in allowed_signers)."""
+    staged = folder / "next"
+    if (staged / BUNDLE_KEY).exists():
+        line, _ = _bundle_public(staged / f"{BUNDLE_KEY}.pub")
+        if key_fingerprint(line) != record.new:
+            raise RotationError(
+                f"the staged key in {staged} is not the one the rotation record names ({record.new})",
+                code="rotation-record-invalid",
+                location=Location(file=str(staged / BUNDLE_KEY)),
+            )
+        os.replace(staged / f"{BUNDLE_KEY}.pub", folder / f"{BUNDLE_KEY}.pub")
+        os.replace(staged / BUNDLE_KEY, folder / BUNDLE_KEY)
+        shutil.rmtree(staged)
+    current, _ = _bundle_public(folder / f"{BUNDLE_KEY}.pub")
+    if key_fingerprint(current) != record.new:
+        raise RotationError(
+            f"the bundle key {folder / BUNDLE_KEY} is {key_fingerprint(current)}, "
+            f"not the new key {record.new}",
+            code="rotation-record-invalid",
+            location=Location(file=str(folder / BUNDLE_KEY)),
+        )
+
+
+# ------------------------------------------------------------------ ssh-host-keys
+
+
+def _rotate_host_keys(
+    trust: TrustFiles,
+    record: RotationRecord | None,
+    *,
+    site: str,
+    rollout: Rollout,
+    targets: Targets,
+    finish: bool,
+    user: str,
+    report: Report,
+    now: Callable[[], datetime],
+) -> RotationRecord:
+    """trust-rollout (each host generates its new key and returns the public half over the deploy's
+    authenticated connection; known_hosts gets it beside the old one) -> switch-rollout (the deploy
+    installs it, host by host) -> overlap -> --finish: known_hosts keeps the new keys alone, and a
+    rollout proves every host is reached with them."""
+    known, source = _host_key_targets(targets)
+    if finish:
+        return _finish(
+            trust,
+            record,
+            what="ssh-host-keys",
+            rollout=rollout,
+            report=report,
+            now=now,
+            narrow=lambda done: _keep_new_host_keys(known, source, done, report),
+        )
+    if record is None or record.phase == "finished":
+        new = _new_record(site=site, what="ssh-host-keys", user=user, now=now, phase="trust-rollout")
+        record = _save(trust, new)
+        report(f"started the ssh-host-keys rotation {record.id}: each host generates its new host key")
+    if record.phase == "trust-rollout":
+        record = _learn_host_keys(trust, record, rollout, known, source, report)
+        record = _save(trust, record.moved("switch-rollout"))
+    if record.phase == "switch-rollout":
+        record = _roll_out(trust, record, rollout, report, "hosts present their new host keys")
+        record = _save(trust, record.moved("overlap"))
+    if record.phase == "overlap":
+        report(
+            f"the ssh-host-keys rotation {record.id} is in its overlap: {known} trusts each host's old and "
+            f"new key; give other clients the new keys, then end it: aifactory rotate {record.site} "
+            "--what ssh-host-keys --finish"
+        )
+    return record
+
+
+def _host_key_targets(targets: Targets) -> tuple[Path, HostKeySource]:
+    if targets.known_hosts is None or targets.host_keys is None:
+        raise RotationError(
+            "an ssh-host-keys rotation needs the known_hosts file the deploy checks hosts with",
+            code="rotation-known-hosts",
+            hint="give it: aifactory rotate SITE --what ssh-host-keys --known-hosts FILE",
+        )
+    return targets.known_hosts, targets.host_keys
+
+
+def _learn_host_keys(
+    trust: TrustFiles,
+    record: RotationRecord,
+    rollout: Rollout,
+    known: Path,
+    source: HostKeySource,
+    report: Report,
+) -> RotationRecord:
+    """Each host's staged key, learned over the connection its current key authenticates (never from
+    the network alone), added to known_hosts beside that key, one host at a time."""
+    for host in rollout.hosts():
+        if host in record.hosts_done:
+            continue
+        names = source.names(host)
+        key = known_hosts.check_key(source.stage(host).strip(), host=host)
+        trusted = known_hosts.host_keys(known_hosts.read(known), names)
+        if key in trusted and record.host_keys.get(host) != key:
+            raise RotationError(
+                f"{host} returned a host key that {known} already trusts: it is not a new key",
+                code="rotation-host-key",
+                location=Location(file=str(known)),
+                hint="check the host's staged key (it must be freshly generated), then run the command again",
+            )
+        known_hosts.add_key(known, host=host, names=names, key=key, rotation=record.id)
+        update = {"hosts_done": (*record.hosts_done, host), "host_keys": {**record.host_keys, host: key}}
+        record = _save(trust, record.model_copy(update=update))
+        report(f"ssh-host-keys rotation: learned {host}'s new host key {key_fingerprint(key)}")
+    return record
+
+
+def _keep_new_host_keys(known: Path, source: HostKeySource, record: RotationRecord, report: Report) -> None:
+    keep = {host: (source.names(host), key) for host, key in record.host_keys.items()}
+    changed = known_hosts.keep_only(known, keep)
+    report(
+        f"ssh-host-keys rotation: {known} trusts only the new keys of {len(keep)} host(s) "
+        f"({len(changed)} changed)"
+    )
+
+
 # ------------------------------------------------------------------ finish
 
 
@@ -483,7 +793,10 @@ def _finish(
     rollout: Rollout,
     report: Report,
     now: Callable[[], datetime],
+    narrow: Callable[[RotationRecord], None] | None = None,
 ) -> RotationRecord:
+    """End the overlap: `narrow` (by default the token key's or the CA's) makes the control host's trust
+    files name the new key alone, then every host is given them."""
     if what == "server-certs":
         raise RotationError("a server-certs rotation has no overlap to finish", code="rotation-phase")
     if record is None or record.phase == "finished":
@@ -499,7 +812,9 @@ def _finish(
             hint=f"run `aifactory rotate SITE --what {what}` (without --finish) to complete it first",
         )
     if record.phase == "overlap":
-        if what == "token-key":
+        if narrow is not None:
+            narrow(record)
+        elif what == "token-key":
             _write_token_trust(trust, record, (record.new_key,))
         else:
             _write_bundle(
