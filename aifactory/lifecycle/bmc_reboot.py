@@ -20,10 +20,11 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from aifactory.connection import Connection
-from aifactory.errors import ProvisionError
+from aifactory.errors import Location, Problem, ProvisionError, SecretError
 from aifactory.lifecycle.seams import StepOutcome
 from aifactory.plan.model import SitePlan
 from aifactory.provision.redfish import BmcCredentials, RedfishClient, TlsSettings
+from aifactory.secrets import SecretResolver
 
 GRACEFUL = "GracefulRestart"
 FORCED = "ForceRestart"
@@ -138,3 +139,27 @@ class RedfishRebooter:
 
     def _power(self, host: str) -> str | None:
         return str(self._client(host).find_system().get("PowerState") or "") or None
+
+
+def bmc_credentials(plan: SitePlan, resolver: SecretResolver) -> dict[str, BmcCredentials]:
+    """Every planned BMC's credential, resolved from the site's secret store as provisioning does;
+    fails closed naming each host whose credential does not resolve (never a value)."""
+    found: dict[str, BmcCredentials] = {}
+    missing: list[Problem] = []
+    for host in plan.hosts:
+        if host.bmc is None:
+            continue
+        try:
+            value = resolver.resolve(host.bmc.credentials, host=host.name).value
+        except SecretError as error:
+            missing.append(Problem("secret-missing", error.message, Location(path=f"hosts.{host.name}.bmc")))
+            continue
+        found[host.name] = BmcCredentials.parse(value, reference=host.bmc.credentials)
+    if missing:
+        raise SecretError(
+            f"{len(missing)} BMC credential(s) cannot be resolved to restart the hosts",
+            hint="set them with `aifactory secret set SITE secret://...`, or give the store's passphrase "
+            "file in AIFACTORY_PASSPHRASE_FILE",
+            problems=missing,
+        )
+    return found

@@ -17,10 +17,11 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
-from aifactory.bundle.manifest import Manifest
+from aifactory.bundle.manifest import MANIFEST, Manifest
 from aifactory.errors import UpgradeError
 from aifactory.plan.model import SitePlan
 
@@ -89,10 +90,21 @@ def package_versions(manifest: Manifest) -> dict[str, str]:
     return found
 
 
-def reboot_decision(running: Manifest, target: Manifest) -> RebootDecision:
+def imported_manifest(root: Path) -> Manifest | None:
+    """The manifest of a bundle imported at `root` (checked when it was imported); None when the
+    folder was cleaned up."""
+    path = root / MANIFEST
+    if not path.is_file():
+        return None
+    return Manifest.parse(path.read_bytes(), source=str(root))
+
+
+def reboot_decision(running: Manifest | None, target: Manifest) -> RebootDecision:
     """Whether going from the bundle `running` to `target` needs the hosts restarted (the same either
-    way: a revert takes the same packages back)."""
-    before, after = package_versions(running), package_versions(target)
+    way: a revert takes the same packages back). Without the running bundle's manifest every such
+    package of the target counts as new: a reboot too many, never one too few."""
+    before = package_versions(running) if running is not None else {}
+    after = package_versions(target)
     changes = tuple(
         PackageChange(name, before.get(name), after.get(name))
         for name in sorted(set(before) | set(after))
