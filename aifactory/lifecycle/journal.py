@@ -176,7 +176,7 @@ class Journal:
             "old": asdict(self.old),
             "new": asdict(self.new),
             "batches": self.batches,
-            "hosts": {name: asdict(entry) for name, entry in sorted(self.hosts.items())},
+            "hosts": {name: _entry(entry) for name, entry in sorted(self.hosts.items())},
             "started": self.started,
             "status": self.status,
             "failure": self.failure,
@@ -268,6 +268,15 @@ class JournalStore:
                 location=Location(file=str(path)),
                 hint="restore it from backup (the last journal in upgrade/history/ says the same)",
             ) from None
+
+
+def _entry(entry: HostEntry) -> dict[str, Any]:
+    """A host's entry; `boot_id` only once a reset recorded one (a journal without a reboot keeps
+    its shape)."""
+    data = asdict(entry)
+    if data["boot_id"] is None:
+        del data["boot_id"]
+    return data
 
 
 def _kind(value: object) -> Kind:
