@@ -114,6 +114,28 @@ class Connection:
             input=input_text,
         )
 
+    def ssh_argv(self, address: str, argv: Sequence[str], *, connect_timeout_s: int = 10) -> list[str]:
+        """`argv` run on a host over SSH, as Ansible reaches it (its ssh options and user), with the
+        host key checked against the known one: an unknown or changed key is refused, never learnt
+        (the options given first win over an ssh config's). Run it with `run_on_control_host`."""
+        ssh = self.ansible_cfg.get("ssh_connection", {})
+        user = str(self.ansible_cfg.get("defaults", {}).get("remote_user", "root"))
+        return [
+            "ssh",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "StrictHostKeyChecking=yes",
+            "-o",
+            f"ConnectTimeout={connect_timeout_s}",
+            *shlex.split(ssh.get("ssh_common_args", "")),
+            "-l",
+            user,
+            address,
+            "--",
+            *argv,
+        ]
+
 
 def ssh_connection(
     *,

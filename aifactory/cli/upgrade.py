@@ -16,10 +16,13 @@ from aifactory.cli.output import emit_json, table
 from aifactory.errors import UsageError
 
 if TYPE_CHECKING:
+    from aifactory.connection import Connection
     from aifactory.lifecycle.batches import UpgradeHost
     from aifactory.lifecycle.change import Change
     from aifactory.lifecycle.journal import Journal, JournalStore, VersionRef
+    from aifactory.lifecycle.reboot import RebootDecision
     from aifactory.lifecycle.records import Kind
+    from aifactory.lifecycle.seams import Rebooter
     from aifactory.lifecycle.upgrade import UpgradeParts, UpgradeResult
     from aifactory.plan import PlannedSite
     from aifactory.state import SiteState
@@ -98,6 +101,20 @@ def _rolling_options(parser: argparse.ArgumentParser, done: str) -> None:
     parser.add_argument(
         "--abort", action="store_true", help=f"take the batches {done} so far back to the previous version"
     )
+    parser.add_argument(
+        "--no-reboot",
+        action="store_true",
+        help="a change that needs a reboot (kernel, GPU driver, firmware) does not restart the hosts: "
+        "the new kernel or driver runs only after you restart them (the record says so)",
+    )
+    parser.add_argument(
+        "--bmc-scheme",
+        choices=("https", "http"),
+        default="https",
+        help="how to reach the BMCs to restart hosts (default https; the lab's emulators use http)",
+    )
+    parser.add_argument("--bmc-port", type=int, help="BMC Redfish port (default: the scheme's)")
+    parser.add_argument("--bmc-ca", type=Path, help="CA bundle that signs the BMCs' TLS certificates")
 
 
 def cmd_upgrade(args: argparse.Namespace) -> int:
@@ -139,6 +156,21 @@ class _Prepared:
     change: Change
     kind: Kind = "upgrade"
     authorized: str = ""  # a rollback: the activation record's verdict, as the admin reads it
+    reboot: RebootDecision | None = None
+    restart: bool = True  # False under --no-reboot: the admin restarts the hosts
+
+    def reboot_record(self) -> dict[str, Any] | None:
+        """What the journal (and the `started` record) keep of a change that needs a reboot."""
+        if self.reboot is None or not self.reboot.needed:
+            return None
+        return {**self.reboot.as_dict(), "restart": self.restart}
+
+    def reboot_line(self) -> str | None:
+        if self.reboot is None:
+            return None
+        if self.reboot.needed and not self.restart:
+            return f"{self.reboot.render()}; --no-reboot: it takes effect when you restart the hosts"
+        return self.reboot.render()
 
 
 def _prepare(args: argparse.Namespace, planned: PlannedSite, state: SiteState) -> _Prepared:
@@ -154,7 +186,36 @@ def _prepare(args: argparse.Namespace, planned: PlannedSite, state: SiteState) -
     hosts = upgrade_hosts(planned.plan)
     batches = [tuple(b) for b in journal.batches] if journal else plan_batches(hosts, size)
     change = describe_change(old, old_root, new, planned.plan)
-    return _Prepared(store, journal is not None, old, new, hosts, batches, change)
+    assert report.manifest is not None  # a bundle that verifies has one
+    reboot = _reboot(args, planned, old_root, report.manifest, batches)
+    return _Prepared(
+        store,
+        journal is not None,
+        old,
+        new,
+        hosts,
+        batches,
+        change,
+        reboot=reboot,
+        restart=not args.no_reboot,
+    )
+
+
+def _reboot(
+    args: argparse.Namespace,
+    planned: PlannedSite,
+    old_root: Path,
+    target: Any,
+    batches: Sequence[Sequence[str]],
+) -> RebootDecision:
+    """Whether the change needs the hosts restarted; refused up front when it does and a host has no
+    BMC to restart it through, unless --no-reboot."""
+    from aifactory.lifecycle.reboot import imported_manifest, reboot_decision, require_bmcs
+
+    decision = reboot_decision(imported_manifest(old_root), target)
+    if not args.no_reboot:
+        require_bmcs(planned.plan, [h for batch in batches for h in batch], decision)
+    return decision
 
 
 def _starting_point(state: SiteState) -> tuple[JournalStore, Journal | None, VersionRef, Path]:
@@ -173,7 +234,9 @@ def _starting_point(state: SiteState) -> tuple[JournalStore, Journal | None, Ver
 def _prepare_rollback(args: argparse.Namespace, planned: PlannedSite, state: SiteState) -> _Prepared:
     from aifactory.lifecycle.batches import BatchSize, plan_batches, upgrade_hosts
     from aifactory.lifecycle.change import describe_change
+    from aifactory.lifecycle.reboot import imported_manifest
     from aifactory.lifecycle.rollback import rollback_target
+    from aifactory.lifecycle.versions import version_history
 
     size = BatchSize.parse(args.batch)
     store, journal, old, old_root = _starting_point(state)
@@ -183,6 +246,11 @@ def _prepare_rollback(args: argparse.Namespace, planned: PlannedSite, state: Sit
         [tuple(b) for b in journal.batches] if journal else plan_batches(hosts, size, controller_last=True)
     )
     change = describe_change(old, old_root, target.version, planned.plan)
+    imported = version_history(state).find(target.version.version)
+    manifest = imported_manifest(Path(imported.root)) if imported is not None else None
+    if manifest is None:  # checked by rollback_target: the older import is intact
+        raise AssertionError(f"no manifest for {target.version.version}")
+    reboot = _reboot(args, planned, old_root, manifest, batches)
     return _Prepared(
         store,
         journal is not None,
@@ -193,6 +261,8 @@ def _prepare_rollback(args: argparse.Namespace, planned: PlannedSite, state: Sit
         change,
         "rollback",
         target.activation.message,
+        reboot,
+        not args.no_reboot,
     )
 
 
@@ -204,7 +274,12 @@ def _upgrade(args: argparse.Namespace, planned: PlannedSite, state: SiteState) -
 
     def begin() -> tuple[Journal, bool]:
         begun = begin_upgrade(
-            ready.store, site=state.site, old=ready.old, new=ready.new, batches=ready.batches
+            ready.store,
+            site=state.site,
+            old=ready.old,
+            new=ready.new,
+            batches=ready.batches,
+            reboot=ready.reboot_record(),
         )
         import_bundle(args.bundle, trust=Path(args.trust), site_state=state)
         return begun
@@ -220,7 +295,14 @@ def _rollback(args: argparse.Namespace, planned: PlannedSite, state: SiteState) 
     def begin() -> tuple[Journal, bool]:
         # checked again under the lock: the record may have been replaced since
         target = rollback_target(state, version=ready.new.version, running=ready.old, trust=Path(args.trust))
-        return begin_rollback(state, ready.store, target=target, old=ready.old, batches=ready.batches)
+        return begin_rollback(
+            state,
+            ready.store,
+            target=target,
+            old=ready.old,
+            batches=ready.batches,
+            reboot=ready.reboot_record(),
+        )
 
     return _change(args, planned, state, ready, begin)
 
@@ -232,7 +314,9 @@ def _change(
     journal, the bundle in use) and run it batch by batch."""
     from aifactory.lifecycle.upgrade import run_upgrade
 
-    shown = {"change": ready.change.as_dict(), "batches": ready.batches}
+    shown: dict[str, Any] = {"change": ready.change.as_dict(), "batches": ready.batches}
+    if ready.reboot is not None:
+        shown["reboot"] = {**ready.reboot.as_dict(), "restart": ready.reboot.needed and ready.restart}
     if ready.authorized:
         shown["authorized"] = ready.authorized
     if ready.new == ready.old and not ready.resuming:
@@ -250,7 +334,7 @@ def _change(
         def go(parts: UpgradeParts) -> UpgradeResult:
             return run_upgrade(journal, ready.store, parts, drain_timeout_s=args.drain_timeout)
 
-        return _run(args, planned, state, go, ready.kind)
+        return _run(args, planned, state, go, ready.kind, restarts=journal.restarts)
 
 
 def _abort(args: argparse.Namespace, planned: PlannedSite, state: SiteState, kind: Kind) -> int:
@@ -263,11 +347,21 @@ def _abort(args: argparse.Namespace, planned: PlannedSite, state: SiteState, kin
         return abort_upgrade(store, parts, drain_timeout_s=args.drain_timeout, kind=kind)
 
     with state.lock(kind):
-        return _run(args, planned, state, go, kind)
+        journal = store.load()
+        return _run(args, planned, state, go, kind, restarts=journal is not None and journal.restarts)
 
 
-def _run(args: argparse.Namespace, planned: PlannedSite, state: SiteState, go: Go, kind: Kind) -> int:
-    """Build the site's parts (the edge chooses how hosts are reached), run, render the result."""
+def _run(
+    args: argparse.Namespace,
+    planned: PlannedSite,
+    state: SiteState,
+    go: Go,
+    kind: Kind,
+    *,
+    restarts: bool = False,
+) -> int:
+    """Build the site's parts (the edge chooses how hosts are reached), run, render the result.
+    `restarts`: the change restarts each batch through its BMCs."""
     from aifactory.bundle.import_record import last_import
     from aifactory.lifecycle.journal import VersionRef
     from aifactory.lifecycle.site_parts import parts_for_site
@@ -276,12 +370,35 @@ def _run(args: argparse.Namespace, planned: PlannedSite, state: SiteState, go: G
     record = last_import(state)
     imported = VersionRef(record.version, record.digest) if record else VersionRef("", "")
     connection = site_connection(planned.plan.name)
+    rebooter = _rebooter(args, planned, state, connection) if restarts else None
     with progress.shown(args, kind) as shown:
-        parts = parts_for_site(planned, connection=connection, state=state, imported=imported, progress=shown)
+        parts = parts_for_site(
+            planned, connection=connection, state=state, imported=imported, progress=shown, rebooter=rebooter
+        )
         result = go(parts)
     data = result.as_dict()
     _say(args, data, _result_text(data))
     return 0
+
+
+def _rebooter(
+    args: argparse.Namespace, planned: PlannedSite, state: SiteState, connection: Connection
+) -> Rebooter:
+    """The BMCs of the site, reached with --bmc-scheme, --bmc-port and --bmc-ca, their credentials
+    from the site's secret store (AIFACTORY_PASSPHRASE_FILE opens it), SSH as Ansible reaches the hosts."""
+    import os
+
+    from aifactory.lifecycle.bmc_reboot import BmcAccess, RedfishRebooter, SshBootIds, bmc_credentials
+    from aifactory.provision.redfish import TlsSettings
+    from aifactory.secrets import STORE_FILE, SecretResolver
+
+    passphrase = connection.env.get("AIFACTORY_PASSPHRASE_FILE") or os.environ.get(
+        "AIFACTORY_PASSPHRASE_FILE"
+    )
+    credentials = bmc_credentials(planned.plan, SecretResolver(state.path(STORE_FILE), passphrase))
+    tls = TlsSettings(ca_bundle=str(args.bmc_ca.resolve()) if args.bmc_ca else None)
+    access = BmcAccess(args.bmc_scheme, args.bmc_port, tls)
+    return RedfishRebooter(planned.plan, access, credentials, SshBootIds(planned.plan, connection))
 
 
 def _site(args: argparse.Namespace) -> tuple[PlannedSite, SiteState]:
@@ -308,6 +425,8 @@ def _plan_text(ready: _Prepared, batches: Sequence[Sequence[str]]) -> str:
     lines.append(
         "plan: " + (change.plan.render() if change.plan is not None else "previous plan not available")
     )
+    if (reboot := ready.reboot_line()) is not None:
+        lines.append(reboot)
     rows = [(index + 1, name, roles.get(name, "")) for index, batch in enumerate(batches) for name in batch]
     lines += [f"{len(batches)} batches:", table(("BATCH", "HOST", "ROLE"), rows)]
     return "\n".join(lines)

@@ -32,8 +32,30 @@ from aifactory.state import SiteState
 SCHEMA = "aifactory.upgrade-journal/v1"
 JOURNAL = "journal.json"
 RUNNING = "running.json"
-Phase = Literal["pending", "drained-slurm", "drained-door", "deployed", "gated", "enabled", "reverted"]
-PHASES: tuple[Phase, ...] = ("pending", "drained-slurm", "drained-door", "deployed", "gated", "enabled")
+Phase = Literal[
+    "pending",
+    "drained-slurm",
+    "drained-door",
+    "deployed",
+    "reset-sent",
+    "rebooted",
+    "gated",
+    "enabled",
+    "reverted",
+]
+# `reset-sent` and `rebooted` only for a change that needs a reboot (Journal.reboot); `reset-sent` is
+# kept *before* the BMC is asked to restart, so a run killed right after a reset waits for the host
+# on the re-run and never resets it twice (a reset that never went out is forced after the timeout).
+PHASES: tuple[Phase, ...] = (
+    "pending",
+    "drained-slurm",
+    "drained-door",
+    "deployed",
+    "reset-sent",
+    "rebooted",
+    "gated",
+    "enabled",
+)
 Target = Literal["to", "from"]
 # upgrading: batches go on; failed: a batch went back and the upgrade stopped (a re-run refuses,
 # --abort takes the rest back); aborting: --abort in progress; done and aborted end in history/.
@@ -61,6 +83,7 @@ class HostEntry:
     to_version: str
     phase: Phase = "pending"
     target: Target = "to"
+    boot_id: str | None = None  # before the reset the journal records (a change that reboots)
 
     @property
     def runs(self) -> str:
@@ -90,6 +113,9 @@ class Journal:
     kind: Kind = "upgrade"  # a rollback is an upgrade to an older version installed before
     activation: dict[str, Any] | None = None  # a rollback: the activation record it cites
     announced: bool = False  # its `started` record is in the operator log
+    # a change that needs a reboot: RebootDecision.as_dict() and `restart`: False under --no-reboot
+    # (the admin restarts the hosts); None: no reboot needed
+    reboot: dict[str, Any] | None = None
 
     @classmethod
     def start(
@@ -101,6 +127,7 @@ class Journal:
         *,
         kind: Kind = "upgrade",
         activation: dict[str, Any] | None = None,
+        reboot: dict[str, Any] | None = None,
     ) -> Journal:
         hosts = {
             name: HostEntry(name, index, old.version, new.version)
@@ -108,8 +135,21 @@ class Journal:
             for name in batch
         }
         return cls(
-            site, old, new, [list(b) for b in batches], hosts, started=now(), kind=kind, activation=activation
+            site,
+            old,
+            new,
+            [list(b) for b in batches],
+            hosts,
+            started=now(),
+            kind=kind,
+            activation=activation,
+            reboot=reboot,
         )
+
+    @property
+    def restarts(self) -> bool:
+        """Each batch is restarted through its BMCs between the deploy and the gate."""
+        return bool(self.reboot and self.reboot.get("restart"))
 
     @property
     def id(self) -> str:
@@ -136,7 +176,7 @@ class Journal:
             "old": asdict(self.old),
             "new": asdict(self.new),
             "batches": self.batches,
-            "hosts": {name: asdict(entry) for name, entry in sorted(self.hosts.items())},
+            "hosts": {name: _entry(entry) for name, entry in sorted(self.hosts.items())},
             "started": self.started,
             "status": self.status,
             "failure": self.failure,
@@ -144,6 +184,7 @@ class Journal:
             "kind": self.kind,
             "activation": self.activation,
             "announced": self.announced,
+            **({"reboot": self.reboot} if self.reboot is not None else {}),
         }
 
     @classmethod
@@ -164,6 +205,7 @@ class Journal:
             activation=data.get("activation"),
             # a journal written before `announced` was: its start was recorded as it began
             announced=bool(data.get("announced", True)),
+            reboot=data.get("reboot"),
         )
 
 
@@ -226,6 +268,15 @@ class JournalStore:
                 location=Location(file=str(path)),
                 hint="restore it from backup (the last journal in upgrade/history/ says the same)",
             ) from None
+
+
+def _entry(entry: HostEntry) -> dict[str, Any]:
+    """A host's entry; `boot_id` only once a reset recorded one (a journal without a reboot keeps
+    its shape)."""
+    data = asdict(entry)
+    if data["boot_id"] is None:
+        del data["boot_id"]
+    return data
 
 
 def _kind(value: object) -> Kind:

@@ -7,7 +7,9 @@ run: its records share `detail.run` (the journal's id), and a re-run that resume
 change keeps it, so the audit sees one change with one outcome.
 
     command   result            detail (besides run, from, to)
-    upgrade   started           batches: [[host, ...], ...]; a rollback: activation (the record cited)
+    upgrade   started           batches: [[host, ...], ...]; a rollback: activation (the record cited);
+                                a change that needs a reboot: reboot (packages, restart: false under
+                                --no-reboot, when the admin restarts the hosts)
     rollback  batch-done        batch: n, hosts
               jobs-requeued     hosts, jobs, drain_timeout_s: Slurm jobs requeued past the drain timeout
               batch-failed      batch, hosts, reason: failed, and going back failed too (hosts drained)
@@ -88,12 +90,16 @@ def change_started(
     *,
     batches: Sequence[Sequence[str]],
     activation: Mapping[str, Any] | None = None,
+    reboot: Mapping[str, Any] | None = None,
 ) -> None:
     """The change begins (a rollback cites the activation record that authorized it:
-    ActivationVerdict.citation()'s `activation`)."""
+    ActivationVerdict.citation()'s `activation`; a change that needs a reboot says so, and whether
+    the upgrade restarts the hosts or leaves it to the admin)."""
     extra: dict[str, Any] = {"batches": [list(batch) for batch in batches]}
     if activation:
         extra["activation"] = dict(activation)
+    if reboot:
+        extra["reboot"] = dict(reboot)
     log.write(change, STARTED, extra)
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from aifactory.bundle.importer import check_imported, use_imported
 from aifactory.bundle.manifest import BundleVersion
@@ -66,6 +67,7 @@ def begin_rollback(
     target: RollbackTarget,
     old: VersionRef,
     batches: list[tuple[str, ...]],
+    reboot: dict[str, Any] | None = None,
 ) -> tuple[Journal, bool]:
     """The rollback's journal (resumed: True when one to the same version is in progress), kept
     before the older version becomes the bundle in use; run it with `run_upgrade`."""
@@ -77,6 +79,7 @@ def begin_rollback(
         batches=batches,
         kind="rollback",
         activation=target.activation.citation().get("activation"),
+        reboot=reboot,
     )
     store.save(journal)
     use_version(state, target.version)

@@ -7,7 +7,7 @@ stand-ins to kill and resume it at every phase.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -56,6 +56,22 @@ class Installer(Protocol):
 class HealthGate(Protocol):
     def check(self, hosts: Sequence[str]) -> StepOutcome:
         """The health gate on these hosts: passed, or the checks that failed."""
+
+
+class Rebooter(Protocol):
+    """A restart of hosts through their BMCs, for a change that needs one (aifactory.lifecycle.reboot)."""
+
+    def boot_ids(self, hosts: Sequence[str]) -> dict[str, str]:
+        """Each host's boot id as it answers now (read over SSH before the reset): the wait tells a
+        host that restarted from one that never went down by it."""
+
+    def reset(self, hosts: Sequence[str]) -> None:
+        """Ask each host's BMC for a graceful restart (ComputerSystem.Reset GracefulRestart)."""
+
+    def wait_back(self, boot_ids: Mapping[str, str | None]) -> StepOutcome:
+        """Wait until each host restarted (force-restarted, ForceRestart, when the graceful restart
+        did not come within its timeout) and answers SSH with its known host key: passed, or a
+        line per host that did not come back."""
 
 
 class BundleInUse(Protocol):

@@ -25,7 +25,7 @@ from aifactory.health.slurm import NodeState, parse_show_node
 from aifactory.lifecycle.journal import VersionRef
 from aifactory.lifecycle.records import OperatorLog
 from aifactory.lifecycle.rollback import use_version
-from aifactory.lifecycle.seams import StepOutcome
+from aifactory.lifecycle.seams import Rebooter, StepOutcome
 from aifactory.lifecycle.upgrade import DRAIN_REASON, UpgradeParts
 from aifactory.plan import PlannedSite
 from aifactory.plan.model import SitePlan
@@ -280,8 +280,10 @@ def parts_for_site(
     imported: VersionRef,
     progress: Progress = SILENT,
     extra_vars: Mapping[str, Any] | None = None,
+    rebooter: Rebooter | None = None,
 ) -> UpgradeParts:
-    """The real parts of this site, reached through `connection` (the edge's choice)."""
+    """The real parts of this site, reached through `connection` (the edge's choice); `rebooter`:
+    the BMCs' (aifactory.lifecycle.bmc_reboot), for a change that needs a reboot."""
     plan = planned.plan
     return UpgradeParts(
         slurm=ScontrolDrain(client_for(connection)) if slurm_topology(plan) is not None else NoSlurm(),
@@ -291,6 +293,7 @@ def parts_for_site(
         log=OperatorLog(state),
         bundle=ImportedBundles(state),
         progress=progress,
+        rebooter=rebooter,
     )
 
 

@@ -35,7 +35,15 @@ from aifactory.lifecycle.journal import (
     phase_index,
 )
 from aifactory.lifecycle.records import ChangeLog, Kind
-from aifactory.lifecycle.seams import BundleInUse, FrontDoor, HealthGate, Installer, SlurmDrain, StepOutcome
+from aifactory.lifecycle.seams import (
+    BundleInUse,
+    FrontDoor,
+    HealthGate,
+    Installer,
+    Rebooter,
+    SlurmDrain,
+    StepOutcome,
+)
 from aifactory.progress import SILENT, Progress
 
 DRAIN_REASON = "aifactory-upgrade:"  # Slurm's drain reason prefix: the upgrade resumes only its own
@@ -54,6 +62,7 @@ class UpgradeParts:
     log: ChangeLog
     bundle: BundleInUse
     progress: Progress = SILENT
+    rebooter: Rebooter | None = None  # a change that needs a reboot (Journal.restarts) must have one
 
 
 @dataclass(frozen=True)
@@ -87,11 +96,14 @@ def begin_upgrade(
     batches: list[tuple[str, ...]],
     kind: Kind = "upgrade",
     activation: dict[str, Any] | None = None,
+    reboot: dict[str, Any] | None = None,
 ) -> tuple[Journal, bool]:
-    """The journal to run: the one in progress to the same version (resumed: True), or a new one."""
+    """The journal to run: the one in progress to the same version (resumed: True), or a new one.
+    `reboot`: the change needs one (RebootDecision.as_dict() with `restart`), kept in the journal so a
+    resumed run restarts the batches the same way."""
     existing = store.load()
     if existing is None:
-        return Journal.start(site, old, new, batches, kind=kind, activation=activation), False
+        return Journal.start(site, old, new, batches, kind=kind, activation=activation, reboot=reboot), False
     what = f"the {existing.kind} to {existing.new.version}"
     if existing.status == "failed":
         raise UpgradeError(
@@ -124,7 +136,11 @@ def run_upgrade(
     if not journal.announced:
         run.save()  # first: a run killed before the record resumes this journal (the same run id)
         records.change_started(
-            parts.log, journal.change, batches=journal.batches, activation=journal.activation
+            parts.log,
+            journal.change,
+            batches=journal.batches,
+            activation=journal.activation,
+            reboot=journal.reboot,
         )
         journal.announced = True
         run.save()
@@ -242,11 +258,38 @@ def _move(run: _Run, index: int, names: Sequence[str], version: VersionRef) -> S
         f"{where}: deploy {version.version}",
         lambda hs: parts.installer.install(hs, version),
     )
+    if outcome.passed and run.journal.restarts:
+        outcome = _reboot(run, names, where)
     if outcome.passed:
         outcome = _checked_step(run, names, "gated", f"{where}: health gate", parts.gate.check)
     if outcome.passed:
         _step(run, names, "enabled", f"{where}: back into service", lambda hs: _enable(run, hs))
     return outcome
+
+
+def _reboot(run: _Run, names: Sequence[str], where: str) -> StepOutcome:
+    """Restart the hosts through their BMCs and wait for them to answer SSH again. The reset is
+    journaled (with each host's boot id) before it goes out: a run killed after it waits on the
+    re-run instead of resetting the hosts a second time."""
+    rebooter = run.parts.rebooter
+    if rebooter is None:
+        raise UpgradeError(
+            f"the {run.journal.kind} needs its hosts restarted and has no way to reach their BMCs",
+            code="upgrade-no-bmc",
+        )
+    behind = _behind(run, names, "reset-sent")
+    if behind:
+        run.parts.progress.step(f"{where}: restart through the BMC", total_items=len(behind))
+        booted = rebooter.boot_ids(behind)
+        for name in behind:
+            run.journal.hosts[name].boot_id = booted.get(name)
+        _mark(run, behind, "reset-sent")  # before the reset: never sent twice
+        rebooter.reset(behind)
+
+    def wait(hosts: list[str]) -> StepOutcome:
+        return rebooter.wait_back({h: run.journal.hosts[h].boot_id for h in hosts})
+
+    return _checked_step(run, names, "rebooted", f"{where}: wait for SSH after the restart", wait)
 
 
 def _step(

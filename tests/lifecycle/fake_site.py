@@ -12,7 +12,7 @@ door before its version changes, and the front door always has a serving host in
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,6 +46,7 @@ class FakeSite:
     in_use: str = A.version  # the control host's bundle in use (a plain deploy installs it)
     kill_at: int | None = None  # die at this action (0-based count over the site's life)
     kill_after: bool = False  # ... after its effect (else before)
+    boots: dict[str, int] = field(default_factory=dict)  # host -> times restarted (its boot id)
 
     def __post_init__(self) -> None:
         for host in self.hosts:
@@ -74,6 +75,7 @@ class FakeSite:
             gate=FakeGate(self),
             log=log or FakeLog(self),
             bundle=FakeBundle(self),
+            rebooter=FakeRebooter(self),
         )
 
     def in_service(self) -> dict[str, tuple[str, str, str]]:
@@ -184,3 +186,26 @@ class FakeBundle:
         self.site.act(f"use-{version.version}", [])
         self.site.in_use = version.version
         self.site.done()
+
+
+@dataclass
+class FakeRebooter:
+    """The BMCs: a reset restarts the host at once (its boot id moves on)."""
+
+    site: FakeSite
+
+    def boot_ids(self, hosts: Sequence[str]) -> dict[str, str]:
+        return {h: f"boot-{self.site.boots.get(h, 0)}" for h in hosts}
+
+    def reset(self, hosts: Sequence[str]) -> None:
+        self.site.act("reset", hosts)
+        for host in hosts:
+            self.site.boots[host] = self.site.boots.get(host, 0) + 1
+        self.site.done()
+
+    def wait_back(self, boot_ids: Mapping[str, str | None]) -> StepOutcome:
+        hosts = sorted(boot_ids)
+        self.site.act("wait-ssh", hosts)
+        stuck = [h for h in hosts if boot_ids[h] == f"boot-{self.site.boots.get(h, 0)}"]
+        self.site.done()
+        return StepOutcome(tuple(f"{h}: not back after the restart" for h in stuck))

@@ -270,3 +270,20 @@ def test_an_upgrade_the_orchestration_ran_is_in_the_audits_change_evidence(state
         "batch-done",
         "finished",
     ]
+
+
+def test_an_upgrade_that_needed_a_reboot_says_so_in_the_cm3_evidence(state: SiteState) -> None:
+    imported(state, "1.0", A)
+    imported(state, "1.1", B)
+    kernel = {"name": "linux-image-amd64", "from": "6.1.0-26", "to": "6.1.0-27"}
+    for restart in (True, False):
+        upgrade = Change("upgrade", f"u-{restart}", "1.0", A, "1.1", B)
+        reboot = {"needed": True, "packages": [kernel], "restart": restart}
+        change_started(OperatorLog(state), upgrade, batches=[list(HOSTS)], reboot=reboot)
+        change_finished(OperatorLog(state), upgrade, hosts=HOSTS)
+    restarted, left = change_evidence(state).detail["changes"]
+    assert (
+        restarted["reboot"]
+        == "linux-image-amd64 6.1.0-26 -> 6.1.0-27; restarted through the BMCs, batch by batch"
+    )
+    assert left["reboot"].startswith("linux-image-amd64 6.1.0-26 -> 6.1.0-27; not restarted (--no-reboot)")

@@ -62,7 +62,27 @@ class ChangeRun:
             "ended": last.get("time") if self.outcome else None,
             "outcome": self.outcome,
             "activation": _mapping(detail.get("activation")).get("file"),
+            **_reboot(detail),
         }
+
+
+def _reboot(detail: dict[str, Any]) -> dict[str, str]:
+    """A change that needed a reboot says which packages, and who restarted the hosts (absent when
+    none was needed: older evidence keeps its shape)."""
+    reboot = _mapping(detail.get("reboot"))
+    if not reboot.get("needed"):
+        return {}
+    packages = ", ".join(
+        f"{p.get('name')} {p.get('from') or '(none)'} -> {p.get('to') or '(none)'}"
+        for p in reboot.get("packages", [])
+        if isinstance(p, dict)
+    )
+    how = (
+        "restarted through the BMCs, batch by batch"
+        if reboot.get("restart")
+        else "not restarted (--no-reboot): it takes effect when the admin restarts the hosts"
+    )
+    return {"reboot": f"{packages}; {how}"}
 
 
 def change_evidence(state: SiteState, *, trust: Path | None = None) -> Evidence:
