@@ -422,6 +422,13 @@ class LoopError(AifactoryError):
     code = "loop"
 
 
+class TurnRunning(LoopError):
+    """Another `aifactory loop run` of the same model holds its turn lock (docs/loop.md, "The timer")."""
+
+    code = "turn-running"
+    exit_code = ExitCode.CANNOT_EVALUATE
+
+
 class LineageBroken(LoopError):
     """A link of a decision's lineage (docs/loop.md) does not verify; the message names the link."""
 

@@ -1,11 +1,12 @@
 """`aifactory loop run|sign-off|turns` and `aifactory lineage`: the closed loop (docs/loop.md).
 
     aifactory loop run SITE MODEL --job JOB.yaml       one turn (or the rest of the current one)
+    aifactory loop due SITE MODEL                      whether a turn is due by the trigger (exit 0, or 1)
     aifactory loop sign-off SITE CHALLENGER --key KEY  a signed sign-off of a challenger awaiting one
     aifactory loop turns SITE MODEL                    every turn and where it stands
     aifactory lineage SITE DECISION_ID                 decision -> model -> training -> data, verified
 
-Library: aifactory.loop.turn, aifactory.loop.signoff, aifactory.loop.lineage.
+Library: aifactory.loop.turn, aifactory.loop.trigger, aifactory.loop.signoff, aifactory.loop.lineage.
 """
 
 from __future__ import annotations
@@ -17,12 +18,14 @@ from typing import TYPE_CHECKING, Any
 from aifactory.cli.output import emit_json
 
 if TYPE_CHECKING:
+    from aifactory.loop.trigger import Due
     from aifactory.loop.turn import Turn
     from aifactory.plan.model import SitePlan
 
 # One example per command, shown at the end of its --help (aifactory/cli/help.py).
 EXAMPLES = {
     "loop run": "aifactory loop run inventory/lab/site.yaml vitals-mlp --job job.yaml",
+    "loop due": "aifactory loop due inventory/lab/site.yaml vitals-mlp --format json",
     "loop sign-off": "aifactory loop sign-off inventory/lab/site.yaml sha256:4f0c... --key ~/.ssh/id_ed25519",
     "loop turns": "aifactory loop turns inventory/lab/site.yaml vitals-mlp --format json",
     "lineage": "aifactory lineage inventory/lab/site.yaml 9c1f...e2 --decision-log decisions.jsonl",
@@ -59,9 +62,15 @@ def register(
     run.add_argument(
         "--job",
         type=Path,
-        required=True,
         help="training job file (aifactory.job/v1): the tenant's token, hosts, network and training "
-        "settings; the turn trains `train.steps` more steps from the champion's",
+        "settings; the turn trains `train.steps` more steps from the champion's (default "
+        "<state>/loop/MODEL/job.yaml, where the timer's runs find it)",
+    )
+    run.add_argument(
+        "--if-due",
+        action="store_true",
+        help="run only when a turn is due by the model's trigger (as `aifactory loop due` says), else "
+        "exit 0 saying why not; a turn already running is not due (the timer's service runs this)",
     )
     run.add_argument("--allowed-signers", type=Path, help=SIGNERS_HELP)
     run.add_argument("--storage-root", type=Path, help=STORAGE_ROOT_HELP)
@@ -72,6 +81,21 @@ def register(
         help="the runtime's install folder on the nodes (default /opt/aifactory/current)",
     )
     run.set_defaults(handler=cmd_run)
+
+    due = actions.add_parser(
+        "due",
+        parents=[common],
+        help="say whether a loop turn of a model is due by its trigger",
+        description='Whether a turn of the model\'s loop is due now and why (docs/loop.md, "The timer"): '
+        "enough new feedback records since the last turn's data version (the trigger's new_samples), an "
+        "unfinished turn to continue, or the schedule alone; not due while another run holds the turn "
+        "lock, without a champion, or with too few new records. Exit 0 when due, 1 when not. The "
+        "schedule itself (trigger.on_calendar) is the timer's.",
+    )
+    due.add_argument("site", help="site spec (YAML)")
+    due.add_argument("model", help="a model with a `loop` entry in the spec")
+    due.add_argument("--storage-root", type=Path, help=STORAGE_ROOT_HELP)
+    due.set_defaults(handler=cmd_due)
 
     sign_off = actions.add_parser(
         "sign-off",
@@ -127,8 +151,9 @@ def _signers(state_dir: Path, given: Path | None) -> Path:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from aifactory.errors import TurnRunning, UsageError
     from aifactory.loop.jobs import SlurmJobs
-    from aifactory.loop.turn import Places, TurnSetup, run_turn
+    from aifactory.loop.turn import Places, TurnSetup, run_turn, turns_dir
     from aifactory.pipeline.connection import site_connection
     from aifactory.plan import plan_site
     from aifactory.scheduler.slurm import client_for
@@ -138,10 +163,21 @@ def cmd_run(args: argparse.Namespace) -> int:
     planned = plan_site(args.site, write_lock=False)
     plan = planned.plan
     runtime_dir, state_dir = _state(plan)
+    if args.if_due:
+        due = _due(plan, args.model, args.storage_root)
+        if not due.due:  # the timer's tick with nothing to do: not a failure
+            _print_due(args, plan, due)
+            return 0
+    job = args.job or turns_dir(state_dir, args.model) / "job.yaml"
+    if not job.is_file():
+        raise UsageError(
+            f"no training job file {job}",
+            hint="pass --job JOB.yaml, or put the model's job file there for the timer (docs/loop.md)",
+        )
     setup = TurnSetup(
         plan=plan,
         model=args.model,
-        job_template=args.job.resolve(),
+        job_template=job.resolve(),
         key=ensure_model_key(runtime_dir),
         authorizer=load_authorizer(plan),
         jobs=SlurmJobs(planned, client_for(site_connection(plan.name)), runtime_prefix=args.runtime_prefix),
@@ -151,12 +187,59 @@ def cmd_run(args: argparse.Namespace) -> int:
         node_signers=_node_signers(plan),
     )
     setup.loop  # noqa: B018 -- a model without a loop is refused before anything is made
-    turn = run_turn(setup)
+    try:
+        turn = run_turn(setup)
+    except TurnRunning:
+        if not args.if_due:
+            raise
+        # The timer started while a run (by hand, or a slow earlier tick) works on the turn: leave it.
+        print(f"{args.model}: a turn is running; not started again")
+        return 0
     if args.format == "json":
         emit_json({"site": plan.name, **turn.as_dict()})
     else:
         print(_turn_line(turn))
     return 0 if turn.status == "promoted" else 1
+
+
+def cmd_due(args: argparse.Namespace) -> int:
+    from aifactory.plan import plan_site
+
+    plan = plan_site(args.site, write_lock=False).plan
+    due = _due(plan, args.model, args.storage_root)
+    _print_due(args, plan, due)
+    return 0 if due.due else 1
+
+
+def _due(plan: SitePlan, model: str, storage_root: Path | None) -> Due:
+    """The trigger's answer for `model` of `plan`, reading the state, the registry and the data here."""
+    from aifactory.errors import UsageError
+    from aifactory.loop.trigger import turn_due
+    from aifactory.loop.turn import Places, training_dataset
+    from aifactory.trust.issuing.models import ModelKey
+
+    loop = next((entry for entry in plan.loop or () if entry.model == model), None)
+    if loop is None:
+        raise UsageError(f"site {plan.name} has no loop for model {model[:80]!r}")
+    runtime_dir, state_dir = _state(plan)
+    places = Places(plan, root=storage_root)
+    planned = next(m for m in plan.models if m.name == model)
+    dataset = next(d for d in plan.datasets if d.name == training_dataset(planned))
+    return turn_due(
+        loop=loop,
+        model=planned,
+        state_dir=state_dir,
+        model_dir=places.here(planned.storage, planned.path),
+        dataset_dir=places.here(dataset.storage, dataset.path),
+        trust=ModelKey(runtime_dir).trust,
+    )
+
+
+def _print_due(args: argparse.Namespace, plan: SitePlan, due: Due) -> None:
+    if args.format == "json":
+        emit_json({"site": plan.name, **due.as_dict()})
+    else:
+        print(f"{due.model}: {'due' if due.due else 'not due'} ({due.reason}): {due.detail}")
 
 
 def _node_signers(plan: SitePlan) -> tuple[Path, ...]:

@@ -395,6 +395,22 @@ def _dataset_files(dataset_dir: Path) -> list[tuple[str, Path]]:
     return found
 
 
+def feedback_ids(dataset_dir: Path, version: Version | None) -> frozenset[str] | None:
+    """The decision ids of the feedback records a version holds (none for no version), or None when
+    an erasure destroyed its feedback file (its manifest still counts them: `feedback.records`)."""
+    entry = next((f for f in version.files if f["path"] == FEEDBACK_FILE), None) if version else None
+    if entry is not None and entry["state"] != "present":
+        return None
+    return frozenset(str(r["decision_id"]) for r in _feedback_lines(DatasetStore(dataset_dir), version))
+
+
+def pending_ids(dataset_dir: Path, dataset: str) -> frozenset[str]:
+    """The decision ids of the pending feedback records of `dataset`: what its next version adds."""
+    return frozenset(
+        str(r["decision_id"]) for _, r in pending_records(dataset_dir) if r.get("dataset") == dataset
+    )
+
+
 def _feedback_lines(store: DatasetStore, latest: Version | None) -> list[dict[str, Any]]:
     if latest is None:
         return []

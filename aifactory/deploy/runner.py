@@ -38,6 +38,7 @@ from aifactory.deploy.progress import UNFINISHED, HostProgress, Progress, Update
 from aifactory.deploy.settings import DeploySettings, render_ansible_cfg
 from aifactory.errors import DeployError, ExitCode, Location, PrerequisiteError
 from aifactory.headcopies import merge_incoming
+from aifactory.inventory.render import Unsafe
 from aifactory.inventory.site import site_inventory
 from aifactory.plan import PlannedSite
 from aifactory.plan.diff import diff_plans
@@ -401,7 +402,14 @@ def _set_up(planned: PlannedSite, options: DeployOptions, state: SiteState, conn
     bundle = prepare_bundle(state, trust=options.trust)
     plan, digest = checked_plan(planned, bundle)
     folder = state.subdir("deploy")
-    rendered = site_inventory(plan, connection=connection, bundle=bundle.inventory_vars(), state=state)
+    # The loop's timers run `aifactory loop run SPEC MODEL --if-due` here: they need the spec's path
+    # (only a site with a loop gets it, so other inventories keep their bytes).
+    # `!unsafe`: a path is the admin's text and may hold `{{`, which Ansible would template.
+    spec_path = Unsafe(str(Path(planned.loaded.source.file).resolve()))
+    spec = {"aifactory_site_spec": spec_path} if plan.loop else None
+    rendered = site_inventory(
+        plan, connection=connection, bundle=bundle.inventory_vars(), state=state, extra_vars=spec
+    )
     inventory_dir = folder / "inventory"
     rendered.write(inventory_dir)
     cfg = folder / "ansible.cfg"

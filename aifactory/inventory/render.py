@@ -312,6 +312,12 @@ def _site_vars(
     # Likewise only on a site that has one.
     if plan.front_door is not None:
         values["aifactory_front_door"] = section_dict(plan.front_door)
+    # The loop's timers (the loop_timer role on the control host, docs/loop.md "The timer"): per model,
+    # the calendar it looks on. Likewise only on a site with a loop section.
+    if plan.loop:
+        values["aifactory_loop"] = [
+            {"model": entry.model, "on_calendar": entry.trigger.on_calendar} for entry in plan.loop
+        ]
     # What came from the plan, the bundle or provisioning is never templated; the site's own
     # variables (the lab's connection settings, the trust folder) are aifactory's, and stay plain.
     values = _unsafe(values, "group_vars")

@@ -28,9 +28,12 @@ registry.
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -42,7 +45,7 @@ from aifactory.chain import canonical_bytes
 from aifactory.data.holdout import DatasetVersionFiles
 from aifactory.data.versions import Version, create_version, manifest_digest, read_history, sign_record
 from aifactory.durable import atomic_write
-from aifactory.errors import DatasetVersionError, LoopError, UsageError
+from aifactory.errors import DatasetVersionError, LoopError, TurnRunning, UsageError
 from aifactory.loop.canary import REGRESSED_REASON, canary_state, settings_of
 from aifactory.loop.jobs import EvaluationRequest, LoopJobs, SubmittedJob
 from aifactory.loop.manifest import (
@@ -63,6 +66,7 @@ from aifactory.trust.models import CHECKPOINTS_DIR, Registry, read_promotions, v
 TURN_FORMAT = "aifactory.loop-turn/v1"
 DECISION_FORMAT = "aifactory.promotion-decision/v1"
 TURN_FILE = "turn.json"
+LOCK_FILE = ".turn.lock"  # in <state>/loop/<model>: held by the run that works on a turn
 SIGN_OFF_FILE = "sign-off.json"
 DECISION_FILE = "promotion-decision.json"  # in the training job's run folder, beside data-read.json
 REPORT_FILE = "evaluation-report.json"
@@ -228,8 +232,34 @@ def _readable_by_nodes(folder: Path, top: Path) -> None:
             break
 
 
+@contextmanager
+def turn_lock(state_dir: Path, model: str) -> Iterator[None]:
+    """Hold the model's turn lock (flock on `<state>/loop/<model>/.turn.lock`) or raise TurnRunning at
+    once: two runs of one turn would submit its jobs twice. The kernel drops it with the process."""
+    folder = turns_dir(state_dir, model)
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise TurnRunning(
+                f"a turn of model {model} is running (another `aifactory loop run` holds its lock)",
+                hint="wait for it to end; `aifactory loop turns SITE MODEL` shows where it stands",
+            ) from None
+        yield
+    finally:
+        os.close(fd)  # closing releases the flock
+
+
 def run_turn(setup: TurnSetup) -> Turn:
-    """Run (or continue) one turn to its end or to `awaiting-sign-off`; the turn record."""
+    """Run (or continue) one turn to its end or to `awaiting-sign-off`; the turn record. Under the
+    model's turn lock: a second run while one works refuses (TurnRunning) before touching anything."""
+    with turn_lock(setup.state_dir, setup.model):
+        return _run_turn(setup)
+
+
+def _run_turn(setup: TurnSetup) -> Turn:
     turn = current_turn(setup)
     for name, step in STEPS:
         if name in turn.done and not _runs_again(name, turn):
@@ -254,11 +284,15 @@ def _runs_again(name: str, turn: Turn) -> bool:
 # --- the steps ------------------------------------------------------------------------------------
 
 
+def training_dataset(model: ModelPlan) -> str:
+    """The dataset a turn versions and retrains on: the model's first `trained_on`."""
+    if not model.trained_on:
+        raise UsageError(f"model {model.name} is trained on no dataset: nothing to retrain on")
+    return model.trained_on[0]
+
+
 def _training_dataset(setup: TurnSetup) -> str:
-    trained_on = setup.model_plan.trained_on
-    if not trained_on:
-        raise UsageError(f"model {setup.model} is trained on no dataset: nothing to retrain on")
-    return trained_on[0]
+    return training_dataset(setup.model_plan)
 
 
 def _evaluation_version(setup: TurnSetup) -> Version:
