@@ -175,9 +175,7 @@ def step_failed(log: ChangeLog, change: Change, *, step: str, hosts: Sequence[st
     log.write(change, STEP_FAILED, {"step": step, "hosts": list(hosts), "reason": reason})
 
 
-def resize_finished(
-    log: ChangeLog, change: Change, *, added: Sequence[str], removed: Sequence[str]
-) -> None:
+def resize_finished(log: ChangeLog, change: Change, *, added: Sequence[str], removed: Sequence[str]) -> None:
     """The added hosts run, passed their gate and take work; the removed ones are out of Slurm and the
     front door, retired with their data kept."""
     log.write(

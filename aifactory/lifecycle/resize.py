@@ -292,7 +292,9 @@ def run_resize(
     """Drain the removed hosts, deploy the new plan, gate and admit the added hosts, retire the
     removed ones; a failed step raises ResizeFailed and leaves the resize open for a re-run."""
     run, resumed = store.begin(resize, old)
-    change = records.Change("resize", run, resize.old_digest, resize.old_digest, resize.new_digest, resize.new_digest)
+    change = records.Change(
+        "resize", run, resize.old_digest, resize.old_digest, resize.new_digest, resize.new_digest
+    )
     if not resumed:
         records.resize_started(
             parts.log, change, added=resize.added, removed=resize.removed, reconfigured=resize.reconfigured
@@ -321,7 +323,9 @@ def run_resize(
     return result
 
 
-def _drain_slurm(parts: ResizeParts, change: records.Change, hosts: Sequence[str], timeout_s: float) -> list[str]:
+def _drain_slurm(
+    parts: ResizeParts, change: records.Change, hosts: Sequence[str], timeout_s: float
+) -> list[str]:
     parts.slurm.drain(hosts, reason=f"{DRAIN_REASON} resize: leaving the site")
     running = parts.slurm.wait_for_jobs(hosts, timeout_s=timeout_s)
     if running:
