@@ -415,6 +415,22 @@ class UpgradeFailed(UpgradeError):
     exit_code = ExitCode.HOSTS_FAILED
 
 
+class ResizeError(AifactoryError):
+    """A resize that cannot start or go on as asked: no record of the deployed plan to compare with,
+    hosts whose addresses changed (not a resize), another resize of a different plan in progress."""
+
+    code = "resize"
+    exit_code = ExitCode.USAGE
+
+
+class ResizeFailed(ResizeError):
+    """A step of a resize failed (the deploy, or the health gate of the added hosts): the resize stops
+    where it is, on record as open; the same command goes on from there."""
+
+    code = "resize-failed"
+    exit_code = ExitCode.HOSTS_FAILED
+
+
 class LoopError(AifactoryError):
     """A turn of the closed loop (docs/loop.md) cannot go on: a training manifest that does not verify,
     an evaluation set in the training data, a job that failed, a sign-off that is not one."""

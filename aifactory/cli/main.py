@@ -39,6 +39,7 @@ COMMAND_MODULES = (
     "aifactory.cli.activation",  # activation, versions
     "aifactory.cli.rotate",
     "aifactory.cli.upgrade",  # upgrade, rollback
+    "aifactory.cli.resize",
 )
 # Which module defines each top-level command: only that module is imported to run it (a command
 # never pays for the others' imports, e.g. `validate` never loads Ansible or torch).
@@ -74,6 +75,7 @@ COMMANDS = {
     "rotate": "aifactory.cli.rotate",
     "upgrade": "aifactory.cli.upgrade",
     "rollback": "aifactory.cli.upgrade",
+    "resize": "aifactory.cli.resize",
 }
 
 

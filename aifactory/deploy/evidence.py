@@ -8,6 +8,9 @@
 
 Hosts a run did not reach keep their previous entry (with the new run's result beside it), so the
 file always says what was last installed where.
+
+Beside it, `deploy/plan.json`: the plan of the last deploy that reached every host of it (no --limit,
+no --check, every host finished): what `aifactory resize` compares the spec's plan with.
 """
 
 from __future__ import annotations
@@ -17,6 +20,9 @@ import os
 from pathlib import Path
 from typing import Any
 
+from aifactory.durable import atomic_write
+from aifactory.errors import Location, PlanFormatError, StateError
+from aifactory.plan.model import SitePlan
 from aifactory.state import SiteState
 
 SCHEMA = "aifactory.deploy.installed/v1"
@@ -105,3 +111,31 @@ def write_installed(
     os.chmod(tmp, 0o600)
     os.replace(tmp, path)
     return path
+
+
+def deployed_plan_path(state: SiteState) -> Path:
+    return state.path("deploy", "plan.json")
+
+
+def write_deployed_plan(state: SiteState, plan: SitePlan) -> Path:
+    """Keep the plan every host of it now runs (the signed plan's bytes)."""
+    path = deployed_plan_path(state)
+    path.parent.mkdir(mode=0o700, exist_ok=True)
+    atomic_write(path, plan.to_json().encode(), mode=0o600)
+    return path
+
+
+def read_deployed_plan(state: SiteState) -> SitePlan | None:
+    """The plan of the last deploy that reached every host of it; None before the first one."""
+    path = deployed_plan_path(state)
+    if not path.is_file():
+        return None
+    try:
+        return SitePlan.load(path)
+    except PlanFormatError as exc:
+        raise StateError(
+            f"the record of the deployed plan cannot be read: {exc.message}",
+            code="deployed-plan",
+            location=Location(file=str(path)),
+            hint="run `aifactory deploy` to write it again",
+        ) from None

@@ -32,7 +32,7 @@ from typing import Any
 from aifactory.bundle.collection import source_collections_path
 from aifactory.connection import Connection
 from aifactory.deploy import converged as convergence
-from aifactory.deploy.evidence import REPORT_FACT, report_from_event, write_installed
+from aifactory.deploy.evidence import REPORT_FACT, report_from_event, write_deployed_plan, write_installed
 from aifactory.deploy.imported_bundle import DeployBundle, prepare_bundle
 from aifactory.deploy.progress import UNFINISHED, HostProgress, Progress, Update
 from aifactory.deploy.settings import DeploySettings, render_ansible_cfg
@@ -590,6 +590,8 @@ def deploy_site(
             connection=setup.connection,
             rerun_reasons=found.reasons,
         )
+        if not options.check and not options.limit and result.exit_code == ExitCode.OK:
+            write_deployed_plan(state, plan)  # every host of the plan runs it: `aifactory resize` starts here
         (run_dir / "summary.json").write_text(json.dumps(result.as_dict(), indent=1, sort_keys=True) + "\n")
         state.record(
             command="deploy --check" if options.check else "deploy",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import configparser
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 from aifactory.connection import ANSIBLE_SECTIONS, Connection, Services
@@ -91,3 +92,24 @@ def _ansible_settings(status: LabStatus) -> dict[str, dict[str, str]]:
     if "-F" in ssh_args[:-1]:
         ssh["ssh_common_args"] = f"-F {ssh_args[ssh_args.index('-F') + 1]}"
     return settings
+
+
+class LabHosts:
+    """A resize's added hosts on the lab (the edge's choice, aifactory.lifecycle.resize's NewHosts):
+    their namespaces must run. The lab is brought up from a plan and cannot yet add a host to a
+    running lab, so a lab meant to grow is brought up with the grown plan's hosts first (docs/lab.md)."""
+
+    def __init__(self, site: str) -> None:
+        self.site = site
+
+    def ready(self, hosts: Sequence[str]) -> None:
+        running = {h.name for h in lab_status(self.site).hosts if h.state == "running"}
+        missing = [h for h in hosts if h not in running]
+        if missing:
+            raise LabError(
+                f"the lab of site {self.site!r} has no running namespace for {', '.join(missing)}",
+                code="lab-host-missing",
+                hint="bring the lab up with the grown plan's hosts (`aifactory lab down`, then "
+                "`aifactory lab up` with the grown spec, then deploy the smaller one), as "
+                "tests/pipeline/test_resize_lab.py does",
+            )

@@ -1,5 +1,6 @@
-"""The operator-log records of an upgrade or a rollback: the one vocabulary the orchestration
-(aifactory.lifecycle.upgrade) writes as it goes, and the audit's CM-3 section reads.
+"""The operator-log records of an upgrade, a rollback or a resize: the one vocabulary the
+orchestrations (aifactory.lifecycle.upgrade, aifactory.lifecycle.resize) write as they go, and the
+audit's CM-3 section reads.
 
 Each goes through `SiteState.record` (the hash-chained operator log, as backup and restore record
 theirs), so who ran it (`user`, `host`) and when (`time`) are the log's own fields. One change is one
@@ -17,6 +18,11 @@ change keeps it, so the audit sees one change with one outcome.
               abort-started     hosts: the hosts the abort takes back
               finished          hosts
               aborted           hosts, reason
+    resize    started           added, removed, reconfigured: {host: [change, ...]} (from, to: the
+                                plans' digests, as `version` and `digest`)
+              jobs-requeued     as above, for the removed hosts' jobs
+              step-failed       step (deploy, health-gate), hosts, reason: stopped; a re-run goes on
+              finished          added, removed (the retired hosts; their data kept), hosts
 
 The audit's CM-3 section (aifactory.audit.evidence.changes) takes a change's last record as its
 outcome: `finished`, `batch-reverted` or `aborted`; any other last record is a change still open.
@@ -30,8 +36,9 @@ from typing import Any, Literal, Protocol
 
 from aifactory.state import SiteState
 
-Kind = Literal["upgrade", "rollback"]
-KINDS: tuple[Kind, ...] = ("upgrade", "rollback")
+Kind = Literal["upgrade", "rollback", "resize"]
+KINDS: tuple[Kind, ...] = ("upgrade", "rollback", "resize")
+STEP_FAILED = "step-failed"  # a resize's deploy or gate failed: open until a re-run finishes it
 STARTED, BATCH_DONE, JOBS_REQUEUED, BATCH_FAILED, BATCH_REVERTED = (
     "started",
     "batch-done",
@@ -45,7 +52,8 @@ OUTCOMES = (FINISHED, ABORTED, BATCH_REVERTED)  # a change ends with one of thes
 
 @dataclass(frozen=True)
 class Change:
-    """One upgrade or rollback: what every one of its records carries."""
+    """One upgrade, rollback or resize: what every one of its records carries (a resize's versions
+    are the plans' digests: the bundle does not change)."""
 
     kind: Kind
     run: str  # the same for every record of the change, and for a re-run that resumes it
@@ -79,7 +87,7 @@ class OperatorLog:
         self.state.record(
             command=change.kind,
             result=result,
-            bundle_digest=change.to_digest,
+            bundle_digest=None if change.kind == "resize" else change.to_digest,
             detail=change.detail() | detail,
         )
 
@@ -146,3 +154,38 @@ def change_finished(log: ChangeLog, change: Change, *, hosts: Sequence[str]) -> 
 def change_aborted(log: ChangeLog, change: Change, *, hosts: Sequence[str], reason: str) -> None:
     """The admin stopped the change (`--abort`): the batches it touched went back."""
     log.write(change, ABORTED, {"hosts": list(hosts), "reason": reason})
+
+
+def resize_started(
+    log: ChangeLog,
+    change: Change,
+    *,
+    added: Sequence[str],
+    removed: Sequence[str],
+    reconfigured: Mapping[str, Sequence[str]],
+) -> None:
+    """A resize begins: the hosts it adds and removes, and what changes on each host that stays."""
+    log.write(
+        change,
+        STARTED,
+        {
+            "added": list(added),
+            "removed": list(removed),
+            "reconfigured": {host: list(what) for host, what in reconfigured.items()},
+        },
+    )
+
+
+def step_failed(log: ChangeLog, change: Change, *, step: str, hosts: Sequence[str], reason: str) -> None:
+    """A resize's step failed: it stops, open, where a re-run goes on."""
+    log.write(change, STEP_FAILED, {"step": step, "hosts": list(hosts), "reason": reason})
+
+
+def resize_finished(log: ChangeLog, change: Change, *, added: Sequence[str], removed: Sequence[str]) -> None:
+    """The added hosts run, passed their gate and take work; the removed ones are out of Slurm and the
+    front door, retired with their data kept."""
+    log.write(
+        change,
+        FINISHED,
+        {"added": list(added), "removed": list(removed), "hosts": sorted([*added, *removed])},
+    )

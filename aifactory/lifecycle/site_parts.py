@@ -1,5 +1,5 @@
-"""The site's real parts behind the upgrade's seams (aifactory.lifecycle.seams): Slurm through
-scontrol and squeue on the control host, the front door through HAProxy's runtime API, the new
+"""The site's real parts behind the upgrade's and the resize's seams (aifactory.lifecycle.seams):
+Slurm through scontrol and squeue on the control host, the front door through HAProxy's runtime API, the new
 version through `aifactory deploy --limit`, the health gate of `aifactory health`, the imported
 bundles, and the operator log (aifactory.lifecycle.records). Each reaches the hosts through the
 site's Connection, which the edge chose; a site without Slurm or without a front door gets parts
@@ -12,18 +12,19 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from aifactory.connection import Connection
-from aifactory.deploy import DeployOptions, deploy_site
+from aifactory.deploy import DeployOptions, DeployResult, deploy_site
 from aifactory.errors import FrontDoorError, PrerequisiteError
 from aifactory.frontdoor.runtime_api import RuntimeApi
 from aifactory.health.gate import health_gate
 from aifactory.health.slurm import NodeState, parse_show_node
 from aifactory.lifecycle.journal import VersionRef
 from aifactory.lifecycle.records import OperatorLog
+from aifactory.lifecycle.resize import NewHosts, ResizeParts
 from aifactory.lifecycle.rollback import use_version
 from aifactory.lifecycle.seams import Rebooter, StepOutcome
 from aifactory.lifecycle.upgrade import DRAIN_REASON, UpgradeParts
@@ -229,14 +230,44 @@ class DeployInstaller:
                 limit=limit, tags=("runtime_run",), extra_vars={**self.extra_vars, **switch}
             )
         result = deploy_site(self.planned, connection=self.connection, options=options)
-        rows = {h["host"]: h for h in result.hosts}
-        failures = tuple(
-            f"{host}: deploy {rows[host]['status']}: {rows[host]['message'][:200]}"
-            for host in result.failed_hosts
-        )
-        if not failures and result.status != "successful":
-            failures = (f"{limit}: deploy {result.status} (exit {result.rc})",)
-        return StepOutcome(failures, {"event_log": str(result.event_log)})
+        return _deploy_outcome(result, limit)
+
+
+def _deploy_outcome(result: DeployResult, what: str) -> StepOutcome:
+    """A deploy's failed hosts, one line each, and where its event log is."""
+    rows = {h["host"]: h for h in result.hosts}
+    failures = tuple(
+        f"{host}: deploy {rows[host]['status']}: {rows[host]['message'][:200]}"
+        for host in result.failed_hosts
+    )
+    if not failures and result.status != "successful":
+        failures = (f"{what}: deploy {result.status} (exit {result.rc})",)
+    changed = {h["host"]: int(h["changed"]) for h in result.hosts}
+    return StepOutcome(failures, {"event_log": str(result.event_log), "changed": changed})
+
+
+@dataclass(frozen=True)
+class PlanDeploy:
+    """A resize's deploy: `aifactory deploy` of the new plan to every host of it (the added hosts get
+    every role; on the others only what the host list changes is rewritten)."""
+
+    planned: PlannedSite
+    connection: Connection
+    extra_vars: Mapping[str, Any] = field(default_factory=dict)
+
+    def deploy(self) -> StepOutcome:
+        options = DeployOptions(extra_vars=dict(self.extra_vars))
+        result = deploy_site(self.planned, connection=self.connection, options=options)
+        return _deploy_outcome(result, "the site")
+
+
+@dataclass(frozen=True)
+class ProvisionedHosts:
+    """A real site's added hosts were provisioned before the resize (`aifactory provision`, or by
+    hand): nothing to make here; the deploy says which it cannot reach."""
+
+    def ready(self, hosts: Sequence[str]) -> None:
+        return None
 
 
 @dataclass(frozen=True)
@@ -248,6 +279,8 @@ class SiteHealthGate:
     connection: Connection
     state: SiteState
     level: Level = "quick"
+    # A resize's gate acts on Slurm as `aifactory health` does: it admits the added hosts that pass.
+    admit: bool = False
 
     def check(self, hosts: Sequence[str]) -> StepOutcome:
         gate = health_gate(
@@ -256,7 +289,7 @@ class SiteHealthGate:
             state=self.state,
             level=self.level,
             host_names=list(hosts),
-            slurm=False,
+            slurm=self.admit,
         )
         return StepOutcome(tuple(gate.failures()), {"evidence": str(gate.evidence.report)})
 
@@ -294,6 +327,33 @@ def parts_for_site(
         bundle=ImportedBundles(state),
         progress=progress,
         rebooter=rebooter,
+    )
+
+
+def resize_parts(
+    planned: PlannedSite,
+    *,
+    old: SitePlan,
+    connection: Connection,
+    state: SiteState,
+    new_hosts: NewHosts,
+    progress: Progress = SILENT,
+    extra_vars: Mapping[str, Any] | None = None,
+) -> ResizeParts:
+    """The real parts of a resize from `old`; `new_hosts`, the edge's choice (the lab makes its
+    namespaces, a real site's were provisioned). The front door drains servers of either plan."""
+    plan = planned.plan
+    door = _front_door(plan, connection)
+    if isinstance(door, HaproxyDoor) and old.front_door is not None:
+        door = replace(door, servers=door.servers | {b.name for b in old.front_door.backends})
+    return ResizeParts(
+        slurm=ScontrolDrain(client_for(connection)) if slurm_topology(old) is not None else NoSlurm(),
+        door=door,
+        hosts=new_hosts,
+        deployer=PlanDeploy(planned, connection, dict(extra_vars or {})),
+        gate=SiteHealthGate(planned, connection, state, admit=True),
+        log=OperatorLog(state),
+        progress=progress,
     )
 
 

@@ -12,7 +12,9 @@ Also accepted: `packages`/`configs` at the host's top level, as mappings or as l
 A host entry with nothing installed (only a failed `last_run`) counts as not deployed.
 
 Hosts with identical packages, configs and bundle are grouped into baselines, so 10,000 hosts that
-agree make one entry. CM-8: every planned host has a record and no record names an unplanned host.
+agree make one entry. CM-8: every planned host has a record and no record names an unplanned host;
+hosts a resize retired (aifactory.lifecycle.resize, `<state>/resize/retired.json`) keep their records
+and are listed as retired, not as unplanned.
 CM-2: the hosts of each pool share one baseline, and every host was deployed from the current plan.
 """
 
@@ -149,14 +151,29 @@ def deploy_evidence(state: SiteState, plan: SitePlan, plan_digest: str) -> Evide
         unreadable = _not_assessed(path, "the deploy record cannot be read")
         rules = ((INVENTORY, RuleResult(*INVENTORY_RULE, FAIL, SOURCE)),) + unreadable.rules[1:]
         return Evidence(SOURCE, "Deploy", FAIL, finding.message, {"record": str(path)}, rules, (finding,))
-    return _assess(path, plan, plan_digest, records)
+    return _assess(path, plan, plan_digest, records, _retired(state, plan))
 
 
-def _assess(path: Path, plan: SitePlan, plan_digest: str, reported: dict[str, HostRecord]) -> Evidence:
+def _retired(state: SiteState, plan: SitePlan) -> dict[str, dict[str, str]]:
+    """Hosts a resize took out of the site (and no later resize brought back)."""
+    from aifactory.lifecycle.resize import ResizeStore
+
+    planned = {h.name for h in plan.hosts}
+    return {h: v for h, v in ResizeStore(state).retired().items() if h not in planned}
+
+
+def _assess(
+    path: Path,
+    plan: SitePlan,
+    plan_digest: str,
+    reported: dict[str, HostRecord],
+    retired: dict[str, dict[str, str]] | None = None,
+) -> Evidence:
+    retired = retired or {}
     pools: dict[str, list[str]] = {}
     for host in plan.hosts:
         pools.setdefault(host.pool, []).append(host.name)
-    records = {name: record for name, record in reported.items() if record.installed}
+    records = {name: record for name, record in reported.items() if record.installed and name not in retired}
     planned = {h.name for h in plan.hosts}
     unplanned = sorted(set(records) - planned)
     missing = {pool: [h for h in names if h not in records] for pool, names in pools.items()}
@@ -197,6 +214,8 @@ def _assess(path: Path, plan: SitePlan, plan_digest: str, reported: dict[str, Ho
         "hosts_reported": len(records),
         "missing": {pool: hosts for pool, hosts in missing.items() if hosts},
         "unplanned": unplanned,
+        "current": sorted(set(records) & planned),
+        "retired": retired,
         "last_run_not_ok": sorted(
             n for n, r in reported.items() if r.last_result not in ("", "ok", "changed")
         ),
