@@ -30,6 +30,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -457,3 +458,83 @@ def test_rollback_needs_an_activation_record_and_then_goes_back_audited(lab: Upg
         (VERSIONS["D"], VERSIONS["A"], "finished")
     ]
     assert rollbacks[0]["activation"].endswith(f"lifecycle/activations/{VERSIONS['A']}.json")
+
+
+def _training_job(lab: UpgradeLab, name: str, node: str) -> Path:
+    """A training job that only ends when cancelled (a million steps, a checkpoint every 25) on one
+    compute node, as an operator writes one; its data written on the site storage the nodes mount."""
+    import yaml
+
+    from aifactory.pipeline.models import on_storage
+    from aifactory.runtime import dataset as datasets
+    from aifactory.trust.issuing.tokens import issue_token
+    from aifactory.trust.tokens import TrustFiles
+
+    runtime_dir = lab.work / "state" / lab.site / "runtime"
+    dataset = next(d for d in lab.plan.datasets if d.name == "vitals")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("AIFACTORY_STATE_HOME", str(lab.work / "state"))
+        x, y = datasets.teacher_samples(samples=1024, features=16, classes=4, seed=5)
+        here = on_storage(lab.plan, dataset.storage, dataset.path, lab=True)
+        datasets.write(here, name="vitals", x=x, y=y, classes=4, seed=5)
+        expires = datetime.now(UTC) + timedelta(hours=2)
+        token = lab.work / f"{name}.token"
+        token.write_text(
+            issue_token(TrustFiles(runtime_dir), site=lab.site, tenant="health", expires=expires).token
+        )
+    token.chmod(0o600)
+    job = {
+        "schema": "aifactory.job/v1",
+        "name": name,
+        "plan": "/etc/aifactory/plan.json",
+        "token_file": str(token),
+        "dataset": "vitals",
+        "model": "vitals-mlp",
+        "hosts": [node],
+        "processes_per_host": 1,
+        "runtime_dir": str(runtime_dir),
+        "network": {"hidden": 16, "layers": 2},
+        "train": {"steps": 1_000_000, "global_batch": 32, "learning_rate": 0.01, "checkpoint_every": 25},
+    }
+    path = lab.work / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(job))
+    path.chmod(0o644)
+    return path
+
+
+def test_a_job_running_on_a_host_the_upgrade_drains_resumes_from_its_checkpoint(lab: UpgradeLab) -> None:
+    """Past `--drain-timeout` the upgrade requeues the job on the drained host; Slurm starts it again
+    once a node takes jobs, and it goes on from its last checkpoint (its metrics say from which)."""
+    from aifactory.pipeline.models import on_storage
+
+    model = next(m for m in lab.plan.models if m.name == "vitals-mlp")
+    runs = on_storage(lab.plan, model.storage, model.path, lab=True) / "runs"
+    node = next(h.name for h in lab.plan.hosts if h.role == "cpu")
+    name = "upgrade-lab-long-job"
+    submitted = lab.aifactory("train", str(lab.spec), str(_training_job(lab, name, node)), "--nodes", "1")
+    assert submitted[0] == 0, submitted[1]
+    job_id = str(submitted[1]["slurm_job_id"])
+
+    def steps() -> list[dict[str, Any]]:
+        path = runs / name / "metrics.jsonl"
+        return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+    try:
+        wait_for(
+            lambda: any(r["step"] >= 50 for r in steps()), what="the job's first checkpoints", timeout=600
+        )
+        first_start = steps()[0]["resumed_from"]
+        lab.bundles["E"] = _build(lab.work, lab.spec, lab.keys, "1.0.4")
+        code, result = lab.upgrade("E")
+        assert code == 0, result
+        assert job_id in result.get("requeued", []) or job_id in json.dumps(result), result
+
+        def resumed() -> list[dict[str, Any]]:
+            return [r for r in steps() if r["resumed_from"] > first_start]
+
+        again = wait_for(resumed, what="the requeued job to train again from its checkpoint", timeout=900)
+        assert again[0]["resumed_from"] % 25 == 0 and again[0]["step"] == again[0]["resumed_from"] + 1
+    finally:
+        from aifactory.lab import lab_exec
+
+        lab_exec(lab.site, ["scancel", job_id], timeout=scaled(60))
