@@ -23,6 +23,9 @@ runtime role refuses a host whose `python3` reports another.
 
 from __future__ import annotations
 
+import base64
+import csv
+import hashlib
 import io
 import json
 import os
@@ -199,8 +202,11 @@ def _walk(root: Path) -> list[Path]:
 
 
 def relocate(root: Path, staging: str, target: str) -> None:
-    """Rewrite `staging` to `target` in every text file; a binary file or link naming it is an error."""
+    """Rewrite `staging` to `target` in every text file; a binary file or link naming it is an error.
+    The dist-info RECORDs then get the rewritten files' new hashes and sizes (a RECORD naming the
+    staging hash would differ from build to build, and would not describe the file)."""
     old, new = staging.encode(), target.encode()
+    rewritten: set[Path] = set()
     for path in _walk(root):
         if path.is_symlink():
             if staging in os.readlink(path):
@@ -216,6 +222,28 @@ def relocate(root: Path, staging: str, target: str) -> None:
         mode = path.stat().st_mode
         path.write_bytes(data.replace(old, new))
         path.chmod(mode)
+        rewritten.add(path)
+    for record in root.glob("lib/python*/site-packages/*.dist-info/RECORD"):
+        _refresh_record(record, rewritten)
+
+
+def _refresh_record(record: Path, rewritten: set[Path]) -> None:
+    """Give RECORD rows of rewritten files their new `sha256=<urlsafe base64>` and size."""
+    site_packages = record.parent.parent
+    rows = list(csv.reader(io.StringIO(record.read_text(encoding="utf-8"))))
+    changed = False
+    for row in rows:
+        if len(row) == 3 and row[1]:
+            path = Path(os.path.normpath(site_packages / row[0]))
+            if path in rewritten:
+                data = path.read_bytes()
+                digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+                row[1], row[2] = f"sha256={digest}", str(len(data))
+                changed = True
+    if changed:
+        out = io.StringIO()
+        csv.writer(out, lineterminator="\n").writerows(rows)
+        record.write_text(out.getvalue(), encoding="utf-8")
 
 
 def _names_staging(path: Path, what: str) -> BundleError:
