@@ -247,7 +247,7 @@ class _Collector:
         )
         pins = list(wheelhouse.default_pins() if options.pins is None else options.pins)
         sets: dict[str, list[str]] = {}
-        for wheelset in _wheelsets(planned, own, pins):
+        for wheelset in site_wheelsets(planned, own, pins):
             files = wheelhouse.download(wheelset, cache=cache / "wheels")
             sets[f"{wheelset.name}/{wheelset.platform.tag}"] = sorted(f.name for f in files) + [own.name]
             for wheel in files:
@@ -371,7 +371,7 @@ def _wheel_identity(wheel: Path) -> Identity:
     return name, version, None
 
 
-def _wheelsets(planned: PlannedSite, own: Path, pins: list[str]) -> list[WheelSet]:
+def site_wheelsets(planned: PlannedSite, own: Path, pins: list[str]) -> list[WheelSet]:
     plan = planned.plan
     control_pool = next((h.pool for h in plan.hosts if h.name == plan.control_host), None)
     runtime: set[Platform] = set()

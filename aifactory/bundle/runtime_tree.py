@@ -137,7 +137,7 @@ def build_tree(
     """Make, relocate and pack the tree of `requirements` (resolved in `wheels` alone) for `target`."""
     require_matches(interpreter, platform)
     work.mkdir(parents=True, exist_ok=True)
-    wheelhouse = _link_wheels(wheels, work / "wheels")
+    wheelhouse = link_wheels(wheels, work / "wheels")
     staging = work / "staging" / Path(target).name
     if staging.exists():
         shutil.rmtree(staging)
@@ -176,7 +176,8 @@ def build_tree(
     return RuntimeTree(platform, named, listing, digest, interpreter.version, target, packages)
 
 
-def _link_wheels(wheels: Sequence[Path], folder: Path) -> Path:
+def link_wheels(wheels: Sequence[Path], folder: Path) -> Path:
+    """A find-links folder of the wheel set (symbolic links: nothing large is copied)."""
     folder.mkdir(parents=True, exist_ok=True)
     for wheel in wheels:
         link = folder / wheel.name
