@@ -8,6 +8,8 @@
     collections/                  the playbooks as a normalized collection, plus extra collections
     policies/                     the Rego policies and their data
     apt/                          a flat apt repository of the roles' Debian packages (apt.py), optional
+    runtime/<sha256>.tar.zst      the prebuilt runtime tree of each runtime pool platform, and its
+    runtime/<sha256>.files        file listing (runtime_tree.py), optional (--runtime-tree)
     files/<name>                  extra files given on the command line (weights, datasets, binaries)
 
 The build timestamp (`timestamp=`, else SOURCE_DATE_EPOCH, else now) fixes every mtime, the SBOM's
@@ -26,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from aifactory import __version__, signing
-from aifactory.bundle import apt, collection, sbom, wheelhouse
+from aifactory.bundle import apt, collection, runtime_tree, sbom, wheelhouse
 from aifactory.bundle.hashing import Digest
 from aifactory.bundle.manifest import BundleVersion
 from aifactory.bundle.pack import Header, PayloadFile, Sealed, hash_payload, seal
@@ -38,6 +40,9 @@ from aifactory.resources import resource_dir
 
 _CHECKOUT = Path(__file__).resolve().parents[2]
 RUNTIME_ROLES = ("gpu", "cpu")
+# What a runtime tree installs: the runtime role's default runtime_packages, which a host without
+# a tree pip-installs.
+RUNTIME_REQUIREMENTS = ("aifactory[runtime]",)
 Identity = tuple[str, str | None, str | None]  # SBOM name, version, group (namespace or arch)
 
 
@@ -59,6 +64,9 @@ class BuildOptions:
     apt_packages: Sequence[str] | None = apt.ROLE_PACKAGES  # None or empty: no apt repository
     workers: int | None = None
     compress: str | None = None  # None (an uncompressed tar) or "zstd"
+    runtime_trees: bool = False  # prebuild each runtime platform's tree (runtime_tree.py)
+    runtime_python: Path = runtime_tree.DEFAULT_PYTHON  # the hosts' interpreter, which builds it
+    runtime_root: str = runtime_tree.DEFAULT_ROOT  # the runtime role's runtime_root
 
 
 @dataclass
@@ -124,6 +132,9 @@ def build_bundle(
         collector.add_tree("policies", _resource(source, "policies"), kind="policy")
         progress.step("wheels")
         wheelsets = collector.add_wheels(planned, options, source, cache)
+        if options.runtime_trees:
+            progress.step("runtime trees")
+            collector.add_runtime_trees(options, target=f"{options.runtime_root}/{version.text}")
         progress.step("collections")
         collector.add_collections(_resource(source, "playbooks"), options.collections)
         if options.apt_packages:
@@ -197,6 +208,7 @@ class _Collector:
         self.components: list[sbom.Component] = []
         self._identities: dict[str, Identity] = {}
         self._origins: dict[str, sbom.Origin] = {}  # pinned packages: where they were fetched from
+        self._runtime_wheels: dict[Platform, list[Path]] = {}  # each runtime platform's wheel set
 
     def add(self, path: str, source: Path, kind: str, identity: Identity | None = None) -> None:
         if path in self.payload and self.payload[path].source != source:
@@ -235,15 +247,36 @@ class _Collector:
         )
         pins = list(wheelhouse.default_pins() if options.pins is None else options.pins)
         sets: dict[str, list[str]] = {}
-        for wheelset in _wheelsets(planned, own, pins):
+        for wheelset in site_wheelsets(planned, own, pins):
             files = wheelhouse.download(wheelset, cache=cache / "wheels")
             sets[f"{wheelset.name}/{wheelset.platform.tag}"] = sorted(f.name for f in files) + [own.name]
             for wheel in files:
                 self.add(f"wheels/{wheel.name}", wheel, "wheel", _wheel_identity(wheel))
+            if wheelset.name == "runtime":
+                self._runtime_wheels[wheelset.platform] = [*files, own]
         self.add(f"wheels/{own.name}", own, "wheel", _wheel_identity(own))
         self.contents["wheelsets"] = {name: sorted(set(files)) for name, files in sets.items()}
         self.contents["pins"] = sorted(pins)
         return sets
+
+    def add_runtime_trees(self, options: BuildOptions, *, target: str) -> None:
+        interpreter = runtime_tree.probe_interpreter(options.runtime_python)
+        entries: dict[str, Any] = {}
+        for platform, wheels in sorted(self._runtime_wheels.items()):
+            tree = runtime_tree.build_tree(
+                interpreter=interpreter,
+                platform=platform,
+                wheels=wheels,
+                requirements=RUNTIME_REQUIREMENTS,
+                target=target,
+                work=self.work / "runtime-tree" / platform.tag,
+                timestamp=self.timestamp,
+            )
+            identity = ("aifactory-runtime-tree", platform.tag, None)
+            self.add(tree.archive_path, tree.archive, "runtime-tree", identity)
+            self.add(tree.listing_path, tree.listing, "runtime-tree-files")
+            entries[platform.tag] = tree.manifest_entry()
+        self.contents["runtime_trees"] = entries
 
     def add_collections(self, playbooks: Path, extra: Sequence[Path]) -> None:
         built, tarball = collection.build(
@@ -338,7 +371,7 @@ def _wheel_identity(wheel: Path) -> Identity:
     return name, version, None
 
 
-def _wheelsets(planned: PlannedSite, own: Path, pins: list[str]) -> list[WheelSet]:
+def site_wheelsets(planned: PlannedSite, own: Path, pins: list[str]) -> list[WheelSet]:
     plan = planned.plan
     control_pool = next((h.pool for h in plan.hosts if h.name == plan.control_host), None)
     runtime: set[Platform] = set()

@@ -17,6 +17,7 @@ from aifactory.bundle import (
 )
 from aifactory.bundle.apt import ROLE_PACKAGES
 from aifactory.bundle.hashing import default_workers
+from aifactory.bundle.runtime_tree import DEFAULT_PYTHON as DEFAULT_RUNTIME_PYTHON
 from aifactory.bundle.source import DEFAULT_PART_SIZE, parse_size
 from aifactory.bundle.verify import ssh_keygen_check
 from aifactory.cli import progress
@@ -82,6 +83,19 @@ def register(
         "--zstd",
         action="store_true",
         help="compress the tar with zstd (verify/import then need free space to decompress)",
+    )
+    build.add_argument(
+        "--runtime-tree",
+        action="store_true",
+        help="prebuild each runtime pool platform's virtual environment as one signed, compressed "
+        "tree that hosts extract instead of pip-installing (docs/bundle.md, runtime trees)",
+    )
+    build.add_argument(
+        "--runtime-python",
+        default=str(DEFAULT_RUNTIME_PYTHON),
+        metavar="PATH",
+        help="the hosts' interpreter, which makes the runtime tree; hosts whose python3 reports "
+        "another version refuse the tree (default %(default)s)",
     )
     build.add_argument(
         "--file",
@@ -211,6 +225,8 @@ def cmd_build(args: argparse.Namespace) -> int:
         cache=Path(args.cache) if args.cache else None,
         apt_packages=() if args.no_apt else ROLE_PACKAGES,
         compress="zstd" if args.zstd else None,
+        runtime_trees=args.runtime_tree,
+        runtime_python=Path(args.runtime_python),
     )
     with progress.shown(args, "bundle build") as shown:
         result = build_bundle(

@@ -18,7 +18,7 @@ import hashlib
 import json
 import os
 import tarfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,7 @@ from aifactory.state import SiteState
 
 PLAN = "plan.json"
 # What hosts need from the bundle (paths in its manifest that start with these).
-PAYLOAD_PREFIXES = ("wheels/", "apt/", PLAN)
+PAYLOAD_PREFIXES = ("wheels/", "apt/", "runtime/", PLAN)
 _IMPORT_HINT = "import one first: aifactory bundle import BUNDLE --trust allowed_signers"
 
 
@@ -48,6 +48,9 @@ class DeployBundle:
     payload: Path
     allowed_signers: Path
     has_apt: bool = False
+    # the signed manifest's contents.runtime_trees: pool platform tag -> prebuilt tree (archive,
+    # file listing, python version, target folder, packages); empty for bundles without trees
+    runtime_trees: dict[str, Any] = field(default_factory=dict)
 
     @property
     def plan_path(self) -> Path:
@@ -64,8 +67,8 @@ class DeployBundle:
             ) from None
 
     def inventory_vars(self) -> dict[str, Any]:
-        """The group var `aifactory_bundle` the roles read."""
-        return {
+        """The group var `aifactory_bundle` the roles read (runtime_trees only when it has some)."""
+        found = {
             "version": self.version,
             "digest": self.digest,
             "root": str(self.root),
@@ -77,6 +80,9 @@ class DeployBundle:
             "plan_subpath": PLAN,
             "apt": self.has_apt,
         }
+        if self.runtime_trees:
+            found["runtime_trees"] = self.runtime_trees
+        return found
 
 
 def describe_current_bundle(state: SiteState) -> dict[str, Any] | None:
@@ -138,6 +144,7 @@ def prepare_bundle(state: SiteState, *, trust: Path | None = None) -> DeployBund
         payload=payload,
         allowed_signers=allowed,
         has_apt=has_apt,
+        runtime_trees=dict((manifest.get("contents") or {}).get("runtime_trees") or {}),
     )
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from aifactory.bundle.build import _wheelsets
+from aifactory.bundle.build import site_wheelsets
 from aifactory.bundle.wheelhouse import Platform, apply_pins, lock_file, locked_versions, wheel_requirements
 from aifactory.errors import BundleError
 from aifactory.plan import plan_site
@@ -67,7 +67,7 @@ def test_each_pool_platform_gets_its_runtime_set_and_the_control_host_its_own(
     (tmp_path / "site.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
     shutil.copy(REPO / LAB_SITE.with_suffix(".alloc.json"), tmp_path / "site.alloc.json")
     planned = plan_site(tmp_path / "site.yaml", write_lock=False)
-    sets = {(s.name, s.platform.tag): s for s in _wheelsets(planned, own_wheel, ["torch==2.13.0"])}
+    sets = {(s.name, s.platform.tag): s for s in site_wheelsets(planned, own_wheel, ["torch==2.13.0"])}
     assert set(sets) == {("runtime", "debian-12-aarch64-py3.11"), ("control", "debian-12-x86_64-py3.11")}
     assert sets["runtime", "debian-12-aarch64-py3.11"].requirements == (
         "numpy>=1.26",
@@ -89,7 +89,7 @@ def test_an_unknown_os_is_refused_with_the_supported_ones() -> None:
 
 def test_every_wheel_set_resolves_under_the_lock_except_the_build_pins(own_wheel: Path) -> None:
     planned = plan_site(LAB_SITE)
-    sets = _wheelsets(planned, own_wheel, ["torch==2.13.0+cpu"])
+    sets = site_wheelsets(planned, own_wheel, ["torch==2.13.0+cpu"])
     lock = lock_file()
     assert lock == REPO / "requirements.lock"
     expected = locked_versions(lock, except_for=["torch==2.13.0+cpu"])
