@@ -28,6 +28,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from aifactory.allowed_signers import AllowedSigners, SignerMatch
 from aifactory.errors import AifactoryError, Location, SignatureError, SignerUntrusted
 
+# The namespace bundles are signed in: here, not in aifactory.bundle, because trust code (the
+# bundle-key rotation) names it too and must not import a control host stage.
+BUNDLE_NAMESPACE = "aifactory-bundle"
+
 __all__ = [
     "AllowedSigners",
     "SignatureError",

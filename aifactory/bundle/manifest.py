@@ -22,9 +22,10 @@ from functools import total_ordering
 from typing import Any
 
 from aifactory.errors import BundleError, Location, UsageError
+from aifactory.signing import BUNDLE_NAMESPACE
 
 SCHEMA = "aifactory.bundle/v1"
-NAMESPACE = "aifactory-bundle"
+NAMESPACE = BUNDLE_NAMESPACE
 MANIFEST = "manifest.json"
 SIGNATURE = "manifest.json.sig"
 SUMS = "SHA256SUMS"

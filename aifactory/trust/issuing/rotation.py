@@ -63,10 +63,15 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from aifactory.bundle.manifest import NAMESPACE as BUNDLE_NAMESPACE
 from aifactory.durable import atomic_write
 from aifactory.errors import Location, RotationError
-from aifactory.signing import fingerprint, generate_keypair, load_private_key, public_key_line
+from aifactory.signing import (
+    BUNDLE_NAMESPACE,
+    fingerprint,
+    generate_keypair,
+    load_private_key,
+    public_key_line,
+)
 from aifactory.trust.certs import SiteCA
 from aifactory.trust.issuing import known_hosts
 from aifactory.trust.issuing.certs import DNS_NAME, DNS_NAME_MAX, create_ca, issuing_certificate, reissue_like
