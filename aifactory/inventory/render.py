@@ -324,7 +324,7 @@ def _site_vars(
     # Except the imported bundle's description, which aifactory wrote, not the spec: Ansible 2.19
     # turns an `!unsafe` string that looks like a number into one when a template passes it on,
     # and the bundle version (20261201.221214) must stay text.
-    values["aifactory_bundle"] = dict(bundle) if bundle else None
+    values.update(aifactory_bundle=dict(bundle) if bundle else None)
     values.update(site_vars or {})
     return values
 
