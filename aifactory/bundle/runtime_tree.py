@@ -290,6 +290,7 @@ def pack(root: Path, archive: Path, *, timestamp: int) -> None:
     """A normalized tar of root's contents (paths relative to it), compressed like the bundle."""
     with archive.open("wb") as out:
         writer = CompressingWriter(out)
+        # typeshed's overloads want an IO[bytes] for a stream mode; the writer has the write() tar uses
         with tarfile.open(fileobj=writer, mode="w|", format=tarfile.GNU_FORMAT) as tar:  # type: ignore[call-overload]
             for path in _walk(root):
                 info = _info(root, path, mtime=timestamp)
