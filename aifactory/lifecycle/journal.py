@@ -22,7 +22,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from aifactory.durable import atomic_write
 from aifactory.errors import Location, StateError
@@ -46,16 +46,8 @@ Phase = Literal[
 # `reset-sent` and `rebooted` only for a change that needs a reboot (Journal.reboot); `reset-sent` is
 # kept *before* the BMC is asked to restart, so a run killed right after a reset waits for the host
 # on the re-run and never resets it twice (a reset that never went out is forced after the timeout).
-PHASES: tuple[Phase, ...] = (
-    "pending",
-    "drained-slurm",
-    "drained-door",
-    "deployed",
-    "reset-sent",
-    "rebooted",
-    "gated",
-    "enabled",
-)
+# The forward order: every phase but `reverted`, in the order Phase lists them.
+PHASES: tuple[Phase, ...] = tuple(phase for phase in get_args(Phase) if phase != "reverted")
 Target = Literal["to", "from"]
 # upgrading: batches go on; failed: a batch went back and the upgrade stopped (a re-run refuses,
 # --abort takes the rest back); aborting: --abort in progress; done and aborted end in history/.
