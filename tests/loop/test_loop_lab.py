@@ -378,3 +378,73 @@ def test_a_canary_with_a_higher_error_rate_than_the_champion_is_rolled_back_by_i
     )
     assert state_now.state == "regressed"
     assert loop_lab.champion() == champion
+
+
+def test_with_sign_off_required_the_lab_promotes_nothing_until_a_named_person_signs_off(
+    loop_lab: LoopLab, tmp_path: Path
+) -> None:
+    """A third turn through real Slurm under a spec whose loop requires a sign-off: the turn stops at
+    `awaiting-sign-off` (exit 1, the champion keeps serving); `aifactory loop sign-off` with the key of
+    the person the spec names (made by the stock ssh-keygen) signs that challenger, and the next run
+    promotes it: the server answers with it. The thresholds are looser than the first two turns' (a
+    third turn on little more data gains less), still above zero."""
+    from aifactory.runtime import dataset as datasets
+
+    spec = tmp_path / "site.yaml"
+    loose = "min_improvement: 0.001, min_relative_improvement: 0.001"
+    text = loop_lab.spec.read_text().replace("min_improvement: 0.01, min_relative_improvement: 0.01", loose)
+    assert loose in text
+    spec.write_text(text + "    sign_off: {by: [dr.ade@health.example]}\n")
+    shutil.copyfile(loop_lab.spec.with_name("site.alloc.json"), tmp_path / "site.alloc.json")
+    key = tmp_path / "ade"
+    keygen = ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "dr.ade", "-f", str(key)]
+    subprocess.run(keygen, check=True)
+    kind, blob, *_ = key.with_suffix(".pub").read_text().split()
+    signers = tmp_path / "allowed_signers"
+    signers.write_text(f'dr.ade@health.example namespaces="aifactory-sign-off" {kind} {blob}\n')
+
+    fresh = [*range(4096), *range(4608, 5120)]  # the held-out slice 4096..4608 is never trained on
+    x, y = loop_lab.x[fresh], loop_lab.y[fresh]
+    datasets.write(loop_lab.dataset_dir("vitals"), name="vitals", x=x, y=y, classes=4, seed=7)
+    champion = loop_lab.champion()
+    run = ["loop", "run", str(spec), MODEL, "--job", str(loop_lab.job("loop-lab-sign-off", 400))]
+    run += ["--allowed-signers", str(signers)]
+    waiting = loop_lab.cli(*run, check=False)
+    assert waiting["status"] == "awaiting-sign-off", waiting["steps"].get("decide")
+    assert waiting["steps"]["decide"]["reasons"] == ["sign-off-missing"]
+    assert loop_lab.champion() == champion
+    loop_lab.served(champion)  # nothing promoted: the champion still answers
+    challenger = waiting["steps"]["register"]["challenger"]
+
+    signed = loop_lab.cli(
+        "loop", "sign-off", str(spec), challenger, "--key", str(key), "--allowed-signers", str(signers)
+    )
+    assert signed["model"] == MODEL and signed["turn"] == waiting["turn"]
+    done = loop_lab.cli(*run)
+    assert (done["turn"], done["status"]) == (waiting["turn"], "promoted"), done["steps"].get("decide")
+    assert loop_lab.champion() == challenger
+    loop_lab.served(challenger)
+
+
+def test_a_candidate_trained_on_shuffled_labels_is_refused_on_the_lab_and_the_champion_keeps_serving(
+    loop_lab: LoopLab,
+) -> None:
+    """A turn through real Slurm on a data version whose labels were shuffled: evaluated on the
+    held-out set, it is refused with its reason code (exit 1); the champion is unchanged and answers."""
+    import numpy as np
+
+    from aifactory.runtime import dataset as datasets
+
+    x, y = loop_lab.x[:4096], loop_lab.y[:4096]
+    shuffled = np.random.Generator(np.random.PCG64(3)).permutation(y)
+    datasets.write(loop_lab.dataset_dir("vitals"), name="vitals", x=x, y=shuffled, classes=4, seed=7)
+    champion = loop_lab.champion()
+    turn = loop_lab.cli(
+        "loop", "run", str(loop_lab.spec), MODEL, "--job", str(loop_lab.job("loop-lab-shuffled", 200)),
+        check=False,
+    )  # fmt: skip
+    assert turn["status"] == "refused", turn["steps"].get("decide")
+    assert "no-improvement" in turn["steps"]["decide"]["reasons"], turn["steps"]["decide"]
+    assert "promote" not in turn["steps"]
+    assert loop_lab.champion() == champion
+    loop_lab.served(champion)

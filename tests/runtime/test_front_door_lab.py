@@ -141,8 +141,10 @@ def _signed_model(storage: Path, runtime_dir: Path) -> None:
 
     config = ModelConfig(features=16, classes=4, hidden=16, layers=2)
     model_dir = storage / "models" / MODEL
+    # A folder of its own: in the model's checkpoints/ a training job's later steps (the loop's) would
+    # have step 10 pruned as it is written (checkpoint.save keeps the newest three).
     saved = checkpoint.save(
-        model_dir / "checkpoints",
+        model_dir / "checkpoints-signed-by-tests",
         step=10,
         model_state=build(config, seed=3).state_dict(),
         optimizer_state={},
