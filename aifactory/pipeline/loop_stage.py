@@ -186,9 +186,22 @@ def _one_turn(context: UpContext, target: LoopTarget) -> Turn:
     _evaluation_set(context, target, job, setup.dataset_dir(target.holdout.name))
     generate_on_node(context, job_path, target.host, samples=LOOP_SAMPLES, extra=("--extend",))
     try:
-        return run_turn(setup)
+        turn = run_turn(setup)
     except AifactoryError as error:
         raise _resumable(error, target) from error
+    keep_champion_latest(setup.model_dir, turn)
+    return turn
+
+
+def keep_champion_latest(model_dir: Path, turn: Turn) -> None:
+    """After a refused turn the champion's checkpoint is the latest one again (as the next turn would
+    make it): the train stage of a later `up` resumes from the latest checkpoint and signs it as the
+    champion, and must never sign the challenger the policy refused."""
+    from aifactory.loop.turn import seed_from_champion
+
+    trained = turn.steps.get("train")
+    if turn.status == "refused" and trained is not None:
+        seed_from_champion(model_dir, str(trained["from_champion"]), int(trained["from_step"]))
 
 
 def _evaluation_set(context: UpContext, target: LoopTarget, job: dict[str, Any], folder: Path) -> None:

@@ -224,3 +224,21 @@ def test_a_failed_turn_says_how_to_go_on_from_up() -> None:
     assert error.hint is not None and error.hint.startswith(
         "see runs/; run `aifactory up` again: it continues"
     )
+
+
+def test_after_a_refused_turn_the_champions_checkpoint_is_the_latest_again(tmp_path: Path) -> None:
+    """The train stage of a later `up` resumes from the latest checkpoint and signs it: never the
+    refused challenger's. After a promotion the challenger's checkpoint stays the latest."""
+    checkpoints = tmp_path / "model" / "checkpoints"
+    for step in (40, 60, 140, 180):
+        (checkpoints / f"step-{step:08d}").mkdir(parents=True)
+        (checkpoints / f"step-{step:08d}" / "checkpoint.json").write_text("{}")
+    (checkpoints / "latest").write_text("step-00000180")
+    trained = {"from_champion": CHAMPION, "from_step": 60, "steps": 180}
+    promoted = _turn(tmp_path / "p", "promoted", train=trained)
+    loop_stage.keep_champion_latest(tmp_path / "model", promoted)
+    assert (checkpoints / "latest").read_text() == "step-00000180"
+    refused = _turn(tmp_path / "r", "refused", train=trained, decide={"reasons": ["no-improvement"]})
+    loop_stage.keep_champion_latest(tmp_path / "model", refused)
+    assert (checkpoints / "latest").read_text() == "step-00000060"
+    assert sorted(p.name for p in checkpoints.glob("step-*")) == ["step-00000040", "step-00000060"]
