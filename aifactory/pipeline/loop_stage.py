@@ -141,8 +141,7 @@ def summary(outcomes: dict[str, dict[str, Any]], served: dict[str, str]) -> str:
 
 
 def run_loop(context: UpContext) -> StageResult:
-    targets = loop_targets(context.plan().plan)
-    if not targets:
+    if not context.plan().plan.loop:
         return StageResult("skipped", "no model has a `loop` entry in the spec (docs/loop.md)")
     if not context.options.lab:
         return StageResult(
@@ -150,6 +149,7 @@ def run_loop(context: UpContext) -> StageResult:
         )
     if context.outputs.get("train", {}).get("digest") is None:
         return StageResult("skipped", "the train stage promoted no champion to retrain from")
+    targets = loop_targets(context.plan().plan)
     outcomes: dict[str, dict[str, Any]] = {}
     served: dict[str, str] = {}
     for target in targets:
