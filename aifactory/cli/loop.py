@@ -19,7 +19,6 @@ from aifactory.cli.output import emit_json
 
 if TYPE_CHECKING:
     from aifactory.loop.trigger import Due
-    from aifactory.loop.turn import Turn
     from aifactory.plan.model import SitePlan
 
 # One example per command, shown at the end of its --help (aifactory/cli/help.py).
@@ -152,17 +151,16 @@ def _signers(state_dir: Path, given: Path | None) -> Path:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from aifactory.errors import TurnRunning, UsageError
-    from aifactory.loop.jobs import SlurmJobs
-    from aifactory.loop.turn import Places, TurnSetup, run_turn, turns_dir
+    from aifactory.loop.site import site_turn_setup
+    from aifactory.loop.turn import Places, run_turn, turns_dir
     from aifactory.pipeline.connection import site_connection
     from aifactory.plan import plan_site
     from aifactory.scheduler.slurm import client_for
-    from aifactory.trust.authz import load_authorizer
-    from aifactory.trust.issuing.models import ensure_model_key
+    from aifactory.state import SiteState
 
     planned = plan_site(args.site, write_lock=False)
     plan = planned.plan
-    runtime_dir, state_dir = _state(plan)
+    _, state_dir = _state(plan)
     if args.if_due:
         due = _due(plan, args.model, args.storage_root)
         if not due.due:  # the timer's tick with nothing to do: not a failure
@@ -174,19 +172,16 @@ def cmd_run(args: argparse.Namespace) -> int:
             f"no training job file {job}",
             hint="pass --job JOB.yaml, or put the model's job file there for the timer (docs/loop.md)",
         )
-    setup = TurnSetup(
-        plan=plan,
+    setup = site_turn_setup(
+        planned,
         model=args.model,
-        job_template=job.resolve(),
-        key=ensure_model_key(runtime_dir),
-        authorizer=load_authorizer(plan),
-        jobs=SlurmJobs(planned, client_for(site_connection(plan.name)), runtime_prefix=args.runtime_prefix),
+        job_template=job,
+        client=client_for(site_connection(plan.name)),
+        state=SiteState.for_site(plan.name),
         places=Places(plan, root=args.storage_root),
-        state_dir=state_dir,
-        allowed_signers=_signers(state_dir, args.allowed_signers),
-        node_signers=_node_signers(plan),
+        runtime_prefix=args.runtime_prefix,
+        allowed_signers=args.allowed_signers,
     )
-    setup.loop  # noqa: B018 -- a model without a loop is refused before anything is made
     try:
         turn = run_turn(setup)
     except TurnRunning:
@@ -198,7 +193,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.format == "json":
         emit_json({"site": plan.name, **turn.as_dict()})
     else:
-        print(_turn_line(turn))
+        print(turn.line())
     return 0 if turn.status == "promoted" else 1
 
 
@@ -240,33 +235,6 @@ def _print_due(args: argparse.Namespace, plan: SitePlan, due: Due) -> None:
         emit_json({"site": plan.name, **due.as_dict()})
     else:
         print(f"{due.model}: {'due' if due.due else 'not due'} ({due.reason}): {due.detail}")
-
-
-def _node_signers(plan: SitePlan) -> tuple[Path, ...]:
-    """The decision-log keys collected from each host (at deploy and audit: aifactory.headcopies): a server's
-    canary rollback record must verify against one of them."""
-    from aifactory.headcopies import collected_signers
-    from aifactory.state import SiteState
-
-    return collected_signers(SiteState.for_site(plan.name), (host.name for host in plan.hosts))
-
-
-def _turn_line(turn: Turn) -> str:
-    steps = turn.steps
-    head = f"{turn.model} turn {turn.number}: {turn.status}"
-    if "version" in steps:
-        head += f"; data {steps['version']['dataset']}@v{steps['version']['version']}"
-    if "train" in steps:
-        head += f"; Slurm job {steps['train']['slurm_job_id']}"
-    if "register" in steps:
-        head += f"; challenger {steps['register']['challenger'][:19]}..."
-    if "decide" in steps:
-        reasons = steps["decide"]["reasons"]
-        head += f"; policy: {'promote' if not reasons else ', '.join(reasons)}"
-    if "canary" in steps:
-        canary = steps["canary"]
-        head += f"; canary since {canary['since']}: {', '.join(canary.get('reasons', [])) or canary['state']}"
-    return head
 
 
 def cmd_sign_off(args: argparse.Namespace) -> int:
@@ -321,7 +289,7 @@ def cmd_turns(args: argparse.Namespace) -> int:
         emit_json({"site": plan.name, "model": args.model, "turns": [t.as_dict() for t in found]})
         return 0
     for turn in found:
-        print(_turn_line(turn))
+        print(turn.line())
     return 0
 
 

@@ -183,6 +183,25 @@ class Turn:
             "steps": self.steps,
         }
 
+    def line(self) -> str:
+        """One line of where the turn stands (`aifactory loop run` and `loop turns`, `up`'s loop stage)."""
+        steps = self.steps
+        head = f"{self.model} turn {self.number}: {self.status}"
+        if "version" in steps:
+            head += f"; data {steps['version']['dataset']}@v{steps['version']['version']}"
+        if "train" in steps:
+            head += f"; Slurm job {steps['train']['slurm_job_id']}"
+        if "register" in steps:
+            head += f"; challenger {steps['register']['challenger'][:19]}..."
+        if "decide" in steps:
+            reasons = steps["decide"]["reasons"]
+            head += f"; policy: {'promote' if not reasons else ', '.join(reasons)}"
+        if "canary" in steps:
+            canary = steps["canary"]
+            state = ", ".join(canary.get("reasons", [])) or canary["state"]
+            head += f"; canary since {canary['since']}: {state}"
+        return head
+
     @classmethod
     def load(cls, folder: Path) -> Turn:
         try:

@@ -2,7 +2,9 @@
 nothing here re-implements a stage.
 
     validate -> plan -> policy -> lab -> provision -> bundle -> import -> inventory -> deploy
-             -> scan -> scheduler -> health -> monitoring -> train -> serve -> audit
+             -> scan -> scheduler -> health -> monitoring -> train -> serve -> loop -> audit
+
+The loop stage lives in aifactory/pipeline/loop_stage.py (it uses this module's helpers).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aifactory import __version__
 from aifactory.connection import Connection
@@ -34,10 +36,13 @@ from aifactory.pipeline.connection import site_connection
 from aifactory.pipeline.runner import Stage, StageResult
 from aifactory.plan import PlannedSite
 from aifactory.plan.build import commit_lock
-from aifactory.plan.model import DatasetPlan, ModelPlan
+from aifactory.plan.model import DatasetPlan, Host, ModelPlan, SitePlan
 from aifactory.resources import resource_dir
 from aifactory.runtime.health.model import Level
 from aifactory.state import SiteState
+
+if TYPE_CHECKING:
+    from aifactory.scheduler.slurm import SlurmClient
 
 
 @dataclass(frozen=True)
@@ -379,10 +384,12 @@ NODE_RUNTIME = Path("/opt/aifactory/current/bin")
 NODE_PLAN = "/etc/aifactory/plan.json"  # where deploy puts the bundle's signed plan on each host
 SERVE_PORT = 8600  # the runtime role's default (runtime_serve_port)
 JOB_TIMEOUT_S = 900.0
+GENERATE_TIMEOUT_S = 300
+TRAIN_SAMPLES = 1024  # the train stage's draw of the training dataset
 SERVE_TIMEOUT_S = 120.0
 
 
-def _slurm_client(context: UpContext) -> Any:
+def slurm_client(context: UpContext) -> SlurmClient:
     from aifactory.scheduler.slurm import client_for
 
     return client_for(context.connection())
@@ -416,7 +423,7 @@ class NodeStatus:
 def _node_states(context: UpContext) -> dict[str, NodeStatus]:
     from aifactory.scheduler.slurm import checked
 
-    client = _slurm_client(context)
+    client = slurm_client(context)
     out = checked(client.run(["sinfo", "--Node", "--noheader", "--format=%N|%T|%E"]), "sinfo", client.where)
     found = {}
     for line in out.splitlines():
@@ -608,11 +615,14 @@ def _train_target(context: UpContext) -> tuple[ModelPlan, DatasetPlan, list[str]
     if model is None:
         raise UsageError("no model with training data on mounted storage to train")
     dataset = next(d for d in plan.datasets if d.name == model.trained_on[0])
+    return model, dataset, training_hosts(plan, model)[:2]
+
+
+def training_hosts(plan: SitePlan, model: ModelPlan) -> list[str]:
+    """The compute hosts (cpu or gpu pools) that mount the model's storage, in plan order."""
     pools = [p.name for p in plan.pools if p.role in ("cpu", "gpu")]
-    hosts = [
-        h.name for h in plan.hosts if h.pool in pools and any(m.storage == model.storage for m in h.mounts)
-    ]
-    return model, dataset, hosts[:2]
+    mounting = [h for h in plan.hosts if any(m.storage == model.storage for m in h.mounts)]
+    return [h.name for h in mounting if h.pool in pools]
 
 
 def _train_folder(context: UpContext) -> Path:
@@ -621,7 +631,8 @@ def _train_folder(context: UpContext) -> Path:
     return folder
 
 
-def _job(context: UpContext) -> dict[str, Any]:
+def train_job(context: UpContext) -> dict[str, Any]:
+    """The train stage's job (aifactory.job/v1): a small network, 60 steps on the first two hosts."""
     model, dataset, hosts = _train_target(context)
     folder = _train_folder(context)
     return {
@@ -645,7 +656,8 @@ def _job(context: UpContext) -> dict[str, Any]:
     }
 
 
-def _token_for(context: UpContext, tenant: str) -> str:
+def token_for(context: UpContext, tenant: str) -> str:
+    """A site token of `tenant`, valid 12 hours."""
     from datetime import UTC, datetime, timedelta
 
     from aifactory.trust.issuing.tokens import issue_token
@@ -654,6 +666,32 @@ def _token_for(context: UpContext, tenant: str) -> str:
     trust = TrustFiles(context.state.subdir("runtime"))
     expires = datetime.now(UTC) + timedelta(hours=12)
     return issue_token(trust, site=context.plan().plan.name, tenant=tenant, expires=expires).token
+
+
+def write_token_file(context: UpContext, path: Path, tenant: str) -> None:
+    """A fresh token of `tenant` in a file only its owner reads (0600 from the start)."""
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(descriptor, 0o600)  # an existing file keeps its mode through O_CREAT
+    with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+        handle.write(token_for(context, tenant))
+
+
+def generate_on_node(
+    context: UpContext, job_path: Path, host: str, *, samples: int, extra: tuple[str, ...] = ()
+) -> None:
+    """The node's `aifactory-train JOB --generate-dataset` writes the job's dataset at its planned path
+    (a generated draw of the job's seed; `extra`: its --offset and --extend)."""
+    from aifactory.lab import lab_exec
+
+    argv = [str(NODE_RUNTIME / "aifactory-train"), str(job_path), "--generate-dataset"]
+    argv += ["--samples", str(samples), *extra, "--host", host]
+    generate = lab_exec(context.plan().plan.name, argv, host=host, timeout=GENERATE_TIMEOUT_S)
+    if generate.returncode != 0:
+        raise AifactoryError(
+            f"generating the dataset of {job_path.name} on {host} failed: {generate.stderr.strip()[-300:]}",
+            code="dataset-generation-failed",
+            hint="run `aifactory up` again: it resumes at this stage",
+        )
 
 
 def _latest_step(context: UpContext, model: ModelPlan, host: str) -> int:
@@ -668,41 +706,20 @@ def _latest_step(context: UpContext, model: ModelPlan, host: str) -> int:
 def run_train(context: UpContext) -> StageResult:
     import yaml
 
-    from aifactory.lab import lab_exec
     from aifactory.scheduler.jobs import list_jobs
     from aifactory.scheduler.submit import train
 
     if not context.options.lab:
         return StageResult("skipped", "train with `aifactory train SITE JOB.yaml` on a real site")
     model, dataset, hosts = _train_target(context)
-    job = _job(context)
+    job = train_job(context)
     folder = _train_folder(context)
-    token = Path(job["token_file"])
-    token.write_text(_token_for(context, dataset.owner))
-    token.chmod(0o600)
+    write_token_file(context, Path(job["token_file"]), dataset.owner)
     job_path = folder / "job.yaml"
     job_path.write_text(yaml.safe_dump(job, sort_keys=True))
     site = context.plan().plan.name
-    generate = lab_exec(
-        site,
-        [
-            str(NODE_RUNTIME / "aifactory-train"),
-            str(job_path),
-            "--generate-dataset",
-            "--samples",
-            "1024",
-            "--host",
-            hosts[0],
-        ],
-        host=hosts[0],
-        timeout=300,
-    )
-    if generate.returncode != 0:
-        raise AifactoryError(
-            f"generating dataset {dataset.name} failed: {generate.stderr.strip()[-300:]}",
-            code="dataset-generation-failed",
-        )
-    client = _slurm_client(context)
+    generate_on_node(context, job_path, hosts[0], samples=TRAIN_SAMPLES)
+    client = slurm_client(context)
     submission = train(context.plan(), job_path, client=client, nodes=len(hosts))
     deadline = time.monotonic() + JOB_TIMEOUT_S
     state = "PENDING"
@@ -778,7 +795,7 @@ def _sign_and_promote(
 
 
 def _train_inputs(context: UpContext) -> dict[str, Any]:
-    job = _job(context)
+    job = train_job(context)
     job.pop("token_file")
     return {
         "plan": context.plan_digest,
@@ -790,7 +807,7 @@ def _train_inputs(context: UpContext) -> dict[str, Any]:
 def verify_train(context: UpContext, outputs: dict[str, Any]) -> str:
     model, _, hosts = _train_target(context)
     step = _latest_step(context, model, hosts[0])
-    if step < _job(context)["train"]["steps"]:
+    if step < train_job(context)["train"]["steps"]:
         raise AifactoryError("the checkpoint is gone", code="checkpoint-missing")
     return f"checkpoint at step {step} is there: no retraining"
 
@@ -805,9 +822,7 @@ def _token_files(context: UpContext, *tenants: str) -> Iterator[list[Path]]:
     try:
         for tenant in tenants:
             path = folder / f"{tenant}.token"
-            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-                handle.write(_token_for(context, tenant))
+            write_token_file(context, path, tenant)
             files.append(path)
         yield files
     finally:
@@ -822,25 +837,46 @@ def _denied_tenant(context: UpContext, model: ModelPlan) -> str | None:
     return next((t.name for t in plan.tenants if t.name != model.owner and t.name not in granted), None)
 
 
-def run_serve(context: UpContext) -> StageResult:
+@dataclass(frozen=True)
+class ServeAnswers:
+    """The serve probe's two answers from one serving host, checked: the allowed request answered
+    200 by the expected version, the denied one 403."""
+
+    host: Host
+    denied_tenant: str
+    allowed: dict[str, Any]
+    denied: dict[str, Any]
+
+
+def champion_now(context: UpContext, model: ModelPlan) -> str | None:
+    """The version the servers are to serve: the registry's champion, its promotion record verified
+    with the site's model key (the train stage's, or a loop turn's since); None without one."""
+    from aifactory.pipeline.models import model_dir
+    from aifactory.trust.issuing.models import ModelKey
+    from aifactory.trust.models import Registry, read_promotions
+
+    trust = ModelKey(context.state.subdir("runtime")).trust
+    folder = model_dir(context.plan().plan, model, lab=context.options.lab)
+    champion = read_promotions(Registry(folder), trust).alias("champion")
+    return champion.digest if champion is not None else None
+
+
+def probe_serving(context: UpContext, model: ModelPlan, champion: str | None) -> ServeAnswers:
+    """One allowed request (the model's owner) and one denied (a tenant without access) to the first
+    host serving the model, sent from the control host once it serves `champion` (when given)."""
     import json
 
     from aifactory.lab import lab_exec
 
-    if not context.options.lab:
-        return StageResult("skipped", "requests are made against the lab only")
-    model = next(m for m in context.plan().plan.models if m.name == context.outputs["train"]["model"])
-    host = context.plan().plan.host(
-        next(h.name for h in context.plan().plan.hosts if h.pool in model.serve_on)
-    )
+    plan = context.plan().plan
+    host = plan.host(next(h.name for h in plan.hosts if h.pool in model.serve_on))
     denied_tenant = _denied_tenant(context, model)
     if denied_tenant is None:
         raise UsageError("the site has no tenant without access to the model, to show a denied request")
     base = f"http://{host.management_address}:{SERVE_PORT}"
-    champion = context.outputs["train"].get("digest")  # the version `up` signed and promoted
     with _token_files(context, model.owner, denied_tenant) as (allowed_file, denied_file):
         probe = lab_exec(
-            context.plan().plan.name,
+            plan.name,
             [
                 sys.executable,
                 "-m",
@@ -868,12 +904,25 @@ def run_serve(context: UpContext) -> StageResult:
             f"(champion {champion}), denied {denied.get('status')}",
             code="serve-unexpected",
         )
+    return ServeAnswers(host, denied_tenant, allowed, denied)
+
+
+def run_serve(context: UpContext) -> StageResult:
+    if not context.options.lab:
+        return StageResult("skipped", "requests are made against the lab only")
+    model = next(m for m in context.plan().plan.models if m.name == context.outputs["train"]["model"])
+    # The registry's champion: the version `up`'s train stage signed and promoted, or the one a loop
+    # turn (the loop stage of an earlier run, or `aifactory loop run`) promoted since.
+    champion = champion_now(context, model) or context.outputs["train"].get("digest")
+    served = probe_serving(context, model, champion)
+    allowed, denied = served.allowed, served.denied
+    version = champion[:19] if champion else ""
     return StageResult(
         "ok",
-        f"{model.name} {champion[:19] if champion else ''} on {host.name}: {model.owner} 200 (decision "
-        f"{allowed.get('decision_id')}), {denied_tenant} 403 {denied.get('reason')} (decision "
+        f"{model.name} {version} on {served.host.name}: {model.owner} 200 (decision "
+        f"{allowed.get('decision_id')}), {served.denied_tenant} 403 {denied.get('reason')} (decision "
         f"{denied.get('decision_id')})",
-        {"allowed": allowed, "denied": denied, "host": host.name, "digest": champion},
+        {"allowed": allowed, "denied": denied, "host": served.host.name, "digest": champion},
     )
 
 
@@ -915,6 +964,9 @@ def run_audit(context: UpContext) -> StageResult:
 
 
 def stage_list() -> list[Stage]:
+    # Imported here: loop_stage imports this module's helpers (and UpContext) at its top.
+    from aifactory.pipeline.loop_stage import loop_stage
+
     return [
         Stage("validate", "check the site spec", run_validate, _spec_inputs),
         Stage("plan", "hosts, addresses, mounts", run_plan, _spec_inputs),
@@ -976,5 +1028,6 @@ def stage_list() -> list[Stage]:
         ),
         Stage("train", "train the model across the compute hosts", run_train, _train_inputs, verify_train),
         Stage("serve", "one allowed and one denied request", run_serve, always=True),
+        loop_stage(),
         Stage("audit", "signed auditor report", run_audit, always=True),
     ]

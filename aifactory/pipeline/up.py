@@ -104,7 +104,9 @@ def down(spec_path: Path, *, lock_wait: float = 0.0) -> list[str]:
         lab_down(planned.plan.name, lock=False)
         done.append("lab removed")
         records = RecordStore(state.subdir("up"))
-        records.forget_from(["lab", "deploy", "scan", "scheduler", "health", "monitoring", "train", "serve"])
+        records.forget_from(
+            ["lab", "deploy", "scan", "scheduler", "health", "monitoring", "train", "serve", "loop"]
+        )
         state.record(command=f"down {spec_path}", result="ok", spec_digest=planned.plan.spec_digest)
     return done
 

@@ -3,7 +3,8 @@
 A dataset is a folder at the dataset's planned path:
 
     manifest.json            {"format": "aifactory.dataset/v1", "name", "features", "classes",
-                              "samples", "seed", "generator", "shards": [{"file", "samples", "sha256"}]}
+                              "samples", "seed", "generator", "shards": [{"file", "samples", "sha256"}],
+                              and "offset" for a draw that does not start at the seed's first sample}
     shard-00000.safetensors  tensors `x` float32 [n, features] and `y` int64 [n] (labels 0..classes-1)
     ...
 
@@ -52,15 +53,38 @@ class Dataset:
 
 
 def generate(
-    directory: Path, *, name: str, samples: int = 4096, features: int = 16, classes: int = 4, seed: int = 7
+    directory: Path,
+    *,
+    name: str,
+    samples: int = 4096,
+    features: int = 16,
+    classes: int = 4,
+    seed: int = 7,
+    offset: int = 0,
+    extend: bool = False,
 ) -> dict[str, Any]:
-    """Write a dataset at `directory` (which must not exist yet); return its manifest."""
-    if directory.exists():
+    """Write a dataset at `directory`; return its manifest. It holds samples `offset` to `offset +
+    samples` of the seed's draw: the same teacher labels every offset, so a draw past the samples
+    another dataset holds is a held-out set of the same task. `directory` must not exist yet, unless
+    `extend` and it holds a smaller draw of this generator from the same seed and offset: the larger
+    draw then replaces it (its first samples are the old ones; versions and feedback are kept)."""
+    if directory.exists() and not (extend and _extends(directory, samples=samples, seed=seed, offset=offset)):
         raise DatasetError(
             f"{directory} exists; refusing to overwrite a dataset", location=Location(file=str(directory))
         )
-    x, y = teacher_samples(samples=samples, features=features, classes=classes, seed=seed)
-    return write(directory, name=name, x=x, y=y, classes=classes, seed=seed)
+    x, y = teacher_samples(samples=offset + samples, features=features, classes=classes, seed=seed)
+    return write(directory, name=name, x=x[offset:], y=y[offset:], classes=classes, seed=seed, offset=offset)
+
+
+def _extends(directory: Path, *, samples: int, seed: int, offset: int) -> bool:
+    """Whether `directory` holds a draw of this generator, seed and offset with fewer samples."""
+    manifest = read_manifest(directory)
+    same_draw = (manifest.get("generator"), manifest.get("seed"), manifest.get("offset", 0)) == (
+        GENERATOR,
+        seed,
+        offset,
+    )
+    return same_draw and int(manifest.get("samples", 0)) < samples
 
 
 def teacher_samples(*, samples: int, features: int, classes: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -76,7 +100,7 @@ def teacher_samples(*, samples: int, features: int, classes: int, seed: int) -> 
 
 
 def write(
-    directory: Path, *, name: str, x: np.ndarray, y: np.ndarray, classes: int, seed: int
+    directory: Path, *, name: str, x: np.ndarray, y: np.ndarray, classes: int, seed: int, offset: int = 0
 ) -> dict[str, Any]:
     """Write samples as a dataset at `directory`, replacing what is there only by a rename (a reader
     sees the old dataset or the new one); return its manifest. Files beside the dataset's own (its
@@ -112,6 +136,8 @@ def write(
         "generator": GENERATOR,
         "shards": shards,
     }
+    if offset:  # only where it is not 0, so the draws written before it existed keep their bytes
+        manifest["offset"] = offset
     (staging / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     for entry in staging.iterdir():
         with entry.open("rb") as handle:

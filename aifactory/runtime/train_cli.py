@@ -138,7 +138,7 @@ def run(argv: Sequence[str] | None = None) -> int:
     plan = RuntimePlan.load(job.plan, storage_root=job.storage_root)
     host = plan.this_host(args.host)
     if args.generate_dataset:
-        return _generate(job, plan, samples=args.samples)
+        return _generate(job, plan, samples=args.samples, offset=args.offset, extend=args.extend)
     outcome = authorize_job(job, plan, host=host)
     if not outcome.allow:
         raise RuntimeDenied(
@@ -180,19 +180,33 @@ def run(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _generate(job: JobSpec, plan: RuntimePlan, *, samples: int) -> int:
+def _generate(job: JobSpec, plan: RuntimePlan, *, samples: int, offset: int, extend: bool) -> int:
     target = plan.dataset_dir(job.dataset)
     if (target / "manifest.json").exists():
-        datasets.load(target)  # checks it
-        print(f"dataset {job.dataset} already at {target}", file=sys.stderr)
-        return 0
-    manifest = datasets.generate(target, name=job.dataset, samples=samples, seed=job.train.seed)
+        found = datasets.load(target)  # checks it
+        if not extend or len(found) >= samples:
+            print(f"dataset {job.dataset} already at {target} ({len(found)} samples)", file=sys.stderr)
+            return 0
+    manifest = datasets.generate(
+        target, name=job.dataset, samples=samples, seed=job.train.seed, offset=offset, extend=extend
+    )
     print(
         f"wrote dataset {job.dataset}: {manifest['samples']} samples in {len(manifest['shards'])} shard(s) "
         f"at {target}",
         file=sys.stderr,
     )
     return 0
+
+
+def _count(text: str) -> int:
+    """A number of samples, 0 or more (argparse type)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of samples: {text[:40]!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value}: use 0 or more samples")
+    return value
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -208,6 +222,19 @@ def _parser() -> argparse.ArgumentParser:
         help="write the job's dataset (generated, aifactory.dataset/v1) at its planned path, and exit",
     )
     parser.add_argument("--samples", type=int, default=4096, help="samples to generate (default 4096)")
+    parser.add_argument(
+        "--offset",
+        type=_count,
+        default=0,
+        help="start at this sample of the seed's draw (default 0): a held-out set of the same task, past "
+        "the samples the training data holds",
+    )
+    parser.add_argument(
+        "--extend",
+        action="store_true",
+        help="replace a smaller draw (same seed and offset) with this larger one; versions and feedback "
+        "are kept",
+    )
     parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     return parser
 

@@ -6,9 +6,9 @@ node's own decision log.
 Real parts throughout: `deployed_lab` (namespaces, sshd, the session bundle deployed: runtime,
 inference servers, munge and Slurm), `aifactory loop run` and `aifactory lineage` as the CLI runs them
 (subprocesses of this machine, reaching Slurm on the lab's control host), the bundle's own
-`aifactory-train` and `aifactory.runtime.evaluate` on the node. The spec is the session lab's with two
-additions the session spec does not carry: a held-out dataset of the model's owner and the model's
-`loop` entry (the nodes need neither: the evaluation job is given its paths).
+`aifactory-train` and `aifactory.runtime.evaluate` on the node. The spec is the session lab's, which
+carries a held-out dataset of the model's owner and the model's `loop` entry (inventory/lab/site.yaml,
+for `aifactory up`'s loop stage); where a lab spec lacks either, the fixture adds the same ones below.
 
 The data is written here onto the lab's shared storage, as an owner's pipeline would put it there: a
 teacher network's samples (aifactory.runtime.dataset), the evaluation set a held-out slice of the same
@@ -191,8 +191,13 @@ def loop_lab(deployed_lab: Any, tmp_path_factory: pytest.TempPathFactory) -> Loo
     work = tmp_path_factory.mktemp("loop-lab")
     work.chmod(0o755)  # the node reads the job files from here (as root)
     spec = work / "site.yaml"
-    text = lab.spec.read_text().replace("models:\n", HOLDOUT_DATASET + "models:\n", 1)
-    spec.write_text(text + LOOP)
+    text = lab.spec.read_text()
+    found = yaml.safe_load(text)
+    if HOLDOUT not in {d["name"] for d in found["datasets"]}:
+        text = text.replace("models:\n", HOLDOUT_DATASET + "models:\n", 1)
+    if not any(entry["model"] == MODEL for entry in found.get("loop") or ()):
+        text += LOOP
+    spec.write_text(text)
     shutil.copyfile(lab.spec.with_name("site.alloc.json"), work / "site.alloc.json")
     plan = plan_site(spec, write_lock=False).plan
     runtime = SiteState.for_site(plan.name).subdir("runtime")

@@ -2,9 +2,11 @@
 
 One lab (site `up<pid>`) is brought up by the first real run and shared by the tests of this module,
 which run in order: a policy deny changes nothing; the first run admits the new compute hosts through
-its health stage, serves a model, answers one allowed and one denied request and writes a signed
-report; then the model it signed and promoted is the champion `aifactory models` shows, every decision
-names its digest (issue 28), and Prometheus scrapes every host with TLS; a second run changes nothing
+its health stage, serves a model, answers one allowed and one denied request, runs one turn of the
+model's loop and writes a signed report; then the model it signed and promoted (and the champion after
+the loop's turn) is what `aifactory models` shows, every decision names the version that answered
+(issue 28), the loop stage's turn promoted or refused with its reasons and the server answers with the
+champion after it (issue 30), and Prometheus scrapes every host with TLS; a second run changes nothing
 and is fast; a run plans the site once; a host failing its health run stops `up` with exit 4 naming it
 and the check, and the next run admits it; a host failing at deploy stops `up` with exit 4 naming it,
 and the next run resumes at deploy. After the second run, the control host's state is backed up, lost
@@ -142,18 +144,21 @@ def test_first_up_serves_a_model_and_writes_a_signed_report(site: UpSite) -> Non
 
 
 def test_after_up_every_decision_names_the_signed_promoted_champion(site: UpSite, tmp_path: Path) -> None:
-    """Issue 28 after `aifactory up`: `aifactory models` lists the version the train stage signed as the
-    champion, its OpenSSF signature verified, with its promotion record (the registry's line, signed by
-    the site's key: OpenSSL checks it); upstream's `model_signing` command on a lab host (no route out)
-    accepts it with the public key deploy put there; requests sent now to every serving host are
-    answered by it; every inference decision in every host's log names its digest; the bundle's SBOM
-    lists the package; the audit report lists the champion."""
+    """Issue 28 after `aifactory up`: `aifactory models` lists the version the train stage signed, its
+    OpenSSF signature verified, with its promotion to champion (the registry's line, signed by the
+    site's key: OpenSSL checks it), and the champion after the loop stage's turn (that version, or the
+    challenger the turn promoted); upstream's `model_signing` command on a lab host (no route out)
+    accepts the champion with the public key deploy put there; requests sent now to every serving host
+    are answered by it; every inference decision in every host's log names the version that answered
+    (the train stage's before the turn, the champion after it); the bundle's SBOM lists the package;
+    the audit report lists the champion."""
     from aifactory.pipeline.stages import NODE_RUNTIME
 
     assert site.first_seconds, "needs the first run"
     stages = site.stages()
     trained = stages["train"]["outputs"]
-    champion = trained["digest"]
+    signed = trained["digest"]  # the version the train stage signed and promoted
+    champion = stages["loop"]["outputs"]["turns"][trained["model"]]["champion"]  # after the loop's turn
     plan = json.loads(site.run("plan", str(site.spec), "--format", "json", timeout=300).stdout)
     (planned,) = [m for m in plan["models"] if m["name"] == trained["model"]]
     listed = site.run("models", str(site.spec), planned["name"], "--format", "json", timeout=300)
@@ -161,13 +166,17 @@ def test_after_up_every_decision_names_the_signed_promoted_champion(site: UpSite
     (model,) = json.loads(listed.stdout)["models"]
     promotion = model["aliases"]["champion"]
     assert promotion["digest"] == champion, model
-    (version,) = [v for v in model["versions"] if v["digest"] == champion]
-    assert version["signature"] == "verified" and version["alias"] == "champion", version
-    assert version["job"]["slurm_job_id"] == trained["slurm_job_id"]
-    assert version["promotions"] == [promotion]
-    assert promotion["reason"] == f"trained by aifactory up (Slurm job {trained['slurm_job_id']})"
+    (first,) = [v for v in model["versions"] if v["digest"] == signed]
+    assert first["signature"] == "verified", first
+    assert first["job"]["slurm_job_id"] == trained["slurm_job_id"]
+    first_promotion = model["history"][0]  # the registry's first line: the train stage's promotion
+    assert first_promotion["digest"] == signed and first_promotion["alias"] == "champion"
+    assert first_promotion in first["promotions"]
+    assert first_promotion["reason"] == f"trained by aifactory up (Slurm job {trained['slurm_job_id']})"
     public_key = Path(site.env["AIFACTORY_STATE_HOME"]) / site.name / "runtime/model-key/model-signing.pub"
-    _check_promotion_signature(promotion, public_key, tmp_path)
+    _check_promotion_signature(first_promotion, public_key, tmp_path)
+    (current,) = [v for v in model["versions"] if v["digest"] == champion]
+    assert current["signature"] == "verified" and promotion in current["promotions"], current
 
     serving = [h for h in plan["hosts"] if h["pool"] in planned["serve_on"]]
     files = f"{planned['host_path']}/registry/versions/{champion.removeprefix('sha256:')}"
@@ -175,9 +184,8 @@ def test_after_up_every_decision_names_the_signed_promoted_champion(site: UpSite
     host = serving[0]["name"]
     assert "default" not in site.on_host(host, "ip", "route").stdout  # no route out of the lab host
     assert site.on_host(host, "cat", node_key).stdout == public_key.read_text()
-    assert site.on_host(
-        host, "cat", f"{planned['host_path']}/registry/promotions.jsonl"
-    ).stdout.splitlines() == [json.dumps(promotion, sort_keys=True, separators=(",", ":"))]
+    lines = site.on_host(host, "cat", f"{planned['host_path']}/registry/promotions.jsonl").stdout.splitlines()
+    assert [json.loads(line) for line in lines] == model["history"]  # the node reads the same records
     upstream = str(NODE_RUNTIME / "model_signing")  # upstream's command, installed from the bundle
     verify = site.on_host(
         host,
@@ -196,11 +204,13 @@ def test_after_up_every_decision_names_the_signed_promoted_champion(site: UpSite
     for answers in answered:
         assert answers["allowed"]["status"] == 200 and answers["allowed"]["digest"] == champion, answers
         assert answers["denied"]["status"] == 403, answers
-    asked = {a[kind]["decision_id"] for a in answered for kind in ("allowed", "denied")}
+    asked = {a["allowed"]["decision_id"] for a in answered}
     decisions = [d for h in plan["hosts"] for d in _decisions(site, h["name"])]
     inferences = [d for d in decisions if d.get("component") == "serve" and d.get("action") == "infer"]
-    assert asked <= {d["decision_id"] for d in inferences}, inferences
-    assert {d["request"]["model_digest"] for d in inferences} == {champion}, inferences
+    by_id = {d["decision_id"]: d for d in inferences}
+    assert asked | {a["denied"]["decision_id"] for a in answered} <= by_id.keys(), inferences
+    assert {by_id[i]["request"]["model_digest"] for i in asked} == {champion}
+    assert {d["request"]["model_digest"] for d in inferences} <= {signed, champion}, inferences
 
     bundles = Path(site.env["AIFACTORY_BUNDLES_HOME"]) / site.name  # where the import stage put it
     sbom = json.loads((bundles / stages["bundle"]["outputs"]["version"] / "sbom.cdx.json").read_text())
@@ -212,6 +222,60 @@ def test_after_up_every_decision_names_the_signed_promoted_champion(site: UpSite
     (listed_model,) = section["detail"]["models"]
     assert listed_model["champion"] == champion
     assert listed_model["aliases"]["champion"]["signature"] == "verified"
+
+
+def test_up_runs_one_loop_turn_and_the_server_answers_with_the_champion_after_it(
+    site: UpSite, tmp_path: Path
+) -> None:
+    """Issue 30's loop stage: the lab spec's loop entry gets one turn from the champion the train stage
+    promoted, on a larger draw of the training data, measured on the held-out set `up` made once
+    (version 1, never trained on); the turn ends promoted (the challenger is the champion) or refused
+    with its reason codes (the train stage's champion keeps serving), the stage's line says which, and
+    the serving node answered with the champion after it. `aifactory loop turns`, `aifactory models`
+    and `aifactory data versions` say the same."""
+    assert site.first_seconds, "needs the first run"
+    stages = site.stages()
+    loop = stages["loop"]
+    assert loop["status"] == "ok", loop
+    trained = stages["train"]["outputs"]
+    name = trained["model"]
+    turn = loop["outputs"]["turns"][name]
+    assert turn["status"] in ("promoted", "refused"), turn
+    if turn["status"] == "promoted":
+        assert turn["champion"] == turn["challenger"] != trained["digest"] and turn["reasons"] == []
+        assert f"{name} turn {turn['turn']}: promoted {turn['champion'][:19]}..." in loop["summary"]
+    else:
+        assert turn["reasons"] and turn["champion"] == trained["digest"], turn
+        assert f"{name} turn {turn['turn']}: refused ({', '.join(turn['reasons'])})" in loop["summary"]
+    served_on = loop["outputs"]["served"][name]
+    assert f"answering on {served_on}" in loop["summary"]
+
+    listed = site.run("loop", "turns", str(site.spec), name, "--format", "json", timeout=300)
+    assert listed.returncode == 0, listed.stdout + listed.stderr
+    (recorded,) = [t for t in json.loads(listed.stdout)["turns"] if t["turn"] == turn["turn"]]
+    steps = recorded["steps"]
+    assert recorded["status"] == turn["status"] and steps["train"]["from_champion"] == trained["digest"]
+    assert steps["train"]["slurm_job_id"] != steps["evaluate"]["slurm_job_id"]
+    report = steps["evaluate"]["report"]
+    assert (report["evaluation_set"]["dataset"], report["evaluation_set"]["version"]) == ("vitals-holdout", 1)
+    assert report["champion"]["digest"] == trained["digest"]
+    assert report["challenger"]["digest"] == steps["register"]["challenger"] == turn["challenger"]
+    assert steps["decide"]["reasons"] == turn["reasons"]
+
+    models = json.loads(site.run("models", str(site.spec), name, "--format", "json", timeout=300).stdout)
+    assert models["models"][0]["aliases"]["champion"]["digest"] == turn["champion"]
+    holdout = site.run("data", "versions", str(site.spec), "vitals-holdout", "--format", "json", timeout=300)
+    assert holdout.returncode == 0, holdout.stdout + holdout.stderr
+    assert [v["version"] for v in json.loads(holdout.stdout)["versions"]] == [1]  # made once
+    data = site.run("data", "versions", str(site.spec), "vitals", "--format", "json", timeout=300)
+    (version,) = [v for v in json.loads(data.stdout)["versions"] if v["digest"] == steps["version"]["digest"]]
+    assert version["reason"] == f"loop turn {turn['turn']} of model {name}"
+
+    plan = json.loads(site.run("plan", str(site.spec), "--format", "json", timeout=300).stdout)
+    (planned,) = [m for m in plan["models"] if m["name"] == name]
+    (host,) = [h for h in plan["hosts"] if h["name"] == served_on]
+    answers = _ask(site, host, planned, turn["champion"], plan, tmp_path)
+    assert answers["allowed"]["status"] == 200 and answers["allowed"]["digest"] == turn["champion"], answers
 
 
 def _check_promotion_signature(record: dict, public_key: Path, folder: Path) -> None:
@@ -294,10 +358,11 @@ def test_second_up_changes_nothing_and_is_fast(site: UpSite) -> None:
     seconds = time.monotonic() - began
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
     after = site.stages()
-    for stage in ("bundle", "import", "deploy", "train"):
+    for stage in ("bundle", "import", "deploy", "train", "loop"):
         if stage in before:
             assert after[stage] == before[stage], f"{stage} ran again"
     assert "unchanged" in result.stdout
+    assert any("loop" in line and "unchanged" in line for line in result.stderr.splitlines())
     assert "changed=0" in result.stderr  # deploy re-probed in check mode and found nothing to change
     assert seconds < 0.25 * site.first_seconds, (seconds, site.first_seconds)
 

@@ -23,9 +23,9 @@ NATIONAL = ROOT / "inventory" / "examples" / "national" / "site.yaml"
 # 304d29a, before the sections were typed (they were plain dicts then), each with its spec's digest:
 # when an example spec changes, its plan may change too, and this test says so instead of comparing
 # (recompute both digests then, with the plan as it was before the spec change, and check they match).
-# The lab's spec gained a contacts section, then an economics section since (its golden pair is now
-# the plan with both); without the newer sections it still gives the pairs it gave before them:
-# without either, the pair computed at 304d29a.
+# The lab's spec gained a contacts section, then an economics section, then a loop with its held-out
+# dataset since (its golden pair is now the plan with all three); without the newer sections it still
+# gives the pairs it gave before them: without any, the pair computed at 304d29a.
 LAB_BEFORE_CONTACTS = (
     "sha256:b37bb4c8ad66475e2f02ec1e91d9c3266860423de8eeb3f0d48e2ce008bf3989",
     "sha256:1132971f13f2e966feaf9a68e866e45746c280b926df03662000d00d8fac70d4",
@@ -34,10 +34,15 @@ LAB_BEFORE_ECONOMICS = (
     "sha256:8999324f1559e82824fe2114cd2513135c0e436bba965531e68afe4c623aa50b",
     "sha256:b64da6cb79689881ec5c4355062886fd1c9f5377aa5b44bc54656719e6e91f5d",
 )
+LAB_BEFORE_LOOP = (
+    "sha256:2fa92ae86e5121bf526ac7cde268aa411171a2233d245f4b13f798040e4b4b14",
+    "sha256:36d1ac3f3890194662e4adcb7cf3cef1bfee48832e1d725233bee96797ec7426",
+)
+LAB_HELD_OUT = "vitals-holdout"  # the loop's evaluation dataset, added with the loop
 GOLDEN = {
     LAB: (
-        "sha256:2fa92ae86e5121bf526ac7cde268aa411171a2233d245f4b13f798040e4b4b14",
-        "sha256:36d1ac3f3890194662e4adcb7cf3cef1bfee48832e1d725233bee96797ec7426",
+        "sha256:56bc64d4aff7e676489d0e6c1e99f5855481152c651c0107eedb523a4d264edb",
+        "sha256:19efb5db296ade0378d6e7c5bcd7a92010dbc02bf4d647f02cde74085d6889b8",
     ),
     NATIONAL: (
         "sha256:c524c7befaaa4fde1372062165f901cae3586e72f9882c4626f1e97db500c54b",
@@ -62,12 +67,15 @@ def test_typed_plan_keeps_the_bytes_of_the_dict_plan(site: tuple[Path, SitePlan]
 
 def _lab_without(tmp_path: Path, *sections: str) -> SitePlan:
     """The lab's plan from its spec less the named top-level sections (each key and its indented
-    lines), with the lab's allocation lock."""
-    kept, skipping = [], False
+    lines) and less the loop with its held-out dataset (newer than every pair kept here), with the
+    lab's allocation lock."""
+    kept, skipping, held_out = [], False, False
     for line in LAB.read_text().splitlines(keepends=True):
         if not line.startswith((" ", "#")):
-            skipping = line.split(":", 1)[0] in sections
-        if not skipping:
+            skipping, held_out = line.split(":", 1)[0] in (*sections, "loop"), False
+        if line.startswith("  - "):  # an entry of a list section: the held-out dataset's is left out
+            held_out = line.split("#", 1)[0].strip() == f"- name: {LAB_HELD_OUT}"
+        if not skipping and not held_out:
             kept.append(line)
     spec = tmp_path / "site.yaml"
     spec.write_text("".join(kept))
@@ -83,6 +91,16 @@ def test_a_spec_without_contacts_keeps_the_digests_it_had_before_the_section(tmp
     assert (plan.digest(), plan.spec_digest) == LAB_BEFORE_CONTACTS
     with_it = plan_site(LAB, write_lock=False).plan
     assert with_it.to_dict()["contacts"] == {"security": "soc@lab.example"}
+
+
+def test_a_spec_without_the_loop_keeps_the_digests_it_had_before_it(tmp_path: Path) -> None:
+    """The loop section (and the dataset it holds out) enter the spec digest and the plan only when a
+    spec sets them."""
+    plan = _lab_without(tmp_path)
+    assert "loop" not in plan.to_dict() and LAB_HELD_OUT not in {d.name for d in plan.datasets}
+    assert (plan.digest(), plan.spec_digest) == LAB_BEFORE_LOOP
+    with_it = plan_site(LAB, write_lock=False).plan
+    assert [entry.model for entry in with_it.loop or ()] == ["vitals-mlp"]
 
 
 def test_a_spec_without_economics_keeps_the_digests_it_had_before_the_section(tmp_path: Path) -> None:
