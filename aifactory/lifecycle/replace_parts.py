@@ -60,6 +60,9 @@ class SshProbe:
 
     def answers(self, host: str) -> bool:
         argv = self.connection.ssh_argv(_address(self.plan, host), ["true"])
+        # The host itself must answer, not a master connection an ssh config keeps (ControlPersist),
+        # which can outlive a dead machine and hang on it: the first -o given wins.
+        argv[1:1] = ["-o", "ControlPath=none"]
         try:
             return self.connection.run_on_control_host(argv, timeout=self.timeout_s).returncode == 0
         except subprocess.TimeoutExpired:
