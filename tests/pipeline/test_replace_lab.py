@@ -82,6 +82,19 @@ class ReplaceLab:
         )
         return done.returncode, json.loads(done.stdout or "{}")
 
+    def jobs(self) -> list[dict[str, Any]]:
+        """`aifactory jobs`: the queue and Slurm's job completion log (the lab keeps no accounting)."""
+        done = subprocess.run(
+            [sys.executable, "-m", "aifactory.cli.main", "jobs", str(self.spec), "--format", "json"],
+            capture_output=True,
+            text=True,
+            env=self.env,
+            timeout=scaled(120),
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        return list(json.loads(done.stdout))
+
     def on_control_host(self, argv: list[str]) -> subprocess.CompletedProcess[str]:
         from aifactory.lab import lab_exec
 
@@ -213,15 +226,14 @@ def test_a_destroyed_host_is_replaced_with_a_proven_key_passes_health_and_takes_
     assert code == 0, submitted
     job_id = str(submitted["slurm_job_id"])
 
-    def ended() -> str | None:
-        done = lab.on_control_host(
-            ["sacct", "--noheader", "--parsable2", "--jobs", job_id, "--format=State,NodeList"]
+    def ended() -> dict[str, Any] | None:
+        listed = [j for j in lab.jobs() if j["id"] == job_id]  # the completion log once it ended
+        return (
+            listed[0] if listed and listed[0]["state"] not in ("PENDING", "RUNNING", "COMPLETING") else None
         )
-        first = (done.stdout.strip().splitlines() or [""])[0]
-        return first if first.split("|")[0] in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT") else None
 
-    state = wait_for(ended, what="the job on the replaced host to end", timeout=900)
-    assert state.split("|") == ["COMPLETED", lab.host], state
+    job = wait_for(ended, what="the job on the replaced host to end", timeout=900, every=5.0)
+    assert (job["state"], job["nodelist"]) == ("COMPLETED", lab.host), job
 
 
 def test_the_replacement_is_on_record_for_the_audit(lab: ReplaceLab) -> None:
