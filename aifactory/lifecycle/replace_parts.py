@@ -39,6 +39,7 @@ from aifactory.provision.identity import read_identity
 from aifactory.provision.redfish import POWER_ON_STATES, BmcCredentials, RedfishClient
 from aifactory.scheduler.slurm import client_for
 from aifactory.scheduler.topology import slurm_topology
+from aifactory.spec.grammar import printable
 from aifactory.state import SiteState
 from aifactory.trust.issuing import known_hosts
 
@@ -170,9 +171,10 @@ class RedfishReinstall:
         client.set_boot_override(system, target=BOOT_TARGET, enabled="Once")
         reset = "ForceRestart" if system.get("PowerState") in POWER_ON_STATES else "On"
         client.reset(system, reset)
+        # What the BMC reports is its text, not ours: escaped and bounded before logs and terminals.
         return {
-            "uuid": identity.uuid,
-            "serial": identity.serial,
+            "uuid": printable(identity.uuid[:64]),
+            "serial": printable(identity.serial[:64]) if identity.serial else None,
             "boot": f"{BOOT_TARGET} once",
             "reset": reset,
         }
