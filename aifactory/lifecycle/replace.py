@@ -324,7 +324,9 @@ def steps(host: str) -> list[str]:
 
 def run_replace(request: ReplaceRequest, store: ReplaceStore, parts: ReplaceParts) -> ReplaceResult:
     """Run (or resume) the replacement; a failed step raises and leaves it open for a re-run."""
-    require_proof(request, parts)
+    pending = store.load()
+    if pending is None or pending.host != request.host or not pending.reached("key-learned"):
+        require_proof(request, parts)  # once the key is learned, a re-run needs no proof again
     journal, resumed = store.begin(request)
     host, change, progress = request.host, journal.change, parts.progress
     if journal.reachable is None:  # asked once: a re-run must not mistake the new machine for the old
@@ -357,6 +359,7 @@ def run_replace(request: ReplaceRequest, store: ReplaceStore, parts: ReplacePart
         journal.phase = "key-learned"
         store.save(journal)
     if not journal.reached("deployed"):
+        journal.version = request.version  # the version in use now (a bundle imported meanwhile)
         progress.step(f"deploy {journal.version.version} to {host}")
         deployed = parts.deployer.deploy(host, journal.version)
         journal.deploy = dict(deployed.detail)

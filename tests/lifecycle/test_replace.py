@@ -280,6 +280,16 @@ def test_the_admins_fingerprint_proves_the_key_where_provisioning_cannot(bench: 
     assert result["host_key"] == key_fingerprint(keys.new) and result["host_key_proven_by"] == ADMIN
 
 
+def test_once_the_key_is_learned_a_rerun_needs_no_fingerprint_again(bench: Bench, keys: Keys) -> None:
+    bench.machine.recorded = None
+    bench.deployer.fails = True
+    with pytest.raises(ReplaceFailed):
+        bench.run(key_fingerprint(keys.new))
+    bench.deployer.fails = False
+    result = bench.run()  # the admin fixed the deploy; the fingerprint was proven and used already
+    assert result["resumed"] and result["host_key"] == key_fingerprint(keys.new)
+
+
 def test_an_admins_fingerprint_that_is_not_the_provisioning_records_is_refused(
     bench: Bench, known: Path, keys: Keys
 ) -> None:
