@@ -189,21 +189,26 @@ def _prepare_files(plan: SitePlan, layout: LabLayout, journal: Journal) -> dict[
     _install_supervisor(layout)
     access.generate_keys(layout, plan)
     access.write_access_files(layout, plan)
-    return {h.name: host_files(layout, plan, h, journal) for h in plan.hosts}
+    # Every host's mounts are planned before any mount point is made: all of them see the machine
+    # as it was (a mount point one host's plan makes is not another's existing folder).
+    mount_plans = {h.name: hosts.mount_plan(layout, h) for h in plan.hosts}
+    for host in plan.hosts:
+        host_files(layout, plan, host, mount_plans[host.name], journal)
+    return mount_plans
 
 
-def host_files(layout: LabLayout, plan: SitePlan, host: Host, journal: Journal) -> hosts.MountPlan:
+def host_files(
+    layout: LabLayout, plan: SitePlan, host: Host, mounts: hosts.MountPlan, journal: Journal
+) -> None:
     """What one host needs on the machine before its namespaces start (its sshd's key and config are
     access.host_identity's): the mount points the machine lacks, its seeded /etc, its storage
-    folders (shared with the hosts that mount the same storage: kept when there). Returns its mounts."""
-    mounts = hosts.mount_plan(layout, host)
+    folders (shared with the hosts that mount the same storage: kept when there)."""
     for directory in mounts.machine_dirs:
         journal.add("machine-dir", directory)
         os.makedirs(directory, mode=0o755, exist_ok=True)
     hosts.seed_etc(layout, plan, host)
     for mount in host.mounts:
         make_dir(layout.storage_dir(mount.storage), 0o755)
-    return mounts
 
 
 def _start_anchors(
