@@ -214,11 +214,15 @@ class Reprovision:
 
 @dataclass(frozen=True)
 class DeployHost:
-    """`aifactory deploy --limit HOST` of the version in use (every role: the machine is blank)."""
+    """`aifactory deploy --limit HOST` of the version in use (every role: the machine is blank).
+    The deploy's fact cache (`<state>/deploy/facts/HOST`, Ansible's jsonfile cache, kept a day)
+    describes the dead machine: it is dropped first, so the roles read the new machine's facts."""
 
     installer: DeployInstaller
+    facts: Path
 
     def deploy(self, host: str, version: VersionRef) -> StepOutcome:
+        (self.facts / host).unlink(missing_ok=True)
         return self.installer.install([host], version)
 
 
@@ -241,7 +245,7 @@ def replace_parts(
         door=front_door(plan, connection),
         provisioner=provisioner,
         keys=KnownHostsKeys(plan, connection, known),
-        deployer=DeployHost(DeployInstaller(planned, connection, imported)),
+        deployer=DeployHost(DeployInstaller(planned, connection, imported), state.path("deploy", "facts")),
         gate=SiteHealthGate(planned, connection, state, admit=True),
         log=OperatorLog(state),
         progress=progress,

@@ -457,3 +457,23 @@ def test_cli_errors_are_one_message_with_their_exit_code(
 ) -> None:
     got, shown = _cli(capsys, "replace", str(spec), *argv)
     assert got == code and shown["error"]["code"] == error, shown
+
+
+def test_the_deploy_drops_the_dead_machines_cached_facts_first(tmp_path: Path) -> None:
+    """Ansible's fact cache (a day long) describes the old machine: the roles must read the new one's.
+    The installer is a stand-in that records what the cache held when the deploy began."""
+    from aifactory.lifecycle.replace_parts import DeployHost
+
+    facts = tmp_path / "facts"
+    facts.mkdir()
+    (facts / HOST).write_text('{"ansible_machine_id": "the-dead-machine"}')
+    (facts / OTHER).write_text("{}")
+    seen: list[bool] = []
+
+    class Installer:
+        def install(self, hosts: Sequence[str], version: VersionRef) -> StepOutcome:
+            seen.append((facts / HOST).exists())
+            return StepOutcome()
+
+    DeployHost(Installer(), facts).deploy(HOST, A)  # type: ignore[arg-type]  # the stand-in above
+    assert seen == [False] and (facts / OTHER).exists()
