@@ -431,6 +431,23 @@ class ResizeFailed(ResizeError):
     exit_code = ExitCode.HOSTS_FAILED
 
 
+class ReplaceError(AifactoryError):
+    """A replacement that cannot start or go on as asked: another host's replacement in progress, no
+    channel to prove the new machine's host key, a key that does not match the proven fingerprint
+    (refused: the machine answering is not the one provisioned)."""
+
+    code = "replace"
+    exit_code = ExitCode.INVALID
+
+
+class ReplaceFailed(ReplaceError):
+    """The deploy or the health gate of the new machine failed: the replacement stops where it is, on
+    record as open; the same command goes on from there."""
+
+    code = "replace-failed"
+    exit_code = ExitCode.HOSTS_FAILED
+
+
 class LoopError(AifactoryError):
     """A turn of the closed loop (docs/loop.md) cannot go on: a training manifest that does not verify,
     an evaluation set in the training data, a job that failed, a sign-off that is not one."""

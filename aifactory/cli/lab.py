@@ -1,4 +1,5 @@
-"""`aifactory lab up|down|status|exec SITE`: the local lab (docs/lab.md)."""
+"""`aifactory lab up|down|status|exec SITE`, `aifactory lab host destroy|recreate SITE HOST`: the local
+lab (docs/lab.md)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ EXAMPLES = {
     "lab down": "aifactory lab down lab",
     "lab status": "aifactory lab status lab --format json",
     "lab exec": "aifactory lab exec lab -- ansible all -m ansible.builtin.ping",
+    "lab host destroy": "aifactory lab host destroy lab lab-cpu-002",
+    "lab host recreate": "aifactory lab host recreate lab lab-cpu-002",
 }
 
 
@@ -57,6 +60,34 @@ def register(
     execute.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD", help="the command, after `--`")
     execute.set_defaults(handler=cmd_exec)
 
+    host = commands.add_parser(
+        "host", parents=[common], help="lose one host of a running lab, or bring a blank one back"
+    )
+    host_commands = host.add_subparsers(dest="lab_host_command", metavar="COMMAND")
+    host_commands.required = True
+    destroy = host_commands.add_parser(
+        "destroy",
+        parents=[common],
+        help="the host dies: its namespace, processes and disk state gone (its BMC stays)",
+        description="Remove one host of a running lab as a dead machine: its network namespace, every "
+        "process in it (sshd, services) and its folder (host key, /etc, /opt, /var/lib, logs). Its BMC "
+        "and the site's storage stay. Bring a blank one back with `lab host recreate` (or `aifactory "
+        "replace`, which does it through the lab).",
+    )
+    recreate = host_commands.add_parser(
+        "recreate",
+        parents=[common],
+        help="a blank host in its place: same name and addresses, a new host key",
+        description="Bring a destroyed host back blank: a new namespace with its planned name and "
+        "addresses and a new sshd with a NEW host key. The lab's known_hosts is left as it was: the "
+        "control host learns the new key with `aifactory replace`, never from the lab.",
+    )
+    for parser in (destroy, recreate):
+        parser.add_argument("site", help="site spec (YAML) or site name")
+        parser.add_argument("host", help="the host (a name of the plan; not the control host)")
+    destroy.set_defaults(handler=cmd_host_destroy)
+    recreate.set_defaults(handler=cmd_host_recreate)
+
 
 def site_name(argument: str) -> str:
     """The site a SITE argument names (a spec file or a site name; see aifactory.spec.reference)."""
@@ -91,6 +122,34 @@ def cmd_exec(args: argparse.Namespace) -> int:
         raise UsageError("lab exec needs a command", hint="aifactory lab exec SITE -- CMD ...")
     result = lab_exec(site_name(args.site), argv, host=host, capture=False)
     return result.returncode
+
+
+def cmd_host_destroy(args: argparse.Namespace) -> int:
+    from aifactory.lab.machines import destroy_host
+
+    status = destroy_host(site_name(args.site), args.host)
+    if args.format == "json":
+        emit_json({"site": status.site, "host": args.host, "state": "destroyed", "lab": status.state})
+    else:
+        print(
+            f"lab {status.site}: {args.host} destroyed (namespace, processes and disk state gone; BMC kept)"
+        )
+    return 0
+
+
+def cmd_host_recreate(args: argparse.Namespace) -> int:
+    from aifactory.lab.machines import recreate_host
+
+    site = site_name(args.site)
+    public = recreate_host(site, args.host)
+    if args.format == "json":
+        emit_json({"site": site, "host": args.host, "state": "blank", "host_key": str(public)})
+    else:
+        print(
+            f"lab {site}: {args.host} is back blank with a new host key ({public}); known_hosts unchanged: "
+            f"`aifactory replace SITE {args.host}` learns it"
+        )
+    return 0
 
 
 def split_exec_argv(argv: list[str], host: str | None) -> tuple[list[str], str | None]:

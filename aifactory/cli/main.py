@@ -40,6 +40,7 @@ COMMAND_MODULES = (
     "aifactory.cli.rotate",
     "aifactory.cli.upgrade",  # upgrade, rollback
     "aifactory.cli.resize",
+    "aifactory.cli.replace",
 )
 # Which module defines each top-level command: only that module is imported to run it (a command
 # never pays for the others' imports, e.g. `validate` never loads Ansible or torch).
@@ -76,6 +77,7 @@ COMMANDS = {
     "upgrade": "aifactory.cli.upgrade",
     "rollback": "aifactory.cli.upgrade",
     "resize": "aifactory.cli.resize",
+    "replace": "aifactory.cli.replace",
 }
 
 

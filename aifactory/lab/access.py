@@ -49,8 +49,18 @@ def generate_keys(layout: LabLayout, plan: SitePlan) -> None:
     keygen(layout.private_key, f"aifactory-lab-admin@{plan.name}")
     write_file(layout.authorized_keys, Path(f"{layout.private_key}.pub").read_text(), 0o600)
     for host in plan.hosts:
-        make_dir(layout.host_dir(host.name), 0o755)
-        keygen(host_key(layout, host), f"root@{host.name}")
+        host_identity(layout, host)
+
+
+def host_identity(layout: LabLayout, host: Host) -> Path:
+    """A host's own sshd: its host key (kept when there; a host brought back blank has lost its
+    folder, so it gets a new one) and its sshd config. known_hosts is not touched: `lab up` writes it
+    for a new lab, and a host brought back later is learned by `aifactory replace`, never from here.
+    Returns the public key's path."""
+    make_dir(layout.host_dir(host.name), 0o755)
+    key = keygen(host_key(layout, host), f"root@{host.name}")
+    write_file(layout.host_dir(host.name) / "sshd_config", sshd_config(layout, host), 0o600)
+    return Path(f"{key}.pub")
 
 
 def lab_addresses(host: Host) -> list[str]:
@@ -80,11 +90,6 @@ MaxStartups 100:30:200
 MaxSessions 64
 Subsystem sftp internal-sftp
 """
-
-
-def write_sshd_configs(layout: LabLayout, plan: SitePlan) -> None:
-    for host in plan.hosts:
-        write_file(layout.host_dir(host.name) / "sshd_config", sshd_config(layout, host), 0o600)
 
 
 def known_hosts(layout: LabLayout, plan: SitePlan) -> str:
@@ -195,4 +200,3 @@ def write_access_files(layout: LabLayout, plan: SitePlan) -> None:
         inventory(plan), sort_keys=False, default_flow_style=False
     )
     write_file(layout.inventory, text)
-    write_sshd_configs(layout, plan)

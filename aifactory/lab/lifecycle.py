@@ -38,7 +38,7 @@ from aifactory.lab.system import (
     wait_ready,
 )
 from aifactory.plan import PlannedSite
-from aifactory.plan.model import SitePlan
+from aifactory.plan.model import Host, SitePlan
 from aifactory.secrets import SecretStore, read_passphrase
 from aifactory.state import SiteState
 
@@ -54,7 +54,7 @@ def lab_up(planned: PlannedSite, *, lock: bool = True) -> LabStatus:
     tools = check_prerequisites()
     state = SiteState.for_site(plan.name)
     layout = LabLayout.for_site(plan.name)
-    with _site_lock(state, "lab up", lock):
+    with site_lock(state, "lab up", lock):
         current = read_status(plan.name, layout)
         if current.up and current.plan_digest == plan.digest():
             return current
@@ -111,7 +111,7 @@ def lab_down(site_name: str, *, lock: bool = True, force: bool = False) -> LabSt
     check_prerequisites()
     state = SiteState.for_site(site_name)
     layout = LabLayout.for_site(site_name)
-    with _site_lock(state, "lab down", lock):
+    with site_lock(state, "lab down", lock):
         before = read_status(site_name, layout)
         if before.state == "foreign" and not force:
             raise _foreign(site_name, before)
@@ -133,7 +133,7 @@ def _foreign(site: str, status: LabStatus) -> LabError:
 
 
 @contextlib.contextmanager
-def _site_lock(state: SiteState, command: str, lock: bool) -> Iterator[None]:
+def site_lock(state: SiteState, command: str, lock: bool) -> Iterator[None]:
     if lock:
         with state.lock(command):
             yield
@@ -158,10 +158,9 @@ def _build(plan: SitePlan, layout: LabLayout, tools: dict[str, str]) -> LabStatu
     credentials = secrets.credentials if secrets else {}
     emulators = _start_bmcs(plan, layout, names, journal, credentials, bmc_namespaces)  # slowest: first
     anchors = _start_anchors(plan, layout, names, journal, mount_plans)
-    sshds: dict[str, subprocess.Popen[bytes]] = {}
-    for host in plan.hosts:
-        sshds[host.name] = _start_sshd(layout, host.name, anchors[host.name].pid, tools["sshd"])
-        journal.add_process(f"sshd:{host.name}", sshds[host.name].pid)
+    sshds = {
+        h.name: start_sshd(layout, journal, h.name, anchors[h.name].pid, tools["sshd"]) for h in plan.hosts
+    }
     _wait_sshd(layout, plan, sshds)
     bmc.wait_listening(layout, emulators)
 
@@ -190,15 +189,26 @@ def _prepare_files(plan: SitePlan, layout: LabLayout, journal: Journal) -> dict[
     _install_supervisor(layout)
     access.generate_keys(layout, plan)
     access.write_access_files(layout, plan)
+    # Every host's mounts are planned before any mount point is made: all of them see the machine
+    # as it was (a mount point one host's plan makes is not another's existing folder).
     mount_plans = {h.name: hosts.mount_plan(layout, h) for h in plan.hosts}
-    for directory in sorted({d for m in mount_plans.values() for d in m.machine_dirs}):
+    for host in plan.hosts:
+        host_files(layout, plan, host, mount_plans[host.name], journal)
+    return mount_plans
+
+
+def host_files(
+    layout: LabLayout, plan: SitePlan, host: Host, mounts: hosts.MountPlan, journal: Journal
+) -> None:
+    """What one host needs on the machine before its namespaces start (its sshd's key and config are
+    access.host_identity's): the mount points the machine lacks, its seeded /etc, its storage
+    folders (shared with the hosts that mount the same storage: kept when there)."""
+    for directory in mounts.machine_dirs:
         journal.add("machine-dir", directory)
         os.makedirs(directory, mode=0o755, exist_ok=True)
-    for host in plan.hosts:
-        hosts.seed_etc(layout, plan, host)
-        for mount in host.mounts:
-            make_dir(layout.storage_dir(mount.storage), 0o755)
-    return mount_plans
+    hosts.seed_etc(layout, plan, host)
+    for mount in host.mounts:
+        make_dir(layout.storage_dir(mount.storage), 0o755)
 
 
 def _start_anchors(
@@ -208,13 +218,18 @@ def _start_anchors(
     journal: Journal,
     mount_plans: dict[str, hosts.MountPlan],
 ) -> dict[str, subprocess.Popen[bytes]]:
-    anchors: dict[str, subprocess.Popen[bytes]] = {}
-    for host in plan.hosts:
-        script = hosts.setup_script(layout, host, mount_plans[host.name])
-        anchors[host.name] = hosts.start_anchor(layout, names, host, script)
-        journal.add_process(f"anchor:{host.name}", anchors[host.name].pid)
+    anchors = {h.name: start_anchor(layout, names, journal, h, mount_plans[h.name]) for h in plan.hosts}
     hosts.wait_ready(layout, anchors)
     return anchors
+
+
+def start_anchor(
+    layout: LabLayout, names: LabNames, journal: Journal, host: Host, mounts: hosts.MountPlan
+) -> subprocess.Popen[bytes]:
+    """The process holding one host's mount and UTS namespaces (hosts.wait_ready waits for it)."""
+    anchor = hosts.start_anchor(layout, names, host, hosts.setup_script(layout, host, mounts))
+    journal.add_process(f"anchor:{host.name}", anchor.pid)
+    return anchor
 
 
 def _start_bmcs(
@@ -291,7 +306,7 @@ def restart_sshd(site: str, host: str, *, lock: bool = True) -> LabStatus:
     """Start a lab host's sshd again (in the host's namespaces) and record it; a no-op if it listens."""
     tools = check_prerequisites()
     layout = LabLayout.for_site(site)
-    with _site_lock(SiteState.for_site(site), "lab restart-sshd", lock):
+    with site_lock(SiteState.for_site(site), "lab restart-sshd", lock):
         current = read_status(site, layout)
         entry = next((h for h in current.hosts if h.name == host), None)
         if entry is None or entry.state != "running":
@@ -308,22 +323,42 @@ def _restart_sshd(layout: LabLayout, host: str, sshd: str) -> None:
     data = json.loads(layout.status_file.read_text())
     raw = next(h for h in data["hosts"] if h["name"] == host)
     anchor_pid = int(data["processes"][host]["anchor"]["pid"])
-    proc = _start_sshd(layout, host, anchor_pid, sshd)
-    Journal(layout.root).add_process(f"sshd:{host}", proc.pid)
+    proc = start_sshd(layout, Journal(layout.root), host, anchor_pid, sshd)
+    wait_sshd(layout, host, raw["management_address"], proc)
+    record_processes(layout, host, sshd=proc.pid)
+
+
+def wait_sshd(layout: LabLayout, host: str, address: str, proc: subprocess.Popen[bytes]) -> None:
     wait_ready(
         {host: proc},
-        lambda name, pid: listening(pid, raw["management_address"], 22),
+        lambda name, pid: listening(pid, address, 22),
         what="sshd",
         log_of=lambda name: layout.host_dir(name) / "sshd.log",
         timeout=SSHD_TIMEOUT,
     )
-    data["processes"][host]["sshd"] = {"pid": proc.pid, "start": process_start_time(proc.pid)}
+
+
+def record_processes(layout: LabLayout, host: str, **pids: int | None) -> None:
+    """Set a host's processes (anchor, sshd) in the running lab's record; None: it has none now."""
+    data = json.loads(layout.status_file.read_text())
+    entry = data["processes"].setdefault(host, {"anchor": None, "sshd": None, "bmc": None})
+    for name, pid in pids.items():
+        entry[name] = None if pid is None else {"pid": pid, "start": process_start_time(pid)}
     tmp = layout.status_file.with_suffix(".tmp")
     tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
     tmp.replace(layout.status_file)
 
 
-def _start_sshd(layout: LabLayout, host: str, anchor_pid: int, sshd: str) -> subprocess.Popen[bytes]:
+def start_sshd(
+    layout: LabLayout, journal: Journal, host: str, anchor_pid: int, sshd: str
+) -> subprocess.Popen[bytes]:
+    """A host's sshd, in its namespaces, journalled (lab down ends it)."""
+    proc = _sshd_process(layout, host, anchor_pid, sshd)
+    journal.add_process(f"sshd:{host}", proc.pid)
+    return proc
+
+
+def _sshd_process(layout: LabLayout, host: str, anchor_pid: int, sshd: str) -> subprocess.Popen[bytes]:
     folder = layout.host_dir(host)
     return subprocess.Popen(
         hosts.enter_argv(anchor_pid)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from aifactory.lab.journal import Journal
 from aifactory.lab.names import LabNames
 from aifactory.lab.system import ip, netns_exists
-from aifactory.plan.model import SitePlan
+from aifactory.plan.model import Host, SitePlan
 
 
 @dataclass(frozen=True)
@@ -59,6 +59,18 @@ def _veth(fabric_ns: str, port: str, bridge: str, peer: str, peer_ns: str) -> No
     ip("link", "set", peer, "up", netns=peer_ns)
 
 
+def add_host(plan: SitePlan, names: LabNames, host: Host, journal: Journal) -> None:
+    """A host's namespace, wired into each of its fabrics with its planned addresses (the fabric
+    namespace and its bridges exist). A host brought back into a running lab gets the same wires:
+    the fabric ends of its old ones went with its old namespace."""
+    host_ns = names.host_ns(host.name)
+    add_netns(host_ns, journal)
+    for index, interface in enumerate(host.interfaces):
+        port = names.host_port(plan, host, index)
+        _veth(names.fabric_ns, port, names.bridge(plan, interface.fabric), interface.name, host_ns)
+        _address(host_ns, interface.name, interface.address, interface.prefixlen)
+
+
 def build_network(plan: SitePlan, names: LabNames, journal: Journal) -> None:
     fabric_ns = names.fabric_ns
     add_netns(fabric_ns, journal)
@@ -67,12 +79,7 @@ def build_network(plan: SitePlan, names: LabNames, journal: Journal) -> None:
         ip("link", "add", bridge, "type", "bridge", netns=fabric_ns)
         ip("link", "set", bridge, "up", netns=fabric_ns)
     for host in plan.hosts:
-        host_ns = names.host_ns(host.name)
-        add_netns(host_ns, journal)
-        for index, interface in enumerate(host.interfaces):
-            port = names.host_port(plan, host, index)
-            _veth(fabric_ns, port, names.bridge(plan, interface.fabric), interface.name, host_ns)
-            _address(host_ns, interface.name, interface.address, interface.prefixlen)
+        add_host(plan, names, host, journal)
     for bmc in bmc_fabrics(plan, names):
         add_netns(bmc.namespace, journal)
         _veth(

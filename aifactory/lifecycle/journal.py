@@ -26,7 +26,7 @@ from typing import Any, Literal, get_args
 
 from aifactory.durable import atomic_write
 from aifactory.errors import Location, StateError
-from aifactory.lifecycle.records import KINDS, Change, Kind
+from aifactory.lifecycle.records import Change, Kind
 from aifactory.state import SiteState
 
 SCHEMA = "aifactory.upgrade-journal/v1"
@@ -272,8 +272,8 @@ def _entry(entry: HostEntry) -> dict[str, Any]:
 
 
 def _kind(value: object) -> Kind:
-    if value not in KINDS:
-        raise ValueError(f"kind {value!r}, expected one of {', '.join(KINDS)}")
+    if value not in ("upgrade", "rollback"):  # resize and replace keep journals of their own
+        raise ValueError(f"kind {value!r}, expected upgrade or rollback")
     return "rollback" if value == "rollback" else "upgrade"
 
 

@@ -1,6 +1,6 @@
-"""The operator-log records of an upgrade, a rollback or a resize: the one vocabulary the
-orchestrations (aifactory.lifecycle.upgrade, aifactory.lifecycle.resize) write as they go, and the
-audit's CM-3 section reads.
+"""The operator-log records of an upgrade, a rollback, a resize or a replacement: the one vocabulary
+the orchestrations (aifactory.lifecycle.upgrade, resize, replace) write as they go, and the audit's
+CM-3 section reads.
 
 Each goes through `SiteState.record` (the hash-chained operator log, as backup and restore record
 theirs), so who ran it (`user`, `host`) and when (`time`) are the log's own fields. One change is one
@@ -23,6 +23,17 @@ change keeps it, so the audit sees one change with one outcome.
               jobs-requeued     as above, for the removed hosts' jobs
               step-failed       step (deploy, health-gate), hosts, reason: stopped; a re-run goes on
               finished          added, removed (the retired hosts; their data kept), hosts
+    replace   started           host, reachable (whether it answered SSH with its known key; a dead
+                                host does not: it counts as drained) (from, to: the bundle version
+                                deployed to it, both the same)
+              jobs-requeued     as above, for the host's jobs
+              drained           host, reachable: out of Slurm and the front door
+              provisioned       host, system (the BMC's record of the new machine: UUID, serial; {}
+                                without a BMC), host_key_proven_by (the provisioning record) or null
+              host-key-learned  host, old (fingerprints dropped from known_hosts), new, proven_by
+              host-key-refused  host, offered, expected, proven_by: the host showed another key
+              step-failed       as above (deploy, health-gate), for the host
+              finished          hosts: [host], new host key, system
 
 The audit's CM-3 section (aifactory.audit.evidence.changes) takes a change's last record as its
 outcome: `finished`, `batch-reverted` or `aborted`; any other last record is a change still open.
@@ -36,8 +47,8 @@ from typing import Any, Literal, Protocol
 
 from aifactory.state import SiteState
 
-Kind = Literal["upgrade", "rollback", "resize"]
-KINDS: tuple[Kind, ...] = ("upgrade", "rollback", "resize")
+Kind = Literal["upgrade", "rollback", "resize", "replace"]
+KINDS: tuple[Kind, ...] = ("upgrade", "rollback", "resize", "replace")
 STEP_FAILED = "step-failed"  # a resize's deploy or gate failed: open until a re-run finishes it
 STARTED, BATCH_DONE, JOBS_REQUEUED, BATCH_FAILED, BATCH_REVERTED = (
     "started",
@@ -189,3 +200,21 @@ def resize_finished(log: ChangeLog, change: Change, *, added: Sequence[str], rem
         FINISHED,
         {"added": list(added), "removed": list(removed), "hosts": sorted([*added, *removed])},
     )
+
+
+def replace_started(log: ChangeLog, change: Change, *, host: str, reachable: bool) -> None:
+    """A replacement begins: whether the host still answered (with its known key)."""
+    log.write(change, STARTED, {"host": host, "reachable": reachable})
+
+
+def replace_step(log: ChangeLog, change: Change, result: str, *, host: str, **detail: Any) -> None:
+    """A step of a replacement is done (drained, provisioned, host-key-learned) or refused
+    (host-key-refused): what the audit reads of it."""
+    log.write(change, result, {"host": host, **detail})
+
+
+def replace_finished(
+    log: ChangeLog, change: Change, *, host: str, host_key: str, system: Mapping[str, Any]
+) -> None:
+    """The new machine runs the site's version, passed its gate and takes work again."""
+    log.write(change, FINISHED, {"host": host, "hosts": [host], "host_key": host_key, "system": dict(system)})

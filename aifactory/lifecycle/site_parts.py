@@ -320,7 +320,7 @@ def parts_for_site(
     plan = planned.plan
     return UpgradeParts(
         slurm=ScontrolDrain(client_for(connection)) if slurm_topology(plan) is not None else NoSlurm(),
-        door=_front_door(plan, connection),
+        door=front_door(plan, connection),
         installer=DeployInstaller(planned, connection, imported, dict(extra_vars or {})),
         gate=SiteHealthGate(planned, connection, state),
         log=OperatorLog(state),
@@ -343,7 +343,7 @@ def resize_parts(
     """The real parts of a resize from `old`; `new_hosts`, the edge's choice (the lab makes its
     namespaces, a real site's were provisioned). The front door drains servers of either plan."""
     plan = planned.plan
-    door = _front_door(plan, connection)
+    door = front_door(plan, connection)
     if isinstance(door, HaproxyDoor) and old.front_door is not None:
         door = replace(door, servers=door.servers | {b.name for b in old.front_door.backends})
     return ResizeParts(
@@ -357,7 +357,7 @@ def resize_parts(
     )
 
 
-def _front_door(plan: SitePlan, connection: Connection) -> HaproxyDoor | NoFrontDoor:
+def front_door(plan: SitePlan, connection: Connection) -> HaproxyDoor | NoFrontDoor:
     door = plan.front_door
     if door is None:
         return NoFrontDoor()

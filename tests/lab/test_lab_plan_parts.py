@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.machinery
 import importlib.util
+import shutil
 from pathlib import Path
 
 import pytest
@@ -238,3 +239,30 @@ def test_supervisor_reads_systemd_time_spans():
     module = supervisor()
     assert [module.span(v) for v in ("90", "1min 30s", "2h", "500ms", "1d 1s")] == [90, 90, 7200, 0.5, 86401]
     assert module.span("soon") is None and module.span("5 parsecs") is None
+
+
+def test_a_host_brought_back_blank_gets_a_new_key_that_the_labs_known_hosts_does_not_trust(plan, tmp_path):
+    """`lab host recreate`'s files (access.host_identity): a host whose folder went with it gets a new
+    host key, and the known_hosts `lab up` wrote, the one file the lab's ssh config and the deploy
+    check host keys against (no other: the global file is /dev/null), is left byte for byte: only
+    `aifactory replace` learns the new key, from a proof (tests/lifecycle/test_replace.py)."""
+    from aifactory.trust.issuing import known_hosts
+
+    layout = LabLayout(tmp_path / "lab")
+    access.generate_keys(layout, plan)
+    access.write_access_files(layout, plan)
+    host = plan.hosts[-1]
+    written = layout.known_hosts.read_bytes()
+    old = access.host_key(layout, host).with_suffix(".pub").read_text()
+    kept_config = (layout.host_dir(host.name) / "sshd_config").read_text()
+    again = access.host_identity(layout, host)  # the host still has its folder: its key is kept
+    assert again.read_text() == old
+    shutil.rmtree(layout.host_dir(host.name))  # `lab host destroy`: its disk state is gone
+    new = access.host_identity(layout, host).read_text()
+    assert new.split()[:2] != old.split()[:2]
+    assert (layout.host_dir(host.name) / "sshd_config").read_text() == kept_config
+    assert layout.known_hosts.read_bytes() == written
+    trusted = known_hosts.host_keys(known_hosts.read(layout.known_hosts), [host.name])
+    assert " ".join(new.split()[:2]) not in trusted and " ".join(old.split()[:2]) in trusted
+    config = access.ssh_config(layout, plan)
+    assert f"UserKnownHostsFile {layout.known_hosts}\n    GlobalKnownHostsFile /dev/null" in config

@@ -1,5 +1,6 @@
 """Configuration change control (CM-3) and the baseline per version (CM-2) from the operator log's
-upgrade, rollback and resize records (aifactory.lifecycle.records) and the deploy record of each host.
+upgrade, rollback, resize and replace records (aifactory.lifecycle.records) and the deploy record of
+each host.
 
 CM-3: every change (one run id) has its outcome on record (finished, reverted or aborted), and every
 rollback cites an activation record that is still the file it cited, authorizes exactly that site,
@@ -140,7 +141,7 @@ def _open_changes(state: SiteState, runs: list[ChangeRun]) -> list[Finding]:
             f"the {run.kind} {run.run} begun {run.records[0].get('time')} has no outcome on record "
             f"(last: {run.records[-1].get('result')})",
             f"re-run `aifactory {run.kind}` to resume it"
-            + ("" if run.kind == "resize" else ", or `--abort` it"),
+            + ("" if run.kind in ("resize", "replace") else ", or `--abort` it"),
         )
         for run in runs
         if run.outcome is None

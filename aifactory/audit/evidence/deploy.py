@@ -14,7 +14,8 @@ A host entry with nothing installed (only a failed `last_run`) counts as not dep
 Hosts with identical packages, configs and bundle are grouped into baselines, so 10,000 hosts that
 agree make one entry. CM-8: every planned host has a record and no record names an unplanned host;
 hosts a resize retired (aifactory.lifecycle.resize, `<state>/resize/retired.json`) keep their records
-and are listed as retired, not as unplanned.
+and are listed as retired, not as unplanned; hosts whose machine `aifactory replace` swapped list
+each replacement (new host key, the old keys dropped, the new machine's UUID and serial).
 CM-2: the hosts of each pool share one baseline, and every host was deployed from the current plan.
 """
 
@@ -23,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -151,7 +152,17 @@ def deploy_evidence(state: SiteState, plan: SitePlan, plan_digest: str) -> Evide
         unreadable = _not_assessed(path, "the deploy record cannot be read")
         rules = ((INVENTORY, RuleResult(*INVENTORY_RULE, FAIL, SOURCE)),) + unreadable.rules[1:]
         return Evidence(SOURCE, "Deploy", FAIL, finding.message, {"record": str(path)}, rules, (finding,))
-    return _assess(path, plan, plan_digest, records, _retired(state, plan))
+    found = _assess(path, plan, plan_digest, records, _retired(state, plan))
+    return replace(found, detail={**found.detail, "replaced": _replaced(state, plan)})
+
+
+def _replaced(state: SiteState, plan: SitePlan) -> dict[str, list[dict[str, Any]]]:
+    """Planned hosts whose machine was replaced (aifactory.lifecycle.replace: `<state>/replace/
+    replaced.json`), each replacement with its new host key, the keys dropped and the new machine's
+    UUID and serial: the inventory follows the machine, not only the name."""
+    from aifactory.lifecycle.replace import replaced_hosts
+
+    return replaced_hosts(state, [h.name for h in plan.hosts])
 
 
 def _retired(state: SiteState, plan: SitePlan) -> dict[str, dict[str, str]]:

@@ -1,4 +1,5 @@
-"""The known_hosts file the deploy checks hosts' SSH host keys against, as a host-key rotation edits it.
+"""The known_hosts file the deploy checks hosts' SSH host keys against, as a host-key rotation and a
+host's replacement (aifactory.lifecycle.replace: `trust_only`) edit it.
 
 A rotation never learns a key from the network on its own (no keyscan, no trust on first use): each
 host generates its new key and returns the public half over the SSH connection the deploy already
@@ -27,6 +28,8 @@ from aifactory.errors import Location, RotationError
 
 # The only host key type a rotation installs (what the base role's sshd and the lab's sshd use).
 HOST_KEY_LINE = re.compile(r"ssh-ed25519 [A-Za-z0-9+/]{68}")
+# Its fingerprint as `ssh-keygen -l` prints it (key_fingerprint): SHA-256, base64 without padding.
+FINGERPRINT = re.compile(r"SHA256:[A-Za-z0-9+/]{43}")
 MAX_BYTES = 4 * 1024 * 1024
 
 
@@ -118,6 +121,21 @@ def add_key(path: Path, *, host: str, names: Sequence[str], key: str, rotation: 
         )
     marked = Entry.parse(f"{current.patterns} {key} aifactory-rotation={rotation} host={host}")
     write(path, [*entries, marked])
+
+
+def trust_only(path: Path, *, host: str, names: Sequence[str], key: str, note: str) -> list[str]:
+    """Make `key` the one key the file trusts for a host known by `names` (a replaced machine's key,
+    proven before it comes here): every other line naming the host is dropped, and one line added
+    with the patterns of the host's first line (else its names) and `note` as its comment. Marker
+    lines, comments and other hosts' lines are kept byte for byte; a missing file is created.
+    Returns the keys dropped."""
+    check_key(key, host=host)
+    entries = read(path) if path.exists() else []
+    mine = [e for e in entries if e.key is not None and e.names(names)]
+    patterns = mine[0].patterns if mine and mine[0].patterns else ",".join(names)
+    kept = [e for e in entries if e not in mine]
+    write(path, [*kept, Entry.parse(f"{patterns} {key} {note}")])
+    return [e.key for e in mine if e.key is not None and e.key != key]
 
 
 def keep_only(path: Path, keep: Mapping[str, tuple[Sequence[str], str]]) -> list[str]:
