@@ -211,13 +211,20 @@ def loop_lab(deployed_lab: Any, tmp_path_factory: pytest.TempPathFactory) -> Loo
     datasets.write(
         found.dataset_dir(HOLDOUT), name=HOLDOUT, x=x[4096:4608], y=y[4096:4608], classes=4, seed=7
     )
-    create_version(
+    made = create_version(
         plan=plan,
         dataset=HOLDOUT,
         dataset_dir=found.dataset_dir(HOLDOUT),
         key=key,
         authorizer=load_authorizer(plan),
     )
+    # The loop evaluates on this version: `aifactory up`'s loop stage (an earlier module on the session
+    # lab) made version 1 from its own seed's draw, another teacher than this test's.
+    evaluation = f"evaluation: {{dataset: {HOLDOUT}, version: 1}}"
+    assert evaluation in spec.read_text()
+    pinned = f"evaluation: {{dataset: {HOLDOUT}, version: {made.version.number}}}"
+    spec.write_text(spec.read_text().replace(evaluation, pinned))
+    found.plan = plan_site(spec, write_lock=False).plan
     datasets.write(found.dataset_dir("vitals"), name="vitals", x=x[:128], y=y[:128], classes=4, seed=7)
 
     # The first champion, as `aifactory up`'s train stage makes it: trained through Slurm from no
@@ -280,7 +287,8 @@ def test_two_turns_promote_better_models_the_server_answers_with_them_and_a_deci
     links = {(link["kind"], link["name"]) for link in lineage["links"]}
     assert ("model-version", two["steps"]["register"]["challenger"]) in links
     trained_on = f"vitals v{two['steps']['version']['version']}"
-    assert ("dataset-version", trained_on) in links and ("dataset-version", f"{HOLDOUT} v1") in links
+    (held_out,) = {entry.evaluation.version for entry in loop_lab.plan.loop or () if entry.model == MODEL}
+    assert ("dataset-version", trained_on) in links and ("dataset-version", f"{HOLDOUT} v{held_out}") in links
     assert all(link["verified"] for link in lineage["links"])
 
 
@@ -398,8 +406,10 @@ def test_with_sign_off_required_the_lab_promotes_nothing_until_a_named_person_si
     spec = tmp_path / "site.yaml"
     loose = "min_improvement: 0.001, min_relative_improvement: 0.001"
     text = loop_lab.spec.read_text().replace("min_improvement: 0.01, min_relative_improvement: 0.01", loose)
-    assert loose in text
-    spec.write_text(text + "    sign_off: {by: [dr.ade@health.example]}\n")
+    guard = "      - {name: log-loss, better: lower, tolerance: 0.02}\n"  # the loop entry's last line
+    text = text.replace(guard, guard + "    sign_off: {by: [dr.ade@health.example]}\n")
+    assert loose in text and "sign_off:" in text
+    spec.write_text(text)
     shutil.copyfile(loop_lab.spec.with_name("site.alloc.json"), tmp_path / "site.alloc.json")
     key = tmp_path / "ade"
     keygen = ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "dr.ade", "-f", str(key)]
