@@ -71,6 +71,22 @@ def _resume_state(directory: Any, rank: int) -> tuple[int, dict[str, Any] | None
     return int(step), model_state, optimizer_state
 
 
+def restore(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    model_state: dict[str, Any] | None,
+    optimizer_state: dict[str, Any] | None,
+) -> None:
+    """The checkpoint's weights into the model, and its optimizer state where it has one: a checkpoint
+    signed in from elsewhere (weights only, an empty optimizer state) is trained on from those weights
+    with a fresh optimizer, instead of failing on the optimizer's missing fields."""
+    if model_state is None:
+        return
+    model.load_state_dict(model_state)
+    if optimizer_state:
+        optimizer.load_state_dict(optimizer_state)
+
+
 def train(job_path: str, host: str | None) -> None:
     job = load_job(job_path)
     plan = RuntimePlan.load(job.plan, storage_root=job.storage_root)
@@ -97,9 +113,7 @@ def train(job_path: str, host: str | None) -> None:
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate)
     checkpoints = plan.model_dir(job.model) / "checkpoints"
     start, model_state, optimizer_state = _resume_state(checkpoints, rank)
-    if model_state is not None and optimizer_state is not None:
-        model.load_state_dict(model_state)
-        optimizer.load_state_dict(optimizer_state)
+    restore(model, optimizer, model_state, optimizer_state)
     ddp = DistributedDataParallel(model)
     metrics = (
         TrainingMetrics(
