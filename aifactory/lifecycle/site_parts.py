@@ -77,7 +77,14 @@ class ScontrolDrain:
             self.sleep(self.poll_s)
 
     def requeue(self, job_ids: Sequence[str]) -> None:
+        """Requeue the jobs (they resume from their last checkpoint when Slurm starts them again).
+        `aifactory train` submits with --no-requeue, so that a node's failure ends a job instead of
+        restarting it unseen; a drain is deliberate, so each job is first made requeueable (Slurm
+        refuses to requeue a job submitted with --no-requeue)."""
         if job_ids:
+            for job_id in job_ids:
+                argv = ["scontrol", "update", f"jobid={job_id}", "requeue=1"]
+                checked(self.client.run(argv), "scontrol update requeue=1", self.client.where)
             argv = ["scontrol", "requeue", ",".join(job_ids)]
             checked(self.client.run(argv), "scontrol requeue", self.client.where)
 

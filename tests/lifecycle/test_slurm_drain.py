@@ -93,7 +93,11 @@ def test_jobs_still_running_at_the_timeout_are_named_and_requeued() -> None:
     running = drain.wait_for_jobs(["lab-cpu-001"], timeout_s=0)
     assert running == ["101", "102"]
     drain.requeue(running)
-    assert slurm.updates() == [["scontrol", "requeue", "101,102"]]
+    assert slurm.updates() == [
+        ["scontrol", "update", "jobid=101", "requeue=1"],  # submitted with --no-requeue: made requeueable
+        ["scontrol", "update", "jobid=102", "requeue=1"],
+        ["scontrol", "requeue", "101,102"],
+    ]
 
 
 def test_a_slurm_command_that_fails_stops_with_its_own_message() -> None:

@@ -153,7 +153,8 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ReplaceLab]:
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("AIFACTORY_STATE_HOME", str(work / "state"))
         patch.setenv("AIFACTORY_BUNDLES_HOME", str(work / "bundles"))
-        planned = plan_site(spec)
+        plan_site(spec)  # allocates and writes the lock, as `aifactory plan` does
+        planned = plan_site(spec, write_lock=False)  # the frozen plan a bundle carries
         keys = signing.generate_keypair(
             work / "key", identity=f"release@{site}.example", namespaces="aifactory-bundle"
         )
