@@ -194,7 +194,7 @@ def test_a_destroyed_host_is_replaced_with_a_proven_key_passes_health_and_takes_
     # deploy still refuses that host (its known_hosts trusts the dead machine's key alone).
     wrong = key_fingerprint(old_keys[0])
     code, refused = lab.aifactory("replace", str(lab.spec), lab.host, "--host-key-fingerprint", wrong, *BMC)
-    assert code == 1, refused
+    assert code == 1, json.dumps(refused)[:4000]
     assert refused["error"]["code"] in ("replace-fingerprint-conflict", "replace-host-key-mismatch")
     assert lab.trusted() == old_keys
     assert lab.lab_key() not in old_keys  # the lab made a new key, and wrote it nowhere the deploy reads
@@ -204,7 +204,7 @@ def test_a_destroyed_host_is_replaced_with_a_proven_key_passes_health_and_takes_
     assert code != 0, deployed  # host key changed: the deploy does not trust the new machine
 
     code, result = lab.aifactory("replace", str(lab.spec), lab.host, "--drain-timeout", "60", *BMC)
-    assert code == 0, result
+    assert code == 0, json.dumps(result)[:4000]
     assert result["status"] == "done" and result["resumed"] and result["reachable"] is False
     assert result["host_key"] == key_fingerprint(lab.lab_key())
     assert result["old_host_keys"] == [key_fingerprint(old_keys[0])]
@@ -238,7 +238,11 @@ def test_a_destroyed_host_is_replaced_with_a_proven_key_passes_health_and_takes_
 
 
 def test_the_replacement_is_on_record_for_the_audit(lab: ReplaceLab) -> None:
-    log = [json.loads(line) for line in (lab.state / "operator.log").read_text().splitlines() if line.strip()]
+    log = [
+        json.loads(line)
+        for line in (lab.state / "operator.log.jsonl").read_text().splitlines()
+        if line.strip()
+    ]
     replaces = [r for r in log if r.get("command") == "replace"]
     runs = {r["detail"]["run"] for r in replaces}
     assert len(runs) == 1, runs  # the refused run and the one that finished it are one change
