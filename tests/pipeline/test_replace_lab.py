@@ -31,7 +31,17 @@ from typing import Any
 import pytest
 from waiting import scaled, wait_for
 
-pytestmark = [pytest.mark.lab, pytest.mark.slow, pytest.mark.acceptance]
+pytestmark = [
+    pytest.mark.lab,
+    pytest.mark.slow,
+    pytest.mark.acceptance,
+    # Run on the lab (2026-12-03): the replace's Redfish calls go from where the CLI runs, and the lab's
+    # BMCs listen on the BMC fabric, which only the control host reaches (tests/lab/test_lab_bmc.py):
+    # `GET http://10.199.0.4:8000/redfish/v1/: HTTP 404` from the machine. Until the BMC step runs
+    # through the site's connection to the control host (issue 27's note), this fails: strict, so it
+    # says so the day it passes.
+    pytest.mark.xfail(strict=True, reason="the BMC fabric is reached only from the control host"),
+]
 
 REPO = Path(__file__).resolve().parents[2]
 REPLACE_TIMEOUT_S = 3600
