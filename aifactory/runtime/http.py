@@ -189,8 +189,8 @@ class _Parse:
 
     __slots__ = (
         "limits", "ready", "in_head", "in_body", "started", "head_end", "_target", "_target_size",
-        "_headers", "_head_size", "_fed_in_head", "_body", "_body_size", "parser", "refusal",
-        "continue_wanted",
+        "_headers", "_head_size", "_fed_in_head", "_began_in_feed", "_body", "_body_size", "parser",
+        "refusal", "continue_wanted",
     )  # fmt: skip
 
     def __init__(self, limits: HttpLimits) -> None:
@@ -200,6 +200,7 @@ class _Parse:
         self.started = self.head_end = 0.0
         self._target: list[bytes] = []
         self._target_size = self._head_size = self._body_size = self._fed_in_head = 0
+        self._began_in_feed = False
         self._headers: dict[str, str] = {}
         self._body: list[bytes] = []
         self.refusal: _Refused | None = None
@@ -208,6 +209,7 @@ class _Parse:
 
     def feed(self, data: bytes) -> bool:
         """Parse `data`; False when the connection must end (after answering `refusal`, if any)."""
+        self._began_in_feed = False
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -222,7 +224,13 @@ class _Parse:
                 log.debug("unparsable request: %s", error)
             return False
         if self.in_head:  # a head still incomplete: bound what llhttp holds of it between reads
-            self._fed_in_head += len(data)
+            if self._began_in_feed:
+                # The head began inside this read: what came before it in the read was earlier
+                # (pipelined) requests', not this head's. Its bytes the parser delivered count now; what
+                # it holds of a header still incomplete is at most this read, counted from the next.
+                self._fed_in_head = self._target_size + self._head_size
+            else:
+                self._fed_in_head += len(data)
             if self._fed_in_head > self.limits.max_header_bytes:
                 self.refusal = _Refused(431, "headers-too-large")
                 return False
@@ -237,7 +245,7 @@ class _Parse:
     def on_message_begin(self) -> None:
         self.in_head, self.started = True, time.monotonic()
         self._target, self._target_size, self._head_size, self._body_size = [], 0, 0, 0
-        self._fed_in_head = 0
+        self._fed_in_head, self._began_in_feed = 0, True
         self._headers, self._body = {}, []
 
     def on_url(self, part: bytes) -> None:
