@@ -13,6 +13,7 @@ reloaded by the base role (docs/lab.md), so on the lab the new key is installed 
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -22,7 +23,6 @@ import pytest
 from aifactory.bundle import BuildOptions, build_bundle, verify_bundle
 from aifactory.errors import BundleError
 from aifactory.plan import plan_site
-from aifactory.signing import generate_keypair
 from aifactory.state import SiteState
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow, pytest.mark.acceptance]
@@ -46,12 +46,16 @@ def test_bundles_from_either_key_verify_in_the_overlap_and_the_old_is_refused_af
     state = SiteState.for_site(lab.site)
     trust = state.path("bundle-key", "allowed_signers")
     frozen = plan_site(lab.spec, write_lock=False)  # the plan a bundle carries (its lock written)
-    old_bundle = state.subdir("up") / f"{lab.plan.name}.bundle.tar"
-    if not old_bundle.is_file():  # run without the module of `aifactory up`: build it as its stage does
-        key = state.subdir("bundle-key") / "signing_key"
-        if not key.exists():
-            generate_keypair(key.parent, identity=f"bundle@{lab.plan.name}", namespaces="aifactory-bundle")
-        build_bundle(frozen, output=old_bundle, options=BuildOptions(key=key))
+    # The key rotated is the one that signed the bundle the hosts run: the session's release key, kept
+    # where the site keeps its bundle key (as `aifactory up` keeps the key it makes).
+    session_keys = deployed_lab.bundle.allowed_signers.parent  # type: ignore[attr-defined]
+    old_bundle = session_keys.parent / f"{lab.site}.tar"
+    assert old_bundle.is_file(), "the session bundle is not where tests/conftest.py builds it"
+    folder = state.subdir("bundle-key")
+    for name, mode in (("signing_key", 0o600), ("signing_key.pub", 0o644), ("allowed_signers", 0o644)):
+        if not (folder / name).exists():
+            shutil.copyfile(session_keys / name, folder / name)
+            (folder / name).chmod(mode)
 
     _rotate(lab.spec, "--what", "bundle-key")
 
