@@ -68,6 +68,10 @@ class Connection:
                     given to the scan only, never to the deploy's inventory
     known_hosts     the known_hosts file the ssh options check host keys against, where a
                     host-key rotation adds and drops keys (None: the admin's own ssh setup)
+    control_network the control host's network namespace when this process is not on its network
+                    (a control host that is a namespace of this machine: /proc/PID/ns/net); what
+                    the control host reaches by address (its BMCs) is called from there
+                    (aifactory.netns). None: this machine is the control host
     """
 
     description: str
@@ -78,6 +82,7 @@ class Connection:
     services: Services = field(default_factory=Services)
     scan_skip_rules: tuple[str, ...] = ()
     known_hosts: Path | None = None
+    control_network: Path | None = None
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.ansible_cfg) - set(ANSIBLE_SECTIONS))

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aifactory.cli import progress
+from aifactory.cli.bmc import add_bmc_options, bmc_access, site_secrets
 from aifactory.cli.output import emit_json
 from aifactory.errors import ExitCode, PrerequisiteError, ReplaceError, UsageError
 
@@ -66,14 +67,7 @@ def register(
         help="how long running Slurm jobs on a host that still answers may take before they are "
         "requeued (default 3600)",
     )
-    parser.add_argument(
-        "--bmc-scheme",
-        choices=("https", "http"),
-        default="https",
-        help="how to reach the host's BMC (default https; the lab's emulators use http)",
-    )
-    parser.add_argument("--bmc-port", type=int, help="BMC Redfish port (default: the scheme's)")
-    parser.add_argument("--bmc-ca", type=Path, help="CA bundle that signs the BMCs' TLS certificates")
+    add_bmc_options(parser, why="to reinstall the host")
     parser.add_argument(
         "--dry-run", action="store_true", help="show the steps (and where a replacement stands)"
     )
@@ -165,26 +159,17 @@ def _provisioner(
 ) -> Reprovision:
     """The host's BMC (its credential from the site's secret store), then the blank machine's
     bring-up: the lab's (it makes the host and records its key) or a real site's installer."""
-    import os
-
-    from aifactory.lifecycle.bmc_reboot import BmcAccess
     from aifactory.lifecycle.replace_parts import InstallerBoot, RedfishReinstall, Reprovision
-    from aifactory.provision.redfish import BmcCredentials, TlsSettings
-    from aifactory.secrets import STORE_FILE, SecretResolver
+    from aifactory.provision.redfish import BmcCredentials
 
     planned_host = planned.plan.host(args.host)
     bmc = None
     if planned_host.bmc is not None:
-        passphrase = connection.env.get("AIFACTORY_PASSPHRASE_FILE") or os.environ.get(
-            "AIFACTORY_PASSPHRASE_FILE"
-        )
-        resolver = SecretResolver(state.path(STORE_FILE), passphrase)
         reference = planned_host.bmc.credentials
-        value = resolver.resolve(reference, host=args.host).value
-        tls = TlsSettings(ca_bundle=str(args.bmc_ca.resolve()) if args.bmc_ca else None)
+        value = site_secrets(state, connection).resolve(reference, host=args.host).value
         bmc = RedfishReinstall(
             planned.plan,
-            BmcAccess(args.bmc_scheme, args.bmc_port, tls),
+            bmc_access(args, connection),
             {args.host: BmcCredentials.parse(value, reference=reference)},
         )
     if on_lab:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aifactory.cli import progress
+from aifactory.cli.bmc import add_bmc_options, bmc_access, site_secrets
 from aifactory.cli.output import emit_json, table
 from aifactory.errors import UsageError
 
@@ -107,14 +108,7 @@ def _rolling_options(parser: argparse.ArgumentParser, done: str) -> None:
         help="a change that needs a reboot (kernel, GPU driver, firmware) does not restart the hosts: "
         "the new kernel or driver runs only after you restart them (the record says so)",
     )
-    parser.add_argument(
-        "--bmc-scheme",
-        choices=("https", "http"),
-        default="https",
-        help="how to reach the BMCs to restart hosts (default https; the lab's emulators use http)",
-    )
-    parser.add_argument("--bmc-port", type=int, help="BMC Redfish port (default: the scheme's)")
-    parser.add_argument("--bmc-ca", type=Path, help="CA bundle that signs the BMCs' TLS certificates")
+    add_bmc_options(parser, why="to restart hosts")
 
 
 def cmd_upgrade(args: argparse.Namespace) -> int:
@@ -386,18 +380,10 @@ def _rebooter(
 ) -> Rebooter:
     """The BMCs of the site, reached with --bmc-scheme, --bmc-port and --bmc-ca, their credentials
     from the site's secret store (AIFACTORY_PASSPHRASE_FILE opens it), SSH as Ansible reaches the hosts."""
-    import os
+    from aifactory.lifecycle.bmc_reboot import RedfishRebooter, SshBootIds, bmc_credentials
 
-    from aifactory.lifecycle.bmc_reboot import BmcAccess, RedfishRebooter, SshBootIds, bmc_credentials
-    from aifactory.provision.redfish import TlsSettings
-    from aifactory.secrets import STORE_FILE, SecretResolver
-
-    passphrase = connection.env.get("AIFACTORY_PASSPHRASE_FILE") or os.environ.get(
-        "AIFACTORY_PASSPHRASE_FILE"
-    )
-    credentials = bmc_credentials(planned.plan, SecretResolver(state.path(STORE_FILE), passphrase))
-    tls = TlsSettings(ca_bundle=str(args.bmc_ca.resolve()) if args.bmc_ca else None)
-    access = BmcAccess(args.bmc_scheme, args.bmc_port, tls)
+    credentials = bmc_credentials(planned.plan, site_secrets(state, connection))
+    access = bmc_access(args, connection)
     return RedfishRebooter(planned.plan, access, credentials, SshBootIds(planned.plan, connection))
 
 

@@ -77,6 +77,9 @@ def lab_connection(site: str) -> Connection:
         services=Services("supervised", SERVICE_COMMAND),
         scan_skip_rules=SCAN_SKIP_RULES,
         known_hosts=Path(status.paths["known_hosts"]),
+        # The machine has no route into the lab (and a default route out): the BMC fabric is
+        # reached from the control host's network only.
+        control_network=Path(f"/proc/{control.anchor.pid}/ns/net"),
     )
 
 

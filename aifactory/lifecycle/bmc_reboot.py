@@ -22,6 +22,7 @@ from typing import Any, Protocol
 from aifactory.connection import Connection
 from aifactory.errors import Location, Problem, ProvisionError, SecretError
 from aifactory.lifecycle.seams import StepOutcome
+from aifactory.netns import NetworkNamespace
 from aifactory.plan.model import SitePlan
 from aifactory.provision.redfish import BmcCredentials, RedfishClient, TlsSettings
 from aifactory.secrets import SecretResolver
@@ -33,11 +34,25 @@ BOOT_ID = "/proc/sys/kernel/random/boot_id"
 
 @dataclass(frozen=True)
 class BmcAccess:
-    """How the control host reaches the BMCs' Redfish services (as `aifactory provision` does)."""
+    """How the control host reaches the BMCs' Redfish services (as `aifactory provision` does), and
+    from which network: `network` when this process is not on the control host's (the edge's
+    choice, Connection.control_network), else this process's own."""
 
     scheme: str = "https"
     port: int | None = None
     tls: TlsSettings = field(default_factory=TlsSettings)
+    network: NetworkNamespace | None = None
+
+    def client(self, host: str, address: str, credentials: BmcCredentials, reference: str) -> RedfishClient:
+        """The Redfish client of `host`'s BMC at `address`."""
+        return RedfishClient(
+            self.endpoint(address),
+            credentials,
+            host=host,
+            credentials_reference=reference,
+            tls=self.tls,
+            network=self.network,
+        )
 
     def endpoint(self, address: str) -> str:
         shown = f"[{address}]" if ":" in address else address
@@ -124,12 +139,8 @@ class RedfishRebooter:
                     code="upgrade-no-bmc",
                     hint="give the pool a bmc: in the site spec, or upgrade with --no-reboot",
                 )
-            self._clients[host] = RedfishClient(
-                self.access.endpoint(planned.bmc.address),
-                self.credentials[host],
-                host=host,
-                credentials_reference=planned.bmc.credentials,
-                tls=self.access.tls,
+            self._clients[host] = self.access.client(
+                host, planned.bmc.address, self.credentials[host], planned.bmc.credentials
             )
         return self._clients[host]
 

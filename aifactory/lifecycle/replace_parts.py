@@ -36,7 +36,7 @@ from aifactory.plan import PlannedSite
 from aifactory.plan.model import SitePlan
 from aifactory.progress import SILENT, Progress
 from aifactory.provision.identity import read_identity
-from aifactory.provision.redfish import POWER_ON_STATES, BmcCredentials, RedfishClient
+from aifactory.provision.redfish import POWER_ON_STATES, BmcCredentials
 from aifactory.scheduler.slurm import client_for
 from aifactory.scheduler.topology import slurm_topology
 from aifactory.spec.grammar import printable
@@ -159,12 +159,8 @@ class RedfishReinstall:
                 hint="give the pool a bmc: in the site spec, or install the machine by hand and replace "
                 "it on a site whose provisioning brings it up",
             )
-        client = RedfishClient(
-            self.access.endpoint(planned.bmc.address),
-            self.credentials[host],
-            host=host,
-            credentials_reference=planned.bmc.credentials,
-            tls=self.access.tls,
+        client = self.access.client(
+            host, planned.bmc.address, self.credentials[host], planned.bmc.credentials
         )
         system = client.find_system()
         identity = read_identity(client, system)

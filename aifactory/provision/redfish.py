@@ -48,6 +48,7 @@ from sushy.resources.system.constants import BootSource, BootSourceOverrideEnabl
 from sushy.resources.system.system import System
 
 from aifactory.errors import ProvisionError
+from aifactory.netns import NetworkNamespace
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +126,8 @@ class RedfishClient:
 
     `timeout`: seconds to connect and, separately, to wait for an answer. `attempts`: how often a
     request that cannot connect or gets no answer is sent (sushy's `server_side_retries`, which also
-    retries a GET the BMC answered with a 5xx that many times), `RETRY_DELAY` apart."""
+    retries a GET the BMC answered with a 5xx that many times), `RETRY_DELAY` apart. `network`: the
+    network namespace the BMC fabric is reached from, when not this process's (aifactory.netns)."""
 
     def __init__(
         self,
@@ -137,8 +139,10 @@ class RedfishClient:
         tls: TlsSettings | None = None,
         timeout: float = DEFAULT_TIMEOUT,
         attempts: int = DEFAULT_ATTEMPTS,
+        network: NetworkNamespace | None = None,
     ) -> None:
         self.endpoint = endpoint.rstrip("/")
+        self._network = network
         self.host = host
         self._credentials = credentials
         self._reference = credentials_reference
@@ -186,9 +190,11 @@ class RedfishClient:
         return url
 
     def _call(self, what: str, action: Callable[[], _Result]) -> _Result:
-        """`action` (sushy asking the BMC `what`), its failures as the project's one error each."""
+        """`action` (sushy asking the BMC `what`), its failures as the project's one error each. Every
+        exchange with the BMC goes through here: from `network` when one was given (the control
+        host's, where this process is not on it), so that no request leaves by this machine's routes."""
         try:
-            return action()
+            return action() if self._network is None else self._network.run(action)
         except sushy_errors.HTTPError as exc:
             raise self._rejected(exc.status_code, what, exc.detail) from None
         except sushy_errors.ConnectionError as exc:

@@ -22,6 +22,8 @@ from typing import Any
 import bcrypt
 from waiting import scaled, wait_for
 
+from aifactory.netns import NetworkNamespace
+
 USER = "admin"
 PASSWORD = "emulator-pass-123"  # a test credential for a loopback emulator, made for this test
 
@@ -38,6 +40,7 @@ class Emulator:
     port: int
     process: subprocess.Popen[bytes] | None = None
     tls: tuple[Path, Path, Path] | None = None  # the server's certificate and key, the CA that signed it
+    network: NetworkNamespace | None = None  # where it listens, when not this process's network
 
     @property
     def endpoint(self) -> str:
@@ -68,8 +71,9 @@ class Emulator:
                 settings.write(f"SUSHY_EMULATOR_SSL_KEY = {str(key)!r}\n")
         binary = Path(sys.executable).parent / "sushy-emulator"
         log = open(self.folder / "emulator.log", "ab")  # noqa: SIM115 - closed with the process
+        enter = ["nsenter", f"--net={self.network.path}"] if self.network else []
         self.process = subprocess.Popen(
-            [str(binary), "--config", str(config)],
+            [*enter, str(binary), "--config", str(config)],
             stdout=log,
             stderr=log,
             env={**os.environ, "TMPDIR": str(state_dir)},
@@ -89,8 +93,9 @@ class Emulator:
             except (urllib.error.URLError, OSError):
                 return False
 
+        network = self.network
         wait_for(
-            answers,
+            answers if network is None else lambda: network.run(answers),
             what=f"the Redfish emulator to answer at {self.endpoint}",
             timeout=timeout,
             detail=lambda: f"see {self.folder / 'emulator.log'}",

@@ -34,6 +34,10 @@ REPO = Path(__file__).resolve().parents[2]
 PLAYBOOK = REPO / "playbooks" / "scheduler.yml"
 AIFACTORY = str(Path(sys.executable).with_name("aifactory"))
 SUPERVISOR = "/run/aifactory-lab/bin/aifactory-service"
+KILL_SLURMD = (
+    'pid=$(cat /run/slurmd.pid) && [ "$(cat /proc/$pid/comm)" = slurmd ] && kill -9 "$pid" && '
+    'while [ -e "/proc/$pid" ]; do sleep 0.2; done'
+)
 ADMISSION = "aifactory-health: admission"  # the slurm role's drain of a node no health run admitted
 
 
@@ -107,6 +111,12 @@ class Cluster:
     def node_states(self) -> dict[str, tuple[str, str]]:
         out = self.exec(["sinfo", "--Node", "--noheader", "--format=%N %P %T"]).stdout
         return {n: (p.rstrip("*"), s) for n, p, s in (line.split() for line in out.splitlines())}
+
+    def node_state_flags(self, host: str) -> set[str]:
+        """The node's state as slurmctld holds it, with every flag (`State=DOWN+DRAIN+NOT_RESPONDING`)."""
+        out = self.exec(["scontrol", "show", "node", "--oneliner", host]).stdout
+        found = re.search(r"\bState=(\S+)", out)
+        return set(found.group(1).replace("*", "").split("+")) if found else set()
 
     def write_job(self, name: str, tenant: str, **train: int) -> Path:
         job = {
@@ -307,9 +317,16 @@ def test_a_killed_slurmd_fails_the_job_and_a_resubmission_resumes(cluster: Clust
             timeout=180,
             every=0.5,
         )
-        cluster.exec(["sh", "-c", "kill -9 $(cat /run/slurmd.pid)"], host=victim)
-        wait_for(
-            f"{victim} marked down", lambda: cluster.node_states()[victim][1].startswith("down"), timeout=90
+        # The pid file's process is the victim's slurmd (checked: a stale file would kill another
+        # process and leave the node up), and it is gone before Slurm is asked about the node.
+        cluster.exec(["sh", "-c", KILL_SLURMD], host=victim)
+        # DOWN whatever other flag it carries (sinfo shows a DOWN+DRAIN node as "drained").
+        waiting.wait_for(
+            lambda: "DOWN" in cluster.node_state_flags(victim),
+            what=f"{victim} marked down",
+            timeout=90,
+            every=1.0,
+            detail=lambda: cluster.exec(["scontrol", "show", "node", "-o", victim], check=False).stdout,
         )
         failed = wait_for(
             "the job to end",
