@@ -15,6 +15,7 @@ from aifactory.errors import ExitCode, PrerequisiteError, ReplaceError, UsageErr
 
 if TYPE_CHECKING:
     from aifactory.connection import Connection
+    from aifactory.lifecycle.journal import VersionRef
     from aifactory.lifecycle.replace_parts import Reprovision
     from aifactory.plan import PlannedSite
     from aifactory.state import SiteState
@@ -23,7 +24,8 @@ EXAMPLES = {
     "replace": "aifactory replace lab/site.yaml lab-cpu-002 --dry-run\n"
     "  aifactory replace site.yaml site-h100-007 --host-key-fingerprint SHA256:Vb2Xk...",
 }
-# 1: no proof of the new machine's host key, or the key it shows is not the proven one (refused).
+# 1: no proof of the new machine's host key, or the key it shows is not the proven one (refused); the
+#    hosts do not all run the imported bundle's version (an unfinished or aborted upgrade).
 # 3: no bundle imported, no known_hosts file, a BMC credential that does not resolve.
 # 4: the deploy or the health gate of the new machine failed (the same command goes on from there).
 EXIT_CODES = {"replace": (0, 1, 2, 3, 4, 70, 130)}
@@ -126,6 +128,8 @@ def _run(args: argparse.Namespace, planned: PlannedSite, state: SiteState, finge
             code="replace-no-bundle",
             hint="import the site's bundle first: aifactory bundle import",
         )
+    imported = VersionRef(record.version, record.digest)
+    _check_site_runs(state, imported)
     site = planned.plan.name
     on_lab = lab_is_up(site)  # the edge's one choice: on the lab, the lab brings the blank host up
     connection = site_connection(site, lab=on_lab)
@@ -136,7 +140,6 @@ def _run(args: argparse.Namespace, planned: PlannedSite, state: SiteState, finge
             code="replace-known-hosts",
             hint="give the known_hosts file the deploy checks hosts with: --known-hosts FILE",
         )
-    imported = VersionRef(record.version, record.digest)
     request = ReplaceRequest(site, args.host, imported, fingerprint, args.drain_timeout)
     with progress.shown(args, "replace") as shown:
         parts = replace_parts(
@@ -152,6 +155,31 @@ def _run(args: argparse.Namespace, planned: PlannedSite, state: SiteState, finge
     data = result.as_dict()
     _say(args, data, _result_text(data))
     return 0
+
+
+def _check_site_runs(state: SiteState, imported: VersionRef) -> None:
+    """The new machine gets the imported bundle in full (deploy installs only its payload): that must
+    be the version the other hosts run. An unfinished upgrade, or an abort that left the hosts on the
+    version before the imported one, would leave the site on two versions: refused, saying how on."""
+    from aifactory.lifecycle.journal import JournalStore
+
+    journals = JournalStore.for_state(state)
+    if journals.load() is not None:
+        raise ReplaceError(
+            f"an upgrade of site {state.site!r} is unfinished: its hosts do not all run one version",
+            code="replace-upgrade-unfinished",
+            hint="resume the upgrade (run it again) or take it back (aifactory upgrade --abort), then "
+            "replace the host",
+        )
+    running = journals.running()
+    if running is not None and running != imported:
+        raise ReplaceError(
+            f"the hosts run version {running.version}, not the imported bundle's {imported.version}: "
+            "the new machine would get another version than the site",
+            code="replace-version-mismatch",
+            hint=f"import the bundle of version {running.version} again (aifactory bundle import), or "
+            f"upgrade the site to {imported.version} first",
+        )
 
 
 def _provisioner(

@@ -477,3 +477,22 @@ def test_the_deploy_drops_the_dead_machines_cached_facts_first(tmp_path: Path) -
 
     DeployHost(Installer(), facts).deploy(HOST, A)  # type: ignore[arg-type]  # the stand-in above
     assert seen == [False] and (facts / OTHER).exists()
+
+
+def test_a_site_whose_hosts_do_not_run_the_imported_bundle_is_refused(
+    spec: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """After an aborted upgrade the hosts run the version before the imported one: the new machine
+    would get the imported bundle in full, another version than the site's. Refused, saying how on."""
+    from aifactory.state import SiteState
+
+    state = SiteState.for_site("lab")
+    imported = {"site": "lab", "version": "1.1.0", "digest": "sha256:" + "b" * 64}
+    record = {**imported, "root": str(state.path("bundle", "1.1.0")), "imported_at": "t", "signer": "s"}
+    (state.subdir("bundle") / "current.json").write_text(json.dumps(record))
+    running = {"version": "1.0.0", "digest": "sha256:" + "a" * 64}
+    (state.subdir("upgrade") / "running.json").write_text(json.dumps(running))
+    code, shown = _cli(capsys, "replace", str(spec), HOST)
+    assert code == 1 and shown["error"]["code"] == "replace-version-mismatch", shown
+    assert "1.0.0" in shown["error"]["message"] and "1.1.0" in shown["error"]["message"]
+    assert not (state.path("replace", "journal.json")).exists()
