@@ -181,6 +181,9 @@ def _run_id() -> str:
     return datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
 
 
+HOST_KEY_CHECKING = "ANSIBLE_HOST_KEY_CHECKING"
+
+
 def _clean_env() -> dict[str, str]:
     """The environment ansible runs with: no secret values, no stray Ansible settings."""
     return {
@@ -398,6 +401,25 @@ def _require_runner() -> None:
         ) from None
 
 
+def ansible_env(connection: Connection, cfg: Path, folder: Path) -> dict[str, str]:
+    """The environment every Ansible run of a deploy gets (ansible-runner adds its own to it)."""
+    return {
+        **_clean_env(),
+        **connection.env,
+        "ANSIBLE_CONFIG": str(cfg),
+        # ansible-runner sets ANSIBLE_HOST_KEY_CHECKING=False unless the environment says otherwise,
+        # which makes Ansible pass StrictHostKeyChecking=no and reach a machine whose key changed:
+        # a host is deployed only when it shows the key known_hosts trusts for it.
+        HOST_KEY_CHECKING: "True",
+        # aifactory.factory (its module by FQCN) from the playbooks this deploy runs
+        "ANSIBLE_COLLECTIONS_PATH": str(
+            source_collections_path(resource_dir("playbooks"), folder / "collections")
+        ),
+        "ANSIBLE_NOCOLOR": "1",
+        "ANSIBLE_FORCE_COLOR": "0",
+    }
+
+
 def _set_up(planned: PlannedSite, options: DeployOptions, state: SiteState, connection: Connection) -> _Setup:
     bundle = prepare_bundle(state, trust=options.trust)
     plan, digest = checked_plan(planned, bundle)
@@ -414,17 +436,7 @@ def _set_up(planned: PlannedSite, options: DeployOptions, state: SiteState, conn
     rendered.write(inventory_dir)
     cfg = folder / "ansible.cfg"
     cfg.write_text(render_ansible_cfg(options.settings, folder=folder, base=connection.ansible_cfg))
-    env = {
-        **_clean_env(),
-        **connection.env,
-        "ANSIBLE_CONFIG": str(cfg),
-        # aifactory.factory (its module by FQCN) from the playbooks this deploy runs
-        "ANSIBLE_COLLECTIONS_PATH": str(
-            source_collections_path(resource_dir("playbooks"), folder / "collections")
-        ),
-        "ANSIBLE_NOCOLOR": "1",
-        "ANSIBLE_FORCE_COLOR": "0",
-    }
+    env = ansible_env(connection, cfg, folder)
     ansible = _Ansible(
         folder=folder,
         inventory=inventory_dir,
