@@ -178,7 +178,8 @@ class HaproxyDoor:
             raise FrontDoorError(
                 f"the front door's health checks did not find {', '.join(chosen)} up within "
                 f"{self.up_timeout_s:.0f} s",
-                hint="see `show servers state` on the front door; run the same command again once they are up",
+                hint="see `show servers state` on the front door; run the same command again once they are "
+                "up",
             )
 
     def _steadily_up(self, hosts: Sequence[str]) -> Callable[[], bool]:
