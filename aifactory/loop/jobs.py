@@ -110,7 +110,8 @@ class SlurmJobs:
         evaluation set, as for training; then one task under srun on one node of the pool."""
         template = load_job(request.job_template)
         job = template.model_copy(update={"name": request.name, "dataset": request.dataset, "hosts": []})
-        placement = place(self.planned, template, pool=None, nodes=1)  # the training job's pool
+        trained_on = place(self.planned, template, pool=None, nodes=len(template.hosts) or 1).partition
+        placement = place(self.planned, job, pool=trained_on, nodes=1)  # the training job's pool, any node
         outcome = decide(self.planned, job, placement)
         if not outcome.allow:
             raise RuntimeDenied(

@@ -6,7 +6,8 @@
    decides `train` on `dataset/<name>` in the country of the partition's pool, and the tenant must
    be granted that pool. The decision is recorded durably in the runtime's decision log (AU-12)
    whatever it is; a deny raises `RuntimeDenied` and sbatch is never called (AC-3).
-3. On allow: `sbatch --parsable` under `--account=<tenant>`, `--partition=<pool>`, `--nodes=N`,
+3. On allow: `sbatch --parsable` under `--account=<tenant>`, `--partition=<pool>`, `--nodes=N`
+   (and `--nodelist=` the hosts the job names, each a planned host of that pool),
    `--comment=aifactory-decision=<id>`, with a batch script that writes the job for the allocation
    (`aifactory.runtime.allocation`) and runs `aifactory-train` once per node with `srun`.
 4. The submission (Slurm job id <-> decision id, tenant, partition) is appended to the scheduler's
@@ -39,11 +40,13 @@ COMPONENT = "scheduler"
 
 @dataclass(frozen=True)
 class Placement:
-    """Where the job asks to run: a compute pool (Slurm partition) and a node count."""
+    """Where the job asks to run: a compute pool (Slurm partition), a node count, and the hosts it
+    names (its `hosts:`, which Slurm must include: `--nodelist`; none: Slurm chooses)."""
 
     partition: str
     nodes: int
     country: str | None
+    hosts: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -99,7 +102,12 @@ def place(planned: PlannedSite, job: JobSpec, *, pool: str | None, nodes: int | 
             f"pool {pool} has {size} host(s); the job asks for {count}",
             hint="pass --nodes N within the pool's size",
         )
-    return Placement(pool, count, compute[pool].country)
+    if count < len(job.hosts):
+        raise UsageError(
+            f"the job names {len(job.hosts)} hosts ({', '.join(job.hosts)}); --nodes {count} is fewer",
+            hint="leave --nodes out (one node per named host) or name fewer hosts",
+        )
+    return Placement(pool, count, compute[pool].country, tuple(job.hosts))
 
 
 def decide(planned: PlannedSite, job: JobSpec, placement: Placement) -> Outcome:
@@ -116,7 +124,13 @@ def decide(planned: PlannedSite, job: JobSpec, placement: Placement) -> Outcome:
             host=plan.control_host,
             host_country=placement.country,
         )
-        request = {"job": job.name, "partition": placement.partition, "nodes": placement.nodes}
+        request: dict[str, Any] = {
+            "job": job.name,
+            "partition": placement.partition,
+            "nodes": placement.nodes,
+        }
+        if placement.hosts:
+            request["hosts"] = list(placement.hosts)
         outcome = guard.decide(job.token(), "train", f"dataset/{job.dataset}", request=request)
         if outcome.allow and placement.partition not in _tenant_pools(planned, outcome.tenant):
             outcome = Outcome(
@@ -181,6 +195,7 @@ def sbatch_argv(
         f"--account={tenant}",
         f"--partition={placement.partition}",
         f"--nodes={placement.nodes}",
+        *([f"--nodelist={','.join(placement.hosts)}"] if placement.hosts else []),
         "--ntasks-per-node=1",
         "--no-requeue",
         f"--comment={DECISION_COMMENT}{decision_id}",

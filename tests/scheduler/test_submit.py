@@ -112,7 +112,22 @@ def test_placement_defaults_and_refusals(planned: PlannedSite, tmp_path: Path, s
     with pytest.raises(UsageError, match="not a compute pool"):
         submit.place(planned, job, pool="control", nodes=1)
     hosts_job = load_job(_job(planned, tmp_path, "health", hosts=["lab-cpu-001", "lab-cpu-002"]))
-    assert submit.place(planned, hosts_job, pool=None, nodes=None) == submit.Placement("cpu", 2, "NG")
+    named = ("lab-cpu-001", "lab-cpu-002")
+    assert submit.place(planned, hosts_job, pool=None, nodes=None) == submit.Placement("cpu", 2, "NG", named)
+    with pytest.raises(UsageError, match="names 2 hosts"):
+        submit.place(planned, hosts_job, pool=None, nodes=1)
+
+
+def test_a_job_that_names_its_host_is_submitted_pinned_to_it(
+    planned: PlannedSite, tmp_path: Path, site_state: Path
+) -> None:
+    slurm = RecordingSlurm()
+    submit.train(planned, _job(planned, tmp_path, "health", hosts=["lab-cpu-002"]), client=slurm)
+    (_, _), (sbatch, _) = slurm.calls
+    assert "--nodes=1" in sbatch and "--nodelist=lab-cpu-002" in sbatch
+    unnamed = RecordingSlurm()
+    submit.train(planned, _job(planned, tmp_path, "health"), client=unnamed)
+    assert not [a for a in unnamed.calls[1][0] if a.startswith("--nodelist")]
 
 
 def test_an_allowed_job_is_recorded_then_submitted_under_the_tenants_account(
