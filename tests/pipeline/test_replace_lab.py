@@ -13,7 +13,9 @@ by a helper that could not run it (no lab there): the lead runs it with `--accep
 - the audit's records: the replacement is one change with its outcome (CM-3), the host's new key and
   machine listed in the inventory (CM-8).
 
-Its own lab (site `rp<pid>`), as tests/pipeline/test_resize_lab.py has.
+Its own lab (site `rp<pid>`), as tests/pipeline/test_resize_lab.py has. Passed on the lab (2026-12-03,
+8 min) once the BMC calls were made from the control host's network (aifactory.netns), the deploy checked
+host keys (ansible-runner had turned checking off), and a job naming its host was pinned to it.
 """
 
 from __future__ import annotations
@@ -35,12 +37,6 @@ pytestmark = [
     pytest.mark.lab,
     pytest.mark.slow,
     pytest.mark.acceptance,
-    # Run on the lab (2026-12-03): the replace's Redfish calls go from where the CLI runs, and the lab's
-    # BMCs listen on the BMC fabric, which only the control host reaches (tests/lab/test_lab_bmc.py):
-    # `GET http://10.199.0.4:8000/redfish/v1/: HTTP 404` from the machine. Until the BMC step runs
-    # through the site's connection to the control host (issue 27's note), this fails: strict, so it
-    # says so the day it passes.
-    pytest.mark.xfail(strict=True, reason="the BMC fabric is reached only from the control host"),
 ]
 
 REPO = Path(__file__).resolve().parents[2]
