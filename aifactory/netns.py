@@ -33,6 +33,10 @@ def _setns(fd: int) -> None:
         raise OSError(code, os.strerror(code))
 
 
+def _unavailable(message: str, hint: str) -> AifactoryError:
+    return AifactoryError(message, code="netns-unavailable", exit_code=ExitCode.CANNOT_EVALUATE, hint=hint)
+
+
 class NetworkNamespace:
     """Run calls inside the network namespace at `path` (e.g. /proc/PID/ns/net)."""
 
@@ -42,11 +46,9 @@ class NetworkNamespace:
             # Opened now: the namespace is held even if its process ends before the first call.
             self._fd: int | None = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError as exc:
-            raise AifactoryError(
+            raise _unavailable(
                 f"cannot open the control host's network namespace {path}: {exc.strerror}",
-                code="netns-unavailable",
-                exit_code=ExitCode.CANNOT_EVALUATE,
-                hint="check that the control host runs (for the lab: `aifactory lab status SITE`)",
+                "check that the control host runs (for the lab: `aifactory lab status SITE`)",
             ) from None
         self._joined = threading.local()
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="netns")
@@ -66,11 +68,9 @@ class NetworkNamespace:
         try:
             _setns(self._fd)
         except OSError as exc:
-            raise AifactoryError(
+            raise _unavailable(
                 f"cannot enter the control host's network namespace {self.path}: {exc.strerror}",
-                code="netns-unavailable",
-                exit_code=ExitCode.CANNOT_EVALUATE,
-                hint="entering another network namespace needs root (CAP_SYS_ADMIN)",
+                "entering another network namespace needs root (CAP_SYS_ADMIN)",
             ) from None
         self._joined.done = True
 
