@@ -129,9 +129,11 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ResizeLab]:
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("AIFACTORY_STATE_HOME", str(work / "state"))
         patch.setenv("AIFACTORY_BUNDLES_HOME", str(work / "bundles"))
-        grown = plan_site(specs[3])  # allocates the third host's addresses first
+        plan_site(specs[3])  # allocates the third host's addresses first, and writes the lock
         shutil.copy(specs[3].with_name("site.alloc.json"), specs[2].with_name("site.alloc.json"))
-        small = plan_site(specs[2])
+        # The frozen plans a bundle carries (the lock covers both: the smaller spec uses a subset).
+        grown = plan_site(specs[3], write_lock=False)
+        small = plan_site(specs[2], write_lock=False)
         keys = signing.generate_keypair(
             work / "key", identity=f"release@{site}.example", namespaces="aifactory-bundle"
         )
