@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from lab_front_door import serve_behind_the_front_door, servers_up, wait_every_server_up
 from waiting import scaled, wait_for
 
 pytestmark = [
@@ -123,20 +124,6 @@ class ReplaceLab:
         config = str(self.state / "lab" / "ssh" / "ssh_config")
         self.on_control_host(["ssh", "-F", config, "-O", "exit", self.host])
 
-    def servers_up(self) -> set[str]:
-        """The front door's servers HAProxy's health checks find up (read as the replace reads them)."""
-        from aifactory.frontdoor.runtime_api import RuntimeApi
-        from aifactory.lifecycle.site_parts import ADMIN_SOCKET, BACKEND, ControlHostChannel
-        from aifactory.pipeline.connection import site_connection
-
-        api = RuntimeApi(ADMIN_SOCKET, channel=ControlHostChannel(site_connection(self.site)))
-        return {s.name for s in api.servers(BACKEND) if s.takes_new_connections}
-
-    def wait_every_server_up(self) -> None:
-        assert self.plan.front_door is not None
-        serving = {b.name for b in self.plan.front_door.backends}
-        wait_for(lambda: self.servers_up() == serving, what="every server up at the front door", timeout=120)
-
     def lab_key(self) -> str:
         """The new machine's public key as the lab made it (its provisioning record)."""
         kind, blob = (
@@ -190,21 +177,13 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ReplaceLab]:
             # What the front door needs to find its servers up (HAProxy checks each over TLS, with the
             # front door's identity): a champion to serve and each serving node's certificate, as the
             # upgrade's lab has them (tests/pipeline/test_upgrade_lab.py).
-            fronted = _load("tests/runtime/test_front_door_lab.py", "aifactory_front_door_lab")
-            runtime_dir = found.state / "runtime"
-            fronted._signed_model(found.state / "lab" / "storage" / "share", runtime_dir)
-            for backend in planned.plan.front_door.backends:
-                fronted._cli(
-                    work / "state",
-                    "token", "cert", str(spec), "--server", backend.name, "--address", backend.address,
-                    "-o", str(runtime_dir / "server-certs"),
-                )  # fmt: skip
+            serve_behind_the_front_door(work / "state", site, spec, planned.plan)
             import_bundle(bundle, trust=keys.allowed_signers, site_state=SiteState.for_site(site))
             first = deploy_site(planned, connection=site_connection(site), options=DeployOptions())
             assert first.exit_code == 0 and not first.failed_hosts, first.event_log
             code, out = found.aifactory("health", str(spec))
             assert code == 0, out
-            found.wait_every_server_up()
+            wait_every_server_up(site, planned.plan)
             yield found
         finally:
             lab_down(site)
@@ -268,7 +247,7 @@ def test_a_destroyed_host_is_replaced_with_a_proven_key_passes_health_and_takes_
 
     job = wait_for(ended, what="the job on the replaced host to end", timeout=900, every=5.0)
     assert (job["state"], job["nodelist"]) == ("COMPLETED", lab.host), job
-    assert lab.host in lab.servers_up()  # and serving behind the front door again
+    assert lab.host in servers_up(lab.site)  # and serving behind the front door again
 
 
 def test_the_replacement_is_on_record_for_the_audit(lab: ReplaceLab) -> None:

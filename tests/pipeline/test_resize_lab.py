@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from lab_front_door import serve_behind_the_front_door, wait_every_server_up
 from waiting import scaled
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow, pytest.mark.acceptance]
@@ -151,6 +152,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ResizeLab]:
         found.keys = keys
         lab_up(grown)  # the third host is provisioned (its namespace runs), not yet in the site
         try:
+            serve_behind_the_front_door(work / "state", site, specs[3], grown.plan)
             import_bundle(
                 found.bundles["two"], trust=keys.allowed_signers, site_state=SiteState.for_site(site)
             )
@@ -158,6 +160,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ResizeLab]:
             assert first.exit_code == 0 and not first.failed_hosts, first.event_log
             code, out = found.aifactory("health", str(specs[2]))
             assert code == 0, out
+            wait_every_server_up(site, small.plan)
             yield found
         finally:
             lab_down(site)
