@@ -252,10 +252,8 @@ def test_shrinking_back_drains_and_retires_the_host_and_keeps_its_data(lab: Resi
     state = lab.work / "state" / lab.site
     retired = json.loads((state / "resize" / "retired.json").read_text())
     assert list(retired["hosts"]) == [gone]
-    log = (
-        [json.loads(line) for line in (state / "operator.log").read_text().splitlines() if line.strip()]
-        if (state / "operator.log").exists()
-        else []
-    )
+    log = [
+        json.loads(line) for line in (state / "operator.log.jsonl").read_text().splitlines() if line.strip()
+    ]
     resizes = [r for r in log if r.get("command") == "resize"]
     assert [r["result"] for r in resizes].count("finished") == 2
