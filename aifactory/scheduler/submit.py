@@ -80,6 +80,9 @@ def place(planned: PlannedSite, job: JobSpec, *, pool: str | None, nodes: int | 
     if not compute:
         raise UsageError(f"site {plan.name} has no gpu or cpu pool to schedule on")
     if pool is None and job.hosts:
+        unknown = sorted(set(job.hosts) - {h.name for h in plan.hosts})
+        if unknown:
+            raise UsageError(f"the job names {', '.join(unknown)}, not hosts of site {plan.name}")
         pools = {plan.host(name).pool for name in job.hosts}
         if len(pools) != 1:
             raise UsageError(
@@ -101,6 +104,12 @@ def place(planned: PlannedSite, job: JobSpec, *, pool: str | None, nodes: int | 
         raise UsageError(
             f"pool {pool} has {size} host(s); the job asks for {count}",
             hint="pass --nodes N within the pool's size",
+        )
+    outside = sorted(set(job.hosts) - set(compute[pool].hosts))
+    if outside:  # a name from the job file goes to sbatch only when the plan has it in this pool
+        raise UsageError(
+            f"the job names {', '.join(outside)}, not hosts of pool {pool}",
+            hint=f"name hosts of pool {pool} (aifactory plan lists them), or pass --pool",
         )
     if count < len(job.hosts):
         raise UsageError(

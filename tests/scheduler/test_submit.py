@@ -116,6 +116,11 @@ def test_placement_defaults_and_refusals(planned: PlannedSite, tmp_path: Path, s
     assert submit.place(planned, hosts_job, pool=None, nodes=None) == submit.Placement("cpu", 2, "NG", named)
     with pytest.raises(UsageError, match="names 2 hosts"):
         submit.place(planned, hosts_job, pool=None, nodes=1)
+    stranger = load_job(_job(planned, tmp_path, "health", hosts=["lab-cpu-001", "--uid=0"]))
+    with pytest.raises(UsageError, match="names --uid=0, not hosts of site lab"):
+        submit.place(planned, stranger, pool=None, nodes=None)
+    with pytest.raises(UsageError, match="names --uid=0, not hosts of pool cpu"):
+        submit.place(planned, stranger, pool="cpu", nodes=None)
 
 
 def test_a_job_that_names_its_host_is_submitted_pinned_to_it(
