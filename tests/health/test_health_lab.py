@@ -101,8 +101,18 @@ class Site:
 
 @pytest.fixture(scope="module")
 def site(deployed_lab: Any) -> Site:
+    """The shared lab, once every compute node is idle and answering. A module before this one may
+    have stopped and restarted a node's slurmd (tests/health/test_faults_lab.py): slurmctld shows it
+    'idle*' until its next ping, up to SlurmdTimeout/3 later, so this waits rather than reads once."""
     lab = Site(deployed_lab)
-    assert {n: s for n, (s, _) in lab.slurm_nodes().items()} == dict.fromkeys(lab.compute_hosts, "idle")
+    idle = dict.fromkeys(lab.compute_hosts, "idle")
+    waiting.wait_for(
+        lambda: {n: s for n, (s, _) in lab.slurm_nodes().items()} == idle,
+        what="every compute node idle and answering slurmctld's ping",
+        timeout=180,
+        every=2,
+        detail=lambda: str(lab.slurm_nodes()),
+    )
     return lab
 
 
