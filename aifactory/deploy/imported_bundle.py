@@ -51,6 +51,9 @@ class DeployBundle:
     # the signed manifest's contents.runtime_trees: pool platform tag -> prebuilt tree (archive,
     # file listing, python version, target folder, packages); empty for bundles without trees
     runtime_trees: dict[str, Any] = field(default_factory=dict)
+    # What the runtime is built from (runtime_identity): a version with the same one reuses the
+    # runtime a host already has installed (a plan-only release: a resize)
+    runtime_id: str = ""
 
     @property
     def plan_path(self) -> Path:
@@ -82,6 +85,8 @@ class DeployBundle:
         }
         if self.runtime_trees:
             found["runtime_trees"] = self.runtime_trees
+        if self.runtime_id:
+            found["runtime_id"] = self.runtime_id
         return found
 
 
@@ -145,7 +150,23 @@ def prepare_bundle(state: SiteState, *, trust: Path | None = None) -> DeployBund
         allowed_signers=allowed,
         has_apt=has_apt,
         runtime_trees=dict((manifest.get("contents") or {}).get("runtime_trees") or {}),
+        runtime_id=runtime_identity(manifest),
     )
+
+
+def runtime_identity(manifest: dict[str, Any]) -> str:
+    """The digest of what a host's runtime is built from: every wheel of the signed manifest, by
+    path and SHA-256. Two bundle versions with the same one install the same runtime (the plan, the
+    apt repository and the version's name are not part of it), so the runtime role keeps the one a
+    host has instead of building it again under the new version's folder. A prebuilt tree is built
+    from these wheels; its bytes differ per version only by the folder it targets."""
+    wheels = sorted(
+        (str(f["path"]), str(f["sha256"])) for f in manifest["files"] if str(f["path"]).startswith("wheels/")
+    )
+    if not wheels:
+        return ""
+    text = "".join(f"{digest}  {path}\n" for path, digest in wheels)
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
 
 
 def _read(path: Path) -> bytes:

@@ -47,6 +47,7 @@ import yaml
 from aifactory.errors import Location, StateError, UnsafeValueError, UsageError
 from aifactory.inventory.model import Group, Inventory, group_name
 from aifactory.plan.model import Host, SitePlan, section_dict
+from aifactory.plan.serving import serving_digests
 from aifactory.scheduler.topology import slurm_topology
 from aifactory.spec.model import (
     DEFAULT_EVALUATION_INTERVAL_SECONDS,
@@ -158,8 +159,11 @@ def build_inventory(
     """The inventory of a plan. `provisioned`: per-host outputs of provisioning (BMC state, identity);
     `site_vars`: extra group vars for every host (the site's Connection: its service manager...)."""
     by_host = _provisioned_by_host(provisioned)
+    serving = serving_digests(plan)
     host_vars = {
-        _name(h.name, "host name"): _unsafe(_host_vars(h, plan, by_host.get(h.name)), f"host_vars.{h.name}")
+        _name(h.name, "host name"): _unsafe(
+            _host_vars(h, plan, by_host.get(h.name), serving), f"host_vars.{h.name}"
+        )
         for h in plan.hosts
     }
     slurm = slurm_topology(plan)
@@ -225,7 +229,9 @@ def _groups(plan: SitePlan) -> dict[str, Group]:
     return groups
 
 
-def _host_vars(host: Host, plan: SitePlan, provisioned: Mapping[str, Any] | None) -> dict[str, Any]:
+def _host_vars(
+    host: Host, plan: SitePlan, provisioned: Mapping[str, Any] | None, serving: Mapping[str, str]
+) -> dict[str, Any]:
     fabrics = {f.name: f for f in plan.fabrics}
     addresses: dict[str, list[dict[str, Any]]] = {}
     for interface in host.interfaces:
@@ -264,6 +270,9 @@ def _host_vars(host: Host, plan: SitePlan, provisioned: Mapping[str, Any] | None
         "aifactory_memory_gib": host.memory_gib,
         "aifactory_platform": section_dict(host.platform),
         "aifactory_tenants": tenants,
+        # What the host's inference server takes from the plan (aifactory.plan.serving): the runtime
+        # role restarts it when this changes, not when only other hosts or counts do (a resize).
+        "aifactory_serving_digest": serving[host.name],
         # Where the BMC is; its credentials stay a secret:// reference resolved only by provisioning.
         "aifactory_bmc": {"address": bmc.address, "fabric": bmc.fabric, "protocol": bmc.protocol}
         if bmc

@@ -49,6 +49,14 @@ from aifactory.state import SiteState
 PENDING, RETIRED = "pending.json", "retired.json"
 SLURM_NODES, ETC_HOSTS = "slurm.conf node list", "/etc/hosts (Slurm cluster block)"
 DOOR_BACKENDS, SCRAPE_TARGETS = "front door backends", "Prometheus scrape targets"
+SIGNED_PLAN = "signed site plan"
+# What every host that stays gets: the resized plan comes in a new bundle version (the bundle signs
+# the plan), whose runtime is the one the host has (the same wheels: the runtime role keeps it) and
+# whose plan changes nothing the host's server serves (aifactory.plan.serving: no restart).
+SIGNED_PLAN_CHANGE = (
+    f"{SIGNED_PLAN}: the new bundle version's payload carried and verified, plan.json rewritten "
+    "(the installed runtime and its service kept)"
+)
 
 
 class NewHosts(Protocol):
@@ -136,6 +144,9 @@ def describe_resize(old: SitePlan, new: SitePlan) -> Resize:
         for host, line in _reconfigurations(old, new):
             if host not in added:
                 reconfigured.setdefault(host, []).append(line)
+        for staying in new.hosts:
+            if staying.name not in added:
+                reconfigured.setdefault(staying.name, []).append(SIGNED_PLAN_CHANGE)
     return Resize(
         new.name,
         old.digest(),

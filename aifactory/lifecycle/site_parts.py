@@ -28,6 +28,7 @@ from aifactory.lifecycle.resize import NewHosts, ResizeParts
 from aifactory.lifecycle.rollback import use_version
 from aifactory.lifecycle.seams import Rebooter, StepOutcome
 from aifactory.lifecycle.upgrade import DRAIN_REASON, UpgradeParts
+from aifactory.lifecycle.versions import runtime_id_of
 from aifactory.plan import PlannedSite
 from aifactory.plan.model import SitePlan
 from aifactory.progress import SILENT, Progress
@@ -227,13 +228,22 @@ class DeployInstaller:
     connection: Connection
     imported: VersionRef
     extra_vars: Mapping[str, Any] = field(default_factory=dict)
+    # where the imported versions' manifests are read (the runtime_id a switch back looks for)
+    state: SiteState | None = None
 
     def install(self, hosts: Sequence[str], version: VersionRef) -> StepOutcome:
         limit = ",".join(hosts)
         if version == self.imported:
             options = DeployOptions(limit=limit, extra_vars=dict(self.extra_vars))
         else:
-            switch = {"runtime_version": version.version, "runtime_bundle_digest": version.digest}
+            # A version that kept an installed runtime built from the same wheels has no folder of its
+            # own: the role finds that runtime by the version's runtime_id.
+            runtime_id = runtime_id_of(self.state, version) if self.state is not None else ""
+            switch = {
+                "runtime_version": version.version,
+                "runtime_bundle_digest": version.digest,
+                "runtime_id": runtime_id,
+            }
             options = DeployOptions(
                 limit=limit, tags=("runtime_run",), extra_vars={**self.extra_vars, **switch}
             )
@@ -329,7 +339,7 @@ def parts_for_site(
     return UpgradeParts(
         slurm=ScontrolDrain(client_for(connection)) if slurm_topology(plan) is not None else NoSlurm(),
         door=front_door(plan, connection),
-        installer=DeployInstaller(planned, connection, imported, dict(extra_vars or {})),
+        installer=DeployInstaller(planned, connection, imported, dict(extra_vars or {}), state),
         gate=SiteHealthGate(planned, connection, state),
         log=OperatorLog(state),
         bundle=ImportedBundles(state),

@@ -10,15 +10,19 @@ and for the upgrade orchestration to plan from):
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from aifactory.bundle.import_record import ImportRecord, last_import, newest_import
-from aifactory.bundle.manifest import BundleVersion
+from aifactory.bundle.manifest import MANIFEST, BundleVersion
 from aifactory.chain import iter_records
 from aifactory.deploy.evidence import read_installed
+from aifactory.deploy.imported_bundle import runtime_identity
 from aifactory.errors import UsageError
+from aifactory.lifecycle.journal import VersionRef
 from aifactory.state import SiteState
 
 IMPORT_COMMAND = "bundle import"
@@ -202,3 +206,16 @@ def _version_order(version: str) -> tuple[int, tuple[int, ...], str]:
     """Versions in their order, then anything that is not a version (by its text)."""
     parsed = _parses(version)
     return (0, parsed.key, "") if parsed else (1, (), version)
+
+
+def runtime_id_of(state: SiteState, version: VersionRef) -> str:
+    """The runtime_id of an imported version (aifactory.deploy.imported_bundle.runtime_identity, from
+    the manifest its import kept), or "" when that import or its manifest is gone."""
+    found = next((v for v in version_history(state).imported if v.digest == version.digest), None)
+    if found is None:
+        return ""
+    try:
+        manifest = json.loads((Path(found.root) / MANIFEST).read_bytes())
+    except (OSError, ValueError):
+        return ""
+    return runtime_identity(manifest) if isinstance(manifest, dict) and "files" in manifest else ""

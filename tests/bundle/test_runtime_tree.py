@@ -207,6 +207,27 @@ def test_the_role_extracts_and_checks_the_tree_once(tmp_path: Path) -> None:
     assert second.returncode == 0 and _changed(second) == 0, second.stdout[-3000:]
 
 
+def test_a_version_built_from_the_same_wheels_keeps_the_installed_runtime(tmp_path: Path) -> None:
+    """A plan-only release (a resize's new bundle version): the same runtime_id and requirements, so
+    the role keeps the runtime it has (no folder for the new version, nothing changed); a version
+    with another runtime_id is installed under its own folder (here refused: the tree was built for
+    the first version's folder, which is what the role checks before extracting)."""
+    tree = small_tree(tmp_path / "build", tmp_path / "opt" / VERSION)
+    inputs = {**_role_inputs(tmp_path, tree), "runtime_id": "sha256:" + "1" * 64}
+    assert _run_install(tmp_path, inputs).returncode == 0
+    record = (tmp_path / "opt" / VERSION / "aifactory-install.json").read_text()
+    assert json.loads(record)["runtime_id"] == inputs["runtime_id"]
+    plan_only = {**inputs, "runtime_version": "20261201.2", "runtime_bundle_digest": "sha256:" + "c" * 64}
+    kept = _run_install(tmp_path, plan_only)
+    assert kept.returncode == 0 and _changed(kept) == 0, kept.stdout[-3000:]
+    assert not (tmp_path / "opt" / "20261201.2").exists()
+    assert (tmp_path / "opt" / VERSION / "aifactory-install.json").read_text() == record
+    other = {**plan_only, "runtime_id": "sha256:" + "2" * 64}
+    refused = _run_install(tmp_path, other)
+    assert refused.returncode != 0 and "the runtime goes to" in " ".join(refused.stdout.split())
+    assert not (tmp_path / "opt" / "20261201.2").exists()
+
+
 def test_the_role_refuses_a_tampered_tree_and_keeps_nothing(tmp_path: Path) -> None:
     tree = small_tree(tmp_path / "build", tmp_path / "opt" / VERSION)
     inputs = _role_inputs(tmp_path, tree)

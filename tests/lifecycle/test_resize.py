@@ -18,6 +18,7 @@ from aifactory.lifecycle.resize import (
     DOOR_BACKENDS,
     ETC_HOSTS,
     SCRAPE_TARGETS,
+    SIGNED_PLAN_CHANGE,
     SLURM_NODES,
     ResizeParts,
     ResizeStore,
@@ -27,6 +28,7 @@ from aifactory.lifecycle.resize import (
 from aifactory.lifecycle.seams import StepOutcome
 from aifactory.plan import plan_site
 from aifactory.plan.model import SitePlan
+from aifactory.plan.serving import serving_digests
 from aifactory.state import SiteState
 
 from .fake_site import A, FakeDoor, FakeGate, FakeLog, FakeSite, FakeSlurm
@@ -79,9 +81,21 @@ def test_growing_the_cpu_pool_adds_one_host_and_lists_each_other_hosts_reconfigu
     assert f"{DOOR_BACKENDS}: + {new}" in resize.reconfigured[door.host]
     assert f"{SCRAPE_TARGETS}: + {new}" in resize.reconfigured[controller]
     assert new not in resize.reconfigured  # the added host gets everything, not a reconfiguration
-    assert set(resize.reconfigured) <= {h.name for h in two.hosts}
+    # every host that stays gets the bundle that signs the new plan, and nothing else of it
+    assert set(resize.reconfigured) == {h.name for h in two.hosts}
+    assert all(lines.count(SIGNED_PLAN_CHANGE) == 1 for lines in resize.reconfigured.values())
     text = resize.render()
     assert f"+ {new}" in text and "1 added, 0 removed" in text
+
+
+def test_a_resize_leaves_what_each_staying_server_serves_unchanged(grown: tuple[SitePlan, SitePlan]) -> None:
+    """The runtime role restarts a server when its serving digest changes (aifactory.plan.serving):
+    growing the pool changes the plan, not what any host that stays serves."""
+    two, three = grown
+    before, after = serving_digests(two), serving_digests(three)
+    assert two.digest() != three.digest()
+    assert set(before) < set(after)
+    assert {host: after[host] for host in before} == before
 
 
 def test_shrinking_back_removes_that_host_and_reconfigures_the_same_hosts(
@@ -92,7 +106,11 @@ def test_shrinking_back_removes_that_host_and_reconfigures_the_same_hosts(
     back = describe_resize(three, two)
     assert back.added == () and back.removed == (gone,)
     assert set(back.reconfigured) == set(describe_resize(two, three).reconfigured)
-    assert all(line.endswith(f"- {gone}") for lines in back.reconfigured.values() for line in lines)
+    assert all(
+        line.endswith(f"- {gone}") or line == SIGNED_PLAN_CHANGE
+        for lines in back.reconfigured.values()
+        for line in lines
+    )
 
 
 def test_the_same_plan_is_no_resize(grown: tuple[SitePlan, SitePlan]) -> None:

@@ -5,8 +5,9 @@ Slurm's scontrol, HAProxy's runtime API, the health gate. Not run by the helper 
 - growing the cpu pool from 2 to 3: the new host is deployed, passes its gate, is admitted in Slurm
   (idle, not drained) and is up at the front door;
 - every other host that changed lists only the changes the resize listed for it (its changed tasks
-  are those that write the listed files, and the handlers they notify): a strict xfail, with what
-  the lab showed;
+  are those that write the listed files, and the handlers they notify): the new bundle version that
+  signs the resized plan is carried and verified, but the runtime built from the same wheels is
+  kept and its server not restarted (aifactory.plan.serving);
 - shrinking back: the host is drained, out of Slurm's node list and the front door's backends,
   retired in the audit's inventory (CM-8), and a file on it and its share of the storage are kept.
 
@@ -14,7 +15,7 @@ The lab cannot yet add a namespace to a running lab (aifactory.lab.connection.La
 lab is brought up from the grown plan (three cpu hosts) and first deployed with two, as a real site
 provisions a host before it is resized in. A bundle carries its signed plan, so each plan has its
 own bundle version: that the hosts that stay change only what is listed is what this test proves
-or refutes (a new version installs the runtime beside the old one on every host).
+or refutes. The site's spec is one file, edited in place between the two counts, as an operator does.
 
 Its own lab (site `rs<pid>`), as tests/pipeline/test_upgrade_lab.py has.
 """
@@ -41,6 +42,8 @@ REPO = Path(__file__).resolve().parents[2]
 RESIZE_TIMEOUT_S = 3600
 # What each listed reconfiguration is, as the roles' task names (and the handlers they notify).
 LISTED_TASKS = {
+    # the bundle that signs the resized plan: carried and verified; plan.json rewritten
+    "signed site plan": ("Bundle |", "Runtime | configure | the bundle's signed site plan"),
     "slurm.conf node list": ("Slurm | configure | slurm.conf", "Slurm | handler |"),
     "/etc/hosts (Slurm cluster block)": ("Slurm | configure | cluster hosts resolvable by name",),
     "front door backends": ("Front door |", "Front_door |"),
@@ -63,13 +66,23 @@ def _load(relative: str, name: str) -> Any:
 @dataclass
 class ResizeLab:
     site: str
-    specs: dict[int, Path]  # cpu count -> spec
+    specs: dict[int, Path]  # cpu count -> a spec with that count (what the operator edits in)
     work: Path
     plans: dict[int, Any]
     keys: Any = None  # the release key that signs every bundle
     bundles: dict[str, Path] = field(default_factory=dict)
     # host that stays -> the tasks that changed it in the grow's deploy beyond what the resize listed
     unlisted: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def spec(self) -> Path:
+        """The site's one spec file, edited in place as an operator does (the loop timer's unit names
+        it, so a spec at another path would be a change of its own on the control host)."""
+        return self.work / "site" / "site.yaml"
+
+    def spec_with(self, cpus: int) -> Path:
+        self.spec.write_text(self.specs[cpus].read_text())
+        return self.spec
 
     @property
     def env(self) -> dict[str, str]:
@@ -134,7 +147,9 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ResizeLab]:
         patch.setenv("AIFACTORY_STATE_HOME", str(work / "state"))
         patch.setenv("AIFACTORY_BUNDLES_HOME", str(work / "bundles"))
         plan_site(specs[3])  # allocates the third host's addresses first, and writes the lock
-        shutil.copy(specs[3].with_name("site.alloc.json"), specs[2].with_name("site.alloc.json"))
+        (work / "site").mkdir()
+        for folder in (specs[2].parent, work / "site"):
+            shutil.copy(specs[3].with_name("site.alloc.json"), folder / "site.alloc.json")
         # The frozen plans a bundle carries (the lock covers both: the smaller spec uses a subset).
         grown = plan_site(specs[3], write_lock=False)
         small = plan_site(specs[2], write_lock=False)
@@ -159,9 +174,11 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ResizeLab]:
             import_bundle(
                 found.bundles["two"], trust=keys.allowed_signers, site_state=SiteState.for_site(site)
             )
-            first = deploy_site(small, connection=site_connection(site), options=DeployOptions())
+            deployed = plan_site(found.spec_with(2), write_lock=False)
+            assert deployed.plan.digest() == small.plan.digest()
+            first = deploy_site(deployed, connection=site_connection(site), options=DeployOptions())
             assert first.exit_code == 0 and not first.failed_hosts, first.event_log
-            code, out = found.aifactory("health", str(specs[2]))
+            code, out = found.aifactory("health", str(found.spec))
             assert code == 0, out
             wait_every_server_up(site, small.plan)
             yield found
@@ -195,10 +212,10 @@ def test_growing_the_cpu_pool_deploys_gates_and_admits_the_new_host_and_changes_
     lab: ResizeLab,
 ) -> None:
     new = [h.name for h in lab.plans[3].hosts if h.pool == "cpu"][-1]
-    code, shown = lab.aifactory("resize", str(lab.specs[3]), "--dry-run")
+    code, shown = lab.aifactory("resize", str(lab.spec_with(3)), "--dry-run")
     assert code == 0 and shown["added"] == [new] and shown["removed"] == [], shown
     _import(lab, "three")
-    code, result = lab.aifactory("resize", str(lab.specs[3]), "--drain-timeout", "60")
+    code, result = lab.aifactory("resize", str(lab.spec), "--drain-timeout", "60")
     assert code == 0, result
     assert result["status"] == "done" and result["added"] == [new]
     assert not lab.slurm_nodes()[new].drained  # admitted by the gate
@@ -226,12 +243,6 @@ def test_growing_the_cpu_pool_deploys_gates_and_admits_the_new_host_and_changes_
     assert done.returncode == 0, done.stderr
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="run on the lab (2026-12-03): a bundle carries its signed plan, so the resized plan is a new "
-    "bundle version, and every host that stays installs it (bundle payload, runtime venv, `current`, the "
-    "services' restarts) besides the listed reconfiguration (issue 27's note)",
-)
 def test_the_hosts_that_stay_change_only_what_the_resize_lists(lab: ResizeLab) -> None:
     assert lab.unlisted, "the grow test ran first and recorded each staying host's changes"
     beyond = {host: tasks for host, tasks in lab.unlisted.items() if tasks}
@@ -241,7 +252,7 @@ def test_the_hosts_that_stay_change_only_what_the_resize_lists(lab: ResizeLab) -
 def test_shrinking_back_drains_and_retires_the_host_and_keeps_its_data(lab: ResizeLab) -> None:
     gone = [h.name for h in lab.plans[3].hosts if h.pool == "cpu"][-1]
     _import(lab, "back")
-    code, result = lab.aifactory("resize", str(lab.specs[2]), "--drain-timeout", "60")
+    code, result = lab.aifactory("resize", str(lab.spec_with(2)), "--drain-timeout", "60")
     assert code == 0, result
     assert result["removed"] == [gone] and result["retired_data_kept"]
     assert gone not in lab.slurm_nodes()
