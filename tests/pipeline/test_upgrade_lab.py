@@ -15,6 +15,9 @@ each upgrade:
   `aifactory activation authorize` the same command takes every host back to A with zero failed
   requests, and `aifactory audit report` assesses CM-3 as pass with the rollback in its evidence.
 
+Each version is built from its own copy of the checkout with a line naming the release, so each is
+a new runtime (a version built from the same wheels as the installed one keeps that runtime).
+
 Its own lab (site `up<pid>`, inventory/lab/site.yaml with `front_door: {}`), as
 tests/runtime/test_front_door_lab.py has: the session lab's spec has no front door. The tests run
 in order on one lab (each starts from where the previous one left it).
@@ -222,8 +225,11 @@ def _build(lab_work: Path, spec: Path, keys: Any, version: str, source: Path | N
     return output
 
 
-def _sabotaged_source(folder: Path) -> Path:
-    """A copy of the checkout (git's view of it) whose health memory check cannot read its file."""
+def _release_source(folder: Path, version: str, *, sabotaged: bool = False) -> Path:
+    """A copy of the checkout (git's view of it) that is other software than the checkout: a line
+    naming the release in aifactory/__init__.py, so its wheel, and so its runtime_id, is its own (a
+    version built from the same wheels keeps the runtime a host has: docs/deploy.md). Sabotaged: its
+    health memory check cannot read its file."""
     listed = subprocess.run(
         ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
         cwd=REPO,
@@ -234,11 +240,20 @@ def _sabotaged_source(folder: Path) -> Path:
         if (REPO / name).is_file():
             (folder / name).parent.mkdir(parents=True, exist_ok=True)
             (folder / name).write_bytes((REPO / name).read_bytes())
-    target = folder / SABOTAGED
-    text = target.read_text()
-    assert SABOTAGE[0] in text, f"{SABOTAGED} changed: update the sabotage of bundle C"
-    target.write_text(text.replace(SABOTAGE[0], SABOTAGE[1]))
+    package = folder / "aifactory" / "__init__.py"
+    package.write_text(package.read_text() + f"# release {version} (tests/pipeline/test_upgrade_lab.py)\n")
+    if sabotaged:
+        target = folder / SABOTAGED
+        text = target.read_text()
+        assert SABOTAGE[0] in text, f"{SABOTAGED} changed: update the sabotage of bundle C"
+        target.write_text(text.replace(SABOTAGE[0], SABOTAGE[1]))
     return folder
+
+
+def _release(lab_work: Path, spec: Path, keys: Any, version: str, *, sabotaged: bool = False) -> Path:
+    """Bundle `version`, built from its own release source."""
+    source = _release_source(lab_work / f"source-{version}", version, sabotaged=sabotaged)
+    return _build(lab_work, spec, keys, version, source)
 
 
 @pytest.fixture(scope="module")
@@ -270,8 +285,9 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UpgradeLab]:
         keys = signing.generate_keypair(
             work / "key", identity=f"release@{site}.example", namespaces="aifactory-bundle"
         )
-        bundles = {name: _build(work, spec, keys, VERSIONS[name]) for name in ("A", "B", "D")}
-        bundles["C"] = _build(work, spec, keys, VERSIONS["C"], _sabotaged_source(work / "source-c"))
+        # each version other software (its own runtime), as a real release is; C fails the gate
+        bundles = {name: _release(work, spec, keys, VERSIONS[name]) for name in ("A", "B", "D")}
+        bundles["C"] = _release(work, spec, keys, VERSIONS["C"], sabotaged=True)
         lab_up(planned)
         try:
             runtime_dir = state_home / site / "runtime"
@@ -524,7 +540,7 @@ def test_a_job_running_on_a_host_the_upgrade_drains_resumes_from_its_checkpoint(
             lambda: any(r["step"] >= 50 for r in steps()), what="the job's first checkpoints", timeout=600
         )
         first_start = steps()[0]["resumed_from"]
-        lab.bundles["E"] = _build(lab.work, lab.spec, lab.keys, "1.0.4")
+        lab.bundles["E"] = _release(lab.work, lab.spec, lab.keys, "1.0.4")
         code, result = lab.upgrade("E")
         assert code == 0, json.dumps(result)[:4000]
         assert job_id in result.get("requeued", []) or job_id in json.dumps(result), result
