@@ -18,8 +18,9 @@ import hashlib
 import json
 import os
 import tarfile
+import zipfile
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from aifactory import signing
@@ -150,23 +151,38 @@ def prepare_bundle(state: SiteState, *, trust: Path | None = None) -> DeployBund
         allowed_signers=allowed,
         has_apt=has_apt,
         runtime_trees=dict((manifest.get("contents") or {}).get("runtime_trees") or {}),
-        runtime_id=runtime_identity(manifest),
+        runtime_id=runtime_identity(manifest, root),
     )
 
 
-def runtime_identity(manifest: dict[str, Any]) -> str:
-    """The digest of what a host's runtime is built from: every wheel of the signed manifest, by
-    path and SHA-256. Two bundle versions with the same one install the same runtime (the plan, the
-    apt repository and the version's name are not part of it), so the runtime role keeps the one a
-    host has instead of building it again under the new version's folder. A prebuilt tree is built
-    from these wheels; its bytes differ per version only by the folder it targets."""
-    wheels = sorted(
-        (str(f["path"]), str(f["sha256"])) for f in manifest["files"] if str(f["path"]).startswith("wheels/")
-    )
-    if not wheels:
+def runtime_identity(manifest: dict[str, Any], root: Path) -> str:
+    """The digest of what a host's runtime is built from: every wheel of the signed manifest, by its
+    file name and its RECORD (each file it installs, with its SHA-256). Two bundle versions with the
+    same one install the same runtime (the plan, the apt repository and the version's name are not
+    part of it, nor a wheel's zip timestamps: aifactory's own wheel is rebuilt with each bundle), so
+    the runtime role keeps the one a host has instead of building it again under the new version's
+    folder. A prebuilt tree is built from these wheels. "" (never reuse) when the bundle has no
+    wheels or a wheel cannot be read here: the hosts' checks of the payload decide what installs."""
+    wheels = sorted(str(f["path"]) for f in manifest["files"] if str(f["path"]).startswith("wheels/"))
+    lines = []
+    for path in wheels:
+        record = _wheel_record(root / path)
+        if record is None:
+            return ""
+        lines.append(f"{hashlib.sha256(record).hexdigest()}  {PurePosixPath(path).name}\n")
+    if not lines:
         return ""
-    text = "".join(f"{digest}  {path}\n" for path, digest in wheels)
-    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+    return "sha256:" + hashlib.sha256("".join(lines).encode()).hexdigest()
+
+
+def _wheel_record(wheel: Path) -> bytes | None:
+    """The wheel's .dist-info/RECORD, or None when it is not a readable wheel that has one."""
+    try:
+        with zipfile.ZipFile(wheel) as archive:
+            names = [n for n in archive.namelist() if n.count("/") == 1 and n.endswith(".dist-info/RECORD")]
+            return archive.read(names[0]) if len(names) == 1 else None
+    except (OSError, zipfile.BadZipFile, KeyError):
+        return None
 
 
 def _read(path: Path) -> bytes:

@@ -214,8 +214,9 @@ def runtime_id_of(state: SiteState, version: VersionRef) -> str:
     found = next((v for v in version_history(state).imported if v.digest == version.digest), None)
     if found is None:
         return ""
+    root = Path(found.root)
     try:
-        manifest = json.loads((Path(found.root) / MANIFEST).read_bytes())
+        manifest = json.loads((root / MANIFEST).read_bytes())
     except (OSError, ValueError):
         return ""
-    return runtime_identity(manifest) if isinstance(manifest, dict) and "files" in manifest else ""
+    return runtime_identity(manifest, root) if isinstance(manifest, dict) and "files" in manifest else ""
