@@ -7,7 +7,8 @@ so hosts verify what they install themselves. The file is named after the bundle
 reused by later deploys.
 
 Hosts verify with `ssh-keygen -Y verify` against an allowed_signers file: the site's trust file when
-the admin gives one (`--trust`), otherwise one line for the key that signed the imported manifest,
+the admin gives one (`--trust`), else the site's own (<state>/bundle-key/allowed_signers) when it
+vouches for the imported manifest's signer, otherwise one line for the key that signed it,
 used only after the manifest's bytes were checked against the digest the import recorded (so the
 key can vouch for nothing but the approved manifest).
 """
@@ -125,6 +126,8 @@ def prepare_bundle(state: SiteState, *, trust: Path | None = None) -> DeployBund
     folder = state.subdir("deploy")
     allowed = folder / "allowed_signers"
     signer = _import_signer(state)
+    if trust is None:
+        trust = _site_trust(state, manifest_bytes, armored, signer)
     _write_allowed_signers(allowed, armored, trust, signer)
     try:
         # hosts run `ssh-keygen -Y verify -I <signer>` on this file: check it exactly so here first
@@ -183,6 +186,22 @@ def _wheel_record(wheel: Path) -> bytes | None:
             return archive.read(names[0]) if len(names) == 1 else None
     except (OSError, zipfile.BadZipFile, KeyError):
         return None
+
+
+def _site_trust(state: SiteState, manifest: bytes, armored: str, signer: str) -> Path | None:
+    """The site's own bundle trust file (<state>/bundle-key/allowed_signers: the key `aifactory up`
+    makes, and both keys while `aifactory rotate --what bundle-key` overlaps them) when it vouches for
+    the imported manifest's signer; otherwise None (one line for that signer). Hosts then keep the
+    trust a rotation gave them: a deploy in the overlap does not drop the old key, and after it the
+    rotation's last rollout is what the next deploy finds on the hosts."""
+    site_file = state.path("bundle-key", "allowed_signers")
+    if not site_file.is_file():
+        return None
+    try:
+        signing.verify(manifest, armored, allowed_signers=site_file, namespace=NAMESPACE, principal=signer)
+    except signing.SignatureError:
+        return None
+    return site_file
 
 
 def _read(path: Path) -> bytes:
