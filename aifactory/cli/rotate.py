@@ -95,7 +95,8 @@ def cmd_rotate(args: argparse.Namespace) -> int:
     trust = TrustFiles(state.subdir("runtime"))
     if args.status:
         return _show(load_record(trust, what), what=what, json_out=args.format == "json")
-    from aifactory.deploy.rollout import PROMOTE_HOST_KEY, HostByHost, HostKeysOnHosts
+    from aifactory.deploy.converged import PROMOTE_HOST_KEY
+    from aifactory.deploy.rollout import HostByHost, HostKeysOnHosts
     from aifactory.pipeline.connection import site_connection
     from aifactory.plan import plan_site
 

@@ -172,15 +172,25 @@ def controller_inputs(inventory_dir: Path, playbooks: Path) -> list[Path]:
     return inputs
 
 
+# The deploy variable that makes the base role install a staged SSH host key (a rotation's rollout,
+# aifactory.deploy.rollout). It acts once, on a key staged on the host, and removes what it used; a
+# run with it leaves the host as a run without it would, so it is not part of a run's inputs (the next
+# plain deploy finds the rotated hosts converged).
+PROMOTE_HOST_KEY = "base_sshd_promote_host_key"
+ONE_TIME_ACTIONS = frozenset({PROMOTE_HOST_KEY})
+
+
 def inputs_fingerprint(*, playbooks: Path, inventory_dir: Path, extra_vars: Mapping[str, Any]) -> str:
-    """What a full run would apply, as one digest (see the module docstring)."""
+    """What a full run would apply, as one digest (see the module docstring); one-time actions
+    (ONE_TIME_ACTIONS) are not inputs."""
     hasher = hashlib.sha256(f"aifactory {__version__}\n".encode())
     _tree_digest(playbooks, hasher, "playbooks")
     _tree_digest(inventory_dir, hasher, "inventory")
     for path in controller_inputs(inventory_dir, playbooks):
         digest = sha256_file(path) if path.is_file() else "absent"
         hasher.update(f"input {path}\0{digest}\n".encode())
-    hasher.update(b"extra_vars " + json.dumps(dict(extra_vars), sort_keys=True).encode())
+    configuration = {name: value for name, value in extra_vars.items() if name not in ONE_TIME_ACTIONS}
+    hasher.update(b"extra_vars " + json.dumps(configuration, sort_keys=True).encode())
     return "sha256:" + hasher.hexdigest()
 
 

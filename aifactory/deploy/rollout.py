@@ -21,8 +21,6 @@ from aifactory.plan.build import PlannedSite
 
 # Where the base role keeps sshd's Ed25519 host key; the staged one is beside it with `.next`.
 HOST_KEY = "/etc/ssh/ssh_host_ed25519_key"
-# The deploy variable that makes the base role install a staged host key (playbooks/roles/base).
-PROMOTE_HOST_KEY = "base_sshd_promote_host_key"
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ import yaml
 
 from aifactory.bundle.collection import source_collections_path
 from aifactory.deploy.converged import (
+    PROMOTE_HOST_KEY,
     HostRecord,
     ManagedCapture,
     difference,
@@ -205,6 +206,23 @@ def test_fingerprint_follows_every_input(inputs: tuple[Path, Path, Path]) -> Non
     assert fingerprint({"runtime_serve_port": 9000}) not in seen
     (trust / "revoked-tokens.json.sig").unlink()
     assert fingerprint() not in seen
+
+
+def test_a_one_time_action_is_not_an_input(inputs: tuple[Path, Path, Path]) -> None:
+    """A rotation's rollout promotes each host's staged SSH host key with PROMOTE_HOST_KEY; the run
+    leaves the host as a plain run would, so the next plain deploy finds it converged. Any other
+    extra variable is configuration, and an input."""
+    playbooks, inventory, _ = inputs
+
+    def fingerprint(extra: dict[str, object]) -> str:
+        return inputs_fingerprint(playbooks=playbooks, inventory_dir=inventory, extra_vars=extra)
+
+    plain = fingerprint({})
+    assert fingerprint({PROMOTE_HOST_KEY: True}) == plain
+    assert fingerprint({PROMOTE_HOST_KEY: True, "runtime_serve_port": 9000}) == fingerprint(
+        {"runtime_serve_port": 9000}
+    )
+    assert fingerprint({"runtime_serve_port": 9000}) != plain
 
 
 def test_records_round_trip_with_tight_modes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
