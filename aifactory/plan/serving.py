@@ -13,10 +13,10 @@ pools' counts, aifactory.policy.inputs.site_document; no runtime rule reads them
 
 from __future__ import annotations
 
-import hashlib
-import json
 from typing import Any
 
+from aifactory.chain import canonical_json
+from aifactory.digests import sha256_bytes
 from aifactory.plan.model import SitePlan
 
 # What a pool says about its members (a resize changes them; no server reads them).
@@ -34,10 +34,8 @@ def serving_views(plan: SitePlan) -> dict[str, dict[str, Any]]:
 
 
 def serving_digests(plan: SitePlan) -> dict[str, str]:
-    """Each host's serving view's sha256, of its canonical JSON (sorted keys, no spaces)."""
-    return {host: _digest(view) for host, view in serving_views(plan).items()}
-
-
-def _digest(view: dict[str, Any]) -> str:
-    text = json.dumps(view, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+    """Each host's serving view's sha256, of its canonical JSON (the plan ids' form)."""
+    return {
+        host: "sha256:" + sha256_bytes(canonical_json(view).encode())
+        for host, view in serving_views(plan).items()
+    }
