@@ -173,6 +173,14 @@ def _ansible_env(folder: Path) -> dict[str, str]:
 
 def _render(plan: SitePlan, folder: Path) -> Path:
     """Real ansible-playbook over the plan's real inventory, every host the local machine."""
+    done, out = _run_render(plan, folder)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-3000:]
+    return out
+
+
+def _run_render(
+    plan: SitePlan, folder: Path, extra: dict[str, Any] | None = None
+) -> tuple[subprocess.CompletedProcess[str], Path]:
     inventory, out = folder / "inventory", folder / "out"
     out.mkdir(parents=True)
     trust = {"aifactory_runtime_trust_dir": str(folder / "trust")}  # as the site's inventory sets it
@@ -184,12 +192,23 @@ def _render(plan: SitePlan, folder: Path) -> Path:
     overrides = {"front_door_tls_dir": str(out / "tls"), "front_door_admin_socket": str(out / "admin.sock")}
     (out / "overrides.yml").write_text(yaml.safe_dump(overrides))
     argv = [ANSIBLE_PLAYBOOK, "-i", str(inventory), "-c", "local", str(playbook)]
-    argv += ["-e", json.dumps({"ansible_python_interpreter": sys.executable})]
+    argv += ["-e", json.dumps({"ansible_python_interpreter": sys.executable, **(extra or {})})]
     done = subprocess.run(
         argv, capture_output=True, text=True, env=_ansible_env(folder), timeout=300, check=False
     )
-    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-3000:]
-    return out
+    return done, out
+
+
+@pytest.mark.parametrize("name", ["runtime_id", "runtime_serving_digest"])
+@pytest.mark.parametrize("value", ["sha256:" + "a" * 63, "sha256:" + "a" * 64 + "\n", "$(touch /tmp/x)"])
+def test_the_runtime_preflight_refuses_a_digest_that_is_not_one(
+    plain: tuple[Path, SitePlan], tmp_path: Path, name: str, value: str
+) -> None:
+    """The runtime_id and the serving digest are compared with install records and written to a file:
+    a sha256 digest or nothing, never other text."""
+    done, out = _run_render(plain[1], tmp_path, {name: value})
+    assert done.returncode != 0 and "must be a plain folder name" in done.stdout, done.stdout[-3000:]
+    assert not list(out.glob("*.runtime.yaml"))
 
 
 def _front_door_setting(config: Path) -> dict[str, Any]:
