@@ -1,10 +1,9 @@
-"""What deploy takes from the imported bundle: its signed plan, and one host payload per version.
+"""What deploy takes from the imported bundle: its signed plan, and the host payloads of its version.
 
-The host payload is a plain tar (sorted entries, fixed owner and mtime) of exactly what hosts need
-from the bundle: manifest.json and its signature, the signed plan, the wheelhouse and the apt
-repository. The bundle role copies it to each host and checks the signature and every hash there,
-so hosts verify what they install themselves. The file is named after the bundle's digest and
-reused by later deploys.
+The host payloads (aifactory.deploy.payload) carry exactly what each host needs from the bundle:
+manifest.json and its signature, the signed plan, the apt repository and the host platform's
+runtime tree or the wheelhouse. The bundle role unpacks one on each host and checks the signature and
+every hash there, so hosts verify what they install themselves.
 
 Hosts verify with `ssh-keygen -Y verify` against an allowed_signers file: the site's trust file when
 the admin gives one (`--trust`), else the site's own (<state>/bundle-key/allowed_signers) when it
@@ -18,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tarfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -28,13 +26,11 @@ from aifactory import signing
 from aifactory.bundle.import_record import last_import
 from aifactory.bundle.importer import current_import
 from aifactory.bundle.manifest import MANIFEST, NAMESPACE, SIGNATURE
+from aifactory.deploy.payload import PLAN, WHEELS, host_payloads, site_store
 from aifactory.errors import BundleError, Location, PlanFormatError, PrerequisiteError
 from aifactory.plan.model import SitePlan
 from aifactory.state import SiteState
 
-PLAN = "plan.json"
-# What hosts need from the bundle (paths in its manifest that start with these).
-PAYLOAD_PREFIXES = ("wheels/", "apt/", "runtime/", PLAN)
 _IMPORT_HINT = "import one first: aifactory bundle import BUNDLE --trust allowed_signers"
 
 
@@ -47,9 +43,9 @@ class DeployBundle:
     digest: str
     root: Path
     signer: str
-    payload: Path
     allowed_signers: Path
-    has_apt: bool = False
+    # the signed manifest, as read and verified by prepare_bundle
+    manifest: dict[str, Any] = field(default_factory=dict)
     # the signed manifest's contents.runtime_trees: pool platform tag -> prebuilt tree (archive,
     # file listing, python version, target folder, packages); empty for bundles without trees
     runtime_trees: dict[str, Any] = field(default_factory=dict)
@@ -71,20 +67,30 @@ class DeployBundle:
                 location=Location(file=str(self.plan_path)),
             ) from None
 
-    def inventory_vars(self) -> dict[str, Any]:
-        """The group var `aifactory_bundle` the roles read (runtime_trees only when it has some)."""
-        found = {
+    @property
+    def has_apt(self) -> bool:
+        return any(str(f["path"]).startswith("apt/") for f in self.manifest.get("files", []))
+
+    def inventory_vars(self, plan: SitePlan, payload_folder: Path | None) -> dict[str, Any]:
+        """The group var `aifactory_bundle` the roles read, with the host payloads the plan's hosts
+        need written (or reused) in `payload_folder`; None for a playbook that carries no payload
+        (the scan). runtime_trees and site_store only when there are some."""
+        found: dict[str, Any] = {
             "version": self.version,
             "digest": self.digest,
             "root": str(self.root),
             "identity": self.signer,
-            "payload": str(self.payload),
             "allowed_signers": str(self.allowed_signers),
-            "payload_prefixes": list(PAYLOAD_PREFIXES),
-            "wheelhouse_subdir": "wheels",
+            "wheelhouse_subdir": WHEELS,
             "plan_subpath": PLAN,
             "apt": self.has_apt,
         }
+        if payload_folder is not None:
+            written = host_payloads(payload_folder, self.root, self.version, self.digest, self.manifest, plan)
+            found["payloads"] = {key: p.inventory_vars() for key, p in written.items()}
+        store = site_store(plan)
+        if store is not None:
+            found["site_store"] = store
         if self.runtime_trees:
             found["runtime_trees"] = self.runtime_trees
         if self.runtime_id:
@@ -107,7 +113,8 @@ def describe_current_bundle(state: SiteState) -> dict[str, Any] | None:
 
 
 def prepare_bundle(state: SiteState, *, trust: Path | None = None) -> DeployBundle:
-    """Check the imported bundle on the control host and build (or reuse) its host payload."""
+    """Check the imported bundle on the control host: its manifest, its signature with the trust the
+    hosts get. The host payloads are written when the inventory is (DeployBundle.inventory_vars)."""
     imported = current_import(state)
     if imported is None:
         raise PrerequisiteError(f"site {state.site!r} has no imported bundle", hint=_IMPORT_HINT)
@@ -142,17 +149,14 @@ def prepare_bundle(state: SiteState, *, trust: Path | None = None) -> DeployBund
             hint="check that --trust names the site's allowed_signers, or re-import the bundle",
         ) from None
     manifest = json.loads(manifest_bytes)
-    payload = _payload(folder, root, imported.version, imported.digest, manifest)
-    has_apt = any(p.startswith("apt/") for p in payload_members(manifest))
     return DeployBundle(
         site=state.site,
         version=imported.version,
         digest=imported.digest,
         root=root,
         signer=signer,
-        payload=payload,
         allowed_signers=allowed,
-        has_apt=has_apt,
+        manifest=manifest,
         runtime_trees=dict((manifest.get("contents") or {}).get("runtime_trees") or {}),
         runtime_id=runtime_identity(manifest, root),
     )
@@ -245,38 +249,3 @@ def _write_allowed_signers(target: Path, armored: str, trust: Path | None, signe
     tmp.write_text(text)
     os.chmod(tmp, 0o644)
     os.replace(tmp, target)
-
-
-def payload_members(manifest: dict[str, Any]) -> list[str]:
-    """Manifest paths that travel to hosts, sorted."""
-    paths = [str(f["path"]) for f in manifest["files"]]
-    return sorted(p for p in paths if p.startswith(PAYLOAD_PREFIXES))
-
-
-def _payload(folder: Path, root: Path, version: str, digest: str, manifest: dict[str, Any]) -> Path:
-    payloads = folder / "payload"
-    payloads.mkdir(mode=0o700, exist_ok=True)
-    target = payloads / f"{version}-{digest.removeprefix('sha256:')[:16]}.tar"
-    if target.is_file():
-        return target
-    members = [MANIFEST, SIGNATURE, *payload_members(manifest)]
-    tmp = target.with_name(target.name + ".tmp")
-    with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
-        for name in members:
-            path = root / name
-            if not path.is_file():
-                raise BundleError(
-                    f"the imported bundle lacks {name}",
-                    location=Location(file=str(path)),
-                    hint="re-import the bundle",
-                )
-            info = tarfile.TarInfo(name)
-            info.size = path.stat().st_size
-            info.mode, info.mtime, info.uid, info.gid, info.uname, info.gname = 0o644, 0, 0, 0, "root", "root"
-            with path.open("rb") as handle:
-                tar.addfile(info, handle)
-    os.replace(tmp, target)
-    for old in payloads.glob("*.tar"):
-        if old != target:
-            old.unlink()
-    return target

@@ -430,7 +430,11 @@ def _set_up(planned: PlannedSite, options: DeployOptions, state: SiteState, conn
     spec_path = Unsafe(str(Path(planned.loaded.source.file).resolve()))
     spec = {"aifactory_site_spec": spec_path} if plan.loop else None
     rendered = site_inventory(
-        plan, connection=connection, bundle=bundle.inventory_vars(), state=state, extra_vars=spec
+        plan,
+        connection=connection,
+        bundle=bundle.inventory_vars(plan, folder / "payload"),
+        state=state,
+        extra_vars=spec,
     )
     inventory_dir = folder / "inventory"
     rendered.write(inventory_dir)

@@ -65,7 +65,7 @@ def scan_site(site: str, *, connection: Connection, trust: Path | None = None) -
         run_id = _run_id()
         folder = state.subdir(SCANS_DIR) / run_id
         folder.mkdir(parents=True)
-        ansible = _ansible(connection, state, bundle.inventory_vars(), plan)
+        ansible = _ansible(connection, state, bundle.inventory_vars(plan, None), plan)
         values = scap.site_values(security_contact=plan.contacts.security if plan.contacts else None)
         tailoring = None
         if values:

@@ -21,7 +21,7 @@ GPU_SITE = Path(__file__).parent / "fixtures" / "gpu-site.yaml"
 def _bundle(root: Path, plan_text: str) -> DeployBundle:
     root.mkdir(parents=True, exist_ok=True)
     (root / "plan.json").write_text(plan_text)
-    return DeployBundle("gputest", "1.0", "sha256:b", root, "bundle@gputest", root, root / "allowed_signers")
+    return DeployBundle("gputest", "1.0", "sha256:b", root, "bundle@gputest", root / "allowed_signers")
 
 
 def _spec(tmp_path: Path) -> Path:
