@@ -1,7 +1,22 @@
 """How fast does `aifactory deploy` install the runtime, and what does a no-op re-run cost?
 
-    .venv/bin/python benchmarks/deploy_bench.py [--hosts 8] [--keep]
+    .venv/bin/python benchmarks/deploy_bench.py floor [--hosts 3] [--keep]
+    .venv/bin/python benchmarks/deploy_bench.py scale [--hosts 8] [--keep]
 
+`floor` (issue 31): brings up the lab site under another name with `--hosts` hosts in all (1 control
+host + the rest CPU hosts; 3 is the lab), builds and imports one bundle with the prebuilt runtime
+tree, and measures in one run:
+- the first deploy of every host (wall), against 232 s, the lab's 3-host first deploy measured for
+  issue 31 before the runtime tree and the site store;
+- its floor: on every host at once, stock `tar --zstd -x` of the runtime tree from the host's
+  verified bundle into a scratch folder, then a restart of the inference service and the wait until
+  its health check answers (what a deploy cannot do without); the ratio first deploy / floor
+  (target: at most 2x);
+- the bytes the control host's namespace sent during the first deploy (tx_bytes of its interfaces
+  but loopback), per host, against the bundle's size (target: at most 5% of it per host; issue 31
+  measures it with 8 hosts: `--hosts 8`).
+
+`scale`:
 Needs root and the lab's prerequisites (docs/lab.md). Grows a copy of the lab site under another
 site name (`bench<pid>`) to 1 control host + (hosts + 1) CPU hosts, builds and imports one bundle for
 it, then measures in one run:
@@ -39,6 +54,9 @@ LAB_SPEC = REPO / "inventory" / "lab" / "site.yaml"
 CPU_SHARE_TARGET = 1.2
 NOOP_TARGET = 0.30
 STOCK_TARGET = 1.5
+FLOOR_TARGET = 2.0  # first deploy / floor
+BYTES_TARGET = 0.05  # control host's bytes sent per host / bundle size
+BEFORE_SECONDS = 232.0  # the lab's 3-host first deploy when issue 31 was filed
 
 
 @dataclass(frozen=True)
@@ -111,11 +129,19 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--hosts", type=int, default=8, help="hosts of the large runs (default 8)")
+    parser.add_argument("mode", nargs="?", choices=("floor", "scale"), default="scale")
+    parser.add_argument(
+        "--hosts",
+        type=int,
+        help="floor: hosts in all (default 3); scale: hosts of the large runs (default 8)",
+    )
     parser.add_argument("--keep", action="store_true", help="leave the lab up at the end")
     args = parser.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("the benchmark needs root (the lab uses namespaces)")
+    if args.mode == "floor":
+        return floor(args.hosts or 3, keep=args.keep)
+    args.hosts = args.hosts or 8
     from aifactory.lab import lab_down, lab_up
     from tests.conftest import build_and_import
 
@@ -201,6 +227,135 @@ def main() -> int:
             at_most=False,
         )
     )
+    return 0
+
+
+def sent_bytes(pid: int) -> int:
+    """Bytes sent by the interfaces of the network namespace of `pid`, loopback left out."""
+    total = 0
+    for line in Path(f"/proc/{pid}/net/dev").read_text().splitlines()[2:]:
+        name, counters = line.split(":", 1)
+        if name.strip() != "lo":
+            total += int(counters.split()[8])
+    return total
+
+
+# Run on each host (arguments, never interpolated): extract the tree as the runtime role does, then
+# restart the inference service and wait for its health check (https as deployed, else http).
+FLOOR_SCRIPT = """
+set -e
+scratch=$(mktemp -d /var/tmp/deploy-floor.XXXXXX)
+tar --zstd --extract --no-same-owner --file "$1" --directory "$scratch"
+rm -rf "$scratch"
+"$2" restart aifactory-serve >/dev/null
+for _ in $(seq 600); do
+  for scheme in https http; do
+    code=$(curl -sk -o /dev/null -w '%{http_code}' --max-time 2 "$scheme://$3:8600/healthz" || true)
+    [ "$code" = 200 ] && exit 0
+  done
+  sleep 0.2
+done
+echo "the inference service on $3 did not answer its health check" >&2
+exit 1
+"""
+
+
+def measure_floor(site: str, planned_hosts: list[tuple[str, str]], archive: str) -> float:
+    """Wall seconds of FLOOR_SCRIPT on every host at once."""
+    import subprocess
+    import time
+
+    from aifactory.lab.access import SERVICE_COMMAND
+    from aifactory.lab.hosts import enter_argv
+    from aifactory.lab.query import lab_status
+
+    status = lab_status(site)
+    started = time.monotonic()
+    children = [
+        subprocess.Popen(
+            [
+                *enter_argv(status.host(name).anchor.pid),
+                "sh",
+                "-c",
+                FLOOR_SCRIPT,
+                "floor",
+                archive,
+                SERVICE_COMMAND,
+                address,
+            ],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for name, address in planned_hosts
+    ]
+    for (name, _), child in zip(planned_hosts, children, strict=True):
+        _, err = child.communicate(timeout=900)
+        if child.returncode != 0:
+            raise SystemExit(f"the floor failed on {name}: {err.strip()}")
+    return time.monotonic() - started
+
+
+def floor(hosts: int, *, keep: bool) -> int:
+    """The first deploy of `hosts` lab hosts against its floor, and the control host's bytes sent."""
+    import json
+
+    from aifactory.lab import lab_connection, lab_down, lab_up
+    from aifactory.lab.query import lab_status
+    from tests.conftest import build_and_import
+
+    if hosts < 2:
+        raise SystemExit("--hosts: at least 2 (the control host and one CPU host)")
+    site = f"bench{os.getpid()}"
+    work = Path(tempfile.mkdtemp(prefix="deploy-bench-"))
+    os.environ["AIFACTORY_STATE_HOME"] = str(work / "state")
+    os.environ["AIFACTORY_BUNDLES_HOME"] = str(work / "bundles")
+    spec = grown_spec(work / "spec", site, hosts - 1)
+    planned = plan_site(spec)
+    print(f"lab {site}: {hosts} hosts (1 control) on {os.cpu_count()} cores; state in {work}", flush=True)
+    lab_up(planned)
+    try:
+        bundle = build_and_import(spec, site, work, runtime_trees=True)
+        size = (work / f"{site}.tar").stat().st_size
+        manifest = json.loads((bundle.root / "manifest.json").read_text())
+        trees = manifest["contents"]["runtime_trees"]
+        print(
+            f"bundle {bundle.version} with runtime tree(s) {', '.join(trees)}: {size / 1e6:.0f} MB",
+            flush=True,
+        )
+        control = lab_status(site)
+        control_pid = control.host(control.control_host or "").anchor.pid
+        before = sent_bytes(control_pid)
+        first: DeployResult = deploy_site(
+            plan_site(spec, write_lock=False), connection=lab_connection(site), options=DeployOptions()
+        )
+        sent = sent_bytes(control_pid) - before
+        if first.exit_code != 0:
+            raise SystemExit(f"the first deploy failed: {first.failed_hosts}; event log {first.event_log}")
+        targets = [(h.name, h.management_address) for h in planned.plan.hosts]
+        tag = next(iter(trees))
+        archive = f"/var/lib/aifactory/bundle/{bundle.version}/{trees[tag]['archive']}"
+        floor_seconds = measure_floor(site, targets, archive)
+    finally:
+        if not keep:
+            lab_down(site)
+    print()
+    print(
+        f"first deploy, {hosts} hosts: {first.wall_seconds:.1f} s wall, "
+        f"{first.controller_cpu_seconds:.1f} s controller CPU"
+    )
+    print(
+        f"floor (tar -x of the tree + service restart to healthy, all hosts at once): {floor_seconds:.1f} s"
+    )
+    print(verdict("first deploy / floor", first.wall_seconds / floor_seconds, FLOOR_TARGET, at_most=True))
+    print(
+        f"against the {BEFORE_SECONDS:.0f} s measured for issue 31: "
+        f"{first.wall_seconds / BEFORE_SECONDS:.2f}x"
+    )
+    per_host = sent / hosts
+    print(
+        f"bytes sent from the control host's namespace: {sent / 1e6:.1f} MB, {per_host / 1e6:.2f} MB per host"
+    )
+    print(verdict("bytes per host / bundle size", per_host / size, BYTES_TARGET, at_most=True))
     return 0
 
 

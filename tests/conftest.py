@@ -205,8 +205,9 @@ class ImportedLabBundle:
     identity: str
 
 
-def build_and_import(spec: Path, site: str, folder: Path) -> ImportedLabBundle:
-    """Build a bundle for `spec`, sign it with a fresh key and import it for `site`."""
+def build_and_import(spec: Path, site: str, folder: Path, *, runtime_trees: bool = False) -> ImportedLabBundle:
+    """Build a bundle for `spec` (with its prebuilt runtime trees when asked), sign it with a fresh key
+    and import it for `site`."""
     from aifactory import signing
     from aifactory.bundle import BuildOptions, build_bundle, import_bundle
     from aifactory.plan import plan_site
@@ -218,7 +219,7 @@ def build_and_import(spec: Path, site: str, folder: Path) -> ImportedLabBundle:
     build_bundle(
         plan_site(spec, write_lock=False),
         output=output,
-        options=BuildOptions(key=keys.private, apt_packages=None),
+        options=BuildOptions(key=keys.private, apt_packages=None, runtime_trees=runtime_trees),
     )
     imported = import_bundle(output, trust=keys.allowed_signers, site_state=SiteState.for_site(site))
     return ImportedLabBundle(
