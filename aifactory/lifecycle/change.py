@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from aifactory.bundle.import_record import last_import
-from aifactory.deploy.imported_bundle import PLAN
+from aifactory.deploy.payload import PLAN
 from aifactory.errors import PrerequisiteError, UsageError
 from aifactory.lifecycle.journal import JournalStore, VersionRef
 from aifactory.plan.diff import PlanDiff, diff_plans, read_plan_file
