@@ -205,7 +205,9 @@ class ImportedLabBundle:
     identity: str
 
 
-def build_and_import(spec: Path, site: str, folder: Path, *, runtime_trees: bool = False) -> ImportedLabBundle:
+def build_and_import(
+    spec: Path, site: str, folder: Path, *, runtime_trees: bool = False
+) -> ImportedLabBundle:
     """Build a bundle for `spec` (with its prebuilt runtime trees when asked), sign it with a fresh key
     and import it for `site`."""
     from aifactory import signing
