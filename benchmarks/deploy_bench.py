@@ -16,6 +16,14 @@ tree, and measures in one run:
   but loopback), per host, against the bundle's size (target: at most 5% of it per host; issue 31
   measures it with 8 hosts: `--hosts 8`).
 
+`path` (issue 31's measured path to 10,000 hosts): for each count of `--points` (default 3,8,32
+hosts in all), brings up a lab of that many hosts, deploys it (the bundle without a tree), then
+measures the converged probe (`check_converged`, what `aifactory up` and a re-run do first) and a
+no-op `deploy --full`: wall and controller CPU (ansible-playbook and its ssh clients). A line
+a + b*N fitted through the first two points projects the last one (target: within 25% of what is
+measured) and 10,000 hosts; the wall at 10,000 hosts is projected from the controller CPU-seconds
+spread over the control host's cores, at most forks (20) at once: method in docs/deploy.md.
+
 `scale`:
 Needs root and the lab's prerequisites (docs/lab.md). Grows a copy of the lab site under another
 site name (`bench<pid>`) to 1 control host + (hosts + 1) CPU hosts, builds and imports one bundle for
@@ -129,7 +137,15 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("mode", nargs="?", choices=("floor", "scale"), default="scale")
+    parser.add_argument("mode", nargs="?", choices=("floor", "path", "scale"), default="scale")
+    parser.add_argument("--points", default="3,8,32", help="path: host counts (default 3,8,32)")
+    parser.add_argument("--cores", type=int, default=32, help="path: the projected control host's cores")
+    parser.add_argument(
+        "--forks",
+        type=int,
+        default=DeploySettings().forks,
+        help="path: the projection's forks (deploy --forks)",
+    )
     parser.add_argument(
         "--hosts",
         type=int,
@@ -141,6 +157,9 @@ def main() -> int:
         raise SystemExit("the benchmark needs root (the lab uses namespaces)")
     if args.mode == "floor":
         return floor(args.hosts or 3, keep=args.keep)
+    if args.mode == "path":
+        points = [int(n) for n in args.points.split(",")]
+        return path(points, cores=args.cores, forks=args.forks, keep=args.keep)
     args.hosts = args.hosts or 8
     from aifactory.lab import lab_down, lab_up
     from tests.conftest import build_and_import
@@ -357,6 +376,134 @@ def floor(hosts: int, *, keep: bool) -> int:
     )
     print(verdict("bytes per host / bundle size", per_host / size, BYTES_TARGET, at_most=True))
     return 0
+
+
+@dataclass(frozen=True)
+class PathPoint:
+    hosts: int
+    first_wall: float
+    probe_wall: float
+    probe_cpu: float
+    full_wall: float
+    full_cpu: float
+
+
+def children_cpu() -> float:
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def path_point(hosts: int, work: Path) -> PathPoint:
+    """One lab of `hosts` hosts: deploy it, then time the converged probe and a no-op --full deploy."""
+    import time
+
+    from aifactory.deploy import check_converged
+    from aifactory.lab import lab_connection, lab_down, lab_up
+    from tests.conftest import build_and_import
+
+    site = f"path{hosts}x{os.getpid() % 10000}"
+    folder = work / site
+    spec = grown_spec(folder / "spec", site, hosts - 1)
+    planned = plan_site(spec)
+    lab_up(planned)
+    try:
+        build_and_import(spec, site, folder)
+        first = deploy_site(
+            plan_site(spec, write_lock=False), connection=lab_connection(site), options=DeployOptions()
+        )
+        if first.exit_code != 0:
+            raise SystemExit(
+                f"{hosts} hosts: the first deploy failed: {first.failed_hosts} ({first.event_log})"
+            )
+        cpu, started = children_cpu(), time.monotonic()
+        found = check_converged(plan_site(spec, write_lock=False), connection=lab_connection(site))
+        probe_wall, probe_cpu = time.monotonic() - started, children_cpu() - cpu
+        unconverged = sorted(h for h, why in found.items() if why is not None)
+        if unconverged:
+            raise SystemExit(f"{hosts} hosts: the probe found hosts not converged: {unconverged}")
+        full = deploy_site(
+            plan_site(spec, write_lock=False),
+            connection=lab_connection(site),
+            options=DeployOptions(full=True),
+        )
+        if full.exit_code != 0 or full.changed:
+            raise SystemExit(
+                f"{hosts} hosts: the no-op --full deploy changed {full.changed} (exit {full.exit_code})"
+            )
+    finally:
+        lab_down(site)
+    point = PathPoint(
+        hosts, first.wall_seconds, probe_wall, probe_cpu, full.wall_seconds, full.controller_cpu_seconds
+    )
+    print(
+        f"{hosts:>5} {point.first_wall:>10.1f} {point.probe_wall:>9.1f} {point.probe_cpu:>9.1f} "
+        f"{point.full_wall:>9.1f} {point.full_cpu:>9.1f}",
+        flush=True,
+    )
+    return point
+
+
+def fitted(x0: int, y0: float, x1: int, y1: float) -> tuple[float, float]:
+    """a, b of the line a + b*x through two points."""
+    b = (y1 - y0) / (x1 - x0)
+    return y0 - b * x0, b
+
+
+def path(points: list[int], *, cores: int, forks: int, keep: bool) -> int:
+    """The converged probe and a no-op --full deploy at each host count; the projection to 10,000."""
+    if len(points) < 3 or sorted(points) != points or points[0] < 2:
+        raise SystemExit("--points: three or more increasing host counts, the first at least 2")
+    work = Path(tempfile.mkdtemp(prefix="deploy-path-"))
+    os.environ["AIFACTORY_STATE_HOME"] = str(work / "state")
+    os.environ["AIFACTORY_BUNDLES_HOME"] = str(work / "bundles")
+    print(f"labs of {', '.join(map(str, points))} hosts on {os.cpu_count()} cores; state in {work}")
+    print(f"{'hosts':>5} {'first s':>10} {'probe s':>9} {'probe cpu':>9} {'full s':>9} {'full cpu':>9}")
+    measured = [path_point(n, work) for n in points]
+    first, second, last = measured[0], measured[1], measured[-1]
+    print()
+    for label, attr in (("probe", "probe"), ("no-op --full", "full")):
+        for kind in ("wall", "cpu"):
+            a, b = fitted(first.hosts, value(first, attr, kind), second.hosts, value(second, attr, kind))
+            projected = a + b * last.hosts
+            found = value(last, attr, kind)
+            print(
+                f"{label} {kind} at {last.hosts} hosts: measured {found:.1f} s, projected {projected:.1f} s "
+                f"({(found - projected) / projected:+.0%}; target within 25%: "
+                f"{'met' if abs(found - projected) <= 0.25 * projected else 'NOT met'})"
+            )
+        print(projection(label, first, second, attr, cores=cores, forks=forks))
+    if not keep:
+        import shutil
+
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+def value(point: PathPoint, attr: str, kind: str) -> float:
+    found: float = getattr(point, f"{attr}_{kind}")
+    return found
+
+
+def projection(label: str, first: PathPoint, second: PathPoint, attr: str, *, cores: int, forks: int) -> str:
+    """The wall at 10,000 hosts: the larger of two bounds, the controller's CPU-seconds (the line
+    through the two points) spread over min(cores, forks) workers, and the hosts taken `forks` at a
+    time, each round as long as the whole run at the smallest point (all its hosts in one round)."""
+    a, b = fitted(first.hosts, value(first, attr, "cpu"), second.hosts, value(second, attr, "cpu"))
+    cpu_10k = a + b * 10_000
+    by_cpu = cpu_10k / min(cores, forks)
+    rounds = -(-10_000 // forks)
+    by_rounds = rounds * value(first, attr, "wall")
+    wall_10k = max(by_cpu, by_rounds)
+    line = (
+        f"{label} at 10,000 hosts, forks {forks}, {cores} cores: {wall_10k / 60:.1f} min "
+        f"(CPU {cpu_10k / 60:.0f} CPU-min / {min(cores, forks)} = {by_cpu / 60:.1f} min; "
+        f"{rounds} rounds x {value(first, attr, 'wall'):.1f} s = {by_rounds / 60:.1f} min)"
+    )
+    if attr == "probe":
+        line += f"; target under 10 min: {'met' if wall_10k < 600 else 'NOT met'}"
+    return line
 
 
 if __name__ == "__main__":

@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import TextIO
 
 from aifactory.cli.output import emit_json, table
-from aifactory.deploy import DeployOptions, DeployResult, Progress, Update, deploy_site
+from aifactory.deploy import DeployOptions, DeployResult, DeploySettings, Progress, Update, deploy_site
 from aifactory.deploy.progress import UNFINISHED
 from aifactory.pipeline.connection import site_connection
 from aifactory.plan import plan_site
@@ -53,8 +54,22 @@ def register(
         help="the site's allowed_signers for bundles, given to hosts to verify with "
         "(default: the key the import verified)",
     )
+    parser.add_argument(
+        "--forks",
+        type=_forks,
+        default=DeploySettings().forks,
+        help=f"hosts Ansible works on at once (default {DeploySettings().forks}; a national site's control "
+        'host with many cores takes more: docs/deploy.md, "A measured path to 10,000 hosts")',
+    )
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more Ansible output in the log")
     parser.set_defaults(handler=cmd_deploy)
+
+
+def _forks(text: str) -> int:
+    """1 to 1000: Ansible forks a worker per host it works on at once."""
+    if not text.isdigit() or not 1 <= int(text) <= 1000:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of forks from 1 to 1000")
+    return int(text)
 
 
 def _tags(text: str) -> tuple[str, ...]:
@@ -138,6 +153,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         trust=Path(args.trust) if args.trust else None,
         verbosity=args.verbose,
         full=args.full,
+        settings=replace(DeploySettings(), forks=args.forks),
     )
     display = None if args.format == "json" or args.quiet else _LiveDisplay()
     planned = plan_site(args.site, write_lock=False)
