@@ -242,6 +242,21 @@ def test_the_role_refuses_a_tampered_tree_and_keeps_nothing(tmp_path: Path) -> N
     assert not (tmp_path / "opt" / VERSION).exists()
 
 
+def test_the_role_refuses_a_tree_with_a_file_its_listing_does_not_name(tmp_path: Path) -> None:
+    tree = small_tree(tmp_path / "build", tmp_path / "opt" / VERSION)
+    inputs = _role_inputs(tmp_path, tree)
+    # every listed file intact, plus one the signed listing does not name
+    staging = tmp_path / "build" / "tree" / "staging" / VERSION
+    (staging / "bin" / "unlisted helper").write_bytes(b"#!/bin/sh\nid\n")
+    rt.pack(staging, Path(inputs["runtime_bundle_dir"]) / tree.archive_path, timestamp=STAMP)
+    done = _run_install(tmp_path, inputs)
+    assert done.returncode != 0
+    text = " ".join(done.stdout.split())
+    assert "not in the bundle's signed listing" in text and "bin/unlisted helper" in text, text[-3000:]
+    assert "did not install" in text
+    assert not (tmp_path / "opt" / VERSION).exists()
+
+
 def test_the_role_refuses_a_tree_built_for_another_python(tmp_path: Path) -> None:
     tree = small_tree(tmp_path / "build", tmp_path / "opt" / VERSION)
     done = _run_install(tmp_path, _role_inputs(tmp_path, tree, python="3.99.1"))
