@@ -35,7 +35,7 @@ from aifactory.deploy import converged as convergence
 from aifactory.deploy.evidence import REPORT_FACT, report_from_event, write_deployed_plan, write_installed
 from aifactory.deploy.imported_bundle import DeployBundle, prepare_bundle
 from aifactory.deploy.progress import UNFINISHED, HostProgress, Progress, Update
-from aifactory.deploy.settings import DeploySettings, render_ansible_cfg
+from aifactory.deploy.settings import DeploySettings, mitogen_strategy_dir, render_ansible_cfg
 from aifactory.errors import DeployError, ExitCode, Location, PrerequisiteError
 from aifactory.headcopies import merge_incoming
 from aifactory.inventory.render import Unsafe
@@ -439,7 +439,11 @@ def _set_up(planned: PlannedSite, options: DeployOptions, state: SiteState, conn
     inventory_dir = folder / "inventory"
     rendered.write(inventory_dir)
     cfg = folder / "ansible.cfg"
-    cfg.write_text(render_ansible_cfg(options.settings, folder=folder, base=connection.ansible_cfg))
+    cfg.write_text(
+        render_ansible_cfg(
+            options.settings, folder=folder, base=connection.ansible_cfg, mitogen=mitogen_strategy_dir()
+        )
+    )
     env = ansible_env(connection, cfg, folder)
     ansible = _Ansible(
         folder=folder,

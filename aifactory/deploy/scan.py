@@ -24,7 +24,7 @@ from aifactory.audit.evidence.hostscan import DIGEST, SCANS_DIR
 from aifactory.connection import Connection
 from aifactory.deploy.imported_bundle import prepare_bundle
 from aifactory.deploy.runner import _Ansible, _clean_env, _require_runner, _run_id
-from aifactory.deploy.settings import DeploySettings, render_ansible_cfg
+from aifactory.deploy.settings import DeploySettings, mitogen_strategy_dir, render_ansible_cfg
 from aifactory.errors import DeployError, ExitCode
 from aifactory.inventory.site import site_inventory
 from aifactory.plan.model import SitePlan
@@ -103,7 +103,11 @@ def _ansible(
     inventory_dir = folder / "scan-inventory"
     rendered.write(inventory_dir)
     cfg = folder / "scan-ansible.cfg"
-    cfg.write_text(render_ansible_cfg(DeploySettings(), folder=folder, base=connection.ansible_cfg))
+    cfg.write_text(
+        render_ansible_cfg(
+            DeploySettings(), folder=folder, base=connection.ansible_cfg, mitogen=mitogen_strategy_dir()
+        )
+    )
     env = {**_clean_env(), **connection.env, "ANSIBLE_CONFIG": str(cfg), "ANSIBLE_NOCOLOR": "1"}
     return _Ansible(
         folder=folder,

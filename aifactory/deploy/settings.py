@@ -1,7 +1,11 @@
 """The Ansible settings a deploy runs with, written as one ansible.cfg in the site's deploy folder.
 
 `DeploySettings()` are the tuned settings (measured in docs/deploy.md and benchmarks/deploy_bench.py):
-many forks, pipelining, long-lived SSH control masters, a JSON fact cache with smart gathering.
+many forks, pipelining, long-lived SSH control masters, a JSON fact cache with smart gathering, and
+Mitogen's strategy where Mitogen is installed (the `[control]` extra and the bundle's control wheels
+carry it): one Python per host for the whole run instead of one per task and host, which halved the
+lab's first deploy and cut what the control host sends thirtyfold. Without it, Ansible's own linear
+strategy runs the same tasks with the same results, only slower.
 `DeploySettings.stock()` are Ansible's own defaults, kept for comparison.
 
 The site's `Connection` (aifactory/connection.py) supplies how to reach its hosts (an ssh config or
@@ -11,6 +15,7 @@ key and known_hosts, control path folder, remote tmp, become method); these sett
 from __future__ import annotations
 
 import configparser
+import importlib.util
 import io
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -21,6 +26,8 @@ STOCK_SSH_ARGS = "-C -o ControlMaster=auto -o ControlPersist=60s"
 # sent 28% fewer bytes in a first deploy of the lab (61 -> 44 MB for 3 hosts), with no measured cost
 # in controller CPU or wall time (benchmarks/deploy_bench.py floor; docs/deploy.md).
 TUNED_SSH_ARGS = "-C -o ControlMaster=auto -o ControlPersist=600s -o ServerAliveInterval=15"
+MITOGEN_STRATEGY = "mitogen_linear"
+LINEAR_STRATEGY = "linear"
 
 
 @dataclass(frozen=True)
@@ -32,6 +39,9 @@ class DeploySettings:
     timeout: int = 20
     # How often the controller polls its workers for results; Ansible's default 0.001 s spins a core.
     poll_interval: float | None = 0.02
+    # mitogen_linear: the linear strategy's order and results over Mitogen's connection (used when
+    # ansible_mitogen can be imported, else `linear`); `linear`: Ansible's own.
+    strategy: str = MITOGEN_STRATEGY
 
     @classmethod
     def stock(cls) -> DeploySettings:
@@ -43,13 +53,40 @@ class DeploySettings:
             fact_cache=False,
             timeout=10,
             poll_interval=None,
+            strategy=LINEAR_STRATEGY,
         )
 
 
+def mitogen_strategy_dir() -> Path | None:
+    """The folder of Mitogen's strategy plugins, or None where ansible_mitogen is not installed."""
+    spec = importlib.util.find_spec("ansible_mitogen")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    folder = Path(next(iter(spec.submodule_search_locations))) / "plugins" / "strategy"
+    return folder if (folder / f"{MITOGEN_STRATEGY}.py").is_file() else None
+
+
+def _set_strategy(defaults: configparser.SectionProxy, strategy: str, mitogen: Path | None) -> None:
+    if strategy == MITOGEN_STRATEGY and mitogen is not None:
+        defaults["strategy_plugins"] = str(mitogen)
+        defaults["strategy"] = MITOGEN_STRATEGY
+    else:
+        defaults.pop("strategy_plugins", None)
+        defaults["strategy"] = LINEAR_STRATEGY
+
+
 def render_ansible_cfg(
-    settings: DeploySettings, *, folder: Path, base: Mapping[str, Mapping[str, str]] | None = None
+    settings: DeploySettings,
+    *,
+    folder: Path,
+    base: Mapping[str, Mapping[str, str]] | None = None,
+    mitogen: Path | None = None,
 ) -> str:
-    """ansible.cfg text: the connection's settings (`base`, by section) with these laid over them."""
+    """ansible.cfg text: the connection's settings (`base`, by section) with these laid over them.
+
+    `mitogen`: the folder of Mitogen's strategy plugins (`mitogen_strategy_dir()`); without it the
+    run uses Ansible's linear strategy whatever `settings.strategy` asks.
+    """
     config = configparser.ConfigParser(interpolation=None)
     config.optionxform = str  # type: ignore[assignment,method-assign]  # configparser's documented way to keep keys' case
     config.read_dict({section: dict(options) for section, options in (base or {}).items()})
@@ -77,6 +114,7 @@ def render_ansible_cfg(
     else:
         for key in ("gathering", "fact_caching", "fact_caching_connection", "fact_caching_timeout"):
             defaults.pop(key, None)
+    _set_strategy(defaults, settings.strategy, mitogen)
     ssh["pipelining"] = str(settings.pipelining)
     # How the connection reaches its hosts (its ssh config, key, known_hosts) is in ssh_common_args,
     # which these tuned ssh_args leave alone.

@@ -10,7 +10,13 @@ import pytest
 
 from aifactory.deploy.evidence import installed_path, report_from_event, write_installed
 from aifactory.deploy.progress import Progress
-from aifactory.deploy.settings import STOCK_SSH_ARGS, DeploySettings, render_ansible_cfg
+from aifactory.deploy.settings import (
+    MITOGEN_STRATEGY,
+    STOCK_SSH_ARGS,
+    DeploySettings,
+    mitogen_strategy_dir,
+    render_ansible_cfg,
+)
 from aifactory.state import SiteState
 
 
@@ -215,3 +221,23 @@ def test_a_playbook_that_cannot_start_says_why(tmp_path: Path) -> None:
     assert denied + "x" * STARTUP_LINE_CHARS in error.message
     assert "x" * (STARTUP_LINE_CHARS + 1) not in error.message
     assert _did_not_run("failed", 2, tmp_path / "e").message.endswith("(status failed, rc 2)")
+
+
+def test_mitogen_strategy_where_installed_else_ansible_linear(tmp_path: Path) -> None:
+    """The tuned settings run Mitogen's strategy from the folder found for it; without that folder,
+    or with the stock settings, Ansible's own linear strategy (no plugin path left behind)."""
+    plugins = mitogen_strategy_dir()
+    assert plugins is not None, "mitogen is in the [control] extra that scripts/setup.sh installs"
+    assert (plugins / f"{MITOGEN_STRATEGY}.py").is_file()
+
+    def rendered(settings: DeploySettings, mitogen: Path | None) -> configparser.SectionProxy:
+        config = configparser.ConfigParser(interpolation=None)
+        base = {"defaults": {"strategy": "free", "strategy_plugins": "/elsewhere"}}
+        config.read_string(render_ansible_cfg(settings, folder=tmp_path, base=base, mitogen=mitogen))
+        return config["defaults"]
+
+    tuned = rendered(DeploySettings(), plugins)
+    assert (tuned["strategy"], tuned["strategy_plugins"]) == (MITOGEN_STRATEGY, str(plugins))
+    for settings, mitogen in ((DeploySettings(), None), (DeploySettings.stock(), plugins)):
+        defaults = rendered(settings, mitogen)
+        assert defaults["strategy"] == "linear" and "strategy_plugins" not in defaults
