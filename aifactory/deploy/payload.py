@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from aifactory.bundle.manifest import MANIFEST, SIGNATURE
+from aifactory.bundle.wheelhouse import Platform
 from aifactory.errors import BundleError, Location
 from aifactory.inventory.render import Unsafe
 from aifactory.plan.model import Host, SitePlan
@@ -51,7 +52,7 @@ class HostPayload:
 
 def platform_tag(host: Host) -> str:
     """The runtime platform key of a host's pool (the manifest's contents.runtime_trees keys)."""
-    return f"{host.platform.os}-{host.platform.arch}-py{host.platform.python}"
+    return Platform.from_plan(host.platform).tag
 
 
 def payload_sets(manifest: dict[str, Any], plan: SitePlan) -> dict[str, tuple[str, ...]]:
