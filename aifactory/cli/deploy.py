@@ -12,6 +12,7 @@ from typing import TextIO
 from aifactory.cli.output import emit_json, table
 from aifactory.deploy import DeployOptions, DeployResult, DeploySettings, Progress, Update, deploy_site
 from aifactory.deploy.progress import UNFINISHED
+from aifactory.deploy.settings import MITOGEN_STRATEGY
 from aifactory.pipeline.connection import site_connection
 from aifactory.plan import plan_site
 
@@ -136,6 +137,12 @@ def render_summary(result: DeployResult) -> str:
         lines.append(
             f"{len(result.failed_hosts)} host(s) failed, unreachable or cut off: {failed}; "
             "fix them and run `aifactory deploy` again (it finishes the job)"
+        )
+    if result.strategy != MITOGEN_STRATEGY:
+        lines.append(
+            "Ansible's linear strategy ran: Mitogen is not installed on this control host "
+            "(the [control] extra and the bundle's control wheels carry it; with it a deploy takes "
+            "about half the time: docs/deploy.md)"
         )
     lines.append(f"event log: {result.event_log}")
     if result.installed:

@@ -46,12 +46,15 @@ class DeployBundle:
     allowed_signers: Path
     # the signed manifest, as read and verified by prepare_bundle
     manifest: dict[str, Any] = field(default_factory=dict)
-    # the signed manifest's contents.runtime_trees: pool platform tag -> prebuilt tree (archive,
-    # file listing, python version, target folder, packages); empty for bundles without trees
-    runtime_trees: dict[str, Any] = field(default_factory=dict)
     # What the runtime is built from (runtime_identity): a version with the same one reuses the
     # runtime a host already has installed (a plan-only release: a resize)
     runtime_id: str = ""
+
+    @property
+    def runtime_trees(self) -> dict[str, Any]:
+        """The signed manifest's contents.runtime_trees: pool platform tag -> prebuilt tree (archive,
+        file listing, python version, target folder, packages); empty for bundles without trees."""
+        return dict((self.manifest.get("contents") or {}).get("runtime_trees") or {})
 
     @property
     def plan_path(self) -> Path:
@@ -157,7 +160,6 @@ def prepare_bundle(state: SiteState, *, trust: Path | None = None) -> DeployBund
         signer=signer,
         allowed_signers=allowed,
         manifest=manifest,
-        runtime_trees=dict((manifest.get("contents") or {}).get("runtime_trees") or {}),
         runtime_id=runtime_identity(manifest, root),
     )
 

@@ -35,7 +35,13 @@ from aifactory.deploy import converged as convergence
 from aifactory.deploy.evidence import REPORT_FACT, report_from_event, write_deployed_plan, write_installed
 from aifactory.deploy.imported_bundle import DeployBundle, prepare_bundle
 from aifactory.deploy.progress import UNFINISHED, HostProgress, Progress, Update
-from aifactory.deploy.settings import DeploySettings, mitogen_strategy_dir, render_ansible_cfg
+from aifactory.deploy.settings import (
+    LINEAR_STRATEGY,
+    DeploySettings,
+    effective_strategy,
+    mitogen_strategy_dir,
+    render_ansible_cfg,
+)
 from aifactory.errors import DeployError, ExitCode, Location, PrerequisiteError
 from aifactory.headcopies import merge_incoming
 from aifactory.inventory.render import Unsafe
@@ -101,6 +107,7 @@ class DeployResult:
     installed: Path | None
     connection: str  # where the hosts were reached from (the Connection's description)
     rerun_reasons: dict[str, str] = field(default_factory=dict)  # host -> why it was not left out
+    strategy: str = LINEAR_STRATEGY  # Ansible's strategy the run used (mitogen_linear or linear)
 
     @property
     def failed_hosts(self) -> list[str]:
@@ -136,6 +143,7 @@ class DeployResult:
             "installed": str(self.installed) if self.installed else None,
             "connection": self.connection,
             "rerun_reasons": dict(sorted(self.rerun_reasons.items())),
+            "strategy": self.strategy,
         }
 
 
@@ -234,6 +242,7 @@ class _Ansible:
     env: dict[str, str]
     prefix: tuple[str, ...]
     playbooks: Path
+    strategy: str = LINEAR_STRATEGY  # the ansible.cfg's (settings.effective_strategy)
 
     def run(
         self,
@@ -439,10 +448,9 @@ def _set_up(planned: PlannedSite, options: DeployOptions, state: SiteState, conn
     inventory_dir = folder / "inventory"
     rendered.write(inventory_dir)
     cfg = folder / "ansible.cfg"
+    mitogen = mitogen_strategy_dir()
     cfg.write_text(
-        render_ansible_cfg(
-            options.settings, folder=folder, base=connection.ansible_cfg, mitogen=mitogen_strategy_dir()
-        )
+        render_ansible_cfg(options.settings, folder=folder, base=connection.ansible_cfg, mitogen=mitogen)
     )
     env = ansible_env(connection, cfg, folder)
     ansible = _Ansible(
@@ -451,6 +459,7 @@ def _set_up(planned: PlannedSite, options: DeployOptions, state: SiteState, conn
         prefix=connection.control_prefix,
         playbooks=resource_dir("playbooks"),
         env=env,
+        strategy=effective_strategy(options.settings, mitogen),
     )
     return _Setup(bundle, plan, digest, rendered.connection, ansible)
 
@@ -609,6 +618,7 @@ def deploy_site(
             installed=installed,
             connection=setup.connection,
             rerun_reasons=found.reasons,
+            strategy=ansible.strategy,
         )
         if not options.check and not options.limit and result.exit_code == ExitCode.OK:
             write_deployed_plan(state, plan)  # every host of the plan runs it: `aifactory resize` starts here

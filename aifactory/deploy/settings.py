@@ -66,13 +66,19 @@ def mitogen_strategy_dir() -> Path | None:
     return folder if (folder / f"{MITOGEN_STRATEGY}.py").is_file() else None
 
 
+def effective_strategy(settings: DeploySettings, mitogen: Path | None) -> str:
+    """The strategy a run gets: Mitogen's when asked for and its plugins were found, else linear."""
+    return (
+        MITOGEN_STRATEGY if settings.strategy == MITOGEN_STRATEGY and mitogen is not None else LINEAR_STRATEGY
+    )
+
+
 def _set_strategy(defaults: configparser.SectionProxy, strategy: str, mitogen: Path | None) -> None:
+    defaults["strategy"] = strategy
     if strategy == MITOGEN_STRATEGY and mitogen is not None:
         defaults["strategy_plugins"] = str(mitogen)
-        defaults["strategy"] = MITOGEN_STRATEGY
     else:
         defaults.pop("strategy_plugins", None)
-        defaults["strategy"] = LINEAR_STRATEGY
 
 
 def render_ansible_cfg(
@@ -114,7 +120,7 @@ def render_ansible_cfg(
     else:
         for key in ("gathering", "fact_caching", "fact_caching_connection", "fact_caching_timeout"):
             defaults.pop(key, None)
-    _set_strategy(defaults, settings.strategy, mitogen)
+    _set_strategy(defaults, effective_strategy(settings, mitogen), mitogen)
     ssh["pipelining"] = str(settings.pipelining)
     # How the connection reaches its hosts (its ssh config, key, known_hosts) is in ssh_common_args,
     # which these tuned ssh_args leave alone.

@@ -241,3 +241,34 @@ def test_mitogen_strategy_where_installed_else_ansible_linear(tmp_path: Path) ->
     for settings, mitogen in ((DeploySettings(), None), (DeploySettings.stock(), plugins)):
         defaults = rendered(settings, mitogen)
         assert defaults["strategy"] == "linear" and "strategy_plugins" not in defaults
+
+
+def test_the_summary_says_when_ansible_linear_strategy_ran_instead_of_mitogen(tmp_path: Path) -> None:
+    """A control host without Mitogen deploys all the same, and the summary says why it was slower;
+    the JSON output names the strategy either way."""
+    from aifactory.cli.deploy import render_summary
+    from aifactory.deploy.runner import DeployResult
+
+    def result(strategy: str) -> DeployResult:
+        return DeployResult(
+            site="lab",
+            run_id="r1",
+            check=False,
+            bundle_version="1.0",
+            bundle_digest="sha256:" + "a" * 64,
+            plan_digest="sha256:" + "b" * 64,
+            hosts=[],
+            status="successful",
+            rc=0,
+            wall_seconds=1.0,
+            controller_cpu_seconds=0.5,
+            event_log=tmp_path / "events.jsonl",
+            inventory=tmp_path / "inventory",
+            installed=None,
+            connection="ssh",
+            strategy=strategy,
+        )
+
+    assert "Mitogen is not installed" in render_summary(result("linear"))
+    assert "Mitogen" not in render_summary(result(MITOGEN_STRATEGY))
+    assert result(MITOGEN_STRATEGY).as_dict()["strategy"] == MITOGEN_STRATEGY
