@@ -23,7 +23,9 @@ measures the converged probe (`check_converged`, what `aifactory up` and a re-ru
 no-op `deploy --full`: wall and controller CPU (ansible-playbook and its ssh clients). A line
 a + b*N fitted through the first two points projects the last one (target: within 25% of what is
 measured) and 10,000 hosts; the wall at 10,000 hosts is projected from the controller CPU-seconds
-spread over the control host's cores, at most forks (20) at once: method in docs/deploy.md.
+spread over the control host's cores, at most forks at once: method in docs/deploy.md. Every run
+uses `--forks` (default 100, what docs/deploy.md tells a national site to give `aifactory deploy`),
+so that all the hosts of every point are worked on at once, as the projection assumes.
 
 `scale`:
 Needs root and the lab's prerequisites (docs/lab.md). Grows a copy of the lab site under another
@@ -50,7 +52,7 @@ import os
 import re
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -66,6 +68,7 @@ STOCK_TARGET = 1.5
 FLOOR_TARGET = 2.0  # first deploy / floor
 BYTES_TARGET = 0.05  # control host's bytes sent per host / bundle size
 BEFORE_SECONDS = 232.0  # the lab's 3-host first deploy when issue 31 was filed
+NATIONAL_FORKS = 100  # the forks docs/deploy.md gives a national site's `aifactory deploy`
 
 
 @dataclass(frozen=True)
@@ -144,8 +147,8 @@ def main() -> int:
     parser.add_argument(
         "--forks",
         type=int,
-        default=DeploySettings().forks,
-        help="path: the projection's forks (deploy --forks)",
+        default=NATIONAL_FORKS,
+        help=f"path: the runs' and the projection's forks (deploy --forks; default {NATIONAL_FORKS})",
     )
     parser.add_argument(
         "--hosts",
@@ -354,7 +357,9 @@ def floor(hosts: int, *, keep: bool) -> int:
         control_pid = control.host(control.control_host or "").anchor.pid
         before = sent_bytes(control_pid)
         first: DeployResult = deploy_site(
-            plan_site(spec, write_lock=False), connection=lab_connection(site), options=DeployOptions()
+            plan_site(spec, write_lock=False),
+            connection=lab_connection(site),
+            options=DeployOptions(),
         )
         sent = sent_bytes(control_pid) - before
         if first.exit_code != 0:
@@ -404,8 +409,9 @@ def children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def path_point(hosts: int, work: Path) -> PathPoint:
-    """One lab of `hosts` hosts: deploy it, then time the converged probe and a no-op --full deploy."""
+def path_point(hosts: int, work: Path, settings: DeploySettings) -> PathPoint:
+    """One lab of `hosts` hosts: deploy it, then time the converged probe and a no-op --full deploy,
+    each with `settings` (forks)."""
     import time
 
     from aifactory.deploy import check_converged
@@ -421,14 +427,18 @@ def path_point(hosts: int, work: Path) -> PathPoint:
         # The runtime tree: the first deploys (not measured here) of a large lab in minutes, not hours.
         build_and_import(spec, site, folder, runtime_trees=True)
         first = deploy_site(
-            plan_site(spec, write_lock=False), connection=lab_connection(site), options=DeployOptions()
+            plan_site(spec, write_lock=False),
+            connection=lab_connection(site),
+            options=DeployOptions(settings=settings),
         )
         if first.exit_code != 0:
             raise SystemExit(
                 f"{hosts} hosts: the first deploy failed: {first.failed_hosts} ({first.event_log})"
             )
         cpu, started = children_cpu(), time.monotonic()
-        found = check_converged(plan_site(spec, write_lock=False), connection=lab_connection(site))
+        found = check_converged(
+            plan_site(spec, write_lock=False), connection=lab_connection(site), settings=settings
+        )
         probe_wall, probe_cpu = time.monotonic() - started, children_cpu() - cpu
         unconverged = sorted(h for h, why in found.items() if why is not None)
         if unconverged:
@@ -436,7 +446,7 @@ def path_point(hosts: int, work: Path) -> PathPoint:
         full = deploy_site(
             plan_site(spec, write_lock=False),
             connection=lab_connection(site),
-            options=DeployOptions(full=True),
+            options=DeployOptions(full=True, settings=settings),
         )
         if full.exit_code != 0 or full.changed:
             raise SystemExit(
@@ -468,9 +478,13 @@ def path(points: list[int], *, cores: int, forks: int, keep: bool) -> int:
     work = Path(tempfile.mkdtemp(prefix="deploy-path-"))
     os.environ["AIFACTORY_STATE_HOME"] = str(work / "state")
     os.environ["AIFACTORY_BUNDLES_HOME"] = str(work / "bundles")
-    print(f"labs of {', '.join(map(str, points))} hosts on {os.cpu_count()} cores; state in {work}")
+    print(
+        f"labs of {', '.join(map(str, points))} hosts on {os.cpu_count()} cores, forks {forks}; "
+        f"state in {work}"
+    )
     print(f"{'hosts':>5} {'first s':>10} {'probe s':>9} {'probe cpu':>9} {'full s':>9} {'full cpu':>9}")
-    measured = [path_point(n, work) for n in points]
+    settings = replace(DeploySettings(), forks=forks)
+    measured = [path_point(n, work, settings) for n in points]
     first, second, last = measured[0], measured[1], measured[-1]
     print()
     for label, attr in (("probe", "probe"), ("no-op --full", "full")):

@@ -465,18 +465,24 @@ def _set_up(planned: PlannedSite, options: DeployOptions, state: SiteState, conn
 
 
 def check_converged(
-    planned: PlannedSite, *, connection: Connection, site_name: str | None = None
+    planned: PlannedSite,
+    *,
+    connection: Connection,
+    site_name: str | None = None,
+    settings: DeploySettings | None = None,
 ) -> dict[str, str | None]:
     """Read-only: for every planned host, None when it still matches its last full deploy, else why
-    a deploy would run it. Changes nothing on the hosts (`aifactory up` verifies deploy with it)."""
+    a deploy would run it. Changes nothing on the hosts (`aifactory up` verifies deploy with it).
+    `settings`: Ansible's (forks...), as a deploy with them would probe."""
     _require_runner()
     name = site_name or planned.plan.name
     state = SiteState.for_site(name)
+    options = DeployOptions(settings=settings or DeploySettings())
     with state.lock("deploy"):
-        setup = _set_up(planned, DeployOptions(), state, connection)
+        setup = _set_up(planned, options, state, connection)
         log = setup.ansible.folder / "converged-check.jsonl"
         with log.open("w") as log_handle:
-            found = _probe_converged(setup.ansible, state, DeployOptions(), log_handle)
+            found = _probe_converged(setup.ansible, state, options, log_handle)
     hosts = sorted(h.name for h in setup.plan.hosts)
     return {
         host: None
