@@ -5,7 +5,7 @@ The folder `ansible-inventory -i DIR` reads:
     DIR/hosts.yml            groups: pool_*, role_*, dc_*, fabric_*, tenant_* (tenants hold their pools)
     DIR/group_vars/all.yml   the site: jurisdiction, air gap, plan digest, bundle location, ...
     DIR/host_vars/<h>.yml    one host: addresses, mounts, GPUs, NCCL environment, ...
-    DIR/.data/site.json      site values held beside the inventory: the storage systems
+    DIR/.data/site.json      site values held beside the inventory: the storage systems, the prices
     DIR/.data/hosts/<h>.json one host's values held beside the inventory: its fabric rails
 
 Ansible resolves every host's variables for `ansible-inventory --list` and for each play, copying
@@ -13,7 +13,9 @@ what group_vars/all holds into every host. So data as large as the site is not p
 topology (every compute node: 244 KB at 1,271 hosts) is written once, in the host vars of the host it
 belongs to (the Slurm controller), and every host is told where it is (`aifactory_slurm_host`); the
 roles read it through `hostvars`. And the bulkiest values, the site's storage systems (a copy in
-every host) and each host's fabric rails (eight fields per rail, ten rails on a GPU host), are held
+every host), its prices (economics: a cost per second for every host, 66 KB at 1,271 hosts, which
+only the monitoring host reads) and each host's fabric rails (eight fields per rail, ten rails on a
+GPU host), are held
 beside the inventory as JSON under `.data/` (a hidden folder: Ansible never parses it as an inventory
 source); group_vars/all defines each as a `lookup('ansible.builtin.file', ...) | from_json` of its file,
 templated on the controller only where a role uses it. A lookup's result is never trusted as a
@@ -137,7 +139,7 @@ SLURM_HOST_VAR = "aifactory_slurm_host"
 DATA_DIR = ".data"
 SITE_DATA_FILE = f"{DATA_DIR}/site.json"
 HOST_DATA_DIR = f"{DATA_DIR}/hosts"
-SITE_DATA_VARS = ("aifactory_storage",)
+SITE_DATA_VARS = ("aifactory_storage", "aifactory_economics")
 HOST_DATA_VARS = ("aifactory_fabric_addresses",)
 
 HEADER = "# Rendered by `aifactory inventory` from the site's plan; do not edit (re-render instead).\n"
@@ -173,7 +175,7 @@ def build_inventory(
     host_data = {host: _take(values, HOST_DATA_VARS) for host, values in host_vars.items()}
     group_vars = _site_vars(plan, bundle, site_vars)
     site_data = _take(group_vars, SITE_DATA_VARS)
-    group_vars.update(_data_lookups())
+    group_vars.update(_data_lookups(site_data))
     return Inventory(
         site=_name(plan.name, "site name"),
         groups=_groups(plan),
@@ -189,9 +191,11 @@ def _take(values: dict[str, Any], names: tuple[str, ...]) -> dict[str, Any]:
     return {name: values.pop(name) for name in names if name in values}
 
 
-def _data_lookups() -> dict[str, str]:
+def _data_lookups(site_data: Mapping[str, Any]) -> dict[str, str]:
     """group_vars/all's definition of each variable held beside the inventory: its file read on the
     controller (`inventory_dir` is this folder; host names are checked, so the path stays in it).
+    Only the site variables the plan has: a site without economics defines no `aifactory_economics`,
+    so the roles' `default(...)` still sees it undefined.
     aifactory's own templates, built from constants: written plain, so that Ansible templates them."""
     site = f"lookup('ansible.builtin.file', inventory_dir ~ '/{SITE_DATA_FILE}') | from_json"
     host = (
@@ -199,7 +203,7 @@ def _data_lookups() -> dict[str, str]:
         " | from_json"
     )
     return {
-        **{name: f"{{{{ ({site})[{name!r}] }}}}" for name in SITE_DATA_VARS},
+        **{name: f"{{{{ ({site})[{name!r}] }}}}" for name in SITE_DATA_VARS if name in site_data},
         **{name: f"{{{{ ({host})[{name!r}] }}}}" for name in HOST_DATA_VARS},
     }
 

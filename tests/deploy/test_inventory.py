@@ -164,10 +164,10 @@ SEE_HELD_BESIDE = """
 """
 
 
-def _what_the_roles_see(inventory: Path, out: Path) -> dict[str, str]:
+def _what_the_roles_see(inventory: Path, out: Path, play: str = SEE_HELD_BESIDE) -> dict[str, str]:
     out.mkdir(parents=True)
     playbook = out.parent / f"{out.name}.yml"
-    playbook.write_text(SEE_HELD_BESIDE.format(roles=ROLES, out=out))
+    playbook.write_text(play.format(roles=ROLES, out=out))
     env = {
         "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin",
         "ANSIBLE_HOME": str(out.parent / "ah"),
@@ -217,6 +217,59 @@ def test_roles_see_the_values_held_beside_the_inventory_as_they_saw_them_inline(
     assert [s["name"] for s in json.loads(beside[f"{host.name}.storage.json"])] == [
         s.name for s in gpu_plan.storage
     ]
+
+
+LAB_SITE = Path(__file__).resolve().parents[2] / "inventory" / "lab" / "site.yaml"
+
+# The monitoring role's price rules (its defaults and template) on the monitoring host, where a site
+# has prices; on every host, whether `aifactory_economics` is defined at all.
+SEE_PRICES = """
+- name: What the monitoring role makes of the prices
+  hosts: all
+  gather_facts: false
+  vars_files:
+    - {roles}/monitoring/defaults/main.yml
+  tasks:
+    - name: Whether the prices are defined here
+      ansible.builtin.copy:
+        content: "{{{{ aifactory_economics is defined }}}} {{{{ monitoring_economics | length }}}}"
+        dest: "{out}/{{{{ inventory_hostname }}}}.defined"
+        mode: "0644"
+    - name: The price rules
+      ansible.builtin.template:
+        src: {roles}/monitoring/templates/economics-prices.rules.yml.j2
+        dest: "{out}/{{{{ inventory_hostname }}}}.rules.yml"
+        mode: "0644"
+      when: inventory_hostname == monitoring_server_host and monitoring_economics | length > 0
+"""
+
+
+def test_the_prices_are_held_beside_the_inventory_and_the_price_rules_are_unchanged(tmp_path: Path) -> None:
+    """A cost per second for every host grows with the site (66 KB at 1,271 hosts), and only the
+    monitoring host reads it: held beside the inventory, not copied into every host. The price rules
+    the monitoring role writes from it are byte for byte those of the inline layout; a site without
+    prices defines no `aifactory_economics`, so the role writes none."""
+    plan = plan_site(LAB_SITE, write_lock=False).plan
+    inventory = build_inventory(plan)
+    assert "aifactory_economics" in inventory.site_data
+    write_inventory(inventory, tmp_path / "beside")
+    write_inventory(inventory.inlined(), tmp_path / "inline")
+    listed = json.loads(ansible_inventory(tmp_path / "beside", "--list"))["_meta"]["hostvars"]
+    assert all(v["aifactory_economics"].startswith("{{ (lookup(") for v in listed.values())
+    beside = _what_the_roles_see(tmp_path / "beside", tmp_path / "seen-beside", SEE_PRICES)
+    inline = _what_the_roles_see(tmp_path / "inline", tmp_path / "seen-inline", SEE_PRICES)
+    assert beside == inline
+    rules = yaml.safe_load(beside[f"{plan.control_host}.rules.yml"])
+    recorded = [r for g in rules["groups"] for r in g["rules"] if "host_cost_per_second" in r["record"]]
+    assert sorted(r["labels"]["host"] for r in recorded) == sorted(h.name for h in plan.hosts)
+    assert {name for name in beside if name.endswith(".rules.yml")} == {f"{plan.control_host}.rules.yml"}
+    # a site without prices: nothing defined, no price rules
+    gpu = plan_site(GPU_SITE, write_lock=False).plan
+    assert gpu.economics is None
+    write_inventory(build_inventory(gpu), tmp_path / "no-prices")
+    seen = _what_the_roles_see(tmp_path / "no-prices", tmp_path / "seen-no-prices", SEE_PRICES)
+    assert {seen[f"{h.name}.defined"] for h in gpu.hosts} == {"False 0"}
+    assert not [name for name in seen if name.endswith(".rules.yml")]
 
 
 def test_rewriting_removes_hosts_that_left_and_refuses_foreign_folders(
