@@ -48,7 +48,7 @@ import yaml
 
 from aifactory.errors import Location, StateError, UnsafeValueError, UsageError
 from aifactory.inventory.model import Group, Inventory, group_name
-from aifactory.plan.model import Host, SitePlan, section_dict
+from aifactory.plan.model import FrontDoorPlan, Host, SitePlan, section_dict
 from aifactory.plan.serving import serving_digests
 from aifactory.scheduler.topology import slurm_topology
 from aifactory.spec.model import (
@@ -134,6 +134,11 @@ def load_inventory_yaml(text: str) -> Any:
 SLURM_VAR = "aifactory_slurm"
 SLURM_HOST_VAR = "aifactory_slurm_host"
 
+# The front door's backends (every serving host: the front_door role's HAProxy servers) in the host
+# vars of the front door's host only, and on each backend the flag that opens its listener.
+FRONT_DOOR_BACKENDS_VAR = "aifactory_front_door_backends"
+BEHIND_FRONT_DOOR_VAR = "aifactory_behind_front_door"
+
 # Values held beside the inventory (module docstring): the folder (hidden, so never an inventory
 # source), the site's file and each host's, and the variables each holds.
 DATA_DIR = ".data"
@@ -172,6 +177,8 @@ def build_inventory(
     if slurm is not None:
         controller = _name(slurm["controller"]["name"], "Slurm controller")
         host_vars[controller][SLURM_VAR] = _unsafe(slurm, f"host_vars.{controller}.{SLURM_VAR}")
+    if plan.front_door is not None:
+        _place_front_door_backends(plan.front_door, host_vars)
     host_data = {host: _take(values, HOST_DATA_VARS) for host, values in host_vars.items()}
     group_vars = _site_vars(plan, bundle, site_vars)
     site_data = _take(group_vars, SITE_DATA_VARS)
@@ -184,6 +191,19 @@ def build_inventory(
         host_data=host_data,
         site_data=site_data,
     )
+
+
+def _place_front_door_backends(front_door: FrontDoorPlan, host_vars: dict[str, dict[str, Any]]) -> None:
+    """The backends as the front door's host wants them, and each backend's flag: a list as long as
+    the serving hosts is never copied into every host (group_vars/all keeps the door's address and
+    ports, which every backend needs)."""
+    door = _name(front_door.host, "front door host")
+    backends = [section_dict(b) for b in front_door.backends]
+    host_vars[door][FRONT_DOOR_BACKENDS_VAR] = _unsafe(
+        backends, f"host_vars.{door}.{FRONT_DOOR_BACKENDS_VAR}"
+    )
+    for backend in front_door.backends:
+        host_vars[_name(backend.name, "front door backend")][BEHIND_FRONT_DOOR_VAR] = True
 
 
 def _take(values: dict[str, Any], names: tuple[str, ...]) -> dict[str, Any]:
@@ -320,11 +340,13 @@ def _site_vars(
     prices = price_settings(plan)
     if prices is not None:
         values["aifactory_economics"] = prices
-    # The front door (host, its address, ports, the serving hosts behind it): the front_door role on
-    # that host, and each backend's runtime opens its front door port (docs/runtime.md, "Front door").
-    # Likewise only on a site that has one.
+    # The front door (host, its address, ports): the front_door role on that host, and each backend's
+    # runtime opens its front door port (docs/runtime.md, "Front door"). Likewise only on a site that
+    # has one. Its backends go to the front door's host alone (_place_front_door_backends).
     if plan.front_door is not None:
-        values["aifactory_front_door"] = section_dict(plan.front_door)
+        door = section_dict(plan.front_door)
+        del door["backends"]
+        values["aifactory_front_door"] = door
     # The loop's timers (the loop_timer role on the control host, docs/loop.md "The timer"): per model,
     # the calendar it looks on. Likewise only on a site with a loop section.
     if plan.loop:

@@ -81,8 +81,9 @@ def _serving(plan: SitePlan) -> list[str]:
 def test_a_site_without_a_front_door_keeps_its_inventory_bytes(
     fronted: tuple[Path, SitePlan], plain: tuple[Path, SitePlan]
 ) -> None:
-    """The same plan with and without the section: hosts and host vars byte for byte the same, and
-    group_vars/all.yml differs by the `aifactory_front_door` block and the plan's and spec's digests alone."""
+    """The same plan with and without the section: hosts byte for byte the same, group_vars/all.yml
+    differs by the `aifactory_front_door` block and the plan's and spec's digests alone, and host vars
+    by the backends' list on the front door's host and the flag on each backend alone."""
     with_door, without = fronted[1], plain[1]
     assert with_door.front_door is not None and without.front_door is None
     # The spec's digest differs too (the spec has one more section); the rest of the plan does not.
@@ -91,9 +92,12 @@ def test_a_site_without_a_front_door_keeps_its_inventory_bytes(
     files_without = render_files(build_inventory(without, bundle=BUNDLE))
     assert not any("front_door" in text for text in files_without.values())
     assert files_with.keys() == files_without.keys()
+    backends_block = re.compile(r"^aifactory_front_door_backends:\n(?:- .*\n|  .*\n)+", re.M)
+    flag = re.compile(r"^aifactory_behind_front_door: true\n", re.M)
     for name in files_without:
         if name != "group_vars/all.yml":
-            assert files_with[name] == files_without[name], name
+            stripped_host = flag.sub("", backends_block.sub("", files_with[name]))
+            assert stripped_host == files_without[name], name
     block = re.compile(r"^aifactory_front_door:\n(?:  .*\n)+", re.M)
     group_vars = files_with["group_vars/all.yml"]
     assert len(block.findall(group_vars)) == 1
@@ -115,15 +119,24 @@ def test_the_front_door_reaches_the_inventory_as_data_never_templated(fronted: t
         "address": control.management_address,
         "port": 8443,
         "backend_port": 8601,
-        "backends": [{"name": n, "address": plan.host(n).management_address} for n in _serving(plan)],
     }
+    # The backends, as long as the serving hosts: on the front door's host alone, and a flag on each.
+    host_vars = build_inventory(plan).host_vars
+    assert host_vars[control.name]["aifactory_front_door_backends"] == [
+        {"name": n, "address": plan.host(n).management_address} for n in _serving(plan)
+    ]
+    assert [h for h, v in host_vars.items() if "aifactory_front_door_backends" in v] == [control.name]
+    assert sorted(h for h, v in host_vars.items() if v.get("aifactory_behind_front_door") is True) == sorted(
+        _serving(plan)
+    )
     # A plan built around the spec's grammar: its strings still go out as `!unsafe`, read back as they were.
     hostile = "{{ lookup('pipe', 'id') }}"
-    door = replace(plan.front_door, backends=(FrontDoorBackendPlan("x", hostile),))
-    text = render_files(build_inventory(replace(plan, front_door=door)))["group_vars/all.yml"]
+    serving = _serving(plan)[0]
+    door = replace(plan.front_door, backends=(FrontDoorBackendPlan(serving, hostile),))
+    text = render_files(build_inventory(replace(plan, front_door=door)))[f"host_vars/{control.name}.yml"]
     assert "address: !unsafe '{{ lookup(''pipe'', ''id'') }}'" in text
-    assert load_inventory_yaml(text)["aifactory_front_door"]["backends"] == [
-        {"name": "x", "address": hostile}
+    assert load_inventory_yaml(text)["aifactory_front_door_backends"] == [
+        {"name": serving, "address": hostile}
     ]
 
 
