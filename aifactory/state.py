@@ -41,6 +41,12 @@ def state_home() -> Path:
     return base / "aifactory"
 
 
+# A command killed while it starts another process (`lab up` is, by its own tests) leaves the lock's
+# open file in that child until the child closes it on its way to exec: a moment, stretched on a busy
+# machine. The next command waits this long for such a lock when the command that took it is gone.
+RELEASE_GRACE_SECONDS = 10.0
+
+
 @dataclass(frozen=True)
 class SiteState:
     """The state folder of one site."""
@@ -90,6 +96,7 @@ class SiteState:
         owner_path = self.root / "lock.owner"
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
         deadline = time.monotonic() + wait
+        grace_given = False
         try:
             while True:
                 try:
@@ -97,6 +104,10 @@ class SiteState:
                     break
                 except BlockingIOError:
                     if time.monotonic() >= deadline:
+                        if not grace_given and _owner_gone(owner_path):
+                            grace_given = True
+                            deadline = time.monotonic() + RELEASE_GRACE_SECONDS
+                            continue
                         holder = _read_owner(owner_path)
                         raise SiteLocked(
                             f"site {self.site!r} is busy: {holder}",
@@ -144,12 +155,40 @@ class SiteState:
         return verify_chain(self.operator_log)
 
 
+def _owner_pid(path: Path) -> int | None:
+    try:
+        pid = json.loads(path.read_text())["pid"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return pid if isinstance(pid, int) and pid > 0 else None
+
+
+def _owner_gone(path: Path) -> bool:
+    """Whether the command that last took the lock is no longer running."""
+    pid = _owner_pid(path)
+    if pid is None:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
 def _read_owner(path: Path) -> str:
     try:
         owner = json.loads(path.read_text())
-        return f"`{owner['command']}` (pid {owner['pid']}) has held its lock since {owner['since']}"
-    except (OSError, ValueError, KeyError):
+        command, pid, since = owner["command"], owner["pid"], owner["since"]
+    except (OSError, ValueError, KeyError, TypeError):
         return "another command holds its lock"
+    if _owner_gone(path):
+        return (
+            f"`{command}` (pid {pid}, no longer running) took its lock at {since}, and a process it "
+            "started still holds it"
+        )
+    return f"`{command}` (pid {pid}) has held its lock since {since}"
 
 
 def who() -> str:

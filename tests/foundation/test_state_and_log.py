@@ -14,7 +14,7 @@ import pytest
 from waiting import wait_for
 
 from aifactory.chain import verify_chain
-from aifactory.errors import StateError
+from aifactory.errors import SiteLocked, StateError
 from aifactory.state import SiteState
 
 HOLDER = """
@@ -107,6 +107,76 @@ def test_second_changing_command_waits_with_wait(
         json.loads(line) for line in (state_home / "lab" / "operator.log.jsonl").read_text().splitlines()
     ]
     assert [r["command"] for r in records] == ["secret set"]
+
+
+# A child of a killed command: it holds the lock's open file (flock) without taking the lock itself,
+# so the owner file still names the command that took it.
+ORPHAN_HOLDER = """
+import fcntl, os, sys, time
+from pathlib import Path
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o600)
+fcntl.flock(fd, fcntl.LOCK_EX)
+Path(sys.argv[2]).write_text("held")
+time.sleep(float(sys.argv[3]))
+"""
+
+
+def _a_gone_command_took_the_lock(
+    state: SiteState, tmp_path: Path, seconds: float
+) -> subprocess.Popen[bytes]:
+    """The lock held by a live process while its owner file names a command that has ended."""
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    state.root.mkdir(parents=True, exist_ok=True)
+    state.path("lock.owner").write_text(
+        json.dumps({"pid": gone.pid, "command": "lab up", "since": "2026-12-04T12:21:12Z"}) + "\n"
+    )
+    flag = tmp_path / "orphan-held"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", ORPHAN_HOLDER, str(state.path("lock")), str(flag), str(seconds)]
+    )
+    wait_for(
+        lambda: flag.exists() or holder.poll() is not None,
+        what="the orphaned child to hold the lock",
+        timeout=30,
+    )
+    assert holder.poll() is None, "the orphaned child ended before it held the lock"
+    return holder
+
+
+def test_a_lock_left_in_a_killed_commands_child_is_waited_for_not_refused(
+    state_home: Path, tmp_path: Path
+) -> None:
+    state = SiteState.for_site("lab")
+    holder = _a_gone_command_took_the_lock(state, tmp_path, 1.5)
+    try:
+        with state.lock("lab down"):  # no --wait: the grace is for a lock whose command is gone
+            assert holder.poll() == 0, "the lock was taken while the child still held it"
+        owner = json.loads(state.path("lock.owner").read_text())
+        assert owner["command"] == "lab down" and owner["pid"] == os.getpid()
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_lock_held_on_after_its_command_ended_is_refused_after_the_grace_naming_it(
+    state_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import aifactory.state
+
+    monkeypatch.setattr(aifactory.state, "RELEASE_GRACE_SECONDS", 0.5)
+    state = SiteState.for_site("lab")
+    holder = _a_gone_command_took_the_lock(state, tmp_path, 30)
+    try:
+        with pytest.raises(SiteLocked) as refused, state.lock("lab down"):
+            pass
+        assert "`lab up` (pid " in str(refused.value)
+        assert "no longer running" in str(refused.value)
+        assert "a process it started still holds it" in str(refused.value)
+        assert holder.poll() is None
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 def test_operator_log_detects_an_edited_record(state_home: Path) -> None:
