@@ -27,12 +27,9 @@ with SiteState.for_site("lab").lock("deploy (test holder)"):
 """
 
 
-def _hold_lock(state_home: Path, tmp_path: Path, seconds: float) -> subprocess.Popen[bytes]:
-    flag = tmp_path / "held"
-    holder = subprocess.Popen(
-        [sys.executable, "-c", HOLDER, str(flag), str(seconds)],
-        env={**os.environ, "AIFACTORY_STATE_HOME": str(state_home)},
-    )
+def _holding(argv: list[str], flag: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """A process started with `argv`, once it has written `flag` (it holds the lock by then)."""
+    holder = subprocess.Popen(argv, env=env)
     wait_for(
         lambda: flag.exists() or holder.poll() is not None,
         what="the lock holder to take the lock",
@@ -40,6 +37,15 @@ def _hold_lock(state_home: Path, tmp_path: Path, seconds: float) -> subprocess.P
     )
     assert holder.poll() is None, "the lock holder ended before it held the lock"
     return holder
+
+
+def _hold_lock(state_home: Path, tmp_path: Path, seconds: float) -> subprocess.Popen[bytes]:
+    flag = tmp_path / "held"
+    return _holding(
+        [sys.executable, "-c", HOLDER, str(flag), str(seconds)],
+        flag,
+        env={**os.environ, "AIFACTORY_STATE_HOME": str(state_home)},
+    )
 
 
 def test_state_folder_is_private(state_home: Path) -> None:
@@ -132,16 +138,9 @@ def _a_gone_command_took_the_lock(
         json.dumps({"pid": gone.pid, "command": "lab up", "since": "2026-12-04T12:21:12Z"}) + "\n"
     )
     flag = tmp_path / "orphan-held"
-    holder = subprocess.Popen(
-        [sys.executable, "-c", ORPHAN_HOLDER, str(state.path("lock")), str(flag), str(seconds)]
+    return _holding(
+        [sys.executable, "-c", ORPHAN_HOLDER, str(state.path("lock")), str(flag), str(seconds)], flag
     )
-    wait_for(
-        lambda: flag.exists() or holder.poll() is not None,
-        what="the orphaned child to hold the lock",
-        timeout=30,
-    )
-    assert holder.poll() is None, "the orphaned child ended before it held the lock"
-    return holder
 
 
 def test_a_lock_left_in_a_killed_commands_child_is_waited_for_not_refused(
