@@ -52,8 +52,9 @@ from pathlib import Path
 import pytest
 
 # After a whole-suite run, every id of tests/expected_test_ids.txt must have been collected and not
-# newly skipped (tests/suite_ids.py); quick modules run first, lab modules last (tests/suite_order.py).
-pytest_plugins = ["acceptance", "suite_ids", "suite_order"]
+# newly skipped (tests/suite_ids.py); quick modules run first, lab modules last (tests/suite_order.py); on
+# several workers, the session lab's modules are one unit of work on one of them (tests/suite_workers.py).
+pytest_plugins = ["acceptance", "suite_ids", "suite_order", "suite_workers"]
 
 REPO = Path(__file__).resolve().parent.parent
 LAB_SPEC = REPO / "inventory" / "lab" / "site.yaml"

@@ -2,8 +2,9 @@
 of them may be skipped unless tests/expected_skipped_ids.txt lists it (what this machine skipped when
 the list was made: no `opa` binary, root reads any file mode).
 
-A pytest plugin, loaded by tests/conftest.py. After a run of the whole suite (no paths, -k, -m,
---deselect, --lf or -x narrowing it), the session fails and names each missing or newly skipped id.
+A pytest plugin, loaded by tests/conftest.py (on xdist's controller when the suite runs on workers,
+tests/suite_workers.py). After a run of the whole suite (no paths, -k, -m, --deselect, --lf or -x
+narrowing it), the session fails and names each missing or newly skipped id.
 New ids are welcome (add them to the list when convenient). A test renamed or removed on purpose:
 regenerate the list in the same commit and say why in the commit message:
 
@@ -96,6 +97,12 @@ class SuiteIds:
     def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
         self.collected = [item.nodeid for item in items]
 
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_xdist_node_collection_finished(self, node: object, ids: list[str]) -> None:
+        """On several workers (tests/suite_workers.py) the controller collects nothing itself: every
+        worker collects the whole suite and reports its ids here."""
+        self.collected = list(ids)
+
     def pytest_deselected(self, items: list[pytest.Item]) -> None:
         self.narrowed = self.narrowed or "tests deselected"
 
@@ -125,4 +132,6 @@ class SuiteIds:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    if hasattr(config, "workerinput"):
+        return  # an xdist worker: the controller sees every worker's ids and reports, and judges
     config.pluginmanager.register(SuiteIds(config, config.rootpath / "tests"), "aifactory-suite-ids")

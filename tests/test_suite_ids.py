@@ -123,3 +123,21 @@ def test_a_narrowed_run_is_not_judged(project: Path) -> None:
         assert "no longer collected" not in run.stdout, narrowed
     whole = pytest_in(project, "tests")  # `pytest tests` is the whole suite
     assert whole.returncode == 1 and "no longer collected" in whole.stdout
+
+
+def test_on_two_workers_every_id_passes_and_a_lost_one_fails_the_session(project: Path) -> None:
+    """Under pytest-xdist the controller collects nothing itself: it judges the ids its workers report
+    (tests/suite_workers.py runs the suite so)."""
+    run = pytest_in(project, "-n", "2")
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "4 passed, 1 skipped" in run.stdout
+    newly_skipped = pytest_in(project, "-n", "2", SKIP_IT="1")
+    assert newly_skipped.returncode == 1, newly_skipped.stdout + newly_skipped.stderr
+    assert "test id skipped (it ran when the list was made): tests/test_small.py::test_maybe_skipped" in (
+        newly_skipped.stdout
+    )
+    small = project / "tests" / "test_small.py"
+    small.write_text(small.read_text().replace("def test_kept", "def test_renamed"))
+    removed = pytest_in(project, "-n", "2")
+    assert removed.returncode == 1, removed.stdout + removed.stderr
+    assert "test id no longer collected: tests/test_small.py::test_kept" in removed.stdout

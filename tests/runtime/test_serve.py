@@ -227,7 +227,9 @@ def test_a_keep_alive_client_idle_at_a_graceful_stop_gets_its_next_request_answe
     def refusing() -> bool:  # the drain closes the listener first: a new connection is refused
         try:
             socket.create_connection(("127.0.0.1", running.port), timeout=1).close()
-        except ConnectionRefusedError:
+        except (ConnectionRefusedError, ConnectionResetError):
+            # Reset: the probe was still in the listener's queue when the drain closed it (a busy machine
+            # stretches that moment: seen with the suite on two workers). Either way, no longer accepting.
             return True
         return False
 
