@@ -3,12 +3,11 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
+from tiny_project import tiny_project_env
 
 MODULE = (
     "import pytest\n"
@@ -27,11 +26,10 @@ def _run(tmp_path: Path, *options: str, environment: dict[str, str] | None = Non
     tests.mkdir(exist_ok=True)
     (tests / "conftest.py").write_text('pytest_plugins = ["acceptance"]\n')
     (tests / "test_module.py").write_text(MODULE)
-    env = {k: v for k, v in os.environ.items() if k != "AIFACTORY_ACCEPTANCE"}
     run = subprocess.run(
         [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *options],
         cwd=tmp_path,
-        env={**env, "PYTHONPATH": str(HERE), **(environment or {})},
+        env=tiny_project_env(**(environment or {})),
         capture_output=True,
         text=True,
         timeout=120,

@@ -3,13 +3,13 @@ a test removed, renamed or newly skipped fails the session with the id named."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from suite_ids import compare, read_ids
+from tiny_project import tiny_project_env
 
 HERE = Path(__file__).resolve().parent
 
@@ -83,7 +83,7 @@ def pytest_in(project: Path, *args: str, **env: str) -> subprocess.CompletedProc
     return subprocess.run(
         [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args],
         cwd=project,
-        env={**os.environ, "PYTHONPATH": str(HERE), **env},
+        env=tiny_project_env(**env),
         capture_output=True,
         text=True,
         timeout=120,

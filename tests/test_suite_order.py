@@ -4,12 +4,11 @@ on the deployed lab, then acceptance modules; each module stays whole and in fil
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
+from tiny_project import tiny_project_env
 
 MODULES = {
     "test_00_acceptance.py": (
@@ -37,7 +36,7 @@ def test_modules_run_quick_then_slow_then_lab_each_in_file_order(tmp_path: Path)
     run = subprocess.run(
         [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--collect-only", "-q"],
         cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(HERE)},
+        env=tiny_project_env(),
         capture_output=True,
         text=True,
         timeout=120,

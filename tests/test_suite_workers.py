@@ -6,15 +6,13 @@ loads the plugin as the suite does and runs on two real xdist workers."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 from suite_order import DEPLOYED, LAB, QUICK, SLOW
 from suite_workers import SESSION_LAB, workqueue
-
-HERE = Path(__file__).resolve().parent
+from tiny_project import tiny_project_env
 
 CONFTEST = """
 import json, os, pytest
@@ -85,7 +83,7 @@ def test_on_two_workers_the_lab_comes_up_once_and_every_module_stays_whole(tmp_p
     run = subprocess.run(
         [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-n", "2"],
         cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(HERE), "SUITE_RECORD": str(record)},
+        env=tiny_project_env(SUITE_RECORD=str(record)),
         capture_output=True,
         text=True,
         timeout=120,
