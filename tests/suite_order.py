@@ -29,13 +29,23 @@ def item_rank(item: pytest.Item) -> int:
     return QUICK
 
 
+def module_of(nodeid: str) -> str:
+    return nodeid.split("::", 1)[0]
+
+
+def module_ranks(items: list[pytest.Item]) -> dict[str, int]:
+    """Each module's rank: that of its slowest test."""
+    ranks: dict[str, int] = {}
+    for item in items:
+        module = module_of(item.nodeid)
+        ranks[module] = max(ranks.get(module, QUICK), item_rank(item))
+    return ranks
+
+
 def fast_first(items: list[pytest.Item]) -> list[pytest.Item]:
     """`items` with each module at its slowest test's rank; a stable sort keeps the order within."""
-    module_rank: dict[str, int] = {}
-    for item in items:
-        module = item.nodeid.split("::", 1)[0]
-        module_rank[module] = max(module_rank.get(module, QUICK), item_rank(item))
-    return sorted(items, key=lambda item: module_rank[item.nodeid.split("::", 1)[0]])
+    ranks = module_ranks(items)
+    return sorted(items, key=lambda item: ranks[module_of(item.nodeid)])
 
 
 @pytest.hookimpl(tryfirst=True)

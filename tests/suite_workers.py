@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from suite_order import ACCEPTANCE, DEPLOYED, LAB, QUICK, SLOW, item_rank
+from suite_order import ACCEPTANCE, DEPLOYED, LAB, QUICK, SLOW, module_of, module_ranks
 
 MAX_WORKERS = 4  # more labs at once than this only contend for the disk and the machine's sshd
 SESSION_LAB = "the session lab"  # the unit of every module on the `lab` fixture
@@ -43,19 +43,13 @@ GROUPS_KEY = "aifactory_suite_groups"  # workerinput: the folder workers write t
 HAND_OUT = {QUICK: 1, LAB: 2, SLOW: 3, DEPLOYED: 4, ACCEPTANCE: 5}
 
 
-def module_of(nodeid: str) -> str:
-    return nodeid.split("::", 1)[0]
-
-
 def units_of(items: list[pytest.Item]) -> dict[str, dict[str, Any]]:
     """Each module's unit of work and rank: {module: {"unit": name, "rank": rank of its slowest test}}."""
-    modules: dict[str, dict[str, Any]] = {}
-    for item in items:
-        entry = modules.setdefault(module_of(item.nodeid), {"unit": module_of(item.nodeid), "rank": QUICK})
-        entry["rank"] = max(entry["rank"], item_rank(item))
-        if "lab" in getattr(item, "fixturenames", ()):
-            entry["unit"] = SESSION_LAB
-    return modules
+    on_session_lab = {module_of(i.nodeid) for i in items if "lab" in getattr(i, "fixturenames", ())}
+    return {
+        module: {"unit": SESSION_LAB if module in on_session_lab else module, "rank": rank}
+        for module, rank in module_ranks(items).items()
+    }
 
 
 def hand_out_order(unit: str, rank: int) -> int:

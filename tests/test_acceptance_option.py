@@ -3,11 +3,9 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
-from tiny_project import tiny_project_env
+from tiny_project import pytest_in
 
 MODULE = (
     "import pytest\n"
@@ -26,14 +24,7 @@ def _run(tmp_path: Path, *options: str, environment: dict[str, str] | None = Non
     tests.mkdir(exist_ok=True)
     (tests / "conftest.py").write_text('pytest_plugins = ["acceptance"]\n')
     (tests / "test_module.py").write_text(MODULE)
-    run = subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *options],
-        cwd=tmp_path,
-        env=tiny_project_env(**(environment or {})),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    run = pytest_in(tmp_path, *options, **(environment or {}))
     return run.stdout + run.stderr
 
 

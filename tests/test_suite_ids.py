@@ -3,13 +3,11 @@ a test removed, renamed or newly skipped fails the session with the id named."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from suite_ids import compare, read_ids
-from tiny_project import tiny_project_env
+from tiny_project import pytest_in
 
 HERE = Path(__file__).resolve().parent
 
@@ -77,17 +75,6 @@ def project(tmp_path: Path) -> Path:
     (tmp_path / "tests" / "expected_test_ids.txt").write_text("\n".join(EXPECTED) + "\n")
     (tmp_path / "tests" / "expected_skipped_ids.txt").write_text("tests/test_small.py::test_skipped_today\n")
     return tmp_path
-
-
-def pytest_in(project: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args],
-        cwd=project,
-        env=tiny_project_env(**env),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
 
 
 def test_a_whole_run_with_every_id_passes(project: Path) -> None:

@@ -4,11 +4,9 @@ on the deployed lab, then acceptance modules; each module stays whole and in fil
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
-from tiny_project import tiny_project_env
+from tiny_project import pytest_in
 
 MODULES = {
     "test_00_acceptance.py": (
@@ -33,14 +31,7 @@ def test_modules_run_quick_then_slow_then_lab_each_in_file_order(tmp_path: Path)
     )
     for name, text in MODULES.items():
         (tests / name).write_text(text)
-    run = subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--collect-only", "-q"],
-        cwd=tmp_path,
-        env=tiny_project_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    run = pytest_in(tmp_path, "--collect-only", "-q")
     assert run.returncode == 0, run.stdout + run.stderr
     assert [line for line in run.stdout.splitlines() if "::" in line] == [
         "tests/test_c_quick.py::test_y",

@@ -6,13 +6,11 @@ loads the plugin as the suite does and runs on two real xdist workers."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 from suite_order import DEPLOYED, LAB, QUICK, SLOW
 from suite_workers import SESSION_LAB, workqueue
-from tiny_project import tiny_project_env
+from tiny_project import pytest_in
 
 CONFTEST = """
 import json, os, pytest
@@ -80,14 +78,7 @@ def test_on_two_workers_the_lab_comes_up_once_and_every_module_stays_whole(tmp_p
     for name, text in MODULES.items():
         (tests / name).write_text(text)
     record = tmp_path / "record.jsonl"
-    run = subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-n", "2"],
-        cwd=tmp_path,
-        env=tiny_project_env(SUITE_RECORD=str(record)),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    run = pytest_in(tmp_path, "-n", "2", SUITE_RECORD=str(record))
     assert run.returncode == 0, run.stdout + run.stderr
     assert "10 passed" in run.stdout
     entries = [json.loads(line) for line in record.read_text().splitlines()]
