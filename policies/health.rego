@@ -70,7 +70,29 @@ _peer_within(peer) if {
 	_within(peer.value, peer.threshold)
 }
 
-_own_link_slow if _crossed("tcp-bandwidth")
+# This host's own link is slow: a measurement of it crossed its threshold and neither a peer's link
+# down nor a slower peer explains it.
+_own_link_slow if {
+	some m in input.measurements
+	m.check == "tcp-bandwidth"
+	m.value != null
+	not _within(m.value, input.thresholds["tcp-bandwidth"])
+	not _peer_down(m.subject)
+	not _peer_slower(m)
+}
+
+# The peer measured towards is slow on its own measurement too, and slower than this one: the slow
+# link is the peer's. A stream towards a host with a slow link is slowed as well (TCP's
+# acknowledgements come back over that link), so of two slow ends the slower one is blamed; a tie
+# blames both.
+_peer_slower(m) if {
+	some peer in object.get(input, ["pool", "bandwidth"], [])
+	peer.host == m.subject
+	peer.host != input.host
+	peer.value != null
+	not _within(peer.value, peer.threshold)
+	peer.value < m.value
+}
 
 # METADATA
 # title: Service not running
@@ -195,18 +217,12 @@ reasons contains "link-up" if _crossed("link-up")
 
 # METADATA
 # title: Link bandwidth
-# description: TCP bandwidth from the host to a peer on the compute fabric (iperf3) is above the threshold.
+# description: TCP bandwidth from the host to a peer on the compute fabric (iperf3) is above the threshold; a slow measurement towards a peer whose link is down, or whose own measurement is slower, is the peer's.
 # custom:
 #   controls: [SI-6, SC-5]
 #   severity: high
 #   remediation: Check the host's compute link (speed, errors, traffic shaping, cable) and its switch port.
-reasons contains "tcp-bandwidth" if {
-	some m in input.measurements
-	m.check == "tcp-bandwidth"
-	m.value != null
-	not _within(m.value, input.thresholds["tcp-bandwidth"])
-	not _peer_down(m.subject)
-}
+reasons contains "tcp-bandwidth" if _own_link_slow
 
 # A peer whose own link is down, or which did not answer at all (input.fabric.links_down): a
 # measurement towards it that is slow or could not be made is its fault, not this host's.

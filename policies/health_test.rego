@@ -332,6 +332,49 @@ test_tcp_bandwidth_not_excused_by_another_host_down if {
 	_decide(doc).reasons == ["tcp-bandwidth"]
 }
 
+# Two slow ends: the slower is blamed. The stream towards a host whose link is limited is slowed by
+# its acknowledgements (the lab under load: 0.078 towards a host limited to 20 Mbit/s, which measured 0.018).
+test_tcp_bandwidth_towards_a_slower_peer_excused if {
+	slow := [m | some m0 in _with("tcp-bandwidth", 0.078); m := object.union(m0, {"subject": _subject(m0, "n2")})]
+	pool := {"bandwidth": [{"host": "n1", "value": 0.078, "threshold": _thresholds["tcp-bandwidth"]}, {"host": "n2", "value": 0.018, "threshold": _thresholds["tcp-bandwidth"]}]}
+	d := _decide(object.union(_host(slow), {"pool": pool}))
+	d.verdict == "admit"
+	# still in the evidence: what was measured, and against what
+	some f in d.failures
+	f.check == "tcp-bandwidth"
+	f.value == 0.078
+}
+
+# The slower end itself: its peer's measurement, slow but faster, excuses nothing of its own.
+test_tcp_bandwidth_the_slower_end_is_drained if {
+	slow := [m | some m0 in _with("tcp-bandwidth", 0.018); m := object.union(m0, {"subject": _subject(m0, "n2")})]
+	pool := {"bandwidth": [{"host": "n1", "value": 0.018, "threshold": _thresholds["tcp-bandwidth"]}, {"host": "n2", "value": 0.078, "threshold": _thresholds["tcp-bandwidth"]}]}
+	d := _decide(object.union(_host(slow), {"pool": pool}))
+	d.reasons == ["tcp-bandwidth"]
+}
+
+# Only a slow and slower peer excuses: a healthy peer, an unmeasured one, a tie, or a slower host
+# that is not the one measured towards does not.
+test_tcp_bandwidth_not_excused_by_a_peer_that_is_not_slower if {
+	slow := [m | some m0 in _with("tcp-bandwidth", 0.05); m := object.union(m0, {"subject": _subject(m0, "n2")})]
+	every peers in [
+		[{"host": "n2", "value": 1.2}],
+		[{"host": "n2", "value": null}],
+		[{"host": "n2", "value": 0.05}],
+		[{"host": "n2", "value": 0.06}, {"host": "n3", "value": 0.01}],
+	] {
+		pool := {"bandwidth": [object.union(p, {"threshold": _thresholds["tcp-bandwidth"]}) | some p in peers]}
+		_decide(object.union(_host(slow), {"pool": pool})).reasons == ["tcp-bandwidth"]
+	}
+}
+
+# A host excused for its slow stream is not "own link slow": its slow collective is excused too.
+test_slow_collective_and_stream_towards_the_slower_peer_both_excused if {
+	ms := [m | some m0 in _with("allreduce-busbw", 0.001); m := object.union(_replace(m0, "tcp-bandwidth", 0.078), {"subject": _subject(m0, "n2")})]
+	pool := {"bandwidth": [{"host": "n1", "value": 0.078, "threshold": _thresholds["tcp-bandwidth"]}, {"host": "n2", "value": 0.018, "threshold": _thresholds["tcp-bandwidth"]}]}
+	_decide(object.union(_host(ms), {"pool": pool})).verdict == "admit"
+}
+
 _subject(m, peer) := peer if m.check == "tcp-bandwidth"
 
 _subject(m, _) := m.subject if m.check != "tcp-bandwidth"
