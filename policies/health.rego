@@ -90,7 +90,7 @@ _peer_slower(m) if {
 	peer.host == m.subject
 	peer.host != input.host
 	peer.value != null
-	not _within(peer.value, peer.threshold)
+	not _peer_within(peer)
 	peer.value < m.value
 }
 
