@@ -11,6 +11,7 @@ import ssl
 import subprocess
 import sys
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -107,6 +108,16 @@ class Server:
             if response.getheader("Content-Type") == "application/json"
             else {"text": raw.decode()}
         )
+
+    def wait_logged(self, lines: Sequence[str], *, what: str, timeout: float) -> None:
+        """Wait until the server's output holds every one of `lines`: the output reaches the test through
+        a reader thread (start_server's pump), which a busy machine holds back behind the server."""
+
+        def logged() -> bool:
+            text = "".join(self.output)
+            return all(line in text for line in lines)
+
+        wait_for(logged, what=what, timeout=timeout, detail=lambda: "".join(self.output)[-4000:])
 
     def stop(self, signum: int = signal.SIGTERM) -> int:
         if self.process.poll() is None:

@@ -275,12 +275,7 @@ def test_a_proxy_header_from_anyone_but_the_front_door_is_refused(
         f"connection from {STRANGER_ADDRESS} on the front door's port refused: not the front door",
         "not a PROXY protocol v2 header (signature) (bad-signature)",
     )
-    wait_for(
-        lambda: all(line in "".join(server.output) for line in wanted),
-        what="the server to log both refusals",
-        timeout=20,
-        detail=lambda: "".join(server.output)[-2000:],
-    )
+    server.wait_logged(wanted, what="the server to log both refusals", timeout=20)
 
 
 def test_draining_at_the_front_door_sends_no_new_connection_to_the_node(
