@@ -32,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Generator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,7 +54,7 @@ class _Windows:
         self.out.flush()
 
     @pytest.hookimpl(hookwrapper=True)
-    def pytest_runtest_protocol(self, item: pytest.Item, nextitem: pytest.Item | None) -> object:
+    def pytest_runtest_protocol(self, item: pytest.Item, nextitem: pytest.Item | None) -> Generator[None]:
         started = time.time()
         yield
         record = {"id": item.nodeid, "start": started, "end": time.time()}
@@ -172,7 +173,7 @@ def report(placed: dict[str, dict[str, float]], windows: list[Window], busy: flo
     commands: collections.Counter[str] = collections.Counter()
     for by_command in placed.values():
         commands.update(by_command)
-    walls: collections.Counter[str] = collections.Counter()
+    walls: dict[str, float] = collections.defaultdict(float)
     for window in windows:
         walls[window.module] += window.end - window.start
     lines = [
