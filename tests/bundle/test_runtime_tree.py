@@ -30,7 +30,7 @@ from typing import Any
 
 import pytest
 
-from aifactory.bundle import BuildOptions, build_bundle
+from aifactory.bundle import BuildOptions, build_bundle, collection
 from aifactory.bundle import runtime_tree as rt
 from aifactory.bundle.wheelhouse import Platform
 from aifactory.errors import BundleError
@@ -160,6 +160,10 @@ def _run_install(
         "ANSIBLE_HOME": str(folder / "ansible-home"),
         "ANSIBLE_LOCAL_TEMP": str(folder / "ansible-tmp"),
         "ANSIBLE_ROLES_PATH": str(ROLES),
+        # the role's module (aifactory.factory.aifactory_runtime_tree) straight from the checkout
+        "ANSIBLE_COLLECTIONS_PATH": str(
+            collection.source_collections_path(ROLES.parent, folder / "collections")
+        ),
         "ANSIBLE_NOCOLOR": "1",
     }
     argv = [ANSIBLE_PLAYBOOK, "-i", "localhost,", "-c", "local", str(playbook), "-e", json.dumps(extra)]

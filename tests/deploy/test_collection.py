@@ -6,9 +6,12 @@ playbooks/ansible.cfg prints no configuration warning."""
 
 from __future__ import annotations
 
+import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -19,7 +22,7 @@ REPO = Path(__file__).resolve().parents[2]
 PLAYBOOKS = REPO / "playbooks"
 BIN = Path(sys.executable).parent
 ROLES = sorted(r.name for r in (PLAYBOOKS / "roles").iterdir() if r.is_dir())
-MODULE = "aifactory.factory.aifactory_host_state"
+MODULES = sorted(m.stem for m in (PLAYBOOKS / "plugins" / "modules").glob("*.py"))
 
 
 def _env(home: Path, collections: Path | None = None) -> dict[str, str]:
@@ -59,12 +62,23 @@ def test_galaxy_layout_in_the_source() -> None:
         assert (PLAYBOOKS / "roles" / role / "meta" / "argument_specs.yml").is_file(), role
 
 
-def test_ansible_doc_of_the_module(installed: Path, tmp_path: Path) -> None:
-    done = _run([str(BIN / "ansible-doc"), MODULE], env=_env(tmp_path, installed))
+def _documentation(module: str) -> dict[str, Any]:
+    source = (PLAYBOOKS / "plugins" / "modules" / f"{module}.py").read_text()
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) == "DOCUMENTATION":
+            return dict(yaml.safe_load(ast.literal_eval(node.value)))
+    raise AssertionError(f"{module} has no DOCUMENTATION")
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_ansible_doc_of_each_module(module: str, installed: Path, tmp_path: Path) -> None:
+    done = _run([str(BIN / "ansible-doc"), f"aifactory.factory.{module}"], env=_env(tmp_path, installed))
     assert done.returncode == 0, done.stderr
     text = " ".join(done.stdout.split())
-    assert "Reads, and never changes, the state of the paths, services and packages" in text
-    assert "plugins/modules/aifactory_host_state.py" in text
+    documented = _documentation(module)
+    # the first sentence up to its first markup (ansible-doc renders C(x) its own way)
+    assert " ".join(re.split(r"C\(|\(", documented["description"][0])[0].split()) in text
+    assert f"plugins/modules/{module}.py" in text
 
 
 @pytest.mark.parametrize("role", ROLES)

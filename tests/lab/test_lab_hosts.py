@@ -314,6 +314,32 @@ def test_supervised_service_starts_restarts_and_stops(lab):
     )
 
 
+def test_a_supervised_oneshot_that_remains_after_exit_runs_once_until_restarted(lab):
+    """As `systemctl start` of an active unit: the roles call `start` alone, trusting it to leave a
+    oneshot with RemainAfterExit=yes that has run as it is (changed false, not run again)."""
+    host = lab.hosts[1]
+    name = f"labtest-once-{uuid.uuid4().hex[:8]}"
+    stamps = f"/var/tmp/{name}.stamps"
+    unit = f"[Service]\nType=oneshot\nRemainAfterExit=yes\nExecStart=/bin/sh -c 'echo run >> {stamps}'\n"
+    lab.sh(
+        f"mkdir -p /etc/systemd/system && cat > /etc/systemd/system/{name}.service",
+        host=host,
+        input_text=unit,
+    )
+    started = json.loads(lab.exec([SERVICE_COMMAND, "start", name], host=host).stdout)
+    assert started["state"] == "exited" and started["changed"] is True
+    again = json.loads(lab.exec([SERVICE_COMMAND, "start", name], host=host).stdout)
+    assert again["state"] == "exited" and again["changed"] is False
+    assert lab.exec(["cat", stamps], host=host).stdout.split() == ["run"]
+    restarted = json.loads(lab.exec([SERVICE_COMMAND, "restart", name], host=host).stdout)
+    assert restarted["changed"] is True
+    assert lab.exec(["cat", stamps], host=host).stdout.split() == ["run", "run"]
+    stopped = json.loads(lab.exec([SERVICE_COMMAND, "stop", name], host=host).stdout)
+    assert stopped["state"] == "stopped"
+    rerun = json.loads(lab.exec([SERVICE_COMMAND, "start", name], host=host).stdout)
+    assert rerun["changed"] is True and lab.exec(["cat", stamps], host=host).stdout.split() == ["run"] * 3
+
+
 def _wait_for_lines(lab, host: str, path: str, count: int, *, timeout: float) -> list[float]:  # noqa: ANN001
     """The timestamps a timer's service appended to `path`, once there are `count` of them."""
 
