@@ -448,7 +448,10 @@ def path_point(hosts: int, work: Path, settings: DeploySettings) -> PathPoint:
         for _ in range(PROBE_REPEATS):
             cpu, started = children_cpu(), time.monotonic()
             found = check_converged(
-                plan_site(spec, write_lock=False), connection=lab_connection(site), settings=settings
+                plan_site(spec, write_lock=False),
+                connection=lab_connection(site),
+                settings=settings,
+                extra_vars=PATH_EXTRA_VARS,
             )
             probes.append((time.monotonic() - started, children_cpu() - cpu))
             unconverged = sorted(h for h, why in found.items() if why is not None)

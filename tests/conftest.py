@@ -314,14 +314,19 @@ class DeployedLab:
 
         wait_for(idle, what="every Slurm node of the session lab idle", timeout=90)
 
-    def drifted(self) -> dict[str, str]:
+    def drifted(self, extra_vars: dict[str, object] | None = None) -> dict[str, str]:
         """Read-only (`check_converged`, as `aifactory up` verifies a deploy): each host that no longer
         matches the session's deploy (a file changed, a service or daemon not running), and why. A test
-        that broke a host and restored it proves the restore with `assert deployed_lab.drifted() == {}`."""
+        that broke a host and restored it proves the restore with `assert deployed_lab.drifted() == {}`.
+        `extra_vars`: as a deploy given them would probe."""
         from aifactory.deploy import check_converged
         from aifactory.pipeline.connection import site_connection
 
-        found = check_converged(self.lab.planned, connection=site_connection(self.lab.site))  # type: ignore[arg-type]
+        found = check_converged(
+            self.lab.planned,  # type: ignore[arg-type]
+            connection=site_connection(self.lab.site),
+            extra_vars=extra_vars,
+        )
         return {host: why for host, why in found.items() if why is not None}
 
 

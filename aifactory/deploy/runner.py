@@ -23,7 +23,7 @@ import stat
 import tempfile
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -470,14 +470,16 @@ def check_converged(
     connection: Connection,
     site_name: str | None = None,
     settings: DeploySettings | None = None,
+    extra_vars: Mapping[str, Any] | None = None,
 ) -> dict[str, str | None]:
     """Read-only: for every planned host, None when it still matches its last full deploy, else why
     a deploy would run it. Changes nothing on the hosts (`aifactory up` verifies deploy with it).
-    `settings`: Ansible's (forks...), as a deploy with them would probe."""
+    `settings`: Ansible's (forks...), and `extra_vars`, as a deploy with them would probe (the extra
+    variables are among the inputs a converged host's record names)."""
     _require_runner()
     name = site_name or planned.plan.name
     state = SiteState.for_site(name)
-    options = DeployOptions(settings=settings or DeploySettings())
+    options = DeployOptions(settings=settings or DeploySettings(), extra_vars=dict(extra_vars or {}))
     with state.lock("deploy"):
         setup = _set_up(planned, options, state, connection)
         log = setup.ansible.folder / "converged-check.jsonl"

@@ -24,6 +24,15 @@ def test_every_host_runs_the_session_bundle_and_matches_the_deploy(deployed_lab)
     assert deployed_lab.drifted() == {}
 
 
+def test_the_probe_given_other_extra_vars_finds_no_host_converged(deployed_lab) -> None:  # noqa: ANN001
+    """Extra variables are inputs of a deploy: a probe asked as a deploy with other ones would run
+    (benchmarks/deploy_bench.py path probes as its deploys ran) runs every host; asked without, none."""
+    drifted = deployed_lab.drifted({"slurm_health_check_interval": 0})
+    assert sorted(drifted) == sorted(deployed_lab.lab.hosts), drifted
+    assert all("inputs" in why for why in drifted.values()), drifted
+    assert deployed_lab.drifted() == {}
+
+
 def test_a_stopped_service_is_drift_until_the_test_restores_it(deployed_lab) -> None:  # noqa: ANN001
     host = deployed_lab.lab.hosts[0]
     deployed_lab.ssh(host, f"{SUPERVISOR} stop aifactory-serve")
