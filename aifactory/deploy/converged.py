@@ -14,8 +14,9 @@ same state on each host (one read-only module call per host, `aifactory_host_sta
   target; every managed service runs; every managed package has the recorded version.
 
 What is managed is read from the full run's own results (each file, template, copy, link or folder
-task's path, and each path a role reads with stat or slurp to decide what to do; each supervised or
-systemd service; each apt package), so the check follows the roles as they change. Specs recorded
+task's path, every path an `aifactory_files` task names, and each path a role reads with stat or slurp
+to decide what to do; each supervised or systemd service; each apt package), so the check follows the
+roles as they change. Specs recorded
 from the same inputs accumulate: a no-op run skips tasks (a version switch) that the first run did.
 What it does not see (a file a role writes without a path in its result, such as the no_log MUNGE key,
 or a package's files) is re-applied by `aifactory deploy --full`, which runs every role everywhere.
@@ -42,6 +43,7 @@ from aifactory.state import SiteState
 SCHEMA = "aifactory.deploy.converged/v1"
 STATE_MODULE = "aifactory.factory.aifactory_host_state"
 _FILE_ACTIONS = {"file", "copy", "template", "unarchive", "lineinfile", "blockinfile", "replace"}
+_FILES_MODULE = "aifactory_files"
 _READ_ACTIONS = {"stat", "slurp"}
 _SYSTEMD_ACTIONS = {"systemd_service", "systemd", "service"}
 _SUPERVISOR = "aifactory-service"
@@ -106,6 +108,9 @@ class ManagedCapture:
         if action in _FILE_ACTIONS:
             for key in ("dest", "path"):
                 _add_path(managed, result.get(key))
+        elif action == _FILES_MODULE:  # a role's folders and files in one task: it names them all
+            for path in result.get("paths") or []:
+                _add_path(managed, path)
         elif action in _READ_ACTIONS:  # what a role reads to decide (where `current` points, say)
             _add_path(managed, args.get("path") or args.get("src"))
         elif action in ("command", "shell"):

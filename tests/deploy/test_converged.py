@@ -57,6 +57,11 @@ def test_capture_takes_paths_services_and_packages_from_results() -> None:
             },
         ),
         ok("h1", "stat", invoked({"path": "/opt/aifactory/current"}, stat={"exists": True})),
+        ok(
+            "h1",
+            "aifactory.factory.aifactory_files",
+            {"paths": ["/etc/chrony/conf.d", "/etc/chrony/conf.d/a.conf"]},
+        ),
         ok("h1", "command", invoked({"argv": [SUPERVISOR, "status", "slurmd"]}, rc=0)),
         ok("h1", "command", invoked({"argv": ["/bin/echo", "start", "nothing"]}, rc=0)),
         ok("h2", "systemd_service", invoked({"name": "aifactory-serve", "state": "restarted"})),
@@ -87,7 +92,14 @@ def test_capture_takes_paths_services_and_packages_from_results() -> None:
     specs = capture.specs(["h1", "h2", "h3"])
 
     assert specs["h1"] == {
-        "paths": ["/etc/aifactory/runtime.yaml", "/opt/aifactory/current", "/var/lib/a", "/var/lib/b"],
+        "paths": [
+            "/etc/aifactory/runtime.yaml",
+            "/etc/chrony/conf.d",
+            "/etc/chrony/conf.d/a.conf",
+            "/opt/aifactory/current",
+            "/var/lib/a",
+            "/var/lib/b",
+        ],
         "services": ["slurmd"],
         "service_command": SUPERVISOR,
         "packages": [],
