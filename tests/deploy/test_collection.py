@@ -107,10 +107,12 @@ def test_ansible_lint_production_on_the_installed_collection(installed: Path, tm
     assert "Profile 'production' was required, and it passed" in done.stdout + done.stderr
 
 
-def test_ansible_cfg_gives_no_configuration_warning(tmp_path: Path) -> None:
+def test_ansible_cfg_gives_no_configuration_warning(installed: Path, tmp_path: Path) -> None:
     """Ansible run from playbooks/ (so with its ansible.cfg): its callbacks and fact cache load cleanly.
-    Before, a callback of a collection not installed and a fact cache without a folder each warned."""
-    env = {**_env(tmp_path), "ANSIBLE_LOAD_CALLBACK_PLUGINS": "1"}
+    Before, a callback of a collection not installed and a fact cache without a folder each warned.
+    The roles' modules are the collection's (aifactory.factory.*): it is on the path, as `aifactory
+    deploy` and an imported bundle put it."""
+    env = {**_env(tmp_path, installed), "ANSIBLE_LOAD_CALLBACK_PLUGINS": "1"}
     runs = [
         [str(BIN / "ansible"), "localhost", "-i", "localhost,", "-c", "local", "-m", "ansible.builtin.ping"],
         [str(BIN / "ansible-playbook"), "-i", "localhost,", "--list-tasks", "site.yml"],

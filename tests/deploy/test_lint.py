@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from aifactory.bundle.collection import source_collections_path
+
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
@@ -31,6 +33,8 @@ def test_ansible_lint_production_profile_passes(tmp_path: Path) -> None:
             "PATH": f"{BIN}:/usr/bin:/bin",
             "HOME": str(tmp_path),
             "ANSIBLE_HOME": str(tmp_path / "ansible"),
+            # the roles' modules (aifactory.factory.*) from this checkout, as `aifactory deploy` runs them
+            "ANSIBLE_COLLECTIONS_PATH": str(source_collections_path(REPO / "playbooks", tmp_path / "c")),
         },
     )
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
@@ -55,6 +59,7 @@ def test_site_playbook_syntax(tmp_path: Path) -> None:
             "PATH": f"{BIN}:/usr/bin:/bin",
             "ANSIBLE_HOME": str(tmp_path / "ansible"),
             "ANSIBLE_LOCAL_TEMP": str(tmp_path / "tmp"),
+            "ANSIBLE_COLLECTIONS_PATH": str(source_collections_path(REPO / "playbooks", tmp_path / "c")),
         },
     )
     assert done.returncode == 0, done.stdout + done.stderr

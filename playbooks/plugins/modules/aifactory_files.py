@@ -10,7 +10,7 @@ module: aifactory_files
 short_description: Set a role's folders and small files in one task, each with its owner, group and mode
 description:
   - One task for what a role would otherwise set with several C(file) (state directory), C(template)
-    and C(copy) (content) tasks: each task costs the controller a worker, the host's variables and an
+    and C(copy) (content) tasks; each task costs the controller a worker, the host's variables and an
     event per host even when nothing changes (docs/deploy.md, "Fewer, heavier tasks").
   - Folders are made first, in the order given, then files are written in the order given.
   - A file's content is written to a temporary file beside it with the requested owner, group and
@@ -18,14 +18,14 @@ description:
     file or the new one, never a half-written or wrongly permitted one; a file whose content is the
     same is not rewritten (its owner, group and mode are still set).
   - A path that exists as a symbolic link, or as a file where a folder is asked for (or the
-    reverse), is refused and nothing after it is touched: a planted link cannot send root's write
+    reverse), is refused and nothing after it is touched; a planted link cannot send root's write
     elsewhere.
   - Check mode changes nothing and reports what would change; with diff, each changed file's old and
     new content (and each owner, group or mode change) is reported under the file's path.
   - The result names every managed path (I(paths)), which the converged probe records; the
     contents are not echoed in the result (only their SHA-256 and size), so a rendered configuration
     is kept in the deploy's event log once, in the diff when one is asked for.
-  - Contents are data: written byte for byte, never interpreted by the module or a shell.
+  - Contents are data, written byte for byte, never interpreted by the module or a shell.
 options:
   folders:
     description: Folders to make (parents too) or to keep, each with its owner, group and mode.
