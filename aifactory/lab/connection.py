@@ -84,12 +84,14 @@ def lab_connection(site: str) -> Connection:
 
 
 def _ansible_settings(status: LabStatus) -> dict[str, dict[str, str]]:
-    """The lab's ansible.cfg as settings: its own inventory left out (deploy renders one), and its
-    ssh config kept apart from the ssh options deploy tunes."""
+    """The lab's ansible.cfg as settings: its own inventory and collections path left out (deploy
+    renders one and links the other), and its ssh config kept apart from the ssh options deploy
+    tunes."""
     config = configparser.ConfigParser(interpolation=None)  # ansible.cfg keys are lower case already
     config.read(status.paths["ansible_cfg"])
     settings = {name: dict(config[name]) for name in ANSIBLE_SECTIONS if config.has_section(name)}
     settings.get("defaults", {}).pop("inventory", None)
+    settings.get("defaults", {}).pop("collections_path", None)  # a deploy links its own
     ssh = settings.get("ssh_connection", {})
     ssh_args = ssh.pop("ssh_args", "").split()
     if "-F" in ssh_args[:-1]:

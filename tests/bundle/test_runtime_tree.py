@@ -29,16 +29,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from ansible_env import ansible_env
 
-from aifactory.bundle import BuildOptions, build_bundle, collection
+from aifactory.bundle import BuildOptions, build_bundle
 from aifactory.bundle import runtime_tree as rt
 from aifactory.bundle.wheelhouse import Platform
 from aifactory.errors import BundleError
 from aifactory.plan import plan_site
 from tests.bundle.conftest import LAB_SITE, STAMP, Extras, Signer, lab_options
 
-REPO = Path(__file__).resolve().parents[2]
-ROLES = REPO / "playbooks" / "roles"
 ANSIBLE_PLAYBOOK = str(Path(sys.executable).with_name("ansible-playbook"))
 VERSION = "20261201.1"
 HOSTS_PYTHON = rt.probe_interpreter(rt.DEFAULT_PYTHON)
@@ -155,17 +154,7 @@ def _run_install(
         "runtime_plan_source": str(folder / "no-plan.json"),
         **overrides,
     }
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("ANSIBLE_")},
-        "ANSIBLE_HOME": str(folder / "ansible-home"),
-        "ANSIBLE_LOCAL_TEMP": str(folder / "ansible-tmp"),
-        "ANSIBLE_ROLES_PATH": str(ROLES),
-        # the role's module (aifactory.factory.aifactory_runtime_tree) straight from the checkout
-        "ANSIBLE_COLLECTIONS_PATH": str(
-            collection.source_collections_path(ROLES.parent, folder / "collections")
-        ),
-        "ANSIBLE_NOCOLOR": "1",
-    }
+    env = ansible_env(folder)
     argv = [ANSIBLE_PLAYBOOK, "-i", "localhost,", "-c", "local", str(playbook), "-e", json.dumps(extra)]
     if check:
         argv.append("--check")

@@ -13,7 +13,6 @@ connection into a scratch folder (no lab needed; AIDE from the machine, as scrip
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -21,12 +20,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from ansible_env import ansible_env
 
 from aifactory.inventory import build_inventory, write_inventory
 from aifactory.plan.model import ContactsPlan, SitePlan
 
 REPO = Path(__file__).resolve().parents[2]
-ROLES = REPO / "playbooks" / "roles"
 ANSIBLE_PLAYBOOK = str(Path(sys.executable).with_name("ansible-playbook"))
 # The SCAP content's OVAL for aide_build_database (ssg-debian 0.1.76), reading /etc/aide/aide.conf.
 OVAL_DATABASE = re.compile(r"^database=file:(?:@@\{DBDIR\}/)?([a-z./]+)$", re.M)
@@ -60,14 +59,7 @@ PLAYBOOK = """
 
 
 def _env(folder: Path) -> dict[str, str]:
-    return {
-        **{k: v for k, v in os.environ.items() if not k.startswith("ANSIBLE_")},
-        "ANSIBLE_ROLES_PATH": str(ROLES),
-        "ANSIBLE_HOME": str(folder / "ansible-home"),
-        "ANSIBLE_LOCAL_TEMP": str(folder / "ansible-tmp"),
-        "ANSIBLE_NOCOLOR": "1",
-        "ANSIBLE_STDOUT_CALLBACK": "ansible.builtin.default",
-    }
+    return {**ansible_env(folder), "ANSIBLE_STDOUT_CALLBACK": "ansible.builtin.default"}
 
 
 def _play(

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from ansible_env import ansible_env
 
 from aifactory import signing
 from aifactory.deploy.payload import STORE_FOLDER, WHEELS, host_payloads
@@ -120,13 +121,7 @@ def _inventory(
 def _run(tmp_path: Path, inventory: Path, *extra: str) -> tuple[int, dict[str, Any]]:
     playbook = tmp_path / "play.yml"
     playbook.write_text(PLAYBOOK)
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("ANSIBLE_")},
-        "ANSIBLE_HOME": str(tmp_path / "ansible-home"),
-        "ANSIBLE_LOCAL_TEMP": str(tmp_path / "ansible-tmp"),
-        "ANSIBLE_ROLES_PATH": str(REPO / "playbooks" / "roles"),
-        "ANSIBLE_NOCOLOR": "1",
-    }
+    env = ansible_env(tmp_path)
     done = subprocess.run(
         [ANSIBLE_PLAYBOOK, "-i", str(inventory), str(playbook), *extra],
         capture_output=True,

@@ -14,7 +14,6 @@ folders and small files in one task. Real ansible-playbook, local connection, in
 from __future__ import annotations
 
 import json
-import os
 import re
 import stat
 import subprocess
@@ -22,10 +21,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from aifactory.bundle import collection
+from ansible_env import ansible_env
 
-REPO = Path(__file__).resolve().parents[2]
-PLAYBOOKS = REPO / "playbooks"
 ANSIBLE_PLAYBOOK = str(Path(sys.executable).with_name("ansible-playbook"))
 HOSTILE = "{{ lookup('pipe', 'touch /tmp/aifactory-files-pwned') }} $(touch /tmp/x) `id`; rm -rf /\n"
 TEMPLATE = (
@@ -64,15 +61,7 @@ def _playbook(folder: Path, files: list[dict[str, Any]], folders: list[dict[str,
 
 
 def _run(folder: Path, playbook: Path, *options: str) -> subprocess.CompletedProcess[str]:
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("ANSIBLE_")},
-        "ANSIBLE_HOME": str(folder / "ansible-home"),
-        "ANSIBLE_LOCAL_TEMP": str(folder / "ansible-tmp"),
-        "ANSIBLE_COLLECTIONS_PATH": str(
-            collection.source_collections_path(PLAYBOOKS, folder / "collections")
-        ),
-        "ANSIBLE_NOCOLOR": "1",
-    }
+    env = ansible_env(folder)
     argv = [
         ANSIBLE_PLAYBOOK,
         "-i",
@@ -109,7 +98,13 @@ def _site(tmp_path: Path) -> tuple[Path, list[dict[str, Any]], list[dict[str, An
             "mode": "0640",
         },
         {"path": str(out / "plain.conf"), "content": "plain {{ hostile }}", "mode": "0600"},
+        {  # a control-host file, as the roles read certificates and rules
+            "path": str(out / "read.pem"),
+            "content": f"{{{{ lookup('ansible.builtin.file', '{tmp_path / 'source.pem'}', rstrip=false) }}}}",
+            "mode": "0644",
+        },
     ]
+    (tmp_path / "source.pem").write_text(HOSTILE)
     return out, folders, files
 
 
@@ -126,7 +121,11 @@ def test_files_are_written_once_as_the_template_module_would_and_hostile_text_st
     assert _mode(out / "plain.conf") == "0600" and _mode(out / "templated.conf") == "0640"
     assert not Path("/tmp/aifactory-files-pwned").exists() and not Path("/tmp/x").exists()
     result = json.loads((tmp_path / "result.json").read_text())
-    assert result["paths"] == [str(out), str(out / "templated.conf"), str(out / "plain.conf")]
+    assert (out / "read.pem").read_text() == HOSTILE  # byte for byte, the text not evaluated
+    assert result["paths"] == [
+        str(out),
+        *(str(out / n) for n in ("templated.conf", "plain.conf", "read.pem")),
+    ]
     assert "plain " not in json.dumps(result)  # contents are not echoed, only their digests
     # what the stock template module writes from the same template and variables
     written = (out / "templated.conf").read_bytes()
@@ -182,4 +181,4 @@ def test_a_failed_validate_keeps_the_old_file_and_no_temporary_file(tmp_path: Pa
     assert done.returncode != 0
     assert "validation failed, the old file is kept" in done.stdout
     assert (out / "plain.conf").read_text() == "old\n"
-    assert sorted(p.name for p in out.iterdir()) == ["plain.conf", "templated.conf"]
+    assert sorted(p.name for p in out.iterdir()) == ["plain.conf", "templated.conf"]  # none after it

@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from ansible_env import ansible_env
 
 from aifactory.inventory import build_inventory, write_inventory
 from aifactory.inventory.render import load_inventory_yaml
@@ -133,13 +133,7 @@ def _run(plan: dict, folder: Path) -> tuple[subprocess.CompletedProcess[str], Pa
     write_inventory(build_inventory(SitePlan.from_dict(plan)), inventory)
     playbook = folder / "render.yml"
     playbook.write_text(PLAYBOOK.format(host=GPU_HOST, roles=ROLES, out=out))
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("ANSIBLE_")},
-        "ANSIBLE_ROLES_PATH": str(ROLES),
-        "ANSIBLE_HOME": str(folder / "ansible-home"),
-        "ANSIBLE_LOCAL_TEMP": str(folder / "ansible-tmp"),
-        "ANSIBLE_NOCOLOR": "1",
-    }
+    env = ansible_env(folder)
     argv = [ANSIBLE_PLAYBOOK, "-i", str(inventory), "-c", "local", "--diff", str(playbook)]
     argv += ["-e", json.dumps({"ansible_python_interpreter": sys.executable})]
     done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=300, check=False)

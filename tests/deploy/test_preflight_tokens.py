@@ -9,12 +9,12 @@ refused it (the name of the task that failed) or every check passed.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from ansible_env import ansible_env
 
 REPO = Path(__file__).resolve().parents[2]
 ROLES = REPO / "playbooks" / "roles"
@@ -86,13 +86,7 @@ def outcomes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
         tasks += _case(f"{name}-newline", what, {**variables, hostile: f"{variables[hostile]}\n"}, out)
     playbook = folder / "preflights.yml"
     playbook.write_text(f"- name: Preflights\n  hosts: localhost\n  gather_facts: false\n  tasks:{tasks}")
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("ANSIBLE_")},
-        "ANSIBLE_ROLES_PATH": str(ROLES),
-        "ANSIBLE_HOME": str(folder / "ansible-home"),
-        "ANSIBLE_LOCAL_TEMP": str(folder / "ansible-tmp"),
-        "ANSIBLE_NOCOLOR": "1",
-    }
+    env = ansible_env(folder)
     argv = [ANSIBLE_PLAYBOOK, "-i", "localhost,", "-c", "local", "--check", str(playbook)]
     argv += ["-e", json.dumps({"ansible_python_interpreter": sys.executable})]
     done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=300, check=False)

@@ -76,10 +76,16 @@ def test_rule_file_passes_its_promtool_unit_tests(rules: Path) -> None:
 def test_the_monitoring_role_installs_every_rule_file() -> None:
     """The role copies the rule files it names; one left out of its list would never reach Prometheus."""
     tasks = yaml.safe_load((ALERTS.parents[1] / "playbooks/roles/monitoring/tasks/server.yml").read_text())
-    (copy,) = [
-        task for task in tasks if task.get("name", "").endswith("alert rules from the verified bundle")
-    ]
-    assert sorted(copy["loop"]) == [path.name for path in RULE_FILES]
+    (written,) = [task for task in tasks if "alert rules from the verified bundle" in task.get("name", "")]
+    files = written["aifactory.factory.aifactory_files"]["files"]
+    rules = sorted(
+        Path(entry["path"]).name for entry in files if Path(entry["path"]).name.endswith(".rules.yml")
+    )
+    assert rules == [path.name for path in RULE_FILES]
+    for entry in files:  # each read from the bundle's file of the same name, and checked by promtool
+        if entry["path"].endswith(".rules.yml"):
+            assert f"'/{Path(entry['path']).name}'" in entry["content"], entry
+            assert entry["validate"] == "promtool check rules %s"
 
 
 @pytest.mark.parametrize("rules", RULE_FILES, ids=lambda path: path.name)

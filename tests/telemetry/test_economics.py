@@ -10,7 +10,6 @@ hand below (the same example as policies/alerts/economics.rules_test.yml).
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import socket
 import ssl
@@ -24,6 +23,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from ansible_env import ansible_env
 
 from aifactory.cli.monitoring import economics_table
 from aifactory.errors import TelemetryError
@@ -369,11 +369,7 @@ def test_the_role_renders_the_plans_prices_as_rules_promtool_accepts(tmp_path: P
     write_inventory(build_inventory(plan), inventory)
     playbook = tmp_path / "render.yml"
     playbook.write_text(RENDER.format(host=plan.hosts[0].name, roles=ROLES, out=out))
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("ANSIBLE_")},
-        "ANSIBLE_HOME": str(tmp_path / "ansible-home"),
-        "ANSIBLE_LOCAL_TEMP": str(tmp_path / "ansible-tmp"),
-    }
+    env = ansible_env(tmp_path)
     ansible = str(Path(sys.executable).with_name("ansible-playbook"))
     argv = [ansible, "-i", str(inventory), "-c", "local", str(playbook)]
     argv += ["-e", json.dumps({"ansible_python_interpreter": sys.executable})]

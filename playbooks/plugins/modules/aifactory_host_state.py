@@ -54,21 +54,11 @@ state:
   type: dict
 """
 
-import hashlib
 import os
 import stat
 
 from ansible.module_utils.basic import AnsibleModule
-
-CHUNK = 1 << 20
-
-
-def _sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(CHUNK), b""):
-            digest.update(block)
-    return digest.hexdigest()
+from ansible_collections.aifactory.factory.plugins.module_utils.aifactory_digests import sha256_file
 
 
 def read_path(path):
@@ -82,7 +72,7 @@ def read_path(path):
     elif stat.S_ISDIR(info.st_mode):
         entry["type"] = "directory"
     elif stat.S_ISREG(info.st_mode):
-        entry.update(type="file", sha256=_sha256(path))
+        entry.update(type="file", sha256=sha256_file(path))
     else:
         entry["type"] = "other"
     return entry

@@ -50,12 +50,11 @@ files:
   type: int
 """
 
-import hashlib
 import os
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.aifactory.factory.plugins.module_utils.aifactory_digests import sha256_file
 
-CHUNK = 1 << 20
 SHOWN = 5  # files named in a failure message
 
 
@@ -70,16 +69,6 @@ def read_listing(path):
                 raise ValueError("line %d of the listing is not '<sha256>  <relative path>'" % number)
             expected[name] = digest
     return expected
-
-
-def sha256(path):
-    with open(path, "rb") as handle:
-        if hasattr(hashlib, "file_digest"):  # Python 3.11+: reads in C, no copy through Python
-            return hashlib.file_digest(handle, "sha256").hexdigest()
-        digest = hashlib.sha256()
-        for block in iter(lambda: handle.read(CHUNK), b""):
-            digest.update(block)
-        return digest.hexdigest()
 
 
 def extracted_files(root):
@@ -106,7 +95,7 @@ def check_tree(root, expected):
         path = os.path.join(root, name)
         if os.path.islink(path) or not os.path.isfile(path):
             wrong.append(name + " (missing)")
-        elif sha256(path) != expected[name]:
+        elif sha256_file(path) != expected[name]:
             wrong.append(name + " (digest differs)")
         if len(wrong) >= SHOWN:
             break
