@@ -1,6 +1,8 @@
 """`aifactory deploy` on the session's lab, in the order an admin meets it:
 
-1. a dry run on the fresh lab reports changes and changes nothing;
+1. a dry run on the fresh lab reports changes and changes nothing; with a site store the control
+   host cannot write (a file where the payload folder goes), the bundle role's hosts receive their
+   payload over SSH, verify it and succeed;
 2. the first deploy, with one host made unreachable halfway (its sshd and its SSH control master
    killed): that host is reported, the run exits 4, the other hosts finish; after sshd is back, a
    re-run completes it; the host is then proven back and converged (later modules share this lab);
@@ -29,6 +31,7 @@ from waiting import scaled, wait_for
 
 from aifactory.deploy import DeployOptions, DeployResult, Progress, Update, deploy_site
 from aifactory.deploy.evidence import installed_path
+from aifactory.deploy.payload import STORE_FOLDER, site_store
 from aifactory.errors import DeployError, ExitCode
 from aifactory.lab import restart_sshd
 from aifactory.plan import PlannedSite, plan_site
@@ -142,6 +145,46 @@ def test_check_on_a_fresh_lab_reports_changes_and_changes_nothing(lab, lab_bundl
     events = [json.loads(line) for line in result.event_log.read_text().splitlines()]
     diffs = [e for e in events if (e["event_data"].get("res") or {}).get("diff")]
     assert diffs, "--check shows no diff"
+
+
+def test_a_store_the_control_host_cannot_write_sends_each_host_its_payload_over_ssh(
+    lab, lab_bundle_import
+) -> None:  # noqa: ANN001
+    """A site store the control host cannot write (as a root-squashing NFS export refuses root): here a
+    file planted where the payload folder goes. The control host's copy fails into the rescue, which
+    says why, and every host receives its payload over SSH, checks it and is marked verified; the
+    deploy succeeds. Only the bundle role runs (its tag), so the next test's first deploy still finds
+    hosts without a runtime."""
+    plan = lab.plan
+    store = site_store(plan)
+    assert store is not None, "the lab site has no site store"
+    control = plan.host(plan.control_host)
+    mount = next(m for m in control.mounts if m.storage == str(store["storage"]))
+    folder = f"{mount.path}/{STORE_FOLDER}"
+    lab.sh(f"rm -rf '{folder}' && mkdir -p \"$(dirname '{folder}')\" && echo planted > '{folder}'")
+    try:
+        result = deploy(lab, options=DeployOptions(tags=("bundle_install",)))
+    finally:
+        lab.sh(f"rm -f '{folder}'")
+    assert result.exit_code == ExitCode.OK, explain(result)
+    events = [json.loads(line) for line in result.event_log.read_text().splitlines()]
+
+    def ran(task: str) -> list[dict]:
+        return [
+            e["event_data"]
+            for e in events
+            if e["event"] == "runner_on_ok" and e["event_data"].get("task") == task
+        ]
+
+    (rescue,) = ran("Bundle | store | the hosts receive their payload over SSH instead")
+    assert "could not put the payloads on the site store" in rescue["res"]["msg"], rescue["res"]
+    copied = {e["host"] for e in ran("Bundle | install | copy the payload over SSH (not on the site store)")}
+    verified = {
+        e["host"] for e in ran("Bundle | install | mark this version verified") if e["res"].get("changed")
+    }
+    assert copied == verified == set(lab.hosts), (copied, verified)
+    for host in lab.hosts:
+        assert ssh(lab, host, "test -e /opt/aifactory", check=False).returncode != 0, host
 
 
 def test_unreachable_host_mid_deploy_others_finish_and_rerun_completes(lab, lab_bundle_import) -> None:  # noqa: ANN001
