@@ -32,13 +32,15 @@ options:
     type: list
     elements: dict
     default: []
-    suboptions:
+    suboptions: &entry  # a file's path, mode, owner and group read the same (files, below)
       path:
-        description: Absolute path.
+        description: Absolute path; a file's folder must exist (or be one of I(folders)).
         type: path
         required: true
       mode:
-        description: Octal mode as a string (C("0755")); required, so that nothing is left to the umask.
+        description: >-
+          Octal mode as a string (C("0755"), C("0644")); required, so that nothing is left to the
+          umask.
         type: str
         required: true
       owner:
@@ -53,26 +55,13 @@ options:
     elements: dict
     default: []
     suboptions:
-      path:
-        description: Absolute path; its folder must exist (or be one of I(folders)).
-        type: path
-        required: true
+      <<: *entry
       content:
         description:
           - The whole content (text, written as UTF-8).
           - "A template's: C(lookup('ansible.builtin.template', 'NAME.j2')) (the role's templates/)."
         type: str
         required: true
-      mode:
-        description: Octal mode as a string (C("0644")).
-        type: str
-        required: true
-      owner:
-        description: Owner (name or id); left as it is when not given.
-        type: str
-      group:
-        description: Group (name or id); left as it is when not given.
-        type: str
       validate:
         description:
           - A command run on the new content before it replaces the old, C(%s) standing for the
