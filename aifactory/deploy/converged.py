@@ -16,8 +16,8 @@ same state on each host (one read-only module call per host, `aifactory_host_sta
 What is managed is read from the full run's own results (each file, template, copy, link or folder
 task's path, every path an `aifactory_files` task names, and each path a role reads with stat or slurp
 to decide what to do; each supervised or systemd service; each apt package), so the check follows the
-roles as they change. Specs recorded
-from the same inputs accumulate: a no-op run skips tasks (a version switch) that the first run did.
+roles as they change. Specs recorded from the same inputs accumulate: a no-op run skips tasks (a
+version switch) that the first run did.
 What it does not see (a file a role writes without a path in its result, such as the no_log MUNGE key,
 or a package's files) is re-applied by `aifactory deploy --full`, which runs every role everywhere.
 """
