@@ -141,11 +141,33 @@ PLAYBOOK = """
 """
 
 
+# site.yml's order: the tree started right after the bundle role, other roles' work, then awaited.
+PLAYBOOK_STARTED_EARLY = """
+- name: The runtime role's start and install tasks with other work between them, as site.yml runs them
+  hosts: localhost
+  gather_facts: false
+  tasks:
+    - name: Start the tree in the background
+      ansible.builtin.include_role:
+        name: runtime
+        tasks_from: start.yml
+    - name: The extraction is not awaited yet (what the host's configuration does meanwhile)
+      ansible.builtin.async_status:
+        jid: "{{ runtime_tree_job.ansible_job_id }}"
+      register: meanwhile
+      when: runtime_tree_job.ansible_job_id is defined
+    - name: Install the runtime
+      ansible.builtin.include_role:
+        name: runtime
+        tasks_from: install.yml
+"""
+
+
 def _run_install(
-    folder: Path, overrides: dict[str, Any], *, check: bool = False
+    folder: Path, overrides: dict[str, Any], *, check: bool = False, playbook_text: str = PLAYBOOK
 ) -> subprocess.CompletedProcess[str]:
     playbook = folder / "install.yml"
-    playbook.write_text(PLAYBOOK)
+    playbook.write_text(playbook_text)
     extra = {
         "ansible_python_interpreter": sys.executable,
         "runtime_version": VERSION,
@@ -200,6 +222,40 @@ def test_the_role_extracts_and_checks_the_tree_once(tmp_path: Path) -> None:
     assert second.returncode == 0 and _changed(second) == 0, second.stdout[-3000:]
 
 
+def _leftovers(tmp_path: Path) -> list[str]:
+    """What is in the versions' folder besides the installed versions: staging folders."""
+    root = tmp_path / "opt"
+    return sorted(p.name for p in root.iterdir() if p.name.startswith(".")) if root.is_dir() else []
+
+
+def test_the_tree_started_early_is_awaited_and_an_earlier_runs_staging_is_removed(tmp_path: Path) -> None:
+    """site.yml's order (start.yml after the bundle role, install.yml after the other roles): the
+    background job extracts and checks, the install awaits it and writes the record; a staging
+    folder a killed run left beside the version is removed, and the version's folder is made by
+    one rename (no staging folder stays)."""
+    tree = small_tree(tmp_path / "build", tmp_path / "opt" / VERSION)
+    inputs = _role_inputs(tmp_path, tree)
+    stale = tmp_path / "opt" / f".{VERSION}.partial-killed"
+    (stale / "bin").mkdir(parents=True)
+    (stale / "bin" / "half-written").write_bytes(b"x")
+    checked = _run_install(tmp_path, inputs, check=True, playbook_text=PLAYBOOK_STARTED_EARLY)
+    assert checked.returncode == 0, checked.stdout[-3000:]
+    assert not (tmp_path / "opt" / VERSION).exists()
+    first = _run_install(tmp_path, inputs, playbook_text=PLAYBOOK_STARTED_EARLY)
+    assert first.returncode == 0, first.stdout[-3000:]
+    assert "wait for the tree's extraction and check" in first.stdout
+    record = json.loads((tmp_path / "opt" / VERSION / "aifactory-install.json").read_text())
+    assert record["tree"] == tree.sha256
+    assert _leftovers(tmp_path) == []
+    assert (tmp_path / "opt" / VERSION).stat().st_mode & 0o7777 == 0o755
+    done = subprocess.run(
+        [str(tmp_path / "opt" / VERSION / "bin" / "treehello")], capture_output=True, text=True
+    )
+    assert done.stdout.strip() == f"hello from {tmp_path / 'opt' / VERSION}"
+    second = _run_install(tmp_path, inputs, playbook_text=PLAYBOOK_STARTED_EARLY)
+    assert second.returncode == 0 and _changed(second) == 0, second.stdout[-3000:]
+
+
 def test_a_version_built_from_the_same_wheels_keeps_the_installed_runtime(tmp_path: Path) -> None:
     """A plan-only release (a resize's new bundle version): the same runtime_id and requirements, so
     the role keeps the runtime it has (no folder for the new version, nothing changed); a version
@@ -232,7 +288,8 @@ def test_the_role_refuses_a_tampered_tree_and_keeps_nothing(tmp_path: Path) -> N
     done = _run_install(tmp_path, inputs)
     assert done.returncode != 0
     assert "did not install" in done.stdout and "FAILED" in done.stdout, done.stdout[-3000:]
-    assert not (tmp_path / "opt" / VERSION).exists()
+    assert "digest differs" in " ".join(done.stdout.split()), done.stdout[-3000:]
+    assert not (tmp_path / "opt" / VERSION).exists() and _leftovers(tmp_path) == []
 
 
 def test_the_role_refuses_a_tree_with_a_file_its_listing_does_not_name(tmp_path: Path) -> None:
@@ -247,7 +304,7 @@ def test_the_role_refuses_a_tree_with_a_file_its_listing_does_not_name(tmp_path:
     text = " ".join(done.stdout.split())
     assert "not in the bundle's signed listing" in text and "bin/unlisted helper" in text, text[-3000:]
     assert "did not install" in text
-    assert not (tmp_path / "opt" / VERSION).exists()
+    assert not (tmp_path / "opt" / VERSION).exists() and _leftovers(tmp_path) == []
 
 
 def test_the_role_refuses_a_tree_built_for_another_python(tmp_path: Path) -> None:

@@ -53,6 +53,8 @@ PLAYBOOK = """
       ansible.builtin.include_role: {{name: base, tasks_from: preflight.yml}}
     - name: AIDE
       ansible.builtin.include_role: {{name: base, tasks_from: aide.yml}}
+    - name: AIDE's first database (site.yml's last play)
+      ansible.builtin.include_role: {{name: base, tasks_from: aide_baseline.yml}}
     - name: Mail alias
       ansible.builtin.include_role: {{name: base, tasks_from: mail_alias.yml}}
 """
@@ -190,3 +192,15 @@ def _inventory(folder: Path, contact: str) -> Path:
     hosts.write_text("all:\n  hosts:\n    localhost: {}\n")
     shutil.copytree(inventory / "group_vars", folder / "group_vars")
     return hosts
+
+
+@pytest.mark.parametrize("workers", ["4\ndatabase_out=file:/tmp/x", "half", "-1", "50 %"])
+def test_the_preflight_refuses_aide_workers_that_are_not_a_number_or_a_percentage(
+    workers: str, tmp_path: Path
+) -> None:
+    """num_workers is one line of aide.conf: a newline there would add a setting of its own."""
+    _host(tmp_path)
+    done = _play(tmp_path, check=True, base_aide_workers=workers)
+    assert done.returncode != 0
+    assert "base_aide_workers a whole number or a percentage" in " ".join(done.stdout.split()), done.stdout
+    assert not (tmp_path / "etc/aide.conf").exists()

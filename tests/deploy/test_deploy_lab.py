@@ -23,6 +23,7 @@ The tests share the lab and run in file order (each needs the state the one befo
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -243,6 +244,32 @@ def test_second_full_deploy_changes_nothing(lab, lab_bundle_import) -> None:  # 
     assert {h["host"]: h["changed"] for h in result.hosts} == {h: 0 for h in lab.hosts}
     assert not any(h["converged"] for h in result.hosts)
     assert all(h["ok"] > 20 for h in result.hosts), "the roles did not run"
+
+
+# AIDE's report (0.18): a summary line, then one line per entry, "<kind><flags>: <path>", the
+# flags '+' for an added entry. The deploy's own files: they must all be in the baseline.
+AIDE_ENTRY = re.compile(r"^([fdlbcps!])([^:\n]{2,}): (/.*)$", re.M)
+DEPLOYED = ("/opt/aifactory/", "/etc/aifactory/", "/etc/slurm/", "/etc/munge/", "/etc/systemd/system/")
+
+
+def test_aides_baseline_is_the_deployed_host(lab, lab_bundle_import) -> None:  # noqa: ANN001
+    """AIDE's first database is made by the deploy's last play, after every role wrote its files: a
+    check on the control host right after the deploys reports none of the deploy's own files (the
+    runtime tree, the runtime's, MUNGE's and Slurm's configuration, the units) as added or changed;
+    a file planted under /opt/aifactory afterwards is reported as added (the check does see)."""
+    host = lab.control_host
+    probe = "/opt/aifactory/aide-probe"
+    ssh(lab, host, f"echo planted > {probe}")
+    try:
+        done = ssh(lab, host, "aide --check --config=/etc/aide/aide.conf", check=False)
+    finally:
+        ssh(lab, host, f"rm -f {probe}")
+    # AIDE's exit code is a bit mask: 1 added, 2 removed, 4 changed; 14 and above are errors.
+    assert 0 < done.returncode < 14, done.stdout[-3000:] + done.stderr[-2000:]
+    entries = [(kind + flags, path.strip()) for kind, flags, path in AIDE_ENTRY.findall(done.stdout)]
+    assert any(path == probe and "+" in kind for kind, path in entries), done.stdout[-3000:]
+    from_deploy = [(k, p) for k, p in entries if p != probe and p.startswith(DEPLOYED)]
+    assert from_deploy == [], from_deploy[:20]
 
 
 def started_tasks(result: DeployResult) -> int:

@@ -1,6 +1,7 @@
 # Copyright: aifactory developers. Apache-2.0.
-"""File digests for the collection's modules (aifactory_host_state, aifactory_runtime_tree): one
-definition, shipped with each module that imports it."""
+"""File digests for the collection's modules (aifactory_host_state): one definition, shipped with
+each module that imports it. (aifactory_runtime_tree runs as an async job, where Mitogen's forked
+child cannot import a collection's module_utils: it uses AnsibleModule.sha256.)"""
 
 from __future__ import annotations
 

@@ -9,13 +9,17 @@ DOCUMENTATION = r"""
 module: aifactory_runtime_tree
 short_description: Extract a bundle's prebuilt runtime tree and check every file against its signed listing
 description:
-  - Extracts the compressed runtime tree (C(tar --zstd), stock GNU tar) into an empty folder, then
-    checks the SHA-256 of every file the listing names and that no file the listing does not name
-    appeared (docs/bundle.md, "Runtime trees").
+  - Extracts the compressed runtime tree (C(tar --zstd), stock GNU tar) into a new staging folder
+    beside I(dest) (C(.<name>.partial-<random>)), checks the SHA-256 of every file the listing names
+    and that no file the listing does not name appeared (docs/bundle.md, "Runtime trees"), then
+    renames the staging folder to I(dest) in one step, so I(dest) holds a checked tree or nothing.
+  - Staging folders of the same I(dest) left by an earlier run that was killed are removed first. A
+    run the runtime role starts in the background (C(async)) and a later one never write into the
+    same folder, so a job orphaned by a failed deploy cannot mix its files into the next one's.
   - The listing is the bundle's, in C(sha256sum) format (C(<64 hex>  <relative path>) per line);
     the bundle role has checked the archive and the listing against the signed manifest.
-  - On any mismatch it fails naming the first files found, and leaves the folder for the caller to
-    remove (the runtime role's rescue does).
+  - On any mismatch it fails naming the first files found and removes its staging folder; I(dest)
+    is not created.
   - The digests are computed with Python's hashlib (OpenSSL), which on this project's hosts is
     about 2.5 times faster than coreutils' C(sha256sum) over the same tree.
   - Always changes the folder; check mode does nothing and reports a change.
@@ -29,7 +33,7 @@ options:
     type: path
     required: true
   dest:
-    description: The folder to extract into; must exist and be empty.
+    description: The folder the checked tree becomes; must not exist, or be an empty folder.
     type: path
     required: true
 author: aifactory developers
@@ -51,9 +55,14 @@ files:
 """
 
 import os
+import shutil
+import tempfile
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.aifactory.factory.plugins.module_utils.aifactory_digests import sha256_file
+
+# Only ansible-core's module_utils: the runtime role runs this module as an async job, and Mitogen's
+# forked async child (mitogen 0.3.54) hangs importing a collection's module_utils (seen here: the job
+# never starts its work). AnsibleModule.sha256 reads with hashlib as fast as hashlib.file_digest here.
 
 SHOWN = 5  # files named in a failure message
 
@@ -83,7 +92,7 @@ def extracted_files(root):
     return sorted(found)
 
 
-def check_tree(root, expected):
+def check_tree(module, root, expected):
     """Problems found comparing the extracted tree with the listing (empty when it matches)."""
     problems = []
     present = extracted_files(root)
@@ -95,13 +104,54 @@ def check_tree(root, expected):
         path = os.path.join(root, name)
         if os.path.islink(path) or not os.path.isfile(path):
             wrong.append(name + " (missing)")
-        elif sha256_file(path) != expected[name]:
+        elif module.sha256(path) != expected[name]:
             wrong.append(name + " (digest differs)")
         if len(wrong) >= SHOWN:
             break
     if wrong:
         problems.append("files that do not match the bundle's signed listing: %s" % " ".join(wrong))
     return problems
+
+
+class TreeRefused(Exception):
+    """The archive did not extract, or what it held does not match the signed listing."""
+
+
+def staging_prefix(dest):
+    """The name every staging folder of dest starts with (hidden, beside it, on the same filesystem:
+    the final rename is one step)."""
+    return ".%s.partial-" % os.path.basename(dest.rstrip("/"))
+
+
+def remove_stale_staging(dest):
+    """Staging folders of dest an earlier, killed run left (a job still running in one fails)."""
+    parent, prefix = os.path.dirname(dest.rstrip("/")), staging_prefix(dest)
+    for name in os.listdir(parent):
+        path = os.path.join(parent, name)
+        if name.startswith(prefix) and os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def install(module, archive, expected, dest):
+    """Extract into a new staging folder, check it, rename it to dest; fails (staging removed) otherwise."""
+    remove_stale_staging(dest)
+    staging = tempfile.mkdtemp(prefix=staging_prefix(dest), dir=os.path.dirname(dest.rstrip("/")))
+    try:
+        os.chmod(staging, 0o755)
+        rc, _out, err = module.run_command(
+            ["tar", "--zstd", "--extract", "--no-same-owner", "--file", archive, "--directory", staging]
+        )
+        if rc != 0:
+            raise TreeRefused("tar could not extract %s: %s" % (archive, err.strip()))
+        problems = check_tree(module, staging, expected)
+        if problems:
+            raise TreeRefused("runtime tree %s: %s" % (archive, "; ".join(problems)))
+        if os.path.isdir(dest) and not os.path.islink(dest):
+            os.rmdir(dest)  # empty (checked before): the rename needs the name free
+        os.rename(staging, dest)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
 
 
 def main():
@@ -120,16 +170,14 @@ def main():
         expected = read_listing(listing)
     except (OSError, ValueError, UnicodeDecodeError) as exc:
         module.fail_json(msg="runtime tree listing %s: %s" % (listing, exc))
-    if not os.path.isdir(dest) or os.listdir(dest):
-        module.fail_json(msg="runtime tree: %s is not an empty folder" % dest)
-    rc, _out, err = module.run_command(
-        ["tar", "--zstd", "--extract", "--no-same-owner", "--file", archive, "--directory", dest]
-    )
-    if rc != 0:
-        module.fail_json(msg="tar could not extract %s: %s" % (archive, err.strip()), rc=rc)
-    problems = check_tree(dest, expected)
-    if problems:
-        module.fail_json(msg="runtime tree %s: %s" % (archive, "; ".join(problems)))
+    if os.path.islink(dest) or (os.path.lexists(dest) and (not os.path.isdir(dest) or os.listdir(dest))):
+        module.fail_json(msg="runtime tree: %s is there and is not an empty folder" % dest)
+    try:
+        install(module, archive, expected, dest)
+    except TreeRefused as exc:
+        module.fail_json(msg=str(exc))
+    except OSError as exc:
+        module.fail_json(msg="runtime tree %s into %s: %s" % (archive, dest, exc))
     module.exit_json(changed=True, files=len(expected))
 
 
