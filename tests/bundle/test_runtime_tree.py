@@ -34,6 +34,7 @@ from ansible_env import ansible_env
 from aifactory.bundle import BuildOptions, build_bundle
 from aifactory.bundle import runtime_tree as rt
 from aifactory.bundle.wheelhouse import Platform
+from aifactory.deploy.settings import MITOGEN_STRATEGY, mitogen_strategy_dir
 from aifactory.errors import BundleError
 from aifactory.plan import plan_site
 from tests.bundle.conftest import LAB_SITE, STAMP, Extras, Signer, lab_options
@@ -164,7 +165,12 @@ PLAYBOOK_STARTED_EARLY = """
 
 
 def _run_install(
-    folder: Path, overrides: dict[str, Any], *, check: bool = False, playbook_text: str = PLAYBOOK
+    folder: Path,
+    overrides: dict[str, Any],
+    *,
+    check: bool = False,
+    playbook_text: str = PLAYBOOK,
+    strategy: str = "linear",
 ) -> subprocess.CompletedProcess[str]:
     playbook = folder / "install.yml"
     playbook.write_text(playbook_text)
@@ -177,6 +183,10 @@ def _run_install(
         **overrides,
     }
     env = ansible_env(folder)
+    if strategy == MITOGEN_STRATEGY:
+        plugins = mitogen_strategy_dir()
+        assert plugins is not None, "ansible_mitogen is a dependency (pyproject.toml)"
+        env |= {"ANSIBLE_STRATEGY_PLUGINS": str(plugins), "ANSIBLE_STRATEGY": strategy}
     argv = [ANSIBLE_PLAYBOOK, "-i", "localhost,", "-c", "local", str(playbook), "-e", json.dumps(extra)]
     if check:
         argv.append("--check")
@@ -228,20 +238,28 @@ def _leftovers(tmp_path: Path) -> list[str]:
     return sorted(p.name for p in root.iterdir() if p.name.startswith(".")) if root.is_dir() else []
 
 
-def test_the_tree_started_early_is_awaited_and_an_earlier_runs_staging_is_removed(tmp_path: Path) -> None:
+@pytest.mark.parametrize("strategy", ["linear", MITOGEN_STRATEGY])
+def test_the_tree_started_early_is_awaited_and_an_earlier_runs_staging_is_removed(
+    strategy: str, tmp_path: Path
+) -> None:
     """site.yml's order (start.yml after the bundle role, install.yml after the other roles): the
     background job extracts and checks, the install awaits it and writes the record; a staging
     folder a killed run left beside the version is removed, and the version's folder is made by
-    one rename (no staging folder stays)."""
+    one rename (no staging folder stays). With Ansible's strategy and with Mitogen's, which
+    `aifactory deploy` uses: Mitogen runs an async job in a forked child, where importing a
+    collection's module_utils hung (the job never finished) until the module stopped doing so."""
     tree = small_tree(tmp_path / "build", tmp_path / "opt" / VERSION)
-    inputs = _role_inputs(tmp_path, tree)
+    # a job that never finishes fails within a minute, not the role's half hour
+    inputs = {**_role_inputs(tmp_path, tree), "runtime_tree_seconds": 60}
     stale = tmp_path / "opt" / f".{VERSION}.partial-killed"
     (stale / "bin").mkdir(parents=True)
     (stale / "bin" / "half-written").write_bytes(b"x")
-    checked = _run_install(tmp_path, inputs, check=True, playbook_text=PLAYBOOK_STARTED_EARLY)
+    checked = _run_install(
+        tmp_path, inputs, check=True, playbook_text=PLAYBOOK_STARTED_EARLY, strategy=strategy
+    )
     assert checked.returncode == 0, checked.stdout[-3000:]
     assert not (tmp_path / "opt" / VERSION).exists()
-    first = _run_install(tmp_path, inputs, playbook_text=PLAYBOOK_STARTED_EARLY)
+    first = _run_install(tmp_path, inputs, playbook_text=PLAYBOOK_STARTED_EARLY, strategy=strategy)
     assert first.returncode == 0, first.stdout[-3000:]
     assert "wait for the tree's extraction and check" in first.stdout
     record = json.loads((tmp_path / "opt" / VERSION / "aifactory-install.json").read_text())
@@ -252,7 +270,7 @@ def test_the_tree_started_early_is_awaited_and_an_earlier_runs_staging_is_remove
         [str(tmp_path / "opt" / VERSION / "bin" / "treehello")], capture_output=True, text=True
     )
     assert done.stdout.strip() == f"hello from {tmp_path / 'opt' / VERSION}"
-    second = _run_install(tmp_path, inputs, playbook_text=PLAYBOOK_STARTED_EARLY)
+    second = _run_install(tmp_path, inputs, playbook_text=PLAYBOOK_STARTED_EARLY, strategy=strategy)
     assert second.returncode == 0 and _changed(second) == 0, second.stdout[-3000:]
 
 
