@@ -128,7 +128,9 @@ def _run_playbook(
         data = event.get("event_data") or {}
         if event.get("event") in ("runner_on_failed", "runner_on_unreachable"):
             res = data.get("res") or {}
-            message = str(res.get("msg") or res.get("stderr") or "failed")[-300:]
+            # A command's msg is only "non-zero return code": its stderr says why (oscap's error).
+            said = [str(res.get(key) or "").strip() for key in ("msg", "stderr")]
+            message = ": ".join(part for part in said if part)[-300:] or "failed"
             failures[str(data.get("host"))] = f"{data.get('task', 'scan')}: {message}"
         return False
 
