@@ -120,12 +120,12 @@ class TreeRefused(Exception):
 def staging_prefix(dest):
     """The name every staging folder of dest starts with (hidden, beside it, on the same filesystem:
     the final rename is one step)."""
-    return ".%s.partial-" % os.path.basename(dest.rstrip("/"))
+    return ".%s.partial-" % os.path.basename(dest)
 
 
 def remove_stale_staging(dest):
     """Staging folders of dest an earlier, killed run left (a job still running in one fails)."""
-    parent, prefix = os.path.dirname(dest.rstrip("/")), staging_prefix(dest)
+    parent, prefix = os.path.dirname(dest), staging_prefix(dest)
     for name in os.listdir(parent):
         path = os.path.join(parent, name)
         if name.startswith(prefix) and os.path.isdir(path) and not os.path.islink(path):
@@ -135,7 +135,7 @@ def remove_stale_staging(dest):
 def install(module, archive, expected, dest):
     """Extract into a new staging folder, check it, rename it to dest; fails (staging removed) otherwise."""
     remove_stale_staging(dest)
-    staging = tempfile.mkdtemp(prefix=staging_prefix(dest), dir=os.path.dirname(dest.rstrip("/")))
+    staging = tempfile.mkdtemp(prefix=staging_prefix(dest), dir=os.path.dirname(dest))
     try:
         os.chmod(staging, 0o755)
         rc, _out, err = module.run_command(
@@ -146,8 +146,8 @@ def install(module, archive, expected, dest):
         problems = check_tree(module, staging, expected)
         if problems:
             raise TreeRefused("runtime tree %s: %s" % (archive, "; ".join(problems)))
-        if os.path.isdir(dest) and not os.path.islink(dest):
-            os.rmdir(dest)  # empty (checked before): the rename needs the name free
+        if os.path.isdir(dest):
+            os.rmdir(dest)  # an empty folder, not a link (main checked): the rename needs the name free
         os.rename(staging, dest)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -164,6 +164,7 @@ def main():
         supports_check_mode=True,
     )
     archive, listing, dest = (module.params[k] for k in ("archive", "listing", "dest"))
+    dest = os.path.normpath(dest)  # no trailing '/': its name and folder are what staging needs
     if module.check_mode:
         module.exit_json(changed=True)
     try:
