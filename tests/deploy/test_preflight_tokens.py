@@ -2,7 +2,7 @@
 lets through) is refused by the preflight, the same token without it passes.
 
 One real ansible-playbook run, in check mode with the local connection: each case includes a role's
-preflight (or the service include's own check) with one value set, and records whether a preflight
+preflight with one value set, and records whether a preflight
 refused it (the name of the task that failed) or every check passed.
 """
 
@@ -17,7 +17,6 @@ import pytest
 from ansible_env import ansible_env
 
 REPO = Path(__file__).resolve().parents[2]
-ROLES = REPO / "playbooks" / "roles"
 ANSIBLE_PLAYBOOK = str(Path(sys.executable).with_name("ansible-playbook"))
 DIGEST = "sha256:" + "a" * 64
 BUNDLE = {
@@ -31,7 +30,6 @@ RUNTIME = {
     "runtime_bundle_digest": DIGEST,
     "runtime_serve_address": "10.0.0.1",
 }
-SERVICE = {"aifactory_service_manager": "supervised", "aifactory_service_command": "/bin/false"}
 # (case, what the case includes, its benign variables, the variable given a trailing newline)
 CASES = [
     ("bundle-version", "bundle", BUNDLE, "bundle_version"),
@@ -40,18 +38,10 @@ CASES = [
     ("runtime-digest", "runtime", RUNTIME, "runtime_bundle_digest"),
     ("gpu-driver-branch", "gpu", {"gpu_driver_branch": "560"}, "gpu_driver_branch"),
     ("root-mail-alias", "base", {"base_root_mail_alias": "soc@lab.example"}, "base_root_mail_alias"),
-    (
-        "service-name",
-        "service",
-        {**SERVICE, "aifactory_service_name": "aifactory-serve"},
-        "aifactory_service_name",
-    ),
 ]
 
 
 def _include(what: str) -> str:
-    if what == "service":
-        return f"ansible.builtin.include_tasks: {ROLES}/aifactory_service/tasks/main.yml"
     return f"ansible.builtin.include_role: {{name: {what}, tasks_from: preflight.yml}}"
 
 
