@@ -3,10 +3,11 @@ TLS and its certificate end at a serving node, the node logs the client's own ad
 drained at the front door takes no new connection while the other serves them all.
 
 Its own lab (site `fd<pid>`, inventory/lab/site.yaml with `front_door: {}`), since the session lab's
-spec has no front door. Real parts throughout: the lab's namespaces and sshd, a real bundle built and
-imported, `aifactory deploy` (the front_door role on the control host, the runtime role with its front
-door port on both cpu hosts), Debian's HAProxy, `aifactory token cert` for the nodes' certificates (so
-they name the front door) and for the tenant's, HAProxy's runtime API on the control host.
+spec has no front door. Real parts throughout: the lab's namespaces and sshd, a real bundle built
+(with the prebuilt runtime tree, which the session lab's bundle leaves out) and imported, `aifactory
+deploy` (the front_door role on the control host, the runtime role with its front door port on both
+cpu hosts), Debian's HAProxy, `aifactory token cert` for the nodes' certificates (so they name the
+front door) and for the tenant's, HAProxy's runtime API on the control host.
 
 Kept short: the scheduler plays are left out of the deploy (their variables set to null, as a site
 without Slurm has them), and the model is a small checkpoint signed into the lab's shared storage
@@ -81,6 +82,7 @@ class FrontedLab:
     client: dict[str, Any]  # `aifactory token cert --tenant health --format json`
     deployed: Any  # DeployResult of the first deploy
     planned: Any  # PlannedSite
+    bundle: Any  # ImportedLabBundle (tests/conftest.py)
 
     @property
     def backends(self) -> list[str]:
@@ -204,8 +206,10 @@ def fronted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FrontedLab]:
             client = _cli(
                 state_home, "token", "cert", str(spec), "--tenant", "health", "-o", str(work / "client")
             )
-            shared.build_and_import(spec, site, work)
-            found = FrontedLab(site, spec, work, plan, client, None, planned)
+            # With the prebuilt runtime tree: the session lab's bundle has none, so this is the lab
+            # suite's deploy of the tree over SSH with Mitogen (started in the background by site.yml).
+            bundle = shared.build_and_import(spec, site, work, runtime_trees=True)
+            found = FrontedLab(site, spec, work, plan, client, None, planned, bundle)
             found.deployed = found.deploy()
             assert found.deployed.exit_code == 0 and not found.deployed.failed_hosts, found.deployed.event_log
             yield found
@@ -282,3 +286,22 @@ def test_a_second_deploy_of_the_front_door_host_changes_nothing(fronted: Fronted
     again = fronted.deploy(full=True, limit=host)
     assert again.exit_code == 0 and not again.failed_hosts, again.event_log
     assert again.changed == 0, again.event_log
+
+
+def test_the_nodes_run_the_prebuilt_runtime_tree(fronted: FrontedLab) -> None:
+    """Each node's runtime came from the bundle's signed tree, not from a virtual environment built on
+    the host: its install record names the tree's digest from the signed manifest, and the service
+    runs the tree's interpreter."""
+    manifest = json.loads((fronted.bundle.root / "manifest.json").read_text())
+    trees = manifest["contents"]["runtime_trees"]
+    assert len(trees) == 1, trees
+    (tree,) = trees.values()
+    for node in fronted.backends:
+        record = json.loads(
+            fronted.exec(["cat", f"/opt/aifactory/{fronted.bundle.version}/aifactory-install.json"], node)
+        )
+        assert record["tree"] == tree["sha256"] and len(record["tree"]) == 64, record
+        assert record["bundle_digest"] == fronted.bundle.digest
+        # No staging folder of the extraction is left beside the version's folder.
+        listing = fronted.exec(["ls", "-A", "/opt/aifactory"], node).split()
+        assert not [name for name in listing if ".partial-" in name], listing
