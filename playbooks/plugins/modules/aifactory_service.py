@@ -23,7 +23,6 @@ description:
     into the inventory), unless the task names them.
   - One task per unit where an include took four (the include, an argument check and both managers'
     branches, one of them always skipped); see docs/deploy.md, section Fewer, heavier tasks.
-version_added: "2.0.0"
 options:
   name:
     description:
