@@ -46,8 +46,9 @@ _FILE_ACTIONS = {"file", "copy", "template", "unarchive", "lineinfile", "blockin
 _FILES_MODULE = "aifactory_files"
 _READ_ACTIONS = {"stat", "slurp"}
 _SYSTEMD_ACTIONS = {"systemd_service", "systemd", "service"}
-_SUPERVISOR = "aifactory-service"
-_SUPERVISOR_VERBS = {"start", "restart", "status"}
+# The collection's action that starts every service and timer (playbooks/plugins/action/): its result
+# names the unit, the manager and, when supervised, the supervisor's command.
+_SERVICE_ACTION = "aifactory_service"
 
 
 def _short(action: str) -> str:
@@ -113,11 +114,12 @@ class ManagedCapture:
                 _add_path(managed, path)
         elif action in _READ_ACTIONS:  # what a role reads to decide (where `current` points, say)
             _add_path(managed, args.get("path") or args.get("src"))
-        elif action in ("command", "shell"):
-            argv = args.get("argv") or []
-            if len(argv) == 3 and Path(str(argv[0])).name == _SUPERVISOR and argv[1] in _SUPERVISOR_VERBS:
-                managed.services.add(str(argv[2]))
-                managed.service_command = str(argv[0])
+        elif action == _SERVICE_ACTION:
+            name = result.get("service")
+            if isinstance(name, str) and name:
+                managed.services.add(name)
+                if result.get("manager") == "supervised":
+                    managed.service_command = str(result.get("command") or "")
         elif action in _SYSTEMD_ACTIONS and args.get("state") in ("started", "restarted", "reloaded"):
             if isinstance(args.get("name"), str):
                 managed.services.add(args["name"])

@@ -62,8 +62,24 @@ def test_capture_takes_paths_services_and_packages_from_results() -> None:
             "aifactory.factory.aifactory_files",
             {"paths": ["/etc/chrony/conf.d", "/etc/chrony/conf.d/a.conf"]},
         ),
-        ok("h1", "command", invoked({"argv": [SUPERVISOR, "status", "slurmd"]}, rc=0)),
-        ok("h1", "command", invoked({"argv": ["/bin/echo", "start", "nothing"]}, rc=0)),
+        ok(
+            "h1",
+            "aifactory.factory.aifactory_service",
+            {"service": "slurmd", "manager": "supervised", "command": SUPERVISOR},
+        ),
+        ok(
+            "h1",
+            "aifactory.factory.aifactory_service",
+            {
+                "results": [
+                    {"service": "a.timer", "manager": "supervised", "command": SUPERVISOR},
+                    {"skipped": True, "service": "b.timer"},
+                ]
+            },
+        ),
+        # a command that looks like the supervisor's is not a service: only the action says so
+        ok("h1", "command", invoked({"argv": [SUPERVISOR, "start", "nothing"]}, rc=0)),
+        ok("h2", "aifactory.factory.aifactory_service", {"service": "munge", "manager": "systemd"}),
         ok("h2", "systemd_service", invoked({"name": "aifactory-serve", "state": "restarted"})),
         ok("h2", "systemd_service", invoked({"name": "stopped-one", "state": "stopped"})),
         ok("h2", "apt", invoked({"name": ["slurmd", "munge"], "state": "present"})),
@@ -100,13 +116,13 @@ def test_capture_takes_paths_services_and_packages_from_results() -> None:
             "/var/lib/a",
             "/var/lib/b",
         ],
-        "services": ["slurmd"],
+        "services": ["a.timer", "slurmd"],
         "service_command": SUPERVISOR,
         "packages": [],
     }
     assert specs["h2"] == {
         "paths": [],
-        "services": ["aifactory-serve"],
+        "services": ["aifactory-serve", "munge"],
         "service_command": "",
         "packages": ["chrony", "munge", "slurmd"],
     }

@@ -127,6 +127,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         ),
     )
     return {
+        "supervisor": str(supervisor),
         "run": run,
         "check": check,
         "unset": no_command["unset"],
@@ -144,6 +145,13 @@ def test_start_starts_a_stopped_unit_and_leaves_a_running_one_alone(site: dict[s
     assert run["second_start"]["changed"] is False and not run["second_start"].get("failed")
     assert run["restart"]["changed"] is True
     assert run["timer"]["changed"] is True
+    # The result names the unit and who runs it: the deploy records it as a service the host runs
+    # (aifactory/deploy/converged.py), which the converged probe then checks.
+    assert {k: run["first_start"][k] for k in ("service", "manager", "command")} == {
+        "service": "svc-a",
+        "manager": "supervised",
+        "command": site["supervisor"],
+    }
     # The manager and its command came from the host's variables; each call is an argument vector.
     assert site["calls_after_run"][:4] == [
         "start|svc-a|",

@@ -49,6 +49,9 @@ class ActionModule(ActionBase):  # type: ignore[misc]  # ansible-core ships no t
                 " '-'; not starting with '-', '.' or '@')"
             )
         manager = args["manager"] or self._host_value(task_vars, "aifactory_service_manager", "systemd")
+        # What the unit is and who runs it, in the result: the deploy's record of what a full run
+        # managed (aifactory/deploy/converged.py) reads them, and the converged probe asks again.
+        result.update(service=name, manager=manager)
         if manager == "systemd":
             result.update(self._systemd(name, args, task_vars))
             return result
@@ -65,6 +68,7 @@ class ActionModule(ActionBase):  # type: ignore[misc]  # ansible-core ships no t
                 f"aifactory_service: {name} is supervised but no supervisor command is set"
                 " (aifactory_service_command, or the task's command)"
             )
+        result["command"] = command
         if self._task.check_mode:
             result.update(self._supervised_check(command, name, args["state"]))
         else:

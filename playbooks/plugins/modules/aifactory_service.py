@@ -73,6 +73,18 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+service:
+  description: The unit's name, as given (what the deploy records as a service the host runs).
+  type: str
+  returned: always
+manager:
+  description: The service manager used, systemd or supervised.
+  type: str
+  returned: always
+command:
+  description: The supervisor's command.
+  type: str
+  returned: when supervised
 changed:
   description: Whether the unit was (or, in check mode, would be) started or restarted.
   type: bool
