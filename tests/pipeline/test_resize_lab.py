@@ -44,17 +44,15 @@ RESIZE_TIMEOUT_S = 3600
 LISTED_TASKS = {
     # the bundle that signs the resized plan: carried and verified; plan.json rewritten
     "signed site plan": ("Bundle |", "Runtime | configure | the bundle's signed site plan"),
-    # the daemons restart to read it (through the service role), and the controller drains the added
-    # node until its health gate admits it
+    # the daemons restart to read it (the role's handlers, through the aifactory_service action), and
+    # the controller drains the added node until its health gate admits it
     "slurm.conf node list": (
         "Slurm | configure | slurm.conf",
         "Slurm | handler |",
         "Slurm | run | drain the nodes not yet admitted",
-        "Aifactory_service | run | slurmctld ",
-        "Aifactory_service | run | slurmd ",
     ),
     "/etc/hosts (Slurm cluster block)": ("Slurm | configure | cluster hosts resolvable by name",),
-    "front door backends": ("Front door |", "Front_door |", "Aifactory_service | run | haproxy "),
+    "front door backends": ("Front door |", "Front_door |"),
     "Prometheus scrape targets": ("Monitoring |",),
 }
 KEPT_FILE = "/var/lib/aifactory/resize-kept.txt"
