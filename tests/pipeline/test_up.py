@@ -367,6 +367,18 @@ def test_second_up_changes_nothing_and_is_fast(site: UpSite) -> None:
     assert seconds < 0.25 * site.first_seconds, (seconds, site.first_seconds)
 
 
+def _what_is_in(folder: Path) -> str:
+    """The files under `folder` with their times of change, for a failure's message."""
+    if not folder.exists():
+        return f"\n{folder} does not exist"
+    found = sorted(folder.rglob("*"))[:40]
+    lines = [
+        f"{time.strftime('%H:%M:%S', time.localtime(p.lstat().st_mtime))} {p.relative_to(folder)}"
+        for p in found
+    ]
+    return f"\nin {folder} (now {time.strftime('%H:%M:%S')}):\n" + "\n".join(lines)
+
+
 def test_a_restored_control_host_state_leaves_up_nothing_to_do(site: UpSite, tmp_path: Path) -> None:
     """Issue 27 on the lab: `aifactory backup`, the state folder lost, `aifactory restore`: the next
     `up` re-verifies every stage and changes nothing (no stage record changes; deploy re-probes with
@@ -401,7 +413,8 @@ def test_a_restored_control_host_state_leaves_up_nothing_to_do(site: UpSite, tmp
             "--passphrase-file",
             str(passphrase),
         )
-        assert restored.returncode == 0, restored.stdout + restored.stderr
+        # A refusal names what stood in the emptied folder (CI once met a state there: written by what?).
+        assert restored.returncode == 0, restored.stdout + restored.stderr + _what_is_in(state)
         assert not (state / "lab").exists(), "a backup leaves the lab out"
         (lost / "lab").rename(state / "lab")
         report = state / "up" / "report"
