@@ -24,6 +24,20 @@ from aifactory.connection import Connection, Services, ssh_connection
 SUPERVISOR = "/run/aifactory-lab/bin/aifactory-service"
 CONTROL_PATH_DIR = "/run/aifactory-lab/ssh"  # where the ssh config's ControlPath points
 REMOTE_TMP = "/run/aifactory-lab/ansible-tmp"
+# They share the machine's kernel and /usr, the lab wires their links and prepares their storage,
+# their BMCs are emulators on plain HTTP, munged seeds under the host's private /run.
+HOST_VARS = {
+    "ansible_python_interpreter": "/usr/bin/python3",
+    "aifactory_kernel_shared": True,
+    "aifactory_packages_preinstalled": True,
+    "fabric_manage_links": False,
+    "storage_client_prepared": True,
+    "monitoring_bmc_scheme": "http",
+    "monitoring_bmc_port": 8000,
+    "munge_seed_file": "/run/munge/munged.seed",
+    "slurm_slurmd_timeout": 10,
+    "slurm_health_check_interval": 15,
+}
 
 
 def ssh_connection_to(status: Any) -> Connection:
@@ -41,7 +55,7 @@ def ssh_connection_to(status: Any) -> Connection:
         become_method="ansible.builtin.su",
         control_prefix=("nsenter", "--target", str(control.anchor.pid), "--net", "--mount", "--uts", "--"),
         services=Services("supervised", SUPERVISOR),
-        inventory_vars={"ansible_python_interpreter": "/usr/bin/python3", "aifactory_lab": True},
+        inventory_vars=HOST_VARS,
         description="ssh from the control host",
     )
 

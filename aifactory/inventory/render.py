@@ -330,9 +330,11 @@ def _site_vars(
         # The site's security contact (the spec's contacts.security), or None: root's mail alias on
         # every host (the base role) and the host scans' tailored value (docs/audit.md).
         "aifactory_security_contact": plan.contacts.security if plan.contacts else None,
-        # Defaults of a site whose Connection says nothing else: hosts run systemd (site_vars, from the
-        # site's Connection, replace these; docs/architecture.md).
-        "aifactory_lab": False,
+        # Defaults of a site whose Connection says nothing else: hosts run systemd, have a kernel of
+        # their own and get their packages from the bundle (site_vars, from the site's Connection,
+        # replace these; docs/architecture.md).
+        "aifactory_kernel_shared": False,
+        "aifactory_packages_preinstalled": False,
         "aifactory_service_manager": "systemd",
     }
     # The plan's prices as the monitoring role's price rules want them (docs/economics.md); only on

@@ -12,8 +12,9 @@ from typing import Any
 import yaml
 
 from aifactory.bundle.collection import source_collections_path
+from aifactory.lab.bmc import BMC_PORT
 from aifactory.lab.hosts import SERVICE_BIN
-from aifactory.lab.layout import LabLayout, make_dir
+from aifactory.lab.layout import LabLayout, make_dir, write_file
 from aifactory.lab.system import run
 from aifactory.plan.model import Host, SitePlan
 from aifactory.resources import resource_dir
@@ -22,16 +23,22 @@ ADMIN_USER = "root"
 PYTHON = "/usr/bin/python3"
 CONTROL_PATH_DIR = "/run/aifactory-lab/ssh"  # inside the control host's private /run: short and lab-local
 SERVICE_COMMAND = f"{SERVICE_BIN}/aifactory-service"
-
-
-def write_file(path: Path, text: str, mode: int = 0o644) -> Path:
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    os.chmod(tmp, mode)
-    os.replace(tmp, path)
-    return path
+# What the lab's hosts are, for the roles, which never ask whether they run in the lab (docs/lab.md,
+# "What stays shared with the machine"): they share the machine's kernel and its /usr (packages are
+# installed there once, and only checked), the lab wires their links and prepares their storage,
+# their BMCs are sushy-tools on plain HTTP, munged seeds under each host's private /run, and Slurm
+# notices a dead slurmd within the tests' patience.
+LAB_HOST_VARS: dict[str, Any] = {
+    "aifactory_kernel_shared": True,
+    "aifactory_packages_preinstalled": True,
+    "fabric_manage_links": False,
+    "storage_client_prepared": True,
+    "monitoring_bmc_scheme": "http",
+    "monitoring_bmc_port": BMC_PORT,
+    "munge_seed_file": "/run/munge/munged.seed",
+    "slurm_slurmd_timeout": 10,
+    "slurm_health_check_interval": 15,
+}
 
 
 def keygen(path: Path, comment: str) -> Path:
@@ -183,7 +190,7 @@ def inventory(plan: SitePlan) -> dict[str, Any]:
                 "ansible_python_interpreter": PYTHON,
                 "ansible_become_method": "ansible.builtin.su",
                 "aifactory_site": plan.name,
-                "aifactory_lab": True,
+                **LAB_HOST_VARS,
                 "aifactory_service_manager": "supervised",
                 "aifactory_service_command": SERVICE_COMMAND,
             },

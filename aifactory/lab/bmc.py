@@ -22,10 +22,9 @@ from pathlib import Path
 import bcrypt
 
 from aifactory.errors import LabError, PrerequisiteError, SecretError
-from aifactory.lab.access import write_file
 from aifactory.lab.bmc_power import PowerModel
 from aifactory.lab.journal import Journal
-from aifactory.lab.layout import LabLayout, make_dir
+from aifactory.lab.layout import LabLayout, make_dir, write_file
 from aifactory.lab.system import listening, wait_ready
 from aifactory.plan.model import Host, SitePlan
 from aifactory.secrets import STORE_FILE, SecretResolver, SecretStore, read_passphrase

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from aifactory.connection import ANSIBLE_SECTIONS, Connection, Services
 from aifactory.errors import AifactoryError, LabError
-from aifactory.lab.access import ADMIN_USER, PYTHON, SERVICE_COMMAND
+from aifactory.lab.access import ADMIN_USER, LAB_HOST_VARS, PYTHON, SERVICE_COMMAND
 from aifactory.lab.execute import lab_env, path_with_tools
 from aifactory.lab.hosts import enter_argv
 from aifactory.lab.query import lab_status
@@ -69,8 +69,7 @@ def lab_connection(site: str) -> Connection:
             "ansible_user": ADMIN_USER,
             "ansible_python_interpreter": PYTHON,
             "ansible_become_method": "ansible.builtin.su",
-            # Roles read it for what only the lab differs in (hosts share the machine's /usr...).
-            "aifactory_lab": True,
+            **LAB_HOST_VARS,
         },
         env=env,
         control_prefix=tuple(enter_argv(control.anchor.pid)),

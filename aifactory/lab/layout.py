@@ -17,6 +17,7 @@ lab/
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,4 +98,15 @@ class LabLayout:
 
 def make_dir(path: Path, mode: int = 0o700) -> Path:
     path.mkdir(parents=True, exist_ok=True, mode=mode)
+    return path
+
+
+def write_file(path: Path, text: str, mode: int = 0o644) -> Path:
+    """`text` at `path`, whole or not at all (a temporary file renamed), with `mode` from its creation."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    os.chmod(tmp, mode)
+    os.replace(tmp, path)
     return path

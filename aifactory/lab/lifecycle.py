@@ -15,7 +15,7 @@ from pathlib import Path
 from aifactory.errors import LabError, SecretError
 from aifactory.lab import access, bmc, hosts, network
 from aifactory.lab.journal import Entry, Journal, process_start_time
-from aifactory.lab.layout import LabLayout, make_dir
+from aifactory.lab.layout import LabLayout, make_dir, write_file
 from aifactory.lab.names import PREFIX, LabNames, site_prefix
 from aifactory.lab.status import (
     BmcStatus,
@@ -144,7 +144,7 @@ def site_lock(state: SiteState, command: str, lock: bool) -> Iterator[None]:
 def _install_supervisor(layout: LabLayout) -> None:
     make_dir(layout.bin_dir, 0o755)
     source = resources.files("aifactory.lab").joinpath("files/aifactory-service").read_text()
-    access.write_file(layout.bin_dir / "aifactory-service", source, 0o755)
+    write_file(layout.bin_dir / "aifactory-service", source, 0o755)
 
 
 def _build(plan: SitePlan, layout: LabLayout, tools: dict[str, str]) -> LabStatus:
@@ -185,7 +185,7 @@ def _build(plan: SitePlan, layout: LabLayout, tools: dict[str, str]) -> LabStatu
 def _prepare_files(plan: SitePlan, layout: LabLayout, journal: Journal) -> dict[str, hosts.MountPlan]:
     """Keys, configs, the supervisor, seeded /etc files, storage folders; returns each host's mounts."""
     hosts.check_state_location(layout, plan)
-    access.write_file(layout.plan_file, plan.to_json(), 0o600)
+    write_file(layout.plan_file, plan.to_json(), 0o600)
     _install_supervisor(layout)
     access.generate_keys(layout, plan)
     access.write_access_files(layout, plan)

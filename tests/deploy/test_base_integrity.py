@@ -41,7 +41,9 @@ PLAYBOOK = """
   hosts: all
   gather_facts: false
   vars:
-    base_lab: true
+    base_systemd: false
+    base_kernel_shared: true
+    base_packages_preinstalled: true
     base_aide_install: false
     base_aide_timer: false
     base_aide_conf: {folder}/etc/aide.conf

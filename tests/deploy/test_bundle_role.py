@@ -104,7 +104,7 @@ def _inventory(
             "vars": {
                 "aifactory_bundle": bundle,
                 "aifactory_control_host": "ctl",
-                "aifactory_lab": True,
+                "aifactory_packages_preinstalled": True,
                 "aifactory_platform": {"os": "debian-12", "arch": "x86_64", "python": "3.11"},
             },
             "hosts": {

@@ -62,6 +62,20 @@ def test_galaxy_layout_in_the_source() -> None:
         assert (PLAYBOOKS / "roles" / role / "meta" / "argument_specs.yml").is_file(), role
 
 
+def test_no_role_asks_whether_it_runs_in_the_lab() -> None:
+    """Roles read what the hosts are (docs/architecture.md, the connection seam), never whether they
+    are the lab's: no file of the collection names a lab variable, and no role has a `*_lab` option."""
+    lab_variable = re.compile(r"\baifactory_lab\b|\b[a-z]+(?:_[a-z]+)*_lab\b\s*[:|}]")
+    asking = [
+        f"{path.relative_to(PLAYBOOKS)}:{number}: {line.strip()}"
+        for path in sorted(PLAYBOOKS.rglob("*"))
+        if path.is_file() and path.suffix in (".yml", ".yaml", ".j2", ".py")
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if lab_variable.search(line)
+    ]
+    assert asking == []
+
+
 def _documentation(module: str) -> dict[str, Any]:
     source = (PLAYBOOKS / "plugins" / "modules" / f"{module}.py").read_text()
     for node in ast.parse(source).body:

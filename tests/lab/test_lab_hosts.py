@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from waiting import wait_for
 
-from aifactory.lab.access import SERVICE_COMMAND
+from aifactory.lab.access import LAB_HOST_VARS, SERVICE_COMMAND
 from aifactory.lab.hosts import hardened_mounts
 
 pytestmark = pytest.mark.lab
@@ -245,7 +245,7 @@ def test_inventory_marks_lab_hosts_and_the_service_manager(lab):
     import yaml
 
     inventory = yaml.safe_load(Path(lab.status.paths["inventory"]).read_text())["all"]
-    assert inventory["vars"]["aifactory_lab"] is True
+    assert {k: inventory["vars"].get(k) for k in LAB_HOST_VARS} == LAB_HOST_VARS
     assert inventory["vars"]["aifactory_service_manager"] == "supervised"
     assert {h: v["ansible_host"] for h, v in inventory["hosts"].items()} == {
         h.name: h.management_address for h in lab.plan.hosts

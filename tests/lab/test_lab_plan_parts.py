@@ -98,9 +98,19 @@ def test_inventory_reaches_every_host_by_management_address(plan):
         h.name: h.management_address for h in plan.hosts
     }
     lab_vars = inventory["all"]["vars"]
-    assert lab_vars["aifactory_lab"] is True and lab_vars["aifactory_service_manager"] == "supervised"
+    assert lab_vars["aifactory_kernel_shared"] is True and lab_vars["aifactory_packages_preinstalled"] is True
+    assert lab_vars["aifactory_service_manager"] == "supervised"
+    assert lab_vars["monitoring_bmc_scheme"] == "http" and lab_vars["fabric_manage_links"] is False
     assert set(inventory["all"]["children"]["control"]["hosts"]) == {plan.control_host}
     yaml.safe_load(yaml.safe_dump(inventory))
+
+
+def test_the_ssh_sites_description_of_the_lab_hosts_is_the_labs_own():
+    """tests/ssh_site.py writes the lab's hosts down as an admin would (without aifactory.lab): what it
+    says they are must be what the lab's own Connection says, or the SSH tests deploy other hosts."""
+    from tests.ssh_site import HOST_VARS
+
+    assert {k: v for k, v in HOST_VARS.items() if k != "ansible_python_interpreter"} == access.LAB_HOST_VARS
 
 
 def test_ssh_config_and_ansible_cfg_keep_host_key_checking_and_speed_settings(plan, tmp_path):
