@@ -27,7 +27,8 @@ spread over the control host's cores, at most forks at once: method in docs/depl
 uses `--forks` (default 100, what docs/deploy.md tells a national site to give `aifactory deploy`),
 so that all the hosts of every point are worked on at once, as the projection assumes. The probe
 is the median of three runs; the deploys run with slurmd's node check off (PATH_EXTRA_VARS: a host
-load that the lab puts on the controller's cores).
+load that the lab puts on the controller's cores), and the probe and the no-op deploy each start once
+the machine is quiet after the first deploy (wait_until_quiet: the hosts' services starting).
 
 `scale`:
 Needs root and the lab's prerequisites (docs/lab.md). Grows a copy of the lab site under another
@@ -55,6 +56,7 @@ import re
 import statistics
 import sys
 import tempfile
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -78,6 +80,14 @@ NATIONAL_FORKS = 100  # the forks docs/deploy.md gives a national site's `aifact
 # what grows with the host count is the deploy's own cost.
 PATH_EXTRA_VARS = {"slurm_health_check_interval": 0}
 PROBE_REPEATS = 3  # path: the probe is short (seconds); the median of three runs of it
+# path: after a first deploy the lab's hosts start their services (each compute host's inference
+# service loads torch) on the controller's own cores, for a minute or more at 32 hosts; a probe or a
+# no-op deploy measured then pays for that start-up, a host load a real site's hosts carry on their
+# own CPUs. So each waits until this machine is quiet: busy under QUIET_BUSY over QUIET_WINDOW s, for
+# at most QUIET_LIMIT s (what was waited and the last busy share are printed with the point).
+QUIET_BUSY = 0.3
+QUIET_WINDOW = 2.0
+QUIET_LIMIT = 120.0
 
 
 @dataclass(frozen=True)
@@ -303,7 +313,6 @@ exit 1
 def measure_floor(site: str, planned_hosts: list[tuple[str, str]], archive: str) -> float:
     """Wall seconds of FLOOR_SCRIPT on every host at once."""
     import subprocess
-    import time
 
     from aifactory.lab.access import SERVICE_COMMAND
     from aifactory.lab.hosts import enter_argv
@@ -418,10 +427,34 @@ def children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def cpu_busy_share(window: float) -> float:
+    """The share of this machine's CPU time that was busy (not idle, not waiting on I/O) over `window` s."""
+
+    def sample() -> tuple[int, int]:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        idle = fields[3] + fields[4]  # idle, iowait
+        return sum(fields[:8]), idle  # user..steal; guest time is already in user
+
+    total0, idle0 = sample()
+    time.sleep(window)
+    total1, idle1 = sample()
+    total = total1 - total0
+    return 1.0 - (idle1 - idle0) / total if total > 0 else 0.0
+
+
+def wait_until_quiet(hosts: int, before: str) -> None:
+    """Wait (at most QUIET_LIMIT s) until the machine is quiet, and say how long it took."""
+    started = time.monotonic()
+    busy = cpu_busy_share(QUIET_WINDOW)
+    while busy >= QUIET_BUSY and time.monotonic() - started < QUIET_LIMIT:
+        busy = cpu_busy_share(QUIET_WINDOW)
+    waited = time.monotonic() - started
+    print(f"  {hosts} hosts, before the {before}: {waited:.0f} s until quiet (busy {busy:.0%})")
+
+
 def path_point(hosts: int, work: Path, settings: DeploySettings) -> PathPoint:
     """One lab of `hosts` hosts: deploy it, then time the converged probe and a no-op --full deploy,
     each with `settings` (forks)."""
-    import time
 
     from aifactory.deploy import check_converged
     from aifactory.lab import lab_connection, lab_down, lab_up
@@ -444,6 +477,7 @@ def path_point(hosts: int, work: Path, settings: DeploySettings) -> PathPoint:
             raise SystemExit(
                 f"{hosts} hosts: the first deploy failed: {first.failed_hosts} ({first.event_log})"
             )
+        wait_until_quiet(hosts, "probe")
         probes: list[tuple[float, float]] = []
         for _ in range(PROBE_REPEATS):
             cpu, started = children_cpu(), time.monotonic()
@@ -459,6 +493,7 @@ def path_point(hosts: int, work: Path, settings: DeploySettings) -> PathPoint:
                 raise SystemExit(f"{hosts} hosts: the probe found hosts not converged: {unconverged}")
         probe_wall = statistics.median(wall for wall, _ in probes)
         probe_cpu = statistics.median(cpu for _, cpu in probes)
+        wait_until_quiet(hosts, "no-op --full")
         full = deploy_site(
             plan_site(spec, write_lock=False),
             connection=lab_connection(site),
