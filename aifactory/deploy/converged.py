@@ -15,9 +15,9 @@ same state on each host (one read-only module call per host, `aifactory_host_sta
 
 What is managed is read from the full run's own results (each file, template, copy, link or folder
 task's path, every path an `aifactory_files` task names, and each path a role reads with stat or slurp
-to decide what to do; each supervised or systemd service; each apt package), so the check follows the
-roles as they change. Specs recorded from the same inputs accumulate: a no-op run skips tasks (a
-version switch) that the first run did.
+to decide what to do; each supervised or systemd service; each package a role installs or checks),
+so the check follows the roles as they change. Specs recorded from the same inputs accumulate: a
+no-op run skips tasks (a version switch) that the first run did.
 What it does not see (a file a role writes without a path in its result, such as the no_log MUNGE key,
 or a package's files) is re-applied by `aifactory deploy --full`, which runs every role everywhere.
 """
@@ -49,6 +49,9 @@ _SYSTEMD_ACTIONS = {"systemd_service", "systemd", "service"}
 # The collection's action that starts every service and timer (playbooks/plugins/action/): its result
 # names the unit, the manager and, when supervised, the supervisor's command.
 _SERVICE_ACTION = "aifactory_service"
+# The collection's action that installs (or, preinstalled, checks) a role's packages: its result names
+# them either way.
+_PACKAGES_ACTION = "aifactory_packages"
 
 
 def _short(action: str) -> str:
@@ -123,6 +126,10 @@ class ManagedCapture:
         elif action in _SYSTEMD_ACTIONS and args.get("state") in ("started", "restarted", "reloaded"):
             if isinstance(args.get("name"), str):
                 managed.services.add(args["name"])
+        elif action == _PACKAGES_ACTION:
+            names = result.get("packages")
+            if isinstance(names, list):
+                managed.packages.update(str(n) for n in names)
         elif action in ("apt", "package") and args.get("state", "present") in ("present", "latest"):
             names = args.get("name") or args.get("pkg") or []
             managed.packages.update([names] if isinstance(names, str) else [str(n) for n in names])

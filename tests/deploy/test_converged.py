@@ -77,6 +77,12 @@ def test_capture_takes_paths_services_and_packages_from_results() -> None:
                 ]
             },
         ),
+        # a role's packages, checked where preinstalled or installed with apt: the action names them
+        ok(
+            "h1",
+            "aifactory.factory.aifactory_packages",
+            {"packages": ["aide", "aide-common"], "preinstalled": True, "changed": False},
+        ),
         # a command that looks like the supervisor's is not a service: only the action says so
         ok("h1", "command", invoked({"argv": [SUPERVISOR, "start", "nothing"]}, rc=0)),
         ok("h2", "aifactory.factory.aifactory_service", {"service": "munge", "manager": "systemd"}),
@@ -118,7 +124,7 @@ def test_capture_takes_paths_services_and_packages_from_results() -> None:
         ],
         "services": ["a.timer", "slurmd"],
         "service_command": SUPERVISOR,
-        "packages": [],
+        "packages": ["aide", "aide-common"],
     }
     assert specs["h2"] == {
         "paths": [],

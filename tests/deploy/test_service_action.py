@@ -11,16 +11,11 @@ run; real sites use it.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-from pathlib import Path
+from functools import partial
 from typing import Any
 
 import pytest
-from ansible_env import ansible_env
-
-ANSIBLE_PLAYBOOK = str(Path(sys.executable).with_name("ansible-playbook"))
+from local_playbook import action_task, run_local_playbook
 
 # The stand-in supervisor: arguments recorded one call per line (NUL-free, '|' after each), exit
 # codes as the lab's supervisor's (docs/lab.md): status 0 running / 3 not running, 1 failure.
@@ -41,49 +36,7 @@ esac
 HOSTILE_NAMES = ["bad\nname", "-h", "a b", "a;touch x", "../etc/x", "a/b", "", ".hidden", "@x", "$(id)"]
 
 
-def _task(label: str, args: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "name": label,
-        "aifactory.factory.aifactory_service": args,
-        "register": f"r_{label}",
-        "ignore_errors": True,
-    }
-
-
-def _playbook(folder: Path, name: str, tasks: list[dict[str, Any]], host_vars: dict[str, str]) -> Path:
-    labels = [t["name"] for t in tasks]
-    keep = {
-        "name": "keep the results",
-        "ansible.builtin.copy": {
-            "content": "{{ {" + ", ".join(f"'{lb}': r_{lb}" for lb in labels) + "} | to_json }}",
-            "dest": str(folder / f"{name}.json"),
-            "mode": "0644",
-        },
-        "check_mode": False,
-    }
-    play = [
-        {
-            "name": name,
-            "hosts": "localhost",
-            "gather_facts": False,
-            "vars": host_vars,
-            "tasks": [*tasks, keep],
-        }
-    ]
-    path = folder / f"{name}.yml"
-    path.write_text(json.dumps(play))
-    return path
-
-
-def _run(folder: Path, playbook: Path, *flags: str) -> dict[str, dict[str, Any]]:
-    argv = [ANSIBLE_PLAYBOOK, "-i", "localhost,", "-c", "local", *flags, str(playbook)]
-    argv += ["-e", json.dumps({"ansible_python_interpreter": sys.executable})]
-    done = subprocess.run(
-        argv, capture_output=True, text=True, env=ansible_env(folder), timeout=300, check=False
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    results: dict[str, dict[str, Any]] = json.loads((folder / f"{playbook.stem}.json").read_text())
-    return results
+_task = partial(action_task, "aifactory.factory.aifactory_service")
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +58,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         *[_task(f"hostile_{i}", {"name": name}) for i, name in enumerate(HOSTILE_NAMES)],
         _task("no_command", {"name": "svc-b", "command": ""}),
     ]
-    run = _run(folder, _playbook(folder, "run", tasks, supervised))
+    run = run_local_playbook(folder, "run", tasks, supervised)
     calls_after_run = log.read_text().splitlines()
     running_after_run = sorted(p.name for p in state.iterdir())
     checks = [
@@ -113,18 +66,12 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         _task("check_stopped", {"name": "svc-new"}),
         _task("check_restart", {"name": "svc-a", "state": "restarted"}),
     ]
-    check = _run(folder, _playbook(folder, "check", checks, supervised), "--check")
-    no_command = _run(
-        folder,
-        _playbook(
-            folder, "unset", [_task("unset", {"name": "svc-c"})], {"aifactory_service_manager": "supervised"}
-        ),
+    check = run_local_playbook(folder, "check", checks, supervised, "--check")
+    no_command = run_local_playbook(
+        folder, "unset", [_task("unset", {"name": "svc-c"})], {"aifactory_service_manager": "supervised"}
     )
-    bogus = _run(
-        folder,
-        _playbook(
-            folder, "bogus", [_task("bogus", {"name": "svc-c"})], {"aifactory_service_manager": "upstart"}
-        ),
+    bogus = run_local_playbook(
+        folder, "bogus", [_task("bogus", {"name": "svc-c"})], {"aifactory_service_manager": "upstart"}
     )
     return {
         "supervisor": str(supervisor),
