@@ -26,9 +26,10 @@ measured) and 10,000 hosts; the wall at 10,000 hosts is projected from the contr
 spread over the control host's cores, at most forks at once: method in docs/deploy.md. Every run
 uses `--forks` (default 100, what docs/deploy.md tells a national site to give `aifactory deploy`),
 so that all the hosts of every point are worked on at once, as the projection assumes. The probe
-is the median of three runs; the deploys run with slurmd's node check off (PATH_EXTRA_VARS: a host
-load that the lab puts on the controller's cores), and the probe and the no-op deploy each start once
-the machine is quiet after the first deploy (wait_until_quiet: the hosts' services starting).
+is the median of five runs and the no-op deploy the median of three; the deploys run with slurmd's
+node check off (PATH_EXTRA_VARS: a host load that the lab puts on the controller's cores), and each
+probe series and each no-op deploy start once the machine is quiet (wait_until_quiet: the hosts'
+services starting).
 
 `scale`:
 Needs root and the lab's prerequisites (docs/lab.md). Grows a copy of the lab site under another
@@ -79,7 +80,11 @@ NATIONAL_FORKS = 100  # the forks docs/deploy.md gives a national site's `aifact
 # hosts, a load a real site's hosts carry on their own CPUs: the path's deploys turn it off, so that
 # what grows with the host count is the deploy's own cost.
 PATH_EXTRA_VARS = {"slurm_health_check_interval": 0}
-PROBE_REPEATS = 3  # path: the probe is short (seconds); the median of three runs of it
+# path: the probe is short (2-3 s at the small points, where a few tenths of a second on this shared
+# machine move the fitted line's slope by half), so each point takes the median of five runs of it;
+# the no-op --full deploy the median of three.
+PROBE_REPEATS = 5
+FULL_REPEATS = 3
 # path: after a first deploy the lab's hosts start their services (each compute host's inference
 # service loads torch) on the controller's own cores, for a minute or more at 32 hosts; a probe or a
 # no-op deploy measured then pays for that start-up, a host load a real site's hosts carry on their
@@ -493,20 +498,28 @@ def path_point(hosts: int, work: Path, settings: DeploySettings) -> PathPoint:
                 raise SystemExit(f"{hosts} hosts: the probe found hosts not converged: {unconverged}")
         probe_wall = statistics.median(wall for wall, _ in probes)
         probe_cpu = statistics.median(cpu for _, cpu in probes)
-        wait_until_quiet(hosts, "no-op --full")
-        full = deploy_site(
-            plan_site(spec, write_lock=False),
-            connection=lab_connection(site),
-            options=DeployOptions(full=True, settings=settings, extra_vars=PATH_EXTRA_VARS),
-        )
-        if full.exit_code != 0 or full.changed:
-            raise SystemExit(
-                f"{hosts} hosts: the no-op --full deploy changed {full.changed} (exit {full.exit_code})"
+        fulls: list[tuple[float, float]] = []
+        for _ in range(FULL_REPEATS):
+            wait_until_quiet(hosts, "no-op --full")
+            full = deploy_site(
+                plan_site(spec, write_lock=False),
+                connection=lab_connection(site),
+                options=DeployOptions(full=True, settings=settings, extra_vars=PATH_EXTRA_VARS),
             )
+            if full.exit_code != 0 or full.changed:
+                raise SystemExit(
+                    f"{hosts} hosts: the no-op --full deploy changed {full.changed} (exit {full.exit_code})"
+                )
+            fulls.append((full.wall_seconds, full.controller_cpu_seconds))
     finally:
         lab_down(site)
     point = PathPoint(
-        hosts, first.wall_seconds, probe_wall, probe_cpu, full.wall_seconds, full.controller_cpu_seconds
+        hosts,
+        first.wall_seconds,
+        probe_wall,
+        probe_cpu,
+        statistics.median(wall for wall, _ in fulls),
+        statistics.median(cpu for _, cpu in fulls),
     )
     print(
         f"{hosts:>5} {point.first_wall:>10.1f} {point.probe_wall:>9.1f} {point.probe_cpu:>9.1f} "

@@ -12,6 +12,7 @@ from typing import Any
 import yaml
 
 from aifactory.bundle.collection import source_collections_path
+from aifactory.connection import Services
 from aifactory.lab.bmc import BMC_PORT
 from aifactory.lab.hosts import SERVICE_BIN
 from aifactory.lab.layout import LabLayout, make_dir, write_file
@@ -23,6 +24,15 @@ ADMIN_USER = "root"
 PYTHON = "/usr/bin/python3"
 CONTROL_PATH_DIR = "/run/aifactory-lab/ssh"  # inside the control host's private /run: short and lab-local
 SERVICE_COMMAND = f"{SERVICE_BIN}/aifactory-service"
+# Every lab host's units run under the lab's supervisor (docs/lab.md).
+LAB_SERVICES = Services("supervised", SERVICE_COMMAND)
+# How Ansible logs in to every lab host and runs its modules: as root, with the machine's Python, and
+# `su` to become (the hosts have no sudo; from root, su asks for no password).
+LAB_LOGIN_VARS: dict[str, Any] = {
+    "ansible_user": ADMIN_USER,
+    "ansible_python_interpreter": PYTHON,
+    "ansible_become_method": "ansible.builtin.su",
+}
 # What the lab's hosts are, for the roles, which never ask whether they run in the lab (docs/lab.md,
 # "What stays shared with the machine"): they share the machine's kernel and its /usr (packages are
 # installed there once, and only checked), the lab wires their links and prepares their storage,
@@ -185,14 +195,13 @@ def inventory(plan: SitePlan) -> dict[str, Any]:
             children.setdefault(group, {"hosts": {}})["hosts"][host.name] = None
     return {
         "all": {
+            # What the lab's Connection (lab/connection.py) gives deploy's inventory, for
+            # ansible-playbook run by hand against the lab.
             "vars": {
-                "ansible_user": ADMIN_USER,
-                "ansible_python_interpreter": PYTHON,
-                "ansible_become_method": "ansible.builtin.su",
+                **LAB_LOGIN_VARS,
                 "aifactory_site": plan.name,
                 **LAB_HOST_VARS,
-                "aifactory_service_manager": "supervised",
-                "aifactory_service_command": SERVICE_COMMAND,
+                **LAB_SERVICES.inventory_vars(),
             },
             "hosts": hosts,
             "children": dict(sorted(children.items())),

@@ -13,9 +13,9 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from aifactory.connection import ANSIBLE_SECTIONS, Connection, Services
+from aifactory.connection import ANSIBLE_SECTIONS, Connection
 from aifactory.errors import AifactoryError, LabError
-from aifactory.lab.access import ADMIN_USER, LAB_HOST_VARS, PYTHON, SERVICE_COMMAND
+from aifactory.lab.access import LAB_HOST_VARS, LAB_LOGIN_VARS, LAB_SERVICES
 from aifactory.lab.execute import lab_env, path_with_tools
 from aifactory.lab.hosts import enter_argv
 from aifactory.lab.query import lab_status
@@ -65,15 +65,10 @@ def lab_connection(site: str) -> Connection:
     return Connection(
         description="the lab's control host",
         ansible_cfg=_ansible_settings(status),
-        inventory_vars={
-            "ansible_user": ADMIN_USER,
-            "ansible_python_interpreter": PYTHON,
-            "ansible_become_method": "ansible.builtin.su",
-            **LAB_HOST_VARS,
-        },
+        inventory_vars={**LAB_LOGIN_VARS, **LAB_HOST_VARS},
         env=env,
         control_prefix=tuple(enter_argv(control.anchor.pid)),
-        services=Services("supervised", SERVICE_COMMAND),
+        services=LAB_SERVICES,
         scan_skip_rules=SCAN_SKIP_RULES,
         known_hosts=Path(status.paths["known_hosts"]),
         # The machine has no route into the lab (and a default route out): the BMC fabric is
