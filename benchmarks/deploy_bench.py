@@ -12,7 +12,8 @@ tree, and measures in one run:
   verified bundle into a scratch folder, then a restart of every service the deploy left running
   there and the wait until the inference service's health check answers (what a deploy cannot do
   without); the ratio first deploy / floor
-  (target: at most 2x);
+  (target: at most 2x), and each one's busy CPU-seconds on the machine (/proc/stat: the controller's
+  and the hosts' work together, as they share the machine's cores), the bound on the deploy's wall;
 - the bytes the control host's namespace sent during the first deploy (tx_bytes of its interfaces
   but loopback), per host, against the bundle's size (target: at most 5% of it per host; issue 31
   measures it with 8 hosts: `--hosts 8`).
@@ -379,30 +380,43 @@ def floor(hosts: int, *, keep: bool) -> int:
         control = lab_status(site)
         control_pid = control.host(control.control_host or "").anchor.pid
         before = sent_bytes(control_pid)
+        busy_before = machine_busy_cpu()
         first: DeployResult = deploy_site(
             plan_site(spec, write_lock=False),
             connection=lab_connection(site),
             options=DeployOptions(),
         )
         sent = sent_bytes(control_pid) - before
+        first_busy = machine_busy_cpu() - busy_before
         if first.exit_code != 0:
             raise SystemExit(f"the first deploy failed: {first.failed_hosts}; event log {first.event_log}")
         targets = [(h.name, h.management_address) for h in planned.plan.hosts]
         tag = next(iter(trees))
         archive = f"/var/lib/aifactory/bundle/{bundle.version}/{trees[tag]['archive']}"
+        busy_before = machine_busy_cpu()
         floor_seconds = measure_floor(site, targets, archive)
+        floor_busy = machine_busy_cpu() - busy_before
     finally:
         if not keep:
             lab_down(site)
     print()
+    cores = os.cpu_count() or 1
     print(
         f"first deploy, {hosts} hosts: {first.wall_seconds:.1f} s wall, "
-        f"{first.controller_cpu_seconds:.1f} s controller CPU"
+        f"{first.controller_cpu_seconds:.1f} s controller CPU, {first_busy:.1f} s busy CPU on the machine"
     )
     print(
         f"floor (tar -x of the tree, services restarted, healthy; all hosts at once): {floor_seconds:.1f} s"
+        f" wall, {floor_busy:.1f} s busy CPU on the machine"
     )
     print(verdict("first deploy / floor", first.wall_seconds / floor_seconds, FLOOR_TARGET, at_most=True))
+    # Where the lab's hosts and the controller share this machine's cores, no deploy's wall is below
+    # its busy CPU-seconds spread over them: the bound the target sets on that CPU.
+    print(
+        f"  the machine's busy CPU during the first deploy over its {cores} cores: at least "
+        f"{first_busy / cores:.1f} s of wall; {FLOOR_TARGET:g}x the floor allows "
+        f"{FLOOR_TARGET * floor_seconds * cores:.0f} CPU-s on {cores} cores, the deploy used {first_busy:.0f}"
+    )
     print(
         f"against the {BEFORE_SECONDS:.0f} s measured for issue 31: "
         f"{first.wall_seconds / BEFORE_SECONDS:.2f}x"
@@ -432,17 +446,25 @@ def children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def _cpu_jiffies() -> tuple[int, int]:
+    """This machine's CPU time so far, in clock ticks: (all, idle or waiting on I/O)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle, iowait
+    return sum(fields[:8]), idle  # user..steal; guest time is already in user
+
+
+def machine_busy_cpu() -> float:
+    """CPU-seconds this machine has been busy so far, every process's: in the lab, the controller's
+    and the hosts' alike (they share the machine's cores)."""
+    total, idle = _cpu_jiffies()
+    return (total - idle) / os.sysconf("SC_CLK_TCK")
+
+
 def cpu_busy_share(window: float) -> float:
     """The share of this machine's CPU time that was busy (not idle, not waiting on I/O) over `window` s."""
-
-    def sample() -> tuple[int, int]:
-        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-        idle = fields[3] + fields[4]  # idle, iowait
-        return sum(fields[:8]), idle  # user..steal; guest time is already in user
-
-    total0, idle0 = sample()
+    total0, idle0 = _cpu_jiffies()
     time.sleep(window)
-    total1, idle1 = sample()
+    total1, idle1 = _cpu_jiffies()
     total = total1 - total0
     return 1.0 - (idle1 - idle0) / total if total > 0 else 0.0
 
