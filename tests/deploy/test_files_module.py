@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import re
+import secrets
 import stat
 import subprocess
 import sys
@@ -24,7 +25,10 @@ from typing import Any
 from ansible_env import ansible_env
 
 ANSIBLE_PLAYBOOK = str(Path(sys.executable).with_name("ansible-playbook"))
-HOSTILE = "{{ lookup('pipe', 'touch /tmp/aifactory-files-pwned') }} $(touch /tmp/x) `id`; rm -rf /\n"
+# Canaries named for this run: a file some other program left under /tmp cannot fail the test, and
+# the test sees only what the hostile text would have made.
+CANARY = f"/tmp/aifactory-files-pwned-{secrets.token_hex(6)}"
+HOSTILE = f"{{{{ lookup('pipe', 'touch {CANARY}-lookup') }}}} $(touch {CANARY}-shell) `id`; rm -rf /\n"
 TEMPLATE = (
     "# {{ ansible_managed }}\nvalue = {{ hostile }}\n{% for n in [1, 2] %}\nline {{ n }}\n{% endfor %}\n"
 )
@@ -119,7 +123,7 @@ def test_files_are_written_once_as_the_template_module_would_and_hostile_text_st
     assert _mode(out) == "0750" and out.stat().st_gid == 4  # adm
     assert (out / "plain.conf").read_text() == "plain " + HOSTILE
     assert _mode(out / "plain.conf") == "0600" and _mode(out / "templated.conf") == "0640"
-    assert not Path("/tmp/aifactory-files-pwned").exists() and not Path("/tmp/x").exists()
+    assert not Path(f"{CANARY}-lookup").exists() and not Path(f"{CANARY}-shell").exists()
     result = json.loads((tmp_path / "result.json").read_text())
     assert (out / "read.pem").read_text() == HOSTILE  # byte for byte, the text not evaluated
     assert result["paths"] == [
