@@ -14,6 +14,7 @@ import shlex
 from typing import Any
 
 from ansible.errors import AnsibleActionFail
+from ansible.module_utils.parsing.convert_bool import boolean
 from ansible.plugins.action import ActionBase
 
 # A Debian package name (Debian Policy 5.6.7): lower-case letters, digits, '+', '-' and '.', at least
@@ -50,7 +51,7 @@ class ActionModule(ActionBase):  # type: ignore[misc]  # ansible-core ships no t
         preinstalled = args["preinstalled"]
         if preinstalled is None:
             preinstalled = self._templar.template(task_vars.get("aifactory_packages_preinstalled", False))
-        preinstalled = _as_bool(preinstalled)
+        preinstalled = boolean(preinstalled, strict=False)
         result.update(packages=names, preinstalled=preinstalled)
         if preinstalled:
             result.update(self._check_preinstalled(names))
@@ -101,10 +102,3 @@ def _statuses(stdout: str) -> dict[str, str]:
         name, _, status = line.partition("\t")
         found[name.split(":", 1)[0]] = status.strip()
     return found
-
-
-def _as_bool(value: Any) -> bool:
-    """A host variable's truth as Ansible's `bool` filter reads it."""
-    if isinstance(value, bool):
-        return value
-    return str(value).strip().lower() in {"1", "true", "yes", "on", "y", "t"}
