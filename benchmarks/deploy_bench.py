@@ -520,6 +520,13 @@ def path_point(hosts: int, work: Path, settings: DeploySettings) -> PathPoint:
                 raise SystemExit(f"{hosts} hosts: the probe found hosts not converged: {unconverged}")
         probe_wall = statistics.median(wall for wall, _ in probes)
         probe_cpu = statistics.median(cpu for _, cpu in probes)
+        # The spread says whether a point's noise is its runs' (more runs would steady it) or the
+        # point's own (every run of it off the line alike).
+        print(
+            f"  {hosts} hosts, {len(probes)} probes: wall {min(w for w, _ in probes):.1f}-"
+            f"{max(w for w, _ in probes):.1f} s, CPU {min(c for _, c in probes):.2f}-"
+            f"{max(c for _, c in probes):.2f} s"
+        )
         fulls: list[tuple[float, float]] = []
         for _ in range(FULL_REPEATS):
             wait_until_quiet(hosts, "no-op --full")
