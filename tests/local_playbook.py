@@ -45,11 +45,17 @@ def run_local_playbook(
     ]
     playbook = folder / f"{name}.yml"
     playbook.write_text(json.dumps(play))
-    argv = [ANSIBLE_PLAYBOOK, "-i", "localhost,", "-c", "local", *flags, str(playbook)]
-    argv += ["-e", json.dumps({"ansible_python_interpreter": sys.executable})]
-    done = subprocess.run(
-        argv, capture_output=True, text=True, env=ansible_env(folder), timeout=300, check=False
-    )
+    done = run_playbook_here(folder, playbook, *flags)
     assert done.returncode == 0, done.stdout + done.stderr
     results: dict[str, dict[str, Any]] = json.loads((folder / f"{name}.json").read_text())
     return results
+
+
+def run_playbook_here(folder: Path, playbook: Path, *flags: str) -> subprocess.CompletedProcess[str]:
+    """ansible-playbook `playbook` on localhost (local connection, this Python), with `flags`; the
+    collection found as a deploy finds it (ansible_env), its output captured and its status kept."""
+    argv = [ANSIBLE_PLAYBOOK, "-i", "localhost,", "-c", "local", *flags, str(playbook)]
+    argv += ["-e", json.dumps({"ansible_python_interpreter": sys.executable})]
+    return subprocess.run(
+        argv, capture_output=True, text=True, env=ansible_env(folder), timeout=300, check=False
+    )

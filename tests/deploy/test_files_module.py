@@ -18,13 +18,11 @@ import re
 import secrets
 import stat
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
-from ansible_env import ansible_env
+from local_playbook import run_playbook_here
 
-ANSIBLE_PLAYBOOK = str(Path(sys.executable).with_name("ansible-playbook"))
 # Canaries named for this run: a file some other program left under /tmp cannot fail the test, and
 # the test sees only what the hostile text would have made.
 CANARY = f"/tmp/aifactory-files-pwned-{secrets.token_hex(6)}"
@@ -64,22 +62,6 @@ def _playbook(folder: Path, files: list[dict[str, Any]], folders: list[dict[str,
     return path
 
 
-def _run(folder: Path, playbook: Path, *options: str) -> subprocess.CompletedProcess[str]:
-    env = ansible_env(folder)
-    argv = [
-        ANSIBLE_PLAYBOOK,
-        "-i",
-        "localhost,",
-        "-c",
-        "local",
-        "-e",
-        f"ansible_python_interpreter={sys.executable}",
-    ]
-    return subprocess.run(
-        [*argv, *options, str(playbook)], capture_output=True, text=True, env=env, timeout=300, check=False
-    )
-
-
 def _changed(done: subprocess.CompletedProcess[str]) -> int:
     found = re.search(r"changed=(\d+)", done.stdout)
     assert found, done.stdout[-3000:] + done.stderr[-2000:]
@@ -117,7 +99,7 @@ def test_files_are_written_once_as_the_template_module_would_and_hostile_text_st
 ) -> None:
     out, folders, files = _site(tmp_path)
     playbook = _playbook(tmp_path, files, folders)
-    first = _run(tmp_path, playbook)
+    first = run_playbook_here(tmp_path, playbook)
     assert first.returncode == 0, first.stdout[-3000:]
     assert _changed(first) == 1
     assert _mode(out) == "0750" and out.stat().st_gid == 4  # adm
@@ -140,21 +122,21 @@ def test_files_are_written_once_as_the_template_module_would_and_hostile_text_st
         + "\n  tasks:\n    - ansible.builtin.template:"
         + f" {{src: t.j2, dest: {tmp_path / 'stock.conf'}, mode: '0644'}}\n"
     )
-    assert _run(tmp_path, stock).returncode == 0
+    assert run_playbook_here(tmp_path, stock).returncode == 0
     assert (tmp_path / "stock.conf").read_bytes() == written
     assert b"{{ lookup('pipe'" in written
 
-    again = _run(tmp_path, playbook)
+    again = run_playbook_here(tmp_path, playbook)
     assert again.returncode == 0 and _changed(again) == 0, again.stdout[-3000:]
 
 
 def test_check_mode_reports_content_and_mode_changes_and_changes_nothing(tmp_path: Path) -> None:
     out, folders, files = _site(tmp_path)
     playbook = _playbook(tmp_path, files, folders)
-    assert _run(tmp_path, playbook).returncode == 0
+    assert run_playbook_here(tmp_path, playbook).returncode == 0
     (out / "plain.conf").write_text("edited by hand\n")
     (out / "templated.conf").chmod(0o644)
-    checked = _run(tmp_path, playbook, "--check", "--diff")
+    checked = run_playbook_here(tmp_path, playbook, "--check", "--diff")
     assert checked.returncode == 0, checked.stdout[-3000:]
     assert f"--- before: {out / 'plain.conf'}" in checked.stdout
     assert "-edited by hand" in checked.stdout and "+plain {{ lookup('pipe'" in checked.stdout
@@ -169,7 +151,7 @@ def test_a_link_where_a_file_goes_is_refused_and_nothing_after_it_is_written(tmp
     target = tmp_path / "elsewhere"
     target.write_text("not ours\n")
     (out / "templated.conf").symlink_to(target)
-    done = _run(tmp_path, _playbook(tmp_path, files, folders))
+    done = run_playbook_here(tmp_path, _playbook(tmp_path, files, folders))
     assert done.returncode != 0
     assert "refused:" in done.stdout and "is a link, not a regular file" in done.stdout
     assert target.read_text() == "not ours\n"
@@ -181,7 +163,7 @@ def test_a_failed_validate_keeps_the_old_file_and_no_temporary_file(tmp_path: Pa
     out.mkdir(parents=True)
     (out / "plain.conf").write_text("old\n")
     files[1]["validate"] = "/bin/false %s"
-    done = _run(tmp_path, _playbook(tmp_path, files, folders))
+    done = run_playbook_here(tmp_path, _playbook(tmp_path, files, folders))
     assert done.returncode != 0
     assert "validation failed, the old file is kept" in done.stdout
     assert (out / "plain.conf").read_text() == "old\n"

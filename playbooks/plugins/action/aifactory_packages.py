@@ -16,6 +16,7 @@ from typing import Any
 from ansible.errors import AnsibleActionFail
 from ansible.module_utils.parsing.convert_bool import boolean
 from ansible.plugins.action import ActionBase
+from ansible_collections.aifactory.factory.plugins.plugin_utils.aifactory_host_vars import host_var
 
 # A Debian package name (Debian Policy 5.6.7): lower-case letters, digits, '+', '-' and '.', at least
 # two characters, starting with a letter or digit; never an option, a path or a shell word.
@@ -50,7 +51,7 @@ class ActionModule(ActionBase):  # type: ignore[misc]  # ansible-core ships no t
             raise AnsibleActionFail("aifactory_packages: names is empty")
         preinstalled = args["preinstalled"]
         if preinstalled is None:
-            preinstalled = self._templar.template(task_vars.get("aifactory_packages_preinstalled", False))
+            preinstalled = host_var(self._templar, task_vars, "aifactory_packages_preinstalled", False)
         preinstalled = boolean(preinstalled, strict=False)
         result.update(packages=names, preinstalled=preinstalled)
         if preinstalled:

@@ -15,6 +15,7 @@ from typing import Any
 
 from ansible.errors import AnsibleActionFail
 from ansible.plugins.action import ActionBase
+from ansible_collections.aifactory.factory.plugins.plugin_utils.aifactory_host_vars import host_var
 
 # A unit's name as systemd and the lab's supervisor take it: NAME, NAME.service, NAME.timer or a
 # template instance (NAME@INSTANCE.service); never a path, an option or a shell word.
@@ -48,7 +49,9 @@ class ActionModule(ActionBase):  # type: ignore[misc]  # ansible-core ships no t
                 f"aifactory_service: name {name!r} is not a unit name (letters, digits, '@', '_', '.',"
                 " '-'; not starting with '-', '.' or '@')"
             )
-        manager = args["manager"] or self._host_value(task_vars, "aifactory_service_manager", "systemd")
+        manager = args["manager"] or str(
+            host_var(self._templar, task_vars, "aifactory_service_manager", "systemd")
+        )
         # What the unit is and who runs it, in the result: the deploy's record of what a full run
         # managed (aifactory/deploy/converged.py) reads them, and the converged probe asks again.
         result.update(service=name, manager=manager)
@@ -62,7 +65,7 @@ class ActionModule(ActionBase):  # type: ignore[misc]  # ansible-core ships no t
             )
         command = args["command"]
         if command is None:
-            command = self._host_value(task_vars, "aifactory_service_command", "")
+            command = str(host_var(self._templar, task_vars, "aifactory_service_command", ""))
         if not command:
             raise AnsibleActionFail(
                 f"aifactory_service: {name} is supervised but no supervisor command is set"
@@ -74,11 +77,6 @@ class ActionModule(ActionBase):  # type: ignore[misc]  # ansible-core ships no t
         else:
             result.update(self._supervised_run(command, name, args["state"], task_vars))
         return result
-
-    def _host_value(self, task_vars: dict[str, Any], key: str, default: str) -> str:
-        """A host variable (the site's Connection, from the inventory), templated, or the default."""
-        value = self._templar.template(task_vars.get(key, default))
-        return str(value) if value is not None else default
 
     def _systemd(self, name: str, args: dict[str, Any], task_vars: dict[str, Any]) -> dict[str, Any]:
         """`systemctl enable` and start (or restart): systemd_service, with its own check mode."""
