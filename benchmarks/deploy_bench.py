@@ -59,12 +59,14 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from aifactory.deploy import DeployOptions, DeployResult, DeploySettings, deploy_site  # noqa: E402
+from aifactory.deploy.settings import MITOGEN_STRATEGY  # noqa: E402
 from aifactory.plan import plan_site  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -84,8 +86,10 @@ PATH_EXTRA_VARS = {"slurm_health_check_interval": 0}
 # path: the probe is short (2-3 s at the small points, where a few tenths of a second on this shared
 # machine move the fitted line's slope by half), so each point takes the median of five runs of it;
 # the no-op --full deploy the median of three.
-PROBE_REPEATS = 5
+PROBE_REPEATS = 15
+MITOGEN_PROBE_REPEATS = 5
 FULL_REPEATS = 3
+PROJECTION_TARGET = 0.25  # the last point within 25% of its projection from the first two
 # path: after a first deploy the lab's hosts start their services (each compute host's inference
 # service loads torch) on the controller's own cores, for a minute or more at 32 hosts; a probe or a
 # no-op deploy measured then pays for that start-up, a host load a real site's hosts carry on their
@@ -430,13 +434,30 @@ def floor(hosts: int, *, keep: bool) -> int:
 
 
 @dataclass(frozen=True)
+class Timed:
+    """One run: its wall, the controller's CPU-seconds (ansible and its ssh clients) and the machine's
+    busy CPU-seconds (the controller's, the lab hosts' and aifactory's own, on the shared cores)."""
+
+    wall: float
+    cpu: float
+    busy: float
+
+
+def medians(runs: list[Timed]) -> Timed:
+    return Timed(
+        statistics.median(r.wall for r in runs),
+        statistics.median(r.cpu for r in runs),
+        statistics.median(r.busy for r in runs),
+    )
+
+
+@dataclass(frozen=True)
 class PathPoint:
     hosts: int
     first_wall: float
-    probe_wall: float
-    probe_cpu: float
-    full_wall: float
-    full_cpu: float
+    probe: Timed
+    full: Timed
+    probe_mitogen: Timed  # the probe under Mitogen's strategy, for comparison (not projected)
 
 
 def children_cpu() -> float:
@@ -479,11 +500,48 @@ def wait_until_quiet(hosts: int, before: str) -> None:
     print(f"  {hosts} hosts, before the {before}: {waited:.0f} s until quiet (busy {busy:.0%})")
 
 
+def timed(run: Callable[[], object]) -> tuple[Timed, object]:
+    """`run()` timed: wall, the controller's CPU (this process's children) and the machine's busy CPU."""
+    cpu, busy, started = children_cpu(), machine_busy_cpu(), time.monotonic()
+    result = run()
+    return Timed(time.monotonic() - started, children_cpu() - cpu, machine_busy_cpu() - busy), result
+
+
+def probe_series(hosts: int, spec: Path, site: str, settings: DeploySettings, repeats: int) -> list[Timed]:
+    """`repeats` converged probes in a row (each must find every host converged), and their spread."""
+    from aifactory.deploy import check_converged
+    from aifactory.lab import lab_connection
+
+    runs: list[Timed] = []
+    for _ in range(repeats):
+        run, found = timed(
+            lambda: check_converged(
+                plan_site(spec, write_lock=False),
+                connection=lab_connection(site),
+                settings=settings,
+                extra_vars=PATH_EXTRA_VARS,
+            )
+        )
+        runs.append(run)
+        assert isinstance(found, dict)
+        unconverged = sorted(h for h, why in found.items() if why is not None)
+        if unconverged:
+            raise SystemExit(f"{hosts} hosts: the probe found hosts not converged: {unconverged}")
+    # The spread says whether a point's noise is its runs' (more runs would steady it) or the point's
+    # own (every run of it off the line alike).
+    print(
+        f"  {hosts} hosts, {len(runs)} probes ({settings.probe_strategy}): "
+        f"wall {min(r.wall for r in runs):.1f}-{max(r.wall for r in runs):.1f} s, "
+        f"CPU {min(r.cpu for r in runs):.2f}-{max(r.cpu for r in runs):.2f} s, "
+        f"machine busy {min(r.busy for r in runs):.1f}-{max(r.busy for r in runs):.1f} CPU-s"
+    )
+    return runs
+
+
 def path_point(hosts: int, work: Path, settings: DeploySettings) -> PathPoint:
     """One lab of `hosts` hosts: deploy it, then time the converged probe and a no-op --full deploy,
     each with `settings` (forks)."""
 
-    from aifactory.deploy import check_converged
     from aifactory.lab import lab_connection, lab_down, lab_up
     from tests.conftest import build_and_import
 
@@ -505,54 +563,34 @@ def path_point(hosts: int, work: Path, settings: DeploySettings) -> PathPoint:
                 f"{hosts} hosts: the first deploy failed: {first.failed_hosts} ({first.event_log})"
             )
         wait_until_quiet(hosts, "probe")
-        probes: list[tuple[float, float]] = []
-        for _ in range(PROBE_REPEATS):
-            cpu, started = children_cpu(), time.monotonic()
-            found = check_converged(
-                plan_site(spec, write_lock=False),
-                connection=lab_connection(site),
-                settings=settings,
-                extra_vars=PATH_EXTRA_VARS,
-            )
-            probes.append((time.monotonic() - started, children_cpu() - cpu))
-            unconverged = sorted(h for h, why in found.items() if why is not None)
-            if unconverged:
-                raise SystemExit(f"{hosts} hosts: the probe found hosts not converged: {unconverged}")
-        probe_wall = statistics.median(wall for wall, _ in probes)
-        probe_cpu = statistics.median(cpu for _, cpu in probes)
-        # The spread says whether a point's noise is its runs' (more runs would steady it) or the
-        # point's own (every run of it off the line alike).
-        print(
-            f"  {hosts} hosts, {len(probes)} probes: wall {min(w for w, _ in probes):.1f}-"
-            f"{max(w for w, _ in probes):.1f} s, CPU {min(c for _, c in probes):.2f}-"
-            f"{max(c for _, c in probes):.2f} s"
-        )
-        fulls: list[tuple[float, float]] = []
+        probes = probe_series(hosts, spec, site, settings, PROBE_REPEATS)
+        mitogen = replace(settings, probe_strategy=MITOGEN_STRATEGY)
+        probes_mitogen = probe_series(hosts, spec, site, mitogen, MITOGEN_PROBE_REPEATS)
+        fulls: list[Timed] = []
         for _ in range(FULL_REPEATS):
             wait_until_quiet(hosts, "no-op --full")
-            full = deploy_site(
-                plan_site(spec, write_lock=False),
-                connection=lab_connection(site),
-                options=DeployOptions(full=True, settings=settings, extra_vars=PATH_EXTRA_VARS),
-            )
-            if full.exit_code != 0 or full.changed:
-                raise SystemExit(
-                    f"{hosts} hosts: the no-op --full deploy changed {full.changed} (exit {full.exit_code})"
+            run, result = timed(
+                lambda: deploy_site(
+                    plan_site(spec, write_lock=False),
+                    connection=lab_connection(site),
+                    options=DeployOptions(full=True, settings=settings, extra_vars=PATH_EXTRA_VARS),
                 )
-            fulls.append((full.wall_seconds, full.controller_cpu_seconds))
+            )
+            assert isinstance(result, DeployResult)
+            if result.exit_code != 0 or result.changed:
+                raise SystemExit(
+                    f"{hosts} hosts: the no-op --full deploy changed {result.changed}"
+                    f" (exit {result.exit_code})"
+                )
+            # The deploy's own figures for wall and controller CPU (its ansible-playbook alone).
+            fulls.append(replace(run, wall=result.wall_seconds, cpu=result.controller_cpu_seconds))
     finally:
         lab_down(site)
-    point = PathPoint(
-        hosts,
-        first.wall_seconds,
-        probe_wall,
-        probe_cpu,
-        statistics.median(wall for wall, _ in fulls),
-        statistics.median(cpu for _, cpu in fulls),
-    )
+    point = PathPoint(hosts, first.wall_seconds, medians(probes), medians(fulls), medians(probes_mitogen))
     print(
-        f"{hosts:>5} {point.first_wall:>10.1f} {point.probe_wall:>9.1f} {point.probe_cpu:>9.1f} "
-        f"{point.full_wall:>9.1f} {point.full_cpu:>9.1f}",
+        f"{hosts:>5} {point.first_wall:>10.1f} {point.probe.wall:>9.1f} {point.probe.cpu:>9.1f} "
+        f"{point.probe.busy:>10.1f} {point.full.wall:>9.1f} {point.full.cpu:>9.1f} {point.full.busy:>10.1f}"
+        f"   (Mitogen's probe: {point.probe_mitogen.wall:.1f} s, {point.probe_mitogen.cpu:.1f} CPU-s)",
         flush=True,
     )
     return point
@@ -575,21 +613,19 @@ def path(points: list[int], *, cores: int, forks: int, keep: bool) -> int:
         f"labs of {', '.join(map(str, points))} hosts on {os.cpu_count()} cores, forks {forks}; "
         f"state in {work}"
     )
-    print(f"{'hosts':>5} {'first s':>10} {'probe s':>9} {'probe cpu':>9} {'full s':>9} {'full cpu':>9}")
+    print(
+        f"{'hosts':>5} {'first s':>10} {'probe s':>9} {'probe cpu':>9} {'probe busy':>10} "
+        f"{'full s':>9} {'full cpu':>9} {'full busy':>10}"
+    )
     settings = replace(DeploySettings(), forks=forks)
     measured = [path_point(n, work, settings) for n in points]
     first, second, last = measured[0], measured[1], measured[-1]
+    here = os.cpu_count() or 1
     print()
     for label, attr in (("probe", "probe"), ("no-op --full", "full")):
-        for kind in ("wall", "cpu"):
-            a, b = fitted(first.hosts, value(first, attr, kind), second.hosts, value(second, attr, kind))
-            projected = a + b * last.hosts
-            found = value(last, attr, kind)
-            print(
-                f"{label} {kind} at {last.hosts} hosts: measured {found:.1f} s, projected {projected:.1f} s "
-                f"({(found - projected) / projected:+.0%}; target within 25%: "
-                f"{'met' if abs(found - projected) <= 0.25 * projected else 'NOT met'})"
-            )
+        runs = [getattr(p, attr) for p in (first, second, last)]
+        print(check_line(f"{label} cpu", first.hosts, second.hosts, last.hosts, [r.cpu for r in runs]))
+        print(wall_check(label, first.hosts, second.hosts, last.hosts, runs, cores=here))
         print(projection(label, first, second, attr, cores=cores, forks=forks))
     if not keep:
         import shutil
@@ -598,8 +634,42 @@ def path(points: list[int], *, cores: int, forks: int, keep: bool) -> int:
     return 0
 
 
+def line_at(x0: int, y0: float, x1: int, y1: float, x: int) -> float:
+    a, b = fitted(x0, y0, x1, y1)
+    return a + b * x
+
+
+def judged(measured: float, projected: float) -> str:
+    off = (measured - projected) / projected
+    return f"{off:+.0%}; target within 25%: {'met' if abs(off) <= PROJECTION_TARGET else 'NOT met'}"
+
+
+def check_line(label: str, x0: int, x1: int, last: int, values: list[float]) -> str:
+    """The last point against the line through the first two."""
+    projected = line_at(x0, values[0], x1, values[1], last)
+    return (
+        f"{label} at {last} hosts: measured {values[2]:.1f} s, projected {projected:.1f} s "
+        f"({judged(values[2], projected)})"
+    )
+
+
+def wall_check(label: str, x0: int, x1: int, last: int, runs: list[Timed], *, cores: int) -> str:
+    """The last point's wall against its projection from the first two: on the lab the hosts' work
+    runs on the controller's own cores, so a run's wall is the larger of the line through the two
+    walls (its latency: all hosts at once) and the machine's busy CPU-seconds (the line through the
+    two points) over this machine's cores; docs/deploy.md."""
+    by_line = line_at(x0, runs[0].wall, x1, runs[1].wall, last)
+    by_cpu = line_at(x0, runs[0].busy, x1, runs[1].busy, last) / cores
+    projected = max(by_line, by_cpu)
+    return (
+        f"{label} wall at {last} hosts: measured {runs[2].wall:.1f} s, projected {projected:.1f} s "
+        f"(the larger of the walls' line, {by_line:.1f} s, and the machine's busy CPU over its {cores} "
+        f"cores, {by_cpu:.1f} s; {judged(runs[2].wall, projected)})"
+    )
+
+
 def value(point: PathPoint, attr: str, kind: str) -> float:
-    found: float = getattr(point, f"{attr}_{kind}")
+    found: float = getattr(getattr(point, attr), kind)
     return found
 
 

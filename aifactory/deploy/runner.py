@@ -40,6 +40,7 @@ from aifactory.deploy.settings import (
     DeploySettings,
     effective_strategy,
     mitogen_strategy_dir,
+    module_run_strategy,
     render_ansible_cfg,
 )
 from aifactory.errors import DeployError, ExitCode, Location, PrerequisiteError
@@ -243,6 +244,9 @@ class _Ansible:
     prefix: tuple[str, ...]
     playbooks: Path
     strategy: str = LINEAR_STRATEGY  # the ansible.cfg's (settings.effective_strategy)
+    # The one-task module runs' (the converged probe's): settings.probe_strategy, Mitogen's only
+    # where the ansible.cfg already names its plugins.
+    module_strategy: str = LINEAR_STRATEGY
 
     def run(
         self,
@@ -278,7 +282,11 @@ class _Ansible:
             # With `binary` set, ansible-runner passes its arguments as given: the module goes in cmdline.
             # `ansible` uses the stdout callback that makes ansible-runner's events only when told to.
             adhoc = [*cmdline, "-m", module, "-a", module_args or "", "all"]
-            common["envvars"] = {**self.env, "ANSIBLE_LOAD_CALLBACK_PLUGINS": "1"}
+            common["envvars"] = {
+                **self.env,
+                "ANSIBLE_LOAD_CALLBACK_PLUGINS": "1",
+                "ANSIBLE_STRATEGY": self.module_strategy,
+            }
             return ansible_runner.run(
                 binary=_write_binary(self.folder, self.prefix, "ansible"),
                 cmdline=" ".join(_sh_quote(c) for c in adhoc),
@@ -453,13 +461,15 @@ def _set_up(planned: PlannedSite, options: DeployOptions, state: SiteState, conn
         render_ansible_cfg(options.settings, folder=folder, base=connection.ansible_cfg, mitogen=mitogen)
     )
     env = ansible_env(connection, cfg, folder)
+    strategy = effective_strategy(options.settings, mitogen)
     ansible = _Ansible(
         folder=folder,
         inventory=inventory_dir,
         prefix=connection.control_prefix,
         playbooks=resource_dir("playbooks"),
         env=env,
-        strategy=effective_strategy(options.settings, mitogen),
+        strategy=strategy,
+        module_strategy=module_run_strategy(options.settings, strategy),
     )
     return _Setup(bundle, plan, digest, rendered.connection, ansible)
 

@@ -42,6 +42,11 @@ class DeploySettings:
     # mitogen_linear: the linear strategy's order and results over Mitogen's connection (used when
     # ansible_mitogen can be imported, else `linear`); `linear`: Ansible's own.
     strategy: str = MITOGEN_STRATEGY
+    # The converged probe's strategy (one read-only task per host, aifactory_host_state): Ansible's
+    # linear. Mitogen's bootstrap of a Python per host pays off over a run's many tasks, not over one:
+    # on the 3-host lab the probe took 1.7 CPU-s and 2.9 s under Mitogen, 1.2-1.4 CPU-s and 2.3-2.6 s
+    # under linear (medians of 10-24 runs, docs/deploy.md).
+    probe_strategy: str = LINEAR_STRATEGY
 
     @classmethod
     def stock(cls) -> DeploySettings:
@@ -71,6 +76,12 @@ def effective_strategy(settings: DeploySettings, mitogen: Path | None) -> str:
     return (
         MITOGEN_STRATEGY if settings.strategy == MITOGEN_STRATEGY and mitogen is not None else LINEAR_STRATEGY
     )
+
+
+def module_run_strategy(settings: DeploySettings, run_strategy: str) -> str:
+    """The strategy of a one-task module run (the converged probe): settings.probe_strategy, Mitogen's
+    only where the run's own strategy is (its ansible.cfg names Mitogen's plugins), else linear."""
+    return run_strategy if settings.probe_strategy == run_strategy else LINEAR_STRATEGY
 
 
 def _set_strategy(defaults: configparser.SectionProxy, strategy: str, mitogen: Path | None) -> None:

@@ -11,10 +11,12 @@ import pytest
 from aifactory.deploy.evidence import installed_path, report_from_event, write_installed
 from aifactory.deploy.progress import Progress
 from aifactory.deploy.settings import (
+    LINEAR_STRATEGY,
     MITOGEN_STRATEGY,
     STOCK_SSH_ARGS,
     DeploySettings,
     mitogen_strategy_dir,
+    module_run_strategy,
     render_ansible_cfg,
 )
 from aifactory.state import SiteState
@@ -241,6 +243,36 @@ def test_mitogen_strategy_where_installed_else_ansible_linear(tmp_path: Path) ->
     for settings, mitogen in ((DeploySettings(), None), (DeploySettings.stock(), plugins)):
         defaults = rendered(settings, mitogen)
         assert defaults["strategy"] == "linear" and "strategy_plugins" not in defaults
+
+
+def test_the_converged_probe_runs_ansible_linear_strategy_unless_told_and_mitogen_runs(
+    tmp_path: Path,
+) -> None:
+    """The probe's one task per host runs under Ansible's linear strategy whatever the deploy's; under
+    Mitogen's only when the settings ask and the run's ansible.cfg already names Mitogen's plugins. The
+    module run hands ansible the strategy in its environment: real ansible-runner, with a launcher in
+    place of `ansible` that records it."""
+    from aifactory.deploy.runner import _Ansible
+
+    assert module_run_strategy(DeploySettings(), MITOGEN_STRATEGY) == LINEAR_STRATEGY
+    asked = DeploySettings(probe_strategy=MITOGEN_STRATEGY)
+    assert module_run_strategy(asked, MITOGEN_STRATEGY) == MITOGEN_STRATEGY
+    assert module_run_strategy(asked, LINEAR_STRATEGY) == LINEAR_STRATEGY  # no Mitogen plugins named
+
+    seen = tmp_path / "strategy-seen"
+    record = f'printf %s "$ANSIBLE_STRATEGY" > {seen}'
+    for strategy in (LINEAR_STRATEGY, MITOGEN_STRATEGY):
+        ansible = _Ansible(
+            folder=tmp_path,
+            inventory=tmp_path,
+            env={"ANSIBLE_STRATEGY": "free"},  # the strategy of the module run wins over the environment's
+            prefix=("/bin/sh", "-c", record, "sh"),
+            playbooks=tmp_path,
+            strategy=MITOGEN_STRATEGY,
+            module_strategy=strategy,
+        )
+        ansible.run(handle=lambda _event: False, limit=None, cmdline=[], module="ansible.builtin.ping")
+        assert seen.read_text() == strategy
 
 
 def test_the_summary_says_when_ansible_linear_strategy_ran_instead_of_mitogen(tmp_path: Path) -> None:
