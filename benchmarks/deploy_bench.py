@@ -21,16 +21,21 @@ tree, and measures in one run:
 `path` (issue 31's measured path to 10,000 hosts): for each count of `--points` (default 3,8,32
 hosts in all), brings up a lab of that many hosts, deploys it (the bundle with the runtime tree), then
 measures the converged probe (`check_converged`, what `aifactory up` and a re-run do first) and a
-no-op `deploy --full`: wall and controller CPU (ansible-playbook and its ssh clients). A line
-a + b*N fitted through the first two points projects the last one (target: within 25% of what is
-measured) and 10,000 hosts; the wall at 10,000 hosts is projected from the controller CPU-seconds
-spread over the control host's cores, at most forks at once: method in docs/deploy.md. Every run
-uses `--forks` (default 100, what docs/deploy.md tells a national site to give `aifactory deploy`),
-so that all the hosts of every point are worked on at once, as the projection assumes. The probe
-is the median of five runs and the no-op deploy the median of three; the deploys run with slurmd's
-node check off (PATH_EXTRA_VARS: a host load that the lab puts on the controller's cores), and each
-probe series and each no-op deploy start once the machine is quiet (wait_until_quiet: the hosts'
-services starting).
+no-op `deploy --full`: wall, controller CPU (ansible and its ssh clients) and the machine's busy CPU
+(/proc/stat: the controller's, the lab hosts' and aifactory's own work on the shared cores). Lines
+a + b*N fitted through the first two points project the last one (target: within 25% of what is
+measured): its controller CPU on the line through the two CPU figures; its wall on the larger of the
+line through the two walls and the line through the two busy CPU figures over this machine's cores
+(the lab's hosts run on the controller's cores: from some host count on, a run waits for the cores,
+not for its hosts). The projection to 10,000 hosts takes the controller CPU-seconds spread over the
+control host's cores, at most forks at once, and rounds of forks hosts: method in docs/deploy.md.
+Every run uses `--forks` (default 100, what docs/deploy.md tells a national site to give `aifactory
+deploy`), so that all the hosts of every point are worked on at once, as the projection assumes. The
+probe (under Ansible's linear strategy, as `aifactory deploy` runs it) is the median of fifteen runs,
+followed by five under Mitogen's strategy for comparison; the no-op deploy the median of three. The
+deploys run with slurmd's node check off (PATH_EXTRA_VARS: a host load that the lab puts on the
+controller's cores), and each probe series and each no-op deploy start once the machine is quiet
+(wait_until_quiet: the hosts' services starting).
 
 `scale`:
 Needs root and the lab's prerequisites (docs/lab.md). Grows a copy of the lab site under another
@@ -84,8 +89,8 @@ NATIONAL_FORKS = 100  # the forks docs/deploy.md gives a national site's `aifact
 # what grows with the host count is the deploy's own cost.
 PATH_EXTRA_VARS = {"slurm_health_check_interval": 0}
 # path: the probe is short (2-3 s at the small points, where a few tenths of a second on this shared
-# machine move the fitted line's slope by half), so each point takes the median of five runs of it;
-# the no-op --full deploy the median of three.
+# machine move the fitted line's slope by half: run 8 in docs/deploy.md, with five), so each point
+# takes the median of fifteen runs of it; the no-op --full deploy the median of three.
 PROBE_REPEATS = 15
 MITOGEN_PROBE_REPEATS = 5
 FULL_REPEATS = 3
