@@ -19,8 +19,8 @@ tree, and measures in one run:
   measures it with 8 hosts: `--hosts 8`).
 
 `path` (issue 31's measured path to 10,000 hosts): for each count of `--points` (default 3,8,32
-hosts in all), brings up a lab of that many hosts, deploys it (the bundle with the runtime tree), then
-measures the converged probe (`check_converged`, what `aifactory up` and a re-run do first) and a
+hosts in all), brings up a lab of that many hosts and deploys it (the bundle with the runtime tree),
+the labs all up at once, then measures the converged probe (`check_converged`, what `aifactory up` and a re-run do first) and a
 no-op `deploy --full`: wall, controller CPU (ansible and its ssh clients) and the machine's busy CPU
 (/proc/stat: the controller's, the lab hosts' and aifactory's own work on the shared cores). Lines
 a + b*N fitted through the first two points project the last one (target: within 25% of what is
@@ -32,7 +32,9 @@ control host's cores, at most forks at once, and rounds of forks hosts: method i
 Every run uses `--forks` (default 100, what docs/deploy.md tells a national site to give `aifactory
 deploy`), so that all the hosts of every point are worked on at once, as the projection assumes. The
 probe (under Ansible's linear strategy, as `aifactory deploy` runs it) is the median of fifteen runs,
-followed by five under Mitogen's strategy for comparison; the no-op deploy the median of three. The
+followed by five under Mitogen's strategy for comparison, the labs' probes interleaved (one probe of
+each lab a round, their order turned each round), so that a slow stretch of this shared machine falls
+on every point alike; the no-op deploy the median of three. The
 deploys run with slurmd's node check off (PATH_EXTRA_VARS: a host load that the lab puts on the
 controller's cores), and each probe series and each no-op deploy start once the machine is quiet
 (wait_until_quiet: the hosts' services starting).
@@ -512,93 +514,146 @@ def timed(run: Callable[[], object]) -> tuple[Timed, object]:
     return Timed(time.monotonic() - started, children_cpu() - cpu, machine_busy_cpu() - busy), result
 
 
-def probe_series(hosts: int, spec: Path, site: str, settings: DeploySettings, repeats: int) -> list[Timed]:
-    """`repeats` converged probes in a row (each must find every host converged), and their spread."""
-    from aifactory.deploy import check_converged
-    from aifactory.lab import lab_connection
+@dataclass(frozen=True)
+class PathLab:
+    """A deployed lab of the path: its host count, site name, spec and first deploy's wall."""
 
-    runs: list[Timed] = []
-    for _ in range(repeats):
-        run, found = timed(
-            lambda: check_converged(
-                plan_site(spec, write_lock=False),
-                connection=lab_connection(site),
-                settings=settings,
-                extra_vars=PATH_EXTRA_VARS,
-            )
-        )
-        runs.append(run)
-        assert isinstance(found, dict)
-        unconverged = sorted(h for h, why in found.items() if why is not None)
-        if unconverged:
-            raise SystemExit(f"{hosts} hosts: the probe found hosts not converged: {unconverged}")
-    # The spread says whether a point's noise is its runs' (more runs would steady it) or the point's
-    # own (every run of it off the line alike).
-    print(
-        f"  {hosts} hosts, {len(runs)} probes ({settings.probe_strategy}): "
-        f"wall {min(r.wall for r in runs):.1f}-{max(r.wall for r in runs):.1f} s, "
-        f"CPU {min(r.cpu for r in runs):.2f}-{max(r.cpu for r in runs):.2f} s, "
-        f"machine busy {min(r.busy for r in runs):.1f}-{max(r.busy for r in runs):.1f} CPU-s"
-    )
-    return runs
+    hosts: int
+    site: str
+    spec: Path
+    first_wall: float
 
 
-def path_point(hosts: int, work: Path, settings: DeploySettings) -> PathPoint:
-    """One lab of `hosts` hosts: deploy it, then time the converged probe and a no-op --full deploy,
-    each with `settings` (forks)."""
-
-    from aifactory.lab import lab_connection, lab_down, lab_up
+def deployed_lab(hosts: int, work: Path, settings: DeploySettings, up: list[str]) -> PathLab:
+    """A lab of `hosts` hosts brought up (its site added to `up`, for the caller to take down) and
+    deployed with the bundle with the runtime tree."""
+    from aifactory.lab import lab_connection, lab_up
     from tests.conftest import build_and_import
 
     site = f"path{hosts}x{os.getpid() % 10000}"
     folder = work / site
     spec = grown_spec(folder / "spec", site, hosts - 1)
-    planned = plan_site(spec)
-    lab_up(planned)
-    try:
-        # The runtime tree: the first deploys (not measured here) of a large lab in minutes, not hours.
-        build_and_import(spec, site, folder, runtime_trees=True)
-        first = deploy_site(
-            plan_site(spec, write_lock=False),
-            connection=lab_connection(site),
-            options=DeployOptions(settings=settings, extra_vars=PATH_EXTRA_VARS),
-        )
-        if first.exit_code != 0:
-            raise SystemExit(
-                f"{hosts} hosts: the first deploy failed: {first.failed_hosts} ({first.event_log})"
-            )
-        wait_until_quiet(hosts, "probe")
-        probes = probe_series(hosts, spec, site, settings, PROBE_REPEATS)
-        mitogen = replace(settings, probe_strategy=MITOGEN_STRATEGY)
-        probes_mitogen = probe_series(hosts, spec, site, mitogen, MITOGEN_PROBE_REPEATS)
-        fulls: list[Timed] = []
-        for _ in range(FULL_REPEATS):
-            wait_until_quiet(hosts, "no-op --full")
-            run, result = timed(
-                lambda: deploy_site(
-                    plan_site(spec, write_lock=False),
-                    connection=lab_connection(site),
-                    options=DeployOptions(full=True, settings=settings, extra_vars=PATH_EXTRA_VARS),
-                )
-            )
-            assert isinstance(result, DeployResult)
-            if result.exit_code != 0 or result.changed:
-                raise SystemExit(
-                    f"{hosts} hosts: the no-op --full deploy changed {result.changed}"
-                    f" (exit {result.exit_code})"
-                )
-            # The deploy's own figures for wall and controller CPU (its ansible-playbook alone).
-            fulls.append(replace(run, wall=result.wall_seconds, cpu=result.controller_cpu_seconds))
-    finally:
-        lab_down(site)
-    point = PathPoint(hosts, first.wall_seconds, medians(probes), medians(fulls), medians(probes_mitogen))
-    print(
-        f"{hosts:>5} {point.first_wall:>10.1f} {point.probe.wall:>9.1f} {point.probe.cpu:>9.1f} "
-        f"{point.probe.busy:>10.1f} {point.full.wall:>9.1f} {point.full.cpu:>9.1f} {point.full.busy:>10.1f}"
-        f"   (Mitogen's probe: {point.probe_mitogen.wall:.1f} s, {point.probe_mitogen.cpu:.1f} CPU-s)",
-        flush=True,
+    up.append(site)
+    lab_up(plan_site(spec))
+    # The runtime tree: the first deploys (not measured here) of a large lab in minutes, not hours.
+    build_and_import(spec, site, folder, runtime_trees=True)
+    first = deploy_site(
+        plan_site(spec, write_lock=False),
+        connection=lab_connection(site),
+        options=DeployOptions(settings=settings, extra_vars=PATH_EXTRA_VARS),
     )
-    return point
+    if first.exit_code != 0:
+        raise SystemExit(f"{hosts} hosts: the first deploy failed: {first.failed_hosts} ({first.event_log})")
+    print(f"  {hosts} hosts: deployed in {first.wall_seconds:.1f} s", flush=True)
+    return PathLab(hosts, site, spec, first.wall_seconds)
+
+
+def probe_once(lab: PathLab, settings: DeploySettings) -> Timed:
+    """One converged probe of the lab, which must find every host converged."""
+    from aifactory.deploy import check_converged
+    from aifactory.lab import lab_connection
+
+    run, found = timed(
+        lambda: check_converged(
+            plan_site(lab.spec, write_lock=False),
+            connection=lab_connection(lab.site),
+            settings=settings,
+            extra_vars=PATH_EXTRA_VARS,
+        )
+    )
+    assert isinstance(found, dict)
+    unconverged = sorted(h for h, why in found.items() if why is not None)
+    if unconverged:
+        raise SystemExit(f"{lab.hosts} hosts: the probe found hosts not converged: {unconverged}")
+    return run
+
+
+def interleaved_probes(labs: list[PathLab], settings: DeploySettings, rounds: int) -> dict[int, list[Timed]]:
+    """`rounds` rounds of one probe of each lab, the labs' order turned each round: a slow stretch of
+    this shared machine falls on every point alike instead of on the one measured then."""
+    runs: dict[int, list[Timed]] = {lab.hosts: [] for lab in labs}
+    for turn in range(rounds):
+        shift = turn % len(labs)
+        for lab in labs[shift:] + labs[:shift]:
+            runs[lab.hosts].append(probe_once(lab, settings))
+    for hosts, timed_runs in runs.items():
+        # The spread says whether a point's noise is its runs' (more runs would steady it) or the
+        # point's own (every run of it off the line alike).
+        print(
+            f"  {hosts} hosts, {len(timed_runs)} probes ({settings.probe_strategy}): "
+            f"wall {min(r.wall for r in timed_runs):.1f}-{max(r.wall for r in timed_runs):.1f} s, "
+            f"CPU {min(r.cpu for r in timed_runs):.2f}-{max(r.cpu for r in timed_runs):.2f} s, "
+            f"machine busy {min(r.busy for r in timed_runs):.1f}-{max(r.busy for r in timed_runs):.1f} CPU-s",
+            flush=True,
+        )
+    return runs
+
+
+def noop_fulls(lab: PathLab, settings: DeploySettings) -> list[Timed]:
+    """FULL_REPEATS no-op `deploy --full` runs of the lab, each once the machine is quiet; each must
+    change nothing."""
+    from aifactory.lab import lab_connection
+
+    fulls: list[Timed] = []
+    for _ in range(FULL_REPEATS):
+        wait_until_quiet(lab.hosts, "no-op --full")
+        run, result = timed(
+            lambda: deploy_site(
+                plan_site(lab.spec, write_lock=False),
+                connection=lab_connection(lab.site),
+                options=DeployOptions(full=True, settings=settings, extra_vars=PATH_EXTRA_VARS),
+            )
+        )
+        assert isinstance(result, DeployResult)
+        if result.exit_code != 0 or result.changed:
+            raise SystemExit(
+                f"{lab.hosts} hosts: the no-op --full deploy changed {result.changed}"
+                f" (exit {result.exit_code})"
+            )
+        # The deploy's own figures for wall and controller CPU (its ansible-playbook alone).
+        fulls.append(replace(run, wall=result.wall_seconds, cpu=result.controller_cpu_seconds))
+    return fulls
+
+
+def path_points(points: list[int], work: Path, settings: DeploySettings) -> list[PathPoint]:
+    """A lab of each host count, all up at once: each deployed in turn, then the probes of every lab
+    interleaved (the product's, then Mitogen's for comparison), then each lab's no-op --full deploys."""
+    from aifactory.lab import lab_down
+
+    up: list[str] = []
+    try:
+        labs = [deployed_lab(n, work, settings, up) for n in points]
+        wait_until_quiet(points[-1], "probes")
+        probes = interleaved_probes(labs, settings, PROBE_REPEATS)
+        mitogen = interleaved_probes(
+            labs, replace(settings, probe_strategy=MITOGEN_STRATEGY), MITOGEN_PROBE_REPEATS
+        )
+        fulls = {lab.hosts: noop_fulls(lab, settings) for lab in labs}
+    finally:
+        for site in up:
+            lab_down(site)
+    print(
+        f"{'hosts':>5} {'first s':>10} {'probe s':>9} {'probe cpu':>9} {'probe busy':>10} "
+        f"{'full s':>9} {'full cpu':>9} {'full busy':>10}"
+    )
+    measured = []
+    for lab in labs:
+        point = PathPoint(
+            lab.hosts,
+            lab.first_wall,
+            medians(probes[lab.hosts]),
+            medians(fulls[lab.hosts]),
+            medians(mitogen[lab.hosts]),
+        )
+        print(
+            f"{point.hosts:>5} {point.first_wall:>10.1f} {point.probe.wall:>9.1f} {point.probe.cpu:>9.1f} "
+            f"{point.probe.busy:>10.1f} {point.full.wall:>9.1f} {point.full.cpu:>9.1f} "
+            f"{point.full.busy:>10.1f}   (Mitogen's probe: {point.probe_mitogen.wall:.1f} s, "
+            f"{point.probe_mitogen.cpu:.1f} CPU-s)",
+            flush=True,
+        )
+        measured.append(point)
+    return measured
 
 
 def fitted(x0: int, y0: float, x1: int, y1: float) -> tuple[float, float]:
@@ -618,12 +673,8 @@ def path(points: list[int], *, cores: int, forks: int, keep: bool) -> int:
         f"labs of {', '.join(map(str, points))} hosts on {os.cpu_count()} cores, forks {forks}; "
         f"state in {work}"
     )
-    print(
-        f"{'hosts':>5} {'first s':>10} {'probe s':>9} {'probe cpu':>9} {'probe busy':>10} "
-        f"{'full s':>9} {'full cpu':>9} {'full busy':>10}"
-    )
     settings = replace(DeploySettings(), forks=forks)
-    measured = [path_point(n, work, settings) for n in points]
+    measured = path_points(points, work, settings)
     first, second, last = measured[0], measured[1], measured[-1]
     here = os.cpu_count() or 1
     print()
