@@ -20,24 +20,24 @@ tree, and measures in one run:
 
 `path` (issue 31's measured path to 10,000 hosts): for each count of `--points` (default 3,8,32
 hosts in all), brings up a lab of that many hosts and deploys it (the bundle with the runtime tree),
-the labs all up at once, then measures the converged probe (`check_converged`, what `aifactory up` and a re-run do first) and a
-no-op `deploy --full`: wall, controller CPU (ansible and its ssh clients) and the machine's busy CPU
-(/proc/stat: the controller's, the lab hosts' and aifactory's own work on the shared cores). Lines
-a + b*N fitted through the first two points project the last one (target: within 25% of what is
-measured): its controller CPU on the line through the two CPU figures; its wall on the larger of the
-line through the two walls and the line through the two busy CPU figures over this machine's cores
-(the lab's hosts run on the controller's cores: from some host count on, a run waits for the cores,
-not for its hosts). The projection to 10,000 hosts takes the controller CPU-seconds spread over the
-control host's cores, at most forks at once, and rounds of forks hosts: method in docs/deploy.md.
-Every run uses `--forks` (default 100, what docs/deploy.md tells a national site to give `aifactory
-deploy`), so that all the hosts of every point are worked on at once, as the projection assumes. The
-probe (under Ansible's linear strategy, as `aifactory deploy` runs it) is the median of fifteen runs,
-followed by five under Mitogen's strategy for comparison, the labs' probes interleaved (one probe of
-each lab a round, their order turned each round), so that a slow stretch of this shared machine falls
-on every point alike; the no-op deploy the median of three. The
-deploys run with slurmd's node check off (PATH_EXTRA_VARS: a host load that the lab puts on the
-controller's cores), and each probe series and each no-op deploy start once the machine is quiet
-(wait_until_quiet: the hosts' services starting).
+the labs all up at once, then measures the converged probe (`check_converged`, what `aifactory up`
+and a re-run do first) and a no-op `deploy --full`: wall, controller CPU (ansible and its ssh
+clients) and the machine's busy CPU (/proc/stat: the controller's, the lab hosts' and aifactory's
+own work on the shared cores). Lines a + b*N fitted through the first two points project the last
+one (target: within 25% of what is measured): its controller CPU on the line through the two CPU
+figures; its wall on the larger of the line through the two walls and the line through the two busy
+CPU figures over this machine's cores (the lab's hosts run on the controller's cores: from some host
+count on, a run waits for the cores, not for its hosts). The projection to 10,000 hosts takes the
+controller CPU-seconds spread over the control host's cores, at most forks at once, and rounds of
+forks hosts: method in docs/deploy.md. Every run uses `--forks` (default 100, what docs/deploy.md
+tells a national site to give `aifactory deploy`), so that all the hosts of every point are worked
+on at once, as the projection assumes. The probe (under Ansible's linear strategy, as `aifactory
+deploy` runs it) is the median of fifteen runs, followed by five under Mitogen's strategy for
+comparison, the labs' probes interleaved (one probe of each lab a round, their order turned each
+round), so that a slow stretch of this shared machine falls on every point alike; the no-op deploy
+the median of three. The deploys run with slurmd's node check off (PATH_EXTRA_VARS: a host load that
+the lab puts on the controller's cores), and each probe series and each no-op deploy start once the
+machine is quiet (wait_until_quiet: the hosts' services starting).
 
 `scale`:
 Needs root and the lab's prerequisites (docs/lab.md). Grows a copy of the lab site under another
@@ -69,6 +69,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TypeVar
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -77,6 +78,7 @@ from aifactory.deploy.settings import MITOGEN_STRATEGY  # noqa: E402
 from aifactory.plan import plan_site  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
+T = TypeVar("T")
 LAB_SPEC = REPO / "inventory" / "lab" / "site.yaml"
 CPU_SHARE_TARGET = 1.2
 NOOP_TARGET = 0.30
@@ -507,7 +509,7 @@ def wait_until_quiet(hosts: int, before: str) -> None:
     print(f"  {hosts} hosts, before the {before}: {waited:.0f} s until quiet (busy {busy:.0%})")
 
 
-def timed(run: Callable[[], object]) -> tuple[Timed, object]:
+def timed(run: Callable[[], T]) -> tuple[Timed, T]:
     """`run()` timed: wall, the controller's CPU (this process's children) and the machine's busy CPU."""
     cpu, busy, started = children_cpu(), machine_busy_cpu(), time.monotonic()
     result = run()
@@ -561,7 +563,6 @@ def probe_once(lab: PathLab, settings: DeploySettings) -> Timed:
             extra_vars=PATH_EXTRA_VARS,
         )
     )
-    assert isinstance(found, dict)
     unconverged = sorted(h for h, why in found.items() if why is not None)
     if unconverged:
         raise SystemExit(f"{lab.hosts} hosts: the probe found hosts not converged: {unconverged}")
@@ -604,7 +605,6 @@ def noop_fulls(lab: PathLab, settings: DeploySettings) -> list[Timed]:
                 options=DeployOptions(full=True, settings=settings, extra_vars=PATH_EXTRA_VARS),
             )
         )
-        assert isinstance(result, DeployResult)
         if result.exit_code != 0 or result.changed:
             raise SystemExit(
                 f"{lab.hosts} hosts: the no-op --full deploy changed {result.changed}"
@@ -656,12 +656,6 @@ def path_points(points: list[int], work: Path, settings: DeploySettings) -> list
     return measured
 
 
-def fitted(x0: int, y0: float, x1: int, y1: float) -> tuple[float, float]:
-    """a, b of the line a + b*x through two points."""
-    b = (y1 - y0) / (x1 - x0)
-    return y0 - b * x0, b
-
-
 def path(points: list[int], *, cores: int, forks: int, keep: bool) -> int:
     """The converged probe and a no-op --full deploy at each host count; the projection to 10,000."""
     if len(points) < 3 or sorted(points) != points or points[0] < 2:
@@ -691,13 +685,14 @@ def path(points: list[int], *, cores: int, forks: int, keep: bool) -> int:
 
 
 def line_at(x0: int, y0: float, x1: int, y1: float, x: int) -> float:
-    a, b = fitted(x0, y0, x1, y1)
-    return a + b * x
+    """The line a + b*x through (x0, y0) and (x1, y1), at x."""
+    return y0 + (y1 - y0) / (x1 - x0) * (x - x0)
 
 
 def judged(measured: float, projected: float) -> str:
     off = (measured - projected) / projected
-    return f"{off:+.0%}; target within 25%: {'met' if abs(off) <= PROJECTION_TARGET else 'NOT met'}"
+    met = "met" if abs(off) <= PROJECTION_TARGET else "NOT met"
+    return f"{off:+.0%}; target within {PROJECTION_TARGET:.0%}: {met}"
 
 
 def check_line(label: str, x0: int, x1: int, last: int, values: list[float]) -> str:
@@ -733,8 +728,9 @@ def projection(label: str, first: PathPoint, second: PathPoint, attr: str, *, co
     """The wall at 10,000 hosts: the larger of two bounds, the controller's CPU-seconds (the line
     through the two points) spread over min(cores, forks) workers, and the hosts taken `forks` at a
     time, each round as long as the whole run at the smallest point (all its hosts in one round)."""
-    a, b = fitted(first.hosts, value(first, attr, "cpu"), second.hosts, value(second, attr, "cpu"))
-    cpu_10k = a + b * 10_000
+    cpu_10k = line_at(
+        first.hosts, value(first, attr, "cpu"), second.hosts, value(second, attr, "cpu"), 10_000
+    )
     by_cpu = cpu_10k / min(cores, forks)
     rounds = -(-10_000 // forks)
     by_rounds = rounds * value(first, attr, "wall")
