@@ -9,6 +9,7 @@ import stat
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -270,21 +271,11 @@ def test_records_round_trip_with_tight_modes(tmp_path: Path, monkeypatch: pytest
     assert read_records(state) == {}  # unreadable: every host gets a full run
 
 
-def test_host_state_module_reads_without_changing(tmp_path: Path) -> None:
-    """The module itself, run by Ansible on this machine (connection local)."""
-    site = tmp_path / "site"
-    site.mkdir()
-    target = site / "managed.conf"
-    target.write_text("setting = 1\n")
-    target.chmod(0o640)
-    (site / "current").symlink_to(site / "v1")
-    args = json.dumps(
-        {
-            "paths": [str(target), str(site / "current"), str(site / "missing"), str(site)],
-            "packages": ["dpkg", "no-such-package-here"],
-        }
-    )
-    before = sorted((p.name, p.lstat().st_mtime_ns) for p in site.iterdir())
+LAB_SUPERVISOR_SOURCE = Path(__file__).resolve().parents[2] / "aifactory/lab/files/aifactory-service"
+
+
+def run_host_state(tmp_path: Path, args: dict[str, Any]) -> dict[str, Any]:
+    """The module itself, run by Ansible on this machine (connection local); its JSON result."""
     run = subprocess.run(
         [
             str(Path(sys.executable).with_name("ansible")),
@@ -294,7 +285,7 @@ def test_host_state_module_reads_without_changing(tmp_path: Path) -> None:
             "-m",
             "aifactory.factory.aifactory_host_state",
             "-a",
-            args,
+            json.dumps(args),
             "-o",
         ],
         capture_output=True,
@@ -311,7 +302,32 @@ def test_host_state_module_reads_without_changing(tmp_path: Path) -> None:
         },
     )
     assert run.returncode == 0, run.stdout + run.stderr
-    result = json.loads(run.stdout.split("=>", 1)[1])
+    result: dict[str, Any] = json.loads(run.stdout.split("=>", 1)[1])
+    return result
+
+
+def test_host_state_module_reads_without_changing(tmp_path: Path) -> None:
+    site = tmp_path / "site"
+    site.mkdir()
+    target = site / "managed.conf"
+    target.write_text("setting = 1\n")
+    target.chmod(0o640)
+    (site / "current").symlink_to(site / "v1")
+    # No systemd on this machine: the lab's supervisor answers `is-active` as systemctl does, and
+    # has no unit of these names here.
+    supervisor = tmp_path / "aifactory-service"
+    shutil.copyfile(LAB_SUPERVISOR_SOURCE, supervisor)
+    supervisor.chmod(0o755)
+    before = sorted((p.name, p.lstat().st_mtime_ns) for p in site.iterdir())
+    result = run_host_state(
+        tmp_path,
+        {
+            "paths": [str(target), str(site / "current"), str(site / "missing"), str(site)],
+            "packages": ["dpkg", "no-such-package-here"],
+            "services": ["no-such-unit-b", "no-such-unit-a"],
+            "service_command": str(supervisor),
+        },
+    )
     paths = result["state"]["paths"]
     assert paths[str(target)]["type"] == "file" and paths[str(target)]["mode"] == "0640"
     assert len(paths[str(target)]["sha256"]) == 64
@@ -321,5 +337,13 @@ def test_host_state_module_reads_without_changing(tmp_path: Path) -> None:
     assert paths[str(site)]["type"] == "directory"
     assert result["state"]["packages"]["no-such-package-here"] == "absent"
     assert result["state"]["packages"]["dpkg"] not in ("", "absent")
+    assert result["state"]["services"] == {"no-such-unit-a": "not running", "no-such-unit-b": "not running"}
     assert result["changed"] is False
     assert sorted((p.name, p.lstat().st_mtime_ns) for p in site.iterdir()) == before
+
+
+def test_host_state_module_reads_an_unreadable_service_answer_as_not_running(tmp_path: Path) -> None:
+    """A manager that answers nothing it can read (here `true`, which prints no word) must not make
+    the host look converged: the controller then gives it a full run."""
+    result = run_host_state(tmp_path, {"services": ["munge", "slurmd"], "service_command": "/bin/true"})
+    assert result["state"]["services"] == {"munge": "not running", "slurmd": "not running"}

@@ -185,6 +185,40 @@ def test_supervisor_reads_units_as_systemd_does(tmp_path):
     assert service.seconds("500ms", 1) == 0.5
 
 
+def test_supervisor_is_active_answers_for_several_units_as_systemctl_does(tmp_path, monkeypatch, capsys):
+    """Real processes stand for a running service's monitor and main process; the states on disk
+    are the files the supervisor itself writes."""
+    import subprocess
+    import sys
+
+    service = supervisor()
+    units, run = tmp_path / "units", tmp_path / "run"
+    units.mkdir()
+    run.mkdir()
+    monkeypatch.setattr(service, "UNIT_DIRS", (str(units),))
+    monkeypatch.setattr(service, "RUN_DIR", str(run))
+    for name in ("up", "done", "broken", "idle"):
+        (units / f"{name}.service").write_text("[Service]\nExecStart=/bin/true\n")
+    (run / "done.service.state").write_text("exited\n")
+    (run / "broken.service.state").write_text("failed\n")
+    pretend_monitor = [sys.executable, "-c", "import time; time.sleep(60)", "__monitor", "up.service"]
+    sleeper = subprocess.Popen(pretend_monitor)
+    try:
+        (run / "up.service.monitor").write_text(f"{sleeper.pid}\n")
+        (run / "up.service.pid").write_text(f"{sleeper.pid}\n")
+        code = service.main(["aifactory-service", "is-active", "--", "up", "done", "broken", "idle", "gone"])
+        assert capsys.readouterr().out.split() == ["active", "active", "failed", "inactive", "inactive"]
+        assert code == 3
+        assert service.main(["aifactory-service", "is-active", "up", "done.service"]) == 0
+        assert capsys.readouterr().out.split() == ["active", "active"]
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert service.main(["aifactory-service", "is-active", "up"]) == 3  # its monitor is gone
+    assert capsys.readouterr().out.split() == ["inactive"]
+    assert service.main(["aifactory-service", "is-active"]) == 2
+
+
 def test_exec_takes_host_after_the_site():
     from aifactory.cli.lab import split_exec_argv
 
