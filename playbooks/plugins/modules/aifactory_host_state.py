@@ -80,8 +80,9 @@ def read_path(path):
 
 def read_services(module, names, command):
     """One `is-active` for every service (systemctl's, or the lab supervisor's that answers alike):
-    a word per unit, in order. An answer that cannot be read says not running, so the controller
-    gives the host a full run rather than trust it."""
+    a word per unit, in order; its exit code only says whether any is active. The states that
+    `is-active --quiet` takes as running (active, reloading) count as running. An answer that cannot
+    be read says not running, so the controller gives the host a full run rather than trust it."""
     if not names:
         return {}
     _rc, out, _err = module.run_command([command or "systemctl", "is-active", "--"] + list(names))
@@ -89,7 +90,7 @@ def read_services(module, names, command):
     if len(words) != len(names):
         return dict.fromkeys(names, "not running")
     return {
-        name: ("running" if word == "active" else "not running")
+        name: ("running" if word in ("active", "reloading") else "not running")
         for name, word in zip(names, words, strict=True)
     }
 
