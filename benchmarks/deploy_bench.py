@@ -1,6 +1,6 @@
 """How fast does `aifactory deploy` install the runtime, and what does a no-op re-run cost?
 
-    .venv/bin/python benchmarks/deploy_bench.py floor [--hosts 3] [--keep]
+    .venv/bin/python benchmarks/deploy_bench.py floor [--hosts 3] [--processes] [--keep]
     .venv/bin/python benchmarks/deploy_bench.py scale [--hosts 8] [--keep]
 
 `floor` (issue 31): brings up the lab site under another name with `--hosts` hosts in all (1 control
@@ -16,7 +16,11 @@ tree, and measures in one run:
   and the hosts' work together, as they share the machine's cores), the bound on the deploy's wall;
 - the bytes the control host's namespace sent during the first deploy (tx_bytes of its interfaces
   but loopback), per host, against the bundle's size (target: at most 5% of it per host; issue 31
-  measures it with 8 hosts: `--hosts 8`).
+  measures it with 8 hosts: `--hosts 8`);
+- with `--processes`, where the first deploy's CPU went: Linux process accounting (`accton`, Debian's
+  `acct`) on during the first deploy, then the CPU of every process it started, on the controller and
+  in the lab's hosts, summed by command name (benchmarks/process_cpu.py; machine-wide, so run it on
+  a quiet machine).
 
 `path` (issue 31's measured path to 10,000 hosts): for each count of `--points` (default 3,8,32
 hosts in all), brings up a lab of that many hosts and deploys it (the bundle with the runtime tree),
@@ -67,6 +71,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TypeVar
@@ -76,6 +81,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from aifactory.deploy import DeployOptions, DeployResult, DeploySettings, deploy_site  # noqa: E402
 from aifactory.deploy.settings import MITOGEN_STRATEGY  # noqa: E402
 from aifactory.plan import plan_site  # noqa: E402
+from benchmarks.process_cpu import CommandCpu, accounting, cpu_by_command, read_records  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
@@ -193,12 +199,17 @@ def main() -> int:
         type=int,
         help="floor: hosts in all (default 3); scale: hosts of the large runs (default 8)",
     )
+    parser.add_argument(
+        "--processes",
+        action="store_true",
+        help="floor: the first deploy's CPU by process (Linux process accounting: accton, Debian's acct)",
+    )
     parser.add_argument("--keep", action="store_true", help="leave the lab up at the end")
     args = parser.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("the benchmark needs root (the lab uses namespaces)")
     if args.mode == "floor":
-        return floor(args.hosts or 3, keep=args.keep)
+        return floor(args.hosts or 3, keep=args.keep, processes=args.processes)
     if args.mode == "path":
         points = [int(n) for n in args.points.split(",")]
         return path(points, cores=args.cores, forks=args.forks, keep=args.keep)
@@ -363,7 +374,7 @@ def measure_floor(site: str, planned_hosts: list[tuple[str, str]], archive: str)
     return time.monotonic() - started
 
 
-def floor(hosts: int, *, keep: bool) -> int:
+def floor(hosts: int, *, keep: bool, processes: bool = False) -> int:
     """The first deploy of `hosts` lab hosts against its floor, and the control host's bytes sent."""
     import json
 
@@ -394,13 +405,17 @@ def floor(hosts: int, *, keep: bool) -> int:
         control_pid = control.host(control.control_host or "").anchor.pid
         before = sent_bytes(control_pid)
         busy_before = machine_busy_cpu()
-        first: DeployResult = deploy_site(
-            plan_site(spec, write_lock=False),
-            connection=lab_connection(site),
-            options=DeployOptions(),
-        )
+        with accounting(work / "first-deploy.pacct") if processes else nullcontext() as pacct:
+            started = time.time()
+            first: DeployResult = deploy_site(
+                plan_site(spec, write_lock=False),
+                connection=lab_connection(site),
+                options=DeployOptions(),
+            )
+            ended = time.time()
         sent = sent_bytes(control_pid) - before
         first_busy = machine_busy_cpu() - busy_before
+        by_command = cpu_by_command(read_records(pacct), started, ended) if pacct else []
         if first.exit_code != 0:
             raise SystemExit(f"the first deploy failed: {first.failed_hosts}; event log {first.event_log}")
         targets = [(h.name, h.management_address) for h in planned.plan.hosts]
@@ -430,6 +445,7 @@ def floor(hosts: int, *, keep: bool) -> int:
         f"{first_busy / cores:.1f} s of wall; {FLOOR_TARGET:g}x the floor allows "
         f"{FLOOR_TARGET * floor_seconds * cores:.0f} CPU-s on {cores} cores, the deploy used {first_busy:.0f}"
     )
+    print_by_command(by_command)
     print(
         f"against the {BEFORE_SECONDS:.0f} s measured for issue 31: "
         f"{first.wall_seconds / BEFORE_SECONDS:.2f}x"
@@ -440,6 +456,20 @@ def floor(hosts: int, *, keep: bool) -> int:
     )
     print(verdict("bytes per host / bundle size", per_host / size, BYTES_TARGET, at_most=True))
     return 0
+
+
+def print_by_command(by_command: list[CommandCpu], most: int = 12) -> None:
+    if not by_command:
+        return
+    total = sum(c.cpu_seconds for c in by_command)
+    processes = sum(c.processes for c in by_command)
+    print(f"  the first deploy's processes (process accounting): {processes}, {total:.1f} CPU-s; by command:")
+    for entry in by_command[:most]:
+        print(f"    {entry.cpu_seconds:7.1f} CPU-s  {entry.processes:6d}  {entry.command}")
+    rest = by_command[most:]
+    if rest:
+        rest_cpu, rest_count = sum(c.cpu_seconds for c in rest), sum(c.processes for c in rest)
+        print(f"    {rest_cpu:7.1f} CPU-s  {rest_count:6d}  (the rest)")
 
 
 @dataclass(frozen=True)
