@@ -81,7 +81,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from aifactory.deploy import DeployOptions, DeployResult, DeploySettings, deploy_site  # noqa: E402
 from aifactory.deploy.settings import MITOGEN_STRATEGY  # noqa: E402
 from aifactory.plan import plan_site  # noqa: E402
-from benchmarks.process_cpu import CommandCpu, accounting, cpu_by_command, read_records  # noqa: E402
+from benchmarks.process_cpu import (  # noqa: E402
+    AccountingError,
+    CommandCpu,
+    accounting,
+    accton,
+    cpu_by_command,
+    read_records,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
@@ -209,7 +216,12 @@ def main() -> int:
     if os.geteuid() != 0:
         raise SystemExit("the benchmark needs root (the lab uses namespaces)")
     if args.mode == "floor":
-        return floor(args.hosts or 3, keep=args.keep, processes=args.processes)
+        try:
+            if args.processes:
+                accton()  # before the lab comes up: say what is missing at once
+            return floor(args.hosts or 3, keep=args.keep, processes=args.processes)
+        except AccountingError as exc:
+            raise SystemExit(f"--processes: {exc}") from None
     if args.mode == "path":
         points = [int(n) for n in args.points.split(",")]
         return path(points, cores=args.cores, forks=args.forks, keep=args.keep)

@@ -87,14 +87,20 @@ def cpu_by_command(records: Iterable[ProcessRecord], start: float, end: float) -
     )
 
 
+def accton() -> str:
+    """The `accton` to turn accounting on and off with (checked before a benchmark brings a lab up)."""
+    found = shutil.which("accton")
+    if found is None:
+        raise AccountingError("no `accton` on the PATH: install Debian's `acct` (apt-get install acct)")
+    return found
+
+
 @contextmanager
 def accounting(path: Path) -> Iterator[Path]:
-    accton = shutil.which("accton")
-    if accton is None:
-        raise AccountingError("no `accton` on the PATH: install Debian's `acct` (apt-get install acct)")
+    command = accton()
     path.touch(mode=0o600)
-    subprocess.run([accton, str(path)], check=True, capture_output=True)
+    subprocess.run([command, str(path)], check=True, capture_output=True)
     try:
         yield path
     finally:
-        subprocess.run([accton, "off"], check=True, capture_output=True)
+        subprocess.run([command, "off"], check=True, capture_output=True)
