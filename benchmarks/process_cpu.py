@@ -25,6 +25,7 @@ from pathlib import Path
 # etime (a float), utime, stime, mem, io, rw, minflt, majflt, swaps (comp_t each), comm[16].
 RECORD = struct.Struct("<ccHIIIIIIf8H16s")
 ACCT_VERSION = 3
+ACCT_BYTEORDER = 0x80  # set in ac_version by a big-endian kernel
 AHZ = 100  # the unit of ac_utime and ac_stime: ticks of 1/AHZ s
 
 
@@ -57,7 +58,9 @@ def parse_records(data: bytes) -> Iterator[ProcessRecord]:
     if len(data) % RECORD.size:
         raise AccountingError(f"not a whole number of {RECORD.size}-byte acct v3 records")
     for fields in RECORD.iter_unpack(data):
-        version = fields[1][0] & 0x0F  # the high bit says the byte order
+        if fields[1][0] & ACCT_BYTEORDER:
+            raise AccountingError("big-endian acct records: this reader reads little-endian ones")
+        version = fields[1][0] & 0x0F
         if version != ACCT_VERSION:
             raise AccountingError(f"an acct record of version {version}, this reader reads {ACCT_VERSION}")
         yield ProcessRecord(

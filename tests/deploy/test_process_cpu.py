@@ -83,6 +83,8 @@ def test_cpu_is_summed_by_command_for_the_processes_started_in_the_window() -> N
 def test_a_file_this_reader_cannot_read_is_refused() -> None:
     with pytest.raises(AccountingError, match="version 2"):
         list(parse_records(record(b"sh", pid=1, started=1, user_ticks=1, system_ticks=1, version=2)))
+    with pytest.raises(AccountingError, match="big-endian"):
+        list(parse_records(record(b"sh", pid=1, started=1, user_ticks=1, system_ticks=1, version=0x83)))
     with pytest.raises(AccountingError, match="whole number"):
         list(parse_records(b"\0" * (RECORD.size + 3)))
     assert struct.calcsize("<ccHIIIIIIf8H16s") == RECORD.size == 64
