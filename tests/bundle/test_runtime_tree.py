@@ -228,6 +228,11 @@ def test_the_role_extracts_and_checks_the_tree_once(tmp_path: Path) -> None:
         [str(tmp_path / "opt" / VERSION / "bin" / "treehello")], capture_output=True, text=True
     )
     assert done.stdout.strip() == f"hello from {tmp_path / 'opt' / VERSION}"
+    # The bundle's signed listing beside the version, what the daily check runs stock sha256sum with.
+    listing = tmp_path / "opt" / f"{VERSION}.sha256"
+    assert listing.read_bytes() == tree.listing.read_bytes()
+    sha256sum = ["sha256sum", "--check", "--strict", "--quiet", str(listing)]
+    assert subprocess.run(sha256sum, cwd=tmp_path / "opt" / VERSION, check=False).returncode == 0
     second = _run_install(tmp_path, inputs)
     assert second.returncode == 0 and _changed(second) == 0, second.stdout[-3000:]
 

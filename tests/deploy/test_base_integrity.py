@@ -12,11 +12,14 @@ connection into a scratch folder (no lab needed; AIDE from the machine, as scrip
 
 from __future__ import annotations
 
+import gzip
 import json
+import os
 import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -49,6 +52,7 @@ PLAYBOOK = """
     base_aide_conf: {folder}/etc/aide.conf
     base_aide_db: {folder}/var/lib/aide/aide.db
     base_aide_paths: {paths}
+    base_aide_listed_paths: {listed}
     base_aliases_file: {folder}/etc/aliases
   tasks:
     - name: Preflight
@@ -72,7 +76,7 @@ def _play(
     watched = folder / "watched"
     paths = [str(watched / "etc"), str(watched / "opt" / "ai.factory-1")]
     playbook = folder / "play.yml"
-    playbook.write_text(PLAYBOOK.format(folder=folder, paths=json.dumps(paths)))
+    playbook.write_text(PLAYBOOK.format(folder=folder, paths=json.dumps(paths), listed=json.dumps(paths[1:])))
     argv = [ANSIBLE_PLAYBOOK, "-c", "local", str(playbook)]
     argv += ["-i", str(inventory)] if inventory else ["-i", "localhost,"]
     argv += ["-e", json.dumps({"ansible_python_interpreter": sys.executable, **extra})]
@@ -88,10 +92,13 @@ def _recap(output: str) -> dict[str, int]:
 def _host(folder: Path) -> None:
     """A fresh host: two watched folders (one name with regex metacharacters), an aliases file with
     an old root line."""
-    for sub in ("watched/etc", "watched/opt/ai.factory-1", "watched/opt/aiXfactory-1", "etc"):
+    for sub in ("watched/etc", "watched/opt/ai.factory-1/v1/lib", "watched/opt/aiXfactory-1", "etc"):
         (folder / sub).mkdir(parents=True)
     (folder / "watched/etc/passwd").write_text("root:x:0:0::/root:/bin/sh\n")
     (folder / "watched/opt/ai.factory-1/app").write_text("v1\n")
+    # An install (a subfolder of a listed path) and its listing beside it.
+    (folder / "watched/opt/ai.factory-1/v1/lib/torch.so").write_text("tree file\n")
+    (folder / "watched/opt/ai.factory-1/v1.sha256").write_text(f"{'0' * 64}  ./lib/torch.so\n")
     (folder / "watched/opt/aiXfactory-1/other").write_text("not watched\n")
     (folder / "etc/aliases").write_text("# See man 5 aliases\npostmaster: root\nroot: change_me@localhost\n")
 
@@ -120,6 +127,12 @@ def test_aide_database_once_and_root_alias_idempotent_and_check_mode_safe(tmp_pa
     # Each watched path is a literal regex: the '.' and '-' of a name do not match other folders.
     assert f"\n{re.escape(str(host / 'watched/opt/ai.factory-1'))} AifactoryWatch\n" in conf
     assert db.is_file() and not Path(f"{db}.new").exists()
+    # Below an install of a listed path, attributes only: no content checksum in the database; the
+    # listing beside it, and files of the listed path itself, keep their SHA-512.
+    checksums = _sha512_by_path(db)
+    assert checksums[str(host / "watched/opt/ai.factory-1/v1/lib/torch.so")] == "0"
+    assert checksums[str(host / "watched/opt/ai.factory-1/v1.sha256")] != "0"
+    assert checksums[str(host / "watched/opt/ai.factory-1/app")] != "0"
     # A folder the regex `ai.factory-1` would match unescaped is not watched: its change is not one.
     (host / "watched/opt/aiXfactory-1/other").write_text("changed\n")
     checked = subprocess.run(
@@ -131,6 +144,13 @@ def test_aide_database_once_and_root_alias_idempotent_and_check_mode_safe(tmp_pa
 
     stamp = db.stat().st_mtime_ns
     (host / "watched/opt/ai.factory-1/app").write_text("v2\n")  # a change the database must show
+    # A same-size rewrite below the install with its mtime put back: AIDE still reports it (its ctime,
+    # which AIDE records in whole seconds: written a second after the database).
+    tree_file = host / "watched/opt/ai.factory-1/v1/lib/torch.so"
+    before = tree_file.stat()
+    time.sleep(max(0.0, int(db.stat().st_mtime) + 1.05 - time.time()))
+    tree_file.write_text("tree filf\n")
+    os.utime(tree_file, ns=(before.st_atime_ns, before.st_mtime_ns))
     second = _play(host, base_root_mail_alias="soc@lab.example")
     assert second.returncode == 0, second.stdout + second.stderr
     assert _recap(second.stdout)["changed"] == 0, second.stdout
@@ -139,11 +159,21 @@ def test_aide_database_once_and_root_alias_idempotent_and_check_mode_safe(tmp_pa
         ["aide", "--check", f"--config={host / 'etc/aide.conf'}"], capture_output=True, text=True
     )
     assert checked.returncode != 0 and "ai.factory-1/app" in checked.stdout
+    assert re.search(r"^f[^:\n]*c[^:\n]*: .*/v1/lib/torch\.so$", checked.stdout, re.M), checked.stdout
+
+
+def _sha512_by_path(db: Path) -> dict[str, str]:
+    """The sha512 field of every entry of an AIDE 0.18 database (gzip, '@@db_spec' names the fields)."""
+    lines = gzip.decompress(db.read_bytes()).decode().splitlines()
+    spec = next(line.split()[1:] for line in lines if line.startswith("@@db_spec "))
+    at = spec.index("sha512")
+    rows = (line.split(" ") for line in lines if line.startswith("/"))
+    return {row[0]: row[at] for row in rows}
 
 
 def test_without_a_contact_the_aliases_file_is_left_alone(tmp_path: Path) -> None:
     _host(tmp_path)
-    done = _play(tmp_path, check=True, base_aide_paths=["/nonexistent"])
+    done = _play(tmp_path, check=True, base_aide_paths=["/nonexistent"], base_aide_listed_paths=[])
     assert done.returncode == 0, done.stdout + done.stderr
     assert "Base | configure | root's mail goes to the site's security contact" in done.stdout
     assert "skipping: [localhost]" in done.stdout.split("root's mail goes to")[1].split("TASK")[0]
@@ -179,6 +209,18 @@ def test_the_preflight_refuses_a_watched_path_that_is_not_a_plain_path(path: str
     done = _play(tmp_path, check=True, base_aide_paths=[path])
     assert done.returncode != 0
     assert "base_aide_paths must be a list of absolute paths" in done.stdout, done.stdout
+
+
+@pytest.mark.parametrize("path", ["/opt\n/ R", "relative", "/opt/../etc", "/opt/a b", "/srv/not-watched"])
+def test_the_preflight_refuses_a_listed_path_not_plain_or_not_watched(path: str, tmp_path: Path) -> None:
+    """A listed path becomes a selection line of aide.conf too, and AIDE honours it only when watched."""
+    _host(tmp_path)
+    done = _play(tmp_path, check=True, base_aide_listed_paths=[path])
+    assert done.returncode != 0
+    assert "base_aide_listed_paths such paths, each one of base_aide_paths or below one" in " ".join(
+        done.stdout.split()
+    ), done.stdout
+    assert not (tmp_path / "etc/aide.conf").exists()
 
 
 def _inventory(folder: Path, contact: str) -> Path:

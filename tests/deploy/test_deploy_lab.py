@@ -348,6 +348,40 @@ def test_every_host_runs_the_bundle_version_and_answers_health(lab, lab_bundle_i
         assert len(entry["config_files"]["/etc/aifactory/runtime.yaml"]) == 64
 
 
+SUPERVISOR = "/run/aifactory-lab/bin/aifactory-service"
+CHECK_LOG = "/var/log/aifactory-service/aifactory-runtime-check.service.log"
+
+
+def test_the_runtime_in_service_is_checked_against_its_file_listing(lab, lab_bundle_import) -> None:  # noqa: ANN001
+    """Each install has its file listing beside it (/opt/aifactory/<version>.sha256); the check's
+    timer is running and its oneshot, as deployed (stock sha256sum in the version's folder), passes on
+    the deployed tree, fails naming a file rewritten on one host, and passes again once it is put back."""
+    version = lab_bundle_import.version
+    for host in lab.hosts:
+        listing = ssh(lab, host, f"cat /opt/aifactory/{version}.sha256").stdout.splitlines()
+        assert len(listing) > 1000 and all(re.fullmatch(r"[0-9a-f]{64}  \S.*", line) for line in listing)
+        timer = ssh(lab, host, f"{SUPERVISOR} is-active aifactory-runtime-check.timer")
+        assert timer.stdout.split() == ["active"], timer.stdout
+        unit = ssh(lab, host, "cat /etc/systemd/system/aifactory-runtime-check.service").stdout
+        assert f"WorkingDirectory=/opt/aifactory/{version}\n" in unit, unit
+        ssh(lab, host, f"{SUPERVISOR} start aifactory-runtime-check.service")
+    host = lab.hosts[-1]
+    listing = ssh(lab, host, f"cat /opt/aifactory/{version}.sha256").stdout
+    names = [line.split("  ", 1)[1] for line in listing.splitlines()]
+    target = next(name for name in names if name.endswith(".dist-info/METADATA"))
+    path = f"/opt/aifactory/{version}/{target}"
+    ssh(lab, host, f"cp -p {path} /root/check-original && echo tampered >> {path}")
+    try:
+        check = f": > {CHECK_LOG}; {SUPERVISOR} start aifactory-runtime-check.service"
+        failed = ssh(lab, host, check, check=False)
+        log = ssh(lab, host, f"cat {CHECK_LOG}").stdout
+    finally:
+        ssh(lab, host, f"cp -p /root/check-original {path} && rm /root/check-original")
+    assert failed.returncode != 0, failed.stdout
+    assert f"{target}: FAILED" in log, log[-2000:]
+    ssh(lab, host, f"{SUPERVISOR} start aifactory-runtime-check.service")
+
+
 DENIED_REQUEST = """/usr/bin/python3 - <<'PY'
 import urllib.error, urllib.request
 for _ in range(3):
