@@ -219,6 +219,31 @@ def test_supervisor_is_active_answers_for_several_units_as_systemctl_does(tmp_pa
     assert service.main(["aifactory-service", "is-active"]) == 2
 
 
+def test_supervisor_a_failed_oneshot_is_failed_until_it_next_runs(tmp_path, monkeypatch, capsys):
+    """As systemd: a oneshot whose command fails is `failed` (what a daily check's failure leaves
+    for is-active to report), and `inactive` again once a run succeeds."""
+    service = supervisor()
+    units, run, logs = tmp_path / "units", tmp_path / "run", tmp_path / "log"
+    for folder in (units, run, logs):
+        folder.mkdir()
+    monkeypatch.setattr(service, "UNIT_DIRS", (str(units),))
+    monkeypatch.setattr(service, "RUN_DIR", str(run))
+    monkeypatch.setattr(service, "LOG_DIR", str(logs))
+    verdict = tmp_path / "verdict"
+    exec_start = f"/bin/sh -c 'exit $(cat {verdict})'"
+    (units / "check.service").write_text(f"[Service]\nType=oneshot\nExecStart={exec_start}\n")
+    verdict.write_text("1")
+    assert service.main(["aifactory-service", "start", "check.service"]) == 1
+    capsys.readouterr()
+    assert service.main(["aifactory-service", "is-active", "check"]) == 3
+    assert capsys.readouterr().out.split() == ["failed"]
+    verdict.write_text("0")
+    assert service.main(["aifactory-service", "start", "check.service"]) == 0
+    capsys.readouterr()
+    assert service.main(["aifactory-service", "is-active", "check"]) == 3
+    assert capsys.readouterr().out.split() == ["inactive"]
+
+
 def test_exec_takes_host_after_the_site():
     from aifactory.cli.lab import split_exec_argv
 

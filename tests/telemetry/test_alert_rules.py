@@ -43,6 +43,7 @@ def test_there_are_rule_files_for_every_promised_alert() -> None:
         "DecisionLogStalled",
         "CertificateExpiring",
         "SigningKeyExpiring",
+        "RuntimeFilesChanged",
         "DiskFilling",
         "ClockOffset",
         "ServingErrorRate",

@@ -206,6 +206,40 @@ def test_stopping_a_node_exporter_fires_host_down_into_the_operator_log(monitore
     wait_until(f"{host}'s node exporter up again", 180, lambda: monitored.up()[host])
 
 
+CHECK = "aifactory-runtime-check.service"
+
+
+def test_a_runtime_file_changed_on_a_host_fires_runtime_files_changed(monitored: Monitored) -> None:
+    """SI-7 end to end: a file of the runtime in service rewritten on one host; the runtime role's
+    check (its unit, stock sha256sum against the install's listing) fails; the facts script's timer
+    exports it, Prometheus scrapes it and RuntimeFilesChanged fires for that host; put back and
+    checked again, the alert resolves."""
+    lab = monitored.lab
+    host = lab.hosts[-1]
+    folder = lab.exec(["readlink", "/opt/aifactory/current"], host=host).stdout.strip()
+    listing = lab.exec(["cat", f"{folder}.sha256"], host=host).stdout
+    names = [line.split("  ", 1)[1] for line in listing.splitlines()]
+    target = f"{folder}/{next(name for name in names if name.endswith('.dist-info/METADATA'))}"
+    saved = "/root/runtime-check-original"
+
+    def firing() -> bool:
+        return any(
+            a["name"] == "RuntimeFilesChanged" and a["host"] == host and a["state"] == "firing"
+            for a in monitored.status()["alerts"]
+        )
+
+    lab.exec(["cp", "-p", target, saved], host=host)
+    lab.exec(["sh", "-c", 'echo tampered >> "$1"', "sh", target], host=host)
+    try:
+        failed = lab.exec([SUPERVISOR, "start", CHECK], host=host, check=False)
+        assert failed.returncode != 0, failed.stdout
+        wait_until("RuntimeFilesChanged firing", 120, firing)
+    finally:
+        lab.exec(["sh", "-c", 'cp -p "$1" "$2" && rm "$1"', "sh", saved, target], host=host)
+    lab.exec([SUPERVISOR, "start", CHECK], host=host)
+    wait_until("RuntimeFilesChanged resolved", 120, lambda: not firing())
+
+
 def test_a_second_monitoring_deploy_changes_nothing(monitored: Monitored) -> None:
     result = monitored.deploy()
     assert result.hosts and result.changed == 0, result.hosts

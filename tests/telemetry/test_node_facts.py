@@ -112,3 +112,43 @@ def test_the_script_writes_certificate_expiry_as_the_timer_runs_it(tmp_path: Pat
     assert datetime.now(UTC) + timedelta(days=365) < not_after
     assert "slurm" not in text  # --slurm only on the controller
     assert list(tmp_path.glob(".aifactory-facts-*")) == []  # written by rename, nothing left behind
+
+
+def _manager(folder: Path, answer: str) -> Path:
+    """A stand-in for the service manager (systemctl, or the lab's supervisor, whose `is-active` is
+    tested in tests/lab): it records its arguments and prints `answer` as `is-active` would."""
+    script = folder / "manager"
+    script.write_text(f'#!/bin/sh\necho "$@" > {folder / "asked"}\nprintf "%s\\n" {answer}\nexit 3\n')
+    script.chmod(0o755)
+    return script
+
+
+@pytest.mark.parametrize(
+    ("answer", "expected"),
+    [
+        ("failed inactive", ['{unit="check.service"} 1', '{unit="other.service"} 0', "answered 1"]),
+        ("inactive active", ['{unit="check.service"} 0', '{unit="other.service"} 0', "answered 1"]),
+        ("failed", ["answered 0"]),  # one word for two units: not read, nothing claimed
+    ],
+)
+def test_the_script_exports_whether_each_units_last_run_failed(
+    answer: str, expected: list[str], tmp_path: Path
+) -> None:
+    out = tmp_path / "aifactory.prom"
+    manager = _manager(tmp_path, answer)
+    argv = [sys.executable, str(SCRIPT), "--out", str(out), "--service-manager", str(manager)]
+    done = subprocess.run(argv + ["--unit", "check.service", "--unit", "other.service"], capture_output=True)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "asked").read_text().split() == ["is-active", "--", "check.service", "other.service"]
+    lines = [line for line in out.read_text().splitlines() if line.startswith("aifactory_unit")]
+    assert lines == [
+        ("aifactory_unit_failed" if item.startswith("{") else "aifactory_units_") + item for item in expected
+    ]
+
+
+def test_without_units_the_manager_is_not_asked(tmp_path: Path) -> None:
+    out = tmp_path / "aifactory.prom"
+    manager = _manager(tmp_path, "failed")
+    argv = [sys.executable, str(SCRIPT), "--out", str(out), "--service-manager", str(manager)]
+    assert subprocess.run(argv, capture_output=True).returncode == 0
+    assert not (tmp_path / "asked").exists() and "aifactory_unit" not in out.read_text()

@@ -12,10 +12,14 @@ Written atomically (temporary file, then rename), so the collector never reads h
     aifactory_slurm_node_drained{node,reason}                1 when drained or draining (reason cut short)
     aifactory_slurm_node_cpus{node,use}, _gpus{node,use}     allocated and total
     aifactory_slurm_jobs{state,account}                      jobs by state and account
+    aifactory_unit_failed{unit}                              1 when the service manager calls the unit
+                                                             failed (its last run failed), else 0
+    aifactory_units_answered                                 0 when the manager's answer could not be read
     aifactory_node_facts_timestamp_seconds                   when this file was written
 
-Label values are bounded: file names from the role, node names and accounts from the plan, Slurm's
-own states; never a job or request id.
+Label values are bounded: file names and units from the role, node names and accounts from the
+plan, Slurm's own states; never a job or request id. The units' states come from one
+`<manager> is-active -- UNIT...` (systemctl, or the lab's supervisor, which answers the same way).
 """
 
 from __future__ import annotations
@@ -177,7 +181,37 @@ def _slurm() -> list[str]:
     return [line("aifactory_slurm_up", {}, 1), *slurm_lines(parse_nodes(nodes.stdout), jobs)]  # type: ignore[arg-type]
 
 
-def facts(certificates: Sequence[Path], signers: Sequence[Path], *, slurm: bool) -> str:
+def unit_lines(units: Sequence[str], manager: str) -> list[str]:
+    """Whether each unit's last run failed (a daily check's verdict: the runtime's files against their
+    listing), from one `is-active` of them all; an answer without one word per unit is not read."""
+    if not units:
+        return []
+    out = [
+        "# HELP aifactory_unit_failed 1 when the service manager calls the unit failed (its last run did).",
+        "# TYPE aifactory_unit_failed gauge",
+    ]
+    try:
+        done = subprocess.run(
+            [manager, "is-active", "--", *units], capture_output=True, text=True, check=False, timeout=60
+        )
+        words = done.stdout.split()
+    except (OSError, subprocess.TimeoutExpired):
+        words = []
+    if len(words) != len(units):
+        return [*out, line("aifactory_units_answered", {}, 0)]
+    states = zip(units, words, strict=True)
+    out += [line("aifactory_unit_failed", {"unit": u}, int(w == "failed")) for u, w in states]
+    return [*out, line("aifactory_units_answered", {}, 1)]
+
+
+def facts(
+    certificates: Sequence[Path],
+    signers: Sequence[Path],
+    *,
+    slurm: bool,
+    units: Sequence[str] = (),
+    manager: str = "systemctl",
+) -> str:
     out = [
         "# HELP aifactory_certificate_not_after_seconds When the certificate expires (Unix time).",
         "# TYPE aifactory_certificate_not_after_seconds gauge",
@@ -201,6 +235,7 @@ def facts(certificates: Sequence[Path], signers: Sequence[Path], *, slurm: bool)
                 )
     if slurm:
         out += _slurm()
+    out += unit_lines(units, manager)
     out.append(line("aifactory_node_facts_timestamp_seconds", {}, round(time.time())))
     return "\n".join(out) + "\n"
 
@@ -223,8 +258,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--certificate", action="append", default=[], type=Path)
     parser.add_argument("--signers", action="append", default=[], type=Path)
     parser.add_argument("--slurm", action="store_true", help="this host is the Slurm controller")
+    parser.add_argument("--unit", action="append", default=[], help="a unit whose failure to export")
+    parser.add_argument("--service-manager", default="systemctl", help="what answers `is-active -- UNIT...`")
     args = parser.parse_args(argv)
-    write_atomically(args.out, facts(args.certificate, args.signers, slurm=args.slurm))
+    units, manager = args.unit, args.service_manager
+    text = facts(args.certificate, args.signers, slurm=args.slurm, units=units, manager=manager)
+    write_atomically(args.out, text)
     return 0
 
 
